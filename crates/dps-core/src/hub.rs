@@ -1,0 +1,89 @@
+//! The contract between the engine and the IoT hubs it assigns devices to. The embedded hub
+//! (`dps-hub`) implements it in-process; a linked external hub would implement it over the hub's
+//! registry REST API.
+
+use async_trait::async_trait;
+use dps_proto::model::service::{DeviceCapabilities, InitialTwin};
+
+/// How the hub authenticates the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAuth {
+    /// SAS with these base64 keys (symmetric key and TPM devices).
+    Sas {
+        /// Primary key.
+        primary_key: String,
+        /// Secondary key.
+        secondary_key: String,
+    },
+    /// X.509 `selfSigned` with upper-case hex thumbprints (what Azure DPS creates for X.509 devices).
+    SelfSigned {
+        /// Primary thumbprint.
+        primary_thumbprint: String,
+        /// Secondary thumbprint.
+        secondary_thumbprint: String,
+    },
+}
+
+/// What to do with the twin of a device that already exists in the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwinPolicy {
+    /// Keep the existing twin (re-registration with data migration / same hub).
+    Keep,
+    /// Replace tags and desired properties with the enrollment's initial twin (reset policy).
+    Reset,
+}
+
+/// The device identity the engine wants in a hub.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceProvisioning {
+    /// Hub device id.
+    pub device_id: String,
+    /// How the device will authenticate to the hub.
+    pub auth: DeviceAuth,
+    /// Capabilities from the enrollment.
+    pub capabilities: DeviceCapabilities,
+    /// The enrollment's initial twin, applied to new devices (and on `Reset`).
+    pub initial_twin: Option<InitialTwin>,
+    /// For devices that already exist.
+    pub twin_policy: TwinPolicy,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpsertOutcome {
+    /// True when the device identity did not exist before.
+    pub created: bool,
+}
+
+/// Why a hub refused or failed an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// The engine named a hub this registry does not serve.
+    #[error("unknown IoT hub '{0}'")]
+    UnknownHub(String),
+    /// The hub refused the device (e.g. an existing identity is disabled).
+    #[error("IoT hub refused device '{device_id}': {reason}")]
+    Refused {
+        /// Device id.
+        device_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The hub could not be reached or failed; nothing was changed.
+    #[error("IoT hub failure: {0}")]
+    Unavailable(String),
+}
+
+/// A set of hubs devices can be assigned to.
+#[async_trait]
+pub trait HubRegistry: Send + Sync + 'static {
+    /// Creates the device identity in `hub`, or updates its authentication and capabilities if it
+    /// exists (applying `twin_policy`). Durable when it returns.
+    async fn upsert_device(
+        &self,
+        hub: &str,
+        device: &DeviceProvisioning,
+    ) -> Result<UpsertOutcome, HubError>;
+    /// Removes a device identity (after migrating the device to another hub). Absent is not an error.
+    async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), HubError>;
+}

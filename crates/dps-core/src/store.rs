@@ -1,0 +1,212 @@
+//! The storage contract. Implementations: in-memory (tests, [`memory::MemoryStore`]), SQLite and
+//! PostgreSQL (`dps-store`). All of them pass the same conformance suite.
+//!
+//! Ids are compared case-insensitively: implementations key rows by the lower-cased id
+//! ([`dps_proto::registration_id::key`]) and keep the original casing inside the document.
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod memory;
+
+use async_trait::async_trait;
+use dps_proto::model::service::{
+    AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState,
+};
+use serde::{Deserialize, Serialize};
+
+/// The precondition of a write, from `If-Match` (service-api.md §2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// No `If-Match`: PUT creates only (fails with [`StoreError::AlreadyExists`] if present);
+    /// DELETE deletes whatever is there.
+    None,
+    /// `If-Match: *`: PUT creates or replaces; DELETE deletes whatever is there.
+    Any,
+    /// `If-Match: <etag>`: the record must exist with exactly this etag.
+    Etag(String),
+}
+
+impl WriteCondition {
+    /// Normalises an `If-Match` header value: trims, drops `W/`, strips one pair of quotes (C# quotes
+    /// etags, other SDKs do not).
+    pub fn from_if_match(header: Option<&str>) -> Self {
+        let Some(h) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+            return Self::None;
+        };
+        let h = h.strip_prefix("W/").unwrap_or(h);
+        let h = h
+            .strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .unwrap_or(h);
+        if h == "*" {
+            Self::Any
+        } else {
+            Self::Etag(h.to_string())
+        }
+    }
+
+    /// Checks the condition against the current etag (`None` = record absent) for a PUT.
+    pub fn check_put(&self, current: Option<&str>) -> Result<(), StoreError> {
+        match (self, current) {
+            (Self::None, Some(_)) => Err(StoreError::AlreadyExists),
+            (Self::None | Self::Any, _) => Ok(()),
+            (Self::Etag(_), None) => Err(StoreError::NotFound),
+            (Self::Etag(want), Some(have)) if want == have => Ok(()),
+            (Self::Etag(_), Some(_)) => Err(StoreError::EtagMismatch),
+        }
+    }
+
+    /// Checks the condition for a DELETE.
+    pub fn check_delete(&self, current: Option<&str>) -> Result<(), StoreError> {
+        match (self, current) {
+            (_, None) => Err(StoreError::NotFound),
+            (Self::None | Self::Any, Some(_)) => Ok(()),
+            (Self::Etag(want), Some(have)) if want == have => Ok(()),
+            (Self::Etag(_), Some(_)) => Err(StoreError::EtagMismatch),
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A create-only write found an existing record.
+    #[error("already exists")]
+    AlreadyExists,
+    /// `If-Match` did not match the stored etag.
+    #[error("etag mismatch")]
+    EtagMismatch,
+    /// The backend failed (I/O, corruption, connection loss); nothing was written.
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+}
+
+/// A registration record: the service-visible state plus what the engine needs to answer polls
+/// and re-registrations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationRecord {
+    /// Service-visible state (`registrationId`, `assignedHub`, `deviceId`, `status`, ...).
+    pub state: RegistrationState,
+    /// The group the device registered through, if any (for per-group queries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
+    /// How the device attested.
+    pub attestation: AttestationType,
+    /// The operation that produced this state, so a poll after a restart still finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_id: Option<String>,
+}
+
+impl RegistrationRecord {
+    /// The storage key (lower-cased registration id).
+    pub fn key(&self) -> String {
+        dps_proto::registration_id::key(&self.state.registration_id)
+    }
+}
+
+/// Durable storage of enrollments, groups and registration records.
+///
+/// Writes carry the new document (with its new etag already set by the engine) and the caller's
+/// precondition; the store checks the precondition against the stored etag atomically with the
+/// write. `commit_registration` must be durable when it returns: the engine acknowledges a
+/// registration to the device only after it. Implementations should batch concurrent commits
+/// rather than serialize callers on one lock.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Individual enrollment by id (case-insensitive).
+    async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError>;
+    /// Creates or replaces an enrollment under `cond`.
+    async fn put_enrollment(
+        &self,
+        e: &IndividualEnrollment,
+        cond: &WriteCondition,
+    ) -> Result<(), StoreError>;
+    /// Deletes an enrollment under `cond`, and its registration record with it.
+    async fn delete_enrollment(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError>;
+    /// Enrollments ordered by lower-cased id, strictly after `after`, at most `limit`.
+    async fn list_enrollments(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IndividualEnrollment>, StoreError>;
+
+    /// Enrollment group by id (case-insensitive).
+    async fn get_group(&self, id: &str) -> Result<Option<EnrollmentGroup>, StoreError>;
+    /// Creates or replaces a group under `cond`.
+    async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition)
+        -> Result<(), StoreError>;
+    /// Deletes a group under `cond` (its registration records stay, as in Azure).
+    async fn delete_group(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError>;
+    /// Groups ordered by lower-cased id, strictly after `after`, at most `limit`.
+    async fn list_groups(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EnrollmentGroup>, StoreError>;
+
+    /// Registration record by registration id (case-insensitive).
+    async fn get_registration(&self, id: &str) -> Result<Option<RegistrationRecord>, StoreError>;
+    /// Durably inserts or replaces a registration record. Returns only once committed.
+    async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError>;
+    /// Deletes a registration record under `cond`.
+    async fn delete_registration(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError>;
+    /// Records of devices registered through `group_id`, ordered by lower-cased registration id.
+    async fn list_registrations_by_group(
+        &self,
+        group_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RegistrationRecord>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_normalisation_and_rules() {
+        assert_eq!(WriteCondition::from_if_match(None), WriteCondition::None);
+        assert_eq!(
+            WriteCondition::from_if_match(Some(" * ")),
+            WriteCondition::Any
+        );
+        assert_eq!(
+            WriteCondition::from_if_match(Some("\"abc\"")),
+            WriteCondition::Etag("abc".into())
+        );
+        assert_eq!(
+            WriteCondition::from_if_match(Some("W/\"abc\"")),
+            WriteCondition::Etag("abc".into())
+        );
+        assert_eq!(
+            WriteCondition::None.check_put(Some("x")),
+            Err(StoreError::AlreadyExists)
+        );
+        assert_eq!(WriteCondition::None.check_put(None), Ok(()));
+        assert_eq!(WriteCondition::Any.check_put(Some("x")), Ok(()));
+        assert_eq!(
+            WriteCondition::Etag("x".into()).check_put(Some("x")),
+            Ok(())
+        );
+        assert_eq!(
+            WriteCondition::Etag("x".into()).check_put(Some("y")),
+            Err(StoreError::EtagMismatch)
+        );
+        assert_eq!(
+            WriteCondition::Etag("x".into()).check_put(None),
+            Err(StoreError::NotFound)
+        );
+        assert_eq!(
+            WriteCondition::None.check_delete(None),
+            Err(StoreError::NotFound)
+        );
+        assert_eq!(
+            WriteCondition::Etag("x".into()).check_delete(Some("y")),
+            Err(StoreError::EtagMismatch)
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! The store conformance suite: every [`Store`] backend runs exactly these checks
+//! (`dps-store` runs them against SQLite and PostgreSQL).
+
+use chrono::{TimeZone, Utc};
+use dps_proto::model::service::{
+    AttestationMechanism, AttestationType, EnrollmentGroup, IndividualEnrollment,
+    RegistrationState, RegistrationStatus, SymmetricKeyAttestation,
+};
+
+use super::{RegistrationRecord, Store, StoreError, WriteCondition};
+
+fn enrollment(id: &str, etag: &str) -> IndividualEnrollment {
+    IndividualEnrollment {
+        registration_id: id.into(),
+        etag: Some(etag.into()),
+        attestation: AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            symmetric_key: Some(SymmetricKeyAttestation {
+                primary_key: Some("cHJpbWFyeQ==".into()),
+                secondary_key: None,
+            }),
+            ..Default::default()
+        },
+        created_date_time_utc: Some(Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap()),
+        ..Default::default()
+    }
+}
+
+fn group(id: &str, etag: &str) -> EnrollmentGroup {
+    EnrollmentGroup {
+        enrollment_group_id: id.into(),
+        etag: Some(etag.into()),
+        ..Default::default()
+    }
+}
+
+fn record(id: &str, group: Option<&str>, etag: &str) -> RegistrationRecord {
+    RegistrationRecord {
+        state: RegistrationState {
+            registration_id: id.into(),
+            status: RegistrationStatus::Assigned,
+            assigned_hub: Some("hub.example.test".into()),
+            device_id: Some(id.into()),
+            etag: Some(etag.into()),
+            ..Default::default()
+        },
+        enrollment_group_id: group.map(Into::into),
+        attestation: AttestationType::SymmetricKey,
+        operation_id: Some("4.op".into()),
+    }
+}
+
+/// Runs every check. Each check uses its own ids, so a backend needs to start empty only once.
+pub async fn run_all(store: &dyn Store) {
+    enrollments_crud_and_etags(store).await;
+    enrollments_are_case_insensitive_and_paged(store).await;
+    groups_crud(store).await;
+    registrations(store).await;
+    deleting_an_enrollment_deletes_its_record(store).await;
+}
+
+async fn enrollments_crud_and_etags(s: &dyn Store) {
+    let e = enrollment("crud-1", "e1");
+    assert_eq!(s.get_enrollment("crud-1").await.unwrap(), None);
+    s.put_enrollment(&e, &WriteCondition::None).await.unwrap();
+    assert_eq!(s.get_enrollment("crud-1").await.unwrap(), Some(e.clone()));
+    assert_eq!(
+        s.put_enrollment(&e, &WriteCondition::None).await,
+        Err(StoreError::AlreadyExists)
+    );
+    let e2 = enrollment("crud-1", "e2");
+    assert_eq!(
+        s.put_enrollment(&e2, &WriteCondition::Etag("stale".into()))
+            .await,
+        Err(StoreError::EtagMismatch)
+    );
+    s.put_enrollment(&e2, &WriteCondition::Etag("e1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_enrollment("crud-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .etag
+            .as_deref(),
+        Some("e2")
+    );
+    s.put_enrollment(&enrollment("crud-1", "e3"), &WriteCondition::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.put_enrollment(
+            &enrollment("crud-absent", "x"),
+            &WriteCondition::Etag("x".into())
+        )
+        .await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        s.delete_enrollment("crud-1", &WriteCondition::Etag("e2".into()))
+            .await,
+        Err(StoreError::EtagMismatch)
+    );
+    s.delete_enrollment("crud-1", &WriteCondition::Etag("e3".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.delete_enrollment("crud-1", &WriteCondition::None).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(s.get_enrollment("crud-1").await.unwrap(), None);
+}
+
+async fn enrollments_are_case_insensitive_and_paged(s: &dyn Store) {
+    for i in 0..7 {
+        s.put_enrollment(
+            &enrollment(&format!("Page-{i}"), "p"),
+            &WriteCondition::None,
+        )
+        .await
+        .unwrap();
+    }
+    let got = s.get_enrollment("PAGE-3").await.unwrap().unwrap();
+    assert_eq!(got.registration_id, "Page-3", "original casing is kept");
+    let mut seen = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.list_enrollments(after.as_deref(), 3).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.registration_id.clone());
+        seen.extend(
+            page.into_iter()
+                .map(|e| e.registration_id)
+                .filter(|id| id.starts_with("Page-")),
+        );
+    }
+    assert_eq!(
+        seen,
+        (0..7).map(|i| format!("Page-{i}")).collect::<Vec<_>>()
+    );
+    for i in 0..7 {
+        s.delete_enrollment(&format!("page-{i}"), &WriteCondition::Any)
+            .await
+            .unwrap();
+    }
+}
+
+async fn groups_crud(s: &dyn Store) {
+    s.put_group(&group("Grp-1", "g1"), &WriteCondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.put_group(&group("grp-1", "g2"), &WriteCondition::None)
+            .await,
+        Err(StoreError::AlreadyExists)
+    );
+    s.put_group(&group("grp-1", "g2"), &WriteCondition::Etag("g1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_group("GRP-1").await.unwrap().unwrap().etag.as_deref(),
+        Some("g2")
+    );
+    s.put_group(&group("grp-2", "g"), &WriteCondition::None)
+        .await
+        .unwrap();
+    let all = s.list_groups(None, 100).await.unwrap();
+    assert!(all.iter().any(|g| g.enrollment_group_id == "grp-2"));
+    assert_eq!(
+        s.list_groups(Some("grp-1"), 100)
+            .await
+            .unwrap()
+            .first()
+            .map(|g| g.enrollment_group_id.as_str()),
+        Some("grp-2")
+    );
+    s.delete_group("grp-1", &WriteCondition::None)
+        .await
+        .unwrap();
+    s.delete_group("grp-2", &WriteCondition::None)
+        .await
+        .unwrap();
+    assert_eq!(s.get_group("grp-1").await.unwrap(), None);
+}
+
+async fn registrations(s: &dyn Store) {
+    s.commit_registration(&record("Reg-1", Some("g-a"), "r1"))
+        .await
+        .unwrap();
+    s.commit_registration(&record("reg-2", Some("G-A"), "r2"))
+        .await
+        .unwrap();
+    s.commit_registration(&record("reg-3", None, "r3"))
+        .await
+        .unwrap();
+    let r = s.get_registration("REG-1").await.unwrap().unwrap();
+    assert_eq!(r, record("Reg-1", Some("g-a"), "r1"));
+    // Replacing keeps one row.
+    s.commit_registration(&record("reg-1", Some("g-a"), "r1b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_registration("reg-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .etag
+            .as_deref(),
+        Some("r1b")
+    );
+    let by_group = s
+        .list_registrations_by_group("g-A", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_group.iter().map(|r| r.key()).collect::<Vec<_>>(),
+        vec!["reg-1", "reg-2"]
+    );
+    assert_eq!(
+        s.list_registrations_by_group("g-a", Some("reg-1"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.delete_registration("reg-2", &WriteCondition::Etag("nope".into()))
+            .await,
+        Err(StoreError::EtagMismatch)
+    );
+    s.delete_registration("reg-2", &WriteCondition::Etag("r2".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.delete_registration("reg-2", &WriteCondition::None).await,
+        Err(StoreError::NotFound)
+    );
+    // Concurrent commits all land.
+    let futs: Vec<_> = (0..50)
+        .map(|i| record(&format!("conc-{i}"), None, "c"))
+        .collect();
+    let results = futures_join(s, &futs).await;
+    assert!(results.iter().all(Result::is_ok));
+    for i in 0..50 {
+        assert!(s
+            .get_registration(&format!("conc-{i}"))
+            .await
+            .unwrap()
+            .is_some());
+    }
+}
+
+async fn futures_join(s: &dyn Store, recs: &[RegistrationRecord]) -> Vec<Result<(), StoreError>> {
+    // No futures crate here: drive the commits concurrently by polling them all in one task.
+    let futs: Vec<_> = recs.iter().map(|r| s.commit_registration(r)).collect();
+    join_all(futs).await
+}
+
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    use std::pin::Pin;
+    use std::task::Poll;
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => out[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("all ready")).collect()
+}
+
+async fn deleting_an_enrollment_deletes_its_record(s: &dyn Store) {
+    s.put_enrollment(&enrollment("with-rec", "w"), &WriteCondition::None)
+        .await
+        .unwrap();
+    s.commit_registration(&record("with-rec", None, "r"))
+        .await
+        .unwrap();
+    s.delete_enrollment("WITH-REC", &WriteCondition::None)
+        .await
+        .unwrap();
+    assert_eq!(s.get_registration("with-rec").await.unwrap(), None);
+}

@@ -1,0 +1,150 @@
+//! An in-memory [`Store`] for engine tests and for `dps serve --store memory`. Not durable.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
+use dps_proto::registration_id::key;
+use parking_lot::RwLock;
+
+use super::{RegistrationRecord, Store, StoreError, WriteCondition};
+
+/// Three ordered maps behind one lock each; fine for tests and small deployments.
+#[derive(Default)]
+pub struct MemoryStore {
+    enrollments: RwLock<BTreeMap<String, IndividualEnrollment>>,
+    groups: RwLock<BTreeMap<String, EnrollmentGroup>>,
+    registrations: RwLock<BTreeMap<String, RegistrationRecord>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn page<T: Clone>(map: &BTreeMap<String, T>, after: Option<&str>, limit: usize) -> Vec<T> {
+    let start = after.map(key);
+    map.iter()
+        .filter(|(k, _)| start.as_deref().is_none_or(|s| k.as_str() > s))
+        .take(limit)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
+        Ok(self.enrollments.read().get(&key(id)).cloned())
+    }
+
+    async fn put_enrollment(
+        &self,
+        e: &IndividualEnrollment,
+        cond: &WriteCondition,
+    ) -> Result<(), StoreError> {
+        let mut map = self.enrollments.write();
+        let k = key(&e.registration_id);
+        cond.check_put(map.get(&k).and_then(|x| x.etag.as_deref()))?;
+        map.insert(k, e.clone());
+        Ok(())
+    }
+
+    async fn delete_enrollment(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
+        let mut map = self.enrollments.write();
+        let k = key(id);
+        cond.check_delete(map.get(&k).map(|x| x.etag.as_deref().unwrap_or("")))?;
+        map.remove(&k);
+        self.registrations.write().remove(&k);
+        Ok(())
+    }
+
+    async fn list_enrollments(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<IndividualEnrollment>, StoreError> {
+        Ok(page(&self.enrollments.read(), after, limit))
+    }
+
+    async fn get_group(&self, id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
+        Ok(self.groups.read().get(&key(id)).cloned())
+    }
+
+    async fn put_group(
+        &self,
+        g: &EnrollmentGroup,
+        cond: &WriteCondition,
+    ) -> Result<(), StoreError> {
+        let mut map = self.groups.write();
+        let k = key(&g.enrollment_group_id);
+        cond.check_put(map.get(&k).and_then(|x| x.etag.as_deref()))?;
+        map.insert(k, g.clone());
+        Ok(())
+    }
+
+    async fn delete_group(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
+        let mut map = self.groups.write();
+        let k = key(id);
+        cond.check_delete(map.get(&k).map(|x| x.etag.as_deref().unwrap_or("")))?;
+        map.remove(&k);
+        Ok(())
+    }
+
+    async fn list_groups(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EnrollmentGroup>, StoreError> {
+        Ok(page(&self.groups.read(), after, limit))
+    }
+
+    async fn get_registration(&self, id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
+        Ok(self.registrations.read().get(&key(id)).cloned())
+    }
+
+    async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {
+        self.registrations.write().insert(r.key(), r.clone());
+        Ok(())
+    }
+
+    async fn delete_registration(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
+        let mut map = self.registrations.write();
+        let k = key(id);
+        cond.check_delete(map.get(&k).map(|x| x.state.etag.as_deref().unwrap_or("")))?;
+        map.remove(&k);
+        Ok(())
+    }
+
+    async fn list_registrations_by_group(
+        &self,
+        group_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RegistrationRecord>, StoreError> {
+        let g = key(group_id);
+        let start = after.map(key);
+        Ok(self
+            .registrations
+            .read()
+            .iter()
+            .filter(|(k, r)| {
+                r.enrollment_group_id.as_deref().map(key).as_deref() == Some(g.as_str())
+                    && start.as_deref().is_none_or(|s| k.as_str() > s)
+            })
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_conformance() {
+        crate::store::conformance::run_all(&MemoryStore::new()).await;
+    }
+}

@@ -1,0 +1,91 @@
+//! The DPS error body and the error codes this implementation emits.
+//!
+//! `errorCode` = HTTP status × 1000 + sub-code. Codes confirmed from SDK sources are marked; the
+//! rest are ours, chosen in the same pattern and listed in `docs/error-codes.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// `ProvisioningServiceErrorDetails`: the JSON body of every error response (device and service
+/// APIs), e.g. `{"errorCode":401000,"trackingId":"..","message":"..","timestampUtc":".."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetails {
+    /// HTTP status × 1000 + sub-code.
+    pub error_code: u32,
+    /// Id for correlating with server logs.
+    pub tracking_id: String,
+    /// What was wrong, for a human.
+    pub message: String,
+    /// When the error happened (7-digit RFC 3339).
+    pub timestamp_utc: String,
+    /// Optional extra information.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub info: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ErrorDetails {
+    /// The HTTP status implied by the code.
+    pub fn http_status(&self) -> u16 {
+        (self.error_code / 1000) as u16
+    }
+}
+
+/// Error codes. `*` marks codes seen in SDK sources or real service traffic.
+pub mod codes {
+    /// Generic invalid argument (bad id, bad field value, bad api path).
+    pub const ARGUMENT_INVALID: u32 = 400_001;
+    /// Request body is not valid JSON or does not match the schema.
+    pub const BAD_REQUEST_BODY: u32 = 400_004;
+    /// Bulk operation invalid as a whole (too many items, duplicate ids, unknown mode).
+    pub const BULK_INVALID: u32 = 400_005;
+    /// `*` No IoT hub could be assigned.
+    pub const HUB_NOT_SPECIFIED: u32 = 400_208;
+    /// `*` The hub refused the device.
+    pub const HUB_UNAUTHORIZED: u32 = 400_209;
+    /// `*` Authentication failed (SAS malformed, expired, wrong key, wrong audience).
+    pub const UNAUTHORIZED: u32 = 401_000;
+    /// The credential is valid but lacks the right for this operation.
+    pub const INSUFFICIENT_RIGHTS: u32 = 401_001;
+    /// The enrollment (individual or group) that matched is disabled.
+    pub const ENROLLMENT_DISABLED: u32 = 401_003;
+    /// Unknown ID scope.
+    pub const ID_SCOPE_NOT_FOUND: u32 = 404_001;
+    /// No such route / resource path.
+    pub const PATH_NOT_FOUND: u32 = 404_002;
+    /// `*` Individual enrollment (or registration id) not found.
+    pub const ENROLLMENT_NOT_FOUND: u32 = 404_201;
+    /// Enrollment group not found.
+    pub const ENROLLMENT_GROUP_NOT_FOUND: u32 = 404_202;
+    /// Registration record not found.
+    pub const REGISTRATION_NOT_FOUND: u32 = 404_203;
+    /// Operation id unknown (or belongs to another registration).
+    pub const OPERATION_NOT_FOUND: u32 = 404_204;
+    /// Hub device not found (registry API).
+    pub const DEVICE_NOT_FOUND: u32 = 404_103;
+    /// Method not allowed on this path.
+    pub const METHOD_NOT_ALLOWED: u32 = 405_000;
+    /// `*` Enrollment already exists (create without etag).
+    pub const ENROLLMENT_EXISTS: u32 = 409_201;
+    /// `*` Enrollment group already exists.
+    pub const ENROLLMENT_GROUP_EXISTS: u32 = 409_202;
+    /// `*` A concurrent registration of the same device is in progress.
+    pub const PRECONDITION_CONCURRENT: u32 = 409_203;
+    /// Hub device already exists.
+    pub const DEVICE_EXISTS: u32 = 409_001;
+    /// If-Match does not match the enrollment's etag.
+    pub const ENROLLMENT_ETAG_MISMATCH: u32 = 412_201;
+    /// If-Match does not match the group's etag.
+    pub const ENROLLMENT_GROUP_ETAG_MISMATCH: u32 = 412_202;
+    /// If-Match does not match the registration record's etag.
+    pub const REGISTRATION_ETAG_MISMATCH: u32 = 412_203;
+    /// If-Match does not match a hub device/twin etag.
+    pub const DEVICE_ETAG_MISMATCH: u32 = 412_002;
+    /// Request body larger than allowed.
+    pub const PAYLOAD_TOO_LARGE: u32 = 413_001;
+    /// Unsupported content type.
+    pub const UNSUPPORTED_MEDIA_TYPE: u32 = 415_001;
+    /// Throttled; retry after the indicated delay.
+    pub const THROTTLED: u32 = 429_001;
+    /// Unexpected server error (storage failure and the like).
+    pub const INTERNAL: u32 = 500_000;
+}

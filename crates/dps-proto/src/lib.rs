@@ -1,0 +1,19 @@
+//! Wire formats shared by every `dps` component.
+//!
+//! This crate is deliberately free of I/O, runtimes and clocks: the server, the device client and the
+//! CLI all speak the same bytes, so the formats live here once, with unit tests against the vectors in
+//! the reference docs. Time is always passed in by the caller.
+
+#![forbid(unsafe_code)]
+
+pub mod connection_string;
+pub mod dps_mqtt;
+pub mod error;
+pub mod hub_mqtt;
+pub mod keys;
+pub mod model;
+pub mod registration_id;
+pub mod sas;
+pub mod timefmt;
+
+pub use error::{codes, ErrorDetails};

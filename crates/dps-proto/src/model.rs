@@ -1,0 +1,55 @@
+//! JSON models, camelCase as on the wire. Unknown input fields are ignored; absent optional
+//! fields are omitted on output.
+
+pub mod device;
+pub mod hub;
+pub mod service;
+
+/// Defines a string enum whose input is matched case-insensitively (clients spell enum values
+/// differently: `updateIfMatchEtag` vs `updateIfMatchETag`, `geolatency` vs `geoLatency`) and whose
+/// output is the canonical Azure spelling.
+macro_rules! ci_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+
+        impl $name {
+            /// Canonical spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// Case-insensitive parse.
+            pub fn parse(s: &str) -> Option<Self> {
+                $(if s.eq_ignore_ascii_case($text) { return Some(Self::$variant); })+
+                None
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "unknown {} '{}', expected one of: {}",
+                        stringify!($name), s, [$($text),+].join(", ")
+                    ))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use ci_enum;

@@ -1,0 +1,211 @@
+//! IoT Hub registry REST models (hub-dice-tpm.md §A8), as `azure-iot-hub`'s RegistryManager
+//! (msrest) reads and writes them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::service::DeviceCapabilities;
+
+/// A hub device identity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// Device id.
+    #[serde(default)]
+    pub device_id: String,
+    /// Changes each time the identity is re-created.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generation_id: Option<String>,
+    /// Identity etag.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub etag: Option<String>,
+    /// `Connected` / `Disconnected`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connection_state: Option<String>,
+    /// `enabled` / `disabled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+    /// Why disabled.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_reason: Option<String>,
+    /// ISO-8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connection_state_updated_time: Option<String>,
+    /// ISO-8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_updated_time: Option<String>,
+    /// ISO-8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_activity_time: Option<String>,
+    /// Queued cloud-to-device messages.
+    #[serde(default)]
+    pub cloud_to_device_message_count: i64,
+    /// How the device authenticates.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub authentication: Option<AuthenticationMechanism>,
+    /// Capabilities.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capabilities: Option<DeviceCapabilities>,
+}
+
+/// `authentication`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationMechanism {
+    /// `sas`, `selfSigned`, `certificateAuthority` or `none`.
+    #[serde(rename = "type", default = "sas")]
+    pub kind: String,
+    /// Keys for `sas`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub symmetric_key: Option<SymmetricKey>,
+    /// Thumbprints for `selfSigned`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub x509_thumbprint: Option<X509Thumbprint>,
+}
+
+fn sas() -> String {
+    "sas".into()
+}
+
+/// Primary/secondary base64 keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SymmetricKey {
+    /// Primary key.
+    #[serde(default)]
+    pub primary_key: Option<String>,
+    /// Secondary key.
+    #[serde(default)]
+    pub secondary_key: Option<String>,
+}
+
+/// Primary/secondary certificate thumbprints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Thumbprint {
+    /// Primary thumbprint (hex).
+    #[serde(default)]
+    pub primary_thumbprint: Option<String>,
+    /// Secondary thumbprint (hex).
+    #[serde(default)]
+    pub secondary_thumbprint: Option<String>,
+}
+
+/// A device twin as the registry API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Twin {
+    /// Device id.
+    #[serde(default)]
+    pub device_id: String,
+    /// Twin etag.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub etag: Option<String>,
+    /// Twin version.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<i64>,
+    /// Tags.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tags: Option<Map<String, Value>>,
+    /// Desired and reported properties.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub properties: Option<TwinProperties>,
+    /// `enabled` / `disabled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+    /// `Connected` / `Disconnected`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connection_state: Option<String>,
+    /// ISO-8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_activity_time: Option<String>,
+    /// `sas`, `selfSigned`, ...
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub authentication_type: Option<String>,
+    /// Capabilities.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capabilities: Option<DeviceCapabilities>,
+    /// Queued cloud-to-device messages.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cloud_to_device_message_count: Option<i64>,
+}
+
+/// Twin properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TwinProperties {
+    /// Desired properties (with `$version` and `$metadata` on output).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub desired: Option<Map<String, Value>>,
+    /// Reported properties (read-only through the registry API).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reported: Option<Map<String, Value>>,
+}
+
+/// Applies a JSON merge patch (RFC 7396) of `patch` onto `target`: objects merge recursively and
+/// `null` deletes. Returns whether anything changed. Keys starting with `$` in the patch are ignored
+/// (clients may echo `$version`/`$metadata`).
+pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> bool {
+    let mut changed = false;
+    for (k, v) in patch {
+        if k.starts_with('$') {
+            continue;
+        }
+        match v {
+            Value::Null => changed |= target.remove(k).is_some(),
+            Value::Object(p) => {
+                let entry = target
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Map::new());
+                    changed = true;
+                }
+                if let Value::Object(t) = entry {
+                    changed |= merge_patch(t, p);
+                }
+            }
+            other => {
+                if target.get(k) != Some(other) {
+                    target.insert(k.clone(), other.clone());
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_rules() {
+        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}})
+            .as_object()
+            .unwrap()
+            .clone();
+        let p = json!({"a": null, "b": {"c": 5, "d": null}, "e": [1], "$version": 9})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(merge_patch(&mut t, &p));
+        assert_eq!(Value::Object(t.clone()), json!({"b": {"c": 5}, "e": [1]}));
+        assert!(!merge_patch(
+            &mut t,
+            &json!({"b": {"c": 5}}).as_object().unwrap().clone()
+        ));
+    }
+
+    #[test]
+    fn device_shape_for_msrest() {
+        let d: Device = serde_json::from_str(
+            r#"{"deviceId":"d","authentication":{"type":"sas","symmetricKey":{"primaryKey":"a","secondaryKey":"b"}},"status":"enabled"}"#,
+        )
+        .unwrap();
+        assert_eq!(d.authentication.as_ref().unwrap().kind, "sas");
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["cloudToDeviceMessageCount"], 0);
+    }
+}
