@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Install the system packages the build and the test suite need on a fresh Debian
+# machine. Only missing things are installed (apt-get runs at most once, and not at
+# all when everything is present), so this is quick and idempotent.
+#
+# Current needs:
+#   - a C toolchain and pkg-config (crates that build C code, e.g. rusqlite bundled, ring)
+#   - python3 with a working `venv` module (tests/interop runs in <repo>/.venv)
+# (swtpm/tpm2-tools etc. will be added here when the TPM tests land.)
+set -euo pipefail
+
+missing=()
+
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if ! command -v python3 >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+else
+    # `python3 -m venv` needs ensurepip, which Debian ships separately (python3-venv /
+    # python3.X-venv); without it `import ensurepip` fails.
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        pyver="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        missing+=(python3-venv "python${pyver}-venv")
+    fi
+fi
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-deps: all system dependencies present"
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: missing ${missing[*]} and apt-get is not available; install them manually" >&2
+    exit 1
+fi
+
+SUDO=()
+if [[ "$(id -u)" -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+# python3.X-venv may not exist under that name on every release; fall back to the rest.
+if ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+    filtered=()
+    for p in "${missing[@]}"; do [[ "$p" == python3.*-venv ]] || filtered+=("$p"); done
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${filtered[@]}"
+fi
+echo "install-deps: done"

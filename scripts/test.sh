@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The whole test suite, in one command: ./scripts/test.sh
+#
+#   1. system dependencies          scripts/install-deps.sh
+#   2. formatting                   cargo fmt --all -- --check
+#   3. lints                        cargo clippy --workspace --all-targets -- -D warnings
+#   4. build (target/debug/dps)     cargo build --workspace
+#   5. Rust tests                   cargo nextest run --workspace + cargo test --doc --workspace
+#                                   (plain `cargo test --workspace` when nextest is absent)
+#   6. Python env                   scripts/setup-python.sh (.venv with the pinned Azure SDKs)
+#   7. interop tests                pytest -q tests/interop (official Azure SDKs vs target/debug/dps)
+#
+# Fails fast on the first failing step. Extra arguments are passed to pytest
+# (e.g. ./scripts/test.sh -k service -x).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+SECONDS=0
+section() {
+    printf '\n==== [%3ds] %s ====\n' "$SECONDS" "$*"
+}
+trap 'rc=$?; if [[ $rc -ne 0 ]]; then printf "\n==== FAILED (exit %d) after %ds: %s ====\n" "$rc" "$SECONDS" "${CURRENT_STEP:-}" >&2; fi' EXIT
+
+step() {
+    CURRENT_STEP="$*"
+    section "$*"
+}
+
+step "install system dependencies"
+bash scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build"
+cargo build --workspace
+
+step "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-tests=warn
+    step "Rust doc tests"
+    cargo test --doc --workspace
+else
+    cargo test --workspace
+fi
+
+step "Python environment"
+bash scripts/setup-python.sh
+
+step "interop tests (official Azure SDKs)"
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$ROOT/$target_dir"
+export DPS_BIN="${DPS_BIN:-$target_dir/debug/dps}"
+"$ROOT/.venv/bin/python" -m pytest -q tests/interop "$@"
+
+CURRENT_STEP=""
+section "all tests passed"

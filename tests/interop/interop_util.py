@@ -1,0 +1,230 @@
+"""Shared helpers for the interop tests (SAS tokens, keys, bounded waits, SDK wrappers)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import queue
+import re
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
+from urllib.parse import quote
+
+T = TypeVar("T")
+
+# Upper bound for a single SDK call that talks to the server (register, connect, twin ops).
+SDK_CALL_TIMEOUT = float(os.environ.get("DPS_SDK_CALL_TIMEOUT", "45"))
+
+DEVICE_API_VERSION = "2021-06-01"
+SERVICE_API_VERSION = "2021-10-01"
+
+
+# --------------------------------------------------------------------------------------
+# ids, keys, SAS
+# --------------------------------------------------------------------------------------
+
+
+def unique_id(prefix: str) -> str:
+    """A registration/group id that is valid for DPS (lower-case alnum and '-')."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def random_key(nbytes: int = 32) -> str:
+    return base64.b64encode(os.urandom(nbytes)).decode()
+
+
+def hmac_b64(key_b64: str, message: str) -> str:
+    digest = hmac.new(base64.b64decode(key_b64), message.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def derive_device_key(group_key_b64: str, registration_id: str) -> str:
+    """Enrollment-group device key: base64(HMAC-SHA256(base64decode(groupKey), registrationId))."""
+    return hmac_b64(group_key_b64, registration_id)
+
+
+def sas_token(
+    resource: str,
+    key_b64: str,
+    *,
+    expiry: Optional[int] = None,
+    ttl: int = 3600,
+    policy: Optional[str] = None,
+    sr_encoding: str = "upper",
+) -> str:
+    """Build `SharedAccessSignature sr=..&sig=..&se=..[&skn=..]`.
+
+    The signature covers the `sr` value exactly as written into the token.
+    sr_encoding: "upper" -> quote(resource, safe="") (%2F, as Python/C# do),
+                 "lower" -> same with lower-case hex (%2f, as the C SDK does),
+                 "raw"   -> resource unencoded (as the Node SDK does).
+    """
+    se = int(time.time()) + ttl if expiry is None else int(expiry)
+    if sr_encoding == "raw":
+        sr = resource
+    else:
+        sr = quote(resource, safe="")
+        if sr_encoding == "lower":
+            sr = _lower_percent_hex(sr)
+    sig = quote(hmac_b64(key_b64, f"{sr}\n{se}"), safe="")
+    token = f"SharedAccessSignature sr={sr}&sig={sig}&se={se}"
+    if policy:
+        token += f"&skn={policy}"
+    return token
+
+
+def _lower_percent_hex(s: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), s)
+
+
+def device_sas(id_scope: str, registration_id: str, key_b64: str, **kw: Any) -> str:
+    kw.setdefault("policy", "registration")
+    return sas_token(f"{id_scope}/registrations/{registration_id}", key_b64, **kw)
+
+
+def service_sas(host: str, key_b64: str, policy: str = "provisioningserviceowner", **kw: Any) -> str:
+    return sas_token(host, key_b64, policy=policy, **kw)
+
+
+# --------------------------------------------------------------------------------------
+# bounded waits
+# --------------------------------------------------------------------------------------
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float = SDK_CALL_TIMEOUT, what: str = "") -> T:
+    """Run a blocking SDK call in a daemon thread; raise TimeoutError if it hangs.
+
+    The SDKs have long (or no) internal timeouts; this keeps a misbehaving server from
+    stalling the suite. Exceptions raised by ``fn`` propagate unchanged.
+    """
+    result: "queue.Queue[tuple]" = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            result.put((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            result.put((False, exc))
+
+    t = threading.Thread(target=run, name=f"sdk-call-{what or 'op'}", daemon=True)
+    t.start()
+    try:
+        ok, value = result.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"{what or 'SDK call'} did not finish within {timeout:.0f}s") from None
+    if ok:
+        return value
+    raise value
+
+
+# --------------------------------------------------------------------------------------
+# azure-iot-device wrappers
+# --------------------------------------------------------------------------------------
+
+
+def register_device(server: Any, registration_id: str, key: str):
+    """ProvisioningDeviceClient.create_from_symmetric_key(...).register() against `server`."""
+    from azure.iot.device import ProvisioningDeviceClient
+
+    prov = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host=server.provisioning_host,
+        registration_id=registration_id,
+        id_scope=server.id_scope,
+        symmetric_key=key,
+        server_verification_cert=server.ca_pem,
+    )
+    try:
+        return call_with_timeout(prov.register, what=f"register({registration_id})")
+    finally:
+        _shutdown_provisioning_client(prov)
+
+
+def _shutdown_provisioning_client(prov: Any) -> None:
+    """Best effort: after a failed register() the SDK leaves its MQTT pipeline running."""
+    try:
+        from azure.iot.device.common.evented_callback import EventedCallback
+
+        done = EventedCallback()
+        prov._pipeline.shutdown(callback=done)  # noqa: SLF001 - no public API for this
+        done.wait_for_completion(timeout=5)
+    except Exception:  # noqa: BLE001 - already shut down after a successful register()
+        pass
+
+
+def assert_registered(result: Any, server: Any, device_id: str) -> None:
+    assert result is not None, "register() returned None"
+    assert result.status == "assigned", f"registration status {result.status!r}: {result}"
+    state = result.registration_state
+    assert state is not None, "assigned result without registration_state"
+    assert state.assigned_hub == server.hub_host, (state.assigned_hub, server.hub_host)
+    assert state.device_id == device_id, (state.device_id, device_id)
+
+
+def assert_registration_fails(server: Any, registration_id: str, key: str) -> BaseException:
+    """register() must be *rejected* by the server.
+
+    Accepted outcomes: CredentialError (CONNACK 4/5 "not authorized"), ClientError wrapping
+    the SDK's ServiceError (an error status such as 401 on the register response topic), or a
+    result whose status is not "assigned". A dropped/refused connection or a timeout is not a
+    rejection and fails the assertion. Returns the exception for extra checks.
+    """
+    from azure.iot.device import exceptions as dev_exc
+
+    try:
+        result = register_device(server, registration_id, key)
+    except (dev_exc.ConnectionFailedError, dev_exc.ConnectionDroppedError, dev_exc.OperationTimeout) as exc:
+        raise AssertionError(
+            f"registration of {registration_id} was not rejected by the service: "
+            f"{type(exc).__name__}: {exc} (cause: {exc.__cause__!r})"
+        ) from exc
+    except (dev_exc.ClientError, dev_exc.ServiceError) as exc:
+        return exc
+    assert result is None or result.status != "assigned", (
+        f"registration of {registration_id} unexpectedly succeeded: {result}"
+    )
+    return AssertionError(f"registration returned status {getattr(result, 'status', None)}")
+
+
+@contextlib.contextmanager
+def hub_device_client(server: Any, device_id: str, key: str) -> Iterator[Any]:
+    """A connected IoTHubDeviceClient for `device_id` on the server's embedded hub."""
+    from azure.iot.device import IoTHubDeviceClient
+
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key,
+        hostname=server.hub_host,
+        device_id=device_id,
+        server_verification_cert=server.ca_pem,
+        connection_retry=False,
+    )
+    try:
+        call_with_timeout(client.connect, what=f"hub connect({device_id})")
+        yield client
+    finally:
+        try:
+            call_with_timeout(client.shutdown, timeout=15, what="hub shutdown")
+        except Exception:  # noqa: BLE001 - teardown must not mask the test result
+            pass
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1) -> Any:
+    """Poll `predicate` until it returns a truthy value or `timeout` expires (returns last value)."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def error_body(response: Any) -> Dict[str, Any]:
+    """JSON error body of a `requests` response (asserting it is JSON)."""
+    ctype = response.headers.get("Content-Type", "")
+    assert "application/json" in ctype, f"error response content-type {ctype!r}: {response.text!r}"
+    body = response.json()
+    assert isinstance(body, dict), body
+    return body

@@ -1,0 +1,133 @@
+"""Embedded IoT hub driven by the official `azure-iot-hub` 2.7 IoTHubRegistryManager (REST).
+
+The registry manager talks HTTPS through msrest/requests, which trusts the local CA via
+REQUESTS_CA_BUNDLE (set by conftest when the server starts). A device provisioned through
+DPS must then be visible in, and controllable through, the hub registry.
+"""
+
+from __future__ import annotations
+
+import queue
+import uuid
+
+import pytest
+from azure.iot.hub.models import Twin, TwinProperties
+
+from interop_util import (
+    assert_registered,
+    call_with_timeout,
+    hub_device_client,
+    random_key,
+    register_device,
+    unique_id,
+)
+
+PATCH_WAIT_SECONDS = 10
+
+
+@pytest.fixture(scope="module")
+def provisioned_device(dps_server, service_client):
+    """(device_id, primary_key) of a device registered through DPS with an individual enrollment."""
+    rid = unique_id("hub-dev")
+    primary, secondary = random_key(), random_key()
+    service_client.enrollment.create_or_update(
+        id=rid,
+        enrollment={
+            "registrationId": rid,
+            "attestation": {
+                "type": "symmetricKey",
+                "symmetricKey": {"primaryKey": primary, "secondaryKey": secondary},
+            },
+            "initialTwin": {"tags": {"building": "b1"}, "properties": {"desired": {"initial": True}}},
+        },
+    )
+    result = register_device(dps_server, rid, primary)
+    assert_registered(result, dps_server, rid)
+    return {"device_id": rid, "primary": primary, "secondary": secondary}
+
+
+def test_get_device(registry_manager, provisioned_device):
+    device = registry_manager.get_device(provisioned_device["device_id"])
+    assert device.device_id == provisioned_device["device_id"]
+    assert device.status == "enabled"
+    assert device.authentication.type == "sas"
+    # the hub identity uses the enrollment's keys (devices reuse them for the hub connection)
+    assert device.authentication.symmetric_key.primary_key == provisioned_device["primary"]
+    assert device.authentication.symmetric_key.secondary_key == provisioned_device["secondary"]
+    assert device.etag
+
+
+def test_get_twin_has_initial_twin(registry_manager, provisioned_device):
+    twin = registry_manager.get_twin(provisioned_device["device_id"])
+    assert twin.device_id == provisioned_device["device_id"]
+    assert twin.etag
+    assert twin.tags.get("building") == "b1", twin.tags
+    assert twin.properties.desired.get("initial") is True, twin.properties.desired
+
+
+def test_desired_patch_reaches_connected_device_and_reported_reaches_registry(
+    dps_server, registry_manager, provisioned_device
+):
+    device_id, key = provisioned_device["device_id"], provisioned_device["primary"]
+    marker = uuid.uuid4().hex
+    patches: "queue.Queue[dict]" = queue.Queue()
+
+    with hub_device_client(dps_server, device_id, key) as device:
+        # Setting the handler subscribes synchronously, so no patch can be missed afterwards.
+        call_with_timeout(
+            lambda: setattr(device, "on_twin_desired_properties_patch_received", patches.put),
+            what="enable twin patches",
+        )
+
+        twin = registry_manager.get_twin(device_id)
+        updated = registry_manager.update_twin(
+            device_id,
+            Twin(properties=TwinProperties(desired={"marker": marker, "interval": 5})),
+            twin.etag,
+        )
+        assert updated.properties.desired.get("marker") == marker
+        assert updated.properties.desired.get("initial") is True, "PATCH must merge, not replace"
+
+        received = None
+        try:
+            while received is None:
+                patch = patches.get(timeout=PATCH_WAIT_SECONDS)
+                # ensure_desired_properties may deliver an earlier full desired set first
+                if patch.get("marker") == marker:
+                    received = patch
+        except queue.Empty:
+            pytest.fail(f"device did not receive the desired-property patch within {PATCH_WAIT_SECONDS}s")
+        assert received.get("interval") == 5, received
+        assert isinstance(received.get("$version"), int), received
+
+        device_twin = call_with_timeout(device.get_twin, what="get_twin")
+        assert device_twin["desired"].get("marker") == marker, device_twin
+
+        call_with_timeout(
+            lambda: device.patch_twin_reported_properties({"ack": marker}),
+            what="patch_twin_reported_properties",
+        )
+
+    twin_after = registry_manager.get_twin(device_id)
+    assert twin_after.properties.reported.get("ack") == marker, twin_after.properties.reported
+    assert twin_after.properties.desired.get("marker") == marker
+
+
+def test_update_twin_with_stale_etag_fails(registry_manager, provisioned_device):
+    from msrest.exceptions import HttpOperationError
+
+    device_id = provisioned_device["device_id"]
+    twin = registry_manager.get_twin(device_id)
+    registry_manager.update_twin(device_id, Twin(properties=TwinProperties(desired={"n": 1})), twin.etag)
+    with pytest.raises(HttpOperationError) as stale:
+        registry_manager.update_twin(device_id, Twin(properties=TwinProperties(desired={"n": 2})), twin.etag)
+    assert stale.value.response.status_code == 412
+    assert registry_manager.get_twin(device_id).properties.desired.get("n") == 1
+
+
+def test_unknown_device_is_404(registry_manager):
+    from msrest.exceptions import HttpOperationError
+
+    with pytest.raises(HttpOperationError) as missing:
+        registry_manager.get_device(unique_id("no-such-device"))
+    assert missing.value.response.status_code == 404
