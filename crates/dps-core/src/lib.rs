@@ -7,10 +7,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod clock;
+pub mod engine;
+pub mod error;
 pub mod hub;
 pub mod store;
+pub mod x509;
 
 pub use clock::{Clock, FakeClock, SystemClock};
+pub use engine::{
+    Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page,
+};
+pub use error::ApiError;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 pub use store::{RegistrationRecord, Store, StoreError, WriteCondition};

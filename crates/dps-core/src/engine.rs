@@ -1,0 +1,89 @@
+//! The engine: one instance per service, shared by every transport and the service API.
+
+mod device;
+mod groups;
+mod service;
+
+use std::sync::Arc;
+
+use dps_proto::model::device::RegistrationOperationStatus;
+use dps_proto::model::service::AllocationPolicy;
+
+use crate::hub::HubRegistry;
+use crate::store::Store;
+
+pub use device::{Credential, DeviceRequest};
+pub use service::Page;
+
+/// A hub devices can be assigned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedHub {
+    /// Host name devices connect to (the `assignedHub` value).
+    pub host_name: String,
+    /// Relative weight for hashed allocation (1..=1000).
+    pub allocation_weight: u32,
+    /// Whether policy-based allocation may pick this hub.
+    pub apply_allocation_policy: bool,
+}
+
+/// Static configuration of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The service's ID scope, e.g. `0ne0012AB34`.
+    pub id_scope: String,
+    /// Hubs devices may be assigned to.
+    pub linked_hubs: Vec<LinkedHub>,
+    /// Allocation policy for enrollments that set none.
+    pub default_allocation: AllocationPolicy,
+    /// `retry-after` seconds sent while an operation is `assigning`.
+    pub retry_after_secs: u32,
+}
+
+/// A device-API reply: HTTP status (202 while assigning, 200 when done), optional retry-after,
+/// and the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceResponse {
+    /// 200 or 202.
+    pub status: u16,
+    /// Seconds, when the device should poll again.
+    pub retry_after: Option<u32>,
+    /// `RegistrationOperationStatus`.
+    pub body: RegistrationOperationStatus,
+}
+
+/// The provisioning engine.
+pub struct Engine {
+    config: EngineConfig,
+    store: Arc<dyn Store>,
+    hubs: Arc<dyn HubRegistry>,
+    groups: groups::GroupCache,
+    operations: device::OperationCache,
+}
+
+impl Engine {
+    /// Builds an engine. Call [`Engine::load`] before serving so caches reflect the store.
+    pub fn new(config: EngineConfig, store: Arc<dyn Store>, hubs: Arc<dyn HubRegistry>) -> Self {
+        Self {
+            config,
+            store,
+            hubs,
+            groups: groups::GroupCache::default(),
+            operations: device::OperationCache::default(),
+        }
+    }
+
+    /// Loads caches (enrollment groups) from the store.
+    pub async fn load(&self) -> Result<(), crate::ApiError> {
+        self.groups.reload(self.store.as_ref()).await
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The store (for tools such as `dps bench` that need counts).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}

@@ -1,0 +1,659 @@
+//! The device API: register, operation status, registration status lookup.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use dps_proto::codes;
+use dps_proto::keys::derive_device_key;
+use dps_proto::model::device::{DeviceRegistration, RegistrationOperationStatus};
+use dps_proto::model::service::{
+    AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus,
+    RegistrationState, RegistrationStatus, Substatus, SymmetricKeyRegistrationResult,
+};
+use dps_proto::registration_id;
+use dps_proto::sas::{hmac_sha256, SasToken};
+use sha2::{Digest, Sha256};
+
+use super::{DeviceResponse, Engine};
+use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
+use crate::store::RegistrationRecord;
+use crate::ApiError;
+
+/// What the device presented to prove who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Nothing (the first, unauthenticated TPM request).
+    None,
+    /// A SAS token (MQTT password or HTTP `Authorization`).
+    Sas(String),
+    /// The DER certificates the device sent in the TLS handshake, leaf first.
+    X509(Vec<Vec<u8>>),
+}
+
+/// Who is asking: the same for every transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRequest {
+    /// ID scope from the MQTT username or the URL path.
+    pub id_scope: String,
+    /// Registration id from the MQTT username or the URL path.
+    pub registration_id: String,
+    /// Proof of identity.
+    pub credential: Credential,
+    /// Device API version, if the device sent one.
+    pub api_version: Option<String>,
+}
+
+/// How long a completed operation can be polled from memory before polls fall back to the store.
+const OPERATION_TTL: Duration = Duration::from_secs(600);
+/// Completed operations kept in memory before expired ones are swept.
+const OPERATION_SWEEP_THRESHOLD: usize = 100_000;
+
+/// Completed operations by id. Polls are answered from here without touching the store; a poll
+/// after a restart falls back to the registration record, which carries its operation id.
+#[derive(Default)]
+pub(crate) struct OperationCache {
+    ops: DashMap<String, CachedOperation>,
+    inserts: AtomicU64,
+}
+
+struct CachedOperation {
+    registration_key: String,
+    /// SHA-256 of the credential that started the operation: a poll with the same credential
+    /// needs no second attestation.
+    credential_digest: [u8; 32],
+    body: RegistrationOperationStatus,
+    expires: DateTime<Utc>,
+}
+
+impl OperationCache {
+    fn insert(&self, now: DateTime<Utc>, op: CachedOperation) {
+        let n = self.inserts.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(1024) && self.ops.len() > OPERATION_SWEEP_THRESHOLD {
+            self.ops.retain(|_, o| o.expires > now);
+        }
+        self.ops.insert(op.body.operation_id.clone(), op);
+    }
+}
+
+/// The enrollment a device matched.
+enum Matched {
+    Individual(Box<IndividualEnrollment>),
+    Group(Box<EnrollmentGroup>),
+}
+
+/// The outcome of attestation: the enrollment and the keys the hub should know the device by.
+struct Attested {
+    matched: Matched,
+    attestation: AttestationType,
+    hub_auth: DeviceAuth,
+}
+
+impl Matched {
+    fn disabled(&self) -> Option<String> {
+        match self {
+            Matched::Individual(e)
+                if e.provisioning_status == Some(ProvisioningStatus::Disabled) =>
+            {
+                Some(format!(
+                    "individual enrollment '{}' is disabled",
+                    e.registration_id
+                ))
+            }
+            Matched::Group(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+                Some(format!(
+                    "enrollment group '{}' is disabled",
+                    g.enrollment_group_id
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn group_id(&self) -> Option<&str> {
+        match self {
+            Matched::Group(g) => Some(&g.enrollment_group_id),
+            Matched::Individual(_) => None,
+        }
+    }
+}
+
+fn digest(c: &Credential) -> [u8; 32] {
+    let mut h = Sha256::new();
+    match c {
+        Credential::None => h.update(b"none"),
+        Credential::Sas(s) => {
+            h.update(b"sas:");
+            h.update(s.as_bytes());
+        }
+        Credential::X509(chain) => {
+            h.update(b"x509:");
+            for c in chain {
+                h.update((c.len() as u64).to_be_bytes());
+                h.update(c);
+            }
+        }
+    }
+    h.finalize().into()
+}
+
+fn new_operation_id(registration_key: &str) -> String {
+    let h = Sha256::digest(registration_key.as_bytes());
+    format!(
+        "4.{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}.{}",
+        h[0],
+        h[1],
+        h[2],
+        h[3],
+        h[4],
+        h[5],
+        h[6],
+        h[7],
+        uuid::Uuid::new_v4()
+    )
+}
+
+/// A fresh opaque etag in the shape the real service uses: base64 of a quoted GUID.
+pub(crate) fn new_etag() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
+}
+
+impl Engine {
+    fn check_request(&self, req: &DeviceRequest) -> Result<(), ApiError> {
+        if req.id_scope != self.config.id_scope {
+            return Err(ApiError::new(
+                codes::ID_SCOPE_NOT_FOUND,
+                format!(
+                    "unknown ID scope '{}'; this service's ID scope is different",
+                    req.id_scope
+                ),
+            ));
+        }
+        registration_id::validate(&req.registration_id)
+            .map_err(|e| ApiError::invalid(format!("registration id: {e}")))
+    }
+
+    /// Handles a register request. On success the registration is committed before this returns,
+    /// and the reply is `202 assigning` with an operation id the device polls.
+    pub async fn register(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        body: &DeviceRegistration,
+    ) -> Result<DeviceResponse, ApiError> {
+        self.check_request(req)?;
+        if let Some(body_id) = &body.registration_id {
+            if !body_id.eq_ignore_ascii_case(&req.registration_id) {
+                return Err(ApiError::invalid(format!(
+                    "body registrationId '{body_id}' does not match the registration id '{}' of the request",
+                    req.registration_id
+                )));
+            }
+        }
+        let attested = self.attest(now, req).await?;
+        let key = registration_id::key(&req.registration_id);
+        let operation_id = new_operation_id(&key);
+        let final_state = match self.assign(now, req, body, &attested, &operation_id).await {
+            Ok(state) => state,
+            Err(failure) => failure,
+        };
+        let status = final_state.status;
+        self.operations.insert(
+            now,
+            CachedOperation {
+                registration_key: key,
+                credential_digest: digest(&req.credential),
+                body: RegistrationOperationStatus {
+                    operation_id: operation_id.clone(),
+                    status,
+                    registration_state: final_state,
+                },
+                expires: now + chrono::Duration::from_std(OPERATION_TTL).unwrap_or_default(),
+            },
+        );
+        Ok(DeviceResponse {
+            status: 202,
+            retry_after: Some(self.config.retry_after_secs),
+            body: RegistrationOperationStatus {
+                operation_id,
+                status: RegistrationStatus::Assigning,
+                registration_state: RegistrationState {
+                    registration_id: req.registration_id.clone(),
+                    status: RegistrationStatus::Assigning,
+                    ..Default::default()
+                },
+            },
+        })
+    }
+
+    /// Handles an operation-status poll.
+    pub async fn operation_status(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        operation_id: &str,
+    ) -> Result<DeviceResponse, ApiError> {
+        self.check_request(req)?;
+        let key = registration_id::key(&req.registration_id);
+        let not_found = || {
+            ApiError::new(
+                codes::OPERATION_NOT_FOUND,
+                format!(
+                    "operation '{operation_id}' not found for registration '{}'",
+                    req.registration_id
+                ),
+            )
+        };
+        let cached = self.operations.ops.get(operation_id).map(|o| {
+            (
+                o.registration_key.clone(),
+                o.credential_digest,
+                o.body.clone(),
+            )
+        });
+        if let Some((op_key, cred, body)) = cached {
+            if op_key != key {
+                return Err(not_found());
+            }
+            if cred != digest(&req.credential) {
+                self.attest(now, req).await?;
+            }
+            return Ok(DeviceResponse {
+                status: 200,
+                retry_after: None,
+                body,
+            });
+        }
+        self.attest(now, req).await?;
+        let record = self
+            .store
+            .get_registration(&key)
+            .await?
+            .ok_or_else(not_found)?;
+        if record.operation_id.as_deref() != Some(operation_id) {
+            return Err(not_found());
+        }
+        let state = self.device_view(&record);
+        Ok(DeviceResponse {
+            status: 200,
+            retry_after: None,
+            body: RegistrationOperationStatus {
+                operation_id: operation_id.to_string(),
+                status: state.status,
+                registration_state: state,
+            },
+        })
+    }
+
+    /// Handles `POST /{scope}/registrations/{id}`: the device's current registration record.
+    pub async fn registration_status(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+    ) -> Result<RegistrationState, ApiError> {
+        self.check_request(req)?;
+        self.attest(now, req).await?;
+        let record = self
+            .store
+            .get_registration(&req.registration_id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    codes::REGISTRATION_NOT_FOUND,
+                    format!(
+                        "registration '{}' has no registration record",
+                        req.registration_id
+                    ),
+                )
+            })?;
+        Ok(self.device_view(&record))
+    }
+
+    fn device_view(&self, record: &RegistrationRecord) -> RegistrationState {
+        let mut state = record.state.clone();
+        if record.attestation == AttestationType::SymmetricKey {
+            state.symmetric_key = Some(SymmetricKeyRegistrationResult {
+                enrollment_group_id: record.enrollment_group_id.clone(),
+            });
+        }
+        state
+    }
+
+    /// Proves the device is who it says it is, and finds its enrollment.
+    async fn attest(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Attested, ApiError> {
+        match &req.credential {
+            Credential::Sas(token) => self.attest_sas(now, req, token).await,
+            Credential::X509(_) => Err(ApiError::unauthorized(
+                "X.509 client-certificate attestation is not supported by this server version; use a symmetric key",
+            )),
+            Credential::None => Err(ApiError::unauthorized(
+                "no credential: send a SharedAccessSignature (symmetric key) in the MQTT password or the Authorization header",
+            )),
+        }
+    }
+
+    async fn attest_sas(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        token: &str,
+    ) -> Result<Attested, ApiError> {
+        let token = SasToken::parse(token).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        let audience = format!("{}/registrations/{}", req.id_scope, req.registration_id);
+        token
+            .check_audience_eq(&audience)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        token
+            .check_expiry(now.timestamp().max(0) as u64)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+
+        if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
+            if e.attestation.kind != AttestationType::SymmetricKey {
+                return Err(ApiError::unauthorized(format!(
+                    "individual enrollment '{}' uses {} attestation, but the device presented a SAS token",
+                    e.registration_id, e.attestation.kind
+                )));
+            }
+            let sk = e.attestation.symmetric_key.clone().unwrap_or_default();
+            let keys: Vec<&str> = [&sk.primary_key, &sk.secondary_key]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            token.verify_signature(keys).map_err(|_| {
+                ApiError::unauthorized(format!(
+                    "SAS signature does not match the primary or secondary key of individual enrollment '{}'",
+                    e.registration_id
+                ))
+            })?;
+            let hub_auth = DeviceAuth::Sas {
+                primary_key: sk.primary_key.unwrap_or_default(),
+                secondary_key: sk.secondary_key.unwrap_or_default(),
+            };
+            return Ok(Attested {
+                matched: Matched::Individual(Box::new(e)),
+                attestation: AttestationType::SymmetricKey,
+                hub_auth,
+            });
+        }
+
+        let groups = self.groups.snapshot();
+        for cached in groups.iter().filter(|g| !g.keys.is_empty()) {
+            let derived: Vec<Vec<u8>> = cached
+                .keys
+                .iter()
+                .map(|k| hmac_sha256(k, req.registration_id.as_bytes()))
+                .collect();
+            if derived.iter().any(|d| token.verify_signature_raw(d)) {
+                let sk = cached
+                    .group
+                    .attestation
+                    .symmetric_key
+                    .clone()
+                    .unwrap_or_default();
+                let derive = |k: &Option<String>| {
+                    k.as_deref()
+                        .and_then(|k| derive_device_key(k, &req.registration_id))
+                        .unwrap_or_default()
+                };
+                let hub_auth = DeviceAuth::Sas {
+                    primary_key: derive(&sk.primary_key),
+                    secondary_key: derive(&sk.secondary_key),
+                };
+                return Ok(Attested {
+                    matched: Matched::Group(Box::new(cached.group.clone())),
+                    attestation: AttestationType::SymmetricKey,
+                    hub_auth,
+                });
+            }
+        }
+        // Diagnose the commonest mistake: signing with the group key itself.
+        if let Some(g) = groups
+            .iter()
+            .find(|g| g.keys.iter().any(|k| token.verify_signature_raw(k)))
+        {
+            return Err(ApiError::unauthorized(format!(
+                "the SAS token was signed with the key of enrollment group '{}' itself; a device must sign with its derived key, base64(HMAC-SHA256(base64decode(groupKey), registrationId))",
+                g.group.enrollment_group_id
+            )));
+        }
+        let n = groups.iter().filter(|g| !g.keys.is_empty()).count();
+        Err(ApiError::unauthorized(format!(
+            "no enrollment matches registration '{}': there is no individual enrollment with that id, and the SAS signature matches none of the {n} symmetric-key enrollment group(s)",
+            req.registration_id
+        )))
+    }
+
+    /// Allocation, hub update and durable commit. `Err` carries a completed-but-failed state
+    /// (status `failed` or `disabled`), which is reported to the device but not persisted.
+    async fn assign(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        body: &DeviceRegistration,
+        attested: &Attested,
+        operation_id: &str,
+    ) -> Result<RegistrationState, RegistrationState> {
+        // The device payload only feeds custom (webhook) allocation, which is not implemented yet.
+        let _ = &body.payload;
+        let failed = |status: RegistrationStatus, code: u32, message: String| RegistrationState {
+            registration_id: req.registration_id.clone(),
+            status,
+            error_code: Some(code),
+            error_message: Some(message),
+            created_date_time_utc: Some(now),
+            last_updated_date_time_utc: Some(now),
+            ..Default::default()
+        };
+        if let Some(why) = attested.matched.disabled() {
+            return Err(failed(
+                RegistrationStatus::Disabled,
+                codes::ENROLLMENT_DISABLED,
+                why,
+            ));
+        }
+        let previous = match self.store.get_registration(&req.registration_id).await {
+            Ok(p) => p.filter(|p| p.state.status == RegistrationStatus::Assigned),
+            Err(e) => {
+                return Err(failed(
+                    RegistrationStatus::Failed,
+                    codes::INTERNAL,
+                    format!("storage: {e}"),
+                ))
+            }
+        };
+        let (policy, reprovision, initial_twin, capabilities, iot_hubs, legacy_hub, device_id) =
+            match &attested.matched {
+                Matched::Individual(e) => (
+                    e.allocation_policy,
+                    e.reprovision_policy,
+                    e.initial_twin.clone(),
+                    e.capabilities.unwrap_or_default(),
+                    e.iot_hubs.clone(),
+                    e.iot_hub_host_name.clone(),
+                    e.device_id
+                        .clone()
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or_else(|| req.registration_id.clone()),
+                ),
+                Matched::Group(g) => (
+                    g.allocation_policy,
+                    g.reprovision_policy,
+                    g.initial_twin.clone(),
+                    g.capabilities.unwrap_or_default(),
+                    g.iot_hubs.clone(),
+                    g.iot_hub_host_name.clone(),
+                    req.registration_id.clone(),
+                ),
+            };
+        let reprovision = reprovision.unwrap_or_default();
+        let sticky_hub = previous
+            .as_ref()
+            .filter(|_| !reprovision.update_hub_assignment)
+            .and_then(|p| p.state.assigned_hub.clone());
+        let hub = match sticky_hub {
+            Some(h) => h,
+            None => match self.allocate(
+                policy,
+                iot_hubs.as_deref(),
+                legacy_hub.as_deref(),
+                &req.registration_id,
+            ) {
+                Ok(h) => h,
+                Err(msg) => {
+                    return Err(failed(
+                        RegistrationStatus::Failed,
+                        codes::HUB_NOT_SPECIFIED,
+                        msg,
+                    ))
+                }
+            },
+        };
+        let previous_hub = previous.as_ref().and_then(|p| p.state.assigned_hub.clone());
+        let same_hub = previous_hub
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&hub));
+        let reset = previous.is_some()
+            && !reprovision.migrate_device_data
+            && reprovision.update_hub_assignment;
+        let device = DeviceProvisioning {
+            device_id: device_id.clone(),
+            auth: attested.hub_auth.clone(),
+            capabilities,
+            initial_twin,
+            twin_policy: if reset {
+                TwinPolicy::Reset
+            } else {
+                TwinPolicy::Keep
+            },
+        };
+        let outcome = match self.hubs.upsert_device(&hub, &device).await {
+            Ok(o) => o,
+            Err(e) => {
+                return Err(failed(
+                    RegistrationStatus::Failed,
+                    codes::HUB_UNAUTHORIZED,
+                    e.to_string(),
+                ))
+            }
+        };
+        let substatus = match (&previous, same_hub) {
+            (None, _) if outcome.created => Substatus::InitialAssignment,
+            (None, _) => Substatus::ReprovisionedToInitialAssignment,
+            (Some(_), _) if reset => Substatus::DeviceDataReset,
+            (Some(_), false) => Substatus::DeviceDataMigrated,
+            (Some(p), true) => p.state.substatus.unwrap_or(Substatus::InitialAssignment),
+        };
+        let state = RegistrationState {
+            registration_id: req.registration_id.clone(),
+            created_date_time_utc: Some(
+                previous
+                    .as_ref()
+                    .and_then(|p| p.state.created_date_time_utc)
+                    .unwrap_or(now),
+            ),
+            assigned_hub: Some(hub.clone()),
+            device_id: Some(device_id.clone()),
+            status: RegistrationStatus::Assigned,
+            substatus: Some(substatus),
+            last_updated_date_time_utc: Some(now),
+            etag: Some(new_etag()),
+            payload: None,
+            ..Default::default()
+        };
+        let record = RegistrationRecord {
+            state,
+            enrollment_group_id: attested.matched.group_id().map(str::to_string),
+            attestation: attested.attestation,
+            operation_id: Some(operation_id.to_string()),
+        };
+        if let Err(e) = self.store.commit_registration(&record).await {
+            return Err(failed(
+                RegistrationStatus::Failed,
+                codes::INTERNAL,
+                format!("storage: {e}"),
+            ));
+        }
+        if let (Some(old), false) = (previous_hub, same_hub) {
+            if let Err(e) = self.hubs.delete_device(&old, &device_id).await {
+                tracing::warn!(hub = %old, device = %device_id, error = %e, "could not remove migrated device from its previous hub");
+            }
+        }
+        Ok(self.device_view(&record))
+    }
+
+    /// Picks a hub. `hashed` and `geoLatency` (no latency signal here) use weighted rendezvous
+    /// hashing of the lower-cased registration id: deterministic, proportional to weight, and
+    /// stable when hubs are added or removed.
+    fn allocate(
+        &self,
+        policy: Option<AllocationPolicy>,
+        iot_hubs: Option<&[String]>,
+        legacy_hub: Option<&str>,
+        registration_id: &str,
+    ) -> Result<String, String> {
+        let linked = &self.config.linked_hubs;
+        let named: Vec<&str> = match (iot_hubs.filter(|h| !h.is_empty()), legacy_hub) {
+            (Some(h), _) => h.iter().map(String::as_str).collect(),
+            (None, Some(h)) => vec![h],
+            (None, None) => vec![],
+        };
+        let candidates: Vec<&super::LinkedHub> = if named.is_empty() {
+            linked
+                .iter()
+                .filter(|h| h.apply_allocation_policy)
+                .collect()
+        } else {
+            linked
+                .iter()
+                .filter(|h| named.iter().any(|n| n.eq_ignore_ascii_case(&h.host_name)))
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Err(if named.is_empty() {
+                "no linked IoT hub is available for allocation".to_string()
+            } else {
+                format!(
+                    "none of the enrollment's IoT hubs ({}) is linked to this service",
+                    named.join(", ")
+                )
+            });
+        }
+        match policy.unwrap_or(self.config.default_allocation) {
+            AllocationPolicy::Static => {
+                if candidates.len() == 1 {
+                    Ok(candidates[0].host_name.clone())
+                } else {
+                    Err(format!(
+                        "static allocation needs exactly one IoT hub on the enrollment, found {}",
+                        candidates.len()
+                    ))
+                }
+            }
+            AllocationPolicy::Custom => Err(
+                "custom allocation (webhook) is not supported by this server version".to_string(),
+            ),
+            AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
+                let key = registration_id::key(registration_id);
+                let best = candidates
+                    .iter()
+                    .map(|h| {
+                        let d = Sha256::digest(
+                            format!("{}\n{key}", h.host_name.to_ascii_lowercase()).as_bytes(),
+                        );
+                        let x = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
+                        // Weighted rendezvous: score = -w / ln(u), u uniform in (0,1).
+                        let u = (x as f64 + 1.0) / (u64::MAX as f64 + 2.0);
+                        let score = -(h.allocation_weight.max(1) as f64) / u.ln();
+                        (score, h)
+                    })
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, h)| h.host_name.clone())
+                    .expect("candidates is not empty");
+                Ok(best)
+            }
+        }
+    }
+}

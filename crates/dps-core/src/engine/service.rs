@@ -1,0 +1,727 @@
+//! The service API: enrollments, enrollment groups, registration records.
+//!
+//! Output shaping follows the real service (service-api.md §3.10): PUT responses carry secrets
+//! (including generated keys), GET and query strip them, only `attestationmechanism` returns them
+//! on reads; X.509 certificates are never echoed, only their `info`. On update, absent keys and
+//! certificates mean "keep the stored ones", so GET → modify → PUT round trips never rotate them.
+
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use dps_proto::codes;
+use dps_proto::keys::{encode_key, validate_symmetric_key};
+use dps_proto::model::service::{
+    AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation,
+    BulkMode, BulkOperationError, BulkOperationResult, EnrollmentGroup, IndividualEnrollment,
+    RegistrationState, RegistrationStatus, SymmetricKeyAttestation, X509Certificates,
+};
+use dps_proto::registration_id;
+use rand::RngCore;
+
+use super::device::new_etag;
+use super::Engine;
+use crate::store::{StoreError, WriteCondition};
+use crate::ApiError;
+
+/// One page of a query: items and the continuation token for the next page (absent when the
+/// collection is exhausted — Node loops forever on an empty token, Python demands full pages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// Items of this page.
+    pub items: Vec<T>,
+    /// Token for `x-ms-continuation`, only when more items exist.
+    pub continuation: Option<String>,
+}
+
+/// Azure's limit on items per bulk request.
+const BULK_MAX: usize = 10;
+/// Page size when the client sends no `x-ms-max-item-count`.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page served.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Which resource an error is about, for its code.
+#[derive(Clone, Copy)]
+enum Kind {
+    Enrollment,
+    Group,
+    Registration,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Enrollment => "individual enrollment",
+            Kind::Group => "enrollment group",
+            Kind::Registration => "registration record",
+        }
+    }
+
+    fn map(self, e: StoreError, id: &str) -> ApiError {
+        let (nf, exists, etag) = match self {
+            Kind::Enrollment => (
+                codes::ENROLLMENT_NOT_FOUND,
+                codes::ENROLLMENT_EXISTS,
+                codes::ENROLLMENT_ETAG_MISMATCH,
+            ),
+            Kind::Group => (
+                codes::ENROLLMENT_GROUP_NOT_FOUND,
+                codes::ENROLLMENT_GROUP_EXISTS,
+                codes::ENROLLMENT_GROUP_ETAG_MISMATCH,
+            ),
+            Kind::Registration => (
+                codes::REGISTRATION_NOT_FOUND,
+                codes::REGISTRATION_NOT_FOUND,
+                codes::REGISTRATION_ETAG_MISMATCH,
+            ),
+        };
+        let name = self.name();
+        match e {
+            StoreError::NotFound => ApiError::new(nf, format!("{name} '{id}' not found")),
+            StoreError::AlreadyExists => ApiError::new(
+                exists,
+                format!("{name} '{id}' already exists; to update it send its current etag in If-Match (or '*')"),
+            ),
+            StoreError::EtagMismatch => ApiError::new(etag, format!("If-Match does not match the current etag of {name} '{id}'")),
+            StoreError::Backend(m) => ApiError::internal(format!("storage: {m}")),
+        }
+    }
+
+    fn not_found(self, id: &str) -> ApiError {
+        self.map(StoreError::NotFound, id)
+    }
+}
+
+fn generate_key() -> String {
+    let mut raw = [0u8; 64];
+    rand::thread_rng().fill_bytes(&mut raw);
+    encode_key(&raw)
+}
+
+fn encode_continuation(last_key: &str) -> String {
+    B64URL.encode(last_key.as_bytes())
+}
+
+fn decode_continuation(token: Option<&str>) -> Result<Option<String>, ApiError> {
+    token
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            B64URL
+                .decode(t.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "x-ms-continuation '{t}' is not a token this service issued"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+fn page_size(requested: Option<usize>) -> usize {
+    requested
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .min(MAX_PAGE_SIZE)
+}
+
+/// Makes a page from `size + 1` fetched items (the look-ahead decides the continuation).
+fn paginate<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> Page<T> {
+    let continuation = if items.len() > size {
+        items.truncate(size);
+        items.last().map(|i| encode_continuation(&key(i)))
+    } else {
+        None
+    };
+    Page {
+        items,
+        continuation,
+    }
+}
+
+/// Validates and completes an attestation on write. `stored` is the attestation already stored (on
+/// update), whose secrets are kept where the request leaves them out.
+fn prepare_attestation(
+    att: &mut AttestationMechanism,
+    stored: Option<&AttestationMechanism>,
+    individual: bool,
+) -> Result<(), String> {
+    match att.kind {
+        AttestationType::None => {
+            return Err(
+                "attestation type 'none' is not allowed; use symmetricKey, x509 or tpm".into(),
+            )
+        }
+        AttestationType::SymmetricKey => {
+            let stored_sk = stored
+                .filter(|s| s.kind == AttestationType::SymmetricKey)
+                .and_then(|s| s.symmetric_key.clone());
+            let sk = att
+                .symmetric_key
+                .get_or_insert_with(SymmetricKeyAttestation::default);
+            for (slot, old) in [
+                (
+                    &mut sk.primary_key,
+                    stored_sk.as_ref().and_then(|s| s.primary_key.clone()),
+                ),
+                (
+                    &mut sk.secondary_key,
+                    stored_sk.as_ref().and_then(|s| s.secondary_key.clone()),
+                ),
+            ] {
+                match slot {
+                    Some(k) if !k.is_empty() => {
+                        validate_symmetric_key(k).map_err(|e| format!("symmetric key: {e}"))?
+                    }
+                    _ => *slot = Some(old.unwrap_or_else(generate_key)),
+                }
+            }
+            att.tpm = None;
+            att.x509 = None;
+        }
+        AttestationType::Tpm => {
+            if !individual {
+                return Err("enrollment groups do not support TPM attestation".into());
+            }
+            let stored_tpm = stored
+                .filter(|s| s.kind == AttestationType::Tpm)
+                .and_then(|s| s.tpm.clone());
+            let tpm = att.tpm.get_or_insert_with(Default::default);
+            if tpm.endorsement_key.as_deref().is_none_or(str::is_empty) {
+                tpm.endorsement_key = stored_tpm.as_ref().and_then(|t| t.endorsement_key.clone());
+            }
+            let ek = tpm
+                .endorsement_key
+                .as_deref()
+                .ok_or("tpm attestation needs an endorsementKey")?;
+            B64.decode(ek)
+                .map_err(|_| "tpm endorsementKey is not valid base64".to_string())?;
+            if let Some(srk) = tpm.storage_root_key.as_deref() {
+                B64.decode(srk)
+                    .map_err(|_| "tpm storageRootKey is not valid base64".to_string())?;
+            }
+            att.symmetric_key = None;
+            att.x509 = None;
+        }
+        AttestationType::X509 => {
+            let stored_x = stored
+                .filter(|s| s.kind == AttestationType::X509)
+                .and_then(|s| s.x509.clone());
+            let x = att.x509.get_or_insert_with(Default::default);
+            let (certs, stored_certs, what) = if individual {
+                (
+                    &mut x.client_certificates,
+                    stored_x
+                        .as_ref()
+                        .and_then(|s| s.client_certificates.clone()),
+                    "clientCertificates",
+                )
+            } else {
+                (
+                    &mut x.signing_certificates,
+                    stored_x
+                        .as_ref()
+                        .and_then(|s| s.signing_certificates.clone()),
+                    "signingCertificates",
+                )
+            };
+            if let Some(c) = certs.as_mut() {
+                complete_certificates(c, stored_certs.as_ref())?;
+            }
+            let has_certs = certs.as_ref().is_some_and(|c| c.primary.is_some());
+            let has_refs = x
+                .ca_references
+                .as_ref()
+                .is_some_and(|r| r.primary.is_some());
+            if !has_certs && !has_refs {
+                return Err(format!(
+                    "x509 attestation needs {what} with a primary certificate, or caReferences"
+                ));
+            }
+            att.symmetric_key = None;
+            att.tpm = None;
+        }
+    }
+    Ok(())
+}
+
+/// Fills `info` for each certificate given as PEM or base64 DER; entries without `certificate`
+/// keep the stored certificate (a GET → PUT round trip).
+fn complete_certificates(
+    c: &mut X509Certificates,
+    stored: Option<&X509Certificates>,
+) -> Result<(), String> {
+    for (slot, old, which) in [
+        (
+            &mut c.primary,
+            stored.and_then(|s| s.primary.clone()),
+            "primary",
+        ),
+        (
+            &mut c.secondary,
+            stored.and_then(|s| s.secondary.clone()),
+            "secondary",
+        ),
+    ] {
+        let Some(entry) = slot.as_mut() else { continue };
+        match entry
+            .certificate
+            .as_deref()
+            .filter(|c| !c.trim().is_empty())
+        {
+            Some(text) => {
+                let der = dps_pki::pem::parse_certificates(text)
+                    .map_err(|e| format!("{which} certificate: {e}"))?;
+                let first = der
+                    .first()
+                    .ok_or_else(|| format!("{which} certificate: no certificate found"))?;
+                let s = dps_pki::info::summarize(first)
+                    .map_err(|e| format!("{which} certificate: {e}"))?;
+                entry.info = Some(crate::x509::info_of(&s));
+            }
+            None => match old {
+                Some(o) if o.certificate.is_some() => *entry = o,
+                _ => {
+                    return Err(format!(
+                        "{which} certificate has no 'certificate' (PEM or base64 DER)"
+                    ))
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Removes secrets for GET / query output.
+fn strip_secrets(att: &mut AttestationMechanism) {
+    if let Some(sk) = att.symmetric_key.as_mut() {
+        sk.primary_key = None;
+        sk.secondary_key = None;
+    }
+    strip_certificates(att);
+}
+
+/// Certificates are never echoed, only their info.
+fn strip_certificates(att: &mut AttestationMechanism) {
+    if let Some(x) = att.x509.as_mut() {
+        for c in [
+            x.client_certificates.as_mut(),
+            x.signing_certificates.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for e in [c.primary.as_mut(), c.secondary.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                e.certificate = None;
+            }
+        }
+    }
+}
+
+fn condition(if_match: Option<&str>, body_etag: Option<&str>) -> WriteCondition {
+    WriteCondition::from_if_match(if_match.or(body_etag))
+}
+
+fn unix(now: DateTime<Utc>) -> u64 {
+    now.timestamp().max(0) as u64
+}
+
+impl Engine {
+    // ---------------------------------------------------------------- individual enrollments
+
+    /// `PUT /enrollments/{id}`.
+    pub async fn put_enrollment(
+        &self,
+        now: DateTime<Utc>,
+        id: &str,
+        mut e: IndividualEnrollment,
+        if_match: Option<&str>,
+    ) -> Result<IndividualEnrollment, ApiError> {
+        registration_id::validate(id)
+            .map_err(|err| ApiError::invalid(format!("registration id: {err}")))?;
+        if e.registration_id.is_empty() {
+            e.registration_id = id.to_string();
+        } else if !e.registration_id.eq_ignore_ascii_case(id) {
+            return Err(ApiError::invalid(format!(
+                "body registrationId '{}' does not match the path id '{id}'",
+                e.registration_id
+            )));
+        }
+        if let Some(d) = e.device_id.as_deref().filter(|d| !d.is_empty()) {
+            validate_device_id(d)?;
+        }
+        let cond = condition(if_match, e.etag.as_deref());
+        let stored = self.store.get_enrollment(id).await?;
+        prepare_attestation(
+            &mut e.attestation,
+            stored.as_ref().map(|s| &s.attestation),
+            true,
+        )
+        .map_err(ApiError::invalid)?;
+        e.registration_state = None;
+        e.etag = Some(new_etag());
+        e.created_date_time_utc = Some(
+            stored
+                .as_ref()
+                .and_then(|s| s.created_date_time_utc)
+                .unwrap_or(now),
+        );
+        e.last_updated_date_time_utc = Some(now);
+        self.store
+            .put_enrollment(&e, &cond)
+            .await
+            .map_err(|err| Kind::Enrollment.map(err, id))?;
+        strip_certificates(&mut e.attestation);
+        Ok(e)
+    }
+
+    /// `GET /enrollments/{id}`: secrets stripped, registration state embedded.
+    pub async fn get_enrollment(&self, id: &str) -> Result<IndividualEnrollment, ApiError> {
+        let mut e = self
+            .store
+            .get_enrollment(id)
+            .await?
+            .ok_or_else(|| Kind::Enrollment.not_found(id))?;
+        strip_secrets(&mut e.attestation);
+        let state = self.store.get_registration(id).await?.map(|r| r.state);
+        e.registration_state = Some(state.unwrap_or_else(|| RegistrationState {
+            registration_id: e.registration_id.clone(),
+            status: RegistrationStatus::Unassigned,
+            ..Default::default()
+        }));
+        Ok(e)
+    }
+
+    /// `DELETE /enrollments/{id}` (also deletes its registration record).
+    pub async fn delete_enrollment(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.store
+            .delete_enrollment(id, &WriteCondition::from_if_match(if_match))
+            .await
+            .map_err(|e| Kind::Enrollment.map(e, id))
+    }
+
+    /// `POST /enrollments/{id}/attestationmechanism`: the attestation with its secrets.
+    pub async fn enrollment_attestation(&self, id: &str) -> Result<AttestationMechanism, ApiError> {
+        let mut e = self
+            .store
+            .get_enrollment(id)
+            .await?
+            .ok_or_else(|| Kind::Enrollment.not_found(id))?;
+        strip_certificates(&mut e.attestation);
+        Ok(e.attestation)
+    }
+
+    /// `POST /enrollments/query`.
+    pub async fn query_enrollments(
+        &self,
+        continuation: Option<&str>,
+        page: Option<usize>,
+    ) -> Result<Page<IndividualEnrollment>, ApiError> {
+        let size = page_size(page);
+        let after = decode_continuation(continuation)?;
+        let mut items = self
+            .store
+            .list_enrollments(after.as_deref(), size + 1)
+            .await?;
+        for e in &mut items {
+            strip_secrets(&mut e.attestation);
+            e.registration_state = None;
+        }
+        Ok(paginate(items, size, |e| {
+            registration_id::key(&e.registration_id)
+        }))
+    }
+
+    /// `POST /enrollments`: bulk create/update/delete of up to 10 enrollments.
+    pub async fn bulk_enrollments(
+        &self,
+        now: DateTime<Utc>,
+        op: BulkEnrollmentOperation,
+    ) -> Result<BulkOperationResult, ApiError> {
+        let ids: Vec<String> = op
+            .enrollments
+            .iter()
+            .map(|e| e.registration_id.clone())
+            .collect();
+        check_bulk(&ids)?;
+        let mut errors = Vec::new();
+        for e in op.enrollments {
+            let id = e.registration_id.clone();
+            let etag = e.etag.clone();
+            let result = match op.mode {
+                BulkMode::Create => self
+                    .put_enrollment(now, &id, IndividualEnrollment { etag: None, ..e }, None)
+                    .await
+                    .map(drop),
+                BulkMode::Update => self
+                    .put_enrollment(now, &id, e, etag.as_deref())
+                    .await
+                    .map(drop),
+                BulkMode::UpdateIfMatchEtag => match etag.as_deref() {
+                    Some(t) => self.put_enrollment(now, &id, e, Some(t)).await.map(drop),
+                    None => Err(Kind::Enrollment.map(StoreError::EtagMismatch, &id)),
+                },
+                BulkMode::Delete => self.delete_enrollment(&id, etag.as_deref()).await,
+            };
+            if let Err(err) = result {
+                errors.push(BulkOperationError {
+                    registration_id: Some(id),
+                    enrollment_group_id: None,
+                    error_code: err.code,
+                    error_status: err.message,
+                });
+            }
+        }
+        Ok(BulkOperationResult {
+            is_successful: errors.is_empty(),
+            errors,
+        })
+    }
+
+    // ---------------------------------------------------------------- enrollment groups
+
+    /// `PUT /enrollmentGroups/{id}`.
+    pub async fn put_group(
+        &self,
+        now: DateTime<Utc>,
+        id: &str,
+        mut g: EnrollmentGroup,
+        if_match: Option<&str>,
+    ) -> Result<EnrollmentGroup, ApiError> {
+        registration_id::validate(id)
+            .map_err(|err| ApiError::invalid(format!("enrollment group id: {err}")))?;
+        if g.enrollment_group_id.is_empty() {
+            g.enrollment_group_id = id.to_string();
+        } else if !g.enrollment_group_id.eq_ignore_ascii_case(id) {
+            return Err(ApiError::invalid(format!(
+                "body enrollmentGroupId '{}' does not match the path id '{id}'",
+                g.enrollment_group_id
+            )));
+        }
+        let cond = condition(if_match, g.etag.as_deref());
+        let stored = self.store.get_group(id).await?;
+        prepare_attestation(
+            &mut g.attestation,
+            stored.as_ref().map(|s| &s.attestation),
+            false,
+        )
+        .map_err(ApiError::invalid)?;
+        g.etag = Some(new_etag());
+        g.created_date_time_utc = Some(
+            stored
+                .as_ref()
+                .and_then(|s| s.created_date_time_utc)
+                .unwrap_or(now),
+        );
+        g.last_updated_date_time_utc = Some(now);
+        let result = self
+            .store
+            .put_group(&g, &cond)
+            .await
+            .map_err(|err| Kind::Group.map(err, id));
+        self.groups.reload(self.store.as_ref()).await?;
+        result?;
+        strip_certificates(&mut g.attestation);
+        Ok(g)
+    }
+
+    /// `GET /enrollmentGroups/{id}`: secrets stripped.
+    pub async fn get_group(&self, id: &str) -> Result<EnrollmentGroup, ApiError> {
+        let mut g = self
+            .store
+            .get_group(id)
+            .await?
+            .ok_or_else(|| Kind::Group.not_found(id))?;
+        strip_secrets(&mut g.attestation);
+        Ok(g)
+    }
+
+    /// `DELETE /enrollmentGroups/{id}` (registration records stay, as in Azure).
+    pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), ApiError> {
+        let result = self
+            .store
+            .delete_group(id, &WriteCondition::from_if_match(if_match))
+            .await
+            .map_err(|e| Kind::Group.map(e, id));
+        self.groups.reload(self.store.as_ref()).await?;
+        result
+    }
+
+    /// `POST /enrollmentGroups/{id}/attestationmechanism`.
+    pub async fn group_attestation(&self, id: &str) -> Result<AttestationMechanism, ApiError> {
+        let mut g = self
+            .store
+            .get_group(id)
+            .await?
+            .ok_or_else(|| Kind::Group.not_found(id))?;
+        strip_certificates(&mut g.attestation);
+        Ok(g.attestation)
+    }
+
+    /// `POST /enrollmentGroups/query`.
+    pub async fn query_groups(
+        &self,
+        continuation: Option<&str>,
+        page: Option<usize>,
+    ) -> Result<Page<EnrollmentGroup>, ApiError> {
+        let size = page_size(page);
+        let after = decode_continuation(continuation)?;
+        let mut items = self.store.list_groups(after.as_deref(), size + 1).await?;
+        for g in &mut items {
+            strip_secrets(&mut g.attestation);
+        }
+        Ok(paginate(items, size, |g| {
+            registration_id::key(&g.enrollment_group_id)
+        }))
+    }
+
+    /// `POST /enrollmentGroups`: bulk operation on up to 10 groups.
+    pub async fn bulk_groups(
+        &self,
+        now: DateTime<Utc>,
+        op: BulkEnrollmentGroupOperation,
+    ) -> Result<BulkOperationResult, ApiError> {
+        let ids: Vec<String> = op
+            .enrollment_groups
+            .iter()
+            .map(|g| g.enrollment_group_id.clone())
+            .collect();
+        check_bulk(&ids)?;
+        let mut errors = Vec::new();
+        for g in op.enrollment_groups {
+            let id = g.enrollment_group_id.clone();
+            let etag = g.etag.clone();
+            let result = match op.mode {
+                BulkMode::Create => self
+                    .put_group(now, &id, EnrollmentGroup { etag: None, ..g }, None)
+                    .await
+                    .map(drop),
+                BulkMode::Update => self.put_group(now, &id, g, etag.as_deref()).await.map(drop),
+                BulkMode::UpdateIfMatchEtag => match etag.as_deref() {
+                    Some(t) => self.put_group(now, &id, g, Some(t)).await.map(drop),
+                    None => Err(Kind::Group.map(StoreError::EtagMismatch, &id)),
+                },
+                BulkMode::Delete => self.delete_group(&id, etag.as_deref()).await,
+            };
+            if let Err(err) = result {
+                errors.push(BulkOperationError {
+                    registration_id: None,
+                    enrollment_group_id: Some(id),
+                    error_code: err.code,
+                    error_status: err.message,
+                });
+            }
+        }
+        Ok(BulkOperationResult {
+            is_successful: errors.is_empty(),
+            errors,
+        })
+    }
+
+    // ---------------------------------------------------------------- registration records
+
+    /// `GET /registrations/{id}`.
+    pub async fn get_registration(&self, id: &str) -> Result<RegistrationState, ApiError> {
+        let r = self
+            .store
+            .get_registration(id)
+            .await?
+            .ok_or_else(|| Kind::Registration.not_found(id))?;
+        Ok(r.state)
+    }
+
+    /// `DELETE /registrations/{id}`: forgets the registration (the hub device stays); the device's
+    /// next registration is treated as initial.
+    pub async fn delete_registration(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.store
+            .delete_registration(id, &WriteCondition::from_if_match(if_match))
+            .await
+            .map_err(|e| Kind::Registration.map(e, id))
+    }
+
+    /// `POST /registrations/{groupId}/query`: records of devices registered through a group.
+    pub async fn query_registrations(
+        &self,
+        group_id: &str,
+        continuation: Option<&str>,
+        page: Option<usize>,
+    ) -> Result<Page<RegistrationState>, ApiError> {
+        let size = page_size(page);
+        let after = decode_continuation(continuation)?;
+        let items = self
+            .store
+            .list_registrations_by_group(group_id, after.as_deref(), size + 1)
+            .await?;
+        let page = paginate(items, size, |r| r.key());
+        Ok(Page {
+            items: page.items.into_iter().map(|r| r.state).collect(),
+            continuation: page.continuation,
+        })
+    }
+
+    /// Seconds since the epoch, for SAS checks by the service layer.
+    pub fn unix_time(now: DateTime<Utc>) -> u64 {
+        unix(now)
+    }
+}
+
+fn check_bulk(ids: &[String]) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Err(ApiError::new(
+            codes::BULK_INVALID,
+            "bulk operation has no items",
+        ));
+    }
+    if ids.len() > BULK_MAX {
+        return Err(ApiError::new(
+            codes::BULK_INVALID,
+            format!(
+                "bulk operation has {} items; at most {BULK_MAX} are allowed",
+                ids.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if id.is_empty() {
+            return Err(ApiError::new(
+                codes::BULK_INVALID,
+                "bulk operation item has no id",
+            ));
+        }
+        if !seen.insert(registration_id::key(id)) {
+            return Err(ApiError::new(
+                codes::BULK_INVALID,
+                format!("bulk operation names '{id}' more than once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// IoT Hub device-id rules: ≤128 ASCII letters, digits and `- . % _ * ? ! ( ) , : = @ $ '`.
+fn validate_device_id(id: &str) -> Result<(), ApiError> {
+    let ok = id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.%_*?!(),:=@$'".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "deviceId '{id}' is not a valid IoT Hub device id (at most 128 letters, digits and - . % _ * ? ! ( ) , : = @ $ ')"
+        )))
+    }
+}

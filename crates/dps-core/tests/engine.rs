@@ -1,0 +1,663 @@
+//! Engine tests: in-memory store, a recording fake hub, a fake clock. Deterministic and fast.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use dps_core::store::memory::MemoryStore;
+use dps_core::{
+    ApiError, Credential, DeviceProvisioning, DeviceRequest, Engine, EngineConfig, HubError,
+    HubRegistry, LinkedHub, TwinPolicy, UpsertOutcome,
+};
+use dps_proto::codes;
+use dps_proto::keys::derive_device_key;
+use dps_proto::model::device::DeviceRegistration;
+use dps_proto::model::service::*;
+use dps_proto::sas::build_token;
+use parking_lot::Mutex;
+
+const SCOPE: &str = "0ne00ABCDEF";
+const HUB: &str = "hub.example.test";
+const KEY1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY2: &str = "HxwdGhsYGRYXFBUSExAREA8ODQwLCgkIBwYFBAMCAQA=";
+
+#[derive(Default)]
+struct FakeHub {
+    devices: Mutex<Vec<DeviceProvisioning>>,
+    refuse: Mutex<bool>,
+}
+
+#[async_trait]
+impl HubRegistry for FakeHub {
+    async fn upsert_device(
+        &self,
+        hub: &str,
+        d: &DeviceProvisioning,
+    ) -> Result<UpsertOutcome, HubError> {
+        if hub != HUB && hub != "hub2.example.test" {
+            return Err(HubError::UnknownHub(hub.into()));
+        }
+        if *self.refuse.lock() {
+            return Err(HubError::Refused {
+                device_id: d.device_id.clone(),
+                reason: "disabled in hub".into(),
+            });
+        }
+        let mut devs = self.devices.lock();
+        let created = !devs.iter().any(|x| x.device_id == d.device_id);
+        devs.push(d.clone());
+        Ok(UpsertOutcome { created })
+    }
+
+    async fn delete_device(&self, _hub: &str, _device_id: &str) -> Result<(), HubError> {
+        Ok(())
+    }
+}
+
+fn now() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+async fn engine() -> (Engine, Arc<FakeHub>) {
+    let hub = Arc::new(FakeHub::default());
+    let e = Engine::new(
+        EngineConfig {
+            id_scope: SCOPE.into(),
+            linked_hubs: vec![LinkedHub {
+                host_name: HUB.into(),
+                allocation_weight: 1,
+                apply_allocation_policy: true,
+            }],
+            default_allocation: AllocationPolicy::Hashed,
+            retry_after_secs: 3,
+        },
+        Arc::new(MemoryStore::new()),
+        hub.clone(),
+    );
+    e.load().await.unwrap();
+    (e, hub)
+}
+
+fn sym(primary: Option<&str>, secondary: Option<&str>) -> AttestationMechanism {
+    AttestationMechanism {
+        kind: AttestationType::SymmetricKey,
+        symmetric_key: Some(SymmetricKeyAttestation {
+            primary_key: primary.map(Into::into),
+            secondary_key: secondary.map(Into::into),
+        }),
+        ..Default::default()
+    }
+}
+
+fn request(reg: &str, key: &str, expiry: u64) -> DeviceRequest {
+    DeviceRequest {
+        id_scope: SCOPE.into(),
+        registration_id: reg.into(),
+        credential: Credential::Sas(
+            build_token(
+                &format!("{SCOPE}/registrations/{reg}"),
+                key,
+                expiry,
+                Some("registration"),
+            )
+            .unwrap(),
+        ),
+        api_version: Some("2019-03-31".into()),
+    }
+}
+
+async fn register_and_poll(
+    e: &Engine,
+    req: &DeviceRequest,
+) -> Result<dps_proto::model::device::RegistrationOperationStatus, ApiError> {
+    let r = e
+        .register(now(), req, &DeviceRegistration::default())
+        .await?;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.body.status, RegistrationStatus::Assigning);
+    assert_eq!(
+        r.body.registration_state.registration_id,
+        req.registration_id
+    );
+    let p = e.operation_status(now(), req, &r.body.operation_id).await?;
+    assert_eq!(p.status, 200);
+    Ok(p.body)
+}
+
+fn exp() -> u64 {
+    now().timestamp() as u64 + 3600
+}
+
+#[tokio::test]
+async fn individual_enrollment_registers_and_reregisters_idempotently() {
+    let (e, hub) = engine().await;
+    let mut enr = IndividualEnrollment {
+        attestation: sym(Some(KEY1), Some(KEY2)),
+        ..Default::default()
+    };
+    enr.initial_twin = Some(InitialTwin {
+        tags: None,
+        properties: Some(InitialTwinProperties {
+            desired: Some(serde_json::json!({"fw": "1.0"})),
+        }),
+    });
+    e.put_enrollment(now(), "dev-01", enr, None).await.unwrap();
+
+    let done = register_and_poll(&e, &request("dev-01", KEY1, exp()))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RegistrationStatus::Assigned);
+    let st = &done.registration_state;
+    assert_eq!(st.assigned_hub.as_deref(), Some(HUB));
+    assert_eq!(st.device_id.as_deref(), Some("dev-01"));
+    assert_eq!(st.substatus, Some(Substatus::InitialAssignment));
+    assert!(
+        st.etag.is_some()
+            && st.created_date_time_utc.is_some()
+            && st.last_updated_date_time_utc.is_some()
+    );
+    {
+        let devs = hub.devices.lock();
+        assert_eq!(devs.len(), 1);
+        assert_eq!(
+            devs[0].auth,
+            dps_core::DeviceAuth::Sas {
+                primary_key: KEY1.into(),
+                secondary_key: KEY2.into()
+            }
+        );
+        assert!(devs[0].initial_twin.is_some());
+    }
+
+    // Secondary key works too; re-registration keeps hub and device id.
+    let again = register_and_poll(&e, &request("dev-01", KEY2, exp()))
+        .await
+        .unwrap();
+    assert_eq!(again.registration_state.assigned_hub.as_deref(), Some(HUB));
+    assert_eq!(
+        again.registration_state.device_id.as_deref(),
+        Some("dev-01")
+    );
+    assert_eq!(
+        again.registration_state.created_date_time_utc,
+        st.created_date_time_utc
+    );
+    assert_eq!(hub.devices.lock()[1].twin_policy, TwinPolicy::Keep);
+
+    // Service view.
+    let rec = e.get_registration("DEV-01").await.unwrap();
+    assert_eq!(rec.status, RegistrationStatus::Assigned);
+    let got = e.get_enrollment("dev-01").await.unwrap();
+    assert_eq!(
+        got.registration_state.unwrap().status,
+        RegistrationStatus::Assigned
+    );
+
+    // Deleting the record lets the device register again (device already in hub).
+    e.delete_registration("dev-01", None).await.unwrap();
+    let fresh = register_and_poll(&e, &request("dev-01", KEY1, exp()))
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.registration_state.substatus,
+        Some(Substatus::ReprovisionedToInitialAssignment)
+    );
+}
+
+#[tokio::test]
+async fn group_devices_use_derived_keys() {
+    let (e, hub) = engine().await;
+    e.put_group(
+        now(),
+        "grp",
+        EnrollmentGroup {
+            attestation: sym(Some(KEY1), Some(KEY2)),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let dk = derive_device_key(KEY1, "sensor-7").unwrap();
+    let done = register_and_poll(&e, &request("sensor-7", &dk, exp()))
+        .await
+        .unwrap();
+    assert_eq!(done.status, RegistrationStatus::Assigned);
+    assert_eq!(
+        done.registration_state
+            .symmetric_key
+            .unwrap()
+            .enrollment_group_id
+            .as_deref(),
+        Some("grp")
+    );
+    assert_eq!(
+        hub.devices.lock()[0].auth,
+        dps_core::DeviceAuth::Sas {
+            primary_key: dk.clone(),
+            secondary_key: derive_device_key(KEY2, "sensor-7").unwrap()
+        }
+    );
+    let page = e.query_registrations("grp", None, None).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+
+    // Signing with the group key itself is explained.
+    let err = e
+        .register(
+            now(),
+            &request("sensor-8", KEY1, exp()),
+            &DeviceRegistration::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, codes::UNAUTHORIZED);
+    assert!(
+        err.message
+            .contains("signed with the key of enrollment group 'grp' itself"),
+        "{}",
+        err.message
+    );
+
+    // An individual enrollment takes precedence over the group; disabled blocks the device.
+    e.put_enrollment(
+        now(),
+        "sensor-7",
+        IndividualEnrollment {
+            attestation: sym(Some(&dk), None),
+            provisioning_status: Some(ProvisioningStatus::Disabled),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let blocked = register_and_poll(&e, &request("sensor-7", &dk, exp()))
+        .await
+        .unwrap();
+    assert_eq!(blocked.status, RegistrationStatus::Disabled);
+    assert_eq!(
+        blocked.registration_state.error_code,
+        Some(codes::ENROLLMENT_DISABLED)
+    );
+    assert!(blocked
+        .registration_state
+        .error_message
+        .unwrap()
+        .contains("individual enrollment 'sensor-7' is disabled"));
+}
+
+#[tokio::test]
+async fn disabled_group_and_bad_credentials() {
+    let (e, _hub) = engine().await;
+    e.put_group(
+        now(),
+        "off",
+        EnrollmentGroup {
+            attestation: sym(Some(KEY1), None),
+            provisioning_status: Some(ProvisioningStatus::Disabled),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let dk = derive_device_key(KEY1, "d1").unwrap();
+    let r = register_and_poll(&e, &request("d1", &dk, exp()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, RegistrationStatus::Disabled);
+    assert!(r
+        .registration_state
+        .error_message
+        .unwrap()
+        .contains("enrollment group 'off' is disabled"));
+    assert!(
+        e.get_registration("d1").await.is_err(),
+        "a refused attempt writes nothing"
+    );
+
+    e.put_enrollment(
+        now(),
+        "ind",
+        IndividualEnrollment {
+            attestation: sym(Some(KEY1), Some(KEY2)),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let reg = DeviceRegistration::default();
+    // Expired.
+    let err = e
+        .register(
+            now(),
+            &request("ind", KEY1, now().timestamp() as u64 - 3600),
+            &reg,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((err.status, err.code), (401, codes::UNAUTHORIZED));
+    assert!(err.message.contains("expired"), "{}", err.message);
+    // Wrong key.
+    let err = e
+        .register(
+            now(),
+            &request("ind", "d3Jvbmcga2V5IHdyb25nIGtleQ==", exp()),
+            &reg,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("does not match the primary or secondary key of individual enrollment 'ind'"),
+        "{}",
+        err.message
+    );
+    // Malformed.
+    let mut bad = request("ind", KEY1, exp());
+    bad.credential = Credential::Sas("SharedAccessSignature sig=x".into());
+    let err = e.register(now(), &bad, &reg).await.unwrap_err();
+    assert!(err.message.contains("malformed"), "{}", err.message);
+    // Token for another device.
+    let mut other = request("ind", KEY1, exp());
+    other.registration_id = "ind2".into();
+    let err = e.register(now(), &other, &reg).await.unwrap_err();
+    assert!(err.message.contains("audience"), "{}", err.message);
+    // Unknown scope.
+    let mut scope = request("ind", KEY1, exp());
+    scope.id_scope = "0neWRONG".into();
+    let err = e.register(now(), &scope, &reg).await.unwrap_err();
+    assert_eq!((err.status, err.code), (404, codes::ID_SCOPE_NOT_FOUND));
+    // Unknown registration id.
+    let err = e
+        .register(now(), &request("nobody", KEY2, exp()), &reg)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("no enrollment matches registration 'nobody'"),
+        "{}",
+        err.message
+    );
+    // Bad registration id.
+    let err = e
+        .register(now(), &request("bad id!", KEY1, exp()), &reg)
+        .await
+        .unwrap_err();
+    assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID));
+    // Body id mismatch.
+    let body = DeviceRegistration {
+        registration_id: Some("other".into()),
+        ..Default::default()
+    };
+    let err = e
+        .register(now(), &request("ind", KEY1, exp()), &body)
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("does not match"));
+    // Unknown operation.
+    let err = e
+        .operation_status(now(), &request("ind", KEY1, exp()), "4.nope")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, codes::OPERATION_NOT_FOUND);
+    // Nothing was written by any of these.
+    assert!(e.get_registration("ind").await.is_err());
+}
+
+#[tokio::test]
+async fn hub_failures_are_reported_not_persisted() {
+    let (e, hub) = engine().await;
+    e.put_enrollment(
+        now(),
+        "nohub",
+        IndividualEnrollment {
+            attestation: sym(Some(KEY1), None),
+            iot_hubs: Some(vec!["elsewhere.example".into()]),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let r = register_and_poll(&e, &request("nohub", KEY1, exp()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, RegistrationStatus::Failed);
+    assert_eq!(
+        r.registration_state.error_code,
+        Some(codes::HUB_NOT_SPECIFIED)
+    );
+
+    e.put_enrollment(
+        now(),
+        "refused",
+        IndividualEnrollment {
+            attestation: sym(Some(KEY1), None),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    *hub.refuse.lock() = true;
+    let r = register_and_poll(&e, &request("refused", KEY1, exp()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, RegistrationStatus::Failed);
+    assert_eq!(
+        r.registration_state.error_code,
+        Some(codes::HUB_UNAUTHORIZED)
+    );
+    assert!(e.get_registration("refused").await.is_err());
+}
+
+#[tokio::test]
+async fn service_api_secrets_etags_and_paging() {
+    let (e, _) = engine().await;
+    // Keys generated when absent, returned on PUT, stripped on GET, kept on GET -> PUT.
+    let created = e
+        .put_enrollment(
+            now(),
+            "svc-1",
+            IndividualEnrollment {
+                attestation: sym(None, None),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let keys = created.attestation.symmetric_key.clone().unwrap();
+    assert_eq!(base64_len(keys.primary_key.as_deref().unwrap()), 64);
+    let got = e.get_enrollment("svc-1").await.unwrap();
+    assert_eq!(
+        got.attestation.symmetric_key,
+        Some(SymmetricKeyAttestation::default())
+    );
+    assert_eq!(
+        got.registration_state.as_ref().unwrap().status,
+        RegistrationStatus::Unassigned
+    );
+    let etag = got.etag.clone();
+    let mut upd = got.clone();
+    upd.provisioning_status = Some(ProvisioningStatus::Disabled);
+    let updated = e
+        .put_enrollment(now(), "svc-1", upd.clone(), etag.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.attestation.symmetric_key.unwrap(),
+        keys,
+        "GET -> PUT keeps the keys"
+    );
+    assert_ne!(updated.etag, etag);
+    assert_eq!(
+        e.enrollment_attestation("svc-1")
+            .await
+            .unwrap()
+            .symmetric_key
+            .unwrap(),
+        keys
+    );
+    // Stale etag, create-without-etag on existing.
+    let err = e
+        .put_enrollment(now(), "svc-1", upd.clone(), etag.as_deref())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status, err.code),
+        (412, codes::ENROLLMENT_ETAG_MISMATCH)
+    );
+    let err = e
+        .put_enrollment(
+            now(),
+            "svc-1",
+            IndividualEnrollment {
+                attestation: sym(None, None),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((err.status, err.code), (409, codes::ENROLLMENT_EXISTS));
+    // Validation.
+    let err = e
+        .put_enrollment(
+            now(),
+            "svc-2",
+            IndividualEnrollment {
+                attestation: sym(Some("c2hvcnQ="), None),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("16..=64"), "{}", err.message);
+    let err = e
+        .put_enrollment(now(), "svc-2", IndividualEnrollment::default(), None)
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("'none' is not allowed"));
+    let tpm = AttestationMechanism {
+        kind: AttestationType::Tpm,
+        tpm: Some(TpmAttestation {
+            endorsement_key: Some("AToAAQALAAMAsgAg".into()),
+            storage_root_key: None,
+        }),
+        ..Default::default()
+    };
+    let t = e
+        .put_enrollment(
+            now(),
+            "tpm-1",
+            IndividualEnrollment {
+                attestation: tpm.clone(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.attestation, tpm, "TPM attestation stored faithfully");
+
+    // Paging: 7 items, pages of 3 -> 3, 3, 1 (+ the two above).
+    for i in 0..7 {
+        e.put_enrollment(
+            now(),
+            &format!("page-{i}"),
+            IndividualEnrollment {
+                attestation: sym(None, None),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let mut sizes = vec![];
+    let mut token = None;
+    loop {
+        let p = e
+            .query_enrollments(token.as_deref(), Some(3))
+            .await
+            .unwrap();
+        sizes.push(p.items.len());
+        assert!(p.items.iter().all(|i| i
+            .attestation
+            .symmetric_key
+            .as_ref()
+            .is_none_or(|k| k.primary_key.is_none())));
+        token = p.continuation;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(sizes, vec![3, 3, 3]); // 9 items in all
+    let err = e.query_enrollments(Some("%%%"), None).await.unwrap_err();
+    assert_eq!(err.status, 400);
+
+    // Bulk.
+    let bulk = BulkEnrollmentOperation {
+        mode: BulkMode::Create,
+        enrollments: vec![
+            IndividualEnrollment {
+                registration_id: "b-1".into(),
+                attestation: sym(None, None),
+                ..Default::default()
+            },
+            IndividualEnrollment {
+                registration_id: "svc-1".into(),
+                attestation: sym(None, None),
+                ..Default::default()
+            },
+        ],
+    };
+    let res = e.bulk_enrollments(now(), bulk).await.unwrap();
+    assert!(!res.is_successful);
+    assert_eq!(res.errors.len(), 1);
+    assert_eq!(res.errors[0].error_code, codes::ENROLLMENT_EXISTS);
+    assert!(e.get_enrollment("b-1").await.is_ok());
+    let dup = BulkEnrollmentOperation {
+        mode: BulkMode::Delete,
+        enrollments: vec![
+            IndividualEnrollment {
+                registration_id: "b-1".into(),
+                ..Default::default()
+            },
+            IndividualEnrollment {
+                registration_id: "B-1".into(),
+                ..Default::default()
+            },
+        ],
+    };
+    assert_eq!(
+        e.bulk_enrollments(now(), dup).await.unwrap_err().code,
+        codes::BULK_INVALID
+    );
+
+    // Delete with stale etag, then delete.
+    assert_eq!(
+        e.delete_enrollment("svc-1", Some("\"stale\""))
+            .await
+            .unwrap_err()
+            .status,
+        412
+    );
+    e.delete_enrollment("svc-1", None).await.unwrap();
+    assert_eq!(
+        e.get_enrollment("svc-1").await.unwrap_err().code,
+        codes::ENROLLMENT_NOT_FOUND
+    );
+}
+
+fn base64_len(s: &str) -> usize {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap()
+        .len()
+}

@@ -1,0 +1,223 @@
+//! Device authentication at MQTT CONNECT (hub-dice-tpm.md §A2, §A3, §A7).
+//!
+//! SAS: the token's `sr` is HMACed exactly as the SDK sent it (Python percent-encodes it, C sends
+//! it raw) — `dps_proto::sas::SasToken` does that — and only the decoded audience is compared.
+//! X.509 `selfSigned`: the devices send no (or an empty) password and the TLS layer hands us the
+//! leaf certificate's thumbprints. Only device credentials are accepted, never hub policy keys:
+//! a policy token would let one secret impersonate every device.
+
+use dps_proto::hub_mqtt::HubUsername;
+use dps_proto::sas::{SasError, SasToken};
+
+use crate::error::AuthError;
+use crate::record::{normalize_thumbprint, DeviceRecord, Status};
+use crate::Hub;
+
+/// Which of the device's two credentials matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSlot {
+    /// The primary key or thumbprint.
+    Primary,
+    /// The secondary key or thumbprint.
+    Secondary,
+}
+
+/// How the device proved its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A SAS token signed with one of the device's symmetric keys.
+    Sas(CredentialSlot),
+    /// A TLS client certificate whose thumbprint is one of the device's `selfSigned` thumbprints.
+    X509SelfSigned(CredentialSlot),
+}
+
+impl AuthMethod {
+    /// The `type` IoT Hub stamps into `iothub-connection-auth-method` (`sas` / `x509`).
+    pub fn type_name(self) -> &'static str {
+        match self {
+            AuthMethod::Sas(_) => "sas",
+            AuthMethod::X509SelfSigned(_) => "x509",
+        }
+    }
+}
+
+/// An authenticated device. Only [`Hub::authenticate`] makes one, so holding it proves the
+/// credentials were checked; [`Hub::open_session`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub(crate) device_id: String,
+    pub(crate) client_device_id: String,
+    pub(crate) generation_id: String,
+    pub(crate) method: AuthMethod,
+}
+
+impl DeviceIdentity {
+    /// Registry device id (as stored).
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// Device id as the device spelled it in its username; its topics use this spelling, and the
+    /// server should check it equals the CONNECT client id.
+    pub fn client_device_id(&self) -> &str {
+        &self.client_device_id
+    }
+
+    /// Generation of the identity that authenticated (changes when the device is re-created).
+    pub fn generation_id(&self) -> &str {
+        &self.generation_id
+    }
+
+    /// Which credential matched.
+    pub fn method(&self) -> AuthMethod {
+        self.method
+    }
+}
+
+impl Hub {
+    /// Checks a device's CONNECT credentials.
+    ///
+    /// * `username` — the parsed CONNECT username; its host must be this hub (case-insensitive).
+    /// * `password` — a SAS token for key devices; absent or empty for X.509 devices.
+    /// * `client_cert_thumbprints` — `(sha1_hex, sha256_hex)` of the TLS client leaf certificate,
+    ///   if one was presented (the chain is not judged here; `selfSigned` pins the leaf).
+    ///
+    /// Errors say exactly what was wrong (unknown device, expired token, wrong key, wrong
+    /// audience, ...) so the server can log them; the device only sees the CONNACK code.
+    pub fn authenticate(
+        &self,
+        now_unix: u64,
+        username: &HubUsername,
+        password: Option<&[u8]>,
+        client_cert_thumbprints: Option<(String, String)>,
+    ) -> Result<DeviceIdentity, AuthError> {
+        let device_id = username.device_id.as_str();
+        let refuse = |reason: String| {
+            let err = AuthError::NotAuthorized {
+                device_id: device_id.to_string(),
+                reason,
+            };
+            tracing::info!(error = %err, "device authentication refused");
+            err
+        };
+        if !username
+            .host_name
+            .eq_ignore_ascii_case(&self.inner.host_name)
+        {
+            return Err(refuse(format!(
+                "username names host '{}' but this hub is '{}'",
+                username.host_name, self.inner.host_name
+            )));
+        }
+        if let Some(m) = &username.module_id {
+            return Err(refuse(format!(
+                "module identities are not supported (module '{m}')"
+            )));
+        }
+        let rec = self
+            .inner
+            .slot(device_id)
+            .and_then(|s| s.record())
+            .ok_or_else(|| refuse("unknown device (not registered in this hub)".into()))?;
+
+        let password = password.filter(|p| !p.is_empty());
+        let method = match password {
+            Some(pw) => {
+                let token = std::str::from_utf8(pw)
+                    .map_err(|_| refuse("password is not UTF-8 (expected a SAS token)".into()))?;
+                AuthMethod::Sas(
+                    self.check_sas(now_unix, device_id, &rec, token)
+                        .map_err(refuse)?,
+                )
+            }
+            None => AuthMethod::X509SelfSigned(
+                check_thumbprint(&rec, client_cert_thumbprints).map_err(refuse)?,
+            ),
+        };
+        // Checked after the credentials so a disabled device's status is not revealed to anyone
+        // who merely knows its id.
+        if rec.status == Status::Disabled {
+            let err = AuthError::DeviceDisabled {
+                device_id: rec.device_id.clone(),
+            };
+            tracing::info!(error = %err, "device authentication refused");
+            return Err(err);
+        }
+        tracing::debug!(device = %rec.device_id, method = ?method, "device authenticated");
+        Ok(DeviceIdentity {
+            device_id: rec.device_id.clone(),
+            client_device_id: device_id.to_string(),
+            generation_id: rec.generation_id.clone(),
+            method,
+        })
+    }
+
+    fn check_sas(
+        &self,
+        now_unix: u64,
+        device_id: &str,
+        rec: &DeviceRecord,
+        token: &str,
+    ) -> Result<CredentialSlot, String> {
+        let Some((primary, secondary)) = rec.sas_keys() else {
+            return Err(format!(
+                "device uses '{}' authentication but presented a SAS token",
+                rec.authentication.kind
+            ));
+        };
+        let token = SasToken::parse(token).map_err(|e| e.to_string())?;
+        let audience = format!("{}/devices/{}", self.inner.host_name, device_id);
+        token.check_audience_eq(&audience).map_err(|e| match e {
+            SasError::AudienceMismatch { expected, got } => {
+                format!("wrong SAS audience: token is for '{got}', expected '{expected}'")
+            }
+            other => other.to_string(),
+        })?;
+        token
+            .check_expiry(now_unix)
+            .map_err(|e| format!("SAS token expired: {e}"))?;
+        match token.verify_signature([primary, secondary]) {
+            Ok(0) => Ok(CredentialSlot::Primary),
+            Ok(_) => Ok(CredentialSlot::Secondary),
+            Err(SasError::BadKey) => {
+                Err("device key stored in the registry is not valid base64".into())
+            }
+            Err(_) => Err(
+                "SAS signature does not match the device's primary or secondary key (wrong key)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+fn check_thumbprint(
+    rec: &DeviceRecord,
+    presented: Option<(String, String)>,
+) -> Result<CredentialSlot, String> {
+    let kind = rec.authentication.kind.as_str();
+    if !kind.eq_ignore_ascii_case("selfSigned") {
+        return Err(if kind.eq_ignore_ascii_case("sas") {
+            "no SAS token in the password (the device uses SAS authentication)".to_string()
+        } else {
+            format!("'{kind}' authentication is not supported by this hub's device endpoint")
+        });
+    }
+    let Some((sha1, sha256)) = presented else {
+        return Err("no password and no client certificate presented".into());
+    };
+    let (sha1, sha256) = (normalize_thumbprint(&sha1), normalize_thumbprint(&sha256));
+    let tp = rec.authentication.x509_thumbprint.as_ref();
+    let matches = |t: Option<&String>| {
+        t.map(|t| normalize_thumbprint(t))
+            .is_some_and(|t| !t.is_empty() && (t == sha1 || t == sha256))
+    };
+    if matches(tp.and_then(|t| t.primary_thumbprint.as_ref())) {
+        Ok(CredentialSlot::Primary)
+    } else if matches(tp.and_then(|t| t.secondary_thumbprint.as_ref())) {
+        Ok(CredentialSlot::Secondary)
+    } else {
+        Err(format!(
+            "client certificate (SHA-1 {sha1}) matches neither registered thumbprint"
+        ))
+    }
+}

@@ -1,0 +1,172 @@
+//! Errors at the crate edge. Each variant says what the caller (the server's REST or MQTT adapter)
+//! needs to pick a status code and to log a useful line; none carries key material.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dps_proto::hub_mqtt::HubTopicError;
+
+/// Why [`crate::Hub::open`] failed. Nothing is running when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum HubOpenError {
+    /// `HubConfig::host_name` was empty; a hub is addressed by its host name (SAS audiences,
+    /// MQTT usernames, `assignedHub`), so it must have one.
+    #[error("hub host name must not be empty")]
+    EmptyHostName,
+    /// SQLite could not open, configure (WAL, synchronous=FULL) or read the database file.
+    #[error("cannot open hub database '{path}': {source}")]
+    Database {
+        /// Database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer `dps` (its `PRAGMA user_version` is beyond the
+    /// migrations this build knows); opening it could corrupt data, so we refuse.
+    #[error("hub database '{path}' has schema version {found}, but this build supports at most {supported}; upgrade dps")]
+    NewerSchema {
+        /// Database file.
+        path: PathBuf,
+        /// `user_version` found.
+        found: i64,
+        /// Highest version this build can migrate to.
+        supported: i64,
+    },
+    /// A stored device document is not valid JSON for this build's record shape.
+    #[error("hub database '{path}': stored record for device '{key}' is corrupt: {source}")]
+    CorruptRecord {
+        /// Database file.
+        path: PathBuf,
+        /// Lower-cased device id of the row.
+        key: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The operating system refused to start the database writer thread.
+    #[error("cannot start the hub database writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
+}
+
+/// Why a registry operation (`/devices/{id}`, `/twins/{id}`) failed. The server maps these to
+/// HTTP statuses (404, 412, 400, 500).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No device with this id exists in the hub.
+    #[error("device '{device_id}' not found")]
+    NotFound {
+        /// Requested device id.
+        device_id: String,
+    },
+    /// The request's `If-Match` etag is not the current etag of the device or twin.
+    #[error("etag mismatch for device '{device_id}': the resource was changed since it was read")]
+    EtagMismatch {
+        /// Device id.
+        device_id: String,
+    },
+    /// The request body or id is not acceptable (bad device id, bad key, unknown status,
+    /// unsupported authentication type, ...); the message says which.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The database failed to make the change durable; nothing was changed in memory.
+    #[error("hub storage failure: {0}")]
+    Storage(String),
+}
+
+/// Why a device was refused at MQTT CONNECT. The server answers CONNACK 5 for
+/// [`AuthError::NotAuthorized`] and CONNACK 3 for [`AuthError::DeviceDisabled`] (the C SDK reports
+/// 3 as "device disabled"), and logs the Display text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Bad or missing credentials, unknown device, wrong host, unsupported identity kind; the
+    /// reason says exactly which (expired token, wrong key, wrong audience, ...).
+    #[error("device '{device_id}' not authorized: {reason}")]
+    NotAuthorized {
+        /// Device id from the username.
+        device_id: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The device exists and its credentials may be fine, but its registry status is `disabled`.
+    #[error("device '{device_id}' is disabled")]
+    DeviceDisabled {
+        /// Device id.
+        device_id: String,
+    },
+}
+
+/// Why a device session refused an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The session is no longer the device's live session: a newer connection replaced it, the
+    /// device was deleted or disabled, or the session was closed. The server should disconnect.
+    #[error("session of device '{device_id}' is closed (replaced by a newer connection, or the device was deleted or disabled)")]
+    Closed {
+        /// Device id.
+        device_id: String,
+    },
+    /// The device published on a topic it may not use (another device's telemetry topic or an
+    /// unknown topic). IoT Hub disconnects the device in that case.
+    #[error(transparent)]
+    Topic(#[from] HubTopicError),
+    /// A telemetry message exceeded the IoT Hub size limit (256 KiB).
+    #[error("message of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Body size.
+        size: usize,
+        /// Limit.
+        limit: usize,
+    },
+}
+
+/// Why a direct-method invocation failed. Azure answers 404 `DeviceNotOnline` and 504
+/// `GatewayTimeout` for the first two.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MethodError {
+    /// The device exists but has no live session subscribed to `$iothub/methods/POST/#`.
+    #[error("device '{device_id}' is not online (no connection subscribed to direct methods)")]
+    DeviceNotOnline {
+        /// Device id.
+        device_id: String,
+    },
+    /// No device with this id exists in the hub.
+    #[error("device '{device_id}' not found")]
+    DeviceNotFound {
+        /// Device id.
+        device_id: String,
+    },
+    /// The device did not answer within the response timeout.
+    #[error("device '{device_id}' did not answer method '{method}' within {timeout:?}")]
+    Timeout {
+        /// Device id.
+        device_id: String,
+        /// Method name.
+        method: String,
+        /// Timeout that elapsed.
+        timeout: Duration,
+    },
+    /// The method name cannot be put in an MQTT topic (empty, or contains `/`, `+`, `#`).
+    #[error("invalid method name '{0}'")]
+    InvalidMethodName(String),
+}
+
+/// Why a cloud-to-device message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum C2dError {
+    /// No device with this id exists in the hub.
+    #[error("device '{device_id}' not found")]
+    DeviceNotFound {
+        /// Device id.
+        device_id: String,
+    },
+    /// The device is offline and already has the maximum number of queued messages (Azure's
+    /// per-device queue limit is 50).
+    #[error("cloud-to-device queue of device '{device_id}' is full ({limit} messages)")]
+    QueueFull {
+        /// Device id.
+        device_id: String,
+        /// Queue limit.
+        limit: usize,
+    },
+}

@@ -1,0 +1,151 @@
+//! `dps_core::HubRegistry` for the embedded hub: the provisioning engine creates or updates the
+//! device identity in-process on every registration.
+//!
+//! This is the hot path of provisioning (thousands of registrations per second), so a
+//! re-registration that changes nothing (same credentials and capabilities, twin kept) writes
+//! nothing, and real writes go through the store's group commit.
+
+use async_trait::async_trait;
+use dps_core::hub::{
+    DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome,
+};
+use dps_proto::model::hub::AuthenticationMechanism;
+use dps_proto::model::service::InitialTwin;
+use serde_json::{Map, Value};
+
+use crate::error::RegistryError;
+use crate::record::{
+    clean_document, key_of, new_etag, new_generation_id, sas_auth, self_signed_auth,
+    validate_device_id, DeviceRecord, Status, TwinState,
+};
+use crate::Hub;
+
+fn auth_of(auth: &DeviceAuth) -> AuthenticationMechanism {
+    match auth {
+        DeviceAuth::Sas {
+            primary_key,
+            secondary_key,
+        } => sas_auth(primary_key.clone(), secondary_key.clone()),
+        DeviceAuth::SelfSigned {
+            primary_thumbprint,
+            secondary_thumbprint,
+        } => self_signed_auth(primary_thumbprint.clone(), secondary_thumbprint.clone()),
+    }
+}
+
+/// Tags and desired properties of an enrollment's initial twin, cleaned (no `$` keys, no nulls).
+fn initial_docs(t: Option<&InitialTwin>) -> (Map<String, Value>, Map<String, Value>) {
+    let obj = |v: Option<&Value>| match v {
+        Some(Value::Object(m)) => clean_document(m),
+        _ => Map::new(),
+    };
+    match t {
+        Some(t) => (
+            obj(t.tags.as_ref()),
+            obj(t.properties.as_ref().and_then(|p| p.desired.as_ref())),
+        ),
+        None => (Map::new(), Map::new()),
+    }
+}
+
+fn storage(e: RegistryError) -> HubError {
+    HubError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl HubRegistry for Hub {
+    async fn upsert_device(
+        &self,
+        hub: &str,
+        device: &DeviceProvisioning,
+    ) -> Result<UpsertOutcome, HubError> {
+        if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
+            return Err(HubError::UnknownHub(hub.to_string()));
+        }
+        validate_device_id(&device.device_id).map_err(|reason| HubError::Refused {
+            device_id: device.device_id.clone(),
+            reason,
+        })?;
+        let key = key_of(&device.device_id);
+        let inner = &self.inner;
+        let (slot, mut guard) = inner
+            .lock_device(&key, true)
+            .await
+            .expect("lock_device with create always yields a slot");
+        let now = inner.now();
+        let auth = auth_of(&device.auth);
+        let (tags, desired) = initial_docs(device.initial_twin.as_ref());
+        let result = async {
+            match slot.record() {
+                None => {
+                    let mut twin = TwinState::new(now);
+                    twin.tags = tags;
+                    twin.desired = desired;
+                    let rec = DeviceRecord {
+                        device_id: device.device_id.clone(),
+                        generation_id: new_generation_id(),
+                        etag: new_etag(),
+                        status: Status::Enabled,
+                        status_reason: None,
+                        status_updated_time: now,
+                        created_time: now,
+                        authentication: auth,
+                        capabilities: device.capabilities,
+                        twin,
+                    };
+                    inner.commit(&key, &slot, rec).await.map_err(storage)?;
+                    tracing::info!(device = %device.device_id, "device created by provisioning");
+                    Ok(UpsertOutcome { created: true })
+                }
+                Some(cur) => {
+                    if cur.status == Status::Disabled {
+                        return Err(HubError::Refused {
+                            device_id: cur.device_id.clone(),
+                            reason: "the device is disabled in the IoT hub".into(),
+                        });
+                    }
+                    let mut rec = (*cur).clone();
+                    let mut identity_changed = false;
+                    if rec.authentication != auth || rec.capabilities != device.capabilities {
+                        rec.authentication = auth;
+                        rec.capabilities = device.capabilities;
+                        rec.etag = new_etag();
+                        identity_changed = true;
+                    }
+                    let mut diff = None;
+                    let mut twin_changed = false;
+                    if device.twin_policy == TwinPolicy::Reset {
+                        twin_changed = rec.twin.tags != tags;
+                        rec.twin.tags = tags;
+                        diff = rec.twin.set_desired(desired, now);
+                        twin_changed |= diff.is_some();
+                        if twin_changed {
+                            rec.twin.touch();
+                        }
+                    }
+                    if identity_changed || twin_changed {
+                        let rec = inner.commit(&key, &slot, rec).await.map_err(storage)?;
+                        if let Some(diff) = diff {
+                            inner.notify_desired(&slot, diff, rec.twin.desired_version);
+                        }
+                        tracing::info!(device = %rec.device_id, identity_changed, twin_changed, "device updated by provisioning");
+                    }
+                    Ok(UpsertOutcome { created: false })
+                }
+            }
+        }
+        .await;
+        inner.retire_if_empty(&key, &slot, &mut guard);
+        result
+    }
+
+    async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), HubError> {
+        if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
+            return Err(HubError::UnknownHub(hub.to_string()));
+        }
+        match Hub::delete_device(self, device_id, None).await {
+            Ok(()) | Err(RegistryError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage(e)),
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The stored shape of a device (identity + twin) and the registry views built from it.
+//!
+//! The record is what SQLite keeps (one JSON document per device) and what the in-memory cache
+//! holds behind an `Arc`, so readers never block writers. Connection state is *not* part of it:
+//! it changes on every connect and telemetry message and is meaningless after a restart, so it
+//! lives in the per-device live state instead (see `lib.rs`).
+
+use chrono::{DateTime, Utc};
+use dps_proto::keys::encode_key;
+use dps_proto::model::hub::{
+    AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+};
+use dps_proto::model::service::DeviceCapabilities;
+use dps_proto::timefmt::format_record;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Registry status of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Status {
+    Enabled,
+    Disabled,
+}
+
+impl Status {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Status::Enabled => "enabled",
+            Status::Disabled => "disabled",
+        }
+    }
+
+    /// Case-insensitive parse of the registry API's `status`.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("enabled") {
+            Some(Status::Enabled)
+        } else if s.eq_ignore_ascii_case("disabled") {
+            Some(Status::Disabled)
+        } else {
+            None
+        }
+    }
+}
+
+/// One device: identity and twin, persisted as one JSON document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeviceRecord {
+    /// Device id as first created (the registry is case-insensitive, the id keeps its spelling).
+    pub device_id: String,
+    pub generation_id: String,
+    pub etag: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    pub status_updated_time: DateTime<Utc>,
+    pub created_time: DateTime<Utc>,
+    pub authentication: AuthenticationMechanism,
+    #[serde(default)]
+    pub capabilities: DeviceCapabilities,
+    pub twin: TwinState,
+}
+
+/// The twin part of a device record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TwinState {
+    pub etag: String,
+    /// Bumped on every twin change (tags, desired, reported).
+    pub version: i64,
+    #[serde(default)]
+    pub tags: Map<String, Value>,
+    #[serde(default)]
+    pub desired: Map<String, Value>,
+    pub desired_version: i64,
+    pub desired_updated: DateTime<Utc>,
+    #[serde(default)]
+    pub reported: Map<String, Value>,
+    pub reported_version: i64,
+    pub reported_updated: DateTime<Utc>,
+}
+
+impl TwinState {
+    /// An empty twin as Azure creates it: versions start at 1.
+    pub(crate) fn new(now: DateTime<Utc>) -> Self {
+        Self {
+            etag: new_etag(),
+            version: 1,
+            tags: Map::new(),
+            desired: Map::new(),
+            desired_version: 1,
+            desired_updated: now,
+            reported: Map::new(),
+            reported_version: 1,
+            reported_updated: now,
+        }
+    }
+
+    /// Replaces the desired properties, bumping `$version` if they changed. Returns the patch a
+    /// subscribed device should receive (only the changed part, no `$version` yet), or `None`.
+    pub(crate) fn set_desired(
+        &mut self,
+        new: Map<String, Value>,
+        now: DateTime<Utc>,
+    ) -> Option<Map<String, Value>> {
+        let diff = merge_diff(&self.desired, &new);
+        if diff.is_empty() {
+            return None;
+        }
+        self.desired = new;
+        self.desired_version += 1;
+        self.desired_updated = now;
+        Some(diff)
+    }
+
+    /// The twin document a device receives for `$iothub/twin/GET`.
+    pub(crate) fn device_document(&self) -> Value {
+        let mut desired = self.desired.clone();
+        desired.insert("$version".into(), self.desired_version.into());
+        let mut reported = self.reported.clone();
+        reported.insert("$version".into(), self.reported_version.into());
+        serde_json::json!({ "desired": desired, "reported": reported })
+    }
+
+    /// Marks a committed twin change: new etag, next version.
+    pub(crate) fn touch(&mut self) {
+        self.version += 1;
+        self.etag = new_etag();
+    }
+}
+
+/// Connection facts kept outside the durable record.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LiveView {
+    pub connected: bool,
+    pub connection_state_updated: Option<DateTime<Utc>>,
+    pub last_activity: Option<DateTime<Utc>>,
+    pub c2d_queued: usize,
+}
+
+impl DeviceRecord {
+    /// The registry `Device` view (`GET /devices/{id}`).
+    pub(crate) fn device_view(&self, live: &LiveView) -> Device {
+        Device {
+            device_id: self.device_id.clone(),
+            generation_id: Some(self.generation_id.clone()),
+            etag: Some(self.etag.clone()),
+            connection_state: Some(connection_state(live).into()),
+            status: Some(self.status.as_str().into()),
+            status_reason: self.status_reason.clone(),
+            // msrest parses these as ISO-8601; never emit Azure's year-1 "never" placeholder.
+            connection_state_updated_time: Some(format_record(
+                &live.connection_state_updated.unwrap_or(self.created_time),
+            )),
+            status_updated_time: Some(format_record(&self.status_updated_time)),
+            last_activity_time: live.last_activity.as_ref().map(format_record),
+            cloud_to_device_message_count: live.c2d_queued as i64,
+            authentication: Some(self.authentication.clone()),
+            capabilities: Some(self.capabilities),
+        }
+    }
+
+    /// The registry `Twin` view (`GET /twins/{id}`, query results).
+    pub(crate) fn twin_view(&self, live: &LiveView) -> Twin {
+        let t = &self.twin;
+        let section = |props: &Map<String, Value>, updated: &DateTime<Utc>, version: i64| {
+            let mut m = props.clone();
+            m.insert(
+                "$metadata".into(),
+                serde_json::json!({ "$lastUpdated": format_record(updated) }),
+            );
+            m.insert("$version".into(), version.into());
+            m
+        };
+        Twin {
+            device_id: self.device_id.clone(),
+            etag: Some(t.etag.clone()),
+            version: Some(t.version),
+            tags: Some(t.tags.clone()),
+            properties: Some(TwinProperties {
+                desired: Some(section(&t.desired, &t.desired_updated, t.desired_version)),
+                reported: Some(section(
+                    &t.reported,
+                    &t.reported_updated,
+                    t.reported_version,
+                )),
+            }),
+            status: Some(self.status.as_str().into()),
+            connection_state: Some(connection_state(live).into()),
+            last_activity_time: live.last_activity.as_ref().map(format_record),
+            authentication_type: Some(self.authentication.kind.clone()),
+            capabilities: Some(self.capabilities),
+            cloud_to_device_message_count: Some(live.c2d_queued as i64),
+        }
+    }
+
+    /// Base64 SAS keys, when the device authenticates with SAS.
+    pub(crate) fn sas_keys(&self) -> Option<(&str, &str)> {
+        if !self.authentication.kind.eq_ignore_ascii_case("sas") {
+            return None;
+        }
+        let k = self.authentication.symmetric_key.as_ref()?;
+        Some((
+            k.primary_key.as_deref().unwrap_or_default(),
+            k.secondary_key.as_deref().unwrap_or_default(),
+        ))
+    }
+}
+
+fn connection_state(live: &LiveView) -> &'static str {
+    if live.connected {
+        "Connected"
+    } else {
+        "Disconnected"
+    }
+}
+
+/// A fresh opaque etag (base64 of 8 random bytes, the shape Azure's etags have). Random rather
+/// than a counter so a stale `If-Match` can never match again after a restart.
+pub(crate) fn new_etag() -> String {
+    let mut b = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut b);
+    encode_key(&b)
+}
+
+/// A fresh generation id: 18 decimal digits, like Azure's.
+pub(crate) fn new_generation_id() -> String {
+    let n = rand::thread_rng().next_u64() % 900_000_000_000_000_000 + 100_000_000_000_000_000;
+    n.to_string()
+}
+
+/// A fresh 256-bit symmetric key, base64 (what Azure generates when keys are omitted).
+pub(crate) fn new_key() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    encode_key(&b)
+}
+
+/// `authentication` for SAS keys.
+pub(crate) fn sas_auth(primary: String, secondary: String) -> AuthenticationMechanism {
+    AuthenticationMechanism {
+        kind: "sas".into(),
+        symmetric_key: Some(SymmetricKey {
+            primary_key: Some(primary),
+            secondary_key: Some(secondary),
+        }),
+        x509_thumbprint: None,
+    }
+}
+
+/// `authentication` for self-signed X.509 thumbprints.
+pub(crate) fn self_signed_auth(primary: String, secondary: String) -> AuthenticationMechanism {
+    AuthenticationMechanism {
+        kind: "selfSigned".into(),
+        symmetric_key: None,
+        x509_thumbprint: Some(X509Thumbprint {
+            primary_thumbprint: Some(primary),
+            secondary_thumbprint: Some(secondary).filter(|s| !s.is_empty()),
+        }),
+    }
+}
+
+/// The RFC 7396 merge patch that turns `old` into `new`: removed keys become `null`, changed
+/// values are carried, nested objects recurse. This is the "only the changed part" a device gets.
+pub(crate) fn merge_diff(old: &Map<String, Value>, new: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.insert(k.clone(), Value::Null);
+        }
+    }
+    for (k, v) in new {
+        match (old.get(k), v) {
+            (Some(a), b) if a == b => {}
+            (Some(Value::Object(a)), Value::Object(b)) => {
+                out.insert(k.clone(), Value::Object(merge_diff(a, b)));
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Normalises a property document received from a client: drops `$`-prefixed keys (`$version`,
+/// `$metadata` echoed back) and `null` leaves, which have no meaning in a stored document.
+pub(crate) fn clean_document(doc: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    dps_proto::model::hub::merge_patch(&mut out, doc);
+    out
+}
+
+/// Normalises a thumbprint for comparison: hex only, upper case (tools print `AB:CD`, lower case).
+pub(crate) fn normalize_thumbprint(t: &str) -> String {
+    t.chars()
+        .filter(|c| !matches!(c, ':' | ' ' | '-'))
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+/// Checks an `If-Match` header value against the current etag. `None` and `*` match anything;
+/// quotes and a weak `W/` prefix are ignored; a comma-separated list matches if any member does.
+pub(crate) fn etag_matches(if_match: Option<&str>, current: &str) -> bool {
+    let Some(h) = if_match.map(str::trim).filter(|h| !h.is_empty()) else {
+        return true;
+    };
+    h.split(',').any(|e| {
+        let e = e.trim();
+        let e = e.strip_prefix("W/").unwrap_or(e);
+        let e = e.trim_matches('"');
+        e == "*" || e == current
+    })
+}
+
+/// Whether an `If-Match` value is a real etag condition (not absent, not `*`).
+pub(crate) fn is_conditional(if_match: Option<&str>) -> bool {
+    if_match
+        .map(str::trim)
+        .is_some_and(|h| !h.is_empty() && h.trim_matches('"') != "*")
+}
+
+/// Azure's device id rule: 1–128 ASCII characters, alphanumerics and `- . + % _ # * ? ! ( ) , : = @ $ '`.
+pub(crate) fn validate_device_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(format!(
+            "device id must be 1 to 128 characters long, got {}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(*c)))
+    {
+        return Err(format!(
+            "device id '{id}' contains the invalid character '{c}'"
+        ));
+    }
+    Ok(())
+}
+
+/// Registry key of a device id (the registry is case-insensitive).
+pub(crate) fn key_of(id: &str) -> String {
+    id.to_ascii_lowercase()
+}
+
+/// Capabilities, defaulted.
+pub(crate) fn caps(c: Option<DeviceCapabilities>) -> DeviceCapabilities {
+    c.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn diff_is_the_minimal_merge_patch() {
+        let old = obj(json!({"a": 1, "b": {"c": 2, "d": 3}, "gone": true}));
+        let new = obj(json!({"a": 1, "b": {"c": 5, "d": 3}, "e": [1]}));
+        let d = merge_diff(&old, &new);
+        assert_eq!(
+            Value::Object(d.clone()),
+            json!({"gone": null, "b": {"c": 5}, "e": [1]})
+        );
+        let mut applied = old.clone();
+        dps_proto::model::hub::merge_patch(&mut applied, &d);
+        assert_eq!(applied, new);
+        assert!(merge_diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn if_match_rules() {
+        assert!(etag_matches(None, "abc"));
+        assert!(etag_matches(Some("*"), "abc"));
+        assert!(etag_matches(Some("\"abc\""), "abc"));
+        assert!(etag_matches(Some("W/\"abc\""), "abc"));
+        assert!(etag_matches(Some("\"x\", \"abc\""), "abc"));
+        assert!(!etag_matches(Some("\"abd\""), "abc"));
+        assert!(!is_conditional(Some("\"*\"")));
+        assert!(is_conditional(Some("\"abc\"")));
+        assert!(!is_conditional(None));
+    }
+
+    #[test]
+    fn device_ids() {
+        validate_device_id("sn-007-888:abc@x").unwrap();
+        assert!(validate_device_id("").is_err());
+        assert!(validate_device_id("a/b").unwrap_err().contains("'/'"));
+        assert!(validate_device_id(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn thumbprints_normalise() {
+        assert_eq!(normalize_thumbprint("ab:cd:ef"), "ABCDEF");
+    }
+}

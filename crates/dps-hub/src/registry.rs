@@ -1,0 +1,423 @@
+//! The registry API behind `/devices/{id}`, `/twins/{id}`, `/devices/query` and the statistics
+//! endpoints (hub-dice-tpm.md §A8), in dps-proto's `Device`/`Twin` wire shapes.
+//!
+//! Status codes are the server's job; this module decides semantics: If-Match rules, key
+//! generation, version bumps, and pushing desired changes to connected devices.
+
+use std::sync::Arc;
+
+use dps_proto::keys::validate_symmetric_key;
+use dps_proto::model::hub::{
+    merge_patch, AuthenticationMechanism, Device, SymmetricKey, Twin, X509Thumbprint,
+};
+use serde::Serialize;
+use serde_json::Map;
+
+use crate::error::RegistryError;
+use crate::record::{
+    caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_generation_id,
+    new_key, normalize_thumbprint, validate_device_id, DeviceRecord, Status, TwinState,
+};
+use crate::{Hub, Slot};
+
+/// Default page size when the caller passes 0 (Azure's default for queries).
+const DEFAULT_PAGE: usize = 100;
+/// Default `top` for device listing when the caller passes 0 (Azure's maximum).
+const DEFAULT_TOP: usize = 1000;
+
+/// Device counts for `GET /statistics/devices` (`total/enabled/disabledDeviceCount`) and
+/// `GET /statistics/service` (`connectedDeviceCount`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatistics {
+    /// All devices.
+    pub total_device_count: u64,
+    /// Devices with status `enabled`.
+    pub enabled_device_count: u64,
+    /// Devices with status `disabled`.
+    pub disabled_device_count: u64,
+    /// Devices with a live session.
+    pub connected_device_count: u64,
+}
+
+impl Hub {
+    /// `GET /devices/{id}` (case-insensitive id).
+    pub fn get_device(&self, device_id: &str) -> Option<Device> {
+        let slot = self.inner.slot(device_id)?;
+        let rec = slot.record()?;
+        Some(rec.device_view(&slot.live_view()))
+    }
+
+    /// `PUT /devices/{id}`: creates the device when absent, replaces its identity when present.
+    ///
+    /// * Create: `authentication` absent or `sas` without keys → fresh 256-bit keys; new
+    ///   `generationId` and etag; `status` defaults to `enabled`; an empty twin. An `If-Match`
+    ///   with a real etag on an absent device is [`RegistryError::NotFound`].
+    /// * Replace: `If-Match` absent or `*` is unconditional (RegistryManager's `update_device_*`
+    ///   with etag `*`); otherwise it must equal the device etag ([`RegistryError::EtagMismatch`]).
+    ///   Keys absent on a `sas` device are kept; `status` absent is kept; the twin is untouched.
+    ///   Disabling a device ends its live session.
+    pub async fn put_device(
+        &self,
+        device: Device,
+        if_match: Option<&str>,
+    ) -> Result<Device, RegistryError> {
+        validate_device_id(&device.device_id).map_err(RegistryError::Invalid)?;
+        let status = device
+            .status
+            .as_deref()
+            .map(|s| {
+                Status::parse(s).ok_or_else(|| {
+                    RegistryError::Invalid(format!(
+                        "status must be 'enabled' or 'disabled', got '{s}'"
+                    ))
+                })
+            })
+            .transpose()?;
+        let key = key_of(&device.device_id);
+        let inner = &self.inner;
+        let (slot, mut guard) = inner
+            .lock_device(&key, true)
+            .await
+            .expect("lock_device with create always yields a slot");
+        let now = inner.now();
+        let result = async {
+            match slot.record() {
+                None => {
+                    if is_conditional(if_match) {
+                        return Err(RegistryError::NotFound {
+                            device_id: device.device_id.clone(),
+                        });
+                    }
+                    let rec = DeviceRecord {
+                        device_id: device.device_id.clone(),
+                        generation_id: new_generation_id(),
+                        etag: new_etag(),
+                        status: status.unwrap_or(Status::Enabled),
+                        status_reason: device.status_reason.clone(),
+                        status_updated_time: now,
+                        created_time: now,
+                        authentication: resolve_auth(device.authentication.clone(), None)?,
+                        capabilities: caps(device.capabilities),
+                        twin: TwinState::new(now),
+                    };
+                    let rec = inner.commit(&key, &slot, rec).await?;
+                    tracing::info!(device = %rec.device_id, auth = %rec.authentication.kind, "device created");
+                    Ok(rec)
+                }
+                Some(cur) => {
+                    if !etag_matches(if_match, &cur.etag) {
+                        return Err(RegistryError::EtagMismatch {
+                            device_id: cur.device_id.clone(),
+                        });
+                    }
+                    let mut rec = (*cur).clone();
+                    rec.authentication = resolve_auth(
+                        device.authentication.clone(),
+                        Some(&cur.authentication),
+                    )?;
+                    rec.capabilities = device.capabilities.unwrap_or(cur.capabilities);
+                    let status = status.unwrap_or(cur.status);
+                    if status != cur.status {
+                        rec.status = status;
+                        rec.status_updated_time = now;
+                    }
+                    rec.status_reason = device.status_reason.clone();
+                    rec.etag = new_etag();
+                    let rec = inner.commit(&key, &slot, rec).await?;
+                    if rec.status == Status::Disabled {
+                        inner.kick(&slot, "device disabled");
+                    }
+                    tracing::info!(device = %rec.device_id, status = rec.status.as_str(), "device updated");
+                    Ok(rec)
+                }
+            }
+        }
+        .await;
+        inner.retire_if_empty(&key, &slot, &mut guard);
+        let rec = result?;
+        Ok(rec.device_view(&slot.live_view()))
+    }
+
+    /// `DELETE /devices/{id}`: `If-Match` absent or `*` is unconditional. Ends the live session.
+    pub async fn delete_device(
+        &self,
+        device_id: &str,
+        if_match: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let key = key_of(device_id);
+        let inner = &self.inner;
+        let not_found = || RegistryError::NotFound {
+            device_id: device_id.to_string(),
+        };
+        let (slot, mut guard) = inner.lock_device(&key, false).await.ok_or_else(not_found)?;
+        let Some(cur) = slot.record() else {
+            inner.retire_if_empty(&key, &slot, &mut guard);
+            return Err(not_found());
+        };
+        if !etag_matches(if_match, &cur.etag) {
+            return Err(RegistryError::EtagMismatch {
+                device_id: cur.device_id.clone(),
+            });
+        }
+        inner.commit_delete(&key, &slot).await?;
+        inner.retire_if_empty(&key, &slot, &mut guard);
+        inner.kick(&slot, "device deleted");
+        tracing::info!(device = %cur.device_id, "device deleted");
+        Ok(())
+    }
+
+    /// `GET /devices?top=N`: up to `top` devices (0 = 1000), ordered by lower-cased id.
+    pub fn list_devices(&self, top: usize) -> Vec<Device> {
+        let top = if top == 0 { DEFAULT_TOP } else { top };
+        let (page, _) = self.page(None, top);
+        page.into_iter()
+            .map(|(_, slot, rec)| rec.device_view(&slot.live_view()))
+            .collect()
+    }
+
+    /// `POST /devices/query`: every query is treated as `SELECT * FROM devices`. Returns one page
+    /// of twins (`page` 0 = 100) ordered by lower-cased id, and the continuation token for the
+    /// next page (`x-ms-continuation`), `None` on the last page. Tokens are opaque to callers.
+    pub fn query(&self, continuation: Option<&str>, page: usize) -> (Vec<Twin>, Option<String>) {
+        let page = if page == 0 { DEFAULT_PAGE } else { page };
+        let after = continuation.map(str::trim).filter(|c| !c.is_empty());
+        let (items, more) = self.page(after, page);
+        let next = more
+            .then(|| items.last().map(|(k, _, _)| k.clone()))
+            .flatten();
+        let twins = items
+            .into_iter()
+            .map(|(_, slot, rec)| rec.twin_view(&slot.live_view()))
+            .collect();
+        (twins, next)
+    }
+
+    /// Device counts for the statistics endpoints.
+    pub fn statistics(&self) -> RegistryStatistics {
+        let mut s = RegistryStatistics {
+            total_device_count: 0,
+            enabled_device_count: 0,
+            disabled_device_count: 0,
+            connected_device_count: 0,
+        };
+        for e in self.inner.devices.iter() {
+            let Some(rec) = e.value().record() else {
+                continue;
+            };
+            s.total_device_count += 1;
+            match rec.status {
+                Status::Enabled => s.enabled_device_count += 1,
+                Status::Disabled => s.disabled_device_count += 1,
+            }
+            if e.value().live_view().connected {
+                s.connected_device_count += 1;
+            }
+        }
+        s
+    }
+
+    /// `GET /twins/{id}`.
+    pub fn get_twin(&self, device_id: &str) -> Option<Twin> {
+        let slot = self.inner.slot(device_id)?;
+        let rec = slot.record()?;
+        Some(rec.twin_view(&slot.live_view()))
+    }
+
+    /// `PUT /twins/{id}`: replaces tags and desired properties (reported properties are the
+    /// device's and are ignored). `If-Match` is checked against the twin etag.
+    pub async fn replace_twin(
+        &self,
+        device_id: &str,
+        twin: Twin,
+        if_match: Option<&str>,
+    ) -> Result<Twin, RegistryError> {
+        let tags = clean_document(&twin.tags.unwrap_or_default());
+        let desired = clean_document(&twin.properties.and_then(|p| p.desired).unwrap_or_default());
+        self.update_twin(device_id, if_match, move |t, now| {
+            let tags_changed = t.tags != tags;
+            t.tags = tags;
+            let diff = t.set_desired(desired, now);
+            (tags_changed || diff.is_some(), diff)
+        })
+        .await
+    }
+
+    /// `PATCH /twins/{id}`: merge-patches tags and desired properties (`null` deletes). Desired
+    /// `$version` increments when desired changed, and the connected device (if subscribed)
+    /// receives only the changed part plus `$version`. Returns the full twin.
+    pub async fn patch_twin(
+        &self,
+        device_id: &str,
+        patch: Twin,
+        if_match: Option<&str>,
+    ) -> Result<Twin, RegistryError> {
+        let tags = patch.tags.unwrap_or_default();
+        let desired = patch.properties.and_then(|p| p.desired).unwrap_or_default();
+        self.update_twin(device_id, if_match, move |t, now| {
+            let tags_changed = merge_patch(&mut t.tags, &tags);
+            let mut new_desired = t.desired.clone();
+            merge_patch(&mut new_desired, &desired);
+            let diff = t.set_desired(new_desired, now);
+            (tags_changed || diff.is_some(), diff)
+        })
+        .await
+    }
+
+    /// Read-modify-write of a twin under the device's write lock. `change` returns whether
+    /// anything changed and the desired diff to push.
+    async fn update_twin(
+        &self,
+        device_id: &str,
+        if_match: Option<&str>,
+        change: impl FnOnce(
+            &mut TwinState,
+            chrono::DateTime<chrono::Utc>,
+        ) -> (bool, Option<Map<String, serde_json::Value>>),
+    ) -> Result<Twin, RegistryError> {
+        let key = key_of(device_id);
+        let inner = &self.inner;
+        let not_found = || RegistryError::NotFound {
+            device_id: device_id.to_string(),
+        };
+        let (slot, _guard) = inner.lock_device(&key, false).await.ok_or_else(not_found)?;
+        let cur = slot.record().ok_or_else(not_found)?;
+        if !etag_matches(if_match, &cur.twin.etag) {
+            return Err(RegistryError::EtagMismatch {
+                device_id: cur.device_id.clone(),
+            });
+        }
+        let mut rec = (*cur).clone();
+        let (changed, diff) = change(&mut rec.twin, inner.now());
+        let rec = if changed {
+            rec.twin.touch();
+            let rec = inner.commit(&key, &slot, rec).await?;
+            if let Some(diff) = diff {
+                inner.notify_desired(&slot, diff, rec.twin.desired_version);
+            }
+            tracing::debug!(device = %rec.device_id, version = rec.twin.version, "twin updated");
+            rec
+        } else {
+            cur
+        };
+        Ok(rec.twin_view(&slot.live_view()))
+    }
+
+    /// Devices with key > `after`, the first `n` in key order, and whether more follow. O(total)
+    /// per call (a selection, not a full sort), which is fine for an embedded registry.
+    #[allow(clippy::type_complexity)]
+    fn page(
+        &self,
+        after: Option<&str>,
+        n: usize,
+    ) -> (Vec<(String, Arc<Slot>, Arc<DeviceRecord>)>, bool) {
+        let mut items: Vec<(String, Arc<Slot>, Arc<DeviceRecord>)> = self
+            .inner
+            .devices
+            .iter()
+            .filter(|e| after.is_none_or(|a| e.key().as_str() > a))
+            .filter_map(|e| {
+                let rec = e.value().record()?;
+                Some((e.key().clone(), e.value().clone(), rec))
+            })
+            .collect();
+        let more = items.len() > n;
+        if more {
+            items.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
+            items.truncate(n);
+        }
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        (items, more)
+    }
+}
+
+/// Works out the authentication of a created or replaced device. `current` is the existing
+/// device's, whose SAS keys are kept when the request omits them.
+fn resolve_auth(
+    req: Option<AuthenticationMechanism>,
+    current: Option<&AuthenticationMechanism>,
+) -> Result<AuthenticationMechanism, RegistryError> {
+    let Some(req) = req else {
+        return Ok(match current {
+            Some(c) => c.clone(),
+            None => crate::record::sas_auth(new_key(), new_key()),
+        });
+    };
+    let kind = req.kind.trim();
+    if kind.eq_ignore_ascii_case("sas") {
+        let given = |k: Option<&String>| k.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let sk = req.symmetric_key.unwrap_or_default();
+        let (mut primary, mut secondary) = (
+            given(sk.primary_key.as_ref()),
+            given(sk.secondary_key.as_ref()),
+        );
+        if primary.is_none() && secondary.is_none() {
+            if let Some(SymmetricKey {
+                primary_key,
+                secondary_key,
+            }) = current
+                .filter(|c| c.kind.eq_ignore_ascii_case("sas"))
+                .and_then(|c| c.symmetric_key.clone())
+            {
+                primary = primary_key;
+                secondary = secondary_key;
+            }
+        }
+        for (name, k) in [("primaryKey", &primary), ("secondaryKey", &secondary)] {
+            if let Some(k) = k {
+                validate_symmetric_key(k).map_err(|e| {
+                    RegistryError::Invalid(format!("authentication.symmetricKey.{name}: {e}"))
+                })?;
+            }
+        }
+        Ok(crate::record::sas_auth(
+            primary.unwrap_or_else(new_key),
+            secondary.unwrap_or_else(new_key),
+        ))
+    } else if kind.eq_ignore_ascii_case("selfSigned") {
+        let tp = req.x509_thumbprint.unwrap_or_default();
+        let check = |name: &str, t: Option<String>| -> Result<Option<String>, RegistryError> {
+            let Some(t) = t.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
+                return Ok(None);
+            };
+            let n = normalize_thumbprint(&t);
+            if !(n.len() == 40 || n.len() == 64) || !n.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(RegistryError::Invalid(format!(
+                    "authentication.x509Thumbprint.{name} must be a hex SHA-1 (40) or SHA-256 (64) thumbprint"
+                )));
+            }
+            Ok(Some(t))
+        };
+        let primary = check("primaryThumbprint", tp.primary_thumbprint)?.ok_or_else(|| {
+            RegistryError::Invalid(
+                "selfSigned authentication needs authentication.x509Thumbprint.primaryThumbprint"
+                    .into(),
+            )
+        })?;
+        let secondary = check("secondaryThumbprint", tp.secondary_thumbprint)?;
+        Ok(AuthenticationMechanism {
+            kind: "selfSigned".into(),
+            symmetric_key: None,
+            x509_thumbprint: Some(X509Thumbprint {
+                primary_thumbprint: Some(primary),
+                secondary_thumbprint: secondary,
+            }),
+        })
+    } else if kind.eq_ignore_ascii_case("certificateAuthority") || kind.eq_ignore_ascii_case("none")
+    {
+        let canonical = if kind.eq_ignore_ascii_case("none") {
+            "none"
+        } else {
+            "certificateAuthority"
+        };
+        Ok(AuthenticationMechanism {
+            kind: canonical.into(),
+            symmetric_key: None,
+            x509_thumbprint: None,
+        })
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "authentication.type must be 'sas', 'selfSigned', 'certificateAuthority' or 'none', got '{kind}'"
+        )))
+    }
+}

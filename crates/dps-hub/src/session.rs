@@ -1,0 +1,681 @@
+//! Device sessions (sans-IO), direct methods and cloud-to-device messages (hub-dice-tpm.md §A4–A7).
+//!
+//! The server's MQTT adapter owns the socket. After [`Hub::authenticate`] it calls
+//! [`Hub::open_session`] and then, for each packet, [`DeviceSession::subscribe`],
+//! [`DeviceSession::unsubscribe`] or [`DeviceSession::handle_publish`]; it writes the returned
+//! [`Outbound`] publishes (direct answers) and everything arriving on the session's channel
+//! (desired patches, method requests, C2D) to the device. When that channel closes, the hub has
+//! ended the session (a newer connection replaced it, or the device was deleted or disabled) and
+//! the server should disconnect the device.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use dps_proto::hub_mqtt::{
+    c2d_topic, desired_patch_topic, feeds_of, method_request_topic, subscription_allowed,
+    twin_response_topic, Feed, HubPublish,
+};
+use dps_proto::model::hub::merge_patch;
+use dps_proto::timefmt::format_record;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::DeviceIdentity;
+use crate::error::{C2dError, MethodError, SessionError};
+use crate::record::{key_of, LiveView};
+use crate::telemetry::{system_property_name, TelemetryMessage};
+use crate::{C2dQueue, Hub, HubInner, Slot};
+
+/// Capacity of a session's outbound channel. A device whose connection cannot drain this many
+/// hub-initiated publishes is considered stuck and is disconnected (it will re-GET its twin on
+/// reconnect), rather than letting its queue grow without bound.
+pub const OUTBOUND_CAPACITY: usize = 256;
+
+/// Cloud-to-device messages kept per offline device (Azure's per-device limit).
+pub const C2D_QUEUE_LIMIT: usize = 50;
+
+/// IoT Hub's device-to-cloud message size limit.
+const TELEMETRY_LIMIT: usize = 256 * 1024;
+
+/// A publish from the hub to a device. The server should send it at
+/// `min(qos, granted QoS of the matching subscription)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// 0 for twin responses, desired patches and method requests (as IoT Hub sends them), 1 for
+    /// cloud-to-device messages.
+    pub qos: u8,
+}
+
+/// A device's answer to a direct method — also the body of the REST response
+/// (`{"status": int, "payload": any}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodResponse {
+    /// Status the device chose.
+    pub status: i32,
+    /// The device's JSON payload (`null` when it sent nothing; a string when it sent non-JSON).
+    pub payload: Value,
+}
+
+pub(crate) struct PendingMethod {
+    device_key: String,
+    session_id: u64,
+    tx: oneshot::Sender<MethodResponse>,
+}
+
+pub(crate) struct QueuedC2d {
+    body: Bytes,
+    properties: Vec<(String, String)>,
+}
+
+/// Which hub-initiated feeds the session's subscriptions cover.
+#[derive(Debug, Default, Clone, Copy)]
+struct Feeds {
+    c2d: bool,
+    twin_responses: bool,
+    desired: bool,
+    methods: bool,
+}
+
+impl Feeds {
+    fn of(filters: &[String]) -> Self {
+        let mut f = Feeds::default();
+        for feed in filters.iter().flat_map(|x| feeds_of(x)) {
+            match feed {
+                Feed::C2d => f.c2d = true,
+                Feed::TwinResponses => f.twin_responses = true,
+                Feed::DesiredPatches => f.desired = true,
+                Feed::Methods => f.methods = true,
+            }
+        }
+        f
+    }
+
+    fn has(self, feed: Feed) -> bool {
+        match feed {
+            Feed::C2d => self.c2d,
+            Feed::TwinResponses => self.twin_responses,
+            Feed::DesiredPatches => self.desired,
+            Feed::Methods => self.methods,
+        }
+    }
+}
+
+struct LiveSession {
+    id: u64,
+    client_device_id: String,
+    tx: mpsc::Sender<Outbound>,
+    filters: Vec<String>,
+    feeds: Feeds,
+}
+
+/// Per-device connection state (not persisted: meaningless after a restart).
+#[derive(Default)]
+pub(crate) struct Live {
+    session: Option<LiveSession>,
+    connection_state_updated: Option<DateTime<Utc>>,
+    last_activity: Option<DateTime<Utc>>,
+    c2d_queue: C2dQueue,
+}
+
+impl Live {
+    pub(crate) fn view(&self) -> LiveView {
+        LiveView {
+            connected: self.session.is_some(),
+            connection_state_updated: self.connection_state_updated,
+            last_activity: self.last_activity,
+            c2d_queued: self.c2d_queue.len(),
+        }
+    }
+
+    /// Ends the live session, if any. Dropping its sender closes the server's receiver.
+    pub(crate) fn disconnect(&mut self, now: DateTime<Utc>) -> Option<u64> {
+        let s = self.session.take()?;
+        self.connection_state_updated = Some(now);
+        Some(s.id)
+    }
+
+    /// Hands `out` to the live session if it subscribed to `feed`. A full or closed channel ends
+    /// the session (see [`OUTBOUND_CAPACITY`]).
+    fn deliver(&mut self, feed: Feed, out: Outbound, now: DateTime<Utc>) -> bool {
+        let Some(s) = &self.session else {
+            return false;
+        };
+        if !s.feeds.has(feed) {
+            return false;
+        }
+        match s.tx.try_send(out) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!(device = %s.client_device_id, capacity = OUTBOUND_CAPACITY, "device is not draining its outbound queue; disconnecting it");
+                self.disconnect(now);
+                false
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.disconnect(now);
+                false
+            }
+        }
+    }
+
+    /// Delivers queued C2D messages while the session takes them.
+    fn flush_c2d(&mut self, now: DateTime<Utc>) {
+        while let Some(m) = self.c2d_queue.pop_front() {
+            let Some(out) = self.c2d_outbound(&m) else {
+                self.c2d_queue.push_front(m);
+                return;
+            };
+            if !self.deliver(Feed::C2d, out, now) {
+                self.c2d_queue.push_front(m);
+                return;
+            }
+        }
+    }
+
+    fn c2d_outbound(&self, m: &QueuedC2d) -> Option<Outbound> {
+        let s = self.session.as_ref()?;
+        Some(Outbound {
+            topic: c2d_topic(&s.client_device_id, &m.properties),
+            payload: m.body.clone(),
+            qos: 1,
+        })
+    }
+}
+
+/// One device connection, driven by the server's MQTT adapter. Dropping it (or
+/// [`DeviceSession::close`]) marks the device Disconnected — unless a newer session already
+/// replaced it.
+pub struct DeviceSession {
+    hub: Hub,
+    slot: Arc<Slot>,
+    key: String,
+    identity: DeviceIdentity,
+    id: u64,
+}
+
+impl std::fmt::Debug for DeviceSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSession")
+            .field("device_id", &self.identity.device_id)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Hub {
+    /// Starts the device's session, replacing (disconnecting) any previous one: IoT Hub allows one
+    /// connection per device. Returns the session and the channel of hub-initiated publishes.
+    ///
+    /// Fails with [`SessionError::Closed`] if the device was deleted, re-created or disabled since
+    /// it authenticated.
+    pub fn open_session(
+        &self,
+        identity: DeviceIdentity,
+    ) -> Result<(DeviceSession, mpsc::Receiver<Outbound>), SessionError> {
+        let closed = || SessionError::Closed {
+            device_id: identity.device_id.clone(),
+        };
+        let key = key_of(&identity.device_id);
+        let slot = self.inner.slot(&key).ok_or_else(closed)?;
+        let still_valid = |slot: &Slot| {
+            slot.record().is_some_and(|rec| {
+                rec.generation_id == identity.generation_id
+                    && rec.status != crate::record::Status::Disabled
+            })
+        };
+        if !still_valid(&slot) {
+            return Err(closed());
+        }
+        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let id = self.inner.next_session_id();
+        let now = self.inner.now();
+        {
+            let mut live = slot.live.lock();
+            if let Some(old) = live.disconnect(now) {
+                tracing::info!(device = %identity.device_id, old_session = old, "new connection replaces the previous one");
+            }
+            live.session = Some(LiveSession {
+                id,
+                client_device_id: identity.client_device_id.clone(),
+                tx,
+                filters: Vec::new(),
+                feeds: Feeds::default(),
+            });
+            live.connection_state_updated = Some(now);
+            live.last_activity = Some(now);
+        }
+        // A delete or disable commits the record first and then ends the live session; checking
+        // again after installing ours means one of the two always sees the other.
+        if !still_valid(&slot) {
+            let mut live = slot.live.lock();
+            if live.session.as_ref().is_some_and(|s| s.id == id) {
+                live.disconnect(now);
+            }
+            return Err(closed());
+        }
+        tracing::info!(device = %identity.device_id, session = id, method = ?identity.method, "device connected");
+        Ok((
+            DeviceSession {
+                hub: self.clone(),
+                slot,
+                key,
+                identity,
+                id,
+            },
+            rx,
+        ))
+    }
+
+    /// Calls a direct method on a connected device and waits for its answer. The request goes out
+    /// as `$iothub/methods/POST/{name}/?$rid={rid}` with the JSON payload.
+    pub async fn invoke_method(
+        &self,
+        device_id: &str,
+        method_name: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<MethodResponse, MethodError> {
+        if method_name.is_empty() || method_name.contains(['/', '+', '#']) {
+            return Err(MethodError::InvalidMethodName(method_name.to_string()));
+        }
+        let slot = self
+            .inner
+            .slot(device_id)
+            .filter(|s| s.record().is_some())
+            .ok_or_else(|| MethodError::DeviceNotFound {
+                device_id: device_id.to_string(),
+            })?;
+        let key = key_of(device_id);
+        let rid = self.inner.next_rid();
+        let (tx, rx) = oneshot::channel();
+        let body = Bytes::from(serde_json::to_vec(&payload).unwrap_or_else(|_| b"null".to_vec()));
+        let now = self.inner.now();
+        {
+            let mut live = slot.live.lock();
+            let Some(session_id) = live.session.as_ref().map(|s| s.id) else {
+                return Err(MethodError::DeviceNotOnline {
+                    device_id: device_id.to_string(),
+                });
+            };
+            // Registered before the publish leaves, so an instant answer finds it.
+            self.inner.methods.insert(
+                rid.clone(),
+                PendingMethod {
+                    device_key: key.clone(),
+                    session_id,
+                    tx,
+                },
+            );
+            let out = Outbound {
+                topic: method_request_topic(method_name, &rid),
+                payload: body,
+                qos: 0,
+            };
+            if !live.deliver(Feed::Methods, out, now) {
+                drop(live);
+                self.inner.methods.remove(&rid);
+                return Err(MethodError::DeviceNotOnline {
+                    device_id: device_id.to_string(),
+                });
+            }
+        }
+        tracing::debug!(device = %device_id, method = %method_name, rid = %rid, "direct method sent");
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            // The session ended while we waited (its pending calls are dropped on close).
+            Ok(Err(_)) => Err(MethodError::DeviceNotOnline {
+                device_id: device_id.to_string(),
+            }),
+            Err(_) => {
+                self.inner.methods.remove(&rid);
+                Err(MethodError::Timeout {
+                    device_id: device_id.to_string(),
+                    method: method_name.to_string(),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    /// Sends a cloud-to-device message: delivered now (QoS 1) if the device has a session
+    /// subscribed to `devices/{id}/messages/devicebound/#`, else queued (up to
+    /// [`C2D_QUEUE_LIMIT`]) and delivered when it next subscribes. `$.mid` (a fresh UUID) and
+    /// `$.to` are added when absent; other properties go into the topic url-encoded.
+    pub fn send_c2d(
+        &self,
+        device_id: &str,
+        body: impl Into<Bytes>,
+        properties: Vec<(String, String)>,
+    ) -> Result<(), C2dError> {
+        let slot = self.inner.slot(device_id);
+        let Some((slot, rec)) = slot.and_then(|s| s.record().map(|r| (s, r))) else {
+            return Err(C2dError::DeviceNotFound {
+                device_id: device_id.to_string(),
+            });
+        };
+        // `$.mid` and `$.to` lead, as IoT Hub sends them; the caller's values win.
+        let take = |name: &str| {
+            properties
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mid = take("$.mid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let to = take("$.to")
+            .unwrap_or_else(|| format!("/devices/{}/messages/deviceBound", rec.device_id));
+        let mut props = Vec::with_capacity(properties.len() + 2);
+        props.push(("$.mid".to_string(), mid));
+        props.push(("$.to".to_string(), to));
+        props.extend(
+            properties
+                .into_iter()
+                .filter(|(k, _)| k != "$.mid" && k != "$.to"),
+        );
+        let msg = QueuedC2d {
+            body: body.into(),
+            properties: props,
+        };
+        let now = self.inner.now();
+        let mut live = slot.live.lock();
+        if live.c2d_queue.is_empty() {
+            if let Some(out) = live.c2d_outbound(&msg) {
+                if live.deliver(Feed::C2d, out, now) {
+                    tracing::debug!(device = %rec.device_id, "cloud-to-device message delivered");
+                    return Ok(());
+                }
+            }
+        }
+        if live.c2d_queue.len() >= C2D_QUEUE_LIMIT {
+            return Err(C2dError::QueueFull {
+                device_id: rec.device_id.clone(),
+                limit: C2D_QUEUE_LIMIT,
+            });
+        }
+        live.c2d_queue.push_back(msg);
+        tracing::debug!(device = %rec.device_id, queued = live.c2d_queue.len(), "cloud-to-device message queued");
+        Ok(())
+    }
+}
+
+impl HubInner {
+    /// Pushes a desired-properties patch (only the changed part + `$version`) to the device's
+    /// session if it subscribed to desired patches.
+    pub(crate) fn notify_desired(&self, slot: &Slot, mut diff: Map<String, Value>, version: i64) {
+        diff.insert("$version".into(), version.into());
+        let payload = Bytes::from(Value::Object(diff).to_string());
+        let out = Outbound {
+            topic: desired_patch_topic(version),
+            payload,
+            qos: 0,
+        };
+        let now = self.now();
+        slot.live.lock().deliver(Feed::DesiredPatches, out, now);
+    }
+
+    /// Ends the device's live session (device deleted or disabled).
+    pub(crate) fn kick(&self, slot: &Slot, why: &str) {
+        let now = self.now();
+        if let Some(id) = slot.live.lock().disconnect(now) {
+            tracing::info!(
+                session = id,
+                reason = why,
+                "device session ended by the hub"
+            );
+        }
+    }
+}
+
+impl DeviceSession {
+    /// The authenticated identity.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    /// Whether this is still the device's live session (not replaced, deleted, disabled, closed).
+    pub fn is_current(&self) -> bool {
+        self.slot
+            .live
+            .lock()
+            .session
+            .as_ref()
+            .is_some_and(|s| s.id == self.id)
+    }
+
+    /// Handles SUBSCRIBE for one filter. Returns the granted QoS (`min(requested, 1)`: IoT Hub
+    /// never grants QoS 2) or `None` when the filter is not one a device may use (the server
+    /// answers 0x80). Subscribing to C2D delivers queued messages on the outbound channel.
+    pub fn subscribe(&self, filter: &str, requested_qos: u8) -> Option<u8> {
+        if !subscription_allowed(filter, &self.identity.client_device_id) {
+            tracing::debug!(device = %self.identity.device_id, filter, "subscription refused");
+            return None;
+        }
+        let now = self.hub.inner.now();
+        let mut live = self.slot.live.lock();
+        let s = live.session.as_mut().filter(|s| s.id == self.id)?;
+        if !s.filters.iter().any(|f| f == filter) {
+            s.filters.push(filter.to_string());
+        }
+        s.feeds = Feeds::of(&s.filters);
+        if s.feeds.c2d {
+            live.flush_c2d(now);
+        }
+        Some(requested_qos.min(1))
+    }
+
+    /// Handles UNSUBSCRIBE for one filter.
+    pub fn unsubscribe(&self, filter: &str) {
+        let mut live = self.slot.live.lock();
+        if let Some(s) = live.session.as_mut().filter(|s| s.id == self.id) {
+            s.filters.retain(|f| f != filter);
+            s.feeds = Feeds::of(&s.filters);
+        }
+    }
+
+    /// Handles a device PUBLISH. Returns the publishes to send back right away (twin responses);
+    /// telemetry and method responses produce none (the server still PUBACKs QoS 1). An error
+    /// means the device broke the protocol (IoT Hub disconnects it) or the session is over.
+    pub async fn handle_publish(
+        &self,
+        now: DateTime<Utc>,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<Vec<Outbound>, SessionError> {
+        {
+            let mut live = self.slot.live.lock();
+            if live.session.as_ref().is_none_or(|s| s.id != self.id) {
+                return Err(self.closed());
+            }
+            live.last_activity = Some(now);
+        }
+        match HubPublish::parse(topic, &self.identity.client_device_id)? {
+            HubPublish::Telemetry { properties } => {
+                self.telemetry(now, properties, payload)?;
+                Ok(Vec::new())
+            }
+            HubPublish::TwinGet { rid } => {
+                let rec = self.slot.record().ok_or_else(|| self.closed())?;
+                Ok(vec![Outbound {
+                    topic: twin_response_topic(200, &rid, None),
+                    payload: Bytes::from(rec.twin.device_document().to_string()),
+                    qos: 0,
+                }])
+            }
+            HubPublish::TwinReportedPatch { rid } => self.reported_patch(now, &rid, payload).await,
+            HubPublish::MethodResponse { status, rid } => {
+                let key = &self.key;
+                match self
+                    .hub
+                    .inner
+                    .methods
+                    .remove_if(&rid, |_, p| &p.device_key == key)
+                {
+                    Some((_, pending)) => {
+                        let payload = if payload.iter().all(u8::is_ascii_whitespace) {
+                            Value::Null
+                        } else {
+                            serde_json::from_slice(payload).unwrap_or_else(|_| {
+                                Value::String(String::from_utf8_lossy(payload).into_owned())
+                            })
+                        };
+                        let _ = pending.tx.send(MethodResponse { status, payload });
+                    }
+                    None => {
+                        tracing::debug!(device = %self.identity.device_id, rid = %rid, "method response for no pending call (late or unknown rid)");
+                    }
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Ends the session (same as dropping it).
+    pub fn close(self) {}
+
+    fn closed(&self) -> SessionError {
+        SessionError::Closed {
+            device_id: self.identity.device_id.clone(),
+        }
+    }
+
+    fn telemetry(
+        &self,
+        now: DateTime<Utc>,
+        properties: Vec<(String, String)>,
+        payload: &[u8],
+    ) -> Result<(), SessionError> {
+        if payload.len() > TELEMETRY_LIMIT {
+            return Err(SessionError::TooLarge {
+                size: payload.len(),
+                limit: TELEMETRY_LIMIT,
+            });
+        }
+        let id = &self.identity;
+        let mut system = Vec::new();
+        let mut app = Vec::new();
+        for (k, v) in properties {
+            if k.starts_with("$.") {
+                system.push((system_property_name(&k).into_owned(), v));
+            } else {
+                app.push((k, v));
+            }
+        }
+        let auth_method = serde_json::json!({
+            "scope": "device",
+            "type": id.method.type_name(),
+            "issuer": "iothub",
+            "acceptingIpFilterRule": null,
+        });
+        system.extend([
+            ("iothub-connection-device-id".into(), id.device_id.clone()),
+            (
+                "iothub-connection-auth-method".into(),
+                auth_method.to_string(),
+            ),
+            (
+                "iothub-connection-auth-generation-id".into(),
+                id.generation_id.clone(),
+            ),
+            ("iothub-enqueuedtime".into(), format_record(&now)),
+            ("iothub-message-source".into(), "Telemetry".into()),
+        ]);
+        let msg = self.hub.inner.telemetry.append(TelemetryMessage {
+            sequence_number: 0,
+            device_id: id.device_id.clone(),
+            enqueued_time: now,
+            properties: app,
+            system_properties: system,
+            body: Bytes::copy_from_slice(payload),
+        });
+        tracing::trace!(device = %id.device_id, seq = msg.sequence_number, bytes = payload.len(), "telemetry");
+        Ok(())
+    }
+
+    async fn reported_patch(
+        &self,
+        now: DateTime<Utc>,
+        rid: &str,
+        payload: &[u8],
+    ) -> Result<Vec<Outbound>, SessionError> {
+        let error = |status: u16, code: u32, message: String| {
+            vec![Outbound {
+                topic: twin_response_topic(status, rid, None),
+                payload: Bytes::from(
+                    serde_json::json!({ "errorCode": code, "message": message }).to_string(),
+                ),
+                qos: 0,
+            }]
+        };
+        let patch: Map<String, Value> = match serde_json::from_slice(payload) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Ok(error(
+                    400,
+                    400004,
+                    "reported properties patch must be a JSON object".into(),
+                ))
+            }
+        };
+        let inner = &self.hub.inner;
+        let (slot, _guard) = inner
+            .lock_device(&self.key, false)
+            .await
+            .filter(|(s, _)| Arc::ptr_eq(s, &self.slot))
+            .ok_or_else(|| self.closed())?;
+        let rec = slot.record().ok_or_else(|| self.closed())?;
+        let mut new = (*rec).clone();
+        if merge_patch(&mut new.twin.reported, &patch) {
+            new.twin.reported_version += 1;
+            new.twin.reported_updated = now;
+            new.twin.touch();
+            if let Err(e) = inner.commit(&self.key, &slot, new).await {
+                tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not stored");
+                return Ok(error(
+                    500,
+                    500001,
+                    "could not store reported properties".into(),
+                ));
+            }
+        }
+        let version = slot
+            .record()
+            .map(|r| r.twin.reported_version)
+            .unwrap_or(rec.twin.reported_version);
+        Ok(vec![Outbound {
+            topic: twin_response_topic(204, rid, Some(version)),
+            payload: Bytes::new(),
+            qos: 0,
+        }])
+    }
+}
+
+impl Drop for DeviceSession {
+    fn drop(&mut self) {
+        let now = self.hub.inner.now();
+        let ended = {
+            let mut live = self.slot.live.lock();
+            if live.session.as_ref().is_some_and(|s| s.id == self.id) {
+                live.disconnect(now);
+                true
+            } else {
+                false
+            }
+        };
+        if ended {
+            tracing::info!(device = %self.identity.device_id, session = self.id, "device disconnected");
+        }
+        // Calls waiting on this connection can no longer be answered: fail them now rather than
+        // at their timeout.
+        let (key, id) = (&self.key, self.id);
+        self.hub
+            .inner
+            .methods
+            .retain(|_, p| !(p.device_key == *key && p.session_id == id));
+    }
+}

@@ -1,0 +1,739 @@
+//! Device authentication, sessions, direct methods, C2D and telemetry.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dps_hub::{
+    AuthError, AuthMethod, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound,
+    SessionError,
+};
+use dps_proto::hub_mqtt::HubUsername;
+use dps_proto::model::hub::{
+    AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+};
+use dps_proto::sas::{build_token, encode_component, sign};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::error::TryRecvError;
+
+const HOST: &str = "hub.example.test";
+const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const KEY2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+const NOW: u64 = 1_750_000_000;
+const SHA1: &str = "0123456789ABCDEF0123456789ABCDEF01234567";
+const SHA256: &str = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF";
+
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp(NOW as i64, 0).unwrap()
+}
+
+fn username(device: &str) -> HubUsername {
+    HubUsername::parse(&format!(
+        "{HOST}/{device}/?api-version=2021-04-12&DeviceClientType=test"
+    ))
+    .unwrap()
+}
+
+async fn hub_with_device(id: &str) -> Hub {
+    let hub = Hub::open(HubConfig::in_memory(HOST)).unwrap();
+    hub.put_device(
+        Device {
+            device_id: id.into(),
+            authentication: Some(AuthenticationMechanism {
+                kind: "sas".into(),
+                symmetric_key: Some(SymmetricKey {
+                    primary_key: Some(KEY1.into()),
+                    secondary_key: Some(KEY2.into()),
+                }),
+                x509_thumbprint: None,
+            }),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    hub
+}
+
+fn py_token(device: &str, key: &str, expiry: u64) -> String {
+    build_token(&format!("{HOST}/devices/{device}"), key, expiry, None).unwrap()
+}
+
+fn login(hub: &Hub, device: &str) -> DeviceIdentity {
+    hub.authenticate(
+        NOW,
+        &username(device),
+        Some(py_token(device, KEY1, NOW + 3600).as_bytes()),
+        None,
+    )
+    .unwrap()
+}
+
+fn reason(e: AuthError) -> String {
+    match e {
+        AuthError::NotAuthorized { reason, .. } => reason,
+        other => panic!("expected NotAuthorized, got {other:?}"),
+    }
+}
+
+fn desired_patch(v: Value) -> Twin {
+    Twin {
+        properties: Some(TwinProperties {
+            desired: Some(v.as_object().unwrap().clone()),
+            reported: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn json_of(o: &Outbound) -> Value {
+    serde_json::from_slice(&o.payload).unwrap()
+}
+
+#[tokio::test]
+async fn sas_authentication_in_every_sdk_encoding() {
+    let hub = hub_with_device("dev1").await;
+
+    // Python style: sr percent-encoded.
+    let id = hub
+        .authenticate(
+            NOW,
+            &username("dev1"),
+            Some(py_token("dev1", KEY1, NOW + 60).as_bytes()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(id.device_id(), "dev1");
+    assert_eq!(id.method(), AuthMethod::Sas(CredentialSlot::Primary));
+    let id = hub
+        .authenticate(
+            NOW,
+            &username("dev1"),
+            Some(py_token("dev1", KEY2, NOW + 60).as_bytes()),
+            None,
+        )
+        .unwrap();
+    assert_eq!(id.method(), AuthMethod::Sas(CredentialSlot::Secondary));
+
+    // C style: raw sr, lower-case hex in sig, empty skn (older c-utility).
+    let sr = format!("{HOST}/devices/dev1");
+    let sig = encode_component(&sign(KEY1, &sr, NOW + 60).unwrap())
+        .replace("%2B", "%2b")
+        .replace("%2F", "%2f")
+        .replace("%3D", "%3d");
+    let c_token = format!(
+        "SharedAccessSignature sr={sr}&sig={sig}&se={}&skn=",
+        NOW + 60
+    );
+    let id = hub
+        .authenticate(NOW, &username("dev1"), Some(c_token.as_bytes()), None)
+        .unwrap();
+    assert_eq!(id.method(), AuthMethod::Sas(CredentialSlot::Primary));
+    // Host name and device id are compared case-insensitively.
+    let u = HubUsername::parse("HUB.example.test/DEV1/?api-version=2019-10-01").unwrap();
+    let id = hub
+        .authenticate(
+            NOW,
+            &u,
+            Some(py_token("DEV1", KEY1, NOW + 60).as_bytes()),
+            None,
+        )
+        .unwrap();
+    assert_eq!((id.device_id(), id.client_device_id()), ("dev1", "DEV1"));
+}
+
+#[tokio::test]
+async fn sas_refusals_say_what_was_wrong() {
+    let hub = hub_with_device("dev1").await;
+    hub.put_device(
+        Device {
+            device_id: "dev2".into(),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+
+    let expired = py_token("dev1", KEY1, NOW - 3600);
+    let r = reason(
+        hub.authenticate(NOW, &username("dev1"), Some(expired.as_bytes()), None)
+            .unwrap_err(),
+    );
+    assert!(r.contains("expired"), "{r}");
+
+    let wrong_key = py_token("dev1", "d3Jvbmd3cm9uZ3dyb25nd3Jvbmc=", NOW + 60);
+    let r = reason(
+        hub.authenticate(NOW, &username("dev1"), Some(wrong_key.as_bytes()), None)
+            .unwrap_err(),
+    );
+    assert!(r.contains("wrong key"), "{r}");
+
+    // A valid dev2 token used to connect as dev1: wrong audience.
+    let other = py_token("dev2", KEY1, NOW + 60);
+    let r = reason(
+        hub.authenticate(NOW, &username("dev1"), Some(other.as_bytes()), None)
+            .unwrap_err(),
+    );
+    assert!(r.contains("audience"), "{r}");
+
+    let r = reason(
+        hub.authenticate(
+            NOW,
+            &username("nobody"),
+            Some(py_token("nobody", KEY1, NOW + 60).as_bytes()),
+            None,
+        )
+        .unwrap_err(),
+    );
+    assert!(r.contains("unknown device"), "{r}");
+
+    let u = HubUsername::parse("other.example.test/dev1/?api-version=1").unwrap();
+    let r = reason(
+        hub.authenticate(
+            NOW,
+            &u,
+            Some(py_token("dev1", KEY1, NOW + 60).as_bytes()),
+            None,
+        )
+        .unwrap_err(),
+    );
+    assert!(r.contains("other.example.test"), "{r}");
+
+    let r = reason(
+        hub.authenticate(NOW, &username("dev1"), Some(b"garbage"), None)
+            .unwrap_err(),
+    );
+    assert!(r.contains("SharedAccessSignature"), "{r}");
+
+    let r = reason(
+        hub.authenticate(NOW, &username("dev1"), None, None)
+            .unwrap_err(),
+    );
+    assert!(r.contains("no SAS token"), "{r}");
+
+    // Disabled: its own variant, and the Display names the device.
+    let mut d = hub.get_device("dev1").unwrap();
+    d.status = Some("disabled".into());
+    hub.put_device(d, None).await.unwrap();
+    let err = hub
+        .authenticate(
+            NOW,
+            &username("dev1"),
+            Some(py_token("dev1", KEY1, NOW + 60).as_bytes()),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AuthError::DeviceDisabled {
+            device_id: "dev1".into()
+        }
+    );
+    assert_eq!(err.to_string(), "device 'dev1' is disabled");
+}
+
+#[tokio::test]
+async fn x509_self_signed_authentication() {
+    let hub = Hub::open(HubConfig::in_memory(HOST)).unwrap();
+    hub.put_device(
+        Device {
+            device_id: "cam".into(),
+            authentication: Some(AuthenticationMechanism {
+                kind: "selfSigned".into(),
+                symmetric_key: None,
+                x509_thumbprint: Some(X509Thumbprint {
+                    primary_thumbprint: Some(SHA1.into()),
+                    secondary_thumbprint: Some(SHA256.to_ascii_lowercase()),
+                }),
+            }),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let presented = |sha1: &str, sha256: &str| Some((sha1.to_string(), sha256.to_string()));
+
+    // SHA-1 match on the primary, case-insensitive; empty password = no password.
+    let id = hub
+        .authenticate(
+            NOW,
+            &username("cam"),
+            Some(b""),
+            presented(&SHA1.to_ascii_lowercase(), &"0".repeat(64)),
+        )
+        .unwrap();
+    assert_eq!(
+        id.method(),
+        AuthMethod::X509SelfSigned(CredentialSlot::Primary)
+    );
+    // SHA-256 match on the secondary.
+    let id = hub
+        .authenticate(
+            NOW,
+            &username("cam"),
+            None,
+            presented(&"1".repeat(40), SHA256),
+        )
+        .unwrap();
+    assert_eq!(
+        id.method(),
+        AuthMethod::X509SelfSigned(CredentialSlot::Secondary)
+    );
+    let r = reason(
+        hub.authenticate(
+            NOW,
+            &username("cam"),
+            None,
+            presented(&"1".repeat(40), &"2".repeat(64)),
+        )
+        .unwrap_err(),
+    );
+    assert!(r.contains("matches neither"), "{r}");
+    let r = reason(
+        hub.authenticate(NOW, &username("cam"), None, None)
+            .unwrap_err(),
+    );
+    assert!(r.contains("no client certificate"), "{r}");
+    // An X.509 device cannot use a SAS token.
+    let r = reason(
+        hub.authenticate(
+            NOW,
+            &username("cam"),
+            Some(py_token("cam", KEY1, NOW + 60).as_bytes()),
+            None,
+        )
+        .unwrap_err(),
+    );
+    assert!(r.contains("selfSigned"), "{r}");
+}
+
+#[tokio::test]
+async fn twin_get_and_reported_patch() {
+    let hub = hub_with_device("dev1").await;
+    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    assert_eq!(
+        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        Some("Connected")
+    );
+
+    assert_eq!(session.subscribe("$iothub/twin/res/#", 1), Some(1));
+    assert_eq!(session.subscribe("$iothub/methods/POST/#", 0), Some(0));
+    assert_eq!(
+        session.subscribe("devices/dev1/messages/devicebound/#", 2),
+        Some(1)
+    );
+    assert_eq!(session.subscribe("#", 1), None);
+    assert_eq!(
+        session.subscribe("devices/dev2/messages/devicebound/#", 1),
+        None
+    );
+
+    let out = session
+        .handle_publish(now(), "$iothub/twin/GET/?$rid=0fa7c5e8", b" ")
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, "$iothub/twin/res/200/?$rid=0fa7c5e8");
+    assert_eq!(
+        json_of(&out[0]),
+        json!({"desired": {"$version": 1}, "reported": {"$version": 1}})
+    );
+
+    let out = session
+        .handle_publish(
+            now(),
+            "$iothub/twin/PATCH/properties/reported/?$rid=7",
+            br#"{"temp": 21.5, "fw": {"v": "1.0"}}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].topic, "$iothub/twin/res/204/?$rid=7&$version=2");
+    assert!(out[0].payload.is_empty());
+    // The same patch again changes nothing: version stays.
+    let out = session
+        .handle_publish(
+            now(),
+            "$iothub/twin/PATCH/properties/reported/?$rid=8",
+            br#"{"temp": 21.5}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].topic, "$iothub/twin/res/204/?$rid=8&$version=2");
+    // null deletes.
+    let out = session
+        .handle_publish(
+            now(),
+            "$iothub/twin/PATCH/properties/reported/?$rid=9",
+            br#"{"fw": null}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].topic, "$iothub/twin/res/204/?$rid=9&$version=3");
+
+    let t = hub.get_twin("dev1").unwrap();
+    let reported = t.properties.unwrap().reported.unwrap();
+    assert_eq!(reported["temp"], 21.5);
+    assert!(reported.get("fw").is_none());
+    assert_eq!(reported["$version"], 3);
+    assert!(t.last_activity_time.is_some());
+    assert_eq!(t.connection_state.as_deref(), Some("Connected"));
+
+    let out = session
+        .handle_publish(now(), "$iothub/twin/GET/?$rid=10", b"")
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(&out[0]),
+        json!({"desired": {"$version": 1}, "reported": {"temp": 21.5, "$version": 3}})
+    );
+
+    // Not a JSON object: 400 with an error body the SDKs understand.
+    let out = session
+        .handle_publish(
+            now(),
+            "$iothub/twin/PATCH/properties/reported/?$rid=11",
+            b"[1]",
+        )
+        .await
+        .unwrap();
+    assert_eq!(out[0].topic, "$iothub/twin/res/400/?$rid=11");
+    assert!(json_of(&out[0])["errorCode"].is_number());
+
+    assert!(matches!(
+        session.handle_publish(now(), "$iothub/nope", b"").await,
+        Err(SessionError::Topic(_))
+    ));
+
+    drop(session);
+    assert_eq!(
+        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        Some("Disconnected")
+    );
+}
+
+#[tokio::test]
+async fn desired_patches_only_after_subscribing() {
+    let hub = hub_with_device("dev1").await;
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    session.subscribe("$iothub/twin/res/#", 0);
+
+    hub.patch_twin("dev1", desired_patch(json!({"a": 1})), None)
+        .await
+        .unwrap();
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+
+    assert_eq!(
+        session.subscribe("$iothub/twin/PATCH/properties/desired/#", 0),
+        Some(0)
+    );
+    hub.patch_twin("dev1", desired_patch(json!({"a": 1, "b": {"c": 2}})), None)
+        .await
+        .unwrap();
+    let out = rx.try_recv().unwrap();
+    assert_eq!(
+        out.topic,
+        "$iothub/twin/PATCH/properties/desired/?$version=3"
+    );
+    // Only the changed part (a is unchanged) plus $version.
+    assert_eq!(json_of(&out), json!({"b": {"c": 2}, "$version": 3}));
+    assert_eq!(out.qos, 0);
+
+    // Replace sends deletions as nulls.
+    hub.replace_twin("dev1", desired_patch(json!({"b": {"c": 2}})), None)
+        .await
+        .unwrap();
+    let out = rx.try_recv().unwrap();
+    assert_eq!(json_of(&out), json!({"a": null, "$version": 4}));
+
+    // Unsubscribing stops the feed.
+    session.unsubscribe("$iothub/twin/PATCH/properties/desired/#");
+    hub.patch_twin("dev1", desired_patch(json!({"z": 0})), None)
+        .await
+        .unwrap();
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+}
+
+#[tokio::test]
+async fn direct_method_round_trip() {
+    let hub = hub_with_device("dev1").await;
+    let t = Duration::from_secs(5);
+    assert_eq!(
+        hub.invoke_method("dev1", "reboot", json!({}), t)
+            .await
+            .unwrap_err(),
+        MethodError::DeviceNotOnline {
+            device_id: "dev1".into()
+        }
+    );
+    assert!(matches!(
+        hub.invoke_method("ghost", "reboot", json!({}), t).await,
+        Err(MethodError::DeviceNotFound { .. })
+    ));
+    assert!(matches!(
+        hub.invoke_method("dev1", "a/b", json!({}), t).await,
+        Err(MethodError::InvalidMethodName(_))
+    ));
+
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    // Connected but not subscribed to methods: still not online for methods.
+    assert!(matches!(
+        hub.invoke_method("dev1", "reboot", json!({}), t).await,
+        Err(MethodError::DeviceNotOnline { .. })
+    ));
+    session.subscribe("$iothub/methods/POST/#", 1);
+
+    let call = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            hub.invoke_method("dev1", "reboot", json!({"delay": 5}), t)
+                .await
+        })
+    };
+    let req = rx.recv().await.unwrap();
+    let rid = req
+        .topic
+        .strip_prefix("$iothub/methods/POST/reboot/?$rid=")
+        .expect("method topic")
+        .to_string();
+    assert!(!rid.is_empty() && !rid.contains('&'));
+    assert_eq!(json_of(&req), json!({"delay": 5}));
+    let out = session
+        .handle_publish(
+            now(),
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            br#"{"rebooting": true}"#,
+        )
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+    let resp = call.await.unwrap().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.payload, json!({"rebooting": true}));
+    assert_eq!(
+        serde_json::to_value(&resp).unwrap(),
+        json!({"status": 200, "payload": {"rebooting": true}})
+    );
+
+    // No answer: timeout.
+    let err = hub
+        .invoke_method("dev1", "slow", Value::Null, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MethodError::Timeout { .. }), "{err}");
+    let req = rx.recv().await.unwrap();
+    assert_eq!(&req.payload[..], b"null");
+
+    // The connection drops while a call waits: the call fails at once, not at its timeout.
+    let call = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            hub.invoke_method("dev1", "x", json!(1), Duration::from_secs(30))
+                .await
+        })
+    };
+    rx.recv().await.unwrap();
+    drop(session);
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("call ended promptly")
+            .unwrap(),
+        Err(MethodError::DeviceNotOnline { .. })
+    ));
+}
+
+#[tokio::test]
+async fn telemetry_is_stored_and_broadcast() {
+    let hub = hub_with_device("dev1").await;
+    let mut events = hub.subscribe_events();
+    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let out = session
+        .handle_publish(
+            now(),
+            "devices/dev1/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&%24.mid=m1&alert=high%20temp",
+            br#"{"temperature": 30}"#,
+        )
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+    session
+        .handle_publish(now(), "devices/dev1/messages/events/", b"plain text")
+        .await
+        .unwrap();
+
+    let m = events.recv().await.unwrap();
+    assert_eq!(m.sequence_number, 1);
+    assert_eq!(m.device_id, "dev1");
+    assert_eq!(
+        m.properties,
+        vec![("alert".to_string(), "high temp".to_string())]
+    );
+    assert_eq!(m.system_property("content-type"), Some("application/json"));
+    assert_eq!(m.system_property("message-id"), Some("m1"));
+    assert_eq!(
+        m.system_property("iothub-connection-device-id"),
+        Some("dev1")
+    );
+    assert_eq!(m.body_json(), Some(json!({"temperature": 30})));
+    let v = serde_json::to_value(&*m).unwrap();
+    assert_eq!(v["deviceId"], "dev1");
+    assert_eq!(v["sequenceNumber"], 1);
+    assert_eq!(v["body"], json!({"temperature": 30}));
+    assert_eq!(v["properties"], json!({"alert": "high temp"}));
+    assert_eq!(v["systemProperties"]["content-encoding"], "utf-8");
+    assert_eq!(v["enqueuedTimeUtc"], "2025-06-15T15:06:40.0000000Z");
+    let e = m.to_monitor_event();
+    assert_eq!(e["event"]["origin"], "dev1");
+    assert_eq!(e["event"]["payload"], json!({"temperature": 30}));
+    assert_eq!(
+        e["event"]["properties"]["application"]["alert"],
+        "high temp"
+    );
+
+    let m2 = events.recv().await.unwrap();
+    assert_eq!(m2.sequence_number, 2);
+    assert_eq!(m2.body_value(), json!("plain text"));
+
+    let recent = hub.recent_events(Some("DEV1"), None, 10);
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0], m);
+    assert_eq!(hub.recent_events(None, Some(1), 10), vec![m2]);
+    assert!(hub.recent_events(Some("other"), None, 10).is_empty());
+
+    // Another device's topic is refused; so is an oversized message.
+    assert!(matches!(
+        session
+            .handle_publish(now(), "devices/dev2/messages/events/", b"{}")
+            .await,
+        Err(SessionError::Topic(_))
+    ));
+    assert!(matches!(
+        session
+            .handle_publish(now(), "devices/dev1/messages/events/", &vec![b'x'; 300_000])
+            .await,
+        Err(SessionError::TooLarge { .. })
+    ));
+    assert_eq!(hub.recent_events(None, None, 10).len(), 2);
+}
+
+#[tokio::test]
+async fn new_connection_replaces_the_old_one() {
+    let hub = hub_with_device("dev1").await;
+    let (old, mut old_rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (new, _new_rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    // The old channel closes: that is how the server learns to drop the old connection.
+    assert!(old_rx.recv().await.is_none());
+    assert!(!old.is_current());
+    assert!(new.is_current());
+    assert!(matches!(
+        old.handle_publish(now(), "$iothub/twin/GET/?$rid=1", b"")
+            .await,
+        Err(SessionError::Closed { .. })
+    ));
+    // Dropping the replaced session must not mark the device disconnected.
+    drop(old);
+    assert_eq!(
+        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        Some("Connected")
+    );
+    assert_eq!(hub.statistics().connected_device_count, 1);
+    new.close();
+    assert_eq!(
+        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        Some("Disconnected")
+    );
+
+    // Deleting or disabling a device ends its session too.
+    let (s, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let id = s.identity().clone();
+    hub.delete_device("dev1", None).await.unwrap();
+    assert!(rx.recv().await.is_none());
+    assert!(!s.is_current());
+    // An identity from before the delete cannot open a session for a re-created device.
+    hub.put_device(
+        Device {
+            device_id: "dev1".into(),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        hub.open_session(id),
+        Err(SessionError::Closed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn cloud_to_device_delivery_and_queue() {
+    let hub = hub_with_device("dev1").await;
+    hub.send_c2d("dev1", b"queued".to_vec(), vec![("k".into(), "v 1".into())])
+        .unwrap();
+    assert_eq!(
+        hub.get_device("dev1")
+            .unwrap()
+            .cloud_to_device_message_count,
+        1
+    );
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+    session.subscribe("devices/dev1/messages/devicebound/#", 1);
+    let m = rx.try_recv().unwrap();
+    assert!(
+        m.topic
+            .starts_with("devices/dev1/messages/devicebound/%24.mid="),
+        "{}",
+        m.topic
+    );
+    assert!(m
+        .topic
+        .contains("&%24.to=%2Fdevices%2Fdev1%2Fmessages%2FdeviceBound"));
+    assert!(m.topic.ends_with("&k=v%201"));
+    assert_eq!(&m.payload[..], b"queued");
+    assert_eq!(m.qos, 1);
+    assert_eq!(
+        hub.get_device("dev1")
+            .unwrap()
+            .cloud_to_device_message_count,
+        0
+    );
+
+    hub.send_c2d("dev1", &b"live"[..], vec![("$.mid".into(), "mine".into())])
+        .unwrap();
+    let m = rx.try_recv().unwrap();
+    assert!(m
+        .topic
+        .starts_with("devices/dev1/messages/devicebound/%24.mid=mine&"));
+
+    drop(session);
+    for _ in 0..dps_hub::C2D_QUEUE_LIMIT {
+        hub.send_c2d("dev1", &b"x"[..], vec![]).unwrap();
+    }
+    assert!(matches!(
+        hub.send_c2d("dev1", &b"x"[..], vec![]),
+        Err(dps_hub::C2dError::QueueFull { limit: 50, .. })
+    ));
+    assert!(matches!(
+        hub.send_c2d("ghost", &b"x"[..], vec![]),
+        Err(dps_hub::C2dError::DeviceNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn embedded_c_wildcard_c2d_subscription() {
+    let hub = hub_with_device("dev1").await;
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    assert_eq!(
+        session.subscribe("devices/+/messages/devicebound/#", 1),
+        Some(1)
+    );
+    hub.send_c2d("dev1", &b"hi"[..], vec![]).unwrap();
+    assert!(rx
+        .try_recv()
+        .unwrap()
+        .topic
+        .starts_with("devices/dev1/messages/devicebound/"));
+}
