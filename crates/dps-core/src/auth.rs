@@ -58,29 +58,23 @@ impl PolicyAuthorizer {
         resource: &str,
         right: &str,
     ) -> Result<&SharedAccessPolicy, ApiError> {
-        let header = header.ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing Authorization header (expected a SharedAccessSignature)",
-            )
-        })?;
-        if header
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("bearer ")
-        {
-            return Err(ApiError::unauthorized("bearer (Entra ID) tokens are not supported; use a SharedAccessSignature from a shared access policy"));
+        let header = header
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization header (expected a SharedAccessSignature)"))?;
+        if header.trim_start().to_ascii_lowercase().starts_with("bearer ") {
+            return Err(ApiError::unauthorized(
+                "bearer (Entra ID) tokens are not supported; use a SharedAccessSignature from a shared access policy",
+            ));
         }
         let token = SasToken::parse(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        let name = token.key_name.as_deref().ok_or_else(|| {
-            ApiError::unauthorized("shared access signature has no 'skn' (policy name)")
-        })?;
+        let name = token
+            .key_name
+            .as_deref()
+            .ok_or_else(|| ApiError::unauthorized("shared access signature has no 'skn' (policy name)"))?;
         let policy = self
             .policies
             .iter()
             .find(|p| p.key_name.eq_ignore_ascii_case(name))
-            .ok_or_else(|| {
-                ApiError::unauthorized(format!("unknown shared access policy '{name}'"))
-            })?;
+            .ok_or_else(|| ApiError::unauthorized(format!("unknown shared access policy '{name}'")))?;
         token
             .check_expiry(now_unix)
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
@@ -135,29 +129,18 @@ mod tests {
         let a = authz();
         let tok = build_token("dps.example.test", "c2Vjb25kYXJ5a2V5", 1000, Some("owner")).unwrap();
         assert_eq!(
-            a.authorize(
-                500,
-                Some(&tok),
-                "dps.example.test/enrollments/x",
-                "EnrollmentWrite"
-            )
-            .unwrap()
-            .key_name,
+            a.authorize(500, Some(&tok), "dps.example.test/enrollments/x", "EnrollmentWrite")
+                .unwrap()
+                .key_name,
             "owner"
         );
         let err = |h: Option<&str>, right: &str, now: u64| {
             a.authorize(now, h, "dps.example.test/enrollments/x", right)
                 .unwrap_err()
         };
-        assert!(err(None, "EnrollmentRead", 0)
-            .message
-            .contains("missing Authorization"));
-        assert!(err(Some("Bearer abc"), "EnrollmentRead", 0)
-            .message
-            .contains("bearer"));
-        assert!(err(Some(&tok), "EnrollmentRead", 2000)
-            .message
-            .contains("expired"));
+        assert!(err(None, "EnrollmentRead", 0).message.contains("missing Authorization"));
+        assert!(err(Some("Bearer abc"), "EnrollmentRead", 0).message.contains("bearer"));
+        assert!(err(Some(&tok), "EnrollmentRead", 2000).message.contains("expired"));
         let wrong_key = build_token("dps.example.test", "d3Jvbmc=", 1000, Some("owner")).unwrap();
         assert!(err(Some(&wrong_key), "EnrollmentRead", 0)
             .message
@@ -166,16 +149,8 @@ mod tests {
         assert!(err(Some(&unknown), "EnrollmentRead", 0)
             .message
             .contains("unknown shared access policy 'nobody'"));
-        let other_host = build_token(
-            "other.example.test",
-            "cHJpbWFyeWtleQ==",
-            1000,
-            Some("owner"),
-        )
-        .unwrap();
-        assert!(err(Some(&other_host), "EnrollmentRead", 0)
-            .message
-            .contains("audience"));
+        let other_host = build_token("other.example.test", "cHJpbWFyeWtleQ==", 1000, Some("owner")).unwrap();
+        assert!(err(Some(&other_host), "EnrollmentRead", 0).message.contains("audience"));
         let reader = build_token("dps.example.test", "cmVhZGVy", 1000, Some("reader")).unwrap();
         let e = err(Some(&reader), "EnrollmentWrite", 0);
         assert_eq!((e.status, e.code), (401, codes::INSUFFICIENT_RIGHTS));

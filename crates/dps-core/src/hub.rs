@@ -79,11 +79,7 @@ pub enum HubError {
 pub trait HubRegistry: Send + Sync + 'static {
     /// Creates the device identity in `hub`, or updates its authentication and capabilities if it
     /// exists (applying `twin_policy`). Durable when it returns.
-    async fn upsert_device(
-        &self,
-        hub: &str,
-        device: &DeviceProvisioning,
-    ) -> Result<UpsertOutcome, HubError>;
+    async fn upsert_device(&self, hub: &str, device: &DeviceProvisioning) -> Result<UpsertOutcome, HubError>;
     /// Removes a device identity (after migrating the device to another hub). Absent is not an error.
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), HubError>;
 }

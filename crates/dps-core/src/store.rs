@@ -9,9 +9,7 @@ pub mod conformance;
 pub mod memory;
 
 use async_trait::async_trait;
-use dps_proto::model::service::{
-    AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState,
-};
+use dps_proto::model::service::{AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState};
 use serde::{Deserialize, Serialize};
 
 /// The precondition of a write, from `If-Match` (service-api.md §2.3).
@@ -34,10 +32,7 @@ impl WriteCondition {
             return Self::None;
         };
         let h = h.strip_prefix("W/").unwrap_or(h);
-        let h = h
-            .strip_prefix('"')
-            .and_then(|x| x.strip_suffix('"'))
-            .unwrap_or(h);
+        let h = h.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(h);
         if h == "*" {
             Self::Any
         } else {
@@ -120,11 +115,7 @@ pub trait Store: Send + Sync + 'static {
     /// Individual enrollment by id (case-insensitive).
     async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError>;
     /// Creates or replaces an enrollment under `cond`.
-    async fn put_enrollment(
-        &self,
-        e: &IndividualEnrollment,
-        cond: &WriteCondition,
-    ) -> Result<(), StoreError>;
+    async fn put_enrollment(&self, e: &IndividualEnrollment, cond: &WriteCondition) -> Result<(), StoreError>;
     /// Deletes an enrollment under `cond`, and its registration record with it.
     async fn delete_enrollment(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError>;
     /// Enrollments ordered by lower-cased id, strictly after `after`, at most `limit`.
@@ -137,16 +128,11 @@ pub trait Store: Send + Sync + 'static {
     /// Enrollment group by id (case-insensitive).
     async fn get_group(&self, id: &str) -> Result<Option<EnrollmentGroup>, StoreError>;
     /// Creates or replaces a group under `cond`.
-    async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition)
-        -> Result<(), StoreError>;
+    async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition) -> Result<(), StoreError>;
     /// Deletes a group under `cond` (its registration records stay, as in Azure).
     async fn delete_group(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError>;
     /// Groups ordered by lower-cased id, strictly after `after`, at most `limit`.
-    async fn list_groups(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EnrollmentGroup>, StoreError>;
+    async fn list_groups(&self, after: Option<&str>, limit: usize) -> Result<Vec<EnrollmentGroup>, StoreError>;
 
     /// Registration record by registration id (case-insensitive).
     async fn get_registration(&self, id: &str) -> Result<Option<RegistrationRecord>, StoreError>;
@@ -170,10 +156,7 @@ mod tests {
     #[test]
     fn if_match_normalisation_and_rules() {
         assert_eq!(WriteCondition::from_if_match(None), WriteCondition::None);
-        assert_eq!(
-            WriteCondition::from_if_match(Some(" * ")),
-            WriteCondition::Any
-        );
+        assert_eq!(WriteCondition::from_if_match(Some(" * ")), WriteCondition::Any);
         assert_eq!(
             WriteCondition::from_if_match(Some("\"abc\"")),
             WriteCondition::Etag("abc".into())
@@ -188,10 +171,7 @@ mod tests {
         );
         assert_eq!(WriteCondition::None.check_put(None), Ok(()));
         assert_eq!(WriteCondition::Any.check_put(Some("x")), Ok(()));
-        assert_eq!(
-            WriteCondition::Etag("x".into()).check_put(Some("x")),
-            Ok(())
-        );
+        assert_eq!(WriteCondition::Etag("x".into()).check_put(Some("x")), Ok(()));
         assert_eq!(
             WriteCondition::Etag("x".into()).check_put(Some("y")),
             Err(StoreError::EtagMismatch)
@@ -200,10 +180,7 @@ mod tests {
             WriteCondition::Etag("x".into()).check_put(None),
             Err(StoreError::NotFound)
         );
-        assert_eq!(
-            WriteCondition::None.check_delete(None),
-            Err(StoreError::NotFound)
-        );
+        assert_eq!(WriteCondition::None.check_delete(None), Err(StoreError::NotFound));
         assert_eq!(
             WriteCondition::Etag("x".into()).check_delete(Some("y")),
             Err(StoreError::EtagMismatch)

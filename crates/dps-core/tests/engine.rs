@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use dps_core::store::memory::MemoryStore;
 use dps_core::{
-    ApiError, Credential, DeviceProvisioning, DeviceRequest, Engine, EngineConfig, HubError,
-    HubRegistry, LinkedHub, TwinPolicy, UpsertOutcome,
+    ApiError, Credential, DeviceProvisioning, DeviceRequest, Engine, EngineConfig, HubError, HubRegistry, LinkedHub,
+    TwinPolicy, UpsertOutcome,
 };
 use dps_proto::codes;
 use dps_proto::keys::derive_device_key;
@@ -29,11 +29,7 @@ struct FakeHub {
 
 #[async_trait]
 impl HubRegistry for FakeHub {
-    async fn upsert_device(
-        &self,
-        hub: &str,
-        d: &DeviceProvisioning,
-    ) -> Result<UpsertOutcome, HubError> {
+    async fn upsert_device(&self, hub: &str, d: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
         if hub != HUB && hub != "hub2.example.test" {
             return Err(HubError::UnknownHub(hub.into()));
         }
@@ -110,15 +106,10 @@ async fn register_and_poll(
     e: &Engine,
     req: &DeviceRequest,
 ) -> Result<dps_proto::model::device::RegistrationOperationStatus, ApiError> {
-    let r = e
-        .register(now(), req, &DeviceRegistration::default())
-        .await?;
+    let r = e.register(now(), req, &DeviceRegistration::default()).await?;
     assert_eq!(r.status, 202);
     assert_eq!(r.body.status, RegistrationStatus::Assigning);
-    assert_eq!(
-        r.body.registration_state.registration_id,
-        req.registration_id
-    );
+    assert_eq!(r.body.registration_state.registration_id, req.registration_id);
     let p = e.operation_status(now(), req, &r.body.operation_id).await?;
     assert_eq!(p.status, 200);
     Ok(p.body)
@@ -143,19 +134,13 @@ async fn individual_enrollment_registers_and_reregisters_idempotently() {
     });
     e.put_enrollment(now(), "dev-01", enr, None).await.unwrap();
 
-    let done = register_and_poll(&e, &request("dev-01", KEY1, exp()))
-        .await
-        .unwrap();
+    let done = register_and_poll(&e, &request("dev-01", KEY1, exp())).await.unwrap();
     assert_eq!(done.status, RegistrationStatus::Assigned);
     let st = &done.registration_state;
     assert_eq!(st.assigned_hub.as_deref(), Some(HUB));
     assert_eq!(st.device_id.as_deref(), Some("dev-01"));
     assert_eq!(st.substatus, Some(Substatus::InitialAssignment));
-    assert!(
-        st.etag.is_some()
-            && st.created_date_time_utc.is_some()
-            && st.last_updated_date_time_utc.is_some()
-    );
+    assert!(st.etag.is_some() && st.created_date_time_utc.is_some() && st.last_updated_date_time_utc.is_some());
     {
         let devs = hub.devices.lock();
         assert_eq!(devs.len(), 1);
@@ -170,34 +155,21 @@ async fn individual_enrollment_registers_and_reregisters_idempotently() {
     }
 
     // Secondary key works too; re-registration keeps hub and device id.
-    let again = register_and_poll(&e, &request("dev-01", KEY2, exp()))
-        .await
-        .unwrap();
+    let again = register_and_poll(&e, &request("dev-01", KEY2, exp())).await.unwrap();
     assert_eq!(again.registration_state.assigned_hub.as_deref(), Some(HUB));
-    assert_eq!(
-        again.registration_state.device_id.as_deref(),
-        Some("dev-01")
-    );
-    assert_eq!(
-        again.registration_state.created_date_time_utc,
-        st.created_date_time_utc
-    );
+    assert_eq!(again.registration_state.device_id.as_deref(), Some("dev-01"));
+    assert_eq!(again.registration_state.created_date_time_utc, st.created_date_time_utc);
     assert_eq!(hub.devices.lock()[1].twin_policy, TwinPolicy::Keep);
 
     // Service view.
     let rec = e.get_registration("DEV-01").await.unwrap();
     assert_eq!(rec.status, RegistrationStatus::Assigned);
     let got = e.get_enrollment("dev-01").await.unwrap();
-    assert_eq!(
-        got.registration_state.unwrap().status,
-        RegistrationStatus::Assigned
-    );
+    assert_eq!(got.registration_state.unwrap().status, RegistrationStatus::Assigned);
 
     // Deleting the record lets the device register again (device already in hub).
     e.delete_registration("dev-01", None).await.unwrap();
-    let fresh = register_and_poll(&e, &request("dev-01", KEY1, exp()))
-        .await
-        .unwrap();
+    let fresh = register_and_poll(&e, &request("dev-01", KEY1, exp())).await.unwrap();
     assert_eq!(
         fresh.registration_state.substatus,
         Some(Substatus::ReprovisionedToInitialAssignment)
@@ -219,9 +191,7 @@ async fn group_devices_use_derived_keys() {
     .await
     .unwrap();
     let dk = derive_device_key(KEY1, "sensor-7").unwrap();
-    let done = register_and_poll(&e, &request("sensor-7", &dk, exp()))
-        .await
-        .unwrap();
+    let done = register_and_poll(&e, &request("sensor-7", &dk, exp())).await.unwrap();
     assert_eq!(done.status, RegistrationStatus::Assigned);
     assert_eq!(
         done.registration_state
@@ -243,11 +213,7 @@ async fn group_devices_use_derived_keys() {
 
     // Signing with the group key itself is explained.
     let err = e
-        .register(
-            now(),
-            &request("sensor-8", KEY1, exp()),
-            &DeviceRegistration::default(),
-        )
+        .register(now(), &request("sensor-8", KEY1, exp()), &DeviceRegistration::default())
         .await
         .unwrap_err();
     assert_eq!(err.code, codes::UNAUTHORIZED);
@@ -271,14 +237,9 @@ async fn group_devices_use_derived_keys() {
     )
     .await
     .unwrap();
-    let blocked = register_and_poll(&e, &request("sensor-7", &dk, exp()))
-        .await
-        .unwrap();
+    let blocked = register_and_poll(&e, &request("sensor-7", &dk, exp())).await.unwrap();
     assert_eq!(blocked.status, RegistrationStatus::Disabled);
-    assert_eq!(
-        blocked.registration_state.error_code,
-        Some(codes::ENROLLMENT_DISABLED)
-    );
+    assert_eq!(blocked.registration_state.error_code, Some(codes::ENROLLMENT_DISABLED));
     assert!(blocked
         .registration_state
         .error_message
@@ -302,9 +263,7 @@ async fn disabled_group_and_bad_credentials() {
     .await
     .unwrap();
     let dk = derive_device_key(KEY1, "d1").unwrap();
-    let r = register_and_poll(&e, &request("d1", &dk, exp()))
-        .await
-        .unwrap();
+    let r = register_and_poll(&e, &request("d1", &dk, exp())).await.unwrap();
     assert_eq!(r.status, RegistrationStatus::Disabled);
     assert!(r
         .registration_state
@@ -330,22 +289,14 @@ async fn disabled_group_and_bad_credentials() {
     let reg = DeviceRegistration::default();
     // Expired.
     let err = e
-        .register(
-            now(),
-            &request("ind", KEY1, now().timestamp() as u64 - 3600),
-            &reg,
-        )
+        .register(now(), &request("ind", KEY1, now().timestamp() as u64 - 3600), &reg)
         .await
         .unwrap_err();
     assert_eq!((err.status, err.code), (401, codes::UNAUTHORIZED));
     assert!(err.message.contains("expired"), "{}", err.message);
     // Wrong key.
     let err = e
-        .register(
-            now(),
-            &request("ind", "d3Jvbmcga2V5IHdyb25nIGtleQ==", exp()),
-            &reg,
-        )
+        .register(now(), &request("ind", "d3Jvbmcga2V5IHdyb25nIGtleQ==", exp()), &reg)
         .await
         .unwrap_err();
     assert!(
@@ -375,8 +326,7 @@ async fn disabled_group_and_bad_credentials() {
         .await
         .unwrap_err();
     assert!(
-        err.message
-            .contains("no enrollment matches registration 'nobody'"),
+        err.message.contains("no enrollment matches registration 'nobody'"),
         "{}",
         err.message
     );
@@ -421,14 +371,9 @@ async fn hub_failures_are_reported_not_persisted() {
     )
     .await
     .unwrap();
-    let r = register_and_poll(&e, &request("nohub", KEY1, exp()))
-        .await
-        .unwrap();
+    let r = register_and_poll(&e, &request("nohub", KEY1, exp())).await.unwrap();
     assert_eq!(r.status, RegistrationStatus::Failed);
-    assert_eq!(
-        r.registration_state.error_code,
-        Some(codes::HUB_NOT_SPECIFIED)
-    );
+    assert_eq!(r.registration_state.error_code, Some(codes::HUB_NOT_SPECIFIED));
 
     e.put_enrollment(
         now(),
@@ -442,14 +387,9 @@ async fn hub_failures_are_reported_not_persisted() {
     .await
     .unwrap();
     *hub.refuse.lock() = true;
-    let r = register_and_poll(&e, &request("refused", KEY1, exp()))
-        .await
-        .unwrap();
+    let r = register_and_poll(&e, &request("refused", KEY1, exp())).await.unwrap();
     assert_eq!(r.status, RegistrationStatus::Failed);
-    assert_eq!(
-        r.registration_state.error_code,
-        Some(codes::HUB_UNAUTHORIZED)
-    );
+    assert_eq!(r.registration_state.error_code, Some(codes::HUB_UNAUTHORIZED));
     assert!(e.get_registration("refused").await.is_err());
 }
 
@@ -472,10 +412,7 @@ async fn service_api_secrets_etags_and_paging() {
     let keys = created.attestation.symmetric_key.clone().unwrap();
     assert_eq!(base64_len(keys.primary_key.as_deref().unwrap()), 64);
     let got = e.get_enrollment("svc-1").await.unwrap();
-    assert_eq!(
-        got.attestation.symmetric_key,
-        Some(SymmetricKeyAttestation::default())
-    );
+    assert_eq!(got.attestation.symmetric_key, Some(SymmetricKeyAttestation::default()));
     assert_eq!(
         got.registration_state.as_ref().unwrap().status,
         RegistrationStatus::Unassigned
@@ -494,11 +431,7 @@ async fn service_api_secrets_etags_and_paging() {
     );
     assert_ne!(updated.etag, etag);
     assert_eq!(
-        e.enrollment_attestation("svc-1")
-            .await
-            .unwrap()
-            .symmetric_key
-            .unwrap(),
+        e.enrollment_attestation("svc-1").await.unwrap().symmetric_key.unwrap(),
         keys
     );
     // Stale etag, create-without-etag on existing.
@@ -506,10 +439,7 @@ async fn service_api_secrets_etags_and_paging() {
         .put_enrollment(now(), "svc-1", upd.clone(), etag.as_deref())
         .await
         .unwrap_err();
-    assert_eq!(
-        (err.status, err.code),
-        (412, codes::ENROLLMENT_ETAG_MISMATCH)
-    );
+    assert_eq!((err.status, err.code), (412, codes::ENROLLMENT_ETAG_MISMATCH));
     let err = e
         .put_enrollment(
             now(),
@@ -581,10 +511,7 @@ async fn service_api_secrets_etags_and_paging() {
     let mut sizes = vec![];
     let mut token = None;
     loop {
-        let p = e
-            .query_enrollments(token.as_deref(), Some(3))
-            .await
-            .unwrap();
+        let p = e.query_enrollments(token.as_deref(), Some(3)).await.unwrap();
         sizes.push(p.items.len());
         assert!(p.items.iter().all(|i| i
             .attestation
@@ -656,8 +583,5 @@ async fn service_api_secrets_etags_and_paging() {
 
 fn base64_len(s: &str) -> usize {
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .unwrap()
-        .len()
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap().len()
 }

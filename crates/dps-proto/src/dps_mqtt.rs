@@ -26,9 +26,7 @@ pub struct DpsUsername {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
     /// The username does not have the `{scope}/registrations/{id}/...` shape.
-    #[error(
-        "username '{0}' is not '{{idScope}}/registrations/{{registrationId}}/api-version=...'"
-    )]
+    #[error("username '{0}' is not '{{idScope}}/registrations/{{registrationId}}/api-version=...'")]
     BadUsername(String),
     /// The publish topic is not a DPS request topic.
     #[error("topic '{0}' is not a DPS request topic")]
@@ -106,8 +104,7 @@ impl DpsRequestTopic {
         if kind {
             Ok(Self::Register { rid })
         } else {
-            let operation_id = get("operationId")
-                .ok_or_else(|| TopicError::MissingOperationId(topic.to_string()))?;
+            let operation_id = get("operationId").ok_or_else(|| TopicError::MissingOperationId(topic.to_string()))?;
             Ok(Self::OperationStatus { rid, operation_id })
         }
     }
@@ -163,12 +160,7 @@ pub fn operation_status_topic(rid: &str, operation_id: &str) -> String {
 }
 
 /// Formats the CONNECT username a device sends.
-pub fn username(
-    id_scope: &str,
-    registration_id: &str,
-    api_version: &str,
-    client_version: &str,
-) -> String {
+pub fn username(id_scope: &str, registration_id: &str, api_version: &str, client_version: &str) -> String {
     format!(
         "{id_scope}/registrations/{registration_id}/api-version={api_version}&ClientVersion={}",
         encode_component(client_version)
@@ -213,19 +205,15 @@ mod tests {
             u.client_version.as_deref(),
             Some("azure-iot-device-provisioning-py/2.14.0(3.11.4;Linux x;x86_64)")
         );
-        let c = DpsUsername::parse(
-            "scope/registrations/dev/api-version=2021-06-01&ClientVersion=1.15.0",
-        )
-        .unwrap()
-        .unwrap();
+        let c = DpsUsername::parse("scope/registrations/dev/api-version=2021-06-01&ClientVersion=1.15.0")
+            .unwrap()
+            .unwrap();
         assert_eq!(c.client_version.as_deref(), Some("1.15.0"));
         let q = DpsUsername::parse("scope/registrations/dev/?api-version=2021-06-01")
             .unwrap()
             .unwrap();
         assert_eq!(q.api_version.as_deref(), Some("2021-06-01"));
-        let bare = DpsUsername::parse("scope/registrations/dev")
-            .unwrap()
-            .unwrap();
+        let bare = DpsUsername::parse("scope/registrations/dev").unwrap().unwrap();
         assert_eq!(bare.api_version, None);
         assert!(DpsUsername::parse("hub.example/dev-01/?api-version=2019-10-01").is_none());
         assert!(DpsUsername::parse("scope/registrations/").unwrap().is_err());
@@ -235,15 +223,11 @@ mod tests {
     fn request_topics() {
         assert_eq!(
             DpsRequestTopic::parse("$dps/registrations/PUT/iotdps-register/?$rid=7b3e-1").unwrap(),
-            DpsRequestTopic::Register {
-                rid: "7b3e-1".into()
-            }
+            DpsRequestTopic::Register { rid: "7b3e-1".into() }
         );
         assert_eq!(
-            DpsRequestTopic::parse(
-                "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=42&operationId=4.abc.d-e"
-            )
-            .unwrap(),
+            DpsRequestTopic::parse("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=42&operationId=4.abc.d-e")
+                .unwrap(),
             DpsRequestTopic::OperationStatus {
                 rid: "42".into(),
                 operation_id: "4.abc.d-e".into()
@@ -251,10 +235,8 @@ mod tests {
         );
         // Python percent-encodes the operation id.
         assert_eq!(
-            DpsRequestTopic::parse(
-                "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1&operationId=4%2Eabc"
-            )
-            .unwrap(),
+            DpsRequestTopic::parse("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1&operationId=4%2Eabc")
+                .unwrap(),
             DpsRequestTopic::OperationStatus {
                 rid: "1".into(),
                 operation_id: "4.abc".into()
@@ -277,10 +259,7 @@ mod tests {
         // Python: status = split("$")[1].split("/")[3]; exactly three '$'.
         assert_eq!(t.split('$').nth(1).unwrap().split('/').nth(3), Some("202"));
         assert_eq!(t.matches('$').count(), 2);
-        assert_eq!(
-            parse_response_topic(&t),
-            Some((202, "7b3e".into(), Some(3)))
-        );
+        assert_eq!(parse_response_topic(&t), Some((202, "7b3e".into(), Some(3))));
         assert_eq!(
             response_topic(200, "a b", None),
             "$dps/registrations/res/200/?$rid=a%20b"

@@ -38,10 +38,7 @@ impl HubUsername {
             host_name: host.to_string(),
             device_id: decode_component(device),
             module_id: module,
-            api_version: props
-                .iter()
-                .find(|(k, _)| k == "api-version")
-                .map(|(_, v)| v.clone()),
+            api_version: props.iter().find(|(k, _)| k == "api-version").map(|(_, v)| v.clone()),
         })
     }
 }
@@ -125,10 +122,7 @@ impl HubPublish {
         if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
             if let Some((status, q)) = rest.split_once('/') {
                 if let Ok(status) = status.parse() {
-                    return Ok(Self::MethodResponse {
-                        status,
-                        rid: rid_of(q),
-                    });
+                    return Ok(Self::MethodResponse { status, rid: rid_of(q) });
                 }
             }
         }
@@ -148,10 +142,7 @@ pub fn subscription_allowed(filter: &str, device_id: &str) -> bool {
     }
     matches!(
         filter,
-        "$iothub/twin/res/#"
-            | "$iothub/twin/PATCH/properties/desired/#"
-            | "$iothub/methods/POST/#"
-            | "$iothub/twin/#"
+        "$iothub/twin/res/#" | "$iothub/twin/PATCH/properties/desired/#" | "$iothub/methods/POST/#" | "$iothub/twin/#"
     )
 }
 
@@ -206,10 +197,7 @@ pub fn c2d_topic(device_id: &str, properties: &[(String, String)]) -> String {
         .iter()
         .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
         .collect();
-    format!(
-        "devices/{device_id}/messages/devicebound/{}",
-        props.join("&")
-    )
+    format!("devices/{device_id}/messages/devicebound/{}", props.join("&"))
 }
 
 /// Telemetry topic a device publishes on (device side).
@@ -235,7 +223,10 @@ mod tests {
 
     #[test]
     fn usernames() {
-        let py = HubUsername::parse("hub.example.test/dev-01/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0").unwrap();
+        let py = HubUsername::parse(
+            "hub.example.test/dev-01/?api-version=2019-10-01&DeviceClientType=azure-iot-device-iothub-py%2F2.14.0",
+        )
+        .unwrap();
         assert_eq!(
             (py.host_name.as_str(), py.device_id.as_str()),
             ("hub.example.test", "dev-01")
@@ -249,16 +240,9 @@ mod tests {
     #[test]
     fn publishes() {
         assert_eq!(
-            HubPublish::parse(
-                "devices/d1/messages/events/%24.ct=application%2Fjson&k=v",
-                "d1"
-            )
-            .unwrap(),
+            HubPublish::parse("devices/d1/messages/events/%24.ct=application%2Fjson&k=v", "d1").unwrap(),
             HubPublish::Telemetry {
-                properties: vec![
-                    ("$.ct".into(), "application/json".into()),
-                    ("k".into(), "v".into())
-                ]
+                properties: vec![("$.ct".into(), "application/json".into()), ("k".into(), "v".into())]
             }
         );
         assert_eq!(
@@ -293,18 +277,9 @@ mod tests {
 
     #[test]
     fn filters_and_outbound_topics() {
-        assert!(subscription_allowed(
-            "devices/d1/messages/devicebound/#",
-            "d1"
-        ));
-        assert!(subscription_allowed(
-            "devices/+/messages/devicebound/#",
-            "d1"
-        ));
-        assert!(!subscription_allowed(
-            "devices/d2/messages/devicebound/#",
-            "d1"
-        ));
+        assert!(subscription_allowed("devices/d1/messages/devicebound/#", "d1"));
+        assert!(subscription_allowed("devices/+/messages/devicebound/#", "d1"));
+        assert!(!subscription_allowed("devices/d2/messages/devicebound/#", "d1"));
         assert!(subscription_allowed("$iothub/twin/res/#", "d1"));
         assert!(!subscription_allowed("#", "d1"));
         assert_eq!(
@@ -324,10 +299,7 @@ mod tests {
             "$iothub/methods/POST/reboot/?$rid=9"
         );
         assert_eq!(
-            c2d_topic(
-                "d",
-                &[("$.mid".into(), "1".into()), ("k".into(), "a b".into())]
-            ),
+            c2d_topic("d", &[("$.mid".into(), "1".into()), ("k".into(), "a b".into())]),
             "devices/d/messages/devicebound/%24.mid=1&k=a%20b"
         );
     }

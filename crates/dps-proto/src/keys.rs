@@ -50,10 +50,7 @@ mod tests {
             "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==",
             "sn-007-888-abc-mac-a1-b2-c3-d4-e5-f6",
         );
-        assert_eq!(
-            k.as_deref(),
-            Some("Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc=")
-        );
+        assert_eq!(k.as_deref(), Some("Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc="));
         assert_eq!(derive_device_key("!!", "x"), None);
     }
 

@@ -30,18 +30,13 @@ pub fn validate(id: &str) -> Result<(), IdError> {
         return Err(IdError::Empty);
     }
     if id.chars().count() > 128 {
-        return Err(IdError::TooLong(
-            id.chars().take(32).collect::<String>() + "...",
-        ));
+        return Err(IdError::TooLong(id.chars().take(32).collect::<String>() + "..."));
     }
     if let Some(ch) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
     {
-        return Err(IdError::BadChar {
-            id: id.to_string(),
-            ch,
-        });
+        return Err(IdError::BadChar { id: id.to_string(), ch });
     }
     let first = id.chars().next().unwrap_or('a');
     let last = id.chars().last().unwrap_or('a');
@@ -66,18 +61,9 @@ mod tests {
             validate(ok).unwrap();
         }
         assert_eq!(validate(""), Err(IdError::Empty));
-        assert!(matches!(
-            validate(&"a".repeat(129)),
-            Err(IdError::TooLong(_))
-        ));
-        assert!(matches!(
-            validate("dev 1"),
-            Err(IdError::BadChar { ch: ' ', .. })
-        ));
-        assert!(matches!(
-            validate("dev/1"),
-            Err(IdError::BadChar { ch: '/', .. })
-        ));
+        assert!(matches!(validate(&"a".repeat(129)), Err(IdError::TooLong(_))));
+        assert!(matches!(validate("dev 1"), Err(IdError::BadChar { ch: ' ', .. })));
+        assert!(matches!(validate("dev/1"), Err(IdError::BadChar { ch: '/', .. })));
         assert!(matches!(validate("-dev"), Err(IdError::BadEdge(_))));
         assert!(matches!(validate("dev."), Err(IdError::BadEdge(_))));
         assert_eq!(key("Dev-01"), "dev-01");

@@ -19,11 +19,7 @@ pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 const PREFIX: &str = "SharedAccessSignature ";
 
 /// Characters left unescaped when *we* encode a token component (RFC 3986 unreserved).
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Why a SAS token was rejected. Messages are shown to the device or operator, so they say what
 /// was wrong without revealing key material.
@@ -83,9 +79,7 @@ impl SasToken {
             .get(..PREFIX.len())
             .filter(|p| p.eq_ignore_ascii_case(PREFIX))
             .map(|_| &token[PREFIX.len()..])
-            .ok_or_else(|| {
-                SasError::Malformed("must start with 'SharedAccessSignature '".into())
-            })?;
+            .ok_or_else(|| SasError::Malformed("must start with 'SharedAccessSignature '".into()))?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for field in body.split('&').filter(|f| !f.is_empty()) {
             let (k, v) = field
@@ -150,8 +144,7 @@ impl SasToken {
     pub fn check_audience_prefix(&self, resource: &str) -> Result<(), SasError> {
         let got = self.audience();
         let res = normalize_audience(resource);
-        let ok =
-            res == got || (res.starts_with(&got) && res.as_bytes().get(got.len()) == Some(&b'/'));
+        let ok = res == got || (res.starts_with(&got) && res.as_bytes().get(got.len()) == Some(&b'/'));
         if ok {
             Ok(())
         } else {
@@ -164,10 +157,7 @@ impl SasToken {
 
     /// Verifies the signature against each base64 key in turn; returns the index of the key that
     /// matched (0 = primary, 1 = secondary).
-    pub fn verify_signature<'a>(
-        &self,
-        keys: impl IntoIterator<Item = &'a str>,
-    ) -> Result<usize, SasError> {
+    pub fn verify_signature<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Result<usize, SasError> {
         let mut bad_key = false;
         for (i, key) in keys.into_iter().enumerate() {
             let Ok(raw) = B64.decode(key) else {
@@ -206,12 +196,7 @@ pub fn sign(key_b64: &str, sr: &str, expiry: u64) -> Result<String, SasError> {
 
 /// Builds a token the way the Python SDK does (`sr` percent-encoded with no safe characters),
 /// which every verifier in the field accepts. `key_name` adds `skn`.
-pub fn build_token(
-    resource: &str,
-    key_b64: &str,
-    expiry: u64,
-    key_name: Option<&str>,
-) -> Result<String, SasError> {
+pub fn build_token(resource: &str, key_b64: &str, expiry: u64, key_name: Option<&str>) -> Result<String, SasError> {
     let sr = encode_component(resource);
     let sig = sign(key_b64, &sr, expiry)?;
     let mut token = format!("{PREFIX}sr={sr}&sig={}&se={expiry}", encode_component(&sig));
@@ -293,9 +278,7 @@ mod tests {
             let sig_enc = encode_component(&sig).replace("%2B", "%2b");
             for token in [
                 format!("SharedAccessSignature sr={sr}&sig={sig_enc}&se=2000000000"),
-                format!(
-                    "SharedAccessSignature sr={sr}&sig={sig_enc}&skn=registration&se=2000000000"
-                ),
+                format!("SharedAccessSignature sr={sr}&sig={sig_enc}&skn=registration&se=2000000000"),
                 format!("SharedAccessSignature se=2000000000&skn=&sig={sig_enc}&sr={sr}"),
             ] {
                 let t = SasToken::parse(&token).unwrap();
@@ -324,16 +307,12 @@ mod tests {
         ))
         .unwrap();
         t.verify_signature([KEY]).unwrap();
-        t.check_audience_prefix("mydps.example.test/enrollments/x")
-            .unwrap();
+        t.check_audience_prefix("mydps.example.test/enrollments/x").unwrap();
     }
 
     #[test]
     fn rejections_say_why() {
-        assert!(matches!(
-            SasToken::parse("Bearer x"),
-            Err(SasError::Malformed(_))
-        ));
+        assert!(matches!(SasToken::parse("Bearer x"), Err(SasError::Malformed(_))));
         assert_eq!(
             SasToken::parse("SharedAccessSignature sig=a&se=1").unwrap_err(),
             SasError::MissingField("sr")
@@ -352,10 +331,7 @@ mod tests {
             })
         );
         t.check_expiry(1000 + MAX_CLOCK_SKEW_SECS).unwrap();
-        assert_eq!(
-            t.verify_signature(["c2Vjb25k"]),
-            Err(SasError::SignatureMismatch)
-        );
+        assert_eq!(t.verify_signature(["c2Vjb25k"]), Err(SasError::SignatureMismatch));
         assert!(matches!(
             t.check_audience_eq("s/registrations/b"),
             Err(SasError::AudienceMismatch { .. })

@@ -25,9 +25,7 @@ pub fn format_seconds(t: &DateTime<Utc>) -> String {
 
 /// Parses RFC 3339 (any precision).
 pub fn parse(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|d| d.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&Utc))
 }
 
 /// serde for `Option<DateTime<Utc>>` record timestamps (7 digits).
@@ -74,8 +72,7 @@ mod tests {
 
     #[test]
     fn formats() {
-        let t = Utc.with_ymd_and_hms(2023, 5, 19, 23, 10, 45).unwrap()
-            + chrono::Duration::nanoseconds(125_625_400);
+        let t = Utc.with_ymd_and_hms(2023, 5, 19, 23, 10, 45).unwrap() + chrono::Duration::nanoseconds(125_625_400);
         assert_eq!(format_record(&t), "2023-05-19T23:10:45.1256254Z");
         assert_eq!(format_seconds(&t), "2023-05-19T23:10:45Z");
         assert_eq!(

@@ -9,8 +9,8 @@ use dps_proto::codes;
 use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::{DeviceRegistration, RegistrationOperationStatus};
 use dps_proto::model::service::{
-    AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus,
-    RegistrationState, RegistrationStatus, Substatus, SymmetricKeyRegistrationResult,
+    AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, RegistrationState,
+    RegistrationStatus, Substatus, SymmetricKeyRegistrationResult,
 };
 use dps_proto::registration_id;
 use dps_proto::sas::{hmac_sha256, SasToken};
@@ -93,19 +93,11 @@ struct Attested {
 impl Matched {
     fn disabled(&self) -> Option<String> {
         match self {
-            Matched::Individual(e)
-                if e.provisioning_status == Some(ProvisioningStatus::Disabled) =>
-            {
-                Some(format!(
-                    "individual enrollment '{}' is disabled",
-                    e.registration_id
-                ))
+            Matched::Individual(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => {
+                Some(format!("individual enrollment '{}' is disabled", e.registration_id))
             }
             Matched::Group(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => {
-                Some(format!(
-                    "enrollment group '{}' is disabled",
-                    g.enrollment_group_id
-                ))
+                Some(format!("enrollment group '{}' is disabled", g.enrollment_group_id))
             }
             _ => None,
         }
@@ -171,8 +163,7 @@ impl Engine {
                 ),
             ));
         }
-        registration_id::validate(&req.registration_id)
-            .map_err(|e| ApiError::invalid(format!("registration id: {e}")))
+        registration_id::validate(&req.registration_id).map_err(|e| ApiError::invalid(format!("registration id: {e}")))
     }
 
     /// Handles a register request. On success the registration is committed before this returns,
@@ -246,13 +237,11 @@ impl Engine {
                 ),
             )
         };
-        let cached = self.operations.ops.get(operation_id).map(|o| {
-            (
-                o.registration_key.clone(),
-                o.credential_digest,
-                o.body.clone(),
-            )
-        });
+        let cached = self
+            .operations
+            .ops
+            .get(operation_id)
+            .map(|o| (o.registration_key.clone(), o.credential_digest, o.body.clone()));
         if let Some((op_key, cred, body)) = cached {
             if op_key != key {
                 return Err(not_found());
@@ -267,11 +256,7 @@ impl Engine {
             });
         }
         self.attest(now, req).await?;
-        let record = self
-            .store
-            .get_registration(&key)
-            .await?
-            .ok_or_else(not_found)?;
+        let record = self.store.get_registration(&key).await?.ok_or_else(not_found)?;
         if record.operation_id.as_deref() != Some(operation_id) {
             return Err(not_found());
         }
@@ -302,10 +287,7 @@ impl Engine {
             .ok_or_else(|| {
                 ApiError::new(
                     codes::REGISTRATION_NOT_FOUND,
-                    format!(
-                        "registration '{}' has no registration record",
-                        req.registration_id
-                    ),
+                    format!("registration '{}' has no registration record", req.registration_id),
                 )
             })?;
         Ok(self.device_view(&record))
@@ -334,12 +316,7 @@ impl Engine {
         }
     }
 
-    async fn attest_sas(
-        &self,
-        now: DateTime<Utc>,
-        req: &DeviceRequest,
-        token: &str,
-    ) -> Result<Attested, ApiError> {
+    async fn attest_sas(&self, now: DateTime<Utc>, req: &DeviceRequest, token: &str) -> Result<Attested, ApiError> {
         let token = SasToken::parse(token).map_err(|e| ApiError::unauthorized(e.to_string()))?;
         let audience = format!("{}/registrations/{}", req.id_scope, req.registration_id);
         token
@@ -387,12 +364,7 @@ impl Engine {
                 .map(|k| hmac_sha256(k, req.registration_id.as_bytes()))
                 .collect();
             if derived.iter().any(|d| token.verify_signature_raw(d)) {
-                let sk = cached
-                    .group
-                    .attestation
-                    .symmetric_key
-                    .clone()
-                    .unwrap_or_default();
+                let sk = cached.group.attestation.symmetric_key.clone().unwrap_or_default();
                 let derive = |k: &Option<String>| {
                     k.as_deref()
                         .and_then(|k| derive_device_key(k, &req.registration_id))
@@ -448,11 +420,7 @@ impl Engine {
             ..Default::default()
         };
         if let Some(why) = attested.matched.disabled() {
-            return Err(failed(
-                RegistrationStatus::Disabled,
-                codes::ENROLLMENT_DISABLED,
-                why,
-            ));
+            return Err(failed(RegistrationStatus::Disabled, codes::ENROLLMENT_DISABLED, why));
         }
         let previous = match self.store.get_registration(&req.registration_id).await {
             Ok(p) => p.filter(|p| p.state.status == RegistrationStatus::Assigned),
@@ -464,30 +432,30 @@ impl Engine {
                 ))
             }
         };
-        let (policy, reprovision, initial_twin, capabilities, iot_hubs, legacy_hub, device_id) =
-            match &attested.matched {
-                Matched::Individual(e) => (
-                    e.allocation_policy,
-                    e.reprovision_policy,
-                    e.initial_twin.clone(),
-                    e.capabilities.unwrap_or_default(),
-                    e.iot_hubs.clone(),
-                    e.iot_hub_host_name.clone(),
-                    e.device_id
-                        .clone()
-                        .filter(|d| !d.is_empty())
-                        .unwrap_or_else(|| req.registration_id.clone()),
-                ),
-                Matched::Group(g) => (
-                    g.allocation_policy,
-                    g.reprovision_policy,
-                    g.initial_twin.clone(),
-                    g.capabilities.unwrap_or_default(),
-                    g.iot_hubs.clone(),
-                    g.iot_hub_host_name.clone(),
-                    req.registration_id.clone(),
-                ),
-            };
+        let (policy, reprovision, initial_twin, capabilities, iot_hubs, legacy_hub, device_id) = match &attested.matched
+        {
+            Matched::Individual(e) => (
+                e.allocation_policy,
+                e.reprovision_policy,
+                e.initial_twin.clone(),
+                e.capabilities.unwrap_or_default(),
+                e.iot_hubs.clone(),
+                e.iot_hub_host_name.clone(),
+                e.device_id
+                    .clone()
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| req.registration_id.clone()),
+            ),
+            Matched::Group(g) => (
+                g.allocation_policy,
+                g.reprovision_policy,
+                g.initial_twin.clone(),
+                g.capabilities.unwrap_or_default(),
+                g.iot_hubs.clone(),
+                g.iot_hub_host_name.clone(),
+                req.registration_id.clone(),
+            ),
+        };
         let reprovision = reprovision.unwrap_or_default();
         let sticky_hub = previous
             .as_ref()
@@ -495,39 +463,20 @@ impl Engine {
             .and_then(|p| p.state.assigned_hub.clone());
         let hub = match sticky_hub {
             Some(h) => h,
-            None => match self.allocate(
-                policy,
-                iot_hubs.as_deref(),
-                legacy_hub.as_deref(),
-                &req.registration_id,
-            ) {
+            None => match self.allocate(policy, iot_hubs.as_deref(), legacy_hub.as_deref(), &req.registration_id) {
                 Ok(h) => h,
-                Err(msg) => {
-                    return Err(failed(
-                        RegistrationStatus::Failed,
-                        codes::HUB_NOT_SPECIFIED,
-                        msg,
-                    ))
-                }
+                Err(msg) => return Err(failed(RegistrationStatus::Failed, codes::HUB_NOT_SPECIFIED, msg)),
             },
         };
         let previous_hub = previous.as_ref().and_then(|p| p.state.assigned_hub.clone());
-        let same_hub = previous_hub
-            .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case(&hub));
-        let reset = previous.is_some()
-            && !reprovision.migrate_device_data
-            && reprovision.update_hub_assignment;
+        let same_hub = previous_hub.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&hub));
+        let reset = previous.is_some() && !reprovision.migrate_device_data && reprovision.update_hub_assignment;
         let device = DeviceProvisioning {
             device_id: device_id.clone(),
             auth: attested.hub_auth.clone(),
             capabilities,
             initial_twin,
-            twin_policy: if reset {
-                TwinPolicy::Reset
-            } else {
-                TwinPolicy::Keep
-            },
+            twin_policy: if reset { TwinPolicy::Reset } else { TwinPolicy::Keep },
         };
         let outcome = match self.hubs.upsert_device(&hub, &device).await {
             Ok(o) => o,
@@ -601,10 +550,7 @@ impl Engine {
             (None, None) => vec![],
         };
         let candidates: Vec<&super::LinkedHub> = if named.is_empty() {
-            linked
-                .iter()
-                .filter(|h| h.apply_allocation_policy)
-                .collect()
+            linked.iter().filter(|h| h.apply_allocation_policy).collect()
         } else {
             linked
                 .iter()
@@ -632,17 +578,15 @@ impl Engine {
                     ))
                 }
             }
-            AllocationPolicy::Custom => Err(
-                "custom allocation (webhook) is not supported by this server version".to_string(),
-            ),
+            AllocationPolicy::Custom => {
+                Err("custom allocation (webhook) is not supported by this server version".to_string())
+            }
             AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
                 let key = registration_id::key(registration_id);
                 let best = candidates
                     .iter()
                     .map(|h| {
-                        let d = Sha256::digest(
-                            format!("{}\n{key}", h.host_name.to_ascii_lowercase()).as_bytes(),
-                        );
+                        let d = Sha256::digest(format!("{}\n{key}", h.host_name.to_ascii_lowercase()).as_bytes());
                         let x = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
                         // Weighted rendezvous: score = -w / ln(u), u uniform in (0,1).
                         let u = (x as f64 + 1.0) / (u64::MAX as f64 + 2.0);

@@ -44,13 +44,11 @@ impl GroupCache {
             .into_iter()
             .map(|group| {
                 let keys = match (&group.attestation.kind, &group.attestation.symmetric_key) {
-                    (AttestationType::SymmetricKey, Some(sk)) => {
-                        [&sk.primary_key, &sk.secondary_key]
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|k| B64.decode(k).ok())
-                            .collect()
-                    }
+                    (AttestationType::SymmetricKey, Some(sk)) => [&sk.primary_key, &sk.secondary_key]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| B64.decode(k).ok())
+                        .collect(),
                     _ => Vec::new(),
                 };
                 CachedGroup { group, keys }

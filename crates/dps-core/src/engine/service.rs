@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use dps_proto::codes;
 use dps_proto::keys::{encode_key, validate_symmetric_key};
 use dps_proto::model::service::{
-    AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation,
-    BulkMode, BulkOperationError, BulkOperationResult, EnrollmentGroup, IndividualEnrollment,
-    RegistrationState, RegistrationStatus, SymmetricKeyAttestation, X509Certificates,
+    AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, BulkMode,
+    BulkOperationError, BulkOperationResult, EnrollmentGroup, IndividualEnrollment, RegistrationState,
+    RegistrationStatus, SymmetricKeyAttestation, X509Certificates,
 };
 use dps_proto::registration_id;
 use rand::RngCore;
@@ -82,7 +82,10 @@ impl Kind {
                 exists,
                 format!("{name} '{id}' already exists; to update it send its current etag in If-Match (or '*')"),
             ),
-            StoreError::EtagMismatch => ApiError::new(etag, format!("If-Match does not match the current etag of {name} '{id}'")),
+            StoreError::EtagMismatch => ApiError::new(
+                etag,
+                format!("If-Match does not match the current etag of {name} '{id}'"),
+            ),
             StoreError::Backend(m) => ApiError::internal(format!("storage: {m}")),
         }
     }
@@ -110,11 +113,7 @@ fn decode_continuation(token: Option<&str>) -> Result<Option<String>, ApiError> 
                 .decode(t.trim())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "x-ms-continuation '{t}' is not a token this service issued"
-                    ))
-                })
+                .ok_or_else(|| ApiError::invalid(format!("x-ms-continuation '{t}' is not a token this service issued")))
         })
         .transpose()
 }
@@ -134,10 +133,7 @@ fn paginate<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> Pa
     } else {
         None
     };
-    Page {
-        items,
-        continuation,
-    }
+    Page { items, continuation }
 }
 
 /// Validates and completes an attestation on write. `stored` is the attestation already stored (on
@@ -149,17 +145,13 @@ fn prepare_attestation(
 ) -> Result<(), String> {
     match att.kind {
         AttestationType::None => {
-            return Err(
-                "attestation type 'none' is not allowed; use symmetricKey, x509 or tpm".into(),
-            )
+            return Err("attestation type 'none' is not allowed; use symmetricKey, x509 or tpm".into())
         }
         AttestationType::SymmetricKey => {
             let stored_sk = stored
                 .filter(|s| s.kind == AttestationType::SymmetricKey)
                 .and_then(|s| s.symmetric_key.clone());
-            let sk = att
-                .symmetric_key
-                .get_or_insert_with(SymmetricKeyAttestation::default);
+            let sk = att.symmetric_key.get_or_insert_with(SymmetricKeyAttestation::default);
             for (slot, old) in [
                 (
                     &mut sk.primary_key,
@@ -171,9 +163,7 @@ fn prepare_attestation(
                 ),
             ] {
                 match slot {
-                    Some(k) if !k.is_empty() => {
-                        validate_symmetric_key(k).map_err(|e| format!("symmetric key: {e}"))?
-                    }
+                    Some(k) if !k.is_empty() => validate_symmetric_key(k).map_err(|e| format!("symmetric key: {e}"))?,
                     _ => *slot = Some(old.unwrap_or_else(generate_key)),
                 }
             }
@@ -212,17 +202,13 @@ fn prepare_attestation(
             let (certs, stored_certs, what) = if individual {
                 (
                     &mut x.client_certificates,
-                    stored_x
-                        .as_ref()
-                        .and_then(|s| s.client_certificates.clone()),
+                    stored_x.as_ref().and_then(|s| s.client_certificates.clone()),
                     "clientCertificates",
                 )
             } else {
                 (
                     &mut x.signing_certificates,
-                    stored_x
-                        .as_ref()
-                        .and_then(|s| s.signing_certificates.clone()),
+                    stored_x.as_ref().and_then(|s| s.signing_certificates.clone()),
                     "signingCertificates",
                 )
             };
@@ -230,10 +216,7 @@ fn prepare_attestation(
                 complete_certificates(c, stored_certs.as_ref())?;
             }
             let has_certs = certs.as_ref().is_some_and(|c| c.primary.is_some());
-            let has_refs = x
-                .ca_references
-                .as_ref()
-                .is_some_and(|r| r.primary.is_some());
+            let has_refs = x.ca_references.as_ref().is_some_and(|r| r.primary.is_some());
             if !has_certs && !has_refs {
                 return Err(format!(
                     "x509 attestation needs {what} with a primary certificate, or caReferences"
@@ -248,45 +231,24 @@ fn prepare_attestation(
 
 /// Fills `info` for each certificate given as PEM or base64 DER; entries without `certificate`
 /// keep the stored certificate (a GET → PUT round trip).
-fn complete_certificates(
-    c: &mut X509Certificates,
-    stored: Option<&X509Certificates>,
-) -> Result<(), String> {
+fn complete_certificates(c: &mut X509Certificates, stored: Option<&X509Certificates>) -> Result<(), String> {
     for (slot, old, which) in [
-        (
-            &mut c.primary,
-            stored.and_then(|s| s.primary.clone()),
-            "primary",
-        ),
-        (
-            &mut c.secondary,
-            stored.and_then(|s| s.secondary.clone()),
-            "secondary",
-        ),
+        (&mut c.primary, stored.and_then(|s| s.primary.clone()), "primary"),
+        (&mut c.secondary, stored.and_then(|s| s.secondary.clone()), "secondary"),
     ] {
         let Some(entry) = slot.as_mut() else { continue };
-        match entry
-            .certificate
-            .as_deref()
-            .filter(|c| !c.trim().is_empty())
-        {
+        match entry.certificate.as_deref().filter(|c| !c.trim().is_empty()) {
             Some(text) => {
-                let der = dps_pki::pem::parse_certificates(text)
-                    .map_err(|e| format!("{which} certificate: {e}"))?;
+                let der = dps_pki::pem::parse_certificates(text).map_err(|e| format!("{which} certificate: {e}"))?;
                 let first = der
                     .first()
                     .ok_or_else(|| format!("{which} certificate: no certificate found"))?;
-                let s = dps_pki::info::summarize(first)
-                    .map_err(|e| format!("{which} certificate: {e}"))?;
+                let s = dps_pki::info::summarize(first).map_err(|e| format!("{which} certificate: {e}"))?;
                 entry.info = Some(crate::x509::info_of(&s));
             }
             None => match old {
                 Some(o) if o.certificate.is_some() => *entry = o,
-                _ => {
-                    return Err(format!(
-                        "{which} certificate has no 'certificate' (PEM or base64 DER)"
-                    ))
-                }
+                _ => return Err(format!("{which} certificate has no 'certificate' (PEM or base64 DER)")),
             },
         }
     }
@@ -305,17 +267,11 @@ fn strip_secrets(att: &mut AttestationMechanism) {
 /// Certificates are never echoed, only their info.
 fn strip_certificates(att: &mut AttestationMechanism) {
     if let Some(x) = att.x509.as_mut() {
-        for c in [
-            x.client_certificates.as_mut(),
-            x.signing_certificates.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
+        for c in [x.client_certificates.as_mut(), x.signing_certificates.as_mut()]
+            .into_iter()
+            .flatten()
         {
-            for e in [c.primary.as_mut(), c.secondary.as_mut()]
-                .into_iter()
-                .flatten()
-            {
+            for e in [c.primary.as_mut(), c.secondary.as_mut()].into_iter().flatten() {
                 e.certificate = None;
             }
         }
@@ -341,8 +297,7 @@ impl Engine {
         mut e: IndividualEnrollment,
         if_match: Option<&str>,
     ) -> Result<IndividualEnrollment, ApiError> {
-        registration_id::validate(id)
-            .map_err(|err| ApiError::invalid(format!("registration id: {err}")))?;
+        registration_id::validate(id).map_err(|err| ApiError::invalid(format!("registration id: {err}")))?;
         if e.registration_id.is_empty() {
             e.registration_id = id.to_string();
         } else if !e.registration_id.eq_ignore_ascii_case(id) {
@@ -356,20 +311,11 @@ impl Engine {
         }
         let cond = condition(if_match, e.etag.as_deref());
         let stored = self.store.get_enrollment(id).await?;
-        prepare_attestation(
-            &mut e.attestation,
-            stored.as_ref().map(|s| &s.attestation),
-            true,
-        )
-        .map_err(ApiError::invalid)?;
+        prepare_attestation(&mut e.attestation, stored.as_ref().map(|s| &s.attestation), true)
+            .map_err(ApiError::invalid)?;
         e.registration_state = None;
         e.etag = Some(new_etag());
-        e.created_date_time_utc = Some(
-            stored
-                .as_ref()
-                .and_then(|s| s.created_date_time_utc)
-                .unwrap_or(now),
-        );
+        e.created_date_time_utc = Some(stored.as_ref().and_then(|s| s.created_date_time_utc).unwrap_or(now));
         e.last_updated_date_time_utc = Some(now);
         self.store
             .put_enrollment(&e, &cond)
@@ -397,11 +343,7 @@ impl Engine {
     }
 
     /// `DELETE /enrollments/{id}` (also deletes its registration record).
-    pub async fn delete_enrollment(
-        &self,
-        id: &str,
-        if_match: Option<&str>,
-    ) -> Result<(), ApiError> {
+    pub async fn delete_enrollment(&self, id: &str, if_match: Option<&str>) -> Result<(), ApiError> {
         self.store
             .delete_enrollment(id, &WriteCondition::from_if_match(if_match))
             .await
@@ -427,17 +369,12 @@ impl Engine {
     ) -> Result<Page<IndividualEnrollment>, ApiError> {
         let size = page_size(page);
         let after = decode_continuation(continuation)?;
-        let mut items = self
-            .store
-            .list_enrollments(after.as_deref(), size + 1)
-            .await?;
+        let mut items = self.store.list_enrollments(after.as_deref(), size + 1).await?;
         for e in &mut items {
             strip_secrets(&mut e.attestation);
             e.registration_state = None;
         }
-        Ok(paginate(items, size, |e| {
-            registration_id::key(&e.registration_id)
-        }))
+        Ok(paginate(items, size, |e| registration_id::key(&e.registration_id)))
     }
 
     /// `POST /enrollments`: bulk create/update/delete of up to 10 enrollments.
@@ -446,11 +383,7 @@ impl Engine {
         now: DateTime<Utc>,
         op: BulkEnrollmentOperation,
     ) -> Result<BulkOperationResult, ApiError> {
-        let ids: Vec<String> = op
-            .enrollments
-            .iter()
-            .map(|e| e.registration_id.clone())
-            .collect();
+        let ids: Vec<String> = op.enrollments.iter().map(|e| e.registration_id.clone()).collect();
         check_bulk(&ids)?;
         let mut errors = Vec::new();
         for e in op.enrollments {
@@ -461,10 +394,7 @@ impl Engine {
                     .put_enrollment(now, &id, IndividualEnrollment { etag: None, ..e }, None)
                     .await
                     .map(drop),
-                BulkMode::Update => self
-                    .put_enrollment(now, &id, e, etag.as_deref())
-                    .await
-                    .map(drop),
+                BulkMode::Update => self.put_enrollment(now, &id, e, etag.as_deref()).await.map(drop),
                 BulkMode::UpdateIfMatchEtag => match etag.as_deref() {
                     Some(t) => self.put_enrollment(now, &id, e, Some(t)).await.map(drop),
                     None => Err(Kind::Enrollment.map(StoreError::EtagMismatch, &id)),
@@ -496,8 +426,7 @@ impl Engine {
         mut g: EnrollmentGroup,
         if_match: Option<&str>,
     ) -> Result<EnrollmentGroup, ApiError> {
-        registration_id::validate(id)
-            .map_err(|err| ApiError::invalid(format!("enrollment group id: {err}")))?;
+        registration_id::validate(id).map_err(|err| ApiError::invalid(format!("enrollment group id: {err}")))?;
         if g.enrollment_group_id.is_empty() {
             g.enrollment_group_id = id.to_string();
         } else if !g.enrollment_group_id.eq_ignore_ascii_case(id) {
@@ -508,19 +437,10 @@ impl Engine {
         }
         let cond = condition(if_match, g.etag.as_deref());
         let stored = self.store.get_group(id).await?;
-        prepare_attestation(
-            &mut g.attestation,
-            stored.as_ref().map(|s| &s.attestation),
-            false,
-        )
-        .map_err(ApiError::invalid)?;
+        prepare_attestation(&mut g.attestation, stored.as_ref().map(|s| &s.attestation), false)
+            .map_err(ApiError::invalid)?;
         g.etag = Some(new_etag());
-        g.created_date_time_utc = Some(
-            stored
-                .as_ref()
-                .and_then(|s| s.created_date_time_utc)
-                .unwrap_or(now),
-        );
+        g.created_date_time_utc = Some(stored.as_ref().and_then(|s| s.created_date_time_utc).unwrap_or(now));
         g.last_updated_date_time_utc = Some(now);
         let result = self
             .store
@@ -578,9 +498,7 @@ impl Engine {
         for g in &mut items {
             strip_secrets(&mut g.attestation);
         }
-        Ok(paginate(items, size, |g| {
-            registration_id::key(&g.enrollment_group_id)
-        }))
+        Ok(paginate(items, size, |g| registration_id::key(&g.enrollment_group_id)))
     }
 
     /// `POST /enrollmentGroups`: bulk operation on up to 10 groups.
@@ -640,11 +558,7 @@ impl Engine {
 
     /// `DELETE /registrations/{id}`: forgets the registration (the hub device stays); the device's
     /// next registration is treated as initial.
-    pub async fn delete_registration(
-        &self,
-        id: &str,
-        if_match: Option<&str>,
-    ) -> Result<(), ApiError> {
+    pub async fn delete_registration(&self, id: &str, if_match: Option<&str>) -> Result<(), ApiError> {
         self.store
             .delete_registration(id, &WriteCondition::from_if_match(if_match))
             .await
@@ -679,27 +593,18 @@ impl Engine {
 
 fn check_bulk(ids: &[String]) -> Result<(), ApiError> {
     if ids.is_empty() {
-        return Err(ApiError::new(
-            codes::BULK_INVALID,
-            "bulk operation has no items",
-        ));
+        return Err(ApiError::new(codes::BULK_INVALID, "bulk operation has no items"));
     }
     if ids.len() > BULK_MAX {
         return Err(ApiError::new(
             codes::BULK_INVALID,
-            format!(
-                "bulk operation has {} items; at most {BULK_MAX} are allowed",
-                ids.len()
-            ),
+            format!("bulk operation has {} items; at most {BULK_MAX} are allowed", ids.len()),
         ));
     }
     let mut seen = std::collections::HashSet::new();
     for id in ids {
         if id.is_empty() {
-            return Err(ApiError::new(
-                codes::BULK_INVALID,
-                "bulk operation item has no id",
-            ));
+            return Err(ApiError::new(codes::BULK_INVALID, "bulk operation item has no id"));
         }
         if !seen.insert(registration_id::key(id)) {
             return Err(ApiError::new(

@@ -3,8 +3,8 @@
 
 use chrono::{TimeZone, Utc};
 use dps_proto::model::service::{
-    AttestationMechanism, AttestationType, EnrollmentGroup, IndividualEnrollment,
-    RegistrationState, RegistrationStatus, SymmetricKeyAttestation,
+    AttestationMechanism, AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState,
+    RegistrationStatus, SymmetricKeyAttestation,
 };
 
 use super::{RegistrationRecord, Store, StoreError, WriteCondition};
@@ -70,36 +70,24 @@ async fn enrollments_crud_and_etags(s: &dyn Store) {
     );
     let e2 = enrollment("crud-1", "e2");
     assert_eq!(
-        s.put_enrollment(&e2, &WriteCondition::Etag("stale".into()))
-            .await,
+        s.put_enrollment(&e2, &WriteCondition::Etag("stale".into())).await,
         Err(StoreError::EtagMismatch)
     );
-    s.put_enrollment(&e2, &WriteCondition::Etag("e1".into()))
-        .await
-        .unwrap();
+    s.put_enrollment(&e2, &WriteCondition::Etag("e1".into())).await.unwrap();
     assert_eq!(
-        s.get_enrollment("crud-1")
-            .await
-            .unwrap()
-            .unwrap()
-            .etag
-            .as_deref(),
+        s.get_enrollment("crud-1").await.unwrap().unwrap().etag.as_deref(),
         Some("e2")
     );
     s.put_enrollment(&enrollment("crud-1", "e3"), &WriteCondition::Any)
         .await
         .unwrap();
     assert_eq!(
-        s.put_enrollment(
-            &enrollment("crud-absent", "x"),
-            &WriteCondition::Etag("x".into())
-        )
-        .await,
+        s.put_enrollment(&enrollment("crud-absent", "x"), &WriteCondition::Etag("x".into()))
+            .await,
         Err(StoreError::NotFound)
     );
     assert_eq!(
-        s.delete_enrollment("crud-1", &WriteCondition::Etag("e2".into()))
-            .await,
+        s.delete_enrollment("crud-1", &WriteCondition::Etag("e2".into())).await,
         Err(StoreError::EtagMismatch)
     );
     s.delete_enrollment("crud-1", &WriteCondition::Etag("e3".into()))
@@ -114,12 +102,9 @@ async fn enrollments_crud_and_etags(s: &dyn Store) {
 
 async fn enrollments_are_case_insensitive_and_paged(s: &dyn Store) {
     for i in 0..7 {
-        s.put_enrollment(
-            &enrollment(&format!("Page-{i}"), "p"),
-            &WriteCondition::None,
-        )
-        .await
-        .unwrap();
+        s.put_enrollment(&enrollment(&format!("Page-{i}"), "p"), &WriteCondition::None)
+            .await
+            .unwrap();
     }
     let got = s.get_enrollment("PAGE-3").await.unwrap().unwrap();
     assert_eq!(got.registration_id, "Page-3", "original casing is kept");
@@ -137,10 +122,7 @@ async fn enrollments_are_case_insensitive_and_paged(s: &dyn Store) {
                 .filter(|id| id.starts_with("Page-")),
         );
     }
-    assert_eq!(
-        seen,
-        (0..7).map(|i| format!("Page-{i}")).collect::<Vec<_>>()
-    );
+    assert_eq!(seen, (0..7).map(|i| format!("Page-{i}")).collect::<Vec<_>>());
     for i in 0..7 {
         s.delete_enrollment(&format!("page-{i}"), &WriteCondition::Any)
             .await
@@ -149,24 +131,16 @@ async fn enrollments_are_case_insensitive_and_paged(s: &dyn Store) {
 }
 
 async fn groups_crud(s: &dyn Store) {
-    s.put_group(&group("Grp-1", "g1"), &WriteCondition::None)
-        .await
-        .unwrap();
+    s.put_group(&group("Grp-1", "g1"), &WriteCondition::None).await.unwrap();
     assert_eq!(
-        s.put_group(&group("grp-1", "g2"), &WriteCondition::None)
-            .await,
+        s.put_group(&group("grp-1", "g2"), &WriteCondition::None).await,
         Err(StoreError::AlreadyExists)
     );
     s.put_group(&group("grp-1", "g2"), &WriteCondition::Etag("g1".into()))
         .await
         .unwrap();
-    assert_eq!(
-        s.get_group("GRP-1").await.unwrap().unwrap().etag.as_deref(),
-        Some("g2")
-    );
-    s.put_group(&group("grp-2", "g"), &WriteCondition::None)
-        .await
-        .unwrap();
+    assert_eq!(s.get_group("GRP-1").await.unwrap().unwrap().etag.as_deref(), Some("g2"));
+    s.put_group(&group("grp-2", "g"), &WriteCondition::None).await.unwrap();
     let all = s.list_groups(None, 100).await.unwrap();
     assert!(all.iter().any(|g| g.enrollment_group_id == "grp-2"));
     assert_eq!(
@@ -177,12 +151,8 @@ async fn groups_crud(s: &dyn Store) {
             .map(|g| g.enrollment_group_id.as_str()),
         Some("grp-2")
     );
-    s.delete_group("grp-1", &WriteCondition::None)
-        .await
-        .unwrap();
-    s.delete_group("grp-2", &WriteCondition::None)
-        .await
-        .unwrap();
+    s.delete_group("grp-1", &WriteCondition::None).await.unwrap();
+    s.delete_group("grp-2", &WriteCondition::None).await.unwrap();
     assert_eq!(s.get_group("grp-1").await.unwrap(), None);
 }
 
@@ -193,9 +163,7 @@ async fn registrations(s: &dyn Store) {
     s.commit_registration(&record("reg-2", Some("G-A"), "r2"))
         .await
         .unwrap();
-    s.commit_registration(&record("reg-3", None, "r3"))
-        .await
-        .unwrap();
+    s.commit_registration(&record("reg-3", None, "r3")).await.unwrap();
     let r = s.get_registration("REG-1").await.unwrap().unwrap();
     assert_eq!(r, record("Reg-1", Some("g-a"), "r1"));
     // Replacing keeps one row.
@@ -212,10 +180,7 @@ async fn registrations(s: &dyn Store) {
             .as_deref(),
         Some("r1b")
     );
-    let by_group = s
-        .list_registrations_by_group("g-A", None, 10)
-        .await
-        .unwrap();
+    let by_group = s.list_registrations_by_group("g-A", None, 10).await.unwrap();
     assert_eq!(
         by_group.iter().map(|r| r.key()).collect::<Vec<_>>(),
         vec!["reg-1", "reg-2"]
@@ -240,17 +205,11 @@ async fn registrations(s: &dyn Store) {
         Err(StoreError::NotFound)
     );
     // Concurrent commits all land.
-    let futs: Vec<_> = (0..50)
-        .map(|i| record(&format!("conc-{i}"), None, "c"))
-        .collect();
+    let futs: Vec<_> = (0..50).map(|i| record(&format!("conc-{i}"), None, "c")).collect();
     let results = futures_join(s, &futs).await;
     assert!(results.iter().all(Result::is_ok));
     for i in 0..50 {
-        assert!(s
-            .get_registration(&format!("conc-{i}"))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(s.get_registration(&format!("conc-{i}")).await.unwrap().is_some());
     }
 }
 
@@ -289,11 +248,7 @@ async fn deleting_an_enrollment_deletes_its_record(s: &dyn Store) {
     s.put_enrollment(&enrollment("with-rec", "w"), &WriteCondition::None)
         .await
         .unwrap();
-    s.commit_registration(&record("with-rec", None, "r"))
-        .await
-        .unwrap();
-    s.delete_enrollment("WITH-REC", &WriteCondition::None)
-        .await
-        .unwrap();
+    s.commit_registration(&record("with-rec", None, "r")).await.unwrap();
+    s.delete_enrollment("WITH-REC", &WriteCondition::None).await.unwrap();
     assert_eq!(s.get_registration("with-rec").await.unwrap(), None);
 }

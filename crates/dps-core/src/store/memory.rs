@@ -39,11 +39,7 @@ impl Store for MemoryStore {
         Ok(self.enrollments.read().get(&key(id)).cloned())
     }
 
-    async fn put_enrollment(
-        &self,
-        e: &IndividualEnrollment,
-        cond: &WriteCondition,
-    ) -> Result<(), StoreError> {
+    async fn put_enrollment(&self, e: &IndividualEnrollment, cond: &WriteCondition) -> Result<(), StoreError> {
         let mut map = self.enrollments.write();
         let k = key(&e.registration_id);
         cond.check_put(map.get(&k).and_then(|x| x.etag.as_deref()))?;
@@ -72,11 +68,7 @@ impl Store for MemoryStore {
         Ok(self.groups.read().get(&key(id)).cloned())
     }
 
-    async fn put_group(
-        &self,
-        g: &EnrollmentGroup,
-        cond: &WriteCondition,
-    ) -> Result<(), StoreError> {
+    async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition) -> Result<(), StoreError> {
         let mut map = self.groups.write();
         let k = key(&g.enrollment_group_id);
         cond.check_put(map.get(&k).and_then(|x| x.etag.as_deref()))?;
@@ -92,11 +84,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list_groups(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EnrollmentGroup>, StoreError> {
+    async fn list_groups(&self, after: Option<&str>, limit: usize) -> Result<Vec<EnrollmentGroup>, StoreError> {
         Ok(page(&self.groups.read(), after, limit))
     }
 

@@ -106,20 +106,13 @@ mod tests {
 
     #[test]
     fn bodies_of_every_sdk() {
-        assert_eq!(
-            DeviceRegistration::parse(b"").unwrap(),
-            DeviceRegistration::default()
-        );
-        assert_eq!(
-            DeviceRegistration::parse(b" ").unwrap(),
-            DeviceRegistration::default()
-        );
+        assert_eq!(DeviceRegistration::parse(b"").unwrap(), DeviceRegistration::default());
+        assert_eq!(DeviceRegistration::parse(b" ").unwrap(), DeviceRegistration::default());
         assert_eq!(
             DeviceRegistration::parse(b"null").unwrap(),
             DeviceRegistration::default()
         );
-        let py =
-            DeviceRegistration::parse(br#"{"payload": null, "registrationId": "dev-01"}"#).unwrap();
+        let py = DeviceRegistration::parse(br#"{"payload": null, "registrationId": "dev-01"}"#).unwrap();
         assert_eq!(py.registration_id.as_deref(), Some("dev-01"));
         assert_eq!(py.payload, None);
         let cs = DeviceRegistration::parse(br#"{"payload":{"a":1}}"#).unwrap();

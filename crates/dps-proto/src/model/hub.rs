@@ -153,9 +153,7 @@ pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) 
         match v {
             Value::Null => changed |= target.remove(k).is_some(),
             Value::Object(p) => {
-                let entry = target
-                    .entry(k.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
+                let entry = target.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
                 if !entry.is_object() {
                     *entry = Value::Object(Map::new());
                     changed = true;
@@ -182,10 +180,7 @@ mod tests {
 
     #[test]
     fn merge_patch_rules() {
-        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}})
-            .as_object()
-            .unwrap()
-            .clone();
+        let mut t = json!({"a": 1, "b": {"c": 2, "d": 3}}).as_object().unwrap().clone();
         let p = json!({"a": null, "b": {"c": 5, "d": null}, "e": [1], "$version": 9})
             .as_object()
             .unwrap()

@@ -84,18 +84,10 @@ pub struct IndividualEnrollment {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reprovision_policy: Option<ReprovisionPolicy>,
     /// Read-only creation time.
-    #[serde(
-        with = "timefmt::record",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::record", skip_serializing_if = "Option::is_none", default)]
     pub created_date_time_utc: Option<DateTime<Utc>>,
     /// Read-only last update time.
-    #[serde(
-        with = "timefmt::record",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::record", skip_serializing_if = "Option::is_none", default)]
     pub last_updated_date_time_utc: Option<DateTime<Utc>>,
     /// Allocation policy; absent = service default.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -140,18 +132,10 @@ pub struct EnrollmentGroup {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reprovision_policy: Option<ReprovisionPolicy>,
     /// Read-only creation time.
-    #[serde(
-        with = "timefmt::record",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::record", skip_serializing_if = "Option::is_none", default)]
     pub created_date_time_utc: Option<DateTime<Utc>>,
     /// Read-only last update time.
-    #[serde(
-        with = "timefmt::record",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::record", skip_serializing_if = "Option::is_none", default)]
     pub last_updated_date_time_utc: Option<DateTime<Utc>>,
     /// Allocation policy; absent = service default.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -273,18 +257,10 @@ pub struct X509CertificateInfo {
     #[serde(default)]
     pub issuer_name: String,
     /// Validity start.
-    #[serde(
-        with = "timefmt::seconds",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::seconds", skip_serializing_if = "Option::is_none", default)]
     pub not_before_utc: Option<DateTime<Utc>>,
     /// Validity end.
-    #[serde(
-        with = "timefmt::seconds",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::seconds", skip_serializing_if = "Option::is_none", default)]
     pub not_after_utc: Option<DateTime<Utc>>,
     /// Upper-case hex serial.
     #[serde(default)]
@@ -389,11 +365,7 @@ pub struct RegistrationState {
     #[serde(default)]
     pub registration_id: String,
     /// When the record was created.
-    #[serde(
-        with = "timefmt::record",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::record", skip_serializing_if = "Option::is_none", default)]
     pub created_date_time_utc: Option<DateTime<Utc>>,
     /// Assigned hub host name.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -413,11 +385,7 @@ pub struct RegistrationState {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_message: Option<String>,
     /// Last update.
-    #[serde(
-        with = "timefmt::record",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    #[serde(with = "timefmt::record", skip_serializing_if = "Option::is_none", default)]
     pub last_updated_date_time_utc: Option<DateTime<Utc>>,
     /// Record etag.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -553,10 +521,7 @@ mod tests {
             "createdDateTimeUtc":"not a date"}"#;
         let e: IndividualEnrollment = serde_json::from_str(json).unwrap();
         assert_eq!(e.attestation.kind, AttestationType::SymmetricKey);
-        assert_eq!(
-            e.attestation.symmetric_key.as_ref().unwrap().primary_key,
-            None
-        );
+        assert_eq!(e.attestation.symmetric_key.as_ref().unwrap().primary_key, None);
         assert_eq!(e.provisioning_status, Some(ProvisioningStatus::Enabled));
         assert_eq!(e.allocation_policy, Some(AllocationPolicy::GeoLatency));
         assert_eq!(e.created_date_time_utc, None);
@@ -575,8 +540,7 @@ mod tests {
         let b: BulkEnrollmentOperation =
             serde_json::from_str(r#"{"mode":"updateIfMatchEtag","enrollments":[]}"#).unwrap();
         assert_eq!(b.mode, BulkMode::UpdateIfMatchEtag);
-        let err =
-            serde_json::from_str::<BulkEnrollmentOperation>(r#"{"mode":"merge"}"#).unwrap_err();
+        let err = serde_json::from_str::<BulkEnrollmentOperation>(r#"{"mode":"merge"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown BulkMode 'merge'"));
     }
 

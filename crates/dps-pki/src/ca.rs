@@ -1,0 +1,322 @@
+//! The local certificate authority used in development and self-hosted setups.
+//!
+//! A fresh server needs a TLS certificate that devices can be told to trust. Rather than
+//! shipping a self-signed leaf, the server keeps a small root CA in its data directory and
+//! issues its listener certificate from it; users then trust one CA file (`--ca-cert` in the
+//! SDKs) that survives re-issuing the server certificate for new host names.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::extensions::GeneralName;
+
+use crate::pem::{parse_certificates, parse_private_key};
+use crate::PkiError;
+
+/// How long a generated CA is valid: long enough that nobody re-distributes it in practice.
+const CA_VALIDITY_DAYS: i64 = 3652;
+/// How long an issued server certificate is valid. Clients that enforce the browsers' 398-day
+/// limit are not among the ones this serves (device SDKs, Python's `ssl`, rustls).
+const SERVER_VALIDITY_DAYS: i64 = 730;
+/// Certificates start a day in the past so that a device whose clock lags still accepts them.
+const BACKDATE_DAYS: i64 = 1;
+/// A server certificate that expires within this margin no longer "covers" its host names, so
+/// a restart re-issues it before it can lapse under a long-running server.
+const RENEWAL_MARGIN_DAYS: i64 = 30;
+/// Upper bound of the X.520 CommonName; longer host names go only into the SANs.
+const MAX_COMMON_NAME_LEN: usize = 64;
+
+/// A root CA (certificate and key) that can issue server certificates.
+pub struct LocalCa {
+    /// The CA certificate exactly as loaded or generated, which is what clients trust.
+    cert_der: CertificateDer<'static>,
+    /// rcgen's signing view of the CA: the same subject name, key identifier and key usages.
+    /// For a loaded CA it is re-created from the certificate, so only its parameters are used.
+    issuer: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A freshly issued leaf certificate and its private key, both PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// The leaf certificate alone (append the CA certificate to serve a chain).
+    pub cert_pem: String,
+    /// The leaf's private key, PKCS#8.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl fmt::Debug for LocalCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalCa")
+            .field("sha256_thumbprint", &crate::thumbprint::sha256_thumbprint(&self.cert_der))
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalCa {
+    /// Generates a new self-signed root: P-256 ECDSA, `CA:TRUE`, keyCertSign and cRLSign, valid
+    /// for about ten years.
+    pub fn generate(common_name: &str) -> Result<LocalCa, PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(&mut params, Utc::now(), CA_VALIDITY_DAYS);
+        let cert = params.self_signed(&key)?;
+        Ok(LocalCa {
+            cert_der: cert.der().clone(),
+            issuer: cert,
+            key,
+        })
+    }
+
+    /// Loads a CA from its certificate and PKCS#8 private key, as written by
+    /// [`cert_pem`](Self::cert_pem) and [`key_pem`](Self::key_pem) or brought by the user.
+    ///
+    /// The key must be PKCS#8 because that is the only form the signing library (ring) loads;
+    /// the certificate must be a CA and match the key, so that what it issues verifies.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<LocalCa, PkiError> {
+        let cert_der = parse_certificates(cert_pem)?.swap_remove(0);
+        let key = match parse_private_key(key_pem)? {
+            PrivateKeyDer::Pkcs8(pkcs8) => {
+                KeyPair::try_from(&pkcs8).map_err(|e| PkiError::UnsupportedKey(e.to_string()))?
+            }
+            _ => {
+                return Err(PkiError::UnsupportedKey(
+                    "the CA key must be PKCS#8 (-----BEGIN PRIVATE KEY-----); \
+                     convert it with `openssl pkcs8 -topk8 -nocrypt`"
+                        .into(),
+                ))
+            }
+        };
+        {
+            let parsed = crate::x509::parse(&cert_der)?;
+            if !matches!(parsed.basic_constraints(), Ok(Some(bc)) if bc.value.ca) {
+                return Err(PkiError::NotACa);
+            }
+            if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+                return Err(PkiError::KeyMismatch);
+            }
+        }
+        let issuer = CertificateParams::from_ca_cert_der(&cert_der)?.self_signed(&key)?;
+        Ok(LocalCa {
+            cert_der,
+            issuer,
+            key,
+        })
+    }
+
+    /// The CA certificate as PEM: the file users install as their trust anchor.
+    pub fn cert_pem(&self) -> String {
+        to_pem("CERTIFICATE", &self.cert_der)
+    }
+
+    /// The CA private key as PKCS#8 PEM, for the data directory (keep it private).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The CA certificate as DER.
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.cert_der.clone()
+    }
+
+    /// Issues a TLS server certificate for `hostnames`.
+    ///
+    /// Every name becomes a subjectAltName — an IP SAN when it parses as an IP address (brackets
+    /// around IPv6 allowed), a DNS SAN otherwise — because clients match only SANs, not the
+    /// subject CN. The CN is still set to the first name for humans reading the certificate. The
+    /// leaf has a fresh P-256 key, `CA:FALSE`, digitalSignature, EKU serverAuth, an authority key
+    /// identifier pointing at this CA, and about two years of validity.
+    pub fn issue_server_certificate(&self, hostnames: &[String]) -> Result<IssuedCertificate, PkiError> {
+        let first = hostnames.first().ok_or(PkiError::NoHostnames)?;
+        let mut sans: Vec<SanType> = Vec::with_capacity(hostnames.len());
+        for name in hostnames {
+            let san = san_for(name)?;
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let cn = first.trim();
+        if !cn.is_empty() && cn.len() <= MAX_COMMON_NAME_LEN {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, Utc::now(), SERVER_VALIDITY_DAYS);
+
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Whether the first certificate of `cert_pem` covers every name in `hostnames` with a SAN and
+/// is valid now with at least 30 days to go.
+///
+/// Used on start-up to decide whether a stored server certificate can be reused or must be
+/// re-issued for changed `--hostname` values. A certificate whose SAN extension cannot be read
+/// covers nothing. Only unreadable PEM is an error.
+pub fn certificate_covers(cert_pem: &str, hostnames: &[String]) -> Result<bool, PkiError> {
+    certificate_covers_at(cert_pem, hostnames, Utc::now())
+}
+
+/// [`certificate_covers`] at a given time.
+pub fn certificate_covers_at(
+    cert_pem: &str,
+    hostnames: &[String],
+    now: DateTime<Utc>,
+) -> Result<bool, PkiError> {
+    let der = parse_certificates(cert_pem)?.swap_remove(0);
+    let cert = crate::x509::parse(&der)?;
+    let validity = cert.validity();
+    let not_before = crate::info::to_chrono(&validity.not_before)?;
+    let not_after = crate::info::to_chrono(&validity.not_after)?;
+    if now < not_before || now + TimeDelta::days(RENEWAL_MARGIN_DAYS) >= not_after {
+        return Ok(false);
+    }
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(ext)) => &ext.value.general_names,
+        _ => return Ok(false),
+    };
+    Ok(hostnames.iter().all(|host| names.iter().any(|san| san_matches(san, host))))
+}
+
+/// Whether one SAN entry covers `host`, the way a TLS client would check it: IP addresses
+/// against IP SANs only, DNS names case-insensitively with a single-label leading wildcard.
+fn san_matches(san: &GeneralName<'_>, host: &str) -> bool {
+    let host = host.trim();
+    match (san, parse_ip(host)) {
+        (GeneralName::IPAddress(bytes), Some(ip)) => match ip {
+            IpAddr::V4(v4) => *bytes == v4.octets(),
+            IpAddr::V6(v6) => *bytes == v6.octets(),
+        },
+        (GeneralName::DNSName(pattern), None) => {
+            if pattern.eq_ignore_ascii_case(host) {
+                return true;
+            }
+            match (pattern.strip_prefix("*."), host.split_once('.')) {
+                (Some(suffix), Some((label, rest))) => !label.is_empty() && suffix.eq_ignore_ascii_case(rest),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+fn parse_ip(host: &str) -> Option<IpAddr> {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.parse().ok()
+}
+
+fn san_for(name: &str) -> Result<SanType, PkiError> {
+    let trimmed = name.trim();
+    if let Some(ip) = parse_ip(trimmed) {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let invalid = |reason: &str| PkiError::InvalidHostname {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if trimmed.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if !trimmed.is_ascii() || trimmed.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        return Err(invalid("not an ASCII host name (give internationalised names in punycode)"));
+    }
+    let ia5 = rcgen::Ia5String::try_from(trimmed.to_ascii_lowercase()).map_err(|e| invalid(&e.to_string()))?;
+    Ok(SanType::DnsName(ia5))
+}
+
+/// Sets validity from `BACKDATE_DAYS` before `now` to `days` after it, at day granularity
+/// (rcgen takes dates; a day of slack either side does not matter for these certificates).
+fn set_validity(params: &mut CertificateParams, now: DateTime<Utc>, days: i64) {
+    use chrono::Datelike;
+    let ymd = |t: DateTime<Utc>| (t.year(), t.month() as u8, t.day() as u8);
+    let (y, m, d) = ymd(now - TimeDelta::days(BACKDATE_DAYS));
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = ymd(now + TimeDelta::days(days));
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// PEM armour for DER, 64 columns as OpenSSL writes it.
+fn to_pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn san_kinds_follow_the_name() {
+        assert!(matches!(san_for("127.0.0.1"), Ok(SanType::IpAddress(_))));
+        assert!(matches!(san_for("[::1]"), Ok(SanType::IpAddress(IpAddr::V6(_)))));
+        assert!(matches!(san_for("Dps.Example.Test"), Ok(SanType::DnsName(n)) if n.as_str() == "dps.example.test"));
+        assert!(matches!(san_for(""), Err(PkiError::InvalidHostname { .. })));
+        assert!(matches!(san_for("bücher.example"), Err(PkiError::InvalidHostname { .. })));
+        assert!(matches!(san_for("a b"), Err(PkiError::InvalidHostname { .. })));
+    }
+
+    #[test]
+    fn wildcard_covers_exactly_one_label() {
+        let wildcard = GeneralName::DNSName("*.example.test");
+        assert!(san_matches(&wildcard, "dps.example.test"));
+        assert!(san_matches(&wildcard, "DPS.example.TEST"));
+        assert!(!san_matches(&wildcard, "example.test"));
+        assert!(!san_matches(&wildcard, "a.b.example.test"));
+        let ip = GeneralName::IPAddress(&[127, 0, 0, 1]);
+        assert!(san_matches(&ip, "127.0.0.1"));
+        assert!(!san_matches(&ip, "127.0.0.2"));
+        assert!(!san_matches(&GeneralName::DNSName("127.0.0.1"), "127.0.0.1"));
+    }
+
+    #[test]
+    fn pem_armour_round_trips() {
+        let der: Vec<u8> = (0..=255u8).collect();
+        let pem = to_pem("CERTIFICATE", &der);
+        assert!(pem.lines().all(|l| l.len() <= 64));
+        let back = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: CertificateDer<'static>| c.to_vec());
+        assert_eq!(back.ok(), Some(der));
+    }
+}

@@ -1,0 +1,26 @@
+//! X.509 for the provisioning service.
+//!
+//! Everything certificate-shaped that the engine, the listeners and the CLI need lives here, so
+//! that DER is only ever touched through maintained crates (x509-parser to read, rcgen to write,
+//! rustls/webpki to verify) and every caller gets the same tolerant input handling:
+//!
+//! - [`pem`] turns what users paste (PEM, CRLF PEM, one-line PEM, bare base64 DER) into DER;
+//! - [`thumbprint`] computes the SHA-1/SHA-256 thumbprints the service API shows and matches on;
+//! - [`info`] summarises a certificate for the API's `info` block, without tripping over the
+//!   malformed extensions some device certificates carry;
+//! - [`ca`] is the local development CA that issues the server's TLS certificate;
+//! - [`tls`] builds the rustls configurations of the device/service listeners and of clients.
+
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod error;
+pub mod info;
+pub mod pem;
+pub mod thumbprint;
+pub mod tls;
+
+mod x509;
+
+pub use error::PkiError;
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

@@ -1,0 +1,176 @@
+//! rustls configurations for the listeners and for clients of them.
+//!
+//! Device SDKs differ in what they speak: the Python SDK only TLS 1.2, MQTT clients send no
+//! ALPN, symmetric-key devices send no client certificate while X.509/DICE devices do, and those
+//! device certificates routinely chain to CAs nobody configured the server with (the enrollment
+//! decides whether they are acceptable). The server configuration therefore offers TLS 1.2 and
+//! 1.3, allows but does not require `http/1.1` ALPN, and, when asked to, requests a client
+//! certificate without judging it — while still insisting the client proves it holds the key.
+
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::pem::{parse_certificates, parse_private_key};
+use crate::PkiError;
+
+/// Both TLS versions, newest first: 1.2 for the Python SDK and older devices, 1.3 for the rest.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server configuration of a device or service listener.
+///
+/// `cert_chain_pem` is the server certificate followed by any intermediates; `key_pem` its key
+/// (PKCS#8, SEC1 or PKCS#1). With `request_client_cert`, the server requests an optional client
+/// certificate and accepts any chain, verifying only proof of key possession (see
+/// [`PossessionOnlyVerifier`]); the certificates are then available through
+/// [`peer_certificates`].
+///
+/// ALPN: the server selects `http/1.1` when a client offers it and proceeds without ALPN when a
+/// client offers none. (A client offering only other protocols is refused by rustls, as RFC 7301
+/// asks.)
+pub fn server_config(
+    cert_chain_pem: &str,
+    key_pem: &str,
+    request_client_cert: bool,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let chain = parse_certificates(cert_chain_pem)?;
+    let key = parse_private_key(key_pem)?;
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
+    let builder = if request_client_cert {
+        builder.with_client_cert_verifier(Arc::new(PossessionOnlyVerifier::new(&provider)))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The certificates the client sent, leaf first, as owned values that outlive the connection
+/// borrow. Empty when the client sent none (or none was requested).
+pub fn peer_certificates(conn: &rustls::ServerConnection) -> Vec<CertificateDer<'static>> {
+    conn.peer_certificates()
+        .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// A client configuration that trusts only the CA certificate(s) in `ca_pem` — the local CA of
+/// a dps server, or whatever CA issued its certificate.
+pub fn client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, PkiError> {
+    let config = client_builder(ca_pem)?.with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Like [`client_config`], presenting `cert_chain_pem` (leaf first) with `key_pem` as the client
+/// certificate: what an X.509 or DICE device does when it registers.
+pub fn client_config_with_identity(
+    ca_pem: &str,
+    cert_chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let chain = parse_certificates(cert_chain_pem)?;
+    let key = parse_private_key(key_pem)?;
+    let config = client_builder(ca_pem)?.with_client_auth_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+fn client_builder(
+    ca_pem: &str,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for ca in parse_certificates(ca_pem)? {
+        roots.add(ca)?;
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(roots))
+}
+
+/// A client-certificate verifier that checks possession of the key and nothing else.
+///
+/// Why not judge the chain here: the TLS layer cannot know which chain is acceptable. That
+/// depends on the enrollment the device registers against (individual enrollment thumbprints,
+/// enrollment-group CA or intermediate certificates, verified CA certificates), which the
+/// provisioning engine looks up after the handshake — and the Azure behaviour to reproduce is a
+/// registration error from the service, not a TLS alert. Unknown issuers, self-signed device
+/// certificates and expired certificates are therefore all accepted at this layer, and the
+/// certificate is optional because symmetric-key and TPM devices send none.
+///
+/// Why the signature is still checked: a certificate alone is public. Verifying the handshake's
+/// CertificateVerify signature against the leaf's public key proves the client holds the
+/// private key, which is what makes the captured certificate usable as an identity later.
+#[derive(Debug, Clone)]
+pub struct PossessionOnlyVerifier {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PossessionOnlyVerifier {
+    /// A verifier using `provider`'s signature verification algorithms.
+    pub fn new(provider: &CryptoProvider) -> Self {
+        PossessionOnlyVerifier {
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl Default for PossessionOnlyVerifier {
+    /// A verifier with the ring provider's algorithms, which the listeners use.
+    fn default() -> Self {
+        PossessionOnlyVerifier::new(&rustls::crypto::ring::default_provider())
+    }
+}
+
+impl ClientCertVerifier for PossessionOnlyVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    /// No hints: an empty list tells clients to send whatever certificate they have.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,182 @@
+//! The embedded hub's registry REST API (hub-dice-tpm.md §A8), as `azure-iot-hub`'s
+//! RegistryManager calls it, plus direct methods, statistics and the `monitor-events` stream.
+//! Authorized by the hub's shared-access policies.
+//!
+//! Rights: `RegistryRead` for device reads and queries, `RegistryWrite` for device writes;
+//! twins accept `ServiceConnect` or the registry right (Azure documents twin access under
+//! ServiceConnect); direct methods and the telemetry stream need `ServiceConnect`, as in Azure.
+
+use std::time::Duration;
+
+use axum::response::Response;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine as _;
+use dps_core::ApiError;
+use dps_hub::{MethodError, RegistryError};
+use dps_proto::codes;
+use dps_proto::model::hub::{Device, Twin};
+use dps_proto::model::service::QuerySpecification;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::route::Route;
+use super::{events, no_content, ok, parse_count, set_header, Ctx};
+
+const REGISTRY_READ: &str = "RegistryRead";
+const REGISTRY_WRITE: &str = "RegistryWrite";
+const SERVICE_CONNECT: &str = "ServiceConnect";
+
+/// Azure's direct-method response timeout bounds and default, seconds.
+const METHOD_TIMEOUT_DEFAULT: u64 = 30;
+const METHOD_TIMEOUT_MIN: u64 = 5;
+const METHOD_TIMEOUT_MAX: u64 = 300;
+/// Largest query page.
+const MAX_QUERY_PAGE: usize = 1000;
+/// `504101`: the device did not answer a direct method in time (Azure's GatewayTimeout code).
+const METHOD_TIMEOUT_CODE: u32 = 504_101;
+
+fn rights(route: &Route) -> &'static [&'static str] {
+    use Route::*;
+    match route {
+        ListDevices | QueryDevices | GetDevice(_) | DeviceStatistics => &[REGISTRY_READ],
+        PutDevice(_) | DeleteDevice(_) => &[REGISTRY_WRITE],
+        GetTwin(_) => &[SERVICE_CONNECT, REGISTRY_READ],
+        ReplaceTwin(_) | UpdateTwin(_) => &[SERVICE_CONNECT, REGISTRY_WRITE],
+        InvokeMethod(_) | MonitorEvents | ServiceStatistics => &[SERVICE_CONNECT],
+        other => unreachable!("not a hub route: {other:?}"),
+    }
+}
+
+/// `POST /twins/{id}/methods` body (`CloudToDeviceMethod`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MethodRequest {
+    method_name: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    response_timeout_in_seconds: Option<u64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    connect_timeout_in_seconds: Option<u64>,
+}
+
+pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
+    let hub_host = ctx.services.identity.hub.host_name.clone();
+    let host = ctx.host().map(str::to_string);
+    let with_port = ctx.header("host").map(str::to_string);
+    let hosts: Vec<&str> = [Some(hub_host.as_str()), host.as_deref(), with_port.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    ctx.authorize(&ctx.services.hub_auth, &hosts, rights(&route))?;
+
+    let hub = ctx.services.hub.clone();
+    let if_match = ctx.if_match().map(str::to_string);
+    let if_match = if_match.as_deref();
+    let resp = match route {
+        Route::ListDevices => {
+            let top = parse_count(ctx.query.get("top"), "top")?.unwrap_or(0);
+            ok(&hub.list_devices(top))
+        }
+        Route::QueryDevices => {
+            let _: Option<QuerySpecification> = ctx.optional_json("query specification").await?;
+            let continuation = ctx
+                .header("x-ms-continuation")
+                .map(|c| {
+                    B64URL
+                        .decode(c)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .ok_or_else(|| {
+                            ApiError::invalid(format!("x-ms-continuation '{c}' is not a token this hub issued"))
+                        })
+                })
+                .transpose()?;
+            let page = parse_count(ctx.header("x-ms-max-item-count"), "x-ms-max-item-count")?
+                .unwrap_or(0)
+                .min(MAX_QUERY_PAGE);
+            let (twins, next) = hub.query(continuation.as_deref(), page);
+            let mut resp = ok(&twins);
+            set_header(&mut resp, "x-ms-item-type", "twin");
+            if let Some(next) = next {
+                set_header(&mut resp, "x-ms-continuation", &B64URL.encode(next.as_bytes()));
+            }
+            resp
+        }
+        Route::GetDevice(id) => ok(&hub.get_device(&id).ok_or_else(|| device_not_found(&id))?),
+        Route::PutDevice(id) => {
+            let mut device: Device = ctx.json("Device").await?;
+            if device.device_id.is_empty() {
+                device.device_id = id;
+            } else if !device.device_id.eq_ignore_ascii_case(&id) {
+                return Err(ApiError::invalid(format!(
+                    "body deviceId '{}' does not match the device id '{id}' of the path",
+                    device.device_id
+                )));
+            }
+            ok(&hub.put_device(device, if_match).await.map_err(registry_error)?)
+        }
+        Route::DeleteDevice(id) => {
+            hub.delete_device(&id, if_match).await.map_err(registry_error)?;
+            no_content()
+        }
+        Route::GetTwin(id) => ok(&hub.get_twin(&id).ok_or_else(|| device_not_found(&id))?),
+        Route::ReplaceTwin(id) => {
+            let twin: Twin = ctx.json("Twin").await?;
+            ok(&hub.replace_twin(&id, twin, if_match).await.map_err(registry_error)?)
+        }
+        Route::UpdateTwin(id) => {
+            let twin: Twin = ctx.json("Twin").await?;
+            ok(&hub.patch_twin(&id, twin, if_match).await.map_err(registry_error)?)
+        }
+        Route::InvokeMethod(id) => {
+            let req: MethodRequest = ctx.json("CloudToDeviceMethod").await?;
+            let secs = req
+                .response_timeout_in_seconds
+                .unwrap_or(METHOD_TIMEOUT_DEFAULT)
+                .clamp(METHOD_TIMEOUT_MIN, METHOD_TIMEOUT_MAX);
+            let result = hub
+                .invoke_method(&id, &req.method_name, req.payload, Duration::from_secs(secs))
+                .await;
+            ok(&result.map_err(method_error)?)
+        }
+        Route::DeviceStatistics => {
+            let s = hub.statistics();
+            ok(&serde_json::json!({
+                "totalDeviceCount": s.total_device_count,
+                "enabledDeviceCount": s.enabled_device_count,
+                "disabledDeviceCount": s.disabled_device_count,
+            }))
+        }
+        Route::ServiceStatistics => {
+            ok(&serde_json::json!({ "connectedDeviceCount": hub.statistics().connected_device_count }))
+        }
+        Route::MonitorEvents => events::stream(ctx, hub)?,
+        other => unreachable!("not a hub route: {other:?}"),
+    };
+    Ok(resp)
+}
+
+fn device_not_found(id: &str) -> ApiError {
+    ApiError::new(codes::DEVICE_NOT_FOUND, format!("device '{id}' not found"))
+}
+
+fn registry_error(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::NotFound { device_id } => device_not_found(&device_id),
+        RegistryError::EtagMismatch { .. } => ApiError::new(codes::DEVICE_ETAG_MISMATCH, e.to_string()),
+        RegistryError::Invalid(m) => ApiError::invalid(m),
+        RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
+    }
+}
+
+fn method_error(e: MethodError) -> ApiError {
+    match &e {
+        // Azure: 404 DeviceNotOnline (404103).
+        MethodError::DeviceNotOnline { .. } => ApiError::new(codes::DEVICE_NOT_FOUND, e.to_string()),
+        MethodError::DeviceNotFound { device_id } => device_not_found(device_id),
+        MethodError::Timeout { .. } => ApiError::new(METHOD_TIMEOUT_CODE, e.to_string()),
+        MethodError::InvalidMethodName(_) => ApiError::invalid(e.to_string()),
+    }
+}

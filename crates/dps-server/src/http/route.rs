@@ -1,0 +1,663 @@
+//! The hand-written dispatcher: request path → [`Resource`], then (method, resource) → [`Route`].
+//!
+//! Rules every SDK needs (service-api.md §1):
+//! - literal segments match case-insensitively (Node calls `/enrollmentgroups/...`);
+//! - one trailing slash is tolerated (Node's bulk call is `POST /enrollments/?api-version=...`);
+//! - `{id}` segments are percent-decoded (C lower-case-hex-encodes ids, Python encodes `:`);
+//! - C# sends relative paths, which arrive as ordinary absolute paths after resolution.
+//!
+//! The path shape decides the resource; a known resource with a method it does not support is a
+//! 405, an unknown path a 404.
+
+use http::Method;
+
+/// A path the server knows, with its decoded ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    /// `/{idScope}/registrations/{registrationId}/register`
+    DeviceRegister {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `/{idScope}/registrations/{registrationId}/operations/{operationId}`
+    DeviceOperation {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+        /// Operation id.
+        operation_id: String,
+    },
+    /// `/{idScope}/registrations/{registrationId}`
+    DeviceRegistration {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `/enrollments` (bulk)
+    Enrollments,
+    /// `/enrollments/query` (also `/enrollments/{id}` with id `query` for non-POST methods)
+    EnrollmentQuery,
+    /// `/enrollments/{id}`
+    Enrollment(String),
+    /// `/enrollments/{id}/attestationmechanism`
+    EnrollmentAttestation(String),
+    /// `/enrollmentGroups` (bulk)
+    Groups,
+    /// `/enrollmentGroups/query`
+    GroupQuery,
+    /// `/enrollmentGroups/{id}`
+    Group(String),
+    /// `/enrollmentGroups/{id}/attestationmechanism`
+    GroupAttestation(String),
+    /// `/registrations/{id}`
+    Registration(String),
+    /// `/registrations/{groupId}/query`
+    RegistrationQuery(String),
+    /// `/devices` (list)
+    Devices,
+    /// `/devices/query`
+    DeviceQuery,
+    /// `/devices/{id}`
+    Device(String),
+    /// `/twins/{id}`
+    Twin(String),
+    /// `/twins/{id}/methods`
+    TwinMethods(String),
+    /// `/messages/events` (telemetry stream for `dps hub monitor-events`)
+    Events,
+    /// `/statistics/devices`
+    DeviceStatistics,
+    /// `/statistics/service`
+    ServiceStatistics,
+}
+
+/// Which API a resource belongs to: decides authorization and whether `api-version` is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Device registration API (SAS or TLS client certificate, judged by the engine).
+    Device,
+    /// DPS service API (`dps_auth` policies).
+    Service,
+    /// Embedded hub registry API (`hub_auth` policies).
+    Hub,
+}
+
+/// A resource and a method it supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `PUT /{scope}/registrations/{id}/register`
+    Register {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `GET /{scope}/registrations/{id}/operations/{op}`
+    OperationStatus {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+        /// Operation id.
+        operation_id: String,
+    },
+    /// `POST /{scope}/registrations/{id}`
+    RegistrationStatus {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `GET /enrollments/{id}`
+    GetEnrollment(String),
+    /// `PUT /enrollments/{id}`
+    PutEnrollment(String),
+    /// `DELETE /enrollments/{id}`
+    DeleteEnrollment(String),
+    /// `POST /enrollments/{id}/attestationmechanism`
+    EnrollmentAttestation(String),
+    /// `POST /enrollments/query`
+    QueryEnrollments,
+    /// `POST /enrollments`
+    BulkEnrollments,
+    /// `GET /enrollmentGroups/{id}`
+    GetGroup(String),
+    /// `PUT /enrollmentGroups/{id}`
+    PutGroup(String),
+    /// `DELETE /enrollmentGroups/{id}`
+    DeleteGroup(String),
+    /// `POST /enrollmentGroups/{id}/attestationmechanism`
+    GroupAttestation(String),
+    /// `POST /enrollmentGroups/query`
+    QueryGroups,
+    /// `POST /enrollmentGroups`
+    BulkGroups,
+    /// `GET /registrations/{id}`
+    GetRegistration(String),
+    /// `DELETE /registrations/{id}`
+    DeleteRegistration(String),
+    /// `POST /registrations/{groupId}/query`
+    QueryRegistrations(String),
+    /// `GET /devices?top=N`
+    ListDevices,
+    /// `POST /devices/query`
+    QueryDevices,
+    /// `GET /devices/{id}`
+    GetDevice(String),
+    /// `PUT /devices/{id}`
+    PutDevice(String),
+    /// `DELETE /devices/{id}`
+    DeleteDevice(String),
+    /// `GET /twins/{id}`
+    GetTwin(String),
+    /// `PUT /twins/{id}`
+    ReplaceTwin(String),
+    /// `PATCH /twins/{id}`
+    UpdateTwin(String),
+    /// `POST /twins/{id}/methods`
+    InvokeMethod(String),
+    /// `GET /messages/events`
+    MonitorEvents,
+    /// `GET /statistics/devices`
+    DeviceStatistics,
+    /// `GET /statistics/service`
+    ServiceStatistics,
+}
+
+impl Route {
+    /// The API the route belongs to.
+    pub fn api(&self) -> Api {
+        use Route::*;
+        match self {
+            Register { .. } | OperationStatus { .. } | RegistrationStatus { .. } => Api::Device,
+            GetEnrollment(_)
+            | PutEnrollment(_)
+            | DeleteEnrollment(_)
+            | EnrollmentAttestation(_)
+            | QueryEnrollments
+            | BulkEnrollments
+            | GetGroup(_)
+            | PutGroup(_)
+            | DeleteGroup(_)
+            | GroupAttestation(_)
+            | QueryGroups
+            | BulkGroups
+            | GetRegistration(_)
+            | DeleteRegistration(_)
+            | QueryRegistrations(_) => Api::Service,
+            ListDevices | QueryDevices | GetDevice(_) | PutDevice(_) | DeleteDevice(_) | GetTwin(_)
+            | ReplaceTwin(_) | UpdateTwin(_) | InvokeMethod(_) | MonitorEvents | DeviceStatistics
+            | ServiceStatistics => Api::Hub,
+        }
+    }
+}
+
+/// Why a request matched no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No such path.
+    NotFound,
+    /// The path exists; these methods are allowed on it.
+    MethodNotAllowed(&'static [Method]),
+}
+
+/// Splits a raw (still percent-encoded) path into percent-decoded segments, ignoring the leading
+/// `/` and one trailing `/`. `None` when a segment is not valid UTF-8 after decoding.
+pub fn segments(path: &str) -> Option<Vec<String>> {
+    let p = path.strip_prefix('/').unwrap_or(path);
+    let p = p.strip_suffix('/').unwrap_or(p);
+    if p.is_empty() {
+        return Some(Vec::new());
+    }
+    p.split('/').map(percent_decode).collect()
+}
+
+/// Strict `%XX` decoding (`+` stays `+`); `None` on invalid UTF-8. A `%` not followed by two hex
+/// digits is kept literally, as lenient servers do.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is(seg: &str, literal: &str) -> bool {
+    seg.eq_ignore_ascii_case(literal)
+}
+
+/// Maps decoded segments to a resource.
+pub fn resource(segs: &[String]) -> Option<Resource> {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let id = |x: &str| -> Option<String> { (!x.is_empty()).then(|| x.to_string()) };
+    let r = match s.as_slice() {
+        [first, rest @ ..] if is(first, "enrollments") => match rest {
+            [] => Resource::Enrollments,
+            [q] if is(q, "query") => Resource::EnrollmentQuery,
+            [e] => Resource::Enrollment(id(e)?),
+            [e, a] if is(a, "attestationmechanism") => Resource::EnrollmentAttestation(id(e)?),
+            _ => return None,
+        },
+        [first, rest @ ..] if is(first, "enrollmentGroups") => match rest {
+            [] => Resource::Groups,
+            [q] if is(q, "query") => Resource::GroupQuery,
+            [g] => Resource::Group(id(g)?),
+            [g, a] if is(a, "attestationmechanism") => Resource::GroupAttestation(id(g)?),
+            _ => return None,
+        },
+        [first, r] if is(first, "registrations") => Resource::Registration(id(r)?),
+        [first, g, q] if is(first, "registrations") && is(q, "query") => Resource::RegistrationQuery(id(g)?),
+        [first, rest @ ..] if is(first, "devices") => match rest {
+            [] => Resource::Devices,
+            [q] if is(q, "query") => Resource::DeviceQuery,
+            [d] => Resource::Device(id(d)?),
+            _ => return None,
+        },
+        [first, d] if is(first, "twins") => Resource::Twin(id(d)?),
+        [first, d, m] if is(first, "twins") && is(m, "methods") => Resource::TwinMethods(id(d)?),
+        [m, e] if is(m, "messages") && is(e, "events") => Resource::Events,
+        [st, d] if is(st, "statistics") && is(d, "devices") => Resource::DeviceStatistics,
+        [st, d] if is(st, "statistics") && is(d, "service") => Resource::ServiceStatistics,
+        [scope, regs, reg] if is(regs, "registrations") => Resource::DeviceRegistration {
+            scope: id(scope)?,
+            registration_id: id(reg)?,
+        },
+        [scope, regs, reg, r] if is(regs, "registrations") && is(r, "register") => Resource::DeviceRegister {
+            scope: id(scope)?,
+            registration_id: id(reg)?,
+        },
+        [scope, regs, reg, ops, op] if is(regs, "registrations") && is(ops, "operations") => {
+            Resource::DeviceOperation {
+                scope: id(scope)?,
+                registration_id: id(reg)?,
+                operation_id: id(op)?,
+            }
+        }
+        _ => return None,
+    };
+    Some(r)
+}
+
+const GET_PUT_DELETE: &[Method] = &[Method::GET, Method::PUT, Method::DELETE];
+const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
+const GET_PUT_PATCH: &[Method] = &[Method::GET, Method::PUT, Method::PATCH];
+const POST: &[Method] = &[Method::POST];
+const PUT: &[Method] = &[Method::PUT];
+const GET: &[Method] = &[Method::GET];
+
+/// The route for `method` on `path` (raw, percent-encoded).
+pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
+    let segs = segments(path).ok_or(NoRoute::NotFound)?;
+    let res = resource(&segs).ok_or(NoRoute::NotFound)?;
+    let m = method;
+    use Resource as R;
+    let not_allowed = |allowed: &'static [Method]| Err(NoRoute::MethodNotAllowed(allowed));
+    match res {
+        R::DeviceRegister { scope, registration_id } => match *m {
+            Method::PUT => Ok(Route::Register { scope, registration_id }),
+            _ => not_allowed(PUT),
+        },
+        R::DeviceOperation {
+            scope,
+            registration_id,
+            operation_id,
+        } => match *m {
+            Method::GET => Ok(Route::OperationStatus {
+                scope,
+                registration_id,
+                operation_id,
+            }),
+            _ => not_allowed(GET),
+        },
+        R::DeviceRegistration { scope, registration_id } => match *m {
+            Method::POST => Ok(Route::RegistrationStatus { scope, registration_id }),
+            _ => not_allowed(POST),
+        },
+        R::Enrollments => match *m {
+            Method::POST => Ok(Route::BulkEnrollments),
+            _ => not_allowed(POST),
+        },
+        // `query` is also a valid registration id: only POST means "query".
+        R::EnrollmentQuery => match *m {
+            Method::POST => Ok(Route::QueryEnrollments),
+            _ => enrollment(m, segs[1].clone()),
+        },
+        R::Enrollment(id) => enrollment(m, id),
+        R::EnrollmentAttestation(id) => match *m {
+            Method::POST => Ok(Route::EnrollmentAttestation(id)),
+            _ => not_allowed(POST),
+        },
+        R::Groups => match *m {
+            Method::POST => Ok(Route::BulkGroups),
+            _ => not_allowed(POST),
+        },
+        R::GroupQuery => match *m {
+            Method::POST => Ok(Route::QueryGroups),
+            _ => group(m, segs[1].clone()),
+        },
+        R::Group(id) => group(m, id),
+        R::GroupAttestation(id) => match *m {
+            Method::POST => Ok(Route::GroupAttestation(id)),
+            _ => not_allowed(POST),
+        },
+        R::Registration(id) => match *m {
+            Method::GET => Ok(Route::GetRegistration(id)),
+            Method::DELETE => Ok(Route::DeleteRegistration(id)),
+            _ => not_allowed(GET_DELETE),
+        },
+        R::RegistrationQuery(id) => match *m {
+            Method::POST => Ok(Route::QueryRegistrations(id)),
+            _ => not_allowed(POST),
+        },
+        R::Devices => match *m {
+            Method::GET => Ok(Route::ListDevices),
+            _ => not_allowed(GET),
+        },
+        R::DeviceQuery => match *m {
+            Method::POST => Ok(Route::QueryDevices),
+            _ => device(m, segs[1].clone()),
+        },
+        R::Device(id) => device(m, id),
+        R::Twin(id) => match *m {
+            Method::GET => Ok(Route::GetTwin(id)),
+            Method::PUT => Ok(Route::ReplaceTwin(id)),
+            Method::PATCH => Ok(Route::UpdateTwin(id)),
+            _ => not_allowed(GET_PUT_PATCH),
+        },
+        R::TwinMethods(id) => match *m {
+            Method::POST => Ok(Route::InvokeMethod(id)),
+            _ => not_allowed(POST),
+        },
+        R::Events => match *m {
+            Method::GET => Ok(Route::MonitorEvents),
+            _ => not_allowed(GET),
+        },
+        R::DeviceStatistics => match *m {
+            Method::GET => Ok(Route::DeviceStatistics),
+            _ => not_allowed(GET),
+        },
+        R::ServiceStatistics => match *m {
+            Method::GET => Ok(Route::ServiceStatistics),
+            _ => not_allowed(GET),
+        },
+    }
+}
+
+fn enrollment(m: &Method, id: String) -> Result<Route, NoRoute> {
+    match *m {
+        Method::GET => Ok(Route::GetEnrollment(id)),
+        Method::PUT => Ok(Route::PutEnrollment(id)),
+        Method::DELETE => Ok(Route::DeleteEnrollment(id)),
+        _ => Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE)),
+    }
+}
+
+fn group(m: &Method, id: String) -> Result<Route, NoRoute> {
+    match *m {
+        Method::GET => Ok(Route::GetGroup(id)),
+        Method::PUT => Ok(Route::PutGroup(id)),
+        Method::DELETE => Ok(Route::DeleteGroup(id)),
+        _ => Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE)),
+    }
+}
+
+fn device(m: &Method, id: String) -> Result<Route, NoRoute> {
+    match *m {
+        Method::GET => Ok(Route::GetDevice(id)),
+        Method::PUT => Ok(Route::PutDevice(id)),
+        Method::DELETE => Ok(Route::DeleteDevice(id)),
+        _ => Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE)),
+    }
+}
+
+/// Query-string parameters, percent-decoded. `+` stays `+` (device ids may contain it; no value
+/// this server reads may contain a space). Lookup is case-insensitive on the name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    /// Parses `a=b&c=d` (a raw query string, without `?`).
+    pub fn parse(query: Option<&str>) -> Self {
+        let Some(q) = query else {
+            return Self::default();
+        };
+        let decode = |s: &str| percent_decode(s).unwrap_or_else(|| s.to_string());
+        Self(
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (decode(k), decode(v)),
+                    None => (decode(p), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    /// The first value of `name` (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(m: Method, p: &str) -> Result<Route, NoRoute> {
+        route(&m, p)
+    }
+
+    #[test]
+    fn service_routes_case_insensitive_and_trailing_slash() {
+        assert_eq!(
+            r(Method::GET, "/enrollments/dev-1"),
+            Ok(Route::GetEnrollment("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::PUT, "/Enrollments/dev-1/"),
+            Ok(Route::PutEnrollment("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/ENROLLMENTS/dev-1"),
+            Ok(Route::DeleteEnrollment("dev-1".into()))
+        );
+        assert_eq!(r(Method::POST, "/enrollments/"), Ok(Route::BulkEnrollments));
+        assert_eq!(r(Method::POST, "/enrollments"), Ok(Route::BulkEnrollments));
+        assert_eq!(r(Method::POST, "/enrollments/query"), Ok(Route::QueryEnrollments));
+        assert_eq!(r(Method::POST, "/enrollments/QUERY/"), Ok(Route::QueryEnrollments));
+        assert_eq!(
+            r(Method::GET, "/enrollments/query"),
+            Ok(Route::GetEnrollment("query".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollments/d/attestationmechanism"),
+            Ok(Route::EnrollmentAttestation("d".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollments/d/attestationMechanism"),
+            Ok(Route::EnrollmentAttestation("d".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollmentgroups/g1/attestationmechanism"),
+            Ok(Route::GroupAttestation("g1".into()))
+        );
+        assert_eq!(r(Method::GET, "/enrollmentGroups/g1"), Ok(Route::GetGroup("g1".into())));
+        assert_eq!(r(Method::POST, "/enrollmentGroups"), Ok(Route::BulkGroups));
+        assert_eq!(r(Method::POST, "/enrollmentgroups/query"), Ok(Route::QueryGroups));
+        assert_eq!(
+            r(Method::GET, "/registrations/dev-1"),
+            Ok(Route::GetRegistration("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/registrations/dev-1"),
+            Ok(Route::DeleteRegistration("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/registrations/g1/query"),
+            Ok(Route::QueryRegistrations("g1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/Registrations/g1/Query/"),
+            Ok(Route::QueryRegistrations("g1".into()))
+        );
+        assert_eq!(r(Method::GET, "/enrollments/a").unwrap().api(), Api::Service);
+    }
+
+    #[test]
+    fn device_routes() {
+        assert_eq!(
+            r(Method::PUT, "/0ne00ABCDEF/registrations/dev-1/register"),
+            Ok(Route::Register {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "dev-1".into()
+            })
+        );
+        assert_eq!(
+            r(Method::GET, "/0ne00ABCDEF/Registrations/dev-1/Operations/4.abc.def-1"),
+            Ok(Route::OperationStatus {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "dev-1".into(),
+                operation_id: "4.abc.def-1".into()
+            })
+        );
+        assert_eq!(
+            r(Method::POST, "/0ne00ABCDEF/registrations/dev-1"),
+            Ok(Route::RegistrationStatus {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "dev-1".into()
+            })
+        );
+        // C encodes with lower-case hex.
+        assert_eq!(
+            r(Method::PUT, "/0ne00ABCDEF/registrations/my%3adev%2d1/register"),
+            Ok(Route::Register {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "my:dev-1".into()
+            })
+        );
+        assert_eq!(
+            r(Method::PUT, "/s/registrations/d/register").unwrap().api(),
+            Api::Device
+        );
+        assert_eq!(
+            r(Method::GET, "/s/registrations/d/register"),
+            Err(NoRoute::MethodNotAllowed(PUT))
+        );
+    }
+
+    #[test]
+    fn hub_routes() {
+        assert_eq!(r(Method::GET, "/devices"), Ok(Route::ListDevices));
+        assert_eq!(r(Method::GET, "/devices/"), Ok(Route::ListDevices));
+        assert_eq!(r(Method::POST, "/devices/query"), Ok(Route::QueryDevices));
+        assert_eq!(r(Method::GET, "/devices/query"), Ok(Route::GetDevice("query".into())));
+        assert_eq!(r(Method::PUT, "/devices/d%201"), Ok(Route::PutDevice("d 1".into())));
+        assert_eq!(r(Method::PATCH, "/twins/d"), Ok(Route::UpdateTwin("d".into())));
+        assert_eq!(r(Method::PUT, "/Twins/d"), Ok(Route::ReplaceTwin("d".into())));
+        assert_eq!(r(Method::POST, "/twins/d/methods"), Ok(Route::InvokeMethod("d".into())));
+        assert_eq!(
+            r(Method::POST, "/twins/d/methods/"),
+            Ok(Route::InvokeMethod("d".into()))
+        );
+        assert_eq!(r(Method::GET, "/messages/events"), Ok(Route::MonitorEvents));
+        assert_eq!(r(Method::GET, "/twins/d").unwrap().api(), Api::Hub);
+        assert_eq!(r(Method::GET, "/statistics/Devices"), Ok(Route::DeviceStatistics));
+        assert_eq!(r(Method::GET, "/statistics/service"), Ok(Route::ServiceStatistics));
+    }
+
+    #[test]
+    fn not_found_and_not_allowed() {
+        assert_eq!(r(Method::GET, "/"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/nothing"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/enrollments/a/b"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/enrollments//"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/enrollments/a//"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/devices/a/modules/m"), Err(NoRoute::NotFound));
+        assert_eq!(
+            r(Method::POST, "/enrollments/a"),
+            Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE))
+        );
+        assert_eq!(r(Method::GET, "/enrollments"), Err(NoRoute::MethodNotAllowed(POST)));
+        assert_eq!(
+            r(Method::PUT, "/registrations/a"),
+            Err(NoRoute::MethodNotAllowed(GET_DELETE))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/twins/a"),
+            Err(NoRoute::MethodNotAllowed(GET_PUT_PATCH))
+        );
+        assert_eq!(
+            r(Method::PATCH, "/enrollments/query"),
+            Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE))
+        );
+        // Invalid UTF-8 after decoding.
+        assert_eq!(r(Method::GET, "/enrollments/%ff"), Err(NoRoute::NotFound));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%3Ab%3a").as_deref(), Some("a:b:"));
+        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
+        assert_eq!(percent_decode("%4").as_deref(), Some("%4"));
+        assert_eq!(percent_decode("%zz%41").as_deref(), Some("%zzA"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%C3"), None);
+        // Encoded slash stays inside the segment.
+        assert_eq!(
+            segments("/enrollments/a%2Fb"),
+            Some(vec!["enrollments".to_string(), "a/b".to_string()])
+        );
+        assert_eq!(
+            r(Method::GET, "/enrollments/a%2Fb"),
+            Ok(Route::GetEnrollment("a/b".into()))
+        );
+        // Node's encodeUriComponentStrict escapes !'()*.
+        assert_eq!(
+            r(Method::POST, "/enrollments/a%21%28%29%2A/attestationmechanism"),
+            Ok(Route::EnrollmentAttestation("a!()*".into()))
+        );
+    }
+
+    #[test]
+    fn query_params() {
+        let q = QueryParams::parse(Some("api-version=2021-10-01&top=5&deviceId=a%3Ab&flag&x=a+b&y=%2B"));
+        assert_eq!(q.get("API-VERSION"), Some("2021-10-01"));
+        assert_eq!(q.get("top"), Some("5"));
+        assert_eq!(q.get("deviceid"), Some("a:b"));
+        assert_eq!(q.get("flag"), Some(""));
+        assert_eq!(q.get("x"), Some("a+b"));
+        assert_eq!(q.get("y"), Some("+"));
+        assert_eq!(q.get("missing"), None);
+        assert_eq!(QueryParams::parse(None).get("a"), None);
+    }
+}

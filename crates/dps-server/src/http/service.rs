@@ -1,0 +1,139 @@
+//! DPS service API (service-api.md §2): enrollments, enrollment groups, registration records.
+//! Authorized by the DPS shared-access policies; status codes exactly as the Python SDKs expect
+//! (PUT 200, DELETE 204, everything else 200).
+
+use axum::response::Response;
+use dps_core::{ApiError, Page};
+use dps_proto::model::service::{
+    BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup, IndividualEnrollment, QuerySpecification,
+};
+use serde::Serialize;
+
+use super::route::Route;
+use super::{no_content, ok, parse_count, set_header, Ctx};
+
+const ENROLLMENT_READ: &str = "EnrollmentRead";
+const ENROLLMENT_WRITE: &str = "EnrollmentWrite";
+const REGISTRATION_READ: &str = "RegistrationStatusRead";
+const REGISTRATION_WRITE: &str = "RegistrationStatusWrite";
+
+fn right(route: &Route) -> &'static str {
+    use Route::*;
+    match route {
+        GetEnrollment(_)
+        | EnrollmentAttestation(_)
+        | QueryEnrollments
+        | GetGroup(_)
+        | GroupAttestation(_)
+        | QueryGroups => ENROLLMENT_READ,
+        PutEnrollment(_) | DeleteEnrollment(_) | BulkEnrollments | PutGroup(_) | DeleteGroup(_) | BulkGroups => {
+            ENROLLMENT_WRITE
+        }
+        GetRegistration(_) | QueryRegistrations(_) => REGISTRATION_READ,
+        DeleteRegistration(_) => REGISTRATION_WRITE,
+        other => unreachable!("not a service route: {other:?}"),
+    }
+}
+
+pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
+    let host = ctx.host().map(str::to_string);
+    let with_port = ctx.header("host").map(str::to_string);
+    let fallback = ctx.services.config.provisioning_host().to_string();
+    let hosts: Vec<&str> = [host.as_deref(), with_port.as_deref(), Some(fallback.as_str())]
+        .into_iter()
+        .flatten()
+        .collect();
+    ctx.authorize(&ctx.services.dps_auth, &hosts, &[right(&route)])?;
+
+    let engine = ctx.services.engine.clone();
+    let now = ctx.now;
+    let if_match = ctx.if_match().map(str::to_string);
+    let if_match = if_match.as_deref();
+    let resp = match route {
+        Route::GetEnrollment(id) => ok(&engine.get_enrollment(&id).await?),
+        Route::PutEnrollment(id) => {
+            let e: IndividualEnrollment = ctx.json("IndividualEnrollment").await?;
+            ok(&engine.put_enrollment(now, &id, e, if_match).await?)
+        }
+        Route::DeleteEnrollment(id) => {
+            engine.delete_enrollment(&id, if_match).await?;
+            no_content()
+        }
+        Route::EnrollmentAttestation(id) => {
+            let _ = ctx.body().await?;
+            ok(&engine.enrollment_attestation(&id).await?)
+        }
+        Route::QueryEnrollments => {
+            let _: Option<QuerySpecification> = ctx.optional_json("QuerySpecification").await?;
+            let (continuation, size) = paging(ctx)?;
+            page_response(
+                engine.query_enrollments(continuation.as_deref(), size).await?,
+                "Enrollment",
+            )
+        }
+        Route::BulkEnrollments => {
+            let op: BulkEnrollmentOperation = ctx.json("BulkEnrollmentOperation").await?;
+            ok(&engine.bulk_enrollments(now, op).await?)
+        }
+        Route::GetGroup(id) => ok(&engine.get_group(&id).await?),
+        Route::PutGroup(id) => {
+            let g: EnrollmentGroup = ctx.json("EnrollmentGroup").await?;
+            ok(&engine.put_group(now, &id, g, if_match).await?)
+        }
+        Route::DeleteGroup(id) => {
+            engine.delete_group(&id, if_match).await?;
+            no_content()
+        }
+        Route::GroupAttestation(id) => {
+            let _ = ctx.body().await?;
+            ok(&engine.group_attestation(&id).await?)
+        }
+        Route::QueryGroups => {
+            let _: Option<QuerySpecification> = ctx.optional_json("QuerySpecification").await?;
+            let (continuation, size) = paging(ctx)?;
+            page_response(
+                engine.query_groups(continuation.as_deref(), size).await?,
+                "EnrollmentGroup",
+            )
+        }
+        Route::BulkGroups => {
+            let op: BulkEnrollmentGroupOperation = ctx.json("BulkEnrollmentGroupOperation").await?;
+            ok(&engine.bulk_groups(now, op).await?)
+        }
+        Route::GetRegistration(id) => ok(&engine.get_registration(&id).await?),
+        Route::DeleteRegistration(id) => {
+            engine.delete_registration(&id, if_match).await?;
+            no_content()
+        }
+        Route::QueryRegistrations(group_id) => {
+            // Node and C# send a QuerySpecification here; the spec has none. Ignored.
+            let _ = ctx.body().await?;
+            let (continuation, size) = paging(ctx)?;
+            page_response(
+                engine
+                    .query_registrations(&group_id, continuation.as_deref(), size)
+                    .await?,
+                "DeviceRegistration",
+            )
+        }
+        other => unreachable!("not a service route: {other:?}"),
+    };
+    Ok(resp)
+}
+
+/// `x-ms-continuation` and `x-ms-max-item-count` request headers.
+fn paging(ctx: &Ctx<'_>) -> Result<(Option<String>, Option<usize>), ApiError> {
+    let continuation = ctx.header("x-ms-continuation").map(str::to_string);
+    let size = parse_count(ctx.header("x-ms-max-item-count"), "x-ms-max-item-count")?;
+    Ok((continuation, size))
+}
+
+/// A query page: bare JSON array, `x-ms-item-type` always, `x-ms-continuation` only when more.
+fn page_response<T: Serialize>(page: Page<T>, item_type: &'static str) -> Response {
+    let mut resp = ok(&page.items);
+    set_header(&mut resp, "x-ms-item-type", item_type);
+    if let Some(c) = page.continuation.as_deref().filter(|c| !c.is_empty()) {
+        set_header(&mut resp, "x-ms-continuation", c);
+    }
+    resp
+}

@@ -1,0 +1,38 @@
+//! The edge of `dps serve`: TLS listeners and the MQTT and HTTPS adapters over the provisioning
+//! engine (`dps-core`) and the embedded hub (`dps-hub`). Nothing here makes provisioning
+//! decisions; adapters translate bytes to engine calls and back.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod datadir;
+pub mod http;
+mod listener;
+pub mod mqtt;
+
+use std::sync::Arc;
+
+use dps_core::auth::PolicyAuthorizer;
+use dps_core::{Clock, Engine};
+
+pub use config::{FileConfig, ServerConfig};
+pub use datadir::{DataDir, Identity};
+pub use listener::{start, RunningServer, StartError};
+
+/// Everything a connection handler needs, shared by all connections.
+pub struct Services {
+    /// The provisioning engine.
+    pub engine: Arc<Engine>,
+    /// The embedded hub.
+    pub hub: dps_hub::Hub,
+    /// Service API policies (`provisioningserviceowner`, ...).
+    pub dps_auth: PolicyAuthorizer,
+    /// Hub registry API policies (`iothubowner`, ...).
+    pub hub_auth: PolicyAuthorizer,
+    /// ID scope, hub host name, policies.
+    pub identity: Identity,
+    /// Effective configuration.
+    pub config: ServerConfig,
+    /// Time source (a fake clock in tests).
+    pub clock: Arc<dyn Clock>,
+}

@@ -1,0 +1,219 @@
+//! Start-up: data directory, TLS, store, hub, engine, and the two TLS listeners.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dps_core::auth::PolicyAuthorizer;
+use dps_core::{Engine, EngineConfig, LinkedHub, SystemClock};
+use dps_proto::model::service::AllocationPolicy;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::datadir::DataDir;
+use crate::{ServerConfig, Services};
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A port could not be bound. The message says how to fix the common causes.
+    #[error("cannot listen on {addr} ({what}): {source}{hint}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+        /// How to fix it.
+        hint: String,
+    },
+    /// The data directory, certificates or databases could not be set up.
+    #[error("{0:#}")]
+    Init(#[from] anyhow::Error),
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// Bound MQTT address.
+    pub mqtt_addr: SocketAddr,
+    /// Bound HTTPS address.
+    pub https_addr: SocketAddr,
+    /// Shared state (for tests and for the startup summary).
+    pub services: Arc<Services>,
+    /// Whether this start initialized the data directory.
+    pub initialized: bool,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections and waits for the accept loops to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Initializes (or reuses) the data directory and starts listening.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let dir = DataDir::new(&config.data_dir);
+    let (identity, initialized) = dir.init_identity(&config.default_hub_host(), config.hub_hostname.as_deref())?;
+    let (chain, key) = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => (
+            std::fs::read_to_string(c).map_err(|e| anyhow::anyhow!("cannot read --tls-cert {}: {e}", c.display()))?,
+            std::fs::read_to_string(k).map_err(|e| anyhow::anyhow!("cannot read --tls-key {}: {e}", k.display()))?,
+        ),
+        (None, None) => {
+            let ca = dir.init_ca()?;
+            let mut names = config.hostnames.clone();
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&identity.hub.host_name)) {
+                names.push(identity.hub.host_name.clone());
+            }
+            dir.init_server_cert(&ca, &names)?
+        }
+        _ => return Err(anyhow::anyhow!("--tls-cert and --tls-key must be given together").into()),
+    };
+    let tls = dps_pki::tls::server_config(&chain, &key, true).map_err(anyhow::Error::from)?;
+    let acceptor = TlsAcceptor::from(tls);
+
+    let store = dps_store::SqliteStore::open(&dir.store_path()).map_err(anyhow::Error::from)?;
+    let hub = dps_hub::Hub::open(dps_hub::HubConfig {
+        host_name: identity.hub.host_name.clone(),
+        db_path: Some(dir.hub_db_path()),
+        telemetry_retention: config.telemetry_retention,
+    })
+    .map_err(anyhow::Error::from)?;
+    let engine = Engine::new(
+        EngineConfig {
+            id_scope: identity.id_scope.clone(),
+            linked_hubs: vec![LinkedHub {
+                host_name: identity.hub.host_name.clone(),
+                allocation_weight: 1,
+                apply_allocation_policy: true,
+            }],
+            default_allocation: AllocationPolicy::Hashed,
+            retry_after_secs: 3,
+        },
+        Arc::new(store),
+        Arc::new(hub.clone()),
+    );
+    engine
+        .load()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot load enrollments: {e}"))?;
+
+    let services = Arc::new(Services {
+        engine: Arc::new(engine),
+        hub,
+        dps_auth: PolicyAuthorizer::new(identity.policies.clone()),
+        hub_auth: PolicyAuthorizer::new(identity.hub.policies.clone()),
+        identity,
+        config: config.clone(),
+        clock: Arc::new(SystemClock),
+    });
+
+    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
+    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
+    let (mqtt_addr, https_addr) = (
+        mqtt.local_addr().map_err(anyhow::Error::from)?,
+        https.local_addr().map_err(anyhow::Error::from)?,
+    );
+    dir.record_runtime(&crate::datadir::Runtime {
+        hostnames: config.hostnames.clone(),
+        mqtt_port: mqtt_addr.port(),
+        https_port: https_addr.port(),
+    })?;
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let http_app = crate::http::HttpApp::new(services.clone());
+    tasks.spawn(accept_loop(mqtt, acceptor.clone(), rx.clone(), {
+        let services = services.clone();
+        move |stream, certs| {
+            let services = services.clone();
+            async move { crate::mqtt::serve_connection(stream, services, certs).await }
+        }
+    }));
+    tasks.spawn(accept_loop(https, acceptor, rx, move |stream, certs| {
+        let app = http_app.clone();
+        async move { app.serve_connection(stream, certs).await }
+    }));
+    Ok(RunningServer {
+        mqtt_addr,
+        https_addr,
+        services,
+        initialized,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        let hint = match source.kind() {
+            io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+                "\n  ports below 1024 need privileges. Either allow this binary to bind them:\n    sudo setcap 'cap_net_bind_service=+ep' \"$(command -v dps)\"\n  or lower the unprivileged port floor:\n    sudo sysctl net.ipv4.ip_unprivileged_port_start={}\n  or use another port ({flag} ...), noting that the Python and C device SDKs only connect to 8883 (MQTT) and 443 (HTTPS).",
+                addr.port()
+            ),
+            io::ErrorKind::AddrInUse => format!("\n  another process is listening there; stop it, or bind another address with --bind or port with {flag}"),
+            io::ErrorKind::AddrNotAvailable => "\n  that address is not assigned to any interface of this machine (--bind)".to_string(),
+            _ => String::new(),
+        };
+        StartError::Bind { addr, what, source, hint }
+    })
+}
+
+/// Accepts TCP connections, completes TLS in a per-connection task, and hands the stream and the
+/// client's certificates (if any) to `serve`.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    mut shutdown: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>, Vec<Vec<u8>>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let serve = Arc::new(serve);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let serve = serve.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let certs = dps_pki::tls::peer_certificates(tls.get_ref().1)
+                .into_iter()
+                .map(|c| c.to_vec())
+                .collect();
+            serve(tls, certs).await;
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! The embedded hub's device endpoint over MQTT: authenticate at CONNECT, then relay packets to
+//! a `dps_hub::DeviceSession` and its outbound publishes (twin responses, desired-property
+//! patches, direct methods, cloud-to-device messages) back to the socket.
+
+use std::time::Duration;
+
+use dps_hub::AuthError;
+use dps_proto::hub_mqtt::HubUsername;
+use rumqttc::mqttbytes::v4::{
+    Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::QoS;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connack;
+use super::framed::{FrameError, Framed};
+use crate::Services;
+
+/// Serves one hub device connection.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Framed<S>,
+    services: &Services,
+    connect: Connect,
+    user: HubUsername,
+    password: String,
+    peer_certs: Vec<Vec<u8>>,
+) -> Result<(), FrameError> {
+    let hub = &services.hub;
+    let now = services.clock.now();
+    let client_id_ok = match &user.module_id {
+        None => connect.client_id == user.device_id,
+        Some(m) => connect.client_id == format!("{}/{m}", user.device_id),
+    };
+    if !client_id_ok {
+        tracing::info!(client_id = %connect.client_id, device = %user.device_id, "hub client id must equal the device id");
+        return io.send(&connack(ConnectReturnCode::BadClientId)).await;
+    }
+    let thumbprints = peer_certs.first().map(|leaf| {
+        (
+            dps_pki::thumbprint::sha1_thumbprint(leaf),
+            dps_pki::thumbprint::sha256_thumbprint(leaf),
+        )
+    });
+    let password = (!password.is_empty()).then_some(password.as_bytes());
+    let identity = match hub.authenticate(dps_core::Engine::unix_time(now), &user, password, thumbprints) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::info!(error = %e, "hub connection refused");
+            let code = match e {
+                AuthError::DeviceDisabled { .. } => ConnectReturnCode::ServiceUnavailable,
+                AuthError::NotAuthorized { .. } => ConnectReturnCode::NotAuthorized,
+            };
+            return io.send(&connack(code)).await;
+        }
+    };
+    let (session, mut outbound) = match hub.open_session(identity) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "hub connection refused");
+            return io.send(&connack(ConnectReturnCode::ServiceUnavailable)).await;
+        }
+    };
+    io.send(&connack(ConnectReturnCode::Success)).await?;
+    // IoT Hub closes connections idle for 1.5 × keep-alive; Python defaults to 60 s, max 1740 s.
+    let idle = match connect.keep_alive {
+        0 => Duration::from_secs(30 * 60),
+        k => Duration::from_secs(u64::from(k) * 3 / 2),
+    };
+    let mut next_pkid: u16 = 0;
+    loop {
+        tokio::select! {
+            packet = tokio::time::timeout(idle, io.next()) => {
+                let packet = match packet {
+                    Ok(p) => p?,
+                    Err(_) => {
+                        tracing::debug!(device = %user.device_id, "keep-alive expired");
+                        break;
+                    }
+                };
+                let Some(packet) = packet else { break };
+                match packet {
+                    Packet::Subscribe(s) => {
+                        let codes = s
+                            .filters
+                            .iter()
+                            .map(|f| match session.subscribe(&f.path, f.qos as u8) {
+                                Some(q) => SubscribeReasonCode::Success(if q == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce }),
+                                None => SubscribeReasonCode::Failure,
+                            })
+                            .collect();
+                        io.send(&Packet::SubAck(SubAck::new(s.pkid, codes))).await?;
+                    }
+                    Packet::Unsubscribe(u) => {
+                        for f in &u.topics {
+                            session.unsubscribe(f);
+                        }
+                        io.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await?;
+                    }
+                    Packet::Publish(p) => {
+                        match session.handle_publish(services.clock.now(), &p.topic, &p.payload).await {
+                            Ok(replies) => {
+                                // Acknowledge only after the hub accepted the message.
+                                if p.qos == QoS::AtLeastOnce {
+                                    io.queue(&Packet::PubAck(PubAck::new(p.pkid)))?;
+                                }
+                                for r in replies {
+                                    next_pkid = queue_publish(io, r, next_pkid)?;
+                                }
+                                io.flush().await?;
+                            }
+                            Err(e) => {
+                                // IoT Hub disconnects a device that publishes where it may not.
+                                tracing::info!(device = %user.device_id, error = %e, "closing hub connection");
+                                break;
+                            }
+                        }
+                    }
+                    Packet::PingReq => io.send(&Packet::PingResp).await?,
+                    Packet::Disconnect => break,
+                    _ => {}
+                }
+            }
+            out = outbound.recv() => {
+                match out {
+                    Some(o) => {
+                        next_pkid = queue_publish(io, o, next_pkid)?;
+                        io.flush().await?;
+                    }
+                    // The hub dropped this session (replaced by a newer connection, device deleted).
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn queue_publish<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Framed<S>,
+    o: dps_hub::Outbound,
+    pkid: u16,
+) -> Result<u16, FrameError> {
+    let qos = if o.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    let mut p = Publish::new(o.topic, qos, o.payload.to_vec());
+    let mut next = pkid;
+    if qos == QoS::AtLeastOnce {
+        next = pkid.checked_add(1).unwrap_or(1);
+        p.pkid = next;
+    }
+    io.queue(&Packet::Publish(p))?;
+    Ok(next)
+}

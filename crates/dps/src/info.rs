@@ -1,0 +1,101 @@
+//! `dps info`: how to connect, read from the data directory (the server need not be running).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use dps_proto::connection_string::ConnectionString;
+use dps_server::{DataDir, ServerConfig, Services};
+use serde::Serialize;
+
+/// `dps info` flags.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Data directory of the server.
+    #[arg(long, env = "DPS_DATA_DIR", default_value = "./dps-data")]
+    data_dir: PathBuf,
+    /// Host name to put in connection strings [default: the server's first --hostname, as
+    /// recorded at its last start].
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Print one JSON object (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The facts scripts and tests rely on; field names are a stable contract.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Info {
+    pub id_scope: String,
+    pub provisioning_host: String,
+    pub service_connection_string: String,
+    pub hub_host_name: String,
+    pub hub_connection_string: String,
+    pub ca_certificate_path: Option<String>,
+    pub data_dir: String,
+}
+
+impl Info {
+    fn build(dir: &DataDir, id: &dps_server::Identity, provisioning_host: &str) -> Self {
+        let owner = &id.policies[0];
+        let hub_owner = &id.hub.policies[0];
+        let ca = dir.ca_cert_path();
+        Info {
+            id_scope: id.id_scope.clone(),
+            provisioning_host: provisioning_host.to_string(),
+            service_connection_string: ConnectionString::service(
+                provisioning_host,
+                &owner.key_name,
+                &owner.primary_key,
+            )
+            .to_string(),
+            hub_host_name: id.hub.host_name.clone(),
+            hub_connection_string: ConnectionString::service(
+                &id.hub.host_name,
+                &hub_owner.key_name,
+                &hub_owner.primary_key,
+            )
+            .to_string(),
+            ca_certificate_path: ca.exists().then(|| absolute(&ca)),
+            data_dir: absolute(dir.root()),
+        }
+    }
+
+    /// From a running server.
+    pub fn from_services(s: &Services, config: &ServerConfig) -> Self {
+        Self::build(&DataDir::new(&config.data_dir), &s.identity, config.provisioning_host())
+    }
+}
+
+fn absolute(p: &std::path::Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Prints the info.
+pub fn run(args: InfoArgs) -> Result<()> {
+    let dir = DataDir::new(&args.data_dir);
+    let id = dir.load_identity()?;
+    let host = args
+        .hostname
+        .or_else(|| dir.last_provisioning_host())
+        .unwrap_or_else(|| "localhost".into());
+    let info = Info::build(&dir, &id, &host);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!("ID scope            {}", info.id_scope);
+        println!("provisioning host   {}", info.provisioning_host);
+        println!("IoT hub             {}", info.hub_host_name);
+        println!(
+            "trust this CA       {}",
+            info.ca_certificate_path.as_deref().unwrap_or("-")
+        );
+        println!("service connection  {}", info.service_connection_string);
+        println!("hub connection      {}", info.hub_connection_string);
+    }
+    Ok(())
+}

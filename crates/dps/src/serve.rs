@@ -1,0 +1,122 @@
+//! `dps serve`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use dps_server::{FileConfig, ServerConfig};
+
+/// Flags override environment variables, which override the config file, which overrides the
+/// built-in defaults.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML file with the same settings (kebab-case keys, e.g. `https-port = 8443`).
+    #[arg(long, env = "DPS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (identity, local CA, databases) [default: ./dps-data].
+    #[arg(long, env = "DPS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Host name or IP address devices use to reach this server; repeatable. The server
+    /// certificate covers all of them [default: localhost, 127.0.0.1].
+    #[arg(long = "hostname", env = "DPS_HOSTNAME", value_delimiter = ',')]
+    hostnames: Vec<String>,
+    /// Host name of the embedded IoT hub (devices are assigned to it) [default: the first
+    /// --hostname containing a dot].
+    #[arg(long, env = "DPS_HUB_HOSTNAME")]
+    hub_hostname: Option<String>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "DPS_BIND")]
+    bind: Option<IpAddr>,
+    /// MQTT over TLS port (DPS and hub device endpoints) [default: 8883].
+    #[arg(long, env = "DPS_MQTT_PORT")]
+    mqtt_port: Option<u16>,
+    /// HTTPS port (device, service and hub registry APIs) [default: 443].
+    #[arg(long, env = "DPS_HTTPS_PORT")]
+    https_port: Option<u16>,
+    /// PEM certificate chain to serve instead of one issued by the local CA.
+    #[arg(long, env = "DPS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "DPS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
+    #[arg(long, env = "DPS_LOG", default_value = "info")]
+    log: String,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<(ServerConfig, String)> {
+        let mut c = ServerConfig::defaults();
+        if let Some(path) = &self.config {
+            c = c.merge_file(FileConfig::load(path)?);
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if !self.hostnames.is_empty() {
+            c.hostnames = self.hostnames;
+        }
+        if let Some(v) = self.hub_hostname {
+            c.hub_hostname = Some(v);
+        }
+        if let Some(v) = self.bind {
+            c.bind = v;
+        }
+        if let Some(v) = self.mqtt_port {
+            c.mqtt_port = v;
+        }
+        if let Some(v) = self.https_port {
+            c.https_port = v;
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert = self.tls_cert;
+            c.tls_key = self.tls_key;
+        }
+        Ok((c, self.log))
+    }
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let (config, log) = args.into_config()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let server = dps_server::start(config.clone()).await?;
+    let info = crate::info::Info::from_services(&server.services, &config);
+    println!(
+        "dps {} {} data directory {}\n\n  ID scope            {}\n  provisioning host   {} (MQTT {}, HTTPS {})\n  IoT hub             {}\n  trust this CA       {}\n  service connection  {}\n  hub connection      {}\n\n  `dps info --data-dir {} --json` prints these for scripts. Ctrl-C stops.",
+        env!("CARGO_PKG_VERSION"),
+        if server.initialized { "initialized" } else { "serving" },
+        config.data_dir.display(),
+        info.id_scope,
+        info.provisioning_host,
+        server.mqtt_addr,
+        server.https_addr,
+        info.hub_host_name,
+        info.ca_certificate_path.as_deref().unwrap_or("(your --tls-cert issuer)"),
+        info.service_connection_string,
+        info.hub_connection_string,
+        config.data_dir.display(),
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
