@@ -1,8 +1,8 @@
 //! [`SqliteStore`]: the embedded, single-file [`Store`].
 //!
 //! Layout: one writer thread owns the only read-write connection and group-commits queued writes
-//! ([`writer`]); reads run on a small pool of read-only connections on tokio's blocking pool
-//! ([`reader`]). WAL journaling is what lets the two proceed side by side.
+//! (module `writer`); reads run on a small pool of read-only connections on tokio's blocking pool
+//! (module `reader`). WAL journaling is what lets the two proceed side by side.
 
 mod migrations;
 mod reader;
@@ -175,9 +175,7 @@ impl SqliteStore {
         }
         let mut conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|source| OpenError::Open {
             path: path.to_owned(),
@@ -241,9 +239,9 @@ impl SqliteStore {
             .send(Command { op, reply })
             .await
             .map_err(|_| StoreError::Backend("sqlite store writer has stopped".into()))?;
-        outcome.await.map_err(|_| {
-            StoreError::Backend("sqlite store writer stopped before committing".into())
-        })?
+        outcome
+            .await
+            .map_err(|_| StoreError::Backend("sqlite store writer stopped before committing".into()))?
     }
 
     /// Runs a read on a pooled read-only connection on tokio's blocking pool, waiting (async)
@@ -284,8 +282,7 @@ impl Drop for SqliteStore {
 /// Settings of the read-write connection.
 fn configure_writer(conn: &Connection) -> Result<(), OpenError> {
     let fail = |setting| move |source| OpenError::Configure { setting, source };
-    conn.busy_timeout(reader::BUSY_TIMEOUT)
-        .map_err(fail("busy_timeout"))?;
+    conn.busy_timeout(reader::BUSY_TIMEOUT).map_err(fail("busy_timeout"))?;
     // WAL: readers see the last commit while the writer writes, and a commit appends to the log
     // (one sequential fsync) instead of rewriting pages in place. Persistent in the file.
     let mode: String = conn
@@ -310,23 +307,17 @@ fn configure_writer(conn: &Connection) -> Result<(), OpenError> {
 }
 
 fn doc<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Backend(format!("cannot encode document: {e}")))
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode document: {e}")))
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
         let k = key(id);
-        self.read(move |c| reader::get(c, Doc::Enrollments, &k))
-            .await
+        self.read(move |c| reader::get(c, Doc::Enrollments, &k)).await
     }
 
-    async fn put_enrollment(
-        &self,
-        e: &IndividualEnrollment,
-        cond: &WriteCondition,
-    ) -> Result<(), StoreError> {
+    async fn put_enrollment(&self, e: &IndividualEnrollment, cond: &WriteCondition) -> Result<(), StoreError> {
         self.write(Op::Put {
             table: Table::Enrollments,
             key: key(&e.registration_id),
@@ -361,11 +352,7 @@ impl Store for SqliteStore {
         self.read(move |c| reader::get(c, Doc::Groups, &k)).await
     }
 
-    async fn put_group(
-        &self,
-        g: &EnrollmentGroup,
-        cond: &WriteCondition,
-    ) -> Result<(), StoreError> {
+    async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition) -> Result<(), StoreError> {
         self.write(Op::Put {
             table: Table::Groups,
             key: key(&g.enrollment_group_id),
@@ -385,11 +372,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_groups(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<EnrollmentGroup>, StoreError> {
+    async fn list_groups(&self, after: Option<&str>, limit: usize) -> Result<Vec<EnrollmentGroup>, StoreError> {
         let after = after.map(key);
         self.read(move |c| reader::list(c, Doc::Groups, after.as_deref(), limit))
             .await
@@ -397,8 +380,7 @@ impl Store for SqliteStore {
 
     async fn get_registration(&self, id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
         let k = key(id);
-        self.read(move |c| reader::get(c, Doc::Registrations, &k))
-            .await
+        self.read(move |c| reader::get(c, Doc::Registrations, &k)).await
     }
 
     async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {

@@ -43,35 +43,19 @@ async fn data_survives_drop_and_reopen() {
     };
     {
         let store = SqliteStore::open(&path).unwrap();
-        store
-            .put_enrollment(&enrollment, &WriteCondition::None)
-            .await
-            .unwrap();
-        store
-            .put_group(&group, &WriteCondition::None)
-            .await
-            .unwrap();
-        store
-            .commit_registration(&record("Dev-1", Some("Grp")))
-            .await
-            .unwrap();
+        store.put_enrollment(&enrollment, &WriteCondition::None).await.unwrap();
+        store.put_group(&group, &WriteCondition::None).await.unwrap();
+        store.commit_registration(&record("Dev-1", Some("Grp"))).await.unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(
-        store.get_enrollment("dev-1").await.unwrap(),
-        Some(enrollment)
-    );
+    assert_eq!(store.get_enrollment("dev-1").await.unwrap(), Some(enrollment));
     assert_eq!(store.get_group("GRP").await.unwrap(), Some(group));
     assert_eq!(
         store.get_registration("DEV-1").await.unwrap(),
         Some(record("Dev-1", Some("Grp")))
     );
     assert_eq!(
-        store
-            .list_registrations_by_group("grp", None, 10)
-            .await
-            .unwrap()
-            .len(),
+        store.list_registrations_by_group("grp", None, 10).await.unwrap().len(),
         1
     );
     // Preconditions see the reopened etags.
@@ -90,23 +74,16 @@ async fn reopening_does_not_rerun_migrations() {
     drop(SqliteStore::open(&path).unwrap());
     {
         let store = SqliteStore::open(&path).unwrap();
-        store
-            .commit_registration(&record("kept", None))
-            .await
-            .unwrap();
+        store.commit_registration(&record("kept", None)).await.unwrap();
     }
     // Migration 1 is plain CREATE TABLE: were it run again, this open would fail.
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.count_registrations().await.unwrap(), 1);
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let version: u32 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .unwrap();
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    let mode: String = conn
-        .pragma_query_value(None, "journal_mode", |r| r.get(0))
-        .unwrap();
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }
 
@@ -121,10 +98,7 @@ fn refuses_a_database_that_is_not_a_store() {
     }
     assert!(matches!(
         SqliteStore::open(&path),
-        Err(OpenError::ForeignDatabase {
-            user_version: 2,
-            ..
-        })
+        Err(OpenError::ForeignDatabase { user_version: 2, .. })
     ));
 }
 
@@ -206,10 +180,7 @@ async fn concurrent_commits_are_group_committed() {
 async fn reads_run_beside_writes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("dps.db")).unwrap());
-    store
-        .commit_registration(&record("stable", None))
-        .await
-        .unwrap();
+    store.commit_registration(&record("stable", None)).await.unwrap();
     let writer = {
         let store = Arc::clone(&store);
         tokio::spawn(async move {

@@ -42,7 +42,7 @@ impl Store for MemoryStore {
     async fn put_enrollment(&self, e: &IndividualEnrollment, cond: &WriteCondition) -> Result<(), StoreError> {
         let mut map = self.enrollments.write();
         let k = key(&e.registration_id);
-        cond.check_put(map.get(&k).and_then(|x| x.etag.as_deref()))?;
+        cond.check_put(map.get(&k).map(|x| x.etag.as_deref().unwrap_or("")))?;
         map.insert(k, e.clone());
         Ok(())
     }
@@ -71,7 +71,7 @@ impl Store for MemoryStore {
     async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition) -> Result<(), StoreError> {
         let mut map = self.groups.write();
         let k = key(&g.enrollment_group_id);
-        cond.check_put(map.get(&k).and_then(|x| x.etag.as_deref()))?;
+        cond.check_put(map.get(&k).map(|x| x.etag.as_deref().unwrap_or("")))?;
         map.insert(k, g.clone());
         Ok(())
     }

@@ -80,13 +80,8 @@ pub(crate) fn apply(conn: &mut Connection) -> Result<usize, OpenError> {
             source,
         };
         tx.execute_batch(m.sql).map_err(fail)?;
-        tx.pragma_update(None, "user_version", m.version)
-            .map_err(fail)?;
-        info!(
-            version = m.version,
-            name = m.name,
-            "applied store migration"
-        );
+        tx.pragma_update(None, "user_version", m.version).map_err(fail)?;
+        info!(version = m.version, name = m.name, "applied store migration");
         ran += 1;
     }
     if ran > 0 {
@@ -110,12 +105,7 @@ mod tests {
     #[test]
     fn versions_are_contiguous_from_one() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(
-                m.version as usize,
-                i + 1,
-                "migration {} out of place",
-                m.name
-            );
+            assert_eq!(m.version as usize, i + 1, "migration {} out of place", m.name);
         }
     }
 
@@ -126,9 +116,7 @@ mod tests {
         assert_eq!(apply(&mut c).unwrap(), MIGRATIONS.len());
         // Re-running step 1's CREATE TABLE would fail, so a second success proves it was skipped.
         assert_eq!(apply(&mut c).unwrap(), 0);
-        let v: u32 = c
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let v: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, SCHEMA_VERSION);
     }
 
@@ -137,9 +125,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut newer = Connection::open(dir.path().join("newer.db")).unwrap();
         apply(&mut newer).unwrap();
-        newer
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        newer.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         assert!(matches!(
             apply(&mut newer),
             Err(OpenError::SchemaTooNew { found, .. }) if found == SCHEMA_VERSION + 1
@@ -150,10 +136,7 @@ mod tests {
         foreign.pragma_update(None, "user_version", 3).unwrap();
         assert!(matches!(
             apply(&mut foreign),
-            Err(OpenError::ForeignDatabase {
-                user_version: 3,
-                ..
-            })
+            Err(OpenError::ForeignDatabase { user_version: 3, .. })
         ));
     }
 }

@@ -62,10 +62,7 @@ impl ReadPool {
     }
 
     /// Runs `f` on a pooled connection. Blocking: call from `spawn_blocking`, holding a permit.
-    pub(crate) fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
@@ -134,11 +131,7 @@ impl Doc {
 }
 
 /// The document with `key` in `table`, decoded.
-pub(crate) fn get<T: DeserializeOwned>(
-    conn: &Connection,
-    table: Doc,
-    key: &str,
-) -> Result<Option<T>, StoreError> {
+pub(crate) fn get<T: DeserializeOwned>(conn: &Connection, table: Doc, key: &str) -> Result<Option<T>, StoreError> {
     let doc: Option<String> = conn
         .prepare_cached(table.get_sql())
         .or_backend()?

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dps_core::{RegistrationRecord, Store, StoreError, WriteCondition};
-use dps_proto::model::service::{
-    AttestationType, IndividualEnrollment, RegistrationState, RegistrationStatus,
-};
+use dps_proto::model::service::{AttestationType, IndividualEnrollment, RegistrationState, RegistrationStatus};
 use tokio::task::JoinHandle;
 
 use super::writer::Op;
@@ -89,10 +87,7 @@ async fn a_failing_command_fails_alone_in_its_batch() {
     }
     let dup = tokio::spawn({
         let s = Arc::clone(&store);
-        async move {
-            s.put_enrollment(&enrollment("DUP"), &WriteCondition::None)
-                .await
-        }
+        async move { s.put_enrollment(&enrollment("DUP"), &WriteCondition::None).await }
     });
     let stale = tokio::spawn({
         let s = Arc::clone(&store);
@@ -101,12 +96,7 @@ async fn a_failing_command_fails_alone_in_its_batch() {
                 .await
         }
     });
-    let ghost = spawn_write(
-        &store,
-        Op::WriteThenFail {
-            key: "ghost".into(),
-        },
-    );
+    let ghost = spawn_write(&store, Op::WriteThenFail { key: "ghost".into() });
     for i in 10..20 {
         ok.push(tokio::spawn({
             let s = Arc::clone(&store);
@@ -135,12 +125,7 @@ async fn a_failing_command_fails_alone_in_its_batch() {
     assert_eq!(store.count_registrations().await.unwrap(), 20);
     assert_eq!(store.get_registration("ghost").await.unwrap(), None);
     assert_eq!(
-        store
-            .get_enrollment("dup")
-            .await
-            .unwrap()
-            .unwrap()
-            .registration_id,
+        store.get_enrollment("dup").await.unwrap().unwrap().registration_id,
         "dup",
         "the failed create-only put left the original"
     );
@@ -164,20 +149,13 @@ async fn a_failed_commit_fails_every_command_and_the_writer_recovers() {
     let poison = spawn_write(&store, Op::PoisonCommit);
     let put = tokio::spawn({
         let s = Arc::clone(&store);
-        async move {
-            s.put_enrollment(&enrollment("lost-too"), &WriteCondition::None)
-                .await
-        }
+        async move { s.put_enrollment(&enrollment("lost-too"), &WriteCondition::None).await }
     });
     queued(&store, 3).await;
     release();
     paused.await.unwrap().unwrap();
 
-    for r in [
-        first.await.unwrap(),
-        poison.await.unwrap(),
-        put.await.unwrap(),
-    ] {
+    for r in [first.await.unwrap(), poison.await.unwrap(), put.await.unwrap()] {
         assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
     }
     assert_eq!(store.stats().failed_transactions, 1);

@@ -149,10 +149,7 @@ pub(crate) fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, counters: A
 /// (the successful ones) once this returns. `Err` means the transaction as a whole failed and was
 /// rolled back: every command in it must report that error, since even a precondition verdict
 /// may have depended on an earlier command of the same batch that is now undone.
-fn execute(
-    conn: &Connection,
-    batch: &[Command],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+fn execute(conn: &Connection, batch: &[Command]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     // An earlier failed ROLLBACK could leave a transaction open; BEGIN would then fail forever.
     if !conn.is_autocommit() {
         warn!("store writer found a transaction left open; rolling it back");
@@ -178,10 +175,7 @@ fn execute(
 /// The per-command savepoint loop. An `Err` here is a failure of the savepoint machinery itself
 /// (or SQLite having already rolled the whole transaction back, as it does on I/O errors and
 /// SQLITE_FULL), which dooms the batch.
-fn run_commands(
-    conn: &Connection,
-    batch: &[Command],
-) -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
+fn run_commands(conn: &Connection, batch: &[Command]) -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
     let mut results = Vec::with_capacity(batch.len());
     for cmd in batch {
         exec(conn, "SAVEPOINT cmd")?;
