@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
@@ -64,7 +64,10 @@ impl fmt::Debug for IssuedCertificate {
 impl fmt::Debug for LocalCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalCa")
-            .field("sha256_thumbprint", &crate::thumbprint::sha256_thumbprint(&self.cert_der))
+            .field(
+                "sha256_thumbprint",
+                &crate::thumbprint::sha256_thumbprint(&self.cert_der),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -121,11 +124,7 @@ impl LocalCa {
             }
         }
         let issuer = CertificateParams::from_ca_cert_der(&cert_der)?.self_signed(&key)?;
-        Ok(LocalCa {
-            cert_der,
-            issuer,
-            key,
-        })
+        Ok(LocalCa { cert_der, issuer, key })
     }
 
     /// The CA certificate as PEM: the file users install as their trust anchor.
@@ -193,11 +192,7 @@ pub fn certificate_covers(cert_pem: &str, hostnames: &[String]) -> Result<bool, 
 }
 
 /// [`certificate_covers`] at a given time.
-pub fn certificate_covers_at(
-    cert_pem: &str,
-    hostnames: &[String],
-    now: DateTime<Utc>,
-) -> Result<bool, PkiError> {
+pub fn certificate_covers_at(cert_pem: &str, hostnames: &[String], now: DateTime<Utc>) -> Result<bool, PkiError> {
     let der = parse_certificates(cert_pem)?.swap_remove(0);
     let cert = crate::x509::parse(&der)?;
     let validity = cert.validity();
@@ -210,7 +205,9 @@ pub fn certificate_covers_at(
         Ok(Some(ext)) => &ext.value.general_names,
         _ => return Ok(false),
     };
-    Ok(hostnames.iter().all(|host| names.iter().any(|san| san_matches(san, host))))
+    Ok(hostnames
+        .iter()
+        .all(|host| names.iter().any(|san| san_matches(san, host))))
 }
 
 /// Whether one SAN entry covers `host`, the way a TLS client would check it: IP addresses
@@ -253,7 +250,9 @@ fn san_for(name: &str) -> Result<SanType, PkiError> {
         return Err(invalid("empty"));
     }
     if !trimmed.is_ascii() || trimmed.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control()) {
-        return Err(invalid("not an ASCII host name (give internationalised names in punycode)"));
+        return Err(invalid(
+            "not an ASCII host name (give internationalised names in punycode)",
+        ));
     }
     let ia5 = rcgen::Ia5String::try_from(trimmed.to_ascii_lowercase()).map_err(|e| invalid(&e.to_string()))?;
     Ok(SanType::DnsName(ia5))
@@ -293,7 +292,10 @@ mod tests {
         assert!(matches!(san_for("[::1]"), Ok(SanType::IpAddress(IpAddr::V6(_)))));
         assert!(matches!(san_for("Dps.Example.Test"), Ok(SanType::DnsName(n)) if n.as_str() == "dps.example.test"));
         assert!(matches!(san_for(""), Err(PkiError::InvalidHostname { .. })));
-        assert!(matches!(san_for("bücher.example"), Err(PkiError::InvalidHostname { .. })));
+        assert!(matches!(
+            san_for("bücher.example"),
+            Err(PkiError::InvalidHostname { .. })
+        ));
         assert!(matches!(san_for("a b"), Err(PkiError::InvalidHostname { .. })));
     }
 

@@ -130,9 +130,15 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected_with_a_reason() {
-        assert!(matches!(parse_certificates("not base64 at all!"), Err(PkiError::Base64(_))));
+        assert!(matches!(
+            parse_certificates("not base64 at all!"),
+            Err(PkiError::Base64(_))
+        ));
         // Valid base64, but not a certificate.
-        assert!(matches!(parse_certificates("aGVsbG8gd29ybGQ="), Err(PkiError::InvalidCertificate(_))));
+        assert!(matches!(
+            parse_certificates("aGVsbG8gd29ybGQ="),
+            Err(PkiError::InvalidCertificate(_))
+        ));
         let unterminated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
         assert!(matches!(parse_certificates(unterminated), Err(PkiError::Pem(_))));
     }

@@ -44,7 +44,14 @@ fn generated_ca_is_a_p256_root_valid_for_ten_years() {
     let ku = cert.key_usage().unwrap().expect("keyUsage present").value;
     assert!(ku.key_cert_sign() && ku.crl_sign());
     assert_eq!(cert.public_key().algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
-    let curve = cert.public_key().algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
+    let curve = cert
+        .public_key()
+        .algorithm
+        .parameters
+        .as_ref()
+        .unwrap()
+        .as_oid()
+        .unwrap();
     assert_eq!(curve, OID_EC_P256);
     assert!(subject_key_id(&cert).is_some());
     assert!(cert.verify_signature(None).is_ok(), "signed by its own key");
@@ -68,7 +75,8 @@ fn ca_survives_a_round_trip_through_pem() {
     let issued = loaded.issue_server_certificate(&names(&["rt.example.test"])).unwrap();
     let leaf_der = parse_certificates(&issued.cert_pem).unwrap().remove(0);
     let (_, leaf) = X509Certificate::from_der(&leaf_der).unwrap();
-    let (_, root) = X509Certificate::from_der(&ca.cert_der()).unwrap();
+    let root_der = ca.cert_der();
+    let (_, root) = X509Certificate::from_der(&root_der).unwrap();
     assert_eq!(leaf.issuer().as_raw(), root.subject().as_raw());
     assert!(leaf.verify_signature(Some(root.public_key())).is_ok());
     assert_eq!(authority_key_id(&leaf), subject_key_id(&root));
@@ -89,7 +97,9 @@ fn foreign_ca_with_printable_strings_keeps_its_exact_issuer_name() {
         rcgen::DnType::OrganizationName,
         rcgen::DnValue::PrintableString("Contoso".try_into().unwrap()),
     );
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Contoso Root");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Contoso Root");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
     let cert = params.self_signed(&key).unwrap();
@@ -107,14 +117,29 @@ fn foreign_ca_with_printable_strings_keeps_its_exact_issuer_name() {
 fn from_pem_rejects_what_cannot_issue() {
     let ca = LocalCa::generate("CA one").unwrap();
     let other = LocalCa::generate("CA two").unwrap();
-    assert!(matches!(LocalCa::from_pem(&ca.cert_pem(), &other.key_pem()), Err(PkiError::KeyMismatch)));
+    assert!(matches!(
+        LocalCa::from_pem(&ca.cert_pem(), &other.key_pem()),
+        Err(PkiError::KeyMismatch)
+    ));
 
     let leaf = ca.issue_server_certificate(&names(&["leaf.example.test"])).unwrap();
-    assert!(matches!(LocalCa::from_pem(&leaf.cert_pem, &leaf.key_pem), Err(PkiError::NotACa)));
+    assert!(matches!(
+        LocalCa::from_pem(&leaf.cert_pem, &leaf.key_pem),
+        Err(PkiError::NotACa)
+    ));
 
-    assert!(matches!(LocalCa::from_pem(&ca.cert_pem(), SEC1_KEY), Err(PkiError::UnsupportedKey(_))));
-    assert!(matches!(LocalCa::from_pem(&ca.cert_pem(), ""), Err(PkiError::NoPrivateKey)));
-    assert!(matches!(LocalCa::from_pem("", &ca.key_pem()), Err(PkiError::NoCertificate)));
+    assert!(matches!(
+        LocalCa::from_pem(&ca.cert_pem(), SEC1_KEY),
+        Err(PkiError::UnsupportedKey(_))
+    ));
+    assert!(matches!(
+        LocalCa::from_pem(&ca.cert_pem(), ""),
+        Err(PkiError::NoPrivateKey)
+    ));
+    assert!(matches!(
+        LocalCa::from_pem("", &ca.key_pem()),
+        Err(PkiError::NoCertificate)
+    ));
 }
 
 #[test]
@@ -139,17 +164,30 @@ fn server_certificate_has_every_name_as_a_san() {
             other => panic!("unexpected SAN {other:?}"),
         }
     }
-    assert_eq!(ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+    assert_eq!(
+        ips,
+        vec!["127.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]
+    );
     assert_eq!(dns, vec!["dps.example.test"]);
 
     assert_eq!(cert.subject().to_string(), "CN=127.0.0.1");
-    let bc = cert.basic_constraints().unwrap().expect("basicConstraints present").value;
+    let bc = cert
+        .basic_constraints()
+        .unwrap()
+        .expect("basicConstraints present")
+        .value;
     assert!(!bc.ca);
     let eku = cert.extended_key_usage().unwrap().expect("EKU present").value;
     assert!(eku.server_auth && !eku.client_auth);
-    assert!(cert.key_usage().unwrap().expect("keyUsage present").value.digital_signature());
+    assert!(cert
+        .key_usage()
+        .unwrap()
+        .expect("keyUsage present")
+        .value
+        .digital_signature());
 
-    let (_, root) = X509Certificate::from_der(&ca.cert_der()).unwrap();
+    let root_der = ca.cert_der();
+    let (_, root) = X509Certificate::from_der(&root_der).unwrap();
     assert_eq!(authority_key_id(&cert), subject_key_id(&root));
     assert!(authority_key_id(&cert).is_some());
     assert!(cert.verify_signature(Some(root.public_key())).is_ok());
@@ -191,9 +229,18 @@ fn covers_checks_every_name_and_the_validity() {
 
     let now = Utc::now();
     assert!(certificate_covers_at(pem, &hosts, now + TimeDelta::days(600)).unwrap());
-    assert!(!certificate_covers_at(pem, &hosts, now + TimeDelta::days(720)).unwrap(), "about to expire");
-    assert!(!certificate_covers_at(pem, &hosts, now + TimeDelta::days(800)).unwrap(), "expired");
-    assert!(!certificate_covers_at(pem, &hosts, now - TimeDelta::days(3)).unwrap(), "not yet valid");
+    assert!(
+        !certificate_covers_at(pem, &hosts, now + TimeDelta::days(720)).unwrap(),
+        "about to expire"
+    );
+    assert!(
+        !certificate_covers_at(pem, &hosts, now + TimeDelta::days(800)).unwrap(),
+        "expired"
+    );
+    assert!(
+        !certificate_covers_at(pem, &hosts, now - TimeDelta::days(3)).unwrap(),
+        "not yet valid"
+    );
 
     // A certificate without SANs covers no name.
     assert!(!certificate_covers(&ca.cert_pem(), &names(&["dps local CA"])).unwrap());

@@ -42,21 +42,35 @@ fn bare_base64_der_is_accepted_with_or_without_line_breaks_and_padding() {
     let b64 = body(&pem);
     assert_eq!(parse_certificates(&b64).unwrap(), vec![ca.cert_der()]);
 
-    let wrapped: String = pem.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().join("\r\n");
+    let wrapped: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
     assert_eq!(parse_certificates(&wrapped).unwrap(), vec![ca.cert_der()]);
 
     let unpadded = b64.trim_end_matches('=');
     assert_eq!(parse_certificates(unpadded).unwrap(), vec![ca.cert_der()]);
 
     let devkit_b64 = body(DEVKIT_PEM);
-    assert_eq!(parse_certificates(&devkit_b64).unwrap(), parse_certificates(DEVKIT_PEM).unwrap());
+    assert_eq!(
+        parse_certificates(&devkit_b64).unwrap(),
+        parse_certificates(DEVKIT_PEM).unwrap()
+    );
 }
 
 #[test]
 fn chains_keep_their_order_and_other_blocks_are_skipped() {
     let ca = LocalCa::generate("chain CA").unwrap();
-    let leaf = ca.issue_server_certificate(&["chain.example.test".to_string()]).unwrap();
-    let text = format!("Bag Attributes: none\n{}{}{}", leaf.cert_pem, leaf.key_pem, ca.cert_pem());
+    let leaf = ca
+        .issue_server_certificate(&["chain.example.test".to_string()])
+        .unwrap();
+    let text = format!(
+        "Bag Attributes: none\n{}{}{}",
+        leaf.cert_pem,
+        leaf.key_pem,
+        ca.cert_pem()
+    );
     let certs = parse_certificates(&text).unwrap();
     assert_eq!(certs.len(), 2);
     assert_eq!(certs[1], ca.cert_der());
@@ -66,7 +80,10 @@ fn chains_keep_their_order_and_other_blocks_are_skipped() {
 #[test]
 fn private_keys_in_all_three_encodings() {
     let ca = LocalCa::generate("key test CA").unwrap();
-    assert!(matches!(parse_private_key(&ca.key_pem()).unwrap(), PrivateKeyDer::Pkcs8(_)));
+    assert!(matches!(
+        parse_private_key(&ca.key_pem()).unwrap(),
+        PrivateKeyDer::Pkcs8(_)
+    ));
     assert!(matches!(
         parse_private_key(&ca.key_pem().replace('\n', "\r\n")).unwrap(),
         PrivateKeyDer::Pkcs8(_)

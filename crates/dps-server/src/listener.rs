@@ -81,6 +81,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         _ => return Err(anyhow::anyhow!("--tls-cert and --tls-key must be given together").into()),
     };
     let tls = dps_pki::tls::server_config(&chain, &key, true).map_err(anyhow::Error::from)?;
+    // MQTT clients may offer ALPN values of their own ("mqtt", "x-amzn-mqtt-ca"); with no ALPN
+    // configured rustls ignores them instead of refusing the handshake.
+    let mut mqtt_tls = (*tls).clone();
+    mqtt_tls.alpn_protocols.clear();
+    let mqtt_acceptor = TlsAcceptor::from(Arc::new(mqtt_tls));
     let acceptor = TlsAcceptor::from(tls);
 
     let store = dps_store::SqliteStore::open(&dir.store_path()).map_err(anyhow::Error::from)?;
@@ -133,7 +138,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let http_app = crate::http::HttpApp::new(services.clone());
-    tasks.spawn(accept_loop(mqtt, acceptor.clone(), rx.clone(), {
+    tasks.spawn(accept_loop(mqtt, mqtt_acceptor, rx.clone(), {
         let services = services.clone();
         move |stream, certs| {
             let services = services.clone();
