@@ -100,19 +100,14 @@ impl Hub {
             tracing::info!(error = %err, "device authentication refused");
             err
         };
-        if !username
-            .host_name
-            .eq_ignore_ascii_case(&self.inner.host_name)
-        {
+        if !username.host_name.eq_ignore_ascii_case(&self.inner.host_name) {
             return Err(refuse(format!(
                 "username names host '{}' but this hub is '{}'",
                 username.host_name, self.inner.host_name
             )));
         }
         if let Some(m) = &username.module_id {
-            return Err(refuse(format!(
-                "module identities are not supported (module '{m}')"
-            )));
+            return Err(refuse(format!("module identities are not supported (module '{m}')")));
         }
         let rec = self
             .inner
@@ -125,14 +120,9 @@ impl Hub {
             Some(pw) => {
                 let token = std::str::from_utf8(pw)
                     .map_err(|_| refuse("password is not UTF-8 (expected a SAS token)".into()))?;
-                AuthMethod::Sas(
-                    self.check_sas(now_unix, device_id, &rec, token)
-                        .map_err(refuse)?,
-                )
+                AuthMethod::Sas(self.check_sas(now_unix, device_id, &rec, token).map_err(refuse)?)
             }
-            None => AuthMethod::X509SelfSigned(
-                check_thumbprint(&rec, client_cert_thumbprints).map_err(refuse)?,
-            ),
+            None => AuthMethod::X509SelfSigned(check_thumbprint(&rec, client_cert_thumbprints).map_err(refuse)?),
         };
         // Checked after the credentials so a disabled device's status is not revealed to anyone
         // who merely knows its id.
@@ -179,21 +169,13 @@ impl Hub {
         match token.verify_signature([primary, secondary]) {
             Ok(0) => Ok(CredentialSlot::Primary),
             Ok(_) => Ok(CredentialSlot::Secondary),
-            Err(SasError::BadKey) => {
-                Err("device key stored in the registry is not valid base64".into())
-            }
-            Err(_) => Err(
-                "SAS signature does not match the device's primary or secondary key (wrong key)"
-                    .into(),
-            ),
+            Err(SasError::BadKey) => Err("device key stored in the registry is not valid base64".into()),
+            Err(_) => Err("SAS signature does not match the device's primary or secondary key (wrong key)".into()),
         }
     }
 }
 
-fn check_thumbprint(
-    rec: &DeviceRecord,
-    presented: Option<(String, String)>,
-) -> Result<CredentialSlot, String> {
+fn check_thumbprint(rec: &DeviceRecord, presented: Option<(String, String)>) -> Result<CredentialSlot, String> {
     let kind = rec.authentication.kind.as_str();
     if !kind.eq_ignore_ascii_case("selfSigned") {
         return Err(if kind.eq_ignore_ascii_case("sas") {

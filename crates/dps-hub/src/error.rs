@@ -24,7 +24,9 @@ pub enum HubOpenError {
     },
     /// The database was written by a newer `dps` (its `PRAGMA user_version` is beyond the
     /// migrations this build knows); opening it could corrupt data, so we refuse.
-    #[error("hub database '{path}' has schema version {found}, but this build supports at most {supported}; upgrade dps")]
+    #[error(
+        "hub database '{path}' has schema version {found}, but this build supports at most {supported}; upgrade dps"
+    )]
     NewerSchema {
         /// Database file.
         path: PathBuf,
@@ -62,6 +64,13 @@ pub enum RegistryError {
     /// The request's `If-Match` etag is not the current etag of the device or twin.
     #[error("etag mismatch for device '{device_id}': the resource was changed since it was read")]
     EtagMismatch {
+        /// Device id.
+        device_id: String,
+    },
+    /// `PUT /devices/{id}` without `If-Match` found an existing device: creating is refused, as
+    /// IoT Hub does (RegistryManager's `create_device_*`); updates send the etag or `*`.
+    #[error("device '{device_id}' already exists; send If-Match with its etag (or '*') to update it")]
+    AlreadyExists {
         /// Device id.
         device_id: String,
     },

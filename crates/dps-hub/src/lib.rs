@@ -189,9 +189,7 @@ impl Hub {
         after_sequence: Option<u64>,
         limit: usize,
     ) -> Vec<Arc<TelemetryMessage>> {
-        self.inner
-            .telemetry
-            .recent(device_id, after_sequence, limit)
+        self.inner.telemetry.recent(device_id, after_sequence, limit)
     }
 }
 
@@ -201,18 +199,12 @@ impl HubInner {
     }
 
     pub(crate) fn slot(&self, device_id: &str) -> Option<Arc<Slot>> {
-        self.devices
-            .get(&record::key_of(device_id))
-            .map(|s| s.clone())
+        self.devices.get(&record::key_of(device_id)).map(|s| s.clone())
     }
 
     /// Takes the write lock of a device's slot, creating an empty slot when `create` and absent.
     /// Never holds a `DashMap` guard across the await.
-    pub(crate) async fn lock_device(
-        &self,
-        key: &str,
-        create: bool,
-    ) -> Option<(Arc<Slot>, OwnedMutexGuard<bool>)> {
+    pub(crate) async fn lock_device(&self, key: &str, create: bool) -> Option<(Arc<Slot>, OwnedMutexGuard<bool>)> {
         loop {
             let slot = if create {
                 self.devices
@@ -269,9 +261,7 @@ impl HubInner {
     pub(crate) async fn commit_delete(&self, key: &str, slot: &Slot) -> Result<(), RegistryError> {
         if let Some(store) = &self.store {
             store
-                .write(WriteOp::Delete {
-                    key: key.to_string(),
-                })
+                .write(WriteOp::Delete { key: key.to_string() })
                 .await
                 .map_err(RegistryError::Storage)?;
         }

@@ -6,17 +6,15 @@
 //! nothing, and real writes go through the store's group commit.
 
 use async_trait::async_trait;
-use dps_core::hub::{
-    DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome,
-};
+use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 use dps_proto::model::hub::AuthenticationMechanism;
 use dps_proto::model::service::InitialTwin;
 use serde_json::{Map, Value};
 
 use crate::error::RegistryError;
 use crate::record::{
-    clean_document, key_of, new_etag, new_generation_id, sas_auth, self_signed_auth,
-    validate_device_id, DeviceRecord, Status, TwinState,
+    clean_document, key_of, new_etag, new_generation_id, sas_auth, self_signed_auth, validate_device_id, DeviceRecord,
+    Status, TwinState,
 };
 use crate::Hub;
 
@@ -54,11 +52,7 @@ fn storage(e: RegistryError) -> HubError {
 
 #[async_trait]
 impl HubRegistry for Hub {
-    async fn upsert_device(
-        &self,
-        hub: &str,
-        device: &DeviceProvisioning,
-    ) -> Result<UpsertOutcome, HubError> {
+    async fn upsert_device(&self, hub: &str, device: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
         if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
             return Err(HubError::UnknownHub(hub.to_string()));
         }

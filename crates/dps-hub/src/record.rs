@@ -7,9 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use dps_proto::keys::encode_key;
-use dps_proto::model::hub::{
-    AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
-};
+use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint};
 use dps_proto::model::service::DeviceCapabilities;
 use dps_proto::timefmt::format_record;
 use rand::RngCore;
@@ -100,11 +98,7 @@ impl TwinState {
 
     /// Replaces the desired properties, bumping `$version` if they changed. Returns the patch a
     /// subscribed device should receive (only the changed part, no `$version` yet), or `None`.
-    pub(crate) fn set_desired(
-        &mut self,
-        new: Map<String, Value>,
-        now: DateTime<Utc>,
-    ) -> Option<Map<String, Value>> {
+    pub(crate) fn set_desired(&mut self, new: Map<String, Value>, now: DateTime<Utc>) -> Option<Map<String, Value>> {
         let diff = merge_diff(&self.desired, &new);
         if diff.is_empty() {
             return None;
@@ -181,11 +175,7 @@ impl DeviceRecord {
             tags: Some(t.tags.clone()),
             properties: Some(TwinProperties {
                 desired: Some(section(&t.desired, &t.desired_updated, t.desired_version)),
-                reported: Some(section(
-                    &t.reported,
-                    &t.reported_updated,
-                    t.reported_version,
-                )),
+                reported: Some(section(&t.reported, &t.reported_updated, t.reported_version)),
             }),
             status: Some(self.status.as_str().into()),
             connection_state: Some(connection_state(live).into()),
@@ -325,18 +315,13 @@ pub(crate) fn is_conditional(if_match: Option<&str>) -> bool {
 /// Azure's device id rule: 1–128 ASCII characters, alphanumerics and `- . + % _ # * ? ! ( ) , : = @ $ '`.
 pub(crate) fn validate_device_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
-        return Err(format!(
-            "device id must be 1 to 128 characters long, got {}",
-            id.len()
-        ));
+        return Err(format!("device id must be 1 to 128 characters long, got {}", id.len()));
     }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(*c)))
     {
-        return Err(format!(
-            "device id '{id}' contains the invalid character '{c}'"
-        ));
+        return Err(format!("device id '{id}' contains the invalid character '{c}'"));
     }
     Ok(())
 }
@@ -365,10 +350,7 @@ mod tests {
         let old = obj(json!({"a": 1, "b": {"c": 2, "d": 3}, "gone": true}));
         let new = obj(json!({"a": 1, "b": {"c": 5, "d": 3}, "e": [1]}));
         let d = merge_diff(&old, &new);
-        assert_eq!(
-            Value::Object(d.clone()),
-            json!({"gone": null, "b": {"c": 5}, "e": [1]})
-        );
+        assert_eq!(Value::Object(d.clone()), json!({"gone": null, "b": {"c": 5}, "e": [1]}));
         let mut applied = old.clone();
         dps_proto::model::hub::merge_patch(&mut applied, &d);
         assert_eq!(applied, new);

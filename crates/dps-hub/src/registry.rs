@@ -7,16 +7,14 @@
 use std::sync::Arc;
 
 use dps_proto::keys::validate_symmetric_key;
-use dps_proto::model::hub::{
-    merge_patch, AuthenticationMechanism, Device, SymmetricKey, Twin, X509Thumbprint,
-};
+use dps_proto::model::hub::{merge_patch, AuthenticationMechanism, Device, SymmetricKey, Twin, X509Thumbprint};
 use serde::Serialize;
 use serde_json::Map;
 
 use crate::error::RegistryError;
 use crate::record::{
-    caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_generation_id,
-    new_key, normalize_thumbprint, validate_device_id, DeviceRecord, Status, TwinState,
+    caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_generation_id, new_key,
+    normalize_thumbprint, validate_device_id, DeviceRecord, Status, TwinState,
 };
 use crate::{Hub, Slot};
 
@@ -53,25 +51,19 @@ impl Hub {
     /// * Create: `authentication` absent or `sas` without keys → fresh 256-bit keys; new
     ///   `generationId` and etag; `status` defaults to `enabled`; an empty twin. An `If-Match`
     ///   with a real etag on an absent device is [`RegistryError::NotFound`].
-    /// * Replace: `If-Match` absent or `*` is unconditional (RegistryManager's `update_device_*`
-    ///   with etag `*`); otherwise it must equal the device etag ([`RegistryError::EtagMismatch`]).
+    /// * Replace: `If-Match` absent is [`RegistryError::AlreadyExists`] (IoT Hub refuses to create
+    ///   over an existing device); `*` is unconditional (RegistryManager's `update_device_*` with
+    ///   etag `*`); otherwise it must equal the device etag ([`RegistryError::EtagMismatch`]).
     ///   Keys absent on a `sas` device are kept; `status` absent is kept; the twin is untouched.
     ///   Disabling a device ends its live session.
-    pub async fn put_device(
-        &self,
-        device: Device,
-        if_match: Option<&str>,
-    ) -> Result<Device, RegistryError> {
+    pub async fn put_device(&self, device: Device, if_match: Option<&str>) -> Result<Device, RegistryError> {
         validate_device_id(&device.device_id).map_err(RegistryError::Invalid)?;
         let status = device
             .status
             .as_deref()
             .map(|s| {
-                Status::parse(s).ok_or_else(|| {
-                    RegistryError::Invalid(format!(
-                        "status must be 'enabled' or 'disabled', got '{s}'"
-                    ))
-                })
+                Status::parse(s)
+                    .ok_or_else(|| RegistryError::Invalid(format!("status must be 'enabled' or 'disabled', got '{s}'")))
             })
             .transpose()?;
         let key = key_of(&device.device_id);
@@ -106,16 +98,18 @@ impl Hub {
                     Ok(rec)
                 }
                 Some(cur) => {
+                    if if_match.is_none_or(|m| m.trim().is_empty()) {
+                        return Err(RegistryError::AlreadyExists {
+                            device_id: cur.device_id.clone(),
+                        });
+                    }
                     if !etag_matches(if_match, &cur.etag) {
                         return Err(RegistryError::EtagMismatch {
                             device_id: cur.device_id.clone(),
                         });
                     }
                     let mut rec = (*cur).clone();
-                    rec.authentication = resolve_auth(
-                        device.authentication.clone(),
-                        Some(&cur.authentication),
-                    )?;
+                    rec.authentication = resolve_auth(device.authentication.clone(), Some(&cur.authentication))?;
                     rec.capabilities = device.capabilities.unwrap_or(cur.capabilities);
                     let status = status.unwrap_or(cur.status);
                     if status != cur.status {
@@ -140,11 +134,7 @@ impl Hub {
     }
 
     /// `DELETE /devices/{id}`: `If-Match` absent or `*` is unconditional. Ends the live session.
-    pub async fn delete_device(
-        &self,
-        device_id: &str,
-        if_match: Option<&str>,
-    ) -> Result<(), RegistryError> {
+    pub async fn delete_device(&self, device_id: &str, if_match: Option<&str>) -> Result<(), RegistryError> {
         let key = key_of(device_id);
         let inner = &self.inner;
         let not_found = || RegistryError::NotFound {
@@ -183,9 +173,7 @@ impl Hub {
         let page = if page == 0 { DEFAULT_PAGE } else { page };
         let after = continuation.map(str::trim).filter(|c| !c.is_empty());
         let (items, more) = self.page(after, page);
-        let next = more
-            .then(|| items.last().map(|(k, _, _)| k.clone()))
-            .flatten();
+        let next = more.then(|| items.last().map(|(k, _, _)| k.clone())).flatten();
         let twins = items
             .into_iter()
             .map(|(_, slot, rec)| rec.twin_view(&slot.live_view()))
@@ -270,10 +258,7 @@ impl Hub {
         &self,
         device_id: &str,
         if_match: Option<&str>,
-        change: impl FnOnce(
-            &mut TwinState,
-            chrono::DateTime<chrono::Utc>,
-        ) -> (bool, Option<Map<String, serde_json::Value>>),
+        change: impl FnOnce(&mut TwinState, chrono::DateTime<chrono::Utc>) -> (bool, Option<Map<String, serde_json::Value>>),
     ) -> Result<Twin, RegistryError> {
         let key = key_of(device_id);
         let inner = &self.inner;
@@ -306,11 +291,7 @@ impl Hub {
     /// Devices with key > `after`, the first `n` in key order, and whether more follow. O(total)
     /// per call (a selection, not a full sort), which is fine for an embedded registry.
     #[allow(clippy::type_complexity)]
-    fn page(
-        &self,
-        after: Option<&str>,
-        n: usize,
-    ) -> (Vec<(String, Arc<Slot>, Arc<DeviceRecord>)>, bool) {
+    fn page(&self, after: Option<&str>, n: usize) -> (Vec<(String, Arc<Slot>, Arc<DeviceRecord>)>, bool) {
         let mut items: Vec<(String, Arc<Slot>, Arc<DeviceRecord>)> = self
             .inner
             .devices
@@ -347,10 +328,7 @@ fn resolve_auth(
     if kind.eq_ignore_ascii_case("sas") {
         let given = |k: Option<&String>| k.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         let sk = req.symmetric_key.unwrap_or_default();
-        let (mut primary, mut secondary) = (
-            given(sk.primary_key.as_ref()),
-            given(sk.secondary_key.as_ref()),
-        );
+        let (mut primary, mut secondary) = (given(sk.primary_key.as_ref()), given(sk.secondary_key.as_ref()));
         if primary.is_none() && secondary.is_none() {
             if let Some(SymmetricKey {
                 primary_key,
@@ -365,9 +343,8 @@ fn resolve_auth(
         }
         for (name, k) in [("primaryKey", &primary), ("secondaryKey", &secondary)] {
             if let Some(k) = k {
-                validate_symmetric_key(k).map_err(|e| {
-                    RegistryError::Invalid(format!("authentication.symmetricKey.{name}: {e}"))
-                })?;
+                validate_symmetric_key(k)
+                    .map_err(|e| RegistryError::Invalid(format!("authentication.symmetricKey.{name}: {e}")))?;
             }
         }
         Ok(crate::record::sas_auth(
@@ -390,8 +367,7 @@ fn resolve_auth(
         };
         let primary = check("primaryThumbprint", tp.primary_thumbprint)?.ok_or_else(|| {
             RegistryError::Invalid(
-                "selfSigned authentication needs authentication.x509Thumbprint.primaryThumbprint"
-                    .into(),
+                "selfSigned authentication needs authentication.x509Thumbprint.primaryThumbprint".into(),
             )
         })?;
         let secondary = check("secondaryThumbprint", tp.secondary_thumbprint)?;
@@ -403,8 +379,7 @@ fn resolve_auth(
                 secondary_thumbprint: secondary,
             }),
         })
-    } else if kind.eq_ignore_ascii_case("certificateAuthority") || kind.eq_ignore_ascii_case("none")
-    {
+    } else if kind.eq_ignore_ascii_case("certificateAuthority") || kind.eq_ignore_ascii_case("none") {
         let canonical = if kind.eq_ignore_ascii_case("none") {
             "none"
         } else {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dps_proto::hub_mqtt::{
-    c2d_topic, desired_patch_topic, feeds_of, method_request_topic, subscription_allowed,
-    twin_response_topic, Feed, HubPublish,
+    c2d_topic, desired_patch_topic, feeds_of, method_request_topic, subscription_allowed, twin_response_topic, Feed,
+    HubPublish,
 };
 use dps_proto::model::hub::merge_patch;
 use dps_proto::timefmt::format_record;
@@ -226,8 +226,7 @@ impl Hub {
         let slot = self.inner.slot(&key).ok_or_else(closed)?;
         let still_valid = |slot: &Slot| {
             slot.record().is_some_and(|rec| {
-                rec.generation_id == identity.generation_id
-                    && rec.status != crate::record::Status::Disabled
+                rec.generation_id == identity.generation_id && rec.status != crate::record::Status::Disabled
             })
         };
         if !still_valid(&slot) {
@@ -361,23 +360,13 @@ impl Hub {
             });
         };
         // `$.mid` and `$.to` lead, as IoT Hub sends them; the caller's values win.
-        let take = |name: &str| {
-            properties
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let take = |name: &str| properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let mid = take("$.mid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let to = take("$.to")
-            .unwrap_or_else(|| format!("/devices/{}/messages/deviceBound", rec.device_id));
+        let to = take("$.to").unwrap_or_else(|| format!("/devices/{}/messages/deviceBound", rec.device_id));
         let mut props = Vec::with_capacity(properties.len() + 2);
         props.push(("$.mid".to_string(), mid));
         props.push(("$.to".to_string(), to));
-        props.extend(
-            properties
-                .into_iter()
-                .filter(|(k, _)| k != "$.mid" && k != "$.to"),
-        );
+        props.extend(properties.into_iter().filter(|(k, _)| k != "$.mid" && k != "$.to"));
         let msg = QueuedC2d {
             body: body.into(),
             properties: props,
@@ -423,11 +412,7 @@ impl HubInner {
     pub(crate) fn kick(&self, slot: &Slot, why: &str) {
         let now = self.now();
         if let Some(id) = slot.live.lock().disconnect(now) {
-            tracing::info!(
-                session = id,
-                reason = why,
-                "device session ended by the hub"
-            );
+            tracing::info!(session = id, reason = why, "device session ended by the hub");
         }
     }
 }
@@ -440,12 +425,7 @@ impl DeviceSession {
 
     /// Whether this is still the device's live session (not replaced, deleted, disabled, closed).
     pub fn is_current(&self) -> bool {
-        self.slot
-            .live
-            .lock()
-            .session
-            .as_ref()
-            .is_some_and(|s| s.id == self.id)
+        self.slot.live.lock().session.as_ref().is_some_and(|s| s.id == self.id)
     }
 
     /// Handles SUBSCRIBE for one filter. Returns the granted QoS (`min(requested, 1)`: IoT Hub
@@ -510,19 +490,13 @@ impl DeviceSession {
             HubPublish::TwinReportedPatch { rid } => self.reported_patch(now, &rid, payload).await,
             HubPublish::MethodResponse { status, rid } => {
                 let key = &self.key;
-                match self
-                    .hub
-                    .inner
-                    .methods
-                    .remove_if(&rid, |_, p| &p.device_key == key)
-                {
+                match self.hub.inner.methods.remove_if(&rid, |_, p| &p.device_key == key) {
                     Some((_, pending)) => {
                         let payload = if payload.iter().all(u8::is_ascii_whitespace) {
                             Value::Null
                         } else {
-                            serde_json::from_slice(payload).unwrap_or_else(|_| {
-                                Value::String(String::from_utf8_lossy(payload).into_owned())
-                            })
+                            serde_json::from_slice(payload)
+                                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
                         };
                         let _ = pending.tx.send(MethodResponse { status, payload });
                     }
@@ -574,14 +548,8 @@ impl DeviceSession {
         });
         system.extend([
             ("iothub-connection-device-id".into(), id.device_id.clone()),
-            (
-                "iothub-connection-auth-method".into(),
-                auth_method.to_string(),
-            ),
-            (
-                "iothub-connection-auth-generation-id".into(),
-                id.generation_id.clone(),
-            ),
+            ("iothub-connection-auth-method".into(), auth_method.to_string()),
+            ("iothub-connection-auth-generation-id".into(), id.generation_id.clone()),
             ("iothub-enqueuedtime".into(), format_record(&now)),
             ("iothub-message-source".into(), "Telemetry".into()),
         ]);
@@ -606,9 +574,7 @@ impl DeviceSession {
         let error = |status: u16, code: u32, message: String| {
             vec![Outbound {
                 topic: twin_response_topic(status, rid, None),
-                payload: Bytes::from(
-                    serde_json::json!({ "errorCode": code, "message": message }).to_string(),
-                ),
+                payload: Bytes::from(serde_json::json!({ "errorCode": code, "message": message }).to_string()),
                 qos: 0,
             }]
         };
@@ -636,11 +602,7 @@ impl DeviceSession {
             new.twin.touch();
             if let Err(e) = inner.commit(&self.key, &slot, new).await {
                 tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not stored");
-                return Ok(error(
-                    500,
-                    500001,
-                    "could not store reported properties".into(),
-                ));
+                return Ok(error(500, 500001, "could not store reported properties".into()));
             }
         }
         let version = slot

@@ -70,30 +70,24 @@ impl Store {
         let mut conn = Connection::open(path).map_err(db_err)?;
         // WAL: readers never block the writer; FULL: a COMMIT is on disk when it returns, which is
         // what "durable before the reply" means.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
         migrate(&mut conn, path)?;
 
         let mut records = Vec::new();
         {
-            let mut stmt = conn
-                .prepare("SELECT id, doc FROM devices")
-                .map_err(db_err)?;
+            let mut stmt = conn.prepare("SELECT id, doc FROM devices").map_err(db_err)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(db_err)?;
             for row in rows {
                 let (key, doc) = row.map_err(db_err)?;
-                let rec: DeviceRecord =
-                    serde_json::from_str(&doc).map_err(|source| HubOpenError::CorruptRecord {
-                        path: path.to_path_buf(),
-                        key: key.clone(),
-                        source,
-                    })?;
+                let rec: DeviceRecord = serde_json::from_str(&doc).map_err(|source| HubOpenError::CorruptRecord {
+                    path: path.to_path_buf(),
+                    key: key.clone(),
+                    source,
+                })?;
                 records.push((key, rec));
             }
         }
@@ -122,8 +116,7 @@ impl Store {
             .ok_or_else(|| "hub database is closed".to_string())?
             .send(WriteReq { op, reply })
             .map_err(|_| "hub database writer has stopped".to_string())?;
-        done.await
-            .map_err(|_| "hub database writer has stopped".to_string())?
+        done.await.map_err(|_| "hub database writer has stopped".to_string())?
     }
 }
 
@@ -158,8 +151,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), HubOpenError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction().map_err(db_err)?;
         tx.execute_batch(sql).map_err(db_err)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
-            .map_err(db_err)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         tracing::info!(path = %path.display(), version = i + 1, "hub database migrated");
     }
@@ -200,10 +192,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteReq>) {
     }
 }
 
-fn apply<'a>(
-    conn: &mut Connection,
-    ops: impl Iterator<Item = &'a WriteOp>,
-) -> Result<(), rusqlite::Error> {
+fn apply<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a WriteOp>) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction()?;
     {
         let mut put = tx.prepare_cached(
@@ -259,13 +248,9 @@ mod tests {
         assert!(records.is_empty());
         drop(store);
         let c = Connection::open(&path).unwrap();
-        let v: i64 = c
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, MIGRATIONS.len() as i64);
-        let mode: String = c
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let mode: String = c.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
     }
 }

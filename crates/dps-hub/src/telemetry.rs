@@ -81,10 +81,7 @@ impl TelemetryMessage {
                 system.insert(k.replace('-', "_"), Value::String(v.clone()));
             }
         }
-        annotations.insert(
-            "x-opt-sequence-number".into(),
-            Value::from(self.sequence_number),
-        );
+        annotations.insert("x-opt-sequence-number".into(), Value::from(self.sequence_number));
         annotations.insert(
             "x-opt-enqueued-time".into(),
             Value::from(self.enqueued_time.timestamp_millis()),
@@ -113,9 +110,7 @@ impl TelemetryMessage {
 impl Serialize for TelemetryMessage {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let pairs = |v: &[(String, String)]| -> Map<String, Value> {
-            v.iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect()
+            v.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
         };
         let mut m = s.serialize_map(Some(6))?;
         m.serialize_entry("sequenceNumber", &self.sequence_number)?;
@@ -202,14 +197,10 @@ impl TelemetryLog {
         limit: usize,
     ) -> Vec<Arc<TelemetryMessage>> {
         let ring = self.ring.lock();
-        let wanted = |m: &&Arc<TelemetryMessage>| {
-            device_id.is_none_or(|d| m.device_id.eq_ignore_ascii_case(d))
-        };
+        let wanted = |m: &&Arc<TelemetryMessage>| device_id.is_none_or(|d| m.device_id.eq_ignore_ascii_case(d));
         match after_sequence {
             Some(after) => {
-                let start = ring
-                    .messages
-                    .partition_point(|m| m.sequence_number <= after);
+                let start = ring.messages.partition_point(|m| m.sequence_number <= after);
                 ring.messages
                     .range(start..)
                     .filter(wanted)
@@ -218,14 +209,7 @@ impl TelemetryLog {
                     .collect()
             }
             None => {
-                let mut out: Vec<_> = ring
-                    .messages
-                    .iter()
-                    .rev()
-                    .filter(wanted)
-                    .take(limit)
-                    .cloned()
-                    .collect();
+                let mut out: Vec<_> = ring.messages.iter().rev().filter(wanted).take(limit).cloned().collect();
                 out.reverse();
                 out
             }
@@ -259,15 +243,9 @@ mod tests {
             log.append(msg(if i % 2 == 0 { "a" } else { "b" }, b"{}"));
         }
         let all = log.recent(None, None, 10);
-        assert_eq!(
-            all.iter().map(|m| m.sequence_number).collect::<Vec<_>>(),
-            vec![3, 4, 5]
-        );
+        assert_eq!(all.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), vec![3, 4, 5]);
         let a = log.recent(Some("A"), None, 10);
-        assert_eq!(
-            a.iter().map(|m| m.sequence_number).collect::<Vec<_>>(),
-            vec![3, 5]
-        );
+        assert_eq!(a.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), vec![3, 5]);
         let after = log.recent(None, Some(3), 1);
         assert_eq!(after[0].sequence_number, 4);
         assert_eq!(log.recent(None, None, 1)[0].sequence_number, 5);
@@ -293,14 +271,8 @@ mod tests {
         assert_eq!(e["event"]["origin"], "dev");
         assert_eq!(e["event"]["payload"], json!({"t": 21.5}));
         assert_eq!(e["event"]["properties"]["application"]["k"], "v");
-        assert_eq!(
-            e["event"]["properties"]["system"]["content_type"],
-            "application/json"
-        );
-        assert_eq!(
-            e["event"]["annotations"]["iothub-connection-device-id"],
-            "dev"
-        );
+        assert_eq!(e["event"]["properties"]["system"]["content_type"], "application/json");
+        assert_eq!(e["event"]["annotations"]["iothub-connection-device-id"], "dev");
         let text = msg("dev", b"not json \xff");
         assert_eq!(text.body_value(), json!("not json \u{fffd}"));
     }

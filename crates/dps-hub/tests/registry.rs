@@ -5,9 +5,7 @@ use std::sync::Arc;
 use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy};
 use dps_hub::{Hub, HubConfig, RegistryError};
 use dps_proto::keys::validate_symmetric_key;
-use dps_proto::model::hub::{
-    AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
-};
+use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint};
 use dps_proto::model::service::{DeviceCapabilities, InitialTwin, InitialTwinProperties};
 use serde_json::{json, Map, Value};
 
@@ -74,17 +72,8 @@ fn desired_of(t: &Twin) -> Map<String, Value> {
 async fn device_crud_with_etags() {
     let hub = hub();
     // Create with null keys: the hub generates them.
-    let d = hub
-        .put_device(sas_device("Dev-1", None), None)
-        .await
-        .unwrap();
-    let keys = d
-        .authentication
-        .as_ref()
-        .unwrap()
-        .symmetric_key
-        .clone()
-        .unwrap();
+    let d = hub.put_device(sas_device("Dev-1", None), None).await.unwrap();
+    let keys = d.authentication.as_ref().unwrap().symmetric_key.clone().unwrap();
     validate_symmetric_key(keys.primary_key.as_deref().unwrap()).unwrap();
     validate_symmetric_key(keys.secondary_key.as_deref().unwrap()).unwrap();
     assert_ne!(keys.primary_key, keys.secondary_key);
@@ -104,9 +93,7 @@ async fn device_crud_with_etags() {
     upd.status = Some("Disabled".into());
     upd.status_reason = Some("maintenance".into());
     assert_eq!(
-        hub.put_device(upd.clone(), Some("\"not-the-etag\""))
-            .await
-            .unwrap_err(),
+        hub.put_device(upd.clone(), Some("\"not-the-etag\"")).await.unwrap_err(),
         RegistryError::EtagMismatch {
             device_id: "Dev-1".into()
         }
@@ -127,11 +114,13 @@ async fn device_crud_with_etags() {
         Err(RegistryError::EtagMismatch { .. })
     ));
     hub.put_device(upd.clone(), Some("*")).await.unwrap();
+    // Without If-Match, PUT on an existing device is a create and is refused, as in IoT Hub.
+    assert!(matches!(
+        hub.put_device(upd.clone(), None).await,
+        Err(RegistryError::AlreadyExists { .. })
+    ));
     // Keys omitted on update are kept; status omitted is kept.
-    let kept = hub
-        .put_device(sas_device("dev-1", None), None)
-        .await
-        .unwrap();
+    let kept = hub.put_device(sas_device("dev-1", None), Some("*")).await.unwrap();
     assert_eq!(
         kept.authentication
             .unwrap()
@@ -145,8 +134,7 @@ async fn device_crud_with_etags() {
 
     // If-Match with a real etag on an absent device.
     assert!(matches!(
-        hub.put_device(sas_device("ghost", None), Some("\"abc\""))
-            .await,
+        hub.put_device(sas_device("ghost", None), Some("\"abc\"")).await,
         Err(RegistryError::NotFound { .. })
     ));
     assert!(hub.get_device("ghost").is_none());
@@ -201,18 +189,13 @@ async fn device_crud_with_etags() {
         hub.delete_device("dev-1", Some("\"stale\"")).await,
         Err(RegistryError::EtagMismatch { .. })
     ));
-    hub.delete_device("DEV-1", Some(&format!("\"{cur}\"")))
-        .await
-        .unwrap();
+    hub.delete_device("DEV-1", Some(&format!("\"{cur}\""))).await.unwrap();
     assert!(hub.get_device("dev-1").is_none());
     assert!(matches!(
         hub.delete_device("dev-1", None).await,
         Err(RegistryError::NotFound { .. })
     ));
-    let again = hub
-        .put_device(sas_device("dev-1", None), None)
-        .await
-        .unwrap();
+    let again = hub.put_device(sas_device("dev-1", None), None).await.unwrap();
     assert_ne!(again.generation_id.unwrap(), gen1);
 }
 
@@ -222,11 +205,7 @@ async fn listing_and_query_paging() {
     for id in ["d3", "d1", "D5", "d2", "d4"] {
         hub.put_device(sas_device(id, None), None).await.unwrap();
     }
-    let ids: Vec<String> = hub
-        .list_devices(3)
-        .into_iter()
-        .map(|d| d.device_id)
-        .collect();
+    let ids: Vec<String> = hub.list_devices(3).into_iter().map(|d| d.device_id).collect();
     assert_eq!(ids, ["d1", "d2", "d3"]);
     assert_eq!(hub.list_devices(0).len(), 5);
 
@@ -249,10 +228,7 @@ async fn listing_and_query_paging() {
     assert_eq!(pages, 3);
     assert_eq!(seen, ["d1", "d2", "d3", "d4", "D5"]);
     let stats = hub.statistics();
-    assert_eq!(
-        (stats.total_device_count, stats.enabled_device_count),
-        (5, 5)
-    );
+    assert_eq!((stats.total_device_count, stats.enabled_device_count), (5, 5));
 }
 
 #[tokio::test]
@@ -275,10 +251,7 @@ async fn twin_patch_and_replace_bump_versions() {
         hub.patch_twin("dev", patch.clone(), Some("\"nope\"")).await,
         Err(RegistryError::EtagMismatch { .. })
     ));
-    let t1 = hub
-        .patch_twin("dev", patch.clone(), t0.etag.as_deref())
-        .await
-        .unwrap();
+    let t1 = hub.patch_twin("dev", patch.clone(), t0.etag.as_deref()).await.unwrap();
     assert_eq!(t1.version, Some(2));
     assert_eq!(desired_of(&t1)["$version"], 2);
     assert_eq!(desired_of(&t1)["a"], 1);
@@ -287,18 +260,11 @@ async fn twin_patch_and_replace_bump_versions() {
 
     // A patch that changes nothing changes no version and no etag.
     let same = hub.patch_twin("dev", patch, None).await.unwrap();
-    assert_eq!(
-        (same.version, same.etag.clone()),
-        (t1.version, t1.etag.clone())
-    );
+    assert_eq!((same.version, same.etag.clone()), (t1.version, t1.etag.clone()));
 
     // Merge-patch: null deletes, objects merge.
     let t2 = hub
-        .patch_twin(
-            "dev",
-            desired_patch(json!({"a": null, "nested": {"y": 3}})),
-            None,
-        )
+        .patch_twin("dev", desired_patch(json!({"a": null, "nested": {"y": 3}})), None)
         .await
         .unwrap();
     let d = desired_of(&t2);
@@ -323,10 +289,7 @@ async fn twin_patch_and_replace_bump_versions() {
     // Replace: desired and tags become exactly the given documents.
     let mut repl = desired_patch(json!({"b": 2, "$version": 99, "$metadata": {}}));
     repl.tags = Some(obj(json!({"owner": "ops"})));
-    let t4 = hub
-        .replace_twin("dev", repl, t3.etag.as_deref())
-        .await
-        .unwrap();
+    let t4 = hub.replace_twin("dev", repl, t3.etag.as_deref()).await.unwrap();
     let d = desired_of(&t4);
     assert_eq!(d["b"], 2);
     assert!(d.get("nested").is_none());
@@ -334,8 +297,7 @@ async fn twin_patch_and_replace_bump_versions() {
     assert_eq!(t4.tags.unwrap(), obj(json!({"owner": "ops"})));
 
     assert!(matches!(
-        hub.patch_twin("missing", desired_patch(json!({})), None)
-            .await,
+        hub.patch_twin("missing", desired_patch(json!({})), None).await,
         Err(RegistryError::NotFound { .. })
     ));
     assert!(hub.get_twin("missing").is_none());
@@ -393,12 +355,7 @@ async fn upsert_creates_and_applies_initial_twin() {
     assert!(!hub.upsert_device(HOST, &keep).await.unwrap().created);
     let d = hub.get_device("p1").unwrap();
     assert_eq!(
-        d.authentication
-            .unwrap()
-            .symmetric_key
-            .unwrap()
-            .primary_key
-            .as_deref(),
+        d.authentication.unwrap().symmetric_key.unwrap().primary_key.as_deref(),
         Some(KEY2)
     );
     assert!(d.capabilities.unwrap().iot_edge);
@@ -440,17 +397,14 @@ async fn upsert_creates_and_applies_initial_twin() {
     assert!(hub.upsert_device(HOST, &x).await.unwrap().created);
     let a = hub.get_device("x1").unwrap().authentication.unwrap();
     assert_eq!(a.kind, "selfSigned");
-    assert_eq!(
-        a.x509_thumbprint.unwrap().secondary_thumbprint,
-        Some("B".repeat(40))
-    );
+    assert_eq!(a.x509_thumbprint.unwrap().secondary_thumbprint, Some("B".repeat(40)));
     assert_eq!(hub.get_twin("x1").unwrap().tags.unwrap(), Map::new());
 
     // A disabled device is refused and left alone.
     let mut dis = sas_device("x1", None);
     dis.status = Some("disabled".into());
     dis.authentication = None;
-    hub.put_device(dis, None).await.unwrap();
+    hub.put_device(dis, Some("*")).await.unwrap();
     assert!(matches!(
         hub.upsert_device(HOST, &x).await,
         Err(HubError::Refused { .. })
@@ -479,17 +433,12 @@ async fn persists_devices_and_twins_across_reopen() {
         hub.upsert_device(HOST, &provisioning("keep-me", TwinPolicy::Keep))
             .await
             .unwrap();
-        hub.put_device(sas_device("Gone", None), None)
-            .await
-            .unwrap();
+        hub.put_device(sas_device("Gone", None), None).await.unwrap();
         let mut p = desired_patch(json!({"fan": "on"}));
         p.tags = Some(obj(json!({"room": 7})));
         hub.patch_twin("keep-me", p, None).await.unwrap();
         hub.delete_device("gone", None).await.unwrap();
-        (
-            hub.get_device("keep-me").unwrap(),
-            hub.get_twin("keep-me").unwrap(),
-        )
+        (hub.get_device("keep-me").unwrap(), hub.get_twin("keep-me").unwrap())
     };
     let hub = Hub::open(config).unwrap();
     assert_eq!(hub.get_device("keep-me").unwrap(), dev);
@@ -497,13 +446,9 @@ async fn persists_devices_and_twins_across_reopen() {
     assert!(hub.get_device("gone").is_none());
     assert_eq!(hub.statistics().total_device_count, 1);
     // Etags survive, so a client's If-Match still works after a restart.
-    hub.patch_twin(
-        "keep-me",
-        desired_patch(json!({"fan": "off"})),
-        twin.etag.as_deref(),
-    )
-    .await
-    .unwrap();
+    hub.patch_twin("keep-me", desired_patch(json!({"fan": "off"})), twin.etag.as_deref())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
@@ -541,10 +486,7 @@ async fn concurrent_upserts_are_all_durable() {
         TASKS * PER_TASK,
         (TASKS * PER_TASK) as f64 / elapsed.as_secs_f64()
     );
-    assert_eq!(
-        hub.statistics().total_device_count,
-        (TASKS * PER_TASK) as u64
-    );
+    assert_eq!(hub.statistics().total_device_count, (TASKS * PER_TASK) as u64);
     drop(hub);
 
     let hub = Arc::new(Hub::open(config).unwrap());
@@ -585,9 +527,7 @@ async fn racing_creates_and_deletes_stay_consistent() {
         let hub = hub.clone();
         tasks.push(tokio::spawn(async move {
             if i % 2 == 0 {
-                hub.put_device(sas_device("flappy", None), None)
-                    .await
-                    .unwrap();
+                hub.put_device(sas_device("flappy", None), Some("*")).await.unwrap();
             } else {
                 // NotFound is fine: the device may be gone already.
                 let _ = hub.delete_device("flappy", None).await;
@@ -600,9 +540,7 @@ async fn racing_creates_and_deletes_stay_consistent() {
     let exists = hub.get_device("flappy").is_some();
     assert_eq!(hub.statistics().total_device_count, u64::from(exists));
     // Whatever happened, the registry still works for this id.
-    hub.put_device(sas_device("flappy", None), None)
-        .await
-        .unwrap();
+    hub.put_device(sas_device("flappy", None), Some("*")).await.unwrap();
     hub.patch_twin("flappy", desired_patch(json!({"ok": true})), None)
         .await
         .unwrap();

@@ -4,13 +4,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dps_hub::{
-    AuthError, AuthMethod, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound,
-    SessionError,
+    AuthError, AuthMethod, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound, SessionError,
 };
 use dps_proto::hub_mqtt::HubUsername;
-use dps_proto::model::hub::{
-    AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
-};
+use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint};
 use dps_proto::sas::{build_token, encode_component, sign};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::error::TryRecvError;
@@ -121,10 +118,7 @@ async fn sas_authentication_in_every_sdk_encoding() {
         .replace("%2B", "%2b")
         .replace("%2F", "%2f")
         .replace("%3D", "%3d");
-    let c_token = format!(
-        "SharedAccessSignature sr={sr}&sig={sig}&se={}&skn=",
-        NOW + 60
-    );
+    let c_token = format!("SharedAccessSignature sr={sr}&sig={sig}&se={}&skn=", NOW + 60);
     let id = hub
         .authenticate(NOW, &username("dev1"), Some(c_token.as_bytes()), None)
         .unwrap();
@@ -132,12 +126,7 @@ async fn sas_authentication_in_every_sdk_encoding() {
     // Host name and device id are compared case-insensitively.
     let u = HubUsername::parse("HUB.example.test/DEV1/?api-version=2019-10-01").unwrap();
     let id = hub
-        .authenticate(
-            NOW,
-            &u,
-            Some(py_token("DEV1", KEY1, NOW + 60).as_bytes()),
-            None,
-        )
+        .authenticate(NOW, &u, Some(py_token("DEV1", KEY1, NOW + 60).as_bytes()), None)
         .unwrap();
     assert_eq!((id.device_id(), id.client_device_id()), ("dev1", "DEV1"));
 }
@@ -190,13 +179,8 @@ async fn sas_refusals_say_what_was_wrong() {
 
     let u = HubUsername::parse("other.example.test/dev1/?api-version=1").unwrap();
     let r = reason(
-        hub.authenticate(
-            NOW,
-            &u,
-            Some(py_token("dev1", KEY1, NOW + 60).as_bytes()),
-            None,
-        )
-        .unwrap_err(),
+        hub.authenticate(NOW, &u, Some(py_token("dev1", KEY1, NOW + 60).as_bytes()), None)
+            .unwrap_err(),
     );
     assert!(r.contains("other.example.test"), "{r}");
 
@@ -206,16 +190,13 @@ async fn sas_refusals_say_what_was_wrong() {
     );
     assert!(r.contains("SharedAccessSignature"), "{r}");
 
-    let r = reason(
-        hub.authenticate(NOW, &username("dev1"), None, None)
-            .unwrap_err(),
-    );
+    let r = reason(hub.authenticate(NOW, &username("dev1"), None, None).unwrap_err());
     assert!(r.contains("no SAS token"), "{r}");
 
     // Disabled: its own variant, and the Display names the device.
     let mut d = hub.get_device("dev1").unwrap();
     d.status = Some("disabled".into());
-    hub.put_device(d, None).await.unwrap();
+    hub.put_device(d, Some("*")).await.unwrap();
     let err = hub
         .authenticate(
             NOW,
@@ -264,37 +245,18 @@ async fn x509_self_signed_authentication() {
             presented(&SHA1.to_ascii_lowercase(), &"0".repeat(64)),
         )
         .unwrap();
-    assert_eq!(
-        id.method(),
-        AuthMethod::X509SelfSigned(CredentialSlot::Primary)
-    );
+    assert_eq!(id.method(), AuthMethod::X509SelfSigned(CredentialSlot::Primary));
     // SHA-256 match on the secondary.
     let id = hub
-        .authenticate(
-            NOW,
-            &username("cam"),
-            None,
-            presented(&"1".repeat(40), SHA256),
-        )
+        .authenticate(NOW, &username("cam"), None, presented(&"1".repeat(40), SHA256))
         .unwrap();
-    assert_eq!(
-        id.method(),
-        AuthMethod::X509SelfSigned(CredentialSlot::Secondary)
-    );
+    assert_eq!(id.method(), AuthMethod::X509SelfSigned(CredentialSlot::Secondary));
     let r = reason(
-        hub.authenticate(
-            NOW,
-            &username("cam"),
-            None,
-            presented(&"1".repeat(40), &"2".repeat(64)),
-        )
-        .unwrap_err(),
-    );
-    assert!(r.contains("matches neither"), "{r}");
-    let r = reason(
-        hub.authenticate(NOW, &username("cam"), None, None)
+        hub.authenticate(NOW, &username("cam"), None, presented(&"1".repeat(40), &"2".repeat(64)))
             .unwrap_err(),
     );
+    assert!(r.contains("matches neither"), "{r}");
+    let r = reason(hub.authenticate(NOW, &username("cam"), None, None).unwrap_err());
     assert!(r.contains("no client certificate"), "{r}");
     // An X.509 device cannot use a SAS token.
     let r = reason(
@@ -320,15 +282,9 @@ async fn twin_get_and_reported_patch() {
 
     assert_eq!(session.subscribe("$iothub/twin/res/#", 1), Some(1));
     assert_eq!(session.subscribe("$iothub/methods/POST/#", 0), Some(0));
-    assert_eq!(
-        session.subscribe("devices/dev1/messages/devicebound/#", 2),
-        Some(1)
-    );
+    assert_eq!(session.subscribe("devices/dev1/messages/devicebound/#", 2), Some(1));
     assert_eq!(session.subscribe("#", 1), None);
-    assert_eq!(
-        session.subscribe("devices/dev2/messages/devicebound/#", 1),
-        None
-    );
+    assert_eq!(session.subscribe("devices/dev2/messages/devicebound/#", 1), None);
 
     let out = session
         .handle_publish(now(), "$iothub/twin/GET/?$rid=0fa7c5e8", b" ")
@@ -391,11 +347,7 @@ async fn twin_get_and_reported_patch() {
 
     // Not a JSON object: 400 with an error body the SDKs understand.
     let out = session
-        .handle_publish(
-            now(),
-            "$iothub/twin/PATCH/properties/reported/?$rid=11",
-            b"[1]",
-        )
+        .handle_publish(now(), "$iothub/twin/PATCH/properties/reported/?$rid=11", b"[1]")
         .await
         .unwrap();
     assert_eq!(out[0].topic, "$iothub/twin/res/400/?$rid=11");
@@ -424,18 +376,12 @@ async fn desired_patches_only_after_subscribing() {
         .unwrap();
     assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
 
-    assert_eq!(
-        session.subscribe("$iothub/twin/PATCH/properties/desired/#", 0),
-        Some(0)
-    );
+    assert_eq!(session.subscribe("$iothub/twin/PATCH/properties/desired/#", 0), Some(0));
     hub.patch_twin("dev1", desired_patch(json!({"a": 1, "b": {"c": 2}})), None)
         .await
         .unwrap();
     let out = rx.try_recv().unwrap();
-    assert_eq!(
-        out.topic,
-        "$iothub/twin/PATCH/properties/desired/?$version=3"
-    );
+    assert_eq!(out.topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
     // Only the changed part (a is unchanged) plus $version.
     assert_eq!(json_of(&out), json!({"b": {"c": 2}, "$version": 3}));
     assert_eq!(out.qos, 0);
@@ -460,9 +406,7 @@ async fn direct_method_round_trip() {
     let hub = hub_with_device("dev1").await;
     let t = Duration::from_secs(5);
     assert_eq!(
-        hub.invoke_method("dev1", "reboot", json!({}), t)
-            .await
-            .unwrap_err(),
+        hub.invoke_method("dev1", "reboot", json!({}), t).await.unwrap_err(),
         MethodError::DeviceNotOnline {
             device_id: "dev1".into()
         }
@@ -486,10 +430,7 @@ async fn direct_method_round_trip() {
 
     let call = {
         let hub = hub.clone();
-        tokio::spawn(async move {
-            hub.invoke_method("dev1", "reboot", json!({"delay": 5}), t)
-                .await
-        })
+        tokio::spawn(async move { hub.invoke_method("dev1", "reboot", json!({"delay": 5}), t).await })
     };
     let req = rx.recv().await.unwrap();
     let rid = req
@@ -528,10 +469,7 @@ async fn direct_method_round_trip() {
     // The connection drops while a call waits: the call fails at once, not at its timeout.
     let call = {
         let hub = hub.clone();
-        tokio::spawn(async move {
-            hub.invoke_method("dev1", "x", json!(1), Duration::from_secs(30))
-                .await
-        })
+        tokio::spawn(async move { hub.invoke_method("dev1", "x", json!(1), Duration::from_secs(30)).await })
     };
     rx.recv().await.unwrap();
     drop(session);
@@ -566,16 +504,10 @@ async fn telemetry_is_stored_and_broadcast() {
     let m = events.recv().await.unwrap();
     assert_eq!(m.sequence_number, 1);
     assert_eq!(m.device_id, "dev1");
-    assert_eq!(
-        m.properties,
-        vec![("alert".to_string(), "high temp".to_string())]
-    );
+    assert_eq!(m.properties, vec![("alert".to_string(), "high temp".to_string())]);
     assert_eq!(m.system_property("content-type"), Some("application/json"));
     assert_eq!(m.system_property("message-id"), Some("m1"));
-    assert_eq!(
-        m.system_property("iothub-connection-device-id"),
-        Some("dev1")
-    );
+    assert_eq!(m.system_property("iothub-connection-device-id"), Some("dev1"));
     assert_eq!(m.body_json(), Some(json!({"temperature": 30})));
     let v = serde_json::to_value(&*m).unwrap();
     assert_eq!(v["deviceId"], "dev1");
@@ -587,10 +519,7 @@ async fn telemetry_is_stored_and_broadcast() {
     let e = m.to_monitor_event();
     assert_eq!(e["event"]["origin"], "dev1");
     assert_eq!(e["event"]["payload"], json!({"temperature": 30}));
-    assert_eq!(
-        e["event"]["properties"]["application"]["alert"],
-        "high temp"
-    );
+    assert_eq!(e["event"]["properties"]["application"]["alert"], "high temp");
 
     let m2 = events.recv().await.unwrap();
     assert_eq!(m2.sequence_number, 2);
@@ -628,8 +557,7 @@ async fn new_connection_replaces_the_old_one() {
     assert!(!old.is_current());
     assert!(new.is_current());
     assert!(matches!(
-        old.handle_publish(now(), "$iothub/twin/GET/?$rid=1", b"")
-            .await,
+        old.handle_publish(now(), "$iothub/twin/GET/?$rid=1", b"").await,
         Err(SessionError::Closed { .. })
     ));
     // Dropping the replaced session must not mark the device disconnected.
@@ -661,10 +589,7 @@ async fn new_connection_replaces_the_old_one() {
     )
     .await
     .unwrap();
-    assert!(matches!(
-        hub.open_session(id),
-        Err(SessionError::Closed { .. })
-    ));
+    assert!(matches!(hub.open_session(id), Err(SessionError::Closed { .. })));
 }
 
 #[tokio::test]
@@ -672,41 +597,26 @@ async fn cloud_to_device_delivery_and_queue() {
     let hub = hub_with_device("dev1").await;
     hub.send_c2d("dev1", b"queued".to_vec(), vec![("k".into(), "v 1".into())])
         .unwrap();
-    assert_eq!(
-        hub.get_device("dev1")
-            .unwrap()
-            .cloud_to_device_message_count,
-        1
-    );
+    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 1);
     let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
     assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
     session.subscribe("devices/dev1/messages/devicebound/#", 1);
     let m = rx.try_recv().unwrap();
     assert!(
-        m.topic
-            .starts_with("devices/dev1/messages/devicebound/%24.mid="),
+        m.topic.starts_with("devices/dev1/messages/devicebound/%24.mid="),
         "{}",
         m.topic
     );
-    assert!(m
-        .topic
-        .contains("&%24.to=%2Fdevices%2Fdev1%2Fmessages%2FdeviceBound"));
+    assert!(m.topic.contains("&%24.to=%2Fdevices%2Fdev1%2Fmessages%2FdeviceBound"));
     assert!(m.topic.ends_with("&k=v%201"));
     assert_eq!(&m.payload[..], b"queued");
     assert_eq!(m.qos, 1);
-    assert_eq!(
-        hub.get_device("dev1")
-            .unwrap()
-            .cloud_to_device_message_count,
-        0
-    );
+    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 0);
 
     hub.send_c2d("dev1", &b"live"[..], vec![("$.mid".into(), "mine".into())])
         .unwrap();
     let m = rx.try_recv().unwrap();
-    assert!(m
-        .topic
-        .starts_with("devices/dev1/messages/devicebound/%24.mid=mine&"));
+    assert!(m.topic.starts_with("devices/dev1/messages/devicebound/%24.mid=mine&"));
 
     drop(session);
     for _ in 0..dps_hub::C2D_QUEUE_LIMIT {
@@ -726,10 +636,7 @@ async fn cloud_to_device_delivery_and_queue() {
 async fn embedded_c_wildcard_c2d_subscription() {
     let hub = hub_with_device("dev1").await;
     let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
-    assert_eq!(
-        session.subscribe("devices/+/messages/devicebound/#", 1),
-        Some(1)
-    );
+    assert_eq!(session.subscribe("devices/+/messages/devicebound/#", 1), Some(1));
     hub.send_c2d("dev1", &b"hi"[..], vec![]).unwrap();
     assert!(rx
         .try_recv()

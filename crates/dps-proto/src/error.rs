@@ -49,7 +49,7 @@ pub mod codes {
     /// The enrollment (individual or group) that matched is disabled.
     pub const ENROLLMENT_DISABLED: u32 = 401_003;
     /// Unknown ID scope.
-    pub const ID_SCOPE_NOT_FOUND: u32 = 404_001;
+    pub const ID_SCOPE_NOT_FOUND: u32 = 404_200;
     /// No such route / resource path.
     pub const PATH_NOT_FOUND: u32 = 404_002;
     /// `*` Individual enrollment (or registration id) not found.
@@ -60,8 +60,10 @@ pub mod codes {
     pub const REGISTRATION_NOT_FOUND: u32 = 404_203;
     /// Operation id unknown (or belongs to another registration).
     pub const OPERATION_NOT_FOUND: u32 = 404_204;
-    /// Hub device not found (registry API).
-    pub const DEVICE_NOT_FOUND: u32 = 404_103;
+    /// `*` Hub device not found (IoT Hub's DeviceNotFound).
+    pub const DEVICE_NOT_FOUND: u32 = 404_001;
+    /// `*` Hub device has no live connection for a direct method (IoT Hub's DeviceNotOnline).
+    pub const DEVICE_NOT_ONLINE: u32 = 404_103;
     /// Method not allowed on this path.
     pub const METHOD_NOT_ALLOWED: u32 = 405_000;
     /// `*` Enrollment already exists (create without etag).
@@ -70,7 +72,7 @@ pub mod codes {
     pub const ENROLLMENT_GROUP_EXISTS: u32 = 409_202;
     /// `*` A concurrent registration of the same device is in progress.
     pub const PRECONDITION_CONCURRENT: u32 = 409_203;
-    /// Hub device already exists.
+    /// `*` Hub device already exists (PUT without If-Match; IoT Hub's DeviceAlreadyExists).
     pub const DEVICE_EXISTS: u32 = 409_001;
     /// If-Match does not match the enrollment's etag.
     pub const ENROLLMENT_ETAG_MISMATCH: u32 = 412_201;
@@ -88,4 +90,6 @@ pub mod codes {
     pub const THROTTLED: u32 = 429_001;
     /// Unexpected server error (storage failure and the like).
     pub const INTERNAL: u32 = 500_000;
+    /// `*` The device did not answer a direct method in time (IoT Hub's GatewayTimeout).
+    pub const METHOD_TIMEOUT: u32 = 504_101;
 }

@@ -286,6 +286,166 @@ fn unix(now: DateTime<Utc>) -> u64 {
     now.timestamp().max(0) as u64
 }
 
+/// What individual enrollments and enrollment groups share, so one code path validates, stamps
+/// and bulk-processes both.
+trait EnrollmentDocument: Sized {
+    const KIND: Kind;
+    /// TPM is allowed on individual enrollments only.
+    const INDIVIDUAL: bool;
+    fn id(&self) -> &str;
+    fn id_mut(&mut self) -> &mut String;
+    fn attestation(&self) -> &AttestationMechanism;
+    fn attestation_mut(&mut self) -> &mut AttestationMechanism;
+    fn etag_mut(&mut self) -> &mut Option<String>;
+    fn created(&self) -> Option<DateTime<Utc>>;
+    fn set_times(&mut self, created: DateTime<Utc>, updated: DateTime<Utc>);
+    /// The engine's PUT for this kind of document.
+    fn put(
+        engine: &Engine,
+        now: DateTime<Utc>,
+        doc: Self,
+        if_match: Option<String>,
+    ) -> impl std::future::Future<Output = Result<(), ApiError>> + Send + '_;
+    /// The engine's DELETE for this kind of document.
+    fn delete(
+        engine: &Engine,
+        id: String,
+        if_match: Option<String>,
+    ) -> impl std::future::Future<Output = Result<(), ApiError>> + Send + '_;
+}
+
+macro_rules! enrollment_document {
+    ($t:ty, $id:ident, $kind:expr, $individual:expr, $put:ident, $delete:ident) => {
+        impl EnrollmentDocument for $t {
+            const KIND: Kind = $kind;
+            const INDIVIDUAL: bool = $individual;
+            fn id(&self) -> &str {
+                &self.$id
+            }
+            fn id_mut(&mut self) -> &mut String {
+                &mut self.$id
+            }
+            fn attestation(&self) -> &AttestationMechanism {
+                &self.attestation
+            }
+            fn attestation_mut(&mut self) -> &mut AttestationMechanism {
+                &mut self.attestation
+            }
+            fn etag_mut(&mut self) -> &mut Option<String> {
+                &mut self.etag
+            }
+            fn created(&self) -> Option<DateTime<Utc>> {
+                self.created_date_time_utc
+            }
+            fn set_times(&mut self, created: DateTime<Utc>, updated: DateTime<Utc>) {
+                self.created_date_time_utc = Some(created);
+                self.last_updated_date_time_utc = Some(updated);
+            }
+            async fn put(
+                engine: &Engine,
+                now: DateTime<Utc>,
+                doc: Self,
+                if_match: Option<String>,
+            ) -> Result<(), ApiError> {
+                let id = doc.$id.clone();
+                engine.$put(now, &id, doc, if_match.as_deref()).await.map(drop)
+            }
+            async fn delete(engine: &Engine, id: String, if_match: Option<String>) -> Result<(), ApiError> {
+                engine.$delete(&id, if_match.as_deref()).await
+            }
+        }
+    };
+}
+
+enrollment_document!(
+    IndividualEnrollment,
+    registration_id,
+    Kind::Enrollment,
+    true,
+    put_enrollment,
+    delete_enrollment
+);
+enrollment_document!(
+    EnrollmentGroup,
+    enrollment_group_id,
+    Kind::Group,
+    false,
+    put_group,
+    delete_group
+);
+
+/// Validates the path id against the body, completes the attestation (keeping stored secrets),
+/// and stamps a new etag and the timestamps. Returns the write condition (`If-Match`, else the
+/// body's etag).
+fn prepare_write<T: EnrollmentDocument>(
+    now: DateTime<Utc>,
+    path_id: &str,
+    doc: &mut T,
+    stored: Option<&T>,
+    if_match: Option<&str>,
+) -> Result<WriteCondition, ApiError> {
+    let what = T::KIND.name();
+    registration_id::validate(path_id).map_err(|err| ApiError::invalid(format!("{what} id: {err}")))?;
+    if doc.id().is_empty() {
+        *doc.id_mut() = path_id.to_string();
+    } else if !doc.id().eq_ignore_ascii_case(path_id) {
+        return Err(ApiError::invalid(format!(
+            "{what} id '{}' in the body does not match the path id '{path_id}'",
+            doc.id()
+        )));
+    }
+    let cond = condition(if_match, doc.etag_mut().as_deref());
+    prepare_attestation(doc.attestation_mut(), stored.map(|s| s.attestation()), T::INDIVIDUAL)
+        .map_err(ApiError::invalid)?;
+    *doc.etag_mut() = Some(new_etag());
+    doc.set_times(stored.and_then(|s| s.created()).unwrap_or(now), now);
+    Ok(cond)
+}
+
+/// Runs a bulk operation item by item: per-item failures are reported, not fatal.
+async fn run_bulk<T: EnrollmentDocument>(
+    engine: &Engine,
+    now: DateTime<Utc>,
+    mode: BulkMode,
+    items: Vec<T>,
+) -> Result<BulkOperationResult, ApiError> {
+    let ids: Vec<String> = items.iter().map(|i| i.id().to_string()).collect();
+    check_bulk(&ids)?;
+    let mut errors = Vec::new();
+    for mut item in items {
+        let id = item.id().to_string();
+        let etag = item.etag_mut().clone();
+        let result = match mode {
+            BulkMode::Create => {
+                *item.etag_mut() = None;
+                T::put(engine, now, item, None).await
+            }
+            BulkMode::Update => T::put(engine, now, item, etag).await,
+            BulkMode::UpdateIfMatchEtag => match etag {
+                Some(t) => T::put(engine, now, item, Some(t)).await,
+                None => Err(T::KIND.map(StoreError::EtagMismatch, &id)),
+            },
+            BulkMode::Delete => T::delete(engine, id.clone(), etag).await,
+        };
+        if let Err(err) = result {
+            let (registration_id, enrollment_group_id) = match T::KIND {
+                Kind::Group => (None, Some(id)),
+                _ => (Some(id), None),
+            };
+            errors.push(BulkOperationError {
+                registration_id,
+                enrollment_group_id,
+                error_code: err.code,
+                error_status: err.message,
+            });
+        }
+    }
+    Ok(BulkOperationResult {
+        is_successful: errors.is_empty(),
+        errors,
+    })
+}
+
 impl Engine {
     // ---------------------------------------------------------------- individual enrollments
 
@@ -297,26 +457,12 @@ impl Engine {
         mut e: IndividualEnrollment,
         if_match: Option<&str>,
     ) -> Result<IndividualEnrollment, ApiError> {
-        registration_id::validate(id).map_err(|err| ApiError::invalid(format!("registration id: {err}")))?;
-        if e.registration_id.is_empty() {
-            e.registration_id = id.to_string();
-        } else if !e.registration_id.eq_ignore_ascii_case(id) {
-            return Err(ApiError::invalid(format!(
-                "body registrationId '{}' does not match the path id '{id}'",
-                e.registration_id
-            )));
-        }
         if let Some(d) = e.device_id.as_deref().filter(|d| !d.is_empty()) {
             validate_device_id(d)?;
         }
-        let cond = condition(if_match, e.etag.as_deref());
         let stored = self.store.get_enrollment(id).await?;
-        prepare_attestation(&mut e.attestation, stored.as_ref().map(|s| &s.attestation), true)
-            .map_err(ApiError::invalid)?;
+        let cond = prepare_write(now, id, &mut e, stored.as_ref(), if_match)?;
         e.registration_state = None;
-        e.etag = Some(new_etag());
-        e.created_date_time_utc = Some(stored.as_ref().and_then(|s| s.created_date_time_utc).unwrap_or(now));
-        e.last_updated_date_time_utc = Some(now);
         self.store
             .put_enrollment(&e, &cond)
             .await
@@ -383,37 +529,7 @@ impl Engine {
         now: DateTime<Utc>,
         op: BulkEnrollmentOperation,
     ) -> Result<BulkOperationResult, ApiError> {
-        let ids: Vec<String> = op.enrollments.iter().map(|e| e.registration_id.clone()).collect();
-        check_bulk(&ids)?;
-        let mut errors = Vec::new();
-        for e in op.enrollments {
-            let id = e.registration_id.clone();
-            let etag = e.etag.clone();
-            let result = match op.mode {
-                BulkMode::Create => self
-                    .put_enrollment(now, &id, IndividualEnrollment { etag: None, ..e }, None)
-                    .await
-                    .map(drop),
-                BulkMode::Update => self.put_enrollment(now, &id, e, etag.as_deref()).await.map(drop),
-                BulkMode::UpdateIfMatchEtag => match etag.as_deref() {
-                    Some(t) => self.put_enrollment(now, &id, e, Some(t)).await.map(drop),
-                    None => Err(Kind::Enrollment.map(StoreError::EtagMismatch, &id)),
-                },
-                BulkMode::Delete => self.delete_enrollment(&id, etag.as_deref()).await,
-            };
-            if let Err(err) = result {
-                errors.push(BulkOperationError {
-                    registration_id: Some(id),
-                    enrollment_group_id: None,
-                    error_code: err.code,
-                    error_status: err.message,
-                });
-            }
-        }
-        Ok(BulkOperationResult {
-            is_successful: errors.is_empty(),
-            errors,
-        })
+        run_bulk(self, now, op.mode, op.enrollments).await
     }
 
     // ---------------------------------------------------------------- enrollment groups
@@ -426,22 +542,8 @@ impl Engine {
         mut g: EnrollmentGroup,
         if_match: Option<&str>,
     ) -> Result<EnrollmentGroup, ApiError> {
-        registration_id::validate(id).map_err(|err| ApiError::invalid(format!("enrollment group id: {err}")))?;
-        if g.enrollment_group_id.is_empty() {
-            g.enrollment_group_id = id.to_string();
-        } else if !g.enrollment_group_id.eq_ignore_ascii_case(id) {
-            return Err(ApiError::invalid(format!(
-                "body enrollmentGroupId '{}' does not match the path id '{id}'",
-                g.enrollment_group_id
-            )));
-        }
-        let cond = condition(if_match, g.etag.as_deref());
         let stored = self.store.get_group(id).await?;
-        prepare_attestation(&mut g.attestation, stored.as_ref().map(|s| &s.attestation), false)
-            .map_err(ApiError::invalid)?;
-        g.etag = Some(new_etag());
-        g.created_date_time_utc = Some(stored.as_ref().and_then(|s| s.created_date_time_utc).unwrap_or(now));
-        g.last_updated_date_time_utc = Some(now);
+        let cond = prepare_write(now, id, &mut g, stored.as_ref(), if_match)?;
         let result = self
             .store
             .put_group(&g, &cond)
@@ -507,41 +609,7 @@ impl Engine {
         now: DateTime<Utc>,
         op: BulkEnrollmentGroupOperation,
     ) -> Result<BulkOperationResult, ApiError> {
-        let ids: Vec<String> = op
-            .enrollment_groups
-            .iter()
-            .map(|g| g.enrollment_group_id.clone())
-            .collect();
-        check_bulk(&ids)?;
-        let mut errors = Vec::new();
-        for g in op.enrollment_groups {
-            let id = g.enrollment_group_id.clone();
-            let etag = g.etag.clone();
-            let result = match op.mode {
-                BulkMode::Create => self
-                    .put_group(now, &id, EnrollmentGroup { etag: None, ..g }, None)
-                    .await
-                    .map(drop),
-                BulkMode::Update => self.put_group(now, &id, g, etag.as_deref()).await.map(drop),
-                BulkMode::UpdateIfMatchEtag => match etag.as_deref() {
-                    Some(t) => self.put_group(now, &id, g, Some(t)).await.map(drop),
-                    None => Err(Kind::Group.map(StoreError::EtagMismatch, &id)),
-                },
-                BulkMode::Delete => self.delete_group(&id, etag.as_deref()).await,
-            };
-            if let Err(err) = result {
-                errors.push(BulkOperationError {
-                    registration_id: None,
-                    enrollment_group_id: Some(id),
-                    error_code: err.code,
-                    error_status: err.message,
-                });
-            }
-        }
-        Ok(BulkOperationResult {
-            is_successful: errors.is_empty(),
-            errors,
-        })
+        run_bulk(self, now, op.mode, op.enrollment_groups).await
     }
 
     // ---------------------------------------------------------------- registration records

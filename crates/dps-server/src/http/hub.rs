@@ -32,8 +32,6 @@ const METHOD_TIMEOUT_MIN: u64 = 5;
 const METHOD_TIMEOUT_MAX: u64 = 300;
 /// Largest query page.
 const MAX_QUERY_PAGE: usize = 1000;
-/// `504101`: the device did not answer a direct method in time (Azure's GatewayTimeout code).
-const METHOD_TIMEOUT_CODE: u32 = 504_101;
 
 fn rights(route: &Route) -> &'static [&'static str] {
     use Route::*;
@@ -166,6 +164,7 @@ fn registry_error(e: RegistryError) -> ApiError {
     match e {
         RegistryError::NotFound { device_id } => device_not_found(&device_id),
         RegistryError::EtagMismatch { .. } => ApiError::new(codes::DEVICE_ETAG_MISMATCH, e.to_string()),
+        RegistryError::AlreadyExists { .. } => ApiError::new(codes::DEVICE_EXISTS, e.to_string()),
         RegistryError::Invalid(m) => ApiError::invalid(m),
         RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
     }
@@ -174,9 +173,9 @@ fn registry_error(e: RegistryError) -> ApiError {
 fn method_error(e: MethodError) -> ApiError {
     match &e {
         // Azure: 404 DeviceNotOnline (404103).
-        MethodError::DeviceNotOnline { .. } => ApiError::new(codes::DEVICE_NOT_FOUND, e.to_string()),
+        MethodError::DeviceNotOnline { .. } => ApiError::new(codes::DEVICE_NOT_ONLINE, e.to_string()),
         MethodError::DeviceNotFound { device_id } => device_not_found(device_id),
-        MethodError::Timeout { .. } => ApiError::new(METHOD_TIMEOUT_CODE, e.to_string()),
+        MethodError::Timeout { .. } => ApiError::new(codes::METHOD_TIMEOUT, e.to_string()),
         MethodError::InvalidMethodName(_) => ApiError::invalid(e.to_string()),
     }
 }

@@ -973,7 +973,7 @@ async fn direct_methods() {
     let m = f
         .reg(Method::POST, "/twins/off/methods", &[], body.clone())
         .await
-        .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_FOUND);
+        .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_ONLINE);
     assert!(m.contains("not online"), "{m}");
 
     let (session, mut rx) = connect_device(&f, "m1").await;
