@@ -57,6 +57,8 @@ pub async fn run_all(store: &dyn Store) {
     groups_crud(store).await;
     registrations(store).await;
     deleting_an_enrollment_deletes_its_record(store).await;
+    failed_preconditions_change_nothing(store).await;
+    deleting_a_group_keeps_its_records(store).await;
 }
 
 async fn enrollments_crud_and_etags(s: &dyn Store) {
@@ -251,4 +253,29 @@ async fn deleting_an_enrollment_deletes_its_record(s: &dyn Store) {
     s.commit_registration(&record("with-rec", None, "r")).await.unwrap();
     s.delete_enrollment("WITH-REC", &WriteCondition::None).await.unwrap();
     assert_eq!(s.get_registration("with-rec").await.unwrap(), None);
+}
+
+async fn failed_preconditions_change_nothing(s: &dyn Store) {
+    let original = enrollment("pre-1", "v1");
+    s.put_enrollment(&original, &WriteCondition::None).await.unwrap();
+    let mut changed = enrollment("pre-1", "v2");
+    changed.device_id = Some("other".into());
+    assert_eq!(s.put_enrollment(&changed, &WriteCondition::None).await, Err(StoreError::AlreadyExists));
+    assert_eq!(
+        s.put_enrollment(&changed, &WriteCondition::Etag("stale".into())).await,
+        Err(StoreError::EtagMismatch)
+    );
+    assert_eq!(s.get_enrollment("pre-1").await.unwrap(), Some(original));
+    s.delete_enrollment("pre-1", &WriteCondition::None).await.unwrap();
+}
+
+async fn deleting_a_group_keeps_its_records(s: &dyn Store) {
+    s.put_group(&group("Keep-G", "k"), &WriteCondition::None).await.unwrap();
+    s.commit_registration(&record("keep-dev", Some("Keep-G"), "r")).await.unwrap();
+    s.delete_group("keep-g", &WriteCondition::None).await.unwrap();
+    assert!(s.get_registration("keep-dev").await.unwrap().is_some(), "Azure keeps orphaned records");
+    // Paging with a mixed-case `after` pages by the lower-cased key.
+    let page = s.list_registrations_by_group("KEEP-G", Some("KEEP-DEV"), 10).await.unwrap();
+    assert!(page.is_empty());
+    s.delete_registration("keep-dev", &WriteCondition::None).await.unwrap();
 }
