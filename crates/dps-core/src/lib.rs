@@ -19,4 +19,4 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page};
 pub use error::ApiError;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
-pub use store::{RegistrationRecord, Store, StoreError, WriteCondition};
+pub use store::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};

@@ -96,6 +96,29 @@ pub struct RegistrationRecord {
     pub operation_id: Option<String>,
 }
 
+/// A CA certificate registered with the service (`/certificates/{name}`), referenced by
+/// `caReferences` in X.509 enrollments. Groups that reference a CA accept devices only once the
+/// CA is verified (proof of possession of its private key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaCertificateRecord {
+    /// Name as given at upload (case kept; looked up case-insensitively).
+    pub name: String,
+    /// Etag, new on every write.
+    pub etag: String,
+    /// The certificate, base64 DER.
+    pub certificate: String,
+    /// Proof of possession completed (or waived at upload).
+    pub is_verified: bool,
+    /// The outstanding verification code, if one was generated and not yet used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_code: Option<String>,
+    /// Upload time.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated: chrono::DateTime<chrono::Utc>,
+}
+
 impl RegistrationRecord {
     /// The storage key (lower-cased registration id).
     pub fn key(&self) -> String {
@@ -147,6 +170,15 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RegistrationRecord>, StoreError>;
+
+    /// CA certificate by name (case-insensitive).
+    async fn get_certificate(&self, name: &str) -> Result<Option<CaCertificateRecord>, StoreError>;
+    /// Creates or replaces a CA certificate under `cond`.
+    async fn put_certificate(&self, c: &CaCertificateRecord, cond: &WriteCondition) -> Result<(), StoreError>;
+    /// Deletes a CA certificate under `cond`.
+    async fn delete_certificate(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError>;
+    /// All CA certificates, ordered by lower-cased name (Azure allows 25; no paging needed).
+    async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError>;
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! JSON models, camelCase as on the wire. Unknown input fields are ignored; absent optional
 //! fields are omitted on output.
 
+pub mod certificate;
 pub mod device;
 pub mod hub;
 pub mod service;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use dps_core::{RegistrationRecord, Store, StoreError, WriteCondition};
+use dps_core::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};
 use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
 use dps_proto::registration_id::key;
 use rusqlite::{Connection, OpenFlags};
@@ -411,5 +411,34 @@ impl Store for SqliteStore {
         let after = after.map(key);
         self.read(move |c| reader::list_by_group(c, &group, after.as_deref(), limit))
             .await
+    }
+
+    async fn get_certificate(&self, name: &str) -> Result<Option<CaCertificateRecord>, StoreError> {
+        let k = key(name);
+        self.read(move |c| reader::get(c, Doc::Certificates, &k)).await
+    }
+
+    async fn put_certificate(&self, cert: &CaCertificateRecord, cond: &WriteCondition) -> Result<(), StoreError> {
+        self.write(Op::Put {
+            table: Table::Certificates,
+            key: key(&cert.name),
+            etag: Some(cert.etag.clone()),
+            doc: doc(cert)?,
+            cond: cond.clone(),
+        })
+        .await
+    }
+
+    async fn delete_certificate(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError> {
+        self.write(Op::Delete {
+            table: Table::Certificates,
+            key: key(name),
+            cond: cond.clone(),
+        })
+        .await
+    }
+
+    async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError> {
+        self.read(move |c| reader::list(c, Doc::Certificates, None, 1000)).await
     }
 }

@@ -7,7 +7,7 @@ use dps_proto::model::service::{
     RegistrationStatus, SymmetricKeyAttestation,
 };
 
-use super::{RegistrationRecord, Store, StoreError, WriteCondition};
+use super::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};
 
 fn enrollment(id: &str, etag: &str) -> IndividualEnrollment {
     IndividualEnrollment {
@@ -59,6 +59,7 @@ pub async fn run_all(store: &dyn Store) {
     deleting_an_enrollment_deletes_its_record(store).await;
     failed_preconditions_change_nothing(store).await;
     deleting_a_group_keeps_its_records(store).await;
+    certificates(store).await;
 }
 
 async fn enrollments_crud_and_etags(s: &dyn Store) {
@@ -260,7 +261,10 @@ async fn failed_preconditions_change_nothing(s: &dyn Store) {
     s.put_enrollment(&original, &WriteCondition::None).await.unwrap();
     let mut changed = enrollment("pre-1", "v2");
     changed.device_id = Some("other".into());
-    assert_eq!(s.put_enrollment(&changed, &WriteCondition::None).await, Err(StoreError::AlreadyExists));
+    assert_eq!(
+        s.put_enrollment(&changed, &WriteCondition::None).await,
+        Err(StoreError::AlreadyExists)
+    );
     assert_eq!(
         s.put_enrollment(&changed, &WriteCondition::Etag("stale".into())).await,
         Err(StoreError::EtagMismatch)
@@ -271,11 +275,62 @@ async fn failed_preconditions_change_nothing(s: &dyn Store) {
 
 async fn deleting_a_group_keeps_its_records(s: &dyn Store) {
     s.put_group(&group("Keep-G", "k"), &WriteCondition::None).await.unwrap();
-    s.commit_registration(&record("keep-dev", Some("Keep-G"), "r")).await.unwrap();
+    s.commit_registration(&record("keep-dev", Some("Keep-G"), "r"))
+        .await
+        .unwrap();
     s.delete_group("keep-g", &WriteCondition::None).await.unwrap();
-    assert!(s.get_registration("keep-dev").await.unwrap().is_some(), "Azure keeps orphaned records");
+    assert!(
+        s.get_registration("keep-dev").await.unwrap().is_some(),
+        "Azure keeps orphaned records"
+    );
     // Paging with a mixed-case `after` pages by the lower-cased key.
-    let page = s.list_registrations_by_group("KEEP-G", Some("KEEP-DEV"), 10).await.unwrap();
+    let page = s
+        .list_registrations_by_group("KEEP-G", Some("KEEP-DEV"), 10)
+        .await
+        .unwrap();
     assert!(page.is_empty());
     s.delete_registration("keep-dev", &WriteCondition::None).await.unwrap();
+}
+
+async fn certificates(s: &dyn Store) {
+    let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let cert = |etag: &str, verified: bool| CaCertificateRecord {
+        name: "Root-CA".into(),
+        etag: etag.into(),
+        certificate: "MIIB".into(),
+        is_verified: verified,
+        verification_code: (!verified).then(|| "ABC123".into()),
+        created: t,
+        updated: t,
+    };
+    assert_eq!(s.get_certificate("root-ca").await.unwrap(), None);
+    s.put_certificate(&cert("c1", false), &WriteCondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.put_certificate(&cert("c2", false), &WriteCondition::None).await,
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.put_certificate(&cert("c2", true), &WriteCondition::Etag("stale".into()))
+            .await,
+        Err(StoreError::EtagMismatch)
+    );
+    s.put_certificate(&cert("c2", true), &WriteCondition::Etag("c1".into()))
+        .await
+        .unwrap();
+    let got = s.get_certificate("ROOT-CA").await.unwrap().unwrap();
+    assert_eq!(got, cert("c2", true));
+    assert_eq!(s.list_certificates().await.unwrap(), vec![cert("c2", true)]);
+    assert_eq!(
+        s.delete_certificate("root-ca", &WriteCondition::Etag("c1".into()))
+            .await,
+        Err(StoreError::EtagMismatch)
+    );
+    s.delete_certificate("root-ca", &WriteCondition::None).await.unwrap();
+    assert_eq!(
+        s.delete_certificate("root-ca", &WriteCondition::None).await,
+        Err(StoreError::NotFound)
+    );
+    assert!(s.list_certificates().await.unwrap().is_empty());
 }

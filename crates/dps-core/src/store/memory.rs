@@ -7,7 +7,7 @@ use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
 use dps_proto::registration_id::key;
 use parking_lot::RwLock;
 
-use super::{RegistrationRecord, Store, StoreError, WriteCondition};
+use super::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};
 
 /// Three ordered maps behind one lock each; fine for tests and small deployments.
 #[derive(Default)]
@@ -15,6 +15,7 @@ pub struct MemoryStore {
     enrollments: RwLock<BTreeMap<String, IndividualEnrollment>>,
     groups: RwLock<BTreeMap<String, EnrollmentGroup>>,
     registrations: RwLock<BTreeMap<String, RegistrationRecord>>,
+    certificates: RwLock<BTreeMap<String, CaCertificateRecord>>,
 }
 
 impl MemoryStore {
@@ -124,6 +125,30 @@ impl Store for MemoryStore {
             .take(limit)
             .map(|(_, r)| r.clone())
             .collect())
+    }
+
+    async fn get_certificate(&self, name: &str) -> Result<Option<CaCertificateRecord>, StoreError> {
+        Ok(self.certificates.read().get(&key(name)).cloned())
+    }
+
+    async fn put_certificate(&self, c: &CaCertificateRecord, cond: &WriteCondition) -> Result<(), StoreError> {
+        let mut map = self.certificates.write();
+        let k = key(&c.name);
+        cond.check_put(map.get(&k).map(|x| x.etag.as_str()))?;
+        map.insert(k, c.clone());
+        Ok(())
+    }
+
+    async fn delete_certificate(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError> {
+        let mut map = self.certificates.write();
+        let k = key(name);
+        cond.check_delete(map.get(&k).map(|x| x.etag.as_str()))?;
+        map.remove(&k);
+        Ok(())
+    }
+
+    async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError> {
+        Ok(self.certificates.read().values().cloned().collect())
     }
 }
 

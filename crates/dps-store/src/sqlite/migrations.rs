@@ -25,11 +25,18 @@ pub(crate) struct Migration {
 
 /// Every migration, in order. Append only: never edit or reorder a released step, since files in
 /// the field already record having run it.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "enrollments, enrollment_groups, registrations",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "enrollments, enrollment_groups, registrations",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "certificates",
+        sql: include_str!("migrations/0002_certificates.sql"),
+    },
+];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -92,6 +92,7 @@ pub(crate) enum Doc {
     Enrollments,
     Groups,
     Registrations,
+    Certificates,
 }
 
 impl Doc {
@@ -100,6 +101,7 @@ impl Doc {
             Doc::Enrollments => "enrollments",
             Doc::Groups => "enrollment_groups",
             Doc::Registrations => "registrations",
+            Doc::Certificates => "certificates",
         }
     }
 
@@ -108,6 +110,7 @@ impl Doc {
             Doc::Enrollments => "SELECT doc FROM enrollments WHERE key = ?1",
             Doc::Groups => "SELECT doc FROM enrollment_groups WHERE key = ?1",
             Doc::Registrations => "SELECT doc FROM registrations WHERE key = ?1",
+            Doc::Certificates => "SELECT doc FROM certificates WHERE key = ?1",
         }
     }
 
@@ -125,6 +128,10 @@ impl Doc {
             Doc::Registrations => (
                 "SELECT key, doc FROM registrations ORDER BY key LIMIT ?1",
                 "SELECT key, doc FROM registrations WHERE key > ?2 ORDER BY key LIMIT ?1",
+            ),
+            Doc::Certificates => (
+                "SELECT key, doc FROM certificates ORDER BY key LIMIT ?1",
+                "SELECT key, doc FROM certificates WHERE key > ?2 ORDER BY key LIMIT ?1",
             ),
         }
     }

@@ -35,6 +35,7 @@ pub(crate) struct Command {
 pub(crate) enum Table {
     Enrollments,
     Groups,
+    Certificates,
 }
 
 impl Table {
@@ -42,6 +43,7 @@ impl Table {
         match self {
             Table::Enrollments => "SELECT etag FROM enrollments WHERE key = ?1",
             Table::Groups => "SELECT etag FROM enrollment_groups WHERE key = ?1",
+            Table::Certificates => "SELECT etag FROM certificates WHERE key = ?1",
         }
     }
 
@@ -55,6 +57,10 @@ impl Table {
                 "INSERT INTO enrollment_groups (key, etag, doc) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
             }
+            Table::Certificates => {
+                "INSERT INTO certificates (key, etag, doc) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
+            }
         }
     }
 
@@ -62,6 +68,7 @@ impl Table {
         match self {
             Table::Enrollments => "DELETE FROM enrollments WHERE key = ?1",
             Table::Groups => "DELETE FROM enrollment_groups WHERE key = ?1",
+            Table::Certificates => "DELETE FROM certificates WHERE key = ?1",
         }
     }
 }
@@ -75,7 +82,7 @@ const UPSERT_REGISTRATION: &str = "INSERT INTO registrations (key, group_key, et
 /// One write. Documents arrive already serialised: JSON encoding runs on the callers' threads,
 /// in parallel, keeping the single writer's critical path to SQL only.
 pub(crate) enum Op {
-    /// Conditional create/replace of an enrollment or group.
+    /// Conditional create/replace of an enrollment, group or CA certificate.
     Put {
         table: Table,
         key: String,
