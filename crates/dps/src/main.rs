@@ -3,7 +3,13 @@
 
 #![forbid(unsafe_code)]
 
+mod device;
+mod enrollment;
+mod hub;
 mod info;
+mod output;
+mod registration;
+mod remote;
 mod serve;
 
 use std::process::ExitCode;
@@ -24,6 +30,39 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print how to connect to the service in a data directory (ID scope, connection strings, CA).
     Info(info::InfoArgs),
+    /// Individual enrollments (like `az iot dps enrollment`).
+    #[command(subcommand)]
+    Enrollment(enrollment::EnrollmentCommand),
+    /// Enrollment groups (like `az iot dps enrollment-group`).
+    #[command(subcommand)]
+    EnrollmentGroup(enrollment::GroupCommand),
+    /// Device registration records.
+    #[command(subcommand)]
+    Registration(registration::RegistrationCommand),
+    /// Derive a device's key from an enrollment group key (offline).
+    ComputeDeviceKey(device::ComputeKeyArgs),
+    /// The IoT hub: device registry, twins, telemetry (like `az iot hub`).
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
+    /// Act as a device, with the Rust device SDK.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Register with DPS, connect to the assigned hub and send a message.
+    Provision(device::ProvisionArgs),
+}
+
+/// Logging for the client commands: warnings only unless `DPS_LOG` says otherwise, on stderr so
+/// `--json` output stays clean. (`dps serve` sets up its own.)
+fn init_client_logging() {
+    let filter = std::env::var("DPS_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {
@@ -39,6 +78,18 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => serve::run(a).await,
             Command::Info(a) => info::run(a),
+            other => {
+                init_client_logging();
+                match other {
+                    Command::Enrollment(c) => enrollment::run_enrollment(c).await,
+                    Command::EnrollmentGroup(c) => enrollment::run_group(c).await,
+                    Command::Registration(c) => registration::run(c).await,
+                    Command::ComputeDeviceKey(a) => device::compute_key(a),
+                    Command::Hub(c) => hub::run(c).await,
+                    Command::Device(DeviceCommand::Provision(a)) => device::provision(a).await,
+                    Command::Serve(_) | Command::Info(_) => unreachable!("handled above"),
+                }
+            }
         }
     });
     match result {
@@ -47,5 +98,225 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dps").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn enrollment_create_flags() {
+        let cli = parse(&[
+            "enrollment",
+            "create",
+            "--registration-id",
+            "dev-1",
+            "--primary-key",
+            "cA==",
+            "--provisioning-status",
+            "Disabled",
+            "--initial-twin-properties",
+            r#"{"fw":"1"}"#,
+            "--iot-hubs",
+            "h1,h2",
+            "--allocation-policy",
+            "geolatency",
+            "--edge-enabled",
+            "--connection-string",
+            "HostName=h;SharedAccessKeyName=p;SharedAccessKey=cA==",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Enrollment(enrollment::EnrollmentCommand::Create(c)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(c.registration_id, "dev-1");
+        assert_eq!(c.settings.primary_key.as_deref(), Some("cA=="));
+        assert_eq!(
+            c.settings.provisioning_status,
+            Some(dps_proto::model::service::ProvisioningStatus::Disabled)
+        );
+        assert_eq!(c.settings.iot_hubs, Some(vec!["h1".to_string(), "h2".to_string()]));
+        assert_eq!(
+            c.settings.allocation_policy,
+            Some(dps_proto::model::service::AllocationPolicy::GeoLatency)
+        );
+        assert_eq!(c.settings.edge_enabled, Some(true));
+        assert!(c.target.server.json);
+        assert!(c.target.connection_string.is_some());
+        // az's spelling of the id flag works too, and `--edge-enabled false`.
+        let cli = parse(&[
+            "enrollment",
+            "update",
+            "--enrollment-id",
+            "d",
+            "--edge-enabled",
+            "false",
+        ])
+        .unwrap();
+        let Command::Enrollment(enrollment::EnrollmentCommand::Update(u)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (u.registration_id.as_str(), u.settings.edge_enabled),
+            ("d", Some(false))
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &[
+                "enrollment",
+                "create",
+                "--registration-id",
+                "d",
+                "--provisioning-status",
+                "maybe",
+            ][..],
+            &[
+                "enrollment",
+                "create",
+                "--registration-id",
+                "d",
+                "--allocation-policy",
+                "random",
+            ],
+            &[
+                "enrollment",
+                "create",
+                "--registration-id",
+                "d",
+                "--initial-twin-tags",
+                "[1]",
+            ],
+            &[
+                "enrollment",
+                "create",
+                "--registration-id",
+                "d",
+                "--attestation-type",
+                "psk",
+            ],
+            &[
+                "enrollment",
+                "create",
+                "--registration-id",
+                "d",
+                "--webhook-url",
+                "https://x",
+            ],
+            &["enrollment", "create"],
+            &["device", "provision", "--registration-id", "d"],
+            &[
+                "device",
+                "provision",
+                "--registration-id",
+                "d",
+                "--symmetric-key",
+                "a",
+                "--group-key",
+                "b",
+            ],
+            &[
+                "device",
+                "provision",
+                "--registration-id",
+                "d",
+                "--symmetric-key",
+                "a",
+                "--transport",
+                "amqp",
+            ],
+            &["hub", "device", "twin", "update", "--device-id", "d"],
+            &["compute-device-key", "--key", "k"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn group_registration_hub_and_device_flags() {
+        let cli = parse(&[
+            "enrollment-group",
+            "show",
+            "--group-id",
+            "g",
+            "--show-keys",
+            "--port",
+            "8443",
+            "--ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::EnrollmentGroup(enrollment::GroupCommand::Show(s)) = cli.command else {
+            panic!()
+        };
+        assert!(s.show_keys);
+        assert_eq!(s.target.server.port, Some(8443));
+        assert_eq!(s.target.server.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+
+        let cli = parse(&["registration", "list", "--group-id", "g", "--top", "5"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Registration(registration::RegistrationCommand::List(ref l)) if l.top == Some(5))
+        );
+
+        let cli = parse(&[
+            "hub",
+            "monitor-events",
+            "--device-id",
+            "d",
+            "--timeout",
+            "5",
+            "--max-events",
+            "1",
+        ])
+        .unwrap();
+        let Command::Hub(hub::HubCommand::MonitorEvents(m)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (m.device_id.as_deref(), m.timeout, m.max_events),
+            (Some("d"), 5, Some(1))
+        );
+
+        let cli = parse(&["hub", "device", "twin", "show", "-d", "dev"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Hub(hub::HubCommand::Device(hub::DeviceCommand::Twin(_)))
+        ));
+
+        let cli = parse(&[
+            "device",
+            "provision",
+            "--registration-id",
+            "d",
+            "--group-key",
+            "Zw==",
+            "--transport",
+            "HTTPS",
+        ])
+        .unwrap();
+        let Command::Device(DeviceCommand::Provision(p)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(p.transport, dps_client::Transport::Https);
+        assert_eq!(p.message, r#"{"hello":"from dps"}"#);
+        assert_eq!(p.group_key.as_deref(), Some("Zw=="));
+
+        let cli = parse(&["compute-device-key", "--key", "Zw==", "--registration-id", "d"]).unwrap();
+        assert!(matches!(cli.command, Command::ComputeDeviceKey(_)));
     }
 }

@@ -1,0 +1,55 @@
+//! The Rust device SDK for dps (and Azure IoT Hub DPS): provision a device, then talk to the IoT
+//! hub it was assigned to.
+//!
+//! - [`ProvisioningClient`] registers over MQTT (8883) or HTTPS (443) with the DPS device
+//!   protocol and polls until the registration completes, returning a [`RegistrationResult`].
+//! - [`HubClient`] connects to the assigned hub over MQTT and sends telemetry, reads the twin,
+//!   patches reported properties and receives desired-property patches.
+//! - [`SecurityProvider`] abstracts the device secret (software key, TPM, X.509/DICE), so the
+//!   clients never hold key material themselves; [`SymmetricKeyProvider`] is the software
+//!   implementation for individual and group-derived keys.
+//!
+//! Wire formats (topics, SAS tokens, JSON models) come from `dps-proto`, the same code the server
+//! uses, so the two cannot drift apart. This crate adds only the I/O: rumqttc for MQTT, reqwest
+//! for HTTPS, rustls (configured by `dps-pki`) for TLS.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dps_client::ClientError> {
+//! use std::sync::Arc;
+//! use dps_client::{HubClient, ProvisioningClient, SymmetricKeyProvider};
+//! let ca = std::fs::read_to_string("dps-data/ca.pem").unwrap();
+//! let provider = Arc::new(SymmetricKeyProvider::new("dev-01", "c2VjcmV0LWtleS0xMjM0NTY3OA==")?);
+//! let reg = ProvisioningClient::new("dps.example.test", "0ne00000001", provider.clone(), &ca).register(None).await?;
+//! let hub = HubClient::from_registration(&reg, provider, &ca).connect().await?;
+//! hub.send_event(r#"{"temperature":21.5}"#, &[("$.ct", "application/json"), ("$.ce", "utf-8")]).await?;
+//! hub.patch_reported(serde_json::json!({"firmware": "1.0.0"})).await?;
+//! hub.disconnect().await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod hub;
+mod mqtt;
+mod provisioning;
+mod security;
+
+use std::sync::Arc;
+
+pub use error::ClientError;
+pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
+pub use provisioning::{
+    PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION, GLOBAL_ENDPOINT,
+};
+pub use security::{sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider};
+
+/// The TLS client configuration for `provider`: trust `ca_pem`, and present the provider's
+/// certificate when it has one.
+fn tls_config(provider: &dyn SecurityProvider, ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    match provider.tls_identity() {
+        Some((chain, key)) => dps_pki::tls::client_config_with_identity(ca_pem, &chain, &key),
+        None => dps_pki::tls::client_config(ca_pem),
+    }
+    .map_err(|e| ClientError::Tls(e.to_string()))
+}

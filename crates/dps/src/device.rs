@@ -1,0 +1,205 @@
+//! Device-side commands: `dps device provision` (the Rust device SDK end to end: register, then
+//! connect to the assigned hub and send a message) and `dps compute-device-key` (what a factory
+//! runs to give each device its group-derived key).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use dps_client::{HubClient, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider, Transport};
+use dps_server::DataDir;
+use serde_json::{json, Value};
+
+use crate::output::{self, out};
+use crate::remote::read_ca;
+
+/// `dps compute-device-key`
+#[derive(Args, Debug)]
+pub struct ComputeKeyArgs {
+    /// The enrollment group's symmetric key (base64).
+    #[arg(long)]
+    pub key: String,
+    /// The device's registration id.
+    #[arg(long)]
+    pub registration_id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the device key derived from a group key: no server involved.
+pub fn compute_key(a: ComputeKeyArgs) -> Result<()> {
+    dps_proto::registration_id::validate(&a.registration_id).map_err(|e| anyhow!("registration id: {e}"))?;
+    let key = dps_proto::keys::derive_device_key(a.key.trim(), &a.registration_id)
+        .ok_or_else(|| anyhow!("--key is not valid base64"))?;
+    if a.json {
+        output::json(&json!({ "registrationId": a.registration_id, "derivedKey": key }));
+    } else {
+        out!("{key}");
+    }
+    Ok(())
+}
+
+/// `dps device provision`
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("credential").required(true).args(["symmetric_key", "group_key"]))]
+pub struct ProvisionArgs {
+    /// The device's registration id.
+    #[arg(long)]
+    pub registration_id: String,
+    /// The device's own symmetric key (individual enrollment, or an already derived key).
+    #[arg(long)]
+    pub symmetric_key: Option<String>,
+    /// An enrollment group's key; the device key is derived from it and the registration id.
+    #[arg(long)]
+    pub group_key: Option<String>,
+    /// ID scope [default: the data directory's].
+    #[arg(long)]
+    pub id_scope: Option<String>,
+    /// DPS device endpoint host [default: the data directory's provisioning host, else Azure's
+    /// global.azure-devices-provisioning.net].
+    #[arg(long)]
+    pub provisioning_host: Option<String>,
+    /// How to talk to DPS.
+    #[arg(long, default_value = "mqtt", value_parser = parse_transport)]
+    pub transport: Transport,
+    /// DPS port [default: the data directory's MQTT/HTTPS port, else 8883/443].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The assigned hub's MQTT port [default: the data directory's MQTT port, else 8883].
+    #[arg(long)]
+    pub hub_port: Option<u16>,
+    /// Custom allocation payload sent with the registration, as JSON.
+    #[arg(long, value_name = "JSON", value_parser = parse_json)]
+    pub payload: Option<Value>,
+    /// The device-to-cloud message to send after connecting to the hub.
+    #[arg(long, default_value = r#"{"hello":"from dps"}"#)]
+    pub message: String,
+    /// Only register; do not connect to the hub.
+    #[arg(long)]
+    pub no_message: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// PEM file with the CA certificate(s) to trust [default: the data directory's ca.pem].
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Data directory of a local server (ID scope, host, ports, CA).
+    #[arg(long, env = "DPS_DATA_DIR", default_value = "./dps-data")]
+    pub data_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    s.parse()
+}
+
+fn parse_json(s: &str) -> Result<Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+/// Registers with the Rust device SDK, then sends one message through the assigned hub.
+pub async fn provision(a: ProvisionArgs) -> Result<()> {
+    let dir = DataDir::new(&a.data_dir);
+    let identity = dir.load_identity().ok();
+    let runtime = dir.runtime();
+    let id_scope = match a
+        .id_scope
+        .clone()
+        .or_else(|| identity.as_ref().map(|i| i.id_scope.clone()))
+    {
+        Some(s) => s,
+        None => anyhow::bail!("no ID scope: pass --id-scope, or --data-dir of a server"),
+    };
+    let host = a
+        .provisioning_host
+        .clone()
+        .or_else(|| dir.last_provisioning_host())
+        .unwrap_or_else(|| dps_client::GLOBAL_ENDPOINT.to_string());
+    let ca = read_ca(a.ca.as_deref(), &dir)?;
+    let provider: Arc<dyn SecurityProvider> = Arc::new(match (&a.symmetric_key, &a.group_key) {
+        (Some(k), _) => SymmetricKeyProvider::new(&a.registration_id, k)?,
+        (None, Some(g)) => SymmetricKeyProvider::from_group_key(&a.registration_id, g)?,
+        (None, None) => unreachable!("clap requires one of them"),
+    });
+    let port = a.port.or_else(|| {
+        runtime.as_ref().map(|r| match a.transport {
+            Transport::Mqtt => r.mqtt_port,
+            Transport::Https => r.https_port,
+        })
+    });
+    let timeout = Duration::from_secs(a.timeout.max(1));
+    let mut client = ProvisioningClient::new(&host, &id_scope, provider.clone(), &ca)
+        .with_transport(a.transport)
+        .with_timeout(timeout)
+        .with_poll_options(PollOptions::default());
+    if let Some(p) = port {
+        client = client.with_port(p);
+    }
+    let registration = client.register(a.payload.clone()).await.with_context(|| {
+        format!(
+            "cannot provision '{}' at {host}:{} ({})",
+            a.registration_id,
+            client.port(),
+            a.transport
+        )
+    })?;
+    if !a.json {
+        out!(
+            "registered {} over {} -> assigned to hub {} as device {}{}",
+            a.registration_id,
+            a.transport,
+            registration.assigned_hub,
+            registration.device_id,
+            registration.substatus.map(|s| format!(" ({s})")).unwrap_or_default()
+        );
+        if let Some(p) = &registration.payload {
+            out!("allocation payload {p}");
+        }
+    }
+    let mut sent = false;
+    if !a.no_message {
+        let hub_port = a
+            .hub_port
+            .or_else(|| runtime.as_ref().map(|r| r.mqtt_port))
+            .unwrap_or(8883);
+        let hub = HubClient::from_registration(&registration, provider, &ca)
+            .port(hub_port)
+            .timeout(timeout)
+            .connect()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to hub {}:{hub_port} as '{}'",
+                    registration.assigned_hub, registration.device_id
+                )
+            })?;
+        let is_json = serde_json::from_str::<Value>(&a.message).is_ok();
+        let props: &[(&str, &str)] = if is_json {
+            &[("$.ct", "application/json"), ("$.ce", "utf-8")]
+        } else {
+            &[]
+        };
+        hub.send_event(a.message.as_bytes().to_vec(), props)
+            .await
+            .context("cannot send the message")?;
+        hub.disconnect().await?;
+        sent = true;
+        if !a.json {
+            out!("sent message {}", a.message);
+        }
+    }
+    if a.json {
+        output::json(&json!({
+            "registration": registration,
+            "transport": a.transport,
+            "messageSent": sent,
+            "message": if sent { Value::String(a.message.clone()) } else { Value::Null },
+        }));
+    }
+    Ok(())
+}

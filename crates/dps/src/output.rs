@@ -1,0 +1,130 @@
+//! Human and JSON output. Human output is a short summary (aligned `name  value` lines, or a
+//! table for lists); `--json` prints the server's JSON unchanged, so scripts see the REST API's
+//! field names.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+/// Writes one line to stdout. When stdout is a closed pipe (`dps hub monitor-events | head`),
+/// exits quietly instead of panicking as `println!` would.
+pub fn line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// `println!` through [`line`].
+macro_rules! out {
+    ($($t:tt)*) => { $crate::output::line(&format!($($t)*)) };
+}
+pub(crate) use out;
+
+/// Pretty JSON on stdout.
+pub fn json(v: &Value) {
+    line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+/// Aligned `name  value` lines; empty values are skipped.
+pub fn fields(rows: &[(&str, String)]) {
+    let width = rows
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, _)| k.len())
+        .max()
+        .unwrap_or(0);
+    for (k, v) in rows.iter().filter(|(_, v)| !v.is_empty()) {
+        line(&format!("{k:<width$}  {v}"));
+    }
+}
+
+/// A table with a header row; columns sized to their content.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    if rows.is_empty() {
+        line("(none)");
+        return;
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let row = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let text: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        line(text.join("  ").trim_end());
+    };
+    row(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        row(r.clone());
+    }
+}
+
+/// A string field of `v` at a `/`-separated path, or "" (numbers and booleans rendered).
+pub fn s(v: &Value, path: &str) -> String {
+    let mut cur = v;
+    for key in path.split('/') {
+        match cur.get(key) {
+            Some(x) => cur = x,
+            None => return String::new(),
+        }
+    }
+    match cur {
+        Value::Null => String::new(),
+        Value::String(x) => x.clone(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// Compact JSON of a field, or "".
+pub fn compact(v: &Value, path: &str) -> String {
+    let mut cur = v;
+    for key in path.split('/') {
+        match cur.get(key) {
+            Some(x) => cur = x,
+            None => return String::new(),
+        }
+    }
+    if cur.is_null() {
+        String::new()
+    } else {
+        cur.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_paths() {
+        let v = serde_json::json!({"a": {"b": "x", "n": 3, "l": ["h1", "h2"]}, "z": null});
+        assert_eq!(s(&v, "a/b"), "x");
+        assert_eq!(s(&v, "a/n"), "3");
+        assert_eq!(s(&v, "a/l"), "h1, h2");
+        assert_eq!(s(&v, "a/missing"), "");
+        assert_eq!(s(&v, "z"), "");
+        assert_eq!(compact(&v, "a/l"), r#"["h1","h2"]"#);
+    }
+}

@@ -1,0 +1,669 @@
+//! The management and device commands of the CLI against a real `dps serve` child process:
+//! enrollments, enrollment groups, registrations, the hub registry, monitor-events, and
+//! `dps device provision` with individual and group keys over MQTT and HTTPS.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{p, wait_with_limit, Server};
+use dps_proto::codes;
+use serde_json::Value;
+
+const KEY1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY2: &str = "HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=";
+
+/// Whether an error message carries the service error `code`.
+fn has(err: &str, code: u32) -> bool {
+    err.contains(&code.to_string())
+}
+
+#[test]
+fn enrollment_lifecycle() {
+    let s = Server::start("127.0.0.61");
+    let created = s.json(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "dev-1",
+        "--device-id",
+        "device-one",
+        "--initial-twin-properties",
+        r#"{"fw":"1.0"}"#,
+        "--initial-twin-tags",
+        r#"{"site":"lab"}"#,
+        "--iot-hubs",
+        "127.0.0.61",
+        "--allocation-policy",
+        "hashed",
+        "--edge-enabled",
+        "--reprovision-policy",
+        "reprovisionandresetdata",
+    ]);
+    assert_eq!(created["registrationId"], "dev-1");
+    assert_eq!(created["deviceId"], "device-one");
+    assert_eq!(created["attestation"]["type"], "symmetricKey");
+    let primary = created["attestation"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!primary.is_empty(), "the server generates keys");
+    assert_eq!(created["initialTwin"]["properties"]["desired"]["fw"], "1.0");
+    assert_eq!(created["initialTwin"]["tags"]["site"], "lab");
+    assert_eq!(created["iotHubs"], serde_json::json!(["127.0.0.61"]));
+    assert_eq!(created["capabilities"]["iotEdge"], true);
+    assert_eq!(created["reprovisionPolicy"]["migrateDeviceData"], false);
+
+    // Creating it again is a conflict, reported with the service's code.
+    let err = s.fail(&["enrollment", "create", "--registration-id", "dev-1"]);
+    assert!(has(&err, codes::ENROLLMENT_EXISTS), "{err}");
+
+    // show: keys stripped unless --show-keys; the human form is a summary.
+    let shown = s.json(&["enrollment", "show", "--registration-id", "dev-1"]);
+    assert!(shown["attestation"]["symmetricKey"]["primaryKey"].is_null());
+    assert_eq!(shown["registrationState"]["status"], "unassigned");
+    let with_keys = s.json(&["enrollment", "show", "--registration-id", "dev-1", "--show-keys"]);
+    assert_eq!(with_keys["attestation"]["symmetricKey"]["primaryKey"], primary.as_str());
+    let human = s.ok(&["enrollment", "show", "--registration-id", "dev-1"]);
+    assert!(
+        human.contains("registration id") && human.contains("device-one") && human.contains("unassigned"),
+        "{human}"
+    );
+
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "dev-2",
+        "--primary-key",
+        KEY1,
+        "--secondary-key",
+        KEY2,
+    ]);
+    let list = s.json(&["enrollment", "list"]);
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["registrationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&"dev-1") && ids.contains(&"dev-2"));
+    assert_eq!(
+        s.json(&["enrollment", "list", "--top", "1"]).as_array().unwrap().len(),
+        1
+    );
+    let table = s.ok(&["enrollment", "list"]);
+    assert!(table.starts_with("REGISTRATION ID"), "{table}");
+
+    // update: only the given settings change; keys and other settings are kept.
+    let etag_before = shown["etag"].as_str().unwrap().to_string();
+    let updated = s.json(&[
+        "enrollment",
+        "update",
+        "--registration-id",
+        "dev-1",
+        "--provisioning-status",
+        "disabled",
+        "--initial-twin-tags",
+        r#"{"site":"field"}"#,
+    ]);
+    assert_eq!(updated["provisioningStatus"], "disabled");
+    assert_eq!(updated["initialTwin"]["tags"]["site"], "field");
+    assert_eq!(updated["initialTwin"]["properties"]["desired"]["fw"], "1.0");
+    assert_eq!(updated["deviceId"], "device-one");
+    assert_eq!(updated["attestation"]["symmetricKey"]["primaryKey"], primary.as_str());
+    assert_ne!(updated["etag"].as_str().unwrap(), etag_before);
+    let rotated = s.json(&[
+        "enrollment",
+        "update",
+        "--registration-id",
+        "dev-2",
+        "--secondary-key",
+        KEY1,
+    ]);
+    assert_eq!(rotated["attestation"]["symmetricKey"]["primaryKey"], KEY1);
+    assert_eq!(rotated["attestation"]["symmetricKey"]["secondaryKey"], KEY1);
+
+    // A stale etag is refused (412) on update and delete.
+    let err = s.fail(&[
+        "enrollment",
+        "update",
+        "--registration-id",
+        "dev-1",
+        "--etag",
+        &etag_before,
+        "--edge-enabled",
+        "false",
+    ]);
+    assert!(has(&err, codes::ENROLLMENT_ETAG_MISMATCH), "{err}");
+    let err = s.fail(&[
+        "enrollment",
+        "delete",
+        "--registration-id",
+        "dev-1",
+        "--etag",
+        &etag_before,
+    ]);
+    assert!(has(&err, codes::ENROLLMENT_ETAG_MISMATCH), "{err}");
+
+    let deleted = s.ok(&["enrollment", "delete", "--registration-id", "dev-1"]);
+    assert!(deleted.contains("deleted enrollment dev-1"), "{deleted}");
+    let err = s.fail(&["enrollment", "show", "--registration-id", "dev-1"]);
+    assert!(has(&err, codes::ENROLLMENT_NOT_FOUND), "{err}");
+    let del2 = s.json(&[
+        "enrollment",
+        "delete",
+        "--registration-id",
+        "dev-2",
+        "--etag",
+        rotated["etag"].as_str().unwrap(),
+    ]);
+    assert_eq!(del2["deleted"], true);
+    assert_eq!(s.json(&["enrollment", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn enrollment_group_lifecycle_and_compute_device_key() {
+    let s = Server::start("127.0.0.62");
+    let g = s.json(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "grp-1",
+        "--primary-key",
+        KEY1,
+        "--initial-twin-tags",
+        r#"{"t":1}"#,
+    ]);
+    assert_eq!(g["enrollmentGroupId"], "grp-1");
+    assert_eq!(g["attestation"]["symmetricKey"]["primaryKey"], KEY1);
+    let shown = s.json(&["enrollment-group", "show", "--enrollment-id", "grp-1"]);
+    assert!(shown["attestation"]["symmetricKey"]["primaryKey"].is_null());
+    let keys = s.json(&["enrollment-group", "show", "--group-id", "grp-1", "--show-keys"]);
+    assert_eq!(keys["attestation"]["symmetricKey"]["primaryKey"], KEY1);
+    s.ok(&["enrollment-group", "create", "--group-id", "grp-2"]);
+    assert_eq!(s.json(&["enrollment-group", "list"]).as_array().unwrap().len(), 2);
+    let u = s.json(&[
+        "enrollment-group",
+        "update",
+        "--group-id",
+        "grp-1",
+        "--allocation-policy",
+        "static",
+        "--iot-hubs",
+        "127.0.0.62",
+    ]);
+    assert_eq!(u["allocationPolicy"], "static");
+    assert_eq!(u["initialTwin"]["tags"]["t"], 1);
+    s.ok(&["enrollment-group", "delete", "--group-id", "grp-2"]);
+    let err = s.fail(&["enrollment-group", "show", "--group-id", "grp-2"]);
+    assert!(has(&err, codes::ENROLLMENT_GROUP_NOT_FOUND), "{err}");
+
+    // X.509 groups and TPM enrollments: the JSON shapes the server expects, kept across updates.
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/other-ca.pem");
+    let x = s.json(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "x509-grp",
+        "--attestation-type",
+        "x509",
+        "--certificate-path",
+        ca,
+    ]);
+    let info = &x["attestation"]["x509"]["signingCertificates"]["primary"]["info"];
+    assert_eq!(info["subjectName"], "CN=untrusted test CA", "{x}");
+    let x = s.json(&["enrollment-group", "update", "--group-id", "x509-grp", "--edge-enabled"]);
+    assert_eq!(
+        x["attestation"]["x509"]["signingCertificates"]["primary"]["info"]["subjectName"],
+        "CN=untrusted test CA"
+    );
+    assert_eq!(x["capabilities"]["iotEdge"], true);
+    let t = s.json(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "tpm-1",
+        "--attestation-type",
+        "tpm",
+        "--endorsement-key",
+        "AAECAwQ=",
+    ]);
+    assert_eq!(t["attestation"]["tpm"]["endorsementKey"], "AAECAwQ=");
+    let t = s.json(&[
+        "enrollment",
+        "update",
+        "--registration-id",
+        "tpm-1",
+        "--provisioning-status",
+        "disabled",
+    ]);
+    assert_eq!(t["attestation"]["tpm"]["endorsementKey"], "AAECAwQ=");
+    let err = s.fail(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "g-tpm",
+        "--attestation-type",
+        "tpm",
+    ]);
+    assert!(err.contains("TPM"), "{err}");
+
+    // Offline: the derived key is what dps-proto derives (and the reference vector).
+    let derived = s.ok(&[
+        "compute-device-key",
+        "--key",
+        "8isrFI1sGsIlvvFSSFRiMfCNzv21fjbE/+ah/lSh3lF8e2YG1Te7w1KpZhJFFXJrqYKi9yegxkqIChbqOS9Egw==",
+        "--registration-id",
+        "sn-007-888-abc-mac-a1-b2-c3-d4-e5-f6",
+    ]);
+    assert_eq!(derived.trim(), "Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc=");
+    let j = s.json(&["compute-device-key", "--key", KEY1, "--registration-id", "dev-9"]);
+    assert_eq!(
+        j["derivedKey"].as_str(),
+        dps_proto::keys::derive_device_key(KEY1, "dev-9").as_deref()
+    );
+    let err = s.fail(&["compute-device-key", "--key", "***", "--registration-id", "d"]);
+    assert!(err.contains("base64"), "{err}");
+}
+
+#[test]
+fn provision_individual_enrollment_over_mqtt_and_https() {
+    let s = Server::start("127.0.0.63");
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "dev-m",
+        "--primary-key",
+        KEY1,
+    ]);
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "dev-h",
+        "--primary-key",
+        KEY2,
+        "--device-id",
+        "http-device",
+    ]);
+
+    let m = s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "dev-m",
+        "--symmetric-key",
+        KEY1,
+    ]);
+    assert_eq!(m["registration"]["assignedHub"], "127.0.0.63");
+    assert_eq!(m["registration"]["deviceId"], "dev-m");
+    assert_eq!(m["registration"]["status"], "assigned");
+    assert_eq!(m["registration"]["substatus"], "initialAssignment");
+    assert_eq!(m["transport"], "mqtt");
+    assert_eq!(m["messageSent"], true);
+
+    let h = s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "dev-h",
+        "--symmetric-key",
+        KEY2,
+        "--transport",
+        "https",
+        "--message",
+        "plain text",
+    ]);
+    assert_eq!(h["registration"]["deviceId"], "http-device");
+    assert_eq!(h["transport"], "https");
+
+    // Human output.
+    let again = s.ok(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "dev-m",
+        "--symmetric-key",
+        KEY1,
+        "--no-message",
+    ]);
+    assert!(again.contains("assigned to hub 127.0.0.63 as device dev-m"), "{again}");
+    assert!(!again.contains("sent message"));
+
+    // The registration is visible through the service API, the devices through the hub's.
+    let reg = s.json(&["registration", "show", "--registration-id", "dev-h"]);
+    assert_eq!(reg["status"], "assigned");
+    assert_eq!(reg["deviceId"], "http-device");
+    let dev = s.json(&["hub", "device", "show", "--device-id", "http-device"]);
+    assert_eq!(dev["deviceId"], "http-device");
+    assert_eq!(dev["authentication"]["type"], "sas");
+    assert_eq!(dev["authentication"]["symmetricKey"]["primaryKey"], KEY2);
+    let devices = s.json(&["hub", "device", "list"]);
+    assert_eq!(devices.as_array().unwrap().len(), 2);
+    let table = s.ok(&["hub", "device", "list"]);
+    assert!(table.contains("dev-m") && table.contains("http-device"), "{table}");
+    let twin: Value = serde_json::from_str(&s.ok(&["hub", "device", "twin", "show", "-d", "dev-m"])).unwrap();
+    assert_eq!(twin["deviceId"], "dev-m");
+    let err = s.fail(&["hub", "device", "show", "--device-id", "ghost"]);
+    assert!(has(&err, codes::DEVICE_NOT_FOUND), "{err}");
+
+    // Both messages were retained by the hub: replay them from the start.
+    let out = s.ok(&[
+        "hub",
+        "monitor-events",
+        "--from-sequence",
+        "0",
+        "--max-events",
+        "3",
+        "--timeout",
+        "3",
+        "--json",
+    ]);
+    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 2, "{out}");
+    let by_origin = |o: &str| {
+        events
+            .iter()
+            .find(|e| e["event"]["origin"] == o)
+            .unwrap_or_else(|| panic!("{o}: {out}"))
+    };
+    assert_eq!(
+        by_origin("dev-m")["event"]["payload"],
+        serde_json::json!({"hello": "from dps"})
+    );
+    assert_eq!(by_origin("http-device")["event"]["payload"], "plain text");
+    let only = s.ok(&[
+        "hub",
+        "monitor-events",
+        "--from-sequence",
+        "0",
+        "--device-id",
+        "dev-m",
+        "--timeout",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(only.lines().count(), 1, "{only}");
+}
+
+#[test]
+fn provision_with_group_key_over_mqtt_and_https() {
+    let s = Server::start("127.0.0.64");
+    s.ok(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "fleet",
+        "--primary-key",
+        KEY1,
+    ]);
+    let m = s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "fleet-dev-1",
+        "--group-key",
+        KEY1,
+    ]);
+    assert_eq!(m["registration"]["deviceId"], "fleet-dev-1");
+    assert_eq!(m["registration"]["enrollmentGroupId"], "fleet");
+    let h = s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "fleet-dev-2",
+        "--group-key",
+        KEY1,
+        "--transport",
+        "https",
+    ]);
+    assert_eq!(h["registration"]["assignedHub"], "127.0.0.64");
+    assert_eq!(h["registration"]["enrollmentGroupId"], "fleet");
+
+    // A device given the derived key (the factory flow) registers the same way.
+    let derived = s.ok(&["compute-device-key", "--key", KEY1, "--registration-id", "fleet-dev-3"]);
+    s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "fleet-dev-3",
+        "--symmetric-key",
+        derived.trim(),
+        "--no-message",
+    ]);
+
+    let regs = s.json(&["registration", "list", "--group-id", "fleet"]);
+    let mut ids: Vec<&str> = regs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["registrationId"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["fleet-dev-1", "fleet-dev-2", "fleet-dev-3"]);
+    let table = s.ok(&["registration", "list", "--group-id", "fleet"]);
+    assert!(table.contains("fleet-dev-2") && table.contains("assigned"), "{table}");
+    s.ok(&["registration", "delete", "--registration-id", "fleet-dev-1"]);
+    let err = s.fail(&["registration", "show", "--registration-id", "fleet-dev-1"]);
+    assert!(has(&err, codes::REGISTRATION_NOT_FOUND), "{err}");
+    assert_eq!(
+        s.json(&["registration", "list", "--group-id", "fleet", "--top", "1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A wrong group key fails with the service's error code and a non-zero exit.
+    let err = s.fail(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "fleet-dev-4",
+        "--group-key",
+        KEY2,
+    ]);
+    assert!(has(&err, codes::UNAUTHORIZED), "{err}");
+}
+
+#[test]
+fn monitor_events_sees_the_device_message() {
+    let s = Server::start("127.0.0.65");
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "watched",
+        "--primary-key",
+        KEY1,
+    ]);
+    let mut monitor = s
+        .cmd(&[
+            "hub",
+            "monitor-events",
+            "--device-id",
+            "watched",
+            "--timeout",
+            "20",
+            "--max-events",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the stream is open (the CLI says so on stderr), so the message cannot be missed.
+    let stderr = monitor.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().expect("monitor prints a banner").unwrap();
+    assert!(first.starts_with("monitoring events of device watched"), "{first}");
+    s.ok(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "watched",
+        "--symmetric-key",
+        KEY1,
+        "--message",
+        r#"{"temp":21.5}"#,
+    ]);
+    let out = wait_with_limit(monitor, Duration::from_secs(30));
+    assert!(out.status.success());
+    let event: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(event["event"]["origin"], "watched");
+    assert_eq!(event["event"]["payload"], serde_json::json!({"temp": 21.5}));
+    assert_eq!(
+        event["event"]["properties"]["system"]["content_type"],
+        "application/json"
+    );
+
+    // --timeout alone ends a quiet stream, successfully.
+    let started = std::time::Instant::now();
+    let out = s.run(&["hub", "monitor-events", "--timeout", "1"]);
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 event(s)"));
+}
+
+#[test]
+fn errors_and_target_resolution() {
+    let s = Server::start("127.0.0.66");
+    let info = s.info();
+    let service_cs = info["serviceConnectionString"].as_str().unwrap().to_string();
+    let hub_cs = info["hubConnectionString"].as_str().unwrap().to_string();
+    let ca_path = s.data().join("ca.pem");
+    let empty = tempfile::tempdir().unwrap();
+
+    // No data directory and no connection string: say what to pass.
+    let err = s.fail(&["enrollment", "list", "--data-dir", p(empty.path())]);
+    assert!(
+        err.contains("--connection-string") && err.contains("DPS_CONNECTION_STRING"),
+        "{err}"
+    );
+    let err = s.fail(&["hub", "device", "list", "--data-dir", p(empty.path())]);
+    assert!(err.contains("--hub-connection-string"), "{err}");
+
+    // Explicit connection string, CA and port work without a data directory ...
+    let ok = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend([
+            "--data-dir",
+            p(empty.path()),
+            "--ca",
+            p(&ca_path),
+            "--port",
+            "443",
+            "--json",
+        ]);
+        serde_json::from_str::<Value>(&s.ok(&a)).unwrap()
+    };
+    ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "cs-dev",
+        "--connection-string",
+        &service_cs,
+    ]);
+    assert_eq!(
+        ok(&["enrollment", "list", "--connection-string", &service_cs])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        ok(&["hub", "device", "list", "--hub-connection-string", &hub_cs]),
+        serde_json::json!([])
+    );
+    // ... and from the environment.
+    let out = s
+        .cmd(&[
+            "enrollment",
+            "show",
+            "--registration-id",
+            "cs-dev",
+            "--json",
+            "--data-dir",
+            p(empty.path()),
+            "--ca",
+            p(&ca_path),
+        ])
+        .env("DPS_CONNECTION_STRING", &service_cs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A wrong key is the server's 401000.
+    let wrong_key = format!(
+        "HostName={};SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={KEY2}",
+        info["provisioningHost"].as_str().unwrap()
+    );
+    let err = s.fail(&["enrollment", "list", "--connection-string", &wrong_key]);
+    assert!(has(&err, codes::UNAUTHORIZED), "{err}");
+    // A connection string without a key is refused before any request.
+    let err = s.fail(&["enrollment", "list", "--connection-string", "HostName=127.0.0.66"]);
+    assert!(err.contains("SharedAccessKey"), "{err}");
+    // An untrusted CA is a TLS failure, not a hang.
+    let other_ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other_ca.path(), include_str!("data/other-ca.pem")).unwrap();
+    let err = s.fail(&["enrollment", "list", "--ca", p(other_ca.path())]);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // Device errors: wrong key, disabled enrollment, unknown scope.
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "off",
+        "--primary-key",
+        KEY1,
+        "--provisioning-status",
+        "disabled",
+    ]);
+    for transport in ["mqtt", "https"] {
+        let err = s.fail(&[
+            "device",
+            "provision",
+            "--registration-id",
+            "cs-dev",
+            "--symmetric-key",
+            KEY2,
+            "--transport",
+            transport,
+        ]);
+        assert!(has(&err, codes::UNAUTHORIZED), "{transport}: {err}");
+        let err = s.fail(&[
+            "device",
+            "provision",
+            "--registration-id",
+            "off",
+            "--symmetric-key",
+            KEY1,
+            "--transport",
+            transport,
+        ]);
+        assert!(
+            has(&err, codes::ENROLLMENT_DISABLED) && err.contains("disabled"),
+            "{transport}: {err}"
+        );
+        let err = s.fail(&[
+            "device",
+            "provision",
+            "--registration-id",
+            "off",
+            "--symmetric-key",
+            KEY1,
+            "--id-scope",
+            "0ne00000000",
+            "--transport",
+            transport,
+        ]);
+        assert!(has(&err, codes::ID_SCOPE_NOT_FOUND), "{transport}: {err}");
+    }
+}
