@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use dps_proto::dps_mqtt::parse_query;
 use dps_proto::hub_mqtt;
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 use serde_json::Value;
@@ -31,9 +30,7 @@ use crate::ClientError;
 pub const HUB_API_VERSION: &str = "2021-04-12";
 
 const TWIN_RESPONSE_FILTER: &str = "$iothub/twin/res/#";
-const TWIN_RESPONSE_PREFIX: &str = "$iothub/twin/res/";
 const DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
-const DESIRED_PREFIX: &str = "$iothub/twin/PATCH/properties/desired/";
 
 /// A desired-properties change pushed by the hub.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,7 +229,7 @@ fn handle_event(shared: &StdMutex<Inner>, context: &str, ev: Result<Event, Conne
             }
         }
         Ok(Event::Incoming(Packet::Publish(p))) => {
-            if let Some((status, rid, version)) = parse_twin_response_topic(&p.topic) {
+            if let Some((status, rid, version)) = hub_mqtt::parse_twin_response_topic(&p.topic) {
                 match inner.twin.remove(&rid) {
                     Some(tx) => {
                         let _ = tx.send(TwinReply {
@@ -243,7 +240,7 @@ fn handle_event(shared: &StdMutex<Inner>, context: &str, ev: Result<Event, Conne
                     }
                     None => tracing::debug!(%rid, "twin response nobody waits for"),
                 }
-            } else if let Some(version) = parse_desired_patch_topic(&p.topic) {
+            } else if let Some(version) = hub_mqtt::parse_desired_patch_topic(&p.topic) {
                 match serde_json::from_slice::<Value>(&p.payload) {
                     Ok(patch) => {
                         let version = version.or_else(|| patch.get("$version").and_then(Value::as_i64));
@@ -368,9 +365,7 @@ impl HubClient {
 
     /// Reads the device twin: `{"desired": {..., "$version": n}, "reported": {..., "$version": m}}`.
     pub async fn get_twin(&self) -> Result<Value, ClientError> {
-        let reply = self
-            .twin_request(|rid| format!("$iothub/twin/GET/?$rid={rid}"), Vec::new())
-            .await?;
+        let reply = self.twin_request(hub_mqtt::twin_get_topic, Vec::new()).await?;
         serde_json::from_slice(&reply.body).map_err(|e| ClientError::Protocol(format!("the twin is not JSON: {e}")))
     }
 
@@ -379,12 +374,7 @@ impl HubClient {
     pub async fn patch_reported(&self, patch: Value) -> Result<Option<i64>, ClientError> {
         let body = serde_json::to_vec(&patch)
             .map_err(|e| ClientError::Protocol(format!("cannot serialize the patch: {e}")))?;
-        let reply = self
-            .twin_request(
-                |rid| format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
-                body,
-            )
-            .await?;
+        let reply = self.twin_request(hub_mqtt::reported_patch_topic, body).await?;
         Ok(reply.version)
     }
 
@@ -488,33 +478,6 @@ impl Drop for HubClient {
     }
 }
 
-/// Parses `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]` into `(status, rid, version)`.
-fn parse_twin_response_topic(topic: &str) -> Option<(u16, String, Option<i64>)> {
-    let rest = topic.strip_prefix(TWIN_RESPONSE_PREFIX)?;
-    let (status, query) = rest.split_once('/')?;
-    let status = status.parse().ok()?;
-    let props = parse_query(query.trim_start_matches('?'));
-    let get = |k: &str| props.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
-    Some((
-        status,
-        get("$rid").unwrap_or_default(),
-        get("$version").and_then(|v| v.parse().ok()),
-    ))
-}
-
-/// Parses `$iothub/twin/PATCH/properties/desired/?$version={v}`; `Some(version)` when it is a
-/// desired-properties topic.
-fn parse_desired_patch_topic(topic: &str) -> Option<Option<i64>> {
-    let query = topic.strip_prefix(DESIRED_PREFIX)?;
-    let props = parse_query(query.trim_start_matches('?'));
-    Some(
-        props
-            .iter()
-            .find(|(k, _)| k == "$version")
-            .and_then(|(_, v)| v.parse().ok()),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,27 +485,33 @@ mod tests {
     #[test]
     fn twin_topics_round_trip_with_the_hub_formatters() {
         assert_eq!(
-            parse_twin_response_topic(&hub_mqtt::twin_response_topic(200, "17", None)),
+            hub_mqtt::parse_twin_response_topic(&hub_mqtt::twin_response_topic(200, "17", None)),
             Some((200, "17".into(), None))
         );
         assert_eq!(
-            parse_twin_response_topic(&hub_mqtt::twin_response_topic(204, "3", Some(7))),
+            hub_mqtt::parse_twin_response_topic(&hub_mqtt::twin_response_topic(204, "3", Some(7))),
             Some((204, "3".into(), Some(7)))
         );
         assert_eq!(
-            parse_twin_response_topic("$iothub/twin/res/400/?$rid=9"),
+            hub_mqtt::parse_twin_response_topic("$iothub/twin/res/400/?$rid=9"),
             Some((400, "9".into(), None))
         );
-        assert_eq!(parse_twin_response_topic("$iothub/methods/POST/x/?$rid=1"), None);
         assert_eq!(
-            parse_desired_patch_topic(&hub_mqtt::desired_patch_topic(2)),
+            hub_mqtt::parse_twin_response_topic("$iothub/methods/POST/x/?$rid=1"),
+            None
+        );
+        assert_eq!(
+            hub_mqtt::parse_desired_patch_topic(&hub_mqtt::desired_patch_topic(2)),
             Some(Some(2))
         );
         assert_eq!(
-            parse_desired_patch_topic("$iothub/twin/PATCH/properties/desired/"),
+            hub_mqtt::parse_desired_patch_topic("$iothub/twin/PATCH/properties/desired/"),
             Some(None)
         );
-        assert_eq!(parse_desired_patch_topic("$iothub/twin/res/200/?$rid=1"), None);
+        assert_eq!(
+            hub_mqtt::parse_desired_patch_topic("$iothub/twin/res/200/?$rid=1"),
+            None
+        );
     }
 
     #[test]

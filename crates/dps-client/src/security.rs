@@ -83,18 +83,7 @@ pub fn sas_token(
     expiry: u64,
     key_name: Option<&str>,
 ) -> Result<String, ClientError> {
-    let sr = sas::encode_component(resource);
-    let signature = provider.sign(format!("{sr}\n{expiry}").as_bytes())?;
-    let sig = dps_proto::keys::encode_key(&signature);
-    let mut token = format!(
-        "SharedAccessSignature sr={sr}&sig={}&se={expiry}",
-        sas::encode_component(&sig)
-    );
-    if let Some(skn) = key_name {
-        token.push_str("&skn=");
-        token.push_str(&sas::encode_component(skn));
-    }
-    Ok(token)
+    sas::build_token_with(resource, expiry, key_name, |msg| provider.sign(msg))
 }
 
 /// A symmetric-key identity held in memory: an individual enrollment's key, or a key derived

@@ -209,6 +209,44 @@ pub fn telemetry_topic(device_id: &str, properties: &[(String, String)]) -> Stri
     format!("devices/{device_id}/messages/events/{}", props.join("&"))
 }
 
+/// `$iothub/twin/GET/?$rid={rid}` (device side).
+pub fn twin_get_topic(rid: &str) -> String {
+    format!("$iothub/twin/GET/?$rid={rid}")
+}
+
+/// `$iothub/twin/PATCH/properties/reported/?$rid={rid}` (device side).
+pub fn reported_patch_topic(rid: &str) -> String {
+    format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}")
+}
+
+/// Parses `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]` into `(status, rid, version)`
+/// (device side).
+pub fn parse_twin_response_topic(topic: &str) -> Option<(u16, String, Option<i64>)> {
+    let rest = topic.strip_prefix("$iothub/twin/res/")?;
+    let (status, query) = rest.split_once('/')?;
+    let status = status.parse().ok()?;
+    let props = parse_query(query.trim_start_matches('?'));
+    let get = |k: &str| props.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
+    Some((
+        status,
+        get("$rid").unwrap_or_default(),
+        get("$version").and_then(|v| v.parse().ok()),
+    ))
+}
+
+/// Parses `$iothub/twin/PATCH/properties/desired/?$version={v}`: `Some(version)` when it is a
+/// desired-properties topic (device side).
+pub fn parse_desired_patch_topic(topic: &str) -> Option<Option<i64>> {
+    let query = topic.strip_prefix("$iothub/twin/PATCH/properties/desired/")?;
+    let props = parse_query(query.trim_start_matches('?'));
+    Some(
+        props
+            .iter()
+            .find(|(k, _)| k == "$version")
+            .and_then(|(_, v)| v.parse().ok()),
+    )
+}
+
 /// CONNECT username a device sends to the hub (device side).
 pub fn username(host: &str, device_id: &str, api_version: &str) -> String {
     format!(

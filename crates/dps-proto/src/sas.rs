@@ -197,8 +197,20 @@ pub fn sign(key_b64: &str, sr: &str, expiry: u64) -> Result<String, SasError> {
 /// Builds a token the way the Python SDK does (`sr` percent-encoded with no safe characters),
 /// which every verifier in the field accepts. `key_name` adds `skn`.
 pub fn build_token(resource: &str, key_b64: &str, expiry: u64, key_name: Option<&str>) -> Result<String, SasError> {
+    let key = B64.decode(key_b64).map_err(|_| SasError::BadKey)?;
+    build_token_with(resource, expiry, key_name, |msg| Ok(hmac_sha256(&key, msg)))
+}
+
+/// Builds a token whose HMAC is computed by `sign` over the string-to-sign — for keys that never
+/// leave a security module (a TPM signs inside the chip).
+pub fn build_token_with<E>(
+    resource: &str,
+    expiry: u64,
+    key_name: Option<&str>,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+) -> Result<String, E> {
     let sr = encode_component(resource);
-    let sig = sign(key_b64, &sr, expiry)?;
+    let sig = B64.encode(sign(format!("{sr}\n{expiry}").as_bytes())?);
     let mut token = format!("{PREFIX}sr={sr}&sig={}&se={expiry}", encode_component(&sig));
     if let Some(skn) = key_name {
         token.push_str("&skn=");
