@@ -585,3 +585,52 @@ fn base64_len(s: &str) -> usize {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap().len()
 }
+
+#[tokio::test]
+async fn time_comes_from_the_clock_passed_in() {
+    use dps_core::{Clock, FakeClock};
+    let (e, _) = engine().await;
+    e.put_enrollment(
+        now(),
+        "timed",
+        IndividualEnrollment {
+            attestation: sym(Some(KEY1), None),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let clock = FakeClock::at(now());
+    // A token valid for ten minutes.
+    let req = request("timed", KEY1, clock.now().timestamp() as u64 + 600);
+    let r = e
+        .register(clock.now(), &req, &DeviceRegistration::default())
+        .await
+        .unwrap();
+    let created = e.get_registration("timed").await.unwrap();
+    assert_eq!(created.created_date_time_utc, Some(clock.now()));
+    // Within the 5-minute skew after expiry it still works; beyond it the same token is refused.
+    clock.advance(chrono::Duration::seconds(600 + 299));
+    e.register(clock.now(), &req, &DeviceRegistration::default())
+        .await
+        .unwrap();
+    let later = e.get_registration("timed").await.unwrap();
+    assert_eq!(
+        later.created_date_time_utc, created.created_date_time_utc,
+        "creation time is kept"
+    );
+    assert_eq!(later.last_updated_date_time_utc, Some(clock.now()));
+    clock.advance(chrono::Duration::seconds(2));
+    let err = e
+        .register(clock.now(), &req, &DeviceRegistration::default())
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("expired"), "{}", err.message);
+    // Polling the first operation with the now-expired token is refused too.
+    let err = e
+        .operation_status(clock.now(), &req, &r.body.operation_id)
+        .await
+        .unwrap_err();
+    assert!(err.message.contains("expired"), "{}", err.message);
+}

@@ -63,6 +63,8 @@ struct CachedOperation {
     /// SHA-256 of the credential that started the operation: a poll with the same credential
     /// needs no second attestation.
     credential_digest: [u8; 32],
+    /// When that credential stops being acceptable (SAS expiry plus the allowed skew).
+    credential_valid_until: Option<i64>,
     body: RegistrationOperationStatus,
     expires: DateTime<Utc>,
 }
@@ -128,6 +130,16 @@ fn digest(c: &Credential) -> [u8; 32] {
         }
     }
     h.finalize().into()
+}
+
+/// The last second at which `c` is still acceptable, for credentials that expire.
+fn valid_until(c: &Credential) -> Option<i64> {
+    match c {
+        Credential::Sas(t) => SasToken::parse(t)
+            .ok()
+            .map(|t| (t.expiry.saturating_add(dps_proto::sas::MAX_CLOCK_SKEW_SECS)).min(i64::MAX as u64) as i64),
+        Credential::None | Credential::X509(_) => None,
+    }
 }
 
 fn new_operation_id(registration_key: &str) -> String {
@@ -196,6 +208,7 @@ impl Engine {
             CachedOperation {
                 registration_key: key,
                 credential_digest: digest(&req.credential),
+                credential_valid_until: valid_until(&req.credential),
                 body: RegistrationOperationStatus {
                     operation_id: operation_id.clone(),
                     status,
@@ -237,16 +250,20 @@ impl Engine {
                 ),
             )
         };
-        let cached = self
-            .operations
-            .ops
-            .get(operation_id)
-            .map(|o| (o.registration_key.clone(), o.credential_digest, o.body.clone()));
-        if let Some((op_key, cred, body)) = cached {
+        let cached = self.operations.ops.get(operation_id).map(|o| {
+            (
+                o.registration_key.clone(),
+                o.credential_digest,
+                o.credential_valid_until,
+                o.body.clone(),
+            )
+        });
+        if let Some((op_key, cred, valid_until, body)) = cached {
             if op_key != key {
                 return Err(not_found());
             }
-            if cred != digest(&req.credential) {
+            let still_valid = valid_until.is_none_or(|t| now.timestamp() <= t);
+            if cred != digest(&req.credential) || !still_valid {
                 self.attest(now, req).await?;
             }
             return Ok(DeviceResponse {
