@@ -34,6 +34,7 @@ mod hub;
 mod mqtt;
 mod provisioning;
 mod security;
+mod x509;
 
 use std::sync::Arc;
 
@@ -43,6 +44,7 @@ pub use provisioning::{
     PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION, GLOBAL_ENDPOINT,
 };
 pub use security::{sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider};
+pub use x509::X509Provider;
 
 /// The TLS client configuration for `provider`: trust `ca_pem`, and present the provider's
 /// certificate when it has one.
