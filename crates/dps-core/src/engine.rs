@@ -1,8 +1,10 @@
 //! The engine: one instance per service, shared by every transport and the service API.
 
+mod certificates;
 mod device;
 mod groups;
 mod service;
+mod x509;
 
 use std::sync::Arc;
 

@@ -38,6 +38,10 @@ pub mod codes {
     pub const BAD_REQUEST_BODY: u32 = 400_004;
     /// Bulk operation invalid as a whole (too many items, duplicate ids, unknown mode).
     pub const BULK_INVALID: u32 = 400_005;
+    /// An uploaded CA certificate cannot be parsed.
+    pub const CERTIFICATE_INVALID: u32 = 400_301;
+    /// Proof of possession failed: no code pending, CN is not the code, or not signed by the CA.
+    pub const CERTIFICATE_VERIFICATION_FAILED: u32 = 400_302;
     /// `*` No IoT hub could be assigned.
     pub const HUB_NOT_SPECIFIED: u32 = 400_208;
     /// `*` The hub refused the device.
@@ -58,6 +62,8 @@ pub mod codes {
     pub const ENROLLMENT_GROUP_NOT_FOUND: u32 = 404_202;
     /// Registration record not found.
     pub const REGISTRATION_NOT_FOUND: u32 = 404_203;
+    /// CA certificate not found.
+    pub const CERTIFICATE_NOT_FOUND: u32 = 404_301;
     /// Operation id unknown (or belongs to another registration).
     pub const OPERATION_NOT_FOUND: u32 = 404_204;
     /// `*` Hub device not found (IoT Hub's DeviceNotFound).
@@ -72,6 +78,8 @@ pub mod codes {
     pub const ENROLLMENT_GROUP_EXISTS: u32 = 409_202;
     /// `*` A concurrent registration of the same device is in progress.
     pub const PRECONDITION_CONCURRENT: u32 = 409_203;
+    /// CA certificate already exists (PUT without If-Match).
+    pub const CERTIFICATE_EXISTS: u32 = 409_301;
     /// `*` Hub device already exists (PUT without If-Match; IoT Hub's DeviceAlreadyExists).
     pub const DEVICE_EXISTS: u32 = 409_001;
     /// If-Match does not match the enrollment's etag.
@@ -80,6 +88,8 @@ pub mod codes {
     pub const ENROLLMENT_GROUP_ETAG_MISMATCH: u32 = 412_202;
     /// If-Match does not match the registration record's etag.
     pub const REGISTRATION_ETAG_MISMATCH: u32 = 412_203;
+    /// If-Match does not match the CA certificate's etag.
+    pub const CERTIFICATE_ETAG_MISMATCH: u32 = 412_301;
     /// If-Match does not match a hub device/twin etag.
     pub const DEVICE_ETAG_MISMATCH: u32 = 412_002;
     /// Request body larger than allowed.

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod certificate;
 mod device;
 mod enrollment;
 mod hub;
@@ -39,6 +40,9 @@ enum Command {
     /// Device registration records.
     #[command(subcommand)]
     Registration(registration::RegistrationCommand),
+    /// CA certificates with proof of possession (like `az iot dps certificate`).
+    #[command(subcommand)]
+    Certificate(certificate::CertificateCommand),
     /// Derive a device's key from an enrollment group key (offline).
     ComputeDeviceKey(device::ComputeKeyArgs),
     /// The IoT hub: device registry, twins, telemetry (like `az iot hub`).
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
                     Command::Enrollment(c) => enrollment::run_enrollment(c).await,
                     Command::EnrollmentGroup(c) => enrollment::run_group(c).await,
                     Command::Registration(c) => registration::run(c).await,
+                    Command::Certificate(c) => certificate::run(c).await,
                     Command::ComputeDeviceKey(a) => device::compute_key(a),
                     Command::Hub(c) => hub::run(c).await,
                     Command::Device(DeviceCommand::Provision(a)) => device::provision(a).await,

@@ -10,7 +10,7 @@ use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::{DeviceRegistration, RegistrationOperationStatus};
 use dps_proto::model::service::{
     AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, RegistrationState,
-    RegistrationStatus, Substatus, SymmetricKeyRegistrationResult,
+    RegistrationStatus, Substatus, SymmetricKeyRegistrationResult, X509RegistrationResult,
 };
 use dps_proto::registration_id;
 use dps_proto::sas::{hmac_sha256, SasToken};
@@ -80,16 +80,18 @@ impl OperationCache {
 }
 
 /// The enrollment a device matched.
-enum Matched {
+pub(super) enum Matched {
     Individual(Box<IndividualEnrollment>),
     Group(Box<EnrollmentGroup>),
 }
 
 /// The outcome of attestation: the enrollment and the keys the hub should know the device by.
-struct Attested {
-    matched: Matched,
-    attestation: AttestationType,
-    hub_auth: DeviceAuth,
+pub(super) struct Attested {
+    pub(super) matched: Matched,
+    pub(super) attestation: AttestationType,
+    pub(super) hub_auth: DeviceAuth,
+    /// X.509 details for the device's registration result.
+    pub(super) x509: Option<X509RegistrationResult>,
 }
 
 impl Matched {
@@ -324,11 +326,9 @@ impl Engine {
     async fn attest(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Attested, ApiError> {
         match &req.credential {
             Credential::Sas(token) => self.attest_sas(now, req, token).await,
-            Credential::X509(_) => Err(ApiError::unauthorized(
-                "X.509 client-certificate attestation is not supported by this server version; use a symmetric key",
-            )),
+            Credential::X509(chain) => self.attest_x509(now, req, chain).await,
             Credential::None => Err(ApiError::unauthorized(
-                "no credential: send a SharedAccessSignature (symmetric key) in the MQTT password or the Authorization header",
+                "no credential: send a SharedAccessSignature (symmetric key) in the MQTT password or the Authorization header, or a client certificate (X.509)",
             )),
         }
     }
@@ -370,6 +370,7 @@ impl Engine {
                 matched: Matched::Individual(Box::new(e)),
                 attestation: AttestationType::SymmetricKey,
                 hub_auth,
+                x509: None,
             });
         }
 
@@ -395,6 +396,7 @@ impl Engine {
                     matched: Matched::Group(Box::new(cached.group.clone())),
                     attestation: AttestationType::SymmetricKey,
                     hub_auth,
+                    x509: None,
                 });
             }
         }
@@ -527,6 +529,8 @@ impl Engine {
             last_updated_date_time_utc: Some(now),
             etag: Some(new_etag()),
             payload: None,
+            // Kept in the record so a poll after a restart shows it; the service view strips it.
+            x509: attested.x509.clone(),
             ..Default::default()
         };
         let record = RegistrationRecord {

@@ -479,7 +479,7 @@ impl Engine {
             .await?
             .ok_or_else(|| Kind::Enrollment.not_found(id))?;
         strip_secrets(&mut e.attestation);
-        let state = self.store.get_registration(id).await?.map(|r| r.state);
+        let state = self.store.get_registration(id).await?.map(|r| service_view(r.state));
         e.registration_state = Some(state.unwrap_or_else(|| RegistrationState {
             registration_id: e.registration_id.clone(),
             status: RegistrationStatus::Unassigned,
@@ -621,7 +621,7 @@ impl Engine {
             .get_registration(id)
             .await?
             .ok_or_else(|| Kind::Registration.not_found(id))?;
-        Ok(r.state)
+        Ok(service_view(r.state))
     }
 
     /// `DELETE /registrations/{id}`: forgets the registration (the hub device stays); the device's
@@ -648,7 +648,7 @@ impl Engine {
             .await?;
         let page = paginate(items, size, |r| r.key());
         Ok(Page {
-            items: page.items.into_iter().map(|r| r.state).collect(),
+            items: page.items.into_iter().map(|r| service_view(r.state)).collect(),
             continuation: page.continuation,
         })
     }
@@ -657,6 +657,14 @@ impl Engine {
     pub fn unix_time(now: DateTime<Utc>) -> u64 {
         unix(now)
     }
+}
+
+/// The service API shows a registration record without the device-result blocks.
+fn service_view(mut state: RegistrationState) -> RegistrationState {
+    state.x509 = None;
+    state.tpm = None;
+    state.symmetric_key = None;
+    state
 }
 
 fn check_bulk(ids: &[String]) -> Result<(), ApiError> {

@@ -57,6 +57,14 @@ pub enum Resource {
     Registration(String),
     /// `/registrations/{groupId}/query`
     RegistrationQuery(String),
+    /// `/certificates` (list)
+    Certificates,
+    /// `/certificates/{name}`
+    Certificate(String),
+    /// `/certificates/{name}/generateVerificationCode`
+    CertificateVerificationCode(String),
+    /// `/certificates/{name}/verify`
+    CertificateVerify(String),
     /// `/devices` (list)
     Devices,
     /// `/devices/query`
@@ -142,6 +150,18 @@ pub enum Route {
     DeleteRegistration(String),
     /// `POST /registrations/{groupId}/query`
     QueryRegistrations(String),
+    /// `GET /certificates`
+    ListCertificates,
+    /// `GET /certificates/{name}`
+    GetCertificate(String),
+    /// `PUT /certificates/{name}`
+    PutCertificate(String),
+    /// `DELETE /certificates/{name}`
+    DeleteCertificate(String),
+    /// `POST /certificates/{name}/generateVerificationCode`
+    GenerateVerificationCode(String),
+    /// `POST /certificates/{name}/verify`
+    VerifyCertificate(String),
     /// `GET /devices?top=N`
     ListDevices,
     /// `POST /devices/query`
@@ -188,7 +208,13 @@ impl Route {
             | BulkGroups
             | GetRegistration(_)
             | DeleteRegistration(_)
-            | QueryRegistrations(_) => Api::Service,
+            | QueryRegistrations(_)
+            | ListCertificates
+            | GetCertificate(_)
+            | PutCertificate(_)
+            | DeleteCertificate(_)
+            | GenerateVerificationCode(_)
+            | VerifyCertificate(_) => Api::Service,
             ListDevices | QueryDevices | GetDevice(_) | PutDevice(_) | DeleteDevice(_) | GetTwin(_)
             | ReplaceTwin(_) | UpdateTwin(_) | InvokeMethod(_) | MonitorEvents | DeviceStatistics
             | ServiceStatistics => Api::Hub,
@@ -273,6 +299,13 @@ pub fn resource(segs: &[String]) -> Option<Resource> {
         },
         [first, r] if is(first, "registrations") => Resource::Registration(id(r)?),
         [first, g, q] if is(first, "registrations") && is(q, "query") => Resource::RegistrationQuery(id(g)?),
+        [first, rest @ ..] if is(first, "certificates") => match rest {
+            [] => Resource::Certificates,
+            [c] => Resource::Certificate(id(c)?),
+            [c, v] if is(v, "generateVerificationCode") => Resource::CertificateVerificationCode(id(c)?),
+            [c, v] if is(v, "verify") => Resource::CertificateVerify(id(c)?),
+            _ => return None,
+        },
         [first, rest @ ..] if is(first, "devices") => match rest {
             [] => Resource::Devices,
             [q] if is(q, "query") => Resource::DeviceQuery,
@@ -373,6 +406,24 @@ pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         },
         R::RegistrationQuery(id) => match *m {
             Method::POST => Ok(Route::QueryRegistrations(id)),
+            _ => not_allowed(POST),
+        },
+        R::Certificates => match *m {
+            Method::GET => Ok(Route::ListCertificates),
+            _ => not_allowed(GET),
+        },
+        R::Certificate(name) => match *m {
+            Method::GET => Ok(Route::GetCertificate(name)),
+            Method::PUT => Ok(Route::PutCertificate(name)),
+            Method::DELETE => Ok(Route::DeleteCertificate(name)),
+            _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::CertificateVerificationCode(name) => match *m {
+            Method::POST => Ok(Route::GenerateVerificationCode(name)),
+            _ => not_allowed(POST),
+        },
+        R::CertificateVerify(name) => match *m {
+            Method::POST => Ok(Route::VerifyCertificate(name)),
             _ => not_allowed(POST),
         },
         R::Devices => match *m {
@@ -491,6 +542,23 @@ mod tests {
             Ok(Route::DeleteEnrollment("dev-1".into()))
         );
         assert_eq!(r(Method::POST, "/enrollments/"), Ok(Route::BulkEnrollments));
+        assert_eq!(r(Method::GET, "/certificates"), Ok(Route::ListCertificates));
+        assert_eq!(
+            r(Method::PUT, "/Certificates/root-1"),
+            Ok(Route::PutCertificate("root-1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/certificates/root-1/generateverificationcode"),
+            Ok(Route::GenerateVerificationCode("root-1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/certificates/root-1/verify"),
+            Ok(Route::VerifyCertificate("root-1".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/certificates/root-1/verify"),
+            Err(NoRoute::MethodNotAllowed(POST))
+        );
         assert_eq!(r(Method::POST, "/enrollments"), Ok(Route::BulkEnrollments));
         assert_eq!(r(Method::POST, "/enrollments/query"), Ok(Route::QueryEnrollments));
         assert_eq!(r(Method::POST, "/enrollments/QUERY/"), Ok(Route::QueryEnrollments));

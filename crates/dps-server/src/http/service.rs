@@ -1,9 +1,11 @@
-//! DPS service API (service-api.md §2): enrollments, enrollment groups, registration records.
+//! DPS service API (service-api.md §2): enrollments, enrollment groups, registration records, and
+//! CA certificates with proof of possession.
 //! Authorized by the DPS shared-access policies; status codes exactly as the Python SDKs expect
 //! (PUT 200, DELETE 204, everything else 200).
 
 use axum::response::Response;
 use dps_core::{ApiError, Page};
+use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
 use dps_proto::model::service::{
     BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup, IndividualEnrollment, QuerySpecification,
 };
@@ -16,6 +18,7 @@ const ENROLLMENT_READ: &str = "EnrollmentRead";
 const ENROLLMENT_WRITE: &str = "EnrollmentWrite";
 const REGISTRATION_READ: &str = "RegistrationStatusRead";
 const REGISTRATION_WRITE: &str = "RegistrationStatusWrite";
+const SERVICE_CONFIG: &str = "ServiceConfig";
 
 fn right(route: &Route) -> &'static str {
     use Route::*;
@@ -31,6 +34,12 @@ fn right(route: &Route) -> &'static str {
         }
         GetRegistration(_) | QueryRegistrations(_) => REGISTRATION_READ,
         DeleteRegistration(_) => REGISTRATION_WRITE,
+        ListCertificates
+        | GetCertificate(_)
+        | PutCertificate(_)
+        | DeleteCertificate(_)
+        | GenerateVerificationCode(_)
+        | VerifyCertificate(_) => SERVICE_CONFIG,
         other => unreachable!("not a service route: {other:?}"),
     }
 }
@@ -115,6 +124,24 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
                     .await?,
                 "DeviceRegistration",
             )
+        }
+        Route::ListCertificates => ok(&engine.list_certificates().await?),
+        Route::GetCertificate(name) => ok(&engine.get_certificate(&name).await?),
+        Route::PutCertificate(name) => {
+            let body: CertificateBody = ctx.json("CertificateBody").await?;
+            ok(&engine.put_certificate(now, &name, body, if_match).await?)
+        }
+        Route::DeleteCertificate(name) => {
+            engine.delete_certificate(&name, if_match).await?;
+            no_content()
+        }
+        Route::GenerateVerificationCode(name) => {
+            let _ = ctx.body().await?;
+            ok(&engine.generate_verification_code(now, &name, if_match).await?)
+        }
+        Route::VerifyCertificate(name) => {
+            let body: VerificationCertificate = ctx.json("VerificationCertificate").await?;
+            ok(&engine.verify_certificate(now, &name, if_match, body).await?)
         }
         other => unreachable!("not a service route: {other:?}"),
     };

@@ -1,0 +1,231 @@
+//! CA certificates with proof of possession (`/certificates`): upload a CA, get a verification
+//! code, prove possession of the CA key by presenting a certificate the CA signed whose CN is the
+//! code. Enrollments reference verified CAs by name (`caReferences`).
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use dps_proto::codes;
+use dps_proto::model::certificate::{
+    CertificateBody, CertificateProperties, CertificateResponse, VerificationCertificate,
+};
+use dps_proto::registration_id;
+use rand::RngCore;
+
+use super::device::new_etag;
+use super::Engine;
+use crate::store::{CaCertificateRecord, StoreError, WriteCondition};
+use crate::ApiError;
+
+fn store_error(e: StoreError, name: &str) -> ApiError {
+    match e {
+        StoreError::NotFound => not_found(name),
+        StoreError::AlreadyExists => ApiError::new(
+            codes::CERTIFICATE_EXISTS,
+            format!("CA certificate '{name}' already exists; send its etag in If-Match (or '*') to replace it"),
+        ),
+        StoreError::EtagMismatch => ApiError::new(
+            codes::CERTIFICATE_ETAG_MISMATCH,
+            format!("If-Match does not match the current etag of CA certificate '{name}'"),
+        ),
+        StoreError::Backend(m) => ApiError::internal(format!("storage: {m}")),
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::new(
+        codes::CERTIFICATE_NOT_FOUND,
+        format!("CA certificate '{name}' not found"),
+    )
+}
+
+fn failed(message: String) -> ApiError {
+    ApiError::new(codes::CERTIFICATE_VERIFICATION_FAILED, message)
+}
+
+/// The API view of a stored certificate.
+fn response(r: &CaCertificateRecord, verification_code: Option<String>) -> CertificateResponse {
+    let summary = B64
+        .decode(&r.certificate)
+        .ok()
+        .and_then(|der| dps_pki::info::summarize(&der).ok());
+    CertificateResponse {
+        name: r.name.clone(),
+        etag: r.etag.clone(),
+        properties: CertificateProperties {
+            subject: summary.as_ref().map(|s| s.subject_name.clone()).unwrap_or_default(),
+            expiry: summary.as_ref().map(|s| s.not_after),
+            thumbprint: summary.as_ref().map(|s| s.sha1_thumbprint.clone()).unwrap_or_default(),
+            sha256_thumbprint: summary
+                .as_ref()
+                .map(|s| s.sha256_thumbprint.clone())
+                .unwrap_or_default(),
+            is_verified: r.is_verified,
+            certificate: Some(r.certificate.clone()),
+            verification_code,
+            created: Some(r.created),
+            updated: Some(r.updated),
+        },
+    }
+}
+
+/// Parses one certificate given as PEM or base64 DER.
+fn parse_one(text: &str, what: &str) -> Result<Vec<u8>, ApiError> {
+    let certs = dps_pki::pem::parse_certificates(text)
+        .map_err(|e| ApiError::new(codes::CERTIFICATE_INVALID, format!("{what}: {e}")))?;
+    certs
+        .into_iter()
+        .next()
+        .map(|c| c.to_vec())
+        .ok_or_else(|| ApiError::new(codes::CERTIFICATE_INVALID, format!("{what}: no certificate found")))
+}
+
+impl Engine {
+    /// `PUT /certificates/{name}`: uploads (or replaces) a CA certificate. Replacing the
+    /// certificate resets verification unless the body marks it verified.
+    pub async fn put_certificate(
+        &self,
+        now: DateTime<Utc>,
+        name: &str,
+        body: CertificateBody,
+        if_match: Option<&str>,
+    ) -> Result<CertificateResponse, ApiError> {
+        registration_id::validate(name).map_err(|e| ApiError::invalid(format!("certificate name: {e}")))?;
+        let der = parse_one(&body.certificate, "certificate")?;
+        let summary = dps_pki::info::summarize(&der)
+            .map_err(|e| ApiError::new(codes::CERTIFICATE_INVALID, format!("certificate: {e}")))?;
+        if now > summary.not_after {
+            return Err(ApiError::new(
+                codes::CERTIFICATE_INVALID,
+                format!(
+                    "certificate '{}' expired at {}",
+                    summary.subject_name,
+                    dps_proto::timefmt::format_seconds(&summary.not_after)
+                ),
+            ));
+        }
+        let stored = self.store.get_certificate(name).await?;
+        let record = CaCertificateRecord {
+            name: stored
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_else(|| name.to_string()),
+            etag: new_etag(),
+            certificate: B64.encode(&der),
+            is_verified: body.is_verified,
+            verification_code: None,
+            created: stored.as_ref().map(|s| s.created).unwrap_or(now),
+            updated: now,
+        };
+        let result = self
+            .store
+            .put_certificate(&record, &WriteCondition::from_if_match(if_match))
+            .await
+            .map_err(|e| store_error(e, name));
+        self.groups.reload(self.store.as_ref()).await?;
+        result?;
+        Ok(response(&record, None))
+    }
+
+    /// `GET /certificates/{name}`.
+    pub async fn get_certificate(&self, name: &str) -> Result<CertificateResponse, ApiError> {
+        let r = self.store.get_certificate(name).await?.ok_or_else(|| not_found(name))?;
+        Ok(response(&r, None))
+    }
+
+    /// `GET /certificates`.
+    pub async fn list_certificates(&self) -> Result<Vec<CertificateResponse>, ApiError> {
+        Ok(self
+            .store
+            .list_certificates()
+            .await?
+            .iter()
+            .map(|r| response(r, None))
+            .collect())
+    }
+
+    /// `DELETE /certificates/{name}`.
+    pub async fn delete_certificate(&self, name: &str, if_match: Option<&str>) -> Result<(), ApiError> {
+        let result = self
+            .store
+            .delete_certificate(name, &WriteCondition::from_if_match(if_match))
+            .await
+            .map_err(|e| store_error(e, name));
+        self.groups.reload(self.store.as_ref()).await?;
+        result
+    }
+
+    /// `POST /certificates/{name}/generateVerificationCode`: a fresh code replaces any earlier one.
+    pub async fn generate_verification_code(
+        &self,
+        now: DateTime<Utc>,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<CertificateResponse, ApiError> {
+        let mut r = self.store.get_certificate(name).await?.ok_or_else(|| not_found(name))?;
+        let cond = match WriteCondition::from_if_match(if_match) {
+            WriteCondition::None => WriteCondition::Etag(r.etag.clone()),
+            c => c,
+        };
+        let mut raw = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let code: String = raw.iter().map(|b| format!("{b:02X}")).collect();
+        r.verification_code = Some(code.clone());
+        r.etag = new_etag();
+        r.updated = now;
+        self.store
+            .put_certificate(&r, &cond)
+            .await
+            .map_err(|e| store_error(e, name))?;
+        Ok(response(&r, Some(code)))
+    }
+
+    /// `POST /certificates/{name}/verify`: completes proof of possession.
+    pub async fn verify_certificate(
+        &self,
+        now: DateTime<Utc>,
+        name: &str,
+        if_match: Option<&str>,
+        body: VerificationCertificate,
+    ) -> Result<CertificateResponse, ApiError> {
+        let mut r = self.store.get_certificate(name).await?.ok_or_else(|| not_found(name))?;
+        let cond = match WriteCondition::from_if_match(if_match) {
+            WriteCondition::None => WriteCondition::Etag(r.etag.clone()),
+            c => c,
+        };
+        let code = r.verification_code.clone().ok_or_else(|| {
+            failed(format!(
+                "no verification code is pending for CA certificate '{name}'; generate one first"
+            ))
+        })?;
+        let leaf = parse_one(&body.certificate, "verification certificate")?;
+        let leaf_summary = dps_pki::info::summarize(&leaf)
+            .map_err(|e| ApiError::new(codes::CERTIFICATE_INVALID, format!("verification certificate: {e}")))?;
+        if leaf_summary.common_name.as_deref().map(str::trim) != Some(code.as_str()) {
+            return Err(failed(format!(
+                "verification certificate CN '{}' is not the verification code of CA certificate '{name}'",
+                leaf_summary.common_name.unwrap_or_default()
+            )));
+        }
+        let ca = B64
+            .decode(&r.certificate)
+            .map_err(|e| ApiError::internal(format!("stored certificate: {e}")))?;
+        crate::x509::verify_signed_by(&leaf, &ca, now).map_err(|e| {
+            failed(format!(
+                "verification certificate is not a valid certificate issued by CA certificate '{name}': {e}"
+            ))
+        })?;
+        r.is_verified = true;
+        r.verification_code = None;
+        r.etag = new_etag();
+        r.updated = now;
+        let result = self
+            .store
+            .put_certificate(&r, &cond)
+            .await
+            .map_err(|e| store_error(e, name));
+        self.groups.reload(self.store.as_ref()).await?;
+        result?;
+        Ok(response(&r, None))
+    }
+}

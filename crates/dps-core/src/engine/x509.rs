@@ -1,0 +1,172 @@
+//! X.509 attestation: the device proved possession of its leaf key in the TLS handshake; here the
+//! engine judges the certificates against enrollments (service-api.md §5.1–5.2).
+//!
+//! - The leaf's common name must be the registration id, and the leaf must be within validity.
+//! - An individual enrollment for the registration id takes precedence: the leaf must be its
+//!   primary or secondary certificate (by SHA-256 or SHA-1 thumbprint), or chain to one of its
+//!   CA references. A disabled individual enrollment blocks the device even when a group would
+//!   accept it — Azure's way to revoke one device of a group.
+//! - Otherwise the chain is walked from the leaf upward — through the certificates the device sent
+//!   and the enrolled ones — and the first certificate enrolled by a group (signing certificate or
+//!   verified CA reference) decides the group. Every link on the way is checked (signature,
+//!   validity, CA constraints, key usage); failures name the link.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use dps_proto::model::service::{AttestationType, X509RegistrationResult};
+
+use super::device::{Attested, DeviceRequest, Matched};
+use super::groups::{anchors_of, Anchor};
+use super::Engine;
+use crate::hub::DeviceAuth;
+use crate::ApiError;
+
+impl Engine {
+    pub(super) async fn attest_x509(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        chain: &[Vec<u8>],
+    ) -> Result<Attested, ApiError> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| ApiError::unauthorized("no client certificate was presented"))?;
+        let summary = dps_pki::info::summarize(leaf)
+            .map_err(|e| ApiError::unauthorized(format!("the device certificate cannot be parsed: {e}")))?;
+        let cn = summary.common_name.clone().ok_or_else(|| {
+            ApiError::unauthorized(format!(
+                "device certificate '{}' has no common name (CN)",
+                summary.subject_name
+            ))
+        })?;
+        if !cn.eq_ignore_ascii_case(&req.registration_id) {
+            return Err(ApiError::unauthorized(format!(
+                "device certificate CN '{cn}' does not match registration id '{}'",
+                req.registration_id
+            )));
+        }
+        if now < summary.not_before {
+            return Err(ApiError::unauthorized(format!(
+                "device certificate '{}' is not valid before {}",
+                summary.subject_name,
+                dps_proto::timefmt::format_seconds(&summary.not_before)
+            )));
+        }
+        if now > summary.not_after {
+            return Err(ApiError::unauthorized(format!(
+                "device certificate '{}' expired at {}",
+                summary.subject_name,
+                dps_proto::timefmt::format_seconds(&summary.not_after)
+            )));
+        }
+        let info = crate::x509::info_of(&summary);
+        let hub_auth = DeviceAuth::SelfSigned {
+            primary_thumbprint: summary.sha256_thumbprint.clone(),
+            secondary_thumbprint: summary.sha256_thumbprint.clone(),
+        };
+        let certificates = self.groups.certificates();
+
+        if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
+            if e.attestation.kind != AttestationType::X509 {
+                return Err(ApiError::unauthorized(format!(
+                    "individual enrollment '{}' uses {} attestation, but the device presented a client certificate",
+                    e.registration_id, e.attestation.kind
+                )));
+            }
+            let anchors = anchors_of(&e.attestation, &certificates);
+            let leaf_enrolled = anchors
+                .iter()
+                .any(|a| a.ca_reference.is_none() && a.sha256 == summary.sha256_thumbprint)
+                || e.attestation
+                    .x509
+                    .as_ref()
+                    .and_then(|x| x.client_certificates.as_ref())
+                    .into_iter()
+                    .flat_map(|c| [c.primary.as_ref(), c.secondary.as_ref()])
+                    .flatten()
+                    .filter_map(|c| c.info.as_ref())
+                    .any(|i| i.sha1_thumbprint.eq_ignore_ascii_case(&summary.sha1_thumbprint));
+            if !leaf_enrolled {
+                let ca_anchors: Vec<Anchor> = anchors.into_iter().filter(|a| a.ca_reference.is_some()).collect();
+                if ca_anchors.is_empty() {
+                    return Err(ApiError::unauthorized(format!(
+                        "device certificate (SHA-256 {}) is neither the primary nor the secondary certificate of individual enrollment '{}'",
+                        summary.sha256_thumbprint, e.registration_id
+                    )));
+                }
+                let reached = verify_chain(chain, &ca_anchors, now)?;
+                check_verified(reached, &format!("individual enrollment '{}'", e.registration_id))?;
+            }
+            return Ok(Attested {
+                matched: Matched::Individual(Box::new(e)),
+                attestation: AttestationType::X509,
+                hub_auth,
+                x509: Some(X509RegistrationResult {
+                    certificate_info: Some(info),
+                    ..Default::default()
+                }),
+            });
+        }
+
+        let groups = self.groups.snapshot();
+        let all: Vec<(usize, &Anchor)> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.anchors.iter().map(move |a| (i, a)))
+            .collect();
+        if all.is_empty() {
+            return Err(ApiError::unauthorized(format!(
+                "no enrollment matches registration '{}': there is no individual enrollment with that id and no X.509 enrollment group",
+                req.registration_id
+            )));
+        }
+        let anchors: Vec<Anchor> = all.iter().map(|(_, a)| (*a).clone()).collect();
+        let reached = verify_chain(chain, &anchors, now)?;
+        // Several groups may enroll the same certificate; prefer one whose CA reference is verified.
+        let candidates: Vec<&(usize, &Anchor)> = all.iter().filter(|(_, a)| a.sha256 == reached.sha256).collect();
+        let (gi, anchor) = candidates
+            .iter()
+            .find(|(_, a)| a.ca_reference.as_ref().is_none_or(|(_, verified)| *verified))
+            .or_else(|| candidates.first())
+            .map(|(i, a)| (*i, *a))
+            .expect("the reached anchor came from this list");
+        let group = &groups[gi].group;
+        check_verified(anchor, &format!("enrollment group '{}'", group.enrollment_group_id))?;
+        let signing = dps_pki::info::summarize(&anchor.der)
+            .ok()
+            .map(|s| crate::x509::info_of(&s));
+        Ok(Attested {
+            matched: Matched::Group(Box::new(group.clone())),
+            attestation: AttestationType::X509,
+            hub_auth,
+            x509: Some(X509RegistrationResult {
+                certificate_info: Some(info),
+                enrollment_group_id: Some(group.enrollment_group_id.clone()),
+                signing_certificate_info: signing,
+            }),
+        })
+    }
+}
+
+/// Checks the device chain up to the first enrolled certificate; returns that anchor.
+fn verify_chain<'a>(chain: &[Vec<u8>], anchors: &'a [Anchor], now: DateTime<Utc>) -> Result<&'a Anchor, ApiError> {
+    let wanted: HashSet<&str> = anchors.iter().map(|a| a.sha256.as_str()).collect();
+    let extra: Vec<Vec<u8>> = anchors.iter().map(|a| a.der.clone()).collect();
+    let reached = crate::x509::verify_to_anchor(chain, &extra, &wanted, now)
+        .map_err(|e| ApiError::unauthorized(format!("certificate chain rejected: {e}")))?;
+    Ok(anchors
+        .iter()
+        .find(|a| a.sha256 == reached)
+        .expect("verify_to_anchor returns one of the anchors"))
+}
+
+/// A CA reference counts only once proof of possession is done.
+fn check_verified(anchor: &Anchor, whose: &str) -> Result<(), ApiError> {
+    match &anchor.ca_reference {
+        Some((name, false)) => Err(ApiError::unauthorized(format!(
+            "CA certificate '{name}' referenced by {whose} is not verified; complete proof of possession first"
+        ))),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,216 @@
+//! `dps certificate create|list|show|generate-verification-code|verify|delete`: CA certificates
+//! with proof of possession (`az iot dps certificate …`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::output::{self, out, s};
+use crate::remote::{seg, Api, DpsTarget, Rest};
+
+/// `dps certificate …`
+#[derive(Subcommand, Debug)]
+pub enum CertificateCommand {
+    /// Upload a CA certificate (unverified unless --verified).
+    Create(CertificateCreate),
+    /// List the CA certificates.
+    List(CertificateList),
+    /// Show a CA certificate.
+    Show(CertificateName),
+    /// Generate the code a proof-of-possession certificate must carry as its CN.
+    GenerateVerificationCode(CertificateEtag),
+    /// Complete proof of possession with a certificate the CA signed whose CN is the code.
+    Verify(CertificateVerify),
+    /// Delete a CA certificate.
+    Delete(CertificateEtag),
+}
+
+/// `dps certificate create`
+#[derive(Args, Debug)]
+pub struct CertificateCreate {
+    /// Certificate name (what enrollments' caReferences use).
+    #[arg(long)]
+    pub name: String,
+    /// PEM or DER-base64 file of the CA certificate.
+    #[arg(long, visible_alias = "path")]
+    pub certificate_path: PathBuf,
+    /// Mark verified at upload, skipping proof of possession.
+    #[arg(long)]
+    pub verified: bool,
+    /// Replace an existing certificate with this etag ('*' for any).
+    #[arg(long)]
+    pub etag: Option<String>,
+    #[command(flatten)]
+    pub target: DpsTarget,
+}
+
+/// `dps certificate list`
+#[derive(Args, Debug)]
+pub struct CertificateList {
+    #[command(flatten)]
+    pub target: DpsTarget,
+}
+
+/// `dps certificate show`
+#[derive(Args, Debug)]
+pub struct CertificateName {
+    /// Certificate name.
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub target: DpsTarget,
+}
+
+/// `dps certificate generate-verification-code` / `delete`
+#[derive(Args, Debug)]
+pub struct CertificateEtag {
+    /// Certificate name.
+    #[arg(long)]
+    pub name: String,
+    /// Act only if the certificate still has this etag.
+    #[arg(long)]
+    pub etag: Option<String>,
+    #[command(flatten)]
+    pub target: DpsTarget,
+}
+
+/// `dps certificate verify`
+#[derive(Args, Debug)]
+pub struct CertificateVerify {
+    /// Certificate name.
+    #[arg(long)]
+    pub name: String,
+    /// PEM file of the verification certificate (CN = the verification code, signed by the CA).
+    #[arg(long, visible_alias = "path")]
+    pub certificate_path: PathBuf,
+    /// Act only if the certificate still has this etag.
+    #[arg(long)]
+    pub etag: Option<String>,
+    #[command(flatten)]
+    pub target: DpsTarget,
+}
+
+fn rest(t: &DpsTarget) -> Result<Rest> {
+    Rest::connect(t.connection_string.as_deref(), &t.server, Api::Dps)
+}
+
+fn if_match(etag: &Option<String>) -> Vec<(&str, &str)> {
+    etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default()
+}
+
+fn read(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Runs `dps certificate …`.
+pub async fn run(cmd: CertificateCommand) -> Result<()> {
+    match cmd {
+        CertificateCommand::Create(a) => {
+            let body = json!({ "certificate": read(&a.certificate_path)?, "isVerified": a.verified });
+            let path = format!("/certificates/{}", seg(&a.name));
+            let v = rest(&a.target)?
+                .call(Method::PUT, &path, &[], Some(&body), &if_match(&a.etag))
+                .await
+                .with_context(|| format!("cannot upload CA certificate '{}'", a.name))?
+                .body;
+            show(&v, a.target.server.json);
+        }
+        CertificateCommand::List(a) => {
+            let v = rest(&a.target)?
+                .call(Method::GET, "/certificates", &[], None, &[])
+                .await
+                .context("cannot list CA certificates")?
+                .body;
+            if a.target.server.json {
+                output::json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|items| {
+                        items
+                            .iter()
+                            .map(|c| {
+                                vec![
+                                    s(c, "name"),
+                                    s(c, "properties.subject"),
+                                    s(c, "properties.isVerified"),
+                                    s(c, "properties.expiry"),
+                                    s(c, "properties.thumbprint"),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                output::table(&["NAME", "SUBJECT", "VERIFIED", "EXPIRES", "THUMBPRINT (SHA-1)"], &rows);
+            }
+        }
+        CertificateCommand::Show(a) => {
+            let v = rest(&a.target)?
+                .call(Method::GET, &format!("/certificates/{}", seg(&a.name)), &[], None, &[])
+                .await
+                .with_context(|| format!("cannot show CA certificate '{}'", a.name))?
+                .body;
+            show(&v, a.target.server.json);
+        }
+        CertificateCommand::GenerateVerificationCode(a) => {
+            let path = format!("/certificates/{}/generateVerificationCode", seg(&a.name));
+            let v = rest(&a.target)?
+                .call(Method::POST, &path, &[], None, &if_match(&a.etag))
+                .await
+                .with_context(|| format!("cannot generate a verification code for '{}'", a.name))?
+                .body;
+            if a.target.server.json {
+                output::json(&v);
+            } else {
+                out!("{}", s(&v, "properties.verificationCode"));
+            }
+        }
+        CertificateCommand::Verify(a) => {
+            let body = json!({ "certificate": read(&a.certificate_path)? });
+            let path = format!("/certificates/{}/verify", seg(&a.name));
+            let v = rest(&a.target)?
+                .call(Method::POST, &path, &[], Some(&body), &if_match(&a.etag))
+                .await
+                .with_context(|| format!("cannot verify CA certificate '{}'", a.name))?
+                .body;
+            show(&v, a.target.server.json);
+        }
+        CertificateCommand::Delete(a) => {
+            rest(&a.target)?
+                .call(
+                    Method::DELETE,
+                    &format!("/certificates/{}", seg(&a.name)),
+                    &[],
+                    None,
+                    &if_match(&a.etag),
+                )
+                .await
+                .with_context(|| format!("cannot delete CA certificate '{}'", a.name))?;
+            if a.target.server.json {
+                output::json(&json!({ "deleted": true, "name": a.name }));
+            } else {
+                out!("deleted CA certificate {}", a.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show(v: &Value, json: bool) {
+    if json {
+        output::json(v);
+    } else {
+        output::fields(&[
+            ("name", s(v, "name")),
+            ("subject", s(v, "properties.subject")),
+            ("verified", s(v, "properties.isVerified")),
+            ("expires", s(v, "properties.expiry")),
+            ("thumbprint (SHA-1)", s(v, "properties.thumbprint")),
+            ("thumbprint (SHA-256)", s(v, "properties.sha256Thumbprint")),
+            ("etag", s(v, "etag")),
+        ]);
+    }
+}
