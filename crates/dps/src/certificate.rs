@@ -135,10 +135,10 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
                             .map(|c| {
                                 vec![
                                     s(c, "name"),
-                                    s(c, "properties.subject"),
-                                    s(c, "properties.isVerified"),
-                                    s(c, "properties.expiry"),
-                                    s(c, "properties.thumbprint"),
+                                    s(c, "properties/subject"),
+                                    s(c, "properties/isVerified"),
+                                    s(c, "properties/expiry"),
+                                    s(c, "properties/thumbprint"),
                                 ]
                             })
                             .collect()
@@ -165,7 +165,7 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
             if a.target.server.json {
                 output::json(&v);
             } else {
-                out!("{}", s(&v, "properties.verificationCode"));
+                out!("{}", s(&v, "properties/verificationCode"));
             }
         }
         CertificateCommand::Verify(a) => {
@@ -205,11 +205,11 @@ fn show(v: &Value, json: bool) {
     } else {
         output::fields(&[
             ("name", s(v, "name")),
-            ("subject", s(v, "properties.subject")),
-            ("verified", s(v, "properties.isVerified")),
-            ("expires", s(v, "properties.expiry")),
-            ("thumbprint (SHA-1)", s(v, "properties.thumbprint")),
-            ("thumbprint (SHA-256)", s(v, "properties.sha256Thumbprint")),
+            ("subject", s(v, "properties/subject")),
+            ("verified", s(v, "properties/isVerified")),
+            ("expires", s(v, "properties/expiry")),
+            ("thumbprint (SHA-1)", s(v, "properties/thumbprint")),
+            ("thumbprint (SHA-256)", s(v, "properties/sha256Thumbprint")),
             ("etag", s(v, "etag")),
         ]);
     }

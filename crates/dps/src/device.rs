@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use dps_client::{HubClient, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider, Transport};
+use dps_client::{
+    HubClient, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider, Transport, X509Provider,
+};
 use dps_server::DataDir;
 use serde_json::{json, Value};
 
@@ -44,17 +46,23 @@ pub fn compute_key(a: ComputeKeyArgs) -> Result<()> {
 
 /// `dps device provision`
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("credential").required(true).args(["symmetric_key", "group_key"]))]
+#[command(group = clap::ArgGroup::new("credential").required(true).args(["symmetric_key", "group_key", "x509_cert"]))]
 pub struct ProvisionArgs {
-    /// The device's registration id.
-    #[arg(long)]
-    pub registration_id: String,
+    /// The device's registration id [default for X.509: the certificate's common name].
+    #[arg(long, required_unless_present = "x509_cert")]
+    pub registration_id: Option<String>,
     /// The device's own symmetric key (individual enrollment, or an already derived key).
     #[arg(long)]
     pub symmetric_key: Option<String>,
     /// An enrollment group's key; the device key is derived from it and the registration id.
     #[arg(long)]
     pub group_key: Option<String>,
+    /// X.509: PEM certificate chain of the device (leaf first, optionally its intermediates).
+    #[arg(long, value_name = "FILE", requires = "x509_key", visible_alias = "x509")]
+    pub x509_cert: Option<PathBuf>,
+    /// X.509: the device's private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, value_name = "FILE", requires = "x509_cert")]
+    pub x509_key: Option<PathBuf>,
     /// ID scope [default: the data directory's].
     #[arg(long)]
     pub id_scope: Option<String>,
@@ -102,6 +110,12 @@ fn parse_json(s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
 }
 
+fn registration_id(a: &ProvisionArgs) -> Result<&str> {
+    a.registration_id
+        .as_deref()
+        .ok_or_else(|| anyhow!("--registration-id is required with a symmetric key"))
+}
+
 /// Registers with the Rust device SDK, then sends one message through the assigned hub.
 pub async fn provision(a: ProvisionArgs) -> Result<()> {
     let dir = DataDir::new(&a.data_dir);
@@ -121,11 +135,26 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
         .or_else(|| dir.last_provisioning_host())
         .unwrap_or_else(|| dps_client::GLOBAL_ENDPOINT.to_string());
     let ca = read_ca(a.ca.as_deref(), &dir)?;
-    let provider: Arc<dyn SecurityProvider> = Arc::new(match (&a.symmetric_key, &a.group_key) {
-        (Some(k), _) => SymmetricKeyProvider::new(&a.registration_id, k)?,
-        (None, Some(g)) => SymmetricKeyProvider::from_group_key(&a.registration_id, g)?,
-        (None, None) => unreachable!("clap requires one of them"),
-    });
+    let provider: Arc<dyn SecurityProvider> = match (&a.symmetric_key, &a.group_key, &a.x509_cert, &a.x509_key) {
+        (_, _, Some(cert), Some(key)) => {
+            let p = X509Provider::from_files(cert, key)?;
+            if let Some(id) = a
+                .registration_id
+                .as_deref()
+                .filter(|id| !id.eq_ignore_ascii_case(p.registration_id()))
+            {
+                anyhow::bail!(
+                    "--registration-id '{id}' differs from the certificate's common name '{}'",
+                    p.registration_id()
+                );
+            }
+            Arc::new(p)
+        }
+        (Some(k), _, _, _) => Arc::new(SymmetricKeyProvider::new(registration_id(&a)?, k)?),
+        (None, Some(g), _, _) => Arc::new(SymmetricKeyProvider::from_group_key(registration_id(&a)?, g)?),
+        _ => unreachable!("clap requires one credential"),
+    };
+    let reg_id = provider.registration_id().to_string();
     let port = a.port.or_else(|| {
         runtime.as_ref().map(|r| match a.transport {
             Transport::Mqtt => r.mqtt_port,
@@ -143,7 +172,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     let registration = client.register(a.payload.clone()).await.with_context(|| {
         format!(
             "cannot provision '{}' at {host}:{} ({})",
-            a.registration_id,
+            reg_id,
             client.port(),
             a.transport
         )
@@ -151,7 +180,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     if !a.json {
         out!(
             "registered {} over {} -> assigned to hub {} as device {}{}",
-            a.registration_id,
+            reg_id,
             a.transport,
             registration.assigned_hub,
             registration.device_id,
