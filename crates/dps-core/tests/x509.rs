@@ -533,3 +533,38 @@ async fn ca_references_need_proof_of_possession() {
     // With the CA gone, the group no longer trusts the device.
     refused(&e, &req("ref-dev", &[&leaf])).await;
 }
+
+/// The MXChip DevKit alias certificate carries a malformed critical subjectAltName; strict
+/// parsers reject it, DPS must not.
+#[tokio::test]
+async fn devkit_alias_certificate_with_malformed_san_is_accepted() {
+    let (e, hub) = engine().await;
+    let pem = include_str!("../../dps-pki/tests/fixtures/devkit-dps-sample.pem");
+    e.put_enrollment(
+        now(),
+        "devkit-dps-sample",
+        IndividualEnrollment {
+            attestation: x509_enrollment(pem),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let der = dps_pki::pem::parse_certificates(pem).unwrap().remove(0).to_vec();
+    let r = DeviceRequest {
+        id_scope: SCOPE.into(),
+        registration_id: "devkit-dps-sample".into(),
+        credential: Credential::X509(vec![der.clone()]),
+        api_version: None,
+    };
+    let done = register(&e, &r).await.unwrap();
+    assert_eq!(done.status, RegistrationStatus::Assigned);
+    assert_eq!(
+        dps_pki::thumbprint::sha256_thumbprint(&der),
+        "AA86870A58EA46A789B6E76984FB212133E91D86246E5448CCED19B6EC155EE2"
+    );
+    assert!(
+        matches!(&hub.devices.lock()[0].auth, DeviceAuth::SelfSigned { primary_thumbprint, .. } if primary_thumbprint.starts_with("AA8687"))
+    );
+}
