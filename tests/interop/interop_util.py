@@ -143,6 +143,26 @@ def register_device(server: Any, registration_id: str, key: str):
         _shutdown_provisioning_client(prov)
 
 
+def register_device_x509(server: Any, registration_id: str, x509: Any):
+    """ProvisioningDeviceClient.create_from_x509_certificate(...).register() against `server`.
+
+    ``x509`` is an ``azure.iot.device.X509`` (its cert file may hold leaf + intermediates).
+    """
+    from azure.iot.device import ProvisioningDeviceClient
+
+    prov = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=server.provisioning_host,
+        registration_id=registration_id,
+        id_scope=server.id_scope,
+        x509=x509,
+        server_verification_cert=server.ca_pem,
+    )
+    try:
+        return call_with_timeout(prov.register, what=f"register_x509({registration_id})")
+    finally:
+        _shutdown_provisioning_client(prov)
+
+
 def _shutdown_provisioning_client(prov: Any) -> None:
     """Best effort: after a failed register() the SDK leaves its MQTT pipeline running."""
     try:
@@ -172,10 +192,19 @@ def assert_registration_fails(server: Any, registration_id: str, key: str) -> Ba
     result whose status is not "assigned". A dropped/refused connection or a timeout is not a
     rejection and fails the assertion. Returns the exception for extra checks.
     """
+    return _expect_rejection(lambda: register_device(server, registration_id, key), registration_id)
+
+
+def assert_x509_registration_fails(server: Any, registration_id: str, x509: Any) -> BaseException:
+    """Like :func:`assert_registration_fails`, for a device that presents a client certificate."""
+    return _expect_rejection(lambda: register_device_x509(server, registration_id, x509), registration_id)
+
+
+def _expect_rejection(register: Callable[[], Any], registration_id: str) -> BaseException:
     from azure.iot.device import exceptions as dev_exc
 
     try:
-        result = register_device(server, registration_id, key)
+        result = register()
     except (dev_exc.ConnectionFailedError, dev_exc.ConnectionDroppedError, dev_exc.OperationTimeout) as exc:
         raise AssertionError(
             f"registration of {registration_id} was not rejected by the service: "
@@ -201,6 +230,28 @@ def hub_device_client(server: Any, device_id: str, key: str) -> Iterator[Any]:
         server_verification_cert=server.ca_pem,
         connection_retry=False,
     )
+    with _connected(client, device_id) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def hub_device_client_x509(server: Any, device_id: str, x509: Any) -> Iterator[Any]:
+    """A connected IoTHubDeviceClient that authenticates with a client certificate."""
+    from azure.iot.device import IoTHubDeviceClient
+
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        x509=x509,
+        hostname=server.hub_host,
+        device_id=device_id,
+        server_verification_cert=server.ca_pem,
+        connection_retry=False,
+    )
+    with _connected(client, device_id) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def _connected(client: Any, device_id: str) -> Iterator[Any]:
     try:
         call_with_timeout(client.connect, what=f"hub connect({device_id})")
         yield client
@@ -228,3 +279,43 @@ def error_body(response: Any) -> Dict[str, Any]:
     body = response.json()
     assert isinstance(body, dict), body
     return body
+
+
+# --------------------------------------------------------------------------------------
+# raw service REST (APIs the service SDK lacks, e.g. /certificates)
+# --------------------------------------------------------------------------------------
+
+
+def service_request(
+    server: Any,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    if_match: Optional[str] = None,
+    timeout: float = 15,
+) -> Any:
+    """`method https://{service_host}{path}?api-version=...` with a service SAS (returns the response)."""
+    import json
+
+    import requests
+
+    headers = {
+        "Authorization": service_sas(server.service_host, server.service_key, server.service_policy),
+        "Accept": "application/json",
+    }
+    data = None
+    if body is not None:
+        headers["Content-Type"] = "application/json; charset=utf-8"
+        data = json.dumps(body)
+    if if_match is not None:
+        headers["If-Match"] = if_match
+    return requests.request(
+        method,
+        f"https://{server.service_host}{path}",
+        params={"api-version": SERVICE_API_VERSION},
+        data=data,
+        headers=headers,
+        verify=server.ca_path,
+        timeout=timeout,
+    )
