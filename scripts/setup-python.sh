@@ -32,7 +32,7 @@ have="$(cat "$STAMP" 2>/dev/null || true)"
 
 imports_ok() {
     "$VENV/bin/python" - <<'PY' 2>/dev/null
-import azure.iot.device, azure.iot.deviceprovisioning, azure.iot.hub, pytest, requests  # noqa: F401
+import azure.iot.device, azure.iot.deviceprovisioning, azure.iot.hub, cryptography, pytest, requests  # noqa: F401
 PY
 }
 
