@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod dice;
 pub mod error;
 pub mod info;
 pub mod pem;
