@@ -29,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+mod dice;
 mod error;
 mod hub;
 mod mqtt;
@@ -38,6 +39,7 @@ mod x509;
 
 use std::sync::Arc;
 
+pub use dice::DiceProvider;
 pub use error::ClientError;
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
 pub use provisioning::{

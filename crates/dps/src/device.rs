@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use dps_client::{
-    HubClient, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider, Transport, X509Provider,
+    DiceProvider, HubClient, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider, Transport,
+    X509Provider,
 };
 use dps_server::DataDir;
 use serde_json::{json, Value};
@@ -46,7 +47,7 @@ pub fn compute_key(a: ComputeKeyArgs) -> Result<()> {
 
 /// `dps device provision`
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("credential").required(true).args(["symmetric_key", "group_key", "x509_cert"]))]
+#[command(group = clap::ArgGroup::new("credential").required(true).args(["symmetric_key", "group_key", "x509_cert", "dice_uds"]))]
 pub struct ProvisionArgs {
     /// The device's registration id [default for X.509: the certificate's common name].
     #[arg(long, required_unless_present = "x509_cert")]
@@ -63,6 +64,15 @@ pub struct ProvisionArgs {
     /// X.509: the device's private key (PKCS#8, SEC1 or PKCS#1 PEM).
     #[arg(long, value_name = "FILE", requires = "x509_cert")]
     pub x509_key: Option<PathBuf>,
+    /// DICE: the Unique Device Secret (64 hex digits); the identity is derived now, as at boot.
+    #[arg(long, value_name = "HEX", requires = "dice_firmware")]
+    pub dice_uds: Option<String>,
+    /// DICE: the firmware image to measure.
+    #[arg(long, value_name = "FILE", requires = "dice_uds")]
+    pub dice_firmware: Option<PathBuf>,
+    /// DICE: the DevKit linker map; selects the MXChip DevKit (RIoT) derivation instead of TCG DICE.
+    #[arg(long, value_name = "FILE", requires = "dice_uds")]
+    pub dice_map: Option<PathBuf>,
     /// ID scope [default: the data directory's].
     #[arg(long)]
     pub id_scope: Option<String>,
@@ -110,6 +120,26 @@ fn parse_json(s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
 }
 
+/// Derives the DICE identity the device would derive at boot.
+fn dice_provider(a: &ProvisionArgs) -> Result<DiceProvider> {
+    let uds = dps_pki::dice::parse_uds_hex(a.dice_uds.as_deref().unwrap_or_default())
+        .map_err(|e| anyhow!("--dice-uds: {e}"))?;
+    let fw_path = a
+        .dice_firmware
+        .as_ref()
+        .ok_or_else(|| anyhow!("--dice-firmware is required"))?;
+    let firmware = std::fs::read(fw_path).with_context(|| format!("cannot read {}", fw_path.display()))?;
+    let id = registration_id(a)?;
+    Ok(match &a.dice_map {
+        Some(map) => {
+            let map = std::fs::read(map).with_context(|| format!("cannot read {}", map.display()))?;
+            let image = dps_pki::dice::devkit::FirmwareImage::from_bin_and_map(&firmware, &map)?;
+            DiceProvider::devkit(&uds, &image, id)?
+        }
+        None => DiceProvider::tcg(&uds, &firmware, id, &dps_pki::dice::tcg::TcgOptions::default())?,
+    })
+}
+
 fn registration_id(a: &ProvisionArgs) -> Result<&str> {
     a.registration_id
         .as_deref()
@@ -150,6 +180,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             }
             Arc::new(p)
         }
+        _ if a.dice_uds.is_some() => Arc::new(dice_provider(&a)?),
         (Some(k), _, _, _) => Arc::new(SymmetricKeyProvider::new(registration_id(&a)?, k)?),
         (None, Some(g), _, _) => Arc::new(SymmetricKeyProvider::from_group_key(registration_id(&a)?, g)?),
         _ => unreachable!("clap requires one credential"),

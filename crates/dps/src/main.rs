@@ -5,6 +5,7 @@
 
 mod certificate;
 mod device;
+mod dice;
 mod enrollment;
 mod hub;
 mod info;
@@ -45,6 +46,9 @@ enum Command {
     Certificate(certificate::CertificateCommand),
     /// Derive a device's key from an enrollment group key (offline).
     ComputeDeviceKey(device::ComputeKeyArgs),
+    /// DICE identities: DevKit `dps_cert_gen`-exact alias certificates and TCG DICE identities.
+    #[command(subcommand)]
+    Dice(dice::DiceCommand),
     /// The IoT hub: device registry, twins, telemetry (like `az iot hub`).
     #[command(subcommand)]
     Hub(hub::HubCommand),
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
                     Command::Registration(c) => registration::run(c).await,
                     Command::Certificate(c) => certificate::run(c).await,
                     Command::ComputeDeviceKey(a) => device::compute_key(a),
+                    Command::Dice(c) => dice::run(c),
                     Command::Hub(c) => hub::run(c).await,
                     Command::Device(DeviceCommand::Provision(a)) => device::provision(a).await,
                     Command::Serve(_) | Command::Info(_) => unreachable!("handled above"),
