@@ -1,77 +1,21 @@
 //! Engine tests: in-memory store, a recording fake hub, a fake clock. Deterministic and fast.
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use dps_core::store::memory::MemoryStore;
-use dps_core::{
-    ApiError, Credential, DeviceProvisioning, DeviceRequest, Engine, EngineConfig, HubError, HubRegistry, LinkedHub,
-    TwinPolicy, UpsertOutcome,
-};
+use dps_core::{ApiError, Credential, DeviceRequest, Engine, TwinPolicy};
 use dps_proto::codes;
 use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::service::*;
 use dps_proto::sas::build_token;
-use parking_lot::Mutex;
 
-const SCOPE: &str = "0ne00ABCDEF";
-const HUB: &str = "hub.example.test";
+mod common;
+
+use common::{engine, HUB, SCOPE};
 const KEY1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY2: &str = "HxwdGhsYGRYXFBUSExAREA8ODQwLCgkIBwYFBAMCAQA=";
 
-#[derive(Default)]
-struct FakeHub {
-    devices: Mutex<Vec<DeviceProvisioning>>,
-    refuse: Mutex<bool>,
-}
-
-#[async_trait]
-impl HubRegistry for FakeHub {
-    async fn upsert_device(&self, hub: &str, d: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
-        if hub != HUB && hub != "hub2.example.test" {
-            return Err(HubError::UnknownHub(hub.into()));
-        }
-        if *self.refuse.lock() {
-            return Err(HubError::Refused {
-                device_id: d.device_id.clone(),
-                reason: "disabled in hub".into(),
-            });
-        }
-        let mut devs = self.devices.lock();
-        let created = !devs.iter().any(|x| x.device_id == d.device_id);
-        devs.push(d.clone());
-        Ok(UpsertOutcome { created })
-    }
-
-    async fn delete_device(&self, _hub: &str, _device_id: &str) -> Result<(), HubError> {
-        Ok(())
-    }
-}
-
 fn now() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
-}
-
-async fn engine() -> (Engine, Arc<FakeHub>) {
-    let hub = Arc::new(FakeHub::default());
-    let e = Engine::new(
-        EngineConfig {
-            id_scope: SCOPE.into(),
-            linked_hubs: vec![LinkedHub {
-                host_name: HUB.into(),
-                allocation_weight: 1,
-                apply_allocation_policy: true,
-            }],
-            default_allocation: AllocationPolicy::Hashed,
-            retry_after_secs: 3,
-        },
-        Arc::new(MemoryStore::new()),
-        hub.clone(),
-    );
-    e.load().await.unwrap();
-    (e, hub)
 }
 
 fn sym(primary: Option<&str>, secondary: Option<&str>) -> AttestationMechanism {

@@ -1,63 +1,20 @@
 //! X.509 attestation and CA proof of possession in the engine, with real certificate chains
 //! (rcgen) and an in-memory store: every success path and every named failure.
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use dps_core::store::memory::MemoryStore;
-use dps_core::{
-    Credential, DeviceAuth, DeviceProvisioning, DeviceRequest, Engine, EngineConfig, HubError, HubRegistry, LinkedHub,
-    UpsertOutcome,
-};
+use dps_core::{Credential, DeviceAuth, DeviceRequest, Engine};
 use dps_proto::codes;
 use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::service::*;
-use parking_lot::Mutex;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 
-const SCOPE: &str = "0ne00ABCDEF";
-const HUB: &str = "hub.example.test";
+mod common;
 
-#[derive(Default)]
-struct FakeHub {
-    devices: Mutex<Vec<DeviceProvisioning>>,
-}
-
-#[async_trait]
-impl HubRegistry for FakeHub {
-    async fn upsert_device(&self, _hub: &str, d: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
-        self.devices.lock().push(d.clone());
-        Ok(UpsertOutcome { created: true })
-    }
-    async fn delete_device(&self, _hub: &str, _device_id: &str) -> Result<(), HubError> {
-        Ok(())
-    }
-}
+use common::{engine, SCOPE};
 
 fn now() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap()
-}
-
-async fn engine() -> (Engine, Arc<FakeHub>) {
-    let hub = Arc::new(FakeHub::default());
-    let e = Engine::new(
-        EngineConfig {
-            id_scope: SCOPE.into(),
-            linked_hubs: vec![LinkedHub {
-                host_name: HUB.into(),
-                allocation_weight: 1,
-                apply_allocation_policy: true,
-            }],
-            default_allocation: AllocationPolicy::Hashed,
-            retry_after_secs: 3,
-        },
-        Arc::new(MemoryStore::new()),
-        hub.clone(),
-    );
-    e.load().await.unwrap();
-    (e, hub)
 }
 
 /// A certificate and its key.

@@ -1,0 +1,65 @@
+//! What the engine test files share: a recording fake hub and an engine over a memory store.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dps_core::store::memory::MemoryStore;
+use dps_core::{DeviceProvisioning, Engine, EngineConfig, HubError, HubRegistry, LinkedHub, UpsertOutcome};
+use dps_proto::model::service::AllocationPolicy;
+use parking_lot::Mutex;
+
+pub const SCOPE: &str = "0ne00ABCDEF";
+pub const HUB: &str = "hub.example.test";
+
+/// Records every upsert; can be told to refuse devices.
+#[derive(Default)]
+pub struct FakeHub {
+    pub devices: Mutex<Vec<DeviceProvisioning>>,
+    pub refuse: Mutex<bool>,
+}
+
+#[async_trait]
+impl HubRegistry for FakeHub {
+    async fn upsert_device(&self, hub: &str, d: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
+        if hub != HUB && hub != "hub2.example.test" {
+            return Err(HubError::UnknownHub(hub.into()));
+        }
+        if *self.refuse.lock() {
+            return Err(HubError::Refused {
+                device_id: d.device_id.clone(),
+                reason: "disabled in hub".into(),
+            });
+        }
+        let mut devs = self.devices.lock();
+        let created = !devs.iter().any(|x| x.device_id == d.device_id);
+        devs.push(d.clone());
+        Ok(UpsertOutcome { created })
+    }
+
+    async fn delete_device(&self, _hub: &str, _device_id: &str) -> Result<(), HubError> {
+        Ok(())
+    }
+}
+
+/// An engine with one linked hub ([`HUB`]) over an empty memory store.
+pub async fn engine() -> (Engine, Arc<FakeHub>) {
+    let hub = Arc::new(FakeHub::default());
+    let e = Engine::new(
+        EngineConfig {
+            id_scope: SCOPE.into(),
+            linked_hubs: vec![LinkedHub {
+                host_name: HUB.into(),
+                allocation_weight: 1,
+                apply_allocation_policy: true,
+            }],
+            default_allocation: AllocationPolicy::Hashed,
+            retry_after_secs: 3,
+        },
+        Arc::new(MemoryStore::new()),
+        hub.clone(),
+    );
+    e.load().await.unwrap();
+    (e, hub)
+}
