@@ -33,10 +33,47 @@ const RENEWAL_MARGIN_DAYS: i64 = 30;
 /// Upper bound of the X.520 CommonName; longer host names go only into the SANs.
 const MAX_COMMON_NAME_LEN: usize = 64;
 
-/// A root CA (certificate and key) that can issue server certificates.
+/// Key algorithm for generated CAs and certificates: P-256 by default, RSA-2048 for devices and
+/// tools that only speak RSA.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// ECDSA on P-256 with SHA-256.
+    #[default]
+    EcdsaP256,
+    /// RSA-2048, PKCS#1 v1.5 signatures with SHA-256.
+    Rsa2048,
+}
+
+impl KeyAlgorithm {
+    /// A fresh key pair. rcgen (over ring) cannot generate RSA keys, so RSA keys come from the
+    /// RustCrypto `rsa` crate and are loaded into rcgen as PKCS#8.
+    fn generate(self) -> Result<KeyPair, PkiError> {
+        match self {
+            KeyAlgorithm::EcdsaP256 => Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?),
+            KeyAlgorithm::Rsa2048 => {
+                use rsa::pkcs8::EncodePrivateKey;
+                let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+                    .map_err(|e| PkiError::UnsupportedKey(format!("RSA key generation: {e}")))?;
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|e| PkiError::UnsupportedKey(format!("RSA key encoding: {e}")))?;
+                let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_bytes());
+                Ok(KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256)?)
+            }
+        }
+    }
+}
+
+/// How long issued intermediates are valid.
+const INTERMEDIATE_VALIDITY_DAYS: i64 = 1826;
+
+/// A CA (certificate and key) that can issue server, device, intermediate and verification
+/// certificates.
 pub struct LocalCa {
     /// The CA certificate exactly as loaded or generated, which is what clients trust.
     cert_der: CertificateDer<'static>,
+    /// The certificates above this one (its issuer first), for intermediates.
+    parents: Vec<CertificateDer<'static>>,
     /// rcgen's signing view of the CA: the same subject name, key identifier and key usages.
     /// For a loaded CA it is re-created from the certificate, so only its parameters are used.
     issuer: rcgen::Certificate,
@@ -90,9 +127,83 @@ impl LocalCa {
         let cert = params.self_signed(&key)?;
         Ok(LocalCa {
             cert_der: cert.der().clone(),
+            parents: Vec::new(),
             issuer: cert,
             key,
         })
+    }
+
+    /// Generates a new self-signed root with the given key algorithm.
+    pub fn generate_with(common_name: &str, alg: KeyAlgorithm) -> Result<LocalCa, PkiError> {
+        let key = alg.generate()?;
+        let mut params = ca_params(common_name, None);
+        set_validity(&mut params, Utc::now(), CA_VALIDITY_DAYS);
+        let cert = params.self_signed(&key)?;
+        Ok(LocalCa {
+            cert_der: cert.der().clone(),
+            parents: Vec::new(),
+            issuer: cert,
+            key,
+        })
+    }
+
+    /// Issues an intermediate CA under this one; `path_len` limits the CAs below it.
+    pub fn issue_intermediate(
+        &self,
+        common_name: &str,
+        path_len: Option<u8>,
+        alg: KeyAlgorithm,
+    ) -> Result<LocalCa, PkiError> {
+        let key = alg.generate()?;
+        let mut params = ca_params(common_name, path_len);
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, Utc::now(), INTERMEDIATE_VALIDITY_DAYS);
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        let mut parents = vec![self.cert_der.clone()];
+        parents.extend(self.parents.iter().cloned());
+        Ok(LocalCa {
+            cert_der: cert.der().clone(),
+            parents,
+            issuer: cert,
+            key,
+        })
+    }
+
+    /// Issues a device (TLS client) certificate: CN = the registration id, EKU clientAuth.
+    pub fn issue_device_certificate(
+        &self,
+        common_name: &str,
+        validity_days: i64,
+        alg: KeyAlgorithm,
+    ) -> Result<IssuedCertificate, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params, Utc::now(), validity_days);
+        let key = alg.generate()?;
+        let cert = params.signed_by(&key, &self.issuer, &self.key)?;
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a proof-of-possession certificate: CN = the verification code the service gave.
+    pub fn issue_verification_certificate(&self, verification_code: &str) -> Result<IssuedCertificate, PkiError> {
+        self.issue_device_certificate(verification_code, 30, KeyAlgorithm::EcdsaP256)
+    }
+
+    /// This CA's certificate followed by the certificates above it (for intermediates: what a
+    /// device sends after its leaf).
+    pub fn chain_pem(&self) -> String {
+        std::iter::once(&self.cert_der)
+            .chain(self.parents.iter())
+            .map(|c| to_pem("CERTIFICATE", c))
+            .collect()
     }
 
     /// Loads a CA from its certificate and PKCS#8 private key, as written by
@@ -101,7 +212,9 @@ impl LocalCa {
     /// The key must be PKCS#8 because that is the only form the signing library (ring) loads;
     /// the certificate must be a CA and match the key, so that what it issues verifies.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<LocalCa, PkiError> {
-        let cert_der = parse_certificates(cert_pem)?.swap_remove(0);
+        let mut certs = parse_certificates(cert_pem)?;
+        let cert_der = certs.remove(0);
+        let parents = certs;
         let key = match parse_private_key(key_pem)? {
             PrivateKeyDer::Pkcs8(pkcs8) => {
                 KeyPair::try_from(&pkcs8).map_err(|e| PkiError::UnsupportedKey(e.to_string()))?
@@ -124,7 +237,12 @@ impl LocalCa {
             }
         }
         let issuer = CertificateParams::from_ca_cert_der(&cert_der)?.self_signed(&key)?;
-        Ok(LocalCa { cert_der, issuer, key })
+        Ok(LocalCa {
+            cert_der,
+            parents,
+            issuer,
+            key,
+        })
     }
 
     /// The CA certificate as PEM: the file users install as their trust anchor.
@@ -260,6 +378,22 @@ fn san_for(name: &str) -> Result<SanType, PkiError> {
 
 /// Sets validity from `BACKDATE_DAYS` before `now` to `days` after it, at day granularity
 /// (rcgen takes dates; a day of slack either side does not matter for these certificates).
+fn ca_params(common_name: &str, path_len: Option<u8>) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
 fn set_validity(params: &mut CertificateParams, now: DateTime<Utc>, days: i64) {
     use chrono::Datelike;
     let ymd = |t: DateTime<Utc>| (t.year(), t.month() as u8, t.day() as u8);

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
 mod certificate;
 mod device;
 mod dice;
@@ -41,6 +42,9 @@ enum Command {
     /// Device registration records.
     #[command(subcommand)]
     Registration(registration::RegistrationCommand),
+    /// A local PKI: root and intermediate CAs, device and verification certificates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// CA certificates with proof of possession (like `az iot dps certificate`).
     #[command(subcommand)]
     Certificate(certificate::CertificateCommand),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
                     Command::EnrollmentGroup(c) => enrollment::run_group(c).await,
                     Command::Registration(c) => registration::run(c).await,
                     Command::Certificate(c) => certificate::run(c).await,
+                    Command::Ca(c) => ca::run(c),
                     Command::ComputeDeviceKey(a) => device::compute_key(a),
                     Command::Dice(c) => dice::run(c),
                     Command::Hub(c) => hub::run(c).await,

@@ -191,3 +191,103 @@ fn ca_reference_needs_proof_of_possession_through_the_cli() {
     let err = s.fail(&["certificate", "show", "--name", "factory-root"]);
     assert!(err.contains("404301"), "{err}");
 }
+
+/// The whole X.509 flow with `dps ca` alone: root and intermediate, P-256 and RSA-2048 devices,
+/// and a proof-of-possession certificate.
+#[test]
+fn local_pki_from_dps_ca() {
+    let s = Server::start("127.0.0.77");
+    let d = s.dir.path().join("pki");
+    let dir = p(&d);
+    let root = s.json(&["ca", "create-root", "--name", "Factory Root", "--out-dir", dir]);
+    assert_eq!(root["sha256Thumbprint"].as_str().unwrap().len(), 64);
+    let (root_pem, root_key) = (d.join("Factory Root.pem"), d.join("Factory Root.key"));
+    s.ok(&[
+        "ca",
+        "create-intermediate",
+        "--name",
+        "Line 1",
+        "--ca-cert",
+        p(&root_pem),
+        "--ca-key",
+        p(&root_key),
+        "--path-len",
+        "0",
+        "--out-dir",
+        dir,
+    ]);
+    let (int_pem, int_key) = (d.join("Line 1.pem"), d.join("Line 1.key"));
+    assert_eq!(
+        dps_pki::pem::parse_certificates(&std::fs::read_to_string(&int_pem).unwrap())
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Group on the root through a verified CA reference.
+    s.ok(&[
+        "certificate",
+        "create",
+        "--name",
+        "factory",
+        "--certificate-path",
+        p(&root_pem),
+    ]);
+    let code = s
+        .ok(&["certificate", "generate-verification-code", "--name", "factory"])
+        .trim()
+        .to_string();
+    let proof = d.join("proof.pem");
+    s.ok(&[
+        "ca",
+        "issue-verification",
+        "--code",
+        &code,
+        "--ca-cert",
+        p(&root_pem),
+        "--ca-key",
+        p(&root_key),
+        "--out",
+        p(&proof),
+    ]);
+    s.ok(&[
+        "certificate",
+        "verify",
+        "--name",
+        "factory",
+        "--certificate-path",
+        p(&proof),
+    ]);
+    s.ok(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "factory-line",
+        "--attestation-type",
+        "x509",
+        "--ca-name",
+        "factory",
+    ]);
+
+    for (id, alg) in [("pki-ec-1", "p256"), ("pki-rsa-1", "rsa2048")] {
+        s.ok(&[
+            "ca",
+            "issue-device",
+            "--registration-id",
+            id,
+            "--ca-cert",
+            p(&int_pem),
+            "--ca-key",
+            p(&int_key),
+            "--key-algorithm",
+            alg,
+            "--out-dir",
+            dir,
+        ]);
+        let (cert, key) = (d.join(format!("{id}.pem")), d.join(format!("{id}.key")));
+        let out = s.json(&["device", "provision", "--x509-cert", p(&cert), "--x509-key", p(&key)]);
+        assert_eq!(out["registration"]["status"], "assigned", "{id}: {out}");
+        assert_eq!(out["registration"]["enrollmentGroupId"], "factory-line");
+        assert_eq!(out["messageSent"], true);
+    }
+}
