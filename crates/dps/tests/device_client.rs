@@ -232,3 +232,58 @@ async fn failures_are_typed() {
         .unwrap_err();
     assert!(matches!(err, ClientError::ConnectionRefused { .. }), "{err:?}");
 }
+
+/// A custom security provider — here an "HSM" that only exposes a signing operation and never
+/// hands out its key — plugs into the same clients.
+struct CountingHsm {
+    registration_id: String,
+    key: Vec<u8>,
+    signatures: std::sync::atomic::AtomicUsize,
+}
+
+impl SecurityProvider for CountingHsm {
+    fn registration_id(&self) -> &str {
+        &self.registration_id
+    }
+
+    fn kind(&self) -> dps_client::AttestationKind {
+        dps_client::AttestationKind::SymmetricKey
+    }
+
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.signatures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(dps_proto::sas::hmac_sha256(&self.key, data))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_security_provider_provisions() {
+    let s = Server::start("127.0.0.78");
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "hsm-1",
+        "--primary-key",
+        KEY1,
+    ]);
+    use base64::Engine as _;
+    let hsm = Arc::new(CountingHsm {
+        registration_id: "hsm-1".into(),
+        key: base64::engine::general_purpose::STANDARD.decode(KEY1).unwrap(),
+        signatures: Default::default(),
+    });
+    let r = client(&s, hsm.clone(), Transport::Mqtt).register(None).await.unwrap();
+    assert_eq!(r.status, RegistrationStatus::Assigned);
+    let hub = HubClient::builder(&r.assigned_hub, &r.device_id, hsm.clone(), &s.ca())
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    hub.send_event("from an HSM", &[]).await.unwrap();
+    hub.disconnect().await.unwrap();
+    assert!(
+        hsm.signatures.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "DPS and hub tokens were signed by the provider"
+    );
+}
