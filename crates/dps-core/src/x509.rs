@@ -96,7 +96,7 @@ fn check_leaf_usage(c: &X509Certificate<'_>) -> Result<(), String> {
 /// is unknown; the leaf itself may be the anchor (individual enrollments).
 pub fn verify_to_anchor(
     chain: &[Vec<u8>],
-    extra: &[Vec<u8>],
+    extra: &[&[u8]],
     anchors: &HashSet<&str>,
     now: DateTime<Utc>,
 ) -> Result<String, String> {
@@ -104,19 +104,20 @@ pub fn verify_to_anchor(
     let leaf = parse(leaf_der).map_err(|e| format!("device certificate cannot be parsed: {e}"))?;
     check_validity(&leaf, now, "device certificate")?;
     check_leaf_usage(&leaf)?;
-    let pool: Vec<(&Vec<u8>, X509Certificate<'_>)> = chain
+    let pool: Vec<(&[u8], X509Certificate<'_>)> = chain
         .iter()
         .skip(1)
-        .chain(extra.iter())
+        .map(Vec::as_slice)
+        .chain(extra.iter().copied())
         .filter_map(|d| parse(d).ok().map(|c| (d, c)))
         .collect();
-    let (mut der, mut cert) = (leaf_der, leaf);
+    let (mut der, mut cert): (&[u8], _) = (leaf_der, leaf);
     for depth in 0..MAX_PATH {
         let thumb = dps_pki::thumbprint::sha256_thumbprint(der);
         if anchors.contains(thumb.as_str()) {
             return Ok(thumb);
         }
-        let candidates: Vec<&(&Vec<u8>, X509Certificate<'_>)> = pool
+        let candidates: Vec<&(&[u8], X509Certificate<'_>)> = pool
             .iter()
             .filter(|(d, c)| c.subject().as_raw() == cert.issuer().as_raw() && *d != der)
             .collect();

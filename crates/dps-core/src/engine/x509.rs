@@ -152,7 +152,7 @@ impl Engine {
 /// Checks the device chain up to the first enrolled certificate; returns that anchor.
 fn verify_chain<'a>(chain: &[Vec<u8>], anchors: &'a [Anchor], now: DateTime<Utc>) -> Result<&'a Anchor, ApiError> {
     let wanted: HashSet<&str> = anchors.iter().map(|a| a.sha256.as_str()).collect();
-    let extra: Vec<Vec<u8>> = anchors.iter().map(|a| a.der.clone()).collect();
+    let extra: Vec<&[u8]> = anchors.iter().map(|a| a.der.as_slice()).collect();
     let reached = crate::x509::verify_to_anchor(chain, &extra, &wanted, now)
         .map_err(|e| ApiError::unauthorized(format!("certificate chain rejected: {e}")))?;
     Ok(anchors
