@@ -65,7 +65,7 @@ pub struct ProvisionArgs {
     #[arg(long, value_name = "FILE", requires = "x509_cert")]
     pub x509_key: Option<PathBuf>,
     /// DICE: the Unique Device Secret (64 hex digits); the identity is derived now, as at boot.
-    #[arg(long, value_name = "HEX", requires = "dice_firmware")]
+    #[arg(long, value_name = "HEX", requires = "dice_firmware", visible_alias = "dice")]
     pub dice_uds: Option<String>,
     /// DICE: the firmware image to measure.
     #[arg(long, value_name = "FILE", requires = "dice_uds")]
