@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod ca;
 mod certificate;
 mod device;
@@ -42,6 +43,8 @@ enum Command {
     /// Device registration records.
     #[command(subcommand)]
     Registration(registration::RegistrationCommand),
+    /// Load generator: many distinct devices registering (and using the hub) at once.
+    Bench(bench::BenchArgs),
     /// A local PKI: root and intermediate CAs, device and verification certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
                     Command::Registration(c) => registration::run(c).await,
                     Command::Certificate(c) => certificate::run(c).await,
                     Command::Ca(c) => ca::run(c),
+                    Command::Bench(a) => bench::run(a).await,
                     Command::ComputeDeviceKey(a) => device::compute_key(a),
                     Command::Dice(c) => dice::run(c),
                     Command::Hub(c) => hub::run(c).await,
