@@ -8,7 +8,6 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -17,7 +16,7 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 
-use crate::pem::{parse_certificates, parse_private_key};
+use crate::pem::{parse_certificates, parse_private_key, to_pem};
 use crate::PkiError;
 
 /// How long a generated CA is valid: long enough that nobody re-distributes it in practice.
@@ -113,24 +112,7 @@ impl LocalCa {
     /// Generates a new self-signed root: P-256 ECDSA, `CA:TRUE`, keyCertSign and cRLSign, valid
     /// for about ten years.
     pub fn generate(common_name: &str) -> Result<LocalCa, PkiError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        set_validity(&mut params, Utc::now(), CA_VALIDITY_DAYS);
-        let cert = params.self_signed(&key)?;
-        Ok(LocalCa {
-            cert_der: cert.der().clone(),
-            parents: Vec::new(),
-            issuer: cert,
-            key,
-        })
+        Self::generate_with(common_name, KeyAlgorithm::EcdsaP256)
     }
 
     /// Generates a new self-signed root with the given key algorithm.
@@ -401,19 +383,6 @@ fn set_validity(params: &mut CertificateParams, now: DateTime<Utc>, days: i64) {
     params.not_before = rcgen::date_time_ymd(y, m, d);
     let (y, m, d) = ymd(now + TimeDelta::days(days));
     params.not_after = rcgen::date_time_ymd(y, m, d);
-}
-
-/// PEM armour for DER, 64 columns as OpenSSL writes it.
-fn to_pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[cfg(test)]

@@ -190,15 +190,7 @@ pub(crate) fn uncompressed_point(key: &p256::PublicKey) -> [u8; 65] {
 
 /// PEM with the body wrapped at 64 columns (RFC 7468), LF line ends.
 pub(crate) fn pem_wrapped(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    crate::pem::to_pem(label, der)
 }
 
 /// PEM with the whole body on one line, LF line ends: what the RIoT `DERtoPEM` emits (and
