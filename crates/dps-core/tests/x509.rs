@@ -307,13 +307,13 @@ async fn every_broken_link_is_named() {
     let under_old = device(&old_int, "d-oi");
     assert!(refused(&e, &req("d-oi", &[&under_old, &old_int]))
         .await
-        .contains("issuer 'CN=Old Int' expired at"));
+        .contains("intermediate 'CN=Old Int' expired at"));
     // An "intermediate" that is not a CA.
     let not_ca = issue(&root_ca, "Not A CA", Role::NotCa, (2020, 2035));
     let under_not_ca = device(&not_ca, "d-nc");
     assert!(refused(&e, &req("d-nc", &[&under_not_ca, &not_ca]))
         .await
-        .contains("issuer 'CN=Not A CA' is not a CA"));
+        .contains("'CN=Not A CA' issued 'CN=d-nc' but is not a CA"));
     // Signed by an impostor with the root's name.
     let impostor = root("Root B");
     let forged = device(&impostor, "d-forged");

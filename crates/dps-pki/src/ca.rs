@@ -1,9 +1,16 @@
-//! The local certificate authority used in development and self-hosted setups.
+//! The local certificate authority used in development, self-hosted setups and factories.
 //!
 //! A fresh server needs a TLS certificate that devices can be told to trust. Rather than
 //! shipping a self-signed leaf, the server keeps a small root CA in its data directory and
 //! issues its listener certificate from it; users then trust one CA file (`--ca-cert` in the
 //! SDKs) that survives re-issuing the server certificate for new host names.
+//!
+//! The same type is the PKI behind `dps ca`: X.509 enrollment groups need a CA hierarchy (root,
+//! intermediates with path-length limits), device certificates whose CN is the registration id,
+//! and proof-of-possession certificates whose CN is the verification code the service hands out.
+//! Azure users make these with OpenSSL scripts; offering them here lets a factory or a developer
+//! go from nothing to a provisioned X.509 device without them. Keys are P-256 by default and
+//! RSA-2048 for devices and tools that only speak RSA.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -63,8 +70,44 @@ impl KeyAlgorithm {
     }
 }
 
-/// How long issued intermediates are valid.
+/// How long issued intermediates are valid: half the root's ten years, so a root outlives
+/// every intermediate it issues.
 const INTERMEDIATE_VALIDITY_DAYS: i64 = 1826;
+/// How long proof-of-possession certificates are valid.
+const VERIFICATION_VALIDITY_DAYS: i64 = 30;
+/// Default validity of device certificates made with [`DeviceCertificateRequest::new`].
+const DEVICE_VALIDITY_DAYS: i64 = 365;
+
+/// What a device certificate should say, for [`LocalCa::issue_device_certificate_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCertificateRequest {
+    /// The subject CN: the device's registration id (DPS matches it against the registration
+    /// request) and, for enrollment groups, its device id.
+    pub common_name: String,
+    /// Days of validity from `valid_from`; at least 1.
+    pub validity_days: i64,
+    /// Key algorithm of the device key.
+    pub key_algorithm: KeyAlgorithm,
+    /// Optional subjectAltNames: IP addresses become IP SANs, anything else DNS SANs. Devices
+    /// do not need any; some fleets put their host name here.
+    pub subject_alt_names: Vec<String>,
+    /// Start of validity (backdated by a day, at day granularity); `None` for now. Factories
+    /// pre-issuing certificates, and tests making expired or not-yet-valid ones, set it.
+    pub valid_from: Option<DateTime<Utc>>,
+}
+
+impl DeviceCertificateRequest {
+    /// A P-256 certificate for `common_name`, valid for a year from now, without SANs.
+    pub fn new(common_name: &str) -> DeviceCertificateRequest {
+        DeviceCertificateRequest {
+            common_name: common_name.to_owned(),
+            validity_days: DEVICE_VALIDITY_DAYS,
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            subject_alt_names: Vec::new(),
+            valid_from: None,
+        }
+    }
+}
 
 /// A CA (certificate and key) that can issue server, device, intermediate and verification
 /// certificates.
@@ -129,7 +172,12 @@ impl LocalCa {
         })
     }
 
-    /// Issues an intermediate CA under this one; `path_len` limits the CAs below it.
+    /// Issues an intermediate CA under this one, with a fresh key of `alg`, valid for about five
+    /// years (never beyond this CA).
+    ///
+    /// `path_len` becomes the pathLenConstraint: `Some(0)` for an intermediate that may issue only
+    /// device certificates (the usual factory-line CA), `None` for no limit. The returned CA can
+    /// issue in turn, and remembers this CA's chain for [`chain_pem`](Self::chain_pem).
     pub fn issue_intermediate(
         &self,
         common_name: &str,
@@ -139,7 +187,7 @@ impl LocalCa {
         let key = alg.generate()?;
         let mut params = ca_params(common_name, path_len);
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, Utc::now(), INTERMEDIATE_VALIDITY_DAYS);
+        self.set_issued_validity(&mut params, Utc::now(), INTERMEDIATE_VALIDITY_DAYS);
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
         let mut parents = vec![self.cert_der.clone()];
         parents.extend(self.parents.iter().cloned());
@@ -151,22 +199,60 @@ impl LocalCa {
         })
     }
 
-    /// Issues a device (TLS client) certificate: CN = the registration id, EKU clientAuth.
+    /// Issues a device (TLS client) certificate: CN = the registration id, EKU clientAuth,
+    /// `validity_days` from now (backdated a day), no SANs. See
+    /// [`issue_device_certificate_with`](Self::issue_device_certificate_with) for more control.
     pub fn issue_device_certificate(
         &self,
         common_name: &str,
         validity_days: i64,
         alg: KeyAlgorithm,
     ) -> Result<IssuedCertificate, PkiError> {
+        self.issue_device_certificate_with(&DeviceCertificateRequest {
+            validity_days,
+            key_algorithm: alg,
+            ..DeviceCertificateRequest::new(common_name)
+        })
+    }
+
+    /// Issues a device (TLS client) certificate as `request` describes.
+    ///
+    /// The certificate has `CA:FALSE`, keyUsage digitalSignature (plus keyEncipherment for RSA
+    /// keys, which TLS 1.2 RSA key exchange needs), EKU clientAuth — what a device presents in
+    /// the TLS handshake and what the chain check requires of a leaf — and an authority key
+    /// identifier pointing at this CA so verifiers find the issuer among renewed CAs.
+    pub fn issue_device_certificate_with(
+        &self,
+        request: &DeviceCertificateRequest,
+    ) -> Result<IssuedCertificate, PkiError> {
+        if request.validity_days < 1 {
+            return Err(PkiError::InvalidValidity {
+                days: request.validity_days,
+            });
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, request.common_name.as_str());
+        let mut sans: Vec<SanType> = Vec::with_capacity(request.subject_alt_names.len());
+        for name in &request.subject_alt_names {
+            let san = san_for(name)?;
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = match request.key_algorithm {
+            KeyAlgorithm::EcdsaP256 => vec![KeyUsagePurpose::DigitalSignature],
+            KeyAlgorithm::Rsa2048 => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
+        };
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, Utc::now(), validity_days);
-        let key = alg.generate()?;
+        let start = request.valid_from.unwrap_or_else(Utc::now);
+        self.set_issued_validity(&mut params, start, request.validity_days);
+        let key = request.key_algorithm.generate()?;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
         Ok(IssuedCertificate {
             cert_pem: cert.pem(),
@@ -174,17 +260,23 @@ impl LocalCa {
         })
     }
 
-    /// Issues a proof-of-possession certificate: CN = the verification code the service gave.
+    /// Issues a proof-of-possession certificate: CN = the verification code the service gave,
+    /// signed by this CA, valid for 30 days (the service only needs it once, right away).
     pub fn issue_verification_certificate(&self, verification_code: &str) -> Result<IssuedCertificate, PkiError> {
-        self.issue_device_certificate(verification_code, 30, KeyAlgorithm::EcdsaP256)
+        self.issue_device_certificate(verification_code, VERIFICATION_VALIDITY_DAYS, KeyAlgorithm::EcdsaP256)
     }
 
     /// This CA's certificate followed by the certificates above it (for intermediates: what a
     /// device sends after its leaf).
     pub fn chain_pem(&self) -> String {
+        self.chain_der().iter().map(|c| to_pem("CERTIFICATE", c)).collect()
+    }
+
+    /// [`chain_pem`](Self::chain_pem) as DER: this CA's certificate, then its issuer, and so on.
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
         std::iter::once(&self.cert_der)
             .chain(self.parents.iter())
-            .map(|c| to_pem("CERTIFICATE", c))
+            .cloned()
             .collect()
     }
 
@@ -225,6 +317,22 @@ impl LocalCa {
             issuer,
             key,
         })
+    }
+
+    /// [`set_validity`], but never past this CA's own notAfter: a certificate outliving its issuer
+    /// would only fail later with a less obvious error (the issuer's expiry), so it is capped the
+    /// way issuing CAs such as AD CS cap it.
+    fn set_issued_validity(&self, params: &mut CertificateParams, start: DateTime<Utc>, days: i64) {
+        set_validity(params, start, days);
+        let ca_not_after = crate::x509::parse(&self.cert_der)
+            .ok()
+            .and_then(|c| crate::info::to_chrono(&c.validity().not_after).ok());
+        if let Some(cap) = ca_not_after {
+            if start + TimeDelta::days(days) > cap {
+                let (y, m, d) = ymd(cap);
+                params.not_after = rcgen::date_time_ymd(y, m, d);
+            }
+        }
     }
 
     /// The CA certificate as PEM: the file users install as their trust anchor.
@@ -270,7 +378,7 @@ impl LocalCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, Utc::now(), SERVER_VALIDITY_DAYS);
+        self.set_issued_validity(&mut params, Utc::now(), SERVER_VALIDITY_DAYS);
 
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
@@ -358,8 +466,8 @@ fn san_for(name: &str) -> Result<SanType, PkiError> {
     Ok(SanType::DnsName(ia5))
 }
 
-/// Sets validity from `BACKDATE_DAYS` before `now` to `days` after it, at day granularity
-/// (rcgen takes dates; a day of slack either side does not matter for these certificates).
+/// Parameters of a CA certificate: `CA:TRUE` (with `path_len` as pathLenConstraint, limiting
+/// the CAs below it), keyCertSign and cRLSign to issue, digitalSignature for OCSP-style uses.
 fn ca_params(common_name: &str, path_len: Option<u8>) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -376,13 +484,19 @@ fn ca_params(common_name: &str, path_len: Option<u8>) -> CertificateParams {
     params
 }
 
+/// Sets validity from `BACKDATE_DAYS` before `now` to `days` after it, at day granularity
+/// (rcgen takes dates; a day of slack either side does not matter for these certificates).
 fn set_validity(params: &mut CertificateParams, now: DateTime<Utc>, days: i64) {
-    use chrono::Datelike;
-    let ymd = |t: DateTime<Utc>| (t.year(), t.month() as u8, t.day() as u8);
     let (y, m, d) = ymd(now - TimeDelta::days(BACKDATE_DAYS));
     params.not_before = rcgen::date_time_ymd(y, m, d);
     let (y, m, d) = ymd(now + TimeDelta::days(days));
     params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// `t`'s date as rcgen's [`rcgen::date_time_ymd`] takes it (midnight UTC of that day).
+fn ymd(t: DateTime<Utc>) -> (i32, u8, u8) {
+    use chrono::Datelike;
+    (t.year(), t.month() as u8, t.day() as u8)
 }
 
 #[cfg(test)]

@@ -63,6 +63,14 @@ pub enum PkiError {
         reason: String,
     },
 
+    /// A certificate was requested with a validity of less than one day (the count is of days
+    /// after the start of validity, so zero or negative would make it expire before it starts).
+    #[error("invalid validity of {days} days: at least 1 day is required")]
+    InvalidValidity {
+        /// The validity asked for.
+        days: i64,
+    },
+
     /// rcgen failed to build or sign a certificate, or to load a key pair.
     #[error("certificate generation failed: {0}")]
     Generate(rcgen::Error),

@@ -5,6 +5,7 @@
 //! uses, from any certificate x509-parser can read — including ones with malformed extensions.
 
 use chrono::{DateTime, Utc};
+use x509_parser::certificate::X509Certificate;
 use x509_parser::time::ASN1Time;
 
 use crate::thumbprint::{sha1_thumbprint, sha256_thumbprint, upper_hex};
@@ -40,7 +41,12 @@ pub struct CertificateSummary {
 /// Extension contents are not needed for any field here, so a certificate whose extensions fail
 /// to decode is still summarised.
 pub fn summarize(der: &[u8]) -> Result<CertificateSummary, PkiError> {
-    let cert = crate::x509::parse(der)?;
+    summarize_parsed(der, &crate::x509::parse(der)?)
+}
+
+/// [`summarize`] for a certificate the caller has already parsed from `der`, so that the chain
+/// walk does not parse every certificate on its path twice.
+pub(crate) fn summarize_parsed(der: &[u8], cert: &X509Certificate<'_>) -> Result<CertificateSummary, PkiError> {
     let common_name = cert
         .subject()
         .iter_common_name()

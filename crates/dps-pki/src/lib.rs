@@ -8,12 +8,16 @@
 //! - [`thumbprint`] computes the SHA-1/SHA-256 thumbprints the service API shows and matches on;
 //! - [`info`] summarises a certificate for the API's `info` block, without tripping over the
 //!   malformed extensions some device certificates carry;
-//! - [`ca`] is the local development CA that issues the server's TLS certificate;
+//! - [`chain`] validates a device's certificate chain up to an enrolled certificate, with errors
+//!   that name the failing link;
+//! - [`ca`] is the local PKI for development and factories: roots, intermediates, server, device
+//!   and proof-of-possession certificates;
 //! - [`tls`] builds the rustls configurations of the device/service listeners and of clients.
 
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod chain;
 pub mod dice;
 pub mod error;
 pub mod info;

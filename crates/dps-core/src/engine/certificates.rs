@@ -210,7 +210,7 @@ impl Engine {
         let ca = B64
             .decode(&r.certificate)
             .map_err(|e| ApiError::internal(format!("stored certificate: {e}")))?;
-        crate::x509::verify_signed_by(&leaf, &ca, now).map_err(|e| {
+        dps_pki::chain::verify_issued_by(&leaf, &ca, now).map_err(|e| {
             failed(format!(
                 "verification certificate is not a valid certificate issued by CA certificate '{name}': {e}"
             ))

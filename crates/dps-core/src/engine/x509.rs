@@ -11,8 +11,6 @@
 //!   verified CA reference) decides the group. Every link on the way is checked (signature,
 //!   validity, CA constraints, key usage); failures name the link.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use dps_proto::model::service::{AttestationType, X509RegistrationResult};
 
@@ -151,14 +149,19 @@ impl Engine {
 
 /// Checks the device chain up to the first enrolled certificate; returns that anchor.
 fn verify_chain<'a>(chain: &[Vec<u8>], anchors: &'a [Anchor], now: DateTime<Utc>) -> Result<&'a Anchor, ApiError> {
-    let wanted: HashSet<&str> = anchors.iter().map(|a| a.sha256.as_str()).collect();
     let extra: Vec<&[u8]> = anchors.iter().map(|a| a.der.as_slice()).collect();
-    let reached = crate::x509::verify_to_anchor(chain, &extra, &wanted, now)
-        .map_err(|e| ApiError::unauthorized(format!("certificate chain rejected: {e}")))?;
+    let path = dps_pki::chain::path_to_anchor(
+        chain,
+        &extra,
+        |c| anchors.iter().any(|a| a.sha256 == c.sha256_thumbprint()),
+        now,
+    )
+    .map_err(|e| ApiError::unauthorized(format!("certificate chain rejected: {e}")))?;
+    let reached = path.top().sha256_thumbprint();
     Ok(anchors
         .iter()
         .find(|a| a.sha256 == reached)
-        .expect("verify_to_anchor returns one of the anchors"))
+        .expect("path_to_anchor stops only at a certificate the predicate accepted"))
 }
 
 /// A CA reference counts only once proof of possession is done.
