@@ -25,6 +25,19 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// ring's suites with the cheaper ones first: AES-128-GCM/SHA-256 before AES-256/SHA-384 in
+/// each TLS version (the server's order decides; see `ignore_client_order`).
+fn server_provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        _ => 1,
+    });
+    Arc::new(p)
+}
+
 /// The server configuration of a device or service listener.
 ///
 /// `cert_chain_pem` is the server certificate followed by any intermediates; `key_pem` its key
@@ -43,7 +56,7 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, PkiError> {
     let chain = parse_certificates(cert_chain_pem)?;
     let key = parse_private_key(key_pem)?;
-    let provider = provider();
+    let provider = server_provider();
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
     let builder = if request_client_cert {
         builder.with_client_cert_verifier(Arc::new(PossessionOnlyVerifier::new(&provider)))
@@ -52,6 +65,15 @@ pub fn server_config(
     };
     let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Devices connect once and stay (or provision once and go): nobody resumes a session, so
+    // issuing TLS 1.3 tickets and keeping a session cache would only cost a random draw, an
+    // encryption, an extra record and a lock per handshake.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // Pick the cheapest suite both sides support rather than the client's favourite (most
+    // clients list AES-256/SHA-384 first, which costs more per handshake and record and buys
+    // nothing over AES-128 here).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

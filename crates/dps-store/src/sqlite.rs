@@ -264,6 +264,26 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Backend(format!("store read task failed: {e}")))?
     }
+
+    /// Fetches one document by primary key. Such a lookup is a few B-tree page reads that are
+    /// almost always in SQLite's page cache — microseconds, less than the two thread wake-ups a
+    /// trip through the blocking pool costs — so it runs right here on the calling task's thread.
+    /// Every registration does two of these, so the hop mattered. When all readers are busy
+    /// (long scans), it waits its turn on the blocking pool like any other read.
+    async fn get_doc<T>(&self, table: Doc, id: &str) -> Result<Option<T>, StoreError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let k = key(id);
+        match Arc::clone(&self.readers.permits).try_acquire_owned() {
+            Ok(permit) => {
+                let result = self.readers.with(|c| reader::get(c, table, &k));
+                drop(permit);
+                result
+            }
+            Err(_) => self.read(move |c| reader::get(c, table, &k)).await,
+        }
+    }
 }
 
 impl Drop for SqliteStore {
@@ -313,8 +333,7 @@ fn doc<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
-        let k = key(id);
-        self.read(move |c| reader::get(c, Doc::Enrollments, &k)).await
+        self.get_doc(Doc::Enrollments, id).await
     }
 
     async fn put_enrollment(&self, e: &IndividualEnrollment, cond: &WriteCondition) -> Result<(), StoreError> {
@@ -348,8 +367,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_group(&self, id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
-        let k = key(id);
-        self.read(move |c| reader::get(c, Doc::Groups, &k)).await
+        self.get_doc(Doc::Groups, id).await
     }
 
     async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition) -> Result<(), StoreError> {
@@ -379,8 +397,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_registration(&self, id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
-        let k = key(id);
-        self.read(move |c| reader::get(c, Doc::Registrations, &k)).await
+        self.get_doc(Doc::Registrations, id).await
     }
 
     async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {
@@ -414,8 +431,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_certificate(&self, name: &str) -> Result<Option<CaCertificateRecord>, StoreError> {
-        let k = key(name);
-        self.read(move |c| reader::get(c, Doc::Certificates, &k)).await
+        self.get_doc(Doc::Certificates, name).await
     }
 
     async fn put_certificate(&self, cert: &CaCertificateRecord, cond: &WriteCondition) -> Result<(), StoreError> {
