@@ -188,7 +188,8 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def start_server() -> DpsServer:
+def start_server(*extra_args: str) -> DpsServer:
+    """Starts `dps serve` on a fresh 127.0.0.X with `extra_args` appended to its command line."""
     binary = dps_bin()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         if os.environ.get("DPS_INTEROP_SKIP_IF_NO_BIN") == "1":
@@ -208,7 +209,7 @@ def start_server() -> DpsServer:
     env.setdefault("RUST_BACKTRACE", "1")
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--data-dir", str(data_dir), "--bind", host, "--hostname", host],
+            [str(binary), "serve", "--data-dir", str(data_dir), "--bind", host, "--hostname", host, *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -314,14 +315,16 @@ def _register_ca(pem: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def dps_server():
+def dps_server(request):
     """A fresh `dps serve` on its own 127.0.0.X for the whole test module.
+
+    A module may set ``DPS_SERVE_ARGS = [...]`` to add `dps serve` flags.
 
     Yields a :class:`DpsServer` with ``host``, ``info`` (the `dps info --json` object),
     ``ca_path`` / ``ca_pem`` (the local CA), ``id_scope``, ``provisioning_host``,
     ``hub_host``, ``service_connection_string``, ``hub_connection_string`` and ``logs()``.
     """
-    server = start_server()
+    server = start_server(*getattr(request.module, "DPS_SERVE_ARGS", ()))
     _RUNNING.append(server)
     try:
         yield server

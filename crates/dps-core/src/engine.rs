@@ -39,6 +39,12 @@ pub struct EngineConfig {
     pub default_allocation: AllocationPolicy,
     /// `retry-after` seconds sent while an operation is `assigning`.
     pub retry_after_secs: u32,
+    /// Answer a register request with its final state (`200 assigned`) instead of Azure's
+    /// `202 assigning` + poll. Every official SDK accepts a final status in the register reply
+    /// (device-protocol.md §2.7), and since this engine assigns before it replies, the poll only
+    /// costs a round trip — and two seconds on the Python SDK, which waits a fixed 2 s before
+    /// its first poll. Off by default so devices exercise the same polling path as with Azure.
+    pub immediate_assignment: bool,
 }
 
 /// A device-API reply: HTTP status (202 while assigning, 200 when done), optional retry-after,

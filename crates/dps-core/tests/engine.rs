@@ -10,7 +10,7 @@ use dps_proto::sas::build_token;
 
 mod common;
 
-use common::{engine, HUB, SCOPE};
+use common::{engine, engine_with, HUB, SCOPE};
 const KEY1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY2: &str = "HxwdGhsYGRYXFBUSExAREA8ODQwLCgkIBwYFBAMCAQA=";
 
@@ -577,4 +577,52 @@ async fn time_comes_from_the_clock_passed_in() {
         .await
         .unwrap_err();
     assert!(err.message.contains("expired"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn immediate_assignment_answers_register_with_the_final_state() {
+    let (e, hub) = engine_with(|c| c.immediate_assignment = true).await;
+    e.put_enrollment(
+        now(),
+        "dev-imm",
+        IndividualEnrollment {
+            attestation: sym(Some(KEY1), Some(KEY2)),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let req = request("dev-imm", KEY1, exp());
+    let r = e.register(now(), &req, &DeviceRegistration::default()).await.unwrap();
+    assert_eq!((r.status, r.retry_after), (200, None));
+    assert_eq!(r.body.status, RegistrationStatus::Assigned);
+    assert_eq!(r.body.registration_state.assigned_hub.as_deref(), Some(HUB));
+    assert_eq!(r.body.registration_state.device_id.as_deref(), Some("dev-imm"));
+    assert_eq!(hub.devices.lock().len(), 1, "the hub identity exists before the reply");
+    // The record is committed, and a device that polls anyway gets the same answer.
+    assert_eq!(
+        e.get_registration("dev-imm").await.unwrap().status,
+        RegistrationStatus::Assigned
+    );
+    let p = e.operation_status(now(), &req, &r.body.operation_id).await.unwrap();
+    assert_eq!((p.status, p.body), (200, r.body));
+    // Failures are final answers too: a disabled enrollment says so in the register reply.
+    e.put_enrollment(
+        now(),
+        "dev-off",
+        IndividualEnrollment {
+            attestation: sym(Some(KEY1), None),
+            provisioning_status: Some(ProvisioningStatus::Disabled),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let off = e
+        .register(now(), &request("dev-off", KEY1, exp()), &DeviceRegistration::default())
+        .await
+        .unwrap();
+    assert_eq!((off.status, off.body.status), (200, RegistrationStatus::Disabled));
 }

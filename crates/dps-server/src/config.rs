@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Telemetry messages the embedded hub keeps for `monitor-events`.
     pub telemetry_retention: usize,
+    /// Reply to register requests with the final state at once (see
+    /// `dps_core::EngineConfig::immediate_assignment`).
+    pub immediate_assignment: bool,
 }
 
 /// The optional TOML file: the same settings, all optional.
@@ -59,6 +62,8 @@ pub struct FileConfig {
     pub max_message_bytes: Option<usize>,
     /// See [`ServerConfig::telemetry_retention`].
     pub telemetry_retention: Option<usize>,
+    /// See [`ServerConfig::immediate_assignment`].
+    pub immediate_assignment: Option<bool>,
 }
 
 impl FileConfig {
@@ -84,6 +89,7 @@ impl ServerConfig {
             tls_key: None,
             max_message_bytes: 256 * 1024,
             telemetry_retention: 10_000,
+            immediate_assignment: false,
         }
     }
 
@@ -98,7 +104,8 @@ impl ServerConfig {
             mqtt_port,
             https_port,
             max_message_bytes,
-            telemetry_retention
+            telemetry_retention,
+            immediate_assignment
         );
         if let Some(h) = f.hostname.filter(|h| !h.is_empty()) {
             self.hostnames = h;
@@ -138,5 +145,8 @@ mod tests {
         assert_eq!(c.default_hub_host(), "dps.example.test");
         assert_eq!(ServerConfig::defaults().default_hub_host(), "127.0.0.1");
         assert!(toml::from_str::<FileConfig>("typo = 1").is_err());
+        assert!(!c.immediate_assignment);
+        let f: FileConfig = toml::from_str("immediate-assignment = true\n").unwrap();
+        assert!(ServerConfig::defaults().merge_file(f).immediate_assignment);
     }
 }

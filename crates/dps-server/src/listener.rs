@@ -105,6 +105,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             }],
             default_allocation: AllocationPolicy::Hashed,
             retry_after_secs: 3,
+            immediate_assignment: config.immediate_assignment,
         },
         Arc::new(store),
         Arc::new(hub.clone()),

@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "DPS_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Answer register requests with the final result (`200 assigned`) instead of Azure's
+    /// `202 assigning` followed by a poll. Every official SDK accepts it; it saves devices a round
+    /// trip (and Python devices their fixed 2 s wait before the first poll).
+    #[arg(long, env = "DPS_IMMEDIATE_ASSIGNMENT")]
+    immediate_assignment: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
@@ -72,6 +77,9 @@ impl ServeArgs {
         if self.tls_cert.is_some() {
             c.tls_cert = self.tls_cert;
             c.tls_key = self.tls_key;
+        }
+        if self.immediate_assignment {
+            c.immediate_assignment = true;
         }
         Ok((c, self.log))
     }

@@ -181,7 +181,9 @@ impl Engine {
     }
 
     /// Handles a register request. On success the registration is committed before this returns,
-    /// and the reply is `202 assigning` with an operation id the device polls.
+    /// and the reply is `202 assigning` with an operation id the device polls — or, with
+    /// [`EngineConfig::immediate_assignment`](super::EngineConfig::immediate_assignment), `200`
+    /// with the final state.
     pub async fn register(
         &self,
         now: DateTime<Utc>,
@@ -205,20 +207,30 @@ impl Engine {
             Err(failure) => failure,
         };
         let status = final_state.status;
+        let body = RegistrationOperationStatus {
+            operation_id: operation_id.clone(),
+            status,
+            registration_state: final_state,
+        };
+        // Even an immediate answer is kept: a device that polls anyway (or re-polls after a lost
+        // reply) gets the same result.
         self.operations.insert(
             now,
             CachedOperation {
                 registration_key: key,
                 credential_digest: digest(&req.credential),
                 credential_valid_until: valid_until(&req.credential),
-                body: RegistrationOperationStatus {
-                    operation_id: operation_id.clone(),
-                    status,
-                    registration_state: final_state,
-                },
+                body: body.clone(),
                 expires: now + chrono::Duration::from_std(OPERATION_TTL).unwrap_or_default(),
             },
         );
+        if self.config.immediate_assignment {
+            return Ok(DeviceResponse {
+                status: 200,
+                retry_after: None,
+                body,
+            });
+        }
         Ok(DeviceResponse {
             status: 202,
             retry_after: Some(self.config.retry_after_secs),

@@ -45,21 +45,26 @@ impl HubRegistry for FakeHub {
 
 /// An engine with one linked hub ([`HUB`]) over an empty memory store.
 pub async fn engine() -> (Engine, Arc<FakeHub>) {
+    engine_with(|_| {}).await
+}
+
+/// [`engine`] with its configuration adjusted by `tweak`.
+#[allow(dead_code)] // not every test binary tweaks the configuration
+pub async fn engine_with(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, Arc<FakeHub>) {
     let hub = Arc::new(FakeHub::default());
-    let e = Engine::new(
-        EngineConfig {
-            id_scope: SCOPE.into(),
-            linked_hubs: vec![LinkedHub {
-                host_name: HUB.into(),
-                allocation_weight: 1,
-                apply_allocation_policy: true,
-            }],
-            default_allocation: AllocationPolicy::Hashed,
-            retry_after_secs: 3,
-        },
-        Arc::new(MemoryStore::new()),
-        hub.clone(),
-    );
+    let mut config = EngineConfig {
+        id_scope: SCOPE.into(),
+        linked_hubs: vec![LinkedHub {
+            host_name: HUB.into(),
+            allocation_weight: 1,
+            apply_allocation_policy: true,
+        }],
+        default_allocation: AllocationPolicy::Hashed,
+        retry_after_secs: 3,
+        immediate_assignment: false,
+    };
+    tweak(&mut config);
+    let e = Engine::new(config, Arc::new(MemoryStore::new()), hub.clone());
     e.load().await.unwrap();
     (e, hub)
 }

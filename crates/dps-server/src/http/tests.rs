@@ -65,6 +65,7 @@ async fn fixture() -> Fixture {
             }],
             default_allocation: AllocationPolicy::Hashed,
             retry_after_secs: 3,
+            immediate_assignment: false,
         },
         Arc::new(MemoryStore::new()),
         Arc::new(hub.clone()),
