@@ -50,6 +50,7 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        map_file(&conn)?;
         Ok(conn)
     }
 
@@ -76,6 +77,17 @@ impl ReadPool {
         result
     }
 }
+
+/// Reads database pages through a shared memory map instead of a `pread` per page: every
+/// connection shares the operating system's copy of the file, and a lookup in a store of
+/// millions of records costs no system call. (Writes still go to the WAL with `pwrite`.)
+pub(crate) fn map_file(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+}
+
+/// Address space the memory map may use (not memory: pages are the OS page cache's). Larger
+/// databases read the rest with `pread`.
+const MMAP_BYTES: i64 = 1 << 31;
 
 fn decode<T: DeserializeOwned>(table: Doc, key: &str, doc: &str) -> Result<T, StoreError> {
     serde_json::from_str(doc).map_err(|e| {
