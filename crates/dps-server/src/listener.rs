@@ -160,8 +160,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     })
 }
 
+/// Connections the kernel may queue before `accept` (capped by `net.core.somaxconn`, 4096 on
+/// current Linux). A fleet reconnecting at once — after a hub restart, or a production line
+/// powering up — arrives far faster than TLS handshakes complete; with the usual 128 the kernel
+/// drops the surplus SYNs and those devices wait a full second for their retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted server can bind while the previous one's connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| {
+    listen(addr).map_err(|source| {
         let hint = match source.kind() {
             io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
                 "\n  ports below 1024 need privileges. Either allow this binary to bind them:\n    sudo setcap 'cap_net_bind_service=+ep' \"$(command -v dps)\"\n  or lower the unprivileged port floor:\n    sudo sysctl net.ipv4.ip_unprivileged_port_start={}\n  or use another port ({flag} ...), noting that the Python and C device SDKs only connect to 8883 (MQTT) and 443 (HTTPS).",
