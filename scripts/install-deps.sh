@@ -6,7 +6,9 @@
 # Current needs:
 #   - a C toolchain and pkg-config (crates that build C code, e.g. rusqlite bundled, ring)
 #   - python3 with a working `venv` module (tests/interop runs in <repo>/.venv)
-# (swtpm/tpm2-tools etc. will be added here when the TPM tests land.)
+#   - the TPM 2.0 stack for the `tpm` cargo feature and its tests: libtss2-dev (ESAPI, MU,
+#     TCTI loader; tss-esapi links it through pkg-config), the swtpm TCTI, swtpm + swtpm-tools
+#     (a software TPM per test) and tpm2-tools (for poking at a TPM by hand)
 set -euo pipefail
 
 missing=()
@@ -23,6 +25,17 @@ else
         missing+=(python3-venv "python${pyver}-venv")
     fi
 fi
+
+if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists tss2-esys tss2-tctildr tss2-mu tss2-sys; then
+    missing+=(libtss2-dev)
+fi
+# The swtpm TCTI is loaded at run time by name (libtss2-tcti-swtpm.so.0), so check the library.
+if ! ldconfig -p 2>/dev/null | grep -q 'libtss2-tcti-swtpm\.so\.0'; then
+    missing+=(libtss2-tcti-swtpm0)
+fi
+command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
+command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
+command -v tpm2_createek >/dev/null 2>&1 || missing+=(tpm2-tools)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all system dependencies present"

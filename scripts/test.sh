@@ -3,12 +3,17 @@
 #
 #   1. system dependencies          scripts/install-deps.sh
 #   2. formatting                   cargo fmt --all -- --check
-#   3. lints                        cargo clippy --workspace --all-targets -- -D warnings
-#   4. build (target/debug/dps)     cargo build --workspace
-#   5. Rust tests                   cargo nextest run --workspace + cargo test --doc --workspace
-#                                   (plain `cargo test --workspace` when nextest is absent)
+#   3. lints                        cargo clippy --workspace --all-targets --all-features -- -D warnings
+#                                   (and once without features: the default build must stay clean)
+#   4. build (target/debug/dps)     cargo build --workspace --all-features
+#   5. Rust tests                   cargo nextest run --workspace --all-features
+#                                   + cargo test --doc --workspace --all-features
+#                                   (plain `cargo test --workspace --all-features` when nextest is absent)
 #   6. Python env                   scripts/setup-python.sh (.venv with the pinned Azure SDKs)
 #   7. interop tests                pytest -q tests/interop (official Azure SDKs vs target/debug/dps)
+#
+# --all-features turns on the `tpm` feature (TPM attestation through libtss2; the tests run a
+# swtpm per test), so target/debug/dps has `dps tpm` and `--tpm` for the interop tests too.
 #
 # Fails fast on the first failing step. Extra arguments are passed to pytest
 # (e.g. ./scripts/test.sh -k service -x).
@@ -34,19 +39,22 @@ bash scripts/install-deps.sh
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy"
+step "cargo clippy (all features)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo clippy (default features)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo build"
-cargo build --workspace
+cargo build --workspace --all-features
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-tests=warn
+    cargo nextest run --workspace --all-features --no-tests=warn
     step "Rust doc tests"
-    cargo test --doc --workspace
+    cargo test --doc --workspace --all-features
 else
-    cargo test --workspace
+    cargo test --workspace --all-features
 fi
 
 step "Python environment"

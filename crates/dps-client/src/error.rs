@@ -89,10 +89,25 @@ pub enum ClientError {
         message: String,
     },
 
+    /// The TPM could not be opened or refused a command (see [`crate::TpmError`]): the wrong
+    /// TCTI, a blob made for another TPM's keys, no identity key imported yet.
+    #[cfg(feature = "tpm")]
+    #[error("TPM: {0}")]
+    Tpm(crate::tpm::TpmError),
+
     /// The server's answer did not have the expected shape (not JSON, `assigned` without an
     /// `assignedHub`, an unexpected status value). A server or compatibility bug.
     #[error("unexpected response from the server: {0}")]
     Protocol(String),
+}
+
+/// Not `#[from]`: that would also make the TPM error the `source()`, and error printers that
+/// walk the chain would print its message twice.
+#[cfg(feature = "tpm")]
+impl From<crate::tpm::TpmError> for ClientError {
+    fn from(e: crate::tpm::TpmError) -> Self {
+        Self::Tpm(e)
+    }
 }
 
 fn service_message(status: u16, code: Option<u32>, message: &str) -> String {

@@ -7,7 +7,8 @@
 //!   patches reported properties and receives desired-property patches.
 //! - [`SecurityProvider`] abstracts the device secret (software key, TPM, X.509/DICE), so the
 //!   clients never hold key material themselves; [`SymmetricKeyProvider`] is the software
-//!   implementation for individual and group-derived keys.
+//!   implementation for individual and group-derived keys; `TpmProvider` (cargo feature `tpm`)
+//!   keeps the key in a TPM 2.0 and registers with TPM attestation over HTTPS.
 //!
 //! Wire formats (topics, SAS tokens, JSON models) come from `dps-proto`, the same code the server
 //! uses, so the two cannot drift apart. This crate adds only the I/O: rumqttc for MQTT, reqwest
@@ -35,6 +36,8 @@ mod hub;
 mod mqtt;
 mod provisioning;
 mod security;
+#[cfg(feature = "tpm")]
+mod tpm;
 mod x509;
 
 use std::sync::Arc;
@@ -45,7 +48,11 @@ pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
 pub use provisioning::{
     PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION, GLOBAL_ENDPOINT,
 };
-pub use security::{sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider};
+pub use security::{
+    sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider, TpmPublicKeys, DEFAULT_TPM_TCTI,
+};
+#[cfg(feature = "tpm")]
+pub use tpm::{TpmError, TpmProvider, EK_HANDLE, ID_KEY_HANDLE, SRK_HANDLE};
 pub use x509::X509Provider;
 
 /// The TLS client configuration for `provider`: trust `ca_pem`, and present the provider's

@@ -1,5 +1,6 @@
 //! `ProvisioningClient`: register a device with DPS over MQTT or HTTPS and wait for its
-//! assignment (device-protocol.md §1.3, §2, §3).
+//! assignment (device-protocol.md §1.3, §2, §3), including the TPM challenge flow over HTTPS
+//! (§7.2).
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use dps_proto::dps_mqtt;
-use dps_proto::model::device::DeviceRegistration;
+use dps_proto::model::device::{DeviceRegistration, TpmKeys};
 use dps_proto::model::service::{RegistrationState, RegistrationStatus, Substatus};
 use dps_proto::sas::encode_component;
 use rumqttc::{ConnectionError, Event, Packet, QoS, SubscribeReasonCode};
@@ -400,23 +401,40 @@ impl ProvisioningClient {
         let reg_id = self.provider.registration_id();
         dps_proto::registration_id::validate(reg_id)
             .map_err(|e| ClientError::Credential(format!("registration id: {e}")))?;
-        if self.provider.kind() == AttestationKind::Tpm {
-            return Err(ClientError::Unsupported(
-                "TPM attestation is not implemented by this client yet".into(),
-            ));
-        }
+        let tpm = self.provider.kind() == AttestationKind::Tpm;
+        let tpm_keys = if tpm {
+            if self.transport != Transport::Https {
+                return Err(ClientError::Unsupported(format!(
+                    "TPM attestation needs the HTTPS transport, not {} (its challenge is an HTTP 401; \
+                     the Azure SDKs have no TPM over MQTT either)",
+                    self.transport
+                )));
+            }
+            let keys = self.provider.tpm_keys()?;
+            Some(TpmKeys {
+                endorsement_key: b64(&keys.endorsement_key),
+                storage_root_key: Some(b64(&keys.storage_root_key)),
+            })
+        } else {
+            None
+        };
         let body = serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(reg_id.to_string()),
+            tpm: tpm_keys,
             payload,
             ..Default::default()
         })
         .map_err(|e| ClientError::Protocol(format!("cannot serialize the registration body: {e}")))?;
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, async {
-            match self.transport {
-                Transport::Mqtt => self.register_mqtt(body).await,
-                Transport::Https => self.register_https(body).await,
+            let result = match self.transport {
+                Transport::Mqtt => self.register_mqtt(body).await?,
+                Transport::Https => self.register_https(body, tpm).await?,
+            };
+            if tpm {
+                self.import_hub_key(&result).await?;
             }
+            Ok::<_, ClientError>(result)
         })
         .await
         {
@@ -439,19 +457,49 @@ impl ProvisioningClient {
         crate::tls_config(self.provider.as_ref(), &self.ca_pem)
     }
 
-    /// The SAS token for the DPS audience, or `None` for certificate-based providers.
-    fn sas(&self) -> Result<Option<String>, ClientError> {
+    /// The SAS token for the DPS audience, signed as `key_name` (`registration`, or what a TPM
+    /// challenge named), or `None` for certificate-based providers.
+    fn sas(&self, key_name: &str) -> Result<Option<String>, ClientError> {
         if self.provider.tls_identity().is_some() {
             return Ok(None);
         }
         let resource = format!("{}/registrations/{}", self.id_scope, self.provider.registration_id());
-        sas_token(
-            self.provider.as_ref(),
-            &resource,
-            expiry(self.sas_ttl),
-            Some("registration"),
-        )
-        .map(Some)
+        sas_token(self.provider.as_ref(), &resource, expiry(self.sas_ttl), Some(key_name)).map(Some)
+    }
+
+    /// Imports a base64 activation blob into the provider's TPM, on a blocking thread: the
+    /// import runs RSA decryptions in the TPM, which take a while on real hardware.
+    async fn import_tpm_blob(&self, blob_b64: &str, what: &str) -> Result<(), ClientError> {
+        use base64::Engine as _;
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(blob_b64.trim())
+            .map_err(|e| ClientError::Protocol(format!("the {what} is not valid base64: {e}")))?;
+        let provider = self.provider.clone();
+        tokio::task::spawn_blocking(move || provider.import_authentication_key(&blob))
+            .await
+            .map_err(|e| ClientError::Credential(format!("the TPM import of the {what} did not finish: {e}")))?
+    }
+
+    /// TPM: the assigned registration carries a second blob with the device's hub key
+    /// (device-protocol.md §7.5); after importing it the provider signs hub SAS tokens.
+    async fn import_hub_key(&self, result: &RegistrationResult) -> Result<(), ClientError> {
+        let blob = result
+            .registration_state
+            .tpm
+            .as_ref()
+            .map(|t| t.authentication_key.as_str())
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ClientError::Protocol(
+                    "the TPM registration is assigned but has no registrationState.tpm.authenticationKey \
+                     (the device's hub key)"
+                        .into(),
+                )
+            })?;
+        self.import_tpm_blob(blob, "hub key (registrationState.tpm.authenticationKey)")
+            .await?;
+        tracing::debug!("hub key imported into the TPM");
+        Ok(())
     }
 
     async fn register_mqtt(&self, body: Vec<u8>) -> Result<RegistrationResult, ClientError> {
@@ -463,7 +511,7 @@ impl ProvisioningClient {
                 port,
                 client_id: reg_id,
                 username: dps_mqtt::username(&self.id_scope, reg_id, DEVICE_API_VERSION, CLIENT_VERSION),
-                password: self.sas()?.unwrap_or_default(),
+                password: self.sas("registration")?.unwrap_or_default(),
                 tls: self.tls()?,
                 keep_alive: Duration::from_secs(60),
                 connect_timeout: Duration::from_secs(30),
@@ -575,7 +623,10 @@ impl ProvisioningClient {
         result
     }
 
-    async fn register_https(&self, body: Vec<u8>) -> Result<RegistrationResult, ClientError> {
+    /// Registers over HTTPS. With `tpm`, the first PUT carries no Authorization: the service
+    /// answers 401 with an activation blob (the TPM challenge), which is imported before the
+    /// PUT is sent again, signed with the key it carried (device-protocol.md §7.2).
+    async fn register_https(&self, body: Vec<u8>, tpm: bool) -> Result<RegistrationResult, ClientError> {
         let tls = self.tls()?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
@@ -598,6 +649,11 @@ impl ProvisioningClient {
         );
         let mut operation: Option<String> = None;
         let mut retries = 0;
+        // One token for the whole registration, register and polls alike, as the C SDK does: a
+        // dps server accepts a TPM challenge key for one attestation and recognizes the polls of
+        // that operation by the very same token. A TPM device has none until it is challenged.
+        let mut authorization = if tpm { None } else { self.sas("registration")? };
+        let mut challenge_pending = tpm;
         loop {
             let req = match &operation {
                 None => http
@@ -611,7 +667,7 @@ impl ProvisioningClient {
             let mut req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
                 .header(reqwest::header::ACCEPT, "application/json");
-            if let Some(token) = self.sas()? {
+            if let Some(token) = &authorization {
                 req = req.header(reqwest::header::AUTHORIZATION, token);
             }
             let what = if operation.is_some() {
@@ -633,6 +689,15 @@ impl ProvisioningClient {
                 .bytes()
                 .await
                 .map_err(|e| ClientError::connection(format!("reading the answer to {what}"), &e))?;
+            if challenge_pending && status == 401 {
+                let challenge = TpmChallengeWire::parse(&bytes)?;
+                self.import_tpm_blob(&challenge.authentication_key, "TPM challenge (authenticationKey)")
+                    .await?;
+                tracing::debug!(key_name = %challenge.key_name, "TPM challenge imported; registering with a TPM-signed SAS");
+                authorization = self.sas(&challenge.key_name)?;
+                challenge_pending = false;
+                continue;
+            }
             match interpret(status, retry_after, &bytes, &self.poll)? {
                 Step::Done(r) => return Ok(*r),
                 Step::Poll { operation_id, delay } => {
@@ -651,6 +716,37 @@ impl ProvisioningClient {
             }
         }
     }
+}
+
+/// The TPM challenge: the body of the 401 answer to an unauthenticated TPM registration.
+/// Lenient like the SDKs: only `authenticationKey` is required, `keyName` defaults to
+/// `registration` (C#), `message` is informational.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TpmChallengeWire {
+    authentication_key: String,
+    #[serde(default = "default_key_name")]
+    key_name: String,
+}
+
+fn default_key_name() -> String {
+    "registration".into()
+}
+
+impl TpmChallengeWire {
+    /// The challenge in a 401 body; a 401 without one is the service refusing the device (no
+    /// enrollment for this EK, ...), reported as that error.
+    fn parse(body: &[u8]) -> Result<Self, ClientError> {
+        match serde_json::from_slice::<Self>(body) {
+            Ok(c) if !c.authentication_key.is_empty() => Ok(c),
+            _ => Err(ClientError::from_error_body(401, body)),
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Seconds since the epoch `ttl` from now.
@@ -833,11 +929,57 @@ mod tests {
     fn sas_for_dps_audience() {
         let p = Arc::new(crate::SymmetricKeyProvider::new("dev-01", "dGVzdFN0cmluZzE=").unwrap());
         let c = ProvisioningClient::new("h", "0ne0001234A", p, "");
-        let token = c.sas().unwrap().unwrap();
+        let token = c.sas("registration").unwrap().unwrap();
         let t = dps_proto::sas::SasToken::parse(&token).unwrap();
         t.check_audience_eq("0ne0001234A/registrations/dev-01").unwrap();
         t.verify_signature(["dGVzdFN0cmluZzE="]).unwrap();
         assert_eq!(t.key_name.as_deref(), Some("registration"));
+    }
+
+    #[test]
+    fn tpm_challenge_bodies() {
+        let c =
+            TpmChallengeWire::parse(br#"{"authenticationKey":"AAEC","keyName":"registration","message":"m"}"#).unwrap();
+        assert_eq!(
+            (c.authentication_key.as_str(), c.key_name.as_str()),
+            ("AAEC", "registration")
+        );
+        let c = TpmChallengeWire::parse(br#"{"authenticationKey":"AAEC"}"#).unwrap();
+        assert_eq!(c.key_name, "registration", "keyName defaults like the C# SDK");
+        // A 401 that is a refusal, not a challenge, keeps the service's error.
+        match TpmChallengeWire::parse(br#"{"errorCode":401002,"message":"no enrollment for this EK"}"#) {
+            Err(ClientError::Service {
+                status: 401,
+                error_code: Some(401002),
+                message,
+                ..
+            }) => assert_eq!(message, "no enrollment for this EK"),
+            other => panic!("{other:?}"),
+        }
+        assert!(TpmChallengeWire::parse(br#"{"authenticationKey":""}"#).is_err());
+    }
+
+    /// A TPM-kind provider that has no TPM: enough to check the transport rule.
+    struct NoTpm;
+    impl SecurityProvider for NoTpm {
+        fn registration_id(&self) -> &str {
+            "tpm-dev"
+        }
+        fn kind(&self) -> AttestationKind {
+            AttestationKind::Tpm
+        }
+    }
+
+    #[tokio::test]
+    async fn tpm_needs_https() {
+        let c = ProvisioningClient::new("127.0.0.1", "0ne0001234A", Arc::new(NoTpm), "");
+        match c.register(None).await {
+            Err(ClientError::Unsupported(m)) => assert!(m.contains("HTTPS"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Over HTTPS the provider is asked for its keys before anything is sent.
+        let c = c.with_transport(Transport::Https);
+        assert!(matches!(c.register(None).await, Err(ClientError::Unsupported(m)) if m.contains("TPM keys")));
     }
 
     #[test]

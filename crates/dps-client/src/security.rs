@@ -17,11 +17,13 @@
 //!   `sign` keeps its default (unsupported). A provider whose key cannot leave the hardware will
 //!   need a signing hook on the TLS layer instead of a key PEM; that will be an additional
 //!   default method, so existing providers keep compiling.
-//! - **TPM**: `sign` HMACs with the key the TPM holds. Registration needs two extra steps —
-//!   sending the endorsement/storage-root keys and importing the `authenticationKey` blob the
-//!   service returns — which will arrive as default methods on this trait (returning
-//!   "unsupported" for other kinds) when TPM attestation is implemented; `kind()` lets the
-//!   clients pick the TPM flow (HTTPS only, as in the Azure SDKs).
+//! - **TPM** (`TpmProvider`, cargo feature `tpm`): `sign` HMACs with the key the TPM holds.
+//!   Registration needs two extra steps, which are default methods here (failing with
+//!   "unsupported" for the other kinds, so they need not implement them):
+//!   [`SecurityProvider::tpm_keys`] gives the endorsement/storage-root keys sent with the
+//!   registration, and [`SecurityProvider::import_authentication_key`] imports the
+//!   `authenticationKey` blobs the service returns (the challenge key, then the hub key).
+//!   `kind()` lets the clients pick the TPM flow (HTTPS only, as in the Azure SDKs).
 
 use std::fmt;
 
@@ -69,6 +71,39 @@ pub trait SecurityProvider: Send + Sync {
     fn tls_identity(&self) -> Option<(String, String)> {
         None
     }
+
+    /// TPM providers: the endorsement and storage root keys sent with the registration. The
+    /// default fails with [`ClientError::Unsupported`].
+    fn tpm_keys(&self) -> Result<TpmPublicKeys, ClientError> {
+        Err(ClientError::Unsupported(format!(
+            "{:?} security providers have no TPM keys",
+            self.kind()
+        )))
+    }
+
+    /// TPM providers: imports an activation blob (the base64-decoded `authenticationKey` of the
+    /// TPM challenge or of the assigned registration) so that [`sign`](Self::sign) uses the key
+    /// it carries. The default fails with [`ClientError::Unsupported`].
+    fn import_authentication_key(&self, blob: &[u8]) -> Result<(), ClientError> {
+        let _ = blob;
+        Err(ClientError::Unsupported(format!(
+            "{:?} security providers cannot import a TPM activation blob",
+            self.kind()
+        )))
+    }
+}
+
+/// The TCTI used when none is given: the kernel's TPM resource manager, as tpm2-tools.
+pub const DEFAULT_TPM_TCTI: &str = "device:/dev/tpmrm0";
+
+/// A TPM's public keys as the device sends them: each a marshalled `TPM2B_PUBLIC` (u16 size,
+/// then `TPMT_PUBLIC`), base64-encoded on the wire (device-protocol.md §7.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmPublicKeys {
+    /// The endorsement key (EK): identifies the TPM; the enrollment stores it.
+    pub endorsement_key: Vec<u8>,
+    /// The storage root key (SRK): the parent the identity key is imported under.
+    pub storage_root_key: Vec<u8>,
 }
 
 /// Builds a SAS token for `resource` signed by `provider`, in exactly the format of
@@ -224,6 +259,12 @@ mod tests {
     #[test]
     fn default_sign_is_unsupported() {
         assert!(matches!(CertOnly.sign(b"x"), Err(ClientError::Unsupported(_))));
+        assert!(matches!(CertOnly.tpm_keys(), Err(ClientError::Unsupported(_))));
+        let sym = SymmetricKeyProvider::new("d", KEY).unwrap();
+        assert!(matches!(
+            sym.import_authentication_key(b"blob"),
+            Err(ClientError::Unsupported(m)) if m.contains("SymmetricKey")
+        ));
         assert!(matches!(
             sas_token(&CertOnly, "r", 1, None),
             Err(ClientError::Unsupported(_))

@@ -4,6 +4,7 @@ mod certificates;
 mod device;
 mod groups;
 mod service;
+mod tpm;
 mod x509;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub struct Engine {
     hubs: Arc<dyn HubRegistry>,
     groups: groups::GroupCache,
     operations: device::OperationCache,
+    tpm: tpm::ChallengeCache,
 }
 
 impl Engine {
@@ -77,6 +79,7 @@ impl Engine {
             hubs,
             groups: groups::GroupCache::default(),
             operations: device::OperationCache::default(),
+            tpm: tpm::ChallengeCache::default(),
         }
     }
 

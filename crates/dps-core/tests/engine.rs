@@ -1,5 +1,7 @@
 //! Engine tests: in-memory store, a recording fake hub, a fake clock. Deterministic and fast.
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use chrono::{TimeZone, Utc};
 use dps_core::{ApiError, Credential, DeviceRequest, Engine, TwinPolicy};
 use dps_proto::codes;
@@ -7,6 +9,7 @@ use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::service::*;
 use dps_proto::sas::build_token;
+use dps_tpm::RsaPublic;
 
 mod common;
 
@@ -419,7 +422,7 @@ async fn service_api_secrets_etags_and_paging() {
     let tpm = AttestationMechanism {
         kind: AttestationType::Tpm,
         tpm: Some(TpmAttestation {
-            endorsement_key: Some("AToAAQALAAMAsgAg".into()),
+            endorsement_key: Some(B64.encode(RsaPublic::endorsement_template(vec![0xc5; 256]).to_tpm2b())),
             storage_root_key: None,
         }),
         ..Default::default()

@@ -42,6 +42,8 @@ pub mod codes {
     pub const CERTIFICATE_INVALID: u32 = 400_301;
     /// Proof of possession failed: no code pending, CN is not the code, or not signed by the CA.
     pub const CERTIFICATE_VERIFICATION_FAILED: u32 = 400_302;
+    /// TPM attestation over a transport without the challenge step (MQTT).
+    pub const TPM_TRANSPORT_UNSUPPORTED: u32 = 400_006;
     /// `*` No IoT hub could be assigned.
     pub const HUB_NOT_SPECIFIED: u32 = 400_208;
     /// `*` The hub refused the device.
@@ -52,6 +54,9 @@ pub mod codes {
     pub const INSUFFICIENT_RIGHTS: u32 = 401_001;
     /// The enrollment (individual or group) that matched is disabled.
     pub const ENROLLMENT_DISABLED: u32 = 401_003;
+    /// A TPM-signed SAS arrived but no TPM challenge is outstanding for the registration (never
+    /// requested, expired, or already used by a registration).
+    pub const TPM_CHALLENGE_MISSING: u32 = 401_004;
     /// Unknown ID scope.
     pub const ID_SCOPE_NOT_FOUND: u32 = 404_200;
     /// No such route / resource path.

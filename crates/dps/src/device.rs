@@ -1,6 +1,7 @@
 //! Device-side commands: `dps device provision` (the Rust device SDK end to end: register, then
-//! connect to the assigned hub and send a message) and `dps compute-device-key` (what a factory
-//! runs to give each device its group-derived key).
+//! connect to the assigned hub and send a message; with a symmetric key, an X.509 or DICE
+//! identity, or a TPM) and `dps compute-device-key` (what a factory runs to give each device its
+//! group-derived key).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,10 +48,11 @@ pub fn compute_key(a: ComputeKeyArgs) -> Result<()> {
 
 /// `dps device provision`
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("credential").required(true).args(["symmetric_key", "group_key", "x509_cert", "dice_uds"]))]
+#[command(group = clap::ArgGroup::new("credential").required(true).args(["symmetric_key", "group_key", "x509_cert", "dice_uds", "tpm"]))]
 pub struct ProvisionArgs {
-    /// The device's registration id [default for X.509: the certificate's common name].
-    #[arg(long, required_unless_present = "x509_cert")]
+    /// The device's registration id [default for X.509: the certificate's common name; for a
+    /// TPM: the id derived from its endorsement key].
+    #[arg(long, required_unless_present_any = ["x509_cert", "tpm"])]
     pub registration_id: Option<String>,
     /// The device's own symmetric key (individual enrollment, or an already derived key).
     #[arg(long)]
@@ -73,6 +75,13 @@ pub struct ProvisionArgs {
     /// DICE: the DevKit linker map; selects the MXChip DevKit (RIoT) derivation instead of TCG DICE.
     #[arg(long, value_name = "FILE", requires = "dice_uds")]
     pub dice_map: Option<PathBuf>,
+    /// TPM attestation: the identity lives in the TPM chosen by --tcti (HTTPS only). Needs a
+    /// dps built with the `tpm` feature.
+    #[arg(long)]
+    pub tpm: bool,
+    /// TPM: which TPM, as a TCTI string (`device:/dev/tpmrm0`, `swtpm:host=H,port=P`, …).
+    #[arg(long, env = "TPM2TOOLS_TCTI", default_value = dps_client::DEFAULT_TPM_TCTI)]
+    pub tcti: String,
     /// ID scope [default: the data directory's].
     #[arg(long)]
     pub id_scope: Option<String>,
@@ -80,9 +89,9 @@ pub struct ProvisionArgs {
     /// global.azure-devices-provisioning.net].
     #[arg(long)]
     pub provisioning_host: Option<String>,
-    /// How to talk to DPS.
-    #[arg(long, default_value = "mqtt", value_parser = parse_transport)]
-    pub transport: Transport,
+    /// How to talk to DPS [default: mqtt; https with --tpm, whose challenge needs HTTP].
+    #[arg(long, value_parser = parse_transport)]
+    pub transport: Option<Transport>,
     /// DPS port [default: the data directory's MQTT/HTTPS port, else 8883/443].
     #[arg(long)]
     pub port: Option<u16>,
@@ -165,7 +174,11 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
         .or_else(|| dir.last_provisioning_host())
         .unwrap_or_else(|| dps_client::GLOBAL_ENDPOINT.to_string());
     let ca = read_ca(a.ca.as_deref(), &dir)?;
+    let transport = a
+        .transport
+        .unwrap_or(if a.tpm { Transport::Https } else { Transport::Mqtt });
     let provider: Arc<dyn SecurityProvider> = match (&a.symmetric_key, &a.group_key, &a.x509_cert, &a.x509_key) {
+        _ if a.tpm => crate::tpm::provider(&a.tcti, a.registration_id.as_deref())?,
         (_, _, Some(cert), Some(key)) => {
             let p = X509Provider::from_files(cert, key)?;
             if let Some(id) = a
@@ -187,14 +200,14 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     };
     let reg_id = provider.registration_id().to_string();
     let port = a.port.or_else(|| {
-        runtime.as_ref().map(|r| match a.transport {
+        runtime.as_ref().map(|r| match transport {
             Transport::Mqtt => r.mqtt_port,
             Transport::Https => r.https_port,
         })
     });
     let timeout = Duration::from_secs(a.timeout.max(1));
     let mut client = ProvisioningClient::new(&host, &id_scope, provider.clone(), &ca)
-        .with_transport(a.transport)
+        .with_transport(transport)
         .with_timeout(timeout)
         .with_poll_options(PollOptions::default());
     if let Some(p) = port {
@@ -205,14 +218,14 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             "cannot provision '{}' at {host}:{} ({})",
             reg_id,
             client.port(),
-            a.transport
+            transport
         )
     })?;
     if !a.json {
         out!(
             "registered {} over {} -> assigned to hub {} as device {}{}",
             reg_id,
-            a.transport,
+            transport,
             registration.assigned_hub,
             registration.device_id,
             registration.substatus.map(|s| format!(" ({s})")).unwrap_or_default()
@@ -256,7 +269,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     if a.json {
         output::json(&json!({
             "registration": registration,
-            "transport": a.transport,
+            "transport": transport,
             "messageSent": sent,
             "message": if sent { Value::String(a.message.clone()) } else { Value::Null },
         }));

@@ -9,12 +9,14 @@ mod certificate;
 mod device;
 mod dice;
 mod enrollment;
+mod fdlimit;
 mod hub;
 mod info;
 mod output;
 mod registration;
 mod remote;
 mod serve;
+mod tpm;
 
 use std::process::ExitCode;
 
@@ -62,6 +64,9 @@ enum Command {
     /// Act as a device, with the Rust device SDK.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// TPM 2.0: a TPM's endorsement key, storage root key and registration id (for enrollment).
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
 }
 
 #[derive(Subcommand)]
@@ -73,7 +78,9 @@ enum DeviceCommand {
 /// Logging for the client commands: warnings only unless `DPS_LOG` says otherwise, on stderr so
 /// `--json` output stays clean. (`dps serve` sets up its own.)
 fn init_client_logging() {
-    let filter = std::env::var("DPS_LOG").unwrap_or_else(|_| "warn".into());
+    // tss-esapi logs every failed TPM call at ERROR through `log`; dps reports the same failure
+    // with context, so it is silent unless DPS_LOG asks for it.
+    let filter = std::env::var("DPS_LOG").unwrap_or_else(|_| "warn,tss_esapi=off".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -82,6 +89,8 @@ fn init_client_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "tpm")]
+    tpm::quiet_tss_logs();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -106,6 +115,7 @@ fn main() -> ExitCode {
                     Command::Dice(c) => dice::run(c),
                     Command::Hub(c) => hub::run(c).await,
                     Command::Device(DeviceCommand::Provision(a)) => device::provision(a).await,
+                    Command::Tpm(c) => tpm::run(c),
                     Command::Serve(_) | Command::Info(_) => unreachable!("handled above"),
                 }
             }
@@ -331,9 +341,26 @@ mod tests {
         let Command::Device(DeviceCommand::Provision(p)) = cli.command else {
             panic!()
         };
-        assert_eq!(p.transport, dps_client::Transport::Https);
+        assert_eq!(p.transport, Some(dps_client::Transport::Https));
         assert_eq!(p.message, r#"{"hello":"from dps"}"#);
         assert_eq!(p.group_key.as_deref(), Some("Zw=="));
+
+        // A TPM needs no registration id (it is derived from the EK) and takes a TCTI.
+        let cli = parse(&[
+            "device",
+            "provision",
+            "--tpm",
+            "--tcti",
+            "swtpm:host=127.0.0.1,port=2321",
+        ])
+        .unwrap();
+        let Command::Device(DeviceCommand::Provision(p)) = cli.command else {
+            panic!()
+        };
+        assert!(p.tpm && p.registration_id.is_none() && p.transport.is_none());
+        assert_eq!(p.tcti, "swtpm:host=127.0.0.1,port=2321");
+        let cli = parse(&["tpm", "info", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::Tpm(tpm::TpmCommand::Info(ref i)) if i.json));
 
         let cli = parse(&["compute-device-key", "--key", "Zw==", "--registration-id", "d"]).unwrap();
         assert!(matches!(cli.command, Command::ComputeDeviceKey(_)));

@@ -92,6 +92,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    // Every device connection is a file descriptor; the soft limit a shell hands out (often
+    // 1024) would refuse connections long before memory or CPU run out.
+    match crate::fdlimit::raise(0) {
+        Ok(limit) => tracing::info!(limit, "open-file limit (connections this process can hold)"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let server = dps_server::start(config.clone()).await?;
     let info = crate::info::Info::from_services(&server.services, &config);
     println!(

@@ -1,39 +1,200 @@
-//! `dps bench` smoke run: a few hundred devices through every mode, over both transports. It
-//! checks correctness (every device assigned, the bench cleans up), never speed.
+//! `dps bench` smoke run: a few hundred devices through every mode, over both transports, with
+//! both clients and both attestations. It checks correctness (every device assigned, every
+//! connection held, the report's fields, the bench cleans up), never speed.
 
 mod common;
 
 use common::Server;
+use serde_json::Value;
+
+/// The fields every report has, and the sanity of its percentiles.
+fn check_report(r: &Value, mode: &str, devices: u64) {
+    assert_eq!(r["mode"], mode, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+    assert_eq!(r["devices"], devices, "{r}");
+    assert_eq!(r["succeeded"], devices, "{r}");
+    assert!(r["throughputPerSecond"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["elapsedSeconds"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["clientCpuSeconds"].as_f64().is_some(), "{r}");
+    assert!(r["controls"]["concurrency"].as_u64().is_some(), "{r}");
+    let l = &r["latencyMs"];
+    let (p50, p90, p99, max) = (
+        l["p50"].as_f64().unwrap(),
+        l["p90"].as_f64().unwrap(),
+        l["p99"].as_f64().unwrap(),
+        l["max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max, "{r}");
+}
+
+/// The run deleted its registrations, their hub devices and its group.
+fn check_cleanup(r: &Value, registered: u64) {
+    let c = &r["cleanup"];
+    assert_eq!(c["registrationsDeleted"], registered, "{r}");
+    assert_eq!(c["hubDevicesDeleted"], registered, "{r}");
+    assert_eq!(c["groupDeleted"], true, "{r}");
+    assert_eq!(c["failures"], 0, "{r}");
+}
 
 #[test]
 fn bench_smoke_every_device_is_assigned_and_the_bench_cleans_up() {
     let s = Server::start("127.0.0.79");
-    for (mode, transport, devices) in [
-        ("tls", "mqtt", "200"),
-        ("register", "mqtt", "300"),
-        ("register", "https", "200"),
-        ("cycle", "mqtt", "200"),
+    let pid = s.pid().to_string();
+    for (mode, transport, client, devices) in [
+        ("tls", "mqtt", "lean", 200),
+        ("register", "mqtt", "lean", 300),
+        ("register", "https", "lean", 200),
+        ("register", "mqtt", "sdk", 100),
+        ("register", "https", "sdk", 100),
+        ("cycle", "mqtt", "lean", 200),
+        ("cycle", "mqtt", "sdk", 100),
     ] {
+        let n = devices.to_string();
         let r = s.json(&[
             "bench",
             mode,
             "--devices",
-            devices,
+            &n,
             "--concurrency",
             "50",
             "--transport",
             transport,
+            "--client",
+            client,
+            "--server-pid",
+            &pid,
         ]);
-        assert_eq!(r["mode"], mode);
-        assert_eq!(r["failed"], 0, "{mode}/{transport}: {r}");
-        assert_eq!(r["succeeded"].as_u64().unwrap().to_string(), devices, "{r}");
-        assert!(r["throughputPerSecond"].as_f64().unwrap() > 0.0);
-        let l = &r["latencyMs"];
-        assert!(
-            l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap()
-                && l["p99"].as_f64().unwrap() <= l["max"].as_f64().unwrap()
-        );
+        check_report(&r, mode, devices);
+        assert_eq!(r["client"], client);
+        assert!(r["serverPeakRssBytes"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["serverCpuSeconds"].as_f64().is_some(), "{r}");
+        if mode == "tls" {
+            assert_eq!(r["ratioToTls"], 1.0, "{r}");
+        } else {
+            check_cleanup(&r, devices);
+        }
     }
-    let groups = s.json(&["enrollment-group", "list"]);
-    assert_eq!(groups, serde_json::json!([]), "bench groups are deleted afterwards");
+    assert_eq!(
+        s.json(&["enrollment-group", "list"]),
+        serde_json::json!([]),
+        "bench groups are deleted afterwards"
+    );
+    assert_eq!(
+        s.json(&["hub", "device", "list"]),
+        serde_json::json!([]),
+        "and so are the hub devices the bench registered"
+    );
+}
+
+#[test]
+fn bench_controls_x509_and_the_tls_ceiling() {
+    let s = Server::start("127.0.0.80");
+    // X.509: certificates issued before the run, registration over both transports.
+    for transport in ["mqtt", "https"] {
+        let r = s.json(&[
+            "bench",
+            "register",
+            "--attestation",
+            "x509",
+            "--transport",
+            transport,
+            "--devices",
+            "150",
+            "--concurrency",
+            "50",
+        ]);
+        check_report(&r, "register", 150);
+        assert_eq!(r["attestation"], "x509");
+        assert!(r["certificateSeconds"].as_f64().is_some(), "{r}");
+        check_cleanup(&r, 150);
+    }
+    // Warm-up (excluded), a target rate, a duration with no device limit, and the ceiling.
+    let r = s.json(&[
+        "bench",
+        "register",
+        "--warmup",
+        "20",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--concurrency",
+        "20",
+        "--ceiling",
+        "0.5",
+    ]);
+    let started = r["devices"].as_u64().unwrap();
+    assert!((50..=101).contains(&started), "about 100/s for 1 s: {r}");
+    check_report(&r, "register", started);
+    assert_eq!(r["warmupResult"]["succeeded"], 20, "{r}");
+    assert_eq!(r["controls"]["ratePerSecond"], 100.0);
+    assert_eq!(r["controls"]["durationSeconds"], 1.0);
+    assert_eq!(r["controls"]["warmup"], 20);
+    assert!(r["tlsCeilingPerSecond"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["ratioToTls"].as_f64().unwrap() > 0.0, "{r}");
+    check_cleanup(&r, started + 20);
+    // Clear errors for impossible controls.
+    let err = s.fail(&["bench", "register", "--attestation", "x509", "--duration", "1"]);
+    assert!(err.contains("--devices"), "{err}");
+    let err = s.fail(&["bench", "hold", "--devices", "100000"]);
+    assert!(err.contains("--source-addresses"), "{err}");
+}
+
+#[test]
+fn bench_hold_keeps_every_connection_open() {
+    let s = Server::start("127.0.0.81");
+    let pid = s.pid().to_string();
+    let r = s.json(&[
+        "bench",
+        "hold",
+        "--devices",
+        "300",
+        "--concurrency",
+        "50",
+        "--source-addresses",
+        "127.0.0.80-127.0.0.81",
+        "--warmup",
+        "10",
+        "--duration",
+        "2.5",
+        "--keep-alive",
+        "2",
+        "--server-pid",
+        &pid,
+    ]);
+    check_report(&r, "hold", 300);
+    assert_eq!(r["established"], 300, "{r}");
+    assert_eq!(
+        r["openAtEnd"], 300,
+        "every connection survived its keep-alive pings: {r}"
+    );
+    assert_eq!(r["registration"]["succeeded"], 310, "{r}");
+    assert_eq!(r["controls"]["sourceAddresses"], 2);
+    for field in [
+        "serverRssBaselineBytes",
+        "serverRssPeakBytes",
+        "serverRssPerConnectionBytes",
+        "clientRssBytes",
+        "clientRssPerConnectionBytes",
+    ] {
+        assert!(r[field].as_u64().is_some(), "{field}: {r}");
+    }
+    check_cleanup(&r, 310);
+    // The SDK client holds connections too.
+    let r = s.json(&[
+        "bench",
+        "hold",
+        "--client",
+        "sdk",
+        "--attestation",
+        "x509",
+        "--devices",
+        "50",
+        "--duration",
+        "0.5",
+    ]);
+    check_report(&r, "hold", 50);
+    assert_eq!(r["openAtEnd"], 50, "{r}");
+    check_cleanup(&r, 50);
 }

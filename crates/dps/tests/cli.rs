@@ -4,6 +4,10 @@
 
 mod common;
 
+/// A marshalled RSA-2048 EK public area (TCG template, made-up modulus), base64: enrollments
+/// accept only keys the TPM challenge can be built for.
+const TPM_EK: &str = "AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaaoABgCAAEMAEAgAAAAAAAEAxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFAQ==";
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
@@ -230,9 +234,9 @@ fn enrollment_group_lifecycle_and_compute_device_key() {
         "--attestation-type",
         "tpm",
         "--endorsement-key",
-        "AAECAwQ=",
+        TPM_EK,
     ]);
-    assert_eq!(t["attestation"]["tpm"]["endorsementKey"], "AAECAwQ=");
+    assert_eq!(t["attestation"]["tpm"]["endorsementKey"], TPM_EK);
     let t = s.json(&[
         "enrollment",
         "update",
@@ -241,7 +245,7 @@ fn enrollment_group_lifecycle_and_compute_device_key() {
         "--provisioning-status",
         "disabled",
     ]);
-    assert_eq!(t["attestation"]["tpm"]["endorsementKey"], "AAECAwQ=");
+    assert_eq!(t["attestation"]["tpm"]["endorsementKey"], TPM_EK);
     let err = s.fail(&[
         "enrollment-group",
         "create",

@@ -10,7 +10,7 @@ use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::{DeviceRegistration, RegistrationOperationStatus};
 use dps_proto::model::service::{
     AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, RegistrationState,
-    RegistrationStatus, Substatus, SymmetricKeyRegistrationResult, X509RegistrationResult,
+    RegistrationStatus, Substatus, SymmetricKeyRegistrationResult, TpmRegistrationResult, X509RegistrationResult,
 };
 use dps_proto::registration_id;
 use dps_proto::sas::{hmac_sha256, SasToken};
@@ -92,6 +92,8 @@ pub(super) struct Attested {
     pub(super) hub_auth: DeviceAuth,
     /// X.509 details for the device's registration result.
     pub(super) x509: Option<X509RegistrationResult>,
+    /// TPM: the activation blob of the hub key, for the device's registration result.
+    pub(super) tpm: Option<TpmRegistrationResult>,
 }
 
 impl Matched {
@@ -166,8 +168,19 @@ pub(crate) fn new_etag() -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
 }
 
+/// The body's `registrationId`, when sent, must be the request's (case-insensitively).
+pub(super) fn check_body_id(req: &DeviceRequest, body: &DeviceRegistration) -> Result<(), ApiError> {
+    match &body.registration_id {
+        Some(body_id) if !body_id.eq_ignore_ascii_case(&req.registration_id) => Err(ApiError::invalid(format!(
+            "body registrationId '{body_id}' does not match the registration id '{}' of the request",
+            req.registration_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Engine {
-    fn check_request(&self, req: &DeviceRequest) -> Result<(), ApiError> {
+    pub(super) fn check_request(&self, req: &DeviceRequest) -> Result<(), ApiError> {
         if req.id_scope != self.config.id_scope {
             return Err(ApiError::new(
                 codes::ID_SCOPE_NOT_FOUND,
@@ -191,14 +204,8 @@ impl Engine {
         body: &DeviceRegistration,
     ) -> Result<DeviceResponse, ApiError> {
         self.check_request(req)?;
-        if let Some(body_id) = &body.registration_id {
-            if !body_id.eq_ignore_ascii_case(&req.registration_id) {
-                return Err(ApiError::invalid(format!(
-                    "body registrationId '{body_id}' does not match the registration id '{}' of the request",
-                    req.registration_id
-                )));
-            }
-        }
+        check_body_id(req, body)?;
+        super::tpm::refuse_without_challenge(req, body)?;
         let attested = self.attest(now, req).await?;
         let key = registration_id::key(&req.registration_id);
         let operation_id = new_operation_id(&key);
@@ -340,7 +347,7 @@ impl Engine {
             Credential::Sas(token) => self.attest_sas(now, req, token).await,
             Credential::X509(chain) => self.attest_x509(now, req, chain).await,
             Credential::None => Err(ApiError::unauthorized(
-                "no credential: send a SharedAccessSignature (symmetric key) in the MQTT password or the Authorization header, or a client certificate (X.509)",
+                "no credential: send a SharedAccessSignature (symmetric key, or TPM-signed after a TPM challenge) in the MQTT password or the Authorization header, or a client certificate (X.509)",
             )),
         }
     }
@@ -356,6 +363,9 @@ impl Engine {
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
 
         if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
+            if e.attestation.kind == AttestationType::Tpm {
+                return self.attest_tpm(now, req, &token, e);
+            }
             if e.attestation.kind != AttestationType::SymmetricKey {
                 return Err(ApiError::unauthorized(format!(
                     "individual enrollment '{}' uses {} attestation, but the device presented a SAS token",
@@ -383,6 +393,7 @@ impl Engine {
                 attestation: AttestationType::SymmetricKey,
                 hub_auth,
                 x509: None,
+                tpm: None,
             });
         }
 
@@ -409,6 +420,7 @@ impl Engine {
                     attestation: AttestationType::SymmetricKey,
                     hub_auth,
                     x509: None,
+                    tpm: None,
                 });
             }
         }
@@ -541,8 +553,9 @@ impl Engine {
             last_updated_date_time_utc: Some(now),
             etag: Some(new_etag()),
             payload: None,
-            // Kept in the record so a poll after a restart shows it; the service view strips it.
+            // Kept in the record so a poll after a restart shows them; the service view strips them.
             x509: attested.x509.clone(),
+            tpm: attested.tpm.clone(),
             ..Default::default()
         };
         let record = RegistrationRecord {

@@ -185,11 +185,20 @@ fn prepare_attestation(
                 .endorsement_key
                 .as_deref()
                 .ok_or("tpm attestation needs an endorsementKey")?;
-            B64.decode(ek)
+            // The challenge blob can only be built for RSA-2048 storage keys: refuse anything
+            // else now, not when the device first asks.
+            let ek = B64
+                .decode(ek.trim())
                 .map_err(|_| "tpm endorsementKey is not valid base64".to_string())?;
+            dps_tpm::RsaPublic::endorsement_key(&ek).map_err(|e| format!("tpm endorsementKey: {e}"))?;
+            if tpm.storage_root_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+                tpm.storage_root_key = None;
+            }
             if let Some(srk) = tpm.storage_root_key.as_deref() {
-                B64.decode(srk)
+                let srk = B64
+                    .decode(srk.trim())
                     .map_err(|_| "tpm storageRootKey is not valid base64".to_string())?;
+                dps_tpm::RsaPublic::storage_root_key(&srk).map_err(|e| format!("tpm storageRootKey: {e}"))?;
             }
             att.symmetric_key = None;
             att.x509 = None;

@@ -104,6 +104,7 @@ impl Engine {
                     certificate_info: Some(info),
                     ..Default::default()
                 }),
+                tpm: None,
             });
         }
 
@@ -143,6 +144,7 @@ impl Engine {
                 enrollment_group_id: Some(group.enrollment_group_id.clone()),
                 signing_certificate_info: signing,
             }),
+            tpm: None,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Device API over HTTPS (device-protocol.md §3): register, operation status, registration
 //! status lookup. Authentication is judged by the engine: a SAS token from `Authorization`, else
-//! the TLS client certificate, else nothing (the TPM challenge path).
+//! the TLS client certificate, else nothing — which, on a register request carrying TPM keys, is
+//! the TPM challenge request (§7.2).
 
 use axum::response::Response;
 use dps_core::{ApiError, Credential, DeviceRequest, DeviceResponse};
@@ -16,6 +17,12 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         Route::Register { scope, registration_id } => {
             let body = registration_body(ctx).await?;
             let req = request(ctx, scope, registration_id)?;
+            // device-protocol.md §7.2: a register request without credentials that carries TPM
+            // keys asks for the TPM challenge, answered as 401 with the activation blob.
+            if req.credential == Credential::None && body.tpm.is_some() {
+                let challenge = engine.tpm_challenge(ctx.now, &req, &body).await?;
+                return Ok(json_response(StatusCode::UNAUTHORIZED, &challenge));
+            }
             let resp = engine.register(ctx.now, &req, &body).await?;
             Ok(device_response(resp))
         }

@@ -64,7 +64,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // IoT Hub closes connections idle for 1.5 × keep-alive; Python defaults to 60 s, max 1740 s.
     let idle = match connect.keep_alive {
         0 => Duration::from_secs(30 * 60),
-        k => Duration::from_secs(u64::from(k) * 3 / 2),
+        k => Duration::from_millis(u64::from(k) * 1500),
     };
     let mut next_pkid: u16 = 0;
     loop {

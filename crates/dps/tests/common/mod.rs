@@ -64,6 +64,11 @@ impl Server {
         server
     }
 
+    /// The server's process id (for `dps bench --server-pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -1,0 +1,332 @@
+//! TPM attestation (device-protocol.md §7, hub-dice-tpm.md §C), individual enrollments only.
+//!
+//! 1. [`Engine::tpm_challenge`]: the device asks without a credential, sending its EK and SRK. If
+//!    an individual enrollment for the registration id is a TPM enrollment with that EK (and that
+//!    SRK, when the enrollment names one), the engine wraps a fresh random 32-byte key for that
+//!    TPM (`dps_tpm::wrap_key`) and remembers it for [`CHALLENGE_TTL_SECS`]. The enrollment's
+//!    registration id is whatever the operator chose — Azure does not require the TPM's default
+//!    id (base32 of the EK hash) — so the lookup is by the id in the request, like every device.
+//! 2. The device activates the blob in its TPM and registers with a SAS token the TPM signed with
+//!    that key. The engine verifies it with plain HMAC-SHA256 and *consumes* the challenge: a
+//!    challenge key authenticates one attestation, so a captured token cannot start a second
+//!    registration. Polls of the operation it started are still answered for as long as the
+//!    token is valid, through the operation cache's credential digest (the C and Node SDKs poll
+//!    with the same token); anything else needs a new challenge.
+//! 3. The hub device gets new random keys on every registration, and the device gets the primary
+//!    one wrapped the same way in `registrationState.tpm.authenticationKey`; it imports that blob
+//!    and signs its hub SAS tokens with it.
+//!
+//! The challenge keys live in memory only: after a restart a device simply asks again. Keys are
+//! never logged; [`SecretKey`]'s `Debug` redacts them and they are wiped when dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use dps_proto::codes;
+use dps_proto::keys::encode_key;
+use dps_proto::model::device::{DeviceRegistration, TpmChallenge};
+use dps_proto::model::service::{AttestationType, IndividualEnrollment, TpmRegistrationResult};
+use dps_proto::registration_id;
+use dps_proto::sas::SasToken;
+use dps_tpm::RsaPublic;
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use super::device::{Attested, Credential, DeviceRequest, Matched};
+use super::Engine;
+use crate::hub::DeviceAuth;
+use crate::ApiError;
+
+/// How long a challenge can be answered. Generous for a TPM (activation and import take well
+/// under a second) and slow networks, short enough that few keys are held.
+pub const CHALLENGE_TTL_SECS: i64 = 300;
+/// Challenges kept per registration; the oldest goes first. More than one, so a device retrying
+/// (or a second request racing it) does not invalidate the challenge another attempt is using.
+const MAX_OUTSTANDING: usize = 4;
+/// Registrations with challenges held before expired ones are swept.
+const SWEEP_THRESHOLD: usize = 10_000;
+/// The `keyName` of the challenge, which devices put in `skn`.
+pub const KEY_NAME: &str = "registration";
+/// Bytes of every key the engine wraps (challenge and hub keys).
+const KEY_LEN: usize = 32;
+
+/// A random symmetric key: redacted in `Debug`, wiped on drop.
+pub(crate) struct SecretKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl SecretKey {
+    fn random() -> Self {
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        rand::thread_rng().fill_bytes(k.as_mut());
+        Self(k)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// An outstanding challenge.
+#[derive(Debug)]
+struct Challenge {
+    key: SecretKey,
+    /// The EK and SRK (`TPM2B_PUBLIC`) the blob was built for; the hub key is wrapped for them too.
+    ek: Vec<u8>,
+    srk: Vec<u8>,
+    expires: DateTime<Utc>,
+}
+
+/// What [`ChallengeCache::take`] found.
+enum Taken {
+    Challenge(Challenge),
+    /// Nothing outstanding (never asked, expired, or used).
+    None,
+    /// Outstanding challenges exist, but none of their keys signed the token.
+    NoMatch,
+}
+
+/// Outstanding challenges by registration key.
+#[derive(Default)]
+pub(crate) struct ChallengeCache {
+    by_registration: DashMap<String, Vec<Challenge>>,
+    inserts: AtomicU64,
+}
+
+impl ChallengeCache {
+    fn insert(&self, now: DateTime<Utc>, registration_key: String, challenge: Challenge) {
+        let n = self.inserts.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(1024) && self.by_registration.len() > SWEEP_THRESHOLD {
+            self.by_registration.retain(|_, list| {
+                list.retain(|c| c.expires > now);
+                !list.is_empty()
+            });
+        }
+        let mut list = self.by_registration.entry(registration_key).or_default();
+        list.retain(|c| c.expires > now);
+        if list.len() >= MAX_OUTSTANDING {
+            list.remove(0);
+        }
+        list.push(challenge);
+    }
+
+    /// Removes and returns the unexpired challenge whose key signed `token`.
+    fn take(&self, now: DateTime<Utc>, registration_key: &str, token: &SasToken) -> Taken {
+        let taken = match self.by_registration.get_mut(registration_key) {
+            None => return Taken::None,
+            Some(mut list) => {
+                list.retain(|c| c.expires > now);
+                if list.is_empty() {
+                    Taken::None
+                } else {
+                    match list.iter().position(|c| token.verify_signature_raw(c.key.bytes())) {
+                        Some(i) => Taken::Challenge(list.remove(i)),
+                        None => Taken::NoMatch,
+                    }
+                }
+            }
+        };
+        self.by_registration
+            .remove_if(registration_key, |_, list| list.is_empty());
+        taken
+    }
+}
+
+/// A TPM register request over a transport that has no challenge step. HTTPS (and AMQP) route
+/// the unauthenticated request to [`Engine::tpm_challenge`], so only MQTT gets here — where the
+/// device SDKs do not offer TPM either.
+pub(super) fn refuse_without_challenge(req: &DeviceRequest, body: &DeviceRegistration) -> Result<(), ApiError> {
+    if req.credential == Credential::None && body.tpm.is_some() {
+        return Err(ApiError::new(
+            codes::TPM_TRANSPORT_UNSUPPORTED,
+            "TPM attestation is supported over HTTPS (and AMQP), not MQTT: the TPM challenge needs the HTTPS register request without Authorization",
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a base64 `TPM2B_PUBLIC` the device sent.
+fn decode_device_key(b64: &str, field: &str) -> Result<Vec<u8>, ApiError> {
+    B64.decode(b64.trim())
+        .map_err(|_| ApiError::invalid(format!("tpm.{field} is not valid base64")))
+}
+
+/// The EK and SRK an enrollment names (validated when it was written).
+fn enrolled_keys(e: &IndividualEnrollment) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+    let tpm = e.attestation.tpm.as_ref();
+    let broken = |what: &str| {
+        ApiError::internal(format!(
+            "individual enrollment '{}' has no valid {what}; update the enrollment",
+            e.registration_id
+        ))
+    };
+    let ek = tpm
+        .and_then(|t| t.endorsement_key.as_deref())
+        .and_then(|k| B64.decode(k.trim()).ok())
+        .ok_or_else(|| broken("endorsementKey"))?;
+    let srk = match tpm.and_then(|t| t.storage_root_key.as_deref()) {
+        Some(k) => Some(B64.decode(k.trim()).map_err(|_| broken("storageRootKey"))?),
+        None => None,
+    };
+    Ok((ek, srk))
+}
+
+/// The base64 activation blob carrying `key` for the TPM with `ek` and `srk`.
+fn wrap(ek: &[u8], srk: &[u8], key: &SecretKey) -> Result<String, ApiError> {
+    let blob = dps_tpm::wrap_key(ek, srk, key.bytes(), &mut rand::thread_rng())
+        .and_then(|b| b.to_bytes())
+        .map_err(|e| ApiError::invalid(format!("cannot build the TPM activation blob: {e}")))?;
+    Ok(B64.encode(blob))
+}
+
+impl Engine {
+    /// The first, unauthenticated step of TPM attestation: checks the device's EK (and SRK)
+    /// against its individual enrollment and answers the activation blob of a new challenge key,
+    /// which the transport sends as the HTTP 401 body (device-protocol.md §7.2; the AMQP SASL
+    /// `TPM` mechanism carries the same blob).
+    ///
+    /// A disabled enrollment still gets a challenge: the registration that follows reports
+    /// `disabled`, as for every other attestation.
+    pub async fn tpm_challenge(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        body: &DeviceRegistration,
+    ) -> Result<TpmChallenge, ApiError> {
+        self.check_request(req)?;
+        super::device::check_body_id(req, body)?;
+        let keys = body.tpm.as_ref().ok_or_else(|| {
+            ApiError::invalid(
+                "a TPM challenge needs the device's keys in the body: {\"tpm\":{\"endorsementKey\":\"<base64 TPM2B_PUBLIC>\",\"storageRootKey\":\"<base64 TPM2B_PUBLIC>\"}}",
+            )
+        })?;
+        let ek = decode_device_key(&keys.endorsement_key, "endorsementKey")?;
+        let srk = match keys.storage_root_key.as_deref() {
+            Some(k) if !k.trim().is_empty() => decode_device_key(k, "storageRootKey")?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "tpm.storageRootKey is required: the challenge is bound to the device's storage root key",
+                ))
+            }
+        };
+        let e = self.store.get_enrollment(&req.registration_id).await?.ok_or_else(|| {
+            ApiError::unauthorized(format!(
+                "no individual enrollment for registration '{}'; TPM devices need an individual enrollment with their endorsement key (enrollment groups do not support TPM)",
+                req.registration_id
+            ))
+        })?;
+        if e.attestation.kind != AttestationType::Tpm {
+            return Err(ApiError::unauthorized(format!(
+                "individual enrollment '{}' uses {} attestation, but the device sent TPM keys",
+                e.registration_id, e.attestation.kind
+            )));
+        }
+        let (enrolled_ek, enrolled_srk) = enrolled_keys(&e)?;
+        if ek != enrolled_ek {
+            return Err(ApiError::unauthorized(format!(
+                "the endorsement key sent does not match the endorsement key of individual enrollment '{}'",
+                e.registration_id
+            )));
+        }
+        if enrolled_srk.as_ref().is_some_and(|s| *s != srk) {
+            return Err(ApiError::unauthorized(format!(
+                "the storage root key sent does not match the storage root key of individual enrollment '{}'",
+                e.registration_id
+            )));
+        }
+        RsaPublic::storage_root_key(&srk).map_err(|e| ApiError::invalid(format!("tpm.storageRootKey: {e}")))?;
+        let key = SecretKey::random();
+        let authentication_key = wrap(&ek, &srk, &key)?;
+        self.tpm.insert(
+            now,
+            registration_id::key(&req.registration_id),
+            Challenge {
+                key,
+                ek,
+                srk,
+                expires: now + chrono::Duration::seconds(CHALLENGE_TTL_SECS),
+            },
+        );
+        tracing::info!(registration = %req.registration_id, "TPM challenge issued");
+        Ok(TpmChallenge {
+            authentication_key,
+            key_name: KEY_NAME.to_string(),
+            message: format!(
+                "TPM challenge: import authenticationKey into the TPM (ActivateCredential, Import) and send the register request again with a SAS token signed by the imported key (skn={KEY_NAME}) within {CHALLENGE_TTL_SECS} seconds"
+            ),
+        })
+    }
+
+    /// The second step: `token` (audience and expiry already checked) must be signed by the key
+    /// of an outstanding challenge for this registration, which is consumed.
+    pub(super) fn attest_tpm(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        token: &SasToken,
+        e: IndividualEnrollment,
+    ) -> Result<Attested, ApiError> {
+        let challenge = match self.tpm.take(now, &registration_id::key(&req.registration_id), token) {
+            Taken::Challenge(c) => c,
+            Taken::None => {
+                return Err(ApiError::new(
+                    codes::TPM_CHALLENGE_MISSING,
+                    format!(
+                        "no outstanding TPM challenge for registration '{}', or it expired (they last {CHALLENGE_TTL_SECS} s and serve one registration); send the registration request without authorization first, with the tpm keys (over HTTPS or AMQP)",
+                        req.registration_id
+                    ),
+                ))
+            }
+            Taken::NoMatch => {
+                return Err(ApiError::unauthorized(format!(
+                    "SAS signature does not match the key of the outstanding TPM challenge for registration '{}'",
+                    req.registration_id
+                )))
+            }
+        };
+        let (ek, srk) = enrolled_keys(&e)?;
+        if ek != challenge.ek || srk.is_some_and(|s| s != challenge.srk) {
+            return Err(ApiError::unauthorized(format!(
+                "the TPM keys of individual enrollment '{}' changed after the challenge was issued; request a new challenge",
+                e.registration_id
+            )));
+        }
+        let (primary, secondary) = (SecretKey::random(), SecretKey::random());
+        let authentication_key = wrap(&challenge.ek, &challenge.srk, &primary)?;
+        Ok(Attested {
+            matched: Matched::Individual(Box::new(e)),
+            attestation: AttestationType::Tpm,
+            hub_auth: DeviceAuth::Sas {
+                primary_key: encode_key(primary.bytes()),
+                secondary_key: encode_key(secondary.bytes()),
+            },
+            x509: None,
+            tpm: Some(TpmRegistrationResult { authentication_key }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_redacted() {
+        let k = SecretKey::random();
+        assert_eq!(format!("{k:?}"), "SecretKey(<redacted>)");
+        let c = Challenge {
+            key: k,
+            ek: vec![],
+            srk: vec![],
+            expires: Utc::now(),
+        };
+        assert!(format!("{c:?}").contains("<redacted>"));
+    }
+}

@@ -1,0 +1,156 @@
+//! TPM attestation over HTTPS, byte for byte as the C and Node SDKs see it (device-protocol.md
+//! §7.2): `dps serve` in-process on a loopback address, plain HTTP/1.1 requests over TLS, the
+//! device's TPM played by `dps_tpm::software::SoftwareTpm`.
+
+use std::net::IpAddr;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, TpmAttestation};
+use dps_proto::sas::build_token;
+use dps_server::{RunningServer, ServerConfig};
+use dps_tpm::software::SoftwareTpm;
+use rustls_pki_types::ServerName;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const IP: &str = "127.0.0.35";
+
+/// A response: status, lower-cased headers, JSON body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request over a new TLS connection (`Connection: close`).
+async fn https(s: &RunningServer, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Reply {
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(dps_pki::tls::client_config(&ca).unwrap());
+    let tcp = tokio::net::TcpStream::connect(s.https_addr).await.unwrap();
+    let mut stream = tls
+        .connect(ServerName::try_from(IP.to_string()).unwrap(), tcp)
+        .await
+        .unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {IP}\r\nAccept: application/json\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP response");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+#[tokio::test]
+async fn http_challenge_register_poll_and_hub_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ServerConfig::defaults();
+    c.data_dir = dir.path().to_path_buf();
+    c.hostnames = vec![IP.to_string()];
+    c.bind = IP.parse::<IpAddr>().unwrap();
+    let s = dps_server::start(c).await.expect("server starts");
+    let scope = s.services.identity.id_scope.clone();
+
+    let tpm = SoftwareTpm::generate(&mut rand::thread_rng()).unwrap();
+    let (ek, srk) = (B64.encode(tpm.endorsement_key()), B64.encode(tpm.storage_root_key()));
+    let reg = dps_tpm::registration_id(&tpm.endorsement_key());
+    let enrollment = IndividualEnrollment {
+        attestation: AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: Some(ek.clone()),
+                storage_root_key: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    s.services
+        .engine
+        .put_enrollment(chrono::Utc::now(), &reg, enrollment, None)
+        .await
+        .unwrap();
+
+    // What the C SDK sends first: no Authorization, the TPM keys in the body.
+    let path = format!("/{scope}/registrations/{reg}/register?api-version=2021-06-01");
+    let body = json!({"registrationId": reg, "tpm": {"endorsementKey": ek, "storageRootKey": srk}});
+    let challenge = https(&s, "PUT", &path, None, Some(&body)).await;
+    assert_eq!(challenge.status, 401, "{}", challenge.body);
+    assert!(challenge
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let fields: Vec<&String> = challenge.body.as_object().unwrap().keys().collect();
+    assert_eq!(
+        fields,
+        ["authenticationKey", "keyName", "message"],
+        "{}",
+        challenge.body
+    );
+    assert_eq!(challenge.body["keyName"], "registration");
+    let blob = B64
+        .decode(challenge.body["authenticationKey"].as_str().unwrap())
+        .unwrap();
+    let key = tpm.activate(&blob).unwrap();
+
+    // The same PUT with a SAS the TPM signed; then the poll with the same token.
+    let sas = build_token(
+        &format!("{scope}/registrations/{reg}"),
+        &B64.encode(&key[..]),
+        chrono::Utc::now().timestamp() as u64 + 2400,
+        Some("registration"),
+    )
+    .unwrap();
+    let accepted = https(&s, "PUT", &path, Some(&sas), Some(&body)).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let op = accepted.body["operationId"].as_str().unwrap();
+    let poll = format!("/{scope}/registrations/{reg}/operations/{op}?api-version=2021-06-01");
+    let done = https(&s, "GET", &poll, Some(&sas), None).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.body["status"], "assigned", "{}", done.body);
+    let state = &done.body["registrationState"];
+    assert_eq!(state["deviceId"], reg.as_str());
+
+    // The second blob carries the key the embedded hub now knows the device by.
+    let hub_blob = B64.decode(state["tpm"]["authenticationKey"].as_str().unwrap()).unwrap();
+    let hub_key = tpm.activate(&hub_blob).unwrap();
+    let device = s.services.hub.get_device(&reg).expect("hub device");
+    let keys = device.authentication.unwrap().symmetric_key.unwrap();
+    assert_eq!(keys.primary_key.unwrap(), B64.encode(&hub_key[..]));
+
+    // The token is spent for registering.
+    let replay = https(&s, "PUT", &path, Some(&sas), Some(&body)).await;
+    assert_eq!(replay.status, 401);
+    assert_eq!(replay.body["errorCode"], 401004, "{}", replay.body);
+
+    // Without the TPM keys, an unauthenticated register is just unauthenticated.
+    let bare = https(&s, "PUT", &path, None, Some(&json!({"registrationId": reg}))).await;
+    assert_eq!(bare.status, 401);
+    assert_eq!(bare.body["errorCode"], 401000, "{}", bare.body);
+    s.shutdown().await;
+}

@@ -1,0 +1,125 @@
+//! `dps tpm …`: look at a TPM 2.0 the way an operator enrolling it needs to, and open it as a
+//! device identity for `dps device provision --tpm`.
+//!
+//! The TPM is chosen by a TCTI string, as tpm2-tools does (`--tcti`, or `TPM2TOOLS_TCTI`):
+//! `device:/dev/tpmrm0` (the default), `swtpm:host=127.0.0.1,port=2321`, `mssim:…`, `tabrmd:…`.
+//! TPM support is the cargo feature `tpm` (it links the system libtss2); a build without it
+//! still has these commands and says how to get them working.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use dps_client::SecurityProvider;
+
+/// `dps tpm …`
+#[derive(Subcommand, Debug)]
+pub enum TpmCommand {
+    /// Print the TPM's endorsement key, storage root key and registration id, for an
+    /// individual enrollment (`dps enrollment create --attestation-type tpm`). Creates and persists
+    /// the EK (0x81010001) and SRK (0x81000001) if the TPM has none yet.
+    Info(InfoArgs),
+}
+
+/// Which TPM: shared by `dps tpm` and `dps device provision --tpm`.
+#[derive(Args, Debug, Clone)]
+pub struct TctiArgs {
+    /// The TPM, as a TCTI string: `device:/dev/tpmrm0`, `swtpm:host=H,port=P`, `mssim:…`.
+    #[arg(long, env = "TPM2TOOLS_TCTI", default_value = dps_client::DEFAULT_TPM_TCTI)]
+    pub tcti: String,
+}
+
+/// `dps tpm info`
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub tpm: TctiArgs,
+    /// Print JSON: `registrationId`, and `endorsementKey` / `storageRootKey` base64 as the
+    /// service API's `attestation.tpm` takes them.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `dps tpm` command.
+pub fn run(c: TpmCommand) -> Result<()> {
+    match c {
+        TpmCommand::Info(a) => info(a),
+    }
+}
+
+#[cfg(feature = "tpm")]
+fn info(a: InfoArgs) -> Result<()> {
+    use base64::Engine as _;
+    use serde_json::json;
+
+    use crate::output::{self, out};
+
+    let tpm = open(&a.tpm.tcti)?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let (ek, srk) = (b64(tpm.endorsement_key()), b64(tpm.storage_root_key()));
+    if a.json {
+        output::json(&json!({
+            "registrationId": tpm.registration_id(),
+            "endorsementKey": ek,
+            "storageRootKey": srk,
+        }));
+    } else {
+        out!("registration id   {}", tpm.registration_id());
+        out!("endorsement key   {ek}");
+        out!("storage root key  {srk}");
+        out!("");
+        out!(
+            "enroll with: dps enrollment create --registration-id {} --attestation-type tpm --endorsement-key {ek} \
+             --storage-root-key {srk}",
+            tpm.registration_id()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "tpm"))]
+fn info(_: InfoArgs) -> Result<()> {
+    Err(no_tpm_support())
+}
+
+/// libtss2 logs every TPM error response to stderr by itself (`ERROR:esys:…`), in front of the
+/// error dps reports with context; silence it unless the user asked for TSS logs (`TSS2_LOG`).
+/// Must run before any thread starts: changing the environment is only sound single-threaded.
+#[cfg(feature = "tpm")]
+pub fn quiet_tss_logs() {
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
+}
+
+/// Opens the TPM at `tcti` (its errors name the TCTI).
+#[cfg(feature = "tpm")]
+fn open(tcti: &str) -> Result<dps_client::TpmProvider> {
+    Ok(dps_client::TpmProvider::open(tcti)?)
+}
+
+/// The device identity for `dps device provision --tpm`: the TPM at `tcti`, registering as
+/// `registration_id` or, by default, the id derived from its EK.
+#[cfg(feature = "tpm")]
+pub fn provider(tcti: &str, registration_id: Option<&str>) -> Result<Arc<dyn SecurityProvider>> {
+    let tpm = open(tcti)?;
+    Ok(Arc::new(match registration_id {
+        Some(id) => tpm.with_registration_id(id),
+        None => tpm,
+    }))
+}
+
+/// Without the `tpm` feature: the error that says how to get TPM support.
+#[cfg(not(feature = "tpm"))]
+pub fn provider(_tcti: &str, _registration_id: Option<&str>) -> Result<Arc<dyn SecurityProvider>> {
+    Err(no_tpm_support())
+}
+
+#[cfg(not(feature = "tpm"))]
+fn no_tpm_support() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this dps was built without TPM support; rebuild it with `cargo build --release --features tpm` \
+         (needs the TPM2 software stack: on Debian `apt-get install libtss2-dev pkg-config`, and \
+         `libtss2-tcti-swtpm0` for swtpm)"
+    )
+}
