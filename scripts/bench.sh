@@ -80,6 +80,8 @@ scenario register-x509 "$(fresh r4)" "" register "${C[@]}" --attestation x509 --
 scenario cycle "$(fresh c1)" "" cycle "${C[@]}" --ceiling
 # Latency under a steady load below saturation, with up to 1,000 devices in flight.
 scenario register-rate-1000 "$(fresh p1)" "" register --devices "$DEVICES" --concurrency 1000 --rate 1000 --ceiling
+# 1,000 devices in flight at all times (closed loop): latency is bound by 1000 / throughput.
+scenario register-concurrency-1000 "$(fresh p2)" "" register --devices "$DEVICES" --concurrency 1000 --ceiling
 scenario hold "$(fresh h1)" "" hold --devices "$HOLD" --concurrency 200 --source-addresses 2 --duration 20
 if [[ -n "${BENCH_1M_DIR:-}" ]]; then
     big="$(fresh big)"

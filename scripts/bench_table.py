@@ -25,7 +25,11 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in sorted(out.glob("*.json")):
-        r = json.loads(f.read_text())
+        try:
+            r = json.loads(f.read_text())
+        except ValueError:
+            print(f"| {f.stem} | (no result: the run failed or is still going) |")
+            continue
         lat = r.get("latencyMs", {})
         ok = r.get("succeeded") or 0
         per_op = lambda k: num(r[k] * 1e6 / ok) if ok and isinstance(r.get(k), (int, float)) else "—"  # noqa: E731
@@ -37,7 +41,7 @@ def main() -> None:
             f"| {per_op('serverCpuSeconds')} | {per_op('clientCpuSeconds')} | {mb(r.get('serverPeakRssBytes'))} |"
         )
     hold = out / "hold.json"
-    if hold.exists():
+    if hold.exists() and hold.stat().st_size:
         r = json.loads(hold.read_text())
         print()
         print(
