@@ -12,7 +12,7 @@
 //!   validity, CA constraints, key usage); failures name the link.
 
 use chrono::{DateTime, Utc};
-use dps_proto::model::service::{AttestationType, X509RegistrationResult};
+use dps_proto::model::service::{AttestationType, X509CertificateInfo, X509RegistrationResult};
 
 use super::device::{Attested, DeviceRequest, Matched};
 use super::groups::{anchors_of, Anchor};
@@ -86,14 +86,14 @@ impl Engine {
                     .filter_map(|c| c.info.as_ref())
                     .any(|i| i.sha1_thumbprint.eq_ignore_ascii_case(&summary.sha1_thumbprint));
             if !leaf_enrolled {
-                let ca_anchors: Vec<Anchor> = anchors.into_iter().filter(|a| a.ca_reference.is_some()).collect();
+                let ca_anchors: Vec<&Anchor> = anchors.iter().filter(|a| a.ca_reference.is_some()).collect();
                 if ca_anchors.is_empty() {
                     return Err(ApiError::unauthorized(format!(
                         "device certificate (SHA-256 {}) is neither the primary nor the secondary certificate of individual enrollment '{}'",
                         summary.sha256_thumbprint, e.registration_id
                     )));
                 }
-                let reached = verify_chain(chain, &ca_anchors, now)?;
+                let (reached, _) = verify_chain(chain, &ca_anchors, now)?;
                 check_verified(reached, &format!("individual enrollment '{}'", e.registration_id))?;
             }
             return Ok(Attested {
@@ -120,8 +120,8 @@ impl Engine {
                 req.registration_id
             )));
         }
-        let anchors: Vec<Anchor> = all.iter().map(|(_, a)| (*a).clone()).collect();
-        let reached = verify_chain(chain, &anchors, now)?;
+        let anchors: Vec<&Anchor> = all.iter().map(|(_, a)| *a).collect();
+        let (reached, signing) = verify_chain(chain, &anchors, now)?;
         // Several groups may enroll the same certificate; prefer one whose CA reference is verified.
         let candidates: Vec<&(usize, &Anchor)> = all.iter().filter(|(_, a)| a.sha256 == reached.sha256).collect();
         let (gi, anchor) = candidates
@@ -132,9 +132,6 @@ impl Engine {
             .expect("the reached anchor came from this list");
         let group = &groups[gi].group;
         check_verified(anchor, &format!("enrollment group '{}'", group.enrollment_group_id))?;
-        let signing = dps_pki::info::summarize(&anchor.der)
-            .ok()
-            .map(|s| crate::x509::info_of(&s));
         Ok(Attested {
             matched: Matched::Group(Box::new(group.clone())),
             attestation: AttestationType::X509,
@@ -142,15 +139,20 @@ impl Engine {
             x509: Some(X509RegistrationResult {
                 certificate_info: Some(info),
                 enrollment_group_id: Some(group.enrollment_group_id.clone()),
-                signing_certificate_info: signing,
+                signing_certificate_info: Some(signing),
             }),
             tpm: None,
         })
     }
 }
 
-/// Checks the device chain up to the first enrolled certificate; returns that anchor.
-fn verify_chain<'a>(chain: &[Vec<u8>], anchors: &'a [Anchor], now: DateTime<Utc>) -> Result<&'a Anchor, ApiError> {
+/// Checks the device chain up to the first enrolled certificate; returns that anchor and its
+/// `info` (from the summary the walk already made of it).
+fn verify_chain<'a>(
+    chain: &[Vec<u8>],
+    anchors: &[&'a Anchor],
+    now: DateTime<Utc>,
+) -> Result<(&'a Anchor, X509CertificateInfo), ApiError> {
     let extra: Vec<&[u8]> = anchors.iter().map(|a| a.der.as_slice()).collect();
     let path = dps_pki::chain::path_to_anchor(
         chain,
@@ -159,11 +161,12 @@ fn verify_chain<'a>(chain: &[Vec<u8>], anchors: &'a [Anchor], now: DateTime<Utc>
         now,
     )
     .map_err(|e| ApiError::unauthorized(format!("certificate chain rejected: {e}")))?;
-    let reached = path.top().sha256_thumbprint();
-    Ok(anchors
+    let top = path.top();
+    let anchor = anchors
         .iter()
-        .find(|a| a.sha256 == reached)
-        .expect("path_to_anchor stops only at a certificate the predicate accepted"))
+        .find(|a| a.sha256 == top.sha256_thumbprint())
+        .expect("path_to_anchor stops only at a certificate the predicate accepted");
+    Ok((anchor, crate::x509::info_of(&top.summary)))
 }
 
 /// A CA reference counts only once proof of possession is done.
