@@ -126,8 +126,12 @@ def call_with_timeout(fn: Callable[[], T], timeout: float = SDK_CALL_TIMEOUT, wh
 # --------------------------------------------------------------------------------------
 
 
-def register_device(server: Any, registration_id: str, key: str):
-    """ProvisioningDeviceClient.create_from_symmetric_key(...).register() against `server`."""
+def register_device(server: Any, registration_id: str, key: str, *, websockets: bool = False):
+    """ProvisioningDeviceClient.create_from_symmetric_key(...).register() against `server`.
+
+    ``websockets=True`` provisions over MQTT over WebSockets (443, ``/$iothub/websocket``)
+    instead of MQTT over TLS (8883).
+    """
     from azure.iot.device import ProvisioningDeviceClient
 
     prov = ProvisioningDeviceClient.create_from_symmetric_key(
@@ -136,6 +140,7 @@ def register_device(server: Any, registration_id: str, key: str):
         id_scope=server.id_scope,
         symmetric_key=key,
         server_verification_cert=server.ca_pem,
+        websockets=websockets,
     )
     try:
         return call_with_timeout(prov.register, what=f"register({registration_id})")
@@ -143,10 +148,11 @@ def register_device(server: Any, registration_id: str, key: str):
         _shutdown_provisioning_client(prov)
 
 
-def register_device_x509(server: Any, registration_id: str, x509: Any):
+def register_device_x509(server: Any, registration_id: str, x509: Any, *, websockets: bool = False):
     """ProvisioningDeviceClient.create_from_x509_certificate(...).register() against `server`.
 
-    ``x509`` is an ``azure.iot.device.X509`` (its cert file may hold leaf + intermediates).
+    ``x509`` is an ``azure.iot.device.X509`` (its cert file may hold leaf + intermediates);
+    ``websockets`` as in :func:`register_device`.
     """
     from azure.iot.device import ProvisioningDeviceClient
 
@@ -156,6 +162,7 @@ def register_device_x509(server: Any, registration_id: str, x509: Any):
         id_scope=server.id_scope,
         x509=x509,
         server_verification_cert=server.ca_pem,
+        websockets=websockets,
     )
     try:
         return call_with_timeout(prov.register, what=f"register_x509({registration_id})")
@@ -184,7 +191,9 @@ def assert_registered(result: Any, server: Any, device_id: str) -> None:
     assert state.device_id == device_id, (state.device_id, device_id)
 
 
-def assert_registration_fails(server: Any, registration_id: str, key: str) -> BaseException:
+def assert_registration_fails(
+    server: Any, registration_id: str, key: str, *, websockets: bool = False
+) -> BaseException:
     """register() must be *rejected* by the server.
 
     Accepted outcomes: CredentialError (CONNACK 4/5 "not authorized"), ClientError wrapping
@@ -192,7 +201,9 @@ def assert_registration_fails(server: Any, registration_id: str, key: str) -> Ba
     result whose status is not "assigned". A dropped/refused connection or a timeout is not a
     rejection and fails the assertion. Returns the exception for extra checks.
     """
-    return _expect_rejection(lambda: register_device(server, registration_id, key), registration_id)
+    return _expect_rejection(
+        lambda: register_device(server, registration_id, key, websockets=websockets), registration_id
+    )
 
 
 def assert_x509_registration_fails(server: Any, registration_id: str, x509: Any) -> BaseException:
@@ -219,8 +230,11 @@ def _expect_rejection(register: Callable[[], Any], registration_id: str) -> Base
 
 
 @contextlib.contextmanager
-def hub_device_client(server: Any, device_id: str, key: str) -> Iterator[Any]:
-    """A connected IoTHubDeviceClient for `device_id` on the server's embedded hub."""
+def hub_device_client(server: Any, device_id: str, key: str, *, websockets: bool = False) -> Iterator[Any]:
+    """A connected IoTHubDeviceClient for `device_id` on the server's embedded hub.
+
+    ``websockets=True`` connects with MQTT over WebSockets (443) instead of MQTT over TLS (8883).
+    """
     from azure.iot.device import IoTHubDeviceClient
 
     client = IoTHubDeviceClient.create_from_symmetric_key(
@@ -229,14 +243,16 @@ def hub_device_client(server: Any, device_id: str, key: str) -> Iterator[Any]:
         device_id=device_id,
         server_verification_cert=server.ca_pem,
         connection_retry=False,
+        websockets=websockets,
     )
     with _connected(client, device_id) as c:
         yield c
 
 
 @contextlib.contextmanager
-def hub_device_client_x509(server: Any, device_id: str, x509: Any) -> Iterator[Any]:
-    """A connected IoTHubDeviceClient that authenticates with a client certificate."""
+def hub_device_client_x509(server: Any, device_id: str, x509: Any, *, websockets: bool = False) -> Iterator[Any]:
+    """A connected IoTHubDeviceClient that authenticates with a client certificate
+    (``websockets`` as in :func:`hub_device_client`)."""
     from azure.iot.device import IoTHubDeviceClient
 
     client = IoTHubDeviceClient.create_from_x509_certificate(
@@ -245,6 +261,7 @@ def hub_device_client_x509(server: Any, device_id: str, x509: Any) -> Iterator[A
         device_id=device_id,
         server_verification_cert=server.ca_pem,
         connection_retry=False,
+        websockets=websockets,
     )
     with _connected(client, device_id) as c:
         yield c

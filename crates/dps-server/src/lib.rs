@@ -1,6 +1,6 @@
-//! The edge of `dps serve`: TLS listeners and the MQTT and HTTPS adapters over the provisioning
-//! engine (`dps-core`) and the embedded hub (`dps-hub`). Nothing here makes provisioning
-//! decisions; adapters translate bytes to engine calls and back.
+//! The edge of `dps serve`: TLS listeners and the MQTT (also tunnelled in WebSockets) and HTTPS
+//! adapters over the provisioning engine (`dps-core`) and the embedded hub (`dps-hub`). Nothing
+//! here makes provisioning decisions; adapters translate bytes to engine calls and back.
 
 #![forbid(unsafe_code)]
 
@@ -9,6 +9,7 @@ pub mod datadir;
 pub mod http;
 mod listener;
 pub mod mqtt;
+pub mod ws;
 
 use std::sync::Arc;
 

@@ -181,7 +181,7 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpLis
     listen(addr).map_err(|source| {
         let hint = match source.kind() {
             io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
-                "\n  ports below 1024 need privileges. Either allow this binary to bind them:\n    sudo setcap 'cap_net_bind_service=+ep' \"$(command -v dps)\"\n  or lower the unprivileged port floor:\n    sudo sysctl net.ipv4.ip_unprivileged_port_start={}\n  or use another port ({flag} ...), noting that the Python and C device SDKs only connect to 8883 (MQTT) and 443 (HTTPS).",
+                "\n  ports below 1024 need privileges. Either allow this binary to bind them:\n    sudo setcap 'cap_net_bind_service=+ep' \"$(command -v dps)\"\n  or lower the unprivileged port floor:\n    sudo sysctl net.ipv4.ip_unprivileged_port_start={}\n  or use another port ({flag} ...), noting that the Python and C device SDKs only connect to 8883 (MQTT) and 443 (HTTPS, MQTT over WebSockets).",
                 addr.port()
             ),
             io::ErrorKind::AddrInUse => format!("\n  another process is listening there; stop it, or bind another address with --bind or port with {flag}"),

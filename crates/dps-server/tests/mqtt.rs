@@ -2,46 +2,19 @@
 //! way the C SDK drives it (QoS 0 requests, integer `$rid`s): the happy path and bad input on the
 //! DPS and hub endpoints, and the server keeps serving everyone else.
 
-use std::net::IpAddr;
+mod common;
+
 use std::time::Duration;
 
+use common::{dps_sas, dps_user, expect_telemetry, server, KEY};
 use dps_proto::codes;
-use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, SymmetricKeyAttestation};
 use dps_proto::sas::build_token;
-use dps_server::{RunningServer, ServerConfig};
+use dps_server::RunningServer;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration,
     Transport,
 };
 use serde_json::Value;
-
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-async fn server(ip: &str, dir: &std::path::Path) -> RunningServer {
-    let mut c = ServerConfig::defaults();
-    c.data_dir = dir.to_path_buf();
-    c.hostnames = vec![ip.to_string()];
-    c.bind = ip.parse::<IpAddr>().unwrap();
-    c.max_message_bytes = 4096;
-    let s = dps_server::start(c).await.expect("server starts");
-    let enrollment = IndividualEnrollment {
-        attestation: AttestationMechanism {
-            kind: AttestationType::SymmetricKey,
-            symmetric_key: Some(SymmetricKeyAttestation {
-                primary_key: Some(KEY.into()),
-                secondary_key: None,
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    s.services
-        .engine
-        .put_enrollment(chrono::Utc::now(), "dev-1", enrollment, None)
-        .await
-        .unwrap();
-    s
-}
 
 fn client(s: &RunningServer, client_id: &str, username: &str, password: &str) -> (AsyncClient, EventLoop) {
     let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
@@ -52,24 +25,6 @@ fn client(s: &RunningServer, client_id: &str, username: &str, password: &str) ->
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
     AsyncClient::new(o, 16)
-}
-
-fn dps_user(s: &RunningServer, reg: &str) -> String {
-    format!(
-        "{}/registrations/{reg}/api-version=2021-06-01&ClientVersion=1.15.0",
-        s.services.identity.id_scope
-    )
-}
-
-fn dps_sas(s: &RunningServer, reg: &str, key: &str) -> String {
-    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
-    build_token(
-        &format!("{}/registrations/{reg}", s.services.identity.id_scope),
-        key,
-        expiry,
-        Some("registration"),
-    )
-    .unwrap()
 }
 
 /// Polls the event loop until a publish arrives (or the connection fails).
@@ -355,12 +310,7 @@ async fn hub_endpoint_authenticates_and_serves_twin() {
             break;
         }
     }
-    let msg = tokio::time::timeout(Duration::from_secs(5), events.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(msg.device_id, "dev-1");
-    assert_eq!(msg.body_json(), Some(serde_json::json!({"t": 1})));
+    expect_telemetry(&mut events, "dev-1", serde_json::json!({"t": 1})).await;
     assert_eq!(
         s.services
             .hub

@@ -31,7 +31,8 @@ pub struct ServeArgs {
     /// MQTT over TLS port (DPS and hub device endpoints) [default: 8883].
     #[arg(long, env = "DPS_MQTT_PORT")]
     mqtt_port: Option<u16>,
-    /// HTTPS port (device, service and hub registry APIs) [default: 443].
+    /// HTTPS port (device, service and hub registry APIs; MQTT over WebSockets at
+    /// `/$iothub/websocket`) [default: 443].
     #[arg(long, env = "DPS_HTTPS_PORT")]
     https_port: Option<u16>,
     /// PEM certificate chain to serve instead of one issued by the local CA.

@@ -1,6 +1,7 @@
 //! The HTTPS adapter: device API, DPS service API and the embedded hub's registry API on one
 //! port, over hyper (HTTP/1.1, keep-alive) and an axum [`Router`] whose only handler is the
-//! hand-written dispatcher in [`route`].
+//! hand-written dispatcher in [`route`]. The same port upgrades `GET /$iothub/websocket` to MQTT
+//! over WebSockets (`websocket`).
 //!
 //! Entry points:
 //! - [`HttpApp::new`] once per server (cheap: it wraps `Arc<Services>` and builds the router once),
@@ -21,6 +22,7 @@ pub mod route;
 mod service;
 #[cfg(test)]
 mod tests;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,9 +79,10 @@ impl HttpApp {
         self.router.clone()
     }
 
-    /// Serves HTTP/1.1 (keep-alive) on an already TLS-accepted stream until the client closes it.
-    /// `peer_certs` (DER, leaf first) are offered to the device API as an X.509 credential when
-    /// a request carries no `Authorization` header.
+    /// Serves HTTP/1.1 (keep-alive) on an already TLS-accepted stream until the client closes it,
+    /// or until a request upgrades it to a WebSocket (`/$iothub/websocket`, MQTT). `peer_certs`
+    /// (DER, leaf first) are offered to the device API as an X.509 credential when a request
+    /// carries no `Authorization` header, and to MQTT over WebSockets like on 8883.
     pub async fn serve_connection<S>(&self, stream: S, peer_certs: Vec<Vec<u8>>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -96,7 +99,9 @@ impl HttpApp {
             // long between requests. Generous, so devices polling slowly keep their connection.
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), svc);
+            .serve_connection(TokioIo::new(stream), svc)
+            // Lets `/$iothub/websocket` take the connection over; other requests are unaffected.
+            .with_upgrades();
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "HTTP connection ended with an error");
         }
@@ -122,6 +127,8 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let result = match route::route(&method, &path) {
+        // The upgrade needs the request's hyper extensions, and no `api-version`.
+        Ok(Route::MqttWebSocket) => websocket::upgrade(&services, req),
         Ok(route) => handle(&services, now, route, req).await,
         Err(NoRoute::NotFound) => Err(ApiError::new(
             codes::PATH_NOT_FOUND,

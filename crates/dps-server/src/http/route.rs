@@ -81,6 +81,8 @@ pub enum Resource {
     DeviceStatistics,
     /// `/statistics/service`
     ServiceStatistics,
+    /// `/$iothub/websocket` (MQTT over WebSockets)
+    MqttWebSocket,
 }
 
 /// Which API a resource belongs to: decides authorization and whether `api-version` is required.
@@ -186,6 +188,8 @@ pub enum Route {
     DeviceStatistics,
     /// `GET /statistics/service`
     ServiceStatistics,
+    /// `GET /$iothub/websocket` with a WebSocket upgrade: the device MQTT endpoint, tunnelled.
+    MqttWebSocket,
 }
 
 impl Route {
@@ -193,7 +197,7 @@ impl Route {
     pub fn api(&self) -> Api {
         use Route::*;
         match self {
-            Register { .. } | OperationStatus { .. } | RegistrationStatus { .. } => Api::Device,
+            Register { .. } | OperationStatus { .. } | RegistrationStatus { .. } | MqttWebSocket => Api::Device,
             GetEnrollment(_)
             | PutEnrollment(_)
             | DeleteEnrollment(_)
@@ -317,6 +321,7 @@ pub fn resource(segs: &[String]) -> Option<Resource> {
         [m, e] if is(m, "messages") && is(e, "events") => Resource::Events,
         [st, d] if is(st, "statistics") && is(d, "devices") => Resource::DeviceStatistics,
         [st, d] if is(st, "statistics") && is(d, "service") => Resource::ServiceStatistics,
+        [hub, ws] if is(hub, "$iothub") && is(ws, "websocket") => Resource::MqttWebSocket,
         [scope, regs, reg] if is(regs, "registrations") => Resource::DeviceRegistration {
             scope: id(scope)?,
             registration_id: id(reg)?,
@@ -455,6 +460,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         },
         R::ServiceStatistics => match *m {
             Method::GET => Ok(Route::ServiceStatistics),
+            _ => not_allowed(GET),
+        },
+        R::MqttWebSocket => match *m {
+            Method::GET => Ok(Route::MqttWebSocket),
             _ => not_allowed(GET),
         },
     }
@@ -598,6 +607,18 @@ mod tests {
             Ok(Route::QueryRegistrations("g1".into()))
         );
         assert_eq!(r(Method::GET, "/enrollments/a").unwrap().api(), Api::Service);
+    }
+
+    #[test]
+    fn mqtt_websocket_route() {
+        assert_eq!(r(Method::GET, "/$iothub/websocket"), Ok(Route::MqttWebSocket));
+        // `$` percent-encoded, as a strict URL encoder writes it.
+        assert_eq!(r(Method::GET, "/%24iothub/websocket/"), Ok(Route::MqttWebSocket));
+        assert_eq!(
+            r(Method::POST, "/$iothub/websocket"),
+            Err(NoRoute::MethodNotAllowed(GET))
+        );
+        assert_eq!(r(Method::GET, "/$iothub/websocket").unwrap().api(), Api::Device);
     }
 
     #[test]

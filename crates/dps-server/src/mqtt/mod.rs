@@ -1,6 +1,7 @@
-//! The MQTT listener (port 8883): one TLS port for both the DPS device endpoint and the embedded
-//! hub's device endpoint, dispatched on the CONNECT username — `{scope}/registrations/{id}/...`
-//! is DPS, `{host}/{deviceId}/?...` is the hub. Python and C hard-code 8883 for both.
+//! The MQTT adapter (port 8883, and tunnelled in WebSockets on 443): one endpoint for both the DPS
+//! device endpoint and the embedded hub's device endpoint, dispatched on the CONNECT username —
+//! `{scope}/registrations/{id}/...` is DPS, `{host}/{deviceId}/?...` is the hub. Python and C
+//! hard-code 8883 (443 for WebSockets) for both.
 
 mod dps;
 pub mod framed;
@@ -17,20 +18,27 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use framed::Framed;
 
-use crate::Services;
+use crate::{ServerConfig, Services};
 
 /// How long a client has to send CONNECT after the TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one MQTT connection. `peer_certs` are the DER certificates the client sent in the TLS
-/// handshake (empty for SAS clients); possession of the leaf key was proven by TLS.
+/// The largest MQTT packet a client may send: room for the topic and headers on top of the
+/// largest accepted payload. One number for every transport (TLS on 8883, WebSockets on 443), so
+/// a device's limits do not depend on which port it reaches the server through.
+pub fn max_packet_bytes(config: &ServerConfig) -> usize {
+    config.max_message_bytes + 64 * 1024
+}
+
+/// Serves one MQTT connection over any byte stream: TLS on 8883, or the WebSocket tunnel on 443
+/// ([`crate::ws`]). `peer_certs` are the DER certificates the client sent in the TLS handshake
+/// (empty for SAS clients); possession of the leaf key was proven by TLS.
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     services: Arc<Services>,
     peer_certs: Vec<Vec<u8>>,
 ) {
-    // Room for the topic and headers on top of the largest accepted payload.
-    let mut io = Framed::new(stream, services.config.max_message_bytes + 64 * 1024);
+    let mut io = Framed::new(stream, max_packet_bytes(&services.config));
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, io.next()).await {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(other))) => {
