@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::output::{self, out, s};
-use crate::remote::{seg, Api, DpsTarget, Rest};
+use crate::remote::{seg, DpsTarget};
 
 /// `dps certificate …`
 #[derive(Subcommand, Debug)]
@@ -93,10 +93,6 @@ pub struct CertificateVerify {
     pub target: DpsTarget,
 }
 
-fn rest(t: &DpsTarget) -> Result<Rest> {
-    Rest::connect(t.connection_string.as_deref(), &t.server, Api::Dps)
-}
-
 fn if_match(etag: &Option<String>) -> Vec<(&str, &str)> {
     etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default()
 }
@@ -111,7 +107,9 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
         CertificateCommand::Create(a) => {
             let body = json!({ "certificate": read(&a.certificate_path)?, "isVerified": a.verified });
             let path = format!("/certificates/{}", seg(&a.name));
-            let v = rest(&a.target)?
+            let v = a
+                .target
+                .rest()?
                 .call(Method::PUT, &path, &[], Some(&body), &if_match(&a.etag))
                 .await
                 .with_context(|| format!("cannot upload CA certificate '{}'", a.name))?
@@ -119,7 +117,9 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
             show(&v, a.target.server.json);
         }
         CertificateCommand::List(a) => {
-            let v = rest(&a.target)?
+            let v = a
+                .target
+                .rest()?
                 .call(Method::GET, "/certificates", &[], None, &[])
                 .await
                 .context("cannot list CA certificates")?
@@ -148,7 +148,9 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
             }
         }
         CertificateCommand::Show(a) => {
-            let v = rest(&a.target)?
+            let v = a
+                .target
+                .rest()?
                 .call(Method::GET, &format!("/certificates/{}", seg(&a.name)), &[], None, &[])
                 .await
                 .with_context(|| format!("cannot show CA certificate '{}'", a.name))?
@@ -157,7 +159,9 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
         }
         CertificateCommand::GenerateVerificationCode(a) => {
             let path = format!("/certificates/{}/generateVerificationCode", seg(&a.name));
-            let v = rest(&a.target)?
+            let v = a
+                .target
+                .rest()?
                 .call(Method::POST, &path, &[], None, &if_match(&a.etag))
                 .await
                 .with_context(|| format!("cannot generate a verification code for '{}'", a.name))?
@@ -171,7 +175,9 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
         CertificateCommand::Verify(a) => {
             let body = json!({ "certificate": read(&a.certificate_path)? });
             let path = format!("/certificates/{}/verify", seg(&a.name));
-            let v = rest(&a.target)?
+            let v = a
+                .target
+                .rest()?
                 .call(Method::POST, &path, &[], Some(&body), &if_match(&a.etag))
                 .await
                 .with_context(|| format!("cannot verify CA certificate '{}'", a.name))?
@@ -179,7 +185,8 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
             show(&v, a.target.server.json);
         }
         CertificateCommand::Delete(a) => {
-            rest(&a.target)?
+            a.target
+                .rest()?
                 .call(
                     Method::DELETE,
                     &format!("/certificates/{}", seg(&a.name)),

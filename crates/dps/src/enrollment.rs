@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use crate::output::{self, out, s};
-use crate::remote::{seg, Api, DpsTarget, Rest};
+use crate::remote::{seg, DpsTarget};
 
 /// `dps enrollment …`
 #[derive(Subcommand, Debug)]
@@ -469,10 +469,6 @@ pub struct GroupDelete {
     pub target: DpsTarget,
 }
 
-fn rest(t: &DpsTarget) -> Result<Rest> {
-    Rest::connect(t.connection_string.as_deref(), &t.server, Api::Dps)
-}
-
 /// Runs `dps enrollment …`.
 pub async fn run_enrollment(cmd: EnrollmentCommand) -> Result<()> {
     let k = Kind::Enrollment;
@@ -518,7 +514,7 @@ fn path(k: Kind, id: &str) -> String {
 }
 
 async fn create(k: Kind, id: &str, body: Value, t: &DpsTarget) -> Result<()> {
-    let r = rest(t)?;
+    let r = t.rest()?;
     let reply = r
         .call(Method::PUT, &path(k, id), &[], Some(&body), &[])
         .await
@@ -533,7 +529,7 @@ async fn create(k: Kind, id: &str, body: Value, t: &DpsTarget) -> Result<()> {
 }
 
 async fn show(k: Kind, id: &str, show_keys: bool, t: &DpsTarget) -> Result<()> {
-    let r = rest(t)?;
+    let r = t.rest()?;
     let mut doc = r
         .call(Method::GET, &path(k, id), &[], None, &[])
         .await
@@ -563,7 +559,7 @@ async fn show(k: Kind, id: &str, show_keys: bool, t: &DpsTarget) -> Result<()> {
 }
 
 async fn list(k: Kind, a: ListArgs) -> Result<()> {
-    let r = rest(&a.target)?;
+    let r = a.target.rest()?;
     let items = r
         .query(&format!("{}/query", k.collection()), a.top)
         .await
@@ -612,7 +608,7 @@ async fn update(
     device_id: Option<&str>,
     t: &DpsTarget,
 ) -> Result<()> {
-    let r = rest(t)?;
+    let r = t.rest()?;
     let current = r
         .call(Method::GET, &path(k, id), &[], None, &[])
         .await
@@ -640,7 +636,7 @@ async fn update(
 }
 
 async fn delete(k: Kind, id: &str, etag: Option<&str>, t: &DpsTarget) -> Result<()> {
-    let r = rest(t)?;
+    let r = t.rest()?;
     let headers: Vec<(&str, &str)> = etag.map(|e| vec![("if-match", e)]).unwrap_or_default();
     r.call(Method::DELETE, &path(k, id), &[], None, &headers)
         .await

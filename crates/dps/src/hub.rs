@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::output::{self, out, s};
-use crate::remote::{chain, seg, Api, HubTarget, Rest};
+use crate::remote::{chain, seg, HubTarget};
 
 /// `dps hub …`
 #[derive(Subcommand, Debug)]
@@ -112,15 +112,11 @@ pub struct MonitorArgs {
     pub target: HubTarget,
 }
 
-fn rest(t: &HubTarget) -> Result<Rest> {
-    Rest::connect(t.hub_connection_string.as_deref(), &t.server, Api::Hub)
-}
-
 /// Runs `dps hub …`.
 pub async fn run(cmd: HubCommand) -> Result<()> {
     match cmd {
         HubCommand::Device(DeviceCommand::List(a)) => {
-            let r = rest(&a.target)?;
+            let r = a.target.rest()?;
             let top = a.top.to_string();
             let v = r
                 .call(Method::GET, "/devices", &[("top", &top)], None, &[])
@@ -149,7 +145,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             }
         }
         HubCommand::Device(DeviceCommand::Show(a)) => {
-            let r = rest(&a.target)?;
+            let r = a.target.rest()?;
             let id = &a.device_id;
             let v = r
                 .call(Method::GET, &format!("/devices/{}", seg(id)), &[], None, &[])
@@ -180,7 +176,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             }
         }
         HubCommand::Device(DeviceCommand::Twin(TwinCommand::Show(a))) => {
-            let r = rest(&a.target)?;
+            let r = a.target.rest()?;
             let id = &a.device_id;
             let v = r
                 .call(Method::GET, &format!("/twins/{}", seg(id)), &[], None, &[])
@@ -191,7 +187,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             output::json(&v);
         }
         HubCommand::Device(DeviceCommand::Twin(TwinCommand::Update(a))) => {
-            let r = rest(&a.target)?;
+            let r = a.target.rest()?;
             let id = &a.device_id;
             let mut patch = json!({});
             if let Some(t) = a.tags {
@@ -222,7 +218,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
 /// Reads the server's NDJSON telemetry stream and prints each event until Ctrl-C, the idle
 /// timeout, or `--max-events`.
 async fn monitor(a: MonitorArgs) -> Result<()> {
-    let r = rest(&a.target)?;
+    let r = a.target.rest()?;
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(d) = &a.device_id {
         query.push(("deviceId", d.clone()));

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::output::{self, out, s};
-use crate::remote::{seg, Api, DpsTarget, Rest};
+use crate::remote::{seg, DpsTarget};
 
 /// `dps registration …`
 #[derive(Subcommand, Debug)]
@@ -56,16 +56,12 @@ pub struct RegistrationDelete {
     pub target: DpsTarget,
 }
 
-fn rest(t: &DpsTarget) -> Result<Rest> {
-    Rest::connect(t.connection_string.as_deref(), &t.server, Api::Dps)
-}
-
 /// Runs `dps registration …`.
 pub async fn run(cmd: RegistrationCommand) -> Result<()> {
     match cmd {
         RegistrationCommand::Show(a) => {
             let id = &a.registration_id;
-            let r = rest(&a.target)?;
+            let r = a.target.rest()?;
             let v = r
                 .call(Method::GET, &format!("/registrations/{}", seg(id)), &[], None, &[])
                 .await
@@ -78,7 +74,7 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
             }
         }
         RegistrationCommand::List(a) => {
-            let r = rest(&a.target)?;
+            let r = a.target.rest()?;
             let items = r
                 .query(&format!("/registrations/{}/query", seg(&a.group_id)), a.top)
                 .await
@@ -103,7 +99,7 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
         }
         RegistrationCommand::Delete(a) => {
             let id = &a.registration_id;
-            let r = rest(&a.target)?;
+            let r = a.target.rest()?;
             let headers: Vec<(&str, &str)> = a.etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default();
             r.call(
                 Method::DELETE,

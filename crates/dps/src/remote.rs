@@ -58,6 +58,13 @@ pub struct DpsTarget {
     pub server: ServerArgs,
 }
 
+impl DpsTarget {
+    /// A client of the DPS service API this target names.
+    pub fn rest(&self) -> Result<Rest> {
+        Rest::connect(self.connection_string.as_deref(), &self.server, Api::Dps)
+    }
+}
+
 /// Target of `hub` commands.
 #[derive(Args, Debug, Clone)]
 pub struct HubTarget {
@@ -67,6 +74,13 @@ pub struct HubTarget {
     pub hub_connection_string: Option<String>,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+impl HubTarget {
+    /// A client of the hub registry API this target names.
+    pub fn rest(&self) -> Result<Rest> {
+        Rest::connect(self.hub_connection_string.as_deref(), &self.server, Api::Hub)
+    }
 }
 
 /// Which API a connection string is for; decides the data-directory fallback.
