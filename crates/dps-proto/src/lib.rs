@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api_version;
 pub mod connection_string;
 pub mod dps_mqtt;
 pub mod error;

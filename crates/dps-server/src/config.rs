@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -36,6 +37,70 @@ pub struct ServerConfig {
     /// Reply to register requests with the final state at once (see
     /// `dps_core::EngineConfig::immediate_assignment`).
     pub immediate_assignment: bool,
+    /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
+    /// file, `--max-connections` etc. on the command line).
+    pub limits: Limits,
+}
+
+/// Every limit and deadline the server enforces on what clients send, with its default. The
+/// defaults are generous enough for a factory line or a load test on one machine, and tight
+/// enough that no client can hold the server's memory, file descriptors or time forever.
+/// `docs/security.md` lists each one with the attack it stops.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Limits {
+    /// Connections held at once over all listeners; the accept loop stops accepting beyond it.
+    pub max_connections: usize,
+    /// Connections held at once from one source IP address.
+    pub max_connections_per_ip: usize,
+    /// Seconds a client has to send one whole HTTP request (headers and body) once it started.
+    pub request_timeout_secs: u64,
+    /// Seconds a DPS MQTT connection may stay open in all: a registration takes a few round
+    /// trips, so a session that outlives this is abandoned or hostile.
+    pub dps_session_timeout_secs: u64,
+    /// Telemetry the embedded hub keeps for readers, in bytes of message bodies and properties.
+    pub telemetry_retention_bytes: u64,
+    /// Seconds the embedded hub keeps a telemetry message for readers.
+    pub telemetry_retention_secs: u64,
+    /// Register requests per second the service accepts from all devices together.
+    pub registrations_per_second: u32,
+    /// Device API requests (register and status polls) per second from all devices together.
+    pub operations_per_second: u32,
+    /// Operation-status polls one registration id may make per 10 seconds (Azure: 5).
+    pub polls_per_device_per_10s: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 60_000,
+            max_connections_per_ip: 30_000,
+            request_timeout_secs: 30,
+            dps_session_timeout_secs: 300,
+            telemetry_retention_bytes: 256 * 1024 * 1024,
+            telemetry_retention_secs: 24 * 3600,
+            registrations_per_second: 10_000,
+            operations_per_second: 50_000,
+            polls_per_device_per_10s: 5,
+        }
+    }
+}
+
+impl Limits {
+    /// [`Limits::request_timeout_secs`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// [`Limits::dps_session_timeout_secs`] as a duration.
+    pub fn dps_session_timeout(&self) -> Duration {
+        Duration::from_secs(self.dps_session_timeout_secs)
+    }
+
+    /// [`Limits::telemetry_retention_secs`] as a duration.
+    pub fn telemetry_retention_age(&self) -> Duration {
+        Duration::from_secs(self.telemetry_retention_secs)
+    }
 }
 
 /// The optional TOML file: the same settings, all optional.
@@ -64,6 +129,8 @@ pub struct FileConfig {
     pub telemetry_retention: Option<usize>,
     /// See [`ServerConfig::immediate_assignment`].
     pub immediate_assignment: Option<bool>,
+    /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
+    pub limits: Option<Limits>,
 }
 
 impl FileConfig {
@@ -90,6 +157,7 @@ impl ServerConfig {
             max_message_bytes: 256 * 1024,
             telemetry_retention: 10_000,
             immediate_assignment: false,
+            limits: Limits::default(),
         }
     }
 
@@ -113,6 +181,9 @@ impl ServerConfig {
         self.hub_hostname = f.hub_hostname.or(self.hub_hostname);
         self.tls_cert = f.tls_cert.or(self.tls_cert);
         self.tls_key = f.tls_key.or(self.tls_key);
+        if let Some(l) = f.limits {
+            self.limits = l;
+        }
         self
     }
 
@@ -148,5 +219,14 @@ mod tests {
         assert!(!c.immediate_assignment);
         let f: FileConfig = toml::from_str("immediate-assignment = true\n").unwrap();
         assert!(ServerConfig::defaults().merge_file(f).immediate_assignment);
+    }
+
+    #[test]
+    fn limits_table_keeps_defaults_for_keys_left_out() {
+        let f: FileConfig = toml::from_str("[limits]\nmax-connections-per-ip = 50\n").unwrap();
+        let c = ServerConfig::defaults().merge_file(f);
+        assert_eq!(c.limits.max_connections_per_ip, 50);
+        assert_eq!(c.limits.max_connections, Limits::default().max_connections);
+        assert!(toml::from_str::<FileConfig>("[limits]\nmax-conections = 1\n").is_err());
     }
 }

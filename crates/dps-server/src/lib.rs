@@ -16,7 +16,7 @@ use std::sync::Arc;
 use dps_core::auth::PolicyAuthorizer;
 use dps_core::{Clock, Engine};
 
-pub use config::{FileConfig, ServerConfig};
+pub use config::{FileConfig, Limits, ServerConfig};
 pub use datadir::{DataDir, Identity};
 pub use listener::{start, RunningServer, StartError};
 

@@ -49,6 +49,60 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Limits and deadlines (`[limits]` in the config file); each defaults to
+/// `dps_server::config::Limits::default()`.
+#[derive(Args, Debug, Default)]
+struct LimitArgs {
+    /// Connections held at once over all listeners [default: 60000].
+    #[arg(long, env = "DPS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Connections held at once from one source IP address [default: 30000].
+    #[arg(long, env = "DPS_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Seconds a client has to send a whole HTTP request [default: 30].
+    #[arg(long, env = "DPS_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
+    /// Seconds a DPS MQTT connection may stay open in all [default: 300].
+    #[arg(long, env = "DPS_DPS_SESSION_TIMEOUT_SECS")]
+    dps_session_timeout_secs: Option<u64>,
+    /// Bytes of telemetry the embedded hub keeps for readers [default: 268435456].
+    #[arg(long, env = "DPS_TELEMETRY_RETENTION_BYTES")]
+    telemetry_retention_bytes: Option<u64>,
+    /// Seconds the embedded hub keeps a telemetry message [default: 86400].
+    #[arg(long, env = "DPS_TELEMETRY_RETENTION_SECS")]
+    telemetry_retention_secs: Option<u64>,
+    /// Register requests per second from all devices together [default: 10000].
+    #[arg(long, env = "DPS_REGISTRATIONS_PER_SECOND")]
+    registrations_per_second: Option<u32>,
+    /// Device API requests per second from all devices together [default: 50000].
+    #[arg(long, env = "DPS_OPERATIONS_PER_SECOND")]
+    operations_per_second: Option<u32>,
+    /// Status polls one registration id may make per 10 seconds [default: 5, as Azure].
+    #[arg(long, env = "DPS_POLLS_PER_DEVICE_PER_10S")]
+    polls_per_device_per_10s: Option<u32>,
+}
+
+impl LimitArgs {
+    fn apply(self, l: &mut dps_server::config::Limits) {
+        macro_rules! take {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { l.$field = v; })* };
+        }
+        take!(
+            max_connections,
+            max_connections_per_ip,
+            request_timeout_secs,
+            dps_session_timeout_secs,
+            telemetry_retention_bytes,
+            telemetry_retention_secs,
+            registrations_per_second,
+            operations_per_second,
+            polls_per_device_per_10s
+        );
+    }
 }
 
 impl ServeArgs {
@@ -82,6 +136,7 @@ impl ServeArgs {
         if self.immediate_assignment {
             c.immediate_assignment = true;
         }
+        self.limits.apply(&mut c.limits);
         Ok((c, self.log))
     }
 }
