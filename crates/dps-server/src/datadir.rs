@@ -141,10 +141,36 @@ impl DataDir {
         serde_json::from_str(&text).with_context(|| format!("{} is corrupt", p.display()))
     }
 
-    /// Loads the identity, creating it on first start. `hub_host` overrides the stored hub host name.
-    pub fn init_identity(&self, default_hub_host: &str, hub_host: Option<&str>) -> Result<(Identity, bool)> {
+    /// Creates the data directory readable by its owner only: the databases beside the identity
+    /// hold enrollment keys and hub device keys, which SQLite writes with the process umask. An
+    /// existing directory that others can read is left as the operator made it, with a warning.
+    fn create_private_root(&self) -> Result<()> {
+        let existed = self.root.is_dir();
         fs::create_dir_all(&self.root)
             .with_context(|| format!("cannot create data directory {}", self.root.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&self.root)?.permissions().mode() & 0o777;
+            if !existed {
+                fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("cannot restrict data directory {}", self.root.display()))?;
+            } else if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %self.root.display(),
+                    mode = format!("{mode:o}"),
+                    "the data directory is accessible to other users; it holds enrollment and device keys (chmod 700 it)"
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = existed;
+        Ok(())
+    }
+
+    /// Loads the identity, creating it on first start. `hub_host` overrides the stored hub host name.
+    pub fn init_identity(&self, default_hub_host: &str, hub_host: Option<&str>) -> Result<(Identity, bool)> {
+        self.create_private_root()?;
         if self.identity_path().exists() {
             let mut id = self.load_identity()?;
             if let Some(h) = hub_host.filter(|h| !h.eq_ignore_ascii_case(&id.hub.host_name)) {
@@ -276,6 +302,11 @@ mod tests {
             assert_eq!(
                 fs::metadata(dd.identity_path()).unwrap().permissions().mode() & 0o777,
                 0o600
+            );
+            // The databases inherit the umask; the directory keeps other users out of them.
+            assert_eq!(
+                fs::metadata(dir.path().join("data")).unwrap().permissions().mode() & 0o777,
+                0o700
             );
         }
         let ca = dd.init_ca().unwrap();
