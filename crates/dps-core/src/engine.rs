@@ -3,6 +3,7 @@
 mod certificates;
 mod device;
 mod groups;
+mod recovery;
 mod service;
 mod tpm;
 mod x509;
@@ -16,6 +17,7 @@ use crate::hub::HubRegistry;
 use crate::store::Store;
 
 pub use device::{Credential, DeviceRequest};
+pub use recovery::Recovery;
 pub use service::Page;
 
 /// A hub devices can be assigned to.
@@ -83,9 +85,12 @@ impl Engine {
         }
     }
 
-    /// Loads caches (enrollment groups) from the store.
+    /// Loads caches (enrollment groups) from the store and finishes the registrations a crash
+    /// interrupted ([`Engine::recover_registrations`]). Call it before serving.
     pub async fn load(&self) -> Result<(), crate::ApiError> {
-        self.groups.reload(self.store.as_ref()).await
+        self.groups.reload(self.store.as_ref()).await?;
+        self.recover_registrations().await?;
+        Ok(())
     }
 
     /// The configuration.

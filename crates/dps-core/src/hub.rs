@@ -4,9 +4,12 @@
 
 use async_trait::async_trait;
 use dps_proto::model::service::{DeviceCapabilities, InitialTwin};
+use serde::{Deserialize, Serialize};
 
-/// How the hub authenticates the device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the hub authenticates the device. Serializable because a registration intent carries it
+/// (decision 0009).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "type")]
 pub enum DeviceAuth {
     /// SAS with these base64 keys (symmetric key and TPM devices).
     Sas {
@@ -25,7 +28,8 @@ pub enum DeviceAuth {
 }
 
 /// What to do with the twin of a device that already exists in the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum TwinPolicy {
     /// Keep the existing twin (re-registration with data migration / same hub).
     Keep,
@@ -34,7 +38,8 @@ pub enum TwinPolicy {
 }
 
 /// The device identity the engine wants in a hub.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DeviceProvisioning {
     /// Hub device id.
     pub device_id: String,
@@ -46,12 +51,18 @@ pub struct DeviceProvisioning {
     pub initial_twin: Option<InitialTwin>,
     /// For devices that already exist.
     pub twin_policy: TwinPolicy,
+    /// The DPS operation writing this identity: an idempotency key. Start-up recovery repeats the
+    /// upsert of a registration a crash interrupted (decision 0009), and the hub must then answer
+    /// as it did the first time — in particular `created: true` for a device that this same
+    /// operation created.
+    pub operation_id: String,
 }
 
 /// What an upsert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpsertOutcome {
-    /// True when the device identity did not exist before.
+    /// True when the device identity did not exist before this operation (also when an earlier
+    /// attempt of the same operation created it).
     pub created: bool,
 }
 
@@ -78,7 +89,9 @@ pub enum HubError {
 #[async_trait]
 pub trait HubRegistry: Send + Sync + 'static {
     /// Creates the device identity in `hub`, or updates its authentication and capabilities if it
-    /// exists (applying `twin_policy`). Durable when it returns.
+    /// exists (applying `twin_policy`). Durable when it returns. Idempotent per
+    /// [`DeviceProvisioning::operation_id`]: repeating an operation's upsert changes nothing more
+    /// and reports the same outcome. An error means nothing was changed.
     async fn upsert_device(&self, hub: &str, device: &DeviceProvisioning) -> Result<UpsertOutcome, HubError>;
     /// Removes a device identity (after migrating the device to another hub). Absent is not an error.
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), HubError>;

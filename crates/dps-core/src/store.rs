@@ -9,8 +9,10 @@ pub mod conformance;
 pub mod memory;
 
 use async_trait::async_trait;
-use dps_proto::model::service::{AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState};
+use dps_proto::model::service::{AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState, Substatus};
 use serde::{Deserialize, Serialize};
+
+use crate::hub::DeviceProvisioning;
 
 /// The precondition of a write, from `If-Match` (service-api.md §2.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,45 @@ pub struct CaCertificateRecord {
     pub updated: chrono::DateTime<chrono::Utc>,
 }
 
+/// A registration between its first durable step and its record (decision 0009).
+///
+/// The engine stores it before it writes the device identity to the hub, and the store removes it
+/// in the transaction that commits the record ([`Store::commit_registration`]). An intent still
+/// stored at start-up belongs to a registration that a crash interrupted somewhere between the
+/// two; the engine finishes it from what the intent holds (the hub upsert is idempotent per
+/// operation), so no hub identity written by provisioning outlives a crash without its record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationIntent {
+    /// The operation (one per register request): the intent's key. Also in `device` and `record`.
+    pub operation_id: String,
+    /// The hub the identity is written to.
+    pub hub: String,
+    /// The identity to create or update (it holds the device's hub credentials).
+    pub device: DeviceProvisioning,
+    /// The record to commit once the hub has the identity. Its `substatus` is not set yet: it
+    /// depends on whether the hub created the device.
+    pub record: RegistrationRecord,
+    /// The assignment the device had before this registration, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousAssignment>,
+}
+
+/// What a device's earlier registration record said, as far as finishing a new one needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousAssignment {
+    /// The hub it was assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+    /// Its device id there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Its substatus (kept when nothing about the assignment changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<Substatus>,
+}
+
 impl RegistrationRecord {
     /// The storage key (lower-cased registration id).
     pub fn key(&self) -> String {
@@ -159,7 +200,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registration record by registration id (case-insensitive).
     async fn get_registration(&self, id: &str) -> Result<Option<RegistrationRecord>, StoreError>;
-    /// Durably inserts or replaces a registration record. Returns only once committed.
+    /// Durably inserts or replaces a registration record and, in the same transaction, removes
+    /// the [`RegistrationIntent`] of the operation that produced it (`r.operation_id`), if one is
+    /// stored. Returns only once committed.
     async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError>;
     /// Deletes a registration record under `cond`.
     async fn delete_registration(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError>;
@@ -170,6 +213,20 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RegistrationRecord>, StoreError>;
+
+    /// Durably stores a registration intent under its operation id (replacing one with the same
+    /// id). Returns only once committed: the engine writes the hub identity after it.
+    async fn put_registration_intent(&self, intent: &RegistrationIntent) -> Result<(), StoreError>;
+    /// Removes the intent of `operation_id` (its registration failed before it reached the hub, or
+    /// recovery gave it up). Absent is not an error.
+    async fn delete_registration_intent(&self, operation_id: &str) -> Result<(), StoreError>;
+    /// Stored intents ordered by operation id, strictly after `after`, at most `limit`. At start-up
+    /// these are the registrations a crash interrupted.
+    async fn list_registration_intents(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RegistrationIntent>, StoreError>;
 
     /// CA certificate by name (case-insensitive).
     async fn get_certificate(&self, name: &str) -> Result<Option<CaCertificateRecord>, StoreError>;

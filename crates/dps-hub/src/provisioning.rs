@@ -86,6 +86,7 @@ impl HubRegistry for Hub {
                         authentication: auth,
                         capabilities: device.capabilities,
                         twin,
+                        created_by_operation: Some(device.operation_id.clone()).filter(|o| !o.is_empty()),
                     };
                     inner.commit(&key, &slot, rec).await.map_err(storage)?;
                     tracing::info!(device = %device.device_id, "device created by provisioning");
@@ -98,6 +99,10 @@ impl HubRegistry for Hub {
                             reason: "the device is disabled in the IoT hub".into(),
                         });
                     }
+                    // A repeat of the operation that created the device (start-up recovery) reports
+                    // what the first attempt did.
+                    let created =
+                        !device.operation_id.is_empty() && cur.created_by_operation.as_deref() == Some(&device.operation_id);
                     let mut rec = (*cur).clone();
                     let mut identity_changed = false;
                     if rec.authentication != auth || rec.capabilities != device.capabilities {
@@ -124,7 +129,7 @@ impl HubRegistry for Hub {
                         }
                         tracing::info!(device = %rec.device_id, identity_changed, twin_changed, "device updated by provisioning");
                     }
-                    Ok(UpsertOutcome { created: false })
+                    Ok(UpsertOutcome { created })
                 }
             }
         }

@@ -59,6 +59,11 @@ pub(crate) struct DeviceRecord {
     #[serde(default)]
     pub capabilities: DeviceCapabilities,
     pub twin: TwinState,
+    /// The DPS operation that created this device, when provisioning created it: lets a repeated
+    /// upsert of that operation (start-up recovery, decision 0009) report `created` as the first
+    /// attempt did. Not part of any API view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by_operation: Option<String>,
 }
 
 /// The twin part of a device record.

@@ -92,6 +92,7 @@ impl Hub {
                         authentication: resolve_auth(device.authentication.clone(), None)?,
                         capabilities: caps(device.capabilities),
                         twin: TwinState::new(now),
+                        created_by_operation: None,
                     };
                     let rec = inner.commit(&key, &slot, rec).await?;
                     tracing::info!(device = %rec.device_id, auth = %rec.authentication.kind, "device created");

@@ -1,5 +1,6 @@
 //! Registry API, HubRegistry upserts and persistence.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy};
@@ -36,7 +37,9 @@ fn sas_device(id: &str, keys: Option<(&str, &str)>) -> Device {
     }
 }
 
+/// A provisioning request of a new DPS operation (each call is a different registration).
 fn provisioning(id: &str, policy: TwinPolicy) -> DeviceProvisioning {
+    static NEXT_OPERATION: AtomicU64 = AtomicU64::new(1);
     DeviceProvisioning {
         device_id: id.into(),
         auth: DeviceAuth::Sas {
@@ -51,6 +54,7 @@ fn provisioning(id: &str, policy: TwinPolicy) -> DeviceProvisioning {
             }),
         }),
         twin_policy: policy,
+        operation_id: format!("4.op.{}", NEXT_OPERATION.fetch_add(1, Ordering::Relaxed)),
     }
 }
 
@@ -449,6 +453,41 @@ async fn persists_devices_and_twins_across_reopen() {
     hub.patch_twin("keep-me", desired_patch(json!({"fan": "off"})), twin.etag.as_deref())
         .await
         .unwrap();
+}
+
+/// Start-up recovery repeats the upsert of a registration a crash interrupted (decision 0009): the
+/// repeat must report what the first attempt did, even after the hub was reopened, while another
+/// operation — or a device an operator created — still reports an existing device.
+#[tokio::test]
+async fn a_repeated_operation_reports_its_first_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HubConfig {
+        host_name: HOST.into(),
+        db_path: Some(dir.path().join("hub.db")),
+        telemetry_retention: 100,
+    };
+    let first = provisioning("again", TwinPolicy::Keep);
+    {
+        let hub = Hub::open(config.clone()).unwrap();
+        assert!(hub.upsert_device(HOST, &first).await.unwrap().created);
+        hub.put_device(sas_device("by-operator", None), None).await.unwrap();
+    }
+    let hub = Hub::open(config).unwrap();
+    let etag = hub.get_device("again").unwrap().etag;
+    assert!(hub.upsert_device(HOST, &first).await.unwrap().created, "same operation");
+    assert_eq!(hub.get_device("again").unwrap().etag, etag, "and nothing rewritten");
+    assert!(
+        !hub.upsert_device(HOST, &provisioning("again", TwinPolicy::Keep))
+            .await
+            .unwrap()
+            .created
+    );
+    let mut operator = provisioning("by-operator", TwinPolicy::Keep);
+    operator.operation_id = String::new();
+    assert!(!hub.upsert_device(HOST, &operator).await.unwrap().created);
+    // The marker is internal: the registry views do not show it.
+    let shown = serde_json::to_value(hub.get_device("again").unwrap()).unwrap();
+    assert!(!shown.to_string().contains(&first.operation_id), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use dps_core::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};
+use dps_core::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition};
 use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
 use dps_proto::registration_id::key;
 use rusqlite::{Connection, OpenFlags};
@@ -412,6 +412,7 @@ impl Store for SqliteStore {
             group_key: r.enrollment_group_id.as_deref().map(key),
             etag: r.state.etag.clone(),
             doc: doc(r)?,
+            operation_id: r.operation_id.clone(),
         })
         .await
     }
@@ -433,6 +434,31 @@ impl Store for SqliteStore {
         let group = key(group_id);
         let after = after.map(key);
         self.read(move |c| reader::list_by_group(c, &group, after.as_deref(), limit))
+            .await
+    }
+
+    async fn put_registration_intent(&self, intent: &RegistrationIntent) -> Result<(), StoreError> {
+        self.write(Op::PutIntent {
+            operation_id: intent.operation_id.clone(),
+            doc: doc(intent)?,
+        })
+        .await
+    }
+
+    async fn delete_registration_intent(&self, operation_id: &str) -> Result<(), StoreError> {
+        self.write(Op::DeleteIntent {
+            operation_id: operation_id.to_string(),
+        })
+        .await
+    }
+
+    async fn list_registration_intents(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RegistrationIntent>, StoreError> {
+        let after = after.map(str::to_string);
+        self.read(move |c| reader::list(c, Doc::Intents, after.as_deref(), limit))
             .await
     }
 

@@ -87,6 +87,58 @@ async fn reopening_does_not_rerun_migrations() {
     assert_eq!(mode, "wal");
 }
 
+/// A store written before registration intents existed (schema 2) gains the table on open and
+/// keeps its data; intents then survive a reopen like everything else (decision 0009).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_a_store_without_intents_and_keeps_intents_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dps.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.commit_registration(&record("old", None)).await.unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE registration_intents; PRAGMA user_version = 2;")
+            .unwrap();
+    }
+    let intent = {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.get_registration("old").await.unwrap(), Some(record("old", None)));
+        let new = record("new", None);
+        let intent = dps_core::RegistrationIntent {
+            operation_id: new.operation_id.clone().unwrap(),
+            hub: "hub.example.test".into(),
+            device: dps_core::DeviceProvisioning {
+                device_id: "new".into(),
+                auth: dps_core::DeviceAuth::SelfSigned {
+                    primary_thumbprint: "AB".repeat(20),
+                    secondary_thumbprint: "AB".repeat(20),
+                },
+                capabilities: Default::default(),
+                initial_twin: None,
+                twin_policy: dps_core::TwinPolicy::Keep,
+                operation_id: new.operation_id.clone().unwrap(),
+            },
+            record: new,
+            previous: None,
+        };
+        store.put_registration_intent(&intent).await.unwrap();
+        intent
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.list_registration_intents(None, 10).await.unwrap(),
+        vec![intent.clone()]
+    );
+    store.commit_registration(&intent.record).await.unwrap();
+    assert!(store.list_registration_intents(None, 10).await.unwrap().is_empty());
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
 #[test]
 fn refuses_a_database_that_is_not_a_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,15 +10,16 @@ use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::{DeviceRegistration, RegistrationOperationStatus};
 use dps_proto::model::service::{
     AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, RegistrationState,
-    RegistrationStatus, Substatus, SymmetricKeyRegistrationResult, TpmRegistrationResult, X509RegistrationResult,
+    RegistrationStatus, SymmetricKeyRegistrationResult, TpmRegistrationResult, X509RegistrationResult,
 };
 use dps_proto::registration_id;
 use dps_proto::sas::{hmac_sha256, SasToken};
 use sha2::{Digest, Sha256};
 
+use super::recovery::Incomplete;
 use super::{DeviceResponse, Engine};
 use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
-use crate::store::RegistrationRecord;
+use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord};
 use crate::ApiError;
 
 /// What the device presented to prove who it is.
@@ -511,33 +512,7 @@ impl Engine {
                 Err(msg) => return Err(failed(RegistrationStatus::Failed, codes::HUB_NOT_SPECIFIED, msg)),
             },
         };
-        let previous_hub = previous.as_ref().and_then(|p| p.state.assigned_hub.clone());
-        let same_hub = previous_hub.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&hub));
         let reset = previous.is_some() && !reprovision.migrate_device_data && reprovision.update_hub_assignment;
-        let device = DeviceProvisioning {
-            device_id: device_id.clone(),
-            auth: attested.hub_auth.clone(),
-            capabilities,
-            initial_twin,
-            twin_policy: if reset { TwinPolicy::Reset } else { TwinPolicy::Keep },
-        };
-        let outcome = match self.hubs.upsert_device(&hub, &device).await {
-            Ok(o) => o,
-            Err(e) => {
-                return Err(failed(
-                    RegistrationStatus::Failed,
-                    codes::HUB_UNAUTHORIZED,
-                    e.to_string(),
-                ))
-            }
-        };
-        let substatus = match (&previous, same_hub) {
-            (None, _) if outcome.created => Substatus::InitialAssignment,
-            (None, _) => Substatus::ReprovisionedToInitialAssignment,
-            (Some(_), _) if reset => Substatus::DeviceDataReset,
-            (Some(_), false) => Substatus::DeviceDataMigrated,
-            (Some(p), true) => p.state.substatus.unwrap_or(Substatus::InitialAssignment),
-        };
         let state = RegistrationState {
             registration_id: req.registration_id.clone(),
             created_date_time_utc: Some(
@@ -549,7 +524,8 @@ impl Engine {
             assigned_hub: Some(hub.clone()),
             device_id: Some(device_id.clone()),
             status: RegistrationStatus::Assigned,
-            substatus: Some(substatus),
+            // Decided once the hub says whether it created the device.
+            substatus: None,
             last_updated_date_time_utc: Some(now),
             etag: Some(new_etag()),
             payload: None,
@@ -558,25 +534,57 @@ impl Engine {
             tpm: attested.tpm.clone(),
             ..Default::default()
         };
-        let record = RegistrationRecord {
-            state,
-            enrollment_group_id: attested.matched.group_id().map(str::to_string),
-            attestation: attested.attestation,
-            operation_id: Some(operation_id.to_string()),
+        let intent = RegistrationIntent {
+            operation_id: operation_id.to_string(),
+            hub,
+            device: DeviceProvisioning {
+                device_id,
+                auth: attested.hub_auth.clone(),
+                capabilities,
+                initial_twin,
+                twin_policy: if reset { TwinPolicy::Reset } else { TwinPolicy::Keep },
+                operation_id: operation_id.to_string(),
+            },
+            record: RegistrationRecord {
+                state,
+                enrollment_group_id: attested.matched.group_id().map(str::to_string),
+                attestation: attested.attestation,
+                operation_id: Some(operation_id.to_string()),
+            },
+            previous: previous.map(|p| PreviousAssignment {
+                hub: p.state.assigned_hub,
+                device_id: p.state.device_id,
+                substatus: p.state.substatus,
+            }),
         };
-        if let Err(e) = self.store.commit_registration(&record).await {
+        // Durable before the hub write, so a crash after it is finished at start-up (decision 0009).
+        if let Err(e) = self.store.put_registration_intent(&intent).await {
             return Err(failed(
                 RegistrationStatus::Failed,
                 codes::INTERNAL,
                 format!("storage: {e}"),
             ));
         }
-        if let (Some(old), false) = (previous_hub, same_hub) {
-            if let Err(e) = self.hubs.delete_device(&old, &device_id).await {
-                tracing::warn!(hub = %old, device = %device_id, error = %e, "could not remove migrated device from its previous hub");
+        match self.complete_registration(&intent).await {
+            Ok(record) => Ok(self.device_view(&record)),
+            Err(Incomplete::Hub(e)) => {
+                // Nothing reached the hub: the intent has nothing left to finish.
+                if let Err(se) = self.store.delete_registration_intent(operation_id).await {
+                    tracing::warn!(operation = %operation_id, error = %se, "could not drop the intent of a registration the hub refused; the next start-up retries it");
+                }
+                Err(failed(
+                    RegistrationStatus::Failed,
+                    codes::HUB_UNAUTHORIZED,
+                    e.to_string(),
+                ))
             }
+            // The intent stays: the next start-up finishes the registration.
+            Err(Incomplete::Store(e)) => Err(failed(
+                RegistrationStatus::Failed,
+                codes::INTERNAL,
+                format!("storage: {e}"),
+            )),
         }
-        Ok(self.device_view(&record))
     }
 
     /// Picks a hub. `hashed` and `geoLatency` (no latency signal here) use weighted rendezvous

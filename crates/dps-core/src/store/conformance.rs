@@ -7,7 +7,10 @@ use dps_proto::model::service::{
     RegistrationStatus, SymmetricKeyAttestation,
 };
 
-use super::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};
+use super::{
+    CaCertificateRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition,
+};
+use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
 
 fn enrollment(id: &str, etag: &str) -> IndividualEnrollment {
     IndividualEnrollment {
@@ -60,6 +63,7 @@ pub async fn run_all(store: &dyn Store) {
     failed_preconditions_change_nothing(store).await;
     deleting_a_group_keeps_its_records(store).await;
     certificates(store).await;
+    registration_intents(store).await;
 }
 
 async fn enrollments_crud_and_etags(s: &dyn Store) {
@@ -333,4 +337,73 @@ async fn certificates(s: &dyn Store) {
         Err(StoreError::NotFound)
     );
     assert!(s.list_certificates().await.unwrap().is_empty());
+}
+
+fn intent(operation_id: &str, registration_id: &str) -> RegistrationIntent {
+    let mut r = record(registration_id, Some("intent-group"), &format!("etag-{operation_id}"));
+    r.operation_id = Some(operation_id.into());
+    RegistrationIntent {
+        operation_id: operation_id.into(),
+        hub: "hub.example.test".into(),
+        device: DeviceProvisioning {
+            device_id: registration_id.into(),
+            auth: DeviceAuth::Sas {
+                primary_key: "cHJpbWFyeQ==".into(),
+                secondary_key: "c2Vjb25kYXJ5".into(),
+            },
+            capabilities: Default::default(),
+            initial_twin: None,
+            twin_policy: TwinPolicy::Reset,
+            operation_id: operation_id.into(),
+        },
+        record: r,
+        previous: Some(PreviousAssignment {
+            hub: Some("old-hub.example.test".into()),
+            device_id: Some(registration_id.into()),
+            substatus: Some(dps_proto::model::service::Substatus::InitialAssignment),
+        }),
+    }
+}
+
+/// Intents are stored whole, listed in operation-id order, and the record commit of their
+/// operation removes them in the same transaction (and no other intent).
+async fn registration_intents(s: &dyn Store) {
+    let list = |after: Option<&'static str>, limit| s.list_registration_intents(after, limit);
+    assert!(list(None, 10).await.unwrap().is_empty());
+    let (a, b, c) = (
+        intent("4.aa.1", "int-a"),
+        intent("4.bb.2", "int-b"),
+        intent("4.cc.3", "int-c"),
+    );
+    for i in [&c, &a, &b] {
+        s.put_registration_intent(i).await.unwrap();
+    }
+    assert_eq!(list(None, 10).await.unwrap(), vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(list(None, 1).await.unwrap(), vec![a.clone()]);
+    assert_eq!(list(Some("4.aa.1"), 10).await.unwrap(), vec![b.clone(), c.clone()]);
+    // Same operation id: replaced, not duplicated.
+    let mut b2 = b.clone();
+    b2.hub = "hub2.example.test".into();
+    s.put_registration_intent(&b2).await.unwrap();
+    assert_eq!(list(Some("4.aa.1"), 1).await.unwrap(), vec![b2.clone()]);
+
+    // Committing b's record removes b's intent only.
+    s.commit_registration(&b2.record).await.unwrap();
+    assert_eq!(s.get_registration("INT-B").await.unwrap(), Some(b2.record.clone()));
+    assert_eq!(list(None, 10).await.unwrap(), vec![a.clone(), c.clone()]);
+    // A record without an operation id, or of another operation, removes none.
+    let mut other = c.record.clone();
+    other.operation_id = None;
+    s.commit_registration(&other).await.unwrap();
+    other.operation_id = Some("4.zz.9".into());
+    s.commit_registration(&other).await.unwrap();
+    assert_eq!(list(None, 10).await.unwrap(), vec![a.clone(), c.clone()]);
+
+    s.delete_registration_intent("4.aa.1").await.unwrap();
+    s.delete_registration_intent("4.aa.1").await.unwrap();
+    s.delete_registration_intent("4.cc.3").await.unwrap();
+    assert!(list(None, 10).await.unwrap().is_empty());
+    for id in ["int-b", "int-c"] {
+        s.delete_registration(id, &WriteCondition::None).await.unwrap();
+    }
 }

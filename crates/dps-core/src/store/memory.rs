@@ -7,15 +7,17 @@ use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
 use dps_proto::registration_id::key;
 use parking_lot::RwLock;
 
-use super::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};
+use super::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition};
 
-/// Three ordered maps behind one lock each; fine for tests and small deployments.
+/// Ordered maps behind one lock each; fine for tests and small deployments.
 #[derive(Default)]
 pub struct MemoryStore {
     enrollments: RwLock<BTreeMap<String, IndividualEnrollment>>,
     groups: RwLock<BTreeMap<String, EnrollmentGroup>>,
     registrations: RwLock<BTreeMap<String, RegistrationRecord>>,
     certificates: RwLock<BTreeMap<String, CaCertificateRecord>>,
+    /// Registration intents by operation id (case kept: operation ids are not user input).
+    intents: RwLock<BTreeMap<String, RegistrationIntent>>,
 }
 
 impl MemoryStore {
@@ -94,7 +96,14 @@ impl Store for MemoryStore {
     }
 
     async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {
-        self.registrations.write().insert(r.key(), r.clone());
+        // Both locks at once, in the order the other methods never invert, so no reader sees the
+        // record without the intent gone or the intent gone without the record.
+        let mut registrations = self.registrations.write();
+        let mut intents = self.intents.write();
+        registrations.insert(r.key(), r.clone());
+        if let Some(op) = &r.operation_id {
+            intents.remove(op);
+        }
         Ok(())
     }
 
@@ -124,6 +133,31 @@ impl Store for MemoryStore {
             })
             .take(limit)
             .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn put_registration_intent(&self, intent: &RegistrationIntent) -> Result<(), StoreError> {
+        self.intents.write().insert(intent.operation_id.clone(), intent.clone());
+        Ok(())
+    }
+
+    async fn delete_registration_intent(&self, operation_id: &str) -> Result<(), StoreError> {
+        self.intents.write().remove(operation_id);
+        Ok(())
+    }
+
+    async fn list_registration_intents(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RegistrationIntent>, StoreError> {
+        Ok(self
+            .intents
+            .read()
+            .iter()
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .take(limit)
+            .map(|(_, i)| i.clone())
             .collect())
     }
 

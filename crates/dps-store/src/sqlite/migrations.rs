@@ -36,6 +36,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "certificates",
         sql: include_str!("migrations/0002_certificates.sql"),
     },
+    Migration {
+        version: 3,
+        name: "registration intents",
+        sql: include_str!("migrations/0003_registration_intents.sql"),
+    },
 ];
 
 /// The schema version this build writes and understands.

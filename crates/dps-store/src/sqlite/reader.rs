@@ -105,6 +105,7 @@ pub(crate) enum Doc {
     Groups,
     Registrations,
     Certificates,
+    Intents,
 }
 
 impl Doc {
@@ -114,6 +115,7 @@ impl Doc {
             Doc::Groups => "enrollment_groups",
             Doc::Registrations => "registrations",
             Doc::Certificates => "certificates",
+            Doc::Intents => "registration_intents",
         }
     }
 
@@ -123,6 +125,7 @@ impl Doc {
             Doc::Groups => "SELECT doc FROM enrollment_groups WHERE key = ?1",
             Doc::Registrations => "SELECT doc FROM registrations WHERE key = ?1",
             Doc::Certificates => "SELECT doc FROM certificates WHERE key = ?1",
+            Doc::Intents => "SELECT doc FROM registration_intents WHERE key = ?1",
         }
     }
 
@@ -144,6 +147,10 @@ impl Doc {
             Doc::Certificates => (
                 "SELECT key, doc FROM certificates ORDER BY key LIMIT ?1",
                 "SELECT key, doc FROM certificates WHERE key > ?2 ORDER BY key LIMIT ?1",
+            ),
+            Doc::Intents => (
+                "SELECT key, doc FROM registration_intents ORDER BY key LIMIT ?1",
+                "SELECT key, doc FROM registration_intents WHERE key > ?2 ORDER BY key LIMIT ?1",
             ),
         }
     }

@@ -144,6 +144,7 @@ async fn a_failed_commit_fails_every_command_and_the_writer_recovers() {
             group_key: None,
             etag: None,
             doc: serde_json::to_string(&record("lost")).unwrap(),
+            operation_id: None,
         },
     );
     let poison = spawn_write(&store, Op::PoisonCommit);

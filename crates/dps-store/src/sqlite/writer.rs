@@ -76,6 +76,9 @@ impl Table {
 
 const SELECT_REGISTRATION_ETAG: &str = "SELECT etag FROM registrations WHERE key = ?1";
 const DELETE_REGISTRATION: &str = "DELETE FROM registrations WHERE key = ?1";
+const UPSERT_INTENT: &str = "INSERT INTO registration_intents (key, doc) VALUES (?1, ?2) \
+     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc";
+const DELETE_INTENT: &str = "DELETE FROM registration_intents WHERE key = ?1";
 const UPSERT_REGISTRATION: &str = "INSERT INTO registrations (key, group_key, etag, doc) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET \
      group_key = excluded.group_key, etag = excluded.etag, doc = excluded.doc";
@@ -99,13 +102,18 @@ pub(crate) enum Op {
     },
     /// Conditional delete of a registration record.
     DeleteRegistration { key: String, cond: WriteCondition },
-    /// Unconditional upsert of a registration record.
+    /// Unconditional upsert of a registration record, removing its operation's intent.
     CommitRegistration {
         key: String,
         group_key: Option<String>,
         etag: Option<String>,
         doc: String,
+        operation_id: Option<String>,
     },
+    /// Unconditional upsert of a registration intent (keyed by operation id).
+    PutIntent { operation_id: String, doc: String },
+    /// Removal of a registration intent; absent is fine.
+    DeleteIntent { operation_id: String },
     /// Test hook: tells the test it is running, then blocks the writer (inside its transaction)
     /// until released, so the test can queue a batch deterministically.
     #[cfg(test)]
@@ -283,10 +291,29 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
             group_key,
             etag,
             doc,
+            operation_id,
         } => {
             conn.prepare_cached(UPSERT_REGISTRATION)
                 .or_backend()?
                 .execute(params![key, group_key, etag, doc])
+                .or_backend()?;
+            if let Some(op) = operation_id {
+                conn.prepare_cached(DELETE_INTENT)
+                    .or_backend()?
+                    .execute([op])
+                    .or_backend()?;
+            }
+        }
+        Op::PutIntent { operation_id, doc } => {
+            conn.prepare_cached(UPSERT_INTENT)
+                .or_backend()?
+                .execute(params![operation_id, doc])
+                .or_backend()?;
+        }
+        Op::DeleteIntent { operation_id } => {
+            conn.prepare_cached(DELETE_INTENT)
+                .or_backend()?
+                .execute([operation_id])
                 .or_backend()?;
         }
         #[cfg(test)]

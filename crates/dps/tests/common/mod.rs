@@ -171,3 +171,51 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+impl Server {
+    /// SIGKILLs the server — no shutdown of any kind, as a crash or `kill -9` — and reaps it.
+    pub fn kill9(&mut self) {
+        // `Child::kill` is SIGKILL on Unix.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts `dps serve` again on the same data directory, address and flags (after
+    /// [`Server::kill9`]), appending to the same log, and waits until both ports accept
+    /// connections.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        self.child = Command::new(dps_bin())
+            .args(["serve", "--data-dir"])
+            .arg(self.data())
+            .args(["--bind", &self.ip, "--hostname", &self.ip, "--log", "info"])
+            .env_remove("DPS_CONFIG")
+            .env_remove("DPS_HTTPS_PORT")
+            .env_remove("DPS_MQTT_PORT")
+            .env_remove("DPS_HUB_HOSTNAME")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dps serve starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("restarted dps serve exited with {status}: {}", self.log());
+            }
+            if TcpStream::connect((self.ip.as_str(), 443)).is_ok()
+                && TcpStream::connect((self.ip.as_str(), 8883)).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "restarted dps serve did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
