@@ -162,16 +162,17 @@ mod tests {
         let with_port = build_token("dps.example.test:8443", "c2Vjb25kYXJ5a2V5", 1000, Some("owner")).unwrap();
         a.authorize(500, Some(&with_port), &hosts, path, &["EnrollmentWrite"])
             .unwrap();
-        let err = |h: Option<&str>, right: &str, now: u64| {
-            a.authorize(now, h, &hosts, path, &[right]).unwrap_err()
-        };
+        let err = |h: Option<&str>, right: &str, now: u64| a.authorize(now, h, &hosts, path, &[right]).unwrap_err();
         assert!(err(None, "EnrollmentRead", 0).message.contains("missing Authorization"));
         assert!(err(Some("Bearer abc"), "EnrollmentRead", 0).message.contains("bearer"));
         assert!(err(Some(&tok), "EnrollmentRead", 2000).message.contains("expired"));
         // A wrong key and an unknown policy read the same: refusals do not reveal policy names.
         let wrong_key = build_token("dps.example.test", "d3Jvbmc=", 1000, Some("owner")).unwrap();
         let unknown = build_token("dps.example.test", "d3Jvbmc=", 1000, Some("nobody")).unwrap();
-        let (e1, e2) = (err(Some(&wrong_key), "EnrollmentRead", 0), err(Some(&unknown), "EnrollmentRead", 0));
+        let (e1, e2) = (
+            err(Some(&wrong_key), "EnrollmentRead", 0),
+            err(Some(&unknown), "EnrollmentRead", 0),
+        );
         assert_eq!(
             e1.message,
             "shared access signature is not signed by a key of policy 'owner' (no such policy, or not its primary or secondary key)"
@@ -180,8 +181,17 @@ mod tests {
         assert_eq!((e1.status, e1.code), (e2.status, e2.code));
         let other_host = build_token("other.example.test", "cHJpbWFyeWtleQ==", 1000, Some("owner")).unwrap();
         let e = err(Some(&other_host), "EnrollmentRead", 0);
-        assert!(e.message.contains("audience 'other.example.test' does not cover /enrollments/x"), "{}", e.message);
-        assert!(e.message.contains("dps.example.test, dps.example.test:8443"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("audience 'other.example.test' does not cover /enrollments/x"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("dps.example.test, dps.example.test:8443"),
+            "{}",
+            e.message
+        );
         let reader = build_token("dps.example.test", "cmVhZGVy", 1000, Some("reader")).unwrap();
         let e = err(Some(&reader), "EnrollmentWrite", 0);
         assert_eq!((e.status, e.code), (401, codes::INSUFFICIENT_RIGHTS));
@@ -189,7 +199,11 @@ mod tests {
         let e = a
             .authorize(0, Some(&reader), &hosts, path, &["EnrollmentWrite", "ServiceConfig"])
             .unwrap_err();
-        assert!(e.message.contains("one of the rights EnrollmentWrite, ServiceConfig"), "{}", e.message);
+        assert!(
+            e.message.contains("one of the rights EnrollmentWrite, ServiceConfig"),
+            "{}",
+            e.message
+        );
         a.authorize(0, Some(&reader), &hosts, path, &["EnrollmentWrite", "EnrollmentRead"])
             .unwrap();
     }
@@ -199,11 +213,23 @@ mod tests {
     fn scoped_tokens_reach_only_their_scope() {
         let a = authz();
         let hosts = vec!["dps.example.test".to_string()];
-        let scoped = build_token("dps.example.test/enrollments/x", "cHJpbWFyeWtleQ==", 1000, Some("owner")).unwrap();
+        let scoped = build_token(
+            "dps.example.test/enrollments/x",
+            "cHJpbWFyeWtleQ==",
+            1000,
+            Some("owner"),
+        )
+        .unwrap();
         for ok in ["/enrollments/x", "/enrollments/X/attestationmechanism"] {
             a.authorize(0, Some(&scoped), &hosts, ok, &["EnrollmentRead"]).unwrap();
         }
-        for off in ["/enrollments/xy", "/enrollments", "/enrollments/y", "/enrollmentgroups/x", "/"] {
+        for off in [
+            "/enrollments/xy",
+            "/enrollments",
+            "/enrollments/y",
+            "/enrollmentgroups/x",
+            "/",
+        ] {
             let e = a
                 .authorize(0, Some(&scoped), &hosts, off, &["EnrollmentRead"])
                 .unwrap_err();

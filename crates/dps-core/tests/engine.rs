@@ -284,7 +284,11 @@ async fn disabled_group_and_bad_credentials() {
         .await
         .unwrap_err();
     assert_eq!(
-        (wrong_key.status, wrong_key.code, wrong_key.message.replace("'ind'", "'nobody'")),
+        (
+            wrong_key.status,
+            wrong_key.code,
+            wrong_key.message.replace("'ind'", "'nobody'")
+        ),
         (err.status, err.code, err.message.clone())
     );
     assert!(!err.message.contains("group(s)"), "{}", err.message);

@@ -178,7 +178,8 @@ async fn challenge_then_tpm_signed_sas_assigns_and_delivers_the_hub_key() {
     // enrollment to whoever asks), with the hint a TPM device needs.
     refused(&err, codes::UNAUTHORIZED, "does not match any key this service accepts");
     assert!(
-        err.message.contains("TPM challenge, which lasts 300 s and serves one registration"),
+        err.message
+            .contains("TPM challenge, which lasts 300 s and serves one registration"),
         "{}",
         err.message
     );

@@ -325,7 +325,12 @@ async fn every_broken_link_is_named() {
     assert!(m.contains("is not enrolled for registration 'd-forged'"), "{m}");
     let stranger = device(&root("Root C"), "d-forged");
     let m2 = refused(&e, &req("d-forged", &[&stranger])).await;
-    let shape = |m: &str| m.split(" (SHA-256").nth(1).and_then(|t| t.split_once(')')).map(|(_, rest)| rest.to_string());
+    let shape = |m: &str| {
+        m.split(" (SHA-256")
+            .nth(1)
+            .and_then(|t| t.split_once(')'))
+            .map(|(_, rest)| rest.to_string())
+    };
     assert_eq!(shape(&m), shape(&m2), "{m}\n{m2}");
     // A CN breaking the registration-id rules never gets that far.
     let bad = device(&root_ca, "bad id");

@@ -376,7 +376,8 @@ mod tests {
     fn scoped_audience_covers_by_segment() {
         let t = SasToken::parse(&build_token("Host/enrollments/x", KEY, 10, Some("p")).unwrap()).unwrap();
         t.check_audience_prefix("host/enrollments/x").unwrap();
-        t.check_audience_prefix("host/enrollments/X/attestationmechanism").unwrap();
+        t.check_audience_prefix("host/enrollments/X/attestationmechanism")
+            .unwrap();
         for other in [
             "host/enrollments/xy",
             "host/enrollments",

@@ -149,7 +149,10 @@ async fn http_challenge_register_poll_and_hub_key() {
     // Answered like any SAS no enrollment accepts, so nobody learns the id has a TPM enrollment.
     assert_eq!(replay.body["errorCode"], 401000, "{}", replay.body);
     assert!(
-        replay.body["message"].as_str().unwrap().contains("TPM challenge, which lasts"),
+        replay.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("TPM challenge, which lasts"),
         "{}",
         replay.body
     );

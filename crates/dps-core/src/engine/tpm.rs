@@ -232,7 +232,10 @@ impl Engine {
             .await?
             .ok_or_else(|| refuse("no individual enrollment"))?;
         if e.attestation.kind != AttestationType::Tpm {
-            return Err(refuse(&format!("the enrollment uses {} attestation", e.attestation.kind)));
+            return Err(refuse(&format!(
+                "the enrollment uses {} attestation",
+                e.attestation.kind
+            )));
         }
         let (enrolled_ek, enrolled_srk) = enrolled_keys(&e)?;
         if ek != enrolled_ek {

@@ -540,13 +540,28 @@ mod tests {
     fn wrong_types_name_the_field() {
         for (body, field) in [
             (r#"{"registrationId":5}"#, "registrationId"),
-            (r#"{"registrationId":"a","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":7}}}"#, "attestation.symmetricKey.primaryKey"),
+            (
+                r#"{"registrationId":"a","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":7}}}"#,
+                "attestation.symmetricKey.primaryKey",
+            ),
             (r#"{"registrationId":"a","attestation":"tpm"}"#, "attestation"),
-            (r#"{"registrationId":"a","capabilities":{"iotEdge":"yes"}}"#, "capabilities.iotEdge"),
+            (
+                r#"{"registrationId":"a","capabilities":{"iotEdge":"yes"}}"#,
+                "capabilities.iotEdge",
+            ),
             (r#"{"registrationId":"a","iotHubs":"h"}"#, "iotHubs"),
-            (r#"{"registrationId":"a","reprovisionPolicy":{"updateHubAssignment":1}}"#, "reprovisionPolicy.updateHubAssignment"),
-            (r#"{"registrationId":"a","provisioningStatus":"on"}"#, "provisioningStatus"),
-            (r#"{"registrationId":"a","createdDateTimeUtc":12}"#, "createdDateTimeUtc"),
+            (
+                r#"{"registrationId":"a","reprovisionPolicy":{"updateHubAssignment":1}}"#,
+                "reprovisionPolicy.updateHubAssignment",
+            ),
+            (
+                r#"{"registrationId":"a","provisioningStatus":"on"}"#,
+                "provisioningStatus",
+            ),
+            (
+                r#"{"registrationId":"a","createdDateTimeUtc":12}"#,
+                "createdDateTimeUtc",
+            ),
         ] {
             let e = crate::model::from_json::<IndividualEnrollment>(body.as_bytes()).unwrap_err();
             assert_eq!(e.path, field, "{body}: {e}");
