@@ -65,18 +65,18 @@ pub(crate) fn check_host<'a>(
     port: u16,
 ) -> Result<(), ApiError> {
     let accepted = || {
-        names
-            .clone()
-            .into_iter()
-            .map(|n| {
-                if n.contains(':') {
-                    format!("[{n}]")
-                } else {
-                    n.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut shown: Vec<String> = Vec::new();
+        for n in names.clone() {
+            let n = if n.contains(':') {
+                format!("[{n}]")
+            } else {
+                n.to_string()
+            };
+            if !shown.iter().any(|s| s.eq_ignore_ascii_case(&n)) {
+                shown.push(n);
+            }
+        }
+        shown.join(", ")
     };
     let value = host_header.map(str::trim).filter(|h| !h.is_empty()).ok_or_else(|| {
         ApiError::invalid(format!(
