@@ -11,6 +11,8 @@ Environment:
     DPS_START_TIMEOUT    seconds to wait for the listeners (default 30)
     DPS_KEEP_DATA=1      keep the temp data/log directories after the run
     DPS_TEST_HOST_BASE   first X of 127.0.0.X to try (default 20)
+    DPS_TEST_HOST_PREFIX the first three octets instead of 127.0.0 (e.g. 127.0.9), so runs
+                         sharing a machine can keep to separate address ranges
     DPS_INTEROP_SKIP_IF_NO_BIN=1
                          skip (instead of fail) when the binary does not exist; a stopgap
                          for before `dps` has a bin target, never for normal runs
@@ -174,7 +176,7 @@ def allocate_host() -> str:
         for _ in range(230):
             x = 2 + (base - 2 + _next_host_index) % 252  # stay within 127.0.0.2 .. 127.0.0.253
             _next_host_index += 1
-            host = f"127.0.0.{x}"
+            host = f"{os.environ.get('DPS_TEST_HOST_PREFIX', '127.0.0')}.{x}"
             if _port_free(host, MQTT_PORT) and _port_free(host, HTTPS_PORT):
                 return host
     raise RuntimeError("no free 127.0.0.X address with ports 8883 and 443 available")

@@ -49,14 +49,25 @@ impl PolicyAuthorizer {
         &self.policies
     }
 
-    /// Authorizes a request for `resource` (`{host}{path}`, no scheme) needing `right`. Every
-    /// failure is a 401 whose message says exactly what was wrong.
+    /// Authorizes a request for the resource `path` on this server, needing any one of
+    /// `rights`.
+    ///
+    /// `hosts` are the server's OWN names for the API (each also with its port, as SDKs sign
+    /// `host:port` when the port is not 443) — never a client-supplied `Host`: the token's
+    /// audience must be one of them, or a resource under one of them that covers `path` by
+    /// whole segments (`host/enrollments/x` covers `/enrollments/x` and `/enrollments/x/...`,
+    /// not `/enrollments/xy`). `path` is the canonical, decoded resource path of the route.
+    ///
+    /// Every failure is a 401. Messages say what was wrong with the token itself (malformed,
+    /// expired, audience, rights) but not which policies exist: an unknown policy name and a
+    /// wrong key get the same answer, and the precise reason goes to the server log.
     pub fn authorize(
         &self,
         now_unix: u64,
         header: Option<&str>,
-        resource: &str,
-        right: &str,
+        hosts: &[String],
+        path: &str,
+        rights: &[&str],
     ) -> Result<&SharedAccessPolicy, ApiError> {
         let header = header
             .ok_or_else(|| ApiError::unauthorized("missing Authorization header (expected a SharedAccessSignature)"))?;
@@ -70,32 +81,43 @@ impl PolicyAuthorizer {
             .key_name
             .as_deref()
             .ok_or_else(|| ApiError::unauthorized("shared access signature has no 'skn' (policy name)"))?;
-        let policy = self
-            .policies
-            .iter()
-            .find(|p| p.key_name.eq_ignore_ascii_case(name))
-            .ok_or_else(|| ApiError::unauthorized(format!("unknown shared access policy '{name}'")))?;
         token
             .check_expiry(now_unix)
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        token
+        let not_signed = || {
+            ApiError::unauthorized(format!(
+                "shared access signature is not signed by a key of policy '{name}' (no such policy, or not its primary or secondary key)"
+            ))
+        };
+        let Some(policy) = self.policies.iter().find(|p| p.key_name.eq_ignore_ascii_case(name)) else {
+            tracing::info!(policy = %name, "shared access signature refused: no such policy");
+            return Err(not_signed());
+        };
+        if token
             .verify_signature([policy.primary_key.as_str(), policy.secondary_key.as_str()])
-            .map_err(|_| {
-                ApiError::unauthorized(format!(
-                    "shared access signature does not match the keys of policy '{}'",
-                    policy.key_name
-                ))
-            })?;
-        token
-            .check_audience_prefix(resource)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        if !policy.has_right(right) {
+            .is_err()
+        {
+            tracing::info!(policy = %policy.key_name, "shared access signature refused: signed with neither key of the policy");
+            return Err(not_signed());
+        }
+        if !hosts
+            .iter()
+            .any(|h| token.check_audience_prefix(&format!("{h}{path}")).is_ok())
+        {
+            return Err(ApiError::unauthorized(format!(
+                "shared access signature audience '{}' does not cover {path}: it must be this server's host name ({}) or a resource path under it that contains {path}",
+                token.audience(),
+                hosts.join(", ")
+            )));
+        }
+        if !rights.iter().any(|r| policy.has_right(r)) {
+            let needed = match rights {
+                [one] => format!("the {one} right"),
+                more => format!("one of the rights {}", more.join(", ")),
+            };
             return Err(ApiError::new(
                 codes::INSUFFICIENT_RIGHTS,
-                format!(
-                    "policy '{}' lacks the {right} right needed for this operation",
-                    policy.key_name
-                ),
+                format!("policy '{}' lacks {needed} needed for this operation", policy.key_name),
             ));
         }
         Ok(policy)
@@ -127,33 +149,97 @@ mod tests {
     #[test]
     fn accepts_valid_and_explains_rejections() {
         let a = authz();
+        let hosts = vec!["dps.example.test".to_string(), "dps.example.test:8443".to_string()];
+        let path = "/enrollments/x";
         let tok = build_token("dps.example.test", "c2Vjb25kYXJ5a2V5", 1000, Some("owner")).unwrap();
         assert_eq!(
-            a.authorize(500, Some(&tok), "dps.example.test/enrollments/x", "EnrollmentWrite")
+            a.authorize(500, Some(&tok), &hosts, path, &["EnrollmentWrite"])
                 .unwrap()
                 .key_name,
             "owner"
         );
-        let err = |h: Option<&str>, right: &str, now: u64| {
-            a.authorize(now, h, "dps.example.test/enrollments/x", right)
-                .unwrap_err()
-        };
+        // SDKs sign `host:port` when the port is not 443.
+        let with_port = build_token("dps.example.test:8443", "c2Vjb25kYXJ5a2V5", 1000, Some("owner")).unwrap();
+        a.authorize(500, Some(&with_port), &hosts, path, &["EnrollmentWrite"])
+            .unwrap();
+        let err = |h: Option<&str>, right: &str, now: u64| a.authorize(now, h, &hosts, path, &[right]).unwrap_err();
         assert!(err(None, "EnrollmentRead", 0).message.contains("missing Authorization"));
         assert!(err(Some("Bearer abc"), "EnrollmentRead", 0).message.contains("bearer"));
         assert!(err(Some(&tok), "EnrollmentRead", 2000).message.contains("expired"));
+        // A wrong key and an unknown policy read the same: refusals do not reveal policy names.
         let wrong_key = build_token("dps.example.test", "d3Jvbmc=", 1000, Some("owner")).unwrap();
-        assert!(err(Some(&wrong_key), "EnrollmentRead", 0)
-            .message
-            .contains("does not match the keys of policy 'owner'"));
         let unknown = build_token("dps.example.test", "d3Jvbmc=", 1000, Some("nobody")).unwrap();
-        assert!(err(Some(&unknown), "EnrollmentRead", 0)
-            .message
-            .contains("unknown shared access policy 'nobody'"));
+        let (e1, e2) = (
+            err(Some(&wrong_key), "EnrollmentRead", 0),
+            err(Some(&unknown), "EnrollmentRead", 0),
+        );
+        assert_eq!(
+            e1.message,
+            "shared access signature is not signed by a key of policy 'owner' (no such policy, or not its primary or secondary key)"
+        );
+        assert_eq!(e2.message, e1.message.replace("'owner'", "'nobody'"));
+        assert_eq!((e1.status, e1.code), (e2.status, e2.code));
         let other_host = build_token("other.example.test", "cHJpbWFyeWtleQ==", 1000, Some("owner")).unwrap();
-        assert!(err(Some(&other_host), "EnrollmentRead", 0).message.contains("audience"));
+        let e = err(Some(&other_host), "EnrollmentRead", 0);
+        assert!(
+            e.message
+                .contains("audience 'other.example.test' does not cover /enrollments/x"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("dps.example.test, dps.example.test:8443"),
+            "{}",
+            e.message
+        );
         let reader = build_token("dps.example.test", "cmVhZGVy", 1000, Some("reader")).unwrap();
         let e = err(Some(&reader), "EnrollmentWrite", 0);
         assert_eq!((e.status, e.code), (401, codes::INSUFFICIENT_RIGHTS));
         assert!(e.message.contains("lacks the EnrollmentWrite right"));
+        let e = a
+            .authorize(0, Some(&reader), &hosts, path, &["EnrollmentWrite", "ServiceConfig"])
+            .unwrap_err();
+        assert!(
+            e.message.contains("one of the rights EnrollmentWrite, ServiceConfig"),
+            "{}",
+            e.message
+        );
+        a.authorize(0, Some(&reader), &hosts, path, &["EnrollmentWrite", "EnrollmentRead"])
+            .unwrap();
+    }
+
+    /// A token scoped to one resource reaches that resource and what is under it, nothing else.
+    #[test]
+    fn scoped_tokens_reach_only_their_scope() {
+        let a = authz();
+        let hosts = vec!["dps.example.test".to_string()];
+        let scoped = build_token(
+            "dps.example.test/enrollments/x",
+            "cHJpbWFyeWtleQ==",
+            1000,
+            Some("owner"),
+        )
+        .unwrap();
+        for ok in ["/enrollments/x", "/enrollments/X/attestationmechanism"] {
+            a.authorize(0, Some(&scoped), &hosts, ok, &["EnrollmentRead"]).unwrap();
+        }
+        for off in [
+            "/enrollments/xy",
+            "/enrollments",
+            "/enrollments/y",
+            "/enrollmentgroups/x",
+            "/",
+        ] {
+            let e = a
+                .authorize(0, Some(&scoped), &hosts, off, &["EnrollmentRead"])
+                .unwrap_err();
+            assert_eq!(e.code, codes::UNAUTHORIZED, "{off}");
+            assert!(e.message.contains("does not cover"), "{off}: {}", e.message);
+        }
+        // Only the server's own names count, whatever host the token names.
+        let forged = build_token("evil.test/enrollments/x", "cHJpbWFyeWtleQ==", 1000, Some("owner")).unwrap();
+        assert!(a
+            .authorize(0, Some(&forged), &hosts, "/enrollments/x", &["EnrollmentRead"])
+            .is_err());
     }
 }

@@ -248,7 +248,7 @@ async fn disabled_group_and_bad_credentials() {
         .unwrap_err();
     assert!(
         err.message
-            .contains("does not match the primary or secondary key of individual enrollment 'ind'"),
+            .contains("SAS signature does not match any key this service accepts for registration 'ind'"),
         "{}",
         err.message
     );
@@ -273,10 +273,25 @@ async fn disabled_group_and_bad_credentials() {
         .await
         .unwrap_err();
     assert!(
-        err.message.contains("no enrollment matches registration 'nobody'"),
+        err.message
+            .contains("SAS signature does not match any key this service accepts for registration 'nobody'"),
         "{}",
         err.message
     );
+    // An unknown id and a wrong key read the same, and no refusal says how many groups exist.
+    let wrong_key = e
+        .register(now(), &request("ind", "d3Jvbmcga2V5IHdyb25nIGtleQ==", exp()), &reg)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (
+            wrong_key.status,
+            wrong_key.code,
+            wrong_key.message.replace("'ind'", "'nobody'")
+        ),
+        (err.status, err.code, err.message.clone())
+    );
+    assert!(!err.message.contains("group(s)"), "{}", err.message);
     // Bad registration id.
     let err = e
         .register(now(), &request("bad id!", KEY1, exp()), &reg)

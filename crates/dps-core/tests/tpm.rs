@@ -174,10 +174,12 @@ async fn challenge_then_tpm_signed_sas_assigns_and_delivers_the_hub_key() {
     // The challenge was used: the same token cannot register again.
     let again = request("tpm-device-1", sas("tpm-device-1", &key, start()));
     let err = e.register(start(), &again, &body(tpm)).await.unwrap_err();
-    refused(&err, codes::TPM_CHALLENGE_MISSING, "no outstanding TPM challenge");
+    // Answered like any unmatched SAS token (a distinct answer would reveal the TPM
+    // enrollment to whoever asks), with the hint a TPM device needs.
+    refused(&err, codes::UNAUTHORIZED, "does not match any key this service accepts");
     assert!(
         err.message
-            .contains("send the registration request without authorization first"),
+            .contains("TPM challenge, which lasts 300 s and serves one registration"),
         "{}",
         err.message
     );
@@ -207,21 +209,17 @@ async fn challenges_expire_and_only_their_key_signs() {
 
     // Never asked.
     let err = register(&e, clock.now(), "dev", tpm, &[7; 32]).await.unwrap_err();
-    assert_eq!(err.code, codes::TPM_CHALLENGE_MISSING, "{}", err.message);
+    refused(&err, codes::UNAUTHORIZED, "does not match any key this service accepts");
 
     // Outstanding, but the token is signed with another key.
     let key = challenge_key(&e, clock.now(), "dev", tpm).await;
     let err = register(&e, clock.now(), "dev", tpm, &[7; 32]).await.unwrap_err();
-    refused(
-        &err,
-        codes::UNAUTHORIZED,
-        "does not match the key of the outstanding TPM challenge",
-    );
+    refused(&err, codes::UNAUTHORIZED, "does not match any key this service accepts");
 
     // Expired after five minutes.
     clock.advance(Duration::seconds(301));
     let err = register(&e, clock.now(), "dev", tpm, &key).await.unwrap_err();
-    assert_eq!(err.code, codes::TPM_CHALLENGE_MISSING, "{}", err.message);
+    refused(&err, codes::UNAUTHORIZED, "does not match any key this service accepts");
 
     // Within the lifetime, it works; an older outstanding challenge of the same device too.
     let first = challenge_key(&e, clock.now(), "dev", tpm).await;
@@ -261,25 +259,26 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     };
 
     let err = ask("nobody", body(a)).await;
-    refused(
-        &err,
-        codes::UNAUTHORIZED,
-        "no individual enrollment for registration 'nobody'",
-    );
+    // Every mismatch reads the same: nothing tells an unauthenticated caller which ids exist.
+    const NO_MATCH: &str = "has the endorsement key and storage root key sent";
+    refused(&err, codes::UNAUTHORIZED, NO_MATCH);
+    let nobody = err.message.clone();
 
     // Enrolled with B's EK; A asks.
     e.put_enrollment(start(), "ek-b", enrollment(b, false), None)
         .await
         .unwrap();
     let err = ask("ek-b", body(a)).await;
-    refused(&err, codes::UNAUTHORIZED, "endorsement key sent does not match");
+    refused(&err, codes::UNAUTHORIZED, NO_MATCH);
+    assert_eq!(err.message, nobody.replace("'nobody'", "'ek-b'"));
 
     // Enrolled with B's EK and A's SRK; B asks with its own SRK.
     let mut mixed = enrollment(b, false);
     mixed.attestation.tpm.as_mut().unwrap().storage_root_key = Some(b64(&a.storage_root_key()));
     e.put_enrollment(start(), "srk-a", mixed, None).await.unwrap();
     let err = ask("srk-a", body(b)).await;
-    refused(&err, codes::UNAUTHORIZED, "storage root key sent does not match");
+    refused(&err, codes::UNAUTHORIZED, NO_MATCH);
+    assert_eq!(err.message, nobody.replace("'nobody'", "'srk-a'"));
 
     // A symmetric-key enrollment.
     let sym = IndividualEnrollment {
@@ -291,11 +290,8 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     };
     e.put_enrollment(start(), "sym", sym, None).await.unwrap();
     let err = ask("sym", body(a)).await;
-    refused(
-        &err,
-        codes::UNAUTHORIZED,
-        "uses symmetricKey attestation, but the device sent TPM keys",
-    );
+    refused(&err, codes::UNAUTHORIZED, NO_MATCH);
+    assert_eq!(err.message, nobody.replace("'nobody'", "'sym'"));
 
     // Bad device input: no SRK, an SRK that is not base64 or not a key, a body id that is not
     // the request's, no TPM keys at all.

@@ -17,21 +17,25 @@ pub const DEVICE: &[&str] = &[
     "2021-10-01",
     "2021-11-01-preview",
     "2025-07-01-preview",
+    "2026-04-01",
     "2026-11-02-preview",
     "2026-11-15-preview",
 ];
 
 /// Versions of the DPS service API (enrollments, groups, registrations, certificates).
+/// `2019-01-15` was sent by the C# service SDK (`SDKUtils.ApiVersionProvisioning`) in early 2019.
 pub const SERVICE: &[&str] = &[
     "2017-08-31-preview",
     "2017-11-15",
     "2018-09-01-preview",
     "2018-11-01",
+    "2019-01-15",
     "2019-03-31",
     "2021-06-01",
     "2021-10-01",
     "2021-11-01-preview",
     "2025-07-01-preview",
+    "2026-04-01",
     "2026-11-02-preview",
     "2026-11-15-preview",
 ];

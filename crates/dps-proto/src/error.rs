@@ -54,9 +54,6 @@ pub mod codes {
     pub const INSUFFICIENT_RIGHTS: u32 = 401_001;
     /// The enrollment (individual or group) that matched is disabled.
     pub const ENROLLMENT_DISABLED: u32 = 401_003;
-    /// A TPM-signed SAS arrived but no TPM challenge is outstanding for the registration (never
-    /// requested, expired, or already used by a registration).
-    pub const TPM_CHALLENGE_MISSING: u32 = 401_004;
     /// Unknown ID scope.
     pub const ID_SCOPE_NOT_FOUND: u32 = 404_200;
     /// No such route / resource path.

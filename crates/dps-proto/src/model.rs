@@ -6,6 +6,36 @@ pub mod device;
 pub mod hub;
 pub mod service;
 
+/// A JSON body that does not fit its model: where, and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", if .path.is_empty() { String::new() } else { format!("field '{}': ", .path) })]
+pub struct JsonError {
+    /// The offending field as a dotted path (`attestation.symmetricKey.primaryKey`, `enrollments[2].registrationId`);
+    /// empty when the problem is the document itself (not JSON, wrong top-level type).
+    pub path: String,
+    /// serde's description (`invalid type: integer `5`, expected a string at line 1 column 30`).
+    pub message: String,
+}
+
+/// Parses `body` as `T`, naming the field on a type error: models are strict (a wrong type is
+/// an error, never a silent default), and the client is told which field to fix.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        JsonError {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    // Trailing garbage after the document.
+    de.end().map_err(|e| JsonError {
+        path: String::new(),
+        message: e.to_string(),
+    })?;
+    Ok(value)
+}
+
 /// Defines a string enum whose input is matched case-insensitively (clients spell enum values
 /// differently: `updateIfMatchEtag` vs `updateIfMatchETag`, `geolatency` vs `geoLatency`) and whose
 /// output is the canonical Azure spelling.

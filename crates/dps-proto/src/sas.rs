@@ -85,12 +85,20 @@ impl SasToken {
             let (k, v) = field
                 .split_once('=')
                 .ok_or_else(|| SasError::Malformed(format!("field '{field}' has no '='")))?;
-            match k.to_ascii_lowercase().as_str() {
-                "sr" => sr = Some(v),
-                "sig" => sig = Some(v),
-                "se" => se = Some(v),
-                "skn" => skn = Some(v),
-                _ => {}
+            let slot = match k.to_ascii_lowercase().as_str() {
+                "sr" => &mut sr,
+                "sig" => &mut sig,
+                "se" => &mut se,
+                "skn" => &mut skn,
+                _ => continue,
+            };
+            // A field given twice is ambiguous: a verifier reading the first and a signer using
+            // the last would disagree on what the token grants.
+            if slot.replace(v).is_some() {
+                return Err(SasError::Malformed(format!(
+                    "field '{}' appears more than once",
+                    k.to_ascii_lowercase()
+                )));
             }
         }
         let sr_raw = sr.ok_or(SasError::MissingField("sr"))?.to_string();
@@ -349,5 +357,40 @@ mod tests {
             Err(SasError::AudienceMismatch { .. })
         ));
         assert!(t.check_audience_prefix("s/registrations/ab").is_err());
+        for dup in [
+            "SharedAccessSignature sr=a&sr=b&sig=YQ==&se=1",
+            "SharedAccessSignature sr=a&sig=YQ==&SIG=YQ==&se=1",
+            "SharedAccessSignature sr=a&sig=YQ==&se=1&se=2",
+            "SharedAccessSignature sr=a&sig=YQ==&se=1&skn=p&skn=q",
+        ] {
+            match SasToken::parse(dup) {
+                Err(SasError::Malformed(m)) => assert!(m.contains("appears more than once"), "{m}"),
+                other => panic!("{dup}: {other:?}"),
+            }
+        }
+    }
+
+    /// A scoped audience covers its own resource and what lies below it, by whole path segments
+    /// only, and never another host.
+    #[test]
+    fn scoped_audience_covers_by_segment() {
+        let t = SasToken::parse(&build_token("Host/enrollments/x", KEY, 10, Some("p")).unwrap()).unwrap();
+        t.check_audience_prefix("host/enrollments/x").unwrap();
+        t.check_audience_prefix("host/enrollments/X/attestationmechanism")
+            .unwrap();
+        for other in [
+            "host/enrollments/xy",
+            "host/enrollments",
+            "host",
+            "host/enrollments/y",
+            "other/enrollments/x",
+            "host/enrollments/x%2fy",
+        ] {
+            assert!(t.check_audience_prefix(other).is_err(), "{other}");
+        }
+        let host = SasToken::parse(&build_token("host", KEY, 10, Some("p")).unwrap()).unwrap();
+        host.check_audience_prefix("host/enrollments/x").unwrap();
+        assert!(host.check_audience_prefix("hostile/enrollments/x").is_err());
+        assert!(host.check_audience_prefix("host.evil/enrollments/x").is_err());
     }
 }

@@ -115,6 +115,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot load enrollments: {e}"))?;
 
+    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
+    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
+    let (mqtt_addr, https_addr) = (
+        mqtt.local_addr().map_err(anyhow::Error::from)?,
+        https.local_addr().map_err(anyhow::Error::from)?,
+    );
+    // Services see the ports actually bound (port 0 picks one): SAS audiences and Host headers
+    // carry the HTTPS port when it is not 443.
+    let config = ServerConfig {
+        mqtt_port: mqtt_addr.port(),
+        https_port: https_addr.port(),
+        ..config
+    };
     let services = Arc::new(Services {
         engine: Arc::new(engine),
         hub,
@@ -125,12 +138,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         clock: Arc::new(SystemClock),
     });
 
-    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
-    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
-    let (mqtt_addr, https_addr) = (
-        mqtt.local_addr().map_err(anyhow::Error::from)?,
-        https.local_addr().map_err(anyhow::Error::from)?,
-    );
     dir.record_runtime(&crate::datadir::Runtime {
         hostnames: config.hostnames.clone(),
         mqtt_port: mqtt_addr.port(),

@@ -87,7 +87,7 @@ async fn dps_over_mqtt_happy_path_and_bad_input() {
         body["message"]
             .as_str()
             .unwrap()
-            .contains("does not match the primary or secondary key"),
+            .contains("SAS signature does not match any key this service accepts"),
         "{body}"
     );
     drop(c);

@@ -146,7 +146,16 @@ async fn http_challenge_register_poll_and_hub_key() {
     // The token is spent for registering.
     let replay = https(&s, "PUT", &path, Some(&sas), Some(&body)).await;
     assert_eq!(replay.status, 401);
-    assert_eq!(replay.body["errorCode"], 401004, "{}", replay.body);
+    // Answered like any SAS no enrollment accepts, so nobody learns the id has a TPM enrollment.
+    assert_eq!(replay.body["errorCode"], 401000, "{}", replay.body);
+    assert!(
+        replay.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("TPM challenge, which lasts"),
+        "{}",
+        replay.body
+    );
 
     // Without the TPM keys, an unauthenticated register is just unauthenticated.
     let bare = https(&s, "PUT", &path, None, Some(&json!({"registrationId": reg}))).await;

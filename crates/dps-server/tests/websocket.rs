@@ -307,7 +307,10 @@ async fn refused_upgrades_are_400s_and_http_keeps_working() {
             .contains("must be a WebSocket upgrade"),
         "{body}"
     );
-    let resp = send.send_request(get("/devices/dev-1")).await.unwrap();
+    let resp = send
+        .send_request(get("/devices/dev-1?api-version=2021-04-12"))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401, "the same connection serves the next request");
     s.shutdown().await;
 }

@@ -169,6 +169,22 @@ pub(crate) fn new_etag() -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
 }
 
+/// The refusal for a SAS token no enrollment accepts. One answer whatever the reason — no
+/// enrollment with that id, one with another attestation, a wrong key, no outstanding TPM
+/// challenge, no group whose derived key fits — so that an unauthenticated caller learns
+/// nothing about which enrollments or groups exist; `why` goes to the server log.
+pub(super) fn sas_refused(req: &DeviceRequest, why: &str) -> ApiError {
+    tracing::info!(registration = %req.registration_id, reason = why, "device SAS token refused");
+    ApiError::unauthorized(format!(
+        "the SAS signature does not match any key this service accepts for registration '{}': \
+         sign with the individual enrollment's key, or with the key derived from an enrollment group's key \
+         (base64(HMAC-SHA256(base64decode(groupKey), registrationId))); a TPM device signs with the key of \
+         a TPM challenge, which lasts {} s and serves one registration",
+        req.registration_id,
+        super::tpm::CHALLENGE_TTL_SECS
+    ))
+}
+
 /// The body's `registrationId`, when sent, must be the request's (case-insensitively).
 pub(super) fn check_body_id(req: &DeviceRequest, body: &DeviceRegistration) -> Result<(), ApiError> {
     match &body.registration_id {
@@ -282,6 +298,9 @@ impl Engine {
         });
         if let Some((op_key, cred, valid_until, body)) = cached {
             if op_key != key {
+                // Authenticate first, as for an unknown id, so the answer does not tell an
+                // unauthenticated caller that this operation exists for another registration.
+                self.attest(now, req).await?;
                 return Err(not_found());
             }
             let still_valid = valid_until.is_none_or(|t| now.timestamp() <= t);
@@ -368,10 +387,10 @@ impl Engine {
                 return self.attest_tpm(now, req, &token, e);
             }
             if e.attestation.kind != AttestationType::SymmetricKey {
-                return Err(ApiError::unauthorized(format!(
-                    "individual enrollment '{}' uses {} attestation, but the device presented a SAS token",
-                    e.registration_id, e.attestation.kind
-                )));
+                return Err(sas_refused(
+                    req,
+                    &format!("the individual enrollment uses {} attestation", e.attestation.kind),
+                ));
             }
             let sk = e.attestation.symmetric_key.clone().unwrap_or_default();
             let keys: Vec<&str> = [&sk.primary_key, &sk.secondary_key]
@@ -380,10 +399,10 @@ impl Engine {
                 .map(String::as_str)
                 .collect();
             token.verify_signature(keys).map_err(|_| {
-                ApiError::unauthorized(format!(
-                    "SAS signature does not match the primary or secondary key of individual enrollment '{}'",
-                    e.registration_id
-                ))
+                sas_refused(
+                    req,
+                    "signed with neither the primary nor the secondary key of the individual enrollment",
+                )
             })?;
             let hub_auth = DeviceAuth::Sas {
                 primary_key: sk.primary_key.unwrap_or_default(),
@@ -425,7 +444,8 @@ impl Engine {
                 });
             }
         }
-        // Diagnose the commonest mistake: signing with the group key itself.
+        // Diagnose the commonest mistake: signing with the group key itself. Only a holder of
+        // that group key gets here, so naming the group reveals nothing to anyone else.
         if let Some(g) = groups
             .iter()
             .find(|g| g.keys.iter().any(|k| token.verify_signature_raw(k)))
@@ -436,10 +456,10 @@ impl Engine {
             )));
         }
         let n = groups.iter().filter(|g| !g.keys.is_empty()).count();
-        Err(ApiError::unauthorized(format!(
-            "no enrollment matches registration '{}': there is no individual enrollment with that id, and the SAS signature matches none of the {n} symmetric-key enrollment group(s)",
-            req.registration_id
-        )))
+        Err(sas_refused(
+            req,
+            &format!("no individual enrollment, and none of the {n} symmetric-key group(s) derives the signing key"),
+        ))
     }
 
     /// Allocation, hub update and durable commit. `Err` carries a completed-but-failed state

@@ -216,30 +216,33 @@ impl Engine {
                 ))
             }
         };
-        let e = self.store.get_enrollment(&req.registration_id).await?.ok_or_else(|| {
+        // One refusal for every mismatch (no enrollment, another attestation, another EK or
+        // SRK): whoever asks without a credential learns only whether these exact keys are
+        // enrolled under this id, which the holder of the TPM knows anyway.
+        let refuse = |why: &str| {
+            tracing::info!(registration = %req.registration_id, reason = why, "TPM challenge refused");
             ApiError::unauthorized(format!(
-                "no individual enrollment for registration '{}'; TPM devices need an individual enrollment with their endorsement key (enrollment groups do not support TPM)",
+                "no TPM individual enrollment for registration '{}' has the endorsement key and storage root key sent; TPM devices need an individual enrollment with their endorsement key (enrollment groups do not support TPM)",
                 req.registration_id
             ))
-        })?;
+        };
+        let e = self
+            .store
+            .get_enrollment(&req.registration_id)
+            .await?
+            .ok_or_else(|| refuse("no individual enrollment"))?;
         if e.attestation.kind != AttestationType::Tpm {
-            return Err(ApiError::unauthorized(format!(
-                "individual enrollment '{}' uses {} attestation, but the device sent TPM keys",
-                e.registration_id, e.attestation.kind
+            return Err(refuse(&format!(
+                "the enrollment uses {} attestation",
+                e.attestation.kind
             )));
         }
         let (enrolled_ek, enrolled_srk) = enrolled_keys(&e)?;
         if ek != enrolled_ek {
-            return Err(ApiError::unauthorized(format!(
-                "the endorsement key sent does not match the endorsement key of individual enrollment '{}'",
-                e.registration_id
-            )));
+            return Err(refuse("another endorsement key"));
         }
         if enrolled_srk.as_ref().is_some_and(|s| *s != srk) {
-            return Err(ApiError::unauthorized(format!(
-                "the storage root key sent does not match the storage root key of individual enrollment '{}'",
-                e.registration_id
-            )));
+            return Err(refuse("another storage root key"));
         }
         RsaPublic::storage_root_key(&srk).map_err(|e| ApiError::invalid(format!("tpm.storageRootKey: {e}")))?;
         let key = SecretKey::random();
@@ -273,22 +276,21 @@ impl Engine {
         token: &SasToken,
         e: IndividualEnrollment,
     ) -> Result<Attested, ApiError> {
+        // Both refusals read like any other unmatched SAS token: a distinct answer would tell
+        // an unauthenticated caller that this id has a TPM enrollment.
         let challenge = match self.tpm.take(now, &registration_id::key(&req.registration_id), token) {
             Taken::Challenge(c) => c,
             Taken::None => {
-                return Err(ApiError::new(
-                    codes::TPM_CHALLENGE_MISSING,
-                    format!(
-                        "no outstanding TPM challenge for registration '{}', or it expired (they last {CHALLENGE_TTL_SECS} s and serve one registration); send the registration request without authorization first, with the tpm keys (over HTTPS or AMQP)",
-                        req.registration_id
-                    ),
+                return Err(super::device::sas_refused(
+                    req,
+                    "TPM enrollment with no outstanding challenge (never asked, expired, or used)",
                 ))
             }
             Taken::NoMatch => {
-                return Err(ApiError::unauthorized(format!(
-                    "SAS signature does not match the key of the outstanding TPM challenge for registration '{}'",
-                    req.registration_id
-                )))
+                return Err(super::device::sas_refused(
+                    req,
+                    "TPM enrollment: not signed by the key of an outstanding challenge",
+                ))
             }
         };
         let (ek, srk) = enrolled_keys(&e)?;

@@ -65,11 +65,21 @@ impl Engine {
         };
         let certificates = self.groups.certificates();
 
+        // Anyone can make a certificate with any CN, so until a chain reaches an enrolled
+        // certificate the caller is unauthenticated: every "not enrolled" outcome gets the same
+        // answer, which says nothing about which enrollments, groups or CAs exist.
+        let not_enrolled = |why: &str| {
+            tracing::info!(registration = %req.registration_id, reason = why, "device certificate refused");
+            ApiError::unauthorized(format!(
+                "device certificate '{}' (SHA-256 {}) is not enrolled for registration '{}': it is not the certificate of an individual enrollment, and its chain reaches no enrolled signing certificate or verified CA certificate",
+                summary.subject_name, summary.sha256_thumbprint, req.registration_id
+            ))
+        };
         if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
             if e.attestation.kind != AttestationType::X509 {
-                return Err(ApiError::unauthorized(format!(
-                    "individual enrollment '{}' uses {} attestation, but the device presented a client certificate",
-                    e.registration_id, e.attestation.kind
+                return Err(not_enrolled(&format!(
+                    "the individual enrollment uses {} attestation",
+                    e.attestation.kind
                 )));
             }
             let anchors = anchors_of(&e.attestation, &certificates);
@@ -88,12 +98,11 @@ impl Engine {
             if !leaf_enrolled {
                 let ca_anchors: Vec<&Anchor> = anchors.iter().filter(|a| a.ca_reference.is_some()).collect();
                 if ca_anchors.is_empty() {
-                    return Err(ApiError::unauthorized(format!(
-                        "device certificate (SHA-256 {}) is neither the primary nor the secondary certificate of individual enrollment '{}'",
-                        summary.sha256_thumbprint, e.registration_id
-                    )));
+                    return Err(not_enrolled(
+                        "neither the primary nor the secondary certificate of the individual enrollment",
+                    ));
                 }
-                let (reached, _) = verify_chain(chain, &ca_anchors, now)?;
+                let (reached, _) = verify_chain(chain, &ca_anchors, now).map_err(|e| e.refusal(&not_enrolled))?;
                 check_verified(reached, &format!("individual enrollment '{}'", e.registration_id))?;
             }
             return Ok(Attested {
@@ -115,13 +124,10 @@ impl Engine {
             .flat_map(|(i, g)| g.anchors.iter().map(move |a| (i, a)))
             .collect();
         if all.is_empty() {
-            return Err(ApiError::unauthorized(format!(
-                "no enrollment matches registration '{}': there is no individual enrollment with that id and no X.509 enrollment group",
-                req.registration_id
-            )));
+            return Err(not_enrolled("no individual enrollment and no X.509 enrollment group"));
         }
         let anchors: Vec<&Anchor> = all.iter().map(|(_, a)| *a).collect();
-        let (reached, signing) = verify_chain(chain, &anchors, now)?;
+        let (reached, signing) = verify_chain(chain, &anchors, now).map_err(|e| e.refusal(&not_enrolled))?;
         // Several groups may enroll the same certificate; prefer one whose CA reference is verified.
         let candidates: Vec<&(usize, &Anchor)> = all.iter().filter(|(_, a)| a.sha256 == reached.sha256).collect();
         let (gi, anchor) = candidates
@@ -146,13 +152,34 @@ impl Engine {
     }
 }
 
+/// Why [`verify_chain`] refused a chain.
+enum ChainRefusal {
+    /// Only about what the device itself sent (its certificate's validity, usage, parse errors,
+    /// chain length): safe and useful to tell it.
+    Presented(ApiError),
+    /// The walk stopped at a missing or non-matching issuer (or one whose signature algorithm
+    /// cannot be checked), or at an unenrolled root: telling which would reveal whether a CA
+    /// with a given name is enrolled. Failures past a verified signature stay `Presented`: only
+    /// a holder of a certificate that CA really issued reaches them.
+    NotEnrolled(String),
+}
+
+impl ChainRefusal {
+    fn refusal(self, not_enrolled: &dyn Fn(&str) -> ApiError) -> ApiError {
+        match self {
+            ChainRefusal::Presented(e) => e,
+            ChainRefusal::NotEnrolled(why) => not_enrolled(&why),
+        }
+    }
+}
+
 /// Checks the device chain up to the first enrolled certificate; returns that anchor and its
 /// `info` (from the summary the walk already made of it).
 fn verify_chain<'a>(
     chain: &[Vec<u8>],
     anchors: &[&'a Anchor],
     now: DateTime<Utc>,
-) -> Result<(&'a Anchor, X509CertificateInfo), ApiError> {
+) -> Result<(&'a Anchor, X509CertificateInfo), ChainRefusal> {
     let extra: Vec<&[u8]> = anchors.iter().map(|a| a.der.as_slice()).collect();
     let path = dps_pki::chain::path_to_anchor(
         chain,
@@ -160,7 +187,15 @@ fn verify_chain<'a>(
         |c| anchors.iter().any(|a| a.sha256 == c.sha256_thumbprint()),
         now,
     )
-    .map_err(|e| ApiError::unauthorized(format!("certificate chain rejected: {e}")))?;
+    .map_err(|e| {
+        use dps_pki::chain::ChainError as C;
+        match e {
+            C::UnknownIssuer { .. } | C::BadSignature { .. } | C::UnsupportedSignature { .. } | C::NoAnchor { .. } => {
+                ChainRefusal::NotEnrolled(format!("certificate chain rejected: {e}"))
+            }
+            other => ChainRefusal::Presented(ApiError::unauthorized(format!("certificate chain rejected: {other}"))),
+        }
+    })?;
     let top = path.top();
     let anchor = anchors
         .iter()

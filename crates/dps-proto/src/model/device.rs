@@ -47,11 +47,10 @@ impl DeviceRegistration {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let v: Value = serde_json::from_slice(body).map_err(|e| BodyError(e.to_string()))?;
-        if v.is_null() {
+        if body.trim_ascii() == b"null" {
             return Ok(Self::default());
         }
-        serde_json::from_value(v).map_err(|e| BodyError(e.to_string()))
+        super::from_json(body).map_err(|e| BodyError(e.to_string()))
     }
 }
 
@@ -118,7 +117,11 @@ mod tests {
         let cs = DeviceRegistration::parse(br#"{"payload":{"a":1}}"#).unwrap();
         assert_eq!(cs.payload, Some(serde_json::json!({"a":1})));
         assert!(DeviceRegistration::parse(b"{not json").is_err());
-        assert!(DeviceRegistration::parse(br#"{"registrationId": 5}"#).is_err());
+        let e = DeviceRegistration::parse(br#"{"registrationId": 5}"#).unwrap_err();
+        assert!(e.0.contains("field 'registrationId'"), "{e}");
+        let e = DeviceRegistration::parse(br#"{"tpm": {"endorsementKey": true}}"#).unwrap_err();
+        assert!(e.0.contains("field 'tpm.endorsementKey'"), "{e}");
+        assert!(DeviceRegistration::parse(br#"{"registrationId": "a"} x"#).is_err());
     }
 
     #[test]

@@ -518,7 +518,7 @@ mod tests {
         let json = r#"{"registrationId":"dev-01","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":null}},
             "provisioningStatus":"Enabled","allocationPolicy":"geolatency","initialTwin":{"properties":{"desired":{"k":"v"}}},
             "reprovisionPolicy":{"updateHubAssignment":true,"migrateDeviceData":false},"unknownField":1,
-            "createdDateTimeUtc":"not a date"}"#;
+            "createdDateTimeUtc":null}"#;
         let e: IndividualEnrollment = serde_json::from_str(json).unwrap();
         assert_eq!(e.attestation.kind, AttestationType::SymmetricKey);
         assert_eq!(e.attestation.symmetric_key.as_ref().unwrap().primary_key, None);
@@ -533,6 +533,47 @@ mod tests {
             out["attestation"],
             serde_json::json!({"type":"symmetricKey","symmetricKey":{}})
         );
+    }
+
+    /// Wrong types are errors that name the field, never silent defaults.
+    #[test]
+    fn wrong_types_name_the_field() {
+        for (body, field) in [
+            (r#"{"registrationId":5}"#, "registrationId"),
+            (
+                r#"{"registrationId":"a","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":7}}}"#,
+                "attestation.symmetricKey.primaryKey",
+            ),
+            (r#"{"registrationId":"a","attestation":"tpm"}"#, "attestation"),
+            (
+                r#"{"registrationId":"a","capabilities":{"iotEdge":"yes"}}"#,
+                "capabilities.iotEdge",
+            ),
+            (r#"{"registrationId":"a","iotHubs":"h"}"#, "iotHubs"),
+            (
+                r#"{"registrationId":"a","reprovisionPolicy":{"updateHubAssignment":1}}"#,
+                "reprovisionPolicy.updateHubAssignment",
+            ),
+            (
+                r#"{"registrationId":"a","provisioningStatus":"on"}"#,
+                "provisioningStatus",
+            ),
+            (
+                r#"{"registrationId":"a","createdDateTimeUtc":12}"#,
+                "createdDateTimeUtc",
+            ),
+        ] {
+            let e = crate::model::from_json::<IndividualEnrollment>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.path, field, "{body}: {e}");
+            assert!(e.to_string().starts_with(&format!("field '{field}': ")), "{e}");
+        }
+        let e = crate::model::from_json::<BulkEnrollmentOperation>(
+            br#"{"mode":"create","enrollments":[{"registrationId":"a"},{"registrationId":[]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "enrollments[1].registrationId");
+        let e = crate::model::from_json::<IndividualEnrollment>(b"\"x\"").unwrap_err();
+        assert_eq!(e.path, "");
     }
 
     #[test]

@@ -60,14 +60,9 @@ struct MethodRequest {
 }
 
 pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
-    let hub_host = ctx.services.identity.hub.host_name.clone();
-    let host = ctx.host().map(str::to_string);
-    let with_port = ctx.header("host").map(str::to_string);
-    let hosts: Vec<&str> = [Some(hub_host.as_str()), host.as_deref(), with_port.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
-    ctx.authorize(&ctx.services.hub_auth, &hosts, rights(&route))?;
+    // The audience is judged against the hub's own host name, never the Host header.
+    let hub_host = ctx.services.identity.hub.host_name.as_str();
+    ctx.authorize(&ctx.services.hub_auth, [hub_host], &route, rights(&route))?;
 
     let hub = ctx.services.hub.clone();
     let if_match = ctx.if_match().map(str::to_string);

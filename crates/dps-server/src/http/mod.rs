@@ -17,6 +17,7 @@
 
 mod device;
 mod events;
+mod host;
 mod hub;
 pub mod route;
 mod service;
@@ -37,6 +38,7 @@ use dps_core::{ApiError, Engine};
 use dps_proto::codes;
 use dps_proto::model::device::to_ascii_json;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::uri::Authority;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -127,9 +129,12 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let result = match route::route(&method, &path) {
-        // The upgrade needs the request's hyper extensions, and no `api-version`.
-        Ok(Route::MqttWebSocket) => websocket::upgrade(&services, req),
-        Ok(route) => handle(&services, now, route, req).await,
+        Ok(route) => match check_host(&services, &req) {
+            Err(e) => Err(e),
+            // The upgrade needs the request's hyper extensions, and no `api-version`.
+            Ok(()) if route == Route::MqttWebSocket => websocket::upgrade(&services, req),
+            Ok(()) => handle(&services, now, route, req).await,
+        },
         Err(NoRoute::NotFound) => Err(ApiError::new(
             codes::PATH_NOT_FOUND,
             format!("no such resource: {method} {path}"),
@@ -175,8 +180,6 @@ pub(crate) struct Ctx<'a> {
     pub now: DateTime<Utc>,
     pub headers: HeaderMap,
     pub query: QueryParams,
-    /// Raw (percent-encoded) request path.
-    pub path: String,
     pub peer_certs: Option<PeerCertificates>,
     body: Option<Body>,
 }
@@ -242,106 +245,74 @@ impl Ctx<'_> {
         parse_json(&body, what).map(Some)
     }
 
-    /// The `Host` header's host name, without a port.
-    pub fn host(&self) -> Option<&str> {
-        let h = self
-            .headers
-            .get(HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|h| !h.is_empty())?;
-        Some(strip_port(h))
-    }
-
-    /// The request path, percent-decoded (for SAS audience checks).
-    pub fn decoded_path(&self) -> String {
-        route::percent_decode(&self.path).unwrap_or_else(|| self.path.clone())
-    }
-
-    /// Authorizes against `authorizer` for any of `rights` (tried in order), with each of `hosts`
-    /// as the resource host (`{host}{decoded path}`). On failure returns the error of the first
-    /// attempt, which says what was wrong.
-    pub fn authorize(
+    /// Authorizes the request for `route` against `authorizer`, with any one of `rights`. The
+    /// SAS audience must be one of `names` (the server's own host names for this API, never the
+    /// client's `Host` header), with or without the HTTPS port, or a resource under one of them
+    /// that covers the route's canonical resource path ([`Route::audience_path`]).
+    pub fn authorize<'n>(
         &self,
         authorizer: &dps_core::auth::PolicyAuthorizer,
-        hosts: &[&str],
+        names: impl IntoIterator<Item = &'n str>,
+        route: &Route,
         rights: &[&str],
     ) -> Result<(), ApiError> {
-        let now = Engine::unix_time(self.now);
-        let header = self.header("authorization");
-        let path = self.decoded_path();
-        let mut resources: Vec<String> = Vec::with_capacity(hosts.len());
-        for h in hosts {
-            let r = format!("{}{path}", h.to_ascii_lowercase());
-            if !resources.contains(&r) {
-                resources.push(r);
-            }
-        }
-        let mut first_err: Option<ApiError> = None;
-        for resource in &resources {
-            match authorizer.authorize(now, header, resource, rights[0]) {
-                Ok(_) => return Ok(()),
-                // The token is valid for this resource; only the right is missing.
-                Err(e) if e.code == codes::INSUFFICIENT_RIGHTS => {
-                    if rights[1..]
-                        .iter()
-                        .any(|r| authorizer.authorize(now, header, resource, r).is_ok())
-                    {
-                        return Ok(());
-                    }
-                    if rights.len() > 1 {
-                        return Err(ApiError {
-                            message: format!("{}; any of {} would do", e.message, rights.join(", ")),
-                            ..e
-                        });
-                    }
-                    return Err(e);
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        Err(first_err.unwrap_or_else(|| ApiError::unauthorized("request could not be authorized")))
+        let hosts = host::audience_hosts(names, self.services.config.https_port);
+        authorizer
+            .authorize(
+                Engine::unix_time(self.now),
+                self.header("authorization"),
+                &hosts,
+                &route.audience_path(),
+                rights,
+            )
+            .map(|_| ())
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
+/// Every name this server answers to on its HTTPS port: the configured host names and the
+/// embedded hub's.
+fn own_names(services: &Services) -> impl Iterator<Item = &str> + Clone {
+    services
+        .config
+        .hostnames
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(services.identity.hub.host_name.as_str()))
 }
 
-/// Parses JSON, mapping errors to `400 BAD_REQUEST_BODY` with serde's message.
+/// Refuses a request whose `Host` (or absolute-form authority) is not one of this server's names.
+fn check_host(services: &Services, req: &Request) -> Result<(), ApiError> {
+    let header = req.headers().get(HOST).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    host::check_host(
+        header,
+        req.uri().authority().map(Authority::as_str),
+        own_names(services),
+        services.config.https_port,
+    )
+}
+
+/// Parses JSON, mapping errors to `400 BAD_REQUEST_BODY` with a message that names the field
+/// (models are strict: a wrong type is an error, never a silent default).
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_body(format!(
             "request body is empty; expected {what} JSON"
         )));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_body(format!("request body is not a valid {what}: {e}")))
+    dps_proto::model::from_json(body)
+        .map_err(|e| ApiError::bad_body(format!("request body is not a valid {what}: {e}")))
 }
 
 async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let query = QueryParams::parse(parts.uri.query());
     let api = route.api();
-    if api != Api::Hub && query.get("api-version").is_none_or(str::is_empty) {
-        return Err(ApiError::invalid(
-            "the api-version query parameter is required (e.g. ?api-version=2021-10-01)",
-        ));
-    }
+    check_api_version(&query, api)?;
     let mut ctx = Ctx {
         services,
         now,
         headers: parts.headers,
         query,
-        path: parts.uri.path().to_string(),
         peer_certs: parts.extensions.get::<PeerCertificates>().cloned(),
         body: Some(body),
     };
@@ -350,6 +321,27 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
         Api::Service => service::handle(&mut ctx, route).await,
         Api::Hub => hub::handle(&mut ctx, route).await,
     }
+}
+
+/// Every API requires a supported `api-version`, as Azure does (the hub registry API too: the
+/// Python and Node registry clients always send one). A 400 names the supported versions.
+fn check_api_version(query: &QueryParams, api: Api) -> Result<(), ApiError> {
+    use dps_proto::api_version::{check, DEVICE, HUB, SERVICE};
+    let supported = match api {
+        Api::Device => DEVICE,
+        Api::Service => SERVICE,
+        Api::Hub => HUB,
+    };
+    let mut given = query.all("api-version");
+    let first = given.next();
+    if let Some(other) = given.find(|v| Some(*v) != first) {
+        return Err(ApiError::invalid(format!(
+            "api-version is given twice with different values ('{}' and '{}'); send it once",
+            first.unwrap_or_default().chars().take(64).collect::<String>(),
+            other.chars().take(64).collect::<String>()
+        )));
+    }
+    check(first, supported).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// A JSON response.

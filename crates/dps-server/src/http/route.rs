@@ -226,6 +226,53 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The resource a SAS audience must cover for this route (service and registry APIs), as a
+    /// decoded path with canonical segment names. Built from the route, not the request path,
+    /// so percent-encoding, case and a trailing slash change nothing, and ids cannot open new
+    /// segments (a `/` or `%` inside an id stays escaped). Collection operations — queries, bulk,
+    /// listings — need a token for the whole collection: a token for `enrollments/query` (an
+    /// enrollment may be called `query`) must not list every enrollment.
+    pub fn audience_path(&self) -> String {
+        use Route::*;
+        let item = |collection: &str, id: &str| format!("/{collection}/{}", escape_segment(id));
+        match self {
+            Register { scope, registration_id }
+            | OperationStatus {
+                scope, registration_id, ..
+            }
+            | RegistrationStatus { scope, registration_id } => {
+                format!("/{}{}", escape_segment(scope), item("registrations", registration_id))
+            }
+            GetEnrollment(id) | PutEnrollment(id) | DeleteEnrollment(id) => item("enrollments", id),
+            EnrollmentAttestation(id) => item("enrollments", id) + "/attestationmechanism",
+            QueryEnrollments | BulkEnrollments => "/enrollments".into(),
+            GetGroup(id) | PutGroup(id) | DeleteGroup(id) => item("enrollmentgroups", id),
+            GroupAttestation(id) => item("enrollmentgroups", id) + "/attestationmechanism",
+            QueryGroups | BulkGroups => "/enrollmentgroups".into(),
+            GetRegistration(id) | DeleteRegistration(id) => item("registrations", id),
+            QueryRegistrations(_) => "/registrations".into(),
+            ListCertificates => "/certificates".into(),
+            GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
+            GenerateVerificationCode(n) => item("certificates", n) + "/generateverificationcode",
+            VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListDevices | QueryDevices => "/devices".into(),
+            GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
+            GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
+            InvokeMethod(id) => item("twins", id) + "/methods",
+            MonitorEvents => "/messages/events".into(),
+            DeviceStatistics => "/statistics/devices".into(),
+            ServiceStatistics => "/statistics/service".into(),
+            MqttWebSocket => "/$iothub/websocket".into(),
+        }
+    }
+}
+
+/// An id as one audience path segment: `%` and `/` escaped, so it cannot end early.
+fn escape_segment(id: &str) -> String {
+    id.replace('%', "%25").replace('/', "%2F")
+}
+
 /// Why a request matched no route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoRoute {
@@ -519,6 +566,14 @@ impl QueryParams {
         )
     }
 
+    /// Every value of `name` (case-insensitive), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The first value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -534,6 +589,29 @@ mod tests {
 
     fn r(m: Method, p: &str) -> Result<Route, NoRoute> {
         route(&m, p)
+    }
+
+    #[test]
+    fn audience_paths_are_canonical() {
+        let a = |m: Method, p: &str| r(m, p).unwrap().audience_path();
+        assert_eq!(a(Method::DELETE, "/Enrollments/x%2Fy/"), "/enrollments/x%2Fy");
+        assert_eq!(a(Method::GET, "/enrollments/a%25b"), "/enrollments/a%25b");
+        assert_eq!(
+            a(Method::POST, "/enrollmentgroups/G/attestationmechanism"),
+            "/enrollmentgroups/G/attestationmechanism"
+        );
+        // Collection operations need the collection, whatever the item is called.
+        assert_eq!(a(Method::POST, "/enrollments/query"), "/enrollments");
+        assert_eq!(a(Method::GET, "/enrollments/query"), "/enrollments/query");
+        assert_eq!(a(Method::POST, "/enrollments/"), "/enrollments");
+        assert_eq!(a(Method::POST, "/registrations/g/query"), "/registrations");
+        assert_eq!(a(Method::POST, "/devices/query"), "/devices");
+        assert_eq!(a(Method::GET, "/devices"), "/devices");
+        assert_eq!(a(Method::POST, "/twins/d/methods"), "/twins/d/methods");
+        assert_eq!(
+            a(Method::PUT, "/0ne00ABC/registrations/dev-1/register"),
+            "/0ne00ABC/registrations/dev-1"
+        );
     }
 
     #[test]

@@ -45,14 +45,9 @@ fn right(route: &Route) -> &'static str {
 }
 
 pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
-    let host = ctx.host().map(str::to_string);
-    let with_port = ctx.header("host").map(str::to_string);
-    let fallback = ctx.services.config.provisioning_host().to_string();
-    let hosts: Vec<&str> = [host.as_deref(), with_port.as_deref(), Some(fallback.as_str())]
-        .into_iter()
-        .flatten()
-        .collect();
-    ctx.authorize(&ctx.services.dps_auth, &hosts, &[right(&route)])?;
+    // The audience is judged against this service's own host names, never the Host header.
+    let names = ctx.services.config.hostnames.iter().map(String::as_str);
+    ctx.authorize(&ctx.services.dps_auth, names, &route, &[right(&route)])?;
 
     let engine = ctx.services.engine.clone();
     let now = ctx.now;

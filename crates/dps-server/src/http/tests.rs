@@ -128,11 +128,12 @@ impl Fixture {
         .unwrap()
     }
 
+    /// A request with `Host: {DPS_HOST}:443` unless `headers` name another host.
     async fn call(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Resp {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("host", format!("{DPS_HOST}:443"));
+        let mut b = Request::builder().method(method).uri(uri);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", format!("{DPS_HOST}:443"));
+        }
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
@@ -480,7 +481,10 @@ async fn service_auth_failures() {
         .call(Method::GET, &path, &[("authorization", &wrong)], Body::empty())
         .await
         .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
-    assert!(m.contains("does not match the keys"), "{m}");
+    assert!(
+        m.contains("is not signed by a key of policy 'provisioningserviceowner'"),
+        "{m}"
+    );
     let expired = build_token(
         DPS_HOST,
         OWNER_KEY,
@@ -896,27 +900,32 @@ async fn hub_registry_devices_twins_query() {
 async fn hub_auth() {
     let f = fixture().await;
     let m = f
-        .call(Method::GET, "/devices/d1", &[], Body::empty())
+        .call(Method::GET, "/devices/d1?api-version=2021-04-12", &[], Body::empty())
         .await
         .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
     assert!(m.contains("missing Authorization"), "{m}");
     // A DPS token is not a hub token.
     f.call(
         Method::GET,
-        "/devices/d1",
+        "/devices/d1?api-version=2021-04-12",
         &[("authorization", &f.owner())],
         Body::empty(),
     )
     .await
     .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
     let reader = build_token(HUB_HOST, HUB_READER_KEY, f.expiry(), Some("registryRead")).unwrap();
-    f.call(Method::GET, "/devices/d1", &[("authorization", &reader)], Body::empty())
-        .await
-        .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_FOUND);
+    f.call(
+        Method::GET,
+        "/devices/d1?api-version=2021-04-12",
+        &[("authorization", &reader)],
+        Body::empty(),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_FOUND);
     let m = f
         .call(
             Method::PUT,
-            "/devices/d1",
+            "/devices/d1?api-version=2021-04-12",
             &[("authorization", &reader)],
             json!({"deviceId": "d1"}).to_string(),
         )
@@ -924,24 +933,40 @@ async fn hub_auth() {
         .assert_error(StatusCode::UNAUTHORIZED, codes::INSUFFICIENT_RIGHTS);
     assert!(m.contains("RegistryWrite"), "{m}");
     // Twin reads accept RegistryRead; methods need ServiceConnect.
-    f.call(Method::GET, "/twins/d1", &[("authorization", &reader)], Body::empty())
-        .await
-        .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_FOUND);
+    f.call(
+        Method::GET,
+        "/twins/d1?api-version=2021-04-12",
+        &[("authorization", &reader)],
+        Body::empty(),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_FOUND);
     let m = f
         .call(
             Method::POST,
-            "/twins/d1/methods",
+            "/twins/d1/methods?api-version=2021-04-12",
             &[("authorization", &reader)],
             json!({"methodName": "m"}).to_string(),
         )
         .await
         .assert_error(StatusCode::UNAUTHORIZED, codes::INSUFFICIENT_RIGHTS);
     assert!(m.contains("ServiceConnect"), "{m}");
-    // A token whose audience is the host the client used (Host header) is accepted too.
-    let by_ip = build_token(DPS_HOST, HUB_OWNER_KEY, f.expiry(), Some("iothubowner")).unwrap();
-    f.call(Method::GET, "/devices/d1", &[("authorization", &by_ip)], Body::empty())
+    // The audience must be the hub's own host name: a token for another name the client put
+    // in its Host header (here the DPS host, which this server also answers to) is refused.
+    let by_host_header = build_token(DPS_HOST, HUB_OWNER_KEY, f.expiry(), Some("iothubowner")).unwrap();
+    let m = f
+        .call(
+            Method::GET,
+            "/devices/d1?api-version=2021-04-12",
+            &[("authorization", &by_host_header)],
+            Body::empty(),
+        )
         .await
-        .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_FOUND);
+        .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
+    assert!(
+        m.contains(&format!("this server's host name ({HUB_HOST}, {HUB_HOST}:443)")),
+        "{m}"
+    );
 }
 
 /// Creates a SAS device in the hub and opens its session (as the MQTT adapter would).
@@ -1077,7 +1102,7 @@ async fn monitor_events_stream() {
     // Without from-sequence: only new events.
     let req = Request::builder()
         .method(Method::GET)
-        .uri("/messages/events")
+        .uri("/messages/events?api-version=2021-04-12")
         .header("host", HUB_HOST)
         .header("authorization", f.hub_owner())
         .body(Body::empty())
@@ -1095,7 +1120,7 @@ async fn monitor_events_stream() {
     let auth = f.hub_owner();
     f.call(
         Method::GET,
-        "/messages/events?from-sequence=-1",
+        "/messages/events?api-version=2021-04-12&from-sequence=-1",
         &[("authorization", &auth)],
         Body::empty(),
     )
@@ -1169,4 +1194,333 @@ async fn serve_connection_keeps_the_connection_alive() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Issue 9, item 1: a token scoped to one enrollment, sent with a `Host` header that names that
+/// enrollment, used to be checked against `{Host}{path}` — and so deleted any enrollment.
+#[tokio::test]
+async fn scoped_service_token_with_forged_host_reaches_nothing_else() {
+    let f = fixture().await;
+    for id in ["victim", "x", "xy"] {
+        f.svc(
+            Method::PUT,
+            &format!("/enrollments/{id}"),
+            &[],
+            sym_enrollment(id, None),
+        )
+        .await
+        .assert_json(StatusCode::OK);
+    }
+    let scoped = build_token(
+        &format!("{DPS_HOST}/enrollments/x"),
+        OWNER_KEY,
+        f.expiry(),
+        Some("provisioningserviceowner"),
+    )
+    .unwrap();
+    let forged_host = format!("{DPS_HOST}/enrollments/x");
+    let del = |path: &str| format!("{path}?{API}");
+    // The attack as reproduced: forged Host, scoped token, another enrollment.
+    let m = f
+        .call(
+            Method::DELETE,
+            &del("/enrollments/victim"),
+            &[("authorization", &scoped), ("host", &forged_host)],
+            Body::empty(),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::ARGUMENT_INVALID);
+    assert!(
+        m.contains(&format!("answers to {DPS_HOST}, {HUB_HOST} (port 443)")),
+        "{m}"
+    );
+    // With an honest Host the token still covers only its own enrollment.
+    for other in ["/enrollments/victim", "/enrollments/xy"] {
+        let m = f
+            .call(
+                Method::DELETE,
+                &del(other),
+                &[("authorization", &scoped)],
+                Body::empty(),
+            )
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
+        assert!(m.contains("does not cover"), "{m}");
+    }
+    // Nor the collection: no query, no bulk.
+    f.call(
+        Method::POST,
+        &del("/enrollments/query"),
+        &[("authorization", &scoped)],
+        Body::empty(),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
+    // Nothing changed.
+    for id in ["victim", "x", "xy"] {
+        f.svc(Method::GET, &format!("/enrollments/{id}"), &[], Body::empty())
+            .await
+            .assert_json(StatusCode::OK);
+    }
+    // The scoped token works on its own resource and below it, percent-encoded or not.
+    f.call(
+        Method::POST,
+        &del("/enrollments/%78/attestationmechanism"),
+        &[("authorization", &scoped)],
+        Body::empty(),
+    )
+    .await
+    .assert_json(StatusCode::OK);
+    f.call(
+        Method::DELETE,
+        &del("/enrollments/x"),
+        &[("authorization", &scoped)],
+        Body::empty(),
+    )
+    .await
+    .assert_no_content();
+    f.svc(Method::GET, "/enrollments/x", &[], Body::empty())
+        .await
+        .assert_error(StatusCode::NOT_FOUND, codes::ENROLLMENT_NOT_FOUND);
+}
+
+/// Issue 9, item 1, on the hub: `sr=hub/devices/d` with that Host header listed every device.
+#[tokio::test]
+async fn scoped_hub_token_with_forged_host_lists_nothing() {
+    let f = fixture().await;
+    for id in ["d", "e"] {
+        f.reg(
+            Method::PUT,
+            &format!("/devices/{id}"),
+            &[],
+            json!({"deviceId": id}).to_string(),
+        )
+        .await
+        .assert_json(StatusCode::OK);
+    }
+    let scoped = build_token(
+        &format!("{HUB_HOST}/devices/d"),
+        HUB_OWNER_KEY,
+        f.expiry(),
+        Some("iothubowner"),
+    )
+    .unwrap();
+    let q = "api-version=2021-04-12";
+    let forged_host = format!("{HUB_HOST}/devices/d");
+    f.call(
+        Method::GET,
+        &format!("/devices?{q}"),
+        &[("authorization", &scoped), ("host", &forged_host)],
+        Body::empty(),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, codes::ARGUMENT_INVALID);
+    for (method, path) in [
+        (Method::GET, "/devices"),
+        (Method::POST, "/devices/query"),
+        (Method::GET, "/devices/e"),
+        (Method::DELETE, "/devices/e"),
+        (Method::GET, "/twins/e"),
+        (Method::GET, "/statistics/devices"),
+    ] {
+        let m = f
+            .call(
+                method.clone(),
+                &format!("{path}?{q}"),
+                &[("authorization", &scoped), ("host", HUB_HOST), ("if-match", "*")],
+                Body::empty(),
+            )
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
+        assert!(m.contains("does not cover"), "{method} {path}: {m}");
+    }
+    // Nothing changed, and the token reaches its own device.
+    assert_eq!(f.hub.list_devices(0).len(), 2);
+    let d = f
+        .call(
+            Method::GET,
+            &format!("/devices/D?{q}"),
+            &[("authorization", &scoped), ("host", HUB_HOST)],
+            Body::empty(),
+        )
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(d["deviceId"], "d");
+}
+
+/// The hub's own name works with and without the server's port, as SDKs send it.
+#[tokio::test]
+async fn own_host_names_with_port_are_audiences() {
+    let f = fixture().await;
+    let with_port = build_token(
+        &format!("{HUB_HOST}:443"),
+        HUB_OWNER_KEY,
+        f.expiry(),
+        Some("iothubowner"),
+    )
+    .unwrap();
+    f.call(
+        Method::GET,
+        "/devices?api-version=2021-04-12",
+        &[("authorization", &with_port), ("host", &format!("{HUB_HOST}:443"))],
+        Body::empty(),
+    )
+    .await
+    .assert_json(StatusCode::OK);
+    let dps_with_port = build_token(
+        &format!("{DPS_HOST}:443"),
+        OWNER_KEY,
+        f.expiry(),
+        Some("provisioningserviceowner"),
+    )
+    .unwrap();
+    f.call(
+        Method::POST,
+        &format!("/enrollments/query?{API}"),
+        &[("authorization", &dps_with_port), ("host", DPS_HOST)],
+        Body::empty(),
+    )
+    .await
+    .assert_json(StatusCode::OK);
+    // Another port is another server.
+    let other_port = build_token(
+        &format!("{DPS_HOST}:8443"),
+        OWNER_KEY,
+        f.expiry(),
+        Some("provisioningserviceowner"),
+    )
+    .unwrap();
+    f.call(
+        Method::POST,
+        &format!("/enrollments/query?{API}"),
+        &[("authorization", &other_port)],
+        Body::empty(),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
+}
+
+/// Issue 9, item 6: every API refuses a missing, unknown or doubled api-version, naming the
+/// supported ones.
+#[tokio::test]
+async fn unsupported_api_versions_are_refused_everywhere() {
+    let f = fixture().await;
+    let owner = f.owner();
+    let hub = f.hub_owner();
+    let dev = f.device_token("d", DEVICE_KEY);
+    let cases: [(Method, &str, &str, &str); 3] = [
+        (Method::GET, "/enrollments/d", owner.as_str(), "2021-10-01"),
+        (Method::GET, "/devices/d", hub.as_str(), "2021-04-12"),
+        (
+            Method::PUT,
+            "/0ne00ABCDEF/registrations/d/register",
+            dev.as_str(),
+            "2019-03-31",
+        ),
+    ];
+    for (method, path, auth, good) in cases {
+        for (query, says) in [
+            ("", "the api-version query parameter is required"),
+            ("?api-version=", "the api-version query parameter is required"),
+            ("?api-version=garbage", "api-version 'garbage' is not supported"),
+            ("?api-version=1999-01-01", "api-version '1999-01-01' is not supported"),
+            ("?api-version=2021-10-01&api-version=1999-01-01", "given twice"),
+        ] {
+            let m = f
+                .call(
+                    method.clone(),
+                    &format!("{path}{query}"),
+                    &[("authorization", auth)],
+                    Body::empty(),
+                )
+                .await
+                .assert_error(StatusCode::BAD_REQUEST, codes::ARGUMENT_INVALID);
+            assert!(m.contains(says), "{path}{query}: {m}");
+            if !says.contains("twice") {
+                assert!(
+                    m.contains("supported versions: ") && m.contains(good),
+                    "{path}{query}: {m}"
+                );
+            }
+        }
+    }
+    // Case and repetition of the same value are fine.
+    f.call(
+        Method::GET,
+        "/devices/d?api-version=2021-04-12&API-VERSION=2021-04-12",
+        &[("authorization", &hub)],
+        Body::empty(),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, codes::DEVICE_NOT_FOUND);
+    // The device API lists the device versions, not the service ones.
+    let m = f
+        .call(
+            Method::PUT,
+            "/0ne00ABCDEF/registrations/d/register?api-version=2021-04-12",
+            &[("authorization", &dev)],
+            Body::empty(),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::ARGUMENT_INVALID);
+    assert!(m.contains("2021-06-01"), "{m}");
+}
+
+/// Issue 9, item 8: wrong JSON types are 400s that name the field, never silent defaults.
+#[tokio::test]
+async fn wrong_json_types_name_the_field() {
+    let f = fixture().await;
+    for (path, body, field) in [
+        (
+            "/enrollments/a",
+            json!({"registrationId": "a", "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": 5}}}),
+            "attestation.symmetricKey.primaryKey",
+        ),
+        (
+            "/enrollments/a",
+            json!({"registrationId": "a", "attestation": {"type": "symmetricKey"}, "capabilities": {"iotEdge": "yes"}}),
+            "capabilities.iotEdge",
+        ),
+        (
+            "/enrollments/a",
+            json!({"registrationId": "a", "attestation": {"type": "symmetricKey"}, "createdDateTimeUtc": 7}),
+            "createdDateTimeUtc",
+        ),
+        (
+            "/enrollmentGroups/g",
+            json!({"enrollmentGroupId": "g", "attestation": {"type": "symmetricKey"}, "iotHubs": "h"}),
+            "iotHubs",
+        ),
+    ] {
+        let m = f
+            .svc(Method::PUT, path, &[], body.to_string())
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST_BODY);
+        assert!(m.contains(&format!("field '{field}'")), "{m}");
+    }
+    let m = f
+        .reg(
+            Method::PUT,
+            "/devices/d",
+            &[],
+            json!({"deviceId": "d", "status": 1}).to_string(),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST_BODY);
+    assert!(m.contains("field 'status'"), "{m}");
+    let m = f
+        .call(
+            Method::PUT,
+            &format!("/{SCOPE}/registrations/d/register?{API}"),
+            &[("authorization", &f.device_token("d", DEVICE_KEY))],
+            json!({"registrationId": "d", "payload": null, "tpm": {"endorsementKey": 1}}).to_string(),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST_BODY);
+    assert!(m.contains("field 'tpm.endorsementKey'"), "{m}");
+    // Nothing was written.
+    f.svc(Method::GET, "/enrollments/a", &[], Body::empty())
+        .await
+        .assert_error(StatusCode::NOT_FOUND, codes::ENROLLMENT_NOT_FOUND);
+    assert!(f.hub.list_devices(0).is_empty());
 }
