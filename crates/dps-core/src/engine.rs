@@ -15,7 +15,7 @@ use dps_proto::model::service::AllocationPolicy;
 use crate::hub::HubRegistry;
 use crate::store::Store;
 
-pub use device::{Credential, DeviceRequest};
+pub use device::{Authenticated, Credential, DeviceRequest};
 pub use service::Page;
 
 /// A hub devices can be assigned to.
