@@ -47,7 +47,7 @@ async fn refused_connect(
     let reg = format!("flood-{i}");
     let mut c = Connect::new(reg.as_str());
     let user = format!("{scope}/registrations/{reg}/api-version=2019-03-31&ClientVersion=flood");
-    let password = if i % 2 == 0 {
+    let password = if i.is_multiple_of(2) {
         let expiry = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
