@@ -36,11 +36,11 @@ pub async fn accept(
     // data in the user name or password is malformed" (MQTT 3.1.1 §3.2.2.3), the code a
     // malformed DPS user name already gets.
     if let Err(e) = dps_proto::api_version::check(user.api_version.as_deref(), dps_proto::api_version::DEVICE) {
-        tracing::info!(registration = %user.registration_id, error = %e, "DPS connection refused");
+        tracing::info!(registration = ?user.registration_id, error = ?e.to_string(), "DPS connection refused");
         return Err(ConnectReturnCode::BadUserNamePassword);
     }
     if !connect.client_id.eq_ignore_ascii_case(&user.registration_id) {
-        tracing::info!(client_id = %connect.client_id, registration = %user.registration_id, "DPS connection refused: the client id must equal the registration id");
+        tracing::info!(client_id = ?connect.client_id, registration = ?user.registration_id, "DPS connection refused: the client id must equal the registration id");
         return Err(ConnectReturnCode::BadClientId);
     }
     let credential = if !password.is_empty() {
@@ -63,7 +63,9 @@ pub async fn accept(
             keep_alive: connect.keep_alive,
         }),
         Err(e) => {
-            tracing::info!(registration = %request.registration_id, code = e.code, error = %e.message, "DPS connection refused: not authorized");
+            // Debug formatting: the id and the message carry client-chosen text, which must not
+            // forge log lines.
+            tracing::info!(registration = ?request.registration_id, code = e.code, error = ?e.message, "DPS connection refused: not authorized");
             Err(ConnectReturnCode::NotAuthorized)
         }
     }
@@ -119,7 +121,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Packet::Unsubscribe(u) => io.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await?,
             Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
                 // Azure supports QoS 0 and 1 only and closes the connection on QoS 2.
-                tracing::info!(registration = %request.registration_id, topic = %p.topic, "closing DPS connection: QoS 2 publish");
+                tracing::info!(registration = %request.registration_id, topic = ?p.topic, "closing DPS connection: QoS 2 publish");
                 break;
             }
             Packet::Connect(_) => {

@@ -31,7 +31,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // send `{host}/{deviceId}` alone), so only a version that is present is checked.
     if let Some(v) = user.api_version.as_deref() {
         if let Err(e) = dps_proto::api_version::check(Some(v), dps_proto::api_version::HUB) {
-            tracing::info!(device = %user.device_id, error = %e, "hub connection refused");
+            tracing::info!(device = ?user.device_id, error = ?e.to_string(), "hub connection refused");
             return io.send(&connack(ConnectReturnCode::BadUserNamePassword)).await;
         }
     }
@@ -104,7 +104,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
                         // IoT Hub does not support QoS 2 and closes the connection.
-                        tracing::info!(device = %user.device_id, topic = %p.topic, "closing hub connection: QoS 2 publish");
+                        tracing::info!(device = %user.device_id, topic = ?p.topic, "closing hub connection: QoS 2 publish");
                         break;
                     }
                     Packet::Connect(_) => {

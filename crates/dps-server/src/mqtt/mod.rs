@@ -81,7 +81,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         let accepted = match user {
             Ok(user) => dps::accept(&services, &connect, user, password, peer_certs).await,
             Err(e) => {
-                tracing::info!(error = %e, "DPS connection refused");
+                tracing::info!(error = ?e.to_string(), "DPS connection refused");
                 Err(ConnectReturnCode::BadUserNamePassword)
             }
         };
@@ -95,7 +95,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     } else if let Some(user) = HubUsername::parse(&username) {
         hub::serve(&mut io, &services, connect, user, password, peer_certs).await
     } else {
-        tracing::info!(username = %username, "CONNECT username is neither a DPS nor an IoT hub username");
+        tracing::info!(username = ?username, "CONNECT username is neither a DPS nor an IoT hub username");
         io.send(&connack(ConnectReturnCode::BadUserNamePassword)).await
     };
     if let Err(e) = result {
