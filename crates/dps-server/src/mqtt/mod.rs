@@ -107,3 +107,16 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 fn connack(code: ConnectReturnCode) -> Packet {
     Packet::ConnAck(ConnAck::new(code, false))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_is_one_and_a_half_keep_alives() {
+        assert_eq!(idle_limit(0), None);
+        assert_eq!(idle_limit(1), Some(Duration::from_millis(1500)));
+        assert_eq!(idle_limit(60), Some(Duration::from_secs(90)));
+        assert_eq!(idle_limit(u16::MAX), Some(Duration::from_millis(65_535 * 1500)));
+    }
+}
