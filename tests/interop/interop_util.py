@@ -206,6 +206,16 @@ def assert_registration_fails(
     )
 
 
+def assert_refused_at_connect(exc: BaseException) -> None:
+    """The SDK saw the service refuse its MQTT CONNECT (CONNACK 5, "not authorised"), which is how
+    Azure DPS answers a credential it does not accept: register() raises CredentialError."""
+    from azure.iot.device import exceptions as dev_exc
+
+    seen = f"{exc!r} (cause: {exc.__cause__!r})"
+    assert isinstance(exc, dev_exc.CredentialError), f"expected CredentialError, got {seen}"
+    assert "not authori" in repr(exc.__cause__), seen
+
+
 def assert_x509_registration_fails(server: Any, registration_id: str, x509: Any) -> BaseException:
     """Like :func:`assert_registration_fails`, for a device that presents a client certificate."""
     return _expect_rejection(lambda: register_device_x509(server, registration_id, x509), registration_id)

@@ -19,6 +19,7 @@ from interop_util import (
     DEVICE_API_VERSION,
     SERVICE_API_VERSION,
     assert_registered,
+    assert_refused_at_connect,
     assert_registration_fails,
     device_sas,
     error_body,
@@ -90,8 +91,9 @@ def test_device_sdk_wrong_key_fails(dps_server, enrolled):
     rid, key = enrolled
     # positive control first: the MQTT/TLS path works with the right key
     assert_registered(register_device(dps_server, rid, key), dps_server, rid)
-    assert_registration_fails(dps_server, rid, random_key())
-    assert_registration_fails(dps_server, unique_id("not-enrolled"), random_key())
+    # as with Azure, the CONNECT itself is refused (CONNACK 5): the SDK raises CredentialError
+    assert_refused_at_connect(assert_registration_fails(dps_server, rid, random_key()))
+    assert_refused_at_connect(assert_registration_fails(dps_server, unique_id("not-enrolled"), random_key()))
 
 
 # --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from azure.iot.device import Message
 
 from interop_util import (
     assert_registered,
+    assert_refused_at_connect,
     assert_registration_fails,
     call_with_timeout,
     derive_device_key,
@@ -188,5 +189,5 @@ def test_group_enrollment_derived_key(dps_server, service_client):
     assert service_client.device_registration_state.get(id=rid)["deviceId"] == rid
 
     # the group key itself is not a valid device key; nor is another device's derived key
-    assert_registration_fails(dps_server, unique_id("grp-raw"), group_key)
-    assert_registration_fails(dps_server, unique_id("grp-other"), device_key)
+    assert_refused_at_connect(assert_registration_fails(dps_server, unique_id("grp-raw"), group_key))
+    assert_refused_at_connect(assert_registration_fails(dps_server, unique_id("grp-other"), device_key))

@@ -342,8 +342,10 @@ def _assert_rejected(resp, *needles: str, status: int = 401, code: int = 401000)
     return body
 
 
-def _assert_sdk_rejected(server, rid: str, dev: DeviceCert, needle: str = "401") -> None:
-    """The official SDK's register() is refused by the service (not a dropped connection)."""
+def _assert_sdk_rejected(server, rid: str, dev: DeviceCert, needle: str = "CredentialError") -> None:
+    """The official SDK's register() is refused by the service (not a dropped connection). A
+    certificate the service does not accept is refused at CONNECT (CONNACK 5), as Azure does, so
+    the SDK raises CredentialError; a disabled enrollment is a registration result instead."""
     exc = assert_x509_registration_fails(server, rid, dev.x509())
     seen = f"{exc!r} {exc.__cause__!r}"
     assert needle in seen, f"expected {needle!r} in the SDK's error: {seen}"

@@ -16,7 +16,7 @@ use dps_proto::model::service::AllocationPolicy;
 use crate::hub::HubRegistry;
 use crate::store::Store;
 
-pub use device::{Credential, DeviceRequest};
+pub use device::{Authenticated, Credential, DeviceRequest};
 pub use recovery::Recovery;
 pub use service::Page;
 

@@ -16,7 +16,9 @@ pub mod store;
 pub mod x509;
 
 pub use clock::{Clock, FakeClock, SystemClock};
-pub use engine::{Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page, Recovery};
+pub use engine::{
+    Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page, Recovery,
+};
 pub use error::ApiError;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 pub use store::{

@@ -117,6 +117,18 @@ impl DpsRequestTopic {
     }
 }
 
+/// The `$rid` of any publish topic, as the device sent it (percent-decoded), or `""` when it has
+/// none. Used to answer a request whose topic was refused: a device that sent `$rid` matches the
+/// error to its request (Python and Node match responses by `$rid` alone).
+pub fn topic_rid(topic: &str) -> String {
+    topic
+        .split_once('?')
+        .map(|(_, q)| parse_query(q))
+        .and_then(|props| props.into_iter().find(|(k, _)| k == "$rid"))
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+}
+
 /// Formats `$dps/registrations/res/{status}/?$rid={rid}[&retry-after={n}]`. `$rid` comes first and
 /// no other `$` appears: Python splits the topic on `$`, C# anchors a regex on `?$rid=`.
 pub fn response_topic(status: u16, rid: &str, retry_after: Option<u32>) -> String {
@@ -250,6 +262,13 @@ mod tests {
             DpsRequestTopic::parse("devices/x/messages/events/"),
             Err(TopicError::UnknownTopic(_))
         ));
+        // A refused request is still answered on the `$rid` it carried.
+        assert_eq!(
+            topic_rid("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=91%2Daa"),
+            "91-aa"
+        );
+        assert_eq!(topic_rid("$dps/registrations/POST/x/?a=b&$rid=7"), "7");
+        assert_eq!(topic_rid("$dps/registrations/PUT/iotdps-register/"), "");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod error;
 pub mod hub_mqtt;
 pub mod keys;
 pub mod model;
+pub mod mqtt_header;
 pub mod registration_id;
 pub mod sas;
 pub mod timefmt;

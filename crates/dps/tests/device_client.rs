@@ -175,16 +175,22 @@ async fn failures_are_typed() {
     ]);
     s.ok(&["enrollment", "create", "--registration-id", "on", "--primary-key", KEY1]);
     for transport in [Transport::Mqtt, Transport::Https] {
-        // Wrong key: the service's 401 error body.
+        // Wrong key: HTTPS gets the service's 401 error body; MQTT a CONNACK 5, as from Azure.
         let wrong = Arc::new(SymmetricKeyProvider::new("on", KEY2).unwrap());
-        match client(&s, wrong, transport).register(None).await {
-            Err(ClientError::Service {
-                status: 401,
-                error_code: Some(codes::UNAUTHORIZED),
-                message,
-                ..
-            }) => assert!(!message.is_empty()),
-            other => panic!("{transport}: {other:?}"),
+        match (transport, client(&s, wrong, transport).register(None).await) {
+            (
+                Transport::Https,
+                Err(ClientError::Service {
+                    status: 401,
+                    error_code: Some(codes::UNAUTHORIZED),
+                    message,
+                    ..
+                }),
+            ) => assert!(!message.is_empty()),
+            (Transport::Mqtt, Err(ClientError::ConnectionRefused { reason })) => {
+                assert_eq!(reason, "NotAuthorized")
+            }
+            (_, other) => panic!("{transport}: {other:?}"),
         }
         // Disabled enrollment: 401003, whichever way the server reports it.
         let off = Arc::new(SymmetricKeyProvider::new("off", KEY1).unwrap());

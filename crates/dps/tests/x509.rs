@@ -127,7 +127,25 @@ fn x509_devices_provision_and_reach_the_hub() {
     // An expired device certificate is refused with the reason.
     let old = issue(&int, "x509-old", false, (2020, 2021));
     let (cert, key) = files(&s, "old", &[&old]);
+    // Over MQTT the CONNECT is refused (CONNACK 5, as Azure does) and the reason is logged.
     let err = s.fail(&["device", "provision", "--x509-cert", &cert, "--x509-key", &key]);
+    assert!(err.contains("refused the MQTT connection: NotAuthorized"), "{err}");
+    assert!(
+        s.log().contains("DPS connection refused") && s.log().contains("expired"),
+        "{}",
+        s.log()
+    );
+    // Over HTTPS the device reads the reason in the 401.
+    let err = s.fail(&[
+        "device",
+        "provision",
+        "--x509-cert",
+        &cert,
+        "--x509-key",
+        &key,
+        "--transport",
+        "https",
+    ]);
     assert!(err.contains("401000") && err.contains("expired"), "{err}");
 }
 
@@ -165,6 +183,20 @@ fn ca_reference_needs_proof_of_possession_through_the_cli() {
         "--x509-key",
         &key,
         "--no-message",
+    ]);
+    // MQTT refuses the CONNECT (5) and logs why; HTTPS tells the device.
+    assert!(err.contains("refused the MQTT connection: NotAuthorized"), "{err}");
+    assert!(s.log().contains("not verified"), "{}", s.log());
+    let err = s.fail(&[
+        "device",
+        "provision",
+        "--x509-cert",
+        &cert,
+        "--x509-key",
+        &key,
+        "--no-message",
+        "--transport",
+        "https",
     ]);
     assert!(err.contains("not verified"), "{err}");
 

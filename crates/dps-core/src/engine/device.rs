@@ -1,6 +1,7 @@
 //! The device API: register, operation status, registration status lookup.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +17,7 @@ use dps_proto::registration_id;
 use dps_proto::sas::{hmac_sha256, SasToken};
 use sha2::{Digest, Sha256};
 
+use super::groups::CachedGroup;
 use super::recovery::Incomplete;
 use super::{DeviceResponse, Engine};
 use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
@@ -81,12 +83,14 @@ impl OperationCache {
 }
 
 /// The enrollment a device matched.
+#[derive(Clone)]
 pub(super) enum Matched {
     Individual(Box<IndividualEnrollment>),
     Group(Box<EnrollmentGroup>),
 }
 
 /// The outcome of attestation: the enrollment and the keys the hub should know the device by.
+#[derive(Clone)]
 pub(super) struct Attested {
     pub(super) matched: Matched,
     pub(super) attestation: AttestationType,
@@ -95,6 +99,43 @@ pub(super) struct Attested {
     pub(super) x509: Option<X509RegistrationResult>,
     /// TPM: the activation blob of the hub key, for the device's registration result.
     pub(super) tpm: Option<TpmRegistrationResult>,
+}
+
+/// A device credential the engine accepted ahead of any request ([`Engine::authenticate`]).
+///
+/// MQTT checks the credential at CONNECT, as Azure does, and registers on the same connection
+/// moments later; carrying this into [`Engine::register_authenticated`] spares the register a
+/// second signature check or X.509 chain walk. It is reused only while everything it was
+/// judged against is unchanged: the same credential (and, for a SAS, before its expiry), the
+/// same snapshot of groups and CA certificates, and the same individual enrollment (by etag, or
+/// still none) — otherwise the register attests afresh, so a revoked or edited enrollment is
+/// never served from a stale result.
+#[derive(Clone)]
+pub struct Authenticated {
+    attested: Attested,
+    registration_key: String,
+    credential_digest: [u8; 32],
+    credential_valid_until: Option<i64>,
+    groups: Arc<Vec<CachedGroup>>,
+    /// `None`: no individual enrollment existed; `Some(etag)`: the one that matched.
+    individual_etag: Option<Option<String>>,
+}
+
+impl std::fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticated")
+            .field("registration_key", &self.registration_key)
+            .field("attestation", &self.attested.attestation)
+            .field("enrollment_group_id", &self.attested.matched.group_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticated {
+    /// The attestation kind the credential proved (symmetric key or X.509).
+    pub fn attestation(&self) -> AttestationType {
+        self.attested.attestation
+    }
 }
 
 impl Matched {
@@ -220,10 +261,86 @@ impl Engine {
         req: &DeviceRequest,
         body: &DeviceRegistration,
     ) -> Result<DeviceResponse, ApiError> {
+        self.register_with(now, req, None, body).await
+    }
+
+    /// [`Engine::register`] for a device whose credential [`Engine::authenticate`] already
+    /// accepted (MQTT, at CONNECT): the earlier result stands in for attestation while it is
+    /// still current (see [`Authenticated`]).
+    pub async fn register_authenticated(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        authenticated: &Authenticated,
+        body: &DeviceRegistration,
+    ) -> Result<DeviceResponse, ApiError> {
+        self.register_with(now, req, Some(authenticated), body).await
+    }
+
+    /// Checks a device's credential without registering it: the ID scope, the registration id,
+    /// and proof of identity — a SAS signed with the individual enrollment's key or the group's
+    /// derived key, for the audience `{scope}/registrations/{id}` and not expired, or an X.509
+    /// chain that the enrollment accepts. The enrollment's provisioning status is not judged
+    /// here: a disabled enrollment is a registration *result* (status `disabled`, 401003), which
+    /// is how Azure reports it and what the SDKs expect. TPM cannot be authenticated ahead of a
+    /// register: its proof is the one-use challenge the register request itself obtains.
+    pub async fn authenticate(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Authenticated, ApiError> {
+        self.check_request(req)?;
+        let groups = self.groups.snapshot();
+        let attested = match &req.credential {
+            Credential::Sas(token) => self.attest_sas(now, req, token, false).await?,
+            _ => self.attest(now, req).await?,
+        };
+        let individual_etag = match &attested.matched {
+            Matched::Individual(e) => Some(e.etag.clone()),
+            Matched::Group(_) => None,
+        };
+        Ok(Authenticated {
+            attested,
+            registration_key: registration_id::key(&req.registration_id),
+            credential_digest: digest(&req.credential),
+            credential_valid_until: valid_until(&req.credential),
+            groups,
+            individual_etag,
+        })
+    }
+
+    /// The earlier attestation if it still holds for `req` at `now`, else a fresh one.
+    async fn reattest(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        auth: &Authenticated,
+    ) -> Result<Attested, ApiError> {
+        let current = auth.registration_key == registration_id::key(&req.registration_id)
+            && auth.credential_digest == digest(&req.credential)
+            && auth.credential_valid_until.is_none_or(|t| now.timestamp() <= t)
+            && Arc::ptr_eq(&auth.groups, &self.groups.snapshot());
+        if current {
+            // The one store read attestation would make anyway: has the individual enrollment
+            // appeared, gone or changed since?
+            let individual = self.store.get_enrollment(&req.registration_id).await?.map(|e| e.etag);
+            if individual == auth.individual_etag {
+                return Ok(auth.attested.clone());
+            }
+        }
+        self.attest(now, req).await
+    }
+
+    async fn register_with(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        authenticated: Option<&Authenticated>,
+        body: &DeviceRegistration,
+    ) -> Result<DeviceResponse, ApiError> {
         self.check_request(req)?;
         check_body_id(req, body)?;
         super::tpm::refuse_without_challenge(req, body)?;
-        let attested = self.attest(now, req).await?;
+        let attested = match authenticated {
+            Some(auth) => self.reattest(now, req, auth).await?,
+            None => self.attest(now, req).await?,
+        };
         let key = registration_id::key(&req.registration_id);
         let operation_id = new_operation_id(&key);
         let final_state = match self.assign(now, req, body, &attested, &operation_id).await {
@@ -364,7 +481,7 @@ impl Engine {
     /// Proves the device is who it says it is, and finds its enrollment.
     async fn attest(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Attested, ApiError> {
         match &req.credential {
-            Credential::Sas(token) => self.attest_sas(now, req, token).await,
+            Credential::Sas(token) => self.attest_sas(now, req, token, true).await,
             Credential::X509(chain) => self.attest_x509(now, req, chain).await,
             Credential::None => Err(ApiError::unauthorized(
                 "no credential: send a SharedAccessSignature (symmetric key, or TPM-signed after a TPM challenge) in the MQTT password or the Authorization header, or a client certificate (X.509)",
@@ -372,7 +489,14 @@ impl Engine {
         }
     }
 
-    async fn attest_sas(&self, now: DateTime<Utc>, req: &DeviceRequest, token: &str) -> Result<Attested, ApiError> {
+    /// `tpm`: whether a SAS for a TPM enrollment may be judged (and its challenge used up).
+    async fn attest_sas(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        token: &str,
+        tpm: bool,
+    ) -> Result<Attested, ApiError> {
         let token = SasToken::parse(token).map_err(|e| ApiError::unauthorized(e.to_string()))?;
         let audience = format!("{}/registrations/{}", req.id_scope, req.registration_id);
         token
@@ -384,6 +508,15 @@ impl Engine {
 
         if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
             if e.attestation.kind == AttestationType::Tpm {
+                if !tpm {
+                    return Err(ApiError::new(
+                        codes::TPM_TRANSPORT_UNSUPPORTED,
+                        format!(
+                            "individual enrollment '{}' uses TPM attestation, which is proven by the challenge of a register request over HTTPS (or AMQP), not ahead of it",
+                            e.registration_id
+                        ),
+                    ));
+                }
                 return self.attest_tpm(now, req, &token, e);
             }
             if e.attestation.kind != AttestationType::SymmetricKey {

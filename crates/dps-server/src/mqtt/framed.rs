@@ -1,7 +1,8 @@
 //! MQTT 3.1.1 packet framing over any async stream, using the `rumqttc` packet codec.
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::Packet;
+use dps_proto::mqtt_header::{check_fixed_header, inspect_connect, ConnectHeader, HeaderViolation};
+use rumqttc::mqttbytes::v4::{Connect, Packet};
 use rumqttc::mqttbytes::Error as CodecError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -14,6 +15,18 @@ pub enum FrameError {
     /// The peer sent something that is not MQTT 3.1.1 (or a packet over the size limit).
     #[error("protocol: {0}")]
     Protocol(CodecError),
+    /// The peer broke a header rule of MQTT 3.1.1 that obliges the server to close.
+    #[error("protocol: {0}")]
+    Header(#[from] HeaderViolation),
+}
+
+/// The first packet of a connection, once its header passed MQTT 3.1.1's rules.
+#[derive(Debug)]
+pub enum First {
+    /// A CONNECT to serve.
+    Connect(Connect),
+    /// A CONNECT of another MQTT version: answer CONNACK 0x01 and close (§3.1.2.2).
+    UnacceptableLevel(u8),
 }
 
 /// A framed MQTT connection.
@@ -35,22 +48,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         }
     }
 
-    /// The next packet, or `None` on a clean end of stream.
+    /// The first packet, which must be a CONNECT of at most `max_len` bytes: its header is judged
+    /// on the raw bytes ([`inspect_connect`]) before the codec decodes it. `None` when the peer
+    /// closed before sending anything.
+    pub async fn first(&mut self, max_len: usize) -> Result<Option<First>, FrameError> {
+        loop {
+            match inspect_connect(&self.read, max_len) {
+                ConnectHeader::Violation(v) => return Err(v.into()),
+                ConnectHeader::UnacceptableLevel { level } => return Ok(Some(First::UnacceptableLevel(level))),
+                ConnectHeader::Acceptable => {
+                    // The header says CONNECT, so the codec yields one or an error.
+                    return match self.next().await? {
+                        Some(Packet::Connect(c)) => Ok(Some(First::Connect(c))),
+                        _ => Err(FrameError::Protocol(CodecError::MalformedPacket)),
+                    };
+                }
+                ConnectHeader::Incomplete => {}
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads more bytes; `false` on a clean end of stream before any byte of a packet.
+    async fn fill(&mut self) -> Result<bool, FrameError> {
+        if self.stream.read_buf(&mut self.read).await? == 0 {
+            return if self.read.is_empty() {
+                Ok(false)
+            } else {
+                Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+            };
+        }
+        Ok(true)
+    }
+
+    /// The next packet, or `None` on a clean end of stream. A fixed header that breaks
+    /// MQTT 3.1.1 (reserved type or flags, PUBLISH QoS 3) is an error as soon as its first byte
+    /// arrives.
     pub async fn next(&mut self) -> Result<Option<Packet>, FrameError> {
         loop {
-            if !self.read.is_empty() {
+            if let Some(&byte1) = self.read.first() {
+                check_fixed_header(byte1)?;
                 match Packet::read(&mut self.read, self.max_packet) {
                     Ok(p) => return Ok(Some(p)),
                     Err(CodecError::InsufficientBytes(_)) => {}
                     Err(e) => return Err(FrameError::Protocol(e)),
                 }
             }
-            if self.stream.read_buf(&mut self.read).await? == 0 {
-                return if self.read.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()))
-                };
+            if !self.fill().await? {
+                return Ok(None);
             }
         }
     }

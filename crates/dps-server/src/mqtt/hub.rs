@@ -27,6 +27,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     let hub = &services.hub;
     let now = services.clock.now();
+    // Azure accepts a hub user name without `api-version` (MQTT bridges and hand-written clients
+    // send `{host}/{deviceId}` alone), so only a version that is present is checked.
+    if let Some(v) = user.api_version.as_deref() {
+        if let Err(e) = dps_proto::api_version::check(Some(v), dps_proto::api_version::HUB) {
+            tracing::info!(device = ?user.device_id, error = ?e.to_string(), "hub connection refused");
+            return io.send(&connack(ConnectReturnCode::BadUserNamePassword)).await;
+        }
+    }
     let client_id_ok = match &user.module_id {
         None => connect.client_id == user.device_id,
         Some(m) => connect.client_id == format!("{}/{m}", user.device_id),
@@ -62,10 +70,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     io.send(&connack(ConnectReturnCode::Success)).await?;
     // IoT Hub closes connections idle for 1.5 × keep-alive; Python defaults to 60 s, max 1740 s.
-    let idle = match connect.keep_alive {
-        0 => Duration::from_secs(30 * 60),
-        k => Duration::from_millis(u64::from(k) * 1500),
-    };
+    // A client without keep-alive is still closed after 30 minutes of silence.
+    let idle = super::idle_limit(connect.keep_alive).unwrap_or(Duration::from_secs(30 * 60));
     let mut next_pkid: u16 = 0;
     loop {
         tokio::select! {
@@ -95,6 +101,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             session.unsubscribe(f);
                         }
                         io.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await?;
+                    }
+                    Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
+                        // IoT Hub does not support QoS 2 and closes the connection.
+                        tracing::info!(device = %user.device_id, topic = ?p.topic, "closing hub connection: QoS 2 publish");
+                        break;
+                    }
+                    Packet::Connect(_) => {
+                        tracing::info!(device = %user.device_id, "closing hub connection: a second CONNECT (MQTT 3.1.1 §3.1.0)");
+                        break;
                     }
                     Packet::Publish(p) => {
                         match session.handle_publish(services.clock.now(), &p.topic, &p.payload).await {

@@ -10,13 +10,13 @@ mod hub;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dps_core::Credential;
 use dps_proto::dps_mqtt::DpsUsername;
 use dps_proto::hub_mqtt::HubUsername;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
-use framed::Framed;
+use framed::{First, Framed};
 
 use crate::{ServerConfig, Services};
 
@@ -30,6 +30,16 @@ pub fn max_packet_bytes(config: &ServerConfig) -> usize {
     config.max_message_bytes + 64 * 1024
 }
 
+/// The largest CONNECT accepted. A CONNECT carries a client id, a user name and a SAS token (a few
+/// hundred bytes from every SDK); before a client is authenticated it gets no room for more.
+pub const MAX_CONNECT_BYTES: usize = 16 * 1024;
+
+/// How long a connection may stay silent: 1.5 × the keep-alive the client declared, as MQTT
+/// 3.1.1 §3.1.2.10 and IoT Hub do. `None` for keep-alive 0, which means the client sends none.
+pub(crate) fn idle_limit(keep_alive: u16) -> Option<Duration> {
+    (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
+}
+
 /// Serves one MQTT connection over any byte stream: TLS on 8883, or the WebSocket tunnel on 443
 /// ([`crate::ws`]). `peer_certs` are the DER certificates the client sent in the TLS handshake
 /// (empty for SAS clients); possession of the leaf key was proven by TLS.
@@ -38,20 +48,28 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     services: Arc<Services>,
     peer_certs: Vec<Vec<u8>>,
 ) {
+    let deadline = Instant::now() + services.config.limits.dps_session_timeout();
     let mut io = Framed::new(stream, max_packet_bytes(&services.config));
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, io.next()).await {
-        Ok(Ok(Some(Packet::Connect(c)))) => c,
-        Ok(Ok(Some(other))) => {
-            tracing::debug!(?other, "first packet is not CONNECT; closing");
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, io.first(MAX_CONNECT_BYTES)).await {
+        Ok(Ok(Some(First::Connect(c)))) => c,
+        Ok(Ok(Some(First::UnacceptableLevel(level)))) => {
+            tracing::info!(
+                level,
+                "refusing MQTT connection: only MQTT 3.1.1 (protocol level 4) is supported"
+            );
+            let _ = io.send(&connack(ConnectReturnCode::RefusedProtocolVersion)).await;
+            io.close().await;
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "could not read CONNECT");
+            tracing::debug!(error = %e, "could not read CONNECT; closing");
+            io.close().await;
             return;
         }
         Err(_) => {
             tracing::debug!("no CONNECT within {CONNECT_TIMEOUT:?}; closing");
+            io.close().await;
             return;
         }
     };
@@ -60,38 +78,25 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         None => (String::new(), String::new()),
     };
     let result = if let Some(user) = DpsUsername::parse(&username) {
-        let user = match user {
-            Ok(u) => u,
+        let accepted = match user {
+            Ok(user) => dps::accept(&services, &connect, user, password, peer_certs).await,
             Err(e) => {
-                tracing::info!(error = %e, "refusing DPS connection");
-                let _ = io.send(&connack(ConnectReturnCode::BadUserNamePassword)).await;
-                return;
+                tracing::info!(error = ?e.to_string(), "DPS connection refused");
+                Err(ConnectReturnCode::BadUserNamePassword)
             }
         };
-        if !connect.client_id.eq_ignore_ascii_case(&user.registration_id) {
-            tracing::info!(client_id = %connect.client_id, registration = %user.registration_id, "DPS client id must equal the registration id");
-            let _ = io.send(&connack(ConnectReturnCode::BadClientId)).await;
-            return;
+        match accepted {
+            Ok(session) => match io.send(&connack(ConnectReturnCode::Success)).await {
+                Ok(()) => dps::serve(&mut io, &services, session, deadline).await,
+                Err(e) => Err(e),
+            },
+            Err(code) => io.send(&connack(code)).await,
         }
-        let credential = if !password.is_empty() {
-            Credential::Sas(password)
-        } else if !peer_certs.is_empty() {
-            Credential::X509(peer_certs)
-        } else {
-            Credential::None
-        };
-        // The credential is judged by the engine on each request, so the device gets a JSON
-        // error that says what was wrong instead of a bare CONNACK code.
-        if io.send(&connack(ConnectReturnCode::Success)).await.is_err() {
-            return;
-        }
-        dps::serve(&mut io, &services, user, credential).await
     } else if let Some(user) = HubUsername::parse(&username) {
         hub::serve(&mut io, &services, connect, user, password, peer_certs).await
     } else {
-        tracing::info!(username = %username, "CONNECT username is neither a DPS nor an IoT hub username");
-        let _ = io.send(&connack(ConnectReturnCode::BadUserNamePassword)).await;
-        return;
+        tracing::info!(username = ?username, "CONNECT username is neither a DPS nor an IoT hub username");
+        io.send(&connack(ConnectReturnCode::BadUserNamePassword)).await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "MQTT connection ended with an error");
@@ -101,4 +106,17 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 
 fn connack(code: ConnectReturnCode) -> Packet {
     Packet::ConnAck(ConnAck::new(code, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_is_one_and_a_half_keep_alives() {
+        assert_eq!(idle_limit(0), None);
+        assert_eq!(idle_limit(1), Some(Duration::from_millis(1500)));
+        assert_eq!(idle_limit(60), Some(Duration::from_secs(90)));
+        assert_eq!(idle_limit(u16::MAX), Some(Duration::from_millis(65_535 * 1500)));
+    }
 }

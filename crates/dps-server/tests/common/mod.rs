@@ -76,3 +76,172 @@ pub async fn expect_telemetry(
     assert_eq!(msg.device_id, device_id);
     assert_eq!(msg.body_json(), Some(body));
 }
+
+/// [`server`] with its configuration adjusted by `tweak` before it starts (limits, deadlines).
+#[allow(dead_code)] // not every test binary tweaks the configuration
+pub async fn server_with(ip: &str, dir: &std::path::Path, tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let mut c = ServerConfig::defaults();
+    c.data_dir = dir.to_path_buf();
+    c.hostnames = vec![ip.to_string()];
+    c.bind = ip.parse::<IpAddr>().unwrap();
+    c.max_message_bytes = MAX_MESSAGE_BYTES;
+    tweak(&mut c);
+    let s = dps_server::start(c).await.expect("server starts");
+    let enrollment = IndividualEnrollment {
+        attestation: AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            symmetric_key: Some(SymmetricKeyAttestation {
+                primary_key: Some(KEY.into()),
+                secondary_key: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    s.services
+        .engine
+        .put_enrollment(chrono::Utc::now(), "dev-1", enrollment, None)
+        .await
+        .unwrap();
+    s
+}
+
+/// A raw TLS connection to the MQTT port, for bytes no MQTT client library would send.
+#[allow(dead_code)]
+pub struct RawMqtt {
+    io: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    buf: bytes::BytesMut,
+}
+
+#[allow(dead_code)]
+impl RawMqtt {
+    /// Connects (TLS, trusting the server's CA) to `s`'s MQTT port.
+    pub async fn open(s: &RunningServer) -> Self {
+        let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+        let config = dps_pki::tls::client_config(&ca).unwrap();
+        let tcp = tokio::net::TcpStream::connect(s.mqtt_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(s.mqtt_addr.ip().into());
+        let io = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        Self {
+            io,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Sends bytes as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        // The server may already have closed; what it answered is read by `packet`.
+        let _ = self.io.write_all(bytes).await;
+        let _ = self.io.flush().await;
+    }
+
+    /// Encodes and sends a packet.
+    pub async fn send_packet(&mut self, p: &rumqttc::mqttbytes::v4::Packet) {
+        let mut b = bytes::BytesMut::new();
+        p.write(&mut b, usize::MAX).unwrap();
+        self.send(&b).await;
+    }
+
+    /// Ends the write side (TLS close_notify), as a client that stops mid-packet.
+    pub async fn shutdown_write(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.io.shutdown().await;
+    }
+
+    /// The next packet from the server, or `None` once it closed the connection. Panics when
+    /// nothing happens within `wait`.
+    pub async fn packet_within(&mut self, wait: Duration) -> Option<rumqttc::mqttbytes::v4::Packet> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                if !self.buf.is_empty() {
+                    match rumqttc::mqttbytes::v4::Packet::read(&mut self.buf, 1 << 24) {
+                        Ok(p) => return Some(p),
+                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                        Err(e) => panic!("the server sent bytes that are not MQTT: {e}"),
+                    }
+                }
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(wait, read)
+            .await
+            .expect("the server neither answered nor closed")
+    }
+
+    /// [`RawMqtt::packet_within`] 10 seconds.
+    pub async fn packet(&mut self) -> Option<rumqttc::mqttbytes::v4::Packet> {
+        self.packet_within(Duration::from_secs(10)).await
+    }
+}
+
+/// A CONNECT packet (MQTT 3.1.1, clean session).
+#[allow(dead_code)]
+pub fn connect_packet(
+    client_id: &str,
+    username: &str,
+    password: &str,
+    keep_alive: u16,
+) -> rumqttc::mqttbytes::v4::Packet {
+    let mut c = rumqttc::mqttbytes::v4::Connect::new(client_id);
+    c.keep_alive = keep_alive;
+    if !username.is_empty() || !password.is_empty() {
+        c.login = Some(rumqttc::mqttbytes::v4::Login::new(username, password));
+    }
+    rumqttc::mqttbytes::v4::Packet::Connect(c)
+}
+
+/// Registers `reg` over raw MQTT with `password` (register, then poll) and returns the final
+/// operation status; panics if any step fails.
+#[allow(dead_code)]
+pub async fn register_raw(s: &RunningServer, reg: &str, password: &str) -> serde_json::Value {
+    use rumqttc::mqttbytes::v4::{Packet, Publish, Subscribe};
+    use rumqttc::mqttbytes::QoS;
+    let mut c = RawMqtt::open(s).await;
+    c.send_packet(&connect_packet(reg, &dps_user(s, reg), password, 60))
+        .await;
+    match c.packet().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success),
+        other => panic!("expected CONNACK 0 for {reg}, got {other:?}"),
+    }
+    let mut sub = Subscribe::new("$dps/registrations/res/#", QoS::AtLeastOnce);
+    sub.pkid = 1;
+    c.send_packet(&Packet::Subscribe(sub)).await;
+    assert!(matches!(c.packet().await, Some(Packet::SubAck(_))));
+    let response = |p: Option<Packet>| match p {
+        Some(Packet::Publish(p)) => (
+            p.topic.clone(),
+            serde_json::from_slice::<serde_json::Value>(&p.payload).unwrap(),
+        ),
+        other => panic!("expected a response publish, got {other:?}"),
+    };
+    c.send_packet(&Packet::Publish(Publish::new(
+        "$dps/registrations/PUT/iotdps-register/?$rid=g1",
+        QoS::AtMostOnce,
+        format!(r#"{{"registrationId":"{reg}"}}"#),
+    )))
+    .await;
+    let (topic, body) = response(c.packet().await);
+    assert!(
+        topic.starts_with("$dps/registrations/res/202/?$rid=g1"),
+        "{topic} {body}"
+    );
+    let op = body["operationId"].as_str().unwrap().to_string();
+    c.send_packet(&Packet::Publish(Publish::new(
+        format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=g2&operationId={op}"),
+        QoS::AtMostOnce,
+        " ",
+    )))
+    .await;
+    let (topic, body) = response(c.packet().await);
+    assert_eq!(topic, "$dps/registrations/res/200/?$rid=g2", "{body}");
+    c.send_packet(&Packet::Disconnect).await;
+    body
+}
