@@ -263,7 +263,14 @@ async fn accept_loop<F, Fut>(
         let acceptor = acceptor.clone();
         let serve = serve.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            // The TLS state (rustls' connection and buffers, some KiB) is only built once the
+            // client has sent something: a connection silent until the deadline costs little
+            // more than its task.
+            let handshake = async {
+                tcp.readable().await?;
+                Box::pin(acceptor.accept(tcp)).await
+            };
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -278,7 +285,9 @@ async fn accept_loop<F, Fut>(
                 .into_iter()
                 .map(|c| c.to_vec())
                 .collect();
-            serve(tls, certs, permit).await;
+            // Boxed: a connection's serving state (hyper's or the MQTT session's, several KiB)
+            // is allocated when its handshake is done, not reserved in every task from accept on.
+            Box::pin(serve(tls, certs, permit)).await;
         });
     }
 }

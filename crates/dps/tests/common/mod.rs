@@ -27,41 +27,7 @@ impl Server {
     /// Starts `dps serve` on `ip` (hostname and hub host name are `ip` too) and waits until its
     /// HTTPS and MQTT ports accept connections.
     pub fn start(ip: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = Command::new(dps_bin())
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--bind", ip, "--hostname", ip, "--log", "info"])
-            .env_remove("DPS_CONFIG")
-            .env_remove("DPS_HTTPS_PORT")
-            .env_remove("DPS_MQTT_PORT")
-            .env_remove("DPS_HUB_HOSTNAME")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dps serve starts");
-        let mut server = Server {
-            child,
-            ip: ip.to_string(),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("dps serve exited with {status}: {}", server.log());
-            }
-            let up = data.join("server.json").exists()
-                && TcpStream::connect((ip, 443)).is_ok()
-                && TcpStream::connect((ip, 8883)).is_ok();
-            if up {
-                break;
-            }
-            assert!(Instant::now() < deadline, "dps serve did not come up: {}", server.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        Server::start_with(ip, &[])
     }
 
     /// The server's process id (for `dps bench --server-pid`).
@@ -170,4 +136,46 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> Output {
 /// A path's string form.
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+impl Server {
+    /// [`Server::start`] with more `dps serve` flags (limits, deadlines).
+    pub fn start_with(ip: &str, extra_args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = Command::new(dps_bin())
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--bind", ip, "--hostname", ip, "--log", "info"])
+            .args(extra_args)
+            .env_remove("DPS_CONFIG")
+            .env_remove("DPS_HTTPS_PORT")
+            .env_remove("DPS_MQTT_PORT")
+            .env_remove("DPS_HUB_HOSTNAME")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dps serve starts");
+        let mut server = Server {
+            child,
+            ip: ip.to_string(),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("dps serve exited with {status}: {}", server.log());
+            }
+            let up = data.join("server.json").exists()
+                && TcpStream::connect((ip, 443)).is_ok()
+                && TcpStream::connect((ip, 8883)).is_ok();
+            if up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "dps serve did not come up: {}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
 }
