@@ -7,13 +7,14 @@
 //! The server runs with a 2 s request timeout so the stalled cases end in seconds; the TLS
 //! handshake deadline is the listener's fixed 10 s.
 
+// This file uses the shared server set-up, not the MQTT helpers next to it.
+#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{dps_sas, server_with, KEY, MAX_MESSAGE_BYTES};
-use dps_core::Store;
 use dps_proto::sas::build_token;
 use dps_server::RunningServer;
 use rustls::client::ResolvesClientCert;
@@ -623,6 +624,32 @@ async fn http_framing_and_tls_bad_input_matrix() {
         })
     };
 
+    // A WebSocket upgrade (MQTT over WebSockets) that then says nothing: it keeps its place
+    // under the connection caps after hyper lets go of it, and the MQTT CONNECT deadline (10 s)
+    // closes it.
+    let mut silent_ws = env.tls(env.tls.clone()).await;
+    silent_ws
+        .write_all(
+            format!(
+                "GET /$iothub/websocket HTTP/1.1\r\nHost: {IP}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut ws_buf = Vec::new();
+    let resp = read_response(&mut silent_ws, &mut ws_buf)
+        .await
+        .expect("upgrade answered");
+    assert_eq!(resp.status, 101);
+    // Once the earlier good client's connection is gone, this one is still counted.
+    while env.s.connections.total() > 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.s.connections.total(), 1, "the upgraded connection holds its place");
+    let silent_ws = tokio::spawn(async move { closed(&mut silent_ws).await });
+
     for case in http_cases(&env) {
         run(&env, &case).await;
         assert_eq!(env.persisted().await, baseline, "{}: nothing persisted", case.name);
@@ -703,6 +730,13 @@ async fn http_framing_and_tls_bad_input_matrix() {
         .unwrap();
     assert!(got.is_empty() || is_alert(&got), "{got:?}");
     good_client(&env, "after the stalled handshake").await;
+    count += 1;
+    let got = tokio::time::timeout(GIVE_UP, silent_ws)
+        .await
+        .expect("the silent WebSocket is closed")
+        .unwrap();
+    assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+    good_client(&env, "after the silent WebSocket").await;
     count += 1;
 
     assert!(count >= 20, "{count} cases");
