@@ -57,7 +57,8 @@ pub struct ServeArgs {
 /// `dps_server::config::Limits::default()`.
 #[derive(Args, Debug, Default)]
 struct LimitArgs {
-    /// Connections held at once over all listeners [default: 60000].
+    /// Connections held at once over all listeners; lowered to what the open-file limit can
+    /// hold [default: 60000].
     #[arg(long, env = "DPS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Connections held at once from one source IP address [default: 30000].
@@ -182,17 +183,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
 /// File descriptors kept for everything that is not a client connection: the databases and
 /// their journals, listeners, the runtime's own, and files opened by the service API (CA
-/// uploads, logs).
+/// uploads, logs). A quarter of the limit when that is less.
 const RESERVED_FILES: u64 = 256;
 
-/// Lowers `max_connections` to what the open-file limit can hold, keeping [`RESERVED_FILES`].
+/// Lowers `max_connections` to what the open-file limit can hold, keeping [`RESERVED_FILES`]
+/// (or a quarter of a small limit).
 ///
 /// Why: each connection is a file descriptor. With a cap above the open-file limit, a flood
 /// runs the process out of descriptors before the cap bites, and then `accept` fails for
 /// everyone and the databases cannot open their files: the service stops answering. With the
 /// cap below it, the flood is refused at the door and the server keeps working.
 fn fit_connections_to_open_files(limits: &mut dps_server::Limits, open_files: u64) {
-    let room = usize::try_from(open_files.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+    let reserved = RESERVED_FILES.min(open_files / 4);
+    let room = usize::try_from(open_files - reserved).unwrap_or(usize::MAX);
     if limits.max_connections > room {
         tracing::warn!(
             configured = limits.max_connections,
@@ -233,6 +236,6 @@ mod tests {
         fit_connections_to_open_files(&mut l, 20_000);
         assert_eq!(l.max_connections, 500, "a cap that fits is kept");
         fit_connections_to_open_files(&mut l, 100);
-        assert_eq!(l.max_connections, 0, "nothing fits under a tiny limit");
+        assert_eq!(l.max_connections, 75, "a small limit keeps a quarter for the rest");
     }
 }
