@@ -74,6 +74,8 @@ pub mod codes {
     pub const DEVICE_NOT_ONLINE: u32 = 404_103;
     /// Method not allowed on this path.
     pub const METHOD_NOT_ALLOWED: u32 = 405_000;
+    /// The request (its body) did not arrive within the request timeout.
+    pub const REQUEST_TIMEOUT: u32 = 408_001;
     /// `*` Enrollment already exists (create without etag).
     pub const ENROLLMENT_EXISTS: u32 = 409_201;
     /// `*` Enrollment group already exists.

@@ -49,9 +49,12 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Limits {
-    /// Connections held at once over all listeners; the accept loop stops accepting beyond it.
+    /// Connections held at once over all listeners (MQTT and HTTPS together); beyond it a new
+    /// connection is closed as soon as it is accepted, before TLS. `dps serve` lowers it to what
+    /// the open-file limit can hold.
     pub max_connections: usize,
-    /// Connections held at once from one source IP address.
+    /// Connections held at once from one source IP address, over all listeners; beyond it a new
+    /// connection from that address is closed as soon as it is accepted.
     pub max_connections_per_ip: usize,
     /// Seconds a client has to send one whole HTTP request (headers and body) once it started.
     pub request_timeout_secs: u64,

@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod conn_limit;
 pub mod datadir;
 pub mod http;
 mod listener;
+mod log_limit;
 pub mod mqtt;
 pub mod ws;
 

@@ -13,10 +13,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::conn_limit::{ConnectionLimits, ConnectionPermit};
 use crate::datadir::DataDir;
+use crate::log_limit::{LogLimiter, LOG_PERIOD};
 use crate::{ServerConfig, Services};
 
-/// How long a client has to finish the TLS handshake.
+/// How long a client has to finish the TLS handshake. Every SDK finishes in one or two round
+/// trips; a client still handshaking after this is stalled or hostile, and holds a connection
+/// before it has shown any credential.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server could not start.
@@ -49,6 +53,8 @@ pub struct RunningServer {
     pub services: Arc<Services>,
     /// Whether this start initialized the data directory.
     pub initialized: bool,
+    /// The connection caps over both listeners (and the connections they hold now).
+    pub connections: Arc<ConnectionLimits>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -146,22 +152,42 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let http_app = crate::http::HttpApp::new(services.clone());
-    tasks.spawn(accept_loop(mqtt, mqtt_acceptor, rx.clone(), {
-        let services = services.clone();
-        move |stream, certs| {
+    let connections = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
+    tasks.spawn(accept_loop(
+        "MQTT",
+        mqtt,
+        mqtt_acceptor,
+        connections.clone(),
+        rx.clone(),
+        {
             let services = services.clone();
-            async move { crate::mqtt::serve_connection(stream, services, certs).await }
-        }
-    }));
-    tasks.spawn(accept_loop(https, acceptor, rx, move |stream, certs| {
-        let app = http_app.clone();
-        async move { app.serve_connection(stream, certs).await }
-    }));
+            move |stream, certs, permit| {
+                let services = services.clone();
+                async move {
+                    // Held until the MQTT session ends.
+                    let _permit = permit;
+                    crate::mqtt::serve_connection(stream, services, certs).await
+                }
+            }
+        },
+    ));
+    tasks.spawn(accept_loop(
+        "HTTPS",
+        https,
+        acceptor,
+        connections.clone(),
+        rx,
+        move |stream, certs, permit| {
+            let app = http_app.clone();
+            async move { app.serve_admitted(stream, certs, permit).await }
+        },
+    ));
     Ok(RunningServer {
         mqtt_addr,
         https_addr,
         services,
         initialized,
+        connections,
         shutdown: tx,
         tasks,
     })
@@ -199,36 +225,59 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpLis
     })
 }
 
-/// Accepts TCP connections, completes TLS in a per-connection task, and hands the stream and the
-/// client's certificates (if any) to `serve`.
+/// Accepts TCP connections, admits them under the connection caps (a refused one is closed at
+/// once, before any TLS), completes TLS in a per-connection task, and hands the stream, the
+/// client's certificates (if any) and the connection's permit to `serve`. `what` names the
+/// listener in logs.
 async fn accept_loop<F, Fut>(
+    what: &'static str,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    limits: Arc<ConnectionLimits>,
     mut shutdown: watch::Receiver<bool>,
     serve: F,
 ) where
-    F: Fn(tokio_rustls::server::TlsStream<TcpStream>, Vec<Vec<u8>>) -> Fut + Send + Sync + 'static,
+    F: Fn(tokio_rustls::server::TlsStream<TcpStream>, Vec<Vec<u8>>, ConnectionPermit) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let serve = Arc::new(serve);
+    let accept_errors = LogLimiter::new(LOG_PERIOD);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning, and say so once per
+                    // period, not 20 times a second.
+                    if let Some(n) = accept_errors.record() {
+                        tracing::warn!(listener = what, error = %e, failures_since_last_report = n,
+                            "{what}: accepting a connection failed ({e}); {n} failure(s) since the last report. \
+                             'Too many open files' means the process holds as many connections as its open-file \
+                             limit allows: raise the limit or lower --max-connections");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(permit) = limits.admit(peer.ip()) else {
+            // Refused (and logged, rate-limited, by `admit`): closed before any TLS.
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let serve = serve.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            // The TLS state (rustls' connection and buffers, some KiB) is only built once the
+            // client has sent something: a connection silent until the deadline costs little
+            // more than its task.
+            let handshake = async {
+                tcp.readable().await?;
+                Box::pin(acceptor.accept(tcp)).await
+            };
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -243,7 +292,9 @@ async fn accept_loop<F, Fut>(
                 .into_iter()
                 .map(|c| c.to_vec())
                 .collect();
-            serve(tls, certs).await;
+            // Boxed: a connection's serving state (hyper's or the MQTT session's, several KiB)
+            // is allocated when its handshake is done, not reserved in every task from accept on.
+            Box::pin(serve(tls, certs, permit)).await;
         });
     }
 }

@@ -57,7 +57,8 @@ pub struct ServeArgs {
 /// `dps_server::config::Limits::default()`.
 #[derive(Args, Debug, Default)]
 struct LimitArgs {
-    /// Connections held at once over all listeners [default: 60000].
+    /// Connections held at once over all listeners; lowered to what the open-file limit can
+    /// hold [default: 60000].
     #[arg(long, env = "DPS_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// Connections held at once from one source IP address [default: 30000].
@@ -143,7 +144,7 @@ impl ServeArgs {
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
-    let (config, log) = args.into_config()?;
+    let (mut config, log) = args.into_config()?;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -151,7 +152,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // Every device connection is a file descriptor; the soft limit a shell hands out (often
     // 1024) would refuse connections long before memory or CPU run out.
     match crate::fdlimit::raise(0) {
-        Ok(limit) => tracing::info!(limit, "open-file limit (connections this process can hold)"),
+        Ok(limit) => {
+            tracing::info!(limit, "open-file limit (connections this process can hold)");
+            fit_connections_to_open_files(&mut config.limits, limit);
+        }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let server = dps_server::start(config.clone()).await?;
@@ -177,6 +181,34 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// File descriptors kept for everything that is not a client connection: the databases and
+/// their journals, listeners, the runtime's own, and files opened by the service API (CA
+/// uploads, logs). A quarter of the limit when that is less.
+const RESERVED_FILES: u64 = 256;
+
+/// Lowers `max_connections` to what the open-file limit can hold, keeping [`RESERVED_FILES`]
+/// (or a quarter of a small limit).
+///
+/// Why: each connection is a file descriptor. With a cap above the open-file limit, a flood
+/// runs the process out of descriptors before the cap bites, and then `accept` fails for
+/// everyone and the databases cannot open their files: the service stops answering. With the
+/// cap below it, the flood is refused at the door and the server keeps working.
+fn fit_connections_to_open_files(limits: &mut dps_server::Limits, open_files: u64) {
+    let reserved = RESERVED_FILES.min(open_files / 4);
+    let room = usize::try_from(open_files - reserved).unwrap_or(usize::MAX);
+    if limits.max_connections > room {
+        tracing::warn!(
+            configured = limits.max_connections,
+            open_file_limit = open_files,
+            effective = room,
+            "--max-connections {} is more than the open-file limit ({open_files}) can hold; at most {room} \
+             connections will be held (raise the hard limit, e.g. `ulimit -Hn`, to hold more)",
+            limits.max_connections
+        );
+        limits.max_connections = room;
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -189,4 +221,21 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_under_the_open_file_limit() {
+        let mut l = dps_server::Limits::default();
+        fit_connections_to_open_files(&mut l, 20_000);
+        assert_eq!(l.max_connections, 20_000 - RESERVED_FILES as usize);
+        l.max_connections = 500;
+        fit_connections_to_open_files(&mut l, 20_000);
+        assert_eq!(l.max_connections, 500, "a cap that fits is kept");
+        fit_connections_to_open_files(&mut l, 100);
+        assert_eq!(l.max_connections, 75, "a small limit keeps a quarter for the rest");
+    }
 }

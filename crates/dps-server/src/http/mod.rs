@@ -15,6 +15,7 @@
 //! Every JSON response has `Content-Type: application/json; charset=utf-8` (Node parses only
 //! those) and ASCII-only JSON. Errors carry `ApiError::details` as body and `x-ms-error-code`.
 
+mod deadline;
 mod device;
 mod events;
 mod host;
@@ -48,9 +49,12 @@ use tower::ServiceExt;
 
 use route::{Api, NoRoute, QueryParams, Route};
 
+use crate::conn_limit::ConnectionPermit;
 use crate::Services;
 
-/// How long a client may take to send a request's headers, and to stay idle between requests.
+/// How long a keep-alive connection may stay idle waiting for its next request (hyper's header
+/// read timeout, which runs from the end of one request to the headers of the next). Once a
+/// request's first byte arrives, the tighter `limits.request_timeout` applies ([`deadline`]).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `Content-Type` of every JSON response.
@@ -61,17 +65,31 @@ pub const JSON_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 #[derive(Debug, Clone, Default)]
 pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
 
+/// When the request's first byte arrived, as a request extension: its body must be in by this
+/// plus `limits.request_timeout`. Absent (a router driven without a connection): when the
+/// handler started.
+#[derive(Debug, Clone, Copy)]
+struct RequestStart(tokio::time::Instant);
+
+/// The connection's place under the connection caps, as a request extension, so that a WebSocket
+/// upgrade (which outlives the HTTP connection) keeps holding it.
+#[derive(Debug, Clone)]
+struct HeldPermit(Arc<ConnectionPermit>);
+
 /// The HTTPS application. Cheap to clone; build one per server and call
 /// [`HttpApp::serve_connection`] for each connection.
 #[derive(Clone)]
 pub struct HttpApp {
     router: Router,
+    /// `limits.request_timeout`.
+    request_timeout: Duration,
 }
 
 impl HttpApp {
     /// Builds the router over `services`.
     pub fn new(services: Arc<Services>) -> Self {
         Self {
+            request_timeout: services.config.limits.request_timeout(),
             router: router(services),
         }
     }
@@ -89,23 +107,66 @@ impl HttpApp {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve(stream, peer_certs, None).await
+    }
+
+    /// [`HttpApp::serve_connection`] for a connection admitted under the connection caps: the
+    /// permit is held until the connection ends, or the WebSocket it was upgraded to does.
+    pub(crate) async fn serve_admitted<S>(&self, stream: S, peer_certs: Vec<Vec<u8>>, permit: ConnectionPermit)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve(stream, peer_certs, Some(Arc::new(permit))).await
+    }
+
+    async fn serve<S>(&self, stream: S, peer_certs: Vec<Vec<u8>>, permit: Option<Arc<ConnectionPermit>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let certs = PeerCertificates(Arc::new(peer_certs));
         let router = self.router.clone();
-        let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(certs.clone());
-            router.clone().oneshot(req)
+        let clock = deadline::RequestClock::new(self.request_timeout);
+        let svc = hyper::service::service_fn({
+            let clock = clock.clone();
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                let (started, in_service) = clock.begin();
+                req.extensions_mut().insert(certs.clone());
+                req.extensions_mut().insert(RequestStart(started));
+                if let Some(p) = &permit {
+                    req.extensions_mut().insert(HeldPermit(p.clone()));
+                }
+                let call = router.clone().oneshot(req);
+                async move {
+                    let resp = call.await;
+                    drop(in_service);
+                    resp
+                }
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
-            // Bounds the wait for a request's headers, which also closes connections idle that
-            // long between requests. Generous, so devices polling slowly keep their connection.
+            // Bounds the wait for a request's headers from the end of the previous request, i.e.
+            // how long a keep-alive connection may stay idle. Generous, so devices polling slowly
+            // keep their connection; a request under way has the tighter `deadline`.
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection(TokioIo::new(deadline::Timed::new(stream, clock.clone())), svc)
             // Lets `/$iothub/websocket` take the connection over; other requests are unaffected.
             .with_upgrades();
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            },
+            expired = clock.expired() => match expired {
+                deadline::Expired::Headers => tracing::debug!(
+                    timeout_secs = self.request_timeout.as_secs(),
+                    "HTTP connection closed: a request's headers did not arrive within the request timeout"
+                ),
+                deadline::Expired::Write => tracing::debug!(
+                    timeout_secs = self.request_timeout.as_secs(),
+                    "HTTP connection closed: the client read none of its response within the request timeout"
+                ),
+            },
         }
     }
 }
@@ -181,6 +242,8 @@ pub(crate) struct Ctx<'a> {
     pub headers: HeaderMap,
     pub query: QueryParams,
     pub peer_certs: Option<PeerCertificates>,
+    /// When the request's first byte arrived (see [`RequestStart`]).
+    started: tokio::time::Instant,
     body: Option<Body>,
 }
 
@@ -199,7 +262,9 @@ impl Ctx<'_> {
         self.header("if-match")
     }
 
-    /// Reads the whole body, refusing more than `max_message_bytes` (without buffering more).
+    /// Reads the whole body, refusing more than `max_message_bytes` (without buffering more), and
+    /// answering `408` when it is not all in within `limits.request_timeout` of the request's
+    /// first byte (the response then closes the connection: the rest of the body is unread).
     /// A second call returns an empty body.
     pub async fn body(&mut self) -> Result<Bytes, ApiError> {
         let Some(body) = self.body.take() else {
@@ -213,20 +278,41 @@ impl Ctx<'_> {
                 format!("request body{size} exceeds the limit of {limit} bytes"),
             )
         };
-        if let Some(len) = self
+        let declared = self
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(len) = declared {
             if len > limit as u64 {
                 return Err(too_large(Some(len)));
             }
         }
-        match Limited::new(body, limit).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(None)),
-            Err(e) => Err(ApiError::bad_body(format!("cannot read the request body: {e}"))),
+        let timeout = self.services.config.limits.request_timeout();
+        let mut body = Limited::new(body, limit);
+        let mut data = bytes::BytesMut::new();
+        loop {
+            let frame = match tokio::time::timeout_at(self.started + timeout, body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => return Ok(data.freeze()),
+                Ok(Some(Err(e))) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(None)),
+                Ok(Some(Err(e))) => return Err(ApiError::bad_body(format!("cannot read the request body: {e}"))),
+                Err(_) => {
+                    let of = declared.map(|n| format!(" of the {n} declared")).unwrap_or_default();
+                    return Err(ApiError::new(
+                        codes::REQUEST_TIMEOUT,
+                        format!(
+                            "the request was not received in time: {} bytes of its body{of} arrived within the \
+                             {} s a client has to send a whole request",
+                            data.len(),
+                            timeout.as_secs()
+                        ),
+                    ));
+                }
+            };
+            if let Ok(chunk) = frame.into_data() {
+                data.extend_from_slice(&chunk);
+            }
         }
     }
 
@@ -314,6 +400,10 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
         headers: parts.headers,
         query,
         peer_certs: parts.extensions.get::<PeerCertificates>().cloned(),
+        started: parts
+            .extensions
+            .get::<RequestStart>()
+            .map_or_else(tokio::time::Instant::now, |s| s.0),
         body: Some(body),
     };
     match api {
@@ -380,6 +470,11 @@ pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json_response(status, &e.details(now));
     set_header(&mut resp, "x-ms-error-code", &e.code.to_string());
+    if e.status == 408 {
+        // The rest of the request never came; the connection cannot carry another.
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

@@ -1163,7 +1163,10 @@ async fn serve_connection_keeps_the_connection_alive() {
     use tokio::io::AsyncWriteExt;
     let f = fixture().await;
     // The listener path: HttpApp::serve_connection over a stream.
-    let app = HttpApp { router: f.app.clone() };
+    let app = HttpApp {
+        router: f.app.clone(),
+        request_timeout: Duration::from_secs(30),
+    };
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let server_task = tokio::spawn(async move { app.serve_connection(server, Vec::new()).await });
     let mut buf = Vec::new();

@@ -67,6 +67,9 @@ pub(super) fn upgrade(services: &Arc<Services>, mut req: Request) -> Result<Resp
         .get::<PeerCertificates>()
         .map(|c| c.0.as_ref().clone())
         .unwrap_or_default();
+    // The connection's place under the connection caps goes with the WebSocket: hyper's
+    // connection ends at the upgrade, the TCP connection does not.
+    let permit = req.extensions_mut().remove::<super::HeldPermit>();
     let services = services.clone();
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -78,7 +81,8 @@ pub(super) fn upgrade(services: &Arc<Services>, mut req: Request) -> Result<Resp
         };
         let config = server_config(mqtt::max_packet_bytes(&services.config));
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        tracing::debug!("MQTT over WebSocket connection opened");
+        let peer = permit.as_ref().map(|p| p.0.ip());
+        tracing::debug!(?peer, "MQTT over WebSocket connection opened");
         mqtt::serve_connection(WsByteStream::new(ws), services, peer_certs).await;
     });
     Ok(switching_protocols(accepted))

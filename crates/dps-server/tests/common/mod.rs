@@ -18,29 +18,7 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 /// Starts a server on `ip` (standard ports) with data in `dir` and enrolls `dev-1`.
 pub async fn server(ip: &str, dir: &std::path::Path) -> RunningServer {
-    let mut c = ServerConfig::defaults();
-    c.data_dir = dir.to_path_buf();
-    c.hostnames = vec![ip.to_string()];
-    c.bind = ip.parse::<IpAddr>().unwrap();
-    c.max_message_bytes = MAX_MESSAGE_BYTES;
-    let s = dps_server::start(c).await.expect("server starts");
-    let enrollment = IndividualEnrollment {
-        attestation: AttestationMechanism {
-            kind: AttestationType::SymmetricKey,
-            symmetric_key: Some(SymmetricKeyAttestation {
-                primary_key: Some(KEY.into()),
-                secondary_key: None,
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    s.services
-        .engine
-        .put_enrollment(chrono::Utc::now(), "dev-1", enrollment, None)
-        .await
-        .unwrap();
-    s
+    server_with(ip, dir, |_| {}).await
 }
 
 /// The DPS MQTT CONNECT username for `reg`.

@@ -21,47 +21,15 @@ pub struct Server {
     child: Child,
     pub ip: String,
     pub dir: tempfile::TempDir,
+    /// The extra `dps serve` flags it was started with (kept for [`Server::restart`]).
+    extra_args: Vec<String>,
 }
 
 impl Server {
     /// Starts `dps serve` on `ip` (hostname and hub host name are `ip` too) and waits until its
     /// HTTPS and MQTT ports accept connections.
     pub fn start(ip: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = Command::new(dps_bin())
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--bind", ip, "--hostname", ip, "--log", "info"])
-            .env_remove("DPS_CONFIG")
-            .env_remove("DPS_HTTPS_PORT")
-            .env_remove("DPS_MQTT_PORT")
-            .env_remove("DPS_HUB_HOSTNAME")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dps serve starts");
-        let mut server = Server {
-            child,
-            ip: ip.to_string(),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("dps serve exited with {status}: {}", server.log());
-            }
-            let up = data.join("server.json").exists()
-                && TcpStream::connect((ip, 443)).is_ok()
-                && TcpStream::connect((ip, 8883)).is_ok();
-            if up {
-                break;
-            }
-            assert!(Instant::now() < deadline, "dps serve did not come up: {}", server.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        Server::start_with(ip, &[])
     }
 
     /// The server's process id (for `dps bench --server-pid`).
@@ -173,6 +141,20 @@ pub fn p(path: &Path) -> &str {
 }
 
 impl Server {
+    /// [`Server::start`] with more `dps serve` flags (limits, deadlines).
+    pub fn start_with(ip: &str, extra_args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let mut server = Server {
+            child: spawn_serve(ip, &dir.path().join("data"), extra_args, log),
+            ip: ip.to_string(),
+            dir,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        };
+        server.wait_until_up("dps serve");
+        server
+    }
+
     /// SIGKILLs the server — no shutdown of any kind, as a crash or `kill -9` — and reaps it.
     pub fn kill9(&mut self) {
         // `Child::kill` is SIGKILL on Unix.
@@ -188,34 +170,46 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .unwrap();
-        self.child = Command::new(dps_bin())
-            .args(["serve", "--data-dir"])
-            .arg(self.data())
-            .args(["--bind", &self.ip, "--hostname", &self.ip, "--log", "info"])
-            .env_remove("DPS_CONFIG")
-            .env_remove("DPS_HTTPS_PORT")
-            .env_remove("DPS_MQTT_PORT")
-            .env_remove("DPS_HUB_HOSTNAME")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dps serve starts");
+        let extra: Vec<&str> = self.extra_args.iter().map(String::as_str).collect();
+        self.child = spawn_serve(&self.ip, &self.data(), &extra, log);
+        self.wait_until_up("restarted dps serve");
+    }
+
+    /// Waits (up to 60 s) until the server recorded its listeners and both ports accept
+    /// connections; panics with the log if it exits first.
+    fn wait_until_up(&mut self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("restarted dps serve exited with {status}: {}", self.log());
+                panic!("{what} exited with {status}: {}", self.log());
             }
-            if TcpStream::connect((self.ip.as_str(), 443)).is_ok()
-                && TcpStream::connect((self.ip.as_str(), 8883)).is_ok()
+            let ip = self.ip.as_str();
+            if self.data().join("server.json").exists()
+                && TcpStream::connect((ip, 443)).is_ok()
+                && TcpStream::connect((ip, 8883)).is_ok()
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "restarted dps serve did not come up: {}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "{what} did not come up: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Spawns `dps serve` on `ip` with `data` and `extra_args`, its stderr into `log`, with no
+/// environment setting that would change where it listens.
+fn spawn_serve(ip: &str, data: &Path, extra_args: &[&str], log: std::fs::File) -> Child {
+    Command::new(dps_bin())
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--bind", ip, "--hostname", ip, "--log", "info"])
+        .args(extra_args)
+        .env_remove("DPS_CONFIG")
+        .env_remove("DPS_HTTPS_PORT")
+        .env_remove("DPS_MQTT_PORT")
+        .env_remove("DPS_HUB_HOSTNAME")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("dps serve starts")
 }
