@@ -45,7 +45,7 @@ fn provisioning(id: &str, policy: TwinPolicy) -> DeviceProvisioning {
         },
         capabilities: DeviceCapabilities { iot_edge: false },
         initial_twin: Some(InitialTwin {
-            tags: Some(json!({"site": "lab", "$ignored": 1})),
+            tags: Some(json!({"site": "lab", "$version": 1})),
             properties: Some(InitialTwinProperties {
                 desired: Some(json!({"interval": 10, "mode": "fast"})),
             }),
@@ -427,6 +427,7 @@ async fn persists_devices_and_twins_across_reopen() {
         host_name: HOST.into(),
         db_path: Some(dir.path().join("hub.db")),
         telemetry_retention: 100,
+        ..HubConfig::in_memory(HOST)
     };
     let (dev, twin) = {
         let hub = Hub::open(config.clone()).unwrap();
@@ -460,6 +461,7 @@ async fn concurrent_upserts_are_all_durable() {
         host_name: HOST.into(),
         db_path: Some(dir.path().join("hub.db")),
         telemetry_retention: 10,
+        ..HubConfig::in_memory(HOST)
     };
     let hub = Hub::open(config.clone()).unwrap();
     let started = std::time::Instant::now();

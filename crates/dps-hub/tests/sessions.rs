@@ -1,8 +1,10 @@
 //! Device authentication, sessions, direct methods, C2D and telemetry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dps_core::FakeClock;
 use dps_hub::{
     AuthError, AuthMethod, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound, SessionError,
 };
@@ -31,7 +33,8 @@ fn username(device: &str) -> HubUsername {
 }
 
 async fn hub_with_device(id: &str) -> Hub {
-    let hub = Hub::open(HubConfig::in_memory(HOST)).unwrap();
+    // The hub's clock and the `now` the tests hand to sessions agree, as the server's do.
+    let hub = Hub::open_with_clock(HubConfig::in_memory(HOST), Arc::new(FakeClock::at(now()))).unwrap();
     hub.put_device(
         Device {
             device_id: id.into(),

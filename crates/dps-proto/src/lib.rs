@@ -16,5 +16,6 @@ pub mod model;
 pub mod registration_id;
 pub mod sas;
 pub mod timefmt;
+pub mod twin_limits;
 
 pub use error::{codes, ErrorDetails};
