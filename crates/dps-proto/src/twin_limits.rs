@@ -154,10 +154,12 @@ pub enum TwinLimitError {
         path: String,
     },
     /// The section would be larger than [`SECTION_MAX_BYTES`] (after applying the patch).
-    #[error("{section} would be {size} bytes; IoT Hub allows at most {limit} bytes per twin section")]
+    #[error("{field} would be {size} bytes; IoT Hub allows at most {limit} bytes per twin section")]
     TooLarge {
         /// The section.
         section: Section,
+        /// Its JSON path (`properties.reported`, `initialTwin.tags`).
+        field: String,
         /// Its size in IoT Hub's measure.
         size: usize,
         /// [`SECTION_MAX_BYTES`].
@@ -194,6 +196,7 @@ pub fn check_size(section: Section, doc: &Map<String, Value>) -> Result<usize, T
     if size > SECTION_MAX_BYTES {
         return Err(TwinLimitError::TooLarge {
             section,
+            field: section.path().to_string(),
             size,
             limit: SECTION_MAX_BYTES,
         });
@@ -258,8 +261,19 @@ fn prefix_paths(e: TwinLimitError, prefix: &str) -> TwinLimitError {
         },
         TwinLimitError::IntegerOutOfRange { path, value } => TwinLimitError::IntegerOutOfRange { path: p(path), value },
         TwinLimitError::NullInArray { path } => TwinLimitError::NullInArray { path: p(path) },
-        // Already a full field name, or names the section (which is unambiguous).
-        other @ (TwinLimitError::NotAnObject { .. } | TwinLimitError::TooLarge { .. }) => other,
+        TwinLimitError::TooLarge {
+            section,
+            field,
+            size,
+            limit,
+        } => TwinLimitError::TooLarge {
+            section,
+            field: p(field),
+            size,
+            limit,
+        },
+        // Already a full field name.
+        other @ TwinLimitError::NotAnObject { .. } => other,
     }
 }
 
@@ -441,6 +455,7 @@ mod tests {
             check_size(Section::Reported, &doc),
             Err(TwinLimitError::TooLarge {
                 section: Section::Reported,
+                field: "properties.reported".into(),
                 size: SECTION_MAX_BYTES + 5,
                 limit: SECTION_MAX_BYTES
             })
@@ -569,13 +584,15 @@ mod tests {
         let big: Map<String, Value> = (0..9)
             .map(|i| (format!("k{i}"), Value::String("x".repeat(STRING_MAX_BYTES))))
             .collect();
-        assert!(matches!(
+        assert_eq!(
             validate_initial_twin(&tw(Some(Value::Object(big)), None)),
             Err(TwinLimitError::TooLarge {
                 section: Section::Tags,
-                ..
+                field: "initialTwin.tags".into(),
+                size: 9 * (2 + STRING_MAX_BYTES),
+                limit: SECTION_MAX_BYTES
             })
-        ));
+        );
     }
 
     #[test]

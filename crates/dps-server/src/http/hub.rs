@@ -166,6 +166,8 @@ fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::EtagMismatch { .. } => ApiError::new(codes::DEVICE_ETAG_MISMATCH, e.to_string()),
         RegistryError::AlreadyExists { .. } => ApiError::new(codes::DEVICE_EXISTS, e.to_string()),
         RegistryError::Invalid(m) => ApiError::invalid(m),
+        // IoT Hub's 400 ArgumentInvalid for twins that break its rules.
+        RegistryError::TwinInvalid(e) => ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string()),
         RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
     }
 }
