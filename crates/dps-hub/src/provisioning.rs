@@ -32,10 +32,13 @@ fn auth_of(auth: &DeviceAuth) -> AuthenticationMechanism {
     }
 }
 
+/// A twin section (tags or desired properties).
+type Document = Map<String, Value>;
+
 /// Tags and desired properties of an enrollment's initial twin, checked against IoT Hub's twin
 /// rules and cleaned (no `$` keys, no nulls). The DPS service API checks the same rules when the
 /// enrollment is stored, so this refuses only what reached the engine some other way.
-fn initial_docs(t: Option<&InitialTwin>) -> Result<(Map<String, Value>, Map<String, Value>), TwinLimitError> {
+fn initial_docs(t: Option<&InitialTwin>) -> Result<(Document, Document), TwinLimitError> {
     let Some(t) = t else {
         return Ok((Map::new(), Map::new()));
     };

@@ -358,7 +358,7 @@ mod tests {
     fn live_feed_is_bounded_in_bytes() {
         // The broadcast's capacity times the largest message stays within the byte budget.
         assert_eq!(BROADCAST_CAPACITY, 256);
-        assert!(BROADCAST_CAPACITY * twin_limits::D2C_MAX_BYTES <= LIVE_FEED_BYTES);
+        const { assert!(BROADCAST_CAPACITY * twin_limits::D2C_MAX_BYTES <= LIVE_FEED_BYTES) };
         let log = TelemetryLog::new(retention(0));
         let mut rx = log.subscribe();
         for _ in 0..BROADCAST_CAPACITY + 10 {

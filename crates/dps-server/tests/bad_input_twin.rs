@@ -232,7 +232,7 @@ async fn twin_and_message_limits_bad_input() {
             }
             (Via::RestPatch(body), Expect::Error(status, code, msg))
             | (Via::RestPut(body), Expect::Error(status, code, msg)) => {
-                let (got, err) = hub_rest(&s, rest_method(&name), "/twins/dev-1", Some(&body)).await;
+                let (got, err) = hub_rest(&s, rest_method(name), "/twins/dev-1", Some(&body)).await;
                 assert_eq!(got, status, "{name}: {err}");
                 assert_eq!(err["errorCode"], code, "{name}: {err}");
                 assert!(err["message"].as_str().unwrap().contains(msg), "{name}: {err}");
