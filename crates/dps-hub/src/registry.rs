@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::error::RegistryError;
 use crate::record::{
     caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_generation_id, new_key,
-    normalize_thumbprint, validate_device_id, DeviceRecord, Status, TwinState,
+    normalize_thumbprint, validate_device_id, validate_status_reason, DeviceRecord, Status, TwinState,
 };
 use crate::{Hub, Slot};
 
@@ -63,6 +63,9 @@ impl Hub {
     ///   Disabling a device ends its live session.
     pub async fn put_device(&self, device: Device, if_match: Option<&str>) -> Result<Device, RegistryError> {
         validate_device_id(&device.device_id).map_err(RegistryError::Invalid)?;
+        if let Some(r) = device.status_reason.as_deref() {
+            validate_status_reason(r).map_err(RegistryError::Invalid)?;
+        }
         let status = device
             .status
             .as_deref()

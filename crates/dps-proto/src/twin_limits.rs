@@ -52,6 +52,14 @@ pub const D2C_MAX_BYTES: usize = 256 * 1024;
 /// Largest cloud-to-device message: body plus properties (IoT Hub's 64 KB).
 pub const C2D_MAX_BYTES: usize = 64 * 1024;
 
+/// Most bytes of JSON a section may take when stored, whatever IoT Hub's measure says. IoT Hub
+/// does not count control characters, so by its measure alone a section of 4 KB strings of
+/// control characters (each stored as six bytes, `\u0001`) would be "empty" however many patches
+/// added to it. Four times [`SECTION_MAX_BYTES`] is beyond what any section within IoT Hub's
+/// limit takes otherwise (numbers, counted 8, take at most 24 characters plus their key's quotes
+/// and separator), so only documents relying on uncounted control characters meet it.
+pub const SECTION_MAX_STORED_BYTES: usize = 4 * SECTION_MAX_BYTES;
+
 /// Keys at the top of a section that are read-only echoes of what the hub returned; ignored.
 const READ_ONLY_KEYS: [&str; 2] = ["$version", "$metadata"];
 /// What IoT Hub counts for a number and for a boolean.
@@ -153,6 +161,17 @@ pub enum TwinLimitError {
         /// JSON path of the array.
         path: String,
     },
+    /// The section's JSON would be larger than [`SECTION_MAX_STORED_BYTES`] (only possible with
+    /// many control characters, which IoT Hub's measure does not count).
+    #[error("{field} would take {size} bytes of JSON; at most {limit} are stored per twin section (control characters, which IoT Hub's size does not count, count here)")]
+    StoredTooLarge {
+        /// JSON path of the section.
+        field: String,
+        /// Its serialized size.
+        size: usize,
+        /// [`SECTION_MAX_STORED_BYTES`].
+        limit: usize,
+    },
     /// The section would be larger than [`SECTION_MAX_BYTES`] (after applying the patch).
     #[error("{field} would be {size} bytes; IoT Hub allows at most {limit} bytes per twin section")]
     TooLarge {
@@ -190,7 +209,8 @@ pub fn section_size(doc: &Map<String, Value>) -> usize {
         .sum()
 }
 
-/// Refuses a section larger than [`SECTION_MAX_BYTES`]; returns its size otherwise.
+/// Refuses a section larger than [`SECTION_MAX_BYTES`] in IoT Hub's measure, or whose JSON is
+/// larger than [`SECTION_MAX_STORED_BYTES`]; returns its size in IoT Hub's measure otherwise.
 pub fn check_size(section: Section, doc: &Map<String, Value>) -> Result<usize, TwinLimitError> {
     let size = section_size(doc);
     if size > SECTION_MAX_BYTES {
@@ -201,7 +221,33 @@ pub fn check_size(section: Section, doc: &Map<String, Value>) -> Result<usize, T
             limit: SECTION_MAX_BYTES,
         });
     }
+    let stored = json_len(doc);
+    if stored > SECTION_MAX_STORED_BYTES {
+        return Err(TwinLimitError::StoredTooLarge {
+            field: section.path().to_string(),
+            size: stored,
+            limit: SECTION_MAX_STORED_BYTES,
+        });
+    }
     Ok(size)
+}
+
+/// Length of `doc` serialized as compact JSON, without building the text.
+fn json_len(doc: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a `Map` to a sink that never fails cannot fail.
+    serde_json::to_writer(&mut c, doc).expect("serializing a JSON map to a counter");
+    c.0
 }
 
 /// The object at `field`, if present: `None` for absent or `null`, an error naming the field for
@@ -268,6 +314,11 @@ fn prefix_paths(e: TwinLimitError, prefix: &str) -> TwinLimitError {
             limit,
         } => TwinLimitError::TooLarge {
             section,
+            field: p(field),
+            size,
+            limit,
+        },
+        TwinLimitError::StoredTooLarge { field, size, limit } => TwinLimitError::StoredTooLarge {
             field: p(field),
             size,
             limit,
@@ -462,6 +513,29 @@ mod tests {
         );
         let msg = validate_document(Section::Reported, &doc).unwrap_err().to_string();
         assert!(msg.contains("properties.reported") && msg.contains("32768"), "{msg}");
+    }
+
+    #[test]
+    fn control_characters_cannot_grow_a_section_unseen() {
+        // Thirty 4 KB strings of control characters: 0 bytes each in IoT Hub's measure, six
+        // bytes per character as JSON.
+        let doc: Map<String, Value> = (0..30)
+            .map(|i| (format!("c{i:02}"), Value::String("\u{1}".repeat(STRING_MAX_BYTES))))
+            .collect();
+        validate(Section::Reported, &doc).unwrap();
+        assert_eq!(section_size(&doc), 30 * 3);
+        let err = check_size(Section::Reported, &doc).unwrap_err();
+        assert!(
+            matches!(err, TwinLimitError::StoredTooLarge { size, limit, .. } if size > limit && limit == 4 * SECTION_MAX_BYTES),
+            "{err}"
+        );
+        // A full section of the bulkiest ordinary values stays under the stored bound: keys of
+        // one character with numbers as long as JSON writes them.
+        let doc: Map<String, Value> = (0..SECTION_MAX_BYTES / 14)
+            .map(|i| (format!("{i:05}"), json!(-1.234_567_890_123_456_7e-300)))
+            .collect();
+        assert!(section_size(&doc) <= SECTION_MAX_BYTES);
+        check_size(Section::Reported, &doc).unwrap();
     }
 
     #[test]

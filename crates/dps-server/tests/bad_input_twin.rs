@@ -25,6 +25,8 @@ enum Via {
     RestPut(Value),
     /// Telemetry of `body` bytes with topic properties `props` over MQTT, QoS 1.
     D2c { props: &'static str, body: usize },
+    /// `PUT /devices/fresh` (a create).
+    RestPutDevice(Value),
     /// A cloud-to-device message of `body` bytes through the hub API (service SDKs send C2D over
     /// AMQP, which this server does not speak; the hub API is what a C2D front end calls).
     C2d { body: usize },
@@ -149,6 +151,11 @@ fn cases() -> Vec<(&'static str, Via, Expect)> {
             Disconnect,
         ),
         ("C2D over 64 KB", C2d { body: C2D_MAX_BYTES }, C2dTooLarge),
+        (
+            "statusReason over 128 characters (REST PUT device)",
+            RestPutDevice(json!({"deviceId": "fresh", "statusReason": "r".repeat(129)})),
+            Error(400, codes::ARGUMENT_INVALID, "statusReason is 129 characters long"),
+        ),
     ]
 }
 
@@ -236,6 +243,14 @@ async fn twin_and_message_limits_bad_input() {
                 assert_eq!(got, status, "{name}: {err}");
                 assert_eq!(err["errorCode"], code, "{name}: {err}");
                 assert!(err["message"].as_str().unwrap().contains(msg), "{name}: {err}");
+            }
+            (Via::RestPutDevice(body), Expect::Error(status, code, msg)) => {
+                let (got, err) = hub_rest(&s, "PUT", "/devices/fresh", Some(&body)).await;
+                assert_eq!(got, status, "{name}: {err}");
+                assert_eq!(err["errorCode"], code, "{name}: {err}");
+                assert!(err["message"].as_str().unwrap().contains(msg), "{name}: {err}");
+                let (got, _) = hub_rest(&s, "GET", "/devices/fresh", None).await;
+                assert_eq!(got, 404, "{name}: the device was created");
             }
             (Via::D2c { props, body }, Expect::Disconnect) => {
                 bad.publish(
