@@ -125,7 +125,9 @@ pub enum SessionError {
     #[error(transparent)]
     Topic(#[from] HubTopicError),
     /// A telemetry message (body plus properties) exceeded IoT Hub's device-to-cloud limit
-    /// (256 KB). IoT Hub disconnects the device; nothing was stored.
+    /// (256 KB). IoT Hub closes the MQTT connection without an error (azure-iot-sdk-node#501:
+    /// "the service bluntly disconnects the client when the message is too big"), so the
+    /// server does the same; nothing was stored.
     #[error("message of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge {
         /// Body plus property bytes.
