@@ -644,3 +644,92 @@ async fn immediate_assignment_answers_register_with_the_final_state() {
         .unwrap();
     assert_eq!((off.status, off.body.status), (200, RegistrationStatus::Disabled));
 }
+
+/// `initialTwin` is checked against IoT Hub's twin rules when an enrollment or group is stored
+/// (issue 9 item 5): a wrong type, a bad key, too deep or too large is a 400 naming the field,
+/// nothing is stored, and the same id with a good twin is accepted right after.
+#[tokio::test]
+async fn initial_twin_is_validated_when_stored() {
+    use serde_json::{json, Value};
+    let (e, hub) = engine().await;
+    let twin = |tags: Value, desired: Value| InitialTwin {
+        tags: Some(tags),
+        properties: Some(InitialTwinProperties { desired: Some(desired) }),
+    };
+    let mut deep = json!({"leaf": 1});
+    for i in 0..11 {
+        deep = json!({ format!("l{i}"): deep });
+    }
+    let big: serde_json::Map<String, Value> = (0..9).map(|i| (format!("k{i}"), json!("x".repeat(4096)))).collect();
+    let cases: Vec<(InitialTwin, &str)> = vec![
+        (
+            twin(json!("hello"), json!({})),
+            "initialTwin.tags must be a JSON object, got a string",
+        ),
+        (
+            twin(json!({}), json!([1, 2])),
+            "initialTwin.properties.desired must be a JSON object, got an array",
+        ),
+        (twin(json!({"a.b": 1}), json!({})), "initialTwin.tags"),
+        (twin(json!({}), deep), "nested 11 levels deep"),
+        (
+            twin(Value::Object(big), json!({})),
+            "initialTwin.tags would be 36882 bytes",
+        ),
+        (twin(json!({}), json!({"n": 9_007_199_254_740_993u64})), "out of range"),
+    ];
+    for (bad, expected) in cases {
+        let enr = IndividualEnrollment {
+            attestation: sym(Some(KEY1), Some(KEY2)),
+            initial_twin: Some(bad.clone()),
+            ..Default::default()
+        };
+        let err = e.put_enrollment(now(), "twin-1", enr, None).await.unwrap_err();
+        assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID), "{err:?}");
+        assert!(err.message.contains(expected), "{expected:?} not in {:?}", err.message);
+        assert_eq!(e.get_enrollment("twin-1").await.unwrap_err().status, 404);
+
+        let group = EnrollmentGroup {
+            attestation: sym(Some(KEY1), Some(KEY2)),
+            initial_twin: Some(bad.clone()),
+            ..Default::default()
+        };
+        let err = e.put_group(now(), "twin-group", group, None).await.unwrap_err();
+        assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID), "{err:?}");
+        assert!(err.message.contains(expected), "{expected:?} not in {:?}", err.message);
+        assert_eq!(e.get_group("twin-group").await.unwrap_err().status, 404);
+
+        // Bulk reports the same error for the item and stores nothing.
+        let bulk = BulkEnrollmentOperation {
+            mode: BulkMode::Create,
+            enrollments: vec![IndividualEnrollment {
+                registration_id: "twin-bulk".into(),
+                attestation: sym(Some(KEY1), Some(KEY2)),
+                initial_twin: Some(bad),
+                ..Default::default()
+            }],
+        };
+        let res = e.bulk_enrollments(now(), bulk).await.unwrap();
+        assert!(!res.is_successful);
+        assert_eq!(res.errors[0].error_code, codes::ARGUMENT_INVALID);
+        assert!(res.errors[0].error_status.contains(expected));
+        assert_eq!(e.get_enrollment("twin-bulk").await.unwrap_err().status, 404);
+    }
+    assert!(hub.devices.lock().is_empty());
+
+    // At the limits exactly, and with the read-only echoes a client copies from a twin it read.
+    let mut fits = json!({"leaf": 1});
+    for i in 0..10 {
+        fits = json!({ format!("l{i}"): fits });
+    }
+    let good = twin(json!({"site": "a", "$version": 3}), fits);
+    let enr = IndividualEnrollment {
+        attestation: sym(Some(KEY1), Some(KEY2)),
+        initial_twin: Some(good.clone()),
+        ..Default::default()
+    };
+    e.put_enrollment(now(), "twin-1", enr, None).await.unwrap();
+    assert_eq!(e.get_enrollment("twin-1").await.unwrap().initial_twin, Some(good));
+    let done = register_and_poll(&e, &request("twin-1", KEY1, exp())).await.unwrap();
+    assert_eq!(done.status, RegistrationStatus::Assigned);
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dps_proto::hub_mqtt::HubTopicError;
+use dps_proto::twin_limits::TwinLimitError;
 
 /// Why [`crate::Hub::open`] failed. Nothing is running when this is returned.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,10 @@ pub enum RegistryError {
     /// The database failed to make the change durable; nothing was changed in memory.
     #[error("hub storage failure: {0}")]
     Storage(String),
+    /// A twin document or patch breaks IoT Hub's twin rules (size, depth, keys, value types);
+    /// nothing was written. Azure answers 400 `ArgumentInvalid`.
+    #[error("invalid twin: {0}")]
+    TwinInvalid(#[from] TwinLimitError),
 }
 
 /// Why a device was refused at MQTT CONNECT. The server answers CONNACK 5 for
@@ -119,10 +124,13 @@ pub enum SessionError {
     /// unknown topic). IoT Hub disconnects the device in that case.
     #[error(transparent)]
     Topic(#[from] HubTopicError),
-    /// A telemetry message exceeded the IoT Hub size limit (256 KiB).
+    /// A telemetry message (body plus properties) exceeded IoT Hub's device-to-cloud limit
+    /// (256 KB). IoT Hub closes the MQTT connection without an error (azure-iot-sdk-node#501:
+    /// "the service bluntly disconnects the client when the message is too big"), so the
+    /// server does the same; nothing was stored.
     #[error("message of {size} bytes exceeds the {limit}-byte limit")]
     TooLarge {
-        /// Body size.
+        /// Body plus property bytes.
         size: usize,
         /// Limit.
         limit: usize,
@@ -168,6 +176,17 @@ pub enum C2dError {
     DeviceNotFound {
         /// Device id.
         device_id: String,
+    },
+    /// The message (body plus properties) is larger than IoT Hub's cloud-to-device limit
+    /// (64 KB); Azure answers 413 `MessageTooLarge`. Nothing was queued.
+    #[error("cloud-to-device message of {size} bytes for device '{device_id}' exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Device id.
+        device_id: String,
+        /// Body plus property bytes.
+        size: usize,
+        /// Limit.
+        limit: usize,
     },
     /// The device is offline and already has the maximum number of queued messages (Azure's
     /// per-device queue limit is 50).

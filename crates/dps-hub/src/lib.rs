@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -46,7 +47,7 @@ pub use telemetry::TelemetryMessage;
 use record::{DeviceRecord, LiveView};
 use session::{Live, PendingMethod};
 use store::{Store, WriteOp};
-use telemetry::TelemetryLog;
+use telemetry::{Retention, TelemetryLog};
 
 /// How to open a hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,15 +59,23 @@ pub struct HubConfig {
     pub db_path: Option<PathBuf>,
     /// How many acknowledged telemetry messages to keep for [`Hub::recent_events`] (e.g. 10 000).
     pub telemetry_retention: usize,
+    /// Most bytes of telemetry to keep ([`TelemetryMessage::retained_bytes`]): the count alone
+    /// lets large messages take gigabytes.
+    pub telemetry_retention_bytes: u64,
+    /// Oldest telemetry to keep, by enqueued time on the hub's clock.
+    pub telemetry_retention_age: Duration,
 }
 
 impl HubConfig {
-    /// An in-memory hub keeping the last 10 000 telemetry messages.
+    /// An in-memory hub keeping the last 10 000 telemetry messages, at most 256 MiB of them and
+    /// none older than 24 hours.
     pub fn in_memory(host_name: impl Into<String>) -> Self {
         Self {
             host_name: host_name.into(),
             db_path: None,
             telemetry_retention: 10_000,
+            telemetry_retention_bytes: 256 * 1024 * 1024,
+            telemetry_retention_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -160,7 +169,11 @@ impl Hub {
                 devices,
                 store,
                 clock,
-                telemetry: TelemetryLog::new(config.telemetry_retention),
+                telemetry: TelemetryLog::new(Retention {
+                    count: config.telemetry_retention,
+                    bytes: config.telemetry_retention_bytes,
+                    age: config.telemetry_retention_age,
+                }),
                 methods: DashMap::new(),
                 next_rid: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
@@ -174,13 +187,13 @@ impl Hub {
     }
 
     /// Live telemetry: every acknowledged device-to-cloud message from now on. A receiver that
-    /// falls more than 4096 messages behind gets `Lagged` and can catch up with
-    /// [`Hub::recent_events`].
+    /// falls more than 256 messages behind (the live feed's byte budget: 64 MiB of the largest
+    /// messages) gets `Lagged` and can catch up with [`Hub::recent_events`].
     pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<TelemetryMessage>> {
         self.inner.telemetry.subscribe()
     }
 
-    /// Retained telemetry, oldest first, optionally for one device (case-insensitive). With
+    /// Retained telemetry (within the count, byte and age bounds of [`HubConfig`]), oldest first, optionally for one device (case-insensitive). With
     /// `after_sequence`, the first `limit` messages newer than it (for polling: pass the last
     /// sequence number seen); without, the newest `limit` messages.
     pub fn recent_events(
@@ -189,7 +202,9 @@ impl Hub {
         after_sequence: Option<u64>,
         limit: usize,
     ) -> Vec<Arc<TelemetryMessage>> {
-        self.inner.telemetry.recent(device_id, after_sequence, limit)
+        self.inner
+            .telemetry
+            .recent(self.inner.now(), device_id, after_sequence, limit)
     }
 }
 

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 use dps_proto::model::hub::AuthenticationMechanism;
 use dps_proto::model::service::InitialTwin;
+use dps_proto::twin_limits::{self, TwinLimitError};
 use serde_json::{Map, Value};
 
 use crate::error::RegistryError;
@@ -31,19 +32,25 @@ fn auth_of(auth: &DeviceAuth) -> AuthenticationMechanism {
     }
 }
 
-/// Tags and desired properties of an enrollment's initial twin, cleaned (no `$` keys, no nulls).
-fn initial_docs(t: Option<&InitialTwin>) -> (Map<String, Value>, Map<String, Value>) {
+/// A twin section (tags or desired properties).
+type Document = Map<String, Value>;
+
+/// Tags and desired properties of an enrollment's initial twin, checked against IoT Hub's twin
+/// rules and cleaned (no `$` keys, no nulls). The DPS service API checks the same rules when the
+/// enrollment is stored, so this refuses only what reached the engine some other way.
+fn initial_docs(t: Option<&InitialTwin>) -> Result<(Document, Document), TwinLimitError> {
+    let Some(t) = t else {
+        return Ok((Map::new(), Map::new()));
+    };
+    twin_limits::validate_initial_twin(t)?;
     let obj = |v: Option<&Value>| match v {
         Some(Value::Object(m)) => clean_document(m),
         _ => Map::new(),
     };
-    match t {
-        Some(t) => (
-            obj(t.tags.as_ref()),
-            obj(t.properties.as_ref().and_then(|p| p.desired.as_ref())),
-        ),
-        None => (Map::new(), Map::new()),
-    }
+    Ok((
+        obj(t.tags.as_ref()),
+        obj(t.properties.as_ref().and_then(|p| p.desired.as_ref())),
+    ))
 }
 
 fn storage(e: RegistryError) -> HubError {
@@ -60,6 +67,10 @@ impl HubRegistry for Hub {
             device_id: device.device_id.clone(),
             reason,
         })?;
+        let (tags, desired) = initial_docs(device.initial_twin.as_ref()).map_err(|e| HubError::Refused {
+            device_id: device.device_id.clone(),
+            reason: e.to_string(),
+        })?;
         let key = key_of(&device.device_id);
         let inner = &self.inner;
         let (slot, mut guard) = inner
@@ -68,7 +79,6 @@ impl HubRegistry for Hub {
             .expect("lock_device with create always yields a slot");
         let now = inner.now();
         let auth = auth_of(&device.auth);
-        let (tags, desired) = initial_docs(device.initial_twin.as_ref());
         let result = async {
             match slot.record() {
                 None => {

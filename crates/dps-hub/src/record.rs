@@ -331,6 +331,21 @@ pub(crate) fn validate_device_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest `statusReason`, in characters (IoT Hub's SDK models: "A 128 char long string storing
+/// the reason of suspension (all UTF-8 chars allowed)").
+const STATUS_REASON_MAX_CHARS: usize = 128;
+
+/// Azure's `statusReason` rule: at most 128 characters.
+pub(crate) fn validate_status_reason(reason: &str) -> Result<(), String> {
+    let n = reason.chars().count();
+    if n > STATUS_REASON_MAX_CHARS {
+        return Err(format!(
+            "statusReason is {n} characters long; IoT Hub allows at most {STATUS_REASON_MAX_CHARS}"
+        ));
+    }
+    Ok(())
+}
+
 /// Registry key of a device id (the registry is case-insensitive).
 pub(crate) fn key_of(id: &str) -> String {
     id.to_ascii_lowercase()
@@ -381,6 +396,15 @@ mod tests {
         assert!(validate_device_id("").is_err());
         assert!(validate_device_id("a/b").unwrap_err().contains("'/'"));
         assert!(validate_device_id(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn status_reasons() {
+        validate_status_reason(&"é".repeat(128)).unwrap();
+        assert_eq!(
+            validate_status_reason(&"x".repeat(129)).unwrap_err(),
+            "statusReason is 129 characters long; IoT Hub allows at most 128"
+        );
     }
 
     #[test]

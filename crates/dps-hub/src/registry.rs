@@ -6,17 +6,22 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use dps_proto::keys::validate_symmetric_key;
 use dps_proto::model::hub::{merge_patch, AuthenticationMechanism, Device, SymmetricKey, Twin, X509Thumbprint};
+use dps_proto::twin_limits::{self, Section};
 use serde::Serialize;
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 use crate::error::RegistryError;
 use crate::record::{
     caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_generation_id, new_key,
-    normalize_thumbprint, validate_device_id, DeviceRecord, Status, TwinState,
+    normalize_thumbprint, validate_device_id, validate_status_reason, DeviceRecord, Status, TwinState,
 };
 use crate::{Hub, Slot};
+
+/// What a twin edit did: whether anything changed, and the desired-properties diff to push.
+type TwinChange = (bool, Option<Map<String, Value>>);
 
 /// Default page size when the caller passes 0 (Azure's default for queries).
 const DEFAULT_PAGE: usize = 100;
@@ -58,6 +63,9 @@ impl Hub {
     ///   Disabling a device ends its live session.
     pub async fn put_device(&self, device: Device, if_match: Option<&str>) -> Result<Device, RegistryError> {
         validate_device_id(&device.device_id).map_err(RegistryError::Invalid)?;
+        if let Some(r) = device.status_reason.as_deref() {
+            validate_status_reason(r).map_err(RegistryError::Invalid)?;
+        }
         let status = device
             .status
             .as_deref()
@@ -221,13 +229,16 @@ impl Hub {
         twin: Twin,
         if_match: Option<&str>,
     ) -> Result<Twin, RegistryError> {
-        let tags = clean_document(&twin.tags.unwrap_or_default());
-        let desired = clean_document(&twin.properties.and_then(|p| p.desired).unwrap_or_default());
+        let tags = twin.tags.unwrap_or_default();
+        let desired = twin.properties.and_then(|p| p.desired).unwrap_or_default();
+        twin_limits::validate_document(Section::Tags, &tags)?;
+        twin_limits::validate_document(Section::Desired, &desired)?;
+        let (tags, desired) = (clean_document(&tags), clean_document(&desired));
         self.update_twin(device_id, if_match, move |t, now| {
             let tags_changed = t.tags != tags;
             t.tags = tags;
             let diff = t.set_desired(desired, now);
-            (tags_changed || diff.is_some(), diff)
+            Ok((tags_changed || diff.is_some(), diff))
         })
         .await
     }
@@ -243,23 +254,32 @@ impl Hub {
     ) -> Result<Twin, RegistryError> {
         let tags = patch.tags.unwrap_or_default();
         let desired = patch.properties.and_then(|p| p.desired).unwrap_or_default();
+        twin_limits::validate(Section::Tags, &tags)?;
+        twin_limits::validate(Section::Desired, &desired)?;
         self.update_twin(device_id, if_match, move |t, now| {
+            // `t` is a copy: a refusal below leaves the stored twin as it was.
             let tags_changed = merge_patch(&mut t.tags, &tags);
+            if tags_changed {
+                twin_limits::check_size(Section::Tags, &t.tags)?;
+            }
             let mut new_desired = t.desired.clone();
-            merge_patch(&mut new_desired, &desired);
+            if merge_patch(&mut new_desired, &desired) {
+                twin_limits::check_size(Section::Desired, &new_desired)?;
+            }
             let diff = t.set_desired(new_desired, now);
-            (tags_changed || diff.is_some(), diff)
+            Ok((tags_changed || diff.is_some(), diff))
         })
         .await
     }
 
-    /// Read-modify-write of a twin under the device's write lock. `change` returns whether
-    /// anything changed and the desired diff to push.
+    /// Read-modify-write of a twin under the device's write lock. `change` edits a copy and returns
+    /// whether anything changed and the desired diff to push, or refuses the change (nothing is
+    /// written then).
     async fn update_twin(
         &self,
         device_id: &str,
         if_match: Option<&str>,
-        change: impl FnOnce(&mut TwinState, chrono::DateTime<chrono::Utc>) -> (bool, Option<Map<String, serde_json::Value>>),
+        change: impl FnOnce(&mut TwinState, DateTime<Utc>) -> Result<TwinChange, RegistryError>,
     ) -> Result<Twin, RegistryError> {
         let key = key_of(device_id);
         let inner = &self.inner;
@@ -274,7 +294,7 @@ impl Hub {
             });
         }
         let mut rec = (*cur).clone();
-        let (changed, diff) = change(&mut rec.twin, inner.now());
+        let (changed, diff) = change(&mut rec.twin, inner.now())?;
         let rec = if changed {
             rec.twin.touch();
             let rec = inner.commit(&key, &slot, rec).await?;

@@ -13,12 +13,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use dps_proto::codes;
 use dps_proto::hub_mqtt::{
     c2d_topic, desired_patch_topic, feeds_of, method_request_topic, subscription_allowed, twin_response_topic, Feed,
     HubPublish,
 };
 use dps_proto::model::hub::merge_patch;
 use dps_proto::timefmt::format_record;
+use dps_proto::twin_limits::{self, Section};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::error::TrySendError;
@@ -37,9 +39,6 @@ pub const OUTBOUND_CAPACITY: usize = 256;
 
 /// Cloud-to-device messages kept per offline device (Azure's per-device limit).
 pub const C2D_QUEUE_LIMIT: usize = 50;
-
-/// IoT Hub's device-to-cloud message size limit.
-const TELEMETRY_LIMIT: usize = 256 * 1024;
 
 /// A publish from the hub to a device. The server should send it at
 /// `min(qos, granted QoS of the matching subscription)`.
@@ -343,7 +342,8 @@ impl Hub {
         }
     }
 
-    /// Sends a cloud-to-device message: delivered now (QoS 1) if the device has a session
+    /// Sends a cloud-to-device message (at most 64 KB of body and properties, IoT Hub's limit,
+    /// else [`C2dError::TooLarge`]): delivered now (QoS 1) if the device has a session
     /// subscribed to `devices/{id}/messages/devicebound/#`, else queued (up to
     /// [`C2D_QUEUE_LIMIT`]) and delivered when it next subscribes. `$.mid` (a fresh UUID) and
     /// `$.to` are added when absent; other properties go into the topic url-encoded.
@@ -371,6 +371,17 @@ impl Hub {
             body: body.into(),
             properties: props,
         };
+        let size = twin_limits::message_size(
+            msg.body.len(),
+            msg.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        if size > twin_limits::C2D_MAX_BYTES {
+            return Err(C2dError::TooLarge {
+                device_id: rec.device_id.clone(),
+                size,
+                limit: twin_limits::C2D_MAX_BYTES,
+            });
+        }
         let now = self.inner.now();
         let mut live = slot.live.lock();
         if live.c2d_queue.is_empty() {
@@ -524,10 +535,11 @@ impl DeviceSession {
         properties: Vec<(String, String)>,
         payload: &[u8],
     ) -> Result<(), SessionError> {
-        if payload.len() > TELEMETRY_LIMIT {
+        let size = twin_limits::message_size(payload.len(), properties.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if size > twin_limits::D2C_MAX_BYTES {
             return Err(SessionError::TooLarge {
-                size: payload.len(),
-                limit: TELEMETRY_LIMIT,
+                size,
+                limit: twin_limits::D2C_MAX_BYTES,
             });
         }
         let id = &self.identity;
@@ -583,11 +595,15 @@ impl DeviceSession {
             _ => {
                 return Ok(error(
                     400,
-                    400004,
+                    codes::HUB_ARGUMENT_INVALID,
                     "reported properties patch must be a JSON object".into(),
                 ))
             }
         };
+        if let Err(e) = twin_limits::validate(Section::Reported, &patch) {
+            tracing::debug!(device = %self.identity.device_id, error = %e, "reported properties patch refused");
+            return Ok(error(400, codes::HUB_ARGUMENT_INVALID, e.to_string()));
+        }
         let inner = &self.hub.inner;
         let (slot, _guard) = inner
             .lock_device(&self.key, false)
@@ -597,6 +613,12 @@ impl DeviceSession {
         let rec = slot.record().ok_or_else(|| self.closed())?;
         let mut new = (*rec).clone();
         if merge_patch(&mut new.twin.reported, &patch) {
+            // Checked on the result, before anything is written: a patch that would take the
+            // section over the limit is refused whole.
+            if let Err(e) = twin_limits::check_size(Section::Reported, &new.twin.reported) {
+                tracing::debug!(device = %self.identity.device_id, error = %e, "reported properties patch refused");
+                return Ok(error(400, codes::HUB_ARGUMENT_INVALID, e.to_string()));
+            }
             new.twin.reported_version += 1;
             new.twin.reported_updated = now;
             new.twin.touch();

@@ -2,25 +2,53 @@
 //!
 //! The embedded hub is a development and small-fleet hub, not an event store: operators want to
 //! see what devices send (`dps hub monitor-events`, the portal) and tests want to assert on it.
-//! So acknowledged messages are kept in memory (last N) and fanned out to watchers; nothing is
-//! written to disk.
+//! So acknowledged messages are kept in memory and fanned out to watchers; nothing is written to
+//! disk.
+//!
+//! Memory is bounded three ways, whichever bites first: a message count, a byte budget (bodies,
+//! properties and a fixed per-message overhead) and an age. Without the byte bound, 10 000
+//! messages of 256 KiB held 2.5 GiB; without the age bound a quiet hub would keep a burst from
+//! last week. The live broadcast is bounded in bytes as well: it holds at most
+//! [`BROADCAST_CAPACITY`] messages for watchers that have not read them yet, sized so that even
+//! messages of the largest size IoT Hub accepts pin no more than [`LIVE_FEED_BYTES`]; a slower
+//! watcher gets `Lagged` and catches up from the retention ring.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use dps_proto::timefmt::format_record;
+use dps_proto::twin_limits;
 use parking_lot::Mutex;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
-/// Capacity of the live broadcast; a watcher further behind gets `RecvError::Lagged` and can
-/// catch up from [`crate::Hub::recent_events`].
-const BROADCAST_CAPACITY: usize = 4096;
+/// The most message bytes the live broadcast holds for watchers that have not read them yet.
+pub(crate) const LIVE_FEED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Capacity of the live broadcast: [`LIVE_FEED_BYTES`] of maximum-size messages (256). A watcher
+/// further behind gets `RecvError::Lagged` and can catch up from [`crate::Hub::recent_events`].
+pub(crate) const BROADCAST_CAPACITY: usize = LIVE_FEED_BYTES / twin_limits::D2C_MAX_BYTES;
+
+/// Bytes counted per retained message on top of its text: the message struct, its `Arc`, the
+/// vectors and the allocations of each string.
+const MESSAGE_OVERHEAD: u64 = 256;
+
+/// How much telemetry the hub keeps for readers; a message goes when any bound is exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retention {
+    /// Most messages.
+    pub count: usize,
+    /// Most bytes (see [`TelemetryMessage::retained_bytes`]).
+    pub bytes: u64,
+    /// Oldest message, by enqueued time on the hub's clock.
+    pub age: Duration,
+}
 
 /// One acknowledged device-to-cloud message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +84,14 @@ impl TelemetryMessage {
     pub fn body_value(&self) -> Value {
         self.body_json()
             .unwrap_or_else(|| Value::String(self.body_text().into_owned()))
+    }
+
+    /// What this message counts against the retention byte budget: body, device id, property
+    /// keys and values, and a fixed overhead for the structures holding them.
+    pub fn retained_bytes(&self) -> u64 {
+        let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        (self.body.len() + self.device_id.len() + pairs(&self.properties) + pairs(&self.system_properties)) as u64
+            + MESSAGE_OVERHEAD
     }
 
     /// A system property by its Azure name.
@@ -143,44 +179,67 @@ pub(crate) fn system_property_name(topic_key: &str) -> Cow<'_, str> {
 struct Ring {
     next_sequence: u64,
     messages: VecDeque<Arc<TelemetryMessage>>,
+    /// Sum of [`TelemetryMessage::retained_bytes`] over `messages`.
+    bytes: u64,
+}
+
+impl Ring {
+    /// Drops the oldest messages until every bound of `retention` holds at `now`.
+    fn evict(&mut self, retention: &Retention, now: DateTime<Utc>) {
+        let cutoff = TimeDelta::from_std(retention.age)
+            .ok()
+            .and_then(|age| now.checked_sub_signed(age));
+        while let Some(front) = self.messages.front() {
+            let expired = cutoff.is_some_and(|c| front.enqueued_time < c);
+            if !(expired || self.messages.len() > retention.count || self.bytes > retention.bytes) {
+                break;
+            }
+            self.bytes -= front.retained_bytes();
+            self.messages.pop_front();
+        }
+    }
 }
 
 /// The retention ring and the live fan-out.
 ///
-/// One short mutex guards the ring: the critical section is a push and maybe a pop (no I/O, no
-/// allocation once the ring is full), and assigning the sequence number inside it keeps the ring
-/// sorted, so readers can binary-search `after_sequence` and watchers see increasing numbers.
+/// One short mutex guards the ring: the critical section is a push and maybe a few pops (no I/O),
+/// and assigning the sequence number inside it keeps the ring sorted, so readers can
+/// binary-search `after_sequence` and watchers see increasing numbers.
 pub(crate) struct TelemetryLog {
-    retention: usize,
+    retention: Retention,
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<TelemetryMessage>>,
 }
 
 impl TelemetryLog {
-    pub(crate) fn new(retention: usize) -> Self {
+    pub(crate) fn new(retention: Retention) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         Self {
             retention,
             ring: Mutex::new(Ring {
                 next_sequence: 1,
-                messages: VecDeque::with_capacity(retention.min(65_536)),
+                messages: VecDeque::with_capacity(retention.count.min(1024)),
+                bytes: 0,
             }),
             tx,
         }
     }
 
-    /// Stamps `msg` with the next sequence number, retains and broadcasts it.
+    /// Stamps `msg` with the next sequence number, retains and broadcasts it. Its enqueued time is
+    /// "now" for the age bound. A message larger than the whole byte budget is broadcast but not
+    /// retained.
     pub(crate) fn append(&self, mut msg: TelemetryMessage) -> Arc<TelemetryMessage> {
         let mut ring = self.ring.lock();
         msg.sequence_number = ring.next_sequence;
         ring.next_sequence += 1;
         let msg = Arc::new(msg);
-        if self.retention > 0 {
-            if ring.messages.len() >= self.retention {
-                ring.messages.pop_front();
-            }
+        let now = msg.enqueued_time;
+        let cost = msg.retained_bytes();
+        if self.retention.count > 0 && cost <= self.retention.bytes {
+            ring.bytes += cost;
             ring.messages.push_back(msg.clone());
         }
+        ring.evict(&self.retention, now);
         // No receivers is not an error: nobody is watching.
         let _ = self.tx.send(msg.clone());
         msg
@@ -190,13 +249,17 @@ impl TelemetryLog {
         self.tx.subscribe()
     }
 
+    /// Retained messages (see [`crate::Hub::recent_events`]); those older than the age bound at
+    /// `now` are dropped first, so a quiet hub does not serve stale telemetry.
     pub(crate) fn recent(
         &self,
+        now: DateTime<Utc>,
         device_id: Option<&str>,
         after_sequence: Option<u64>,
         limit: usize,
     ) -> Vec<Arc<TelemetryMessage>> {
-        let ring = self.ring.lock();
+        let mut ring = self.ring.lock();
+        ring.evict(&self.retention, now);
         let wanted = |m: &&Arc<TelemetryMessage>| device_id.is_none_or(|d| m.device_id.eq_ignore_ascii_case(d));
         match after_sequence {
             Some(after) => {
@@ -236,19 +299,76 @@ mod tests {
         }
     }
 
+    fn retention(count: usize) -> Retention {
+        Retention {
+            count,
+            bytes: u64::MAX,
+            age: Duration::from_secs(3600),
+        }
+    }
+
+    fn seqs(v: &[Arc<TelemetryMessage>]) -> Vec<u64> {
+        v.iter().map(|m| m.sequence_number).collect()
+    }
+
     #[test]
     fn ring_keeps_last_n_in_order() {
-        let log = TelemetryLog::new(3);
+        let log = TelemetryLog::new(retention(3));
+        let now = msg("a", b"").enqueued_time;
         for i in 0..5 {
             log.append(msg(if i % 2 == 0 { "a" } else { "b" }, b"{}"));
         }
-        let all = log.recent(None, None, 10);
-        assert_eq!(all.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), vec![3, 4, 5]);
-        let a = log.recent(Some("A"), None, 10);
-        assert_eq!(a.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), vec![3, 5]);
-        let after = log.recent(None, Some(3), 1);
+        let all = log.recent(now, None, None, 10);
+        assert_eq!(seqs(&all), vec![3, 4, 5]);
+        let a = log.recent(now, Some("A"), None, 10);
+        assert_eq!(seqs(&a), vec![3, 5]);
+        let after = log.recent(now, None, Some(3), 1);
         assert_eq!(after[0].sequence_number, 4);
-        assert_eq!(log.recent(None, None, 1)[0].sequence_number, 5);
+        assert_eq!(log.recent(now, None, None, 1)[0].sequence_number, 5);
+    }
+
+    #[test]
+    fn ring_is_bounded_in_bytes_and_age() {
+        let one = msg("a", &[b'x'; 1000]).retained_bytes();
+        let log = TelemetryLog::new(Retention {
+            count: 1000,
+            bytes: 3 * one,
+            age: Duration::from_secs(60),
+        });
+        let t0 = msg("a", b"").enqueued_time;
+        for _ in 0..5 {
+            log.append(msg("a", &[b'x'; 1000]));
+        }
+        assert_eq!(seqs(&log.recent(t0, None, None, 10)), vec![3, 4, 5]);
+        assert_eq!(log.ring.lock().bytes, 3 * one);
+        // Larger than the whole budget: broadcast, not retained, and it evicts nothing.
+        log.append(msg("a", &[b'x'; 4000]));
+        assert_eq!(seqs(&log.recent(t0, None, None, 10)), vec![3, 4, 5]);
+        // A minute later (plus a second) they are all too old; a reader sees none.
+        let later = t0 + TimeDelta::seconds(61);
+        assert!(log.recent(later, None, None, 10).is_empty());
+        assert_eq!(log.ring.lock().bytes, 0);
+        let mut m = msg("b", b"{}");
+        m.enqueued_time = later;
+        log.append(m);
+        assert_eq!(seqs(&log.recent(later, None, None, 10)), vec![7]);
+    }
+
+    #[test]
+    fn live_feed_is_bounded_in_bytes() {
+        // The broadcast's capacity times the largest message stays within the byte budget.
+        assert_eq!(BROADCAST_CAPACITY, 256);
+        const { assert!(BROADCAST_CAPACITY * twin_limits::D2C_MAX_BYTES <= LIVE_FEED_BYTES) };
+        let log = TelemetryLog::new(retention(0));
+        let mut rx = log.subscribe();
+        for _ in 0..BROADCAST_CAPACITY + 10 {
+            log.append(msg("a", b"{}"));
+        }
+        // The slow watcher lost the oldest ten and is told so; the rest are still there.
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(10))));
+        assert_eq!(rx.try_recv().unwrap().sequence_number, 11);
+        // Retention 0 keeps nothing.
+        assert!(log.recent(msg("a", b"").enqueued_time, None, None, 10).is_empty());
     }
 
     #[test]

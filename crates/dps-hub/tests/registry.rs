@@ -48,7 +48,7 @@ fn provisioning(id: &str, policy: TwinPolicy) -> DeviceProvisioning {
         },
         capabilities: DeviceCapabilities { iot_edge: false },
         initial_twin: Some(InitialTwin {
-            tags: Some(json!({"site": "lab", "$ignored": 1})),
+            tags: Some(json!({"site": "lab", "$version": 1})),
             properties: Some(InitialTwinProperties {
                 desired: Some(json!({"interval": 10, "mode": "fast"})),
             }),
@@ -431,6 +431,7 @@ async fn persists_devices_and_twins_across_reopen() {
         host_name: HOST.into(),
         db_path: Some(dir.path().join("hub.db")),
         telemetry_retention: 100,
+        ..HubConfig::in_memory(HOST)
     };
     let (dev, twin) = {
         let hub = Hub::open(config.clone()).unwrap();
@@ -465,6 +466,7 @@ async fn a_repeated_operation_reports_its_first_outcome() {
         host_name: HOST.into(),
         db_path: Some(dir.path().join("hub.db")),
         telemetry_retention: 100,
+        ..HubConfig::in_memory(HOST)
     };
     let first = provisioning("again", TwinPolicy::Keep);
     {
@@ -499,6 +501,7 @@ async fn concurrent_upserts_are_all_durable() {
         host_name: HOST.into(),
         db_path: Some(dir.path().join("hub.db")),
         telemetry_retention: 10,
+        ..HubConfig::in_memory(HOST)
     };
     let hub = Hub::open(config.clone()).unwrap();
     let started = std::time::Instant::now();
@@ -594,4 +597,92 @@ fn handles_are_shareable_across_tasks() {
     assert_send_sync::<Hub>();
     assert_send_sync::<dps_hub::DeviceSession>();
     assert_send_sync::<dps_hub::TelemetryMessage>();
+}
+
+/// The registry API enforces IoT Hub's twin rules: a replace or patch that breaks them is
+/// `RegistryError::TwinInvalid` naming the field, and nothing is written (same etag, same
+/// document), including a patch that would only grow a section past 32 KB.
+#[tokio::test]
+async fn twin_writes_within_iot_hub_limits() {
+    let hub = hub();
+    hub.put_device(sas_device("dev", None), None).await.unwrap();
+    let chunk = |k: &str| json!({ k: {"a": "x".repeat(4000), "b": "y".repeat(4000), "c": "z".repeat(4000)} });
+    let tags_patch = |v: Value| Twin {
+        tags: Some(obj(v)),
+        ..Default::default()
+    };
+    hub.patch_twin("dev", tags_patch(chunk("one")), None).await.unwrap();
+    hub.patch_twin("dev", desired_patch(chunk("one")), None).await.unwrap();
+    hub.patch_twin("dev", desired_patch(chunk("two")), None).await.unwrap();
+    let before = hub.get_twin("dev").unwrap();
+
+    let deep = (0..12).fold(json!(1), |v, i| json!({ format!("l{i}"): v }));
+    let cases: Vec<(Twin, bool, &str)> = vec![
+        (desired_patch(chunk("three")), false, "properties.desired would be"),
+        (tags_patch(json!({"k": {"with space": 1}})), false, "contains ' '"),
+        (tags_patch(deep.clone()), false, "tags.l11.l10"),
+        (
+            desired_patch(json!({"n": 4_503_599_627_370_496i64})),
+            false,
+            "out of range",
+        ),
+        // Replace: whole documents, checked the same way.
+        (tags_patch(deep), true, "nested 11 levels"),
+        (desired_patch(json!({ "k": "x".repeat(5000) })), true, "4 KB"),
+        (
+            Twin {
+                tags: Some(obj(chunk("a"))),
+                properties: Some(TwinProperties {
+                    desired: Some(obj(json!({"x": chunk("b"), "y": chunk("c"), "z": chunk("d")}))),
+                    reported: None,
+                }),
+                ..Default::default()
+            },
+            true,
+            "properties.desired would be",
+        ),
+    ];
+    for (twin, replace, expected) in cases {
+        let err = if replace {
+            hub.replace_twin("dev", twin, None).await.unwrap_err()
+        } else {
+            hub.patch_twin("dev", twin, None).await.unwrap_err()
+        };
+        assert!(matches!(err, RegistryError::TwinInvalid(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(expected) || (expected == "4 KB" && msg.contains("4096 bytes")),
+            "{expected:?} in {msg}"
+        );
+        assert_eq!(hub.get_twin("dev").unwrap(), before, "nothing written for {msg}");
+    }
+    // A replace that echoes the twin read (with `$metadata`/`$version`) is fine.
+    let echoed = hub.get_twin("dev").unwrap();
+    hub.replace_twin("dev", echoed, None).await.unwrap();
+}
+
+/// Provisioning applies only initial twins within IoT Hub's rules; the DPS service API refuses
+/// the others when the enrollment is stored, so this is the last line, not the usual one.
+#[tokio::test]
+async fn provisioning_refuses_an_initial_twin_beyond_limits() {
+    let hub = hub();
+    let mut p = provisioning("prov", TwinPolicy::Reset);
+    p.initial_twin = Some(InitialTwin {
+        tags: Some(json!("hello")),
+        properties: None,
+    });
+    let err = hub.upsert_device(HOST, &p).await.unwrap_err();
+    assert_eq!(
+        err,
+        HubError::Refused {
+            device_id: "prov".into(),
+            reason: "initialTwin.tags must be a JSON object, got a string".into()
+        }
+    );
+    assert!(hub.get_device("prov").is_none());
+    assert_eq!(hub.statistics().total_device_count, 0);
+    hub.upsert_device(HOST, &provisioning("prov", TwinPolicy::Reset))
+        .await
+        .unwrap();
+    assert_eq!(hub.get_twin("prov").unwrap().tags.unwrap(), obj(json!({"site": "lab"})));
 }

@@ -1,10 +1,13 @@
 //! Device authentication, sessions, direct methods, C2D and telemetry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dps_core::{Clock, FakeClock};
 use dps_hub::{
-    AuthError, AuthMethod, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound, SessionError,
+    AuthError, AuthMethod, C2dError, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound,
+    SessionError,
 };
 use dps_proto::hub_mqtt::HubUsername;
 use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint};
@@ -31,7 +34,14 @@ fn username(device: &str) -> HubUsername {
 }
 
 async fn hub_with_device(id: &str) -> Hub {
-    let hub = Hub::open(HubConfig::in_memory(HOST)).unwrap();
+    // The hub's clock and the `now` the tests hand to sessions agree, as the server's do.
+    let hub = Hub::open_with_clock(HubConfig::in_memory(HOST), Arc::new(FakeClock::at(now()))).unwrap();
+    add_device(&hub, id).await;
+    hub
+}
+
+/// Creates `id` with the SAS keys [`login`] signs with.
+async fn add_device(hub: &Hub, id: &str) {
     hub.put_device(
         Device {
             device_id: id.into(),
@@ -49,7 +59,6 @@ async fn hub_with_device(id: &str) -> Hub {
     )
     .await
     .unwrap();
-    hub
 }
 
 fn py_token(device: &str, key: &str, expiry: u64) -> String {
@@ -643,4 +652,157 @@ async fn embedded_c_wildcard_c2d_subscription() {
         .unwrap()
         .topic
         .starts_with("devices/dev1/messages/devicebound/"));
+}
+
+/// A reported patch that breaks IoT Hub's twin rules is answered 400 / 400004 on the response
+/// topic, with a message naming the field, and writes nothing; a patch that would take the
+/// section past 32 KB is refused whole, however the size was reached.
+#[tokio::test]
+async fn reported_patches_within_iot_hub_limits() {
+    let hub = hub_with_device("dev1").await;
+    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let patch = |rid: u32, body: Value| {
+        let session = &session;
+        async move {
+            let topic = format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}");
+            let mut out = session
+                .handle_publish(now(), &topic, body.to_string().as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(out.len(), 1);
+            out.remove(0)
+        }
+    };
+    // Three 12 KB patches: the first two fit (about 24 KB), the third would make about 36 KB.
+    let chunk = |k: &str| json!({ k: {"a": "x".repeat(4000), "b": "y".repeat(4000), "c": "z".repeat(4000)} });
+    assert_eq!(
+        patch(1, chunk("one")).await.topic,
+        "$iothub/twin/res/204/?$rid=1&$version=2"
+    );
+    assert_eq!(
+        patch(2, chunk("two")).await.topic,
+        "$iothub/twin/res/204/?$rid=2&$version=3"
+    );
+    let before = hub.get_twin("dev1").unwrap();
+    let refused = patch(3, chunk("three")).await;
+    assert_eq!(refused.topic, "$iothub/twin/res/400/?$rid=3");
+    let body = json_of(&refused);
+    assert_eq!(body["errorCode"], 400004);
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("properties.reported would be") && msg.contains("32768"),
+        "{msg}"
+    );
+    for (rid, bad, expected) in [
+        (4, json!({"a.b": 1}), "contains '.'"),
+        (5, json!({"$secret": 1, "ok": 2}), "contains '$'"),
+        (6, json!({"s": "x".repeat(4097)}), "properties.reported.s is 4097 bytes"),
+        (
+            7,
+            (0..12).fold(json!(1), |v, i| json!({ format!("l{i}"): v })),
+            "nested 11 levels",
+        ),
+        (8, json!({"arr": [1, null]}), "contains null"),
+    ] {
+        let out = patch(rid, bad).await;
+        assert_eq!(out.topic, format!("$iothub/twin/res/400/?$rid={rid}"));
+        let body = json_of(&out);
+        assert_eq!(body["errorCode"], 400004);
+        assert!(body["message"].as_str().unwrap().contains(expected), "{body}");
+    }
+    // Control characters are free in IoT Hub's measure but not in storage: six 4 KB strings of
+    // them (147 KB of JSON) are refused although they "weigh" 18 bytes.
+    let controls: serde_json::Map<String, Value> =
+        (0..6).map(|i| (format!("c{i}"), json!("\u{1}".repeat(4096)))).collect();
+    let out = patch(20, Value::Object(controls)).await;
+    assert_eq!(out.topic, "$iothub/twin/res/400/?$rid=20");
+    assert!(
+        json_of(&out)["message"].as_str().unwrap().contains("bytes of JSON"),
+        "{:?}",
+        out
+    );
+    // Nothing was written by any refusal: same etag, same version, same document.
+    assert_eq!(hub.get_twin("dev1").unwrap(), before);
+    // Deleting makes room; then the refused patch fits.
+    assert_eq!(
+        patch(9, json!({"one": null})).await.topic,
+        "$iothub/twin/res/204/?$rid=9&$version=4"
+    );
+    assert_eq!(
+        patch(10, chunk("three")).await.topic,
+        "$iothub/twin/res/204/?$rid=10&$version=5"
+    );
+}
+
+/// Device-to-cloud messages are limited to 256 KB of body and properties (IoT Hub closes the
+/// connection: the server drops it on this error); cloud-to-device messages to 64 KB.
+#[tokio::test]
+async fn message_size_limits() {
+    let hub = hub_with_device("dev1").await;
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let limit = dps_proto::twin_limits::D2C_MAX_BYTES;
+    session
+        .handle_publish(now(), "devices/dev1/messages/events/", &vec![b'x'; limit])
+        .await
+        .unwrap();
+    // The same body with one property is over.
+    let err = session
+        .handle_publish(now(), "devices/dev1/messages/events/k=v", &vec![b'x'; limit])
+        .await
+        .unwrap_err();
+    assert_eq!(err, SessionError::TooLarge { size: limit + 2, limit });
+    assert_eq!(hub.recent_events(None, None, 10).len(), 1);
+
+    let c2d = dps_proto::twin_limits::C2D_MAX_BYTES;
+    let err = hub.send_c2d("dev1", vec![b'x'; c2d], vec![]).unwrap_err();
+    assert!(matches!(err, C2dError::TooLarge { limit, .. } if limit == c2d), "{err}");
+    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 0);
+    // Body plus `$.mid` and `$.to` must fit: a message that leaves room for them goes.
+    hub.send_c2d("dev1", vec![b'x'; c2d - 200], vec![]).unwrap();
+    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 1);
+    session.subscribe("devices/dev1/messages/devicebound/#", 1);
+    assert_eq!(rx.recv().await.unwrap().payload.len(), c2d - 200);
+}
+
+/// Retention is bounded by bytes and by age on the hub's clock, not by count alone.
+#[tokio::test]
+async fn telemetry_retention_by_bytes_and_age() {
+    let clock = Arc::new(FakeClock::at(now()));
+    let config = HubConfig {
+        telemetry_retention: 1000,
+        telemetry_retention_bytes: 3 * 1024 * 1024,
+        telemetry_retention_age: Duration::from_secs(3600),
+        ..HubConfig::in_memory(HOST)
+    };
+    let hub = Hub::open_with_clock(config, clock.clone()).unwrap();
+    add_device(&hub, "dev1").await;
+    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    // Twenty 200 KiB messages: only the newest that fit in 3 MiB stay.
+    let body = vec![b'x'; 200 * 1024];
+    for _ in 0..20 {
+        session
+            .handle_publish(clock.now(), "devices/dev1/messages/events/", &body)
+            .await
+            .unwrap();
+    }
+    let kept = hub.recent_events(None, None, 100);
+    let each = kept[0].retained_bytes();
+    assert!(each > 200 * 1024);
+    let fit = (3 * 1024 * 1024 / each) as usize;
+    assert_eq!(fit, 15);
+    assert_eq!(kept.len(), fit);
+    assert_eq!(kept.last().unwrap().sequence_number, 20);
+    assert_eq!(kept[0].sequence_number, 21 - fit as u64);
+    // Half an hour later, one more (small); an hour and a minute after the burst, only it is left.
+    clock.advance(chrono::Duration::minutes(30));
+    session
+        .handle_publish(clock.now(), "devices/dev1/messages/events/", b"{\"late\":1}")
+        .await
+        .unwrap();
+    let kept = hub.recent_events(None, None, 100);
+    assert_eq!(kept.len(), fit + 1);
+    assert_eq!(kept[0].sequence_number, 21 - fit as u64);
+    clock.advance(chrono::Duration::minutes(31));
+    let kept = hub.recent_events(None, None, 100);
+    assert_eq!(kept.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), vec![21]);
 }

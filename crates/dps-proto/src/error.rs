@@ -106,4 +106,8 @@ pub mod codes {
     pub const INTERNAL: u32 = 500_000;
     /// `*` The device did not answer a direct method in time (IoT Hub's GatewayTimeout).
     pub const METHOD_TIMEOUT: u32 = 504_101;
+    /// `*` IoT Hub's ArgumentInvalid (C# `ErrorCode.ArgumentInvalid`; the body IoT Hub sends for a
+    /// refused reported-properties patch): a twin document or patch breaks IoT Hub's twin rules
+    /// ([`crate::twin_limits`]). The same number as [`BAD_REQUEST_BODY`], by IoT Hub's numbering.
+    pub const HUB_ARGUMENT_INVALID: u32 = 400_004;
 }

@@ -17,5 +17,6 @@ pub mod mqtt_header;
 pub mod registration_id;
 pub mod sas;
 pub mod timefmt;
+pub mod twin_limits;
 
 pub use error::{codes, ErrorDetails};

@@ -99,6 +99,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         host_name: identity.hub.host_name.clone(),
         db_path: Some(dir.hub_db_path()),
         telemetry_retention: config.telemetry_retention,
+        telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
+        telemetry_retention_age: config.limits.telemetry_retention_age(),
     })
     .map_err(anyhow::Error::from)?;
     let engine = Engine::new(

@@ -12,10 +12,11 @@ use dps_proto::codes;
 use dps_proto::keys::{encode_key, validate_symmetric_key};
 use dps_proto::model::service::{
     AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, BulkMode,
-    BulkOperationError, BulkOperationResult, EnrollmentGroup, IndividualEnrollment, RegistrationState,
+    BulkOperationError, BulkOperationResult, EnrollmentGroup, IndividualEnrollment, InitialTwin, RegistrationState,
     RegistrationStatus, SymmetricKeyAttestation, X509Certificates,
 };
 use dps_proto::registration_id;
+use dps_proto::twin_limits;
 use rand::RngCore;
 
 use super::device::new_etag;
@@ -308,6 +309,7 @@ trait EnrollmentDocument: Sized {
     fn etag_mut(&mut self) -> &mut Option<String>;
     fn created(&self) -> Option<DateTime<Utc>>;
     fn set_times(&mut self, created: DateTime<Utc>, updated: DateTime<Utc>);
+    fn initial_twin(&self) -> Option<&InitialTwin>;
     /// The engine's PUT for this kind of document.
     fn put(
         engine: &Engine,
@@ -349,6 +351,9 @@ macro_rules! enrollment_document {
             fn set_times(&mut self, created: DateTime<Utc>, updated: DateTime<Utc>) {
                 self.created_date_time_utc = Some(created);
                 self.last_updated_date_time_utc = Some(updated);
+            }
+            fn initial_twin(&self) -> Option<&InitialTwin> {
+                self.initial_twin.as_ref()
             }
             async fn put(
                 engine: &Engine,
@@ -402,6 +407,11 @@ fn prepare_write<T: EnrollmentDocument>(
             "{what} id '{}' in the body does not match the path id '{path_id}'",
             doc.id()
         )));
+    }
+    // The hub applies the initial twin when a device registers; checking IoT Hub's twin rules
+    // here means a device never fails to register because of its enrollment's twin.
+    if let Some(twin) = doc.initial_twin() {
+        twin_limits::validate_initial_twin(twin).map_err(|e| ApiError::invalid(format!("{what}: {e}")))?;
     }
     let cond = condition(if_match, doc.etag_mut().as_deref());
     prepare_attestation(doc.attestation_mut(), stored.map(|s| s.attestation()), T::INDIVIDUAL)

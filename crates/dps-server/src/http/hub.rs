@@ -16,6 +16,7 @@ use dps_hub::{MethodError, RegistryError};
 use dps_proto::codes;
 use dps_proto::model::hub::{Device, Twin};
 use dps_proto::model::service::QuerySpecification;
+use dps_proto::twin_limits;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -116,11 +117,11 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         }
         Route::GetTwin(id) => ok(&hub.get_twin(&id).ok_or_else(|| device_not_found(&id))?),
         Route::ReplaceTwin(id) => {
-            let twin: Twin = ctx.json("Twin").await?;
+            let twin = twin_body(ctx).await?;
             ok(&hub.replace_twin(&id, twin, if_match).await.map_err(registry_error)?)
         }
         Route::UpdateTwin(id) => {
-            let twin: Twin = ctx.json("Twin").await?;
+            let twin = twin_body(ctx).await?;
             ok(&hub.patch_twin(&id, twin, if_match).await.map_err(registry_error)?)
         }
         Route::InvokeMethod(id) => {
@@ -151,6 +152,22 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
     Ok(resp)
 }
 
+/// Reads a `Twin` body. A section of the wrong type (`"tags": "hello"`) is refused with a message
+/// naming the field, as IoT Hub's twin rules say ([`twin_limits::section_object`]); the typed
+/// parse alone would only give a line and column.
+async fn twin_body(ctx: &mut Ctx<'_>) -> Result<Twin, ApiError> {
+    let body: Value = ctx.json("Twin").await?;
+    let invalid = |e: twin_limits::TwinLimitError| ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string());
+    let properties = body.get("properties");
+    twin_limits::section_object("tags", body.get("tags")).map_err(invalid)?;
+    if let Some(p) = twin_limits::section_object("properties", properties).map_err(invalid)? {
+        for name in ["desired", "reported"] {
+            twin_limits::section_object(&format!("properties.{name}"), p.get(name)).map_err(invalid)?;
+        }
+    }
+    serde_json::from_value(body).map_err(|e| ApiError::bad_body(format!("request body is not a valid Twin: {e}")))
+}
+
 fn device_not_found(id: &str) -> ApiError {
     ApiError::new(codes::DEVICE_NOT_FOUND, format!("device '{id}' not found"))
 }
@@ -161,6 +178,8 @@ fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::EtagMismatch { .. } => ApiError::new(codes::DEVICE_ETAG_MISMATCH, e.to_string()),
         RegistryError::AlreadyExists { .. } => ApiError::new(codes::DEVICE_EXISTS, e.to_string()),
         RegistryError::Invalid(m) => ApiError::invalid(m),
+        // IoT Hub's 400 ArgumentInvalid for twins that break its rules.
+        RegistryError::TwinInvalid(e) => ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string()),
         RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
     }
 }

@@ -223,3 +223,141 @@ pub async fn register_raw(s: &RunningServer, reg: &str, password: &str) -> serde
     c.send_packet(&Packet::Disconnect).await;
     body
 }
+
+/// Starts a server on `ip` with the default message size (256 KiB, IoT Hub's D2C limit) and
+/// `configure` applied, for the hub's limit tests; nothing is enrolled.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn hub_server_with(
+    ip: &str,
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> RunningServer {
+    let mut c = ServerConfig::defaults();
+    c.data_dir = dir.to_path_buf();
+    c.hostnames = vec![ip.to_string()];
+    c.bind = ip.parse::<IpAddr>().unwrap();
+    configure(&mut c);
+    dps_server::start(c).await.expect("server starts")
+}
+
+/// Creates hub device `id` with SAS primary key [`KEY`] through the hub API.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn hub_device(s: &RunningServer, id: &str) {
+    use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey};
+    s.services
+        .hub
+        .put_device(
+            Device {
+                device_id: id.into(),
+                authentication: Some(AuthenticationMechanism {
+                    kind: "sas".into(),
+                    symmetric_key: Some(SymmetricKey {
+                        primary_key: Some(KEY.into()),
+                        secondary_key: Some(KEY.into()),
+                    }),
+                    x509_thumbprint: None,
+                }),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+/// An MQTT+TLS client connected (CONNACK 0) to the hub as device `id` (key [`KEY`]), with large
+/// packets allowed both ways.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn hub_mqtt(s: &RunningServer, id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    use rumqttc::{Event, MqttOptions, Packet, TlsConfiguration, Transport};
+    let hub = s.services.identity.hub.host_name.clone();
+    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    let token = build_token(&format!("{hub}/devices/{id}"), KEY, expiry, None).unwrap();
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let tls = dps_pki::tls::client_config(&ca).unwrap();
+    let mut o = MqttOptions::new(id, s.mqtt_addr.ip().to_string(), s.mqtt_addr.port());
+    o.set_credentials(format!("{hub}/{id}/?api-version=2021-04-12"), token);
+    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (c, mut ev) = rumqttc::AsyncClient::new(o, 16);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll())
+            .await
+            .expect("connack within 10 s")
+        {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return (c, ev),
+            Ok(_) => {}
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+}
+
+/// Drives `ev` until the next incoming packet that `want` accepts, or the connection ends
+/// (`Err`), within 10 s.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn hub_mqtt_until<T>(
+    ev: &mut rumqttc::EventLoop,
+    mut want: impl FnMut(&rumqttc::Packet) -> Option<T>,
+) -> Result<T, rumqttc::ConnectionError> {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), ev.poll())
+            .await
+            .expect("an event within 10 s")?;
+        if let rumqttc::Event::Incoming(p) = e {
+            if let Some(t) = want(&p) {
+                return Ok(t);
+            }
+        }
+    }
+}
+
+/// One request to the hub's registry REST API as `iothubowner`: status and JSON body (`Null`
+/// when empty).
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn hub_rest(
+    s: &RunningServer,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use http_body_util::{BodyExt, Full};
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let config = dps_pki::tls::client_config(&ca).unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.https_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(s.https_addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let hub = &s.services.identity.hub;
+    let policy = &hub.policies[0];
+    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    let sas = build_token(&hub.host_name, &policy.primary_key, expiry, Some(&policy.key_name)).unwrap();
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("{path}{sep}api-version=2021-04-12"))
+        .header("host", s.https_addr.ip().to_string())
+        .header("authorization", sas)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("a response within 10 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, json)
+}

@@ -1,0 +1,103 @@
+//! IoT Hub's limits on an in-process `dps serve`, from the accepting side: what is exactly at a
+//! limit is served over MQTT and REST, twins read and written back round-trip, and telemetry
+//! retention follows `[limits] telemetry-retention-bytes` (refusals are in `bad_input_twin.rs`).
+
+#[allow(dead_code)] // the DPS helpers are for the other test binaries
+mod common;
+
+use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_rest, hub_server_with};
+use dps_proto::twin_limits::{self, Section, D2C_MAX_BYTES, SECTION_MAX_BYTES, STRING_MAX_BYTES};
+use rumqttc::{Packet, QoS};
+use serde_json::{json, Map, Value};
+
+/// A section of exactly [`SECTION_MAX_BYTES`] in IoT Hub's measure.
+fn full_section() -> Value {
+    let mut m = Map::new();
+    let mut size = 0;
+    for i in 0.. {
+        let k = format!("k{i:02}");
+        if size + k.len() + STRING_MAX_BYTES > SECTION_MAX_BYTES {
+            break;
+        }
+        size += k.len() + STRING_MAX_BYTES;
+        m.insert(k, json!("x".repeat(STRING_MAX_BYTES)));
+    }
+    m.insert("z".into(), json!("y".repeat(SECTION_MAX_BYTES - size - 1)));
+    assert_eq!(twin_limits::check_size(Section::Tags, &m), Ok(SECTION_MAX_BYTES));
+    Value::Object(m)
+}
+
+#[tokio::test]
+async fn limits_accept_what_fits_and_bound_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = hub_server_with("127.0.13.2", dir.path(), |c| {
+        c.limits.telemetry_retention_bytes = 1024 * 1024;
+    })
+    .await;
+    hub_device(&s, "dev-1").await;
+    let (c, mut ev) = hub_mqtt(&s, "dev-1").await;
+    c.subscribe("$iothub/twin/res/#", QoS::AtMostOnce).await.unwrap();
+    hub_mqtt_until(&mut ev, |p| matches!(p, Packet::SubAck(_)).then_some(()))
+        .await
+        .unwrap();
+
+    // Each section exactly at 32 KB: tags and desired over REST, reported over MQTT.
+    let full = full_section();
+    let (status, t) = hub_rest(
+        &s,
+        "PUT",
+        "/twins/dev-1",
+        Some(&json!({"tags": full, "properties": {"desired": full}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(t["tags"], full);
+    c.publish(
+        "$iothub/twin/PATCH/properties/reported/?$rid=1",
+        QoS::AtMostOnce,
+        false,
+        full.to_string(),
+    )
+    .await
+    .unwrap();
+    let topic = hub_mqtt_until(&mut ev, |p| match p {
+        Packet::Publish(p) if p.topic.starts_with("$iothub/twin/res/") => Some(p.topic.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    assert!(topic.starts_with("$iothub/twin/res/204/?$rid=1"), "{topic}");
+
+    // GET then PUT back (with `$metadata`, `$version` and the read-only fields) is accepted.
+    let (_, twin) = hub_rest(&s, "GET", "/twins/dev-1", None).await;
+    assert_eq!(twin["properties"]["reported"]["z"], full["z"]);
+    let (status, back) = hub_rest(&s, "PUT", "/twins/dev-1", Some(&twin)).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(back["properties"]["desired"]["k00"], full["k00"]);
+    // One byte more anywhere is refused (the refusals themselves are bad_input_twin.rs's).
+    let (status, _) = hub_rest(&s, "PATCH", "/twins/dev-1", Some(&json!({"tags": {"a": "b"}}))).await;
+    assert_eq!(status, 400);
+
+    // A device-to-cloud message of exactly 256 KB is acknowledged; retention keeps what fits in
+    // the configured 1 MiB, newest first.
+    for i in 0..8u16 {
+        c.publish(
+            "devices/dev-1/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            vec![b'x'; D2C_MAX_BYTES],
+        )
+        .await
+        .unwrap();
+        hub_mqtt_until(&mut ev, |p| matches!(p, Packet::PubAck(_)).then_some(()))
+            .await
+            .unwrap_or_else(|e| panic!("message {i} not acknowledged: {e}"));
+    }
+    let kept = s.services.hub.recent_events(None, None, 100);
+    let bytes: u64 = kept.iter().map(|m| m.retained_bytes()).sum();
+    assert_eq!(kept.len(), 3, "three 256 KB messages (plus properties) fit in 1 MiB");
+    assert!(bytes <= 1024 * 1024, "{bytes}");
+    assert_eq!(kept.last().unwrap().sequence_number, 8);
+    assert!(kept.iter().all(|m| m.body.len() == D2C_MAX_BYTES));
+    s.shutdown().await;
+}
