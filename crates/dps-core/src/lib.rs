@@ -12,6 +12,7 @@ pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod quota;
 pub mod store;
 pub mod x509;
 
@@ -19,4 +20,5 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page};
 pub use error::ApiError;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
+pub use quota::{QuotaConfig, Quotas};
 pub use store::{CaCertificateRecord, RegistrationRecord, Store, StoreError, WriteCondition};

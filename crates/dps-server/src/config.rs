@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use dps_core::QuotaConfig;
 use serde::Deserialize;
 
 /// Everything `dps serve` needs, after merging sources.
@@ -79,9 +80,9 @@ impl Default for Limits {
             dps_session_timeout_secs: 300,
             telemetry_retention_bytes: 256 * 1024 * 1024,
             telemetry_retention_secs: 24 * 3600,
-            registrations_per_second: 10_000,
-            operations_per_second: 50_000,
-            polls_per_device_per_10s: 5,
+            registrations_per_second: QuotaConfig::DEFAULT.registrations_per_second,
+            operations_per_second: QuotaConfig::DEFAULT.operations_per_second,
+            polls_per_device_per_10s: QuotaConfig::DEFAULT.polls_per_device_per_10s,
         }
     }
 }

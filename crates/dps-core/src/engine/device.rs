@@ -193,6 +193,21 @@ impl Engine {
         registration_id::validate(&req.registration_id).map_err(|e| ApiError::invalid(format!("registration id: {e}")))
     }
 
+    /// What every device request goes through first: [`Engine::check_request`], then one token
+    /// of the service's operations quota. Counted before authentication, so the quota bounds
+    /// the attestation work bad credentials can cause, too.
+    pub(super) fn admit(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<(), ApiError> {
+        self.check_request(req)?;
+        self.quotas.operation(now).map_err(|t| self.refused(req, t))
+    }
+
+    /// Logs a throttled request (at debug: a throttled fleet would flood the log, and the
+    /// transports log every refusal already) and turns it into the `429` answer.
+    pub(super) fn refused(&self, req: &DeviceRequest, t: crate::quota::Throttled) -> ApiError {
+        tracing::debug!(registration = %req.registration_id, quota = ?t.quota, wait = ?t.wait, "device request throttled");
+        t.into()
+    }
+
     /// Handles a register request. On success the registration is committed before this returns,
     /// and the reply is `202 assigning` with an operation id the device polls — or, with
     /// [`EngineConfig::immediate_assignment`](super::EngineConfig::immediate_assignment), `200`
@@ -203,10 +218,13 @@ impl Engine {
         req: &DeviceRequest,
         body: &DeviceRegistration,
     ) -> Result<DeviceResponse, ApiError> {
-        self.check_request(req)?;
+        self.admit(now, req)?;
         check_body_id(req, body)?;
         super::tpm::refuse_without_challenge(req, body)?;
         let attested = self.attest(now, req).await?;
+        // After attestation: requests with bad credentials must not use up the registrations
+        // of genuine devices (they are bounded by the operations quota instead).
+        self.quotas.registration(now).map_err(|t| self.refused(req, t))?;
         let key = registration_id::key(&req.registration_id);
         let operation_id = new_operation_id(&key);
         let final_state = match self.assign(now, req, body, &attested, &operation_id).await {
@@ -260,7 +278,7 @@ impl Engine {
         req: &DeviceRequest,
         operation_id: &str,
     ) -> Result<DeviceResponse, ApiError> {
-        self.check_request(req)?;
+        self.admit(now, req)?;
         let key = registration_id::key(&req.registration_id);
         let not_found = || {
             ApiError::new(
@@ -287,6 +305,7 @@ impl Engine {
             if cred != digest(&req.credential) || !still_valid {
                 self.attest(now, req).await?;
             }
+            self.count_poll(now, req, &key)?;
             return Ok(DeviceResponse {
                 status: 200,
                 retry_after: None,
@@ -294,6 +313,7 @@ impl Engine {
             });
         }
         self.attest(now, req).await?;
+        self.count_poll(now, req, &key)?;
         let record = self.store.get_registration(&key).await?.ok_or_else(not_found)?;
         if record.operation_id.as_deref() != Some(operation_id) {
             return Err(not_found());
@@ -316,7 +336,7 @@ impl Engine {
         now: DateTime<Utc>,
         req: &DeviceRequest,
     ) -> Result<RegistrationState, ApiError> {
-        self.check_request(req)?;
+        self.admit(now, req)?;
         self.attest(now, req).await?;
         let record = self
             .store
@@ -329,6 +349,13 @@ impl Engine {
                 )
             })?;
         Ok(self.device_view(&record))
+    }
+
+    /// Counts a poll against the device's own quota. Only after the device proved who it is:
+    /// otherwise anyone who knows a registration id could use up its polls and lock it out, and
+    /// unauthenticated requests could fill the map of tracked devices.
+    fn count_poll(&self, now: DateTime<Utc>, req: &DeviceRequest, key: &str) -> Result<(), ApiError> {
+        self.quotas.device_poll(now, key).map_err(|t| self.refused(req, t))
     }
 
     fn device_view(&self, record: &RegistrationRecord) -> RegistrationState {

@@ -383,11 +383,15 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: &str) {
     }
 }
 
-/// The error response: status, `ApiError::details` body, `x-ms-error-code`.
+/// The error response: status, `ApiError::details` body, `x-ms-error-code`, and `retry-after`
+/// when the error says when to retry (429).
 pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json_response(status, &e.details(now));
     set_header(&mut resp, "x-ms-error-code", &e.code.to_string());
+    if let Some(secs) = e.retry_after {
+        set_header(&mut resp, "retry-after", &secs.to_string());
+    }
     resp
 }
 

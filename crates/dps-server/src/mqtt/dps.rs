@@ -101,7 +101,10 @@ async fn handle_publish(services: &Services, request: &DeviceRequest, p: &Publis
         Ok(r) => (response_topic(r.status, &rid, r.retry_after), to_ascii_json(&r.body)),
         Err(err) => {
             tracing::info!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");
-            (response_topic(err.status, &rid, None), to_ascii_json(&err.details(now)))
+            (
+                response_topic(err.status, &rid, err.retry_after),
+                to_ascii_json(&err.details(now)),
+            )
         }
     }
 }
