@@ -231,8 +231,14 @@ enum Step {
     /// Still assigning: poll `operation_id` after `delay`.
     Poll { operation_id: String, delay: Duration },
     /// Throttled or server error: repeat the same request after `delay`, unless retries are
-    /// spent, in which case fail with `error`.
-    Retry { delay: Duration, error: ClientError },
+    /// spent, in which case fail with `error`. Only server errors are `counted` against
+    /// `max_retries`: a throttling server says when to come back, so a throttled device keeps
+    /// coming back then, for as long as the registration's timeout allows.
+    Retry {
+        delay: Duration,
+        error: ClientError,
+        counted: bool,
+    },
 }
 
 /// Interprets one response (HTTP or MQTT: same status codes, same bodies) to a register
@@ -248,6 +254,7 @@ fn interpret(
         return Ok(Step::Retry {
             delay: poll.retry_delay(retry_after),
             error: ClientError::from_error_body(status, body),
+            counted: status != 429,
         });
     }
     if !(200..300).contains(&status) {
@@ -386,8 +393,9 @@ impl ProvisioningClient {
         self
     }
 
-    /// How often a throttled (429) or failed (5xx) request is repeated before giving up
-    /// (default 3).
+    /// How often a failed (5xx) request is repeated before giving up (default 3). A throttled
+    /// (429) request is repeated after the server's `retry-after` until the registration's
+    /// timeout: throttling is the server pacing a fleet, not a failure of this device.
     pub fn with_max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -611,8 +619,8 @@ impl ProvisioningClient {
                                     tracing::debug!(%operation_id, ?delay, "assigning; polling");
                                     next = Some((Instant::now() + delay, Request::Poll(operation_id)));
                                 }
-                                Ok(Step::Retry { delay, error }) => {
-                                    retries += 1;
+                                Ok(Step::Retry { delay, error, counted }) => {
+                                    retries += u32::from(counted);
                                     if retries > self.max_retries {
                                         break Err(error);
                                     }
@@ -727,8 +735,8 @@ impl ProvisioningClient {
                     operation = Some(operation_id);
                     tokio::time::sleep(delay).await;
                 }
-                Step::Retry { delay, error } => {
-                    retries += 1;
+                Step::Retry { delay, error, counted } => {
+                    retries += u32::from(counted);
                     if retries > self.max_retries {
                         return Err(error);
                     }
@@ -937,15 +945,16 @@ mod tests {
         )
         .unwrap()
         {
-            Step::Retry { delay, error } => {
+            Step::Retry { delay, error, counted } => {
                 assert_eq!(delay, Duration::from_secs(7));
                 assert_eq!(error.error_code(), Some(429001));
+                assert!(!counted, "throttling is not a failure");
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             interpret(503, None, b"", &p, false).unwrap(),
-            Step::Retry { .. }
+            Step::Retry { counted: true, .. }
         ));
         assert!(matches!(
             interpret(200, None, b"not json", &p, false),
