@@ -164,6 +164,15 @@ impl SharedBucket {
             }
         }
     }
+
+    /// Puts back a token taken by [`SharedBucket::take`].
+    fn refund(&self) {
+        if let Some(rate) = self.rate {
+            let _ = self.tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                Some(tat.saturating_sub(rate.interval))
+            });
+        }
+    }
 }
 
 /// New entries between two sweeps of expired poll buckets, so an idle server's map shrinks back
@@ -243,12 +252,48 @@ impl PollBuckets {
     }
 }
 
+/// Shortest time between two log lines about refusals of one quota.
+const REFUSAL_LOG_INTERVAL_NS: i64 = 10_000_000_000;
+
+/// Counts the refusals of one quota and reports them in one log line at most every 10 s: a
+/// throttled fleet is refused thousands of times a second, and a line for each would flood the
+/// log (the transports log refusals at debug). The first refusal is reported at once.
+#[derive(Default)]
+struct RefusalLog {
+    refused: AtomicU64,
+    last_report: AtomicI64,
+}
+
+impl RefusalLog {
+    fn record(&self, now: i64, quota: Quota, limit: u32) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let last = self.last_report.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= REFUSAL_LOG_INTERVAL_NS;
+        if due
+            && self
+                .last_report
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.refused.swap(0, Ordering::Relaxed);
+            let since = if last == 0 {
+                "first refusal".to_string()
+            } else {
+                format!("{} s", now.saturating_sub(last) / 1_000_000_000)
+            };
+            tracing::info!(?quota, limit, refused, %since, "device requests throttled (429) by a quota since the last report");
+        }
+    }
+}
+
 /// The quota state of one service.
 pub struct Quotas {
     config: QuotaConfig,
     registrations: SharedBucket,
     operations: SharedBucket,
     polls: PollBuckets,
+    /// Refusals per quota, in [`Quota`] order.
+    refusals: [RefusalLog; 3],
 }
 
 impl Quotas {
@@ -267,6 +312,7 @@ impl Quotas {
                 last_full_sweep: AtomicI64::new(i64::MIN),
                 last_full_warn: AtomicI64::new(i64::MIN),
             },
+            refusals: Default::default(),
             config,
         }
     }
@@ -278,24 +324,37 @@ impl Quotas {
 
     /// Counts one device-API request against `operations_per_second`.
     pub fn operation(&self, now: DateTime<Utc>) -> Result<(), Throttled> {
+        let now = nanos(now);
         self.operations
-            .take(nanos(now))
-            .map_err(|wait| self.throttled(Quota::Operations, wait))
+            .take(now)
+            .map_err(|wait| self.refuse(Quota::Operations, now, wait))
     }
 
-    /// Counts one register request against `registrations_per_second`.
+    /// Counts one register request against `registrations_per_second`. Call it before the
+    /// device is authenticated (a TPM device's challenge key is spent by authentication, so a
+    /// request refused after it could not be retried), and [`Quotas::refund_registration`] when
+    /// authentication fails, so requests with bad credentials do not use up the registrations
+    /// of genuine devices.
     pub fn registration(&self, now: DateTime<Utc>) -> Result<(), Throttled> {
+        let now = nanos(now);
         self.registrations
-            .take(nanos(now))
-            .map_err(|wait| self.throttled(Quota::Registrations, wait))
+            .take(now)
+            .map_err(|wait| self.refuse(Quota::Registrations, now, wait))
+    }
+
+    /// Gives back the token of a register request that was not a registration after all (its
+    /// device failed authentication).
+    pub fn refund_registration(&self) {
+        self.registrations.refund();
     }
 
     /// Counts one operation-status poll of the device whose registration key (lower-cased id)
     /// is `registration_key` against `polls_per_device_per_10s`.
     pub fn device_poll(&self, now: DateTime<Utc>, registration_key: &str) -> Result<(), Throttled> {
+        let now = nanos(now);
         self.polls
-            .take(registration_key, nanos(now))
-            .map_err(|wait| self.throttled(Quota::DevicePolls, wait))
+            .take(registration_key, now)
+            .map_err(|wait| self.refuse(Quota::DevicePolls, now, wait))
     }
 
     /// Devices whose poll buckets are currently held (for tests and diagnostics).
@@ -303,12 +362,13 @@ impl Quotas {
         self.polls.map.len()
     }
 
-    fn throttled(&self, quota: Quota, wait_ns: i64) -> Throttled {
-        let limit = match quota {
-            Quota::Registrations => self.config.registrations_per_second,
-            Quota::Operations => self.config.operations_per_second,
-            Quota::DevicePolls => self.config.polls_per_device_per_10s,
+    fn refuse(&self, quota: Quota, now: i64, wait_ns: i64) -> Throttled {
+        let (limit, log) = match quota {
+            Quota::Registrations => (self.config.registrations_per_second, &self.refusals[0]),
+            Quota::Operations => (self.config.operations_per_second, &self.refusals[1]),
+            Quota::DevicePolls => (self.config.polls_per_device_per_10s, &self.refusals[2]),
         };
+        log.record(now, quota, limit);
         Throttled {
             quota,
             limit,
@@ -338,6 +398,13 @@ mod tests {
         assert_eq!(r.take(tat, 1_500_000_000), Err(500_000_000));
         assert!(r.take(tat, 2_000_000_000).is_ok());
         assert!(Rate::per(0, Duration::from_secs(1)).is_none());
+
+        let b = SharedBucket::new(Rate::per(1, Duration::from_secs(1)));
+        assert!(b.take(0).is_ok());
+        assert_eq!(b.take(0), Err(1_000_000_000));
+        b.refund();
+        assert!(b.take(0).is_ok());
+        assert!(b.take(0).is_err());
     }
 
     #[test]

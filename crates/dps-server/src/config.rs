@@ -63,11 +63,15 @@ pub struct Limits {
     pub telemetry_retention_bytes: u64,
     /// Seconds the embedded hub keeps a telemetry message for readers.
     pub telemetry_retention_secs: u64,
-    /// Register requests per second the service accepts from all devices together.
+    /// Register requests per second the service accepts from all devices together; 0 turns the
+    /// limit off. `dps_core::QuotaConfig` says how each quota is counted and answered (429 +
+    /// retry-after).
     pub registrations_per_second: u32,
-    /// Device API requests (register and status polls) per second from all devices together.
+    /// Device API requests (register, TPM challenge, status polls and lookups) per second from
+    /// all devices together; 0 turns the limit off.
     pub operations_per_second: u32,
-    /// Operation-status polls one registration id may make per 10 seconds (Azure: 5).
+    /// Operation-status polls one registration id may make per 10 seconds (Azure: 5); 0 turns
+    /// the limit off.
     pub polls_per_device_per_10s: u32,
 }
 

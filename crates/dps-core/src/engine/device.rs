@@ -201,8 +201,8 @@ impl Engine {
         self.quotas.operation(now).map_err(|t| self.refused(req, t))
     }
 
-    /// Logs a throttled request (at debug: a throttled fleet would flood the log, and the
-    /// transports log every refusal already) and turns it into the `429` answer.
+    /// Logs a throttled request at debug (the quota reports refusals in summary lines; one line
+    /// per refusal would flood the log) and turns it into the `429` answer.
     pub(super) fn refused(&self, req: &DeviceRequest, t: crate::quota::Throttled) -> ApiError {
         tracing::debug!(registration = %req.registration_id, quota = ?t.quota, wait = ?t.wait, "device request throttled");
         t.into()
@@ -221,10 +221,18 @@ impl Engine {
         self.admit(now, req)?;
         check_body_id(req, body)?;
         super::tpm::refuse_without_challenge(req, body)?;
-        let attested = self.attest(now, req).await?;
-        // After attestation: requests with bad credentials must not use up the registrations
-        // of genuine devices (they are bounded by the operations quota instead).
+        // Before attestation, which spends a TPM device's challenge: a throttled device must be
+        // able to send the very same request again. A request that fails attestation gives its
+        // registration back (it is bounded by the operations quota instead), so bad
+        // credentials cannot use up the registrations of genuine devices.
         self.quotas.registration(now).map_err(|t| self.refused(req, t))?;
+        let attested = match self.attest(now, req).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.quotas.refund_registration();
+                return Err(e);
+            }
+        };
         let key = registration_id::key(&req.registration_id);
         let operation_id = new_operation_id(&key);
         let final_state = match self.assign(now, req, body, &attested, &operation_id).await {

@@ -154,9 +154,10 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
             resp
         }
         Err(e) => {
-            // Missing resources, conflicts and stale etags are ordinary answers; everything
-            // else (auth, bad input, unknown paths, limits) is a refusal worth seeing at info.
-            let ordinary = matches!(e.status, 404 | 409 | 412) && e.code != codes::PATH_NOT_FOUND;
+            // Missing resources, conflicts and stale etags are ordinary answers, and throttling
+            // is summarized by the engine's quotas; everything else (auth, bad input, unknown
+            // paths, size limits) is a refusal worth seeing at info.
+            let ordinary = matches!(e.status, 404 | 409 | 412 | 429) && e.code != codes::PATH_NOT_FOUND;
             if e.status >= 500 {
                 tracing::warn!(%method, %path, status = e.status, code = e.code, "request failed: {}", e.message);
             } else if ordinary {
