@@ -54,7 +54,7 @@ impl QuotaConfig {
         max_tracked_devices: 1_000_000,
     };
 
-    /// No limits at all (tools that measure the server itself).
+    /// Every quota turned off (a starting point for configurations that set only some).
     pub const UNLIMITED: QuotaConfig = QuotaConfig {
         registrations_per_second: 0,
         operations_per_second: 0,
