@@ -46,7 +46,8 @@ pub use dice::DiceProvider;
 pub use error::ClientError;
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
 pub use provisioning::{
-    PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION, GLOBAL_ENDPOINT,
+    PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION,
+    GLOBAL_ENDPOINT, MIN_REPOLL_INTERVAL,
 };
 pub use security::{
     sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider, TpmPublicKeys, DEFAULT_TPM_TCTI,

@@ -78,12 +78,15 @@ impl FromStr for Transport {
 /// Azure DPS answers a register with `202 assigning` and a `retry-after` (seconds), and the
 /// device polls the operation until it completes. A dps server assigns synchronously, so the
 /// first poll already returns the result and waiting the full `retry-after` (3 s) would only slow
-/// devices down. Hence the defaults: poll after `min(retry-after, 1 s)`.
+/// devices down. Hence the defaults: poll first after `min(retry-after, 1 s)`. A server that is
+/// still assigning after that is genuinely slow: later polls wait its `retry-after` in full, and
+/// at least [`MIN_REPOLL_INTERVAL`], so a device never polls more than Azure's 5 times in 10 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollOptions {
     /// Never poll sooner than this (default 0).
     pub min_interval: Duration,
-    /// Never wait longer than this between polls, whatever `retry-after` says (default 1 s).
+    /// Never wait longer than this before the first poll, whatever `retry-after` says
+    /// (default 1 s).
     pub max_interval: Duration,
     /// Assumed when the server sends no `retry-after` (default 2 s, the Python/Node default),
     /// before clamping.
@@ -103,6 +106,11 @@ impl Default for PollOptions {
 /// Longest wait before retrying a throttled (429) or failed (5xx) request.
 const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Shortest wait between two polls of the same operation: Azure throttles a device that polls
+/// more than 5 times in 10 seconds (`429`), so polling every 2 s is the fastest that is never
+/// refused.
+pub const MIN_REPOLL_INTERVAL: Duration = Duration::from_secs(2);
+
 impl PollOptions {
     /// The wait before the next status poll: `retry_after` (seconds) or the default, clamped to
     /// `[min_interval, max_interval]`.
@@ -111,6 +119,12 @@ impl PollOptions {
             .map(|s| Duration::from_secs(u64::from(s)))
             .unwrap_or(self.default_interval);
         wanted.min(self.max_interval).max(self.min_interval)
+    }
+
+    /// The wait before polling again after a poll was answered `assigning`: `retry_after` in
+    /// full (up to 60 s), at least [`MIN_REPOLL_INTERVAL`].
+    pub fn repoll_delay(&self, retry_after: Option<u32>) -> Duration {
+        self.retry_delay(retry_after).max(MIN_REPOLL_INTERVAL)
     }
 
     /// The wait before retrying a throttled or failed request. Unlike polling, a throttling
@@ -217,17 +231,30 @@ enum Step {
     /// Still assigning: poll `operation_id` after `delay`.
     Poll { operation_id: String, delay: Duration },
     /// Throttled or server error: repeat the same request after `delay`, unless retries are
-    /// spent, in which case fail with `error`.
-    Retry { delay: Duration, error: ClientError },
+    /// spent, in which case fail with `error`. Only server errors are `counted` against
+    /// `max_retries`: a throttling server says when to come back, so a throttled device keeps
+    /// coming back then, for as long as the registration's timeout allows.
+    Retry {
+        delay: Duration,
+        error: ClientError,
+        counted: bool,
+    },
 }
 
-/// Interprets one response (HTTP or MQTT: same status codes, same bodies). Pure, so every
-/// branch is unit-tested.
-fn interpret(status: u16, retry_after: Option<u32>, body: &[u8], poll: &PollOptions) -> Result<Step, ClientError> {
+/// Interprets one response (HTTP or MQTT: same status codes, same bodies) to a register
+/// request, or to a poll when `polled`. Pure, so every branch is unit-tested.
+fn interpret(
+    status: u16,
+    retry_after: Option<u32>,
+    body: &[u8],
+    poll: &PollOptions,
+    polled: bool,
+) -> Result<Step, ClientError> {
     if status == 429 || status >= 500 {
         return Ok(Step::Retry {
             delay: poll.retry_delay(retry_after),
             error: ClientError::from_error_body(status, body),
+            counted: status != 429,
         });
     }
     if !(200..300).contains(&status) {
@@ -247,10 +274,12 @@ fn interpret(status: u16, retry_after: Option<u32>, body: &[u8], poll: &PollOpti
                     "status 'assigning' without an operationId to poll".into(),
                 ));
             }
-            Ok(Step::Poll {
-                operation_id,
-                delay: poll.poll_delay(retry_after),
-            })
+            let delay = if polled {
+                poll.repoll_delay(retry_after)
+            } else {
+                poll.poll_delay(retry_after)
+            };
+            Ok(Step::Poll { operation_id, delay })
         }
         RegistrationStatus::Assigned => {
             let state = wire
@@ -364,8 +393,9 @@ impl ProvisioningClient {
         self
     }
 
-    /// How often a throttled (429) or failed (5xx) request is repeated before giving up
-    /// (default 3).
+    /// How often a failed (5xx) request is repeated before giving up (default 3). A throttled
+    /// (429) request is repeated after the server's `retry-after` until the registration's
+    /// timeout: throttling is the server pacing a fleet, not a failure of this device.
     pub fn with_max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -583,14 +613,14 @@ impl ProvisioningClient {
                                 continue;
                             };
                             current = None;
-                            match interpret(status, retry_after, &p.payload, &self.poll) {
+                            match interpret(status, retry_after, &p.payload, &self.poll, matches!(req, Request::Poll(_))) {
                                 Ok(Step::Done(r)) => break Ok(*r),
                                 Ok(Step::Poll { operation_id, delay }) => {
                                     tracing::debug!(%operation_id, ?delay, "assigning; polling");
                                     next = Some((Instant::now() + delay, Request::Poll(operation_id)));
                                 }
-                                Ok(Step::Retry { delay, error }) => {
-                                    retries += 1;
+                                Ok(Step::Retry { delay, error, counted }) => {
+                                    retries += u32::from(counted);
                                     if retries > self.max_retries {
                                         break Err(error);
                                     }
@@ -698,15 +728,15 @@ impl ProvisioningClient {
                 challenge_pending = false;
                 continue;
             }
-            match interpret(status, retry_after, &bytes, &self.poll)? {
+            match interpret(status, retry_after, &bytes, &self.poll, operation.is_some())? {
                 Step::Done(r) => return Ok(*r),
                 Step::Poll { operation_id, delay } => {
                     tracing::debug!(%operation_id, ?delay, "assigning; polling");
                     operation = Some(operation_id);
                     tokio::time::sleep(delay).await;
                 }
-                Step::Retry { delay, error } => {
-                    retries += 1;
+                Step::Retry { delay, error, counted } => {
+                    retries += u32::from(counted);
                     if retries > self.max_retries {
                         return Err(error);
                     }
@@ -779,7 +809,7 @@ mod tests {
 
     #[test]
     fn assigned_result_is_parsed() {
-        let Step::Done(r) = interpret(200, None, ASSIGNED.as_bytes(), &PollOptions::default()).unwrap() else {
+        let Step::Done(r) = interpret(200, None, ASSIGNED.as_bytes(), &PollOptions::default(), false).unwrap() else {
             panic!()
         };
         assert_eq!(r.registration_id, "dev-01");
@@ -802,7 +832,7 @@ mod tests {
     fn assigning_polls_with_clamped_retry_after() {
         let body = br#"{"operationId":"4.x","status":"assigning","registrationState":{"registrationId":"d","status":"assigning"}}"#;
         let p = PollOptions::default();
-        match interpret(202, Some(3), body, &p).unwrap() {
+        match interpret(202, Some(3), body, &p, false).unwrap() {
             Step::Poll { operation_id, delay } => {
                 assert_eq!(operation_id, "4.x");
                 assert_eq!(delay, Duration::from_secs(1), "min(retry-after, 1 s)");
@@ -811,13 +841,30 @@ mod tests {
         }
         // Real DPS may omit registrationState while assigning.
         let Step::Poll { delay, .. } =
-            interpret(202, None, br#"{"operationId":"4.y","status":"assigning"}"#, &p).unwrap()
+            interpret(202, None, br#"{"operationId":"4.y","status":"assigning"}"#, &p, false).unwrap()
         else {
             panic!()
         };
         assert_eq!(delay, Duration::from_secs(1));
+        // Still assigning after a poll: retry-after in full, never sooner than every 2 s.
+        let Step::Poll { delay, .. } = interpret(202, Some(3), body, &p, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(delay, Duration::from_secs(3));
+        let Step::Poll { delay, .. } = interpret(202, Some(1), body, &p, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(delay, MIN_REPOLL_INTERVAL);
+        let fast = PollOptions {
+            max_interval: Duration::ZERO,
+            ..p
+        };
+        let Step::Poll { delay, .. } = interpret(202, None, body, &fast, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(delay, MIN_REPOLL_INTERVAL);
         assert!(matches!(
-            interpret(202, None, br#"{"status":"assigning"}"#, &p),
+            interpret(202, None, br#"{"status":"assigning"}"#, &p, false),
             Err(ClientError::Protocol(_))
         ));
     }
@@ -846,7 +893,7 @@ mod tests {
     #[test]
     fn failed_and_disabled_carry_the_error() {
         let body = br#"{"operationId":"o","status":"failed","registrationState":{"registrationId":"d","status":"failed","errorCode":400209,"errorMessage":"hub refused"}}"#;
-        match interpret(200, None, body, &PollOptions::default()) {
+        match interpret(200, None, body, &PollOptions::default(), false) {
             Err(ClientError::RegistrationFailed {
                 status,
                 error_code,
@@ -859,7 +906,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let body = br#"{"operationId":"o","status":"disabled","registrationState":{"registrationId":"d","status":"disabled"}}"#;
-        match interpret(200, None, body, &PollOptions::default()) {
+        match interpret(200, None, body, &PollOptions::default(), false) {
             Err(ClientError::RegistrationFailed {
                 status: RegistrationStatus::Disabled,
                 error_code: None,
@@ -879,6 +926,7 @@ mod tests {
             None,
             br#"{"errorCode":401000,"trackingId":"t","message":"bad sig","timestampUtc":"x"}"#,
             &p,
+            false,
         ) {
             Err(ClientError::Service {
                 status: 401,
@@ -888,24 +936,36 @@ mod tests {
             }) => assert_eq!(message, "bad sig"),
             other => panic!("{other:?}"),
         }
-        match interpret(429, Some(7), br#"{"errorCode":429001,"message":"slow down"}"#, &p).unwrap() {
-            Step::Retry { delay, error } => {
+        match interpret(
+            429,
+            Some(7),
+            br#"{"errorCode":429001,"message":"slow down"}"#,
+            &p,
+            false,
+        )
+        .unwrap()
+        {
+            Step::Retry { delay, error, counted } => {
                 assert_eq!(delay, Duration::from_secs(7));
                 assert_eq!(error.error_code(), Some(429001));
+                assert!(!counted, "throttling is not a failure");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(interpret(503, None, b"", &p).unwrap(), Step::Retry { .. }));
         assert!(matches!(
-            interpret(200, None, b"not json", &p),
+            interpret(503, None, b"", &p, false).unwrap(),
+            Step::Retry { counted: true, .. }
+        ));
+        assert!(matches!(
+            interpret(200, None, b"not json", &p, false),
             Err(ClientError::Protocol(_))
         ));
         assert!(matches!(
-            interpret(200, None, br#"{"operationId":"o","status":"assigned","registrationState":{"registrationId":"d","status":"assigned"}}"#, &p),
+            interpret(200, None, br#"{"operationId":"o","status":"assigned","registrationState":{"registrationId":"d","status":"assigned"}}"#, &p, false),
             Err(ClientError::Protocol(m)) if m.contains("assignedHub")
         ));
         assert!(matches!(
-            interpret(200, None, br#"{"operationId":"o","status":"unassigned"}"#, &p),
+            interpret(200, None, br#"{"operationId":"o","status":"unassigned"}"#, &p, false),
             Err(ClientError::Protocol(_))
         ));
     }

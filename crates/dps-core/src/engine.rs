@@ -48,6 +48,8 @@ pub struct EngineConfig {
     /// costs a round trip — and two seconds on the Python SDK, which waits a fixed 2 s before
     /// its first poll. Off by default so devices exercise the same polling path as with Azure.
     pub immediate_assignment: bool,
+    /// Rate limits on the device API (Azure's DPS quotas), answered with `429` + retry-after.
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 /// A device-API reply: HTTP status (202 while assigning, 200 when done), optional retry-after,
@@ -70,11 +72,13 @@ pub struct Engine {
     groups: groups::GroupCache,
     operations: device::OperationCache,
     tpm: tpm::ChallengeCache,
+    quotas: crate::quota::Quotas,
 }
 
 impl Engine {
     /// Builds an engine. Call [`Engine::load`] before serving so caches reflect the store.
     pub fn new(config: EngineConfig, store: Arc<dyn Store>, hubs: Arc<dyn HubRegistry>) -> Self {
+        let quotas = crate::quota::Quotas::new(config.quotas.clone());
         Self {
             config,
             store,
@@ -82,6 +86,7 @@ impl Engine {
             groups: groups::GroupCache::default(),
             operations: device::OperationCache::default(),
             tpm: tpm::ChallengeCache::default(),
+            quotas,
         }
     }
 
@@ -96,6 +101,11 @@ impl Engine {
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The quota state (for diagnostics and tests).
+    pub fn quotas(&self) -> &crate::quota::Quotas {
+        &self.quotas
     }
 
     /// The store (for tools such as `dps bench` that need counts).

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use dps_proto::codes;
 use dps_proto::ErrorDetails;
 
+use crate::quota::{Quota, Throttled};
 use crate::store::StoreError;
 
 /// An API error: `status` is the HTTP status, `code` the DPS `errorCode`.
@@ -18,6 +19,9 @@ pub struct ApiError {
     pub code: u32,
     /// Human-readable cause.
     pub message: String,
+    /// Seconds the client should wait before retrying (throttling): the `Retry-After` header
+    /// on HTTPS, `&retry-after=` in the MQTT response topic.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -27,6 +31,15 @@ impl ApiError {
             status: (code / 1000) as u16,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `429001 Throttled`, with the seconds to wait.
+    pub fn throttled(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(codes::THROTTLED, message)
         }
     }
 
@@ -59,6 +72,23 @@ impl ApiError {
             timestamp_utc: dps_proto::timefmt::format_record(&now),
             info: None,
         }
+    }
+}
+
+impl From<Throttled> for ApiError {
+    /// Says which quota was exhausted and its configured rate, so an operator who sees it in a
+    /// device's log knows which limit to raise.
+    fn from(t: Throttled) -> Self {
+        let what = match t.quota {
+            Quota::Registrations => format!("more than {} registrations per second for this service", t.limit),
+            Quota::Operations => format!("more than {} device requests per second for this service", t.limit),
+            Quota::DevicePolls => format!(
+                "more than {} operation-status polls in 10 seconds by this device",
+                t.limit
+            ),
+        };
+        let secs = t.retry_after_secs();
+        ApiError::throttled(format!("throttled: {what}; retry after {secs} s"), secs)
     }
 }
 

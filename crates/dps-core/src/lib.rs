@@ -12,6 +12,7 @@ pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod quota;
 pub mod store;
 pub mod x509;
 
@@ -21,6 +22,7 @@ pub use engine::{
 };
 pub use error::ApiError;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
+pub use quota::{QuotaConfig, Quotas};
 pub use store::{
     CaCertificateRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition,
 };

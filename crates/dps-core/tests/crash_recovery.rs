@@ -162,6 +162,7 @@ async fn start(store: &Arc<MemoryStore>, hub: &Arc<CrashHub>) -> Engine {
         default_allocation: AllocationPolicy::Hashed,
         retry_after_secs: 3,
         immediate_assignment: true,
+        quotas: dps_core::QuotaConfig::DEFAULT,
     };
     let e = Engine::new(config, store.clone(), hub.clone());
     e.load().await.unwrap();
@@ -427,6 +428,7 @@ async fn a_hub_that_refuses_leaves_neither_identity_nor_record_nor_intent() {
             default_allocation: AllocationPolicy::Hashed,
             retry_after_secs: 3,
             immediate_assignment: true,
+            quotas: dps_core::QuotaConfig::DEFAULT,
         },
         store.clone(),
         hub.clone(),

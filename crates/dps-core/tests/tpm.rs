@@ -17,7 +17,7 @@ use dps_tpm::software::SoftwareTpm;
 
 mod common;
 
-use common::{engine, FakeHub, SCOPE};
+use common::{engine, engine_with, FakeHub, SCOPE};
 
 /// Two simulated TPMs, made once: RSA key generation is the slow part of these tests.
 fn tpms() -> &'static [SoftwareTpm; 2] {
@@ -373,4 +373,26 @@ async fn enrollment_rules_disabled_devices_and_transports() {
         codes::TPM_TRANSPORT_UNSUPPORTED,
         "TPM attestation is supported over HTTPS (and AMQP), not MQTT",
     );
+}
+
+#[tokio::test]
+async fn a_throttled_registration_keeps_its_challenge_so_the_same_request_succeeds_later() {
+    let clock = FakeClock::at(start());
+    let (e, _) = engine_with(|c| c.quotas.registrations_per_second = 1).await;
+    let tpm = &tpms()[0];
+    e.put_enrollment(clock.now(), "tpm-thr", enrollment(tpm, true), None)
+        .await
+        .unwrap();
+    let key = challenge_key(&e, clock.now(), "tpm-thr", tpm).await;
+    register(&e, clock.now(), "tpm-thr", tpm, &key).await.unwrap();
+
+    // The second registration within the second is throttled before attestation, so its new
+    // challenge key is not spent: the device sends the very same request after retry-after.
+    let key = challenge_key(&e, clock.now(), "tpm-thr", tpm).await;
+    let req = request("tpm-thr", sas("tpm-thr", &key, clock.now()));
+    let err = e.register(clock.now(), &req, &body(tpm)).await.unwrap_err();
+    refused(&err, codes::THROTTLED, "registrations per second");
+    assert_eq!(err.retry_after, Some(1));
+    clock.advance(Duration::seconds(1));
+    assert_eq!(e.register(clock.now(), &req, &body(tpm)).await.unwrap().status, 202);
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use dps_core::QuotaConfig;
 use serde::Deserialize;
 
 /// Everything `dps serve` needs, after merging sources.
@@ -65,11 +66,15 @@ pub struct Limits {
     pub telemetry_retention_bytes: u64,
     /// Seconds the embedded hub keeps a telemetry message for readers.
     pub telemetry_retention_secs: u64,
-    /// Register requests per second the service accepts from all devices together.
+    /// Register requests per second the service accepts from all devices together; 0 turns the
+    /// limit off. `dps_core::QuotaConfig` says how each quota is counted and answered (429 +
+    /// retry-after).
     pub registrations_per_second: u32,
-    /// Device API requests (register and status polls) per second from all devices together.
+    /// Device API requests (register, TPM challenge, status polls and lookups) per second from
+    /// all devices together; 0 turns the limit off.
     pub operations_per_second: u32,
-    /// Operation-status polls one registration id may make per 10 seconds (Azure: 5).
+    /// Operation-status polls one registration id may make per 10 seconds (Azure: 5); 0 turns
+    /// the limit off.
     pub polls_per_device_per_10s: u32,
 }
 
@@ -82,9 +87,9 @@ impl Default for Limits {
             dps_session_timeout_secs: 300,
             telemetry_retention_bytes: 256 * 1024 * 1024,
             telemetry_retention_secs: 24 * 3600,
-            registrations_per_second: 10_000,
-            operations_per_second: 50_000,
-            polls_per_device_per_10s: 5,
+            registrations_per_second: QuotaConfig::DEFAULT.registrations_per_second,
+            operations_per_second: QuotaConfig::DEFAULT.operations_per_second,
+            polls_per_device_per_10s: QuotaConfig::DEFAULT.polls_per_device_per_10s,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dps_core::auth::PolicyAuthorizer;
-use dps_core::{Engine, EngineConfig, LinkedHub, SystemClock};
+use dps_core::{Engine, EngineConfig, LinkedHub, QuotaConfig, SystemClock};
 use dps_proto::model::service::AllocationPolicy;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -114,6 +114,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             default_allocation: AllocationPolicy::Hashed,
             retry_after_secs: 3,
             immediate_assignment: config.immediate_assignment,
+            quotas: QuotaConfig {
+                registrations_per_second: config.limits.registrations_per_second,
+                operations_per_second: config.limits.operations_per_second,
+                polls_per_device_per_10s: config.limits.polls_per_device_per_10s,
+                ..QuotaConfig::DEFAULT
+            },
         },
         Arc::new(store),
         Arc::new(hub.clone()),

@@ -76,13 +76,16 @@ struct LimitArgs {
     /// Seconds the embedded hub keeps a telemetry message [default: 86400].
     #[arg(long, env = "DPS_TELEMETRY_RETENTION_SECS")]
     telemetry_retention_secs: Option<u64>,
-    /// Register requests per second from all devices together [default: 10000].
+    /// Register requests per second from all devices together; over it, 429 + retry-after
+    /// [default: 10000; 0: no limit].
     #[arg(long, env = "DPS_REGISTRATIONS_PER_SECOND")]
     registrations_per_second: Option<u32>,
-    /// Device API requests per second from all devices together [default: 50000].
+    /// Device API requests (register, poll, status lookup) per second from all devices
+    /// together [default: 50000; 0: no limit].
     #[arg(long, env = "DPS_OPERATIONS_PER_SECOND")]
     operations_per_second: Option<u32>,
-    /// Status polls one registration id may make per 10 seconds [default: 5, as Azure].
+    /// Status polls one registration id may make per 10 seconds [default: 5, as Azure; 0: no
+    /// limit].
     #[arg(long, env = "DPS_POLLS_PER_DEVICE_PER_10S")]
     polls_per_device_per_10s: Option<u32>,
 }

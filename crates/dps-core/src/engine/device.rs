@@ -251,6 +251,21 @@ impl Engine {
         registration_id::validate(&req.registration_id).map_err(|e| ApiError::invalid(format!("registration id: {e}")))
     }
 
+    /// What every device request goes through first: [`Engine::check_request`], then one token
+    /// of the service's operations quota. Counted before authentication, so the quota bounds
+    /// the attestation work bad credentials can cause, too.
+    pub(super) fn admit(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<(), ApiError> {
+        self.check_request(req)?;
+        self.quotas.operation(now).map_err(|t| self.refused(req, t))
+    }
+
+    /// Logs a throttled request at debug (the quota reports refusals in summary lines; one line
+    /// per refusal would flood the log) and turns it into the `429` answer.
+    pub(super) fn refused(&self, req: &DeviceRequest, t: crate::quota::Throttled) -> ApiError {
+        tracing::debug!(registration = %req.registration_id, quota = ?t.quota, wait = ?t.wait, "device request throttled");
+        t.into()
+    }
+
     /// Handles a register request. On success the registration is committed before this returns,
     /// and the reply is `202 assigning` with an operation id the device polls — or, with
     /// [`EngineConfig::immediate_assignment`](super::EngineConfig::immediate_assignment), `200`
@@ -334,12 +349,24 @@ impl Engine {
         authenticated: Option<&Authenticated>,
         body: &DeviceRegistration,
     ) -> Result<DeviceResponse, ApiError> {
-        self.check_request(req)?;
+        self.admit(now, req)?;
         check_body_id(req, body)?;
         super::tpm::refuse_without_challenge(req, body)?;
+        // Before attestation, which spends a TPM device's challenge: a throttled device must be
+        // able to send the very same request again. A request that fails attestation gives its
+        // registration back (it is bounded by the operations quota instead), so bad
+        // credentials cannot use up the registrations of genuine devices.
+        self.quotas.registration(now).map_err(|t| self.refused(req, t))?;
         let attested = match authenticated {
-            Some(auth) => self.reattest(now, req, auth).await?,
-            None => self.attest(now, req).await?,
+            Some(auth) => self.reattest(now, req, auth).await,
+            None => self.attest(now, req).await,
+        };
+        let attested = match attested {
+            Ok(a) => a,
+            Err(e) => {
+                self.quotas.refund_registration();
+                return Err(e);
+            }
         };
         let key = registration_id::key(&req.registration_id);
         let operation_id = new_operation_id(&key);
@@ -394,7 +421,7 @@ impl Engine {
         req: &DeviceRequest,
         operation_id: &str,
     ) -> Result<DeviceResponse, ApiError> {
-        self.check_request(req)?;
+        self.admit(now, req)?;
         let key = registration_id::key(&req.registration_id);
         let not_found = || {
             ApiError::new(
@@ -424,6 +451,7 @@ impl Engine {
             if cred != digest(&req.credential) || !still_valid {
                 self.attest(now, req).await?;
             }
+            self.count_poll(now, req, &key)?;
             return Ok(DeviceResponse {
                 status: 200,
                 retry_after: None,
@@ -431,6 +459,7 @@ impl Engine {
             });
         }
         self.attest(now, req).await?;
+        self.count_poll(now, req, &key)?;
         let record = self.store.get_registration(&key).await?.ok_or_else(not_found)?;
         if record.operation_id.as_deref() != Some(operation_id) {
             return Err(not_found());
@@ -453,7 +482,7 @@ impl Engine {
         now: DateTime<Utc>,
         req: &DeviceRequest,
     ) -> Result<RegistrationState, ApiError> {
-        self.check_request(req)?;
+        self.admit(now, req)?;
         self.attest(now, req).await?;
         let record = self
             .store
@@ -466,6 +495,13 @@ impl Engine {
                 )
             })?;
         Ok(self.device_view(&record))
+    }
+
+    /// Counts a poll against the device's own quota. Only after the device proved who it is:
+    /// otherwise anyone who knows a registration id could use up its polls and lock it out, and
+    /// unauthenticated requests could fill the map of tracked devices.
+    fn count_poll(&self, now: DateTime<Utc>, req: &DeviceRequest, key: &str) -> Result<(), ApiError> {
+        self.quotas.device_poll(now, key).map_err(|t| self.refused(req, t))
     }
 
     fn device_view(&self, record: &RegistrationRecord) -> RegistrationState {

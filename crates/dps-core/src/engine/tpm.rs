@@ -200,7 +200,7 @@ impl Engine {
         req: &DeviceRequest,
         body: &DeviceRegistration,
     ) -> Result<TpmChallenge, ApiError> {
-        self.check_request(req)?;
+        self.admit(now, req)?;
         super::device::check_body_id(req, body)?;
         let keys = body.tpm.as_ref().ok_or_else(|| {
             ApiError::invalid(

@@ -62,6 +62,7 @@ pub async fn engine_with(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, Arc<
         default_allocation: AllocationPolicy::Hashed,
         retry_after_secs: 3,
         immediate_assignment: false,
+        quotas: dps_core::QuotaConfig::DEFAULT,
     };
     tweak(&mut config);
     let e = Engine::new(config, Arc::new(MemoryStore::new()), hub.clone());

@@ -220,9 +220,10 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
             resp
         }
         Err(e) => {
-            // Missing resources, conflicts and stale etags are ordinary answers; everything
-            // else (auth, bad input, unknown paths, limits) is a refusal worth seeing at info.
-            let ordinary = matches!(e.status, 404 | 409 | 412) && e.code != codes::PATH_NOT_FOUND;
+            // Missing resources, conflicts and stale etags are ordinary answers, and throttling
+            // is summarized by the engine's quotas; everything else (auth, bad input, unknown
+            // paths, size limits) is a refusal worth seeing at info.
+            let ordinary = matches!(e.status, 404 | 409 | 412 | 429) && e.code != codes::PATH_NOT_FOUND;
             if e.status >= 500 {
                 tracing::warn!(%method, %path, status = e.status, code = e.code, "request failed: {}", e.message);
             } else if ordinary {
@@ -465,11 +466,15 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: &str) {
     }
 }
 
-/// The error response: status, `ApiError::details` body, `x-ms-error-code`.
+/// The error response: status, `ApiError::details` body, `x-ms-error-code`, and `retry-after`
+/// when the error says when to retry (429).
 pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json_response(status, &e.details(now));
     set_header(&mut resp, "x-ms-error-code", &e.code.to_string());
+    if let Some(secs) = e.retry_after {
+        set_header(&mut resp, "retry-after", &secs.to_string());
+    }
     if e.status == 408 {
         // The rest of the request never came; the connection cannot carry another.
         resp.headers_mut()

@@ -66,6 +66,7 @@ async fn fixture() -> Fixture {
             default_allocation: AllocationPolicy::Hashed,
             retry_after_secs: 3,
             immediate_assignment: false,
+            quotas: dps_core::QuotaConfig::DEFAULT,
         },
         Arc::new(MemoryStore::new()),
         Arc::new(hub.clone()),

@@ -199,8 +199,16 @@ async fn handle_publish(
     match result {
         Ok(r) => (response_topic(r.status, &rid, r.retry_after), to_ascii_json(&r.body)),
         Err(err) => {
-            tracing::info!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");
-            (response_topic(err.status, &rid, None), to_ascii_json(&err.details(now)))
+            // Throttling is summarized by the engine's quotas: a line per 429 would flood the log.
+            if err.status == 429 {
+                tracing::debug!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");
+            } else {
+                tracing::info!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");
+            }
+            (
+                response_topic(err.status, &rid, err.retry_after),
+                to_ascii_json(&err.details(now)),
+            )
         }
     }
 }

@@ -134,8 +134,10 @@ pub struct Assignment {
 pub enum Answer {
     /// Registered.
     Assigned(Assignment),
-    /// Poll this operation.
-    Poll(String),
+    /// Poll this operation: at once after the register (a dps server has already assigned),
+    /// after the delay when a poll was answered `assigning` again (the server's retry-after, at
+    /// least `dps_client::MIN_REPOLL_INTERVAL`: Azure allows 5 polls per device per 10 s).
+    Poll(String, Duration),
     /// Throttled or a server error: repeat after the delay; the kind if retries run out.
     Retry(Duration, String),
 }
@@ -172,11 +174,14 @@ pub fn interpret(status: u16, retry_after: Option<u32>, body: &[u8]) -> Result<A
         return Err(service_kind(status, body));
     }
     let w: OperationWire = serde_json::from_slice(body).map_err(|_| "protocol: answer is not an operation status")?;
+    let repoll = retry_after
+        .map_or(DEFAULT_RETRY, |s| Duration::from_secs(u64::from(s)))
+        .clamp(dps_client::MIN_REPOLL_INTERVAL, MAX_RETRY);
     match w.status {
         RegistrationStatus::Assigning => w
             .operation_id
             .filter(|o| !o.is_empty())
-            .map(Answer::Poll)
+            .map(|op| Answer::Poll(op, repoll))
             .ok_or_else(|| "protocol: assigning without operationId".into()),
         RegistrationStatus::Assigned => {
             let s = w
@@ -253,7 +258,12 @@ mod tests {
             matches!(interpret(200, None, assigned), Ok(Answer::Assigned(a)) if a.hub == "h" && a.device_id == "d")
         );
         let assigning = br#"{"operationId":"o","status":"assigning"}"#;
-        assert!(matches!(interpret(202, Some(3), assigning), Ok(Answer::Poll(o)) if o == "o"));
+        assert!(
+            matches!(interpret(202, Some(3), assigning), Ok(Answer::Poll(o, d)) if o == "o" && d == Duration::from_secs(3))
+        );
+        assert!(
+            matches!(interpret(202, Some(1), assigning), Ok(Answer::Poll(_, d)) if d == dps_client::MIN_REPOLL_INTERVAL)
+        );
         assert!(matches!(
             interpret(429, Some(5), br#"{"errorCode":429001}"#),
             Ok(Answer::Retry(d, k)) if d == Duration::from_secs(5) && k == "service 429001"

@@ -15,8 +15,9 @@ const MAX_ANSWER: usize = 256 * 1024;
 /// Most headers parsed in an answer.
 const MAX_HEADERS: usize = 32;
 
-/// Registers `dev` with DPS over HTTPS: PUT register, then GET the operation at once until
-/// assigned, on the same connection.
+/// Registers `dev` with DPS over HTTPS: PUT register, then GET the operation at once (and,
+/// while still assigning, as often as Azure's poll limit allows) until assigned, on the same
+/// connection.
 pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
     let ctx = dev.ctx;
     let mut tls = super::wire::tls(&ctx.dps_https, dev.source(), dev.tls_config()?).await?;
@@ -58,7 +59,11 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
         let (status, retry_after, answer) = read_answer(&mut tls, &mut buf).await?;
         match interpret(status, retry_after, &answer)? {
             Answer::Assigned(a) => return Ok(a),
-            Answer::Poll(op) => operation = Some(op),
+            Answer::Poll(op, repoll) => {
+                if operation.replace(op).is_some() {
+                    tokio::time::sleep(repoll).await;
+                }
+            }
             Answer::Retry(delay, kind) => {
                 retries += 1;
                 if retries > MAX_RETRIES {

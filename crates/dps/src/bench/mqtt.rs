@@ -106,8 +106,9 @@ async fn next_publish<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Framed<S>, wha
     }
 }
 
-/// Registers `dev` with DPS over MQTT: register, then poll at once until assigned (a dps
-/// server assigns synchronously), retrying throttled or failed requests as the SDK does.
+/// Registers `dev` with DPS over MQTT: register, then poll at once (a dps server assigns
+/// synchronously) and, while still assigning, as often as Azure's poll limit allows, retrying
+/// throttled or failed requests as the SDK does.
 pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
     let ctx = dev.ctx;
     let tls = super::wire::tls(&ctx.dps_mqtt, dev.source(), dev.tls_config()?).await?;
@@ -148,7 +149,11 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
         };
         match answer {
             Ok(Answer::Assigned(a)) => break Ok(a),
-            Ok(Answer::Poll(op)) => operation = Some(op),
+            Ok(Answer::Poll(op, repoll)) => {
+                if operation.replace(op).is_some() {
+                    tokio::time::sleep(repoll).await;
+                }
+            }
             Ok(Answer::Retry(delay, kind)) => {
                 retries += 1;
                 if retries > MAX_RETRIES {
