@@ -73,8 +73,14 @@ impl ConnectionLimits {
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refused> {
         // IPv4 clients of a dual-stack listener arrive as ::ffff:a.b.c.d; count them as a.b.c.d.
         let ip = ip.to_canonical();
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::Relaxed);
+        // A compare-and-swap increment, so the count never passes the cap even for an instant
+        // (a plain add-then-undo would let a reader see one over).
+        let max = self.max_total;
+        if self
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .is_err()
+        {
             let refused = Refused::Total { limit: self.max_total };
             if let Some(n) = self.total_log.record() {
                 tracing::warn!(

@@ -266,7 +266,7 @@ fn cases(s: &RunningServer) -> Vec<Case> {
         case("hub: body not JSON", "PUT", hub("/devices/d"), auth(hub_owner(s, IP)), "[", BODY400, "Device"),
         case("hub: top not a number", "GET", format!("/devices?{HUB_API}&top=all"), auth(hub_owner(s, IP)), "", E400, "top must be a non-negative integer"),
         case("hub: method without a name", "POST", hub("/twins/hubdev/methods"), auth(hub_owner(s, IP)), json!({"payload": 1}).to_string(), BODY400, "methodName"),
-        case("hub: twin tags of the wrong type", "PATCH", hub("/twins/hubdev"), auth(hub_owner(s, IP)), json!({"tags": "t"}).to_string(), BODY400, "field 'tags'"),
+        case("hub: twin tags of the wrong type", "PATCH", hub("/twins/hubdev"), auth(hub_owner(s, IP)), json!({"tags": "t"}).to_string(), BODY400, "tags must be a JSON object, got a string"),
     ]
 }
 
