@@ -5,7 +5,6 @@
 //! certificates compared before and after, etags included), and that a good client is served
 //! right after.
 
-#[allow(dead_code)] // shared helpers this file does not need
 mod common;
 
 use std::sync::Arc;

@@ -7,8 +7,6 @@
 //! The server runs with a 2 s request timeout so the stalled cases end in seconds; the TLS
 //! handshake deadline is the listener's fixed 10 s.
 
-// This file uses the shared server set-up, not the MQTT helpers next to it.
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;

@@ -3,7 +3,6 @@
 //! status and errorCode), a check that nothing was persisted, and a good device registering
 //! right after. Plus the deadlines: keep-alive (1.5 ×) and the DPS session limit.
 
-#[allow(dead_code)] // the telemetry helper serves the hub tests
 mod common;
 
 use std::time::Duration;

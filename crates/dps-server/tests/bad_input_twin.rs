@@ -4,7 +4,6 @@
 //! nothing was persisted (the twin is unchanged, no telemetry kept, nothing queued), and that a
 //! good client is served right after.
 
-#[allow(dead_code)] // the DPS helpers are for the other test binaries
 mod common;
 
 use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_rest, hub_server_with};

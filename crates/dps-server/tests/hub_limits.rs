@@ -2,7 +2,6 @@
 //! limit is served over MQTT and REST, twins read and written back round-trip, and telemetry
 //! retention follows `[limits] telemetry-retention-bytes` (refusals are in `bad_input_twin.rs`).
 
-#[allow(dead_code)] // the DPS helpers are for the other test binaries
 mod common;
 
 use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_rest, hub_server_with};

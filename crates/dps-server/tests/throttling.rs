@@ -6,7 +6,6 @@
 //! sending until one comes (bounded), or set up with a window (10 s) that a loopback round trip
 //! cannot outlast.
 
-#[allow(dead_code)] // the helpers this file does not use
 mod common;
 
 use std::sync::Arc;

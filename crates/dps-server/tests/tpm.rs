@@ -8,63 +8,15 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, TpmAttestation};
 use dps_proto::sas::build_token;
-use dps_server::{RunningServer, ServerConfig};
+use dps_server::ServerConfig;
 use dps_tpm::software::SoftwareTpm;
-use rustls_pki_types::ServerName;
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
+
+mod common;
+
+use common::https;
 
 const IP: &str = "127.0.0.35";
-
-/// A response: status, lower-cased headers, JSON body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Value,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 request over a new TLS connection (`Connection: close`).
-async fn https(s: &RunningServer, method: &str, path: &str, auth: Option<&str>, body: Option<&Value>) -> Reply {
-    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(dps_pki::tls::client_config(&ca).unwrap());
-    let tcp = tokio::net::TcpStream::connect(s.https_addr).await.unwrap();
-    let mut stream = tls
-        .connect(ServerName::try_from(IP.to_string()).unwrap(), tcp)
-        .await
-        .unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {IP}\r\nAccept: application/json\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if let Some(a) = auth {
-        req.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP response");
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_str(body).unwrap_or(Value::Null),
-    }
-}
 
 #[tokio::test]
 async fn http_challenge_register_poll_and_hub_key() {

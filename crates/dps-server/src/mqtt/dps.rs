@@ -103,6 +103,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let Some(packet) = packet else { break };
+        if let Some(why) = super::ends_session(&packet) {
+            tracing::info!(registration = %request.registration_id, "closing DPS connection: {why}");
+            break;
+        }
         match packet {
             Packet::Subscribe(s) => {
                 let codes = s
@@ -119,15 +123,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 io.send(&Packet::SubAck(SubAck::new(s.pkid, codes))).await?;
             }
             Packet::Unsubscribe(u) => io.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await?,
-            Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
-                // Azure supports QoS 0 and 1 only and closes the connection on QoS 2.
-                tracing::info!(registration = %request.registration_id, topic = ?p.topic, "closing DPS connection: QoS 2 publish");
-                break;
-            }
-            Packet::Connect(_) => {
-                tracing::info!(registration = %request.registration_id, "closing DPS connection: a second CONNECT (MQTT 3.1.1 §3.1.0)");
-                break;
-            }
             Packet::Publish(p) => {
                 if p.qos == QoS::AtLeastOnce {
                     io.queue(&Packet::PubAck(PubAck::new(p.pkid)))?;

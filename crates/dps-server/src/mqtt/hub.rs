@@ -84,6 +84,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 };
                 let Some(packet) = packet else { break };
+                if let Some(why) = super::ends_session(&packet) {
+                    tracing::info!(device = %user.device_id, "closing hub connection: {why}");
+                    break;
+                }
                 match packet {
                     Packet::Subscribe(s) => {
                         let codes = s
@@ -101,15 +105,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             session.unsubscribe(f);
                         }
                         io.send(&Packet::UnsubAck(UnsubAck::new(u.pkid))).await?;
-                    }
-                    Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
-                        // IoT Hub does not support QoS 2 and closes the connection.
-                        tracing::info!(device = %user.device_id, topic = ?p.topic, "closing hub connection: QoS 2 publish");
-                        break;
-                    }
-                    Packet::Connect(_) => {
-                        tracing::info!(device = %user.device_id, "closing hub connection: a second CONNECT (MQTT 3.1.1 §3.1.0)");
-                        break;
                     }
                     Packet::Publish(p) => {
                         match session.handle_publish(services.clock.now(), &p.topic, &p.payload).await {

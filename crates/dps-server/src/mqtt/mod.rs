@@ -40,6 +40,17 @@ pub(crate) fn idle_limit(keep_alive: u16) -> Option<Duration> {
     (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
 }
 
+/// Why `packet` ends an established session, if it does: a second CONNECT (MQTT 3.1.1 §3.1.0
+/// says close), or a QoS 2 PUBLISH (IoT Hub and DPS support QoS 0 and 1 and close the
+/// connection on 2). Shared by the DPS and hub sessions so both follow the same rules.
+pub(crate) fn ends_session(packet: &Packet) -> Option<&'static str> {
+    match packet {
+        Packet::Connect(_) => Some("a second CONNECT (MQTT 3.1.1 §3.1.0)"),
+        Packet::Publish(p) if p.qos == rumqttc::mqttbytes::QoS::ExactlyOnce => Some("a QoS 2 publish"),
+        _ => None,
+    }
+}
+
 /// Serves one MQTT connection over any byte stream: TLS on 8883, or the WebSocket tunnel on 443
 /// ([`crate::ws`]). `peer_certs` are the DER certificates the client sent in the TLS handshake
 /// (empty for SAS clients); possession of the leaf key was proven by TLS.

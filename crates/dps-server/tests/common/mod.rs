@@ -1,6 +1,9 @@
 //! What the in-process server tests share: a `dps serve` on a loopback address with one
 //! symmetric-key enrollment (`dev-1`, [`KEY`]), and the DPS MQTT credentials for it.
 
+// Each test binary uses a different part of what is shared here.
+#![allow(dead_code)]
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +59,6 @@ pub async fn expect_telemetry(
 }
 
 /// [`server`] with its configuration adjusted by `tweak` before it starts (limits, deadlines).
-#[allow(dead_code)] // not every test binary tweaks the configuration
 pub async fn server_with(ip: &str, dir: &std::path::Path, tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut c = ServerConfig::defaults();
     c.data_dir = dir.to_path_buf();
@@ -70,7 +72,6 @@ pub async fn server_with(ip: &str, dir: &std::path::Path, tweak: impl FnOnce(&mu
 }
 
 /// Enrolls `reg` individually with symmetric key `key`.
-#[allow(dead_code)]
 pub async fn enroll(s: &RunningServer, reg: &str, key: &str) {
     let enrollment = IndividualEnrollment {
         attestation: AttestationMechanism {
@@ -91,13 +92,11 @@ pub async fn enroll(s: &RunningServer, reg: &str, key: &str) {
 }
 
 /// A raw TLS connection to the MQTT port, for bytes no MQTT client library would send.
-#[allow(dead_code)]
 pub struct RawMqtt {
     io: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     buf: bytes::BytesMut,
 }
 
-#[allow(dead_code)]
 impl RawMqtt {
     /// Connects (TLS, trusting the server's CA) to `s`'s MQTT port.
     pub async fn open(s: &RunningServer) -> Self {
@@ -167,7 +166,6 @@ impl RawMqtt {
 }
 
 /// A CONNECT packet (MQTT 3.1.1, clean session).
-#[allow(dead_code)]
 pub fn connect_packet(
     client_id: &str,
     username: &str,
@@ -184,7 +182,6 @@ pub fn connect_packet(
 
 /// Registers `reg` over raw MQTT with `password` (register, then poll) and returns the final
 /// operation status; panics if any step fails.
-#[allow(dead_code)]
 pub async fn register_raw(s: &RunningServer, reg: &str, password: &str) -> serde_json::Value {
     use rumqttc::mqttbytes::v4::{Packet, Publish, Subscribe};
     use rumqttc::mqttbytes::QoS;
@@ -232,7 +229,6 @@ pub async fn register_raw(s: &RunningServer, reg: &str, password: &str) -> serde
 
 /// Starts a server on `ip` with the default message size (256 KiB, IoT Hub's D2C limit) and
 /// `configure` applied, for the hub's limit tests; nothing is enrolled.
-#[allow(dead_code)] // not every test binary uses every helper
 pub async fn hub_server_with(
     ip: &str,
     dir: &std::path::Path,
@@ -247,7 +243,6 @@ pub async fn hub_server_with(
 }
 
 /// Creates hub device `id` with SAS primary key [`KEY`] through the hub API.
-#[allow(dead_code)] // not every test binary uses every helper
 pub async fn hub_device(s: &RunningServer, id: &str) {
     use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey};
     s.services
@@ -273,7 +268,6 @@ pub async fn hub_device(s: &RunningServer, id: &str) {
 
 /// An MQTT+TLS client connected (CONNACK 0) to the hub as device `id` (key [`KEY`]), with large
 /// packets allowed both ways.
-#[allow(dead_code)] // not every test binary uses every helper
 pub async fn hub_mqtt(s: &RunningServer, id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
     use rumqttc::{Event, MqttOptions, Packet, TlsConfiguration, Transport};
     let hub = s.services.identity.hub.host_name.clone();
@@ -301,7 +295,6 @@ pub async fn hub_mqtt(s: &RunningServer, id: &str) -> (rumqttc::AsyncClient, rum
 
 /// Drives `ev` until the next incoming packet that `want` accepts, or the connection ends
 /// (`Err`), within 10 s.
-#[allow(dead_code)] // not every test binary uses every helper
 pub async fn hub_mqtt_until<T>(
     ev: &mut rumqttc::EventLoop,
     mut want: impl FnMut(&rumqttc::Packet) -> Option<T>,
@@ -320,7 +313,6 @@ pub async fn hub_mqtt_until<T>(
 
 /// One request to the hub's registry REST API as `iothubowner`: status and JSON body (`Null`
 /// when empty).
-#[allow(dead_code)] // not every test binary uses every helper
 pub async fn hub_rest(
     s: &RunningServer,
     method: &str,
@@ -369,14 +361,12 @@ pub async fn hub_rest(
 }
 
 /// An HTTP answer: status, lower-cased headers, JSON body (`Null` when there is none).
-#[allow(dead_code)]
 pub struct HttpReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
 }
 
-#[allow(dead_code)]
 impl HttpReply {
     /// A header's value (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -386,7 +376,6 @@ impl HttpReply {
 
 /// One HTTP/1.1 request to the server's HTTPS listener over a new TLS connection
 /// (`Connection: close`), with an optional `Authorization` and JSON body.
-#[allow(dead_code)]
 pub async fn https(
     s: &RunningServer,
     method: &str,
