@@ -23,14 +23,7 @@ fn now() -> chrono::DateTime<Utc> {
 }
 
 fn sym(primary: &str) -> AttestationMechanism {
-    AttestationMechanism {
-        kind: AttestationType::SymmetricKey,
-        symmetric_key: Some(SymmetricKeyAttestation {
-            primary_key: Some(primary.into()),
-            secondary_key: None,
-        }),
-        ..Default::default()
-    }
+    common::sym(Some(primary), None)
 }
 
 fn token(audience: &str, key: &str, expiry: i64) -> String {
@@ -47,8 +40,7 @@ fn request(scope: &str, reg: &str, credential: Credential) -> DeviceRequest {
 }
 
 fn sas(reg: &str, key: &str) -> DeviceRequest {
-    let t = token(&format!("{SCOPE}/registrations/{reg}"), key, now().timestamp() + 600);
-    request(SCOPE, reg, Credential::Sas(t))
+    common::sas_request(reg, key, now().timestamp() as u64 + 600)
 }
 
 #[tokio::test]

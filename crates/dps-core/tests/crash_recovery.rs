@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use dps_core::store::memory::MemoryStore;
-use dps_core::{Credential, RegistrationIntent};
+use dps_core::RegistrationIntent;
 use dps_core::{
     DeviceAuth, DeviceProvisioning, DeviceRequest, Engine, EngineConfig, HubError, HubRegistry, LinkedHub, Recovery,
     Store, UpsertOutcome,
@@ -19,7 +19,6 @@ use dps_core::{
 use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::service::*;
-use dps_proto::sas::build_token;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -170,20 +169,7 @@ async fn start(store: &Arc<MemoryStore>, hub: &Arc<CrashHub>) -> Engine {
 }
 
 fn request(reg: &str, key: &str) -> DeviceRequest {
-    DeviceRequest {
-        id_scope: SCOPE.into(),
-        registration_id: reg.into(),
-        credential: Credential::Sas(
-            build_token(
-                &format!("{SCOPE}/registrations/{reg}"),
-                key,
-                exp(),
-                Some("registration"),
-            )
-            .unwrap(),
-        ),
-        api_version: Some("2021-06-01".into()),
-    }
+    common::sas_request(reg, key, exp())
 }
 
 fn group_request(reg: &str) -> DeviceRequest {
@@ -195,14 +181,7 @@ async fn with_group(e: &Engine) {
         now(),
         "fleet",
         EnrollmentGroup {
-            attestation: AttestationMechanism {
-                kind: AttestationType::SymmetricKey,
-                symmetric_key: Some(SymmetricKeyAttestation {
-                    primary_key: Some(KEY1.into()),
-                    secondary_key: None,
-                }),
-                ..Default::default()
-            },
+            attestation: common::sym(Some(KEY1), None),
             ..Default::default()
         },
         None,

@@ -8,12 +8,11 @@ use dps_proto::codes;
 use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::service::*;
-use dps_proto::sas::build_token;
 use dps_tpm::RsaPublic;
 
 mod common;
 
-use common::{engine, engine_with, HUB, SCOPE};
+use common::{engine, engine_with, sym, HUB};
 const KEY1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY2: &str = "HxwdGhsYGRYXFBUSExAREA8ODQwLCgkIBwYFBAMCAQA=";
 
@@ -21,32 +20,8 @@ fn now() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
 }
 
-fn sym(primary: Option<&str>, secondary: Option<&str>) -> AttestationMechanism {
-    AttestationMechanism {
-        kind: AttestationType::SymmetricKey,
-        symmetric_key: Some(SymmetricKeyAttestation {
-            primary_key: primary.map(Into::into),
-            secondary_key: secondary.map(Into::into),
-        }),
-        ..Default::default()
-    }
-}
-
 fn request(reg: &str, key: &str, expiry: u64) -> DeviceRequest {
-    DeviceRequest {
-        id_scope: SCOPE.into(),
-        registration_id: reg.into(),
-        credential: Credential::Sas(
-            build_token(
-                &format!("{SCOPE}/registrations/{reg}"),
-                key,
-                expiry,
-                Some("registration"),
-            )
-            .unwrap(),
-        ),
-        api_version: Some("2019-03-31".into()),
-    }
+    common::sas_request(reg, key, expiry)
 }
 
 async fn register_and_poll(

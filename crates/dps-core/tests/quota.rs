@@ -4,16 +4,15 @@
 //! from a fake clock, so every wait is exact.
 
 use chrono::{Duration, TimeZone, Utc};
-use dps_core::{ApiError, Credential, DeviceRequest, Engine, FakeClock, QuotaConfig};
+use dps_core::{ApiError, DeviceRequest, Engine, FakeClock, QuotaConfig};
 use dps_core::{Clock, DeviceResponse};
 use dps_proto::codes;
 use dps_proto::model::device::DeviceRegistration;
-use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, SymmetricKeyAttestation};
-use dps_proto::sas::build_token;
+use dps_proto::model::service::IndividualEnrollment;
 
 mod common;
 
-use common::{engine_with, FakeHub, SCOPE};
+use common::{engine_with, FakeHub};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const WRONG_KEY: &str = "HxwdGhsYGRYXFBUSExAREA8ODQwLCgkIBwYFBAMCAQA=";
@@ -24,20 +23,7 @@ fn clock() -> FakeClock {
 
 fn request(reg: &str, key: &str) -> DeviceRequest {
     let expiry = Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap().timestamp() as u64;
-    DeviceRequest {
-        id_scope: SCOPE.into(),
-        registration_id: reg.into(),
-        credential: Credential::Sas(
-            build_token(
-                &format!("{SCOPE}/registrations/{reg}"),
-                key,
-                expiry,
-                Some("registration"),
-            )
-            .unwrap(),
-        ),
-        api_version: Some("2021-06-01".into()),
-    }
+    common::sas_request(reg, key, expiry)
 }
 
 /// An engine with `quotas` and symmetric-key enrollments for `devices` (all signed with [`KEY`]).
@@ -45,14 +31,7 @@ async fn engine(clock: &FakeClock, quotas: QuotaConfig, devices: &[&str]) -> (En
     let (e, hub) = engine_with(|c| c.quotas = quotas).await;
     for d in devices {
         let enrollment = IndividualEnrollment {
-            attestation: AttestationMechanism {
-                kind: AttestationType::SymmetricKey,
-                symmetric_key: Some(SymmetricKeyAttestation {
-                    primary_key: Some(KEY.into()),
-                    secondary_key: None,
-                }),
-                ..Default::default()
-            },
+            attestation: common::sym(Some(KEY), None),
             ..Default::default()
         };
         e.put_enrollment(clock.now(), d, enrollment, None).await.unwrap();

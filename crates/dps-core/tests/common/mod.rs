@@ -69,3 +69,39 @@ pub async fn engine_with(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, Arc<
     e.load().await.unwrap();
     (e, hub)
 }
+
+/// A symmetric-key attestation with these keys.
+pub fn sym(primary: Option<&str>, secondary: Option<&str>) -> dps_proto::model::service::AttestationMechanism {
+    use dps_proto::model::service::{AttestationMechanism, AttestationType, SymmetricKeyAttestation};
+    AttestationMechanism {
+        kind: AttestationType::SymmetricKey,
+        symmetric_key: Some(SymmetricKeyAttestation {
+            primary_key: primary.map(Into::into),
+            secondary_key: secondary.map(Into::into),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A device request for `reg` in [`SCOPE`] carrying `credential`.
+pub fn device_request(reg: &str, credential: dps_core::Credential) -> dps_core::DeviceRequest {
+    dps_core::DeviceRequest {
+        id_scope: SCOPE.into(),
+        registration_id: reg.into(),
+        credential,
+        api_version: Some("2019-03-31".into()),
+    }
+}
+
+/// A device request for `reg` with a registration SAS signed by `key`, valid until `expiry`
+/// (Unix seconds).
+pub fn sas_request(reg: &str, key: &str, expiry: u64) -> dps_core::DeviceRequest {
+    let token = dps_proto::sas::build_token(
+        &format!("{SCOPE}/registrations/{reg}"),
+        key,
+        expiry,
+        Some("registration"),
+    )
+    .unwrap();
+    device_request(reg, dps_core::Credential::Sas(token))
+}
