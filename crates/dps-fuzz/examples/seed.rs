@@ -292,6 +292,16 @@ fn main() {
         (0, "/$iothub/websocket?iothub-no-client-cert=true"),
         (
             0,
+            "/$iothub/websocket\nHost: dps.fuzz.test:443\nUpgrade: websocket\nConnection: keep-alive, Upgrade\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\nSec-WebSocket-Version: 13\nSec-WebSocket-Protocol: MQTT",
+        ),
+        (
+            0,
+            "/$iothub/websocket\nUpgrade: WebSocket\nConnection: Upgrade\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\n\
+             Sec-WebSocket-Version: 8\nSec-WebSocket-Protocol: AMQPWSB10, mqtt",
+        ),
+        (
+            0,
             "/enrollments/dev%3A01%2Fx?api-version=2021-10-01&top=5&deviceId=a%3Ab&flag&x=a+b",
         ),
         (3, "https://dps.fuzz.test/enrollments/dev-01?api-version=2021-10-01"),

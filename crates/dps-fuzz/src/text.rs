@@ -5,7 +5,9 @@ use dps_proto::connection_string::ConnectionString;
 use dps_proto::sas::{self, SasToken};
 use dps_proto::{api_version, registration_id as rid};
 use dps_server::http::route::{self, QueryParams};
-use http::{Method, Uri};
+use dps_server::http::websocket;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Uri};
 
 use crate::support::{now_unix, KEY};
 
@@ -95,13 +97,37 @@ const METHODS: [Method; 8] = [
     Method::TRACE,
 ];
 
-/// REST request targets: the first byte picks the method, the rest is the request target as
-/// hyper hands it over (parsed by `http::Uri`, as hyper does). The dispatcher and the query
-/// parser must not panic, and re-encoding the decoded path segments must route the same.
+/// The header block after the request target: `name: value` lines, the ones hyper would accept.
+fn headers(block: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in block.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// REST requests: the first byte picks the method, then comes the request target as hyper hands
+/// it over (parsed by `http::Uri`, as hyper does), then optionally a newline and header lines.
+/// The dispatcher and the query parser must not panic, re-encoding the decoded path segments must
+/// route the same, and the WebSocket upgrade check (`/$iothub/websocket`) judges the headers.
 pub fn rest_path(data: &[u8]) {
-    let Some((m, target)) = data.split_first() else {
+    let Some((m, request)) = data.split_first() else {
         return;
     };
+    let (target, header_block) = match request.iter().position(|b| *b == b'\n') {
+        Some(i) => (&request[..i], &request[i + 1..]),
+        None => (request, &[][..]),
+    };
+    if let Ok(accepted) = websocket::check_handshake(&headers(header_block)) {
+        assert_eq!(accepted.accept().len(), 28, "Sec-WebSocket-Accept is base64 of a SHA-1");
+        assert!(accepted.protocol().as_bytes().eq_ignore_ascii_case(b"mqtt"));
+    }
     let method = &METHODS[usize::from(*m) % METHODS.len()];
     let Ok(uri) = Uri::try_from(target) else {
         // hyper answers 400 before routing; the dispatcher still must survive any &str.
