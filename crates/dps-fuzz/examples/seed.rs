@@ -408,11 +408,11 @@ fn main() {
         format!(r#"{{"registrationId":"tpm-01","attestation":{{"type":"tpm","tpm":{{"endorsementKey":"{}","storageRootKey":"{}"}}}}}}"#, B64.encode(&ek), B64.encode(&srk)),
         format!(r#"{{"registrationId":"x509-01","attestation":{{"type":"x509","x509":{{"clientCertificates":{{"primary":{{"certificate":{leaf_pem_json}}}}}}}}}}}"#),
         format!(r#"{{"enrollmentGroupId":"grp-1","attestation":{{"type":"x509","x509":{{"signingCertificates":{{"primary":{{"certificate":{root_pem_json}}},"secondary":{{"certificate":"{}"}}}}}}}},"allocationPolicy":"geoLatency"}}"#, B64.encode(&leaf_der)),
-        format!(r#"{{"enrollmentGroupId":"grp-2","attestation":{{"type":"x509","x509":{{"caReferences":{{"primary":"root-1"}}}}}}}}"#),
-        format!(r#"{{"enrollmentGroupId":"grp-3","attestation":{{"type":"symmetricKey"}},"etag":"\"abc\"","provisioningStatus":"disabled","createdDateTimeUtc":"2024-01-02T03:04:05.1234567Z"}}"#),
-        format!(r#"{{"mode":"create","enrollments":[{{"registrationId":"b-1","attestation":{{"type":"symmetricKey"}}}},{{"registrationId":"b-2","attestation":{{"type":"symmetricKey"}}}}]}}"#),
-        format!(r#"{{"mode":"updateIfMatchETag","enrollments":[{{"registrationId":"b-1","etag":"x","attestation":{{"type":"symmetricKey"}}}}]}}"#),
-        format!(r#"{{"mode":"delete","enrollmentGroups":[{{"enrollmentGroupId":"g-1","attestation":{{"type":"symmetricKey"}}}}]}}"#),
+        r#"{"enrollmentGroupId":"grp-2","attestation":{"type":"x509","x509":{"caReferences":{"primary":"root-1"}}}}"#.to_string(),
+        r#"{"enrollmentGroupId":"grp-3","attestation":{"type":"symmetricKey"},"etag":"\"abc\"","provisioningStatus":"disabled","createdDateTimeUtc":"2024-01-02T03:04:05.1234567Z"}"#.to_string(),
+        r#"{"mode":"create","enrollments":[{"registrationId":"b-1","attestation":{"type":"symmetricKey"}},{"registrationId":"b-2","attestation":{"type":"symmetricKey"}}]}"#.to_string(),
+        r#"{"mode":"updateIfMatchETag","enrollments":[{"registrationId":"b-1","etag":"x","attestation":{"type":"symmetricKey"}}]}"#.to_string(),
+        r#"{"mode":"delete","enrollmentGroups":[{"enrollmentGroupId":"g-1","attestation":{"type":"symmetricKey"}}]}"#.to_string(),
         r#"{"registrationId":"dev-02","attestation":{"type":"none"},"customAllocationDefinition":{"webhookUrl":"https://x","apiVersion":"2019-03-31"},"optionalDeviceInformation":{"k":"v"}}"#.to_string(),
     ];
     for (i, body) in service.iter().enumerate() {

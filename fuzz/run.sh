@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fuzzes one target in the background-friendly way this project runs fuzzers: niced, with the
+# memory limit, and with CPU time measured (libFuzzer's -max_total_time is wall time; on a shared
+# machine CPU time is what counts). Output: logs/<target>.<n>.log (libFuzzer's log, its final
+# stats and /usr/bin/time's report).
+#
+#   fuzz/run.sh <target> [wall-seconds, default 900]
+#
+# Needs cargo-fuzz and a nightly toolchain (docs/fuzzing.md).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+target=${1:?usage: fuzz/run.sh <target> [wall-seconds]}
+secs=${2:-900}
+mkdir -p logs "corpus/$target" "artifacts/$target"
+n=1
+while [[ -e "logs/$target.$n.log" ]]; do n=$((n + 1)); done
+log="logs/$target.$n.log"
+/usr/bin/time -v -o "$log.time" nice -n 19 cargo +nightly fuzz run -s none -a "$target" -- \
+    -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 >"$log" 2>&1 || rc=$?
+cat "$log.time" >>"$log" && rm -f "$log.time"
+cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%.1f", s / 60}' "$log")
+execs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
+echo "$target: exit ${rc:-0}, ${cpu} CPU-minutes, ${execs:-?} executions ($log)"
+exit "${rc:-0}"
