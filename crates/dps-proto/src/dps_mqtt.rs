@@ -180,7 +180,8 @@ pub fn username(id_scope: &str, registration_id: &str, api_version: &str, client
 }
 
 /// `$rid` values are UUIDs or integers in practice; encode only what would break the topic.
-fn encode_rid(rid: &str) -> String {
+/// Shared with the hub's topics ([`crate::hub_mqtt`]), which echo `$rid` the same way.
+pub(crate) fn encode_rid(rid: &str) -> String {
     if rid
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')

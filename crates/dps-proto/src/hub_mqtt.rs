@@ -1,7 +1,7 @@
 //! The IoT Hub device protocol over MQTT (hub-dice-tpm.md §A2–A7): CONNECT username, device
 //! publish topics, and the topics the hub publishes.
 
-use crate::dps_mqtt::parse_query;
+use crate::dps_mqtt::{encode_rid, parse_query};
 use crate::sas::{decode_component, encode_component};
 
 /// A parsed hub CONNECT username `{hostName}/{deviceId}/?api-version=..&DeviceClientType=..`.
@@ -173,7 +173,9 @@ pub fn feeds_of(filter: &str) -> Vec<Feed> {
 
 /// `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]`
 pub fn twin_response_topic(status: u16, rid: &str, version: Option<i64>) -> String {
-    let mut t = format!("$iothub/twin/res/{status}/?$rid={rid}");
+    // The device's `$rid` arrives percent-decoded; written back raw, a `&` in it would cut it
+    // short (and let it add fields), and `+`/`#` are not allowed in a PUBLISH topic at all.
+    let mut t = format!("$iothub/twin/res/{status}/?$rid={}", encode_rid(rid));
     if let Some(v) = version {
         t.push_str(&format!("&$version={v}"));
     }
@@ -311,6 +313,25 @@ mod tests {
             }
         );
         assert!(HubPublish::parse("$iothub/other", "d").is_err());
+    }
+
+    /// Found by the `mqtt_topic` fuzz target (fuzz/artifacts/mqtt_topic/): a `$rid` sent as
+    /// `1%26x` came back as `1` (and `&` let a device append fields to its own response topic).
+    #[test]
+    fn twin_response_carries_any_rid_back_unchanged() {
+        for rid in ["17", "ab-c", "1&42", "a=b", "%41", "a+b#", "é/x", ""] {
+            let t = twin_response_topic(200, rid, Some(3));
+            assert!(!t.contains(['+', '#']), "{t}");
+            assert_eq!(
+                parse_twin_response_topic(&t),
+                Some((200, rid.to_string(), Some(3))),
+                "{t}"
+            );
+        }
+        let HubPublish::TwinGet { rid } = HubPublish::parse("$iothub/twin/GET/?$rid=1%26x", "d").unwrap() else {
+            panic!("a twin GET");
+        };
+        assert_eq!(twin_response_topic(200, &rid, None), "$iothub/twin/res/200/?$rid=1%26x");
     }
 
     #[test]

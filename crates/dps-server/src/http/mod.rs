@@ -24,7 +24,7 @@ pub mod route;
 mod service;
 #[cfg(test)]
 mod tests;
-mod websocket;
+pub mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;

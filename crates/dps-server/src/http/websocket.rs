@@ -38,7 +38,7 @@ const MQTT_SUBPROTOCOL: &str = "mqtt";
 
 /// What a valid upgrade request leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Accepted {
+pub struct Accepted {
     /// `Sec-WebSocket-Accept`.
     accept: String,
     /// The subprotocol token exactly as the client offered it.
@@ -88,8 +88,21 @@ pub(super) fn upgrade(services: &Arc<Services>, mut req: Request) -> Result<Resp
     Ok(switching_protocols(accepted))
 }
 
-/// Checks the opening handshake's headers (RFC 6455 §4.2.1) and picks the subprotocol.
-pub(crate) fn check_handshake(headers: &HeaderMap) -> Result<Accepted, ApiError> {
+impl Accepted {
+    /// `Sec-WebSocket-Accept` of the reply.
+    pub fn accept(&self) -> &str {
+        &self.accept
+    }
+
+    /// The subprotocol echoed in the reply, as the client offered it.
+    pub fn protocol(&self) -> &HeaderValue {
+        &self.protocol
+    }
+}
+
+/// Checks the opening handshake's headers (RFC 6455 §4.2.1) and picks the subprotocol. Public
+/// (with [`Accepted`]) for the fuzz targets, which feed it client header blocks.
+pub fn check_handshake(headers: &HeaderMap) -> Result<Accepted, ApiError> {
     const NOT_AN_UPGRADE: &str = "/$iothub/websocket is the MQTT over WebSockets endpoint: the request must be a \
         WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)";
     if !has_token(headers, &UPGRADE, "websocket") {

@@ -1,0 +1,285 @@
+//! JSON request bodies, parsed as the HTTP and MQTT adapters parse them and then handed to the
+//! real engine and hub (in memory), so the validation after parsing is fuzzed too.
+//!
+//! Invariants: what parses round-trips through its serialization; the engine answers client
+//! input with a 4xx, never a 5xx; a refused write leaves nothing behind; an accepted one reads
+//! back as it was answered.
+
+use dps_core::{ApiError, Credential, DeviceRequest};
+use dps_hub::{Hub, RegistryError};
+use dps_proto::hub_mqtt::{self, HubUsername};
+use dps_proto::model::device::DeviceRegistration;
+use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin};
+use dps_proto::model::service::{
+    AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup,
+    IndividualEnrollment, RegistrationStatus, SymmetricKeyAttestation,
+};
+use dps_proto::sas;
+
+use crate::json::round_trip;
+use crate::support::{block_on, engine, hub, now, now_unix, DEVICE, HUB_HOST, ID_SCOPE, KEY};
+
+/// A client's input must never be answered with a server error.
+fn client_error(e: &ApiError, what: &str) {
+    assert!(
+        (400..500).contains(&e.status),
+        "{what}: client input answered with {} {}: {}",
+        e.status,
+        e.code,
+        e.message
+    );
+}
+
+/// `serde_json::from_slice` exactly as `dps_server::http` parses bodies (after refusing an
+/// all-whitespace body).
+fn parse<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
+    if data.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    serde_json::from_slice(data).ok()
+}
+
+/// The register request body (`DeviceRegistration`, HTTP and MQTT), through
+/// `Engine::register` for a device with a valid SAS token and a symmetric-key enrollment: the
+/// body decides whether the registration is accepted (registrationId must match, TPM keys need
+/// a TPM enrollment, the payload is stored).
+pub fn registration_body(data: &[u8]) {
+    let Ok(body) = DeviceRegistration::parse(data) else {
+        return;
+    };
+    round_trip(&body, "DeviceRegistration");
+    let hub = hub();
+    let engine = engine(&hub);
+    block_on(async {
+        let enrollment = IndividualEnrollment {
+            registration_id: DEVICE.into(),
+            attestation: AttestationMechanism {
+                kind: AttestationType::SymmetricKey,
+                symmetric_key: Some(SymmetricKeyAttestation {
+                    primary_key: Some(KEY.into()),
+                    secondary_key: Some(KEY.into()),
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        engine
+            .put_enrollment(now(), DEVICE, enrollment, None)
+            .await
+            .expect("the fixture enrollment is valid");
+        let audience = format!("{ID_SCOPE}/registrations/{DEVICE}");
+        let token = sas::build_token(&audience, KEY, now_unix() + 3600, Some("registration")).expect("KEY is base64");
+        let req = DeviceRequest {
+            id_scope: ID_SCOPE.into(),
+            registration_id: DEVICE.into(),
+            credential: Credential::Sas(token),
+            api_version: Some("2021-06-01".into()),
+        };
+        match engine.register(now(), &req, &body).await {
+            Ok(resp) => {
+                assert_eq!(resp.status, 202);
+                let op = engine
+                    .operation_status(now(), &req, &resp.body.operation_id)
+                    .await
+                    .expect("the operation just started can be polled");
+                round_trip(&op.body, "RegistrationOperationStatus");
+                let state = op.body.registration_state;
+                assert_eq!(state.registration_id, DEVICE);
+                assert!(
+                    matches!(state.status, RegistrationStatus::Assigned | RegistrationStatus::Failed),
+                    "{state:?}"
+                );
+            }
+            Err(e) => {
+                client_error(&e, "register");
+                assert!(
+                    engine.get_registration(DEVICE).await.is_err(),
+                    "a refused registration left a record"
+                );
+                assert!(
+                    hub.get_device(DEVICE).is_none(),
+                    "a refused registration left a hub device"
+                );
+            }
+        }
+    });
+}
+
+/// The path id a body is PUT under: the body's own id when it has one, as clients send.
+fn path_id(body_id: &str) -> &str {
+    if body_id.is_empty() {
+        "fuzz-enrollment"
+    } else {
+        body_id
+    }
+}
+
+/// Service API bodies (`PUT /enrollments/{id}`, `PUT /enrollmentGroups/{id}`, `POST
+/// /enrollments`, `POST /enrollmentGroups`): the input is tried as each, and what parses goes
+/// through the engine; the input is also the `x-ms-continuation` token of the service queries. Attestation validation (symmetric keys, TPM endorsement keys, X.509
+/// certificates in PEM or base64) runs on the way.
+pub fn service_body(data: &[u8]) {
+    let hub = hub();
+    let engine = engine(&hub);
+    block_on(async {
+        if let Some(e) = parse::<IndividualEnrollment>(data) {
+            round_trip(&e, "IndividualEnrollment");
+            let id = path_id(&e.registration_id).to_string();
+            match engine.put_enrollment(now(), &id, e, None).await {
+                Ok(stored) => {
+                    round_trip(&stored, "IndividualEnrollment response");
+                    let got = engine
+                        .get_enrollment(&id)
+                        .await
+                        .expect("an accepted enrollment reads back");
+                    assert_eq!(got.etag, stored.etag);
+                    assert!(got.registration_id.eq_ignore_ascii_case(&id));
+                }
+                Err(err) => {
+                    client_error(&err, "put enrollment");
+                    assert!(
+                        engine.get_enrollment(&id).await.is_err(),
+                        "a refused enrollment was stored"
+                    );
+                }
+            }
+        }
+        if let Some(g) = parse::<EnrollmentGroup>(data) {
+            round_trip(&g, "EnrollmentGroup");
+            let id = path_id(&g.enrollment_group_id).to_string();
+            match engine.put_group(now(), &id, g, None).await {
+                Ok(stored) => {
+                    round_trip(&stored, "EnrollmentGroup response");
+                    let got = engine.get_group(&id).await.expect("an accepted group reads back");
+                    assert_eq!(got.etag, stored.etag);
+                }
+                Err(err) => {
+                    client_error(&err, "put group");
+                    assert!(engine.get_group(&id).await.is_err(), "a refused group was stored");
+                }
+            }
+        }
+        // The input as an `x-ms-continuation` header of the three service queries.
+        if let Ok(token) = std::str::from_utf8(data) {
+            let size = data.first().map(|b| usize::from(*b));
+            for r in [
+                engine.query_enrollments(Some(token), size).await.map(drop),
+                engine.query_groups(Some(token), size).await.map(drop),
+                engine.query_registrations("grp-1", Some(token), size).await.map(drop),
+            ] {
+                if let Err(e) = r {
+                    client_error(&e, "query with a continuation token");
+                }
+            }
+        }
+        if let Some(op) = parse::<BulkEnrollmentOperation>(data) {
+            round_trip(&op, "BulkEnrollmentOperation");
+            bulk_result(engine.bulk_enrollments(now(), op).await, "bulk enrollments");
+        }
+        if let Some(op) = parse::<BulkEnrollmentGroupOperation>(data) {
+            round_trip(&op, "BulkEnrollmentGroupOperation");
+            bulk_result(engine.bulk_groups(now(), op).await, "bulk groups");
+        }
+    });
+}
+
+fn bulk_result(r: Result<dps_proto::model::service::BulkOperationResult, ApiError>, what: &str) {
+    match r {
+        Ok(result) => {
+            assert_eq!(result.is_successful, result.errors.is_empty(), "{what}: {result:?}");
+            round_trip(&result, "BulkOperationResult");
+        }
+        Err(e) => client_error(&e, what),
+    }
+}
+
+/// The in-memory hub has no storage to fail: any other error is the client's (a 4xx).
+fn not_a_storage_error(e: &RegistryError, what: &str) {
+    assert!(!matches!(e, RegistryError::Storage(_)), "{what}: {e}");
+}
+
+/// A device in the hub with SAS keys, and its MQTT session's identity.
+async fn hub_device(hub: &Hub) -> Device {
+    hub.put_device(
+        Device {
+            device_id: DEVICE.into(),
+            authentication: Some(AuthenticationMechanism {
+                kind: "sas".into(),
+                symmetric_key: Some(SymmetricKey {
+                    primary_key: Some(KEY.into()),
+                    secondary_key: Some(KEY.into()),
+                }),
+                x509_thumbprint: None,
+            }),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .expect("the fixture device is valid")
+}
+
+/// Hub bodies: a reported-properties patch published by a connected device (MQTT), and the
+/// registry API's twin replace (`PUT /twins/{id}`), twin patch (`PATCH /twins/{id}`) and device
+/// (`PUT /devices/{id}`) bodies, through the in-memory hub.
+pub fn hub_body(data: &[u8]) {
+    let hub = hub();
+    block_on(async {
+        hub_device(&hub).await;
+
+        // The device's own MQTT session: reported patch, then a twin GET that must still work.
+        let username = HubUsername::parse(&hub_mqtt::username(HUB_HOST, DEVICE, "2021-04-12")).expect("our username");
+        let token = sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None)
+            .expect("KEY is base64");
+        let identity = hub
+            .authenticate(now_unix(), &username, Some(token.as_bytes()), None)
+            .expect("the fixture device authenticates");
+        let (session, _outbound) = hub.open_session(identity).expect("a session opens");
+        let _ = session
+            .handle_publish(now(), &hub_mqtt::reported_patch_topic("1"), data)
+            .await;
+        let got = session
+            .handle_publish(now(), &hub_mqtt::twin_get_topic("2"), b"")
+            .await
+            .expect("a twin GET after any reported patch is answered");
+        for out in &got {
+            serde_json::from_slice::<serde_json::Value>(&out.payload).expect("the twin document is JSON");
+        }
+        drop(session);
+
+        if let Some(twin) = parse::<Twin>(data) {
+            round_trip(&twin, "Twin");
+            for (replace, what) in [(true, "replace twin"), (false, "patch twin")] {
+                let result = if replace {
+                    hub.replace_twin(DEVICE, twin.clone(), None).await
+                } else {
+                    hub.patch_twin(DEVICE, twin.clone(), None).await
+                };
+                if let Ok(t) = result {
+                    round_trip(&t, what);
+                    assert_eq!(
+                        hub.get_twin(DEVICE).as_ref(),
+                        Some(&t),
+                        "{what}: the twin reads back as answered"
+                    );
+                }
+            }
+        }
+
+        if let Some(device) = parse::<Device>(data) {
+            round_trip(&device, "Device");
+            let id = device.device_id.clone();
+            let existed = hub.get_device(&id).is_some();
+            match hub.put_device(device, None).await {
+                Ok(d) => {
+                    round_trip(&d, "Device response");
+                    assert!(hub.get_device(&d.device_id).is_some(), "an accepted device reads back");
+                }
+                Err(e) => {
+                    not_a_storage_error(&e, "put device");
+                    assert_eq!(hub.get_device(&id).is_some(), existed, "a refused device was stored");
+                }
+            }
+        }
+    });
+}

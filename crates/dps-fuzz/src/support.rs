@@ -1,0 +1,123 @@
+//! What several targets share: an async executor, the fixed time, in-memory byte streams and a
+//! provisioning engine with an embedded hub, all in memory.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use chrono::{DateTime, TimeZone, Utc};
+use dps_core::store::memory::MemoryStore;
+use dps_core::{Engine, EngineConfig, FakeClock, LinkedHub};
+use dps_hub::{Hub, HubConfig};
+use dps_proto::model::service::AllocationPolicy;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The ID scope of the fuzzing engine.
+pub const ID_SCOPE: &str = "0ne00FUZZ01";
+/// The embedded hub's host name.
+pub const HUB_HOST: &str = "hub.fuzz.test";
+/// A symmetric key (base64 of 32 bytes) for the devices and enrollments the fixtures create.
+pub const KEY: &str = "ZnV6emluZy1rZXktZm9yLWRwcy0wMTIzNDU2Nzg5YWI=";
+/// The device / registration id the fixtures provision.
+pub const DEVICE: &str = "fuzz-device";
+
+/// The one instant every target runs at (the engine and the hub never read the system clock).
+/// Certificates in the seed corpus were issued in December 2026 and are valid then.
+pub fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0)
+        .single()
+        .expect("a valid date")
+}
+
+/// Seconds since the epoch at [`now`].
+pub fn now_unix() -> u64 {
+    now().timestamp().unsigned_abs()
+}
+
+thread_local! {
+    /// One current-thread runtime per thread (the replay test runs targets on several threads).
+    static RUNTIME: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
+}
+
+/// Runs a future to completion on this thread's runtime. No timers or I/O drivers are used by the
+/// targets, so the runtime is built without them.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    RUNTIME.with(|rt| {
+        let mut rt = rt.borrow_mut();
+        let rt = rt.get_or_insert_with(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime")
+        });
+        rt.block_on(f)
+    })
+}
+
+/// A byte stream that reads `data` in chunks of at most `chunk` bytes (so parsers see packets
+/// split at arbitrary points, as TCP delivers them) and discards what is written to it.
+pub struct ReplayStream<'a> {
+    data: &'a [u8],
+    chunk: usize,
+}
+
+impl<'a> ReplayStream<'a> {
+    /// A stream over `data`; `chunk` is clamped to at least 1.
+    pub fn new(data: &'a [u8], chunk: usize) -> Self {
+        Self {
+            data,
+            chunk: chunk.max(1),
+        }
+    }
+}
+
+impl AsyncRead for ReplayStream<'_> {
+    fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let n = this.data.len().min(this.chunk).min(buf.remaining());
+        let (head, rest) = this.data.split_at(n);
+        buf.put_slice(head);
+        this.data = rest;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ReplayStream<'_> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A fresh in-memory hub at the fixed time.
+pub fn hub() -> Hub {
+    Hub::open_with_clock(HubConfig::in_memory(HUB_HOST), Arc::new(FakeClock::at(now()))).expect("an in-memory hub")
+}
+
+/// A fresh engine over an in-memory store, linked to `hub`, configured as `dps serve` configures
+/// its own.
+pub fn engine(hub: &Hub) -> Engine {
+    Engine::new(
+        EngineConfig {
+            id_scope: ID_SCOPE.into(),
+            linked_hubs: vec![LinkedHub {
+                host_name: HUB_HOST.into(),
+                allocation_weight: 1,
+                apply_allocation_policy: true,
+            }],
+            default_allocation: AllocationPolicy::Hashed,
+            retry_after_secs: 3,
+            immediate_assignment: false,
+        },
+        Arc::new(MemoryStore::new()),
+        Arc::new(hub.clone()),
+    )
+}

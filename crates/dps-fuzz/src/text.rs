@@ -1,0 +1,163 @@
+//! Text credentials and identifiers: SAS tokens, connection strings, registration ids, REST
+//! paths and query strings.
+
+use dps_proto::connection_string::ConnectionString;
+use dps_proto::sas::{self, SasToken};
+use dps_proto::{api_version, registration_id as rid};
+use dps_server::http::route::{self, QueryParams};
+use dps_server::http::websocket;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Uri};
+
+use crate::support::{now_unix, KEY};
+
+/// SAS tokens (MQTT password, HTTP `Authorization`), parsed and checked as the engine and the
+/// hub do. A parsed token rebuilt from its fields parses to the same token, and a token signed
+/// for its audience verifies.
+pub fn sas_token(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(token) = SasToken::parse(text) else {
+        return;
+    };
+    let audience = token.audience();
+    let _ = token.check_expiry(now_unix());
+    let _ = token.check_audience_eq("0ne00FUZZ01/registrations/fuzz-device");
+    let _ = token.check_audience_prefix("hub.fuzz.test/devices/fuzz-device");
+    assert!(token.verify_signature(["not base64!"]).is_err());
+    let _ = token.verify_signature([KEY]);
+    let _ = token.verify_signature_raw(b"raw key");
+
+    // The same fields, written canonically, are the same token (the signed fields kept raw).
+    let sig = sas::encode_component(&base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &token.signature,
+    ));
+    let mut again = format!(
+        "SharedAccessSignature sr={}&se={}&sig={sig}",
+        token.sr_raw, token.se_raw
+    );
+    if let Some(skn) = &token.key_name {
+        again.push_str("&skn=");
+        again.push_str(&sas::encode_component(skn));
+    }
+    assert_eq!(SasToken::parse(&again).as_ref(), Ok(&token), "{again}");
+
+    // A token we sign for this audience verifies and names it.
+    let built = sas::build_token(&audience, KEY, token.expiry, token.key_name.as_deref()).expect("KEY is base64");
+    let signed = SasToken::parse(&built).unwrap_or_else(|e| panic!("{built}: {e}"));
+    assert_eq!(signed.verify_signature([KEY]), Ok(0), "{built}");
+    assert_eq!(signed.check_audience_eq(&audience), Ok(()), "{built}");
+    assert_eq!(signed.key_name, token.key_name, "{built}");
+}
+
+/// Connection strings (`dps` CLI and device client input): parse → format → parse is the same.
+pub fn connection_string(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(cs) = ConnectionString::parse(text) else {
+        return;
+    };
+    assert!(!cs.host_name.is_empty());
+    let again = cs.to_string();
+    assert_eq!(ConnectionString::parse(&again).as_ref(), Ok(&cs), "{again}");
+}
+
+/// Registration ids and enrollment-group ids: a valid id is 1–128 characters of
+/// `[A-Za-z0-9-._:]`, its storage key is valid too, and it survives percent-encoding into a URL.
+pub fn registration_id(data: &[u8]) {
+    let Ok(id) = std::str::from_utf8(data) else {
+        return;
+    };
+    let key = rid::key(id);
+    assert_eq!(rid::key(&key), key, "the key is idempotent");
+    if rid::validate(id).is_ok() {
+        assert!((1..=128).contains(&id.len()), "valid ids are 1-128 ASCII characters");
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b)));
+        assert_eq!(rid::validate(&key), Ok(()), "the key of a valid id is valid");
+        let path = format!("/enrollments/{}", dps_proto::sas::encode_component(id));
+        assert_eq!(
+            route::route(&Method::GET, &path),
+            Ok(route::Route::GetEnrollment(id.to_string())),
+            "{path}"
+        );
+    }
+}
+
+const METHODS: [Method; 8] = [
+    Method::GET,
+    Method::PUT,
+    Method::POST,
+    Method::DELETE,
+    Method::PATCH,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::TRACE,
+];
+
+/// The header block after the request target: `name: value` lines, the ones hyper would accept.
+fn headers(block: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for line in block.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// REST requests: the first byte picks the method, then comes the request target as hyper hands
+/// it over (parsed by `http::Uri`, as hyper does), then optionally a newline and header lines.
+/// The dispatcher and the query parser must not panic, re-encoding the decoded path segments must
+/// route the same, and the WebSocket upgrade check (`/$iothub/websocket`) judges the headers.
+pub fn rest_path(data: &[u8]) {
+    let Some((m, request)) = data.split_first() else {
+        return;
+    };
+    let (target, header_block) = match request.iter().position(|b| *b == b'\n') {
+        Some(i) => (&request[..i], &request[i + 1..]),
+        None => (request, &[][..]),
+    };
+    if let Ok(accepted) = websocket::check_handshake(&headers(header_block)) {
+        assert_eq!(accepted.accept().len(), 28, "Sec-WebSocket-Accept is base64 of a SHA-1");
+        assert!(accepted.protocol().as_bytes().eq_ignore_ascii_case(b"mqtt"));
+    }
+    let method = &METHODS[usize::from(*m) % METHODS.len()];
+    let Ok(uri) = Uri::try_from(target) else {
+        // hyper answers 400 before routing; the dispatcher still must survive any &str.
+        if let Ok(s) = std::str::from_utf8(target) {
+            let _ = route::route(method, s);
+        }
+        return;
+    };
+    let path = uri.path();
+    let routed = route::route(method, path);
+    if let Ok(r) = &routed {
+        let _ = r.api();
+    }
+    if let Some(segs) = route::segments(path) {
+        let again = format!(
+            "/{}/",
+            segs.iter()
+                .map(|s| dps_proto::sas::encode_component(s))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        assert_eq!(route::segments(&again).as_ref(), Some(&segs), "{again}");
+        assert_eq!(route::route(method, &again), routed, "{path} vs {again}");
+    }
+    let query = QueryParams::parse(uri.query());
+    let given = query.get("api-version");
+    for supported in [api_version::DEVICE, api_version::SERVICE, api_version::HUB] {
+        if api_version::check(given, supported).is_ok() {
+            assert!(given.is_some_and(|g| supported.iter().any(|s| s.eq_ignore_ascii_case(g.trim()))));
+        }
+    }
+    let _ = route::percent_decode(uri.query().unwrap_or_default());
+}
