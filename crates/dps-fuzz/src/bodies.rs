@@ -30,13 +30,13 @@ fn client_error(e: &ApiError, what: &str) {
     );
 }
 
-/// `serde_json::from_slice` exactly as `dps_server::http` parses bodies (after refusing an
+/// `dps_proto::model::from_json` exactly as `dps_server::http` parses bodies (after refusing an
 /// all-whitespace body).
 fn parse<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
     if data.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    serde_json::from_slice(data).ok()
+    dps_proto::model::from_json(data).ok()
 }
 
 /// The register request body (`DeviceRegistration`, HTTP and MQTT), through

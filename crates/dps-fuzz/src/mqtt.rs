@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use dps_proto::dps_mqtt::{self, DpsRequestTopic, DpsUsername};
 use dps_proto::hub_mqtt::{self, HubPublish, HubUsername};
 use dps_proto::registration_id;
-use dps_server::mqtt::framed::Framed;
+use dps_server::mqtt::framed::{First, Framed};
 use dps_server::ws::{server_config, WsByteStream};
 use rumqttc::mqttbytes::v4::Packet;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,17 +18,32 @@ fn max_packet() -> usize {
     dps_server::mqtt::max_packet_bytes(&dps_server::ServerConfig::defaults())
 }
 
-/// How many bytes a read hands the parser at a time: from the first input byte, so the fuzzer
-/// explores packets split at every point.
-fn chunk_of(data: &[u8]) -> (usize, &[u8]) {
+/// How a read hands the parser its bytes, from the first input byte: its low six bits give the
+/// chunk size (so the fuzzer explores packets split at every point), its top bit whether the
+/// stream is read as a connection's start (see [`drain`]).
+fn chunk_of(data: &[u8]) -> (usize, bool, &[u8]) {
     match data.split_first() {
-        Some((c, rest)) => (usize::from(*c) % 64 + 1, rest),
-        None => (1, data),
+        Some((c, rest)) => (usize::from(*c) % 64 + 1, c & 0x80 != 0, rest),
+        None => (1, false, data),
     }
 }
 
-/// Reads packets as the server does until the stream ends or fails, checking each.
-async fn drain<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Framed<S>) {
+/// Reads packets as the server does until the stream ends or fails, checking each. With
+/// `from_start`, the first packet goes through [`Framed::first`] — the raw-header checks of
+/// `dps_proto::mqtt_header` and the CONNECT size cap an unauthenticated client gets — as on a
+/// new connection; without, every packet goes through [`Framed::next`], as in a session.
+async fn drain<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Framed<S>, from_start: bool) {
+    if from_start {
+        match io.first(dps_server::mqtt::MAX_CONNECT_BYTES).await {
+            Ok(Some(First::Connect(c))) => check_packet(&Packet::Connect(c)),
+            // The server answers CONNACK 1 and closes; nothing more is read.
+            Ok(Some(First::UnacceptableLevel(level))) => {
+                assert_ne!(level, dps_proto::mqtt_header::PROTOCOL_LEVEL, "3.1.1 is acceptable");
+                return;
+            }
+            Ok(None) | Err(_) => return,
+        }
+    }
     // A packet is at least 2 bytes, so this bounds the loop by the input size.
     while let Ok(Some(packet)) = io.next().await {
         check_packet(&packet);
@@ -55,10 +70,10 @@ fn check_packet(packet: &Packet) {
 /// rumqttc v4 codec under the server's packet size limit) over a stream delivering the input in
 /// chunks. The first byte picks the chunk size.
 pub fn mqtt_packet(data: &[u8]) {
-    let (chunk, data) = chunk_of(data);
+    let (chunk, from_start, data) = chunk_of(data);
     block_on(async {
         let mut io = Framed::new(ReplayStream::new(data, chunk), max_packet());
-        drain(&mut io).await;
+        drain(&mut io, from_start).await;
     });
 }
 
@@ -66,12 +81,12 @@ pub fn mqtt_packet(data: &[u8]) {
 /// server's WebSocket configuration, `dps_server::ws::WsByteStream` turning binary messages
 /// into a byte stream, and the MQTT framing on top. Pings are answered into a sink.
 pub fn websocket_frames(data: &[u8]) {
-    let (chunk, data) = chunk_of(data);
+    let (chunk, from_start, data) = chunk_of(data);
     block_on(async {
         let stream = ReplayStream::new(data, chunk);
         let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(server_config(max_packet()))).await;
         let mut io = Framed::new(WsByteStream::new(ws), max_packet());
-        drain(&mut io).await;
+        drain(&mut io, from_start).await;
     });
 }
 

@@ -116,6 +116,8 @@ pub fn engine(hub: &Hub) -> Engine {
             default_allocation: AllocationPolicy::Hashed,
             retry_after_secs: 3,
             immediate_assignment: false,
+            // Every input runs at the same fixed instant: quotas would refuse all but the first.
+            quotas: dps_core::QuotaConfig::UNLIMITED,
         },
         Arc::new(MemoryStore::new()),
         Arc::new(hub.clone()),

@@ -124,7 +124,8 @@ pub fn rest_path(data: &[u8]) {
         Some(i) => (&request[..i], &request[i + 1..]),
         None => (request, &[][..]),
     };
-    if let Ok(accepted) = websocket::check_handshake(&headers(header_block)) {
+    let headers = headers(header_block);
+    if let Ok(accepted) = websocket::check_handshake(&headers) {
         assert_eq!(accepted.accept().len(), 28, "Sec-WebSocket-Accept is base64 of a SHA-1");
         assert!(accepted.protocol().as_bytes().eq_ignore_ascii_case(b"mqtt"));
     }
@@ -137,9 +138,25 @@ pub fn rest_path(data: &[u8]) {
         return;
     };
     let path = uri.path();
+    // The Host check, with the server's own names: accepted only for one of them, and the SAS
+    // audience a route needs is built from those names, never from the header.
+    let names = ["dps.example.test", "127.0.0.1", "::1"];
+    let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
+    if dps_server::http::host::check_host(host, uri.authority().map(|a| a.as_str()), names, 443).is_ok() {
+        let h = host.map(str::trim).unwrap_or_default().to_ascii_lowercase();
+        let audiences = dps_server::http::host::audience_hosts(names, 443);
+        assert!(
+            audiences
+                .iter()
+                .any(|a| h.trim_end_matches('.') == a || h.starts_with(a.as_str())),
+            "accepted Host {h:?} names none of {audiences:?}"
+        );
+    }
     let routed = route::route(method, path);
     if let Ok(r) = &routed {
         let _ = r.api();
+        let audience = r.audience_path();
+        assert!(audience.starts_with('/'), "{audience}");
     }
     if let Some(segs) = route::segments(path) {
         let again = format!(

@@ -11,7 +11,7 @@ use dps_core::ApiError;
 /// The names a SAS audience may start with: each of `names` as is and with `:port` (SDKs put
 /// `host:port` in a connection string's HostName, and sign it, when the port is not 443).
 /// IPv6 literals also appear in brackets. Lower-cased, without duplicates.
-pub(crate) fn audience_hosts<'a>(names: impl IntoIterator<Item = &'a str>, port: u16) -> Vec<String> {
+pub fn audience_hosts<'a>(names: impl IntoIterator<Item = &'a str>, port: u16) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut push = |s: String| {
         if !out.contains(&s) {
@@ -58,7 +58,7 @@ fn split_host(value: &str) -> Option<(&str, Option<u16>)> {
 /// when there is one) against the server's `names` and `port`: the name must be one of them
 /// (case-insensitive, a trailing dot ignored) and the port, if given, the server's. A 400 that
 /// lists the accepted names otherwise.
-pub(crate) fn check_host<'a>(
+pub fn check_host<'a>(
     host_header: Option<&str>,
     uri_authority: Option<&str>,
     names: impl IntoIterator<Item = &'a str> + Clone,

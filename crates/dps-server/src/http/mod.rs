@@ -18,7 +18,7 @@
 mod deadline;
 mod device;
 mod events;
-mod host;
+pub mod host;
 mod hub;
 pub mod route;
 mod service;
