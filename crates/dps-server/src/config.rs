@@ -95,6 +95,24 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Refuses settings that would stop the server from serving anyone: a zero connection cap
+    /// refuses every connection and a zero deadline times out every request or session at
+    /// once. (The quotas take 0 as "off"; zero telemetry retention keeps nothing, on purpose.)
+    pub fn validate(&self) -> Result<(), String> {
+        let zero = [
+            ("max-connections", self.max_connections as u64),
+            ("max-connections-per-ip", self.max_connections_per_ip as u64),
+            ("request-timeout-secs", self.request_timeout_secs),
+            ("dps-session-timeout-secs", self.dps_session_timeout_secs),
+        ];
+        match zero.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!(
+                "limits: {name} must be at least 1 (0 would refuse every client)"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// [`Limits::request_timeout_secs`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
@@ -236,5 +254,9 @@ mod tests {
         assert_eq!(c.limits.max_connections_per_ip, 50);
         assert_eq!(c.limits.max_connections, Limits::default().max_connections);
         assert!(toml::from_str::<FileConfig>("[limits]\nmax-conections = 1\n").is_err());
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let zero: FileConfig = toml::from_str("[limits]\nrequest-timeout-secs = 0\n").unwrap();
+        let err = ServerConfig::defaults().merge_file(zero).limits.validate().unwrap_err();
+        assert!(err.contains("request-timeout-secs must be at least 1"), "{err}");
     }
 }

@@ -38,6 +38,9 @@ pub enum StartError {
         /// How to fix it.
         hint: String,
     },
+    /// A setting makes no sense (a zero deadline or connection cap, see [`crate::Limits::validate`]).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The data directory, certificates or databases could not be set up.
     #[error("{0:#}")]
     Init(#[from] anyhow::Error),
@@ -69,6 +72,7 @@ impl RunningServer {
 
 /// Initializes (or reuses) the data directory and starts listening.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    config.limits.validate().map_err(StartError::Config)?;
     let dir = DataDir::new(&config.data_dir);
     let (identity, initialized) = dir.init_identity(&config.default_hub_host(), config.hub_hostname.as_deref())?;
     let (chain, key) = match (&config.tls_cert, &config.tls_key) {

@@ -50,11 +50,21 @@ pub struct DeviceRequest {
 
 /// How long a completed operation can be polled from memory before polls fall back to the store.
 const OPERATION_TTL: Duration = Duration::from_secs(600);
-/// Completed operations kept in memory before expired ones are swept.
-const OPERATION_SWEEP_THRESHOLD: usize = 100_000;
+/// Most completed operations kept in memory (about 1 KB each, so ~100 MB).
+///
+/// Why a cap as well as the TTL: at the default registration quota (10,000/s) ten minutes of
+/// operations would be six million entries. Devices poll seconds after registering (the
+/// retry-after is 1-3 s), so when the cap is reached the oldest entries go first: a poll of an
+/// evicted operation is still answered from the registration record, only TPM devices (whose
+/// challenge was spent) must ask for a new challenge, and only after the cache had turned over.
+const OPERATION_CACHE_CAP: usize = 100_000;
+/// Inserts between checks of the cap, so the O(n) sweep costs a few hundred nanoseconds per
+/// insert; the cache can exceed the cap by at most this many entries.
+const OPERATION_SWEEP_EVERY: u64 = 1024;
 
 /// Completed operations by id. Polls are answered from here without touching the store; a poll
-/// after a restart falls back to the registration record, which carries its operation id.
+/// after a restart (or after eviction) falls back to the registration record, which carries its
+/// operation id.
 #[derive(Default)]
 pub(crate) struct OperationCache {
     ops: DashMap<String, CachedOperation>,
@@ -74,11 +84,37 @@ struct CachedOperation {
 
 impl OperationCache {
     fn insert(&self, now: DateTime<Utc>, op: CachedOperation) {
+        self.insert_bounded(now, op, OPERATION_CACHE_CAP);
+    }
+
+    /// Inserts, and every [`OPERATION_SWEEP_EVERY`] inserts past `cap` drops expired entries,
+    /// then (if still over) keeps only the newest: the age kept halves until the cache fits.
+    /// No lock beyond DashMap's per-shard ones, so registrations never queue behind a sweep of
+    /// another shard.
+    fn insert_bounded(&self, now: DateTime<Utc>, op: CachedOperation, cap: usize) {
         let n = self.inserts.fetch_add(1, Ordering::Relaxed);
-        if n.is_multiple_of(1024) && self.ops.len() > OPERATION_SWEEP_THRESHOLD {
+        if n.is_multiple_of(OPERATION_SWEEP_EVERY) && self.ops.len() > cap {
+            let ttl = chrono::Duration::from_std(OPERATION_TTL).unwrap_or_default();
+            let mut kept_age = ttl;
+            // expires = created + TTL, so "created after now - age" is "expires after now + TTL - age".
             self.ops.retain(|_, o| o.expires > now);
+            while self.ops.len() > cap && kept_age > chrono::Duration::milliseconds(1) {
+                kept_age = kept_age / 2;
+                let horizon = now + ttl - kept_age;
+                self.ops.retain(|_, o| o.expires > horizon);
+            }
+            tracing::debug!(
+                entries = self.ops.len(),
+                kept_secs = kept_age.num_seconds(),
+                "operation cache swept"
+            );
         }
         self.ops.insert(op.body.operation_id.clone(), op);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ops.len()
     }
 }
 
@@ -842,5 +878,62 @@ impl Engine {
                 Ok(best)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn op(id: usize, created: DateTime<Utc>) -> CachedOperation {
+        CachedOperation {
+            registration_key: format!("d{id}"),
+            credential_digest: [0; 32],
+            credential_valid_until: None,
+            body: RegistrationOperationStatus {
+                operation_id: format!("op{id}"),
+                status: RegistrationStatus::Assigned,
+                registration_state: RegistrationState::default(),
+            },
+            expires: created + chrono::Duration::from_std(OPERATION_TTL).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_full_cache_keeps_the_newest_operations_within_its_cap() {
+        let cache = OperationCache::default();
+        let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let cap = 2_000;
+        // 10,000 operations, one every 10 ms, all within the TTL: only the cap bounds them.
+        for i in 0..10_000 {
+            let now = start + chrono::Duration::milliseconds(10 * i as i64);
+            cache.insert_bounded(now, op(i, now), cap);
+            assert!(
+                cache.len() <= cap + OPERATION_SWEEP_EVERY as usize + 1,
+                "{} entries after {i}",
+                cache.len()
+            );
+        }
+        // The newest are still answered from memory, the oldest were evicted first.
+        assert!(cache.ops.contains_key("op9999"));
+        assert!(!cache.ops.contains_key("op0"));
+    }
+
+    #[test]
+    fn expired_operations_go_before_live_ones() {
+        let cache = OperationCache::default();
+        let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        for i in 0..1_500 {
+            cache.insert_bounded(start, op(i, start), 1_000);
+        }
+        // Past the TTL of the first batch: the next sweep drops all of it, and nothing younger.
+        let later = start + chrono::Duration::from_std(OPERATION_TTL).unwrap() + chrono::Duration::seconds(1);
+        for i in 1_500..(2 * OPERATION_SWEEP_EVERY as usize + 1_500) {
+            cache.insert_bounded(later, op(i, later), 1_000);
+        }
+        assert!(!cache.ops.contains_key("op0"));
+        assert!(cache
+            .ops
+            .contains_key(&format!("op{}", 2 * OPERATION_SWEEP_EVERY as usize + 1_499)));
     }
 }
