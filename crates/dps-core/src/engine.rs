@@ -31,6 +31,18 @@ pub struct LinkedHub {
     pub apply_allocation_policy: bool,
 }
 
+impl LinkedHub {
+    /// A hub with weight 1 that allocation policies may pick: what a hub linked without options
+    /// is in Azure.
+    pub fn new(host_name: impl Into<String>) -> Self {
+        Self {
+            host_name: host_name.into(),
+            allocation_weight: 1,
+            apply_allocation_policy: true,
+        }
+    }
+}
+
 /// Static configuration of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -50,6 +62,22 @@ pub struct EngineConfig {
     pub immediate_assignment: bool,
     /// Rate limits on the device API (Azure's DPS quotas), answered with `429` + retry-after.
     pub quotas: crate::quota::QuotaConfig,
+}
+
+impl EngineConfig {
+    /// One linked hub, hashed allocation, retry-after 3 s, Azure's polling flow and the default
+    /// quotas: `dps serve`'s configuration before its options are applied, and the usual
+    /// starting point of a test.
+    pub fn single_hub(id_scope: impl Into<String>, hub_host_name: impl Into<String>) -> Self {
+        Self {
+            id_scope: id_scope.into(),
+            linked_hubs: vec![LinkedHub::new(hub_host_name)],
+            default_allocation: AllocationPolicy::Hashed,
+            retry_after_secs: 3,
+            immediate_assignment: false,
+            quotas: crate::quota::QuotaConfig::DEFAULT,
+        }
+    }
 }
 
 /// A device-API reply: HTTP status (202 while assigning, 200 when done), optional retry-after,

@@ -149,19 +149,15 @@ fn exp() -> u64 {
 /// A process's worth of engine over the "durable" store and hub, as after a (re)start.
 async fn start(store: &Arc<MemoryStore>, hub: &Arc<CrashHub>) -> Engine {
     let config = EngineConfig {
-        id_scope: SCOPE.into(),
-        linked_hubs: [HUB, HUB2]
-            .into_iter()
-            .map(|h| LinkedHub {
-                host_name: h.into(),
-                allocation_weight: 1,
-                apply_allocation_policy: h == HUB,
-            })
-            .collect(),
-        default_allocation: AllocationPolicy::Hashed,
-        retry_after_secs: 3,
+        linked_hubs: vec![
+            LinkedHub::new(HUB),
+            LinkedHub {
+                apply_allocation_policy: false,
+                ..LinkedHub::new(HUB2)
+            },
+        ],
         immediate_assignment: true,
-        quotas: dps_core::QuotaConfig::DEFAULT,
+        ..EngineConfig::single_hub(SCOPE, HUB)
     };
     let e = Engine::new(config, store.clone(), hub.clone());
     e.load().await.unwrap();
@@ -398,16 +394,8 @@ async fn a_hub_that_refuses_leaves_neither_identity_nor_record_nor_intent() {
     *hub.refuse.lock() = true;
     let e = Engine::new(
         EngineConfig {
-            id_scope: SCOPE.into(),
-            linked_hubs: vec![LinkedHub {
-                host_name: HUB.into(),
-                allocation_weight: 1,
-                apply_allocation_policy: true,
-            }],
-            default_allocation: AllocationPolicy::Hashed,
-            retry_after_secs: 3,
             immediate_assignment: true,
-            quotas: dps_core::QuotaConfig::DEFAULT,
+            ..EngineConfig::single_hub(SCOPE, HUB)
         },
         store.clone(),
         hub.clone(),

@@ -9,9 +9,8 @@ use std::task::{Context, Poll};
 
 use chrono::{DateTime, TimeZone, Utc};
 use dps_core::store::memory::MemoryStore;
-use dps_core::{Engine, EngineConfig, FakeClock, LinkedHub};
+use dps_core::{Engine, EngineConfig, FakeClock};
 use dps_hub::{Hub, HubConfig};
-use dps_proto::model::service::AllocationPolicy;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The ID scope of the fuzzing engine.
@@ -107,17 +106,9 @@ pub fn hub() -> Hub {
 pub fn engine(hub: &Hub) -> Engine {
     Engine::new(
         EngineConfig {
-            id_scope: ID_SCOPE.into(),
-            linked_hubs: vec![LinkedHub {
-                host_name: HUB_HOST.into(),
-                allocation_weight: 1,
-                apply_allocation_policy: true,
-            }],
-            default_allocation: AllocationPolicy::Hashed,
-            retry_after_secs: 3,
-            immediate_assignment: false,
             // Every input runs at the same fixed instant: quotas would refuse all but the first.
             quotas: dps_core::QuotaConfig::UNLIMITED,
+            ..EngineConfig::single_hub(ID_SCOPE, HUB_HOST)
         },
         Arc::new(MemoryStore::new()),
         Arc::new(hub.clone()),

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dps_core::auth::PolicyAuthorizer;
-use dps_core::{Engine, EngineConfig, LinkedHub, QuotaConfig, SystemClock};
-use dps_proto::model::service::AllocationPolicy;
+use dps_core::{Engine, EngineConfig, QuotaConfig, SystemClock};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -109,14 +108,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     .map_err(anyhow::Error::from)?;
     let engine = Engine::new(
         EngineConfig {
-            id_scope: identity.id_scope.clone(),
-            linked_hubs: vec![LinkedHub {
-                host_name: identity.hub.host_name.clone(),
-                allocation_weight: 1,
-                apply_allocation_policy: true,
-            }],
-            default_allocation: AllocationPolicy::Hashed,
-            retry_after_secs: 3,
             immediate_assignment: config.immediate_assignment,
             quotas: QuotaConfig {
                 registrations_per_second: config.limits.registrations_per_second,
@@ -124,6 +115,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                 polls_per_device_per_10s: config.limits.polls_per_device_per_10s,
                 ..QuotaConfig::DEFAULT
             },
+            ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
         Arc::new(store),
         Arc::new(hub.clone()),

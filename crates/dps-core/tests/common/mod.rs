@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dps_core::store::memory::MemoryStore;
-use dps_core::{DeviceProvisioning, Engine, EngineConfig, HubError, HubRegistry, LinkedHub, UpsertOutcome};
-use dps_proto::model::service::AllocationPolicy;
+use dps_core::{DeviceProvisioning, Engine, EngineConfig, HubError, HubRegistry, UpsertOutcome};
 use parking_lot::Mutex;
 
 pub const SCOPE: &str = "0ne00ABCDEF";
@@ -52,18 +51,7 @@ pub async fn engine() -> (Engine, Arc<FakeHub>) {
 #[allow(dead_code)] // not every test binary tweaks the configuration
 pub async fn engine_with(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, Arc<FakeHub>) {
     let hub = Arc::new(FakeHub::default());
-    let mut config = EngineConfig {
-        id_scope: SCOPE.into(),
-        linked_hubs: vec![LinkedHub {
-            host_name: HUB.into(),
-            allocation_weight: 1,
-            apply_allocation_policy: true,
-        }],
-        default_allocation: AllocationPolicy::Hashed,
-        retry_after_secs: 3,
-        immediate_assignment: false,
-        quotas: dps_core::QuotaConfig::DEFAULT,
-    };
+    let mut config = EngineConfig::single_hub(SCOPE, HUB);
     tweak(&mut config);
     let e = Engine::new(config, Arc::new(MemoryStore::new()), hub.clone());
     e.load().await.unwrap();

@@ -10,11 +10,10 @@ use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use dps_core::auth::{PolicyAuthorizer, SharedAccessPolicy};
 use dps_core::store::memory::MemoryStore;
-use dps_core::{Engine, EngineConfig, FakeClock, LinkedHub};
+use dps_core::{Engine, EngineConfig, FakeClock};
 use dps_hub::{Hub, HubConfig};
 use dps_proto::codes;
 use dps_proto::hub_mqtt::HubUsername;
-use dps_proto::model::service::AllocationPolicy;
 use dps_proto::sas::build_token;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -56,18 +55,7 @@ async fn fixture() -> Fixture {
     let clock = Arc::new(FakeClock::at(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()));
     let hub = Hub::open_with_clock(HubConfig::in_memory(HUB_HOST), clock.clone()).unwrap();
     let engine = Engine::new(
-        EngineConfig {
-            id_scope: SCOPE.into(),
-            linked_hubs: vec![LinkedHub {
-                host_name: HUB_HOST.into(),
-                allocation_weight: 1,
-                apply_allocation_policy: true,
-            }],
-            default_allocation: AllocationPolicy::Hashed,
-            retry_after_secs: 3,
-            immediate_assignment: false,
-            quotas: dps_core::QuotaConfig::DEFAULT,
-        },
+        EngineConfig::single_hub(SCOPE, HUB_HOST),
         Arc::new(MemoryStore::new()),
         Arc::new(hub.clone()),
     );
