@@ -22,8 +22,6 @@ pub mod host;
 mod hub;
 pub mod route;
 mod service;
-#[cfg(test)]
-mod tests;
 pub mod websocket;
 
 use std::sync::Arc;

@@ -1,8 +1,11 @@
 //! What the in-process server tests share: a `dps serve` on a loopback address with one
-//! symmetric-key enrollment (`dev-1`, [`KEY`]), and the DPS MQTT credentials for it.
+//! symmetric-key enrollment (`dev-1`, [`KEY`]), and the DPS MQTT credentials for it; and, in
+//! [`router`], the HTTPS router driven without sockets.
 
 // Each test binary uses a different part of what is shared here.
 #![allow(dead_code)]
+
+pub mod router;
 
 use std::net::IpAddr;
 use std::sync::Arc;
