@@ -58,6 +58,18 @@ pub struct DeviceProvisioning {
     pub operation_id: String,
 }
 
+/// A device's data in a hub that reprovisioning with `migrateDeviceData` carries to the device's
+/// new hub: Azure migrates "the device's data (twin, device capabilities, and device ID)" rather
+/// than applying the enrollment's initial configuration again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceData {
+    /// The twin's tags and desired properties (no `$metadata`/`$version`). Reported properties are
+    /// the device's own and it reports them again to its new hub.
+    pub twin: InitialTwin,
+    /// The device's capabilities in the hub.
+    pub capabilities: DeviceCapabilities,
+}
+
 /// What an upsert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpsertOutcome {
@@ -95,4 +107,7 @@ pub trait HubRegistry: Send + Sync + 'static {
     async fn upsert_device(&self, hub: &str, device: &DeviceProvisioning) -> Result<UpsertOutcome, HubError>;
     /// Removes a device identity (after migrating the device to another hub). Absent is not an error.
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), HubError>;
+    /// The data a migration carries from `hub` to another hub; `None` when `hub` holds no such
+    /// device. Changes nothing.
+    async fn device_data(&self, hub: &str, device_id: &str) -> Result<Option<DeviceData>, HubError>;
 }

@@ -21,7 +21,7 @@ pub use engine::{
     Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page, Recovery,
 };
 pub use error::ApiError;
-pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
+pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 pub use quota::{QuotaConfig, Quotas};
 pub use store::{
     CaCertificateRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition,

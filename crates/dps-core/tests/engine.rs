@@ -2,8 +2,7 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use chrono::{TimeZone, Utc};
-use dps_core::{ApiError, Credential, DeviceRequest, Engine, TwinPolicy};
+use dps_core::{Credential, DeviceRequest, TwinPolicy};
 use dps_proto::codes;
 use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::DeviceRegistration;
@@ -12,33 +11,12 @@ use dps_tpm::RsaPublic;
 
 mod common;
 
-use common::{engine, engine_with, sym, HUB};
+use common::{engine, engine_with, exp, now, register_and_poll, sym, HUB};
 const KEY1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY2: &str = "HxwdGhsYGRYXFBUSExAREA8ODQwLCgkIBwYFBAMCAQA=";
 
-fn now() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
-}
-
 fn request(reg: &str, key: &str, expiry: u64) -> DeviceRequest {
     common::sas_request(reg, key, expiry)
-}
-
-async fn register_and_poll(
-    e: &Engine,
-    req: &DeviceRequest,
-) -> Result<dps_proto::model::device::RegistrationOperationStatus, ApiError> {
-    let r = e.register(now(), req, &DeviceRegistration::default()).await?;
-    assert_eq!(r.status, 202);
-    assert_eq!(r.body.status, RegistrationStatus::Assigning);
-    assert_eq!(r.body.registration_state.registration_id, req.registration_id);
-    let p = e.operation_status(now(), req, &r.body.operation_id).await?;
-    assert_eq!(p.status, 200);
-    Ok(p.body)
-}
-
-fn exp() -> u64 {
-    now().timestamp() as u64 + 3600
 }
 
 #[tokio::test]

@@ -6,9 +6,9 @@
 //! nothing, and real writes go through the store's group commit.
 
 use async_trait::async_trait;
-use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
+use dps_core::hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 use dps_proto::model::hub::AuthenticationMechanism;
-use dps_proto::model::service::InitialTwin;
+use dps_proto::model::service::{InitialTwin, InitialTwinProperties};
 use dps_proto::twin_limits::{self, TwinLimitError};
 use serde_json::{Map, Value};
 
@@ -156,5 +156,24 @@ impl HubRegistry for Hub {
             Ok(()) | Err(RegistryError::NotFound { .. }) => Ok(()),
             Err(e) => Err(storage(e)),
         }
+    }
+
+    async fn device_data(&self, hub: &str, device_id: &str) -> Result<Option<DeviceData>, HubError> {
+        if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
+            return Err(HubError::UnknownHub(hub.to_string()));
+        }
+        Ok(self.get_twin(device_id).map(|t| {
+            // The twin view carries `$metadata`/`$version`; the data migrated is the documents.
+            let doc = |m: Option<&Map<String, Value>>| m.map(|m| Value::Object(clean_document(m)));
+            DeviceData {
+                twin: InitialTwin {
+                    tags: doc(t.tags.as_ref()),
+                    properties: Some(InitialTwinProperties {
+                        desired: doc(t.properties.as_ref().and_then(|p| p.desired.as_ref())),
+                    }),
+                },
+                capabilities: t.capabilities.unwrap_or_default(),
+            }
+        }))
     }
 }

@@ -424,6 +424,58 @@ async fn upsert_creates_and_applies_initial_twin() {
     ));
 }
 
+/// `HubRegistry::device_data`: what reprovisioning with `migrateDeviceData` carries to another
+/// hub — the twin's documents without `$` keys, and capabilities — which, provisioned as a new
+/// device's initial twin, gives that device the same twin.
+#[tokio::test]
+async fn device_data_is_what_a_migration_carries() {
+    let hub = hub();
+    assert_eq!(HubRegistry::device_data(&hub, HOST, "p1").await.unwrap(), None);
+    assert!(matches!(
+        HubRegistry::device_data(&hub, "nope.test", "p1").await,
+        Err(HubError::UnknownHub(_))
+    ));
+    let mut first = provisioning("p1", TwinPolicy::Keep);
+    first.capabilities.iot_edge = true;
+    hub.upsert_device(HOST, &first).await.unwrap();
+    hub.patch_twin(
+        "p1",
+        Twin {
+            tags: Some(obj(json!({"owner": "ops"}))),
+            ..desired_patch(json!({"interval": 60, "limits": {"max": 5}}))
+        },
+        None,
+    )
+    .await
+    .unwrap();
+
+    let data = HubRegistry::device_data(&hub, "HUB.example.test", "P1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(data.capabilities.iot_edge);
+    assert_eq!(data.twin.tags, Some(json!({"site": "lab", "owner": "ops"})));
+    assert_eq!(
+        data.twin.properties.as_ref().unwrap().desired,
+        Some(json!({"interval": 60, "mode": "fast", "limits": {"max": 5}}))
+    );
+
+    let moved = DeviceProvisioning {
+        capabilities: data.capabilities,
+        initial_twin: Some(data.twin),
+        ..provisioning("p2", TwinPolicy::Keep)
+    };
+    assert!(hub.upsert_device(HOST, &moved).await.unwrap().created);
+    let (a, b) = (hub.get_twin("p1").unwrap(), hub.get_twin("p2").unwrap());
+    assert_eq!(a.tags, b.tags);
+    let strip = |mut m: Map<String, Value>| {
+        m.retain(|k, _| !k.starts_with('$'));
+        m
+    };
+    assert_eq!(strip(desired_of(&a)), strip(desired_of(&b)));
+    assert_eq!(b.capabilities, Some(DeviceCapabilities { iot_edge: true }));
+}
+
 #[tokio::test]
 async fn persists_devices_and_twins_across_reopen() {
     let dir = tempfile::tempdir().unwrap();

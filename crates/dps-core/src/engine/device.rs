@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::groups::CachedGroup;
 use super::recovery::Incomplete;
 use super::{DeviceResponse, Engine};
-use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
+use crate::hub::{DeviceAuth, DeviceProvisioning, HubError, TwinPolicy};
 use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord};
 use crate::ApiError;
 
@@ -738,6 +738,33 @@ impl Engine {
             },
         };
         let reset = previous.is_some() && !reprovision.migrate_device_data && reprovision.update_hub_assignment;
+        // A device moving to another hub with `migrateDeviceData` takes its data along (twin,
+        // capabilities) instead of the enrollment's initial configuration. Read before the intent
+        // is stored, so that recovery replays the same data after the old identity is gone.
+        let moving_from = previous
+            .as_ref()
+            .filter(|_| reprovision.migrate_device_data)
+            .and_then(|p| {
+                let old_hub = p.state.assigned_hub.as_deref()?;
+                let old_device = p.state.device_id.as_deref().unwrap_or(&device_id);
+                (!old_hub.eq_ignore_ascii_case(&hub)).then_some((old_hub, old_device))
+            });
+        let (initial_twin, capabilities) = match moving_from {
+            None => (initial_twin, capabilities),
+            Some((old_hub, old_device)) => match self.hubs.device_data(old_hub, old_device).await {
+                Ok(Some(data)) => (Some(data.twin), data.capabilities),
+                // Nothing to migrate (deleted from its old hub, or that hub is no longer linked):
+                // the device starts from the enrollment's initial configuration, as a new one.
+                Ok(None) | Err(HubError::UnknownHub(_)) => (initial_twin, capabilities),
+                Err(e) => {
+                    return Err(failed(
+                        RegistrationStatus::Failed,
+                        codes::HUB_UNAUTHORIZED,
+                        format!("cannot read the device's data from its previous hub to migrate it: {e}"),
+                    ))
+                }
+            },
+        };
         let state = RegistrationState {
             registration_id: req.registration_id.clone(),
             created_date_time_utc: Some(
@@ -848,12 +875,14 @@ impl Engine {
         }
         match policy.unwrap_or(self.config.default_allocation) {
             AllocationPolicy::Static => {
-                if candidates.len() == 1 {
+                // Azure: "a single IoT hub, which must be specified on the enrollment"; the linked
+                // hubs are no default, even when there is only one.
+                let found = if named.is_empty() { 0 } else { candidates.len() };
+                if found == 1 {
                     Ok(candidates[0].host_name.clone())
                 } else {
                     Err(format!(
-                        "static allocation needs exactly one IoT hub on the enrollment, found {}",
-                        candidates.len()
+                        "static allocation needs exactly one IoT hub on the enrollment, found {found}"
                     ))
                 }
             }
