@@ -94,10 +94,9 @@ struct Case {
     /// The hub the device is assigned to.
     hub: &'static str,
     substatus: Substatus,
-    /// What that hub holds for the device.
+    /// What that hub holds for the device. When it is not [`HUB`], the identity in [`HUB`] is
+    /// deleted.
     identity: FakeIdentity,
-    /// Whether the device's identity is gone from [`HUB`].
-    left_old_hub: bool,
 }
 
 /// The enrollment moves from [`HUB`] to another hub (or stays) and turns IoT Edge off; the
@@ -127,7 +126,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB2,
             substatus: Substatus::DeviceDataMigrated,
             identity: migrated(),
-            left_old_hub: true,
         },
         Case {
             name: "no policy means update + migrate",
@@ -137,7 +135,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB2,
             substatus: Substatus::DeviceDataMigrated,
             identity: migrated(),
-            left_old_hub: true,
         },
         Case {
             name: "update + migrate through a group",
@@ -147,7 +144,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB2,
             substatus: Substatus::DeviceDataMigrated,
             identity: migrated(),
-            left_old_hub: true,
         },
         Case {
             name: "update + reset, hub changed: the enrollment's initial configuration, the old identity goes",
@@ -157,7 +153,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB2,
             substatus: Substatus::DeviceDataReset,
             identity: reset(),
-            left_old_hub: true,
         },
         Case {
             name: "update + reset through a group",
@@ -167,7 +162,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB2,
             substatus: Substatus::DeviceDataReset,
             identity: reset(),
-            left_old_hub: true,
         },
         Case {
             name: "never reprovision (no update, migrate): stays on its hub, twin kept",
@@ -177,7 +171,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB,
             substatus: Substatus::InitialAssignment,
             identity: kept(),
-            left_old_hub: false,
         },
         Case {
             name: "never reprovision (no update, no migrate): stays on its hub, twin kept",
@@ -187,7 +180,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB,
             substatus: Substatus::InitialAssignment,
             identity: kept(),
-            left_old_hub: false,
         },
         // The hub stays the same.
         Case {
@@ -198,7 +190,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB,
             substatus: Substatus::InitialAssignment,
             identity: kept(),
-            left_old_hub: false,
         },
         Case {
             name: "update + reset, same hub: a factory reset in place",
@@ -208,7 +199,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB,
             substatus: Substatus::DeviceDataReset,
             identity: reset(),
-            left_old_hub: false,
         },
         Case {
             name: "no update + migrate, same hub",
@@ -218,7 +208,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB,
             substatus: Substatus::InitialAssignment,
             identity: kept(),
-            left_old_hub: false,
         },
         Case {
             name: "no update + no migrate, same hub",
@@ -228,7 +217,6 @@ async fn a_second_registration_follows_the_reprovision_policy() {
             hub: HUB,
             substatus: Substatus::InitialAssignment,
             identity: kept(),
-            left_old_hub: false,
         },
     ];
     for case in cases {
@@ -262,7 +250,7 @@ async fn a_second_registration_follows_the_reprovision_policy() {
         assert_eq!(hub.identity(other, DEVICE), None, "{name}");
         assert_eq!(
             *hub.deleted.lock(),
-            if case.left_old_hub {
+            if case.hub != HUB {
                 vec![(HUB.to_string(), DEVICE.to_string())]
             } else {
                 vec![]
