@@ -242,15 +242,18 @@ mod tests {
     #[test]
     fn concurrent_admissions_never_exceed_the_caps() {
         let l = ConnectionLimits::new(1000, 50);
+        // Threads 0 and 2 share addresses 10.0.0.0-3, threads 1 and 3 10.0.1.0-3: each pair
+        // races for the same 4 x 50 per-address slots.
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let l = l.clone();
                 std::thread::spawn(move || {
-                    let mut held = Vec::new();
+                    let (mut held, mut admitted) = (Vec::new(), 0);
                     for i in 0..500 {
                         let addr = ip(&format!("10.0.{}.{}", t % 2, i % 4));
                         if let Ok(p) = l.admit(addr) {
                             held.push(p);
+                            admitted += 1;
                         }
                         assert!(l.total() <= 1000);
                         assert!(l.from_ip(addr) <= 50);
@@ -258,13 +261,14 @@ mod tests {
                             held.pop();
                         }
                     }
-                    assert!(!held.is_empty());
+                    admitted
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        // However the threads interleave, each pair fills its 200 slots: one thread may starve
+        // the other, so this is the only count that holds on every schedule.
+        assert!(admitted >= 400, "only {admitted} admissions");
         assert_eq!(
             (l.total(), l.addresses()),
             (0, 0),
