@@ -1,7 +1,7 @@
 //! The stored shape of a device (identity + twin) and the registry views built from it.
 //!
-//! The record is what SQLite keeps (one JSON document per device) and what the in-memory cache
-//! holds behind an `Arc`, so readers never block writers. Connection state is *not* part of it:
+//! The record is what a hub store keeps (one JSON document per device in SQLite) and what the
+//! in-memory cache holds behind an `Arc`, so readers never block writers. Connection state is *not* part of it:
 //! it changes on every connect and telemetry message and is meaningless after a restart, so it
 //! lives in the per-device live state instead (see `lib.rs`).
 

@@ -152,7 +152,7 @@ fn refuses_newer_schema() {
             OpenError::SchemaTooNew {
                 database: "hub",
                 found: 99,
-                supported: 1,
+                supported: HUB_SCHEMA_VERSION,
             }
         ),
         "{err}"
@@ -174,8 +174,8 @@ async fn migrates_fresh_database_to_latest() {
 }
 
 /// A `hub.db` as the hub wrote it before its store moved to dps-store (schema version 1, no
-/// application id, a device document in that build's JSON) opens with its devices, and the hub
-/// keeps writing to it.
+/// application id, device documents in that build's JSON) opens with its devices, is migrated
+/// (its devices counted by status), and the hub keeps writing to it.
 #[tokio::test]
 async fn opens_a_hub_db_written_by_an_earlier_build() {
     let dir = tempfile::tempdir().unwrap();
@@ -217,11 +217,16 @@ async fn opens_a_hub_db_written_by_an_earlier_build() {
             },
             "createdByOperation": "4.legacy.1"
         });
-        c.execute(
-            "INSERT INTO devices (id, doc) VALUES (?1, ?2)",
-            rusqlite::params!["legacy-1", doc.to_string()],
-        )
-        .unwrap();
+        let mut enabled = doc.clone();
+        enabled["deviceId"] = json!("Legacy-2");
+        enabled["status"] = json!("enabled");
+        for (key, doc) in [("legacy-1", doc), ("legacy-2", enabled)] {
+            c.execute(
+                "INSERT INTO devices (id, doc) VALUES (?1, ?2)",
+                rusqlite::params![key, doc.to_string()],
+            )
+            .unwrap();
+        }
     }
     {
         let hub = open(&path).await;
@@ -237,12 +242,20 @@ async fn opens_a_hub_db_written_by_an_earlier_build() {
         let desired = t.properties.unwrap().desired.unwrap();
         assert_eq!((&desired["fan"], &desired["$version"]), (&json!("on"), &json!(2)));
         let stats = hub.statistics();
-        assert_eq!((stats.total_device_count, stats.disabled_device_count), (1, 1));
+        assert_eq!((stats.total_device_count, stats.disabled_device_count), (2, 1));
         hub.put_device(sas_device("new-one", None), None).await.unwrap();
     }
     let hub = open(&path).await;
-    assert_eq!(hub.statistics().total_device_count, 2);
+    assert_eq!(hub.statistics().total_device_count, 3);
+    drop(hub);
+    // The migration counted the existing devices; the triggers counted the new one.
+    let store = SqliteHubStore::open(&path).unwrap();
+    let counts = store.count_devices().await.unwrap();
+    assert_eq!((counts.total, counts.enabled, counts.disabled), (3, 2, 1));
+    drop(store);
     let c = rusqlite::Connection::open(&path).unwrap();
     let v: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-    assert_eq!(v, 1, "no migration was needed");
+    assert_eq!(v, HUB_SCHEMA_VERSION);
+    let id: i32 = c.pragma_query_value(None, "application_id", |r| r.get(0)).unwrap();
+    assert_eq!(id, dps_store::sqlite::HUB_APPLICATION_ID);
 }

@@ -77,11 +77,18 @@ pub(crate) const STORE: Schema = Schema {
 pub(crate) const HUB: Schema = Schema {
     database: "hub",
     application_id: HUB_APPLICATION_ID,
-    migrations: &[Migration {
-        version: 1,
-        name: "devices",
-        sql: include_str!("migrations/hub/0001_devices.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            name: "devices",
+            sql: include_str!("migrations/hub/0001_devices.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "device counts by status",
+            sql: include_str!("migrations/hub/0002_device_counts.sql"),
+        },
+    ],
     adopts_unmarked_files: true,
 };
 
@@ -206,9 +213,9 @@ mod tests {
         ));
     }
 
-    /// A `hub.db` from before the hub store lived here: version 1, no application id. It opens
-    /// without re-running step 1, is stamped as a hub file, and is then refused as a DPS store
-    /// (and a DPS store as a hub file).
+    /// A `hub.db` from before the hub store lived here: version 1, no application id. It is
+    /// migrated from step 2 on (step 1 would fail on the existing table), stamped as a hub file,
+    /// and then refused as a DPS store (and a DPS store as a hub file).
     #[test]
     fn adopts_an_unmarked_hub_file_and_keeps_the_kinds_apart() {
         let dir = tempfile::tempdir().unwrap();
@@ -218,7 +225,7 @@ mod tests {
              PRAGMA user_version = 1;",
         )
         .unwrap();
-        assert_eq!(apply(&mut hub, &HUB).unwrap(), 0);
+        assert_eq!(apply(&mut hub, &HUB).unwrap(), HUB.migrations.len() - 1);
         let id: i32 = hub.pragma_query_value(None, "application_id", |r| r.get(0)).unwrap();
         assert_eq!(id, HUB_APPLICATION_ID);
         assert_eq!(apply(&mut hub, &HUB).unwrap(), 0);
@@ -226,9 +233,9 @@ mod tests {
             apply(&mut hub, &STORE),
             Err(OpenError::ForeignDatabase {
                 database: "store",
-                user_version: 1,
+                user_version,
                 ..
-            })
+            }) if user_version == i64::from(HUB_SCHEMA_VERSION)
         ));
 
         let mut store = Connection::open(dir.path().join("dps.db")).unwrap();
