@@ -11,9 +11,19 @@ use super::{device_key, DeviceCounts, DeviceRecord, HubStore, HubStoreError};
 /// A [`HubStore`] in memory: nothing survives the process. For tests, fuzzing and demos, and the
 /// store [`crate::Hub::open`] uses. Key order is a `BTreeMap`'s, which is byte order of the
 /// lower-cased ids, the same as SQLite's default collation, so pages match the SQLite store's.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemoryHubStore {
     devices: RwLock<BTreeMap<String, DeviceRecord>>,
+}
+
+/// Shows how many devices, never the records: they hold the devices' keys, and the hub's own
+/// `Debug` (logged at open) shows its store.
+impl std::fmt::Debug for MemoryHubStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryHubStore")
+            .field("devices", &self.devices.read().len())
+            .finish()
+    }
 }
 
 impl MemoryHubStore {
