@@ -5,8 +5,8 @@
 //! state is and hands whole [`DeviceRecord`]s to a [`HubStore`] to keep. [`MemoryHubStore`] keeps
 //! them in memory (tests, fuzzing, demos); `dps_store::SqliteHubStore` keeps them in the data
 //! directory's `hub.db`, sharing the DPS store's writer thread and migration mechanism. Both pass
-//! the same conformance suite (module `conformance`, behind the `conformance` feature), the pattern of
-//! dps-core's `Store`. Decision 0012 says why the trait has this shape.
+//! the same conformance suite (module `conformance`, behind the `conformance` feature), the
+//! pattern of dps-core's `Store`. Decision 0012 says why the trait has this shape.
 
 mod memory;
 
