@@ -1,55 +1,43 @@
 //! Errors at the crate edge. Each variant says what the caller (the server's REST or MQTT adapter)
 //! needs to pick a status code and to log a useful line; none carries key material.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use dps_proto::hub_mqtt::HubTopicError;
 use dps_proto::twin_limits::TwinLimitError;
 
-/// Why [`crate::Hub::open`] failed. Nothing is running when this is returned.
+/// Why a hub could not be opened ([`crate::Hub::open`], [`crate::Hub::open_with_store`]).
+/// Nothing is running when this is returned.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HubOpenError {
     /// `HubConfig::host_name` was empty; a hub is addressed by its host name (SAS audiences,
     /// MQTT usernames, `assignedHub`), so it must have one.
     #[error("hub host name must not be empty")]
     EmptyHostName,
-    /// SQLite could not open, configure (WAL, synchronous=FULL) or read the database file.
-    #[error("cannot open hub database '{path}': {source}")]
-    Database {
-        /// Database file.
-        path: PathBuf,
-        /// SQLite's error.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The database was written by a newer `dps` (its `PRAGMA user_version` is beyond the
-    /// migrations this build knows); opening it could corrupt data, so we refuse.
-    #[error(
-        "hub database '{path}' has schema version {found}, but this build supports at most {supported}; upgrade dps"
-    )]
-    NewerSchema {
-        /// Database file.
-        path: PathBuf,
-        /// `user_version` found.
-        found: i64,
-        /// Highest version this build can migrate to.
-        supported: i64,
-    },
-    /// A stored device document is not valid JSON for this build's record shape.
-    #[error("hub database '{path}': stored record for device '{key}' is corrupt: {source}")]
-    CorruptRecord {
-        /// Database file.
-        path: PathBuf,
-        /// Lower-cased device id of the row.
+    /// Reading the stored devices failed (the backend's error, or a record that does not
+    /// decode).
+    #[error("cannot load the hub's devices: {0}")]
+    Load(#[source] HubStoreError),
+}
+
+/// Why a [`crate::store::HubStore`] operation failed. A failed write changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubStoreError {
+    /// The backend could not read or write: a database error, I/O, a full disk, or its writer
+    /// has stopped. The message is the backend's.
+    #[error("hub storage failure: {0}")]
+    Backend(String),
+    /// A stored record does not decode as this build's record shape (a hand-edited or damaged
+    /// file); the store refuses it rather than guess.
+    #[error("stored record of device '{key}' is corrupt: {reason}")]
+    Corrupt {
+        /// Lower-cased device id of the record.
         key: String,
-        /// The JSON error.
-        #[source]
-        source: serde_json::Error,
+        /// What the decoder said.
+        reason: String,
     },
-    /// The operating system refused to start the database writer thread.
-    #[error("cannot start the hub database writer thread: {0}")]
-    WriterThread(#[source] std::io::Error),
 }
 
 /// Why a registry operation (`/devices/{id}`, `/twins/{id}`) failed. The server maps these to

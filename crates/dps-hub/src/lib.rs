@@ -1,9 +1,10 @@
 //! The embedded IoT hub: where provisioned devices land by default.
 //!
-//! It holds the device registry and twins (persisted in SQLite, cached in memory), authenticates
-//! devices at MQTT CONNECT, runs their sessions (twin GET / reported patches / desired pushes /
-//! direct methods / cloud-to-device / telemetry), and keeps recent telemetry for watchers. It
-//! implements [`dps_core::HubRegistry`] so the provisioning engine creates devices in-process.
+//! It holds the device registry and twins (persisted through a [`store::HubStore`], cached in
+//! memory), authenticates devices at MQTT CONNECT, runs their sessions (twin GET / reported
+//! patches / desired pushes / direct methods / cloud-to-device / telemetry), and keeps recent
+//! telemetry for watchers. It implements [`dps_core::HubRegistry`] so the provisioning engine
+//! creates devices in-process.
 //!
 //! It never touches a socket: the server crate owns TLS, TCP, MQTT framing and HTTP, and calls
 //! this API. Device sessions are sans-IO — the server hands in the topics and payloads it read and
@@ -13,7 +14,7 @@
 //! serialises read-modify-write-persist of that device only, an `RwLock`ed committed snapshot that
 //! readers clone without waiting for disk, and a small mutex for its live connection state. There
 //! is no hub-wide lock on the registry or session paths; durability cost is shared through group
-//! commit in the store's writer thread.
+//! commit in the store (the SQLite store's writer thread).
 
 #![forbid(unsafe_code)]
 
@@ -23,11 +24,10 @@ mod provisioning;
 mod record;
 mod registry;
 mod session;
-mod store;
+pub mod store;
 mod telemetry;
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +46,7 @@ pub use telemetry::TelemetryMessage;
 
 use record::{DeviceRecord, LiveView};
 use session::{Live, PendingMethod};
-use store::{Store, WriteOp};
+use store::{HubStore, MemoryHubStore};
 use telemetry::{Retention, TelemetryLog};
 
 /// How to open a hub.
@@ -55,8 +55,6 @@ pub struct HubConfig {
     /// The hub's host name (`assignedHub`, SAS audience, MQTT username prefix). Use a dotted name
     /// (`hub.local`): the C SDK refuses host names without a dot.
     pub host_name: String,
-    /// SQLite database file; `None` keeps everything in memory (tests, demos).
-    pub db_path: Option<PathBuf>,
     /// How many acknowledged telemetry messages to keep for [`Hub::recent_events`] (e.g. 10 000).
     pub telemetry_retention: usize,
     /// Most bytes of telemetry to keep ([`TelemetryMessage::retained_bytes`]): the count alone
@@ -67,12 +65,12 @@ pub struct HubConfig {
 }
 
 impl HubConfig {
-    /// An in-memory hub keeping the last 10 000 telemetry messages, at most 256 MiB of them and
-    /// none older than 24 hours.
+    /// A hub keeping the last 10 000 telemetry messages, at most 256 MiB of them and none older
+    /// than 24 hours. Named for [`Hub::open`], which keeps its devices in memory; give it a
+    /// durable store with [`Hub::open_with_store`].
     pub fn in_memory(host_name: impl Into<String>) -> Self {
         Self {
             host_name: host_name.into(),
-            db_path: None,
             telemetry_retention: 10_000,
             telemetry_retention_bytes: 256 * 1024 * 1024,
             telemetry_retention_age: Duration::from_secs(24 * 3600),
@@ -100,7 +98,7 @@ pub(crate) struct HubInner {
     host_name: String,
     /// Lower-cased device id → slot. Slots are removed ("retired") when a device is deleted.
     devices: DashMap<String, Arc<Slot>>,
-    store: Option<Store>,
+    store: Arc<dyn HubStore>,
     clock: Arc<dyn Clock>,
     telemetry: TelemetryLog,
     /// Outstanding direct-method calls by request id.
@@ -138,31 +136,56 @@ impl Slot {
     }
 }
 
+/// Devices read per page while loading a store at open.
+const LOAD_PAGE: usize = 10_000;
+
 impl Hub {
-    /// Opens a hub: creates/migrates the database and loads every device into memory. Must be
-    /// called outside of async code or accept that it blocks briefly on disk.
+    /// Opens a hub that keeps its devices in memory ([`MemoryHubStore`]): nothing survives the
+    /// process. For tests, fuzzing and demos.
     pub fn open(config: HubConfig) -> Result<Hub, HubOpenError> {
         Self::open_with_clock(config, Arc::new(SystemClock))
     }
 
     /// [`Hub::open`] with a clock for the registry's timestamps (tests pass a `FakeClock`).
     pub fn open_with_clock(config: HubConfig, clock: Arc<dyn Clock>) -> Result<Hub, HubOpenError> {
+        Self::assemble(config, Arc::new(MemoryHubStore::new()), DashMap::new(), clock)
+    }
+
+    /// Opens a hub on `store` (`dps_store::SqliteHubStore` for `dps serve`) and loads every
+    /// stored device into memory. Every registry change is written to the store, durably,
+    /// before it is answered.
+    pub async fn open_with_store(
+        config: HubConfig,
+        store: Arc<dyn HubStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Hub, HubOpenError> {
+        let devices = DashMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store
+                .list_devices(after.as_deref(), LOAD_PAGE)
+                .await
+                .map_err(HubOpenError::Load)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key());
+            for rec in page {
+                devices.insert(rec.key(), Arc::new(Slot::new(Some(rec))));
+            }
+        }
+        Self::assemble(config, store, devices, clock)
+    }
+
+    fn assemble(
+        config: HubConfig,
+        store: Arc<dyn HubStore>,
+        devices: DashMap<String, Arc<Slot>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Hub, HubOpenError> {
         let host_name = config.host_name.trim().to_string();
         if host_name.is_empty() {
             return Err(HubOpenError::EmptyHostName);
         }
-        let devices = DashMap::new();
-        let store = match &config.db_path {
-            Some(path) => {
-                let (store, records) = Store::open(path)?;
-                for (key, rec) in records {
-                    devices.insert(key, Arc::new(Slot::new(Some(rec))));
-                }
-                Some(store)
-            }
-            None => None,
-        };
-        tracing::info!(host = %host_name, devices = devices.len(), persistent = store.is_some(), "embedded hub opened");
+        tracing::info!(host = %host_name, devices = devices.len(), store = ?store, "embedded hub opened");
         Ok(Hub {
             inner: Arc::new(HubInner {
                 host_name,
@@ -247,25 +270,13 @@ impl HubInner {
         }
     }
 
-    /// Persists `rec` (durably, when a database is configured) and publishes it as the slot's
-    /// committed snapshot. Must be called with the slot's write guard held.
-    pub(crate) async fn commit(
-        &self,
-        key: &str,
-        slot: &Slot,
-        rec: DeviceRecord,
-    ) -> Result<Arc<DeviceRecord>, RegistryError> {
-        if let Some(store) = &self.store {
-            let doc = serde_json::to_string(&rec)
-                .map_err(|e| RegistryError::Storage(format!("cannot encode device record: {e}")))?;
-            store
-                .write(WriteOp::Put {
-                    key: key.to_string(),
-                    doc,
-                })
-                .await
-                .map_err(RegistryError::Storage)?;
-        }
+    /// Persists `rec` durably in the store and publishes it as the slot's committed snapshot.
+    /// Must be called with the slot's write guard held.
+    pub(crate) async fn commit(&self, slot: &Slot, rec: DeviceRecord) -> Result<Arc<DeviceRecord>, RegistryError> {
+        self.store
+            .put_device(&rec)
+            .await
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
         let rec = Arc::new(rec);
         *slot.record.write() = Some(rec.clone());
         Ok(rec)
@@ -274,12 +285,10 @@ impl HubInner {
     /// Deletes the device durably and clears the slot's snapshot. Must be called with the
     /// slot's write guard held.
     pub(crate) async fn commit_delete(&self, key: &str, slot: &Slot) -> Result<(), RegistryError> {
-        if let Some(store) = &self.store {
-            store
-                .write(WriteOp::Delete { key: key.to_string() })
-                .await
-                .map_err(RegistryError::Storage)?;
-        }
+        self.store
+            .delete_device(key)
+            .await
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
         *slot.record.write() = None;
         Ok(())
     }

@@ -98,7 +98,7 @@ impl HubRegistry for Hub {
                         twin,
                         created_by_operation: Some(device.operation_id.clone()).filter(|o| !o.is_empty()),
                     };
-                    inner.commit(&key, &slot, rec).await.map_err(storage)?;
+                    inner.commit(&slot, rec).await.map_err(storage)?;
                     tracing::info!(device = %device.device_id, "device created by provisioning");
                     Ok(UpsertOutcome { created: true })
                 }
@@ -133,7 +133,7 @@ impl HubRegistry for Hub {
                         }
                     }
                     if identity_changed || twin_changed {
-                        let rec = inner.commit(&key, &slot, rec).await.map_err(storage)?;
+                        let rec = inner.commit(&slot, rec).await.map_err(storage)?;
                         if let Some(diff) = diff {
                             inner.notify_desired(&slot, diff, rec.twin.desired_version);
                         }

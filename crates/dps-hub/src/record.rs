@@ -1,7 +1,7 @@
 //! The stored shape of a device (identity + twin) and the registry views built from it.
 //!
-//! The record is what SQLite keeps (one JSON document per device) and what the in-memory cache
-//! holds behind an `Arc`, so readers never block writers. Connection state is *not* part of it:
+//! The record is what a hub store keeps (one JSON document per device in SQLite) and what the
+//! in-memory cache holds behind an `Arc`, so readers never block writers. Connection state is *not* part of it:
 //! it changes on every connect and telemetry message and is meaningless after a restart, so it
 //! lives in the per-device live state instead (see `lib.rs`).
 
@@ -43,27 +43,31 @@ impl Status {
 }
 
 /// One device: identity and twin, persisted as one JSON document.
+///
+/// Public because a [`crate::store::HubStore`] moves it to and from storage; its fields stay
+/// private to the hub, so a store treats it as a document with a key (and, to count devices, a
+/// status) and the hub alone decides what a device's state means.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct DeviceRecord {
+pub struct DeviceRecord {
     /// Device id as first created (the registry is case-insensitive, the id keeps its spelling).
-    pub device_id: String,
-    pub generation_id: String,
-    pub etag: String,
-    pub status: Status,
+    pub(crate) device_id: String,
+    pub(crate) generation_id: String,
+    pub(crate) etag: String,
+    pub(crate) status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status_reason: Option<String>,
-    pub status_updated_time: DateTime<Utc>,
-    pub created_time: DateTime<Utc>,
-    pub authentication: AuthenticationMechanism,
+    pub(crate) status_reason: Option<String>,
+    pub(crate) status_updated_time: DateTime<Utc>,
+    pub(crate) created_time: DateTime<Utc>,
+    pub(crate) authentication: AuthenticationMechanism,
     #[serde(default)]
-    pub capabilities: DeviceCapabilities,
-    pub twin: TwinState,
+    pub(crate) capabilities: DeviceCapabilities,
+    pub(crate) twin: TwinState,
     /// The DPS operation that created this device, when provisioning created it: lets a repeated
     /// upsert of that operation (start-up recovery, decision 0009) report `created` as the first
     /// attempt did. Not part of any API view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_by_operation: Option<String>,
+    pub(crate) created_by_operation: Option<String>,
 }
 
 /// The twin part of a device record.
@@ -140,6 +144,21 @@ pub(crate) struct LiveView {
 }
 
 impl DeviceRecord {
+    /// The device id as first created (its spelling kept; the registry ignores case).
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// The storage key: the lower-cased device id ([`crate::store::device_key`]).
+    pub fn key(&self) -> String {
+        key_of(&self.device_id)
+    }
+
+    /// Whether the device's registry status is `enabled` (what the statistics count).
+    pub fn is_enabled(&self) -> bool {
+        self.status == Status::Enabled
+    }
+
     /// The registry `Device` view (`GET /devices/{id}`).
     pub(crate) fn device_view(&self, live: &LiveView) -> Device {
         Device {

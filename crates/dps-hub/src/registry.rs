@@ -102,7 +102,7 @@ impl Hub {
                         twin: TwinState::new(now),
                         created_by_operation: None,
                     };
-                    let rec = inner.commit(&key, &slot, rec).await?;
+                    let rec = inner.commit(&slot, rec).await?;
                     tracing::info!(device = %rec.device_id, auth = %rec.authentication.kind, "device created");
                     Ok(rec)
                 }
@@ -127,7 +127,7 @@ impl Hub {
                     }
                     rec.status_reason = device.status_reason.clone();
                     rec.etag = new_etag();
-                    let rec = inner.commit(&key, &slot, rec).await?;
+                    let rec = inner.commit(&slot, rec).await?;
                     if rec.status == Status::Disabled {
                         inner.kick(&slot, "device disabled");
                     }
@@ -297,7 +297,7 @@ impl Hub {
         let (changed, diff) = change(&mut rec.twin, inner.now())?;
         let rec = if changed {
             rec.twin.touch();
-            let rec = inner.commit(&key, &slot, rec).await?;
+            let rec = inner.commit(&slot, rec).await?;
             if let Some(diff) = diff {
                 inner.notify_desired(&slot, diff, rec.twin.desired_version);
             }

@@ -622,7 +622,7 @@ impl DeviceSession {
             new.twin.reported_version += 1;
             new.twin.reported_updated = now;
             new.twin.touch();
-            if let Err(e) = inner.commit(&self.key, &slot, new).await {
+            if let Err(e) = inner.commit(&slot, new).await {
                 tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not stored");
                 return Ok(error(500, 500001, "could not store reported properties".into()));
             }

@@ -1,75 +1,18 @@
-//! Registry API, HubRegistry upserts and persistence.
+//! Registry API and HubRegistry upserts. (Persistence across a reopen is tested where the SQLite
+//! hub store lives: dps-store's `tests/hub.rs`.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+mod support;
 
 use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy};
 use dps_hub::{Hub, HubConfig, RegistryError};
 use dps_proto::keys::validate_symmetric_key;
-use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint};
-use dps_proto::model::service::{DeviceCapabilities, InitialTwin, InitialTwinProperties};
+use dps_proto::model::hub::{AuthenticationMechanism, Device, Twin, TwinProperties, X509Thumbprint};
+use dps_proto::model::service::InitialTwin;
 use serde_json::{json, Map, Value};
-
-const HOST: &str = "hub.example.test";
-const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-const KEY2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+use support::{desired_of, desired_patch, obj, provisioning, sas_device, HOST, KEY1, KEY2};
 
 fn hub() -> Hub {
     Hub::open(HubConfig::in_memory(HOST)).unwrap()
-}
-
-fn obj(v: Value) -> Map<String, Value> {
-    v.as_object().unwrap().clone()
-}
-
-fn sas_device(id: &str, keys: Option<(&str, &str)>) -> Device {
-    Device {
-        device_id: id.into(),
-        authentication: Some(AuthenticationMechanism {
-            kind: "sas".into(),
-            symmetric_key: Some(SymmetricKey {
-                primary_key: keys.map(|k| k.0.to_string()),
-                secondary_key: keys.map(|k| k.1.to_string()),
-            }),
-            x509_thumbprint: None,
-        }),
-        ..Default::default()
-    }
-}
-
-/// A provisioning request of a new DPS operation (each call is a different registration).
-fn provisioning(id: &str, policy: TwinPolicy) -> DeviceProvisioning {
-    static NEXT_OPERATION: AtomicU64 = AtomicU64::new(1);
-    DeviceProvisioning {
-        device_id: id.into(),
-        auth: DeviceAuth::Sas {
-            primary_key: KEY1.into(),
-            secondary_key: KEY2.into(),
-        },
-        capabilities: DeviceCapabilities { iot_edge: false },
-        initial_twin: Some(InitialTwin {
-            tags: Some(json!({"site": "lab", "$version": 1})),
-            properties: Some(InitialTwinProperties {
-                desired: Some(json!({"interval": 10, "mode": "fast"})),
-            }),
-        }),
-        twin_policy: policy,
-        operation_id: format!("4.op.{}", NEXT_OPERATION.fetch_add(1, Ordering::Relaxed)),
-    }
-}
-
-fn desired_patch(v: Value) -> Twin {
-    Twin {
-        properties: Some(TwinProperties {
-            desired: Some(obj(v)),
-            reported: None,
-        }),
-        ..Default::default()
-    }
-}
-
-fn desired_of(t: &Twin) -> Map<String, Value> {
-    t.properties.as_ref().unwrap().desired.clone().unwrap()
 }
 
 #[tokio::test]
@@ -474,119 +417,6 @@ async fn device_data_is_what_a_migration_carries() {
     };
     assert_eq!(strip(desired_of(&a)), strip(desired_of(&b)));
     assert_eq!(b.capabilities, Some(DeviceCapabilities { iot_edge: true }));
-}
-
-#[tokio::test]
-async fn persists_devices_and_twins_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = HubConfig {
-        host_name: HOST.into(),
-        db_path: Some(dir.path().join("hub.db")),
-        telemetry_retention: 100,
-        ..HubConfig::in_memory(HOST)
-    };
-    let (dev, twin) = {
-        let hub = Hub::open(config.clone()).unwrap();
-        hub.upsert_device(HOST, &provisioning("keep-me", TwinPolicy::Keep))
-            .await
-            .unwrap();
-        hub.put_device(sas_device("Gone", None), None).await.unwrap();
-        let mut p = desired_patch(json!({"fan": "on"}));
-        p.tags = Some(obj(json!({"room": 7})));
-        hub.patch_twin("keep-me", p, None).await.unwrap();
-        hub.delete_device("gone", None).await.unwrap();
-        (hub.get_device("keep-me").unwrap(), hub.get_twin("keep-me").unwrap())
-    };
-    let hub = Hub::open(config).unwrap();
-    assert_eq!(hub.get_device("keep-me").unwrap(), dev);
-    assert_eq!(hub.get_twin("keep-me").unwrap(), twin);
-    assert!(hub.get_device("gone").is_none());
-    assert_eq!(hub.statistics().total_device_count, 1);
-    // Etags survive, so a client's If-Match still works after a restart.
-    hub.patch_twin("keep-me", desired_patch(json!({"fan": "off"})), twin.etag.as_deref())
-        .await
-        .unwrap();
-}
-
-/// Start-up recovery repeats the upsert of a registration a crash interrupted (decision 0009): the
-/// repeat must report what the first attempt did, even after the hub was reopened, while another
-/// operation — or a device an operator created — still reports an existing device.
-#[tokio::test]
-async fn a_repeated_operation_reports_its_first_outcome() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = HubConfig {
-        host_name: HOST.into(),
-        db_path: Some(dir.path().join("hub.db")),
-        telemetry_retention: 100,
-        ..HubConfig::in_memory(HOST)
-    };
-    let first = provisioning("again", TwinPolicy::Keep);
-    {
-        let hub = Hub::open(config.clone()).unwrap();
-        assert!(hub.upsert_device(HOST, &first).await.unwrap().created);
-        hub.put_device(sas_device("by-operator", None), None).await.unwrap();
-    }
-    let hub = Hub::open(config).unwrap();
-    let etag = hub.get_device("again").unwrap().etag;
-    assert!(hub.upsert_device(HOST, &first).await.unwrap().created, "same operation");
-    assert_eq!(hub.get_device("again").unwrap().etag, etag, "and nothing rewritten");
-    assert!(
-        !hub.upsert_device(HOST, &provisioning("again", TwinPolicy::Keep))
-            .await
-            .unwrap()
-            .created
-    );
-    let mut operator = provisioning("by-operator", TwinPolicy::Keep);
-    operator.operation_id = String::new();
-    assert!(!hub.upsert_device(HOST, &operator).await.unwrap().created);
-    // The marker is internal: the registry views do not show it.
-    let shown = serde_json::to_value(hub.get_device("again").unwrap()).unwrap();
-    assert!(!shown.to_string().contains(&first.operation_id), "{shown}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-async fn concurrent_upserts_are_all_durable() {
-    const TASKS: usize = 50;
-    const PER_TASK: usize = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let config = HubConfig {
-        host_name: HOST.into(),
-        db_path: Some(dir.path().join("hub.db")),
-        telemetry_retention: 10,
-        ..HubConfig::in_memory(HOST)
-    };
-    let hub = Hub::open(config.clone()).unwrap();
-    let started = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..TASKS {
-        let hub = hub.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..PER_TASK {
-                let id = format!("bulk-{t:02}-{i:02}");
-                let out = hub
-                    .upsert_device(HOST, &provisioning(&id, TwinPolicy::Keep))
-                    .await
-                    .unwrap();
-                assert!(out.created);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-    eprintln!(
-        "{} durable upserts in {elapsed:?} ({:.0}/s)",
-        TASKS * PER_TASK,
-        (TASKS * PER_TASK) as f64 / elapsed.as_secs_f64()
-    );
-    assert_eq!(hub.statistics().total_device_count, (TASKS * PER_TASK) as u64);
-    drop(hub);
-
-    let hub = Arc::new(Hub::open(config).unwrap());
-    assert_eq!(hub.list_devices(5000).len(), TASKS * PER_TASK);
-    let t = hub.get_twin("bulk-49-19").unwrap();
-    assert_eq!(t.tags.unwrap()["site"], "lab");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

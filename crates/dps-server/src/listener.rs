@@ -98,13 +98,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let acceptor = TlsAcceptor::from(tls);
 
     let store = dps_store::SqliteStore::open(&dir.store_path()).map_err(anyhow::Error::from)?;
-    let hub = dps_hub::Hub::open(dps_hub::HubConfig {
-        host_name: identity.hub.host_name.clone(),
-        db_path: Some(dir.hub_db_path()),
-        telemetry_retention: config.telemetry_retention,
-        telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
-        telemetry_retention_age: config.limits.telemetry_retention_age(),
-    })
+    let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path()).map_err(anyhow::Error::from)?;
+    let hub = dps_hub::Hub::open_with_store(
+        dps_hub::HubConfig {
+            host_name: identity.hub.host_name.clone(),
+            telemetry_retention: config.telemetry_retention,
+            telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
+            telemetry_retention_age: config.limits.telemetry_retention_age(),
+        },
+        Arc::new(hub_store),
+        Arc::new(SystemClock),
+    )
+    .await
     .map_err(anyhow::Error::from)?;
     let engine = Engine::new(
         EngineConfig {

@@ -1,15 +1,20 @@
-//! Durable [`dps_core::Store`] backends.
+//! Durable [`dps_core::Store`] backends, and the embedded hub's durable
+//! [`dps_hub::store::HubStore`].
 //!
 //! [`SqliteStore`] is the embedded default: one file, no server, durable commits, and enough
 //! throughput for the register hot path through group commit (many concurrent registrations
 //! share one transaction and one fsync). A PostgreSQL backend for scale-out will live beside it
 //! and pass the same conformance suite (`dps_core::store::conformance`).
 //!
-//! SQL stays inside this crate: the engine sees only the `Store` trait.
+//! [`SqliteHubStore`] keeps the embedded hub's registry in its own file (`hub.db`), with the same
+//! writer, group commit, read pool and migration mechanism as [`SqliteStore`], and passes the
+//! hub store conformance suite (`dps_hub::store::conformance`).
+//!
+//! SQL stays inside this crate: the engine sees only the `Store` trait, the hub only `HubStore`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod sqlite;
 
-pub use sqlite::{OpenError, SqliteStore, StoreStats};
+pub use sqlite::{OpenError, SqliteHubStore, SqliteStore, StoreStats};

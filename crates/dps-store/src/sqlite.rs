@@ -1,9 +1,15 @@
-//! [`SqliteStore`]: the embedded, single-file [`Store`].
+//! [`SqliteStore`]: the embedded, single-file [`Store`]; [`SqliteHubStore`]: the embedded hub's
+//! registry, in a file of its own.
 //!
-//! Layout: one writer thread owns the only read-write connection and group-commits queued writes
-//! (module `writer`); reads run on a small pool of read-only connections on tokio's blocking pool
-//! (module `reader`). WAL journaling is what lets the two proceed side by side.
+//! Layout, the same for both files: one writer thread owns the only read-write connection and
+//! group-commits queued writes (module `writer`); reads run on a small pool of read-only
+//! connections on tokio's blocking pool (module `reader`); each file's schema is brought up to
+//! date by the same forward-only migrations (module `migrations`). WAL journaling is what lets
+//! reads and writes proceed side by side. What is specific to a store is only its SQL: the DPS
+//! store's writes in module `commands`, the hub's in module `hub`.
 
+mod commands;
+mod hub;
 mod migrations;
 mod reader;
 mod writer;
@@ -12,25 +18,22 @@ mod writer;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use dps_core::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition};
 use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
 use dps_proto::registration_id::key;
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-pub use migrations::{APPLICATION_ID, SCHEMA_VERSION};
+use commands::{Op, Table};
+pub use hub::SqliteHubStore;
+use migrations::Schema;
+pub use migrations::{APPLICATION_ID, HUB_APPLICATION_ID, HUB_SCHEMA_VERSION, SCHEMA_VERSION};
 use reader::{Doc, ReadPool};
-use writer::{Command, Op, Table};
-
-/// How many writes may wait for the writer before callers are made to wait to enqueue
-/// (backpressure instead of unbounded memory when the disk cannot keep up).
-const QUEUE_CAPACITY: usize = 8 * writer::MAX_BATCH;
+pub use writer::StoreStats;
+use writer::Writer;
 
 /// Why [`SqliteStore::open`] failed. Nothing is left half-done: a failed migration is rolled back.
 #[derive(Debug, thiserror::Error)]
@@ -78,20 +81,25 @@ pub enum OpenError {
     },
     /// The file was written by a newer `dps` with a schema this build does not know; opening it
     /// could lose data, so it is refused rather than downgraded.
-    #[error("store database has schema version {found}; this build supports up to {supported}")]
+    #[error("{database} database has schema version {found}; this build supports up to {supported}")]
     SchemaTooNew {
+        /// Which kind of file was being opened ("store" or "hub").
+        database: &'static str,
         /// `PRAGMA user_version` found in the file.
         found: u32,
-        /// [`SCHEMA_VERSION`] of this build.
+        /// [`SCHEMA_VERSION`] (or [`HUB_SCHEMA_VERSION`]) of this build.
         supported: u32,
     },
-    /// The file is some other application's SQLite database (its `application_id` is not
-    /// [`APPLICATION_ID`], or it has a schema version without one), e.g. the hub's `hub.db`.
+    /// The file is some other application's SQLite database, or the other kind of dps file:
+    /// its `application_id` is not [`APPLICATION_ID`] (or [`HUB_APPLICATION_ID`]), or it has a
+    /// schema version without one (e.g. the hub's `hub.db` opened as the DPS store).
     #[error(
-        "not a dps store database (application_id {application_id:#x}, \
+        "not a dps {database} database (application_id {application_id:#x}, \
          user_version {user_version})"
     )]
     ForeignDatabase {
+        /// Which kind of file was being opened ("store" or "hub").
+        database: &'static str,
         /// `PRAGMA application_id` found.
         application_id: i64,
         /// `PRAGMA user_version` found.
@@ -102,31 +110,35 @@ pub enum OpenError {
     SpawnWriter(#[source] std::io::Error),
 }
 
-/// Counters of the writer's work, for benchmarks and metrics. Monotonic since open.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Transactions committed (each one fsync of the WAL).
-    pub transactions: u64,
-    /// Write commands in committed transactions, including ones that failed their own
-    /// precondition (they still rode in the batch).
-    pub commands: u64,
-    /// Transactions that failed as a whole (every command in them got [`StoreError::Backend`]).
-    pub failed_transactions: u64,
-    /// The most commands one committed transaction carried.
-    pub largest_batch: u64,
+/// The error type of a store's callers, as the shared writer and read pool need it: they report
+/// SQLite failures, and their own (writer stopped, read task failed), in each store's terms.
+pub(crate) trait BackendError: Clone + Send + 'static {
+    /// A failure of the database or of the machinery around it, described by `message`.
+    fn backend(message: String) -> Self;
+
+    /// Whether this is such a failure (the connection that produced it may be broken), as
+    /// opposed to an answer like "not found" or "etag mismatch".
+    fn is_backend(&self) -> bool;
+
+    /// A SQLite error.
+    fn sqlite(e: rusqlite::Error) -> Self {
+        Self::backend(e.to_string())
+    }
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    transactions: AtomicU64,
-    commands: AtomicU64,
-    failed_transactions: AtomicU64,
-    largest_batch: AtomicU64,
+impl BackendError for StoreError {
+    fn backend(message: String) -> Self {
+        StoreError::Backend(message)
+    }
+
+    fn is_backend(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
 }
 
 /// Maps a SQLite error to the engine's backend error.
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::sqlite(e)
 }
 
 /// `?`-friendly conversion of SQLite results (the orphan rule forbids `From`).
@@ -138,6 +150,65 @@ impl<T> OrBackend<T> for Result<T, rusqlite::Error> {
     fn or_backend(self) -> Result<T, StoreError> {
         self.map_err(backend)
     }
+}
+
+/// One open SQLite file: its writer thread (running operations of type `O`), its read pool and
+/// its path. Each store is one of these plus its SQL.
+struct Database<O: writer::Operation> {
+    writer: Writer<O>,
+    readers: Arc<ReadPool>,
+    path: PathBuf,
+}
+
+impl<O: writer::Operation> Database<O> {
+    /// Opens (creating if needed, with its parent directory) the file at `path`, brings it to
+    /// `schema`'s version and starts the writer thread `writer_name`.
+    fn open(path: &Path, schema: &Schema, writer_name: &str) -> Result<Self, OpenError> {
+        let (conn, readers) = open_file(path, schema)?;
+        Ok(Database {
+            writer: Writer::start(conn, writer_name)?,
+            readers,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Opens (creating if needed, with its parent directory) the file at `path`, configures the
+/// write connection, and brings its schema up to date: the write connection (for the writer
+/// thread) and the read pool.
+fn open_file(path: &Path, schema: &Schema) -> Result<(Connection, Arc<ReadPool>), OpenError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| OpenError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    configure_writer(&conn)?;
+    let applied = migrations::apply(&mut conn, schema)?;
+
+    let readers = Arc::new(ReadPool::new(path));
+    // Open one reader now so a file readers cannot use fails here, not on the first GET.
+    let first = readers.connect().map_err(|source| OpenError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    readers.give(first);
+    info!(
+        path = %path.display(),
+        database = schema.database,
+        schema = schema.version(),
+        migrations_applied = applied,
+        "opened sqlite database"
+    );
+    Ok((conn, readers))
 }
 
 /// A [`Store`] in one SQLite file, safe to share across tasks (`Arc<SqliteStore>`).
@@ -155,11 +226,7 @@ impl<T> OrBackend<T> for Result<T, rusqlite::Error> {
 /// dropping thread), so that once drop returns the file is closed and can be reopened, copied or
 /// deleted (reads still in flight keep their own connection until they finish).
 pub struct SqliteStore {
-    tx: mpsc::Sender<Command>,
-    writer: Option<JoinHandle<()>>,
-    readers: Arc<ReadPool>,
-    counters: Arc<Counters>,
-    path: PathBuf,
+    db: Database<Op>,
 }
 
 impl SqliteStore {
@@ -167,135 +234,38 @@ impl SqliteStore {
     /// schema up to date and starts the writer thread. Does not need a tokio runtime; the
     /// [`Store`] methods do.
     pub fn open(path: &Path) -> Result<SqliteStore, OpenError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let mut conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| OpenError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        configure_writer(&conn)?;
-        let applied = migrations::apply(&mut conn)?;
-
-        let readers = Arc::new(ReadPool::new(path));
-        // Open one reader now so a file readers cannot use fails here, not on the first GET.
-        let first = readers.connect().map_err(|source| OpenError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        readers.give(first);
-
-        let counters = Arc::new(Counters::default());
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = std::thread::Builder::new()
-            .name("dps-store-writer".into())
-            .spawn({
-                let counters = Arc::clone(&counters);
-                move || writer::run(conn, rx, counters)
-            })
-            .map_err(OpenError::SpawnWriter)?;
-        info!(path = %path.display(), schema = SCHEMA_VERSION, migrations_applied = applied, "opened sqlite store");
         Ok(SqliteStore {
-            tx,
-            writer: Some(writer),
-            readers,
-            counters,
-            path: path.to_owned(),
+            db: Database::open(path, &migrations::STORE, "dps-store-writer")?,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.db.path
     }
 
     /// What the writer has done since open.
     pub fn stats(&self) -> StoreStats {
-        let c = &self.counters;
-        StoreStats {
-            transactions: c.transactions.load(Ordering::Relaxed),
-            commands: c.commands.load(Ordering::Relaxed),
-            failed_transactions: c.failed_transactions.load(Ordering::Relaxed),
-            largest_batch: c.largest_batch.load(Ordering::Relaxed),
-        }
+        self.db.writer.stats()
     }
 
     /// Number of registration records (a full count; meant for benchmarks and `dps info`).
     pub async fn count_registrations(&self) -> Result<u64, StoreError> {
-        self.read(reader::count_registrations).await
+        self.db.readers.read(reader::count_registrations).await
     }
 
     /// Queues a write and waits for its outcome, which arrives only after its batch committed.
     async fn write(&self, op: Op) -> Result<(), StoreError> {
-        let (reply, outcome) = oneshot::channel();
-        self.tx
-            .send(Command { op, reply })
-            .await
-            .map_err(|_| StoreError::Backend("sqlite store writer has stopped".into()))?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Backend("sqlite store writer stopped before committing".into()))?
+        self.db.writer.write(op).await
     }
 
-    /// Runs a read on a pooled read-only connection on tokio's blocking pool, waiting (async)
-    /// for a free reader when [`reader::MAX_READERS`] are busy.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let pool = Arc::clone(&self.readers);
-        let permit = Arc::clone(&pool.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Backend("sqlite store read pool is closed".into()))?;
-        tokio::task::spawn_blocking(move || {
-            let result = pool.with(f);
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("store read task failed: {e}")))?
-    }
-
-    /// Fetches one document by primary key. Such a lookup is a few B-tree page reads that are
-    /// almost always in SQLite's page cache — microseconds, less than the two thread wake-ups a
-    /// trip through the blocking pool costs — so it runs right here on the calling task's thread.
-    /// Every registration does two of these, so the hop mattered. When all readers are busy
-    /// (long scans), it waits its turn on the blocking pool like any other read.
+    /// Fetches one document by primary key (see [`ReadPool::read_short`]).
     async fn get_doc<T>(&self, table: Doc, id: &str) -> Result<Option<T>, StoreError>
     where
         T: serde::de::DeserializeOwned + Send + 'static,
     {
         let k = key(id);
-        match Arc::clone(&self.readers.permits).try_acquire_owned() {
-            Ok(permit) => {
-                let result = self.readers.with(|c| reader::get(c, table, &k));
-                drop(permit);
-                result
-            }
-            Err(_) => self.read(move |c| reader::get(c, table, &k)).await,
-        }
-    }
-}
-
-impl Drop for SqliteStore {
-    fn drop(&mut self) {
-        // Closing the channel ends the writer's loop once the queue is drained.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.tx, closed));
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!("sqlite store writer thread panicked");
-            }
-        }
+        self.db.readers.read_short(move |c| reader::get(c, table, &k)).await
     }
 }
 
@@ -368,7 +338,9 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<IndividualEnrollment>, StoreError> {
         let after = after.map(key);
-        self.read(move |c| reader::list(c, Doc::Enrollments, after.as_deref(), limit))
+        self.db
+            .readers
+            .read(move |c| reader::list(c, Doc::Enrollments, after.as_deref(), limit))
             .await
     }
 
@@ -398,7 +370,9 @@ impl Store for SqliteStore {
 
     async fn list_groups(&self, after: Option<&str>, limit: usize) -> Result<Vec<EnrollmentGroup>, StoreError> {
         let after = after.map(key);
-        self.read(move |c| reader::list(c, Doc::Groups, after.as_deref(), limit))
+        self.db
+            .readers
+            .read(move |c| reader::list(c, Doc::Groups, after.as_deref(), limit))
             .await
     }
 
@@ -433,7 +407,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<RegistrationRecord>, StoreError> {
         let group = key(group_id);
         let after = after.map(key);
-        self.read(move |c| reader::list_by_group(c, &group, after.as_deref(), limit))
+        self.db
+            .readers
+            .read(move |c| reader::list_by_group(c, &group, after.as_deref(), limit))
             .await
     }
 
@@ -458,7 +434,9 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<RegistrationIntent>, StoreError> {
         let after = after.map(str::to_string);
-        self.read(move |c| reader::list(c, Doc::Intents, after.as_deref(), limit))
+        self.db
+            .readers
+            .read(move |c| reader::list(c, Doc::Intents, after.as_deref(), limit))
             .await
     }
 
@@ -487,6 +465,9 @@ impl Store for SqliteStore {
     }
 
     async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError> {
-        self.read(move |c| reader::list(c, Doc::Certificates, None, 1000)).await
+        self.db
+            .readers
+            .read(move |c| reader::list(c, Doc::Certificates, None, 1000))
+            .await
     }
 }

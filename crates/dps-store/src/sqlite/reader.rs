@@ -1,4 +1,5 @@
-//! Read-only connections and the queries that use them.
+//! Read-only connections (shared by every SQLite store in this crate) and the DPS store's
+//! queries.
 //!
 //! In WAL mode a reader sees the last committed snapshot and never blocks (nor is blocked by) the
 //! writer, so reads need no coordination with the writer thread: each read takes a permit, checks
@@ -13,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-use super::{backend, OrBackend};
+use super::{BackendError, OrBackend};
 
 /// Reads running at once, and so connections in the pool. Without a bound, a burst of thousands
 /// of concurrent reads would grow tokio's blocking pool to hundreds of threads, each opening its
@@ -63,18 +64,61 @@ impl ReadPool {
     }
 
     /// Runs `f` on a pooled connection. Blocking: call from `spawn_blocking`, holding a permit.
-    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T, E: BackendError>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => self.connect().map_err(backend)?,
+            None => self.connect().map_err(E::sqlite)?,
         };
         let result = f(&conn);
         // A connection that just failed at the backend level may be broken; don't keep it.
-        if !matches!(result, Err(StoreError::Backend(_))) {
+        if !result.as_ref().is_err_and(E::is_backend) {
             self.give(conn);
         }
         result
+    }
+
+    /// Runs a read on a pooled connection on tokio's blocking pool, waiting (async) for a free
+    /// reader when [`MAX_READERS`] are busy.
+    pub(crate) async fn read<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: BackendError,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let pool = Arc::clone(self);
+        let permit = Arc::clone(&pool.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| E::backend("sqlite read pool is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let result = pool.with(f);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| E::backend(format!("sqlite read task failed: {e}")))?
+    }
+
+    /// Runs a short read (a lookup by primary key) right here on the calling task's thread when
+    /// a reader is free, else like [`ReadPool::read`]. Such a lookup is a few B-tree page reads
+    /// that are almost always in SQLite's page cache — microseconds, less than the two thread
+    /// wake-ups a trip through the blocking pool costs. Every registration does several of
+    /// these, so the hop mattered. When all readers are busy (long scans), it waits its turn.
+    pub(crate) async fn read_short<T, E, F>(self: &Arc<Self>, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: BackendError,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                let result = self.with(f);
+                drop(permit);
+                result
+            }
+            Err(_) => self.read(f).await,
+        }
     }
 }
 
@@ -89,13 +133,20 @@ pub(crate) fn map_file(conn: &Connection) -> Result<(), rusqlite::Error> {
 /// databases read the rest with `pread`.
 const MMAP_BYTES: i64 = 1 << 31;
 
-fn decode<T: DeserializeOwned>(table: Doc, key: &str, doc: &str) -> Result<T, StoreError> {
-    serde_json::from_str(doc).map_err(|e| {
-        StoreError::Backend(format!(
-            "stored document '{key}' in {} does not decode: {e}",
-            table.name()
-        ))
-    })
+/// Decodes a stored document; the store's error type says how a corrupt one is reported.
+pub(crate) trait Decode: BackendError {
+    /// The error for the document of `key` in `table` that does not decode.
+    fn undecodable(table: &str, key: &str, error: serde_json::Error) -> Self;
+}
+
+impl Decode for StoreError {
+    fn undecodable(table: &str, key: &str, e: serde_json::Error) -> Self {
+        StoreError::Backend(format!("stored document '{key}' in {table} does not decode: {e}"))
+    }
+}
+
+fn decode<T: DeserializeOwned, E: Decode>(table: &str, key: &str, doc: &str) -> Result<T, E> {
+    serde_json::from_str(doc).map_err(|e| E::undecodable(table, key, e))
 }
 
 /// The tables a read addresses.
@@ -158,12 +209,20 @@ impl Doc {
 
 /// The document with `key` in `table`, decoded.
 pub(crate) fn get<T: DeserializeOwned>(conn: &Connection, table: Doc, key: &str) -> Result<Option<T>, StoreError> {
+    get_doc(conn, table.name(), table.get_sql(), key)
+}
+
+/// The document `sql` (one row, one column, `?1` the key) selects from `table`, decoded.
+pub(crate) fn get_doc<T: DeserializeOwned, E: Decode>(
+    conn: &Connection,
+    table: &str,
+    sql: &str,
+    key: &str,
+) -> Result<Option<T>, E> {
     let doc: Option<String> = conn
-        .prepare_cached(table.get_sql())
-        .or_backend()?
-        .query_row([key], |r| r.get(0))
-        .optional()
-        .or_backend()?;
+        .prepare_cached(sql)
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .map_err(E::sqlite)?;
     doc.map(|d| decode(table, key, &d)).transpose()
 }
 
@@ -177,8 +236,8 @@ pub(crate) fn list<T: DeserializeOwned>(
     let (first, next) = table.list_sql();
     let limit = sql_limit(limit);
     match after {
-        None => collect(conn, table, first, rusqlite::params![limit]),
-        Some(after) => collect(conn, table, next, rusqlite::params![limit, after]),
+        None => collect(conn, table.name(), first, rusqlite::params![limit]),
+        Some(after) => collect(conn, table.name(), next, rusqlite::params![limit, after]),
     }
 }
 
@@ -193,13 +252,13 @@ pub(crate) fn list_by_group<T: DeserializeOwned>(
     match after {
         None => collect(
             conn,
-            Doc::Registrations,
+            Doc::Registrations.name(),
             "SELECT key, doc FROM registrations WHERE group_key = ?2 ORDER BY key LIMIT ?1",
             rusqlite::params![limit, group_key],
         ),
         Some(after) => collect(
             conn,
-            Doc::Registrations,
+            Doc::Registrations.name(),
             "SELECT key, doc FROM registrations WHERE group_key = ?2 AND key > ?3 \
              ORDER BY key LIMIT ?1",
             rusqlite::params![limit, group_key, after],
@@ -217,22 +276,24 @@ pub(crate) fn count_registrations(conn: &Connection) -> Result<u64, StoreError> 
     u64::try_from(n).map_err(|_| StoreError::Backend(format!("negative count {n}")))
 }
 
-fn sql_limit(limit: usize) -> i64 {
+/// A page size as SQL's `LIMIT` takes it.
+pub(crate) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-fn collect<T: DeserializeOwned>(
+/// The documents `sql` selects from `table` as (key, doc) rows, decoded, in row order.
+pub(crate) fn collect<T: DeserializeOwned, E: Decode>(
     conn: &Connection,
-    table: Doc,
+    table: &str,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<T>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).or_backend()?;
-    let mut rows = stmt.query(params).or_backend()?;
+) -> Result<Vec<T>, E> {
+    let mut stmt = conn.prepare_cached(sql).map_err(E::sqlite)?;
+    let mut rows = stmt.query(params).map_err(E::sqlite)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().or_backend()? {
-        let key: String = row.get(0).or_backend()?;
-        let doc: String = row.get(1).or_backend()?;
+    while let Some(row) = rows.next().map_err(E::sqlite)? {
+        let key: String = row.get(0).map_err(E::sqlite)?;
+        let doc: String = row.get(1).map_err(E::sqlite)?;
         out.push(decode(table, &key, &doc)?);
     }
     Ok(out)

@@ -8,8 +8,8 @@ use dps_core::{RegistrationRecord, Store, StoreError, WriteCondition};
 use dps_proto::model::service::{AttestationType, IndividualEnrollment, RegistrationState, RegistrationStatus};
 use tokio::task::JoinHandle;
 
-use super::writer::Op;
-use super::{SqliteStore, QUEUE_CAPACITY};
+use super::commands::Op;
+use super::SqliteStore;
 
 fn record(id: &str) -> RegistrationRecord {
     RegistrationRecord {
@@ -54,7 +54,7 @@ async fn pause(store: &Arc<SqliteStore>) -> (JoinHandle<Result<(), StoreError>>,
 /// Waits until `n` commands sit in the writer's queue.
 async fn queued(store: &SqliteStore, n: usize) {
     for _ in 0..2_000 {
-        if QUEUE_CAPACITY - store.tx.capacity() == n {
+        if store.db.writer.queued() == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

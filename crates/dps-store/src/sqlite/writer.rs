@@ -1,132 +1,147 @@
-//! The single writer thread and its group commit.
+//! The single writer thread and its group commit, shared by every SQLite store in this crate
+//! (the DPS store's `dps.db`, the hub's `hub.db`).
 //!
 //! SQLite allows one writer at a time, and with `synchronous=FULL` every COMMIT costs an fsync
 //! (milliseconds on real disks). Serialising callers on a lock would cap registrations at one
-//! fsync each. Instead one thread owns the write connection; callers queue [`Command`]s and the
+//! fsync each. Instead one thread owns the write connection; callers queue operations and the
 //! thread executes everything queued (up to [`MAX_BATCH`]) in one transaction, replying to each
 //! caller only after COMMIT returned. One fsync then covers the whole batch, and the batch grows
 //! on its own with load: while one batch syncs, the next one queues.
 //!
-//! Each command runs inside its own SAVEPOINT so a failed precondition (or a constraint error)
-//! undoes only that command's changes and is reported to that caller alone.
+//! Each operation runs inside its own SAVEPOINT so a failed precondition (or a constraint error)
+//! undoes only that operation's changes and is reported to that caller alone.
+//!
+//! What an operation does is the store's business ([`Operation`]); this module only batches,
+//! commits and answers.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dps_core::{StoreError, WriteCondition};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
-use super::{backend, Counters, OrBackend};
+use super::{BackendError, OpenError};
 
-/// Most commands executed in one transaction. Bounds the latency a caller at the back of a very
+/// Most operations executed in one transaction. Bounds the latency a caller at the back of a very
 /// long queue adds to the ones before it, and the memory of one batch.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// A write and where to send its outcome.
-pub(crate) struct Command {
-    pub(crate) op: Op,
-    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+/// How many writes may wait for the writer before callers are made to wait to enqueue
+/// (backpressure instead of unbounded memory when the disk cannot keep up).
+pub(crate) const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
+
+/// One write a store queues: the SQL it runs inside the batch's transaction.
+pub(crate) trait Operation: Send + 'static {
+    /// What the store's callers get back.
+    type Error: BackendError;
+
+    /// Runs the operation's statements. An `Err` undoes this operation alone (its savepoint is
+    /// rolled back) and is returned to its caller; the rest of the batch still commits.
+    fn apply(&self, conn: &Connection) -> Result<(), Self::Error>;
 }
 
-/// The service-managed document tables (conditional put and delete).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Table {
-    Enrollments,
-    Groups,
-    Certificates,
+/// An operation and where to send its outcome.
+struct Command<O: Operation> {
+    op: O,
+    reply: oneshot::Sender<Result<(), O::Error>>,
 }
 
-impl Table {
-    fn select_etag(self) -> &'static str {
-        match self {
-            Table::Enrollments => "SELECT etag FROM enrollments WHERE key = ?1",
-            Table::Groups => "SELECT etag FROM enrollment_groups WHERE key = ?1",
-            Table::Certificates => "SELECT etag FROM certificates WHERE key = ?1",
+/// Counters of the writer's work, for benchmarks and metrics. Monotonic since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed (each one fsync of the WAL).
+    pub transactions: u64,
+    /// Write commands in committed transactions, including ones that failed their own
+    /// precondition (they still rode in the batch).
+    pub commands: u64,
+    /// Transactions that failed as a whole (every command in them got the backend error).
+    pub failed_transactions: u64,
+    /// The most commands one committed transaction carried.
+    pub largest_batch: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    transactions: AtomicU64,
+    commands: AtomicU64,
+    failed_transactions: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+/// The handle of a writer thread: queue operations with [`Writer::write`].
+///
+/// Dropping it lets the thread finish what is queued, then joins it (briefly blocking the
+/// dropping thread), so that once drop returns the write connection is closed.
+pub(crate) struct Writer<O: Operation> {
+    tx: mpsc::Sender<Command<O>>,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl<O: Operation> Writer<O> {
+    /// Starts the thread `name`, which owns `conn` from now on.
+    pub(crate) fn start(conn: Connection, name: &str) -> Result<Self, OpenError> {
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn({
+                let counters = Arc::clone(&counters);
+                move || run(conn, rx, &counters)
+            })
+            .map_err(OpenError::SpawnWriter)?;
+        Ok(Self {
+            tx,
+            thread: Some(thread),
+            counters,
+        })
+    }
+
+    /// Queues a write and waits for its outcome, which arrives only after its batch committed.
+    /// A write whose future is dropped after it was queued still executes.
+    pub(crate) async fn write(&self, op: O) -> Result<(), O::Error> {
+        let (reply, outcome) = oneshot::channel();
+        self.tx
+            .send(Command { op, reply })
+            .await
+            .map_err(|_| O::Error::backend("sqlite writer has stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| O::Error::backend("sqlite writer stopped before committing".into()))?
+    }
+
+    /// What the writer has done since it started.
+    pub(crate) fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            transactions: c.transactions.load(Ordering::Relaxed),
+            commands: c.commands.load(Ordering::Relaxed),
+            failed_transactions: c.failed_transactions.load(Ordering::Relaxed),
+            largest_batch: c.largest_batch.load(Ordering::Relaxed),
         }
     }
 
-    fn upsert(self) -> &'static str {
-        match self {
-            Table::Enrollments => {
-                "INSERT INTO enrollments (key, etag, doc) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
-            }
-            Table::Groups => {
-                "INSERT INTO enrollment_groups (key, etag, doc) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
-            }
-            Table::Certificates => {
-                "INSERT INTO certificates (key, etag, doc) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
-            }
-        }
-    }
-
-    fn delete(self) -> &'static str {
-        match self {
-            Table::Enrollments => "DELETE FROM enrollments WHERE key = ?1",
-            Table::Groups => "DELETE FROM enrollment_groups WHERE key = ?1",
-            Table::Certificates => "DELETE FROM certificates WHERE key = ?1",
-        }
+    /// Operations waiting in the queue (tests hold the writer still and wait for a batch).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        QUEUE_CAPACITY - self.tx.capacity()
     }
 }
 
-const SELECT_REGISTRATION_ETAG: &str = "SELECT etag FROM registrations WHERE key = ?1";
-const DELETE_REGISTRATION: &str = "DELETE FROM registrations WHERE key = ?1";
-const UPSERT_INTENT: &str = "INSERT INTO registration_intents (key, doc) VALUES (?1, ?2) \
-     ON CONFLICT (key) DO UPDATE SET doc = excluded.doc";
-const DELETE_INTENT: &str = "DELETE FROM registration_intents WHERE key = ?1";
-const UPSERT_REGISTRATION: &str = "INSERT INTO registrations (key, group_key, etag, doc) \
-     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET \
-     group_key = excluded.group_key, etag = excluded.etag, doc = excluded.doc";
-
-/// One write. Documents arrive already serialised: JSON encoding runs on the callers' threads,
-/// in parallel, keeping the single writer's critical path to SQL only.
-pub(crate) enum Op {
-    /// Conditional create/replace of an enrollment, group or CA certificate.
-    Put {
-        table: Table,
-        key: String,
-        etag: Option<String>,
-        doc: String,
-        cond: WriteCondition,
-    },
-    /// Conditional delete; deleting an enrollment also deletes the registration with its key.
-    Delete {
-        table: Table,
-        key: String,
-        cond: WriteCondition,
-    },
-    /// Conditional delete of a registration record.
-    DeleteRegistration { key: String, cond: WriteCondition },
-    /// Unconditional upsert of a registration record, removing its operation's intent.
-    CommitRegistration {
-        key: String,
-        group_key: Option<String>,
-        etag: Option<String>,
-        doc: String,
-        operation_id: Option<String>,
-    },
-    /// Unconditional upsert of a registration intent (keyed by operation id).
-    PutIntent { operation_id: String, doc: String },
-    /// Removal of a registration intent; absent is fine.
-    DeleteIntent { operation_id: String },
-    /// Test hook: tells the test it is running, then blocks the writer (inside its transaction)
-    /// until released, so the test can queue a batch deterministically.
-    #[cfg(test)]
-    Pause {
-        reached: std::sync::mpsc::Sender<()>,
-        release: std::sync::mpsc::Receiver<()>,
-    },
-    /// Test hook: writes a registration row, then fails, to prove the savepoint undoes it.
-    #[cfg(test)]
-    WriteThenFail { key: String },
-    /// Test hook: leaves a deferred foreign-key violation so that COMMIT itself fails.
-    #[cfg(test)]
-    PoisonCommit,
+impl<O: Operation> Drop for Writer<O> {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer's loop once the queue is drained.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!("sqlite writer thread panicked");
+            }
+        }
+    }
 }
 
 /// If the previous batch committed less than this long ago, writes are arriving steadily.
@@ -140,10 +155,10 @@ const BUSY_GAP: Duration = Duration::from_millis(2);
 const LINGER: Duration = Duration::from_micros(500);
 
 /// The writer thread's loop; returns when every sender is gone and the queue is drained.
-pub(crate) fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters>) {
-    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+fn run<O: Operation>(conn: Connection, mut rx: mpsc::Receiver<Command<O>>, counters: &Counters) {
+    let mut batch: Vec<Command<O>> = Vec::with_capacity(MAX_BATCH);
     let mut last_commit: Option<Instant> = None;
-    let drain = |rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>| {
+    let drain = |rx: &mut mpsc::Receiver<Command<O>>, batch: &mut Vec<Command<O>>| {
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(cmd) => batch.push(cmd),
@@ -171,6 +186,7 @@ pub(crate) fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, counters: A
             }
             Err(e) => {
                 error!(commands = batch.len(), error = %e, "store batch failed; nothing written");
+                let e = O::Error::backend(e.to_string());
                 for cmd in batch.drain(..) {
                     let _ = cmd.reply.send(Err(e.clone()));
                 }
@@ -180,41 +196,44 @@ pub(crate) fn run(conn: Connection, mut rx: mpsc::Receiver<Command>, counters: A
     debug!("store writer stopped");
 }
 
-/// Runs one batch in one transaction. `Ok` holds each command's own outcome, all of them durable
-/// (the successful ones) once this returns. `Err` means the transaction as a whole failed and was
-/// rolled back: every command in it must report that error, since even a precondition verdict
-/// may have depended on an earlier command of the same batch that is now undone.
-fn execute(conn: &Connection, batch: &[Command]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+/// One operation's outcome within a committed batch.
+type Outcome<O> = Result<(), <O as Operation>::Error>;
+
+/// Runs one batch in one transaction. `Ok` holds each operation's own outcome, all of them
+/// durable (the successful ones) once this returns. `Err` means the transaction as a whole failed
+/// and was rolled back: every operation in it must report that error, since even a precondition
+/// verdict may have depended on an earlier operation of the same batch that is now undone.
+fn execute<O: Operation>(conn: &Connection, batch: &[Command<O>]) -> Result<Vec<Outcome<O>>, rusqlite::Error> {
     // An earlier failed ROLLBACK could leave a transaction open; BEGIN would then fail forever.
     if !conn.is_autocommit() {
         warn!("store writer found a transaction left open; rolling it back");
-        exec(conn, "ROLLBACK").or_backend()?;
+        exec(conn, "ROLLBACK")?;
     }
-    exec(conn, "BEGIN IMMEDIATE").or_backend()?;
+    exec(conn, "BEGIN IMMEDIATE")?;
     match run_commands(conn, batch) {
         Ok(results) => match exec(conn, "COMMIT") {
             Ok(()) => Ok(results),
             Err(e) => {
                 warn!(error = %e, "store COMMIT failed; rolling back the batch");
                 rollback(conn);
-                Err(backend(e))
+                Err(e)
             }
         },
         Err(e) => {
             rollback(conn);
-            Err(backend(e))
+            Err(e)
         }
     }
 }
 
-/// The per-command savepoint loop. An `Err` here is a failure of the savepoint machinery itself
-/// (or SQLite having already rolled the whole transaction back, as it does on I/O errors and
-/// SQLITE_FULL), which dooms the batch.
-fn run_commands(conn: &Connection, batch: &[Command]) -> Result<Vec<Result<(), StoreError>>, rusqlite::Error> {
+/// The per-operation savepoint loop. An `Err` here is a failure of the savepoint machinery
+/// itself (or SQLite having already rolled the whole transaction back, as it does on I/O errors
+/// and SQLITE_FULL), which dooms the batch.
+fn run_commands<O: Operation>(conn: &Connection, batch: &[Command<O>]) -> Result<Vec<Outcome<O>>, rusqlite::Error> {
     let mut results = Vec::with_capacity(batch.len());
     for cmd in batch {
         exec(conn, "SAVEPOINT cmd")?;
-        let result = apply(conn, &cmd.op);
+        let result = cmd.op.apply(conn);
         if result.is_err() {
             exec(conn, "ROLLBACK TO cmd")?;
         }
@@ -236,110 +255,6 @@ fn rollback(conn: &Connection) {
 
 fn exec(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(sql)?.execute([])?;
-    Ok(())
-}
-
-/// The stored etag: `None` if there is no row, `Some("")` for a row without one (so a create-only
-/// PUT still sees it as existing).
-fn current_etag(conn: &Connection, select: &str, key: &str) -> Result<Option<String>, StoreError> {
-    conn.prepare_cached(select)
-        .or_backend()?
-        .query_row([key], |r| r.get::<_, Option<String>>(0))
-        .optional()
-        .or_backend()
-        .map(|row| row.map(Option::unwrap_or_default))
-}
-
-fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
-    match op {
-        Op::Put {
-            table,
-            key,
-            etag,
-            doc,
-            cond,
-        } => {
-            cond.check_put(current_etag(conn, table.select_etag(), key)?.as_deref())?;
-            conn.prepare_cached(table.upsert())
-                .or_backend()?
-                .execute(params![key, etag, doc])
-                .or_backend()?;
-        }
-        Op::Delete { table, key, cond } => {
-            cond.check_delete(current_etag(conn, table.select_etag(), key)?.as_deref())?;
-            conn.prepare_cached(table.delete())
-                .or_backend()?
-                .execute([key])
-                .or_backend()?;
-            if *table == Table::Enrollments {
-                // An individual enrollment's registration record goes with it (same key).
-                conn.prepare_cached(DELETE_REGISTRATION)
-                    .or_backend()?
-                    .execute([key])
-                    .or_backend()?;
-            }
-        }
-        Op::DeleteRegistration { key, cond } => {
-            cond.check_delete(current_etag(conn, SELECT_REGISTRATION_ETAG, key)?.as_deref())?;
-            conn.prepare_cached(DELETE_REGISTRATION)
-                .or_backend()?
-                .execute([key])
-                .or_backend()?;
-        }
-        Op::CommitRegistration {
-            key,
-            group_key,
-            etag,
-            doc,
-            operation_id,
-        } => {
-            conn.prepare_cached(UPSERT_REGISTRATION)
-                .or_backend()?
-                .execute(params![key, group_key, etag, doc])
-                .or_backend()?;
-            if let Some(op) = operation_id {
-                conn.prepare_cached(DELETE_INTENT)
-                    .or_backend()?
-                    .execute([op])
-                    .or_backend()?;
-            }
-        }
-        Op::PutIntent { operation_id, doc } => {
-            conn.prepare_cached(UPSERT_INTENT)
-                .or_backend()?
-                .execute(params![operation_id, doc])
-                .or_backend()?;
-        }
-        Op::DeleteIntent { operation_id } => {
-            conn.prepare_cached(DELETE_INTENT)
-                .or_backend()?
-                .execute([operation_id])
-                .or_backend()?;
-        }
-        #[cfg(test)]
-        Op::Pause { reached, release } => {
-            let _ = reached.send(());
-            let _ = release.recv();
-        }
-        #[cfg(test)]
-        Op::WriteThenFail { key } => {
-            conn.prepare_cached(UPSERT_REGISTRATION)
-                .or_backend()?
-                .execute(params![key, None::<String>, None::<String>, "{}"])
-                .or_backend()?;
-            return Err(StoreError::Backend("injected failure".into()));
-        }
-        #[cfg(test)]
-        Op::PoisonCommit => {
-            conn.execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS poison_parent (id INTEGER PRIMARY KEY);
-                 CREATE TEMP TABLE IF NOT EXISTS poison_child (
-                     parent INTEGER REFERENCES poison_parent (id) DEFERRABLE INITIALLY DEFERRED);
-                 INSERT INTO poison_child (parent) VALUES (42);",
-            )
-            .or_backend()?;
-        }
-    }
     Ok(())
 }
 

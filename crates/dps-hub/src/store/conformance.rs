@@ -1,0 +1,177 @@
+//! The hub store conformance suite: every [`HubStore`] runs exactly these checks (the in-memory
+//! store in dps-hub's own tests, `dps_store::SqliteHubStore` in dps-store's).
+//!
+//! Each check uses its own device ids and measures counts as differences, so a store needs to be
+//! fresh only once, and the checks may run in any order.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use dps_proto::model::service::DeviceCapabilities;
+use serde_json::json;
+
+use super::{DeviceRecord, HubStore};
+use crate::record::{sas_auth, self_signed_auth, Status, TwinState};
+
+fn at() -> DateTime<Utc> {
+    // Sub-second precision: a store must not round timestamps.
+    Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap() + Duration::nanoseconds(123_456_789)
+}
+
+fn record(id: &str, status: Status) -> DeviceRecord {
+    DeviceRecord {
+        device_id: id.into(),
+        generation_id: "638000000000000001".into(),
+        etag: format!("etag-{id}"),
+        status,
+        status_reason: None,
+        status_updated_time: at(),
+        created_time: at(),
+        authentication: sas_auth("cHJpbWFyeQ==".into(), "c2Vjb25kYXJ5".into()),
+        capabilities: DeviceCapabilities::default(),
+        twin: TwinState::new(at()),
+        created_by_operation: None,
+    }
+}
+
+/// A record using every field, with nested and non-ASCII twin content.
+fn rich(id: &str) -> DeviceRecord {
+    let mut r = record(id, Status::Disabled);
+    r.status_reason = Some("décommissionné".into());
+    r.status_updated_time = at() + Duration::days(3);
+    r.authentication = self_signed_auth("AB".repeat(20), "CD".repeat(32));
+    r.capabilities = DeviceCapabilities { iot_edge: true };
+    r.created_by_operation = Some("4.0123456789abcdef.op".into());
+    let obj = |v: serde_json::Value| v.as_object().cloned().unwrap();
+    r.twin.tags = obj(json!({"site": {"building": 7, "floors": [1, 2.5, "三"]}, "ok": true}));
+    r.twin.desired = obj(json!({"fan": {"speed": 3}, "mode": "eco"}));
+    r.twin.desired_version = 4;
+    r.twin.reported = obj(json!({"firmware": "1.2.3", "uptime": 123456789012_i64}));
+    r.twin.reported_version = 9;
+    r.twin.version = 12;
+    r
+}
+
+/// Runs every check.
+pub async fn run_all(store: &dyn HubStore) {
+    crud(store).await;
+    records_round_trip_whole(store).await;
+    ids_are_case_insensitive(store).await;
+    pages_in_key_order(store).await;
+    counts_by_status(store).await;
+}
+
+async fn crud(s: &dyn HubStore) {
+    assert_eq!(s.get_device("crud-1").await.unwrap(), None);
+    let first = record("crud-1", Status::Enabled);
+    s.put_device(&first).await.unwrap();
+    assert_eq!(s.get_device("crud-1").await.unwrap(), Some(first.clone()));
+
+    let mut second = first.clone();
+    second.etag = "etag-2".into();
+    second.twin.touch();
+    s.put_device(&second).await.unwrap();
+    assert_eq!(s.get_device("crud-1").await.unwrap(), Some(second), "a put replaces");
+
+    s.delete_device("crud-1").await.unwrap();
+    assert_eq!(s.get_device("crud-1").await.unwrap(), None);
+    s.delete_device("crud-1").await.unwrap();
+    s.delete_device("never-was").await.unwrap();
+
+    // A deleted id can be created again.
+    s.put_device(&first).await.unwrap();
+    assert_eq!(s.get_device("crud-1").await.unwrap(), Some(first));
+}
+
+async fn records_round_trip_whole(s: &dyn HubStore) {
+    let r = rich("Rich-1");
+    s.put_device(&r).await.unwrap();
+    let got = s.get_device("rich-1").await.unwrap().expect("stored");
+    assert_eq!(got, r);
+    assert_eq!(got.device_id(), "Rich-1", "the id keeps its spelling");
+    assert!(!got.is_enabled());
+    let listed = s.list_devices(Some("rich-0"), 1).await.unwrap();
+    assert_eq!(listed, vec![r], "pages carry whole records too");
+}
+
+async fn ids_are_case_insensitive(s: &dyn HubStore) {
+    s.put_device(&record("Case-X", Status::Enabled)).await.unwrap();
+    assert_eq!(s.get_device("CASE-x").await.unwrap().unwrap().device_id(), "Case-X");
+    let before = s.count_devices().await.unwrap().total;
+    // The same key under another spelling replaces the record (the hub never does this, but the
+    // key, not the spelling, identifies a row).
+    s.put_device(&record("CASE-X", Status::Enabled)).await.unwrap();
+    assert_eq!(s.count_devices().await.unwrap().total, before);
+    assert_eq!(s.get_device("case-x").await.unwrap().unwrap().device_id(), "CASE-X");
+    s.delete_device("cAsE-X").await.unwrap();
+    assert_eq!(s.get_device("Case-X").await.unwrap(), None);
+}
+
+async fn pages_in_key_order(s: &dyn HubStore) {
+    // Ids whose spelling order differs from their key order: keys compare lower-cased.
+    let ids: Vec<String> = (0..25)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("PAGE-{i:02}")
+            } else {
+                format!("page-{i:02}")
+            }
+        })
+        .collect();
+    for id in ids.iter().rev() {
+        s.put_device(&record(id, Status::Enabled)).await.unwrap();
+    }
+    let in_range = |r: &DeviceRecord| r.key().starts_with("page-");
+    let mut seen = Vec::new();
+    let mut after = "page-".to_string();
+    loop {
+        let page = s.list_devices(Some(&after), 10).await.unwrap();
+        assert!(page.len() <= 10);
+        let mine: Vec<_> = page.iter().filter(|r| in_range(r)).collect();
+        seen.extend(mine.iter().map(|r| r.device_id().to_string()));
+        if mine.len() < page.len() || page.len() < 10 {
+            break;
+        }
+        // Continue from the last id in its stored spelling: `after` is case-insensitive.
+        after = page.last().unwrap().device_id().to_string();
+    }
+    assert_eq!(seen, ids, "every device once, in key order");
+
+    // `after` need not be a stored key.
+    let page = s.list_devices(Some("PAGE-10a"), 2).await.unwrap();
+    let got: Vec<_> = page.iter().map(DeviceRecord::device_id).collect();
+    assert_eq!(got, ["page-11", "PAGE-12"]);
+    assert!(s.list_devices(Some("page-"), 0).await.unwrap().is_empty());
+    // From the start: keys in order, whatever else the store holds.
+    let all = s.list_devices(None, 10_000).await.unwrap();
+    assert!(
+        all.windows(2).all(|w| w[0].key() < w[1].key()),
+        "strictly ascending keys"
+    );
+    assert_eq!(all.iter().filter(|r| in_range(r)).count(), ids.len());
+}
+
+async fn counts_by_status(s: &dyn HubStore) {
+    let before = s.count_devices().await.unwrap();
+    assert_eq!(before.total, before.enabled + before.disabled);
+    for i in 0..3 {
+        s.put_device(&record(&format!("count-on-{i}"), Status::Enabled))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        s.put_device(&record(&format!("count-off-{i}"), Status::Disabled))
+            .await
+            .unwrap();
+    }
+    let after = s.count_devices().await.unwrap();
+    assert_eq!(after.total - before.total, 5);
+    assert_eq!(after.enabled - before.enabled, 3);
+    assert_eq!(after.disabled - before.disabled, 2);
+
+    // Disabling moves a device between the counts; deleting removes it.
+    s.put_device(&record("count-on-0", Status::Disabled)).await.unwrap();
+    s.delete_device("count-off-1").await.unwrap();
+    let last = s.count_devices().await.unwrap();
+    assert_eq!(last.total - before.total, 4);
+    assert_eq!(last.enabled - before.enabled, 2);
+    assert_eq!(last.disabled - before.disabled, 2);
+}

@@ -1,0 +1,167 @@
+//! [`SqliteHubStore`]: the embedded hub's [`HubStore`] in its own SQLite file (`hub.db`).
+//!
+//! Layout: one table `devices(id TEXT PRIMARY KEY, doc TEXT)` where `id` is the lower-cased
+//! device id and `doc` the hub's JSON [`DeviceRecord`] — the layout the hub kept before this
+//! store moved here, so existing files open unchanged (migration `hub/0001`).
+//!
+//! The hub upserts a device on every registration, and each upsert must be durable before the
+//! device gets its answer, so writes go through the same group-committing writer thread as the
+//! DPS store's: one fsync covers every write queued while the previous one was syncing.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use dps_hub::store::{device_key, DeviceCounts, DeviceRecord, HubStore, HubStoreError};
+use rusqlite::{params, Connection};
+
+use super::migrations::HUB;
+use super::reader::{self, Decode};
+use super::writer::Operation;
+use super::{BackendError, Database, OpenError, StoreStats};
+
+const TABLE: &str = "devices";
+const UPSERT: &str = "INSERT INTO devices (id, doc) VALUES (?1, ?2) \
+     ON CONFLICT (id) DO UPDATE SET doc = excluded.doc";
+const DELETE: &str = "DELETE FROM devices WHERE id = ?1";
+const GET: &str = "SELECT doc FROM devices WHERE id = ?1";
+const FIRST_PAGE: &str = "SELECT id, doc FROM devices ORDER BY id LIMIT ?1";
+const NEXT_PAGE: &str = "SELECT id, doc FROM devices WHERE id > ?2 ORDER BY id LIMIT ?1";
+const COUNT: &str = "SELECT COUNT(*), COALESCE(SUM(json_extract(doc, '$.status') = 'enabled'), 0) FROM devices";
+
+impl BackendError for HubStoreError {
+    fn backend(message: String) -> Self {
+        HubStoreError::Backend(message)
+    }
+
+    fn is_backend(&self) -> bool {
+        matches!(self, HubStoreError::Backend(_))
+    }
+}
+
+impl Decode for HubStoreError {
+    fn undecodable(_table: &str, key: &str, e: serde_json::Error) -> Self {
+        HubStoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// One write to the devices table. The document arrives serialised: JSON encoding runs on the
+/// callers' threads, in parallel, keeping the single writer's critical path to SQL only.
+enum DeviceOp {
+    /// Insert or replace the document of `key`.
+    Put { key: String, doc: String },
+    /// Remove `key` (absent is fine).
+    Delete { key: String },
+}
+
+impl Operation for DeviceOp {
+    type Error = HubStoreError;
+
+    fn apply(&self, conn: &Connection) -> Result<(), HubStoreError> {
+        match self {
+            DeviceOp::Put { key, doc } => conn
+                .prepare_cached(UPSERT)
+                .and_then(|mut s| s.execute(params![key, doc])),
+            DeviceOp::Delete { key } => conn.prepare_cached(DELETE).and_then(|mut s| s.execute([key])),
+        }
+        .map(drop)
+        .map_err(HubStoreError::sqlite)
+    }
+}
+
+/// A [`HubStore`] in one SQLite file, safe to share across tasks (`Arc<SqliteHubStore>`).
+///
+/// Durability and concurrency are [`super::SqliteStore`]'s: a write returns after the COMMIT of
+/// its batch (`synchronous=FULL`, so the WAL was fsynced); reads run on read-only connections
+/// and never wait for writes. Dropping the store lets the writer finish what is queued and
+/// closes the file.
+pub struct SqliteHubStore {
+    db: Database<DeviceOp>,
+}
+
+impl std::fmt::Debug for SqliteHubStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteHubStore").field("path", &self.db.path).finish()
+    }
+}
+
+impl SqliteHubStore {
+    /// Opens (creating if needed, with its parent directory) the hub database at `path`, brings
+    /// its schema up to date (a `hub.db` written before this store existed is adopted as is) and
+    /// starts the writer thread. Does not need a tokio runtime; the [`HubStore`] methods do.
+    pub fn open(path: &Path) -> Result<SqliteHubStore, OpenError> {
+        Ok(SqliteHubStore {
+            db: Database::open(path, &HUB, "dps-hub-writer")?,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.db.path
+    }
+
+    /// What the writer has done since open.
+    pub fn stats(&self) -> StoreStats {
+        self.db.writer.stats()
+    }
+}
+
+#[async_trait]
+impl HubStore for SqliteHubStore {
+    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
+        let key = device_key(device_id);
+        self.db
+            .readers
+            .read_short(move |c| reader::get_doc(c, TABLE, GET, &key))
+            .await
+    }
+
+    async fn put_device(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
+        let doc = serde_json::to_string(record)
+            .map_err(|e| HubStoreError::Backend(format!("cannot encode device record: {e}")))?;
+        self.db.writer.write(DeviceOp::Put { key: record.key(), doc }).await
+    }
+
+    async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError> {
+        self.db
+            .writer
+            .write(DeviceOp::Delete {
+                key: device_key(device_id),
+            })
+            .await
+    }
+
+    async fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
+        let after = after.map(device_key);
+        let limit = reader::sql_limit(limit);
+        self.db
+            .readers
+            .read(move |c| match &after {
+                None => reader::collect(c, TABLE, FIRST_PAGE, params![limit]),
+                Some(after) => reader::collect(c, TABLE, NEXT_PAGE, params![limit, after]),
+            })
+            .await
+    }
+
+    async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError> {
+        self.db
+            .readers
+            .read(|c| {
+                let (total, enabled): (i64, i64) = c
+                    .prepare_cached(COUNT)
+                    .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+                    .map_err(HubStoreError::sqlite)?;
+                let count =
+                    |n: i64| u64::try_from(n).map_err(|_| HubStoreError::Backend(format!("negative device count {n}")));
+                let (total, enabled) = (count(total)?, count(enabled)?);
+                Ok(DeviceCounts {
+                    total,
+                    enabled,
+                    disabled: total - enabled,
+                })
+            })
+            .await
+    }
+}

@@ -1,0 +1,261 @@
+//! The embedded hub on its SQLite store: the hub store conformance suite, durability across a
+//! reopen, group commit under concurrency, and `hub.db` files written by earlier builds (the hub
+//! kept this file itself before its store moved here).
+
+#[path = "../../dps-hub/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use dps_core::hub::{HubRegistry, TwinPolicy};
+use dps_core::SystemClock;
+use dps_hub::store::HubStore;
+use dps_hub::{Hub, HubConfig};
+use dps_store::sqlite::HUB_SCHEMA_VERSION;
+use dps_store::{OpenError, SqliteHubStore};
+use serde_json::json;
+use support::{desired_patch, obj, provisioning, sas_device, HOST, KEY1, KEY2};
+
+/// A hub on the SQLite store at `path`; dropping it closes the file.
+async fn open(path: &Path) -> Hub {
+    let store = Arc::new(SqliteHubStore::open(path).unwrap());
+    Hub::open_with_store(HubConfig::in_memory(HOST), store, Arc::new(SystemClock))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hub_store_passes_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteHubStore::open(&dir.path().join("hub.db")).unwrap();
+    dps_hub::store::conformance::run_all(&store).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sqlite_hub_store_passes_conformance_on_a_single_threaded_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteHubStore::open(&dir.path().join("hub.db")).unwrap();
+    dps_hub::store::conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn persists_devices_and_twins_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let (dev, twin) = {
+        let hub = open(&path).await;
+        hub.upsert_device(HOST, &provisioning("keep-me", TwinPolicy::Keep))
+            .await
+            .unwrap();
+        hub.put_device(sas_device("Gone", None), None).await.unwrap();
+        let mut p = desired_patch(json!({"fan": "on"}));
+        p.tags = Some(obj(json!({"room": 7})));
+        hub.patch_twin("keep-me", p, None).await.unwrap();
+        hub.delete_device("gone", None).await.unwrap();
+        (hub.get_device("keep-me").unwrap(), hub.get_twin("keep-me").unwrap())
+    };
+    let hub = open(&path).await;
+    assert_eq!(hub.get_device("keep-me").unwrap(), dev);
+    assert_eq!(hub.get_twin("keep-me").unwrap(), twin);
+    assert!(hub.get_device("gone").is_none());
+    assert_eq!(hub.statistics().total_device_count, 1);
+    // Etags survive, so a client's If-Match still works after a restart.
+    hub.patch_twin("keep-me", desired_patch(json!({"fan": "off"})), twin.etag.as_deref())
+        .await
+        .unwrap();
+}
+
+/// Start-up recovery repeats the upsert of a registration a crash interrupted (decision 0009): the
+/// repeat must report what the first attempt did, even after the hub was reopened, while another
+/// operation — or a device an operator created — still reports an existing device.
+#[tokio::test]
+async fn a_repeated_operation_reports_its_first_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let first = provisioning("again", TwinPolicy::Keep);
+    {
+        let hub = open(&path).await;
+        assert!(hub.upsert_device(HOST, &first).await.unwrap().created);
+        hub.put_device(sas_device("by-operator", None), None).await.unwrap();
+    }
+    let hub = open(&path).await;
+    let etag = hub.get_device("again").unwrap().etag;
+    assert!(hub.upsert_device(HOST, &first).await.unwrap().created, "same operation");
+    assert_eq!(hub.get_device("again").unwrap().etag, etag, "and nothing rewritten");
+    assert!(
+        !hub.upsert_device(HOST, &provisioning("again", TwinPolicy::Keep))
+            .await
+            .unwrap()
+            .created
+    );
+    let mut operator = provisioning("by-operator", TwinPolicy::Keep);
+    operator.operation_id = String::new();
+    assert!(!hub.upsert_device(HOST, &operator).await.unwrap().created);
+    // The marker is internal: the registry views do not show it.
+    let shown = serde_json::to_value(hub.get_device("again").unwrap()).unwrap();
+    assert!(!shown.to_string().contains(&first.operation_id), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn concurrent_upserts_are_all_durable() {
+    const TASKS: usize = 50;
+    const PER_TASK: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let hub = open(&path).await;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let hub = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_TASK {
+                let id = format!("bulk-{t:02}-{i:02}");
+                let out = hub
+                    .upsert_device(HOST, &provisioning(&id, TwinPolicy::Keep))
+                    .await
+                    .unwrap();
+                assert!(out.created);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{} durable upserts in {elapsed:?} ({:.0}/s)",
+        TASKS * PER_TASK,
+        (TASKS * PER_TASK) as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(hub.statistics().total_device_count, (TASKS * PER_TASK) as u64);
+    drop(hub);
+
+    let hub = Arc::new(open(&path).await);
+    assert_eq!(hub.list_devices(5000).len(), TASKS * PER_TASK);
+    let t = hub.get_twin("bulk-49-19").unwrap();
+    assert_eq!(t.tags.unwrap()["site"], "lab");
+}
+
+#[test]
+fn refuses_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let err = SqliteHubStore::open(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::SchemaTooNew {
+                database: "hub",
+                found: 99,
+                supported: HUB_SCHEMA_VERSION,
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn migrates_fresh_database_to_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("hub.db");
+    let store = SqliteHubStore::open(&path).unwrap();
+    assert!(store.list_devices(None, 10).await.unwrap().is_empty());
+    drop(store);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, HUB_SCHEMA_VERSION);
+    let mode: String = c.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+/// A `hub.db` as the hub wrote it before its store moved to dps-store (schema version 1, no
+/// application id, device documents in that build's JSON) opens with its devices, is migrated
+/// (its devices counted by status), and the hub keeps writing to it.
+#[tokio::test]
+async fn opens_a_hub_db_written_by_an_earlier_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE devices (
+                 id  TEXT PRIMARY KEY NOT NULL,
+                 doc TEXT NOT NULL
+             ) WITHOUT ROWID;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        let doc = json!({
+            "deviceId": "Legacy-1",
+            "generationId": "638712345678901234",
+            "etag": "bGVnYWN5ZXQ=",
+            "status": "disabled",
+            "statusReason": "parked",
+            "statusUpdatedTime": "2025-03-04T05:06:07.123456789Z",
+            "createdTime": "2025-03-04T05:06:07.123456789Z",
+            "authentication": {
+                "type": "sas",
+                "symmetricKey": {"primaryKey": KEY1, "secondaryKey": KEY2}
+            },
+            "capabilities": {"iotEdge": false},
+            "twin": {
+                "etag": "dHdpbmV0YWc=",
+                "version": 5,
+                "tags": {"room": 7},
+                "desired": {"fan": "on"},
+                "desiredVersion": 2,
+                "desiredUpdated": "2025-03-04T05:06:07.123456789Z",
+                "reported": {"fw": "1.0"},
+                "reportedVersion": 3,
+                "reportedUpdated": "2025-03-04T05:06:08Z"
+            },
+            "createdByOperation": "4.legacy.1"
+        });
+        let mut enabled = doc.clone();
+        enabled["deviceId"] = json!("Legacy-2");
+        enabled["status"] = json!("enabled");
+        for (key, doc) in [("legacy-1", doc), ("legacy-2", enabled)] {
+            c.execute(
+                "INSERT INTO devices (id, doc) VALUES (?1, ?2)",
+                rusqlite::params![key, doc.to_string()],
+            )
+            .unwrap();
+        }
+    }
+    {
+        let hub = open(&path).await;
+        let d = hub.get_device("LEGACY-1").unwrap();
+        assert_eq!(d.device_id, "Legacy-1");
+        assert_eq!(d.etag.as_deref(), Some("bGVnYWN5ZXQ="));
+        assert_eq!(d.status.as_deref(), Some("disabled"));
+        assert_eq!(d.status_reason.as_deref(), Some("parked"));
+        let t = hub.get_twin("legacy-1").unwrap();
+        assert_eq!(t.etag.as_deref(), Some("dHdpbmV0YWc="));
+        assert_eq!(t.version, Some(5));
+        assert_eq!(t.tags.unwrap()["room"], 7);
+        let desired = t.properties.unwrap().desired.unwrap();
+        assert_eq!((&desired["fan"], &desired["$version"]), (&json!("on"), &json!(2)));
+        let stats = hub.statistics();
+        assert_eq!((stats.total_device_count, stats.disabled_device_count), (2, 1));
+        hub.put_device(sas_device("new-one", None), None).await.unwrap();
+    }
+    let hub = open(&path).await;
+    assert_eq!(hub.statistics().total_device_count, 3);
+    drop(hub);
+    // The migration counted the existing devices; the triggers counted the new one.
+    let store = SqliteHubStore::open(&path).unwrap();
+    let counts = store.count_devices().await.unwrap();
+    assert_eq!((counts.total, counts.enabled, counts.disabled), (3, 2, 1));
+    drop(store);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: u32 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, HUB_SCHEMA_VERSION);
+    let id: i32 = c.pragma_query_value(None, "application_id", |r| r.get(0)).unwrap();
+    assert_eq!(id, dps_store::sqlite::HUB_APPLICATION_ID);
+}
