@@ -7,7 +7,7 @@ use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinP
 use dps_hub::{Hub, HubConfig, RegistryError};
 use dps_proto::keys::validate_symmetric_key;
 use dps_proto::model::hub::{AuthenticationMechanism, Device, Twin, TwinProperties, X509Thumbprint};
-use dps_proto::model::service::InitialTwin;
+use dps_proto::model::service::{DeviceCapabilities, InitialTwin};
 use serde_json::{json, Map, Value};
 use support::{desired_of, desired_patch, obj, provisioning, sas_device, HOST, KEY1, KEY2};
 
