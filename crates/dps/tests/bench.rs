@@ -125,7 +125,9 @@ fn bench_controls_x509_and_the_tls_ceiling() {
         "0.5",
     ]);
     let started = r["devices"].as_u64().unwrap();
-    assert!((50..=101).contains(&started), "about 100/s for 1 s: {r}");
+    // The rate is a ceiling (at most 100/s for 1 s, plus the one started at t = 0); how many
+    // actually start depends on how loaded the machine is, so only the ceiling is asserted.
+    assert!((1..=101).contains(&started), "at most 100/s for 1 s: {r}");
     check_report(&r, "register", started);
     assert_eq!(r["warmupResult"]["succeeded"], 20, "{r}");
     assert_eq!(r["controls"]["ratePerSecond"], 100.0);
