@@ -149,3 +149,35 @@ async fn queued_cloud_to_device_messages_survive_eviction_pressure() {
     session.subscribe(&format!("devices/{}/messages/devicebound/#", id(3)), 1);
     assert_eq!(&rx.try_recv().expect("the queued message").payload[..], b"kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_update_is_lost_to_concurrent_eviction() {
+    let hub = crowded_hub().await;
+    const WRITERS: usize = 4;
+    const PATCHES: usize = 25;
+    let before = hub.get_twin(&id(1)).await.unwrap().version.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let writer = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            for p in 0..PATCHES {
+                let patch = desired_patch(json!({ format!("w{w}"): p }));
+                writer.patch_twin(&id(1 + (p % 2)), patch, None).await.unwrap();
+            }
+        }));
+        // Readers sweep the whole store meanwhile, evicting whatever is idle.
+        let reader = hub.clone();
+        tasks.push(tokio::spawn(async move { read_all(&reader).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let v1 = hub.get_twin(&id(1)).await.unwrap().version.unwrap();
+    let v2 = hub.get_twin(&id(2)).await.unwrap().version.unwrap();
+    assert_eq!(
+        (v1 - before) + (v2 - before),
+        (WRITERS * PATCHES) as i64,
+        "every patch counted once"
+    );
+    assert!(hub.resident_devices() <= BOUND, "{} held", hub.resident_devices());
+}
