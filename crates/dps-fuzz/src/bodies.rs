@@ -97,7 +97,10 @@ pub fn registration_body(data: &[u8]) {
                     "a refused registration left a record"
                 );
                 assert!(
-                    hub.get_device(DEVICE).is_none(),
+                    matches!(
+                        hub.get_device(DEVICE).await,
+                        Err(dps_hub::RegistryError::NotFound { .. })
+                    ),
                     "a refused registration left a hub device"
                 );
             }
@@ -233,8 +236,9 @@ pub fn hub_body(data: &[u8]) {
             .expect("KEY is base64");
         let identity = hub
             .authenticate(now_unix(), &username, Some(token.as_bytes()), None)
+            .await
             .expect("the fixture device authenticates");
-        let (session, _outbound) = hub.open_session(identity).expect("a session opens");
+        let (session, _outbound) = hub.open_session(identity).await.expect("a session opens");
         let _ = session
             .handle_publish(now(), &hub_mqtt::reported_patch_topic("1"), data)
             .await;
@@ -258,7 +262,7 @@ pub fn hub_body(data: &[u8]) {
                 if let Ok(t) = result {
                     round_trip(&t, what);
                     assert_eq!(
-                        hub.get_twin(DEVICE).as_ref(),
+                        hub.get_twin(DEVICE).await.ok().as_ref(),
                         Some(&t),
                         "{what}: the twin reads back as answered"
                     );
@@ -269,15 +273,22 @@ pub fn hub_body(data: &[u8]) {
         if let Some(device) = parse::<Device>(data) {
             round_trip(&device, "Device");
             let id = device.device_id.clone();
-            let existed = hub.get_device(&id).is_some();
+            let existed = hub.get_device(&id).await.is_ok();
             match hub.put_device(device, None).await {
                 Ok(d) => {
                     round_trip(&d, "Device response");
-                    assert!(hub.get_device(&d.device_id).is_some(), "an accepted device reads back");
+                    assert!(
+                        hub.get_device(&d.device_id).await.is_ok(),
+                        "an accepted device reads back"
+                    );
                 }
                 Err(e) => {
                     not_a_storage_error(&e, "put device");
-                    assert_eq!(hub.get_device(&id).is_some(), existed, "a refused device was stored");
+                    assert_eq!(
+                        hub.get_device(&id).await.is_ok(),
+                        existed,
+                        "a refused device was stored"
+                    );
                 }
             }
         }

@@ -84,7 +84,7 @@ impl Hub {
     ///
     /// Errors say exactly what was wrong (unknown device, expired token, wrong key, wrong
     /// audience, ...) so the server can log them; the device only sees the CONNACK code.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         now_unix: u64,
         username: &HubUsername,
@@ -109,11 +109,15 @@ impl Hub {
         if let Some(m) = &username.module_id {
             return Err(refuse(format!("module identities are not supported (module '{m}')")));
         }
-        let rec = self
-            .inner
-            .slot(device_id)
-            .and_then(|s| s.record())
-            .ok_or_else(|| refuse("unknown device (not registered in this hub)".into()))?;
+        let found = self.inner.find(device_id).await.map_err(|source| {
+            let err = AuthError::Storage {
+                device_id: device_id.to_string(),
+                source,
+            };
+            tracing::warn!(error = %err, "device authentication not possible");
+            err
+        })?;
+        let (_, rec) = found.ok_or_else(|| refuse("unknown device (not registered in this hub)".into()))?;
 
         let password = password.filter(|p| !p.is_empty());
         let method = match password {

@@ -96,6 +96,16 @@ pub enum AuthError {
         /// Device id.
         device_id: String,
     },
+    /// The device's record could not be read from the hub's store; nothing was judged. The
+    /// server answers CONNACK 3 (server unavailable) so the device retries.
+    #[error("device '{device_id}' cannot be authenticated now: {source}")]
+    Storage {
+        /// Device id from the username.
+        device_id: String,
+        /// The store's error.
+        #[source]
+        source: HubStoreError,
+    },
 }
 
 /// Why a device session refused an operation.
@@ -112,6 +122,15 @@ pub enum SessionError {
     /// unknown topic). IoT Hub disconnects the device in that case.
     #[error(transparent)]
     Topic(#[from] HubTopicError),
+    /// The device's record could not be read from the hub's store while opening the session.
+    #[error("session of device '{device_id}' cannot open now: {source}")]
+    Storage {
+        /// Device id.
+        device_id: String,
+        /// The store's error.
+        #[source]
+        source: HubStoreError,
+    },
     /// A telemetry message (body plus properties) exceeded IoT Hub's device-to-cloud limit
     /// (256 KB). IoT Hub closes the MQTT connection without an error (azure-iot-sdk-node#501:
     /// "the service bluntly disconnects the client when the message is too big"), so the
@@ -154,6 +173,15 @@ pub enum MethodError {
     /// The method name cannot be put in an MQTT topic (empty, or contains `/`, `+`, `#`).
     #[error("invalid method name '{0}'")]
     InvalidMethodName(String),
+    /// The device's record could not be read from the hub's store; nothing was sent.
+    #[error("device '{device_id}' cannot be looked up now: {source}")]
+    Storage {
+        /// Device id.
+        device_id: String,
+        /// The store's error.
+        #[source]
+        source: HubStoreError,
+    },
 }
 
 /// Why a cloud-to-device message was not accepted.
@@ -176,6 +204,15 @@ pub enum C2dError {
         /// Limit.
         limit: usize,
     },
+    /// The device's record could not be read from the hub's store; nothing was queued.
+    #[error("device '{device_id}' cannot be looked up now: {source}")]
+    Storage {
+        /// Device id.
+        device_id: String,
+        /// The store's error.
+        #[source]
+        source: HubStoreError,
+    },
     /// The device is offline and already has the maximum number of queued messages (Azure's
     /// per-device queue limit is 50).
     #[error("cloud-to-device queue of device '{device_id}' is full ({limit} messages)")]
@@ -185,4 +222,10 @@ pub enum C2dError {
         /// Queue limit.
         limit: usize,
     },
+}
+
+impl From<HubStoreError> for RegistryError {
+    fn from(e: HubStoreError) -> Self {
+        RegistryError::Storage(e.to_string())
+    }
 }

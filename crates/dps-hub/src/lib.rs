@@ -10,15 +10,21 @@
 //! this API. Device sessions are sans-IO — the server hands in the topics and payloads it read and
 //! writes out the [`Outbound`] publishes it gets back or receives on the session's channel.
 //!
-//! Concurrency: each device has its own slot (a `DashMap` entry) with a write lock that
-//! serialises read-modify-write-persist of that device only, an `RwLock`ed committed snapshot that
-//! readers clone without waiting for disk, and a small mutex for its live connection state. There
-//! is no hub-wide lock on the registry or session paths; durability cost is shared through group
-//! commit in the store (the SQLite store's writer thread).
+//! Memory: the store is the registry's truth. The hub holds a slot only for devices it has reason
+//! to hold — connected, being written, queued cloud-to-device messages — plus a bounded cache of
+//! recently read ones ([`HubConfig::device_cache`]); any other device is loaded from the store
+//! when asked for (module `cache`, decision 0014). Opening a hub reads no device.
+//!
+//! Concurrency: each held device has its own slot (in a shard of the slot cache) with a write
+//! lock that serialises load and read-modify-write-persist of that device only, an `RwLock`ed
+//! committed snapshot that readers clone without waiting for disk, and a small mutex for its live
+//! connection state. There is no hub-wide lock on the registry or session paths; durability cost
+//! is shared through group commit in the store (the SQLite store's writer thread).
 
 #![forbid(unsafe_code)]
 
 mod auth;
+mod cache;
 mod error;
 mod provisioning;
 mod record;
@@ -28,7 +34,7 @@ pub mod store;
 mod telemetry;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,9 +50,10 @@ pub use registry::RegistryStatistics;
 pub use session::{DeviceSession, MethodResponse, Outbound, C2D_QUEUE_LIMIT, OUTBOUND_CAPACITY};
 pub use telemetry::TelemetryMessage;
 
+use cache::SlotCache;
 use record::{DeviceRecord, LiveView};
 use session::{Live, PendingMethod};
-use store::{HubStore, MemoryHubStore};
+use store::{HubStore, HubStoreError, MemoryHubStore};
 use telemetry::{Retention, TelemetryLog};
 
 /// How to open a hub.
@@ -62,7 +69,14 @@ pub struct HubConfig {
     pub telemetry_retention_bytes: u64,
     /// Oldest telemetry to keep, by enqueued time on the hub's clock.
     pub telemetry_retention_age: Duration,
+    /// About how many idle devices to keep in memory after reading them ([`DEFAULT_DEVICE_CACHE`]).
+    /// Connected devices, and devices with queued cloud-to-device messages, are held besides.
+    pub device_cache: usize,
 }
+
+/// The default [`HubConfig::device_cache`]: about 80 MB of typical records, so that a hub with
+/// millions of devices idles small while the devices in use are read without the store.
+pub const DEFAULT_DEVICE_CACHE: usize = 65_536;
 
 impl HubConfig {
     /// A hub keeping the last 10 000 telemetry messages, at most 256 MiB of them and none older
@@ -74,6 +88,7 @@ impl HubConfig {
             telemetry_retention: 10_000,
             telemetry_retention_bytes: 256 * 1024 * 1024,
             telemetry_retention_age: Duration::from_secs(24 * 3600),
+            device_cache: DEFAULT_DEVICE_CACHE,
         }
     }
 }
@@ -88,7 +103,7 @@ impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hub")
             .field("host_name", &self.inner.host_name)
-            .field("devices", &self.inner.devices.len())
+            .field("resident_devices", &self.inner.devices.len())
             .field("store", &self.inner.store)
             .finish()
     }
@@ -96,8 +111,9 @@ impl std::fmt::Debug for Hub {
 
 pub(crate) struct HubInner {
     host_name: String,
-    /// Lower-cased device id → slot. Slots are removed ("retired") when a device is deleted.
-    devices: DashMap<String, Arc<Slot>>,
+    /// Lower-cased device id → slot, for held devices only. Slots are removed ("retired") when a
+    /// device is deleted or found absent, and evicted when idle and over the bound.
+    devices: SlotCache,
     store: Arc<dyn HubStore>,
     clock: Arc<dyn Clock>,
     telemetry: TelemetryLog,
@@ -112,32 +128,45 @@ pub(crate) struct Slot {
     /// Serialises read-modify-write-persist of this device. `true` once the slot was retired by a
     /// delete: a writer that waited on a retired slot looks the device up again.
     write: Arc<tokio::sync::Mutex<bool>>,
-    /// Last committed record; `None` while a create is in flight or after a delete.
-    record: RwLock<Option<Arc<DeviceRecord>>>,
+    /// `None` until the record was read from the store (under `write`); then the last committed
+    /// record, `Some(None)` while a create is in flight or after a delete.
+    record: RwLock<Option<Option<Arc<DeviceRecord>>>>,
     /// Connection state, the live session, queued C2D.
     live: Mutex<Live>,
+    /// Read since the cache last swept past it (its second chance).
+    touched: AtomicBool,
 }
 
 impl Slot {
-    fn new(record: Option<DeviceRecord>) -> Self {
+    fn new() -> Self {
         Self {
             write: Arc::new(tokio::sync::Mutex::new(false)),
-            record: RwLock::new(record.map(Arc::new)),
+            record: RwLock::new(None),
             live: Mutex::new(Live::default()),
+            touched: AtomicBool::new(false),
         }
     }
 
+    /// The committed record; `None` when the device does not exist or was not loaded yet.
     pub(crate) fn record(&self) -> Option<Arc<DeviceRecord>> {
+        self.record.read().clone().flatten()
+    }
+
+    /// The committed record if loaded (`Some(None)`: loaded, absent).
+    fn loaded(&self) -> Option<Option<Arc<DeviceRecord>>> {
         self.record.read().clone()
+    }
+
+    /// Whether nothing but the cached record is held: no session, no queued C2D. A slot that is
+    /// not idle is never evicted.
+    fn is_idle(&self) -> bool {
+        self.live.try_lock().is_some_and(|l| l.is_idle())
     }
 
     pub(crate) fn live_view(&self) -> LiveView {
         self.live.lock().view()
     }
 }
-
-/// Devices read per page while loading a store at open.
-const LOAD_PAGE: usize = 10_000;
 
 impl Hub {
     /// Opens a hub that keeps its devices in memory ([`MemoryHubStore`]): nothing survives the
@@ -148,48 +177,33 @@ impl Hub {
 
     /// [`Hub::open`] with a clock for the registry's timestamps (tests pass a `FakeClock`).
     pub fn open_with_clock(config: HubConfig, clock: Arc<dyn Clock>) -> Result<Hub, HubOpenError> {
-        Self::assemble(config, Arc::new(MemoryHubStore::new()), DashMap::new(), clock)
+        Self::assemble(config, Arc::new(MemoryHubStore::new()), clock)
     }
 
-    /// Opens a hub on `store` (`dps_store::SqliteHubStore` for `dps serve`) and loads every
-    /// stored device into memory. Every registry change is written to the store, durably,
-    /// before it is answered.
+    /// Opens a hub on `store` (`dps_store::SqliteHubStore` for `dps serve`). Devices are read
+    /// from the store when asked for, not at open (see the crate docs). Every registry change is
+    /// written to the store, durably, before it is answered.
     pub async fn open_with_store(
         config: HubConfig,
         store: Arc<dyn HubStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Hub, HubOpenError> {
-        let devices = DashMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = store
-                .list_devices(after.as_deref(), LOAD_PAGE)
-                .await
-                .map_err(HubOpenError::Load)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.key());
-            for rec in page {
-                devices.insert(rec.key(), Arc::new(Slot::new(Some(rec))));
-            }
-        }
-        Self::assemble(config, store, devices, clock)
+        // One cheap read proves the store answers before the hub serves anyone.
+        let counts = store.count_devices().await.map_err(HubOpenError::Load)?;
+        tracing::info!(devices = counts.total, "hub store opened");
+        Self::assemble(config, store, clock)
     }
 
-    fn assemble(
-        config: HubConfig,
-        store: Arc<dyn HubStore>,
-        devices: DashMap<String, Arc<Slot>>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Hub, HubOpenError> {
+    fn assemble(config: HubConfig, store: Arc<dyn HubStore>, clock: Arc<dyn Clock>) -> Result<Hub, HubOpenError> {
         let host_name = config.host_name.trim().to_string();
         if host_name.is_empty() {
             return Err(HubOpenError::EmptyHostName);
         }
-        tracing::info!(host = %host_name, devices = devices.len(), store = ?store, "embedded hub opened");
+        tracing::info!(host = %host_name, device_cache = config.device_cache, store = ?store, "embedded hub opened");
         Ok(Hub {
             inner: Arc::new(HubInner {
                 host_name,
-                devices,
+                devices: SlotCache::new(config.device_cache),
                 store,
                 clock,
                 telemetry: TelemetryLog::new(Retention {
@@ -229,6 +243,13 @@ impl Hub {
             .telemetry
             .recent(self.inner.now(), device_id, after_sequence, limit)
     }
+
+    /// How many devices the hub holds in memory now: connected or otherwise resident ones plus
+    /// the cache of recently read ones (about [`HubConfig::device_cache`] at most, besides the
+    /// resident).
+    pub fn resident_devices(&self) -> usize {
+        self.inner.devices.len()
+    }
 }
 
 impl HubInner {
@@ -236,37 +257,65 @@ impl HubInner {
         self.clock.now()
     }
 
-    pub(crate) fn slot(&self, device_id: &str) -> Option<Arc<Slot>> {
-        self.devices.get(&record::key_of(device_id)).map(|s| s.clone())
+    /// The slot of a device the hub holds now (lower-cased key), without loading anything.
+    pub(crate) fn held(&self, key: &str) -> Option<Arc<Slot>> {
+        self.devices.get(key)
     }
 
-    /// Takes the write lock of a device's slot, creating an empty slot when `create` and absent.
-    /// Never holds a `DashMap` guard across the await.
-    pub(crate) async fn lock_device(&self, key: &str, create: bool) -> Option<(Arc<Slot>, OwnedMutexGuard<bool>)> {
+    /// The device's slot and committed record, loading it from the store when the hub does not
+    /// hold it; `None` when no such device exists (or its create is still in flight).
+    pub(crate) async fn find(&self, device_id: &str) -> Result<Option<(Arc<Slot>, Arc<DeviceRecord>)>, HubStoreError> {
+        let key = record::key_of(device_id);
+        let slot = self.devices.get_or_insert(&key);
+        if let Some(rec) = slot.loaded() {
+            return Ok(rec.map(|r| (slot, r)));
+        }
+        drop(slot);
+        Ok(self
+            .lock_device(&key, false)
+            .await?
+            .and_then(|(slot, _guard)| slot.record().map(|r| (slot, r))))
+    }
+
+    /// Takes the write lock of a device's slot, loading its record from the store when the slot
+    /// is new. Without `create`, an absent device is `None` (and holds no slot); with it, the
+    /// caller gets the empty slot to create the device in.
+    pub(crate) async fn lock_device(
+        &self,
+        key: &str,
+        create: bool,
+    ) -> Result<Option<(Arc<Slot>, OwnedMutexGuard<bool>)>, HubStoreError> {
         loop {
-            let slot = if create {
-                self.devices
-                    .entry(key.to_string())
-                    .or_insert_with(|| Arc::new(Slot::new(None)))
-                    .clone()
-            } else {
-                self.devices.get(key)?.clone()
-            };
-            let guard = slot.write.clone().lock_owned().await;
+            let slot = self.devices.get_or_insert(key);
+            let mut guard = slot.write.clone().lock_owned().await;
             if *guard {
-                // Retired by a concurrent delete; the map no longer points at it.
+                // Retired by a concurrent delete (or a failed load); the map no longer points at it.
                 continue;
             }
-            return Some((slot, guard));
+            if slot.loaded().is_none() {
+                match self.store.get_device(key).await {
+                    Ok(rec) => *slot.record.write() = Some(rec.map(Arc::new)),
+                    Err(e) => {
+                        self.retire_if_empty(key, &slot, &mut guard);
+                        return Err(e);
+                    }
+                }
+            }
+            if !create && slot.record().is_none() {
+                self.retire_if_empty(key, &slot, &mut guard);
+                return Ok(None);
+            }
+            return Ok(Some((slot, guard)));
         }
     }
 
-    /// Removes a slot whose device does not exist (after a delete, or a failed create), so that
-    /// the map only holds real devices. Must be called with the slot's write guard held.
+    /// Removes a slot whose device does not exist (after a delete, a failed create, or a lookup
+    /// of an absent device), so that the map only holds real devices. Must be called with the
+    /// slot's write guard held.
     pub(crate) fn retire_if_empty(&self, key: &str, slot: &Arc<Slot>, guard: &mut bool) {
-        if slot.record.read().is_none() {
+        if slot.record().is_none() {
             *guard = true;
-            self.devices.remove_if(key, |_, s| Arc::ptr_eq(s, slot));
+            self.devices.remove_if_same(key, slot);
         }
     }
 
@@ -278,7 +327,7 @@ impl HubInner {
             .await
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
         let rec = Arc::new(rec);
-        *slot.record.write() = Some(rec.clone());
+        *slot.record.write() = Some(Some(rec.clone()));
         Ok(rec)
     }
 
@@ -289,7 +338,7 @@ impl HubInner {
             .delete_device(key)
             .await
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
-        *slot.record.write() = None;
+        *slot.record.write() = Some(None);
         Ok(())
     }
 

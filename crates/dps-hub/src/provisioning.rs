@@ -76,6 +76,7 @@ impl HubRegistry for Hub {
         let (slot, mut guard) = inner
             .lock_device(&key, true)
             .await
+            .map_err(|e| storage(e.into()))?
             .expect("lock_device with create always yields a slot");
         let now = inner.now();
         let auth = auth_of(&device.auth);
@@ -162,7 +163,12 @@ impl HubRegistry for Hub {
         if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
             return Err(HubError::UnknownHub(hub.to_string()));
         }
-        Ok(self.get_twin(device_id).map(|t| {
+        let twin = match self.get_twin(device_id).await {
+            Ok(t) => Some(t),
+            Err(RegistryError::NotFound { .. }) => None,
+            Err(e) => return Err(storage(e)),
+        };
+        Ok(twin.map(|t| {
             // The twin view carries `$metadata`/`$version`; the data migrated is the documents.
             let doc = |m: Option<&Map<String, Value>>| m.map(|m| Value::Object(clean_document(m)));
             DeviceData {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::RegistryError;
+use crate::record::LiveView;
 use crate::record::{
     caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_generation_id, new_key,
     normalize_thumbprint, validate_device_id, validate_status_reason, DeviceRecord, Status, TwinState,
@@ -44,11 +45,20 @@ pub struct RegistryStatistics {
 }
 
 impl Hub {
-    /// `GET /devices/{id}` (case-insensitive id).
-    pub fn get_device(&self, device_id: &str) -> Option<Device> {
-        let slot = self.inner.slot(device_id)?;
-        let rec = slot.record()?;
-        Some(rec.device_view(&slot.live_view()))
+    /// `GET /devices/{id}` (case-insensitive id); [`RegistryError::NotFound`] when absent.
+    pub async fn get_device(&self, device_id: &str) -> Result<Device, RegistryError> {
+        let (slot, rec) = self.find(device_id).await?;
+        Ok(rec.device_view(&slot.live_view()))
+    }
+
+    /// The device's slot and record, loaded on demand.
+    async fn find(&self, device_id: &str) -> Result<(Arc<Slot>, Arc<DeviceRecord>), RegistryError> {
+        self.inner
+            .find(device_id)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound {
+                device_id: device_id.to_string(),
+            })
     }
 
     /// `PUT /devices/{id}`: creates the device when absent, replaces its identity when present.
@@ -78,7 +88,7 @@ impl Hub {
         let inner = &self.inner;
         let (slot, mut guard) = inner
             .lock_device(&key, true)
-            .await
+            .await?
             .expect("lock_device with create always yields a slot");
         let now = inner.now();
         let result = async {
@@ -149,7 +159,7 @@ impl Hub {
         let not_found = || RegistryError::NotFound {
             device_id: device_id.to_string(),
         };
-        let (slot, mut guard) = inner.lock_device(&key, false).await.ok_or_else(not_found)?;
+        let (slot, mut guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
         let Some(cur) = slot.record() else {
             inner.retire_if_empty(&key, &slot, &mut guard);
             return Err(not_found());
@@ -166,59 +176,54 @@ impl Hub {
         Ok(())
     }
 
-    /// `GET /devices?top=N`: up to `top` devices (0 = 1000), ordered by lower-cased id.
-    pub fn list_devices(&self, top: usize) -> Vec<Device> {
-        let top = if top == 0 { DEFAULT_TOP } else { top };
-        let (page, _) = self.page(None, top);
-        page.into_iter()
-            .map(|(_, slot, rec)| rec.device_view(&slot.live_view()))
-            .collect()
+    /// `GET /devices?top=N`: up to `limit` devices (0 = 1000) whose lower-cased id follows
+    /// `after`'s (`None`: from the first), ordered by lower-cased id. Read from the store page by
+    /// page; held devices show their live connection state.
+    pub async fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<Device>, RegistryError> {
+        let limit = if limit == 0 { DEFAULT_TOP } else { limit };
+        let (page, _) = self.page(after, limit).await?;
+        Ok(page.into_iter().map(|(rec, live)| rec.device_view(&live)).collect())
     }
 
     /// `POST /devices/query`: every query is treated as `SELECT * FROM devices`. Returns one page
     /// of twins (`page` 0 = 100) ordered by lower-cased id, and the continuation token for the
     /// next page (`x-ms-continuation`), `None` on the last page. Tokens are opaque to callers.
-    pub fn query(&self, continuation: Option<&str>, page: usize) -> (Vec<Twin>, Option<String>) {
+    pub async fn query(
+        &self,
+        continuation: Option<&str>,
+        page: usize,
+    ) -> Result<(Vec<Twin>, Option<String>), RegistryError> {
         let page = if page == 0 { DEFAULT_PAGE } else { page };
         let after = continuation.map(str::trim).filter(|c| !c.is_empty());
-        let (items, more) = self.page(after, page);
-        let next = more.then(|| items.last().map(|(k, _, _)| k.clone())).flatten();
-        let twins = items
-            .into_iter()
-            .map(|(_, slot, rec)| rec.twin_view(&slot.live_view()))
-            .collect();
-        (twins, next)
+        let (items, more) = self.page(after, page).await?;
+        let next = more.then(|| items.last().map(|(rec, _)| rec.key())).flatten();
+        let twins = items.into_iter().map(|(rec, live)| rec.twin_view(&live)).collect();
+        Ok((twins, next))
     }
 
-    /// Device counts for the statistics endpoints.
-    pub fn statistics(&self) -> RegistryStatistics {
-        let mut s = RegistryStatistics {
-            total_device_count: 0,
-            enabled_device_count: 0,
-            disabled_device_count: 0,
-            connected_device_count: 0,
-        };
-        for e in self.inner.devices.iter() {
-            let Some(rec) = e.value().record() else {
-                continue;
-            };
-            s.total_device_count += 1;
-            match rec.status {
-                Status::Enabled => s.enabled_device_count += 1,
-                Status::Disabled => s.disabled_device_count += 1,
-            }
-            if e.value().live_view().connected {
-                s.connected_device_count += 1;
-            }
-        }
-        s
+    /// Device counts for the statistics endpoints: by status from the store, connected from the
+    /// held sessions (a connected device is always held).
+    pub async fn statistics(&self) -> Result<RegistryStatistics, RegistryError> {
+        let counts = self.inner.store.count_devices().await?;
+        let connected = self
+            .inner
+            .devices
+            .slots()
+            .iter()
+            .filter(|s| s.record().is_some() && s.live_view().connected)
+            .count() as u64;
+        Ok(RegistryStatistics {
+            total_device_count: counts.total,
+            enabled_device_count: counts.enabled,
+            disabled_device_count: counts.disabled,
+            connected_device_count: connected,
+        })
     }
 
-    /// `GET /twins/{id}`.
-    pub fn get_twin(&self, device_id: &str) -> Option<Twin> {
-        let slot = self.inner.slot(device_id)?;
-        let rec = slot.record()?;
-        Some(rec.twin_view(&slot.live_view()))
+    /// `GET /twins/{id}`; [`RegistryError::NotFound`] when absent.
+    pub async fn get_twin(&self, device_id: &str) -> Result<Twin, RegistryError> {
+        let (slot, rec) = self.find(device_id).await?;
+        Ok(rec.twin_view(&slot.live_view()))
     }
 
     /// `PUT /twins/{id}`: replaces tags and desired properties (reported properties are the
@@ -286,7 +291,7 @@ impl Hub {
         let not_found = || RegistryError::NotFound {
             device_id: device_id.to_string(),
         };
-        let (slot, _guard) = inner.lock_device(&key, false).await.ok_or_else(not_found)?;
+        let (slot, _guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
         let cur = slot.record().ok_or_else(not_found)?;
         if !etag_matches(if_match, &cur.twin.etag) {
             return Err(RegistryError::EtagMismatch {
@@ -309,27 +314,27 @@ impl Hub {
         Ok(rec.twin_view(&slot.live_view()))
     }
 
-    /// Devices with key > `after`, the first `n` in key order, and whether more follow. O(total)
-    /// per call (a selection, not a full sort), which is fine for an embedded registry.
-    #[allow(clippy::type_complexity)]
-    fn page(&self, after: Option<&str>, n: usize) -> (Vec<(String, Arc<Slot>, Arc<DeviceRecord>)>, bool) {
-        let mut items: Vec<(String, Arc<Slot>, Arc<DeviceRecord>)> = self
-            .inner
-            .devices
-            .iter()
-            .filter(|e| after.is_none_or(|a| e.key().as_str() > a))
-            .filter_map(|e| {
-                let rec = e.value().record()?;
-                Some((e.key().clone(), e.value().clone(), rec))
-            })
-            .collect();
-        let more = items.len() > n;
-        if more {
-            items.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
-            items.truncate(n);
-        }
-        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        (items, more)
+    /// Devices with key > `after`, the first `n` in key order from the store, each with the
+    /// live view of its slot if the hub holds it (without loading it into the cache: a listing
+    /// must not evict the devices in use), and whether more follow.
+    async fn page(
+        &self,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<(DeviceRecord, LiveView)>, bool), RegistryError> {
+        let mut records = self.inner.store.list_devices(after, n.saturating_add(1)).await?;
+        let more = records.len() > n;
+        records.truncate(n);
+        Ok((
+            records
+                .into_iter()
+                .map(|rec| {
+                    let live = self.inner.held(&rec.key()).map(|s| s.live_view()).unwrap_or_default();
+                    (rec, live)
+                })
+                .collect(),
+            more,
+        ))
     }
 }
 

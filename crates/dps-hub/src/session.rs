@@ -125,6 +125,12 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// No session and nothing queued: nothing here would be lost if the slot were dropped, but
+    /// the connection timestamps (which a restart loses too).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.session.is_none() && self.c2d_queue.is_empty()
+    }
+
     pub(crate) fn view(&self) -> LiveView {
         LiveView {
             connected: self.session.is_some(),
@@ -214,7 +220,7 @@ impl Hub {
     ///
     /// Fails with [`SessionError::Closed`] if the device was deleted, re-created or disabled since
     /// it authenticated.
-    pub fn open_session(
+    pub async fn open_session(
         &self,
         identity: DeviceIdentity,
     ) -> Result<(DeviceSession, mpsc::Receiver<Outbound>), SessionError> {
@@ -222,7 +228,15 @@ impl Hub {
             device_id: identity.device_id.clone(),
         };
         let key = key_of(&identity.device_id);
-        let slot = self.inner.slot(&key).ok_or_else(closed)?;
+        let (slot, _) = self
+            .inner
+            .find(&key)
+            .await
+            .map_err(|source| SessionError::Storage {
+                device_id: identity.device_id.clone(),
+                source,
+            })?
+            .ok_or_else(closed)?;
         let still_valid = |slot: &Slot| {
             slot.record().is_some_and(|rec| {
                 rec.generation_id == identity.generation_id && rec.status != crate::record::Status::Disabled
@@ -283,10 +297,14 @@ impl Hub {
         if method_name.is_empty() || method_name.contains(['/', '+', '#']) {
             return Err(MethodError::InvalidMethodName(method_name.to_string()));
         }
-        let slot = self
+        let (slot, _) = self
             .inner
-            .slot(device_id)
-            .filter(|s| s.record().is_some())
+            .find(device_id)
+            .await
+            .map_err(|source| MethodError::Storage {
+                device_id: device_id.to_string(),
+                source,
+            })?
             .ok_or_else(|| MethodError::DeviceNotFound {
                 device_id: device_id.to_string(),
             })?;
@@ -347,14 +365,17 @@ impl Hub {
     /// subscribed to `devices/{id}/messages/devicebound/#`, else queued (up to
     /// [`C2D_QUEUE_LIMIT`]) and delivered when it next subscribes. `$.mid` (a fresh UUID) and
     /// `$.to` are added when absent; other properties go into the topic url-encoded.
-    pub fn send_c2d(
+    pub async fn send_c2d(
         &self,
         device_id: &str,
         body: impl Into<Bytes>,
         properties: Vec<(String, String)>,
     ) -> Result<(), C2dError> {
-        let slot = self.inner.slot(device_id);
-        let Some((slot, rec)) = slot.and_then(|s| s.record().map(|r| (s, r))) else {
+        let found = self.inner.find(device_id).await.map_err(|source| C2dError::Storage {
+            device_id: device_id.to_string(),
+            source,
+        })?;
+        let Some((slot, rec)) = found else {
             return Err(C2dError::DeviceNotFound {
                 device_id: device_id.to_string(),
             });
@@ -605,9 +626,14 @@ impl DeviceSession {
             return Ok(error(400, codes::HUB_ARGUMENT_INVALID, e.to_string()));
         }
         let inner = &self.hub.inner;
-        let (slot, _guard) = inner
-            .lock_device(&self.key, false)
-            .await
+        let locked = match inner.lock_device(&self.key, false).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not read");
+                return Ok(error(500, 500001, "could not read the twin".into()));
+            }
+        };
+        let (slot, _guard) = locked
             .filter(|(s, _)| Arc::ptr_eq(s, &self.slot))
             .ok_or_else(|| self.closed())?;
         let rec = slot.record().ok_or_else(|| self.closed())?;

@@ -33,7 +33,7 @@ async fn device_crud_with_etags() {
     assert!(d.status_updated_time.is_some());
 
     // Case-insensitive lookup, same document.
-    assert_eq!(hub.get_device("dev-1").unwrap(), d);
+    assert_eq!(hub.get_device("dev-1").await.unwrap(), d);
 
     // Conditional replace: a stale etag is refused, the current one works.
     let mut upd = sas_device("dev-1", Some((KEY1, KEY2)));
@@ -84,7 +84,10 @@ async fn device_crud_with_etags() {
         hub.put_device(sas_device("ghost", None), Some("\"abc\"")).await,
         Err(RegistryError::NotFound { .. })
     ));
-    assert!(hub.get_device("ghost").is_none());
+    assert!(matches!(
+        hub.get_device("ghost").await,
+        Err(dps_hub::RegistryError::NotFound { .. })
+    ));
 
     // Validation.
     for (dev, what) in [
@@ -128,16 +131,19 @@ async fn device_crud_with_etags() {
             other => panic!("expected Invalid({what}), got {other:?}"),
         }
     }
-    assert_eq!(hub.statistics().total_device_count, 1);
+    assert_eq!(hub.statistics().await.unwrap().total_device_count, 1);
 
     // Delete: etag checked, then gone; a re-create gets a new generation.
-    let cur = hub.get_device("dev-1").unwrap().etag.unwrap();
+    let cur = hub.get_device("dev-1").await.unwrap().etag.unwrap();
     assert!(matches!(
         hub.delete_device("dev-1", Some("\"stale\"")).await,
         Err(RegistryError::EtagMismatch { .. })
     ));
     hub.delete_device("DEV-1", Some(&format!("\"{cur}\""))).await.unwrap();
-    assert!(hub.get_device("dev-1").is_none());
+    assert!(matches!(
+        hub.get_device("dev-1").await,
+        Err(dps_hub::RegistryError::NotFound { .. })
+    ));
     assert!(matches!(
         hub.delete_device("dev-1", None).await,
         Err(RegistryError::NotFound { .. })
@@ -152,15 +158,21 @@ async fn listing_and_query_paging() {
     for id in ["d3", "d1", "D5", "d2", "d4"] {
         hub.put_device(sas_device(id, None), None).await.unwrap();
     }
-    let ids: Vec<String> = hub.list_devices(3).into_iter().map(|d| d.device_id).collect();
+    let ids: Vec<String> = hub
+        .list_devices(None, 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
     assert_eq!(ids, ["d1", "d2", "d3"]);
-    assert_eq!(hub.list_devices(0).len(), 5);
+    assert_eq!(hub.list_devices(None, 0).await.unwrap().len(), 5);
 
     let mut seen = Vec::new();
     let mut cont = None;
     let mut pages = 0;
     loop {
-        let (twins, next) = hub.query(cont.as_deref(), 2);
+        let (twins, next) = hub.query(cont.as_deref(), 2).await.unwrap();
         pages += 1;
         seen.extend(twins.into_iter().map(|t| {
             assert_eq!(t.version, Some(1));
@@ -174,7 +186,7 @@ async fn listing_and_query_paging() {
     }
     assert_eq!(pages, 3);
     assert_eq!(seen, ["d1", "d2", "d3", "d4", "D5"]);
-    let stats = hub.statistics();
+    let stats = hub.statistics().await.unwrap();
     assert_eq!((stats.total_device_count, stats.enabled_device_count), (5, 5));
 }
 
@@ -182,7 +194,7 @@ async fn listing_and_query_paging() {
 async fn twin_patch_and_replace_bump_versions() {
     let hub = hub();
     hub.put_device(sas_device("dev", None), None).await.unwrap();
-    let t0 = hub.get_twin("dev").unwrap();
+    let t0 = hub.get_twin("dev").await.unwrap();
     assert_eq!(t0.version, Some(1));
     assert_eq!(desired_of(&t0)["$version"], 1);
     assert!(desired_of(&t0)["$metadata"]["$lastUpdated"].is_string());
@@ -247,7 +259,10 @@ async fn twin_patch_and_replace_bump_versions() {
         hub.patch_twin("missing", desired_patch(json!({})), None).await,
         Err(RegistryError::NotFound { .. })
     ));
-    assert!(hub.get_twin("missing").is_none());
+    assert!(matches!(
+        hub.get_twin("missing").await,
+        Err(dps_hub::RegistryError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]
@@ -264,13 +279,13 @@ async fn upsert_creates_and_applies_initial_twin() {
         .await
         .unwrap();
     assert!(out.created);
-    let d = hub.get_device("p1").unwrap();
+    let d = hub.get_device("p1").await.unwrap();
     let sk = d.authentication.unwrap().symmetric_key.unwrap();
     assert_eq!(
         (sk.primary_key.as_deref(), sk.secondary_key.as_deref()),
         (Some(KEY1), Some(KEY2))
     );
-    let t = hub.get_twin("p1").unwrap();
+    let t = hub.get_twin("p1").await.unwrap();
     assert_eq!(t.tags.clone().unwrap(), obj(json!({"site": "lab"})));
     let des = desired_of(&t);
     assert_eq!(
@@ -286,7 +301,7 @@ async fn upsert_creates_and_applies_initial_twin() {
             .unwrap()
             .created
     );
-    assert_eq!(hub.get_device("p1").unwrap().etag, etag);
+    assert_eq!(hub.get_device("p1").await.unwrap().etag, etag);
 
     // The twin drifts through the registry API...
     hub.patch_twin("p1", desired_patch(json!({"interval": 60})), None)
@@ -300,14 +315,14 @@ async fn upsert_creates_and_applies_initial_twin() {
     };
     keep.capabilities.iot_edge = true;
     assert!(!hub.upsert_device(HOST, &keep).await.unwrap().created);
-    let d = hub.get_device("p1").unwrap();
+    let d = hub.get_device("p1").await.unwrap();
     assert_eq!(
         d.authentication.unwrap().symmetric_key.unwrap().primary_key.as_deref(),
         Some(KEY2)
     );
     assert!(d.capabilities.unwrap().iot_edge);
     assert_ne!(d.etag, etag);
-    let t = hub.get_twin("p1").unwrap();
+    let t = hub.get_twin("p1").await.unwrap();
     assert_eq!(desired_of(&t)["interval"], 60);
     assert_eq!(desired_of(&t)["$version"], 2);
 
@@ -325,7 +340,7 @@ async fn upsert_creates_and_applies_initial_twin() {
     hub.upsert_device(HOST, &provisioning("p1", TwinPolicy::Reset))
         .await
         .unwrap();
-    let t = hub.get_twin("p1").unwrap();
+    let t = hub.get_twin("p1").await.unwrap();
     assert_eq!(t.tags.clone().unwrap(), obj(json!({"site": "lab"})));
     let des = desired_of(&t);
     assert_eq!(des["interval"], 10);
@@ -342,10 +357,10 @@ async fn upsert_creates_and_applies_initial_twin() {
         ..provisioning("x1", TwinPolicy::Keep)
     };
     assert!(hub.upsert_device(HOST, &x).await.unwrap().created);
-    let a = hub.get_device("x1").unwrap().authentication.unwrap();
+    let a = hub.get_device("x1").await.unwrap().authentication.unwrap();
     assert_eq!(a.kind, "selfSigned");
     assert_eq!(a.x509_thumbprint.unwrap().secondary_thumbprint, Some("B".repeat(40)));
-    assert_eq!(hub.get_twin("x1").unwrap().tags.unwrap(), Map::new());
+    assert_eq!(hub.get_twin("x1").await.unwrap().tags.unwrap(), Map::new());
 
     // A disabled device is refused and left alone.
     let mut dis = sas_device("x1", None);
@@ -360,7 +375,10 @@ async fn upsert_creates_and_applies_initial_twin() {
     // HubRegistry::delete_device: absent is fine, present is removed.
     HubRegistry::delete_device(&hub, HOST, "x1").await.unwrap();
     HubRegistry::delete_device(&hub, HOST, "x1").await.unwrap();
-    assert!(hub.get_device("x1").is_none());
+    assert!(matches!(
+        hub.get_device("x1").await,
+        Err(dps_hub::RegistryError::NotFound { .. })
+    ));
     assert!(matches!(
         HubRegistry::delete_device(&hub, "nope.test", "p1").await,
         Err(HubError::UnknownHub(_))
@@ -409,7 +427,7 @@ async fn device_data_is_what_a_migration_carries() {
         ..provisioning("p2", TwinPolicy::Keep)
     };
     assert!(hub.upsert_device(HOST, &moved).await.unwrap().created);
-    let (a, b) = (hub.get_twin("p1").unwrap(), hub.get_twin("p2").unwrap());
+    let (a, b) = (hub.get_twin("p1").await.unwrap(), hub.get_twin("p2").await.unwrap());
     assert_eq!(a.tags, b.tags);
     let strip = |mut m: Map<String, Value>| {
         m.retain(|k, _| !k.starts_with('$'));
@@ -435,7 +453,7 @@ async fn concurrent_writes_to_one_device_serialise() {
     for t in tasks {
         t.await.unwrap();
     }
-    let t = hub.get_twin("hot").unwrap();
+    let t = hub.get_twin("hot").await.unwrap();
     let d = desired_of(&t);
     // Every patch landed; none overwrote another.
     assert_eq!(d.len(), 100 + 2); // + $metadata, $version
@@ -461,16 +479,16 @@ async fn racing_creates_and_deletes_stay_consistent() {
     for t in tasks {
         t.await.unwrap();
     }
-    let exists = hub.get_device("flappy").is_some();
-    assert_eq!(hub.statistics().total_device_count, u64::from(exists));
+    let exists = hub.get_device("flappy").await.is_ok();
+    assert_eq!(hub.statistics().await.unwrap().total_device_count, u64::from(exists));
     // Whatever happened, the registry still works for this id.
     hub.put_device(sas_device("flappy", None), Some("*")).await.unwrap();
     hub.patch_twin("flappy", desired_patch(json!({"ok": true})), None)
         .await
         .unwrap();
-    assert_eq!(hub.statistics().total_device_count, 1);
+    assert_eq!(hub.statistics().await.unwrap().total_device_count, 1);
     hub.delete_device("flappy", None).await.unwrap();
-    assert_eq!(hub.statistics().total_device_count, 0);
+    assert_eq!(hub.statistics().await.unwrap().total_device_count, 0);
 }
 
 #[test]
@@ -496,7 +514,7 @@ async fn twin_writes_within_iot_hub_limits() {
     hub.patch_twin("dev", tags_patch(chunk("one")), None).await.unwrap();
     hub.patch_twin("dev", desired_patch(chunk("one")), None).await.unwrap();
     hub.patch_twin("dev", desired_patch(chunk("two")), None).await.unwrap();
-    let before = hub.get_twin("dev").unwrap();
+    let before = hub.get_twin("dev").await.unwrap();
 
     let deep = (0..12).fold(json!(1), |v, i| json!({ format!("l{i}"): v }));
     let cases: Vec<(Twin, bool, &str)> = vec![
@@ -536,10 +554,10 @@ async fn twin_writes_within_iot_hub_limits() {
             msg.contains(expected) || (expected == "4 KB" && msg.contains("4096 bytes")),
             "{expected:?} in {msg}"
         );
-        assert_eq!(hub.get_twin("dev").unwrap(), before, "nothing written for {msg}");
+        assert_eq!(hub.get_twin("dev").await.unwrap(), before, "nothing written for {msg}");
     }
     // A replace that echoes the twin read (with `$metadata`/`$version`) is fine.
-    let echoed = hub.get_twin("dev").unwrap();
+    let echoed = hub.get_twin("dev").await.unwrap();
     hub.replace_twin("dev", echoed, None).await.unwrap();
 }
 
@@ -561,10 +579,16 @@ async fn provisioning_refuses_an_initial_twin_beyond_limits() {
             reason: "initialTwin.tags must be a JSON object, got a string".into()
         }
     );
-    assert!(hub.get_device("prov").is_none());
-    assert_eq!(hub.statistics().total_device_count, 0);
+    assert!(matches!(
+        hub.get_device("prov").await,
+        Err(dps_hub::RegistryError::NotFound { .. })
+    ));
+    assert_eq!(hub.statistics().await.unwrap().total_device_count, 0);
     hub.upsert_device(HOST, &provisioning("prov", TwinPolicy::Reset))
         .await
         .unwrap();
-    assert_eq!(hub.get_twin("prov").unwrap().tags.unwrap(), obj(json!({"site": "lab"})));
+    assert_eq!(
+        hub.get_twin("prov").await.unwrap().tags.unwrap(),
+        obj(json!({"site": "lab"}))
+    );
 }

@@ -65,13 +65,14 @@ fn py_token(device: &str, key: &str, expiry: u64) -> String {
     build_token(&format!("{HOST}/devices/{device}"), key, expiry, None).unwrap()
 }
 
-fn login(hub: &Hub, device: &str) -> DeviceIdentity {
+async fn login(hub: &Hub, device: &str) -> DeviceIdentity {
     hub.authenticate(
         NOW,
         &username(device),
         Some(py_token(device, KEY1, NOW + 3600).as_bytes()),
         None,
     )
+    .await
     .unwrap()
 }
 
@@ -108,6 +109,7 @@ async fn sas_authentication_in_every_sdk_encoding() {
             Some(py_token("dev1", KEY1, NOW + 60).as_bytes()),
             None,
         )
+        .await
         .unwrap();
     assert_eq!(id.device_id(), "dev1");
     assert_eq!(id.method(), AuthMethod::Sas(CredentialSlot::Primary));
@@ -118,6 +120,7 @@ async fn sas_authentication_in_every_sdk_encoding() {
             Some(py_token("dev1", KEY2, NOW + 60).as_bytes()),
             None,
         )
+        .await
         .unwrap();
     assert_eq!(id.method(), AuthMethod::Sas(CredentialSlot::Secondary));
 
@@ -130,12 +133,14 @@ async fn sas_authentication_in_every_sdk_encoding() {
     let c_token = format!("SharedAccessSignature sr={sr}&sig={sig}&se={}&skn=", NOW + 60);
     let id = hub
         .authenticate(NOW, &username("dev1"), Some(c_token.as_bytes()), None)
+        .await
         .unwrap();
     assert_eq!(id.method(), AuthMethod::Sas(CredentialSlot::Primary));
     // Host name and device id are compared case-insensitively.
     let u = HubUsername::parse("HUB.example.test/DEV1/?api-version=2019-10-01").unwrap();
     let id = hub
         .authenticate(NOW, &u, Some(py_token("DEV1", KEY1, NOW + 60).as_bytes()), None)
+        .await
         .unwrap();
     assert_eq!((id.device_id(), id.client_device_id()), ("dev1", "DEV1"));
 }
@@ -156,6 +161,7 @@ async fn sas_refusals_say_what_was_wrong() {
     let expired = py_token("dev1", KEY1, NOW - 3600);
     let r = reason(
         hub.authenticate(NOW, &username("dev1"), Some(expired.as_bytes()), None)
+            .await
             .unwrap_err(),
     );
     assert!(r.contains("expired"), "{r}");
@@ -163,6 +169,7 @@ async fn sas_refusals_say_what_was_wrong() {
     let wrong_key = py_token("dev1", "d3Jvbmd3cm9uZ3dyb25nd3Jvbmc=", NOW + 60);
     let r = reason(
         hub.authenticate(NOW, &username("dev1"), Some(wrong_key.as_bytes()), None)
+            .await
             .unwrap_err(),
     );
     assert!(r.contains("wrong key"), "{r}");
@@ -171,6 +178,7 @@ async fn sas_refusals_say_what_was_wrong() {
     let other = py_token("dev2", KEY1, NOW + 60);
     let r = reason(
         hub.authenticate(NOW, &username("dev1"), Some(other.as_bytes()), None)
+            .await
             .unwrap_err(),
     );
     assert!(r.contains("audience"), "{r}");
@@ -182,6 +190,7 @@ async fn sas_refusals_say_what_was_wrong() {
             Some(py_token("nobody", KEY1, NOW + 60).as_bytes()),
             None,
         )
+        .await
         .unwrap_err(),
     );
     assert!(r.contains("unknown device"), "{r}");
@@ -189,21 +198,23 @@ async fn sas_refusals_say_what_was_wrong() {
     let u = HubUsername::parse("other.example.test/dev1/?api-version=1").unwrap();
     let r = reason(
         hub.authenticate(NOW, &u, Some(py_token("dev1", KEY1, NOW + 60).as_bytes()), None)
+            .await
             .unwrap_err(),
     );
     assert!(r.contains("other.example.test"), "{r}");
 
     let r = reason(
         hub.authenticate(NOW, &username("dev1"), Some(b"garbage"), None)
+            .await
             .unwrap_err(),
     );
     assert!(r.contains("SharedAccessSignature"), "{r}");
 
-    let r = reason(hub.authenticate(NOW, &username("dev1"), None, None).unwrap_err());
+    let r = reason(hub.authenticate(NOW, &username("dev1"), None, None).await.unwrap_err());
     assert!(r.contains("no SAS token"), "{r}");
 
     // Disabled: its own variant, and the Display names the device.
-    let mut d = hub.get_device("dev1").unwrap();
+    let mut d = hub.get_device("dev1").await.unwrap();
     d.status = Some("disabled".into());
     hub.put_device(d, Some("*")).await.unwrap();
     let err = hub
@@ -213,6 +224,7 @@ async fn sas_refusals_say_what_was_wrong() {
             Some(py_token("dev1", KEY1, NOW + 60).as_bytes()),
             None,
         )
+        .await
         .unwrap_err();
     assert_eq!(
         err,
@@ -253,19 +265,22 @@ async fn x509_self_signed_authentication() {
             Some(b""),
             presented(&SHA1.to_ascii_lowercase(), &"0".repeat(64)),
         )
+        .await
         .unwrap();
     assert_eq!(id.method(), AuthMethod::X509SelfSigned(CredentialSlot::Primary));
     // SHA-256 match on the secondary.
     let id = hub
         .authenticate(NOW, &username("cam"), None, presented(&"1".repeat(40), SHA256))
+        .await
         .unwrap();
     assert_eq!(id.method(), AuthMethod::X509SelfSigned(CredentialSlot::Secondary));
     let r = reason(
         hub.authenticate(NOW, &username("cam"), None, presented(&"1".repeat(40), &"2".repeat(64)))
+            .await
             .unwrap_err(),
     );
     assert!(r.contains("matches neither"), "{r}");
-    let r = reason(hub.authenticate(NOW, &username("cam"), None, None).unwrap_err());
+    let r = reason(hub.authenticate(NOW, &username("cam"), None, None).await.unwrap_err());
     assert!(r.contains("no client certificate"), "{r}");
     // An X.509 device cannot use a SAS token.
     let r = reason(
@@ -275,6 +290,7 @@ async fn x509_self_signed_authentication() {
             Some(py_token("cam", KEY1, NOW + 60).as_bytes()),
             None,
         )
+        .await
         .unwrap_err(),
     );
     assert!(r.contains("selfSigned"), "{r}");
@@ -283,9 +299,9 @@ async fn x509_self_signed_authentication() {
 #[tokio::test]
 async fn twin_get_and_reported_patch() {
     let hub = hub_with_device("dev1").await;
-    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, _rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     assert_eq!(
-        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        hub.get_device("dev1").await.unwrap().connection_state.as_deref(),
         Some("Connected")
     );
 
@@ -337,7 +353,7 @@ async fn twin_get_and_reported_patch() {
         .unwrap();
     assert_eq!(out[0].topic, "$iothub/twin/res/204/?$rid=9&$version=3");
 
-    let t = hub.get_twin("dev1").unwrap();
+    let t = hub.get_twin("dev1").await.unwrap();
     let reported = t.properties.unwrap().reported.unwrap();
     assert_eq!(reported["temp"], 21.5);
     assert!(reported.get("fw").is_none());
@@ -369,7 +385,7 @@ async fn twin_get_and_reported_patch() {
 
     drop(session);
     assert_eq!(
-        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        hub.get_device("dev1").await.unwrap().connection_state.as_deref(),
         Some("Disconnected")
     );
 }
@@ -377,7 +393,7 @@ async fn twin_get_and_reported_patch() {
 #[tokio::test]
 async fn desired_patches_only_after_subscribing() {
     let hub = hub_with_device("dev1").await;
-    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     session.subscribe("$iothub/twin/res/#", 0);
 
     hub.patch_twin("dev1", desired_patch(json!({"a": 1})), None)
@@ -429,7 +445,7 @@ async fn direct_method_round_trip() {
         Err(MethodError::InvalidMethodName(_))
     ));
 
-    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     // Connected but not subscribed to methods: still not online for methods.
     assert!(matches!(
         hub.invoke_method("dev1", "reboot", json!({}), t).await,
@@ -495,7 +511,7 @@ async fn direct_method_round_trip() {
 async fn telemetry_is_stored_and_broadcast() {
     let hub = hub_with_device("dev1").await;
     let mut events = hub.subscribe_events();
-    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, _rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     let out = session
         .handle_publish(
             now(),
@@ -559,8 +575,8 @@ async fn telemetry_is_stored_and_broadcast() {
 #[tokio::test]
 async fn new_connection_replaces_the_old_one() {
     let hub = hub_with_device("dev1").await;
-    let (old, mut old_rx) = hub.open_session(login(&hub, "dev1")).unwrap();
-    let (new, _new_rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (old, mut old_rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
+    let (new, _new_rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     // The old channel closes: that is how the server learns to drop the old connection.
     assert!(old_rx.recv().await.is_none());
     assert!(!old.is_current());
@@ -572,18 +588,18 @@ async fn new_connection_replaces_the_old_one() {
     // Dropping the replaced session must not mark the device disconnected.
     drop(old);
     assert_eq!(
-        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        hub.get_device("dev1").await.unwrap().connection_state.as_deref(),
         Some("Connected")
     );
-    assert_eq!(hub.statistics().connected_device_count, 1);
+    assert_eq!(hub.statistics().await.unwrap().connected_device_count, 1);
     new.close();
     assert_eq!(
-        hub.get_device("dev1").unwrap().connection_state.as_deref(),
+        hub.get_device("dev1").await.unwrap().connection_state.as_deref(),
         Some("Disconnected")
     );
 
     // Deleting or disabling a device ends its session too.
-    let (s, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (s, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     let id = s.identity().clone();
     hub.delete_device("dev1", None).await.unwrap();
     assert!(rx.recv().await.is_none());
@@ -598,16 +614,17 @@ async fn new_connection_replaces_the_old_one() {
     )
     .await
     .unwrap();
-    assert!(matches!(hub.open_session(id), Err(SessionError::Closed { .. })));
+    assert!(matches!(hub.open_session(id).await, Err(SessionError::Closed { .. })));
 }
 
 #[tokio::test]
 async fn cloud_to_device_delivery_and_queue() {
     let hub = hub_with_device("dev1").await;
     hub.send_c2d("dev1", b"queued".to_vec(), vec![("k".into(), "v 1".into())])
+        .await
         .unwrap();
-    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 1);
-    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 1);
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
     session.subscribe("devices/dev1/messages/devicebound/#", 1);
     let m = rx.try_recv().unwrap();
@@ -620,23 +637,24 @@ async fn cloud_to_device_delivery_and_queue() {
     assert!(m.topic.ends_with("&k=v%201"));
     assert_eq!(&m.payload[..], b"queued");
     assert_eq!(m.qos, 1);
-    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 0);
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
 
     hub.send_c2d("dev1", &b"live"[..], vec![("$.mid".into(), "mine".into())])
+        .await
         .unwrap();
     let m = rx.try_recv().unwrap();
     assert!(m.topic.starts_with("devices/dev1/messages/devicebound/%24.mid=mine&"));
 
     drop(session);
     for _ in 0..dps_hub::C2D_QUEUE_LIMIT {
-        hub.send_c2d("dev1", &b"x"[..], vec![]).unwrap();
+        hub.send_c2d("dev1", &b"x"[..], vec![]).await.unwrap();
     }
     assert!(matches!(
-        hub.send_c2d("dev1", &b"x"[..], vec![]),
+        hub.send_c2d("dev1", &b"x"[..], vec![]).await,
         Err(dps_hub::C2dError::QueueFull { limit: 50, .. })
     ));
     assert!(matches!(
-        hub.send_c2d("ghost", &b"x"[..], vec![]),
+        hub.send_c2d("ghost", &b"x"[..], vec![]).await,
         Err(dps_hub::C2dError::DeviceNotFound { .. })
     ));
 }
@@ -644,9 +662,9 @@ async fn cloud_to_device_delivery_and_queue() {
 #[tokio::test]
 async fn embedded_c_wildcard_c2d_subscription() {
     let hub = hub_with_device("dev1").await;
-    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     assert_eq!(session.subscribe("devices/+/messages/devicebound/#", 1), Some(1));
-    hub.send_c2d("dev1", &b"hi"[..], vec![]).unwrap();
+    hub.send_c2d("dev1", &b"hi"[..], vec![]).await.unwrap();
     assert!(rx
         .try_recv()
         .unwrap()
@@ -660,7 +678,7 @@ async fn embedded_c_wildcard_c2d_subscription() {
 #[tokio::test]
 async fn reported_patches_within_iot_hub_limits() {
     let hub = hub_with_device("dev1").await;
-    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, _rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     let patch = |rid: u32, body: Value| {
         let session = &session;
         async move {
@@ -683,7 +701,7 @@ async fn reported_patches_within_iot_hub_limits() {
         patch(2, chunk("two")).await.topic,
         "$iothub/twin/res/204/?$rid=2&$version=3"
     );
-    let before = hub.get_twin("dev1").unwrap();
+    let before = hub.get_twin("dev1").await.unwrap();
     let refused = patch(3, chunk("three")).await;
     assert_eq!(refused.topic, "$iothub/twin/res/400/?$rid=3");
     let body = json_of(&refused);
@@ -722,7 +740,7 @@ async fn reported_patches_within_iot_hub_limits() {
         out
     );
     // Nothing was written by any refusal: same etag, same version, same document.
-    assert_eq!(hub.get_twin("dev1").unwrap(), before);
+    assert_eq!(hub.get_twin("dev1").await.unwrap(), before);
     // Deleting makes room; then the refused patch fits.
     assert_eq!(
         patch(9, json!({"one": null})).await.topic,
@@ -739,7 +757,7 @@ async fn reported_patches_within_iot_hub_limits() {
 #[tokio::test]
 async fn message_size_limits() {
     let hub = hub_with_device("dev1").await;
-    let (session, mut rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     let limit = dps_proto::twin_limits::D2C_MAX_BYTES;
     session
         .handle_publish(now(), "devices/dev1/messages/events/", &vec![b'x'; limit])
@@ -754,12 +772,12 @@ async fn message_size_limits() {
     assert_eq!(hub.recent_events(None, None, 10).len(), 1);
 
     let c2d = dps_proto::twin_limits::C2D_MAX_BYTES;
-    let err = hub.send_c2d("dev1", vec![b'x'; c2d], vec![]).unwrap_err();
+    let err = hub.send_c2d("dev1", vec![b'x'; c2d], vec![]).await.unwrap_err();
     assert!(matches!(err, C2dError::TooLarge { limit, .. } if limit == c2d), "{err}");
-    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 0);
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
     // Body plus `$.mid` and `$.to` must fit: a message that leaves room for them goes.
-    hub.send_c2d("dev1", vec![b'x'; c2d - 200], vec![]).unwrap();
-    assert_eq!(hub.get_device("dev1").unwrap().cloud_to_device_message_count, 1);
+    hub.send_c2d("dev1", vec![b'x'; c2d - 200], vec![]).await.unwrap();
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 1);
     session.subscribe("devices/dev1/messages/devicebound/#", 1);
     assert_eq!(rx.recv().await.unwrap().payload.len(), c2d - 200);
 }
@@ -776,7 +794,7 @@ async fn telemetry_retention_by_bytes_and_age() {
     };
     let hub = Hub::open_with_clock(config, clock.clone()).unwrap();
     add_device(&hub, "dev1").await;
-    let (session, _rx) = hub.open_session(login(&hub, "dev1")).unwrap();
+    let (session, _rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
     // Twenty 200 KiB messages: only the newest that fit in 3 MiB stay.
     let body = vec![b'x'; 200 * 1024];
     for _ in 0..20 {

@@ -105,6 +105,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             telemetry_retention: config.telemetry_retention,
             telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
             telemetry_retention_age: config.limits.telemetry_retention_age(),
+            device_cache: dps_hub::DEFAULT_DEVICE_CACHE,
         },
         Arc::new(hub_store),
         Arc::new(SystemClock),

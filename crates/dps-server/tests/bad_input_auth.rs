@@ -111,7 +111,9 @@ async fn snapshot(s: &RunningServer) -> Snapshot {
         devices: s
             .services
             .hub
-            .list_devices(0)
+            .list_devices(None, 0)
+            .await
+            .unwrap()
             .into_iter()
             .map(|d| (d.device_id, d.etag))
             .collect(),

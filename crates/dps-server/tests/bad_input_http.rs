@@ -133,7 +133,9 @@ impl Env {
             .s
             .services
             .hub
-            .list_devices(1000)
+            .list_devices(None, 1000)
+            .await
+            .unwrap()
             .into_iter()
             .map(|d| d.device_id)
             .collect();

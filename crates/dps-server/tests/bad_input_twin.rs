@@ -269,13 +269,18 @@ async fn twin_and_message_limits_bad_input() {
                 (bad, bad_ev) = subscribed(&s, "dev-1").await;
             }
             (Via::C2d { body }, Expect::C2dTooLarge) => {
-                let err = s.services.hub.send_c2d("dev-1", vec![b'x'; body], vec![]).unwrap_err();
+                let err = s
+                    .services
+                    .hub
+                    .send_c2d("dev-1", vec![b'x'; body], vec![])
+                    .await
+                    .unwrap_err();
                 assert!(
                     matches!(err, C2dError::TooLarge { limit, size, .. } if limit == C2D_MAX_BYTES && size > C2D_MAX_BYTES),
                     "{name}: {err}"
                 );
                 // Nothing was sent: the next message the device gets is the good one.
-                s.services.hub.send_c2d("dev-1", &b"small"[..], vec![]).unwrap();
+                s.services.hub.send_c2d("dev-1", &b"small"[..], vec![]).await.unwrap();
                 let got = hub_mqtt_until(&mut bad_ev, |p| match p {
                     Packet::Publish(p) if p.topic.starts_with("devices/dev-1/messages/devicebound/") => {
                         Some(p.payload.clone())
@@ -299,6 +304,7 @@ async fn twin_and_message_limits_bad_input() {
             s.services
                 .hub
                 .get_device("dev-1")
+                .await
                 .unwrap()
                 .cloud_to_device_message_count,
             0,

@@ -333,7 +333,7 @@ async fn scoped_hub_token_with_forged_host_lists_nothing() {
         assert!(m.contains("does not cover"), "{method} {path}: {m}");
     }
     // Nothing changed, and the token reaches its own device.
-    assert_eq!(f.hub.list_devices(0).len(), 2);
+    assert_eq!(f.hub.list_devices(None, 0).await.unwrap().len(), 2);
     let d = f
         .call(
             Method::GET,

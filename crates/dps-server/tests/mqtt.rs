@@ -290,6 +290,7 @@ async fn hub_endpoint_authenticates_and_serves_twin() {
         s.services
             .hub
             .get_twin("dev-1")
+            .await
             .unwrap()
             .properties
             .unwrap()

@@ -53,13 +53,19 @@ async fn persists_devices_and_twins_across_reopen() {
         p.tags = Some(obj(json!({"room": 7})));
         hub.patch_twin("keep-me", p, None).await.unwrap();
         hub.delete_device("gone", None).await.unwrap();
-        (hub.get_device("keep-me").unwrap(), hub.get_twin("keep-me").unwrap())
+        (
+            hub.get_device("keep-me").await.unwrap(),
+            hub.get_twin("keep-me").await.unwrap(),
+        )
     };
     let hub = open(&path).await;
-    assert_eq!(hub.get_device("keep-me").unwrap(), dev);
-    assert_eq!(hub.get_twin("keep-me").unwrap(), twin);
-    assert!(hub.get_device("gone").is_none());
-    assert_eq!(hub.statistics().total_device_count, 1);
+    assert_eq!(hub.get_device("keep-me").await.unwrap(), dev);
+    assert_eq!(hub.get_twin("keep-me").await.unwrap(), twin);
+    assert!(matches!(
+        hub.get_device("gone").await,
+        Err(dps_hub::RegistryError::NotFound { .. })
+    ));
+    assert_eq!(hub.statistics().await.unwrap().total_device_count, 1);
     // Etags survive, so a client's If-Match still works after a restart.
     hub.patch_twin("keep-me", desired_patch(json!({"fan": "off"})), twin.etag.as_deref())
         .await
@@ -80,9 +86,13 @@ async fn a_repeated_operation_reports_its_first_outcome() {
         hub.put_device(sas_device("by-operator", None), None).await.unwrap();
     }
     let hub = open(&path).await;
-    let etag = hub.get_device("again").unwrap().etag;
+    let etag = hub.get_device("again").await.unwrap().etag;
     assert!(hub.upsert_device(HOST, &first).await.unwrap().created, "same operation");
-    assert_eq!(hub.get_device("again").unwrap().etag, etag, "and nothing rewritten");
+    assert_eq!(
+        hub.get_device("again").await.unwrap().etag,
+        etag,
+        "and nothing rewritten"
+    );
     assert!(
         !hub.upsert_device(HOST, &provisioning("again", TwinPolicy::Keep))
             .await
@@ -93,7 +103,7 @@ async fn a_repeated_operation_reports_its_first_outcome() {
     operator.operation_id = String::new();
     assert!(!hub.upsert_device(HOST, &operator).await.unwrap().created);
     // The marker is internal: the registry views do not show it.
-    let shown = serde_json::to_value(hub.get_device("again").unwrap()).unwrap();
+    let shown = serde_json::to_value(hub.get_device("again").await.unwrap()).unwrap();
     assert!(!shown.to_string().contains(&first.operation_id), "{shown}");
 }
 
@@ -128,12 +138,15 @@ async fn concurrent_upserts_are_all_durable() {
         TASKS * PER_TASK,
         (TASKS * PER_TASK) as f64 / elapsed.as_secs_f64()
     );
-    assert_eq!(hub.statistics().total_device_count, (TASKS * PER_TASK) as u64);
+    assert_eq!(
+        hub.statistics().await.unwrap().total_device_count,
+        (TASKS * PER_TASK) as u64
+    );
     drop(hub);
 
     let hub = Arc::new(open(&path).await);
-    assert_eq!(hub.list_devices(5000).len(), TASKS * PER_TASK);
-    let t = hub.get_twin("bulk-49-19").unwrap();
+    assert_eq!(hub.list_devices(None, 5000).await.unwrap().len(), TASKS * PER_TASK);
+    let t = hub.get_twin("bulk-49-19").await.unwrap();
     assert_eq!(t.tags.unwrap()["site"], "lab");
 }
 
@@ -230,23 +243,23 @@ async fn opens_a_hub_db_written_by_an_earlier_build() {
     }
     {
         let hub = open(&path).await;
-        let d = hub.get_device("LEGACY-1").unwrap();
+        let d = hub.get_device("LEGACY-1").await.unwrap();
         assert_eq!(d.device_id, "Legacy-1");
         assert_eq!(d.etag.as_deref(), Some("bGVnYWN5ZXQ="));
         assert_eq!(d.status.as_deref(), Some("disabled"));
         assert_eq!(d.status_reason.as_deref(), Some("parked"));
-        let t = hub.get_twin("legacy-1").unwrap();
+        let t = hub.get_twin("legacy-1").await.unwrap();
         assert_eq!(t.etag.as_deref(), Some("dHdpbmV0YWc="));
         assert_eq!(t.version, Some(5));
         assert_eq!(t.tags.unwrap()["room"], 7);
         let desired = t.properties.unwrap().desired.unwrap();
         assert_eq!((&desired["fan"], &desired["$version"]), (&json!("on"), &json!(2)));
-        let stats = hub.statistics();
+        let stats = hub.statistics().await.unwrap();
         assert_eq!((stats.total_device_count, stats.disabled_device_count), (2, 1));
         hub.put_device(sas_device("new-one", None), None).await.unwrap();
     }
     let hub = open(&path).await;
-    assert_eq!(hub.statistics().total_device_count, 3);
+    assert_eq!(hub.statistics().await.unwrap().total_device_count, 3);
     drop(hub);
     // The migration counted the existing devices; the triggers counted the new one.
     let store = SqliteHubStore::open(&path).unwrap();

@@ -71,7 +71,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
     let resp = match route {
         Route::ListDevices => {
             let top = parse_count(ctx.query.get("top"), "top")?.unwrap_or(0);
-            ok(&hub.list_devices(top))
+            ok(&hub.list_devices(None, top).await.map_err(registry_error)?)
         }
         Route::QueryDevices => {
             let _: Option<QuerySpecification> = ctx.optional_json("query specification").await?;
@@ -90,7 +90,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             let page = parse_count(ctx.header("x-ms-max-item-count"), "x-ms-max-item-count")?
                 .unwrap_or(0)
                 .min(MAX_QUERY_PAGE);
-            let (twins, next) = hub.query(continuation.as_deref(), page);
+            let (twins, next) = hub.query(continuation.as_deref(), page).await.map_err(registry_error)?;
             let mut resp = ok(&twins);
             set_header(&mut resp, "x-ms-item-type", "twin");
             if let Some(next) = next {
@@ -98,7 +98,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             }
             resp
         }
-        Route::GetDevice(id) => ok(&hub.get_device(&id).ok_or_else(|| device_not_found(&id))?),
+        Route::GetDevice(id) => ok(&hub.get_device(&id).await.map_err(registry_error)?),
         Route::PutDevice(id) => {
             let mut device: Device = ctx.json("Device").await?;
             if device.device_id.is_empty() {
@@ -115,7 +115,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             hub.delete_device(&id, if_match).await.map_err(registry_error)?;
             no_content()
         }
-        Route::GetTwin(id) => ok(&hub.get_twin(&id).ok_or_else(|| device_not_found(&id))?),
+        Route::GetTwin(id) => ok(&hub.get_twin(&id).await.map_err(registry_error)?),
         Route::ReplaceTwin(id) => {
             let twin = twin_body(ctx).await?;
             ok(&hub.replace_twin(&id, twin, if_match).await.map_err(registry_error)?)
@@ -136,7 +136,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             ok(&result.map_err(method_error)?)
         }
         Route::DeviceStatistics => {
-            let s = hub.statistics();
+            let s = hub.statistics().await.map_err(registry_error)?;
             ok(&serde_json::json!({
                 "totalDeviceCount": s.total_device_count,
                 "enabledDeviceCount": s.enabled_device_count,
@@ -144,7 +144,8 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             }))
         }
         Route::ServiceStatistics => {
-            ok(&serde_json::json!({ "connectedDeviceCount": hub.statistics().connected_device_count }))
+            let s = hub.statistics().await.map_err(registry_error)?;
+            ok(&serde_json::json!({ "connectedDeviceCount": s.connected_device_count }))
         }
         Route::MonitorEvents => events::stream(ctx, hub)?,
         other => unreachable!("not a hub route: {other:?}"),
@@ -191,5 +192,6 @@ fn method_error(e: MethodError) -> ApiError {
         MethodError::DeviceNotFound { device_id } => device_not_found(device_id),
         MethodError::Timeout { .. } => ApiError::new(codes::METHOD_TIMEOUT, e.to_string()),
         MethodError::InvalidMethodName(_) => ApiError::invalid(e.to_string()),
+        MethodError::Storage { .. } => ApiError::internal(format!("hub storage: {e}")),
     }
 }

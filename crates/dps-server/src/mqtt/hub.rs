@@ -50,18 +50,21 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         )
     });
     let password = (!password.is_empty()).then_some(password.as_bytes());
-    let identity = match hub.authenticate(dps_core::Engine::unix_time(now), &user, password, thumbprints) {
+    let identity = match hub
+        .authenticate(dps_core::Engine::unix_time(now), &user, password, thumbprints)
+        .await
+    {
         Ok(id) => id,
         Err(e) => {
             tracing::info!(error = %e, "hub connection refused");
             let code = match e {
-                AuthError::DeviceDisabled { .. } => ConnectReturnCode::ServiceUnavailable,
+                AuthError::DeviceDisabled { .. } | AuthError::Storage { .. } => ConnectReturnCode::ServiceUnavailable,
                 AuthError::NotAuthorized { .. } => ConnectReturnCode::NotAuthorized,
             };
             return io.send(&connack(code)).await;
         }
     };
-    let (session, mut outbound) = match hub.open_session(identity) {
+    let (session, mut outbound) = match hub.open_session(identity).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(error = %e, "hub connection refused");

@@ -241,6 +241,10 @@ pub async fn connect_device(
     let now = Engine::unix_time(dps_core::Clock::now(f.clock.as_ref()));
     let token = build_token(&format!("{HUB_HOST}/devices/{id}"), DEVICE_KEY, now + 3600, None).unwrap();
     let user = HubUsername::parse(&format!("{HUB_HOST}/{id}/?api-version=2021-04-12")).unwrap();
-    let identity = f.hub.authenticate(now, &user, Some(token.as_bytes()), None).unwrap();
-    f.hub.open_session(identity).unwrap()
+    let identity = f
+        .hub
+        .authenticate(now, &user, Some(token.as_bytes()), None)
+        .await
+        .unwrap();
+    f.hub.open_session(identity).await.unwrap()
 }

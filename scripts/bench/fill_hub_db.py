@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Fills a data directory's hub.db with N SAS devices, for measuring a hub with many devices
+(BENCHMARKS.md, "Hub start-up with 1,000,000 stored devices").
+
+The hub.db must exist with its schema: start `dps serve --data-dir DIR` once and stop it. Rows
+are the JSON `DeviceRecord` documents `SqliteHubStore` writes (crates/dps-hub/src/record.rs),
+keyed by the lower-cased device id; the schema's triggers keep the device counts.
+
+    scripts/bench/fill_hub_db.py DIR/hub.db 1000000 [--prefix bulk-]
+"""
+import argparse
+import base64
+import json
+import os
+import random
+import sqlite3
+import time
+
+
+def doc(device_id: str, now: str) -> str:
+    key = lambda: base64.b64encode(os.urandom(32)).decode()
+    return json.dumps(
+        {
+            "deviceId": device_id,
+            "generationId": str(random.randrange(10**17, 10**18)),
+            "etag": base64.b64encode(os.urandom(8)).decode(),
+            "status": "enabled",
+            "statusUpdatedTime": now,
+            "createdTime": now,
+            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": key(), "secondaryKey": key()}},
+            "capabilities": {"iotEdge": False},
+            "twin": {
+                "etag": base64.b64encode(os.urandom(8)).decode(),
+                "version": 1,
+                "tags": {},
+                "desired": {},
+                "desiredVersion": 1,
+                "desiredUpdated": now,
+                "reported": {},
+                "reportedVersion": 1,
+                "reportedUpdated": now,
+            },
+        },
+        separators=(",", ":"),
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("hub_db")
+    p.add_argument("count", type=int)
+    p.add_argument("--prefix", default="bulk-")
+    a = p.parse_args()
+    if not os.path.exists(a.hub_db):
+        raise SystemExit(f"{a.hub_db} does not exist: start `dps serve` once to create it")
+    db = sqlite3.connect(a.hub_db)
+    db.execute("PRAGMA synchronous=OFF")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    start = time.time()
+    batch = 50_000
+    for lo in range(0, a.count, batch):
+        rows = []
+        for i in range(lo, min(lo + batch, a.count)):
+            did = f"{a.prefix}{i:07d}"
+            rows.append((did.lower(), doc(did, now)))
+        db.executemany("INSERT OR REPLACE INTO devices (id, doc) VALUES (?, ?)", rows)
+        db.commit()
+    total = db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
+    print(f"{total} devices in {a.hub_db} ({time.time() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
