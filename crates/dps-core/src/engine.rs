@@ -19,6 +19,7 @@ use crate::store::Store;
 pub use device::{Authenticated, Credential, DeviceRequest};
 pub use recovery::Recovery;
 pub use service::Page;
+pub use tpm::{CHALLENGE_TTL_SECS, KEY_NAME};
 
 /// A hub devices can be assigned to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +121,7 @@ impl Engine {
 
     /// Loads caches (enrollment groups) from the store and finishes the registrations a crash
     /// interrupted ([`Engine::recover_registrations`]). Call it before serving.
-    pub async fn load(&self) -> Result<(), crate::ApiError> {
+    pub async fn load(&self) -> Result<(), crate::Error> {
         self.groups.reload(self.store.as_ref()).await?;
         self.recover_registrations().await?;
         Ok(())

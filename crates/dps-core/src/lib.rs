@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cause;
 pub mod clock;
 pub mod engine;
 pub mod error;
@@ -16,11 +17,12 @@ pub mod quota;
 pub mod store;
 pub mod x509;
 
+pub use cause::Cause;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{
     Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page, Recovery,
 };
-pub use error::ApiError;
+pub use error::Error;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 pub use quota::{QuotaConfig, Quotas};
 pub use store::{

@@ -4,8 +4,8 @@
 //! from a fake clock, so every wait is exact.
 
 use chrono::{Duration, TimeZone, Utc};
-use dps_core::{ApiError, DeviceRequest, Engine, FakeClock, QuotaConfig};
 use dps_core::{Clock, DeviceResponse};
+use dps_core::{DeviceRequest, Engine, Error, FakeClock, QuotaConfig};
 use dps_proto::codes;
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::service::IndividualEnrollment;
@@ -39,17 +39,25 @@ async fn engine(clock: &FakeClock, quotas: QuotaConfig, devices: &[&str]) -> (En
     (e, hub)
 }
 
-async fn register(e: &Engine, clock: &FakeClock, req: &DeviceRequest) -> Result<DeviceResponse, ApiError> {
+async fn register(e: &Engine, clock: &FakeClock, req: &DeviceRequest) -> Result<DeviceResponse, Error> {
     e.register(clock.now(), req, &DeviceRegistration::default()).await
 }
 
 /// Asserts a `429 THROTTLED` that says to wait `secs` and names the quota.
-fn assert_throttled<T: std::fmt::Debug>(r: Result<T, ApiError>, secs: u32, names: &str) {
+fn assert_throttled<T: std::fmt::Debug>(r: Result<T, Error>, secs: u32, names: &str) {
     let e = r.expect_err("throttled");
-    assert_eq!((e.status, e.code), (429, codes::THROTTLED), "{e}");
-    assert_eq!(e.retry_after, Some(secs), "{e}");
-    assert!(e.message.contains(names), "'{}' should name '{names}'", e.message);
-    assert!(e.message.contains(&format!("retry after {secs} s")), "{}", e.message);
+    assert_eq!((e.status(), e.code()), (429, codes::THROTTLED), "{e}");
+    assert_eq!(e.retry_after(), Some(secs), "{e}");
+    assert!(
+        e.to_string().contains(names),
+        "'{}' should name '{names}'",
+        e
+    );
+    assert!(
+        e.to_string().contains(&format!("retry after {secs} s")),
+        "{}",
+        e
+    );
 }
 
 fn only(q: impl FnOnce(&mut QuotaConfig)) -> QuotaConfig {
@@ -72,8 +80,8 @@ async fn registrations_per_second_refill_and_say_when_to_retry() {
     // Bad credentials are refused before the registration quota is touched.
     for _ in 0..5 {
         let err = register(&e, &clock, &request("dev-a", WRONG_KEY)).await.unwrap_err();
-        assert_eq!(err.status, 401);
-        assert_eq!(err.retry_after, None);
+        assert_eq!(err.status(), 401);
+        assert_eq!(err.retry_after(), None);
     }
     // A full bucket holds one second's worth: two.
     assert_eq!(register(&e, &clock, &request("dev-a", KEY)).await.unwrap().status, 202);
@@ -144,7 +152,7 @@ async fn operations_per_second_count_every_device_request_even_unauthenticated_o
     clock.advance(Duration::seconds(1));
     for _ in 0..3 {
         let err = register(&e, &clock, &request("dev-a", WRONG_KEY)).await.unwrap_err();
-        assert_eq!(err.status, 401);
+        assert_eq!(err.status(), 401);
     }
     assert_throttled(register(&e, &clock, &req).await, 1, "device requests");
 
@@ -154,7 +162,7 @@ async fn operations_per_second_count_every_device_request_even_unauthenticated_o
     other.id_scope = "0ne00FFFFFF".into();
     for _ in 0..5 {
         assert_eq!(
-            register(&e, &clock, &other).await.unwrap_err().code,
+            register(&e, &clock, &other).await.unwrap_err().code(),
             codes::ID_SCOPE_NOT_FOUND
         );
     }
@@ -175,7 +183,7 @@ async fn polls_per_device_are_five_per_ten_seconds_and_other_devices_are_unaffec
             .operation_status(clock.now(), &request("dev-a", WRONG_KEY), &op_a)
             .await
             .unwrap_err();
-        assert_eq!(err.status, 401);
+        assert_eq!(err.status(), 401);
     }
     for _ in 0..5 {
         assert_eq!(e.operation_status(clock.now(), &a, &op_a).await.unwrap().status, 200);

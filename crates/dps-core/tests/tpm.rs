@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use dps_core::{ApiError, Clock, Credential, DeviceAuth, DeviceRequest, Engine, FakeClock};
+use dps_core::{Clock, Credential, DeviceAuth, DeviceRequest, Engine, Error, FakeClock};
 use dps_proto::codes;
 use dps_proto::model::device::{DeviceRegistration, TpmChallenge, TpmKeys};
 use dps_proto::model::service::*;
@@ -108,7 +108,7 @@ async fn register(
     reg: &str,
     tpm: &SoftwareTpm,
     key: &[u8],
-) -> Result<RegistrationState, ApiError> {
+) -> Result<RegistrationState, Error> {
     let req = request(reg, sas(reg, key, now));
     let r = e.register(now, &req, &body(tpm)).await?;
     assert_eq!(r.status, 202);
@@ -119,14 +119,14 @@ async fn register(
 
 /// Asserts the error's code (and the status it implies) and that its message says `needle`.
 #[track_caller]
-fn refused(err: &ApiError, code: u32, needle: &str) {
+fn refused(err: &Error, code: u32, needle: &str) {
     assert_eq!(
-        (u32::from(err.status), err.code),
+        (u32::from(err.status()), err.code()),
         (code / 1000, code),
         "{}",
-        err.message
+        err
     );
-    assert!(err.message.contains(needle), "{}", err.message);
+    assert!(err.to_string().contains(needle), "{}", err);
 }
 
 fn hub_primary_key(hub: &FakeHub) -> Vec<u8> {
@@ -178,10 +178,10 @@ async fn challenge_then_tpm_signed_sas_assigns_and_delivers_the_hub_key() {
     // enrollment to whoever asks), with the hint a TPM device needs.
     refused(&err, codes::UNAUTHORIZED, "does not match any key this service accepts");
     assert!(
-        err.message
+        err.to_string()
             .contains("TPM challenge, which lasts 300 s and serves one registration"),
         "{}",
-        err.message
+        err
     );
 
     // Re-provisioning: a new challenge, new hub keys, same hub and device.
@@ -241,7 +241,7 @@ async fn challenges_expire_and_only_their_key_signs() {
         challenge_key(&e, clock.now(), "dev", tpm).await,
     ];
     let err = register(&e, clock.now(), "dev", tpm, &keys[0]).await.unwrap_err();
-    assert_eq!(err.code, codes::UNAUTHORIZED, "{}", err.message);
+    assert_eq!(err.code(), codes::UNAUTHORIZED, "{}", err);
     register(&e, clock.now(), "dev", tpm, &keys[4]).await.unwrap();
 }
 
@@ -262,7 +262,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     // Every mismatch reads the same: nothing tells an unauthenticated caller which ids exist.
     const NO_MATCH: &str = "has the endorsement key and storage root key sent";
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    let nobody = err.message.clone();
+    let nobody = err.to_string().clone();
 
     // Enrolled with B's EK; A asks.
     e.put_enrollment(start(), "ek-b", enrollment(b, false), None)
@@ -270,7 +270,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
         .unwrap();
     let err = ask("ek-b", body(a)).await;
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    assert_eq!(err.message, nobody.replace("'nobody'", "'ek-b'"));
+    assert_eq!(err.to_string(), nobody.replace("'nobody'", "'ek-b'"));
 
     // Enrolled with B's EK and A's SRK; B asks with its own SRK.
     let mut mixed = enrollment(b, false);
@@ -278,7 +278,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     e.put_enrollment(start(), "srk-a", mixed, None).await.unwrap();
     let err = ask("srk-a", body(b)).await;
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    assert_eq!(err.message, nobody.replace("'nobody'", "'srk-a'"));
+    assert_eq!(err.to_string(), nobody.replace("'nobody'", "'srk-a'"));
 
     // A symmetric-key enrollment.
     let sym = IndividualEnrollment {
@@ -291,7 +291,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     e.put_enrollment(start(), "sym", sym, None).await.unwrap();
     let err = ask("sym", body(a)).await;
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    assert_eq!(err.message, nobody.replace("'nobody'", "'sym'"));
+    assert_eq!(err.to_string(), nobody.replace("'nobody'", "'sym'"));
 
     // Bad device input: no SRK, an SRK that is not base64 or not a key, a body id that is not
     // the request's, no TPM keys at all.
@@ -333,9 +333,9 @@ async fn enrollment_rules_disabled_devices_and_transports() {
     let mut junk = enrollment(tpm, false);
     junk.attestation.tpm.as_mut().unwrap().endorsement_key = Some("AAECAwQ=".into());
     let err = e.put_enrollment(start(), "junk", junk, None).await.unwrap_err();
-    assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID));
+    assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID));
     assert_eq!(
-        err.message,
+        err.to_string(),
         "tpm endorsementKey: endorsement key: the TPM2B size says 1 byte(s) but 3 follow"
     );
     let mut srk_as_ek = enrollment(tpm, true);
@@ -392,7 +392,7 @@ async fn a_throttled_registration_keeps_its_challenge_so_the_same_request_succee
     let req = request("tpm-thr", sas("tpm-thr", &key, clock.now()));
     let err = e.register(clock.now(), &req, &body(tpm)).await.unwrap_err();
     refused(&err, codes::THROTTLED, "registrations per second");
-    assert_eq!(err.retry_after, Some(1));
+    assert_eq!(err.retry_after(), Some(1));
     clock.advance(Duration::seconds(1));
     assert_eq!(e.register(clock.now(), &req, &body(tpm)).await.unwrap().status, 202);
 }

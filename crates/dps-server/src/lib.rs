@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod api_error;
 pub mod config;
 pub mod conn_limit;
 pub mod datadir;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use dps_core::auth::PolicyAuthorizer;
 use dps_core::{Clock, Engine};
 
+pub use api_error::ApiError;
 pub use config::{FileConfig, Limits, ServerConfig};
 pub use datadir::{DataDir, Identity};
 pub use listener::{start, RunningServer, StartError};

@@ -126,7 +126,7 @@ pub(crate) struct Counters {
 
 /// Maps a SQLite error to the engine's backend error.
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::backend(e)
 }
 
 /// `?`-friendly conversion of SQLite results (the orphan rule forbids `From`).
@@ -238,10 +238,10 @@ impl SqliteStore {
         self.tx
             .send(Command { op, reply })
             .await
-            .map_err(|_| StoreError::Backend("sqlite store writer has stopped".into()))?;
+            .map_err(|_| StoreError::backend("sqlite store writer has stopped"))?;
         outcome
             .await
-            .map_err(|_| StoreError::Backend("sqlite store writer stopped before committing".into()))?
+            .map_err(|_| StoreError::backend("sqlite store writer stopped before committing"))?
     }
 
     /// Runs a read on a pooled read-only connection on tokio's blocking pool, waiting (async)
@@ -255,14 +255,14 @@ impl SqliteStore {
         let permit = Arc::clone(&pool.permits)
             .acquire_owned()
             .await
-            .map_err(|_| StoreError::Backend("sqlite store read pool is closed".into()))?;
+            .map_err(|_| StoreError::backend("sqlite store read pool is closed"))?;
         tokio::task::spawn_blocking(move || {
             let result = pool.with(f);
             drop(permit);
             result
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("store read task failed: {e}")))?
+        .map_err(StoreError::backend)?
     }
 
     /// Fetches one document by primary key. Such a lookup is a few B-tree page reads that are
@@ -333,7 +333,7 @@ fn configure_writer(conn: &Connection) -> Result<(), OpenError> {
 }
 
 fn doc<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode document: {e}")))
+    serde_json::to_string(value).map_err(StoreError::backend)
 }
 
 #[async_trait]

@@ -3,8 +3,9 @@
 //! the TLS client certificate, else nothing — which, on a register request carrying TPM keys, is
 //! the TPM challenge request (§7.2).
 
+use crate::ApiError;
 use axum::response::Response;
-use dps_core::{ApiError, Credential, DeviceRequest, DeviceResponse};
+use dps_core::{Credential, DeviceRequest, DeviceResponse};
 use dps_proto::model::device::DeviceRegistration;
 use http::StatusCode;
 

@@ -17,10 +17,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ApiError;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use dps_core::ApiError;
 use dps_hub::{Hub, TelemetryMessage};
 use dps_proto::model::device::to_ascii_json;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};

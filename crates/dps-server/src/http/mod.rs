@@ -29,13 +29,14 @@ pub mod websocket;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use dps_core::{ApiError, Engine};
+use dps_core::Engine;
 use dps_proto::codes;
 use dps_proto::model::device::to_ascii_json;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -353,6 +354,7 @@ impl Ctx<'_> {
                 rights,
             )
             .map(|_| ())
+            .map_err(ApiError::from)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The DPS device endpoint over MQTT: a thin adapter that turns publishes into engine calls and
 //! engine results into response publishes (device-protocol.md §2).
 
-use dps_core::{ApiError, Authenticated, Credential, DeviceRequest, DeviceResponse};
+use crate::ApiError;
+use dps_core::{Authenticated, Credential, DeviceRequest, DeviceResponse};
 use dps_proto::dps_mqtt::{response_topic, topic_rid, DpsRequestTopic, DpsUsername, RESPONSE_FILTER};
 use dps_proto::model::device::{to_ascii_json, DeviceRegistration};
 use rumqttc::mqttbytes::v4::{
@@ -65,7 +66,7 @@ pub async fn accept(
         Err(e) => {
             // Debug formatting: the id and the message carry client-chosen text, which must not
             // forge log lines.
-            tracing::info!(registration = ?request.registration_id, code = e.code, error = ?e.message, "DPS connection refused: not authorized");
+            tracing::info!(registration = ?request.registration_id, code = e.code(), error = ?e.to_string(), "DPS connection refused: not authorized");
             Err(ConnectReturnCode::NotAuthorized)
         }
     }
@@ -178,18 +179,19 @@ async fn handle_publish(
     }
     let result: Result<DeviceResponse, ApiError> = match &topic {
         DpsRequestTopic::Register { .. } => match DeviceRegistration::parse(&p.payload) {
-            Ok(body) => {
-                services
-                    .engine
-                    .register_authenticated(now, request, authenticated, &body)
-                    .await
-            }
+            Ok(body) => services
+                .engine
+                .register_authenticated(now, request, authenticated, &body)
+                .await
+                .map_err(ApiError::from),
             Err(e) => Err(ApiError::bad_body(e.to_string())),
         },
         // Poll payloads are junk by design (" ", the register JSON, nothing): ignore them.
-        DpsRequestTopic::OperationStatus { operation_id, .. } => {
-            services.engine.operation_status(now, request, operation_id).await
-        }
+        DpsRequestTopic::OperationStatus { operation_id, .. } => services
+            .engine
+            .operation_status(now, request, operation_id)
+            .await
+            .map_err(ApiError::from),
     };
     match result {
         Ok(r) => (response_topic(r.status, &rid, r.retry_after), to_ascii_json(&r.body)),

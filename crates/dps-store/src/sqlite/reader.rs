@@ -91,7 +91,7 @@ const MMAP_BYTES: i64 = 1 << 31;
 
 fn decode<T: DeserializeOwned>(table: Doc, key: &str, doc: &str) -> Result<T, StoreError> {
     serde_json::from_str(doc).map_err(|e| {
-        StoreError::Backend(format!(
+        StoreError::backend(format!(
             "stored document '{key}' in {} does not decode: {e}",
             table.name()
         ))
@@ -214,7 +214,7 @@ pub(crate) fn count_registrations(conn: &Connection) -> Result<u64, StoreError> 
         .or_backend()?
         .query_row([], |r| r.get(0))
         .or_backend()?;
-    u64::try_from(n).map_err(|_| StoreError::Backend(format!("negative count {n}")))
+    u64::try_from(n).map_err(|_| StoreError::backend(format!("negative count {n}")))
 }
 
 fn sql_limit(limit: usize) -> i64 {
