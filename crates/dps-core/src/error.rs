@@ -375,12 +375,6 @@ pub enum TpmRefusal {
         /// The enrollment's registration id.
         registration_id: String,
     },
-    /// A register request with TPM keys and no credential over a transport without the
-    /// challenge step (`400006`).
-    #[error(
-        "TPM attestation is supported over HTTPS (and AMQP), not MQTT: the TPM challenge needs the HTTPS register request without Authorization"
-    )]
-    NoChallengeStep,
     /// A challenge request without the device's keys (`400001`).
     #[error(
         "a TPM challenge needs the device's keys in the body: {{\"tpm\":{{\"endorsementKey\":\"<base64 TPM2B_PUBLIC>\",\"storageRootKey\":\"<base64 TPM2B_PUBLIC>\"}}}}"
@@ -511,7 +505,7 @@ impl Error {
             Error::Bulk(_) => codes::BULK_INVALID,
             Error::NoCredential | Error::Sas(_) | Error::X509(_) => codes::UNAUTHORIZED,
             Error::Tpm(t) => match t {
-                TpmRefusal::NotAheadOfRegister { .. } | TpmRefusal::NoChallengeStep => codes::TPM_TRANSPORT_UNSUPPORTED,
+                TpmRefusal::NotAheadOfRegister { .. } => codes::TPM_TRANSPORT_UNSUPPORTED,
                 TpmRefusal::KeysMissing
                 | TpmRefusal::KeyEncoding { .. }
                 | TpmRefusal::StorageRootKeyMissing
@@ -688,7 +682,6 @@ mod tests {
             HubError::UnknownHub(id()).into(),
             Error::Storage(StoreError::backend("disk full")),
             TpmRefusal::NotAheadOfRegister { registration_id: id() }.into(),
-            TpmRefusal::NoChallengeStep.into(),
             TpmRefusal::KeysMissing.into(),
             TpmRefusal::NotEnrolled { registration_id: id() }.into(),
             TpmRefusal::EnrollmentBroken {

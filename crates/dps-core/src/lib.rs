@@ -21,6 +21,7 @@ pub use cause::Cause;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{
     Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page, Recovery,
+    Registered,
 };
 pub use error::Error;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};

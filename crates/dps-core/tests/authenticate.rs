@@ -131,7 +131,10 @@ async fn authenticate_judges_the_credential_without_registering() {
         .register_authenticated(now(), &off, &a, &DeviceRegistration::default())
         .await
         .unwrap();
-    let p = e.operation_status(now(), &off, &r.body.operation_id).await.unwrap();
+    let p = e
+        .operation_status(now(), &off, &r.operation().unwrap().operation_id)
+        .await
+        .unwrap();
     assert_eq!(p.body.status, RegistrationStatus::Disabled);
     assert_eq!(p.body.registration_state.error_code, Some(codes::ENROLLMENT_DISABLED));
 }
@@ -180,7 +183,7 @@ async fn register_reuses_the_authentication_only_while_it_is_current() {
     let a = e.authenticate(now(), &req).await.unwrap();
     let body = DeviceRegistration::default();
     let r = e.register_authenticated(now(), &req, &a, &body).await.unwrap();
-    assert_eq!(r.status, 202);
+    assert_eq!(r.status(), 202);
     assert_eq!(hub.devices.lock().len(), 1);
 
     // The enrollment's key is rotated after CONNECT: the old result is not reused, and the

@@ -29,10 +29,15 @@ async fn register_and_poll(
     req: &DeviceRequest,
 ) -> Result<dps_proto::model::device::RegistrationOperationStatus, Error> {
     let r = e.register(now(), req, &DeviceRegistration::default()).await?;
-    assert_eq!(r.status, 202);
-    assert_eq!(r.body.status, RegistrationStatus::Assigning);
-    assert_eq!(r.body.registration_state.registration_id, req.registration_id);
-    let p = e.operation_status(now(), req, &r.body.operation_id).await?;
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.operation().unwrap().status, RegistrationStatus::Assigning);
+    assert_eq!(
+        r.operation().unwrap().registration_state.registration_id,
+        req.registration_id
+    );
+    let p = e
+        .operation_status(now(), req, &r.operation().unwrap().operation_id)
+        .await?;
     assert_eq!(p.status, 200);
     Ok(p.body)
 }
@@ -566,7 +571,7 @@ async fn time_comes_from_the_clock_passed_in() {
     assert!(err.to_string().contains("expired"), "{}", err);
     // Polling the first operation with the now-expired token is refused too.
     let err = e
-        .operation_status(clock.now(), &req, &r.body.operation_id)
+        .operation_status(clock.now(), &req, &r.operation().unwrap().operation_id)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("expired"), "{}", err);
@@ -588,18 +593,27 @@ async fn immediate_assignment_answers_register_with_the_final_state() {
     .unwrap();
     let req = request("dev-imm", KEY1, exp());
     let r = e.register(now(), &req, &DeviceRegistration::default()).await.unwrap();
-    assert_eq!((r.status, r.retry_after), (200, None));
-    assert_eq!(r.body.status, RegistrationStatus::Assigned);
-    assert_eq!(r.body.registration_state.assigned_hub.as_deref(), Some(HUB));
-    assert_eq!(r.body.registration_state.device_id.as_deref(), Some("dev-imm"));
+    assert_eq!((r.status(), r.retry_after()), (200, None));
+    assert_eq!(r.operation().unwrap().status, RegistrationStatus::Assigned);
+    assert_eq!(
+        r.operation().unwrap().registration_state.assigned_hub.as_deref(),
+        Some(HUB)
+    );
+    assert_eq!(
+        r.operation().unwrap().registration_state.device_id.as_deref(),
+        Some("dev-imm")
+    );
     assert_eq!(hub.devices.lock().len(), 1, "the hub identity exists before the reply");
     // The record is committed, and a device that polls anyway gets the same answer.
     assert_eq!(
         e.get_registration("dev-imm").await.unwrap().status,
         RegistrationStatus::Assigned
     );
-    let p = e.operation_status(now(), &req, &r.body.operation_id).await.unwrap();
-    assert_eq!((p.status, p.body), (200, r.body));
+    let p = e
+        .operation_status(now(), &req, &r.operation().unwrap().operation_id)
+        .await
+        .unwrap();
+    assert_eq!((p.status, p.body), (200, r.operation().unwrap().clone()));
     // Failures are final answers too: a disabled enrollment says so in the register reply.
     e.put_enrollment(
         now(),
@@ -617,7 +631,10 @@ async fn immediate_assignment_answers_register_with_the_final_state() {
         .register(now(), &request("dev-off", KEY1, exp()), &DeviceRegistration::default())
         .await
         .unwrap();
-    assert_eq!((off.status, off.body.status), (200, RegistrationStatus::Disabled));
+    assert_eq!(
+        (off.status(), off.operation().unwrap().status),
+        (200, RegistrationStatus::Disabled)
+    );
 }
 
 /// `initialTwin` is checked against IoT Hub's twin rules when an enrollment or group is stored
@@ -661,11 +678,7 @@ async fn initial_twin_is_validated_when_stored() {
         };
         let err = e.put_enrollment(now(), "twin-1", enr, None).await.unwrap_err();
         assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID), "{err:?}");
-        assert!(
-            err.to_string().contains(expected),
-            "{expected:?} not in {:?}",
-            err
-        );
+        assert!(err.to_string().contains(expected), "{expected:?} not in {:?}", err);
         assert_eq!(e.get_enrollment("twin-1").await.unwrap_err().status(), 404);
 
         let group = EnrollmentGroup {
@@ -675,11 +688,7 @@ async fn initial_twin_is_validated_when_stored() {
         };
         let err = e.put_group(now(), "twin-group", group, None).await.unwrap_err();
         assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID), "{err:?}");
-        assert!(
-            err.to_string().contains(expected),
-            "{expected:?} not in {:?}",
-            err
-        );
+        assert!(err.to_string().contains(expected), "{expected:?} not in {:?}", err);
         assert_eq!(e.get_group("twin-group").await.unwrap_err().status(), 404);
 
         // Bulk reports the same error for the item and stores nothing.

@@ -4,7 +4,7 @@
 //! from a fake clock, so every wait is exact.
 
 use chrono::{Duration, TimeZone, Utc};
-use dps_core::{Clock, DeviceResponse};
+use dps_core::{Clock, Registered};
 use dps_core::{DeviceRequest, Engine, Error, FakeClock, QuotaConfig};
 use dps_proto::codes;
 use dps_proto::model::device::DeviceRegistration;
@@ -39,7 +39,7 @@ async fn engine(clock: &FakeClock, quotas: QuotaConfig, devices: &[&str]) -> (En
     (e, hub)
 }
 
-async fn register(e: &Engine, clock: &FakeClock, req: &DeviceRequest) -> Result<DeviceResponse, Error> {
+async fn register(e: &Engine, clock: &FakeClock, req: &DeviceRequest) -> Result<Registered, Error> {
     e.register(clock.now(), req, &DeviceRegistration::default()).await
 }
 
@@ -48,16 +48,8 @@ fn assert_throttled<T: std::fmt::Debug>(r: Result<T, Error>, secs: u32, names: &
     let e = r.expect_err("throttled");
     assert_eq!((e.status(), e.code()), (429, codes::THROTTLED), "{e}");
     assert_eq!(e.retry_after(), Some(secs), "{e}");
-    assert!(
-        e.to_string().contains(names),
-        "'{}' should name '{names}'",
-        e
-    );
-    assert!(
-        e.to_string().contains(&format!("retry after {secs} s")),
-        "{}",
-        e
-    );
+    assert!(e.to_string().contains(names), "'{}' should name '{names}'", e);
+    assert!(e.to_string().contains(&format!("retry after {secs} s")), "{}", e);
 }
 
 fn only(q: impl FnOnce(&mut QuotaConfig)) -> QuotaConfig {
@@ -84,8 +76,14 @@ async fn registrations_per_second_refill_and_say_when_to_retry() {
         assert_eq!(err.retry_after(), None);
     }
     // A full bucket holds one second's worth: two.
-    assert_eq!(register(&e, &clock, &request("dev-a", KEY)).await.unwrap().status, 202);
-    assert_eq!(register(&e, &clock, &request("dev-b", KEY)).await.unwrap().status, 202);
+    assert_eq!(
+        register(&e, &clock, &request("dev-a", KEY)).await.unwrap().status(),
+        202
+    );
+    assert_eq!(
+        register(&e, &clock, &request("dev-b", KEY)).await.unwrap().status(),
+        202
+    );
     // The third waits for the next token, 0.5 s away: retry-after is whole seconds, rounded up.
     assert_throttled(
         register(&e, &clock, &request("dev-c", KEY)).await,
@@ -99,7 +97,10 @@ async fn registrations_per_second_refill_and_say_when_to_retry() {
     clock.advance(Duration::milliseconds(499));
     assert_throttled(register(&e, &clock, &request("dev-c", KEY)).await, 1, "registrations");
     clock.advance(Duration::milliseconds(1));
-    assert_eq!(register(&e, &clock, &request("dev-c", KEY)).await.unwrap().status, 202);
+    assert_eq!(
+        register(&e, &clock, &request("dev-c", KEY)).await.unwrap().status(),
+        202
+    );
     assert!(e.store().get_registration("dev-c").await.unwrap().is_some());
 
     // With the bucket empty again, polls and status lookups are still answered: they are no
@@ -120,7 +121,7 @@ async fn registrations_per_second_refill_and_say_when_to_retry() {
     // After a quiet while the bucket is full again, but holds no more than one second's worth.
     clock.advance(Duration::seconds(60));
     for d in ["dev-a", "dev-b"] {
-        assert_eq!(register(&e, &clock, &request(d, KEY)).await.unwrap().status, 202);
+        assert_eq!(register(&e, &clock, &request(d, KEY)).await.unwrap().status(), 202);
     }
     assert_throttled(register(&e, &clock, &request("dev-c", KEY)).await, 1, "registrations");
 }
@@ -132,7 +133,7 @@ async fn operations_per_second_count_every_device_request_even_unauthenticated_o
     let req = request("dev-a", KEY);
 
     let r = register(&e, &clock, &req).await.unwrap();
-    let op = r.body.operation_id.clone();
+    let op = r.operation().unwrap().operation_id.clone();
     assert_eq!(e.operation_status(clock.now(), &req, &op).await.unwrap().status, 200);
     assert!(e.registration_status(clock.now(), &req).await.is_ok());
     assert_throttled(
@@ -166,7 +167,7 @@ async fn operations_per_second_count_every_device_request_even_unauthenticated_o
             codes::ID_SCOPE_NOT_FOUND
         );
     }
-    assert_eq!(register(&e, &clock, &req).await.unwrap().status, 202);
+    assert_eq!(register(&e, &clock, &req).await.unwrap().status(), 202);
 }
 
 #[tokio::test]
@@ -174,8 +175,20 @@ async fn polls_per_device_are_five_per_ten_seconds_and_other_devices_are_unaffec
     let clock = clock();
     let (e, _) = engine(&clock, QuotaConfig::DEFAULT, &["dev-a", "dev-b"]).await;
     let (a, b) = (request("dev-a", KEY), request("dev-b", KEY));
-    let op_a = register(&e, &clock, &a).await.unwrap().body.operation_id;
-    let op_b = register(&e, &clock, &b).await.unwrap().body.operation_id;
+    let op_a = register(&e, &clock, &a)
+        .await
+        .unwrap()
+        .operation()
+        .unwrap()
+        .operation_id
+        .clone();
+    let op_b = register(&e, &clock, &b)
+        .await
+        .unwrap()
+        .operation()
+        .unwrap()
+        .operation_id
+        .clone();
 
     // Polls with a wrong key are refused before they count: nobody can use up a device's polls.
     for _ in 0..10 {
@@ -236,7 +249,15 @@ async fn poll_tracking_is_bounded_and_fails_open_for_untracked_devices_when_full
     let reqs: Vec<DeviceRequest> = ["dev-a", "dev-b", "dev-c"].iter().map(|d| request(d, KEY)).collect();
     let mut ops = Vec::new();
     for r in &reqs {
-        ops.push(register(&e, &clock, r).await.unwrap().body.operation_id);
+        ops.push(
+            register(&e, &clock, r)
+                .await
+                .unwrap()
+                .operation()
+                .unwrap()
+                .operation_id
+                .clone(),
+        );
     }
     let poll = |i: usize| e.operation_status(clock.now(), &reqs[i], &ops[i]);
 

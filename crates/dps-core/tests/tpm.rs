@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use dps_core::{Clock, Credential, DeviceAuth, DeviceRequest, Engine, Error, FakeClock};
+use dps_core::{Clock, Credential, DeviceAuth, DeviceRequest, Engine, Error, FakeClock, Registered};
 use dps_proto::codes;
 use dps_proto::model::device::{DeviceRegistration, TpmChallenge, TpmKeys};
 use dps_proto::model::service::*;
@@ -111,8 +111,10 @@ async fn register(
 ) -> Result<RegistrationState, Error> {
     let req = request(reg, sas(reg, key, now));
     let r = e.register(now, &req, &body(tpm)).await?;
-    assert_eq!(r.status, 202);
-    let p = e.operation_status(now, &req, &r.body.operation_id).await?;
+    assert_eq!(r.status(), 202);
+    let p = e
+        .operation_status(now, &req, &r.operation().unwrap().operation_id)
+        .await?;
     assert_eq!(p.status, 200);
     Ok(p.body.registration_state)
 }
@@ -120,12 +122,7 @@ async fn register(
 /// Asserts the error's code (and the status it implies) and that its message says `needle`.
 #[track_caller]
 fn refused(err: &Error, code: u32, needle: &str) {
-    assert_eq!(
-        (u32::from(err.status()), err.code()),
-        (code / 1000, code),
-        "{}",
-        err
-    );
+    assert_eq!((u32::from(err.status()), err.code()), (code / 1000, code), "{}", err);
     assert!(err.to_string().contains(needle), "{}", err);
 }
 
@@ -359,20 +356,53 @@ async fn enrollment_rules_disabled_devices_and_transports() {
     assert_eq!(st.error_code, Some(codes::ENROLLMENT_DISABLED));
     assert!(st.tpm.is_none());
 
-    // A register request with TPM keys and no credential comes from a transport without the
-    // challenge step (MQTT).
+    // A transport without the challenge step (MQTT) judges the credential before any register
+    // (`authenticate`, at CONNECT): a TPM device has none to show there, and a TPM-signed SAS is
+    // not judged ahead of a register (tests/authenticate.rs), so it never reaches a register.
     e.put_enrollment(start(), "mqtt", enrollment(tpm, false), None)
         .await
         .unwrap();
     let err = e
-        .register(start(), &request("mqtt", Credential::None), &body(tpm))
+        .authenticate(start(), &request("mqtt", Credential::None))
         .await
         .unwrap_err();
-    refused(
-        &err,
-        codes::TPM_TRANSPORT_UNSUPPORTED,
-        "TPM attestation is supported over HTTPS (and AMQP), not MQTT",
+    refused(&err, codes::UNAUTHORIZED, "no credential");
+    assert!(matches!(err, Error::NoCredential), "{err:?}");
+}
+
+/// The engine decides the challenge: a register request without a credential that carries TPM
+/// keys is answered with it (what HTTPS sends as the 401 body), one with a credential is not.
+#[tokio::test]
+async fn a_register_without_a_credential_but_with_tpm_keys_is_answered_with_the_challenge() {
+    let (e, _) = engine().await;
+    let tpm = &tpms()[0];
+    e.put_enrollment(start(), "tpm-reg", enrollment(tpm, true), None)
+        .await
+        .unwrap();
+    let asked = e
+        .register(start(), &request("tpm-reg", Credential::None), &body(tpm))
+        .await
+        .unwrap();
+    assert_eq!(
+        (asked.status(), asked.retry_after(), asked.operation()),
+        (401, None, None)
     );
+    let Registered::TpmChallenge(c) = asked else {
+        panic!("a TPM challenge: {asked:?}")
+    };
+    let key = tpm.activate(&B64.decode(&c.authentication_key).unwrap()).unwrap();
+    let st = register(&e, start(), "tpm-reg", tpm, &key).await.unwrap();
+    assert_eq!(st.status, RegistrationStatus::Assigned);
+    // Without TPM keys, no credential is simply unauthenticated.
+    let err = e
+        .register(
+            start(),
+            &request("tpm-reg", Credential::None),
+            &DeviceRegistration::default(),
+        )
+        .await
+        .unwrap_err();
+    refused(&err, codes::UNAUTHORIZED, "no credential");
 }
 
 #[tokio::test]
@@ -394,5 +424,5 @@ async fn a_throttled_registration_keeps_its_challenge_so_the_same_request_succee
     refused(&err, codes::THROTTLED, "registrations per second");
     assert_eq!(err.retry_after(), Some(1));
     clock.advance(Duration::seconds(1));
-    assert_eq!(e.register(clock.now(), &req, &body(tpm)).await.unwrap().status, 202);
+    assert_eq!(e.register(clock.now(), &req, &body(tpm)).await.unwrap().status(), 202);
 }

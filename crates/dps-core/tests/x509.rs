@@ -134,17 +134,14 @@ async fn register(
     r: &DeviceRequest,
 ) -> Result<dps_proto::model::device::RegistrationOperationStatus, dps_core::Error> {
     let op = e.register(now(), r, &DeviceRegistration::default()).await?;
-    Ok(e.operation_status(now(), r, &op.body.operation_id).await?.body)
+    Ok(e.operation_status(now(), r, &op.operation().unwrap().operation_id)
+        .await?
+        .body)
 }
 
 async fn refused(e: &Engine, r: &DeviceRequest) -> String {
     let err = register(e, r).await.unwrap_err();
-    assert_eq!(
-        (err.status(), err.code()),
-        (401, codes::UNAUTHORIZED),
-        "{}",
-        err
-    );
+    assert_eq!((err.status(), err.code()), (401, codes::UNAUTHORIZED), "{}", err);
     err.to_string()
 }
 

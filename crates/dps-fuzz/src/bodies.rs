@@ -76,9 +76,10 @@ pub fn registration_body(data: &[u8]) {
         };
         match engine.register(now(), &req, &body).await {
             Ok(resp) => {
-                assert_eq!(resp.status, 202);
+                assert_eq!(resp.status(), 202);
+                let started = resp.operation().expect("a SAS register is not a TPM challenge");
                 let op = engine
-                    .operation_status(now(), &req, &resp.body.operation_id)
+                    .operation_status(now(), &req, &started.operation_id)
                     .await
                     .expect("the operation just started can be polled");
                 round_trip(&op.body, "RegistrationOperationStatus");

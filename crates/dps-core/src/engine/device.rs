@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::groups::CachedGroup;
 use super::recovery::Incomplete;
-use super::{DeviceResponse, Engine};
+use super::{DeviceResponse, Engine, Registered};
 use crate::error::{AllocationError, Error, InvalidArgument, SasRefusal};
 use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
 use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord};
@@ -301,15 +301,20 @@ impl Engine {
     }
 
     /// Handles a register request. On success the registration is committed before this returns,
-    /// and the reply is `202 assigning` with an operation id the device polls — or, with
-    /// [`EngineConfig::immediate_assignment`](super::EngineConfig::immediate_assignment), `200`
-    /// with the final state.
+    /// and the outcome is [`Registered::Assigning`] with an operation id the device polls — or,
+    /// with [`EngineConfig::immediate_assignment`](super::EngineConfig::immediate_assignment),
+    /// [`Registered::Done`] with the final state. A request without a credential that carries TPM
+    /// keys is the first step of TPM attestation and gets [`Registered::TpmChallenge`] (see
+    /// [`Engine::tpm_challenge`]).
     pub async fn register(
         &self,
         now: DateTime<Utc>,
         req: &DeviceRequest,
         body: &DeviceRegistration,
-    ) -> Result<DeviceResponse, Error> {
+    ) -> Result<Registered, Error> {
+        if req.credential == Credential::None && body.tpm.is_some() {
+            return self.tpm_challenge(now, req, body).await.map(Registered::TpmChallenge);
+        }
         self.register_with(now, req, None, body).await
     }
 
@@ -322,7 +327,7 @@ impl Engine {
         req: &DeviceRequest,
         authenticated: &Authenticated,
         body: &DeviceRegistration,
-    ) -> Result<DeviceResponse, Error> {
+    ) -> Result<Registered, Error> {
         self.register_with(now, req, Some(authenticated), body).await
     }
 
@@ -377,10 +382,9 @@ impl Engine {
         req: &DeviceRequest,
         authenticated: Option<&Authenticated>,
         body: &DeviceRegistration,
-    ) -> Result<DeviceResponse, Error> {
+    ) -> Result<Registered, Error> {
         self.admit(now, req)?;
         check_body_id(req, body)?;
-        super::tpm::refuse_without_challenge(req, body)?;
         // Before attestation, which spends a TPM device's challenge: a throttled device must be
         // able to send the very same request again. A request that fails attestation gives its
         // registration back (it is bounded by the operations quota instead), so bad
@@ -422,16 +426,11 @@ impl Engine {
             },
         );
         if self.config.immediate_assignment {
-            return Ok(DeviceResponse {
-                status: 200,
-                retry_after: None,
-                body,
-            });
+            return Ok(Registered::Done(body));
         }
-        Ok(DeviceResponse {
-            status: 202,
-            retry_after: Some(self.config.retry_after_secs),
-            body: RegistrationOperationStatus {
+        Ok(Registered::Assigning {
+            retry_after: self.config.retry_after_secs,
+            operation: RegistrationOperationStatus {
                 operation_id,
                 status: RegistrationStatus::Assigning,
                 registration_state: RegistrationState {

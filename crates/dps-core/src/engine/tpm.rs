@@ -34,7 +34,7 @@ use dps_tpm::RsaPublic;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::device::{Attested, Credential, DeviceRequest, Matched};
+use super::device::{Attested, DeviceRequest, Matched};
 use super::Engine;
 use crate::error::{Error, TpmRefusal};
 use crate::hub::DeviceAuth;
@@ -138,16 +138,6 @@ impl ChallengeCache {
     }
 }
 
-/// A TPM register request over a transport that has no challenge step. HTTPS (and AMQP) route
-/// the unauthenticated request to [`Engine::tpm_challenge`], so only MQTT gets here — where the
-/// device SDKs do not offer TPM either.
-pub(super) fn refuse_without_challenge(req: &DeviceRequest, body: &DeviceRegistration) -> Result<(), Error> {
-    if req.credential == Credential::None && body.tpm.is_some() {
-        return Err(TpmRefusal::NoChallengeStep.into());
-    }
-    Ok(())
-}
-
 /// Decodes a base64 `TPM2B_PUBLIC` the device sent.
 fn decode_device_key(b64: &str, field: &'static str) -> Result<Vec<u8>, TpmRefusal> {
     B64.decode(b64.trim()).map_err(|_| TpmRefusal::KeyEncoding { field })
@@ -183,7 +173,8 @@ impl Engine {
     /// The first, unauthenticated step of TPM attestation: checks the device's EK (and SRK)
     /// against its individual enrollment and answers the activation blob of a new challenge key,
     /// which the transport sends as the HTTP 401 body (device-protocol.md §7.2; the AMQP SASL
-    /// `TPM` mechanism carries the same blob).
+    /// `TPM` mechanism carries the same blob). [`Engine::register`] answers a register request
+    /// without a credential that carries TPM keys with it ([`super::Registered::TpmChallenge`]).
     ///
     /// A disabled enrollment still gets a challenge: the registration that follows reports
     /// `disabled`, as for every other attestation.

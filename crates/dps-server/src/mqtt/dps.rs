@@ -2,7 +2,7 @@
 //! engine results into response publishes (device-protocol.md §2).
 
 use crate::ApiError;
-use dps_core::{Authenticated, Credential, DeviceRequest, DeviceResponse};
+use dps_core::{Authenticated, Credential, DeviceRequest};
 use dps_proto::dps_mqtt::{response_topic, topic_rid, DpsRequestTopic, DpsUsername, RESPONSE_FILTER};
 use dps_proto::model::device::{to_ascii_json, DeviceRegistration};
 use rumqttc::mqttbytes::v4::{
@@ -177,12 +177,14 @@ async fn handle_publish(
         );
         return (response_topic(err.status, &rid, None), to_ascii_json(&err.details(now)));
     }
-    let result: Result<DeviceResponse, ApiError> = match &topic {
+    // (status, retry-after, payload) of the answer.
+    let result: Result<(u16, Option<u32>, Vec<u8>), ApiError> = match &topic {
         DpsRequestTopic::Register { .. } => match DeviceRegistration::parse(&p.payload) {
             Ok(body) => services
                 .engine
                 .register_authenticated(now, request, authenticated, &body)
                 .await
+                .map(|r| (r.status(), r.retry_after(), to_ascii_json(&r)))
                 .map_err(ApiError::from),
             Err(e) => Err(ApiError::bad_body(e.to_string())),
         },
@@ -191,10 +193,11 @@ async fn handle_publish(
             .engine
             .operation_status(now, request, operation_id)
             .await
+            .map(|r| (r.status, r.retry_after, to_ascii_json(&r.body)))
             .map_err(ApiError::from),
     };
     match result {
-        Ok(r) => (response_topic(r.status, &rid, r.retry_after), to_ascii_json(&r.body)),
+        Ok((status, retry_after, payload)) => (response_topic(status, &rid, retry_after), payload),
         Err(err) => {
             // Throttling is summarized by the engine's quotas: a line per 429 would flood the log.
             if err.status == 429 {
