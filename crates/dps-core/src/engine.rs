@@ -1,5 +1,6 @@
 //! The engine: one instance per service, shared by every transport and the service API.
 
+mod attestation;
 mod certificates;
 mod device;
 mod groups;
@@ -16,10 +17,11 @@ use dps_proto::model::service::AllocationPolicy;
 use crate::hub::HubRegistry;
 use crate::store::Store;
 
-pub use device::{Authenticated, Credential, DeviceRequest};
+pub use attestation::{Credential, DeviceRequest, CHALLENGE_TTL_SECS};
+pub use device::Authenticated;
 pub use recovery::Recovery;
 pub use service::Page;
-pub use tpm::{CHALLENGE_TTL_SECS, KEY_NAME};
+pub use tpm::KEY_NAME;
 
 /// A hub devices can be assigned to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -245,12 +245,13 @@ pub enum SasRefusal {
         "the SAS signature does not match any key this service accepts for registration '{registration_id}': \
          sign with the individual enrollment's key, or with the key derived from an enrollment group's key \
          (base64(HMAC-SHA256(base64decode(groupKey), registrationId))); a TPM device signs with the key of \
-         a TPM challenge, which lasts {} s and serves one registration",
-        crate::engine::CHALLENGE_TTL_SECS
+         a TPM challenge, which lasts {challenge_ttl_secs} s and serves one registration"
     )]
     NoMatchingKey {
         /// The device's registration id.
         registration_id: String,
+        /// How long a TPM challenge lasts, for the hint to TPM devices.
+        challenge_ttl_secs: i64,
     },
     /// A device signed with an enrollment group's own key instead of its derived key. Only a
     /// holder of that key gets this answer, so naming the group reveals nothing.

@@ -9,43 +9,19 @@ use dashmap::DashMap;
 use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::{DeviceRegistration, RegistrationOperationStatus};
 use dps_proto::model::service::{
-    AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, RegistrationState,
-    RegistrationStatus, SymmetricKeyRegistrationResult, TpmRegistrationResult, X509RegistrationResult,
+    AllocationPolicy, AttestationType, RegistrationState, RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use dps_proto::registration_id;
 use dps_proto::sas::{hmac_sha256, SasToken};
 use sha2::{Digest, Sha256};
 
+use super::attestation::{check_body_id, sas_refused, Attested, Credential, DeviceRequest, Matched};
 use super::groups::CachedGroup;
 use super::recovery::Incomplete;
 use super::{DeviceResponse, Engine, Registered};
 use crate::error::{AllocationError, Error, InvalidArgument, SasRefusal};
 use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
 use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord};
-
-/// What the device presented to prove who it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// Nothing (the first, unauthenticated TPM request).
-    None,
-    /// A SAS token (MQTT password or HTTP `Authorization`).
-    Sas(String),
-    /// The DER certificates the device sent in the TLS handshake, leaf first.
-    X509(Vec<Vec<u8>>),
-}
-
-/// Who is asking: the same for every transport.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRequest {
-    /// ID scope from the MQTT username or the URL path.
-    pub id_scope: String,
-    /// Registration id from the MQTT username or the URL path.
-    pub registration_id: String,
-    /// Proof of identity.
-    pub credential: Credential,
-    /// Device API version, if the device sent one.
-    pub api_version: Option<String>,
-}
 
 /// How long a completed operation can be polled from memory before polls fall back to the store.
 const OPERATION_TTL: Duration = Duration::from_secs(600);
@@ -117,25 +93,6 @@ impl OperationCache {
     }
 }
 
-/// The enrollment a device matched.
-#[derive(Clone)]
-pub(super) enum Matched {
-    Individual(Box<IndividualEnrollment>),
-    Group(Box<EnrollmentGroup>),
-}
-
-/// The outcome of attestation: the enrollment and the keys the hub should know the device by.
-#[derive(Clone)]
-pub(super) struct Attested {
-    pub(super) matched: Matched,
-    pub(super) attestation: AttestationType,
-    pub(super) hub_auth: DeviceAuth,
-    /// X.509 details for the device's registration result.
-    pub(super) x509: Option<X509RegistrationResult>,
-    /// TPM: the activation blob of the hub key, for the device's registration result.
-    pub(super) tpm: Option<TpmRegistrationResult>,
-}
-
 /// A device credential the engine accepted ahead of any request ([`Engine::authenticate`]).
 ///
 /// MQTT checks the credential at CONNECT, as Azure does, and registers on the same connection
@@ -170,33 +127,6 @@ impl Authenticated {
     /// The attestation kind the credential proved (symmetric key or X.509).
     pub fn attestation(&self) -> AttestationType {
         self.attested.attestation
-    }
-}
-
-impl Matched {
-    fn disabled(&self) -> Option<Error> {
-        match self {
-            Matched::Individual(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => {
-                Some(Error::EnrollmentDisabled {
-                    group: false,
-                    id: e.registration_id.clone(),
-                })
-            }
-            Matched::Group(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => {
-                Some(Error::EnrollmentDisabled {
-                    group: true,
-                    id: g.enrollment_group_id.clone(),
-                })
-            }
-            _ => None,
-        }
-    }
-
-    fn group_id(&self) -> Option<&str> {
-        match self {
-            Matched::Group(g) => Some(&g.enrollment_group_id),
-            Matched::Individual(_) => None,
-        }
     }
 }
 
@@ -249,30 +179,6 @@ fn new_operation_id(registration_key: &str) -> String {
 pub(crate) fn new_etag() -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
-}
-
-/// The refusal for a SAS token no enrollment accepts ([`SasRefusal::NoMatchingKey`]: one answer
-/// whatever the reason); `why` goes to the server log.
-pub(super) fn sas_refused(req: &DeviceRequest, why: &str) -> Error {
-    tracing::info!(registration = %req.registration_id, reason = why, "device SAS token refused");
-    SasRefusal::NoMatchingKey {
-        registration_id: req.registration_id.clone(),
-    }
-    .into()
-}
-
-/// The body's `registrationId`, when sent, must be the request's (case-insensitively).
-pub(super) fn check_body_id(req: &DeviceRequest, body: &DeviceRegistration) -> Result<(), Error> {
-    match &body.registration_id {
-        Some(body_id) if !body_id.eq_ignore_ascii_case(&req.registration_id) => {
-            Err(InvalidArgument::BodyRegistrationId {
-                body_id: body_id.clone(),
-                registration_id: req.registration_id.clone(),
-            }
-            .into())
-        }
-        _ => Ok(()),
-    }
 }
 
 impl Engine {

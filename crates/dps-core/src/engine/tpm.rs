@@ -34,14 +34,11 @@ use dps_tpm::RsaPublic;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::device::{Attested, DeviceRequest, Matched};
+use super::attestation::{check_body_id, sas_refused, Attested, DeviceRequest, Matched, CHALLENGE_TTL_SECS};
 use super::Engine;
 use crate::error::{Error, TpmRefusal};
 use crate::hub::DeviceAuth;
 
-/// How long a challenge can be answered. Generous for a TPM (activation and import take well
-/// under a second) and slow networks, short enough that few keys are held.
-pub const CHALLENGE_TTL_SECS: i64 = 300;
 /// Challenges kept per registration; the oldest goes first. More than one, so a device retrying
 /// (or a second request racing it) does not invalidate the challenge another attempt is using.
 const MAX_OUTSTANDING: usize = 4;
@@ -185,7 +182,7 @@ impl Engine {
         body: &DeviceRegistration,
     ) -> Result<TpmChallenge, Error> {
         self.admit(now, req)?;
-        super::device::check_body_id(req, body)?;
+        check_body_id(req, body)?;
         let keys = body.tpm.as_ref().ok_or(TpmRefusal::KeysMissing)?;
         let ek = decode_device_key(&keys.endorsement_key, "endorsementKey")?;
         let srk = match keys.storage_root_key.as_deref() {
@@ -256,13 +253,13 @@ impl Engine {
         let challenge = match self.tpm.take(now, &registration_id::key(&req.registration_id), token) {
             Taken::Challenge(c) => c,
             Taken::None => {
-                return Err(super::device::sas_refused(
+                return Err(sas_refused(
                     req,
                     "TPM enrollment with no outstanding challenge (never asked, expired, or used)",
                 ))
             }
             Taken::NoMatch => {
-                return Err(super::device::sas_refused(
+                return Err(sas_refused(
                     req,
                     "TPM enrollment: not signed by the key of an outstanding challenge",
                 ))

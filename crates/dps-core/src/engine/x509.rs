@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 use dps_proto::model::service::{AttestationType, X509CertificateInfo, X509RegistrationResult};
 
-use super::device::{Attested, DeviceRequest, Matched};
+use super::attestation::{Attested, DeviceRequest, Matched};
 use super::groups::{anchors_of, Anchor};
 use super::Engine;
 use crate::error::{Error, X509Refusal};
