@@ -15,6 +15,7 @@ use dps_proto::model::device::RegistrationOperationStatus;
 use dps_proto::model::service::AllocationPolicy;
 
 use crate::hub::HubRegistry;
+use crate::random::{Random, SystemRandom};
 use crate::store::Store;
 
 pub use attestation::{Credential, DeviceRequest, CHALLENGE_TTL_SECS};
@@ -164,6 +165,7 @@ pub struct Engine {
     operations: device::OperationCache,
     tpm: tpm::ChallengeCache,
     quotas: crate::quota::Quotas,
+    random: Arc<dyn Random>,
 }
 
 impl Engine {
@@ -178,7 +180,27 @@ impl Engine {
             operations: device::OperationCache::default(),
             tpm: tpm::ChallengeCache::default(),
             quotas,
+            random: Arc::new(SystemRandom),
         }
+    }
+
+    /// Takes randomness from `random` instead of the system's CSPRNG: with a
+    /// [`SeededRandom`](crate::SeededRandom) (and time passed in, as always) the engine's answers
+    /// are reproducible, which is what tests want. Never seed a serving engine.
+    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+        self.random = random;
+        self
+    }
+
+    /// A fresh tracking id for an error body, from the engine's source of randomness.
+    pub fn tracking_id(&self) -> String {
+        crate::random::uuid(self.random.as_ref()).to_string()
+    }
+
+    /// A fresh opaque etag in the shape the real service uses: base64 of a quoted GUID.
+    pub(crate) fn new_etag(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", crate::random::uuid(self.random.as_ref())))
     }
 
     /// Loads caches (enrollment groups) from the store and finishes the registrations a crash

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod quota;
+pub mod random;
 pub mod store;
 pub mod x509;
 
@@ -26,6 +27,7 @@ pub use engine::{
 pub use error::Error;
 pub use hub::{DeviceAuth, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 pub use quota::{QuotaConfig, Quotas};
+pub use random::{Random, SeededRandom, SystemRandom};
 pub use store::{
     CaCertificateRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition,
 };

@@ -54,11 +54,11 @@ impl ApiError {
         Self::new(codes::INTERNAL, message)
     }
 
-    /// The JSON body, with a fresh tracking id.
-    pub fn details(&self, now: DateTime<Utc>) -> ErrorDetails {
+    /// The JSON body, with `tracking_id` (fresh for every answer: [`dps_core::Engine::tracking_id`]).
+    pub fn details(&self, now: DateTime<Utc>, tracking_id: String) -> ErrorDetails {
         ErrorDetails {
             error_code: self.code,
-            tracking_id: uuid::Uuid::new_v4().to_string(),
+            tracking_id,
             message: self.message.clone(),
             timestamp_utc: dps_proto::timefmt::format_record(&now),
             info: None,

@@ -9,9 +9,7 @@ use dps_proto::model::certificate::{
     CertificateBody, CertificateProperties, CertificateResponse, VerificationCertificate,
 };
 use dps_proto::registration_id;
-use rand::RngCore;
 
-use super::device::new_etag;
 use super::Engine;
 use crate::error::{CaCertificateError, Error, InvalidArgument, Resource};
 use crate::store::{CaCertificateRecord, StoreError, WriteCondition};
@@ -93,7 +91,7 @@ impl Engine {
                 .as_ref()
                 .map(|s| s.name.clone())
                 .unwrap_or_else(|| name.to_string()),
-            etag: new_etag(),
+            etag: self.new_etag(),
             certificate: B64.encode(&der),
             is_verified: body.is_verified,
             verification_code: None,
@@ -151,10 +149,10 @@ impl Engine {
             c => c,
         };
         let mut raw = [0u8; 24];
-        rand::thread_rng().fill_bytes(&mut raw);
+        self.random.fill(&mut raw);
         let code: String = raw.iter().map(|b| format!("{b:02X}")).collect();
         r.verification_code = Some(code.clone());
-        r.etag = new_etag();
+        r.etag = self.new_etag();
         r.updated = now;
         self.store
             .put_certificate(&r, &cond)
@@ -199,7 +197,7 @@ impl Engine {
         })?;
         r.is_verified = true;
         r.verification_code = None;
-        r.etag = new_etag();
+        r.etag = self.new_etag();
         r.updated = now;
         let result = self
             .store

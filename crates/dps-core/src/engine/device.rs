@@ -159,7 +159,7 @@ fn valid_until(c: &Credential) -> Option<i64> {
     }
 }
 
-fn new_operation_id(registration_key: &str) -> String {
+fn new_operation_id(random: &dyn crate::Random, registration_key: &str) -> String {
     let h = Sha256::digest(registration_key.as_bytes());
     format!(
         "4.{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}.{}",
@@ -171,14 +171,8 @@ fn new_operation_id(registration_key: &str) -> String {
         h[5],
         h[6],
         h[7],
-        uuid::Uuid::new_v4()
+        crate::random::uuid(random)
     )
-}
-
-/// A fresh opaque etag in the shape the real service uses: base64 of a quoted GUID.
-pub(crate) fn new_etag() -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
 }
 
 impl Engine {
@@ -308,7 +302,7 @@ impl Engine {
             }
         };
         let key = registration_id::key(&req.registration_id);
-        let operation_id = new_operation_id(&key);
+        let operation_id = new_operation_id(self.random.as_ref(), &key);
         let final_state = match self.assign(now, req, body, &attested, &operation_id).await {
             Ok(state) => state,
             Err(failure) => failure,
@@ -630,7 +624,7 @@ impl Engine {
             // Decided once the hub says whether it created the device.
             substatus: None,
             last_updated_date_time_utc: Some(now),
-            etag: Some(new_etag()),
+            etag: Some(self.new_etag()),
             payload: None,
             // Kept in the record so a poll after a restart shows them; the service view strips them.
             x509: attested.x509.clone(),

@@ -16,11 +16,10 @@ use dps_proto::model::service::{
 };
 use dps_proto::registration_id;
 use dps_proto::twin_limits;
-use rand::RngCore;
 
-use super::device::new_etag;
 use super::Engine;
 use crate::error::{BulkInvalid, Error, InvalidArgument, Resource};
+use crate::random::Random;
 use crate::store::{StoreError, WriteCondition};
 
 /// One page of a query: items and the continuation token for the next page (absent when the
@@ -66,9 +65,9 @@ impl Kind {
     }
 }
 
-fn generate_key() -> String {
+fn generate_key(random: &dyn Random) -> String {
     let mut raw = [0u8; 64];
-    rand::thread_rng().fill_bytes(&mut raw);
+    random.fill(&mut raw);
     encode_key(&raw)
 }
 
@@ -110,6 +109,7 @@ fn paginate<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> Pa
 /// Validates and completes an attestation on write. `stored` is the attestation already stored (on
 /// update), whose secrets are kept where the request leaves them out.
 fn prepare_attestation(
+    random: &dyn Random,
     att: &mut AttestationMechanism,
     stored: Option<&AttestationMechanism>,
     individual: bool,
@@ -135,7 +135,7 @@ fn prepare_attestation(
             ] {
                 match slot {
                     Some(k) if !k.is_empty() => validate_symmetric_key(k).map_err(|e| format!("symmetric key: {e}"))?,
-                    _ => *slot = Some(old.unwrap_or_else(generate_key)),
+                    _ => *slot = Some(old.unwrap_or_else(|| generate_key(random))),
                 }
             }
             att.tpm = None;
@@ -362,6 +362,7 @@ enrollment_document!(
 /// and stamps a new etag and the timestamps. Returns the write condition (`If-Match`, else the
 /// body's etag).
 fn prepare_write<T: EnrollmentDocument>(
+    engine: &Engine,
     now: DateTime<Utc>,
     path_id: &str,
     doc: &mut T,
@@ -386,9 +387,14 @@ fn prepare_write<T: EnrollmentDocument>(
         twin_limits::validate_initial_twin(twin).map_err(|source| InvalidArgument::InitialTwin { resource, source })?;
     }
     let cond = condition(if_match, doc.etag_mut().as_deref());
-    prepare_attestation(doc.attestation_mut(), stored.map(|s| s.attestation()), T::INDIVIDUAL)
-        .map_err(InvalidArgument::Attestation)?;
-    *doc.etag_mut() = Some(new_etag());
+    prepare_attestation(
+        engine.random.as_ref(),
+        doc.attestation_mut(),
+        stored.map(|s| s.attestation()),
+        T::INDIVIDUAL,
+    )
+    .map_err(InvalidArgument::Attestation)?;
+    *doc.etag_mut() = Some(engine.new_etag());
     doc.set_times(stored.and_then(|s| s.created()).unwrap_or(now), now);
     Ok(cond)
 }
@@ -452,7 +458,7 @@ impl Engine {
             validate_device_id(d)?;
         }
         let stored = self.store.get_enrollment(id).await?;
-        let cond = prepare_write(now, id, &mut e, stored.as_ref(), if_match)?;
+        let cond = prepare_write(self, now, id, &mut e, stored.as_ref(), if_match)?;
         e.registration_state = None;
         self.store
             .put_enrollment(&e, &cond)
@@ -534,7 +540,7 @@ impl Engine {
         if_match: Option<&str>,
     ) -> Result<EnrollmentGroup, Error> {
         let stored = self.store.get_group(id).await?;
-        let cond = prepare_write(now, id, &mut g, stored.as_ref(), if_match)?;
+        let cond = prepare_write(self, now, id, &mut g, stored.as_ref(), if_match)?;
         let result = self
             .store
             .put_group(&g, &cond)

@@ -31,13 +31,13 @@ use dps_proto::model::service::{AttestationType, IndividualEnrollment, TpmRegist
 use dps_proto::registration_id;
 use dps_proto::sas::SasToken;
 use dps_tpm::RsaPublic;
-use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::attestation::{check_body_id, sas_refused, Attested, DeviceRequest, Matched, CHALLENGE_TTL_SECS};
 use super::Engine;
 use crate::error::{Error, TpmRefusal};
 use crate::hub::DeviceAuth;
+use crate::random::{Random, RngOf};
 
 /// Challenges kept per registration; the oldest goes first. More than one, so a device retrying
 /// (or a second request racing it) does not invalidate the challenge another attempt is using.
@@ -53,9 +53,9 @@ const KEY_LEN: usize = 32;
 pub(crate) struct SecretKey(Zeroizing<[u8; KEY_LEN]>);
 
 impl SecretKey {
-    fn random() -> Self {
+    fn random(random: &dyn Random) -> Self {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        rand::thread_rng().fill_bytes(k.as_mut());
+        random.fill(k.as_mut());
         Self(k)
     }
 
@@ -159,8 +159,8 @@ fn enrolled_keys(e: &IndividualEnrollment) -> Result<(Vec<u8>, Option<Vec<u8>>),
 }
 
 /// The base64 activation blob carrying `key` for the TPM with `ek` and `srk`.
-fn wrap(ek: &[u8], srk: &[u8], key: &SecretKey) -> Result<String, TpmRefusal> {
-    let blob = dps_tpm::wrap_key(ek, srk, key.bytes(), &mut rand::thread_rng())
+fn wrap(random: &dyn Random, ek: &[u8], srk: &[u8], key: &SecretKey) -> Result<String, TpmRefusal> {
+    let blob = dps_tpm::wrap_key(ek, srk, key.bytes(), &mut RngOf(random))
         .and_then(|b| b.to_bytes())
         .map_err(TpmRefusal::ActivationBlob)?;
     Ok(B64.encode(blob))
@@ -217,8 +217,9 @@ impl Engine {
             return Err(refuse("another storage root key"));
         }
         RsaPublic::storage_root_key(&srk).map_err(TpmRefusal::StorageRootKey)?;
-        let key = SecretKey::random();
-        let authentication_key = wrap(&ek, &srk, &key)?;
+        let random = self.random.as_ref();
+        let key = SecretKey::random(random);
+        let authentication_key = wrap(random, &ek, &srk, &key)?;
         self.tpm.insert(
             now,
             registration_id::key(&req.registration_id),
@@ -272,8 +273,9 @@ impl Engine {
             }
             .into());
         }
-        let (primary, secondary) = (SecretKey::random(), SecretKey::random());
-        let authentication_key = wrap(&challenge.ek, &challenge.srk, &primary)?;
+        let random = self.random.as_ref();
+        let (primary, secondary) = (SecretKey::random(random), SecretKey::random(random));
+        let authentication_key = wrap(random, &challenge.ek, &challenge.srk, &primary)?;
         Ok(Attested {
             matched: Matched::Individual(Box::new(e)),
             attestation: AttestationType::Tpm,
@@ -293,7 +295,7 @@ mod tests {
 
     #[test]
     fn keys_are_redacted() {
-        let k = SecretKey::random();
+        let k = SecretKey::random(&crate::SystemRandom);
         assert_eq!(format!("{k:?}"), "SecretKey(<redacted>)");
         let c = Challenge {
             key: k,

@@ -207,7 +207,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
                 codes::METHOD_NOT_ALLOWED,
                 format!("method {method} is not allowed on {path}; allowed: {list}"),
             );
-            let mut resp = error_response(&e, now);
+            let mut resp = error_response(&e, now, services.engine.tracking_id());
             if let Ok(v) = HeaderValue::from_str(&list) {
                 resp.headers_mut().insert(ALLOW, v);
             }
@@ -232,7 +232,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
             } else {
                 tracing::info!(%method, %path, status = e.status, code = e.code, "request refused: {}", e.message);
             }
-            error_response(&e, now)
+            error_response(&e, now, services.engine.tracking_id())
         }
     }
 }
@@ -470,9 +470,9 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: &str) {
 
 /// The error response: status, `ApiError::details` body, `x-ms-error-code`, and `retry-after`
 /// when the error says when to retry (429).
-pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>) -> Response {
+pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>, tracking_id: String) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, &e.details(now));
+    let mut resp = json_response(status, &e.details(now, tracking_id));
     set_header(&mut resp, "x-ms-error-code", &e.code.to_string());
     if let Some(secs) = e.retry_after {
         set_header(&mut resp, "retry-after", &secs.to_string());

@@ -161,7 +161,7 @@ async fn handle_publish(
             tracing::info!(registration = %request.registration_id, error = %err, "bad DPS topic");
             return (
                 response_topic(err.status, &topic_rid(&p.topic), None),
-                to_ascii_json(&err.details(now)),
+                to_ascii_json(&err.details(now, services.engine.tracking_id())),
             );
         }
     };
@@ -175,7 +175,10 @@ async fn handle_publish(
                 services.config.max_message_bytes
             ),
         );
-        return (response_topic(err.status, &rid, None), to_ascii_json(&err.details(now)));
+        return (
+            response_topic(err.status, &rid, None),
+            to_ascii_json(&err.details(now, services.engine.tracking_id())),
+        );
     }
     // (status, retry-after, payload) of the answer.
     let result: Result<(u16, Option<u32>, Vec<u8>), ApiError> = match &topic {
@@ -207,7 +210,7 @@ async fn handle_publish(
             }
             (
                 response_topic(err.status, &rid, err.retry_after),
-                to_ascii_json(&err.details(now)),
+                to_ascii_json(&err.details(now, services.engine.tracking_id())),
             )
         }
     }
