@@ -6,6 +6,7 @@
 //! [`hub::HubRegistry`] traits, and the current time is passed into every call.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
 pub mod cause;

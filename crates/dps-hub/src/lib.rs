@@ -16,6 +16,7 @@
 //! commit in the store's writer thread.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod auth;
 mod error;

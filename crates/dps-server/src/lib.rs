@@ -3,6 +3,7 @@
 //! here makes provisioning decisions; adapters translate bytes to engine calls and back.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod api_error;
 pub mod config;

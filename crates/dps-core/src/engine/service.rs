@@ -35,9 +35,9 @@ pub struct Page<T> {
 /// Azure's limit on items per bulk request.
 const BULK_MAX: usize = 10;
 /// Page size when the client sends no `x-ms-max-item-count`.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub(super) const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page served.
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub(super) const MAX_PAGE_SIZE: usize = 1000;
 
 /// Which resource an error is about, for its code.
 #[derive(Clone, Copy)]

@@ -31,9 +31,9 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::{parse_count, Ctx};
 
 /// Content type of the stream.
-pub const NDJSON: &str = "application/x-ndjson";
+pub(super) const NDJSON: &str = "application/x-ndjson";
 /// Idle time after which a blank line is sent.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events fetched from the retention ring per step while catching up.
 const CATCH_UP_PAGE: usize = 256;
 

@@ -251,7 +251,7 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// A header as text; `None` when absent, empty, or not visible ASCII.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -260,7 +260,7 @@ impl Ctx<'_> {
     }
 
     /// `If-Match`, raw.
-    pub fn if_match(&self) -> Option<&str> {
+    pub(crate) fn if_match(&self) -> Option<&str> {
         self.header("if-match")
     }
 
@@ -268,7 +268,7 @@ impl Ctx<'_> {
     /// answering `408` when it is not all in within `limits.request_timeout` of the request's
     /// first byte (the response then closes the connection: the rest of the body is unread).
     /// A second call returns an empty body.
-    pub async fn body(&mut self) -> Result<Bytes, ApiError> {
+    pub(crate) async fn body(&mut self) -> Result<Bytes, ApiError> {
         let Some(body) = self.body.take() else {
             return Ok(Bytes::new());
         };
@@ -319,13 +319,16 @@ impl Ctx<'_> {
     }
 
     /// Parses the body as JSON of type `T`; malformed JSON is a 400 with serde's message.
-    pub async fn json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T, ApiError> {
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T, ApiError> {
         let body = self.body().await?;
         parse_json(&body, what)
     }
 
     /// Parses the body as JSON of type `T` when it is not blank; `None` for an empty body.
-    pub async fn optional_json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<Option<T>, ApiError> {
+    pub(crate) async fn optional_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        what: &str,
+    ) -> Result<Option<T>, ApiError> {
         let body = self.body().await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
@@ -337,7 +340,7 @@ impl Ctx<'_> {
     /// SAS audience must be one of `names` (the server's own host names for this API, never the
     /// client's `Host` header), with or without the HTTPS port, or a resource under one of them
     /// that covers the route's canonical resource path ([`Route::audience_path`]).
-    pub fn authorize<'n>(
+    pub(crate) fn authorize<'n>(
         &self,
         authorizer: &dps_core::auth::PolicyAuthorizer,
         names: impl IntoIterator<Item = &'n str>,

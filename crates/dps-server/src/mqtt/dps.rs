@@ -16,7 +16,7 @@ use super::framed::{FrameError, Framed};
 use crate::Services;
 
 /// A DPS connection whose CONNECT was accepted.
-pub struct Session {
+pub(super) struct Session {
     request: DeviceRequest,
     authenticated: Authenticated,
     keep_alive: u16,
@@ -26,7 +26,7 @@ pub struct Session {
 /// user name (with a supported `api-version`), the client id (the registration id), and the
 /// credential — the SAS in the password or the TLS client certificate, checked by the engine.
 /// `Err` is the CONNACK code to refuse with; the reason is logged at info.
-pub async fn accept(
+pub(super) async fn accept(
     services: &Services,
     connect: &Connect,
     user: DpsUsername,
@@ -76,7 +76,7 @@ pub async fn accept(
 /// for 1.5 × its keep-alive, breaks the protocol, or `deadline` (the DPS session limit) passes.
 /// Requests are answered in order (the C SDK ignores `$rid` and keeps one request in flight),
 /// each response published at QoS 1 (C# always PUBACKs).
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Framed<S>,
     services: &Services,
     session: Session,
