@@ -21,8 +21,8 @@ use dps_core::auth::PolicyAuthorizer;
 use dps_core::{Clock, Engine};
 
 pub use api_error::ApiError;
-pub use config::{FileConfig, Limits, ServerConfig};
-pub use datadir::{DataDir, Identity};
+pub use config::{ConfigFileError, FileConfig, Limits, ServerConfig};
+pub use datadir::{DataDir, DataDirError, Identity};
 pub use listener::{start, RunningServer, StartError};
 
 /// Everything a connection handler needs, shared by all connections.
