@@ -1,8 +1,6 @@
 //! `Engine::authenticate` (the credential check MQTT makes at CONNECT) and
 //! `Engine::register_authenticated` (a register that reuses it while it is still current).
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use chrono::{TimeZone, Utc};
 use dps_core::{Credential, DeviceRequest};
 use dps_proto::codes;
@@ -143,24 +141,9 @@ async fn authenticate_judges_the_credential_without_registering() {
 async fn tpm_enrollments_cannot_be_authenticated_ahead_of_a_register() {
     let (e, _hub) = engine().await;
     let tpm = dps_tpm::software::SoftwareTpm::generate(&mut rand::thread_rng()).unwrap();
-    e.put_enrollment(
-        now(),
-        "tpm-dev",
-        IndividualEnrollment {
-            attestation: AttestationMechanism {
-                kind: AttestationType::Tpm,
-                tpm: Some(TpmAttestation {
-                    endorsement_key: Some(B64.encode(tpm.endorsement_key())),
-                    storage_root_key: None,
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    e.put_enrollment(now(), "tpm-dev", common::tpm_enrollment(&tpm.endorsement_key()), None)
+        .await
+        .unwrap();
     let err = e.authenticate(now(), &sas("tpm-dev", KEY1)).await.unwrap_err();
     assert_eq!(err.code(), codes::TPM_TRANSPORT_UNSUPPORTED, "{}", err);
 }

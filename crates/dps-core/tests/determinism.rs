@@ -11,13 +11,13 @@ use dps_core::store::memory::MemoryStore;
 use dps_core::{Credential, Engine, EngineConfig, Registered, SeededRandom};
 use dps_proto::model::certificate::CertificateBody;
 use dps_proto::model::device::{DeviceRegistration, TpmKeys};
-use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, TpmAttestation};
+use dps_proto::model::service::IndividualEnrollment;
 use dps_tpm::software::SoftwareTpm;
 use rand::SeedableRng;
 
 mod common;
 
-use common::{device_request, sas_request, sym, FakeHub, HUB, SCOPE};
+use common::{device_request, sas_request, sym, tpm_enrollment, FakeHub, HUB, SCOPE};
 
 fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
@@ -79,18 +79,10 @@ async fn transcript(seed: u64) -> Vec<String> {
     out.push(polled.body.registration_state.etag.unwrap());
 
     // The TPM challenge blob (its key and OAEP seeds), then the hub key blob.
-    let enrollment = IndividualEnrollment {
-        attestation: AttestationMechanism {
-            kind: AttestationType::Tpm,
-            tpm: Some(TpmAttestation {
-                endorsement_key: Some(B64.encode(tpm.endorsement_key())),
-                storage_root_key: None,
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    engine.put_enrollment(now(), "tpm-1", enrollment, None).await.unwrap();
+    engine
+        .put_enrollment(now(), "tpm-1", tpm_enrollment(&tpm.endorsement_key()), None)
+        .await
+        .unwrap();
     let body = DeviceRegistration {
         tpm: Some(TpmKeys {
             endorsement_key: B64.encode(tpm.endorsement_key()),

@@ -44,6 +44,15 @@ async fn register(e: &Engine, clock: &FakeClock, req: &DeviceRequest) -> Result<
 }
 
 /// Asserts a `429 THROTTLED` that says to wait `secs` and names the quota.
+/// The operation id of a register that succeeded.
+fn operation_id(r: Result<Registered, Error>) -> String {
+    r.unwrap()
+        .operation()
+        .expect("not a TPM challenge")
+        .operation_id
+        .clone()
+}
+
 fn assert_throttled<T: std::fmt::Debug>(r: Result<T, Error>, secs: u32, names: &str) {
     let e = r.expect_err("throttled");
     assert_eq!((e.status(), e.code()), (429, codes::THROTTLED), "{e}");
@@ -175,20 +184,8 @@ async fn polls_per_device_are_five_per_ten_seconds_and_other_devices_are_unaffec
     let clock = clock();
     let (e, _) = engine(&clock, QuotaConfig::DEFAULT, &["dev-a", "dev-b"]).await;
     let (a, b) = (request("dev-a", KEY), request("dev-b", KEY));
-    let op_a = register(&e, &clock, &a)
-        .await
-        .unwrap()
-        .operation()
-        .unwrap()
-        .operation_id
-        .clone();
-    let op_b = register(&e, &clock, &b)
-        .await
-        .unwrap()
-        .operation()
-        .unwrap()
-        .operation_id
-        .clone();
+    let op_a = operation_id(register(&e, &clock, &a).await);
+    let op_b = operation_id(register(&e, &clock, &b).await);
 
     // Polls with a wrong key are refused before they count: nobody can use up a device's polls.
     for _ in 0..10 {

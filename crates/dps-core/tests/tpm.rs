@@ -10,7 +10,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use dps_core::{Clock, Credential, DeviceAuth, DeviceRequest, Engine, Error, FakeClock, Registered};
 use dps_proto::codes;
-use dps_proto::model::device::{DeviceRegistration, TpmChallenge, TpmKeys};
+use dps_proto::model::device::{DeviceRegistration, TpmKeys};
 use dps_proto::model::service::*;
 use dps_proto::sas::build_token;
 use dps_tpm::software::SoftwareTpm;
@@ -88,12 +88,21 @@ fn sas(reg: &str, key: &[u8], now: DateTime<Utc>) -> Credential {
     )
 }
 
-/// Asks for a challenge and opens it in `tpm`: the challenge key.
+/// Asks for a challenge as HTTPS does — a register request without a credential that carries
+/// the TPM's keys, which the engine answers with the challenge — and opens it in `tpm`: the
+/// challenge key.
 async fn challenge_key(e: &Engine, now: DateTime<Utc>, reg: &str, tpm: &SoftwareTpm) -> Vec<u8> {
-    let c: TpmChallenge = e
-        .tpm_challenge(now, &request(reg, Credential::None), &body(tpm))
+    let asked = e
+        .register(now, &request(reg, Credential::None), &body(tpm))
         .await
         .unwrap();
+    assert_eq!(
+        (asked.status(), asked.retry_after(), asked.operation()),
+        (401, None, None)
+    );
+    let Registered::TpmChallenge(c) = asked else {
+        panic!("a TPM challenge: {asked:?}")
+    };
     assert_eq!(c.key_name, "registration");
     assert!(c.message.contains("TPM challenge"), "{}", c.message);
     tpm.activate(&B64.decode(&c.authentication_key).unwrap())
@@ -371,7 +380,9 @@ async fn enrollment_rules_disabled_devices_and_transports() {
 }
 
 /// The engine decides the challenge: a register request without a credential that carries TPM
-/// keys is answered with it (what HTTPS sends as the 401 body), one with a credential is not.
+/// keys is answered with it (what HTTPS sends as the 401 body; [`challenge_key`] checks the
+/// outcome), and the key it carries registers the device. Without TPM keys, no credential is
+/// simply unauthenticated.
 #[tokio::test]
 async fn a_register_without_a_credential_but_with_tpm_keys_is_answered_with_the_challenge() {
     let (e, _) = engine().await;
@@ -379,21 +390,9 @@ async fn a_register_without_a_credential_but_with_tpm_keys_is_answered_with_the_
     e.put_enrollment(start(), "tpm-reg", enrollment(tpm, true), None)
         .await
         .unwrap();
-    let asked = e
-        .register(start(), &request("tpm-reg", Credential::None), &body(tpm))
-        .await
-        .unwrap();
-    assert_eq!(
-        (asked.status(), asked.retry_after(), asked.operation()),
-        (401, None, None)
-    );
-    let Registered::TpmChallenge(c) = asked else {
-        panic!("a TPM challenge: {asked:?}")
-    };
-    let key = tpm.activate(&B64.decode(&c.authentication_key).unwrap()).unwrap();
+    let key = challenge_key(&e, start(), "tpm-reg", tpm).await;
     let st = register(&e, start(), "tpm-reg", tpm, &key).await.unwrap();
     assert_eq!(st.status, RegistrationStatus::Assigned);
-    // Without TPM keys, no credential is simply unauthenticated.
     let err = e
         .register(
             start(),

@@ -71,6 +71,24 @@ pub fn sym(primary: Option<&str>, secondary: Option<&str>) -> dps_proto::model::
     }
 }
 
+/// An individual enrollment with TPM attestation for this endorsement key (no SRK named).
+#[allow(dead_code)] // not every test binary enrolls a TPM
+pub fn tpm_enrollment(endorsement_key: &[u8]) -> dps_proto::model::service::IndividualEnrollment {
+    use base64::Engine as _;
+    use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, TpmAttestation};
+    IndividualEnrollment {
+        attestation: AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: Some(base64::engine::general_purpose::STANDARD.encode(endorsement_key)),
+                storage_root_key: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// A device request for `reg` in [`SCOPE`] carrying `credential`.
 pub fn device_request(reg: &str, credential: dps_core::Credential) -> dps_core::DeviceRequest {
     dps_core::DeviceRequest {
