@@ -7,8 +7,7 @@
 use dps_proto::sas::SasToken;
 use serde::{Deserialize, Serialize};
 
-use crate::ApiError;
-use dps_proto::codes;
+use crate::error::{Error, SasRefusal};
 
 /// A named policy with two keys and a set of rights (e.g. `provisioningserviceowner` with all DPS
 /// rights, `iothubowner` with all hub rights).
@@ -68,26 +67,18 @@ impl PolicyAuthorizer {
         hosts: &[String],
         path: &str,
         rights: &[&str],
-    ) -> Result<&SharedAccessPolicy, ApiError> {
-        let header = header
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization header (expected a SharedAccessSignature)"))?;
+    ) -> Result<&SharedAccessPolicy, Error> {
+        let header = header.ok_or(SasRefusal::MissingAuthorization)?;
         if header.trim_start().to_ascii_lowercase().starts_with("bearer ") {
-            return Err(ApiError::unauthorized(
-                "bearer (Entra ID) tokens are not supported; use a SharedAccessSignature from a shared access policy",
-            ));
+            return Err(SasRefusal::Bearer.into());
         }
-        let token = SasToken::parse(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        let name = token
-            .key_name
-            .as_deref()
-            .ok_or_else(|| ApiError::unauthorized("shared access signature has no 'skn' (policy name)"))?;
-        token
-            .check_expiry(now_unix)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        let token = SasToken::parse(header).map_err(SasRefusal::Token)?;
+        let name = token.key_name.as_deref().ok_or(SasRefusal::NoPolicyName)?;
+        token.check_expiry(now_unix).map_err(SasRefusal::Token)?;
         let not_signed = || {
-            ApiError::unauthorized(format!(
-                "shared access signature is not signed by a key of policy '{name}' (no such policy, or not its primary or secondary key)"
-            ))
+            Error::from(SasRefusal::NotSignedByPolicy {
+                policy: name.to_string(),
+            })
         };
         let Some(policy) = self.policies.iter().find(|p| p.key_name.eq_ignore_ascii_case(name)) else {
             tracing::info!(policy = %name, "shared access signature refused: no such policy");
@@ -104,21 +95,18 @@ impl PolicyAuthorizer {
             .iter()
             .any(|h| token.check_audience_prefix(&format!("{h}{path}")).is_ok())
         {
-            return Err(ApiError::unauthorized(format!(
-                "shared access signature audience '{}' does not cover {path}: it must be this server's host name ({}) or a resource path under it that contains {path}",
-                token.audience(),
-                hosts.join(", ")
-            )));
+            return Err(SasRefusal::AudienceNotCovering {
+                audience: token.audience().to_string(),
+                path: path.to_string(),
+                hosts: hosts.to_vec(),
+            }
+            .into());
         }
         if !rights.iter().any(|r| policy.has_right(r)) {
-            let needed = match rights {
-                [one] => format!("the {one} right"),
-                more => format!("one of the rights {}", more.join(", ")),
-            };
-            return Err(ApiError::new(
-                codes::INSUFFICIENT_RIGHTS,
-                format!("policy '{}' lacks {needed} needed for this operation", policy.key_name),
-            ));
+            return Err(Error::InsufficientRights {
+                policy: policy.key_name.clone(),
+                needed: rights.iter().map(|r| r.to_string()).collect(),
+            });
         }
         Ok(policy)
     }
@@ -163,9 +151,13 @@ mod tests {
         a.authorize(500, Some(&with_port), &hosts, path, &["EnrollmentWrite"])
             .unwrap();
         let err = |h: Option<&str>, right: &str, now: u64| a.authorize(now, h, &hosts, path, &[right]).unwrap_err();
-        assert!(err(None, "EnrollmentRead", 0).message.contains("missing Authorization"));
-        assert!(err(Some("Bearer abc"), "EnrollmentRead", 0).message.contains("bearer"));
-        assert!(err(Some(&tok), "EnrollmentRead", 2000).message.contains("expired"));
+        assert!(err(None, "EnrollmentRead", 0)
+            .to_string()
+            .contains("missing Authorization"));
+        assert!(err(Some("Bearer abc"), "EnrollmentRead", 0)
+            .to_string()
+            .contains("bearer"));
+        assert!(err(Some(&tok), "EnrollmentRead", 2000).to_string().contains("expired"));
         // A wrong key and an unknown policy read the same: refusals do not reveal policy names.
         let wrong_key = build_token("dps.example.test", "d3Jvbmc=", 1000, Some("owner")).unwrap();
         let unknown = build_token("dps.example.test", "d3Jvbmc=", 1000, Some("nobody")).unwrap();
@@ -174,35 +166,36 @@ mod tests {
             err(Some(&unknown), "EnrollmentRead", 0),
         );
         assert_eq!(
-            e1.message,
+            e1.to_string(),
             "shared access signature is not signed by a key of policy 'owner' (no such policy, or not its primary or secondary key)"
         );
-        assert_eq!(e2.message, e1.message.replace("'owner'", "'nobody'"));
-        assert_eq!((e1.status, e1.code), (e2.status, e2.code));
+        assert_eq!(e2.to_string(), e1.to_string().replace("'owner'", "'nobody'"));
+        assert_eq!((e1.status(), e1.code()), (e2.status(), e2.code()));
         let other_host = build_token("other.example.test", "cHJpbWFyeWtleQ==", 1000, Some("owner")).unwrap();
         let e = err(Some(&other_host), "EnrollmentRead", 0);
         assert!(
-            e.message
+            e.to_string()
                 .contains("audience 'other.example.test' does not cover /enrollments/x"),
             "{}",
-            e.message
+            e
         );
         assert!(
-            e.message.contains("dps.example.test, dps.example.test:8443"),
+            e.to_string().contains("dps.example.test, dps.example.test:8443"),
             "{}",
-            e.message
+            e
         );
         let reader = build_token("dps.example.test", "cmVhZGVy", 1000, Some("reader")).unwrap();
         let e = err(Some(&reader), "EnrollmentWrite", 0);
-        assert_eq!((e.status, e.code), (401, codes::INSUFFICIENT_RIGHTS));
-        assert!(e.message.contains("lacks the EnrollmentWrite right"));
+        assert_eq!((e.status(), e.code()), (401, dps_proto::codes::INSUFFICIENT_RIGHTS));
+        assert!(e.to_string().contains("lacks the EnrollmentWrite right"));
         let e = a
             .authorize(0, Some(&reader), &hosts, path, &["EnrollmentWrite", "ServiceConfig"])
             .unwrap_err();
         assert!(
-            e.message.contains("one of the rights EnrollmentWrite, ServiceConfig"),
+            e.to_string()
+                .contains("one of the rights EnrollmentWrite, ServiceConfig"),
             "{}",
-            e.message
+            e
         );
         a.authorize(0, Some(&reader), &hosts, path, &["EnrollmentWrite", "EnrollmentRead"])
             .unwrap();
@@ -233,8 +226,8 @@ mod tests {
             let e = a
                 .authorize(0, Some(&scoped), &hosts, off, &["EnrollmentRead"])
                 .unwrap_err();
-            assert_eq!(e.code, codes::UNAUTHORIZED, "{off}");
-            assert!(e.message.contains("does not cover"), "{off}: {}", e.message);
+            assert_eq!(e.code(), dps_proto::codes::UNAUTHORIZED, "{off}");
+            assert!(e.to_string().contains("does not cover"), "{off}: {}", e);
         }
         // Only the server's own names count, whatever host the token names.
         let forged = build_token("evil.test/enrollments/x", "cHJpbWFyeWtleQ==", 1000, Some("owner")).unwrap();

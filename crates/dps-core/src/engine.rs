@@ -1,5 +1,6 @@
 //! The engine: one instance per service, shared by every transport and the service API.
 
+mod attestation;
 mod certificates;
 mod device;
 mod groups;
@@ -14,11 +15,14 @@ use dps_proto::model::device::RegistrationOperationStatus;
 use dps_proto::model::service::AllocationPolicy;
 
 use crate::hub::HubRegistry;
+use crate::random::{Random, SystemRandom};
 use crate::store::Store;
 
-pub use device::{Authenticated, Credential, DeviceRequest};
+pub use attestation::{Credential, DeviceRequest, CHALLENGE_TTL_SECS};
+pub use device::Authenticated;
 pub use recovery::Recovery;
 pub use service::Page;
+pub use tpm::KEY_NAME;
 
 /// A hub devices can be assigned to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,8 +84,68 @@ impl EngineConfig {
     }
 }
 
-/// A device-API reply: HTTP status (202 while assigning, 200 when done), optional retry-after,
-/// and the body.
+/// What a register request led to, decided by the engine once for every transport: the adapter
+/// formats it (HTTPS: the status and JSON body; MQTT: the response topic's status and payload)
+/// and decides nothing.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Registered {
+    /// The registration is committed and the device polls `operation.operation_id` after
+    /// `retry_after` seconds (HTTP `202`, status `assigning`): Azure's flow.
+    Assigning {
+        /// `RegistrationOperationStatus` with status `assigning`.
+        operation: RegistrationOperationStatus,
+        /// Seconds before the first poll.
+        retry_after: u32,
+    },
+    /// The final state, answered at once (HTTP `200`): with
+    /// [`EngineConfig::immediate_assignment`], whether the registration was assigned, failed or
+    /// found its enrollment disabled.
+    Done(RegistrationOperationStatus),
+    /// A register request without a credential that carried TPM keys: the first step of TPM
+    /// attestation (device-protocol.md §7.2), answered as HTTP `401` with this body. The device
+    /// activates the blob and registers again with a SAS its TPM signed.
+    TpmChallenge(dps_proto::model::device::TpmChallenge),
+}
+
+impl Registered {
+    /// The status the transports answer: `202`, `200`, or `401` for the TPM challenge.
+    pub fn status(&self) -> u16 {
+        match self {
+            Registered::Assigning { .. } => 202,
+            Registered::Done(_) => 200,
+            Registered::TpmChallenge(_) => 401,
+        }
+    }
+
+    /// Seconds the device should wait before polling, while assigning.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Registered::Assigning { retry_after, .. } => Some(*retry_after),
+            Registered::Done(_) | Registered::TpmChallenge(_) => None,
+        }
+    }
+
+    /// The operation status, unless this is a TPM challenge.
+    pub fn operation(&self) -> Option<&RegistrationOperationStatus> {
+        match self {
+            Registered::Assigning { operation, .. } | Registered::Done(operation) => Some(operation),
+            Registered::TpmChallenge(_) => None,
+        }
+    }
+}
+
+/// The body every transport sends: the operation status, or the TPM challenge.
+impl serde::Serialize for Registered {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Registered::Assigning { operation, .. } | Registered::Done(operation) => operation.serialize(serializer),
+            Registered::TpmChallenge(challenge) => challenge.serialize(serializer),
+        }
+    }
+}
+
+/// A poll's reply: HTTP status (200), optional retry-after, and the body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceResponse {
     /// 200 or 202.
@@ -101,6 +165,7 @@ pub struct Engine {
     operations: device::OperationCache,
     tpm: tpm::ChallengeCache,
     quotas: crate::quota::Quotas,
+    random: Arc<dyn Random>,
 }
 
 impl Engine {
@@ -115,12 +180,32 @@ impl Engine {
             operations: device::OperationCache::default(),
             tpm: tpm::ChallengeCache::default(),
             quotas,
+            random: Arc::new(SystemRandom),
         }
+    }
+
+    /// Takes randomness from `random` instead of the system's CSPRNG: with a
+    /// [`SeededRandom`](crate::SeededRandom) (and time passed in, as always) the engine's answers
+    /// are reproducible, which is what tests want. Never seed a serving engine.
+    pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
+        self.random = random;
+        self
+    }
+
+    /// A fresh tracking id for an error body, from the engine's source of randomness.
+    pub fn tracking_id(&self) -> String {
+        crate::random::uuid(self.random.as_ref()).to_string()
+    }
+
+    /// A fresh opaque etag in the shape the real service uses: base64 of a quoted GUID.
+    pub(crate) fn new_etag(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", crate::random::uuid(self.random.as_ref())))
     }
 
     /// Loads caches (enrollment groups) from the store and finishes the registrations a crash
     /// interrupted ([`Engine::recover_registrations`]). Call it before serving.
-    pub async fn load(&self) -> Result<(), crate::ApiError> {
+    pub async fn load(&self) -> Result<(), crate::Error> {
         self.groups.reload(self.store.as_ref()).await?;
         self.recover_registrations().await?;
         Ok(())

@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use dps_proto::model::service::{DeviceCapabilities, InitialTwin};
 use serde::{Deserialize, Serialize};
 
+use crate::cause::Cause;
+
 /// How the hub authenticates the device. Serializable because a registration intent carries it
 /// (decision 0009).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +82,7 @@ pub struct UpsertOutcome {
 
 /// Why a hub refused or failed an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HubError {
     /// The engine named a hub this registry does not serve.
     #[error("unknown IoT hub '{0}'")]
@@ -89,12 +92,21 @@ pub enum HubError {
     Refused {
         /// Device id.
         device_id: String,
-        /// Why.
-        reason: String,
+        /// Why: the hub's rule the device breaks (e.g. its twin's), or its state.
+        #[source]
+        reason: Cause,
     },
     /// The hub could not be reached or failed; nothing was changed.
     #[error("IoT hub failure: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
+}
+
+impl HubError {
+    /// The hub could not be reached or failed because of `e` (its storage's or transport's own
+    /// error).
+    pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        HubError::Unavailable(Cause::new(e))
+    }
 }
 
 /// A set of hubs devices can be assigned to.

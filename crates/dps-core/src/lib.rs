@@ -6,23 +6,29 @@
 //! [`hub::HubRegistry`] traits, and the current time is passed into every call.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod auth;
+pub mod cause;
 pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod quota;
+pub mod random;
 pub mod store;
 pub mod x509;
 
+pub use cause::Cause;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{
     Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page, Recovery,
+    Registered,
 };
-pub use error::ApiError;
+pub use error::Error;
 pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 pub use quota::{QuotaConfig, Quotas};
+pub use random::{Random, SeededRandom, SystemRandom};
 pub use store::{
     CaCertificateRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition,
 };

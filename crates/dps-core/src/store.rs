@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use dps_proto::model::service::{AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState, Substatus};
 use serde::{Deserialize, Serialize};
 
+use crate::cause::Cause;
 use crate::hub::DeviceProvisioning;
 
 /// The precondition of a write, from `If-Match` (service-api.md §2.3).
@@ -66,6 +67,7 @@ impl WriteCondition {
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The record does not exist.
     #[error("not found")]
@@ -78,7 +80,15 @@ pub enum StoreError {
     EtagMismatch,
     /// The backend failed (I/O, corruption, connection loss); nothing was written.
     #[error("storage backend failure: {0}")]
-    Backend(String),
+    Backend(#[source] Cause),
+}
+
+impl StoreError {
+    /// A backend failure caused by `e` (the backend's own error, or a message when the cause
+    /// is the backend's state, e.g. a stopped writer).
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        StoreError::Backend(Cause::new(e))
+    }
 }
 
 /// A registration record: the service-visible state plus what the engine needs to answer polls

@@ -1,8 +1,6 @@
 //! `Engine::authenticate` (the credential check MQTT makes at CONNECT) and
 //! `Engine::register_authenticated` (a register that reuses it while it is still current).
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use chrono::{TimeZone, Utc};
 use dps_core::{Credential, DeviceRequest};
 use dps_proto::codes;
@@ -77,7 +75,7 @@ async fn authenticate_judges_the_credential_without_registering() {
         async move { e.authenticate(now(), &req).await.unwrap_err() }
     };
     let wrong_key = refuse(sas("ind", KEY2)).await;
-    assert_eq!(wrong_key.code, codes::UNAUTHORIZED);
+    assert_eq!(wrong_key.code(), codes::UNAUTHORIZED);
     let aud = format!("{SCOPE}/registrations/ind");
     let expired = refuse(request(
         SCOPE,
@@ -85,8 +83,8 @@ async fn authenticate_judges_the_credential_without_registering() {
         Credential::Sas(token(&aud, KEY1, now().timestamp() - 3600)),
     ))
     .await;
-    assert_eq!(expired.code, codes::UNAUTHORIZED);
-    assert!(expired.message.contains("expired"), "{}", expired.message);
+    assert_eq!(expired.code(), codes::UNAUTHORIZED);
+    assert!(expired.to_string().contains("expired"), "{}", expired);
     let other_audience = refuse(request(
         SCOPE,
         "ind",
@@ -97,20 +95,20 @@ async fn authenticate_judges_the_credential_without_registering() {
         )),
     ))
     .await;
-    assert_eq!(other_audience.code, codes::UNAUTHORIZED);
+    assert_eq!(other_audience.code(), codes::UNAUTHORIZED);
     let group_key_itself = refuse(sas("member", KEY2)).await;
-    assert_eq!(group_key_itself.code, codes::UNAUTHORIZED);
+    assert_eq!(group_key_itself.code(), codes::UNAUTHORIZED);
     let nothing = refuse(request(SCOPE, "ind", Credential::None)).await;
-    assert_eq!(nothing.code, codes::UNAUTHORIZED);
+    assert_eq!(nothing.code(), codes::UNAUTHORIZED);
     let scope = refuse(request(
         "0neNOPE",
         "ind",
         Credential::Sas(token(&aud, KEY1, now().timestamp() + 600)),
     ))
     .await;
-    assert_eq!(scope.code, codes::ID_SCOPE_NOT_FOUND);
+    assert_eq!(scope.code(), codes::ID_SCOPE_NOT_FOUND);
     let not_a_cert = refuse(request(SCOPE, "ind", Credential::X509(vec![b"junk".to_vec()]))).await;
-    assert_eq!(not_a_cert.code, codes::UNAUTHORIZED);
+    assert_eq!(not_a_cert.code(), codes::UNAUTHORIZED);
 
     // A disabled enrollment still authenticates: "disabled" is the registration's result.
     e.put_enrollment(
@@ -131,7 +129,10 @@ async fn authenticate_judges_the_credential_without_registering() {
         .register_authenticated(now(), &off, &a, &DeviceRegistration::default())
         .await
         .unwrap();
-    let p = e.operation_status(now(), &off, &r.body.operation_id).await.unwrap();
+    let p = e
+        .operation_status(now(), &off, &r.operation().unwrap().operation_id)
+        .await
+        .unwrap();
     assert_eq!(p.body.status, RegistrationStatus::Disabled);
     assert_eq!(p.body.registration_state.error_code, Some(codes::ENROLLMENT_DISABLED));
 }
@@ -140,26 +141,11 @@ async fn authenticate_judges_the_credential_without_registering() {
 async fn tpm_enrollments_cannot_be_authenticated_ahead_of_a_register() {
     let (e, _hub) = engine().await;
     let tpm = dps_tpm::software::SoftwareTpm::generate(&mut rand::thread_rng()).unwrap();
-    e.put_enrollment(
-        now(),
-        "tpm-dev",
-        IndividualEnrollment {
-            attestation: AttestationMechanism {
-                kind: AttestationType::Tpm,
-                tpm: Some(TpmAttestation {
-                    endorsement_key: Some(B64.encode(tpm.endorsement_key())),
-                    storage_root_key: None,
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    e.put_enrollment(now(), "tpm-dev", common::tpm_enrollment(&tpm.endorsement_key()), None)
+        .await
+        .unwrap();
     let err = e.authenticate(now(), &sas("tpm-dev", KEY1)).await.unwrap_err();
-    assert_eq!(err.code, codes::TPM_TRANSPORT_UNSUPPORTED, "{}", err.message);
+    assert_eq!(err.code(), codes::TPM_TRANSPORT_UNSUPPORTED, "{}", err);
 }
 
 #[tokio::test]
@@ -180,7 +166,7 @@ async fn register_reuses_the_authentication_only_while_it_is_current() {
     let a = e.authenticate(now(), &req).await.unwrap();
     let body = DeviceRegistration::default();
     let r = e.register_authenticated(now(), &req, &a, &body).await.unwrap();
-    assert_eq!(r.status, 202);
+    assert_eq!(r.status(), 202);
     assert_eq!(hub.devices.lock().len(), 1);
 
     // The enrollment's key is rotated after CONNECT: the old result is not reused, and the
@@ -198,7 +184,7 @@ async fn register_reuses_the_authentication_only_while_it_is_current() {
     .await
     .unwrap();
     let err = e.register_authenticated(now(), &req, &a, &body).await.unwrap_err();
-    assert_eq!(err.code, codes::UNAUTHORIZED);
+    assert_eq!(err.code(), codes::UNAUTHORIZED);
     assert_eq!(hub.devices.lock().len(), 1, "nothing more was provisioned");
 
     // A result for another device, or another credential, is never taken for this one.
@@ -207,7 +193,7 @@ async fn register_reuses_the_authentication_only_while_it_is_current() {
     assert!(err.is_ok(), "a fresh attestation of the new key succeeds: {err:?}");
     let stranger = sas("stranger", KEY1);
     let err = e.register_authenticated(now(), &stranger, &a, &body).await.unwrap_err();
-    assert_eq!(err.code, codes::UNAUTHORIZED);
+    assert_eq!(err.code(), codes::UNAUTHORIZED);
 
     // An enrollment group written after CONNECT (the snapshot changed) also forces a fresh check.
     let a2 = e.authenticate(now(), &req2).await.unwrap();
@@ -226,5 +212,5 @@ async fn register_reuses_the_authentication_only_while_it_is_current() {
     // A SAS that expired since CONNECT is judged again, and refused.
     let later = now() + chrono::Duration::seconds(3600);
     let err = e.register_authenticated(later, &req2, &a2, &body).await.unwrap_err();
-    assert!(err.message.contains("expired"), "{}", err.message);
+    assert!(err.to_string().contains("expired"), "{}", err);
 }

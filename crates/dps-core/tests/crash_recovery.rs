@@ -195,8 +195,8 @@ async fn with_group(e: &Engine) {
 /// Registers and returns the final state (the engine runs with immediate assignment).
 async fn register(e: &Engine, req: &DeviceRequest) -> RegistrationState {
     let r = e.register(now(), req, &DeviceRegistration::default()).await.unwrap();
-    assert_eq!(r.status, 200, "{r:?}");
-    r.body.registration_state
+    assert_eq!(r.status(), 200, "{r:?}");
+    r.operation().unwrap().registration_state.clone()
 }
 
 /// Starts a registration and drops it when the hub reaches `at`: the process died there.
@@ -390,7 +390,7 @@ async fn a_hub_that_refuses_leaves_neither_identity_nor_record_nor_intent() {
         .register(now(), &group_request("dev-refused"), &DeviceRegistration::default())
         .await
         .unwrap();
-    assert_eq!(r.body.status, RegistrationStatus::Failed);
+    assert_eq!(r.operation().unwrap().status, RegistrationStatus::Failed);
     assert!(intents(&store).await.is_empty());
 
     // At start-up: an interrupted registration the hub now refuses is given up.

@@ -116,12 +116,12 @@ async fn group_devices_use_derived_keys() {
         .register(now(), &request("sensor-8", KEY1, exp()), &DeviceRegistration::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code, codes::UNAUTHORIZED);
+    assert_eq!(err.code(), codes::UNAUTHORIZED);
     assert!(
-        err.message
+        err.to_string()
             .contains("signed with the key of enrollment group 'grp' itself"),
         "{}",
-        err.message
+        err
     );
 
     // An individual enrollment takes precedence over the group; disabled blocks the device.
@@ -192,44 +192,44 @@ async fn disabled_group_and_bad_credentials() {
         .register(now(), &request("ind", KEY1, now().timestamp() as u64 - 3600), &reg)
         .await
         .unwrap_err();
-    assert_eq!((err.status, err.code), (401, codes::UNAUTHORIZED));
-    assert!(err.message.contains("expired"), "{}", err.message);
+    assert_eq!((err.status(), err.code()), (401, codes::UNAUTHORIZED));
+    assert!(err.to_string().contains("expired"), "{}", err);
     // Wrong key.
     let err = e
         .register(now(), &request("ind", "d3Jvbmcga2V5IHdyb25nIGtleQ==", exp()), &reg)
         .await
         .unwrap_err();
     assert!(
-        err.message
+        err.to_string()
             .contains("SAS signature does not match any key this service accepts for registration 'ind'"),
         "{}",
-        err.message
+        err
     );
     // Malformed.
     let mut bad = request("ind", KEY1, exp());
     bad.credential = Credential::Sas("SharedAccessSignature sig=x".into());
     let err = e.register(now(), &bad, &reg).await.unwrap_err();
-    assert!(err.message.contains("malformed"), "{}", err.message);
+    assert!(err.to_string().contains("malformed"), "{}", err);
     // Token for another device.
     let mut other = request("ind", KEY1, exp());
     other.registration_id = "ind2".into();
     let err = e.register(now(), &other, &reg).await.unwrap_err();
-    assert!(err.message.contains("audience"), "{}", err.message);
+    assert!(err.to_string().contains("audience"), "{}", err);
     // Unknown scope.
     let mut scope = request("ind", KEY1, exp());
     scope.id_scope = "0neWRONG".into();
     let err = e.register(now(), &scope, &reg).await.unwrap_err();
-    assert_eq!((err.status, err.code), (404, codes::ID_SCOPE_NOT_FOUND));
+    assert_eq!((err.status(), err.code()), (404, codes::ID_SCOPE_NOT_FOUND));
     // Unknown registration id.
     let err = e
         .register(now(), &request("nobody", KEY2, exp()), &reg)
         .await
         .unwrap_err();
     assert!(
-        err.message
+        err.to_string()
             .contains("SAS signature does not match any key this service accepts for registration 'nobody'"),
         "{}",
-        err.message
+        err
     );
     // An unknown id and a wrong key read the same, and no refusal says how many groups exist.
     let wrong_key = e
@@ -238,19 +238,19 @@ async fn disabled_group_and_bad_credentials() {
         .unwrap_err();
     assert_eq!(
         (
-            wrong_key.status,
-            wrong_key.code,
-            wrong_key.message.replace("'ind'", "'nobody'")
+            wrong_key.status(),
+            wrong_key.code(),
+            wrong_key.to_string().replace("'ind'", "'nobody'")
         ),
-        (err.status, err.code, err.message.clone())
+        (err.status(), err.code(), err.to_string().clone())
     );
-    assert!(!err.message.contains("group(s)"), "{}", err.message);
+    assert!(!err.to_string().contains("group(s)"), "{}", err);
     // Bad registration id.
     let err = e
         .register(now(), &request("bad id!", KEY1, exp()), &reg)
         .await
         .unwrap_err();
-    assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID));
+    assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID));
     // Body id mismatch.
     let body = DeviceRegistration {
         registration_id: Some("other".into()),
@@ -260,13 +260,13 @@ async fn disabled_group_and_bad_credentials() {
         .register(now(), &request("ind", KEY1, exp()), &body)
         .await
         .unwrap_err();
-    assert!(err.message.contains("does not match"));
+    assert!(err.to_string().contains("does not match"));
     // Unknown operation.
     let err = e
         .operation_status(now(), &request("ind", KEY1, exp()), "4.nope")
         .await
         .unwrap_err();
-    assert_eq!(err.code, codes::OPERATION_NOT_FOUND);
+    assert_eq!(err.code(), codes::OPERATION_NOT_FOUND);
     // Nothing was written by any of these.
     assert!(e.get_registration("ind").await.is_err());
 }
@@ -354,7 +354,7 @@ async fn service_api_secrets_etags_and_paging() {
         .put_enrollment(now(), "svc-1", upd.clone(), etag.as_deref())
         .await
         .unwrap_err();
-    assert_eq!((err.status, err.code), (412, codes::ENROLLMENT_ETAG_MISMATCH));
+    assert_eq!((err.status(), err.code()), (412, codes::ENROLLMENT_ETAG_MISMATCH));
     let err = e
         .put_enrollment(
             now(),
@@ -367,7 +367,7 @@ async fn service_api_secrets_etags_and_paging() {
         )
         .await
         .unwrap_err();
-    assert_eq!((err.status, err.code), (409, codes::ENROLLMENT_EXISTS));
+    assert_eq!((err.status(), err.code()), (409, codes::ENROLLMENT_EXISTS));
     // Validation.
     let err = e
         .put_enrollment(
@@ -381,12 +381,12 @@ async fn service_api_secrets_etags_and_paging() {
         )
         .await
         .unwrap_err();
-    assert!(err.message.contains("16..=64"), "{}", err.message);
+    assert!(err.to_string().contains("16..=64"), "{}", err);
     let err = e
         .put_enrollment(now(), "svc-2", IndividualEnrollment::default(), None)
         .await
         .unwrap_err();
-    assert!(err.message.contains("'none' is not allowed"));
+    assert!(err.to_string().contains("'none' is not allowed"));
     let tpm = AttestationMechanism {
         kind: AttestationType::Tpm,
         tpm: Some(TpmAttestation {
@@ -440,7 +440,7 @@ async fn service_api_secrets_etags_and_paging() {
     }
     assert_eq!(sizes, vec![3, 3, 3]); // 9 items in all
     let err = e.query_enrollments(Some("%%%"), None).await.unwrap_err();
-    assert_eq!(err.status, 400);
+    assert_eq!(err.status(), 400);
 
     // Bulk.
     let bulk = BulkEnrollmentOperation {
@@ -477,7 +477,7 @@ async fn service_api_secrets_etags_and_paging() {
         ],
     };
     assert_eq!(
-        e.bulk_enrollments(now(), dup).await.unwrap_err().code,
+        e.bulk_enrollments(now(), dup).await.unwrap_err().code(),
         codes::BULK_INVALID
     );
 
@@ -486,12 +486,12 @@ async fn service_api_secrets_etags_and_paging() {
         e.delete_enrollment("svc-1", Some("\"stale\""))
             .await
             .unwrap_err()
-            .status,
+            .status(),
         412
     );
     e.delete_enrollment("svc-1", None).await.unwrap();
     assert_eq!(
-        e.get_enrollment("svc-1").await.unwrap_err().code,
+        e.get_enrollment("svc-1").await.unwrap_err().code(),
         codes::ENROLLMENT_NOT_FOUND
     );
 }
@@ -541,13 +541,13 @@ async fn time_comes_from_the_clock_passed_in() {
         .register(clock.now(), &req, &DeviceRegistration::default())
         .await
         .unwrap_err();
-    assert!(err.message.contains("expired"), "{}", err.message);
+    assert!(err.to_string().contains("expired"), "{}", err);
     // Polling the first operation with the now-expired token is refused too.
     let err = e
-        .operation_status(clock.now(), &req, &r.body.operation_id)
+        .operation_status(clock.now(), &req, &r.operation().unwrap().operation_id)
         .await
         .unwrap_err();
-    assert!(err.message.contains("expired"), "{}", err.message);
+    assert!(err.to_string().contains("expired"), "{}", err);
 }
 
 #[tokio::test]
@@ -566,18 +566,27 @@ async fn immediate_assignment_answers_register_with_the_final_state() {
     .unwrap();
     let req = request("dev-imm", KEY1, exp());
     let r = e.register(now(), &req, &DeviceRegistration::default()).await.unwrap();
-    assert_eq!((r.status, r.retry_after), (200, None));
-    assert_eq!(r.body.status, RegistrationStatus::Assigned);
-    assert_eq!(r.body.registration_state.assigned_hub.as_deref(), Some(HUB));
-    assert_eq!(r.body.registration_state.device_id.as_deref(), Some("dev-imm"));
+    assert_eq!((r.status(), r.retry_after()), (200, None));
+    assert_eq!(r.operation().unwrap().status, RegistrationStatus::Assigned);
+    assert_eq!(
+        r.operation().unwrap().registration_state.assigned_hub.as_deref(),
+        Some(HUB)
+    );
+    assert_eq!(
+        r.operation().unwrap().registration_state.device_id.as_deref(),
+        Some("dev-imm")
+    );
     assert_eq!(hub.devices.lock().len(), 1, "the hub identity exists before the reply");
     // The record is committed, and a device that polls anyway gets the same answer.
     assert_eq!(
         e.get_registration("dev-imm").await.unwrap().status,
         RegistrationStatus::Assigned
     );
-    let p = e.operation_status(now(), &req, &r.body.operation_id).await.unwrap();
-    assert_eq!((p.status, p.body), (200, r.body));
+    let p = e
+        .operation_status(now(), &req, &r.operation().unwrap().operation_id)
+        .await
+        .unwrap();
+    assert_eq!((p.status, p.body), (200, r.operation().unwrap().clone()));
     // Failures are final answers too: a disabled enrollment says so in the register reply.
     e.put_enrollment(
         now(),
@@ -595,7 +604,10 @@ async fn immediate_assignment_answers_register_with_the_final_state() {
         .register(now(), &request("dev-off", KEY1, exp()), &DeviceRegistration::default())
         .await
         .unwrap();
-    assert_eq!((off.status, off.body.status), (200, RegistrationStatus::Disabled));
+    assert_eq!(
+        (off.status(), off.operation().unwrap().status),
+        (200, RegistrationStatus::Disabled)
+    );
 }
 
 /// `initialTwin` is checked against IoT Hub's twin rules when an enrollment or group is stored
@@ -638,9 +650,9 @@ async fn initial_twin_is_validated_when_stored() {
             ..Default::default()
         };
         let err = e.put_enrollment(now(), "twin-1", enr, None).await.unwrap_err();
-        assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID), "{err:?}");
-        assert!(err.message.contains(expected), "{expected:?} not in {:?}", err.message);
-        assert_eq!(e.get_enrollment("twin-1").await.unwrap_err().status, 404);
+        assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID), "{err:?}");
+        assert!(err.to_string().contains(expected), "{expected:?} not in {:?}", err);
+        assert_eq!(e.get_enrollment("twin-1").await.unwrap_err().status(), 404);
 
         let group = EnrollmentGroup {
             attestation: sym(Some(KEY1), Some(KEY2)),
@@ -648,9 +660,9 @@ async fn initial_twin_is_validated_when_stored() {
             ..Default::default()
         };
         let err = e.put_group(now(), "twin-group", group, None).await.unwrap_err();
-        assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID), "{err:?}");
-        assert!(err.message.contains(expected), "{expected:?} not in {:?}", err.message);
-        assert_eq!(e.get_group("twin-group").await.unwrap_err().status, 404);
+        assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID), "{err:?}");
+        assert!(err.to_string().contains(expected), "{expected:?} not in {:?}", err);
+        assert_eq!(e.get_group("twin-group").await.unwrap_err().status(), 404);
 
         // Bulk reports the same error for the item and stores nothing.
         let bulk = BulkEnrollmentOperation {
@@ -666,7 +678,7 @@ async fn initial_twin_is_validated_when_stored() {
         assert!(!res.is_successful);
         assert_eq!(res.errors[0].error_code, codes::ARGUMENT_INVALID);
         assert!(res.errors[0].error_status.contains(expected));
-        assert_eq!(e.get_enrollment("twin-bulk").await.unwrap_err().status, 404);
+        assert_eq!(e.get_enrollment("twin-bulk").await.unwrap_err().status(), 404);
     }
     assert!(hub.devices.lock().is_empty());
 

@@ -4,8 +4,8 @@
 //! from a fake clock, so every wait is exact.
 
 use chrono::{Duration, TimeZone, Utc};
-use dps_core::{ApiError, DeviceRequest, Engine, FakeClock, QuotaConfig};
-use dps_core::{Clock, DeviceResponse};
+use dps_core::{Clock, Registered};
+use dps_core::{DeviceRequest, Engine, Error, FakeClock, QuotaConfig};
 use dps_proto::codes;
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::service::IndividualEnrollment;
@@ -39,17 +39,26 @@ async fn engine(clock: &FakeClock, quotas: QuotaConfig, devices: &[&str]) -> (En
     (e, hub)
 }
 
-async fn register(e: &Engine, clock: &FakeClock, req: &DeviceRequest) -> Result<DeviceResponse, ApiError> {
+async fn register(e: &Engine, clock: &FakeClock, req: &DeviceRequest) -> Result<Registered, Error> {
     e.register(clock.now(), req, &DeviceRegistration::default()).await
 }
 
 /// Asserts a `429 THROTTLED` that says to wait `secs` and names the quota.
-fn assert_throttled<T: std::fmt::Debug>(r: Result<T, ApiError>, secs: u32, names: &str) {
+/// The operation id of a register that succeeded.
+fn operation_id(r: Result<Registered, Error>) -> String {
+    r.unwrap()
+        .operation()
+        .expect("not a TPM challenge")
+        .operation_id
+        .clone()
+}
+
+fn assert_throttled<T: std::fmt::Debug>(r: Result<T, Error>, secs: u32, names: &str) {
     let e = r.expect_err("throttled");
-    assert_eq!((e.status, e.code), (429, codes::THROTTLED), "{e}");
-    assert_eq!(e.retry_after, Some(secs), "{e}");
-    assert!(e.message.contains(names), "'{}' should name '{names}'", e.message);
-    assert!(e.message.contains(&format!("retry after {secs} s")), "{}", e.message);
+    assert_eq!((e.status(), e.code()), (429, codes::THROTTLED), "{e}");
+    assert_eq!(e.retry_after(), Some(secs), "{e}");
+    assert!(e.to_string().contains(names), "'{}' should name '{names}'", e);
+    assert!(e.to_string().contains(&format!("retry after {secs} s")), "{}", e);
 }
 
 fn only(q: impl FnOnce(&mut QuotaConfig)) -> QuotaConfig {
@@ -72,12 +81,18 @@ async fn registrations_per_second_refill_and_say_when_to_retry() {
     // Bad credentials are refused before the registration quota is touched.
     for _ in 0..5 {
         let err = register(&e, &clock, &request("dev-a", WRONG_KEY)).await.unwrap_err();
-        assert_eq!(err.status, 401);
-        assert_eq!(err.retry_after, None);
+        assert_eq!(err.status(), 401);
+        assert_eq!(err.retry_after(), None);
     }
     // A full bucket holds one second's worth: two.
-    assert_eq!(register(&e, &clock, &request("dev-a", KEY)).await.unwrap().status, 202);
-    assert_eq!(register(&e, &clock, &request("dev-b", KEY)).await.unwrap().status, 202);
+    assert_eq!(
+        register(&e, &clock, &request("dev-a", KEY)).await.unwrap().status(),
+        202
+    );
+    assert_eq!(
+        register(&e, &clock, &request("dev-b", KEY)).await.unwrap().status(),
+        202
+    );
     // The third waits for the next token, 0.5 s away: retry-after is whole seconds, rounded up.
     assert_throttled(
         register(&e, &clock, &request("dev-c", KEY)).await,
@@ -91,7 +106,10 @@ async fn registrations_per_second_refill_and_say_when_to_retry() {
     clock.advance(Duration::milliseconds(499));
     assert_throttled(register(&e, &clock, &request("dev-c", KEY)).await, 1, "registrations");
     clock.advance(Duration::milliseconds(1));
-    assert_eq!(register(&e, &clock, &request("dev-c", KEY)).await.unwrap().status, 202);
+    assert_eq!(
+        register(&e, &clock, &request("dev-c", KEY)).await.unwrap().status(),
+        202
+    );
     assert!(e.store().get_registration("dev-c").await.unwrap().is_some());
 
     // With the bucket empty again, polls and status lookups are still answered: they are no
@@ -112,7 +130,7 @@ async fn registrations_per_second_refill_and_say_when_to_retry() {
     // After a quiet while the bucket is full again, but holds no more than one second's worth.
     clock.advance(Duration::seconds(60));
     for d in ["dev-a", "dev-b"] {
-        assert_eq!(register(&e, &clock, &request(d, KEY)).await.unwrap().status, 202);
+        assert_eq!(register(&e, &clock, &request(d, KEY)).await.unwrap().status(), 202);
     }
     assert_throttled(register(&e, &clock, &request("dev-c", KEY)).await, 1, "registrations");
 }
@@ -124,7 +142,7 @@ async fn operations_per_second_count_every_device_request_even_unauthenticated_o
     let req = request("dev-a", KEY);
 
     let r = register(&e, &clock, &req).await.unwrap();
-    let op = r.body.operation_id.clone();
+    let op = r.operation().unwrap().operation_id.clone();
     assert_eq!(e.operation_status(clock.now(), &req, &op).await.unwrap().status, 200);
     assert!(e.registration_status(clock.now(), &req).await.is_ok());
     assert_throttled(
@@ -144,7 +162,7 @@ async fn operations_per_second_count_every_device_request_even_unauthenticated_o
     clock.advance(Duration::seconds(1));
     for _ in 0..3 {
         let err = register(&e, &clock, &request("dev-a", WRONG_KEY)).await.unwrap_err();
-        assert_eq!(err.status, 401);
+        assert_eq!(err.status(), 401);
     }
     assert_throttled(register(&e, &clock, &req).await, 1, "device requests");
 
@@ -154,11 +172,11 @@ async fn operations_per_second_count_every_device_request_even_unauthenticated_o
     other.id_scope = "0ne00FFFFFF".into();
     for _ in 0..5 {
         assert_eq!(
-            register(&e, &clock, &other).await.unwrap_err().code,
+            register(&e, &clock, &other).await.unwrap_err().code(),
             codes::ID_SCOPE_NOT_FOUND
         );
     }
-    assert_eq!(register(&e, &clock, &req).await.unwrap().status, 202);
+    assert_eq!(register(&e, &clock, &req).await.unwrap().status(), 202);
 }
 
 #[tokio::test]
@@ -166,8 +184,8 @@ async fn polls_per_device_are_five_per_ten_seconds_and_other_devices_are_unaffec
     let clock = clock();
     let (e, _) = engine(&clock, QuotaConfig::DEFAULT, &["dev-a", "dev-b"]).await;
     let (a, b) = (request("dev-a", KEY), request("dev-b", KEY));
-    let op_a = register(&e, &clock, &a).await.unwrap().body.operation_id;
-    let op_b = register(&e, &clock, &b).await.unwrap().body.operation_id;
+    let op_a = operation_id(register(&e, &clock, &a).await);
+    let op_b = operation_id(register(&e, &clock, &b).await);
 
     // Polls with a wrong key are refused before they count: nobody can use up a device's polls.
     for _ in 0..10 {
@@ -175,7 +193,7 @@ async fn polls_per_device_are_five_per_ten_seconds_and_other_devices_are_unaffec
             .operation_status(clock.now(), &request("dev-a", WRONG_KEY), &op_a)
             .await
             .unwrap_err();
-        assert_eq!(err.status, 401);
+        assert_eq!(err.status(), 401);
     }
     for _ in 0..5 {
         assert_eq!(e.operation_status(clock.now(), &a, &op_a).await.unwrap().status, 200);
@@ -228,7 +246,15 @@ async fn poll_tracking_is_bounded_and_fails_open_for_untracked_devices_when_full
     let reqs: Vec<DeviceRequest> = ["dev-a", "dev-b", "dev-c"].iter().map(|d| request(d, KEY)).collect();
     let mut ops = Vec::new();
     for r in &reqs {
-        ops.push(register(&e, &clock, r).await.unwrap().body.operation_id);
+        ops.push(
+            register(&e, &clock, r)
+                .await
+                .unwrap()
+                .operation()
+                .unwrap()
+                .operation_id
+                .clone(),
+        );
     }
     let poll = |i: usize| e.operation_status(clock.now(), &reqs[i], &ops[i]);
 

@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use dps_core::{ApiError, Clock, Credential, DeviceAuth, DeviceRequest, Engine, FakeClock};
+use dps_core::{Clock, Credential, DeviceAuth, DeviceRequest, Engine, Error, FakeClock, Registered};
 use dps_proto::codes;
-use dps_proto::model::device::{DeviceRegistration, TpmChallenge, TpmKeys};
+use dps_proto::model::device::{DeviceRegistration, TpmKeys};
 use dps_proto::model::service::*;
 use dps_proto::sas::build_token;
 use dps_tpm::software::SoftwareTpm;
@@ -88,12 +88,21 @@ fn sas(reg: &str, key: &[u8], now: DateTime<Utc>) -> Credential {
     )
 }
 
-/// Asks for a challenge and opens it in `tpm`: the challenge key.
+/// Asks for a challenge as HTTPS does — a register request without a credential that carries
+/// the TPM's keys, which the engine answers with the challenge — and opens it in `tpm`: the
+/// challenge key.
 async fn challenge_key(e: &Engine, now: DateTime<Utc>, reg: &str, tpm: &SoftwareTpm) -> Vec<u8> {
-    let c: TpmChallenge = e
-        .tpm_challenge(now, &request(reg, Credential::None), &body(tpm))
+    let asked = e
+        .register(now, &request(reg, Credential::None), &body(tpm))
         .await
         .unwrap();
+    assert_eq!(
+        (asked.status(), asked.retry_after(), asked.operation()),
+        (401, None, None)
+    );
+    let Registered::TpmChallenge(c) = asked else {
+        panic!("a TPM challenge: {asked:?}")
+    };
     assert_eq!(c.key_name, "registration");
     assert!(c.message.contains("TPM challenge"), "{}", c.message);
     tpm.activate(&B64.decode(&c.authentication_key).unwrap())
@@ -108,25 +117,22 @@ async fn register(
     reg: &str,
     tpm: &SoftwareTpm,
     key: &[u8],
-) -> Result<RegistrationState, ApiError> {
+) -> Result<RegistrationState, Error> {
     let req = request(reg, sas(reg, key, now));
     let r = e.register(now, &req, &body(tpm)).await?;
-    assert_eq!(r.status, 202);
-    let p = e.operation_status(now, &req, &r.body.operation_id).await?;
+    assert_eq!(r.status(), 202);
+    let p = e
+        .operation_status(now, &req, &r.operation().unwrap().operation_id)
+        .await?;
     assert_eq!(p.status, 200);
     Ok(p.body.registration_state)
 }
 
 /// Asserts the error's code (and the status it implies) and that its message says `needle`.
 #[track_caller]
-fn refused(err: &ApiError, code: u32, needle: &str) {
-    assert_eq!(
-        (u32::from(err.status), err.code),
-        (code / 1000, code),
-        "{}",
-        err.message
-    );
-    assert!(err.message.contains(needle), "{}", err.message);
+fn refused(err: &Error, code: u32, needle: &str) {
+    assert_eq!((u32::from(err.status()), err.code()), (code / 1000, code), "{}", err);
+    assert!(err.to_string().contains(needle), "{}", err);
 }
 
 fn hub_primary_key(hub: &FakeHub) -> Vec<u8> {
@@ -178,10 +184,10 @@ async fn challenge_then_tpm_signed_sas_assigns_and_delivers_the_hub_key() {
     // enrollment to whoever asks), with the hint a TPM device needs.
     refused(&err, codes::UNAUTHORIZED, "does not match any key this service accepts");
     assert!(
-        err.message
+        err.to_string()
             .contains("TPM challenge, which lasts 300 s and serves one registration"),
         "{}",
-        err.message
+        err
     );
 
     // Re-provisioning: a new challenge, new hub keys, same hub and device.
@@ -241,7 +247,7 @@ async fn challenges_expire_and_only_their_key_signs() {
         challenge_key(&e, clock.now(), "dev", tpm).await,
     ];
     let err = register(&e, clock.now(), "dev", tpm, &keys[0]).await.unwrap_err();
-    assert_eq!(err.code, codes::UNAUTHORIZED, "{}", err.message);
+    assert_eq!(err.code(), codes::UNAUTHORIZED, "{}", err);
     register(&e, clock.now(), "dev", tpm, &keys[4]).await.unwrap();
 }
 
@@ -262,7 +268,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     // Every mismatch reads the same: nothing tells an unauthenticated caller which ids exist.
     const NO_MATCH: &str = "has the endorsement key and storage root key sent";
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    let nobody = err.message.clone();
+    let nobody = err.to_string().clone();
 
     // Enrolled with B's EK; A asks.
     e.put_enrollment(start(), "ek-b", enrollment(b, false), None)
@@ -270,7 +276,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
         .unwrap();
     let err = ask("ek-b", body(a)).await;
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    assert_eq!(err.message, nobody.replace("'nobody'", "'ek-b'"));
+    assert_eq!(err.to_string(), nobody.replace("'nobody'", "'ek-b'"));
 
     // Enrolled with B's EK and A's SRK; B asks with its own SRK.
     let mut mixed = enrollment(b, false);
@@ -278,7 +284,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     e.put_enrollment(start(), "srk-a", mixed, None).await.unwrap();
     let err = ask("srk-a", body(b)).await;
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    assert_eq!(err.message, nobody.replace("'nobody'", "'srk-a'"));
+    assert_eq!(err.to_string(), nobody.replace("'nobody'", "'srk-a'"));
 
     // A symmetric-key enrollment.
     let sym = IndividualEnrollment {
@@ -291,7 +297,7 @@ async fn the_challenge_is_refused_to_devices_that_do_not_match_their_enrollment(
     e.put_enrollment(start(), "sym", sym, None).await.unwrap();
     let err = ask("sym", body(a)).await;
     refused(&err, codes::UNAUTHORIZED, NO_MATCH);
-    assert_eq!(err.message, nobody.replace("'nobody'", "'sym'"));
+    assert_eq!(err.to_string(), nobody.replace("'nobody'", "'sym'"));
 
     // Bad device input: no SRK, an SRK that is not base64 or not a key, a body id that is not
     // the request's, no TPM keys at all.
@@ -333,9 +339,9 @@ async fn enrollment_rules_disabled_devices_and_transports() {
     let mut junk = enrollment(tpm, false);
     junk.attestation.tpm.as_mut().unwrap().endorsement_key = Some("AAECAwQ=".into());
     let err = e.put_enrollment(start(), "junk", junk, None).await.unwrap_err();
-    assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID));
+    assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID));
     assert_eq!(
-        err.message,
+        err.to_string(),
         "tpm endorsementKey: endorsement key: the TPM2B size says 1 byte(s) but 3 follow"
     );
     let mut srk_as_ek = enrollment(tpm, true);
@@ -359,20 +365,43 @@ async fn enrollment_rules_disabled_devices_and_transports() {
     assert_eq!(st.error_code, Some(codes::ENROLLMENT_DISABLED));
     assert!(st.tpm.is_none());
 
-    // A register request with TPM keys and no credential comes from a transport without the
-    // challenge step (MQTT).
+    // A transport without the challenge step (MQTT) judges the credential before any register
+    // (`authenticate`, at CONNECT): a TPM device has none to show there, and a TPM-signed SAS is
+    // not judged ahead of a register (tests/authenticate.rs), so it never reaches a register.
     e.put_enrollment(start(), "mqtt", enrollment(tpm, false), None)
         .await
         .unwrap();
     let err = e
-        .register(start(), &request("mqtt", Credential::None), &body(tpm))
+        .authenticate(start(), &request("mqtt", Credential::None))
         .await
         .unwrap_err();
-    refused(
-        &err,
-        codes::TPM_TRANSPORT_UNSUPPORTED,
-        "TPM attestation is supported over HTTPS (and AMQP), not MQTT",
-    );
+    refused(&err, codes::UNAUTHORIZED, "no credential");
+    assert!(matches!(err, Error::NoCredential), "{err:?}");
+}
+
+/// The engine decides the challenge: a register request without a credential that carries TPM
+/// keys is answered with it (what HTTPS sends as the 401 body; [`challenge_key`] checks the
+/// outcome), and the key it carries registers the device. Without TPM keys, no credential is
+/// simply unauthenticated.
+#[tokio::test]
+async fn a_register_without_a_credential_but_with_tpm_keys_is_answered_with_the_challenge() {
+    let (e, _) = engine().await;
+    let tpm = &tpms()[0];
+    e.put_enrollment(start(), "tpm-reg", enrollment(tpm, true), None)
+        .await
+        .unwrap();
+    let key = challenge_key(&e, start(), "tpm-reg", tpm).await;
+    let st = register(&e, start(), "tpm-reg", tpm, &key).await.unwrap();
+    assert_eq!(st.status, RegistrationStatus::Assigned);
+    let err = e
+        .register(
+            start(),
+            &request("tpm-reg", Credential::None),
+            &DeviceRegistration::default(),
+        )
+        .await
+        .unwrap_err();
+    refused(&err, codes::UNAUTHORIZED, "no credential");
 }
 
 #[tokio::test]
@@ -392,7 +421,7 @@ async fn a_throttled_registration_keeps_its_challenge_so_the_same_request_succee
     let req = request("tpm-thr", sas("tpm-thr", &key, clock.now()));
     let err = e.register(clock.now(), &req, &body(tpm)).await.unwrap_err();
     refused(&err, codes::THROTTLED, "registrations per second");
-    assert_eq!(err.retry_after, Some(1));
+    assert_eq!(err.retry_after(), Some(1));
     clock.advance(Duration::seconds(1));
-    assert_eq!(e.register(clock.now(), &req, &body(tpm)).await.unwrap().status, 202);
+    assert_eq!(e.register(clock.now(), &req, &body(tpm)).await.unwrap().status(), 202);
 }

@@ -132,15 +132,17 @@ fn req(reg: &str, chain: &[&Issued]) -> DeviceRequest {
 async fn register(
     e: &Engine,
     r: &DeviceRequest,
-) -> Result<dps_proto::model::device::RegistrationOperationStatus, dps_core::ApiError> {
+) -> Result<dps_proto::model::device::RegistrationOperationStatus, dps_core::Error> {
     let op = e.register(now(), r, &DeviceRegistration::default()).await?;
-    Ok(e.operation_status(now(), r, &op.body.operation_id).await?.body)
+    Ok(e.operation_status(now(), r, &op.operation().unwrap().operation_id)
+        .await?
+        .body)
 }
 
 async fn refused(e: &Engine, r: &DeviceRequest) -> String {
     let err = register(e, r).await.unwrap_err();
-    assert_eq!((err.status, err.code), (401, codes::UNAUTHORIZED), "{}", err.message);
-    err.message
+    assert_eq!((err.status(), err.code()), (401, codes::UNAUTHORIZED), "{}", err);
+    err.to_string()
 }
 
 #[tokio::test]
@@ -335,7 +337,7 @@ async fn every_broken_link_is_named() {
     // A CN breaking the registration-id rules never gets that far.
     let bad = device(&root_ca, "bad id");
     let err = register(&e, &req("bad id", &[&bad])).await.unwrap_err();
-    assert_eq!((err.status, err.code), (400, codes::ARGUMENT_INVALID));
+    assert_eq!((err.status(), err.code()), (400, codes::ARGUMENT_INVALID));
 }
 
 #[tokio::test]
@@ -420,7 +422,7 @@ async fn ca_references_need_proof_of_possession() {
     );
 
     // Verifying without a code, with the wrong CN, or with a certificate the CA did not sign fails.
-    let fail = |code: u32| move |r: Result<_, dps_core::ApiError>| assert_eq!(r.unwrap_err().code, code);
+    let fail = |code: u32| move |r: Result<_, dps_core::Error>| assert_eq!(r.unwrap_err().code(), code);
     let body = |i: &Issued| VerificationCertificate { certificate: i.pem() };
     fail(codes::CERTIFICATE_VERIFICATION_FAILED)(
         e.verify_certificate(now(), "pop-root", None, body(&device(&ca, "x")))
@@ -439,7 +441,7 @@ async fn ca_references_need_proof_of_possession() {
         .verify_certificate(now(), "pop-root", None, body(&wrong_cn))
         .await
         .unwrap_err()
-        .message;
+        .to_string();
     assert!(m.contains("CN 'not-the-code' is not the verification code"), "{m}");
     let other = root("Other Root");
     let by_other = issue(&other, &code, Role::NotCa, (2025, 2030));
@@ -447,7 +449,7 @@ async fn ca_references_need_proof_of_possession() {
         .verify_certificate(now(), "pop-root", None, body(&by_other))
         .await
         .unwrap_err()
-        .message;
+        .to_string();
     assert!(m.contains("issued by 'CN=Other Root'"), "{m}");
     let proof = issue(&ca, &code, Role::NotCa, (2025, 2030));
     // A stale etag is refused and changes nothing.
@@ -455,7 +457,7 @@ async fn ca_references_need_proof_of_possession() {
         .verify_certificate(now(), "pop-root", Some("stale"), body(&proof))
         .await
         .unwrap_err();
-    assert_eq!((err.status, err.code), (412, codes::CERTIFICATE_ETAG_MISMATCH));
+    assert_eq!((err.status(), err.code()), (412, codes::CERTIFICATE_ETAG_MISMATCH));
     assert!(!e.get_certificate("pop-root").await.unwrap().properties.is_verified);
     let verified = e
         .verify_certificate(now(), "pop-root", None, body(&proof))
@@ -481,7 +483,7 @@ async fn ca_references_need_proof_of_possession() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code, codes::CERTIFICATE_EXISTS);
+    assert_eq!(err.code(), codes::CERTIFICATE_EXISTS);
     let err = e
         .put_certificate(
             now(),
@@ -494,10 +496,10 @@ async fn ca_references_need_proof_of_possession() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code, codes::CERTIFICATE_INVALID);
+    assert_eq!(err.code(), codes::CERTIFICATE_INVALID);
     e.delete_certificate("pop-root", None).await.unwrap();
     assert_eq!(
-        e.get_certificate("pop-root").await.unwrap_err().code,
+        e.get_certificate("pop-root").await.unwrap_err().code(),
         codes::CERTIFICATE_NOT_FOUND
     );
     // With the CA gone, the group no longer trusts the device.

@@ -5,7 +5,7 @@
 //! input with a 4xx, never a 5xx; a refused write leaves nothing behind; an accepted one reads
 //! back as it was answered.
 
-use dps_core::{ApiError, Credential, DeviceRequest};
+use dps_core::{Credential, DeviceRequest, Error};
 use dps_hub::{Hub, RegistryError};
 use dps_proto::hub_mqtt::{self, HubUsername};
 use dps_proto::model::device::DeviceRegistration;
@@ -20,13 +20,12 @@ use crate::json::round_trip;
 use crate::support::{block_on, engine, hub, now, now_unix, DEVICE, HUB_HOST, ID_SCOPE, KEY};
 
 /// A client's input must never be answered with a server error.
-fn client_error(e: &ApiError, what: &str) {
+fn client_error(e: &Error, what: &str) {
     assert!(
-        (400..500).contains(&e.status),
-        "{what}: client input answered with {} {}: {}",
-        e.status,
-        e.code,
-        e.message
+        (400..500).contains(&e.status()),
+        "{what}: client input answered with {} {}: {e}",
+        e.status(),
+        e.code(),
     );
 }
 
@@ -77,9 +76,10 @@ pub fn registration_body(data: &[u8]) {
         };
         match engine.register(now(), &req, &body).await {
             Ok(resp) => {
-                assert_eq!(resp.status, 202);
+                assert_eq!(resp.status(), 202);
+                let started = resp.operation().expect("a SAS register is not a TPM challenge");
                 let op = engine
-                    .operation_status(now(), &req, &resp.body.operation_id)
+                    .operation_status(now(), &req, &started.operation_id)
                     .await
                     .expect("the operation just started can be polled");
                 round_trip(&op.body, "RegistrationOperationStatus");
@@ -186,7 +186,7 @@ pub fn service_body(data: &[u8]) {
     });
 }
 
-fn bulk_result(r: Result<dps_proto::model::service::BulkOperationResult, ApiError>, what: &str) {
+fn bulk_result(r: Result<dps_proto::model::service::BulkOperationResult, Error>, what: &str) {
     match r {
         Ok(result) => {
             assert_eq!(result.is_successful, result.errors.is_empty(), "{what}: {result:?}");

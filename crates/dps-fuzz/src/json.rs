@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Whether `a` and `b` are the same JSON, floats equal to 1e-12 relative.
-pub fn same(a: &Value, b: &Value) -> bool {
+pub(crate) fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             if x.is_f64() || y.is_f64() {
@@ -31,7 +31,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// Serializes `v`, parses the text back as `T` and serializes that: both serializations must be
 /// the same JSON. This is the invariant "what the server echoes, it would accept and read the
 /// same way".
-pub fn round_trip<T: Serialize + DeserializeOwned>(v: &T, what: &str) {
+pub(crate) fn round_trip<T: Serialize + DeserializeOwned>(v: &T, what: &str) {
     let first = serde_json::to_value(v).unwrap_or_else(|e| panic!("{what} does not serialize: {e}"));
     let text = serde_json::to_vec(&first).expect("a Value serializes");
     let back: T =

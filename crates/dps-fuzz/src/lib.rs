@@ -12,6 +12,7 @@
 //! system clock (the engine and the hub are given a fixed time).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod bodies;
 mod json;

@@ -14,24 +14,24 @@ use dps_hub::{Hub, HubConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The ID scope of the fuzzing engine.
-pub const ID_SCOPE: &str = "0ne00FUZZ01";
+pub(crate) const ID_SCOPE: &str = "0ne00FUZZ01";
 /// The embedded hub's host name.
-pub const HUB_HOST: &str = "hub.fuzz.test";
+pub(crate) const HUB_HOST: &str = "hub.fuzz.test";
 /// A symmetric key (base64 of 32 bytes) for the devices and enrollments the fixtures create.
-pub const KEY: &str = "ZnV6emluZy1rZXktZm9yLWRwcy0wMTIzNDU2Nzg5YWI=";
+pub(crate) const KEY: &str = "ZnV6emluZy1rZXktZm9yLWRwcy0wMTIzNDU2Nzg5YWI=";
 /// The device / registration id the fixtures provision.
-pub const DEVICE: &str = "fuzz-device";
+pub(crate) const DEVICE: &str = "fuzz-device";
 
 /// The one instant every target runs at (the engine and the hub never read the system clock).
 /// Certificates in the seed corpus were issued in December 2026 and are valid then.
-pub fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2027, 1, 1, 12, 0, 0)
         .single()
         .expect("a valid date")
 }
 
 /// Seconds since the epoch at [`now`].
-pub fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     now().timestamp().unsigned_abs()
 }
 
@@ -42,7 +42,7 @@ thread_local! {
 
 /// Runs a future to completion on this thread's runtime. No timers or I/O drivers are used by the
 /// targets, so the runtime is built without them.
-pub fn block_on<F: Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
     RUNTIME.with(|rt| {
         let mut rt = rt.borrow_mut();
         let rt = rt.get_or_insert_with(|| {
@@ -56,14 +56,14 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 
 /// A byte stream that reads `data` in chunks of at most `chunk` bytes (so parsers see packets
 /// split at arbitrary points, as TCP delivers them) and discards what is written to it.
-pub struct ReplayStream<'a> {
+pub(crate) struct ReplayStream<'a> {
     data: &'a [u8],
     chunk: usize,
 }
 
 impl<'a> ReplayStream<'a> {
     /// A stream over `data`; `chunk` is clamped to at least 1.
-    pub fn new(data: &'a [u8], chunk: usize) -> Self {
+    pub(crate) fn new(data: &'a [u8], chunk: usize) -> Self {
         Self {
             data,
             chunk: chunk.max(1),
@@ -97,13 +97,13 @@ impl AsyncWrite for ReplayStream<'_> {
 }
 
 /// A fresh in-memory hub at the fixed time.
-pub fn hub() -> Hub {
+pub(crate) fn hub() -> Hub {
     Hub::open_with_clock(HubConfig::in_memory(HUB_HOST), Arc::new(FakeClock::at(now()))).expect("an in-memory hub")
 }
 
 /// A fresh engine over an in-memory store, linked to `hub`, configured as `dps serve` configures
 /// its own.
-pub fn engine(hub: &Hub) -> Engine {
+pub(crate) fn engine(hub: &Hub) -> Engine {
     Engine::new(
         EngineConfig {
             // Every input runs at the same fixed instant: quotas would refuse all but the first.

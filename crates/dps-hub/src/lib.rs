@@ -22,6 +22,7 @@
 //! is shared through group commit in the store (the SQLite store's writer thread).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod auth;
 mod cache;

@@ -54,7 +54,7 @@ fn initial_docs(t: Option<&InitialTwin>) -> Result<(Document, Document), TwinLim
 }
 
 fn storage(e: RegistryError) -> HubError {
-    HubError::Unavailable(e.to_string())
+    HubError::unavailable(e)
 }
 
 #[async_trait]
@@ -65,11 +65,11 @@ impl HubRegistry for Hub {
         }
         validate_device_id(&device.device_id).map_err(|reason| HubError::Refused {
             device_id: device.device_id.clone(),
-            reason,
+            reason: reason.into(),
         })?;
         let (tags, desired) = initial_docs(device.initial_twin.as_ref()).map_err(|e| HubError::Refused {
             device_id: device.device_id.clone(),
-            reason: e.to_string(),
+            reason: dps_core::Cause::new(e),
         })?;
         let key = key_of(&device.device_id);
         let inner = &self.inner;

@@ -15,6 +15,7 @@
 //! - [`tls`] builds the rustls configurations of the device/service listeners and of clients.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod ca;
 pub mod chain;

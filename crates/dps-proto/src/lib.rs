@@ -5,6 +5,7 @@
 //! the reference docs. Time is always passed in by the caller.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod api_version;
 pub mod connection_string;

@@ -43,7 +43,7 @@ macro_rules! ci_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vm])* $variant),+ }
+        pub enum $name { $(#[doc = concat!("`", $text, "`.")] $(#[$vm])* $variant),+ }
 
         impl $name {
             /// Canonical spelling.

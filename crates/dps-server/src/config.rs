@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use dps_core::QuotaConfig;
 use serde::Deserialize;
 
@@ -161,11 +160,38 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// Reads a TOML file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigFileError::Invalid {
+            path: path.to_path_buf(),
+            source,
+        })
     }
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config file {}: {source}", .path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parser's reason (names the key).
+        source: toml::de::Error,
+    },
 }
 
 impl ServerConfig {

@@ -3,7 +3,9 @@
 //! here makes provisioning decisions; adapters translate bytes to engine calls and back.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
+mod api_error;
 pub mod config;
 pub mod conn_limit;
 pub mod datadir;
@@ -18,8 +20,9 @@ use std::sync::Arc;
 use dps_core::auth::PolicyAuthorizer;
 use dps_core::{Clock, Engine};
 
-pub use config::{FileConfig, Limits, ServerConfig};
-pub use datadir::{DataDir, Identity};
+pub use api_error::ApiError;
+pub use config::{ConfigFileError, FileConfig, Limits, ServerConfig};
+pub use datadir::{DataDir, DataDirError, Identity};
 pub use listener::{start, RunningServer, StartError};
 
 /// Everything a connection handler needs, shared by all connections.

@@ -24,6 +24,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// A port could not be bound. The message says how to fix the common causes.
     #[error("cannot listen on {addr} ({what}): {source}{hint}")]
@@ -40,9 +41,37 @@ pub enum StartError {
     /// A setting makes no sense (a zero deadline or connection cap, see [`crate::Limits::validate`]).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The data directory, certificates or databases could not be set up.
-    #[error("{0:#}")]
-    Init(#[from] anyhow::Error),
+    /// The data directory (identity, local CA, server certificate) could not be set up.
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
+    /// A `--tls-cert` or `--tls-key` file could not be read.
+    #[error("cannot read {flag} {}: {source}", .path.display())]
+    TlsFile {
+        /// `--tls-cert` or `--tls-key`.
+        flag: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Only one of `--tls-cert` and `--tls-key` was given.
+    #[error("--tls-cert and --tls-key must be given together")]
+    TlsPair,
+    /// The certificate chain and key cannot make a TLS configuration.
+    #[error("TLS: {0}")]
+    Tls(#[source] dps_pki::PkiError),
+    /// The registration store could not be opened.
+    #[error(transparent)]
+    Store(#[from] dps_store::OpenError),
+    /// The embedded hub's database could not be opened.
+    #[error(transparent)]
+    Hub(#[from] dps_hub::HubOpenError),
+    /// The engine could not load enrollments or finish interrupted registrations.
+    #[error("cannot load enrollments: {0}")]
+    Engine(#[source] dps_core::Error),
+    /// A bound listener could not report its address.
+    #[error("cannot read the bound address: {0}")]
+    LocalAddr(#[source] io::Error),
 }
 
 /// A started server.
@@ -69,16 +98,21 @@ impl RunningServer {
     }
 }
 
+fn read_tls_file(flag: &'static str, path: &std::path::Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|source| StartError::TlsFile {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Initializes (or reuses) the data directory and starts listening.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     config.limits.validate().map_err(StartError::Config)?;
     let dir = DataDir::new(&config.data_dir);
     let (identity, initialized) = dir.init_identity(&config.default_hub_host(), config.hub_hostname.as_deref())?;
     let (chain, key) = match (&config.tls_cert, &config.tls_key) {
-        (Some(c), Some(k)) => (
-            std::fs::read_to_string(c).map_err(|e| anyhow::anyhow!("cannot read --tls-cert {}: {e}", c.display()))?,
-            std::fs::read_to_string(k).map_err(|e| anyhow::anyhow!("cannot read --tls-key {}: {e}", k.display()))?,
-        ),
+        (Some(c), Some(k)) => (read_tls_file("--tls-cert", c)?, read_tls_file("--tls-key", k)?),
         (None, None) => {
             let ca = dir.init_ca()?;
             let mut names = config.hostnames.clone();
@@ -87,9 +121,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             }
             dir.init_server_cert(&ca, &names)?
         }
-        _ => return Err(anyhow::anyhow!("--tls-cert and --tls-key must be given together").into()),
+        _ => return Err(StartError::TlsPair),
     };
-    let tls = dps_pki::tls::server_config(&chain, &key, true).map_err(anyhow::Error::from)?;
+    let tls = dps_pki::tls::server_config(&chain, &key, true).map_err(StartError::Tls)?;
     // MQTT clients may offer ALPN values of their own ("mqtt", "x-amzn-mqtt-ca"); with no ALPN
     // configured rustls ignores them instead of refusing the handshake.
     let mut mqtt_tls = (*tls).clone();
@@ -97,8 +131,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let mqtt_acceptor = TlsAcceptor::from(Arc::new(mqtt_tls));
     let acceptor = TlsAcceptor::from(tls);
 
-    let store = dps_store::SqliteStore::open(&dir.store_path()).map_err(anyhow::Error::from)?;
-    let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path()).map_err(anyhow::Error::from)?;
+    let store = dps_store::SqliteStore::open(&dir.store_path())?;
+    let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path())?;
     let hub = dps_hub::Hub::open_with_store(
         dps_hub::HubConfig {
             host_name: identity.hub.host_name.clone(),
@@ -110,8 +144,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(hub_store),
         Arc::new(SystemClock),
     )
-    .await
-    .map_err(anyhow::Error::from)?;
+    .await?;
     let engine = Engine::new(
         EngineConfig {
             immediate_assignment: config.immediate_assignment,
@@ -126,16 +159,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(store),
         Arc::new(hub.clone()),
     );
-    engine
-        .load()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot load enrollments: {e}"))?;
+    engine.load().await.map_err(StartError::Engine)?;
 
     let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
     let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
     let (mqtt_addr, https_addr) = (
-        mqtt.local_addr().map_err(anyhow::Error::from)?,
-        https.local_addr().map_err(anyhow::Error::from)?,
+        mqtt.local_addr().map_err(StartError::LocalAddr)?,
+        https.local_addr().map_err(StartError::LocalAddr)?,
     );
     // Services see the ports actually bound (port 0 picks one): SAS audiences and Host headers
     // carry the HTTPS port when it is not 443.

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often each rate-limited line may be written.
-pub const LOG_PERIOD: Duration = Duration::from_secs(10);
+pub(crate) const LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Counts events and says when a line is due. Lock-free: one atomic add per event, and a
 /// compare-and-swap only when the period has passed.
 #[derive(Debug)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     /// Origin of the millisecond clock below.
     start: Instant,
     /// The period, in milliseconds.
@@ -27,7 +27,7 @@ pub struct LogLimiter {
 
 impl LogLimiter {
     /// A limiter whose first event is reported at once, then at most one line per `period`.
-    pub fn new(period: Duration) -> Self {
+    pub(crate) fn new(period: Duration) -> Self {
         Self {
             start: Instant::now(),
             period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
@@ -38,7 +38,7 @@ impl LogLimiter {
 
     /// Records one event. Returns `Some(n)` when a line is due now, `n` being the events since
     /// the last line (this one included); exactly one caller per period gets it.
-    pub fn record(&self) -> Option<u64> {
+    pub(crate) fn record(&self) -> Option<u64> {
         self.pending.fetch_add(1, Ordering::Relaxed);
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let due = self.next_ms.load(Ordering::Relaxed);

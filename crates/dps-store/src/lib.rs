@@ -13,7 +13,7 @@
 //! SQL stays inside this crate: the engine sees only the `Store` trait, the hub only `HubStore`.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod sqlite;
 

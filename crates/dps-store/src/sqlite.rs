@@ -128,7 +128,11 @@ pub(crate) trait BackendError: Clone + Send + 'static {
 
 impl BackendError for StoreError {
     fn backend(message: String) -> Self {
-        StoreError::Backend(message)
+        StoreError::backend(message)
+    }
+
+    fn sqlite(e: rusqlite::Error) -> Self {
+        StoreError::backend(e)
     }
 
     fn is_backend(&self) -> bool {
@@ -303,7 +307,7 @@ fn configure_writer(conn: &Connection) -> Result<(), OpenError> {
 }
 
 fn doc<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode document: {e}")))
+    serde_json::to_string(value).map_err(|e| StoreError::backend(format!("cannot encode document: {e}")))
 }
 
 #[async_trait]

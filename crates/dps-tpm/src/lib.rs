@@ -11,6 +11,7 @@
 //! [`software::SoftwareTpm`], which unwraps blobs with known private keys for fast tests.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod blob;
 mod credential;

@@ -25,7 +25,7 @@ pub const ID_KEY_HANDLE: u32 = 0x8100_0100;
 
 /// Which primary key a template is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Primary {
+pub(super) enum Primary {
     /// The endorsement key, in the endorsement hierarchy.
     Endorsement,
     /// The storage root key, in the owner hierarchy.
@@ -34,7 +34,7 @@ pub enum Primary {
 
 impl Primary {
     /// The persistent handle the key lives at.
-    pub fn handle(self) -> u32 {
+    pub(super) fn handle(self) -> u32 {
         match self {
             Self::Endorsement => EK_HANDLE,
             Self::StorageRoot => SRK_HANDLE,
@@ -42,7 +42,7 @@ impl Primary {
     }
 
     /// Short name for messages.
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::Endorsement => "EK",
             Self::StorageRoot => "SRK",
@@ -52,7 +52,7 @@ impl Primary {
     /// The public template: RSA-2048, SHA-256, AES-128-CFB, restricted decryption key. The EK
     /// is admin-with-policy (EK profile); the SRK is usable with an empty password and exempt
     /// from dictionary-attack lockout, as the C SDK's `GetSrkTemplate`.
-    pub fn template(self) -> tss_esapi::Result<Public> {
+    pub(super) fn template(self) -> tss_esapi::Result<Public> {
         let attributes = ObjectAttributesBuilder::new()
             .with_fixed_tpm(true)
             .with_fixed_parent(true)

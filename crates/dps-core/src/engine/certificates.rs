@@ -5,42 +5,21 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use dps_proto::codes;
 use dps_proto::model::certificate::{
     CertificateBody, CertificateProperties, CertificateResponse, VerificationCertificate,
 };
 use dps_proto::registration_id;
-use rand::RngCore;
 
-use super::device::new_etag;
 use super::Engine;
+use crate::error::{CaCertificateError, Error, InvalidArgument, Resource};
 use crate::store::{CaCertificateRecord, StoreError, WriteCondition};
-use crate::ApiError;
 
-fn store_error(e: StoreError, name: &str) -> ApiError {
-    match e {
-        StoreError::NotFound => not_found(name),
-        StoreError::AlreadyExists => ApiError::new(
-            codes::CERTIFICATE_EXISTS,
-            format!("CA certificate '{name}' already exists; send its etag in If-Match (or '*') to replace it"),
-        ),
-        StoreError::EtagMismatch => ApiError::new(
-            codes::CERTIFICATE_ETAG_MISMATCH,
-            format!("If-Match does not match the current etag of CA certificate '{name}'"),
-        ),
-        StoreError::Backend(m) => ApiError::internal(format!("storage: {m}")),
-    }
+fn store_error(e: StoreError, name: &str) -> Error {
+    Error::from_store(e, Resource::Certificate, name)
 }
 
-fn not_found(name: &str) -> ApiError {
-    ApiError::new(
-        codes::CERTIFICATE_NOT_FOUND,
-        format!("CA certificate '{name}' not found"),
-    )
-}
-
-fn failed(message: String) -> ApiError {
-    ApiError::new(codes::CERTIFICATE_VERIFICATION_FAILED, message)
+fn not_found(name: &str) -> Error {
+    store_error(StoreError::NotFound, name)
 }
 
 /// The API view of a stored certificate.
@@ -70,14 +49,14 @@ fn response(r: &CaCertificateRecord, verification_code: Option<String>) -> Certi
 }
 
 /// Parses one certificate given as PEM or base64 DER.
-fn parse_one(text: &str, what: &str) -> Result<Vec<u8>, ApiError> {
-    let certs = dps_pki::pem::parse_certificates(text)
-        .map_err(|e| ApiError::new(codes::CERTIFICATE_INVALID, format!("{what}: {e}")))?;
+fn parse_one(text: &str, what: &'static str) -> Result<Vec<u8>, CaCertificateError> {
+    let certs =
+        dps_pki::pem::parse_certificates(text).map_err(|source| CaCertificateError::Unparsable { what, source })?;
     certs
         .into_iter()
         .next()
         .map(|c| c.to_vec())
-        .ok_or_else(|| ApiError::new(codes::CERTIFICATE_INVALID, format!("{what}: no certificate found")))
+        .ok_or(CaCertificateError::Empty { what })
 }
 
 impl Engine {
@@ -89,20 +68,22 @@ impl Engine {
         name: &str,
         body: CertificateBody,
         if_match: Option<&str>,
-    ) -> Result<CertificateResponse, ApiError> {
-        registration_id::validate(name).map_err(|e| ApiError::invalid(format!("certificate name: {e}")))?;
+    ) -> Result<CertificateResponse, Error> {
+        registration_id::validate(name).map_err(|source| InvalidArgument::ResourceId {
+            resource: Resource::Certificate,
+            source,
+        })?;
         let der = parse_one(&body.certificate, "certificate")?;
-        let summary = dps_pki::info::summarize(&der)
-            .map_err(|e| ApiError::new(codes::CERTIFICATE_INVALID, format!("certificate: {e}")))?;
+        let summary = dps_pki::info::summarize(&der).map_err(|source| CaCertificateError::Unparsable {
+            what: "certificate",
+            source,
+        })?;
         if now > summary.not_after {
-            return Err(ApiError::new(
-                codes::CERTIFICATE_INVALID,
-                format!(
-                    "certificate '{}' expired at {}",
-                    summary.subject_name,
-                    dps_proto::timefmt::format_seconds(&summary.not_after)
-                ),
-            ));
+            return Err(CaCertificateError::Expired {
+                subject: summary.subject_name,
+                not_after: summary.not_after,
+            }
+            .into());
         }
         let stored = self.store.get_certificate(name).await?;
         let record = CaCertificateRecord {
@@ -110,7 +91,7 @@ impl Engine {
                 .as_ref()
                 .map(|s| s.name.clone())
                 .unwrap_or_else(|| name.to_string()),
-            etag: new_etag(),
+            etag: self.new_etag(),
             certificate: B64.encode(&der),
             is_verified: body.is_verified,
             verification_code: None,
@@ -128,13 +109,13 @@ impl Engine {
     }
 
     /// `GET /certificates/{name}`.
-    pub async fn get_certificate(&self, name: &str) -> Result<CertificateResponse, ApiError> {
+    pub async fn get_certificate(&self, name: &str) -> Result<CertificateResponse, Error> {
         let r = self.store.get_certificate(name).await?.ok_or_else(|| not_found(name))?;
         Ok(response(&r, None))
     }
 
     /// `GET /certificates`.
-    pub async fn list_certificates(&self) -> Result<Vec<CertificateResponse>, ApiError> {
+    pub async fn list_certificates(&self) -> Result<Vec<CertificateResponse>, Error> {
         Ok(self
             .store
             .list_certificates()
@@ -145,7 +126,7 @@ impl Engine {
     }
 
     /// `DELETE /certificates/{name}`.
-    pub async fn delete_certificate(&self, name: &str, if_match: Option<&str>) -> Result<(), ApiError> {
+    pub async fn delete_certificate(&self, name: &str, if_match: Option<&str>) -> Result<(), Error> {
         let result = self
             .store
             .delete_certificate(name, &WriteCondition::from_if_match(if_match))
@@ -161,17 +142,17 @@ impl Engine {
         now: DateTime<Utc>,
         name: &str,
         if_match: Option<&str>,
-    ) -> Result<CertificateResponse, ApiError> {
+    ) -> Result<CertificateResponse, Error> {
         let mut r = self.store.get_certificate(name).await?.ok_or_else(|| not_found(name))?;
         let cond = match WriteCondition::from_if_match(if_match) {
             WriteCondition::None => WriteCondition::Etag(r.etag.clone()),
             c => c,
         };
         let mut raw = [0u8; 24];
-        rand::thread_rng().fill_bytes(&mut raw);
+        self.random.fill(&mut raw);
         let code: String = raw.iter().map(|b| format!("{b:02X}")).collect();
         r.verification_code = Some(code.clone());
-        r.etag = new_etag();
+        r.etag = self.new_etag();
         r.updated = now;
         self.store
             .put_certificate(&r, &cond)
@@ -187,37 +168,36 @@ impl Engine {
         name: &str,
         if_match: Option<&str>,
         body: VerificationCertificate,
-    ) -> Result<CertificateResponse, ApiError> {
+    ) -> Result<CertificateResponse, Error> {
         let mut r = self.store.get_certificate(name).await?.ok_or_else(|| not_found(name))?;
         let cond = match WriteCondition::from_if_match(if_match) {
             WriteCondition::None => WriteCondition::Etag(r.etag.clone()),
             c => c,
         };
-        let code = r.verification_code.clone().ok_or_else(|| {
-            failed(format!(
-                "no verification code is pending for CA certificate '{name}'; generate one first"
-            ))
-        })?;
+        let code = r
+            .verification_code
+            .clone()
+            .ok_or_else(|| CaCertificateError::NoVerificationCode { name: name.to_string() })?;
         let leaf = parse_one(&body.certificate, "verification certificate")?;
-        let leaf_summary = dps_pki::info::summarize(&leaf)
-            .map_err(|e| ApiError::new(codes::CERTIFICATE_INVALID, format!("verification certificate: {e}")))?;
+        let leaf_summary = dps_pki::info::summarize(&leaf).map_err(|source| CaCertificateError::Unparsable {
+            what: "verification certificate",
+            source,
+        })?;
         if leaf_summary.common_name.as_deref().map(str::trim) != Some(code.as_str()) {
-            return Err(failed(format!(
-                "verification certificate CN '{}' is not the verification code of CA certificate '{name}'",
-                leaf_summary.common_name.unwrap_or_default()
-            )));
+            return Err(CaCertificateError::WrongCode {
+                common_name: leaf_summary.common_name.unwrap_or_default(),
+                name: name.to_string(),
+            }
+            .into());
         }
-        let ca = B64
-            .decode(&r.certificate)
-            .map_err(|e| ApiError::internal(format!("stored certificate: {e}")))?;
-        dps_pki::chain::verify_issued_by(&leaf, &ca, now).map_err(|e| {
-            failed(format!(
-                "verification certificate is not a valid certificate issued by CA certificate '{name}': {e}"
-            ))
+        let ca = B64.decode(&r.certificate).map_err(CaCertificateError::Stored)?;
+        dps_pki::chain::verify_issued_by(&leaf, &ca, now).map_err(|source| CaCertificateError::NotIssuedByCa {
+            name: name.to_string(),
+            source,
         })?;
         r.is_verified = true;
         r.verification_code = None;
-        r.etag = new_etag();
+        r.etag = self.new_etag();
         r.updated = now;
         let result = self
             .store

@@ -6,47 +6,22 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use dps_proto::codes;
 use dps_proto::keys::derive_device_key;
 use dps_proto::model::device::{DeviceRegistration, RegistrationOperationStatus};
 use dps_proto::model::service::{
-    AllocationPolicy, AttestationType, EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, RegistrationState,
-    RegistrationStatus, SymmetricKeyRegistrationResult, TpmRegistrationResult, X509RegistrationResult,
+    AllocationPolicy, AttestationType, RegistrationState, RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use dps_proto::registration_id;
 use dps_proto::sas::{hmac_sha256, SasToken};
 use sha2::{Digest, Sha256};
 
+use super::attestation::{check_body_id, sas_refused, Attested, Credential, DeviceRequest, Matched};
 use super::groups::CachedGroup;
 use super::recovery::Incomplete;
-use super::{DeviceResponse, Engine};
+use super::{DeviceResponse, Engine, Registered};
+use crate::error::{AllocationError, Error, InvalidArgument, SasRefusal};
 use crate::hub::{DeviceAuth, DeviceProvisioning, HubError, TwinPolicy};
 use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord};
-use crate::ApiError;
-
-/// What the device presented to prove who it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// Nothing (the first, unauthenticated TPM request).
-    None,
-    /// A SAS token (MQTT password or HTTP `Authorization`).
-    Sas(String),
-    /// The DER certificates the device sent in the TLS handshake, leaf first.
-    X509(Vec<Vec<u8>>),
-}
-
-/// Who is asking: the same for every transport.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRequest {
-    /// ID scope from the MQTT username or the URL path.
-    pub id_scope: String,
-    /// Registration id from the MQTT username or the URL path.
-    pub registration_id: String,
-    /// Proof of identity.
-    pub credential: Credential,
-    /// Device API version, if the device sent one.
-    pub api_version: Option<String>,
-}
 
 /// How long a completed operation can be polled from memory before polls fall back to the store.
 const OPERATION_TTL: Duration = Duration::from_secs(600);
@@ -118,25 +93,6 @@ impl OperationCache {
     }
 }
 
-/// The enrollment a device matched.
-#[derive(Clone)]
-pub(super) enum Matched {
-    Individual(Box<IndividualEnrollment>),
-    Group(Box<EnrollmentGroup>),
-}
-
-/// The outcome of attestation: the enrollment and the keys the hub should know the device by.
-#[derive(Clone)]
-pub(super) struct Attested {
-    pub(super) matched: Matched,
-    pub(super) attestation: AttestationType,
-    pub(super) hub_auth: DeviceAuth,
-    /// X.509 details for the device's registration result.
-    pub(super) x509: Option<X509RegistrationResult>,
-    /// TPM: the activation blob of the hub key, for the device's registration result.
-    pub(super) tpm: Option<TpmRegistrationResult>,
-}
-
 /// A device credential the engine accepted ahead of any request ([`Engine::authenticate`]).
 ///
 /// MQTT checks the credential at CONNECT, as Azure does, and registers on the same connection
@@ -174,27 +130,6 @@ impl Authenticated {
     }
 }
 
-impl Matched {
-    fn disabled(&self) -> Option<String> {
-        match self {
-            Matched::Individual(e) if e.provisioning_status == Some(ProvisioningStatus::Disabled) => {
-                Some(format!("individual enrollment '{}' is disabled", e.registration_id))
-            }
-            Matched::Group(g) if g.provisioning_status == Some(ProvisioningStatus::Disabled) => {
-                Some(format!("enrollment group '{}' is disabled", g.enrollment_group_id))
-            }
-            _ => None,
-        }
-    }
-
-    fn group_id(&self) -> Option<&str> {
-        match self {
-            Matched::Group(g) => Some(&g.enrollment_group_id),
-            Matched::Individual(_) => None,
-        }
-    }
-}
-
 fn digest(c: &Credential) -> [u8; 32] {
     let mut h = Sha256::new();
     match c {
@@ -224,7 +159,7 @@ fn valid_until(c: &Credential) -> Option<i64> {
     }
 }
 
-fn new_operation_id(registration_key: &str) -> String {
+fn new_operation_id(random: &dyn crate::Random, registration_key: &str) -> String {
     let h = Sha256::digest(registration_key.as_bytes());
     format!(
         "4.{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}.{}",
@@ -236,82 +171,50 @@ fn new_operation_id(registration_key: &str) -> String {
         h[5],
         h[6],
         h[7],
-        uuid::Uuid::new_v4()
+        crate::random::uuid(random)
     )
 }
 
-/// A fresh opaque etag in the shape the real service uses: base64 of a quoted GUID.
-pub(crate) fn new_etag() -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(format!("\"{}\"", uuid::Uuid::new_v4()))
-}
-
-/// The refusal for a SAS token no enrollment accepts. One answer whatever the reason — no
-/// enrollment with that id, one with another attestation, a wrong key, no outstanding TPM
-/// challenge, no group whose derived key fits — so that an unauthenticated caller learns
-/// nothing about which enrollments or groups exist; `why` goes to the server log.
-pub(super) fn sas_refused(req: &DeviceRequest, why: &str) -> ApiError {
-    tracing::info!(registration = %req.registration_id, reason = why, "device SAS token refused");
-    ApiError::unauthorized(format!(
-        "the SAS signature does not match any key this service accepts for registration '{}': \
-         sign with the individual enrollment's key, or with the key derived from an enrollment group's key \
-         (base64(HMAC-SHA256(base64decode(groupKey), registrationId))); a TPM device signs with the key of \
-         a TPM challenge, which lasts {} s and serves one registration",
-        req.registration_id,
-        super::tpm::CHALLENGE_TTL_SECS
-    ))
-}
-
-/// The body's `registrationId`, when sent, must be the request's (case-insensitively).
-pub(super) fn check_body_id(req: &DeviceRequest, body: &DeviceRegistration) -> Result<(), ApiError> {
-    match &body.registration_id {
-        Some(body_id) if !body_id.eq_ignore_ascii_case(&req.registration_id) => Err(ApiError::invalid(format!(
-            "body registrationId '{body_id}' does not match the registration id '{}' of the request",
-            req.registration_id
-        ))),
-        _ => Ok(()),
-    }
-}
-
 impl Engine {
-    pub(super) fn check_request(&self, req: &DeviceRequest) -> Result<(), ApiError> {
+    pub(super) fn check_request(&self, req: &DeviceRequest) -> Result<(), Error> {
         if req.id_scope != self.config.id_scope {
-            return Err(ApiError::new(
-                codes::ID_SCOPE_NOT_FOUND,
-                format!(
-                    "unknown ID scope '{}'; this service's ID scope is different",
-                    req.id_scope
-                ),
-            ));
+            return Err(Error::UnknownIdScope {
+                id_scope: req.id_scope.clone(),
+            });
         }
-        registration_id::validate(&req.registration_id).map_err(|e| ApiError::invalid(format!("registration id: {e}")))
+        registration_id::validate(&req.registration_id).map_err(|e| InvalidArgument::RegistrationId(e).into())
     }
 
     /// What every device request goes through first: [`Engine::check_request`], then one token
     /// of the service's operations quota. Counted before authentication, so the quota bounds
     /// the attestation work bad credentials can cause, too.
-    pub(super) fn admit(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<(), ApiError> {
+    pub(super) fn admit(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<(), Error> {
         self.check_request(req)?;
         self.quotas.operation(now).map_err(|t| self.refused(req, t))
     }
 
     /// Logs a throttled request at debug (the quota reports refusals in summary lines; one line
     /// per refusal would flood the log) and turns it into the `429` answer.
-    pub(super) fn refused(&self, req: &DeviceRequest, t: crate::quota::Throttled) -> ApiError {
+    pub(super) fn refused(&self, req: &DeviceRequest, t: crate::quota::Throttled) -> Error {
         tracing::debug!(registration = %req.registration_id, quota = ?t.quota, wait = ?t.wait, "device request throttled");
         t.into()
     }
 
     /// Handles a register request. On success the registration is committed before this returns,
-    /// and the reply is `202 assigning` with an operation id the device polls — or, with
-    /// [`EngineConfig::immediate_assignment`](super::EngineConfig::immediate_assignment), `200`
-    /// with the final state.
+    /// and the outcome is [`Registered::Assigning`] with an operation id the device polls — or,
+    /// with [`EngineConfig::immediate_assignment`](super::EngineConfig::immediate_assignment),
+    /// [`Registered::Done`] with the final state. A request without a credential that carries TPM
+    /// keys is the first step of TPM attestation and gets [`Registered::TpmChallenge`] (see
+    /// [`Engine::tpm_challenge`]).
     pub async fn register(
         &self,
         now: DateTime<Utc>,
         req: &DeviceRequest,
         body: &DeviceRegistration,
-    ) -> Result<DeviceResponse, ApiError> {
+    ) -> Result<Registered, Error> {
+        if req.credential == Credential::None && body.tpm.is_some() {
+            return self.tpm_challenge(now, req, body).await.map(Registered::TpmChallenge);
+        }
         self.register_with(now, req, None, body).await
     }
 
@@ -324,7 +227,7 @@ impl Engine {
         req: &DeviceRequest,
         authenticated: &Authenticated,
         body: &DeviceRegistration,
-    ) -> Result<DeviceResponse, ApiError> {
+    ) -> Result<Registered, Error> {
         self.register_with(now, req, Some(authenticated), body).await
     }
 
@@ -335,7 +238,7 @@ impl Engine {
     /// here: a disabled enrollment is a registration *result* (status `disabled`, 401003), which
     /// is how Azure reports it and what the SDKs expect. TPM cannot be authenticated ahead of a
     /// register: its proof is the one-use challenge the register request itself obtains.
-    pub async fn authenticate(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Authenticated, ApiError> {
+    pub async fn authenticate(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Authenticated, Error> {
         self.check_request(req)?;
         let groups = self.groups.snapshot();
         let attested = match &req.credential {
@@ -357,12 +260,7 @@ impl Engine {
     }
 
     /// The earlier attestation if it still holds for `req` at `now`, else a fresh one.
-    async fn reattest(
-        &self,
-        now: DateTime<Utc>,
-        req: &DeviceRequest,
-        auth: &Authenticated,
-    ) -> Result<Attested, ApiError> {
+    async fn reattest(&self, now: DateTime<Utc>, req: &DeviceRequest, auth: &Authenticated) -> Result<Attested, Error> {
         let current = auth.registration_key == registration_id::key(&req.registration_id)
             && auth.credential_digest == digest(&req.credential)
             && auth.credential_valid_until.is_none_or(|t| now.timestamp() <= t)
@@ -384,10 +282,9 @@ impl Engine {
         req: &DeviceRequest,
         authenticated: Option<&Authenticated>,
         body: &DeviceRegistration,
-    ) -> Result<DeviceResponse, ApiError> {
+    ) -> Result<Registered, Error> {
         self.admit(now, req)?;
         check_body_id(req, body)?;
-        super::tpm::refuse_without_challenge(req, body)?;
         // Before attestation, which spends a TPM device's challenge: a throttled device must be
         // able to send the very same request again. A request that fails attestation gives its
         // registration back (it is bounded by the operations quota instead), so bad
@@ -405,7 +302,7 @@ impl Engine {
             }
         };
         let key = registration_id::key(&req.registration_id);
-        let operation_id = new_operation_id(&key);
+        let operation_id = new_operation_id(self.random.as_ref(), &key);
         let final_state = match self.assign(now, req, body, &attested, &operation_id).await {
             Ok(state) => state,
             Err(failure) => failure,
@@ -429,16 +326,11 @@ impl Engine {
             },
         );
         if self.config.immediate_assignment {
-            return Ok(DeviceResponse {
-                status: 200,
-                retry_after: None,
-                body,
-            });
+            return Ok(Registered::Done(body));
         }
-        Ok(DeviceResponse {
-            status: 202,
-            retry_after: Some(self.config.retry_after_secs),
-            body: RegistrationOperationStatus {
+        Ok(Registered::Assigning {
+            retry_after: self.config.retry_after_secs,
+            operation: RegistrationOperationStatus {
                 operation_id,
                 status: RegistrationStatus::Assigning,
                 registration_state: RegistrationState {
@@ -456,17 +348,12 @@ impl Engine {
         now: DateTime<Utc>,
         req: &DeviceRequest,
         operation_id: &str,
-    ) -> Result<DeviceResponse, ApiError> {
+    ) -> Result<DeviceResponse, Error> {
         self.admit(now, req)?;
         let key = registration_id::key(&req.registration_id);
-        let not_found = || {
-            ApiError::new(
-                codes::OPERATION_NOT_FOUND,
-                format!(
-                    "operation '{operation_id}' not found for registration '{}'",
-                    req.registration_id
-                ),
-            )
+        let not_found = || Error::OperationNotFound {
+            operation_id: operation_id.to_string(),
+            registration_id: req.registration_id.clone(),
         };
         let cached = self.operations.ops.get(operation_id).map(|o| {
             (
@@ -517,18 +404,15 @@ impl Engine {
         &self,
         now: DateTime<Utc>,
         req: &DeviceRequest,
-    ) -> Result<RegistrationState, ApiError> {
+    ) -> Result<RegistrationState, Error> {
         self.admit(now, req)?;
         self.attest(now, req).await?;
         let record = self
             .store
             .get_registration(&req.registration_id)
             .await?
-            .ok_or_else(|| {
-                ApiError::new(
-                    codes::REGISTRATION_NOT_FOUND,
-                    format!("registration '{}' has no registration record", req.registration_id),
-                )
+            .ok_or_else(|| Error::NoRegistrationRecord {
+                registration_id: req.registration_id.clone(),
             })?;
         Ok(self.device_view(&record))
     }
@@ -536,7 +420,7 @@ impl Engine {
     /// Counts a poll against the device's own quota. Only after the device proved who it is:
     /// otherwise anyone who knows a registration id could use up its polls and lock it out, and
     /// unauthenticated requests could fill the map of tracked devices.
-    fn count_poll(&self, now: DateTime<Utc>, req: &DeviceRequest, key: &str) -> Result<(), ApiError> {
+    fn count_poll(&self, now: DateTime<Utc>, req: &DeviceRequest, key: &str) -> Result<(), Error> {
         self.quotas.device_poll(now, key).map_err(|t| self.refused(req, t))
     }
 
@@ -551,13 +435,11 @@ impl Engine {
     }
 
     /// Proves the device is who it says it is, and finds its enrollment.
-    async fn attest(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Attested, ApiError> {
+    async fn attest(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Attested, Error> {
         match &req.credential {
             Credential::Sas(token) => self.attest_sas(now, req, token, true).await,
             Credential::X509(chain) => self.attest_x509(now, req, chain).await,
-            Credential::None => Err(ApiError::unauthorized(
-                "no credential: send a SharedAccessSignature (symmetric key, or TPM-signed after a TPM challenge) in the MQTT password or the Authorization header, or a client certificate (X.509)",
-            )),
+            Credential::None => Err(Error::NoCredential),
         }
     }
 
@@ -568,26 +450,21 @@ impl Engine {
         req: &DeviceRequest,
         token: &str,
         tpm: bool,
-    ) -> Result<Attested, ApiError> {
-        let token = SasToken::parse(token).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    ) -> Result<Attested, Error> {
+        let token = SasToken::parse(token).map_err(SasRefusal::Token)?;
         let audience = format!("{}/registrations/{}", req.id_scope, req.registration_id);
-        token
-            .check_audience_eq(&audience)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        token.check_audience_eq(&audience).map_err(SasRefusal::Token)?;
         token
             .check_expiry(now.timestamp().max(0) as u64)
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            .map_err(SasRefusal::Token)?;
 
         if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
             if e.attestation.kind == AttestationType::Tpm {
                 if !tpm {
-                    return Err(ApiError::new(
-                        codes::TPM_TRANSPORT_UNSUPPORTED,
-                        format!(
-                            "individual enrollment '{}' uses TPM attestation, which is proven by the challenge of a register request over HTTPS (or AMQP), not ahead of it",
-                            e.registration_id
-                        ),
-                    ));
+                    return Err(crate::error::TpmRefusal::NotAheadOfRegister {
+                        registration_id: e.registration_id,
+                    }
+                    .into());
                 }
                 return self.attest_tpm(now, req, &token, e);
             }
@@ -655,10 +532,10 @@ impl Engine {
             .iter()
             .find(|g| g.keys.iter().any(|k| token.verify_signature_raw(k)))
         {
-            return Err(ApiError::unauthorized(format!(
-                "the SAS token was signed with the key of enrollment group '{}' itself; a device must sign with its derived key, base64(HMAC-SHA256(base64decode(groupKey), registrationId))",
-                g.group.enrollment_group_id
-            )));
+            return Err(SasRefusal::GroupKey {
+                group_id: g.group.enrollment_group_id.clone(),
+            }
+            .into());
         }
         let n = groups.iter().filter(|g| !g.keys.is_empty()).count();
         Err(sas_refused(
@@ -679,27 +556,22 @@ impl Engine {
     ) -> Result<RegistrationState, RegistrationState> {
         // The device payload only feeds custom (webhook) allocation, which is not implemented yet.
         let _ = &body.payload;
-        let failed = |status: RegistrationStatus, code: u32, message: String| RegistrationState {
+        // The code and message come from the one mapping of causes ([`Error::code`]).
+        let failed = |status: RegistrationStatus, why: Error| RegistrationState {
             registration_id: req.registration_id.clone(),
             status,
-            error_code: Some(code),
-            error_message: Some(message),
+            error_code: Some(why.code()),
+            error_message: Some(why.to_string()),
             created_date_time_utc: Some(now),
             last_updated_date_time_utc: Some(now),
             ..Default::default()
         };
         if let Some(why) = attested.matched.disabled() {
-            return Err(failed(RegistrationStatus::Disabled, codes::ENROLLMENT_DISABLED, why));
+            return Err(failed(RegistrationStatus::Disabled, why));
         }
         let previous = match self.store.get_registration(&req.registration_id).await {
             Ok(p) => p.filter(|p| p.state.status == RegistrationStatus::Assigned),
-            Err(e) => {
-                return Err(failed(
-                    RegistrationStatus::Failed,
-                    codes::INTERNAL,
-                    format!("storage: {e}"),
-                ))
-            }
+            Err(e) => return Err(failed(RegistrationStatus::Failed, Error::Storage(e))),
         };
         let (policy, reprovision, initial_twin, capabilities, iot_hubs, legacy_hub, device_id) = match &attested.matched
         {
@@ -734,7 +606,7 @@ impl Engine {
             Some(h) => h,
             None => match self.allocate(policy, iot_hubs.as_deref(), legacy_hub.as_deref(), &req.registration_id) {
                 Ok(h) => h,
-                Err(msg) => return Err(failed(RegistrationStatus::Failed, codes::HUB_NOT_SPECIFIED, msg)),
+                Err(why) => return Err(failed(RegistrationStatus::Failed, why.into())),
             },
         };
         let reset = previous.is_some() && !reprovision.migrate_device_data && reprovision.update_hub_assignment;
@@ -757,11 +629,8 @@ impl Engine {
                 // the device starts from the enrollment's initial configuration, as a new one.
                 Ok(None) | Err(HubError::UnknownHub(_)) => (initial_twin, capabilities),
                 Err(e) => {
-                    return Err(failed(
-                        RegistrationStatus::Failed,
-                        codes::HUB_UNAUTHORIZED,
-                        format!("cannot read the device's data from its previous hub to migrate it: {e}"),
-                    ))
+                    // 400209 with the hub's reason: the same as a hub refusing the device.
+                    return Err(failed(RegistrationStatus::Failed, Error::Hub(e)))
                 }
             },
         };
@@ -779,7 +648,7 @@ impl Engine {
             // Decided once the hub says whether it created the device.
             substatus: None,
             last_updated_date_time_utc: Some(now),
-            etag: Some(new_etag()),
+            etag: Some(self.new_etag()),
             payload: None,
             // Kept in the record so a poll after a restart shows them; the service view strips them.
             x509: attested.x509.clone(),
@@ -811,11 +680,7 @@ impl Engine {
         };
         // Durable before the hub write, so a crash after it is finished at start-up (decision 0009).
         if let Err(e) = self.store.put_registration_intent(&intent).await {
-            return Err(failed(
-                RegistrationStatus::Failed,
-                codes::INTERNAL,
-                format!("storage: {e}"),
-            ));
+            return Err(failed(RegistrationStatus::Failed, Error::Storage(e)));
         }
         match self.complete_registration(&intent).await {
             Ok(record) => Ok(self.device_view(&record)),
@@ -824,18 +689,10 @@ impl Engine {
                 if let Err(se) = self.store.delete_registration_intent(operation_id).await {
                     tracing::warn!(operation = %operation_id, error = %se, "could not drop the intent of a registration the hub refused; the next start-up retries it");
                 }
-                Err(failed(
-                    RegistrationStatus::Failed,
-                    codes::HUB_UNAUTHORIZED,
-                    e.to_string(),
-                ))
+                Err(failed(RegistrationStatus::Failed, Error::Hub(e)))
             }
             // The intent stays: the next start-up finishes the registration.
-            Err(Incomplete::Store(e)) => Err(failed(
-                RegistrationStatus::Failed,
-                codes::INTERNAL,
-                format!("storage: {e}"),
-            )),
+            Err(Incomplete::Store(e)) => Err(failed(RegistrationStatus::Failed, Error::Storage(e))),
         }
     }
 
@@ -848,7 +705,7 @@ impl Engine {
         iot_hubs: Option<&[String]>,
         legacy_hub: Option<&str>,
         registration_id: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, AllocationError> {
         let linked = &self.config.linked_hubs;
         let named: Vec<&str> = match (iot_hubs.filter(|h| !h.is_empty()), legacy_hub) {
             (Some(h), _) => h.iter().map(String::as_str).collect(),
@@ -865,12 +722,9 @@ impl Engine {
         };
         if candidates.is_empty() {
             return Err(if named.is_empty() {
-                "no linked IoT hub is available for allocation".to_string()
+                AllocationError::NoLinkedHub
             } else {
-                format!(
-                    "none of the enrollment's IoT hubs ({}) is linked to this service",
-                    named.join(", ")
-                )
+                AllocationError::HubsNotLinked(named.iter().map(|h| h.to_string()).collect())
             });
         }
         match policy.unwrap_or(self.config.default_allocation) {
@@ -881,14 +735,10 @@ impl Engine {
                 if found == 1 {
                     Ok(candidates[0].host_name.clone())
                 } else {
-                    Err(format!(
-                        "static allocation needs exactly one IoT hub on the enrollment, found {found}"
-                    ))
+                    Err(AllocationError::StaticNeedsOneHub(found))
                 }
             }
-            AllocationPolicy::Custom => {
-                Err("custom allocation (webhook) is not supported by this server version".to_string())
-            }
+            AllocationPolicy::Custom => Err(AllocationError::CustomUnsupported),
             AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
                 let key = registration_id::key(registration_id);
                 let best = candidates

@@ -15,7 +15,7 @@ use dps_proto::model::service::{AttestationMechanism, AttestationType, Enrollmen
 use parking_lot::RwLock;
 
 use crate::store::{CaCertificateRecord, Store};
-use crate::ApiError;
+use crate::Error;
 
 /// A group with its keys decoded once.
 pub(crate) struct CachedGroup {
@@ -44,7 +44,7 @@ pub(crate) struct GroupCache {
 }
 
 impl GroupCache {
-    pub(crate) async fn reload(&self, store: &dyn Store) -> Result<(), ApiError> {
+    pub(crate) async fn reload(&self, store: &dyn Store) -> Result<(), Error> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {

@@ -14,7 +14,7 @@ use dps_proto::model::service::Substatus;
 use super::Engine;
 use crate::hub::{HubError, TwinPolicy};
 use crate::store::{RegistrationIntent, RegistrationRecord, StoreError};
-use crate::ApiError;
+use crate::Error;
 
 /// Intents read per store round trip at start-up.
 const RECOVERY_PAGE: usize = 500;
@@ -96,7 +96,7 @@ impl Engine {
     /// when one device had two registrations in flight the later one ends up in its record, as it
     /// would have without the crash. A store failure stops recovery (the intents stay, and the
     /// server should not start on a store it cannot write).
-    pub async fn recover_registrations(&self) -> Result<Recovery, ApiError> {
+    pub async fn recover_registrations(&self) -> Result<Recovery, Error> {
         let mut intents = Vec::new();
         loop {
             let after = intents.last().map(|i: &RegistrationIntent| i.operation_id.clone());

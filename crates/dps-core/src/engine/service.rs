@@ -8,7 +8,6 @@
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use dps_proto::codes;
 use dps_proto::keys::{encode_key, validate_symmetric_key};
 use dps_proto::model::service::{
     AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, BulkMode,
@@ -17,12 +16,11 @@ use dps_proto::model::service::{
 };
 use dps_proto::registration_id;
 use dps_proto::twin_limits;
-use rand::RngCore;
 
-use super::device::new_etag;
 use super::Engine;
+use crate::error::{BulkInvalid, Error, InvalidArgument, Resource};
+use crate::random::Random;
 use crate::store::{StoreError, WriteCondition};
-use crate::ApiError;
 
 /// One page of a query: items and the continuation token for the next page (absent when the
 /// collection is exhausted — Node loops forever on an empty token, Python demands full pages).
@@ -37,9 +35,9 @@ pub struct Page<T> {
 /// Azure's limit on items per bulk request.
 const BULK_MAX: usize = 10;
 /// Page size when the client sends no `x-ms-max-item-count`.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub(super) const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page served.
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub(super) const MAX_PAGE_SIZE: usize = 1000;
 
 /// Which resource an error is about, for its code.
 #[derive(Clone, Copy)]
@@ -50,55 +48,26 @@ enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    fn resource(self) -> Resource {
         match self {
-            Kind::Enrollment => "individual enrollment",
-            Kind::Group => "enrollment group",
-            Kind::Registration => "registration record",
+            Kind::Enrollment => Resource::Enrollment,
+            Kind::Group => Resource::Group,
+            Kind::Registration => Resource::Registration,
         }
     }
 
-    fn map(self, e: StoreError, id: &str) -> ApiError {
-        let (nf, exists, etag) = match self {
-            Kind::Enrollment => (
-                codes::ENROLLMENT_NOT_FOUND,
-                codes::ENROLLMENT_EXISTS,
-                codes::ENROLLMENT_ETAG_MISMATCH,
-            ),
-            Kind::Group => (
-                codes::ENROLLMENT_GROUP_NOT_FOUND,
-                codes::ENROLLMENT_GROUP_EXISTS,
-                codes::ENROLLMENT_GROUP_ETAG_MISMATCH,
-            ),
-            Kind::Registration => (
-                codes::REGISTRATION_NOT_FOUND,
-                codes::REGISTRATION_NOT_FOUND,
-                codes::REGISTRATION_ETAG_MISMATCH,
-            ),
-        };
-        let name = self.name();
-        match e {
-            StoreError::NotFound => ApiError::new(nf, format!("{name} '{id}' not found")),
-            StoreError::AlreadyExists => ApiError::new(
-                exists,
-                format!("{name} '{id}' already exists; to update it send its current etag in If-Match (or '*')"),
-            ),
-            StoreError::EtagMismatch => ApiError::new(
-                etag,
-                format!("If-Match does not match the current etag of {name} '{id}'"),
-            ),
-            StoreError::Backend(m) => ApiError::internal(format!("storage: {m}")),
-        }
+    fn map(self, e: StoreError, id: &str) -> Error {
+        Error::from_store(e, self.resource(), id)
     }
 
-    fn not_found(self, id: &str) -> ApiError {
+    fn not_found(self, id: &str) -> Error {
         self.map(StoreError::NotFound, id)
     }
 }
 
-fn generate_key() -> String {
+fn generate_key(random: &dyn Random) -> String {
     let mut raw = [0u8; 64];
-    rand::thread_rng().fill_bytes(&mut raw);
+    random.fill(&mut raw);
     encode_key(&raw)
 }
 
@@ -106,7 +75,7 @@ fn encode_continuation(last_key: &str) -> String {
     B64URL.encode(last_key.as_bytes())
 }
 
-fn decode_continuation(token: Option<&str>) -> Result<Option<String>, ApiError> {
+fn decode_continuation(token: Option<&str>) -> Result<Option<String>, Error> {
     token
         .filter(|t| !t.is_empty())
         .map(|t| {
@@ -114,7 +83,7 @@ fn decode_continuation(token: Option<&str>) -> Result<Option<String>, ApiError> 
                 .decode(t.trim())
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::invalid(format!("x-ms-continuation '{t}' is not a token this service issued")))
+                .ok_or_else(|| InvalidArgument::Continuation(t.to_string()).into())
         })
         .transpose()
 }
@@ -140,6 +109,7 @@ fn paginate<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> Pa
 /// Validates and completes an attestation on write. `stored` is the attestation already stored (on
 /// update), whose secrets are kept where the request leaves them out.
 fn prepare_attestation(
+    random: &dyn Random,
     att: &mut AttestationMechanism,
     stored: Option<&AttestationMechanism>,
     individual: bool,
@@ -165,7 +135,7 @@ fn prepare_attestation(
             ] {
                 match slot {
                     Some(k) if !k.is_empty() => validate_symmetric_key(k).map_err(|e| format!("symmetric key: {e}"))?,
-                    _ => *slot = Some(old.unwrap_or_else(generate_key)),
+                    _ => *slot = Some(old.unwrap_or_else(|| generate_key(random))),
                 }
             }
             att.tpm = None;
@@ -316,13 +286,13 @@ trait EnrollmentDocument: Sized {
         now: DateTime<Utc>,
         doc: Self,
         if_match: Option<String>,
-    ) -> impl std::future::Future<Output = Result<(), ApiError>> + Send + '_;
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + '_;
     /// The engine's DELETE for this kind of document.
     fn delete(
         engine: &Engine,
         id: String,
         if_match: Option<String>,
-    ) -> impl std::future::Future<Output = Result<(), ApiError>> + Send + '_;
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + '_;
 }
 
 macro_rules! enrollment_document {
@@ -360,11 +330,11 @@ macro_rules! enrollment_document {
                 now: DateTime<Utc>,
                 doc: Self,
                 if_match: Option<String>,
-            ) -> Result<(), ApiError> {
+            ) -> Result<(), Error> {
                 let id = doc.$id.clone();
                 engine.$put(now, &id, doc, if_match.as_deref()).await.map(drop)
             }
-            async fn delete(engine: &Engine, id: String, if_match: Option<String>) -> Result<(), ApiError> {
+            async fn delete(engine: &Engine, id: String, if_match: Option<String>) -> Result<(), Error> {
                 engine.$delete(&id, if_match.as_deref()).await
             }
         }
@@ -392,31 +362,39 @@ enrollment_document!(
 /// and stamps a new etag and the timestamps. Returns the write condition (`If-Match`, else the
 /// body's etag).
 fn prepare_write<T: EnrollmentDocument>(
+    engine: &Engine,
     now: DateTime<Utc>,
     path_id: &str,
     doc: &mut T,
     stored: Option<&T>,
     if_match: Option<&str>,
-) -> Result<WriteCondition, ApiError> {
-    let what = T::KIND.name();
-    registration_id::validate(path_id).map_err(|err| ApiError::invalid(format!("{what} id: {err}")))?;
+) -> Result<WriteCondition, Error> {
+    let resource = T::KIND.resource();
+    registration_id::validate(path_id).map_err(|source| InvalidArgument::ResourceId { resource, source })?;
     if doc.id().is_empty() {
         *doc.id_mut() = path_id.to_string();
     } else if !doc.id().eq_ignore_ascii_case(path_id) {
-        return Err(ApiError::invalid(format!(
-            "{what} id '{}' in the body does not match the path id '{path_id}'",
-            doc.id()
-        )));
+        return Err(InvalidArgument::BodyId {
+            resource,
+            body_id: doc.id().to_string(),
+            path_id: path_id.to_string(),
+        }
+        .into());
     }
     // The hub applies the initial twin when a device registers; checking IoT Hub's twin rules
     // here means a device never fails to register because of its enrollment's twin.
     if let Some(twin) = doc.initial_twin() {
-        twin_limits::validate_initial_twin(twin).map_err(|e| ApiError::invalid(format!("{what}: {e}")))?;
+        twin_limits::validate_initial_twin(twin).map_err(|source| InvalidArgument::InitialTwin { resource, source })?;
     }
     let cond = condition(if_match, doc.etag_mut().as_deref());
-    prepare_attestation(doc.attestation_mut(), stored.map(|s| s.attestation()), T::INDIVIDUAL)
-        .map_err(ApiError::invalid)?;
-    *doc.etag_mut() = Some(new_etag());
+    prepare_attestation(
+        engine.random.as_ref(),
+        doc.attestation_mut(),
+        stored.map(|s| s.attestation()),
+        T::INDIVIDUAL,
+    )
+    .map_err(InvalidArgument::Attestation)?;
+    *doc.etag_mut() = Some(engine.new_etag());
     doc.set_times(stored.and_then(|s| s.created()).unwrap_or(now), now);
     Ok(cond)
 }
@@ -427,7 +405,7 @@ async fn run_bulk<T: EnrollmentDocument>(
     now: DateTime<Utc>,
     mode: BulkMode,
     items: Vec<T>,
-) -> Result<BulkOperationResult, ApiError> {
+) -> Result<BulkOperationResult, Error> {
     let ids: Vec<String> = items.iter().map(|i| i.id().to_string()).collect();
     check_bulk(&ids)?;
     let mut errors = Vec::new();
@@ -454,8 +432,8 @@ async fn run_bulk<T: EnrollmentDocument>(
             errors.push(BulkOperationError {
                 registration_id,
                 enrollment_group_id,
-                error_code: err.code,
-                error_status: err.message,
+                error_code: err.code(),
+                error_status: err.to_string(),
             });
         }
     }
@@ -475,12 +453,12 @@ impl Engine {
         id: &str,
         mut e: IndividualEnrollment,
         if_match: Option<&str>,
-    ) -> Result<IndividualEnrollment, ApiError> {
+    ) -> Result<IndividualEnrollment, Error> {
         if let Some(d) = e.device_id.as_deref().filter(|d| !d.is_empty()) {
             validate_device_id(d)?;
         }
         let stored = self.store.get_enrollment(id).await?;
-        let cond = prepare_write(now, id, &mut e, stored.as_ref(), if_match)?;
+        let cond = prepare_write(self, now, id, &mut e, stored.as_ref(), if_match)?;
         e.registration_state = None;
         self.store
             .put_enrollment(&e, &cond)
@@ -491,7 +469,7 @@ impl Engine {
     }
 
     /// `GET /enrollments/{id}`: secrets stripped, registration state embedded.
-    pub async fn get_enrollment(&self, id: &str) -> Result<IndividualEnrollment, ApiError> {
+    pub async fn get_enrollment(&self, id: &str) -> Result<IndividualEnrollment, Error> {
         let mut e = self
             .store
             .get_enrollment(id)
@@ -508,7 +486,7 @@ impl Engine {
     }
 
     /// `DELETE /enrollments/{id}` (also deletes its registration record).
-    pub async fn delete_enrollment(&self, id: &str, if_match: Option<&str>) -> Result<(), ApiError> {
+    pub async fn delete_enrollment(&self, id: &str, if_match: Option<&str>) -> Result<(), Error> {
         self.store
             .delete_enrollment(id, &WriteCondition::from_if_match(if_match))
             .await
@@ -516,7 +494,7 @@ impl Engine {
     }
 
     /// `POST /enrollments/{id}/attestationmechanism`: the attestation with its secrets.
-    pub async fn enrollment_attestation(&self, id: &str) -> Result<AttestationMechanism, ApiError> {
+    pub async fn enrollment_attestation(&self, id: &str) -> Result<AttestationMechanism, Error> {
         let mut e = self
             .store
             .get_enrollment(id)
@@ -531,7 +509,7 @@ impl Engine {
         &self,
         continuation: Option<&str>,
         page: Option<usize>,
-    ) -> Result<Page<IndividualEnrollment>, ApiError> {
+    ) -> Result<Page<IndividualEnrollment>, Error> {
         let size = page_size(page);
         let after = decode_continuation(continuation)?;
         let mut items = self.store.list_enrollments(after.as_deref(), size + 1).await?;
@@ -547,7 +525,7 @@ impl Engine {
         &self,
         now: DateTime<Utc>,
         op: BulkEnrollmentOperation,
-    ) -> Result<BulkOperationResult, ApiError> {
+    ) -> Result<BulkOperationResult, Error> {
         run_bulk(self, now, op.mode, op.enrollments).await
     }
 
@@ -560,9 +538,9 @@ impl Engine {
         id: &str,
         mut g: EnrollmentGroup,
         if_match: Option<&str>,
-    ) -> Result<EnrollmentGroup, ApiError> {
+    ) -> Result<EnrollmentGroup, Error> {
         let stored = self.store.get_group(id).await?;
-        let cond = prepare_write(now, id, &mut g, stored.as_ref(), if_match)?;
+        let cond = prepare_write(self, now, id, &mut g, stored.as_ref(), if_match)?;
         let result = self
             .store
             .put_group(&g, &cond)
@@ -575,7 +553,7 @@ impl Engine {
     }
 
     /// `GET /enrollmentGroups/{id}`: secrets stripped.
-    pub async fn get_group(&self, id: &str) -> Result<EnrollmentGroup, ApiError> {
+    pub async fn get_group(&self, id: &str) -> Result<EnrollmentGroup, Error> {
         let mut g = self
             .store
             .get_group(id)
@@ -586,7 +564,7 @@ impl Engine {
     }
 
     /// `DELETE /enrollmentGroups/{id}` (registration records stay, as in Azure).
-    pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), ApiError> {
+    pub async fn delete_group(&self, id: &str, if_match: Option<&str>) -> Result<(), Error> {
         let result = self
             .store
             .delete_group(id, &WriteCondition::from_if_match(if_match))
@@ -597,7 +575,7 @@ impl Engine {
     }
 
     /// `POST /enrollmentGroups/{id}/attestationmechanism`.
-    pub async fn group_attestation(&self, id: &str) -> Result<AttestationMechanism, ApiError> {
+    pub async fn group_attestation(&self, id: &str) -> Result<AttestationMechanism, Error> {
         let mut g = self
             .store
             .get_group(id)
@@ -612,7 +590,7 @@ impl Engine {
         &self,
         continuation: Option<&str>,
         page: Option<usize>,
-    ) -> Result<Page<EnrollmentGroup>, ApiError> {
+    ) -> Result<Page<EnrollmentGroup>, Error> {
         let size = page_size(page);
         let after = decode_continuation(continuation)?;
         let mut items = self.store.list_groups(after.as_deref(), size + 1).await?;
@@ -627,14 +605,14 @@ impl Engine {
         &self,
         now: DateTime<Utc>,
         op: BulkEnrollmentGroupOperation,
-    ) -> Result<BulkOperationResult, ApiError> {
+    ) -> Result<BulkOperationResult, Error> {
         run_bulk(self, now, op.mode, op.enrollment_groups).await
     }
 
     // ---------------------------------------------------------------- registration records
 
     /// `GET /registrations/{id}`.
-    pub async fn get_registration(&self, id: &str) -> Result<RegistrationState, ApiError> {
+    pub async fn get_registration(&self, id: &str) -> Result<RegistrationState, Error> {
         let r = self
             .store
             .get_registration(id)
@@ -645,7 +623,7 @@ impl Engine {
 
     /// `DELETE /registrations/{id}`: forgets the registration (the hub device stays); the device's
     /// next registration is treated as initial.
-    pub async fn delete_registration(&self, id: &str, if_match: Option<&str>) -> Result<(), ApiError> {
+    pub async fn delete_registration(&self, id: &str, if_match: Option<&str>) -> Result<(), Error> {
         self.store
             .delete_registration(id, &WriteCondition::from_if_match(if_match))
             .await
@@ -658,7 +636,7 @@ impl Engine {
         group_id: &str,
         continuation: Option<&str>,
         page: Option<usize>,
-    ) -> Result<Page<RegistrationState>, ApiError> {
+    ) -> Result<Page<RegistrationState>, Error> {
         let size = page_size(page);
         let after = decode_continuation(continuation)?;
         let items = self
@@ -686,33 +664,30 @@ fn service_view(mut state: RegistrationState) -> RegistrationState {
     state
 }
 
-fn check_bulk(ids: &[String]) -> Result<(), ApiError> {
+fn check_bulk(ids: &[String]) -> Result<(), BulkInvalid> {
     if ids.is_empty() {
-        return Err(ApiError::new(codes::BULK_INVALID, "bulk operation has no items"));
+        return Err(BulkInvalid::Empty);
     }
     if ids.len() > BULK_MAX {
-        return Err(ApiError::new(
-            codes::BULK_INVALID,
-            format!("bulk operation has {} items; at most {BULK_MAX} are allowed", ids.len()),
-        ));
+        return Err(BulkInvalid::TooMany {
+            count: ids.len(),
+            max: BULK_MAX,
+        });
     }
     let mut seen = std::collections::HashSet::new();
     for id in ids {
         if id.is_empty() {
-            return Err(ApiError::new(codes::BULK_INVALID, "bulk operation item has no id"));
+            return Err(BulkInvalid::NoId);
         }
         if !seen.insert(registration_id::key(id)) {
-            return Err(ApiError::new(
-                codes::BULK_INVALID,
-                format!("bulk operation names '{id}' more than once"),
-            ));
+            return Err(BulkInvalid::Duplicate(id.clone()));
         }
     }
     Ok(())
 }
 
 /// IoT Hub device-id rules: ≤128 ASCII letters, digits and `- . % _ * ? ! ( ) , : = @ $ '`.
-fn validate_device_id(id: &str) -> Result<(), ApiError> {
+fn validate_device_id(id: &str) -> Result<(), InvalidArgument> {
     let ok = id.len() <= 128
         && id
             .chars()
@@ -720,8 +695,6 @@ fn validate_device_id(id: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!(
-            "deviceId '{id}' is not a valid IoT Hub device id (at most 128 letters, digits and - . % _ * ? ! ( ) , : = @ $ ')"
-        )))
+        Err(InvalidArgument::DeviceId(id.to_string()))
     }
 }

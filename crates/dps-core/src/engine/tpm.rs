@@ -25,24 +25,20 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
-use dps_proto::codes;
 use dps_proto::keys::encode_key;
 use dps_proto::model::device::{DeviceRegistration, TpmChallenge};
 use dps_proto::model::service::{AttestationType, IndividualEnrollment, TpmRegistrationResult};
 use dps_proto::registration_id;
 use dps_proto::sas::SasToken;
 use dps_tpm::RsaPublic;
-use rand::RngCore;
 use zeroize::Zeroizing;
 
-use super::device::{Attested, Credential, DeviceRequest, Matched};
+use super::attestation::{check_body_id, sas_refused, Attested, DeviceRequest, Matched, CHALLENGE_TTL_SECS};
 use super::Engine;
+use crate::error::{Error, TpmRefusal};
 use crate::hub::DeviceAuth;
-use crate::ApiError;
+use crate::random::{Random, RngOf};
 
-/// How long a challenge can be answered. Generous for a TPM (activation and import take well
-/// under a second) and slow networks, short enough that few keys are held.
-pub const CHALLENGE_TTL_SECS: i64 = 300;
 /// Challenges kept per registration; the oldest goes first. More than one, so a device retrying
 /// (or a second request racing it) does not invalidate the challenge another attempt is using.
 const MAX_OUTSTANDING: usize = 4;
@@ -57,9 +53,9 @@ const KEY_LEN: usize = 32;
 pub(crate) struct SecretKey(Zeroizing<[u8; KEY_LEN]>);
 
 impl SecretKey {
-    fn random() -> Self {
+    fn random(random: &dyn Random) -> Self {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        rand::thread_rng().fill_bytes(k.as_mut());
+        random.fill(k.as_mut());
         Self(k)
     }
 
@@ -139,33 +135,17 @@ impl ChallengeCache {
     }
 }
 
-/// A TPM register request over a transport that has no challenge step. HTTPS (and AMQP) route
-/// the unauthenticated request to [`Engine::tpm_challenge`], so only MQTT gets here — where the
-/// device SDKs do not offer TPM either.
-pub(super) fn refuse_without_challenge(req: &DeviceRequest, body: &DeviceRegistration) -> Result<(), ApiError> {
-    if req.credential == Credential::None && body.tpm.is_some() {
-        return Err(ApiError::new(
-            codes::TPM_TRANSPORT_UNSUPPORTED,
-            "TPM attestation is supported over HTTPS (and AMQP), not MQTT: the TPM challenge needs the HTTPS register request without Authorization",
-        ));
-    }
-    Ok(())
-}
-
 /// Decodes a base64 `TPM2B_PUBLIC` the device sent.
-fn decode_device_key(b64: &str, field: &str) -> Result<Vec<u8>, ApiError> {
-    B64.decode(b64.trim())
-        .map_err(|_| ApiError::invalid(format!("tpm.{field} is not valid base64")))
+fn decode_device_key(b64: &str, field: &'static str) -> Result<Vec<u8>, TpmRefusal> {
+    B64.decode(b64.trim()).map_err(|_| TpmRefusal::KeyEncoding { field })
 }
 
 /// The EK and SRK an enrollment names (validated when it was written).
-fn enrolled_keys(e: &IndividualEnrollment) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+fn enrolled_keys(e: &IndividualEnrollment) -> Result<(Vec<u8>, Option<Vec<u8>>), TpmRefusal> {
     let tpm = e.attestation.tpm.as_ref();
-    let broken = |what: &str| {
-        ApiError::internal(format!(
-            "individual enrollment '{}' has no valid {what}; update the enrollment",
-            e.registration_id
-        ))
+    let broken = |key: &'static str| TpmRefusal::EnrollmentBroken {
+        registration_id: e.registration_id.clone(),
+        key,
     };
     let ek = tpm
         .and_then(|t| t.endorsement_key.as_deref())
@@ -179,10 +159,10 @@ fn enrolled_keys(e: &IndividualEnrollment) -> Result<(Vec<u8>, Option<Vec<u8>>),
 }
 
 /// The base64 activation blob carrying `key` for the TPM with `ek` and `srk`.
-fn wrap(ek: &[u8], srk: &[u8], key: &SecretKey) -> Result<String, ApiError> {
-    let blob = dps_tpm::wrap_key(ek, srk, key.bytes(), &mut rand::thread_rng())
+fn wrap(random: &dyn Random, ek: &[u8], srk: &[u8], key: &SecretKey) -> Result<String, TpmRefusal> {
+    let blob = dps_tpm::wrap_key(ek, srk, key.bytes(), &mut RngOf(random))
         .and_then(|b| b.to_bytes())
-        .map_err(|e| ApiError::invalid(format!("cannot build the TPM activation blob: {e}")))?;
+        .map_err(TpmRefusal::ActivationBlob)?;
     Ok(B64.encode(blob))
 }
 
@@ -190,7 +170,8 @@ impl Engine {
     /// The first, unauthenticated step of TPM attestation: checks the device's EK (and SRK)
     /// against its individual enrollment and answers the activation blob of a new challenge key,
     /// which the transport sends as the HTTP 401 body (device-protocol.md §7.2; the AMQP SASL
-    /// `TPM` mechanism carries the same blob).
+    /// `TPM` mechanism carries the same blob). [`Engine::register`] answers a register request
+    /// without a credential that carries TPM keys with it ([`super::Registered::TpmChallenge`]).
     ///
     /// A disabled enrollment still gets a challenge: the registration that follows reports
     /// `disabled`, as for every other attestation.
@@ -199,32 +180,23 @@ impl Engine {
         now: DateTime<Utc>,
         req: &DeviceRequest,
         body: &DeviceRegistration,
-    ) -> Result<TpmChallenge, ApiError> {
+    ) -> Result<TpmChallenge, Error> {
         self.admit(now, req)?;
-        super::device::check_body_id(req, body)?;
-        let keys = body.tpm.as_ref().ok_or_else(|| {
-            ApiError::invalid(
-                "a TPM challenge needs the device's keys in the body: {\"tpm\":{\"endorsementKey\":\"<base64 TPM2B_PUBLIC>\",\"storageRootKey\":\"<base64 TPM2B_PUBLIC>\"}}",
-            )
-        })?;
+        check_body_id(req, body)?;
+        let keys = body.tpm.as_ref().ok_or(TpmRefusal::KeysMissing)?;
         let ek = decode_device_key(&keys.endorsement_key, "endorsementKey")?;
         let srk = match keys.storage_root_key.as_deref() {
             Some(k) if !k.trim().is_empty() => decode_device_key(k, "storageRootKey")?,
-            _ => {
-                return Err(ApiError::invalid(
-                    "tpm.storageRootKey is required: the challenge is bound to the device's storage root key",
-                ))
-            }
+            _ => return Err(TpmRefusal::StorageRootKeyMissing.into()),
         };
         // One refusal for every mismatch (no enrollment, another attestation, another EK or
         // SRK): whoever asks without a credential learns only whether these exact keys are
         // enrolled under this id, which the holder of the TPM knows anyway.
         let refuse = |why: &str| {
             tracing::info!(registration = %req.registration_id, reason = why, "TPM challenge refused");
-            ApiError::unauthorized(format!(
-                "no TPM individual enrollment for registration '{}' has the endorsement key and storage root key sent; TPM devices need an individual enrollment with their endorsement key (enrollment groups do not support TPM)",
-                req.registration_id
-            ))
+            Error::from(TpmRefusal::NotEnrolled {
+                registration_id: req.registration_id.clone(),
+            })
         };
         let e = self
             .store
@@ -244,9 +216,10 @@ impl Engine {
         if enrolled_srk.as_ref().is_some_and(|s| *s != srk) {
             return Err(refuse("another storage root key"));
         }
-        RsaPublic::storage_root_key(&srk).map_err(|e| ApiError::invalid(format!("tpm.storageRootKey: {e}")))?;
-        let key = SecretKey::random();
-        let authentication_key = wrap(&ek, &srk, &key)?;
+        RsaPublic::storage_root_key(&srk).map_err(TpmRefusal::StorageRootKey)?;
+        let random = self.random.as_ref();
+        let key = SecretKey::random(random);
+        let authentication_key = wrap(random, &ek, &srk, &key)?;
         self.tpm.insert(
             now,
             registration_id::key(&req.registration_id),
@@ -275,19 +248,19 @@ impl Engine {
         req: &DeviceRequest,
         token: &SasToken,
         e: IndividualEnrollment,
-    ) -> Result<Attested, ApiError> {
+    ) -> Result<Attested, Error> {
         // Both refusals read like any other unmatched SAS token: a distinct answer would tell
         // an unauthenticated caller that this id has a TPM enrollment.
         let challenge = match self.tpm.take(now, &registration_id::key(&req.registration_id), token) {
             Taken::Challenge(c) => c,
             Taken::None => {
-                return Err(super::device::sas_refused(
+                return Err(sas_refused(
                     req,
                     "TPM enrollment with no outstanding challenge (never asked, expired, or used)",
                 ))
             }
             Taken::NoMatch => {
-                return Err(super::device::sas_refused(
+                return Err(sas_refused(
                     req,
                     "TPM enrollment: not signed by the key of an outstanding challenge",
                 ))
@@ -295,13 +268,14 @@ impl Engine {
         };
         let (ek, srk) = enrolled_keys(&e)?;
         if ek != challenge.ek || srk.is_some_and(|s| s != challenge.srk) {
-            return Err(ApiError::unauthorized(format!(
-                "the TPM keys of individual enrollment '{}' changed after the challenge was issued; request a new challenge",
-                e.registration_id
-            )));
+            return Err(TpmRefusal::KeysChanged {
+                registration_id: e.registration_id,
+            }
+            .into());
         }
-        let (primary, secondary) = (SecretKey::random(), SecretKey::random());
-        let authentication_key = wrap(&challenge.ek, &challenge.srk, &primary)?;
+        let random = self.random.as_ref();
+        let (primary, secondary) = (SecretKey::random(random), SecretKey::random(random));
+        let authentication_key = wrap(random, &challenge.ek, &challenge.srk, &primary)?;
         Ok(Attested {
             matched: Matched::Individual(Box::new(e)),
             attestation: AttestationType::Tpm,
@@ -321,7 +295,7 @@ mod tests {
 
     #[test]
     fn keys_are_redacted() {
-        let k = SecretKey::random();
+        let k = SecretKey::random(&crate::SystemRandom);
         assert_eq!(format!("{k:?}"), "SecretKey(<redacted>)");
         let c = Challenge {
             key: k,

@@ -14,11 +14,11 @@
 use chrono::{DateTime, Utc};
 use dps_proto::model::service::{AttestationType, X509CertificateInfo, X509RegistrationResult};
 
-use super::device::{Attested, DeviceRequest, Matched};
+use super::attestation::{Attested, DeviceRequest, Matched};
 use super::groups::{anchors_of, Anchor};
 use super::Engine;
+use crate::error::{Error, X509Refusal};
 use crate::hub::DeviceAuth;
-use crate::ApiError;
 
 impl Engine {
     pub(super) async fn attest_x509(
@@ -26,37 +26,32 @@ impl Engine {
         now: DateTime<Utc>,
         req: &DeviceRequest,
         chain: &[Vec<u8>],
-    ) -> Result<Attested, ApiError> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| ApiError::unauthorized("no client certificate was presented"))?;
-        let summary = dps_pki::info::summarize(leaf)
-            .map_err(|e| ApiError::unauthorized(format!("the device certificate cannot be parsed: {e}")))?;
-        let cn = summary.common_name.clone().ok_or_else(|| {
-            ApiError::unauthorized(format!(
-                "device certificate '{}' has no common name (CN)",
-                summary.subject_name
-            ))
+    ) -> Result<Attested, Error> {
+        let leaf = chain.first().ok_or(X509Refusal::NoCertificate)?;
+        let summary = dps_pki::info::summarize(leaf).map_err(X509Refusal::Unparsable)?;
+        let cn = summary.common_name.clone().ok_or_else(|| X509Refusal::NoCommonName {
+            subject: summary.subject_name.clone(),
         })?;
         if !cn.eq_ignore_ascii_case(&req.registration_id) {
-            return Err(ApiError::unauthorized(format!(
-                "device certificate CN '{cn}' does not match registration id '{}'",
-                req.registration_id
-            )));
+            return Err(X509Refusal::CommonNameMismatch {
+                common_name: cn,
+                registration_id: req.registration_id.clone(),
+            }
+            .into());
         }
         if now < summary.not_before {
-            return Err(ApiError::unauthorized(format!(
-                "device certificate '{}' is not valid before {}",
-                summary.subject_name,
-                dps_proto::timefmt::format_seconds(&summary.not_before)
-            )));
+            return Err(X509Refusal::NotYetValid {
+                subject: summary.subject_name.clone(),
+                not_before: summary.not_before,
+            }
+            .into());
         }
         if now > summary.not_after {
-            return Err(ApiError::unauthorized(format!(
-                "device certificate '{}' expired at {}",
-                summary.subject_name,
-                dps_proto::timefmt::format_seconds(&summary.not_after)
-            )));
+            return Err(X509Refusal::Expired {
+                subject: summary.subject_name.clone(),
+                not_after: summary.not_after,
+            }
+            .into());
         }
         let info = crate::x509::info_of(&summary);
         let hub_auth = DeviceAuth::SelfSigned {
@@ -70,10 +65,11 @@ impl Engine {
         // answer, which says nothing about which enrollments, groups or CAs exist.
         let not_enrolled = |why: &str| {
             tracing::info!(registration = %req.registration_id, reason = why, "device certificate refused");
-            ApiError::unauthorized(format!(
-                "device certificate '{}' (SHA-256 {}) is not enrolled for registration '{}': it is not the certificate of an individual enrollment, and its chain reaches no enrolled signing certificate or verified CA certificate",
-                summary.subject_name, summary.sha256_thumbprint, req.registration_id
-            ))
+            Error::from(X509Refusal::NotEnrolled {
+                subject: summary.subject_name.clone(),
+                sha256: summary.sha256_thumbprint.clone(),
+                registration_id: req.registration_id.clone(),
+            })
         };
         if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
             if e.attestation.kind != AttestationType::X509 {
@@ -156,7 +152,7 @@ impl Engine {
 enum ChainRefusal {
     /// Only about what the device itself sent (its certificate's validity, usage, parse errors,
     /// chain length): safe and useful to tell it.
-    Presented(ApiError),
+    Presented(Error),
     /// The walk stopped at a missing or non-matching issuer (or one whose signature algorithm
     /// cannot be checked), or at an unenrolled root: telling which would reveal whether a CA
     /// with a given name is enrolled. Failures past a verified signature stay `Presented`: only
@@ -165,7 +161,7 @@ enum ChainRefusal {
 }
 
 impl ChainRefusal {
-    fn refusal(self, not_enrolled: &dyn Fn(&str) -> ApiError) -> ApiError {
+    fn refusal(self, not_enrolled: &dyn Fn(&str) -> Error) -> Error {
         match self {
             ChainRefusal::Presented(e) => e,
             ChainRefusal::NotEnrolled(why) => not_enrolled(&why),
@@ -193,7 +189,7 @@ fn verify_chain<'a>(
             C::UnknownIssuer { .. } | C::BadSignature { .. } | C::UnsupportedSignature { .. } | C::NoAnchor { .. } => {
                 ChainRefusal::NotEnrolled(format!("certificate chain rejected: {e}"))
             }
-            other => ChainRefusal::Presented(ApiError::unauthorized(format!("certificate chain rejected: {other}"))),
+            other => ChainRefusal::Presented(X509Refusal::Chain(other).into()),
         }
     })?;
     let top = path.top();
@@ -205,11 +201,13 @@ fn verify_chain<'a>(
 }
 
 /// A CA reference counts only once proof of possession is done.
-fn check_verified(anchor: &Anchor, whose: &str) -> Result<(), ApiError> {
+fn check_verified(anchor: &Anchor, whose: &str) -> Result<(), Error> {
     match &anchor.ca_reference {
-        Some((name, false)) => Err(ApiError::unauthorized(format!(
-            "CA certificate '{name}' referenced by {whose} is not verified; complete proof of possession first"
-        ))),
+        Some((name, false)) => Err(X509Refusal::CaNotVerified {
+            ca: name.clone(),
+            referenced_by: whose.to_string(),
+        }
+        .into()),
         _ => Ok(()),
     }
 }

@@ -138,6 +138,24 @@ pub fn sym(primary: Option<&str>, secondary: Option<&str>) -> dps_proto::model::
     }
 }
 
+/// An individual enrollment with TPM attestation for this endorsement key (no SRK named).
+#[allow(dead_code)] // not every test binary enrolls a TPM
+pub fn tpm_enrollment(endorsement_key: &[u8]) -> dps_proto::model::service::IndividualEnrollment {
+    use base64::Engine as _;
+    use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, TpmAttestation};
+    IndividualEnrollment {
+        attestation: AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: Some(base64::engine::general_purpose::STANDARD.encode(endorsement_key)),
+                storage_root_key: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// A device request for `reg` in [`SCOPE`] carrying `credential`.
 pub fn device_request(reg: &str, credential: dps_core::Credential) -> dps_core::DeviceRequest {
     dps_core::DeviceRequest {
@@ -177,15 +195,16 @@ pub fn exp() -> u64 {
 pub async fn register_and_poll(
     e: &Engine,
     req: &dps_core::DeviceRequest,
-) -> Result<dps_proto::model::device::RegistrationOperationStatus, dps_core::ApiError> {
+) -> Result<dps_proto::model::device::RegistrationOperationStatus, dps_core::Error> {
     use dps_proto::model::service::RegistrationStatus;
     let r = e
         .register(now(), req, &dps_proto::model::device::DeviceRegistration::default())
         .await?;
-    assert_eq!(r.status, 202);
-    assert_eq!(r.body.status, RegistrationStatus::Assigning);
-    assert_eq!(r.body.registration_state.registration_id, req.registration_id);
-    let p = e.operation_status(now(), req, &r.body.operation_id).await?;
+    assert_eq!(r.status(), 202);
+    let op = r.operation().expect("a register with a credential answers an operation");
+    assert_eq!(op.status, RegistrationStatus::Assigning);
+    assert_eq!(op.registration_state.registration_id, req.registration_id);
+    let p = e.operation_status(now(), req, &op.operation_id).await?;
     assert_eq!(p.status, 200);
     Ok(p.body)
 }

@@ -60,7 +60,7 @@ pub(crate) struct RequestClock {
 
 impl RequestClock {
     /// A clock for a connection whose requests get `timeout` each.
-    pub fn new(timeout: Duration) -> Arc<Self> {
+    pub(super) fn new(timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             base: Instant::now(),
             timeout,
@@ -103,7 +103,7 @@ impl RequestClock {
     /// hyper parsed a request's headers: returns when its first byte arrived (now, when its bytes
     /// came in with the previous request's), for the body deadline. The returned guard marks the
     /// connection idle again when the service is done with the request (or dropped).
-    pub fn begin(self: &Arc<Self>) -> (Instant, InService) {
+    pub(super) fn begin(self: &Arc<Self>) -> (Instant, InService) {
         let was = self.request.swap(IN_SERVICE, Ordering::Relaxed);
         let started = if was == IDLE || was == IN_SERVICE {
             Instant::now()
@@ -114,7 +114,7 @@ impl RequestClock {
     }
 
     /// Resolves when a request's headers, or a blocked write, outlive the timeout.
-    pub async fn expired(&self) -> Expired {
+    pub(super) async fn expired(&self) -> Expired {
         loop {
             let notified = self.started.notified();
             let request = self.request.load(Ordering::Relaxed);
@@ -169,7 +169,7 @@ pub(crate) struct Timed<S> {
 
 impl<S> Timed<S> {
     /// Wraps `inner`.
-    pub fn new(inner: S, clock: Arc<RequestClock>) -> Self {
+    pub(super) fn new(inner: S, clock: Arc<RequestClock>) -> Self {
         Self { inner, clock }
     }
 }

@@ -1,10 +1,11 @@
 //! Device API over HTTPS (device-protocol.md §3): register, operation status, registration
 //! status lookup. Authentication is judged by the engine: a SAS token from `Authorization`, else
-//! the TLS client certificate, else nothing — which, on a register request carrying TPM keys, is
-//! the TPM challenge request (§7.2).
+//! the TLS client certificate, else nothing — which, on a register request carrying TPM keys, the
+//! engine answers with the TPM challenge (§7.2), sent here as a 401 with the activation blob.
 
+use crate::ApiError;
 use axum::response::Response;
-use dps_core::{ApiError, Credential, DeviceRequest, DeviceResponse};
+use dps_core::{Credential, DeviceRequest, DeviceResponse, Registered};
 use dps_proto::model::device::DeviceRegistration;
 use http::StatusCode;
 
@@ -17,14 +18,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         Route::Register { scope, registration_id } => {
             let body = registration_body(ctx).await?;
             let req = request(ctx, scope, registration_id)?;
-            // device-protocol.md §7.2: a register request without credentials that carries TPM
-            // keys asks for the TPM challenge, answered as 401 with the activation blob.
-            if req.credential == Credential::None && body.tpm.is_some() {
-                let challenge = engine.tpm_challenge(ctx.now, &req, &body).await?;
-                return Ok(json_response(StatusCode::UNAUTHORIZED, &challenge));
-            }
-            let resp = engine.register(ctx.now, &req, &body).await?;
-            Ok(device_response(resp))
+            Ok(registered(engine.register(ctx.now, &req, &body).await?))
         }
         Route::OperationStatus {
             scope,
@@ -72,6 +66,17 @@ fn request(ctx: &Ctx<'_>, id_scope: String, registration_id: String) -> Result<D
         credential,
         api_version: ctx.query.get("api-version").map(str::to_string),
     })
+}
+
+/// A register outcome as HTTPS answers it: the operation status (202 with `retry-after`, or
+/// 200), or the TPM challenge as a 401 whose body is the challenge.
+fn registered(r: Registered) -> Response {
+    let status = StatusCode::from_u16(r.status()).unwrap_or(StatusCode::OK);
+    let mut resp = json_response(status, &r);
+    if let Some(secs) = r.retry_after() {
+        set_header(&mut resp, "retry-after", &secs.to_string());
+    }
+    resp
 }
 
 fn device_response(r: DeviceResponse) -> Response {

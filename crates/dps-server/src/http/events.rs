@@ -17,10 +17,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ApiError;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
-use dps_core::ApiError;
 use dps_hub::{Hub, TelemetryMessage};
 use dps_proto::model::device::to_ascii_json;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -31,9 +31,9 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use super::{parse_count, Ctx};
 
 /// Content type of the stream.
-pub const NDJSON: &str = "application/x-ndjson";
+pub(super) const NDJSON: &str = "application/x-ndjson";
 /// Idle time after which a blank line is sent.
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events fetched from the retention ring per step while catching up.
 const CATCH_UP_PAGE: usize = 256;
 

@@ -6,7 +6,7 @@
 //! rebinding, a misrouted proxy — is refused with a message that names the accepted ones instead
 //! of being served.
 
-use dps_core::ApiError;
+use crate::ApiError;
 
 /// The names a SAS audience may start with: each of `names` as is and with `:port` (SDKs put
 /// `host:port` in a connection string's HostName, and sign it, when the port is not 443).

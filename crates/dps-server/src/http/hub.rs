@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
+use crate::ApiError;
 use axum::response::Response;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
-use dps_core::ApiError;
 use dps_hub::{MethodError, RegistryError};
 use dps_proto::codes;
 use dps_proto::model::hub::{Device, Twin};

@@ -27,13 +27,14 @@ pub mod websocket;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use dps_core::{ApiError, Engine};
+use dps_core::Engine;
 use dps_proto::codes;
 use dps_proto::model::device::to_ascii_json;
 use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -204,7 +205,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
                 codes::METHOD_NOT_ALLOWED,
                 format!("method {method} is not allowed on {path}; allowed: {list}"),
             );
-            let mut resp = error_response(&e, now);
+            let mut resp = error_response(&e, now, services.engine.tracking_id());
             if let Ok(v) = HeaderValue::from_str(&list) {
                 resp.headers_mut().insert(ALLOW, v);
             }
@@ -229,7 +230,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
             } else {
                 tracing::info!(%method, %path, status = e.status, code = e.code, "request refused: {}", e.message);
             }
-            error_response(&e, now)
+            error_response(&e, now, services.engine.tracking_id())
         }
     }
 }
@@ -248,7 +249,7 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// A header as text; `None` when absent, empty, or not visible ASCII.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -257,7 +258,7 @@ impl Ctx<'_> {
     }
 
     /// `If-Match`, raw.
-    pub fn if_match(&self) -> Option<&str> {
+    pub(crate) fn if_match(&self) -> Option<&str> {
         self.header("if-match")
     }
 
@@ -265,7 +266,7 @@ impl Ctx<'_> {
     /// answering `408` when it is not all in within `limits.request_timeout` of the request's
     /// first byte (the response then closes the connection: the rest of the body is unread).
     /// A second call returns an empty body.
-    pub async fn body(&mut self) -> Result<Bytes, ApiError> {
+    pub(crate) async fn body(&mut self) -> Result<Bytes, ApiError> {
         let Some(body) = self.body.take() else {
             return Ok(Bytes::new());
         };
@@ -316,13 +317,16 @@ impl Ctx<'_> {
     }
 
     /// Parses the body as JSON of type `T`; malformed JSON is a 400 with serde's message.
-    pub async fn json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T, ApiError> {
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T, ApiError> {
         let body = self.body().await?;
         parse_json(&body, what)
     }
 
     /// Parses the body as JSON of type `T` when it is not blank; `None` for an empty body.
-    pub async fn optional_json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<Option<T>, ApiError> {
+    pub(crate) async fn optional_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        what: &str,
+    ) -> Result<Option<T>, ApiError> {
         let body = self.body().await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
@@ -334,7 +338,7 @@ impl Ctx<'_> {
     /// SAS audience must be one of `names` (the server's own host names for this API, never the
     /// client's `Host` header), with or without the HTTPS port, or a resource under one of them
     /// that covers the route's canonical resource path ([`Route::audience_path`]).
-    pub fn authorize<'n>(
+    pub(crate) fn authorize<'n>(
         &self,
         authorizer: &dps_core::auth::PolicyAuthorizer,
         names: impl IntoIterator<Item = &'n str>,
@@ -351,6 +355,7 @@ impl Ctx<'_> {
                 rights,
             )
             .map(|_| ())
+            .map_err(ApiError::from)
     }
 }
 
@@ -466,9 +471,9 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: &str) {
 
 /// The error response: status, `ApiError::details` body, `x-ms-error-code`, and `retry-after`
 /// when the error says when to retry (429).
-pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>) -> Response {
+pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>, tracking_id: String) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, &e.details(now));
+    let mut resp = json_response(status, &e.details(now, tracking_id));
     set_header(&mut resp, "x-ms-error-code", &e.code.to_string());
     if let Some(secs) = e.retry_after {
         set_header(&mut resp, "retry-after", &secs.to_string());

@@ -3,8 +3,9 @@
 //! Authorized by the DPS shared-access policies; status codes exactly as the Python SDKs expect
 //! (PUT 200, DELETE 204, everything else 200).
 
+use crate::ApiError;
 use axum::response::Response;
-use dps_core::{ApiError, Page};
+use dps_core::Page;
 use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
 use dps_proto::model::service::{
     BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup, IndividualEnrollment, QuerySpecification,

@@ -14,11 +14,11 @@
 
 use std::sync::Arc;
 
+use crate::ApiError;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use base64::Engine as _;
-use dps_core::ApiError;
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };

@@ -1,7 +1,8 @@
 //! The DPS device endpoint over MQTT: a thin adapter that turns publishes into engine calls and
 //! engine results into response publishes (device-protocol.md §2).
 
-use dps_core::{ApiError, Authenticated, Credential, DeviceRequest, DeviceResponse};
+use crate::ApiError;
+use dps_core::{Authenticated, Credential, DeviceRequest};
 use dps_proto::dps_mqtt::{response_topic, topic_rid, DpsRequestTopic, DpsUsername, RESPONSE_FILTER};
 use dps_proto::model::device::{to_ascii_json, DeviceRegistration};
 use rumqttc::mqttbytes::v4::{
@@ -15,7 +16,7 @@ use super::framed::{FrameError, Framed};
 use crate::Services;
 
 /// A DPS connection whose CONNECT was accepted.
-pub struct Session {
+pub(super) struct Session {
     request: DeviceRequest,
     authenticated: Authenticated,
     keep_alive: u16,
@@ -25,7 +26,7 @@ pub struct Session {
 /// user name (with a supported `api-version`), the client id (the registration id), and the
 /// credential — the SAS in the password or the TLS client certificate, checked by the engine.
 /// `Err` is the CONNACK code to refuse with; the reason is logged at info.
-pub async fn accept(
+pub(super) async fn accept(
     services: &Services,
     connect: &Connect,
     user: DpsUsername,
@@ -65,7 +66,7 @@ pub async fn accept(
         Err(e) => {
             // Debug formatting: the id and the message carry client-chosen text, which must not
             // forge log lines.
-            tracing::info!(registration = ?request.registration_id, code = e.code, error = ?e.message, "DPS connection refused: not authorized");
+            tracing::info!(registration = ?request.registration_id, code = e.code(), error = ?e.to_string(), "DPS connection refused: not authorized");
             Err(ConnectReturnCode::NotAuthorized)
         }
     }
@@ -75,7 +76,7 @@ pub async fn accept(
 /// for 1.5 × its keep-alive, breaks the protocol, or `deadline` (the DPS session limit) passes.
 /// Requests are answered in order (the C SDK ignores `$rid` and keeps one request in flight),
 /// each response published at QoS 1 (C# always PUBACKs).
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Framed<S>,
     services: &Services,
     session: Session,
@@ -160,7 +161,7 @@ async fn handle_publish(
             tracing::info!(registration = %request.registration_id, error = %err, "bad DPS topic");
             return (
                 response_topic(err.status, &topic_rid(&p.topic), None),
-                to_ascii_json(&err.details(now)),
+                to_ascii_json(&err.details(now, services.engine.tracking_id())),
             );
         }
     };
@@ -174,25 +175,32 @@ async fn handle_publish(
                 services.config.max_message_bytes
             ),
         );
-        return (response_topic(err.status, &rid, None), to_ascii_json(&err.details(now)));
+        return (
+            response_topic(err.status, &rid, None),
+            to_ascii_json(&err.details(now, services.engine.tracking_id())),
+        );
     }
-    let result: Result<DeviceResponse, ApiError> = match &topic {
+    // (status, retry-after, payload) of the answer.
+    let result: Result<(u16, Option<u32>, Vec<u8>), ApiError> = match &topic {
         DpsRequestTopic::Register { .. } => match DeviceRegistration::parse(&p.payload) {
-            Ok(body) => {
-                services
-                    .engine
-                    .register_authenticated(now, request, authenticated, &body)
-                    .await
-            }
+            Ok(body) => services
+                .engine
+                .register_authenticated(now, request, authenticated, &body)
+                .await
+                .map(|r| (r.status(), r.retry_after(), to_ascii_json(&r)))
+                .map_err(ApiError::from),
             Err(e) => Err(ApiError::bad_body(e.to_string())),
         },
         // Poll payloads are junk by design (" ", the register JSON, nothing): ignore them.
-        DpsRequestTopic::OperationStatus { operation_id, .. } => {
-            services.engine.operation_status(now, request, operation_id).await
-        }
+        DpsRequestTopic::OperationStatus { operation_id, .. } => services
+            .engine
+            .operation_status(now, request, operation_id)
+            .await
+            .map(|r| (r.status, r.retry_after, to_ascii_json(&r.body)))
+            .map_err(ApiError::from),
     };
     match result {
-        Ok(r) => (response_topic(r.status, &rid, r.retry_after), to_ascii_json(&r.body)),
+        Ok((status, retry_after, payload)) => (response_topic(status, &rid, retry_after), payload),
         Err(err) => {
             // Throttling is summarized by the engine's quotas: a line per 429 would flood the log.
             if err.status == 429 {
@@ -202,7 +210,7 @@ async fn handle_publish(
             }
             (
                 response_topic(err.status, &rid, err.retry_after),
-                to_ascii_json(&err.details(now)),
+                to_ascii_json(&err.details(now, services.engine.tracking_id())),
             )
         }
     }

@@ -17,7 +17,7 @@ use super::framed::{FrameError, Framed};
 use crate::Services;
 
 /// Serves one hub device connection.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Framed<S>,
     services: &Services,
     connect: Connect,

@@ -201,7 +201,7 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
                 .or_backend()?
                 .execute(params![key, None::<String>, None::<String>, "{}"])
                 .or_backend()?;
-            return Err(StoreError::Backend("injected failure".into()));
+            return Err(StoreError::backend("injected failure"));
         }
         #[cfg(test)]
         Op::PoisonCommit => {

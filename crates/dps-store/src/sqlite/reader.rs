@@ -141,7 +141,7 @@ pub(crate) trait Decode: BackendError {
 
 impl Decode for StoreError {
     fn undecodable(table: &str, key: &str, e: serde_json::Error) -> Self {
-        StoreError::Backend(format!("stored document '{key}' in {table} does not decode: {e}"))
+        StoreError::backend(format!("stored document '{key}' in {table} does not decode: {e}"))
     }
 }
 
@@ -273,7 +273,7 @@ pub(crate) fn count_registrations(conn: &Connection) -> Result<u64, StoreError> 
         .or_backend()?
         .query_row([], |r| r.get(0))
         .or_backend()?;
-    u64::try_from(n).map_err(|_| StoreError::Backend(format!("negative count {n}")))
+    u64::try_from(n).map_err(|_| StoreError::backend(format!("negative count {n}")))
 }
 
 /// A page size as SQL's `LIMIT` takes it.
