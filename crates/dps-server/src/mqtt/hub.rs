@@ -57,6 +57,8 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let code = match e {
                 AuthError::DeviceDisabled { .. } => ConnectReturnCode::ServiceUnavailable,
                 AuthError::NotAuthorized { .. } => ConnectReturnCode::NotAuthorized,
+                // A refusal this server version does not know: not authorized, the safe answer.
+                _ => ConnectReturnCode::NotAuthorized,
             };
             return io.send(&connack(code)).await;
         }
