@@ -43,6 +43,7 @@ pub enum HubStoreError {
 /// Why a registry operation (`/devices/{id}`, `/twins/{id}`) failed. The server maps these to
 /// HTTP statuses (404, 412, 400, 500).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// No device with this id exists in the hub.
     #[error("device '{device_id}' not found")]
@@ -80,6 +81,7 @@ pub enum RegistryError {
 /// [`AuthError::NotAuthorized`] and CONNACK 3 for [`AuthError::DeviceDisabled`] (the C SDK reports
 /// 3 as "device disabled"), and logs the Display text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// Bad or missing credentials, unknown device, wrong host, unsupported identity kind; the
     /// reason says exactly which (expired token, wrong key, wrong audience, ...).
@@ -110,6 +112,7 @@ pub enum AuthError {
 
 /// Why a device session refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The session is no longer the device's live session: a newer connection replaced it, the
     /// device was deleted or disabled, or the session was closed. The server should disconnect.
@@ -147,6 +150,7 @@ pub enum SessionError {
 /// Why a direct-method invocation failed. Azure answers 404 `DeviceNotOnline` and 504
 /// `GatewayTimeout` for the first two.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MethodError {
     /// The device exists but has no live session subscribed to `$iothub/methods/POST/#`.
     #[error("device '{device_id}' is not online (no connection subscribed to direct methods)")]
@@ -186,6 +190,7 @@ pub enum MethodError {
 
 /// Why a cloud-to-device message was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum C2dError {
     /// No device with this id exists in the hub.
     #[error("device '{device_id}' not found")]

@@ -62,6 +62,7 @@ pub const HUB: &[&str] = &[
 
 /// Why an `api-version` was refused; the message names what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiVersionError {
     /// No `api-version` was sent where one is required.
     #[error("the api-version query parameter is required; supported versions: {}", .supported.join(", "))]

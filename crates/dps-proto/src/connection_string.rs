@@ -18,6 +18,7 @@ pub struct ConnectionString {
 
 /// Why a connection string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectionStringError {
     /// A `;`-separated part had no `=`.
     #[error("connection string part '{0}' is not key=value")]

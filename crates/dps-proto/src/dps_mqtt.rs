@@ -24,6 +24,7 @@ pub struct DpsUsername {
 
 /// Why a DPS username or topic was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TopicError {
     /// The username does not have the `{scope}/registrations/{id}/...` shape.
     #[error("username '{0}' is not '{{idScope}}/registrations/{{registrationId}}/api-version=...'")]

@@ -72,6 +72,7 @@ pub enum HubPublish {
 
 /// Why a device publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HubTopicError {
     /// Telemetry topic for another device.
     #[error("device '{device}' may not publish on '{topic}'")]

@@ -15,6 +15,7 @@ pub fn derive_device_key(group_key_b64: &str, registration_id: &str) -> Option<S
 
 /// Why a user-supplied symmetric key is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// Not valid base64.
     #[error("key is not valid base64")]

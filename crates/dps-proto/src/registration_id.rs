@@ -2,6 +2,7 @@
 
 /// Why a registration id (or enrollment-group id) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdError {
     /// Empty string.
     #[error("id is empty")]

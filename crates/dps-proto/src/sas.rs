@@ -24,6 +24,7 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(
 /// Why a SAS token was rejected. Messages are shown to the device or operator, so they say what
 /// was wrong without revealing key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SasError {
     /// The header or password did not start with `SharedAccessSignature ` or a field was not `k=v`.
     #[error("malformed shared access signature: {0}")]

@@ -98,6 +98,7 @@ impl fmt::Display for Section {
 /// path, e.g. `properties.reported.a.b`), so the client learns exactly what to fix. IoT Hub
 /// answers all of them with 400 `ArgumentInvalid` (400004).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TwinLimitError {
     /// A section (or the `properties` holder of `initialTwin`) is not a JSON object.
     #[error("{field} must be a JSON object, got {found}")]

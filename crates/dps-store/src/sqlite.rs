@@ -37,6 +37,7 @@ use writer::Writer;
 
 /// Why [`SqliteStore::open`] failed. Nothing is left half-done: a failed migration is rolled back.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
     /// The directory that should hold the database could not be created (permissions, a file in
     /// the way, a read-only filesystem).

@@ -3,6 +3,7 @@
 
 /// Why TPM data was refused or a blob could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TpmError {
     /// The bytes end before a structure is complete.
     #[error("{what} is truncated: needs {needed} more byte(s) at offset {offset}")]

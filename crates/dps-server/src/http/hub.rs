@@ -182,6 +182,8 @@ fn registry_error(e: RegistryError) -> ApiError {
         // IoT Hub's 400 ArgumentInvalid for twins that break its rules.
         RegistryError::TwinInvalid(e) => ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string()),
         RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
+        // A cause this server version does not know (the enum is non-exhaustive): a failure.
+        other => ApiError::internal(format!("hub: {other}")),
     }
 }
 
@@ -193,5 +195,7 @@ fn method_error(e: MethodError) -> ApiError {
         MethodError::Timeout { .. } => ApiError::new(codes::METHOD_TIMEOUT, e.to_string()),
         MethodError::InvalidMethodName(_) => ApiError::invalid(e.to_string()),
         MethodError::Storage { .. } => ApiError::internal(format!("hub storage: {e}")),
+        // A cause this server version does not know (the enum is non-exhaustive): a failure.
+        _ => ApiError::internal(e.to_string()),
     }
 }

@@ -60,6 +60,8 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             let code = match e {
                 AuthError::DeviceDisabled { .. } | AuthError::Storage { .. } => ConnectReturnCode::ServiceUnavailable,
                 AuthError::NotAuthorized { .. } => ConnectReturnCode::NotAuthorized,
+                // A refusal this server version does not know: not authorized, the safe answer.
+                _ => ConnectReturnCode::NotAuthorized,
             };
             return io.send(&connack(code)).await;
         }

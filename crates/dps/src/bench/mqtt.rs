@@ -31,7 +31,7 @@ const DPS_KEEP_ALIVE: u16 = 60;
 fn frame_err(what: &str, e: FrameError) -> String {
     match e {
         FrameError::Io(e) => format!("{what}: {}", e.kind()),
-        FrameError::Protocol(_) | FrameError::Header(_) => format!("{what}: protocol error"),
+        _ => format!("{what}: protocol error"),
     }
 }
 
