@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use reqwest::Method;
+use dps_proto::rest::Route;
 use serde_json::{json, Value};
 
 use crate::output::{self, out, s};
-use crate::remote::{seg, DpsTarget};
+use crate::remote::DpsTarget;
 
 /// `dps certificate …`
 #[derive(Subcommand, Debug)]
@@ -106,11 +106,15 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
     match cmd {
         CertificateCommand::Create(a) => {
             let body = json!({ "certificate": read(&a.certificate_path)?, "isVerified": a.verified });
-            let path = format!("/certificates/{}", seg(&a.name));
             let v = a
                 .target
                 .rest()?
-                .call(Method::PUT, &path, &[], Some(&body), &if_match(&a.etag))
+                .call(
+                    &Route::PutCertificate(a.name.clone()),
+                    &[],
+                    Some(&body),
+                    &if_match(&a.etag),
+                )
                 .await
                 .with_context(|| format!("cannot upload CA certificate '{}'", a.name))?
                 .body;
@@ -120,7 +124,7 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
             let v = a
                 .target
                 .rest()?
-                .call(Method::GET, "/certificates", &[], None, &[])
+                .call(&Route::ListCertificates, &[], None, &[])
                 .await
                 .context("cannot list CA certificates")?
                 .body;
@@ -151,18 +155,18 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
             let v = a
                 .target
                 .rest()?
-                .call(Method::GET, &format!("/certificates/{}", seg(&a.name)), &[], None, &[])
+                .call(&Route::GetCertificate(a.name.clone()), &[], None, &[])
                 .await
                 .with_context(|| format!("cannot show CA certificate '{}'", a.name))?
                 .body;
             show(&v, a.target.server.json);
         }
         CertificateCommand::GenerateVerificationCode(a) => {
-            let path = format!("/certificates/{}/generateVerificationCode", seg(&a.name));
+            let route = Route::GenerateVerificationCode(a.name.clone());
             let v = a
                 .target
                 .rest()?
-                .call(Method::POST, &path, &[], None, &if_match(&a.etag))
+                .call(&route, &[], None, &if_match(&a.etag))
                 .await
                 .with_context(|| format!("cannot generate a verification code for '{}'", a.name))?
                 .body;
@@ -174,11 +178,11 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
         }
         CertificateCommand::Verify(a) => {
             let body = json!({ "certificate": read(&a.certificate_path)? });
-            let path = format!("/certificates/{}/verify", seg(&a.name));
+            let route = Route::VerifyCertificate(a.name.clone());
             let v = a
                 .target
                 .rest()?
-                .call(Method::POST, &path, &[], Some(&body), &if_match(&a.etag))
+                .call(&route, &[], Some(&body), &if_match(&a.etag))
                 .await
                 .with_context(|| format!("cannot verify CA certificate '{}'", a.name))?
                 .body;
@@ -187,13 +191,7 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
         CertificateCommand::Delete(a) => {
             a.target
                 .rest()?
-                .call(
-                    Method::DELETE,
-                    &format!("/certificates/{}", seg(&a.name)),
-                    &[],
-                    None,
-                    &if_match(&a.etag),
-                )
+                .call(&Route::DeleteCertificate(a.name.clone()), &[], None, &if_match(&a.etag))
                 .await
                 .with_context(|| format!("cannot delete CA certificate '{}'", a.name))?;
             if a.target.server.json {

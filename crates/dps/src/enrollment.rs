@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use dps_proto::model::service::{AllocationPolicy, ProvisioningStatus};
-use reqwest::Method;
+use dps_proto::rest::Route;
 use serde_json::{json, Map, Value};
 
 use crate::output::{self, out, s};
-use crate::remote::{seg, DpsTarget};
+use crate::remote::DpsTarget;
 
 /// `dps enrollment …`
 #[derive(Subcommand, Debug)]
@@ -177,10 +177,34 @@ enum Kind {
 }
 
 impl Kind {
-    fn collection(self) -> &'static str {
+    fn get(self, id: &str) -> Route {
         match self {
-            Self::Enrollment => "/enrollments",
-            Self::Group => "/enrollmentGroups",
+            Self::Enrollment => Route::GetEnrollment(id.into()),
+            Self::Group => Route::GetGroup(id.into()),
+        }
+    }
+    fn put(self, id: &str) -> Route {
+        match self {
+            Self::Enrollment => Route::PutEnrollment(id.into()),
+            Self::Group => Route::PutGroup(id.into()),
+        }
+    }
+    fn delete(self, id: &str) -> Route {
+        match self {
+            Self::Enrollment => Route::DeleteEnrollment(id.into()),
+            Self::Group => Route::DeleteGroup(id.into()),
+        }
+    }
+    fn attestation(self, id: &str) -> Route {
+        match self {
+            Self::Enrollment => Route::EnrollmentAttestation(id.into()),
+            Self::Group => Route::GroupAttestation(id.into()),
+        }
+    }
+    fn query(self) -> Route {
+        match self {
+            Self::Enrollment => Route::QueryEnrollments,
+            Self::Group => Route::QueryGroups,
         }
     }
     fn id_field(self) -> &'static str {
@@ -509,14 +533,10 @@ pub async fn run_group(cmd: GroupCommand) -> Result<()> {
     }
 }
 
-fn path(k: Kind, id: &str) -> String {
-    format!("{}/{}", k.collection(), seg(id))
-}
-
 async fn create(k: Kind, id: &str, body: Value, t: &DpsTarget) -> Result<()> {
     let r = t.rest()?;
     let reply = r
-        .call(Method::PUT, &path(k, id), &[], Some(&body), &[])
+        .call(&k.put(id), &[], Some(&body), &[])
         .await
         .with_context(|| format!("cannot create {} '{id}'", k.noun()))?;
     if t.server.json {
@@ -531,20 +551,14 @@ async fn create(k: Kind, id: &str, body: Value, t: &DpsTarget) -> Result<()> {
 async fn show(k: Kind, id: &str, show_keys: bool, t: &DpsTarget) -> Result<()> {
     let r = t.rest()?;
     let mut doc = r
-        .call(Method::GET, &path(k, id), &[], None, &[])
+        .call(&k.get(id), &[], None, &[])
         .await
         .with_context(|| format!("cannot show {} '{id}'", k.noun()))?
         .body;
     if show_keys {
         // GET strips secrets by design; the attestation-mechanism endpoint returns them.
         let att = r
-            .call(
-                Method::POST,
-                &format!("{}/attestationmechanism", path(k, id)),
-                &[],
-                None,
-                &[],
-            )
+            .call(&k.attestation(id), &[], None, &[])
             .await
             .with_context(|| format!("cannot read the attestation of {} '{id}'", k.noun()))?
             .body;
@@ -561,7 +575,7 @@ async fn show(k: Kind, id: &str, show_keys: bool, t: &DpsTarget) -> Result<()> {
 async fn list(k: Kind, a: ListArgs) -> Result<()> {
     let r = a.target.rest()?;
     let items = r
-        .query(&format!("{}/query", k.collection()), a.top)
+        .query(&k.query(), a.top)
         .await
         .with_context(|| format!("cannot list {}s", k.noun()))?;
     if a.target.server.json {
@@ -610,7 +624,7 @@ async fn update(
 ) -> Result<()> {
     let r = t.rest()?;
     let current = r
-        .call(Method::GET, &path(k, id), &[], None, &[])
+        .call(&k.get(id), &[], None, &[])
         .await
         .with_context(|| format!("cannot read {} '{id}'", k.noun()))?
         .body;
@@ -623,7 +637,7 @@ async fn update(
         vec![("if-match", if_match.as_str())]
     };
     let reply = r
-        .call(Method::PUT, &path(k, id), &[], Some(&body), &headers)
+        .call(&k.put(id), &[], Some(&body), &headers)
         .await
         .with_context(|| format!("cannot update {} '{id}'", k.noun()))?;
     if t.server.json {
@@ -638,7 +652,7 @@ async fn update(
 async fn delete(k: Kind, id: &str, etag: Option<&str>, t: &DpsTarget) -> Result<()> {
     let r = t.rest()?;
     let headers: Vec<(&str, &str)> = etag.map(|e| vec![("if-match", e)]).unwrap_or_default();
-    r.call(Method::DELETE, &path(k, id), &[], None, &headers)
+    r.call(&k.delete(id), &[], None, &headers)
         .await
         .with_context(|| format!("cannot delete {} '{id}'", k.noun()))?;
     if t.server.json {

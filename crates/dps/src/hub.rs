@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use reqwest::Method;
+use dps_proto::rest::Route;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::output::{self, out, s};
-use crate::remote::{chain, seg, HubTarget};
+use crate::remote::{chain, HubTarget};
 
 /// `dps hub …`
 #[derive(Subcommand, Debug)]
@@ -119,7 +119,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             let r = a.target.rest()?;
             let top = a.top.to_string();
             let v = r
-                .call(Method::GET, "/devices", &[("top", &top)], None, &[])
+                .call(&Route::ListDevices, &[("top", &top)], None, &[])
                 .await
                 .context("cannot list devices")?
                 .body;
@@ -148,7 +148,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             let r = a.target.rest()?;
             let id = &a.device_id;
             let v = r
-                .call(Method::GET, &format!("/devices/{}", seg(id)), &[], None, &[])
+                .call(&Route::GetDevice(id.clone()), &[], None, &[])
                 .await
                 .with_context(|| format!("cannot show device '{id}'"))?
                 .body;
@@ -179,7 +179,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             let r = a.target.rest()?;
             let id = &a.device_id;
             let v = r
-                .call(Method::GET, &format!("/twins/{}", seg(id)), &[], None, &[])
+                .call(&Route::GetTwin(id.clone()), &[], None, &[])
                 .await
                 .with_context(|| format!("cannot show the twin of '{id}'"))?
                 .body;
@@ -198,13 +198,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             }
             let headers: Vec<(&str, &str)> = a.etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default();
             let v = r
-                .call(
-                    Method::PATCH,
-                    &format!("/twins/{}", seg(id)),
-                    &[],
-                    Some(&patch),
-                    &headers,
-                )
+                .call(&Route::UpdateTwin(id.clone()), &[], Some(&patch), &headers)
                 .await
                 .with_context(|| format!("cannot update the twin of '{id}'"))?
                 .body;
@@ -228,7 +222,7 @@ async fn monitor(a: MonitorArgs) -> Result<()> {
     }
     let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut resp = r
-        .request(Method::GET, "/messages/events", &q)?
+        .request(&Route::MonitorEvents, &q)?
         .send()
         .await
         .map_err(|e| anyhow!("cannot reach {}: {}", r.host(), chain(&e)))?;

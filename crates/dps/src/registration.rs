@@ -3,11 +3,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use reqwest::Method;
+use dps_proto::rest::Route;
 use serde_json::{json, Value};
 
 use crate::output::{self, out, s};
-use crate::remote::{seg, DpsTarget};
+use crate::remote::DpsTarget;
 
 /// `dps registration …`
 #[derive(Subcommand, Debug)]
@@ -63,7 +63,7 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
             let id = &a.registration_id;
             let r = a.target.rest()?;
             let v = r
-                .call(Method::GET, &format!("/registrations/{}", seg(id)), &[], None, &[])
+                .call(&Route::GetRegistration(id.clone()), &[], None, &[])
                 .await
                 .with_context(|| format!("cannot show registration '{id}'"))?
                 .body;
@@ -76,7 +76,7 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
         RegistrationCommand::List(a) => {
             let r = a.target.rest()?;
             let items = r
-                .query(&format!("/registrations/{}/query", seg(&a.group_id)), a.top)
+                .query(&Route::QueryRegistrations(a.group_id.clone()), a.top)
                 .await
                 .with_context(|| format!("cannot list the registrations of group '{}'", a.group_id))?;
             if a.target.server.json {
@@ -101,15 +101,9 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
             let id = &a.registration_id;
             let r = a.target.rest()?;
             let headers: Vec<(&str, &str)> = a.etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default();
-            r.call(
-                Method::DELETE,
-                &format!("/registrations/{}", seg(id)),
-                &[],
-                None,
-                &headers,
-            )
-            .await
-            .with_context(|| format!("cannot delete registration '{id}'"))?;
+            r.call(&Route::DeleteRegistration(id.clone()), &[], None, &headers)
+                .await
+                .with_context(|| format!("cannot delete registration '{id}'"))?;
             if a.target.server.json {
                 output::json(&json!({ "deleted": true, "registrationId": id }));
             } else {

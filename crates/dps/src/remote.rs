@@ -16,15 +16,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use dps_client::ClientError;
 use dps_proto::connection_string::ConnectionString;
+use dps_proto::rest::{QueryParams, Route};
 use dps_server::DataDir;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::Method;
 use serde_json::Value;
-
-/// Service API version the CLI speaks.
-pub const DPS_API_VERSION: &str = "2021-10-01";
-/// Hub registry API version the CLI speaks.
-pub const HUB_API_VERSION: &str = "2021-04-12";
 
 /// Debian/Ubuntu/Alpine system CA bundle, the fallback trust for servers with public certificates.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -170,7 +165,6 @@ pub struct Rest {
     base: String,
     key_name: String,
     key: String,
-    api_version: &'static str,
     http: reqwest::Client,
 }
 
@@ -206,10 +200,6 @@ impl Rest {
             host,
             key_name,
             key,
-            api_version: match api {
-                Api::Dps => DPS_API_VERSION,
-                Api::Hub => HUB_API_VERSION,
-            },
             http: https_client(&ca)?,
         })
     }
@@ -224,14 +214,13 @@ impl Rest {
             .map_err(|e| anyhow!("cannot sign the request: {e}"))
     }
 
-    /// Starts a request: URL with `api-version` and `query`, `Authorization`, JSON headers.
-    pub fn request(&self, method: Method, path: &str, query: &[(&str, &str)]) -> Result<reqwest::RequestBuilder> {
-        let mut q: Vec<(&str, &str)> = vec![("api-version", self.api_version)];
-        q.extend_from_slice(query);
+    /// Starts a request for `route`: URL with the API's `api-version` and `query`,
+    /// `Authorization`, JSON headers.
+    pub fn request(&self, route: &Route, query: &[(&str, &str)]) -> Result<reqwest::RequestBuilder> {
+        let target = route.path_and_query(&QueryParams::from_pairs(query.iter().copied()));
         Ok(self
             .http
-            .request(method, format!("{}{path}", self.base))
-            .query(&q)
+            .request(route.method(), format!("{}{target}", self.base))
             .header(reqwest::header::AUTHORIZATION, self.token()?)
             .header(reqwest::header::ACCEPT, "application/json"))
     }
@@ -240,15 +229,13 @@ impl Rest {
     /// [`ClientError::Service`] with the server's `errorCode` and message.
     pub async fn call(
         &self,
-        method: Method,
-        path: &str,
+        route: &Route,
         query: &[(&str, &str)],
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<Reply> {
-        let mut req = self
-            .request(method.clone(), path, query)?
-            .timeout(Duration::from_secs(60));
+        let (method, path) = (route.method(), route.path());
+        let mut req = self.request(route, query)?.timeout(Duration::from_secs(60));
         for (k, v) in headers {
             req = req.header(HeaderName::from_bytes(k.as_bytes())?, HeaderValue::from_str(v)?);
         }
@@ -278,9 +265,9 @@ impl Rest {
         Ok(Reply { headers, body })
     }
 
-    /// Runs a paged query (`POST {path}` with `{"query":"*"}`, following `x-ms-continuation`),
+    /// Runs a paged query (`POST` with `{"query":"*"}`, following `x-ms-continuation`),
     /// returning at most `top` items (all when `None`).
-    pub async fn query(&self, path: &str, top: Option<usize>) -> Result<Vec<Value>> {
+    pub async fn query(&self, route: &Route, top: Option<usize>) -> Result<Vec<Value>> {
         let mut items = Vec::new();
         let mut continuation: Option<String> = None;
         let spec = serde_json::json!({ "query": "*" });
@@ -293,7 +280,7 @@ impl Rest {
             if let Some(c) = &continuation {
                 headers.push(("x-ms-continuation", c));
             }
-            let reply = self.call(Method::POST, path, &[], Some(&spec), &headers).await?;
+            let reply = self.call(route, &[], Some(&spec), &headers).await?;
             match reply.body {
                 Value::Array(page) => items.extend(page),
                 Value::Null => {}
@@ -331,9 +318,4 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         s = x.source();
     }
     out
-}
-
-/// Percent-encodes an id for a URL path segment.
-pub fn seg(id: &str) -> String {
-    dps_proto::sas::encode_component(id)
 }

@@ -2,8 +2,8 @@
 //! per device — the requests the SDK sends through reqwest (same headers, same keep-alive
 //! connection for the poll), without building an HTTP client per device.
 
-use dps_client::{CLIENT_VERSION, DEVICE_API_VERSION};
-use dps_proto::sas::encode_component;
+use dps_client::CLIENT_VERSION;
+use dps_proto::rest::{QueryParams, Route};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::devices::{interpret, Answer, Assignment, Device};
@@ -25,11 +25,7 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
         &format!("{}/registrations/{}", ctx.id_scope, dev.id),
         Some("registration"),
     );
-    let base = format!(
-        "/{}/registrations/{}",
-        encode_component(&ctx.id_scope),
-        encode_component(&dev.id)
-    );
+    let no_query = QueryParams::default();
     let body = dev.registration_body();
     let mut buf = Vec::with_capacity(2048);
     let (mut operation, mut retries) = (None::<String>, 0);
@@ -37,17 +33,23 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
         let request = match &operation {
             None => head(
                 "PUT",
-                &format!("{base}/register?api-version={DEVICE_API_VERSION}"),
+                &Route::Register {
+                    scope: ctx.id_scope.clone(),
+                    registration_id: dev.id.clone(),
+                }
+                .path_and_query(&no_query),
                 &ctx.https_authority,
                 auth.as_deref(),
                 Some(&body),
             ),
             Some(op) => head(
                 "GET",
-                &format!(
-                    "{base}/operations/{}?api-version={DEVICE_API_VERSION}",
-                    encode_component(op)
-                ),
+                &Route::OperationStatus {
+                    scope: ctx.id_scope.clone(),
+                    registration_id: dev.id.clone(),
+                    operation_id: op.clone(),
+                }
+                .path_and_query(&no_query),
                 &ctx.https_authority,
                 auth.as_deref(),
                 None,

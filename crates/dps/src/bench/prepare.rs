@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use dps_pki::ca::{KeyAlgorithm, LocalCa};
-use reqwest::Method;
+use dps_proto::rest::Route;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use super::identity::{issue_certificates, Credentials};
 use super::Attestation;
-use crate::remote::{seg, Rest};
+use crate::remote::Rest;
 
 /// REST calls in flight while cleaning up (deleting 50,000 records one by one would take minutes).
 const CLEANUP_CONCURRENCY: usize = 16;
@@ -69,15 +69,9 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
 /// Creates the enrollment group `run_id` through the service API.
 pub async fn create_group(rest: &Rest, run_id: &str, attestation: &Value) -> Result<()> {
     let body = json!({ "enrollmentGroupId": run_id, "attestation": attestation });
-    rest.call(
-        Method::PUT,
-        &format!("/enrollmentGroups/{}", seg(run_id)),
-        &[],
-        Some(&body),
-        &[],
-    )
-    .await
-    .context("cannot create the bench enrollment group")?;
+    rest.call(&Route::PutGroup(run_id.into()), &[], Some(&body), &[])
+        .await
+        .context("cannot create the bench enrollment group")?;
     Ok(())
 }
 
@@ -86,7 +80,7 @@ pub async fn create_group(rest: &Rest, run_id: &str, attestation: &Value) -> Res
 /// not fatal — the results of the run matter more. Returns the `cleanup` report object.
 pub async fn cleanup(dps: Arc<Rest>, hub: Option<Arc<Rest>>, run_id: &str) -> Value {
     let t0 = Instant::now();
-    let records = match dps.query(&format!("/registrations/{}/query", seg(run_id)), None).await {
+    let records = match dps.query(&Route::QueryRegistrations(run_id.into()), None).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cleanup: cannot list the bench registrations: {e:#}");
@@ -112,14 +106,12 @@ pub async fn cleanup(dps: Arc<Rest>, hub: Option<Arc<Rest>>, run_id: &str) -> Va
             let Some(id) = r.get("registrationId").and_then(Value::as_str) else {
                 return;
             };
-            let path = format!("/registrations/{}", seg(id));
-            match dps.call(Method::DELETE, &path, &[], None, &[]).await {
+            match dps.call(&Route::DeleteRegistration(id.into()), &[], None, &[]).await {
                 Ok(_) => deleted.fetch_add(1, Ordering::Relaxed),
                 Err(_) => failures.fetch_add(1, Ordering::Relaxed),
             };
             if let (Some(hub), Some(device)) = (hub, r.get("deviceId").and_then(Value::as_str)) {
-                let path = format!("/devices/{}", seg(device));
-                match hub.call(Method::DELETE, &path, &[], None, &[]).await {
+                match hub.call(&Route::DeleteDevice(device.into()), &[], None, &[]).await {
                     Ok(_) => devices.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failures.fetch_add(1, Ordering::Relaxed),
                 };
@@ -127,15 +119,7 @@ pub async fn cleanup(dps: Arc<Rest>, hub: Option<Arc<Rest>>, run_id: &str) -> Va
         });
     }
     while tasks.join_next().await.is_some() {}
-    let group = dps
-        .call(
-            Method::DELETE,
-            &format!("/enrollmentGroups/{}", seg(run_id)),
-            &[],
-            None,
-            &[],
-        )
-        .await;
+    let group = dps.call(&Route::DeleteGroup(run_id.into()), &[], None, &[]).await;
     if let Err(e) = &group {
         eprintln!("cleanup: cannot delete the bench enrollment group {run_id}: {e:#}");
     }

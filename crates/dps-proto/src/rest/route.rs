@@ -1,4 +1,5 @@
-//! The hand-written dispatcher: request path → [`Resource`], then (method, resource) → [`Route`].
+//! Routes: request path → [`Resource`], then (method, resource) → [`Route`]; and back, a route →
+//! method and canonical path.
 //!
 //! Rules every SDK needs (service-api.md §1):
 //! - literal segments match case-insensitively (Node calls `/enrollmentgroups/...`);
@@ -11,9 +12,13 @@
 
 use http::Method;
 
+use super::encoding::{encode_segment, segments};
+use super::query::{QueryParams, API_VERSION};
+use crate::api_version;
+
 /// A path the server knows, with its decoded ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resource {
+enum Resource {
     /// `/{idScope}/registrations/{registrationId}/register`
     DeviceRegister {
         /// ID scope.
@@ -226,6 +231,142 @@ impl Route {
     }
 }
 
+impl Api {
+    /// The `api-version` values the server accepts on this API.
+    pub fn supported(self) -> &'static [&'static str] {
+        match self {
+            Self::Device => api_version::DEVICE,
+            Self::Service => api_version::SERVICE,
+            Self::Hub => api_version::HUB,
+        }
+    }
+
+    /// The `api-version` dps's own clients send on this API.
+    pub fn client_version(self) -> &'static str {
+        match self {
+            Self::Device => api_version::DEVICE_CLIENT,
+            Self::Service => api_version::SERVICE_CLIENT,
+            Self::Hub => api_version::HUB_CLIENT,
+        }
+    }
+}
+
+impl Route {
+    /// The route for `method` on `path` (raw, still percent-encoded; no query).
+    ///
+    /// Literal segments match case-insensitively, one trailing slash is tolerated and ids are
+    /// percent-decoded (see the rules above); [`Route::path`] writes a path this parses back to
+    /// the same route.
+    pub fn parse(method: &Method, path: &str) -> Result<Self, NoRoute> {
+        route(method, path)
+    }
+
+    /// The one method this route answers.
+    pub fn method(&self) -> Method {
+        use Route::*;
+        match self {
+            Register { .. } | PutEnrollment(_) | PutGroup(_) | PutCertificate(_) | PutDevice(_) | ReplaceTwin(_) => {
+                Method::PUT
+            }
+            RegistrationStatus { .. }
+            | EnrollmentAttestation(_)
+            | QueryEnrollments
+            | BulkEnrollments
+            | GroupAttestation(_)
+            | QueryGroups
+            | BulkGroups
+            | QueryRegistrations(_)
+            | GenerateVerificationCode(_)
+            | VerifyCertificate(_)
+            | QueryDevices
+            | InvokeMethod(_) => Method::POST,
+            DeleteEnrollment(_) | DeleteGroup(_) | DeleteRegistration(_) | DeleteCertificate(_) | DeleteDevice(_) => {
+                Method::DELETE
+            }
+            UpdateTwin(_) => Method::PATCH,
+            OperationStatus { .. }
+            | GetEnrollment(_)
+            | GetGroup(_)
+            | GetRegistration(_)
+            | ListCertificates
+            | GetCertificate(_)
+            | ListDevices
+            | GetDevice(_)
+            | GetTwin(_)
+            | MonitorEvents
+            | DeviceStatistics
+            | ServiceStatistics
+            | MqttWebSocket => Method::GET,
+        }
+    }
+
+    /// The canonical request path, ids percent-encoded ([`encode_segment`]), with the segment
+    /// spellings the Azure SDKs send. Ids must be non-empty (an empty id names another resource),
+    /// and an ID scope must not spell a service collection (`enrollments`, `devices`, …: the path
+    /// would be that collection's); real scopes (`0ne…`) never do.
+    pub fn path(&self) -> String {
+        use Route::*;
+        let item = |collection: &str, id: &str| format!("/{collection}/{}", encode_segment(id));
+        match self {
+            Register { scope, registration_id } => {
+                format!("{}/register", device_registration(scope, registration_id))
+            }
+            OperationStatus {
+                scope,
+                registration_id,
+                operation_id,
+            } => format!(
+                "{}/operations/{}",
+                device_registration(scope, registration_id),
+                encode_segment(operation_id)
+            ),
+            RegistrationStatus { scope, registration_id } => device_registration(scope, registration_id),
+            GetEnrollment(id) | PutEnrollment(id) | DeleteEnrollment(id) => item("enrollments", id),
+            EnrollmentAttestation(id) => item("enrollments", id) + "/attestationmechanism",
+            QueryEnrollments => "/enrollments/query".into(),
+            BulkEnrollments => "/enrollments".into(),
+            GetGroup(id) | PutGroup(id) | DeleteGroup(id) => item("enrollmentGroups", id),
+            GroupAttestation(id) => item("enrollmentGroups", id) + "/attestationmechanism",
+            QueryGroups => "/enrollmentGroups/query".into(),
+            BulkGroups => "/enrollmentGroups".into(),
+            GetRegistration(id) | DeleteRegistration(id) => item("registrations", id),
+            QueryRegistrations(group) => item("registrations", group) + "/query",
+            ListCertificates => "/certificates".into(),
+            GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
+            GenerateVerificationCode(n) => item("certificates", n) + "/generateVerificationCode",
+            VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListDevices => "/devices".into(),
+            QueryDevices => "/devices/query".into(),
+            GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
+            GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
+            InvokeMethod(id) => item("twins", id) + "/methods",
+            MonitorEvents => "/messages/events".into(),
+            DeviceStatistics => "/statistics/devices".into(),
+            ServiceStatistics => "/statistics/service".into(),
+            MqttWebSocket => "/$iothub/websocket".into(),
+        }
+    }
+
+    /// [`Route::path`], then `?api-version=` the version dps's clients send on the route's API
+    /// ([`Api::client_version`]), then `query`.
+    pub fn path_and_query(&self, query: &QueryParams) -> String {
+        let mut all = QueryParams::from_pairs([(API_VERSION, self.api().client_version())]);
+        for (k, v) in query.pairs() {
+            all.push(k, v);
+        }
+        format!("{}?{all}", self.path())
+    }
+}
+
+/// `/{scope}/registrations/{registrationId}`, encoded.
+fn device_registration(scope: &str, registration_id: &str) -> String {
+    format!(
+        "/{}/registrations/{}",
+        encode_segment(scope),
+        encode_segment(registration_id)
+    )
+}
+
 impl Route {
     /// The resource a SAS audience must cover for this route (service and registry APIs), as a
     /// decoded path with canonical segment names. Built from the route, not the request path,
@@ -282,55 +423,12 @@ pub enum NoRoute {
     MethodNotAllowed(&'static [Method]),
 }
 
-/// Splits a raw (still percent-encoded) path into percent-decoded segments, ignoring the leading
-/// `/` and one trailing `/`. `None` when a segment is not valid UTF-8 after decoding.
-pub fn segments(path: &str) -> Option<Vec<String>> {
-    let p = path.strip_prefix('/').unwrap_or(path);
-    let p = p.strip_suffix('/').unwrap_or(p);
-    if p.is_empty() {
-        return Some(Vec::new());
-    }
-    p.split('/').map(percent_decode).collect()
-}
-
-/// Strict `%XX` decoding (`+` stays `+`); `None` on invalid UTF-8. A `%` not followed by two hex
-/// digits is kept literally, as lenient servers do.
-pub fn percent_decode(s: &str) -> Option<String> {
-    if !s.contains('%') {
-        return Some(s.to_string());
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 fn is(seg: &str, literal: &str) -> bool {
     seg.eq_ignore_ascii_case(literal)
 }
 
 /// Maps decoded segments to a resource.
-pub fn resource(segs: &[String]) -> Option<Resource> {
+fn resource(segs: &[String]) -> Option<Resource> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let id = |x: &str| -> Option<String> { (!x.is_empty()).then(|| x.to_string()) };
     let r = match s.as_slice() {
@@ -397,7 +495,7 @@ const PUT: &[Method] = &[Method::PUT];
 const GET: &[Method] = &[Method::GET];
 
 /// The route for `method` on `path` (raw, percent-encoded).
-pub fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
+fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
     let segs = segments(path).ok_or(NoRoute::NotFound)?;
     let res = resource(&segs).ok_or(NoRoute::NotFound)?;
     let m = method;
@@ -540,46 +638,6 @@ fn device(m: &Method, id: String) -> Result<Route, NoRoute> {
         Method::PUT => Ok(Route::PutDevice(id)),
         Method::DELETE => Ok(Route::DeleteDevice(id)),
         _ => Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE)),
-    }
-}
-
-/// Query-string parameters, percent-decoded. `+` stays `+` (device ids may contain it; no value
-/// this server reads may contain a space). Lookup is case-insensitive on the name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct QueryParams(Vec<(String, String)>);
-
-impl QueryParams {
-    /// Parses `a=b&c=d` (a raw query string, without `?`).
-    pub fn parse(query: Option<&str>) -> Self {
-        let Some(q) = query else {
-            return Self::default();
-        };
-        let decode = |s: &str| percent_decode(s).unwrap_or_else(|| s.to_string());
-        Self(
-            q.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| match p.split_once('=') {
-                    Some((k, v)) => (decode(k), decode(v)),
-                    None => (decode(p), String::new()),
-                })
-                .collect(),
-        )
-    }
-
-    /// Every value of `name` (case-insensitive), in order.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0
-            .iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The first value of `name` (case-insensitive).
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -788,43 +846,5 @@ mod tests {
         );
         // Invalid UTF-8 after decoding.
         assert_eq!(r(Method::GET, "/enrollments/%ff"), Err(NoRoute::NotFound));
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%3Ab%3a").as_deref(), Some("a:b:"));
-        assert_eq!(percent_decode("a+b").as_deref(), Some("a+b"));
-        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
-        assert_eq!(percent_decode("%4").as_deref(), Some("%4"));
-        assert_eq!(percent_decode("%zz%41").as_deref(), Some("%zzA"));
-        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
-        assert_eq!(percent_decode("%C3"), None);
-        // Encoded slash stays inside the segment.
-        assert_eq!(
-            segments("/enrollments/a%2Fb"),
-            Some(vec!["enrollments".to_string(), "a/b".to_string()])
-        );
-        assert_eq!(
-            r(Method::GET, "/enrollments/a%2Fb"),
-            Ok(Route::GetEnrollment("a/b".into()))
-        );
-        // Node's encodeUriComponentStrict escapes !'()*.
-        assert_eq!(
-            r(Method::POST, "/enrollments/a%21%28%29%2A/attestationmechanism"),
-            Ok(Route::EnrollmentAttestation("a!()*".into()))
-        );
-    }
-
-    #[test]
-    fn query_params() {
-        let q = QueryParams::parse(Some("api-version=2021-10-01&top=5&deviceId=a%3Ab&flag&x=a+b&y=%2B"));
-        assert_eq!(q.get("API-VERSION"), Some("2021-10-01"));
-        assert_eq!(q.get("top"), Some("5"));
-        assert_eq!(q.get("deviceid"), Some("a:b"));
-        assert_eq!(q.get("flag"), Some(""));
-        assert_eq!(q.get("x"), Some("a+b"));
-        assert_eq!(q.get("y"), Some("+"));
-        assert_eq!(q.get("missing"), None);
-        assert_eq!(QueryParams::parse(None).get("a"), None);
     }
 }
