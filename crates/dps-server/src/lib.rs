@@ -6,7 +6,9 @@
 
 pub mod config;
 pub mod conn_limit;
-pub mod datadir;
+/// The data directory, re-exported: it moved to its own crate so the client commands need not
+/// link the server for it.
+pub use dps_datadir as datadir;
 pub mod http;
 mod listener;
 mod log_limit;

@@ -45,6 +45,13 @@ pub enum StartError {
     Init(#[from] anyhow::Error),
 }
 
+impl From<dps_datadir::DataDirError> for StartError {
+    /// The data directory's error and its cause on one line, like every other start-up failure.
+    fn from(e: dps_datadir::DataDirError) -> Self {
+        Self::Init(e.into())
+    }
+}
+
 /// A started server.
 pub struct RunningServer {
     /// Bound MQTT address.

@@ -13,7 +13,7 @@ use dps_client::{
     DiceProvider, HubClient, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider, Transport,
     X509Provider,
 };
-use dps_server::DataDir;
+use dps_datadir::DataDir;
 use serde_json::{json, Value};
 
 use crate::output::{self, out};

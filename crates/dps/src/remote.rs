@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use dps_client::ClientError;
+use dps_datadir::DataDir;
 use dps_proto::connection_string::ConnectionString;
 use dps_proto::rest::{QueryParams, Route};
-use dps_server::DataDir;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 use dps_client::Transport;
-use dps_server::DataDir;
+use dps_datadir::DataDir;
 use serde_json::{json, Value};
 
 use crate::output;

@@ -3,15 +3,95 @@
 //! First start creates everything; later starts reuse it, so devices and scripts keep working
 //! across restarts. The only thing re-issued is the server certificate, when it no longer covers
 //! the configured host names or is about to expire.
+//!
+//! Its own crate because both sides read it: `dps serve` creates it, and the client commands
+//! (`dps enrollment …`, `dps hub …`, `dps bench`, `dps device provision`) find a local server's
+//! connection string, CA and port in it without linking the server.
+
+#![forbid(unsafe_code)]
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use dps_core::auth::SharedAccessPolicy;
+use dps_pki::PkiError;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+/// Why the data directory could not be read or set up. Each message names the file; the cause
+/// is the error's source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// The identity file is missing or unreadable: the directory was never initialized.
+    #[error("{} is not an initialized dps data directory (run `dps serve --data-dir {}` once)", .root.display(), .root.display())]
+    NotInitialized {
+        /// The data directory.
+        root: PathBuf,
+        /// Why the identity file could not be read.
+        #[source]
+        source: io::Error,
+    },
+    /// A file or directory could not be read, written or created.
+    #[error("cannot {action} {}", .path.display())]
+    Io {
+        /// What was attempted (`read`, `write`, `create data directory`, …).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A JSON file is not what dps writes.
+    #[error("{} is corrupt", .path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the JSON is wrong.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The local CA or the server certificate could not be loaded or issued.
+    #[error("{what}")]
+    Pki {
+        /// What was attempted, naming the file when there is one.
+        what: String,
+        /// The certificate error.
+        #[source]
+        source: PkiError,
+    },
+    /// Only one of the CA certificate and key exists.
+    #[error("{} and {} must both exist or both be absent", .cert.display(), .key.display())]
+    HalfCa {
+        /// The CA certificate file.
+        cert: PathBuf,
+        /// The CA key file.
+        key: PathBuf,
+    },
+}
+
+/// Results of this crate.
+pub type Result<T, E = DataDirError> = std::result::Result<T, E>;
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataDirError {
+    let path = path.to_path_buf();
+    move |source| DataDirError::Io { action, path, source }
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(io_error("read", path))
+}
+
+fn pki_error(what: impl Into<String>) -> impl FnOnce(PkiError) -> DataDirError {
+    let what = what.into();
+    move |source| DataDirError::Pki { what, source }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("plain structs serialize")
+}
 
 /// Rights of the default DPS owner policy.
 pub const DPS_OWNER_RIGHTS: &[&str] = &[
@@ -114,8 +194,8 @@ impl DataDir {
     /// Records how the server is reachable, so `dps info` can print connection strings with the
     /// right host name without being told again.
     pub fn record_runtime(&self, r: &Runtime) -> Result<()> {
-        fs::write(self.runtime_path(), serde_json::to_string_pretty(r)?)
-            .with_context(|| format!("cannot write {}", self.runtime_path().display()))
+        let path = self.runtime_path();
+        fs::write(&path, to_json(r)).map_err(io_error("write", &path))
     }
 
     /// The runtime facts of the last start, if any.
@@ -131,14 +211,11 @@ impl DataDir {
     /// Loads the identity; fails if the directory was never initialized.
     pub fn load_identity(&self) -> Result<Identity> {
         let p = self.identity_path();
-        let text = fs::read_to_string(&p).with_context(|| {
-            format!(
-                "{} is not an initialized dps data directory (run `dps serve --data-dir {}` once)",
-                self.root.display(),
-                self.root.display()
-            )
+        let text = fs::read_to_string(&p).map_err(|source| DataDirError::NotInitialized {
+            root: self.root.clone(),
+            source,
         })?;
-        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", p.display()))
+        serde_json::from_str(&text).map_err(|source| DataDirError::Corrupt { path: p, source })
     }
 
     /// Creates the data directory readable by its owner only: the databases beside the identity
@@ -146,15 +223,18 @@ impl DataDir {
     /// existing directory that others can read is left as the operator made it, with a warning.
     fn create_private_root(&self) -> Result<()> {
         let existed = self.root.is_dir();
-        fs::create_dir_all(&self.root)
-            .with_context(|| format!("cannot create data directory {}", self.root.display()))?;
+        fs::create_dir_all(&self.root).map_err(io_error("create data directory", &self.root))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&self.root)?.permissions().mode() & 0o777;
+            let mode = fs::metadata(&self.root)
+                .map_err(io_error("read data directory", &self.root))?
+                .permissions()
+                .mode()
+                & 0o777;
             if !existed {
                 fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
-                    .with_context(|| format!("cannot restrict data directory {}", self.root.display()))?;
+                    .map_err(io_error("restrict data directory", &self.root))?;
             } else if mode & 0o077 != 0 {
                 tracing::warn!(
                     dir = %self.root.display(),
@@ -176,7 +256,7 @@ impl DataDir {
             if let Some(h) = hub_host.filter(|h| !h.eq_ignore_ascii_case(&id.hub.host_name)) {
                 tracing::warn!(old = %id.hub.host_name, new = %h, "embedded hub host name changed; existing registrations keep the old name until devices re-register");
                 id.hub.host_name = h.to_string();
-                write_secret(&self.identity_path(), serde_json::to_string_pretty(&id)?.as_bytes())?;
+                write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
             }
             return Ok((id, false));
         }
@@ -188,7 +268,7 @@ impl DataDir {
                 policies: vec![policy("iothubowner", HUB_OWNER_RIGHTS)],
             },
         };
-        write_secret(&self.identity_path(), serde_json::to_string_pretty(&id)?.as_bytes())?;
+        write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
         Ok((id, true))
     }
 
@@ -196,20 +276,16 @@ impl DataDir {
     pub fn init_ca(&self) -> Result<dps_pki::ca::LocalCa> {
         let (cert, key) = (self.ca_cert_path(), self.ca_key_path());
         if cert.exists() && key.exists() {
-            let ca = dps_pki::ca::LocalCa::from_pem(&fs::read_to_string(&cert)?, &fs::read_to_string(&key)?)
-                .with_context(|| format!("cannot load the local CA from {}", cert.display()))?;
+            let ca = dps_pki::ca::LocalCa::from_pem(&read(&cert)?, &read(&key)?)
+                .map_err(pki_error(format!("cannot load the local CA from {}", cert.display())))?;
             return Ok(ca);
         }
         if cert.exists() != key.exists() {
-            bail!(
-                "{} and {} must both exist or both be absent",
-                cert.display(),
-                key.display()
-            );
+            return Err(DataDirError::HalfCa { cert, key });
         }
-        let ca = dps_pki::ca::LocalCa::generate("dps local CA")?;
+        let ca = dps_pki::ca::LocalCa::generate("dps local CA").map_err(pki_error("cannot create the local CA"))?;
         write_secret(&key, ca.key_pem().as_bytes())?;
-        fs::write(&cert, ca.cert_pem())?;
+        fs::write(&cert, ca.cert_pem()).map_err(io_error("write", &cert))?;
         Ok(ca)
     }
 
@@ -218,16 +294,18 @@ impl DataDir {
     pub fn init_server_cert(&self, ca: &dps_pki::ca::LocalCa, hostnames: &[String]) -> Result<(String, String)> {
         let (cert, key) = (self.server_cert_path(), self.server_key_path());
         if cert.exists() && key.exists() {
-            let chain = fs::read_to_string(&cert)?;
+            let chain = read(&cert)?;
             if dps_pki::ca::certificate_covers(&chain, hostnames).unwrap_or(false) {
-                return Ok((chain, fs::read_to_string(&key)?));
+                return Ok((chain, read(&key)?));
             }
             tracing::info!("server certificate does not cover {:?}; issuing a new one", hostnames);
         }
-        let issued = ca.issue_server_certificate(hostnames)?;
+        let issued = ca
+            .issue_server_certificate(hostnames)
+            .map_err(pki_error("cannot issue the server certificate"))?;
         let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
         write_secret(&key, issued.key_pem.as_bytes())?;
-        fs::write(&cert, &chain)?;
+        fs::write(&cert, &chain).map_err(io_error("write", &cert))?;
         Ok((chain, issued.key_pem))
     }
 }
@@ -266,14 +344,11 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut f = opts.open(&tmp).map_err(io_error("write", &tmp))?;
+        f.write_all(bytes).map_err(io_error("write", &tmp))?;
+        f.sync_all().map_err(io_error("write", &tmp))?;
     }
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    fs::rename(&tmp, path).map_err(io_error("write", path))
 }
 
 #[cfg(test)]
