@@ -19,7 +19,7 @@
 
 use std::ops::Range;
 
-use crate::dice::DiceError;
+use crate::DiceError;
 
 /// The text that finds the FLASH origin in the map's Memory Configuration table.
 pub const FLASH_ORIGIN_PATTERN: &str = "FLASH            0x";
@@ -202,7 +202,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const MAP: &[u8] = include_bytes!("../../../tests/fixtures/dice/devkitdps.ino.map");
+    const MAP: &[u8] = include_bytes!("../../tests/fixtures/dice/devkitdps.ino.map");
 
     #[test]
     fn fixture_map_layout() {

@@ -57,6 +57,12 @@
 //! Both schemes take the UDS as 32 bytes ([`parse_uds_hex`] reads the 64-digit hex form the
 //! DevKit tooling uses), build their certificates with the RustCrypto `x509-cert`/`der` crates
 //! and sign with `p256`, and fail with [`DiceError`].
+//!
+//! A crate of its own (it was half of `dps-pki`): the service never derives DICE identities —
+//! it only verifies the chains they produce, with `dps-pki` — while the device client and the
+//! CLI's `dps dice` do.
+
+#![forbid(unsafe_code)]
 
 pub mod devkit;
 mod error;

@@ -5,7 +5,7 @@
 //! - **Layer 0 (DeviceID)** is derived from the UDS **only**. The code that runs it (boot ROM,
 //!   DICE engine) is treated as part of the hardware, and its measurement is deliberately not
 //!   mixed in: the DeviceID must survive every firmware and bootloader update, because it is
-//!   what enrollment groups are anchored on (see the [parent module](crate::dice)). A scheme
+//!   what enrollment groups are anchored on (see the [parent module](crate)). A scheme
 //!   that also measured a first-stage bootloader would be a new version (`dps-dice-v2`).
 //! - **Layer 1 (Alias)** is derived from the layer-0 CDI and the firmware digest (FWID). Any
 //!   change to the firmware image gives a new Alias key.
@@ -81,11 +81,11 @@ use x509_cert::name::Name;
 use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
 
-use crate::dice::x509::{
+use crate::x509::{
     algorithm, build_certificate, extension, oid, p256_spki, pem_wrapped, uncompressed_point, utf8_name, x509_time,
     CertFields, P256Rfc6979, TbsSigner,
 };
-use crate::dice::{lower_hex, DiceError, UDS_LEN};
+use crate::{lower_hex, DiceError, UDS_LEN};
 
 /// Default start of validity: 2025-01-01T00:00:00Z.
 pub const DEFAULT_NOT_BEFORE_UNIX: i64 = 1_735_689_600;
@@ -386,7 +386,7 @@ fn device_id_cert(device_id: &SecretKey, opts: &TcgOptions) -> Result<Vec<u8>, D
     let public = device_id.public_key();
     let point = uncompressed_point(&public);
     if let DeviceIdIssuer::Existing { cert_pem } = &opts.device_id_issuer {
-        let der = crate::pem::parse_certificates(cert_pem)
+        let der = dps_pki::pem::parse_certificates(cert_pem)
             .map_err(|e| DiceError::InvalidOptions(format!("stored DeviceID certificate: {e}")))?
             .swap_remove(0)
             .to_vec();
@@ -516,12 +516,12 @@ enum CaSigner {
 impl CaIssuer {
     fn load(cert_pem: &str, key_pem: &str) -> Result<CaIssuer, DiceError> {
         let invalid = |what: &str, e: &dyn std::fmt::Display| DiceError::InvalidCa(format!("{what}: {e}"));
-        let cert_der = crate::pem::parse_certificates(cert_pem)
+        let cert_der = dps_pki::pem::parse_certificates(cert_pem)
             .map_err(|e| invalid("certificate", &e))?
             .swap_remove(0)
             .to_vec();
         {
-            let parsed = crate::x509::parse(&cert_der).map_err(|e| invalid("certificate", &e))?;
+            let parsed = dps_pki::x509::parse(&cert_der).map_err(|e| invalid("certificate", &e))?;
             if !matches!(parsed.basic_constraints(), Ok(Some(bc)) if bc.value.ca) {
                 return Err(DiceError::InvalidCa(
                     "the certificate is not a CA (basicConstraints CA:TRUE is missing)".into(),
@@ -529,7 +529,7 @@ impl CaIssuer {
             }
         }
         let cert = Certificate::from_der(&cert_der).map_err(|e| invalid("certificate", &e))?;
-        let key = crate::pem::parse_private_key(key_pem).map_err(|e| invalid("private key", &e))?;
+        let key = dps_pki::pem::parse_private_key(key_pem).map_err(|e| invalid("private key", &e))?;
         let p256_key = match &key {
             PrivateKeyDer::Pkcs8(k) => SecretKey::from_pkcs8_der(k.secret_pkcs8_der()).ok(),
             PrivateKeyDer::Sec1(k) => SecretKey::from_sec1_der(k.secret_sec1_der()).ok(),
@@ -550,8 +550,8 @@ impl CaIssuer {
     /// Confirms the CA's public key verifies what its private key signed: a key that belongs
     /// to another certificate would otherwise produce a certificate nobody can verify.
     fn check_issued(&self, issued_der: &[u8]) -> Result<(), DiceError> {
-        let ca = crate::x509::parse(&self.cert_der).map_err(|e| DiceError::InvalidCa(e.to_string()))?;
-        let issued = crate::x509::parse(issued_der).map_err(|e| DiceError::InvalidCa(e.to_string()))?;
+        let ca = dps_pki::x509::parse(&self.cert_der).map_err(|e| DiceError::InvalidCa(e.to_string()))?;
+        let issued = dps_pki::x509::parse(issued_der).map_err(|e| DiceError::InvalidCa(e.to_string()))?;
         issued
             .verify_signature(Some(ca.public_key()))
             .map_err(|_| DiceError::InvalidCa("the private key does not belong to the CA certificate".into()))

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use dps_pki::ca::LocalCa;
-use dps_pki::dice::tcg::{
+use dps_dice::tcg::{
     device_id_certificate, parse_tcb_info, tcg_identity, DeviceIdIssuer, TcgIdentity, TcgOptions, SHA256_OID,
 };
-use dps_pki::dice::DiceError;
+use dps_dice::DiceError;
+use dps_pki::ca::LocalCa;
 use dps_pki::pem::{parse_certificates, parse_private_key};
 use dps_pki::tls::{client_config_with_identity, peer_certificates, server_config};
 use dps_pki::CertificateDer;

@@ -1,8 +1,8 @@
 //! The DevKit DICE scheme against the DevKit tool's own output: the sample firmware fixture
 //! reproduced byte for byte, and the reference vector's certificates.
 
-use dps_pki::dice::devkit::{devkit_identity, FirmwareImage};
-use dps_pki::dice::parse_uds_hex;
+use dps_dice::devkit::{devkit_identity, FirmwareImage};
+use dps_dice::parse_uds_hex;
 use dps_pki::pem::{parse_certificates, parse_private_key};
 use dps_pki::thumbprint::{sha1_thumbprint, sha256_thumbprint};
 use sha2::{Digest, Sha256};
@@ -17,7 +17,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sample() -> dps_pki::dice::devkit::DevkitIdentity {
+fn sample() -> dps_dice::devkit::DevkitIdentity {
     let image = FirmwareImage::from_bin_and_map(BIN, MAP).unwrap();
     devkit_identity(&parse_uds_hex(SAMPLE_UDS).unwrap(), &image, "devkit-dps-sample").unwrap()
 }

@@ -190,7 +190,7 @@ pub(crate) fn uncompressed_point(key: &p256::PublicKey) -> [u8; 65] {
 
 /// PEM with the body wrapped at 64 columns (RFC 7468), LF line ends.
 pub(crate) fn pem_wrapped(label: &str, der: &[u8]) -> String {
-    crate::pem::to_pem(label, der)
+    dps_pki::pem::to_pem(label, der)
 }
 
 /// PEM with the whole body on one line, LF line ends: what the RIoT `DERtoPEM` emits (and

@@ -34,8 +34,8 @@ use p256::{NistP256, NonZeroScalar, Scalar, SecretKey};
 use sha2::{Digest, Sha256};
 use x509_cert::spki::AlgorithmIdentifierOwned;
 
-use crate::dice::x509::{algorithm, oid, TbsSigner};
-use crate::dice::{DiceError, UDS_LEN};
+use crate::x509::{algorithm, oid, TbsSigner};
+use crate::{DiceError, UDS_LEN};
 
 /// The KDF label of the DeviceID key (`RIOT_LABEL_IDENTITY`).
 const LABEL_IDENTITY: &[u8] = b"Identity";

@@ -2,7 +2,7 @@
 
 /// Why a DICE identity could not be derived or certified.
 ///
-/// Like [`PkiError`](crate::PkiError), underlying library errors are shown in the message rather
+/// Like [`PkiError`](dps_pki::PkiError), underlying library errors are shown in the message rather
 /// than exposed as `source()`, so that `{e}` in a CLI or API response says everything once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -7,7 +7,7 @@ use hkdf::Hkdf;
 use p256::{NonZeroScalar, SecretKey};
 use sha2::{Digest, Sha256};
 
-use crate::dice::{DiceError, UDS_LEN};
+use crate::{DiceError, UDS_LEN};
 
 /// HKDF salt when extracting the layer-0 CDI from the UDS.
 pub(crate) const SALT_UDS: &[u8] = b"dps-dice-v1/uds";
@@ -88,7 +88,7 @@ mod tests {
         let cdi1 = layer1_cdi(&cdi0, &fw);
         let device_id = derive_key(&cdi0, INFO_DEVICE_ID, "DeviceID").unwrap();
         let alias = derive_key(&cdi1, INFO_ALIAS, "Alias").unwrap();
-        let hex = crate::dice::lower_hex;
+        let hex = crate::lower_hex;
         assert_eq!(hex(&cdi0), PINNED_CDI0);
         assert_eq!(hex(&cdi1), PINNED_CDI1);
         assert_eq!(hex(&device_id.to_bytes()), PINNED_DEVICE_ID);

@@ -25,7 +25,7 @@ use der::{Decode, Encode, Sequence};
 use x509_cert::spki::ObjectIdentifier;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::dice::DiceError;
+use crate::DiceError;
 
 /// The TcbInfo extension's OID, dotted.
 pub const TCB_INFO_OID: &str = "2.23.133.5.4.1";
@@ -59,7 +59,7 @@ pub struct TcbInfo {
 
 impl TcbInfo {
     /// The first SHA-256 firmware digest: in certificates from
-    /// [`tcg_identity`](crate::dice::tcg::tcg_identity) this is SHA-256 of the firmware image.
+    /// [`tcg_identity`](crate::tcg::tcg_identity) this is SHA-256 of the firmware image.
     pub fn sha256_fwid(&self) -> Option<[u8; 32]> {
         self.fwids
             .iter()

@@ -12,8 +12,8 @@ use x509_cert::name::Name;
 use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfoOwned};
 use x509_cert::time::Time;
 
-use crate::dice::x509::{build_certificate, extension, oid, p256_spki, utf8_name, CertFields, TbsSigner};
-use crate::dice::DiceError;
+use crate::x509::{build_certificate, extension, oid, p256_spki, utf8_name, CertFields, TbsSigner};
+use crate::DiceError;
 
 /// Alias certificate serial number.
 const ALIAS_SERIAL: [u8; 5] = [0x0a, 0x0b, 0x0c, 0x0d, 0x0e];

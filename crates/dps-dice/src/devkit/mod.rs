@@ -17,7 +17,7 @@
 //! Because the nonce is constant and the DeviceID key signs two certificates with it, anyone
 //! holding a DevKit alias certificate and DeviceID certificate can compute the DeviceID private
 //! key. The scheme exists here for compatibility with deployed boards; new devices should use
-//! [`tcg`](crate::dice::tcg).
+//! [`tcg`](crate::tcg).
 
 mod cert;
 mod derive;
@@ -31,8 +31,8 @@ pub use image::{
 use p256::elliptic_curve::zeroize::Zeroizing;
 use p256::pkcs8::EncodePublicKey;
 
-use crate::dice::x509::{pem_one_line, uncompressed_point};
-use crate::dice::{DiceError, UDS_LEN};
+use crate::x509::{pem_one_line, uncompressed_point};
+use crate::{DiceError, UDS_LEN};
 
 /// The longest registration id the DevKit tool accepts.
 pub const MAX_REGISTRATION_ID_LEN: usize = 128;
@@ -82,7 +82,7 @@ impl std::fmt::Debug for DevkitIdentity {
             .field("alias_cert_pem", &self.alias_cert_pem)
             .field("alias_key_pem", &"<redacted>")
             .field("device_id_cert_pem", &self.device_id_cert_pem)
-            .field("fwid", &crate::dice::lower_hex(&self.fwid))
+            .field("fwid", &crate::lower_hex(&self.fwid))
             .finish_non_exhaustive()
     }
 }
@@ -140,7 +140,7 @@ fn sec1_private_key(key: &p256::SecretKey) -> Result<Zeroizing<Vec<u8>>, DiceErr
     let public_key = key.public_key().to_encoded_point(false);
     let der = sec1::EcPrivateKey {
         private_key: &private_key,
-        parameters: Some(sec1::EcParameters::NamedCurve(crate::dice::x509::oid::PRIME256V1)),
+        parameters: Some(sec1::EcParameters::NamedCurve(crate::x509::oid::PRIME256V1)),
         public_key: Some(public_key.as_bytes()),
     }
     .to_der()?;
