@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::output::{self, out, s};
-use crate::remote::{chain, HubTarget};
+use dps_client::error_chain as chain;
+
+use crate::remote::HubTarget;
 
 /// `dps hub …`
 #[derive(Subcommand, Debug)]

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use super::identity::{issue_certificates, Credentials};
 use super::Attestation;
-use crate::remote::Rest;
+use dps_client::RestClient as Rest;
 
 /// REST calls in flight while cleaning up (deleting 50,000 records one by one would take minutes).
 const CLEANUP_CONCURRENCY: usize = 16;

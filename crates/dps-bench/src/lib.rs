@@ -5,6 +5,14 @@
 //!
 //! A run: prepare (enrollment group, device certificates; untimed), warm up (untimed), the timed
 //! phase under the controls, optionally a short `tls` ceiling in the same run, cleanup, report.
+//!
+//! A crate of its own so the CLI stays a thin shell: `dps bench` resolves where the server is
+//! ([`Target`]) and prints the report; everything between is here.
+//!
+//! Entry points: [`BenchArgs::validate`] (the controls, and room for the sockets), then [`run`],
+//! then [`print_human`] or the report as JSON.
+
+#![forbid(unsafe_code)]
 
 mod devices;
 mod driver;
@@ -22,14 +30,45 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
-use dps_client::Transport;
-use dps_datadir::DataDir;
+use dps_client::{RestClient, Transport};
+use dps_server::fdlimit;
 use serde_json::{json, Value};
 
-use crate::output;
-use crate::remote::{read_ca, Api, Rest, ServerArgs};
 use driver::Plan;
+pub use report::print_human;
 use report::{round3, Outcome, Usage};
+
+/// Why a run could not start or was cut short: the message says what to change (a control, the
+/// open-file limit, the server's address). Only ever shown to the operator, so it carries the
+/// whole cause chain as text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BenchError(String);
+
+impl From<anyhow::Error> for BenchError {
+    fn from(e: anyhow::Error) -> Self {
+        Self(format!("{e:#}"))
+    }
+}
+
+/// Where the server under test is, resolved by the caller (the CLI reads it from flags and the
+/// data directory).
+pub struct Target {
+    /// The DPS service API (creates and deletes the bench's enrollment group).
+    pub dps: Arc<RestClient>,
+    /// The hub registry API, to delete the hub devices the run created (none: they stay).
+    pub hub: Option<Arc<RestClient>>,
+    /// The service's ID scope.
+    pub id_scope: String,
+    /// The embedded hub's host name (where devices are assigned).
+    pub hub_host: String,
+    /// The CA the server's certificate chains to, PEM.
+    pub ca_pem: String,
+    /// MQTT port (DPS and hub).
+    pub mqtt_port: u16,
+    /// HTTPS port.
+    pub https_port: u16,
+}
 
 /// What each simulated device does.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,15 +107,6 @@ pub struct BenchArgs {
     /// What each device does.
     #[arg(value_enum)]
     pub mode: Mode,
-    /// Service connection string [default: the data directory's owner policy].
-    #[arg(long, env = "DPS_CONNECTION_STRING", hide_env_values = true)]
-    pub connection_string: Option<String>,
-    /// Hub connection string, to delete the hub devices the run created [default: the data
-    /// directory's hub owner policy].
-    #[arg(long, env = "DPS_HUB_CONNECTION_STRING", hide_env_values = true)]
-    pub hub_connection_string: Option<String>,
-    #[command(flatten)]
-    pub server: ServerArgs,
     /// Number of distinct devices (hold: connections) [default: 1000; with --duration: no limit].
     #[arg(long)]
     pub devices: Option<usize>,
@@ -133,8 +163,8 @@ const FD_SLACK: u64 = 256;
 /// sockets in TIME_WAIT and other programs).
 const PORT_SHARE: f64 = 0.9;
 
-/// What the arguments mean once checked.
-struct Controls {
+/// What the arguments mean once checked ([`BenchArgs::validate`]).
+pub struct Controls {
     devices: Option<usize>,
     duration: Option<Duration>,
     rate: Option<f64>,
@@ -203,7 +233,7 @@ fn file_limits(a: &BenchArgs, devices: Option<usize>) -> Result<()> {
         _ => 0,
     };
     let wanted = held + 2 * a.concurrency as u64 + FD_SLACK;
-    let limit = crate::fdlimit::raise(wanted).map_err(|e| anyhow!("cannot raise the open-file limit: {e}"))?;
+    let limit = fdlimit::raise(wanted).map_err(|e| anyhow!("cannot raise the open-file limit: {e}"))?;
     if limit < wanted {
         bail!(
             "this run needs about {wanted} open files, but this process may open only {limit} (its hard limit; \
@@ -211,7 +241,7 @@ fn file_limits(a: &BenchArgs, devices: Option<usize>) -> Result<()> {
         );
     }
     if let (true, Some(pid)) = (held > 0, a.server_pid) {
-        if let Some(server) = crate::fdlimit::of_process(pid).filter(|&l| l < held + 64) {
+        if let Some(server) = fdlimit::of_process(pid).filter(|&l| l < held + 64) {
             bail!(
                 "the server (PID {pid}) may open only {server} files, too few for {held} connections: start it \
                  from a shell with a higher limit (`ulimit -n {}`)",
@@ -222,27 +252,33 @@ fn file_limits(a: &BenchArgs, devices: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark and prints its report.
-pub async fn run(a: BenchArgs) -> Result<()> {
-    let controls = check(&a)?;
-    file_limits(&a, controls.devices)?;
+impl BenchArgs {
+    /// Checks the controls and makes room for the sockets the run needs (the open-file limit),
+    /// before anything is sent.
+    pub fn validate(&self) -> Result<Controls, BenchError> {
+        let controls = check(self)?;
+        file_limits(self, controls.devices)?;
+        Ok(controls)
+    }
+}
+
+/// Runs the benchmark against `target` and returns its report.
+pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Value, BenchError> {
+    Ok(run_checked(a, controls, target).await?)
+}
+
+async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Result<Value> {
     let t_prepare = Instant::now();
-    let dir = DataDir::new(&a.server.data_dir);
-    let identity = dir
-        .load_identity()
-        .map_err(|_| anyhow!("no ID scope: use --data-dir of a server"))?;
-    let runtime = dir.runtime();
-    let ca_pem = read_ca(a.server.ca.as_deref(), &dir)?;
-    let rest = Arc::new(Rest::connect(a.connection_string.as_deref(), &a.server, Api::Dps)?);
-    let hub_rest = Rest::connect(a.hub_connection_string.as_deref(), &a.server, Api::Hub)
-        .ok()
-        .map(Arc::new);
+    let Target {
+        dps: rest,
+        hub: hub_rest,
+        id_scope,
+        hub_host,
+        ca_pem,
+        mqtt_port,
+        https_port,
+    } = target;
     let host = rest.host().to_string();
-    let (mqtt_port, https_port) = runtime
-        .as_ref()
-        .map(|r| (r.mqtt_port, r.https_port))
-        .unwrap_or((8883, 443));
-    let https_port = a.server.port.unwrap_or(https_port);
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
 
     let prepared = prepare::credentials(a.attestation, &run_id, controls.devices.map_or(0, |d| d + a.warmup)).await?;
@@ -250,7 +286,6 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if uses_group {
         prepare::create_group(&rest, &run_id, &prepared.group_attestation).await?;
     }
-    let hub_host = identity.hub.host_name.clone();
     let ctx = Arc::new(devices::Ctx {
         client: a.client,
         transport: a.transport,
@@ -259,7 +294,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         https_authority: format!("{host}:{https_port}"),
         dps_host: host,
         mqtt_port,
-        id_scope: identity.id_scope.clone(),
+        id_scope,
         hub: (hub_host.clone(), wire::Endpoint::resolve(&hub_host, mqtt_port).await?),
         trust: wire::Trust::new(&ca_pem)?,
         ca_pem,
@@ -364,12 +399,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     if uses_group && !a.keep {
         report["cleanup"] = prepare::cleanup(rest, hub_rest, &run_id).await;
     }
-    if a.server.json {
-        output::json(&report);
-    } else {
-        report::print_human(&report);
-    }
-    Ok(())
+    Ok(report)
 }
 
 fn attestation_name(a: Attestation) -> &'static str {

@@ -104,7 +104,7 @@ impl<'a> Device<'a> {
     /// A SAS token for `resource` signed with the device key; `None` for X.509 devices.
     pub fn sas(&self, resource: &str, key_name: Option<&str>) -> Option<String> {
         let key = self.ctx.credentials.device_key(&self.id)?;
-        let expiry = crate::remote::unix_now() + SAS_TTL_SECS;
+        let expiry = unix_now() + SAS_TTL_SECS;
         dps_proto::sas::build_token_with(resource, expiry, key_name, |m| {
             Ok::<_, Infallible>(dps_proto::sas::hmac_sha256(&key, m))
         })
@@ -245,6 +245,14 @@ async fn handshake(dev: &Device<'_>) -> Result<(), String> {
     let mut tls = super::wire::tls(&dev.ctx.dps_mqtt, dev.source(), dev.tls_config()?).await?;
     let _ = tls.shutdown().await;
     Ok(())
+}
+
+/// Seconds since the epoch (SAS token expiry).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
