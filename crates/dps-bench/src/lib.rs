@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
-use dps_client::{RestClient, Transport};
+use dps_client::{RegistryClient, ServiceClient, Transport};
 use dps_server::fdlimit;
 use serde_json::{json, Value};
 
@@ -55,9 +55,9 @@ impl From<anyhow::Error> for BenchError {
 /// data directory).
 pub struct Target {
     /// The DPS service API (creates and deletes the bench's enrollment group).
-    pub dps: Arc<RestClient>,
+    pub dps: Arc<ServiceClient>,
     /// The hub registry API, to delete the hub devices the run created (none: they stay).
-    pub hub: Option<Arc<RestClient>>,
+    pub hub: Option<Arc<RegistryClient>>,
     /// The service's ID scope.
     pub id_scope: String,
     /// The embedded hub's host name (where devices are assigned).
@@ -278,7 +278,7 @@ async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Resul
         mqtt_port,
         https_port,
     } = target;
-    let host = rest.host().to_string();
+    let host = rest.rest().host().to_string();
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
 
     let prepared = prepare::credentials(a.attestation, &run_id, controls.devices.map_or(0, |d| d + a.warmup)).await?;

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use dps_client::{RegistryClient, ServiceClient};
 use dps_pki::ca::{KeyAlgorithm, LocalCa};
-use dps_proto::rest::Route;
+use dps_proto::model::service::{
+    AttestationMechanism, AttestationType, EnrollmentGroup, SymmetricKeyAttestation, X509Attestation,
+    X509CertificateWithInfo, X509Certificates,
+};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use super::identity::{issue_certificates, Credentials};
 use super::Attestation;
-use dps_client::RestClient as Rest;
 
 /// REST calls in flight while cleaning up (deleting 50,000 records one by one would take minutes).
 const CLEANUP_CONCURRENCY: usize = 16;
@@ -22,8 +25,8 @@ const CLEANUP_CONCURRENCY: usize = 16;
 pub struct Prepared {
     /// How devices authenticate.
     pub credentials: Credentials,
-    /// The enrollment group's `attestation` object.
-    pub group_attestation: Value,
+    /// The enrollment group's attestation.
+    pub group_attestation: AttestationMechanism,
     /// Seconds spent creating the CA and the device certificates (X.509).
     pub certificate_seconds: f64,
 }
@@ -41,7 +44,14 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
             let raw = rand_bytes::<32>();
             let key = dps_proto::keys::encode_key(&raw);
             Prepared {
-                group_attestation: json!({ "type": "symmetricKey", "symmetricKey": { "primaryKey": key, "secondaryKey": key } }),
+                group_attestation: AttestationMechanism {
+                    kind: AttestationType::SymmetricKey,
+                    symmetric_key: Some(SymmetricKeyAttestation {
+                        primary_key: Some(key.clone()),
+                        secondary_key: Some(key.clone()),
+                    }),
+                    ..AttestationMechanism::default()
+                },
                 credentials: Credentials::SymmetricKey {
                     group_key_b64: key,
                     group_key: raw.to_vec(),
@@ -58,7 +68,20 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
             let signing = intermediate.cert_pem();
             let ids = issue_certificates(Arc::new(intermediate), run_id, devices).await?;
             Prepared {
-                group_attestation: json!({ "type": "x509", "x509": { "signingCertificates": { "primary": { "certificate": signing } } } }),
+                group_attestation: AttestationMechanism {
+                    kind: AttestationType::X509,
+                    x509: Some(X509Attestation {
+                        signing_certificates: Some(X509Certificates {
+                            primary: Some(X509CertificateWithInfo {
+                                certificate: Some(signing),
+                                info: None,
+                            }),
+                            secondary: None,
+                        }),
+                        ..X509Attestation::default()
+                    }),
+                    ..AttestationMechanism::default()
+                },
                 credentials: Credentials::X509(ids),
                 certificate_seconds: t0.elapsed().as_secs_f64(),
             }
@@ -67,9 +90,13 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
 }
 
 /// Creates the enrollment group `run_id` through the service API.
-pub async fn create_group(rest: &Rest, run_id: &str, attestation: &Value) -> Result<()> {
-    let body = json!({ "enrollmentGroupId": run_id, "attestation": attestation });
-    rest.call(&Route::PutGroup(run_id.into()), &[], Some(&body), &[])
+pub async fn create_group(dps: &ServiceClient, run_id: &str, attestation: &AttestationMechanism) -> Result<()> {
+    let group = EnrollmentGroup {
+        enrollment_group_id: run_id.into(),
+        attestation: attestation.clone(),
+        ..EnrollmentGroup::default()
+    };
+    dps.put_group(&group, None)
         .await
         .context("cannot create the bench enrollment group")?;
     Ok(())
@@ -78,9 +105,9 @@ pub async fn create_group(rest: &Rest, run_id: &str, attestation: &Value) -> Res
 /// Deletes what the run left: every registration record of the group, the hub device each one
 /// created (when `hub` is given: the hub's registry API), and the group. Failures are counted,
 /// not fatal — the results of the run matter more. Returns the `cleanup` report object.
-pub async fn cleanup(dps: Arc<Rest>, hub: Option<Arc<Rest>>, run_id: &str) -> Value {
+pub async fn cleanup(dps: Arc<ServiceClient>, hub: Option<Arc<RegistryClient>>, run_id: &str) -> Value {
     let t0 = Instant::now();
-    let records = match dps.query(&Route::QueryRegistrations(run_id.into()), None).await {
+    let records = match dps.query_registrations(run_id, None).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cleanup: cannot list the bench registrations: {e:#}");
@@ -103,15 +130,12 @@ pub async fn cleanup(dps: Arc<Rest>, hub: Option<Arc<Rest>>, run_id: &str) -> Va
         let (dps, hub) = (dps.clone(), hub.clone());
         let (deleted, devices, failures) = (deleted.clone(), devices.clone(), failures.clone());
         tasks.spawn(async move {
-            let Some(id) = r.get("registrationId").and_then(Value::as_str) else {
-                return;
-            };
-            match dps.call(&Route::DeleteRegistration(id.into()), &[], None, &[]).await {
+            match dps.delete_registration(&r.registration_id, None).await {
                 Ok(_) => deleted.fetch_add(1, Ordering::Relaxed),
                 Err(_) => failures.fetch_add(1, Ordering::Relaxed),
             };
-            if let (Some(hub), Some(device)) = (hub, r.get("deviceId").and_then(Value::as_str)) {
-                match hub.call(&Route::DeleteDevice(device.into()), &[], None, &[]).await {
+            if let (Some(hub), Some(device)) = (hub, r.device_id.as_deref()) {
+                match hub.delete_device(device, None).await {
                     Ok(_) => devices.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failures.fetch_add(1, Ordering::Relaxed),
                 };
@@ -119,7 +143,7 @@ pub async fn cleanup(dps: Arc<Rest>, hub: Option<Arc<Rest>>, run_id: &str) -> Va
         });
     }
     while tasks.join_next().await.is_some() {}
-    let group = dps.call(&Route::DeleteGroup(run_id.into()), &[], None, &[]).await;
+    let group = dps.delete_group(run_id, None).await;
     if let Err(e) = &group {
         eprintln!("cleanup: cannot delete the bench enrollment group {run_id}: {e:#}");
     }

@@ -37,6 +37,7 @@ mod mqtt;
 mod provisioning;
 mod rest;
 mod security;
+mod service;
 #[cfg(feature = "tpm")]
 mod tpm;
 mod x509;
@@ -54,6 +55,7 @@ pub use rest::{Reply, RestClient};
 pub use security::{
     sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider, TpmPublicKeys, DEFAULT_TPM_TCTI,
 };
+pub use service::{RegistryClient, ServiceClient};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmError, TpmProvider, EK_HANDLE, ID_KEY_HANDLE, SRK_HANDLE};
 pub use x509::X509Provider;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use clap::Args;
+use dps_client::{RegistryClient, ServiceClient};
 use dps_datadir::DataDir;
 
 use crate::output;
@@ -35,10 +36,14 @@ pub async fn run(a: BenchCommand) -> Result<()> {
         .map_err(|_| anyhow!("no ID scope: use --data-dir of a server"))?;
     let runtime = dir.runtime();
     let ca_pem = read_ca(a.server.ca.as_deref(), &dir)?;
-    let dps = Arc::new(connect(a.connection_string.as_deref(), &a.server, Api::Dps)?);
+    let dps = Arc::new(ServiceClient::new(connect(
+        a.connection_string.as_deref(),
+        &a.server,
+        Api::Dps,
+    )?));
     let hub = connect(a.hub_connection_string.as_deref(), &a.server, Api::Hub)
         .ok()
-        .map(Arc::new);
+        .map(|r| Arc::new(RegistryClient::new(r)));
     let (mqtt_port, https_port) = runtime
         .as_ref()
         .map(|r| (r.mqtt_port, r.https_port))

@@ -3,10 +3,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use dps_proto::rest::Route;
 use serde_json::{json, Value};
 
-use crate::output::{self, out, s};
+use crate::output::{self, out, s, to_value};
 use crate::remote::DpsTarget;
 
 /// `dps registration …`
@@ -61,12 +60,12 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
     match cmd {
         RegistrationCommand::Show(a) => {
             let id = &a.registration_id;
-            let r = a.target.rest()?;
-            let v = r
-                .call(&Route::GetRegistration(id.clone()), &[], None, &[])
-                .await
-                .with_context(|| format!("cannot show registration '{id}'"))?
-                .body;
+            let r = a.target.client()?;
+            let v = to_value(
+                &r.get_registration(id)
+                    .await
+                    .with_context(|| format!("cannot show registration '{id}'"))?,
+            )?;
             if a.target.server.json {
                 output::json(&v);
             } else {
@@ -74,11 +73,12 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
             }
         }
         RegistrationCommand::List(a) => {
-            let r = a.target.rest()?;
-            let items = r
-                .query(&Route::QueryRegistrations(a.group_id.clone()), a.top)
+            let r = a.target.client()?;
+            let records = r
+                .query_registrations(&a.group_id, a.top)
                 .await
                 .with_context(|| format!("cannot list the registrations of group '{}'", a.group_id))?;
+            let items: Vec<Value> = records.iter().map(to_value).collect::<Result<_>>()?;
             if a.target.server.json {
                 output::json(&Value::Array(items));
             } else {
@@ -99,9 +99,9 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
         }
         RegistrationCommand::Delete(a) => {
             let id = &a.registration_id;
-            let r = a.target.rest()?;
-            let headers: Vec<(&str, &str)> = a.etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default();
-            r.call(&Route::DeleteRegistration(id.clone()), &[], None, &headers)
+            a.target
+                .client()?
+                .delete_registration(id, a.etag.as_deref())
                 .await
                 .with_context(|| format!("cannot delete registration '{id}'"))?;
             if a.target.server.json {

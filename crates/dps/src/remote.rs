@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use dps_client::RestClient;
+use dps_client::{RegistryClient, RestClient, ServiceClient};
 use dps_datadir::DataDir;
 use dps_proto::connection_string::ConnectionString;
 
@@ -51,8 +51,8 @@ pub struct DpsTarget {
 
 impl DpsTarget {
     /// A client of the DPS service API this target names.
-    pub fn rest(&self) -> Result<Rest> {
-        connect(self.connection_string.as_deref(), &self.server, Api::Dps)
+    pub fn client(&self) -> Result<ServiceClient> {
+        connect(self.connection_string.as_deref(), &self.server, Api::Dps).map(ServiceClient::new)
     }
 }
 
@@ -69,8 +69,8 @@ pub struct HubTarget {
 
 impl HubTarget {
     /// A client of the hub registry API this target names.
-    pub fn rest(&self) -> Result<Rest> {
-        connect(self.hub_connection_string.as_deref(), &self.server, Api::Hub)
+    pub fn client(&self) -> Result<RegistryClient> {
+        connect(self.hub_connection_string.as_deref(), &self.server, Api::Hub).map(RegistryClient::new)
     }
 }
 
@@ -122,11 +122,8 @@ pub fn connection_string(explicit: Option<&str>, dir: &DataDir, api: Api) -> Res
     Ok(ConnectionString::service(&host, &policy.key_name, &policy.primary_key))
 }
 
-/// The REST client of a service API; see [`RestClient`].
-pub type Rest = RestClient;
-
 /// Resolves the target for `api` from flags, environment and the data directory.
-pub fn connect(explicit: Option<&str>, server: &ServerArgs, api: Api) -> Result<Rest> {
+pub fn connect(explicit: Option<&str>, server: &ServerArgs, api: Api) -> Result<RestClient> {
     let dir = DataDir::new(&server.data_dir);
     let cs = connection_string(explicit, &dir, api)?;
     let ca = read_ca(server.ca.as_deref(), &dir)?;
