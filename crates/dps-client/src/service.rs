@@ -48,6 +48,11 @@ async fn call<T: DeserializeOwned>(
     typed(&route, reply.body)
 }
 
+/// Sends a `DELETE` route (no answer body).
+async fn delete(rest: &RestClient, route: Route, etag: Option<&str>) -> Result<(), ClientError> {
+    rest.call(&route, &[], None, &if_match(etag)).await.map(drop)
+}
+
 /// Runs a paged query and reads every item as `T`.
 async fn query<T: DeserializeOwned>(
     rest: &RestClient,
@@ -93,10 +98,7 @@ impl ServiceClient {
 
     /// `DELETE /enrollments/{id}`.
     pub async fn delete_enrollment(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
-        self.rest
-            .call(&Route::DeleteEnrollment(id.into()), &[], None, &if_match(etag))
-            .await
-            .map(drop)
+        delete(&self.rest, Route::DeleteEnrollment(id.into()), etag).await
     }
 
     /// `POST /enrollments/{id}/attestationmechanism`: the attestation with its secrets.
@@ -122,10 +124,7 @@ impl ServiceClient {
 
     /// `DELETE /enrollmentGroups/{id}`.
     pub async fn delete_group(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
-        self.rest
-            .call(&Route::DeleteGroup(id.into()), &[], None, &if_match(etag))
-            .await
-            .map(drop)
+        delete(&self.rest, Route::DeleteGroup(id.into()), etag).await
     }
 
     /// `POST /enrollmentGroups/{id}/attestationmechanism`.
@@ -145,10 +144,7 @@ impl ServiceClient {
 
     /// `DELETE /registrations/{id}`.
     pub async fn delete_registration(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
-        self.rest
-            .call(&Route::DeleteRegistration(id.into()), &[], None, &if_match(etag))
-            .await
-            .map(drop)
+        delete(&self.rest, Route::DeleteRegistration(id.into()), etag).await
     }
 
     /// `POST /registrations/{groupId}/query`: the records of a group's devices.
@@ -188,10 +184,7 @@ impl ServiceClient {
 
     /// `DELETE /certificates/{name}`.
     pub async fn delete_certificate(&self, name: &str, etag: Option<&str>) -> Result<(), ClientError> {
-        self.rest
-            .call(&Route::DeleteCertificate(name.into()), &[], None, &if_match(etag))
-            .await
-            .map(drop)
+        delete(&self.rest, Route::DeleteCertificate(name.into()), etag).await
     }
 
     /// `POST /certificates/{name}/generateVerificationCode`.
@@ -258,10 +251,7 @@ impl RegistryClient {
 
     /// `DELETE /devices/{id}`.
     pub async fn delete_device(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
-        self.rest
-            .call(&Route::DeleteDevice(id.into()), &[], None, &if_match(etag))
-            .await
-            .map(drop)
+        delete(&self.rest, Route::DeleteDevice(id.into()), etag).await
     }
 
     /// `GET /twins/{id}`.
