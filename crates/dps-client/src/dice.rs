@@ -3,7 +3,7 @@
 //! certificate as an X.509 device. Nothing secret is stored: a new firmware yields a new alias key
 //! and certificate (under the same DeviceID in the TCG scheme).
 
-use dps_pki::dice::{devkit, tcg};
+use dps_dice::{devkit, tcg};
 
 use crate::security::{AttestationKind, SecurityProvider};
 use crate::x509::X509Provider;

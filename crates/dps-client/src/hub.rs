@@ -26,8 +26,8 @@ use crate::provisioning::{expiry, RegistrationResult};
 use crate::security::{sas_token, SecurityProvider};
 use crate::ClientError;
 
-/// Hub API version in the CONNECT username (what the Node SDK sends).
-pub const HUB_API_VERSION: &str = "2021-04-12";
+/// Hub API version in the CONNECT username ([`dps_proto::api_version::HUB_CLIENT`]).
+pub const HUB_API_VERSION: &str = dps_proto::api_version::HUB_CLIENT;
 
 const TWIN_RESPONSE_FILTER: &str = "$iothub/twin/res/#";
 const DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";

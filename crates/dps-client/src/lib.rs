@@ -36,7 +36,9 @@ mod error;
 mod hub;
 mod mqtt;
 mod provisioning;
+mod rest;
 mod security;
+mod service;
 #[cfg(feature = "tpm")]
 mod tpm;
 mod x509;
@@ -44,15 +46,17 @@ mod x509;
 use std::sync::Arc;
 
 pub use dice::DiceProvider;
-pub use error::ClientError;
+pub use error::{error_chain, ClientError};
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
 pub use provisioning::{
     PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION,
     GLOBAL_ENDPOINT, MIN_REPOLL_INTERVAL,
 };
+pub use rest::{Reply, RestClient};
 pub use security::{
     sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider, TpmPublicKeys, DEFAULT_TPM_TCTI,
 };
+pub use service::{RegistryClient, ServiceClient};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmError, TpmProvider, EK_HANDLE, ID_KEY_HANDLE, SRK_HANDLE};
 pub use x509::X509Provider;

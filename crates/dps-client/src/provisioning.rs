@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use dps_proto::dps_mqtt;
 use dps_proto::model::device::{DeviceRegistration, TpmKeys};
 use dps_proto::model::service::{RegistrationState, RegistrationStatus, Substatus};
-use dps_proto::sas::encode_component;
+use dps_proto::rest::{QueryParams, Route};
 use rumqttc::{ConnectionError, Event, Packet, QoS, SubscribeReasonCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,9 +22,8 @@ use crate::mqtt;
 use crate::security::{sas_token, AttestationKind, SecurityProvider};
 use crate::ClientError;
 
-/// Device API version sent on every request: what the current C SDK and iot-identity-service
-/// send (device-protocol.md §10).
-pub const DEVICE_API_VERSION: &str = "2021-06-01";
+/// Device API version sent on every request ([`dps_proto::api_version::DEVICE_CLIENT`]).
+pub const DEVICE_API_VERSION: &str = dps_proto::api_version::DEVICE_CLIENT;
 
 /// `ClientVersion` / `User-Agent` of this SDK.
 pub const CLIENT_VERSION: &str = concat!("dps-rust/", env!("CARGO_PKG_VERSION"));
@@ -670,13 +669,9 @@ impl ProvisioningClient {
                     crate::error::error_chain(&e)
                 ))
             })?;
-        let base = format!(
-            "https://{}:{}/{}/registrations/{}",
-            url_host(&self.host),
-            self.port(),
-            encode_component(&self.id_scope),
-            encode_component(self.provider.registration_id())
-        );
+        let base = format!("https://{}:{}", url_host(&self.host), self.port());
+        let (scope, registration_id) = (self.id_scope.clone(), self.provider.registration_id().to_string());
+        let no_query = QueryParams::default();
         let mut operation: Option<String> = None;
         let mut retries = 0;
         // One token for the whole registration, register and polls alike, as the C SDK does: a
@@ -686,13 +681,22 @@ impl ProvisioningClient {
         let mut challenge_pending = tpm;
         loop {
             let req = match &operation {
-                None => http
-                    .put(format!("{base}/register?api-version={DEVICE_API_VERSION}"))
-                    .body(body.clone()),
-                Some(op) => http.get(format!(
-                    "{base}/operations/{}?api-version={DEVICE_API_VERSION}",
-                    encode_component(op)
-                )),
+                None => {
+                    let route = Route::Register {
+                        scope: scope.clone(),
+                        registration_id: registration_id.clone(),
+                    };
+                    http.put(format!("{base}{}", route.path_and_query(&no_query)))
+                        .body(body.clone())
+                }
+                Some(op) => {
+                    let route = Route::OperationStatus {
+                        scope: scope.clone(),
+                        registration_id: registration_id.clone(),
+                        operation_id: op.clone(),
+                    };
+                    http.get(format!("{base}{}", route.path_and_query(&no_query)))
+                }
             };
             let mut req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")

@@ -2,9 +2,9 @@
 //! paths and query strings.
 
 use dps_proto::connection_string::ConnectionString;
+use dps_proto::rest::{self, QueryParams, Route};
 use dps_proto::sas::{self, SasToken};
 use dps_proto::{api_version, registration_id as rid};
-use dps_server::http::route::{self, QueryParams};
 use dps_server::http::websocket;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
@@ -77,12 +77,9 @@ pub fn registration_id(data: &[u8]) {
         assert!((1..=128).contains(&id.len()), "valid ids are 1-128 ASCII characters");
         assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b)));
         assert_eq!(rid::validate(&key), Ok(()), "the key of a valid id is valid");
-        let path = format!("/enrollments/{}", dps_proto::sas::encode_component(id));
-        assert_eq!(
-            route::route(&Method::GET, &path),
-            Ok(route::Route::GetEnrollment(id.to_string())),
-            "{path}"
-        );
+        let get = Route::GetEnrollment(id.to_string());
+        let path = get.path();
+        assert_eq!(Route::parse(&Method::GET, &path), Ok(get), "{path}");
     }
 }
 
@@ -115,7 +112,9 @@ fn headers(block: &[u8]) -> HeaderMap {
 /// REST requests: the first byte picks the method, then comes the request target as hyper hands
 /// it over (parsed by `http::Uri`, as hyper does), then optionally a newline and header lines.
 /// The dispatcher and the query parser must not panic, re-encoding the decoded path segments must
-/// route the same, and the WebSocket upgrade check (`/$iothub/websocket`) judges the headers.
+/// route the same, a route formats to a path that parses back to it (the clients' side of the
+/// grammar), a query formats to one that parses back to it, and the WebSocket upgrade check
+/// (`/$iothub/websocket`) judges the headers.
 pub fn rest_path(data: &[u8]) {
     let Some((m, request)) = data.split_first() else {
         return;
@@ -133,7 +132,7 @@ pub fn rest_path(data: &[u8]) {
     let Ok(uri) = Uri::try_from(target) else {
         // hyper answers 400 before routing; the dispatcher still must survive any &str.
         if let Ok(s) = std::str::from_utf8(target) {
-            let _ = route::route(method, s);
+            let _ = Route::parse(method, s);
         }
         return;
     };
@@ -152,13 +151,20 @@ pub fn rest_path(data: &[u8]) {
             "accepted Host {h:?} names none of {audiences:?}"
         );
     }
-    let routed = route::route(method, path);
+    let routed = Route::parse(method, path);
     if let Ok(r) = &routed {
         let _ = r.api();
         let audience = r.audience_path();
         assert!(audience.starts_with('/'), "{audience}");
+        assert_eq!(&r.method(), method, "{r:?}");
+        let formatted = r.path();
+        assert_eq!(
+            Route::parse(method, &formatted).as_ref(),
+            Ok(r),
+            "{path} vs {formatted}"
+        );
     }
-    if let Some(segs) = route::segments(path) {
+    if let Some(segs) = rest::segments(path) {
         let again = format!(
             "/{}/",
             segs.iter()
@@ -166,15 +172,16 @@ pub fn rest_path(data: &[u8]) {
                 .collect::<Vec<_>>()
                 .join("/")
         );
-        assert_eq!(route::segments(&again).as_ref(), Some(&segs), "{again}");
-        assert_eq!(route::route(method, &again), routed, "{path} vs {again}");
+        assert_eq!(rest::segments(&again).as_ref(), Some(&segs), "{again}");
+        assert_eq!(Route::parse(method, &again), routed, "{path} vs {again}");
     }
     let query = QueryParams::parse(uri.query());
-    let given = query.get("api-version");
+    assert_eq!(QueryParams::parse(Some(&query.to_string())), query, "{query}");
+    let given = query.get(rest::API_VERSION);
     for supported in [api_version::DEVICE, api_version::SERVICE, api_version::HUB] {
         if api_version::check(given, supported).is_ok() {
             assert!(given.is_some_and(|g| supported.iter().any(|s| s.eq_ignore_ascii_case(g.trim()))));
         }
     }
-    let _ = route::percent_decode(uri.query().unwrap_or_default());
+    let _ = rest::decode_segment(uri.query().unwrap_or_default());
 }

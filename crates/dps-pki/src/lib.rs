@@ -12,21 +12,23 @@
 //!   that name the failing link;
 //! - [`ca`] is the local PKI for development and factories: roots, intermediates, server, device
 //!   and proof-of-possession certificates;
-//! - [`tls`] builds the rustls configurations of the device/service listeners and of clients.
+//! - [`tls`] builds the rustls configurations of the device/service listeners and of clients;
+//! - [`x509`] reads DER certificates tolerantly (for the crates that need x509-parser's view).
+//!
+//! DICE identities (deriving device keys and certificates from a UDS and firmware) are the
+//! `dps-dice` crate.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod ca;
 pub mod chain;
-pub mod dice;
 pub mod error;
 pub mod info;
 pub mod pem;
 pub mod thumbprint;
 pub mod tls;
-
-mod x509;
+pub mod x509;
 
 pub use error::PkiError;
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer};

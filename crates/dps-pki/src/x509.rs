@@ -13,7 +13,7 @@ use crate::PkiError;
 /// `ParsedExtension::ParseError` on that extension instead of failing the certificate, so callers
 /// that need an extension must treat an unreadable one as absent. Only a broken certificate
 /// structure (outer SEQUENCE, names, validity, key info) is an error here.
-pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
+pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, cert)| cert)
         .map_err(PkiError::invalid_certificate)

@@ -60,6 +60,17 @@ pub const HUB: &[&str] = &[
     "2021-04-12",
 ];
 
+/// The device API version dps's own device client sends (HTTPS query, MQTT username): what the
+/// current C SDK and iot-identity-service send (device-protocol.md §10).
+pub const DEVICE_CLIENT: &str = "2021-06-01";
+
+/// The service API version the `dps` CLI sends.
+pub const SERVICE_CLIENT: &str = "2021-10-01";
+
+/// The hub API version dps's own hub clients send (registry REST, device MQTT CONNECT username:
+/// what the Node SDK sends).
+pub const HUB_CLIENT: &str = "2021-04-12";
+
 /// Why an `api-version` was refused; the message names what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -111,6 +122,13 @@ mod tests {
         for v in ["2019-10-01", "2020-09-30", "2021-04-12", "2018-06-30"] {
             assert_eq!(check(Some(v), HUB), Ok(()));
         }
+    }
+
+    #[test]
+    fn what_our_clients_send_is_accepted() {
+        assert_eq!(check(Some(DEVICE_CLIENT), DEVICE), Ok(()));
+        assert_eq!(check(Some(SERVICE_CLIENT), SERVICE), Ok(()));
+        assert_eq!(check(Some(HUB_CLIENT), HUB), Ok(()));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod model;
 pub mod mqtt_header;
 pub mod registration_id;
+pub mod rest;
 pub mod sas;
 pub mod timefmt;
 pub mod twin_limits;

@@ -8,7 +8,10 @@
 mod api_error;
 pub mod config;
 pub mod conn_limit;
-pub mod datadir;
+/// The data directory, re-exported: it moved to its own crate so the client commands need not
+/// link the server for it.
+pub use dps_datadir as datadir;
+pub mod fdlimit;
 pub mod http;
 mod listener;
 mod log_limit;

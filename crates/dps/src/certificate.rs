@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use reqwest::Method;
+use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
 use serde_json::{json, Value};
 
-use crate::output::{self, out, s};
-use crate::remote::{seg, DpsTarget};
+use crate::output::{self, out, s, to_value};
+use crate::remote::DpsTarget;
 
 /// `dps certificate …`
 #[derive(Subcommand, Debug)]
@@ -93,10 +93,6 @@ pub struct CertificateVerify {
     pub target: DpsTarget,
 }
 
-fn if_match(etag: &Option<String>) -> Vec<(&str, &str)> {
-    etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default()
-}
-
 fn read(path: &PathBuf) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -105,25 +101,26 @@ fn read(path: &PathBuf) -> Result<String> {
 pub async fn run(cmd: CertificateCommand) -> Result<()> {
     match cmd {
         CertificateCommand::Create(a) => {
-            let body = json!({ "certificate": read(&a.certificate_path)?, "isVerified": a.verified });
-            let path = format!("/certificates/{}", seg(&a.name));
-            let v = a
+            let body = CertificateBody {
+                certificate: read(&a.certificate_path)?,
+                is_verified: a.verified,
+            };
+            let c = a
                 .target
-                .rest()?
-                .call(Method::PUT, &path, &[], Some(&body), &if_match(&a.etag))
+                .client()?
+                .put_certificate(&a.name, &body, a.etag.as_deref())
                 .await
-                .with_context(|| format!("cannot upload CA certificate '{}'", a.name))?
-                .body;
-            show(&v, a.target.server.json);
+                .with_context(|| format!("cannot upload CA certificate '{}'", a.name))?;
+            show(&to_value(&c)?, a.target.server.json);
         }
         CertificateCommand::List(a) => {
-            let v = a
+            let list = a
                 .target
-                .rest()?
-                .call(Method::GET, "/certificates", &[], None, &[])
+                .client()?
+                .list_certificates()
                 .await
-                .context("cannot list CA certificates")?
-                .body;
+                .context("cannot list CA certificates")?;
+            let v = to_value(&list)?;
             if a.target.server.json {
                 output::json(&v);
             } else {
@@ -148,52 +145,43 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
             }
         }
         CertificateCommand::Show(a) => {
-            let v = a
+            let c = a
                 .target
-                .rest()?
-                .call(Method::GET, &format!("/certificates/{}", seg(&a.name)), &[], None, &[])
+                .client()?
+                .get_certificate(&a.name)
                 .await
-                .with_context(|| format!("cannot show CA certificate '{}'", a.name))?
-                .body;
-            show(&v, a.target.server.json);
+                .with_context(|| format!("cannot show CA certificate '{}'", a.name))?;
+            show(&to_value(&c)?, a.target.server.json);
         }
         CertificateCommand::GenerateVerificationCode(a) => {
-            let path = format!("/certificates/{}/generateVerificationCode", seg(&a.name));
-            let v = a
+            let c = a
                 .target
-                .rest()?
-                .call(Method::POST, &path, &[], None, &if_match(&a.etag))
+                .client()?
+                .generate_verification_code(&a.name, a.etag.as_deref())
                 .await
-                .with_context(|| format!("cannot generate a verification code for '{}'", a.name))?
-                .body;
+                .with_context(|| format!("cannot generate a verification code for '{}'", a.name))?;
             if a.target.server.json {
-                output::json(&v);
+                output::json(&to_value(&c)?);
             } else {
-                out!("{}", s(&v, "properties/verificationCode"));
+                out!("{}", c.properties.verification_code.unwrap_or_default());
             }
         }
         CertificateCommand::Verify(a) => {
-            let body = json!({ "certificate": read(&a.certificate_path)? });
-            let path = format!("/certificates/{}/verify", seg(&a.name));
-            let v = a
+            let proof = VerificationCertificate {
+                certificate: read(&a.certificate_path)?,
+            };
+            let c = a
                 .target
-                .rest()?
-                .call(Method::POST, &path, &[], Some(&body), &if_match(&a.etag))
+                .client()?
+                .verify_certificate(&a.name, &proof, a.etag.as_deref())
                 .await
-                .with_context(|| format!("cannot verify CA certificate '{}'", a.name))?
-                .body;
-            show(&v, a.target.server.json);
+                .with_context(|| format!("cannot verify CA certificate '{}'", a.name))?;
+            show(&to_value(&c)?, a.target.server.json);
         }
         CertificateCommand::Delete(a) => {
             a.target
-                .rest()?
-                .call(
-                    Method::DELETE,
-                    &format!("/certificates/{}", seg(&a.name)),
-                    &[],
-                    None,
-                    &if_match(&a.etag),
-                )
+                .client()?
+                .delete_certificate(&a.name, a.etag.as_deref())
                 .await
                 .with_context(|| format!("cannot delete CA certificate '{}'", a.name))?;
             if a.target.server.json {

@@ -13,7 +13,7 @@ use dps_client::{
     DiceProvider, HubClient, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider, Transport,
     X509Provider,
 };
-use dps_server::DataDir;
+use dps_datadir::DataDir;
 use serde_json::{json, Value};
 
 use crate::output::{self, out};
@@ -131,8 +131,8 @@ fn parse_json(s: &str) -> Result<Value, String> {
 
 /// Derives the DICE identity the device would derive at boot.
 fn dice_provider(a: &ProvisionArgs) -> Result<DiceProvider> {
-    let uds = dps_pki::dice::parse_uds_hex(a.dice_uds.as_deref().unwrap_or_default())
-        .map_err(|e| anyhow!("--dice-uds: {e}"))?;
+    let uds =
+        dps_dice::parse_uds_hex(a.dice_uds.as_deref().unwrap_or_default()).map_err(|e| anyhow!("--dice-uds: {e}"))?;
     let fw_path = a
         .dice_firmware
         .as_ref()
@@ -142,10 +142,10 @@ fn dice_provider(a: &ProvisionArgs) -> Result<DiceProvider> {
     Ok(match &a.dice_map {
         Some(map) => {
             let map = std::fs::read(map).with_context(|| format!("cannot read {}", map.display()))?;
-            let image = dps_pki::dice::devkit::FirmwareImage::from_bin_and_map(&firmware, &map)?;
+            let image = dps_dice::devkit::FirmwareImage::from_bin_and_map(&firmware, &map)?;
             DiceProvider::devkit(&uds, &image, id)?
         }
-        None => DiceProvider::tcg(&uds, &firmware, id, &dps_pki::dice::tcg::TcgOptions::default())?,
+        None => DiceProvider::tcg(&uds, &firmware, id, &dps_dice::tcg::TcgOptions::default())?,
     })
 }
 

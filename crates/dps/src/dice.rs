@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use dps_pki::dice::{devkit, parse_uds_hex, tcg};
+use dps_dice::{devkit, parse_uds_hex, tcg};
 use serde_json::json;
 
 use crate::output::{self, out};

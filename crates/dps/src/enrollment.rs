@@ -10,12 +10,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use dps_proto::model::service::{AllocationPolicy, ProvisioningStatus};
-use reqwest::Method;
+use dps_proto::model::service::{
+    AllocationPolicy, AttestationMechanism, AttestationType, CustomAllocationDefinition, DeviceCapabilities,
+    EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, X509CertificateWithInfo,
+};
+use dps_proto::rest::Route;
 use serde_json::{json, Map, Value};
 
-use crate::output::{self, out, s};
-use crate::remote::{seg, DpsTarget};
+use crate::output::{self, out, s, to_value};
+use crate::remote::DpsTarget;
 
 /// `dps enrollment …`
 #[derive(Subcommand, Debug)]
@@ -60,11 +63,11 @@ pub enum AttestationArg {
 }
 
 impl AttestationArg {
-    fn wire(self) -> &'static str {
+    fn wire(self) -> AttestationType {
         match self {
-            Self::SymmetricKey => "symmetricKey",
-            Self::X509 => "x509",
-            Self::Tpm => "tpm",
+            Self::SymmetricKey => AttestationType::SymmetricKey,
+            Self::X509 => AttestationType::X509,
+            Self::Tpm => AttestationType::Tpm,
         }
     }
 }
@@ -83,13 +86,16 @@ pub enum ReprovisionArg {
 }
 
 impl ReprovisionArg {
-    fn wire(self) -> Value {
-        let (update, migrate) = match self {
+    fn wire(self) -> ReprovisionPolicy {
+        let (update_hub_assignment, migrate_device_data) = match self {
             Self::Migrate => (true, true),
             Self::Reset => (true, false),
             Self::Never => (false, false),
         };
-        json!({ "updateHubAssignment": update, "migrateDeviceData": migrate })
+        ReprovisionPolicy {
+            update_hub_assignment,
+            migrate_device_data,
+        }
     }
 }
 
@@ -177,10 +183,16 @@ enum Kind {
 }
 
 impl Kind {
-    fn collection(self) -> &'static str {
+    fn get(self, id: &str) -> Route {
         match self {
-            Self::Enrollment => "/enrollments",
-            Self::Group => "/enrollmentGroups",
+            Self::Enrollment => Route::GetEnrollment(id.into()),
+            Self::Group => Route::GetGroup(id.into()),
+        }
+    }
+    fn put(self, id: &str) -> Route {
+        match self {
+            Self::Enrollment => Route::PutEnrollment(id.into()),
+            Self::Group => Route::PutGroup(id.into()),
         }
     }
     fn id_field(self) -> &'static str {
@@ -214,42 +226,65 @@ fn read_cert(path: &PathBuf) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read certificate {}", path.display()))
 }
 
+/// A typed part of a document as the JSON it is inserted as.
+fn part<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("models serialize")
+}
+
 impl Settings {
     /// Builds the attestation for `kind` from the flags, for create or a type change.
-    fn new_attestation(&self, kind: Kind, ty: AttestationArg) -> Result<Value> {
-        let mut att = json!({ "type": ty.wire() });
+    fn new_attestation(&self, kind: Kind, ty: AttestationArg) -> Result<AttestationMechanism> {
+        let mut att = AttestationMechanism {
+            kind: ty.wire(),
+            ..AttestationMechanism::default()
+        };
         self.edit_attestation(kind, ty, &mut att)?;
         Ok(att)
     }
 
     /// Applies attestation flags to an attestation of type `ty` (keeping what they leave out).
-    fn edit_attestation(&self, kind: Kind, ty: AttestationArg, att: &mut Value) -> Result<()> {
-        let a = obj(att);
+    fn edit_attestation(&self, kind: Kind, ty: AttestationArg, a: &mut AttestationMechanism) -> Result<()> {
         match ty {
             AttestationArg::SymmetricKey => {
-                let sk = obj(a.entry("symmetricKey").or_insert_with(|| json!({})));
+                let sk = a.symmetric_key.get_or_insert_with(Default::default);
                 if let Some(k) = &self.primary_key {
-                    sk.insert("primaryKey".into(), json!(k));
+                    sk.primary_key = Some(k.clone());
                 }
                 if let Some(k) = &self.secondary_key {
-                    sk.insert("secondaryKey".into(), json!(k));
+                    sk.secondary_key = Some(k.clone());
                 }
             }
             AttestationArg::X509 => {
-                let x = obj(a.entry("x509").or_insert_with(|| json!({})));
-                for (which, path) in [
-                    ("primary", &self.certificate_path),
-                    ("secondary", &self.secondary_certificate_path),
+                let x = a.x509.get_or_insert_with(Default::default);
+                for (secondary, path) in [
+                    (false, &self.certificate_path),
+                    (true, &self.secondary_certificate_path),
                 ] {
                     if let Some(p) = path {
-                        let certs = obj(x.entry(kind.cert_slot()).or_insert_with(|| json!({})));
-                        certs.insert(which.into(), json!({ "certificate": read_cert(p)? }));
+                        let certs = match kind {
+                            Kind::Enrollment => &mut x.client_certificates,
+                            Kind::Group => &mut x.signing_certificates,
+                        }
+                        .get_or_insert_with(Default::default);
+                        let slot = if secondary {
+                            &mut certs.secondary
+                        } else {
+                            &mut certs.primary
+                        };
+                        *slot = Some(X509CertificateWithInfo {
+                            certificate: Some(read_cert(p)?),
+                            info: None,
+                        });
                     }
                 }
-                for (which, name) in [("primary", &self.ca_name), ("secondary", &self.secondary_ca_name)] {
+                for (secondary, name) in [(false, &self.ca_name), (true, &self.secondary_ca_name)] {
                     if let Some(n) = name {
-                        let refs = obj(x.entry("caReferences").or_insert_with(|| json!({})));
-                        refs.insert(which.into(), json!(n));
+                        let refs = x.ca_references.get_or_insert_with(Default::default);
+                        *(if secondary {
+                            &mut refs.secondary
+                        } else {
+                            &mut refs.primary
+                        }) = Some(n.clone());
                     }
                 }
             }
@@ -257,62 +292,74 @@ impl Settings {
                 if kind == Kind::Group {
                     bail!("enrollment groups do not support TPM attestation");
                 }
-                let t = obj(a.entry("tpm").or_insert_with(|| json!({})));
+                let t = a.tpm.get_or_insert_with(Default::default);
                 if let Some(k) = &self.endorsement_key {
-                    t.insert("endorsementKey".into(), json!(k));
+                    t.endorsement_key = Some(k.clone());
                 }
                 if let Some(k) = &self.storage_root_key {
-                    t.insert("storageRootKey".into(), json!(k));
+                    t.storage_root_key = Some(k.clone());
                 }
             }
         }
         Ok(())
     }
 
-    /// Applies every non-attestation flag to the enrollment/group JSON `doc`.
+    /// Applies every non-attestation flag to the enrollment/group JSON `doc`, which may hold
+    /// fields this CLI does not know (an update edits what the server returned).
     fn apply_common(&self, doc: &mut Value) {
         let d = obj(doc);
         if let Some(s) = self.provisioning_status {
-            d.insert("provisioningStatus".into(), json!(s.as_str()));
+            d.insert("provisioningStatus".into(), part(&s));
         }
         if self.initial_twin_properties.is_some() || self.initial_twin_tags.is_some() {
-            let twin = obj(d.entry("initialTwin").or_insert_with(|| json!({})));
+            let twin = obj(d.entry("initialTwin").or_insert(Value::Null));
             if let Some(tags) = &self.initial_twin_tags {
                 twin.insert("tags".into(), tags.clone());
             }
             if let Some(desired) = &self.initial_twin_properties {
-                let props = obj(twin.entry("properties").or_insert_with(|| json!({})));
+                let props = obj(twin.entry("properties").or_insert(Value::Null));
                 props.insert("desired".into(), desired.clone());
             }
         }
         if let Some(hubs) = &self.iot_hubs {
             let hubs: Vec<&str> = hubs.iter().map(|h| h.trim()).filter(|h| !h.is_empty()).collect();
-            d.insert("iotHubs".into(), json!(hubs));
+            d.insert("iotHubs".into(), part(&hubs));
         }
         if let Some(p) = self.allocation_policy {
-            d.insert("allocationPolicy".into(), json!(p.as_str()));
+            d.insert("allocationPolicy".into(), part(&p));
         }
-        if let Some(e) = self.edge_enabled {
-            d.insert("capabilities".into(), json!({ "iotEdge": e }));
+        if let Some(iot_edge) = self.edge_enabled {
+            d.insert("capabilities".into(), part(&DeviceCapabilities { iot_edge }));
         }
         if let Some(r) = self.reprovision_policy {
-            d.insert("reprovisionPolicy".into(), r.wire());
+            d.insert("reprovisionPolicy".into(), part(&r.wire()));
         }
         if let (Some(url), Some(v)) = (&self.webhook_url, &self.api_version) {
-            d.insert(
-                "customAllocationDefinition".into(),
-                json!({ "webhookUrl": url, "apiVersion": v }),
-            );
+            let webhook = CustomAllocationDefinition {
+                webhook_url: url.clone(),
+                api_version: v.clone(),
+            };
+            d.insert("customAllocationDefinition".into(), part(&webhook));
         }
     }
 
     /// The body of a create request.
     fn create_body(&self, kind: Kind, id: &str, device_id: Option<&str>) -> Result<Value> {
         let ty = self.attestation_type.unwrap_or(AttestationArg::SymmetricKey);
-        let mut doc = json!({ kind.id_field(): id, "attestation": self.new_attestation(kind, ty)? });
-        if let Some(d) = device_id {
-            obj(&mut doc).insert("deviceId".into(), json!(d));
-        }
+        let attestation = self.new_attestation(kind, ty)?;
+        let mut doc = match kind {
+            Kind::Enrollment => part(&IndividualEnrollment {
+                registration_id: id.into(),
+                device_id: device_id.map(str::to_string),
+                attestation,
+                ..IndividualEnrollment::default()
+            }),
+            Kind::Group => part(&EnrollmentGroup {
+                enrollment_group_id: id.into(),
+                attestation,
+                ..EnrollmentGroup::default()
+            }),
+        };
         self.apply_common(&mut doc);
         Ok(doc)
     }
@@ -330,17 +377,20 @@ impl Settings {
             .and_then(|t| AttestationArg::from_str(t, true).ok());
         match (self.attestation_type, current) {
             (Some(new), cur) if Some(new) != cur => {
-                d.insert("attestation".into(), self.new_attestation(kind, new)?);
+                d.insert("attestation".into(), part(&self.new_attestation(kind, new)?));
             }
             (_, Some(cur)) => {
-                let att = d.entry("attestation").or_insert_with(|| json!({}));
-                self.edit_attestation(kind, cur, att)?;
+                let fetched = d.remove("attestation").unwrap_or(Value::Null);
+                let mut att: AttestationMechanism =
+                    serde_json::from_value(fetched).context("the server's attestation is not an attestation")?;
+                self.edit_attestation(kind, cur, &mut att)?;
+                d.insert("attestation".into(), part(&att));
             }
             (None, None) => {}
             (Some(_), None) => unreachable!("covered by the first arm"),
         }
         if let Some(dev) = device_id {
-            d.insert("deviceId".into(), json!(dev));
+            d.insert("deviceId".into(), Value::from(dev));
         }
         self.apply_common(&mut doc);
         Ok(doc)
@@ -509,14 +559,11 @@ pub async fn run_group(cmd: GroupCommand) -> Result<()> {
     }
 }
 
-fn path(k: Kind, id: &str) -> String {
-    format!("{}/{}", k.collection(), seg(id))
-}
-
 async fn create(k: Kind, id: &str, body: Value, t: &DpsTarget) -> Result<()> {
-    let r = t.rest()?;
+    let r = t.client()?;
     let reply = r
-        .call(Method::PUT, &path(k, id), &[], Some(&body), &[])
+        .rest()
+        .call(&k.put(id), &[], Some(&body), &[])
         .await
         .with_context(|| format!("cannot create {} '{id}'", k.noun()))?;
     if t.server.json {
@@ -529,25 +576,20 @@ async fn create(k: Kind, id: &str, body: Value, t: &DpsTarget) -> Result<()> {
 }
 
 async fn show(k: Kind, id: &str, show_keys: bool, t: &DpsTarget) -> Result<()> {
-    let r = t.rest()?;
-    let mut doc = r
-        .call(Method::GET, &path(k, id), &[], None, &[])
-        .await
-        .with_context(|| format!("cannot show {} '{id}'", k.noun()))?
-        .body;
+    let r = t.client()?;
+    let context = || format!("cannot show {} '{id}'", k.noun());
+    let mut doc = match k {
+        Kind::Enrollment => to_value(&r.get_enrollment(id).await.with_context(context)?)?,
+        Kind::Group => to_value(&r.get_group(id).await.with_context(context)?)?,
+    };
     if show_keys {
         // GET strips secrets by design; the attestation-mechanism endpoint returns them.
-        let att = r
-            .call(
-                Method::POST,
-                &format!("{}/attestationmechanism", path(k, id)),
-                &[],
-                None,
-                &[],
-            )
-            .await
-            .with_context(|| format!("cannot read the attestation of {} '{id}'", k.noun()))?
-            .body;
+        let att = match k {
+            Kind::Enrollment => r.enrollment_attestation(id).await,
+            Kind::Group => r.group_attestation(id).await,
+        }
+        .with_context(|| format!("cannot read the attestation of {} '{id}'", k.noun()))?;
+        let att = to_value(&att)?;
         obj(&mut doc).insert("attestation".into(), att);
     }
     if t.server.json {
@@ -559,11 +601,15 @@ async fn show(k: Kind, id: &str, show_keys: bool, t: &DpsTarget) -> Result<()> {
 }
 
 async fn list(k: Kind, a: ListArgs) -> Result<()> {
-    let r = a.target.rest()?;
-    let items = r
-        .query(&format!("{}/query", k.collection()), a.top)
-        .await
-        .with_context(|| format!("cannot list {}s", k.noun()))?;
+    let r = a.target.client()?;
+    let context = || format!("cannot list {}s", k.noun());
+    let items: Vec<Value> = match k {
+        Kind::Enrollment => to_value(&r.query_enrollments(a.top).await.with_context(context)?)?,
+        Kind::Group => to_value(&r.query_groups(a.top).await.with_context(context)?)?,
+    }
+    .as_array()
+    .cloned()
+    .unwrap_or_default();
     if a.target.server.json {
         output::json(&Value::Array(items));
         return Ok(());
@@ -608,9 +654,12 @@ async fn update(
     device_id: Option<&str>,
     t: &DpsTarget,
 ) -> Result<()> {
-    let r = t.rest()?;
+    // Raw JSON on purpose: the update edits what the server returned, so fields the models do
+    // not know survive (see the module documentation).
+    let client = t.client()?;
+    let r = client.rest();
     let current = r
-        .call(Method::GET, &path(k, id), &[], None, &[])
+        .call(&k.get(id), &[], None, &[])
         .await
         .with_context(|| format!("cannot read {} '{id}'", k.noun()))?
         .body;
@@ -623,7 +672,7 @@ async fn update(
         vec![("if-match", if_match.as_str())]
     };
     let reply = r
-        .call(Method::PUT, &path(k, id), &[], Some(&body), &headers)
+        .call(&k.put(id), &[], Some(&body), &headers)
         .await
         .with_context(|| format!("cannot update {} '{id}'", k.noun()))?;
     if t.server.json {
@@ -636,11 +685,12 @@ async fn update(
 }
 
 async fn delete(k: Kind, id: &str, etag: Option<&str>, t: &DpsTarget) -> Result<()> {
-    let r = t.rest()?;
-    let headers: Vec<(&str, &str)> = etag.map(|e| vec![("if-match", e)]).unwrap_or_default();
-    r.call(Method::DELETE, &path(k, id), &[], None, &headers)
-        .await
-        .with_context(|| format!("cannot delete {} '{id}'", k.noun()))?;
+    let r = t.client()?;
+    match k {
+        Kind::Enrollment => r.delete_enrollment(id, etag).await,
+        Kind::Group => r.delete_group(id, etag).await,
+    }
+    .with_context(|| format!("cannot delete {} '{id}'", k.noun()))?;
     if t.server.json {
         output::json(&json!({ "deleted": true, k.id_field(): id }));
     } else {

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use reqwest::Method;
-use serde_json::{json, Value};
+use dps_proto::model::hub::{Twin, TwinProperties};
+use dps_proto::rest::Route;
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::output::{self, out, s};
-use crate::remote::{chain, seg, HubTarget};
+use crate::output::{self, out, s, to_value};
+use dps_client::error_chain as chain;
+
+use crate::remote::HubTarget;
 
 /// `dps hub …`
 #[derive(Subcommand, Debug)]
@@ -64,9 +67,9 @@ pub struct DeviceShow {
     pub target: HubTarget,
 }
 
-fn parse_json_object(s: &str) -> Result<Value, String> {
+fn parse_json_object(s: &str) -> Result<Map<String, Value>, String> {
     match serde_json::from_str::<Value>(s) {
-        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err("expected a JSON object".into()),
         Err(e) => Err(format!("not valid JSON: {e}")),
     }
@@ -81,10 +84,10 @@ pub struct TwinUpdate {
     pub device_id: String,
     /// Desired properties to merge, as a JSON object.
     #[arg(long, value_parser = parse_json_object, value_name = "JSON")]
-    pub desired: Option<Value>,
+    pub desired: Option<Map<String, Value>>,
     /// Tags to merge, as a JSON object.
     #[arg(long, value_parser = parse_json_object, value_name = "JSON")]
-    pub tags: Option<Value>,
+    pub tags: Option<Map<String, Value>>,
     /// Update only if the twin still has this etag.
     #[arg(long)]
     pub etag: Option<String>,
@@ -116,13 +119,13 @@ pub struct MonitorArgs {
 pub async fn run(cmd: HubCommand) -> Result<()> {
     match cmd {
         HubCommand::Device(DeviceCommand::List(a)) => {
-            let r = a.target.rest()?;
-            let top = a.top.to_string();
-            let v = r
-                .call(Method::GET, "/devices", &[("top", &top)], None, &[])
+            let devices = a
+                .target
+                .client()?
+                .list_devices(a.top)
                 .await
-                .context("cannot list devices")?
-                .body;
+                .context("cannot list devices")?;
+            let v = to_value(&devices)?;
             if a.target.server.json {
                 output::json(&v);
             } else {
@@ -145,13 +148,14 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             }
         }
         HubCommand::Device(DeviceCommand::Show(a)) => {
-            let r = a.target.rest()?;
             let id = &a.device_id;
-            let v = r
-                .call(Method::GET, &format!("/devices/{}", seg(id)), &[], None, &[])
+            let device = a
+                .target
+                .client()?
+                .get_device(id)
                 .await
-                .with_context(|| format!("cannot show device '{id}'"))?
-                .body;
+                .with_context(|| format!("cannot show device '{id}'"))?;
+            let v = to_value(&device)?;
             if a.target.server.json {
                 output::json(&v);
             } else {
@@ -176,38 +180,34 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             }
         }
         HubCommand::Device(DeviceCommand::Twin(TwinCommand::Show(a))) => {
-            let r = a.target.rest()?;
             let id = &a.device_id;
-            let v = r
-                .call(Method::GET, &format!("/twins/{}", seg(id)), &[], None, &[])
+            let twin = a
+                .target
+                .client()?
+                .get_twin(id)
                 .await
-                .with_context(|| format!("cannot show the twin of '{id}'"))?
-                .body;
+                .with_context(|| format!("cannot show the twin of '{id}'"))?;
+            let v = to_value(&twin)?;
             // A twin is a JSON document either way.
             output::json(&v);
         }
         HubCommand::Device(DeviceCommand::Twin(TwinCommand::Update(a))) => {
-            let r = a.target.rest()?;
             let id = &a.device_id;
-            let mut patch = json!({});
-            if let Some(t) = a.tags {
-                patch["tags"] = t;
-            }
-            if let Some(d) = a.desired {
-                patch["properties"] = json!({ "desired": d });
-            }
-            let headers: Vec<(&str, &str)> = a.etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default();
-            let v = r
-                .call(
-                    Method::PATCH,
-                    &format!("/twins/{}", seg(id)),
-                    &[],
-                    Some(&patch),
-                    &headers,
-                )
+            let patch = Twin {
+                tags: a.tags,
+                properties: a.desired.map(|d| TwinProperties {
+                    desired: Some(d),
+                    reported: None,
+                }),
+                ..Twin::default()
+            };
+            let twin = a
+                .target
+                .client()?
+                .update_twin(id, &patch, a.etag.as_deref())
                 .await
-                .with_context(|| format!("cannot update the twin of '{id}'"))?
-                .body;
+                .with_context(|| format!("cannot update the twin of '{id}'"))?;
+            let v = to_value(&twin)?;
             output::json(&v);
         }
         HubCommand::MonitorEvents(a) => monitor(a).await?,
@@ -218,7 +218,8 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
 /// Reads the server's NDJSON telemetry stream and prints each event until Ctrl-C, the idle
 /// timeout, or `--max-events`.
 async fn monitor(a: MonitorArgs) -> Result<()> {
-    let r = a.target.rest()?;
+    let client = a.target.client()?;
+    let r = client.rest();
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(d) = &a.device_id {
         query.push(("deviceId", d.clone()));
@@ -228,7 +229,7 @@ async fn monitor(a: MonitorArgs) -> Result<()> {
     }
     let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut resp = r
-        .request(Method::GET, "/messages/events", &q)?
+        .request(&Route::MonitorEvents, &q)?
         .send()
         .await
         .map_err(|e| anyhow!("cannot reach {}: {}", r.host(), chain(&e)))?;

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use dps_datadir::{DataDir, Identity};
 use dps_proto::connection_string::ConnectionString;
-use dps_server::{DataDir, ServerConfig, Services};
+use dps_server::{ServerConfig, Services};
 use serde::Serialize;
 
 /// `dps info` flags.
@@ -37,7 +38,7 @@ pub struct Info {
 }
 
 impl Info {
-    fn build(dir: &DataDir, id: &dps_server::Identity, provisioning_host: &str) -> Self {
+    fn build(dir: &DataDir, id: &Identity, provisioning_host: &str) -> Self {
         let owner = &id.policies[0];
         let hub_owner = &id.hub.policies[0];
         let ca = dir.ca_cert_path();

@@ -9,7 +9,6 @@ mod certificate;
 mod device;
 mod dice;
 mod enrollment;
-mod fdlimit;
 mod hub;
 mod info;
 mod output;
@@ -46,7 +45,7 @@ enum Command {
     #[command(subcommand)]
     Registration(registration::RegistrationCommand),
     /// Load generator: many distinct devices registering (and using the hub) at once.
-    Bench(bench::BenchArgs),
+    Bench(bench::BenchCommand),
     /// A local PKI: root and intermediate CAs, device and verification certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),

@@ -28,6 +28,11 @@ pub fn json(v: &Value) {
     line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
 
+/// A typed answer as the JSON the server sent, for printing (`--json`) and for [`s`].
+pub fn to_value<T: serde::Serialize>(v: &T) -> anyhow::Result<Value> {
+    Ok(serde_json::to_value(v)?)
+}
+
 /// Aligned `name  value` lines; empty values are skipped.
 pub fn fields(rows: &[(&str, String)]) {
     let width = rows

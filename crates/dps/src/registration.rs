@@ -3,11 +3,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::output::{self, out, s};
-use crate::remote::{seg, DpsTarget};
+use crate::output::{self, out, s, to_value};
+use crate::remote::DpsTarget;
 
 /// `dps registration …`
 #[derive(Subcommand, Debug)]
@@ -61,12 +60,12 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
     match cmd {
         RegistrationCommand::Show(a) => {
             let id = &a.registration_id;
-            let r = a.target.rest()?;
-            let v = r
-                .call(Method::GET, &format!("/registrations/{}", seg(id)), &[], None, &[])
-                .await
-                .with_context(|| format!("cannot show registration '{id}'"))?
-                .body;
+            let r = a.target.client()?;
+            let v = to_value(
+                &r.get_registration(id)
+                    .await
+                    .with_context(|| format!("cannot show registration '{id}'"))?,
+            )?;
             if a.target.server.json {
                 output::json(&v);
             } else {
@@ -74,11 +73,12 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
             }
         }
         RegistrationCommand::List(a) => {
-            let r = a.target.rest()?;
-            let items = r
-                .query(&format!("/registrations/{}/query", seg(&a.group_id)), a.top)
+            let r = a.target.client()?;
+            let records = r
+                .query_registrations(&a.group_id, a.top)
                 .await
                 .with_context(|| format!("cannot list the registrations of group '{}'", a.group_id))?;
+            let items: Vec<Value> = records.iter().map(to_value).collect::<Result<_>>()?;
             if a.target.server.json {
                 output::json(&Value::Array(items));
             } else {
@@ -99,17 +99,11 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
         }
         RegistrationCommand::Delete(a) => {
             let id = &a.registration_id;
-            let r = a.target.rest()?;
-            let headers: Vec<(&str, &str)> = a.etag.as_deref().map(|e| vec![("if-match", e)]).unwrap_or_default();
-            r.call(
-                Method::DELETE,
-                &format!("/registrations/{}", seg(id)),
-                &[],
-                None,
-                &headers,
-            )
-            .await
-            .with_context(|| format!("cannot delete registration '{id}'"))?;
+            a.target
+                .client()?
+                .delete_registration(id, a.etag.as_deref())
+                .await
+                .with_context(|| format!("cannot delete registration '{id}'"))?;
             if a.target.server.json {
                 output::json(&json!({ "deleted": true, "registrationId": id }));
             } else {

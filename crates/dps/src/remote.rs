@@ -10,21 +10,12 @@
 //!    else 443.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use dps_client::ClientError;
+use dps_client::{RegistryClient, RestClient, ServiceClient};
+use dps_datadir::DataDir;
 use dps_proto::connection_string::ConnectionString;
-use dps_server::DataDir;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::Method;
-use serde_json::Value;
-
-/// Service API version the CLI speaks.
-pub const DPS_API_VERSION: &str = "2021-10-01";
-/// Hub registry API version the CLI speaks.
-pub const HUB_API_VERSION: &str = "2021-04-12";
 
 /// Debian/Ubuntu/Alpine system CA bundle, the fallback trust for servers with public certificates.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -60,8 +51,8 @@ pub struct DpsTarget {
 
 impl DpsTarget {
     /// A client of the DPS service API this target names.
-    pub fn rest(&self) -> Result<Rest> {
-        Rest::connect(self.connection_string.as_deref(), &self.server, Api::Dps)
+    pub fn client(&self) -> Result<ServiceClient> {
+        connect(self.connection_string.as_deref(), &self.server, Api::Dps).map(ServiceClient::new)
     }
 }
 
@@ -78,8 +69,8 @@ pub struct HubTarget {
 
 impl HubTarget {
     /// A client of the hub registry API this target names.
-    pub fn rest(&self) -> Result<Rest> {
-        Rest::connect(self.hub_connection_string.as_deref(), &self.server, Api::Hub)
+    pub fn client(&self) -> Result<RegistryClient> {
+        connect(self.hub_connection_string.as_deref(), &self.server, Api::Hub).map(RegistryClient::new)
     }
 }
 
@@ -110,13 +101,8 @@ pub fn read_ca(ca: Option<&Path>, dir: &DataDir) -> Result<String> {
 /// A connection string from the flag/env, else the data directory's owner policy.
 pub fn connection_string(explicit: Option<&str>, dir: &DataDir, api: Api) -> Result<ConnectionString> {
     if let Some(s) = explicit.map(str::trim).filter(|s| !s.is_empty()) {
-        let cs = ConnectionString::parse(s).context("invalid connection string")?;
-        if cs.key_name.is_none() || cs.key.is_none() {
-            bail!(
-                "the connection string needs SharedAccessKeyName and SharedAccessKey (a service policy, not a device)"
-            );
-        }
-        return Ok(cs);
+        // The client checks that it names a policy and a key.
+        return ConnectionString::parse(s).context("invalid connection string");
     }
     let (flag, env) = match api {
         Api::Dps => ("--connection-string", "DPS_CONNECTION_STRING"),
@@ -136,204 +122,18 @@ pub fn connection_string(explicit: Option<&str>, dir: &DataDir, api: Api) -> Res
     Ok(ConnectionString::service(&host, &policy.key_name, &policy.primary_key))
 }
 
-/// Builds an HTTPS client trusting `ca_pem` (only).
-pub fn https_client(ca_pem: &str) -> Result<reqwest::Client> {
-    let tls = dps_pki::tls::client_config(ca_pem).context("cannot use the CA certificate")?;
-    reqwest::Client::builder()
-        .use_preconfigured_tls((*tls).clone())
-        .connect_timeout(Duration::from_secs(15))
-        .user_agent(concat!("dps-cli/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("cannot build the HTTPS client")
-}
-
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A host for a URL (IPv6 literals in brackets).
-fn url_host(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
-}
-
-/// A REST API endpoint (DPS service API or hub registry API) with shared-access-policy auth.
-pub struct Rest {
-    host: String,
-    base: String,
-    key_name: String,
-    key: String,
-    api_version: &'static str,
-    http: reqwest::Client,
-}
-
-/// A successful response.
-pub struct Reply {
-    /// Headers.
-    pub headers: HeaderMap,
-    /// Body parsed as JSON (`Null` when empty).
-    pub body: Value,
-}
-
-impl Rest {
-    /// Resolves the target for `api` from flags, environment and the data directory.
-    pub fn connect(explicit: Option<&str>, server: &ServerArgs, api: Api) -> Result<Self> {
-        let dir = DataDir::new(&server.data_dir);
-        let cs = connection_string(explicit, &dir, api)?;
-        let ca = read_ca(server.ca.as_deref(), &dir)?;
-        let port = server
-            .port
-            .or_else(|| dir.runtime().map(|r| r.https_port))
-            .unwrap_or(443);
-        let (host, key_name, key) = (
-            cs.host_name.clone(),
-            cs.key_name.unwrap_or_default(),
-            cs.key.unwrap_or_default(),
-        );
-        // Validate the key now, so a typo is reported as such rather than as a 401.
-        dps_proto::sas::build_token(&host, &key, 1, Some(&key_name))
-            .map_err(|_| anyhow!("the connection string's SharedAccessKey is not base64"))?;
-        tracing::debug!(%host, port, policy = %key_name, "remote target");
-        Ok(Self {
-            base: format!("https://{}:{port}", url_host(&host)),
-            host,
-            key_name,
-            key,
-            api_version: match api {
-                Api::Dps => DPS_API_VERSION,
-                Api::Hub => HUB_API_VERSION,
-            },
-            http: https_client(&ca)?,
-        })
-    }
-
-    /// The host name from the connection string.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    fn token(&self) -> Result<String> {
-        dps_proto::sas::build_token(&self.host, &self.key, unix_now() + 3600, Some(&self.key_name))
-            .map_err(|e| anyhow!("cannot sign the request: {e}"))
-    }
-
-    /// Starts a request: URL with `api-version` and `query`, `Authorization`, JSON headers.
-    pub fn request(&self, method: Method, path: &str, query: &[(&str, &str)]) -> Result<reqwest::RequestBuilder> {
-        let mut q: Vec<(&str, &str)> = vec![("api-version", self.api_version)];
-        q.extend_from_slice(query);
-        Ok(self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .query(&q)
-            .header(reqwest::header::AUTHORIZATION, self.token()?)
-            .header(reqwest::header::ACCEPT, "application/json"))
-    }
-
-    /// Sends a request with an optional JSON body and extra headers; non-2xx answers become
-    /// [`ClientError::Service`] with the server's `errorCode` and message.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&Value>,
-        headers: &[(&str, &str)],
-    ) -> Result<Reply> {
-        let mut req = self
-            .request(method.clone(), path, query)?
-            .timeout(Duration::from_secs(60));
-        for (k, v) in headers {
-            req = req.header(HeaderName::from_bytes(k.as_bytes())?, HeaderValue::from_str(v)?);
-        }
-        if let Some(b) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                .body(serde_json::to_vec(b)?);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("{method} {}{path}: {}", self.base, chain(&e)))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| anyhow!("reading the answer to {method} {path}: {}", chain(&e)))?;
-        if !status.is_success() {
-            return Err(ClientError::from_error_body(status.as_u16(), &bytes).into());
-        }
-        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).with_context(|| format!("the answer to {method} {path} is not JSON"))?
-        };
-        Ok(Reply { headers, body })
-    }
-
-    /// Runs a paged query (`POST {path}` with `{"query":"*"}`, following `x-ms-continuation`),
-    /// returning at most `top` items (all when `None`).
-    pub async fn query(&self, path: &str, top: Option<usize>) -> Result<Vec<Value>> {
-        let mut items = Vec::new();
-        let mut continuation: Option<String> = None;
-        let spec = serde_json::json!({ "query": "*" });
-        loop {
-            let page_size = top.map(|t| (t - items.len()).clamp(1, 1000).to_string());
-            let mut headers: Vec<(&str, &str)> = Vec::new();
-            if let Some(s) = &page_size {
-                headers.push(("x-ms-max-item-count", s));
-            }
-            if let Some(c) = &continuation {
-                headers.push(("x-ms-continuation", c));
-            }
-            let reply = self.call(Method::POST, path, &[], Some(&spec), &headers).await?;
-            match reply.body {
-                Value::Array(page) => items.extend(page),
-                Value::Null => {}
-                other => bail!("the query answer is not a JSON array: {other}"),
-            }
-            if top.is_some_and(|t| items.len() >= t) {
-                items.truncate(top.unwrap_or(usize::MAX));
-                break;
-            }
-            continuation = reply
-                .headers
-                .get("x-ms-continuation")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .filter(|c| !c.is_empty());
-            if continuation.is_none() {
-                break;
-            }
-        }
-        Ok(items)
-    }
-}
-
-/// An error and its sources on one line (reqwest hides the cause — refused connection,
-/// untrusted certificate — in the source chain).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut s = e.source();
-    while let Some(x) = s {
-        let t = x.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        s = x.source();
-    }
-    out
-}
-
-/// Percent-encodes an id for a URL path segment.
-pub fn seg(id: &str) -> String {
-    dps_proto::sas::encode_component(id)
+/// Resolves the target for `api` from flags, environment and the data directory.
+pub fn connect(explicit: Option<&str>, server: &ServerArgs, api: Api) -> Result<RestClient> {
+    let dir = DataDir::new(&server.data_dir);
+    let cs = connection_string(explicit, &dir, api)?;
+    let ca = read_ca(server.ca.as_deref(), &dir)?;
+    let port = server
+        .port
+        .or_else(|| dir.runtime().map(|r| r.https_port))
+        .unwrap_or(443);
+    RestClient::new(&cs, port, &ca).map_err(|e| match e {
+        // Said as the connection-string checks above say it.
+        dps_client::ClientError::Credential(m) => anyhow!(m),
+        other => other.into(),
+    })
 }

@@ -154,7 +154,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .init();
     // Every device connection is a file descriptor; the soft limit a shell hands out (often
     // 1024) would refuse connections long before memory or CPU run out.
-    match crate::fdlimit::raise(0) {
+    match dps_server::fdlimit::raise(0) {
         Ok(limit) => {
             tracing::info!(limit, "open-file limit (connections this process can hold)");
             fit_connections_to_open_files(&mut config.limits, limit);

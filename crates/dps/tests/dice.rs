@@ -6,7 +6,7 @@ mod common;
 
 use common::{p, Server};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dps-pki/tests/fixtures/dice");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dps-dice/tests/fixtures/dice");
 const DEVKIT_UDS: &str = "19e25a259d0c2be03a02d416c05c48ccd0cc7d1743458aae1cb488b074993eae";
 
 #[test]

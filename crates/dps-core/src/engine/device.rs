@@ -630,7 +630,7 @@ impl Engine {
                 Ok(None) | Err(HubError::UnknownHub(_)) => (initial_twin, capabilities),
                 Err(e) => {
                     // 400209 with the hub's reason: the same as a hub refusing the device.
-                    return Err(failed(RegistrationStatus::Failed, Error::Hub(e)))
+                    return Err(failed(RegistrationStatus::Failed, Error::Hub(e)));
                 }
             },
         };

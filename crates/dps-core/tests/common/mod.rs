@@ -201,7 +201,9 @@ pub async fn register_and_poll(
         .register(now(), req, &dps_proto::model::device::DeviceRegistration::default())
         .await?;
     assert_eq!(r.status(), 202);
-    let op = r.operation().expect("a register with a credential answers an operation");
+    let op = r
+        .operation()
+        .expect("a register with a credential answers an operation");
     assert_eq!(op.status, RegistrationStatus::Assigning);
     assert_eq!(op.registration_state.registration_id, req.registration_id);
     let p = e.operation_status(now(), req, &op.operation_id).await?;

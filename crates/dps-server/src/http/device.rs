@@ -9,8 +9,8 @@ use dps_core::{Credential, DeviceRequest, DeviceResponse, Registered};
 use dps_proto::model::device::DeviceRegistration;
 use http::StatusCode;
 
-use super::route::Route;
 use super::{json_response, ok, set_header, Ctx};
+use dps_proto::rest::Route;
 
 pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
     let engine = ctx.services.engine.clone();
@@ -64,7 +64,7 @@ fn request(ctx: &Ctx<'_>, id_scope: String, registration_id: String) -> Result<D
         id_scope,
         registration_id,
         credential,
-        api_version: ctx.query.get("api-version").map(str::to_string),
+        api_version: ctx.query.get(dps_proto::rest::API_VERSION).map(str::to_string),
     })
 }
 

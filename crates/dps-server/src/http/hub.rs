@@ -20,8 +20,8 @@ use dps_proto::twin_limits;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::route::Route;
 use super::{events, no_content, ok, parse_count, set_header, Ctx};
+use dps_proto::rest::Route;
 
 const REGISTRY_READ: &str = "RegistryRead";
 const REGISTRY_WRITE: &str = "RegistryWrite";

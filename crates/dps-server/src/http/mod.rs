@@ -1,6 +1,6 @@
 //! The HTTPS adapter: device API, DPS service API and the embedded hub's registry API on one
-//! port, over hyper (HTTP/1.1, keep-alive) and an axum [`Router`] whose only handler is the
-//! hand-written dispatcher in [`route`]. The same port upgrades `GET /$iothub/websocket` to MQTT
+//! port, over hyper (HTTP/1.1, keep-alive) and an axum [`Router`] whose only handler dispatches
+//! on the REST grammar of [`dps_proto::rest`]. The same port upgrades `GET /$iothub/websocket` to MQTT
 //! over WebSockets (`websocket`).
 //!
 //! Entry points:
@@ -20,7 +20,6 @@ mod device;
 mod events;
 pub mod host;
 mod hub;
-pub mod route;
 mod service;
 pub mod websocket;
 
@@ -46,7 +45,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 
-use route::{Api, NoRoute, QueryParams, Route};
+use dps_proto::rest::{Api, NoRoute, QueryParams, Route, API_VERSION};
 
 use crate::conn_limit::ConnectionPermit;
 use crate::Services;
@@ -188,7 +187,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
     let now = services.clock.now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let result = match route::route(&method, &path) {
+    let result = match Route::parse(&method, &path) {
         Ok(route) => match check_host(&services, &req) {
             Err(e) => Err(e),
             // The upgrade needs the request's hyper extensions, and no `api-version`.
@@ -420,13 +419,8 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
 /// Every API requires a supported `api-version`, as Azure does (the hub registry API too: the
 /// Python and Node registry clients always send one). A 400 names the supported versions.
 fn check_api_version(query: &QueryParams, api: Api) -> Result<(), ApiError> {
-    use dps_proto::api_version::{check, DEVICE, HUB, SERVICE};
-    let supported = match api {
-        Api::Device => DEVICE,
-        Api::Service => SERVICE,
-        Api::Hub => HUB,
-    };
-    let mut given = query.all("api-version");
+    let supported = api.supported();
+    let mut given = query.all(API_VERSION);
     let first = given.next();
     if let Some(other) = given.find(|v| Some(*v) != first) {
         return Err(ApiError::invalid(format!(
@@ -435,7 +429,7 @@ fn check_api_version(query: &QueryParams, api: Api) -> Result<(), ApiError> {
             other.chars().take(64).collect::<String>()
         )));
     }
-    check(first, supported).map_err(|e| ApiError::invalid(e.to_string()))
+    dps_proto::api_version::check(first, supported).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// A JSON response.

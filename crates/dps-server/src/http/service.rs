@@ -12,8 +12,8 @@ use dps_proto::model::service::{
 };
 use serde::Serialize;
 
-use super::route::Route;
 use super::{no_content, ok, parse_count, set_header, Ctx};
+use dps_proto::rest::Route;
 
 const ENROLLMENT_READ: &str = "EnrollmentRead";
 const ENROLLMENT_WRITE: &str = "EnrollmentWrite";

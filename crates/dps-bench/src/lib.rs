@@ -1,0 +1,421 @@
+//! `dps bench`: a device-storm load generator. Every simulated device opens its own TLS
+//! connection, as real devices do, and authenticates with a key derived from one enrollment group
+//! (or a certificate issued under the group's intermediate CA), so any number of devices needs a
+//! single enrollment. Results are measured and reported, never asserted.
+//!
+//! A run: prepare (enrollment group, device certificates; untimed), warm up (untimed), the timed
+//! phase under the controls, optionally a short `tls` ceiling in the same run, cleanup, report.
+//!
+//! A crate of its own so the CLI stays a thin shell: `dps bench` resolves where the server is
+//! ([`Target`]) and prints the report; everything between is here.
+//!
+//! Entry points: [`BenchArgs::validate`] (the controls, and room for the sockets), then [`run`],
+//! then [`print_human`] or the report as JSON.
+
+#![forbid(unsafe_code)]
+
+mod devices;
+mod driver;
+mod hold;
+mod https;
+mod identity;
+mod mqtt;
+mod prepare;
+mod report;
+mod sdk;
+mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, ValueEnum};
+use dps_client::{RegistryClient, ServiceClient, Transport};
+use dps_server::fdlimit;
+use serde_json::{json, Value};
+
+use driver::Plan;
+pub use report::print_human;
+use report::{round3, Outcome, Usage};
+
+/// Why a run could not start or was cut short: the message says what to change (a control, the
+/// open-file limit, the server's address). Only ever shown to the operator, so it carries the
+/// whole cause chain as text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BenchError(String);
+
+impl From<anyhow::Error> for BenchError {
+    fn from(e: anyhow::Error) -> Self {
+        Self(format!("{e:#}"))
+    }
+}
+
+/// Where the server under test is, resolved by the caller (the CLI reads it from flags and the
+/// data directory).
+pub struct Target {
+    /// The DPS service API (creates and deletes the bench's enrollment group).
+    pub dps: Arc<ServiceClient>,
+    /// The hub registry API, to delete the hub devices the run created (none: they stay).
+    pub hub: Option<Arc<RegistryClient>>,
+    /// The service's ID scope.
+    pub id_scope: String,
+    /// The embedded hub's host name (where devices are assigned).
+    pub hub_host: String,
+    /// The CA the server's certificate chains to, PEM.
+    pub ca_pem: String,
+    /// MQTT port (DPS and hub).
+    pub mqtt_port: u16,
+    /// HTTPS port.
+    pub https_port: u16,
+}
+
+/// What each simulated device does.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// DPS registration only (register + poll until assigned).
+    Register,
+    /// Register, connect to the assigned hub, send one message, read the twin.
+    Cycle,
+    /// Register (untimed), then open one hub connection per device and keep them all idle.
+    Hold,
+    /// A bare TLS handshake and close against the MQTT listener: the machine's own ceiling.
+    Tls,
+}
+
+/// How simulated devices authenticate.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attestation {
+    /// SAS tokens with keys derived from the group key.
+    SymmetricKey,
+    /// A P-256 device certificate per device, issued before the run.
+    X509,
+}
+
+/// Which client implementation the devices use.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    /// The bench's lean client: the SDK's packets and round trips at a fraction of its CPU.
+    Lean,
+    /// The real Rust device SDK (dps_client): what a fleet of Rust devices does.
+    Sdk,
+}
+
+/// `dps bench`
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What each device does.
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// Number of distinct devices (hold: connections) [default: 1000; with --duration: no limit].
+    #[arg(long)]
+    pub devices: Option<usize>,
+    /// Devices (hold: connection attempts) in flight at once.
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+    /// Target devices started per second; --concurrency still caps those in flight.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+    /// Seconds after which no new device starts (hold: how long the connections stay open,
+    /// default 10).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Devices run first, outside the statistics.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// How devices reach DPS.
+    #[arg(long, default_value = "mqtt")]
+    pub transport: Transport,
+    /// How devices authenticate.
+    #[arg(long, value_enum, default_value = "symmetric-key")]
+    pub attestation: Attestation,
+    /// Client implementation.
+    #[arg(long, value_enum, default_value = "lean")]
+    pub client: ClientKind,
+    /// Local addresses to connect from, round-robin: a count (N = 127.1.0.1 ... 127.1.0.N) or
+    /// addresses and ranges (127.0.0.2-127.0.0.9,127.0.1.1). About 28,000 connections fit per
+    /// address; hold needs them beyond that.
+    #[arg(long, value_name = "SPEC")]
+    pub source_addresses: Option<String>,
+    /// MQTT keep-alive of held hub connections, seconds (pinged at that interval).
+    #[arg(long, default_value_t = 60)]
+    pub keep_alive: u16,
+    /// Also measure the `tls` ceiling for this many seconds after the run, and report the run's
+    /// throughput as a ratio to it.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "3")]
+    pub ceiling: Option<f64>,
+    /// PID of the server, to report its memory and CPU time (Linux /proc).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Keep the bench enrollment group, registration records and hub devices afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Default number of devices when neither --devices nor --duration bounds the run.
+const DEFAULT_DEVICES: usize = 1000;
+/// Default hold time.
+const DEFAULT_HOLD: Duration = Duration::from_secs(10);
+/// File descriptors kept free for everything that is not a device connection (runtime, REST
+/// clients, the cleanup's connections).
+const FD_SLACK: u64 = 256;
+/// Share of the ephemeral ports per source address the bench plans to use (the rest is for
+/// sockets in TIME_WAIT and other programs).
+const PORT_SHARE: f64 = 0.9;
+
+/// What the arguments mean once checked ([`BenchArgs::validate`]).
+pub struct Controls {
+    devices: Option<usize>,
+    duration: Option<Duration>,
+    rate: Option<f64>,
+    sources: Vec<std::net::IpAddr>,
+}
+
+fn check(a: &BenchArgs) -> Result<Controls> {
+    if a.concurrency == 0 || a.devices == Some(0) {
+        bail!("--devices and --concurrency must be at least 1");
+    }
+    let positive = |v: Option<f64>, flag: &str| -> Result<()> {
+        match v {
+            Some(x) if !(x.is_finite() && x > 0.0) => bail!("{flag} must be a positive number"),
+            _ => Ok(()),
+        }
+    };
+    positive(a.rate, "--rate")?;
+    positive(a.duration, "--duration")?;
+    positive(a.ceiling, "--ceiling")?;
+    if a.keep_alive < 2 {
+        // The hub drops a session idle for 1.5 × keep-alive, rounded down to whole seconds.
+        bail!("--keep-alive must be at least 2 seconds");
+    }
+    let duration = a.duration.map(Duration::from_secs_f64);
+    let devices = match (a.mode, a.devices, duration) {
+        (Mode::Hold, d, _) => Some(d.unwrap_or(DEFAULT_DEVICES)),
+        (_, Some(d), _) => Some(d),
+        (_, None, Some(_)) => None,
+        (_, None, None) => Some(DEFAULT_DEVICES),
+    };
+    if devices.is_none() && a.attestation == Attestation::X509 {
+        bail!("--attestation x509 issues every device certificate before the run: give --devices with --duration");
+    }
+    let sources = match &a.source_addresses {
+        Some(spec) => wire::parse_sources(spec)?,
+        None => Vec::new(),
+    };
+    if !sources.is_empty() && a.client == ClientKind::Sdk {
+        bail!("--source-addresses needs the lean client (the SDK picks its own source address)");
+    }
+    if a.mode == Mode::Hold {
+        // Registering first leaves as many client ports in TIME_WAIT (for a minute) as the hold
+        // then needs open.
+        let ports = 2 * (devices.unwrap_or(DEFAULT_DEVICES) + a.warmup);
+        let per_address = (wire::ephemeral_ports() as f64 * PORT_SHARE) as usize;
+        let needed = ports.div_ceil(per_address);
+        if needed > sources.len().max(1) {
+            bail!(
+                "{ports} client ports (registration, then the held connections) need at least {needed} source \
+                 addresses ({per_address} ports each from net.ipv4.ip_local_port_range): pass --source-addresses {needed}"
+            );
+        }
+    }
+    Ok(Controls {
+        devices,
+        duration: if a.mode == Mode::Hold { None } else { duration },
+        rate: a.rate,
+        sources,
+    })
+}
+
+/// Makes room for the sockets the run needs, or says why it cannot.
+fn file_limits(a: &BenchArgs, devices: Option<usize>) -> Result<()> {
+    let held = match a.mode {
+        Mode::Hold => devices.unwrap_or(DEFAULT_DEVICES) as u64,
+        _ => 0,
+    };
+    let wanted = held + 2 * a.concurrency as u64 + FD_SLACK;
+    let limit = fdlimit::raise(wanted).map_err(|e| anyhow!("cannot raise the open-file limit: {e}"))?;
+    if limit < wanted {
+        bail!(
+            "this run needs about {wanted} open files, but this process may open only {limit} (its hard limit; \
+             raising that needs CAP_SYS_RESOURCE: `ulimit -Hn {wanted}` as root in the shell that starts the bench)"
+        );
+    }
+    if let (true, Some(pid)) = (held > 0, a.server_pid) {
+        if let Some(server) = fdlimit::of_process(pid).filter(|&l| l < held + 64) {
+            bail!(
+                "the server (PID {pid}) may open only {server} files, too few for {held} connections: start it \
+                 from a shell with a higher limit (`ulimit -n {}`)",
+                held + FD_SLACK
+            );
+        }
+    }
+    Ok(())
+}
+
+impl BenchArgs {
+    /// Checks the controls and makes room for the sockets the run needs (the open-file limit),
+    /// before anything is sent.
+    pub fn validate(&self) -> Result<Controls, BenchError> {
+        let controls = check(self)?;
+        file_limits(self, controls.devices)?;
+        Ok(controls)
+    }
+}
+
+/// Runs the benchmark against `target` and returns its report.
+pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Value, BenchError> {
+    Ok(run_checked(a, controls, target).await?)
+}
+
+async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Result<Value> {
+    let t_prepare = Instant::now();
+    let Target {
+        dps: rest,
+        hub: hub_rest,
+        id_scope,
+        hub_host,
+        ca_pem,
+        mqtt_port,
+        https_port,
+    } = target;
+    let host = rest.rest().host().to_string();
+    let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
+
+    let prepared = prepare::credentials(a.attestation, &run_id, controls.devices.map_or(0, |d| d + a.warmup)).await?;
+    let uses_group = a.mode != Mode::Tls;
+    if uses_group {
+        prepare::create_group(&rest, &run_id, &prepared.group_attestation).await?;
+    }
+    let ctx = Arc::new(devices::Ctx {
+        client: a.client,
+        transport: a.transport,
+        dps_mqtt: wire::Endpoint::resolve(&host, mqtt_port).await?,
+        dps_https: wire::Endpoint::resolve(&host, https_port).await?,
+        https_authority: format!("{host}:{https_port}"),
+        dps_host: host,
+        mqtt_port,
+        id_scope,
+        hub: (hub_host.clone(), wire::Endpoint::resolve(&hub_host, mqtt_port).await?),
+        trust: wire::Trust::new(&ca_pem)?,
+        ca_pem,
+        credentials: prepared.credentials,
+        run_id: run_id.clone(),
+        sources: controls.sources.clone(),
+    });
+
+    // The headline fields first (serde_json keeps insertion order; the outcome fills them in).
+    let mut report = json!({
+        "mode": format!("{:?}", a.mode).to_lowercase(),
+        "transport": a.transport,
+        "attestation": attestation_name(a.attestation),
+        "client": format!("{:?}", a.client).to_lowercase(),
+        "devices": null,
+        "concurrency": a.concurrency,
+        "succeeded": null,
+        "failed": null,
+        "errors": null,
+        "elapsedSeconds": null,
+        "throughputPerSecond": null,
+        "latencyMs": null,
+        "controls": {
+            "devices": controls.devices,
+            "concurrency": a.concurrency,
+            "ratePerSecond": controls.rate,
+            "durationSeconds": a.duration,
+            "warmup": a.warmup,
+            "sourceAddresses": controls.sources.len(),
+        },
+    });
+    if a.attestation == Attestation::X509 {
+        report["certificateSeconds"] = json!(round3(prepared.certificate_seconds));
+    }
+
+    let outcome = if a.mode == Mode::Hold {
+        let plan = hold::HoldPlan {
+            connections: controls.devices.unwrap_or(DEFAULT_DEVICES),
+            warmup: a.warmup,
+            concurrency: a.concurrency,
+            rate: controls.rate,
+            hold: a.duration.map_or(DEFAULT_HOLD, Duration::from_secs_f64),
+            keep_alive: a.keep_alive,
+            server_pid: a.server_pid,
+        };
+        report["preparationSeconds"] = json!(round3(t_prepare.elapsed().as_secs_f64()));
+        hold::run(ctx.clone(), plan, &mut report).await
+    } else {
+        let flow = |offset: usize| {
+            let (ctx, mode) = (ctx.clone(), a.mode);
+            move |i: usize| {
+                let ctx = ctx.clone();
+                async move { devices::run(&ctx, mode, offset + i).await }
+            }
+        };
+        let base = Plan {
+            devices: Some(a.warmup),
+            concurrency: a.concurrency,
+            rate: controls.rate,
+            duration: None,
+        };
+        if a.warmup > 0 {
+            let w = driver::run("warm-up", base, flow(0)).await;
+            report["warmupResult"] = json!({ "succeeded": w.succeeded(), "failed": w.failed() });
+        }
+        report["preparationSeconds"] = json!(round3(t_prepare.elapsed().as_secs_f64()));
+        let usage = Usage::start(a.server_pid);
+        let plan = Plan {
+            devices: controls.devices,
+            duration: controls.duration,
+            ..base
+        };
+        let outcome = driver::run(&format!("{:?}", a.mode).to_lowercase(), plan, flow(a.warmup)).await;
+        usage.finish(&mut report);
+        outcome
+    };
+    add_outcome(&mut report, &outcome);
+
+    let ceiling = match (a.mode, a.ceiling) {
+        (Mode::Tls, _) => Some(outcome.throughput()),
+        (Mode::Hold, _) | (_, None) => None,
+        (_, Some(secs)) => {
+            let plan = Plan {
+                devices: None,
+                concurrency: a.concurrency,
+                rate: None,
+                duration: Some(Duration::from_secs_f64(secs)),
+            };
+            let ctx = ctx.clone();
+            let tls = driver::run("tls ceiling", plan, move |i| {
+                let ctx = ctx.clone();
+                async move { devices::run(&ctx, Mode::Tls, i).await }
+            })
+            .await;
+            Some(tls.throughput())
+        }
+    };
+    if let Some(c) = ceiling {
+        report["tlsCeilingPerSecond"] = json!(round3(c));
+        report["ratioToTls"] = json!(round3(outcome.throughput() / c.max(1e-9)));
+    }
+    if uses_group && !a.keep {
+        report["cleanup"] = prepare::cleanup(rest, hub_rest, &run_id).await;
+    }
+    Ok(report)
+}
+
+fn attestation_name(a: Attestation) -> &'static str {
+    match a {
+        Attestation::SymmetricKey => "symmetric-key",
+        Attestation::X509 => "x509",
+    }
+}
+
+/// The fields every mode reports about its timed phase.
+fn add_outcome(report: &mut Value, o: &Outcome) {
+    report["devices"] = json!(o.started);
+    report["succeeded"] = json!(o.succeeded());
+    report["failed"] = json!(o.failed());
+    report["errors"] = json!(o.errors);
+    report["elapsedSeconds"] = json!(round3(o.elapsed.as_secs_f64()));
+    report["throughputPerSecond"] = json!(round3(o.throughput()));
+    report["latencyMs"] = o.latency_json();
+}

@@ -1,0 +1,266 @@
+//! Typed clients of the two operator APIs, over the `dps_proto::model` types: [`ServiceClient`]
+//! for the DPS service API (enrollments, enrollment groups, registration records, CA
+//! certificates) and [`RegistryClient`] for an IoT hub's registry API (devices, twins, direct
+//! methods). Both sign each request with a shared-access policy ([`RestClient`]).
+//!
+//! Why in the device SDK's crate (docs/decisions/0016-rest-grammar-and-operator-clients.md): they
+//! share its transport, trust and error type — a 401 from enrollment CRUD and from a device
+//! registration is the same [`ClientError::Service`] — and add no dependency a device build does
+//! not already have.
+
+use dps_proto::model::certificate::{CertificateBody, CertificateResponse, VerificationCertificate};
+use dps_proto::model::hub::{Device, Twin};
+use dps_proto::model::service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment, RegistrationState};
+use dps_proto::rest::Route;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::rest::RestClient;
+use crate::ClientError;
+
+fn if_match(etag: Option<&str>) -> Vec<(&str, &str)> {
+    etag.map(|e| vec![("if-match", e)]).unwrap_or_default()
+}
+
+fn typed<T: DeserializeOwned>(route: &Route, body: Value) -> Result<T, ClientError> {
+    serde_json::from_value(body).map_err(|e| {
+        ClientError::Protocol(format!(
+            "the answer to {} {} does not fit its model: {e}",
+            route.method(),
+            route.path()
+        ))
+    })
+}
+
+fn body<T: Serialize>(value: &T) -> Result<Value, ClientError> {
+    serde_json::to_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Sends `route` and reads the answer as `T`.
+async fn call<T: DeserializeOwned>(
+    rest: &RestClient,
+    route: Route,
+    request: Option<Value>,
+    etag: Option<&str>,
+) -> Result<T, ClientError> {
+    let reply = rest.call(&route, &[], request.as_ref(), &if_match(etag)).await?;
+    typed(&route, reply.body)
+}
+
+/// Sends a `DELETE` route (no answer body).
+async fn delete(rest: &RestClient, route: Route, etag: Option<&str>) -> Result<(), ClientError> {
+    rest.call(&route, &[], None, &if_match(etag)).await.map(drop)
+}
+
+/// Runs a paged query and reads every item as `T`.
+async fn query<T: DeserializeOwned>(
+    rest: &RestClient,
+    route: Route,
+    top: Option<usize>,
+) -> Result<Vec<T>, ClientError> {
+    let items = rest.query(&route, top).await?;
+    typed(&route, Value::Array(items))
+}
+
+/// The DPS service API.
+#[derive(Debug, Clone)]
+pub struct ServiceClient {
+    rest: RestClient,
+}
+
+impl ServiceClient {
+    /// A client over `rest` (a DPS service policy).
+    pub fn new(rest: RestClient) -> Self {
+        Self { rest }
+    }
+
+    /// The untyped client, for requests whose JSON must round-trip fields the models do not know
+    /// (an update that edits what the server returned).
+    pub fn rest(&self) -> &RestClient {
+        &self.rest
+    }
+
+    /// `GET /enrollments/{id}` (secrets stripped; see [`ServiceClient::enrollment_attestation`]).
+    pub async fn get_enrollment(&self, id: &str) -> Result<IndividualEnrollment, ClientError> {
+        call(&self.rest, Route::GetEnrollment(id.into()), None, None).await
+    }
+
+    /// `PUT /enrollments/{registrationId}`: creates, or replaces when `etag` matches.
+    pub async fn put_enrollment(
+        &self,
+        enrollment: &IndividualEnrollment,
+        etag: Option<&str>,
+    ) -> Result<IndividualEnrollment, ClientError> {
+        let route = Route::PutEnrollment(enrollment.registration_id.clone());
+        call(&self.rest, route, Some(body(enrollment)?), etag).await
+    }
+
+    /// `DELETE /enrollments/{id}`.
+    pub async fn delete_enrollment(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteEnrollment(id.into()), etag).await
+    }
+
+    /// `POST /enrollments/{id}/attestationmechanism`: the attestation with its secrets.
+    pub async fn enrollment_attestation(&self, id: &str) -> Result<AttestationMechanism, ClientError> {
+        call(&self.rest, Route::EnrollmentAttestation(id.into()), None, None).await
+    }
+
+    /// `POST /enrollments/query`: at most `top` enrollments (all when `None`).
+    pub async fn query_enrollments(&self, top: Option<usize>) -> Result<Vec<IndividualEnrollment>, ClientError> {
+        query(&self.rest, Route::QueryEnrollments, top).await
+    }
+
+    /// `GET /enrollmentGroups/{id}`.
+    pub async fn get_group(&self, id: &str) -> Result<EnrollmentGroup, ClientError> {
+        call(&self.rest, Route::GetGroup(id.into()), None, None).await
+    }
+
+    /// `PUT /enrollmentGroups/{enrollmentGroupId}`.
+    pub async fn put_group(&self, group: &EnrollmentGroup, etag: Option<&str>) -> Result<EnrollmentGroup, ClientError> {
+        let route = Route::PutGroup(group.enrollment_group_id.clone());
+        call(&self.rest, route, Some(body(group)?), etag).await
+    }
+
+    /// `DELETE /enrollmentGroups/{id}`.
+    pub async fn delete_group(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteGroup(id.into()), etag).await
+    }
+
+    /// `POST /enrollmentGroups/{id}/attestationmechanism`.
+    pub async fn group_attestation(&self, id: &str) -> Result<AttestationMechanism, ClientError> {
+        call(&self.rest, Route::GroupAttestation(id.into()), None, None).await
+    }
+
+    /// `POST /enrollmentGroups/query`.
+    pub async fn query_groups(&self, top: Option<usize>) -> Result<Vec<EnrollmentGroup>, ClientError> {
+        query(&self.rest, Route::QueryGroups, top).await
+    }
+
+    /// `GET /registrations/{id}`.
+    pub async fn get_registration(&self, id: &str) -> Result<RegistrationState, ClientError> {
+        call(&self.rest, Route::GetRegistration(id.into()), None, None).await
+    }
+
+    /// `DELETE /registrations/{id}`.
+    pub async fn delete_registration(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteRegistration(id.into()), etag).await
+    }
+
+    /// `POST /registrations/{groupId}/query`: the records of a group's devices.
+    pub async fn query_registrations(
+        &self,
+        group_id: &str,
+        top: Option<usize>,
+    ) -> Result<Vec<RegistrationState>, ClientError> {
+        query(&self.rest, Route::QueryRegistrations(group_id.into()), top).await
+    }
+
+    /// `GET /certificates`.
+    pub async fn list_certificates(&self) -> Result<Vec<CertificateResponse>, ClientError> {
+        call(&self.rest, Route::ListCertificates, None, None).await
+    }
+
+    /// `GET /certificates/{name}`.
+    pub async fn get_certificate(&self, name: &str) -> Result<CertificateResponse, ClientError> {
+        call(&self.rest, Route::GetCertificate(name.into()), None, None).await
+    }
+
+    /// `PUT /certificates/{name}`.
+    pub async fn put_certificate(
+        &self,
+        name: &str,
+        certificate: &CertificateBody,
+        etag: Option<&str>,
+    ) -> Result<CertificateResponse, ClientError> {
+        call(
+            &self.rest,
+            Route::PutCertificate(name.into()),
+            Some(body(certificate)?),
+            etag,
+        )
+        .await
+    }
+
+    /// `DELETE /certificates/{name}`.
+    pub async fn delete_certificate(&self, name: &str, etag: Option<&str>) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteCertificate(name.into()), etag).await
+    }
+
+    /// `POST /certificates/{name}/generateVerificationCode`.
+    pub async fn generate_verification_code(
+        &self,
+        name: &str,
+        etag: Option<&str>,
+    ) -> Result<CertificateResponse, ClientError> {
+        call(&self.rest, Route::GenerateVerificationCode(name.into()), None, etag).await
+    }
+
+    /// `POST /certificates/{name}/verify`: proof of possession.
+    pub async fn verify_certificate(
+        &self,
+        name: &str,
+        proof: &VerificationCertificate,
+        etag: Option<&str>,
+    ) -> Result<CertificateResponse, ClientError> {
+        call(
+            &self.rest,
+            Route::VerifyCertificate(name.into()),
+            Some(body(proof)?),
+            etag,
+        )
+        .await
+    }
+}
+
+/// An IoT hub's registry API.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    rest: RestClient,
+}
+
+impl RegistryClient {
+    /// A client over `rest` (a hub policy).
+    pub fn new(rest: RestClient) -> Self {
+        Self { rest }
+    }
+
+    /// The untyped client (the telemetry stream, statistics).
+    pub fn rest(&self) -> &RestClient {
+        &self.rest
+    }
+
+    /// `GET /devices?top=N`.
+    pub async fn list_devices(&self, top: usize) -> Result<Vec<Device>, ClientError> {
+        let top = top.to_string();
+        let route = Route::ListDevices;
+        let reply = self.rest.call(&route, &[("top", &top)], None, &[]).await?;
+        typed(&route, reply.body)
+    }
+
+    /// `GET /devices/{id}`.
+    pub async fn get_device(&self, id: &str) -> Result<Device, ClientError> {
+        call(&self.rest, Route::GetDevice(id.into()), None, None).await
+    }
+
+    /// `PUT /devices/{deviceId}`.
+    pub async fn put_device(&self, device: &Device, etag: Option<&str>) -> Result<Device, ClientError> {
+        let route = Route::PutDevice(device.device_id.clone());
+        call(&self.rest, route, Some(body(device)?), etag).await
+    }
+
+    /// `DELETE /devices/{id}`.
+    pub async fn delete_device(&self, id: &str, etag: Option<&str>) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteDevice(id.into()), etag).await
+    }
+
+    /// `GET /twins/{id}`.
+    pub async fn get_twin(&self, id: &str) -> Result<Twin, ClientError> {
+        call(&self.rest, Route::GetTwin(id.into()), None, None).await
+    }
+
+    /// `PATCH /twins/{id}`: merges `patch` (tags, desired properties; `null` deletes).
+    pub async fn update_twin(&self, id: &str, patch: &Twin, etag: Option<&str>) -> Result<Twin, ClientError> {
+        call(&self.rest, Route::UpdateTwin(id.into()), Some(body(patch)?), etag).await
+    }
+}

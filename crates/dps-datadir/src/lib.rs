@@ -1,0 +1,395 @@
+//! The data directory: identity (ID scope, policies, hub), local CA, server certificate.
+//!
+//! First start creates everything; later starts reuse it, so devices and scripts keep working
+//! across restarts. The only thing re-issued is the server certificate, when it no longer covers
+//! the configured host names or is about to expire.
+//!
+//! Its own crate because both sides read it: `dps serve` creates it, and the client commands
+//! (`dps enrollment …`, `dps hub …`, `dps bench`, `dps device provision`) find a local server's
+//! connection string, CA and port in it without linking the server.
+
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use dps_core::auth::SharedAccessPolicy;
+use dps_pki::PkiError;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// Why the data directory could not be read or set up. Each message names the file; the cause
+/// is the error's source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// The identity file is missing or unreadable: the directory was never initialized.
+    #[error("{} is not an initialized dps data directory (run `dps serve --data-dir {}` once)", .root.display(), .root.display())]
+    NotInitialized {
+        /// The data directory.
+        root: PathBuf,
+        /// Why the identity file could not be read.
+        #[source]
+        source: io::Error,
+    },
+    /// A file or directory could not be read, written or created.
+    #[error("cannot {action} {}", .path.display())]
+    Io {
+        /// What was attempted (`read`, `write`, `create data directory`, …).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A JSON file is not what dps writes.
+    #[error("{} is corrupt", .path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where the JSON is wrong.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The local CA or the server certificate could not be loaded or issued.
+    #[error("{what}")]
+    Pki {
+        /// What was attempted, naming the file when there is one.
+        what: String,
+        /// The certificate error.
+        #[source]
+        source: PkiError,
+    },
+    /// Only one of the CA certificate and key exists.
+    #[error("{} and {} must both exist or both be absent", .cert.display(), .key.display())]
+    HalfCa {
+        /// The CA certificate file.
+        cert: PathBuf,
+        /// The CA key file.
+        key: PathBuf,
+    },
+}
+
+/// Results of this crate.
+pub type Result<T, E = DataDirError> = std::result::Result<T, E>;
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DataDirError {
+    let path = path.to_path_buf();
+    move |source| DataDirError::Io { action, path, source }
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(io_error("read", path))
+}
+
+fn pki_error(what: impl Into<String>) -> impl FnOnce(PkiError) -> DataDirError {
+    let what = what.into();
+    move |source| DataDirError::Pki { what, source }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("plain structs serialize")
+}
+
+/// Rights of the default DPS owner policy.
+pub const DPS_OWNER_RIGHTS: &[&str] = &[
+    "ServiceConfig",
+    "EnrollmentRead",
+    "EnrollmentWrite",
+    "DeviceConnect",
+    "RegistrationStatusRead",
+    "RegistrationStatusWrite",
+];
+/// Rights of the default hub owner policy.
+pub const HUB_OWNER_RIGHTS: &[&str] = &["RegistryRead", "RegistryWrite", "ServiceConnect", "DeviceConnect"];
+
+/// What `dps.json` holds. Secrets live here, so the file is created mode 0600.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// The service's ID scope (`0ne` + 8 upper-case hex digits).
+    pub id_scope: String,
+    /// Service API policies (`provisioningserviceowner` by default).
+    pub policies: Vec<SharedAccessPolicy>,
+    /// The embedded hub.
+    pub hub: HubIdentity,
+}
+
+/// The embedded hub's identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubIdentity {
+    /// Host name devices are assigned to. Fixed at first start because registration records
+    /// refer to it; change it with `--hub-hostname`.
+    pub host_name: String,
+    /// Registry API policies (`iothubowner` by default).
+    pub policies: Vec<SharedAccessPolicy>,
+}
+
+/// How the last start was reachable (`server.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Runtime {
+    /// Configured host names, provisioning host first.
+    pub hostnames: Vec<String>,
+    /// MQTT port.
+    pub mqtt_port: u16,
+    /// HTTPS port.
+    pub https_port: u16,
+}
+
+/// Paths inside the data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// A data directory at `root` (not created yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `dps.json`.
+    pub fn identity_path(&self) -> PathBuf {
+        self.root.join("dps.json")
+    }
+    /// The local CA certificate devices and SDKs trust.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    /// The local CA private key.
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.root.join("ca-key.pem")
+    }
+    /// The server certificate (leaf + CA).
+    pub fn server_cert_path(&self) -> PathBuf {
+        self.root.join("server.pem")
+    }
+    /// The server private key.
+    pub fn server_key_path(&self) -> PathBuf {
+        self.root.join("server-key.pem")
+    }
+    /// The provisioning database.
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("dps.db")
+    }
+    /// The embedded hub's database.
+    pub fn hub_db_path(&self) -> PathBuf {
+        self.root.join("hub.db")
+    }
+
+    /// Where the last start recorded its listeners (`dps info` reads it).
+    pub fn runtime_path(&self) -> PathBuf {
+        self.root.join("server.json")
+    }
+
+    /// Records how the server is reachable, so `dps info` can print connection strings with the
+    /// right host name without being told again.
+    pub fn record_runtime(&self, r: &Runtime) -> Result<()> {
+        let path = self.runtime_path();
+        fs::write(&path, to_json(r)).map_err(io_error("write", &path))
+    }
+
+    /// The runtime facts of the last start, if any.
+    pub fn runtime(&self) -> Option<Runtime> {
+        serde_json::from_str(&fs::read_to_string(self.runtime_path()).ok()?).ok()
+    }
+
+    /// The provisioning host name of the last start.
+    pub fn last_provisioning_host(&self) -> Option<String> {
+        self.runtime().and_then(|r| r.hostnames.into_iter().next())
+    }
+
+    /// Loads the identity; fails if the directory was never initialized.
+    pub fn load_identity(&self) -> Result<Identity> {
+        let p = self.identity_path();
+        let text = fs::read_to_string(&p).map_err(|source| DataDirError::NotInitialized {
+            root: self.root.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| DataDirError::Corrupt { path: p, source })
+    }
+
+    /// Creates the data directory readable by its owner only: the databases beside the identity
+    /// hold enrollment keys and hub device keys, which SQLite writes with the process umask. An
+    /// existing directory that others can read is left as the operator made it, with a warning.
+    fn create_private_root(&self) -> Result<()> {
+        let existed = self.root.is_dir();
+        fs::create_dir_all(&self.root).map_err(io_error("create data directory", &self.root))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&self.root)
+                .map_err(io_error("read data directory", &self.root))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if !existed {
+                fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+                    .map_err(io_error("restrict data directory", &self.root))?;
+            } else if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %self.root.display(),
+                    mode = format!("{mode:o}"),
+                    "the data directory is accessible to other users; it holds enrollment and device keys (chmod 700 it)"
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = existed;
+        Ok(())
+    }
+
+    /// Loads the identity, creating it on first start. `hub_host` overrides the stored hub host name.
+    pub fn init_identity(&self, default_hub_host: &str, hub_host: Option<&str>) -> Result<(Identity, bool)> {
+        self.create_private_root()?;
+        if self.identity_path().exists() {
+            let mut id = self.load_identity()?;
+            if let Some(h) = hub_host.filter(|h| !h.eq_ignore_ascii_case(&id.hub.host_name)) {
+                tracing::warn!(old = %id.hub.host_name, new = %h, "embedded hub host name changed; existing registrations keep the old name until devices re-register");
+                id.hub.host_name = h.to_string();
+                write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
+            }
+            return Ok((id, false));
+        }
+        let id = Identity {
+            id_scope: new_id_scope(),
+            policies: vec![policy("provisioningserviceowner", DPS_OWNER_RIGHTS)],
+            hub: HubIdentity {
+                host_name: hub_host.unwrap_or(default_hub_host).to_string(),
+                policies: vec![policy("iothubowner", HUB_OWNER_RIGHTS)],
+            },
+        };
+        write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
+        Ok((id, true))
+    }
+
+    /// Loads the local CA, creating it on first start.
+    pub fn init_ca(&self) -> Result<dps_pki::ca::LocalCa> {
+        let (cert, key) = (self.ca_cert_path(), self.ca_key_path());
+        if cert.exists() && key.exists() {
+            let ca = dps_pki::ca::LocalCa::from_pem(&read(&cert)?, &read(&key)?)
+                .map_err(pki_error(format!("cannot load the local CA from {}", cert.display())))?;
+            return Ok(ca);
+        }
+        if cert.exists() != key.exists() {
+            return Err(DataDirError::HalfCa { cert, key });
+        }
+        let ca = dps_pki::ca::LocalCa::generate("dps local CA").map_err(pki_error("cannot create the local CA"))?;
+        write_secret(&key, ca.key_pem().as_bytes())?;
+        fs::write(&cert, ca.cert_pem()).map_err(io_error("write", &cert))?;
+        Ok(ca)
+    }
+
+    /// Returns PEM (chain, key) of a server certificate covering `hostnames`, issuing a new one
+    /// from the local CA when the stored one does not cover them.
+    pub fn init_server_cert(&self, ca: &dps_pki::ca::LocalCa, hostnames: &[String]) -> Result<(String, String)> {
+        let (cert, key) = (self.server_cert_path(), self.server_key_path());
+        if cert.exists() && key.exists() {
+            let chain = read(&cert)?;
+            if dps_pki::ca::certificate_covers(&chain, hostnames).unwrap_or(false) {
+                return Ok((chain, read(&key)?));
+            }
+            tracing::info!("server certificate does not cover {:?}; issuing a new one", hostnames);
+        }
+        let issued = ca
+            .issue_server_certificate(hostnames)
+            .map_err(pki_error("cannot issue the server certificate"))?;
+        let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+        write_secret(&key, issued.key_pem.as_bytes())?;
+        fs::write(&cert, &chain).map_err(io_error("write", &cert))?;
+        Ok((chain, issued.key_pem))
+    }
+}
+
+fn policy(name: &str, rights: &[&str]) -> SharedAccessPolicy {
+    SharedAccessPolicy {
+        key_name: name.into(),
+        primary_key: random_key(),
+        secondary_key: random_key(),
+        rights: rights.iter().map(|r| r.to_string()).collect(),
+    }
+}
+
+/// A 32-byte random key, base64 (what Azure generates for policies).
+pub fn random_key() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    dps_proto::keys::encode_key(&raw)
+}
+
+/// `0ne` + 8 upper-case hex digits, as Azure scopes look.
+fn new_id_scope() -> String {
+    let mut raw = [0u8; 4];
+    rand::thread_rng().fill_bytes(&mut raw);
+    format!("0ne{:08X}", u32::from_be_bytes(raw))
+}
+
+/// Writes a file readable only by its owner (keys, policies).
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(io_error("write", &tmp))?;
+        f.write_all(bytes).map_err(io_error("write", &tmp))?;
+        f.sync_all().map_err(io_error("write", &tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_error("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_creates_and_later_starts_reuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(dir.path().join("data"));
+        let (id, created) = dd.init_identity("127.0.0.1", None).unwrap();
+        assert!(created);
+        assert!(id.id_scope.starts_with("0ne") && id.id_scope.len() == 11);
+        assert!(id.id_scope[3..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
+        assert_eq!(id.policies[0].key_name, "provisioningserviceowner");
+        assert_eq!(id.hub.policies[0].key_name, "iothubowner");
+        let (again, created) = dd.init_identity("other", None).unwrap();
+        assert!(!created);
+        assert_eq!(again.id_scope, id.id_scope);
+        assert_eq!(again.hub.host_name, "127.0.0.1");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(dd.identity_path()).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            // The databases inherit the umask; the directory keeps other users out of them.
+            assert_eq!(
+                fs::metadata(dir.path().join("data")).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+        let ca = dd.init_ca().unwrap();
+        let names = vec!["127.0.0.1".to_string(), "dps.example.test".to_string()];
+        let (chain, _) = dd.init_server_cert(&ca, &names).unwrap();
+        let (chain2, _) = dd.init_server_cert(&dd.init_ca().unwrap(), &names).unwrap();
+        assert_eq!(chain, chain2, "reused while it covers the host names");
+        let (chain3, _) = dd.init_server_cert(&ca, &["other.example.test".to_string()]).unwrap();
+        assert_ne!(chain, chain3, "re-issued for new host names");
+    }
+}

@@ -1,0 +1,850 @@
+//! Routes: request path → [`Resource`], then (method, resource) → [`Route`]; and back, a route →
+//! method and canonical path.
+//!
+//! Rules every SDK needs (service-api.md §1):
+//! - literal segments match case-insensitively (Node calls `/enrollmentgroups/...`);
+//! - one trailing slash is tolerated (Node's bulk call is `POST /enrollments/?api-version=...`);
+//! - `{id}` segments are percent-decoded (C lower-case-hex-encodes ids, Python encodes `:`);
+//! - C# sends relative paths, which arrive as ordinary absolute paths after resolution.
+//!
+//! The path shape decides the resource; a known resource with a method it does not support is a
+//! 405, an unknown path a 404.
+
+use http::Method;
+
+use super::encoding::{encode_segment, segments};
+use super::query::{QueryParams, API_VERSION};
+use crate::api_version;
+
+/// A path the server knows, with its decoded ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resource {
+    /// `/{idScope}/registrations/{registrationId}/register`
+    DeviceRegister {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `/{idScope}/registrations/{registrationId}/operations/{operationId}`
+    DeviceOperation {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+        /// Operation id.
+        operation_id: String,
+    },
+    /// `/{idScope}/registrations/{registrationId}`
+    DeviceRegistration {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `/enrollments` (bulk)
+    Enrollments,
+    /// `/enrollments/query` (also `/enrollments/{id}` with id `query` for non-POST methods)
+    EnrollmentQuery,
+    /// `/enrollments/{id}`
+    Enrollment(String),
+    /// `/enrollments/{id}/attestationmechanism`
+    EnrollmentAttestation(String),
+    /// `/enrollmentGroups` (bulk)
+    Groups,
+    /// `/enrollmentGroups/query`
+    GroupQuery,
+    /// `/enrollmentGroups/{id}`
+    Group(String),
+    /// `/enrollmentGroups/{id}/attestationmechanism`
+    GroupAttestation(String),
+    /// `/registrations/{id}`
+    Registration(String),
+    /// `/registrations/{groupId}/query`
+    RegistrationQuery(String),
+    /// `/certificates` (list)
+    Certificates,
+    /// `/certificates/{name}`
+    Certificate(String),
+    /// `/certificates/{name}/generateVerificationCode`
+    CertificateVerificationCode(String),
+    /// `/certificates/{name}/verify`
+    CertificateVerify(String),
+    /// `/devices` (list)
+    Devices,
+    /// `/devices/query`
+    DeviceQuery,
+    /// `/devices/{id}`
+    Device(String),
+    /// `/twins/{id}`
+    Twin(String),
+    /// `/twins/{id}/methods`
+    TwinMethods(String),
+    /// `/messages/events` (telemetry stream for `dps hub monitor-events`)
+    Events,
+    /// `/statistics/devices`
+    DeviceStatistics,
+    /// `/statistics/service`
+    ServiceStatistics,
+    /// `/$iothub/websocket` (MQTT over WebSockets)
+    MqttWebSocket,
+}
+
+/// Which API a resource belongs to: decides authorization and whether `api-version` is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Device registration API (SAS or TLS client certificate, judged by the engine).
+    Device,
+    /// DPS service API (`dps_auth` policies).
+    Service,
+    /// Embedded hub registry API (`hub_auth` policies).
+    Hub,
+}
+
+/// A resource and a method it supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `PUT /{scope}/registrations/{id}/register`
+    Register {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `GET /{scope}/registrations/{id}/operations/{op}`
+    OperationStatus {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+        /// Operation id.
+        operation_id: String,
+    },
+    /// `POST /{scope}/registrations/{id}`
+    RegistrationStatus {
+        /// ID scope.
+        scope: String,
+        /// Registration id.
+        registration_id: String,
+    },
+    /// `GET /enrollments/{id}`
+    GetEnrollment(String),
+    /// `PUT /enrollments/{id}`
+    PutEnrollment(String),
+    /// `DELETE /enrollments/{id}`
+    DeleteEnrollment(String),
+    /// `POST /enrollments/{id}/attestationmechanism`
+    EnrollmentAttestation(String),
+    /// `POST /enrollments/query`
+    QueryEnrollments,
+    /// `POST /enrollments`
+    BulkEnrollments,
+    /// `GET /enrollmentGroups/{id}`
+    GetGroup(String),
+    /// `PUT /enrollmentGroups/{id}`
+    PutGroup(String),
+    /// `DELETE /enrollmentGroups/{id}`
+    DeleteGroup(String),
+    /// `POST /enrollmentGroups/{id}/attestationmechanism`
+    GroupAttestation(String),
+    /// `POST /enrollmentGroups/query`
+    QueryGroups,
+    /// `POST /enrollmentGroups`
+    BulkGroups,
+    /// `GET /registrations/{id}`
+    GetRegistration(String),
+    /// `DELETE /registrations/{id}`
+    DeleteRegistration(String),
+    /// `POST /registrations/{groupId}/query`
+    QueryRegistrations(String),
+    /// `GET /certificates`
+    ListCertificates,
+    /// `GET /certificates/{name}`
+    GetCertificate(String),
+    /// `PUT /certificates/{name}`
+    PutCertificate(String),
+    /// `DELETE /certificates/{name}`
+    DeleteCertificate(String),
+    /// `POST /certificates/{name}/generateVerificationCode`
+    GenerateVerificationCode(String),
+    /// `POST /certificates/{name}/verify`
+    VerifyCertificate(String),
+    /// `GET /devices?top=N`
+    ListDevices,
+    /// `POST /devices/query`
+    QueryDevices,
+    /// `GET /devices/{id}`
+    GetDevice(String),
+    /// `PUT /devices/{id}`
+    PutDevice(String),
+    /// `DELETE /devices/{id}`
+    DeleteDevice(String),
+    /// `GET /twins/{id}`
+    GetTwin(String),
+    /// `PUT /twins/{id}`
+    ReplaceTwin(String),
+    /// `PATCH /twins/{id}`
+    UpdateTwin(String),
+    /// `POST /twins/{id}/methods`
+    InvokeMethod(String),
+    /// `GET /messages/events`
+    MonitorEvents,
+    /// `GET /statistics/devices`
+    DeviceStatistics,
+    /// `GET /statistics/service`
+    ServiceStatistics,
+    /// `GET /$iothub/websocket` with a WebSocket upgrade: the device MQTT endpoint, tunnelled.
+    MqttWebSocket,
+}
+
+impl Route {
+    /// The API the route belongs to.
+    pub fn api(&self) -> Api {
+        use Route::*;
+        match self {
+            Register { .. } | OperationStatus { .. } | RegistrationStatus { .. } | MqttWebSocket => Api::Device,
+            GetEnrollment(_)
+            | PutEnrollment(_)
+            | DeleteEnrollment(_)
+            | EnrollmentAttestation(_)
+            | QueryEnrollments
+            | BulkEnrollments
+            | GetGroup(_)
+            | PutGroup(_)
+            | DeleteGroup(_)
+            | GroupAttestation(_)
+            | QueryGroups
+            | BulkGroups
+            | GetRegistration(_)
+            | DeleteRegistration(_)
+            | QueryRegistrations(_)
+            | ListCertificates
+            | GetCertificate(_)
+            | PutCertificate(_)
+            | DeleteCertificate(_)
+            | GenerateVerificationCode(_)
+            | VerifyCertificate(_) => Api::Service,
+            ListDevices | QueryDevices | GetDevice(_) | PutDevice(_) | DeleteDevice(_) | GetTwin(_)
+            | ReplaceTwin(_) | UpdateTwin(_) | InvokeMethod(_) | MonitorEvents | DeviceStatistics
+            | ServiceStatistics => Api::Hub,
+        }
+    }
+}
+
+impl Api {
+    /// The `api-version` values the server accepts on this API.
+    pub fn supported(self) -> &'static [&'static str] {
+        match self {
+            Self::Device => api_version::DEVICE,
+            Self::Service => api_version::SERVICE,
+            Self::Hub => api_version::HUB,
+        }
+    }
+
+    /// The `api-version` dps's own clients send on this API.
+    pub fn client_version(self) -> &'static str {
+        match self {
+            Self::Device => api_version::DEVICE_CLIENT,
+            Self::Service => api_version::SERVICE_CLIENT,
+            Self::Hub => api_version::HUB_CLIENT,
+        }
+    }
+}
+
+impl Route {
+    /// The route for `method` on `path` (raw, still percent-encoded; no query).
+    ///
+    /// Literal segments match case-insensitively, one trailing slash is tolerated and ids are
+    /// percent-decoded (see the rules above); [`Route::path`] writes a path this parses back to
+    /// the same route.
+    pub fn parse(method: &Method, path: &str) -> Result<Self, NoRoute> {
+        route(method, path)
+    }
+
+    /// The one method this route answers.
+    pub fn method(&self) -> Method {
+        use Route::*;
+        match self {
+            Register { .. } | PutEnrollment(_) | PutGroup(_) | PutCertificate(_) | PutDevice(_) | ReplaceTwin(_) => {
+                Method::PUT
+            }
+            RegistrationStatus { .. }
+            | EnrollmentAttestation(_)
+            | QueryEnrollments
+            | BulkEnrollments
+            | GroupAttestation(_)
+            | QueryGroups
+            | BulkGroups
+            | QueryRegistrations(_)
+            | GenerateVerificationCode(_)
+            | VerifyCertificate(_)
+            | QueryDevices
+            | InvokeMethod(_) => Method::POST,
+            DeleteEnrollment(_) | DeleteGroup(_) | DeleteRegistration(_) | DeleteCertificate(_) | DeleteDevice(_) => {
+                Method::DELETE
+            }
+            UpdateTwin(_) => Method::PATCH,
+            OperationStatus { .. }
+            | GetEnrollment(_)
+            | GetGroup(_)
+            | GetRegistration(_)
+            | ListCertificates
+            | GetCertificate(_)
+            | ListDevices
+            | GetDevice(_)
+            | GetTwin(_)
+            | MonitorEvents
+            | DeviceStatistics
+            | ServiceStatistics
+            | MqttWebSocket => Method::GET,
+        }
+    }
+
+    /// The canonical request path, ids percent-encoded ([`encode_segment`]), with the segment
+    /// spellings the Azure SDKs send. Ids must be non-empty (an empty id names another resource),
+    /// and an ID scope must not spell a service collection (`enrollments`, `devices`, …: the path
+    /// would be that collection's); real scopes (`0ne…`) never do.
+    pub fn path(&self) -> String {
+        use Route::*;
+        let item = |collection: &str, id: &str| format!("/{collection}/{}", encode_segment(id));
+        match self {
+            Register { scope, registration_id } => {
+                format!("{}/register", device_registration(scope, registration_id))
+            }
+            OperationStatus {
+                scope,
+                registration_id,
+                operation_id,
+            } => format!(
+                "{}/operations/{}",
+                device_registration(scope, registration_id),
+                encode_segment(operation_id)
+            ),
+            RegistrationStatus { scope, registration_id } => device_registration(scope, registration_id),
+            GetEnrollment(id) | PutEnrollment(id) | DeleteEnrollment(id) => item("enrollments", id),
+            EnrollmentAttestation(id) => item("enrollments", id) + "/attestationmechanism",
+            QueryEnrollments => "/enrollments/query".into(),
+            BulkEnrollments => "/enrollments".into(),
+            GetGroup(id) | PutGroup(id) | DeleteGroup(id) => item("enrollmentGroups", id),
+            GroupAttestation(id) => item("enrollmentGroups", id) + "/attestationmechanism",
+            QueryGroups => "/enrollmentGroups/query".into(),
+            BulkGroups => "/enrollmentGroups".into(),
+            GetRegistration(id) | DeleteRegistration(id) => item("registrations", id),
+            QueryRegistrations(group) => item("registrations", group) + "/query",
+            ListCertificates => "/certificates".into(),
+            GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
+            GenerateVerificationCode(n) => item("certificates", n) + "/generateVerificationCode",
+            VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListDevices => "/devices".into(),
+            QueryDevices => "/devices/query".into(),
+            GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
+            GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
+            InvokeMethod(id) => item("twins", id) + "/methods",
+            MonitorEvents => "/messages/events".into(),
+            DeviceStatistics => "/statistics/devices".into(),
+            ServiceStatistics => "/statistics/service".into(),
+            MqttWebSocket => "/$iothub/websocket".into(),
+        }
+    }
+
+    /// [`Route::path`], then `?api-version=` the version dps's clients send on the route's API
+    /// ([`Api::client_version`]), then `query`.
+    pub fn path_and_query(&self, query: &QueryParams) -> String {
+        let mut all = QueryParams::from_pairs([(API_VERSION, self.api().client_version())]);
+        for (k, v) in query.pairs() {
+            all.push(k, v);
+        }
+        format!("{}?{all}", self.path())
+    }
+}
+
+/// `/{scope}/registrations/{registrationId}`, encoded.
+fn device_registration(scope: &str, registration_id: &str) -> String {
+    format!(
+        "/{}/registrations/{}",
+        encode_segment(scope),
+        encode_segment(registration_id)
+    )
+}
+
+impl Route {
+    /// The resource a SAS audience must cover for this route (service and registry APIs), as a
+    /// decoded path with canonical segment names. Built from the route, not the request path,
+    /// so percent-encoding, case and a trailing slash change nothing, and ids cannot open new
+    /// segments (a `/` or `%` inside an id stays escaped). Collection operations — queries, bulk,
+    /// listings — need a token for the whole collection: a token for `enrollments/query` (an
+    /// enrollment may be called `query`) must not list every enrollment.
+    pub fn audience_path(&self) -> String {
+        use Route::*;
+        let item = |collection: &str, id: &str| format!("/{collection}/{}", escape_segment(id));
+        match self {
+            Register { scope, registration_id }
+            | OperationStatus {
+                scope, registration_id, ..
+            }
+            | RegistrationStatus { scope, registration_id } => {
+                format!("/{}{}", escape_segment(scope), item("registrations", registration_id))
+            }
+            GetEnrollment(id) | PutEnrollment(id) | DeleteEnrollment(id) => item("enrollments", id),
+            EnrollmentAttestation(id) => item("enrollments", id) + "/attestationmechanism",
+            QueryEnrollments | BulkEnrollments => "/enrollments".into(),
+            GetGroup(id) | PutGroup(id) | DeleteGroup(id) => item("enrollmentgroups", id),
+            GroupAttestation(id) => item("enrollmentgroups", id) + "/attestationmechanism",
+            QueryGroups | BulkGroups => "/enrollmentgroups".into(),
+            GetRegistration(id) | DeleteRegistration(id) => item("registrations", id),
+            QueryRegistrations(_) => "/registrations".into(),
+            ListCertificates => "/certificates".into(),
+            GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
+            GenerateVerificationCode(n) => item("certificates", n) + "/generateverificationcode",
+            VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListDevices | QueryDevices => "/devices".into(),
+            GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
+            GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
+            InvokeMethod(id) => item("twins", id) + "/methods",
+            MonitorEvents => "/messages/events".into(),
+            DeviceStatistics => "/statistics/devices".into(),
+            ServiceStatistics => "/statistics/service".into(),
+            MqttWebSocket => "/$iothub/websocket".into(),
+        }
+    }
+}
+
+/// An id as one audience path segment: `%` and `/` escaped, so it cannot end early.
+fn escape_segment(id: &str) -> String {
+    id.replace('%', "%25").replace('/', "%2F")
+}
+
+/// Why a request matched no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No such path.
+    NotFound,
+    /// The path exists; these methods are allowed on it.
+    MethodNotAllowed(&'static [Method]),
+}
+
+fn is(seg: &str, literal: &str) -> bool {
+    seg.eq_ignore_ascii_case(literal)
+}
+
+/// Maps decoded segments to a resource.
+fn resource(segs: &[String]) -> Option<Resource> {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let id = |x: &str| -> Option<String> { (!x.is_empty()).then(|| x.to_string()) };
+    let r = match s.as_slice() {
+        [first, rest @ ..] if is(first, "enrollments") => match rest {
+            [] => Resource::Enrollments,
+            [q] if is(q, "query") => Resource::EnrollmentQuery,
+            [e] => Resource::Enrollment(id(e)?),
+            [e, a] if is(a, "attestationmechanism") => Resource::EnrollmentAttestation(id(e)?),
+            _ => return None,
+        },
+        [first, rest @ ..] if is(first, "enrollmentGroups") => match rest {
+            [] => Resource::Groups,
+            [q] if is(q, "query") => Resource::GroupQuery,
+            [g] => Resource::Group(id(g)?),
+            [g, a] if is(a, "attestationmechanism") => Resource::GroupAttestation(id(g)?),
+            _ => return None,
+        },
+        [first, r] if is(first, "registrations") => Resource::Registration(id(r)?),
+        [first, g, q] if is(first, "registrations") && is(q, "query") => Resource::RegistrationQuery(id(g)?),
+        [first, rest @ ..] if is(first, "certificates") => match rest {
+            [] => Resource::Certificates,
+            [c] => Resource::Certificate(id(c)?),
+            [c, v] if is(v, "generateVerificationCode") => Resource::CertificateVerificationCode(id(c)?),
+            [c, v] if is(v, "verify") => Resource::CertificateVerify(id(c)?),
+            _ => return None,
+        },
+        [first, rest @ ..] if is(first, "devices") => match rest {
+            [] => Resource::Devices,
+            [q] if is(q, "query") => Resource::DeviceQuery,
+            [d] => Resource::Device(id(d)?),
+            _ => return None,
+        },
+        [first, d] if is(first, "twins") => Resource::Twin(id(d)?),
+        [first, d, m] if is(first, "twins") && is(m, "methods") => Resource::TwinMethods(id(d)?),
+        [m, e] if is(m, "messages") && is(e, "events") => Resource::Events,
+        [st, d] if is(st, "statistics") && is(d, "devices") => Resource::DeviceStatistics,
+        [st, d] if is(st, "statistics") && is(d, "service") => Resource::ServiceStatistics,
+        [hub, ws] if is(hub, "$iothub") && is(ws, "websocket") => Resource::MqttWebSocket,
+        [scope, regs, reg] if is(regs, "registrations") => Resource::DeviceRegistration {
+            scope: id(scope)?,
+            registration_id: id(reg)?,
+        },
+        [scope, regs, reg, r] if is(regs, "registrations") && is(r, "register") => Resource::DeviceRegister {
+            scope: id(scope)?,
+            registration_id: id(reg)?,
+        },
+        [scope, regs, reg, ops, op] if is(regs, "registrations") && is(ops, "operations") => {
+            Resource::DeviceOperation {
+                scope: id(scope)?,
+                registration_id: id(reg)?,
+                operation_id: id(op)?,
+            }
+        }
+        _ => return None,
+    };
+    Some(r)
+}
+
+const GET_PUT_DELETE: &[Method] = &[Method::GET, Method::PUT, Method::DELETE];
+const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
+const GET_PUT_PATCH: &[Method] = &[Method::GET, Method::PUT, Method::PATCH];
+const POST: &[Method] = &[Method::POST];
+const PUT: &[Method] = &[Method::PUT];
+const GET: &[Method] = &[Method::GET];
+
+/// The route for `method` on `path` (raw, percent-encoded).
+fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
+    let segs = segments(path).ok_or(NoRoute::NotFound)?;
+    let res = resource(&segs).ok_or(NoRoute::NotFound)?;
+    let m = method;
+    use Resource as R;
+    let not_allowed = |allowed: &'static [Method]| Err(NoRoute::MethodNotAllowed(allowed));
+    match res {
+        R::DeviceRegister { scope, registration_id } => match *m {
+            Method::PUT => Ok(Route::Register { scope, registration_id }),
+            _ => not_allowed(PUT),
+        },
+        R::DeviceOperation {
+            scope,
+            registration_id,
+            operation_id,
+        } => match *m {
+            Method::GET => Ok(Route::OperationStatus {
+                scope,
+                registration_id,
+                operation_id,
+            }),
+            _ => not_allowed(GET),
+        },
+        R::DeviceRegistration { scope, registration_id } => match *m {
+            Method::POST => Ok(Route::RegistrationStatus { scope, registration_id }),
+            _ => not_allowed(POST),
+        },
+        R::Enrollments => match *m {
+            Method::POST => Ok(Route::BulkEnrollments),
+            _ => not_allowed(POST),
+        },
+        // `query` is also a valid registration id: only POST means "query".
+        R::EnrollmentQuery => match *m {
+            Method::POST => Ok(Route::QueryEnrollments),
+            _ => enrollment(m, segs[1].clone()),
+        },
+        R::Enrollment(id) => enrollment(m, id),
+        R::EnrollmentAttestation(id) => match *m {
+            Method::POST => Ok(Route::EnrollmentAttestation(id)),
+            _ => not_allowed(POST),
+        },
+        R::Groups => match *m {
+            Method::POST => Ok(Route::BulkGroups),
+            _ => not_allowed(POST),
+        },
+        R::GroupQuery => match *m {
+            Method::POST => Ok(Route::QueryGroups),
+            _ => group(m, segs[1].clone()),
+        },
+        R::Group(id) => group(m, id),
+        R::GroupAttestation(id) => match *m {
+            Method::POST => Ok(Route::GroupAttestation(id)),
+            _ => not_allowed(POST),
+        },
+        R::Registration(id) => match *m {
+            Method::GET => Ok(Route::GetRegistration(id)),
+            Method::DELETE => Ok(Route::DeleteRegistration(id)),
+            _ => not_allowed(GET_DELETE),
+        },
+        R::RegistrationQuery(id) => match *m {
+            Method::POST => Ok(Route::QueryRegistrations(id)),
+            _ => not_allowed(POST),
+        },
+        R::Certificates => match *m {
+            Method::GET => Ok(Route::ListCertificates),
+            _ => not_allowed(GET),
+        },
+        R::Certificate(name) => match *m {
+            Method::GET => Ok(Route::GetCertificate(name)),
+            Method::PUT => Ok(Route::PutCertificate(name)),
+            Method::DELETE => Ok(Route::DeleteCertificate(name)),
+            _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::CertificateVerificationCode(name) => match *m {
+            Method::POST => Ok(Route::GenerateVerificationCode(name)),
+            _ => not_allowed(POST),
+        },
+        R::CertificateVerify(name) => match *m {
+            Method::POST => Ok(Route::VerifyCertificate(name)),
+            _ => not_allowed(POST),
+        },
+        R::Devices => match *m {
+            Method::GET => Ok(Route::ListDevices),
+            _ => not_allowed(GET),
+        },
+        R::DeviceQuery => match *m {
+            Method::POST => Ok(Route::QueryDevices),
+            _ => device(m, segs[1].clone()),
+        },
+        R::Device(id) => device(m, id),
+        R::Twin(id) => match *m {
+            Method::GET => Ok(Route::GetTwin(id)),
+            Method::PUT => Ok(Route::ReplaceTwin(id)),
+            Method::PATCH => Ok(Route::UpdateTwin(id)),
+            _ => not_allowed(GET_PUT_PATCH),
+        },
+        R::TwinMethods(id) => match *m {
+            Method::POST => Ok(Route::InvokeMethod(id)),
+            _ => not_allowed(POST),
+        },
+        R::Events => match *m {
+            Method::GET => Ok(Route::MonitorEvents),
+            _ => not_allowed(GET),
+        },
+        R::DeviceStatistics => match *m {
+            Method::GET => Ok(Route::DeviceStatistics),
+            _ => not_allowed(GET),
+        },
+        R::ServiceStatistics => match *m {
+            Method::GET => Ok(Route::ServiceStatistics),
+            _ => not_allowed(GET),
+        },
+        R::MqttWebSocket => match *m {
+            Method::GET => Ok(Route::MqttWebSocket),
+            _ => not_allowed(GET),
+        },
+    }
+}
+
+fn enrollment(m: &Method, id: String) -> Result<Route, NoRoute> {
+    match *m {
+        Method::GET => Ok(Route::GetEnrollment(id)),
+        Method::PUT => Ok(Route::PutEnrollment(id)),
+        Method::DELETE => Ok(Route::DeleteEnrollment(id)),
+        _ => Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE)),
+    }
+}
+
+fn group(m: &Method, id: String) -> Result<Route, NoRoute> {
+    match *m {
+        Method::GET => Ok(Route::GetGroup(id)),
+        Method::PUT => Ok(Route::PutGroup(id)),
+        Method::DELETE => Ok(Route::DeleteGroup(id)),
+        _ => Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE)),
+    }
+}
+
+fn device(m: &Method, id: String) -> Result<Route, NoRoute> {
+    match *m {
+        Method::GET => Ok(Route::GetDevice(id)),
+        Method::PUT => Ok(Route::PutDevice(id)),
+        Method::DELETE => Ok(Route::DeleteDevice(id)),
+        _ => Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(m: Method, p: &str) -> Result<Route, NoRoute> {
+        route(&m, p)
+    }
+
+    #[test]
+    fn audience_paths_are_canonical() {
+        let a = |m: Method, p: &str| r(m, p).unwrap().audience_path();
+        assert_eq!(a(Method::DELETE, "/Enrollments/x%2Fy/"), "/enrollments/x%2Fy");
+        assert_eq!(a(Method::GET, "/enrollments/a%25b"), "/enrollments/a%25b");
+        assert_eq!(
+            a(Method::POST, "/enrollmentgroups/G/attestationmechanism"),
+            "/enrollmentgroups/G/attestationmechanism"
+        );
+        // Collection operations need the collection, whatever the item is called.
+        assert_eq!(a(Method::POST, "/enrollments/query"), "/enrollments");
+        assert_eq!(a(Method::GET, "/enrollments/query"), "/enrollments/query");
+        assert_eq!(a(Method::POST, "/enrollments/"), "/enrollments");
+        assert_eq!(a(Method::POST, "/registrations/g/query"), "/registrations");
+        assert_eq!(a(Method::POST, "/devices/query"), "/devices");
+        assert_eq!(a(Method::GET, "/devices"), "/devices");
+        assert_eq!(a(Method::POST, "/twins/d/methods"), "/twins/d/methods");
+        assert_eq!(
+            a(Method::PUT, "/0ne00ABC/registrations/dev-1/register"),
+            "/0ne00ABC/registrations/dev-1"
+        );
+    }
+
+    #[test]
+    fn service_routes_case_insensitive_and_trailing_slash() {
+        assert_eq!(
+            r(Method::GET, "/enrollments/dev-1"),
+            Ok(Route::GetEnrollment("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::PUT, "/Enrollments/dev-1/"),
+            Ok(Route::PutEnrollment("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/ENROLLMENTS/dev-1"),
+            Ok(Route::DeleteEnrollment("dev-1".into()))
+        );
+        assert_eq!(r(Method::POST, "/enrollments/"), Ok(Route::BulkEnrollments));
+        assert_eq!(r(Method::GET, "/certificates"), Ok(Route::ListCertificates));
+        assert_eq!(
+            r(Method::PUT, "/Certificates/root-1"),
+            Ok(Route::PutCertificate("root-1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/certificates/root-1/generateverificationcode"),
+            Ok(Route::GenerateVerificationCode("root-1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/certificates/root-1/verify"),
+            Ok(Route::VerifyCertificate("root-1".into()))
+        );
+        assert_eq!(
+            r(Method::GET, "/certificates/root-1/verify"),
+            Err(NoRoute::MethodNotAllowed(POST))
+        );
+        assert_eq!(r(Method::POST, "/enrollments"), Ok(Route::BulkEnrollments));
+        assert_eq!(r(Method::POST, "/enrollments/query"), Ok(Route::QueryEnrollments));
+        assert_eq!(r(Method::POST, "/enrollments/QUERY/"), Ok(Route::QueryEnrollments));
+        assert_eq!(
+            r(Method::GET, "/enrollments/query"),
+            Ok(Route::GetEnrollment("query".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollments/d/attestationmechanism"),
+            Ok(Route::EnrollmentAttestation("d".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollments/d/attestationMechanism"),
+            Ok(Route::EnrollmentAttestation("d".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/enrollmentgroups/g1/attestationmechanism"),
+            Ok(Route::GroupAttestation("g1".into()))
+        );
+        assert_eq!(r(Method::GET, "/enrollmentGroups/g1"), Ok(Route::GetGroup("g1".into())));
+        assert_eq!(r(Method::POST, "/enrollmentGroups"), Ok(Route::BulkGroups));
+        assert_eq!(r(Method::POST, "/enrollmentgroups/query"), Ok(Route::QueryGroups));
+        assert_eq!(
+            r(Method::GET, "/registrations/dev-1"),
+            Ok(Route::GetRegistration("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/registrations/dev-1"),
+            Ok(Route::DeleteRegistration("dev-1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/registrations/g1/query"),
+            Ok(Route::QueryRegistrations("g1".into()))
+        );
+        assert_eq!(
+            r(Method::POST, "/Registrations/g1/Query/"),
+            Ok(Route::QueryRegistrations("g1".into()))
+        );
+        assert_eq!(r(Method::GET, "/enrollments/a").unwrap().api(), Api::Service);
+    }
+
+    #[test]
+    fn mqtt_websocket_route() {
+        assert_eq!(r(Method::GET, "/$iothub/websocket"), Ok(Route::MqttWebSocket));
+        // `$` percent-encoded, as a strict URL encoder writes it.
+        assert_eq!(r(Method::GET, "/%24iothub/websocket/"), Ok(Route::MqttWebSocket));
+        assert_eq!(
+            r(Method::POST, "/$iothub/websocket"),
+            Err(NoRoute::MethodNotAllowed(GET))
+        );
+        assert_eq!(r(Method::GET, "/$iothub/websocket").unwrap().api(), Api::Device);
+    }
+
+    #[test]
+    fn device_routes() {
+        assert_eq!(
+            r(Method::PUT, "/0ne00ABCDEF/registrations/dev-1/register"),
+            Ok(Route::Register {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "dev-1".into()
+            })
+        );
+        assert_eq!(
+            r(Method::GET, "/0ne00ABCDEF/Registrations/dev-1/Operations/4.abc.def-1"),
+            Ok(Route::OperationStatus {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "dev-1".into(),
+                operation_id: "4.abc.def-1".into()
+            })
+        );
+        assert_eq!(
+            r(Method::POST, "/0ne00ABCDEF/registrations/dev-1"),
+            Ok(Route::RegistrationStatus {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "dev-1".into()
+            })
+        );
+        // C encodes with lower-case hex.
+        assert_eq!(
+            r(Method::PUT, "/0ne00ABCDEF/registrations/my%3adev%2d1/register"),
+            Ok(Route::Register {
+                scope: "0ne00ABCDEF".into(),
+                registration_id: "my:dev-1".into()
+            })
+        );
+        assert_eq!(
+            r(Method::PUT, "/s/registrations/d/register").unwrap().api(),
+            Api::Device
+        );
+        assert_eq!(
+            r(Method::GET, "/s/registrations/d/register"),
+            Err(NoRoute::MethodNotAllowed(PUT))
+        );
+    }
+
+    #[test]
+    fn hub_routes() {
+        assert_eq!(r(Method::GET, "/devices"), Ok(Route::ListDevices));
+        assert_eq!(r(Method::GET, "/devices/"), Ok(Route::ListDevices));
+        assert_eq!(r(Method::POST, "/devices/query"), Ok(Route::QueryDevices));
+        assert_eq!(r(Method::GET, "/devices/query"), Ok(Route::GetDevice("query".into())));
+        assert_eq!(r(Method::PUT, "/devices/d%201"), Ok(Route::PutDevice("d 1".into())));
+        assert_eq!(r(Method::PATCH, "/twins/d"), Ok(Route::UpdateTwin("d".into())));
+        assert_eq!(r(Method::PUT, "/Twins/d"), Ok(Route::ReplaceTwin("d".into())));
+        assert_eq!(r(Method::POST, "/twins/d/methods"), Ok(Route::InvokeMethod("d".into())));
+        assert_eq!(
+            r(Method::POST, "/twins/d/methods/"),
+            Ok(Route::InvokeMethod("d".into()))
+        );
+        assert_eq!(r(Method::GET, "/messages/events"), Ok(Route::MonitorEvents));
+        assert_eq!(r(Method::GET, "/twins/d").unwrap().api(), Api::Hub);
+        assert_eq!(r(Method::GET, "/statistics/Devices"), Ok(Route::DeviceStatistics));
+        assert_eq!(r(Method::GET, "/statistics/service"), Ok(Route::ServiceStatistics));
+    }
+
+    #[test]
+    fn not_found_and_not_allowed() {
+        assert_eq!(r(Method::GET, "/"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/nothing"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/enrollments/a/b"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/enrollments//"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/enrollments/a//"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/devices/a/modules/m"), Err(NoRoute::NotFound));
+        assert_eq!(
+            r(Method::POST, "/enrollments/a"),
+            Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE))
+        );
+        assert_eq!(r(Method::GET, "/enrollments"), Err(NoRoute::MethodNotAllowed(POST)));
+        assert_eq!(
+            r(Method::PUT, "/registrations/a"),
+            Err(NoRoute::MethodNotAllowed(GET_DELETE))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/twins/a"),
+            Err(NoRoute::MethodNotAllowed(GET_PUT_PATCH))
+        );
+        assert_eq!(
+            r(Method::PATCH, "/enrollments/query"),
+            Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE))
+        );
+        // Invalid UTF-8 after decoding.
+        assert_eq!(r(Method::GET, "/enrollments/%ff"), Err(NoRoute::NotFound));
+    }
+}

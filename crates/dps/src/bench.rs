@@ -1,0 +1,67 @@
+//! `dps bench`: finds the server under test (flags, environment, data directory) and prints the
+//! report of the load generator in `dps-bench`.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use dps_client::{RegistryClient, ServiceClient};
+use dps_datadir::DataDir;
+
+use crate::output;
+use crate::remote::{connect, read_ca, Api, ServerArgs};
+
+/// `dps bench`
+#[derive(Args, Debug)]
+pub struct BenchCommand {
+    #[command(flatten)]
+    pub bench: dps_bench::BenchArgs,
+    /// Service connection string [default: the data directory's owner policy].
+    #[arg(long, env = "DPS_CONNECTION_STRING", hide_env_values = true)]
+    pub connection_string: Option<String>,
+    /// Hub connection string, to delete the hub devices the run created [default: the data
+    /// directory's hub owner policy].
+    #[arg(long, env = "DPS_HUB_CONNECTION_STRING", hide_env_values = true)]
+    pub hub_connection_string: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(a: BenchCommand) -> Result<()> {
+    let controls = a.bench.validate()?;
+    let dir = DataDir::new(&a.server.data_dir);
+    let identity = dir
+        .load_identity()
+        .map_err(|_| anyhow!("no ID scope: use --data-dir of a server"))?;
+    let runtime = dir.runtime();
+    let ca_pem = read_ca(a.server.ca.as_deref(), &dir)?;
+    let dps = Arc::new(ServiceClient::new(connect(
+        a.connection_string.as_deref(),
+        &a.server,
+        Api::Dps,
+    )?));
+    let hub = connect(a.hub_connection_string.as_deref(), &a.server, Api::Hub)
+        .ok()
+        .map(|r| Arc::new(RegistryClient::new(r)));
+    let (mqtt_port, https_port) = runtime
+        .as_ref()
+        .map(|r| (r.mqtt_port, r.https_port))
+        .unwrap_or((8883, 443));
+    let target = dps_bench::Target {
+        dps,
+        hub,
+        id_scope: identity.id_scope,
+        hub_host: identity.hub.host_name,
+        ca_pem,
+        mqtt_port,
+        https_port: a.server.port.unwrap_or(https_port),
+    };
+    let report = dps_bench::run(&a.bench, controls, target).await?;
+    if a.server.json {
+        output::json(&report);
+    } else {
+        dps_bench::print_human(&report);
+    }
+    Ok(())
+}
