@@ -26,18 +26,26 @@ pub enum HubOpenError {
 #[non_exhaustive]
 pub enum HubStoreError {
     /// The backend could not read or write: a database error, I/O, a full disk, or its writer
-    /// has stopped. The message is the backend's.
+    /// has stopped. The cause is the backend's own error (or a message when the cause is the
+    /// backend's state, e.g. a stopped writer).
     #[error("hub storage failure: {0}")]
-    Backend(String),
+    Backend(#[source] dps_core::Cause),
     /// A stored record does not decode as this build's record shape (a hand-edited or damaged
     /// file); the store refuses it rather than guess.
-    #[error("stored record of device '{key}' is corrupt: {reason}")]
+    #[error("stored record of device '{key}' is corrupt: {source}")]
     Corrupt {
         /// Lower-cased device id of the record.
         key: String,
-        /// What the decoder said.
-        reason: String,
+        /// What the decoder said (the JSON error).
+        source: dps_core::Cause,
     },
+}
+
+impl HubStoreError {
+    /// A backend failure caused by `e`.
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        HubStoreError::Backend(dps_core::Cause::new(e))
+    }
 }
 
 /// Why a registry operation (`/devices/{id}`, `/twins/{id}`) failed. The server maps these to
@@ -69,8 +77,8 @@ pub enum RegistryError {
     #[error("invalid request: {0}")]
     Invalid(String),
     /// The database failed to make the change durable; nothing was changed in memory.
-    #[error("hub storage failure: {0}")]
-    Storage(String),
+    #[error(transparent)]
+    Storage(#[from] HubStoreError),
     /// A twin document or patch breaks IoT Hub's twin rules (size, depth, keys, value types);
     /// nothing was written. Azure answers 400 `ArgumentInvalid`.
     #[error("invalid twin: {0}")]
@@ -227,10 +235,4 @@ pub enum C2dError {
         /// Queue limit.
         limit: usize,
     },
-}
-
-impl From<HubStoreError> for RegistryError {
-    fn from(e: HubStoreError) -> Self {
-        RegistryError::Storage(e.to_string())
-    }
 }

@@ -323,10 +323,7 @@ impl HubInner {
     /// Persists `rec` durably in the store and publishes it as the slot's committed snapshot.
     /// Must be called with the slot's write guard held.
     pub(crate) async fn commit(&self, slot: &Slot, rec: DeviceRecord) -> Result<Arc<DeviceRecord>, RegistryError> {
-        self.store
-            .put_device(&rec)
-            .await
-            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        self.store.put_device(&rec).await.map_err(RegistryError::Storage)?;
         let rec = Arc::new(rec);
         *slot.record.write() = Some(Some(rec.clone()));
         Ok(rec)
@@ -335,10 +332,7 @@ impl HubInner {
     /// Deletes the device durably and clears the slot's snapshot. Must be called with the
     /// slot's write guard held.
     pub(crate) async fn commit_delete(&self, key: &str, slot: &Slot) -> Result<(), RegistryError> {
-        self.store
-            .delete_device(key)
-            .await
-            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        self.store.delete_device(key).await.map_err(RegistryError::Storage)?;
         *slot.record.write() = Some(None);
         Ok(())
     }

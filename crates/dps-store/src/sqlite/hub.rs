@@ -33,7 +33,11 @@ const COUNT: &str =
 
 impl BackendError for HubStoreError {
     fn backend(message: String) -> Self {
-        HubStoreError::Backend(message)
+        HubStoreError::backend(message)
+    }
+
+    fn sqlite(e: rusqlite::Error) -> Self {
+        HubStoreError::backend(e)
     }
 
     fn is_backend(&self) -> bool {
@@ -45,7 +49,7 @@ impl Decode for HubStoreError {
     fn undecodable(_table: &str, key: &str, e: serde_json::Error) -> Self {
         HubStoreError::Corrupt {
             key: key.to_string(),
-            reason: e.to_string(),
+            source: dps_core::Cause::new(e),
         }
     }
 }
@@ -123,7 +127,7 @@ impl HubStore for SqliteHubStore {
 
     async fn put_device(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
         let doc = serde_json::to_string(record)
-            .map_err(|e| HubStoreError::Backend(format!("cannot encode device record: {e}")))?;
+            .map_err(|e| HubStoreError::backend(format!("cannot encode device record: {e}")))?;
         self.db.writer.write(DeviceOp::Put { key: record.key(), doc }).await
     }
 
@@ -157,7 +161,7 @@ impl HubStore for SqliteHubStore {
                     .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
                     .map_err(HubStoreError::sqlite)?;
                 let count =
-                    |n: i64| u64::try_from(n).map_err(|_| HubStoreError::Backend(format!("negative device count {n}")));
+                    |n: i64| u64::try_from(n).map_err(|_| HubStoreError::backend(format!("negative device count {n}")));
                 let (total, enabled) = (count(total)?, count(enabled)?);
                 Ok(DeviceCounts {
                     total,
