@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fills a data directory's hub.db with N SAS devices, for measuring a hub with many devices
-(BENCHMARKS.md, "Hub start-up with 1,000,000 stored devices").
+(BENCHMARKS.md, "Hub with 1,000,000 stored devices").
 
 The hub.db must exist with its schema: start `dps serve --data-dir DIR` once and stop it. Rows
 are the JSON `DeviceRecord` documents `SqliteHubStore` writes (crates/dps-hub/src/record.rs),

@@ -121,10 +121,8 @@ pub(crate) trait BackendError: Clone + Send + 'static {
     /// opposed to an answer like "not found" or "etag mismatch".
     fn is_backend(&self) -> bool;
 
-    /// A SQLite error.
-    fn sqlite(e: rusqlite::Error) -> Self {
-        Self::backend(e.to_string())
-    }
+    /// A SQLite error, kept as the failure's typed source.
+    fn sqlite(e: rusqlite::Error) -> Self;
 }
 
 impl BackendError for StoreError {
