@@ -138,6 +138,9 @@ pub struct Runtime {
     pub mqtt_port: u16,
     /// HTTPS port.
     pub https_port: u16,
+    /// AMQP port (absent in files written before AMQP existed: 0 then, meaning unknown).
+    #[serde(default)]
+    pub amqp_port: u16,
 }
 
 /// Paths inside the data directory.

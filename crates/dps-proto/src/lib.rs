@@ -9,8 +9,10 @@
 
 pub mod api_version;
 pub mod connection_string;
+pub mod dps_amqp;
 pub mod dps_mqtt;
 pub mod error;
+pub mod hub_amqp;
 pub mod hub_mqtt;
 pub mod keys;
 pub mod model;

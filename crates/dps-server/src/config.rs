@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub mqtt_port: u16,
     /// HTTPS (device API, service API, hub registry API).
     pub https_port: u16,
+    /// AMQP 1.0 over TLS (DPS and hub device endpoints; 5671 as in Azure, where the C#, Java
+    /// and C SDKs connect).
+    pub amqp_port: u16,
     /// Bring-your-own certificate chain (PEM) instead of one issued by the local CA.
     pub tls_cert: Option<PathBuf>,
     /// Key for `tls_cert`.
@@ -144,6 +147,8 @@ pub struct FileConfig {
     pub mqtt_port: Option<u16>,
     /// See [`ServerConfig::https_port`].
     pub https_port: Option<u16>,
+    /// See [`ServerConfig::amqp_port`].
+    pub amqp_port: Option<u16>,
     /// See [`ServerConfig::tls_cert`].
     pub tls_cert: Option<PathBuf>,
     /// See [`ServerConfig::tls_key`].
@@ -195,7 +200,7 @@ pub enum ConfigFileError {
 }
 
 impl ServerConfig {
-    /// Defaults: `./dps-data`, host names `localhost` and `127.0.0.1`, all interfaces, 8883/443.
+    /// Defaults: `./dps-data`, host names `localhost` and `127.0.0.1`, all interfaces, 8883/443/5671.
     pub fn defaults() -> Self {
         Self {
             data_dir: PathBuf::from("./dps-data"),
@@ -204,6 +209,7 @@ impl ServerConfig {
             bind: IpAddr::from([0, 0, 0, 0]),
             mqtt_port: 8883,
             https_port: 443,
+            amqp_port: 5671,
             tls_cert: None,
             tls_key: None,
             max_message_bytes: 256 * 1024,
@@ -223,6 +229,7 @@ impl ServerConfig {
             bind,
             mqtt_port,
             https_port,
+            amqp_port,
             max_message_bytes,
             telemetry_retention,
             immediate_assignment

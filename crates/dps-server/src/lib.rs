@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod amqp;
 mod api_error;
 pub mod config;
 pub mod conn_limit;
+mod dps_device;
 /// The data directory, re-exported: it moved to its own crate so the client commands need not
 /// link the server for it.
 pub use dps_datadir as datadir;

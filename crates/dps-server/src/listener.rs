@@ -1,4 +1,4 @@
-//! Start-up: data directory, TLS, store, hub, engine, and the two TLS listeners.
+//! Start-up: data directory, TLS, store, hub, engine, and the TLS listeners (MQTT, HTTPS, AMQP).
 
 use std::io;
 use std::net::SocketAddr;
@@ -80,6 +80,8 @@ pub struct RunningServer {
     pub mqtt_addr: SocketAddr,
     /// Bound HTTPS address.
     pub https_addr: SocketAddr,
+    /// Bound AMQP address.
+    pub amqp_addr: SocketAddr,
     /// Shared state (for tests and for the startup summary).
     pub services: Arc<Services>,
     /// Whether this start initialized the data directory.
@@ -124,11 +126,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         _ => return Err(StartError::TlsPair),
     };
     let tls = dps_pki::tls::server_config(&chain, &key, true).map_err(StartError::Tls)?;
-    // MQTT clients may offer ALPN values of their own ("mqtt", "x-amzn-mqtt-ca"); with no ALPN
-    // configured rustls ignores them instead of refusing the handshake.
-    let mut mqtt_tls = (*tls).clone();
-    mqtt_tls.alpn_protocols.clear();
-    let mqtt_acceptor = TlsAcceptor::from(Arc::new(mqtt_tls));
+    // MQTT and AMQP clients may offer ALPN values of their own ("mqtt", "x-amzn-mqtt-ca",
+    // "amqp"); with no ALPN configured rustls ignores them instead of refusing the handshake.
+    let mut no_alpn_tls = (*tls).clone();
+    no_alpn_tls.alpn_protocols.clear();
+    let mqtt_acceptor = TlsAcceptor::from(Arc::new(no_alpn_tls));
+    let amqp_acceptor = mqtt_acceptor.clone();
     let acceptor = TlsAcceptor::from(tls);
 
     let store = dps_store::SqliteStore::open(&dir.store_path())?;
@@ -163,15 +166,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
     let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
-    let (mqtt_addr, https_addr) = (
+    let amqp = bind(SocketAddr::new(config.bind, config.amqp_port), "AMQP", "--amqp-port").await?;
+    let (mqtt_addr, https_addr, amqp_addr) = (
         mqtt.local_addr().map_err(StartError::LocalAddr)?,
         https.local_addr().map_err(StartError::LocalAddr)?,
+        amqp.local_addr().map_err(StartError::LocalAddr)?,
     );
     // Services see the ports actually bound (port 0 picks one): SAS audiences and Host headers
     // carry the HTTPS port when it is not 443.
     let config = ServerConfig {
         mqtt_port: mqtt_addr.port(),
         https_port: https_addr.port(),
+        amqp_port: amqp_addr.port(),
         ..config
     };
     let services = Arc::new(Services {
@@ -188,6 +194,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         hostnames: config.hostnames.clone(),
         mqtt_port: mqtt_addr.port(),
         https_port: https_addr.port(),
+        amqp_port: amqp_addr.port(),
     })?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -212,6 +219,24 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         },
     ));
     tasks.spawn(accept_loop(
+        "AMQP",
+        amqp,
+        amqp_acceptor,
+        connections.clone(),
+        rx.clone(),
+        {
+            let services = services.clone();
+            move |stream, certs, permit| {
+                let services = services.clone();
+                async move {
+                    // Held until the AMQP connection ends.
+                    let _permit = permit;
+                    crate::amqp::serve_connection(stream, services, certs).await
+                }
+            }
+        },
+    ));
+    tasks.spawn(accept_loop(
         "HTTPS",
         https,
         acceptor,
@@ -225,6 +250,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         mqtt_addr,
         https_addr,
+        amqp_addr,
         services,
         initialized,
         connections,

@@ -1,5 +1,5 @@
-//! MQTT's byte stream over a WebSocket, so the MQTT adapter serves WebSocket clients exactly as
-//! it serves TLS ones ([`crate::mqtt::serve_connection`] takes any `AsyncRead + AsyncWrite`).
+//! MQTT's (and AMQP's) byte stream over a WebSocket, so the adapters serve WebSocket clients
+//! exactly as they serve TLS ones (both `serve_connection`s take any `AsyncRead + AsyncWrite`).
 //!
 //! MQTT over WebSockets (MQTT 3.1.1 §6) carries the ordinary MQTT byte stream in binary messages
 //! with no alignment between messages and packets: one message may hold several packets or part
@@ -54,6 +54,15 @@ pub struct WsByteStream<S> {
     pending: Bytes,
     /// The Close frame has been sent (shutdown is under way).
     close_sent: bool,
+}
+
+impl<S> std::fmt::Debug for WsByteStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsByteStream")
+            .field("pending", &self.pending.len())
+            .field("close_sent", &self.close_sent)
+            .finish()
+    }
 }
 
 impl<S> WsByteStream<S> {

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// `/$iothub/websocket`) [default: 443].
     #[arg(long, env = "DPS_HTTPS_PORT")]
     https_port: Option<u16>,
+    /// AMQP over TLS port (DPS and hub device endpoints; AMQP over WebSockets is on the HTTPS
+    /// port) [default: 5671].
+    #[arg(long, env = "DPS_AMQP_PORT")]
+    amqp_port: Option<u16>,
     /// PEM certificate chain to serve instead of one issued by the local CA.
     #[arg(long, env = "DPS_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -132,6 +136,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.https_port {
             c.https_port = v;
+        }
+        if let Some(v) = self.amqp_port {
+            c.amqp_port = v;
         }
         if self.tls_cert.is_some() {
             c.tls_cert = self.tls_cert;

@@ -1,10 +1,12 @@
-//! `GET /$iothub/websocket`: MQTT tunnelled in WebSockets on the HTTPS port, for devices behind
-//! firewalls that only let 443 out. Every Azure IoT device SDK's MQTT_WS transport (Python
-//! `websockets=True`) connects here, to the DPS host for provisioning and to the hub host after.
+//! `GET /$iothub/websocket`: MQTT and AMQP tunnelled in WebSockets on the HTTPS port, for devices
+//! behind firewalls that only let 443 out. Every Azure IoT device SDK's MQTT_WS and AMQP_WS
+//! transports (Python `websockets=True`, Node `MqttWs`/`AmqpWs`) connect here, to the DPS host for
+//! provisioning and to the hub host after.
 //!
 //! This module only answers the opening handshake (RFC 6455 §4.2); the upgraded connection is
 //! wrapped in [`crate::ws::WsByteStream`] and served by the same [`crate::mqtt::serve_connection`]
-//! as port 8883, with the TLS client certificates of the 443 connection (X.509 devices present
+//! as port 8883 (subprotocol `mqtt`) or [`crate::amqp::serve_connection`] as port 5671
+//! (`AMQPWSB10`), with the TLS client certificates of the 443 connection (X.509 devices present
 //! theirs in that handshake).
 //!
 //! What the SDKs send: `GET /$iothub/websocket` with `Sec-WebSocket-Version: 13` and the
@@ -33,8 +35,20 @@ use super::PeerCertificates;
 use crate::ws::{server_config, WsByteStream};
 use crate::{mqtt, Services};
 
-/// The one subprotocol served: MQTT 3.1.1's registered WebSocket subprotocol name.
+/// MQTT 3.1.1's registered WebSocket subprotocol name.
 const MQTT_SUBPROTOCOL: &str = "mqtt";
+/// AMQP 1.0's WebSocket subprotocol name (AMQP over WebSockets binding), which every Azure SDK's
+/// AMQP-over-WebSockets transport offers.
+const AMQP_SUBPROTOCOL: &str = "AMQPWSB10";
+
+/// The protocol tunnelled in the WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tunnel {
+    /// MQTT 3.1.1 (subprotocol `mqtt`).
+    Mqtt,
+    /// AMQP 1.0 (subprotocol `AMQPWSB10`).
+    Amqp,
+}
 
 /// What a valid upgrade request leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +57,8 @@ pub struct Accepted {
     accept: String,
     /// The subprotocol token exactly as the client offered it.
     protocol: HeaderValue,
+    /// What the subprotocol says is tunnelled.
+    tunnel: Tunnel,
 }
 
 /// Answers an upgrade request on `/$iothub/websocket`: `101` and, once hyper hands the
@@ -55,6 +71,7 @@ pub(super) fn upgrade(services: &Arc<Services>, mut req: Request) -> Result<Resp
         )));
     }
     let accepted = check_handshake(req.headers())?;
+    let tunnel = accepted.tunnel;
     // hyper attaches this to HTTP/1.1 requests that carry `Upgrade` on connections served
     // `with_upgrades`, which `HttpApp::serve_connection` does; a router driven without a
     // connection (unit tests) has none.
@@ -82,8 +99,16 @@ pub(super) fn upgrade(services: &Arc<Services>, mut req: Request) -> Result<Resp
         let config = server_config(mqtt::max_packet_bytes(&services.config));
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         let peer = permit.as_ref().map(|p| p.0.ip());
-        tracing::debug!(?peer, "MQTT over WebSocket connection opened");
-        mqtt::serve_connection(WsByteStream::new(ws), services, peer_certs).await;
+        match tunnel {
+            Tunnel::Mqtt => {
+                tracing::debug!(?peer, "MQTT over WebSocket connection opened");
+                mqtt::serve_connection(WsByteStream::new(ws), services, peer_certs).await;
+            }
+            Tunnel::Amqp => {
+                tracing::debug!(?peer, "AMQP over WebSocket connection opened");
+                crate::amqp::serve_connection(WsByteStream::new(ws), services, peer_certs).await;
+            }
+        }
     });
     Ok(switching_protocols(accepted))
 }
@@ -98,13 +123,18 @@ impl Accepted {
     pub fn protocol(&self) -> &HeaderValue {
         &self.protocol
     }
+
+    /// The protocol tunnelled.
+    pub fn tunnel(&self) -> Tunnel {
+        self.tunnel
+    }
 }
 
 /// Checks the opening handshake's headers (RFC 6455 §4.2.1) and picks the subprotocol. Public
 /// (with [`Accepted`]) for the fuzz targets, which feed it client header blocks.
 pub fn check_handshake(headers: &HeaderMap) -> Result<Accepted, ApiError> {
-    const NOT_AN_UPGRADE: &str = "/$iothub/websocket is the MQTT over WebSockets endpoint: the request must be a \
-        WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)";
+    const NOT_AN_UPGRADE: &str = "/$iothub/websocket is the MQTT and AMQP over WebSockets endpoint: the request must \
+        be a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)";
     if !has_token(headers, &UPGRADE, "websocket") {
         return Err(ApiError::invalid(format!(
             "{NOT_AN_UPGRADE}; Upgrade: websocket is missing"
@@ -142,15 +172,24 @@ pub fn check_handshake(headers: &HeaderMap) -> Result<Accepted, ApiError> {
         ));
     }
     let offered = tokens(headers, &SEC_WEBSOCKET_PROTOCOL);
-    let Some(protocol) = offered.iter().find(|t| t.eq_ignore_ascii_case(MQTT_SUBPROTOCOL)) else {
+    let chosen = offered.iter().find_map(|t| {
+        if t.eq_ignore_ascii_case(MQTT_SUBPROTOCOL) {
+            Some((*t, Tunnel::Mqtt))
+        } else if t.eq_ignore_ascii_case(AMQP_SUBPROTOCOL) {
+            Some((*t, Tunnel::Amqp))
+        } else {
+            None
+        }
+    });
+    let Some((protocol, tunnel)) = chosen else {
         return Err(ApiError::invalid(if offered.is_empty() {
-            "no WebSocket subprotocol offered; this endpoint tunnels MQTT 3.1.1: send \
-             Sec-WebSocket-Protocol: mqtt (as every Azure IoT device SDK does)"
+            "no WebSocket subprotocol offered; this endpoint tunnels MQTT 3.1.1 (Sec-WebSocket-Protocol: mqtt) \
+             and AMQP 1.0 (Sec-WebSocket-Protocol: AMQPWSB10), as every Azure IoT device SDK offers"
                 .to_string()
         } else {
             format!(
-                "WebSocket subprotocol {} is not served here; this endpoint tunnels MQTT 3.1.1 only \
-                 (Sec-WebSocket-Protocol: mqtt)",
+                "WebSocket subprotocol {} is not served here; this endpoint tunnels MQTT 3.1.1 \
+                 (Sec-WebSocket-Protocol: mqtt) and AMQP 1.0 (AMQPWSB10)",
                 offered.join(", ")
             )
         }));
@@ -159,6 +198,7 @@ pub fn check_handshake(headers: &HeaderMap) -> Result<Accepted, ApiError> {
         accept: derive_accept_key(key),
         // A token from a header value is a valid header value.
         protocol: HeaderValue::from_str(protocol).unwrap_or(HeaderValue::from_static(MQTT_SUBPROTOCOL)),
+        tunnel,
     })
 }
 
@@ -243,7 +283,17 @@ mod tests {
         assert!(refused(&|h| drop(h.remove(SEC_WEBSOCKET_KEY))).contains("Sec-WebSocket-Key"));
         assert!(refused(&|h| drop(h.insert(SEC_WEBSOCKET_KEY, "c2hvcnQ=".parse().unwrap()))).contains("16 random"));
         assert!(refused(&|h| drop(h.remove(SEC_WEBSOCKET_PROTOCOL))).contains("no WebSocket subprotocol"));
-        let amqp = refused(&|h| drop(h.insert(SEC_WEBSOCKET_PROTOCOL, "AMQPWSB10".parse().unwrap())));
-        assert!(amqp.contains("AMQPWSB10 is not served"), "{amqp}");
+        let other = refused(&|h| drop(h.insert(SEC_WEBSOCKET_PROTOCOL, "stomp".parse().unwrap())));
+        assert!(other.contains("stomp is not served"), "{other}");
+    }
+
+    /// Node's `AmqpWs` (rhea over `ws`) and C's AMQP_WS transport offer `AMQPWSB10`.
+    #[test]
+    fn amqp_subprotocol_tunnels_amqp() {
+        let mut h = paho();
+        h.insert(SEC_WEBSOCKET_PROTOCOL, "AMQPWSB10".parse().unwrap());
+        let a = check_handshake(&h).unwrap();
+        assert_eq!((a.protocol.to_str().unwrap(), a.tunnel), ("AMQPWSB10", Tunnel::Amqp));
+        assert_eq!(check_handshake(&paho()).unwrap().tunnel, Tunnel::Mqtt);
     }
 }

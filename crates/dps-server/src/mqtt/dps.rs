@@ -4,7 +4,8 @@
 use crate::ApiError;
 use dps_core::{Authenticated, Credential, DeviceRequest};
 use dps_proto::dps_mqtt::{response_topic, topic_rid, DpsRequestTopic, DpsUsername, RESPONSE_FILTER};
-use dps_proto::model::device::{to_ascii_json, DeviceRegistration};
+
+use crate::dps_device::DpsOperation;
 use rumqttc::mqttbytes::v4::{
     Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
@@ -151,7 +152,6 @@ async fn handle_publish(
     authenticated: &Authenticated,
     p: &Publish,
 ) -> (String, Vec<u8>) {
-    let now = services.clock.now();
     let topic = match DpsRequestTopic::parse(&p.topic) {
         Ok(t) => t,
         Err(e) => {
@@ -161,7 +161,7 @@ async fn handle_publish(
             tracing::info!(registration = %request.registration_id, error = %err, "bad DPS topic");
             return (
                 response_topic(err.status, &topic_rid(&p.topic), None),
-                to_ascii_json(&err.details(now, services.engine.tracking_id())),
+                crate::dps_device::error_body(services, &err),
             );
         }
     };
@@ -177,41 +177,18 @@ async fn handle_publish(
         );
         return (
             response_topic(err.status, &rid, None),
-            to_ascii_json(&err.details(now, services.engine.tracking_id())),
+            crate::dps_device::error_body(services, &err),
         );
     }
-    // (status, retry-after, payload) of the answer.
-    let result: Result<(u16, Option<u32>, Vec<u8>), ApiError> = match &topic {
-        DpsRequestTopic::Register { .. } => match DeviceRegistration::parse(&p.payload) {
-            Ok(body) => services
-                .engine
-                .register_authenticated(now, request, authenticated, &body)
-                .await
-                .map(|r| (r.status(), r.retry_after(), to_ascii_json(&r)))
-                .map_err(ApiError::from),
-            Err(e) => Err(ApiError::bad_body(e.to_string())),
-        },
-        // Poll payloads are junk by design (" ", the register JSON, nothing): ignore them.
-        DpsRequestTopic::OperationStatus { operation_id, .. } => services
-            .engine
-            .operation_status(now, request, operation_id)
-            .await
-            .map(|r| (r.status, r.retry_after, to_ascii_json(&r.body)))
-            .map_err(ApiError::from),
+    let op = match &topic {
+        DpsRequestTopic::Register { .. } => DpsOperation::Register(&p.payload),
+        DpsRequestTopic::OperationStatus { operation_id, .. } => DpsOperation::OperationStatus(operation_id),
     };
-    match result {
-        Ok((status, retry_after, payload)) => (response_topic(status, &rid, retry_after), payload),
-        Err(err) => {
-            // Throttling is summarized by the engine's quotas: a line per 429 would flood the log.
-            if err.status == 429 {
-                tracing::debug!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");
-            } else {
-                tracing::info!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");
-            }
-            (
-                response_topic(err.status, &rid, err.retry_after),
-                to_ascii_json(&err.details(now, services.engine.tracking_id())),
-            )
-        }
+    match crate::dps_device::answer(services, request, authenticated, op).await {
+        Ok(a) => (response_topic(a.status, &rid, a.retry_after), a.body),
+        Err(err) => (
+            response_topic(err.status, &rid, err.retry_after),
+            crate::dps_device::error_body(services, &err),
+        ),
     }
 }

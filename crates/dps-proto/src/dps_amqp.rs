@@ -1,0 +1,304 @@
+//! The DPS device protocol over AMQP 1.0 (device-protocol.md, newer-surfaces.md "DPS over
+//! AMQP"; Node `azure-iot-provisioning-device-amqp` `amqp.ts` and `sasl_tpm.ts`, C
+//! `prov_transport_amqp_common.c` and `prov_sasl_tpm.c`, C# `ProvisioningTransportHandlerAmqp`):
+//! the registration node's address, the request and response properties, and the bytes of the
+//! `TPM` SASL mechanism. No I/O: the server and the Rust device client both use these.
+
+/// Application property naming the request: [`REGISTER`] or [`GET_OPERATION_STATUS`].
+pub const OPERATION_TYPE: &str = "iotdps-operation-type";
+/// Application property carrying the operation id of a status request.
+pub const OPERATION_ID: &str = "iotdps-operation-id";
+/// Application property (boolean) asking for a registration even if one exists.
+pub const FORCE_REGISTRATION: &str = "iotdps-forceRegistration";
+/// Operation type of a register request.
+pub const REGISTER: &str = "iotdps-register";
+/// Operation type of an operation-status request.
+pub const GET_OPERATION_STATUS: &str = "iotdps-get-operationstatus";
+/// Application property of a response (and `info` field of a rejection): seconds to wait
+/// before polling or retrying.
+pub const RETRY_AFTER: &str = "retry-after";
+/// Link attach property naming the DPS API version the client speaks.
+pub const API_VERSION_PROPERTY: &str = "com.microsoft:api-version";
+/// Link attach property naming the client SDK.
+pub const CLIENT_VERSION_PROPERTY: &str = "com.microsoft:client-version";
+/// The SASL mechanism of TPM attestation.
+pub const TPM_MECHANISM: &str = "TPM";
+
+/// The AMQP error condition a refused request is rejected with, by its HTTP-like status. The
+/// SDKs decide on it: Node's `translateError` retries `amqp:internal-error` (InternalServerError)
+/// and `com.microsoft:device-container-throttled` (ThrottlingError) and fails on the rest; C#
+/// reads the JSON error (`errorCode`, `message`, `trackingId`) from the error's description and
+/// retries 429 and 5xx by that code, waiting the `retry-after` of the error's `info`.
+pub fn error_condition(status: u16) -> &'static str {
+    match status {
+        400 => "com.microsoft:argument-error",
+        401 | 403 => "amqp:unauthorized-access",
+        404 => "amqp:not-found",
+        412 => "com.microsoft:precondition-failed",
+        413 => "amqp:link:message-size-exceeded",
+        429 => "com.microsoft:device-container-throttled",
+        _ if status >= 500 => "amqp:internal-error",
+        _ => "com.microsoft:argument-error",
+    }
+}
+
+/// `{idScope}/registrations/{registrationId}`: where a device's requests go and its responses
+/// come from (both links attach to it), and the SASL PLAIN user name of a SAS device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationNode {
+    /// The ID scope.
+    pub id_scope: String,
+    /// The registration id, percent-decoded.
+    pub registration_id: String,
+}
+
+impl RegistrationNode {
+    /// Parses an address or user name; `None` if it is not a registration node. A trailing
+    /// `/` or query is not part of it.
+    pub fn parse(address: &str) -> Option<Self> {
+        let address = address.split(['?', '#']).next().unwrap_or_default();
+        let mut parts = address.trim_start_matches('/').split('/');
+        let (scope, literal, id) = (parts.next()?, parts.next()?, parts.next()?);
+        if scope.is_empty() || literal != "registrations" || id.is_empty() || parts.any(|p| !p.is_empty()) {
+            return None;
+        }
+        let registration_id = percent_encoding::percent_decode_str(id)
+            .decode_utf8()
+            .ok()?
+            .into_owned();
+        Some(Self {
+            id_scope: scope.to_string(),
+            registration_id,
+        })
+    }
+
+    /// The address: `{idScope}/registrations/{registrationId}`.
+    pub fn address(&self) -> String {
+        format!("{}/registrations/{}", self.id_scope, self.registration_id)
+    }
+}
+
+/// The user name and password of a SASL PLAIN initial response (`[authzid] NUL authcid NUL
+/// passwd`, RFC 4616). `None` if it is not three NUL-separated UTF-8 fields.
+pub fn parse_plain(response: &[u8]) -> Option<(String, String)> {
+    let mut fields = response.splitn(3, |b| *b == 0);
+    let (_authzid, user, password) = (fields.next()?, fields.next()?, fields.next()?);
+    Some((
+        std::str::from_utf8(user).ok()?.to_string(),
+        std::str::from_utf8(password).ok()?.to_string(),
+    ))
+}
+
+/// The SASL PLAIN initial response for `user` and `password` (no authzid).
+pub fn format_plain(user: &str, password: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(user.len() + password.len() + 2);
+    out.push(0);
+    out.extend_from_slice(user.as_bytes());
+    out.push(0);
+    out.extend_from_slice(password.as_bytes());
+    out
+}
+
+/// Why a `TPM` SASL frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TpmSaslError {
+    /// The init frame is not `NUL idScope NUL registrationId NUL endorsementKey`.
+    #[error("TPM SASL init is not NUL idScope NUL registrationId NUL endorsementKey")]
+    MalformedInit,
+    /// A challenge segment has no control byte, or one without the segment bit.
+    #[error("TPM SASL challenge segment has no valid control byte")]
+    MalformedSegment,
+}
+
+/// The initial response of the `TPM` mechanism: `NUL idScope NUL registrationId NUL EK`, the
+/// EK being the TPM2B_PUBLIC of the endorsement key (binary, may contain NULs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmInit {
+    /// The ID scope.
+    pub id_scope: String,
+    /// The registration id.
+    pub registration_id: String,
+    /// The endorsement key (TPM2B_PUBLIC bytes).
+    pub endorsement_key: Vec<u8>,
+}
+
+impl TpmInit {
+    /// Parses an initial response.
+    pub fn parse(bytes: &[u8]) -> Result<Self, TpmSaslError> {
+        let rest = bytes.strip_prefix(&[0]).ok_or(TpmSaslError::MalformedInit)?;
+        let scope_end = rest.iter().position(|b| *b == 0).ok_or(TpmSaslError::MalformedInit)?;
+        let (scope, rest) = (&rest[..scope_end], &rest[scope_end + 1..]);
+        let id_end = rest.iter().position(|b| *b == 0).ok_or(TpmSaslError::MalformedInit)?;
+        let (id, ek) = (&rest[..id_end], &rest[id_end + 1..]);
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or(TpmSaslError::MalformedInit)
+        };
+        if ek.is_empty() {
+            return Err(TpmSaslError::MalformedInit);
+        }
+        Ok(Self {
+            id_scope: text(scope)?,
+            registration_id: text(id)?,
+            endorsement_key: ek.to_vec(),
+        })
+    }
+
+    /// The initial response bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![0];
+        out.extend_from_slice(self.id_scope.as_bytes());
+        out.push(0);
+        out.extend_from_slice(self.registration_id.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&self.endorsement_key);
+        out
+    }
+}
+
+/// The client's responses in the `TPM` exchange start with a NUL (`NUL SRK`, `NUL` to ask for
+/// the next segment, `NUL sasToken` after the last): the bytes after it.
+pub fn strip_response_marker(response: &[u8]) -> Option<&[u8]> {
+    response.strip_prefix(&[0])
+}
+
+/// The client's response `NUL data`.
+pub fn response_with_marker(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(0);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Bytes of the activation blob per challenge segment. A SASL frame is only guaranteed to fit
+/// 512 bytes (AMQP 1.0 §5.3.3); the blob (about 400 bytes for an RSA-2048 EK) goes in segments
+/// below that with room for the frame header and the control byte.
+pub const TPM_SEGMENT_BYTES: usize = 400;
+
+/// Control byte of a segment followed by more.
+const SEGMENT_MORE: u8 = 0x80;
+/// Control byte of the last segment.
+const SEGMENT_LAST: u8 = 0xC0;
+
+/// The activation blob cut into challenge segments, each its control byte then up to
+/// [`TPM_SEGMENT_BYTES`] of the blob, in order.
+pub fn tpm_challenge_segments(blob: &[u8]) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = blob.chunks(TPM_SEGMENT_BYTES).collect();
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut segment = Vec::with_capacity(chunk.len() + 1);
+            segment.push(if i + 1 == n { SEGMENT_LAST } else { SEGMENT_MORE });
+            segment.extend_from_slice(chunk);
+            segment
+        })
+        .collect()
+}
+
+/// One challenge segment as the client reads it: its bytes and whether it is the last.
+pub fn parse_challenge_segment(segment: &[u8]) -> Result<(&[u8], bool), TpmSaslError> {
+    let (&control, data) = segment.split_first().ok_or(TpmSaslError::MalformedSegment)?;
+    if control & SEGMENT_LAST == SEGMENT_LAST {
+        Ok((data, true))
+    } else if control & SEGMENT_MORE == SEGMENT_MORE {
+        Ok((data, false))
+    } else {
+        Err(TpmSaslError::MalformedSegment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_nodes_parse_and_format() {
+        let n = RegistrationNode::parse("0ne00000001/registrations/dev%2D1").unwrap();
+        assert_eq!(n.id_scope, "0ne00000001");
+        assert_eq!(n.registration_id, "dev-1");
+        assert_eq!(RegistrationNode::parse(&n.address()), Some(n));
+        for bad in [
+            "",
+            "scope",
+            "scope/registrations",
+            "scope/registrations/",
+            "scope/devices/x",
+            "/devices/x/messages/events",
+            "s/registrations/a/b",
+        ] {
+            assert_eq!(RegistrationNode::parse(bad), None, "{bad}");
+        }
+        assert!(RegistrationNode::parse("s/registrations/a?api-version=2019-03-31").is_some());
+    }
+
+    #[test]
+    fn refusals_map_to_the_conditions_the_sdks_retry_on() {
+        assert_eq!(error_condition(429), "com.microsoft:device-container-throttled");
+        assert_eq!(error_condition(500), "amqp:internal-error");
+        assert_eq!(error_condition(503), "amqp:internal-error");
+        assert_eq!(error_condition(401), "amqp:unauthorized-access");
+        assert_eq!(error_condition(404), "amqp:not-found");
+        assert_eq!(error_condition(400), "com.microsoft:argument-error");
+    }
+
+    #[test]
+    fn plain_round_trips_and_keeps_nuls_out() {
+        let bytes = format_plain("0ne/registrations/d", "SharedAccessSignature sr=x");
+        assert_eq!(
+            parse_plain(&bytes),
+            Some(("0ne/registrations/d".into(), "SharedAccessSignature sr=x".into()))
+        );
+        assert_eq!(parse_plain(b"\0user"), None);
+        assert_eq!(parse_plain(b"authz\0user\0pass"), Some(("user".into(), "pass".into())));
+    }
+
+    /// The init frame of Node's `SaslTpm.start`: NUL scope NUL id NUL EK.
+    #[test]
+    fn tpm_init_round_trips_with_nuls_in_the_key() {
+        let init = TpmInit {
+            id_scope: "0ne00000001".into(),
+            registration_id: "tpm-1".into(),
+            endorsement_key: vec![0, 1, 0, 0xff, 0],
+        };
+        let bytes = init.to_bytes();
+        assert_eq!(&bytes[..13], b"\x000ne00000001\x00");
+        assert_eq!(TpmInit::parse(&bytes), Ok(init));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"\0scope",
+            b"\0scope\0id",
+            b"\0scope\0id\0",
+            b"\0\0id\0k",
+            b"\0s\0\0k",
+        ] {
+            assert_eq!(TpmInit::parse(bad), Err(TpmSaslError::MalformedInit), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn challenge_segments_carry_the_blob_in_order_and_mark_the_last() {
+        let blob: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let segments = tpm_challenge_segments(&blob);
+        assert_eq!(segments.len(), 3);
+        let mut joined = Vec::new();
+        for (i, s) in segments.iter().enumerate() {
+            let (data, last) = parse_challenge_segment(s).unwrap();
+            assert_eq!(last, i == 2);
+            // Node's SaslTpm: `(b & 0xC0) === 192` is last, `(b & 0x80) === 128` is more.
+            assert_eq!(s[0] & 0xC0 == 0xC0, last);
+            assert_eq!(s[0] & 0x80, 0x80);
+            joined.extend_from_slice(data);
+        }
+        assert_eq!(joined, blob);
+        assert_eq!(tpm_challenge_segments(&[7]), vec![vec![0xC0, 7]]);
+        assert_eq!(parse_challenge_segment(&[]), Err(TpmSaslError::MalformedSegment));
+        assert_eq!(parse_challenge_segment(&[0x00, 1]), Err(TpmSaslError::MalformedSegment));
+    }
+}

@@ -1,0 +1,183 @@
+//! The IoT hub device protocol over AMQP 1.0 (newer-surfaces.md "The hub over AMQP"; Node
+//! `azure-iot-device-amqp`, `azure-iot-amqp-base`; C `iothubtransport_amqp_*`): the nodes a device
+//! attaches to and the property names of CBS, twin and method messages. No I/O.
+
+/// The claims-based security node: put-token requests go to it, their replies come from it.
+pub const CBS_NODE: &str = "$cbs";
+/// CBS request application property: the operation (`put-token`).
+pub const CBS_OPERATION: &str = "operation";
+/// CBS request application property: the token type (`servicebus.windows.net:sastoken`).
+pub const CBS_TYPE: &str = "type";
+/// CBS request application property: the audience the token is for.
+pub const CBS_NAME: &str = "name";
+/// CBS reply application property: the HTTP-like status.
+pub const CBS_STATUS_CODE: &str = "status-code";
+/// CBS reply application property: the status text.
+pub const CBS_STATUS_DESCRIPTION: &str = "status-description";
+/// The only CBS operation.
+pub const PUT_TOKEN: &str = "put-token";
+/// The token type of a SAS token.
+pub const SAS_TOKEN_TYPE: &str = "servicebus.windows.net:sastoken";
+/// The older token type some clients send.
+pub const JWT_TOKEN_TYPE: &str = "jwt";
+
+/// Link attach property: the correlation id that pairs a request link with its reply link
+/// (twin, methods).
+pub const CHANNEL_CORRELATION_ID: &str = "com.microsoft:channel-correlation-id";
+/// Link attach property: the API version.
+pub const API_VERSION: &str = "com.microsoft:api-version";
+
+/// Message annotation of twin requests and responses: the operation (`GET`, `PATCH`, `PUT`,
+/// `DELETE`).
+pub const TWIN_OPERATION: &str = "operation";
+/// Message annotation of twin requests: the resource (`/properties/reported`,
+/// `/notifications/twin/properties/desired`).
+pub const TWIN_RESOURCE: &str = "resource";
+/// Message annotation of twin responses: the HTTP-like status.
+pub const TWIN_STATUS: &str = "status";
+/// Message annotation of twin responses and notifications: the twin version.
+pub const TWIN_VERSION: &str = "version";
+/// Twin resource of reported-property patches.
+pub const REPORTED_RESOURCE: &str = "/properties/reported";
+/// Twin resource of the desired-property notification subscription.
+pub const DESIRED_NOTIFICATIONS_RESOURCE: &str = "/notifications/twin/properties/desired";
+
+/// Application property of a direct-method request: the method name.
+pub const METHOD_NAME: &str = "IoThub-methodname";
+/// Application property of a direct-method response: the status the device returns.
+pub const METHOD_STATUS: &str = "IoThub-status";
+
+/// What a node address names. Device ids are percent-decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubNode {
+    /// `$cbs`.
+    Cbs,
+    /// `/devices/{id}/messages/events`: telemetry from the device.
+    Telemetry {
+        /// The device.
+        device_id: String,
+    },
+    /// `/devices/{id}/messages/devicebound`: cloud-to-device messages to the device.
+    C2d {
+        /// The device.
+        device_id: String,
+    },
+    /// `/devices/{id}/methods/devicebound`: direct-method requests (to the device) and their
+    /// responses (from it).
+    Methods {
+        /// The device.
+        device_id: String,
+    },
+    /// `/devices/{id}/twin`: twin requests and responses.
+    Twin {
+        /// The device.
+        device_id: String,
+    },
+    /// `/devices/{id}/modules/{mid}/...`: a module's node (module identities are not served).
+    Module {
+        /// The device.
+        device_id: String,
+        /// The module.
+        module_id: String,
+    },
+}
+
+impl HubNode {
+    /// Parses an address (a trailing query is not part of it); `None` if it names no hub node.
+    pub fn parse(address: &str) -> Option<Self> {
+        let address = address.split(['?', '#']).next().unwrap_or_default();
+        if address == CBS_NODE {
+            return Some(HubNode::Cbs);
+        }
+        let rest = address.strip_prefix("/devices/")?;
+        let mut parts = rest.split('/');
+        let device_id = decode(parts.next()?)?;
+        let tail: Vec<&str> = parts.collect();
+        let node = match tail.as_slice() {
+            ["messages", "events"] => HubNode::Telemetry { device_id },
+            ["messages", "devicebound"] => HubNode::C2d { device_id },
+            ["methods", "devicebound"] => HubNode::Methods { device_id },
+            ["twin"] => HubNode::Twin { device_id },
+            ["modules", module, ..] => HubNode::Module {
+                device_id,
+                module_id: decode(module)?,
+            },
+            _ => return None,
+        };
+        Some(node)
+    }
+
+    /// The device the node belongs to (`None` for CBS).
+    pub fn device_id(&self) -> Option<&str> {
+        match self {
+            HubNode::Cbs => None,
+            HubNode::Telemetry { device_id }
+            | HubNode::C2d { device_id }
+            | HubNode::Methods { device_id }
+            | HubNode::Twin { device_id }
+            | HubNode::Module { device_id, .. } => Some(device_id),
+        }
+    }
+}
+
+fn decode(segment: &str) -> Option<String> {
+    if segment.is_empty() {
+        return None;
+    }
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_nodes_parse() {
+        let d = |s: &str| s.to_string();
+        assert_eq!(HubNode::parse("$cbs"), Some(HubNode::Cbs));
+        assert_eq!(
+            HubNode::parse("/devices/a%20b/messages/events"),
+            Some(HubNode::Telemetry { device_id: d("a b") })
+        );
+        assert_eq!(
+            HubNode::parse("/devices/x/messages/devicebound"),
+            Some(HubNode::C2d { device_id: d("x") })
+        );
+        assert_eq!(
+            HubNode::parse("/devices/x/methods/devicebound"),
+            Some(HubNode::Methods { device_id: d("x") })
+        );
+        assert_eq!(
+            HubNode::parse("/devices/x/twin"),
+            Some(HubNode::Twin { device_id: d("x") })
+        );
+        assert_eq!(
+            HubNode::parse("/devices/x/twin?api-version=2019-10-01")
+                .unwrap()
+                .device_id(),
+            Some("x")
+        );
+        assert_eq!(
+            HubNode::parse("/devices/x/modules/m/messages/events"),
+            Some(HubNode::Module {
+                device_id: d("x"),
+                module_id: d("m")
+            })
+        );
+        for bad in [
+            "",
+            "/devices/",
+            "/devices//twin",
+            "/devices/x",
+            "/devices/x/messages",
+            "/devices/x/twin/extra",
+            "devices/x/twin",
+            "0ne/registrations/x",
+        ] {
+            assert_eq!(HubNode::parse(bad), None, "{bad}");
+        }
+    }
+}

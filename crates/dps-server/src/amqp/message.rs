@@ -1,0 +1,76 @@
+//! Reading and building the parts of AMQP messages the handlers use: bodies as bytes (a device
+//! may send data sections or an amqp-value), application properties and correlation ids.
+
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageId, Properties};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
+
+/// A message as received: any body.
+pub(crate) type Incoming = Message<Body<Value>>;
+
+/// The body's bytes: the data sections concatenated, or a binary or string amqp-value; empty
+/// for an empty body. Other amqp-values (lists, maps) have no byte form here.
+pub(crate) fn body_bytes(msg: &Incoming) -> Option<Vec<u8>> {
+    match &msg.body {
+        Body::Data(sections) => Some(sections.iter().flat_map(|d| d.0.iter().copied()).collect()),
+        Body::Value(v) => match &v.0 {
+            Value::Binary(b) => Some(b.to_vec()),
+            Value::String(s) => Some(s.as_bytes().to_vec()),
+            Value::Null => Some(Vec::new()),
+            _ => None,
+        },
+        Body::Empty => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// The size of the body in bytes, as far as [`body_bytes`] sees it.
+pub(crate) fn body_len(msg: &Incoming) -> usize {
+    match &msg.body {
+        Body::Data(sections) => sections.iter().map(|d| d.0.len()).sum(),
+        Body::Value(v) => match &v.0 {
+            Value::Binary(b) => b.len(),
+            Value::String(s) => s.len(),
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// An application property, if present.
+pub(crate) fn app_property<'m>(msg: &'m Incoming, name: &str) -> Option<&'m SimpleValue> {
+    msg.application_properties.as_ref().and_then(|p| p.0.get(name))
+}
+
+/// An application property as text (strings and symbols; numbers and booleans formatted).
+pub(crate) fn app_property_str(msg: &Incoming, name: &str) -> Option<String> {
+    Some(match app_property(msg, name)? {
+        SimpleValue::String(s) => s.clone(),
+        SimpleValue::Symbol(s) => s.0.clone(),
+        SimpleValue::Bool(b) => b.to_string(),
+        SimpleValue::Int(i) => i.to_string(),
+        SimpleValue::Long(i) => i.to_string(),
+        SimpleValue::Uint(i) => i.to_string(),
+        SimpleValue::Ulong(i) => i.to_string(),
+        _ => return None,
+    })
+}
+
+/// The id a reply must carry as its correlation id: the request's correlation id if it has one
+/// (DPS, twin and methods requests), else its message id (CBS).
+pub(crate) fn reply_correlation(msg: &Incoming) -> Option<MessageId> {
+    let p = msg.properties.as_ref()?;
+    p.correlation_id.clone().or_else(|| p.message_id.clone())
+}
+
+/// A message with a data-section body.
+pub(crate) fn data_message(
+    properties: Properties,
+    application_properties: Option<ApplicationProperties>,
+    body: Vec<u8>,
+) -> Message<fe2o3_amqp::types::messaging::Data> {
+    Message::builder()
+        .properties(properties)
+        .application_properties(application_properties)
+        .data(Binary::from(body))
+        .build()
+}
