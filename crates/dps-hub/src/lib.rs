@@ -48,7 +48,9 @@ use tokio::sync::{broadcast, OwnedMutexGuard};
 pub use auth::{AuthMethod, CredentialSlot, DeviceIdentity};
 pub use error::{AuthError, C2dError, HubOpenError, MethodError, RegistryError, SessionError};
 pub use registry::RegistryStatistics;
-pub use session::{DeviceSession, MethodResponse, Outbound, C2D_QUEUE_LIMIT, OUTBOUND_CAPACITY};
+pub use session::{
+    DeviceSession, MethodResponse, Outbound, OutboundKind, C2D_MAX_DELIVERIES, C2D_QUEUE_LIMIT, OUTBOUND_CAPACITY,
+};
 pub use telemetry::TelemetryMessage;
 
 use cache::SlotCache;

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dps_proto::codes;
 use dps_proto::hub_mqtt::{
-    c2d_topic, desired_patch_topic, feeds_of, method_request_topic, subscription_allowed, twin_response_topic, Feed,
-    HubPublish,
+    c2d_topic, desired_patch_topic, feed_filter, feeds_of, method_request_topic, subscription_allowed,
+    twin_response_topic, Feed, HubPublish,
 };
 use dps_proto::model::hub::merge_patch;
 use dps_proto::timefmt::format_record;
@@ -40,17 +40,66 @@ pub const OUTBOUND_CAPACITY: usize = 256;
 /// Cloud-to-device messages kept per offline device (Azure's per-device limit).
 pub const C2D_QUEUE_LIMIT: usize = 50;
 
-/// A publish from the hub to a device. The server should send it at
-/// `min(qos, granted QoS of the matching subscription)`.
+/// Deliveries of one cloud-to-device message before IoT Hub gives up on it (its default
+/// `maxDeliveryCount`).
+pub const C2D_MAX_DELIVERIES: u32 = 10;
+
+/// A twin response.
+fn twin_response(status: u16, rid: String, version: Option<i64>, payload: Bytes) -> Outbound {
+    Outbound {
+        topic: twin_response_topic(status, &rid, version),
+        payload,
+        qos: 0,
+        kind: OutboundKind::TwinResponse { rid, status, version },
+    }
+}
+
+/// A message from the hub to a device. The MQTT adapter publishes it on `topic` at
+/// `min(qos, granted QoS of the matching subscription)`; other transports (AMQP) read what it is
+/// from `kind` and frame it their own way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
-    /// Topic.
+    /// Its MQTT topic.
     pub topic: String,
     /// Payload.
     pub payload: Bytes,
     /// 0 for twin responses, desired patches and method requests (as IoT Hub sends them), 1 for
     /// cloud-to-device messages.
     pub qos: u8,
+    /// What it is, for transports without topics.
+    pub kind: OutboundKind,
+}
+
+/// What an [`Outbound`] message is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundKind {
+    /// The answer to a twin request.
+    TwinResponse {
+        /// The request's id.
+        rid: String,
+        /// HTTP-like status (200 GET, 204 patch, 4xx/5xx refusals).
+        status: u16,
+        /// The reported-properties version after a patch.
+        version: Option<i64>,
+    },
+    /// A desired-properties patch.
+    DesiredPatch {
+        /// The desired-properties version it brings the twin to.
+        version: i64,
+    },
+    /// A direct-method call the device must answer with [`HubPublish::MethodResponse`].
+    MethodRequest {
+        /// Method name.
+        name: String,
+        /// Request id the answer must carry.
+        rid: String,
+    },
+    /// A cloud-to-device message with its properties (`$.mid`, `$.to`, then application
+    /// properties).
+    C2d {
+        /// Properties, system ones with their `$.` names.
+        properties: Vec<(String, String)>,
+    },
 }
 
 /// A device's answer to a direct method — also the body of the REST response
@@ -122,6 +171,8 @@ pub(crate) struct Live {
     connection_state_updated: Option<DateTime<Utc>>,
     last_activity: Option<DateTime<Utc>>,
     c2d_queue: C2dQueue,
+    /// How often each abandoned cloud-to-device message (by `$.mid`) was delivered.
+    abandoned: std::collections::HashMap<String, u32>,
 }
 
 impl Live {
@@ -190,6 +241,9 @@ impl Live {
             topic: c2d_topic(&s.client_device_id, &m.properties),
             payload: m.body.clone(),
             qos: 1,
+            kind: OutboundKind::C2d {
+                properties: m.properties.clone(),
+            },
         })
     }
 }
@@ -333,6 +387,10 @@ impl Hub {
                 topic: method_request_topic(method_name, &rid),
                 payload: body,
                 qos: 0,
+                kind: OutboundKind::MethodRequest {
+                    name: method_name.to_string(),
+                    rid: rid.clone(),
+                },
             };
             if !live.deliver(Feed::Methods, out, now) {
                 drop(live);
@@ -435,6 +493,7 @@ impl HubInner {
             topic: desired_patch_topic(version),
             payload,
             qos: 0,
+            kind: OutboundKind::DesiredPatch { version },
         };
         let now = self.now();
         slot.live.lock().deliver(Feed::DesiredPatches, out, now);
@@ -481,6 +540,46 @@ impl DeviceSession {
         Some(requested_qos.min(1))
     }
 
+    /// Turns on `feed` for this session, as subscribing to its MQTT topic filter does: the AMQP
+    /// adapter calls it when the device attaches the link that carries the feed.
+    pub fn enable(&self, feed: Feed) -> bool {
+        self.subscribe(&feed_filter(feed, &self.identity.client_device_id), 1)
+            .is_some()
+    }
+
+    /// Turns `feed` off again (the device detached its link).
+    pub fn disable(&self, feed: Feed) {
+        self.unsubscribe(&feed_filter(feed, &self.identity.client_device_id));
+    }
+
+    /// Puts a cloud-to-device message the device abandoned back at the head of its queue and
+    /// offers the queue again (AMQP `released`/`modified`; MQTT has no abandon). After
+    /// [`C2D_MAX_DELIVERIES`] deliveries the message is dropped, as IoT Hub dead-letters it.
+    pub fn abandon_c2d(&self, properties: Vec<(String, String)>, body: Bytes) {
+        let now = self.hub.inner.now();
+        let mut live = self.slot.live.lock();
+        if live.session.as_ref().is_none_or(|s| s.id != self.id) {
+            return;
+        }
+        let mid = properties
+            .iter()
+            .find(|(k, _)| k == "$.mid")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let deliveries = {
+            let count = live.abandoned.entry(mid.clone()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        if deliveries >= C2D_MAX_DELIVERIES {
+            live.abandoned.remove(&mid);
+            tracing::info!(device = %self.identity.device_id, message_id = %mid, deliveries, "cloud-to-device message dropped: abandoned too often");
+            return;
+        }
+        live.c2d_queue.push_front(QueuedC2d { body, properties });
+        live.flush_c2d(now);
+    }
+
     /// Handles UNSUBSCRIBE for one filter.
     pub fn unsubscribe(&self, filter: &str) {
         let mut live = self.slot.live.lock();
@@ -499,6 +598,20 @@ impl DeviceSession {
         topic: &str,
         payload: &[u8],
     ) -> Result<Vec<Outbound>, SessionError> {
+        let request = HubPublish::parse(topic, &self.identity.client_device_id)?;
+        self.handle(now, request, payload).await
+    }
+
+    /// Handles a device's request, whatever transport framed it (the MQTT adapter parses topics
+    /// with [`DeviceSession::handle_publish`]; AMQP builds the [`HubPublish`] from its link and
+    /// message properties). Returns the answers to send back right away, as
+    /// [`DeviceSession::handle_publish`] does.
+    pub async fn handle(
+        &self,
+        now: DateTime<Utc>,
+        request: HubPublish,
+        payload: &[u8],
+    ) -> Result<Vec<Outbound>, SessionError> {
         {
             let mut live = self.slot.live.lock();
             if live.session.as_ref().is_none_or(|s| s.id != self.id) {
@@ -506,18 +619,19 @@ impl DeviceSession {
             }
             live.last_activity = Some(now);
         }
-        match HubPublish::parse(topic, &self.identity.client_device_id)? {
+        match request {
             HubPublish::Telemetry { properties } => {
                 self.telemetry(now, properties, payload)?;
                 Ok(Vec::new())
             }
             HubPublish::TwinGet { rid } => {
                 let rec = self.slot.record().ok_or_else(|| self.closed())?;
-                Ok(vec![Outbound {
-                    topic: twin_response_topic(200, &rid, None),
-                    payload: Bytes::from(rec.twin.device_document().to_string()),
-                    qos: 0,
-                }])
+                Ok(vec![twin_response(
+                    200,
+                    rid,
+                    None,
+                    Bytes::from(rec.twin.device_document().to_string()),
+                )])
             }
             HubPublish::TwinReportedPatch { rid } => self.reported_patch(now, &rid, payload).await,
             HubPublish::MethodResponse { status, rid } => {
@@ -605,11 +719,12 @@ impl DeviceSession {
         payload: &[u8],
     ) -> Result<Vec<Outbound>, SessionError> {
         let error = |status: u16, code: u32, message: String| {
-            vec![Outbound {
-                topic: twin_response_topic(status, rid, None),
-                payload: Bytes::from(serde_json::json!({ "errorCode": code, "message": message }).to_string()),
-                qos: 0,
-            }]
+            vec![twin_response(
+                status,
+                rid.to_string(),
+                None,
+                Bytes::from(serde_json::json!({ "errorCode": code, "message": message }).to_string()),
+            )]
         };
         let patch: Map<String, Value> = match serde_json::from_slice(payload) {
             Ok(Value::Object(m)) => m,
@@ -657,11 +772,7 @@ impl DeviceSession {
             .record()
             .map(|r| r.twin.reported_version)
             .unwrap_or(rec.twin.reported_version);
-        Ok(vec![Outbound {
-            topic: twin_response_topic(204, rid, Some(version)),
-            payload: Bytes::new(),
-            qos: 0,
-        }])
+        Ok(vec![twin_response(204, rid.to_string(), Some(version), Bytes::new())])
     }
 }
 

@@ -15,8 +15,10 @@ pub const REGISTER: &str = "iotdps-register";
 /// Operation type of an operation-status request.
 pub const GET_OPERATION_STATUS: &str = "iotdps-get-operationstatus";
 /// Application property of a response (and `info` field of a rejection): seconds to wait
-/// before polling or retrying.
+/// before polling or retrying, as Node and C read it.
 pub const RETRY_AFTER: &str = "retry-after";
+/// The same, as C# reads it (`Retry-After`); both are sent.
+pub const RETRY_AFTER_CSHARP: &str = "Retry-After";
 /// Link attach property naming the DPS API version the client speaks.
 pub const API_VERSION_PROPERTY: &str = "com.microsoft:api-version";
 /// Link attach property naming the client SDK.
@@ -179,13 +181,16 @@ pub fn response_with_marker(data: &[u8]) -> Vec<u8> {
 /// below that with room for the frame header and the control byte.
 pub const TPM_SEGMENT_BYTES: usize = 400;
 
-/// Control byte of a segment followed by more.
+/// Control bits of a segment followed by more.
 const SEGMENT_MORE: u8 = 0x80;
-/// Control byte of the last segment.
+/// Control bits of the last segment.
 const SEGMENT_LAST: u8 = 0xC0;
+/// The low bits of the control byte count the segments (C and C# check them; C# takes at most
+/// four, which [`TPM_SEGMENT_BYTES`] keeps every blob within).
+const SEGMENT_SEQUENCE: u8 = 0x03;
 
-/// The activation blob cut into challenge segments, each its control byte then up to
-/// [`TPM_SEGMENT_BYTES`] of the blob, in order.
+/// The activation blob cut into challenge segments, each its control byte (more or last, and the
+/// segment's number modulo 4) then up to [`TPM_SEGMENT_BYTES`] of the blob, in order.
 pub fn tpm_challenge_segments(blob: &[u8]) -> Vec<Vec<u8>> {
     let chunks: Vec<&[u8]> = blob.chunks(TPM_SEGMENT_BYTES).collect();
     let n = chunks.len();
@@ -194,7 +199,8 @@ pub fn tpm_challenge_segments(blob: &[u8]) -> Vec<Vec<u8>> {
         .enumerate()
         .map(|(i, chunk)| {
             let mut segment = Vec::with_capacity(chunk.len() + 1);
-            segment.push(if i + 1 == n { SEGMENT_LAST } else { SEGMENT_MORE });
+            let sequence = (i as u8) & SEGMENT_SEQUENCE;
+            segment.push(if i + 1 == n { SEGMENT_LAST } else { SEGMENT_MORE } | sequence);
             segment.extend_from_slice(chunk);
             segment
         })
@@ -291,9 +297,11 @@ mod tests {
         for (i, s) in segments.iter().enumerate() {
             let (data, last) = parse_challenge_segment(s).unwrap();
             assert_eq!(last, i == 2);
-            // Node's SaslTpm: `(b & 0xC0) === 192` is last, `(b & 0x80) === 128` is more.
+            // Node's SaslTpm: `(b & 0xC0) === 192` is last, `(b & 0x80) === 128` is more; C and
+            // C# check the sequence in the low two bits.
             assert_eq!(s[0] & 0xC0 == 0xC0, last);
             assert_eq!(s[0] & 0x80, 0x80);
+            assert_eq!(s[0] & 0x03, i as u8);
             joined.extend_from_slice(data);
         }
         assert_eq!(joined, blob);

@@ -95,7 +95,8 @@ impl HubNode {
         let tail: Vec<&str> = parts.collect();
         let node = match tail.as_slice() {
             ["messages", "events"] => HubNode::Telemetry { device_id },
-            ["messages", "devicebound"] => HubNode::C2d { device_id },
+            // C# writes `deviceBound`.
+            ["messages", bound] if bound.eq_ignore_ascii_case("devicebound") => HubNode::C2d { device_id },
             ["methods", "devicebound"] => HubNode::Methods { device_id },
             ["twin"] => HubNode::Twin { device_id },
             ["modules", module, ..] => HubNode::Module {

@@ -160,6 +160,17 @@ pub enum Feed {
     Methods,
 }
 
+/// The topic filter that subscribes `device_id` to `feed` (one [`subscription_allowed`] accepts
+/// and [`feeds_of`] maps back to `feed`).
+pub fn feed_filter(feed: Feed, device_id: &str) -> String {
+    match feed {
+        Feed::C2d => format!("devices/{device_id}/messages/devicebound/#"),
+        Feed::TwinResponses => "$iothub/twin/res/#".to_string(),
+        Feed::DesiredPatches => "$iothub/twin/PATCH/properties/desired/#".to_string(),
+        Feed::Methods => "$iothub/methods/POST/#".to_string(),
+    }
+}
+
 /// Maps an allowed filter to what it delivers.
 pub fn feeds_of(filter: &str) -> Vec<Feed> {
     match filter {
@@ -260,6 +271,16 @@ pub fn username(host: &str, device_id: &str, api_version: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn feed_filters_subscribe_to_their_feed() {
+        for feed in [Feed::C2d, Feed::TwinResponses, Feed::DesiredPatches, Feed::Methods] {
+            let f = feed_filter(feed, "dev-1");
+            assert!(subscription_allowed(&f, "dev-1"), "{f}");
+            assert_eq!(feeds_of(&f), vec![feed]);
+        }
+    }
+
     use super::*;
 
     #[test]

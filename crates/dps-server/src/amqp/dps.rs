@@ -14,7 +14,7 @@ use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerSessionHandle};
 use fe2o3_amqp::types::definitions::{self, ErrorCondition, Fields};
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Properties};
 use fe2o3_amqp::types::performatives::Attach;
-use fe2o3_amqp::types::primitives::{Symbol, Value};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Delivery, Receiver};
 use tokio::task::JoinSet;
 
@@ -208,7 +208,10 @@ async fn reply(
     }
     let mut app = ApplicationProperties::builder();
     if let Some(r) = answer.retry_after {
-        app = app.insert(wire::RETRY_AFTER, r.to_string());
+        let seconds = SimpleValue::Int(i32::try_from(r).unwrap_or(i32::MAX));
+        app = app
+            .insert(wire::RETRY_AFTER, seconds.clone())
+            .insert(wire::RETRY_AFTER_CSHARP, seconds);
     }
     let msg = message::data_message(properties.build(), Some(app.build()), answer.body);
     let mut sender = sender.lock().await;
@@ -224,8 +227,10 @@ async fn reply(
 fn rejection(conn: &Conn, err: &ApiError) -> definitions::Error {
     let description = String::from_utf8_lossy(&dps_device::error_body(&conn.services, err)).into_owned();
     let info = err.retry_after.map(|r| {
+        let seconds = Value::Int(i32::try_from(r).unwrap_or(i32::MAX));
         let mut f = Fields::new();
-        f.insert(Symbol::from(wire::RETRY_AFTER), Value::String(r.to_string()));
+        f.insert(Symbol::from(wire::RETRY_AFTER), seconds.clone());
+        f.insert(Symbol::from(wire::RETRY_AFTER_CSHARP), seconds);
         f
     });
     definitions::Error::new(

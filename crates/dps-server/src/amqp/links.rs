@@ -8,6 +8,7 @@ use std::time::Duration;
 use fe2o3_amqp::acceptor::{LinkAcceptor, LinkEndpoint, ListenerSessionHandle};
 use fe2o3_amqp::link::{Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, LinkError, Role};
+use fe2o3_amqp::types::messaging::{Source, Target};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::Symbol;
 use parking_lot::Mutex;
@@ -64,8 +65,6 @@ pub(crate) enum Refusal {
     Unauthorized(String),
     /// A cap was reached (`amqp:resource-limit-exceeded`).
     ResourceLimit(String),
-    /// The attach itself is malformed for this node (`amqp:invalid-field`).
-    Invalid(String),
 }
 
 impl Refusal {
@@ -74,7 +73,6 @@ impl Refusal {
             Refusal::NotFound(t) => (AmqpError::NotFound, t),
             Refusal::Unauthorized(t) => (AmqpError::UnauthorizedAccess, t),
             Refusal::ResourceLimit(t) => (AmqpError::ResourceLimitExceeded, t),
-            Refusal::Invalid(t) => (AmqpError::InvalidField, t),
         };
         definitions::Error::new(ErrorCondition::AmqpError(condition), Some(text.clone()), None)
     }
@@ -98,16 +96,16 @@ pub(crate) fn too_large(size: usize, limit: usize) -> definitions::Error {
     )
 }
 
+/// fe2o3's link acceptor with its default (refusing) dynamic-terminus handlers.
+pub(crate) type Acceptor = LinkAcceptor<fn(Source) -> Option<Source>, fn(Target) -> Option<Target>>;
+
 /// The acceptor for links this server serves: `max_message_size` announced, credit granted
 /// explicitly by the handlers.
-pub(crate) fn acceptor(
-    max_message_size: usize,
-) -> LinkAcceptor<
-    fn(fe2o3_amqp::types::messaging::Source) -> Option<fe2o3_amqp::types::messaging::Source>,
-    fn(fe2o3_amqp::types::messaging::Target) -> Option<fe2o3_amqp::types::messaging::Target>,
-> {
+pub(crate) fn acceptor(max_message_size: usize) -> Acceptor {
     LinkAcceptor::builder()
         .max_message_size(max_message_size as u64)
+        // C# reads it unconditionally on links where it receives, and uamqp detaches without it.
+        .initial_delivery_count(0)
         .build()
 }
 
@@ -165,13 +163,5 @@ impl ReplyLinks {
     /// The reply link of `address`, if the client attached one.
     pub(crate) fn get(&self, address: &str) -> Option<Arc<tokio::sync::Mutex<Sender>>> {
         self.links.lock().get(address).cloned()
-    }
-
-    /// Forgets the reply link of `address` if it is still `sender`.
-    pub(crate) fn remove(&self, address: &str, sender: &Arc<tokio::sync::Mutex<Sender>>) {
-        let mut links = self.links.lock();
-        if links.get(address).is_some_and(|s| Arc::ptr_eq(s, sender)) {
-            links.remove(address);
-        }
     }
 }

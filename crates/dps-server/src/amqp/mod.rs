@@ -155,6 +155,7 @@ where
         }
     }
     sessions.abort_all();
+    conn.hub.close().await;
     close(connection).await;
 }
 

@@ -236,11 +236,6 @@ impl<S> Rewound<S> {
         self.pos = 0;
         self.len = 8;
     }
-
-    /// The wrapped stream.
-    pub(crate) fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
