@@ -9,6 +9,7 @@
 #   - the TPM 2.0 stack for the `tpm` cargo feature and its tests: libtss2-dev (ESAPI, MU,
 #     TCTI loader; tss-esapi links it through pkg-config), the swtpm TCTI, swtpm + swtpm-tools
 #     (a software TPM per test) and tpm2-tools (for poking at a TPM by hand)
+#   - Node.js and npm for the interop tests with the official Node SDKs (tests/interop/node)
 set -euo pipefail
 
 missing=()
@@ -36,6 +37,8 @@ fi
 command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
 command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
 command -v tpm2_createek >/dev/null 2>&1 || missing+=(tpm2-tools)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all system dependencies present"

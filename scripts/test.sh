@@ -10,6 +10,7 @@
 #                                   + cargo test --doc --workspace --all-features
 #                                   (plain `cargo test --workspace --all-features` when nextest is absent)
 #   6. Python env                   scripts/setup-python.sh (.venv with the pinned Azure SDKs)
+#                                   scripts/setup-node.sh (the pinned Node SDKs, tests/interop/node)
 #   7. interop tests                pytest -q tests/interop (official Azure SDKs vs target/debug/dps)
 #
 # --all-features turns on the `tpm` feature (TPM attestation through libtss2; the tests run a
@@ -59,6 +60,9 @@ fi
 
 step "Python environment"
 bash scripts/setup-python.sh
+
+step "Node environment"
+bash scripts/setup-node.sh
 
 step "interop tests (official Azure SDKs)"
 target_dir="${CARGO_TARGET_DIR:-target}"

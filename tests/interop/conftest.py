@@ -39,6 +39,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MQTT_PORT = 8883
 HTTPS_PORT = 443
+AMQP_PORT = 5671
 REQUIRED_INFO_KEYS = (
     "idScope",
     "provisioningHost",
@@ -169,7 +170,7 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def allocate_host() -> str:
-    """Next 127.0.0.X (X from a counter) whose ports 8883 and 443 are both free."""
+    """Next 127.0.0.X (X from a counter) whose ports 8883, 443 and 5671 are all free."""
     global _next_host_index
     base = int(os.environ.get("DPS_TEST_HOST_BASE", "20")) + _worker_offset()
     with _host_lock:
@@ -177,9 +178,9 @@ def allocate_host() -> str:
             x = 2 + (base - 2 + _next_host_index) % 252  # stay within 127.0.0.2 .. 127.0.0.253
             _next_host_index += 1
             host = f"{os.environ.get('DPS_TEST_HOST_PREFIX', '127.0.0')}.{x}"
-            if _port_free(host, MQTT_PORT) and _port_free(host, HTTPS_PORT):
+            if all(_port_free(host, p) for p in (MQTT_PORT, HTTPS_PORT, AMQP_PORT)):
                 return host
-    raise RuntimeError("no free 127.0.0.X address with ports 8883 and 443 available")
+    raise RuntimeError("no free 127.0.0.X address with ports 8883, 443 and 5671 available")
 
 
 def _accepts(host: str, port: int) -> bool:
@@ -249,7 +250,7 @@ def start_server(*extra_args: str) -> DpsServer:
 
 def _wait_ready(server: DpsServer, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    pending = {MQTT_PORT, HTTPS_PORT}
+    pending = {MQTT_PORT, HTTPS_PORT, AMQP_PORT}
     while True:
         code = server.process.poll()
         if code is not None:
