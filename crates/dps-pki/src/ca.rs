@@ -3,7 +3,8 @@
 //! A fresh server needs a TLS certificate that devices can be told to trust. Rather than
 //! shipping a self-signed leaf, the server keeps a small root CA in its data directory and
 //! issues its listener certificate from it; users then trust one CA file (`--ca-cert` in the
-//! SDKs) that survives re-issuing the server certificate for new host names.
+//! SDKs) that survives re-issuing the server certificate for new host names. (It keeps two such
+//! roots, P-256 and RSA, so that devices without ECDSA are served too; decision 0018.)
 //!
 //! The same type is the PKI behind `dps ca`: X.509 enrollment groups need a CA hierarchy (root,
 //! intermediates with path-length limits), device certificates whose CN is the registration id,
