@@ -1,8 +1,15 @@
-//! The data directory: identity (ID scope, policies, hub), local CA, server certificate.
+//! The data directory: identity (ID scope, policies, hub), local CAs, server certificates.
 //!
 //! First start creates everything; later starts reuse it, so devices and scripts keep working
-//! across restarts. The only thing re-issued is the server certificate, when it no longer covers
-//! the configured host names or is about to expire.
+//! across restarts. The only thing re-issued is a server certificate, when it no longer covers
+//! the configured host names, is about to expire, or no longer chains to its CA.
+//!
+//! There are two local PKIs, each a root and the server certificate it issues: P-256
+//! (`ca.pem`, `server.pem`), which every full TLS stack verifies and which is cheaper to serve,
+//! and RSA-2048 (`ca-rsa.pem`, `server-rsa.pem`) for device stacks built without ECDSA, which
+//! can verify neither an ECDSA leaf nor an ECDSA root's signature on an RSA leaf (decision
+//! 0018). Data directories from before the RSA pair gain it on their next start; the P-256 files
+//! are left as they are.
 //!
 //! Its own crate because both sides read it: `dps serve` creates it, and the client commands
 //! (`dps enrollment …`, `dps hub …`, `dps bench`, `dps device provision`) find a local server's
@@ -15,6 +22,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use dps_core::auth::SharedAccessPolicy;
+use dps_pki::ca::{KeyAlgorithm, LocalCa};
 use dps_pki::PkiError;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -53,7 +61,7 @@ pub enum DataDirError {
         #[source]
         source: serde_json::Error,
     },
-    /// The local CA or the server certificate could not be loaded or issued.
+    /// A local CA or a server certificate could not be loaded or issued.
     #[error("{what}")]
     Pki {
         /// What was attempted, naming the file when there is one.
@@ -164,21 +172,29 @@ impl DataDir {
     pub fn identity_path(&self) -> PathBuf {
         self.root.join("dps.json")
     }
-    /// The local CA certificate devices and SDKs trust.
+    /// The local (P-256) CA certificate devices and SDKs trust.
     pub fn ca_cert_path(&self) -> PathBuf {
-        self.root.join("ca.pem")
+        self.root.join(ECDSA.ca_cert)
     }
     /// The local CA private key.
     pub fn ca_key_path(&self) -> PathBuf {
-        self.root.join("ca-key.pem")
+        self.root.join(ECDSA.ca_key)
+    }
+    /// The local RSA CA certificate, for device TLS stacks that cannot verify ECDSA.
+    pub fn rsa_ca_cert_path(&self) -> PathBuf {
+        self.root.join(RSA.ca_cert)
     }
     /// The server certificate (leaf + CA).
     pub fn server_cert_path(&self) -> PathBuf {
-        self.root.join("server.pem")
+        self.root.join(ECDSA.server_cert)
     }
     /// The server private key.
     pub fn server_key_path(&self) -> PathBuf {
-        self.root.join("server-key.pem")
+        self.root.join(ECDSA.server_key)
+    }
+    /// The RSA server certificate (leaf + RSA CA).
+    pub fn rsa_server_cert_path(&self) -> PathBuf {
+        self.root.join(RSA.server_cert)
     }
     /// The provisioning database.
     pub fn store_path(&self) -> PathBuf {
@@ -275,41 +291,140 @@ impl DataDir {
         Ok((id, true))
     }
 
-    /// Loads the local CA, creating it on first start.
-    pub fn init_ca(&self) -> Result<dps_pki::ca::LocalCa> {
-        let (cert, key) = (self.ca_cert_path(), self.ca_key_path());
+    /// Loads the local (P-256) CA, creating it on first start.
+    pub fn init_ca(&self) -> Result<LocalCa> {
+        self.init_ca_of(&ECDSA)
+    }
+
+    /// Returns PEM (chain, key) of a P-256 server certificate covering `hostnames`, issuing a
+    /// new one from `ca` when the stored one does not cover them or was not issued by `ca`.
+    pub fn init_server_cert(&self, ca: &LocalCa, hostnames: &[String]) -> Result<(String, String)> {
+        self.init_server_cert_of(&ECDSA, ca, hostnames)
+    }
+
+    /// The server certificates the listeners present when none was brought, P-256 first (the
+    /// preferred one), then RSA: each loaded, or created with its CA, as
+    /// [`init_server_cert`](Self::init_server_cert) does.
+    pub fn init_server_certificates(&self, hostnames: &[String]) -> Result<Vec<ServerCertificate>> {
+        [&ECDSA, &RSA]
+            .into_iter()
+            .map(|pki| {
+                let ca = self.init_ca_of(pki)?;
+                let (chain_pem, key_pem) = self.init_server_cert_of(pki, &ca, hostnames)?;
+                Ok(ServerCertificate {
+                    key_algorithm: pki.alg,
+                    chain_pem,
+                    key_pem,
+                })
+            })
+            .collect()
+    }
+
+    fn init_ca_of(&self, pki: &Pki) -> Result<LocalCa> {
+        let (cert, key) = (self.root.join(pki.ca_cert), self.root.join(pki.ca_key));
         if cert.exists() && key.exists() {
-            let ca = dps_pki::ca::LocalCa::from_pem(&read(&cert)?, &read(&key)?)
+            let ca = LocalCa::from_pem(&read(&cert)?, &read(&key)?)
                 .map_err(pki_error(format!("cannot load the local CA from {}", cert.display())))?;
             return Ok(ca);
         }
         if cert.exists() != key.exists() {
             return Err(DataDirError::HalfCa { cert, key });
         }
-        let ca = dps_pki::ca::LocalCa::generate("dps local CA").map_err(pki_error("cannot create the local CA"))?;
+        let ca = LocalCa::generate_with(pki.ca_name, pki.alg)
+            .map_err(pki_error(format!("cannot create the local CA {}", cert.display())))?;
         write_secret(&key, ca.key_pem().as_bytes())?;
         fs::write(&cert, ca.cert_pem()).map_err(io_error("write", &cert))?;
         Ok(ca)
     }
 
-    /// Returns PEM (chain, key) of a server certificate covering `hostnames`, issuing a new one
-    /// from the local CA when the stored one does not cover them.
-    pub fn init_server_cert(&self, ca: &dps_pki::ca::LocalCa, hostnames: &[String]) -> Result<(String, String)> {
-        let (cert, key) = (self.server_cert_path(), self.server_key_path());
+    fn init_server_cert_of(&self, pki: &Pki, ca: &LocalCa, hostnames: &[String]) -> Result<(String, String)> {
+        let (cert, key) = (self.root.join(pki.server_cert), self.root.join(pki.server_key));
         if cert.exists() && key.exists() {
             let chain = read(&cert)?;
-            if dps_pki::ca::certificate_covers(&chain, hostnames).unwrap_or(false) {
+            if dps_pki::ca::certificate_covers(&chain, hostnames).unwrap_or(false) && ends_with(&chain, ca) {
                 return Ok((chain, read(&key)?));
             }
-            tracing::info!("server certificate does not cover {:?}; issuing a new one", hostnames);
+            tracing::info!(
+                file = %cert.display(),
+                "server certificate does not cover {:?} or its CA changed; issuing a new one",
+                hostnames
+            );
         }
         let issued = ca
-            .issue_server_certificate(hostnames)
-            .map_err(pki_error("cannot issue the server certificate"))?;
+            .issue_server_certificate_with(hostnames, pki.alg)
+            .map_err(pki_error(format!(
+                "cannot issue the server certificate {}",
+                cert.display()
+            )))?;
         let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
         write_secret(&key, issued.key_pem.as_bytes())?;
         fs::write(&cert, &chain).map_err(io_error("write", &cert))?;
         Ok((chain, issued.key_pem))
+    }
+}
+
+/// Whether a stored server chain ends with `ca`'s certificate, as this module writes it: a
+/// chain ending elsewhere was issued by a CA since replaced, which clients no longer trust.
+fn ends_with(chain_pem: &str, ca: &LocalCa) -> bool {
+    dps_pki::pem::parse_certificates(chain_pem)
+        .ok()
+        .and_then(|certs| certs.last().cloned())
+        .is_some_and(|last| last == ca.cert_der())
+}
+
+/// One of the local PKIs: a root of one key algorithm, the server certificate it issues, and
+/// their files.
+struct Pki {
+    alg: KeyAlgorithm,
+    /// The root's common name; distinct per algorithm, so verifiers that look issuers up by
+    /// name never confuse the two roots.
+    ca_name: &'static str,
+    ca_cert: &'static str,
+    ca_key: &'static str,
+    server_cert: &'static str,
+    server_key: &'static str,
+}
+
+/// The P-256 PKI, under the names every data directory has had.
+const ECDSA: Pki = Pki {
+    alg: KeyAlgorithm::EcdsaP256,
+    ca_name: "dps local CA",
+    ca_cert: "ca.pem",
+    ca_key: "ca-key.pem",
+    server_cert: "server.pem",
+    server_key: "server-key.pem",
+};
+
+/// The RSA-2048 PKI: 2048 bits as Azure's own chains (DigiCert Global Root G2 and the hub
+/// leaves), which constrained stacks are sized for (decision 0018).
+const RSA: Pki = Pki {
+    alg: KeyAlgorithm::Rsa2048,
+    ca_name: "dps local RSA CA",
+    ca_cert: "ca-rsa.pem",
+    ca_key: "ca-rsa-key.pem",
+    server_cert: "server-rsa.pem",
+    server_key: "server-rsa-key.pem",
+};
+
+/// A server certificate chain (leaf, then its CA) and the leaf's key, as the listeners present
+/// it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerCertificate {
+    /// The leaf's key algorithm.
+    pub key_algorithm: KeyAlgorithm,
+    /// The chain, leaf first, PEM.
+    pub chain_pem: String,
+    /// The leaf's private key, PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("key_algorithm", &self.key_algorithm)
+            .field("chain_pem", &self.chain_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }
 
@@ -394,5 +509,64 @@ mod tests {
         assert_eq!(chain, chain2, "reused while it covers the host names");
         let (chain3, _) = dd.init_server_cert(&ca, &["other.example.test".to_string()]).unwrap();
         assert_ne!(chain, chain3, "re-issued for new host names");
+    }
+
+    /// The contents of the P-256 files.
+    fn ecdsa_files(dd: &DataDir) -> Vec<Vec<u8>> {
+        [ECDSA.ca_cert, ECDSA.ca_key, ECDSA.server_cert, ECDSA.server_key]
+            .map(|f| fs::read(dd.root().join(f)).unwrap())
+            .to_vec()
+    }
+
+    #[test]
+    fn a_data_directory_from_before_rsa_gains_the_rsa_pair_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(dir.path());
+        let names = vec!["127.0.0.1".to_string(), "dps.example.test".to_string()];
+        // What earlier versions made: the P-256 CA and server certificate only.
+        dd.init_server_cert(&dd.init_ca().unwrap(), &names).unwrap();
+        let before = ecdsa_files(&dd);
+        assert!(!dd.rsa_ca_cert_path().exists());
+
+        let certs = dd.init_server_certificates(&names).unwrap();
+        assert_eq!(ecdsa_files(&dd), before, "the P-256 CA and certificate are kept");
+        let algs: Vec<_> = certs.iter().map(|c| c.key_algorithm).collect();
+        assert_eq!(algs, [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa2048]);
+        assert_eq!(certs[0].chain_pem.as_bytes(), before[2]);
+        // The RSA leaf chains to the RSA root, which is what the chain ends with and what
+        // ca-rsa.pem holds, and covers the same names.
+        let rsa_chain = dps_pki::pem::parse_certificates(&certs[1].chain_pem).unwrap();
+        let rsa_root = dps_pki::pem::parse_certificates(&read(&dd.rsa_ca_cert_path()).unwrap()).unwrap();
+        assert_eq!(rsa_chain.len(), 2);
+        assert_eq!(rsa_chain[1], rsa_root[0]);
+        dps_pki::chain::verify_issued_by(&rsa_chain[0], &rsa_root[0], chrono::Utc::now()).unwrap();
+        assert!(dps_pki::ca::certificate_covers(&certs[1].chain_pem, &names).unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for key in [RSA.ca_key, RSA.server_key] {
+                let mode = fs::metadata(dd.root().join(key)).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{key}");
+            }
+        }
+
+        // Later starts reuse everything.
+        assert_eq!(dd.init_server_certificates(&names).unwrap(), certs);
+        assert_eq!(ecdsa_files(&dd), before);
+    }
+
+    #[test]
+    fn a_server_certificate_from_a_replaced_ca_is_reissued() {
+        let dir = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(dir.path());
+        let names = vec!["dps.example.test".to_string()];
+        let first = dd.init_server_certificates(&names).unwrap();
+        fs::remove_file(dd.rsa_ca_cert_path()).unwrap();
+        fs::remove_file(dd.root().join(RSA.ca_key)).unwrap();
+        let second = dd.init_server_certificates(&names).unwrap();
+        assert_eq!(second[0], first[0]);
+        assert_ne!(second[1].chain_pem, first[1].chain_pem);
+        let root = read(&dd.rsa_ca_cert_path()).unwrap();
+        assert!(second[1].chain_pem.ends_with(&root));
     }
 }

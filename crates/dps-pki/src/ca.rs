@@ -3,7 +3,8 @@
 //! A fresh server needs a TLS certificate that devices can be told to trust. Rather than
 //! shipping a self-signed leaf, the server keeps a small root CA in its data directory and
 //! issues its listener certificate from it; users then trust one CA file (`--ca-cert` in the
-//! SDKs) that survives re-issuing the server certificate for new host names.
+//! SDKs) that survives re-issuing the server certificate for new host names. (It keeps two such
+//! roots, P-256 and RSA, so that devices without ECDSA are served too; decision 0018.)
 //!
 //! The same type is the PKI behind `dps ca`: X.509 enrollment groups need a CA hierarchy (root,
 //! intermediates with path-length limits), device certificates whose CN is the registration id,
@@ -66,6 +67,16 @@ impl KeyAlgorithm {
                 let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_bytes());
                 Ok(KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256)?)
             }
+        }
+    }
+
+    /// keyUsage of a TLS leaf (device or server) with a key of this algorithm: digitalSignature
+    /// to sign the handshake, plus keyEncipherment for RSA, which TLS 1.2 RSA key exchange needs
+    /// and which verifiers such as mbedTLS check against the suite.
+    fn leaf_key_usages(self) -> Vec<KeyUsagePurpose> {
+        match self {
+            KeyAlgorithm::EcdsaP256 => vec![KeyUsagePurpose::DigitalSignature],
+            KeyAlgorithm::Rsa2048 => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
         }
     }
 }
@@ -244,10 +255,7 @@ impl LocalCa {
         }
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = match request.key_algorithm {
-            KeyAlgorithm::EcdsaP256 => vec![KeyUsagePurpose::DigitalSignature],
-            KeyAlgorithm::Rsa2048 => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
-        };
+        params.key_usages = request.key_algorithm.leaf_key_usages();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let start = request.valid_from.unwrap_or_else(Utc::now);
@@ -350,14 +358,27 @@ impl LocalCa {
         self.cert_der.clone()
     }
 
-    /// Issues a TLS server certificate for `hostnames`.
+    /// Issues a TLS server certificate for `hostnames` with a fresh P-256 key; see
+    /// [`issue_server_certificate_with`](Self::issue_server_certificate_with).
+    pub fn issue_server_certificate(&self, hostnames: &[String]) -> Result<IssuedCertificate, PkiError> {
+        self.issue_server_certificate_with(hostnames, KeyAlgorithm::EcdsaP256)
+    }
+
+    /// Issues a TLS server certificate for `hostnames` with a fresh key of `alg`.
     ///
     /// Every name becomes a subjectAltName — an IP SAN when it parses as an IP address (brackets
     /// around IPv6 allowed), a DNS SAN otherwise — because clients match only SANs, not the
     /// subject CN. The CN is still set to the first name for humans reading the certificate. The
-    /// leaf has a fresh P-256 key, `CA:FALSE`, digitalSignature, EKU serverAuth, an authority key
-    /// identifier pointing at this CA, and about two years of validity.
-    pub fn issue_server_certificate(&self, hostnames: &[String]) -> Result<IssuedCertificate, PkiError> {
+    /// leaf has `CA:FALSE`, digitalSignature (plus keyEncipherment for RSA), EKU serverAuth, an
+    /// authority key identifier pointing at this CA, and about two years of validity.
+    ///
+    /// The certificate is signed with this CA's key whatever `alg` is: a client must be able to
+    /// verify this CA's signature algorithm as well as the leaf's (decision 0018).
+    pub fn issue_server_certificate_with(
+        &self,
+        hostnames: &[String],
+        alg: KeyAlgorithm,
+    ) -> Result<IssuedCertificate, PkiError> {
         let first = hostnames.first().ok_or(PkiError::NoHostnames)?;
         let mut sans: Vec<SanType> = Vec::with_capacity(hostnames.len());
         for name in hostnames {
@@ -375,12 +396,12 @@ impl LocalCa {
         }
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.key_usages = alg.leaf_key_usages();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         self.set_issued_validity(&mut params, Utc::now(), SERVER_VALIDITY_DAYS);
 
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let key = alg.generate()?;
         let cert = params.signed_by(&key, &self.issuer, &self.key)?;
         Ok(IssuedCertificate {
             cert_pem: cert.pem(),

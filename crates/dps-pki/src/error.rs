@@ -71,6 +71,10 @@ pub enum PkiError {
         days: i64,
     },
 
+    /// A listener configuration was asked for without any server certificate to present.
+    #[error("a TLS listener needs at least one server certificate")]
+    NoServerCertificate,
+
     /// rcgen failed to build or sign a certificate, or to load a key pair.
     #[error("certificate generation failed: {0}")]
     Generate(rcgen::Error),

@@ -6,14 +6,21 @@
 //! decides whether they are acceptable). The server configuration therefore offers TLS 1.2 and
 //! 1.3, allows but does not require `http/1.1` ALPN, and, when asked to, requests a client
 //! certificate without judging it — while still insisting the client proves it holds the key.
+//!
+//! Device TLS stacks also differ in the signature algorithms they can verify: some (mbedTLS
+//! built without ECDSA, as in many constrained configurations) verify only RSA, the way Azure's
+//! own endpoints sign. A listener may therefore hold several certificates, and
+//! [`CertBySignatureScheme`] picks one per handshake from what the client offers.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
 
 use crate::pem::{parse_certificates, parse_private_key};
 use crate::PkiError;
@@ -38,32 +45,74 @@ fn server_provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
+/// A server certificate chain and its key, as PEM: the certificate followed by any
+/// intermediates, and its private key (PKCS#8, SEC1 or PKCS#1).
+#[derive(Clone, Copy)]
+pub struct ServerIdentity<'a> {
+    /// The certificate chain, leaf first.
+    pub cert_chain_pem: &'a str,
+    /// The leaf's private key.
+    pub key_pem: &'a str,
+}
+
+impl std::fmt::Debug for ServerIdentity<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("cert_chain_pem", &self.cert_chain_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The server configuration of a device or service listener with one certificate; see
+/// [`server_config_for`].
+pub fn server_config(
+    cert_chain_pem: &str,
+    key_pem: &str,
+    request_client_cert: bool,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    server_config_for(
+        &[ServerIdentity {
+            cert_chain_pem,
+            key_pem,
+        }],
+        request_client_cert,
+    )
+}
+
 /// The server configuration of a device or service listener.
 ///
-/// `cert_chain_pem` is the server certificate followed by any intermediates; `key_pem` its key
-/// (PKCS#8, SEC1 or PKCS#1). With `request_client_cert`, the server requests an optional client
-/// certificate and accepts any chain, verifying only proof of key possession (see
+/// `identities` are the certificates the listener can present, most preferred first; each
+/// handshake gets the first one whose key can sign with a scheme the client offers (see
+/// [`CertBySignatureScheme`]). With `request_client_cert`, the server requests an optional
+/// client certificate and accepts any chain, verifying only proof of key possession (see
 /// [`PossessionOnlyVerifier`]); the certificates are then available through
 /// [`peer_certificates`].
 ///
 /// ALPN: the server selects `http/1.1` when a client offers it and proceeds without ALPN when a
 /// client offers none. (A client offering only other protocols is refused by rustls, as RFC 7301
 /// asks.)
-pub fn server_config(
-    cert_chain_pem: &str,
-    key_pem: &str,
+pub fn server_config_for(
+    identities: &[ServerIdentity<'_>],
     request_client_cert: bool,
 ) -> Result<Arc<ServerConfig>, PkiError> {
-    let chain = parse_certificates(cert_chain_pem)?;
-    let key = parse_private_key(key_pem)?;
     let provider = server_provider();
+    let keys = identities
+        .iter()
+        .map(|id| {
+            let chain = parse_certificates(id.cert_chain_pem)?;
+            let key = parse_private_key(id.key_pem)?;
+            Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider)?))
+        })
+        .collect::<Result<Vec<_>, PkiError>>()?;
+    let resolver = CertBySignatureScheme::new(keys).ok_or(PkiError::NoServerCertificate)?;
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
     let builder = if request_client_cert {
         builder.with_client_cert_verifier(Arc::new(PossessionOnlyVerifier::new(&provider)))
     } else {
         builder.with_no_client_auth()
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Devices connect once and stay (or provision once and go): nobody resumes a session, so
     // issuing TLS 1.3 tickets and keeping a session cache would only cost a random draw, an
@@ -75,6 +124,42 @@ pub fn server_config(
     // nothing over AES-128 here).
     config.ignore_client_order = true;
     Ok(Arc::new(config))
+}
+
+/// Chooses the server certificate of each handshake from the signature schemes the client
+/// offers: the first certified key that can sign with one of them, else the first key (and
+/// rustls then refuses the handshake, as it would with that key alone).
+///
+/// Why by signature scheme: a client offers only the schemes it can verify, and rustls has
+/// already narrowed them to those its TLS 1.2 suites allow, so an RSA-only stack (an mbedTLS
+/// without ECDSA, offering only `TLS_ECDHE_RSA_*`) is matched with the RSA key while everyone
+/// else gets the first one. The listeners list ECDSA first: a P-256 signature costs the server
+/// far less than an RSA-2048 one, and every full TLS stack verifies it.
+#[derive(Debug)]
+pub struct CertBySignatureScheme {
+    /// Most preferred first; never empty.
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl CertBySignatureScheme {
+    /// A resolver over `keys`, most preferred first; `None` when there are none.
+    pub fn new(keys: Vec<Arc<CertifiedKey>>) -> Option<Self> {
+        (!keys.is_empty()).then_some(CertBySignatureScheme { keys })
+    }
+
+    /// The key for a client offering `offered`.
+    pub fn choose(&self, offered: &[SignatureScheme]) -> &Arc<CertifiedKey> {
+        self.keys
+            .iter()
+            .find(|k| k.key.choose_scheme(offered).is_some())
+            .unwrap_or(&self.keys[0])
+    }
+}
+
+impl ResolvesServerCert for CertBySignatureScheme {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.choose(client_hello.signature_schemes()).clone())
+    }
 }
 
 /// The certificates the client sent, leaf first, as owned values that outlive the connection
@@ -105,16 +190,84 @@ pub fn client_config_with_identity(
     Ok(Arc::new(config))
 }
 
-fn client_builder(
+/// A client configuration that trusts `ca_pem`, speaks `versions`, and can neither verify nor
+/// negotiate ECDSA: it offers only RSA signature schemes and, in TLS 1.2, only `TLS_ECDHE_RSA_*`
+/// suites, and rejects ECDSA-signed certificates anywhere in the chain.
+///
+/// It is what a device TLS stack built without ECDSA looks like to a server (mbedTLS without
+/// `MBEDTLS_ECDSA_C`, common in constrained configurations, because Azure signs with RSA), so
+/// tests and tools can check that a listener serves such devices.
+pub fn client_config_without_ecdsa(
     ca_pem: &str,
-) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, PkiError> {
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.retain(|s| {
+        !matches!(
+            s.suite(),
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        )
+    });
+    p.signature_verification_algorithms = rsa_only_algorithms();
+    let config = ClientConfig::builder_with_provider(Arc::new(p))
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// ring's signature verification algorithms without the ECDSA (and EdDSA) ones: chains and
+/// handshake signatures verify only when RSA made them. Built once; the tables rustls takes
+/// must live for the whole program.
+fn rsa_only_algorithms() -> WebPkiSupportedAlgorithms {
+    type Algorithm = &'static dyn SignatureVerificationAlgorithm;
+    type Mapping = (SignatureScheme, &'static [Algorithm]);
+    static TABLES: OnceLock<(Vec<Algorithm>, Vec<Mapping>)> = OnceLock::new();
+    let (all, mapping) = TABLES.get_or_init(|| {
+        let ring = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        let all = ring
+            .all
+            .iter()
+            .copied()
+            .filter(|a| a.public_key_alg_id() == rustls_pki_types::alg_id::RSA_ENCRYPTION)
+            .collect();
+        let mapping = ring
+            .mapping
+            .iter()
+            .copied()
+            .filter(|(scheme, _)| {
+                matches!(
+                    scheme,
+                    SignatureScheme::RSA_PKCS1_SHA256
+                        | SignatureScheme::RSA_PKCS1_SHA384
+                        | SignatureScheme::RSA_PKCS1_SHA512
+                        | SignatureScheme::RSA_PSS_SHA256
+                        | SignatureScheme::RSA_PSS_SHA384
+                        | SignatureScheme::RSA_PSS_SHA512
+                )
+            })
+            .collect();
+        (all, mapping)
+    });
+    WebPkiSupportedAlgorithms { all, mapping }
+}
+
+fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
     let mut roots = RootCertStore::empty();
     for ca in parse_certificates(ca_pem)? {
         roots.add(ca)?;
     }
+    Ok(roots)
+}
+
+fn client_builder(
+    ca_pem: &str,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, PkiError> {
     Ok(ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)?
-        .with_root_certificates(roots))
+        .with_root_certificates(roots(ca_pem)?))
 }
 
 /// A client-certificate verifier that checks possession of the key and nothing else.

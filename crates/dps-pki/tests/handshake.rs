@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use dps_pki::ca::{IssuedCertificate, LocalCa};
+use dps_pki::ca::{IssuedCertificate, KeyAlgorithm, LocalCa};
 use dps_pki::pem::{parse_certificates, parse_private_key};
-use dps_pki::tls::{client_config, client_config_with_identity, peer_certificates, server_config};
+use dps_pki::tls::{
+    client_config, client_config_with_identity, client_config_without_ecdsa, peer_certificates, server_config,
+    server_config_for, ServerIdentity,
+};
 use dps_pki::CertificateDer;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ProtocolVersion, ServerConfig};
@@ -24,12 +27,26 @@ struct Server {
 }
 
 fn server() -> Server {
-    let ca = LocalCa::generate("dps local CA").unwrap();
-    let issued = ca.issue_server_certificate(&HOSTS.map(String::from)).unwrap();
+    server_with(KeyAlgorithm::EcdsaP256)
+}
+
+/// A root and a server certificate under it, both with keys of `alg`.
+fn server_with(alg: KeyAlgorithm) -> Server {
+    let ca = LocalCa::generate_with("dps local CA", alg).unwrap();
+    let issued = ca.issue_server_certificate_with(&HOSTS.map(String::from), alg).unwrap();
     Server {
         chain_pem: format!("{}{}", issued.cert_pem, ca.cert_pem()),
         key_pem: issued.key_pem,
         ca,
+    }
+}
+
+impl Server {
+    fn identity(&self) -> ServerIdentity<'_> {
+        ServerIdentity {
+            cert_chain_pem: &self.chain_pem,
+            key_pem: &self.key_pem,
+        }
     }
 }
 
@@ -104,6 +121,9 @@ struct Outcome {
     version: Option<ProtocolVersion>,
     alpn: Option<Vec<u8>>,
     peer_certificates: Vec<CertificateDer<'static>>,
+    /// The chain the server presented, as the client received it.
+    server_chain: Vec<CertificateDer<'static>>,
+    suite: Option<rustls::CipherSuite>,
 }
 
 /// Runs one handshake and a ping/pong over it; on failure, the server's error (or the client's
@@ -127,6 +147,8 @@ async fn handshake(
             version: conn.protocol_version(),
             alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
             peer_certificates: peer_certificates(conn),
+            server_chain: Vec::new(),
+            suite: None,
         })
     };
     let client_side = async move {
@@ -136,11 +158,16 @@ async fn handshake(
         let mut pong = [0u8; 4];
         tls.read_exact(&mut pong).await?;
         assert_eq!(&pong, b"pong");
-        Ok::<_, std::io::Error>(())
+        let conn = tls.get_ref().1;
+        let chain = conn.peer_certificates().unwrap_or_default();
+        Ok::<_, std::io::Error>((
+            chain.iter().map(|c| c.clone().into_owned()).collect(),
+            conn.negotiated_cipher_suite().map(|s| s.suite()),
+        ))
     };
     let (server_result, client_result) = tokio::join!(server_side, client_side);
-    let outcome = server_result?;
-    client_result?;
+    let mut outcome = server_result?;
+    (outcome.server_chain, outcome.suite) = client_result?;
     Ok(outcome)
 }
 
@@ -345,4 +372,83 @@ fn client_identity_must_match_its_key() {
     let other = self_signed_device("other");
     let err = client_config_with_identity(&s.ca.cert_pem(), &device.cert_pem, &other.key_pem).unwrap_err();
     assert!(matches!(err, dps_pki::PkiError::Tls(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn each_client_gets_the_certificate_it_can_verify() {
+    let (ecdsa, rsa) = (server(), server_with(KeyAlgorithm::Rsa2048));
+    let srv = server_config_for(&[ecdsa.identity(), rsa.identity()], true).unwrap();
+    // A full TLS stack gets the cheaper ECDSA certificate, in both versions.
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let outcome = handshake(
+            srv.clone(),
+            client_for_version(&ecdsa.ca, version, None),
+            "dps.example.test",
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.server_chain, parse_certificates(&ecdsa.chain_pem).unwrap());
+    }
+    // A stack without ECDSA gets the RSA one: over TLS 1.2 offering only ECDHE-RSA suites and
+    // RSA PKCS#1 signatures, and over TLS 1.3 offering RSA-PSS.
+    for (version, suite) in [
+        (
+            &rustls::version::TLS12,
+            rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (&rustls::version::TLS13, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+    ] {
+        let cli = client_config_without_ecdsa(&rsa.ca.cert_pem(), &[version]).unwrap();
+        let outcome = handshake(srv.clone(), cli, "127.0.0.1").await.unwrap();
+        assert_eq!(outcome.server_chain, parse_certificates(&rsa.chain_pem).unwrap());
+        assert_eq!(outcome.suite, Some(suite));
+    }
+}
+
+#[tokio::test]
+async fn a_client_without_ecdsa_cannot_use_an_ecdsa_only_listener() {
+    // What devices without ECDSA met before the listeners had an RSA certificate: no suite and
+    // signature scheme in common.
+    let s = server();
+    let srv = server_config(&s.chain_pem, &s.key_pem, true).unwrap();
+    let cli = client_config_without_ecdsa(&s.ca.cert_pem(), &[&rustls::version::TLS12]).unwrap();
+    let err = handshake(srv, cli, "dps.example.test").await.unwrap_err();
+    assert!(
+        matches!(rustls_error(&err), Some(rustls::Error::PeerIncompatible(_))),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_rsa_leaf_needs_an_rsa_root() {
+    // Why the RSA certificate has a root of its own (decision 0018): a client without ECDSA
+    // negotiates with an RSA leaf signed by the ECDSA root, then cannot verify that signature.
+    let ca = LocalCa::generate("dps local CA").unwrap();
+    let leaf = ca
+        .issue_server_certificate_with(&HOSTS.map(String::from), KeyAlgorithm::Rsa2048)
+        .unwrap();
+    let srv = server_config(&format!("{}{}", leaf.cert_pem, ca.cert_pem()), &leaf.key_pem, false).unwrap();
+    let cli = client_config_without_ecdsa(&ca.cert_pem(), &[&rustls::version::TLS12]).unwrap();
+    let err = handshake(srv.clone(), cli, "dps.example.test").await.unwrap_err();
+    // The client finds the leaf signed with an algorithm it does not support and tells the server
+    // with a decrypt_error alert. (mbedTLS without ECDSA fails earlier: its ECDSA signature OIDs
+    // are compiled out, so it cannot even parse the leaf.)
+    assert!(
+        matches!(
+            rustls_error(&err),
+            Some(rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError))
+        ),
+        "{err:?}"
+    );
+    // A client that verifies ECDSA accepts the same chain.
+    let full = client_for_version(&ca, &rustls::version::TLS12, None);
+    handshake(srv, full, "dps.example.test").await.unwrap();
+}
+
+#[test]
+fn a_listener_needs_a_certificate() {
+    assert!(matches!(
+        server_config_for(&[], false),
+        Err(dps_pki::PkiError::NoServerCertificate)
+    ));
 }

@@ -18,6 +18,7 @@ pub mod http;
 mod listener;
 mod log_limit;
 pub mod mqtt;
+mod tls;
 pub mod ws;
 
 use std::sync::Arc;

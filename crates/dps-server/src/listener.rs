@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::conn_limit::{ConnectionLimits, ConnectionPermit};
 use crate::datadir::DataDir;
 use crate::log_limit::{LogLimiter, LOG_PERIOD};
+use crate::tls::ListenerTls;
 use crate::{ServerConfig, Services};
 
 /// How long a client has to finish the TLS handshake. Every SDK finishes in one or two round
@@ -100,39 +101,20 @@ impl RunningServer {
     }
 }
 
-fn read_tls_file(flag: &'static str, path: &std::path::Path) -> Result<String, StartError> {
-    std::fs::read_to_string(path).map_err(|source| StartError::TlsFile {
-        flag,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// Initializes (or reuses) the data directory and starts listening.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     config.limits.validate().map_err(StartError::Config)?;
     let dir = DataDir::new(&config.data_dir);
     let (identity, initialized) = dir.init_identity(&config.default_hub_host(), config.hub_hostname.as_deref())?;
-    let (chain, key) = match (&config.tls_cert, &config.tls_key) {
-        (Some(c), Some(k)) => (read_tls_file("--tls-cert", c)?, read_tls_file("--tls-key", k)?),
-        (None, None) => {
-            let ca = dir.init_ca()?;
-            let mut names = config.hostnames.clone();
-            if !names.iter().any(|n| n.eq_ignore_ascii_case(&identity.hub.host_name)) {
-                names.push(identity.hub.host_name.clone());
-            }
-            dir.init_server_cert(&ca, &names)?
-        }
-        _ => return Err(StartError::TlsPair),
+    let tls = {
+        let (config, dir, identity) = (config.clone(), dir.clone(), identity.clone());
+        tokio::task::spawn_blocking(move || ListenerTls::load(&config, &dir, &identity))
+            .await
+            .expect("loading the TLS certificates does not panic")?
     };
-    let tls = dps_pki::tls::server_config(&chain, &key, true).map_err(StartError::Tls)?;
-    // MQTT and AMQP clients may offer ALPN values of their own ("mqtt", "x-amzn-mqtt-ca",
-    // "amqp"); with no ALPN configured rustls ignores them instead of refusing the handshake.
-    let mut no_alpn_tls = (*tls).clone();
-    no_alpn_tls.alpn_protocols.clear();
-    let mqtt_acceptor = TlsAcceptor::from(Arc::new(no_alpn_tls));
+    let mqtt_acceptor = tls.without_alpn();
     let amqp_acceptor = mqtt_acceptor.clone();
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = tls.https();
 
     let store = dps_store::SqliteStore::open(&dir.store_path())?;
     let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path())?;

@@ -265,7 +265,8 @@ async fn refused_upgrades_are_400s_and_http_keeps_working() {
         }
         other => panic!("expected a 400, got {other:?}"),
     }
-    match tokio_tungstenite::client_async(upgrade_request(&s, Some("AMQPWSB10")), tls(&s, None).await).await {
+    // A subprotocol served neither as MQTT nor as AMQP (`AMQPWSB10` is served: tests/amqp.rs).
+    match tokio_tungstenite::client_async(upgrade_request(&s, Some("stomp")), tls(&s, None).await).await {
         Err(WsError::Http(resp)) => assert_eq!(resp.status(), 400),
         other => panic!("expected a 400, got {other:?}"),
     }

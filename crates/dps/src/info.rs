@@ -34,6 +34,10 @@ pub struct Info {
     pub hub_host_name: String,
     pub hub_connection_string: String,
     pub ca_certificate_path: Option<String>,
+    /// The local RSA root. The server presents an RSA certificate chained to it to clients that
+    /// offer only RSA signatures (device TLS stacks built without ECDSA), and the P-256 one
+    /// chained to `caCertificatePath` to everyone else; such devices trust this file instead.
+    pub rsa_ca_certificate_path: Option<String>,
     pub data_dir: String,
 }
 
@@ -41,7 +45,7 @@ impl Info {
     fn build(dir: &DataDir, id: &Identity, provisioning_host: &str) -> Self {
         let owner = &id.policies[0];
         let hub_owner = &id.hub.policies[0];
-        let ca = dir.ca_cert_path();
+        let (ca, rsa_ca) = (dir.ca_cert_path(), dir.rsa_ca_cert_path());
         Info {
             id_scope: id.id_scope.clone(),
             provisioning_host: provisioning_host.to_string(),
@@ -59,8 +63,19 @@ impl Info {
             )
             .to_string(),
             ca_certificate_path: ca.exists().then(|| absolute(&ca)),
+            rsa_ca_certificate_path: rsa_ca.exists().then(|| absolute(&rsa_ca)),
             data_dir: absolute(dir.root()),
         }
+    }
+
+    /// What clients trust, for people: the CA file, and the RSA one for TLS stacks without
+    /// ECDSA when there is one. `None` when the data directory has no CA (a brought certificate).
+    pub fn trust(&self) -> Option<String> {
+        let ca = self.ca_certificate_path.as_deref()?;
+        Some(match &self.rsa_ca_certificate_path {
+            Some(rsa) => format!("{ca} ({rsa} for TLS stacks without ECDSA)"),
+            None => ca.to_string(),
+        })
     }
 
     /// From a running server.
@@ -91,10 +106,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         println!("ID scope            {}", info.id_scope);
         println!("provisioning host   {}", info.provisioning_host);
         println!("IoT hub             {}", info.hub_host_name);
-        println!(
-            "trust this CA       {}",
-            info.ca_certificate_path.as_deref().unwrap_or("-")
-        );
+        println!("trust this CA       {}", info.trust().as_deref().unwrap_or("-"));
         println!("service connection  {}", info.service_connection_string);
         println!("hub connection      {}", info.hub_connection_string);
     }

@@ -180,7 +180,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         server.mqtt_addr,
         server.https_addr,
         info.hub_host_name,
-        info.ca_certificate_path.as_deref().unwrap_or("(your --tls-cert issuer)"),
+        info.trust().as_deref().unwrap_or("(your --tls-cert issuer)"),
         info.service_connection_string,
         info.hub_connection_string,
         config.data_dir.display(),

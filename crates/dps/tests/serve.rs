@@ -90,6 +90,7 @@ fn config_file_env_and_flags_with_precedence_and_restart() {
     assert_eq!(first["provisioningHost"], "127.0.0.67");
     assert_eq!(first["hubHostName"], "hub.example.test");
     assert!(first["idScope"].as_str().unwrap().starts_with("0ne"));
+    assert!(first["rsaCaCertificatePath"].as_str().unwrap().ends_with("ca-rsa.pem"));
     let chain = std::fs::read_to_string(data.join("server.pem")).unwrap();
     let names: Vec<String> = ["127.0.0.67", "dps.example.test", "hub.example.test"]
         .map(String::from)

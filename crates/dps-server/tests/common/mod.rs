@@ -103,8 +103,11 @@ pub struct RawMqtt {
 impl RawMqtt {
     /// Connects (TLS, trusting the server's CA) to `s`'s MQTT port.
     pub async fn open(s: &RunningServer) -> Self {
-        let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
-        let config = dps_pki::tls::client_config(&ca).unwrap();
+        Self::open_with(s, trusting_local_ca(s)).await
+    }
+
+    /// Connects to `s`'s MQTT port with the TLS client `config`.
+    pub async fn open_with(s: &RunningServer, config: Arc<rustls::ClientConfig>) -> Self {
         let tcp = tokio::net::TcpStream::connect(s.mqtt_addr).await.unwrap();
         let name = rustls::pki_types::ServerName::IpAddress(s.mqtt_addr.ip().into());
         let io = tokio_rustls::TlsConnector::from(config)
@@ -183,12 +186,28 @@ pub fn connect_packet(
     rumqttc::mqttbytes::v4::Packet::Connect(c)
 }
 
+/// A TLS client trusting the server's (P-256) local CA, as the SDKs are set up.
+pub fn trusting_local_ca(s: &RunningServer) -> Arc<rustls::ClientConfig> {
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    dps_pki::tls::client_config(&ca).unwrap()
+}
+
 /// Registers `reg` over raw MQTT with `password` (register, then poll) and returns the final
 /// operation status; panics if any step fails.
 pub async fn register_raw(s: &RunningServer, reg: &str, password: &str) -> serde_json::Value {
+    register_raw_with(s, trusting_local_ca(s), reg, password).await
+}
+
+/// [`register_raw`] over a connection made with the TLS client `tls`.
+pub async fn register_raw_with(
+    s: &RunningServer,
+    tls: Arc<rustls::ClientConfig>,
+    reg: &str,
+    password: &str,
+) -> serde_json::Value {
     use rumqttc::mqttbytes::v4::{Packet, Publish, Subscribe};
     use rumqttc::mqttbytes::QoS;
-    let mut c = RawMqtt::open(s).await;
+    let mut c = RawMqtt::open_with(s, tls).await;
     c.send_packet(&connect_packet(reg, &dps_user(s, reg), password, 60))
         .await;
     match c.packet().await {
@@ -386,9 +405,20 @@ pub async fn https(
     auth: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> HttpReply {
+    https_with(s, trusting_local_ca(s), method, path, auth, body).await
+}
+
+/// [`https`] over a connection made with the TLS client `tls`.
+pub async fn https_with(
+    s: &RunningServer,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> HttpReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
-    let tls = tokio_rustls::TlsConnector::from(dps_pki::tls::client_config(&ca).unwrap());
+    let tls = tokio_rustls::TlsConnector::from(tls);
     let host = s.https_addr.ip().to_string();
     let tcp = tokio::net::TcpStream::connect(s.https_addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(host.clone()).unwrap();
