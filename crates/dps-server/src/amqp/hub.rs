@@ -508,7 +508,7 @@ fn uuid_text(bytes: &[u8; 16]) -> String {
 
 /// A twin request: the annotations `operation` and `resource` say which.
 async fn twin_request(
-    device: &HubDevice,
+    device: &Arc<HubDevice>,
     now: chrono::DateTime<chrono::Utc>,
     msg: &Incoming,
     body: &[u8],
@@ -583,7 +583,7 @@ fn acknowledgement(rid: String, status: u16) -> Outbound {
 }
 
 /// Frames a hub message for its link and sends it.
-async fn deliver(device: &HubDevice, out: Outbound) {
+async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
     let (link, msg) = match out.kind {
         OutboundKind::TwinResponse { rid, status, version } => {
             let mut annotations =
@@ -628,9 +628,10 @@ async fn deliver(device: &HubDevice, out: Outbound) {
     }
 }
 
-/// Sends a cloud-to-device message and settles it by the device's outcome, without holding up
-/// the device's other messages while it decides.
-async fn deliver_c2d(device: &HubDevice, properties: Vec<(String, String)>, payload: Bytes) {
+/// Sends a cloud-to-device message and settles it by the device's outcome, in a task of its own:
+/// the device may take its time to complete a message, and its other messages (methods, twin)
+/// must not wait for that.
+async fn deliver_c2d(device: &Arc<HubDevice>, properties: Vec<(String, String)>, payload: Bytes) {
     let Some(sender) = device.link(LinkKind::C2d) else {
         device.session.disable(Feed::C2d);
         device.session.abandon_c2d(properties, payload);
@@ -655,11 +656,11 @@ async fn deliver_c2d(device: &HubDevice, properties: Vec<(String, String)>, payl
         .application_properties(app.build())
         .data(Binary::from(payload.to_vec()))
         .build();
-    let outcome = {
+    let sent = {
         let mut s = sender.lock().await;
         tokio::time::timeout(SEND_TIMEOUT, s.send_batchable(msg)).await
     };
-    let fut: DeliveryFut<Result<Outcome, SendError>> = match outcome {
+    let fut: DeliveryFut<Result<Outcome, SendError>> = match sent {
         Ok(Ok(f)) => f,
         _ => {
             // The link is gone or stalled: the message goes back to the queue for the next one.
@@ -668,15 +669,19 @@ async fn deliver_c2d(device: &HubDevice, properties: Vec<(String, String)>, payl
             return;
         }
     };
-    let session = &device.session;
-    match fut.await {
-        Ok(Outcome::Accepted(_)) | Ok(Outcome::Rejected(_)) => {}
-        Ok(Outcome::Released(_)) | Ok(Outcome::Modified(_)) => session.abandon_c2d(properties, payload),
-        Err(e) => {
-            tracing::debug!(error = %e, "cloud-to-device message not settled");
-            session.abandon_c2d(properties, payload);
+    let device = device.clone();
+    tokio::spawn(async move {
+        match fut.await {
+            // Complete, or reject (IoT Hub dead-letters it): done with.
+            Ok(Outcome::Accepted(_)) | Ok(Outcome::Rejected(_)) => {}
+            // Abandon: delivered again.
+            Ok(Outcome::Released(_)) | Ok(Outcome::Modified(_)) => device.session.abandon_c2d(properties, payload),
+            Err(e) => {
+                tracing::debug!(error = %e, "cloud-to-device message not settled");
+                device.session.abandon_c2d(properties, payload);
+            }
         }
-    }
+    });
 }
 
 /// Sends a message whose outcome does not matter (answers, notifications), not waiting for the

@@ -109,16 +109,30 @@ pub(crate) fn acceptor(max_message_size: usize) -> Acceptor {
         .build()
 }
 
-/// Accepts the attach and detaches at once with the refusal's error (AMQP 1.0 §2.6.3: a link is
-/// refused by attaching with no terminus and detaching, or as here by attaching and closing with
-/// the error, which every SDK reports as the attach failing).
-pub(crate) async fn refuse(session: &mut ListenerSessionHandle, attach: Attach, why: Refusal) {
+/// Refuses a link as AMQP 1.0 §2.6.3 says: the answering attach carries no terminus (so the
+/// client's attach fails), and a detach with the refusal's error follows (which every SDK
+/// reports). fe2o3's acceptor answers with no terminus only for a dynamic one it declines, so
+/// the client's terminus is marked dynamic before it is answered.
+pub(crate) async fn refuse(session: &mut ListenerSessionHandle, mut attach: Attach, why: Refusal) {
     tracing::info!(link = ?attach.name, reason = ?why, "AMQP link refused");
+    match attach.role {
+        Role::Sender => match attach.target.as_deref_mut() {
+            Some(fe2o3_amqp::types::messaging::TargetArchetype::Target(t)) => t.dynamic = true,
+            #[allow(unreachable_patterns)]
+            _ => {}
+        },
+        Role::Receiver => {
+            if let Some(s) = attach.source.as_deref_mut() {
+                s.dynamic = true;
+            }
+        }
+    }
     let error = why.error();
     match LinkAcceptor::new().accept_incoming_attach(attach, session).await {
         Ok(LinkEndpoint::Sender(s)) => close_sender(s, Some(error)).await,
         Ok(LinkEndpoint::Receiver(r)) => close_receiver(r, Some(error)).await,
-        Err(e) => tracing::debug!(error = %e, "refused AMQP link did not attach"),
+        // The acceptor detaches by itself when it cannot complete the link.
+        Err(e) => tracing::debug!(error = %e, "refused AMQP link detached"),
     }
 }
 

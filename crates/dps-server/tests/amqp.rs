@@ -1,0 +1,392 @@
+//! The AMQP listener (5671) against what a client may get wrong or do on purpose: malformed
+//! protocol headers and frames, unknown SASL mechanisms, links to another device's addresses,
+//! oversized messages — each gets a clear AMQP answer or a close, nothing is stored, and the
+//! next client is served — and cloud-to-device settlement (complete, reject, abandon). The
+//! official SDKs' happy paths are in tests/interop/test_node_amqp.py.
+//!
+//! Servers bind 127.0.39.x.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{enroll, server, trusting_local_ca, KEY, MAX_MESSAGE_BYTES};
+use dps_proto::sas::build_token;
+use dps_server::RunningServer;
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, Outcome, Properties};
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+const SASL_HEADER: &[u8; 8] = b"AMQP\x03\x01\x00\x00";
+
+async fn tls(s: &RunningServer) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(s.amqp_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(s.amqp_addr.ip().to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(trusting_local_ca(s))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or 5 s pass): what it sent.
+async fn read_to_close(io: &mut TlsStream<TcpStream>) -> Vec<u8> {
+    read_to_close_within(io, Duration::from_secs(5), "").await
+}
+
+async fn read_to_close_within(io: &mut TlsStream<TcpStream>, limit: Duration, what: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, io.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| panic!("the server closes the connection ({what})"));
+    out
+}
+
+/// An AMQP connection with SASL `profile` (none: the AMQP header directly).
+async fn open(s: &RunningServer, profile: Option<SaslProfile>) -> Result<ConnectionHandle<()>, String> {
+    let mut b = Connection::builder()
+        .container_id("test")
+        .hostname(s.services.identity.hub.host_name.as_str());
+    if let Some(p) = profile {
+        b = b.sasl_profile(p);
+    }
+    b.open_with_stream(tls(s).await).await.map_err(|e| e.to_string())
+}
+
+fn plain(user: String, password: String) -> Option<SaslProfile> {
+    Some(SaslProfile::Plain {
+        username: user,
+        password,
+    })
+}
+
+fn device_sas(s: &RunningServer, device: &str) -> String {
+    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    let audience = format!("{}/devices/{device}", s.services.identity.hub.host_name);
+    build_token(&audience, KEY, expiry, None).unwrap()
+}
+
+/// Provisions `reg` (enrolled with [`KEY`]) into the hub through the engine, as any transport would.
+async fn provision(s: &RunningServer, reg: &str) {
+    enroll(s, reg, KEY).await;
+    let out = common::register_raw(s, reg, &common::dps_sas(s, reg, KEY)).await;
+    assert_eq!(out["status"], "assigned", "{out}");
+}
+
+/// Puts a SAS token for `device` on `$cbs`; the reply's `status-code`.
+async fn put_token(session: &mut SessionHandle<()>, s: &RunningServer, device: &str, token: String) -> i32 {
+    let mut sender = Sender::attach(session, "cbs-out", "$cbs").await.unwrap();
+    let mut receiver = Receiver::attach(session, "cbs-in", "$cbs").await.unwrap();
+    let app = ApplicationProperties::builder()
+        .insert("operation", "put-token")
+        .insert("type", "servicebus.windows.net:sastoken")
+        .insert(
+            "name",
+            format!("{}/devices/{device}", s.services.identity.hub.host_name),
+        )
+        .build();
+    let msg = Message::builder()
+        .properties(
+            Properties::builder()
+                .message_id(String::from("1"))
+                .reply_to("cbs")
+                .build(),
+        )
+        .application_properties(app)
+        .value(Value::String(token))
+        .build();
+    let outcome = sender.send(msg).await.unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let reply = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap();
+    receiver.accept(&reply).await.unwrap();
+    let reply = reply.message();
+    assert_eq!(
+        reply.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+        Some(String::from("1").into()),
+        "the reply correlates with the request's message id"
+    );
+    match reply.application_properties.as_ref().unwrap().0.get("status-code") {
+        Some(fe2o3_amqp::types::primitives::SimpleValue::Int(code)) => *code,
+        other => panic!("status-code must be an int, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_protocol_header_is_answered_with_amqps_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.1", dir.path()).await;
+    let mut io = tls(&s).await;
+    io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut io).await;
+    assert_eq!(
+        answer, SASL_HEADER,
+        "the header the server speaks, then close (AMQP 1.0 §2.2)"
+    );
+    // The listener goes on serving.
+    assert!(open(&s, Some(SaslProfile::Anonymous)).await.is_ok());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_sasl_mechanism_gets_the_auth_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.2", dir.path()).await;
+    let mut io = tls(&s).await;
+    io.write_all(SASL_HEADER).await.unwrap();
+    // sasl-init (0x41) with mechanism "KERBEROS": list of one symbol.
+    let mut body = vec![0x00, 0x53, 0x41, 0xc0, 0x0b, 0x01, 0xa3, 0x08];
+    body.extend_from_slice(b"KERBEROS");
+    let mut frame = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0x02, 0x01, 0x00, 0x00]);
+    frame.extend_from_slice(&body);
+    io.write_all(&frame).await.unwrap();
+    let answer = read_to_close(&mut io).await;
+    assert_eq!(&answer[..8], SASL_HEADER);
+    // Then the mechanisms frame, then the outcome: descriptor 0x44 with code 1 (auth).
+    let outcome = answer
+        .windows(3)
+        .position(|w| w == [0x00, 0x53, 0x44])
+        .expect("a sasl-outcome frame");
+    let code = answer[outcome + 3..].iter().skip_while(|b| **b != 0x50).nth(1).copied();
+    assert_eq!(code, Some(1), "sasl-outcome code auth: {answer:02x?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_close_the_connection_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.3", dir.path()).await;
+
+    // A SASL frame claiming 4 GiB: closed before anything is buffered.
+    let mut io = tls(&s).await;
+    io.write_all(SASL_HEADER).await.unwrap();
+    io.write_all(&[0xff, 0xff, 0xff, 0xff, 0x02, 0x01, 0, 0]).await.unwrap();
+    read_to_close_within(&mut io, Duration::from_secs(5), "4 GiB SASL frame").await;
+
+    // A SASL frame whose body is not a SASL performative.
+    let mut io = tls(&s).await;
+    io.write_all(SASL_HEADER).await.unwrap();
+    io.write_all(&[0, 0, 0, 12, 0x02, 0x01, 0, 0, 0xde, 0xad, 0xbe, 0xef])
+        .await
+        .unwrap();
+    read_to_close_within(&mut io, Duration::from_secs(5), "garbage SASL frame").await;
+
+    // After the AMQP header, a frame of garbage where the open should be.
+    let mut io = tls(&s).await;
+    io.write_all(b"AMQP\x00\x01\x00\x00").await.unwrap();
+    io.write_all(&[0, 0, 0, 16, 0x02, 0x00, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    // fe2o3 answers with a close and waits for the client's close, which this one never sends:
+    // the server's open deadline (10 s) ends the connection.
+    let answer = read_to_close_within(&mut io, Duration::from_secs(15), "garbage open frame").await;
+    assert!(
+        answer.windows(3).any(|w| w == [0x00, 0x53, 0x18]),
+        "a close frame: {answer:02x?}"
+    );
+
+    assert!(open(&s, Some(SaslProfile::Anonymous)).await.is_ok());
+    assert_eq!(
+        s.services.hub.statistics().await.unwrap().total_device_count,
+        0,
+        "nothing was stored"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_registration_sas_is_refused_in_sasl() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.4", dir.path()).await;
+    let user = format!("{}/registrations/dev-1", s.services.identity.id_scope);
+    let wrong = common::dps_sas(&s, "dev-1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let err = open(&s, plain(user.clone(), wrong)).await.unwrap_err();
+    assert!(err.to_lowercase().contains("sasl") || err.contains("Auth"), "{err}");
+    // The right one opens.
+    assert!(open(&s, plain(user, common::dps_sas(&s, "dev-1", KEY))).await.is_ok());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dps_connection_attaches_only_its_own_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.5", dir.path()).await;
+    enroll(&s, "dev-2", KEY).await;
+    let scope = s.services.identity.id_scope.clone();
+    let mut c = open(
+        &s,
+        plain(
+            format!("{scope}/registrations/dev-1"),
+            common::dps_sas(&s, "dev-1", KEY),
+        ),
+    )
+    .await
+    .unwrap();
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert!(
+        Sender::attach(&mut session, "own", format!("{scope}/registrations/dev-1"))
+            .await
+            .is_ok()
+    );
+    let other = Sender::attach(&mut session, "other", format!("{scope}/registrations/dev-2")).await;
+    let err = format!("{:?}", other.err().expect("another registration's node is refused"));
+    assert!(
+        err.contains("UnauthorizedAccess") || err.contains("unauthorized"),
+        "{err}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn hub_links_need_the_devices_own_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.6", dir.path()).await;
+    provision(&s, "hub-a").await;
+    provision(&s, "hub-b").await;
+    let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+    let mut session = Session::begin(&mut c).await.unwrap();
+
+    // No token put yet: refused.
+    let refused = Sender::attach(&mut session, "t0", "/devices/hub-a/messages/events").await;
+    assert!(refused.is_err(), "a link without a credential is refused");
+    let mut session = Session::begin(&mut c).await.unwrap();
+
+    // A token signed with the wrong key: 401 on $cbs.
+    let wrong = {
+        let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+        let audience = format!("{}/devices/hub-a", s.services.identity.hub.host_name);
+        build_token(&audience, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", expiry, None).unwrap()
+    };
+    assert_eq!(put_token(&mut session, &s, "hub-a", wrong).await, 401);
+
+    // hub-a's own token: 200, and hub-a's links attach — but not hub-b's.
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(put_token(&mut session, &s, "hub-a", device_sas(&s, "hub-a")).await, 200);
+    assert!(Sender::attach(&mut session, "t1", "/devices/hub-a/messages/events")
+        .await
+        .is_ok());
+    let other = Sender::attach(&mut session, "t2", "/devices/hub-b/messages/events").await;
+    let err = format!("{:?}", other.err().expect("another device's address is refused"));
+    assert!(
+        err.contains("UnauthorizedAccess") || err.contains("unauthorized"),
+        "{err}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_telemetry_is_rejected_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.7", dir.path()).await;
+    provision(&s, "hub-a").await;
+    let mut events = s.services.hub.subscribe_events();
+    let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(put_token(&mut session, &s, "hub-a", device_sas(&s, "hub-a")).await, 200);
+    let mut sender = Sender::attach(&mut session, "t", "/devices/hub-a/messages/events")
+        .await
+        .unwrap();
+
+    let big = Message::builder()
+        .data(fe2o3_amqp::types::primitives::Binary::from(vec![
+            b'x';
+            MAX_MESSAGE_BYTES + 1
+        ]))
+        .build();
+    match sender.send(big).await {
+        Ok(Outcome::Rejected(r)) => {
+            let e = r.error.expect("the rejection says why");
+            assert!(
+                e.description.unwrap_or_default().contains("exceeds"),
+                "{:?}",
+                e.condition
+            );
+        }
+        // fe2o3 may refuse to send past the link's announced max-message-size itself.
+        Err(e) => assert!(format!("{e:?}").contains("MessageSize"), "{e:?}"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let ok = Message::builder()
+        .application_properties(ApplicationProperties::builder().insert("k", "v").build())
+        .data(fe2o3_amqp::types::primitives::Binary::from(br#"{"n":1}"#.to_vec()))
+        .build();
+    assert!(matches!(sender.send(ok).await.unwrap(), Outcome::Accepted(_)));
+    common::expect_telemetry(&mut events, "hub-a", serde_json::json!({"n": 1})).await;
+    assert!(
+        events.try_recv().is_err(),
+        "only the message within the limit was stored"
+    );
+    s.shutdown().await;
+}
+
+async fn recv(rx: &mut Receiver) -> fe2o3_amqp::Delivery<Body<Value>> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv::<Body<Value>>())
+        .await
+        .expect("a message")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cloud_to_device_messages_settle_as_complete_reject_and_abandon() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.8", dir.path()).await;
+    provision(&s, "hub-a").await;
+    let hub = s.services.hub.clone();
+    let send = |body: &'static str| {
+        let hub = hub.clone();
+        async move {
+            hub.send_c2d("hub-a", body.as_bytes().to_vec(), vec![("k".into(), "v".into())])
+                .await
+                .unwrap()
+        }
+    };
+    // Queued while the device is offline.
+    send("one").await;
+    send("two").await;
+
+    let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(put_token(&mut session, &s, "hub-a", device_sas(&s, "hub-a")).await, 200);
+    let mut rx = Receiver::attach(&mut session, "c2d", "/devices/hub-a/messages/devicebound")
+        .await
+        .unwrap();
+    let body = |d: &fe2o3_amqp::Delivery<Body<Value>>| match &d.message().body {
+        Body::Data(b) => String::from_utf8(b.iter().flat_map(|d| d.0.to_vec()).collect()).unwrap(),
+        other => panic!("C2D bodies are data sections, got {other:?}"),
+    };
+
+    // Abandon (released): the same message comes again.
+    let first = recv(&mut rx).await;
+    assert_eq!(body(&first), "one");
+    let p = first.message().properties.clone().unwrap();
+    assert!(p.message_id.is_some(), "a message id");
+    assert_eq!(p.to.as_deref(), Some("/devices/hub-a/messages/deviceBound"));
+    let app = first.message().application_properties.clone().unwrap();
+    assert_eq!(app.0.get("k"), Some(&"v".to_string().into()));
+    rx.release(&first).await.unwrap();
+    // "two" may already be on its way: the abandoned "one" comes back after it.
+    let mut next = [recv(&mut rx).await, recv(&mut rx).await];
+    next.sort_by_key(|d| body(d));
+    assert_eq!(
+        [body(&next[0]), body(&next[1])],
+        ["one", "two"],
+        "an abandoned message is delivered again"
+    );
+    // Complete (accepted) and reject: both are gone for good.
+    rx.accept(&next[0]).await.unwrap();
+    rx.reject(&next[1], None).await.unwrap();
+    let nothing = tokio::time::timeout(Duration::from_millis(500), rx.recv::<Body<Value>>()).await;
+    assert!(nothing.is_err(), "completed and rejected messages are not redelivered");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let view = hub.get_device("hub-a").await.unwrap();
+    assert_eq!(view.cloud_to_device_message_count, 0, "{view:?}");
+    s.shutdown().await;
+}
