@@ -116,11 +116,11 @@ pub(crate) fn acceptor(max_message_size: usize) -> Acceptor {
 pub(crate) async fn refuse(session: &mut ListenerSessionHandle, mut attach: Attach, why: Refusal) {
     tracing::info!(link = ?attach.name, reason = ?why, "AMQP link refused");
     match attach.role {
-        Role::Sender => match attach.target.as_deref_mut() {
-            Some(fe2o3_amqp::types::messaging::TargetArchetype::Target(t)) => t.dynamic = true,
-            #[allow(unreachable_patterns)]
-            _ => {}
-        },
+        Role::Sender => {
+            if let Some(fe2o3_amqp::types::messaging::TargetArchetype::Target(t)) = attach.target.as_deref_mut() {
+                t.dynamic = true;
+            }
+        }
         Role::Receiver => {
             if let Some(s) = attach.source.as_deref_mut() {
                 s.dynamic = true;
