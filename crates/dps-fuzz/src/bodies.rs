@@ -202,7 +202,7 @@ fn not_a_storage_error(e: &RegistryError, what: &str) {
 }
 
 /// A device in the hub with SAS keys, and its MQTT session's identity.
-async fn hub_device(hub: &Hub) -> Device {
+pub(crate) async fn hub_device(hub: &Hub) -> Device {
     hub.put_device(
         Device {
             device_id: DEVICE.into(),

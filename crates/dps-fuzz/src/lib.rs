@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod amqp;
 mod bodies;
 mod json;
 mod mqtt;
@@ -21,6 +22,7 @@ mod pki;
 mod support;
 mod text;
 
+pub use amqp::amqp_connection;
 pub use bodies::{hub_body, registration_body, service_body};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
 pub use pki::{tpm_public, x509_certificate};
@@ -45,4 +47,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hub_body", hub_body),
     ("x509_certificate", x509_certificate),
     ("tpm_public", tpm_public),
+    ("amqp_connection", amqp_connection),
 ];

@@ -11,21 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::support::{block_on, ReplayStream, DEVICE};
+use crate::support::{block_on, chunk_of, ReplayStream, DEVICE};
 
 /// The packet size limit `dps serve` applies with its default configuration.
 fn max_packet() -> usize {
     dps_server::mqtt::max_packet_bytes(&dps_server::ServerConfig::defaults())
-}
-
-/// How a read hands the parser its bytes, from the first input byte: its low six bits give the
-/// chunk size (so the fuzzer explores packets split at every point), its top bit whether the
-/// stream is read as a connection's start (see [`drain`]).
-fn chunk_of(data: &[u8]) -> (usize, bool, &[u8]) {
-    match data.split_first() {
-        Some((c, rest)) => (usize::from(*c) % 64 + 1, c & 0x80 != 0, rest),
-        None => (1, false, data),
-    }
 }
 
 /// Reads packets as the server does until the stream ends or fails, checking each. With

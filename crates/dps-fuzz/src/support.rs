@@ -114,3 +114,13 @@ pub(crate) fn engine(hub: &Hub) -> Engine {
         Arc::new(hub.clone()),
     )
 }
+
+/// How a read hands the parser its bytes, from the first input byte: its low six bits give the
+/// chunk size (so the fuzzer explores packets split at every point), its top bit a flag for the
+/// target (the MQTT targets: whether the stream is read as a connection's start).
+pub(crate) fn chunk_of(data: &[u8]) -> (usize, bool, &[u8]) {
+    match data.split_first() {
+        Some((c, rest)) => (usize::from(*c) % 64 + 1, c & 0x80 != 0, rest),
+        None => (1, false, data),
+    }
+}

@@ -1,0 +1,320 @@
+//! AMQP from a client, as port 5671 (and the `AMQPWSB10` WebSocket tunnel) reads it: the
+//! server's SASL layer (PLAIN, TPM, ANONYMOUS...), fe2o3-amqp's framing, open, sessions and
+//! links, and the DPS and hub handlers behind them, all in one connection over an in-memory
+//! stream against an in-memory engine and hub with one enrolled and provisioned device.
+//!
+//! Time is paused, so every deadline (open, link detach, sends) fires as soon as the connection
+//! is idle: an input runs in microseconds whatever it leaves waiting. A fresh runtime per input
+//! drops whatever tasks the connection spawned.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use dps_core::auth::PolicyAuthorizer;
+use dps_core::FakeClock;
+use dps_datadir::{HubIdentity, Identity};
+use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, SymmetricKeyAttestation};
+use dps_server::{ServerConfig, Services};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::bodies::hub_device;
+use crate::support::{chunk_of, engine, hub, now, DEVICE, HUB_HOST, ID_SCOPE, KEY};
+
+/// One client connection's bytes (after TLS) into the AMQP adapter. Nothing may panic, and the
+/// only device in the hub stays the fixture's: no input makes the server create another.
+pub fn amqp_connection(data: &[u8]) {
+    let (chunk, _, data) = chunk_of(data);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let services = services().await;
+        let stream = OwnedReplay {
+            data: data.to_vec(),
+            pos: 0,
+            chunk,
+        };
+        dps_server::amqp::serve_connection(stream, services.clone(), Vec::new()).await;
+        let devices = services
+            .hub
+            .statistics()
+            .await
+            .expect("in-memory statistics")
+            .total_device_count;
+        assert!(devices <= 1, "a connection created hub devices: {devices}");
+    });
+}
+
+/// The server's shared state over the in-memory engine and hub: `DEVICE` enrolled with `KEY`
+/// and present in the hub with `KEY`, so seeds with valid tokens reach the links.
+async fn services() -> Arc<Services> {
+    let hub = hub();
+    let engine = engine(&hub);
+    let enrollment = IndividualEnrollment {
+        registration_id: DEVICE.into(),
+        attestation: AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            symmetric_key: Some(SymmetricKeyAttestation {
+                primary_key: Some(KEY.into()),
+                secondary_key: Some(KEY.into()),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    engine
+        .put_enrollment(now(), DEVICE, enrollment, None)
+        .await
+        .expect("the fixture enrollment is valid");
+    hub_device(&hub).await;
+    let mut config = ServerConfig::defaults();
+    config.max_message_bytes = 4096;
+    Arc::new(Services {
+        engine: Arc::new(engine),
+        hub,
+        dps_auth: PolicyAuthorizer::new(Vec::new()),
+        hub_auth: PolicyAuthorizer::new(Vec::new()),
+        identity: Identity {
+            id_scope: ID_SCOPE.into(),
+            policies: Vec::new(),
+            hub: HubIdentity {
+                host_name: HUB_HOST.into(),
+                policies: Vec::new(),
+            },
+        },
+        config,
+        clock: Arc::new(FakeClock::at(now())),
+    })
+}
+
+/// [`crate::support::ReplayStream`] owning its bytes: the AMQP adapter's tasks outlive any borrow.
+#[derive(Debug)]
+struct OwnedReplay {
+    data: Vec<u8>,
+    pos: usize,
+    chunk: usize,
+}
+
+impl AsyncRead for OwnedReplay {
+    fn poll_read(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let n = (this.data.len() - this.pos).min(this.chunk).min(buf.remaining());
+        buf.put_slice(&this.data[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for OwnedReplay {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes the seed corpus of `amqp_connection`: what real AMQP clients (fe2o3-amqp's, as the
+/// SDKs speak it) send on a connection that provisions `DEVICE` over PLAIN, and one that puts a
+/// CBS token and uses the hub's links. Run by hand when the protocol handling changes:
+/// `cargo test -p dps-fuzz --lib amqp::seeds -- --ignored`.
+#[cfg(test)]
+mod seeds {
+    use std::sync::Mutex;
+
+    use dps_proto::sas;
+    use fe2o3_amqp::sasl_profile::SaslProfile;
+    use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageAnnotations, Properties};
+    use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+    use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+
+    use super::*;
+    use crate::support::now_unix;
+
+    /// The client half of a duplex, recording what the client writes.
+    #[derive(Debug)]
+    struct Recording {
+        inner: tokio::io::DuplexStream,
+        sent: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Recording {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+            self.sent.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    async fn record<F, Fut>(name: &str, profile: SaslProfile, client: F)
+    where
+        F: FnOnce(fe2o3_amqp::connection::ConnectionHandle<()>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let services = services().await;
+        let server = tokio::spawn(dps_server::amqp::serve_connection(b, services, Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let stream = Recording {
+            inner: a,
+            sent: sent.clone(),
+        };
+        let connection = Connection::builder()
+            .container_id("seed")
+            .hostname(HUB_HOST)
+            .sasl_profile(profile)
+            .open_with_stream(stream)
+            .await
+            .expect("the seed client connects");
+        client(connection).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+        let mut bytes = vec![0x3f]; // chunks of 64 bytes
+        bytes.extend_from_slice(&sent.lock().unwrap());
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/amqp_connection");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+    }
+
+    #[tokio::test]
+    #[ignore = "writes the seed corpus; run by hand"]
+    async fn write_seeds() {
+        let registration = format!("{ID_SCOPE}/registrations/{DEVICE}");
+        let dps_token = sas::build_token(&registration, KEY, now_unix() + 3600, Some("registration")).unwrap();
+        let node = registration.clone();
+        record(
+            "dps-plain",
+            SaslProfile::Plain {
+                username: registration,
+                password: dps_token,
+            },
+            |mut c| async move {
+                let mut session = Session::begin(&mut c).await.unwrap();
+                let mut rx = Receiver::attach(&mut session, "rx", node.as_str()).await.unwrap();
+                let mut tx = Sender::attach(&mut session, "tx", node.as_str()).await.unwrap();
+                let app = ApplicationProperties::builder()
+                    .insert("iotdps-operation-type", "iotdps-register")
+                    .insert("iotdps-forceRegistration", false)
+                    .build();
+                let msg = Message::builder()
+                    .properties(Properties::builder().correlation_id(String::from("c-1")).build())
+                    .application_properties(app)
+                    .data(Binary::from(format!(r#"{{"registrationId":"{DEVICE}"}}"#).into_bytes()))
+                    .build();
+                tx.send(msg).await.unwrap();
+                let reply = rx.recv::<Body<Value>>().await.unwrap();
+                rx.accept(&reply).await.unwrap();
+                let app = ApplicationProperties::builder()
+                    .insert("iotdps-operation-type", "iotdps-get-operationstatus")
+                    .insert("iotdps-operation-id", "op")
+                    .build();
+                let msg = Message::builder()
+                    .properties(Properties::builder().correlation_id(String::from("c-2")).build())
+                    .application_properties(app)
+                    .data(Binary::from(Vec::new()))
+                    .build();
+                let _ = tx.send(msg).await;
+                c.close().await.unwrap();
+            },
+        )
+        .await;
+
+        let hub_token =
+            sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None).unwrap();
+        record("hub-cbs", SaslProfile::Anonymous, |mut c| async move {
+            let mut session = Session::begin(&mut c).await.unwrap();
+            let mut cbs_tx = Sender::attach(&mut session, "cbs-tx", "$cbs").await.unwrap();
+            let mut cbs_rx = Receiver::attach(&mut session, "cbs-rx", "$cbs").await.unwrap();
+            let app = ApplicationProperties::builder()
+                .insert("operation", "put-token")
+                .insert("type", "servicebus.windows.net:sastoken")
+                .insert("name", format!("{HUB_HOST}/devices/{DEVICE}"))
+                .build();
+            let msg = Message::builder()
+                .properties(
+                    Properties::builder()
+                        .message_id(String::from("1"))
+                        .reply_to("cbs")
+                        .build(),
+                )
+                .application_properties(app)
+                .value(Value::String(hub_token))
+                .build();
+            cbs_tx.send(msg).await.unwrap();
+            let reply = cbs_rx.recv::<Body<Value>>().await.unwrap();
+            cbs_rx.accept(&reply).await.unwrap();
+            let events = format!("/devices/{DEVICE}/messages/events");
+            let mut tx = Sender::attach(&mut session, "events", events.as_str()).await.unwrap();
+            let msg = Message::builder()
+                .properties(
+                    Properties::builder()
+                        .message_id(String::from("m-1"))
+                        .content_type(Symbol::from("application/json"))
+                        .build(),
+                )
+                .application_properties(ApplicationProperties::builder().insert("k", "v").build())
+                .data(Binary::from(br#"{"t":21.5}"#.to_vec()))
+                .build();
+            tx.send(msg).await.unwrap();
+            let twin = format!("/devices/{DEVICE}/twin");
+            let mut twin_rx = Receiver::attach(&mut session, "twin-rx", twin.as_str()).await.unwrap();
+            let mut twin_tx = Sender::attach(&mut session, "twin-tx", twin.as_str()).await.unwrap();
+            for (op, resource, body) in [
+                ("GET", None, " "),
+                ("PATCH", Some("/properties/reported"), r#"{"fw":"1.0"}"#),
+                ("PUT", Some("/notifications/twin/properties/desired"), " "),
+            ] {
+                let mut annotations = MessageAnnotations::builder().insert(Symbol::from("operation"), op);
+                if let Some(r) = resource {
+                    annotations = annotations.insert(Symbol::from("resource"), r);
+                }
+                let msg = Message::builder()
+                    .message_annotations(annotations.build())
+                    .properties(Properties::builder().correlation_id(format!("t-{op}")).build())
+                    .data(Binary::from(body.as_bytes().to_vec()))
+                    .build();
+                twin_tx.send(msg).await.unwrap();
+                let reply = twin_rx.recv::<Body<Value>>().await.unwrap();
+                twin_rx.accept(&reply).await.unwrap();
+            }
+            let c2d = format!("/devices/{DEVICE}/messages/devicebound");
+            let _c2d = Receiver::attach(&mut session, "c2d", c2d.as_str()).await.unwrap();
+            let methods = format!("/devices/{DEVICE}/methods/devicebound");
+            let _m_rx = Receiver::attach(&mut session, "m-rx", methods.as_str()).await.unwrap();
+            let mut m_tx = Sender::attach(&mut session, "m-tx", methods.as_str()).await.unwrap();
+            let msg = Message::builder()
+                .properties(Properties::builder().correlation_id(String::from("1")).build())
+                .application_properties(ApplicationProperties::builder().insert("IoThub-status", 200).build())
+                .data(Binary::from(b"{}".to_vec()))
+                .build();
+            let _ = m_tx.send(msg).await;
+            c.close().await.unwrap();
+        })
+        .await;
+    }
+}
