@@ -39,10 +39,23 @@ pub struct Info {
     /// chained to `caCertificatePath` to everyone else; such devices trust this file instead.
     pub rsa_ca_certificate_path: Option<String>,
     pub data_dir: String,
+    /// The ports the server listens on (from its last start; absent before the first): MQTT
+    /// (DPS and hub), HTTPS (device, service and registry APIs, MQTT and AMQP over WebSockets)
+    /// and AMQP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub https_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_port: Option<u16>,
 }
 
+/// The listening ports of a server: MQTT, HTTPS, AMQP (0: unknown, a data directory last served
+/// by a version without AMQP).
+type Ports = (u16, u16, u16);
+
 impl Info {
-    fn build(dir: &DataDir, id: &Identity, provisioning_host: &str) -> Self {
+    fn build(dir: &DataDir, id: &Identity, provisioning_host: &str, ports: Option<Ports>) -> Self {
         let owner = &id.policies[0];
         let hub_owner = &id.hub.policies[0];
         let (ca, rsa_ca) = (dir.ca_cert_path(), dir.rsa_ca_cert_path());
@@ -65,6 +78,9 @@ impl Info {
             ca_certificate_path: ca.exists().then(|| absolute(&ca)),
             rsa_ca_certificate_path: rsa_ca.exists().then(|| absolute(&rsa_ca)),
             data_dir: absolute(dir.root()),
+            mqtt_port: ports.map(|p| p.0),
+            https_port: ports.map(|p| p.1),
+            amqp_port: ports.map(|p| p.2).filter(|p| *p != 0),
         }
     }
 
@@ -80,7 +96,13 @@ impl Info {
 
     /// From a running server.
     pub fn from_services(s: &Services, config: &ServerConfig) -> Self {
-        Self::build(&DataDir::new(&config.data_dir), &s.identity, config.provisioning_host())
+        let ports = (config.mqtt_port, config.https_port, config.amqp_port);
+        Self::build(
+            &DataDir::new(&config.data_dir),
+            &s.identity,
+            config.provisioning_host(),
+            Some(ports),
+        )
     }
 }
 
@@ -99,12 +121,17 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .hostname
         .or_else(|| dir.last_provisioning_host())
         .unwrap_or_else(|| "localhost".into());
-    let info = Info::build(&dir, &id, &host);
+    let ports = dir.runtime().map(|r| (r.mqtt_port, r.https_port, r.amqp_port));
+    let info = Info::build(&dir, &id, &host, ports);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         println!("ID scope            {}", info.id_scope);
         println!("provisioning host   {}", info.provisioning_host);
+        if let (Some(m), Some(h)) = (info.mqtt_port, info.https_port) {
+            let amqp = info.amqp_port.map(|a| format!(", AMQP {a}")).unwrap_or_default();
+            println!("ports               MQTT {m}, HTTPS {h}{amqp}");
+        }
         println!("IoT hub             {}", info.hub_host_name);
         println!("trust this CA       {}", info.trust().as_deref().unwrap_or("-"));
         println!("service connection  {}", info.service_connection_string);

@@ -171,7 +171,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let server = dps_server::start(config.clone()).await?;
     let info = crate::info::Info::from_services(&server.services, &config);
     println!(
-        "dps {} {} data directory {}\n\n  ID scope            {}\n  provisioning host   {} (MQTT {}, HTTPS {})\n  IoT hub             {}\n  trust this CA       {}\n  service connection  {}\n  hub connection      {}\n\n  `dps info --data-dir {} --json` prints these for scripts. Ctrl-C stops.",
+        "dps {} {} data directory {}\n\n  ID scope            {}\n  provisioning host   {} (MQTT {}, HTTPS {}, AMQP {})\n  IoT hub             {}\n  trust this CA       {}\n  service connection  {}\n  hub connection      {}\n\n  `dps info --data-dir {} --json` prints these for scripts. Ctrl-C stops.",
         env!("CARGO_PKG_VERSION"),
         if server.initialized { "initialized" } else { "serving" },
         config.data_dir.display(),
@@ -179,6 +179,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         info.provisioning_host,
         server.mqtt_addr,
         server.https_addr,
+        server.amqp_addr,
         info.hub_host_name,
         info.trust().as_deref().unwrap_or("(your --tls-cert issuer)"),
         info.service_connection_string,

@@ -70,7 +70,7 @@ fn config_file_env_and_flags_with_precedence_and_restart() {
     std::fs::write(
         &config,
         format!(
-            "data-dir = \"{}\"\nhostname = [\"127.0.0.67\", \"dps.example.test\"]\nbind = \"127.0.0.67\"\nhttps-port = 18443\nmqtt-port = 18883\n",
+            "data-dir = \"{}\"\nhostname = [\"127.0.0.67\", \"dps.example.test\"]\nbind = \"127.0.0.67\"\nhttps-port = 18443\nmqtt-port = 18883\namqp-port = 15671\n",
             p(&data)
         ),
     )
@@ -85,8 +85,17 @@ fn config_file_env_and_flags_with_precedence_and_restart() {
         ],
         &log,
     );
-    wait_for(&mut child, "127.0.0.67", &[28443, 18884], &log);
+    wait_for(&mut child, "127.0.0.67", &[28443, 18884, 15671], &log);
     let first = info(&data);
+    // The ports the server listens on, AMQP's from the file.
+    assert_eq!(
+        (
+            first["mqttPort"].as_u64(),
+            first["httpsPort"].as_u64(),
+            first["amqpPort"].as_u64()
+        ),
+        (Some(18884), Some(28443), Some(15671))
+    );
     assert_eq!(first["provisioningHost"], "127.0.0.67");
     assert_eq!(first["hubHostName"], "hub.example.test");
     assert!(first["idScope"].as_str().unwrap().starts_with("0ne"));
