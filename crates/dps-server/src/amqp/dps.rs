@@ -47,7 +47,7 @@ pub(super) async fn attach(
     match acceptor.accept_incoming_attach(attach, session).await {
         Ok(LinkEndpoint::Sender(sender)) => {
             // The responses' link: kept until the connection ends (or the device attaches another).
-            conn.dps_replies.insert(&address, sender);
+            conn.replies.insert(&address, sender);
         }
         Ok(LinkEndpoint::Receiver(receiver)) => {
             tasks.spawn(serve_requests(receiver, conn.clone(), address, device));
@@ -195,7 +195,7 @@ async fn reply(
     correlation: Option<fe2o3_amqp::types::messaging::MessageId>,
     answer: Answer,
 ) {
-    let Some(sender) = conn.dps_replies.get(address) else {
+    let Some(sender) = conn.replies.wait(address).await else {
         tracing::info!(
             address,
             "DPS response dropped: the device attached no receiver link to its registration node"

@@ -34,20 +34,17 @@ use fe2o3_amqp::types::messaging::{
 };
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
-use fe2o3_amqp::{Delivery, Receiver, Sender};
+use fe2o3_amqp::{Delivery, Receiver};
 use parking_lot::Mutex;
 use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::JoinSet;
 
-use super::links::{self, Refusal};
+use super::links::{self, Refusal, ReplyLinks, SharedSender};
 use super::message::{self, Incoming};
 use super::Conn;
 
 /// How long a message to a device may wait for link credit.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A link the server sends on, shared by the tasks that write to it.
-type SharedSender = Arc<AsyncMutex<Sender>>;
 
 /// Per-connection hub state.
 #[derive(Default)]
@@ -56,8 +53,6 @@ pub(crate) struct HubState {
     tokens: Mutex<HashMap<String, String>>,
     /// The device sessions open on this connection, by device id.
     devices: AsyncMutex<HashMap<String, Arc<HubDevice>>>,
-    /// The `$cbs` reply link.
-    cbs_reply: Mutex<Option<SharedSender>>,
 }
 
 impl HubState {
@@ -69,31 +64,36 @@ impl HubState {
     }
 }
 
-/// A device's session on this connection and the links hub-initiated messages go out on.
+/// A device's session on this connection; hub-initiated messages go out on the connection's
+/// links to the device's nodes.
 struct HubDevice {
     session: DeviceSession,
-    c2d: Mutex<Option<SharedSender>>,
-    methods: Mutex<Option<SharedSender>>,
-    twin: Mutex<Option<SharedSender>>,
+    replies: Arc<ReplyLinks>,
     /// The task relaying the session's outbound messages to the links.
     pump: tokio::task::AbortHandle,
 }
 
 impl HubDevice {
-    fn link(&self, feed: LinkKind) -> Option<SharedSender> {
-        match feed {
-            LinkKind::C2d => self.c2d.lock().clone(),
-            LinkKind::Methods => self.methods.lock().clone(),
-            LinkKind::Twin => self.twin.lock().clone(),
-        }
+    /// The link to the device's `node`, waiting briefly for the client to attach it.
+    async fn link(&self, node: HubNode) -> Option<SharedSender> {
+        self.replies.wait(&node_address(&node)).await
+    }
+
+    fn node(&self, make: fn(String) -> HubNode) -> HubNode {
+        make(self.session.identity().client_device_id().to_string())
     }
 }
 
-#[derive(Clone, Copy)]
-enum LinkKind {
-    C2d,
-    Methods,
-    Twin,
+/// A device node's address, as the link map files it.
+fn node_address(node: &HubNode) -> String {
+    match node {
+        HubNode::Cbs => wire::CBS_NODE.to_string(),
+        HubNode::Telemetry { device_id } => format!("/devices/{device_id}/messages/events"),
+        HubNode::C2d { device_id } => format!("/devices/{device_id}/messages/devicebound"),
+        HubNode::Methods { device_id } => format!("/devices/{device_id}/methods/devicebound"),
+        HubNode::Twin { device_id } => format!("/devices/{device_id}/twin"),
+        HubNode::Module { device_id, module_id } => format!("/devices/{device_id}/modules/{module_id}"),
+    }
 }
 
 /// Attaches a link to a hub node, if this connection may.
@@ -123,10 +123,9 @@ pub(super) async fn attach(
         Ok(e) => e,
         Err(e) => return tracing::debug!(error = %e, "hub link did not attach"),
     };
+    let address = node_address(&node);
     match (node, endpoint, device) {
-        (HubNode::Cbs, LinkEndpoint::Sender(s), _) => {
-            *conn.hub.cbs_reply.lock() = Some(Arc::new(AsyncMutex::new(s)));
-        }
+        (HubNode::Cbs, LinkEndpoint::Sender(s), _) => conn.replies.insert(&address, s),
         (HubNode::Cbs, LinkEndpoint::Receiver(r), _) => {
             tasks.spawn(serve_cbs(r, conn.clone()));
         }
@@ -140,16 +139,16 @@ pub(super) async fn attach(
             tasks.spawn(serve_requests(r, conn.clone(), d, Requests::MethodResponses));
         }
         (HubNode::C2d { .. }, LinkEndpoint::Sender(s), Some(d)) => {
-            *d.c2d.lock() = Some(Arc::new(AsyncMutex::new(s)));
+            conn.replies.insert(&address, s);
             // After the link is in place: enabling delivers what is queued at once.
             d.session.enable(Feed::C2d);
         }
         (HubNode::Methods { .. }, LinkEndpoint::Sender(s), Some(d)) => {
-            *d.methods.lock() = Some(Arc::new(AsyncMutex::new(s)));
+            conn.replies.insert(&address, s);
             d.session.enable(Feed::Methods);
         }
         (HubNode::Twin { .. }, LinkEndpoint::Sender(s), Some(d)) => {
-            *d.twin.lock() = Some(Arc::new(AsyncMutex::new(s)));
+            conn.replies.insert(&address, s);
             d.session.enable(Feed::TwinResponses);
         }
         (node, LinkEndpoint::Sender(s), _) => {
@@ -190,9 +189,7 @@ async fn device(conn: &Arc<Conn>, device_id: &str) -> Result<Arc<HubDevice>, Ref
         });
         HubDevice {
             session,
-            c2d: Mutex::new(None),
-            methods: Mutex::new(None),
-            twin: Mutex::new(None),
+            replies: conn.replies.clone(),
             pump: pump.abort_handle(),
         }
     });
@@ -255,8 +252,7 @@ async fn serve_cbs(mut receiver: Receiver, conn: Arc<Conn>) {
             .application_properties(app)
             .value(Value::Null)
             .build();
-        let sender = conn.hub.cbs_reply.lock().clone();
-        match sender {
+        match conn.replies.wait(wire::CBS_NODE).await {
             Some(s) => send(&s, reply).await,
             None => tracing::info!("CBS reply dropped: the client attached no receiver link to $cbs"),
         }
@@ -596,7 +592,7 @@ async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
                 .properties(Properties::builder().correlation_id(id_of_rid(&rid)).build())
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (LinkKind::Twin, msg)
+            (device.node(|device_id| HubNode::Twin { device_id }), msg)
         }
         OutboundKind::DesiredPatch { version } => {
             let annotations =
@@ -605,7 +601,7 @@ async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
                 .message_annotations(annotations.build())
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (LinkKind::Twin, msg)
+            (device.node(|device_id| HubNode::Twin { device_id }), msg)
         }
         OutboundKind::MethodRequest { name, rid } => {
             let app = ApplicationProperties::builder().insert(wire::METHOD_NAME, name).build();
@@ -614,13 +610,13 @@ async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
                 .application_properties(app)
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (LinkKind::Methods, msg)
+            (device.node(|device_id| HubNode::Methods { device_id }), msg)
         }
         OutboundKind::C2d { properties } => {
             return deliver_c2d(device, properties, out.payload).await;
         }
     };
-    match device.link(link) {
+    match device.link(link).await {
         Some(sender) => send(&sender, msg).await,
         None => {
             tracing::debug!(device = %device.session.identity().device_id(), "hub message dropped: its link is not attached")
@@ -632,7 +628,11 @@ async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
 /// the device may take its time to complete a message, and its other messages (methods, twin)
 /// must not wait for that.
 async fn deliver_c2d(device: &Arc<HubDevice>, properties: Vec<(String, String)>, payload: Bytes) {
-    let Some(sender) = device.link(LinkKind::C2d) else {
+    // No waiting here: the C2D feed is only on once its link is filed.
+    let Some(sender) = device
+        .replies
+        .get(&node_address(&device.node(|device_id| HubNode::C2d { device_id })))
+    else {
         device.session.disable(Feed::C2d);
         device.session.abandon_c2d(properties, payload);
         return;

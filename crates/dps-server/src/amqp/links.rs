@@ -158,24 +158,50 @@ pub(crate) async fn close_receiver(r: Receiver, error: Option<definitions::Error
     let _ = tokio::time::timeout(DETACH_TIMEOUT, closing).await;
 }
 
-/// The sender links of request/response nodes (DPS registrations, CBS, twin, methods), by node
-/// address: a request that arrives on the client's sender is answered on the client's receiver
-/// attached to the same address.
+/// A link the server sends on, shared by the tasks that write to it.
+pub(crate) type SharedSender = Arc<tokio::sync::Mutex<Sender>>;
+
+/// How long an answer waits for the client to finish attaching the link it goes out on. A client
+/// attaches its receiver and sender for a node one after the other and may send its first
+/// request as soon as both attaches are answered — before the server's session task has filed
+/// the receiver link.
+pub(crate) const REPLY_LINK_WAIT: Duration = Duration::from_secs(5);
+
+/// The links the server sends on, by node address (DPS registration nodes, `$cbs`, and each
+/// device's twin, methods and C2D nodes): a request that arrives on the client's sender is
+/// answered on the client's receiver attached to the same address.
 #[derive(Default)]
 pub(crate) struct ReplyLinks {
-    links: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Sender>>>>,
+    links: Mutex<HashMap<String, SharedSender>>,
+    attached: tokio::sync::Notify,
 }
 
 impl ReplyLinks {
-    /// Records the reply link of `address` (replacing an earlier one).
-    pub(crate) fn insert(&self, address: &str, sender: Sender) -> Arc<tokio::sync::Mutex<Sender>> {
+    /// Records the link to `address` (replacing an earlier one).
+    pub(crate) fn insert(&self, address: &str, sender: Sender) {
         let sender = Arc::new(tokio::sync::Mutex::new(sender));
-        self.links.lock().insert(address.to_string(), sender.clone());
-        sender
+        self.links.lock().insert(address.to_string(), sender);
+        self.attached.notify_waiters();
     }
 
-    /// The reply link of `address`, if the client attached one.
-    pub(crate) fn get(&self, address: &str) -> Option<Arc<tokio::sync::Mutex<Sender>>> {
+    /// The link to `address`, if the client attached one.
+    pub(crate) fn get(&self, address: &str) -> Option<SharedSender> {
         self.links.lock().get(address).cloned()
+    }
+
+    /// The link to `address`, waiting up to [`REPLY_LINK_WAIT`] for it to be attached.
+    pub(crate) async fn wait(&self, address: &str) -> Option<SharedSender> {
+        let deadline = tokio::time::Instant::now() + REPLY_LINK_WAIT;
+        loop {
+            let notified = self.attached.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(s) = self.get(address) {
+                return Some(s);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 mod auth;
 mod dps;
+mod guard;
 mod hub;
 mod links;
 mod message;
@@ -64,8 +65,8 @@ pub(crate) struct Conn {
     /// Per-connection hub state: CBS authorizations and the reply links of request/response
     /// nodes.
     pub(crate) hub: hub::HubState,
-    /// Reply (client-receiver) links of DPS registration nodes, by address.
-    pub(crate) dps_replies: links::ReplyLinks,
+    /// The links the server sends on (the client's receivers), by node address.
+    pub(crate) replies: Arc<links::ReplyLinks>,
     /// DPS devices authenticated by the TLS client certificate, by registration node address.
     pub(crate) x509_devices: parking_lot::Mutex<std::collections::HashMap<String, Arc<auth::DpsDevice>>>,
 }
@@ -98,6 +99,7 @@ where
         .channel_max(MAX_SESSIONS - 1)
         .idle_time_out(IDLE_TIMEOUT_MS)
         .build();
+    let stream = guard::FrameGuard::new(stream, MAX_FRAME_BYTES);
     let mut connection = match tokio::time::timeout_at(opened_by, acceptor.accept(stream)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -119,7 +121,7 @@ where
         identity,
         peer_certs,
         hub: hub::HubState::default(),
-        dps_replies: links::ReplyLinks::default(),
+        replies: Arc::default(),
         x509_devices: Default::default(),
     });
     let mut sessions = JoinSet::new();
