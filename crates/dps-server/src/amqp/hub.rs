@@ -23,7 +23,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dps_hub::{AuthError, DeviceIdentity, DeviceSession, Outbound, OutboundKind};
+use dps_hub::{DeviceIdentity, DeviceSession, Outbound, OutboundKind};
 use dps_proto::hub_amqp::{self as wire, HubNode};
 use dps_proto::hub_mqtt::{Feed, HubPublish, HubUsername};
 use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerSessionHandle};
@@ -199,6 +199,13 @@ async fn device(conn: &Arc<Conn>, device_id: &str) -> Result<Arc<HubDevice>, Ref
 
 /// Checks the device's credential: its CBS token, else the TLS client certificate.
 async fn authenticate(conn: &Conn, device_id: &str) -> Result<DeviceIdentity, Refusal> {
+    let token = conn.hub.tokens.lock().get(device_id).cloned();
+    check_credential(conn, device_id, token).await.map_err(Refusal::Unauthorized)
+}
+
+/// Asks the hub whether `token` (or else the TLS certificate) is `device_id`'s credential; the
+/// refusal says why not.
+async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -> Result<DeviceIdentity, String> {
     let hub = &conn.services.hub;
     let username = HubUsername {
         host_name: hub.host_name().to_string(),
@@ -206,7 +213,6 @@ async fn authenticate(conn: &Conn, device_id: &str) -> Result<DeviceIdentity, Re
         module_id: None,
         api_version: None,
     };
-    let token = conn.hub.tokens.lock().get(device_id).cloned();
     let thumbprints = conn.peer_certs.first().map(|leaf| {
         (
             dps_pki::thumbprint::sha1_thumbprint(leaf),
@@ -214,18 +220,15 @@ async fn authenticate(conn: &Conn, device_id: &str) -> Result<DeviceIdentity, Re
         )
     });
     if token.is_none() && thumbprints.is_none() {
-        return Err(Refusal::Unauthorized(format!(
+        return Err(format!(
             "device '{device_id}' is not authenticated on this connection: put a SAS token for it on $cbs first, \
              or connect with its X.509 certificate"
-        )));
+        ));
     }
     let now = dps_core::Engine::unix_time(conn.services.clock.now());
     hub.authenticate(now, &username, token.as_deref().map(str::as_bytes), thumbprints)
         .await
-        .map_err(|e| match e {
-            AuthError::NotAuthorized { .. } => Refusal::Unauthorized(e.to_string()),
-            other => Refusal::Unauthorized(other.to_string()),
-        })
+        .map_err(|e| e.to_string())
 }
 
 /// Answers CBS put-token requests.
@@ -277,17 +280,14 @@ async fn put_token(conn: &Conn, msg: &Incoming) -> (i32, String) {
             "the token's audience (sr) is not '{host}/devices/{deviceId}' of this hub".into(),
         );
     };
-    // Checked now so the device learns at once; kept for the links it attaches next.
-    conn.hub.tokens.lock().insert(device_id.clone(), token);
-    match authenticate(conn, &device_id).await {
-        Ok(_) => (200, "OK".into()),
-        Err(why) => {
-            conn.hub.tokens.lock().remove(&device_id);
-            let text = match why {
-                Refusal::Unauthorized(t) | Refusal::NotFound(t) | Refusal::ResourceLimit(t) => t,
-            };
-            (401, text)
+    // Checked now so the device learns at once; kept for the links it attaches next. A refused
+    // token leaves an earlier good one in place.
+    match check_credential(conn, &device_id, Some(token.clone())).await {
+        Ok(_) => {
+            conn.hub.tokens.lock().insert(device_id, token);
+            (200, "OK".into())
         }
+        Err(why) => (401, why),
     }
 }
 
