@@ -9,6 +9,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dps_proto::connection_string::ConnectionString;
+use dps_proto::model::service::QuerySpecification;
 use dps_proto::rest::{QueryParams, Route};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
@@ -170,7 +171,8 @@ impl RestClient {
     pub async fn query(&self, route: &Route, top: Option<usize>) -> Result<Vec<Value>, ClientError> {
         let mut items = Vec::new();
         let mut continuation: Option<String> = None;
-        let spec = serde_json::json!({ "query": "*" });
+        let spec = serde_json::to_value(QuerySpecification { query: "*".into() })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         loop {
             let page_size = top.map(|t| (t - items.len()).clamp(1, MAX_PAGE).to_string());
             let mut headers: Vec<(&str, &str)> = Vec::new();

@@ -170,7 +170,7 @@ fn enrollment_lifecycle() {
         "--etag",
         rotated["etag"].as_str().unwrap(),
     ]);
-    assert_eq!(del2["deleted"], true);
+    assert_eq!(del2, serde_json::json!({"deleted": true, "registrationId": "dev-2"}));
     assert_eq!(s.json(&["enrollment", "list"]), serde_json::json!([]));
 }
 
