@@ -6,13 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_server_with, KEY};
+use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_server_with, sas_device};
 use dps_client::{ClientError, RegistryClient, RestClient};
 use dps_proto::codes;
 use dps_proto::connection_string::ConnectionString;
-use dps_proto::model::hub::{
-    AuthenticationMechanism, CloudToDeviceMethod, Device, RegistryStatistics, ServiceStatistics, SymmetricKey,
-};
+use dps_proto::model::hub::{CloudToDeviceMethod, Device, RegistryStatistics, ServiceStatistics};
 use dps_server::RunningServer;
 use rumqttc::{Packet, QoS};
 use serde_json::json;
@@ -43,17 +41,8 @@ async fn registry_client_covers_devices_methods_statistics_and_events() {
     let created = client
         .put_device(
             &Device {
-                device_id: "typed-1".into(),
                 status: Some("disabled".into()),
-                authentication: Some(AuthenticationMechanism {
-                    kind: "sas".into(),
-                    symmetric_key: Some(SymmetricKey {
-                        primary_key: Some(KEY.into()),
-                        secondary_key: Some(KEY.into()),
-                    }),
-                    x509_thumbprint: None,
-                }),
-                ..Default::default()
+                ..sas_device("typed-1")
             },
             None,
         )
