@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
 use dps_pki::ca::{KeyAlgorithm, LocalCa};
+use dps_pki::PkiError;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::wire::Trust;
+use super::BenchError;
 
 /// Validity of bench device certificates: the run is short, but a day avoids clock-edge cases.
 const DEVICE_CERT_DAYS: i64 = 2;
@@ -87,13 +88,17 @@ pub fn registration_id(run_id: &str, index: usize) -> String {
 /// Issues one P-256 certificate per device (CN = registration id) under `intermediate`, spread
 /// over all cores. Runs on blocking threads: key generation
 /// and signing are pure CPU.
-pub async fn issue_certificates(intermediate: Arc<LocalCa>, run_id: &str, count: usize) -> Result<Vec<X509Identity>> {
+pub async fn issue_certificates(
+    intermediate: Arc<LocalCa>,
+    run_id: &str,
+    count: usize,
+) -> Result<Vec<X509Identity>, BenchError> {
     let run_id = run_id.to_string();
     tokio::task::spawn_blocking(move || {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let chunk = count.div_ceil(threads).max(1);
         let intermediate_der = intermediate.cert_der();
-        let parts: Vec<Result<Vec<X509Identity>>> = std::thread::scope(|s| {
+        let parts: Vec<Result<Vec<X509Identity>, BenchError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..count)
                 .step_by(chunk)
                 .map(|start| {
@@ -101,16 +106,14 @@ pub async fn issue_certificates(intermediate: Arc<LocalCa>, run_id: &str, count:
                     s.spawn(move || {
                         (start..(start + chunk).min(count))
                             .map(|i| issue_one(ca, int_der, &registration_id(run_id, i)))
-                            .collect::<Result<Vec<_>>>()
+                            .collect::<Result<Vec<_>, _>>()
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("a certificate thread panicked")))
-                })
+                // A thread's panic becomes the blocking task's, reported as its JoinError.
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                 .collect()
         });
         let mut all = Vec::with_capacity(count);
@@ -120,17 +123,20 @@ pub async fn issue_certificates(intermediate: Arc<LocalCa>, run_id: &str, count:
         Ok(all)
     })
     .await
-    .context("the certificate issuing task failed")?
+    .map_err(BenchError::CertificateTask)?
 }
 
-fn issue_one(ca: &LocalCa, intermediate: &CertificateDer<'static>, cn: &str) -> Result<X509Identity> {
+fn issue_one(ca: &LocalCa, intermediate: &CertificateDer<'static>, cn: &str) -> Result<X509Identity, BenchError> {
+    let failed = |e| BenchError::certificates(format!("cannot issue the certificate of {cn}"), e);
     let issued = ca
         .issue_device_certificate(cn, DEVICE_CERT_DAYS, KeyAlgorithm::EcdsaP256)
-        .with_context(|| format!("cannot issue the certificate of {cn}"))?;
-    let leaf = dps_pki::pem::parse_certificates(&issued.cert_pem)?.remove(0);
-    let key_pkcs8 = match dps_pki::pem::parse_private_key(&issued.key_pem)? {
+        .map_err(failed)?;
+    let leaf = dps_pki::pem::parse_certificates(&issued.cert_pem)
+        .map_err(failed)?
+        .remove(0);
+    let key_pkcs8 = match dps_pki::pem::parse_private_key(&issued.key_pem).map_err(failed)? {
         PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
-        _ => return Err(anyhow!("the issued key of {cn} is not PKCS#8")),
+        _ => return Err(failed(PkiError::UnsupportedKey("the issued key is not PKCS#8".into()))),
     };
     let chain_pem = format!(
         "{}{}",

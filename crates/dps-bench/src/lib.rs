@@ -16,6 +16,7 @@
 
 mod devices;
 mod driver;
+mod error;
 mod hold;
 mod https;
 mod identity;
@@ -28,28 +29,15 @@ mod wire;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
 use clap::{Args, ValueEnum};
 use dps_client::{RegistryClient, ServiceClient, Transport};
 use dps_server::fdlimit;
 use serde_json::{json, Value};
 
 use driver::Plan;
+pub use error::BenchError;
 pub use report::print_human;
 use report::{round3, Outcome, Usage};
-
-/// Why a run could not start or was cut short: the message says what to change (a control, the
-/// open-file limit, the server's address). Only ever shown to the operator, so it carries the
-/// whole cause chain as text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BenchError(String);
-
-impl From<anyhow::Error> for BenchError {
-    fn from(e: anyhow::Error) -> Self {
-        Self(format!("{e:#}"))
-    }
-}
 
 /// Where the server under test is, resolved by the caller (the CLI reads it from flags and the
 /// data directory).
@@ -171,22 +159,22 @@ pub struct Controls {
     sources: Vec<std::net::IpAddr>,
 }
 
-fn check(a: &BenchArgs) -> Result<Controls> {
+fn check(a: &BenchArgs) -> Result<Controls, BenchError> {
     if a.concurrency == 0 || a.devices == Some(0) {
-        bail!("--devices and --concurrency must be at least 1");
+        return Err(BenchError::controls("--devices and --concurrency must be at least 1"));
     }
-    let positive = |v: Option<f64>, flag: &str| -> Result<()> {
-        match v {
-            Some(x) if !(x.is_finite() && x > 0.0) => bail!("{flag} must be a positive number"),
-            _ => Ok(()),
+    let positive = |v: Option<f64>, flag: &str| match v {
+        Some(x) if !(x.is_finite() && x > 0.0) => {
+            Err(BenchError::controls(format!("{flag} must be a positive number")))
         }
+        _ => Ok(()),
     };
     positive(a.rate, "--rate")?;
     positive(a.duration, "--duration")?;
     positive(a.ceiling, "--ceiling")?;
     if a.keep_alive < 2 {
         // The hub drops a session idle for 1.5 × keep-alive, rounded down to whole seconds.
-        bail!("--keep-alive must be at least 2 seconds");
+        return Err(BenchError::controls("--keep-alive must be at least 2 seconds"));
     }
     let duration = a.duration.map(Duration::from_secs_f64);
     let devices = match (a.mode, a.devices, duration) {
@@ -196,14 +184,18 @@ fn check(a: &BenchArgs) -> Result<Controls> {
         (_, None, None) => Some(DEFAULT_DEVICES),
     };
     if devices.is_none() && a.attestation == Attestation::X509 {
-        bail!("--attestation x509 issues every device certificate before the run: give --devices with --duration");
+        return Err(BenchError::controls(
+            "--attestation x509 issues every device certificate before the run: give --devices with --duration",
+        ));
     }
     let sources = match &a.source_addresses {
         Some(spec) => wire::parse_sources(spec)?,
         None => Vec::new(),
     };
     if !sources.is_empty() && a.client == ClientKind::Sdk {
-        bail!("--source-addresses needs the lean client (the SDK picks its own source address)");
+        return Err(BenchError::controls(
+            "--source-addresses needs the lean client (the SDK picks its own source address)",
+        ));
     }
     if a.mode == Mode::Hold {
         // Registering first leaves as many client ports in TIME_WAIT (for a minute) as the hold
@@ -212,10 +204,10 @@ fn check(a: &BenchArgs) -> Result<Controls> {
         let per_address = (wire::ephemeral_ports() as f64 * PORT_SHARE) as usize;
         let needed = ports.div_ceil(per_address);
         if needed > sources.len().max(1) {
-            bail!(
+            return Err(BenchError::controls(format!(
                 "{ports} client ports (registration, then the held connections) need at least {needed} source \
                  addresses ({per_address} ports each from net.ipv4.ip_local_port_range): pass --source-addresses {needed}"
-            );
+            )));
         }
     }
     Ok(Controls {
@@ -227,26 +219,24 @@ fn check(a: &BenchArgs) -> Result<Controls> {
 }
 
 /// Makes room for the sockets the run needs, or says why it cannot.
-fn file_limits(a: &BenchArgs, devices: Option<usize>) -> Result<()> {
+fn file_limits(a: &BenchArgs, devices: Option<usize>) -> Result<(), BenchError> {
     let held = match a.mode {
         Mode::Hold => devices.unwrap_or(DEFAULT_DEVICES) as u64,
         _ => 0,
     };
     let wanted = held + 2 * a.concurrency as u64 + FD_SLACK;
-    let limit = fdlimit::raise(wanted).map_err(|e| anyhow!("cannot raise the open-file limit: {e}"))?;
+    let limit = fdlimit::raise(wanted).map_err(BenchError::OpenFileLimit)?;
     if limit < wanted {
-        bail!(
-            "this run needs about {wanted} open files, but this process may open only {limit} (its hard limit; \
-             raising that needs CAP_SYS_RESOURCE: `ulimit -Hn {wanted}` as root in the shell that starts the bench)"
-        );
+        return Err(BenchError::TooFewFiles { wanted, limit });
     }
     if let (true, Some(pid)) = (held > 0, a.server_pid) {
-        if let Some(server) = fdlimit::of_process(pid).filter(|&l| l < held + 64) {
-            bail!(
-                "the server (PID {pid}) may open only {server} files, too few for {held} connections: start it \
-                 from a shell with a higher limit (`ulimit -n {}`)",
-                held + FD_SLACK
-            );
+        if let Some(limit) = fdlimit::of_process(pid).filter(|&l| l < held + 64) {
+            return Err(BenchError::ServerTooFewFiles {
+                pid,
+                limit,
+                held,
+                suggested: held + FD_SLACK,
+            });
         }
     }
     Ok(())
@@ -264,10 +254,6 @@ impl BenchArgs {
 
 /// Runs the benchmark against `target` and returns its report.
 pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Value, BenchError> {
-    Ok(run_checked(a, controls, target).await?)
-}
-
-async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Result<Value> {
     let t_prepare = Instant::now();
     let Target {
         dps: rest,

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use dps_client::{RegistryClient, ServiceClient};
 use dps_pki::ca::{KeyAlgorithm, LocalCa};
 use dps_proto::model::service::{
@@ -16,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 use super::identity::{issue_certificates, Credentials};
-use super::Attestation;
+use super::{Attestation, BenchError};
 
 /// REST calls in flight while cleaning up (deleting 50,000 records one by one would take minutes).
 const CLEANUP_CONCURRENCY: usize = 16;
@@ -38,7 +37,7 @@ pub struct Prepared {
 /// it; the group's signing certificate is the intermediate — the shortest real path, no proof of
 /// possession needed — and every device gets a certificate issued by the intermediate (CN = its
 /// registration id) and presents leaf + intermediate, as factory devices do.
-pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize) -> Result<Prepared> {
+pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize) -> Result<Prepared, BenchError> {
     Ok(match attestation {
         Attestation::SymmetricKey => {
             let raw = rand_bytes::<32>();
@@ -61,10 +60,11 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
         }
         Attestation::X509 => {
             let t0 = Instant::now();
-            let root = LocalCa::generate(&format!("{run_id} root")).context("cannot create the bench CA")?;
+            let root = LocalCa::generate(&format!("{run_id} root"))
+                .map_err(|e| BenchError::certificates("cannot create the bench CA", e))?;
             let intermediate = root
                 .issue_intermediate(&format!("{run_id} devices"), Some(0), KeyAlgorithm::EcdsaP256)
-                .context("cannot create the bench intermediate CA")?;
+                .map_err(|e| BenchError::certificates("cannot create the bench intermediate CA", e))?;
             let signing = intermediate.cert_pem();
             let ids = issue_certificates(Arc::new(intermediate), run_id, devices).await?;
             Prepared {
@@ -90,15 +90,17 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
 }
 
 /// Creates the enrollment group `run_id` through the service API.
-pub async fn create_group(dps: &ServiceClient, run_id: &str, attestation: &AttestationMechanism) -> Result<()> {
+pub async fn create_group(
+    dps: &ServiceClient,
+    run_id: &str,
+    attestation: &AttestationMechanism,
+) -> Result<(), BenchError> {
     let group = EnrollmentGroup {
         enrollment_group_id: run_id.into(),
         attestation: attestation.clone(),
         ..EnrollmentGroup::default()
     };
-    dps.put_group(&group, None)
-        .await
-        .context("cannot create the bench enrollment group")?;
+    dps.put_group(&group, None).await.map_err(BenchError::CreateGroup)?;
     Ok(())
 }
 

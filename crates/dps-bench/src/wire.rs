@@ -9,7 +9,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
 use parking_lot::Mutex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
@@ -20,6 +19,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::BenchError;
+
 /// Where a `--source-addresses N` count starts: a loopback block no test server uses.
 const COUNT_BASE: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
 /// Linux's default `net.ipv4.ip_local_port_range` (32768–60999), when /proc cannot be read.
@@ -27,11 +28,13 @@ const DEFAULT_EPHEMERAL_PORTS: usize = 28_232;
 
 /// Parses `--source-addresses`: a count (`4` = 127.1.0.1 … 127.1.0.4), or a comma-separated list
 /// of addresses and IPv4 ranges (`127.0.0.2-127.0.0.9,127.0.1.1`).
-pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>> {
+pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, BenchError> {
     let spec = spec.trim();
     if let Ok(n) = spec.parse::<u32>() {
         if n == 0 || n > 65_536 {
-            bail!("--source-addresses {n}: give between 1 and 65536 addresses");
+            return Err(BenchError::controls(format!(
+                "--source-addresses {n}: give between 1 and 65536 addresses"
+            )));
         }
         let base = u32::from(COUNT_BASE);
         return Ok((0..n).map(|i| IpAddr::V4(Ipv4Addr::from(base + i))).collect());
@@ -43,22 +46,29 @@ pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>> {
                 let parse = |s: &str| {
                     s.trim()
                         .parse::<Ipv4Addr>()
-                        .with_context(|| format!("--source-addresses: '{s}' is not an IPv4 address"))
+                        .map_err(|source| BenchError::SourceAddress {
+                            item: s.trim().to_string(),
+                            expected: "an IPv4 address",
+                            source,
+                        })
                 };
                 let (a, b) = (u32::from(parse(a)?), u32::from(parse(b)?));
                 if b < a || b - a >= 65_536 {
-                    bail!("--source-addresses: range '{item}' must go upwards and span at most 65536 addresses");
+                    return Err(BenchError::controls(format!(
+                        "--source-addresses: range '{item}' must go upwards and span at most 65536 addresses"
+                    )));
                 }
                 out.extend((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))));
             }
-            None => out.push(
-                item.parse()
-                    .with_context(|| format!("--source-addresses: '{item}' is not an IP address"))?,
-            ),
+            None => out.push(item.parse().map_err(|source| BenchError::SourceAddress {
+                item: item.to_string(),
+                expected: "an IP address",
+                source,
+            })?),
         }
     }
     if out.is_empty() {
-        bail!("--source-addresses is empty");
+        return Err(BenchError::controls("--source-addresses is empty"));
     }
     Ok(out)
 }
@@ -88,15 +98,21 @@ pub struct Endpoint {
 impl Endpoint {
     /// Resolves `host:port` once, so devices do not each pay a DNS lookup (which tokio runs on a
     /// blocking thread).
-    pub async fn resolve(host: &str, port: u16) -> Result<Endpoint> {
-        let name = ServerName::try_from(host.to_string()).map_err(|_| anyhow!("'{host}' is not a valid host name"))?;
+    pub async fn resolve(host: &str, port: u16) -> Result<Endpoint, BenchError> {
+        let name = ServerName::try_from(host.to_string()).map_err(|source| BenchError::HostName {
+            host: host.to_string(),
+            source,
+        })?;
         let addr = match host.parse::<IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, port),
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .with_context(|| format!("cannot resolve {host}"))?
+                .map_err(|source| BenchError::Resolve {
+                    host: host.to_string(),
+                    source,
+                })?
                 .next()
-                .ok_or_else(|| anyhow!("{host} has no address"))?,
+                .ok_or_else(|| BenchError::NoAddress { host: host.to_string() })?,
         };
         Ok(Endpoint { addr, name })
     }
@@ -152,20 +168,22 @@ pub struct Trust {
 
 impl Trust {
     /// Trusts the CA certificate(s) in `ca_pem`.
-    pub fn new(ca_pem: &str) -> Result<Trust> {
+    pub fn new(ca_pem: &str) -> Result<Trust, BenchError> {
         let mut roots = RootCertStore::empty();
-        for ca in dps_pki::pem::parse_certificates(ca_pem).context("cannot read the CA certificate")? {
-            roots.add(ca).context("cannot trust the CA certificate")?;
+        for ca in dps_pki::pem::parse_certificates(ca_pem).map_err(BenchError::CaCertificate)? {
+            roots.add(ca).map_err(BenchError::Trust)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
-            .context("cannot verify with the CA certificate")?;
+            .map_err(BenchError::Verifier)?;
         let verifier = Arc::new(VerifyChainOnce {
             inner: webpki,
             verified: Mutex::new(Vec::new()),
         });
-        let mut anonymous = Self::builder(&provider, &verifier)?.with_no_client_auth();
+        let mut anonymous = Self::builder(&provider, &verifier)
+            .map_err(BenchError::TlsConfig)?
+            .with_no_client_auth();
         anonymous.resumption = Resumption::disabled();
         Ok(Trust {
             provider,
@@ -177,7 +195,7 @@ impl Trust {
     fn builder(
         provider: &Arc<CryptoProvider>,
         verifier: &Arc<VerifyChainOnce>,
-    ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>> {
+    ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, rustls::Error> {
         Ok(ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -196,7 +214,7 @@ impl Trust {
         key: PrivateKeyDer<'static>,
     ) -> Result<Arc<ClientConfig>, String> {
         let mut config = Self::builder(&self.provider, &self.verifier)
-            .and_then(|b| Ok(b.with_client_auth_cert(chain, key)?))
+            .and_then(|b| b.with_client_auth_cert(chain, key))
             .map_err(|e| format!("client certificate: {e}"))?;
         config.resumption = Resumption::disabled();
         Ok(Arc::new(config))
@@ -296,6 +314,47 @@ mod tests {
         assert!(parse_sources("0").is_err());
         assert!(parse_sources("nonsense").is_err());
         assert!(ephemeral_ports() > 1000);
+    }
+
+    /// What `dps bench` prints for an error: the message, then each source.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(s) = next {
+            out = format!("{out}: {s}");
+            next = s.source();
+        }
+        out
+    }
+
+    #[test]
+    fn errors_carry_their_typed_cause_and_read_as_before() {
+        let e = parse_sources("127.0.0.1,127.0.0.300").unwrap_err();
+        let BenchError::SourceAddress { item, source, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(item, "127.0.0.300");
+        assert_eq!(
+            chain(&e),
+            format!("--source-addresses: '127.0.0.300' is not an IP address: {source}")
+        );
+        assert!(matches!(
+            parse_sources("127.0.0.1-x"),
+            Err(BenchError::SourceAddress {
+                expected: "an IPv4 address",
+                ..
+            })
+        ));
+        assert!(matches!(parse_sources(" , "), Err(BenchError::Controls(_))));
+        let e = Trust::new("").err().expect("no CA, no trust");
+        assert!(
+            matches!(e, BenchError::CaCertificate(dps_pki::PkiError::NoCertificate)),
+            "{e:?}"
+        );
+        assert_eq!(
+            chain(&e),
+            "cannot read the CA certificate: no certificate found in the input"
+        );
     }
 
     #[test]

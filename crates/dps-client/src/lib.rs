@@ -33,6 +33,7 @@
 
 mod dice;
 mod error;
+mod events;
 mod hub;
 mod mqtt;
 mod provisioning;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 
 pub use dice::DiceProvider;
 pub use error::{error_chain, ClientError};
+pub use events::EventStream;
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
 pub use provisioning::{
     PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION,

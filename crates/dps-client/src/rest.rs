@@ -9,6 +9,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dps_proto::connection_string::ConnectionString;
+use dps_proto::model::service::QuerySpecification;
 use dps_proto::rest::{QueryParams, Route};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
@@ -93,8 +94,8 @@ impl RestClient {
     }
 
     /// Starts a request for `route`: URL with the API's `api-version` and `query`,
-    /// `Authorization`, JSON `Accept`. For streams ([`Route::MonitorEvents`]); everything else
-    /// goes through [`RestClient::call`].
+    /// `Authorization`, JSON `Accept`. [`RestClient::call`] and [`RestClient::open_stream`] send
+    /// it; this is for requests they do not cover.
     pub fn request(&self, route: &Route, query: &[(&str, &str)]) -> Result<reqwest::RequestBuilder, ClientError> {
         let target = route.path_and_query(&QueryParams::from_pairs(query.iter().copied()));
         Ok(self
@@ -102,6 +103,21 @@ impl RestClient {
             .request(route.method(), format!("{}{target}", self.base))
             .header(reqwest::header::AUTHORIZATION, self.token()?)
             .header(reqwest::header::ACCEPT, "application/json"))
+    }
+
+    /// Sends `route` (no body) and returns the answer as it arrives, for the streams
+    /// ([`Route::MonitorEvents`]): no overall timeout, a non-2xx answer is the service's error.
+    pub async fn open_stream(&self, route: &Route, query: &[(&str, &str)]) -> Result<reqwest::Response, ClientError> {
+        let resp =
+            self.request(route, query)?.send().await.map_err(|e| {
+                ClientError::connection(format!("{} {}{}", route.method(), self.base, route.path()), &e)
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(ClientError::from_error_body(status, &body));
+        }
+        Ok(resp)
     }
 
     /// Sends `route` with an optional JSON body and extra headers (`If-Match`, paging).
@@ -155,7 +171,8 @@ impl RestClient {
     pub async fn query(&self, route: &Route, top: Option<usize>) -> Result<Vec<Value>, ClientError> {
         let mut items = Vec::new();
         let mut continuation: Option<String> = None;
-        let spec = serde_json::json!({ "query": "*" });
+        let spec = serde_json::to_value(QuerySpecification { query: "*".into() })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         loop {
             let page_size = top.map(|t| (t - items.len()).clamp(1, MAX_PAGE).to_string());
             let mut headers: Vec<(&str, &str)> = Vec::new();

@@ -1,7 +1,7 @@
 //! Typed clients of the two operator APIs, over the `dps_proto::model` types: [`ServiceClient`]
 //! for the DPS service API (enrollments, enrollment groups, registration records, CA
 //! certificates) and [`RegistryClient`] for an IoT hub's registry API (devices, twins, direct
-//! methods). Both sign each request with a shared-access policy ([`RestClient`]).
+//! methods, statistics, the telemetry stream). Both sign each request with a shared-access policy ([`RestClient`]).
 //!
 //! Why in the device SDK's crate (docs/decisions/0016-rest-grammar-and-operator-clients.md): they
 //! share its transport, trust and error type — a 401 from enrollment CRUD and from a device
@@ -9,13 +9,16 @@
 //! not already have.
 
 use dps_proto::model::certificate::{CertificateBody, CertificateResponse, VerificationCertificate};
-use dps_proto::model::hub::{Device, Twin};
+use dps_proto::model::hub::{
+    CloudToDeviceMethod, CloudToDeviceMethodResult, Device, RegistryStatistics, ServiceStatistics, Twin,
+};
 use dps_proto::model::service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment, RegistrationState};
 use dps_proto::rest::Route;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::events::EventStream;
 use crate::rest::RestClient;
 use crate::ClientError;
 
@@ -225,7 +228,7 @@ impl RegistryClient {
         Self { rest }
     }
 
-    /// The untyped client (the telemetry stream, statistics).
+    /// The untyped client, for requests the typed calls do not cover.
     pub fn rest(&self) -> &RestClient {
         &self.rest
     }
@@ -262,5 +265,46 @@ impl RegistryClient {
     /// `PATCH /twins/{id}`: merges `patch` (tags, desired properties; `null` deletes).
     pub async fn update_twin(&self, id: &str, patch: &Twin, etag: Option<&str>) -> Result<Twin, ClientError> {
         call(&self.rest, Route::UpdateTwin(id.into()), Some(body(patch)?), etag).await
+    }
+
+    /// `POST /twins/{id}/methods`: calls a direct method on the connected device `id` and returns
+    /// its answer. A device that is not connected is [`ClientError::Service`] 404103, one that
+    /// does not answer in time 504101.
+    pub async fn invoke_method(
+        &self,
+        id: &str,
+        method: &CloudToDeviceMethod,
+    ) -> Result<CloudToDeviceMethodResult, ClientError> {
+        call(&self.rest, Route::InvokeMethod(id.into()), Some(body(method)?), None).await
+    }
+
+    /// `GET /statistics/devices`: how many device identities the registry holds, by status.
+    pub async fn device_statistics(&self) -> Result<RegistryStatistics, ClientError> {
+        call(&self.rest, Route::DeviceStatistics, None, None).await
+    }
+
+    /// `GET /statistics/service`: how many devices are connected now.
+    pub async fn service_statistics(&self) -> Result<ServiceStatistics, ClientError> {
+        call(&self.rest, Route::ServiceStatistics, None, None).await
+    }
+
+    /// `GET /messages/events`: the hub's device-to-cloud messages as they arrive, only those of
+    /// `device_id` when given; with `from_sequence`, first the retained ones after that sequence
+    /// number (`0`: all retained). Read them with [`EventStream::next`].
+    pub async fn monitor_events(
+        &self,
+        device_id: Option<&str>,
+        from_sequence: Option<u64>,
+    ) -> Result<EventStream, ClientError> {
+        let from = from_sequence.map(|n| n.to_string());
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(d) = device_id {
+            query.push(("deviceId", d));
+        }
+        if let Some(n) = &from {
+            query.push(("from-sequence", n));
+        }
+        let resp = self.rest.open_stream(&Route::MonitorEvents, &query).await?;
+        Ok(EventStream::new(resp))
     }
 }

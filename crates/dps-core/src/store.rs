@@ -78,9 +78,24 @@ pub enum StoreError {
     /// `If-Match` did not match the stored etag.
     #[error("etag mismatch")]
     EtagMismatch,
-    /// The backend failed (I/O, corruption, connection loss); nothing was written.
+    /// The backend failed (I/O, a damaged file, connection loss); nothing was written. The
+    /// cause is the backend's own error (or a message when the cause is the backend's state,
+    /// e.g. a stopped writer).
     #[error("storage backend failure: {0}")]
     Backend(#[source] Cause),
+    /// A stored document does not decode as this build's record shape (a hand-edited or damaged
+    /// database, or one written by an incompatible build); the store refuses it rather than
+    /// guess. Other records still read; nothing was written.
+    #[error("stored document '{key}' in {table} does not decode: {source}")]
+    Corrupt {
+        /// Where the document is stored (the backend's table or collection, e.g.
+        /// `enrollments`), so an operator knows what to repair.
+        table: String,
+        /// Lower-cased id of the record (registration id, group id, certificate name, ...).
+        key: String,
+        /// What the decoder said (the JSON error).
+        source: Cause,
+    },
 }
 
 impl StoreError {

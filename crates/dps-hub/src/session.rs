@@ -21,7 +21,6 @@ use dps_proto::hub_mqtt::{
 use dps_proto::model::hub::merge_patch;
 use dps_proto::timefmt::format_record;
 use dps_proto::twin_limits::{self, Section};
-use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -102,15 +101,9 @@ pub enum OutboundKind {
     },
 }
 
-/// A device's answer to a direct method — also the body of the REST response
-/// (`{"status": int, "payload": any}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MethodResponse {
-    /// Status the device chose.
-    pub status: i32,
-    /// The device's JSON payload (`null` when it sent nothing; a string when it sent non-JSON).
-    pub payload: Value,
-}
+/// A device's answer to a direct method: the body of the REST response, so its wire shape
+/// (`{"status": int, "payload": any}`) is the registry model's.
+pub type MethodResponse = dps_proto::model::hub::CloudToDeviceMethodResult;
 
 pub(crate) struct PendingMethod {
     device_key: String,

@@ -40,6 +40,11 @@ pub struct ServerConfig {
     /// Reply to register requests with the final state at once (see
     /// `dps_core::EngineConfig::immediate_assignment`).
     pub immediate_assignment: bool,
+    /// About how many idle hub devices the embedded hub keeps in memory after reading them
+    /// (`dps_hub::HubConfig::device_cache`). Every other device is read from the hub database
+    /// on demand, so this trades memory (about 1.2 KB per typical device) for store reads on a
+    /// hub with more devices than the bound; connected devices are held besides.
+    pub hub_device_cache: usize,
     /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
     /// file, `--max-connections` etc. on the command line).
     pub limits: Limits,
@@ -159,6 +164,8 @@ pub struct FileConfig {
     pub telemetry_retention: Option<usize>,
     /// See [`ServerConfig::immediate_assignment`].
     pub immediate_assignment: Option<bool>,
+    /// See [`ServerConfig::hub_device_cache`].
+    pub hub_device_cache: Option<usize>,
     /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
     pub limits: Option<Limits>,
 }
@@ -215,6 +222,7 @@ impl ServerConfig {
             max_message_bytes: 256 * 1024,
             telemetry_retention: 10_000,
             immediate_assignment: false,
+            hub_device_cache: dps_hub::DEFAULT_DEVICE_CACHE,
             limits: Limits::default(),
         }
     }
@@ -232,7 +240,8 @@ impl ServerConfig {
             amqp_port,
             max_message_bytes,
             telemetry_retention,
-            immediate_assignment
+            immediate_assignment,
+            hub_device_cache
         );
         if let Some(h) = f.hostname.filter(|h| !h.is_empty()) {
             self.hostnames = h;
@@ -244,6 +253,16 @@ impl ServerConfig {
             self.limits = l;
         }
         self
+    }
+
+    /// Refuses settings that make no sense, before anything is opened: a zero hub device cache
+    /// (the hub reads every device through it; 0 is a typo, not a way to turn it off) and the
+    /// zero limits [`Limits::validate`] refuses. The message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hub_device_cache == 0 {
+            return Err("hub-device-cache must be at least 1 (the embedded hub reads every device through it)".into());
+        }
+        self.limits.validate()
     }
 
     /// The provisioning host name (first host name).
@@ -278,6 +297,19 @@ mod tests {
         assert!(!c.immediate_assignment);
         let f: FileConfig = toml::from_str("immediate-assignment = true\n").unwrap();
         assert!(ServerConfig::defaults().merge_file(f).immediate_assignment);
+    }
+
+    #[test]
+    fn hub_device_cache_is_read_from_the_file_and_zero_is_refused() {
+        assert_eq!(ServerConfig::defaults().hub_device_cache, dps_hub::DEFAULT_DEVICE_CACHE);
+        let f: FileConfig = toml::from_str("hub-device-cache = 1000\n").unwrap();
+        let c = ServerConfig::defaults().merge_file(f);
+        assert_eq!(c.hub_device_cache, 1000);
+        assert_eq!(c.validate(), Ok(()));
+        assert!(toml::from_str::<FileConfig>("hub-device-cache = -1\n").is_err());
+        let zero: FileConfig = toml::from_str("hub-device-cache = 0\n").unwrap();
+        let err = ServerConfig::defaults().merge_file(zero).validate().unwrap_err();
+        assert!(err.contains("hub-device-cache must be at least 1"), "{err}");
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub enum StartError {
         /// How to fix it.
         hint: String,
     },
-    /// A setting makes no sense (a zero deadline or connection cap, see [`crate::Limits::validate`]).
+    /// A setting makes no sense (a zero deadline, connection cap or hub device cache, see
+    /// [`ServerConfig::validate`]).
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The data directory (identity, local CA, server certificate) could not be set up.
@@ -103,7 +104,7 @@ impl RunningServer {
 
 /// Initializes (or reuses) the data directory and starts listening.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
-    config.limits.validate().map_err(StartError::Config)?;
+    config.validate().map_err(StartError::Config)?;
     let dir = DataDir::new(&config.data_dir);
     let (identity, initialized) = dir.init_identity(&config.default_hub_host(), config.hub_hostname.as_deref())?;
     let tls = {
@@ -124,7 +125,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             telemetry_retention: config.telemetry_retention,
             telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
             telemetry_retention_age: config.limits.telemetry_retention_age(),
-            device_cache: dps_hub::DEFAULT_DEVICE_CACHE,
+            device_cache: config.hub_device_cache,
         },
         Arc::new(hub_store),
         Arc::new(SystemClock),

@@ -1,11 +1,13 @@
 //! IoT Hub's limits on an in-process `dps serve`, from the accepting side: what is exactly at a
 //! limit is served over MQTT and REST, twins read and written back round-trip, and telemetry
-//! retention follows `[limits] telemetry-retention-bytes` (refusals are in `bad_input_twin.rs`).
+//! retention follows `[limits] telemetry-retention-bytes` (refusals are in `bad_input_twin.rs`);
+//! the hub holds no more idle devices than `hub-device-cache`, and refuses to start with 0.
 
 mod common;
 
 use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_rest, hub_server_with};
 use dps_proto::twin_limits::{self, Section, D2C_MAX_BYTES, SECTION_MAX_BYTES, STRING_MAX_BYTES};
+use dps_server::{ServerConfig, StartError};
 use rumqttc::{Packet, QoS};
 use serde_json::{json, Map, Value};
 
@@ -99,4 +101,43 @@ async fn limits_accept_what_fits_and_bound_retention() {
     assert_eq!(kept.last().unwrap().sequence_number, 8);
     assert!(kept.iter().all(|m| m.body.len() == D2C_MAX_BYTES));
     s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_hub_device_cache_setting_bounds_the_devices_held() {
+    const BOUND: usize = 16;
+    const DEVICES: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let s = hub_server_with("127.0.35.1", dir.path(), |c| c.hub_device_cache = BOUND).await;
+    for i in 0..DEVICES {
+        hub_device(&s, &format!("dev-{i:02}")).await;
+    }
+    for i in 0..DEVICES {
+        let (status, d) = hub_rest(&s, "GET", &format!("/devices/dev-{i:02}"), None).await;
+        assert_eq!(
+            (status, d["deviceId"].as_str()),
+            (200, Some(format!("dev-{i:02}").as_str()))
+        );
+    }
+    let held = s.services.hub.resident_devices();
+    assert!(held <= BOUND, "{held} devices held with hub-device-cache = {BOUND}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_zero_hub_device_cache_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ServerConfig::defaults();
+    c.data_dir = dir.path().to_path_buf();
+    c.bind = "127.0.35.2".parse().unwrap();
+    c.hub_device_cache = 0;
+    match dps_server::start(c).await {
+        Err(StartError::Config(msg)) => assert!(msg.contains("hub-device-cache must be at least 1"), "{msg}"),
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a zero hub device cache was accepted"),
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing is written to the data directory before the configuration is checked"
+    );
 }

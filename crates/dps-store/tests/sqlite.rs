@@ -1,5 +1,6 @@
 //! SqliteStore behaviour beyond the shared conformance suite: durability across reopen,
-//! migrations, group commit under concurrency, and refusing files that are not ours.
+//! migrations, group commit under concurrency, refusing files that are not ours, and reporting
+//! damaged documents.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -259,4 +260,53 @@ async fn reads_run_beside_writes() {
     }
     writer.await.unwrap();
     assert_eq!(store.count_registrations().await.unwrap(), 501);
+}
+
+/// A document damaged on disk is reported as [`StoreError::Corrupt`], naming its table and key and
+/// keeping the JSON error as its source, on a lookup and on a listing; the other records still
+/// read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_document_is_reported_as_corrupt_with_its_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dps.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        for id in ["dev-1", "dev-2"] {
+            let e = IndividualEnrollment {
+                registration_id: id.into(),
+                etag: Some("e1".into()),
+                ..Default::default()
+            };
+            store.put_enrollment(&e, &WriteCondition::None).await.unwrap();
+        }
+    }
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE enrollments SET doc = '{\"registrationId\": 7' WHERE key = 'dev-1'",
+            [],
+        )
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let check = |e: StoreError| {
+        let message = e.to_string();
+        let StoreError::Corrupt { table, key, source } = e else {
+            panic!("not reported as corrupt: {e:?}")
+        };
+        assert_eq!((table.as_str(), key.as_str()), ("enrollments", "dev-1"));
+        let json = source
+            .downcast_ref::<serde_json::Error>()
+            .expect("the JSON error is the source");
+        assert_eq!(
+            message,
+            format!("stored document 'dev-1' in enrollments does not decode: {json}")
+        );
+        assert!(message.contains("line 1 column"), "{message}");
+    };
+    check(store.get_enrollment("DEV-1").await.unwrap_err());
+    check(store.list_enrollments(None, 10).await.unwrap_err());
+    assert_eq!(
+        store.get_enrollment("dev-2").await.unwrap().unwrap().registration_id,
+        "dev-2"
+    );
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::output::{self, out, s, to_value};
 use crate::remote::DpsTarget;
@@ -185,7 +185,7 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot delete CA certificate '{}'", a.name))?;
             if a.target.server.json {
-                output::json(&json!({ "deleted": true, "name": a.name }));
+                output::deleted("name", &a.name);
             } else {
                 out!("deleted CA certificate {}", a.name);
             }

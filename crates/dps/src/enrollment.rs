@@ -15,7 +15,7 @@ use dps_proto::model::service::{
     EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, X509CertificateWithInfo,
 };
 use dps_proto::rest::Route;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::output::{self, out, s, to_value};
 use crate::remote::DpsTarget;
@@ -692,7 +692,7 @@ async fn delete(k: Kind, id: &str, etag: Option<&str>, t: &DpsTarget) -> Result<
     }
     .with_context(|| format!("cannot delete {} '{id}'", k.noun()))?;
     if t.server.json {
-        output::json(&json!({ "deleted": true, k.id_field(): id }));
+        output::deleted(k.id_field(), id);
     } else {
         out!("deleted {} {id}", k.noun());
     }
@@ -774,6 +774,7 @@ fn summary(k: Kind, e: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn settings() -> Settings {
         Settings::default()

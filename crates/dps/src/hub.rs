@@ -1,18 +1,17 @@
 //! `dps hub …`: the embedded (or any linked) IoT hub's registry REST API and telemetry stream,
-//! shaped like `az iot hub device-identity …`, `az iot hub device-twin …` and
-//! `az iot hub monitor-events`.
+//! shaped like `az iot hub device-identity …`, `az iot hub device-twin …`,
+//! `az iot hub invoke-device-method`, `az iot hub show-stats` and `az iot hub monitor-events`.
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use dps_proto::model::hub::{Twin, TwinProperties};
-use dps_proto::rest::Route;
+use dps_proto::model::hub::{CloudToDeviceMethod, RegistryStatistics, ServiceStatistics, Twin, TwinProperties};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use crate::output::{self, out, s, to_value};
-use dps_client::error_chain as chain;
 
 use crate::remote::HubTarget;
 
@@ -22,6 +21,11 @@ pub enum HubCommand {
     /// Device identities in the hub registry.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Call a direct method on a connected device and print its answer (like
+    /// `az iot hub invoke-device-method`).
+    InvokeDeviceMethod(InvokeMethod),
+    /// Device counts: registered (by status) and connected now (like `az iot hub show-stats`).
+    ShowStats(ShowStats),
     /// Print device-to-cloud messages as they arrive (like `az iot hub monitor-events`).
     MonitorEvents(MonitorArgs),
 }
@@ -93,6 +97,45 @@ pub struct TwinUpdate {
     pub etag: Option<String>,
     #[command(flatten)]
     pub target: HubTarget,
+}
+
+/// `dps hub invoke-device-method`
+#[derive(Args, Debug)]
+pub struct InvokeMethod {
+    /// Device id.
+    #[arg(long, short = 'd')]
+    pub device_id: String,
+    /// The method's name, as the device subscribed to it.
+    #[arg(long)]
+    pub method_name: String,
+    /// The request payload, any JSON [default: null].
+    #[arg(long, value_parser = parse_json, value_name = "JSON")]
+    pub method_payload: Option<Value>,
+    /// Seconds to wait for the device's answer (5 to 300).
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub target: HubTarget,
+}
+
+fn parse_json(s: &str) -> Result<Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+/// `dps hub show-stats`
+#[derive(Args, Debug)]
+pub struct ShowStats {
+    #[command(flatten)]
+    pub target: HubTarget,
+}
+
+/// What `show-stats --json` prints: both statistics objects' fields in one object.
+#[derive(Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    registry: RegistryStatistics,
+    #[serde(flatten)]
+    service: ServiceStatistics,
 }
 
 /// `dps hub monitor-events`
@@ -210,6 +253,44 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             let v = to_value(&twin)?;
             output::json(&v);
         }
+        HubCommand::InvokeDeviceMethod(a) => {
+            let id = &a.device_id;
+            let method = CloudToDeviceMethod {
+                method_name: a.method_name.clone(),
+                payload: a.method_payload.unwrap_or(Value::Null),
+                response_timeout_in_seconds: Some(a.timeout),
+                connect_timeout_in_seconds: None,
+            };
+            let answer = a
+                .target
+                .client()?
+                .invoke_method(id, &method)
+                .await
+                .with_context(|| format!("cannot invoke method '{}' on '{id}'", a.method_name))?;
+            // The device's answer is a JSON document either way (status and payload).
+            output::json(&to_value(&answer)?);
+        }
+        HubCommand::ShowStats(a) => {
+            let client = a.target.client()?;
+            let registry = client
+                .device_statistics()
+                .await
+                .context("cannot read the device statistics")?;
+            let service = client
+                .service_statistics()
+                .await
+                .context("cannot read the service statistics")?;
+            if a.target.server.json {
+                output::json(&to_value(&Stats { registry, service })?);
+            } else {
+                output::fields(&[
+                    ("devices", registry.total_device_count.to_string()),
+                    ("enabled", registry.enabled_device_count.to_string()),
+                    ("disabled", registry.disabled_device_count.to_string()),
+                    ("connected", service.connected_device_count.to_string()),
+                ]);
+            }
+        }
         HubCommand::MonitorEvents(a) => monitor(a).await?,
     }
     Ok(())
@@ -219,75 +300,40 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
 /// timeout, or `--max-events`.
 async fn monitor(a: MonitorArgs) -> Result<()> {
     let client = a.target.client()?;
-    let r = client.rest();
-    let mut query: Vec<(&str, String)> = Vec::new();
-    if let Some(d) = &a.device_id {
-        query.push(("deviceId", d.clone()));
-    }
-    if let Some(n) = a.from_sequence {
-        query.push(("from-sequence", n.to_string()));
-    }
-    let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut resp = r
-        .request(&Route::MonitorEvents, &q)?
-        .send()
+    let mut events = client
+        .monitor_events(a.device_id.as_deref(), a.from_sequence)
         .await
-        .map_err(|e| anyhow!("cannot reach {}: {}", r.host(), chain(&e)))?;
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
-        return Err(
-            anyhow::Error::from(dps_client::ClientError::from_error_body(status, &body))
-                .context("cannot monitor events"),
-        );
-    }
+        .context("cannot monitor events")?;
     if !a.target.server.json {
         let filter = a
             .device_id
             .as_deref()
             .map(|d| format!(" of device {d}"))
             .unwrap_or_default();
-        eprintln!("monitoring events{filter} on {} (Ctrl-C to stop)", r.host());
+        eprintln!("monitoring events{filter} on {} (Ctrl-C to stop)", client.rest().host());
     }
     let idle = (a.timeout > 0).then(|| Duration::from_secs(a.timeout));
     let mut deadline = idle.map(|d| Instant::now() + d);
-    let mut buf: Vec<u8> = Vec::new();
     let mut seen: u64 = 0;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
-        if a.max_events.is_some_and(|m| seen >= m) {
-            break;
-        }
-        let chunk = tokio::select! {
-            c = resp.chunk() => c.map_err(|e| anyhow!("the event stream broke: {}", chain(&e)))?,
+    while a.max_events.is_none_or(|m| seen < m) {
+        // `EventStream::next` is cancel-safe: losing the race loses no event.
+        let event = tokio::select! {
+            e = events.next() => e.context("the event stream broke")?,
             _ = sleep_until_opt(deadline) => break,
             _ = &mut ctrl_c => break,
         };
-        let Some(chunk) = chunk else {
+        let Some(event) = event else {
             bail!("the server closed the event stream")
         };
-        buf.extend_from_slice(&chunk);
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let line = &line[..line.len() - 1];
-            // Blank lines are the server's heartbeats.
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let event: Value = serde_json::from_slice(line)
-                .with_context(|| format!("event is not JSON: {}", String::from_utf8_lossy(line)))?;
-            if a.target.server.json {
-                out!("{event}");
-            } else {
-                output::json(&event);
-            }
-            seen += 1;
-            deadline = idle.map(|d| Instant::now() + d);
-            if a.max_events.is_some_and(|m| seen >= m) {
-                break;
-            }
+        if a.target.server.json {
+            out!("{event}");
+        } else {
+            output::json(&event);
         }
+        seen += 1;
+        deadline = idle.map(|d| Instant::now() + d);
     }
     if !a.target.server.json {
         eprintln!("{seen} event(s)");

@@ -28,6 +28,15 @@ pub fn json(v: &Value) {
     line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
 
+/// The `--json` acknowledgement of a deletion, `{"deleted": true, "<id_field>": id}` (the
+/// server answers a DELETE with no body, so there is no model to print).
+pub fn deleted(id_field: &str, id: &str) {
+    let mut v = serde_json::Map::new();
+    v.insert("deleted".into(), Value::Bool(true));
+    v.insert(id_field.into(), Value::from(id));
+    json(&Value::Object(v));
+}
+
 /// A typed answer as the JSON the server sent, for printing (`--json`) and for [`s`].
 pub fn to_value<T: serde::Serialize>(v: &T) -> anyhow::Result<Value> {
     Ok(serde_json::to_value(v)?)

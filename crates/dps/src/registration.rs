@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::output::{self, out, s, to_value};
 use crate::remote::DpsTarget;
@@ -105,7 +105,7 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot delete registration '{id}'"))?;
             if a.target.server.json {
-                output::json(&json!({ "deleted": true, "registrationId": id }));
+                output::deleted("registrationId", id);
             } else {
                 out!("deleted registration {id}");
             }

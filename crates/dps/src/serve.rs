@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// trip (and Python devices their fixed 2 s wait before the first poll).
     #[arg(long, env = "DPS_IMMEDIATE_ASSIGNMENT")]
     immediate_assignment: bool,
+    /// Idle hub devices kept in memory after they are read; every other device is read from the
+    /// hub database when needed. Raise it when many more devices than this are in use at once
+    /// and memory allows (about 1.2 KB each) [default: 65536].
+    #[arg(long, env = "DPS_HUB_DEVICE_CACHE")]
+    hub_device_cache: Option<usize>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
@@ -147,6 +152,9 @@ impl ServeArgs {
         if self.immediate_assignment {
             c.immediate_assignment = true;
         }
+        if let Some(v) = self.hub_device_cache {
+            c.hub_device_cache = v;
+        }
         self.limits.apply(&mut c.limits);
         Ok((c, self.log))
     }
@@ -237,6 +245,24 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> ServerConfig {
+        let cli = Cli::try_parse_from(std::iter::once("dps").chain(args.iter().copied())).unwrap();
+        cli.serve.into_config().unwrap().0
+    }
+
+    #[test]
+    fn the_hub_device_cache_flag_reaches_the_config() {
+        assert_eq!(config(&[]).hub_device_cache, ServerConfig::defaults().hub_device_cache);
+        assert_eq!(config(&["--hub-device-cache", "1000"]).hub_device_cache, 1000);
+    }
 
     #[test]
     fn the_connection_cap_fits_under_the_open_file_limit() {

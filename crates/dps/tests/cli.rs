@@ -170,7 +170,7 @@ fn enrollment_lifecycle() {
         "--etag",
         rotated["etag"].as_str().unwrap(),
     ]);
-    assert_eq!(del2["deleted"], true);
+    assert_eq!(del2, serde_json::json!({"deleted": true, "registrationId": "dev-2"}));
     assert_eq!(s.json(&["enrollment", "list"]), serde_json::json!([]));
 }
 
@@ -360,6 +360,39 @@ fn provision_individual_enrollment_over_mqtt_and_https() {
     assert_eq!(twin["deviceId"], "dev-m");
     let err = s.fail(&["hub", "device", "show", "--device-id", "ghost"]);
     assert!(has(&err, codes::DEVICE_NOT_FOUND), "{err}");
+    // Statistics, and a direct method refused (the answered case is dps-server's
+    // registry_client test: it needs a device that answers).
+    let stats = s.json(&["hub", "show-stats"]);
+    assert_eq!(
+        (
+            &stats["totalDeviceCount"],
+            &stats["enabledDeviceCount"],
+            &stats["disabledDeviceCount"]
+        ),
+        (&Value::from(2), &Value::from(2), &Value::from(0)),
+        "{stats}"
+    );
+    // The provisioning clients may still be disconnecting.
+    assert!(
+        stats["connectedDeviceCount"].as_u64().is_some_and(|n| n <= 2),
+        "{stats}"
+    );
+    let table = s.ok(&["hub", "show-stats"]);
+    assert!(table.contains("devices") && table.contains("connected"), "{table}");
+    let err = s.fail(&[
+        "hub",
+        "invoke-device-method",
+        "-d",
+        "ghost",
+        "--method-name",
+        "reboot",
+        "--method-payload",
+        r#"{"delay":5}"#,
+    ]);
+    assert!(
+        err.contains("cannot invoke method 'reboot' on 'ghost'") && has(&err, codes::DEVICE_NOT_FOUND),
+        "{err}"
+    );
 
     // Both messages were retained by the hub: replay them from the start.
     let out = s.ok(&[

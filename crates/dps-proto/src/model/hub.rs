@@ -141,6 +141,57 @@ pub struct TwinProperties {
     pub reported: Option<Map<String, Value>>,
 }
 
+/// `POST /twins/{id}/methods`: the direct method to call on a connected device
+/// (`CloudToDeviceMethod` in the service SDKs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudToDeviceMethod {
+    /// The method's name, as the device subscribed to it (`$iothub/methods/POST/{name}`).
+    pub method_name: String,
+    /// The request payload, any JSON (`null` when the method takes none).
+    #[serde(default)]
+    pub payload: Value,
+    /// Seconds to wait for the device's answer (IoT Hub: 5 to 300, default 30).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub response_timeout_in_seconds: Option<u64>,
+    /// Seconds to wait for an offline device to connect (accepted; a device that is not
+    /// connected is answered at once with 404103, as IoT Hub does for 0).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connect_timeout_in_seconds: Option<u64>,
+}
+
+/// The answer to a direct method: what the device replied (`CloudToDeviceMethodResult` in the
+/// service SDKs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudToDeviceMethodResult {
+    /// The status the device chose (any integer; HTTP-like by convention).
+    pub status: i32,
+    /// The device's JSON payload (`null` when it sent nothing; a string when it sent non-JSON).
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// `GET /statistics/devices`: device counts of the registry (`RegistryStatistics` in the service
+/// SDKs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatistics {
+    /// All device identities.
+    pub total_device_count: u64,
+    /// Devices with status `enabled`.
+    pub enabled_device_count: u64,
+    /// Devices with status `disabled`.
+    pub disabled_device_count: u64,
+}
+
+/// `GET /statistics/service`: the hub's live counts (`ServiceStatistics` in the service SDKs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatistics {
+    /// Devices connected now.
+    pub connected_device_count: u64,
+}
+
 /// Applies a JSON merge patch (RFC 7396) of `patch` onto `target`: objects merge recursively and
 /// `null` deletes. Returns whether anything changed. Keys starting with `$` in the patch are ignored
 /// (clients may echo `$version`/`$metadata`).
@@ -177,6 +228,43 @@ pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn method_and_statistics_shapes_of_the_service_sdks() {
+        let m: CloudToDeviceMethod =
+            serde_json::from_str(r#"{"methodName":"reboot","payload":{"delay":5},"responseTimeoutInSeconds":10}"#)
+                .unwrap();
+        assert_eq!(
+            (m.method_name.as_str(), m.response_timeout_in_seconds),
+            ("reboot", Some(10))
+        );
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"methodName": "reboot", "payload": {"delay": 5}, "responseTimeoutInSeconds": 10})
+        );
+        assert!(
+            serde_json::from_str::<CloudToDeviceMethod>(r#"{"payload":1}"#).is_err(),
+            "the name is required"
+        );
+        let r: CloudToDeviceMethodResult = serde_json::from_str(r#"{"status":200}"#).unwrap();
+        assert_eq!((r.status, r.payload), (200, Value::Null));
+        let s = RegistryStatistics {
+            total_device_count: 3,
+            enabled_device_count: 2,
+            disabled_device_count: 1,
+        };
+        assert_eq!(
+            serde_json::to_value(s).unwrap(),
+            json!({"totalDeviceCount": 3, "enabledDeviceCount": 2, "disabledDeviceCount": 1})
+        );
+        assert_eq!(
+            serde_json::to_value(ServiceStatistics {
+                connected_device_count: 4
+            })
+            .unwrap(),
+            json!({"connectedDeviceCount": 4})
+        );
+    }
 
     #[test]
     fn merge_patch_rules() {

@@ -14,10 +14,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use dps_hub::{MethodError, RegistryError};
 use dps_proto::codes;
-use dps_proto::model::hub::{Device, Twin};
+use dps_proto::model::hub::{CloudToDeviceMethod, Device, RegistryStatistics, ServiceStatistics, Twin};
 use dps_proto::model::service::QuerySpecification;
 use dps_proto::twin_limits;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::{events, no_content, ok, parse_count, set_header, Ctx};
@@ -44,20 +43,6 @@ fn rights(route: &Route) -> &'static [&'static str] {
         InvokeMethod(_) | MonitorEvents | ServiceStatistics => &[SERVICE_CONNECT],
         other => unreachable!("not a hub route: {other:?}"),
     }
-}
-
-/// `POST /twins/{id}/methods` body (`CloudToDeviceMethod`).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MethodRequest {
-    method_name: String,
-    #[serde(default)]
-    payload: Value,
-    #[serde(default)]
-    response_timeout_in_seconds: Option<u64>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    connect_timeout_in_seconds: Option<u64>,
 }
 
 pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
@@ -125,7 +110,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             ok(&hub.patch_twin(&id, twin, if_match).await.map_err(registry_error)?)
         }
         Route::InvokeMethod(id) => {
-            let req: MethodRequest = ctx.json("CloudToDeviceMethod").await?;
+            let req: CloudToDeviceMethod = ctx.json("CloudToDeviceMethod").await?;
             let secs = req
                 .response_timeout_in_seconds
                 .unwrap_or(METHOD_TIMEOUT_DEFAULT)
@@ -137,15 +122,17 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         }
         Route::DeviceStatistics => {
             let s = hub.statistics().await.map_err(registry_error)?;
-            ok(&serde_json::json!({
-                "totalDeviceCount": s.total_device_count,
-                "enabledDeviceCount": s.enabled_device_count,
-                "disabledDeviceCount": s.disabled_device_count,
-            }))
+            ok(&RegistryStatistics {
+                total_device_count: s.total_device_count,
+                enabled_device_count: s.enabled_device_count,
+                disabled_device_count: s.disabled_device_count,
+            })
         }
         Route::ServiceStatistics => {
             let s = hub.statistics().await.map_err(registry_error)?;
-            ok(&serde_json::json!({ "connectedDeviceCount": s.connected_device_count }))
+            ok(&ServiceStatistics {
+                connected_device_count: s.connected_device_count,
+            })
         }
         Route::MonitorEvents => events::stream(ctx, hub)?,
         other => unreachable!("not a hub route: {other:?}"),

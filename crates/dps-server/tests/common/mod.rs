@@ -264,28 +264,26 @@ pub async fn hub_server_with(
     dps_server::start(c).await.expect("server starts")
 }
 
+/// Hub device `id` authenticating with SAS keys [`KEY`] (primary and secondary).
+pub fn sas_device(id: &str) -> dps_proto::model::hub::Device {
+    use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey};
+    Device {
+        device_id: id.into(),
+        authentication: Some(AuthenticationMechanism {
+            kind: "sas".into(),
+            symmetric_key: Some(SymmetricKey {
+                primary_key: Some(KEY.into()),
+                secondary_key: Some(KEY.into()),
+            }),
+            x509_thumbprint: None,
+        }),
+        ..Default::default()
+    }
+}
+
 /// Creates hub device `id` with SAS primary key [`KEY`] through the hub API.
 pub async fn hub_device(s: &RunningServer, id: &str) {
-    use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey};
-    s.services
-        .hub
-        .put_device(
-            Device {
-                device_id: id.into(),
-                authentication: Some(AuthenticationMechanism {
-                    kind: "sas".into(),
-                    symmetric_key: Some(SymmetricKey {
-                        primary_key: Some(KEY.into()),
-                        secondary_key: Some(KEY.into()),
-                    }),
-                    x509_thumbprint: None,
-                }),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    s.services.hub.put_device(sas_device(id), None).await.unwrap();
 }
 
 /// An MQTT+TLS client connected (CONNACK 0) to the hub as device `id` (key [`KEY`]), with large

@@ -141,7 +141,11 @@ pub(crate) trait Decode: BackendError {
 
 impl Decode for StoreError {
     fn undecodable(table: &str, key: &str, e: serde_json::Error) -> Self {
-        StoreError::backend(format!("stored document '{key}' in {table} does not decode: {e}"))
+        StoreError::Corrupt {
+            table: table.to_string(),
+            key: key.to_string(),
+            source: dps_core::Cause::new(e),
+        }
     }
 }
 
