@@ -136,6 +136,26 @@ async fn a_foreign_protocol_header_is_answered_with_amqps_and_closed() {
 }
 
 #[tokio::test]
+async fn a_silent_or_stalled_client_is_closed_at_the_open_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.9", dir.path()).await;
+    // Silent after the TLS handshake.
+    let mut silent = tls(&s).await;
+    // Stalled in the middle of the SASL exchange (header sent, no init).
+    let mut stalled = tls(&s).await;
+    stalled.write_all(SASL_HEADER).await.unwrap();
+    let started = std::time::Instant::now();
+    read_to_close_within(&mut silent, Duration::from_secs(15), "silent client").await;
+    read_to_close_within(&mut stalled, Duration::from_secs(15), "stalled SASL").await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "closed by the 10 s open deadline"
+    );
+    assert!(open(&s, Some(SaslProfile::Anonymous)).await.is_ok());
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_unknown_sasl_mechanism_gets_the_auth_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let s = server("127.0.39.2", dir.path()).await;

@@ -200,7 +200,9 @@ async fn device(conn: &Arc<Conn>, device_id: &str) -> Result<Arc<HubDevice>, Ref
 /// Checks the device's credential: its CBS token, else the TLS client certificate.
 async fn authenticate(conn: &Conn, device_id: &str) -> Result<DeviceIdentity, Refusal> {
     let token = conn.hub.tokens.lock().get(device_id).cloned();
-    check_credential(conn, device_id, token).await.map_err(Refusal::Unauthorized)
+    check_credential(conn, device_id, token)
+        .await
+        .map_err(Refusal::Unauthorized)
 }
 
 /// Asks the hub whether `token` (or else the TLS certificate) is `device_id`'s credential; the
