@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod amqp_encoding;
 pub mod api_version;
 pub mod connection_string;
 pub mod dps_amqp;

@@ -35,9 +35,12 @@ use sasl::{Opened, Rewound};
 /// needs a few round trips; a client slower than this holds a connection without credentials.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest frame the server accepts and announces (`max-frame-size` in its open). Messages
-/// larger than a frame arrive in several transfers; this bounds what one read buffers.
-const MAX_FRAME_BYTES: u32 = 64 * 1024;
+/// The largest frame the server accepts and announces (`max-frame-size` in its open): room for
+/// the largest message accepted (`max-message-bytes`) and its transfer performative, so no client
+/// needs to split a message over frames (which the frame check refuses, see [`guard`]).
+fn max_frame_bytes(config: &crate::ServerConfig) -> usize {
+    config.max_message_bytes + 64 * 1024
+}
 
 /// Sessions one connection may begin. The SDKs use one (Node, C#) or a few (C multiplexing
 /// devices over one connection); each costs the server a task and its buffers.
@@ -95,11 +98,11 @@ where
     };
     let acceptor = ConnectionAcceptor::builder()
         .container_id(CONTAINER_ID)
-        .max_frame_size(MAX_FRAME_BYTES)
+        .max_frame_size(max_frame_bytes(&services.config) as u32)
         .channel_max(MAX_SESSIONS - 1)
         .idle_time_out(IDLE_TIMEOUT_MS)
         .build();
-    let stream = guard::FrameGuard::new(stream, MAX_FRAME_BYTES);
+    let stream = guard::FrameGuard::new(stream, max_frame_bytes(&services.config));
     let mut connection = match tokio::time::timeout_at(opened_by, acceptor.accept(stream)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -183,11 +183,20 @@ pub(crate) async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<F
     decode_frame(&mut buf)
 }
 
-/// Decodes a SASL frame without its size field. Public to the crate for the fuzz target.
+/// Decodes a SASL frame without its size field, once its values pass the bounds check
+/// (`dps_proto::amqp_encoding`: the decoder would otherwise trust their sizes).
 pub(crate) fn decode_frame(buf: &mut BytesMut) -> Result<Frame, SaslError> {
     if buf.len() < 4 {
         return Err(SaslError::FrameSize(buf.len() + 4));
     }
+    // The data offset counts 4-byte words from the frame's start (at least the 8-byte header);
+    // `buf` starts after the 4-byte size field.
+    let body = (usize::from(buf[0]) * 4)
+        .checked_sub(4)
+        .filter(|at| *at >= 4)
+        .and_then(|at| buf.get(at..))
+        .ok_or(SaslError::Malformed("data offset below the frame header".into()))?;
+    dps_proto::amqp_encoding::check_sasl_body(body).map_err(|e| SaslError::Malformed(e.to_string()))?;
     match (FrameCodec {}).decode(buf) {
         Ok(Some(frame)) => Ok(frame),
         Ok(None) => Err(SaslError::Malformed("empty frame".into())),
