@@ -68,6 +68,8 @@ pub struct Target {
     pub mqtt_port: u16,
     /// HTTPS port.
     pub https_port: u16,
+    /// AMQP port (DPS).
+    pub amqp_port: u16,
 }
 
 /// What each simulated device does.
@@ -152,6 +154,19 @@ pub struct BenchArgs {
     pub keep: bool,
 }
 
+impl BenchArgs {
+    /// The client the devices run: `--client`, except that AMQP always runs the SDK (the lean
+    /// client has no AMQP of its own; the SDK's AMQP transport is only fe2o3-amqp and the SASL
+    /// frames, what a lean one would be).
+    fn client(&self) -> ClientKind {
+        if self.transport == Transport::Amqp {
+            ClientKind::Sdk
+        } else {
+            self.client
+        }
+    }
+}
+
 /// Default number of devices when neither --devices nor --duration bounds the run.
 const DEFAULT_DEVICES: usize = 1000;
 /// Default hold time.
@@ -202,8 +217,10 @@ fn check(a: &BenchArgs) -> Result<Controls> {
         Some(spec) => wire::parse_sources(spec)?,
         None => Vec::new(),
     };
-    if !sources.is_empty() && a.client == ClientKind::Sdk {
-        bail!("--source-addresses needs the lean client (the SDK picks its own source address)");
+    if !sources.is_empty() && a.client() == ClientKind::Sdk {
+        bail!(
+            "--source-addresses needs the lean client (the SDK, which AMQP always runs, picks its own source address)"
+        );
     }
     if a.mode == Mode::Hold {
         // Registering first leaves as many client ports in TIME_WAIT (for a minute) as the hold
@@ -277,6 +294,7 @@ async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Resul
         ca_pem,
         mqtt_port,
         https_port,
+        amqp_port,
     } = target;
     let host = rest.rest().host().to_string();
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
@@ -287,11 +305,12 @@ async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Resul
         prepare::create_group(&rest, &run_id, &prepared.group_attestation).await?;
     }
     let ctx = Arc::new(devices::Ctx {
-        client: a.client,
+        client: a.client(),
         transport: a.transport,
         dps_mqtt: wire::Endpoint::resolve(&host, mqtt_port).await?,
         dps_https: wire::Endpoint::resolve(&host, https_port).await?,
         https_authority: format!("{host}:{https_port}"),
+        dps_amqp_port: amqp_port,
         dps_host: host,
         mqtt_port,
         id_scope,
@@ -308,7 +327,7 @@ async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Resul
         "mode": format!("{:?}", a.mode).to_lowercase(),
         "transport": a.transport,
         "attestation": attestation_name(a.attestation),
-        "client": format!("{:?}", a.client).to_lowercase(),
+        "client": format!("{:?}", a.client()).to_lowercase(),
         "devices": null,
         "concurrency": a.concurrency,
         "succeeded": null,

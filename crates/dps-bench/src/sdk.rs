@@ -34,6 +34,7 @@ pub async fn register(dev: &Device<'_>) -> Result<(Assignment, Arc<dyn SecurityP
     let port = match ctx.transport {
         dps_client::Transport::Mqtt => ctx.dps_mqtt.addr.port(),
         dps_client::Transport::Https => ctx.dps_https.addr.port(),
+        dps_client::Transport::Amqp => ctx.dps_amqp_port,
     };
     let r = ProvisioningClient::new(&ctx.dps_host, &ctx.id_scope, provider.clone(), &ctx.ca_pem)
         .with_transport(ctx.transport)

@@ -1,0 +1,277 @@
+//! The Rust device SDK (`dps-client`) provisioning over AMQP against `dps serve` in-process:
+//! SASL PLAIN with a SAS token (individual and group-derived keys), an X.509 device known by its
+//! TLS client certificate (no SASL), the SASL `TPM` mechanism with a software TPM, and the
+//! refusals: a wrong key at SASL, a request the server rejects (its DPS error JSON read back as
+//! the typed error).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use dps_client::{
+    AttestationKind, ClientError, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider,
+    TpmPublicKeys, Transport, X509Provider,
+};
+use dps_pki::ca::{KeyAlgorithm, LocalCa};
+use dps_proto::model::service::{
+    EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, RegistrationStatus, Substatus,
+};
+use dps_server::RunningServer;
+use dps_tpm::software::SoftwareTpm;
+use parking_lot::Mutex;
+
+mod common;
+
+use common::{server, KEY};
+
+const GROUP_KEY: &str = "HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=";
+
+/// A client for `s`'s AMQP port, polling at once (the server assigns synchronously).
+fn client(s: &RunningServer, provider: Arc<dyn SecurityProvider>) -> ProvisioningClient {
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let fast = PollOptions {
+        max_interval: Duration::ZERO,
+        ..PollOptions::default()
+    };
+    ProvisioningClient::new(
+        &s.amqp_addr.ip().to_string(),
+        &s.services.identity.id_scope,
+        provider,
+        &ca,
+    )
+    .with_transport(Transport::Amqp)
+    .with_port(s.amqp_addr.port())
+    .with_poll_options(fast)
+    .with_timeout(Duration::from_secs(30))
+}
+
+#[tokio::test]
+async fn symmetric_keys_register_with_sasl_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.38.1", dir.path()).await;
+    s.services
+        .engine
+        .put_group(
+            chrono::Utc::now(),
+            "line-a",
+            EnrollmentGroup {
+                attestation: common::symmetric_key(GROUP_KEY),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+
+    // Individual enrollment, with a custom payload; a second registration reports the same hub.
+    let provider = Arc::new(SymmetricKeyProvider::new("dev-1", KEY).unwrap());
+    let r = client(&s, provider.clone())
+        .register(Some(serde_json::json!({"model": "x1"})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, RegistrationStatus::Assigned);
+    assert_eq!((r.registration_id.as_str(), r.device_id.as_str()), ("dev-1", "dev-1"));
+    assert_eq!(r.assigned_hub, s.services.identity.hub.host_name);
+    assert_eq!(r.substatus, Some(Substatus::InitialAssignment));
+    assert!(!r.operation_id.is_empty());
+    let again = client(&s, provider).register(None).await.unwrap();
+    assert_eq!(again.device_id, "dev-1");
+    assert!(s.services.hub.get_device("dev-1").await.is_ok());
+
+    // Group-derived key.
+    let member = Arc::new(SymmetricKeyProvider::from_group_key("unit-7", GROUP_KEY).unwrap());
+    let r = client(&s, member).register(None).await.unwrap();
+    assert_eq!(r.device_id, "unit-7");
+    assert_eq!(r.enrollment_group_id.as_deref(), Some("line-a"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.38.2", dir.path()).await;
+
+    // A SAS signed with the wrong key: refused in the SASL layer, before the connection opens.
+    let wrong = Arc::new(SymmetricKeyProvider::new("dev-1", GROUP_KEY).unwrap());
+    let err = client(&s, wrong).register(None).await.unwrap_err();
+    match &err {
+        ClientError::SaslRefused { mechanism, code } => {
+            assert_eq!((mechanism.as_str(), code.as_str()), ("PLAIN", "auth"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("SASL PLAIN authentication failed"), "{err}");
+    assert!(!err.is_transient());
+    // Not enrolled at all reads the same: nobody learns which ids are enrolled.
+    let stranger = Arc::new(SymmetricKeyProvider::new("nobody", KEY).unwrap());
+    assert!(matches!(
+        client(&s, stranger).register(None).await,
+        Err(ClientError::SaslRefused { .. })
+    ));
+
+    // A payload over the link's max-message-size (the server's limit) is refused before it is
+    // sent, clearly.
+    let provider = Arc::new(SymmetricKeyProvider::new("dev-1", KEY).unwrap());
+    let big = serde_json::json!({ "blob": "x".repeat(common::MAX_MESSAGE_BYTES) });
+    match client(&s, provider).register(Some(big)).await {
+        Err(ClientError::Unsupported(m)) => assert!(m.contains("larger than the server accepts"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A disabled enrollment authenticates, and its registration's result is the typed error.
+    let off = IndividualEnrollment {
+        attestation: common::symmetric_key(KEY),
+        provisioning_status: Some(ProvisioningStatus::Disabled),
+        ..Default::default()
+    };
+    common::put_enrollment(&s, "off", off).await;
+    let provider = Arc::new(SymmetricKeyProvider::new("off", KEY).unwrap());
+    let err = client(&s, provider).register(None).await.unwrap_err();
+    assert_eq!(err.error_code(), Some(dps_proto::codes::ENROLLMENT_DISABLED), "{err:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn x509_device_registers_with_its_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.38.3", dir.path()).await;
+    let ca = LocalCa::generate("amqp test CA").unwrap();
+    let device = ca
+        .issue_device_certificate("dev-x509", 30, KeyAlgorithm::EcdsaP256)
+        .unwrap();
+    common::enroll_x509(&s, "dev-x509", &device.cert_pem).await;
+    let provider = Arc::new(X509Provider::from_pem(&device.cert_pem, &device.key_pem).unwrap());
+    let r = client(&s, provider).register(None).await.unwrap();
+    assert_eq!(r.device_id, "dev-x509");
+    assert!(r.registration_state.x509.is_some(), "{:?}", r.registration_state);
+
+    // Another device's certificate may not register as dev-x509: the link is refused.
+    let other = ca
+        .issue_device_certificate("dev-other", 30, KeyAlgorithm::EcdsaP256)
+        .unwrap();
+    let provider = Arc::new(X509Provider::from_pem(&other.cert_pem, &other.key_pem).unwrap());
+    match client(&s, provider).register(None).await {
+        Err(ClientError::Service {
+            status: 401, message, ..
+        }) => {
+            assert!(
+                message.contains("'CN=dev-other'") && message.contains("is not enrolled"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    s.shutdown().await;
+}
+
+/// A TPM device whose TPM is `dps_tpm::software::SoftwareTpm`: the same activation (credential
+/// blob, secret, duplicate) as a TPM 2.0 performs, the imported key held in memory.
+struct SoftTpmProvider {
+    tpm: SoftwareTpm,
+    registration_id: String,
+    key: Mutex<Option<Vec<u8>>>,
+    imports: Mutex<u32>,
+}
+
+impl SecurityProvider for SoftTpmProvider {
+    fn registration_id(&self) -> &str {
+        &self.registration_id
+    }
+    fn kind(&self) -> AttestationKind {
+        AttestationKind::Tpm
+    }
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let key = self.key.lock();
+        let key = key
+            .as_ref()
+            .ok_or_else(|| ClientError::Credential("no key imported yet".into()))?;
+        Ok(dps_proto::sas::hmac_sha256(key, data))
+    }
+    fn tpm_keys(&self) -> Result<TpmPublicKeys, ClientError> {
+        Ok(TpmPublicKeys {
+            endorsement_key: self.tpm.endorsement_key(),
+            storage_root_key: self.tpm.storage_root_key(),
+        })
+    }
+    fn import_authentication_key(&self, blob: &[u8]) -> Result<(), ClientError> {
+        let key = self
+            .tpm
+            .activate(blob)
+            .map_err(|e| ClientError::Credential(e.to_string()))?;
+        *self.key.lock() = Some(key.to_vec());
+        *self.imports.lock() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tpm_registers_through_the_sasl_tpm_mechanism() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.38.4", dir.path()).await;
+    let tpm = SoftwareTpm::generate(&mut rand::thread_rng()).unwrap();
+    let reg = dps_tpm::registration_id(&tpm.endorsement_key());
+    common::enroll_tpm(&s, &reg, &tpm.endorsement_key()).await;
+    let provider = Arc::new(SoftTpmProvider {
+        tpm,
+        registration_id: reg.clone(),
+        key: Mutex::new(None),
+        imports: Mutex::new(0),
+    });
+    let r = client(&s, provider.clone()).register(None).await.unwrap();
+    assert_eq!(r.device_id, reg);
+    // Two imports: the SASL challenge's key, then the hub key from the assigned registration,
+    // which is the key the hub now knows the device by.
+    assert_eq!(*provider.imports.lock(), 2);
+    let device = s.services.hub.get_device(&reg).await.unwrap();
+    let hub_key = device
+        .authentication
+        .unwrap()
+        .symmetric_key
+        .unwrap()
+        .primary_key
+        .unwrap();
+    assert_eq!(B64.decode(hub_key).unwrap(), provider.key.lock().clone().unwrap());
+
+    // Re-registering the same TPM takes a new challenge.
+    let again = client(&s, provider.clone()).register(None).await.unwrap();
+    assert_eq!(again.device_id, reg);
+    assert_eq!(*provider.imports.lock(), 4);
+
+    // Another TPM, not enrolled: refused in the SASL layer at the challenge.
+    let stranger = Arc::new(SoftTpmProvider {
+        tpm: SoftwareTpm::generate(&mut rand::thread_rng()).unwrap(),
+        registration_id: reg.clone(),
+        key: Mutex::new(None),
+        imports: Mutex::new(0),
+    });
+    match client(&s, stranger.clone()).register(None).await {
+        Err(ClientError::SaslRefused { mechanism, code }) => {
+            assert_eq!((mechanism.as_str(), code.as_str()), ("TPM", "auth"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(*stranger.imports.lock(), 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn throttled_requests_are_rejected_and_retried_after_the_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::server_with("127.0.38.5", dir.path(), |c| c.limits.registrations_per_second = 1).await;
+    common::enroll(&s, "dev-2", KEY).await;
+    // A bucket of one registration per second: the second register, right after the first, is
+    // rejected with 429 and `retry-after` 1 in the rejection's info; the client waits it out.
+    let first = Arc::new(SymmetricKeyProvider::new("dev-1", KEY).unwrap());
+    client(&s, first).register(None).await.unwrap();
+    let second = Arc::new(SymmetricKeyProvider::new("dev-2", KEY).unwrap());
+    let started = std::time::Instant::now();
+    let r = client(&s, second).register(None).await.unwrap();
+    assert_eq!(r.device_id, "dev-2");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the throttled register waited its retry-after: {:?}",
+        started.elapsed()
+    );
+    s.shutdown().await;
+}
