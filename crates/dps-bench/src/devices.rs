@@ -40,8 +40,8 @@ pub struct Ctx {
     pub dps_https: Endpoint,
     /// `Host` header of HTTPS requests.
     pub https_authority: String,
-    /// The DPS AMQP port (the SDK client resolves the host itself).
-    pub dps_amqp_port: u16,
+    /// AMQP port (DPS and hub; the SDK client resolves the hosts itself).
+    pub amqp_port: u16,
     /// MQTT port (DPS and hub).
     pub mqtt_port: u16,
     /// The ID scope.

@@ -68,7 +68,7 @@ pub struct Target {
     pub mqtt_port: u16,
     /// HTTPS port.
     pub https_port: u16,
-    /// AMQP port (DPS).
+    /// AMQP port (DPS and hub).
     pub amqp_port: u16,
 }
 
@@ -125,7 +125,7 @@ pub struct BenchArgs {
     /// Devices run first, outside the statistics.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
-    /// How devices reach DPS.
+    /// How devices reach DPS (with amqp, also the hub in cycle and hold).
     #[arg(long, default_value = "mqtt")]
     pub transport: Transport,
     /// How devices authenticate.
@@ -310,7 +310,7 @@ async fn run_checked(a: &BenchArgs, controls: Controls, target: Target) -> Resul
         dps_mqtt: wire::Endpoint::resolve(&host, mqtt_port).await?,
         dps_https: wire::Endpoint::resolve(&host, https_port).await?,
         https_authority: format!("{host}:{https_port}"),
-        dps_amqp_port: amqp_port,
+        amqp_port,
         dps_host: host,
         mqtt_port,
         id_scope,

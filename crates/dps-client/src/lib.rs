@@ -4,7 +4,8 @@
 //! - [`ProvisioningClient`] registers over MQTT (8883), HTTPS (443) or AMQP (5671) with the DPS
 //!   device protocol and polls until the registration completes, returning a [`RegistrationResult`].
 //! - [`HubClient`] connects to the assigned hub over MQTT and sends telemetry, reads the twin,
-//!   patches reported properties and receives desired-property patches.
+//!   patches reported properties and receives desired-property patches; [`AmqpHubClient`] does
+//!   the first two over AMQP.
 //! - [`SecurityProvider`] abstracts the device secret (software key, TPM, X.509/DICE), so the
 //!   clients never hold key material themselves; [`SymmetricKeyProvider`] is the software
 //!   implementation for individual and group-derived keys; `TpmProvider` (cargo feature `tpm`)
@@ -35,6 +36,7 @@ mod amqp;
 mod dice;
 mod error;
 mod hub;
+mod hub_amqp;
 mod mqtt;
 mod provisioning;
 mod rest;
@@ -49,6 +51,7 @@ use std::sync::Arc;
 pub use dice::DiceProvider;
 pub use error::{error_chain, ClientError};
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
+pub use hub_amqp::AmqpHubClient;
 pub use provisioning::{
     PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION,
     GLOBAL_ENDPOINT, MIN_REPOLL_INTERVAL,

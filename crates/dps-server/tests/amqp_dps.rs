@@ -1,8 +1,8 @@
-//! The Rust device SDK (`dps-client`) provisioning over AMQP against `dps serve` in-process:
+//! The Rust device SDK (`dps-client`) over AMQP against `dps serve` in-process: provisioning
 //! SASL PLAIN with a SAS token (individual and group-derived keys), an X.509 device known by its
 //! TLS client certificate (no SASL), the SASL `TPM` mechanism with a software TPM, and the
 //! refusals: a wrong key at SASL, a request the server rejects (its DPS error JSON read back as
-//! the typed error).
+//! the typed error); then the hub over AMQP (`AmqpHubClient`: CBS put-token, telemetry, twin).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use dps_client::{
-    AttestationKind, ClientError, PollOptions, ProvisioningClient, SecurityProvider, SymmetricKeyProvider,
-    TpmPublicKeys, Transport, X509Provider,
+    AmqpHubClient, AttestationKind, ClientError, PollOptions, ProvisioningClient, SecurityProvider,
+    SymmetricKeyProvider, TpmPublicKeys, Transport, X509Provider,
 };
 use dps_pki::ca::{KeyAlgorithm, LocalCa};
 use dps_proto::model::service::{
@@ -273,5 +273,115 @@ async fn throttled_requests_are_rejected_and_retried_after_the_retry_after() {
         "the throttled register waited its retry-after: {:?}",
         started.elapsed()
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn provisioned_devices_use_the_hub_over_amqp() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.38.6", dir.path()).await;
+    let initial = dps_proto::model::service::InitialTwin {
+        tags: None,
+        properties: Some(dps_proto::model::service::InitialTwinProperties {
+            desired: Some(serde_json::json!({"interval": 30})),
+        }),
+    };
+    common::put_enrollment(
+        &s,
+        "dev-twin",
+        IndividualEnrollment {
+            attestation: common::symmetric_key(KEY),
+            initial_twin: Some(initial),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let provider = Arc::new(SymmetricKeyProvider::new("dev-twin", KEY).unwrap());
+    let r = client(&s, provider.clone()).register(None).await.unwrap();
+    let connect = |provider: Arc<dyn SecurityProvider>| {
+        AmqpHubClient::connect(
+            &r.assigned_hub,
+            s.amqp_addr.port(),
+            &r.device_id,
+            provider,
+            &ca,
+            Duration::from_secs(10),
+            Duration::from_secs(600),
+        )
+    };
+
+    // SAS device: CBS put-token, then telemetry with its properties and the twin.
+    let mut events = s.services.hub.subscribe_events();
+    let hub = connect(provider.clone()).await.unwrap();
+    assert!(hub.is_connected());
+    assert_eq!(hub.device_id(), "dev-twin");
+    hub.send_event(
+        r#"{"t":1}"#,
+        &[("$.ct", "application/json"), ("$.ce", "utf-8"), ("kind", "test")],
+    )
+    .await
+    .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("telemetry within 5 s")
+        .unwrap();
+    assert_eq!(msg.device_id, "dev-twin");
+    assert_eq!(msg.body_json(), Some(serde_json::json!({"t": 1})));
+    assert!(
+        msg.properties.contains(&("kind".into(), "test".into())),
+        "{:?}",
+        msg.properties
+    );
+    let twin = hub.get_twin().await.unwrap();
+    assert_eq!(twin["desired"]["interval"], 30, "{twin}");
+    assert!(twin["reported"].is_object(), "{twin}");
+    // Twice on the same links.
+    assert_eq!(hub.get_twin().await.unwrap()["desired"]["interval"], 30);
+    hub.disconnect().await.unwrap();
+
+    // A token signed with another key: the CBS reply refuses it, with the hub's reason.
+    let wrong = Arc::new(SymmetricKeyProvider::new("dev-twin", GROUP_KEY).unwrap());
+    match connect(wrong).await {
+        Err(ClientError::Service {
+            status: 401, message, ..
+        }) => assert!(message.contains("CBS put-token"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn x509_devices_use_the_hub_over_amqp_without_cbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.38.7", dir.path()).await;
+    let ca = LocalCa::generate("amqp hub test CA").unwrap();
+    let device = ca
+        .issue_device_certificate("dev-x509", 30, KeyAlgorithm::EcdsaP256)
+        .unwrap();
+    common::enroll_x509(&s, "dev-x509", &device.cert_pem).await;
+    let provider = Arc::new(X509Provider::from_pem(&device.cert_pem, &device.key_pem).unwrap());
+    let r = client(&s, provider.clone()).register(None).await.unwrap();
+    let ca_pem = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let mut events = s.services.hub.subscribe_events();
+    let hub = AmqpHubClient::connect(
+        &r.assigned_hub,
+        s.amqp_addr.port(),
+        "dev-x509",
+        provider,
+        &ca_pem,
+        Duration::from_secs(10),
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    hub.send_event("x", &[]).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("telemetry within 5 s")
+        .unwrap();
+    assert_eq!((msg.device_id.as_str(), &msg.body[..]), ("dev-x509", &b"x"[..]));
+    hub.get_twin().await.unwrap();
+    hub.disconnect().await.unwrap();
     s.shutdown().await;
 }
