@@ -18,7 +18,7 @@ use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::Fields;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Message, MessageAnnotations, MessageId, Outcome, Properties,
+    ApplicationProperties, Message, MessageAnnotations, MessageId, Outcome, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender, Session};
@@ -186,34 +186,17 @@ impl AmqpHubClient {
                 .await
                 .map_err(|e| amqp::link_failure("sending a twin request", &e))?;
             settled(outcome, "the twin request")?;
-            loop {
-                let delivery = receiver
-                    .recv::<Body<Value>>()
-                    .await
-                    .map_err(|e| amqp::link_failure("receiving the twin", &e))?;
-                receiver
-                    .accept(&delivery)
-                    .await
-                    .map_err(|e| ClientError::connection("settling the twin", &e))?;
-                let msg: &Incoming = delivery.message();
-                let answers = msg
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.correlation_id.as_ref())
-                    .is_some_and(|c| matches!(c, MessageId::String(s) if *s == correlation));
-                if !answers {
-                    // A desired-property notification, or the answer to an abandoned request.
-                    continue;
-                }
-                let body = amqp::body_bytes(msg);
-                let status = twin_status(msg).unwrap_or(200);
-                if !(200..300).contains(&status) {
-                    return Err(ClientError::from_error_body(status, &body));
-                }
-                return serde_json::from_slice(&body).map_err(|e| {
-                    ClientError::Protocol(format!("the twin is not JSON: {e}: {}", String::from_utf8_lossy(&body)))
-                });
+            // Desired-property notifications (no correlation id) are skipped.
+            let delivery = amqp::reply(receiver, &correlation, "the twin").await?;
+            let msg: &Incoming = delivery.message();
+            let body = amqp::body_bytes(msg);
+            let status = twin_status(msg).unwrap_or(200);
+            if !(200..300).contains(&status) {
+                return Err(ClientError::from_error_body(status, &body));
             }
+            serde_json::from_slice(&body).map_err(|e| {
+                ClientError::Protocol(format!("the twin is not JSON: {e}: {}", String::from_utf8_lossy(&body)))
+            })
         };
         self.within("the twin", request).await
     }
@@ -308,21 +291,9 @@ async fn put_token(session: &mut SessionHandle<()>, audience: &str, token: Strin
         .await
         .map_err(|e| amqp::link_failure("sending the CBS put-token", &e))?;
     settled(outcome, "the CBS put-token")?;
-    let result = loop {
-        let delivery = replies
-            .recv::<Body<Value>>()
-            .await
-            .map_err(|e| amqp::link_failure("receiving the CBS reply", &e))?;
-        let _ = replies.accept(&delivery).await;
+    let result = {
+        let delivery = amqp::reply(&mut replies, &id, "the CBS reply").await?;
         let msg: &Incoming = delivery.message();
-        let answers = msg
-            .properties
-            .as_ref()
-            .and_then(|p| p.correlation_id.as_ref())
-            .is_some_and(|c| matches!(c, MessageId::String(s) if *s == id));
-        if !answers {
-            continue;
-        }
         let app = msg.application_properties.as_ref();
         let status = app
             .and_then(|a| a.0.get(wire::CBS_STATUS_CODE))
@@ -333,7 +304,7 @@ async fn put_token(session: &mut SessionHandle<()>, audience: &str, token: Strin
             Some(SimpleValue::String(s)) => s.clone(),
             _ => String::new(),
         };
-        break if (200..300).contains(&status) {
+        if (200..300).contains(&status) {
             Ok(())
         } else {
             Err(ClientError::Service {
@@ -342,7 +313,7 @@ async fn put_token(session: &mut SessionHandle<()>, audience: &str, token: Strin
                 message: format!("CBS put-token for '{audience}' refused: {description}"),
                 tracking_id: None,
             })
-        };
+        }
     };
     // The token stands for the connection's lifetime; the CBS links are not needed after it.
     let _ = requests.close().await;

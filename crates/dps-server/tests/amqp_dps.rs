@@ -27,9 +27,33 @@ use common::{server, KEY};
 
 const GROUP_KEY: &str = "HxwdHhscGRoXGBUWExQREg8QDQ4LDAkKBwgFBgMEAQI=";
 
+/// The CA the server's certificate chains to, PEM.
+fn server_ca(s: &RunningServer) -> String {
+    std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap()
+}
+
+/// An X.509 device `id` with a certificate issued by `ca`, enrolled individually.
+async fn x509_device(s: &RunningServer, ca: &LocalCa, id: &str) -> Arc<X509Provider> {
+    let device = ca.issue_device_certificate(id, 30, KeyAlgorithm::EcdsaP256).unwrap();
+    common::enroll_x509(s, id, &device.cert_pem).await;
+    Arc::new(X509Provider::from_pem(&device.cert_pem, &device.key_pem).unwrap())
+}
+
+/// Connects `device_id` to `s`'s hub over AMQP.
+async fn hub_amqp(
+    s: &RunningServer,
+    device_id: &str,
+    provider: Arc<dyn SecurityProvider>,
+) -> Result<AmqpHubClient, ClientError> {
+    let host = s.services.identity.hub.host_name.clone();
+    let port = s.amqp_addr.port();
+    let timeout = Duration::from_secs(10);
+    AmqpHubClient::connect(&host, port, device_id, provider, &server_ca(s), timeout, timeout * 60).await
+}
+
 /// A client for `s`'s AMQP port, polling at once (the server assigns synchronously).
 fn client(s: &RunningServer, provider: Arc<dyn SecurityProvider>) -> ProvisioningClient {
-    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let ca = server_ca(s);
     let fast = PollOptions {
         max_interval: Duration::ZERO,
         ..PollOptions::default()
@@ -137,11 +161,7 @@ async fn x509_device_registers_with_its_tls_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let s = server("127.0.38.3", dir.path()).await;
     let ca = LocalCa::generate("amqp test CA").unwrap();
-    let device = ca
-        .issue_device_certificate("dev-x509", 30, KeyAlgorithm::EcdsaP256)
-        .unwrap();
-    common::enroll_x509(&s, "dev-x509", &device.cert_pem).await;
-    let provider = Arc::new(X509Provider::from_pem(&device.cert_pem, &device.key_pem).unwrap());
+    let provider = x509_device(&s, &ca, "dev-x509").await;
     let r = client(&s, provider).register(None).await.unwrap();
     assert_eq!(r.device_id, "dev-x509");
     assert!(r.registration_state.x509.is_some(), "{:?}", r.registration_state);
@@ -296,24 +316,13 @@ async fn provisioned_devices_use_the_hub_over_amqp() {
         },
     )
     .await;
-    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
     let provider = Arc::new(SymmetricKeyProvider::new("dev-twin", KEY).unwrap());
     let r = client(&s, provider.clone()).register(None).await.unwrap();
-    let connect = |provider: Arc<dyn SecurityProvider>| {
-        AmqpHubClient::connect(
-            &r.assigned_hub,
-            s.amqp_addr.port(),
-            &r.device_id,
-            provider,
-            &ca,
-            Duration::from_secs(10),
-            Duration::from_secs(600),
-        )
-    };
+    assert_eq!(r.assigned_hub, s.services.identity.hub.host_name);
 
     // SAS device: CBS put-token, then telemetry with its properties and the twin.
     let mut events = s.services.hub.subscribe_events();
-    let hub = connect(provider.clone()).await.unwrap();
+    let hub = hub_amqp(&s, &r.device_id, provider.clone()).await.unwrap();
     assert!(hub.is_connected());
     assert_eq!(hub.device_id(), "dev-twin");
     hub.send_event(
@@ -342,7 +351,7 @@ async fn provisioned_devices_use_the_hub_over_amqp() {
 
     // A token signed with another key: the CBS reply refuses it, with the hub's reason.
     let wrong = Arc::new(SymmetricKeyProvider::new("dev-twin", GROUP_KEY).unwrap());
-    match connect(wrong).await {
+    match hub_amqp(&s, &r.device_id, wrong).await {
         Err(ClientError::Service {
             status: 401, message, ..
         }) => assert!(message.contains("CBS put-token"), "{message}"),
@@ -356,25 +365,11 @@ async fn x509_devices_use_the_hub_over_amqp_without_cbs() {
     let dir = tempfile::tempdir().unwrap();
     let s = server("127.0.38.7", dir.path()).await;
     let ca = LocalCa::generate("amqp hub test CA").unwrap();
-    let device = ca
-        .issue_device_certificate("dev-x509", 30, KeyAlgorithm::EcdsaP256)
-        .unwrap();
-    common::enroll_x509(&s, "dev-x509", &device.cert_pem).await;
-    let provider = Arc::new(X509Provider::from_pem(&device.cert_pem, &device.key_pem).unwrap());
+    let provider = x509_device(&s, &ca, "dev-x509").await;
     let r = client(&s, provider.clone()).register(None).await.unwrap();
-    let ca_pem = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    assert_eq!(r.assigned_hub, s.services.identity.hub.host_name);
     let mut events = s.services.hub.subscribe_events();
-    let hub = AmqpHubClient::connect(
-        &r.assigned_hub,
-        s.amqp_addr.port(),
-        "dev-x509",
-        provider,
-        &ca_pem,
-        Duration::from_secs(10),
-        Duration::from_secs(600),
-    )
-    .await
-    .unwrap();
+    let hub = hub_amqp(&s, "dev-x509", provider).await.unwrap();
     hub.send_event("x", &[]).await.unwrap();
     let msg = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await

@@ -11,9 +11,9 @@ use std::time::Duration;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::{DetachError, LinkStateError, ReceiverAttachError, RecvError, SendError, SenderAttachError};
 use fe2o3_amqp::types::definitions::{self, ErrorCondition};
-use fe2o3_amqp::types::messaging::{Body, Message};
+use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
-use fe2o3_amqp::Connection;
+use fe2o3_amqp::{Connection, Delivery, Receiver};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -71,6 +71,37 @@ pub(crate) async fn open(stream: TlsStream<TcpStream>, host: &str) -> Result<Con
 
 /// A message as received: any body.
 pub(crate) type Incoming = Message<Body<Value>>;
+
+/// The reply to the request whose id is `correlation` (a string, as the Node SDK sends): the
+/// next message on `receiver` with that correlation id. Every message is settled; others (the
+/// late answer to an earlier request, a notification) are skipped. `what` names the reply in
+/// errors.
+pub(crate) async fn reply(
+    receiver: &mut Receiver,
+    correlation: &str,
+    what: &str,
+) -> Result<Delivery<Body<Value>>, ClientError> {
+    loop {
+        let delivery = receiver
+            .recv::<Body<Value>>()
+            .await
+            .map_err(|e| link_failure(&format!("receiving {what}"), &e))?;
+        receiver
+            .accept(&delivery)
+            .await
+            .map_err(|e| ClientError::connection(format!("settling {what}"), &e))?;
+        let answers = delivery
+            .message()
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_id.as_ref())
+            .is_some_and(|c| matches!(c, MessageId::String(s) if s == correlation));
+        if answers {
+            return Ok(delivery);
+        }
+        tracing::debug!("skipping a message that does not answer the request for {what}");
+    }
+}
 
 /// The body's bytes: the data sections concatenated, or a binary or string amqp-value.
 pub(crate) fn body_bytes(msg: &Incoming) -> Vec<u8> {

@@ -11,7 +11,7 @@ use dps_proto::dps_amqp::{self as wire, RegistrationNode, TpmInit};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::types::definitions::Fields;
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageId, Outcome, Properties};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, MessageId, Outcome, Properties};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender, Session};
 use tokio_rustls::client::TlsStream;
@@ -251,39 +251,20 @@ impl ProvisioningClient {
         }
     }
 
-    /// The response to the request with `correlation`; responses to other requests (a retry's
-    /// late predecessor) are settled and skipped.
+    /// The response to the request with `correlation` (a retry's late predecessor is skipped).
     async fn response(&self, receiver: &mut Receiver, correlation: &str) -> Result<Answer, ClientError> {
-        loop {
-            let delivery = receiver
-                .recv::<Body<Value>>()
-                .await
-                .map_err(|e| amqp::link_failure("receiving a DPS response over AMQP", &e))?;
-            receiver
-                .accept(&delivery)
-                .await
-                .map_err(|e| ClientError::connection("settling a DPS response over AMQP", &e))?;
-            let msg: &Incoming = delivery.message();
-            let matches = msg
-                .properties
-                .as_ref()
-                .and_then(|p| p.correlation_id.as_ref())
-                .is_some_and(|c| matches!(c, MessageId::String(s) if s == correlation));
-            if !matches {
-                tracing::debug!("ignoring a DPS response to another request");
-                continue;
-            }
-            let retry_after = msg
-                .application_properties
-                .as_ref()
-                .and_then(|p| p.0.get(wire::RETRY_AFTER).or_else(|| p.0.get(wire::RETRY_AFTER_CSHARP)))
-                .and_then(amqp::seconds);
-            return Ok(Answer {
-                status: 200,
-                retry_after,
-                body: amqp::body_bytes(msg),
-            });
-        }
+        let delivery = amqp::reply(receiver, correlation, "a DPS response over AMQP").await?;
+        let msg: &Incoming = delivery.message();
+        let retry_after = msg
+            .application_properties
+            .as_ref()
+            .and_then(|p| p.0.get(wire::RETRY_AFTER).or_else(|| p.0.get(wire::RETRY_AFTER_CSHARP)))
+            .and_then(amqp::seconds);
+        Ok(Answer {
+            status: 200,
+            retry_after,
+            body: amqp::body_bytes(msg),
+        })
     }
 }
 
