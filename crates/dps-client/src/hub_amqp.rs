@@ -206,13 +206,10 @@ impl AmqpHubClient {
         self.connection.try_lock().map_or(true, |c| !c.is_closed())
     }
 
-    /// Detaches the links, ends the session and closes the connection.
+    /// Closes the connection. The links and the session are dropped first, which queues their
+    /// detach and end without waiting for each answer (closing the connection ends them anyway).
     pub async fn disconnect(self) -> Result<(), ClientError> {
-        let _ = self.telemetry.into_inner().close().await;
-        let (sender, receiver) = self.twin.into_inner();
-        let _ = sender.close().await;
-        let _ = receiver.close().await;
-        let _ = self.session.into_inner().end().await;
+        drop((self.telemetry, self.twin, self.session));
         self.connection
             .into_inner()
             .close()
