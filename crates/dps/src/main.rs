@@ -266,7 +266,7 @@ mod tests {
                 "--symmetric-key",
                 "a",
                 "--transport",
-                "amqp",
+                "websocket",
             ],
             &["hub", "device", "twin", "update", "--device-id", "d"],
             &["compute-device-key", "--key", "k"],
@@ -343,6 +343,21 @@ mod tests {
         assert_eq!(p.transport, Some(dps_client::Transport::Https));
         assert_eq!(p.message, r#"{"hello":"from dps"}"#);
         assert_eq!(p.group_key.as_deref(), Some("Zw=="));
+        let cli = parse(&[
+            "device",
+            "provision",
+            "--registration-id",
+            "d",
+            "--group-key",
+            "Zw==",
+            "--transport",
+            "amqp",
+        ])
+        .unwrap();
+        let Command::Device(DeviceCommand::Provision(p)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(p.transport, Some(dps_client::Transport::Amqp));
 
         // A TPM needs no registration id (it is derived from the EK) and takes a TCTI.
         let cli = parse(&[
