@@ -279,18 +279,24 @@ async fn tpm_registers_through_the_sasl_tpm_mechanism() {
 async fn throttled_requests_are_rejected_and_retried_after_the_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let s = common::server_with("127.0.38.5", dir.path(), |c| c.limits.registrations_per_second = 1).await;
-    common::enroll(&s, "dev-2", KEY).await;
-    // A bucket of one registration per second: the second register, right after the first, is
-    // rejected with 429 and `retry-after` 1 in the rejection's info; the client waits it out.
-    let first = Arc::new(SymmetricKeyProvider::new("dev-1", KEY).unwrap());
-    client(&s, first).register(None).await.unwrap();
-    let second = Arc::new(SymmetricKeyProvider::new("dev-2", KEY).unwrap());
+    let devices = ["dev-2", "dev-3", "dev-4", "dev-5"];
+    for d in devices {
+        common::enroll(&s, d, KEY).await;
+    }
+    // Four devices at once against a bucket of one registration per second: the quota lets
+    // them through no faster than one a second, so all but one are rejected with 429 and
+    // `retry-after` in the rejection's info at least once, wait it out and complete.
     let started = std::time::Instant::now();
-    let r = client(&s, second).register(None).await.unwrap();
-    assert_eq!(r.device_id, "dev-2");
+    let runs = devices.iter().map(|d| {
+        let c = client(&s, Arc::new(SymmetricKeyProvider::new(*d, KEY).unwrap()));
+        async move { c.register(None).await }
+    });
+    for (d, r) in devices.iter().zip(futures_util::future::join_all(runs).await) {
+        assert_eq!(r.unwrap_or_else(|e| panic!("{d}: {e}")).device_id, *d);
+    }
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "the throttled register waited its retry-after: {:?}",
+        started.elapsed() >= Duration::from_secs(2),
+        "four registrations at one a second: {:?}",
         started.elapsed()
     );
     s.shutdown().await;
