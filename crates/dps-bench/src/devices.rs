@@ -40,6 +40,8 @@ pub struct Ctx {
     pub dps_https: Endpoint,
     /// `Host` header of HTTPS requests.
     pub https_authority: String,
+    /// AMQP port (DPS and hub; the SDK client resolves the hosts itself).
+    pub amqp_port: u16,
     /// MQTT port (DPS and hub).
     pub mqtt_port: u16,
     /// The ID scope.
@@ -217,7 +219,8 @@ pub async fn register(ctx: &Ctx, index: usize) -> Result<Assignment, String> {
     match (ctx.client, ctx.transport) {
         (ClientKind::Lean, Transport::Mqtt) => mqtt::register(&dev).await,
         (ClientKind::Lean, Transport::Https) => https::register(&dev).await,
-        (ClientKind::Sdk, _) => sdk::register(&dev).await.map(|(a, _)| a),
+        // AMQP runs the SDK (`BenchArgs::client`).
+        (ClientKind::Sdk, _) | (ClientKind::Lean, Transport::Amqp) => sdk::register(&dev).await.map(|(a, _)| a),
     }
 }
 

@@ -12,6 +12,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use dps_client::Transport;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -48,12 +49,15 @@ pub struct HoldPlan {
 struct Held {
     lean: Vec<JoinHandle<bool>>,
     sdk: Vec<dps_client::HubClient>,
+    amqp: Vec<dps_client::AmqpHubClient>,
 }
 
 impl Held {
     /// How many are still open.
     fn open(&self) -> usize {
-        self.lean.iter().filter(|h| !h.is_finished()).count() + self.sdk.iter().filter(|c| c.is_connected()).count()
+        self.lean.iter().filter(|h| !h.is_finished()).count()
+            + self.sdk.iter().filter(|c| c.is_connected()).count()
+            + self.amqp.iter().filter(|c| c.is_connected()).count()
     }
 }
 
@@ -105,6 +109,14 @@ pub async fn run(ctx: Arc<Ctx>, plan: HoldPlan, report: &mut Value) -> Outcome {
                         if keep {
                             let task = tokio::spawn(mqtt::idle(tls, keep_alive, stop_rx));
                             held.lock().lean.push(task);
+                        }
+                    }
+                    ClientKind::Sdk if ctx.transport == Transport::Amqp => {
+                        let client = sdk::hold_amqp(&dev, a).await?;
+                        if keep {
+                            held.lock().amqp.push(client);
+                        } else {
+                            let _ = client.disconnect().await;
                         }
                     }
                     ClientKind::Sdk => {
@@ -160,8 +172,9 @@ pub async fn run(ctx: Arc<Ctx>, plan: HoldPlan, report: &mut Value) -> Outcome {
 
     // Goodbye: DISCONNECT from every lean connection, and the SDK clients dropped.
     let _ = stop_tx.send(true);
-    let Held { lean, sdk } = std::mem::take(&mut *held.lock());
+    let Held { lean, sdk, amqp } = std::mem::take(&mut *held.lock());
     drop(sdk);
+    drop(amqp);
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         for h in lean {
             let _ = h.await;

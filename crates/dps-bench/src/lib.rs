@@ -56,6 +56,8 @@ pub struct Target {
     pub mqtt_port: u16,
     /// HTTPS port.
     pub https_port: u16,
+    /// AMQP port (DPS and hub).
+    pub amqp_port: u16,
 }
 
 /// What each simulated device does.
@@ -111,7 +113,7 @@ pub struct BenchArgs {
     /// Devices run first, outside the statistics.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
-    /// How devices reach DPS.
+    /// How devices reach DPS (with amqp, also the hub in cycle and hold).
     #[arg(long, default_value = "mqtt")]
     pub transport: Transport,
     /// How devices authenticate.
@@ -138,6 +140,19 @@ pub struct BenchArgs {
     /// Keep the bench enrollment group, registration records and hub devices afterwards.
     #[arg(long)]
     pub keep: bool,
+}
+
+impl BenchArgs {
+    /// The client the devices run: `--client`, except that AMQP always runs the SDK (the lean
+    /// client has no AMQP of its own; the SDK's AMQP transport is only fe2o3-amqp and the SASL
+    /// frames, what a lean one would be).
+    fn client(&self) -> ClientKind {
+        if self.transport == Transport::Amqp {
+            ClientKind::Sdk
+        } else {
+            self.client
+        }
+    }
 }
 
 /// Default number of devices when neither --devices nor --duration bounds the run.
@@ -192,9 +207,9 @@ fn check(a: &BenchArgs) -> Result<Controls, BenchError> {
         Some(spec) => wire::parse_sources(spec)?,
         None => Vec::new(),
     };
-    if !sources.is_empty() && a.client == ClientKind::Sdk {
+    if !sources.is_empty() && a.client() == ClientKind::Sdk {
         return Err(BenchError::controls(
-            "--source-addresses needs the lean client (the SDK picks its own source address)",
+            "--source-addresses needs the lean client (the SDK, which AMQP always runs, picks its own source address)",
         ));
     }
     if a.mode == Mode::Hold {
@@ -263,6 +278,7 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         ca_pem,
         mqtt_port,
         https_port,
+        amqp_port,
     } = target;
     let host = rest.rest().host().to_string();
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
@@ -273,11 +289,12 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         prepare::create_group(&rest, &run_id, &prepared.group_attestation).await?;
     }
     let ctx = Arc::new(devices::Ctx {
-        client: a.client,
+        client: a.client(),
         transport: a.transport,
         dps_mqtt: wire::Endpoint::resolve(&host, mqtt_port).await?,
         dps_https: wire::Endpoint::resolve(&host, https_port).await?,
         https_authority: format!("{host}:{https_port}"),
+        amqp_port,
         dps_host: host,
         mqtt_port,
         id_scope,
@@ -294,7 +311,7 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         "mode": format!("{:?}", a.mode).to_lowercase(),
         "transport": a.transport,
         "attestation": attestation_name(a.attestation),
-        "client": format!("{:?}", a.client).to_lowercase(),
+        "client": format!("{:?}", a.client()).to_lowercase(),
         "devices": null,
         "concurrency": a.concurrency,
         "succeeded": null,

@@ -48,6 +48,18 @@ pub enum ClientError {
         reason: String,
     },
 
+    /// The AMQP server ended the SASL exchange with an outcome other than `ok`: it did not accept
+    /// the credential (a SAS token signed with the wrong key, an expired token, a TPM whose
+    /// endorsement key no enrollment holds). DPS judges an AMQP device's credential here, before
+    /// the connection opens, so the outcome code is all the answer there is.
+    #[error("the server refused the AMQP connection: SASL {mechanism} authentication failed (outcome '{code}'); the credential is not accepted for this registration")]
+    SaslRefused {
+        /// The SASL mechanism (`PLAIN`, `TPM`).
+        mechanism: String,
+        /// The SASL outcome code (`auth`, `sys`, ...).
+        code: String,
+    },
+
     /// The connection was closed while an operation was waiting for its answer.
     #[error("the connection closed while waiting for {0}")]
     Disconnected(String),
@@ -66,7 +78,8 @@ pub enum ClientError {
     /// configured retries were spent.
     #[error("{}", service_message(*status, *error_code, message))]
     Service {
-        /// HTTP status (or the status in the MQTT response topic).
+        /// HTTP status (or the status in the MQTT response topic; over AMQP, the status of a
+        /// rejection's `errorCode`, or the one its condition stands for).
         status: u16,
         /// `errorCode` from the body (HTTP status × 1000 + sub-code), when the body had one.
         error_code: Option<u32>,

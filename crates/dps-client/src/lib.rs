@@ -1,18 +1,19 @@
 //! The Rust device SDK for dps (and Azure IoT Hub DPS): provision a device, then talk to the IoT
 //! hub it was assigned to.
 //!
-//! - [`ProvisioningClient`] registers over MQTT (8883) or HTTPS (443) with the DPS device
-//!   protocol and polls until the registration completes, returning a [`RegistrationResult`].
+//! - [`ProvisioningClient`] registers over MQTT (8883), HTTPS (443) or AMQP (5671) with the DPS
+//!   device protocol and polls until the registration completes, returning a [`RegistrationResult`].
 //! - [`HubClient`] connects to the assigned hub over MQTT and sends telemetry, reads the twin,
-//!   patches reported properties and receives desired-property patches.
+//!   patches reported properties and receives desired-property patches; [`AmqpHubClient`] does
+//!   the first two over AMQP.
 //! - [`SecurityProvider`] abstracts the device secret (software key, TPM, X.509/DICE), so the
 //!   clients never hold key material themselves; [`SymmetricKeyProvider`] is the software
 //!   implementation for individual and group-derived keys; `TpmProvider` (cargo feature `tpm`)
-//!   keeps the key in a TPM 2.0 and registers with TPM attestation over HTTPS.
+//!   keeps the key in a TPM 2.0 and registers with TPM attestation over HTTPS or AMQP.
 //!
 //! Wire formats (topics, SAS tokens, JSON models) come from `dps-proto`, the same code the server
 //! uses, so the two cannot drift apart. This crate adds only the I/O: rumqttc for MQTT, reqwest
-//! for HTTPS, rustls (configured by `dps-pki`) for TLS.
+//! for HTTPS, fe2o3-amqp for AMQP, rustls (configured by `dps-pki`) for TLS.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), dps_client::ClientError> {
@@ -31,10 +32,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod amqp;
 mod dice;
 mod error;
 mod events;
 mod hub;
+mod hub_amqp;
 mod mqtt;
 mod provisioning;
 mod rest;
@@ -50,6 +53,7 @@ pub use dice::DiceProvider;
 pub use error::{error_chain, ClientError};
 pub use events::EventStream;
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
+pub use hub_amqp::AmqpHubClient;
 pub use provisioning::{
     PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION,
     GLOBAL_ENDPOINT, MIN_REPOLL_INTERVAL,

@@ -1,6 +1,8 @@
-//! `ProvisioningClient`: register a device with DPS over MQTT or HTTPS and wait for its
-//! assignment (device-protocol.md §1.3, §2, §3), including the TPM challenge flow over HTTPS
-//! (§7.2).
+//! `ProvisioningClient`: register a device with DPS over MQTT, HTTPS or AMQP and wait for its
+//! assignment (device-protocol.md §1.3, §2, §3, §4), including the TPM challenge flow over HTTPS
+//! (§7.2) and AMQP's SASL `TPM` mechanism (§7.4, in [`amqp`]).
+
+mod amqp;
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,14 +42,18 @@ pub enum Transport {
     Mqtt,
     /// HTTPS, port 443 by default.
     Https,
+    /// AMQP 1.0 over TLS, port 5671 by default.
+    Amqp,
 }
 
 impl Transport {
-    /// The standard port: 8883 for MQTT, 443 for HTTPS (hard-coded in the Python and C SDKs).
+    /// The standard port: 8883 for MQTT, 443 for HTTPS, 5671 for AMQP (hard-coded in the
+    /// Python and C SDKs).
     pub fn default_port(self) -> u16 {
         match self {
             Self::Mqtt => 8883,
             Self::Https => 443,
+            Self::Amqp => 5671,
         }
     }
 }
@@ -57,6 +63,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Self::Mqtt => "mqtt",
             Self::Https => "https",
+            Self::Amqp => "amqp",
         })
     }
 }
@@ -67,7 +74,8 @@ impl FromStr for Transport {
         match s.to_ascii_lowercase().as_str() {
             "mqtt" => Ok(Self::Mqtt),
             "https" | "http" => Ok(Self::Https),
-            other => Err(format!("unknown transport '{other}' (expected mqtt or https)")),
+            "amqp" | "amqps" => Ok(Self::Amqp),
+            other => Err(format!("unknown transport '{other}' (expected mqtt, https or amqp)")),
         }
     }
 }
@@ -432,24 +440,23 @@ impl ProvisioningClient {
             .map_err(|e| ClientError::Credential(format!("registration id: {e}")))?;
         let tpm = self.provider.kind() == AttestationKind::Tpm;
         let tpm_keys = if tpm {
-            if self.transport != Transport::Https {
+            if self.transport == Transport::Mqtt {
                 return Err(ClientError::Unsupported(format!(
-                    "TPM attestation needs the HTTPS transport, not {} (its challenge is an HTTP 401; \
-                     the Azure SDKs have no TPM over MQTT either)",
+                    "TPM attestation needs the HTTPS transport or AMQP, not {} (its challenge is an \
+                     HTTP 401 or a SASL exchange; the Azure SDKs have no TPM over MQTT either)",
                     self.transport
                 )));
             }
-            let keys = self.provider.tpm_keys()?;
-            Some(TpmKeys {
-                endorsement_key: b64(&keys.endorsement_key),
-                storage_root_key: Some(b64(&keys.storage_root_key)),
-            })
+            Some(self.provider.tpm_keys()?)
         } else {
             None
         };
         let body = serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(reg_id.to_string()),
-            tpm: tpm_keys,
+            tpm: tpm_keys.as_ref().map(|keys| TpmKeys {
+                endorsement_key: b64(&keys.endorsement_key),
+                storage_root_key: Some(b64(&keys.storage_root_key)),
+            }),
             payload,
             ..Default::default()
         })
@@ -459,6 +466,7 @@ impl ProvisioningClient {
             let result = match self.transport {
                 Transport::Mqtt => self.register_mqtt(body).await?,
                 Transport::Https => self.register_https(body, tpm).await?,
+                Transport::Amqp => self.register_amqp(body, tpm_keys.as_ref()).await?,
             };
             if tpm {
                 self.import_hub_key(&result).await?;
@@ -503,6 +511,11 @@ impl ProvisioningClient {
         let blob = base64::engine::general_purpose::STANDARD
             .decode(blob_b64.trim())
             .map_err(|e| ClientError::Protocol(format!("the {what} is not valid base64: {e}")))?;
+        self.import_tpm_bytes(blob, what).await
+    }
+
+    /// [`Self::import_tpm_blob`] for a blob that arrived as bytes (AMQP's SASL challenge).
+    async fn import_tpm_bytes(&self, blob: Vec<u8>, what: &str) -> Result<(), ClientError> {
         let provider = self.provider.clone();
         tokio::task::spawn_blocking(move || provider.import_authentication_key(&blob))
             .await
@@ -612,19 +625,11 @@ impl ProvisioningClient {
                                 continue;
                             };
                             current = None;
-                            match interpret(status, retry_after, &p.payload, &self.poll, matches!(req, Request::Poll(_))) {
-                                Ok(Step::Done(r)) => break Ok(*r),
-                                Ok(Step::Poll { operation_id, delay }) => {
-                                    tracing::debug!(%operation_id, ?delay, "assigning; polling");
-                                    next = Some((Instant::now() + delay, Request::Poll(operation_id)));
-                                }
-                                Ok(Step::Retry { delay, error, counted }) => {
-                                    retries += u32::from(counted);
-                                    if retries > self.max_retries {
-                                        break Err(error);
-                                    }
-                                    tracing::debug!(%error, ?delay, retries, "transient error; retrying");
-                                    next = Some((Instant::now() + delay, req));
+                            let step = interpret(status, retry_after, &p.payload, &self.poll, matches!(req, Request::Poll(_)));
+                            match step.and_then(|step| self.follow(step, &mut retries)) {
+                                Ok(Next::Done(r)) => break Ok(*r),
+                                Ok(Next::After { delay, poll }) => {
+                                    next = Some((Instant::now() + delay, poll.map(Request::Poll).unwrap_or(req)));
                                 }
                                 Err(e) => break Err(e),
                             }
@@ -732,24 +737,52 @@ impl ProvisioningClient {
                 challenge_pending = false;
                 continue;
             }
-            match interpret(status, retry_after, &bytes, &self.poll, operation.is_some())? {
-                Step::Done(r) => return Ok(*r),
-                Step::Poll { operation_id, delay } => {
-                    tracing::debug!(%operation_id, ?delay, "assigning; polling");
-                    operation = Some(operation_id);
-                    tokio::time::sleep(delay).await;
-                }
-                Step::Retry { delay, error, counted } => {
-                    retries += u32::from(counted);
-                    if retries > self.max_retries {
-                        return Err(error);
+            let step = interpret(status, retry_after, &bytes, &self.poll, operation.is_some())?;
+            match self.follow(step, &mut retries)? {
+                Next::Done(r) => return Ok(*r),
+                Next::After { delay, poll } => {
+                    if poll.is_some() {
+                        operation = poll;
                     }
-                    tracing::debug!(%error, ?delay, retries, "transient error; retrying");
                     tokio::time::sleep(delay).await;
                 }
             }
         }
     }
+
+    /// Follows a [`Step`] the same way on every transport: the registration, or what to send
+    /// after how long. A failed (5xx) request counts against `max_retries` in `retries`; once
+    /// they are spent, its error is the result.
+    fn follow(&self, step: Step, retries: &mut u32) -> Result<Next, ClientError> {
+        match step {
+            Step::Done(r) => Ok(Next::Done(r)),
+            Step::Poll { operation_id, delay } => {
+                tracing::debug!(%operation_id, ?delay, "assigning; polling");
+                Ok(Next::After {
+                    delay,
+                    poll: Some(operation_id),
+                })
+            }
+            Step::Retry { delay, error, counted } => {
+                *retries += u32::from(counted);
+                if *retries > self.max_retries {
+                    return Err(error);
+                }
+                tracing::debug!(%error, ?delay, retries = *retries, "transient error; retrying");
+                Ok(Next::After { delay, poll: None })
+            }
+        }
+    }
+}
+
+/// What a transport does after a response, retries counted ([`ProvisioningClient::follow`]).
+#[derive(Debug)]
+enum Next {
+    /// Registration complete.
+    Done(Box<RegistrationResult>),
+    /// Send a request after `delay`: a poll of `poll`'s operation, or (`None`) the same request
+    /// again.
+    After { delay: Duration, poll: Option<String> },
 }
 
 /// The TPM challenge: the body of the 401 answer to an unauthenticated TPM registration.
@@ -978,9 +1011,11 @@ mod tests {
     fn transport_parsing_and_ports() {
         assert_eq!("MQTT".parse::<Transport>().unwrap(), Transport::Mqtt);
         assert_eq!("https".parse::<Transport>().unwrap(), Transport::Https);
-        assert!("amqp".parse::<Transport>().is_err());
+        assert_eq!("amqp".parse::<Transport>().unwrap(), Transport::Amqp);
+        assert!("ws".parse::<Transport>().is_err());
         assert_eq!(Transport::Mqtt.default_port(), 8883);
         assert_eq!(Transport::Https.default_port(), 443);
+        assert_eq!(Transport::Amqp.default_port(), 5671);
         let p = Arc::new(crate::SymmetricKeyProvider::new("d", "dGVzdFN0cmluZzE=").unwrap());
         let c = ProvisioningClient::new("h", "s", p, "");
         assert_eq!(c.port(), 8883);

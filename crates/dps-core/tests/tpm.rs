@@ -425,3 +425,53 @@ async fn a_throttled_registration_keeps_its_challenge_so_the_same_request_succee
     clock.advance(Duration::seconds(1));
     assert_eq!(e.register(clock.now(), &req, &body(tpm)).await.unwrap().status(), 202);
 }
+
+/// AMQP's SASL `TPM` mechanism asks for the challenge inside the exchange and ends it with the
+/// TPM-signed SAS: `authenticate_challenged` judges that SAS and spends the challenge then (plain
+/// `authenticate` still refuses a TPM credential ahead of a register), and the registration runs
+/// on that acceptance, delivering the hub key as over HTTPS.
+#[tokio::test]
+async fn a_challenge_answered_in_the_connection_authenticates_the_registration() {
+    let (e, hub) = engine().await;
+    let tpm = &tpms()[0];
+    e.put_enrollment(start(), "tpm-amqp", enrollment(tpm, true), None)
+        .await
+        .unwrap();
+    let challenge = e
+        .tpm_challenge(start(), &request("tpm-amqp", Credential::None), &body(tpm))
+        .await
+        .unwrap();
+    let key = tpm
+        .activate(&B64.decode(&challenge.authentication_key).unwrap())
+        .unwrap();
+    let req = request("tpm-amqp", sas("tpm-amqp", &key, start()));
+    let ahead = e.authenticate(start(), &req).await.unwrap_err();
+    assert_eq!(ahead.code(), codes::TPM_TRANSPORT_UNSUPPORTED, "{ahead}");
+    let accepted = e.authenticate_challenged(start(), &req).await.unwrap();
+    // Spent: the same SAS is not accepted twice.
+    let again = e.authenticate_challenged(start(), &req).await.unwrap_err();
+    refused(
+        &again,
+        codes::UNAUTHORIZED,
+        "does not match any key this service accepts",
+    );
+
+    let r = e
+        .register_authenticated(start(), &req, &accepted, &body(tpm))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let p = e
+        .operation_status(start(), &req, &r.operation().unwrap().operation_id)
+        .await
+        .unwrap();
+    let st = p.body.registration_state;
+    assert_eq!(st.status, RegistrationStatus::Assigned, "{st:?}");
+    let hub_key = tpm
+        .activate(
+            &B64.decode(&st.tpm.expect("registrationState.tpm").authentication_key)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(&hub_key[..], &hub_primary_key(&hub)[..]);
+}

@@ -44,6 +44,21 @@ pub fn error_condition(status: u16) -> &'static str {
     }
 }
 
+/// The HTTP-like status a rejection stands for, read back by a client from its condition when
+/// the description holds no DPS error JSON (whose `errorCode` says more): the inverse of
+/// [`error_condition`] for the conditions it produces; anything else is a 400.
+pub fn status_of_condition(condition: &str) -> u16 {
+    match condition {
+        "amqp:unauthorized-access" => 401,
+        "amqp:not-found" => 404,
+        "com.microsoft:precondition-failed" => 412,
+        "amqp:link:message-size-exceeded" => 413,
+        "com.microsoft:device-container-throttled" => 429,
+        "amqp:internal-error" => 500,
+        _ => 400,
+    }
+}
+
 /// `{idScope}/registrations/{registrationId}`: where a device's requests go and its responses
 /// come from (both links attach to it), and the SASL PLAIN user name of a SAS device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +266,10 @@ mod tests {
         assert_eq!(error_condition(401), "amqp:unauthorized-access");
         assert_eq!(error_condition(404), "amqp:not-found");
         assert_eq!(error_condition(400), "com.microsoft:argument-error");
+        for status in [400, 401, 404, 412, 413, 429, 500] {
+            assert_eq!(status_of_condition(error_condition(status)), status);
+        }
+        assert_eq!(status_of_condition("amqp:decode-error"), 400);
     }
 
     #[test]

@@ -108,6 +108,24 @@ impl HubNode {
         Some(node)
     }
 
+    /// The node's address, as a device attaches to it (the device id percent-encoded, as
+    /// [`HubNode::parse`] decodes it).
+    pub fn address(&self) -> String {
+        let device = |id: &str| format!("/devices/{}", crate::sas::encode_component(id));
+        match self {
+            HubNode::Cbs => CBS_NODE.to_string(),
+            HubNode::Telemetry { device_id } => format!("{}/messages/events", device(device_id)),
+            HubNode::C2d { device_id } => format!("{}/messages/devicebound", device(device_id)),
+            HubNode::Methods { device_id } => format!("{}/methods/devicebound", device(device_id)),
+            HubNode::Twin { device_id } => format!("{}/twin", device(device_id)),
+            HubNode::Module { device_id, module_id } => format!(
+                "{}/modules/{}/messages/events",
+                device(device_id),
+                crate::sas::encode_component(module_id)
+            ),
+        }
+    }
+
     /// The device the node belongs to (`None` for CBS).
     pub fn device_id(&self) -> Option<&str> {
         match self {
@@ -167,6 +185,23 @@ mod tests {
                 device_id: d("x"),
                 module_id: d("m")
             })
+        );
+        for node in [
+            HubNode::Cbs,
+            HubNode::Telemetry { device_id: d("a b/c") },
+            HubNode::C2d { device_id: d("x") },
+            HubNode::Methods { device_id: d("x") },
+            HubNode::Twin { device_id: d("x.y") },
+            HubNode::Module {
+                device_id: d("x"),
+                module_id: d("m"),
+            },
+        ] {
+            assert_eq!(HubNode::parse(&node.address()), Some(node.clone()), "{node:?}");
+        }
+        assert_eq!(
+            HubNode::Telemetry { device_id: d("dev-1") }.address(),
+            "/devices/dev-1/messages/events"
         );
         for bad in [
             "",

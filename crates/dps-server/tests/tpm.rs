@@ -6,7 +6,6 @@ use std::net::IpAddr;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, TpmAttestation};
 use dps_proto::sas::build_token;
 use dps_server::ServerConfig;
 use dps_tpm::software::SoftwareTpm;
@@ -31,22 +30,7 @@ async fn http_challenge_register_poll_and_hub_key() {
     let tpm = SoftwareTpm::generate(&mut rand::thread_rng()).unwrap();
     let (ek, srk) = (B64.encode(tpm.endorsement_key()), B64.encode(tpm.storage_root_key()));
     let reg = dps_tpm::registration_id(&tpm.endorsement_key());
-    let enrollment = IndividualEnrollment {
-        attestation: AttestationMechanism {
-            kind: AttestationType::Tpm,
-            tpm: Some(TpmAttestation {
-                endorsement_key: Some(ek.clone()),
-                storage_root_key: None,
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    s.services
-        .engine
-        .put_enrollment(chrono::Utc::now(), &reg, enrollment, None)
-        .await
-        .unwrap();
+    common::enroll_tpm(&s, &reg, &tpm.endorsement_key()).await;
 
     // What the C SDK sends first: no Authorization, the TPM keys in the body.
     let path = format!("/{scope}/registrations/{reg}/register?api-version=2021-06-01");

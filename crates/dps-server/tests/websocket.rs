@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use common::{dps_sas, dps_user, expect_telemetry, server, KEY};
 use dps_pki::ca::{KeyAlgorithm, LocalCa};
-use dps_proto::model::service::{
-    AttestationMechanism, AttestationType, IndividualEnrollment, X509Attestation, X509CertificateWithInfo,
-    X509Certificates,
-};
 use dps_proto::sas::build_token;
 use dps_server::mqtt::framed::Framed;
 use dps_server::ws::WsByteStream;
@@ -213,28 +209,7 @@ async fn x509_device_registers_with_the_certificate_of_the_443_handshake() {
     let device = ca
         .issue_device_certificate("dev-x509", 30, KeyAlgorithm::EcdsaP256)
         .unwrap();
-    let enrollment = IndividualEnrollment {
-        attestation: AttestationMechanism {
-            kind: AttestationType::X509,
-            x509: Some(X509Attestation {
-                client_certificates: Some(X509Certificates {
-                    primary: Some(X509CertificateWithInfo {
-                        certificate: Some(device.cert_pem.clone()),
-                        info: None,
-                    }),
-                    secondary: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    s.services
-        .engine
-        .put_enrollment(chrono::Utc::now(), "dev-x509", enrollment, None)
-        .await
-        .unwrap();
+    common::enroll_x509(&s, "dev-x509", &device.cert_pem).await;
 
     // X.509 devices send a username and no password; the certificate is the credential.
     let mut io = mqtt_over_wss(&s, Some((&device.cert_pem, &device.key_pem))).await;

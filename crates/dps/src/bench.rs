@@ -44,10 +44,10 @@ pub async fn run(a: BenchCommand) -> Result<()> {
     let hub = connect(a.hub_connection_string.as_deref(), &a.server, Api::Hub)
         .ok()
         .map(|r| Arc::new(RegistryClient::new(r)));
-    let (mqtt_port, https_port) = runtime
+    let (mqtt_port, https_port, amqp_port) = runtime
         .as_ref()
-        .map(|r| (r.mqtt_port, r.https_port))
-        .unwrap_or((8883, 443));
+        .map(|r| (r.mqtt_port, r.https_port, r.amqp_port))
+        .unwrap_or((8883, 443, 5671));
     let target = dps_bench::Target {
         dps,
         hub,
@@ -56,6 +56,7 @@ pub async fn run(a: BenchCommand) -> Result<()> {
         ca_pem,
         mqtt_port,
         https_port: a.server.port.unwrap_or(https_port),
+        amqp_port,
     };
     let report = dps_bench::run(&a.bench, controls, target).await?;
     if a.server.json {

@@ -89,10 +89,11 @@ pub struct ProvisionArgs {
     /// global.azure-devices-provisioning.net].
     #[arg(long)]
     pub provisioning_host: Option<String>,
-    /// How to talk to DPS [default: mqtt; https with --tpm, whose challenge needs HTTP].
+    /// How to talk to DPS: mqtt, https or amqp [default: mqtt; https with --tpm, whose challenge
+    /// needs HTTP or AMQP's SASL].
     #[arg(long, value_parser = parse_transport)]
     pub transport: Option<Transport>,
-    /// DPS port [default: the data directory's MQTT/HTTPS port, else 8883/443].
+    /// DPS port [default: the data directory's MQTT/HTTPS/AMQP port, else 8883/443/5671].
     #[arg(long)]
     pub port: Option<u16>,
     /// The assigned hub's MQTT port [default: the data directory's MQTT port, else 8883].
@@ -203,6 +204,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
         runtime.as_ref().map(|r| match transport {
             Transport::Mqtt => r.mqtt_port,
             Transport::Https => r.https_port,
+            Transport::Amqp => r.amqp_port,
         })
     });
     let timeout = Duration::from_secs(a.timeout.max(1));

@@ -266,7 +266,7 @@ mod tests {
                 "--symmetric-key",
                 "a",
                 "--transport",
-                "amqp",
+                "websocket",
             ],
             &["hub", "device", "twin", "update", "--device-id", "d"],
             &["compute-device-key", "--key", "k"],
@@ -326,23 +326,28 @@ mod tests {
             Command::Hub(hub::HubCommand::Device(hub::DeviceCommand::Twin(_)))
         ));
 
-        let cli = parse(&[
-            "device",
-            "provision",
-            "--registration-id",
-            "d",
-            "--group-key",
-            "Zw==",
-            "--transport",
-            "HTTPS",
-        ])
-        .unwrap();
-        let Command::Device(DeviceCommand::Provision(p)) = cli.command else {
-            panic!()
-        };
-        assert_eq!(p.transport, Some(dps_client::Transport::Https));
-        assert_eq!(p.message, r#"{"hello":"from dps"}"#);
-        assert_eq!(p.group_key.as_deref(), Some("Zw=="));
+        for (name, transport) in [
+            ("HTTPS", dps_client::Transport::Https),
+            ("amqp", dps_client::Transport::Amqp),
+        ] {
+            let cli = parse(&[
+                "device",
+                "provision",
+                "--registration-id",
+                "d",
+                "--group-key",
+                "Zw==",
+                "--transport",
+                name,
+            ])
+            .unwrap();
+            let Command::Device(DeviceCommand::Provision(p)) = cli.command else {
+                panic!()
+            };
+            assert_eq!(p.transport, Some(transport));
+            assert_eq!(p.message, r#"{"hello":"from dps"}"#);
+            assert_eq!(p.group_key.as_deref(), Some("Zw=="));
+        }
 
         // A TPM needs no registration id (it is derived from the EK) and takes a TCTI.
         let cli = parse(&[

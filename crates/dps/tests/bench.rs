@@ -200,3 +200,56 @@ fn bench_hold_keeps_every_connection_open() {
     assert_eq!(r["openAtEnd"], 50, "{r}");
     check_cleanup(&r, 50);
 }
+
+#[test]
+fn bench_runs_over_amqp() {
+    let s = Server::start("127.0.38.13");
+    // AMQP runs the SDK whatever --client says (the lean client has no AMQP of its own), with
+    // group-derived keys (SASL PLAIN) and X.509 devices (no SASL).
+    for (attestation, devices) in [("symmetric-key", 200), ("x509", 100)] {
+        let n = devices.to_string();
+        let r = s.json(&[
+            "bench",
+            "register",
+            "--transport",
+            "amqp",
+            "--attestation",
+            attestation,
+            "--devices",
+            &n,
+            "--concurrency",
+            "50",
+        ]);
+        check_report(&r, "register", devices);
+        assert_eq!(r["transport"], "amqp", "{r}");
+        assert_eq!(r["client"], "sdk", "{r}");
+        check_cleanup(&r, devices);
+    }
+    // The hub over AMQP too: CBS put-token, telemetry, twin read per device.
+    let r = s.json(&[
+        "bench",
+        "cycle",
+        "--transport",
+        "amqp",
+        "--devices",
+        "100",
+        "--concurrency",
+        "25",
+    ]);
+    check_report(&r, "cycle", 100);
+    check_cleanup(&r, 100);
+    // Held AMQP hub connections, every one still open at the end.
+    let r = s.json(&[
+        "bench",
+        "hold",
+        "--transport",
+        "amqp",
+        "--devices",
+        "50",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(r["established"], 50, "{r}");
+    assert_eq!(r["openAtEnd"], 50, "{r}");
+    check_cleanup(&r, 50);
+}

@@ -434,6 +434,69 @@ fn provision_individual_enrollment_over_mqtt_and_https() {
 }
 
 #[test]
+fn provision_over_amqp() {
+    let s = Server::start("127.0.38.11");
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "dev-a",
+        "--primary-key",
+        KEY1,
+    ]);
+    s.ok(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "fleet",
+        "--primary-key",
+        KEY2,
+    ]);
+    // The AMQP port comes from the data directory's runtime file, as the other ports do.
+    let a = s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "dev-a",
+        "--symmetric-key",
+        KEY1,
+        "--transport",
+        "amqp",
+    ]);
+    assert_eq!(a["transport"], "amqp", "{a}");
+    assert_eq!(a["registration"]["assignedHub"], "127.0.38.11", "{a}");
+    assert_eq!(a["registration"]["deviceId"], "dev-a", "{a}");
+    assert_eq!(a["registration"]["substatus"], "initialAssignment", "{a}");
+    assert_eq!(a["messageSent"], true, "{a}");
+    let g = s.ok(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "fleet-a",
+        "--group-key",
+        KEY2,
+        "--transport",
+        "amqp",
+        "--no-message",
+    ]);
+    assert!(g.contains("registered fleet-a over amqp"), "{g}");
+
+    // A wrong key is refused in the SASL layer, and says so.
+    let err = s.fail(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "dev-a",
+        "--symmetric-key",
+        KEY2,
+        "--transport",
+        "amqp",
+    ]);
+    assert!(err.contains("cannot provision 'dev-a'"), "{err}");
+    assert!(err.contains("SASL PLAIN authentication failed"), "{err}");
+}
+
+#[test]
 fn provision_with_group_key_over_mqtt_and_https() {
     let s = Server::start("127.0.0.64");
     s.ok(&[

@@ -111,6 +111,34 @@ fn provision_a_tpm_device_then_use_the_hub() {
     assert_eq!(tpm_info(&s, &tcti), info, "provisioning does not change the EK/SRK");
 }
 
+/// The same over AMQP: the challenge comes in the SASL `TPM` mechanism (EK in the init, SRK in
+/// the first response, the activation blob in challenge segments, the TPM-signed SAS in the
+/// last response), then the registration runs on the AMQP links.
+#[test]
+fn provision_a_tpm_device_over_amqp() {
+    let s = Server::start("127.0.38.12");
+    let sw = SwTpm::start().expect("swtpm starts");
+    let tcti = sw.tcti();
+    let info = tpm_info(&s, &tcti);
+    let id = field(&info, "registrationId").to_string();
+    enroll(&s, &id, field(&info, "endorsementKey"), field(&info, "storageRootKey"));
+
+    let out = s.json(&provision(&tcti, &["--transport", "amqp", "--message", r#"{"n":1}"#]));
+    assert_eq!(out["transport"], "amqp", "{out}");
+    assert_eq!(out["registration"]["deviceId"], id.as_str(), "{out}");
+    assert_eq!(out["registration"]["substatus"], "initialAssignment", "{out}");
+    // The message went through the hub with a SAS signed by the hub key the TPM imported.
+    assert_eq!(out["messageSent"], true, "{out}");
+    // Again: a new challenge in a new SASL exchange.
+    let human = s.ok(&provision(&tcti, &["--transport", "amqp", "--no-message"]));
+    assert!(human.contains(&format!("registered {id} over amqp")), "{human}");
+
+    // Another TPM, not enrolled: refused in the SASL exchange.
+    let other = SwTpm::start().expect("swtpm starts");
+    let err = s.fail(&provision(&other.tcti(), &["--transport", "amqp"]));
+    assert!(err.contains("SASL TPM authentication failed"), "{err}");
+}
+
 #[test]
 fn refused_tpm_devices_get_clear_errors() {
     let s = Server::start("127.0.0.91");

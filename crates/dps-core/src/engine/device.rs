@@ -239,10 +239,33 @@ impl Engine {
     /// is how Azure reports it and what the SDKs expect. TPM cannot be authenticated ahead of a
     /// register: its proof is the one-use challenge the register request itself obtains.
     pub async fn authenticate(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Authenticated, Error> {
+        self.authenticate_with(now, req, false).await
+    }
+
+    /// [`Engine::authenticate`] for a TPM device at the end of a challenge exchange on its
+    /// connection (AMQP's SASL `TPM` mechanism, where [`Engine::tpm_challenge`] was asked inside
+    /// the exchange): the SAS signed with the challenge's key is judged and the challenge spent
+    /// here, as the register request of the HTTPS flow would; the registration then proceeds on
+    /// this acceptance. Any other credential is judged as by `authenticate`.
+    pub async fn authenticate_challenged(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+    ) -> Result<Authenticated, Error> {
+        self.authenticate_with(now, req, true).await
+    }
+
+    /// `tpm`: whether a SAS for a TPM enrollment may be judged (and its challenge spent).
+    async fn authenticate_with(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        tpm: bool,
+    ) -> Result<Authenticated, Error> {
         self.check_request(req)?;
         let groups = self.groups.snapshot();
         let attested = match &req.credential {
-            Credential::Sas(token) => self.attest_sas(now, req, token, false).await?,
+            Credential::Sas(token) => self.attest_sas(now, req, token, tpm).await?,
             _ => self.attest(now, req).await?,
         };
         let individual_etag = match &attested.matched {

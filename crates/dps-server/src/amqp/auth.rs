@@ -45,7 +45,20 @@ pub(crate) async fn authenticate_dps(
     services: &Services,
     request: DeviceRequest,
 ) -> Result<DpsDevice, dps_core::Error> {
-    match services.engine.authenticate(services.clock.now(), &request).await {
+    judge(services, request, false).await
+}
+
+/// Judges `request`'s credential; `challenged`: the SAS ends a TPM challenge exchange on this
+/// connection, so it is judged (and the challenge spent) now rather than refused as a TPM
+/// credential presented ahead of a register.
+async fn judge(services: &Services, request: DeviceRequest, challenged: bool) -> Result<DpsDevice, dps_core::Error> {
+    let now = services.clock.now();
+    let judged = if challenged {
+        services.engine.authenticate_challenged(now, &request).await
+    } else {
+        services.engine.authenticate(now, &request).await
+    };
+    match judged {
         Ok(authenticated) => Ok(DpsDevice { request, authenticated }),
         Err(e) => {
             tracing::info!(registration = ?request.registration_id, code = e.code(), error = ?e.to_string(), "AMQP DPS device refused: not authorized");
@@ -83,9 +96,10 @@ impl<'a> ConnAuthenticator<'a> {
         Self { services, tpm: None }
     }
 
-    /// Asks the engine whether `request`'s credential is good; the identity, or the refusal.
-    async fn authenticate(&self, request: DeviceRequest) -> Step<ConnIdentity> {
-        match authenticate_dps(self.services, request).await {
+    /// Asks the engine whether `request`'s credential is good (`challenged`: the SAS answering
+    /// a TPM challenge); the identity, or the refusal.
+    async fn authenticate(&self, request: DeviceRequest, challenged: bool) -> Step<ConnIdentity> {
+        match judge(self.services, request, challenged).await {
             Ok(device) => Step::Done(ConnIdentity::Dps(Arc::new(device))),
             Err(e) => Step::Refuse(SaslCode::Auth, e.to_string()),
         }
@@ -157,12 +171,15 @@ impl Authenticator for ConnAuthenticator<'_> {
                 };
                 match RegistrationNode::parse(&user) {
                     Some(node) => {
-                        self.authenticate(DeviceRequest {
-                            id_scope: node.id_scope,
-                            registration_id: node.registration_id,
-                            credential: Credential::Sas(password),
-                            api_version: None,
-                        })
+                        self.authenticate(
+                            DeviceRequest {
+                                id_scope: node.id_scope,
+                                registration_id: node.registration_id,
+                                credential: Credential::Sas(password),
+                                api_version: None,
+                            },
+                            false,
+                        )
                         .await
                     }
                     None => Step::Refuse(
@@ -193,10 +210,13 @@ impl Authenticator for ConnAuthenticator<'_> {
             Some(TpmExchange::AwaitingToken { request }) => {
                 match wire::strip_response_marker(data).map(|t| String::from_utf8_lossy(t).into_owned()) {
                     Some(token) if !token.is_empty() => {
-                        self.authenticate(DeviceRequest {
-                            credential: Credential::Sas(token),
-                            ..request
-                        })
+                        self.authenticate(
+                            DeviceRequest {
+                                credential: Credential::Sas(token),
+                                ..request
+                            },
+                            true,
+                        )
                         .await
                     }
                     _ => Step::Refuse(SaslCode::Auth, "TPM response carries no SAS token".into()),

@@ -77,16 +77,67 @@ pub async fn server_with(ip: &str, dir: &std::path::Path, tweak: impl FnOnce(&mu
 /// Enrolls `reg` individually with symmetric key `key`.
 pub async fn enroll(s: &RunningServer, reg: &str, key: &str) {
     let enrollment = IndividualEnrollment {
+        attestation: symmetric_key(key),
+        ..Default::default()
+    };
+    put_enrollment(s, reg, enrollment).await;
+}
+
+/// Symmetric-key attestation with primary key `key`.
+pub fn symmetric_key(key: &str) -> AttestationMechanism {
+    AttestationMechanism {
+        kind: AttestationType::SymmetricKey,
+        symmetric_key: Some(SymmetricKeyAttestation {
+            primary_key: Some(key.into()),
+            secondary_key: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Enrolls `reg` individually with the device certificate `cert_pem` (X.509 attestation).
+pub async fn enroll_x509(s: &RunningServer, reg: &str, cert_pem: &str) {
+    use dps_proto::model::service::{X509Attestation, X509CertificateWithInfo, X509Certificates};
+    let enrollment = IndividualEnrollment {
         attestation: AttestationMechanism {
-            kind: AttestationType::SymmetricKey,
-            symmetric_key: Some(SymmetricKeyAttestation {
-                primary_key: Some(key.into()),
-                secondary_key: None,
+            kind: AttestationType::X509,
+            x509: Some(X509Attestation {
+                client_certificates: Some(X509Certificates {
+                    primary: Some(X509CertificateWithInfo {
+                        certificate: Some(cert_pem.into()),
+                        info: None,
+                    }),
+                    secondary: None,
+                }),
+                ..Default::default()
             }),
             ..Default::default()
         },
         ..Default::default()
     };
+    put_enrollment(s, reg, enrollment).await;
+}
+
+/// Enrolls `reg` individually with TPM attestation for the endorsement key `ek` (TPM2B_PUBLIC).
+pub async fn enroll_tpm(s: &RunningServer, reg: &str, ek: &[u8]) {
+    use base64::Engine as _;
+    use dps_proto::model::service::TpmAttestation;
+    let enrollment = IndividualEnrollment {
+        attestation: AttestationMechanism {
+            kind: AttestationType::Tpm,
+            tpm: Some(TpmAttestation {
+                endorsement_key: Some(base64::engine::general_purpose::STANDARD.encode(ek)),
+                storage_root_key: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    put_enrollment(s, reg, enrollment).await;
+}
+
+/// Creates or replaces the individual enrollment `reg`.
+pub async fn put_enrollment(s: &RunningServer, reg: &str, enrollment: IndividualEnrollment) {
     s.services
         .engine
         .put_enrollment(chrono::Utc::now(), reg, enrollment, None)
