@@ -14,12 +14,11 @@ use std::task::{Context, Poll};
 use dps_core::auth::PolicyAuthorizer;
 use dps_core::FakeClock;
 use dps_datadir::{HubIdentity, Identity};
-use dps_proto::model::service::{AttestationMechanism, AttestationType, IndividualEnrollment, SymmetricKeyAttestation};
 use dps_server::{ServerConfig, Services};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::bodies::hub_device;
-use crate::support::{chunk_of, engine, hub, now, DEVICE, HUB_HOST, ID_SCOPE, KEY};
+use crate::bodies::{enroll_device, hub_device};
+use crate::support::{chunk_of, engine, hub, now, HUB_HOST, ID_SCOPE};
 
 /// One client connection's bytes (after TLS) into the AMQP adapter. Nothing may panic, and the
 /// only device in the hub stays the fixture's: no input makes the server create another.
@@ -53,22 +52,7 @@ pub fn amqp_connection(data: &[u8]) {
 async fn services() -> Arc<Services> {
     let hub = hub();
     let engine = engine(&hub);
-    let enrollment = IndividualEnrollment {
-        registration_id: DEVICE.into(),
-        attestation: AttestationMechanism {
-            kind: AttestationType::SymmetricKey,
-            symmetric_key: Some(SymmetricKeyAttestation {
-                primary_key: Some(KEY.into()),
-                secondary_key: Some(KEY.into()),
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    engine
-        .put_enrollment(now(), DEVICE, enrollment, None)
-        .await
-        .expect("the fixture enrollment is valid");
+    enroll_device(&engine).await;
     hub_device(&hub).await;
     let mut config = ServerConfig::defaults();
     config.max_message_bytes = 4096;
@@ -137,7 +121,7 @@ mod seeds {
     use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 
     use super::*;
-    use crate::support::now_unix;
+    use crate::support::{now_unix, DEVICE, KEY};
 
     /// The client half of a duplex, recording what the client writes.
     #[derive(Debug)]

@@ -50,22 +50,7 @@ pub fn registration_body(data: &[u8]) {
     let hub = hub();
     let engine = engine(&hub);
     block_on(async {
-        let enrollment = IndividualEnrollment {
-            registration_id: DEVICE.into(),
-            attestation: AttestationMechanism {
-                kind: AttestationType::SymmetricKey,
-                symmetric_key: Some(SymmetricKeyAttestation {
-                    primary_key: Some(KEY.into()),
-                    secondary_key: Some(KEY.into()),
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        engine
-            .put_enrollment(now(), DEVICE, enrollment, None)
-            .await
-            .expect("the fixture enrollment is valid");
+        enroll_device(&engine).await;
         let audience = format!("{ID_SCOPE}/registrations/{DEVICE}");
         let token = sas::build_token(&audience, KEY, now_unix() + 3600, Some("registration")).expect("KEY is base64");
         let req = DeviceRequest {
@@ -199,6 +184,26 @@ fn bulk_result(r: Result<dps_proto::model::service::BulkOperationResult, Error>,
 /// The in-memory hub has no storage to fail: any other error is the client's (a 4xx).
 fn not_a_storage_error(e: &RegistryError, what: &str) {
     assert!(!matches!(e, RegistryError::Storage(_)), "{what}: {e}");
+}
+
+/// `DEVICE`'s individual enrollment, symmetric key `KEY`.
+pub(crate) async fn enroll_device(engine: &dps_core::Engine) {
+    let enrollment = IndividualEnrollment {
+        registration_id: DEVICE.into(),
+        attestation: AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            symmetric_key: Some(SymmetricKeyAttestation {
+                primary_key: Some(KEY.into()),
+                secondary_key: Some(KEY.into()),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    engine
+        .put_enrollment(now(), DEVICE, enrollment, None)
+        .await
+        .expect("the fixture enrollment is valid");
 }
 
 /// A device in the hub with SAS keys, and its MQTT session's identity.

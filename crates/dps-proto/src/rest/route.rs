@@ -86,7 +86,7 @@ enum Resource {
     DeviceStatistics,
     /// `/statistics/service`
     ServiceStatistics,
-    /// `/$iothub/websocket` (MQTT over WebSockets)
+    /// `/$iothub/websocket` (MQTT and AMQP over WebSockets)
     MqttWebSocket,
 }
 
@@ -193,7 +193,7 @@ pub enum Route {
     DeviceStatistics,
     /// `GET /statistics/service`
     ServiceStatistics,
-    /// `GET /$iothub/websocket` with a WebSocket upgrade: the device MQTT endpoint, tunnelled.
+    /// `GET /$iothub/websocket` with a WebSocket upgrade: the device MQTT or AMQP endpoint, tunnelled.
     MqttWebSocket,
 }
 
