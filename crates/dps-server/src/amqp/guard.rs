@@ -107,9 +107,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready[..n]);
                 this.ready.advance(n);
+                if this.ready.is_empty() {
+                    // An idle connection keeps no buffer (a large message's would stay).
+                    this.ready = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.cut()? {
+                if this.pending.is_empty() {
+                    this.pending = BytesMut::new();
+                }
                 continue;
             }
             let mut chunk = [0u8; 4096];
