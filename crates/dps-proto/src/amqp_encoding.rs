@@ -29,6 +29,10 @@ pub enum EncodingError {
     /// A constructor byte of no known subcategory.
     #[error("AMQP constructor 0x{0:02x} at byte {1} is not a type")]
     Constructor(u8, usize),
+    /// A performative or message section that is not a described value (constructor `0x00`),
+    /// or bytes after a SASL frame's performative.
+    #[error("AMQP frame body at byte {0} is not a described value")]
+    NotDescribed(usize),
     /// A transfer that continues in the next frame: messages must fit in one frame here.
     #[error("AMQP transfer split over several frames (messages must fit in one frame of the announced size)")]
     MultiFrame,
@@ -44,23 +48,36 @@ pub fn check_amqp_body(body: &[u8]) -> Result<(), EncodingError> {
     }
     let mut pos = 0;
     let transfer = is_transfer(body);
-    let performative_start = pos;
-    walk(body, &mut pos, body.len(), 0)?;
-    if transfer && transfer_more(&body[performative_start..pos]) {
+    described(body, &mut pos)?;
+    if transfer && transfer_more(&body[..pos]) {
         return Err(EncodingError::MultiFrame);
     }
-    // The payload (a transfer's message sections; nothing after other performatives).
+    // The payload (a transfer's message sections; nothing after other performatives): each
+    // section is a described value too.
     while pos < body.len() {
-        walk(body, &mut pos, body.len(), 0)?;
+        described(body, &mut pos)?;
     }
     Ok(())
 }
 
-/// Checks a SASL frame body (one SASL performative).
+/// Checks a SASL frame body: exactly one SASL performative, nothing after it.
 pub fn check_sasl_body(body: &[u8]) -> Result<(), EncodingError> {
     let mut pos = 0;
-    walk(body, &mut pos, body.len(), 0)?;
+    described(body, &mut pos)?;
+    if pos != body.len() {
+        return Err(EncodingError::NotDescribed(pos));
+    }
     Ok(())
+}
+
+/// Walks one described value at `pos`: the decoders read performatives and sections as such,
+/// so a body that is anything else is refused rather than walked with another alignment than
+/// theirs.
+fn described(body: &[u8], pos: &mut usize) -> Result<(), EncodingError> {
+    if body.get(*pos) != Some(&0x00) {
+        return Err(EncodingError::NotDescribed(*pos));
+    }
+    walk(body, pos, body.len(), 0)
 }
 
 /// Whether the performative is a transfer: descriptor ulong 0x14 (smallulong or ulong) or the
@@ -217,45 +234,58 @@ mod tests {
         // open: described(ulong 0x10) list8 of [str8 "c", null]
         let open = [0x00, 0x53, 0x10, 0xc0, 0x05, 0x02, 0xa1, 0x01, b'c', 0x40];
         assert_eq!(check_amqp_body(&open), Ok(()));
-        // array8 of 3 ubytes; array8 of 2 symbols
-        let arr = [0xe0, 0x05, 0x03, 0x50, 1, 2, 3];
-        assert_eq!(check_sasl_body(&arr), Ok(()));
-        let sym_arr = [0xe0, 0x06, 0x02, 0xa3, 0x01, b'a', 0x01, b'b'];
+        // sasl-mechanisms: described(0x40) list8 [array8 of 2 symbols]; described list8 [array8 of 3 ubytes]
+        let sym_arr = [
+            0x00, 0x53, 0x40, 0xc0, 0x09, 0x01, 0xe0, 0x06, 0x02, 0xa3, 0x01, b'a', 0x01, b'b',
+        ];
         assert_eq!(check_sasl_body(&sym_arr), Ok(()));
+        let arr = [0x00, 0x53, 0x40, 0xc0, 0x08, 0x01, 0xe0, 0x05, 0x03, 0x50, 1, 2, 3];
+        assert_eq!(check_sasl_body(&arr), Ok(()));
         assert_eq!(check_amqp_body(&[]), Ok(()));
     }
 
     #[test]
     fn sizes_and_counts_past_the_bytes_are_refused() {
+        let described = |value: &[u8]| {
+            let mut v = vec![0x00, 0x53, 0x41];
+            v.extend_from_slice(value);
+            v
+        };
+        let refused = |value: &[u8]| check_sasl_body(&described(value));
         // str32 claiming 4 GiB
         assert!(matches!(
-            check_sasl_body(&[0xb1, 0xff, 0xff, 0xff, 0xff, b'x']),
+            refused(&[0xb1, 0xff, 0xff, 0xff, 0xff, b'x']),
             Err(EncodingError::Truncated(_))
         ));
         // array32 of a billion nulls in 9 bytes
         let nulls = [0xf0, 0x00, 0x00, 0x00, 0x05, 0x3b, 0x9a, 0xca, 0x00, 0x40];
         assert!(matches!(
-            check_sasl_body(&nulls),
+            refused(&nulls),
             Err(EncodingError::Count(..)) | Err(EncodingError::Truncated(_))
         ));
         // list8 claiming 200 elements in 2 bytes
         assert!(matches!(
-            check_sasl_body(&[0xc0, 0x02, 200, 0x40]),
+            refused(&[0xc0, 0x02, 200, 0x40]),
             Err(EncodingError::Count(..))
         ));
         // list32 whose size runs past the frame
-        assert!(check_sasl_body(&[0xd0, 0, 0, 1, 0, 0, 0, 0, 1, 0x40]).is_err());
-        // the fuzzer's input: a SASL body of a described value whose string claims ~1 GB
+        assert!(refused(&[0xd0, 0, 0, 1, 0, 0, 0, 0, 1, 0x40]).is_err());
+        assert!(matches!(refused(&[0x30]), Err(EncodingError::Constructor(0x30, 3))));
+        // The fuzzer's inputs: a descriptor whose string claims ~1 GB; a bare ulong followed by
+        // a list32 claiming 3.5 GB (serde_amqp read the ulong as a descriptor).
         assert!(check_sasl_body(&[0x00, 0xb3, 0x53, 0xb3, 0x3f, 0x41, 0x4d, 0x51, 0x50]).is_err());
-        assert!(matches!(
-            check_sasl_body(&[0x30]),
-            Err(EncodingError::Constructor(0x30, 0))
-        ));
+        let bare = [0x53, 0x41, 0x00, 0xd0, 0xd0, 0xd0, 0xd0, 0xd0, 0xff];
+        assert_eq!(check_sasl_body(&bare), Err(EncodingError::NotDescribed(0)));
+        // Nothing may follow a SASL performative.
+        assert_eq!(
+            check_sasl_body(&described(&[0x40, 0x40])),
+            Err(EncodingError::NotDescribed(4))
+        );
     }
 
     #[test]
     fn nesting_is_bounded() {
-        let mut deep = Vec::new();
+        let mut deep = vec![0x00, 0x53, 0x41];
         for _ in 0..100 {
             deep.extend_from_slice(&[0x00, 0x53, 0x01]);
         }
