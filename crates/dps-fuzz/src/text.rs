@@ -126,7 +126,12 @@ pub fn rest_path(data: &[u8]) {
     let headers = headers(header_block);
     if let Ok(accepted) = websocket::check_handshake(&headers) {
         assert_eq!(accepted.accept().len(), 28, "Sec-WebSocket-Accept is base64 of a SHA-1");
-        assert!(accepted.protocol().as_bytes().eq_ignore_ascii_case(b"mqtt"));
+        // The subprotocol echoed is the one tunnelled: `mqtt` for MQTT, `AMQPWSB10` for AMQP.
+        let expected: &[u8] = match accepted.tunnel() {
+            websocket::Tunnel::Mqtt => b"mqtt",
+            websocket::Tunnel::Amqp => b"AMQPWSB10",
+        };
+        assert!(accepted.protocol().as_bytes().eq_ignore_ascii_case(expected));
     }
     let method = &METHODS[usize::from(*m) % METHODS.len()];
     let Ok(uri) = Uri::try_from(target) else {
