@@ -66,7 +66,12 @@ fn plain(user: String, password: String) -> Option<SaslProfile> {
 }
 
 fn device_sas(s: &RunningServer, device: &str) -> String {
-    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    device_sas_for(s, device, 600)
+}
+
+/// A device SAS token valid for `seconds`.
+fn device_sas_for(s: &RunningServer, device: &str, seconds: u64) -> String {
+    let expiry = chrono::Utc::now().timestamp() as u64 + seconds;
     let audience = format!("{}/devices/{device}", s.services.identity.hub.host_name);
     build_token(&audience, KEY, expiry, None).unwrap()
 }
@@ -305,6 +310,42 @@ async fn hub_links_need_the_devices_own_credential() {
         err.contains("UnauthorizedAccess") || err.contains("unauthorized"),
         "{err}"
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn links_end_when_the_cbs_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.10", dir.path()).await;
+    provision(&s, "hub-a").await;
+    let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(
+        put_token(&mut session, &s, "hub-a", device_sas_for(&s, "hub-a", 2)).await,
+        200
+    );
+    let mut sender = Sender::attach(&mut session, "t", "/devices/hub-a/messages/events")
+        .await
+        .unwrap();
+    let msg = || {
+        Message::builder()
+            .data(fe2o3_amqp::types::primitives::Binary::from(br#"{"n":1}"#.to_vec()))
+            .build()
+    };
+    assert!(matches!(sender.send(msg()).await.unwrap(), Outcome::Accepted(_)));
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    match sender.send(msg()).await {
+        Ok(Outcome::Rejected(r)) => {
+            let e = r.error.expect("the rejection says why");
+            assert!(
+                e.description.unwrap_or_default().contains("expired"),
+                "{:?}",
+                e.condition
+            );
+        }
+        Err(_) => {} // the link was closed with the error before the disposition arrived
+        other => panic!("expected a refusal after the token expired, got {other:?}"),
+    }
     s.shutdown().await;
 }
 

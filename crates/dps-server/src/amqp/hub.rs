@@ -49,13 +49,23 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-connection hub state.
 #[derive(Default)]
 pub(crate) struct HubState {
-    /// SAS tokens put on `$cbs`, by device id.
-    tokens: Mutex<HashMap<String, String>>,
+    /// SAS tokens put on `$cbs`, by device id, with their expiry (Unix seconds).
+    tokens: Mutex<HashMap<String, (String, u64)>>,
     /// The device sessions open on this connection, by device id.
     devices: AsyncMutex<HashMap<String, Arc<HubDevice>>>,
 }
 
 impl HubState {
+    /// When the CBS token `device_id`'s links were opened with expired, if it has (IoT Hub
+    /// closes a device's links then, unless it put a fresh token first). X.509 devices put none.
+    fn token_expired(&self, device_id: &str, now_unix: u64) -> Option<u64> {
+        self.tokens
+            .lock()
+            .get(device_id)
+            .map(|(_, expiry)| *expiry)
+            .filter(|expiry| *expiry <= now_unix)
+    }
+
     /// Ends every device session of the connection (it is closing).
     pub(crate) async fn close(&self) {
         for (_, device) in self.devices.lock().await.drain() {
@@ -199,7 +209,7 @@ async fn device(conn: &Arc<Conn>, device_id: &str) -> Result<Arc<HubDevice>, Ref
 
 /// Checks the device's credential: its CBS token, else the TLS client certificate.
 async fn authenticate(conn: &Conn, device_id: &str) -> Result<DeviceIdentity, Refusal> {
-    let token = conn.hub.tokens.lock().get(device_id).cloned();
+    let token = conn.hub.tokens.lock().get(device_id).map(|(t, _)| t.clone());
     check_credential(conn, device_id, token)
         .await
         .map_err(Refusal::Unauthorized)
@@ -286,7 +296,8 @@ async fn put_token(conn: &Conn, msg: &Incoming) -> (i32, String) {
     // token leaves an earlier good one in place.
     match check_credential(conn, &device_id, Some(token.clone())).await {
         Ok(_) => {
-            conn.hub.tokens.lock().insert(device_id, token);
+            let expiry = dps_proto::sas::SasToken::parse(&token).map_or(0, |t| t.expiry);
+            conn.hub.tokens.lock().insert(device_id, (token, expiry));
             (200, "OK".into())
         }
         Err(why) => (401, why),
@@ -333,6 +344,17 @@ async fn serve_requests(mut receiver: Receiver, conn: Arc<Conn>, device: Arc<Hub
             );
             let _ = receiver.reject(&delivery, why.error()).await;
             break;
+        }
+        let device_id = device.session.identity().client_device_id();
+        let now_unix = dps_core::Engine::unix_time(conn.services.clock.now());
+        if let Some(expiry) = conn.hub.token_expired(device_id, now_unix) {
+            let why = Refusal::Unauthorized(format!(
+                "the SAS token of device '{device_id}' expired at {expiry} (Unix time); put a fresh one on $cbs before it expires"
+            ));
+            tracing::info!(device = %device_id, expiry, "closing a hub link: its CBS token expired");
+            let _ = receiver.reject(&delivery, why.error()).await;
+            links::close_receiver(receiver, Some(why.error())).await;
+            return;
         }
         let msg = delivery.message();
         let size = message::body_len(msg);
