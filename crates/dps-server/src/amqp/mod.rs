@@ -65,8 +65,7 @@ pub(crate) struct Conn {
     pub(crate) identity: ConnIdentity,
     /// The DER certificates the client sent in the TLS handshake (leaf first), empty for SAS.
     pub(crate) peer_certs: Vec<Vec<u8>>,
-    /// Per-connection hub state: CBS authorizations and the reply links of request/response
-    /// nodes.
+    /// Per-connection hub state: the CBS tokens put, and the device sessions open.
     pub(crate) hub: hub::HubState,
     /// The links the server sends on (the client's receivers), by node address.
     pub(crate) replies: Arc<links::ReplyLinks>,
