@@ -23,6 +23,10 @@ pub enum EncodingError {
     /// A list, map or array claims more elements than it has bytes.
     #[error("AMQP compound at byte {0} claims {1} elements in {2} bytes")]
     Count(usize, u32, usize),
+    /// A list, map or array whose elements do not fill its declared size exactly: the decoders
+    /// read such slack bytes as more fields, unchecked.
+    #[error("AMQP compound at byte {0} is not filled exactly by its elements")]
+    Slack(usize),
     /// Nesting deeper than [`MAX_DEPTH`].
     #[error("AMQP values nested deeper than {MAX_DEPTH}")]
     TooDeep,
@@ -218,7 +222,9 @@ fn body_of(
                     walk(buf, pos, inner_end, depth + 1)?;
                 }
             }
-            *pos = inner_end;
+            if *pos != inner_end {
+                return Err(EncodingError::Slack(at));
+            }
             Ok(())
         }
         _ => Err(EncodingError::Constructor(constructor, at)),
@@ -276,6 +282,10 @@ mod tests {
         assert!(check_sasl_body(&[0x00, 0xb3, 0x53, 0xb3, 0x3f, 0x41, 0x4d, 0x51, 0x50]).is_err());
         let bare = [0x53, 0x41, 0x00, 0xd0, 0xd0, 0xd0, 0xd0, 0xd0, 0xff];
         assert_eq!(check_sasl_body(&bare), Err(EncodingError::NotDescribed(0)));
+        // A list whose declared size holds more than its elements (the fuzzer's: a list8 of size 7
+        // and count 0 around a str32 claiming 3 GB, which serde_amqp read as a field).
+        let slack = [0xc0, 0x07, 0x00, 0xb1, 0xb6, 0x01, 0xa3, 0x09, 0x41];
+        assert_eq!(refused(&slack), Err(EncodingError::Slack(3)));
         // Nothing may follow a SASL performative.
         assert_eq!(
             check_sasl_body(&described(&[0x40, 0x40])),
