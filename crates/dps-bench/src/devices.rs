@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::identity::{registration_id, Credentials};
 use super::wire::{Endpoint, Trust};
-use super::{https, mqtt, sdk, ClientKind, Mode};
+use super::{amqp, https, mqtt, sdk, ClientKind, Mode};
 
 /// Lifetime of the SAS tokens devices sign (the SDK's default).
 const SAS_TTL_SECS: u64 = 3600;
@@ -38,6 +38,8 @@ pub struct Ctx {
     pub dps_mqtt: Endpoint,
     /// The DPS HTTPS listener.
     pub dps_https: Endpoint,
+    /// The DPS AMQP listener.
+    pub dps_amqp: Endpoint,
     /// `Host` header of HTTPS requests.
     pub https_authority: String,
     /// AMQP port (DPS and hub; the SDK client resolves the hosts itself).
@@ -219,8 +221,8 @@ pub async fn register(ctx: &Ctx, index: usize) -> Result<Assignment, String> {
     match (ctx.client, ctx.transport) {
         (ClientKind::Lean, Transport::Mqtt) => mqtt::register(&dev).await,
         (ClientKind::Lean, Transport::Https) => https::register(&dev).await,
-        // AMQP runs the SDK (`BenchArgs::client`).
-        (ClientKind::Sdk, _) | (ClientKind::Lean, Transport::Amqp) => sdk::register(&dev).await.map(|(a, _)| a),
+        (ClientKind::Lean, Transport::Amqp) => amqp::register(&dev).await,
+        (ClientKind::Sdk, _) => sdk::register(&dev).await.map(|(a, _)| a),
     }
 }
 

@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod amqp;
 mod devices;
 mod driver;
 mod error;
@@ -143,11 +144,11 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// The client the devices run: `--client`, except that AMQP always runs the SDK (the lean
-    /// client has no AMQP of its own; the SDK's AMQP transport is only fe2o3-amqp and the SASL
-    /// frames, what a lean one would be).
+    /// The client the devices run: `--client`, except that AMQP's `cycle` and `hold` always run
+    /// the SDK (the lean AMQP client registers only; its hub side would be the SDK's frames
+    /// again, for no measurement anyone asked for).
     fn client(&self) -> ClientKind {
-        if self.transport == Transport::Amqp {
+        if self.transport == Transport::Amqp && self.mode != Mode::Register {
             ClientKind::Sdk
         } else {
             self.client
@@ -293,6 +294,7 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         transport: a.transport,
         dps_mqtt: wire::Endpoint::resolve(&host, mqtt_port).await?,
         dps_https: wire::Endpoint::resolve(&host, https_port).await?,
+        dps_amqp: wire::Endpoint::resolve(&host, amqp_port).await?,
         https_authority: format!("{host}:{https_port}"),
         amqp_port,
         dps_host: host,

@@ -189,7 +189,7 @@ impl AmqpHubClient {
             // Desired-property notifications (no correlation id) are skipped.
             let delivery = amqp::reply(receiver, &correlation, "the twin").await?;
             let msg: &Incoming = delivery.message();
-            let body = amqp::body_bytes(msg);
+            let body = dps_proto::amqp_message::body_bytes(msg).unwrap_or_default();
             let status = twin_status(msg).unwrap_or(200);
             if !(200..300).contains(&status) {
                 return Err(ClientError::from_error_body(status, &body));
@@ -209,12 +209,17 @@ impl AmqpHubClient {
     /// Closes the connection. The links and the session are dropped first, which queues their
     /// detach and end without waiting for each answer (closing the connection ends them anyway).
     pub async fn disconnect(self) -> Result<(), ClientError> {
-        drop((self.telemetry, self.twin, self.session));
-        self.connection
+        // The connection's close ends the session and its links (AMQP 1.0 §2.4.6); their
+        // handles go only after, so the detaches and end their drops queue never race it (see
+        // `provisioning::amqp`).
+        let closed = self
+            .connection
             .into_inner()
             .close()
             .await
-            .map_err(|e| ClientError::connection("closing the AMQP connection", &e))
+            .map_err(|e| ClientError::connection("closing the AMQP connection", &e));
+        drop((self.telemetry, self.twin, self.session));
+        closed
     }
 
     async fn within<T>(

@@ -46,9 +46,11 @@ pub enum EncodingError {
 /// for a transfer, the message sections of its payload. A transfer with `more` set is refused:
 /// the server announces a frame size that fits any message it accepts, and a message split over
 /// frames would reach the decoder unchecked.
-pub fn check_amqp_body(body: &[u8]) -> Result<(), EncodingError> {
+///
+/// Returns the length of the performative: the payload (a transfer's message) follows it.
+pub fn check_amqp_body(body: &[u8]) -> Result<usize, EncodingError> {
     if body.is_empty() {
-        return Ok(()); // a heartbeat
+        return Ok(0); // a heartbeat
     }
     let mut pos = 0;
     let transfer = is_transfer(body);
@@ -56,12 +58,13 @@ pub fn check_amqp_body(body: &[u8]) -> Result<(), EncodingError> {
     if transfer && transfer_more(&body[..pos]) {
         return Err(EncodingError::MultiFrame);
     }
+    let performative = pos;
     // The payload (a transfer's message sections; nothing after other performatives): each
     // section is a described value too.
     while pos < body.len() {
         described(body, &mut pos)?;
     }
-    Ok(())
+    Ok(performative)
 }
 
 /// Checks a SASL frame body: exactly one SASL performative, nothing after it.
@@ -239,7 +242,7 @@ mod tests {
     fn well_formed_values_pass() {
         // open: described(ulong 0x10) list8 of [str8 "c", null]
         let open = [0x00, 0x53, 0x10, 0xc0, 0x05, 0x02, 0xa1, 0x01, b'c', 0x40];
-        assert_eq!(check_amqp_body(&open), Ok(()));
+        assert_eq!(check_amqp_body(&open), Ok(open.len()));
         // sasl-mechanisms: described(0x40) list8 [array8 of 2 symbols]; described list8 [array8 of 3 ubytes]
         let sym_arr = [
             0x00, 0x53, 0x40, 0xc0, 0x09, 0x01, 0xe0, 0x06, 0x02, 0xa3, 0x01, b'a', 0x01, b'b',
@@ -247,7 +250,7 @@ mod tests {
         assert_eq!(check_sasl_body(&sym_arr), Ok(()));
         let arr = [0x00, 0x53, 0x40, 0xc0, 0x08, 0x01, 0xe0, 0x05, 0x03, 0x50, 1, 2, 3];
         assert_eq!(check_sasl_body(&arr), Ok(()));
-        assert_eq!(check_amqp_body(&[]), Ok(()));
+        assert_eq!(check_amqp_body(&[]), Ok(0));
     }
 
     #[test]
@@ -314,7 +317,8 @@ mod tests {
         let last = t.len() - 1;
         t[last] = 0x42; // more = false
                         // followed by a data section with 2 bytes
+        let performative = t.len();
         t.extend_from_slice(&[0x00, 0x53, 0x75, 0xa0, 0x02, b'h', b'i']);
-        assert_eq!(check_amqp_body(&t), Ok(()));
+        assert_eq!(check_amqp_body(&t), Ok(performative));
     }
 }

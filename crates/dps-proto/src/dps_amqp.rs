@@ -4,6 +4,12 @@
 //! the registration node's address, the request and response properties, and the bytes of the
 //! `TPM` SASL mechanism. No I/O: the server and the Rust device client both use these.
 
+use fe2o3_amqp_types::definitions::Error;
+use fe2o3_amqp_types::messaging::{ApplicationProperties, Data, Message, MessageId, Properties};
+use fe2o3_amqp_types::primitives::{Binary, SimpleValue, Symbol};
+
+use crate::amqp_message::{body_bytes, condition_name, seconds, Incoming};
+
 /// Application property naming the request: [`REGISTER`] or [`GET_OPERATION_STATUS`].
 pub const OPERATION_TYPE: &str = "iotdps-operation-type";
 /// Application property carrying the operation id of a status request.
@@ -56,6 +62,112 @@ pub fn status_of_condition(condition: &str) -> u16 {
         "com.microsoft:device-container-throttled" => 429,
         "amqp:internal-error" => 500,
         _ => 400,
+    }
+}
+
+/// A request a device sends on its registration node.
+#[derive(Debug, Clone, Copy)]
+pub enum DpsRequest<'a> {
+    /// Register, with the registration body (JSON; empty for none).
+    Register {
+        /// The body.
+        body: &'a [u8],
+    },
+    /// Ask for the status of an operation.
+    OperationStatus {
+        /// The operation id the register answer carried.
+        operation_id: &'a str,
+    },
+}
+
+/// The request message as the Node SDK sends it: the correlation id as a string, content type
+/// JSON, the operation in application properties, the body in a data section (a status request
+/// has none: the server reads only its properties).
+pub fn request_message(request: &DpsRequest<'_>, correlation: &str) -> Message<Data> {
+    let (app, body) = match request {
+        DpsRequest::Register { body } => (
+            ApplicationProperties::builder()
+                .insert(OPERATION_TYPE, REGISTER)
+                .insert(FORCE_REGISTRATION, false),
+            body.to_vec(),
+        ),
+        DpsRequest::OperationStatus { operation_id } => (
+            ApplicationProperties::builder()
+                .insert(OPERATION_TYPE, GET_OPERATION_STATUS)
+                .insert(OPERATION_ID, *operation_id),
+            Vec::new(),
+        ),
+    };
+    Message::builder()
+        .properties(
+            Properties::builder()
+                .correlation_id(MessageId::String(correlation.to_string()))
+                .content_type(Symbol::from("application/json"))
+                .build(),
+        )
+        .application_properties(app.build())
+        .data(Binary::from(body))
+        .build()
+}
+
+/// An answer as a client reads it, in the terms of the HTTPS and MQTT transports: the status,
+/// `retry-after` (seconds) and the JSON body (the operation status, or the DPS error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpsAnswer {
+    /// 200 for a response; a rejection's status otherwise.
+    pub status: u16,
+    /// Seconds to wait before polling or retrying, if the server said.
+    pub retry_after: Option<u32>,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+/// The answer a response message (to an accepted request) carries.
+pub fn response_answer(msg: &Incoming) -> DpsAnswer {
+    let retry_after = msg
+        .application_properties
+        .as_ref()
+        .and_then(|p| p.0.get(RETRY_AFTER).or_else(|| p.0.get(RETRY_AFTER_CSHARP)))
+        .and_then(seconds);
+    DpsAnswer {
+        status: 200,
+        retry_after,
+        body: body_bytes(msg).unwrap_or_default(),
+    }
+}
+
+/// A rejection as the status and error body the HTTPS transport would have seen: the status from
+/// the description's `errorCode` (HTTP status × 1000 + sub-code, as the C# SDK reads it), else
+/// from the condition; `retry-after` from the error's `info`.
+pub fn rejection_answer(error: Option<&Error>) -> DpsAnswer {
+    let Some(error) = error else {
+        return DpsAnswer {
+            status: 400,
+            retry_after: None,
+            body: b"the request was rejected without an error".to_vec(),
+        };
+    };
+    let condition = condition_name(&error.condition);
+    let body = error
+        .description
+        .clone()
+        .unwrap_or_else(|| condition.clone())
+        .into_bytes();
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("errorCode").and_then(serde_json::Value::as_u64))
+        .and_then(|c| u16::try_from(c / 1000).ok())
+        .filter(|s| (400..600).contains(s));
+    let retry_after = error.info.as_ref().and_then(|info| {
+        [RETRY_AFTER, RETRY_AFTER_CSHARP]
+            .iter()
+            .filter_map(|k| info.get(&Symbol::from(*k)))
+            .find_map(|v| SimpleValue::try_from(v.clone()).ok().as_ref().and_then(seconds))
+    });
+    DpsAnswer {
+        status: code.unwrap_or_else(|| status_of_condition(&condition)),
+        retry_after,
+        body,
     }
 }
 
@@ -237,6 +349,51 @@ pub fn parse_challenge_segment(segment: &[u8]) -> Result<(&[u8], bool), TpmSaslE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fe2o3_amqp_types::definitions::{AmqpError, ErrorCondition, Fields};
+    use fe2o3_amqp_types::primitives::Value;
+
+    fn error(condition: &str, description: Option<&str>, retry_after: Option<Value>) -> Error {
+        let info = retry_after.map(|v| {
+            let mut f = Fields::new();
+            f.insert(Symbol::from(RETRY_AFTER), v);
+            f
+        });
+        // As the client decodes it: a standard condition becomes its own variant.
+        let condition = match condition {
+            "amqp:internal-error" => ErrorCondition::AmqpError(AmqpError::InternalError),
+            "amqp:not-found" => ErrorCondition::AmqpError(AmqpError::NotFound),
+            other => ErrorCondition::Custom(Symbol::from(other)),
+        };
+        Error::new(condition, description.map(str::to_string), info)
+    }
+
+    #[test]
+    fn rejections_read_as_their_http_status() {
+        let a = rejection_answer(Some(&error(
+            "com.microsoft:device-container-throttled",
+            Some(r#"{"errorCode":429001,"message":"slow down"}"#),
+            Some(Value::Int(7)),
+        )));
+        assert_eq!((a.status, a.retry_after), (429, Some(7)));
+        assert!(a.body.starts_with(br#"{"errorCode":429001"#));
+        // The errorCode wins over the condition; no JSON: the condition decides.
+        let a = rejection_answer(Some(&error(
+            "amqp:internal-error",
+            Some(r#"{"errorCode":401002,"message":"m"}"#),
+            None,
+        )));
+        assert_eq!(a.status, 401);
+        let a = rejection_answer(Some(&error("amqp:not-found", Some("no such registration"), None)));
+        assert_eq!(a.status, 404);
+        assert_eq!(a.body, b"no such registration");
+        let a = rejection_answer(Some(&error(
+            "amqp:internal-error",
+            None,
+            Some(Value::String("3".into())),
+        )));
+        assert_eq!((a.status, a.retry_after), (500, Some(3)));
+        assert_eq!(rejection_answer(None).status, 400);
+    }
 
     #[test]
     fn registration_nodes_parse_and_format() {

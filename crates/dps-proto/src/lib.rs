@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod amqp_conn;
 pub mod amqp_encoding;
+pub mod amqp_message;
 pub mod api_version;
 pub mod connection_string;
 pub mod dps_amqp;

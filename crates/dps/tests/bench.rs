@@ -204,15 +204,21 @@ fn bench_hold_keeps_every_connection_open() {
 #[test]
 fn bench_runs_over_amqp() {
     let s = Server::start("127.0.38.13");
-    // AMQP runs the SDK whatever --client says (the lean client has no AMQP of its own), with
-    // group-derived keys (SASL PLAIN) and X.509 devices (no SASL).
-    for (attestation, devices) in [("symmetric-key", 200), ("x509", 100)] {
+    // Registration with the lean client and with the SDK, with group-derived keys (SASL PLAIN)
+    // and X.509 devices (no SASL).
+    for (client, attestation, devices) in [
+        ("lean", "symmetric-key", 200),
+        ("lean", "x509", 100),
+        ("sdk", "symmetric-key", 100),
+    ] {
         let n = devices.to_string();
         let r = s.json(&[
             "bench",
             "register",
             "--transport",
             "amqp",
+            "--client",
+            client,
             "--attestation",
             attestation,
             "--devices",
@@ -222,10 +228,11 @@ fn bench_runs_over_amqp() {
         ]);
         check_report(&r, "register", devices);
         assert_eq!(r["transport"], "amqp", "{r}");
-        assert_eq!(r["client"], "sdk", "{r}");
+        assert_eq!(r["client"], client, "{r}");
         check_cleanup(&r, devices);
     }
-    // The hub over AMQP too: CBS put-token, telemetry, twin read per device.
+    // The hub over AMQP too, with the SDK whatever --client says: CBS put-token, telemetry,
+    // twin read per device.
     let r = s.json(&[
         "bench",
         "cycle",

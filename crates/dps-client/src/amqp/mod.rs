@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::{DetachError, LinkStateError, ReceiverAttachError, RecvError, SendError, SenderAttachError};
-use fe2o3_amqp::types::definitions::{self, ErrorCondition};
-use fe2o3_amqp::types::messaging::{Body, Message, MessageId};
-use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::definitions;
+use fe2o3_amqp::types::messaging::{Body, MessageId};
+use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::{Connection, Delivery, Receiver};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -69,8 +69,18 @@ pub(crate) async fn open(stream: TlsStream<TcpStream>, host: &str) -> Result<Con
         .map_err(|e| ClientError::connection(format!("opening the AMQP connection to {host}"), &e))
 }
 
-/// A message as received: any body.
-pub(crate) type Incoming = Message<Body<Value>>;
+/// Closes the connection if it is still open; a failure to close cleanly is only logged (the
+/// device's work on it is done).
+pub(crate) async fn close(connection: &mut ConnectionHandle<()>) {
+    if connection.is_closed() {
+        return;
+    }
+    if let Err(e) = connection.close().await {
+        tracing::debug!(error = %e, "the AMQP connection did not close cleanly");
+    }
+}
+
+pub(crate) use dps_proto::amqp_message::{condition_name, seconds, Incoming};
 
 /// The reply to the request whose id is `correlation` (a string, as the Node SDK sends): the
 /// next message on `receiver` with that correlation id. Every message is settled; others (the
@@ -100,48 +110,6 @@ pub(crate) async fn reply(
             return Ok(delivery);
         }
         tracing::debug!("skipping a message that does not answer the request for {what}");
-    }
-}
-
-/// The body's bytes: the data sections concatenated, or a binary or string amqp-value.
-pub(crate) fn body_bytes(msg: &Incoming) -> Vec<u8> {
-    match &msg.body {
-        Body::Data(sections) => sections.iter().flat_map(|d| d.0.iter().copied()).collect(),
-        Body::Value(v) => match &v.0 {
-            Value::Binary(b) => b.to_vec(),
-            Value::String(s) => s.as_bytes().to_vec(),
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    }
-}
-
-/// A whole number of seconds in an application property or `info` field, whatever its AMQP
-/// type (the SDKs send int, the spec allows any integer or its decimal string).
-pub(crate) fn seconds(value: &SimpleValue) -> Option<u32> {
-    match value {
-        SimpleValue::Int(i) => u32::try_from(*i).ok(),
-        SimpleValue::Long(i) => u32::try_from(*i).ok(),
-        SimpleValue::Uint(i) => Some(*i),
-        SimpleValue::Ulong(i) => u32::try_from(*i).ok(),
-        SimpleValue::Short(i) => u32::try_from(*i).ok(),
-        SimpleValue::Ushort(i) => Some(u32::from(*i)),
-        SimpleValue::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// An error condition's symbol (`amqp:not-found`, `com.microsoft:device-container-throttled`):
-/// fe2o3 decodes the standard ones into their own variants.
-pub(crate) fn condition_name(condition: &ErrorCondition) -> String {
-    match condition {
-        ErrorCondition::AmqpError(e) => Symbol::from(e).0,
-        ErrorCondition::ConnectionError(e) => Symbol::from(e).0,
-        ErrorCondition::SessionError(e) => Symbol::from(e).0,
-        ErrorCondition::LinkError(e) => Symbol::from(e).0,
-        ErrorCondition::Custom(s) => s.0.clone(),
-        #[allow(unreachable_patterns)]
-        other => format!("{other:?}"),
     }
 }
 

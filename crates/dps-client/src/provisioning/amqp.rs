@@ -7,18 +7,18 @@
 //! receiver link by a message with the same correlation id (JSON body, `retry-after`); a refused
 //! one is *rejected*, the DPS error JSON in the rejection's description.
 
-use dps_proto::dps_amqp::{self as wire, RegistrationNode, TpmInit};
+use dps_proto::dps_amqp::{self as wire, DpsAnswer, DpsRequest, RegistrationNode, TpmInit};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::types::definitions::Fields;
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Message, MessageId, Outcome, Properties};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::messaging::Outcome;
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender, Session};
 use tokio_rustls::client::TlsStream;
 
 use super::{interpret, Next, ProvisioningClient, RegistrationResult, CLIENT_VERSION, DEVICE_API_VERSION};
+use crate::amqp;
 use crate::amqp::sasl::{Reply, Sasl};
-use crate::amqp::{self, Incoming};
 use crate::security::TpmPublicKeys;
 use crate::ClientError;
 
@@ -31,14 +31,6 @@ const MAX_TPM_BLOB: usize = 16 * 1024;
 enum Request {
     Register,
     Poll(String),
-}
-
-/// The answer to a request: its status as the HTTP and MQTT transports see it, `retry-after`,
-/// and the JSON body (the operation status, or the DPS error).
-struct Answer {
-    status: u16,
-    retry_after: Option<u32>,
-    body: Vec<u8>,
 }
 
 impl ProvisioningClient {
@@ -69,9 +61,8 @@ impl ProvisioningClient {
         }
         let mut connection = amqp::open(stream, &self.host).await?;
         let result = self.register_on(&mut connection, &node, body).await;
-        if let Err(e) = connection.close().await {
-            tracing::debug!(error = %e, "the AMQP connection did not close cleanly");
-        }
+        // `register_on` closed it, unless it failed before its links were up.
+        amqp::close(&mut connection).await;
         result
     }
 
@@ -164,9 +155,12 @@ impl ProvisioningClient {
             .await
             .map_err(|e| amqp::link_failure(&format!("attaching the request link on {node}"), &e))?;
         let result = self.requests(&mut sender, &mut receiver, body).await;
-        // Dropped, not closed one by one: each drop queues its detach (or end) without waiting
-        // for the answer, and closing the connection ends them all anyway. Waiting for each
-        // answer would cost the device three more round trips for nothing.
+        // Closing the connection ends the session and its links with it (AMQP 1.0 §2.4.6), in
+        // one round trip: detaching and ending one by one would cost three more. The handles
+        // are dropped only once the connection is closed, so the detaches and end their drops
+        // queue never race the close (fe2o3's client fails its own close when the answer to
+        // an end it sent arrives after its close went out).
+        amqp::close(connection).await;
         drop((sender, receiver, session));
         result
     }
@@ -204,31 +198,15 @@ impl ProvisioningClient {
         receiver: &mut Receiver,
         request: &Request,
         body: &[u8],
-    ) -> Result<Answer, ClientError> {
+    ) -> Result<DpsAnswer, ClientError> {
         let correlation = uuid::Uuid::new_v4().to_string();
-        let app = match request {
-            Request::Register => ApplicationProperties::builder()
-                .insert(wire::OPERATION_TYPE, wire::REGISTER)
-                .insert(wire::FORCE_REGISTRATION, false),
-            Request::Poll(operation) => ApplicationProperties::builder()
-                .insert(wire::OPERATION_TYPE, wire::GET_OPERATION_STATUS)
-                .insert(wire::OPERATION_ID, operation.as_str()),
+        let request = match request {
+            Request::Register => DpsRequest::Register { body },
+            Request::Poll(operation) => DpsRequest::OperationStatus {
+                operation_id: operation,
+            },
         };
-        // Polls carry no body; the server reads only their properties.
-        let data = match request {
-            Request::Register => body.to_vec(),
-            Request::Poll(_) => Vec::new(),
-        };
-        let msg = Message::builder()
-            .properties(
-                Properties::builder()
-                    .correlation_id(MessageId::String(correlation.clone()))
-                    .content_type(Symbol::from("application/json"))
-                    .build(),
-            )
-            .application_properties(app.build())
-            .data(Binary::from(data))
-            .build();
+        let msg = wire::request_message(&request, &correlation);
         let outcome = sender.send(msg).await.map_err(|e| match e {
             // The link's max-message-size is the server's limit: checked before sending, so the
             // request never reaches the server to be refused with 413.
@@ -239,10 +217,10 @@ impl ProvisioningClient {
         })?;
         match outcome {
             Outcome::Accepted(_) => self.response(receiver, &correlation).await,
-            Outcome::Rejected(r) => Ok(rejected(r.error)),
+            Outcome::Rejected(r) => Ok(wire::rejection_answer(r.error.as_ref())),
             // The server did not take the request (shutting down, overloaded): a server error,
             // retried as HTTP 503 is.
-            Outcome::Released(_) | Outcome::Modified(_) => Ok(Answer {
+            Outcome::Released(_) | Outcome::Modified(_) => Ok(DpsAnswer {
                 status: 503,
                 retry_after: None,
                 body: format!("the request was not processed ({outcome:?})").into_bytes(),
@@ -253,101 +231,8 @@ impl ProvisioningClient {
     }
 
     /// The response to the request with `correlation` (a retry's late predecessor is skipped).
-    async fn response(&self, receiver: &mut Receiver, correlation: &str) -> Result<Answer, ClientError> {
+    async fn response(&self, receiver: &mut Receiver, correlation: &str) -> Result<DpsAnswer, ClientError> {
         let delivery = amqp::reply(receiver, correlation, "a DPS response over AMQP").await?;
-        let msg: &Incoming = delivery.message();
-        let retry_after = msg
-            .application_properties
-            .as_ref()
-            .and_then(|p| p.0.get(wire::RETRY_AFTER).or_else(|| p.0.get(wire::RETRY_AFTER_CSHARP)))
-            .and_then(amqp::seconds);
-        Ok(Answer {
-            status: 200,
-            retry_after,
-            body: amqp::body_bytes(msg),
-        })
-    }
-}
-
-/// A rejection as the status and error body the HTTPS transport would have seen: the status from
-/// the description's `errorCode` (HTTP status × 1000 + sub-code, as the C# SDK reads it), else
-/// from the condition; `retry-after` from the error's `info`.
-fn rejected(error: Option<fe2o3_amqp::types::definitions::Error>) -> Answer {
-    let Some(error) = error else {
-        return Answer {
-            status: 400,
-            retry_after: None,
-            body: b"the request was rejected without an error".to_vec(),
-        };
-    };
-    let condition = amqp::condition_name(&error.condition);
-    let body = error.description.unwrap_or_else(|| condition.clone()).into_bytes();
-    let code = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("errorCode").and_then(serde_json::Value::as_u64))
-        .and_then(|c| u16::try_from(c / 1000).ok())
-        .filter(|s| (400..600).contains(s));
-    let retry_after = error.info.as_ref().and_then(|info| {
-        [wire::RETRY_AFTER, wire::RETRY_AFTER_CSHARP]
-            .iter()
-            .filter_map(|k| info.get(&Symbol::from(*k)))
-            .find_map(|v| SimpleValue::try_from(v.clone()).ok().as_ref().and_then(amqp::seconds))
-    });
-    Answer {
-        status: code.unwrap_or_else(|| wire::status_of_condition(&condition)),
-        retry_after,
-        body,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fe2o3_amqp::types::definitions::{AmqpError, Error, ErrorCondition};
-
-    fn error(condition: &str, description: Option<&str>, retry_after: Option<Value>) -> Error {
-        let info = retry_after.map(|v| {
-            let mut f = Fields::new();
-            f.insert(Symbol::from(wire::RETRY_AFTER), v);
-            f
-        });
-        // As the client decodes it: a standard condition becomes its own variant.
-        let condition = match condition {
-            "amqp:internal-error" => ErrorCondition::AmqpError(AmqpError::InternalError),
-            "amqp:not-found" => ErrorCondition::AmqpError(AmqpError::NotFound),
-            other => ErrorCondition::Custom(Symbol::from(other)),
-        };
-        Error::new(condition, description.map(str::to_string), info)
-    }
-
-    #[test]
-    fn rejections_read_as_their_http_status() {
-        let a = rejected(Some(error(
-            "com.microsoft:device-container-throttled",
-            Some(r#"{"errorCode":429001,"message":"slow down"}"#),
-            Some(Value::Int(7)),
-        )));
-        assert_eq!((a.status, a.retry_after), (429, Some(7)));
-        assert_eq!(
-            ClientError::from_error_body(a.status, &a.body).error_code(),
-            Some(429001)
-        );
-        // The errorCode wins over the condition; no JSON: the condition decides.
-        let a = rejected(Some(error(
-            "amqp:internal-error",
-            Some(r#"{"errorCode":401002,"message":"m"}"#),
-            None,
-        )));
-        assert_eq!(a.status, 401);
-        let a = rejected(Some(error("amqp:not-found", Some("no such registration"), None)));
-        assert_eq!(a.status, 404);
-        assert_eq!(a.body, b"no such registration");
-        let a = rejected(Some(error(
-            "amqp:internal-error",
-            None,
-            Some(Value::String("3".into())),
-        )));
-        assert_eq!((a.status, a.retry_after), (500, Some(3)));
-        assert_eq!(rejected(None).status, 400);
+        Ok(wire::response_answer(delivery.message()))
     }
 }

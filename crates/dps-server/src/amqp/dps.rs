@@ -6,58 +6,36 @@
 //! the DPS error (condition by status, the JSON error as description, `retry-after` in `info`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dps_core::{Credential, DeviceRequest};
+use dps_proto::amqp_conn::{DeliveryRef, Direction};
 use dps_proto::dps_amqp::{self as wire, RegistrationNode};
-use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerSessionHandle};
 use fe2o3_amqp::types::definitions::{self, ErrorCondition, Fields};
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Properties};
-use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::messaging::{ApplicationProperties, MessageId, Properties};
 use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
-use fe2o3_amqp::{Delivery, Receiver};
-use tokio::task::JoinSet;
 
 use super::auth::{authenticate_dps, ConnIdentity, DpsDevice};
-use super::links::{self, Refusal};
+use super::links::Refusal;
 use super::message::{self, Incoming};
-use super::Conn;
+use super::{Conn, Route};
 use crate::dps_device::{self, Answer, DpsOperation};
 use crate::ApiError;
-
-/// How long a response may wait for the device to take it (link credit and settlement).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Attaches a link to a registration node, if this connection may: one authenticated for this
 /// registration by SASL (PLAIN or TPM), or one with a TLS client certificate the engine accepts
 /// for it.
-pub(super) async fn attach(
-    session: &mut ListenerSessionHandle,
-    attach: Attach,
-    node: RegistrationNode,
-    conn: &Arc<Conn>,
-    tasks: &mut JoinSet<()>,
-) {
-    let device = match device_for(conn, &node).await {
-        Ok(d) => d,
-        Err(why) => return links::refuse(session, attach, why).await,
-    };
+pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: RegistrationNode) -> Result<Route, Refusal> {
+    let device = device_for(conn, &node).await?;
     let address = node.address();
-    let acceptor = links::acceptor(conn.services.config.max_message_bytes);
-    match acceptor.accept_incoming_attach(attach, session).await {
-        Ok(LinkEndpoint::Sender(sender)) => {
-            // The responses' link: kept until the connection ends (or the device attaches another).
-            conn.replies.insert(&address, sender);
-        }
-        Ok(LinkEndpoint::Receiver(receiver)) => {
-            tasks.spawn(serve_requests(receiver, conn.clone(), address, device));
-        }
-        Err(e) => tracing::debug!(error = %e, "DPS link did not attach"),
-    }
+    Ok(match direction {
+        // The responses' link: kept until the client detaches it (or attaches another).
+        Direction::ToPeer => Route::Out { address },
+        Direction::FromPeer => Route::DpsRequests { address, device },
+    })
 }
 
 /// The device this connection speaks for on `node`, or why it may not attach there.
-async fn device_for(conn: &Conn, node: &RegistrationNode) -> Result<Arc<DpsDevice>, Refusal> {
+async fn device_for(conn: &mut Conn, node: &RegistrationNode) -> Result<Arc<DpsDevice>, Refusal> {
     if let ConnIdentity::Dps(device) = &conn.identity {
         let same = device.request.id_scope == node.id_scope
             && device
@@ -81,7 +59,7 @@ async fn device_for(conn: &Conn, node: &RegistrationNode) -> Result<Arc<DpsDevic
                 .into(),
         ));
     }
-    if let Some(d) = conn.x509_devices.lock().get(&node.address()) {
+    if let Some(d) = conn.x509_devices.get(&node.address()) {
         return Ok(d.clone());
     }
     let request = DeviceRequest {
@@ -95,42 +73,29 @@ async fn device_for(conn: &Conn, node: &RegistrationNode) -> Result<Arc<DpsDevic
             .await
             .map_err(|e| Refusal::Unauthorized(e.to_string()))?,
     );
-    conn.x509_devices.lock().insert(node.address(), device.clone());
+    conn.x509_devices.insert(node.address(), device.clone());
     Ok(device)
 }
 
-/// Answers the requests a device sends on its sender link, one at a time, until it detaches.
-async fn serve_requests(mut receiver: Receiver, conn: Arc<Conn>, address: String, device: Arc<DpsDevice>) {
-    if let Err(e) = receiver.set_credit(links::LINK_CREDIT).await {
-        tracing::debug!(error = %e, "cannot grant credit on the DPS request link");
-        return;
-    }
-    loop {
-        let delivery: Delivery<Body<Value>> = match receiver.recv().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(registration = %device.request.registration_id, error = %e, "DPS request link ended");
-                break;
-            }
-        };
-        let msg = delivery.message();
-        match answer(&conn, &device, msg).await {
-            Ok(answer) => {
-                if let Err(e) = receiver.accept(&delivery).await {
-                    tracing::debug!(error = %e, "cannot settle a DPS request");
-                    break;
-                }
-                reply(&conn, &address, message::reply_correlation(msg), answer).await;
-            }
-            Err(err) => {
-                if let Err(e) = receiver.reject(&delivery, rejection(&conn, &err)).await {
-                    tracing::debug!(error = %e, "cannot settle a DPS request");
-                    break;
-                }
-            }
+/// Answers one request a device sent on its sender link: the request is settled (accepted, or
+/// rejected with the DPS error), and an answer goes out on the device's receiver link.
+pub(super) async fn request(
+    conn: &mut Conn,
+    delivery: Option<DeliveryRef>,
+    address: &str,
+    device: &DpsDevice,
+    msg: &Incoming,
+) {
+    match answer(conn, device, msg).await {
+        Ok(answer) => {
+            conn.settle(delivery, Ok(()));
+            reply(conn, address, message::reply_correlation(msg), answer);
+        }
+        Err(err) => {
+            let rejection = rejection(conn, &err);
+            conn.settle(delivery, Err(rejection));
         }
     }
-    links::close_receiver(receiver, None).await;
 }
 
 /// The operation a request names, and its answer.
@@ -189,19 +154,7 @@ async fn answer(conn: &Conn, device: &DpsDevice, msg: &Incoming) -> Result<Answe
 }
 
 /// Sends the answer on the registration node's receiver link.
-async fn reply(
-    conn: &Conn,
-    address: &str,
-    correlation: Option<fe2o3_amqp::types::messaging::MessageId>,
-    answer: Answer,
-) {
-    let Some(sender) = conn.replies.wait(address).await else {
-        tracing::info!(
-            address,
-            "DPS response dropped: the device attached no receiver link to its registration node"
-        );
-        return;
-    };
+fn reply(conn: &mut Conn, address: &str, correlation: Option<MessageId>, answer: Answer) {
     let mut properties = Properties::builder().content_type(Symbol::from("application/json"));
     if let Some(c) = correlation {
         properties = properties.correlation_id(c);
@@ -214,11 +167,11 @@ async fn reply(
             .insert(wire::RETRY_AFTER_CSHARP, seconds);
     }
     let msg = message::data_message(properties.build(), Some(app.build()), answer.body);
-    let mut sender = sender.lock().await;
-    match tokio::time::timeout(REPLY_TIMEOUT, sender.send(msg)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "DPS response not delivered"),
-        Err(_) => tracing::debug!("DPS response not taken within {REPLY_TIMEOUT:?}"),
+    if !conn.send_to(address, message::encode(msg)) {
+        tracing::info!(
+            address,
+            "DPS response dropped: the device attached no receiver link to its registration node"
+        );
     }
 }
 

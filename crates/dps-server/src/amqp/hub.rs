@@ -19,40 +19,48 @@
 //! is `dps_hub::DeviceSession`'s, as for MQTT; this module only frames it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::task::Poll;
 
 use bytes::Bytes;
 use dps_hub::{DeviceIdentity, DeviceSession, Outbound, OutboundKind};
+use dps_proto::amqp_conn::{DeliveryRef, Direction, LinkId};
 use dps_proto::hub_amqp::{self as wire, HubNode};
 use dps_proto::hub_mqtt::{Feed, HubPublish, HubUsername};
-use fe2o3_amqp::acceptor::{LinkEndpoint, ListenerSessionHandle};
-use fe2o3_amqp::link::delivery::DeliveryFut;
-use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Message, MessageAnnotations, MessageId, Outcome, Properties,
+    ApplicationProperties, DeliveryState, Message, MessageAnnotations, MessageId, Properties,
 };
-use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
-use fe2o3_amqp::{Delivery, Receiver};
-use parking_lot::Mutex;
-use tokio::sync::Mutex as AsyncMutex;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
-use super::links::{self, Refusal, ReplyLinks, SharedSender};
+use super::links::{self, Refusal};
 use super::message::{self, Incoming};
-use super::Conn;
-
-/// How long a message to a device may wait for link credit.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+use super::{Conn, Route};
 
 /// Per-connection hub state.
 #[derive(Default)]
 pub(crate) struct HubState {
     /// SAS tokens put on `$cbs`, by device id, with their expiry (Unix seconds).
-    tokens: Mutex<HashMap<String, (String, u64)>>,
+    tokens: HashMap<String, (String, u64)>,
     /// The device sessions open on this connection, by device id.
-    devices: AsyncMutex<HashMap<String, Arc<HubDevice>>>,
+    devices: HashMap<String, HubDevice>,
+    /// Cloud-to-device messages sent and awaiting the device's outcome, by token.
+    c2d: HashMap<u64, C2dInFlight>,
+    /// The last token handed out.
+    last_token: u64,
+}
+
+/// A device's session on this connection, and the hub-initiated messages it has for the device.
+struct HubDevice {
+    session: DeviceSession,
+    outbound: mpsc::Receiver<Outbound>,
+}
+
+/// A cloud-to-device message the device has not settled yet: what goes back to its queue if it
+/// abandons it or the link goes first.
+struct C2dInFlight {
+    device_id: String,
+    properties: Vec<(String, String)>,
+    payload: Bytes,
 }
 
 impl HubState {
@@ -60,37 +68,50 @@ impl HubState {
     /// closes a device's links then, unless it put a fresh token first). X.509 devices put none.
     fn token_expired(&self, device_id: &str, now_unix: u64) -> Option<u64> {
         self.tokens
-            .lock()
             .get(device_id)
             .map(|(_, expiry)| *expiry)
             .filter(|expiry| *expiry <= now_unix)
     }
 
-    /// Ends every device session of the connection (it is closing).
-    pub(crate) async fn close(&self) {
-        for (_, device) in self.devices.lock().await.drain() {
-            device.pump.abort();
+    /// The next hub-initiated message for any device of the connection, with the device's id;
+    /// `None` when the hub ended that device's session. Never ready without devices.
+    pub(super) fn next_outbound(&mut self) -> impl std::future::Future<Output = (String, Option<Outbound>)> + '_ {
+        std::future::poll_fn(move |cx| {
+            for (id, device) in self.devices.iter_mut() {
+                if let Poll::Ready(out) = device.outbound.poll_recv(cx) {
+                    return Poll::Ready((id.clone(), out));
+                }
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Forgets a device whose session the hub ended (a newer connection, deleted, disabled).
+    pub(super) fn drop_device(&mut self, device_id: &str) {
+        self.devices.remove(device_id);
+    }
+
+    /// The device's outcome for a cloud-to-device message (`None`: the link or connection went
+    /// first). Complete and reject are final (IoT Hub dead-letters a rejected message); abandon
+    /// puts it back at the head of the device's queue.
+    pub(super) fn c2d_settled(&mut self, token: u64, state: Option<DeliveryState>) {
+        let Some(msg) = self.c2d.remove(&token) else {
+            return;
+        };
+        if matches!(
+            state,
+            Some(DeliveryState::Accepted(_)) | Some(DeliveryState::Rejected(_))
+        ) {
+            return;
+        }
+        if let Some(device) = self.devices.get(&msg.device_id) {
+            device.session.abandon_c2d(msg.properties, msg.payload);
         }
     }
-}
 
-/// A device's session on this connection; hub-initiated messages go out on the connection's
-/// links to the device's nodes.
-struct HubDevice {
-    session: DeviceSession,
-    replies: Arc<ReplyLinks>,
-    /// The task relaying the session's outbound messages to the links.
-    pump: tokio::task::AbortHandle,
-}
-
-impl HubDevice {
-    /// The link to the device's `node`, waiting briefly for the client to attach it.
-    async fn link(&self, node: HubNode) -> Option<SharedSender> {
-        self.replies.wait(&node_address(&node)).await
-    }
-
-    fn node(&self, make: fn(String) -> HubNode) -> HubNode {
-        make(self.session.identity().client_device_id().to_string())
+    /// Ends every device session of the connection (it is closing).
+    pub(super) fn close(&mut self) {
+        self.devices.clear();
     }
 }
 
@@ -106,113 +127,95 @@ fn node_address(node: &HubNode) -> String {
     }
 }
 
-/// Attaches a link to a hub node, if this connection may.
-pub(super) async fn attach(
-    session: &mut ListenerSessionHandle,
-    attach: Attach,
-    node: HubNode,
-    conn: &Arc<Conn>,
-    tasks: &mut JoinSet<()>,
-) {
+/// What a link to a hub node is for, if this connection may attach it.
+pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode) -> Result<Route, Refusal> {
     if let HubNode::Module { module_id, .. } = &node {
-        let why = Refusal::NotFound(format!("module identities are not served (module '{module_id}')"));
-        return links::refuse(session, attach, why).await;
+        return Err(Refusal::NotFound(format!(
+            "module identities are not served (module '{module_id}')"
+        )));
     }
-    let device = match &node {
-        HubNode::Cbs => None,
-        other => {
-            let id = other.device_id().unwrap_or_default();
-            match device(conn, id).await {
-                Ok(d) => Some(d),
-                Err(why) => return links::refuse(session, attach, why).await,
-            }
-        }
-    };
-    let acceptor = links::acceptor(conn.services.config.max_message_bytes);
-    let endpoint = match acceptor.accept_incoming_attach(attach, session).await {
-        Ok(e) => e,
-        Err(e) => return tracing::debug!(error = %e, "hub link did not attach"),
-    };
+    if !matches!(node, HubNode::Cbs) {
+        device(conn, node.device_id().unwrap_or_default()).await?;
+    }
     let address = node_address(&node);
-    match (node, endpoint, device) {
-        (HubNode::Cbs, LinkEndpoint::Sender(s), _) => conn.replies.insert(&address, s),
-        (HubNode::Cbs, LinkEndpoint::Receiver(r), _) => {
-            tasks.spawn(serve_cbs(r, conn.clone()));
+    let device_id = || node.device_id().unwrap_or_default().to_string();
+    match (&node, direction) {
+        (HubNode::Cbs, Direction::FromPeer) => Ok(Route::Cbs),
+        (HubNode::Telemetry { .. }, Direction::FromPeer) => Ok(Route::Device {
+            device_id: device_id(),
+            kind: Requests::Telemetry,
+        }),
+        (HubNode::Twin { .. }, Direction::FromPeer) => Ok(Route::Device {
+            device_id: device_id(),
+            kind: Requests::Twin,
+        }),
+        (HubNode::Methods { .. }, Direction::FromPeer) => Ok(Route::Device {
+            device_id: device_id(),
+            kind: Requests::MethodResponses,
+        }),
+        (HubNode::Cbs | HubNode::C2d { .. } | HubNode::Methods { .. } | HubNode::Twin { .. }, Direction::ToPeer) => {
+            Ok(Route::Out { address })
         }
-        (HubNode::Telemetry { .. }, LinkEndpoint::Receiver(r), Some(d)) => {
-            tasks.spawn(serve_requests(r, conn.clone(), d, Requests::Telemetry));
-        }
-        (HubNode::Twin { .. }, LinkEndpoint::Receiver(r), Some(d)) => {
-            tasks.spawn(serve_requests(r, conn.clone(), d, Requests::Twin));
-        }
-        (HubNode::Methods { .. }, LinkEndpoint::Receiver(r), Some(d)) => {
-            tasks.spawn(serve_requests(r, conn.clone(), d, Requests::MethodResponses));
-        }
-        (HubNode::C2d { .. }, LinkEndpoint::Sender(s), Some(d)) => {
-            conn.replies.insert(&address, s);
-            // After the link is in place: enabling delivers what is queued at once.
-            d.session.enable(Feed::C2d);
-        }
-        (HubNode::Methods { .. }, LinkEndpoint::Sender(s), Some(d)) => {
-            conn.replies.insert(&address, s);
-            d.session.enable(Feed::Methods);
-        }
-        (HubNode::Twin { .. }, LinkEndpoint::Sender(s), Some(d)) => {
-            conn.replies.insert(&address, s);
-            d.session.enable(Feed::TwinResponses);
-        }
-        (node, LinkEndpoint::Sender(s), _) => {
-            let why = Refusal::NotFound(format!("{node:?} does not send to devices"));
-            links::close_sender(s, Some(why.error())).await;
-        }
-        (node, LinkEndpoint::Receiver(r), _) => {
-            let why = Refusal::NotFound(format!("{node:?} does not take messages from devices"));
-            links::close_receiver(r, Some(why.error())).await;
+        (node, Direction::ToPeer) => Err(Refusal::NotFound(format!("{node:?} does not send to devices"))),
+        (node, Direction::FromPeer) => Err(Refusal::NotFound(format!(
+            "{node:?} does not take messages from devices"
+        ))),
+    }
+}
+
+/// The feed a device's link to `address` carries, if it is one.
+fn feed_of(address: &str) -> Option<(String, Feed)> {
+    match HubNode::parse(address)? {
+        HubNode::C2d { device_id } => Some((device_id, Feed::C2d)),
+        HubNode::Methods { device_id } => Some((device_id, Feed::Methods)),
+        HubNode::Twin { device_id } => Some((device_id, Feed::TwinResponses)),
+        _ => None,
+    }
+}
+
+/// A link was attached: a link to a device's node turns its feed on (which delivers what is
+/// queued at once).
+pub(super) fn attached(conn: &mut Conn, link: LinkId) {
+    let Some(Route::Out { address }) = conn.routes.get(&link) else {
+        return;
+    };
+    if let Some((device_id, feed)) = feed_of(address) {
+        if let Some(d) = conn.hub.devices.get(&device_id) {
+            d.session.enable(feed);
         }
     }
 }
 
-/// The session of `device_id` on this connection, opened on first use: the device must have put
-/// a valid CBS token, or be the X.509 device the TLS certificate names.
-async fn device(conn: &Arc<Conn>, device_id: &str) -> Result<Arc<HubDevice>, Refusal> {
-    let mut devices = conn.hub.devices.lock().await;
-    if let Some(d) = devices.get(device_id) {
-        if d.session.is_current() {
-            return Ok(d.clone());
+/// The client detached its link to `address`: the feed it carried is off.
+pub(super) fn detached(conn: &mut Conn, address: &str) {
+    if let Some((device_id, feed)) = feed_of(address) {
+        if let Some(d) = conn.hub.devices.get(&device_id) {
+            d.session.disable(feed);
         }
-        d.pump.abort();
-        devices.remove(device_id);
     }
-    let identity = authenticate(conn, device_id).await?;
-    let hub = &conn.services.hub;
-    let (session, mut outbound) = hub.open_session(identity).await.map_err(|e| {
+}
+
+/// Opens `device_id`'s session on this connection on first use: the device must have put a
+/// valid CBS token, or be the X.509 device the TLS certificate names.
+async fn device(conn: &mut Conn, device_id: &str) -> Result<(), Refusal> {
+    if let Some(d) = conn.hub.devices.get(device_id) {
+        if d.session.is_current() {
+            return Ok(());
+        }
+        conn.hub.devices.remove(device_id);
+    }
+    let token = conn.hub.tokens.get(device_id).map(|(t, _)| t.clone());
+    let identity = check_credential(conn, device_id, token)
+        .await
+        .map_err(Refusal::Unauthorized)?;
+    let (session, outbound) = conn.services.hub.open_session(identity).await.map_err(|e| {
         tracing::info!(error = %e, "hub session refused");
         Refusal::Unauthorized(e.to_string())
     })?;
-    let device = Arc::new_cyclic(|weak: &Weak<HubDevice>| {
-        let weak = weak.clone();
-        let pump = tokio::spawn(async move {
-            while let Some(out) = outbound.recv().await {
-                let Some(device) = weak.upgrade() else { break };
-                deliver(&device, out).await;
-            }
-        });
-        HubDevice {
-            session,
-            replies: conn.replies.clone(),
-            pump: pump.abort_handle(),
-        }
-    });
-    devices.insert(device_id.to_string(), device.clone());
-    Ok(device)
-}
-
-/// Checks the device's credential: its CBS token, else the TLS client certificate.
-async fn authenticate(conn: &Conn, device_id: &str) -> Result<DeviceIdentity, Refusal> {
-    let token = conn.hub.tokens.lock().get(device_id).map(|(t, _)| t.clone());
-    check_credential(conn, device_id, token)
-        .await
-        .map_err(Refusal::Unauthorized)
+    conn.hub
+        .devices
+        .insert(device_id.to_string(), HubDevice { session, outbound });
+    Ok(())
 }
 
 /// Asks the hub whether `token` (or else the TLS certificate) is `device_id`'s credential; the
@@ -243,39 +246,30 @@ async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -
         .map_err(|e| e.to_string())
 }
 
-/// Answers CBS put-token requests.
-async fn serve_cbs(mut receiver: Receiver, conn: Arc<Conn>) {
-    if receiver.set_credit(links::LINK_CREDIT).await.is_err() {
-        return;
+/// Answers a CBS put-token request on the client's `$cbs` receiver.
+pub(super) async fn put_token_request(conn: &mut Conn, delivery: Option<DeliveryRef>, msg: &Incoming) {
+    let (status, description) = put_token(conn, msg).await;
+    conn.settle(delivery, Ok(()));
+    let mut properties = Properties::builder();
+    if let Some(id) = message::reply_correlation(msg) {
+        properties = properties.correlation_id(id);
     }
-    while let Ok(delivery) = receiver.recv::<Body<Value>>().await {
-        let msg = delivery.message();
-        let (status, description) = put_token(&conn, msg).await;
-        if receiver.accept(&delivery).await.is_err() {
-            break;
-        }
-        let mut properties = Properties::builder();
-        if let Some(id) = message::reply_correlation(msg) {
-            properties = properties.correlation_id(id);
-        }
-        let app = ApplicationProperties::builder()
-            .insert(wire::CBS_STATUS_CODE, SimpleValue::Int(status))
-            .insert(wire::CBS_STATUS_DESCRIPTION, description)
-            .build();
-        let reply = Message::builder()
-            .properties(properties.build())
-            .application_properties(app)
-            .value(Value::Null)
-            .build();
-        match conn.replies.wait(wire::CBS_NODE).await {
-            Some(s) => send(&s, reply).await,
-            None => tracing::info!("CBS reply dropped: the client attached no receiver link to $cbs"),
-        }
+    let app = ApplicationProperties::builder()
+        .insert(wire::CBS_STATUS_CODE, SimpleValue::Int(status))
+        .insert(wire::CBS_STATUS_DESCRIPTION, description)
+        .build();
+    let reply = Message::builder()
+        .properties(properties.build())
+        .application_properties(app)
+        .value(Value::Null)
+        .build();
+    if !conn.send_to(wire::CBS_NODE, message::encode(reply)) {
+        tracing::info!("CBS reply dropped: the client attached no receiver link to $cbs");
     }
 }
 
 /// Judges one put-token request: `(status-code, status-description)`.
-async fn put_token(conn: &Conn, msg: &Incoming) -> (i32, String) {
+async fn put_token(conn: &mut Conn, msg: &Incoming) -> (i32, String) {
     let operation = message::app_property_str(msg, wire::CBS_OPERATION);
     if operation.as_deref() != Some(wire::PUT_TOKEN) {
         return (
@@ -297,7 +291,7 @@ async fn put_token(conn: &Conn, msg: &Incoming) -> (i32, String) {
     match check_credential(conn, &device_id, Some(token.clone())).await {
         Ok(_) => {
             let expiry = dps_proto::sas::SasToken::parse(&token).map_or(0, |t| t.expiry);
-            conn.hub.tokens.lock().insert(device_id, (token, expiry));
+            conn.hub.tokens.insert(device_id, (token, expiry));
             (200, "OK".into())
         }
         Err(why) => (401, why),
@@ -318,93 +312,87 @@ fn device_of_token(token: &str) -> Option<String> {
 
 /// What a device sends on one of its links.
 #[derive(Clone, Copy)]
-enum Requests {
+pub(super) enum Requests {
     Telemetry,
     Twin,
     MethodResponses,
 }
 
-/// Takes the messages a device sends on one link and hands them to its session.
-async fn serve_requests(mut receiver: Receiver, conn: Arc<Conn>, device: Arc<HubDevice>, kind: Requests) {
-    if receiver.set_credit(links::LINK_CREDIT).await.is_err() {
+/// Hands a message a device sent on one of its links to its session, and settles it by the
+/// session's answer.
+pub(super) async fn device_message(
+    conn: &mut Conn,
+    link: LinkId,
+    delivery: Option<DeliveryRef>,
+    device_id: &str,
+    kind: Requests,
+    msg: &Incoming,
+) {
+    let now_unix = dps_core::Engine::unix_time(conn.services.clock.now());
+    let current = conn.hub.devices.get(device_id).is_some_and(|d| d.session.is_current());
+    let refusal = if !current {
+        Some(Refusal::Unauthorized(
+            "the device's session ended (a newer connection, or the device was deleted or disabled)".into(),
+        ))
+    } else {
+        conn.hub.token_expired(device_id, now_unix).map(|expiry| {
+            tracing::info!(device = %device_id, expiry, "closing a hub link: its CBS token expired");
+            Refusal::Unauthorized(format!(
+                "the SAS token of device '{device_id}' expired at {expiry} (Unix time); put a fresh one on $cbs before it expires"
+            ))
+        })
+    };
+    if let Some(why) = refusal {
+        conn.settle(delivery, Err(why.error()));
+        conn.amqp.detach(link, Some(why.error()));
         return;
     }
     let limit = conn.services.config.max_message_bytes;
-    loop {
-        let delivery: Delivery<Body<Value>> = match receiver.recv().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::debug!(device = %device.session.identity().device_id(), error = %e, "hub link ended");
-                break;
-            }
-        };
-        if !device.session.is_current() {
-            let why = Refusal::Unauthorized(
-                "the device's session ended (a newer connection, or the device was deleted or disabled)".into(),
-            );
-            let _ = receiver.reject(&delivery, why.error()).await;
-            break;
-        }
-        let device_id = device.session.identity().client_device_id();
-        let now_unix = dps_core::Engine::unix_time(conn.services.clock.now());
-        if let Some(expiry) = conn.hub.token_expired(device_id, now_unix) {
-            let why = Refusal::Unauthorized(format!(
-                "the SAS token of device '{device_id}' expired at {expiry} (Unix time); put a fresh one on $cbs before it expires"
-            ));
-            tracing::info!(device = %device_id, expiry, "closing a hub link: its CBS token expired");
-            let _ = receiver.reject(&delivery, why.error()).await;
-            links::close_receiver(receiver, Some(why.error())).await;
-            return;
-        }
-        let msg = delivery.message();
-        let size = message::body_len(msg);
-        if size > limit {
-            let _ = receiver.reject(&delivery, links::too_large(size, limit)).await;
-            continue;
-        }
-        let now = conn.services.clock.now();
-        let body = message::body_bytes(msg).unwrap_or_default();
-        let result = match kind {
-            Requests::Telemetry => device
-                .session
-                .handle(
-                    now,
-                    HubPublish::Telemetry {
-                        properties: telemetry_properties(msg),
-                    },
-                    &body,
-                )
+    let size = message::body_len(msg);
+    if size > limit {
+        return conn.settle(delivery, Err(links::too_large(size, limit)));
+    }
+    let now = conn.services.clock.now();
+    let body = message::body_bytes(msg).unwrap_or_default();
+    let Some(device) = conn.hub.devices.get(device_id) else {
+        return;
+    };
+    let session = &device.session;
+    let result = match kind {
+        Requests::Telemetry => {
+            let properties = telemetry_properties(msg);
+            session
+                .handle(now, HubPublish::Telemetry { properties }, &body)
                 .await
-                .map(|_| ()),
-            Requests::MethodResponses => {
-                let rid = message::reply_correlation(msg)
-                    .map(|c| method_rid(&c))
-                    .unwrap_or_default();
-                let status = message::app_property_str(msg, wire::METHOD_STATUS)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(200);
-                device
-                    .session
-                    .handle(now, HubPublish::MethodResponse { status, rid }, &body)
-                    .await
-                    .map(|_| ())
+                .map(|_| Vec::new())
+        }
+        Requests::MethodResponses => {
+            let rid = message::reply_correlation(msg)
+                .map(|c| method_rid(&c))
+                .unwrap_or_default();
+            let status = message::app_property_str(msg, wire::METHOD_STATUS)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            session
+                .handle(now, HubPublish::MethodResponse { status, rid }, &body)
+                .await
+                .map(|_| Vec::new())
+        }
+        Requests::Twin => twin_request(session, now, msg, &body).await,
+    };
+    match result {
+        Ok(replies) => {
+            conn.settle(delivery, Ok(()));
+            for r in replies {
+                deliver(conn, device_id, r);
             }
-            Requests::Twin => twin_request(&device, now, msg, &body).await,
-        };
-        match result {
-            Ok(()) => {
-                if receiver.accept(&delivery).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::info!(device = %device.session.identity().device_id(), error = %e, "hub message refused");
-                let error = links::custom_error("com.microsoft:argument-error", e.to_string());
-                let _ = receiver.reject(&delivery, error).await;
-            }
+        }
+        Err(e) => {
+            tracing::info!(device = %device_id, error = %e, "hub message refused");
+            let error = links::custom_error("com.microsoft:argument-error", e.to_string());
+            conn.settle(delivery, Err(error));
         }
     }
-    links::close_receiver(receiver, None).await;
 }
 
 /// A telemetry message's properties as the hub keeps them: the AMQP system properties under
@@ -527,12 +515,13 @@ fn uuid_text(bytes: &[u8; 16]) -> String {
 }
 
 /// A twin request: the annotations `operation` and `resource` say which.
+/// The answers go back to the caller to send.
 async fn twin_request(
-    device: &Arc<HubDevice>,
+    session: &DeviceSession,
     now: chrono::DateTime<chrono::Utc>,
     msg: &Incoming,
     body: &[u8],
-) -> Result<(), dps_hub::SessionError> {
+) -> Result<Vec<Outbound>, dps_hub::SessionError> {
     let annotation = |name: &str| {
         msg.message_annotations.as_ref().and_then(|a| {
             a.0.iter().find_map(|(k, v)| match (k, v) {
@@ -550,19 +539,16 @@ async fn twin_request(
     let operation = annotation(wire::TWIN_OPERATION).unwrap_or_default();
     let resource = annotation(wire::TWIN_RESOURCE);
     let replies = match (operation.as_str(), resource.as_deref()) {
-        ("GET", _) => device.session.handle(now, HubPublish::TwinGet { rid }, body).await?,
+        ("GET", _) => session.handle(now, HubPublish::TwinGet { rid }, body).await?,
         ("PATCH", Some(wire::REPORTED_RESOURCE)) => {
-            device
-                .session
-                .handle(now, HubPublish::TwinReportedPatch { rid }, body)
-                .await?
+            session.handle(now, HubPublish::TwinReportedPatch { rid }, body).await?
         }
         ("PUT", Some(wire::DESIRED_NOTIFICATIONS_RESOURCE)) => {
-            device.session.enable(Feed::DesiredPatches);
+            session.enable(Feed::DesiredPatches);
             vec![acknowledgement(rid, 200)]
         }
         ("DELETE", Some(wire::DESIRED_NOTIFICATIONS_RESOURCE)) => {
-            device.session.disable(Feed::DesiredPatches);
+            session.disable(Feed::DesiredPatches);
             vec![acknowledgement(rid, 200)]
         }
         (op, res) => vec![Outbound {
@@ -582,10 +568,7 @@ async fn twin_request(
             },
         }],
     };
-    for r in replies {
-        deliver(device, r).await;
-    }
-    Ok(())
+    Ok(replies)
 }
 
 /// A twin response with no body (a subscription change).
@@ -602,9 +585,12 @@ fn acknowledgement(rid: String, status: u16) -> Outbound {
     }
 }
 
-/// Frames a hub message for its link and sends it.
-async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
-    let (link, msg) = match out.kind {
+/// Frames a hub message for its link and sends it: twin answers and desired patches on the
+/// device's twin node, method calls on its methods node, cloud-to-device messages on its
+/// devicebound node (awaiting the device's outcome).
+pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
+    let device = device_id.to_string();
+    let (node, msg) = match out.kind {
         OutboundKind::TwinResponse { rid, status, version } => {
             let mut annotations =
                 MessageAnnotations::builder().insert(Symbol::from(wire::TWIN_STATUS), Value::Int(i32::from(status)));
@@ -616,7 +602,7 @@ async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
                 .properties(Properties::builder().correlation_id(id_of_rid(&rid)).build())
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (device.node(|device_id| HubNode::Twin { device_id }), msg)
+            (HubNode::Twin { device_id: device }, msg)
         }
         OutboundKind::DesiredPatch { version } => {
             let annotations =
@@ -625,7 +611,7 @@ async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
                 .message_annotations(annotations.build())
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (device.node(|device_id| HubNode::Twin { device_id }), msg)
+            (HubNode::Twin { device_id: device }, msg)
         }
         OutboundKind::MethodRequest { name, rid } => {
             let app = ApplicationProperties::builder().insert(wire::METHOD_NAME, name).build();
@@ -634,33 +620,21 @@ async fn deliver(device: &Arc<HubDevice>, out: Outbound) {
                 .application_properties(app)
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (device.node(|device_id| HubNode::Methods { device_id }), msg)
+            (HubNode::Methods { device_id: device }, msg)
         }
-        OutboundKind::C2d { properties } => {
-            return deliver_c2d(device, properties, out.payload).await;
-        }
+        OutboundKind::C2d { properties } => return deliver_c2d(conn, device_id, properties, out.payload),
     };
-    match device.link(link).await {
-        Some(sender) => send(&sender, msg).await,
-        None => {
-            tracing::debug!(device = %device.session.identity().device_id(), "hub message dropped: its link is not attached")
-        }
+    if !conn.send_to(&node_address(&node), message::encode(msg)) {
+        tracing::debug!(device = %device_id, "hub message dropped: its link is not attached");
     }
 }
 
-/// Sends a cloud-to-device message and settles it by the device's outcome, in a task of its own:
-/// the device may take its time to complete a message, and its other messages (methods, twin)
-/// must not wait for that.
-async fn deliver_c2d(device: &Arc<HubDevice>, properties: Vec<(String, String)>, payload: Bytes) {
-    // No waiting here: the C2D feed is only on once its link is filed.
-    let Some(sender) = device
-        .replies
-        .get(&node_address(&device.node(|device_id| HubNode::C2d { device_id })))
-    else {
-        device.session.disable(Feed::C2d);
-        device.session.abandon_c2d(properties, payload);
-        return;
-    };
+/// Sends a cloud-to-device message unsettled; the device's outcome comes back through
+/// [`HubState::c2d_settled`]. A message that cannot go out goes back to the device's queue.
+fn deliver_c2d(conn: &mut Conn, device_id: &str, properties: Vec<(String, String)>, payload: Bytes) {
+    let address = node_address(&HubNode::C2d {
+        device_id: device_id.to_string(),
+    });
     let mut p = Properties::builder();
     let mut app = ApplicationProperties::builder();
     for (k, v) in &properties {
@@ -680,41 +654,29 @@ async fn deliver_c2d(device: &Arc<HubDevice>, properties: Vec<(String, String)>,
         .application_properties(app.build())
         .data(Binary::from(payload.to_vec()))
         .build();
-    let sent = {
-        let mut s = sender.lock().await;
-        tokio::time::timeout(SEND_TIMEOUT, s.send_batchable(msg)).await
+    conn.hub.last_token += 1;
+    let token = conn.hub.last_token;
+    let sent = conn
+        .out_links
+        .get(&address)
+        .copied()
+        .map(|link| conn.amqp.send(link, message::encode(msg), Some(token)));
+    let Some(device) = conn.hub.devices.get(device_id) else {
+        return;
     };
-    let fut: DeliveryFut<Result<Outcome, SendError>> = match sent {
-        Ok(Ok(f)) => f,
+    match sent {
+        Some(Ok(())) => {
+            let in_flight = C2dInFlight {
+                device_id: device_id.to_string(),
+                properties,
+                payload,
+            };
+            conn.hub.c2d.insert(token, in_flight);
+        }
         _ => {
             // The link is gone or stalled: the message goes back to the queue for the next one.
             device.session.disable(Feed::C2d);
             device.session.abandon_c2d(properties, payload);
-            return;
         }
-    };
-    let device = device.clone();
-    tokio::spawn(async move {
-        match fut.await {
-            // Complete, or reject (IoT Hub dead-letters it): done with.
-            Ok(Outcome::Accepted(_)) | Ok(Outcome::Rejected(_)) => {}
-            // Abandon: delivered again.
-            Ok(Outcome::Released(_)) | Ok(Outcome::Modified(_)) => device.session.abandon_c2d(properties, payload),
-            Err(e) => {
-                tracing::debug!(error = %e, "cloud-to-device message not settled");
-                device.session.abandon_c2d(properties, payload);
-            }
-        }
-    });
-}
-
-/// Sends a message whose outcome does not matter (answers, notifications), not waiting for the
-/// device to settle it.
-async fn send<T: fe2o3_amqp::types::messaging::SerializableBody>(sender: &SharedSender, msg: Message<T>) {
-    let mut s = sender.lock().await;
-    match tokio::time::timeout(SEND_TIMEOUT, s.send_batchable(msg)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::debug!(error = %e, "hub message not sent"),
-        Err(_) => tracing::debug!("hub message not taken within {SEND_TIMEOUT:?}"),
     }
 }

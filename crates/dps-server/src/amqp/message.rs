@@ -1,25 +1,24 @@
 //! Reading and building the parts of AMQP messages the handlers use: bodies as bytes (a device
 //! may send data sections or an amqp-value), application properties and correlation ids.
 
-use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageId, Properties};
+use bytes::Bytes;
+use fe2o3_amqp::types::messaging::message::__private::{Deserializable, Serializable};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, MessageId, Properties, SerializableBody};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
 
-/// A message as received: any body.
-pub(crate) type Incoming = Message<Body<Value>>;
+pub(crate) use dps_proto::amqp_message::{body_bytes, Incoming};
 
-/// The body's bytes: the data sections concatenated, or a binary or string amqp-value; empty
-/// for an empty body. Other amqp-values (lists, maps) have no byte form here.
-pub(crate) fn body_bytes(msg: &Incoming) -> Option<Vec<u8>> {
-    match &msg.body {
-        Body::Data(sections) => Some(sections.iter().flat_map(|d| d.0.iter().copied()).collect()),
-        Body::Value(v) => match &v.0 {
-            Value::Binary(b) => Some(b.to_vec()),
-            Value::String(s) => Some(s.as_bytes().to_vec()),
-            Value::Null => Some(Vec::new()),
-            _ => None,
-        },
-        Body::Empty => Some(Vec::new()),
-        _ => None,
+/// Decodes a message's sections (the bytes were bounds-checked with their frame).
+pub(crate) fn decode(bytes: &[u8]) -> Result<Incoming, serde_amqp::Error> {
+    serde_amqp::from_slice::<Deserializable<Incoming>>(bytes).map(|d| d.0)
+}
+
+/// Encodes a message's sections for a transfer.
+pub(crate) fn encode<T: SerializableBody>(msg: Message<T>) -> Bytes {
+    match serde_amqp::to_vec(&Serializable(msg)) {
+        Ok(v) => Bytes::from(v),
+        // Messages the server builds always encode.
+        Err(e) => unreachable!("AMQP message does not encode: {e}"),
     }
 }
 

@@ -1,9 +1,10 @@
 //! The AMQP 1.0 adapter (port 5671, and tunnelled in WebSockets on 443 with subprotocol
 //! `AMQPWSB10`): one endpoint for the DPS device endpoint and the embedded hub's device endpoint,
-//! as with MQTT. The AMQP protocol engine (framing, sessions, links, flow control, settlement) is
-//! fe2o3-amqp's (decision 0019); this module authenticates the connection ([`auth`] over
-//! [`sasl`]), routes each link a client attaches by its address, and turns messages into the
-//! same engine and hub calls the MQTT adapter makes.
+//! as with MQTT. The SASL layer is [`sasl`] (judged by [`auth`]); the AMQP layer (sessions,
+//! links, flow control, settlement) is `dps_proto::amqp_conn`, a state machine without I/O
+//! (decision 0021). This module owns the socket: one task per connection reads bytes into the
+//! state machine, routes each link the client attaches by its address, turns messages into the
+//! same engine and hub calls the MQTT adapter makes, and writes the answers.
 //!
 //! Addresses (device-protocol.md, newer-surfaces.md):
 //! - `{idScope}/registrations/{registrationId}`: DPS requests (the client's sender) and their
@@ -55,23 +56,23 @@ use delegate_write;
 
 mod auth;
 mod dps;
-mod guard;
 mod hub;
 mod links;
 mod message;
 pub(crate) mod sasl;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fe2o3_amqp::acceptor::{ConnectionAcceptor, ListenerConnectionHandle, ListenerSessionHandle, SessionAcceptor};
-use fe2o3_amqp::types::performatives::Attach;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinSet;
+use dps_proto::amqp_conn::{Connection, DeliveryRef, Direction, Event, Limits, LinkId};
+use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Rejected};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::Services;
 use auth::{ConnAuthenticator, ConnIdentity};
+use links::Refusal;
 use sasl::{Opened, Rewound};
 
 /// How long a client has, once TLS is up, to finish SASL and open the AMQP connection. Every SDK
@@ -80,40 +81,82 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest frame the server accepts and announces (`max-frame-size` in its open): room for
 /// the largest message accepted (`max-message-bytes`) and its transfer performative, so no client
-/// needs to split a message over frames (which the frame check refuses, see [`guard`]).
+/// needs to split a message over frames (which the frame check refuses).
 fn max_frame_bytes(config: &crate::ServerConfig) -> usize {
     config.max_message_bytes + 64 * 1024
 }
 
 /// Sessions one connection may begin. The SDKs use one (Node, C#) or a few (C multiplexing
-/// devices over one connection); each costs the server a task and its buffers.
+/// devices over one connection).
 const MAX_SESSIONS: u16 = 16;
 
 /// Links one session may attach. A device uses at most 8 (CBS pair, telemetry, C2D, methods pair,
 /// twin pair); the cap stops a client making the server hold link state without end.
 const MAX_LINKS_PER_SESSION: usize = 64;
 
+/// Messages the server queues on one link for a client that grants no credit: hub messages
+/// (twin answers, desired patches, method calls) beyond this are dropped, cloud-to-device
+/// messages go back to the device's queue.
+const MAX_QUEUED_PER_LINK: usize = 64;
+
 /// The idle time-out the server announces (`idle-time-out` in its open): a client must send
-/// something (an empty frame at least) this often. Azure announces 240 s; the SDKs send
-/// heartbeats at about half of what the server announces.
-const IDLE_TIMEOUT_MS: u32 = 240_000;
+/// something (an empty frame at least) this often, or the connection is closed. Azure announces
+/// 240 s; the SDKs send heartbeats at about half of what the server announces.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The container id in the server's open frame.
 const CONTAINER_ID: &str = "dps";
 
-/// What every link handler of a connection shares.
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+
+/// What the state machine announces and enforces for this server.
+fn limits(config: &crate::ServerConfig) -> Limits {
+    Limits {
+        container_id: CONTAINER_ID.into(),
+        max_frame: max_frame_bytes(config) as u32,
+        channel_max: MAX_SESSIONS - 1,
+        max_links_per_session: MAX_LINKS_PER_SESSION,
+        idle_timeout: IDLE_TIMEOUT,
+        max_queued_per_link: MAX_QUEUED_PER_LINK,
+        max_message_size: config.max_message_bytes as u64,
+    }
+}
+
+/// What a link the client attached is for.
+enum Route {
+    /// DPS requests of the device authenticated for the registration node `address`.
+    DpsRequests {
+        address: String,
+        device: Arc<auth::DpsDevice>,
+    },
+    /// CBS put-token requests.
+    Cbs,
+    /// Messages of one hub device (telemetry, twin requests, method answers).
+    Device { device_id: String, kind: hub::Requests },
+    /// A link the server sends on, to the node `address` (registration node, `$cbs`, a device's
+    /// twin, methods or cloud-to-device node).
+    Out { address: String },
+}
+
+/// One AMQP connection after SASL: the protocol state machine and everything the link handlers
+/// keep. Only its own task touches it.
 pub(crate) struct Conn {
-    pub(crate) services: Arc<Services>,
+    services: Arc<Services>,
     /// Who the SASL layer (or the TLS certificate) says the client is.
-    pub(crate) identity: ConnIdentity,
+    identity: ConnIdentity,
     /// The DER certificates the client sent in the TLS handshake (leaf first), empty for SAS.
-    pub(crate) peer_certs: Vec<Vec<u8>>,
-    /// Per-connection hub state: the CBS tokens put, and the device sessions open.
-    pub(crate) hub: hub::HubState,
-    /// The links the server sends on (the client's receivers), by node address.
-    pub(crate) replies: Arc<links::ReplyLinks>,
+    peer_certs: Vec<Vec<u8>>,
+    amqp: Connection,
+    routes: HashMap<LinkId, Route>,
+    /// The links the server sends on, by node address: a request that arrives on the client's
+    /// sender is answered on the client's receiver attached to the same address.
+    out_links: HashMap<String, LinkId>,
+    /// Per-connection hub state: the CBS tokens put, the device sessions open, the
+    /// cloud-to-device messages awaiting the device's outcome.
+    hub: hub::HubState,
     /// DPS devices authenticated by the TLS client certificate, by registration node address.
-    pub(crate) x509_devices: parking_lot::Mutex<std::collections::HashMap<String, Arc<auth::DpsDevice>>>,
+    x509_devices: HashMap<String, Arc<auth::DpsDevice>>,
 }
 
 /// Serves one AMQP connection over any byte stream: TLS on 5671, or the WebSocket tunnel on 443.
@@ -121,7 +164,7 @@ pub(crate) struct Conn {
 /// clients); possession of the leaf's key was proven by TLS.
 pub async fn serve_connection<S>(stream: S, services: Arc<Services>, peer_certs: Vec<Vec<u8>>)
 where
-    S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let opened_by = Instant::now() + OPEN_TIMEOUT;
     let mut stream = Rewound::new(stream);
@@ -138,117 +181,258 @@ where
             return;
         }
     };
-    let acceptor = ConnectionAcceptor::builder()
-        .container_id(CONTAINER_ID)
-        .max_frame_size(max_frame_bytes(&services.config) as u32)
-        .channel_max(MAX_SESSIONS - 1)
-        .idle_time_out(IDLE_TIMEOUT_MS)
-        .build();
-    let stream = guard::FrameGuard::new(stream, max_frame_bytes(&services.config));
-    let mut connection = match tokio::time::timeout_at(opened_by, acceptor.accept(stream)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "AMQP open failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("AMQP client did not open within {OPEN_TIMEOUT:?}; closing");
-            return;
-        }
-    };
     // A DPS connection lives as long as a DPS session may (as on MQTT); a hub connection as long
     // as its client keeps it alive.
-    let deadline = identity
+    let session_deadline = identity
         .is_dps()
         .then(|| Instant::now() + services.config.limits.dps_session_timeout());
-    let conn = Arc::new(Conn {
+    let mut conn = Conn {
+        amqp: Connection::new(limits(&services.config)),
         services,
         identity,
         peer_certs,
+        routes: HashMap::new(),
+        out_links: HashMap::new(),
         hub: hub::HubState::default(),
-        replies: Arc::default(),
-        x509_devices: Default::default(),
-    });
-    let mut sessions = JoinSet::new();
-    loop {
-        let next = async {
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, connection.next_incoming_session())
-                    .await
-                    .ok(),
-                None => Some(connection.next_incoming_session().await),
+        x509_devices: HashMap::new(),
+    };
+    if let Err(e) = conn.run(&mut stream, opened_by, session_deadline).await {
+        tracing::debug!(error = %e, "AMQP connection ended with an I/O error");
+    }
+    conn.finish();
+    linger(&mut stream).await;
+}
+
+/// How long the server waits, after the close frames, for the client to end the transport.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Ends the transport the way clients expect after the close frames were exchanged: the client
+/// ends it first (fe2o3's client reports an unclean close when the server's TLS close-notify
+/// races its own), or the server does after [`LINGER`].
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 256];
+    let drained = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(LINGER, drained).await;
+    let _ = stream.shutdown().await;
+}
+
+/// What woke the connection's task.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Outbound(String, Option<dps_hub::Outbound>),
+    Heartbeat,
+    /// The client sent nothing for the idle time-out (or did not open in time).
+    Silent,
+    /// The DPS session deadline passed.
+    SessionOver,
+}
+
+impl Conn {
+    /// Runs the connection until either side closes it.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        opened_by: Instant,
+        session_deadline: Option<Instant>,
+    ) -> std::io::Result<()> {
+        let mut buf = [0u8; READ_CHUNK];
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        loop {
+            if self.amqp.has_output() {
+                let out = self.amqp.take_output();
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                last_write = Instant::now();
             }
+            if self.amqp.is_closed() {
+                return Ok(());
+            }
+            let silent_at = if self.amqp.is_open() {
+                last_read + IDLE_TIMEOUT
+            } else {
+                opened_by
+            };
+            let heartbeat_at = self.amqp.heartbeat_interval().map(|i| last_write + i);
+            let wake = tokio::select! {
+                read = stream.read(&mut buf) => Wake::Read(read),
+                (device, out) = self.hub.next_outbound() => Wake::Outbound(device, out),
+                _ = sleep_until(heartbeat_at) => Wake::Heartbeat,
+                _ = tokio::time::sleep_until(silent_at) => Wake::Silent,
+                _ = sleep_until(session_deadline) => Wake::SessionOver,
+            };
+            match wake {
+                Wake::Read(Ok(0)) => return Ok(()),
+                Wake::Read(Ok(n)) => {
+                    last_read = Instant::now();
+                    if let Err(e) = self.amqp.feed(&buf[..n]) {
+                        tracing::info!(error = %e, "closing AMQP connection: protocol error");
+                    }
+                    self.handle_events().await;
+                }
+                Wake::Read(Err(e)) => return Err(e),
+                Wake::Outbound(device, Some(out)) => {
+                    hub::deliver(self, &device, out);
+                    self.handle_events().await;
+                }
+                Wake::Outbound(device, None) => self.hub.drop_device(&device),
+                Wake::Heartbeat => self.amqp.heartbeat(),
+                Wake::Silent => {
+                    tracing::debug!("closing AMQP connection: the client sent nothing within its time-out");
+                    self.amqp.close(Some(links::condition_error(
+                        fe2o3_amqp::types::definitions::AmqpError::ResourceLimitExceeded,
+                        format!("nothing received for {IDLE_TIMEOUT:?} (the idle time-out)"),
+                    )));
+                    self.handle_events().await;
+                }
+                Wake::SessionOver => {
+                    tracing::info!("closing AMQP DPS connection: the DPS session deadline passed");
+                    self.amqp.close(None);
+                    self.handle_events().await;
+                }
+            }
+        }
+    }
+
+    /// Acts on everything the client did.
+    async fn handle_events(&mut self) {
+        while let Some(event) = self.amqp.poll_event() {
+            match event {
+                Event::Attach {
+                    link,
+                    direction,
+                    address,
+                    ..
+                } => self.attach(link, direction, &address).await,
+                Event::Message {
+                    link,
+                    delivery,
+                    message,
+                } => self.message(link, delivery, &message).await,
+                Event::Outcome { token, state } => self.hub.c2d_settled(token, Some(state)),
+                Event::Lost { token } => self.hub.c2d_settled(token, None),
+                Event::Detached { link, .. } => self.detached(link),
+                Event::Closed { .. } => {}
+            }
+        }
+    }
+
+    /// Attaches (or refuses) one link by its address.
+    async fn attach(&mut self, link: LinkId, direction: Direction, address: &str) {
+        let address = links::strip_uri(address);
+        let route = if let Some(node) = dps_proto::dps_amqp::RegistrationNode::parse(address) {
+            dps::attach(self, direction, node).await
+        } else if let Some(node) = dps_proto::hub_amqp::HubNode::parse(address) {
+            hub::attach(self, direction, node).await
+        } else {
+            Err(Refusal::NotFound(format!("no node at address '{address}'")))
         };
-        let incoming = match next.await {
-            Some(Some(incoming)) => incoming,
-            // The client closed the connection.
-            Some(None) => break,
-            None => {
-                tracing::info!("closing AMQP DPS connection: the DPS session deadline passed");
-                break;
+        match route {
+            Ok(route) => {
+                let credit = match direction {
+                    Direction::FromPeer => links::LINK_CREDIT,
+                    Direction::ToPeer => 0,
+                };
+                if let Route::Out { address } = &route {
+                    self.out_links.insert(address.clone(), link);
+                }
+                self.routes.insert(link, route);
+                self.amqp.accept(link, credit);
+                // After the link is in place: enabling a feed delivers what is queued at once.
+                hub::attached(self, link);
             }
+            Err(why) => {
+                tracing::info!(address, reason = ?why, "AMQP link refused");
+                self.amqp.refuse(link, why.error());
+            }
+        }
+    }
+
+    /// Hands a message to its link's handler.
+    async fn message(&mut self, link: LinkId, delivery: Option<DeliveryRef>, bytes: &[u8]) {
+        let Some(route) = self.routes.get(&link) else {
+            return;
         };
-        match SessionAcceptor::new()
-            .accept_incoming_session(incoming, &mut connection)
-            .await
-        {
-            Ok(session) => {
-                sessions.spawn(serve_session(session, conn.clone()));
-            }
+        let msg = match message::decode(bytes) {
+            Ok(m) => m,
             Err(e) => {
-                tracing::debug!(error = %e, "AMQP session refused");
-                break;
+                let error = links::condition_error(
+                    fe2o3_amqp::types::definitions::AmqpError::DecodeError,
+                    format!("the message does not decode: {e}"),
+                );
+                return self.settle(delivery, Err(error));
+            }
+        };
+        match route {
+            Route::DpsRequests { address, device } => {
+                let (address, device) = (address.clone(), device.clone());
+                dps::request(self, delivery, &address, &device, &msg).await;
+            }
+            Route::Cbs => hub::put_token_request(self, delivery, &msg).await,
+            Route::Device { device_id, kind } => {
+                let (device_id, kind) = (device_id.clone(), *kind);
+                hub::device_message(self, link, delivery, &device_id, kind, &msg).await;
+            }
+            Route::Out { .. } => {}
+        }
+    }
+
+    /// Settles a message the client sent unsettled: accepted, or rejected with an error.
+    fn settle(&mut self, delivery: Option<DeliveryRef>, outcome: Result<(), fe2o3_amqp::types::definitions::Error>) {
+        let Some(delivery) = delivery else { return };
+        let state = match outcome {
+            Ok(()) => DeliveryState::Accepted(Accepted {}),
+            Err(error) => DeliveryState::Rejected(Rejected { error: Some(error) }),
+        };
+        self.amqp.settle(delivery, state);
+    }
+
+    /// Sends `message` on the link to `address`, if the client attached one; `false` if not.
+    fn send_to(&mut self, address: &str, message: bytes::Bytes) -> bool {
+        let Some(link) = self.out_links.get(address).copied() else {
+            return false;
+        };
+        match self.amqp.send(link, message, None) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(address, error = %e, "AMQP message not sent");
+                false
             }
         }
     }
-    sessions.abort_all();
-    conn.hub.close().await;
-    close(connection).await;
-}
 
-async fn close(mut connection: ListenerConnectionHandle) {
-    if let Err(e) = connection.close().await {
-        tracing::debug!(error = %e, "AMQP connection did not close cleanly");
-    }
-}
-
-/// Serves one session: every link the client attaches is routed by its address to a handler
-/// task, until the session ends.
-async fn serve_session(mut session: ListenerSessionHandle, conn: Arc<Conn>) {
-    let mut links = JoinSet::new();
-    while let Some(attach) = session.next_incoming_attach().await {
-        // Finished link tasks are reaped so the cap counts live links only.
-        while links.try_join_next().is_some() {}
-        if links.len() >= MAX_LINKS_PER_SESSION {
-            links::refuse(
-                &mut session,
-                attach,
-                links::Refusal::ResourceLimit(format!("at most {MAX_LINKS_PER_SESSION} links per session")),
-            )
-            .await;
-            continue;
+    /// Forgets a link the client detached.
+    fn detached(&mut self, link: LinkId) {
+        let Some(route) = self.routes.remove(&link) else {
+            return;
+        };
+        if let Route::Out { address } = route {
+            if self.out_links.get(&address) == Some(&link) {
+                self.out_links.remove(&address);
+                hub::detached(self, &address);
+            }
         }
-        route(&mut session, attach, &conn, &mut links).await;
     }
-    links.abort_all();
-    if let Err(e) = session.end().await {
-        tracing::debug!(error = %e, "AMQP session did not end cleanly");
+
+    /// After the connection ended: cloud-to-device messages still awaiting the device's outcome
+    /// go back to its queue, then the device sessions end.
+    fn finish(&mut self) {
+        self.amqp.close(None);
+        while let Some(event) = self.amqp.poll_event() {
+            match event {
+                Event::Outcome { token, state } => self.hub.c2d_settled(token, Some(state)),
+                Event::Lost { token } => self.hub.c2d_settled(token, None),
+                _ => {}
+            }
+        }
+        self.hub.close();
     }
 }
 
-/// Attaches (or refuses) one link by its address.
-async fn route(session: &mut ListenerSessionHandle, attach: Attach, conn: &Arc<Conn>, links: &mut JoinSet<()>) {
-    let address = links::address_of(&attach);
-    if let Some(node) = dps_proto::dps_amqp::RegistrationNode::parse(&address) {
-        dps::attach(session, attach, node, conn, links).await;
-    } else if let Some(node) = dps_proto::hub_amqp::HubNode::parse(&address) {
-        hub::attach(session, attach, node, conn, links).await;
-    } else {
-        links::refuse(
-            session,
-            attach,
-            links::Refusal::NotFound(format!("no node at address '{address}'")),
-        )
-        .await;
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
