@@ -338,8 +338,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     request: &DpsRequest<'_>,
     correlation: &str,
 ) -> Result<DpsAnswer, String> {
-    let message = serde_amqp::to_vec(&Serializable(wire::request_message(request, correlation)))
-        .map_err(|e| format!("encoding the request: {e}"))?;
+    let mut message = Vec::with_capacity(512);
+    serde::Serialize::serialize(
+        &Serializable(wire::request_message(request, correlation)),
+        &mut serde_amqp::ser::Serializer::new(&mut message),
+    )
+    .map_err(|e| format!("encoding the request: {e}"))?;
     let transfer = Transfer {
         handle: Handle(SENDER),
         delivery_id: Some(delivery_id),

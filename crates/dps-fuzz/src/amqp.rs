@@ -1,6 +1,6 @@
 //! AMQP from a client, as port 5671 (and the `AMQPWSB10` WebSocket tunnel) reads it: the
-//! server's SASL layer (PLAIN, TPM, ANONYMOUS...), fe2o3-amqp's framing, open, sessions and
-//! links, and the DPS and hub handlers behind them, all in one connection over an in-memory
+//! server's SASL layer (PLAIN, TPM, ANONYMOUS...), its AMQP connection engine (framing, open,
+//! sessions, links: `dps_proto::amqp_conn`), and the DPS and hub handlers behind them, all in one connection over an in-memory
 //! stream against an in-memory engine and hub with one enrolled and provisioned device.
 //!
 //! Time is paused, so every deadline (open, link detach, sends) fires as soon as the connection

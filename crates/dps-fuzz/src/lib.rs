@@ -15,6 +15,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod amqp;
+mod amqp_frames;
 mod bodies;
 mod json;
 mod mqtt;
@@ -23,6 +24,7 @@ mod support;
 mod text;
 
 pub use amqp::amqp_connection;
+pub use amqp_frames::amqp_frames;
 pub use bodies::{hub_body, registration_body, service_body};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
 pub use pki::{tpm_public, x509_certificate};
@@ -48,4 +50,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("x509_certificate", x509_certificate),
     ("tpm_public", tpm_public),
     ("amqp_connection", amqp_connection),
+    ("amqp_frames", amqp_frames),
 ];

@@ -102,6 +102,21 @@ impl RunningServer {
     }
 }
 
+/// The connection handler of a device-protocol listener (MQTT, AMQP): `$serve(stream,
+/// services, peer_certs)`, holding the connection's place under the caps until it returns.
+macro_rules! device_protocol {
+    ($services:expr, $serve:path) => {{
+        let services = $services.clone();
+        move |stream, certs, permit| {
+            let services = services.clone();
+            async move {
+                let _permit = permit;
+                $serve(stream, services, certs).await
+            }
+        }
+    }};
+}
+
 /// Initializes (or reuses) the data directory and starts listening.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     config.validate().map_err(StartError::Config)?;
@@ -189,17 +204,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         mqtt_acceptor,
         connections.clone(),
         rx.clone(),
-        {
-            let services = services.clone();
-            move |stream, certs, permit| {
-                let services = services.clone();
-                async move {
-                    // Held until the MQTT session ends.
-                    let _permit = permit;
-                    crate::mqtt::serve_connection(stream, services, certs).await
-                }
-            }
-        },
+        device_protocol!(services, crate::mqtt::serve_connection),
     ));
     tasks.spawn(accept_loop(
         "AMQP",
@@ -207,17 +212,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         amqp_acceptor,
         connections.clone(),
         rx.clone(),
-        {
-            let services = services.clone();
-            move |stream, certs, permit| {
-                let services = services.clone();
-                async move {
-                    // Held until the AMQP connection ends.
-                    let _permit = permit;
-                    crate::amqp::serve_connection(stream, services, certs).await
-                }
-            }
-        },
+        device_protocol!(services, crate::amqp::serve_connection),
     ));
     tasks.spawn(accept_loop(
         "HTTPS",

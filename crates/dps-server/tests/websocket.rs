@@ -48,12 +48,17 @@ fn upgrade_request(
     s: &RunningServer,
     subprotocol: Option<&str>,
 ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut req = format!(
-        "wss://{}/$iothub/websocket?iothub-no-client-cert=true",
-        s.https_addr.ip()
-    )
-    .into_client_request()
-    .unwrap();
+    upgrade_request_at(s, "/$iothub/websocket?iothub-no-client-cert=true", subprotocol)
+}
+
+fn upgrade_request_at(
+    s: &RunningServer,
+    path: &str,
+    subprotocol: Option<&str>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = format!("wss://{}{path}", s.https_addr.ip())
+        .into_client_request()
+        .unwrap();
     if let Some(p) = subprotocol {
         req.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
     }
@@ -273,5 +278,35 @@ async fn refused_upgrades_are_400s_and_http_keeps_working() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401, "the same connection serves the next request");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn amqp_is_tunnelled_at_the_root_path_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.0.47", dir.path()).await;
+    // The C# SDK's provisioning over AMQP-WebSockets connects to `wss://{host}:443/`.
+    let (ws, resp) =
+        tokio_tungstenite::client_async(upgrade_request_at(&s, "/", Some("AMQPWSB10")), tls(&s, None).await)
+            .await
+            .expect("WebSocket upgrade at /");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "AMQPWSB10");
+    let mut amqp = WsByteStream::new(ws);
+    amqp.write_all(b"AMQP\x03\x01\x00\x00").await.unwrap();
+    amqp.flush().await.unwrap();
+    let mut header = [0u8; 8];
+    amqp.read_exact(&mut header).await.unwrap();
+    assert_eq!(&header, b"AMQP\x03\x01\x00\x00", "the SASL layer answers");
+    // A plain GET of the root stays an HTTP request (no WebSocket endpoint there).
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls(&s, None).await))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = http::Request::get("/")
+        .header("host", s.https_addr.ip().to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(get).await.unwrap().status(), 404);
     s.shutdown().await;
 }

@@ -22,6 +22,9 @@ const AMQP_FRAME: u8 = 0;
 /// Frame type of SASL frames (they come before the AMQP header).
 const SASL_FRAME: u8 = 1;
 
+/// Bytes reserved for a performative before it is serialized.
+const PERFORMATIVE_ROOM: usize = 512;
+
 /// The header of AMQP 1.0 proper (§2.2): `AMQP`, protocol id 0, version 1.0.0.
 pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x01\x00\x00";
 
@@ -97,6 +100,10 @@ pub fn write_sasl(out: &mut BytesMut, performative: &impl Serialize) {
 }
 
 fn write_typed(out: &mut BytesMut, frame_type: u8, channel: u16, performative: &impl Serialize, payload: &[u8]) {
+    // Room for the largest performative the server writes (an attach echoing the peer's
+    // terminus and properties) at once, rather than growing the buffer byte by byte as the
+    // serializer writes.
+    out.reserve(PERFORMATIVE_ROOM + payload.len());
     let start = out.len();
     out.put_u32(0); // the size, set below
     out.put_u8(2); // data offset: no extended header

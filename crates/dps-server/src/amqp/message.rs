@@ -15,8 +15,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Incoming, serde_amqp::Error> {
 
 /// Encodes a message's sections for a transfer.
 pub(crate) fn encode<T: SerializableBody>(msg: Message<T>) -> Bytes {
-    match serde_amqp::to_vec(&Serializable(msg)) {
-        Ok(v) => Bytes::from(v),
+    // Room for the sections around the body at once (growing from empty reallocates a dozen
+    // times for a typical answer).
+    let mut bytes = Vec::with_capacity(512);
+    let mut serializer = serde_amqp::ser::Serializer::new(&mut bytes);
+    match serde::Serialize::serialize(&Serializable(msg), &mut serializer) {
+        Ok(()) => Bytes::from(bytes),
         // Messages the server builds always encode.
         Err(e) => unreachable!("AMQP message does not encode: {e}"),
     }

@@ -238,6 +238,12 @@ impl Conn {
         let mut buf = [0u8; READ_CHUNK];
         let mut last_read = Instant::now();
         let mut last_write = Instant::now();
+        // The timers are set once and moved only when they fire early (a read or write since):
+        // re-arming them on every frame would cost a timer-wheel update per round trip.
+        let silent = tokio::time::sleep_until(opened_by);
+        let heartbeat = tokio::time::sleep_until(opened_by);
+        let session_over = sleep_until(session_deadline);
+        tokio::pin!(silent, heartbeat, session_over);
         loop {
             if self.amqp.has_output() {
                 let out = self.amqp.take_output();
@@ -248,18 +254,30 @@ impl Conn {
             if self.amqp.is_closed() {
                 return Ok(());
             }
-            let silent_at = if self.amqp.is_open() {
-                last_read + IDLE_TIMEOUT
-            } else {
-                opened_by
-            };
-            let heartbeat_at = self.amqp.heartbeat_interval().map(|i| last_write + i);
+            let heartbeat_interval = self.amqp.heartbeat_interval();
             let wake = tokio::select! {
                 read = stream.read(&mut buf) => Wake::Read(read),
                 (device, out) = self.hub.next_outbound() => Wake::Outbound(device, out),
-                _ = sleep_until(heartbeat_at) => Wake::Heartbeat,
-                _ = tokio::time::sleep_until(silent_at) => Wake::Silent,
-                _ = sleep_until(session_deadline) => Wake::SessionOver,
+                () = &mut heartbeat, if heartbeat_interval.is_some() => {
+                    let due = last_write + heartbeat_interval.unwrap_or(IDLE_TIMEOUT);
+                    if due <= Instant::now() {
+                        heartbeat.as_mut().reset(Instant::now() + heartbeat_interval.unwrap_or(IDLE_TIMEOUT));
+                        Wake::Heartbeat
+                    } else {
+                        heartbeat.as_mut().reset(due);
+                        continue;
+                    }
+                }
+                () = &mut silent => {
+                    let due = if self.amqp.is_open() { last_read + IDLE_TIMEOUT } else { opened_by };
+                    if due <= Instant::now() {
+                        Wake::Silent
+                    } else {
+                        silent.as_mut().reset(due);
+                        continue;
+                    }
+                }
+                () = &mut session_over => Wake::SessionOver,
             };
             match wake {
                 Wake::Read(Ok(0)) => return Ok(()),

@@ -116,12 +116,11 @@ where
         let _ = stream.flush().await;
         return Err(SaslError::Header(header));
     }
-    // Not flushed alone: the mechanisms frame follows at once (write_frame flushes).
-    stream.write_all(&SASL_HEADER).await?;
     let mechanisms = SaslMechanisms {
         sasl_server_mechanisms: Array::from(auth.mechanisms().iter().map(|m| Symbol::from(*m)).collect::<Vec<_>>()),
     };
-    write_frame(stream, Frame::Mechanisms(mechanisms)).await?;
+    // The header and the mechanisms in one write: one TLS record, one syscall.
+    write_frame(stream, &SASL_HEADER, Frame::Mechanisms(mechanisms)).await?;
     let mut step = match read_frame(stream).await? {
         Frame::Init(init) => {
             let mechanism = init.mechanism.0;
@@ -140,7 +139,7 @@ where
                 let challenge = fe2o3_amqp::types::sasl::SaslChallenge {
                     challenge: Binary::from(bytes),
                 };
-                write_frame(stream, Frame::Challenge(challenge)).await?;
+                write_frame(stream, &[], Frame::Challenge(challenge)).await?;
                 step = match read_frame(stream).await? {
                     Frame::Response(r) => auth.response(r.response.as_slice()).await,
                     _ => return Err(SaslError::Unexpected("expected sasl-response")),
@@ -163,6 +162,7 @@ where
 async fn write_outcome<S: AsyncWrite + Unpin>(stream: &mut S, code: SaslCode) -> io::Result<()> {
     write_frame(
         stream,
+        &[],
         Frame::Outcome(SaslOutcome {
             code,
             additional_data: None,
@@ -204,14 +204,16 @@ pub(crate) fn decode_frame(buf: &mut BytesMut) -> Result<Frame, SaslError> {
     }
 }
 
-/// Writes one SASL frame and flushes it: the client answers each before the server writes
-/// again, and a WebSocket tunnel sends nothing until flushed.
-pub(crate) async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, frame: Frame) -> io::Result<()> {
-    let mut body = BytesMut::new();
+/// Writes one SASL frame (after `head`, bytes to send before it) and flushes it: the client
+/// answers each before the server writes again, and a WebSocket tunnel sends nothing until
+/// flushed.
+pub(crate) async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, head: &[u8], frame: Frame) -> io::Result<()> {
+    let mut body = BytesMut::with_capacity(256);
     FrameCodec {}
         .encode(frame, &mut body)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let mut out = BytesMut::with_capacity(body.len() + 4);
+    let mut out = BytesMut::with_capacity(head.len() + body.len() + 4);
+    out.extend_from_slice(head);
     out.put_u32((body.len() + 4) as u32);
     out.extend_from_slice(&body);
     stream.write_all(&out).await?;

@@ -187,7 +187,14 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
     let now = services.clock.now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let result = match Route::parse(&method, &path) {
+    // The C# SDK's provisioning over AMQP-WebSockets upgrades `wss://{host}:443/` (no path;
+    // docs/amqp-wire-facts.md): an upgrade request at the root is the WebSocket endpoint too.
+    let route = if path == "/" && websocket::is_upgrade(req.headers()) {
+        Ok(Route::MqttWebSocket)
+    } else {
+        Route::parse(&method, &path)
+    };
+    let result = match route {
         Ok(route) => match check_host(&services, &req) {
             Err(e) => Err(e),
             // The upgrade needs the request's hyper extensions, and no `api-version`.

@@ -227,6 +227,11 @@ fn tokens<'a>(headers: &'a HeaderMap, name: &http::header::HeaderName) -> Vec<&'
         .collect()
 }
 
+/// Whether a request asks for a WebSocket (`Upgrade: websocket`), valid or not.
+pub(super) fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, &UPGRADE, "websocket")
+}
+
 fn has_token(headers: &HeaderMap, name: &http::header::HeaderName, token: &str) -> bool {
     tokens(headers, name).iter().any(|t| t.eq_ignore_ascii_case(token))
 }
