@@ -25,7 +25,7 @@ use fe2o3_amqp_types::primitives::{Binary, Symbol, Value};
 use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::devices::{interpret, Answer, Assignment, Device};
+use super::devices::{interpret, Assignment, Device, Registering};
 
 /// The SASL layer's protocol header.
 const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
@@ -34,8 +34,6 @@ const SASL_HEADER: [u8; 8] = *b"AMQP\x03\x01\x00\x00";
 const MAX_FRAME: u32 = 64 * 1024;
 /// Credit the client grants on its receiver link (rhea's default window).
 const CREDIT: u32 = 100;
-/// Registration requests repeated after 429/5xx before giving up (the SDK's default).
-const MAX_RETRIES: u32 = 3;
 /// Handles of the two links.
 const RECEIVER: u32 = 0;
 const SENDER: u32 = 1;
@@ -166,31 +164,21 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
     open(&mut io, &ctx.dps_host, &dev.id).await?;
     attach_links(&mut io, &node).await?;
     let body = dev.registration_body();
-    let mut operation: Option<String> = None;
-    let (mut delivery_id, mut retries) = (0u32, 0);
+    let mut state = Registering::default();
+    let mut delivery_id = 0u32;
     let result = loop {
-        let request = match &operation {
+        let request = match &state.operation {
             None => DpsRequest::Register { body: &body },
             Some(op) => DpsRequest::OperationStatus { operation_id: op },
         };
         let correlation = format!("{}-{delivery_id}", dev.id);
         let answer = exchange(&mut io, delivery_id, &request, &correlation).await?;
         delivery_id += 1;
-        match interpret(answer.status, answer.retry_after, &answer.body) {
-            Ok(Answer::Assigned(a)) => break Ok(a),
-            Ok(Answer::Poll(op, repoll)) => {
-                if operation.replace(op).is_some() {
-                    tokio::time::sleep(repoll).await;
-                }
-            }
-            Ok(Answer::Retry(delay, kind)) => {
-                retries += 1;
-                if retries > MAX_RETRIES {
-                    break Err(kind);
-                }
-                tokio::time::sleep(delay).await;
-            }
-            Err(kind) => break Err(kind),
+        if let Some(done) = state
+            .follow(interpret(answer.status, answer.retry_after, &answer.body))
+            .await
+        {
+            break done;
         }
     };
     write_frame(&mut io.write, 0, &Close { error: None }, &[]);

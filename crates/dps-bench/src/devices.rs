@@ -203,6 +203,44 @@ pub fn interpret(status: u16, retry_after: Option<u32>, body: &[u8]) -> Result<A
     }
 }
 
+/// Registration requests repeated after 429/5xx before giving up (the SDK's default).
+const MAX_RETRIES: u32 = 3;
+
+/// Where a registration stands between requests: the operation to poll, retries used.
+#[derive(Debug, Default)]
+pub struct Registering {
+    /// The operation id once the register was answered `assigning`.
+    pub operation: Option<String>,
+    retries: u32,
+}
+
+impl Registering {
+    /// Acts on an answer as the SDK does: done (`Some`) when assigned or failed; otherwise waits
+    /// (`None`): not at all before the first poll (a dps server assigns synchronously), the
+    /// poll interval before later ones, the retry-after before repeating a throttled or failed
+    /// request, at most [`MAX_RETRIES`] times.
+    pub async fn follow(&mut self, answer: Result<Answer, String>) -> Option<Result<Assignment, String>> {
+        match answer {
+            Ok(Answer::Assigned(a)) => Some(Ok(a)),
+            Ok(Answer::Poll(op, repoll)) => {
+                if self.operation.replace(op).is_some() {
+                    tokio::time::sleep(repoll).await;
+                }
+                None
+            }
+            Ok(Answer::Retry(delay, kind)) => {
+                self.retries += 1;
+                if self.retries > MAX_RETRIES {
+                    return Some(Err(kind));
+                }
+                tokio::time::sleep(delay).await;
+                None
+            }
+            Err(kind) => Some(Err(kind)),
+        }
+    }
+}
+
 fn service_kind(status: u16, body: &[u8]) -> String {
     error_kind(&dps_client::ClientError::from_error_body(status, body))
 }

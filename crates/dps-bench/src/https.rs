@@ -6,10 +6,8 @@ use dps_client::CLIENT_VERSION;
 use dps_proto::rest::{QueryParams, Route};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::devices::{interpret, Answer, Assignment, Device};
+use super::devices::{interpret, Assignment, Device, Registering};
 
-/// Registration requests repeated after 429/5xx before giving up (the SDK's default).
-const MAX_RETRIES: u32 = 3;
 /// Largest answer accepted.
 const MAX_ANSWER: usize = 256 * 1024;
 /// Most headers parsed in an answer.
@@ -28,9 +26,9 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
     let no_query = QueryParams::default();
     let body = dev.registration_body();
     let mut buf = Vec::with_capacity(2048);
-    let (mut operation, mut retries) = (None::<String>, 0);
+    let mut state = Registering::default();
     loop {
-        let request = match &operation {
+        let request = match &state.operation {
             None => head(
                 "PUT",
                 &Route::Register {
@@ -59,20 +57,8 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
             .await
             .map_err(|e| format!("https write: {}", e.kind()))?;
         let (status, retry_after, answer) = read_answer(&mut tls, &mut buf).await?;
-        match interpret(status, retry_after, &answer)? {
-            Answer::Assigned(a) => return Ok(a),
-            Answer::Poll(op, repoll) => {
-                if operation.replace(op).is_some() {
-                    tokio::time::sleep(repoll).await;
-                }
-            }
-            Answer::Retry(delay, kind) => {
-                retries += 1;
-                if retries > MAX_RETRIES {
-                    return Err(kind);
-                }
-                tokio::time::sleep(delay).await;
-            }
+        if let Some(done) = state.follow(interpret(status, retry_after, &answer)).await {
+            return done;
         }
     }
 }

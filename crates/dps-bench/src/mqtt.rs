@@ -19,12 +19,10 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::QoS;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::devices::{interpret, Answer, Assignment, Device};
+use super::devices::{interpret, Assignment, Device, Registering};
 
 /// Largest packet the bench accepts: DPS and twin answers are a few KiB.
 const MAX_PACKET: usize = 64 * 1024;
-/// Registration requests repeated after 429/5xx before giving up (the SDK's default).
-const MAX_RETRIES: u32 = 3;
 /// Keep-alive announced on DPS connections (the SDK's).
 const DPS_KEEP_ALIVE: u16 = 60;
 
@@ -128,12 +126,12 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
     connect(&mut io, &dev.id, username, password, DPS_KEEP_ALIVE).await?;
     subscribe(&mut io, &[dps_mqtt::RESPONSE_FILTER]).await?;
     let body = dev.registration_body();
-    let mut operation: Option<String> = None;
-    let (mut pkid, mut retries) = (1u16, 0);
+    let mut state = Registering::default();
+    let mut pkid = 1u16;
     let result = loop {
         pkid = pkid.wrapping_add(1).max(2);
         let rid = pkid.to_string();
-        let (topic, payload) = match &operation {
+        let (topic, payload) = match &state.operation {
             None => (dps_mqtt::register_topic(&rid), body.clone()),
             Some(op) => (dps_mqtt::operation_status_topic(&rid, op), Vec::new()),
         };
@@ -147,21 +145,8 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
                 _ => continue,
             }
         };
-        match answer {
-            Ok(Answer::Assigned(a)) => break Ok(a),
-            Ok(Answer::Poll(op, repoll)) => {
-                if operation.replace(op).is_some() {
-                    tokio::time::sleep(repoll).await;
-                }
-            }
-            Ok(Answer::Retry(delay, kind)) => {
-                retries += 1;
-                if retries > MAX_RETRIES {
-                    break Err(kind);
-                }
-                tokio::time::sleep(delay).await;
-            }
-            Err(kind) => break Err(kind),
+        if let Some(done) = state.follow(answer).await {
+            break done;
         }
     };
     let _ = io.send(&Packet::Disconnect).await;

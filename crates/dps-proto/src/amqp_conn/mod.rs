@@ -268,14 +268,8 @@ impl Connection {
             self.on_performative(frame.channel, performative, payload)?;
         }
         if self.state == State::Opened {
-            let mut ctx = session::Ctx {
-                limits: &self.limits,
-                output: &mut self.output,
-                events: &mut self.events,
-                peer_max_frame: self.peer_max_frame,
-                last_link: &mut self.last_link,
-            };
-            for s in &mut self.sessions {
+            let (sessions, mut ctx) = self.sessions_and_ctx();
+            for s in sessions {
                 s.renew_credit(&mut ctx);
             }
         }
@@ -325,14 +319,8 @@ impl Connection {
                         name(&p)
                     )));
                 };
-                let mut ctx = session::Ctx {
-                    limits: &self.limits,
-                    output: &mut self.output,
-                    events: &mut self.events,
-                    peer_max_frame: self.peer_max_frame,
-                    last_link: &mut self.last_link,
-                };
-                let ended = self.sessions[i].on_performative(p, payload, &mut ctx)?;
+                let (sessions, mut ctx) = self.sessions_and_ctx();
+                let ended = sessions[i].on_performative(p, payload, &mut ctx)?;
                 if ended {
                     self.sessions.swap_remove(i);
                 }
@@ -348,18 +336,8 @@ impl Connection {
             .filter(|ms| *ms > 0)
             .map(|ms| Duration::from_millis(u64::from(ms)));
         self.hostname = open.hostname;
-        let answer = Open {
-            container_id: self.limits.container_id.clone(),
-            hostname: None,
-            max_frame_size: self.limits.max_frame.into(),
-            channel_max: self.limits.channel_max.into(),
-            idle_time_out: Some(self.limits.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32),
-            outgoing_locales: None,
-            incoming_locales: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        };
+        let idle = self.limits.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        let answer = self.open_frame(Some(idle));
         frame::write(&mut self.output, 0, &answer, &[]);
         self.state = State::Opened;
         Ok(())
@@ -413,15 +391,37 @@ impl Connection {
         if self.state != State::Opened {
             return None;
         }
-        let session = self.sessions.iter_mut().find(|s| s.has_link(link))?;
-        let mut ctx = session::Ctx {
+        let (sessions, mut ctx) = self.sessions_and_ctx();
+        let session = sessions.iter_mut().find(|s| s.has_link(link))?;
+        Some(f(session, &mut ctx))
+    }
+
+    /// The sessions, and apart from them what their handlers need of the connection.
+    fn sessions_and_ctx(&mut self) -> (&mut Vec<Session>, session::Ctx<'_>) {
+        let ctx = session::Ctx {
             limits: &self.limits,
             output: &mut self.output,
             events: &mut self.events,
             peer_max_frame: self.peer_max_frame,
             last_link: &mut self.last_link,
         };
-        Some(f(session, &mut ctx))
+        (&mut self.sessions, ctx)
+    }
+
+    /// The server's open: its limits, and the idle time-out it holds the peer to.
+    fn open_frame(&self, idle_time_out: Option<u32>) -> Open {
+        Open {
+            container_id: self.limits.container_id.clone(),
+            hostname: None,
+            max_frame_size: self.limits.max_frame.into(),
+            channel_max: self.limits.channel_max.into(),
+            idle_time_out,
+            outgoing_locales: None,
+            incoming_locales: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        }
     }
 
     /// Attaches a link the peer asked for ([`Event::Attach`]); on a link the server receives on,
@@ -466,23 +466,8 @@ impl Connection {
         if self.state == State::Opened || self.state == State::Open {
             if self.state == State::Open {
                 // §2.4.5: a close before the open is answered needs an open first.
-                frame::write(
-                    &mut self.output,
-                    0,
-                    &Open {
-                        container_id: self.limits.container_id.clone(),
-                        hostname: None,
-                        max_frame_size: self.limits.max_frame.into(),
-                        channel_max: self.limits.channel_max.into(),
-                        idle_time_out: None,
-                        outgoing_locales: None,
-                        incoming_locales: None,
-                        offered_capabilities: None,
-                        desired_capabilities: None,
-                        properties: None,
-                    },
-                    &[],
-                );
+                let open = self.open_frame(None);
+                frame::write(&mut self.output, 0, &open, &[]);
             }
             frame::write(&mut self.output, 0, &Close { error }, &[]);
         }

@@ -206,9 +206,10 @@ where
 /// How long the server waits, after the close frames, for the client to end the transport.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Ends the transport the way clients expect after the close frames were exchanged: the client
-/// ends it first (fe2o3's client reports an unclean close when the server's TLS close-notify
-/// races its own), or the server does after [`LINGER`].
+/// Ends the transport once the close frame is out: the server reads (and drops) what the client
+/// still sends until it ends its side, for at most [`LINGER`], then shuts down. Closing a socket
+/// with unread bytes in it makes the kernel answer with a reset, which can discard the close
+/// frame (and its error) before the client reads it.
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let mut sink = [0u8; 256];
     let drained = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
