@@ -262,14 +262,7 @@ async fn a_dps_connection_attaches_only_its_own_registration() {
             .is_ok()
     );
     let other = Sender::attach(&mut session, "other", format!("{scope}/registrations/dev-2")).await;
-    let err = match other {
-        Ok(_) => panic!("another registration's node is refused"),
-        Err(e) => format!("{e:?}"),
-    };
-    assert!(
-        err.contains("UnauthorizedAccess") || err.contains("unauthorized"),
-        "{err}"
-    );
+    assert_unauthorized(other, "another registration's node is refused");
     s.shutdown().await;
 }
 
@@ -302,14 +295,7 @@ async fn hub_links_need_the_devices_own_credential() {
         .await
         .is_ok());
     let other = Sender::attach(&mut session, "t2", "/devices/hub-b/messages/events").await;
-    let err = match other {
-        Ok(_) => panic!("another device's address is refused"),
-        Err(e) => format!("{e:?}"),
-    };
-    assert!(
-        err.contains("UnauthorizedAccess") || err.contains("unauthorized"),
-        "{err}"
-    );
+    assert_unauthorized(other, "another device's address is refused");
     s.shutdown().await;
 }
 
@@ -456,4 +442,16 @@ async fn cloud_to_device_messages_settle_as_complete_reject_and_abandon() {
     let view = hub.get_device("hub-a").await.unwrap();
     assert_eq!(view.cloud_to_device_message_count, 0, "{view:?}");
     s.shutdown().await;
+}
+
+/// Asserts that an attach was refused as unauthorized (`what` says what was attached).
+fn assert_unauthorized<T, E: std::fmt::Debug>(attached: Result<T, E>, what: &str) {
+    let err = match attached {
+        Ok(_) => panic!("{what}"),
+        Err(e) => format!("{e:?}"),
+    };
+    assert!(
+        err.contains("UnauthorizedAccess") || err.contains("unauthorized"),
+        "{err}"
+    );
 }
