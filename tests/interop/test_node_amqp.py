@@ -220,3 +220,34 @@ def test_x509_device_client_uses_the_hub(dps_server, service_client, pki):
     assert "error" not in out, out
     assert out["method"]["status"] == 200, out
     assert _monitor_events(dps_server, rid)[0]["payload"] == {"marker": marker}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_service_sends_cloud_to_device_messages(dps_server, service_client, transport):
+    """`azure-iothub` Client.send over the service's AMQP endpoint (CBS put-token with the hub's
+    policy, `/messages/devicebound`): the device, listening over AMQP, receives the message with
+    its id and properties and completes it; a device the hub does not know is DeviceNotFound."""
+    rid = unique_id(f"node-c2d-{transport.lower()}")
+    key = random_key()
+    _symmetric_enrollment(service_client, rid, key)
+    _assert_assigned(_provision(dps_server, "Amqp", rid, symmetricKey=key), dps_server, rid)
+    before = _ws_sessions(dps_server)
+    marker = unique_id("c")
+    out = _node(
+        dps_server,
+        "service_c2d.js",
+        {
+            "hubConnectionString": dps_server.hub_connection_string,
+            "deviceConnectionString": f"HostName={dps_server.hub_host};DeviceId={rid};SharedAccessKey={key}",
+            "deviceId": rid,
+            "serviceTransport": transport,
+            "marker": marker,
+        },
+    )
+    assert "error" not in out, out
+    if transport == "AmqpWs":
+        assert _ws_sessions(dps_server) > before, "the service client did not use /$iothub/websocket"
+    assert json.loads(out["received"]["data"]) == {"marker": marker}, out
+    assert out["received"]["messageId"] == f"c2d-{marker}", out
+    assert out["received"]["properties"]["marker"] == marker, out
+    assert "DeviceNotFound" in out["ghost"] or "not found" in out["ghost"], out

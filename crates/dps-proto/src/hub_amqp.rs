@@ -4,6 +4,9 @@
 
 /// The claims-based security node: put-token requests go to it, their replies come from it.
 pub const CBS_NODE: &str = "$cbs";
+/// The service's cloud-to-device node: a backend sends on it, each message's `to` naming the
+/// device (`/devices/{id}/messages/devicebound`).
+pub const SERVICE_C2D_NODE: &str = "/messages/devicebound";
 /// CBS request application property: the operation (`put-token`).
 pub const CBS_OPERATION: &str = "operation";
 /// CBS request application property: the token type (`servicebus.windows.net:sastoken`).
@@ -52,6 +55,8 @@ pub const METHOD_STATUS: &str = "IoThub-status";
 pub enum HubNode {
     /// `$cbs`.
     Cbs,
+    /// `/messages/devicebound`: cloud-to-device messages from a backend ([`SERVICE_C2D_NODE`]).
+    ServiceC2d,
     /// `/devices/{id}/messages/events`: telemetry from the device.
     Telemetry {
         /// The device.
@@ -89,6 +94,9 @@ impl HubNode {
         if address == CBS_NODE {
             return Some(HubNode::Cbs);
         }
+        if address.eq_ignore_ascii_case(SERVICE_C2D_NODE) {
+            return Some(HubNode::ServiceC2d);
+        }
         let rest = address.strip_prefix("/devices/")?;
         let mut parts = rest.split('/');
         let device_id = decode(parts.next()?)?;
@@ -114,6 +122,7 @@ impl HubNode {
         let device = |id: &str| format!("/devices/{}", crate::sas::encode_component(id));
         match self {
             HubNode::Cbs => CBS_NODE.to_string(),
+            HubNode::ServiceC2d => SERVICE_C2D_NODE.to_string(),
             HubNode::Telemetry { device_id } => format!("{}/messages/events", device(device_id)),
             HubNode::C2d { device_id } => format!("{}/messages/devicebound", device(device_id)),
             HubNode::Methods { device_id } => format!("{}/methods/devicebound", device(device_id)),
@@ -126,10 +135,10 @@ impl HubNode {
         }
     }
 
-    /// The device the node belongs to (`None` for CBS).
+    /// The device the node belongs to (`None` for CBS and the service's node).
     pub fn device_id(&self) -> Option<&str> {
         match self {
-            HubNode::Cbs => None,
+            HubNode::Cbs | HubNode::ServiceC2d => None,
             HubNode::Telemetry { device_id }
             | HubNode::C2d { device_id }
             | HubNode::Methods { device_id }
@@ -157,6 +166,8 @@ mod tests {
     fn device_nodes_parse() {
         let d = |s: &str| s.to_string();
         assert_eq!(HubNode::parse("$cbs"), Some(HubNode::Cbs));
+        assert_eq!(HubNode::parse("/messages/devicebound"), Some(HubNode::ServiceC2d));
+        assert_eq!(HubNode::parse("/messages/deviceBound"), Some(HubNode::ServiceC2d));
         assert_eq!(
             HubNode::parse("/devices/a%20b/messages/events"),
             Some(HubNode::Telemetry { device_id: d("a b") })
@@ -188,6 +199,7 @@ mod tests {
         );
         for node in [
             HubNode::Cbs,
+            HubNode::ServiceC2d,
             HubNode::Telemetry { device_id: d("a b/c") },
             HubNode::C2d { device_id: d("x") },
             HubNode::Methods { device_id: d("x") },

@@ -455,3 +455,101 @@ fn assert_unauthorized<T, E: std::fmt::Debug>(attached: Result<T, E>, what: &str
         "{err}"
     );
 }
+
+/// A service token for the hub's owner policy, signed with `key` (the policy's, or not).
+fn service_sas(s: &RunningServer, key: Option<&str>) -> String {
+    let policy = &s.services.identity.hub.policies[0];
+    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    let key = key.unwrap_or(&policy.primary_key);
+    build_token(&s.services.identity.hub.host_name, key, expiry, Some(&policy.key_name)).unwrap()
+}
+
+/// A cloud-to-device message from the service, addressed to `to`.
+fn c2d_message(to: &str) -> Message<fe2o3_amqp::types::messaging::Data> {
+    Message::builder()
+        .properties(Properties::builder().message_id(String::from("m-1")).to(to).build())
+        .data(fe2o3_amqp::types::primitives::Binary::from(b"hello".to_vec()))
+        .build()
+}
+
+#[tokio::test]
+async fn the_service_endpoint_needs_a_service_token_and_a_known_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.14", dir.path()).await;
+    provision(&s, "c2d-a").await;
+    let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+
+    // No service token: the service node is refused; a device's token does not make one.
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_unauthorized(
+        Sender::attach(&mut session, "svc0", "/messages/devicebound").await,
+        "the service node without a service token",
+    );
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(put_token(&mut session, &s, "c2d-a", device_sas(&s, "c2d-a")).await, 200);
+    assert_unauthorized(
+        Sender::attach(&mut session, "svc1", "/messages/devicebound").await,
+        "the service node with only a device token",
+    );
+
+    // A token naming the owner policy but signed with another key: 401.
+    let mut session = Session::begin(&mut c).await.unwrap();
+    let forged = service_sas(&s, Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+    assert_eq!(put_token(&mut session, &s, "c2d-a", forged).await, 401);
+
+    // The policy's own token: messages to a known device are accepted and queued for it; to an
+    // unknown device or without a device address, rejected with the reason.
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(put_token(&mut session, &s, "c2d-a", service_sas(&s, None)).await, 200);
+    let mut sender = Sender::attach(&mut session, "svc", "/messages/devicebound")
+        .await
+        .unwrap();
+    let outcome = sender
+        .send(c2d_message("/devices/c2d-a/messages/devicebound"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    match sender
+        .send(c2d_message("/devices/ghost/messages/devicebound"))
+        .await
+        .unwrap()
+    {
+        Outcome::Rejected(r) => {
+            let e = r.error.expect("an error");
+            assert!(format!("{:?}", e.condition).contains("NotFound"), "{e:?}");
+            assert!(e.description.unwrap_or_default().contains("ghost"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match sender.send(c2d_message("/devices/c2d-a/twin")).await.unwrap() {
+        Outcome::Rejected(r) => {
+            let description = r.error.and_then(|e| e.description).unwrap_or_default();
+            assert!(description.contains("'to'"), "{description}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let _ = c.close().await;
+
+    // The device receives the accepted message when it attaches its C2D link.
+    let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(put_token(&mut session, &s, "c2d-a", device_sas(&s, "c2d-a")).await, 200);
+    let mut receiver = Receiver::attach(&mut session, "c2d", "/devices/c2d-a/messages/devicebound")
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
+        .await
+        .expect("the queued message within 5 s")
+        .unwrap();
+    assert_eq!(
+        delivery
+            .message()
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_id.clone()),
+        Some(String::from("m-1").into())
+    );
+    receiver.accept(&delivery).await.unwrap();
+    let _ = c.close().await;
+    s.shutdown().await;
+}

@@ -32,6 +32,8 @@ use fe2o3_amqp::types::messaging::{
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use tokio::sync::mpsc;
 
+use fe2o3_amqp::types::definitions::{AmqpError, LinkError};
+
 use super::links::{self, Refusal};
 use super::message::{self, Incoming};
 use super::{Conn, Route};
@@ -47,6 +49,9 @@ pub(crate) struct HubState {
     c2d: HashMap<u64, C2dInFlight>,
     /// The last token handed out.
     last_token: u64,
+    /// When the service token put on `$cbs` (a shared access policy with `ServiceConnect`)
+    /// expires (Unix seconds), if one was put.
+    service_until: Option<u64>,
 }
 
 /// A device's session on this connection, and the hub-initiated messages it has for the device.
@@ -115,18 +120,6 @@ impl HubState {
     }
 }
 
-/// A device node's address, as the link map files it.
-fn node_address(node: &HubNode) -> String {
-    match node {
-        HubNode::Cbs => wire::CBS_NODE.to_string(),
-        HubNode::Telemetry { device_id } => format!("/devices/{device_id}/messages/events"),
-        HubNode::C2d { device_id } => format!("/devices/{device_id}/messages/devicebound"),
-        HubNode::Methods { device_id } => format!("/devices/{device_id}/methods/devicebound"),
-        HubNode::Twin { device_id } => format!("/devices/{device_id}/twin"),
-        HubNode::Module { device_id, module_id } => format!("/devices/{device_id}/modules/{module_id}"),
-    }
-}
-
 /// What a link to a hub node is for, if this connection may attach it.
 pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode) -> Result<Route, Refusal> {
     if let HubNode::Module { module_id, .. } = &node {
@@ -134,10 +127,21 @@ pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode)
             "module identities are not served (module '{module_id}')"
         )));
     }
+    if let HubNode::ServiceC2d = node {
+        return match direction {
+            Direction::FromPeer => {
+                service_authorized(conn).map_err(Refusal::Unauthorized)?;
+                Ok(Route::ServiceC2d)
+            }
+            Direction::ToPeer => Err(Refusal::NotFound(
+                "/messages/devicebound takes messages from the service; it sends none".into(),
+            )),
+        };
+    }
     if !matches!(node, HubNode::Cbs) {
         device(conn, node.device_id().unwrap_or_default()).await?;
     }
-    let address = node_address(&node);
+    let address = node.address();
     let device_id = || node.device_id().unwrap_or_default().to_string();
     match (&node, direction) {
         (HubNode::Cbs, Direction::FromPeer) => Ok(Route::Cbs),
@@ -280,10 +284,15 @@ async fn put_token(conn: &mut Conn, msg: &Incoming) -> (i32, String) {
     let Some(token) = message::body_bytes(msg).and_then(|b| String::from_utf8(b).ok()) else {
         return (400, "the put-token body must be the SAS token as a string".into());
     };
+    if dps_proto::sas::SasToken::parse(&token).is_ok_and(|t| t.key_name.is_some()) {
+        return put_service_token(conn, &token);
+    }
     let Some(device_id) = device_of_token(&token) else {
         return (
             401,
-            "the token's audience (sr) is not '{host}/devices/{deviceId}' of this hub".into(),
+            "the token's audience (sr) is not '{host}/devices/{deviceId}' of this hub, and it names no shared access \
+             policy (skn)"
+                .into(),
         );
     };
     // Checked now so the device learns at once; kept for the links it attaches next. A refused
@@ -296,6 +305,82 @@ async fn put_token(conn: &mut Conn, msg: &Incoming) -> (i32, String) {
         }
         Err(why) => (401, why),
     }
+}
+
+/// Judges a service token (one naming a shared access policy): it must be signed by one of the
+/// hub's policies with `ServiceConnect`, for this hub's own host name, and unexpired. Kept for
+/// the service links attached next.
+fn put_service_token(conn: &mut Conn, token: &str) -> (i32, String) {
+    let hub = &conn.services;
+    let now = dps_core::Engine::unix_time(hub.clock.now());
+    let hosts = [hub.identity.hub.host_name.clone()];
+    match hub
+        .hub_auth
+        .authorize(now, Some(token), &hosts, wire::SERVICE_C2D_NODE, &[SERVICE_CONNECT])
+    {
+        Ok(_) => {
+            let expiry = dps_proto::sas::SasToken::parse(token).map_or(0, |t| t.expiry);
+            conn.hub.service_until = Some(expiry);
+            (200, "OK".into())
+        }
+        Err(e) => (401, e.to_string()),
+    }
+}
+
+/// The right a service token's policy needs for the service nodes.
+const SERVICE_CONNECT: &str = "ServiceConnect";
+
+/// Whether this connection put a service token that still holds; why not otherwise.
+fn service_authorized(conn: &Conn) -> Result<(), String> {
+    let now = dps_core::Engine::unix_time(conn.services.clock.now());
+    match conn.hub.service_until {
+        Some(expiry) if expiry > now => Ok(()),
+        Some(expiry) => Err(format!(
+            "the service token expired at {expiry} (Unix time); put a fresh one on $cbs"
+        )),
+        None => Err(format!(
+            "no service credential: put a SAS token of a shared access policy with {SERVICE_CONNECT} on $cbs first"
+        )),
+    }
+}
+
+/// A cloud-to-device message a backend sent on `/messages/devicebound`: its `to` names the
+/// device; its properties go with it as IoT Hub keeps them (message id, correlation id, user id,
+/// content type and encoding, application properties). Accepted once the hub has it (delivered
+/// or queued); rejected with the hub's reason otherwise.
+pub(super) async fn service_c2d(conn: &mut Conn, link: LinkId, delivery: Option<DeliveryRef>, msg: &Incoming) {
+    if let Err(why) = service_authorized(conn) {
+        let error = Refusal::Unauthorized(why).error();
+        conn.settle(delivery, Err(error.clone()));
+        conn.amqp.detach(link, Some(error));
+        return;
+    }
+    let to = msg.properties.as_ref().and_then(|p| p.to.clone()).unwrap_or_default();
+    let Some(HubNode::C2d { device_id }) = HubNode::parse(links::strip_uri(&to)) else {
+        let error = links::custom_error(
+            "com.microsoft:argument-error",
+            format!("the message's 'to' must be /devices/{{deviceId}}/messages/devicebound, not {to:?}"),
+        );
+        return conn.settle(delivery, Err(error));
+    };
+    let body = message::body_bytes(msg).unwrap_or_default();
+    let mut properties = telemetry_properties(msg);
+    // Acknowledgement requests are the feedback's (not served yet); the device does not see them.
+    properties.retain(|(k, _)| k != "iothub-ack");
+    let result = conn.services.hub.send_c2d(&device_id, body, properties).await;
+    let outcome = result.map_err(|e| {
+        tracing::info!(device = %device_id, error = %e, "cloud-to-device message refused");
+        let condition = match &e {
+            dps_hub::C2dError::DeviceNotFound { .. } => AmqpError::NotFound,
+            dps_hub::C2dError::QueueFull { .. } => AmqpError::ResourceLimitExceeded,
+            dps_hub::C2dError::TooLarge { .. } => {
+                return links::condition_error_of(LinkError::MessageSizeExceeded, e.to_string());
+            }
+            _ => AmqpError::InternalError,
+        };
+        links::condition_error(condition, e.to_string())
+    });
+    conn.settle(delivery, outcome);
 }
 
 /// The device a SAS token's audience (`{host}/devices/{id}`) names. Which host it names is
@@ -624,7 +709,7 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
         }
         OutboundKind::C2d { properties } => return deliver_c2d(conn, device_id, properties, out.payload),
     };
-    if !conn.send_to(&node_address(&node), message::encode(msg)) {
+    if !conn.send_to(&node.address(), message::encode(msg)) {
         tracing::debug!(device = %device_id, "hub message dropped: its link is not attached");
     }
 }
@@ -632,9 +717,10 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
 /// Sends a cloud-to-device message unsettled; the device's outcome comes back through
 /// [`HubState::c2d_settled`]. A message that cannot go out goes back to the device's queue.
 fn deliver_c2d(conn: &mut Conn, device_id: &str, properties: Vec<(String, String)>, payload: Bytes) {
-    let address = node_address(&HubNode::C2d {
+    let address = HubNode::C2d {
         device_id: device_id.to_string(),
-    });
+    }
+    .address();
     let mut p = Properties::builder();
     let mut app = ApplicationProperties::builder();
     for (k, v) in &properties {

@@ -51,7 +51,15 @@ impl Refusal {
 
 /// An AMQP error with one of the standard conditions.
 pub(crate) fn condition_error(condition: AmqpError, description: impl Into<String>) -> definitions::Error {
-    definitions::Error::new(ErrorCondition::AmqpError(condition), Some(description.into()), None)
+    condition_error_of(condition, description)
+}
+
+/// An AMQP error with any standard condition (`amqp:`, `amqp:link:`...).
+pub(crate) fn condition_error_of(
+    condition: impl Into<ErrorCondition>,
+    description: impl Into<String>,
+) -> definitions::Error {
+    definitions::Error::new(condition.into(), Some(description.into()), None)
 }
 
 /// An AMQP error with a condition symbol of its own (`com.microsoft:...`).
@@ -65,9 +73,8 @@ pub(crate) fn custom_error(condition: &str, description: impl Into<String>) -> d
 
 /// The error for a message over the size limit.
 pub(crate) fn too_large(size: usize, limit: usize) -> definitions::Error {
-    definitions::Error::new(
-        ErrorCondition::LinkError(LinkError::MessageSizeExceeded),
-        Some(format!("message of {size} bytes exceeds the limit of {limit}")),
-        None,
+    condition_error_of(
+        LinkError::MessageSizeExceeded,
+        format!("message of {size} bytes exceeds the limit of {limit}"),
     )
 }

@@ -134,6 +134,8 @@ enum Route {
     Cbs,
     /// Messages of one hub device (telemetry, twin requests, method answers).
     Device { device_id: String, kind: hub::Requests },
+    /// Cloud-to-device messages from a backend authorized by a service token.
+    ServiceC2d,
     /// A link the server sends on, to the node `address` (registration node, `$cbs`, a device's
     /// twin, methods or cloud-to-device node).
     Out { address: String },
@@ -388,6 +390,7 @@ impl Conn {
                 dps::request(self, delivery, &address, &device, &msg).await;
             }
             Route::Cbs => hub::put_token_request(self, delivery, &msg).await,
+            Route::ServiceC2d => hub::service_c2d(self, link, delivery, &msg).await,
             Route::Device { device_id, kind } => {
                 let (device_id, kind) = (device_id.clone(), *kind);
                 hub::device_message(self, link, delivery, &device_id, kind, &msg).await;
