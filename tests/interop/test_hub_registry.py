@@ -131,3 +131,20 @@ def test_unknown_device_is_404(registry_manager):
     with pytest.raises(HttpOperationError) as missing:
         registry_manager.get_device(unique_id("no-such-device"))
     assert missing.value.response.status_code == 404
+
+
+def test_send_c2d_message_reaches_the_device(dps_server, registry_manager, provisioned_device, monkeypatch):
+    """`IoTHubRegistryManager.send_c2d_message`: uamqp to the service AMQP endpoint (CBS put-token
+    with the policy's token, `/messages/devicebound`), received by the device over MQTT with its
+    properties. uamqp's OpenSSL trusts what `SSL_CERT_FILE` names, as its users point it at a
+    private CA."""
+    monkeypatch.setenv("SSL_CERT_FILE", dps_server.ca_path)
+    device_id, key = provisioned_device["device_id"], provisioned_device["primary"]
+    marker = unique_id("c2d")
+    with hub_device_client(dps_server, device_id, key) as device:
+        registry_manager.send_c2d_message(device_id, f"hello {marker}", properties={"marker": marker, "contentType": "text/plain"})
+        msg = call_with_timeout(lambda: device.receive_message(timeout=PATCH_WAIT_SECONDS), PATCH_WAIT_SECONDS + 5)
+    assert msg is not None, "the device received no message"
+    assert msg.data.decode() == f"hello {marker}"
+    assert msg.custom_properties.get("marker") == marker, msg.custom_properties
+    assert msg.content_type == "text/plain"
