@@ -56,23 +56,38 @@ async fn services() -> Arc<Services> {
     hub_device(&hub).await;
     let mut config = ServerConfig::defaults();
     config.max_message_bytes = 4096;
+    let service = vec![service_policy()];
     Arc::new(Services {
         engine: Arc::new(engine),
         hub,
         dps_auth: PolicyAuthorizer::new(Vec::new()),
-        hub_auth: PolicyAuthorizer::new(Vec::new()),
+        hub_auth: PolicyAuthorizer::new(service.clone()),
         identity: Identity {
             id_scope: ID_SCOPE.into(),
             policies: Vec::new(),
             hub: HubIdentity {
                 host_name: HUB_HOST.into(),
-                policies: Vec::new(),
+                policies: service,
             },
         },
         config,
         clock: Arc::new(FakeClock::at(now())),
     })
 }
+
+/// The hub's one shared access policy: `service`, with `KEY` and `ServiceConnect`, so seeds with
+/// its token reach the service's cloud-to-device node.
+fn service_policy() -> dps_core::auth::SharedAccessPolicy {
+    dps_core::auth::SharedAccessPolicy {
+        key_name: SERVICE_POLICY.into(),
+        primary_key: crate::support::KEY.into(),
+        secondary_key: crate::support::KEY.into(),
+        rights: vec!["ServiceConnect".into()],
+    }
+}
+
+/// The name of [`service_policy`].
+const SERVICE_POLICY: &str = "service";
 
 /// [`crate::support::ReplayStream`] owning its bytes: the AMQP adapter's tasks outlive any borrow.
 #[derive(Debug)]
@@ -226,6 +241,42 @@ mod seeds {
                 c.close().await.unwrap();
             },
         )
+        .await;
+
+        let service_token = sas::build_token(HUB_HOST, KEY, now_unix() + 3600, Some(SERVICE_POLICY)).unwrap();
+        record("service-c2d", SaslProfile::Anonymous, |mut c| async move {
+            let mut session = Session::begin(&mut c).await.unwrap();
+            let mut cbs_tx = Sender::attach(&mut session, "cbs-tx", "$cbs").await.unwrap();
+            let mut cbs_rx = Receiver::attach(&mut session, "cbs-rx", "$cbs").await.unwrap();
+            let app = ApplicationProperties::builder()
+                .insert("operation", "put-token")
+                .insert("type", "servicebus.windows.net:sastoken")
+                .insert("name", HUB_HOST)
+                .build();
+            let msg = Message::builder()
+                .properties(Properties::builder().message_id(String::from("1")).build())
+                .application_properties(app)
+                .value(Value::String(service_token))
+                .build();
+            cbs_tx.send(msg).await.unwrap();
+            let reply = cbs_rx.recv::<Body<Value>>().await.unwrap();
+            cbs_rx.accept(&reply).await.unwrap();
+            let mut tx = Sender::attach(&mut session, "svc", "/messages/devicebound")
+                .await
+                .unwrap();
+            for to in [
+                format!("/devices/{DEVICE}/messages/devicebound"),
+                "/devices/ghost/messages/devicebound".into(),
+            ] {
+                let msg = Message::builder()
+                    .properties(Properties::builder().message_id(String::from("c-1")).to(to).build())
+                    .application_properties(ApplicationProperties::builder().insert("k", "v").build())
+                    .data(Binary::from(b"hello".to_vec()))
+                    .build();
+                let _ = tx.send(msg).await;
+            }
+            c.close().await.unwrap();
+        })
         .await;
 
         let hub_token =
