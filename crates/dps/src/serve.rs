@@ -160,11 +160,26 @@ impl ServeArgs {
     }
 }
 
+/// The log filter `dps serve` runs with: the operator's, with rustls's complaint about clients
+/// that send an IP address as SNI silenced unless the filter names rustls itself. The Node SDKs
+/// (and others) do that on every connection to a server named by its address; rustls ignores
+/// the extension, as it must, and a WARN per connection would bury the log (and let any client
+/// write to it at will).
+fn serve_log_filter(log: &str) -> String {
+    if log.contains("rustls") {
+        log.to_string()
+    } else {
+        format!("{log},rustls::msgs::handshake=error")
+    }
+}
+
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
     let (mut config, log) = args.into_config()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(serve_log_filter(&log)).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     // Every device connection is a file descriptor; the soft limit a shell hands out (often
@@ -256,6 +271,14 @@ mod tests {
     fn config(args: &[&str]) -> ServerConfig {
         let cli = Cli::try_parse_from(std::iter::once("dps").chain(args.iter().copied())).unwrap();
         cli.serve.into_config().unwrap().0
+    }
+
+    #[test]
+    fn the_sni_warning_is_silenced_unless_rustls_is_asked_for() {
+        let filter = serve_log_filter("info");
+        assert_eq!(filter, "info,rustls::msgs::handshake=error");
+        assert!(tracing_subscriber::EnvFilter::try_new(&filter).is_ok());
+        assert_eq!(serve_log_filter("warn,rustls=debug"), "warn,rustls=debug");
     }
 
     #[test]
