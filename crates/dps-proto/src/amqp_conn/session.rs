@@ -151,6 +151,15 @@ impl Session {
     }
 
     fn on_attach(&mut self, a: Attach, ctx: &mut Ctx<'_>) -> Result<(), ProtocolError> {
+        // Links over the cap are refused, and a refused link stays until the peer answers the
+        // refusal with its detach; a peer that keeps attaching without answering is closed
+        // rather than allowed to make the session hold refusals without end.
+        if self.links.len() >= 2 * ctx.limits.max_links_per_session {
+            return Err(ProtocolError::Limit(format!(
+                "{} links attached or refused on one session without detaching",
+                self.links.len()
+            )));
+        }
         if self.links.iter().any(|l| l.remote_handle == a.handle.0) {
             return Err(ProtocolError::NotAllowed(format!(
                 "handle {} is already attached",

@@ -403,6 +403,11 @@ fn links_beyond_the_cap_are_refused_by_the_connection() {
         matches!(&p.frames()[..], [(0, Performative::Attach(_)), (0, Performative::Detach(d))]
         if d.error.as_ref().is_some_and(|e| e.condition == ErrorCondition::AmqpError(AmqpError::ResourceLimitExceeded)))
     );
+    // A peer that never answers the refusals is closed once they pile up.
+    p.send(5, &attach(3, Role::Sender, "d")).unwrap();
+    let err = p.send(5, &attach(4, Role::Sender, "e")).unwrap_err();
+    assert!(matches!(err, ProtocolError::Limit(_)), "{err}");
+    assert!(p.conn.is_closed());
 }
 
 #[test]
