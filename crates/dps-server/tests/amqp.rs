@@ -553,3 +553,34 @@ async fn the_service_endpoint_needs_a_service_token_and_a_known_device() {
     let _ = c.close().await;
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn cloud_to_device_messages_unsettled_at_disconnect_are_delivered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.15", dir.path()).await;
+    provision(&s, "c2d-b").await;
+    s.services.hub.send_c2d("c2d-b", &b"keep me"[..], vec![]).await.unwrap();
+    // The device receives the message and disconnects without settling it, twice: each time it
+    // goes back to the queue and comes again on the next connection.
+    for round in 0..3 {
+        let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+        let mut session = Session::begin(&mut c).await.unwrap();
+        assert_eq!(put_token(&mut session, &s, "c2d-b", device_sas(&s, "c2d-b")).await, 200);
+        let mut rx = Receiver::attach(&mut session, "c2d", "/devices/c2d-b/messages/devicebound")
+            .await
+            .unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), rx.recv::<Body<Value>>())
+            .await
+            .unwrap_or_else(|_| panic!("the message in round {round}"))
+            .unwrap();
+        if round == 2 {
+            rx.accept(&delivery).await.unwrap();
+        }
+        // The connection closes with the link still attached (and its message unsettled).
+        let _ = c.close().await;
+        drop(rx);
+        // Let the server see the connection end before the next one.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.shutdown().await;
+}

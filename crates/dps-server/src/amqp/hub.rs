@@ -114,6 +114,21 @@ impl HubState {
         }
     }
 
+    /// Stops cloud-to-device deliveries to this connection (it is closing): the feed goes off,
+    /// and messages already handed to the session for it go back to the device's queue, so
+    /// that what the connection still holds unsettled is requeued rather than delivered to it
+    /// again.
+    pub(super) fn stop_c2d(&mut self) {
+        for device in self.devices.values_mut() {
+            device.session.disable(Feed::C2d);
+            while let Ok(out) = device.outbound.try_recv() {
+                if let OutboundKind::C2d { properties } = out.kind {
+                    device.session.abandon_c2d(properties, out.payload);
+                }
+            }
+        }
+    }
+
     /// Ends every device session of the connection (it is closing).
     pub(super) fn close(&mut self) {
         self.devices.clear();

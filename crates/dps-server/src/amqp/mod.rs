@@ -437,8 +437,9 @@ impl Conn {
     }
 
     /// After the connection ended: cloud-to-device messages still awaiting the device's outcome
-    /// go back to its queue, then the device sessions end.
+    /// (or not yet sent) go back to its queue, then the device sessions end.
     fn finish(&mut self) {
+        self.hub.stop_c2d();
         self.amqp.close(None);
         while let Some(event) = self.amqp.poll_event() {
             match event {
