@@ -200,6 +200,30 @@ mod seeds {
         std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
     }
 
+    /// Puts `token` for the audience `name` on `$cbs` as the SDKs do, and takes the reply.
+    async fn put_token(session: &mut fe2o3_amqp::session::SessionHandle<()>, name: String, token: String) {
+        let mut cbs_tx = Sender::attach(session, "cbs-tx", "$cbs").await.unwrap();
+        let mut cbs_rx = Receiver::attach(session, "cbs-rx", "$cbs").await.unwrap();
+        let app = ApplicationProperties::builder()
+            .insert("operation", "put-token")
+            .insert("type", "servicebus.windows.net:sastoken")
+            .insert("name", name)
+            .build();
+        let msg = Message::builder()
+            .properties(
+                Properties::builder()
+                    .message_id(String::from("1"))
+                    .reply_to("cbs")
+                    .build(),
+            )
+            .application_properties(app)
+            .value(Value::String(token))
+            .build();
+        cbs_tx.send(msg).await.unwrap();
+        let reply = cbs_rx.recv::<Body<Value>>().await.unwrap();
+        cbs_rx.accept(&reply).await.unwrap();
+    }
+
     #[tokio::test]
     #[ignore = "writes the seed corpus; run by hand"]
     async fn write_seeds() {
@@ -246,21 +270,7 @@ mod seeds {
         let service_token = sas::build_token(HUB_HOST, KEY, now_unix() + 3600, Some(SERVICE_POLICY)).unwrap();
         record("service-c2d", SaslProfile::Anonymous, |mut c| async move {
             let mut session = Session::begin(&mut c).await.unwrap();
-            let mut cbs_tx = Sender::attach(&mut session, "cbs-tx", "$cbs").await.unwrap();
-            let mut cbs_rx = Receiver::attach(&mut session, "cbs-rx", "$cbs").await.unwrap();
-            let app = ApplicationProperties::builder()
-                .insert("operation", "put-token")
-                .insert("type", "servicebus.windows.net:sastoken")
-                .insert("name", HUB_HOST)
-                .build();
-            let msg = Message::builder()
-                .properties(Properties::builder().message_id(String::from("1")).build())
-                .application_properties(app)
-                .value(Value::String(service_token))
-                .build();
-            cbs_tx.send(msg).await.unwrap();
-            let reply = cbs_rx.recv::<Body<Value>>().await.unwrap();
-            cbs_rx.accept(&reply).await.unwrap();
+            put_token(&mut session, HUB_HOST.into(), service_token).await;
             let mut tx = Sender::attach(&mut session, "svc", "/messages/devicebound")
                 .await
                 .unwrap();
@@ -283,26 +293,7 @@ mod seeds {
             sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None).unwrap();
         record("hub-cbs", SaslProfile::Anonymous, |mut c| async move {
             let mut session = Session::begin(&mut c).await.unwrap();
-            let mut cbs_tx = Sender::attach(&mut session, "cbs-tx", "$cbs").await.unwrap();
-            let mut cbs_rx = Receiver::attach(&mut session, "cbs-rx", "$cbs").await.unwrap();
-            let app = ApplicationProperties::builder()
-                .insert("operation", "put-token")
-                .insert("type", "servicebus.windows.net:sastoken")
-                .insert("name", format!("{HUB_HOST}/devices/{DEVICE}"))
-                .build();
-            let msg = Message::builder()
-                .properties(
-                    Properties::builder()
-                        .message_id(String::from("1"))
-                        .reply_to("cbs")
-                        .build(),
-                )
-                .application_properties(app)
-                .value(Value::String(hub_token))
-                .build();
-            cbs_tx.send(msg).await.unwrap();
-            let reply = cbs_rx.recv::<Body<Value>>().await.unwrap();
-            cbs_rx.accept(&reply).await.unwrap();
+            put_token(&mut session, format!("{HUB_HOST}/devices/{DEVICE}"), hub_token).await;
             let events = format!("/devices/{DEVICE}/messages/events");
             let mut tx = Sender::attach(&mut session, "events", events.as_str()).await.unwrap();
             let msg = Message::builder()

@@ -12,16 +12,7 @@ const { Message } = require('azure-iot-common');
 
 const args = JSON.parse(process.argv[2]);
 
-function step(what, fn) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('timed out: ' + what)), 20000);
-    fn((err, value) => {
-      clearTimeout(timer);
-      if (err) reject(new Error(what + ': ' + (err.name || '') + ' ' + err.message));
-      else resolve(value);
-    });
-  });
-}
+const step = require('./step');
 
 async function main() {
   const out = {};
