@@ -104,6 +104,12 @@ const MAX_QUEUED_PER_LINK: usize = 64;
 /// 240 s; the SDKs send heartbeats at about half of what the server announces.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// How long a connection may actually stay silent before it is closed: 1.5 × the announced
+/// [`IDLE_TIMEOUT`], as MQTT closes at 1.5 × the keep-alive. Not the announced value itself:
+/// fe2o3's client (the Rust device SDK's) sends its heartbeat at the full announced time-out
+/// rather than half of it, so it would lose its connection to a race with its own heartbeat.
+const SILENCE_LIMIT: Duration = Duration::from_secs(240 * 3 / 2);
+
 /// The container id in the server's open frame.
 const CONTAINER_ID: &str = "dps";
 
@@ -272,7 +278,7 @@ impl Conn {
                     }
                 }
                 () = &mut silent => {
-                    let due = if self.amqp.is_open() { last_read + IDLE_TIMEOUT } else { opened_by };
+                    let due = if self.amqp.is_open() { last_read + SILENCE_LIMIT } else { opened_by };
                     if due <= Instant::now() {
                         Wake::Silent
                     } else {
@@ -302,7 +308,7 @@ impl Conn {
                     tracing::debug!("closing AMQP connection: the client sent nothing within its time-out");
                     self.amqp.close(Some(links::condition_error(
                         fe2o3_amqp::types::definitions::AmqpError::ResourceLimitExceeded,
-                        format!("nothing received for {IDLE_TIMEOUT:?} (the idle time-out)"),
+                        format!("nothing received for {SILENCE_LIMIT:?} (1.5 × the idle time-out of {IDLE_TIMEOUT:?})"),
                     )));
                     self.handle_events().await;
                 }
