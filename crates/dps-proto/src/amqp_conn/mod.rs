@@ -77,8 +77,6 @@ pub enum Event {
     Attach {
         /// The link, as later events and calls name it.
         link: LinkId,
-        /// The link's name.
-        name: String,
         /// Which way its messages go.
         direction: Direction,
         /// The node: the target address of the peer's sender, the source address of its
@@ -196,8 +194,6 @@ pub struct Connection {
     peer_max_frame: usize,
     /// The peer's idle time-out, if it announced one.
     peer_idle_timeout: Option<Duration>,
-    /// The host name in the peer's open.
-    hostname: Option<String>,
     sessions: Vec<Session>,
     events: VecDeque<Event>,
     /// The last link id handed out.
@@ -214,7 +210,6 @@ impl Connection {
             output: BytesMut::new(),
             peer_max_frame: 512,
             peer_idle_timeout: None,
-            hostname: None,
             sessions: Vec::new(),
             events: VecDeque::new(),
             last_link: 0,
@@ -335,7 +330,6 @@ impl Connection {
             .idle_time_out
             .filter(|ms| *ms > 0)
             .map(|ms| Duration::from_millis(u64::from(ms)));
-        self.hostname = open.hostname;
         let idle = self.limits.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
         let answer = self.open_frame(Some(idle));
         frame::write(&mut self.output, 0, &answer, &[]);
@@ -380,11 +374,6 @@ impl Connection {
         if self.state == State::Opened {
             frame::write_empty(&mut self.output);
         }
-    }
-
-    /// The host name the peer put in its open.
-    pub fn hostname(&self) -> Option<&str> {
-        self.hostname.as_deref()
     }
 
     fn with_link<R>(&mut self, link: LinkId, f: impl FnOnce(&mut Session, &mut session::Ctx<'_>) -> R) -> Option<R> {

@@ -183,7 +183,6 @@ impl Session {
             .unwrap_or(u32::MAX);
         *ctx.last_link += 1;
         let id = LinkId(*ctx.last_link);
-        let name = a.name.clone();
         let full = self.links.len() >= ctx.limits.max_links_per_session;
         self.links.push(Link {
             id,
@@ -212,7 +211,6 @@ impl Session {
         }
         ctx.events.push_back(Event::Attach {
             link: id,
-            name,
             direction,
             address: address.unwrap_or_default(),
         });
@@ -331,7 +329,8 @@ impl Session {
             if f.echo {
                 self.write_session_flow(ctx);
             }
-            return self.pump_all(ctx);
+            self.pump_all(ctx);
+            return Ok(());
         };
         let i = self.by_remote_handle(handle.0, "flow")?;
         let link = &mut self.links[i];
@@ -357,7 +356,8 @@ impl Session {
         if f.echo {
             self.write_link_flow(i, false, ctx);
         }
-        self.pump_all(ctx)
+        self.pump_all(ctx);
+        Ok(())
     }
 
     fn on_transfer(&mut self, t: &Transfer, payload: Bytes, ctx: &mut Ctx<'_>) -> Result<(), ProtocolError> {
@@ -487,11 +487,10 @@ impl Session {
         Ok(())
     }
 
-    fn pump_all(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ProtocolError> {
+    fn pump_all(&mut self, ctx: &mut Ctx<'_>) {
         for i in 0..self.links.len() {
             self.pump(i, ctx);
         }
-        Ok(())
     }
 
     /// Sends what is queued on link `i` as far as credit and the peer's window allow.

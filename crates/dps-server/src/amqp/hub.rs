@@ -762,22 +762,17 @@ fn deliver_c2d(conn: &mut Conn, device_id: &str, properties: Vec<(String, String
         .get(&address)
         .copied()
         .map(|link| conn.amqp.send(link, message::encode(msg), Some(token)));
-    let Some(device) = conn.hub.devices.get(device_id) else {
-        return;
-    };
-    match sent {
-        Some(Ok(())) => {
-            let in_flight = C2dInFlight {
-                device_id: device_id.to_string(),
-                properties,
-                payload,
-            };
-            conn.hub.c2d.insert(token, in_flight);
-        }
-        _ => {
-            // The link is gone or stalled: the message goes back to the queue for the next one.
-            device.session.disable(Feed::C2d);
-            device.session.abandon_c2d(properties, payload);
-        }
+    if let Some(Ok(())) = sent {
+        let in_flight = C2dInFlight {
+            device_id: device_id.to_string(),
+            properties,
+            payload,
+        };
+        conn.hub.c2d.insert(token, in_flight);
+    } else if let Some(device) = conn.hub.devices.get(device_id) {
+        // The link is gone or its queue full: the message goes back to the device's queue, and
+        // the feed waits for a link to take it.
+        device.session.disable(Feed::C2d);
+        device.session.abandon_c2d(properties, payload);
     }
 }

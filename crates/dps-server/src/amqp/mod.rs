@@ -110,6 +110,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
 /// rather than half of it, so it would lose its connection to a race with its own heartbeat.
 const SILENCE_LIMIT: Duration = Duration::from_secs(240 * 3 / 2);
 
+/// How long a write may wait for the client to take bytes (TCP back-pressure) before the
+/// connection is dropped: a client that reads nothing must not hold the connection's task.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The container id in the server's open frame.
 const CONTAINER_ID: &str = "dps";
 
@@ -222,7 +226,8 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let mut sink = [0u8; 256];
     let drained = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
     let _ = tokio::time::timeout(LINGER, drained).await;
-    let _ = stream.shutdown().await;
+    // The TLS close-notify is a write too: a client that takes nothing does not hold it up.
+    let _ = tokio::time::timeout(LINGER, stream.shutdown()).await;
 }
 
 /// What woke the connection's task.
@@ -256,21 +261,32 @@ impl Conn {
         loop {
             if self.amqp.has_output() {
                 let out = self.amqp.take_output();
-                stream.write_all(&out).await?;
-                stream.flush().await?;
+                let written = async {
+                    stream.write_all(&out).await?;
+                    stream.flush().await
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, written).await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        tracing::debug!("closing AMQP connection: the client took nothing for {WRITE_TIMEOUT:?}");
+                        return Ok(());
+                    }
+                }
                 last_write = Instant::now();
             }
             if self.amqp.is_closed() {
                 return Ok(());
             }
-            let heartbeat_interval = self.amqp.heartbeat_interval();
+            // `None` when the peer announced no idle time-out: then no heartbeats at all.
+            let heartbeat_every = self.amqp.heartbeat_interval();
+            let every = heartbeat_every.unwrap_or(IDLE_TIMEOUT);
             let wake = tokio::select! {
                 read = stream.read(&mut buf) => Wake::Read(read),
                 (device, out) = self.hub.next_outbound() => Wake::Outbound(device, out),
-                () = &mut heartbeat, if heartbeat_interval.is_some() => {
-                    let due = last_write + heartbeat_interval.unwrap_or(IDLE_TIMEOUT);
+                () = &mut heartbeat, if heartbeat_every.is_some() => {
+                    let due = last_write + every;
                     if due <= Instant::now() {
-                        heartbeat.as_mut().reset(Instant::now() + heartbeat_interval.unwrap_or(IDLE_TIMEOUT));
+                        heartbeat.as_mut().reset(Instant::now() + every);
                         Wake::Heartbeat
                     } else {
                         heartbeat.as_mut().reset(due);
