@@ -27,6 +27,11 @@ use dps_core::auth::PolicyAuthorizer;
 use dps_core::{Clock, Engine};
 
 pub use api_error::ApiError;
+
+/// How long a write to a device connection (MQTT or AMQP) may wait for the peer to take bytes:
+/// a peer that reads nothing (TCP back-pressure) loses its connection rather than holding the
+/// connection's task, which waits on the write and so reads nothing a keep-alive could end.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub use config::{ConfigFileError, FileConfig, Limits, ServerConfig};
 pub use datadir::{DataDir, DataDirError, Identity};
 pub use listener::{start, RunningServer, StartError};

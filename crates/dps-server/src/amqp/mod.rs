@@ -70,7 +70,7 @@ use fe2o3_amqp::types::messaging::{Accepted, DeliveryState, Rejected};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::Services;
+use crate::{Services, WRITE_TIMEOUT};
 use auth::{ConnAuthenticator, ConnIdentity};
 use links::Refusal;
 use sasl::{Opened, Rewound};
@@ -109,10 +109,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
 /// fe2o3's client (the Rust device SDK's) sends its heartbeat at the full announced time-out
 /// rather than half of it, so it would lose its connection to a race with its own heartbeat.
 const SILENCE_LIMIT: Duration = Duration::from_secs(240 * 3 / 2);
-
-/// How long a write may wait for the client to take bytes (TCP back-pressure) before the
-/// connection is dropped: a client that reads nothing must not hold the connection's task.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The container id in the server's open frame.
 const CONTAINER_ID: &str = "dps";

@@ -110,12 +110,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
             .map_err(FrameError::Protocol)
     }
 
-    /// Sends queued packets.
+    /// Sends queued packets, within [`crate::WRITE_TIMEOUT`].
     pub async fn flush(&mut self) -> Result<(), FrameError> {
         if !self.write.is_empty() {
-            self.stream.write_all(&self.write).await?;
+            let written = async {
+                self.stream.write_all(&self.write).await?;
+                self.stream.flush().await
+            };
+            match tokio::time::timeout(crate::WRITE_TIMEOUT, written).await {
+                Ok(result) => result?,
+                Err(_) => return Err(FrameError::Io(std::io::ErrorKind::TimedOut.into())),
+            }
             self.write.clear();
-            self.stream.flush().await?;
         }
         Ok(())
     }
@@ -126,8 +132,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         self.flush().await
     }
 
-    /// Shuts the write side down.
+    /// Shuts the write side down (a TLS close-notify is a write: bounded the same way).
     pub async fn close(&mut self) {
-        let _ = self.stream.shutdown().await;
+        let _ = tokio::time::timeout(crate::WRITE_TIMEOUT, self.stream.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::v4::Publish;
+    use rumqttc::mqttbytes::QoS;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_reads_nothing_fails_the_write_at_the_deadline() {
+        // A 16-byte pipe nobody reads: the write can never complete.
+        let (ours, _theirs) = tokio::io::duplex(16);
+        let mut io = Framed::new(ours, 1024);
+        io.queue(&Packet::Publish(Publish::new("t", QoS::AtMostOnce, vec![0u8; 100])))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        match io.flush().await {
+            Err(FrameError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(started.elapsed(), crate::WRITE_TIMEOUT);
     }
 }
