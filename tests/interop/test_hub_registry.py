@@ -8,10 +8,13 @@ DPS must then be visible in, and controllable through, the hub registry.
 from __future__ import annotations
 
 import queue
+import time
 import uuid
 
 import pytest
+from azure.iot.hub import IoTHubHttpRuntimeManager
 from azure.iot.hub.models import Twin, TwinProperties
+from msrest.exceptions import HttpOperationError
 
 from interop_util import (
     assert_registered,
@@ -148,3 +151,55 @@ def test_send_c2d_message_reaches_the_device(dps_server, registry_manager, provi
     assert msg.data.decode() == f"hello {marker}"
     assert msg.custom_properties.get("marker") == marker, msg.custom_properties
     assert msg.content_type == "text/plain"
+
+
+def _read_feedback(runtime, want_id, deadline_s=15):
+    """The feedback batch (lock token, records) holding the record for `want_id`, read with the
+    generated protocol client and `raw=True`: `IoTHubHttpRuntimeManager.receive_feedback_notification`
+    (azure-iot-hub 2.7) throws the response away and returns None, so its users read the body and
+    the ETag (the lock token) this way. Batches without the record are completed on the way."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        raw = runtime.protocol.cloud_to_device_messages.receive_feedback_notification(raw=True)
+        if raw.response.status_code == 204:
+            time.sleep(0.2)
+            continue
+        lock = raw.response.headers["ETag"].strip('"')
+        records = raw.response.json()
+        if any(r["originalMessageId"] == want_id for r in records):
+            return lock, records, raw.response.headers
+        runtime.complete_feedback_notification(lock)
+    raise AssertionError(f"no feedback for {want_id} within {deadline_s} s")
+
+
+def test_c2d_feedback_over_https(dps_server, registry_manager, provisioned_device, monkeypatch):
+    """A message sent with `iothub-ack: full` and completed by the device (the Python device SDK
+    acknowledges it with its MQTT PUBACK) gives Success feedback, read over HTTPS
+    (`/messages/serviceBound/feedback`) with `IoTHubHttpRuntimeManager`: locked by a read,
+    read again after an abandon, gone after complete."""
+    monkeypatch.setenv("SSL_CERT_FILE", dps_server.ca_path)
+    device_id, key = provisioned_device["device_id"], provisioned_device["primary"]
+    mid = unique_id("fb")
+    runtime = IoTHubHttpRuntimeManager.from_connection_string(dps_server.hub_connection_string)
+    with hub_device_client(dps_server, device_id, key) as device:
+        registry_manager.send_c2d_message(device_id, "ack me", properties={"messageId": mid, "iothub-ack": "full"})
+        msg = call_with_timeout(lambda: device.receive_message(timeout=PATCH_WAIT_SECONDS), PATCH_WAIT_SECONDS + 5)
+        assert msg is not None and msg.message_id == mid, msg
+        assert msg.ack == "full", msg.ack
+        lock, records, headers = _read_feedback(runtime, mid)
+    assert headers["Content-Type"] == "application/vnd.microsoft.iothub.feedback.json"
+    record = next(r for r in records if r["originalMessageId"] == mid)
+    assert record["statusCode"] == "Success" and record["description"] == "Success", record
+    assert record["deviceId"] == device_id, record
+    assert record["deviceGenerationId"] == registry_manager.get_device(device_id).generation_id, record
+
+    runtime.abandon_feedback_notification(lock)
+    lock2, records2, _ = _read_feedback(runtime, mid)
+    assert lock2 != lock and records2 == records
+    runtime.complete_feedback_notification(lock2)
+    with pytest.raises(HttpOperationError) as lost:
+        runtime.complete_feedback_notification(lock2)
+    assert lost.value.response.status_code == 412
+    assert lost.value.response.json()["errorCode"] == 412020
+    # The SDK's own receive copes with an empty queue (204) and with a batch (200) alike.
+    assert runtime.receive_feedback_notification() is None

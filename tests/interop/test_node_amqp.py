@@ -222,12 +222,17 @@ def test_x509_device_client_uses_the_hub(dps_server, service_client, pki):
     assert _monitor_events(dps_server, rid)[0]["payload"] == {"marker": marker}
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_service_sends_cloud_to_device_messages(dps_server, service_client, transport):
+@pytest.mark.parametrize(
+    ("transport", "device_transport"), [("Amqp", "Amqp"), ("AmqpWs", "Amqp"), ("Amqp", "Mqtt")]
+)
+def test_service_sends_cloud_to_device_messages_with_feedback(dps_server, service_client, transport, device_transport):
     """`azure-iothub` Client.send over the service's AMQP endpoint (CBS put-token with the hub's
-    policy, `/messages/devicebound`): the device, listening over AMQP, receives the message with
-    its id and properties and completes it; a device the hub does not know is DeviceNotFound."""
-    rid = unique_id(f"node-c2d-{transport.lower()}")
+    policy, `/messages/devicebound`) with `ack: 'full'`: the device, listening over AMQP or MQTT,
+    receives each message with its id and properties and completes it (MQTT: its PUBACK) or
+    rejects it (AMQP only: IoT Hub's MQTT has no reject); the SDK's feedback receiver
+    (`/messages/serviceBound/feedback`) then reads Success and Rejected for them. A device the
+    hub does not know is DeviceNotFound."""
+    rid = unique_id(f"node-c2d-{transport.lower()}-{device_transport.lower()}")
     key = random_key()
     _symmetric_enrollment(service_client, rid, key)
     _assert_assigned(_provision(dps_server, "Amqp", rid, symmetricKey=key), dps_server, rid)
@@ -241,13 +246,24 @@ def test_service_sends_cloud_to_device_messages(dps_server, service_client, tran
             "deviceConnectionString": f"HostName={dps_server.hub_host};DeviceId={rid};SharedAccessKey={key}",
             "deviceId": rid,
             "serviceTransport": transport,
+            "deviceTransport": device_transport,
             "marker": marker,
         },
     )
     assert "error" not in out, out
     if transport == "AmqpWs":
         assert _ws_sessions(dps_server) > before, "the service client did not use /$iothub/websocket"
-    assert json.loads(out["received"]["data"]) == {"marker": marker}, out
-    assert out["received"]["messageId"] == f"c2d-{marker}", out
-    assert out["received"]["properties"]["marker"] == marker, out
+    first = out["received"][0]
+    assert first["data"]["marker"] == marker, out
+    assert first["messageId"] == f"c2d-{marker}", out
+    assert first["properties"]["marker"] == marker, out
+    expected = {f"c2d-{marker}": "Success"}
+    if device_transport == "Amqp":
+        expected[f"c2d-reject-{marker}"] = "Rejected"
+    got = {f["originalMessageId"]: f["statusCode"] for f in out["feedback"]}
+    assert got == expected, out
+    for f in out["feedback"]:
+        assert f["deviceId"] == rid, out
+        assert f["enqueuedTimeUtc"].endswith("Z"), out
+    assert out["feedbackContentType"] == "application/vnd.microsoft.iothub.feedback.json", out
     assert "DeviceNotFound" in out["ghost"] or "not found" in out["ghost"], out

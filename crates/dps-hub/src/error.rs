@@ -226,8 +226,21 @@ pub enum C2dError {
         #[source]
         source: HubStoreError,
     },
-    /// The device is offline and already has the maximum number of queued messages (Azure's
-    /// per-device queue limit is 50).
+    /// A property the hub reads (`iothub-ack`, `$.exp`) has a value it cannot use; nothing was
+    /// queued.
+    #[error("cloud-to-device message for device '{device_id}': property {name} = {value:?} {why}")]
+    InvalidProperty {
+        /// Device id.
+        device_id: String,
+        /// The property.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        why: String,
+    },
+    /// The device already holds the maximum number of messages, queued or delivered and not
+    /// settled (Azure's per-device queue limit is 50).
     #[error("cloud-to-device queue of device '{device_id}' is full ({limit} messages)")]
     QueueFull {
         /// Device id.

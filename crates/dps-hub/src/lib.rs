@@ -25,16 +25,17 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
+mod c2d;
 mod cache;
 mod error;
 mod provisioning;
+mod queues;
 mod record;
 mod registry;
 mod session;
 pub mod store;
 mod telemetry;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,16 +44,19 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use dps_core::{Clock, SystemClock};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{broadcast, OwnedMutexGuard};
+use tokio::sync::{broadcast, watch, OwnedMutexGuard};
 
 pub use auth::{AuthMethod, CredentialSlot, DeviceIdentity};
+pub use c2d::{
+    Ack, C2dOutcome, C2dRecord, FeedbackBatch, FeedbackRecord, FeedbackStatus, QueueChange, C2D_MAX_DELIVERIES,
+    C2D_QUEUE_LIMIT, DEFAULT_C2D_TTL, FEEDBACK_BATCH, FEEDBACK_LIMIT, FEEDBACK_LOCK, FEEDBACK_TTL, MAX_C2D_TTL,
+};
 pub use error::{AuthError, C2dError, HubOpenError, MethodError, RegistryError, SessionError};
 pub use registry::RegistryStatistics;
-pub use session::{
-    DeviceSession, MethodResponse, Outbound, OutboundKind, C2D_MAX_DELIVERIES, C2D_QUEUE_LIMIT, OUTBOUND_CAPACITY,
-};
+pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, OUTBOUND_CAPACITY};
 pub use telemetry::TelemetryMessage;
 
+use c2d::FeedbackQueue;
 use cache::SlotCache;
 use record::{DeviceRecord, LiveView};
 use session::{Live, PendingMethod};
@@ -75,6 +79,9 @@ pub struct HubConfig {
     /// About how many idle devices to keep in memory after reading them ([`DEFAULT_DEVICE_CACHE`]).
     /// Connected devices, and devices with queued cloud-to-device messages, are held besides.
     pub device_cache: usize,
+    /// A cloud-to-device message's time to live when its sender sets no expiry
+    /// ([`DEFAULT_C2D_TTL`], Azure's `defaultTtlAsIso8601`; at most [`MAX_C2D_TTL`]).
+    pub c2d_ttl: Duration,
 }
 
 /// The default [`HubConfig::device_cache`]: about 80 MB of typical records, so that a hub with
@@ -92,6 +99,7 @@ impl HubConfig {
             telemetry_retention_bytes: 256 * 1024 * 1024,
             telemetry_retention_age: Duration::from_secs(24 * 3600),
             device_cache: DEFAULT_DEVICE_CACHE,
+            c2d_ttl: DEFAULT_C2D_TTL,
         }
     }
 }
@@ -124,6 +132,16 @@ pub(crate) struct HubInner {
     methods: DashMap<String, PendingMethod>,
     next_rid: AtomicU64,
     next_session: AtomicU64,
+    /// Default time to live of cloud-to-device messages.
+    c2d_ttl: Duration,
+    /// Devices with cloud-to-device messages held, for the expiry sweep.
+    c2d_devices: DashMap<String, Arc<Slot>>,
+    /// The next key of a stored message or feedback record.
+    next_queue_seq: AtomicU64,
+    /// Feedback not yet completed by the service.
+    feedback: Mutex<FeedbackQueue>,
+    /// Bumped whenever feedback becomes readable, so that receivers waiting for it wake.
+    feedback_ready: watch::Sender<u64>,
 }
 
 /// Per-device state.
@@ -194,7 +212,9 @@ impl Hub {
         // One cheap read proves the store answers before the hub serves anyone.
         let counts = store.count_devices().await.map_err(HubOpenError::Load)?;
         tracing::info!(devices = counts.total, "hub store opened");
-        Self::assemble(config, store, clock)
+        let hub = Self::assemble(config, store, clock)?;
+        hub.load_queues().await?;
+        Ok(hub)
     }
 
     fn assemble(config: HubConfig, store: Arc<dyn HubStore>, clock: Arc<dyn Clock>) -> Result<Hub, HubOpenError> {
@@ -217,6 +237,11 @@ impl Hub {
                 methods: DashMap::new(),
                 next_rid: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
+                c2d_ttl: config.c2d_ttl.min(MAX_C2D_TTL),
+                c2d_devices: DashMap::new(),
+                next_queue_seq: AtomicU64::new(1),
+                feedback: Mutex::new(FeedbackQueue::default()),
+                feedback_ready: watch::channel(0).0,
             }),
         })
     }
@@ -346,7 +371,8 @@ impl HubInner {
     pub(crate) fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
-}
 
-/// Queue for [`Live`] C2D messages, re-exported for the session module.
-pub(crate) type C2dQueue = VecDeque<session::QueuedC2d>;
+    pub(crate) fn next_queue_seq(&self) -> u64 {
+        self.next_queue_seq.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -26,22 +26,16 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::DeviceIdentity;
+use crate::c2d::{Ack, C2dOutcome, C2dRecord, DeviceQueue, Locked, QueueChange, Settled, C2D_QUEUE_LIMIT, MAX_C2D_TTL};
 use crate::error::{C2dError, MethodError, SessionError};
 use crate::record::{key_of, LiveView};
 use crate::telemetry::{system_property_name, TelemetryMessage};
-use crate::{C2dQueue, Hub, HubInner, Slot};
+use crate::{Hub, HubInner, Slot};
 
 /// Capacity of a session's outbound channel. A device whose connection cannot drain this many
 /// hub-initiated publishes is considered stuck and is disconnected (it will re-GET its twin on
 /// reconnect), rather than letting its queue grow without bound.
 pub const OUTBOUND_CAPACITY: usize = 256;
-
-/// Cloud-to-device messages kept per offline device (Azure's per-device limit).
-pub const C2D_QUEUE_LIMIT: usize = 50;
-
-/// Deliveries of one cloud-to-device message before IoT Hub gives up on it (its default
-/// `maxDeliveryCount`).
-pub const C2D_MAX_DELIVERIES: u32 = 10;
 
 /// A twin response.
 fn twin_response(status: u16, rid: String, version: Option<i64>, payload: Bytes) -> Outbound {
@@ -94,10 +88,12 @@ pub enum OutboundKind {
         rid: String,
     },
     /// A cloud-to-device message with its properties (`$.mid`, `$.to`, then application
-    /// properties).
+    /// properties). The device settles it with [`DeviceSession::settle_c2d`] and `lock_token`.
     C2d {
         /// Properties, system ones with their `$.` names.
         properties: Vec<(String, String)>,
+        /// Names this delivery when the device settles it.
+        lock_token: String,
     },
 }
 
@@ -109,11 +105,6 @@ pub(crate) struct PendingMethod {
     device_key: String,
     session_id: u64,
     tx: oneshot::Sender<MethodResponse>,
-}
-
-pub(crate) struct QueuedC2d {
-    body: Bytes,
-    properties: Vec<(String, String)>,
 }
 
 /// Which hub-initiated feeds the session's subscriptions cover.
@@ -163,16 +154,14 @@ pub(crate) struct Live {
     session: Option<LiveSession>,
     connection_state_updated: Option<DateTime<Utc>>,
     last_activity: Option<DateTime<Utc>>,
-    c2d_queue: C2dQueue,
-    /// How often each abandoned cloud-to-device message (by `$.mid`) was delivered.
-    abandoned: std::collections::HashMap<String, u32>,
+    pub(crate) c2d: DeviceQueue,
 }
 
 impl Live {
     /// No session and nothing queued: nothing here would be lost if the slot were dropped, but
     /// the connection timestamps (which a restart loses too).
     pub(crate) fn is_idle(&self) -> bool {
-        self.session.is_none() && self.c2d_queue.is_empty()
+        self.session.is_none() && self.c2d.is_empty()
     }
 
     pub(crate) fn view(&self) -> LiveView {
@@ -180,13 +169,15 @@ impl Live {
             connected: self.session.is_some(),
             connection_state_updated: self.connection_state_updated,
             last_activity: self.last_activity,
-            c2d_queued: self.c2d_queue.len(),
+            c2d_queued: self.c2d.len(),
         }
     }
 
-    /// Ends the live session, if any. Dropping its sender closes the server's receiver.
+    /// Ends the live session, if any. Dropping its sender closes the server's receiver; the
+    /// cloud-to-device messages it had not settled go back to the queue.
     pub(crate) fn disconnect(&mut self, now: DateTime<Utc>) -> Option<u64> {
         let s = self.session.take()?;
+        self.c2d.unlock_all();
         self.connection_state_updated = Some(now);
         Some(s.id)
     }
@@ -214,30 +205,33 @@ impl Live {
         }
     }
 
-    /// Delivers queued C2D messages while the session takes them.
-    fn flush_c2d(&mut self, now: DateTime<Utc>) {
-        while let Some(m) = self.c2d_queue.pop_front() {
-            let Some(out) = self.c2d_outbound(&m) else {
-                self.c2d_queue.push_front(m);
+    /// Delivers queued C2D messages, each under a fresh lock token, while the session takes
+    /// them; expired ones met on the way are dead-lettered into `settled`.
+    pub(crate) fn flush_c2d(&mut self, now: DateTime<Utc>, settled: &mut Settled) {
+        loop {
+            let Some(s) = self.session.as_ref().filter(|s| s.feeds.c2d) else {
                 return;
             };
+            let topic_device = s.client_device_id.clone();
+            let Some(record) = self.c2d.next(now, settled) else {
+                return;
+            };
+            let lock_token = uuid::Uuid::new_v4().to_string();
+            let out = Outbound {
+                topic: c2d_topic(&topic_device, &record.properties),
+                payload: record.body.clone(),
+                qos: 1,
+                kind: OutboundKind::C2d {
+                    properties: record.properties.clone(),
+                    lock_token: lock_token.clone(),
+                },
+            };
             if !self.deliver(Feed::C2d, out, now) {
-                self.c2d_queue.push_front(m);
+                self.c2d.insert(record);
                 return;
             }
+            self.c2d.locked.push(Locked { record, lock_token });
         }
-    }
-
-    fn c2d_outbound(&self, m: &QueuedC2d) -> Option<Outbound> {
-        let s = self.session.as_ref()?;
-        Some(Outbound {
-            topic: c2d_topic(&s.client_device_id, &m.properties),
-            payload: m.body.clone(),
-            qos: 1,
-            kind: OutboundKind::C2d {
-                properties: m.properties.clone(),
-            },
-        })
     }
 }
 
@@ -412,10 +406,14 @@ impl Hub {
     }
 
     /// Sends a cloud-to-device message (at most 64 KB of body and properties, IoT Hub's limit,
-    /// else [`C2dError::TooLarge`]): delivered now (QoS 1) if the device has a session
-    /// subscribed to `devices/{id}/messages/devicebound/#`, else queued (up to
-    /// [`C2D_QUEUE_LIMIT`]) and delivered when it next subscribes. `$.mid` (a fresh UUID) and
-    /// `$.to` are added when absent; other properties go into the topic url-encoded.
+    /// else [`C2dError::TooLarge`]). It is written to the store first, so an accepted message
+    /// survives a restart; then delivered (QoS 1) if the device has a session subscribed to
+    /// `devices/{id}/messages/devicebound/#`, else queued (up to [`C2D_QUEUE_LIMIT`] with the
+    /// ones delivered and not settled) until it next subscribes or the message expires.
+    ///
+    /// `$.mid` (a fresh UUID) and `$.to` are added when absent. `$.exp` (an RFC 3339 time) sets
+    /// the expiry, else it is the hub's default time to live; `iothub-ack` (none, positive,
+    /// negative, full) asks for feedback. Other properties go to the device as they are.
     pub async fn send_c2d(
         &self,
         device_id: &str,
@@ -431,22 +429,81 @@ impl Hub {
                 device_id: device_id.to_string(),
             });
         };
+        let now = self.inner.now();
+        let record = self.inner.c2d_record(&rec, body.into(), properties, now)?;
+        {
+            let mut live = slot.live.lock();
+            if live.c2d.len() >= C2D_QUEUE_LIMIT {
+                return Err(C2dError::QueueFull {
+                    device_id: rec.device_id.clone(),
+                    limit: C2D_QUEUE_LIMIT,
+                });
+            }
+            live.c2d.reserved += 1;
+        }
+        let change = QueueChange {
+            put_c2d: vec![record.clone()],
+            ..QueueChange::default()
+        };
+        let stored = self.inner.store.update_queues(&change).await;
+        let mut settled = Settled::default();
+        {
+            let mut live = slot.live.lock();
+            live.c2d.reserved -= 1;
+            if let Err(source) = stored {
+                return Err(C2dError::Storage {
+                    device_id: rec.device_id.clone(),
+                    source,
+                });
+            }
+            live.c2d.insert(record);
+            live.flush_c2d(now, &mut settled);
+            tracing::debug!(device = %rec.device_id, held = live.c2d.len(), "cloud-to-device message accepted");
+        }
+        self.inner.c2d_devices.insert(rec.key(), slot);
+        self.finish(settled);
+        Ok(())
+    }
+}
+
+impl HubInner {
+    /// The message `send_c2d` stores: properties in IoT Hub's order, limits checked, expiry and
+    /// acknowledgement read.
+    fn c2d_record(
+        &self,
+        rec: &crate::record::DeviceRecord,
+        body: Bytes,
+        properties: Vec<(String, String)>,
+        now: DateTime<Utc>,
+    ) -> Result<C2dRecord, C2dError> {
+        let invalid = |name: &str, value: &str, why: &str| C2dError::InvalidProperty {
+            device_id: rec.device_id.clone(),
+            name: name.to_string(),
+            value: value.to_string(),
+            why: why.to_string(),
+        };
         // `$.mid` and `$.to` lead, as IoT Hub sends them; the caller's values win.
         let take = |name: &str| properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let mid = take("$.mid").unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let to = take("$.to").unwrap_or_else(|| format!("/devices/{}/messages/deviceBound", rec.device_id));
+        let ack = match take("iothub-ack") {
+            None => Ack::None,
+            Some(v) => {
+                Ack::parse(&v).ok_or_else(|| invalid("iothub-ack", &v, "must be none, positive, negative or full"))?
+            }
+        };
+        let longest = now + chrono::Duration::from_std(MAX_C2D_TTL).unwrap_or(chrono::Duration::MAX);
+        let expires_at = match take("$.exp") {
+            None => now + chrono::Duration::from_std(self.c2d_ttl).unwrap_or(chrono::Duration::MAX),
+            Some(v) => dps_proto::timefmt::parse(&v)
+                .ok_or_else(|| invalid("$.exp", &v, "must be an RFC 3339 time"))?
+                .min(longest),
+        };
         let mut props = Vec::with_capacity(properties.len() + 2);
         props.push(("$.mid".to_string(), mid));
         props.push(("$.to".to_string(), to));
         props.extend(properties.into_iter().filter(|(k, _)| k != "$.mid" && k != "$.to"));
-        let msg = QueuedC2d {
-            body: body.into(),
-            properties: props,
-        };
-        let size = twin_limits::message_size(
-            msg.body.len(),
-            msg.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        );
+        let size = twin_limits::message_size(body.len(), props.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if size > twin_limits::C2D_MAX_BYTES {
             return Err(C2dError::TooLarge {
                 device_id: rec.device_id.clone(),
@@ -454,25 +511,17 @@ impl Hub {
                 limit: twin_limits::C2D_MAX_BYTES,
             });
         }
-        let now = self.inner.now();
-        let mut live = slot.live.lock();
-        if live.c2d_queue.is_empty() {
-            if let Some(out) = live.c2d_outbound(&msg) {
-                if live.deliver(Feed::C2d, out, now) {
-                    tracing::debug!(device = %rec.device_id, "cloud-to-device message delivered");
-                    return Ok(());
-                }
-            }
-        }
-        if live.c2d_queue.len() >= C2D_QUEUE_LIMIT {
-            return Err(C2dError::QueueFull {
-                device_id: rec.device_id.clone(),
-                limit: C2D_QUEUE_LIMIT,
-            });
-        }
-        live.c2d_queue.push_back(msg);
-        tracing::debug!(device = %rec.device_id, queued = live.c2d_queue.len(), "cloud-to-device message queued");
-        Ok(())
+        Ok(C2dRecord {
+            seq: self.next_queue_seq(),
+            device_id: rec.device_id.clone(),
+            generation_id: rec.generation_id.clone(),
+            body,
+            properties: props,
+            enqueued_at: now,
+            expires_at,
+            ack,
+            delivery_count: 0,
+        })
     }
 }
 
@@ -527,9 +576,12 @@ impl DeviceSession {
             s.filters.push(filter.to_string());
         }
         s.feeds = Feeds::of(&s.filters);
+        let mut settled = Settled::default();
         if s.feeds.c2d {
-            live.flush_c2d(now);
+            live.flush_c2d(now, &mut settled);
         }
+        drop(live);
+        self.hub.finish(settled);
         Some(requested_qos.min(1))
     }
 
@@ -545,32 +597,27 @@ impl DeviceSession {
         self.unsubscribe(&feed_filter(feed, &self.identity.client_device_id));
     }
 
-    /// Puts a cloud-to-device message the device abandoned back at the head of its queue and
-    /// offers the queue again (AMQP `released`/`modified`; MQTT has no abandon). After
-    /// [`C2D_MAX_DELIVERIES`] deliveries the message is dropped, as IoT Hub dead-letters it.
-    pub fn abandon_c2d(&self, properties: Vec<(String, String)>, body: Bytes) {
+    /// Settles the cloud-to-device message delivered under `lock_token` (MQTT PUBACK: complete;
+    /// AMQP accepted, rejected, released or modified; the AMQP link ending first: release).
+    /// An abandoned or released message goes back to the head of the queue and the queue is
+    /// offered again. `false` if no message holds the lock (settled already, or it went back
+    /// to the queue when its session ended).
+    pub fn settle_c2d(&self, lock_token: &str, outcome: C2dOutcome) -> bool {
         let now = self.hub.inner.now();
-        let mut live = self.slot.live.lock();
-        if live.session.as_ref().is_none_or(|s| s.id != self.id) {
-            return;
-        }
-        let mid = properties
-            .iter()
-            .find(|(k, _)| k == "$.mid")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let deliveries = {
-            let count = live.abandoned.entry(mid.clone()).or_insert(0);
-            *count += 1;
-            *count
+        let mut settled = Settled::default();
+        let found = {
+            let mut live = self.slot.live.lock();
+            let found = live.c2d.settle(lock_token, outcome, &mut settled);
+            if found && matches!(outcome, C2dOutcome::Abandon | C2dOutcome::Release) {
+                live.flush_c2d(now, &mut settled);
+            }
+            found
         };
-        if deliveries >= C2D_MAX_DELIVERIES {
-            live.abandoned.remove(&mid);
-            tracing::info!(device = %self.identity.device_id, message_id = %mid, deliveries, "cloud-to-device message dropped: abandoned too often");
-            return;
+        if !found {
+            tracing::debug!(device = %self.identity.device_id, lock_token, ?outcome, "settlement of a cloud-to-device message not locked (any more)");
         }
-        live.c2d_queue.push_front(QueuedC2d { body, properties });
-        live.flush_c2d(now);
+        self.hub.finish(settled);
+        found
     }
 
     /// Handles UNSUBSCRIBE for one filter.

@@ -1,5 +1,6 @@
-//! The hub's storage, behind a trait: device identities with their twins today; modules, C2D
-//! queues and telemetry later, each as its own group of methods on [`HubStore`].
+//! The hub's storage, behind a trait: device identities with their twins, and the durable
+//! cloud-to-device and feedback queues; modules and telemetry later, each as its own group of
+//! methods on [`HubStore`].
 //!
 //! The hub owns no database (the architecture's rule for dps-hub): it decides what a device's
 //! state is and hands whole [`DeviceRecord`]s to a [`HubStore`] to keep. [`MemoryHubStore`] keeps
@@ -16,6 +17,7 @@ pub mod conformance;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use crate::c2d::{C2dRecord, FeedbackRecord, QueueChange};
 pub use crate::error::HubStoreError;
 pub use crate::record::DeviceRecord;
 pub use memory::MemoryHubStore;
@@ -55,7 +57,8 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// Creates or replaces the device's record (keyed by its id); durable when it returns.
     async fn put_device(&self, record: &DeviceRecord) -> Result<(), HubStoreError>;
 
-    /// Removes the device; removing an absent device is not an error. Durable when it returns.
+    /// Removes the device and its queued cloud-to-device messages; removing an absent device is
+    /// not an error. Durable when it returns.
     async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError>;
 
     /// Up to `limit` devices in key order whose key is greater than `after`'s (case-insensitive;
@@ -64,4 +67,14 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Device counts by status.
     async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError>;
+
+    /// Applies every part of `change` in one transaction (a settled message's deletion and its
+    /// feedback are written together or not at all); durable when it returns. Putting a key that
+    /// exists replaces it; deleting an absent key is not an error.
+    async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError>;
+
+    /// Every stored cloud-to-device message and feedback record, each in key (`seq`) order. The
+    /// hub reads them once, at open: queues are bounded (50 messages per device, and the
+    /// feedback limit), so they fit in memory by design.
+    async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError>;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dps_core::{Clock, FakeClock};
 use dps_hub::{
-    AuthError, AuthMethod, C2dError, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound,
+    AuthError, AuthMethod, C2dError, C2dOutcome, CredentialSlot, DeviceIdentity, Hub, HubConfig, MethodError, Outbound,
     SessionError,
 };
 use dps_proto::hub_mqtt::HubUsername;
@@ -63,6 +63,14 @@ async fn add_device(hub: &Hub, id: &str) {
 
 fn py_token(device: &str, key: &str, expiry: u64) -> String {
     build_token(&format!("{HOST}/devices/{device}"), key, expiry, None).unwrap()
+}
+
+/// The lock token a cloud-to-device message was delivered under.
+fn lock_of(m: &Outbound) -> String {
+    match &m.kind {
+        dps_hub::OutboundKind::C2d { lock_token, .. } => lock_token.clone(),
+        other => panic!("not a cloud-to-device message: {other:?}"),
+    }
 }
 
 async fn login(hub: &Hub, device: &str) -> DeviceIdentity {
@@ -637,6 +645,13 @@ async fn cloud_to_device_delivery_and_queue() {
     assert!(m.topic.ends_with("&k=v%201"));
     assert_eq!(&m.payload[..], b"queued");
     assert_eq!(m.qos, 1);
+    // Delivered but not settled: still the device's, until it completes it (MQTT PUBACK).
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 1);
+    assert!(session.settle_c2d(&lock_of(&m), C2dOutcome::Complete));
+    assert!(
+        !session.settle_c2d(&lock_of(&m), C2dOutcome::Complete),
+        "a lock settles once"
+    );
     assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
 
     hub.send_c2d("dev1", &b"live"[..], vec![("$.mid".into(), "mine".into())])
@@ -645,8 +660,10 @@ async fn cloud_to_device_delivery_and_queue() {
     let m = rx.try_recv().unwrap();
     assert!(m.topic.starts_with("devices/dev1/messages/devicebound/%24.mid=mine&"));
 
+    // The connection ends before the device settled it: it stays queued for the next one.
     drop(session);
-    for _ in 0..dps_hub::C2D_QUEUE_LIMIT {
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 1);
+    for _ in 1..dps_hub::C2D_QUEUE_LIMIT {
         hub.send_c2d("dev1", &b"x"[..], vec![]).await.unwrap();
     }
     assert!(matches!(
@@ -823,4 +840,182 @@ async fn telemetry_retention_by_bytes_and_age() {
     clock.advance(chrono::Duration::minutes(31));
     let kept = hub.recent_events(None, None, 100);
     assert_eq!(kept.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), vec![21]);
+}
+
+/// Waits until the hub holds `n` feedback records: feedback becomes readable once its write
+/// finished, in the background.
+async fn feedback_settles_at(hub: &Hub, n: usize) {
+    for _ in 0..200 {
+        if hub.feedback_len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("feedback count is {}, not {n}", hub.feedback_len());
+}
+
+fn ack(kind: &str, mid: &str) -> Vec<(String, String)> {
+    vec![("$.mid".into(), mid.into()), ("iothub-ack".into(), kind.into())]
+}
+
+/// Each final outcome gives the feedback its sender asked for (`iothub-ack`), in IoT Hub's
+/// shape; a batch is locked until completed, and read again when abandoned.
+#[tokio::test]
+async fn feedback_reports_each_final_outcome_as_asked() {
+    let hub = hub_with_device("dev1").await;
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
+    session.subscribe("devices/dev1/messages/devicebound/#", 1);
+
+    hub.send_c2d("dev1", &b"1"[..], ack("full", "m1")).await.unwrap();
+    let m = rx.try_recv().unwrap();
+    assert!(
+        m.topic.contains("iothub-ack=full"),
+        "the device sees the ack request: {}",
+        m.topic
+    );
+    session.settle_c2d(&lock_of(&m), C2dOutcome::Complete);
+
+    hub.send_c2d("dev1", &b"2"[..], ack("negative", "m2")).await.unwrap();
+    session.settle_c2d(&lock_of(&rx.try_recv().unwrap()), C2dOutcome::Reject);
+
+    // Positive only: a rejection gives no feedback.
+    hub.send_c2d("dev1", &b"3"[..], ack("positive", "m3")).await.unwrap();
+    session.settle_c2d(&lock_of(&rx.try_recv().unwrap()), C2dOutcome::Reject);
+
+    // Abandoned ten times: delivered again each time, then dead-lettered.
+    hub.send_c2d("dev1", &b"4"[..], ack("full", "m4")).await.unwrap();
+    for _ in 0..dps_hub::C2D_MAX_DELIVERIES {
+        let m = rx.try_recv().expect("an abandoned message is delivered again");
+        assert_eq!(&m.payload[..], b"4");
+        session.settle_c2d(&lock_of(&m), C2dOutcome::Abandon);
+    }
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
+
+    feedback_settles_at(&hub, 3).await;
+    let batch = hub.receive_feedback(64).unwrap();
+    let body: Value = serde_json::from_slice(&batch.body()).unwrap();
+    let got: Vec<(String, String)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["originalMessageId"].as_str().unwrap().into(),
+                r["statusCode"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [("m1", "Success"), ("m2", "Rejected"), ("m4", "DeliveryCountExceeded")];
+    assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    let first = &body[0];
+    assert_eq!(first["deviceId"], "dev1");
+    assert_eq!(first["description"], "Success");
+    assert!(first["deviceGenerationId"].as_str().is_some_and(|g| !g.is_empty()));
+    assert!(first["enqueuedTimeUtc"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+    // Locked: not handed out twice; abandoned: read again, whole and in order.
+    assert!(hub.receive_feedback(64).is_none());
+    assert!(hub.abandon_feedback(&batch.lock_token));
+    let again = hub.receive_feedback(2).unwrap();
+    assert_eq!(again.records, batch.records[..2]);
+    assert!(hub.complete_feedback(&again.lock_token).await.unwrap());
+    assert!(
+        !hub.complete_feedback(&again.lock_token).await.unwrap(),
+        "completes once"
+    );
+    assert_eq!(hub.feedback_len(), 1);
+}
+
+/// A message past its time to live is dead-lettered by the sweep (Expired); a purge removes
+/// what is queued (Purged); properties the hub reads must be valid.
+#[tokio::test]
+async fn expired_and_purged_messages_give_feedback() {
+    let clock = Arc::new(FakeClock::at(now()));
+    let hub = Hub::open_with_clock(HubConfig::in_memory(HOST), clock.clone()).unwrap();
+    add_device(&hub, "dev1").await;
+    let soon = dps_proto::timefmt::format_record(&(now() + chrono::Duration::seconds(10)));
+    let mut short = ack("full", "short");
+    short.push(("$.exp".into(), soon));
+    hub.send_c2d("dev1", &b"s"[..], short).await.unwrap();
+    hub.send_c2d("dev1", &b"l"[..], ack("negative", "long")).await.unwrap();
+    hub.send_c2d("dev1", &b"q"[..], ack("none", "quiet")).await.unwrap();
+
+    clock.advance(chrono::Duration::seconds(11));
+    hub.sweep();
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 2);
+    assert_eq!(hub.purge_c2d("DEV1").await.unwrap(), 2);
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
+    feedback_settles_at(&hub, 2).await;
+    let batch = hub.receive_feedback(64).unwrap();
+    let got: Vec<_> = batch
+        .records
+        .iter()
+        .map(|r| (r.original_message_id.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("short", dps_hub::FeedbackStatus::Expired),
+            ("long", dps_hub::FeedbackStatus::Purged)
+        ]
+    );
+
+    for bad in [("iothub-ack", "sometimes"), ("$.exp", "tomorrow")] {
+        let e = hub
+            .send_c2d("dev1", &b"x"[..], vec![(bad.0.into(), bad.1.into())])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, C2dError::InvalidProperty { name, .. } if name == bad.0),
+            "{e}"
+        );
+    }
+    assert!(matches!(
+        hub.purge_c2d("ghost").await,
+        Err(C2dError::DeviceNotFound { .. })
+    ));
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
+}
+
+/// Queued messages (delivered-but-unsettled ones too) and unread feedback are in the store: a
+/// hub opened again on it has them.
+#[tokio::test]
+async fn queued_messages_and_feedback_survive_a_restart() {
+    let store = Arc::new(dps_hub::store::MemoryHubStore::new());
+    let clock: Arc<dyn Clock> = Arc::new(FakeClock::at(now()));
+    let open = || Hub::open_with_store(HubConfig::in_memory(HOST), store.clone(), clock.clone());
+    let hub = open().await.unwrap();
+    add_device(&hub, "dev1").await;
+    for (body, mid) in [("one", "m1"), ("two", "m2"), ("three", "m3")] {
+        hub.send_c2d("dev1", body.as_bytes().to_vec(), ack("full", mid))
+            .await
+            .unwrap();
+    }
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
+    session.subscribe("devices/dev1/messages/devicebound/#", 1);
+    let first = rx.try_recv().unwrap();
+    session.settle_c2d(&lock_of(&first), C2dOutcome::Complete);
+    feedback_settles_at(&hub, 1).await;
+    // m2 and m3 were handed to the session and never settled.
+    drop((session, rx, hub));
+
+    let hub = open().await.unwrap();
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 2);
+    assert_eq!(hub.feedback_len(), 1);
+    let (session, mut rx) = hub.open_session(login(&hub, "dev1").await).await.unwrap();
+    session.subscribe("devices/dev1/messages/devicebound/#", 1);
+    let bodies: Vec<Vec<u8>> = (0..2).map(|_| rx.try_recv().unwrap().payload.to_vec()).collect();
+    assert_eq!(bodies, [b"two".to_vec(), b"three".to_vec()]);
+    let batch = hub.receive_feedback(64).unwrap();
+    assert_eq!(batch.records[0].original_message_id, "m1");
+    assert!(hub.complete_feedback(&batch.lock_token).await.unwrap());
+
+    // Deleting the device deletes its queue; new keys never collide with stored ones.
+    hub.delete_device("dev1", None).await.unwrap();
+    drop((session, rx, hub));
+    let hub = open().await.unwrap();
+    assert_eq!(hub.feedback_len(), 0);
+    add_device(&hub, "dev1").await;
+    assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
 }

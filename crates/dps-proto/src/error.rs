@@ -96,6 +96,9 @@ pub mod codes {
     pub const CERTIFICATE_ETAG_MISMATCH: u32 = 412_301;
     /// If-Match does not match a hub device/twin etag.
     pub const DEVICE_ETAG_MISMATCH: u32 = 412_002;
+    /// A lock token names no locked message (IoT Hub's DeviceMessageLockLost): the message was
+    /// settled already, or its lock ran out and it can be read again.
+    pub const MESSAGE_LOCK_LOST: u32 = 412_020;
     /// Request body larger than allowed.
     pub const PAYLOAD_TOO_LARGE: u32 = 413_001;
     /// Unsupported content type.

@@ -7,6 +7,10 @@ pub const CBS_NODE: &str = "$cbs";
 /// The service's cloud-to-device node: a backend sends on it, each message's `to` naming the
 /// device (`/devices/{id}/messages/devicebound`).
 pub const SERVICE_C2D_NODE: &str = "/messages/devicebound";
+/// The service's feedback node: batches of cloud-to-device feedback for a backend.
+pub const SERVICE_FEEDBACK_NODE: &str = "/messages/serviceBound/feedback";
+/// Content type of a feedback batch (a JSON array of records).
+pub const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
 /// CBS request application property: the operation (`put-token`).
 pub const CBS_OPERATION: &str = "operation";
 /// CBS request application property: the token type (`servicebus.windows.net:sastoken`).
@@ -57,6 +61,8 @@ pub enum HubNode {
     Cbs,
     /// `/messages/devicebound`: cloud-to-device messages from a backend ([`SERVICE_C2D_NODE`]).
     ServiceC2d,
+    /// `/messages/serviceBound/feedback`: feedback to a backend ([`SERVICE_FEEDBACK_NODE`]).
+    ServiceFeedback,
     /// `/devices/{id}/messages/events`: telemetry from the device.
     Telemetry {
         /// The device.
@@ -97,6 +103,9 @@ impl HubNode {
         if address.eq_ignore_ascii_case(SERVICE_C2D_NODE) {
             return Some(HubNode::ServiceC2d);
         }
+        if address.eq_ignore_ascii_case(SERVICE_FEEDBACK_NODE) {
+            return Some(HubNode::ServiceFeedback);
+        }
         let rest = address.strip_prefix("/devices/")?;
         let mut parts = rest.split('/');
         let device_id = decode(parts.next()?)?;
@@ -123,6 +132,7 @@ impl HubNode {
         match self {
             HubNode::Cbs => CBS_NODE.to_string(),
             HubNode::ServiceC2d => SERVICE_C2D_NODE.to_string(),
+            HubNode::ServiceFeedback => SERVICE_FEEDBACK_NODE.to_string(),
             HubNode::Telemetry { device_id } => format!("{}/messages/events", device(device_id)),
             HubNode::C2d { device_id } => format!("{}/messages/devicebound", device(device_id)),
             HubNode::Methods { device_id } => format!("{}/methods/devicebound", device(device_id)),
@@ -138,7 +148,7 @@ impl HubNode {
     /// The device the node belongs to (`None` for CBS and the service's node).
     pub fn device_id(&self) -> Option<&str> {
         match self {
-            HubNode::Cbs | HubNode::ServiceC2d => None,
+            HubNode::Cbs | HubNode::ServiceC2d | HubNode::ServiceFeedback => None,
             HubNode::Telemetry { device_id }
             | HubNode::C2d { device_id }
             | HubNode::Methods { device_id }
@@ -168,6 +178,10 @@ mod tests {
         assert_eq!(HubNode::parse("$cbs"), Some(HubNode::Cbs));
         assert_eq!(HubNode::parse("/messages/devicebound"), Some(HubNode::ServiceC2d));
         assert_eq!(HubNode::parse("/messages/deviceBound"), Some(HubNode::ServiceC2d));
+        assert_eq!(
+            HubNode::parse("/messages/servicebound/feedback"),
+            Some(HubNode::ServiceFeedback)
+        );
         assert_eq!(
             HubNode::parse("/devices/a%20b/messages/events"),
             Some(HubNode::Telemetry { device_id: d("a b") })
@@ -200,6 +214,7 @@ mod tests {
         for node in [
             HubNode::Cbs,
             HubNode::ServiceC2d,
+            HubNode::ServiceFeedback,
             HubNode::Telemetry { device_id: d("a b/c") },
             HubNode::C2d { device_id: d("x") },
             HubNode::Methods { device_id: d("x") },

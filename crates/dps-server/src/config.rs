@@ -83,6 +83,9 @@ pub struct Limits {
     /// Operation-status polls one registration id may make per 10 seconds (Azure: 5); 0 turns
     /// the limit off.
     pub polls_per_device_per_10s: u32,
+    /// Seconds a cloud-to-device message waits for its device when the sender set no expiry
+    /// (Azure's `defaultTtlAsIso8601`: 1 hour by default, 1 minute to 2 days).
+    pub c2d_ttl_secs: u64,
 }
 
 impl Default for Limits {
@@ -97,6 +100,7 @@ impl Default for Limits {
             registrations_per_second: QuotaConfig::DEFAULT.registrations_per_second,
             operations_per_second: QuotaConfig::DEFAULT.operations_per_second,
             polls_per_device_per_10s: QuotaConfig::DEFAULT.polls_per_device_per_10s,
+            c2d_ttl_secs: dps_hub::DEFAULT_C2D_TTL.as_secs(),
         }
     }
 }
@@ -112,12 +116,26 @@ impl Limits {
             ("request-timeout-secs", self.request_timeout_secs),
             ("dps-session-timeout-secs", self.dps_session_timeout_secs),
         ];
-        match zero.iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err(format!(
+        if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
+            return Err(format!(
                 "limits: {name} must be at least 1 (0 would refuse every client)"
-            )),
-            None => Ok(()),
+            ));
         }
+        let ttl = 60..=dps_hub::MAX_C2D_TTL.as_secs();
+        if !ttl.contains(&self.c2d_ttl_secs) {
+            return Err(format!(
+                "limits: c2d-ttl-secs must be from {} to {} (1 minute to 2 days, as in IoT Hub), not {}",
+                ttl.start(),
+                ttl.end(),
+                self.c2d_ttl_secs
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Limits::c2d_ttl_secs`] as a duration.
+    pub fn c2d_ttl(&self) -> Duration {
+        Duration::from_secs(self.c2d_ttl_secs)
     }
 
     /// [`Limits::request_timeout_secs`] as a duration.

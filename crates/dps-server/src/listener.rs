@@ -141,6 +141,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
             telemetry_retention_age: config.limits.telemetry_retention_age(),
             device_cache: config.hub_device_cache,
+            c2d_ttl: config.limits.c2d_ttl(),
         },
         Arc::new(hub_store),
         Arc::new(SystemClock),
@@ -214,6 +215,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         rx.clone(),
         device_protocol!(services, crate::amqp::serve_connection),
     ));
+    tasks.spawn(hub_sweeper(services.hub.clone(), rx.clone()));
     tasks.spawn(accept_loop(
         "HTTPS",
         https,
@@ -273,6 +275,19 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpLis
 /// once, before any TLS), completes TLS in a per-connection task, and hands the stream, the
 /// client's certificates (if any) and the connection's permit to `serve`. `what` names the
 /// listener in logs.
+/// Runs the hub's housekeeping ([`dps_hub::Hub::sweep`]: message expiry, feedback locks) once a
+/// second until shutdown.
+async fn hub_sweeper(hub: dps_hub::Hub, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => hub.sweep(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn accept_loop<F, Fut>(
     what: &'static str,
     listener: TcpListener,

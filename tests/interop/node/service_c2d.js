@@ -1,42 +1,74 @@
 // A backend sending cloud-to-device messages with the official Node service SDK (azure-iothub
-// Client.send over Amqp or AmqpWs) to a device listening with the official Node device SDK over
-// AMQP, driven by tests/interop/test_node_amqp.py. Prints one JSON object with what each step saw.
+// Client.send over Amqp or AmqpWs) to a device listening with the official Node device SDK (over
+// Amqp or Mqtt), and reading the feedback it asked for with the service SDK's feedback receiver.
+// Driven by tests/interop/test_node_amqp.py. Prints one JSON object with what each step saw.
 // Arguments: one JSON object in argv[2]:
-//   {hubConnectionString, deviceConnectionString, deviceId, serviceTransport: "Amqp"|"AmqpWs", marker}
+//   {hubConnectionString, deviceConnectionString, deviceId, serviceTransport: "Amqp"|"AmqpWs",
+//    deviceTransport: "Amqp"|"Mqtt", marker}
+// Messages whose body says {"reject": true} are rejected by the device (AMQP only: the Node MQTT
+// transport cannot reject, as IoT Hub's MQTT has no reject), the others completed.
 // The server's CA comes from NODE_EXTRA_CA_CERTS.
 'use strict';
 const { Client: DeviceClient } = require('azure-iot-device');
-const { Amqp: DeviceAmqp } = require('azure-iot-device-amqp');
 const iothub = require('azure-iothub');
 const { Message } = require('azure-iot-common');
 
 const args = JSON.parse(process.argv[2]);
+const DeviceTransport =
+  args.deviceTransport === 'Mqtt' ? require('azure-iot-device-mqtt').Mqtt : require('azure-iot-device-amqp').Amqp;
 
 const step = require('./step');
 
+function within(ms, what, promise) {
+  return Promise.race([promise, new Promise((_, rej) => setTimeout(() => rej(new Error(what)), ms))]);
+}
+
 async function main() {
-  const out = {};
-  const device = DeviceClient.fromConnectionString(args.deviceConnectionString, DeviceAmqp);
-  const received = new Promise((resolve) => {
-    device.on('message', (msg) => {
-      const properties = {};
-      for (const p of msg.properties.propertyList) properties[p.key] = p.value;
-      device.complete(msg, () => resolve({ data: msg.data.toString(), messageId: msg.messageId, properties }));
+  const out = { received: [], feedback: [] };
+  const device = DeviceClient.fromConnectionString(args.deviceConnectionString, DeviceTransport);
+  const ids = ['c2d-' + args.marker];
+  if (args.deviceTransport !== 'Mqtt') ids.push('c2d-reject-' + args.marker);
+  let allReceived;
+  const received = new Promise((resolve) => (allReceived = resolve));
+  device.on('message', (msg) => {
+    const properties = {};
+    for (const p of msg.properties.propertyList) properties[p.key] = p.value;
+    const body = JSON.parse(msg.data.toString());
+    const settle = body.reject ? device.reject.bind(device) : device.complete.bind(device);
+    settle(msg, () => {
+      out.received.push({ data: body, messageId: msg.messageId, ack: msg.ack, properties });
+      if (out.received.length === ids.length) allReceived();
     });
   });
   await step('device open', (cb) => device.open((e) => cb(e)));
 
   const service = iothub.Client.fromConnectionString(args.hubConnectionString, iothub[args.serviceTransport]);
   await step('service open', (cb) => service.open((e) => cb(e)));
-  const msg = new Message(JSON.stringify({ marker: args.marker }));
-  msg.messageId = 'c2d-' + args.marker;
-  msg.properties.add('marker', args.marker);
-  await step('service send', (cb) => service.send(args.deviceId, msg, (e) => cb(e)));
-  out.sent = true;
-  out.received = await Promise.race([
-    received,
-    new Promise((_, rej) => setTimeout(() => rej(new Error('the device received nothing')), 15000)),
-  ]);
+  const receiver = await step('feedback receiver', (cb) => service.getFeedbackReceiver(cb));
+  const wanted = new Set(ids);
+  const feedbackDone = new Promise((resolve) => {
+    receiver.on('message', (msg) => {
+      // The SDK hands the body over as is (it accepts the batch itself): a JSON array of records.
+      for (const record of JSON.parse(msg.data.toString())) {
+        if (!wanted.has(record.originalMessageId)) continue;
+        out.feedback.push(record);
+        wanted.delete(record.originalMessageId);
+      }
+      out.feedbackContentType = msg.contentType;
+      if (wanted.size === 0) resolve();
+    });
+  });
+
+  for (const id of ids) {
+    const msg = new Message(JSON.stringify({ marker: args.marker, reject: id.startsWith('c2d-reject-') }));
+    msg.messageId = id;
+    msg.ack = 'full';
+    msg.properties.add('marker', args.marker);
+    await step('service send ' + id, (cb) => service.send(args.deviceId, msg, (e) => cb(e)));
+  }
+  out.sent = ids.length;
+  await within(15000, 'the device received ' + out.received.length + ' of ' + ids.length, received);
+  await within(15000, 'feedback missing for ' + [...wanted].join(', '), feedbackDone);
 
   // A device the hub does not know: the send fails with the SDK's DeviceNotFoundError.
   try {

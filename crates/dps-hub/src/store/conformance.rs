@@ -8,7 +8,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use dps_proto::model::service::DeviceCapabilities;
 use serde_json::json;
 
-use super::{DeviceRecord, HubStore};
+use super::{C2dRecord, DeviceRecord, FeedbackRecord, HubStore, QueueChange};
+use crate::c2d::{Ack, FeedbackStatus};
 use crate::record::{sas_auth, self_signed_auth, Status, TwinState};
 
 fn at() -> DateTime<Utc> {
@@ -57,6 +58,101 @@ pub async fn run_all(store: &dyn HubStore) {
     ids_are_case_insensitive(store).await;
     pages_in_key_order(store).await;
     counts_by_status(store).await;
+    queues_round_trip_and_change_together(store).await;
+}
+
+fn message(seq: u64, device: &str) -> C2dRecord {
+    C2dRecord {
+        seq,
+        device_id: device.into(),
+        generation_id: "638000000000000001".into(),
+        // Every byte value, so a store must keep the body exactly.
+        body: (0..=255u8).collect::<Vec<u8>>().into(),
+        properties: vec![
+            ("$.mid".into(), format!("mid-{seq}")),
+            ("$.to".into(), format!("/devices/{device}/messages/deviceBound")),
+            ("iothub-ack".into(), "full".into()),
+            ("clé".into(), "värde & more".into()),
+        ],
+        enqueued_at: at(),
+        expires_at: at() + Duration::hours(1),
+        ack: Ack::Full,
+        delivery_count: 3,
+    }
+}
+
+fn feedback(seq: u64) -> FeedbackRecord {
+    FeedbackRecord {
+        seq,
+        original_message_id: format!("mid-{seq}"),
+        device_id: "Queue-Dev".into(),
+        device_generation_id: "638000000000000001".into(),
+        status: FeedbackStatus::DeliveryCountExceeded,
+        enqueued_at: at(),
+    }
+}
+
+/// Messages and feedback come back whole and in key order; a change applies all its parts; a
+/// device's deletion takes its messages with it.
+async fn queues_round_trip_and_change_together(s: &dyn HubStore) {
+    let base = 1_000_000;
+    let (before_c2d, before_fb) = s.load_queues().await.unwrap();
+    let mine = |c: &[C2dRecord]| c.iter().filter(|m| m.seq >= base).cloned().collect::<Vec<_>>();
+    let mine_fb = |f: &[FeedbackRecord]| f.iter().filter(|r| r.seq >= base).cloned().collect::<Vec<_>>();
+    assert!(mine(&before_c2d).is_empty() && mine_fb(&before_fb).is_empty());
+
+    s.put_device(&record("Queue-Dev", Status::Enabled)).await.unwrap();
+    let put = QueueChange {
+        put_c2d: vec![
+            message(base + 2, "Queue-Dev"),
+            message(base + 1, "Queue-Dev"),
+            message(base + 3, "other-q"),
+        ],
+        put_feedback: vec![feedback(base + 5), feedback(base + 4)],
+        ..QueueChange::default()
+    };
+    s.update_queues(&put).await.unwrap();
+    let (c2d, fb) = s.load_queues().await.unwrap();
+    assert_eq!(
+        mine(&c2d),
+        vec![
+            message(base + 1, "Queue-Dev"),
+            message(base + 2, "Queue-Dev"),
+            message(base + 3, "other-q")
+        ]
+    );
+    assert_eq!(mine_fb(&fb), vec![feedback(base + 4), feedback(base + 5)]);
+
+    // Settling: the message goes and its feedback comes in one change; absent keys are fine.
+    let settle = QueueChange {
+        delete_c2d: vec![base + 1, base + 99],
+        put_feedback: vec![feedback(base + 6)],
+        delete_feedback: vec![base + 4, base + 98],
+        ..QueueChange::default()
+    };
+    s.update_queues(&settle).await.unwrap();
+    let (c2d, fb) = s.load_queues().await.unwrap();
+    assert_eq!(
+        mine(&c2d).iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [base + 2, base + 3]
+    );
+    assert_eq!(
+        mine_fb(&fb).iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [base + 5, base + 6]
+    );
+
+    // Deleting the device (by any case of its id) deletes its messages, not others'.
+    s.delete_device("QUEUE-dev").await.unwrap();
+    let (c2d, fb) = s.load_queues().await.unwrap();
+    assert_eq!(mine(&c2d).iter().map(|m| m.seq).collect::<Vec<_>>(), [base + 3]);
+    assert_eq!(mine_fb(&fb).len(), 2, "feedback outlives the device");
+    s.update_queues(&QueueChange {
+        delete_c2d: vec![base + 3],
+        delete_feedback: vec![base + 5, base + 6],
+        ..QueueChange::default()
+    })
+    .await
+    .unwrap();
 }
 
 async fn crud(s: &dyn HubStore) {

@@ -6,7 +6,7 @@ use std::ops::Bound;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{device_key, DeviceCounts, DeviceRecord, HubStore, HubStoreError};
+use super::{device_key, C2dRecord, DeviceCounts, DeviceRecord, FeedbackRecord, HubStore, HubStoreError, QueueChange};
 
 /// A [`HubStore`] in memory: nothing survives the process. For tests, fuzzing and demos, and the
 /// store [`crate::Hub::open`] uses. Key order is a `BTreeMap`'s, which is byte order of the
@@ -14,6 +14,14 @@ use super::{device_key, DeviceCounts, DeviceRecord, HubStore, HubStoreError};
 #[derive(Default)]
 pub struct MemoryHubStore {
     devices: RwLock<BTreeMap<String, DeviceRecord>>,
+    queues: RwLock<Queues>,
+}
+
+/// Cloud-to-device messages and feedback, by key.
+#[derive(Default)]
+struct Queues {
+    c2d: BTreeMap<u64, C2dRecord>,
+    feedback: BTreeMap<u64, FeedbackRecord>,
 }
 
 /// Shows how many devices, never the records: they hold the devices' keys, and the hub's own
@@ -45,7 +53,9 @@ impl HubStore for MemoryHubStore {
     }
 
     async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError> {
-        self.devices.write().remove(&device_key(device_id));
+        let key = device_key(device_id);
+        self.devices.write().remove(&key);
+        self.queues.write().c2d.retain(|_, m| device_key(&m.device_id) != key);
         Ok(())
     }
 
@@ -72,6 +82,31 @@ impl HubStore for MemoryHubStore {
             enabled,
             disabled: total - enabled,
         })
+    }
+
+    async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError> {
+        let mut q = self.queues.write();
+        for m in &change.put_c2d {
+            q.c2d.insert(m.seq, m.clone());
+        }
+        for seq in &change.delete_c2d {
+            q.c2d.remove(seq);
+        }
+        for f in &change.put_feedback {
+            q.feedback.insert(f.seq, f.clone());
+        }
+        for seq in &change.delete_feedback {
+            q.feedback.remove(seq);
+        }
+        Ok(())
+    }
+
+    async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError> {
+        let q = self.queues.read();
+        Ok((
+            q.c2d.values().cloned().collect(),
+            q.feedback.values().cloned().collect(),
+        ))
     }
 }
 

@@ -80,8 +80,16 @@ enum Resource {
     Twin(String),
     /// `/twins/{id}/methods`
     TwinMethods(String),
+    /// `/devices/{id}/commands` (the device's cloud-to-device queue)
+    DeviceCommands(String),
     /// `/messages/events` (telemetry stream for `dps hub monitor-events`)
     Events,
+    /// `/messages/serviceBound/feedback`
+    Feedback,
+    /// `/messages/serviceBound/feedback/{lockToken}`
+    FeedbackLock(String),
+    /// `/messages/serviceBound/feedback/{lockToken}/abandon`
+    FeedbackAbandon(String),
     /// `/statistics/devices`
     DeviceStatistics,
     /// `/statistics/service`
@@ -187,8 +195,16 @@ pub enum Route {
     UpdateTwin(String),
     /// `POST /twins/{id}/methods`
     InvokeMethod(String),
+    /// `DELETE /devices/{id}/commands`: purge the device's cloud-to-device queue.
+    PurgeC2d(String),
     /// `GET /messages/events`
     MonitorEvents,
+    /// `GET /messages/serviceBound/feedback`: the next batch of cloud-to-device feedback.
+    ReceiveFeedback,
+    /// `DELETE /messages/serviceBound/feedback/{lockToken}`: complete a batch.
+    CompleteFeedback(String),
+    /// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: read a batch again later.
+    AbandonFeedback(String),
     /// `GET /statistics/devices`
     DeviceStatistics,
     /// `GET /statistics/service`
@@ -226,7 +242,7 @@ impl Route {
             | VerifyCertificate(_) => Api::Service,
             ListDevices | QueryDevices | GetDevice(_) | PutDevice(_) | DeleteDevice(_) | GetTwin(_)
             | ReplaceTwin(_) | UpdateTwin(_) | InvokeMethod(_) | MonitorEvents | DeviceStatistics
-            | ServiceStatistics => Api::Hub,
+            | ServiceStatistics | PurgeC2d(_) | ReceiveFeedback | CompleteFeedback(_) | AbandonFeedback(_) => Api::Hub,
         }
     }
 }
@@ -279,10 +295,15 @@ impl Route {
             | GenerateVerificationCode(_)
             | VerifyCertificate(_)
             | QueryDevices
-            | InvokeMethod(_) => Method::POST,
-            DeleteEnrollment(_) | DeleteGroup(_) | DeleteRegistration(_) | DeleteCertificate(_) | DeleteDevice(_) => {
-                Method::DELETE
-            }
+            | InvokeMethod(_)
+            | AbandonFeedback(_) => Method::POST,
+            DeleteEnrollment(_)
+            | DeleteGroup(_)
+            | DeleteRegistration(_)
+            | DeleteCertificate(_)
+            | DeleteDevice(_)
+            | PurgeC2d(_)
+            | CompleteFeedback(_) => Method::DELETE,
             UpdateTwin(_) => Method::PATCH,
             OperationStatus { .. }
             | GetEnrollment(_)
@@ -294,6 +315,7 @@ impl Route {
             | GetDevice(_)
             | GetTwin(_)
             | MonitorEvents
+            | ReceiveFeedback
             | DeviceStatistics
             | ServiceStatistics
             | MqttWebSocket => Method::GET,
@@ -340,7 +362,11 @@ impl Route {
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
             InvokeMethod(id) => item("twins", id) + "/methods",
+            PurgeC2d(id) => item("devices", id) + "/commands",
             MonitorEvents => "/messages/events".into(),
+            ReceiveFeedback => "/messages/serviceBound/feedback".into(),
+            CompleteFeedback(lock) => item("messages/serviceBound/feedback", lock),
+            AbandonFeedback(lock) => item("messages/serviceBound/feedback", lock) + "/abandon",
             DeviceStatistics => "/statistics/devices".into(),
             ServiceStatistics => "/statistics/service".into(),
             MqttWebSocket => "/$iothub/websocket".into(),
@@ -401,7 +427,9 @@ impl Route {
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
             InvokeMethod(id) => item("twins", id) + "/methods",
+            PurgeC2d(id) => item("devices", id) + "/commands",
             MonitorEvents => "/messages/events".into(),
+            ReceiveFeedback | CompleteFeedback(_) | AbandonFeedback(_) => "/messages/servicebound/feedback".into(),
             DeviceStatistics => "/statistics/devices".into(),
             ServiceStatistics => "/statistics/service".into(),
             MqttWebSocket => "/$iothub/websocket".into(),
@@ -459,11 +487,18 @@ fn resource(segs: &[String]) -> Option<Resource> {
             [] => Resource::Devices,
             [q] if is(q, "query") => Resource::DeviceQuery,
             [d] => Resource::Device(id(d)?),
+            [d, c] if is(c, "commands") => Resource::DeviceCommands(id(d)?),
             _ => return None,
         },
         [first, d] if is(first, "twins") => Resource::Twin(id(d)?),
         [first, d, m] if is(first, "twins") && is(m, "methods") => Resource::TwinMethods(id(d)?),
         [m, e] if is(m, "messages") && is(e, "events") => Resource::Events,
+        [m, sb, f, rest @ ..] if is(m, "messages") && is(sb, "serviceBound") && is(f, "feedback") => match rest {
+            [] => Resource::Feedback,
+            [lock] => Resource::FeedbackLock(id(lock)?),
+            [lock, a] if is(a, "abandon") => Resource::FeedbackAbandon(id(lock)?),
+            _ => return None,
+        },
         [st, d] if is(st, "statistics") && is(d, "devices") => Resource::DeviceStatistics,
         [st, d] if is(st, "statistics") && is(d, "service") => Resource::ServiceStatistics,
         [hub, ws] if is(hub, "$iothub") && is(ws, "websocket") => Resource::MqttWebSocket,
@@ -493,6 +528,7 @@ const GET_PUT_PATCH: &[Method] = &[Method::GET, Method::PUT, Method::PATCH];
 const POST: &[Method] = &[Method::POST];
 const PUT: &[Method] = &[Method::PUT];
 const GET: &[Method] = &[Method::GET];
+const DELETE: &[Method] = &[Method::DELETE];
 
 /// The route for `method` on `path` (raw, percent-encoded).
 fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
@@ -598,6 +634,22 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         R::Events => match *m {
             Method::GET => Ok(Route::MonitorEvents),
             _ => not_allowed(GET),
+        },
+        R::DeviceCommands(id) => match *m {
+            Method::DELETE => Ok(Route::PurgeC2d(id)),
+            _ => not_allowed(DELETE),
+        },
+        R::Feedback => match *m {
+            Method::GET => Ok(Route::ReceiveFeedback),
+            _ => not_allowed(GET),
+        },
+        R::FeedbackLock(lock) => match *m {
+            Method::DELETE => Ok(Route::CompleteFeedback(lock)),
+            _ => not_allowed(DELETE),
+        },
+        R::FeedbackAbandon(lock) => match *m {
+            Method::POST => Ok(Route::AbandonFeedback(lock)),
+            _ => not_allowed(POST),
         },
         R::DeviceStatistics => match *m {
             Method::GET => Ok(Route::DeviceStatistics),

@@ -22,14 +22,14 @@ use std::collections::HashMap;
 use std::task::Poll;
 
 use bytes::Bytes;
-use dps_hub::{DeviceIdentity, DeviceSession, Outbound, OutboundKind};
+use dps_hub::{C2dOutcome, DeviceIdentity, DeviceSession, Outbound, OutboundKind};
 use dps_proto::amqp_conn::{DeliveryRef, Direction, LinkId};
 use dps_proto::hub_amqp::{self as wire, HubNode};
 use dps_proto::hub_mqtt::{Feed, HubPublish, HubUsername};
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, DeliveryState, Message, MessageAnnotations, MessageId, Properties,
 };
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Timestamp, Value};
 use tokio::sync::mpsc;
 
 use fe2o3_amqp::types::definitions::{AmqpError, LinkError};
@@ -52,6 +52,26 @@ pub(crate) struct HubState {
     /// When the service token put on `$cbs` (a shared access policy with `ServiceConnect`)
     /// expires (Unix seconds), if one was put.
     service_until: Option<u64>,
+    /// The service's feedback receiver, if it attached one.
+    feedback: Option<FeedbackLink>,
+}
+
+/// A backend's link on `/messages/serviceBound/feedback`: one batch at a time goes out on it,
+/// locked in the hub until the backend settles it.
+struct FeedbackLink {
+    link: LinkId,
+    /// Changes when feedback may be readable.
+    signal: tokio::sync::watch::Receiver<u64>,
+    /// The batch sent and not settled: its delivery token and the hub's lock.
+    in_flight: Option<(u64, String)>,
+}
+
+/// What the hub has for this connection.
+pub(super) enum HubWake {
+    /// A hub-initiated message for a device (`None`: the hub ended that device's session).
+    Outbound(String, Option<Outbound>),
+    /// Feedback may be readable for the service's receiver.
+    Feedback,
 }
 
 /// A device's session on this connection, and the hub-initiated messages it has for the device.
@@ -60,12 +80,10 @@ struct HubDevice {
     outbound: mpsc::Receiver<Outbound>,
 }
 
-/// A cloud-to-device message the device has not settled yet: what goes back to its queue if it
-/// abandons it or the link goes first.
+/// A cloud-to-device message the device has not settled yet: its device and the hub's lock.
 struct C2dInFlight {
     device_id: String,
-    properties: Vec<(String, String)>,
-    payload: Bytes,
+    lock_token: String,
 }
 
 impl HubState {
@@ -78,17 +96,33 @@ impl HubState {
             .filter(|expiry| *expiry <= now_unix)
     }
 
-    /// The next hub-initiated message for any device of the connection, with the device's id;
-    /// `None` when the hub ended that device's session. Never ready without devices.
-    pub(super) fn next_outbound(&mut self) -> impl std::future::Future<Output = (String, Option<Outbound>)> + '_ {
-        std::future::poll_fn(move |cx| {
-            for (id, device) in self.devices.iter_mut() {
+    /// The next thing the hub has for this connection: a message for one of its devices, or
+    /// news of feedback for its feedback receiver (while no batch is out on it). Never ready
+    /// without either.
+    pub(super) async fn next(&mut self) -> HubWake {
+        let devices = &mut self.devices;
+        let outbound = std::future::poll_fn(move |cx| {
+            for (id, device) in devices.iter_mut() {
                 if let Poll::Ready(out) = device.outbound.poll_recv(cx) {
                     return Poll::Ready((id.clone(), out));
                 }
             }
             Poll::Pending
-        })
+        });
+        let feedback = async {
+            match &mut self.feedback {
+                Some(f) if f.in_flight.is_none() => {
+                    if f.signal.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            (id, out) = outbound => HubWake::Outbound(id, out),
+            () = feedback => HubWake::Feedback,
+        }
     }
 
     /// Forgets a device whose session the hub ended (a newer connection, deleted, disabled).
@@ -96,36 +130,48 @@ impl HubState {
         self.devices.remove(device_id);
     }
 
+    /// The peer's outcome for a message the server sent with `token` (`None`: the link or
+    /// connection went first): a feedback batch, or a cloud-to-device message.
+    pub(super) fn settled(&mut self, hub: &dps_hub::Hub, token: u64, state: Option<DeliveryState>) {
+        if let Some(f) = self
+            .feedback
+            .as_mut()
+            .filter(|f| f.in_flight.as_ref().is_some_and(|(t, _)| *t == token))
+        {
+            if let Some((_, lock)) = f.in_flight.take() {
+                feedback_settled(hub, lock, state);
+            }
+            return;
+        }
+        self.c2d_settled(token, state);
+    }
+
     /// The device's outcome for a cloud-to-device message (`None`: the link or connection went
-    /// first). Complete and reject are final (IoT Hub dead-letters a rejected message); abandon
-    /// puts it back at the head of the device's queue.
-    pub(super) fn c2d_settled(&mut self, token: u64, state: Option<DeliveryState>) {
+    /// first), handed to the hub: accepted completes, rejected dead-letters, released and
+    /// modified abandon (IoT Hub's AMQP mapping); a message that never got an outcome goes
+    /// back to the queue uncounted.
+    fn c2d_settled(&mut self, token: u64, state: Option<DeliveryState>) {
         let Some(msg) = self.c2d.remove(&token) else {
             return;
         };
-        if matches!(
-            state,
-            Some(DeliveryState::Accepted(_)) | Some(DeliveryState::Rejected(_))
-        ) {
-            return;
-        }
+        let outcome = match state {
+            Some(DeliveryState::Accepted(_)) => C2dOutcome::Complete,
+            Some(DeliveryState::Rejected(_)) => C2dOutcome::Reject,
+            Some(_) => C2dOutcome::Abandon,
+            None => C2dOutcome::Release,
+        };
         if let Some(device) = self.devices.get(&msg.device_id) {
-            device.session.abandon_c2d(msg.properties, msg.payload);
+            device.session.settle_c2d(&msg.lock_token, outcome);
         }
     }
 
-    /// Stops cloud-to-device deliveries to this connection (it is closing): the feed goes off,
-    /// and messages already handed to the session for it go back to the device's queue, so
-    /// that what the connection still holds unsettled is requeued rather than delivered to it
-    /// again.
+    /// Stops cloud-to-device deliveries to this connection (it is closing): with the feed off,
+    /// what the connection still holds unsettled goes back to the device's queue rather than to
+    /// this connection again (the hub takes back what sits in the session's channel when the
+    /// session ends).
     pub(super) fn stop_c2d(&mut self) {
         for device in self.devices.values_mut() {
             device.session.disable(Feed::C2d);
-            while let Ok(out) = device.outbound.try_recv() {
-                if let OutboundKind::C2d { properties } = out.kind {
-                    device.session.abandon_c2d(properties, out.payload);
-                }
-            }
         }
     }
 
@@ -150,6 +196,19 @@ pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode)
             }
             Direction::ToPeer => Err(Refusal::NotFound(
                 "/messages/devicebound takes messages from the service; it sends none".into(),
+            )),
+        };
+    }
+    if let HubNode::ServiceFeedback = node {
+        return match direction {
+            Direction::ToPeer => {
+                service_authorized(conn).map_err(Refusal::Unauthorized)?;
+                Ok(Route::Out {
+                    address: node.address(),
+                })
+            }
+            Direction::FromPeer => Err(Refusal::NotFound(
+                "/messages/serviceBound/feedback sends feedback to the service; it takes none".into(),
             )),
         };
     }
@@ -198,6 +257,19 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId) {
     let Some(Route::Out { address }) = conn.routes.get(&link) else {
         return;
     };
+    if HubNode::parse(address) == Some(HubNode::ServiceFeedback) {
+        if let Some(old) = conn.hub.feedback.take() {
+            if let Some((_, lock)) = old.in_flight {
+                conn.services.hub.abandon_feedback(&lock);
+            }
+        }
+        conn.hub.feedback = Some(FeedbackLink {
+            link,
+            signal: conn.services.hub.feedback_signal(),
+            in_flight: None,
+        });
+        return send_feedback(conn);
+    }
     if let Some((device_id, feed)) = feed_of(address) {
         if let Some(d) = conn.hub.devices.get(&device_id) {
             d.session.enable(feed);
@@ -205,8 +277,70 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId) {
     }
 }
 
+/// Sends the next batch of feedback on the service's feedback link, if one is attached, none is
+/// out on it, and there is feedback: one message whose body is the JSON array of records, as
+/// IoT Hub sends it (user id = the hub's name, the feedback content type). The batch stays
+/// locked in the hub until the service settles the message.
+pub(super) fn send_feedback(conn: &mut Conn) {
+    let Some(f) = conn.hub.feedback.as_ref().filter(|f| f.in_flight.is_none()) else {
+        return;
+    };
+    let link = f.link;
+    let hub = conn.services.hub.clone();
+    let Some(batch) = hub.receive_feedback(dps_hub::FEEDBACK_BATCH) else {
+        return;
+    };
+    let properties = Properties::builder()
+        .message_id(batch.lock_token.clone())
+        .user_id(Binary::from(hub.host_name().as_bytes().to_vec()))
+        .content_type(Symbol::from(wire::FEEDBACK_CONTENT_TYPE))
+        .build();
+    let msg = Message::builder()
+        .properties(properties)
+        .data(Binary::from(batch.body().to_vec()))
+        .build();
+    conn.hub.last_token += 1;
+    let token = conn.hub.last_token;
+    match conn.amqp.send(link, message::encode(msg), Some(token)) {
+        Ok(()) => {
+            tracing::debug!(records = batch.records.len(), "feedback batch sent");
+            if let Some(f) = conn.hub.feedback.as_mut() {
+                f.in_flight = Some((token, batch.lock_token));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "feedback batch not sent");
+            hub.abandon_feedback(&batch.lock_token);
+        }
+    }
+}
+
+/// The service settled a feedback batch (`None`: its link or connection went first): accepted
+/// or rejected completes it (IoT Hub dead-letters rejected feedback), anything else puts it back.
+fn feedback_settled(hub: &dps_hub::Hub, lock: String, state: Option<DeliveryState>) {
+    match state {
+        Some(DeliveryState::Accepted(_)) | Some(DeliveryState::Rejected(_)) => {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                if let Err(e) = hub.complete_feedback(&lock).await {
+                    tracing::warn!(error = %e, "completed feedback not deleted; it will be read again");
+                }
+            });
+        }
+        _ => {
+            hub.abandon_feedback(&lock);
+        }
+    }
+}
+
 /// The client detached its link to `address`: the feed it carried is off.
 pub(super) fn detached(conn: &mut Conn, address: &str) {
+    if HubNode::parse(address) == Some(HubNode::ServiceFeedback) {
+        if let Some((_, lock)) = conn.hub.feedback.take().and_then(|f| f.in_flight) {
+            conn.services.hub.abandon_feedback(&lock);
+        }
+        return;
+    }
     if let Some((device_id, feed)) = feed_of(address) {
         if let Some(d) = conn.hub.devices.get(&device_id) {
             d.session.disable(feed);
@@ -380,14 +514,20 @@ pub(super) async fn service_c2d(conn: &mut Conn, link: LinkId, delivery: Option<
     };
     let body = message::body_bytes(msg).unwrap_or_default();
     let mut properties = telemetry_properties(msg);
-    // Acknowledgement requests are the feedback's (not served yet); the device does not see them.
-    properties.retain(|(k, _)| k != "iothub-ack");
+    // The expiry travels as `$.exp`, as IoT Hub shows it to MQTT devices.
+    if let Some(exp) = msg.properties.as_ref().and_then(|p| p.absolute_expiry_time.as_ref()) {
+        let at = chrono::DateTime::from_timestamp_millis(exp.milliseconds()).unwrap_or_default();
+        properties.push(("$.exp".into(), dps_proto::timefmt::format_record(&at)));
+    }
     let result = conn.services.hub.send_c2d(&device_id, body, properties).await;
     let outcome = result.map_err(|e| {
         tracing::info!(device = %device_id, error = %e, "cloud-to-device message refused");
         let condition = match &e {
             dps_hub::C2dError::DeviceNotFound { .. } => AmqpError::NotFound,
             dps_hub::C2dError::QueueFull { .. } => AmqpError::ResourceLimitExceeded,
+            dps_hub::C2dError::InvalidProperty { .. } => {
+                return links::custom_error("com.microsoft:argument-error", e.to_string());
+            }
             dps_hub::C2dError::TooLarge { .. } => {
                 return links::condition_error_of(LinkError::MessageSizeExceeded, e.to_string());
             }
@@ -722,7 +862,9 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
                 .build();
             (HubNode::Methods { device_id: device }, msg)
         }
-        OutboundKind::C2d { properties } => return deliver_c2d(conn, device_id, properties, out.payload),
+        OutboundKind::C2d { properties, lock_token } => {
+            return deliver_c2d(conn, device_id, properties, lock_token, out.payload)
+        }
     };
     if !conn.send_to(&node.address(), message::encode(msg)) {
         tracing::debug!(device = %device_id, "hub message dropped: its link is not attached");
@@ -731,7 +873,13 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
 
 /// Sends a cloud-to-device message unsettled; the device's outcome comes back through
 /// [`HubState::c2d_settled`]. A message that cannot go out goes back to the device's queue.
-fn deliver_c2d(conn: &mut Conn, device_id: &str, properties: Vec<(String, String)>, payload: Bytes) {
+fn deliver_c2d(
+    conn: &mut Conn,
+    device_id: &str,
+    properties: Vec<(String, String)>,
+    lock_token: String,
+    payload: Bytes,
+) {
     let address = HubNode::C2d {
         device_id: device_id.to_string(),
     }
@@ -746,6 +894,11 @@ fn deliver_c2d(conn: &mut Conn, device_id: &str, properties: Vec<(String, String
             "$.uid" => p = p.user_id(Binary::from(v.as_bytes().to_vec())),
             "$.ct" => p = p.content_type(Symbol::from(v.as_str())),
             "$.ce" => p = p.content_encoding(Symbol::from(v.as_str())),
+            "$.exp" => {
+                if let Some(at) = dps_proto::timefmt::parse(v) {
+                    p = p.absolute_expiry_time(Timestamp::from_milliseconds(at.timestamp_millis()));
+                }
+            }
             other if other.starts_with("$.") => {}
             other => app = app.insert(other, v.clone()),
         }
@@ -765,14 +918,13 @@ fn deliver_c2d(conn: &mut Conn, device_id: &str, properties: Vec<(String, String
     if let Some(Ok(())) = sent {
         let in_flight = C2dInFlight {
             device_id: device_id.to_string(),
-            properties,
-            payload,
+            lock_token,
         };
         conn.hub.c2d.insert(token, in_flight);
     } else if let Some(device) = conn.hub.devices.get(device_id) {
         // The link is gone or its queue full: the message goes back to the device's queue, and
         // the feed waits for a link to take it.
         device.session.disable(Feed::C2d);
-        device.session.abandon_c2d(properties, payload);
+        device.session.settle_c2d(&lock_token, C2dOutcome::Release);
     }
 }

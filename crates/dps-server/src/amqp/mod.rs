@@ -230,6 +230,8 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
 enum Wake {
     Read(std::io::Result<usize>),
     Outbound(String, Option<dps_hub::Outbound>),
+    /// Feedback may be readable for the service's feedback link.
+    Feedback,
     Heartbeat,
     /// The client sent nothing for the idle time-out (or did not open in time).
     Silent,
@@ -278,7 +280,10 @@ impl Conn {
             let every = heartbeat_every.unwrap_or(IDLE_TIMEOUT);
             let wake = tokio::select! {
                 read = stream.read(&mut buf) => Wake::Read(read),
-                (device, out) = self.hub.next_outbound() => Wake::Outbound(device, out),
+                hub = self.hub.next() => match hub {
+                    hub::HubWake::Outbound(device, out) => Wake::Outbound(device, out),
+                    hub::HubWake::Feedback => Wake::Feedback,
+                },
                 () = &mut heartbeat, if heartbeat_every.is_some() => {
                     let due = last_write + every;
                     if due <= Instant::now() {
@@ -315,6 +320,7 @@ impl Conn {
                     self.handle_events().await;
                 }
                 Wake::Outbound(device, None) => self.hub.drop_device(&device),
+                Wake::Feedback => hub::send_feedback(self),
                 Wake::Heartbeat => self.amqp.heartbeat(),
                 Wake::Silent => {
                     tracing::debug!("closing AMQP connection: the client sent nothing within its time-out");
@@ -348,8 +354,11 @@ impl Conn {
                     delivery,
                     message,
                 } => self.message(link, delivery, &message).await,
-                Event::Outcome { token, state } => self.hub.c2d_settled(token, Some(state)),
-                Event::Lost { token } => self.hub.c2d_settled(token, None),
+                Event::Outcome { token, state } => {
+                    self.hub.settled(&self.services.hub, token, Some(state));
+                    hub::send_feedback(self);
+                }
+                Event::Lost { token } => self.hub.settled(&self.services.hub, token, None),
                 Event::Detached { link, .. } => self.detached(link),
                 Event::Closed { .. } => {}
             }
@@ -461,8 +470,8 @@ impl Conn {
         self.amqp.close(None);
         while let Some(event) = self.amqp.poll_event() {
             match event {
-                Event::Outcome { token, state } => self.hub.c2d_settled(token, Some(state)),
-                Event::Lost { token } => self.hub.c2d_settled(token, None),
+                Event::Outcome { token, state } => self.hub.settled(&self.services.hub, token, Some(state)),
+                Event::Lost { token } => self.hub.settled(&self.services.hub, token, None),
                 _ => {}
             }
         }

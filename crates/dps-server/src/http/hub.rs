@@ -40,7 +40,8 @@ fn rights(route: &Route) -> &'static [&'static str] {
         PutDevice(_) | DeleteDevice(_) => &[REGISTRY_WRITE],
         GetTwin(_) => &[SERVICE_CONNECT, REGISTRY_READ],
         ReplaceTwin(_) | UpdateTwin(_) => &[SERVICE_CONNECT, REGISTRY_WRITE],
-        InvokeMethod(_) | MonitorEvents | ServiceStatistics => &[SERVICE_CONNECT],
+        InvokeMethod(_) | MonitorEvents | ServiceStatistics | PurgeC2d(_) | ReceiveFeedback | CompleteFeedback(_)
+        | AbandonFeedback(_) => &[SERVICE_CONNECT],
         other => unreachable!("not a hub route: {other:?}"),
     }
 }
@@ -135,6 +136,36 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             })
         }
         Route::MonitorEvents => events::stream(ctx, hub)?,
+        Route::PurgeC2d(id) => {
+            let purged = hub.purge_c2d(&id).await.map_err(c2d_error)?;
+            ok(&serde_json::json!({ "deviceId": id, "moduleId": null, "totalMessagesPurged": purged }))
+        }
+        Route::ReceiveFeedback => match hub.receive_feedback(dps_hub::FEEDBACK_BATCH) {
+            // The lock token travels as the ETag, as IoT Hub sends it for messages it locks.
+            Some(batch) => {
+                let mut resp = Response::new(axum::body::Body::from(batch.body()));
+                set_header(&mut resp, "content-type", dps_proto::hub_amqp::FEEDBACK_CONTENT_TYPE);
+                set_header(&mut resp, "etag", &format!("\"{}\"", batch.lock_token));
+                resp
+            }
+            None => no_content(),
+        },
+        Route::CompleteFeedback(lock) => {
+            let done = hub
+                .complete_feedback(&lock)
+                .await
+                .map_err(|e| ApiError::internal(format!("hub storage: {e}")))?;
+            if !done {
+                return Err(lock_lost(&lock));
+            }
+            no_content()
+        }
+        Route::AbandonFeedback(lock) => {
+            if !hub.abandon_feedback(&lock) {
+                return Err(lock_lost(&lock));
+            }
+            no_content()
+        }
         other => unreachable!("not a hub route: {other:?}"),
     };
     Ok(resp)
@@ -154,6 +185,21 @@ async fn twin_body(ctx: &mut Ctx<'_>) -> Result<Twin, ApiError> {
         }
     }
     serde_json::from_value(body).map_err(|e| ApiError::bad_body(format!("request body is not a valid Twin: {e}")))
+}
+
+fn lock_lost(lock: &str) -> ApiError {
+    ApiError::new(
+        codes::MESSAGE_LOCK_LOST,
+        format!("no feedback is locked with token '{lock}': it was completed already, or its lock ran out"),
+    )
+}
+
+fn c2d_error(e: dps_hub::C2dError) -> ApiError {
+    match &e {
+        dps_hub::C2dError::DeviceNotFound { device_id } => device_not_found(device_id),
+        dps_hub::C2dError::Storage { .. } => ApiError::internal(format!("hub storage: {e}")),
+        _ => ApiError::invalid(e.to_string()),
+    }
 }
 
 fn device_not_found(id: &str) -> ApiError {

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use dps_hub::AuthError;
+use std::collections::HashMap;
+
+use dps_hub::{AuthError, C2dOutcome, OutboundKind};
 use dps_proto::hub_mqtt::HubUsername;
 use rumqttc::mqttbytes::v4::{
     Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode, UnsubAck,
@@ -77,7 +79,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // IoT Hub closes connections idle for 1.5 × keep-alive; Python defaults to 60 s, max 1740 s.
     // A client without keep-alive is still closed after 30 minutes of silence.
     let idle = super::idle_limit(connect.keep_alive).unwrap_or(Duration::from_secs(30 * 60));
-    let mut next_pkid: u16 = 0;
+    let mut out = Publisher::default();
     loop {
         tokio::select! {
             packet = tokio::time::timeout(idle, io.next()) => {
@@ -119,7 +121,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                                     io.queue(&Packet::PubAck(PubAck::new(p.pkid)))?;
                                 }
                                 for r in replies {
-                                    next_pkid = queue_publish(io, r, next_pkid)?;
+                                    out.queue(io, r)?;
                                 }
                                 io.flush().await?;
                             }
@@ -130,15 +132,21 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                         }
                     }
+                    // The device has the cloud-to-device message: IoT Hub completes it.
+                    Packet::PubAck(a) => {
+                        if let Some(lock) = out.c2d_locks.remove(&a.pkid) {
+                            session.settle_c2d(&lock, C2dOutcome::Complete);
+                        }
+                    }
                     Packet::PingReq => io.send(&Packet::PingResp).await?,
                     Packet::Disconnect => break,
                     _ => {}
                 }
             }
-            out = outbound.recv() => {
-                match out {
+            next = outbound.recv() => {
+                match next {
                     Some(o) => {
-                        next_pkid = queue_publish(io, o, next_pkid)?;
+                        out.queue(io, o)?;
                         io.flush().await?;
                     }
                     // The hub dropped this session (replaced by a newer connection, device deleted).
@@ -150,18 +158,31 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn queue_publish<S: AsyncRead + AsyncWrite + Unpin>(
-    io: &mut Framed<S>,
-    o: dps_hub::Outbound,
-    pkid: u16,
-) -> Result<u16, FrameError> {
-    let qos = if o.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
-    let mut p = Publish::new(o.topic, qos, o.payload.to_vec());
-    let mut next = pkid;
-    if qos == QoS::AtLeastOnce {
-        next = pkid.checked_add(1).unwrap_or(1);
-        p.pkid = next;
+/// Publishes from the hub to the device: QoS 1 packet ids, and which cloud-to-device message
+/// each id carries until the device acknowledges it.
+#[derive(Default)]
+struct Publisher {
+    last_pkid: u16,
+    /// Lock tokens of cloud-to-device messages by packet id; at most the hub's per-device
+    /// limit, since each one is a message the hub holds locked.
+    c2d_locks: HashMap<u16, String>,
+}
+
+impl Publisher {
+    fn queue<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut Framed<S>,
+        o: dps_hub::Outbound,
+    ) -> Result<(), FrameError> {
+        let qos = if o.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        let mut p = Publish::new(o.topic, qos, o.payload.to_vec());
+        if qos == QoS::AtLeastOnce {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            p.pkid = self.last_pkid;
+            if let OutboundKind::C2d { lock_token, .. } = o.kind {
+                self.c2d_locks.insert(p.pkid, lock_token);
+            }
+        }
+        io.queue(&Packet::Publish(p))
     }
-    io.queue(&Packet::Publish(p))?;
-    Ok(next)
 }

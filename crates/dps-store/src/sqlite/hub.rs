@@ -2,7 +2,9 @@
 //!
 //! Layout: one table `devices(id TEXT PRIMARY KEY, doc TEXT)` where `id` is the lower-cased
 //! device id and `doc` the hub's JSON [`DeviceRecord`] — the layout the hub kept before this
-//! store moved here, so existing files open unchanged (migration `hub/0001`).
+//! store moved here, so existing files open unchanged (migration `hub/0001`). The queues
+//! (`hub/0003`): `c2d(seq, device, doc)` for cloud-to-device messages and `feedback(seq, doc)`,
+//! each document the hub's JSON record.
 //!
 //! The hub upserts a device on every registration, and each upsert must be durable before the
 //! device gets its answer, so writes go through the same group-committing writer thread as the
@@ -11,7 +13,9 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use dps_hub::store::{device_key, DeviceCounts, DeviceRecord, HubStore, HubStoreError};
+use dps_hub::store::{
+    device_key, C2dRecord, DeviceCounts, DeviceRecord, FeedbackRecord, HubStore, HubStoreError, QueueChange,
+};
 use rusqlite::{params, Connection};
 
 use super::migrations::HUB;
@@ -23,6 +27,14 @@ const TABLE: &str = "devices";
 const UPSERT: &str = "INSERT INTO devices (id, doc) VALUES (?1, ?2) \
      ON CONFLICT (id) DO UPDATE SET doc = excluded.doc";
 const DELETE: &str = "DELETE FROM devices WHERE id = ?1";
+const DELETE_DEVICE_C2D: &str = "DELETE FROM c2d WHERE device = ?1";
+const PUT_C2D: &str = "INSERT OR REPLACE INTO c2d (seq, device, doc) VALUES (?1, ?2, ?3)";
+const DELETE_C2D: &str = "DELETE FROM c2d WHERE seq = ?1";
+const PUT_FEEDBACK: &str = "INSERT OR REPLACE INTO feedback (seq, doc) VALUES (?1, ?2)";
+const DELETE_FEEDBACK: &str = "DELETE FROM feedback WHERE seq = ?1";
+/// Keys as text: the shared document reader takes (text key, doc) rows.
+const ALL_C2D: &str = "SELECT CAST(seq AS TEXT), doc FROM c2d ORDER BY seq";
+const ALL_FEEDBACK: &str = "SELECT CAST(seq AS TEXT), doc FROM feedback ORDER BY seq";
 const GET: &str = "SELECT doc FROM devices WHERE id = ?1";
 const FIRST_PAGE: &str = "SELECT id, doc FROM devices ORDER BY id LIMIT ?1";
 const NEXT_PAGE: &str = "SELECT id, doc FROM devices WHERE id > ?2 ORDER BY id LIMIT ?1";
@@ -59,21 +71,49 @@ impl Decode for HubStoreError {
 enum DeviceOp {
     /// Insert or replace the document of `key`.
     Put { key: String, doc: String },
-    /// Remove `key` (absent is fine).
+    /// Remove `key` (absent is fine) and its cloud-to-device messages.
     Delete { key: String },
+    /// Queue changes, encoded: messages (seq, device key, doc) and feedback (seq, doc) to put,
+    /// keys to delete.
+    Queues {
+        put_c2d: Vec<(i64, String, String)>,
+        delete_c2d: Vec<i64>,
+        put_feedback: Vec<(i64, String)>,
+        delete_feedback: Vec<i64>,
+    },
 }
 
 impl Operation for DeviceOp {
     type Error = HubStoreError;
 
     fn apply(&self, conn: &Connection) -> Result<(), HubStoreError> {
+        let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.prepare_cached(sql).and_then(|mut s| s.execute(p));
         match self {
-            DeviceOp::Put { key, doc } => conn
-                .prepare_cached(UPSERT)
-                .and_then(|mut s| s.execute(params![key, doc])),
-            DeviceOp::Delete { key } => conn.prepare_cached(DELETE).and_then(|mut s| s.execute([key])),
+            DeviceOp::Put { key, doc } => run(UPSERT, params![key, doc]).map(drop),
+            DeviceOp::Delete { key } => {
+                run(DELETE, params![key]).and_then(|_| run(DELETE_DEVICE_C2D, params![key]).map(drop))
+            }
+            DeviceOp::Queues {
+                put_c2d,
+                delete_c2d,
+                put_feedback,
+                delete_feedback,
+            } => (|| {
+                for (seq, device, doc) in put_c2d {
+                    run(PUT_C2D, params![seq, device, doc])?;
+                }
+                for seq in delete_c2d {
+                    run(DELETE_C2D, params![seq])?;
+                }
+                for (seq, doc) in put_feedback {
+                    run(PUT_FEEDBACK, params![seq, doc])?;
+                }
+                for seq in delete_feedback {
+                    run(DELETE_FEEDBACK, params![seq])?;
+                }
+                Ok(())
+            })(),
         }
-        .map(drop)
         .map_err(HubStoreError::sqlite)
     }
 }
@@ -148,6 +188,49 @@ impl HubStore for SqliteHubStore {
             .read(move |c| match &after {
                 None => reader::collect(c, TABLE, FIRST_PAGE, params![limit]),
                 Some(after) => reader::collect(c, TABLE, NEXT_PAGE, params![limit, after]),
+            })
+            .await
+    }
+
+    async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError> {
+        let seq = |s: u64| i64::try_from(s).map_err(|_| HubStoreError::backend(format!("queue key {s} out of range")));
+        let encode = |what: &str, r: Result<String, serde_json::Error>| {
+            r.map_err(|e| HubStoreError::backend(format!("cannot encode {what}: {e}")))
+        };
+        let op = DeviceOp::Queues {
+            put_c2d: change
+                .put_c2d
+                .iter()
+                .map(|m| {
+                    Ok((
+                        seq(m.seq)?,
+                        device_key(&m.device_id),
+                        encode("message", serde_json::to_string(m))?,
+                    ))
+                })
+                .collect::<Result<_, HubStoreError>>()?,
+            delete_c2d: change.delete_c2d.iter().map(|s| seq(*s)).collect::<Result<_, _>>()?,
+            put_feedback: change
+                .put_feedback
+                .iter()
+                .map(|f| Ok((seq(f.seq)?, encode("feedback", serde_json::to_string(f))?)))
+                .collect::<Result<_, HubStoreError>>()?,
+            delete_feedback: change
+                .delete_feedback
+                .iter()
+                .map(|s| seq(*s))
+                .collect::<Result<_, _>>()?,
+        };
+        self.db.writer.write(op).await
+    }
+
+    async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError> {
+        self.db
+            .readers
+            .read(|c| {
+                let messages = reader::collect(c, "c2d", ALL_C2D, params![])?;
+                let feedback = reader::collect(c, "feedback", ALL_FEEDBACK, params![])?;
+                Ok((messages, feedback))
             })
             .await
     }

@@ -88,6 +88,11 @@ pub(crate) const HUB: Schema = Schema {
             name: "device counts by status",
             sql: include_str!("migrations/hub/0002_device_counts.sql"),
         },
+        Migration {
+            version: 3,
+            name: "cloud-to-device and feedback queues",
+            sql: include_str!("migrations/hub/0003_c2d_queues.sql"),
+        },
     ],
     adopts_unmarked_files: true,
 };

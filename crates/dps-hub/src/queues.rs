@@ -1,0 +1,234 @@
+//! The hub's side of the durable queues (module `c2d` holds the data): loading them at open,
+//! writing what settled, the expiry sweep, purging a device's queue, and the feedback the
+//! service reads.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::c2d::{FeedbackBatch, FeedbackRecord, QueueChange, Settled, FEEDBACK_LOCK};
+use crate::error::{C2dError, HubOpenError};
+use crate::record::key_of;
+use crate::store::HubStoreError;
+use crate::Hub;
+
+impl Hub {
+    /// Reads the queued cloud-to-device messages and unread feedback back from the store at open.
+    /// Messages of devices that no longer exist are deleted.
+    pub(crate) async fn load_queues(&self) -> Result<(), HubOpenError> {
+        let inner = &self.inner;
+        let (messages, feedback) = inner.store.load_queues().await.map_err(HubOpenError::Load)?;
+        let last = messages
+            .iter()
+            .map(|m| m.seq)
+            .chain(feedback.iter().map(|f| f.seq))
+            .max()
+            .unwrap_or(0);
+        inner
+            .next_queue_seq
+            .store(last + 1, std::sync::atomic::Ordering::Relaxed);
+        let mut by_device: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        for m in messages {
+            by_device.entry(key_of(&m.device_id)).or_default().push(m);
+        }
+        let (mut held, mut orphans) = (0, QueueChange::default());
+        for (key, records) in by_device {
+            let found = inner.find(&key).await.map_err(HubOpenError::Load)?;
+            match found {
+                Some((slot, rec)) => {
+                    let mut live = slot.live.lock();
+                    for r in records {
+                        if r.generation_id == rec.generation_id {
+                            held += 1;
+                            live.c2d.insert(r);
+                        } else {
+                            orphans.delete_c2d.push(r.seq);
+                        }
+                    }
+                    drop(live);
+                    inner.c2d_devices.insert(key, slot);
+                }
+                None => orphans.delete_c2d.extend(records.iter().map(|r| r.seq)),
+            }
+        }
+        if !orphans.is_empty() {
+            tracing::info!(
+                messages = orphans.delete_c2d.len(),
+                "cloud-to-device messages of deleted devices dropped"
+            );
+            inner.store.update_queues(&orphans).await.map_err(HubOpenError::Load)?;
+        }
+        let unread = feedback.len();
+        inner.feedback.lock().push(feedback);
+        tracing::info!(messages = held, feedback = unread, "cloud-to-device queues loaded");
+        Ok(())
+    }
+
+    /// Writes what settled (the messages' deletion and the feedback asked for, in one store
+    /// transaction) in the background, and makes the feedback readable once it is written.
+    /// Returns the write's task, for callers that want to wait for it.
+    pub(crate) fn finish(&self, settled: Settled) -> Option<tokio::task::JoinHandle<()>> {
+        if settled.done.is_empty() {
+            return None;
+        }
+        let now = self.inner.now();
+        let mut change = QueueChange::default();
+        for (r, status) in settled.done {
+            change.delete_c2d.push(r.seq);
+            if r.ack.wants(status) {
+                change.put_feedback.push(FeedbackRecord {
+                    seq: self.inner.next_queue_seq(),
+                    original_message_id: r.message_id().to_string(),
+                    device_id: r.device_id,
+                    device_generation_id: r.generation_id,
+                    status,
+                    enqueued_at: now,
+                });
+            }
+        }
+        let hub = self.clone();
+        Some(tokio::spawn(async move {
+            if let Err(e) = hub.inner.store.update_queues(&change).await {
+                // The messages stay stored and come back at the next restart: delivered at least
+                // once, as IoT Hub promises, rather than lost.
+                tracing::error!(error = %e, messages = change.delete_c2d.len(), "settled cloud-to-device messages not written");
+                return;
+            }
+            hub.publish_feedback(change.put_feedback);
+        }))
+    }
+
+    /// Makes written feedback readable and wakes receivers.
+    fn publish_feedback(&self, records: Vec<FeedbackRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let dropped = self.inner.feedback.lock().push(records);
+        self.forget_feedback(dropped);
+        self.inner.feedback_ready.send_modify(|n| *n += 1);
+    }
+
+    /// Deletes feedback records from the store in the background.
+    fn forget_feedback(&self, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let change = QueueChange {
+            delete_feedback: seqs,
+            ..QueueChange::default()
+        };
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.update_queues(&change).await {
+                tracing::error!(error = %e, "dropped feedback not deleted from the store");
+            }
+        });
+    }
+
+    /// Dead-letters the queued cloud-to-device messages whose time to live passed (with
+    /// `Expired` feedback where asked), releases feedback batches whose lock ran out, and drops
+    /// feedback older than its time to live. The server calls it about once a second.
+    pub fn sweep(&self) {
+        let inner = &self.inner;
+        let now = inner.now();
+        let mut settled = Settled::default();
+        let mut empty = Vec::new();
+        for entry in inner.c2d_devices.iter() {
+            let mut live = entry.value().live.lock();
+            live.c2d.expire(now, &mut settled);
+            if live.c2d.is_empty() {
+                empty.push(entry.key().clone());
+            }
+        }
+        for key in empty {
+            inner
+                .c2d_devices
+                .remove_if(&key, |_, slot| slot.live.lock().c2d.is_empty());
+        }
+        self.finish(settled);
+        let (dropped, released) = {
+            let mut fb = inner.feedback.lock();
+            let before = fb.locked.len();
+            let dropped = fb.expire(now);
+            (dropped, before != fb.locked.len())
+        };
+        self.forget_feedback(dropped);
+        if released {
+            inner.feedback_ready.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Removes every cloud-to-device message of the device, queued or delivered and not
+    /// settled (`DELETE /devices/{id}/commands`), with `Purged` feedback where asked. Returns
+    /// how many were removed once the removal is written.
+    pub async fn purge_c2d(&self, device_id: &str) -> Result<usize, C2dError> {
+        let found = self.inner.find(device_id).await.map_err(|source| C2dError::Storage {
+            device_id: device_id.to_string(),
+            source,
+        })?;
+        let Some((slot, _)) = found else {
+            return Err(C2dError::DeviceNotFound {
+                device_id: device_id.to_string(),
+            });
+        };
+        let mut settled = Settled::default();
+        let purged = slot.live.lock().c2d.purge(&mut settled);
+        if let Some(write) = self.finish(settled) {
+            let _ = write.await;
+        }
+        tracing::info!(device = %device_id, purged, "cloud-to-device queue purged");
+        Ok(purged)
+    }
+
+    /// Locks up to `max` unread feedback records (oldest first) for [`FEEDBACK_LOCK`] and hands
+    /// them out; `None` when there is none. Complete the batch with
+    /// [`Hub::complete_feedback`]; abandoned, or not completed in time, it is read again.
+    pub fn receive_feedback(&self, max: usize) -> Option<FeedbackBatch> {
+        let until: DateTime<Utc> =
+            self.inner.now() + chrono::Duration::from_std(FEEDBACK_LOCK).unwrap_or(chrono::Duration::MAX);
+        self.inner.feedback.lock().take(max, until)
+    }
+
+    /// Completes a feedback batch: its records are deleted, durably when this returns. `false`
+    /// if no batch holds the lock (completed already, or its lock ran out).
+    pub async fn complete_feedback(&self, lock_token: &str) -> Result<bool, HubStoreError> {
+        let Some((records, _)) = self.inner.feedback.lock().locked.remove(lock_token) else {
+            return Ok(false);
+        };
+        let change = QueueChange {
+            delete_feedback: records.iter().map(|r| r.seq).collect(),
+            ..QueueChange::default()
+        };
+        if let Err(e) = self.inner.store.update_queues(&change).await {
+            // Readable again: the service completes it again later.
+            let mut fb = self.inner.feedback.lock();
+            for r in records.into_iter().rev() {
+                fb.pending.push_front(r);
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Puts a feedback batch back to be read again; `false` if no batch holds the lock.
+    pub fn abandon_feedback(&self, lock_token: &str) -> bool {
+        let released = self.inner.feedback.lock().release(lock_token);
+        if released {
+            self.inner.feedback_ready.send_modify(|n| *n += 1);
+        }
+        released
+    }
+
+    /// Changes whenever feedback may have become readable: receivers wait on it and then call
+    /// [`Hub::receive_feedback`].
+    pub fn feedback_signal(&self) -> watch::Receiver<u64> {
+        self.inner.feedback_ready.subscribe()
+    }
+
+    /// Unread feedback records (locked ones included).
+    pub fn feedback_len(&self) -> usize {
+        let fb = self.inner.feedback.lock();
+        fb.pending.len() + fb.locked.values().map(|(r, _)| r.len()).sum::<usize>()
+    }
+}
