@@ -331,6 +331,20 @@ mod tests {
     }
 
     #[test]
+    fn c2d_time_to_live_is_read_from_the_limits_within_iot_hubs_range() {
+        assert_eq!(Limits::default().c2d_ttl(), Duration::from_secs(3600));
+        let f: FileConfig = toml::from_str("[limits]\nc2d-ttl-secs = 120\n").unwrap();
+        let c = ServerConfig::defaults().merge_file(f);
+        assert_eq!(c.limits.c2d_ttl(), Duration::from_secs(120));
+        assert_eq!(c.validate(), Ok(()));
+        for bad in [59, 48 * 3600 + 1] {
+            let f: FileConfig = toml::from_str(&format!("[limits]\nc2d-ttl-secs = {bad}\n")).unwrap();
+            let err = ServerConfig::defaults().merge_file(f).validate().unwrap_err();
+            assert!(err.contains("c2d-ttl-secs must be from 60 to 172800"), "{err}");
+        }
+    }
+
+    #[test]
     fn limits_table_keeps_defaults_for_keys_left_out() {
         let f: FileConfig = toml::from_str("[limits]\nmax-connections-per-ip = 50\n").unwrap();
         let c = ServerConfig::defaults().merge_file(f);

@@ -491,6 +491,12 @@ async fn the_service_endpoint_needs_a_service_token_and_a_known_device() {
         Sender::attach(&mut session, "svc1", "/messages/devicebound").await,
         "the service node with only a device token",
     );
+    let mut session = Session::begin(&mut c).await.unwrap();
+    assert_eq!(put_token(&mut session, &s, "c2d-a", device_sas(&s, "c2d-a")).await, 200);
+    assert_unauthorized(
+        Receiver::attach(&mut session, "fb1", "/messages/serviceBound/feedback").await,
+        "the feedback node with only a device token",
+    );
 
     // A token naming the owner policy but signed with another key: 401.
     let mut session = Session::begin(&mut c).await.unwrap();

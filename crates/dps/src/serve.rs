@@ -97,6 +97,10 @@ struct LimitArgs {
     /// limit].
     #[arg(long, env = "DPS_POLLS_PER_DEVICE_PER_10S")]
     polls_per_device_per_10s: Option<u32>,
+    /// Seconds a cloud-to-device message waits for its device when its sender set no expiry
+    /// [default: 3600, as IoT Hub; 60 to 172800].
+    #[arg(long, env = "DPS_C2D_TTL_SECS")]
+    c2d_ttl_secs: Option<u64>,
 }
 
 impl LimitArgs {
@@ -113,7 +117,8 @@ impl LimitArgs {
             telemetry_retention_secs,
             registrations_per_second,
             operations_per_second,
-            polls_per_device_per_10s
+            polls_per_device_per_10s,
+            c2d_ttl_secs
         );
     }
 }
