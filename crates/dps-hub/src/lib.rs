@@ -54,7 +54,7 @@ pub use c2d::{
 pub use error::{AuthError, C2dError, HubOpenError, MethodError, RegistryError, SessionError};
 pub use registry::RegistryStatistics;
 pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, OUTBOUND_CAPACITY};
-pub use telemetry::TelemetryMessage;
+pub use telemetry::{partition_of, PartitionInfo, TelemetryMessage};
 
 use c2d::FeedbackQueue;
 use cache::SlotCache;
@@ -82,7 +82,13 @@ pub struct HubConfig {
     /// A cloud-to-device message's time to live when its sender sets no expiry
     /// ([`DEFAULT_C2D_TTL`], Azure's `defaultTtlAsIso8601`; at most [`MAX_C2D_TTL`]).
     pub c2d_ttl: Duration,
+    /// Partitions of the Event Hub-compatible endpoint ([`DEFAULT_PARTITIONS`]); each device's
+    /// messages go to one of them ([`partition_of`]).
+    pub partitions: u32,
 }
+
+/// The default [`HubConfig::partitions`], as an IoT hub's built-in endpoint has by default.
+pub const DEFAULT_PARTITIONS: u32 = 4;
 
 /// The default [`HubConfig::device_cache`]: about 80 MB of typical records, so that a hub with
 /// millions of devices idles small while the devices in use are read without the store.
@@ -100,6 +106,7 @@ impl HubConfig {
             telemetry_retention_age: Duration::from_secs(24 * 3600),
             device_cache: DEFAULT_DEVICE_CACHE,
             c2d_ttl: DEFAULT_C2D_TTL,
+            partitions: DEFAULT_PARTITIONS,
         }
     }
 }
@@ -229,11 +236,14 @@ impl Hub {
                 devices: SlotCache::new(config.device_cache),
                 store,
                 clock,
-                telemetry: TelemetryLog::new(Retention {
-                    count: config.telemetry_retention,
-                    bytes: config.telemetry_retention_bytes,
-                    age: config.telemetry_retention_age,
-                }),
+                telemetry: TelemetryLog::new(
+                    Retention {
+                        count: config.telemetry_retention,
+                        bytes: config.telemetry_retention_bytes,
+                        age: config.telemetry_retention_age,
+                    },
+                    config.partitions,
+                ),
                 methods: DashMap::new(),
                 next_rid: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
@@ -270,6 +280,35 @@ impl Hub {
         self.inner
             .telemetry
             .recent(self.inner.now(), device_id, after_sequence, limit)
+    }
+
+    /// Partitions of the Event Hub-compatible endpoint.
+    pub fn partition_count(&self) -> u32 {
+        self.inner.telemetry.partition_count()
+    }
+
+    /// Where a partition stands (`None`: no such partition).
+    pub fn partition_info(&self, partition: u32) -> Option<PartitionInfo> {
+        self.inner.telemetry.partition_info(self.inner.now(), partition)
+    }
+
+    /// The partition sequence number a consumer starting at `position` reads first (`None`: no
+    /// such partition).
+    pub fn partition_start(&self, partition: u32, position: dps_proto::event_hubs::EventPosition) -> Option<u64> {
+        self.inner.telemetry.start_of(partition, position)
+    }
+
+    /// Up to `limit` retained messages of `partition` from sequence number `from` on, and the
+    /// sequence number to read next.
+    pub fn read_partition(&self, partition: u32, from: u64, limit: usize) -> (Vec<Arc<TelemetryMessage>>, u64) {
+        self.inner
+            .telemetry
+            .read_partition(self.inner.now(), partition, from, limit)
+    }
+
+    /// Changes whenever a message arrives in `partition` (`None`: no such partition).
+    pub fn partition_arrivals(&self, partition: u32) -> Option<watch::Receiver<u64>> {
+        self.inner.telemetry.arrivals(partition)
     }
 
     /// How many devices the hub holds in memory now: connected or otherwise resident ones plus

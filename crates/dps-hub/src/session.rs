@@ -742,6 +742,8 @@ impl DeviceSession {
         ]);
         let msg = self.hub.inner.telemetry.append(TelemetryMessage {
             sequence_number: 0,
+            partition: 0,
+            partition_sequence: 0,
             device_id: id.device_id.clone(),
             enqueued_time: now,
             properties: app,

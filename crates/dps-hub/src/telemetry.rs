@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
+use dps_proto::event_hubs::EventPosition;
 use dps_proto::timefmt::format_record;
 use dps_proto::twin_limits;
 use parking_lot::Mutex;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// The most message bytes the live broadcast holds for watchers that have not read them yet.
 pub(crate) const LIVE_FEED_BYTES: usize = 64 * 1024 * 1024;
@@ -53,8 +54,14 @@ pub(crate) struct Retention {
 /// One acknowledged device-to-cloud message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetryMessage {
-    /// Hub-wide, strictly increasing (1, 2, ...) since the hub was opened.
+    /// Hub-wide, strictly increasing (1, 2, ...) since the hub was opened. The Event
+    /// Hub-compatible endpoint gives it as the event's offset (`x-opt-offset`): increasing
+    /// within each partition, as Event Hubs' offsets are.
     pub sequence_number: u64,
+    /// The Event Hub-compatible endpoint's partition ([`partition_of`] the device).
+    pub partition: u32,
+    /// Position in the partition (0, 1, ...): the event's `x-opt-sequence-number`.
+    pub partition_sequence: u64,
     /// Registry device id of the sender.
     pub device_id: String,
     /// When the hub accepted the message.
@@ -181,6 +188,45 @@ struct Ring {
     messages: VecDeque<Arc<TelemetryMessage>>,
     /// Sum of [`TelemetryMessage::retained_bytes`] over `messages`.
     bytes: u64,
+    /// The same messages by partition.
+    partitions: Vec<Partition>,
+}
+
+/// One partition's messages (a subsequence of the ring's) and where it stands.
+#[derive(Default)]
+struct Partition {
+    /// The next partition sequence number.
+    next: u64,
+    messages: VecDeque<Arc<TelemetryMessage>>,
+    /// The last message appended, even when it is no longer retained.
+    last: Option<Arc<TelemetryMessage>>,
+}
+
+/// The Event Hub-compatible view of one partition (the `$management` partition read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// The first retained sequence number (the next one when nothing is retained).
+    pub begin_sequence_number: u64,
+    /// The last sequence number appended, if any.
+    pub last_sequence_number: Option<u64>,
+    /// The last offset appended (a hub-wide sequence number), if any.
+    pub last_offset: Option<u64>,
+    /// When the last message was enqueued, if any.
+    pub last_enqueued_time: Option<DateTime<Utc>>,
+    /// Whether no message is retained.
+    pub is_empty: bool,
+}
+
+/// The partition a device's messages go to, out of `count`: FNV-1a of the lower-cased device
+/// id, so a device always lands in the same partition (its events stay in order), across
+/// restarts and builds.
+pub fn partition_of(device_id: &str, count: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device_id.bytes() {
+        h ^= u64::from(b.to_ascii_lowercase());
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(count.max(1))) as u32
 }
 
 impl Ring {
@@ -195,6 +241,9 @@ impl Ring {
                 break;
             }
             self.bytes -= front.retained_bytes();
+            if let Some(p) = self.partitions.get_mut(front.partition as usize) {
+                p.messages.pop_front();
+            }
             self.messages.pop_front();
         }
     }
@@ -209,40 +258,137 @@ pub(crate) struct TelemetryLog {
     retention: Retention,
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<TelemetryMessage>>,
+    /// Per partition, the count of messages appended: changes when one arrives.
+    arrivals: Vec<watch::Sender<u64>>,
 }
 
 impl TelemetryLog {
-    pub(crate) fn new(retention: Retention) -> Self {
+    pub(crate) fn new(retention: Retention, partitions: u32) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let partitions = partitions.max(1) as usize;
         Self {
             retention,
             ring: Mutex::new(Ring {
                 next_sequence: 1,
                 messages: VecDeque::with_capacity(retention.count.min(1024)),
                 bytes: 0,
+                partitions: (0..partitions).map(|_| Partition::default()).collect(),
             }),
             tx,
+            arrivals: (0..partitions).map(|_| watch::channel(0).0).collect(),
         }
+    }
+
+    /// How many partitions the messages are spread over.
+    pub(crate) fn partition_count(&self) -> u32 {
+        self.arrivals.len() as u32
     }
 
     /// Stamps `msg` with the next sequence number, retains and broadcasts it. Its enqueued time is
     /// "now" for the age bound. A message larger than the whole byte budget is broadcast but not
     /// retained.
     pub(crate) fn append(&self, mut msg: TelemetryMessage) -> Arc<TelemetryMessage> {
+        msg.partition = partition_of(&msg.device_id, self.partition_count());
+        let p = msg.partition as usize;
         let mut ring = self.ring.lock();
         msg.sequence_number = ring.next_sequence;
         ring.next_sequence += 1;
+        msg.partition_sequence = ring.partitions[p].next;
+        ring.partitions[p].next += 1;
         let msg = Arc::new(msg);
         let now = msg.enqueued_time;
         let cost = msg.retained_bytes();
         if self.retention.count > 0 && cost <= self.retention.bytes {
             ring.bytes += cost;
             ring.messages.push_back(msg.clone());
+            ring.partitions[p].messages.push_back(msg.clone());
         }
+        ring.partitions[p].last = Some(msg.clone());
         ring.evict(&self.retention, now);
+        drop(ring);
+        self.arrivals[p].send_modify(|n| *n += 1);
         // No receivers is not an error: nobody is watching.
         let _ = self.tx.send(msg.clone());
         msg
+    }
+
+    /// Changes whenever a message arrives in `partition`; `None` for a partition that does not
+    /// exist.
+    pub(crate) fn arrivals(&self, partition: u32) -> Option<watch::Receiver<u64>> {
+        self.arrivals.get(partition as usize).map(|tx| tx.subscribe())
+    }
+
+    /// Where `partition` stands at `now` (`None`: no such partition).
+    pub(crate) fn partition_info(&self, now: DateTime<Utc>, partition: u32) -> Option<PartitionInfo> {
+        let mut ring = self.ring.lock();
+        ring.evict(&self.retention, now);
+        let p = ring.partitions.get(partition as usize)?;
+        Some(PartitionInfo {
+            begin_sequence_number: p.messages.front().map_or(p.next, |m| m.partition_sequence),
+            last_sequence_number: p.last.as_ref().map(|m| m.partition_sequence),
+            last_offset: p.last.as_ref().map(|m| m.sequence_number),
+            last_enqueued_time: p.last.as_ref().map(|m| m.enqueued_time),
+            is_empty: p.messages.is_empty(),
+        })
+    }
+
+    /// The partition sequence number a consumer starting at `position` reads first.
+    pub(crate) fn start_of(&self, partition: u32, position: EventPosition) -> Option<u64> {
+        let ring = self.ring.lock();
+        let p = ring.partitions.get(partition as usize)?;
+        let first_where = |pred: &dyn Fn(&TelemetryMessage) -> bool| {
+            p.messages
+                .iter()
+                .find(|m| pred(m))
+                .map_or(p.next, |m| m.partition_sequence)
+        };
+        Some(match position {
+            EventPosition::Latest => p.next,
+            EventPosition::Offset { offset, inclusive } => first_where(&|m: &TelemetryMessage| {
+                let o = m.sequence_number as i64;
+                if inclusive {
+                    o >= offset
+                } else {
+                    o > offset
+                }
+            }),
+            EventPosition::SequenceNumber {
+                sequence_number,
+                inclusive,
+            } => {
+                let n = sequence_number.max(-1);
+                let first = if inclusive { n } else { n + 1 };
+                first.max(0) as u64
+            }
+            EventPosition::EnqueuedTime { millis, inclusive } => first_where(&|m: &TelemetryMessage| {
+                let t = m.enqueued_time.timestamp_millis();
+                if inclusive {
+                    t >= millis
+                } else {
+                    t > millis
+                }
+            }),
+        })
+    }
+
+    /// Up to `limit` retained messages of `partition` from sequence number `from` on (from the
+    /// oldest retained one when `from` is older), and the sequence number after them.
+    pub(crate) fn read_partition(
+        &self,
+        now: DateTime<Utc>,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> (Vec<Arc<TelemetryMessage>>, u64) {
+        let mut ring = self.ring.lock();
+        ring.evict(&self.retention, now);
+        let Some(p) = ring.partitions.get(partition as usize) else {
+            return (Vec::new(), from);
+        };
+        let start = p.messages.partition_point(|m| m.partition_sequence < from);
+        let out: Vec<_> = p.messages.range(start..).take(limit).cloned().collect();
+        let next = out.last().map_or(from, |m| m.partition_sequence + 1);
+        (out, next)
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<TelemetryMessage>> {
@@ -288,6 +434,8 @@ mod tests {
     fn msg(device: &str, body: &[u8]) -> TelemetryMessage {
         TelemetryMessage {
             sequence_number: 0,
+            partition: 0,
+            partition_sequence: 0,
             device_id: device.into(),
             enqueued_time: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             properties: vec![("k".into(), "v".into())],
@@ -313,7 +461,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_last_n_in_order() {
-        let log = TelemetryLog::new(retention(3));
+        let log = TelemetryLog::new(retention(3), 1);
         let now = msg("a", b"").enqueued_time;
         for i in 0..5 {
             log.append(msg(if i % 2 == 0 { "a" } else { "b" }, b"{}"));
@@ -330,11 +478,14 @@ mod tests {
     #[test]
     fn ring_is_bounded_in_bytes_and_age() {
         let one = msg("a", &[b'x'; 1000]).retained_bytes();
-        let log = TelemetryLog::new(Retention {
-            count: 1000,
-            bytes: 3 * one,
-            age: Duration::from_secs(60),
-        });
+        let log = TelemetryLog::new(
+            Retention {
+                count: 1000,
+                bytes: 3 * one,
+                age: Duration::from_secs(60),
+            },
+            1,
+        );
         let t0 = msg("a", b"").enqueued_time;
         for _ in 0..5 {
             log.append(msg("a", &[b'x'; 1000]));
@@ -355,11 +506,96 @@ mod tests {
     }
 
     #[test]
+    fn partitions_number_their_own_messages_and_find_where_consumers_start() {
+        let log = TelemetryLog::new(retention(100), 4);
+        let (a, b) = ("dev-a", "dev-b");
+        assert_ne!(partition_of(a, 4), partition_of(b, 4), "the test needs two partitions");
+        assert_eq!(
+            partition_of("DEV-A", 4),
+            partition_of(a, 4),
+            "case-insensitive, as device ids"
+        );
+        let now = msg(a, b"").enqueued_time;
+        let arrivals = log.arrivals(partition_of(a, 4)).unwrap();
+        let sent: Vec<_> = (0..5)
+            .map(|i| {
+                let mut m = msg(if i % 2 == 0 { a } else { b }, b"{}");
+                m.enqueued_time = now + TimeDelta::seconds(i);
+                log.append(m)
+            })
+            .collect();
+        assert!(arrivals.has_changed().unwrap());
+        let pa = partition_of(a, 4);
+        let of_a: Vec<_> = sent.iter().filter(|m| m.partition == pa).collect();
+        assert_eq!(of_a.iter().map(|m| m.partition_sequence).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(of_a.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), [1, 3, 5]);
+
+        let (read, next) = log.read_partition(now, pa, 0, 2);
+        assert_eq!(read.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(next, 2);
+        assert_eq!(log.read_partition(now, pa, 3, 10), (Vec::new(), 3));
+        let start = |p| log.start_of(pa, p).unwrap();
+        assert_eq!(start(EventPosition::EARLIEST), 0);
+        assert_eq!(start(EventPosition::Latest), 3);
+        assert_eq!(
+            start(EventPosition::Offset {
+                offset: 3,
+                inclusive: false
+            }),
+            2
+        );
+        assert_eq!(
+            start(EventPosition::Offset {
+                offset: 3,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            start(EventPosition::SequenceNumber {
+                sequence_number: 1,
+                inclusive: false
+            }),
+            2
+        );
+        let t2 = (now + TimeDelta::seconds(2)).timestamp_millis();
+        assert_eq!(
+            start(EventPosition::EnqueuedTime {
+                millis: t2,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            start(EventPosition::EnqueuedTime {
+                millis: t2,
+                inclusive: false
+            }),
+            2
+        );
+
+        let info = log.partition_info(now, pa).unwrap();
+        assert_eq!(
+            info,
+            PartitionInfo {
+                begin_sequence_number: 0,
+                last_sequence_number: Some(2),
+                last_offset: Some(5),
+                last_enqueued_time: Some(now + TimeDelta::seconds(4)),
+                is_empty: false,
+            }
+        );
+        let empty = (0..4).find(|p| *p != pa && *p != partition_of(b, 4)).unwrap();
+        assert!(log.partition_info(now, empty).unwrap().is_empty);
+        assert!(log.partition_info(now, 4).is_none());
+    }
+
+    #[test]
     fn live_feed_is_bounded_in_bytes() {
         // The broadcast's capacity times the largest message stays within the byte budget.
         assert_eq!(BROADCAST_CAPACITY, 256);
         const { assert!(BROADCAST_CAPACITY * twin_limits::D2C_MAX_BYTES <= LIVE_FEED_BYTES) };
-        let log = TelemetryLog::new(retention(0));
+        let log = TelemetryLog::new(retention(0), 1);
         let mut rx = log.subscribe();
         for _ in 0..BROADCAST_CAPACITY + 10 {
             log.append(msg("a", b"{}"));

@@ -15,6 +15,7 @@ pub mod connection_string;
 pub mod dps_amqp;
 pub mod dps_mqtt;
 pub mod error;
+pub mod event_hubs;
 pub mod hub_amqp;
 pub mod hub_mqtt;
 pub mod keys;

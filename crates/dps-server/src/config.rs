@@ -45,6 +45,11 @@ pub struct ServerConfig {
     /// on demand, so this trades memory (about 1.2 KB per typical device) for store reads on a
     /// hub with more devices than the bound; connected devices are held besides.
     pub hub_device_cache: usize,
+    /// Partitions of the hub's Event Hub-compatible endpoint (4, as an IoT hub's built-in
+    /// endpoint by default; 1 to 32).
+    pub event_hub_partitions: u32,
+    /// Consumer groups of the Event Hub-compatible endpoint besides `$Default`.
+    pub event_hub_consumer_groups: Vec<String>,
     /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
     /// file, `--max-connections` etc. on the command line).
     pub limits: Limits,
@@ -184,6 +189,10 @@ pub struct FileConfig {
     pub immediate_assignment: Option<bool>,
     /// See [`ServerConfig::hub_device_cache`].
     pub hub_device_cache: Option<usize>,
+    /// See [`ServerConfig::event_hub_partitions`].
+    pub event_hub_partitions: Option<u32>,
+    /// See [`ServerConfig::event_hub_consumer_groups`].
+    pub event_hub_consumer_groups: Option<Vec<String>>,
     /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
     pub limits: Option<Limits>,
 }
@@ -241,6 +250,8 @@ impl ServerConfig {
             telemetry_retention: 10_000,
             immediate_assignment: false,
             hub_device_cache: dps_hub::DEFAULT_DEVICE_CACHE,
+            event_hub_partitions: dps_hub::DEFAULT_PARTITIONS,
+            event_hub_consumer_groups: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -259,7 +270,9 @@ impl ServerConfig {
             max_message_bytes,
             telemetry_retention,
             immediate_assignment,
-            hub_device_cache
+            hub_device_cache,
+            event_hub_partitions,
+            event_hub_consumer_groups
         );
         if let Some(h) = f.hostname.filter(|h| !h.is_empty()) {
             self.hostnames = h;
@@ -280,6 +293,17 @@ impl ServerConfig {
         if self.hub_device_cache == 0 {
             return Err("hub-device-cache must be at least 1 (the embedded hub reads every device through it)".into());
         }
+        if !(1..=32).contains(&self.event_hub_partitions) {
+            return Err(format!(
+                "event-hub-partitions must be from 1 to 32 (as an IoT hub's built-in endpoint), not {}",
+                self.event_hub_partitions
+            ));
+        }
+        if let Some(bad) = self.event_hub_consumer_groups.iter().find(|g| !valid_consumer_group(g)) {
+            return Err(format!(
+                "event-hub-consumer-groups: {bad:?} is not a consumer group name (1 to 50 letters, digits, '.', '_', '-')"
+            ));
+        }
         self.limits.validate()
     }
 
@@ -296,6 +320,16 @@ impl ServerConfig {
             .cloned()
             .unwrap_or_else(|| "127.0.0.1".to_string())
     }
+}
+
+/// Event Hubs' rule for consumer group names: 1 to 50 letters, digits, periods, underscores and
+/// hyphens, starting with a letter or digit.
+fn valid_consumer_group(name: &str) -> bool {
+    (1..=50).contains(&name.len())
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]

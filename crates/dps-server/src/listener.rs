@@ -142,6 +142,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             telemetry_retention_age: config.limits.telemetry_retention_age(),
             device_cache: config.hub_device_cache,
             c2d_ttl: config.limits.c2d_ttl(),
+            partitions: config.event_hub_partitions,
         },
         Arc::new(hub_store),
         Arc::new(SystemClock),

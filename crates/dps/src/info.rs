@@ -33,6 +33,10 @@ pub struct Info {
     pub service_connection_string: String,
     pub hub_host_name: String,
     pub hub_connection_string: String,
+    /// The hub's Event Hub-compatible endpoint, as the Event Hubs SDKs take it
+    /// (`Endpoint=sb://{hub host}/;SharedAccessKeyName=…;SharedAccessKey=…;EntityPath=…`), with
+    /// the hub's `service` policy (the first with `ServiceConnect` when there is none).
+    pub event_hub_connection_string: String,
     pub ca_certificate_path: Option<String>,
     /// The local RSA root. The server presents an RSA certificate chained to it to clients that
     /// offer only RSA signatures (device TLS stacks built without ECDSA), and the P-256 one
@@ -75,6 +79,7 @@ impl Info {
                 &hub_owner.primary_key,
             )
             .to_string(),
+            event_hub_connection_string: event_hub_connection_string(id, ports.map(|p| p.2)),
             ca_certificate_path: ca.exists().then(|| absolute(&ca)),
             rsa_ca_certificate_path: rsa_ca.exists().then(|| absolute(&rsa_ca)),
             data_dir: absolute(dir.root()),
@@ -104,6 +109,28 @@ impl Info {
             Some(ports),
         )
     }
+}
+
+/// The Event Hub-compatible connection string; the AMQP port goes into the endpoint when it is
+/// not the standard 5671.
+fn event_hub_connection_string(id: &Identity, amqp_port: Option<u16>) -> String {
+    let policies = &id.hub.policies;
+    let policy = policies
+        .iter()
+        .find(|p| p.key_name.eq_ignore_ascii_case("service"))
+        .or_else(|| policies.iter().find(|p| p.has_right("ServiceConnect")))
+        .unwrap_or(&policies[0]);
+    let port = amqp_port
+        .filter(|p| *p != 0 && *p != 5671)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    format!(
+        "Endpoint=sb://{}{port}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath={}",
+        id.hub.host_name,
+        policy.key_name,
+        policy.primary_key,
+        dps_server::amqp::event_hub::event_hub_name(&id.hub.host_name)
+    )
 }
 
 fn absolute(p: &std::path::Path) -> String {
@@ -136,6 +163,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         println!("trust this CA       {}", info.trust().as_deref().unwrap_or("-"));
         println!("service connection  {}", info.service_connection_string);
         println!("hub connection      {}", info.hub_connection_string);
+        println!("event hub endpoint  {}", info.event_hub_connection_string);
     }
     Ok(())
 }

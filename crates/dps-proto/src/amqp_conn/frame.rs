@@ -109,14 +109,72 @@ fn write_typed(out: &mut BytesMut, frame_type: u8, channel: u16, performative: &
     out.put_u8(2); // data offset: no extended header
     out.put_u8(frame_type);
     out.put_u16(channel);
+    let performative_start = out.len();
     let mut serializer = serde_amqp::ser::Serializer::new(out.writer());
     // Serializing our own well-formed performative into memory cannot fail.
     if let Err(e) = performative.serialize(&mut serializer) {
         unreachable!("AMQP performative does not serialize: {e}");
     }
+    pad_fields(out, performative_start);
     out.put_slice(payload);
     let size = (out.len() - start) as u32;
     out[start..start + 4].copy_from_slice(&size.to_be_bytes());
+}
+
+/// How many fields each performative has (§2.7, §5.3.3), by descriptor code.
+fn field_count(code: u8) -> Option<usize> {
+    Some(match code {
+        0x10 => 10,              // open
+        0x11 => 8,               // begin
+        0x12 => 14,              // attach
+        0x13 => 11,              // flow
+        0x14 => 11,              // transfer
+        0x15 => 6,               // disposition
+        0x16 => 3,               // detach
+        0x17 | 0x18 => 1,        // end, close
+        0x40 | 0x42 | 0x43 => 1, // sasl-mechanisms, -challenge, -response
+        0x41 => 3,               // sasl-init
+        0x44 => 2,               // sasl-outcome
+        _ => return None,
+    })
+}
+
+/// Writes out the trailing null fields the serializer leaves off (§1.4 allows omitting them),
+/// so that the performative at `start` carries every field. Python's `azure-eventhub` (pyamqp)
+/// reads fields by position and fails on a short list: it finds a transfer's payload at field
+/// 11, and an open's `max-frame-size` at field 2 of ten.
+fn pad_fields(out: &mut BytesMut, start: usize) {
+    // `00 53 <code>` then the list: list0 (45), list8 (c0 size count), list32 (d0 size count).
+    let (Some(&[0x00, 0x53, _, list]), Some(full)) = (
+        out.get(start..start + 4).and_then(|b| <&[u8; 4]>::try_from(b).ok()),
+        out.get(start + 2).and_then(|c| field_count(*c)),
+    ) else {
+        return;
+    };
+    let header = start + 3;
+    let (count, elements) = match list {
+        0x45 => (0, out.split_off(header + 1)),
+        0xc0 if out.len() >= header + 3 => (out[header + 2] as usize, out.split_off(header + 3)),
+        0xd0 if out.len() >= header + 9 => {
+            let count = u32::from_be_bytes([out[header + 5], out[header + 6], out[header + 7], out[header + 8]]);
+            (count as usize, out.split_off(header + 9))
+        }
+        _ => return,
+    };
+    let missing = full.saturating_sub(count);
+    let (count, len) = (count + missing, elements.len() + missing);
+    out.truncate(header);
+    if len < 255 && count <= 255 {
+        out.put_u8(0xc0);
+        out.put_u8((len + 1) as u8);
+        out.put_u8(count as u8);
+    } else {
+        out.put_u8(0xd0);
+        out.put_u32((len + 4) as u32);
+        out.put_u32(count as u32);
+    }
+    out.put_slice(&elements);
+    out.put_bytes(0x40, missing);
 }
 
 /// Writes an empty frame (a heartbeat: §2.4.5, it keeps the peer's idle timer from expiring).
@@ -128,6 +186,45 @@ pub(crate) fn write_empty(out: &mut BytesMut) {
 mod tests {
     use super::*;
     use fe2o3_amqp_types::performatives::{Close, Open};
+
+    #[test]
+    fn performatives_are_written_with_every_field() {
+        use fe2o3_amqp_types::definitions::Handle;
+        use fe2o3_amqp_types::performatives::Transfer;
+        let t = Transfer {
+            handle: Handle(1),
+            delivery_id: Some(0),
+            delivery_tag: Some(vec![1u8].into()),
+            message_format: Some(0),
+            settled: Some(true),
+            more: false,
+            rcv_settle_mode: None,
+            state: None,
+            resume: false,
+            aborted: false,
+            batchable: false,
+        };
+        let mut out = BytesMut::new();
+        // The payload: one data section holding "x".
+        let payload = [0x00, 0x53, 0x75, 0xa0, 0x01, b'x'];
+        write(&mut out, 0, &t, &payload);
+        // Eleven fields: the five set, then six nulls; the payload after them.
+        assert_eq!(&out[8..14], &[0x00, 0x53, 0x14, 0xc0, 15, 11]);
+        assert!(out[..out.len() - payload.len()].ends_with(&[0x40; 6]));
+        assert_eq!(u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize, out.len());
+        let frame = decode(&out).unwrap();
+        assert!(matches!(&frame.performative, Some(Performative::Transfer(back)) if *back == t));
+        assert_eq!(&out[frame.payload_at..], &payload);
+        // A list0 close gets its one field; a list32 attach keeps its elements.
+        let mut out = BytesMut::new();
+        write(
+            &mut out,
+            0,
+            &fe2o3_amqp_types::performatives::Close { error: None },
+            &[],
+        );
+        assert_eq!(&out[8..], &[0x00, 0x53, 0x18, 0xc0, 2, 1, 0x40]);
+    }
 
     #[test]
     fn written_frames_read_back() {

@@ -82,6 +82,14 @@ pub enum Event {
         /// The node: the target address of the peer's sender, the source address of its
         /// receiver (empty when it gave none).
         address: String,
+        /// The receiver's `apache.org:selector-filter:string` source filter, if it gave one
+        /// (Event Hubs consumers say with it where they start).
+        selector: Option<String>,
+    },
+    /// A link the server sends on has credit and nothing queued: the peer can take more.
+    Credit {
+        /// The link.
+        link: LinkId,
     },
     /// A message arrived on a link the server receives on.
     Message {
@@ -439,6 +447,12 @@ impl Connection {
             Some(r) => r,
             None => Err(SendError::NotAttached),
         }
+    }
+
+    /// How many more messages `link` can take now (the peer's credit and window, less what is
+    /// queued); 0 for a link that is not attached.
+    pub fn room(&mut self, link: LinkId) -> u32 {
+        self.with_link(link, |s, _| s.room(link)).unwrap_or(0)
     }
 
     /// Settles a message the peer sent unsettled, with its outcome.

@@ -93,7 +93,10 @@ impl Session {
             next_outgoing_id: 0,
             incoming_window: INCOMING_WINDOW,
             outgoing_window: OUTGOING_WINDOW,
-            handle_max: Handle(u32::MAX),
+            // One below the default, so that it is written out: a default field is left off the
+            // wire, and Python's `azure-eventhub` (pyamqp) then takes the handle limit as None
+            // and fails on its first link.
+            handle_max: Handle(u32::MAX - 1),
             offered_capabilities: None,
             desired_capabilities: None,
             properties: None,
@@ -178,6 +181,7 @@ impl Session {
             }),
             Direction::ToPeer => a.source.as_ref().and_then(|s| s.address.clone()),
         };
+        let selector = a.source.as_ref().and_then(|s| selector_of(s.filter.as_ref()?));
         let handle = (0..)
             .find(|h| self.links.iter().all(|l| l.handle != *h))
             .unwrap_or(u32::MAX);
@@ -213,6 +217,7 @@ impl Session {
             link: id,
             direction,
             address: address.unwrap_or_default(),
+            selector,
         });
         Ok(())
     }
@@ -264,7 +269,25 @@ impl Session {
         } else {
             // Credit the peer granted before the answer (it may flow right after its attach).
             self.pump(i, ctx);
+            let link = &self.links[i];
+            if link.queue.is_empty() && link.credit > 0 {
+                ctx.events.push_back(Event::Credit { link: link.id });
+            }
         }
+    }
+
+    /// How many more messages link `id` can take now: the peer's credit and session window,
+    /// less what is queued.
+    pub(crate) fn room(&self, id: LinkId) -> u32 {
+        let Some(link) = self.links.iter().find(|l| l.id == id) else {
+            return 0;
+        };
+        if !matches!(link.state, LinkState::Attached) {
+            return 0;
+        }
+        link.credit
+            .min(self.remote_incoming_window)
+            .saturating_sub(link.queue.len() as u32)
     }
 
     pub(crate) fn refuse(&mut self, id: LinkId, error: Error, ctx: &mut Ctx<'_>) {
@@ -351,6 +374,9 @@ impl Session {
                 link.credit = 0;
                 self.write_link_flow(i, true, ctx);
                 return Ok(());
+            }
+            if link.queue.is_empty() && link.credit > 0 && matches!(link.state, LinkState::Attached) {
+                ctx.events.push_back(Event::Credit { link: link.id });
             }
         }
         if f.echo {
@@ -633,4 +659,32 @@ fn lose(link: &mut Link, events: &mut VecDeque<Event>) {
     for (_, token) in link.unsettled.drain(..) {
         events.push_back(Event::Lost { token });
     }
+}
+
+/// The string of a source's selector filter (`apache.org:selector-filter:string`), described by
+/// its code (Node) or its name (Python), or given bare.
+fn selector_of(filter: &fe2o3_amqp_types::messaging::FilterSet) -> Option<String> {
+    use crate::event_hubs::{SELECTOR_FILTER, SELECTOR_FILTER_CODE};
+    use serde_amqp::descriptor::Descriptor;
+    use serde_amqp::Value;
+    filter.iter().find_map(|(key, value)| {
+        let inner = match value {
+            Value::Described(d) => {
+                let ours = match &d.descriptor {
+                    Descriptor::Code(c) => *c == SELECTOR_FILTER_CODE,
+                    Descriptor::Name(n) => n.as_str() == SELECTOR_FILTER,
+                };
+                if !ours {
+                    return None;
+                }
+                &d.value
+            }
+            other if key.as_str() == SELECTOR_FILTER => other,
+            _ => return None,
+        };
+        match inner {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
 }

@@ -84,6 +84,13 @@ impl Peer {
         std::iter::from_fn(|| self.conn.poll_event()).collect()
     }
 
+    /// [`Peer::events`] without the credit notices (what most tests do not look at).
+    fn events_but_credit(&mut self) -> Vec<Event> {
+        let mut events = self.events();
+        events.retain(|e| !matches!(e, Event::Credit { .. }));
+        events
+    }
+
     /// Attaches a link with the peer's `role` to `address` on handle `handle`; returns its id.
     fn attach(&mut self, handle: u32, role: Role, address: &str) -> LinkId {
         let sends = matches!(role, Role::Sender);
@@ -314,6 +321,9 @@ fn messages_to_the_peer_wait_for_credit_and_report_their_outcome() {
         }
         other => panic!("{other:?}"),
     }
+    // Three credits left and nothing queued: the server may send more, and is told so.
+    assert_eq!(p.conn.room(link), 3);
+    assert!(matches!(&p.events()[..], [Event::Credit { link: l }] if *l == link));
     // The peer settles second: the server settles after it, and reports the outcome.
     let disposition = Disposition {
         role: Role::Receiver,
@@ -325,7 +335,7 @@ fn messages_to_the_peer_wait_for_credit_and_report_their_outcome() {
     };
     p.send(5, &disposition).unwrap();
     assert!(matches!(
-        &p.events()[..],
+        &p.events_but_credit()[..],
         [Event::Outcome {
             token: 7,
             state: DeliveryState::Released(_)
@@ -430,7 +440,7 @@ fn detach_end_and_close_are_answered_and_lose_what_is_in_flight() {
     .unwrap();
     assert!(matches!(&p.frames()[..], [(0, Performative::Detach(d))] if d.closed && d.handle.0 == 0));
     assert!(matches!(
-        &p.events()[..],
+        &p.events_but_credit()[..],
         [
             Event::Lost { token: 2 },
             Event::Lost { token: 1 },
@@ -523,4 +533,45 @@ fn drain_uses_up_the_credit_when_nothing_is_queued() {
     p.send(5, &flow).unwrap();
     assert!(matches!(&p.frames()[..], [(0, Performative::Flow(f))]
         if f.drain && f.link_credit == Some(0) && f.delivery_count == Some(3)));
+}
+
+#[test]
+fn a_receivers_selector_filter_is_reported_with_its_attach() {
+    use serde_amqp::described::Described;
+    use serde_amqp::descriptor::Descriptor;
+    use serde_amqp::primitives::{OrderedMap, Symbol};
+    use serde_amqp::Value;
+    let selector = "amqp.annotation.x-opt-offset > '-1'";
+    // Node describes the filter by its code, Python by its name.
+    let descriptors = [
+        Descriptor::Code(crate::event_hubs::SELECTOR_FILTER_CODE),
+        Descriptor::Name(Symbol::from(crate::event_hubs::SELECTOR_FILTER)),
+    ];
+    for (handle, descriptor) in descriptors.into_iter().enumerate() {
+        let mut p = Peer::opened();
+        let mut a = attach(
+            handle as u32,
+            Role::Receiver,
+            "hub/ConsumerGroups/$Default/Partitions/0",
+        );
+        let mut filter = OrderedMap::new();
+        filter.insert(
+            Symbol::from(crate::event_hubs::SELECTOR_FILTER),
+            Value::Described(Box::new(Described {
+                descriptor,
+                value: Value::String(selector.into()),
+            })),
+        );
+        a.source = Some(Box::new(
+            Source::builder()
+                .address("hub/ConsumerGroups/$Default/Partitions/0")
+                .filter(filter)
+                .build(),
+        ));
+        p.send(5, &a).unwrap();
+        match &p.events()[..] {
+            [Event::Attach { selector: Some(s), .. }] => assert_eq!(s, selector),
+            other => panic!("{other:?}"),
+        }
+    }
 }

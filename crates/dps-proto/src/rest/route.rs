@@ -502,6 +502,8 @@ fn resource(segs: &[String]) -> Option<Resource> {
         [st, d] if is(st, "statistics") && is(d, "devices") => Resource::DeviceStatistics,
         [st, d] if is(st, "statistics") && is(d, "service") => Resource::ServiceStatistics,
         [hub, ws] if is(hub, "$iothub") && is(ws, "websocket") => Resource::MqttWebSocket,
+        // The Event Hub-compatible endpoint's WebSocket path (AMQP over WebSockets).
+        [sb, ws] if is(sb, "$servicebus") && is(ws, "websocket") => Resource::MqttWebSocket,
         [scope, regs, reg] if is(regs, "registrations") => Resource::DeviceRegistration {
             scope: id(scope)?,
             registration_id: id(reg)?,

@@ -54,6 +54,8 @@ pub(crate) struct HubState {
     service_until: Option<u64>,
     /// The service's feedback receiver, if it attached one.
     feedback: Option<FeedbackLink>,
+    /// Event Hubs consumers' grants and partition readers.
+    pub(super) event_hub: super::event_hub::EventHubState,
 }
 
 /// A backend's link on `/messages/serviceBound/feedback`: one batch at a time goes out on it,
@@ -72,6 +74,8 @@ pub(super) enum HubWake {
     Outbound(String, Option<Outbound>),
     /// Feedback may be readable for the service's receiver.
     Feedback,
+    /// An event arrived for this Event Hubs partition reader.
+    Events(LinkId),
 }
 
 /// A device's session on this connection, and the hub-initiated messages it has for the device.
@@ -119,9 +123,11 @@ impl HubState {
                 _ => std::future::pending().await,
             }
         };
+        let events = self.event_hub.next_arrival();
         tokio::select! {
             (id, out) = outbound => HubWake::Outbound(id, out),
             () = feedback => HubWake::Feedback,
+            link = events => HubWake::Events(link),
         }
     }
 
@@ -433,6 +439,9 @@ async fn put_token(conn: &mut Conn, msg: &Incoming) -> (i32, String) {
     let Some(token) = message::body_bytes(msg).and_then(|b| String::from_utf8(b).ok()) else {
         return (400, "the put-token body must be the SAS token as a string".into());
     };
+    if super::event_hub::is_event_hub_token(&token) {
+        return super::event_hub::put_token(conn, &token);
+    }
     if dps_proto::sas::SasToken::parse(&token).is_ok_and(|t| t.key_name.is_some()) {
         return put_service_token(conn, &token);
     }

@@ -38,6 +38,8 @@ pub(crate) enum Refusal {
     NotFound(String),
     /// The connection may not attach here (`amqp:unauthorized-access`).
     Unauthorized(String),
+    /// Another reason, with its own condition.
+    Other(definitions::Error),
 }
 
 impl Refusal {
@@ -45,6 +47,7 @@ impl Refusal {
         match self {
             Refusal::NotFound(t) => condition_error(AmqpError::NotFound, t.clone()),
             Refusal::Unauthorized(t) => condition_error(AmqpError::UnauthorizedAccess, t.clone()),
+            Refusal::Other(e) => e.clone(),
         }
     }
 }

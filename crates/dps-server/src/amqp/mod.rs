@@ -56,6 +56,7 @@ use delegate_write;
 
 mod auth;
 mod dps;
+pub mod event_hub;
 mod hub;
 mod links;
 mod message;
@@ -143,8 +144,15 @@ enum Route {
     /// Cloud-to-device messages from a backend authorized by a service token.
     ServiceC2d,
     /// A link the server sends on, to the node `address` (registration node, `$cbs`, a device's
-    /// twin, methods or cloud-to-device node).
+    /// twin, methods or cloud-to-device node, `$management`).
     Out { address: String },
+    /// Event Hubs `$management` requests.
+    EventHubManagement,
+    /// An Event Hubs consumer's partition link being attached: the partition, where it starts,
+    /// and its arrivals signal (they move to the reader once the link is attached).
+    EventHubPartition(Box<(u32, u64, tokio::sync::watch::Receiver<u64>)>),
+    /// An attached partition link (its reader is in the hub state).
+    EventHubReader,
 }
 
 /// One AMQP connection after SASL: the protocol state machine and everything the link handlers
@@ -232,6 +240,8 @@ enum Wake {
     Outbound(String, Option<dps_hub::Outbound>),
     /// Feedback may be readable for the service's feedback link.
     Feedback,
+    /// Events arrived for an Event Hubs partition link.
+    Events(LinkId),
     Heartbeat,
     /// The client sent nothing for the idle time-out (or did not open in time).
     Silent,
@@ -283,6 +293,7 @@ impl Conn {
                 hub = self.hub.next() => match hub {
                     hub::HubWake::Outbound(device, out) => Wake::Outbound(device, out),
                     hub::HubWake::Feedback => Wake::Feedback,
+                    hub::HubWake::Events(link) => Wake::Events(link),
                 },
                 () = &mut heartbeat, if heartbeat_every.is_some() => {
                     let due = last_write + every;
@@ -321,6 +332,7 @@ impl Conn {
                 }
                 Wake::Outbound(device, None) => self.hub.drop_device(&device),
                 Wake::Feedback => hub::send_feedback(self),
+                Wake::Events(link) => event_hub::pump(self, link),
                 Wake::Heartbeat => self.amqp.heartbeat(),
                 Wake::Silent => {
                     tracing::debug!("closing AMQP connection: the client sent nothing within its time-out");
@@ -347,8 +359,9 @@ impl Conn {
                     link,
                     direction,
                     address,
-                    ..
-                } => self.attach(link, direction, &address).await,
+                    selector,
+                } => self.attach(link, direction, &address, selector.as_deref()).await,
+                Event::Credit { link } => event_hub::pump(self, link),
                 Event::Message {
                     link,
                     delivery,
@@ -366,10 +379,12 @@ impl Conn {
     }
 
     /// Attaches (or refuses) one link by its address.
-    async fn attach(&mut self, link: LinkId, direction: Direction, address: &str) {
+    async fn attach(&mut self, link: LinkId, direction: Direction, address: &str, selector: Option<&str>) {
         let address = links::strip_uri(address);
         let route = if let Some(node) = dps_proto::dps_amqp::RegistrationNode::parse(address) {
             dps::attach(self, direction, node).await
+        } else if let Some(route) = event_hub::attach(self, direction, address, selector) {
+            route
         } else if let Some(node) = dps_proto::hub_amqp::HubNode::parse(address) {
             hub::attach(self, direction, node).await
         } else {
@@ -383,6 +398,12 @@ impl Conn {
                 };
                 if let Route::Out { address } = &route {
                     self.out_links.insert(address.clone(), link);
+                }
+                if let Route::EventHubPartition(reader) = route {
+                    self.routes.insert(link, Route::EventHubReader);
+                    self.amqp.accept(link, credit);
+                    let (partition, next, arrivals) = *reader;
+                    return event_hub::attached(self, link, partition, next, arrivals);
                 }
                 self.routes.insert(link, route);
                 self.amqp.accept(link, credit);
@@ -418,11 +439,12 @@ impl Conn {
             }
             Route::Cbs => hub::put_token_request(self, delivery, &msg).await,
             Route::ServiceC2d => hub::service_c2d(self, link, delivery, &msg).await,
+            Route::EventHubManagement => event_hub::management(self, delivery, &msg),
             Route::Device { device_id, kind } => {
                 let (device_id, kind) = (device_id.clone(), *kind);
                 hub::device_message(self, link, delivery, &device_id, kind, &msg).await;
             }
-            Route::Out { .. } => {}
+            Route::Out { .. } | Route::EventHubPartition(_) | Route::EventHubReader => {}
         }
     }
 
@@ -455,11 +477,13 @@ impl Conn {
         let Some(route) = self.routes.remove(&link) else {
             return;
         };
-        if let Route::Out { address } = route {
-            if self.out_links.get(&address) == Some(&link) {
+        match route {
+            Route::Out { address } if self.out_links.get(&address) == Some(&link) => {
                 self.out_links.remove(&address);
                 hub::detached(self, &address);
             }
+            Route::EventHubReader => event_hub::detached(self, link),
+            _ => {}
         }
     }
 

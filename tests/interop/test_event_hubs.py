@@ -1,0 +1,155 @@
+"""The hub's Event Hub-compatible endpoint, read with the official Event Hubs consumers: Node
+`@azure/event-hubs` (EventHubConsumerClient) and Python `azure-eventhub`, over AMQP (5671) and
+AMQP over WebSockets (443, `/$servicebus/websocket`), with the connection string `dps info`
+prints as `eventHubConnectionString`.
+
+A device (the Python device SDK over MQTT) sends telemetry with a marker; each consumer reads
+every partition from the start and must see those events with the hub's system properties.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from azure.iot.device import Message
+
+from interop_util import hub_device_client, random_key, unique_id
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+MESSAGES = 3
+
+
+def _node(server, script: str, args: dict) -> dict:
+    env = dict(os.environ, NODE_EXTRA_CA_CERTS=server.ca_path)
+    proc = subprocess.run(
+        ["node", script, json.dumps(args)], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"{script} printed no result (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def telemetry(dps_server, registry_manager):
+    """(device id, marker): a device that sent MESSAGES events carrying the marker."""
+    device_id = unique_id("eh-dev")
+    key = random_key()
+    registry_manager.create_device_with_sas(device_id, key, random_key(), "enabled")
+    marker = unique_id("m")
+    with hub_device_client(dps_server, device_id, key) as device:
+        for i in range(MESSAGES):
+            msg = Message(json.dumps({"marker": marker, "i": i}), content_encoding="utf-8", content_type="application/json")
+            msg.message_id = f"{marker}-{i}"
+            msg.custom_properties["index"] = str(i)
+            device.send_message(msg)
+    return device_id, marker
+
+
+def test_connection_string(dps_server):
+    cs = dps_server.info["eventHubConnectionString"]
+    assert cs.startswith(f"Endpoint=sb://{dps_server.hub_host}/;SharedAccessKeyName="), cs
+    assert ";EntityPath=" in cs
+
+
+@pytest.mark.parametrize("transport", ["Amqp", "AmqpWs"])
+def test_node_consumer_reads_telemetry(dps_server, telemetry, transport):
+    device_id, marker = telemetry
+    out = _node(
+        dps_server,
+        "event_hubs.js",
+        {
+            "connectionString": dps_server.info["eventHubConnectionString"],
+            "transport": transport,
+            "marker": marker,
+            "expected": MESSAGES,
+        },
+    )
+    assert "error" not in out, out
+    assert out["eventHub"]["partitionIds"] == ["0", "1", "2", "3"], out
+    events = sorted(out["events"], key=lambda e: e["body"]["i"])
+    assert [e["body"]["i"] for e in events] == list(range(MESSAGES)), out
+    assert len({e["partitionId"] for e in events}) == 1, "one device's events share a partition"
+    seqs = [e["sequenceNumber"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == MESSAGES, seqs
+    first = events[0]
+    system = first["systemProperties"]
+    assert system["iothub-connection-device-id"] == device_id, system
+    assert system["iothub-message-source"] == "Telemetry", system
+    assert "iothub-enqueuedtime" in system and "iothub-connection-auth-method" in system, system
+    assert first["properties"]["index"] == "0", first
+    assert first["messageId"] == f"{marker}-0", first
+    assert first["contentType"] == "application/json", first
+    partition = next(p for p in out["partitions"] if p["partitionId"] == first["partitionId"])
+    assert not partition["isEmpty"] and partition["lastEnqueuedSequenceNumber"] >= seqs[-1], partition
+
+
+@pytest.mark.parametrize("websockets", [False, True], ids=["amqp", "websockets"])
+def test_python_consumer_reads_telemetry(dps_server, telemetry, websockets):
+    from azure.eventhub import EventHubConsumerClient, TransportType
+
+    device_id, marker = telemetry
+    client = EventHubConsumerClient.from_connection_string(
+        dps_server.info["eventHubConnectionString"],
+        consumer_group="$Default",
+        connection_verify=dps_server.ca_path,
+        transport_type=TransportType.AmqpOverWebsocket if websockets else TransportType.Amqp,
+    )
+    seen, errors = [], []
+    done = threading.Event()
+
+    def on_event(context, event):
+        if event is None:
+            return
+        body = event.body_as_json()
+        if body.get("marker") == marker:
+            seen.append((context.partition_id, event))
+            if len(seen) >= MESSAGES:
+                done.set()
+
+    with client:
+        ids = client.get_partition_ids()
+        assert ids == ["0", "1", "2", "3"]
+        props = client.get_partition_properties("0")
+        assert props["id"] == "0" and "last_enqueued_sequence_number" in props
+        worker = threading.Thread(
+            target=client.receive,
+            kwargs={
+                "on_event": on_event,
+                "on_error": lambda ctx, e: errors.append(repr(e)),
+                "starting_position": "-1",
+                "max_wait_time": 1,
+            },
+            daemon=True,
+        )
+        worker.start()
+        done.wait(20)
+    assert len(seen) == MESSAGES, (len(seen), errors)
+    partition, event = seen[0]
+    system = event.system_properties
+    assert system[b"iothub-connection-device-id"] == device_id.encode(), system
+    assert event.properties[b"index"] in (b"0", b"1", b"2"), event.properties
+    assert event.offset is not None and event.sequence_number is not None
+    assert event.enqueued_time is not None
+    assert all(p == partition for p, _ in seen)
+
+
+def test_unknown_consumer_group_is_not_found(dps_server, telemetry):
+    out = _node(
+        dps_server,
+        "event_hubs.js",
+        {
+            "connectionString": dps_server.info["eventHubConnectionString"],
+            "transport": "Amqp",
+            "marker": "none",
+            "expected": 1,
+            "consumerGroup": "nobody",
+            "expectError": True,
+        },
+    )
+    assert any("could not be found" in e for e in out.get("errors", [])), out
