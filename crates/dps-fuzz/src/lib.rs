@@ -28,7 +28,7 @@ pub use amqp_frames::amqp_frames;
 pub use bodies::{hub_body, registration_body, service_body};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
 pub use pki::{tpm_public, x509_certificate};
-pub use text::{connection_string, registration_id, rest_path, sas_token};
+pub use text::{connection_string, event_selector, registration_id, rest_path, sas_token};
 
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
@@ -51,4 +51,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tpm_public", tpm_public),
     ("amqp_connection", amqp_connection),
     ("amqp_frames", amqp_frames),
+    ("event_selector", event_selector),
 ];

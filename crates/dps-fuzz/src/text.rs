@@ -190,3 +190,27 @@ pub fn rest_path(data: &[u8]) {
     }
     let _ = rest::decode_segment(uri.query().unwrap_or_default());
 }
+
+/// Event Hubs consumers' selector filters and partition addresses (what a consumer attaches
+/// with): parsing never panics, a parsed comparison is the one the text wrote, and a parsed
+/// address has no empty or slash-holding part.
+pub fn event_selector(data: &[u8]) {
+    use dps_proto::event_hubs::{EventPosition, PartitionAddress};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match EventPosition::parse_selector(text) {
+        Ok(EventPosition::Latest) => assert!(text.to_ascii_lowercase().contains("@latest")),
+        Ok(
+            EventPosition::Offset { inclusive, .. }
+            | EventPosition::SequenceNumber { inclusive, .. }
+            | EventPosition::EnqueuedTime { inclusive, .. },
+        ) => assert_eq!(inclusive, text.contains(">="), "{text:?}"),
+        Err(why) => assert!(!why.is_empty()),
+    }
+    if let Some(a) = PartitionAddress::parse(text) {
+        for part in [&a.entity, &a.consumer_group, &a.partition] {
+            assert!(!part.is_empty() && !part.contains('/'), "{a:?}");
+        }
+    }
+}

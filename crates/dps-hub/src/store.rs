@@ -20,6 +20,7 @@ use serde::Serialize;
 pub use crate::c2d::{C2dRecord, FeedbackRecord, QueueChange};
 pub use crate::error::HubStoreError;
 pub use crate::record::DeviceRecord;
+pub use crate::telemetry::{decode_event, encode_event, TelemetryMessage};
 pub use memory::MemoryHubStore;
 
 /// The storage key of a device id: the registry is case-insensitive, so records are keyed (and
@@ -77,4 +78,65 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// hub reads them once, at open: queues are bounded (50 messages per device, and the
     /// feedback limit), so they fit in memory by design.
     async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError>;
+
+    /// Stores telemetry messages (keyed by their hub-wide `sequence_number`, with their
+    /// partition and partition sequence number already set); durable when it returns.
+    async fn append_events(&self, events: &[std::sync::Arc<TelemetryMessage>]) -> Result<(), HubStoreError>;
+
+    /// Up to `limit` stored messages of `partition` from partition sequence number `from` on,
+    /// in order.
+    async fn read_partition(
+        &self,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError>;
+
+    /// The partition sequence number of the first stored message of `partition` at or after
+    /// `start`; `None` when there is none.
+    async fn find_in_partition(&self, partition: u32, start: EventStart) -> Result<Option<u64>, HubStoreError>;
+
+    /// Up to `limit` stored messages with a sequence number above `after` (`None`: the newest
+    /// `limit`), optionally of one device (case-insensitive), oldest first.
+    async fn recent_events(
+        &self,
+        device_id: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError>;
+
+    /// Where each partition that holds messages stands.
+    async fn partition_bounds(&self) -> Result<Vec<PartitionBounds>, HubStoreError>;
+
+    /// Deletes messages enqueued before `older_than`, then the oldest until the stored ones take
+    /// at most `max_bytes` ([`TelemetryMessage::retained_bytes`]); returns how many went.
+    async fn trim_events(
+        &self,
+        older_than: chrono::DateTime<chrono::Utc>,
+        max_bytes: u64,
+    ) -> Result<u64, HubStoreError>;
+}
+
+/// Where [`HubStore::find_in_partition`] looks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStart {
+    /// The first message whose hub-wide sequence number (its Event Hubs offset) is at least this.
+    Offset(u64),
+    /// The first message enqueued at or after this many milliseconds since the Unix epoch.
+    EnqueuedAt(i64),
+}
+
+/// What a store holds of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionBounds {
+    /// The partition.
+    pub partition: u32,
+    /// Its first stored partition sequence number.
+    pub first: u64,
+    /// Its last stored partition sequence number.
+    pub last: u64,
+    /// The hub-wide sequence number of its last message.
+    pub last_offset: u64,
+    /// When its last message was enqueued.
+    pub last_enqueued: chrono::DateTime<chrono::Utc>,
 }

@@ -166,6 +166,56 @@ impl Serialize for TelemetryMessage {
     }
 }
 
+/// A telemetry message as stores keep it: JSON with the body in base64.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredEvent {
+    sequence_number: u64,
+    partition: u32,
+    partition_sequence: u64,
+    device_id: String,
+    enqueued_time: DateTime<Utc>,
+    properties: Vec<(String, String)>,
+    system_properties: Vec<(String, String)>,
+    body: String,
+}
+
+/// The bytes a store keeps for a telemetry message ([`decode_event`] reads them back).
+pub fn encode_event(m: &TelemetryMessage) -> Vec<u8> {
+    use base64::Engine as _;
+    let stored = StoredEvent {
+        sequence_number: m.sequence_number,
+        partition: m.partition,
+        partition_sequence: m.partition_sequence,
+        device_id: m.device_id.clone(),
+        enqueued_time: m.enqueued_time,
+        properties: m.properties.clone(),
+        system_properties: m.system_properties.clone(),
+        body: base64::engine::general_purpose::STANDARD.encode(&m.body),
+    };
+    // Strings, numbers and a timestamp: always encodes.
+    serde_json::to_vec(&stored).unwrap_or_default()
+}
+
+/// A telemetry message from the bytes [`encode_event`] made.
+pub fn decode_event(bytes: &[u8]) -> Result<TelemetryMessage, String> {
+    use base64::Engine as _;
+    let s: StoredEvent = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(TelemetryMessage {
+        sequence_number: s.sequence_number,
+        partition: s.partition,
+        partition_sequence: s.partition_sequence,
+        device_id: s.device_id,
+        enqueued_time: s.enqueued_time,
+        properties: s.properties,
+        system_properties: s.system_properties,
+        body: base64::engine::general_purpose::STANDARD
+            .decode(s.body)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())?,
+    })
+}
+
 /// Maps the MQTT topic's `$.x` system-property keys to the names IoT Hub routes them under.
 pub(crate) fn system_property_name(topic_key: &str) -> Cow<'_, str> {
     Cow::Borrowed(match topic_key {

@@ -365,6 +365,30 @@ mod tests {
     }
 
     #[test]
+    fn event_hub_settings_are_read_from_the_file_and_checked() {
+        let f: FileConfig =
+            toml::from_str("event-hub-partitions = 2\nevent-hub-consumer-groups = [\"analytics\"]\n").unwrap();
+        let c = ServerConfig::defaults().merge_file(f);
+        assert_eq!(
+            (c.event_hub_partitions, c.event_hub_consumer_groups.clone()),
+            (2, vec!["analytics".into()])
+        );
+        assert_eq!(c.validate(), Ok(()));
+        for (partitions, group, wrong) in [
+            (0, "ok", "event-hub-partitions"),
+            (33, "ok", "event-hub-partitions"),
+            (4, "-x", "consumer group"),
+            (4, "a b", "consumer group"),
+        ] {
+            let mut c = ServerConfig::defaults();
+            c.event_hub_partitions = partitions;
+            c.event_hub_consumer_groups = vec![group.into()];
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(wrong), "{err}");
+        }
+    }
+
+    #[test]
     fn c2d_time_to_live_is_read_from_the_limits_within_iot_hubs_range() {
         assert_eq!(Limits::default().c2d_ttl(), Duration::from_secs(3600));
         let f: FileConfig = toml::from_str("[limits]\nc2d-ttl-secs = 120\n").unwrap();

@@ -9,6 +9,7 @@
 //! store's writes in module `commands`, the hub's in module `hub`.
 
 mod commands;
+mod events;
 mod hub;
 mod migrations;
 mod reader;
@@ -30,7 +31,9 @@ use tracing::info;
 use commands::{Op, Table};
 pub use hub::SqliteHubStore;
 use migrations::Schema;
-pub use migrations::{APPLICATION_ID, HUB_APPLICATION_ID, HUB_SCHEMA_VERSION, SCHEMA_VERSION};
+pub use migrations::{
+    APPLICATION_ID, HUB_APPLICATION_ID, HUB_SCHEMA_VERSION, SCHEMA_VERSION, TELEMETRY_APPLICATION_ID,
+};
 use reader::{Doc, ReadPool};
 pub use writer::StoreStats;
 use writer::Writer;

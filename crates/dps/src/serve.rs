@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// and memory allows (about 1.2 KB each) [default: 65536].
     #[arg(long, env = "DPS_HUB_DEVICE_CACHE")]
     hub_device_cache: Option<usize>,
+    /// Partitions of the hub's Event Hub-compatible endpoint, 1 to 32 [default: 4].
+    #[arg(long, env = "DPS_EVENT_HUB_PARTITIONS")]
+    event_hub_partitions: Option<u32>,
+    /// A consumer group of the Event Hub-compatible endpoint besides `$Default` (repeatable).
+    #[arg(long = "event-hub-consumer-group", value_name = "NAME")]
+    event_hub_consumer_groups: Vec<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
@@ -159,6 +165,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.hub_device_cache {
             c.hub_device_cache = v;
+        }
+        if let Some(v) = self.event_hub_partitions {
+            c.event_hub_partitions = v;
+        }
+        if !self.event_hub_consumer_groups.is_empty() {
+            c.event_hub_consumer_groups = self.event_hub_consumer_groups;
         }
         self.limits.apply(&mut c.limits);
         Ok((c, self.log))
@@ -284,6 +296,22 @@ mod tests {
         assert_eq!(filter, "info,rustls::msgs::handshake=error");
         assert!(tracing_subscriber::EnvFilter::try_new(&filter).is_ok());
         assert_eq!(serve_log_filter("warn,rustls=debug"), "warn,rustls=debug");
+    }
+
+    #[test]
+    fn the_event_hub_flags_reach_the_config() {
+        let c = config(&[]);
+        assert_eq!((c.event_hub_partitions, c.event_hub_consumer_groups.len()), (4, 0));
+        let c = config(&[
+            "--event-hub-partitions",
+            "8",
+            "--event-hub-consumer-group",
+            "analytics",
+            "--event-hub-consumer-group",
+            "alerts",
+        ]);
+        assert_eq!(c.event_hub_partitions, 8);
+        assert_eq!(c.event_hub_consumer_groups, ["analytics", "alerts"]);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use dps_proto::model::service::DeviceCapabilities;
 use serde_json::json;
 
-use super::{C2dRecord, DeviceRecord, FeedbackRecord, HubStore, QueueChange};
+use super::{
+    C2dRecord, DeviceRecord, EventStart, FeedbackRecord, HubStore, PartitionBounds, QueueChange, TelemetryMessage,
+};
 use crate::c2d::{Ack, FeedbackStatus};
 use crate::record::{sas_auth, self_signed_auth, Status, TwinState};
 
@@ -59,6 +61,114 @@ pub async fn run_all(store: &dyn HubStore) {
     pages_in_key_order(store).await;
     counts_by_status(store).await;
     queues_round_trip_and_change_together(store).await;
+    telemetry_is_read_by_partition_time_and_device_and_trimmed(store).await;
+}
+
+fn event(seq: u64, partition: u32, pseq: u64, device: &str, secs: i64) -> TelemetryMessage {
+    TelemetryMessage {
+        sequence_number: seq,
+        partition,
+        partition_sequence: pseq,
+        device_id: device.into(),
+        enqueued_time: at() + Duration::seconds(secs),
+        properties: vec![("k".into(), format!("v{seq}")), ("ü".into(), "ß".into())],
+        system_properties: vec![("iothub-connection-device-id".into(), device.into())],
+        // Every byte value: a store keeps the body exactly.
+        body: (0..=255u8).chain([seq as u8]).collect::<Vec<u8>>().into(),
+    }
+}
+
+/// Telemetry comes back whole, by partition and position, by time, by device; trimming goes
+/// by age, then by size, oldest first.
+async fn telemetry_is_read_by_partition_time_and_device_and_trimmed(s: &dyn HubStore) {
+    let base = 10_000_000;
+    // Two partitions, interleaved, as the hub numbers them: hub-wide `seq`, per-partition `pseq`.
+    let events: Vec<_> = [
+        event(base + 1, 7, 0, "Ev-A", 0),
+        event(base + 2, 8, 0, "ev-b", 1),
+        event(base + 3, 7, 1, "ev-a", 2),
+        event(base + 4, 7, 2, "ev-a", 3),
+        event(base + 5, 8, 1, "ev-b", 4),
+    ]
+    .into_iter()
+    .map(std::sync::Arc::new)
+    .collect();
+    s.append_events(&events[..2]).await.unwrap();
+    s.append_events(&events[2..]).await.unwrap();
+    let got = s.read_partition(7, 0, 10).await.unwrap();
+    assert_eq!(got, [(*events[0]).clone(), (*events[2]).clone(), (*events[3]).clone()]);
+    let page = s.read_partition(7, 1, 1).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.partition_sequence).collect::<Vec<_>>(), [1]);
+    assert!(s.read_partition(7, 3, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.find_in_partition(7, EventStart::Offset(base + 2)).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.find_in_partition(8, EventStart::Offset(base + 2)).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        s.find_in_partition(7, EventStart::Offset(base + 5)).await.unwrap(),
+        None
+    );
+    let t3 = (at() + Duration::seconds(3)).timestamp_millis();
+    assert_eq!(
+        s.find_in_partition(7, EventStart::EnqueuedAt(t3)).await.unwrap(),
+        Some(2)
+    );
+
+    let of_a = s.recent_events(Some("EV-a"), None, 2).await.unwrap();
+    assert_eq!(
+        of_a.iter().map(|e| e.sequence_number).collect::<Vec<_>>(),
+        [base + 3, base + 4],
+        "newest two, oldest first"
+    );
+    let after = s.recent_events(Some("ev-b"), Some(base + 2), 10).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.sequence_number).collect::<Vec<_>>(), [base + 5]);
+
+    let bounds: Vec<PartitionBounds> = s
+        .partition_bounds()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.partition == 7 || b.partition == 8)
+        .collect();
+    assert_eq!(
+        bounds,
+        [
+            PartitionBounds {
+                partition: 7,
+                first: 0,
+                last: 2,
+                last_offset: base + 4,
+                last_enqueued: events[3].enqueued_time
+            },
+            PartitionBounds {
+                partition: 8,
+                first: 0,
+                last: 1,
+                last_offset: base + 5,
+                last_enqueued: events[4].enqueued_time
+            },
+        ]
+    );
+
+    // By age: the first two go. By size: then the oldest until two fit.
+    assert!(s.trim_events(at() + Duration::seconds(2), u64::MAX).await.unwrap() >= 2);
+    assert_eq!(s.read_partition(7, 0, 10).await.unwrap().len(), 2);
+    let two = events[3].retained_bytes() + events[4].retained_bytes();
+    s.trim_events(at(), two).await.unwrap();
+    let left: Vec<u64> = s
+        .recent_events(None, Some(base), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence_number)
+        .collect();
+    assert_eq!(left, [base + 4, base + 5]);
+    s.trim_events(at() + Duration::days(1), u64::MAX).await.unwrap();
+    assert!(s.recent_events(None, Some(base), 10).await.unwrap().is_empty());
 }
 
 fn message(seq: u64, device: &str) -> C2dRecord {

@@ -6,7 +6,12 @@ use std::ops::Bound;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 
-use super::{device_key, C2dRecord, DeviceCounts, DeviceRecord, FeedbackRecord, HubStore, HubStoreError, QueueChange};
+use std::sync::Arc;
+
+use super::{
+    device_key, C2dRecord, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore, HubStoreError,
+    PartitionBounds, QueueChange, TelemetryMessage,
+};
 
 /// A [`HubStore`] in memory: nothing survives the process. For tests, fuzzing and demos, and the
 /// store [`crate::Hub::open`] uses. Key order is a `BTreeMap`'s, which is byte order of the
@@ -15,6 +20,8 @@ use super::{device_key, C2dRecord, DeviceCounts, DeviceRecord, FeedbackRecord, H
 pub struct MemoryHubStore {
     devices: RwLock<BTreeMap<String, DeviceRecord>>,
     queues: RwLock<Queues>,
+    /// Telemetry by hub-wide sequence number.
+    events: RwLock<BTreeMap<u64, Arc<TelemetryMessage>>>,
 }
 
 /// Cloud-to-device messages and feedback, by key.
@@ -107,6 +114,110 @@ impl HubStore for MemoryHubStore {
             q.c2d.values().cloned().collect(),
             q.feedback.values().cloned().collect(),
         ))
+    }
+
+    async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
+        let mut stored = self.events.write();
+        for e in events {
+            stored.insert(e.sequence_number, e.clone());
+        }
+        Ok(())
+    }
+
+    async fn read_partition(
+        &self,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError> {
+        Ok(self
+            .events
+            .read()
+            .values()
+            .filter(|e| e.partition == partition && e.partition_sequence >= from)
+            .take(limit)
+            .map(|e| (**e).clone())
+            .collect())
+    }
+
+    async fn find_in_partition(&self, partition: u32, start: EventStart) -> Result<Option<u64>, HubStoreError> {
+        Ok(self
+            .events
+            .read()
+            .values()
+            .filter(|e| e.partition == partition)
+            .find(|e| match start {
+                EventStart::Offset(o) => e.sequence_number >= o,
+                EventStart::EnqueuedAt(ms) => e.enqueued_time.timestamp_millis() >= ms,
+            })
+            .map(|e| e.partition_sequence))
+    }
+
+    async fn recent_events(
+        &self,
+        device_id: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError> {
+        let events = self.events.read();
+        let wanted = |e: &&Arc<TelemetryMessage>| device_id.is_none_or(|d| e.device_id.eq_ignore_ascii_case(d));
+        Ok(match after {
+            Some(a) => events
+                .range(a.saturating_add(1)..)
+                .map(|(_, e)| e)
+                .filter(wanted)
+                .take(limit)
+                .map(|e| (**e).clone())
+                .collect(),
+            None => {
+                let mut newest: Vec<TelemetryMessage> = events
+                    .values()
+                    .rev()
+                    .filter(wanted)
+                    .take(limit)
+                    .map(|e| (**e).clone())
+                    .collect();
+                newest.reverse();
+                newest
+            }
+        })
+    }
+
+    async fn partition_bounds(&self) -> Result<Vec<PartitionBounds>, HubStoreError> {
+        let mut bounds: BTreeMap<u32, PartitionBounds> = BTreeMap::new();
+        for e in self.events.read().values() {
+            bounds
+                .entry(e.partition)
+                .and_modify(|b| {
+                    b.last = e.partition_sequence;
+                    b.last_offset = e.sequence_number;
+                    b.last_enqueued = e.enqueued_time;
+                })
+                .or_insert(PartitionBounds {
+                    partition: e.partition,
+                    first: e.partition_sequence,
+                    last: e.partition_sequence,
+                    last_offset: e.sequence_number,
+                    last_enqueued: e.enqueued_time,
+                });
+        }
+        Ok(bounds.into_values().collect())
+    }
+
+    async fn trim_events(
+        &self,
+        older_than: chrono::DateTime<chrono::Utc>,
+        max_bytes: u64,
+    ) -> Result<u64, HubStoreError> {
+        let mut events = self.events.write();
+        let before = events.len();
+        events.retain(|_, e| e.enqueued_time >= older_than);
+        let mut bytes: u64 = events.values().map(|e| e.retained_bytes()).sum();
+        while bytes > max_bytes {
+            let Some((_, e)) = events.pop_first() else { break };
+            bytes -= e.retained_bytes();
+        }
+        Ok((before - events.len()) as u64)
     }
 }
 

@@ -13,17 +13,23 @@
 use std::path::Path;
 
 use async_trait::async_trait;
+use std::sync::Arc;
+
 use dps_hub::store::{
-    device_key, C2dRecord, DeviceCounts, DeviceRecord, FeedbackRecord, HubStore, HubStoreError, QueueChange,
+    device_key, C2dRecord, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore, HubStoreError,
+    PartitionBounds, QueueChange, TelemetryMessage,
 };
 use rusqlite::{params, Connection};
 
-use super::migrations::HUB;
+use super::events::{self, EventOp, Events};
+use super::migrations::{HUB, TELEMETRY};
 use super::reader::{self, Decode};
 use super::writer::Operation;
 use super::{BackendError, Database, OpenError, StoreStats};
 
 const TABLE: &str = "devices";
+/// The retained telemetry's file, beside the registry's.
+pub(super) const TELEMETRY_FILE: &str = "telemetry.db";
 const UPSERT: &str = "INSERT INTO devices (id, doc) VALUES (?1, ?2) \
      ON CONFLICT (id) DO UPDATE SET doc = excluded.doc";
 const DELETE: &str = "DELETE FROM devices WHERE id = ?1";
@@ -126,6 +132,8 @@ impl Operation for DeviceOp {
 /// closes the file.
 pub struct SqliteHubStore {
     db: Database<DeviceOp>,
+    /// `telemetry.db` beside `hub.db`.
+    events: Database<EventOp>,
 }
 
 impl std::fmt::Debug for SqliteHubStore {
@@ -141,6 +149,7 @@ impl SqliteHubStore {
     pub fn open(path: &Path) -> Result<SqliteHubStore, OpenError> {
         Ok(SqliteHubStore {
             db: Database::open(path, &HUB, "dps-hub-writer")?,
+            events: Database::open(&path.with_file_name(TELEMETRY_FILE), &TELEMETRY, "dps-telemetry-writer")?,
         })
     }
 
@@ -233,6 +242,45 @@ impl HubStore for SqliteHubStore {
                 Ok((messages, feedback))
             })
             .await
+    }
+
+    async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
+        let rows = events::rows(events)?;
+        self.events.writer.write(EventOp::Append(rows)).await
+    }
+
+    async fn read_partition(
+        &self,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError> {
+        Events(&self.events).read_partition(partition, from, limit).await
+    }
+
+    async fn find_in_partition(&self, partition: u32, start: EventStart) -> Result<Option<u64>, HubStoreError> {
+        Events(&self.events).find(partition, start).await
+    }
+
+    async fn recent_events(
+        &self,
+        device_id: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError> {
+        Events(&self.events).recent(device_id, after, limit).await
+    }
+
+    async fn partition_bounds(&self) -> Result<Vec<PartitionBounds>, HubStoreError> {
+        Events(&self.events).bounds().await
+    }
+
+    async fn trim_events(
+        &self,
+        older_than: chrono::DateTime<chrono::Utc>,
+        max_bytes: u64,
+    ) -> Result<u64, HubStoreError> {
+        Events(&self.events).trim(older_than, max_bytes).await
     }
 
     async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError> {

@@ -97,6 +97,18 @@ pub(crate) const HUB: Schema = Schema {
     adopts_unmarked_files: true,
 };
 
+/// The embedded hub's retained telemetry (`telemetry.db`).
+pub(crate) const TELEMETRY: Schema = Schema {
+    database: "telemetry",
+    application_id: TELEMETRY_APPLICATION_ID,
+    migrations: &[Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("migrations/telemetry/0001_events.sql"),
+    }],
+    adopts_unmarked_files: false,
+};
+
 /// The DPS store schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = STORE.version();
 
@@ -110,6 +122,9 @@ pub const APPLICATION_ID: i32 = 0x4450_5331;
 
 /// `PRAGMA application_id` of a hub registry file ("DPH1").
 pub const HUB_APPLICATION_ID: i32 = 0x4450_4831;
+
+/// `PRAGMA application_id` of `telemetry.db` ("DPT1").
+pub const TELEMETRY_APPLICATION_ID: i32 = 0x4450_5431;
 
 /// Brings the database up to `schema`'s version; returns how many migrations ran (0 when it was
 /// already current).
