@@ -133,8 +133,10 @@ pub enum SessionError {
     /// unknown topic). IoT Hub disconnects the device in that case.
     #[error(transparent)]
     Topic(#[from] HubTopicError),
-    /// The device's record could not be read from the hub's store while opening the session.
-    #[error("session of device '{device_id}' cannot open now: {source}")]
+    /// The hub's store failed: the device's record could not be read while opening the session,
+    /// or a telemetry message could not be written (it was not accepted; the device is not
+    /// acknowledged and may send it again).
+    #[error("device '{device_id}': the hub's store failed: {source}")]
     Storage {
         /// Device id.
         device_id: String,

@@ -149,6 +149,8 @@ pub(crate) struct HubInner {
     feedback: Mutex<FeedbackQueue>,
     /// Bumped whenever feedback becomes readable, so that receivers waiting for it wake.
     feedback_ready: watch::Sender<u64>,
+    /// When retained telemetry was last trimmed (ms since the epoch).
+    last_trim: std::sync::atomic::AtomicI64,
 }
 
 /// Per-device state.
@@ -221,6 +223,7 @@ impl Hub {
         tracing::info!(devices = counts.total, "hub store opened");
         let hub = Self::assemble(config, store, clock)?;
         hub.load_queues().await?;
+        hub.inner.telemetry.load().await.map_err(HubOpenError::Load)?;
         Ok(hub)
     }
 
@@ -234,7 +237,7 @@ impl Hub {
             inner: Arc::new(HubInner {
                 host_name,
                 devices: SlotCache::new(config.device_cache),
-                store,
+                store: store.clone(),
                 clock,
                 telemetry: TelemetryLog::new(
                     Retention {
@@ -243,6 +246,7 @@ impl Hub {
                         age: config.telemetry_retention_age,
                     },
                     config.partitions,
+                    store.clone(),
                 ),
                 methods: DashMap::new(),
                 next_rid: AtomicU64::new(1),
@@ -252,6 +256,7 @@ impl Hub {
                 next_queue_seq: AtomicU64::new(1),
                 feedback: Mutex::new(FeedbackQueue::default()),
                 feedback_ready: watch::channel(0).0,
+                last_trim: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
@@ -268,10 +273,11 @@ impl Hub {
         self.inner.telemetry.subscribe()
     }
 
-    /// Retained telemetry (within the count, byte and age bounds of [`HubConfig`]), oldest first, optionally for one device (case-insensitive). With
-    /// `after_sequence`, the first `limit` messages newer than it (for polling: pass the last
-    /// sequence number seen); without, the newest `limit` messages.
-    pub fn recent_events(
+    /// Retained telemetry (within the byte and age bounds of [`HubConfig`]), oldest first,
+    /// optionally for one device (case-insensitive). With `after_sequence`, the first `limit`
+    /// messages newer than it (for polling: pass the last sequence number seen); without, the
+    /// newest `limit` messages. Read from the store: empty (with an error logged) when it fails.
+    pub async fn recent_events(
         &self,
         device_id: Option<&str>,
         after_sequence: Option<u64>,
@@ -279,7 +285,12 @@ impl Hub {
     ) -> Vec<Arc<TelemetryMessage>> {
         self.inner
             .telemetry
-            .recent(self.inner.now(), device_id, after_sequence, limit)
+            .recent(device_id, after_sequence, limit)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "retained telemetry not read");
+                Vec::new()
+            })
     }
 
     /// Partitions of the Event Hub-compatible endpoint.
@@ -287,23 +298,30 @@ impl Hub {
         self.inner.telemetry.partition_count()
     }
 
-    /// Where a partition stands (`None`: no such partition).
-    pub fn partition_info(&self, partition: u32) -> Option<PartitionInfo> {
-        self.inner.telemetry.partition_info(self.inner.now(), partition)
+    /// Where a partition stands (`Ok(None)`: no such partition).
+    pub async fn partition_info(&self, partition: u32) -> Result<Option<PartitionInfo>, HubStoreError> {
+        self.inner.telemetry.partition_info(partition).await
     }
 
-    /// The partition sequence number a consumer starting at `position` reads first (`None`: no
-    /// such partition).
-    pub fn partition_start(&self, partition: u32, position: dps_proto::event_hubs::EventPosition) -> Option<u64> {
-        self.inner.telemetry.start_of(partition, position)
+    /// The partition sequence number a consumer starting at `position` reads first (`Ok(None)`:
+    /// no such partition).
+    pub async fn partition_start(
+        &self,
+        partition: u32,
+        position: dps_proto::event_hubs::EventPosition,
+    ) -> Result<Option<u64>, HubStoreError> {
+        self.inner.telemetry.start_of(partition, position).await
     }
 
     /// Up to `limit` retained messages of `partition` from sequence number `from` on, and the
     /// sequence number to read next.
-    pub fn read_partition(&self, partition: u32, from: u64, limit: usize) -> (Vec<Arc<TelemetryMessage>>, u64) {
-        self.inner
-            .telemetry
-            .read_partition(self.inner.now(), partition, from, limit)
+    pub async fn read_partition(
+        &self,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Arc<TelemetryMessage>>, u64), HubStoreError> {
+        self.inner.telemetry.read_partition(partition, from, limit).await
     }
 
     /// Changes whenever a message arrives in `partition` (`None`: no such partition).

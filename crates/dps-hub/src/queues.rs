@@ -157,6 +157,36 @@ impl Hub {
         if released {
             inner.feedback_ready.send_modify(|n| *n += 1);
         }
+        self.trim_telemetry_periodically(now);
+    }
+
+    /// Once a minute, deletes the retained telemetry that is past the retention bounds, in the
+    /// background (a big trim takes a while, and the sweep must not wait for it).
+    fn trim_telemetry_periodically(&self, now: chrono::DateTime<chrono::Utc>) {
+        const EVERY_MS: i64 = 60_000;
+        let last = self.inner.last_trim.load(std::sync::atomic::Ordering::Relaxed);
+        if now.timestamp_millis() - last < EVERY_MS {
+            return;
+        }
+        self.inner
+            .last_trim
+            .store(now.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hub.trim_telemetry().await {
+                tracing::warn!(error = %e, "retained telemetry not trimmed");
+            }
+        });
+    }
+
+    /// Deletes the retained telemetry past the retention's age and byte bounds now (the sweep
+    /// does it once a minute); returns how many messages went.
+    pub async fn trim_telemetry(&self) -> Result<u64, HubStoreError> {
+        let deleted = self.inner.telemetry.trim(self.inner.now()).await?;
+        if deleted > 0 {
+            tracing::debug!(deleted, "retained telemetry trimmed");
+        }
+        Ok(deleted)
     }
 
     /// Removes every cloud-to-device message of the device, queued or delivered and not

@@ -661,7 +661,7 @@ impl DeviceSession {
         }
         match request {
             HubPublish::Telemetry { properties } => {
-                self.telemetry(now, properties, payload)?;
+                self.telemetry(now, properties, payload).await?;
                 Ok(Vec::new())
             }
             HubPublish::TwinGet { rid } => {
@@ -704,7 +704,7 @@ impl DeviceSession {
         }
     }
 
-    fn telemetry(
+    async fn telemetry(
         &self,
         now: DateTime<Utc>,
         properties: Vec<(String, String)>,
@@ -740,7 +740,7 @@ impl DeviceSession {
             ("iothub-enqueuedtime".into(), format_record(&now)),
             ("iothub-message-source".into(), "Telemetry".into()),
         ]);
-        let msg = self.hub.inner.telemetry.append(TelemetryMessage {
+        let appended = self.hub.inner.telemetry.append(TelemetryMessage {
             sequence_number: 0,
             partition: 0,
             partition_sequence: 0,
@@ -750,6 +750,10 @@ impl DeviceSession {
             system_properties: system,
             body: Bytes::copy_from_slice(payload),
         });
+        let msg = appended.await.map_err(|source| SessionError::Storage {
+            device_id: id.device_id.clone(),
+            source,
+        })?;
         tracing::trace!(device = %id.device_id, seq = msg.sequence_number, bytes = payload.len(), "telemetry");
         Ok(())
     }

@@ -1,26 +1,26 @@
-//! Device-to-cloud telemetry: a bounded in-memory ring of recent messages plus a live broadcast.
+//! Device-to-cloud telemetry: written to the hub's store before the device is acknowledged,
+//! spread over the Event Hub-compatible endpoint's partitions, cached in memory for readers at
+//! the head of the stream, and fanned out live.
 //!
-//! The embedded hub is a development and small-fleet hub, not an event store: operators want to
-//! see what devices send (`dps hub monitor-events`, the portal) and tests want to assert on it.
-//! So acknowledged messages are kept in memory and fanned out to watchers; nothing is written to
-//! disk.
-//!
-//! Memory is bounded three ways, whichever bites first: a message count, a byte budget (bodies,
-//! properties and a fixed per-message overhead) and an age. Without the byte bound, 10 000
-//! messages of 256 KiB held 2.5 GiB; without the age bound a quiet hub would keep a burst from
-//! last week. The live broadcast is bounded in bytes as well: it holds at most
+//! The store keeps telemetry for the retention's age and byte budget (a day and 256 MiB by
+//! default; [`crate::Hub::sweep`] trims it), so it survives a restart and consumers can read from
+//! the start. The memory cache is bounded three ways, whichever bites first: a message count, a
+//! byte budget (at most [`CACHE_BYTES`]; bodies, properties and a fixed per-message overhead) and
+//! an age. The live broadcast is bounded in bytes as well: it holds at most
 //! [`BROADCAST_CAPACITY`] messages for watchers that have not read them yet, sized so that even
 //! messages of the largest size IoT Hub accepts pin no more than [`LIVE_FEED_BYTES`]; a slower
 //! watcher gets `Lagged` and catches up from the retention ring.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
 use dps_proto::event_hubs::EventPosition;
+
+use crate::store::{EventStart, HubStore, HubStoreError};
 use dps_proto::timefmt::format_record;
 use dps_proto::twin_limits;
 use parking_lot::Mutex;
@@ -234,22 +234,39 @@ pub(crate) fn system_property_name(topic_key: &str) -> Cow<'_, str> {
 }
 
 struct Ring {
+    /// The next hub-wide sequence number to hand out.
     next_sequence: u64,
+    /// The next hub-wide sequence number to make visible: everything before it is written (or
+    /// failed) and published.
+    next_visible: u64,
+    /// Messages numbered and not yet published, by sequence number: waiting for their write, or
+    /// written (`Some`) and waiting for an earlier one.
+    pending: BTreeMap<u64, Pending>,
+    /// The cache of recent published messages, oldest first.
     messages: VecDeque<Arc<TelemetryMessage>>,
     /// Sum of [`TelemetryMessage::retained_bytes`] over `messages`.
     bytes: u64,
-    /// The same messages by partition.
+    /// The same messages by partition, and where each partition stands.
     partitions: Vec<Partition>,
 }
 
-/// One partition's messages (a subsequence of the ring's) and where it stands.
+/// A numbered message on its way to the store.
+enum Pending {
+    Waiting,
+    Written(Arc<TelemetryMessage>),
+    Failed,
+}
+
+/// One partition: its cached messages (a subsequence of the ring's) and where it stands.
 #[derive(Default)]
 struct Partition {
-    /// The next partition sequence number.
+    /// The next partition sequence number to hand out.
     next: u64,
+    /// The partition sequence number after the last published message.
+    visible_next: u64,
     messages: VecDeque<Arc<TelemetryMessage>>,
-    /// The last message appended, even when it is no longer retained.
-    last: Option<Arc<TelemetryMessage>>,
+    /// The last published message: (sequence number in the partition, offset, enqueued time).
+    last: Option<(u64, u64, DateTime<Utc>)>,
 }
 
 /// The Event Hub-compatible view of one partition (the `$management` partition read).
@@ -257,9 +274,9 @@ struct Partition {
 pub struct PartitionInfo {
     /// The first retained sequence number (the next one when nothing is retained).
     pub begin_sequence_number: u64,
-    /// The last sequence number appended, if any.
+    /// The last sequence number published, if any.
     pub last_sequence_number: Option<u64>,
-    /// The last offset appended (a hub-wide sequence number), if any.
+    /// The last offset published (a hub-wide sequence number), if any.
     pub last_offset: Option<u64>,
     /// When the last message was enqueued, if any.
     pub last_enqueued_time: Option<DateTime<Utc>>,
@@ -280,7 +297,7 @@ pub fn partition_of(device_id: &str, count: u32) -> u32 {
 }
 
 impl Ring {
-    /// Drops the oldest messages until every bound of `retention` holds at `now`.
+    /// Drops the oldest cached messages until every bound of `retention` holds at `now`.
     fn evict(&mut self, retention: &Retention, now: DateTime<Utc>) {
         let cutoff = TimeDelta::from_std(retention.age)
             .ok()
@@ -297,36 +314,124 @@ impl Ring {
             self.messages.pop_front();
         }
     }
+
+    /// Publishes the written messages at the front of `pending`, in sequence order: into the
+    /// cache and the partitions' state. Returns them, for the live feed.
+    fn publish(&mut self, retention: &Retention) -> Vec<Arc<TelemetryMessage>> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            match entry.get() {
+                Pending::Waiting => break,
+                Pending::Failed => {
+                    entry.remove();
+                }
+                Pending::Written(m) => {
+                    let m = m.clone();
+                    entry.remove();
+                    let p = &mut self.partitions[m.partition as usize];
+                    p.visible_next = m.partition_sequence + 1;
+                    p.last = Some((m.partition_sequence, m.sequence_number, m.enqueued_time));
+                    let cost = m.retained_bytes();
+                    if retention.count > 0 && cost <= retention.bytes {
+                        p.messages.push_back(m.clone());
+                        self.messages.push_back(m.clone());
+                        self.bytes += cost;
+                    }
+                    out.push(m);
+                }
+            }
+        }
+        self.next_visible = self.pending.keys().next().copied().unwrap_or(self.next_sequence);
+        if let Some(last) = out.last() {
+            self.evict(retention, last.enqueued_time);
+        }
+        out
+    }
 }
 
-/// The retention ring and the live fan-out.
+/// The telemetry pipeline: numbering, the durable write, publication in order, the cache of
+/// recent messages and the live fan-out.
 ///
-/// One short mutex guards the ring: the critical section is a push and maybe a few pops (no I/O),
-/// and assigning the sequence number inside it keeps the ring sorted, so readers can
-/// binary-search `after_sequence` and watchers see increasing numbers.
+/// One short mutex guards the ring: numbering a message, and publishing written ones, are a few
+/// pushes and pops (no I/O). Messages are written to the store outside it, concurrently and in
+/// batches (the store's group commit); a message becomes visible — to partition readers, the live
+/// feed and `recent_events` — only once it and every message numbered before it were written, so
+/// readers never see a gap fill in behind them.
 pub(crate) struct TelemetryLog {
-    retention: Retention,
+    /// Bounds of the in-memory cache of recent messages.
+    cache: Retention,
+    /// Bounds of what the store keeps.
+    kept: Retention,
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<TelemetryMessage>>,
-    /// Per partition, the count of messages appended: changes when one arrives.
+    /// Per partition, the count of messages published: changes when one arrives.
     arrivals: Vec<watch::Sender<u64>>,
+    store: Arc<dyn HubStore>,
 }
 
+/// Marks a numbered message failed if its writer stops waiting (its connection went), so that
+/// the messages after it are not held back forever.
+struct Unsettled<'a> {
+    log: &'a TelemetryLog,
+    seq: Option<u64>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq {
+            self.log.settle(seq, Pending::Failed);
+        }
+    }
+}
+
+/// Most bytes of recent telemetry cached in memory, whatever the retention on disk.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl TelemetryLog {
-    pub(crate) fn new(retention: Retention, partitions: u32) -> Self {
+    /// A log over `store` keeping `retention` there; the memory cache holds at most
+    /// `retention.count` messages and [`CACHE_BYTES`].
+    pub(crate) fn new(retention: Retention, partitions: u32, store: Arc<dyn HubStore>) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let partitions = partitions.max(1) as usize;
         Self {
-            retention,
+            cache: Retention {
+                bytes: retention.bytes.min(CACHE_BYTES),
+                ..retention
+            },
+            kept: retention,
             ring: Mutex::new(Ring {
                 next_sequence: 1,
+                next_visible: 1,
+                pending: BTreeMap::new(),
                 messages: VecDeque::with_capacity(retention.count.min(1024)),
                 bytes: 0,
                 partitions: (0..partitions).map(|_| Partition::default()).collect(),
             }),
             tx,
             arrivals: (0..partitions).map(|_| watch::channel(0).0).collect(),
+            store,
         }
+    }
+
+    /// Continues the numbering from what the store holds (after a restart).
+    pub(crate) async fn load(&self) -> Result<(), HubStoreError> {
+        let bounds = self.store.partition_bounds().await?;
+        let mut ring = self.ring.lock();
+        for b in &bounds {
+            ring.next_sequence = ring.next_sequence.max(b.last_offset + 1);
+            if let Some(p) = ring.partitions.get_mut(b.partition as usize) {
+                p.next = b.last + 1;
+                p.visible_next = b.last + 1;
+                p.last = Some((b.last, b.last_offset, b.last_enqueued));
+            }
+        }
+        ring.next_visible = ring.next_sequence;
+        tracing::info!(
+            partitions_with_events = bounds.len(),
+            next_sequence = ring.next_sequence,
+            "retained telemetry loaded"
+        );
+        Ok(())
     }
 
     /// How many partitions the messages are spread over.
@@ -334,151 +439,191 @@ impl TelemetryLog {
         self.arrivals.len() as u32
     }
 
-    /// Stamps `msg` with the next sequence number, retains and broadcasts it. Its enqueued time is
-    /// "now" for the age bound. A message larger than the whole byte budget is broadcast but not
-    /// retained.
-    pub(crate) fn append(&self, mut msg: TelemetryMessage) -> Arc<TelemetryMessage> {
+    /// Numbers `msg` (hub-wide, and in its device's partition), writes it to the store and, once
+    /// it and the messages before it are written, publishes it. Returns once it is durable.
+    pub(crate) async fn append(&self, mut msg: TelemetryMessage) -> Result<Arc<TelemetryMessage>, HubStoreError> {
         msg.partition = partition_of(&msg.device_id, self.partition_count());
-        let p = msg.partition as usize;
-        let mut ring = self.ring.lock();
-        msg.sequence_number = ring.next_sequence;
-        ring.next_sequence += 1;
-        msg.partition_sequence = ring.partitions[p].next;
-        ring.partitions[p].next += 1;
-        let msg = Arc::new(msg);
-        let now = msg.enqueued_time;
-        let cost = msg.retained_bytes();
-        if self.retention.count > 0 && cost <= self.retention.bytes {
-            ring.bytes += cost;
-            ring.messages.push_back(msg.clone());
-            ring.partitions[p].messages.push_back(msg.clone());
-        }
-        ring.partitions[p].last = Some(msg.clone());
-        ring.evict(&self.retention, now);
-        drop(ring);
-        self.arrivals[p].send_modify(|n| *n += 1);
-        // No receivers is not an error: nobody is watching.
-        let _ = self.tx.send(msg.clone());
-        msg
-    }
-
-    /// Changes whenever a message arrives in `partition`; `None` for a partition that does not
-    /// exist.
-    pub(crate) fn arrivals(&self, partition: u32) -> Option<watch::Receiver<u64>> {
-        self.arrivals.get(partition as usize).map(|tx| tx.subscribe())
-    }
-
-    /// Where `partition` stands at `now` (`None`: no such partition).
-    pub(crate) fn partition_info(&self, now: DateTime<Utc>, partition: u32) -> Option<PartitionInfo> {
-        let mut ring = self.ring.lock();
-        ring.evict(&self.retention, now);
-        let p = ring.partitions.get(partition as usize)?;
-        Some(PartitionInfo {
-            begin_sequence_number: p.messages.front().map_or(p.next, |m| m.partition_sequence),
-            last_sequence_number: p.last.as_ref().map(|m| m.partition_sequence),
-            last_offset: p.last.as_ref().map(|m| m.sequence_number),
-            last_enqueued_time: p.last.as_ref().map(|m| m.enqueued_time),
-            is_empty: p.messages.is_empty(),
-        })
-    }
-
-    /// The partition sequence number a consumer starting at `position` reads first.
-    pub(crate) fn start_of(&self, partition: u32, position: EventPosition) -> Option<u64> {
-        let ring = self.ring.lock();
-        let p = ring.partitions.get(partition as usize)?;
-        let first_where = |pred: &dyn Fn(&TelemetryMessage) -> bool| {
-            p.messages
-                .iter()
-                .find(|m| pred(m))
-                .map_or(p.next, |m| m.partition_sequence)
+        let msg = {
+            let mut ring = self.ring.lock();
+            msg.sequence_number = ring.next_sequence;
+            ring.next_sequence += 1;
+            let p = &mut ring.partitions[msg.partition as usize];
+            msg.partition_sequence = p.next;
+            p.next += 1;
+            ring.pending.insert(msg.sequence_number, Pending::Waiting);
+            Arc::new(msg)
         };
-        Some(match position {
-            EventPosition::Latest => p.next,
-            EventPosition::Offset { offset, inclusive } => first_where(&|m: &TelemetryMessage| {
-                let o = m.sequence_number as i64;
-                if inclusive {
-                    o >= offset
-                } else {
-                    o > offset
-                }
-            }),
-            EventPosition::SequenceNumber {
-                sequence_number,
-                inclusive,
-            } => {
-                let n = sequence_number.max(-1);
-                let first = if inclusive { n } else { n + 1 };
-                first.max(0) as u64
+        let mut guard = Unsettled {
+            log: self,
+            seq: Some(msg.sequence_number),
+        };
+        let written = self.store.append_events(std::slice::from_ref(&msg)).await;
+        guard.seq = None;
+        match written {
+            Ok(()) => {
+                self.settle(msg.sequence_number, Pending::Written(msg.clone()));
+                Ok(msg)
             }
-            EventPosition::EnqueuedTime { millis, inclusive } => first_where(&|m: &TelemetryMessage| {
-                let t = m.enqueued_time.timestamp_millis();
-                if inclusive {
-                    t >= millis
-                } else {
-                    t > millis
-                }
-            }),
-        })
+            Err(e) => {
+                self.settle(msg.sequence_number, Pending::Failed);
+                Err(e)
+            }
+        }
     }
 
-    /// Up to `limit` retained messages of `partition` from sequence number `from` on (from the
-    /// oldest retained one when `from` is older), and the sequence number after them.
-    pub(crate) fn read_partition(
-        &self,
-        now: DateTime<Utc>,
-        partition: u32,
-        from: u64,
-        limit: usize,
-    ) -> (Vec<Arc<TelemetryMessage>>, u64) {
-        let mut ring = self.ring.lock();
-        ring.evict(&self.retention, now);
-        let Some(p) = ring.partitions.get(partition as usize) else {
-            return (Vec::new(), from);
+    /// Records how a numbered message's write ended and publishes what can be.
+    fn settle(&self, seq: u64, outcome: Pending) {
+        let published = {
+            let mut ring = self.ring.lock();
+            ring.pending.insert(seq, outcome);
+            ring.publish(&self.cache)
         };
-        let start = p.messages.partition_point(|m| m.partition_sequence < from);
-        let out: Vec<_> = p.messages.range(start..).take(limit).cloned().collect();
-        let next = out.last().map_or(from, |m| m.partition_sequence + 1);
-        (out, next)
+        for m in published {
+            self.arrivals[m.partition as usize].send_modify(|n| *n += 1);
+            // No receivers is not an error: nobody is watching.
+            let _ = self.tx.send(m);
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<TelemetryMessage>> {
         self.tx.subscribe()
     }
 
-    /// Retained messages (see [`crate::Hub::recent_events`]); those older than the age bound at
-    /// `now` are dropped first, so a quiet hub does not serve stale telemetry.
-    pub(crate) fn recent(
+    /// Changes whenever a message is published in `partition`; `None` for a partition that does
+    /// not exist.
+    pub(crate) fn arrivals(&self, partition: u32) -> Option<watch::Receiver<u64>> {
+        self.arrivals.get(partition as usize).map(|tx| tx.subscribe())
+    }
+
+    /// Where `partition` stands (`None`: no such partition).
+    pub(crate) async fn partition_info(&self, partition: u32) -> Result<Option<PartitionInfo>, HubStoreError> {
+        let Some((visible_next, last)) = self
+            .ring
+            .lock()
+            .partitions
+            .get(partition as usize)
+            .map(|p| (p.visible_next, p.last))
+        else {
+            return Ok(None);
+        };
+        let begin = self
+            .store
+            .find_in_partition(partition, EventStart::Offset(0))
+            .await?
+            .filter(|b| *b < visible_next);
+        Ok(Some(PartitionInfo {
+            begin_sequence_number: begin.unwrap_or(visible_next),
+            last_sequence_number: last.map(|l| l.0),
+            last_offset: last.map(|l| l.1),
+            last_enqueued_time: last.map(|l| l.2),
+            is_empty: begin.is_none(),
+        }))
+    }
+
+    /// The partition sequence number a consumer starting at `position` reads first (`None`: no
+    /// such partition).
+    pub(crate) async fn start_of(&self, partition: u32, position: EventPosition) -> Result<Option<u64>, HubStoreError> {
+        let Some(visible_next) = self
+            .ring
+            .lock()
+            .partitions
+            .get(partition as usize)
+            .map(|p| p.visible_next)
+        else {
+            return Ok(None);
+        };
+        let next = |i: i64, inclusive: bool| if inclusive { i } else { i.saturating_add(1) };
+        let found = match position {
+            EventPosition::Latest => None,
+            EventPosition::SequenceNumber {
+                sequence_number,
+                inclusive,
+            } => Some(next(sequence_number, inclusive).max(0) as u64),
+            EventPosition::Offset { offset, inclusive } => {
+                let from = next(offset, inclusive).max(0) as u64;
+                self.store
+                    .find_in_partition(partition, EventStart::Offset(from))
+                    .await?
+            }
+            EventPosition::EnqueuedTime { millis, inclusive } => {
+                let from = next(millis, inclusive);
+                self.store
+                    .find_in_partition(partition, EventStart::EnqueuedAt(from))
+                    .await?
+            }
+        };
+        Ok(Some(found.map_or(visible_next, |f| f.min(visible_next))))
+    }
+
+    /// Up to `limit` published messages of `partition` from sequence number `from` on (from the
+    /// oldest retained one when `from` is older), and the sequence number after them: from the
+    /// cache when it holds `from`, else from the store.
+    pub(crate) async fn read_partition(
         &self,
-        now: DateTime<Utc>,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Arc<TelemetryMessage>>, u64), HubStoreError> {
+        let visible_next = {
+            let ring = self.ring.lock();
+            let Some(p) = ring.partitions.get(partition as usize) else {
+                return Ok((Vec::new(), from));
+            };
+            if from >= p.visible_next {
+                return Ok((Vec::new(), from));
+            }
+            if p.messages.front().is_some_and(|m| m.partition_sequence <= from) {
+                let start = p.messages.partition_point(|m| m.partition_sequence < from);
+                let out: Vec<_> = p.messages.range(start..).take(limit).cloned().collect();
+                let next = out.last().map_or(from, |m| m.partition_sequence + 1);
+                return Ok((out, next));
+            }
+            p.visible_next
+        };
+        let out: Vec<_> = self
+            .store
+            .read_partition(partition, from, limit)
+            .await?
+            .into_iter()
+            .filter(|m| m.partition_sequence < visible_next)
+            .map(Arc::new)
+            .collect();
+        let next = out.last().map_or(from, |m| m.partition_sequence + 1);
+        Ok((out, next))
+    }
+
+    /// Published messages (see [`crate::Hub::recent_events`]), from the store.
+    pub(crate) async fn recent(
+        &self,
         device_id: Option<&str>,
         after_sequence: Option<u64>,
         limit: usize,
-    ) -> Vec<Arc<TelemetryMessage>> {
-        let mut ring = self.ring.lock();
-        ring.evict(&self.retention, now);
-        let wanted = |m: &&Arc<TelemetryMessage>| device_id.is_none_or(|d| m.device_id.eq_ignore_ascii_case(d));
-        match after_sequence {
-            Some(after) => {
-                let start = ring.messages.partition_point(|m| m.sequence_number <= after);
-                ring.messages
-                    .range(start..)
-                    .filter(wanted)
-                    .take(limit)
-                    .cloned()
-                    .collect()
-            }
-            None => {
-                let mut out: Vec<_> = ring.messages.iter().rev().filter(wanted).take(limit).cloned().collect();
-                out.reverse();
-                out
-            }
-        }
+    ) -> Result<Vec<Arc<TelemetryMessage>>, HubStoreError> {
+        let visible = self.ring.lock().next_visible;
+        Ok(self
+            .store
+            .recent_events(device_id, after_sequence, limit)
+            .await?
+            .into_iter()
+            .filter(|m| m.sequence_number < visible)
+            .map(Arc::new)
+            .collect())
+    }
+
+    /// Deletes what the store keeps beyond the retention bounds, as of `now`.
+    pub(crate) async fn trim(&self, now: DateTime<Utc>) -> Result<u64, HubStoreError> {
+        let cutoff = TimeDelta::from_std(self.kept.age)
+            .ok()
+            .and_then(|age| now.checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.store.trim_events(cutoff, self.kept.bytes).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryHubStore;
     use serde_json::json;
 
     fn msg(device: &str, body: &[u8]) -> TelemetryMessage {
@@ -505,30 +650,67 @@ mod tests {
         }
     }
 
+    fn log(retention: Retention, partitions: u32) -> TelemetryLog {
+        TelemetryLog::new(retention, partitions, Arc::new(MemoryHubStore::new()))
+    }
+
     fn seqs(v: &[Arc<TelemetryMessage>]) -> Vec<u64> {
         v.iter().map(|m| m.sequence_number).collect()
     }
 
-    #[test]
-    fn ring_keeps_last_n_in_order() {
-        let log = TelemetryLog::new(retention(3), 1);
-        let now = msg("a", b"").enqueued_time;
+    #[tokio::test]
+    async fn recent_messages_come_from_the_store_in_order() {
+        let log = log(retention(3), 1);
         for i in 0..5 {
-            log.append(msg(if i % 2 == 0 { "a" } else { "b" }, b"{}"));
+            log.append(msg(if i % 2 == 0 { "a" } else { "b" }, b"{}"))
+                .await
+                .unwrap();
         }
-        let all = log.recent(now, None, None, 10);
-        assert_eq!(seqs(&all), vec![3, 4, 5]);
-        let a = log.recent(now, Some("A"), None, 10);
-        assert_eq!(seqs(&a), vec![3, 5]);
-        let after = log.recent(now, None, Some(3), 1);
-        assert_eq!(after[0].sequence_number, 4);
-        assert_eq!(log.recent(now, None, None, 1)[0].sequence_number, 5);
+        assert_eq!(seqs(&log.recent(None, None, 10).await.unwrap()), vec![1, 2, 3, 4, 5]);
+        assert_eq!(seqs(&log.recent(Some("A"), None, 10).await.unwrap()), vec![1, 3, 5]);
+        assert_eq!(seqs(&log.recent(None, Some(3), 1).await.unwrap()), vec![4]);
+        assert_eq!(seqs(&log.recent(None, None, 1).await.unwrap()), vec![5]);
+        // The cache holds the last three.
+        assert_eq!(
+            seqs(&log.ring.lock().messages.iter().cloned().collect::<Vec<_>>()),
+            vec![3, 4, 5]
+        );
     }
 
-    #[test]
-    fn ring_is_bounded_in_bytes_and_age() {
+    #[tokio::test]
+    async fn messages_are_published_in_order_whatever_order_their_writes_end() {
+        let log = log(retention(100), 1);
+        let mut live = log.subscribe();
+        // Three numbered messages whose writes end in the order 3, 1, 2.
+        let numbered: Vec<u64> = (0..3)
+            .map(|_| {
+                let mut ring = log.ring.lock();
+                let seq = ring.next_sequence;
+                ring.next_sequence += 1;
+                ring.pending.insert(seq, Pending::Waiting);
+                seq
+            })
+            .collect();
+        let written = |seq: u64| {
+            let mut m = msg("a", b"{}");
+            m.sequence_number = seq;
+            Pending::Written(Arc::new(m))
+        };
+        log.settle(numbered[2], written(numbered[2]));
+        assert!(live.try_recv().is_err(), "3 waits for 1 and 2");
+        log.settle(numbered[0], written(numbered[0]));
+        assert_eq!(live.try_recv().unwrap().sequence_number, 1);
+        assert!(live.try_recv().is_err());
+        // A failed write does not hold the others back.
+        log.settle(numbered[1], Pending::Failed);
+        assert_eq!(live.try_recv().unwrap().sequence_number, 3);
+        assert_eq!(log.ring.lock().next_visible, 4);
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_in_bytes_and_age() {
         let one = msg("a", &[b'x'; 1000]).retained_bytes();
-        let log = TelemetryLog::new(
+        let log = log(
             Retention {
                 count: 1000,
                 bytes: 3 * one,
@@ -536,28 +718,37 @@ mod tests {
             },
             1,
         );
-        let t0 = msg("a", b"").enqueued_time;
         for _ in 0..5 {
-            log.append(msg("a", &[b'x'; 1000]));
+            log.append(msg("a", &[b'x'; 1000])).await.unwrap();
         }
-        assert_eq!(seqs(&log.recent(t0, None, None, 10)), vec![3, 4, 5]);
+        assert_eq!(
+            seqs(&log.ring.lock().messages.iter().cloned().collect::<Vec<_>>()),
+            vec![3, 4, 5]
+        );
         assert_eq!(log.ring.lock().bytes, 3 * one);
-        // Larger than the whole budget: broadcast, not retained, and it evicts nothing.
-        log.append(msg("a", &[b'x'; 4000]));
-        assert_eq!(seqs(&log.recent(t0, None, None, 10)), vec![3, 4, 5]);
-        // A minute later (plus a second) they are all too old; a reader sees none.
-        let later = t0 + TimeDelta::seconds(61);
-        assert!(log.recent(later, None, None, 10).is_empty());
-        assert_eq!(log.ring.lock().bytes, 0);
+        // Larger than the whole budget: stored and broadcast, not cached.
+        log.append(msg("a", &[b'x'; 4000])).await.unwrap();
+        assert_eq!(log.ring.lock().messages.len(), 3);
+        assert_eq!(log.recent(None, None, 10).await.unwrap().len(), 6);
+        // A minute later (plus a second), the next message pushes the old ones out of the cache.
         let mut m = msg("b", b"{}");
-        m.enqueued_time = later;
-        log.append(m);
-        assert_eq!(seqs(&log.recent(later, None, None, 10)), vec![7]);
+        m.enqueued_time += TimeDelta::seconds(61);
+        let later = m.enqueued_time;
+        log.append(m).await.unwrap();
+        assert_eq!(
+            seqs(&log.ring.lock().messages.iter().cloned().collect::<Vec<_>>()),
+            vec![7]
+        );
+        // The store keeps what is younger than the retention's age: a trim then drops the six
+        // older ones, and a day later the last one.
+        assert_eq!(log.trim(later).await.unwrap(), 6);
+        assert_eq!(seqs(&log.recent(None, None, 10).await.unwrap()), vec![7]);
+        assert_eq!(log.trim(later + TimeDelta::days(1)).await.unwrap(), 1);
     }
 
-    #[test]
-    fn partitions_number_their_own_messages_and_find_where_consumers_start() {
-        let log = TelemetryLog::new(retention(100), 4);
+    #[tokio::test]
+    async fn partitions_number_their_own_messages_and_find_where_consumers_start() {
+        let log = log(retention(100), 4);
         let (a, b) = ("dev-a", "dev-b");
         assert_ne!(partition_of(a, 4), partition_of(b, 4), "the test needs two partitions");
         assert_eq!(
@@ -567,64 +758,76 @@ mod tests {
         );
         let now = msg(a, b"").enqueued_time;
         let arrivals = log.arrivals(partition_of(a, 4)).unwrap();
-        let sent: Vec<_> = (0..5)
-            .map(|i| {
-                let mut m = msg(if i % 2 == 0 { a } else { b }, b"{}");
-                m.enqueued_time = now + TimeDelta::seconds(i);
-                log.append(m)
-            })
-            .collect();
+        let mut sent = Vec::new();
+        for i in 0..5 {
+            let mut m = msg(if i % 2 == 0 { a } else { b }, b"{}");
+            m.enqueued_time = now + TimeDelta::seconds(i);
+            sent.push(log.append(m).await.unwrap());
+        }
         assert!(arrivals.has_changed().unwrap());
         let pa = partition_of(a, 4);
         let of_a: Vec<_> = sent.iter().filter(|m| m.partition == pa).collect();
         assert_eq!(of_a.iter().map(|m| m.partition_sequence).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(of_a.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), [1, 3, 5]);
 
-        let (read, next) = log.read_partition(now, pa, 0, 2);
-        assert_eq!(read.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), [1, 3]);
+        let (read, next) = log.read_partition(pa, 0, 2).await.unwrap();
+        assert_eq!(seqs(&read), [1, 3]);
         assert_eq!(next, 2);
-        assert_eq!(log.read_partition(now, pa, 3, 10), (Vec::new(), 3));
-        let start = |p| log.start_of(pa, p).unwrap();
-        assert_eq!(start(EventPosition::EARLIEST), 0);
-        assert_eq!(start(EventPosition::Latest), 3);
+        assert_eq!(log.read_partition(pa, 3, 10).await.unwrap(), (Vec::new(), 3));
+        // Out of the cache: from the store.
+        log.ring.lock().partitions[pa as usize].messages.clear();
+        assert_eq!(seqs(&log.read_partition(pa, 1, 10).await.unwrap().0), [3, 5]);
+        let start = |p| log.start_of(pa, p);
+        assert_eq!(start(EventPosition::EARLIEST).await.unwrap(), Some(0));
+        assert_eq!(start(EventPosition::Latest).await.unwrap(), Some(3));
         assert_eq!(
             start(EventPosition::Offset {
                 offset: 3,
                 inclusive: false
-            }),
-            2
+            })
+            .await
+            .unwrap(),
+            Some(2)
         );
         assert_eq!(
             start(EventPosition::Offset {
                 offset: 3,
                 inclusive: true
-            }),
-            1
+            })
+            .await
+            .unwrap(),
+            Some(1)
         );
         assert_eq!(
             start(EventPosition::SequenceNumber {
                 sequence_number: 1,
                 inclusive: false
-            }),
-            2
+            })
+            .await
+            .unwrap(),
+            Some(2)
         );
         let t2 = (now + TimeDelta::seconds(2)).timestamp_millis();
         assert_eq!(
             start(EventPosition::EnqueuedTime {
                 millis: t2,
                 inclusive: true
-            }),
-            1
+            })
+            .await
+            .unwrap(),
+            Some(1)
         );
         assert_eq!(
             start(EventPosition::EnqueuedTime {
                 millis: t2,
                 inclusive: false
-            }),
-            2
+            })
+            .await
+            .unwrap(),
+            Some(2)
         );
 
-        let info = log.partition_info(now, pa).unwrap();
+        let info = log.partition_info(pa).await.unwrap().unwrap();
         assert_eq!(
             info,
             PartitionInfo {
@@ -636,25 +839,41 @@ mod tests {
             }
         );
         let empty = (0..4).find(|p| *p != pa && *p != partition_of(b, 4)).unwrap();
-        assert!(log.partition_info(now, empty).unwrap().is_empty);
-        assert!(log.partition_info(now, 4).is_none());
+        assert!(log.partition_info(empty).await.unwrap().unwrap().is_empty);
+        assert!(log.partition_info(4).await.unwrap().is_none());
+
+        // A new log on the same store continues the numbering.
+        let again = TelemetryLog::new(retention(100), 4, log.store.clone());
+        again.load().await.unwrap();
+        let m = again.append(msg(a, b"{}")).await.unwrap();
+        assert_eq!((m.sequence_number, m.partition_sequence), (6, 3));
     }
 
-    #[test]
-    fn live_feed_is_bounded_in_bytes() {
+    #[tokio::test]
+    async fn live_feed_is_bounded_in_bytes() {
         // The broadcast's capacity times the largest message stays within the byte budget.
         assert_eq!(BROADCAST_CAPACITY, 256);
         const { assert!(BROADCAST_CAPACITY * twin_limits::D2C_MAX_BYTES <= LIVE_FEED_BYTES) };
-        let log = TelemetryLog::new(retention(0), 1);
+        let log = log(retention(0), 1);
         let mut rx = log.subscribe();
         for _ in 0..BROADCAST_CAPACITY + 10 {
-            log.append(msg("a", b"{}"));
+            log.append(msg("a", b"{}")).await.unwrap();
         }
         // The slow watcher lost the oldest ten and is told so; the rest are still there.
         assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(10))));
         assert_eq!(rx.try_recv().unwrap().sequence_number, 11);
-        // Retention 0 keeps nothing.
-        assert!(log.recent(msg("a", b"").enqueued_time, None, None, 10).is_empty());
+        // A cache of 0 keeps nothing in memory.
+        assert!(log.ring.lock().messages.is_empty());
+    }
+
+    #[test]
+    fn stored_events_read_back_whole() {
+        let mut m = msg("dev", &[0, 255, 10]);
+        m.sequence_number = 9;
+        m.partition = 2;
+        m.partition_sequence = 4;
+        assert_eq!(decode_event(&encode_event(&m)).unwrap(), m);
+        assert!(decode_event(b"{").is_err());
     }
 
     #[test]

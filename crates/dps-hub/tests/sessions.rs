@@ -558,11 +558,11 @@ async fn telemetry_is_stored_and_broadcast() {
     assert_eq!(m2.sequence_number, 2);
     assert_eq!(m2.body_value(), json!("plain text"));
 
-    let recent = hub.recent_events(Some("DEV1"), None, 10);
+    let recent = hub.recent_events(Some("DEV1"), None, 10).await;
     assert_eq!(recent.len(), 2);
     assert_eq!(recent[0], m);
-    assert_eq!(hub.recent_events(None, Some(1), 10), vec![m2]);
-    assert!(hub.recent_events(Some("other"), None, 10).is_empty());
+    assert_eq!(hub.recent_events(None, Some(1), 10).await, vec![m2]);
+    assert!(hub.recent_events(Some("other"), None, 10).await.is_empty());
 
     // Another device's topic is refused; so is an oversized message.
     assert!(matches!(
@@ -577,7 +577,7 @@ async fn telemetry_is_stored_and_broadcast() {
             .await,
         Err(SessionError::TooLarge { .. })
     ));
-    assert_eq!(hub.recent_events(None, None, 10).len(), 2);
+    assert_eq!(hub.recent_events(None, None, 10).await.len(), 2);
 }
 
 #[tokio::test]
@@ -786,7 +786,7 @@ async fn message_size_limits() {
         .await
         .unwrap_err();
     assert_eq!(err, SessionError::TooLarge { size: limit + 2, limit });
-    assert_eq!(hub.recent_events(None, None, 10).len(), 1);
+    assert_eq!(hub.recent_events(None, None, 10).await.len(), 1);
 
     let c2d = dps_proto::twin_limits::C2D_MAX_BYTES;
     let err = hub.send_c2d("dev1", vec![b'x'; c2d], vec![]).await.unwrap_err();
@@ -799,7 +799,8 @@ async fn message_size_limits() {
     assert_eq!(rx.recv().await.unwrap().payload.len(), c2d - 200);
 }
 
-/// Retention is bounded by bytes and by age on the hub's clock, not by count alone.
+/// Retention is bounded by bytes and by age on the hub's clock, not by count alone (the store's
+/// is applied by trimming, which the sweep does once a minute).
 #[tokio::test]
 async fn telemetry_retention_by_bytes_and_age() {
     let clock = Arc::new(FakeClock::at(now()));
@@ -820,7 +821,8 @@ async fn telemetry_retention_by_bytes_and_age() {
             .await
             .unwrap();
     }
-    let kept = hub.recent_events(None, None, 100);
+    hub.trim_telemetry().await.unwrap();
+    let kept = hub.recent_events(None, None, 100).await;
     let each = kept[0].retained_bytes();
     assert!(each > 200 * 1024);
     let fit = (3 * 1024 * 1024 / each) as usize;
@@ -834,11 +836,13 @@ async fn telemetry_retention_by_bytes_and_age() {
         .handle_publish(clock.now(), "devices/dev1/messages/events/", b"{\"late\":1}")
         .await
         .unwrap();
-    let kept = hub.recent_events(None, None, 100);
+    hub.trim_telemetry().await.unwrap();
+    let kept = hub.recent_events(None, None, 100).await;
     assert_eq!(kept.len(), fit + 1);
     assert_eq!(kept[0].sequence_number, 21 - fit as u64);
     clock.advance(chrono::Duration::minutes(31));
-    let kept = hub.recent_events(None, None, 100);
+    hub.trim_telemetry().await.unwrap();
+    let kept = hub.recent_events(None, None, 100).await;
     assert_eq!(kept.iter().map(|m| m.sequence_number).collect::<Vec<_>>(), vec![21]);
 }
 

@@ -228,7 +228,7 @@ async fn twin_and_message_limits_bad_input() {
     for (i, (name, via, expect)) in cases.into_iter().enumerate() {
         let rid = 100 + i as u32;
         let before = persisted_twin(&s, "dev-1").await;
-        let events_before = s.services.hub.recent_events(None, None, 1000).len();
+        let events_before = s.services.hub.recent_events(None, None, 1000).await.len();
         match (via, expect) {
             (Via::Reported(body), Expect::Error(status, code, msg)) => {
                 let (topic, err) = reported(&bad, &mut bad_ev, rid, body).await;
@@ -296,7 +296,7 @@ async fn twin_and_message_limits_bad_input() {
         // Nothing persisted.
         assert_eq!(persisted_twin(&s, "dev-1").await, before, "{name}: the twin changed");
         assert_eq!(
-            s.services.hub.recent_events(None, None, 1000).len(),
+            s.services.hub.recent_events(None, None, 1000).await.len(),
             events_before,
             "{name}: telemetry was kept"
         );

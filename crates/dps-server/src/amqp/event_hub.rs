@@ -171,7 +171,7 @@ fn grant_of(conn: &Conn, token: &str) -> Result<(String, u64), String> {
 }
 
 /// What a link to a `$management` or partition node is for, if this connection may attach it.
-pub(super) fn attach(
+pub(super) async fn attach(
     conn: &mut Conn,
     direction: dps_proto::amqp_conn::Direction,
     address: &str,
@@ -188,10 +188,10 @@ pub(super) fn attach(
         }));
     }
     let node = PartitionAddress::parse(address)?;
-    Some(attach_partition(conn, direction, &node, selector))
+    Some(attach_partition(conn, direction, &node, selector).await)
 }
 
-fn attach_partition(
+async fn attach_partition(
     conn: &mut Conn,
     direction: dps_proto::amqp_conn::Direction,
     node: &PartitionAddress,
@@ -251,7 +251,17 @@ fn attach_partition(
             .map_err(|why| Refusal::Other(links::condition_error(AmqpError::NotAllowed, why)))?,
         None => EventPosition::EARLIEST,
     };
-    let next = services.hub.partition_start(partition, position).unwrap_or_default();
+    let next = services
+        .hub
+        .partition_start(partition, position)
+        .await
+        .map_err(|e| {
+            Refusal::Other(links::condition_error(
+                AmqpError::InternalError,
+                format!("the hub's store: {e}"),
+            ))
+        })?
+        .unwrap_or_default();
     let arrivals = services
         .hub
         .partition_arrivals(partition)
@@ -261,7 +271,7 @@ fn attach_partition(
 }
 
 /// A partition link was attached: remember its reader (it starts sending on the client's credit).
-pub(super) fn attached(conn: &mut Conn, link: LinkId, partition: u32, next: u64, arrivals: watch::Receiver<u64>) {
+pub(super) async fn attached(conn: &mut Conn, link: LinkId, partition: u32, next: u64, arrivals: watch::Receiver<u64>) {
     conn.hub.event_hub.readers.insert(
         link,
         Reader {
@@ -271,7 +281,7 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId, partition: u32, next: u64,
             waiting: false,
         },
     );
-    pump(conn, link);
+    pump(conn, link).await;
 }
 
 /// The link is gone.
@@ -281,7 +291,7 @@ pub(super) fn detached(conn: &mut Conn, link: LinkId) {
 
 /// Sends the partition's events from where the reader is, as far as the client's credit goes;
 /// a reader that caught up with room left waits for arrivals.
-pub(super) fn pump(conn: &mut Conn, link: LinkId) {
+pub(super) async fn pump(conn: &mut Conn, link: LinkId) {
     let Some(r) = conn.hub.event_hub.readers.get_mut(&link) else {
         return;
     };
@@ -294,7 +304,14 @@ pub(super) fn pump(conn: &mut Conn, link: LinkId) {
         if room == 0 {
             break false;
         }
-        let (events, after) = hub.read_partition(partition, next, room.min(READ_BATCH) as usize);
+        let (events, after) = match hub.read_partition(partition, next, room.min(READ_BATCH) as usize).await {
+            Ok(read) => read,
+            Err(e) => {
+                // Tried again on the next arrival or credit.
+                tracing::warn!(error = %e, partition, "events not read from the hub's store");
+                break true;
+            }
+        };
         if events.is_empty() {
             break true;
         }
@@ -358,9 +375,9 @@ fn event_message(m: &TelemetryMessage) -> Bytes {
 
 /// A `$management` request: `READ` of the event hub or of a partition, answered on the client's
 /// `$management` receiver with `status-code` and a map body.
-pub(super) fn management(conn: &mut Conn, delivery: Option<DeliveryRef>, msg: &Incoming) {
+pub(super) async fn management(conn: &mut Conn, delivery: Option<DeliveryRef>, msg: &Incoming) {
     conn.settle(delivery, Ok(()));
-    let (status, description, body) = match read(conn, msg) {
+    let (status, description, body) = match read(conn, msg).await {
         Ok(body) => (200, "OK".to_string(), body),
         Err((status, why)) => (status, why, Value::Null),
     };
@@ -383,7 +400,7 @@ pub(super) fn management(conn: &mut Conn, delivery: Option<DeliveryRef>, msg: &I
 }
 
 /// Judges and answers one `READ`: the map body, or an HTTP-like status and why.
-fn read(conn: &mut Conn, msg: &Incoming) -> Result<Value, (i32, String)> {
+async fn read(conn: &mut Conn, msg: &Incoming) -> Result<Value, (i32, String)> {
     let get = |name: &str| message::app_property_str(msg, name);
     if get(eh::MGMT_OPERATION).as_deref() != Some(eh::MGMT_READ) {
         return Err((
@@ -442,11 +459,13 @@ fn read(conn: &mut Conn, msg: &Incoming) -> Result<Value, (i32, String)> {
         }
         Some(eh::MGMT_TYPE_PARTITION) => {
             let id = get(eh::MGMT_PARTITION).unwrap_or_default();
-            let info = id
-                .parse::<u32>()
-                .ok()
-                .and_then(|p| hub.partition_info(p))
-                .ok_or_else(|| (404, format!("partition '{id}' does not exist in event hub '{entity}'")))?;
+            let missing = || (404, format!("partition '{id}' does not exist in event hub '{entity}'"));
+            let partition = id.parse::<u32>().map_err(|_| missing())?;
+            let info = hub
+                .partition_info(partition)
+                .await
+                .map_err(|e| (500, format!("the hub's store: {e}")))?
+                .ok_or_else(missing)?;
             let ms = |t: Option<chrono::DateTime<chrono::Utc>>| {
                 Value::Timestamp(Timestamp::from_milliseconds(t.map_or(0, |t| t.timestamp_millis())))
             };

@@ -332,7 +332,7 @@ impl Conn {
                 }
                 Wake::Outbound(device, None) => self.hub.drop_device(&device),
                 Wake::Feedback => hub::send_feedback(self),
-                Wake::Events(link) => event_hub::pump(self, link),
+                Wake::Events(link) => event_hub::pump(self, link).await,
                 Wake::Heartbeat => self.amqp.heartbeat(),
                 Wake::Silent => {
                     tracing::debug!("closing AMQP connection: the client sent nothing within its time-out");
@@ -361,7 +361,7 @@ impl Conn {
                     address,
                     selector,
                 } => self.attach(link, direction, &address, selector.as_deref()).await,
-                Event::Credit { link } => event_hub::pump(self, link),
+                Event::Credit { link } => event_hub::pump(self, link).await,
                 Event::Message {
                     link,
                     delivery,
@@ -383,7 +383,7 @@ impl Conn {
         let address = links::strip_uri(address);
         let route = if let Some(node) = dps_proto::dps_amqp::RegistrationNode::parse(address) {
             dps::attach(self, direction, node).await
-        } else if let Some(route) = event_hub::attach(self, direction, address, selector) {
+        } else if let Some(route) = event_hub::attach(self, direction, address, selector).await {
             route
         } else if let Some(node) = dps_proto::hub_amqp::HubNode::parse(address) {
             hub::attach(self, direction, node).await
@@ -403,7 +403,7 @@ impl Conn {
                     self.routes.insert(link, Route::EventHubReader);
                     self.amqp.accept(link, credit);
                     let (partition, next, arrivals) = *reader;
-                    return event_hub::attached(self, link, partition, next, arrivals);
+                    return event_hub::attached(self, link, partition, next, arrivals).await;
                 }
                 self.routes.insert(link, route);
                 self.amqp.accept(link, credit);
@@ -439,7 +439,7 @@ impl Conn {
             }
             Route::Cbs => hub::put_token_request(self, delivery, &msg).await,
             Route::ServiceC2d => hub::service_c2d(self, link, delivery, &msg).await,
-            Route::EventHubManagement => event_hub::management(self, delivery, &msg),
+            Route::EventHubManagement => event_hub::management(self, delivery, &msg).await,
             Route::Device { device_id, kind } => {
                 let (device_id, kind) = (device_id.clone(), *kind);
                 hub::device_message(self, link, delivery, &device_id, kind, &msg).await;

@@ -100,7 +100,8 @@ impl State {
             if let Some(after) = self.catch_up_after {
                 let page = self
                     .hub
-                    .recent_events(self.device.as_deref(), Some(after), CATCH_UP_PAGE);
+                    .recent_events(self.device.as_deref(), Some(after), CATCH_UP_PAGE)
+                    .await;
                 self.catch_up_after = match page.last() {
                     Some(last) if page.len() == CATCH_UP_PAGE => Some(last.sequence_number),
                     _ => None,

@@ -26,7 +26,8 @@ const LAST: &str = "SELECT doc FROM events WHERE seq = ?1";
 const TRIM_STEP: i64 = 10_000;
 const TRIM_AGE: &str =
     "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?2) AND enqueued_ms < ?1";
-const TRIM_OLDEST: &str = "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?1)";
+const OLDEST: &str = "SELECT seq, size FROM events ORDER BY seq LIMIT ?1";
+const DELETE_UP_TO: &str = "DELETE FROM events WHERE seq <= ?1";
 const BYTES: &str = "SELECT bytes FROM event_bytes WHERE id = 1";
 
 /// One encoded row.
@@ -99,10 +100,24 @@ impl Operation for EventOp {
                     if bytes <= *max_bytes {
                         break;
                     }
-                    // About as many rows as the excess takes, at least one, at most a step.
+                    // The oldest rows whose sizes cover the excess (at most a step of them).
+                    let excess = bytes - max_bytes;
+                    let mut stmt = conn.prepare_cached(OLDEST).map_err(sql)?;
+                    let mut rows = stmt.query(params![TRIM_STEP]).map_err(sql)?;
+                    let (mut covered, mut up_to) = (0i64, None);
+                    while let Some(row) = rows.next().map_err(sql)? {
+                        let (seq, size): (i64, i64) = (row.get(0).map_err(sql)?, row.get(1).map_err(sql)?);
+                        up_to = Some(seq);
+                        covered += size;
+                        if covered >= excess {
+                            break;
+                        }
+                    }
+                    drop(rows);
+                    let Some(up_to) = up_to else { break };
                     let n = conn
-                        .prepare_cached(TRIM_OLDEST)
-                        .and_then(|mut s| s.execute(params![((bytes - max_bytes) / 512).clamp(1, TRIM_STEP)]))
+                        .prepare_cached(DELETE_UP_TO)
+                        .and_then(|mut s| s.execute(params![up_to]))
                         .map_err(sql)?;
                     deleted.fetch_add(n as u64, Ordering::Relaxed);
                     if n == 0 {
