@@ -85,15 +85,19 @@ async fn provision(s: &RunningServer, reg: &str) {
 
 /// Puts a SAS token for `device` on `$cbs`; the reply's `status-code`.
 async fn put_token(session: &mut SessionHandle<()>, s: &RunningServer, device: &str, token: String) -> i32 {
-    let mut sender = Sender::attach(session, "cbs-out", "$cbs").await.unwrap();
-    let mut receiver = Receiver::attach(session, "cbs-in", "$cbs").await.unwrap();
+    let audience = format!("{}/devices/{device}", s.services.identity.hub.host_name);
+    put_token_for(session, audience, token).await
+}
+
+/// Puts a SAS token for `audience` on `$cbs`; the reply's `status-code`.
+async fn put_token_for(session: &mut SessionHandle<()>, audience: String, token: String) -> i32 {
+    let n = next_link();
+    let mut sender = Sender::attach(session, format!("cbs-out-{n}"), "$cbs").await.unwrap();
+    let mut receiver = Receiver::attach(session, format!("cbs-in-{n}"), "$cbs").await.unwrap();
     let app = ApplicationProperties::builder()
         .insert("operation", "put-token")
         .insert("type", "servicebus.windows.net:sastoken")
-        .insert(
-            "name",
-            format!("{}/devices/{device}", s.services.identity.hub.host_name),
-        )
+        .insert("name", audience)
         .build();
     let msg = Message::builder()
         .properties(
@@ -588,5 +592,300 @@ async fn cloud_to_device_messages_unsettled_at_disconnect_are_delivered_again() 
         // Let the server see the connection end before the next one.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    s.shutdown().await;
+}
+
+/// A number for a link name no other link of the test process has.
+fn next_link() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An Event Hubs token for `sb://{hub}/{path}`, signed the Event Hubs way (the key's text is the
+/// HMAC key) with the hub's owner policy, or with `key` instead.
+fn event_hub_sas(s: &RunningServer, path: &str, key: Option<&str>) -> (String, String) {
+    let hub = &s.services.identity.hub;
+    let policy = &hub.policies[0];
+    let audience = format!("sb://{}/{path}", hub.host_name);
+    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    let key = key.unwrap_or(&policy.primary_key).to_string();
+    let token = dps_proto::sas::build_token_with(&audience, expiry, Some(&policy.key_name), |m| {
+        Ok::<_, ()>(dps_proto::sas::hmac_sha256(key.as_bytes(), m))
+    })
+    .unwrap();
+    (audience, token)
+}
+
+/// A consumer's receiver on `address` starting where `selector` says.
+async fn consumer(
+    session: &mut SessionHandle<()>,
+    name: &str,
+    address: &str,
+    selector: &str,
+) -> Result<Receiver, fe2o3_amqp::link::ReceiverAttachError> {
+    use fe2o3_amqp::types::messaging::Source;
+    use fe2o3_amqp::types::primitives::OrderedMap;
+    use serde_amqp::described::Described;
+    use serde_amqp::descriptor::Descriptor;
+    let mut filter = OrderedMap::new();
+    filter.insert(
+        dps_proto::event_hubs::SELECTOR_FILTER.into(),
+        Value::Described(Box::new(Described {
+            descriptor: Descriptor::Code(dps_proto::event_hubs::SELECTOR_FILTER_CODE),
+            value: Value::String(selector.into()),
+        })),
+    );
+    Receiver::builder()
+        .name(name)
+        .source(Source::builder().address(address).filter(filter).build())
+        .target("consumer")
+        .attach(session)
+        .await
+}
+
+/// One `$management` READ; the status code and the map body.
+async fn management_read(
+    session: &mut SessionHandle<()>,
+    kind: &str,
+    name: &str,
+    partition: Option<&str>,
+) -> (i32, Value) {
+    let n = next_link();
+    let mut sender = Sender::attach(session, format!("mgmt-out-{n}"), "$management")
+        .await
+        .unwrap();
+    let mut receiver = Receiver::attach(session, format!("mgmt-in-{n}"), "$management")
+        .await
+        .unwrap();
+    let mut app = ApplicationProperties::builder()
+        .insert("operation", "READ")
+        .insert("type", kind)
+        .insert("name", name);
+    if let Some(p) = partition {
+        app = app.insert("partition", p);
+    }
+    let msg = Message::builder()
+        .properties(
+            Properties::builder()
+                .message_id(String::from("m-1"))
+                .reply_to("mgmt-in")
+                .build(),
+        )
+        .application_properties(app.build())
+        .value(Value::Null)
+        .build();
+    sender.send(msg).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap();
+    receiver.accept(&reply).await.unwrap();
+    let _ = sender.close().await;
+    let _ = receiver.close().await;
+    let reply = reply.message();
+    let status = match reply.application_properties.as_ref().unwrap().0.get("status-code") {
+        Some(fe2o3_amqp::types::primitives::SimpleValue::Int(code)) => *code,
+        other => panic!("status-code must be an int, got {other:?}"),
+    };
+    let body = match &reply.body {
+        Body::Value(v) => v.0.clone(),
+        other => panic!("{other:?}"),
+    };
+    (status, body)
+}
+
+fn map_get<'a>(map: &'a Value, key: &str) -> &'a Value {
+    match map {
+        Value::Map(m) => m
+            .get(&Value::String(key.into()))
+            .unwrap_or_else(|| panic!("no {key} in {map:?}")),
+        other => panic!("not a map: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn event_hub_consumers_read_telemetry_that_survives_a_restart_and_bad_requests_are_refused() {
+    use dps_proto::event_hubs::{ENQUEUED_TIME, OFFSET, SEQUENCE_NUMBER};
+    use rumqttc::{Packet, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let ip = "127.0.39.16";
+    let s = common::hub_server_with(ip, dir.path(), |_| {}).await;
+    common::hub_device(&s, "eh-dev").await;
+    let (c, mut ev) = common::hub_mqtt(&s, "eh-dev").await;
+    for i in 0..3 {
+        c.publish(
+            "devices/eh-dev/messages/events/k=v",
+            QoS::AtLeastOnce,
+            false,
+            format!("{{\"i\":{i}}}"),
+        )
+        .await
+        .unwrap();
+        common::hub_mqtt_until(&mut ev, |p| matches!(p, Packet::PubAck(_)).then_some(()))
+            .await
+            .unwrap();
+    }
+    let entity = dps_server::amqp::event_hub::event_hub_name(&s.services.identity.hub.host_name);
+    let partition = dps_hub::partition_of("eh-dev", s.services.hub.partition_count()).to_string();
+    let address = format!("{entity}/ConsumerGroups/$Default/Partitions/{partition}");
+    let earliest = "amqp.annotation.x-opt-offset > '-1'";
+
+    let mut conn = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    // Nothing without a token, nor with a device's or a forged one.
+    assert_unauthorized(
+        consumer(&mut session, "c0", &address, earliest).await,
+        "a consumer without a token",
+    );
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (audience, forged) = event_hub_sas(&s, &entity, Some("bm90IHRoZSBrZXk="));
+    assert_eq!(put_token_for(&mut session, audience, forged).await, 401);
+    let (audience, other_hub) = (
+        format!("sb://elsewhere.example/{entity}"),
+        event_hub_sas(&s, &entity, None).1.replace(ip, "elsewhere.example"),
+    );
+    assert_eq!(put_token_for(&mut session, audience, other_hub).await, 401);
+    let (audience, token) = event_hub_sas(&s, &entity, None);
+    assert_eq!(put_token_for(&mut session, audience, token).await, 200);
+
+    let (status, hub) = management_read(&mut session, "com.microsoft:eventhub", &entity, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(map_get(&hub, "name"), &Value::String(entity.clone()));
+    assert!(matches!(map_get(&hub, "partition_ids"), Value::Array(a) if a.0.len() == 4));
+    let (status, p) = management_read(&mut session, "com.microsoft:partition", &entity, Some(&partition)).await;
+    assert_eq!(status, 200);
+    assert_eq!(map_get(&p, "last_enqueued_sequence_number"), &Value::Long(2));
+    assert_eq!(map_get(&p, "is_partition_empty"), &Value::Bool(false));
+    assert_eq!(
+        management_read(&mut session, "com.microsoft:partition", &entity, Some("9"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        management_read(&mut session, "com.microsoft:eventhub", "other", None)
+            .await
+            .0,
+        404
+    );
+
+    let mut receiver = consumer(&mut session, "c1", &address, earliest).await.unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..3i64 {
+        let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
+            .await
+            .expect("an event within 5 s")
+            .unwrap();
+        receiver.accept(&d).await.unwrap();
+        let m = d.message();
+        let annotations = &m.message_annotations.as_ref().unwrap().0;
+        let get = |k: &str| {
+            annotations
+                .get(&fe2o3_amqp::types::messaging::annotations::OwnedKey::from(k))
+                .cloned()
+        };
+        assert_eq!(get(SEQUENCE_NUMBER), Some(Value::Long(i)));
+        assert!(matches!(get(ENQUEUED_TIME), Some(Value::Timestamp(_))));
+        assert_eq!(get("iothub-connection-device-id"), Some(Value::String("eh-dev".into())));
+        offsets.push(get(OFFSET));
+        assert_eq!(m.application_properties.as_ref().unwrap().0.get("k"), Some(&"v".into()));
+    }
+    let _ = receiver.close().await;
+    // A consumer starting after the second event's offset gets the third.
+    let Some(Value::String(second)) = offsets[1].clone() else {
+        panic!("{offsets:?}")
+    };
+    let mut receiver = consumer(
+        &mut session,
+        "c2",
+        &address,
+        &format!("amqp.annotation.x-opt-offset > '{second}'"),
+    )
+    .await
+    .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.message().message_annotations.as_ref().unwrap().0.get(
+            &fe2o3_amqp::types::messaging::annotations::OwnedKey::from(SEQUENCE_NUMBER)
+        ),
+        Some(&Value::Long(2))
+    );
+    let _ = receiver.close().await;
+
+    // Bad requests: each refused with its reason.
+    let refused = |r: Result<Receiver, fe2o3_amqp::link::ReceiverAttachError>| match r {
+        Ok(_) => panic!("attached"),
+        Err(e) => format!("{e:?}"),
+    };
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (audience, token) = event_hub_sas(&s, &entity, None);
+    assert_eq!(put_token_for(&mut session, audience, token).await, 200);
+    let bad_group = refused(
+        consumer(
+            &mut session,
+            "b1",
+            &format!("{entity}/ConsumerGroups/nobody/Partitions/0"),
+            earliest,
+        )
+        .await,
+    );
+    assert!(
+        bad_group.contains("NotFound") || bad_group.contains("not-found"),
+        "{bad_group}"
+    );
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (audience, token) = event_hub_sas(&s, &entity, None);
+    assert_eq!(put_token_for(&mut session, audience, token).await, 200);
+    let bad_partition = refused(
+        consumer(
+            &mut session,
+            "b2",
+            &format!("{entity}/ConsumerGroups/$Default/Partitions/9"),
+            earliest,
+        )
+        .await,
+    );
+    assert!(bad_partition.contains("argument-out-of-range"), "{bad_partition}");
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (audience, token) = event_hub_sas(&s, &entity, None);
+    assert_eq!(put_token_for(&mut session, audience, token).await, 200);
+    let bad_selector = refused(consumer(&mut session, "b3", &address, "amqp.annotation.x-opt-offset < '1'").await);
+    assert!(
+        bad_selector.contains("NotAllowed") || bad_selector.contains("not-allowed"),
+        "{bad_selector}"
+    );
+    let _ = conn.close().await;
+    drop((c, ev));
+
+    // Restarted on the same data: the events are still there, and new ones continue the numbers.
+    s.shutdown().await;
+    let s = common::hub_server_with(ip, dir.path(), |_| {}).await;
+    let mut conn = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
+    let mut session = Session::begin(&mut conn).await.unwrap();
+    let (audience, token) = event_hub_sas(&s, &entity, None);
+    assert_eq!(put_token_for(&mut session, audience, token).await, 200);
+    let mut receiver = consumer(&mut session, "r1", &address, earliest).await.unwrap();
+    for i in 0..3i64 {
+        let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
+            .await
+            .expect("a retained event after the restart")
+            .unwrap();
+        receiver.accept(&d).await.unwrap();
+        let seq = d
+            .message()
+            .message_annotations
+            .as_ref()
+            .unwrap()
+            .0
+            .get(&fe2o3_amqp::types::messaging::annotations::OwnedKey::from(
+                SEQUENCE_NUMBER,
+            ))
+            .cloned();
+        assert_eq!(seq, Some(Value::Long(i)));
+    }
+    let _ = conn.close().await;
     s.shutdown().await;
 }
