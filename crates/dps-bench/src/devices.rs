@@ -264,12 +264,13 @@ pub async fn register(ctx: &Ctx, index: usize) -> Result<Assignment, String> {
     }
 }
 
-/// The timed flow of device `index` in `mode` (`hold` has its own, see `hold.rs`).
+/// The timed flow of device `index` in `mode` (`hold` and `telemetry` have their own, see
+/// `hold.rs` and `telemetry.rs`).
 pub async fn run(ctx: &Ctx, mode: Mode, index: usize) -> Result<(), String> {
     match mode {
         Mode::Tls => handshake(&Device::new(ctx, index)).await,
         Mode::Register => register(ctx, index).await.map(drop),
-        Mode::Hold => Err("hold runs its own flows".into()),
+        Mode::Hold | Mode::Telemetry => Err("hold and telemetry run their own flows".into()),
         Mode::Cycle if ctx.client == ClientKind::Sdk => sdk::cycle(&Device::new(ctx, index)).await,
         Mode::Cycle => {
             let a = register(ctx, index).await?;

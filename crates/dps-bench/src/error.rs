@@ -113,6 +113,10 @@ pub enum BenchError {
     /// The CA certificate cannot verify server certificates (rustls's verifier refused it).
     #[error("cannot verify with the CA certificate")]
     Verifier(#[source] rustls::client::VerifierBuilderError),
+    /// The telemetry run could not set up: a device did not register or connect, or the Event
+    /// Hubs consumer could not open, authenticate or attach (the message says which).
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 impl BenchError {

@@ -25,6 +25,7 @@ mod mqtt;
 mod prepare;
 mod report;
 mod sdk;
+mod telemetry;
 mod wire;
 
 use std::sync::Arc;
@@ -59,6 +60,9 @@ pub struct Target {
     pub https_port: u16,
     /// AMQP port (DPS and hub).
     pub amqp_port: u16,
+    /// A hub policy with `ServiceConnect` (name, key): the telemetry mode's Event Hubs consumer
+    /// signs its token with it.
+    pub hub_policy: Option<(String, String)>,
 }
 
 /// What each simulated device does.
@@ -70,6 +74,9 @@ pub enum Mode {
     Cycle,
     /// Register (untimed), then open one hub connection per device and keep them all idle.
     Hold,
+    /// Register and connect (untimed), then every device sends 256-byte telemetry for
+    /// --duration while one Event Hubs consumer reads the hub's built-in endpoint.
+    Telemetry,
     /// A bare TLS handshake and close against the MQTT listener: the machine's own ceiling.
     Tls,
 }
@@ -144,11 +151,11 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// The client the devices run: `--client`, except that AMQP's `cycle` and `hold` always run
-    /// the SDK (the lean AMQP client registers only; its hub side would be the SDK's frames
+    /// The client the devices run: `--client`, except that `telemetry`, and AMQP's `cycle` and
+    /// `hold`, always run the SDK (the lean AMQP client registers only; its hub side would be the SDK's frames
     /// again, for no measurement anyone asked for).
     fn client(&self) -> ClientKind {
-        if self.transport == Transport::Amqp && self.mode != Mode::Register {
+        if self.mode == Mode::Telemetry || (self.transport == Transport::Amqp && self.mode != Mode::Register) {
             ClientKind::Sdk
         } else {
             self.client
@@ -158,8 +165,10 @@ impl BenchArgs {
 
 /// Default number of devices when neither --devices nor --duration bounds the run.
 const DEFAULT_DEVICES: usize = 1000;
-/// Default hold time.
+/// Default hold time, and how long the telemetry mode sends.
 const DEFAULT_HOLD: Duration = Duration::from_secs(10);
+/// Default number of sending devices in the telemetry mode.
+const TELEMETRY_DEVICES: usize = 100;
 /// File descriptors kept free for everything that is not a device connection (runtime, REST
 /// clients, the cleanup's connections).
 const FD_SLACK: u64 = 256;
@@ -193,8 +202,14 @@ fn check(a: &BenchArgs) -> Result<Controls, BenchError> {
         return Err(BenchError::controls("--keep-alive must be at least 2 seconds"));
     }
     let duration = a.duration.map(Duration::from_secs_f64);
+    if a.mode == Mode::Telemetry && (a.attestation != Attestation::SymmetricKey || a.transport != Transport::Mqtt) {
+        return Err(BenchError::controls(
+            "telemetry runs symmetric-key devices over MQTT (the default --attestation and --transport)",
+        ));
+    }
     let devices = match (a.mode, a.devices, duration) {
         (Mode::Hold, d, _) => Some(d.unwrap_or(DEFAULT_DEVICES)),
+        (Mode::Telemetry, d, _) => Some(d.unwrap_or(TELEMETRY_DEVICES)),
         (_, Some(d), _) => Some(d),
         (_, None, Some(_)) => None,
         (_, None, None) => Some(DEFAULT_DEVICES),
@@ -228,7 +243,11 @@ fn check(a: &BenchArgs) -> Result<Controls, BenchError> {
     }
     Ok(Controls {
         devices,
-        duration: if a.mode == Mode::Hold { None } else { duration },
+        duration: if matches!(a.mode, Mode::Hold | Mode::Telemetry) {
+            None
+        } else {
+            duration
+        },
         rate: a.rate,
         sources,
     })
@@ -280,6 +299,7 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         mqtt_port,
         https_port,
         amqp_port,
+        hub_policy,
     } = target;
     let host = rest.rest().host().to_string();
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
@@ -335,6 +355,28 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         report["certificateSeconds"] = json!(round3(prepared.certificate_seconds));
     }
 
+    if a.mode == Mode::Telemetry {
+        let plan = telemetry::TelemetryPlan {
+            devices: controls.devices.unwrap_or(TELEMETRY_DEVICES),
+            duration: a.duration.map_or(DEFAULT_HOLD, Duration::from_secs_f64),
+            rate: controls.rate,
+        };
+        let consumer = telemetry::Consumer {
+            host: hub_host.clone(),
+            port: amqp_port,
+            policy: hub_policy
+                .ok_or_else(|| BenchError::controls("telemetry needs the hub's policy (--data-dir of the server)"))?,
+        };
+        let usage = Usage::start(a.server_pid);
+        telemetry::run(ctx.clone(), plan, consumer, &mut report)
+            .await
+            .map_err(BenchError::Telemetry)?;
+        usage.finish(&mut report);
+        if !a.keep {
+            report["cleanup"] = prepare::cleanup(rest, hub_rest, &run_id).await;
+        }
+        return Ok(report);
+    }
     let outcome = if a.mode == Mode::Hold {
         let plan = hold::HoldPlan {
             connections: controls.devices.unwrap_or(DEFAULT_DEVICES),

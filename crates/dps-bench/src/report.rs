@@ -248,6 +248,19 @@ pub fn print_human(r: &Value) {
     if let Some(h) = r.get("hold") {
         println!("hold: {h}");
     }
+    if let Some(t) = r.get("telemetry") {
+        let e = &t["endToEndMs"];
+        println!(
+            "telemetry: {:.0}/s ingested, {} delivered ({:.0}/s); end to end ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
+            f(&t["ingestedPerSecond"]),
+            t["delivered"],
+            f(&t["deliveredPerSecond"]),
+            f(&e["p50"]),
+            f(&e["p90"]),
+            f(&e["p99"]),
+            f(&e["max"]),
+        );
+    }
 }
 
 #[cfg(test)]

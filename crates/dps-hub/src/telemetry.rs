@@ -366,6 +366,8 @@ pub(crate) struct TelemetryLog {
     tx: broadcast::Sender<Arc<TelemetryMessage>>,
     /// Per partition, the count of messages published: changes when one arrives.
     arrivals: Vec<watch::Sender<u64>>,
+    /// The count of messages published in any partition.
+    any_arrival: watch::Sender<u64>,
     store: Arc<dyn HubStore>,
 }
 
@@ -409,6 +411,7 @@ impl TelemetryLog {
             }),
             tx,
             arrivals: (0..partitions).map(|_| watch::channel(0).0).collect(),
+            any_arrival: watch::channel(0).0,
             store,
         }
     }
@@ -478,6 +481,9 @@ impl TelemetryLog {
             ring.pending.insert(seq, outcome);
             ring.publish(&self.cache)
         };
+        if !published.is_empty() {
+            self.any_arrival.send_modify(|n| *n += published.len() as u64);
+        }
         for m in published {
             self.arrivals[m.partition as usize].send_modify(|n| *n += 1);
             // No receivers is not an error: nobody is watching.
@@ -487,6 +493,11 @@ impl TelemetryLog {
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<TelemetryMessage>> {
         self.tx.subscribe()
+    }
+
+    /// Changes whenever a message is published in any partition.
+    pub(crate) fn any_arrival(&self) -> watch::Receiver<u64> {
+        self.any_arrival.subscribe()
     }
 
     /// Changes whenever a message is published in `partition`; `None` for a partition that does

@@ -815,6 +815,36 @@ async fn event_hub_consumers_read_telemetry_that_survives_a_restart_and_bad_requ
     );
     let _ = receiver.close().await;
 
+    // A consumer at the end of the partition gets what arrives after it attached, as it arrives.
+    let mut receiver = consumer(&mut session, "c3", &address, "amqp.annotation.x-opt-offset > '@latest'")
+        .await
+        .unwrap();
+    for i in 3..8i64 {
+        c.publish(
+            "devices/eh-dev/messages/events/",
+            QoS::AtLeastOnce,
+            false,
+            format!("{{\"i\":{i}}}"),
+        )
+        .await
+        .unwrap();
+        common::hub_mqtt_until(&mut ev, |p| matches!(p, Packet::PubAck(_)).then_some(()))
+            .await
+            .unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
+            .await
+            .unwrap_or_else(|_| panic!("live event {i} within 5 s"))
+            .unwrap();
+        receiver.accept(&d).await.unwrap();
+        assert_eq!(
+            d.message().message_annotations.as_ref().unwrap().0.get(
+                &fe2o3_amqp::types::messaging::annotations::OwnedKey::from(SEQUENCE_NUMBER)
+            ),
+            Some(&Value::Long(i))
+        );
+    }
+    let _ = receiver.close().await;
+
     // Bad requests: each refused with its reason.
     let refused = |r: Result<Receiver, fe2o3_amqp::link::ReceiverAttachError>| match r {
         Ok(_) => panic!("attached"),

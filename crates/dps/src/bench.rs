@@ -52,11 +52,17 @@ pub async fn run(a: BenchCommand) -> Result<()> {
         dps,
         hub,
         id_scope: identity.id_scope,
-        hub_host: identity.hub.host_name,
+        hub_host: identity.hub.host_name.clone(),
         ca_pem,
         mqtt_port,
         https_port: a.server.port.unwrap_or(https_port),
         amqp_port,
+        hub_policy: identity
+            .hub
+            .policies
+            .iter()
+            .find(|p| p.has_right("ServiceConnect"))
+            .map(|p| (p.key_name.clone(), p.primary_key.clone())),
     };
     let report = dps_bench::run(&a.bench, controls, target).await?;
     if a.server.json {

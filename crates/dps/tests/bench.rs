@@ -260,3 +260,23 @@ fn bench_runs_over_amqp() {
     assert_eq!(r["openAtEnd"], 50, "{r}");
     check_cleanup(&r, 50);
 }
+
+#[test]
+fn bench_telemetry_delivers_every_acknowledged_message_to_the_event_hubs_consumer() {
+    let s = Server::start("127.0.38.14");
+    let r = s.json(&["bench", "telemetry", "--devices", "5", "--duration", "1.5"]);
+    assert_eq!(r["mode"], "telemetry", "{r}");
+    assert_eq!(r["client"], "sdk", "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    let acked = r["succeeded"].as_u64().unwrap();
+    assert!(acked > 0, "{r}");
+    let t = &r["telemetry"];
+    assert_eq!(t["messageBytes"], 256, "{r}");
+    assert_eq!(
+        t["delivered"], acked,
+        "every acknowledged message reached the consumer: {r}"
+    );
+    let e = &t["endToEndMs"];
+    assert!(e["p50"].as_f64().unwrap() <= e["p99"].as_f64().unwrap(), "{r}");
+    check_cleanup(&r, 5);
+}

@@ -42,6 +42,9 @@ pub(crate) struct EventHubState {
     grants: Vec<(String, u64)>,
     /// Partition receivers, by link.
     readers: HashMap<LinkId, Reader>,
+    /// Changes when telemetry arrives in any partition (one signal for all the readers: they are
+    /// few per connection, and a pump of one that has nothing new costs a lock).
+    arrivals: Option<watch::Receiver<u64>>,
 }
 
 /// A consumer's partition link.
@@ -49,34 +52,23 @@ struct Reader {
     partition: u32,
     /// The next partition sequence number to send.
     next: u64,
-    /// Changes when an event arrives in the partition.
-    arrivals: watch::Receiver<u64>,
     /// Caught up with room for more: waits for arrivals (without room, the client's next credit
     /// wakes it instead).
     waiting: bool,
 }
 
 impl EventHubState {
-    /// A link of a reader that was waiting and whose partition has news. Never ready without one.
-    pub(super) async fn next_arrival(&mut self) -> LinkId {
-        let waiting: Vec<_> = self
-            .readers
-            .iter_mut()
-            .filter(|(_, r)| r.waiting)
-            .map(|(link, r)| {
-                let link = *link;
-                Box::pin(async move {
-                    if r.arrivals.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                    link
-                })
-            })
-            .collect();
-        if waiting.is_empty() {
-            return std::future::pending().await;
+    /// Ready when telemetry arrived while a reader was waiting for it: the connection then
+    /// pumps its waiting readers ([`pump_waiting`]). Never ready without one.
+    pub(super) async fn next_arrival(&mut self) {
+        match &mut self.arrivals {
+            Some(rx) if self.readers.values().any(|r| r.waiting) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            _ => std::future::pending().await,
         }
-        futures_util::future::select_all(waiting).await.0
     }
 
     /// Whether a put token covers `resource` (`/{event hub}/…`) now.
@@ -262,26 +254,44 @@ async fn attach_partition(
             ))
         })?
         .unwrap_or_default();
-    let arrivals = services
-        .hub
-        .partition_arrivals(partition)
-        .ok_or_else(|| not_found("no such partition"))?;
     tracing::debug!(partition, next, ?position, group = %node.consumer_group, "event hub consumer attached");
-    Ok(Route::EventHubPartition(Box::new((partition, next, arrivals))))
+    Ok(Route::EventHubPartition(partition, next))
 }
 
 /// A partition link was attached: remember its reader (it starts sending on the client's credit).
-pub(super) async fn attached(conn: &mut Conn, link: LinkId, partition: u32, next: u64, arrivals: watch::Receiver<u64>) {
-    conn.hub.event_hub.readers.insert(
+pub(super) async fn attached(conn: &mut Conn, link: LinkId, partition: u32, next: u64) {
+    let state = &mut conn.hub.event_hub;
+    if state.arrivals.is_none() {
+        state.arrivals = Some(conn.services.hub.telemetry_arrivals());
+    }
+    state.readers.insert(
         link,
         Reader {
             partition,
             next,
-            arrivals,
             waiting: false,
         },
     );
     pump(conn, link).await;
+}
+
+/// Telemetry arrived: every reader waiting for it reads on.
+pub(super) async fn pump_waiting(conn: &mut Conn) {
+    if let Some(rx) = conn.hub.event_hub.arrivals.as_mut() {
+        // Seen now: an arrival after the reads below wakes the readers again.
+        rx.borrow_and_update();
+    }
+    let waiting: Vec<LinkId> = conn
+        .hub
+        .event_hub
+        .readers
+        .iter()
+        .filter(|(_, r)| r.waiting)
+        .map(|(link, _)| *link)
+        .collect();
+    for link in waiting {
+        pump(conn, link).await;
+    }
 }
 
 /// The link is gone.
@@ -292,11 +302,9 @@ pub(super) fn detached(conn: &mut Conn, link: LinkId) {
 /// Sends the partition's events from where the reader is, as far as the client's credit goes;
 /// a reader that caught up with room left waits for arrivals.
 pub(super) async fn pump(conn: &mut Conn, link: LinkId) {
-    let Some(r) = conn.hub.event_hub.readers.get_mut(&link) else {
+    let Some(r) = conn.hub.event_hub.readers.get(&link) else {
         return;
     };
-    // Seen now: an arrival after the read below wakes the reader again.
-    r.arrivals.borrow_and_update();
     let (partition, mut next) = (r.partition, r.next);
     let hub = conn.services.hub.clone();
     let waiting = loop {

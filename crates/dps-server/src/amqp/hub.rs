@@ -74,8 +74,8 @@ pub(super) enum HubWake {
     Outbound(String, Option<Outbound>),
     /// Feedback may be readable for the service's receiver.
     Feedback,
-    /// An event arrived for this Event Hubs partition reader.
-    Events(LinkId),
+    /// Telemetry arrived while an Event Hubs partition reader was waiting for it.
+    Events,
 }
 
 /// A device's session on this connection, and the hub-initiated messages it has for the device.
@@ -127,7 +127,7 @@ impl HubState {
         tokio::select! {
             (id, out) = outbound => HubWake::Outbound(id, out),
             () = feedback => HubWake::Feedback,
-            link = events => HubWake::Events(link),
+            () = events => HubWake::Events,
         }
     }
 

@@ -148,9 +148,9 @@ enum Route {
     Out { address: String },
     /// Event Hubs `$management` requests.
     EventHubManagement,
-    /// An Event Hubs consumer's partition link being attached: the partition, where it starts,
-    /// and its arrivals signal (they move to the reader once the link is attached).
-    EventHubPartition(Box<(u32, u64, tokio::sync::watch::Receiver<u64>)>),
+    /// An Event Hubs consumer's partition link being attached: the partition and where it
+    /// starts (they move to the reader once the link is attached).
+    EventHubPartition(u32, u64),
     /// An attached partition link (its reader is in the hub state).
     EventHubReader,
 }
@@ -240,8 +240,8 @@ enum Wake {
     Outbound(String, Option<dps_hub::Outbound>),
     /// Feedback may be readable for the service's feedback link.
     Feedback,
-    /// Events arrived for an Event Hubs partition link.
-    Events(LinkId),
+    /// Telemetry arrived for the Event Hubs partition links waiting for it.
+    Events,
     Heartbeat,
     /// The client sent nothing for the idle time-out (or did not open in time).
     Silent,
@@ -293,7 +293,7 @@ impl Conn {
                 hub = self.hub.next() => match hub {
                     hub::HubWake::Outbound(device, out) => Wake::Outbound(device, out),
                     hub::HubWake::Feedback => Wake::Feedback,
-                    hub::HubWake::Events(link) => Wake::Events(link),
+                    hub::HubWake::Events => Wake::Events,
                 },
                 () = &mut heartbeat, if heartbeat_every.is_some() => {
                     let due = last_write + every;
@@ -332,7 +332,7 @@ impl Conn {
                 }
                 Wake::Outbound(device, None) => self.hub.drop_device(&device),
                 Wake::Feedback => hub::send_feedback(self),
-                Wake::Events(link) => event_hub::pump(self, link).await,
+                Wake::Events => event_hub::pump_waiting(self).await,
                 Wake::Heartbeat => self.amqp.heartbeat(),
                 Wake::Silent => {
                     tracing::debug!("closing AMQP connection: the client sent nothing within its time-out");
@@ -399,11 +399,10 @@ impl Conn {
                 if let Route::Out { address } = &route {
                     self.out_links.insert(address.clone(), link);
                 }
-                if let Route::EventHubPartition(reader) = route {
+                if let Route::EventHubPartition(partition, next) = route {
                     self.routes.insert(link, Route::EventHubReader);
                     self.amqp.accept(link, credit);
-                    let (partition, next, arrivals) = *reader;
-                    return event_hub::attached(self, link, partition, next, arrivals).await;
+                    return event_hub::attached(self, link, partition, next).await;
                 }
                 self.routes.insert(link, route);
                 self.amqp.accept(link, credit);
@@ -444,7 +443,7 @@ impl Conn {
                 let (device_id, kind) = (device_id.clone(), *kind);
                 hub::device_message(self, link, delivery, &device_id, kind, &msg).await;
             }
-            Route::Out { .. } | Route::EventHubPartition(_) | Route::EventHubReader => {}
+            Route::Out { .. } | Route::EventHubPartition(..) | Route::EventHubReader => {}
         }
     }
 
