@@ -22,10 +22,8 @@ pub const MGMT_TYPE_PARTITION: &str = "com.microsoft:partition";
 pub const MGMT_NAME: &str = "name";
 /// Request application property: the partition id.
 pub const MGMT_PARTITION: &str = "partition";
-/// Response application property: HTTP-like status (int).
-pub const STATUS_CODE: &str = "status-code";
-/// Response application property: the status text.
-pub const STATUS_DESCRIPTION: &str = "status-description";
+// Answers carry `status-code` and `status-description`, as CBS answers do
+// (`crate::hub_amqp::CBS_STATUS_CODE`).
 
 /// The source filter a consumer attaches with (a described string; Node describes it by the
 /// code [`SELECTOR_FILTER_CODE`], Python by this symbol).

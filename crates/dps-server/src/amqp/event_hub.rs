@@ -389,20 +389,8 @@ pub(super) async fn management(conn: &mut Conn, delivery: Option<DeliveryRef>, m
         Ok(body) => (200, "OK".to_string(), body),
         Err((status, why)) => (status, why, Value::Null),
     };
-    let mut properties = Properties::builder();
-    if let Some(id) = message::reply_correlation(msg) {
-        properties = properties.correlation_id(id);
-    }
-    let app = ApplicationProperties::builder()
-        .insert(eh::STATUS_CODE, SimpleValue::Int(status))
-        .insert(eh::STATUS_DESCRIPTION, description)
-        .build();
-    let reply = Message::builder()
-        .properties(properties.build())
-        .application_properties(app)
-        .value(body)
-        .build();
-    if !conn.send_to(eh::MANAGEMENT_NODE, message::encode(reply)) {
+    let reply = message::status_reply(msg, status, description, body);
+    if !conn.send_to(eh::MANAGEMENT_NODE, reply) {
         tracing::info!("$management reply dropped: the client attached no receiver link to $management");
     }
 }

@@ -409,20 +409,8 @@ async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -
 pub(super) async fn put_token_request(conn: &mut Conn, delivery: Option<DeliveryRef>, msg: &Incoming) {
     let (status, description) = put_token(conn, msg).await;
     conn.settle(delivery, Ok(()));
-    let mut properties = Properties::builder();
-    if let Some(id) = message::reply_correlation(msg) {
-        properties = properties.correlation_id(id);
-    }
-    let app = ApplicationProperties::builder()
-        .insert(wire::CBS_STATUS_CODE, SimpleValue::Int(status))
-        .insert(wire::CBS_STATUS_DESCRIPTION, description)
-        .build();
-    let reply = Message::builder()
-        .properties(properties.build())
-        .application_properties(app)
-        .value(Value::Null)
-        .build();
-    if !conn.send_to(wire::CBS_NODE, message::encode(reply)) {
+    let reply = message::status_reply(msg, status, description, Value::Null);
+    if !conn.send_to(wire::CBS_NODE, reply) {
         tracing::info!("CBS reply dropped: the client attached no receiver link to $cbs");
     }
 }

@@ -77,3 +77,24 @@ pub(crate) fn data_message(
         .data(Binary::from(body))
         .build()
 }
+
+/// The answer of a node that replies with an HTTP-like status (`$cbs`, `$management`):
+/// correlated with `request`, `status-code` and `status-description` application properties,
+/// and `body` as an amqp-value.
+pub(crate) fn status_reply(request: &Incoming, status: i32, description: String, body: Value) -> Bytes {
+    let mut properties = Properties::builder();
+    if let Some(id) = reply_correlation(request) {
+        properties = properties.correlation_id(id);
+    }
+    let app = ApplicationProperties::builder()
+        .insert(dps_proto::hub_amqp::CBS_STATUS_CODE, SimpleValue::Int(status))
+        .insert(dps_proto::hub_amqp::CBS_STATUS_DESCRIPTION, description)
+        .build();
+    encode(
+        Message::builder()
+            .properties(properties.build())
+            .application_properties(app)
+            .value(body)
+            .build(),
+    )
+}
