@@ -34,6 +34,10 @@ const SERVICE_CONNECT: &str = "ServiceConnect";
 /// Most events read from the hub for one link at a time.
 const READ_BATCH: u32 = 64;
 
+/// Most token grants a connection keeps (Node puts a token with every `$management` request
+/// and per link): past it the oldest goes.
+const MAX_GRANTS: usize = 64;
+
 /// Per-connection Event Hubs state.
 #[derive(Default)]
 pub(crate) struct EventHubState {
@@ -69,6 +73,16 @@ impl EventHubState {
             }
             _ => std::future::pending().await,
         }
+    }
+
+    /// Keeps `grant`, in place of one for the same path; expired grants go, and at most
+    /// [`MAX_GRANTS`] stay.
+    fn keep(&mut self, grant: (String, u64), now: u64) {
+        self.grants.retain(|(path, until)| *path != grant.0 && *until > now);
+        if self.grants.len() >= MAX_GRANTS {
+            self.grants.remove(0);
+        }
+        self.grants.push(grant);
     }
 
     /// Whether a put token covers `resource` (`/{event hub}/…`) now.
@@ -108,8 +122,8 @@ pub(super) fn is_event_hub_token(token: &str) -> bool {
 pub(super) fn put_token(conn: &mut Conn, token: &str) -> (i32, String) {
     match grant_of(conn, token) {
         Ok(grant) => {
-            conn.hub.event_hub.grants.retain(|(p, _)| *p != grant.0);
-            conn.hub.event_hub.grants.push(grant);
+            let now = dps_core::Engine::unix_time(conn.services.clock.now());
+            conn.hub.event_hub.keep(grant, now);
             (200, "OK".into())
         }
         Err(why) => (401, why),
@@ -414,12 +428,12 @@ async fn read(conn: &mut Conn, msg: &Incoming) -> Result<Value, (i32, String)> {
         ));
     }
     // Node sends a token with each request; Python put one on $cbs before.
+    let now = dps_core::Engine::unix_time(conn.services.clock.now());
     if let Some(token) = get("security_token") {
         if let Ok(grant) = grant_of(conn, &token) {
-            conn.hub.event_hub.grants.push(grant);
+            conn.hub.event_hub.keep(grant, now);
         }
     }
-    let now = dps_core::Engine::unix_time(conn.services.clock.now());
     if !conn.hub.event_hub.covers(&format!("/{entity}/$management"), now) {
         return Err((
             401,
@@ -483,5 +497,32 @@ async fn read(conn: &mut Conn, msg: &Incoming) -> Result<Value, (i32, String)> {
             ]))
         }
         other => Err((400, format!("unsupported type {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_cover_by_path_prefix_and_stay_bounded() {
+        let mut s = EventHubState::default();
+        s.keep(("/hub/consumergroups/$default".into(), 100), 10);
+        assert!(s.covers("/hub/ConsumerGroups/$Default/Partitions/0", 50));
+        assert!(!s.covers("/hub/consumergroups/other/partitions/0", 50));
+        assert!(!s.covers("/hub/consumergroups/$defaultx", 50), "by whole segments");
+        assert!(!s.covers("/hub/consumergroups/$default/partitions/0", 100), "expired");
+        for i in 0..200 {
+            s.keep((format!("/hub/p{i}"), 1_000), 10);
+        }
+        assert_eq!(s.grants.len(), MAX_GRANTS);
+        s.keep(("/hub/p199".into(), 2_000), 10);
+        assert_eq!(
+            s.grants.iter().filter(|(p, _)| p == "/hub/p199").count(),
+            1,
+            "replaced, not added"
+        );
+        assert_eq!(event_hub_name("myhub.azure-devices.net"), "myhub");
+        assert_eq!(event_hub_name("127.0.0.1"), "dps-hub");
     }
 }
