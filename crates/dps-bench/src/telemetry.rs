@@ -236,13 +236,12 @@ fn fail(what: &str, e: impl std::fmt::Display) -> String {
     format!("consumer {what}: {e}")
 }
 
-/// A request on a node that answers on its own receiver; the reply.
-async fn request(
+/// A `$management` request; the reply (from the node's own receiver).
+async fn management_request(
     session: &mut SessionHandle<()>,
-    node: &str,
     app: ApplicationProperties,
-    body: Value,
 ) -> Result<Message<Body<Value>>, String> {
+    let node = eh::MANAGEMENT_NODE;
     let mut tx = Sender::attach(session, format!("{node}-out"), node)
         .await
         .map_err(|e| e.to_string())?;
@@ -257,7 +256,7 @@ async fn request(
                 .build(),
         )
         .application_properties(app)
-        .value(body)
+        .value(Value::Null)
         .build();
     tx.send(msg).await.map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(Duration::from_secs(10), rx.recv::<Body<Value>>())
@@ -283,20 +282,9 @@ async fn put_token(session: &mut SessionHandle<()>, c: &Consumer, entity: &str) 
         Ok::<_, std::convert::Infallible>(dps_proto::sas::hmac_sha256(key.as_bytes(), m))
     })
     .map_err(|e| e.to_string())?;
-    let app = ApplicationProperties::builder()
-        .insert("operation", "put-token")
-        .insert("type", "servicebus.windows.net:sastoken")
-        .insert("name", audience)
-        .build();
-    let reply = request(session, "$cbs", app, Value::String(token)).await?;
-    match reply
-        .application_properties
-        .as_ref()
-        .and_then(|p| p.0.get("status-code"))
-    {
-        Some(fe2o3_amqp::types::primitives::SimpleValue::Int(200)) => Ok(()),
-        other => Err(format!("consumer token refused: {other:?}")),
-    }
+    dps_client::cbs_put_token(session, &audience, token)
+        .await
+        .map_err(|e| format!("consumer token: {e}"))
 }
 
 async fn partition_ids(session: &mut SessionHandle<()>, entity: &str) -> Result<Vec<String>, String> {
@@ -305,7 +293,7 @@ async fn partition_ids(session: &mut SessionHandle<()>, entity: &str) -> Result<
         .insert(eh::MGMT_TYPE, eh::MGMT_TYPE_EVENTHUB)
         .insert(eh::MGMT_NAME, entity)
         .build();
-    let reply = request(session, eh::MANAGEMENT_NODE, app, Value::Null).await?;
+    let reply = management_request(session, app).await?;
     let Body::Value(v) = reply.body else {
         return Err("the event hub's properties are not a map".into());
     };

@@ -78,7 +78,7 @@ impl AmqpHubClient {
             if provider.tls_identity().is_none() {
                 let resource = format!("{host}/devices/{device_id}");
                 let token = sas_token(provider.as_ref(), &resource, expiry(sas_ttl), None)?;
-                put_token(&mut session, &resource, token).await?;
+                cbs_put_token(&mut session, &resource, token).await?;
             }
             let link = uuid::Uuid::new_v4().simple();
             let id = device_id.to_string();
@@ -255,8 +255,9 @@ fn link_properties(channel: Option<&str>) -> Fields {
 }
 
 /// Puts `token` (for `audience`) on `$cbs` and waits for the reply: `status-code` 200, or the
-/// refusal as [`ClientError::Service`] with the reply's status and description.
-async fn put_token(session: &mut SessionHandle<()>, audience: &str, token: String) -> Result<(), ClientError> {
+/// refusal as [`ClientError::Service`] with the reply's status and description. Public for the
+/// other AMQP clients of the project (the bench's Event Hubs consumer).
+pub async fn cbs_put_token(session: &mut SessionHandle<()>, audience: &str, token: String) -> Result<(), ClientError> {
     let link = uuid::Uuid::new_v4().simple();
     let mut replies = Receiver::builder()
         .name(format!("cbs-receiver-{link}"))

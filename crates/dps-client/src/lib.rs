@@ -53,7 +53,7 @@ pub use dice::DiceProvider;
 pub use error::{error_chain, ClientError};
 pub use events::EventStream;
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
-pub use hub_amqp::AmqpHubClient;
+pub use hub_amqp::{cbs_put_token, AmqpHubClient};
 pub use provisioning::{
     PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION,
     GLOBAL_ENDPOINT, MIN_REPOLL_INTERVAL,

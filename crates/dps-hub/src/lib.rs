@@ -324,14 +324,9 @@ impl Hub {
         self.inner.telemetry.read_partition(partition, from, limit).await
     }
 
-    /// Changes whenever a message arrives in any partition.
+    /// Changes whenever a message arrives, in any partition.
     pub fn telemetry_arrivals(&self) -> watch::Receiver<u64> {
-        self.inner.telemetry.any_arrival()
-    }
-
-    /// Changes whenever a message arrives in `partition` (`None`: no such partition).
-    pub fn partition_arrivals(&self, partition: u32) -> Option<watch::Receiver<u64>> {
-        self.inner.telemetry.arrivals(partition)
+        self.inner.telemetry.arrivals()
     }
 
     /// How many devices the hub holds in memory now: connected or otherwise resident ones plus

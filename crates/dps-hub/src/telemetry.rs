@@ -166,17 +166,18 @@ impl Serialize for TelemetryMessage {
     }
 }
 
-/// A telemetry message as stores keep it: JSON with the body in base64.
+/// A telemetry message as stores keep it: JSON with the body in base64. Borrowed when written
+/// (every message is, on the telemetry path), owned when read back.
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StoredEvent {
+struct StoredEvent<'a> {
     sequence_number: u64,
     partition: u32,
     partition_sequence: u64,
-    device_id: String,
+    device_id: Cow<'a, str>,
     enqueued_time: DateTime<Utc>,
-    properties: Vec<(String, String)>,
-    system_properties: Vec<(String, String)>,
+    properties: Cow<'a, [(String, String)]>,
+    system_properties: Cow<'a, [(String, String)]>,
     body: String,
 }
 
@@ -187,10 +188,10 @@ pub fn encode_event(m: &TelemetryMessage) -> Vec<u8> {
         sequence_number: m.sequence_number,
         partition: m.partition,
         partition_sequence: m.partition_sequence,
-        device_id: m.device_id.clone(),
+        device_id: Cow::Borrowed(&m.device_id),
         enqueued_time: m.enqueued_time,
-        properties: m.properties.clone(),
-        system_properties: m.system_properties.clone(),
+        properties: Cow::Borrowed(&m.properties),
+        system_properties: Cow::Borrowed(&m.system_properties),
         body: base64::engine::general_purpose::STANDARD.encode(&m.body),
     };
     // Strings, numbers and a timestamp: always encodes.
@@ -200,15 +201,15 @@ pub fn encode_event(m: &TelemetryMessage) -> Vec<u8> {
 /// A telemetry message from the bytes [`encode_event`] made.
 pub fn decode_event(bytes: &[u8]) -> Result<TelemetryMessage, String> {
     use base64::Engine as _;
-    let s: StoredEvent = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let s: StoredEvent<'static> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     Ok(TelemetryMessage {
         sequence_number: s.sequence_number,
         partition: s.partition,
         partition_sequence: s.partition_sequence,
-        device_id: s.device_id,
+        device_id: s.device_id.into_owned(),
         enqueued_time: s.enqueued_time,
-        properties: s.properties,
-        system_properties: s.system_properties,
+        properties: s.properties.into_owned(),
+        system_properties: s.system_properties.into_owned(),
         body: base64::engine::general_purpose::STANDARD
             .decode(s.body)
             .map(Bytes::from)
@@ -320,14 +321,12 @@ impl Ring {
     fn publish(&mut self, retention: &Retention) -> Vec<Arc<TelemetryMessage>> {
         let mut out = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
-            match entry.get() {
-                Pending::Waiting => break,
-                Pending::Failed => {
-                    entry.remove();
-                }
+            if matches!(entry.get(), Pending::Waiting) {
+                break;
+            }
+            match entry.remove() {
+                Pending::Waiting | Pending::Failed => {}
                 Pending::Written(m) => {
-                    let m = m.clone();
-                    entry.remove();
                     let p = &mut self.partitions[m.partition as usize];
                     p.visible_next = m.partition_sequence + 1;
                     p.last = Some((m.partition_sequence, m.sequence_number, m.enqueued_time));
@@ -364,10 +363,10 @@ pub(crate) struct TelemetryLog {
     kept: Retention,
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<TelemetryMessage>>,
-    /// Per partition, the count of messages published: changes when one arrives.
-    arrivals: Vec<watch::Sender<u64>>,
-    /// The count of messages published in any partition.
-    any_arrival: watch::Sender<u64>,
+    /// How many partitions the messages are spread over.
+    partitions: u32,
+    /// The count of messages published: changes when one arrives, in any partition.
+    arrivals: watch::Sender<u64>,
     store: Arc<dyn HubStore>,
 }
 
@@ -410,8 +409,8 @@ impl TelemetryLog {
                 partitions: (0..partitions).map(|_| Partition::default()).collect(),
             }),
             tx,
-            arrivals: (0..partitions).map(|_| watch::channel(0).0).collect(),
-            any_arrival: watch::channel(0).0,
+            partitions: partitions as u32,
+            arrivals: watch::channel(0).0,
             store,
         }
     }
@@ -439,7 +438,7 @@ impl TelemetryLog {
 
     /// How many partitions the messages are spread over.
     pub(crate) fn partition_count(&self) -> u32 {
-        self.arrivals.len() as u32
+        self.partitions
     }
 
     /// Numbers `msg` (hub-wide, and in its device's partition), writes it to the store and, once
@@ -482,10 +481,9 @@ impl TelemetryLog {
             ring.publish(&self.cache)
         };
         if !published.is_empty() {
-            self.any_arrival.send_modify(|n| *n += published.len() as u64);
+            self.arrivals.send_modify(|n| *n += published.len() as u64);
         }
         for m in published {
-            self.arrivals[m.partition as usize].send_modify(|n| *n += 1);
             // No receivers is not an error: nobody is watching.
             let _ = self.tx.send(m);
         }
@@ -495,15 +493,9 @@ impl TelemetryLog {
         self.tx.subscribe()
     }
 
-    /// Changes whenever a message is published in any partition.
-    pub(crate) fn any_arrival(&self) -> watch::Receiver<u64> {
-        self.any_arrival.subscribe()
-    }
-
-    /// Changes whenever a message is published in `partition`; `None` for a partition that does
-    /// not exist.
-    pub(crate) fn arrivals(&self, partition: u32) -> Option<watch::Receiver<u64>> {
-        self.arrivals.get(partition as usize).map(|tx| tx.subscribe())
+    /// Changes whenever a message is published, in any partition.
+    pub(crate) fn arrivals(&self) -> watch::Receiver<u64> {
+        self.arrivals.subscribe()
     }
 
     /// Where `partition` stands (`None`: no such partition).
@@ -768,7 +760,7 @@ mod tests {
             "case-insensitive, as device ids"
         );
         let now = msg(a, b"").enqueued_time;
-        let arrivals = log.arrivals(partition_of(a, 4)).unwrap();
+        let arrivals = log.arrivals();
         let mut sent = Vec::new();
         for i in 0..5 {
             let mut m = msg(if i % 2 == 0 { a } else { b }, b"{}");

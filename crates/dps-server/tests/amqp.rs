@@ -706,24 +706,19 @@ fn map_get<'a>(map: &'a Value, key: &str) -> &'a Value {
 #[tokio::test]
 async fn event_hub_consumers_read_telemetry_that_survives_a_restart_and_bad_requests_are_refused() {
     use dps_proto::event_hubs::{ENQUEUED_TIME, OFFSET, SEQUENCE_NUMBER};
-    use rumqttc::{Packet, QoS};
     let dir = tempfile::tempdir().unwrap();
     let ip = "127.0.39.16";
     let s = common::hub_server_with(ip, dir.path(), |_| {}).await;
     common::hub_device(&s, "eh-dev").await;
     let (c, mut ev) = common::hub_mqtt(&s, "eh-dev").await;
     for i in 0..3 {
-        c.publish(
+        common::publish_acked(
+            &c,
+            &mut ev,
             "devices/eh-dev/messages/events/k=v",
-            QoS::AtLeastOnce,
-            false,
             format!("{{\"i\":{i}}}"),
         )
-        .await
-        .unwrap();
-        common::hub_mqtt_until(&mut ev, |p| matches!(p, Packet::PubAck(_)).then_some(()))
-            .await
-            .unwrap();
+        .await;
     }
     let entity = dps_server::amqp::event_hub::event_hub_name(&s.services.identity.hub.host_name);
     let partition = dps_hub::partition_of("eh-dev", s.services.hub.partition_count()).to_string();
@@ -820,17 +815,7 @@ async fn event_hub_consumers_read_telemetry_that_survives_a_restart_and_bad_requ
         .await
         .unwrap();
     for i in 3..8i64 {
-        c.publish(
-            "devices/eh-dev/messages/events/",
-            QoS::AtLeastOnce,
-            false,
-            format!("{{\"i\":{i}}}"),
-        )
-        .await
-        .unwrap();
-        common::hub_mqtt_until(&mut ev, |p| matches!(p, Packet::PubAck(_)).then_some(()))
-            .await
-            .unwrap();
+        common::publish_acked(&c, &mut ev, "devices/eh-dev/messages/events/", format!("{{\"i\":{i}}}")).await;
         let d = tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>())
             .await
             .unwrap_or_else(|_| panic!("live event {i} within 5 s"))

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_rest, hub_server_with};
+use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_rest, hub_server_with, publish_acked};
 use dps_proto::twin_limits::{self, Section, D2C_MAX_BYTES, SECTION_MAX_BYTES, STRING_MAX_BYTES};
 use dps_server::{ServerConfig, StartError};
 use rumqttc::{Packet, QoS};
@@ -81,18 +81,8 @@ async fn limits_accept_what_fits_and_bound_retention() {
 
     // A device-to-cloud message of exactly 256 KB is acknowledged; retention keeps what fits in
     // the configured 1 MiB, the newest.
-    for i in 0..8u16 {
-        c.publish(
-            "devices/dev-1/messages/events/",
-            QoS::AtLeastOnce,
-            false,
-            vec![b'x'; D2C_MAX_BYTES],
-        )
-        .await
-        .unwrap();
-        hub_mqtt_until(&mut ev, |p| matches!(p, Packet::PubAck(_)).then_some(()))
-            .await
-            .unwrap_or_else(|e| panic!("message {i} not acknowledged: {e}"));
+    for _ in 0..8u16 {
+        publish_acked(&c, &mut ev, "devices/dev-1/messages/events/", vec![b'x'; D2C_MAX_BYTES]).await;
     }
     // The retained telemetry is trimmed to its bounds once a minute; now, here.
     s.services.hub.trim_telemetry().await.unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_server_with, sas_device};
+use common::{hub_device, hub_mqtt, hub_mqtt_until, hub_server_with, publish_acked, sas_device};
 use dps_client::{ClientError, RegistryClient, RestClient};
 use dps_proto::codes;
 use dps_proto::connection_string::ConnectionString;
@@ -128,13 +128,7 @@ async fn registry_client_covers_devices_methods_statistics_and_events() {
 
     // The telemetry stream: a message sent before the stream opened is read back from retention
     // (from sequence 0), one sent after arrives live; other devices' are filtered out.
-    device
-        .publish("devices/dev-m/messages/events/", QoS::AtLeastOnce, false, r#"{"n":1}"#)
-        .await
-        .unwrap();
-    hub_mqtt_until(&mut ev, |p| matches!(p, Packet::PubAck(_)).then_some(()))
-        .await
-        .unwrap();
+    publish_acked(&device, &mut ev, "devices/dev-m/messages/events/", r#"{"n":1}"#).await;
     let mut events = client.monitor_events(Some("dev-m"), Some(0)).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), events.next())
         .await

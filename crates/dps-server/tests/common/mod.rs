@@ -382,6 +382,21 @@ pub async fn hub_mqtt_until<T>(
     }
 }
 
+/// Publishes `payload` on `topic` at QoS 1 and waits for the hub's PUBACK (within 10 s).
+pub async fn publish_acked(
+    c: &rumqttc::AsyncClient,
+    ev: &mut rumqttc::EventLoop,
+    topic: &str,
+    payload: impl Into<Vec<u8>>,
+) {
+    c.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+        .await
+        .unwrap();
+    hub_mqtt_until(ev, |p| matches!(p, rumqttc::Packet::PubAck(_)).then_some(()))
+        .await
+        .unwrap_or_else(|e| panic!("a message on {topic} not acknowledged: {e}"));
+}
+
 /// One request to the hub's registry REST API as `iothubowner`: status and JSON body (`Null`
 /// when empty).
 pub async fn hub_rest(
