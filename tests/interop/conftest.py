@@ -120,6 +120,18 @@ class DpsServer:
     def service_policy(self) -> str:
         return parse_connection_string(self.service_connection_string)["SharedAccessKeyName"]
 
+    def cli(self, *args: str) -> Dict[str, Any]:
+        """Runs `dps <args> --data-dir <this server's> --json` and returns its JSON output;
+        fails the test with the output when the command fails."""
+        res = subprocess.run(
+            [str(dps_bin()), *args, "--data-dir", str(self.data_dir), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, f"dps {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+        return json.loads(res.stdout) if res.stdout.strip() else {}
+
     def logs(self, limit: int = LOG_TAIL_CHARS) -> str:
         return (
             f"--- dps serve on {self.host} (pid {self.process.pid}, "

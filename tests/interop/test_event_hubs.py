@@ -89,14 +89,22 @@ def test_node_consumer_reads_telemetry(dps_server, telemetry, transport):
     assert not partition["isEmpty"] and partition["lastEnqueuedSequenceNumber"] >= seqs[-1], partition
 
 
-@pytest.mark.parametrize("websockets", [False, True], ids=["amqp", "websockets"])
-def test_python_consumer_reads_telemetry(dps_server, telemetry, websockets):
+@pytest.mark.parametrize(
+    "websockets,group", [(False, "$Default"), (True, "created")], ids=["amqp-default", "websockets-created-group"]
+)
+def test_python_consumer_reads_telemetry(dps_server, telemetry, websockets, group):
+    """Over AMQP with `$Default`, and over WebSockets with a consumer group made by
+    `dps hub consumer-group create` (as `az iot hub consumer-group create` makes one)."""
     from azure.eventhub import EventHubConsumerClient, TransportType
 
     device_id, marker = telemetry
+    if group != "$Default":
+        group = unique_id("cg")[:50]
+        made = dps_server.cli("hub", "consumer-group", "create", "--name", group)
+        assert made["name"] == group, made
     client = EventHubConsumerClient.from_connection_string(
         dps_server.info["eventHubConnectionString"],
-        consumer_group="$Default",
+        consumer_group=group,
         connection_verify=dps_server.ca_path,
         transport_type=TransportType.AmqpOverWebsocket if websockets else TransportType.Amqp,
     )

@@ -10,7 +10,8 @@
 
 use dps_proto::model::certificate::{CertificateBody, CertificateResponse, VerificationCertificate};
 use dps_proto::model::hub::{
-    CloudToDeviceMethod, CloudToDeviceMethodResult, Device, RegistryStatistics, ServiceStatistics, Twin,
+    CloudToDeviceMethod, CloudToDeviceMethodResult, ConsumerGroupList, Device, EventHubConsumerGroupInfo,
+    RegistryStatistics, ServiceStatistics, Twin,
 };
 use dps_proto::model::service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment, RegistrationState};
 use dps_proto::rest::Route;
@@ -286,6 +287,28 @@ impl RegistryClient {
     /// `GET /statistics/service`: how many devices are connected now.
     pub async fn service_statistics(&self) -> Result<ServiceStatistics, ClientError> {
         call(&self.rest, Route::ServiceStatistics, None, None).await
+    }
+
+    /// `GET /eventHubEndpoints/events/consumerGroups`: the built-in endpoint's consumer groups,
+    /// `$Default` first.
+    pub async fn list_consumer_groups(&self) -> Result<ConsumerGroupList, ClientError> {
+        call(&self.rest, Route::ListConsumerGroups, None, None).await
+    }
+
+    /// `GET /eventHubEndpoints/events/consumerGroups/{name}`.
+    pub async fn get_consumer_group(&self, name: &str) -> Result<EventHubConsumerGroupInfo, ClientError> {
+        call(&self.rest, Route::GetConsumerGroup(name.into()), None, None).await
+    }
+
+    /// `PUT /eventHubEndpoints/events/consumerGroups/{name}`: creates the group (a group that
+    /// exists is returned as it is).
+    pub async fn create_consumer_group(&self, name: &str) -> Result<EventHubConsumerGroupInfo, ClientError> {
+        call(&self.rest, Route::PutConsumerGroup(name.into()), None, None).await
+    }
+
+    /// `DELETE /eventHubEndpoints/events/consumerGroups/{name}`.
+    pub async fn delete_consumer_group(&self, name: &str) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteConsumerGroup(name.into()), None).await
     }
 
     /// `GET /messages/events`: the hub's device-to-cloud messages as they arrive, only those of

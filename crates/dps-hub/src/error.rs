@@ -251,3 +251,34 @@ pub enum C2dError {
         limit: usize,
     },
 }
+
+/// Why a consumer group of the Event Hub-compatible endpoint was not created or deleted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumerGroupError {
+    /// The name breaks Event Hubs' rule (1 to 50 letters, digits, `.`, `_`, `-`, starting with a
+    /// letter or digit).
+    #[error("'{name}' is not a consumer group name: 1 to 50 letters, digits, '.', '_' or '-', starting with a letter or digit")]
+    InvalidName {
+        /// The name asked for.
+        name: String,
+    },
+    /// The hub has as many groups as it may (Azure's quota, `$Default` included).
+    #[error("the built-in endpoint already has the most consumer groups it may ({limit}, $Default included)")]
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
+    /// No group has this name.
+    #[error("no consumer group '{name}'")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// `$Default` is built in and cannot be deleted.
+    #[error("the $Default consumer group cannot be deleted")]
+    Default,
+    /// The store did not make the change durable; nothing changed.
+    #[error("consumer groups: the hub's store failed: {0}")]
+    Storage(#[from] HubStoreError),
+}

@@ -27,6 +27,7 @@
 mod auth;
 mod c2d;
 mod cache;
+mod consumer_groups;
 mod error;
 mod provisioning;
 mod queues;
@@ -51,7 +52,8 @@ pub use c2d::{
     Ack, C2dOutcome, C2dRecord, FeedbackBatch, FeedbackRecord, FeedbackStatus, QueueChange, C2D_MAX_DELIVERIES,
     C2D_QUEUE_LIMIT, DEFAULT_C2D_TTL, FEEDBACK_BATCH, FEEDBACK_LIMIT, FEEDBACK_LOCK, FEEDBACK_TTL, MAX_C2D_TTL,
 };
-pub use error::{AuthError, C2dError, HubOpenError, MethodError, RegistryError, SessionError};
+pub use consumer_groups::ConsumerGroup;
+pub use error::{AuthError, C2dError, ConsumerGroupError, HubOpenError, MethodError, RegistryError, SessionError};
 pub use registry::RegistryStatistics;
 pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, OUTBOUND_CAPACITY};
 pub use telemetry::{partition_of, PartitionInfo, TelemetryMessage};
@@ -151,6 +153,10 @@ pub(crate) struct HubInner {
     feedback_ready: watch::Sender<u64>,
     /// When retained telemetry was last trimmed (ms since the epoch).
     last_trim: std::sync::atomic::AtomicI64,
+    /// The created consumer groups of the Event Hub-compatible endpoint.
+    consumer_groups: RwLock<consumer_groups::Groups>,
+    /// Serialises consumer group changes.
+    consumer_group_writes: tokio::sync::Mutex<()>,
 }
 
 /// Per-device state.
@@ -223,6 +229,7 @@ impl Hub {
         tracing::info!(devices = counts.total, "hub store opened");
         let hub = Self::assemble(config, store, clock)?;
         hub.load_queues().await?;
+        hub.load_consumer_groups().await.map_err(HubOpenError::Load)?;
         hub.inner.telemetry.load().await.map_err(HubOpenError::Load)?;
         Ok(hub)
     }
@@ -257,6 +264,8 @@ impl Hub {
                 feedback: Mutex::new(FeedbackQueue::default()),
                 feedback_ready: watch::channel(0).0,
                 last_trim: std::sync::atomic::AtomicI64::new(0),
+                consumer_groups: RwLock::new(Default::default()),
+                consumer_group_writes: tokio::sync::Mutex::new(()),
             }),
         })
     }

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::c2d::{C2dRecord, FeedbackRecord, QueueChange};
+pub use crate::consumer_groups::ConsumerGroup;
 pub use crate::error::HubStoreError;
 pub use crate::record::DeviceRecord;
 pub use crate::telemetry::{decode_event, encode_event, TelemetryMessage};
@@ -107,6 +108,16 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Where each partition that holds messages stands.
     async fn partition_bounds(&self) -> Result<Vec<PartitionBounds>, HubStoreError>;
+
+    /// Stores a consumer group (keyed by [`ConsumerGroup::key`], replacing one with that key);
+    /// durable when it returns.
+    async fn put_consumer_group(&self, group: &ConsumerGroup) -> Result<(), HubStoreError>;
+
+    /// Removes the consumer group with this key (absent is fine); durable when it returns.
+    async fn delete_consumer_group(&self, key: &str) -> Result<(), HubStoreError>;
+
+    /// Every stored consumer group, in key order.
+    async fn list_consumer_groups(&self) -> Result<Vec<ConsumerGroup>, HubStoreError>;
 
     /// Deletes messages enqueued before `older_than`, then the oldest until the stored ones take
     /// at most `max_bytes` ([`TelemetryMessage::retained_bytes`]); returns how many went.

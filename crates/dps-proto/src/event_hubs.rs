@@ -41,6 +41,20 @@ pub const ENQUEUED_TIME: &str = "x-opt-enqueued-time";
 /// The consumer group every event hub has.
 pub const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
+/// Most consumer groups an IoT hub's built-in endpoint has, `$Default` included (Azure's quota
+/// for the standard tiers).
+pub const MAX_CONSUMER_GROUPS: usize = 20;
+
+/// Event Hubs' rule for a consumer group name that can be created: 1 to 50 letters, digits,
+/// periods, underscores and hyphens, starting with a letter or digit (`$Default` is built in).
+pub fn valid_consumer_group_name(name: &str) -> bool {
+    (1..=50).contains(&name.len())
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Where in a partition a consumer starts, as its selector filter says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventPosition {

@@ -299,9 +299,19 @@ impl ServerConfig {
                 self.event_hub_partitions
             ));
         }
-        if let Some(bad) = self.event_hub_consumer_groups.iter().find(|g| !valid_consumer_group(g)) {
+        if let Some(bad) = self
+            .event_hub_consumer_groups
+            .iter()
+            .find(|g| !dps_proto::event_hubs::valid_consumer_group_name(g))
+        {
             return Err(format!(
                 "event-hub-consumer-groups: {bad:?} is not a consumer group name (1 to 50 letters, digits, '.', '_', '-')"
+            ));
+        }
+        if self.event_hub_consumer_groups.len() >= dps_proto::event_hubs::MAX_CONSUMER_GROUPS {
+            return Err(format!(
+                "event-hub-consumer-groups: at most {} besides $Default",
+                dps_proto::event_hubs::MAX_CONSUMER_GROUPS - 1
             ));
         }
         self.limits.validate()
@@ -320,16 +330,6 @@ impl ServerConfig {
             .cloned()
             .unwrap_or_else(|| "127.0.0.1".to_string())
     }
-}
-
-/// Event Hubs' rule for consumer group names: 1 to 50 letters, digits, periods, underscores and
-/// hyphens, starting with a letter or digit.
-fn valid_consumer_group(name: &str) -> bool {
-    (1..=50).contains(&name.len())
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]

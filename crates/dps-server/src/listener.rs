@@ -68,6 +68,10 @@ pub enum StartError {
     /// The embedded hub's database could not be opened.
     #[error(transparent)]
     Hub(#[from] dps_hub::HubOpenError),
+    /// A consumer group of the `event-hub-consumer-groups` setting could not be created (the
+    /// hub's store failed, or there are more than the hub may have).
+    #[error("event-hub-consumer-groups: {0}")]
+    ConsumerGroup(#[source] dps_hub::ConsumerGroupError),
     /// The engine could not load enrollments or finish interrupted registrations.
     #[error("cannot load enrollments: {0}")]
     Engine(#[source] dps_core::Error),
@@ -148,6 +152,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(SystemClock),
     )
     .await?;
+    // Configured consumer groups exist from the start (created once, then kept like any other).
+    for group in &config.event_hub_consumer_groups {
+        hub.create_consumer_group(group)
+            .await
+            .map_err(StartError::ConsumerGroup)?;
+    }
     let engine = Engine::new(
         EngineConfig {
             immediate_assignment: config.immediate_assignment,

@@ -345,3 +345,118 @@ async fn scoped_hub_token_with_forged_host_lists_nothing() {
         .assert_json(StatusCode::OK);
     assert_eq!(d["deviceId"], "d");
 }
+
+/// The built-in endpoint's consumer groups: listed with a read right, made and deleted with
+/// RegistryWrite; creating is idempotent; `$Default` is built in and stays; bad names and
+/// missing groups get clear errors.
+#[tokio::test]
+async fn consumer_groups() {
+    let f = fixture().await;
+    let groups = "/eventHubEndpoints/events/consumerGroups";
+    let names = |v: &Value| -> Vec<String> {
+        v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let listed = f
+        .reg(Method::GET, groups, &[], Body::empty())
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(names(&listed), ["$Default"]);
+    assert_eq!(
+        listed["value"][0]["type"],
+        "Microsoft.Devices/IotHubs/EventHubEndpoints/ConsumerGroups"
+    );
+
+    let created = f
+        .reg(Method::PUT, &format!("{groups}/Analytics"), &[], Body::empty())
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(created["name"], "Analytics");
+    assert_eq!(created["id"], "/eventHubEndpoints/events/ConsumerGroups/Analytics");
+    let when = created["properties"]["created"].as_str().unwrap().to_string();
+    // Again, in another case: the same group, unchanged.
+    let again = f
+        .reg(Method::PUT, &format!("{groups}/analytics"), &[], Body::empty())
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(
+        (again["name"].as_str(), again["properties"]["created"].as_str()),
+        (Some("Analytics"), Some(when.as_str()))
+    );
+    let shown = f
+        .reg(Method::GET, &format!("{groups}/ANALYTICS"), &[], Body::empty())
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(shown, created);
+
+    // A reader lists and shows, but cannot make or delete.
+    let reader = build_token(HUB_HOST, HUB_READER_KEY, f.expiry(), Some("registryRead")).unwrap();
+    let as_reader = |method: Method, path: String| {
+        let reader = reader.clone();
+        let f = &f;
+        async move {
+            f.call(
+                method,
+                &format!("{path}?api-version=2021-04-12"),
+                &[("authorization", &reader)],
+                Body::empty(),
+            )
+            .await
+        }
+    };
+    let listed = as_reader(Method::GET, groups.to_string())
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(names(&listed), ["$Default", "Analytics"]);
+    let m = as_reader(Method::PUT, format!("{groups}/other"))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, codes::INSUFFICIENT_RIGHTS);
+    assert!(m.contains("RegistryWrite"), "{m}");
+    as_reader(Method::DELETE, format!("{groups}/Analytics"))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, codes::INSUFFICIENT_RIGHTS);
+
+    // Bad names, $Default, missing groups.
+    let m = f
+        .reg(Method::PUT, &format!("{groups}/-bad"), &[], Body::empty())
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::HUB_ARGUMENT_INVALID);
+    assert!(m.contains("not a consumer group name"), "{m}");
+    let long = "g".repeat(51);
+    f.reg(Method::PUT, &format!("{groups}/{long}"), &[], Body::empty())
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::HUB_ARGUMENT_INVALID);
+    let m = f
+        .reg(Method::DELETE, &format!("{groups}/$Default"), &[], Body::empty())
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::HUB_ARGUMENT_INVALID);
+    assert!(m.contains("$Default"), "{m}");
+    let m = f
+        .reg(Method::DELETE, &format!("{groups}/ghost"), &[], Body::empty())
+        .await
+        .assert_error(StatusCode::NOT_FOUND, codes::CONSUMER_GROUP_NOT_FOUND);
+    assert!(m.contains("ghost"), "{m}");
+
+    f.reg(Method::DELETE, &format!("{groups}/analytics"), &[], Body::empty())
+        .await
+        .assert_no_content();
+    f.reg(Method::GET, &format!("{groups}/Analytics"), &[], Body::empty())
+        .await
+        .assert_error(StatusCode::NOT_FOUND, codes::CONSUMER_GROUP_NOT_FOUND);
+
+    // At most 20, $Default included.
+    for i in 0..19 {
+        f.reg(Method::PUT, &format!("{groups}/g{i}"), &[], Body::empty())
+            .await
+            .assert_json(StatusCode::OK);
+    }
+    let m = f
+        .reg(Method::PUT, &format!("{groups}/one-too-many"), &[], Body::empty())
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, codes::HUB_ARGUMENT_INVALID);
+    assert!(m.contains("20"), "{m}");
+}

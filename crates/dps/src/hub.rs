@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use dps_proto::model::hub::{CloudToDeviceMethod, RegistryStatistics, ServiceStatistics, Twin, TwinProperties};
+use dps_proto::model::hub::{
+    CloudToDeviceMethod, EventHubConsumerGroupInfo, RegistryStatistics, ServiceStatistics, Twin, TwinProperties,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
@@ -28,6 +30,39 @@ pub enum HubCommand {
     ShowStats(ShowStats),
     /// Print device-to-cloud messages as they arrive (like `az iot hub monitor-events`).
     MonitorEvents(MonitorArgs),
+    /// Consumer groups of the Event Hub-compatible endpoint (like `az iot hub consumer-group`).
+    #[command(subcommand)]
+    ConsumerGroup(ConsumerGroupCommand),
+}
+
+/// `dps hub consumer-group …`
+#[derive(Subcommand, Debug)]
+pub enum ConsumerGroupCommand {
+    /// Create a consumer group (creating one that exists changes nothing).
+    Create(ConsumerGroupName),
+    /// List the consumer groups, `$Default` first.
+    List(ConsumerGroupList),
+    /// Show a consumer group.
+    Show(ConsumerGroupName),
+    /// Delete a consumer group (`$Default` cannot be deleted).
+    Delete(ConsumerGroupName),
+}
+
+/// `dps hub consumer-group create|show|delete`
+#[derive(Args, Debug)]
+pub struct ConsumerGroupName {
+    /// The group's name: 1 to 50 letters, digits, '.', '_' or '-'.
+    #[arg(long, short = 'n')]
+    pub name: String,
+    #[command(flatten)]
+    pub target: HubTarget,
+}
+
+/// `dps hub consumer-group list`
+#[derive(Args, Debug)]
+pub struct ConsumerGroupList {
+    #[command(flatten)]
+    pub target: HubTarget,
 }
 
 /// `dps hub device …`
@@ -292,6 +327,70 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
             }
         }
         HubCommand::MonitorEvents(a) => monitor(a).await?,
+        HubCommand::ConsumerGroup(c) => consumer_group(c).await?,
+    }
+    Ok(())
+}
+
+/// Runs `dps hub consumer-group …`.
+async fn consumer_group(cmd: ConsumerGroupCommand) -> Result<()> {
+    let show = |json: bool, g: &EventHubConsumerGroupInfo| -> Result<()> {
+        let v = to_value(g)?;
+        if json {
+            output::json(&v);
+        } else {
+            output::fields(&[("name", s(&v, "name")), ("created", s(&v, "properties/created"))]);
+        }
+        Ok(())
+    };
+    match cmd {
+        ConsumerGroupCommand::Create(a) => {
+            let group = a
+                .target
+                .client()?
+                .create_consumer_group(&a.name)
+                .await
+                .with_context(|| format!("cannot create consumer group '{}'", a.name))?;
+            show(a.target.server.json, &group)?;
+        }
+        ConsumerGroupCommand::Show(a) => {
+            let group = a
+                .target
+                .client()?
+                .get_consumer_group(&a.name)
+                .await
+                .with_context(|| format!("cannot show consumer group '{}'", a.name))?;
+            show(a.target.server.json, &group)?;
+        }
+        ConsumerGroupCommand::Delete(a) => {
+            a.target
+                .client()?
+                .delete_consumer_group(&a.name)
+                .await
+                .with_context(|| format!("cannot delete consumer group '{}'", a.name))?;
+            out!("deleted consumer group '{}'", a.name);
+        }
+        ConsumerGroupCommand::List(a) => {
+            let groups = a
+                .target
+                .client()?
+                .list_consumer_groups()
+                .await
+                .context("cannot list consumer groups")?;
+            let v = to_value(&groups.value)?;
+            if a.target.server.json {
+                output::json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|g| vec![s(g, "name"), s(g, "properties/created")])
+                    .collect();
+                output::table(&["NAME", "CREATED"], &rows);
+            }
+        }
     }
     Ok(())
 }

@@ -782,3 +782,43 @@ fn errors_and_target_resolution() {
         assert!(refused, "{transport}: {err}");
     }
 }
+
+/// `dps hub consumer-group`: create, list, show and delete the built-in endpoint's consumer
+/// groups, kept across a restart; groups of the `--event-hub-consumer-group` flag exist from the
+/// start.
+#[test]
+fn consumer_groups_survive_a_restart() {
+    let mut s = Server::start_with("127.0.0.82", &["--event-hub-consumer-group", "from-flag"]);
+    let created = s.json(&["hub", "consumer-group", "create", "--name", "analytics"]);
+    assert_eq!(created["name"], "analytics");
+    assert!(created["properties"]["created"].is_string(), "{created}");
+    let out = s.ok(&["hub", "consumer-group", "create", "-n", "alerts"]);
+    assert!(out.contains("alerts"), "{out}");
+    let names = |s: &Server| -> Vec<String> {
+        s.json(&["hub", "consumer-group", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&s), ["$Default", "alerts", "analytics", "from-flag"]);
+
+    s.kill9();
+    s.restart();
+    assert_eq!(names(&s), ["$Default", "alerts", "analytics", "from-flag"]);
+    let table = s.ok(&["hub", "consumer-group", "list"]);
+    assert!(table.starts_with("NAME") && table.contains("analytics"), "{table}");
+    let shown = s.json(&["hub", "consumer-group", "show", "-n", "ANALYTICS"]);
+    assert_eq!(shown, created);
+
+    let out = s.ok(&["hub", "consumer-group", "delete", "-n", "analytics"]);
+    assert!(out.contains("deleted consumer group 'analytics'"), "{out}");
+    let err = s.fail(&["hub", "consumer-group", "show", "-n", "analytics"]);
+    assert!(has(&err, codes::CONSUMER_GROUP_NOT_FOUND), "{err}");
+    let err = s.fail(&["hub", "consumer-group", "delete", "-n", "$Default"]);
+    assert!(err.contains("cannot be deleted"), "{err}");
+    let err = s.fail(&["hub", "consumer-group", "create", "-n", "no spaces"]);
+    assert!(has(&err, codes::HUB_ARGUMENT_INVALID), "{err}");
+    assert_eq!(names(&s), ["$Default", "alerts", "from-flag"]);
+}

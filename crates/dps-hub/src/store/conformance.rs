@@ -9,7 +9,8 @@ use dps_proto::model::service::DeviceCapabilities;
 use serde_json::json;
 
 use super::{
-    C2dRecord, DeviceRecord, EventStart, FeedbackRecord, HubStore, PartitionBounds, QueueChange, TelemetryMessage,
+    C2dRecord, ConsumerGroup, DeviceRecord, EventStart, FeedbackRecord, HubStore, PartitionBounds, QueueChange,
+    TelemetryMessage,
 };
 use crate::c2d::{Ack, FeedbackStatus};
 use crate::record::{sas_auth, self_signed_auth, Status, TwinState};
@@ -62,6 +63,28 @@ pub async fn run_all(store: &dyn HubStore) {
     counts_by_status(store).await;
     queues_round_trip_and_change_together(store).await;
     telemetry_is_read_by_partition_time_and_device_and_trimmed(store).await;
+    consumer_groups_are_kept_by_key(store).await;
+}
+
+/// Consumer groups come back whole in key order; a put with the same key replaces, a delete
+/// of an absent key is no error.
+async fn consumer_groups_are_kept_by_key(s: &dyn HubStore) {
+    let group = |name: &str, secs: i64| ConsumerGroup {
+        name: name.into(),
+        created: Some(at() + Duration::seconds(secs)),
+    };
+    s.put_consumer_group(&group("Zeta", 1)).await.unwrap();
+    s.put_consumer_group(&group("alpha.1", 2)).await.unwrap();
+    s.put_consumer_group(&group("ZETA", 3)).await.unwrap();
+    assert_eq!(
+        s.list_consumer_groups().await.unwrap(),
+        [group("alpha.1", 2), group("ZETA", 3)]
+    );
+    s.delete_consumer_group("zeta").await.unwrap();
+    s.delete_consumer_group("zeta").await.unwrap();
+    assert_eq!(s.list_consumer_groups().await.unwrap(), [group("alpha.1", 2)]);
+    s.delete_consumer_group("alpha.1").await.unwrap();
+    assert!(s.list_consumer_groups().await.unwrap().is_empty());
 }
 
 fn event(seq: u64, partition: u32, pseq: u64, device: &str, secs: i64) -> TelemetryMessage {

@@ -9,8 +9,8 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 
 use super::{
-    device_key, C2dRecord, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore, HubStoreError,
-    PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore,
+    HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
 };
 
 /// A [`HubStore`] in memory: nothing survives the process. For tests, fuzzing and demos, and the
@@ -22,6 +22,7 @@ pub struct MemoryHubStore {
     queues: RwLock<Queues>,
     /// Telemetry by hub-wide sequence number.
     events: RwLock<BTreeMap<u64, Arc<TelemetryMessage>>>,
+    consumer_groups: RwLock<BTreeMap<String, ConsumerGroup>>,
 }
 
 /// Cloud-to-device messages and feedback, by key.
@@ -202,6 +203,20 @@ impl HubStore for MemoryHubStore {
                 });
         }
         Ok(bounds.into_values().collect())
+    }
+
+    async fn put_consumer_group(&self, group: &ConsumerGroup) -> Result<(), HubStoreError> {
+        self.consumer_groups.write().insert(group.key(), group.clone());
+        Ok(())
+    }
+
+    async fn delete_consumer_group(&self, key: &str) -> Result<(), HubStoreError> {
+        self.consumer_groups.write().remove(key);
+        Ok(())
+    }
+
+    async fn list_consumer_groups(&self) -> Result<Vec<ConsumerGroup>, HubStoreError> {
+        Ok(self.consumer_groups.read().values().cloned().collect())
     }
 
     async fn trim_events(

@@ -192,6 +192,55 @@ pub struct ServiceStatistics {
     pub connected_device_count: u64,
 }
 
+/// A consumer group of the built-in Event Hub-compatible endpoint, in the shape of Azure's
+/// management API (`EventHubConsumerGroupInfo`), which `az iot hub consumer-group` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventHubConsumerGroupInfo {
+    /// The group's path under the hub (`/eventHubEndpoints/events/ConsumerGroups/{name}`).
+    pub id: String,
+    /// The group's name.
+    pub name: String,
+    /// Always [`EventHubConsumerGroupInfo::TYPE`].
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `created`: when it was created (absent for `$Default`, which is built in).
+    pub properties: ConsumerGroupProperties,
+}
+
+/// [`EventHubConsumerGroupInfo::properties`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerGroupProperties {
+    /// When the group was created (ISO 8601).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+impl EventHubConsumerGroupInfo {
+    /// Azure's resource type of a consumer group.
+    pub const TYPE: &'static str = "Microsoft.Devices/IotHubs/EventHubEndpoints/ConsumerGroups";
+
+    /// The group `name`, created at `created` (`None` for `$Default`).
+    pub fn new(name: &str, created: Option<String>) -> Self {
+        Self {
+            id: format!("/eventHubEndpoints/events/ConsumerGroups/{name}"),
+            name: name.to_string(),
+            kind: Self::TYPE.to_string(),
+            properties: ConsumerGroupProperties { created },
+        }
+    }
+}
+
+/// A page of consumer groups (`GET /eventHubEndpoints/events/consumerGroups`), as Azure's
+/// management API lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerGroupList {
+    /// Every group, `$Default` first.
+    pub value: Vec<EventHubConsumerGroupInfo>,
+}
+
 /// Applies a JSON merge patch (RFC 7396) of `patch` onto `target`: objects merge recursively and
 /// `null` deletes. Returns whether anything changed. Keys starting with `$` in the patch are ignored
 /// (clients may echo `$version`/`$metadata`).

@@ -94,6 +94,10 @@ enum Resource {
     DeviceStatistics,
     /// `/statistics/service`
     ServiceStatistics,
+    /// `/eventHubEndpoints/events/consumerGroups`
+    ConsumerGroups,
+    /// `/eventHubEndpoints/events/consumerGroups/{name}`
+    ConsumerGroup(String),
     /// `/$iothub/websocket` (MQTT and AMQP over WebSockets)
     MqttWebSocket,
 }
@@ -209,6 +213,15 @@ pub enum Route {
     DeviceStatistics,
     /// `GET /statistics/service`
     ServiceStatistics,
+    /// `GET /eventHubEndpoints/events/consumerGroups`: the built-in endpoint's consumer groups
+    /// (the shape of Azure's management API, whose path this follows).
+    ListConsumerGroups,
+    /// `GET /eventHubEndpoints/events/consumerGroups/{name}`
+    GetConsumerGroup(String),
+    /// `PUT /eventHubEndpoints/events/consumerGroups/{name}`: create (idempotent).
+    PutConsumerGroup(String),
+    /// `DELETE /eventHubEndpoints/events/consumerGroups/{name}`
+    DeleteConsumerGroup(String),
     /// `GET /$iothub/websocket` with a WebSocket upgrade: the device MQTT or AMQP endpoint, tunnelled.
     MqttWebSocket,
 }
@@ -240,9 +253,26 @@ impl Route {
             | DeleteCertificate(_)
             | GenerateVerificationCode(_)
             | VerifyCertificate(_) => Api::Service,
-            ListDevices | QueryDevices | GetDevice(_) | PutDevice(_) | DeleteDevice(_) | GetTwin(_)
-            | ReplaceTwin(_) | UpdateTwin(_) | InvokeMethod(_) | MonitorEvents | DeviceStatistics
-            | ServiceStatistics | PurgeC2d(_) | ReceiveFeedback | CompleteFeedback(_) | AbandonFeedback(_) => Api::Hub,
+            ListDevices
+            | QueryDevices
+            | GetDevice(_)
+            | PutDevice(_)
+            | DeleteDevice(_)
+            | GetTwin(_)
+            | ReplaceTwin(_)
+            | UpdateTwin(_)
+            | InvokeMethod(_)
+            | MonitorEvents
+            | DeviceStatistics
+            | ServiceStatistics
+            | PurgeC2d(_)
+            | ReceiveFeedback
+            | CompleteFeedback(_)
+            | AbandonFeedback(_)
+            | ListConsumerGroups
+            | GetConsumerGroup(_)
+            | PutConsumerGroup(_)
+            | DeleteConsumerGroup(_) => Api::Hub,
         }
     }
 }
@@ -281,9 +311,13 @@ impl Route {
     pub fn method(&self) -> Method {
         use Route::*;
         match self {
-            Register { .. } | PutEnrollment(_) | PutGroup(_) | PutCertificate(_) | PutDevice(_) | ReplaceTwin(_) => {
-                Method::PUT
-            }
+            Register { .. }
+            | PutEnrollment(_)
+            | PutGroup(_)
+            | PutCertificate(_)
+            | PutDevice(_)
+            | ReplaceTwin(_)
+            | PutConsumerGroup(_) => Method::PUT,
             RegistrationStatus { .. }
             | EnrollmentAttestation(_)
             | QueryEnrollments
@@ -303,7 +337,8 @@ impl Route {
             | DeleteCertificate(_)
             | DeleteDevice(_)
             | PurgeC2d(_)
-            | CompleteFeedback(_) => Method::DELETE,
+            | CompleteFeedback(_)
+            | DeleteConsumerGroup(_) => Method::DELETE,
             UpdateTwin(_) => Method::PATCH,
             OperationStatus { .. }
             | GetEnrollment(_)
@@ -318,6 +353,8 @@ impl Route {
             | ReceiveFeedback
             | DeviceStatistics
             | ServiceStatistics
+            | ListConsumerGroups
+            | GetConsumerGroup(_)
             | MqttWebSocket => Method::GET,
         }
     }
@@ -369,6 +406,8 @@ impl Route {
             AbandonFeedback(lock) => item("messages/serviceBound/feedback", lock) + "/abandon",
             DeviceStatistics => "/statistics/devices".into(),
             ServiceStatistics => "/statistics/service".into(),
+            ListConsumerGroups => CONSUMER_GROUPS.into(),
+            GetConsumerGroup(n) | PutConsumerGroup(n) | DeleteConsumerGroup(n) => item(CONSUMER_GROUPS_ITEM, n),
             MqttWebSocket => "/$iothub/websocket".into(),
         }
     }
@@ -432,10 +471,19 @@ impl Route {
             ReceiveFeedback | CompleteFeedback(_) | AbandonFeedback(_) => "/messages/servicebound/feedback".into(),
             DeviceStatistics => "/statistics/devices".into(),
             ServiceStatistics => "/statistics/service".into(),
+            ListConsumerGroups => CONSUMER_GROUPS.to_ascii_lowercase(),
+            GetConsumerGroup(n) | PutConsumerGroup(n) | DeleteConsumerGroup(n) => {
+                item(&CONSUMER_GROUPS_ITEM.to_ascii_lowercase(), n)
+            }
             MqttWebSocket => "/$iothub/websocket".into(),
         }
     }
 }
+
+/// The consumer groups of the built-in endpoint (`events`, as Azure's management API names it).
+const CONSUMER_GROUPS: &str = "/eventHubEndpoints/events/consumerGroups";
+/// [`CONSUMER_GROUPS`] as the collection of an item path (the item helpers add the `/`).
+const CONSUMER_GROUPS_ITEM: &str = "eventHubEndpoints/events/consumerGroups";
 
 /// An id as one audience path segment: `%` and `/` escaped, so it cannot end early.
 fn escape_segment(id: &str) -> String {
@@ -501,6 +549,13 @@ fn resource(segs: &[String]) -> Option<Resource> {
         },
         [st, d] if is(st, "statistics") && is(d, "devices") => Resource::DeviceStatistics,
         [st, d] if is(st, "statistics") && is(d, "service") => Resource::ServiceStatistics,
+        [ep, ev, cg, rest @ ..] if is(ep, "eventHubEndpoints") && is(ev, "events") && is(cg, "consumerGroups") => {
+            match rest {
+                [] => Resource::ConsumerGroups,
+                [name] => Resource::ConsumerGroup(id(name)?),
+                _ => return None,
+            }
+        }
         [hub, ws] if is(hub, "$iothub") && is(ws, "websocket") => Resource::MqttWebSocket,
         // The Event Hub-compatible endpoint's WebSocket path (AMQP over WebSockets).
         [sb, ws] if is(sb, "$servicebus") && is(ws, "websocket") => Resource::MqttWebSocket,
@@ -660,6 +715,16 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         R::ServiceStatistics => match *m {
             Method::GET => Ok(Route::ServiceStatistics),
             _ => not_allowed(GET),
+        },
+        R::ConsumerGroups => match *m {
+            Method::GET => Ok(Route::ListConsumerGroups),
+            _ => not_allowed(GET),
+        },
+        R::ConsumerGroup(name) => match *m {
+            Method::GET => Ok(Route::GetConsumerGroup(name)),
+            Method::PUT => Ok(Route::PutConsumerGroup(name)),
+            Method::DELETE => Ok(Route::DeleteConsumerGroup(name)),
+            _ => not_allowed(GET_PUT_DELETE),
         },
         R::MqttWebSocket => match *m {
             Method::GET => Ok(Route::MqttWebSocket),

@@ -81,6 +81,10 @@ fn every_route(id: &str) -> Vec<Route> {
         AbandonFeedback(s()),
         DeviceStatistics,
         ServiceStatistics,
+        ListConsumerGroups,
+        GetConsumerGroup(s()),
+        PutConsumerGroup(s()),
+        DeleteConsumerGroup(s()),
         MqttWebSocket,
     ]
 }

@@ -220,10 +220,7 @@ async fn attach_partition(
     if !node.entity.eq_ignore_ascii_case(&entity) {
         return Err(not_found(&format!("this hub's event hub is '{entity}'")));
     }
-    let known = std::iter::once(eh::DEFAULT_CONSUMER_GROUP)
-        .chain(services.config.event_hub_consumer_groups.iter().map(String::as_str))
-        .any(|g| g.eq_ignore_ascii_case(&node.consumer_group));
-    if !known {
+    if services.hub.consumer_group(&node.consumer_group).is_none() {
         return Err(not_found(&format!("no consumer group '{}'", node.consumer_group)));
     }
     let count = services.hub.partition_count();

@@ -5,6 +5,8 @@
 //! Rights: `RegistryRead` for device reads and queries, `RegistryWrite` for device writes;
 //! twins accept `ServiceConnect` or the registry right (Azure documents twin access under
 //! ServiceConnect); direct methods and the telemetry stream need `ServiceConnect`, as in Azure.
+//! The built-in endpoint's consumer groups (a management-plane resource in Azure) are read with
+//! `ServiceConnect` or `RegistryRead` and made or deleted with `RegistryWrite`.
 
 use std::time::Duration;
 
@@ -12,9 +14,12 @@ use crate::ApiError;
 use axum::response::Response;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
-use dps_hub::{MethodError, RegistryError};
+use dps_hub::{ConsumerGroupError, MethodError, RegistryError};
 use dps_proto::codes;
-use dps_proto::model::hub::{CloudToDeviceMethod, Device, RegistryStatistics, ServiceStatistics, Twin};
+use dps_proto::model::hub::{
+    CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, RegistryStatistics, ServiceStatistics,
+    Twin,
+};
 use dps_proto::model::service::QuerySpecification;
 use dps_proto::twin_limits;
 use serde_json::Value;
@@ -42,6 +47,9 @@ fn rights(route: &Route) -> &'static [&'static str] {
         ReplaceTwin(_) | UpdateTwin(_) => &[SERVICE_CONNECT, REGISTRY_WRITE],
         InvokeMethod(_) | MonitorEvents | ServiceStatistics | PurgeC2d(_) | ReceiveFeedback | CompleteFeedback(_)
         | AbandonFeedback(_) => &[SERVICE_CONNECT],
+        // Readers of the built-in endpoint may list its groups; making them is an operator's.
+        ListConsumerGroups | GetConsumerGroup(_) => &[SERVICE_CONNECT, REGISTRY_READ],
+        PutConsumerGroup(_) | DeleteConsumerGroup(_) => &[REGISTRY_WRITE],
         other => unreachable!("not a hub route: {other:?}"),
     }
 }
@@ -166,6 +174,20 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             }
             no_content()
         }
+        Route::ListConsumerGroups => ok(&ConsumerGroupList {
+            value: hub.consumer_groups().iter().map(group_info).collect(),
+        }),
+        Route::GetConsumerGroup(name) => match hub.consumer_group(&name) {
+            Some(g) => ok(&group_info(&g)),
+            None => return Err(consumer_group_error(ConsumerGroupError::NotFound { name })),
+        },
+        Route::PutConsumerGroup(name) => ok(&group_info(
+            &hub.create_consumer_group(&name).await.map_err(consumer_group_error)?,
+        )),
+        Route::DeleteConsumerGroup(name) => {
+            hub.delete_consumer_group(&name).await.map_err(consumer_group_error)?;
+            no_content()
+        }
         other => unreachable!("not a hub route: {other:?}"),
     };
     Ok(resp)
@@ -185,6 +207,18 @@ async fn twin_body(ctx: &mut Ctx<'_>) -> Result<Twin, ApiError> {
         }
     }
     serde_json::from_value(body).map_err(|e| ApiError::bad_body(format!("request body is not a valid Twin: {e}")))
+}
+
+fn group_info(g: &dps_hub::ConsumerGroup) -> EventHubConsumerGroupInfo {
+    EventHubConsumerGroupInfo::new(&g.name, g.created.as_ref().map(dps_proto::timefmt::format_record))
+}
+
+fn consumer_group_error(e: ConsumerGroupError) -> ApiError {
+    match &e {
+        ConsumerGroupError::NotFound { .. } => ApiError::new(codes::CONSUMER_GROUP_NOT_FOUND, e.to_string()),
+        ConsumerGroupError::Storage(_) => ApiError::internal(e.to_string()),
+        _ => ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string()),
+    }
 }
 
 fn lock_lost(lock: &str) -> ApiError {

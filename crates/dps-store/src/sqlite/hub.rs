@@ -4,7 +4,8 @@
 //! device id and `doc` the hub's JSON [`DeviceRecord`] — the layout the hub kept before this
 //! store moved here, so existing files open unchanged (migration `hub/0001`). The queues
 //! (`hub/0003`): `c2d(seq, device, doc)` for cloud-to-device messages and `feedback(seq, doc)`,
-//! each document the hub's JSON record.
+//! each document the hub's JSON record. `consumer_groups(name, doc)` (`hub/0004`) holds the
+//! created consumer groups of the Event Hub-compatible endpoint.
 //!
 //! The hub upserts a device on every registration, and each upsert must be durable before the
 //! device gets its answer, so writes go through the same group-committing writer thread as the
@@ -16,8 +17,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 use dps_hub::store::{
-    device_key, C2dRecord, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore, HubStoreError,
-    PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore,
+    HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
 };
 use rusqlite::{params, Connection};
 
@@ -41,6 +42,9 @@ const DELETE_FEEDBACK: &str = "DELETE FROM feedback WHERE seq = ?1";
 /// Keys as text: the shared document reader takes (text key, doc) rows.
 const ALL_C2D: &str = "SELECT CAST(seq AS TEXT), doc FROM c2d ORDER BY seq";
 const ALL_FEEDBACK: &str = "SELECT CAST(seq AS TEXT), doc FROM feedback ORDER BY seq";
+const PUT_GROUP: &str = "INSERT OR REPLACE INTO consumer_groups (name, doc) VALUES (?1, ?2)";
+const DELETE_GROUP: &str = "DELETE FROM consumer_groups WHERE name = ?1";
+const ALL_GROUPS: &str = "SELECT name, doc FROM consumer_groups ORDER BY name";
 const GET: &str = "SELECT doc FROM devices WHERE id = ?1";
 const FIRST_PAGE: &str = "SELECT id, doc FROM devices ORDER BY id LIMIT ?1";
 const NEXT_PAGE: &str = "SELECT id, doc FROM devices WHERE id > ?2 ORDER BY id LIMIT ?1";
@@ -87,6 +91,10 @@ enum DeviceOp {
         put_feedback: Vec<(i64, String)>,
         delete_feedback: Vec<i64>,
     },
+    /// Insert or replace the consumer group `key`.
+    PutGroup { key: String, doc: String },
+    /// Remove the consumer group `key` (absent is fine).
+    DeleteGroup { key: String },
 }
 
 impl Operation for DeviceOp {
@@ -119,6 +127,8 @@ impl Operation for DeviceOp {
                 }
                 Ok(())
             })(),
+            DeviceOp::PutGroup { key, doc } => run(PUT_GROUP, params![key, doc]).map(drop),
+            DeviceOp::DeleteGroup { key } => run(DELETE_GROUP, params![key]).map(drop),
         }
         .map_err(HubStoreError::sqlite)
     }
@@ -281,6 +291,26 @@ impl HubStore for SqliteHubStore {
         max_bytes: u64,
     ) -> Result<u64, HubStoreError> {
         Events(&self.events).trim(older_than, max_bytes).await
+    }
+
+    async fn put_consumer_group(&self, group: &ConsumerGroup) -> Result<(), HubStoreError> {
+        let doc = serde_json::to_string(group)
+            .map_err(|e| HubStoreError::backend(format!("cannot encode consumer group: {e}")))?;
+        self.db.writer.write(DeviceOp::PutGroup { key: group.key(), doc }).await
+    }
+
+    async fn delete_consumer_group(&self, key: &str) -> Result<(), HubStoreError> {
+        self.db
+            .writer
+            .write(DeviceOp::DeleteGroup { key: key.to_string() })
+            .await
+    }
+
+    async fn list_consumer_groups(&self) -> Result<Vec<ConsumerGroup>, HubStoreError> {
+        self.db
+            .readers
+            .read(|c| reader::collect(c, "consumer_groups", ALL_GROUPS, params![]))
+            .await
     }
 
     async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError> {

@@ -93,6 +93,11 @@ pub(crate) const HUB: Schema = Schema {
             name: "cloud-to-device and feedback queues",
             sql: include_str!("migrations/hub/0003_c2d_queues.sql"),
         },
+        Migration {
+            version: 4,
+            name: "event hub consumer groups",
+            sql: include_str!("migrations/hub/0004_consumer_groups.sql"),
+        },
     ],
     adopts_unmarked_files: true,
 };
