@@ -3,8 +3,9 @@
 AMQP over WebSockets (443, `/$servicebus/websocket`), with the connection string `dps info`
 prints as `eventHubConnectionString`.
 
-A device (the Python device SDK over MQTT) sends telemetry with a marker; each consumer reads
-every partition from the start and must see those events with the hub's system properties.
+One device sends telemetry with a marker over every transport: the Python device SDK over MQTT,
+the Node device SDK over AMQP and over HTTPS (one message and a batch); each consumer reads every
+partition from the start and must see all those events with the hub's system properties.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from azure.iot.device import Message
 from interop_util import hub_device_client, random_key, unique_id
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-MESSAGES = 3
+PYTHON_MESSAGES = 3
+# Then one over Node AMQP, and two over Node HTTPS (one message, a batch of one).
+MESSAGES = PYTHON_MESSAGES + 3
 
 
 def _node(server, script: str, args: dict) -> dict:
@@ -43,11 +46,19 @@ def telemetry(dps_server, registry_manager):
     registry_manager.create_device_with_sas(device_id, key, random_key(), "enabled")
     marker = unique_id("m")
     with hub_device_client(dps_server, device_id, key) as device:
-        for i in range(MESSAGES):
+        for i in range(PYTHON_MESSAGES):
             msg = Message(json.dumps({"marker": marker, "i": i}), content_encoding="utf-8", content_type="application/json")
             msg.message_id = f"{marker}-{i}"
             msg.custom_properties["index"] = str(i)
             device.send_message(msg)
+    device_cs = f"HostName={dps_server.hub_host};DeviceId={device_id};SharedAccessKey={key}"
+    for transport, index in [("Amqp", PYTHON_MESSAGES), ("Http", PYTHON_MESSAGES + 1)]:
+        out = _node(
+            dps_server,
+            "send_telemetry.js",
+            {"deviceConnectionString": device_cs, "transport": transport, "marker": marker, "index": index},
+        )
+        assert "error" not in out, out
     return device_id, marker
 
 
@@ -85,6 +96,15 @@ def test_node_consumer_reads_telemetry(dps_server, telemetry, transport):
     assert first["properties"]["index"] == "0", first
     assert first["messageId"] == f"{marker}-0", first
     assert first["contentType"] == "application/json", first
+    # Every transport's messages carry the hub's system properties and their own properties.
+    for e in events:
+        i = e["body"]["i"]
+        assert e["systemProperties"]["iothub-connection-device-id"] == device_id, e
+        assert e["systemProperties"]["iothub-message-source"] == "Telemetry", e
+        assert e["properties"]["index"] == str(i), e
+    http_single = events[PYTHON_MESSAGES + 1]
+    assert http_single["messageId"] == f"{marker}-{PYTHON_MESSAGES + 1}", http_single
+    assert http_single["contentType"] == "application/json", http_single
     partition = next(p for p in out["partitions"] if p["partitionId"] == first["partitionId"])
     assert not partition["isEmpty"] and partition["lastEnqueuedSequenceNumber"] >= seqs[-1], partition
 
@@ -141,7 +161,7 @@ def test_python_consumer_reads_telemetry(dps_server, telemetry, websockets, grou
     partition, event = seen[0]
     system = event.system_properties
     assert system[b"iothub-connection-device-id"] == device_id.encode(), system
-    assert event.properties[b"index"] in (b"0", b"1", b"2"), event.properties
+    assert event.properties[b"index"] == str(event.body_as_json()["i"]).encode(), event.properties
     assert event.offset is not None and event.sequence_number is not None
     assert event.enqueued_time is not None
     assert all(p == partition for p, _ in seen)

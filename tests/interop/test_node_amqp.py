@@ -223,13 +223,14 @@ def test_x509_device_client_uses_the_hub(dps_server, service_client, pki):
 
 
 @pytest.mark.parametrize(
-    ("transport", "device_transport"), [("Amqp", "Amqp"), ("AmqpWs", "Amqp"), ("Amqp", "Mqtt")]
+    ("transport", "device_transport"), [("Amqp", "Amqp"), ("AmqpWs", "Amqp"), ("Amqp", "Mqtt"), ("Amqp", "Http")]
 )
 def test_service_sends_cloud_to_device_messages_with_feedback(dps_server, service_client, transport, device_transport):
     """`azure-iothub` Client.send over the service's AMQP endpoint (CBS put-token with the hub's
-    policy, `/messages/devicebound`) with `ack: 'full'`: the device, listening over AMQP or MQTT,
-    receives each message with its id and properties and completes it (MQTT: its PUBACK) or
-    rejects it (AMQP only: IoT Hub's MQTT has no reject); the SDK's feedback receiver
+    policy, `/messages/devicebound`) with `ack: 'full'`: the device, listening over AMQP, MQTT or
+    HTTPS (polling `/devices/{id}/messages/deviceBound`), receives each message with its id and
+    properties and completes it (MQTT: its PUBACK) or rejects it (AMQP and HTTPS: IoT Hub's MQTT
+    has no reject); the SDK's feedback receiver
     (`/messages/serviceBound/feedback`) then reads Success and Rejected for them. A device the
     hub does not know is DeviceNotFound."""
     rid = unique_id(f"node-c2d-{transport.lower()}-{device_transport.lower()}")
@@ -258,7 +259,7 @@ def test_service_sends_cloud_to_device_messages_with_feedback(dps_server, servic
     assert first["messageId"] == f"c2d-{marker}", out
     assert first["properties"]["marker"] == marker, out
     expected = {f"c2d-{marker}": "Success"}
-    if device_transport == "Amqp":
+    if device_transport != "Mqtt":
         expected[f"c2d-reject-{marker}"] = "Rejected"
     got = {f["originalMessageId"]: f["statusCode"] for f in out["feedback"]}
     assert got == expected, out

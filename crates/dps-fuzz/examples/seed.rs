@@ -432,5 +432,18 @@ fn main() {
     {
         s.put("hub_body", &format!("{i}"), body);
     }
+    // Telemetry batches as the Node, C and C# HTTP transports write them, and headers.
+    for (i, body) in [
+        r#"[{"body": "AAEC/w==", "properties":{"iothub-app-a":"b"}},{"body": "cGxhaW4="}]"#,
+        r#"[{"body":"{\"t\":1}","base64Encoded":false,"properties":{"iothub-app-k":"v"}}]"#,
+        r#"[{"body":"aGk=","properties":{"iothub-messageid":"m","iothub-correlationid":"c","iothub-contenttype":"application/json","dt-subject":"c1","iothub-app-x":"y"}}]"#,
+        r#"[{"body":"aGk=","base64Encoded":true,"properties":{"iothub-creation-time-utc":"2026-01-01T00:00:00Z"}}]"#,
+        "iothub-messageid: m\niothub-app-color: red\ndt-subject: thermostat\niothub-expiry: 2026-01-01T00:00:00Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.put("telemetry_batch", &format!("{i}"), body);
+    }
     println!("seeds written under {}", s.root.display());
 }

@@ -299,3 +299,50 @@ pub fn hub_body(data: &[u8]) {
         }
     });
 }
+
+/// The HTTPS device API's telemetry batch (`POST /devices/{id}/messages/events` with
+/// `application/vnd.microsoft.iothub.json`): parsed, then every message sent through the
+/// in-memory hub as the authenticated device. A batch is taken whole or refused: when it parses,
+/// each message is stored or refused as too large (never a store failure), and the hub keeps
+/// exactly the stored ones; system properties come out under their `$.` keys. The same bytes,
+/// read as `name: value` lines, go through the header mapping.
+pub fn telemetry_batch(data: &[u8]) {
+    let headers: Vec<(&str, &str)> = std::str::from_utf8(data)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .collect();
+    for (k, _) in dps_proto::hub_http::properties_from_headers(headers.iter().copied()) {
+        assert!(!k.is_empty(), "a header became a nameless property");
+    }
+    let Ok(messages) = dps_proto::hub_http::parse_batch(data) else {
+        return;
+    };
+    assert!(!messages.is_empty(), "an empty batch parsed");
+    let hub = hub();
+    block_on(async {
+        hub_device(&hub).await;
+        let token = sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None)
+            .expect("KEY is base64");
+        let identity = hub
+            .authenticate_device(now_unix(), DEVICE, Some(&token), None)
+            .await
+            .expect("the fixture device authenticates");
+        let mut stored = 0;
+        for m in messages {
+            for (k, _) in &m.properties {
+                assert!(!k.is_empty(), "a nameless property");
+            }
+            match hub.send_telemetry(&identity, m.properties, &m.body).await {
+                Ok(()) => stored += 1,
+                Err(dps_hub::SessionError::TooLarge { .. }) => {}
+                Err(e) => panic!("a batch message was refused for another cause than its size: {e}"),
+            }
+        }
+        assert_eq!(
+            hub.recent_events(Some(DEVICE), None, usize::MAX).await.len(),
+            stored,
+            "the hub keeps exactly the accepted messages"
+        );
+    });
+}

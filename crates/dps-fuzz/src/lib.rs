@@ -25,7 +25,7 @@ mod text;
 
 pub use amqp::amqp_connection;
 pub use amqp_frames::amqp_frames;
-pub use bodies::{hub_body, registration_body, service_body};
+pub use bodies::{hub_body, registration_body, service_body, telemetry_batch};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
 pub use pki::{tpm_public, x509_certificate};
 pub use text::{connection_string, event_selector, registration_id, rest_path, sas_token};
@@ -52,4 +52,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("amqp_connection", amqp_connection),
     ("amqp_frames", amqp_frames),
     ("event_selector", event_selector),
+    ("telemetry_batch", telemetry_batch),
 ];

@@ -38,6 +38,11 @@ pub const DEFAULT_C2D_TTL: Duration = Duration::from_secs(3600);
 /// to it.
 pub const MAX_C2D_TTL: Duration = Duration::from_secs(48 * 3600);
 
+/// How long a message a device received over HTTPS stays locked for it to complete, reject or
+/// abandon (Azure's lock timeout, one minute, which cannot be changed). When it runs out the
+/// message goes back to the queue without counting as a delivery, as Azure documents.
+pub const C2D_LOCK: Duration = Duration::from_secs(60);
+
 /// How long feedback waits to be read before it is dropped (Azure's feedback queue default
 /// time to live, one hour).
 pub const FEEDBACK_TTL: Duration = Duration::from_secs(3600);
@@ -242,11 +247,14 @@ impl Settled {
     }
 }
 
-/// A message delivered to a session and not settled yet.
+/// A message delivered and not settled yet.
 #[derive(Debug)]
 pub(crate) struct Locked {
     pub(crate) record: C2dRecord,
     pub(crate) lock_token: String,
+    /// When the lock runs out: `Some` for a message received over HTTPS (no connection ends to
+    /// give it back), `None` for one delivered to a session (it goes back when the session ends).
+    pub(crate) until: Option<DateTime<Utc>>,
 }
 
 /// One device's messages: waiting in order, and delivered under a lock.
@@ -275,11 +283,30 @@ impl DeviceQueue {
         self.pending.insert(at, record);
     }
 
-    /// Every delivered message goes back to the queue (the session that had them ended).
+    /// Every message delivered to a session goes back to the queue (the session ended); those
+    /// received over HTTPS keep their locks.
     pub(crate) fn unlock_all(&mut self) {
-        for l in std::mem::take(&mut self.locked) {
+        let (polled, delivered): (Vec<_>, Vec<_>) = std::mem::take(&mut self.locked)
+            .into_iter()
+            .partition(|l| l.until.is_some());
+        self.locked = polled;
+        for l in delivered {
             self.insert(l.record);
         }
+    }
+
+    /// Messages whose lock ran out go back to the queue, uncounted; whether any did.
+    pub(crate) fn unlock_expired(&mut self, now: DateTime<Utc>) -> bool {
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.locked)
+            .into_iter()
+            .partition(|l| l.until.is_some_and(|t| t <= now));
+        self.locked = kept;
+        let any = !expired.is_empty();
+        for l in expired {
+            tracing::debug!(device = %l.record.device_id, message_id = %l.record.message_id(), "lock of a received cloud-to-device message ran out");
+            self.insert(l.record);
+        }
+        any
     }
 
     /// Settles the message delivered under `lock_token`; `false` if no message holds it (settled
@@ -495,6 +522,7 @@ mod tests {
         }
         let first = q.next(at(1), &mut s).unwrap();
         q.locked.push(Locked {
+            until: None,
             record: first,
             lock_token: "t1".into(),
         });
@@ -502,6 +530,36 @@ mod tests {
         assert!(!q.settle("t1", C2dOutcome::Complete, &mut s), "a lock settles once");
         let order: Vec<u64> = q.pending.iter().map(|r| r.seq).collect();
         assert_eq!(order, [1, 2, 3]);
+        assert!(s.done.is_empty());
+    }
+
+    #[test]
+    fn received_messages_keep_their_lock_past_a_session_and_return_uncounted_when_it_runs_out() {
+        let mut q = DeviceQueue::default();
+        let mut s = Settled::default();
+        for seq in [1, 2] {
+            q.insert(rec(seq, 100));
+        }
+        let polled = q.next(at(1), &mut s).unwrap();
+        q.locked.push(Locked {
+            until: Some(at(61)),
+            record: polled,
+            lock_token: "http".into(),
+        });
+        let delivered = q.next(at(1), &mut s).unwrap();
+        q.locked.push(Locked {
+            until: None,
+            record: delivered,
+            lock_token: "mqtt".into(),
+        });
+        // The session ends: only its message goes back.
+        q.unlock_all();
+        assert_eq!(q.pending.iter().map(|r| r.seq).collect::<Vec<_>>(), [2]);
+        assert!(!q.unlock_expired(at(60)));
+        assert!(q.unlock_expired(at(61)));
+        assert_eq!(q.pending.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(q.pending[0].delivery_count, 0, "a lock running out is not a delivery");
+        assert!(!q.settle("http", C2dOutcome::Complete, &mut s), "the lock is lost");
         assert!(s.done.is_empty());
     }
 
@@ -515,6 +573,7 @@ mod tests {
         let mut tired = rec(3, 100);
         tired.delivery_count = C2D_MAX_DELIVERIES - 1;
         q.locked.push(Locked {
+            until: None,
             record: tired,
             lock_token: "t".into(),
         });

@@ -29,6 +29,7 @@ mod c2d;
 mod cache;
 mod consumer_groups;
 mod error;
+mod polling;
 mod provisioning;
 mod queues;
 mod record;
@@ -49,11 +50,13 @@ use tokio::sync::{broadcast, watch, OwnedMutexGuard};
 
 pub use auth::{AuthMethod, CredentialSlot, DeviceIdentity};
 pub use c2d::{
-    Ack, C2dOutcome, C2dRecord, FeedbackBatch, FeedbackRecord, FeedbackStatus, QueueChange, C2D_MAX_DELIVERIES,
-    C2D_QUEUE_LIMIT, DEFAULT_C2D_TTL, FEEDBACK_BATCH, FEEDBACK_LIMIT, FEEDBACK_LOCK, FEEDBACK_TTL, MAX_C2D_TTL,
+    Ack, C2dOutcome, C2dRecord, FeedbackBatch, FeedbackRecord, FeedbackStatus, QueueChange, C2D_LOCK,
+    C2D_MAX_DELIVERIES, C2D_QUEUE_LIMIT, DEFAULT_C2D_TTL, FEEDBACK_BATCH, FEEDBACK_LIMIT, FEEDBACK_LOCK, FEEDBACK_TTL,
+    MAX_C2D_TTL,
 };
 pub use consumer_groups::ConsumerGroup;
 pub use error::{AuthError, C2dError, ConsumerGroupError, HubOpenError, MethodError, RegistryError, SessionError};
+pub use polling::PolledC2d;
 pub use registry::RegistryStatistics;
 pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, OUTBOUND_CAPACITY};
 pub use telemetry::{partition_of, PartitionInfo, TelemetryMessage};

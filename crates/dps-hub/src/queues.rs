@@ -126,8 +126,9 @@ impl Hub {
         });
     }
 
-    /// Dead-letters the queued cloud-to-device messages whose time to live passed (with
-    /// `Expired` feedback where asked), releases feedback batches whose lock ran out, and drops
+    /// Returns to their queues the cloud-to-device messages received over HTTPS whose lock ran
+    /// out, dead-letters the queued ones whose time to live passed (with `Expired` feedback
+    /// where asked), releases feedback batches whose lock ran out, and drops
     /// feedback older than its time to live. The server calls it about once a second.
     pub fn sweep(&self) {
         let inner = &self.inner;
@@ -136,6 +137,9 @@ impl Hub {
         let mut empty = Vec::new();
         for entry in inner.c2d_devices.iter() {
             let mut live = entry.value().live.lock();
+            if live.c2d.unlock_expired(now) {
+                live.flush_c2d(now, &mut settled);
+            }
             live.c2d.expire(now, &mut settled);
             if live.c2d.is_empty() {
                 empty.push(entry.key().clone());

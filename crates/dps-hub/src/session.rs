@@ -19,7 +19,6 @@ use dps_proto::hub_mqtt::{
     twin_response_topic, Feed, HubPublish,
 };
 use dps_proto::model::hub::merge_patch;
-use dps_proto::timefmt::format_record;
 use dps_proto::twin_limits::{self, Section};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::error::TrySendError;
@@ -29,7 +28,6 @@ use crate::auth::DeviceIdentity;
 use crate::c2d::{Ack, C2dOutcome, C2dRecord, DeviceQueue, Locked, QueueChange, Settled, C2D_QUEUE_LIMIT, MAX_C2D_TTL};
 use crate::error::{C2dError, MethodError, SessionError};
 use crate::record::{key_of, LiveView};
-use crate::telemetry::{system_property_name, TelemetryMessage};
 use crate::{Hub, HubInner, Slot};
 
 /// Capacity of a session's outbound channel. A device whose connection cannot drain this many
@@ -153,7 +151,7 @@ struct LiveSession {
 pub(crate) struct Live {
     session: Option<LiveSession>,
     connection_state_updated: Option<DateTime<Utc>>,
-    last_activity: Option<DateTime<Utc>>,
+    pub(crate) last_activity: Option<DateTime<Utc>>,
     pub(crate) c2d: DeviceQueue,
 }
 
@@ -230,7 +228,11 @@ impl Live {
                 self.c2d.insert(record);
                 return;
             }
-            self.c2d.locked.push(Locked { record, lock_token });
+            self.c2d.locked.push(Locked {
+                record,
+                lock_token,
+                until: None,
+            });
         }
     }
 }
@@ -603,21 +605,8 @@ impl DeviceSession {
     /// offered again. `false` if no message holds the lock (settled already, or it went back
     /// to the queue when its session ended).
     pub fn settle_c2d(&self, lock_token: &str, outcome: C2dOutcome) -> bool {
-        let now = self.hub.inner.now();
-        let mut settled = Settled::default();
-        let found = {
-            let mut live = self.slot.live.lock();
-            let found = live.c2d.settle(lock_token, outcome, &mut settled);
-            if found && matches!(outcome, C2dOutcome::Abandon | C2dOutcome::Release) {
-                live.flush_c2d(now, &mut settled);
-            }
-            found
-        };
-        if !found {
-            tracing::debug!(device = %self.identity.device_id, lock_token, ?outcome, "settlement of a cloud-to-device message not locked (any more)");
-        }
-        self.hub.finish(settled);
-        found
+        self.hub
+            .settle_in(&self.slot, &self.identity.device_id, lock_token, outcome)
     }
 
     /// Handles UNSUBSCRIBE for one filter.
@@ -710,52 +699,7 @@ impl DeviceSession {
         properties: Vec<(String, String)>,
         payload: &[u8],
     ) -> Result<(), SessionError> {
-        let size = twin_limits::message_size(payload.len(), properties.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        if size > twin_limits::D2C_MAX_BYTES {
-            return Err(SessionError::TooLarge {
-                size,
-                limit: twin_limits::D2C_MAX_BYTES,
-            });
-        }
-        let id = &self.identity;
-        let mut system = Vec::new();
-        let mut app = Vec::new();
-        for (k, v) in properties {
-            if k.starts_with("$.") {
-                system.push((system_property_name(&k).into_owned(), v));
-            } else {
-                app.push((k, v));
-            }
-        }
-        let auth_method = serde_json::json!({
-            "scope": "device",
-            "type": id.method.type_name(),
-            "issuer": "iothub",
-            "acceptingIpFilterRule": null,
-        });
-        system.extend([
-            ("iothub-connection-device-id".into(), id.device_id.clone()),
-            ("iothub-connection-auth-method".into(), auth_method.to_string()),
-            ("iothub-connection-auth-generation-id".into(), id.generation_id.clone()),
-            ("iothub-enqueuedtime".into(), format_record(&now)),
-            ("iothub-message-source".into(), "Telemetry".into()),
-        ]);
-        let appended = self.hub.inner.telemetry.append(TelemetryMessage {
-            sequence_number: 0,
-            partition: 0,
-            partition_sequence: 0,
-            device_id: id.device_id.clone(),
-            enqueued_time: now,
-            properties: app,
-            system_properties: system,
-            body: Bytes::copy_from_slice(payload),
-        });
-        let msg = appended.await.map_err(|source| SessionError::Storage {
-            device_id: id.device_id.clone(),
-            source,
-        })?;
-        tracing::trace!(device = %id.device_id, seq = msg.sequence_number, bytes = payload.len(), "telemetry");
-        Ok(())
+        self.hub.inner.ingest(&self.identity, now, properties, payload).await
     }
 
     async fn reported_patch(

@@ -110,6 +110,9 @@ pub mod codes {
     pub const THROTTLED: u32 = 429_001;
     /// Unexpected server error (storage failure and the like).
     pub const INTERNAL: u32 = 500_000;
+    /// The hub's store could not be read or written now (IoT Hub's ServiceUnavailable); the
+    /// client retries, and nothing was changed.
+    pub const SERVICE_UNAVAILABLE: u32 = 503_001;
     /// `*` The device did not answer a direct method in time (IoT Hub's GatewayTimeout).
     pub const METHOD_TIMEOUT: u32 = 504_101;
     /// `*` IoT Hub's ArgumentInvalid (C# `ErrorCode.ArgumentInvalid`; the body IoT Hub sends for a

@@ -17,6 +17,7 @@ pub mod dps_mqtt;
 pub mod error;
 pub mod event_hubs;
 pub mod hub_amqp;
+pub mod hub_http;
 pub mod hub_mqtt;
 pub mod keys;
 pub mod model;

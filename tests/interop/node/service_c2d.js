@@ -1,12 +1,15 @@
 // A backend sending cloud-to-device messages with the official Node service SDK (azure-iothub
 // Client.send over Amqp or AmqpWs) to a device listening with the official Node device SDK (over
-// Amqp or Mqtt), and reading the feedback it asked for with the service SDK's feedback receiver.
+// Amqp, Mqtt or Http), and reading the feedback it asked for with the service SDK's feedback
+// receiver.
 // Driven by tests/interop/test_node_amqp.py. Prints one JSON object with what each step saw.
 // Arguments: one JSON object in argv[2]:
 //   {hubConnectionString, deviceConnectionString, deviceId, serviceTransport: "Amqp"|"AmqpWs",
-//    deviceTransport: "Amqp"|"Mqtt", marker}
+//    deviceTransport: "Amqp"|"Mqtt"|"Http", marker}
 // Messages whose body says {"reject": true} are rejected by the device (AMQP only: the Node MQTT
-// transport cannot reject, as IoT Hub's MQTT has no reject), the others completed.
+// transport cannot reject, as IoT Hub's MQTT has no reject), the others completed. Over Http the
+// device polls `GET /devices/{id}/messages/deviceBound` (the SDK's default: every second,
+// draining) and settles by lock token.
 // The server's CA comes from NODE_EXTRA_CA_CERTS.
 'use strict';
 const { Client: DeviceClient } = require('azure-iot-device');
@@ -14,8 +17,11 @@ const iothub = require('azure-iothub');
 const { Message } = require('azure-iot-common');
 
 const args = JSON.parse(process.argv[2]);
-const DeviceTransport =
-  args.deviceTransport === 'Mqtt' ? require('azure-iot-device-mqtt').Mqtt : require('azure-iot-device-amqp').Amqp;
+const DeviceTransport = {
+  Mqtt: () => require('azure-iot-device-mqtt').Mqtt,
+  Amqp: () => require('azure-iot-device-amqp').Amqp,
+  Http: () => require('azure-iot-device-http').Http,
+}[args.deviceTransport]();
 
 const step = require('./step');
 
@@ -32,7 +38,9 @@ async function main() {
   const received = new Promise((resolve) => (allReceived = resolve));
   device.on('message', (msg) => {
     const properties = {};
-    for (const p of msg.properties.propertyList) properties[p.key] = p.value;
+    // The Node HTTP transport keeps the `iothub-app-` header prefix in property names (its
+    // http-base `toMessage`); the names are compared without it.
+    for (const p of msg.properties.propertyList) properties[p.key.replace(/^iothub-app-/, '')] = p.value;
     const body = JSON.parse(msg.data.toString());
     const settle = body.reject ? device.reject.bind(device) : device.complete.bind(device);
     settle(msg, () => {

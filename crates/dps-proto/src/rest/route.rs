@@ -82,6 +82,14 @@ enum Resource {
     TwinMethods(String),
     /// `/devices/{id}/commands` (the device's cloud-to-device queue)
     DeviceCommands(String),
+    /// `/devices/{id}/messages/events` (a device's telemetry over HTTPS)
+    DeviceEvents(String),
+    /// `/devices/{id}/messages/deviceBound` (a device's next cloud-to-device message)
+    DeviceBound(String),
+    /// `/devices/{id}/messages/deviceBound/{lockToken}`
+    DeviceBoundLock(String, String),
+    /// `/devices/{id}/messages/deviceBound/{lockToken}/abandon`
+    DeviceBoundAbandon(String, String),
     /// `/messages/events` (telemetry stream for `dps hub monitor-events`)
     Events,
     /// `/messages/serviceBound/feedback`
@@ -107,6 +115,8 @@ enum Resource {
 pub enum Api {
     /// Device registration API (SAS or TLS client certificate, judged by the engine).
     Device,
+    /// The embedded hub's device API (device SAS or TLS client certificate, judged by the hub).
+    HubDevice,
     /// DPS service API (`dps_auth` policies).
     Service,
     /// Embedded hub registry API (`hub_auth` policies).
@@ -213,6 +223,26 @@ pub enum Route {
     DeviceStatistics,
     /// `GET /statistics/service`
     ServiceStatistics,
+    /// `POST /devices/{id}/messages/events`: a device's telemetry (one message, or a batch).
+    SendDeviceEvent(String),
+    /// `GET /devices/{id}/messages/deviceBound`: the device's next cloud-to-device message,
+    /// locked for it.
+    ReceiveC2d(String),
+    /// `DELETE /devices/{id}/messages/deviceBound/{lockToken}`: complete the message (reject it
+    /// with the query parameter `reject`).
+    CompleteC2d {
+        /// Device id.
+        device_id: String,
+        /// The lock token (the message's `ETag`).
+        lock_token: String,
+    },
+    /// `POST /devices/{id}/messages/deviceBound/{lockToken}/abandon`: give the message back.
+    AbandonC2d {
+        /// Device id.
+        device_id: String,
+        /// The lock token.
+        lock_token: String,
+    },
     /// `GET /eventHubEndpoints/events/consumerGroups`: the built-in endpoint's consumer groups
     /// (the shape of Azure's management API, whose path this follows).
     ListConsumerGroups,
@@ -232,6 +262,7 @@ impl Route {
         use Route::*;
         match self {
             Register { .. } | OperationStatus { .. } | RegistrationStatus { .. } | MqttWebSocket => Api::Device,
+            SendDeviceEvent(_) | ReceiveC2d(_) | CompleteC2d { .. } | AbandonC2d { .. } => Api::HubDevice,
             GetEnrollment(_)
             | PutEnrollment(_)
             | DeleteEnrollment(_)
@@ -283,7 +314,7 @@ impl Api {
         match self {
             Self::Device => api_version::DEVICE,
             Self::Service => api_version::SERVICE,
-            Self::Hub => api_version::HUB,
+            Self::Hub | Self::HubDevice => api_version::HUB,
         }
     }
 
@@ -292,7 +323,7 @@ impl Api {
         match self {
             Self::Device => api_version::DEVICE_CLIENT,
             Self::Service => api_version::SERVICE_CLIENT,
-            Self::Hub => api_version::HUB_CLIENT,
+            Self::Hub | Self::HubDevice => api_version::HUB_CLIENT,
         }
     }
 }
@@ -330,7 +361,9 @@ impl Route {
             | VerifyCertificate(_)
             | QueryDevices
             | InvokeMethod(_)
-            | AbandonFeedback(_) => Method::POST,
+            | AbandonFeedback(_)
+            | SendDeviceEvent(_)
+            | AbandonC2d { .. } => Method::POST,
             DeleteEnrollment(_)
             | DeleteGroup(_)
             | DeleteRegistration(_)
@@ -338,7 +371,8 @@ impl Route {
             | DeleteDevice(_)
             | PurgeC2d(_)
             | CompleteFeedback(_)
-            | DeleteConsumerGroup(_) => Method::DELETE,
+            | DeleteConsumerGroup(_)
+            | CompleteC2d { .. } => Method::DELETE,
             UpdateTwin(_) => Method::PATCH,
             OperationStatus { .. }
             | GetEnrollment(_)
@@ -355,6 +389,7 @@ impl Route {
             | ServiceStatistics
             | ListConsumerGroups
             | GetConsumerGroup(_)
+            | ReceiveC2d(_)
             | MqttWebSocket => Method::GET,
         }
     }
@@ -400,6 +435,14 @@ impl Route {
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
             InvokeMethod(id) => item("twins", id) + "/methods",
             PurgeC2d(id) => item("devices", id) + "/commands",
+            SendDeviceEvent(id) => item("devices", id) + "/messages/events",
+            ReceiveC2d(id) => item("devices", id) + "/messages/deviceBound",
+            CompleteC2d { device_id, lock_token } => {
+                item("devices", device_id) + &item("messages/deviceBound", lock_token)
+            }
+            AbandonC2d { device_id, lock_token } => {
+                item("devices", device_id) + &item("messages/deviceBound", lock_token) + "/abandon"
+            }
             MonitorEvents => "/messages/events".into(),
             ReceiveFeedback => "/messages/serviceBound/feedback".into(),
             CompleteFeedback(lock) => item("messages/serviceBound/feedback", lock),
@@ -467,6 +510,9 @@ impl Route {
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
             InvokeMethod(id) => item("twins", id) + "/methods",
             PurgeC2d(id) => item("devices", id) + "/commands",
+            // Judged by the hub against `{hub}/devices/{id}`, not by a policy.
+            SendDeviceEvent(id) | ReceiveC2d(id) => item("devices", id),
+            CompleteC2d { device_id, .. } | AbandonC2d { device_id, .. } => item("devices", device_id),
             MonitorEvents => "/messages/events".into(),
             ReceiveFeedback | CompleteFeedback(_) | AbandonFeedback(_) => "/messages/servicebound/feedback".into(),
             DeviceStatistics => "/statistics/devices".into(),
@@ -536,6 +582,14 @@ fn resource(segs: &[String]) -> Option<Resource> {
             [q] if is(q, "query") => Resource::DeviceQuery,
             [d] => Resource::Device(id(d)?),
             [d, c] if is(c, "commands") => Resource::DeviceCommands(id(d)?),
+            [d, m, e] if is(m, "messages") && is(e, "events") => Resource::DeviceEvents(id(d)?),
+            [d, m, b] if is(m, "messages") && is(b, "deviceBound") => Resource::DeviceBound(id(d)?),
+            [d, m, b, lock] if is(m, "messages") && is(b, "deviceBound") => {
+                Resource::DeviceBoundLock(id(d)?, id(lock)?)
+            }
+            [d, m, b, lock, a] if is(m, "messages") && is(b, "deviceBound") && is(a, "abandon") => {
+                Resource::DeviceBoundAbandon(id(d)?, id(lock)?)
+            }
             _ => return None,
         },
         [first, d] if is(first, "twins") => Resource::Twin(id(d)?),
@@ -695,6 +749,22 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         R::DeviceCommands(id) => match *m {
             Method::DELETE => Ok(Route::PurgeC2d(id)),
             _ => not_allowed(DELETE),
+        },
+        R::DeviceEvents(id) => match *m {
+            Method::POST => Ok(Route::SendDeviceEvent(id)),
+            _ => not_allowed(POST),
+        },
+        R::DeviceBound(id) => match *m {
+            Method::GET => Ok(Route::ReceiveC2d(id)),
+            _ => not_allowed(GET),
+        },
+        R::DeviceBoundLock(device_id, lock_token) => match *m {
+            Method::DELETE => Ok(Route::CompleteC2d { device_id, lock_token }),
+            _ => not_allowed(DELETE),
+        },
+        R::DeviceBoundAbandon(device_id, lock_token) => match *m {
+            Method::POST => Ok(Route::AbandonC2d { device_id, lock_token }),
+            _ => not_allowed(POST),
         },
         R::Feedback => match *m {
             Method::GET => Ok(Route::ReceiveFeedback),

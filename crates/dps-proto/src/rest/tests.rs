@@ -81,6 +81,16 @@ fn every_route(id: &str) -> Vec<Route> {
         AbandonFeedback(s()),
         DeviceStatistics,
         ServiceStatistics,
+        SendDeviceEvent(s()),
+        ReceiveC2d(s()),
+        CompleteC2d {
+            device_id: s(),
+            lock_token: s(),
+        },
+        AbandonC2d {
+            device_id: s(),
+            lock_token: s(),
+        },
         ListConsumerGroups,
         GetConsumerGroup(s()),
         PutConsumerGroup(s()),

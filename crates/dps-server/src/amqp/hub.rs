@@ -25,7 +25,7 @@ use bytes::Bytes;
 use dps_hub::{C2dOutcome, DeviceIdentity, DeviceSession, Outbound, OutboundKind};
 use dps_proto::amqp_conn::{DeliveryRef, Direction, LinkId};
 use dps_proto::hub_amqp::{self as wire, HubNode};
-use dps_proto::hub_mqtt::{Feed, HubPublish, HubUsername};
+use dps_proto::hub_mqtt::{Feed, HubPublish};
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, DeliveryState, Message, MessageAnnotations, MessageId, Properties,
 };
@@ -381,18 +381,7 @@ async fn device(conn: &mut Conn, device_id: &str) -> Result<(), Refusal> {
 /// refusal says why not.
 async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -> Result<DeviceIdentity, String> {
     let hub = &conn.services.hub;
-    let username = HubUsername {
-        host_name: hub.host_name().to_string(),
-        device_id: device_id.to_string(),
-        module_id: None,
-        api_version: None,
-    };
-    let thumbprints = conn.peer_certs.first().map(|leaf| {
-        (
-            dps_pki::thumbprint::sha1_thumbprint(leaf),
-            dps_pki::thumbprint::sha256_thumbprint(leaf),
-        )
-    });
+    let thumbprints = crate::leaf_thumbprints(&conn.peer_certs);
     if token.is_none() && thumbprints.is_none() {
         return Err(format!(
             "device '{device_id}' is not authenticated on this connection: put a SAS token for it on $cbs first, \
@@ -400,7 +389,7 @@ async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -
         ));
     }
     let now = dps_core::Engine::unix_time(conn.services.clock.now());
-    hub.authenticate(now, &username, token.as_deref().map(str::as_bytes), thumbprints)
+    hub.authenticate_device(now, device_id, token.as_deref(), thumbprints)
         .await
         .map_err(|e| e.to_string())
 }

@@ -20,6 +20,7 @@ mod device;
 mod events;
 pub mod host;
 mod hub;
+mod hub_device;
 mod service;
 pub mod websocket;
 
@@ -420,6 +421,7 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
         Api::Device => device::handle(&mut ctx, route).await,
         Api::Service => service::handle(&mut ctx, route).await,
         Api::Hub => hub::handle(&mut ctx, route).await,
+        Api::HubDevice => hub_device::handle(&mut ctx, route).await,
     }
 }
 

@@ -45,12 +45,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::info!(client_id = %connect.client_id, device = %user.device_id, "hub client id must equal the device id");
         return io.send(&connack(ConnectReturnCode::BadClientId)).await;
     }
-    let thumbprints = peer_certs.first().map(|leaf| {
-        (
-            dps_pki::thumbprint::sha1_thumbprint(leaf),
-            dps_pki::thumbprint::sha256_thumbprint(leaf),
-        )
-    });
+    let thumbprints = crate::leaf_thumbprints(&peer_certs);
     let password = (!password.is_empty()).then_some(password.as_bytes());
     let identity = match hub
         .authenticate(dps_core::Engine::unix_time(now), &user, password, thumbprints)

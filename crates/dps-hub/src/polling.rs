@@ -1,0 +1,210 @@
+//! Devices that talk to the hub request by request, without a session: the HTTPS device API
+//! (`POST /devices/{id}/messages/events`, `GET /devices/{id}/messages/deviceBound`, complete,
+//! reject and abandon by lock token), as the C, C# and Node HTTP transports use it.
+//!
+//! Each request authenticates on its own ([`Hub::authenticate_device`]). Telemetry goes the same
+//! way as a session's ([`HubInner::ingest`]). A received cloud-to-device message is locked for
+//! [`C2D_LOCK`]: the device settles it by its lock token, or the hub's sweep puts it back in
+//! the queue when the lock runs out (uncounted, as Azure documents). A message is never both
+//! delivered to a session and locked for a request: both take from the same queue.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use dps_proto::hub_mqtt::HubUsername;
+use dps_proto::timefmt::format_record;
+use dps_proto::twin_limits;
+
+use crate::auth::DeviceIdentity;
+use crate::c2d::{C2dOutcome, C2dRecord, Locked, Settled, C2D_LOCK};
+use crate::error::{AuthError, C2dError, SessionError};
+use crate::telemetry::{system_property_name, TelemetryMessage};
+use crate::{Hub, HubInner, Slot};
+
+/// A cloud-to-device message handed to a device that asked for one, locked until it settles it
+/// or [`PolledC2d::locked_until`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolledC2d {
+    /// Settles it ([`Hub::settle_polled_c2d`]).
+    pub lock_token: String,
+    /// The message.
+    pub record: C2dRecord,
+    /// When the lock runs out.
+    pub locked_until: DateTime<Utc>,
+}
+
+impl Hub {
+    /// Checks the credential of a request that names its device (the HTTPS device API): `token`
+    /// a SAS token for `{this hub}/devices/{device_id}`, or else the TLS client certificate's
+    /// thumbprints. Only the hub's own host name and the device's registered keys are judged.
+    pub async fn authenticate_device(
+        &self,
+        now_unix: u64,
+        device_id: &str,
+        token: Option<&str>,
+        client_cert_thumbprints: Option<(String, String)>,
+    ) -> Result<DeviceIdentity, AuthError> {
+        let username = HubUsername {
+            host_name: self.inner.host_name.clone(),
+            device_id: device_id.to_string(),
+            module_id: None,
+            api_version: None,
+        };
+        self.authenticate(now_unix, &username, token.map(str::as_bytes), client_cert_thumbprints)
+            .await
+    }
+
+    /// Accepts a telemetry message from an authenticated device outside any session (HTTPS);
+    /// `properties` are keyed as in MQTT topics (`$.mid`, … and application names). Returns
+    /// once the message is stored.
+    pub async fn send_telemetry(
+        &self,
+        identity: &DeviceIdentity,
+        properties: Vec<(String, String)>,
+        payload: &[u8],
+    ) -> Result<(), SessionError> {
+        let now = self.inner.now();
+        self.touch(identity, now);
+        self.inner.ingest(identity, now, properties, payload).await
+    }
+
+    /// The device's next cloud-to-device message, locked for it for [`C2D_LOCK`]; `None` when
+    /// none waits. Expired messages met on the way are dead-lettered.
+    pub async fn receive_c2d(&self, identity: &DeviceIdentity) -> Result<Option<PolledC2d>, C2dError> {
+        let slot = self.slot_of(identity).await?;
+        let now = self.inner.now();
+        let mut settled = Settled::default();
+        let polled = {
+            let mut live = slot.live.lock();
+            live.last_activity = Some(now);
+            live.c2d.next(now, &mut settled).map(|record| {
+                let polled = PolledC2d {
+                    lock_token: uuid::Uuid::new_v4().to_string(),
+                    record,
+                    locked_until: now + chrono::Duration::from_std(C2D_LOCK).unwrap_or(chrono::Duration::MAX),
+                };
+                live.c2d.locked.push(Locked {
+                    record: polled.record.clone(),
+                    lock_token: polled.lock_token.clone(),
+                    until: Some(polled.locked_until),
+                });
+                polled
+            })
+        };
+        self.finish(settled);
+        Ok(polled)
+    }
+
+    /// Settles a message the device received under `lock_token` (complete, reject or abandon).
+    /// `Ok(false)` when no message of this device holds the lock: settled already, or the lock
+    /// ran out and the message went back to the queue (Azure's 412 `DeviceMessageLockLost`).
+    pub async fn settle_polled_c2d(
+        &self,
+        identity: &DeviceIdentity,
+        lock_token: &str,
+        outcome: C2dOutcome,
+    ) -> Result<bool, C2dError> {
+        let slot = self.slot_of(identity).await?;
+        slot.live.lock().last_activity = Some(self.inner.now());
+        Ok(self.settle_in(&slot, &identity.device_id, lock_token, outcome))
+    }
+
+    /// Settles the message delivered under `lock_token` in `slot`'s queue; an abandoned or
+    /// released one goes back to the head of the queue and the queue is offered to the
+    /// device's session again. Whether the lock was held.
+    pub(crate) fn settle_in(&self, slot: &Slot, device_id: &str, lock_token: &str, outcome: C2dOutcome) -> bool {
+        let now = self.inner.now();
+        let mut settled = Settled::default();
+        let found = {
+            let mut live = slot.live.lock();
+            let found = live.c2d.settle(lock_token, outcome, &mut settled);
+            if found && matches!(outcome, C2dOutcome::Abandon | C2dOutcome::Release) {
+                live.flush_c2d(now, &mut settled);
+            }
+            found
+        };
+        if !found {
+            tracing::debug!(device = %device_id, lock_token, ?outcome, "settlement of a cloud-to-device message not locked (any more)");
+        }
+        self.finish(settled);
+        found
+    }
+
+    /// The device's slot (loaded if need be), held while it has messages.
+    async fn slot_of(&self, identity: &DeviceIdentity) -> Result<std::sync::Arc<Slot>, C2dError> {
+        let device_id = &identity.device_id;
+        let found = self.inner.find(device_id).await.map_err(|source| C2dError::Storage {
+            device_id: device_id.clone(),
+            source,
+        })?;
+        found.map(|(slot, _)| slot).ok_or_else(|| C2dError::DeviceNotFound {
+            device_id: device_id.clone(),
+        })
+    }
+
+    /// Records the device's activity, when the hub holds it (it was just authenticated, so it
+    /// usually does).
+    fn touch(&self, identity: &DeviceIdentity, now: DateTime<Utc>) {
+        if let Some(slot) = self.inner.held(&crate::record::key_of(&identity.device_id)) {
+            slot.live.lock().last_activity = Some(now);
+        }
+    }
+}
+
+impl HubInner {
+    /// Stores a device's telemetry message with IoT Hub's system properties, whatever
+    /// transport brought it; `properties` are keyed as in MQTT topics (`$.` names for system
+    /// properties). Returns once it is stored.
+    pub(crate) async fn ingest(
+        &self,
+        id: &DeviceIdentity,
+        now: DateTime<Utc>,
+        properties: Vec<(String, String)>,
+        payload: &[u8],
+    ) -> Result<(), SessionError> {
+        let size = twin_limits::message_size(payload.len(), properties.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if size > twin_limits::D2C_MAX_BYTES {
+            return Err(SessionError::TooLarge {
+                size,
+                limit: twin_limits::D2C_MAX_BYTES,
+            });
+        }
+        let mut system = Vec::new();
+        let mut app = Vec::new();
+        for (k, v) in properties {
+            if k.starts_with("$.") {
+                system.push((system_property_name(&k).into_owned(), v));
+            } else {
+                app.push((k, v));
+            }
+        }
+        let auth_method = serde_json::json!({
+            "scope": "device",
+            "type": id.method.type_name(),
+            "issuer": "iothub",
+            "acceptingIpFilterRule": null,
+        });
+        system.extend([
+            ("iothub-connection-device-id".into(), id.device_id.clone()),
+            ("iothub-connection-auth-method".into(), auth_method.to_string()),
+            ("iothub-connection-auth-generation-id".into(), id.generation_id.clone()),
+            ("iothub-enqueuedtime".into(), format_record(&now)),
+            ("iothub-message-source".into(), "Telemetry".into()),
+        ]);
+        let appended = self.telemetry.append(TelemetryMessage {
+            sequence_number: 0,
+            partition: 0,
+            partition_sequence: 0,
+            device_id: id.device_id.clone(),
+            enqueued_time: now,
+            properties: app,
+            system_properties: system,
+            body: Bytes::copy_from_slice(payload),
+        });
+        let msg = appended.await.map_err(|source| SessionError::Storage {
+            device_id: id.device_id.clone(),
+            source,
+        })?;
+        tracing::trace!(device = %id.device_id, seq = msg.sequence_number, bytes = payload.len(), "telemetry");
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! The embedded hub's device API over HTTPS (newer-surfaces.md "Hub device API over HTTPS";
+//! wire facts in `dps_proto::hub_http`): telemetry, one message or a batch, and cloud-to-device
+//! messages received, completed, rejected and abandoned by lock token, as the Node, C and C#
+//! HTTP transports use them.
+//!
+//! Every request authenticates on its own: a device SAS token in `Authorization` for
+//! `{hub}/devices/{id}` (the id of the path, the hub's own host name), else the TLS client
+//! certificate of an X.509 device. A blank `Authorization` counts as none (the C SDK sends one
+//! with its certificate).
+
+use axum::body::Body;
+use axum::response::Response;
+use dps_hub::{AuthError, C2dError, C2dOutcome, DeviceIdentity, PolledC2d, SessionError};
+use dps_proto::codes;
+use dps_proto::hub_http::{self, BATCH_CONTENT_TYPE};
+use dps_proto::rest::Route;
+use dps_proto::timefmt::format_record;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, ETAG};
+
+use super::{no_content, Ctx};
+use crate::ApiError;
+
+pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
+    let device_id = match &route {
+        Route::SendDeviceEvent(id) | Route::ReceiveC2d(id) => id.clone(),
+        Route::CompleteC2d { device_id, .. } | Route::AbandonC2d { device_id, .. } => device_id.clone(),
+        other => unreachable!("not a hub device route: {other:?}"),
+    };
+    let token = ctx.header("authorization").map(str::to_string);
+    let thumbprints = ctx.peer_certs.as_ref().and_then(|c| crate::leaf_thumbprints(&c.0));
+    let identity = authenticate(ctx.services, ctx.now, &device_id, token.as_deref(), thumbprints).await?;
+    let hub = ctx.services.hub.clone();
+    match route {
+        Route::SendDeviceEvent(_) => {
+            let body = ctx.body().await?;
+            let batch = ctx
+                .header(CONTENT_TYPE.as_str())
+                .is_some_and(|t| t.to_ascii_lowercase().starts_with(BATCH_CONTENT_TYPE));
+            if batch {
+                let messages = hub_http::parse_batch(&body).map_err(|e| ApiError::bad_body(e.to_string()))?;
+                for m in messages {
+                    hub.send_telemetry(&identity, m.properties, &m.body)
+                        .await
+                        .map_err(telemetry_error)?;
+                }
+            } else {
+                let properties = hub_http::properties_from_headers(
+                    ctx.headers
+                        .iter()
+                        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))),
+                );
+                hub.send_telemetry(&identity, properties, &body)
+                    .await
+                    .map_err(telemetry_error)?;
+            }
+            Ok(no_content())
+        }
+        Route::ReceiveC2d(_) => match hub.receive_c2d(&identity).await.map_err(c2d_error)? {
+            Some(m) => Ok(c2d_response(m)),
+            None => Ok(no_content()),
+        },
+        Route::CompleteC2d { lock_token, .. } => {
+            // A valueless `reject` query parameter (`?api-version=…&reject`) rejects.
+            let outcome = if ctx.query.pairs().any(|(k, _)| k.eq_ignore_ascii_case("reject")) {
+                C2dOutcome::Reject
+            } else {
+                C2dOutcome::Complete
+            };
+            settle(&hub, &identity, &lock_token, outcome).await
+        }
+        Route::AbandonC2d { lock_token, .. } => {
+            // Java sends a one-byte body; nothing in it matters.
+            let _ = ctx.body().await?;
+            settle(&hub, &identity, &lock_token, C2dOutcome::Abandon).await
+        }
+        other => unreachable!("not a hub device route: {other:?}"),
+    }
+}
+
+async fn authenticate(
+    services: &crate::Services,
+    now: chrono::DateTime<chrono::Utc>,
+    device_id: &str,
+    token: Option<&str>,
+    thumbprints: Option<(String, String)>,
+) -> Result<DeviceIdentity, ApiError> {
+    if token.is_none() && thumbprints.is_none() {
+        return Err(ApiError::unauthorized(format!(
+            "missing Authorization: send a SAS token for devices/{device_id}, or connect with the device's X.509 certificate"
+        )));
+    }
+    let now = dps_core::Engine::unix_time(now);
+    services
+        .hub
+        .authenticate_device(now, device_id, token, thumbprints)
+        .await
+        .map_err(|e| match e {
+            AuthError::Storage { .. } => ApiError::new(codes::SERVICE_UNAVAILABLE, e.to_string()),
+            // Refused credentials and disabled devices alike: 401, as IoT Hub answers both.
+            _ => ApiError::unauthorized(e.to_string()),
+        })
+}
+
+async fn settle(
+    hub: &dps_hub::Hub,
+    identity: &DeviceIdentity,
+    lock_token: &str,
+    outcome: C2dOutcome,
+) -> Result<Response, ApiError> {
+    // The ETag as some SDKs echo it, quoted.
+    let lock_token = lock_token.trim_matches('"');
+    if hub
+        .settle_polled_c2d(identity, lock_token, outcome)
+        .await
+        .map_err(c2d_error)?
+    {
+        Ok(no_content())
+    } else {
+        Err(ApiError::new(
+            codes::MESSAGE_LOCK_LOST,
+            format!(
+                "no cloud-to-device message of device '{}' is locked with token '{lock_token}': it was settled \
+                 already, or its lock ran out and it went back to the queue",
+                identity.device_id()
+            ),
+        ))
+    }
+}
+
+/// A received message: 200, its body, the lock token as the quoted `ETag`, its properties and
+/// IoT Hub's delivery headers.
+fn c2d_response(m: PolledC2d) -> Response {
+    let record = &m.record;
+    let mut resp = Response::new(Body::from(record.body.clone()));
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&hub_http::lock_etag(&m.lock_token)) {
+        headers.insert(ETAG, v);
+    }
+    let delivery = [
+        ("iothub-sequencenumber", record.seq.to_string()),
+        ("iothub-enqueuedtime", format_record(&record.enqueued_at)),
+        ("iothub-deliverycount", record.delivery_count.to_string()),
+    ];
+    for (name, value) in hub_http::c2d_headers(&record.properties)
+        .into_iter()
+        .chain(delivery.map(|(k, v)| (k.to_string(), v)))
+    {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            // A property that cannot be an HTTP header (a control character, a space in its
+            // name) is not sent rather than failing the delivery.
+            _ => tracing::debug!(device = %record.device_id, property = %name, "property not sent over HTTPS"),
+        }
+    }
+    resp
+}
+
+fn telemetry_error(e: SessionError) -> ApiError {
+    match &e {
+        SessionError::TooLarge { .. } => ApiError::new(codes::PAYLOAD_TOO_LARGE, e.to_string()),
+        SessionError::Storage { .. } => ApiError::new(codes::SERVICE_UNAVAILABLE, e.to_string()),
+        _ => ApiError::internal(e.to_string()),
+    }
+}
+
+fn c2d_error(e: C2dError) -> ApiError {
+    match &e {
+        C2dError::DeviceNotFound { .. } => ApiError::new(codes::DEVICE_NOT_FOUND, e.to_string()),
+        C2dError::Storage { .. } => ApiError::new(codes::SERVICE_UNAVAILABLE, e.to_string()),
+        _ => ApiError::internal(e.to_string()),
+    }
+}
