@@ -6,12 +6,15 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import queue
 import re
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar
 from urllib.parse import quote
 
@@ -346,3 +349,18 @@ def service_request(
         verify=server.ca_path,
         timeout=timeout,
     )
+
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def run_node(server: Any, script: str, args: Dict[str, Any]) -> Dict[str, Any]:
+    """Runs a Node script of tests/interop/node with `args` (one JSON argument), trusting the
+    server's CA, and returns the JSON object it printed last."""
+    env = dict(os.environ, NODE_EXTRA_CA_CERTS=server.ca_path)
+    proc = subprocess.run(
+        ["node", script, json.dumps(args)], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"{script} printed no result (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return json.loads(lines[-1])

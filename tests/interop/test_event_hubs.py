@@ -11,31 +11,20 @@ partition from the start and must see all those events with the hub's system pro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from azure.iot.device import Message
 
-from interop_util import hub_device_client, random_key, unique_id
+from interop_util import run_node, hub_device_client, random_key, unique_id
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 PYTHON_MESSAGES = 3
 # Then one over Node AMQP, and two over Node HTTPS (one message, a batch of one).
 MESSAGES = PYTHON_MESSAGES + 3
 
 
-def _node(server, script: str, args: dict) -> dict:
-    env = dict(os.environ, NODE_EXTRA_CA_CERTS=server.ca_path)
-    proc = subprocess.run(
-        ["node", script, json.dumps(args)], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=120
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"{script} printed no result (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return json.loads(lines[-1])
+_node = run_node
 
 
 @pytest.fixture(scope="module")

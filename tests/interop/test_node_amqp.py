@@ -13,34 +13,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from interop_util import derive_device_key, random_key, unique_id
+from interop_util import run_node, derive_device_key, random_key, unique_id
 from test_device_x509 import Pki
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 TRANSPORTS = ["Amqp", "AmqpWs"]
 # Each AMQP-over-WebSocket connection is proven by the server's debug line for it.
 DPS_SERVE_ARGS = ["--log", "info,dps_server::http::websocket=debug"]
 WS_OPENED = "AMQP over WebSocket connection opened"
 
 
-def _node(server, script: str, args: dict) -> dict:
-    """Runs a Node script with `args` and returns the JSON object it printed last."""
-    env = dict(os.environ, NODE_EXTRA_CA_CERTS=server.ca_path)
-    proc = subprocess.run(
-        ["node", script, json.dumps(args)],
-        cwd=NODE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"{script} printed no result (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return json.loads(lines[-1])
+_node = run_node
 
 
 def _ws_sessions(server) -> int:

@@ -205,6 +205,11 @@ impl DataDir {
         self.root.join("hub.db")
     }
 
+    /// Where uploaded files are kept (`{container}/{deviceId}/{name}`).
+    pub fn blobs_path(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
     /// Where the last start recorded its listeners (`dps info` reads it).
     pub fn runtime_path(&self) -> PathBuf {
         self.root.join("server.json")

@@ -445,5 +445,28 @@ fn main() {
     {
         s.put("telemetry_batch", &format!("{i}"), body);
     }
+    // Blob endpoint inputs: block lists as Node, Python and C write them, a SAS query, ranges.
+    let sas = dps_proto::blob_storage::sign_sas(
+        KEY.as_bytes(),
+        "hub",
+        "fileupload",
+        "dev/f.txt",
+        "rw",
+        chrono::Utc::now(),
+    );
+    for (i, body) in [
+        r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><BlockList><Latest>AAAA</Latest><Latest>AAAB</Latest></BlockList>"#.to_string(),
+        "<?xml version='1.0' encoding='utf-8'?>\n<BlockList><Latest>MDA=</Latest></BlockList>".to_string(),
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<BlockList><Latest>ICAgICAw</Latest></BlockList>".to_string(),
+        "<BlockList><Committed>AQ==</Committed><Uncommitted>Ag==</Uncommitted></BlockList>".to_string(),
+        format!("comp=block&blockid=AAAA&{}", &sas[1..]),
+        "bytes=0-33554431".to_string(),
+        "dev 1/logs/today.txt".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        s.put("blob_request", &format!("{i}"), body);
+    }
     println!("seeds written under {}", s.root.display());
 }

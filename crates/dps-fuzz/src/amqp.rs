@@ -72,6 +72,7 @@ async fn services() -> Arc<Services> {
         },
         config,
         clock: Arc::new(FakeClock::at(now())),
+        blobs: None,
     })
 }
 

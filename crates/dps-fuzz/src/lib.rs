@@ -28,7 +28,7 @@ pub use amqp_frames::amqp_frames;
 pub use bodies::{hub_body, registration_body, service_body, telemetry_batch};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
 pub use pki::{tpm_public, x509_certificate};
-pub use text::{connection_string, event_selector, registration_id, rest_path, sas_token};
+pub use text::{blob_request, connection_string, event_selector, registration_id, rest_path, sas_token};
 
 /// A fuzz target body.
 pub type Target = fn(&[u8]);
@@ -53,4 +53,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("amqp_frames", amqp_frames),
     ("event_selector", event_selector),
     ("telemetry_batch", telemetry_batch),
+    ("blob_request", blob_request),
 ];

@@ -214,3 +214,45 @@ pub fn event_selector(data: &[u8]) {
         }
     }
 }
+
+/// The file upload blob endpoint's parsers: a Put Block List body (every id it yields is 1 to 64
+/// bytes, at most 50,000 of them; a refusal has a Storage code), the same bytes as a SAS query
+/// checked against the endpoint's key (never a panic; a forged SAS is never accepted — no input
+/// here carries the right signature), as a read range (always inside the blob), and as a blob
+/// name (a valid one never leaves its container).
+pub fn blob_request(data: &[u8]) {
+    use dps_proto::blob_storage as storage;
+    match storage::parse_block_list(data) {
+        Ok(ids) => {
+            assert!(ids.len() <= storage::MAX_BLOCKS, "too many blocks accepted");
+            for id in &ids {
+                assert!(
+                    (1..=storage::MAX_BLOCK_ID).contains(&id.len()),
+                    "a block id of {} bytes",
+                    id.len()
+                );
+            }
+        }
+        Err(e) => assert!(!e.code().is_empty()),
+    }
+    let text = String::from_utf8_lossy(data);
+    let query = QueryParams::parse(Some(&text));
+    let key = KEY.as_bytes();
+    let now = crate::support::now();
+    assert!(
+        storage::verify_sas(key, "hub", "fileupload", "dev/f.txt", &query, now, 'w').is_err(),
+        "a SAS nobody signed was accepted: {text:?}"
+    );
+    if let Some((start, len)) = storage::parse_range(&text, 1000) {
+        assert!(
+            len >= 1 && start + len <= 1000,
+            "range {start}+{len} outside a 1000-byte blob"
+        );
+    }
+    if storage::valid_blob_name(&text) {
+        assert!(
+            text.split('/').all(|s| !s.is_empty() && s != "." && s != "..") && !text.contains('\\'),
+            "{text:?} is a valid blob name"
+        );
+    }
+}

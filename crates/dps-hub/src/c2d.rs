@@ -16,7 +16,7 @@
 //! This module holds the data and the pure queue operations; `session.rs` delivers to the
 //! device's connection and `lib.rs` persists.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -221,6 +221,10 @@ pub struct QueueChange {
     pub put_feedback: Vec<FeedbackRecord>,
     /// Feedback read and completed (by `seq`).
     pub delete_feedback: Vec<u64>,
+    /// File upload notifications to store.
+    pub put_file_notifications: Vec<crate::file_upload::FileNotification>,
+    /// File upload notifications read and completed, or dropped (by `seq`).
+    pub delete_file_notifications: Vec<u64>,
 }
 
 impl QueueChange {
@@ -230,6 +234,8 @@ impl QueueChange {
             && self.delete_c2d.is_empty()
             && self.put_feedback.is_empty()
             && self.delete_feedback.is_empty()
+            && self.put_file_notifications.is_empty()
+            && self.delete_file_notifications.is_empty()
     }
 }
 
@@ -367,14 +373,9 @@ impl DeviceQueue {
     }
 }
 
-/// A batch of feedback handed to the service, locked until it completes or abandons it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedbackBatch {
-    /// Settles the batch ([`crate::Hub::complete_feedback`], [`crate::Hub::abandon_feedback`]).
-    pub lock_token: String,
-    /// The records, oldest first.
-    pub records: Vec<FeedbackRecord>,
-}
+/// A batch of feedback handed to the service, locked until it completes or abandons it
+/// ([`crate::Hub::complete_feedback`], [`crate::Hub::abandon_feedback`]).
+pub type FeedbackBatch = crate::outbox::Batch<FeedbackRecord>;
 
 impl FeedbackBatch {
     /// The message body: a JSON array of the records in IoT Hub's shape.
@@ -384,78 +385,22 @@ impl FeedbackBatch {
     }
 }
 
-/// The hub's feedback: waiting, and handed out under a lock.
-#[derive(Debug, Default)]
-pub(crate) struct FeedbackQueue {
-    pub(crate) pending: VecDeque<FeedbackRecord>,
-    pub(crate) locked: HashMap<String, (Vec<FeedbackRecord>, DateTime<Utc>)>,
-}
+impl crate::outbox::Outgoing for FeedbackRecord {
+    const WHAT: &'static str = "feedback";
 
-impl FeedbackQueue {
-    /// Adds feedback; returns what fell off the end (over [`FEEDBACK_LIMIT`]) to delete.
-    pub(crate) fn push(&mut self, records: impl IntoIterator<Item = FeedbackRecord>) -> Vec<u64> {
-        self.pending.extend(records);
-        let mut dropped = Vec::new();
-        while self.pending.len() > FEEDBACK_LIMIT {
-            if let Some(r) = self.pending.pop_front() {
-                dropped.push(r.seq);
-            }
-        }
-        if !dropped.is_empty() {
-            tracing::warn!(
-                dropped = dropped.len(),
-                limit = FEEDBACK_LIMIT,
-                "unread feedback over the limit: the oldest was dropped"
-            );
-        }
-        dropped
+    fn seq(&self) -> u64 {
+        self.seq
     }
 
-    /// Locks up to `max` records under a fresh token until `until`.
-    pub(crate) fn take(&mut self, max: usize, until: DateTime<Utc>) -> Option<FeedbackBatch> {
-        if self.pending.is_empty() || max == 0 {
-            return None;
-        }
-        let n = max.min(self.pending.len());
-        let records: Vec<_> = self.pending.drain(..n).collect();
-        let lock_token = uuid::Uuid::new_v4().to_string();
-        self.locked.insert(lock_token.clone(), (records.clone(), until));
-        Some(FeedbackBatch { lock_token, records })
+    fn enqueued_at(&self) -> DateTime<Utc> {
+        self.enqueued_at
     }
 
-    /// Puts a locked batch back at the head, in order.
-    pub(crate) fn release(&mut self, lock_token: &str) -> bool {
-        let Some((records, _)) = self.locked.remove(lock_token) else {
-            return false;
-        };
-        for r in records.into_iter().rev() {
-            self.pending.push_front(r);
+    fn deleted(seqs: Vec<u64>) -> QueueChange {
+        QueueChange {
+            delete_feedback: seqs,
+            ..QueueChange::default()
         }
-        true
-    }
-
-    /// Releases batches whose lock ran out and drops records older than [`FEEDBACK_TTL`];
-    /// returns the dropped ones' keys.
-    pub(crate) fn expire(&mut self, now: DateTime<Utc>) -> Vec<u64> {
-        let stale: Vec<String> = self
-            .locked
-            .iter()
-            .filter(|(_, (_, until))| *until <= now)
-            .map(|(t, _)| t.clone())
-            .collect();
-        for t in stale {
-            self.release(&t);
-        }
-        let ttl = chrono::Duration::from_std(FEEDBACK_TTL).unwrap_or(chrono::Duration::MAX);
-        let mut dropped = Vec::new();
-        self.pending.retain(|r| {
-            let keep = r.enqueued_at + ttl > now;
-            if !keep {
-                dropped.push(r.seq);
-            }
-            keep
-        });
-        dropped
     }
 }
 
@@ -587,30 +532,19 @@ mod tests {
     }
 
     #[test]
-    fn feedback_batches_are_locked_until_released_or_their_lock_runs_out() {
-        let fb = |seq| FeedbackRecord {
-            seq,
-            original_message_id: format!("m{seq}"),
-            device_id: "d".into(),
-            device_generation_id: "g".into(),
-            status: FeedbackStatus::Success,
-            enqueued_at: at(0),
+    fn feedback_batches_are_json_arrays_of_records() {
+        let b = FeedbackBatch {
+            lock_token: "t".into(),
+            records: vec![FeedbackRecord {
+                seq: 1,
+                original_message_id: "m1".into(),
+                device_id: "d".into(),
+                device_generation_id: "g".into(),
+                status: FeedbackStatus::Success,
+                enqueued_at: at(0),
+            }],
         };
-        let mut q = FeedbackQueue::default();
-        assert!(q.push([fb(1), fb(2), fb(3)]).is_empty());
-        let b = q.take(2, at(60)).unwrap();
-        assert_eq!(b.records.len(), 2);
-        assert_eq!(q.take(5, at(60)).unwrap().records.len(), 1);
-        assert!(q.take(5, at(60)).is_none());
-        assert!(q.expire(at(30)).is_empty());
-        assert!(q.pending.is_empty(), "still locked");
-        q.expire(at(61));
-        let order: Vec<u64> = q.pending.iter().map(|r| r.seq).collect();
-        assert_eq!(order.len(), 3, "both batches came back: {order:?}");
-        let dropped = q.expire(at(4000));
-        assert_eq!(dropped.len(), 3, "past the feedback time to live");
-        let wire = b.body();
-        let v: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&b.body()).unwrap();
         assert_eq!(v[0]["statusCode"], "Success");
         assert_eq!(v[0]["originalMessageId"], "m1");
     }

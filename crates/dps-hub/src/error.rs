@@ -282,3 +282,41 @@ pub enum ConsumerGroupError {
     #[error("consumer groups: the hub's store failed: {0}")]
     Storage(#[from] HubStoreError),
 }
+
+/// Why a file upload was refused (IoT Hub's errors for `POST /devices/{id}/files` and
+/// `/files/notifications`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileUploadError {
+    /// The hub has no blob endpoint (Azure's 400014 `DefaultStorageEndpointNotConfigured`).
+    #[error("file upload is not configured on this hub")]
+    NotConfigured,
+    /// `{deviceId}/{blobName}` cannot be a blob name (empty, `..`, control characters, over
+    /// 1024 bytes).
+    #[error("'{blob_name}' cannot be a blob name: 1 to 1024 bytes of '/'-separated names, none empty, '.' or '..', no control characters")]
+    InvalidBlobName {
+        /// The name asked for.
+        blob_name: String,
+    },
+    /// The device already has the most uploads in progress (Azure's 403006
+    /// `DeviceMaximumActiveFileUploadLimitExceeded`).
+    #[error("the number of active file upload requests cannot exceed {limit}")]
+    TooManyActive {
+        /// The limit.
+        limit: usize,
+    },
+    /// No upload of this device has this correlation id (Azure's 400015
+    /// `InvalidFileUploadCorrelationId`): never issued, notified already, or another device's.
+    #[error("no file upload of this device has correlation id '{correlation_id}'")]
+    UnknownCorrelationId {
+        /// The correlation id given.
+        correlation_id: String,
+    },
+    /// The upload's time ran out before the device reported it (Azure's 400016
+    /// `ExpiredFileUploadCorrelationId`).
+    #[error("the file upload with correlation id '{correlation_id}' expired")]
+    ExpiredCorrelationId {
+        /// The correlation id given.
+        correlation_id: String,
+    },
+}

@@ -29,6 +29,8 @@ mod c2d;
 mod cache;
 mod consumer_groups;
 mod error;
+mod file_upload;
+mod outbox;
 mod polling;
 mod provisioning;
 mod queues;
@@ -55,13 +57,19 @@ pub use c2d::{
     MAX_C2D_TTL,
 };
 pub use consumer_groups::ConsumerGroup;
-pub use error::{AuthError, C2dError, ConsumerGroupError, HubOpenError, MethodError, RegistryError, SessionError};
+pub use error::{
+    AuthError, C2dError, ConsumerGroupError, FileUploadError, HubOpenError, MethodError, RegistryError, SessionError,
+};
+pub use file_upload::{
+    FileNotification, FileUploadConfig, FileUploadSas, UploadedBlob, FILE_NOTIFICATION_LOCK, FILE_NOTIFICATION_TTL,
+    FILE_UPLOAD_TTL, MAX_ACTIVE_UPLOADS,
+};
+pub use outbox::Batch;
 pub use polling::PolledC2d;
 pub use registry::RegistryStatistics;
 pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, OUTBOUND_CAPACITY};
 pub use telemetry::{partition_of, PartitionInfo, TelemetryMessage};
 
-use c2d::FeedbackQueue;
 use cache::SlotCache;
 use record::{DeviceRecord, LiveView};
 use session::{Live, PendingMethod};
@@ -90,6 +98,8 @@ pub struct HubConfig {
     /// Partitions of the Event Hub-compatible endpoint ([`DEFAULT_PARTITIONS`]); each device's
     /// messages go to one of them ([`partition_of`]).
     pub partitions: u32,
+    /// Where devices upload files; `None`: file upload is not configured (Azure's 400014).
+    pub file_upload: Option<FileUploadConfig>,
 }
 
 /// The default [`HubConfig::partitions`], as an IoT hub's built-in endpoint has by default.
@@ -112,6 +122,7 @@ impl HubConfig {
             device_cache: DEFAULT_DEVICE_CACHE,
             c2d_ttl: DEFAULT_C2D_TTL,
             partitions: DEFAULT_PARTITIONS,
+            file_upload: None,
         }
     }
 }
@@ -151,15 +162,19 @@ pub(crate) struct HubInner {
     /// The next key of a stored message or feedback record.
     next_queue_seq: AtomicU64,
     /// Feedback not yet completed by the service.
-    feedback: Mutex<FeedbackQueue>,
-    /// Bumped whenever feedback becomes readable, so that receivers waiting for it wake.
-    feedback_ready: watch::Sender<u64>,
+    feedback: outbox::Outbox<FeedbackRecord>,
     /// When retained telemetry was last trimmed (ms since the epoch).
     last_trim: std::sync::atomic::AtomicI64,
     /// The created consumer groups of the Event Hub-compatible endpoint.
     consumer_groups: RwLock<consumer_groups::Groups>,
     /// Serialises consumer group changes.
     consumer_group_writes: tokio::sync::Mutex<()>,
+    /// Where devices upload files.
+    file_upload: Option<FileUploadConfig>,
+    /// Uploads in progress.
+    uploads: file_upload::ActiveUploads,
+    /// File upload notifications not yet completed by the service.
+    file_notifications: outbox::Outbox<FileNotification>,
 }
 
 /// Per-device state.
@@ -232,6 +247,8 @@ impl Hub {
         tracing::info!(devices = counts.total, "hub store opened");
         let hub = Self::assemble(config, store, clock)?;
         hub.load_queues().await?;
+        let last = hub.load_file_notifications().await.map_err(HubOpenError::Load)?;
+        hub.inner.next_queue_seq.fetch_max(last + 1, Ordering::Relaxed);
         hub.load_consumer_groups().await.map_err(HubOpenError::Load)?;
         hub.inner.telemetry.load().await.map_err(HubOpenError::Load)?;
         Ok(hub)
@@ -264,11 +281,21 @@ impl Hub {
                 c2d_ttl: config.c2d_ttl.min(MAX_C2D_TTL),
                 c2d_devices: DashMap::new(),
                 next_queue_seq: AtomicU64::new(1),
-                feedback: Mutex::new(FeedbackQueue::default()),
-                feedback_ready: watch::channel(0).0,
+                feedback: outbox::Outbox::new(outbox::OutboxLimits {
+                    count: FEEDBACK_LIMIT,
+                    ttl: FEEDBACK_TTL,
+                    lock: FEEDBACK_LOCK,
+                }),
                 last_trim: std::sync::atomic::AtomicI64::new(0),
                 consumer_groups: RwLock::new(Default::default()),
                 consumer_group_writes: tokio::sync::Mutex::new(()),
+                file_upload: config.file_upload,
+                uploads: Default::default(),
+                file_notifications: outbox::Outbox::new(outbox::OutboxLimits {
+                    count: file_upload::FILE_NOTIFICATION_LIMIT,
+                    ttl: FILE_NOTIFICATION_TTL,
+                    lock: FILE_NOTIFICATION_LOCK,
+                }),
             }),
         })
     }

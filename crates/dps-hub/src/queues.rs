@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::c2d::{FeedbackBatch, FeedbackRecord, QueueChange, Settled, FEEDBACK_LOCK};
+use crate::c2d::{FeedbackBatch, FeedbackRecord, QueueChange, Settled};
 use crate::error::{C2dError, HubOpenError};
+use crate::outbox::Outgoing;
 use crate::record::key_of;
 use crate::store::HubStoreError;
 use crate::Hub;
@@ -60,7 +60,8 @@ impl Hub {
             inner.store.update_queues(&orphans).await.map_err(HubOpenError::Load)?;
         }
         let unread = feedback.len();
-        inner.feedback.lock().push(feedback);
+        let dropped = inner.feedback.push(feedback);
+        self.forget(<FeedbackRecord as Outgoing>::deleted(dropped));
         tracing::info!(messages = held, feedback = unread, "cloud-to-device queues loaded");
         Ok(())
     }
@@ -95,33 +96,20 @@ impl Hub {
                 tracing::error!(error = %e, messages = change.delete_c2d.len(), "settled cloud-to-device messages not written");
                 return;
             }
-            hub.publish_feedback(change.put_feedback);
+            let dropped = hub.inner.feedback.push(change.put_feedback);
+            hub.forget(<FeedbackRecord as Outgoing>::deleted(dropped));
         }))
     }
 
-    /// Makes written feedback readable and wakes receivers.
-    fn publish_feedback(&self, records: Vec<FeedbackRecord>) {
-        if records.is_empty() {
+    /// Deletes dropped records from the store in the background.
+    pub(crate) fn forget(&self, change: QueueChange) {
+        if change.is_empty() {
             return;
         }
-        let dropped = self.inner.feedback.lock().push(records);
-        self.forget_feedback(dropped);
-        self.inner.feedback_ready.send_modify(|n| *n += 1);
-    }
-
-    /// Deletes feedback records from the store in the background.
-    fn forget_feedback(&self, seqs: Vec<u64>) {
-        if seqs.is_empty() {
-            return;
-        }
-        let change = QueueChange {
-            delete_feedback: seqs,
-            ..QueueChange::default()
-        };
         let store = self.inner.store.clone();
         tokio::spawn(async move {
             if let Err(e) = store.update_queues(&change).await {
-                tracing::error!(error = %e, "dropped feedback not deleted from the store");
+                tracing::error!(error = %e, "dropped records not deleted from the store");
             }
         });
     }
@@ -151,16 +139,9 @@ impl Hub {
                 .remove_if(&key, |_, slot| slot.live.lock().c2d.is_empty());
         }
         self.finish(settled);
-        let (dropped, released) = {
-            let mut fb = inner.feedback.lock();
-            let before = fb.locked.len();
-            let dropped = fb.expire(now);
-            (dropped, before != fb.locked.len())
-        };
-        self.forget_feedback(dropped);
-        if released {
-            inner.feedback_ready.send_modify(|n| *n += 1);
-        }
+        let dropped = inner.feedback.expire(now);
+        self.forget(<FeedbackRecord as Outgoing>::deleted(dropped));
+        self.sweep_file_uploads(now);
         self.trim_telemetry_periodically(now);
     }
 
@@ -215,54 +196,35 @@ impl Hub {
         Ok(purged)
     }
 
-    /// Locks up to `max` unread feedback records (oldest first) for [`FEEDBACK_LOCK`] and hands
+    /// Locks up to `max` unread feedback records (oldest first) for [`crate::FEEDBACK_LOCK`] and hands
     /// them out; `None` when there is none. Complete the batch with
     /// [`Hub::complete_feedback`]; abandoned, or not completed in time, it is read again.
     pub fn receive_feedback(&self, max: usize) -> Option<FeedbackBatch> {
-        let until: DateTime<Utc> =
-            self.inner.now() + chrono::Duration::from_std(FEEDBACK_LOCK).unwrap_or(chrono::Duration::MAX);
-        self.inner.feedback.lock().take(max, until)
+        self.inner.feedback.take(max, self.inner.now())
     }
 
     /// Completes a feedback batch: its records are deleted, durably when this returns. `false`
     /// if no batch holds the lock (completed already, or its lock ran out).
     pub async fn complete_feedback(&self, lock_token: &str) -> Result<bool, HubStoreError> {
-        let Some((records, _)) = self.inner.feedback.lock().locked.remove(lock_token) else {
-            return Ok(false);
-        };
-        let change = QueueChange {
-            delete_feedback: records.iter().map(|r| r.seq).collect(),
-            ..QueueChange::default()
-        };
-        if let Err(e) = self.inner.store.update_queues(&change).await {
-            // Readable again: the service completes it again later.
-            let mut fb = self.inner.feedback.lock();
-            for r in records.into_iter().rev() {
-                fb.pending.push_front(r);
-            }
-            return Err(e);
-        }
-        Ok(true)
+        self.inner
+            .feedback
+            .complete(self.inner.store.as_ref(), lock_token)
+            .await
     }
 
     /// Puts a feedback batch back to be read again; `false` if no batch holds the lock.
     pub fn abandon_feedback(&self, lock_token: &str) -> bool {
-        let released = self.inner.feedback.lock().release(lock_token);
-        if released {
-            self.inner.feedback_ready.send_modify(|n| *n += 1);
-        }
-        released
+        self.inner.feedback.release(lock_token)
     }
 
     /// Changes whenever feedback may have become readable: receivers wait on it and then call
     /// [`Hub::receive_feedback`].
     pub fn feedback_signal(&self) -> watch::Receiver<u64> {
-        self.inner.feedback_ready.subscribe()
+        self.inner.feedback.signal()
     }
 
     /// Unread feedback records (locked ones included).
     pub fn feedback_len(&self) -> usize {
-        let fb = self.inner.feedback.lock();
-        fb.pending.len() + fb.locked.values().map(|(r, _)| r.len()).sum::<usize>()
+        self.inner.feedback.len()
     }
 }

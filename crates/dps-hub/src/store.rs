@@ -20,6 +20,7 @@ use serde::Serialize;
 pub use crate::c2d::{C2dRecord, FeedbackRecord, QueueChange};
 pub use crate::consumer_groups::ConsumerGroup;
 pub use crate::error::HubStoreError;
+pub use crate::file_upload::FileNotification;
 pub use crate::record::DeviceRecord;
 pub use crate::telemetry::{decode_event, encode_event, TelemetryMessage};
 pub use memory::MemoryHubStore;
@@ -79,6 +80,10 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// hub reads them once, at open: queues are bounded (50 messages per device, and the
     /// feedback limit), so they fit in memory by design.
     async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError>;
+
+    /// Every stored file upload notification, in key (`seq`) order (read once, at open; they
+    /// are written and deleted through [`HubStore::update_queues`]).
+    async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError>;
 
     /// Stores telemetry messages (keyed by their hub-wide `sequence_number`, with their
     /// partition and partition sequence number already set); durable when it returns.

@@ -48,6 +48,20 @@ pub mod codes {
     pub const HUB_NOT_SPECIFIED: u32 = 400_208;
     /// `*` The hub refused the device.
     pub const HUB_UNAUTHORIZED: u32 = 400_209;
+    /// The hub has no blob endpoint for file upload (IoT Hub's DefaultStorageEndpointNotConfigured).
+    pub const FILE_UPLOAD_NOT_CONFIGURED: u32 = 400_014;
+    /// A file upload notification names no upload of the device (IoT Hub's
+    /// InvalidFileUploadCorrelationId).
+    pub const FILE_UPLOAD_CORRELATION_INVALID: u32 = 400_015;
+    /// A file upload notification came after the upload expired (IoT Hub's
+    /// ExpiredFileUploadCorrelationId).
+    pub const FILE_UPLOAD_CORRELATION_EXPIRED: u32 = 400_016;
+    /// A successful file upload was reported but its blob is not there (IoT Hub's
+    /// InvalidStorageEndpointOrBlob).
+    pub const FILE_UPLOAD_BLOB_MISSING: u32 = 400_020;
+    /// The device has the most file uploads in progress (IoT Hub's
+    /// DeviceMaximumActiveFileUploadLimitExceeded).
+    pub const FILE_UPLOADS_EXCEEDED: u32 = 403_006;
     /// `*` Authentication failed (SAS malformed, expired, wrong key, wrong audience).
     pub const UNAUTHORIZED: u32 = 401_000;
     /// The credential is valid but lacks the right for this operation.

@@ -11,6 +11,10 @@ pub const SERVICE_C2D_NODE: &str = "/messages/devicebound";
 pub const SERVICE_FEEDBACK_NODE: &str = "/messages/serviceBound/feedback";
 /// Content type of a feedback batch (a JSON array of records).
 pub const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
+/// The node a backend reads file upload notifications from.
+pub const SERVICE_FILE_NOTIFICATIONS_NODE: &str = "/messages/serviceBound/filenotifications";
+/// `content-type` of a file upload notification (the C# service SDK refuses any other).
+pub const FILE_NOTIFICATION_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.filenotification.json";
 /// CBS request application property: the operation (`put-token`).
 pub const CBS_OPERATION: &str = "operation";
 /// CBS request application property: the token type (`servicebus.windows.net:sastoken`).
@@ -63,6 +67,9 @@ pub enum HubNode {
     ServiceC2d,
     /// `/messages/serviceBound/feedback`: feedback to a backend ([`SERVICE_FEEDBACK_NODE`]).
     ServiceFeedback,
+    /// `/messages/serviceBound/filenotifications`: file upload notifications to a backend
+    /// ([`SERVICE_FILE_NOTIFICATIONS_NODE`]).
+    ServiceFileNotifications,
     /// `/devices/{id}/messages/events`: telemetry from the device.
     Telemetry {
         /// The device.
@@ -106,6 +113,9 @@ impl HubNode {
         if address.eq_ignore_ascii_case(SERVICE_FEEDBACK_NODE) {
             return Some(HubNode::ServiceFeedback);
         }
+        if address.eq_ignore_ascii_case(SERVICE_FILE_NOTIFICATIONS_NODE) {
+            return Some(HubNode::ServiceFileNotifications);
+        }
         let rest = address.strip_prefix("/devices/")?;
         let mut parts = rest.split('/');
         let device_id = decode(parts.next()?)?;
@@ -133,6 +143,7 @@ impl HubNode {
             HubNode::Cbs => CBS_NODE.to_string(),
             HubNode::ServiceC2d => SERVICE_C2D_NODE.to_string(),
             HubNode::ServiceFeedback => SERVICE_FEEDBACK_NODE.to_string(),
+            HubNode::ServiceFileNotifications => SERVICE_FILE_NOTIFICATIONS_NODE.to_string(),
             HubNode::Telemetry { device_id } => format!("{}/messages/events", device(device_id)),
             HubNode::C2d { device_id } => format!("{}/messages/devicebound", device(device_id)),
             HubNode::Methods { device_id } => format!("{}/methods/devicebound", device(device_id)),
@@ -148,7 +159,7 @@ impl HubNode {
     /// The device the node belongs to (`None` for CBS and the service's node).
     pub fn device_id(&self) -> Option<&str> {
         match self {
-            HubNode::Cbs | HubNode::ServiceC2d | HubNode::ServiceFeedback => None,
+            HubNode::Cbs | HubNode::ServiceC2d | HubNode::ServiceFeedback | HubNode::ServiceFileNotifications => None,
             HubNode::Telemetry { device_id }
             | HubNode::C2d { device_id }
             | HubNode::Methods { device_id }
@@ -215,6 +226,7 @@ mod tests {
             HubNode::Cbs,
             HubNode::ServiceC2d,
             HubNode::ServiceFeedback,
+            HubNode::ServiceFileNotifications,
             HubNode::Telemetry { device_id: d("a b/c") },
             HubNode::C2d { device_id: d("x") },
             HubNode::Methods { device_id: d("x") },

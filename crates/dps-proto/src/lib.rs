@@ -11,6 +11,7 @@ pub mod amqp_conn;
 pub mod amqp_encoding;
 pub mod amqp_message;
 pub mod api_version;
+pub mod blob_storage;
 pub mod connection_string;
 pub mod dps_amqp;
 pub mod dps_mqtt;

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub event_hub_partitions: u32,
     /// Consumer groups of the Event Hub-compatible endpoint besides `$Default`.
     pub event_hub_consumer_groups: Vec<String>,
+    /// Whether successful file uploads become notifications for the service
+    /// (`/messages/serviceBound/filenotifications`; Azure's `enableFileUploadNotifications`).
+    pub file_upload_notifications: bool,
     /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
     /// file, `--max-connections` etc. on the command line).
     pub limits: Limits,
@@ -91,6 +94,8 @@ pub struct Limits {
     /// Seconds a cloud-to-device message waits for its device when the sender set no expiry
     /// (Azure's `defaultTtlAsIso8601`: 1 hour by default, 1 minute to 2 days).
     pub c2d_ttl_secs: u64,
+    /// Largest file a device may upload, bytes (file upload's blob endpoint).
+    pub max_upload_bytes: u64,
 }
 
 impl Default for Limits {
@@ -106,6 +111,7 @@ impl Default for Limits {
             operations_per_second: QuotaConfig::DEFAULT.operations_per_second,
             polls_per_device_per_10s: QuotaConfig::DEFAULT.polls_per_device_per_10s,
             c2d_ttl_secs: dps_hub::DEFAULT_C2D_TTL.as_secs(),
+            max_upload_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -120,6 +126,7 @@ impl Limits {
             ("max-connections-per-ip", self.max_connections_per_ip as u64),
             ("request-timeout-secs", self.request_timeout_secs),
             ("dps-session-timeout-secs", self.dps_session_timeout_secs),
+            ("max-upload-bytes", self.max_upload_bytes),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(format!(
@@ -193,6 +200,8 @@ pub struct FileConfig {
     pub event_hub_partitions: Option<u32>,
     /// See [`ServerConfig::event_hub_consumer_groups`].
     pub event_hub_consumer_groups: Option<Vec<String>>,
+    /// See [`ServerConfig::file_upload_notifications`].
+    pub file_upload_notifications: Option<bool>,
     /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
     pub limits: Option<Limits>,
 }
@@ -252,6 +261,7 @@ impl ServerConfig {
             hub_device_cache: dps_hub::DEFAULT_DEVICE_CACHE,
             event_hub_partitions: dps_hub::DEFAULT_PARTITIONS,
             event_hub_consumer_groups: Vec::new(),
+            file_upload_notifications: true,
             limits: Limits::default(),
         }
     }
@@ -272,7 +282,8 @@ impl ServerConfig {
             immediate_assignment,
             hub_device_cache,
             event_hub_partitions,
-            event_hub_consumer_groups
+            event_hub_consumer_groups,
+            file_upload_notifications
         );
         if let Some(h) = f.hostname.filter(|h| !h.is_empty()) {
             self.hostnames = h;

@@ -63,4 +63,6 @@ pub struct Services {
     pub config: ServerConfig,
     /// Time source (a fake clock in tests).
     pub clock: Arc<dyn Clock>,
+    /// The file upload blob endpoint's files; `None`: file upload is not served.
+    pub blobs: Option<dps_store::BlobStore>,
 }

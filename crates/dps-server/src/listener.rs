@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::conn_limit::{ConnectionLimits, ConnectionPermit};
-use crate::datadir::DataDir;
+use crate::datadir::{DataDir, Identity};
 use crate::log_limit::{LogLimiter, LOG_PERIOD};
 use crate::tls::ListenerTls;
 use crate::{ServerConfig, Services};
@@ -75,6 +75,15 @@ pub enum StartError {
     /// The engine could not load enrollments or finish interrupted registrations.
     #[error("cannot load enrollments: {0}")]
     Engine(#[source] dps_core::Error),
+    /// The file upload directory could not be created.
+    #[error("cannot create the file upload directory {}: {source}", .path.display())]
+    Blobs {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A bound listener could not report its address.
     #[error("cannot read the bound address: {0}")]
     LocalAddr(#[source] io::Error),
@@ -136,6 +145,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let amqp_acceptor = mqtt_acceptor.clone();
     let acceptor = tls.https();
 
+    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
+    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
+    let amqp = bind(SocketAddr::new(config.bind, config.amqp_port), "AMQP", "--amqp-port").await?;
+    let (mqtt_addr, https_addr, amqp_addr) = (
+        mqtt.local_addr().map_err(StartError::LocalAddr)?,
+        https.local_addr().map_err(StartError::LocalAddr)?,
+        amqp.local_addr().map_err(StartError::LocalAddr)?,
+    );
+    // File uploads go to the blob endpoint on the HTTPS port, under the hub's name.
+    let blobs = dps_store::BlobStore::open(&dir.blobs_path(), config.limits.max_upload_bytes).map_err(|source| {
+        StartError::Blobs {
+            path: dir.blobs_path(),
+            source,
+        }
+    })?;
+    let file_upload = file_upload_config(&identity, &config, https_addr.port());
     let store = dps_store::SqliteStore::open(&dir.store_path())?;
     let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path())?;
     let hub = dps_hub::Hub::open_with_store(
@@ -147,6 +172,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             device_cache: config.hub_device_cache,
             c2d_ttl: config.limits.c2d_ttl(),
             partitions: config.event_hub_partitions,
+            file_upload: Some(file_upload),
         },
         Arc::new(hub_store),
         Arc::new(SystemClock),
@@ -174,14 +200,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     );
     engine.load().await.map_err(StartError::Engine)?;
 
-    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
-    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
-    let amqp = bind(SocketAddr::new(config.bind, config.amqp_port), "AMQP", "--amqp-port").await?;
-    let (mqtt_addr, https_addr, amqp_addr) = (
-        mqtt.local_addr().map_err(StartError::LocalAddr)?,
-        https.local_addr().map_err(StartError::LocalAddr)?,
-        amqp.local_addr().map_err(StartError::LocalAddr)?,
-    );
     // Services see the ports actually bound (port 0 picks one): SAS audiences and Host headers
     // carry the HTTPS port when it is not 443.
     let config = ServerConfig {
@@ -198,6 +216,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         identity,
         config: config.clone(),
         clock: Arc::new(SystemClock),
+        blobs: Some(blobs),
     });
 
     dir.record_runtime(&crate::datadir::Runtime {
@@ -226,7 +245,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         rx.clone(),
         device_protocol!(services, crate::amqp::serve_connection),
     ));
-    tasks.spawn(hub_sweeper(services.hub.clone(), rx.clone()));
+    tasks.spawn(hub_sweeper(services.hub.clone(), services.blobs.clone(), rx.clone()));
     tasks.spawn(accept_loop(
         "HTTPS",
         https,
@@ -288,12 +307,48 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpLis
 /// listener in logs.
 /// Runs the hub's housekeeping ([`dps_hub::Hub::sweep`]: message expiry, feedback locks) once a
 /// second until shutdown.
-async fn hub_sweeper(hub: dps_hub::Hub, mut shutdown: watch::Receiver<bool>) {
+/// Where devices upload files: the blob endpoint on the HTTPS port under the hub's host name, the
+/// `fileupload` container, an account named like the event hub and keyed from the hub owner key.
+fn file_upload_config(identity: &Identity, config: &ServerConfig, https_port: u16) -> dps_hub::FileUploadConfig {
+    let hub_host = &identity.hub.host_name;
+    let host = if https_port == 443 {
+        hub_host.clone()
+    } else {
+        format!("{hub_host}:{https_port}")
+    };
+    let secret = identity
+        .hub
+        .policies
+        .first()
+        .map(|p| p.primary_key.clone())
+        .unwrap_or_default();
+    dps_hub::FileUploadConfig {
+        host,
+        container: dps_proto::rest::FILE_UPLOAD_CONTAINER.to_string(),
+        account: crate::amqp::event_hub::event_hub_name(hub_host),
+        key: dps_proto::blob_storage::derive_account_key(secret.as_bytes()),
+        notifications: config.file_upload_notifications,
+    }
+}
+
+/// Runs the hub's one-second sweep, and once a minute removes staged blocks of file uploads
+/// that were never committed (older than twice an upload's time to live).
+async fn hub_sweeper(hub: dps_hub::Hub, blobs: Option<dps_store::BlobStore>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
-            _ = tick.tick() => hub.sweep(),
+            _ = tick.tick() => {
+                hub.sweep();
+                ticks += 1;
+                if let Some(blobs) = blobs.clone().filter(|_| ticks.is_multiple_of(60)) {
+                    let swept = tokio::task::spawn_blocking(move || blobs.sweep(2 * dps_hub::FILE_UPLOAD_TTL)).await;
+                    if let Ok(n @ 1..) = swept {
+                        tracing::debug!(removed = n, "stale file upload blocks removed");
+                    }
+                }
+            }
             _ = shutdown.changed() => return,
         }
     }

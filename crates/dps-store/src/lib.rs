@@ -15,6 +15,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod blobs;
 pub mod sqlite;
 
+pub use blobs::{BlobError, BlobProperties, BlobStore, BlobWrite};
 pub use sqlite::{OpenError, SqliteHubStore, SqliteStore, StoreStats};

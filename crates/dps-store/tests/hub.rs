@@ -322,3 +322,61 @@ async fn concurrent_telemetry_is_all_published_in_order() {
         "the live feed reached the last message"
     );
 }
+
+/// A file upload notification is stored before it is readable: a hub reopened on the same file
+/// hands it to the service again until it is completed.
+#[tokio::test]
+async fn file_upload_notifications_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let config = HubConfig {
+        file_upload: Some(dps_hub::FileUploadConfig {
+            host: HOST.into(),
+            container: "fileupload".into(),
+            account: "hub".into(),
+            key: b"key".to_vec(),
+            notifications: true,
+        }),
+        ..HubConfig::in_memory(HOST)
+    };
+    let open_with_uploads = |config: HubConfig| {
+        let path = path.clone();
+        async move {
+            let store = Arc::new(SqliteHubStore::open(&path).unwrap());
+            Hub::open_with_store(config, store, Arc::new(SystemClock))
+                .await
+                .unwrap()
+        }
+    };
+    {
+        let hub = open_with_uploads(config.clone()).await;
+        hub.put_device(sas_device("uploader", Some((KEY1, KEY2))), None)
+            .await
+            .unwrap();
+        let now = dps_core::Engine::unix_time(chrono::Utc::now());
+        let token = dps_proto::sas::build_token(&format!("{HOST}/devices/uploader"), KEY1, now + 600, None).unwrap();
+        let id = hub
+            .authenticate_device(now, "uploader", Some(&token), None)
+            .await
+            .unwrap();
+        let sas = hub.create_file_upload(&id, "a.txt").unwrap();
+        let blob = hub.finish_file_upload(&id, &sas.correlation_id).unwrap();
+        let uploaded = dps_hub::UploadedBlob {
+            size: 5,
+            last_modified: chrono::Utc::now(),
+        };
+        assert!(hub.notify_file_uploaded(&id, &blob, uploaded).await.unwrap());
+        // Read but not completed when the hub goes.
+        assert!(hub.receive_file_notification().is_some());
+    }
+    let hub = open_with_uploads(config).await;
+    let batch = hub.receive_file_notification().expect("the notification is back");
+    assert_eq!(batch.records[0].blob_name, "uploader/a.txt");
+    assert!(hub.complete_file_notification(&batch.lock_token).await.unwrap());
+    drop(hub);
+    let hub = open(&path).await;
+    assert!(
+        hub.receive_file_notification().is_none(),
+        "a completed notification stays gone"
+    );
+}

@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// A consumer group of the Event Hub-compatible endpoint besides `$Default` (repeatable).
     #[arg(long = "event-hub-consumer-group", value_name = "NAME")]
     event_hub_consumer_groups: Vec<String>,
+    /// Whether successful file uploads become notifications for the service
+    /// (`/messages/serviceBound/filenotifications`) [default: true].
+    #[arg(long, env = "DPS_FILE_UPLOAD_NOTIFICATIONS", value_name = "BOOL")]
+    file_upload_notifications: Option<bool>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
@@ -107,6 +111,9 @@ struct LimitArgs {
     /// [default: 3600, as IoT Hub; 60 to 172800].
     #[arg(long, env = "DPS_C2D_TTL_SECS")]
     c2d_ttl_secs: Option<u64>,
+    /// Largest file a device may upload, bytes [default: 268435456 (256 MiB)].
+    #[arg(long, env = "DPS_MAX_UPLOAD_BYTES")]
+    max_upload_bytes: Option<u64>,
 }
 
 impl LimitArgs {
@@ -124,7 +131,8 @@ impl LimitArgs {
             registrations_per_second,
             operations_per_second,
             polls_per_device_per_10s,
-            c2d_ttl_secs
+            c2d_ttl_secs,
+            max_upload_bytes
         );
     }
 }
@@ -171,6 +179,9 @@ impl ServeArgs {
         }
         if !self.event_hub_consumer_groups.is_empty() {
             c.event_hub_consumer_groups = self.event_hub_consumer_groups;
+        }
+        if let Some(v) = self.file_upload_notifications {
+            c.file_upload_notifications = v;
         }
         self.limits.apply(&mut c.limits);
         Ok((c, self.log))

@@ -9,8 +9,8 @@ use dps_proto::model::service::DeviceCapabilities;
 use serde_json::json;
 
 use super::{
-    C2dRecord, ConsumerGroup, DeviceRecord, EventStart, FeedbackRecord, HubStore, PartitionBounds, QueueChange,
-    TelemetryMessage,
+    C2dRecord, ConsumerGroup, DeviceRecord, EventStart, FeedbackRecord, FileNotification, HubStore, PartitionBounds,
+    QueueChange, TelemetryMessage,
 };
 use crate::c2d::{Ack, FeedbackStatus};
 use crate::record::{sas_auth, self_signed_auth, Status, TwinState};
@@ -64,6 +64,41 @@ pub async fn run_all(store: &dyn HubStore) {
     queues_round_trip_and_change_together(store).await;
     telemetry_is_read_by_partition_time_and_device_and_trimmed(store).await;
     consumer_groups_are_kept_by_key(store).await;
+    file_notifications_round_trip(store).await;
+}
+
+/// File upload notifications come back whole, in key order, and go when deleted.
+async fn file_notifications_round_trip(s: &dyn HubStore) {
+    let n = |seq: u64| FileNotification {
+        seq,
+        device_id: "Dev-ü".into(),
+        blob_uri: format!("https://hub.test/fileupload/Dev-ü/f{seq}.txt"),
+        blob_name: format!("Dev-ü/f{seq}.txt"),
+        last_updated_time: at(),
+        blob_size_in_bytes: seq * 1000,
+        enqueued_time_utc: at() + Duration::seconds(seq as i64),
+    };
+    s.update_queues(&QueueChange {
+        put_file_notifications: vec![n(7), n(3)],
+        ..QueueChange::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.load_file_notifications().await.unwrap(), [n(3), n(7)]);
+    s.update_queues(&QueueChange {
+        delete_file_notifications: vec![3, 99],
+        ..QueueChange::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.load_file_notifications().await.unwrap(), [n(7)]);
+    s.update_queues(&QueueChange {
+        delete_file_notifications: vec![7],
+        ..QueueChange::default()
+    })
+    .await
+    .unwrap();
+    assert!(s.load_file_notifications().await.unwrap().is_empty());
 }
 
 /// Consumer groups come back whole in key order; a put with the same key replaces, a delete

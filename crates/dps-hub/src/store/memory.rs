@@ -9,8 +9,8 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 
 use super::{
-    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore,
-    HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, FileNotification,
+    HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
 };
 
 /// A [`HubStore`] in memory: nothing survives the process. For tests, fuzzing and demos, and the
@@ -30,6 +30,7 @@ pub struct MemoryHubStore {
 struct Queues {
     c2d: BTreeMap<u64, C2dRecord>,
     feedback: BTreeMap<u64, FeedbackRecord>,
+    file_notifications: BTreeMap<u64, FileNotification>,
 }
 
 /// Shows how many devices, never the records: they hold the devices' keys, and the hub's own
@@ -106,6 +107,12 @@ impl HubStore for MemoryHubStore {
         for seq in &change.delete_feedback {
             q.feedback.remove(seq);
         }
+        for n in &change.put_file_notifications {
+            q.file_notifications.insert(n.seq, n.clone());
+        }
+        for seq in &change.delete_file_notifications {
+            q.file_notifications.remove(seq);
+        }
         Ok(())
     }
 
@@ -115,6 +122,10 @@ impl HubStore for MemoryHubStore {
             q.c2d.values().cloned().collect(),
             q.feedback.values().cloned().collect(),
         ))
+    }
+
+    async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError> {
+        Ok(self.queues.read().file_notifications.values().cloned().collect())
     }
 
     async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {

@@ -192,6 +192,34 @@ pub struct ServiceStatistics {
     pub connected_device_count: u64,
 }
 
+/// `POST /devices/{id}/files`: the blob a device wants to upload (IoT Hub's
+/// `FileUploadSasUriRequest`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileUploadSasUriRequest {
+    /// The name, under the device's own directory.
+    pub blob_name: String,
+}
+
+/// `POST /devices/{id}/files/notifications[/{correlationId}]`: how an upload went (IoT Hub's
+/// `FileUploadCompletionNotification`). Only `isSuccess` decides: the C SDK reports status
+/// 400 for successful uploads, and Node may send no status at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileUploadCompletionNotification {
+    /// The upload (Node sends it in the path instead).
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// Whether the file was uploaded.
+    pub is_success: bool,
+    /// The device's status code for the upload.
+    #[serde(default)]
+    pub status_code: Option<i64>,
+    /// The device's description of the outcome.
+    #[serde(default)]
+    pub status_description: Option<String>,
+}
+
 /// A consumer group of the built-in Event Hub-compatible endpoint, in the shape of Azure's
 /// management API (`EventHubConsumerGroupInfo`), which `az iot hub consumer-group` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

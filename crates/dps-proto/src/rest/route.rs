@@ -90,6 +90,12 @@ enum Resource {
     DeviceBoundLock(String, String),
     /// `/devices/{id}/messages/deviceBound/{lockToken}/abandon`
     DeviceBoundAbandon(String, String),
+    /// `/devices/{id}/files`
+    DeviceFiles(String),
+    /// `/devices/{id}/files/notifications[/{correlationId}]`
+    DeviceFileNotifications(String, Option<String>),
+    /// `/{container}/{blob…}` of the file upload blob endpoint
+    Blob(String, String),
     /// `/messages/events` (telemetry stream for `dps hub monitor-events`)
     Events,
     /// `/messages/serviceBound/feedback`
@@ -117,6 +123,8 @@ pub enum Api {
     Device,
     /// The embedded hub's device API (device SAS or TLS client certificate, judged by the hub).
     HubDevice,
+    /// The file upload blob endpoint (a Storage service SAS in the query; no `api-version`).
+    Blob,
     /// DPS service API (`dps_auth` policies).
     Service,
     /// Embedded hub registry API (`hub_auth` policies).
@@ -243,6 +251,31 @@ pub enum Route {
         /// The lock token.
         lock_token: String,
     },
+    /// `POST /devices/{id}/files`: start a file upload (a SAS for a blob).
+    CreateFileUpload(String),
+    /// `POST /devices/{id}/files/notifications[/{correlationId}]`: report a file upload's outcome
+    /// (Node puts the correlation id in the path, the others in the body).
+    CompleteFileUpload {
+        /// Device id.
+        device_id: String,
+        /// The correlation id, when in the path.
+        correlation_id: Option<String>,
+    },
+    /// `PUT /{container}/{blob}`: Put Blob, Put Block (`comp=block`) or Put Block List
+    /// (`comp=blocklist`) on the file upload blob endpoint.
+    PutBlob {
+        /// The container.
+        container: String,
+        /// The blob name (`/`-separated, decoded).
+        blob: String,
+    },
+    /// `GET` (or `HEAD`) `/{container}/{blob}`: read a blob (or its properties).
+    GetBlob {
+        /// The container.
+        container: String,
+        /// The blob name.
+        blob: String,
+    },
     /// `GET /eventHubEndpoints/events/consumerGroups`: the built-in endpoint's consumer groups
     /// (the shape of Azure's management API, whose path this follows).
     ListConsumerGroups,
@@ -262,7 +295,13 @@ impl Route {
         use Route::*;
         match self {
             Register { .. } | OperationStatus { .. } | RegistrationStatus { .. } | MqttWebSocket => Api::Device,
-            SendDeviceEvent(_) | ReceiveC2d(_) | CompleteC2d { .. } | AbandonC2d { .. } => Api::HubDevice,
+            SendDeviceEvent(_)
+            | ReceiveC2d(_)
+            | CompleteC2d { .. }
+            | AbandonC2d { .. }
+            | CreateFileUpload(_)
+            | CompleteFileUpload { .. } => Api::HubDevice,
+            PutBlob { .. } | GetBlob { .. } => Api::Blob,
             GetEnrollment(_)
             | PutEnrollment(_)
             | DeleteEnrollment(_)
@@ -315,6 +354,8 @@ impl Api {
             Self::Device => api_version::DEVICE,
             Self::Service => api_version::SERVICE,
             Self::Hub | Self::HubDevice => api_version::HUB,
+            // Storage versions travel in `x-ms-version`; none is required.
+            Self::Blob => &[crate::blob_storage::STORAGE_VERSION],
         }
     }
 
@@ -324,6 +365,7 @@ impl Api {
             Self::Device => api_version::DEVICE_CLIENT,
             Self::Service => api_version::SERVICE_CLIENT,
             Self::Hub | Self::HubDevice => api_version::HUB_CLIENT,
+            Self::Blob => crate::blob_storage::STORAGE_VERSION,
         }
     }
 }
@@ -348,7 +390,8 @@ impl Route {
             | PutCertificate(_)
             | PutDevice(_)
             | ReplaceTwin(_)
-            | PutConsumerGroup(_) => Method::PUT,
+            | PutConsumerGroup(_)
+            | PutBlob { .. } => Method::PUT,
             RegistrationStatus { .. }
             | EnrollmentAttestation(_)
             | QueryEnrollments
@@ -363,7 +406,9 @@ impl Route {
             | InvokeMethod(_)
             | AbandonFeedback(_)
             | SendDeviceEvent(_)
-            | AbandonC2d { .. } => Method::POST,
+            | AbandonC2d { .. }
+            | CreateFileUpload(_)
+            | CompleteFileUpload { .. } => Method::POST,
             DeleteEnrollment(_)
             | DeleteGroup(_)
             | DeleteRegistration(_)
@@ -390,6 +435,7 @@ impl Route {
             | ListConsumerGroups
             | GetConsumerGroup(_)
             | ReceiveC2d(_)
+            | GetBlob { .. }
             | MqttWebSocket => Method::GET,
         }
     }
@@ -442,6 +488,21 @@ impl Route {
             }
             AbandonC2d { device_id, lock_token } => {
                 item("devices", device_id) + &item("messages/deviceBound", lock_token) + "/abandon"
+            }
+            CreateFileUpload(id) => item("devices", id) + "/files",
+            CompleteFileUpload {
+                device_id,
+                correlation_id,
+            } => {
+                let base = item("devices", device_id) + "/files/notifications";
+                match correlation_id {
+                    Some(c) => base + "/" + &encode_segment(c),
+                    None => base,
+                }
+            }
+            PutBlob { container, blob } | GetBlob { container, blob } => {
+                let segments: Vec<String> = blob.split('/').map(encode_segment).collect();
+                format!("/{}/{}", encode_segment(container), segments.join("/"))
             }
             MonitorEvents => "/messages/events".into(),
             ReceiveFeedback => "/messages/serviceBound/feedback".into(),
@@ -513,6 +574,9 @@ impl Route {
             // Judged by the hub against `{hub}/devices/{id}`, not by a policy.
             SendDeviceEvent(id) | ReceiveC2d(id) => item("devices", id),
             CompleteC2d { device_id, .. } | AbandonC2d { device_id, .. } => item("devices", device_id),
+            CreateFileUpload(id) | CompleteFileUpload { device_id: id, .. } => item("devices", id),
+            // Judged by the blob's SAS, not by a policy.
+            PutBlob { container, blob } | GetBlob { container, blob } => format!("/{container}/{blob}"),
             MonitorEvents => "/messages/events".into(),
             ReceiveFeedback | CompleteFeedback(_) | AbandonFeedback(_) => "/messages/servicebound/feedback".into(),
             DeviceStatistics => "/statistics/devices".into(),
@@ -525,6 +589,10 @@ impl Route {
         }
     }
 }
+
+/// The container file uploads go to, on the same HTTPS port: its first path segment can be no
+/// other resource's (ID scopes start `0ne`).
+pub const FILE_UPLOAD_CONTAINER: &str = "fileupload";
 
 /// The consumer groups of the built-in endpoint (`events`, as Azure's management API names it).
 const CONSUMER_GROUPS: &str = "/eventHubEndpoints/events/consumerGroups";
@@ -554,6 +622,11 @@ fn resource(segs: &[String]) -> Option<Resource> {
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let id = |x: &str| -> Option<String> { (!x.is_empty()).then(|| x.to_string()) };
     let r = match s.as_slice() {
+        // The file upload container: `/{container}/{deviceId}/{name…}` (C and C# send the blob
+        // name's `/` as `%2F`, decoded into the segment; joined back here).
+        [c, blob @ ..] if *c == FILE_UPLOAD_CONTAINER && !blob.is_empty() => {
+            Resource::Blob(c.to_string(), blob.join("/"))
+        }
         [first, rest @ ..] if is(first, "enrollments") => match rest {
             [] => Resource::Enrollments,
             [q] if is(q, "query") => Resource::EnrollmentQuery,
@@ -589,6 +662,11 @@ fn resource(segs: &[String]) -> Option<Resource> {
             }
             [d, m, b, lock, a] if is(m, "messages") && is(b, "deviceBound") && is(a, "abandon") => {
                 Resource::DeviceBoundAbandon(id(d)?, id(lock)?)
+            }
+            [d, f] if is(f, "files") => Resource::DeviceFiles(id(d)?),
+            [d, f, n] if is(f, "files") && is(n, "notifications") => Resource::DeviceFileNotifications(id(d)?, None),
+            [d, f, n, c] if is(f, "files") && is(n, "notifications") => {
+                Resource::DeviceFileNotifications(id(d)?, Some(id(c)?))
             }
             _ => return None,
         },
@@ -765,6 +843,22 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         R::DeviceBoundAbandon(device_id, lock_token) => match *m {
             Method::POST => Ok(Route::AbandonC2d { device_id, lock_token }),
             _ => not_allowed(POST),
+        },
+        R::DeviceFiles(id) => match *m {
+            Method::POST => Ok(Route::CreateFileUpload(id)),
+            _ => not_allowed(POST),
+        },
+        R::DeviceFileNotifications(device_id, correlation_id) => match *m {
+            Method::POST => Ok(Route::CompleteFileUpload {
+                device_id,
+                correlation_id,
+            }),
+            _ => not_allowed(POST),
+        },
+        R::Blob(container, blob) => match *m {
+            Method::PUT => Ok(Route::PutBlob { container, blob }),
+            Method::GET | Method::HEAD => Ok(Route::GetBlob { container, blob }),
+            _ => not_allowed(&[Method::GET, Method::HEAD, Method::PUT]),
         },
         R::Feedback => match *m {
             Method::GET => Ok(Route::ReceiveFeedback),

@@ -91,6 +91,15 @@ fn every_route(id: &str) -> Vec<Route> {
             device_id: s(),
             lock_token: s(),
         },
+        CreateFileUpload(s()),
+        CompleteFileUpload {
+            device_id: s(),
+            correlation_id: None,
+        },
+        CompleteFileUpload {
+            device_id: s(),
+            correlation_id: Some(s()),
+        },
         ListConsumerGroups,
         GetConsumerGroup(s()),
         PutConsumerGroup(s()),
@@ -193,4 +202,47 @@ fn percent_decoding() {
         Route::parse(&Method::POST, "/enrollments/a%21%28%29%2A/attestationmechanism"),
         Ok(Route::EnrollmentAttestation("a!()*".into()))
     );
+}
+
+#[test]
+fn file_upload_paths_as_the_sdks_send_them() {
+    // Node and Python keep the blob name's `/`; C and C# send it as `%2F`; C's trailing slashes.
+    for path in [
+        "/fileupload/dev%201/a/b.txt",
+        "/fileupload/dev%201%2Fa%2Fb.txt",
+        "/fileupload/dev%201/a%2Fb.txt",
+    ] {
+        let blob = Route::PutBlob {
+            container: "fileupload".into(),
+            blob: "dev 1/a/b.txt".into(),
+        };
+        assert_eq!(Route::parse(&Method::PUT, path), Ok(blob.clone()), "{path}");
+        assert_eq!(Route::parse(&Method::PUT, &blob.path()), Ok(blob));
+        assert!(matches!(Route::parse(&Method::HEAD, path), Ok(Route::GetBlob { .. })));
+    }
+    assert_eq!(
+        Route::parse(&Method::POST, "/devices/d1/files/"),
+        Ok(Route::CreateFileUpload("d1".into()))
+    );
+    assert_eq!(
+        Route::parse(&Method::POST, "/devices/d1/files/notifications/"),
+        Ok(Route::CompleteFileUpload {
+            device_id: "d1".into(),
+            correlation_id: None
+        })
+    );
+    assert_eq!(
+        Route::parse(&Method::POST, "/devices/d1/files/notifications/abc%3D%3D"),
+        Ok(Route::CompleteFileUpload {
+            device_id: "d1".into(),
+            correlation_id: Some("abc==".into())
+        })
+    );
+    // The container alone is no blob; another first segment is no container.
+    assert_eq!(Route::parse(&Method::PUT, "/fileupload"), Err(NoRoute::NotFound));
+    assert_eq!(Route::parse(&Method::PUT, "/FileUpload/d/x"), Err(NoRoute::NotFound));
+    assert!(matches!(
+        Route::parse(&Method::DELETE, "/fileupload/d/x"),
+        Err(NoRoute::MethodNotAllowed(_))
+    ));
 }

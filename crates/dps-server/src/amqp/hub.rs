@@ -53,27 +53,107 @@ pub(crate) struct HubState {
     /// expires (Unix seconds), if one was put.
     service_until: Option<u64>,
     /// The service's feedback receiver, if it attached one.
-    feedback: Option<FeedbackLink>,
+    feedback: Option<OutletLink>,
+    /// The service's file upload notification receiver, if it attached one.
+    file_notifications: Option<OutletLink>,
     /// Event Hubs consumers' grants and partition readers.
     pub(super) event_hub: super::event_hub::EventHubState,
 }
 
-/// A backend's link on `/messages/serviceBound/feedback`: one batch at a time goes out on it,
-/// locked in the hub until the backend settles it.
-struct FeedbackLink {
+/// A service-bound queue a backend reads over a receiver link: feedback
+/// (`/messages/serviceBound/feedback`, batches of records) or file upload notifications
+/// (`/messages/serviceBound/filenotifications`, one per message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outlet {
+    Feedback,
+    FileNotifications,
+}
+
+impl Outlet {
+    fn of(node: &HubNode) -> Option<Outlet> {
+        match node {
+            HubNode::ServiceFeedback => Some(Outlet::Feedback),
+            HubNode::ServiceFileNotifications => Some(Outlet::FileNotifications),
+            _ => None,
+        }
+    }
+
+    fn signal(self, hub: &dps_hub::Hub) -> tokio::sync::watch::Receiver<u64> {
+        match self {
+            Outlet::Feedback => hub.feedback_signal(),
+            Outlet::FileNotifications => hub.file_notification_signal(),
+        }
+    }
+
+    /// The next batch, locked: its lock token, message body and content type.
+    fn take(self, hub: &dps_hub::Hub) -> Option<(String, Vec<u8>, &'static str)> {
+        match self {
+            Outlet::Feedback => hub
+                .receive_feedback(dps_hub::FEEDBACK_BATCH)
+                .map(|b| (b.lock_token.clone(), b.body().to_vec(), wire::FEEDBACK_CONTENT_TYPE)),
+            Outlet::FileNotifications => hub.receive_file_notification().map(|b| {
+                let body = b.records.first().map(|n| n.to_wire().to_string()).unwrap_or_default();
+                (b.lock_token, body.into_bytes(), wire::FILE_NOTIFICATION_CONTENT_TYPE)
+            }),
+        }
+    }
+
+    fn abandon(self, hub: &dps_hub::Hub, lock: &str) {
+        match self {
+            Outlet::Feedback => hub.abandon_feedback(lock),
+            Outlet::FileNotifications => hub.abandon_file_notification(lock),
+        };
+    }
+
+    /// The backend's outcome (`None`: its link or connection went first): accepted or rejected
+    /// completes the batch (IoT Hub dead-letters rejected ones), anything else puts it back.
+    fn settled(self, hub: &dps_hub::Hub, lock: String, state: Option<DeliveryState>) {
+        if !matches!(state, Some(DeliveryState::Accepted(_) | DeliveryState::Rejected(_))) {
+            return self.abandon(hub, &lock);
+        }
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let done = match self {
+                Outlet::Feedback => hub.complete_feedback(&lock).await,
+                Outlet::FileNotifications => hub.complete_file_notification(&lock).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, outlet = ?self, "completed batch not deleted; it will be read again");
+            }
+        });
+    }
+}
+
+/// A backend's link on an [`Outlet`]: one batch at a time goes out on it, locked in the hub
+/// until the backend settles it.
+struct OutletLink {
     link: LinkId,
-    /// Changes when feedback may be readable.
+    /// Changes when the outlet may have something to read.
     signal: tokio::sync::watch::Receiver<u64>,
     /// The batch sent and not settled: its delivery token and the hub's lock.
     in_flight: Option<(u64, String)>,
+}
+
+impl OutletLink {
+    /// Ready when the outlet may have something to send and nothing is out; never otherwise.
+    async fn ready(link: &mut Option<OutletLink>) {
+        match link {
+            Some(f) if f.in_flight.is_none() => {
+                if f.signal.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 /// What the hub has for this connection.
 pub(super) enum HubWake {
     /// A hub-initiated message for a device (`None`: the hub ended that device's session).
     Outbound(String, Option<Outbound>),
-    /// Feedback may be readable for the service's receiver.
-    Feedback,
+    /// Feedback or file upload notifications may be readable for the service's receivers.
+    Outlets,
     /// Telemetry arrived while an Event Hubs partition reader was waiting for it.
     Events,
 }
@@ -113,21 +193,22 @@ impl HubState {
             }
             Poll::Pending
         });
-        let feedback = async {
-            match &mut self.feedback {
-                Some(f) if f.in_flight.is_none() => {
-                    if f.signal.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-                _ => std::future::pending().await,
-            }
-        };
+        let feedback = OutletLink::ready(&mut self.feedback);
+        let files = OutletLink::ready(&mut self.file_notifications);
         let events = self.event_hub.next_arrival();
         tokio::select! {
             (id, out) = outbound => HubWake::Outbound(id, out),
-            () = feedback => HubWake::Feedback,
+            () = feedback => HubWake::Outlets,
+            () = files => HubWake::Outlets,
             () = events => HubWake::Events,
+        }
+    }
+
+    /// The link slot of an outlet.
+    fn outlet(&mut self, outlet: Outlet) -> &mut Option<OutletLink> {
+        match outlet {
+            Outlet::Feedback => &mut self.feedback,
+            Outlet::FileNotifications => &mut self.file_notifications,
         }
     }
 
@@ -137,17 +218,22 @@ impl HubState {
     }
 
     /// The peer's outcome for a message the server sent with `token` (`None`: the link or
-    /// connection went first): a feedback batch, or a cloud-to-device message.
+    /// connection went first): a feedback or file notification batch, or a cloud-to-device
+    /// message.
     pub(super) fn settled(&mut self, hub: &dps_hub::Hub, token: u64, state: Option<DeliveryState>) {
-        if let Some(f) = self
-            .feedback
-            .as_mut()
-            .filter(|f| f.in_flight.as_ref().is_some_and(|(t, _)| *t == token))
-        {
-            if let Some((_, lock)) = f.in_flight.take() {
-                feedback_settled(hub, lock, state);
+        for (outlet, link) in [
+            (Outlet::Feedback, &mut self.feedback),
+            (Outlet::FileNotifications, &mut self.file_notifications),
+        ] {
+            if let Some(f) = link
+                .as_mut()
+                .filter(|f| f.in_flight.as_ref().is_some_and(|(t, _)| *t == token))
+            {
+                if let Some((_, lock)) = f.in_flight.take() {
+                    outlet.settled(hub, lock, state);
+                }
+                return;
             }
-            return;
         }
         self.c2d_settled(token, state);
     }
@@ -205,7 +291,7 @@ pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode)
             )),
         };
     }
-    if let HubNode::ServiceFeedback = node {
+    if Outlet::of(&node).is_some() {
         return match direction {
             Direction::ToPeer => {
                 service_authorized(conn).map_err(Refusal::Unauthorized)?;
@@ -213,9 +299,10 @@ pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode)
                     address: node.address(),
                 })
             }
-            Direction::FromPeer => Err(Refusal::NotFound(
-                "/messages/serviceBound/feedback sends feedback to the service; it takes none".into(),
-            )),
+            Direction::FromPeer => Err(Refusal::NotFound(format!(
+                "{} sends to the service; it takes nothing",
+                node.address()
+            ))),
         };
     }
     if !matches!(node, HubNode::Cbs) {
@@ -263,18 +350,18 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId) {
     let Some(Route::Out { address }) = conn.routes.get(&link) else {
         return;
     };
-    if HubNode::parse(address) == Some(HubNode::ServiceFeedback) {
-        if let Some(old) = conn.hub.feedback.take() {
-            if let Some((_, lock)) = old.in_flight {
-                conn.services.hub.abandon_feedback(&lock);
-            }
+    if let Some(outlet) = HubNode::parse(address).as_ref().and_then(Outlet::of) {
+        let hub = conn.services.hub.clone();
+        let slot = conn.hub.outlet(outlet);
+        if let Some((_, lock)) = slot.take().and_then(|old| old.in_flight) {
+            outlet.abandon(&hub, &lock);
         }
-        conn.hub.feedback = Some(FeedbackLink {
+        *slot = Some(OutletLink {
             link,
-            signal: conn.services.hub.feedback_signal(),
+            signal: outlet.signal(&hub),
             in_flight: None,
         });
-        return send_feedback(conn);
+        return send_outlets(conn);
     }
     if let Some((device_id, feed)) = feed_of(address) {
         if let Some(d) = conn.hub.devices.get(&device_id) {
@@ -283,67 +370,56 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId) {
     }
 }
 
-/// Sends the next batch of feedback on the service's feedback link, if one is attached, none is
-/// out on it, and there is feedback: one message whose body is the JSON array of records, as
-/// IoT Hub sends it (user id = the hub's name, the feedback content type). The batch stays
-/// locked in the hub until the service settles the message.
-pub(super) fn send_feedback(conn: &mut Conn) {
-    let Some(f) = conn.hub.feedback.as_ref().filter(|f| f.in_flight.is_none()) else {
-        return;
-    };
-    let link = f.link;
-    let hub = conn.services.hub.clone();
-    let Some(batch) = hub.receive_feedback(dps_hub::FEEDBACK_BATCH) else {
-        return;
-    };
-    let properties = Properties::builder()
-        .message_id(batch.lock_token.clone())
-        .user_id(Binary::from(hub.host_name().as_bytes().to_vec()))
-        .content_type(Symbol::from(wire::FEEDBACK_CONTENT_TYPE))
-        .build();
-    let msg = Message::builder()
-        .properties(properties)
-        .data(Binary::from(batch.body().to_vec()))
-        .build();
-    conn.hub.last_token += 1;
-    let token = conn.hub.last_token;
-    match conn.amqp.send(link, message::encode(msg), Some(token)) {
-        Ok(()) => {
-            tracing::debug!(records = batch.records.len(), "feedback batch sent");
-            if let Some(f) = conn.hub.feedback.as_mut() {
-                f.in_flight = Some((token, batch.lock_token));
-            }
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "feedback batch not sent");
-            hub.abandon_feedback(&batch.lock_token);
-        }
-    }
-}
-
-/// The service settled a feedback batch (`None`: its link or connection went first): accepted
-/// or rejected completes it (IoT Hub dead-letters rejected feedback), anything else puts it back.
-fn feedback_settled(hub: &dps_hub::Hub, lock: String, state: Option<DeliveryState>) {
-    match state {
-        Some(DeliveryState::Accepted(_)) | Some(DeliveryState::Rejected(_)) => {
-            let hub = hub.clone();
-            tokio::spawn(async move {
-                if let Err(e) = hub.complete_feedback(&lock).await {
-                    tracing::warn!(error = %e, "completed feedback not deleted; it will be read again");
+/// Sends the next batch on each of the service's outlet links that has none out: feedback (one
+/// message whose body is the JSON array of records) and file upload notifications (one per
+/// message), as IoT Hub sends them (user id = the hub's name, the outlet's content type). A
+/// batch stays locked in the hub until the service settles its message.
+pub(super) fn send_outlets(conn: &mut Conn) {
+    for outlet in [Outlet::Feedback, Outlet::FileNotifications] {
+        let Some(link) = conn
+            .hub
+            .outlet(outlet)
+            .as_ref()
+            .filter(|f| f.in_flight.is_none())
+            .map(|f| f.link)
+        else {
+            continue;
+        };
+        let hub = conn.services.hub.clone();
+        let Some((lock, body, content_type)) = outlet.take(&hub) else {
+            continue;
+        };
+        let properties = Properties::builder()
+            .message_id(lock.clone())
+            .user_id(Binary::from(hub.host_name().as_bytes().to_vec()))
+            .content_type(Symbol::from(content_type))
+            .build();
+        let msg = Message::builder()
+            .properties(properties)
+            .data(Binary::from(body))
+            .build();
+        conn.hub.last_token += 1;
+        let token = conn.hub.last_token;
+        match conn.amqp.send(link, message::encode(msg), Some(token)) {
+            Ok(()) => {
+                tracing::debug!(?outlet, "service-bound batch sent");
+                if let Some(f) = conn.hub.outlet(outlet).as_mut() {
+                    f.in_flight = Some((token, lock));
                 }
-            });
-        }
-        _ => {
-            hub.abandon_feedback(&lock);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, ?outlet, "service-bound batch not sent");
+                outlet.abandon(&hub, &lock);
+            }
         }
     }
 }
 
 /// The client detached its link to `address`: the feed it carried is off.
 pub(super) fn detached(conn: &mut Conn, address: &str) {
-    if HubNode::parse(address) == Some(HubNode::ServiceFeedback) {
-        if let Some((_, lock)) = conn.hub.feedback.take().and_then(|f| f.in_flight) {
-            conn.services.hub.abandon_feedback(&lock);
+    if let Some(outlet) = HubNode::parse(address).as_ref().and_then(Outlet::of) {
+        if let Some((_, lock)) = conn.hub.outlet(outlet).take().and_then(|f| f.in_flight) {
+            outlet.abandon(&conn.services.hub, &lock);
         }
         return;
     }

@@ -238,8 +238,8 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
 enum Wake {
     Read(std::io::Result<usize>),
     Outbound(String, Option<dps_hub::Outbound>),
-    /// Feedback may be readable for the service's feedback link.
-    Feedback,
+    /// Feedback or file upload notifications may be readable for the service's links.
+    Outlets,
     /// Telemetry arrived for the Event Hubs partition links waiting for it.
     Events,
     Heartbeat,
@@ -292,7 +292,7 @@ impl Conn {
                 read = stream.read(&mut buf) => Wake::Read(read),
                 hub = self.hub.next() => match hub {
                     hub::HubWake::Outbound(device, out) => Wake::Outbound(device, out),
-                    hub::HubWake::Feedback => Wake::Feedback,
+                    hub::HubWake::Outlets => Wake::Outlets,
                     hub::HubWake::Events => Wake::Events,
                 },
                 () = &mut heartbeat, if heartbeat_every.is_some() => {
@@ -331,7 +331,7 @@ impl Conn {
                     self.handle_events().await;
                 }
                 Wake::Outbound(device, None) => self.hub.drop_device(&device),
-                Wake::Feedback => hub::send_feedback(self),
+                Wake::Outlets => hub::send_outlets(self),
                 Wake::Events => event_hub::pump_waiting(self).await,
                 Wake::Heartbeat => self.amqp.heartbeat(),
                 Wake::Silent => {
@@ -369,7 +369,7 @@ impl Conn {
                 } => self.message(link, delivery, &message).await,
                 Event::Outcome { token, state } => {
                     self.hub.settled(&self.services.hub, token, Some(state));
-                    hub::send_feedback(self);
+                    hub::send_outlets(self);
                 }
                 Event::Lost { token } => self.hub.settled(&self.services.hub, token, None),
                 Event::Detached { link, .. } => self.detached(link),

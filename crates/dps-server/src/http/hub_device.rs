@@ -1,7 +1,9 @@
 //! The embedded hub's device API over HTTPS (newer-surfaces.md "Hub device API over HTTPS";
 //! wire facts in `dps_proto::hub_http`): telemetry, one message or a batch, and cloud-to-device
 //! messages received, completed, rejected and abandoned by lock token, as the Node, C and C#
-//! HTTP transports use them.
+//! HTTP transports use them; and file upload: a SAS for a blob on the blob endpoint
+//! (`POST /devices/{id}/files`, served by `blob`) and the device's report of how the upload went
+//! (`POST /devices/{id}/files/notifications`), which queues a notification for the service.
 //!
 //! Every request authenticates on its own: a device SAS token in `Authorization` for
 //! `{hub}/devices/{id}` (the id of the path, the hub's own host name), else the TLS client
@@ -10,20 +12,26 @@
 
 use axum::body::Body;
 use axum::response::Response;
-use dps_hub::{AuthError, C2dError, C2dOutcome, DeviceIdentity, PolledC2d, SessionError};
+use dps_hub::{
+    AuthError, C2dError, C2dOutcome, DeviceIdentity, FileUploadError, PolledC2d, SessionError, UploadedBlob,
+};
 use dps_proto::codes;
 use dps_proto::hub_http::{self, BATCH_CONTENT_TYPE};
+use dps_proto::model::hub::{FileUploadCompletionNotification, FileUploadSasUriRequest};
 use dps_proto::rest::Route;
 use dps_proto::timefmt::format_record;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, ETAG};
 
-use super::{no_content, Ctx};
+use super::{no_content, ok, Ctx};
 use crate::ApiError;
 
 pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
     let device_id = match &route {
         Route::SendDeviceEvent(id) | Route::ReceiveC2d(id) => id.clone(),
-        Route::CompleteC2d { device_id, .. } | Route::AbandonC2d { device_id, .. } => device_id.clone(),
+        Route::CompleteC2d { device_id, .. }
+        | Route::AbandonC2d { device_id, .. }
+        | Route::CompleteFileUpload { device_id, .. } => device_id.clone(),
+        Route::CreateFileUpload(id) => id.clone(),
         other => unreachable!("not a hub device route: {other:?}"),
     };
     let token = ctx.header("authorization").map(str::to_string);
@@ -72,6 +80,32 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             // Java sends a one-byte body; nothing in it matters.
             let _ = ctx.body().await?;
             settle(&hub, &identity, &lock_token, C2dOutcome::Abandon).await
+        }
+        Route::CreateFileUpload(_) => {
+            let req: FileUploadSasUriRequest = ctx.json("FileUploadSasUriRequest").await?;
+            Ok(ok(&hub
+                .create_file_upload(&identity, &req.blob_name)
+                .map_err(file_upload_error)?))
+        }
+        Route::CompleteFileUpload { correlation_id, .. } => {
+            let status: FileUploadCompletionNotification = ctx.json("FileUploadCompletionNotification").await?;
+            let correlation_id = correlation_id.or(status.correlation_id).ok_or_else(|| {
+                ApiError::new(
+                    codes::FILE_UPLOAD_CORRELATION_INVALID,
+                    "the notification names no correlationId (in the body or the path)",
+                )
+            })?;
+            let blob_name = hub
+                .finish_file_upload(&identity, &correlation_id)
+                .map_err(file_upload_error)?;
+            tracing::debug!(device = %identity.device_id(), blob = %blob_name, success = status.is_success, code = ?status.status_code, "file upload reported");
+            if status.is_success {
+                let blob = uploaded(ctx.services, &blob_name).await?;
+                hub.notify_file_uploaded(&identity, &blob_name, blob)
+                    .await
+                    .map_err(|e| ApiError::new(codes::SERVICE_UNAVAILABLE, format!("hub storage: {e}")))?;
+            }
+            Ok(no_content())
         }
         other => unreachable!("not a hub device route: {other:?}"),
     }
@@ -158,6 +192,39 @@ fn c2d_response(m: PolledC2d) -> Response {
         }
     }
     resp
+}
+
+/// What the blob endpoint holds for a blob the device says it uploaded (IoT Hub checks it:
+/// 400020 when it is not there).
+async fn uploaded(services: &crate::Services, blob_name: &str) -> Result<UploadedBlob, ApiError> {
+    let missing = || {
+        ApiError::new(
+            codes::FILE_UPLOAD_BLOB_MISSING,
+            format!("the upload is reported successful, but blob '{blob_name}' was not uploaded"),
+        )
+    };
+    let (Some(config), Some(blobs)) = (services.hub.file_upload_config(), services.blobs.as_ref()) else {
+        return Err(missing());
+    };
+    match blobs.properties(&config.container, blob_name).await {
+        Ok(Some(p)) => Ok(UploadedBlob {
+            size: p.size,
+            last_modified: p.last_modified,
+        }),
+        Ok(None) => Err(missing()),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+fn file_upload_error(e: FileUploadError) -> ApiError {
+    let code = match &e {
+        FileUploadError::NotConfigured => codes::FILE_UPLOAD_NOT_CONFIGURED,
+        FileUploadError::TooManyActive { .. } => codes::FILE_UPLOADS_EXCEEDED,
+        FileUploadError::UnknownCorrelationId { .. } => codes::FILE_UPLOAD_CORRELATION_INVALID,
+        FileUploadError::ExpiredCorrelationId { .. } => codes::FILE_UPLOAD_CORRELATION_EXPIRED,
+        _ => codes::ARGUMENT_INVALID,
+    };
+    ApiError::new(code, e.to_string())
 }
 
 fn telemetry_error(e: SessionError) -> ApiError {

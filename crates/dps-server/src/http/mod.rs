@@ -15,6 +15,7 @@
 //! Every JSON response has `Content-Type: application/json; charset=utf-8` (Node parses only
 //! those) and ASCII-only JSON. Errors carry `ApiError::details` as body and `x-ms-error-code`.
 
+mod blob;
 mod deadline;
 mod device;
 mod events;
@@ -246,6 +247,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
 pub(crate) struct Ctx<'a> {
     pub services: &'a Services,
     pub now: DateTime<Utc>,
+    pub method: Method,
     pub headers: HeaderMap,
     pub query: QueryParams,
     pub peer_certs: Option<PeerCertificates>,
@@ -274,17 +276,18 @@ impl Ctx<'_> {
     /// first byte (the response then closes the connection: the rest of the body is unread).
     /// A second call returns an empty body.
     pub(crate) async fn body(&mut self) -> Result<Bytes, ApiError> {
-        let Some(body) = self.body.take() else {
-            return Ok(Bytes::new());
-        };
-        let limit = self.services.config.max_message_bytes;
-        let too_large = |n: Option<u64>| {
-            let size = n.map(|n| format!(" of {n} bytes")).unwrap_or_default();
-            ApiError::new(
-                codes::PAYLOAD_TOO_LARGE,
-                format!("request body{size} exceeds the limit of {limit} bytes"),
-            )
-        };
+        let mut reader = self.body_reader(self.services.config.max_message_bytes)?;
+        let mut data = bytes::BytesMut::new();
+        while let Some(chunk) = reader.next().await? {
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data.freeze())
+    }
+
+    /// The body, to read chunk by chunk (large uploads go to disk, not memory): at most `limit`
+    /// bytes, all within `limits.request_timeout` of the request's first byte. A declared
+    /// `Content-Length` over the limit is refused before anything is read.
+    pub(crate) fn body_reader(&mut self, limit: usize) -> Result<BodyReader, ApiError> {
         let declared = self
             .headers
             .get(CONTENT_LENGTH)
@@ -292,35 +295,18 @@ impl Ctx<'_> {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let Some(len) = declared {
             if len > limit as u64 {
-                return Err(too_large(Some(len)));
+                return Err(BodyReader::too_large(limit, Some(len)));
             }
         }
         let timeout = self.services.config.limits.request_timeout();
-        let mut body = Limited::new(body, limit);
-        let mut data = bytes::BytesMut::new();
-        loop {
-            let frame = match tokio::time::timeout_at(self.started + timeout, body.frame()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(None) => return Ok(data.freeze()),
-                Ok(Some(Err(e))) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(None)),
-                Ok(Some(Err(e))) => return Err(ApiError::bad_body(format!("cannot read the request body: {e}"))),
-                Err(_) => {
-                    let of = declared.map(|n| format!(" of the {n} declared")).unwrap_or_default();
-                    return Err(ApiError::new(
-                        codes::REQUEST_TIMEOUT,
-                        format!(
-                            "the request was not received in time: {} bytes of its body{of} arrived within the \
-                             {} s a client has to send a whole request",
-                            data.len(),
-                            timeout.as_secs()
-                        ),
-                    ));
-                }
-            };
-            if let Ok(chunk) = frame.into_data() {
-                data.extend_from_slice(&chunk);
-            }
-        }
+        Ok(BodyReader {
+            body: self.body.take().map(|b| Limited::new(b, limit)),
+            deadline: self.started + timeout,
+            timeout,
+            declared,
+            limit,
+            read: 0,
+        })
     }
 
     /// Parses the body as JSON of type `T`; malformed JSON is a 400 with serde's message.
@@ -366,6 +352,66 @@ impl Ctx<'_> {
     }
 }
 
+/// A request body read chunk by chunk under a size limit and the request deadline
+/// ([`Ctx::body_reader`]).
+pub(crate) struct BodyReader {
+    body: Option<Limited<Body>>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    declared: Option<u64>,
+    limit: usize,
+    read: usize,
+}
+
+impl BodyReader {
+    fn too_large(limit: usize, n: Option<u64>) -> ApiError {
+        let size = n.map(|n| format!(" of {n} bytes")).unwrap_or_default();
+        ApiError::new(
+            codes::PAYLOAD_TOO_LARGE,
+            format!("request body{size} exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    /// The next chunk of the body; `None` at its end.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
+        let Some(body) = self.body.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            let frame = match tokio::time::timeout_at(self.deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => {
+                    self.body = None;
+                    return Ok(None);
+                }
+                Ok(Some(Err(e))) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                    return Err(Self::too_large(self.limit, None))
+                }
+                Ok(Some(Err(e))) => return Err(ApiError::bad_body(format!("cannot read the request body: {e}"))),
+                Err(_) => {
+                    let of = self
+                        .declared
+                        .map(|n| format!(" of the {n} declared"))
+                        .unwrap_or_default();
+                    return Err(ApiError::new(
+                        codes::REQUEST_TIMEOUT,
+                        format!(
+                            "the request was not received in time: {} bytes of its body{of} arrived within the \
+                             {} s a client has to send a whole request",
+                            self.read,
+                            self.timeout.as_secs()
+                        ),
+                    ));
+                }
+            };
+            if let Ok(chunk) = frame.into_data() {
+                self.read += chunk.len();
+                return Ok(Some(chunk));
+            }
+        }
+    }
+}
+
 /// Every name this server answers to on its HTTPS port: the configured host names and the
 /// embedded hub's.
 fn own_names(services: &Services) -> impl Iterator<Item = &str> + Clone {
@@ -404,10 +450,14 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
     let (parts, body) = req.into_parts();
     let query = QueryParams::parse(parts.uri.query());
     let api = route.api();
-    check_api_version(&query, api)?;
+    // Storage requests name their version in `x-ms-version`, if at all.
+    if api != Api::Blob {
+        check_api_version(&query, api)?;
+    }
     let mut ctx = Ctx {
         services,
         now,
+        method: parts.method,
         headers: parts.headers,
         query,
         peer_certs: parts.extensions.get::<PeerCertificates>().cloned(),
@@ -422,6 +472,7 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
         Api::Service => service::handle(&mut ctx, route).await,
         Api::Hub => hub::handle(&mut ctx, route).await,
         Api::HubDevice => hub_device::handle(&mut ctx, route).await,
+        Api::Blob => Ok(blob::handle(&mut ctx, route).await),
     }
 }
 

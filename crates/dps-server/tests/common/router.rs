@@ -43,7 +43,15 @@ pub struct Fixture {
     pub services: Arc<Services>,
     pub hub: Hub,
     pub clock: Arc<FakeClock>,
+    /// The file upload blob endpoint's directory.
+    pub blob_dir: tempfile::TempDir,
 }
+
+/// The fixture's storage account key (raw bytes) for file upload SAS.
+pub const STORAGE_KEY: &[u8] = b"fixture storage account key 0123";
+
+/// Largest upload the fixture's blob endpoint takes.
+pub const MAX_UPLOAD: u64 = 64 * 1024;
 
 fn policy(name: &str, key: &str, rights: &[&str]) -> SharedAccessPolicy {
     SharedAccessPolicy {
@@ -58,7 +66,18 @@ fn policy(name: &str, key: &str, rights: &[&str]) -> SharedAccessPolicy {
 /// policies on both APIs, the clock at 2026-01-01T00:00:00Z, nothing enrolled.
 pub async fn fixture() -> Fixture {
     let clock = Arc::new(FakeClock::at(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()));
-    let hub = Hub::open_with_clock(HubConfig::in_memory(HUB_HOST), clock.clone()).unwrap();
+    let hub_config = HubConfig {
+        file_upload: Some(dps_hub::FileUploadConfig {
+            host: HUB_HOST.into(),
+            container: "fileupload".into(),
+            account: "hub".into(),
+            key: STORAGE_KEY.to_vec(),
+            notifications: true,
+        }),
+        ..HubConfig::in_memory(HUB_HOST)
+    };
+    let hub = Hub::open_with_clock(hub_config, clock.clone()).unwrap();
+    let blob_dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(
         EngineConfig::single_hub(SCOPE, HUB_HOST),
         Arc::new(MemoryStore::new()),
@@ -91,12 +110,14 @@ pub async fn fixture() -> Fixture {
         },
         config,
         clock: clock.clone(),
+        blobs: Some(dps_store::BlobStore::open(blob_dir.path(), MAX_UPLOAD).unwrap()),
     });
     Fixture {
         app: router(services.clone()),
         services,
         hub,
         clock,
+        blob_dir,
     }
 }
 

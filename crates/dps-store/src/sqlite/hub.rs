@@ -5,7 +5,8 @@
 //! store moved here, so existing files open unchanged (migration `hub/0001`). The queues
 //! (`hub/0003`): `c2d(seq, device, doc)` for cloud-to-device messages and `feedback(seq, doc)`,
 //! each document the hub's JSON record. `consumer_groups(name, doc)` (`hub/0004`) holds the
-//! created consumer groups of the Event Hub-compatible endpoint.
+//! created consumer groups of the Event Hub-compatible endpoint, `file_notifications(seq, doc)`
+//! (`hub/0005`) the file upload notifications the service has not completed.
 //!
 //! The hub upserts a device on every registration, and each upsert must be durable before the
 //! device gets its answer, so writes go through the same group-committing writer thread as the
@@ -17,8 +18,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 use dps_hub::store::{
-    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, HubStore,
-    HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, FileNotification,
+    HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
 };
 use rusqlite::{params, Connection};
 
@@ -42,6 +43,9 @@ const DELETE_FEEDBACK: &str = "DELETE FROM feedback WHERE seq = ?1";
 /// Keys as text: the shared document reader takes (text key, doc) rows.
 const ALL_C2D: &str = "SELECT CAST(seq AS TEXT), doc FROM c2d ORDER BY seq";
 const ALL_FEEDBACK: &str = "SELECT CAST(seq AS TEXT), doc FROM feedback ORDER BY seq";
+const PUT_NOTIFICATION: &str = "INSERT OR REPLACE INTO file_notifications (seq, doc) VALUES (?1, ?2)";
+const DELETE_NOTIFICATION: &str = "DELETE FROM file_notifications WHERE seq = ?1";
+const ALL_NOTIFICATIONS: &str = "SELECT CAST(seq AS TEXT), doc FROM file_notifications ORDER BY seq";
 const PUT_GROUP: &str = "INSERT OR REPLACE INTO consumer_groups (name, doc) VALUES (?1, ?2)";
 const DELETE_GROUP: &str = "DELETE FROM consumer_groups WHERE name = ?1";
 const ALL_GROUPS: &str = "SELECT name, doc FROM consumer_groups ORDER BY name";
@@ -90,6 +94,8 @@ enum DeviceOp {
         delete_c2d: Vec<i64>,
         put_feedback: Vec<(i64, String)>,
         delete_feedback: Vec<i64>,
+        put_notifications: Vec<(i64, String)>,
+        delete_notifications: Vec<i64>,
     },
     /// Insert or replace the consumer group `key`.
     PutGroup { key: String, doc: String },
@@ -112,6 +118,8 @@ impl Operation for DeviceOp {
                 delete_c2d,
                 put_feedback,
                 delete_feedback,
+                put_notifications,
+                delete_notifications,
             } => (|| {
                 for (seq, device, doc) in put_c2d {
                     run(PUT_C2D, params![seq, device, doc])?;
@@ -124,6 +132,12 @@ impl Operation for DeviceOp {
                 }
                 for seq in delete_feedback {
                     run(DELETE_FEEDBACK, params![seq])?;
+                }
+                for (seq, doc) in put_notifications {
+                    run(PUT_NOTIFICATION, params![seq, doc])?;
+                }
+                for seq in delete_notifications {
+                    run(DELETE_NOTIFICATION, params![seq])?;
                 }
                 Ok(())
             })(),
@@ -239,6 +253,16 @@ impl HubStore for SqliteHubStore {
                 .iter()
                 .map(|s| seq(*s))
                 .collect::<Result<_, _>>()?,
+            put_notifications: change
+                .put_file_notifications
+                .iter()
+                .map(|n| Ok((seq(n.seq)?, encode("file notification", serde_json::to_string(n))?)))
+                .collect::<Result<_, HubStoreError>>()?,
+            delete_notifications: change
+                .delete_file_notifications
+                .iter()
+                .map(|s| seq(*s))
+                .collect::<Result<_, _>>()?,
         };
         self.db.writer.write(op).await
     }
@@ -251,6 +275,13 @@ impl HubStore for SqliteHubStore {
                 let feedback = reader::collect(c, "feedback", ALL_FEEDBACK, params![])?;
                 Ok((messages, feedback))
             })
+            .await
+    }
+
+    async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError> {
+        self.db
+            .readers
+            .read(|c| reader::collect(c, "file_notifications", ALL_NOTIFICATIONS, params![]))
             .await
     }
 

@@ -98,6 +98,11 @@ pub(crate) const HUB: Schema = Schema {
             name: "event hub consumer groups",
             sql: include_str!("migrations/hub/0004_consumer_groups.sql"),
         },
+        Migration {
+            version: 5,
+            name: "file upload notifications",
+            sql: include_str!("migrations/hub/0005_file_notifications.sql"),
+        },
     ],
     adopts_unmarked_files: true,
 };
