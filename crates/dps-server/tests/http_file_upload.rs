@@ -17,14 +17,6 @@ use serde_json::{json, Value};
 
 const HUB_API: &str = "api-version=2021-04-12";
 
-async fn device(f: &Fixture, id: &str) -> String {
-    let dev = json!({"deviceId": id, "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY2}}});
-    f.reg(Method::PUT, &format!("/devices/{id}"), &[], dev.to_string())
-        .await
-        .assert_json(StatusCode::OK);
-    build_token(&format!("{HUB_HOST}/devices/{id}"), DEVICE_KEY, f.expiry(), None).unwrap()
-}
-
 async fn as_device(f: &Fixture, path: &str, token: &str, body: Value) -> Resp {
     f.call(
         Method::POST,
@@ -86,7 +78,7 @@ fn assert_storage_error(r: &Resp, status: StatusCode, code: &str) -> String {
 #[tokio::test]
 async fn upload_by_blocks_then_notify() {
     let f = fixture().await;
-    let tok = device(&f, "up1").await;
+    let tok = sas_device_token(&f, "up1").await;
     let (cid, name, sas) = start(&f, "up1", &tok, "logs/today.txt").await;
     // Node's order: SAS first, then comp and blockid; Python's: comp first.
     for (id, chunk) in [("AAAA", "hello "), ("AAAB", "world")] {
@@ -196,8 +188,8 @@ async fn upload_by_blocks_then_notify() {
 #[tokio::test]
 async fn put_blob_and_the_refusals() {
     let f = fixture().await;
-    let tok = device(&f, "up2").await;
-    let other = device(&f, "up3").await;
+    let tok = sas_device_token(&f, "up2").await;
+    let other = sas_device_token(&f, "up3").await;
     let (cid, name, sas) = start(&f, "up2", &tok, "photo.jpg").await;
     let put = |extra: &'static str, headers: Vec<(&'static str, &'static str)>, body: &'static str| {
         let (f, name, sas) = (&f, name.clone(), sas.clone());

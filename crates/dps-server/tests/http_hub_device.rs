@@ -17,15 +17,6 @@ use serde_json::json;
 
 const HUB_API: &str = "api-version=2021-04-12";
 
-/// Creates SAS device `id` (keys [`DEVICE_KEY`], [`DEVICE_KEY2`]) and returns a device token.
-async fn device(f: &Fixture, id: &str) -> String {
-    let dev = json!({"deviceId": id, "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY2}}});
-    f.reg(Method::PUT, &format!("/devices/{id}"), &[], dev.to_string())
-        .await
-        .assert_json(StatusCode::OK);
-    token(f, id, DEVICE_KEY)
-}
-
 fn token(f: &Fixture, id: &str, key: &str) -> String {
     build_token(&format!("{HUB_HOST}/devices/{id}"), key, f.expiry(), None).unwrap()
 }
@@ -48,7 +39,7 @@ async fn as_device(
 #[tokio::test]
 async fn telemetry_one_message_and_batches() {
     let f = fixture().await;
-    let tok = device(&f, "h1").await;
+    let tok = sas_device_token(&f, "h1").await;
     // One message, as the Node SDK sends it: properties as headers, no Content-Type.
     as_device(
         &f,
@@ -134,8 +125,8 @@ async fn telemetry_one_message_and_batches() {
 #[tokio::test]
 async fn credentials_are_judged_against_the_path_device_and_this_hub() {
     let f = fixture().await;
-    let tok = device(&f, "h2").await;
-    let other = device(&f, "h3").await;
+    let tok = sas_device_token(&f, "h2").await;
+    let other = sas_device_token(&f, "h3").await;
     let post = |token: String, path: &'static str| {
         let f = &f;
         async move { as_device(f, Method::POST, path, &token, &[], "x").await }
@@ -196,7 +187,7 @@ async fn credentials_are_judged_against_the_path_device_and_this_hub() {
 #[tokio::test]
 async fn c2d_received_under_a_lock_then_completed_rejected_or_abandoned() {
     let f = fixture().await;
-    let tok = device(&f, "h4").await;
+    let tok = sas_device_token(&f, "h4").await;
     for (mid, ack) in [("one", "full"), ("two", "full"), ("three", "full")] {
         f.hub
             .send_c2d(
@@ -296,7 +287,7 @@ async fn c2d_received_under_a_lock_then_completed_rejected_or_abandoned() {
     let lock4 = again.header("etag").unwrap().trim_matches('"').to_string();
 
     // Another device cannot settle this device's lock.
-    let other = device(&f, "h5").await;
+    let other = sas_device_token(&f, "h5").await;
     as_device(
         &f,
         Method::DELETE,

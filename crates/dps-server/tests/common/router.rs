@@ -250,6 +250,16 @@ pub fn sym_enrollment(id: &str, key: Option<&str>) -> String {
     json!({"registrationId": id, "attestation": {"type": "symmetricKey", "symmetricKey": sk}}).to_string()
 }
 
+/// Creates SAS device `id` (keys [`DEVICE_KEY`], [`DEVICE_KEY2`]) through the registry API and
+/// returns a device token for it (audience `{HUB_HOST}/devices/{id}`, primary key).
+pub async fn sas_device_token(f: &Fixture, id: &str) -> String {
+    let dev = json!({"deviceId": id, "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY2}}});
+    f.reg(Method::PUT, &format!("/devices/{id}"), &[], dev.to_string())
+        .await
+        .assert_json(StatusCode::OK);
+    build_token(&format!("{HUB_HOST}/devices/{id}"), DEVICE_KEY, f.expiry(), None).unwrap()
+}
+
 /// Creates a SAS device in the hub and opens its session (as the MQTT adapter would).
 pub async fn connect_device(
     f: &Fixture,
