@@ -21,6 +21,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc rather than glibc's allocator: on the telemetry path glibc's malloc and free took
+/// about a fifth of the server's CPU (arena locking and consolidation across tokio's worker
+/// threads; BENCHMARKS.md, decision 0025).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A self-hosted, Azure-compatible IoT Hub Device Provisioning Service.
 #[derive(Parser)]
 #[command(name = "dps", version, about, long_about = None)]
