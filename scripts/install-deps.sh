@@ -15,6 +15,8 @@ set -euo pipefail
 missing=()
 
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+# jemalloc (the `dps` binary's allocator, decision 0025) is built with make.
+command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 if ! command -v python3 >/dev/null 2>&1; then
     missing+=(python3 python3-venv)
