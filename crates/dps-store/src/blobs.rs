@@ -178,13 +178,28 @@ impl BlobStore {
     }
 
     /// Keeps a finished write as block `id` of the blob (Put Block); a block put again with the
-    /// same id replaces it.
+    /// same id replaces it. The blocks staged for one blob together stay within the blob limit
+    /// (and Azure's block count), so an upload that is never committed cannot fill the disk.
     pub async fn put_block(&self, write: BlobWrite, container: &str, blob: &str, id: &[u8]) -> Result<(), BlobError> {
         self.blob_path(container, blob)?;
         let dir = self.blocks_dir(container, blob);
         tokio::fs::create_dir_all(&dir).await?;
+        let name = hex(id);
+        let (mut staged, mut count) = (write.len(), 1usize);
+        let mut entries = tokio::fs::read_dir(&dir).await?;
+        while let Some(e) = entries.next_entry().await? {
+            if e.file_name().to_string_lossy() != name.as_str() {
+                staged += e.metadata().await?.len();
+                count += 1;
+            }
+        }
+        if staged > self.max_blob_bytes || count > dps_proto::blob_storage::MAX_BLOCKS {
+            return Err(BlobError::TooLarge {
+                limit: self.max_blob_bytes,
+            });
+        }
         let tmp = write.finish().await?;
-        let renamed = tokio::fs::rename(&tmp, dir.join(hex(id))).await;
+        let renamed = tokio::fs::rename(&tmp, dir.join(name)).await;
         if renamed.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
@@ -377,14 +392,20 @@ mod tests {
             Err(BlobError::TooLarge { limit: 16 })
         ));
         drop(w);
-        for id in [b"x", b"y"] {
-            let w = write(&store, &[1; 10]).await;
+        // Staged blocks of one blob stay within the limit (a block put again replaces itself);
+        // a list naming a block twice may still add up past it.
+        for id in [b"x", b"x", b"y"] {
+            let w = write(&store, &[1; 8]).await;
             store.put_block(w, "c", "dev/big", id).await.unwrap();
         }
+        let w = write(&store, &[1; 1]).await;
         assert!(matches!(
-            store
-                .put_block_list("c", "dev/big", &[b"x".to_vec(), b"y".to_vec()], false)
-                .await,
+            store.put_block(w, "c", "dev/big", b"z").await,
+            Err(BlobError::TooLarge { limit: 16 })
+        ));
+        let twice = [b"x".to_vec(), b"y".to_vec(), b"x".to_vec()];
+        assert!(matches!(
+            store.put_block_list("c", "dev/big", &twice, false).await,
             Err(BlobError::TooLarge { .. })
         ));
         assert!(!dir.path().join("c/dev/big").exists());
