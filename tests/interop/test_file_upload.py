@@ -9,6 +9,7 @@ outcome, and a backend reads the file upload notification.
   upload itself with `azure-storage-blob` (`BlobClient.from_blob_url(...).upload_blob`: one Put
   Blob with `If-None-Match: *`), as the SDK's own sample does. The Python service SDK has no
   file notification API; the Node receiver reads those too.
+- The operator's side: `dps hub file list` and `dps hub file download`.
 """
 
 from __future__ import annotations
@@ -83,3 +84,11 @@ def test_python_storage_info_upload_and_notify(dps_server, registry_manager):
         device.notify_blob_upload_status(failed["correlationId"], False, 500, "disk full")
     stored = Path(dps_server.data_dir) / "blobs" / "fileupload" / device_id / name
     assert stored.read_bytes() == data
+    # An operator lists and downloads uploaded files with the CLI (the hub's `/files` resource).
+    listed = dps_server.cli("hub", "file", "list", "--device-id", device_id)
+    assert [f["name"] for f in listed] == [f"{device_id}/{name}"], listed
+    assert listed[0]["size"] == len(data), listed
+    out = Path(dps_server.base_dir) / f"downloaded-{name}"
+    got = dps_server.cli("hub", "file", "download", "--name", f"{device_id}/{name}", "--out", str(out))
+    assert got["bytes"] == len(data), got
+    assert out.read_bytes() == data

@@ -11,7 +11,7 @@
 use dps_proto::model::certificate::{CertificateBody, CertificateResponse, VerificationCertificate};
 use dps_proto::model::hub::{
     CloudToDeviceMethod, CloudToDeviceMethodResult, ConsumerGroupList, Device, EventHubConsumerGroupInfo,
-    RegistryStatistics, ServiceStatistics, Twin,
+    RegistryStatistics, ServiceStatistics, Twin, UploadedFileList,
 };
 use dps_proto::model::service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment, RegistrationState};
 use dps_proto::rest::Route;
@@ -304,6 +304,19 @@ impl RegistryClient {
     /// exists is returned as it is).
     pub async fn create_consumer_group(&self, name: &str) -> Result<EventHubConsumerGroupInfo, ClientError> {
         call(&self.rest, Route::PutConsumerGroup(name.into()), None, None).await
+    }
+
+    /// `GET /files[?deviceId=…]`: the files devices uploaded, by name.
+    pub async fn list_files(&self, device_id: Option<&str>) -> Result<UploadedFileList, ClientError> {
+        let route = Route::ListFiles;
+        let query: Vec<(&str, &str)> = device_id.map(|d| ("deviceId", d)).into_iter().collect();
+        let reply = self.rest.call(&route, &query, None, &[]).await?;
+        typed(&route, reply.body)
+    }
+
+    /// `GET /files/{name}`: an uploaded file, as the answer to read its bytes from.
+    pub async fn download_file(&self, name: &str) -> Result<reqwest::Response, ClientError> {
+        self.rest.open_stream(&Route::GetFile(name.to_string()), &[]).await
     }
 
     /// `DELETE /eventHubEndpoints/events/consumerGroups/{name}`.

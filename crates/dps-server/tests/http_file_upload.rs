@@ -150,6 +150,47 @@ async fn upload_by_blocks_then_notify() {
         (StatusCode::OK, Some("11"), 0)
     );
 
+    // Backends list and read uploaded files with a hub policy (RegistryRead or ServiceConnect).
+    let listed = f
+        .reg(Method::GET, "/files?deviceId=UP1", &[], Body::empty())
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(listed["value"][0]["name"], "up1/logs/today.txt", "{listed}");
+    assert_eq!(
+        (
+            listed["value"][0]["deviceId"].as_str(),
+            listed["value"][0]["size"].as_u64()
+        ),
+        (Some("up1"), Some(11))
+    );
+    let got = f
+        .reg(Method::GET, "/files/up1/logs%2Ftoday.txt", &[], Body::empty())
+        .await;
+    assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"hello world"[..]));
+    f.reg(Method::GET, "/files/up1/none.txt", &[], Body::empty())
+        .await
+        .assert_error(StatusCode::NOT_FOUND, codes::PATH_NOT_FOUND);
+    let reader = build_token(HUB_HOST, HUB_READER_KEY, f.expiry(), Some("registryRead")).unwrap();
+    let r = f
+        .call(
+            Method::GET,
+            &format!("/files?{HUB_API}"),
+            &[("authorization", &reader)],
+            Body::empty(),
+        )
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(r["value"].as_array().unwrap().len(), 1);
+    // A device's own token is no backend credential.
+    f.call(
+        Method::GET,
+        &format!("/files?{HUB_API}"),
+        &[("authorization", &tok)],
+        Body::empty(),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, codes::UNAUTHORIZED);
+
     // Node reports with the correlation id in the path and no status code.
     as_device(
         &f,

@@ -283,6 +283,43 @@ impl BlobStore {
         Ok(Some((props, tokio::fs::File::open(&path).await?)))
     }
 
+    /// The blobs of `container` by name, only those under the directory `{device}/` (its case
+    /// ignored) when given, at most `limit`.
+    pub async fn list(
+        &self,
+        container: &str,
+        device: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, BlobProperties)>, BlobError> {
+        let root = self.root.join(container);
+        let device = device.map(str::to_string);
+        let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+            let mut names = Vec::new();
+            let Ok(top) = std::fs::read_dir(&root) else {
+                return Ok(names);
+            };
+            for entry in top.flatten() {
+                let dir_name = entry.file_name().to_string_lossy().into_owned();
+                if device.as_deref().is_some_and(|d| !d.eq_ignore_ascii_case(&dir_name)) {
+                    continue;
+                }
+                walk(&entry.path(), &dir_name, &mut names)?;
+            }
+            names.sort();
+            names.truncate(limit);
+            Ok(names)
+        })
+        .await
+        .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
+        let mut listed = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(p) = self.properties(container, &name).await? {
+                listed.push((name, p));
+            }
+        }
+        Ok(listed)
+    }
+
     async fn properties_of(&self, path: &Path) -> Result<Option<BlobProperties>, BlobError> {
         let meta = match tokio::fs::metadata(path).await {
             Ok(m) if m.is_file() => m,
@@ -335,6 +372,22 @@ impl BlobStore {
     }
 }
 
+/// Collects the files under `path` (named `prefix` relative to the container) as blob names.
+fn walk(path: &Path, prefix: &str, names: &mut Vec<String>) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_file() {
+        if valid_blob_name(prefix) {
+            names.push(prefix.to_string());
+        }
+    } else if meta.is_dir() {
+        for entry in std::fs::read_dir(path)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            walk(&entry.path(), &format!("{prefix}/{name}"), names)?;
+        }
+    }
+    Ok(())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -382,7 +435,15 @@ mod tests {
             .unwrap();
         assert_eq!(props.size, 11);
         assert_eq!(std::fs::read(dir.path().join("c/dev/b.txt")).unwrap(), b"hello world");
-        assert_eq!(store.properties("c", "dev/b.txt").await.unwrap(), Some(props));
+        assert_eq!(store.properties("c", "dev/b.txt").await.unwrap(), Some(props.clone()));
+        let names = |l: Vec<(String, BlobProperties)>| l.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(
+            names(store.list("c", None, 10).await.unwrap()),
+            ["dev/a.txt", "dev/b.txt"]
+        );
+        assert_eq!(names(store.list("c", Some("DEV"), 1).await.unwrap()), ["dev/a.txt"]);
+        assert!(store.list("c", Some("other"), 10).await.unwrap().is_empty());
+        assert!(store.list("none", None, 10).await.unwrap().is_empty());
         assert_eq!(store.properties("c", "dev/none").await.unwrap(), None);
 
         // Over the limit: refused while writing, and when blocks add up.

@@ -33,6 +33,41 @@ pub enum HubCommand {
     /// Consumer groups of the Event Hub-compatible endpoint (like `az iot hub consumer-group`).
     #[command(subcommand)]
     ConsumerGroup(ConsumerGroupCommand),
+    /// Files devices uploaded (IoT Hub file upload).
+    #[command(subcommand)]
+    File(FileCommand),
+}
+
+/// `dps hub file …`
+#[derive(Subcommand, Debug)]
+pub enum FileCommand {
+    /// List uploaded files (name, device, size, time).
+    List(FileList),
+    /// Download an uploaded file.
+    Download(FileDownload),
+}
+
+/// `dps hub file list`
+#[derive(Args, Debug)]
+pub struct FileList {
+    /// Only this device's files.
+    #[arg(long, short = 'd')]
+    pub device_id: Option<String>,
+    #[command(flatten)]
+    pub target: HubTarget,
+}
+
+/// `dps hub file download`
+#[derive(Args, Debug)]
+pub struct FileDownload {
+    /// The file's name as listed: `{deviceId}/{name}`.
+    #[arg(long, short = 'n')]
+    pub name: String,
+    /// Where to write it [default: its last name segment, in the current directory].
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub target: HubTarget,
 }
 
 /// `dps hub consumer-group …`
@@ -328,6 +363,68 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
         }
         HubCommand::MonitorEvents(a) => monitor(a).await?,
         HubCommand::ConsumerGroup(c) => consumer_group(c).await?,
+        HubCommand::File(c) => file(c).await?,
+    }
+    Ok(())
+}
+
+/// Runs `dps hub file …`.
+async fn file(cmd: FileCommand) -> Result<()> {
+    match cmd {
+        FileCommand::List(a) => {
+            let files = a
+                .target
+                .client()?
+                .list_files(a.device_id.as_deref())
+                .await
+                .context("cannot list uploaded files")?;
+            let v = to_value(&files.value)?;
+            if a.target.server.json {
+                output::json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = files
+                    .value
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.name.clone(),
+                            f.device_id.clone(),
+                            f.size.to_string(),
+                            f.last_modified.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "DEVICE", "BYTES", "LAST MODIFIED"], &rows);
+            }
+        }
+        FileCommand::Download(a) => {
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(a.name.rsplit('/').next().unwrap_or(a.name.as_str())));
+            let mut resp = a
+                .target
+                .client()?
+                .download_file(&a.name)
+                .await
+                .with_context(|| format!("cannot download '{}'", a.name))?;
+            let mut file = tokio::fs::File::create(&out)
+                .await
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let mut bytes = 0u64;
+            while let Some(chunk) = resp.chunk().await.with_context(|| format!("reading '{}'", a.name))? {
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                    .await
+                    .with_context(|| format!("writing {}", out.display()))?;
+                bytes += chunk.len() as u64;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file).await?;
+            if a.target.server.json {
+                output::json(&serde_json::json!({"name": a.name, "bytes": bytes, "path": out}));
+            } else {
+                out!("wrote {} ({bytes} bytes)", out.display());
+            }
+        }
     }
     Ok(())
 }

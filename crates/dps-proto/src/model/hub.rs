@@ -220,6 +220,33 @@ pub struct FileUploadCompletionNotification {
     pub status_description: Option<String>,
 }
 
+/// A file a device uploaded (`GET /files`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadedFile {
+    /// The blob name, `{deviceId}/{name}` (`GET /files/{name}` reads it).
+    pub name: String,
+    /// The device that uploaded it.
+    pub device_id: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written (ISO 8601).
+    pub last_modified: String,
+}
+
+/// `GET /files`: uploaded files by name, at most [`UploadedFileList::MAX`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadedFileList {
+    /// The files, by name.
+    pub value: Vec<UploadedFile>,
+}
+
+impl UploadedFileList {
+    /// Most files one answer lists.
+    pub const MAX: usize = 5000;
+}
+
 /// A consumer group of the built-in Event Hub-compatible endpoint, in the shape of Azure's
 /// management API (`EventHubConsumerGroupInfo`), which `az iot hub consumer-group` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

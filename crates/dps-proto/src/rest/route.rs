@@ -96,6 +96,10 @@ enum Resource {
     DeviceFileNotifications(String, Option<String>),
     /// `/{container}/{blob…}` of the file upload blob endpoint
     Blob(String, String),
+    /// `/files`: the files devices uploaded
+    Files,
+    /// `/files/{blob…}`: one uploaded file
+    File(String),
     /// `/messages/events` (telemetry stream for `dps hub monitor-events`)
     Events,
     /// `/messages/serviceBound/feedback`
@@ -276,6 +280,11 @@ pub enum Route {
         /// The blob name.
         blob: String,
     },
+    /// `GET /files[?deviceId=…]`: the files devices uploaded (dps's own resource: in Azure they
+    /// are in the storage account).
+    ListFiles,
+    /// `GET /files/{deviceId}/{name}`: the bytes of an uploaded file.
+    GetFile(String),
     /// `GET /eventHubEndpoints/events/consumerGroups`: the built-in endpoint's consumer groups
     /// (the shape of Azure's management API, whose path this follows).
     ListConsumerGroups,
@@ -342,7 +351,9 @@ impl Route {
             | ListConsumerGroups
             | GetConsumerGroup(_)
             | PutConsumerGroup(_)
-            | DeleteConsumerGroup(_) => Api::Hub,
+            | DeleteConsumerGroup(_)
+            | ListFiles
+            | GetFile(_) => Api::Hub,
         }
     }
 }
@@ -436,6 +447,8 @@ impl Route {
             | GetConsumerGroup(_)
             | ReceiveC2d(_)
             | GetBlob { .. }
+            | ListFiles
+            | GetFile(_)
             | MqttWebSocket => Method::GET,
         }
     }
@@ -503,6 +516,11 @@ impl Route {
             PutBlob { container, blob } | GetBlob { container, blob } => {
                 let segments: Vec<String> = blob.split('/').map(encode_segment).collect();
                 format!("/{}/{}", encode_segment(container), segments.join("/"))
+            }
+            ListFiles => "/files".into(),
+            GetFile(blob) => {
+                let segments: Vec<String> = blob.split('/').map(encode_segment).collect();
+                format!("/files/{}", segments.join("/"))
             }
             MonitorEvents => "/messages/events".into(),
             ReceiveFeedback => "/messages/serviceBound/feedback".into(),
@@ -577,6 +595,8 @@ impl Route {
             CreateFileUpload(id) | CompleteFileUpload { device_id: id, .. } => item("devices", id),
             // Judged by the blob's SAS, not by a policy.
             PutBlob { container, blob } | GetBlob { container, blob } => format!("/{container}/{blob}"),
+            ListFiles => "/files".into(),
+            GetFile(blob) => format!("/files/{}", escape_segment(blob)),
             MonitorEvents => "/messages/events".into(),
             ReceiveFeedback | CompleteFeedback(_) | AbandonFeedback(_) => "/messages/servicebound/feedback".into(),
             DeviceStatistics => "/statistics/devices".into(),
@@ -627,6 +647,10 @@ fn resource(segs: &[String]) -> Option<Resource> {
         [c, blob @ ..] if *c == FILE_UPLOAD_CONTAINER && !blob.is_empty() => {
             Resource::Blob(c.to_string(), blob.join("/"))
         }
+        [first, rest @ ..] if is(first, "files") => match rest {
+            [] => Resource::Files,
+            blob => Resource::File(blob.join("/")),
+        },
         [first, rest @ ..] if is(first, "enrollments") => match rest {
             [] => Resource::Enrollments,
             [q] if is(q, "query") => Resource::EnrollmentQuery,
@@ -859,6 +883,14 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             Method::PUT => Ok(Route::PutBlob { container, blob }),
             Method::GET | Method::HEAD => Ok(Route::GetBlob { container, blob }),
             _ => not_allowed(&[Method::GET, Method::HEAD, Method::PUT]),
+        },
+        R::Files => match *m {
+            Method::GET => Ok(Route::ListFiles),
+            _ => not_allowed(GET),
+        },
+        R::File(blob) => match *m {
+            Method::GET => Ok(Route::GetFile(blob)),
+            _ => not_allowed(GET),
         },
         R::Feedback => match *m {
             Method::GET => Ok(Route::ReceiveFeedback),

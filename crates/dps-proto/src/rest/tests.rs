@@ -100,6 +100,7 @@ fn every_route(id: &str) -> Vec<Route> {
             device_id: s(),
             correlation_id: Some(s()),
         },
+        ListFiles,
         ListConsumerGroups,
         GetConsumerGroup(s()),
         PutConsumerGroup(s()),
@@ -238,6 +239,11 @@ fn file_upload_paths_as_the_sdks_send_them() {
             correlation_id: Some("abc==".into())
         })
     );
+    assert_eq!(
+        Route::parse(&Method::GET, "/files/dev%201/a%2Fb.txt"),
+        Ok(Route::GetFile("dev 1/a/b.txt".into()))
+    );
+    assert_eq!(Route::parse(&Method::GET, "/files"), Ok(Route::ListFiles));
     // The container alone is no blob; another first segment is no container.
     assert_eq!(Route::parse(&Method::PUT, "/fileupload"), Err(NoRoute::NotFound));
     assert_eq!(Route::parse(&Method::PUT, "/FileUpload/d/x"), Err(NoRoute::NotFound));

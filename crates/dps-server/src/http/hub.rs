@@ -6,7 +6,8 @@
 //! twins accept `ServiceConnect` or the registry right (Azure documents twin access under
 //! ServiceConnect); direct methods and the telemetry stream need `ServiceConnect`, as in Azure.
 //! The built-in endpoint's consumer groups (a management-plane resource in Azure) are read with
-//! `ServiceConnect` or `RegistryRead` and made or deleted with `RegistryWrite`.
+//! `ServiceConnect` or `RegistryRead` and made or deleted with `RegistryWrite`; so are the files
+//! devices uploaded read (`/files`, module `files`).
 
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ fn rights(route: &Route) -> &'static [&'static str] {
         | AbandonFeedback(_) => &[SERVICE_CONNECT],
         // Readers of the built-in endpoint may list its groups; making them is an operator's.
         ListConsumerGroups | GetConsumerGroup(_) => &[SERVICE_CONNECT, REGISTRY_READ],
+        // Uploaded files are a backend's to read, as a storage account's are.
+        ListFiles | GetFile(_) => &[SERVICE_CONNECT, REGISTRY_READ],
         PutConsumerGroup(_) | DeleteConsumerGroup(_) => &[REGISTRY_WRITE],
         other => unreachable!("not a hub route: {other:?}"),
     }
@@ -188,6 +191,11 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             hub.delete_consumer_group(&name).await.map_err(consumer_group_error)?;
             no_content()
         }
+        Route::ListFiles => {
+            let device = ctx.query.get("deviceId").map(str::to_string);
+            super::files::list(ctx.services, device.as_deref()).await?
+        }
+        Route::GetFile(name) => super::files::read(ctx.services, &name).await?,
         other => unreachable!("not a hub route: {other:?}"),
     };
     Ok(resp)

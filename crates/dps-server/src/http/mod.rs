@@ -19,6 +19,7 @@ mod blob;
 mod deadline;
 mod device;
 mod events;
+mod files;
 pub mod host;
 mod hub;
 mod hub_device;

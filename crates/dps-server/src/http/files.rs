@@ -1,0 +1,67 @@
+//! The files devices uploaded, for backends and the `dps hub file` CLI: `GET /files[?deviceId=]`
+//! lists them, `GET /files/{deviceId}/{name}` reads one. In Azure a backend reads them from the
+//! storage account; here they live in the data directory's blob store, and this hub resource
+//! (authorized by the hub's policies, see `hub.rs`) reads them without a storage key.
+
+use axum::body::Body;
+use axum::response::Response;
+use dps_proto::blob_storage::valid_blob_name;
+use dps_proto::codes;
+use dps_proto::model::hub::{UploadedFile, UploadedFileList};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::HeaderValue;
+
+use super::ok;
+use crate::{ApiError, Services};
+
+/// The blob store and its container, or 400014 when file upload is not configured.
+fn store(services: &Services) -> Result<(&dps_store::BlobStore, &str), ApiError> {
+    match (services.blobs.as_ref(), services.hub.file_upload_config()) {
+        (Some(b), Some(c)) => Ok((b, c.container.as_str())),
+        _ => Err(ApiError::new(
+            codes::FILE_UPLOAD_NOT_CONFIGURED,
+            "file upload is not configured on this server",
+        )),
+    }
+}
+
+fn storage_error(e: dps_store::BlobError) -> ApiError {
+    ApiError::internal(format!("blob storage: {e}"))
+}
+
+/// `GET /files`: every uploaded file by name (only `device`'s when given), at most
+/// [`UploadedFileList::MAX`].
+pub(super) async fn list(services: &Services, device: Option<&str>) -> Result<Response, ApiError> {
+    let (blobs, container) = store(services)?;
+    let listed = blobs
+        .list(container, device, UploadedFileList::MAX)
+        .await
+        .map_err(storage_error)?;
+    let value = listed
+        .into_iter()
+        .map(|(name, p)| UploadedFile {
+            device_id: name.split('/').next().unwrap_or_default().to_string(),
+            name,
+            size: p.size,
+            last_modified: dps_proto::timefmt::format_record(&p.last_modified),
+        })
+        .collect();
+    Ok(ok(&UploadedFileList { value }))
+}
+
+/// `GET /files/{name}`: the file's bytes, streamed.
+pub(super) async fn read(services: &Services, name: &str) -> Result<Response, ApiError> {
+    let (blobs, container) = store(services)?;
+    let not_found = || ApiError::new(codes::PATH_NOT_FOUND, format!("no uploaded file '{name}'"));
+    if !valid_blob_name(name) {
+        return Err(not_found());
+    }
+    let Some((props, file)) = blobs.open_blob(container, name).await.map_err(storage_error)? else {
+        return Err(not_found());
+    };
+    let mut resp = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(file)));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_LENGTH, HeaderValue::from(props.size));
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(resp)
+}
