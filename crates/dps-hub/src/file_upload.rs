@@ -166,7 +166,7 @@ impl Hub {
         identity: &DeviceIdentity,
         blob_name: &str,
     ) -> Result<FileUploadSas, FileUploadError> {
-        let config = self.inner.file_upload.as_ref().ok_or(FileUploadError::NotConfigured)?;
+        let config = self.inner.file_upload.get().ok_or(FileUploadError::NotConfigured)?;
         let device_id = identity.device_id();
         let full = format!("{device_id}/{blob_name}");
         if blob_name.is_empty() || !valid_blob_name(&full) {
@@ -239,7 +239,7 @@ impl Hub {
         blob_name: &str,
         blob: UploadedBlob,
     ) -> Result<bool, HubStoreError> {
-        let Some(config) = self.inner.file_upload.as_ref().filter(|c| c.notifications) else {
+        let Some(config) = self.inner.file_upload.get().filter(|c| c.notifications) else {
             return Ok(false);
         };
         let record = FileNotification {
@@ -263,7 +263,13 @@ impl Hub {
 
     /// The blob endpoint's settings, if file upload is configured.
     pub fn file_upload_config(&self) -> Option<&FileUploadConfig> {
-        self.inner.file_upload.as_ref()
+        self.inner.file_upload.get()
+    }
+
+    /// Configures file upload on a hub opened without it (the server does once it knows the
+    /// blob endpoint's port); `false`, changing nothing, when it was configured already.
+    pub fn set_file_upload(&self, config: FileUploadConfig) -> bool {
+        self.inner.file_upload.set(config).is_ok()
     }
 
     /// Locks the next file upload notification for [`FILE_NOTIFICATION_LOCK`] and hands it out

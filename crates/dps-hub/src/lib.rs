@@ -169,8 +169,9 @@ pub(crate) struct HubInner {
     consumer_groups: RwLock<consumer_groups::Groups>,
     /// Serialises consumer group changes.
     consumer_group_writes: tokio::sync::Mutex<()>,
-    /// Where devices upload files.
-    file_upload: Option<FileUploadConfig>,
+    /// Where devices upload files (set once: at open, or by [`Hub::set_file_upload`] when the
+    /// server knows its port).
+    file_upload: std::sync::OnceLock<FileUploadConfig>,
     /// Uploads in progress.
     uploads: file_upload::ActiveUploads,
     /// File upload notifications not yet completed by the service.
@@ -289,7 +290,7 @@ impl Hub {
                 last_trim: std::sync::atomic::AtomicI64::new(0),
                 consumer_groups: RwLock::new(Default::default()),
                 consumer_group_writes: tokio::sync::Mutex::new(()),
-                file_upload: config.file_upload,
+                file_upload: config.file_upload.map(std::sync::OnceLock::from).unwrap_or_default(),
                 uploads: Default::default(),
                 file_notifications: outbox::Outbox::new(outbox::OutboxLimits {
                     count: file_upload::FILE_NOTIFICATION_LIMIT,

@@ -145,14 +145,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let amqp_acceptor = mqtt_acceptor.clone();
     let acceptor = tls.https();
 
-    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
-    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
-    let amqp = bind(SocketAddr::new(config.bind, config.amqp_port), "AMQP", "--amqp-port").await?;
-    let (mqtt_addr, https_addr, amqp_addr) = (
-        mqtt.local_addr().map_err(StartError::LocalAddr)?,
-        https.local_addr().map_err(StartError::LocalAddr)?,
-        amqp.local_addr().map_err(StartError::LocalAddr)?,
-    );
     // File uploads go to the blob endpoint on the HTTPS port, under the hub's name.
     let blobs = dps_store::BlobStore::open(&dir.blobs_path(), config.limits.max_upload_bytes).map_err(|source| {
         StartError::Blobs {
@@ -160,7 +152,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             source,
         }
     })?;
-    let file_upload = file_upload_config(&identity, &config, https_addr.port());
     let store = dps_store::SqliteStore::open(&dir.store_path())?;
     let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path())?;
     let hub = dps_hub::Hub::open_with_store(
@@ -172,7 +163,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             device_cache: config.hub_device_cache,
             c2d_ttl: config.limits.c2d_ttl(),
             partitions: config.event_hub_partitions,
-            file_upload: Some(file_upload),
+            // Set once the HTTPS port is bound (port 0 picks one), below.
+            file_upload: None,
         },
         Arc::new(hub_store),
         Arc::new(SystemClock),
@@ -199,6 +191,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(hub.clone()),
     );
     engine.load().await.map_err(StartError::Engine)?;
+
+    // Bound last: a port that accepts connections means the server is ready (tests and
+    // operators wait for that, then read `server.json`).
+    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
+    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
+    let amqp = bind(SocketAddr::new(config.bind, config.amqp_port), "AMQP", "--amqp-port").await?;
+    let (mqtt_addr, https_addr, amqp_addr) = (
+        mqtt.local_addr().map_err(StartError::LocalAddr)?,
+        https.local_addr().map_err(StartError::LocalAddr)?,
+        amqp.local_addr().map_err(StartError::LocalAddr)?,
+    );
+    hub.set_file_upload(file_upload_config(&identity, &config, https_addr.port()));
 
     // Services see the ports actually bound (port 0 picks one): SAS audiences and Host headers
     // carry the HTTPS port when it is not 443.
