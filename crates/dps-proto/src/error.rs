@@ -84,9 +84,10 @@ pub mod codes {
     pub const OPERATION_NOT_FOUND: u32 = 404_204;
     /// `*` Hub device not found (IoT Hub's DeviceNotFound).
     pub const DEVICE_NOT_FOUND: u32 = 404_001;
-    /// No consumer group of the built-in endpoint has this name. dps's own number: Azure's
-    /// management API, whose resource this is, answers with a named code.
-    pub const CONSUMER_GROUP_NOT_FOUND: u32 = 404_010;
+    /// No consumer group of the built-in endpoint has this name. dps's own number (Azure's
+    /// management API, whose resource this is, answers with a named code; 404010 is IoT Hub's
+    /// ModuleNotFound).
+    pub const CONSUMER_GROUP_NOT_FOUND: u32 = 404_050;
     /// `*` Hub device has no live connection for a direct method (IoT Hub's DeviceNotOnline).
     pub const DEVICE_NOT_ONLINE: u32 = 404_103;
     /// Method not allowed on this path.
