@@ -1,10 +1,12 @@
 //! The embedded IoT hub: where provisioned devices land by default.
 //!
 //! It holds the device registry and twins (persisted through a [`store::HubStore`], cached in
-//! memory), authenticates devices at MQTT CONNECT, runs their sessions (twin GET / reported
-//! patches / desired pushes / direct methods / cloud-to-device / telemetry), and keeps recent
-//! telemetry for watchers. It implements [`dps_core::HubRegistry`] so the provisioning engine
-//! creates devices in-process.
+//! memory), authenticates devices (at MQTT CONNECT, on AMQP's CBS, per HTTPS request), runs
+//! their sessions (twin GET / reported patches / desired pushes / direct methods /
+//! cloud-to-device / telemetry) and serves devices that poll over HTTPS (`polling`), keeps
+//! telemetry durably for the Event Hub-compatible endpoint, and holds the service-bound queues
+//! (feedback, file upload notifications: `outbox`) and file upload's policy (`file_upload`). It
+//! implements [`dps_core::HubRegistry`] so the provisioning engine creates devices in-process.
 //!
 //! It never touches a socket: the server crate owns TLS, TCP, MQTT framing and HTTP, and calls
 //! this API. Device sessions are sans-IO — the server hands in the topics and payloads it read and

@@ -1,6 +1,7 @@
-//! The hub's storage, behind a trait: device identities with their twins, and the durable
-//! cloud-to-device and feedback queues; modules and telemetry later, each as its own group of
-//! methods on [`HubStore`].
+//! The hub's storage, behind a trait: device identities with their twins; the durable
+//! cloud-to-device, feedback and file upload notification queues; retained telemetry; the
+//! consumer groups of the Event Hub-compatible endpoint — each a group of methods on
+//! [`HubStore`] (modules later).
 //!
 //! The hub owns no database (the architecture's rule for dps-hub): it decides what a device's
 //! state is and hands whole [`DeviceRecord`]s to a [`HubStore`] to keep. [`MemoryHubStore`] keeps
