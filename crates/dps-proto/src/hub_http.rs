@@ -142,6 +142,17 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<BatchMessage>, BatchError> {
         .collect()
 }
 
+/// The first message of a batch over IoT Hub's device-to-cloud limit (body plus properties,
+/// [`crate::twin_limits::D2C_MAX_BYTES`]): its position and size. The hub refuses such a batch
+/// whole, before keeping any of it.
+pub fn first_oversized(messages: &[BatchMessage]) -> Option<(usize, usize)> {
+    messages.iter().enumerate().find_map(|(i, m)| {
+        let size =
+            crate::twin_limits::message_size(m.body.len(), m.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        (size > crate::twin_limits::D2C_MAX_BYTES).then_some((i, size))
+    })
+}
+
 /// The response headers (name, value) of a cloud-to-device message's properties: its system
 /// properties by their `iothub-` names and its application properties as `iothub-app-{name}`.
 /// Other hub-internal keys are not sent.
@@ -242,6 +253,23 @@ mod tests {
             parse_batch(br#"[{"body":"aGk=","properties":{"k":1}}]"#),
             Err(BatchError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn an_oversized_message_is_found_before_any_is_kept() {
+        let small = BatchMessage {
+            body: vec![0; 10],
+            properties: vec![("k".into(), "v".into())],
+        };
+        let big = BatchMessage {
+            body: vec![0; crate::twin_limits::D2C_MAX_BYTES],
+            properties: vec![("k".into(), "v".into())],
+        };
+        assert_eq!(first_oversized(&[small.clone(), small.clone()]), None);
+        assert_eq!(
+            first_oversized(&[small, big]),
+            Some((1, crate::twin_limits::D2C_MAX_BYTES + 2))
+        );
     }
 
     #[test]

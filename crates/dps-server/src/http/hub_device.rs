@@ -46,6 +46,16 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
                 .is_some_and(|t| t.to_ascii_lowercase().starts_with(BATCH_CONTENT_TYPE));
             if batch {
                 let messages = hub_http::parse_batch(&body).map_err(|e| ApiError::bad_body(e.to_string()))?;
+                // Refused whole, before any of it is kept.
+                if let Some((i, size)) = hub_http::first_oversized(&messages) {
+                    return Err(ApiError::new(
+                        codes::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "message {i} of the batch is {size} bytes, over IoT Hub's {}-byte limit; nothing of the batch was kept",
+                            dps_proto::twin_limits::D2C_MAX_BYTES
+                        ),
+                    ));
+                }
                 for m in messages {
                     hub.send_telemetry(&identity, m.properties, &m.body)
                         .await
