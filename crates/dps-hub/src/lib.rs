@@ -404,6 +404,21 @@ impl HubInner {
             .and_then(|(slot, _guard)| slot.record().map(|r| (slot, r))))
     }
 
+    /// The device a cloud-to-device operation is for, with its slot (loaded if need be):
+    /// [`C2dError::DeviceNotFound`] when it does not exist, [`C2dError::Storage`] when it cannot
+    /// be read.
+    pub(crate) async fn c2d_device(&self, device_id: &str) -> Result<(Arc<Slot>, Arc<DeviceRecord>), C2dError> {
+        self.find(device_id)
+            .await
+            .map_err(|source| C2dError::Storage {
+                device_id: device_id.to_string(),
+                source,
+            })?
+            .ok_or_else(|| C2dError::DeviceNotFound {
+                device_id: device_id.to_string(),
+            })
+    }
+
     /// Takes the write lock of a device's slot, loading its record from the store when the slot
     /// is new. Without `create`, an absent device is `None` (and holds no slot); with it, the
     /// caller gets the empty slot to create the device in.

@@ -70,7 +70,7 @@ impl Hub {
     /// The device's next cloud-to-device message, locked for it for [`C2D_LOCK`]; `None` when
     /// none waits. Expired messages met on the way are dead-lettered.
     pub async fn receive_c2d(&self, identity: &DeviceIdentity) -> Result<Option<PolledC2d>, C2dError> {
-        let slot = self.slot_of(identity).await?;
+        let (slot, _) = self.inner.c2d_device(identity.device_id()).await?;
         let now = self.inner.now();
         let mut settled = Settled::default();
         let polled = {
@@ -103,7 +103,7 @@ impl Hub {
         lock_token: &str,
         outcome: C2dOutcome,
     ) -> Result<bool, C2dError> {
-        let slot = self.slot_of(identity).await?;
+        let (slot, _) = self.inner.c2d_device(identity.device_id()).await?;
         slot.live.lock().last_activity = Some(self.inner.now());
         Ok(self.settle_in(&slot, &identity.device_id, lock_token, outcome))
     }
@@ -127,18 +127,6 @@ impl Hub {
         }
         self.finish(settled);
         found
-    }
-
-    /// The device's slot (loaded if need be), held while it has messages.
-    async fn slot_of(&self, identity: &DeviceIdentity) -> Result<std::sync::Arc<Slot>, C2dError> {
-        let device_id = &identity.device_id;
-        let found = self.inner.find(device_id).await.map_err(|source| C2dError::Storage {
-            device_id: device_id.clone(),
-            source,
-        })?;
-        found.map(|(slot, _)| slot).ok_or_else(|| C2dError::DeviceNotFound {
-            device_id: device_id.clone(),
-        })
     }
 
     /// Records the device's activity, when the hub holds it (it was just authenticated, so it

@@ -178,15 +178,7 @@ impl Hub {
     /// settled (`DELETE /devices/{id}/commands`), with `Purged` feedback where asked. Returns
     /// how many were removed once the removal is written.
     pub async fn purge_c2d(&self, device_id: &str) -> Result<usize, C2dError> {
-        let found = self.inner.find(device_id).await.map_err(|source| C2dError::Storage {
-            device_id: device_id.to_string(),
-            source,
-        })?;
-        let Some((slot, _)) = found else {
-            return Err(C2dError::DeviceNotFound {
-                device_id: device_id.to_string(),
-            });
-        };
+        let (slot, _) = self.inner.c2d_device(device_id).await?;
         let mut settled = Settled::default();
         let purged = slot.live.lock().c2d.purge(&mut settled);
         if let Some(write) = self.finish(settled) {

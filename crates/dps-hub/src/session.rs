@@ -422,15 +422,7 @@ impl Hub {
         body: impl Into<Bytes>,
         properties: Vec<(String, String)>,
     ) -> Result<(), C2dError> {
-        let found = self.inner.find(device_id).await.map_err(|source| C2dError::Storage {
-            device_id: device_id.to_string(),
-            source,
-        })?;
-        let Some((slot, rec)) = found else {
-            return Err(C2dError::DeviceNotFound {
-                device_id: device_id.to_string(),
-            });
-        };
+        let (slot, rec) = self.inner.c2d_device(device_id).await?;
         let now = self.inner.now();
         let record = self.inner.c2d_record(&rec, body.into(), properties, now)?;
         {
