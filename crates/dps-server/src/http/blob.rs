@@ -149,7 +149,7 @@ async fn serve(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, StorageError
             Ok(created(None))
         }
         Some("blocklist") => {
-            let body = read_all(ctx, MAX_BLOCK_LIST_BYTES).await?;
+            let body = ctx.body_limited(MAX_BLOCK_LIST_BYTES).await?;
             let ids = storage::parse_block_list(&body)
                 .map_err(|e| StorageError(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
             let props = store.put_block_list(&container, &blob, &ids, if_none_match).await?;
@@ -187,15 +187,6 @@ async fn receive(ctx: &mut Ctx<'_>, store: &BlobStore) -> Result<BlobWrite, Stor
         w.write(&chunk).await?;
     }
     Ok(w)
-}
-
-async fn read_all(ctx: &mut Ctx<'_>, limit: usize) -> Result<bytes::Bytes, StorageError> {
-    let mut reader = ctx.body_reader(limit)?;
-    let mut data = bytes::BytesMut::new();
-    while let Some(chunk) = reader.next().await? {
-        data.extend_from_slice(&chunk);
-    }
-    Ok(data.freeze())
 }
 
 /// Reads a blob (`head`: its headers only), or the `range` of it asked for.

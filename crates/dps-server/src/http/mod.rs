@@ -277,7 +277,12 @@ impl Ctx<'_> {
     /// first byte (the response then closes the connection: the rest of the body is unread).
     /// A second call returns an empty body.
     pub(crate) async fn body(&mut self) -> Result<Bytes, ApiError> {
-        let mut reader = self.body_reader(self.services.config.max_message_bytes)?;
+        self.body_limited(self.services.config.max_message_bytes).await
+    }
+
+    /// [`Ctx::body`] with a limit of its own (`limit` bytes), for bodies that are not messages.
+    pub(crate) async fn body_limited(&mut self, limit: usize) -> Result<Bytes, ApiError> {
+        let mut reader = self.body_reader(limit)?;
         let mut data = bytes::BytesMut::new();
         while let Some(chunk) = reader.next().await? {
             data.extend_from_slice(&chunk);
