@@ -439,6 +439,8 @@ fn main() {
         r#"[{"body":"aGk=","properties":{"iothub-messageid":"m","iothub-correlationid":"c","iothub-contenttype":"application/json","dt-subject":"c1","iothub-app-x":"y"}}]"#,
         r#"[{"body":"aGk=","base64Encoded":true,"properties":{"iothub-creation-time-utc":"2026-01-01T00:00:00Z"}}]"#,
         "iothub-messageid: m\niothub-app-color: red\ndt-subject: thermostat\niothub-expiry: 2026-01-01T00:00:00Z",
+        r#"{"blobName":"reports/today.txt"}"#,
+        r#"{"correlationId":"abc","isSuccess":true,"statusCode":201,"statusDescription":"OK"}"#,
     ]
     .iter()
     .enumerate()

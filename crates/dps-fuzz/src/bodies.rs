@@ -9,7 +9,9 @@ use dps_core::{Credential, DeviceRequest, Error};
 use dps_hub::{Hub, RegistryError};
 use dps_proto::hub_mqtt::{self, HubUsername};
 use dps_proto::model::device::DeviceRegistration;
-use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin};
+use dps_proto::model::hub::{
+    AuthenticationMechanism, Device, FileUploadCompletionNotification, FileUploadSasUriRequest, SymmetricKey, Twin,
+};
 use dps_proto::model::service::{
     AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup,
     IndividualEnrollment, RegistrationStatus, SymmetricKeyAttestation,
@@ -300,12 +302,14 @@ pub fn hub_body(data: &[u8]) {
     });
 }
 
-/// The HTTPS device API's telemetry batch (`POST /devices/{id}/messages/events` with
-/// `application/vnd.microsoft.iothub.json`): parsed, then every message sent through the
+/// The hub's device API over HTTPS: a telemetry batch (`POST /devices/{id}/messages/events` with
+/// `application/vnd.microsoft.iothub.json`), parsed, then every message sent through the
 /// in-memory hub as the authenticated device. A batch is taken whole or refused: when it parses,
 /// each message is stored or refused as too large (never a store failure), and the hub keeps
 /// exactly the stored ones; system properties come out under their `$.` keys. The same bytes,
-/// read as `name: value` lines, go through the header mapping.
+/// read as `name: value` lines, go through the header mapping; as file upload bodies
+/// (`FileUploadSasUriRequest`, `FileUploadCompletionNotification`) they round-trip, and a blob
+/// name the hub accepts is a valid blob name under the device's directory whose SAS checks.
 pub fn telemetry_batch(data: &[u8]) {
     let headers: Vec<(&str, &str)> = std::str::from_utf8(data)
         .unwrap_or_default()
@@ -314,6 +318,13 @@ pub fn telemetry_batch(data: &[u8]) {
         .collect();
     for (k, _) in dps_proto::hub_http::properties_from_headers(headers.iter().copied()) {
         assert!(!k.is_empty(), "a header became a nameless property");
+    }
+    if let Some(n) = parse::<FileUploadCompletionNotification>(data) {
+        round_trip(&n, "FileUploadCompletionNotification");
+    }
+    if let Some(req) = parse::<FileUploadSasUriRequest>(data) {
+        round_trip(&req, "FileUploadSasUriRequest");
+        file_upload_request(&req.blob_name);
     }
     let Ok(messages) = dps_proto::hub_http::parse_batch(data) else {
         return;
@@ -344,5 +355,39 @@ pub fn telemetry_batch(data: &[u8]) {
             stored,
             "the hub keeps exactly the accepted messages"
         );
+    });
+}
+
+/// Asks the hub for an upload of `blob_name` as the fixture device: accepted only for a valid
+/// blob name under the device's directory, with a SAS for exactly that blob.
+fn file_upload_request(blob_name: &str) {
+    let hub = hub();
+    let key = b"fuzz storage key".to_vec();
+    hub.set_file_upload(dps_hub::FileUploadConfig {
+        host: HUB_HOST.into(),
+        container: "fileupload".into(),
+        account: "hub".into(),
+        key: key.clone(),
+        notifications: true,
+    });
+    block_on(async {
+        hub_device(&hub).await;
+        let token = sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None)
+            .expect("KEY is base64");
+        let identity = hub
+            .authenticate_device(now_unix(), DEVICE, Some(&token), None)
+            .await
+            .expect("the fixture device authenticates");
+        if let Ok(sas) = hub.create_file_upload(&identity, blob_name) {
+            assert!(
+                dps_proto::blob_storage::valid_blob_name(&sas.blob_name),
+                "{:?}",
+                sas.blob_name
+            );
+            assert_eq!(sas.blob_name, format!("{DEVICE}/{blob_name}"));
+            let query = dps_proto::rest::QueryParams::parse(Some(&sas.sas_token[1..]));
+            dps_proto::blob_storage::verify_sas(&key, "hub", "fileupload", &sas.blob_name, &query, now(), 'w')
+                .expect("the SAS handed out checks for its blob");
+        }
     });
 }
