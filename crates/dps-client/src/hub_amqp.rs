@@ -84,12 +84,22 @@ impl AmqpHubClient {
             let id = device_id.to_string();
             let telemetry = Sender::builder()
                 .name(format!("telemetry-{link}"))
-                .target(HubNode::Telemetry { device_id: id.clone() }.address())
+                .target(
+                    HubNode::Telemetry {
+                        device_id: id.clone(),
+                        module_id: None,
+                    }
+                    .address(),
+                )
                 .properties(link_properties(None))
                 .attach(&mut session)
                 .await
                 .map_err(|e| amqp::link_failure("attaching the telemetry link", &e))?;
-            let twin_node = HubNode::Twin { device_id: id }.address();
+            let twin_node = HubNode::Twin {
+                device_id: id,
+                module_id: None,
+            }
+            .address();
             let channel = format!("twin:{link}");
             let twin_replies = Receiver::builder()
                 .name(format!("twin-receiver-{link}"))

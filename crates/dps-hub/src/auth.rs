@@ -1,4 +1,8 @@
-//! Device authentication at MQTT CONNECT (hub-dice-tpm.md §A2, §A3, §A7).
+//! Device and module authentication at MQTT CONNECT (hub-dice-tpm.md §A2, §A3, §A7), on AMQP's
+//! CBS and per HTTPS request.
+//!
+//! A module authenticates as a device does, with its own keys or certificate, the SAS audience
+//! being `{host}/devices/{deviceId}/modules/{moduleId}`; its device must exist and be enabled.
 //!
 //! SAS: the token's `sr` is HMACed exactly as the SDK sent it (Python percent-encodes it, C sends
 //! it raw) — `dps_proto::sas::SasToken` does that — and only the decoded audience is compared.
@@ -41,12 +45,17 @@ impl AuthMethod {
     }
 }
 
-/// An authenticated device. Only [`Hub::authenticate`] makes one, so holding it proves the
-/// credentials were checked; [`Hub::open_session`] takes it.
+/// An authenticated device or module. Only [`Hub::authenticate`] makes one, so holding it proves
+/// the credentials were checked; [`Hub::open_session`] takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceIdentity {
     pub(crate) device_id: String,
+    /// The module's registry id, for a module.
+    pub(crate) module_id: Option<String>,
     pub(crate) client_device_id: String,
+    /// The identity's path as the client spelled its ids (`d` or `d/modules/m`): its topics
+    /// use this spelling.
+    pub(crate) client_path: String,
     pub(crate) generation_id: String,
     pub(crate) method: AuthMethod,
 }
@@ -55,6 +64,24 @@ impl DeviceIdentity {
     /// Registry device id (as stored).
     pub fn device_id(&self) -> &str {
         &self.device_id
+    }
+
+    /// Registry module id (as stored), for a module.
+    pub fn module_id(&self) -> Option<&str> {
+        self.module_id.as_deref()
+    }
+
+    /// The [`dps_proto::hub_mqtt::identity_path`] of the identity, as the client spelled it.
+    pub fn client_path(&self) -> &str {
+        &self.client_path
+    }
+
+    /// The registry key of the identity (its slot).
+    pub(crate) fn key(&self) -> String {
+        match &self.module_id {
+            None => crate::record::key_of(&self.device_id),
+            Some(m) => crate::record::module_key(&self.device_id, m),
+        }
     }
 
     /// Device id as the device spelled it in its username; its topics use this spelling, and the
@@ -106,53 +133,60 @@ impl Hub {
                 username.host_name, self.inner.host_name
             )));
         }
-        if let Some(m) = &username.module_id {
-            return Err(refuse(format!("module identities are not supported (module '{m}')")));
-        }
-        let found = self.inner.find(device_id).await.map_err(|source| {
+        let module_id = username.module_id.as_deref();
+        let unavailable = |source| {
             let err = AuthError::Storage {
                 device_id: device_id.to_string(),
                 source,
             };
             tracing::warn!(error = %err, "device authentication not possible");
             err
-        })?;
-        let (_, rec) = found.ok_or_else(|| refuse("unknown device (not registered in this hub)".into()))?;
+        };
+        let device = self.inner.find(device_id).await.map_err(unavailable)?;
+        let (_, device) = device.ok_or_else(|| refuse("unknown device (not registered in this hub)".into()))?;
+        let rec = match module_id {
+            None => device.clone(),
+            Some(m) => {
+                let module = self.inner.find_key(&crate::record::module_key(device_id, m)).await;
+                let (_, module) = module
+                    .map_err(unavailable)?
+                    .ok_or_else(|| refuse(format!("unknown module '{m}' (not registered on this device)")))?;
+                module
+            }
+        };
+        let client_path = dps_proto::hub_mqtt::identity_path(device_id, module_id);
 
         let password = password.filter(|p| !p.is_empty());
         let method = match password {
             Some(pw) => {
                 let token = std::str::from_utf8(pw)
                     .map_err(|_| refuse("password is not UTF-8 (expected a SAS token)".into()))?;
-                AuthMethod::Sas(self.check_sas(now_unix, device_id, &rec, token).map_err(refuse)?)
+                AuthMethod::Sas(self.check_sas(now_unix, &client_path, &rec, token).map_err(refuse)?)
             }
             None => AuthMethod::X509SelfSigned(check_thumbprint(&rec, client_cert_thumbprints).map_err(refuse)?),
         };
         // Checked after the credentials so a disabled device's status is not revealed to anyone
-        // who merely knows its id.
-        if rec.status == Status::Disabled {
+        // who merely knows its id. A module of a disabled device is refused with it.
+        if device.status == Status::Disabled {
             let err = AuthError::DeviceDisabled {
-                device_id: rec.device_id.clone(),
+                device_id: device.device_id.clone(),
             };
             tracing::info!(error = %err, "device authentication refused");
             return Err(err);
         }
-        tracing::debug!(device = %rec.device_id, method = ?method, "device authenticated");
+        tracing::debug!(device = %rec.device_id, module = ?rec.module_id, method = ?method, "device authenticated");
         Ok(DeviceIdentity {
             device_id: rec.device_id.clone(),
+            module_id: rec.module_id.clone(),
             client_device_id: device_id.to_string(),
+            client_path,
             generation_id: rec.generation_id.clone(),
             method,
         })
     }
 
-    fn check_sas(
-        &self,
-        now_unix: u64,
-        device_id: &str,
-        rec: &DeviceRecord,
-        token: &str,
-    ) -> Result<CredentialSlot, String> {
+    /// Checks a SAS token of the identity at `path` (its ids as the client spelled them).
+    fn check_sas(&self, now_unix: u64, path: &str, rec: &DeviceRecord, token: &str) -> Result<CredentialSlot, String> {
         let Some((primary, secondary)) = rec.sas_keys() else {
             return Err(format!(
                 "device uses '{}' authentication but presented a SAS token",
@@ -160,7 +194,7 @@ impl Hub {
             ));
         };
         let token = SasToken::parse(token).map_err(|e| e.to_string())?;
-        let audience = format!("{}/devices/{}", self.inner.host_name, device_id);
+        let audience = format!("{}/devices/{}", self.inner.host_name, path);
         token.check_audience_eq(&audience).map_err(|e| match e {
             SasError::AudienceMismatch { expected, got } => {
                 format!("wrong SAS audience: token is for '{got}', expected '{expected}'")

@@ -59,11 +59,37 @@ pub enum RegistryError {
         /// Requested device id.
         device_id: String,
     },
-    /// The request's `If-Match` etag is not the current etag of the device or twin.
-    #[error("etag mismatch for device '{device_id}': the resource was changed since it was read")]
+    /// The request's `If-Match` etag is not the current etag of the device, module or twin.
+    #[error("etag mismatch for '{device_id}': the resource was changed since it was read")]
     EtagMismatch {
+        /// Device id, or `{deviceId}/modules/{moduleId}` for a module.
+        device_id: String,
+    },
+    /// The device exists but has no module with this id (IoT Hub's ModuleNotFound).
+    #[error("module '{module_id}' not found on device '{device_id}'")]
+    ModuleNotFound {
         /// Device id.
         device_id: String,
+        /// Requested module id.
+        module_id: String,
+    },
+    /// `PUT /devices/{id}/modules/{mid}` without `If-Match` found an existing module (IoT Hub's
+    /// ModuleAlreadyExistsOnDevice); updates send the etag or `*`.
+    #[error("module '{module_id}' already exists on device '{device_id}'; send If-Match with its etag (or '*') to update it")]
+    ModuleAlreadyExists {
+        /// Device id.
+        device_id: String,
+        /// Module id.
+        module_id: String,
+    },
+    /// Creating the module would give the device more than `limit` modules (IoT Hub's
+    /// TooManyModulesOnDevice).
+    #[error("device '{device_id}' already has {limit} modules, the most a device may have")]
+    TooManyModules {
+        /// Device id.
+        device_id: String,
+        /// Most modules per device.
+        limit: usize,
     },
     /// `PUT /devices/{id}` without `If-Match` found an existing device: creating is refused, as
     /// IoT Hub does (RegistryManager's `create_device_*`); updates send the etag or `*`.
@@ -173,6 +199,14 @@ pub enum MethodError {
     DeviceNotFound {
         /// Device id.
         device_id: String,
+    },
+    /// The device has no module with this id.
+    #[error("module '{module_id}' not found on device '{device_id}'")]
+    ModuleNotFound {
+        /// Device id.
+        device_id: String,
+        /// Module id.
+        module_id: String,
     },
     /// The device did not answer within the response timeout.
     #[error("device '{device_id}' did not answer method '{method}' within {timeout:?}")]

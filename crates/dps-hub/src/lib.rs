@@ -32,6 +32,7 @@ mod cache;
 mod consumer_groups;
 mod error;
 mod file_upload;
+mod modules;
 mod outbox;
 mod polling;
 mod provisioning;
@@ -66,6 +67,7 @@ pub use file_upload::{
     FileNotification, FileUploadConfig, FileUploadSas, UploadedBlob, FILE_NOTIFICATION_LOCK, FILE_NOTIFICATION_TTL,
     FILE_UPLOAD_TTL, MAX_ACTIVE_UPLOADS,
 };
+pub use modules::MAX_MODULES_PER_DEVICE;
 pub use outbox::Batch;
 pub use polling::PolledC2d;
 pub use registry::RegistryStatistics;
@@ -392,7 +394,12 @@ impl HubInner {
     /// The device's slot and committed record, loading it from the store when the hub does not
     /// hold it; `None` when no such device exists (or its create is still in flight).
     pub(crate) async fn find(&self, device_id: &str) -> Result<Option<(Arc<Slot>, Arc<DeviceRecord>)>, HubStoreError> {
-        let key = record::key_of(device_id);
+        self.find_key(&record::key_of(device_id)).await
+    }
+
+    /// [`HubInner::find`] by registry key (a device's or a module's).
+    pub(crate) async fn find_key(&self, key: &str) -> Result<Option<(Arc<Slot>, Arc<DeviceRecord>)>, HubStoreError> {
+        let key = key.to_string();
         let slot = self.devices.get_or_insert(&key);
         if let Some(rec) = slot.loaded() {
             return Ok(rec.map(|r| (slot, r)));
@@ -435,7 +442,11 @@ impl HubInner {
                 continue;
             }
             if slot.loaded().is_none() {
-                match self.store.get_device(key).await {
+                let stored = match record::split_key(key) {
+                    (device, Some(module)) => self.store.get_module(device, module).await,
+                    (device, None) => self.store.get_device(device).await,
+                };
+                match stored {
                     Ok(rec) => *slot.record.write() = Some(rec.map(Arc::new)),
                     Err(e) => {
                         self.retire_if_empty(key, &slot, &mut guard);
@@ -464,16 +475,24 @@ impl HubInner {
     /// Persists `rec` durably in the store and publishes it as the slot's committed snapshot.
     /// Must be called with the slot's write guard held.
     pub(crate) async fn commit(&self, slot: &Slot, rec: DeviceRecord) -> Result<Arc<DeviceRecord>, RegistryError> {
-        self.store.put_device(&rec).await.map_err(RegistryError::Storage)?;
+        match rec.module_id {
+            None => self.store.put_device(&rec).await,
+            Some(_) => self.store.put_module(&rec).await,
+        }
+        .map_err(RegistryError::Storage)?;
         let rec = Arc::new(rec);
         *slot.record.write() = Some(Some(rec.clone()));
         Ok(rec)
     }
 
-    /// Deletes the device durably and clears the slot's snapshot. Must be called with the
-    /// slot's write guard held.
+    /// Deletes the device (with its modules: the caller clears their slots) or the module
+    /// durably and clears the slot's snapshot. Must be called with the slot's write guard held.
     pub(crate) async fn commit_delete(&self, key: &str, slot: &Slot) -> Result<(), RegistryError> {
-        self.store.delete_device(key).await.map_err(RegistryError::Storage)?;
+        match record::split_key(key) {
+            (device, Some(module)) => self.store.delete_module(device, module).await,
+            (device, None) => self.store.delete_device(device).await,
+        }
+        .map_err(RegistryError::Storage)?;
         *slot.record.write() = Some(None);
         Ok(())
     }

@@ -43,10 +43,25 @@ impl Hub {
         token: Option<&str>,
         client_cert_thumbprints: Option<(String, String)>,
     ) -> Result<DeviceIdentity, AuthError> {
+        self.authenticate_identity(now_unix, device_id, None, token, client_cert_thumbprints)
+            .await
+    }
+
+    /// [`Hub::authenticate_device`] for a device or, with `module_id`, one of its modules (the
+    /// token's audience then `{this hub}/devices/{device_id}/modules/{module_id}`): AMQP's CBS
+    /// and links name either.
+    pub async fn authenticate_identity(
+        &self,
+        now_unix: u64,
+        device_id: &str,
+        module_id: Option<&str>,
+        token: Option<&str>,
+        client_cert_thumbprints: Option<(String, String)>,
+    ) -> Result<DeviceIdentity, AuthError> {
         let username = HubUsername {
             host_name: self.inner.host_name.clone(),
             device_id: device_id.to_string(),
-            module_id: None,
+            module_id: module_id.map(str::to_string),
             api_version: None,
         };
         self.authenticate(now_unix, &username, token.map(str::as_bytes), client_cert_thumbprints)
@@ -166,13 +181,16 @@ impl HubInner {
             }
         }
         let auth_method = serde_json::json!({
-            "scope": "device",
+            "scope": if id.module_id.is_some() { "module" } else { "device" },
             "type": id.method.type_name(),
             "issuer": "iothub",
             "acceptingIpFilterRule": null,
         });
+        system.push(("iothub-connection-device-id".into(), id.device_id.clone()));
+        if let Some(m) = &id.module_id {
+            system.push(("iothub-connection-module-id".into(), m.clone()));
+        }
         system.extend([
-            ("iothub-connection-device-id".into(), id.device_id.clone()),
             ("iothub-connection-auth-method".into(), auth_method.to_string()),
             ("iothub-connection-auth-generation-id".into(), id.generation_id.clone()),
             ("iothub-enqueuedtime".into(), format_record(&now)),

@@ -88,6 +88,8 @@ impl HubRegistry for Hub {
                     twin.desired = desired;
                     let rec = DeviceRecord {
                         device_id: device.device_id.clone(),
+                        module_id: None,
+                        managed_by: None,
                         generation_id: new_generation_id(),
                         etag: new_etag(),
                         status: Status::Enabled,

@@ -1,4 +1,6 @@
-//! The stored shape of a device (identity + twin) and the registry views built from it.
+//! The stored shape of a device or module (identity + twin) and the registry views built from
+//! it. A module is a record of its own, with `moduleId` set and keyed under its device
+//! ([`module_key`]), so that it has its own credentials, twin and session, as in IoT Hub.
 //!
 //! The record is what a hub store keeps (one JSON document per device in SQLite) and what the
 //! in-memory cache holds behind an `Arc`, so readers never block writers. Connection state is *not* part of it:
@@ -7,7 +9,9 @@
 
 use chrono::{DateTime, Utc};
 use dps_proto::keys::encode_key;
-use dps_proto::model::hub::{AuthenticationMechanism, Device, SymmetricKey, Twin, TwinProperties, X509Thumbprint};
+use dps_proto::model::hub::{
+    AuthenticationMechanism, Device, Module, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+};
 use dps_proto::model::service::DeviceCapabilities;
 use dps_proto::timefmt::format_record;
 use rand::RngCore;
@@ -52,6 +56,12 @@ impl Status {
 pub struct DeviceRecord {
     /// Device id as first created (the registry is case-insensitive, the id keeps its spelling).
     pub(crate) device_id: String,
+    /// The module id, when this is a module of `device_id` (spelling kept, as for devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) module_id: Option<String>,
+    /// A module's `managedBy` (e.g. `IotEdge`), as its creator set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) managed_by: Option<String>,
     pub(crate) generation_id: String,
     pub(crate) etag: String,
     pub(crate) status: Status,
@@ -149,9 +159,41 @@ impl DeviceRecord {
         &self.device_id
     }
 
-    /// The storage key: the lower-cased device id ([`crate::store::device_key`]).
+    /// The module id, for a module's record.
+    pub fn module_id(&self) -> Option<&str> {
+        self.module_id.as_deref()
+    }
+
+    /// The storage key: the lower-cased device id ([`crate::store::device_key`]), or for a
+    /// module [`module_key`] of its ids.
     pub fn key(&self) -> String {
-        key_of(&self.device_id)
+        match &self.module_id {
+            None => key_of(&self.device_id),
+            Some(m) => module_key(&self.device_id, m),
+        }
+    }
+
+    /// The identity's path in topics, addresses and SAS audiences (`d` or `d/modules/m`).
+    pub(crate) fn path(&self) -> String {
+        dps_proto::hub_mqtt::identity_path(&self.device_id, self.module_id.as_deref())
+    }
+
+    /// The registry `Module` view (`GET /devices/{id}/modules/{mid}`).
+    pub(crate) fn module_view(&self, live: &LiveView) -> Module {
+        Module {
+            device_id: self.device_id.clone(),
+            module_id: self.module_id.clone().unwrap_or_default(),
+            generation_id: Some(self.generation_id.clone()),
+            etag: Some(self.etag.clone()),
+            connection_state: Some(connection_state(live).into()),
+            connection_state_updated_time: Some(format_record(
+                &live.connection_state_updated.unwrap_or(self.created_time),
+            )),
+            last_activity_time: live.last_activity.as_ref().map(format_record),
+            cloud_to_device_message_count: 0,
+            authentication: Some(self.authentication.clone()),
+            managed_by: self.managed_by.clone(),
+        }
     }
 
     /// Whether the device's registry status is `enabled` (what the statistics count).
@@ -192,8 +234,10 @@ impl DeviceRecord {
             m.insert("$version".into(), version.into());
             m
         };
+        let module = self.module_id.is_some();
         Twin {
             device_id: self.device_id.clone(),
+            module_id: self.module_id.clone(),
             etag: Some(t.etag.clone()),
             version: Some(t.version),
             tags: Some(t.tags.clone()),
@@ -201,12 +245,13 @@ impl DeviceRecord {
                 desired: Some(section(&t.desired, &t.desired_updated, t.desired_version)),
                 reported: Some(section(&t.reported, &t.reported_updated, t.reported_version)),
             }),
-            status: Some(self.status.as_str().into()),
+            // A module has no status, capabilities or cloud-to-device queue of its own.
+            status: (!module).then(|| self.status.as_str().into()),
             connection_state: Some(connection_state(live).into()),
             last_activity_time: live.last_activity.as_ref().map(format_record),
             authentication_type: Some(self.authentication.kind.clone()),
-            capabilities: Some(self.capabilities),
-            cloud_to_device_message_count: Some(live.c2d_queued as i64),
+            capabilities: (!module).then_some(self.capabilities),
+            cloud_to_device_message_count: (!module).then_some(live.c2d_queued as i64),
         }
     }
 
@@ -338,14 +383,25 @@ pub(crate) fn is_conditional(if_match: Option<&str>) -> bool {
 
 /// Azure's device id rule: 1–128 ASCII characters, alphanumerics and `- . + % _ # * ? ! ( ) , : = @ $ '`.
 pub(crate) fn validate_device_id(id: &str) -> Result<(), String> {
+    validate_id("device id", id, "-.+%_#*?!(),:=@$'")
+}
+
+/// Azure's module id rule: the device id rule without `+` and `#` (IoT Hub's identity registry
+/// documentation: "`+` and `#` are not supported" in module ids; they are MQTT wildcards, and a
+/// module's id is a segment of its topics).
+pub(crate) fn validate_module_id(id: &str) -> Result<(), String> {
+    validate_id("module id", id, "-.%_*?!(),:=@$'")
+}
+
+fn validate_id(what: &str, id: &str, punctuation: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
-        return Err(format!("device id must be 1 to 128 characters long, got {}", id.len()));
+        return Err(format!("{what} must be 1 to 128 characters long, got {}", id.len()));
     }
     if let Some(c) = id
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-.+%_#*?!(),:=@$'".contains(*c)))
+        .find(|c| !(c.is_ascii_alphanumeric() || punctuation.contains(*c)))
     {
-        return Err(format!("device id '{id}' contains the invalid character '{c}'"));
+        return Err(format!("{what} '{id}' contains the invalid character '{c}'"));
     }
     Ok(())
 }
@@ -365,9 +421,27 @@ pub(crate) fn validate_status_reason(reason: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Registry key of a device id (the registry is case-insensitive).
+/// Registry key of a device id (the registry is case-insensitive). A `/` (no valid id has one;
+/// a decoded path segment may) becomes DEL, also invalid in ids: so a device key never contains
+/// `/`, and no device id can name a module's key.
 pub(crate) fn key_of(id: &str) -> String {
-    id.to_ascii_lowercase()
+    let key = id.to_ascii_lowercase();
+    if key.contains('/') {
+        key.replace('/', "\u{7f}")
+    } else {
+        key
+    }
+}
+
+/// Registry key of a module: `{device key}/modules/{module key}`, module ids compared without
+/// case as device ids are. The only keys with a `/` ([`key_of`]).
+pub(crate) fn module_key(device_id: &str, module_id: &str) -> String {
+    format!("{}/modules/{}", key_of(device_id), key_of(module_id))
+}
+
+/// The device and module keys of a registry key (`None` for a device's key).
+pub(crate) fn split_key(key: &str) -> (&str, Option<&str>) {
+    dps_proto::hub_mqtt::split_identity_path(key)
 }
 
 /// Capabilities, defaulted.
@@ -415,6 +489,11 @@ mod tests {
         assert!(validate_device_id("").is_err());
         assert!(validate_device_id("a/b").unwrap_err().contains("'/'"));
         assert!(validate_device_id(&"a".repeat(129)).is_err());
+        validate_module_id("$edgeAgent").unwrap();
+        assert_eq!(
+            validate_module_id("m#1").unwrap_err(),
+            "module id 'm#1' contains the invalid character '#'"
+        );
     }
 
     #[test]

@@ -101,6 +101,8 @@ impl Hub {
                     }
                     let rec = DeviceRecord {
                         device_id: device.device_id.clone(),
+                        module_id: None,
+                        managed_by: None,
                         generation_id: new_generation_id(),
                         etag: new_etag(),
                         status: status.unwrap_or(Status::Enabled),
@@ -140,6 +142,7 @@ impl Hub {
                     let rec = inner.commit(&slot, rec).await?;
                     if rec.status == Status::Disabled {
                         inner.kick(&slot, "device disabled");
+                        inner.kick_modules(&key, "device disabled").await?;
                     }
                     tracing::info!(device = %rec.device_id, status = rec.status.as_str(), "device updated");
                     Ok(rec)
@@ -152,7 +155,8 @@ impl Hub {
         Ok(rec.device_view(&slot.live_view()))
     }
 
-    /// `DELETE /devices/{id}`: `If-Match` absent or `*` is unconditional. Ends the live session.
+    /// `DELETE /devices/{id}`: `If-Match` absent or `*` is unconditional. Deletes the device's
+    /// modules with it (one transaction) and ends its and their live sessions.
     pub async fn delete_device(&self, device_id: &str, if_match: Option<&str>) -> Result<(), RegistryError> {
         let key = key_of(device_id);
         let inner = &self.inner;
@@ -169,7 +173,9 @@ impl Hub {
                 device_id: cur.device_id.clone(),
             });
         }
+        let modules = inner.lock_modules(&key).await?;
         inner.commit_delete(&key, &slot).await?;
+        inner.modules_deleted(modules);
         inner.retire_if_empty(&key, &slot, &mut guard);
         inner.kick(&slot, "device deleted");
         tracing::info!(device = %cur.device_id, "device deleted");
@@ -210,7 +216,7 @@ impl Hub {
             .devices
             .slots()
             .iter()
-            .filter(|s| s.record().is_some() && s.live_view().connected)
+            .filter(|s| s.record().is_some_and(|r| r.module_id.is_none()) && s.live_view().connected)
             .count() as u64;
         Ok(RegistryStatistics {
             total_device_count: counts.total,
@@ -234,18 +240,7 @@ impl Hub {
         twin: Twin,
         if_match: Option<&str>,
     ) -> Result<Twin, RegistryError> {
-        let tags = twin.tags.unwrap_or_default();
-        let desired = twin.properties.and_then(|p| p.desired).unwrap_or_default();
-        twin_limits::validate_document(Section::Tags, &tags)?;
-        twin_limits::validate_document(Section::Desired, &desired)?;
-        let (tags, desired) = (clean_document(&tags), clean_document(&desired));
-        self.update_twin(device_id, if_match, move |t, now| {
-            let tags_changed = t.tags != tags;
-            t.tags = tags;
-            let diff = t.set_desired(desired, now);
-            Ok((tags_changed || diff.is_some(), diff))
-        })
-        .await
+        self.replace_twin_of(Identity::device(device_id), twin, if_match).await
     }
 
     /// `PATCH /twins/{id}`: merge-patches tags and desired properties (`null` deletes). Desired
@@ -257,11 +252,42 @@ impl Hub {
         patch: Twin,
         if_match: Option<&str>,
     ) -> Result<Twin, RegistryError> {
+        self.patch_twin_of(Identity::device(device_id), patch, if_match).await
+    }
+
+    /// [`Hub::replace_twin`] of a device's or a module's twin.
+    pub(crate) async fn replace_twin_of(
+        &self,
+        target: Identity<'_>,
+        twin: Twin,
+        if_match: Option<&str>,
+    ) -> Result<Twin, RegistryError> {
+        let tags = twin.tags.unwrap_or_default();
+        let desired = twin.properties.and_then(|p| p.desired).unwrap_or_default();
+        twin_limits::validate_document(Section::Tags, &tags)?;
+        twin_limits::validate_document(Section::Desired, &desired)?;
+        let (tags, desired) = (clean_document(&tags), clean_document(&desired));
+        self.update_twin(target, if_match, move |t, now| {
+            let tags_changed = t.tags != tags;
+            t.tags = tags;
+            let diff = t.set_desired(desired, now);
+            Ok((tags_changed || diff.is_some(), diff))
+        })
+        .await
+    }
+
+    /// [`Hub::patch_twin`] of a device's or a module's twin.
+    pub(crate) async fn patch_twin_of(
+        &self,
+        target: Identity<'_>,
+        patch: Twin,
+        if_match: Option<&str>,
+    ) -> Result<Twin, RegistryError> {
         let tags = patch.tags.unwrap_or_default();
         let desired = patch.properties.and_then(|p| p.desired).unwrap_or_default();
         twin_limits::validate(Section::Tags, &tags)?;
         twin_limits::validate(Section::Desired, &desired)?;
-        self.update_twin(device_id, if_match, move |t, now| {
+        self.update_twin(target, if_match, move |t, now| {
             // `t` is a copy: a refusal below leaves the stored twin as it was.
             let tags_changed = merge_patch(&mut t.tags, &tags);
             if tags_changed {
@@ -282,21 +308,17 @@ impl Hub {
     /// written then).
     async fn update_twin(
         &self,
-        device_id: &str,
+        target: Identity<'_>,
         if_match: Option<&str>,
         change: impl FnOnce(&mut TwinState, DateTime<Utc>) -> Result<TwinChange, RegistryError>,
     ) -> Result<Twin, RegistryError> {
-        let key = key_of(device_id);
+        let key = target.key();
         let inner = &self.inner;
-        let not_found = || RegistryError::NotFound {
-            device_id: device_id.to_string(),
-        };
+        let not_found = || target.not_found();
         let (slot, _guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
         let cur = slot.record().ok_or_else(not_found)?;
         if !etag_matches(if_match, &cur.twin.etag) {
-            return Err(RegistryError::EtagMismatch {
-                device_id: cur.device_id.clone(),
-            });
+            return Err(RegistryError::EtagMismatch { device_id: cur.path() });
         }
         let mut rec = (*cur).clone();
         let (changed, diff) = change(&mut rec.twin, inner.now())?;
@@ -338,9 +360,53 @@ impl Hub {
     }
 }
 
+/// A device or one of its modules, as the registry API names them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Identity<'a> {
+    pub(crate) device_id: &'a str,
+    pub(crate) module_id: Option<&'a str>,
+}
+
+impl<'a> Identity<'a> {
+    pub(crate) fn device(device_id: &'a str) -> Self {
+        Self {
+            device_id,
+            module_id: None,
+        }
+    }
+
+    pub(crate) fn module(device_id: &'a str, module_id: &'a str) -> Self {
+        Self {
+            device_id,
+            module_id: Some(module_id),
+        }
+    }
+
+    /// Its registry key.
+    pub(crate) fn key(self) -> String {
+        match self.module_id {
+            None => key_of(self.device_id),
+            Some(m) => crate::record::module_key(self.device_id, m),
+        }
+    }
+
+    /// The error for its absence: IoT Hub's DeviceNotFound or ModuleNotFound.
+    pub(crate) fn not_found(self) -> RegistryError {
+        match self.module_id {
+            None => RegistryError::NotFound {
+                device_id: self.device_id.to_string(),
+            },
+            Some(m) => RegistryError::ModuleNotFound {
+                device_id: self.device_id.to_string(),
+                module_id: m.to_string(),
+            },
+        }
+    }
+}
+
 /// Works out the authentication of a created or replaced device. `current` is the existing
 /// device's, whose SAS keys are kept when the request omits them.
-fn resolve_auth(
+pub(crate) fn resolve_auth(
     req: Option<AuthenticationMechanism>,
     current: Option<&AuthenticationMechanism>,
 ) -> Result<AuthenticationMechanism, RegistryError> {

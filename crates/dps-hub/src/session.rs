@@ -270,10 +270,10 @@ impl Hub {
         let closed = || SessionError::Closed {
             device_id: identity.device_id.clone(),
         };
-        let key = key_of(&identity.device_id);
+        let key = identity.key();
         let (slot, _) = self
             .inner
-            .find(&key)
+            .find_key(&key)
             .await
             .map_err(|source| SessionError::Storage {
                 device_id: identity.device_id.clone(),
@@ -315,7 +315,7 @@ impl Hub {
             }
             return Err(closed());
         }
-        tracing::info!(device = %identity.device_id, session = id, method = ?identity.method, "device connected");
+        tracing::info!(device = %identity.device_id, module = ?identity.module_id, session = id, method = ?identity.method, "device connected");
         Ok((
             DeviceSession {
                 hub: self.clone(),
@@ -337,21 +337,52 @@ impl Hub {
         payload: Value,
         timeout: Duration,
     ) -> Result<MethodResponse, MethodError> {
+        self.invoke_method_on(device_id, None, method_name, payload, timeout)
+            .await
+    }
+
+    /// [`Hub::invoke_method`] on a device or, with `module_id`, on one of its modules (which
+    /// answers on its own connection). An absent module is [`MethodError::ModuleNotFound`].
+    pub async fn invoke_method_on(
+        &self,
+        device_id: &str,
+        module_id: Option<&str>,
+        method_name: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<MethodResponse, MethodError> {
         if method_name.is_empty() || method_name.contains(['/', '+', '#']) {
             return Err(MethodError::InvalidMethodName(method_name.to_string()));
         }
+        let path = dps_proto::hub_mqtt::identity_path(device_id, module_id);
+        let storage = |source| MethodError::Storage {
+            device_id: path.clone(),
+            source,
+        };
+        let device_not_found = || MethodError::DeviceNotFound {
+            device_id: device_id.to_string(),
+        };
         let (slot, _) = self
             .inner
             .find(device_id)
             .await
-            .map_err(|source| MethodError::Storage {
-                device_id: device_id.to_string(),
-                source,
-            })?
-            .ok_or_else(|| MethodError::DeviceNotFound {
-                device_id: device_id.to_string(),
-            })?;
-        let key = key_of(device_id);
+            .map_err(storage)?
+            .ok_or_else(device_not_found)?;
+        let (slot, key) =
+            match module_id {
+                None => (slot, key_of(device_id)),
+                Some(m) => {
+                    let key = crate::record::module_key(device_id, m);
+                    let (slot, _) = self.inner.find_key(&key).await.map_err(storage)?.ok_or_else(|| {
+                        MethodError::ModuleNotFound {
+                            device_id: device_id.to_string(),
+                            module_id: m.to_string(),
+                        }
+                    })?;
+                    (slot, key)
+                }
+            };
+        let device_id = path.as_str();
         let rid = self.inner.next_rid();
         let (tx, rx) = oneshot::channel();
         let body = Bytes::from(serde_json::to_vec(&payload).unwrap_or_else(|_| b"null".to_vec()));
@@ -559,7 +590,7 @@ impl DeviceSession {
     /// never grants QoS 2) or `None` when the filter is not one a device may use (the server
     /// answers 0x80). Subscribing to C2D delivers queued messages on the outbound channel.
     pub fn subscribe(&self, filter: &str, requested_qos: u8) -> Option<u8> {
-        if !subscription_allowed(filter, &self.identity.client_device_id) {
+        if !subscription_allowed(filter, &self.identity.client_path) {
             tracing::debug!(device = %self.identity.device_id, filter, "subscription refused");
             return None;
         }
@@ -582,13 +613,13 @@ impl DeviceSession {
     /// Turns on `feed` for this session, as subscribing to its MQTT topic filter does: the AMQP
     /// adapter calls it when the device attaches the link that carries the feed.
     pub fn enable(&self, feed: Feed) -> bool {
-        self.subscribe(&feed_filter(feed, &self.identity.client_device_id), 1)
+        self.subscribe(&feed_filter(feed, &self.identity.client_path), 1)
             .is_some()
     }
 
     /// Turns `feed` off again (the device detached its link).
     pub fn disable(&self, feed: Feed) {
-        self.unsubscribe(&feed_filter(feed, &self.identity.client_device_id));
+        self.unsubscribe(&feed_filter(feed, &self.identity.client_path));
     }
 
     /// Settles the cloud-to-device message delivered under `lock_token` (MQTT PUBACK: complete;
@@ -619,7 +650,7 @@ impl DeviceSession {
         topic: &str,
         payload: &[u8],
     ) -> Result<Vec<Outbound>, SessionError> {
-        let request = HubPublish::parse(topic, &self.identity.client_device_id)?;
+        let request = HubPublish::parse(topic, &self.identity.client_path)?;
         self.handle(now, request, payload).await
     }
 

@@ -1,7 +1,7 @@
 //! The hub's storage, behind a trait: device identities with their twins; the durable
 //! cloud-to-device, feedback and file upload notification queues; retained telemetry; the
-//! consumer groups of the Event Hub-compatible endpoint — each a group of methods on
-//! [`HubStore`] (modules later).
+//! consumer groups of the Event Hub-compatible endpoint; module identities with their twins —
+//! each a group of methods on [`HubStore`].
 //!
 //! The hub owns no database (the architecture's rule for dps-hub): it decides what a device's
 //! state is and hands whole [`DeviceRecord`]s to a [`HubStore`] to keep. [`MemoryHubStore`] keeps
@@ -30,6 +30,12 @@ pub use memory::MemoryHubStore;
 /// listed, and paged) by the ASCII-lower-cased id. Existing `hub.db` files use exactly this.
 pub fn device_key(device_id: &str) -> String {
     crate::record::key_of(device_id)
+}
+
+/// The storage key of a module: `{device key}/modules/{module key}`, both ids lower-cased. Device
+/// keys never contain `/` ([`device_key`] maps one away), so the two kinds cannot collide.
+pub fn module_key(device_id: &str, module_id: &str) -> String {
+    crate::record::module_key(device_id, module_id)
 }
 
 /// How many devices a store holds, by registry status (`GET /statistics/devices`).
@@ -61,16 +67,30 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// Creates or replaces the device's record (keyed by its id); durable when it returns.
     async fn put_device(&self, record: &DeviceRecord) -> Result<(), HubStoreError>;
 
-    /// Removes the device and its queued cloud-to-device messages; removing an absent device is
-    /// not an error. Durable when it returns.
+    /// Removes the device, its modules and its queued cloud-to-device messages, in one
+    /// transaction; removing an absent device is not an error. Durable when it returns.
     async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError>;
 
     /// Up to `limit` devices in key order whose key is greater than `after`'s (case-insensitive;
     /// `None` starts at the first). An empty page means there are no more.
     async fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError>;
 
-    /// Device counts by status.
+    /// Device counts by status (modules are not devices and are not counted).
     async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError>;
+
+    /// The module `module_id` of `device_id` (both case-insensitive), if stored.
+    async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Option<DeviceRecord>, HubStoreError>;
+
+    /// Creates or replaces a module's record (one with [`DeviceRecord::module_id`] set, keyed by
+    /// [`module_key`]); durable when it returns. The hub creates modules only on stored devices.
+    async fn put_module(&self, record: &DeviceRecord) -> Result<(), HubStoreError>;
+
+    /// Removes one module (absent is fine); durable when it returns.
+    async fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), HubStoreError>;
+
+    /// Every module of `device_id` (case-insensitive), in key order. A device has few (the hub
+    /// bounds them, [`crate::MAX_MODULES_PER_DEVICE`]).
+    async fn list_modules(&self, device_id: &str) -> Result<Vec<DeviceRecord>, HubStoreError>;
 
     /// Applies every part of `change` in one transaction (a settled message's deletion and its
     /// feedback are written together or not at all); durable when it returns. Putting a key that

@@ -137,7 +137,7 @@ impl TelemetryMessage {
         serde_json::json!({
             "event": {
                 "origin": self.device_id,
-                "module": "",
+                "module": self.system_property("iothub-connection-module-id").unwrap_or_default(),
                 "interface": self.system_property("dt-interface").unwrap_or_default(),
                 "component": self.system_property("dt-subject").unwrap_or_default(),
                 "properties": { "system": system, "application": application },

@@ -88,6 +88,8 @@ pub mod codes {
     /// management API, whose resource this is, answers with a named code; 404010 is IoT Hub's
     /// ModuleNotFound).
     pub const CONSUMER_GROUP_NOT_FOUND: u32 = 404_050;
+    /// `*` No module with this id on the device (IoT Hub's ModuleNotFound).
+    pub const MODULE_NOT_FOUND: u32 = 404_010;
     /// `*` Hub device has no live connection for a direct method (IoT Hub's DeviceNotOnline).
     pub const DEVICE_NOT_ONLINE: u32 = 404_103;
     /// Method not allowed on this path.
@@ -104,6 +106,9 @@ pub mod codes {
     pub const CERTIFICATE_EXISTS: u32 = 409_301;
     /// `*` Hub device already exists (PUT without If-Match; IoT Hub's DeviceAlreadyExists).
     pub const DEVICE_EXISTS: u32 = 409_001;
+    /// `*` The device already has a module with this id (PUT without If-Match; IoT Hub's
+    /// ModuleAlreadyExistsOnDevice). The same number as [`CERTIFICATE_EXISTS`] on DPS's API.
+    pub const MODULE_EXISTS: u32 = 409_301;
     /// If-Match does not match the enrollment's etag.
     pub const ENROLLMENT_ETAG_MISMATCH: u32 = 412_201;
     /// If-Match does not match the group's etag.
@@ -119,6 +124,8 @@ pub mod codes {
     pub const MESSAGE_LOCK_LOST: u32 = 412_020;
     /// Request body larger than allowed.
     pub const PAYLOAD_TOO_LARGE: u32 = 413_001;
+    /// `*` The device has as many modules as a device may have (IoT Hub's TooManyModulesOnDevice).
+    pub const TOO_MANY_MODULES: u32 = 413_003;
     /// Unsupported content type.
     pub const UNSUPPORTED_MEDIA_TYPE: u32 = 415_001;
     /// Throttled; retry after the indicated delay.

@@ -70,33 +70,34 @@ pub enum HubNode {
     /// `/messages/serviceBound/filenotifications`: file upload notifications to a backend
     /// ([`SERVICE_FILE_NOTIFICATIONS_NODE`]).
     ServiceFileNotifications,
-    /// `/devices/{id}/messages/events`: telemetry from the device.
+    /// `/devices/{id}[/modules/{mid}]/messages/events`: telemetry from the device or module.
+    /// For a module, the same node is also its input receiver (inputs come only from IoT Edge).
     Telemetry {
         /// The device.
         device_id: String,
+        /// The module, for a module's node.
+        module_id: Option<String>,
     },
-    /// `/devices/{id}/messages/devicebound`: cloud-to-device messages to the device.
+    /// `/devices/{id}/messages/devicebound`: cloud-to-device messages to the device (modules
+    /// have none).
     C2d {
         /// The device.
         device_id: String,
     },
-    /// `/devices/{id}/methods/devicebound`: direct-method requests (to the device) and their
-    /// responses (from it).
+    /// `/devices/{id}[/modules/{mid}]/methods/devicebound`: direct-method requests (to the
+    /// identity) and their responses (from it).
     Methods {
         /// The device.
         device_id: String,
+        /// The module, for a module's node.
+        module_id: Option<String>,
     },
-    /// `/devices/{id}/twin`: twin requests and responses.
+    /// `/devices/{id}[/modules/{mid}]/twin`: twin requests and responses.
     Twin {
         /// The device.
         device_id: String,
-    },
-    /// `/devices/{id}/modules/{mid}/...`: a module's node (module identities are not served).
-    Module {
-        /// The device.
-        device_id: String,
-        /// The module.
-        module_id: String,
+        /// The module, for a module's node.
+        module_id: Option<String>,
     },
 }
 
@@ -119,53 +120,78 @@ impl HubNode {
         let rest = address.strip_prefix("/devices/")?;
         let mut parts = rest.split('/');
         let device_id = decode(parts.next()?)?;
-        let tail: Vec<&str> = parts.collect();
+        let mut tail: Vec<&str> = parts.collect();
+        let module_id = match tail.as_slice() {
+            ["modules", module, _, ..] => {
+                let m = decode(module)?;
+                tail.drain(..2);
+                Some(m)
+            }
+            _ => None,
+        };
+        // C# writes `deviceBound`.
+        let bound = |b: &str| b.eq_ignore_ascii_case("devicebound");
         let node = match tail.as_slice() {
-            ["messages", "events"] => HubNode::Telemetry { device_id },
-            // C# writes `deviceBound`.
-            ["messages", bound] if bound.eq_ignore_ascii_case("devicebound") => HubNode::C2d { device_id },
-            ["methods", "devicebound"] => HubNode::Methods { device_id },
-            ["twin"] => HubNode::Twin { device_id },
-            ["modules", module, ..] => HubNode::Module {
-                device_id,
-                module_id: decode(module)?,
-            },
+            ["messages", "events"] => HubNode::Telemetry { device_id, module_id },
+            ["messages", b] if bound(b) && module_id.is_none() => HubNode::C2d { device_id },
+            ["methods", b] if bound(b) => HubNode::Methods { device_id, module_id },
+            ["twin"] => HubNode::Twin { device_id, module_id },
             _ => return None,
         };
         Some(node)
     }
 
-    /// The node's address, as a device attaches to it (the device id percent-encoded, as
-    /// [`HubNode::parse`] decodes it).
+    /// The node's address, as a device attaches to it (the ids percent-encoded, as
+    /// [`HubNode::parse`] decodes them).
     pub fn address(&self) -> String {
-        let device = |id: &str| format!("/devices/{}", crate::sas::encode_component(id));
+        let identity = |id: &str, module: &Option<String>| {
+            let mut a = format!("/devices/{}", crate::sas::encode_component(id));
+            if let Some(m) = module {
+                a.push_str("/modules/");
+                a.push_str(&crate::sas::encode_component(m));
+            }
+            a
+        };
         match self {
             HubNode::Cbs => CBS_NODE.to_string(),
             HubNode::ServiceC2d => SERVICE_C2D_NODE.to_string(),
             HubNode::ServiceFeedback => SERVICE_FEEDBACK_NODE.to_string(),
             HubNode::ServiceFileNotifications => SERVICE_FILE_NOTIFICATIONS_NODE.to_string(),
-            HubNode::Telemetry { device_id } => format!("{}/messages/events", device(device_id)),
-            HubNode::C2d { device_id } => format!("{}/messages/devicebound", device(device_id)),
-            HubNode::Methods { device_id } => format!("{}/methods/devicebound", device(device_id)),
-            HubNode::Twin { device_id } => format!("{}/twin", device(device_id)),
-            HubNode::Module { device_id, module_id } => format!(
-                "{}/modules/{}/messages/events",
-                device(device_id),
-                crate::sas::encode_component(module_id)
-            ),
+            HubNode::Telemetry { device_id, module_id } => {
+                format!("{}/messages/events", identity(device_id, module_id))
+            }
+            HubNode::C2d { device_id } => format!("{}/messages/devicebound", identity(device_id, &None)),
+            HubNode::Methods { device_id, module_id } => {
+                format!("{}/methods/devicebound", identity(device_id, module_id))
+            }
+            HubNode::Twin { device_id, module_id } => format!("{}/twin", identity(device_id, module_id)),
         }
     }
 
-    /// The device the node belongs to (`None` for CBS and the service's node).
+    /// The device the node belongs to (`None` for CBS and the service's nodes).
     pub fn device_id(&self) -> Option<&str> {
         match self {
             HubNode::Cbs | HubNode::ServiceC2d | HubNode::ServiceFeedback | HubNode::ServiceFileNotifications => None,
-            HubNode::Telemetry { device_id }
+            HubNode::Telemetry { device_id, .. }
             | HubNode::C2d { device_id }
-            | HubNode::Methods { device_id }
-            | HubNode::Twin { device_id }
-            | HubNode::Module { device_id, .. } => Some(device_id),
+            | HubNode::Methods { device_id, .. }
+            | HubNode::Twin { device_id, .. } => Some(device_id),
         }
+    }
+
+    /// The module the node belongs to, for a module's node.
+    pub fn module_id(&self) -> Option<&str> {
+        match self {
+            HubNode::Telemetry { module_id, .. }
+            | HubNode::Methods { module_id, .. }
+            | HubNode::Twin { module_id, .. } => module_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The [`crate::hub_mqtt::identity_path`] of the device or module the node belongs to.
+    pub fn identity_path(&self) -> Option<String> {
+        Some(crate::hub_mqtt::identity_path(self.device_id()?, self.module_id()))
     }
 }
 
@@ -186,6 +212,7 @@ mod tests {
     #[test]
     fn device_nodes_parse() {
         let d = |s: &str| s.to_string();
+        let m = |s: &str| Some(s.to_string());
         assert_eq!(HubNode::parse("$cbs"), Some(HubNode::Cbs));
         assert_eq!(HubNode::parse("/messages/devicebound"), Some(HubNode::ServiceC2d));
         assert_eq!(HubNode::parse("/messages/deviceBound"), Some(HubNode::ServiceC2d));
@@ -195,7 +222,10 @@ mod tests {
         );
         assert_eq!(
             HubNode::parse("/devices/a%20b/messages/events"),
-            Some(HubNode::Telemetry { device_id: d("a b") })
+            Some(HubNode::Telemetry {
+                device_id: d("a b"),
+                module_id: None
+            })
         );
         assert_eq!(
             HubNode::parse("/devices/x/messages/devicebound"),
@@ -203,11 +233,17 @@ mod tests {
         );
         assert_eq!(
             HubNode::parse("/devices/x/methods/devicebound"),
-            Some(HubNode::Methods { device_id: d("x") })
+            Some(HubNode::Methods {
+                device_id: d("x"),
+                module_id: None
+            })
         );
         assert_eq!(
             HubNode::parse("/devices/x/twin"),
-            Some(HubNode::Twin { device_id: d("x") })
+            Some(HubNode::Twin {
+                device_id: d("x"),
+                module_id: None
+            })
         );
         assert_eq!(
             HubNode::parse("/devices/x/twin?api-version=2019-10-01")
@@ -217,29 +253,50 @@ mod tests {
         );
         assert_eq!(
             HubNode::parse("/devices/x/modules/m/messages/events"),
-            Some(HubNode::Module {
+            Some(HubNode::Telemetry {
                 device_id: d("x"),
-                module_id: d("m")
+                module_id: m("m")
             })
         );
+        assert_eq!(
+            HubNode::parse("/devices/x/modules/m%201/methods/deviceBound")
+                .unwrap()
+                .identity_path(),
+            Some("x/modules/m 1".to_string())
+        );
+        // Modules have no cloud-to-device node.
+        assert_eq!(HubNode::parse("/devices/x/modules/m/messages/devicebound"), None);
         for node in [
             HubNode::Cbs,
             HubNode::ServiceC2d,
             HubNode::ServiceFeedback,
             HubNode::ServiceFileNotifications,
-            HubNode::Telemetry { device_id: d("a b/c") },
+            HubNode::Telemetry {
+                device_id: d("a b/c"),
+                module_id: None,
+            },
             HubNode::C2d { device_id: d("x") },
-            HubNode::Methods { device_id: d("x") },
-            HubNode::Twin { device_id: d("x.y") },
-            HubNode::Module {
+            HubNode::Methods {
                 device_id: d("x"),
-                module_id: d("m"),
+                module_id: None,
+            },
+            HubNode::Twin {
+                device_id: d("x.y"),
+                module_id: m("m/1"),
+            },
+            HubNode::Telemetry {
+                device_id: d("x"),
+                module_id: m("m"),
             },
         ] {
             assert_eq!(HubNode::parse(&node.address()), Some(node.clone()), "{node:?}");
         }
         assert_eq!(
-            HubNode::Telemetry { device_id: d("dev-1") }.address(),
+            HubNode::Telemetry {
+                device_id: d("dev-1"),
+                module_id: None
+            }
+            .address(),
             "/devices/dev-1/messages/events"
         );
         for bad in [
@@ -249,6 +306,8 @@ mod tests {
             "/devices/x",
             "/devices/x/messages",
             "/devices/x/twin/extra",
+            "/devices/x/modules/m",
+            "/devices/x/modules//twin",
             "devices/x/twin",
             "0ne/registrations/x",
         ] {

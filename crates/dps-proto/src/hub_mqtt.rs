@@ -87,11 +87,30 @@ pub enum HubTopicError {
     Unknown(String),
 }
 
+/// The path of an identity in its topics and addresses: `{deviceId}` for a device,
+/// `{deviceId}/modules/{moduleId}` for a module (`devices/{path}/messages/events`, the SAS
+/// audience `{host}/devices/{path}`). Neither id may contain `/`, so the path is unambiguous.
+pub fn identity_path(device_id: &str, module_id: Option<&str>) -> String {
+    match module_id {
+        None => device_id.to_string(),
+        Some(m) => format!("{device_id}/modules/{m}"),
+    }
+}
+
+/// The device and module ids of an [`identity_path`].
+pub fn split_identity_path(path: &str) -> (&str, Option<&str>) {
+    match path.split_once("/modules/") {
+        Some((d, m)) => (d, Some(m)),
+        None => (path, None),
+    }
+}
+
 impl HubPublish {
-    /// Parses a device publish topic for the authenticated `device_id`.
-    pub fn parse(topic: &str, device_id: &str) -> Result<Self, HubTopicError> {
+    /// Parses a publish topic of the authenticated identity whose [`identity_path`] is `path`.
+    pub fn parse(topic: &str, path: &str) -> Result<Self, HubTopicError> {
+        let device_id = path;
         if let Some(rest) = topic.strip_prefix("devices/") {
-            let prefix = format!("{device_id}/messages/events");
+            let prefix = format!("{path}/messages/events");
             let Some(after) = rest.strip_prefix(&prefix) else {
                 return Err(if rest.contains("/messages/events") {
                     HubTopicError::WrongDevice {
@@ -131,10 +150,21 @@ impl HubPublish {
     }
 }
 
-/// The subscription filters a device may use, and whether `filter` is one of them for `device_id`.
-/// `+` in the device position is allowed (Embedded C subscribes `devices/+/messages/devicebound/#`).
-pub fn subscription_allowed(filter: &str, device_id: &str) -> bool {
+/// The subscription filters an identity may use, and whether `filter` is one of them for the
+/// identity at `path` ([`identity_path`]). A device may subscribe to its cloud-to-device
+/// messages, with `+` in the device position allowed (Embedded C subscribes
+/// `devices/+/messages/devicebound/#`). A module has no cloud-to-device messages; it may
+/// subscribe to its inputs (`devices/{d}/modules/{m}/inputs/#`, or all of its topics with
+/// `devices/{d}/modules/{m}/#` as the C# SDK does), which only IoT Edge ever sends.
+pub fn subscription_allowed(filter: &str, path: &str) -> bool {
+    let device_id = path;
     if let Some(rest) = filter.strip_prefix("devices/") {
+        if path.contains("/modules/") {
+            return rest
+                .strip_prefix(path)
+                .and_then(|t| t.strip_prefix('/'))
+                .is_some_and(|tail| matches!(tail, "#" | "inputs/#" | "inputs/+" | "inputs/+/#"));
+        }
         if let Some((dev, tail)) = rest.split_once('/') {
             return (dev == device_id || dev == "+")
                 && (tail == "messages/devicebound/#" || tail == "messages/devicebound/+");
@@ -160,11 +190,12 @@ pub enum Feed {
     Methods,
 }
 
-/// The topic filter that subscribes `device_id` to `feed` (one [`subscription_allowed`] accepts
-/// and [`feeds_of`] maps back to `feed`).
-pub fn feed_filter(feed: Feed, device_id: &str) -> String {
+/// The topic filter that subscribes the identity at `path` to `feed` (for a device, one
+/// [`subscription_allowed`] accepts and [`feeds_of`] maps back to `feed`; a module's C2D filter
+/// is refused).
+pub fn feed_filter(feed: Feed, path: &str) -> String {
     match feed {
-        Feed::C2d => format!("devices/{device_id}/messages/devicebound/#"),
+        Feed::C2d => format!("devices/{path}/messages/devicebound/#"),
         Feed::TwinResponses => "$iothub/twin/res/#".to_string(),
         Feed::DesiredPatches => "$iothub/twin/PATCH/properties/desired/#".to_string(),
         Feed::Methods => "$iothub/methods/POST/#".to_string(),
@@ -178,7 +209,7 @@ pub fn feeds_of(filter: &str) -> Vec<Feed> {
         "$iothub/twin/PATCH/properties/desired/#" => vec![Feed::DesiredPatches],
         "$iothub/twin/#" => vec![Feed::TwinResponses, Feed::DesiredPatches],
         "$iothub/methods/POST/#" => vec![Feed::Methods],
-        f if f.starts_with("devices/") => vec![Feed::C2d],
+        f if f.starts_with("devices/") && f.contains("/messages/devicebound/") => vec![Feed::C2d],
         _ => vec![],
     }
 }
@@ -363,6 +394,27 @@ mod tests {
         assert!(!subscription_allowed("devices/d2/messages/devicebound/#", "d1"));
         assert!(subscription_allowed("$iothub/twin/res/#", "d1"));
         assert!(!subscription_allowed("#", "d1"));
+        // A module's own topics: inputs (and the C# SDK's catch-all), never C2D or others'.
+        let m = identity_path("d1", Some("m1"));
+        assert_eq!(m, "d1/modules/m1");
+        assert_eq!(split_identity_path(&m), ("d1", Some("m1")));
+        assert_eq!(split_identity_path("d1"), ("d1", None));
+        assert!(subscription_allowed("devices/d1/modules/m1/inputs/#", &m));
+        assert!(subscription_allowed("devices/d1/modules/m1/#", &m));
+        assert!(subscription_allowed("$iothub/methods/POST/#", &m));
+        assert!(!subscription_allowed("devices/d1/modules/m2/#", &m));
+        assert!(!subscription_allowed("devices/d1/messages/devicebound/#", &m));
+        assert!(!subscription_allowed(&feed_filter(Feed::C2d, &m), &m));
+        assert!(!subscription_allowed("devices/d1/modules/m1/inputs/#", "d1"));
+        assert!(feeds_of("devices/d1/modules/m1/#").is_empty());
+        assert_eq!(
+            HubPublish::parse("devices/d1/modules/m1/messages/events/%24.on=out1", &m).unwrap(),
+            HubPublish::Telemetry {
+                properties: vec![("$.on".into(), "out1".into())]
+            }
+        );
+        assert!(HubPublish::parse("devices/d1/messages/events/", &m).is_err());
+        assert!(HubPublish::parse("devices/d1/modules/m1/messages/events/", "d1").is_err());
         assert_eq!(
             feeds_of("$iothub/twin/#"),
             vec![Feed::TwinResponses, Feed::DesiredPatches]

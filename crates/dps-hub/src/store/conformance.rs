@@ -23,6 +23,8 @@ fn at() -> DateTime<Utc> {
 fn record(id: &str, status: Status) -> DeviceRecord {
     DeviceRecord {
         device_id: id.into(),
+        module_id: None,
+        managed_by: None,
         generation_id: "638000000000000001".into(),
         etag: format!("etag-{id}"),
         status,
@@ -65,6 +67,57 @@ pub async fn run_all(store: &dyn HubStore) {
     telemetry_is_read_by_partition_time_and_device_and_trimmed(store).await;
     consumer_groups_are_kept_by_key(store).await;
     file_notifications_round_trip(store).await;
+    modules_live_under_their_device(store).await;
+}
+
+/// Modules are kept apart from devices (not listed, not counted), listed per device in key order,
+/// found without case, and deleted with their device.
+async fn modules_live_under_their_device(s: &dyn HubStore) {
+    let before = s.count_devices().await.unwrap();
+    let module = |device: &str, id: &str| {
+        let mut r = rich(device);
+        r.module_id = Some(id.into());
+        r.managed_by = Some("IotEdge".into());
+        r
+    };
+    let device = record("Mod-Dev", Status::Enabled);
+    s.put_device(&device).await.unwrap();
+    let zeta = module("Mod-Dev", "Zeta");
+    s.put_module(&zeta).await.unwrap();
+    for m in ["alpha", "Beta"] {
+        s.put_module(&module("Mod-Dev", m)).await.unwrap();
+    }
+    // Another device whose key starts like this one's: its modules are not this one's.
+    s.put_device(&record("Mod-Dev2", Status::Enabled)).await.unwrap();
+    s.put_module(&module("Mod-Dev2", "alpha")).await.unwrap();
+    assert_eq!(s.count_devices().await.unwrap().total, before.total + 2);
+    let got = s.get_module("mod-dev", "ZETA").await.unwrap().unwrap();
+    assert_eq!(got, zeta, "a module comes back whole");
+    assert_eq!(s.get_module("Mod-Dev", "gamma").await.unwrap(), None);
+    assert_eq!(
+        s.get_device("Mod-Dev").await.unwrap().unwrap(),
+        device,
+        "the device is its own record"
+    );
+    let ids = |v: Vec<DeviceRecord>| v.iter().map(|r| r.module_id().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_modules("MOD-DEV").await.unwrap()), ["alpha", "Beta", "Zeta"]);
+    let listed = s.list_devices(Some("mod-dev"), 1).await.unwrap();
+    assert_eq!(listed[0].device_id(), "Mod-Dev2", "modules are not devices");
+    // Replacing and deleting one module.
+    let mut changed = module("Mod-Dev", "Beta");
+    changed.twin.version = 99;
+    s.put_module(&changed).await.unwrap();
+    assert_eq!(s.get_module("Mod-Dev", "beta").await.unwrap().unwrap().twin.version, 99);
+    s.delete_module("Mod-Dev", "BETA").await.unwrap();
+    s.delete_module("Mod-Dev", "absent").await.unwrap();
+    assert_eq!(ids(s.list_modules("Mod-Dev").await.unwrap()), ["alpha", "Zeta"]);
+    // Deleting the device takes its modules, and only its own.
+    s.delete_device("mod-dev").await.unwrap();
+    assert!(s.list_modules("Mod-Dev").await.unwrap().is_empty());
+    assert_eq!(s.get_module("Mod-Dev", "alpha").await.unwrap(), None);
+    assert_eq!(ids(s.list_modules("Mod-Dev2").await.unwrap()), ["alpha"]);
+    s.delete_device("Mod-Dev2").await.unwrap();
+    assert_eq!(s.count_devices().await.unwrap(), before);
 }
 
 /// File upload notifications come back whole, in key order, and go when deleted.

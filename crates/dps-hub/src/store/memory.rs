@@ -9,8 +9,8 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 
 use super::{
-    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, FileNotification,
-    HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord,
+    FileNotification, HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
 };
 
 /// A [`HubStore`] in memory: nothing survives the process. For tests, fuzzing and demos, and the
@@ -19,6 +19,8 @@ use super::{
 #[derive(Default)]
 pub struct MemoryHubStore {
     devices: RwLock<BTreeMap<String, DeviceRecord>>,
+    /// Modules by [`super::module_key`] (so a device's modules are one key range).
+    modules: RwLock<BTreeMap<String, DeviceRecord>>,
     queues: RwLock<Queues>,
     /// Telemetry by hub-wide sequence number.
     events: RwLock<BTreeMap<u64, Arc<TelemetryMessage>>>,
@@ -64,6 +66,8 @@ impl HubStore for MemoryHubStore {
     async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError> {
         let key = device_key(device_id);
         self.devices.write().remove(&key);
+        let prefix = format!("{key}/modules/");
+        self.modules.write().retain(|k, _| !k.starts_with(&prefix));
         self.queues.write().c2d.retain(|_, m| device_key(&m.device_id) != key);
         Ok(())
     }
@@ -91,6 +95,31 @@ impl HubStore for MemoryHubStore {
             enabled,
             disabled: total - enabled,
         })
+    }
+
+    async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
+        Ok(self.modules.read().get(&module_key(device_id, module_id)).cloned())
+    }
+
+    async fn put_module(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
+        self.modules.write().insert(record.key(), record.clone());
+        Ok(())
+    }
+
+    async fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), HubStoreError> {
+        self.modules.write().remove(&module_key(device_id, module_id));
+        Ok(())
+    }
+
+    async fn list_modules(&self, device_id: &str) -> Result<Vec<DeviceRecord>, HubStoreError> {
+        let prefix = format!("{}/modules/", device_key(device_id));
+        Ok(self
+            .modules
+            .read()
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 
     async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError> {

@@ -48,6 +48,53 @@ pub struct Device {
     pub capabilities: Option<DeviceCapabilities>,
 }
 
+/// A module identity on a device (IoT Hub's `Module`): its own credentials and twin, without
+/// the device's status or capabilities.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Module {
+    /// The device the module belongs to.
+    #[serde(default)]
+    pub device_id: String,
+    /// Module id.
+    #[serde(default)]
+    pub module_id: String,
+    /// Changes each time the identity is re-created.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generation_id: Option<String>,
+    /// Identity etag.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub etag: Option<String>,
+    /// `Connected` / `Disconnected`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connection_state: Option<String>,
+    /// ISO-8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub connection_state_updated_time: Option<String>,
+    /// ISO-8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_activity_time: Option<String>,
+    /// Always 0: cloud-to-device messages go to devices, not modules. A number or a string
+    /// (the Node SDK's model types it as a string).
+    #[serde(default, deserialize_with = "lenient_count")]
+    pub cloud_to_device_message_count: i64,
+    /// How the module authenticates.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub authentication: Option<AuthenticationMechanism>,
+    /// Who manages the module (`IotEdge` for Edge's modules); set by the caller.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub managed_by: Option<String>,
+}
+
+/// A count sent as a number or a numeric string; anything else reads as 0 (it is output only).
+fn lenient_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        Value::String(s) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    })
+}
+
 /// `authentication`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,6 +145,10 @@ pub struct Twin {
     /// Device id.
     #[serde(default)]
     pub device_id: String,
+    /// Module id, on a module's twin. The Node service SDK's `Twin` sends its updates to the
+    /// module twin's path only when this is present.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub module_id: Option<String>,
     /// Twin etag.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub etag: Option<String>,

@@ -80,6 +80,14 @@ enum Resource {
     Twin(String),
     /// `/twins/{id}/methods`
     TwinMethods(String),
+    /// `/devices/{id}/modules`
+    DeviceModules(String),
+    /// `/devices/{id}/modules/{moduleId}`
+    Module(String, String),
+    /// `/twins/{id}/modules/{moduleId}`
+    ModuleTwin(String, String),
+    /// `/twins/{id}/modules/{moduleId}/methods`
+    ModuleTwinMethods(String, String),
     /// `/devices/{id}/commands` (the device's cloud-to-device queue)
     DeviceCommands(String),
     /// `/devices/{id}/messages/events` (a device's telemetry over HTTPS)
@@ -221,6 +229,22 @@ pub enum Route {
     UpdateTwin(String),
     /// `POST /twins/{id}/methods`
     InvokeMethod(String),
+    /// `GET /devices/{id}/modules`: the device's modules.
+    ListModules(String),
+    /// `GET /devices/{id}/modules/{moduleId}`
+    GetModule(String, String),
+    /// `PUT /devices/{id}/modules/{moduleId}`
+    PutModule(String, String),
+    /// `DELETE /devices/{id}/modules/{moduleId}`
+    DeleteModule(String, String),
+    /// `GET /twins/{id}/modules/{moduleId}`
+    GetModuleTwin(String, String),
+    /// `PUT /twins/{id}/modules/{moduleId}`
+    ReplaceModuleTwin(String, String),
+    /// `PATCH /twins/{id}/modules/{moduleId}`
+    UpdateModuleTwin(String, String),
+    /// `POST /twins/{id}/modules/{moduleId}/methods`
+    InvokeModuleMethod(String, String),
     /// `DELETE /devices/{id}/commands`: purge the device's cloud-to-device queue.
     PurgeC2d(String),
     /// `GET /messages/events`
@@ -341,6 +365,14 @@ impl Route {
             | ReplaceTwin(_)
             | UpdateTwin(_)
             | InvokeMethod(_)
+            | ListModules(_)
+            | GetModule(..)
+            | PutModule(..)
+            | DeleteModule(..)
+            | GetModuleTwin(..)
+            | ReplaceModuleTwin(..)
+            | UpdateModuleTwin(..)
+            | InvokeModuleMethod(..)
             | MonitorEvents
             | DeviceStatistics
             | ServiceStatistics
@@ -401,6 +433,8 @@ impl Route {
             | PutCertificate(_)
             | PutDevice(_)
             | ReplaceTwin(_)
+            | PutModule(..)
+            | ReplaceModuleTwin(..)
             | PutConsumerGroup(_)
             | PutBlob { .. } => Method::PUT,
             RegistrationStatus { .. }
@@ -415,6 +449,7 @@ impl Route {
             | VerifyCertificate(_)
             | QueryDevices
             | InvokeMethod(_)
+            | InvokeModuleMethod(..)
             | AbandonFeedback(_)
             | SendDeviceEvent(_)
             | AbandonC2d { .. }
@@ -425,11 +460,12 @@ impl Route {
             | DeleteRegistration(_)
             | DeleteCertificate(_)
             | DeleteDevice(_)
+            | DeleteModule(..)
             | PurgeC2d(_)
             | CompleteFeedback(_)
             | DeleteConsumerGroup(_)
             | CompleteC2d { .. } => Method::DELETE,
-            UpdateTwin(_) => Method::PATCH,
+            UpdateTwin(_) | UpdateModuleTwin(..) => Method::PATCH,
             OperationStatus { .. }
             | GetEnrollment(_)
             | GetGroup(_)
@@ -439,6 +475,9 @@ impl Route {
             | ListDevices
             | GetDevice(_)
             | GetTwin(_)
+            | ListModules(_)
+            | GetModule(..)
+            | GetModuleTwin(..)
             | MonitorEvents
             | ReceiveFeedback
             | DeviceStatistics
@@ -493,6 +532,12 @@ impl Route {
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
             InvokeMethod(id) => item("twins", id) + "/methods",
+            ListModules(id) => item("devices", id) + "/modules",
+            GetModule(d, m) | PutModule(d, m) | DeleteModule(d, m) => item("devices", d) + &item("modules", m),
+            GetModuleTwin(d, m) | ReplaceModuleTwin(d, m) | UpdateModuleTwin(d, m) => {
+                item("twins", d) + &item("modules", m)
+            }
+            InvokeModuleMethod(d, m) => item("twins", d) + &item("modules", m) + "/methods",
             PurgeC2d(id) => item("devices", id) + "/commands",
             SendDeviceEvent(id) => item("devices", id) + "/messages/events",
             ReceiveC2d(id) => item("devices", id) + "/messages/deviceBound",
@@ -588,6 +633,12 @@ impl Route {
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
             InvokeMethod(id) => item("twins", id) + "/methods",
+            ListModules(id) => item("devices", id) + "/modules",
+            GetModule(d, m) | PutModule(d, m) | DeleteModule(d, m) => item("devices", d) + &item("modules", m),
+            GetModuleTwin(d, m) | ReplaceModuleTwin(d, m) | UpdateModuleTwin(d, m) => {
+                item("twins", d) + &item("modules", m)
+            }
+            InvokeModuleMethod(d, m) => item("twins", d) + &item("modules", m) + "/methods",
             PurgeC2d(id) => item("devices", id) + "/commands",
             // Judged by the hub against `{hub}/devices/{id}`, not by a policy.
             SendDeviceEvent(id) | ReceiveC2d(id) => item("devices", id),
@@ -688,6 +739,8 @@ fn resource(segs: &[String]) -> Option<Resource> {
                 Resource::DeviceBoundAbandon(id(d)?, id(lock)?)
             }
             [d, f] if is(f, "files") => Resource::DeviceFiles(id(d)?),
+            [d, m] if is(m, "modules") => Resource::DeviceModules(id(d)?),
+            [d, m, mid] if is(m, "modules") => Resource::Module(id(d)?, id(mid)?),
             [d, f, n] if is(f, "files") && is(n, "notifications") => Resource::DeviceFileNotifications(id(d)?, None),
             [d, f, n, c] if is(f, "files") && is(n, "notifications") => {
                 Resource::DeviceFileNotifications(id(d)?, Some(id(c)?))
@@ -696,6 +749,10 @@ fn resource(segs: &[String]) -> Option<Resource> {
         },
         [first, d] if is(first, "twins") => Resource::Twin(id(d)?),
         [first, d, m] if is(first, "twins") && is(m, "methods") => Resource::TwinMethods(id(d)?),
+        [first, d, m, mid] if is(first, "twins") && is(m, "modules") => Resource::ModuleTwin(id(d)?, id(mid)?),
+        [first, d, m, mid, x] if is(first, "twins") && is(m, "modules") && is(x, "methods") => {
+            Resource::ModuleTwinMethods(id(d)?, id(mid)?)
+        }
         [m, e] if is(m, "messages") && is(e, "events") => Resource::Events,
         [m, sb, f, rest @ ..] if is(m, "messages") && is(sb, "serviceBound") && is(f, "feedback") => match rest {
             [] => Resource::Feedback,
@@ -844,6 +901,26 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             Method::POST => Ok(Route::InvokeMethod(id)),
             _ => not_allowed(POST),
         },
+        R::DeviceModules(id) => match *m {
+            Method::GET => Ok(Route::ListModules(id)),
+            _ => not_allowed(GET),
+        },
+        R::Module(d, mid) => match *m {
+            Method::GET => Ok(Route::GetModule(d, mid)),
+            Method::PUT => Ok(Route::PutModule(d, mid)),
+            Method::DELETE => Ok(Route::DeleteModule(d, mid)),
+            _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::ModuleTwin(d, mid) => match *m {
+            Method::GET => Ok(Route::GetModuleTwin(d, mid)),
+            Method::PUT => Ok(Route::ReplaceModuleTwin(d, mid)),
+            Method::PATCH => Ok(Route::UpdateModuleTwin(d, mid)),
+            _ => not_allowed(GET_PUT_PATCH),
+        },
+        R::ModuleTwinMethods(d, mid) => match *m {
+            Method::POST => Ok(Route::InvokeModuleMethod(d, mid)),
+            _ => not_allowed(POST),
+        },
         R::Events => match *m {
             Method::GET => Ok(Route::MonitorEvents),
             _ => not_allowed(GET),
@@ -981,6 +1058,11 @@ mod tests {
         assert_eq!(a(Method::POST, "/devices/query"), "/devices");
         assert_eq!(a(Method::GET, "/devices"), "/devices");
         assert_eq!(a(Method::POST, "/twins/d/methods"), "/twins/d/methods");
+        assert_eq!(
+            a(Method::POST, "/twins/d/Modules/m%2F1/methods"),
+            "/twins/d/modules/m%2F1/methods"
+        );
+        assert_eq!(a(Method::GET, "/devices/d/modules"), "/devices/d/modules");
         assert_eq!(
             a(Method::PUT, "/0ne00ABC/registrations/dev-1/register"),
             "/0ne00ABC/registrations/dev-1"
@@ -1141,7 +1223,11 @@ mod tests {
         assert_eq!(r(Method::GET, "/enrollments/a/b"), Err(NoRoute::NotFound));
         assert_eq!(r(Method::GET, "/enrollments//"), Err(NoRoute::NotFound));
         assert_eq!(r(Method::GET, "/enrollments/a//"), Err(NoRoute::NotFound));
-        assert_eq!(r(Method::GET, "/devices/a/modules/m"), Err(NoRoute::NotFound));
+        assert_eq!(r(Method::GET, "/devices/a/modules/m/x"), Err(NoRoute::NotFound));
+        assert_eq!(
+            r(Method::GET, "/devices/a/Modules/m%201"),
+            Ok(Route::GetModule("a".into(), "m 1".into()))
+        );
         assert_eq!(
             r(Method::POST, "/enrollments/a"),
             Err(NoRoute::MethodNotAllowed(GET_PUT_DELETE))

@@ -14,7 +14,13 @@
 //!   `/notifications/twin/properties/desired` in; answers with `status` and `version` message
 //!   annotations and desired-property patches (no correlation id) out.
 //!
-//! A link may only be attached for a device this connection authenticated (the same rule MQTT
+//! Modules have the same nodes under `/devices/{id}/modules/{mid}/` (no cloud-to-device node;
+//! their `messages/events` node is also their input receiver, which only IoT Edge feeds), with
+//! CBS tokens for `{host}/devices/{id}/modules/{mid}`. The connection keys its identities by
+//! their path (`{id}` or `{id}/modules/{mid}`, `dps_proto::hub_mqtt::identity_path`): one
+//! connection may carry a device and its modules, each with its own token and session.
+//!
+//! A link may only be attached for an identity this connection authenticated (the same rule MQTT
 //! applies: a device publishes and subscribes only under its own id). Everything the hub decides
 //! is `dps_hub::DeviceSession`'s, as for MQTT; this module only frames it.
 
@@ -41,9 +47,9 @@ use super::{Conn, Route};
 /// Per-connection hub state.
 #[derive(Default)]
 pub(crate) struct HubState {
-    /// SAS tokens put on `$cbs`, by device id, with their expiry (Unix seconds).
+    /// SAS tokens put on `$cbs`, by identity path, with their expiry (Unix seconds).
     tokens: HashMap<String, (String, u64)>,
-    /// The device sessions open on this connection, by device id.
+    /// The device and module sessions open on this connection, by identity path.
     devices: HashMap<String, HubDevice>,
     /// Cloud-to-device messages sent and awaiting the device's outcome, by token.
     c2d: HashMap<u64, C2dInFlight>,
@@ -275,11 +281,6 @@ impl HubState {
 
 /// What a link to a hub node is for, if this connection may attach it.
 pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode) -> Result<Route, Refusal> {
-    if let HubNode::Module { module_id, .. } = &node {
-        return Err(Refusal::NotFound(format!(
-            "module identities are not served (module '{module_id}')"
-        )));
-    }
     if let HubNode::ServiceC2d = node {
         return match direction {
             Direction::FromPeer => {
@@ -306,10 +307,10 @@ pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode)
         };
     }
     if !matches!(node, HubNode::Cbs) {
-        device(conn, node.device_id().unwrap_or_default()).await?;
+        device(conn, &node.identity_path().unwrap_or_default()).await?;
     }
     let address = node.address();
-    let device_id = || node.device_id().unwrap_or_default().to_string();
+    let device_id = || node.identity_path().unwrap_or_default();
     match (&node, direction) {
         (HubNode::Cbs, Direction::FromPeer) => Ok(Route::Cbs),
         (HubNode::Telemetry { .. }, Direction::FromPeer) => Ok(Route::Device {
@@ -327,6 +328,8 @@ pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode)
         (HubNode::Cbs | HubNode::C2d { .. } | HubNode::Methods { .. } | HubNode::Twin { .. }, Direction::ToPeer) => {
             Ok(Route::Out { address })
         }
+        // A module's input receiver: attached, fed only by IoT Edge (never by the hub).
+        (HubNode::Telemetry { module_id: Some(_), .. }, Direction::ToPeer) => Ok(Route::Out { address }),
         (node, Direction::ToPeer) => Err(Refusal::NotFound(format!("{node:?} does not send to devices"))),
         (node, Direction::FromPeer) => Err(Refusal::NotFound(format!(
             "{node:?} does not take messages from devices"
@@ -334,14 +337,16 @@ pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: HubNode)
     }
 }
 
-/// The feed a device's link to `address` carries, if it is one.
+/// The feed an identity's link to `address` carries, if it is one, with the identity's path.
 fn feed_of(address: &str) -> Option<(String, Feed)> {
-    match HubNode::parse(address)? {
-        HubNode::C2d { device_id } => Some((device_id, Feed::C2d)),
-        HubNode::Methods { device_id } => Some((device_id, Feed::Methods)),
-        HubNode::Twin { device_id } => Some((device_id, Feed::TwinResponses)),
-        _ => None,
-    }
+    let node = HubNode::parse(address)?;
+    let feed = match node {
+        HubNode::C2d { .. } => Feed::C2d,
+        HubNode::Methods { .. } => Feed::Methods,
+        HubNode::Twin { .. } => Feed::TwinResponses,
+        _ => return None,
+    };
+    Some((node.identity_path()?, feed))
 }
 
 /// A link was attached: a link to a device's node turns its feed on (which delivers what is
@@ -430,8 +435,9 @@ pub(super) fn detached(conn: &mut Conn, address: &str) {
     }
 }
 
-/// Opens `device_id`'s session on this connection on first use: the device must have put a
-/// valid CBS token, or be the X.509 device the TLS certificate names.
+/// Opens the session of the identity at `device_id` (a device's or module's path) on this
+/// connection on first use: it must have put a valid CBS token, or be the X.509 identity the TLS
+/// certificate names.
 async fn device(conn: &mut Conn, device_id: &str) -> Result<(), Refusal> {
     if let Some(d) = conn.hub.devices.get(device_id) {
         if d.session.is_current() {
@@ -453,8 +459,8 @@ async fn device(conn: &mut Conn, device_id: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Asks the hub whether `token` (or else the TLS certificate) is `device_id`'s credential; the
-/// refusal says why not.
+/// Asks the hub whether `token` (or else the TLS certificate) is the credential of the identity
+/// at `device_id` (a path); the refusal says why not.
 async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -> Result<DeviceIdentity, String> {
     let hub = &conn.services.hub;
     let thumbprints = crate::leaf_thumbprints(&conn.peer_certs);
@@ -465,7 +471,8 @@ async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -
         ));
     }
     let now = dps_core::Engine::unix_time(conn.services.clock.now());
-    hub.authenticate_device(now, device_id, token.as_deref(), thumbprints)
+    let (device, module) = dps_proto::hub_mqtt::split_identity_path(device_id);
+    hub.authenticate_identity(now, device, module, token.as_deref(), thumbprints)
         .await
         .map_err(|e| e.to_string())
 }
@@ -501,8 +508,8 @@ async fn put_token(conn: &mut Conn, msg: &Incoming) -> (i32, String) {
     let Some(device_id) = device_of_token(&token) else {
         return (
             401,
-            "the token's audience (sr) is not '{host}/devices/{deviceId}' of this hub, and it names no shared access \
-             policy (skn)"
+            "the token's audience (sr) is not '{host}/devices/{deviceId}[/modules/{moduleId}]' of this hub, and it \
+             names no shared access policy (skn)"
                 .into(),
         );
     };
@@ -600,16 +607,22 @@ pub(super) async fn service_c2d(conn: &mut Conn, link: LinkId, delivery: Option<
     conn.settle(delivery, outcome);
 }
 
-/// The device a SAS token's audience (`{host}/devices/{id}`) names. Which host it names is
-/// checked by the hub against its own name, not here.
+/// The path of the device or module a SAS token's audience (`{host}/devices/{id}` or
+/// `{host}/devices/{id}/modules/{mid}`) names. Which host it names, and that the audience is
+/// exactly that, is checked by the hub against its own name, not here.
 fn device_of_token(token: &str) -> Option<String> {
     let parsed = dps_proto::sas::SasToken::parse(token).ok()?;
     let sr = percent_encoding::percent_decode_str(&parsed.sr_raw)
         .decode_utf8()
         .ok()?;
     let (_, rest) = sr.split_once("/devices/")?;
-    let id = rest.split('/').next()?;
-    (!id.is_empty()).then(|| id.to_string())
+    let mut segments = rest.split('/');
+    let id = segments.next().filter(|id| !id.is_empty())?;
+    let module = match (segments.next(), segments.next()) {
+        (Some("modules"), Some(m)) if !m.is_empty() => Some(m),
+        _ => None,
+    };
+    Some(dps_proto::hub_mqtt::identity_path(id, module))
 }
 
 /// What a device sends on one of its links.
@@ -891,7 +904,8 @@ fn acknowledgement(rid: String, status: u16) -> Outbound {
 /// device's twin node, method calls on its methods node, cloud-to-device messages on its
 /// devicebound node (awaiting the device's outcome).
 pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
-    let device = device_id.to_string();
+    let (device, module) = dps_proto::hub_mqtt::split_identity_path(device_id);
+    let (device, module_id) = (device.to_string(), module.map(str::to_string));
     let (node, msg) = match out.kind {
         OutboundKind::TwinResponse { rid, status, version } => {
             let mut annotations =
@@ -904,7 +918,13 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
                 .properties(Properties::builder().correlation_id(id_of_rid(&rid)).build())
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (HubNode::Twin { device_id: device }, msg)
+            (
+                HubNode::Twin {
+                    device_id: device,
+                    module_id,
+                },
+                msg,
+            )
         }
         OutboundKind::DesiredPatch { version } => {
             let annotations =
@@ -913,7 +933,13 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
                 .message_annotations(annotations.build())
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (HubNode::Twin { device_id: device }, msg)
+            (
+                HubNode::Twin {
+                    device_id: device,
+                    module_id,
+                },
+                msg,
+            )
         }
         OutboundKind::MethodRequest { name, rid } => {
             let app = ApplicationProperties::builder().insert(wire::METHOD_NAME, name).build();
@@ -922,7 +948,13 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
                 .application_properties(app)
                 .data(Binary::from(out.payload.to_vec()))
                 .build();
-            (HubNode::Methods { device_id: device }, msg)
+            (
+                HubNode::Methods {
+                    device_id: device,
+                    module_id,
+                },
+                msg,
+            )
         }
         OutboundKind::C2d { properties, lock_token } => {
             return deliver_c2d(conn, device_id, properties, lock_token, out.payload)

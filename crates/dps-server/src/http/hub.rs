@@ -18,8 +18,8 @@ use base64::Engine as _;
 use dps_hub::{ConsumerGroupError, MethodError, RegistryError};
 use dps_proto::codes;
 use dps_proto::model::hub::{
-    CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, RegistryStatistics, ServiceStatistics,
-    Twin,
+    CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, Module, RegistryStatistics,
+    ServiceStatistics, Twin,
 };
 use dps_proto::model::service::QuerySpecification;
 use dps_proto::twin_limits;
@@ -42,11 +42,21 @@ const MAX_QUERY_PAGE: usize = 1000;
 fn rights(route: &Route) -> &'static [&'static str] {
     use Route::*;
     match route {
-        ListDevices | QueryDevices | GetDevice(_) | DeviceStatistics => &[REGISTRY_READ],
-        PutDevice(_) | DeleteDevice(_) => &[REGISTRY_WRITE],
-        GetTwin(_) => &[SERVICE_CONNECT, REGISTRY_READ],
-        ReplaceTwin(_) | UpdateTwin(_) => &[SERVICE_CONNECT, REGISTRY_WRITE],
-        InvokeMethod(_) | MonitorEvents | ServiceStatistics | PurgeC2d(_) | ReceiveFeedback | CompleteFeedback(_)
+        ListDevices | QueryDevices | GetDevice(_) | DeviceStatistics | ListModules(_) | GetModule(..) => {
+            &[REGISTRY_READ]
+        }
+        PutDevice(_) | DeleteDevice(_) | PutModule(..) | DeleteModule(..) => &[REGISTRY_WRITE],
+        GetTwin(_) | GetModuleTwin(..) => &[SERVICE_CONNECT, REGISTRY_READ],
+        ReplaceTwin(_) | UpdateTwin(_) | ReplaceModuleTwin(..) | UpdateModuleTwin(..) => {
+            &[SERVICE_CONNECT, REGISTRY_WRITE]
+        }
+        InvokeMethod(_)
+        | InvokeModuleMethod(..)
+        | MonitorEvents
+        | ServiceStatistics
+        | PurgeC2d(_)
+        | ReceiveFeedback
+        | CompleteFeedback(_)
         | AbandonFeedback(_) => &[SERVICE_CONNECT],
         // Readers of the built-in endpoint may list its groups; making them is an operator's.
         ListConsumerGroups | GetConsumerGroup(_) => &[SERVICE_CONNECT, REGISTRY_READ],
@@ -121,16 +131,46 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             let twin = twin_body(ctx).await?;
             ok(&hub.patch_twin(&id, twin, if_match).await.map_err(registry_error)?)
         }
-        Route::InvokeMethod(id) => {
-            let req: CloudToDeviceMethod = ctx.json("CloudToDeviceMethod").await?;
-            let secs = req
-                .response_timeout_in_seconds
-                .unwrap_or(METHOD_TIMEOUT_DEFAULT)
-                .clamp(METHOD_TIMEOUT_MIN, METHOD_TIMEOUT_MAX);
-            let result = hub
-                .invoke_method(&id, &req.method_name, req.payload, Duration::from_secs(secs))
-                .await;
-            ok(&result.map_err(method_error)?)
+        Route::InvokeMethod(id) => invoke_method(ctx, &hub, &id, None).await?,
+        Route::InvokeModuleMethod(id, module) => invoke_method(ctx, &hub, &id, Some(&module)).await?,
+        Route::ListModules(id) => ok(&hub.list_modules(&id).await.map_err(registry_error)?),
+        Route::GetModule(id, module) => ok(&hub.get_module(&id, &module).await.map_err(registry_error)?),
+        Route::PutModule(id, module_id) => {
+            let mut module: Module = ctx.json("Module").await?;
+            for (name, given, path) in [
+                ("deviceId", &mut module.device_id, &id),
+                ("moduleId", &mut module.module_id, &module_id),
+            ] {
+                if given.is_empty() {
+                    *given = path.clone();
+                } else if !given.eq_ignore_ascii_case(path) {
+                    return Err(ApiError::invalid(format!(
+                        "body {name} '{given}' does not match the {name} '{path}' of the path"
+                    )));
+                }
+            }
+            ok(&hub.put_module(module, if_match).await.map_err(registry_error)?)
+        }
+        Route::DeleteModule(id, module) => {
+            hub.delete_module(&id, &module, if_match)
+                .await
+                .map_err(registry_error)?;
+            no_content()
+        }
+        Route::GetModuleTwin(id, module) => ok(&hub.get_module_twin(&id, &module).await.map_err(registry_error)?),
+        Route::ReplaceModuleTwin(id, module) => {
+            let twin = twin_body(ctx).await?;
+            ok(&hub
+                .replace_module_twin(&id, &module, twin, if_match)
+                .await
+                .map_err(registry_error)?)
+        }
+        Route::UpdateModuleTwin(id, module) => {
+            let twin = twin_body(ctx).await?;
+            ok(&hub
+                .patch_module_twin(&id, &module, twin, if_match)
+                .await
+                .map_err(registry_error)?)
         }
         Route::DeviceStatistics => {
             let s = hub.statistics().await.map_err(registry_error)?;
@@ -201,6 +241,31 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
     Ok(resp)
 }
 
+/// `POST /twins/{id}[/modules/{mid}]/methods`: calls a direct method and answers the device's
+/// (or module's) result, with Azure's timeout bounds.
+async fn invoke_method(
+    ctx: &mut Ctx<'_>,
+    hub: &dps_hub::Hub,
+    device_id: &str,
+    module_id: Option<&str>,
+) -> Result<Response, ApiError> {
+    let req: CloudToDeviceMethod = ctx.json("CloudToDeviceMethod").await?;
+    let secs = req
+        .response_timeout_in_seconds
+        .unwrap_or(METHOD_TIMEOUT_DEFAULT)
+        .clamp(METHOD_TIMEOUT_MIN, METHOD_TIMEOUT_MAX);
+    let result = hub
+        .invoke_method_on(
+            device_id,
+            module_id,
+            &req.method_name,
+            req.payload,
+            Duration::from_secs(secs),
+        )
+        .await;
+    Ok(ok(&result.map_err(method_error)?))
+}
+
 /// Reads a `Twin` body. A section of the wrong type (`"tags": "hello"`) is refused with a message
 /// naming the field, as IoT Hub's twin rules say ([`twin_limits::section_object`]); the typed
 /// parse alone would only give a line and column.
@@ -253,6 +318,9 @@ fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::NotFound { device_id } => device_not_found(&device_id),
         RegistryError::EtagMismatch { .. } => ApiError::new(codes::DEVICE_ETAG_MISMATCH, e.to_string()),
         RegistryError::AlreadyExists { .. } => ApiError::new(codes::DEVICE_EXISTS, e.to_string()),
+        RegistryError::ModuleNotFound { .. } => ApiError::new(codes::MODULE_NOT_FOUND, e.to_string()),
+        RegistryError::ModuleAlreadyExists { .. } => ApiError::new(codes::MODULE_EXISTS, e.to_string()),
+        RegistryError::TooManyModules { .. } => ApiError::new(codes::TOO_MANY_MODULES, e.to_string()),
         RegistryError::Invalid(m) => ApiError::invalid(m),
         // IoT Hub's 400 ArgumentInvalid for twins that break its rules.
         RegistryError::TwinInvalid(e) => ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string()),
@@ -267,6 +335,7 @@ fn method_error(e: MethodError) -> ApiError {
         // Azure: 404 DeviceNotOnline (404103).
         MethodError::DeviceNotOnline { .. } => ApiError::new(codes::DEVICE_NOT_ONLINE, e.to_string()),
         MethodError::DeviceNotFound { device_id } => device_not_found(device_id),
+        MethodError::ModuleNotFound { .. } => ApiError::new(codes::MODULE_NOT_FOUND, e.to_string()),
         MethodError::Timeout { .. } => ApiError::new(codes::METHOD_TIMEOUT, e.to_string()),
         MethodError::InvalidMethodName(_) => ApiError::invalid(e.to_string()),
         MethodError::Storage { .. } => ApiError::internal(format!("hub storage: {e}")),

@@ -6,7 +6,9 @@
 //! (`hub/0003`): `c2d(seq, device, doc)` for cloud-to-device messages and `feedback(seq, doc)`,
 //! each document the hub's JSON record. `consumer_groups(name, doc)` (`hub/0004`) holds the
 //! created consumer groups of the Event Hub-compatible endpoint, `file_notifications(seq, doc)`
-//! (`hub/0005`) the file upload notifications the service has not completed.
+//! (`hub/0005`) the file upload notifications the service has not completed, `modules(id, device,
+//! doc)` (`hub/0006`) the module identities, each keyed by `dps_hub::store::module_key` beside its
+//! device's key.
 //!
 //! The hub upserts a device on every registration, and each upsert must be durable before the
 //! device gets its answer, so writes go through the same group-committing writer thread as the
@@ -18,8 +20,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 use dps_hub::store::{
-    device_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord, FileNotification,
-    HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord,
+    FileNotification, HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
 };
 use rusqlite::{params, Connection};
 
@@ -36,6 +38,12 @@ const UPSERT: &str = "INSERT INTO devices (id, doc) VALUES (?1, ?2) \
      ON CONFLICT (id) DO UPDATE SET doc = excluded.doc";
 const DELETE: &str = "DELETE FROM devices WHERE id = ?1";
 const DELETE_DEVICE_C2D: &str = "DELETE FROM c2d WHERE device = ?1";
+const DELETE_DEVICE_MODULES: &str = "DELETE FROM modules WHERE device = ?1";
+const PUT_MODULE: &str = "INSERT INTO modules (id, device, doc) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (id) DO UPDATE SET doc = excluded.doc";
+const DELETE_MODULE: &str = "DELETE FROM modules WHERE id = ?1";
+const GET_MODULE: &str = "SELECT doc FROM modules WHERE id = ?1";
+const DEVICE_MODULES: &str = "SELECT id, doc FROM modules WHERE device = ?1 ORDER BY id";
 const PUT_C2D: &str = "INSERT OR REPLACE INTO c2d (seq, device, doc) VALUES (?1, ?2, ?3)";
 const DELETE_C2D: &str = "DELETE FROM c2d WHERE seq = ?1";
 const PUT_FEEDBACK: &str = "INSERT OR REPLACE INTO feedback (seq, doc) VALUES (?1, ?2)";
@@ -85,8 +93,12 @@ impl Decode for HubStoreError {
 enum DeviceOp {
     /// Insert or replace the document of `key`.
     Put { key: String, doc: String },
-    /// Remove `key` (absent is fine) and its cloud-to-device messages.
+    /// Remove `key` (absent is fine), its modules and its cloud-to-device messages.
     Delete { key: String },
+    /// Insert or replace the module `key` of the device `device`.
+    PutModule { key: String, device: String, doc: String },
+    /// Remove the module `key` (absent is fine).
+    DeleteModule { key: String },
     /// Queue changes, encoded: messages (seq, device key, doc) and feedback (seq, doc) to put,
     /// keys to delete.
     Queues {
@@ -110,9 +122,11 @@ impl Operation for DeviceOp {
         let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.prepare_cached(sql).and_then(|mut s| s.execute(p));
         match self {
             DeviceOp::Put { key, doc } => run(UPSERT, params![key, doc]).map(drop),
-            DeviceOp::Delete { key } => {
-                run(DELETE, params![key]).and_then(|_| run(DELETE_DEVICE_C2D, params![key]).map(drop))
-            }
+            DeviceOp::Delete { key } => run(DELETE, params![key])
+                .and_then(|_| run(DELETE_DEVICE_MODULES, params![key]))
+                .and_then(|_| run(DELETE_DEVICE_C2D, params![key]).map(drop)),
+            DeviceOp::PutModule { key, device, doc } => run(PUT_MODULE, params![key, device, doc]).map(drop),
+            DeviceOp::DeleteModule { key } => run(DELETE_MODULE, params![key]).map(drop),
             DeviceOp::Queues {
                 put_c2d,
                 delete_c2d,
@@ -222,6 +236,38 @@ impl HubStore for SqliteHubStore {
                 None => reader::collect(c, TABLE, FIRST_PAGE, params![limit]),
                 Some(after) => reader::collect(c, TABLE, NEXT_PAGE, params![limit, after]),
             })
+            .await
+    }
+
+    async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
+        let key = module_key(device_id, module_id);
+        self.db
+            .readers
+            .read_short(move |c| reader::get_doc(c, "modules", GET_MODULE, &key))
+            .await
+    }
+
+    async fn put_module(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
+        let doc = serde_json::to_string(record)
+            .map_err(|e| HubStoreError::backend(format!("cannot encode module record: {e}")))?;
+        let op = DeviceOp::PutModule {
+            key: record.key(),
+            device: device_key(record.device_id()),
+            doc,
+        };
+        self.db.writer.write(op).await
+    }
+
+    async fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), HubStoreError> {
+        let key = module_key(device_id, module_id);
+        self.db.writer.write(DeviceOp::DeleteModule { key }).await
+    }
+
+    async fn list_modules(&self, device_id: &str) -> Result<Vec<DeviceRecord>, HubStoreError> {
+        let device = device_key(device_id);
+        self.db
+            .readers
+            .read(move |c| reader::collect(c, "modules", DEVICE_MODULES, params![device]))
             .await
     }
 

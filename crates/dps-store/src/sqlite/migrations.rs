@@ -103,6 +103,11 @@ pub(crate) const HUB: Schema = Schema {
             name: "file upload notifications",
             sql: include_str!("migrations/hub/0005_file_notifications.sql"),
         },
+        Migration {
+            version: 6,
+            name: "module identities",
+            sql: include_str!("migrations/hub/0006_modules.sql"),
+        },
     ],
     adopts_unmarked_files: true,
 };
