@@ -200,6 +200,6 @@ def test_c2d_feedback_over_https(dps_server, registry_manager, provisioned_devic
     with pytest.raises(HttpOperationError) as lost:
         runtime.complete_feedback_notification(lock2)
     assert lost.value.response.status_code == 412
-    assert lost.value.response.json()["errorCode"] == 412020
+    assert lost.value.response.json()["errorCode"] == 412002
     # The SDK's own receive copes with an empty queue (204) and with a batch (200) alike.
     assert runtime.receive_feedback_notification() is None

@@ -77,6 +77,7 @@ def test_node_module_client_and_registry(dps_server, registry_manager, transport
     assert out["method"] == {"status": 200, "payload": {"module": module_id, "payload": {"hard": True}}}, out
     # azure-iothub names only DeviceNotFound among 404s; any other is a plain `Error`.
     assert out["afterRemove"] == "Error", out
+    assert out["missingDevice"] == "DeviceNotFoundError", out
 
     events = _events(dps_server, device_id, 2)
     assert [e["payload"] for e in events] == [{"marker": marker}, {"output": marker}], events

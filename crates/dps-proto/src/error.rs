@@ -21,6 +21,15 @@ pub struct ErrorDetails {
     /// Optional extra information.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub info: Option<serde_json::Map<String, serde_json::Value>>,
+    /// IoT Hub's form of the same error, on the hub's APIs: `ErrorCode:{name};{message}` with the
+    /// name of [`codes::hub_error_name`]. The Node service SDK reads only this (its
+    /// `parseErrorBody`: `DeviceNotFound` becomes `DeviceNotFoundError`), and the C# one takes
+    /// the error code's name from it.
+    #[serde(rename = "Message", skip_serializing_if = "Option::is_none", default)]
+    pub hub_message: Option<String>,
+    /// IoT Hub's companion of [`ErrorDetails::hub_message`]: `Tracking ID:{id}-TimeStamp:{time}`.
+    #[serde(rename = "ExceptionMessage", skip_serializing_if = "Option::is_none", default)]
+    pub hub_exception_message: Option<String>,
 }
 
 impl ErrorDetails {
@@ -117,11 +126,11 @@ pub mod codes {
     pub const REGISTRATION_ETAG_MISMATCH: u32 = 412_203;
     /// If-Match does not match the CA certificate's etag.
     pub const CERTIFICATE_ETAG_MISMATCH: u32 = 412_301;
-    /// If-Match does not match a hub device/twin etag.
-    pub const DEVICE_ETAG_MISMATCH: u32 = 412_002;
+    /// `*` If-Match does not match a hub device, module or twin etag (IoT Hub's PreconditionFailed).
+    pub const DEVICE_ETAG_MISMATCH: u32 = 412_001;
     /// A lock token names no locked message (IoT Hub's DeviceMessageLockLost): the message was
     /// settled already, or its lock ran out and it can be read again.
-    pub const MESSAGE_LOCK_LOST: u32 = 412_020;
+    pub const MESSAGE_LOCK_LOST: u32 = 412_002;
     /// Request body larger than allowed.
     pub const PAYLOAD_TOO_LARGE: u32 = 413_001;
     /// `*` The device has as many modules as a device may have (IoT Hub's TooManyModulesOnDevice).
@@ -141,4 +150,30 @@ pub mod codes {
     /// refused reported-properties patch): a twin document or patch breaks IoT Hub's twin rules
     /// ([`crate::twin_limits`]). The same number as [`BAD_REQUEST_BODY`], by IoT Hub's numbering.
     pub const HUB_ARGUMENT_INVALID: u32 = 400_004;
+
+    /// IoT Hub's name of an error the hub's APIs answer (C# service `ErrorCode`; the `ErrorCode:`
+    /// part of IoT Hub's error bodies and its `iothub-errorcode` header). Codes of dps's own
+    /// fall back to the name of their HTTP status's usual error; `None` where there is none.
+    pub fn hub_error_name(code: u32) -> Option<&'static str> {
+        Some(match code {
+            DEVICE_NOT_FOUND => "DeviceNotFound",
+            MODULE_NOT_FOUND => "ModuleNotFound",
+            DEVICE_NOT_ONLINE => "DeviceNotOnline",
+            DEVICE_EXISTS => "DeviceAlreadyExists",
+            MODULE_EXISTS => "ModuleAlreadyExistsOnDevice",
+            DEVICE_ETAG_MISMATCH => "PreconditionFailed",
+            MESSAGE_LOCK_LOST => "DeviceMessageLockLost",
+            PAYLOAD_TOO_LARGE => "MessageTooLarge",
+            TOO_MANY_MODULES => "TooManyModulesOnDevice",
+            SERVICE_UNAVAILABLE => "ServiceUnavailable",
+            METHOD_TIMEOUT => "GatewayTimeout",
+            _ => match code / 1000 {
+                400 => "ArgumentInvalid",
+                401 => "IotHubUnauthorizedAccess",
+                429 => "ThrottlingException",
+                500 => "ServerError",
+                _ => return None,
+            },
+        })
+    }
 }

@@ -62,7 +62,25 @@ impl ApiError {
             message: self.message.clone(),
             timestamp_utc: dps_proto::timefmt::format_record(&now),
             info: None,
+            hub_message: None,
+            hub_exception_message: None,
         }
+    }
+
+    /// [`ApiError::details`] as the hub's APIs answer: also IoT Hub's `Message` and
+    /// `ExceptionMessage` (when the code has an IoT Hub name), which the Node and C# service SDKs
+    /// read the error's kind from.
+    pub fn hub_details(&self, now: DateTime<Utc>, tracking_id: String) -> ErrorDetails {
+        let mut d = self.details(now, tracking_id);
+        if let Some(name) = codes::hub_error_name(self.code) {
+            d.hub_message = Some(format!("ErrorCode:{name};{}", self.message));
+            d.hub_exception_message = Some(format!(
+                "Tracking ID:{}-TimeStamp:{}",
+                d.tracking_id,
+                now.format("%m/%d/%Y %H:%M:%S")
+            ));
+        }
+        d
     }
 }
 

@@ -134,7 +134,11 @@ async fn cloud_to_device_messages_are_delivered_at_least_once_and_survive_a_rest
     assert_eq!(https(&s, "DELETE", &complete, Some(&sas), None).await.status, 204);
     let lost = https(&s, "DELETE", &complete, Some(&sas), None).await;
     assert_eq!(lost.status, 412);
-    assert_eq!(lost.body["errorCode"], 412020);
+    assert_eq!(lost.body["errorCode"], 412002);
+    assert!(lost.body["Message"]
+        .as_str()
+        .unwrap()
+        .starts_with("ErrorCode:DeviceMessageLockLost;"));
     assert_eq!(https(&s, "GET", feedback, Some(&sas), None).await.status, 204);
     // Without a token, nothing is read.
     assert_eq!(https(&s, "GET", feedback, None, None).await.status, 401);

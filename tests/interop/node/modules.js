@@ -82,6 +82,9 @@ async function main() {
   const gone = await new Promise((resolve) =>
     registry.getModule(args.deviceId, args.moduleId, (e) => resolve(e ? e.constructor.name : null)));
   out.afterRemove = gone;
+  // IoT Hub's error form (`Message: "ErrorCode:DeviceNotFound;..."`) is what names the error.
+  out.missingDevice = await new Promise((resolve) =>
+    registry.get(args.deviceId + '-absent', (e) => resolve(e ? e.constructor.name : null)));
   console.log(JSON.stringify(out));
 }
 

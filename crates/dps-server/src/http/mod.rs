@@ -197,6 +197,9 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
     } else {
         Route::parse(&method, &path)
     };
+    let hub_api = route
+        .as_ref()
+        .is_ok_and(|r| matches!(r.api(), dps_proto::rest::Api::Hub | dps_proto::rest::Api::HubDevice));
     let result = match route {
         Ok(route) => match check_host(&services, &req) {
             Err(e) => Err(e),
@@ -214,7 +217,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
                 codes::METHOD_NOT_ALLOWED,
                 format!("method {method} is not allowed on {path}; allowed: {list}"),
             );
-            let mut resp = error_response(&e, now, services.engine.tracking_id());
+            let mut resp = error_response(&e, now, services.engine.tracking_id(), false);
             if let Ok(v) = HeaderValue::from_str(&list) {
                 resp.headers_mut().insert(ALLOW, v);
             }
@@ -239,7 +242,7 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
             } else {
                 tracing::info!(%method, %path, status = e.status, code = e.code, "request refused: {}", e.message);
             }
-            error_response(&e, now, services.engine.tracking_id())
+            error_response(&e, now, services.engine.tracking_id(), hub_api)
         }
     }
 }
@@ -530,10 +533,19 @@ pub(crate) fn set_header(resp: &mut Response, name: &'static str, value: &str) {
 }
 
 /// The error response: status, `ApiError::details` body, `x-ms-error-code`, and `retry-after`
-/// when the error says when to retry (429).
-pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>, tracking_id: String) -> Response {
+/// when the error says when to retry (429). On the hub's APIs (`hub`), also IoT Hub's form of
+/// the error ([`ApiError::hub_details`]) and its `iothub-errorcode` header.
+pub(crate) fn error_response(e: &ApiError, now: DateTime<Utc>, tracking_id: String, hub: bool) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = json_response(status, &e.details(now, tracking_id));
+    let body = if hub {
+        e.hub_details(now, tracking_id)
+    } else {
+        e.details(now, tracking_id)
+    };
+    let mut resp = json_response(status, &body);
+    if let Some(name) = codes::hub_error_name(e.code).filter(|_| hub) {
+        set_header(&mut resp, "iothub-errorcode", name);
+    }
     set_header(&mut resp, "x-ms-error-code", &e.code.to_string());
     if let Some(secs) = e.retry_after {
         set_header(&mut resp, "retry-after", &secs.to_string());
