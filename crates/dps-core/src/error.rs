@@ -189,6 +189,10 @@ pub enum InvalidArgument {
         "deviceId '{0}' is not a valid IoT Hub device id (at most 128 letters, digits and - . % _ * ? ! ( ) , : = @ $ ')"
     )]
     DeviceId(String),
+    /// A query (`POST …/query`) that does not parse, or that asks for what DPS does not answer
+    /// (projections, aggregates); the error names the character where it went wrong.
+    #[error("{0}")]
+    Query(#[source] dps_proto::query::QueryError),
     /// An `x-ms-continuation` token this service did not issue.
     #[error("x-ms-continuation '{0}' is not a token this service issued")]
     Continuation(String),

@@ -108,7 +108,7 @@ async fn group_devices_use_derived_keys() {
             secondary_key: derive_device_key(KEY2, "sensor-7").unwrap()
         }
     );
-    let page = e.query_registrations("grp", None, None).await.unwrap();
+    let page = e.query_registrations("grp", "", None, None).await.unwrap();
     assert_eq!(page.items.len(), 1);
 
     // Signing with the group key itself is explained.
@@ -426,7 +426,7 @@ async fn service_api_secrets_etags_and_paging() {
     let mut sizes = vec![];
     let mut token = None;
     loop {
-        let p = e.query_enrollments(token.as_deref(), Some(3)).await.unwrap();
+        let p = e.query_enrollments("", token.as_deref(), Some(3)).await.unwrap();
         sizes.push(p.items.len());
         assert!(p.items.iter().all(|i| i
             .attestation
@@ -439,8 +439,41 @@ async fn service_api_secrets_etags_and_paging() {
         }
     }
     assert_eq!(sizes, vec![3, 3, 3]); // 9 items in all
-    let err = e.query_enrollments(Some("%%%"), None).await.unwrap_err();
+    let err = e.query_enrollments("", Some("%%%"), None).await.unwrap_err();
     assert_eq!(err.status(), 400);
+
+    // A WHERE filters (Azure's DPS ignores it; dps applies it), across pages, resuming after
+    // the last item of each page.
+    let q = "SELECT * FROM enrollments WHERE registrationId IN ['page-1', 'page-4', 'page-5', 'page-6'] \
+             AND attestation.type = 'symmetricKey'";
+    let (mut ids, mut token) = (vec![], None);
+    loop {
+        let p = e.query_enrollments(q, token.as_deref(), Some(2)).await.unwrap();
+        assert!(p.items.len() <= 2);
+        ids.extend(p.items.into_iter().map(|i| i.registration_id));
+        token = p.continuation;
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(ids, ["page-1", "page-4", "page-5", "page-6"]);
+    let top = e
+        .query_enrollments("SELECT TOP 2 * FROM enrollments", None, None)
+        .await
+        .unwrap();
+    assert_eq!((top.items.len(), top.continuation), (2, None));
+    // What DPS cannot answer, and what does not parse, is a 400 naming where.
+    let err = e
+        .query_enrollments("SELECT registrationId FROM enrollments", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (400, 400001));
+    assert!(err.to_string().contains("SELECT *"), "{err}");
+    let err = e
+        .query_groups("SELECT * FROM enrollmentGroups WHERE", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "the query is invalid at character 36: expected a property path, a constant, a function or '(', found the end of the query");
 
     // Bulk.
     let bulk = BulkEnrollmentOperation {

@@ -22,7 +22,7 @@ use crate::json::round_trip;
 use crate::support::{block_on, engine, hub, now, now_unix, DEVICE, HUB_HOST, ID_SCOPE, KEY};
 
 /// A client's input must never be answered with a server error.
-fn client_error(e: &Error, what: &str) {
+pub(crate) fn client_error(e: &Error, what: &str) {
     assert!(
         (400..500).contains(&e.status()),
         "{what}: client input answered with {} {}: {e}",
@@ -153,9 +153,12 @@ pub fn service_body(data: &[u8]) {
         if let Ok(token) = std::str::from_utf8(data) {
             let size = data.first().map(|b| usize::from(*b));
             for r in [
-                engine.query_enrollments(Some(token), size).await.map(drop),
-                engine.query_groups(Some(token), size).await.map(drop),
-                engine.query_registrations("grp-1", Some(token), size).await.map(drop),
+                engine.query_enrollments("", Some(token), size).await.map(drop),
+                engine.query_groups("", Some(token), size).await.map(drop),
+                engine
+                    .query_registrations("grp-1", "", Some(token), size)
+                    .await
+                    .map(drop),
             ] {
                 if let Err(e) = r {
                     client_error(&e, "query with a continuation token");

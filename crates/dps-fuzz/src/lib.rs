@@ -20,6 +20,7 @@ mod bodies;
 mod json;
 mod mqtt;
 mod pki;
+mod query;
 mod support;
 mod text;
 
@@ -28,6 +29,7 @@ pub use amqp_frames::amqp_frames;
 pub use bodies::{hub_body, registration_body, service_body, telemetry_batch};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
 pub use pki::{tpm_public, x509_certificate};
+pub use query::query;
 pub use text::{blob_request, connection_string, event_selector, registration_id, rest_path, sas_token};
 
 /// A fuzz target body.
@@ -54,4 +56,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("event_selector", event_selector),
     ("telemetry_batch", telemetry_batch),
     ("blob_request", blob_request),
+    ("query", query),
 ];

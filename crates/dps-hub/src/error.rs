@@ -105,6 +105,10 @@ pub enum RegistryError {
     /// The database failed to make the change durable; nothing was changed in memory.
     #[error(transparent)]
     Storage(#[from] HubStoreError),
+    /// A query does not parse, or asks for what the hub cannot answer; the error names the
+    /// character where it went wrong. Azure answers 400.
+    #[error(transparent)]
+    Query(#[from] dps_proto::query::QueryError),
     /// A twin document or patch breaks IoT Hub's twin rules (size, depth, keys, value types);
     /// nothing was written. Azure answers 400 `ArgumentInvalid`.
     #[error("invalid twin: {0}")]

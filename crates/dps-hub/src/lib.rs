@@ -36,6 +36,7 @@ mod modules;
 mod outbox;
 mod polling;
 mod provisioning;
+mod query;
 mod queues;
 mod record;
 mod registry;
@@ -70,6 +71,7 @@ pub use file_upload::{
 pub use modules::MAX_MODULES_PER_DEVICE;
 pub use outbox::Batch;
 pub use polling::PolledC2d;
+pub use query::QueryPage;
 pub use registry::RegistryStatistics;
 pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, OUTBOUND_CAPACITY};
 pub use telemetry::{partition_of, PartitionInfo, TelemetryMessage};

@@ -24,8 +24,6 @@ use crate::{Hub, Slot};
 /// What a twin edit did: whether anything changed, and the desired-properties diff to push.
 type TwinChange = (bool, Option<Map<String, Value>>);
 
-/// Default page size when the caller passes 0 (Azure's default for queries).
-const DEFAULT_PAGE: usize = 100;
 /// Default `top` for device listing when the caller passes 0 (Azure's maximum).
 const DEFAULT_TOP: usize = 1000;
 
@@ -189,22 +187,6 @@ impl Hub {
         let limit = if limit == 0 { DEFAULT_TOP } else { limit };
         let (page, _) = self.page(after, limit).await?;
         Ok(page.into_iter().map(|(rec, live)| rec.device_view(&live)).collect())
-    }
-
-    /// `POST /devices/query`: every query is treated as `SELECT * FROM devices`. Returns one page
-    /// of twins (`page` 0 = 100) ordered by lower-cased id, and the continuation token for the
-    /// next page (`x-ms-continuation`), `None` on the last page. Tokens are opaque to callers.
-    pub async fn query(
-        &self,
-        continuation: Option<&str>,
-        page: usize,
-    ) -> Result<(Vec<Twin>, Option<String>), RegistryError> {
-        let page = if page == 0 { DEFAULT_PAGE } else { page };
-        let after = continuation.map(str::trim).filter(|c| !c.is_empty());
-        let (items, more) = self.page(after, page).await?;
-        let next = more.then(|| items.last().map(|(rec, _)| rec.key())).flatten();
-        let twins = items.into_iter().map(|(rec, live)| rec.twin_view(&live)).collect();
-        Ok((twins, next))
     }
 
     /// Device counts for the statistics endpoints: by status from the store, connected from the

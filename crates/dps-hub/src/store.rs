@@ -92,6 +92,11 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// bounds them, [`crate::MAX_MODULES_PER_DEVICE`]).
     async fn list_modules(&self, device_id: &str) -> Result<Vec<DeviceRecord>, HubStoreError>;
 
+    /// Up to `limit` modules of every device in key order ([`module_key`]) whose key is greater
+    /// than `after` (a key this method returned; `None` starts at the first): what a query
+    /// `FROM devices.modules` reads.
+    async fn list_all_modules(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError>;
+
     /// Applies every part of `change` in one transaction (a settled message's deletion and its
     /// feedback are written together or not at all); durable when it returns. Putting a key that
     /// exists replaces it; deleting an absent key is not an error.

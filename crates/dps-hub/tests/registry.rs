@@ -172,14 +172,15 @@ async fn listing_and_query_paging() {
     let mut cont = None;
     let mut pages = 0;
     loop {
-        let (twins, next) = hub.query(cont.as_deref(), 2).await.unwrap();
+        let page = hub.query("SELECT * FROM devices", cont.as_deref(), 2).await.unwrap();
+        assert_eq!(page.item_type, "twin");
         pages += 1;
-        seen.extend(twins.into_iter().map(|t| {
-            assert_eq!(t.version, Some(1));
-            assert_eq!(t.authentication_type.as_deref(), Some("sas"));
-            t.device_id
+        seen.extend(page.items.into_iter().map(|t| {
+            assert_eq!(t["version"], 1);
+            assert_eq!(t["authenticationType"], "sas");
+            t["deviceId"].as_str().unwrap().to_string()
         }));
-        match next {
+        match page.continuation {
             Some(c) => cont = Some(c),
             None => break,
         }

@@ -23,6 +23,7 @@ pub mod hub_mqtt;
 pub mod keys;
 pub mod model;
 pub mod mqtt_header;
+pub mod query;
 pub mod registration_id;
 pub mod rest;
 pub mod sas;

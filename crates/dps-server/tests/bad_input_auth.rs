@@ -96,8 +96,8 @@ const TOUCHED_IDS: &[&str] = &["dev-1", "nobody", "g-dev", "x", "d"];
 
 async fn snapshot(s: &RunningServer) -> Snapshot {
     let e = &s.services.engine;
-    let enrollments = e.query_enrollments(None, Some(1000)).await.unwrap().items;
-    let groups = e.query_groups(None, Some(1000)).await.unwrap().items;
+    let enrollments = e.query_enrollments("", None, Some(1000)).await.unwrap().items;
+    let groups = e.query_groups("", None, Some(1000)).await.unwrap().items;
     let mut registrations = Vec::new();
     for id in TOUCHED_IDS {
         if let Some(r) = e.store().get_registration(id).await.unwrap() {

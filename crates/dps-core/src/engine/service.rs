@@ -95,15 +95,98 @@ fn page_size(requested: Option<usize>) -> usize {
         .min(MAX_PAGE_SIZE)
 }
 
-/// Makes a page from `size + 1` fetched items (the look-ahead decides the continuation).
-fn paginate<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> Page<T> {
-    let continuation = if items.len() > size {
-        items.truncate(size);
-        items.last().map(|i| encode_continuation(&key(i)))
-    } else {
-        None
-    };
-    Page { items, continuation }
+/// One page of a DPS query: the items of a collection, in key order from after the
+/// continuation, that match the query's `WHERE`.
+///
+/// Azure's DPS answers every query with the whole collection, whatever its text (the C# SDK's
+/// maintainers: "we support only `select * from enrollments`"); dps applies the `WHERE` — a
+/// query written for Azure keeps working, with fewer items when it filters — and ignores `FROM`,
+/// as DPS does. Projections and aggregates are refused. `TOP n` caps the page and ends the
+/// query there.
+struct Scan {
+    query: dps_proto::query::Query,
+    after: Option<String>,
+    size: usize,
+}
+
+/// Items examined per store read while filtering.
+const SCAN_BATCH: usize = 500;
+
+impl Scan {
+    fn new(text: &str, collection: &str, continuation: Option<&str>, page: Option<usize>) -> Result<Self, Error> {
+        use dps_proto::query::{Query, QueryError, Select};
+        let invalid = |e: QueryError| Error::from(InvalidArgument::Query(e));
+        let query = Query::parse(text, collection).map_err(invalid)?;
+        if query.select != Select::All || query.is_aggregate() {
+            return Err(invalid(QueryError {
+                position: 7.min(text.len()),
+                message: "DPS queries select whole items: use SELECT *".into(),
+            }));
+        }
+        let mut size = page_size(page);
+        if let Some(top) = query.top {
+            size = size.min(usize::try_from(top).unwrap_or(usize::MAX));
+        }
+        Ok(Self {
+            query,
+            after: decode_continuation(continuation)?,
+            size,
+        })
+    }
+
+    /// Reads `list(after, n)` pages (each item `prepare`d into its service view, then judged as
+    /// JSON) until a page of matches is full or the collection ends.
+    async fn run<T, F, Fut>(
+        self,
+        list: F,
+        key: impl Fn(&T) -> String,
+        mut prepare: impl FnMut(&mut T),
+    ) -> Result<Page<T>, Error>
+    where
+        T: serde::Serialize,
+        F: Fn(Option<String>, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, crate::store::StoreError>>,
+    {
+        let Scan { query, mut after, size } = self;
+        let capped = query.top.is_some();
+        let mut items = Vec::new();
+        if size == 0 {
+            return Ok(Page {
+                items,
+                continuation: None,
+            });
+        }
+        loop {
+            let want = if query.filter.is_none() {
+                size + 1 - items.len()
+            } else {
+                SCAN_BATCH
+            };
+            let batch = list(after.clone(), want).await?;
+            let exhausted = batch.len() < want;
+            for mut item in batch {
+                if items.len() == size {
+                    // One more item exists: the page ends at the last one kept.
+                    let continuation = (!capped)
+                        .then(|| items.last().map(|i| encode_continuation(&key(i))))
+                        .flatten();
+                    return Ok(Page { items, continuation });
+                }
+                after = Some(key(&item));
+                prepare(&mut item);
+                let doc = serde_json::to_value(&item).unwrap_or_default();
+                if query.matches(&doc) {
+                    items.push(item);
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    items,
+                    continuation: None,
+                });
+            }
+        }
+    }
 }
 
 /// Validates and completes an attestation on write. `stored` is the attestation already stored (on
@@ -504,20 +587,24 @@ impl Engine {
         Ok(e.attestation)
     }
 
-    /// `POST /enrollments/query`.
+    /// `POST /enrollments/query`: a page of the enrollments that match `query`'s `WHERE`
+    /// (empty, or without `WHERE`: all of them), as the service API shows them.
     pub async fn query_enrollments(
         &self,
+        query: &str,
         continuation: Option<&str>,
         page: Option<usize>,
     ) -> Result<Page<IndividualEnrollment>, Error> {
-        let size = page_size(page);
-        let after = decode_continuation(continuation)?;
-        let mut items = self.store.list_enrollments(after.as_deref(), size + 1).await?;
-        for e in &mut items {
-            strip_secrets(&mut e.attestation);
-            e.registration_state = None;
-        }
-        Ok(paginate(items, size, |e| registration_id::key(&e.registration_id)))
+        let scan = Scan::new(query, "enrollments", continuation, page)?;
+        scan.run(
+            |after, n| async move { self.store.list_enrollments(after.as_deref(), n).await },
+            |e| registration_id::key(&e.registration_id),
+            |e| {
+                strip_secrets(&mut e.attestation);
+                e.registration_state = None;
+            },
+        )
+        .await
     }
 
     /// `POST /enrollments`: bulk create/update/delete of up to 10 enrollments.
@@ -585,19 +672,20 @@ impl Engine {
         Ok(g.attestation)
     }
 
-    /// `POST /enrollmentGroups/query`.
+    /// `POST /enrollmentGroups/query`: as [`Engine::query_enrollments`], over groups.
     pub async fn query_groups(
         &self,
+        query: &str,
         continuation: Option<&str>,
         page: Option<usize>,
     ) -> Result<Page<EnrollmentGroup>, Error> {
-        let size = page_size(page);
-        let after = decode_continuation(continuation)?;
-        let mut items = self.store.list_groups(after.as_deref(), size + 1).await?;
-        for g in &mut items {
-            strip_secrets(&mut g.attestation);
-        }
-        Ok(paginate(items, size, |g| registration_id::key(&g.enrollment_group_id)))
+        let scan = Scan::new(query, "enrollmentGroups", continuation, page)?;
+        scan.run(
+            |after, n| async move { self.store.list_groups(after.as_deref(), n).await },
+            |g| registration_id::key(&g.enrollment_group_id),
+            |g| strip_secrets(&mut g.attestation),
+        )
+        .await
     }
 
     /// `POST /enrollmentGroups`: bulk operation on up to 10 groups.
@@ -630,22 +718,37 @@ impl Engine {
             .map_err(|e| Kind::Registration.map(e, id))
     }
 
-    /// `POST /registrations/{groupId}/query`: records of devices registered through a group.
+    /// `POST /registrations/{groupId}/query`: records of devices registered through a group
+    /// that match `query`'s `WHERE` (the spec sends no query; Node and C# send one).
     pub async fn query_registrations(
         &self,
         group_id: &str,
+        query: &str,
         continuation: Option<&str>,
         page: Option<usize>,
     ) -> Result<Page<RegistrationState>, Error> {
-        let size = page_size(page);
-        let after = decode_continuation(continuation)?;
-        let items = self
-            .store
-            .list_registrations_by_group(group_id, after.as_deref(), size + 1)
+        let scan = Scan::new(query, "deviceRegistrations", continuation, page)?;
+        let page = scan
+            .run(
+                |after, n| async move {
+                    let records = self
+                        .store
+                        .list_registrations_by_group(group_id, after.as_deref(), n)
+                        .await?;
+                    Ok(records
+                        .into_iter()
+                        .map(|r| {
+                            let key = r.key();
+                            (key, service_view(r.state))
+                        })
+                        .collect())
+                },
+                |(key, _)| key.clone(),
+                |_| {},
+            )
             .await?;
-        let page = paginate(items, size, |r| r.key());
         Ok(Page {
-            items: page.items.into_iter().map(|r| service_view(r.state)).collect(),
+            items: page.items.into_iter().map(|(_, state)| state).collect(),
             continuation: page.continuation,
         })
     }

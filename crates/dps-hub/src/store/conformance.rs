@@ -101,6 +101,26 @@ async fn modules_live_under_their_device(s: &dyn HubStore) {
     );
     let ids = |v: Vec<DeviceRecord>| v.iter().map(|r| r.module_id().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(ids(s.list_modules("MOD-DEV").await.unwrap()), ["alpha", "Beta", "Zeta"]);
+    let all = s.list_all_modules(None, 100).await.unwrap();
+    let keys: Vec<String> = all
+        .iter()
+        .map(|r| r.key())
+        .filter(|k| k.starts_with("mod-dev"))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "mod-dev/modules/alpha",
+            "mod-dev/modules/beta",
+            "mod-dev/modules/zeta",
+            "mod-dev2/modules/alpha"
+        ]
+    );
+    let next = s.list_all_modules(Some("mod-dev/modules/beta"), 2).await.unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.key()).collect::<Vec<_>>(),
+        ["mod-dev/modules/zeta", "mod-dev2/modules/alpha"]
+    );
     let listed = s.list_devices(Some("mod-dev"), 1).await.unwrap();
     assert_eq!(listed[0].device_id(), "Mod-Dev2", "modules are not devices");
     // Replacing and deleting one module.

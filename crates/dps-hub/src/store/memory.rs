@@ -122,6 +122,20 @@ impl HubStore for MemoryHubStore {
             .collect())
     }
 
+    async fn list_all_modules(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        Ok(self
+            .modules
+            .read()
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
     async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError> {
         let mut q = self.queues.write();
         for m in &change.put_c2d {

@@ -439,7 +439,8 @@ pub struct SymmetricKeyRegistrationResult {
 /// `{"query": "..."}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuerySpecification {
-    /// Query text; every query returns the whole collection (WHERE is not supported).
+    /// Query text (`SELECT * FROM enrollments WHERE …`; empty: the whole collection), in the
+    /// IoT Hub query language ([`crate::query`]).
     #[serde(default)]
     pub query: String,
 }

@@ -21,7 +21,6 @@ use dps_proto::model::hub::{
     CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, Module, RegistryStatistics,
     ServiceStatistics, Twin,
 };
-use dps_proto::model::service::QuerySpecification;
 use dps_proto::twin_limits;
 use serde_json::Value;
 
@@ -81,7 +80,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             ok(&hub.list_devices(None, top).await.map_err(registry_error)?)
         }
         Route::QueryDevices => {
-            let _: Option<QuerySpecification> = ctx.optional_json("query specification").await?;
+            let query = super::service::query_text(ctx).await?;
             let continuation = ctx
                 .header("x-ms-continuation")
                 .map(|c| {
@@ -97,10 +96,13 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             let page = parse_count(ctx.header("x-ms-max-item-count"), "x-ms-max-item-count")?
                 .unwrap_or(0)
                 .min(MAX_QUERY_PAGE);
-            let (twins, next) = hub.query(continuation.as_deref(), page).await.map_err(registry_error)?;
-            let mut resp = ok(&twins);
-            set_header(&mut resp, "x-ms-item-type", "twin");
-            if let Some(next) = next {
+            let result = hub
+                .query(&query, continuation.as_deref(), page)
+                .await
+                .map_err(registry_error)?;
+            let mut resp = ok(&result.items);
+            set_header(&mut resp, "x-ms-item-type", result.item_type);
+            if let Some(next) = result.continuation {
                 set_header(&mut resp, "x-ms-continuation", &B64URL.encode(next.as_bytes()));
             }
             resp
@@ -322,6 +324,8 @@ fn registry_error(e: RegistryError) -> ApiError {
         RegistryError::ModuleAlreadyExists { .. } => ApiError::new(codes::MODULE_EXISTS, e.to_string()),
         RegistryError::TooManyModules { .. } => ApiError::new(codes::TOO_MANY_MODULES, e.to_string()),
         RegistryError::Invalid(m) => ApiError::invalid(m),
+        // IoT Hub's 400 for a query it cannot read, naming where.
+        RegistryError::Query(q) => ApiError::new(codes::HUB_ARGUMENT_INVALID, q.to_string()),
         // IoT Hub's 400 ArgumentInvalid for twins that break its rules.
         RegistryError::TwinInvalid(e) => ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string()),
         RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),

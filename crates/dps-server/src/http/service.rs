@@ -69,10 +69,10 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             ok(&engine.enrollment_attestation(&id).await?)
         }
         Route::QueryEnrollments => {
-            let _: Option<QuerySpecification> = ctx.optional_json("QuerySpecification").await?;
+            let query = query_text(ctx).await?;
             let (continuation, size) = paging(ctx)?;
             page_response(
-                engine.query_enrollments(continuation.as_deref(), size).await?,
+                engine.query_enrollments(&query, continuation.as_deref(), size).await?,
                 "Enrollment",
             )
         }
@@ -94,10 +94,10 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             ok(&engine.group_attestation(&id).await?)
         }
         Route::QueryGroups => {
-            let _: Option<QuerySpecification> = ctx.optional_json("QuerySpecification").await?;
+            let query = query_text(ctx).await?;
             let (continuation, size) = paging(ctx)?;
             page_response(
-                engine.query_groups(continuation.as_deref(), size).await?,
+                engine.query_groups(&query, continuation.as_deref(), size).await?,
                 "EnrollmentGroup",
             )
         }
@@ -111,12 +111,12 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             no_content()
         }
         Route::QueryRegistrations(group_id) => {
-            // Node and C# send a QuerySpecification here; the spec has none. Ignored.
-            let _ = ctx.body().await?;
+            // Node and C# send a QuerySpecification here; the spec has none (then: every record).
+            let query = query_text(ctx).await?;
             let (continuation, size) = paging(ctx)?;
             page_response(
                 engine
-                    .query_registrations(&group_id, continuation.as_deref(), size)
+                    .query_registrations(&group_id, &query, continuation.as_deref(), size)
                     .await?,
                 "DeviceRegistration",
             )
@@ -159,4 +159,11 @@ fn page_response<T: Serialize>(page: Page<T>, item_type: &'static str) -> Respon
         set_header(&mut resp, "x-ms-continuation", c);
     }
     resp
+}
+
+/// The text of a query request's optional `QuerySpecification` body (empty: the whole
+/// collection).
+pub(super) async fn query_text(ctx: &mut Ctx<'_>) -> Result<String, ApiError> {
+    let spec: Option<QuerySpecification> = ctx.optional_json("QuerySpecification").await?;
+    Ok(spec.map(|s| s.query).unwrap_or_default())
 }

@@ -44,6 +44,8 @@ const PUT_MODULE: &str = "INSERT INTO modules (id, device, doc) VALUES (?1, ?2, 
 const DELETE_MODULE: &str = "DELETE FROM modules WHERE id = ?1";
 const GET_MODULE: &str = "SELECT doc FROM modules WHERE id = ?1";
 const DEVICE_MODULES: &str = "SELECT id, doc FROM modules WHERE device = ?1 ORDER BY id";
+const FIRST_MODULES: &str = "SELECT id, doc FROM modules ORDER BY id LIMIT ?1";
+const NEXT_MODULES: &str = "SELECT id, doc FROM modules WHERE id > ?2 ORDER BY id LIMIT ?1";
 const PUT_C2D: &str = "INSERT OR REPLACE INTO c2d (seq, device, doc) VALUES (?1, ?2, ?3)";
 const DELETE_C2D: &str = "DELETE FROM c2d WHERE seq = ?1";
 const PUT_FEEDBACK: &str = "INSERT OR REPLACE INTO feedback (seq, doc) VALUES (?1, ?2)";
@@ -268,6 +270,18 @@ impl HubStore for SqliteHubStore {
         self.db
             .readers
             .read(move |c| reader::collect(c, "modules", DEVICE_MODULES, params![device]))
+            .await
+    }
+
+    async fn list_all_modules(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
+        let after = after.map(str::to_string);
+        let limit = reader::sql_limit(limit);
+        self.db
+            .readers
+            .read(move |c| match &after {
+                None => reader::collect(c, "modules", FIRST_MODULES, params![limit]),
+                Some(after) => reader::collect(c, "modules", NEXT_MODULES, params![limit, after]),
+            })
             .await
     }
 

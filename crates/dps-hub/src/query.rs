@@ -1,0 +1,231 @@
+//! `POST /devices/query`: the IoT Hub query language ([`dps_proto::query`]) over the registry's
+//! twins (`FROM devices`) and module twins (`FROM devices.modules`).
+//!
+//! The store is read in key order, a batch at a time, and each twin is judged as the registry API
+//! shows it (with its live connection state when the hub holds it). What the condition pins is
+//! pushed down to the store: `deviceId = …` or `deviceId IN [...]` reads just those devices (and
+//! their modules), `STARTSWITH(deviceId, …)` reads just the key range of that prefix. A page ends
+//! when it is full; its continuation is the key of its last twin, so the next page resumes right
+//! after it whatever the condition. Aggregates (`COUNT()`, `GROUP BY`) read every match and
+//! answer one page.
+
+use dps_proto::query::{Query, QueryError, Select};
+use serde_json::Value;
+
+use crate::error::RegistryError;
+use crate::record::{key_of, DeviceRecord};
+use crate::Hub;
+
+/// Items per page when the caller asks for none (Azure's default for queries).
+const DEFAULT_PAGE: usize = 100;
+/// Most items of one page (Azure's maximum), also the most a `TOP` answers.
+const MAX_PAGE: usize = 1000;
+/// Records read from the store per batch while scanning.
+const SCAN_BATCH: usize = 500;
+
+/// One page of a query's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPage {
+    /// Twins (`SELECT *`) or projected rows, in key order; aggregate rows.
+    pub items: Vec<Value>,
+    /// Resumes the query after this page (`x-ms-continuation`); `None` on the last page.
+    pub continuation: Option<String>,
+    /// `x-ms-item-type`: `twin` for whole twins, `raw` for projections and aggregates.
+    pub item_type: &'static str,
+}
+
+/// What a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collection {
+    Devices,
+    Modules,
+}
+
+/// Where a scan reads its records from.
+enum Source {
+    /// Every record of the collection in key order, from a key on, while keys start with a
+    /// prefix (`""`: all).
+    Range { prefix: String },
+    /// Only the records of these devices (lower-cased keys, sorted, deduplicated).
+    Devices(Vec<String>),
+}
+
+impl Hub {
+    /// `POST /devices/query`: one page of the answer to `text` (IoT Hub's query language;
+    /// empty means `SELECT * FROM devices`). `page` 0 means 100; `continuation` is what the
+    /// previous page returned. A query that does not parse, or names another collection, is
+    /// [`RegistryError::Query`] (400), naming the character where it went wrong.
+    pub async fn query(&self, text: &str, continuation: Option<&str>, page: usize) -> Result<QueryPage, RegistryError> {
+        let query = Query::parse(text, "devices")?;
+        let collection = match query.from.to_ascii_lowercase().as_str() {
+            "devices" => Collection::Devices,
+            "devices.modules" => Collection::Modules,
+            other => {
+                return Err(RegistryError::Query(QueryError {
+                    position: query.from_at,
+                    message: format!(
+                        "'{other}' is not a collection this hub queries: devices or devices.modules (jobs are queried at /jobs/v2/query)"
+                    ),
+                }))
+            }
+        };
+        let source = match query.pinned_values("deviceId") {
+            Some(values) => {
+                let mut keys: Vec<String> = values.iter().filter_map(Value::as_str).map(key_of).collect();
+                keys.sort();
+                keys.dedup();
+                Source::Devices(keys)
+            }
+            None => Source::Range {
+                prefix: query
+                    .required_prefix("deviceId")
+                    .map(|p| key_of(&p))
+                    .unwrap_or_default(),
+            },
+        };
+        let mut scan = Scanner {
+            hub: self,
+            collection,
+            source,
+            after: continuation
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
+            done: false,
+        };
+        if query.is_aggregate() {
+            let mut aggregator = query.aggregator();
+            while let Some(batch) = scan.next_batch().await? {
+                for (_, doc) in batch.iter().filter(|(_, doc)| query.matches(doc)) {
+                    aggregator.add(doc);
+                }
+            }
+            return Ok(QueryPage {
+                items: aggregator.finish(),
+                continuation: None,
+                item_type: "raw",
+            });
+        }
+        let (size, capped) = match query.top {
+            Some(top) => (usize::try_from(top).unwrap_or(MAX_PAGE).min(MAX_PAGE), true),
+            None => (if page == 0 { DEFAULT_PAGE } else { page.min(MAX_PAGE) }, false),
+        };
+        let item_type = if query.select == Select::All { "twin" } else { "raw" };
+        let mut items = Vec::new();
+        let mut last_key = None;
+        if size > 0 {
+            while let Some(batch) = scan.next_batch().await? {
+                for (key, doc) in batch {
+                    if items.len() == size {
+                        // Another record follows the full page: it ends at the last twin kept.
+                        return Ok(QueryPage {
+                            items,
+                            continuation: last_key.filter(|_| !capped),
+                            item_type,
+                        });
+                    }
+                    if query.matches(&doc) {
+                        items.push(query.project(&doc));
+                        last_key = Some(key);
+                    }
+                }
+            }
+        }
+        Ok(QueryPage {
+            items,
+            continuation: None,
+            item_type,
+        })
+    }
+}
+
+/// Reads a collection's records in key order, batch by batch, as (key, twin JSON).
+struct Scanner<'h> {
+    hub: &'h Hub,
+    collection: Collection,
+    source: Source,
+    /// The last key read (or the continuation's).
+    after: Option<String>,
+    done: bool,
+}
+
+impl Scanner<'_> {
+    async fn next_batch(&mut self) -> Result<Option<Vec<(String, Value)>>, RegistryError> {
+        if self.done {
+            return Ok(None);
+        }
+        let store = &self.hub.inner.store;
+        let records: Vec<DeviceRecord> = match &self.source {
+            Source::Devices(keys) => {
+                // A handful of point reads, done in one batch.
+                self.done = true;
+                let mut out = Vec::new();
+                for device in keys {
+                    match self.collection {
+                        Collection::Devices => out.extend(store.get_device(device).await?),
+                        Collection::Modules => out.extend(store.list_modules(device).await?),
+                    }
+                }
+                let after = self.after.clone();
+                out.retain(|r| after.as_ref().is_none_or(|a| r.key() > *a));
+                out
+            }
+            Source::Range { prefix } => {
+                // Keys with the prefix sort together, from the prefix itself on.
+                let start = match &self.after {
+                    Some(a) if a.as_str() >= prefix.as_str() => Some(a.clone()),
+                    _ => before(prefix),
+                };
+                let mut batch = match self.collection {
+                    Collection::Devices => store.list_devices(start.as_deref(), SCAN_BATCH).await?,
+                    Collection::Modules => store.list_all_modules(start.as_deref(), SCAN_BATCH).await?,
+                };
+                if batch.len() < SCAN_BATCH {
+                    self.done = true;
+                }
+                // Reading starts at the prefix, so the first key without it is past its range.
+                if let Some(past) = batch.iter().position(|r| !r.key().starts_with(prefix.as_str())) {
+                    batch.truncate(past);
+                    self.done = true;
+                }
+                batch
+            }
+        };
+        if let Some(last) = records.last() {
+            self.after = Some(last.key());
+        }
+        let docs = records
+            .into_iter()
+            .map(|rec| {
+                let key = rec.key();
+                let live = self.hub.inner.held(&key).map(|s| s.live_view()).unwrap_or_default();
+                let doc = serde_json::to_value(rec.twin_view(&live)).unwrap_or_default();
+                (key, doc)
+            })
+            .collect();
+        Ok(Some(docs))
+    }
+}
+
+/// The greatest string below every string that starts with `prefix` that a store's "keys after"
+/// read can start from (`None`: from the first key).
+fn before(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    let lower = char::from_u32(last as u32 - 1).filter(|_| last as u32 > 0)?;
+    chars.push(lower);
+    chars.push(char::MAX);
+    Some(chars.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::before;
+
+    #[test]
+    fn the_key_before_a_prefix() {
+        assert_eq!(before(""), None);
+        let b = before("test").unwrap();
+        assert!(b.as_str() < "test" && b.as_str() > "tess" && b.as_str() > "tesszzz");
+    }
+}
