@@ -457,6 +457,10 @@ async fn service_api_secrets_etags_and_paging() {
         }
     }
     assert_eq!(ids, ["page-1", "page-4", "page-5", "page-6"]);
+    for not_a_query in ["SELECT *", "*", "everything please"] {
+        let all = e.query_enrollments(not_a_query, None, None).await.unwrap();
+        assert_eq!(all.items.len(), 9, "{not_a_query}");
+    }
     let top = e
         .query_enrollments("SELECT TOP 2 * FROM enrollments", None, None)
         .await

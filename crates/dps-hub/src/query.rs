@@ -171,10 +171,11 @@ impl Scanner<'_> {
                 out
             }
             Source::Range { prefix } => {
-                // Keys with the prefix sort together, from the prefix itself on.
-                let start = match &self.after {
-                    Some(a) if a.as_str() >= prefix.as_str() => Some(a.clone()),
-                    _ => before(prefix),
+                // Keys with the prefix sort together, from the prefix itself on: read from the
+                // later of where the last read ended and just below the prefix.
+                let start = match (self.after.clone(), before(prefix)) {
+                    (Some(after), Some(floor)) => Some(after.max(floor)),
+                    (after, floor) => after.or(floor),
                 };
                 let mut batch = match self.collection {
                     Collection::Devices => store.list_devices(start.as_deref(), SCAN_BATCH).await?,
@@ -183,15 +184,23 @@ impl Scanner<'_> {
                 if batch.len() < SCAN_BATCH {
                     self.done = true;
                 }
-                // Reading starts at the prefix, so the first key without it is past its range.
-                if let Some(past) = batch.iter().position(|r| !r.key().starts_with(prefix.as_str())) {
+                // Keys with the prefix sort together: the first key past the prefix without it
+                // ends the range (keys before it are read only when no start below it exists).
+                if let Some(past) = batch.iter().position(|r| {
+                    let key = r.key();
+                    !key.starts_with(prefix.as_str()) && key.as_str() > prefix.as_str()
+                }) {
                     batch.truncate(past);
                     self.done = true;
                 }
+                if let Some(last) = batch.last() {
+                    self.after = Some(last.key());
+                }
+                batch.retain(|r| r.key().starts_with(prefix.as_str()));
                 batch
             }
         };
-        if let Some(last) = records.last() {
+        if let (Some(last), Source::Devices(_)) = (records.last(), &self.source) {
             self.after = Some(last.key());
         }
         let docs = records
@@ -212,7 +221,7 @@ impl Scanner<'_> {
 fn before(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     let last = chars.pop()?;
-    let lower = char::from_u32(last as u32 - 1).filter(|_| last as u32 > 0)?;
+    let lower = (last as u32).checked_sub(1).and_then(char::from_u32)?;
     chars.push(lower);
     chars.push(char::MAX);
     Some(chars.into_iter().collect())
@@ -225,6 +234,8 @@ mod tests {
     #[test]
     fn the_key_before_a_prefix() {
         assert_eq!(before(""), None);
+        assert_eq!(before("a\0"), None, "found by the query fuzz target: no char below NUL");
+        assert_eq!(before("\u{e000}"), None, "nor below the surrogates");
         let b = before("test").unwrap();
         assert!(b.as_str() < "test" && b.as_str() > "tess" && b.as_str() > "tesszzz");
     }

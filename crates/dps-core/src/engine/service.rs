@@ -101,12 +101,19 @@ fn page_size(requested: Option<usize>) -> usize {
 /// Azure's DPS answers every query with the whole collection, whatever its text (the C# SDK's
 /// maintainers: "we support only `select * from enrollments`"); dps applies the `WHERE` — a
 /// query written for Azure keeps working, with fewer items when it filters — and ignores `FROM`,
-/// as DPS does. Projections and aggregates are refused. `TOP n` caps the page and ends the
-/// query there.
+/// as DPS does. A text that does not parse is refused only when it has a `WHERE` (Azure's users
+/// send `SELECT *` and `*`, which Azure answers with everything). Projections and aggregates are
+/// refused. `TOP n` caps the page and ends the query there.
 struct Scan {
     query: dps_proto::query::Query,
     after: Option<String>,
     size: usize,
+}
+
+/// Whether a query text has a `WHERE` (as a word, in any case).
+fn has_where(text: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| w.eq_ignore_ascii_case("where"))
 }
 
 /// Items examined per store read while filtering.
@@ -116,7 +123,13 @@ impl Scan {
     fn new(text: &str, collection: &str, continuation: Option<&str>, page: Option<usize>) -> Result<Self, Error> {
         use dps_proto::query::{Query, QueryError, Select};
         let invalid = |e: QueryError| Error::from(InvalidArgument::Query(e));
-        let query = Query::parse(text, collection).map_err(invalid)?;
+        let query = match Query::parse(text, collection) {
+            Ok(q) => q,
+            // Azure's DPS ignores the text, and its users send things that are not queries
+            // (`SELECT *`, `*`); only a text with a condition must mean what it says.
+            Err(_) if !has_where(text) => Query::parse("", collection).map_err(invalid)?,
+            Err(e) => return Err(invalid(e)),
+        };
         if query.select != Select::All || query.is_aggregate() {
             return Err(invalid(QueryError {
                 position: 7.min(text.len()),
