@@ -169,9 +169,14 @@ impl RestClient {
     /// Runs a paged query (`POST` with `{"query":"*"}`, following `x-ms-continuation`),
     /// returning at most `top` items (all when `None`).
     pub async fn query(&self, route: &Route, top: Option<usize>) -> Result<Vec<Value>, ClientError> {
+        self.query_text(route, "*", top).await
+    }
+
+    /// [`RestClient::query`] with a query text (`SELECT * FROM devices WHERE …`).
+    pub async fn query_text(&self, route: &Route, text: &str, top: Option<usize>) -> Result<Vec<Value>, ClientError> {
         let mut items = Vec::new();
         let mut continuation: Option<String> = None;
-        let spec = serde_json::to_value(QuerySpecification { query: "*".into() })
+        let spec = serde_json::to_value(QuerySpecification { query: text.into() })
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         loop {
             let page_size = top.map(|t| (t - items.len()).clamp(1, MAX_PAGE).to_string());

@@ -279,6 +279,12 @@ impl RegistryClient {
         call(&self.rest, Route::InvokeMethod(id.into()), Some(body(method)?), None).await
     }
 
+    /// `POST /devices/query`: every item of the answer to `query` (IoT Hub's query language),
+    /// page by page, at most `top`: twins, or the rows of a projection or an aggregate.
+    pub async fn query(&self, query: &str, top: Option<usize>) -> Result<Vec<Value>, ClientError> {
+        self.rest.query_text(&Route::QueryDevices, query, top).await
+    }
+
     /// `GET /statistics/devices`: how many device identities the registry holds, by status.
     pub async fn device_statistics(&self) -> Result<RegistryStatistics, ClientError> {
         call(&self.rest, Route::DeviceStatistics, None, None).await

@@ -10,7 +10,7 @@ use dps_hub::{Hub, RegistryError};
 use dps_proto::hub_mqtt::{self, HubUsername};
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::hub::{
-    AuthenticationMechanism, Device, FileUploadCompletionNotification, FileUploadSasUriRequest, SymmetricKey, Twin,
+    AuthenticationMechanism, ExportImportDevice, Device, FileUploadCompletionNotification, FileUploadSasUriRequest, SymmetricKey, Twin,
 };
 use dps_proto::model::service::{
     AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup,
@@ -300,6 +300,20 @@ pub fn hub_body(data: &[u8]) {
                         "a refused device was stored"
                     );
                 }
+            }
+        }
+        // A bulk registry operation (`POST /devices`): refused whole, or one result whose
+        // errors name items of the request.
+        if let Some(items) = parse::<Vec<ExportImportDevice>>(data) {
+            round_trip(&items, "ExportImportDevice list");
+            let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+            match hub.bulk_registry(items).await {
+                Ok(r) => {
+                    round_trip(&r, "BulkRegistryOperationResult");
+                    assert_eq!(r.is_successful, r.errors.is_empty());
+                    assert!(r.errors.iter().all(|e| ids.contains(&e.device_id)), "an error about no item");
+                }
+                Err(e) => not_a_storage_error(&e, "bulk registry operation"),
             }
         }
     });

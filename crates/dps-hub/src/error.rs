@@ -105,6 +105,15 @@ pub enum RegistryError {
     /// The database failed to make the change durable; nothing was changed in memory.
     #[error(transparent)]
     Storage(#[from] HubStoreError),
+    /// A bulk registry operation names more identities than IoT Hub takes at once (IoT Hub's
+    /// TooManyDevices); nothing was done.
+    #[error("a bulk registry operation takes at most {limit} devices, got {count}")]
+    TooManyDevices {
+        /// Items sent.
+        count: usize,
+        /// Most items.
+        limit: usize,
+    },
     /// A query does not parse, or asks for what the hub cannot answer; the error names the
     /// character where it went wrong. Azure answers 400.
     #[error(transparent)]
@@ -113,6 +122,26 @@ pub enum RegistryError {
     /// nothing was written. Azure answers 400 `ArgumentInvalid`.
     #[error("invalid twin: {0}")]
     TwinInvalid(#[from] TwinLimitError),
+}
+
+impl RegistryError {
+    /// The error code the registry API answers with (`dps_proto::codes`; IoT Hub's name of it
+    /// is `codes::hub_error_name`).
+    pub fn code(&self) -> u32 {
+        use dps_proto::codes;
+        match self {
+            RegistryError::NotFound { .. } => codes::DEVICE_NOT_FOUND,
+            RegistryError::EtagMismatch { .. } => codes::DEVICE_ETAG_MISMATCH,
+            RegistryError::AlreadyExists { .. } => codes::DEVICE_EXISTS,
+            RegistryError::ModuleNotFound { .. } => codes::MODULE_NOT_FOUND,
+            RegistryError::ModuleAlreadyExists { .. } => codes::MODULE_EXISTS,
+            RegistryError::TooManyModules { .. } => codes::TOO_MANY_MODULES,
+            RegistryError::TooManyDevices { .. } => codes::TOO_MANY_DEVICES,
+            RegistryError::Invalid(_) => codes::ARGUMENT_INVALID,
+            RegistryError::Query(_) | RegistryError::TwinInvalid(_) => codes::HUB_ARGUMENT_INVALID,
+            RegistryError::Storage(_) => codes::INTERNAL,
+        }
+    }
 }
 
 /// Why a device was refused at MQTT CONNECT. The server answers CONNACK 5 for

@@ -27,6 +27,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod auth;
+mod bulk;
 mod c2d;
 mod cache;
 mod consumer_groups;
@@ -55,6 +56,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch, OwnedMutexGuard};
 
 pub use auth::{AuthMethod, CredentialSlot, DeviceIdentity};
+pub use bulk::BULK_MAX;
 pub use c2d::{
     Ack, C2dOutcome, C2dRecord, FeedbackBatch, FeedbackRecord, FeedbackStatus, QueueChange, C2D_LOCK,
     C2D_MAX_DELIVERIES, C2D_QUEUE_LIMIT, DEFAULT_C2D_TTL, FEEDBACK_BATCH, FEEDBACK_LIMIT, FEEDBACK_LOCK, FEEDBACK_TTL,

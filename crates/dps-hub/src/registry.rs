@@ -288,7 +288,7 @@ impl Hub {
     /// Read-modify-write of a twin under the device's write lock. `change` edits a copy and returns
     /// whether anything changed and the desired diff to push, or refuses the change (nothing is
     /// written then).
-    async fn update_twin(
+    pub(crate) async fn update_twin(
         &self,
         target: Identity<'_>,
         if_match: Option<&str>,

@@ -47,6 +47,9 @@ pub mod codes {
     pub const BAD_REQUEST_BODY: u32 = 400_004;
     /// Bulk operation invalid as a whole (too many items, duplicate ids, unknown mode).
     pub const BULK_INVALID: u32 = 400_005;
+    /// `*` (hub) A device appears more than once in one bulk registry operation (IoT Hub's
+    /// DeviceDefinedMultipleTimes).
+    pub const DEVICE_DEFINED_MULTIPLE_TIMES: u32 = 400_011;
     /// An uploaded CA certificate cannot be parsed.
     pub const CERTIFICATE_INVALID: u32 = 400_301;
     /// Proof of possession failed: no code pending, CN is not the code, or not signed by the CA.
@@ -133,6 +136,9 @@ pub mod codes {
     pub const MESSAGE_LOCK_LOST: u32 = 412_002;
     /// Request body larger than allowed.
     pub const PAYLOAD_TOO_LARGE: u32 = 413_001;
+    /// `*` (hub) More devices in one bulk registry operation than IoT Hub takes, 100 (IoT Hub's
+    /// TooManyDevices).
+    pub const TOO_MANY_DEVICES: u32 = 413_002;
     /// `*` The device has as many modules as a device may have (IoT Hub's TooManyModulesOnDevice).
     pub const TOO_MANY_MODULES: u32 = 413_003;
     /// Unsupported content type.
@@ -165,6 +171,8 @@ pub mod codes {
             MESSAGE_LOCK_LOST => "DeviceMessageLockLost",
             PAYLOAD_TOO_LARGE => "MessageTooLarge",
             TOO_MANY_MODULES => "TooManyModulesOnDevice",
+            TOO_MANY_DEVICES => "TooManyDevices",
+            DEVICE_DEFINED_MULTIPLE_TIMES => "DeviceDefinedMultipleTimes",
             SERVICE_UNAVAILABLE => "ServiceUnavailable",
             METHOD_TIMEOUT => "GatewayTimeout",
             _ => match code / 1000 {

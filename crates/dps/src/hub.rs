@@ -26,6 +26,9 @@ pub enum HubCommand {
     /// Call a direct method on a connected device and print its answer (like
     /// `az iot hub invoke-device-method`).
     InvokeDeviceMethod(InvokeMethod),
+    /// Query twins with IoT Hub's query language and print the results as JSON (like
+    /// `az iot hub query`).
+    Query(HubQuery),
     /// Device counts: registered (by status) and connected now (like `az iot hub show-stats`).
     ShowStats(ShowStats),
     /// Print device-to-cloud messages as they arrive (like `az iot hub monitor-events`).
@@ -192,6 +195,20 @@ fn parse_json(s: &str) -> Result<Value, String> {
     serde_json::from_str(s).map_err(|e| format!("not valid JSON: {e}"))
 }
 
+/// `dps hub query`
+#[derive(Args, Debug)]
+pub struct HubQuery {
+    /// The query, e.g. "SELECT * FROM devices WHERE tags.site = 'lab'" or
+    /// "SELECT COUNT() AS n FROM devices.modules".
+    #[arg(long = "query-command", short = 'q')]
+    pub query: String,
+    /// Return at most this many items [default: all].
+    #[arg(long)]
+    pub top: Option<usize>,
+    #[command(flatten)]
+    pub target: HubTarget,
+}
+
 /// `dps hub show-stats`
 #[derive(Args, Debug)]
 pub struct ShowStats {
@@ -339,6 +356,15 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
                 .with_context(|| format!("cannot invoke method '{}' on '{id}'", a.method_name))?;
             // The device's answer is a JSON document either way (status and payload).
             output::json(&to_value(&answer)?);
+        }
+        HubCommand::Query(a) => {
+            let items = a
+                .target
+                .client()?
+                .query(&a.query, a.top)
+                .await
+                .context("the query failed")?;
+            output::json(&Value::Array(items));
         }
         HubCommand::ShowStats(a) => {
             let client = a.target.client()?;

@@ -360,6 +360,18 @@ fn provision_individual_enrollment_over_mqtt_and_https() {
     assert_eq!(twin["deviceId"], "dev-m");
     let err = s.fail(&["hub", "device", "show", "--device-id", "ghost"]);
     assert!(has(&err, codes::DEVICE_NOT_FOUND), "{err}");
+    // IoT Hub's query language, as `az iot hub query -q`.
+    let found = s.json(&[
+        "hub",
+        "query",
+        "-q",
+        "SELECT deviceId FROM devices WHERE STARTSWITH(deviceId, 'http')",
+    ]);
+    assert_eq!(found, serde_json::json!([{"deviceId": "http-device"}]));
+    let counted = s.json(&["hub", "query", "-q", "SELECT COUNT() AS n FROM devices"]);
+    assert_eq!(counted, serde_json::json!([{"n": 2}]));
+    let err = s.fail(&["hub", "query", "-q", "SELECT * FROM devices WHERE"]);
+    assert!(err.contains("the query is invalid at character 27"), "{err}");
     // Statistics, and a direct method refused (the answered case is dps-server's
     // registry_client test: it needs a device that answers).
     let stats = s.json(&["hub", "show-stats"]);

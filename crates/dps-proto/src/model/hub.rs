@@ -192,6 +192,90 @@ pub struct TwinProperties {
     pub reported: Option<Map<String, Value>>,
 }
 
+/// One item of a bulk registry operation (`POST /devices`) or a line of an import or export
+/// file (IoT Hub's `ExportImportDevice`): an identity, what to do with it, and its twin's tags
+/// and desired properties.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportImportDevice {
+    /// Device id.
+    #[serde(default)]
+    pub id: String,
+    /// Module id, for a module's item.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub module_id: Option<String>,
+    /// The identity's etag, for the `…IfMatchETag` modes (quotes are ignored).
+    #[serde(rename = "eTag", skip_serializing_if = "Option::is_none", default)]
+    pub e_tag: Option<String>,
+    /// `create`, `createOrUpdate` (also when absent), `update`, `updateIfMatchETag`,
+    /// `createOrUpdateIfMatchETag`, `delete`, `deleteIfMatchETag`, `updateTwin`,
+    /// `updateTwinIfMatchETag`, in any case (Node sends `Update` and `Delete`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub import_mode: Option<String>,
+    /// `enabled` / `disabled`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+    /// Why disabled.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_reason: Option<String>,
+    /// How the identity authenticates (absent, or SAS without keys: keys are generated).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub authentication: Option<AuthenticationMechanism>,
+    /// The twin's etag, for `updateTwinIfMatchETag`.
+    #[serde(rename = "twinETag", skip_serializing_if = "Option::is_none", default)]
+    pub twin_e_tag: Option<String>,
+    /// Twin tags.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tags: Option<Map<String, Value>>,
+    /// Twin desired (and, in exports, reported) properties.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub properties: Option<TwinProperties>,
+    /// Capabilities.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capabilities: Option<DeviceCapabilities>,
+}
+
+/// The answer to a bulk registry operation (IoT Hub's `BulkRegistryOperationResult`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkRegistryOperationResult {
+    /// Whether every item succeeded.
+    pub is_successful: bool,
+    /// The items that failed (always present, `[]` on success: the Node SDK's tests read it).
+    #[serde(default)]
+    pub errors: Vec<DeviceRegistryOperationError>,
+    /// Warnings (always present).
+    #[serde(default)]
+    pub warnings: Vec<DeviceRegistryOperationWarning>,
+}
+
+/// One failed item of a bulk registry operation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistryOperationError {
+    /// The item's device id.
+    pub device_id: String,
+    /// The item's module id, for a module's item.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub module_id: Option<String>,
+    /// IoT Hub's name of the error (`DeviceAlreadyExists`, `PreconditionFailed`, …).
+    pub error_code: String,
+    /// What was wrong.
+    pub error_status: String,
+}
+
+/// A warning about one item of a bulk registry operation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRegistryOperationWarning {
+    /// The item's device id.
+    pub device_id: String,
+    /// The warning's name.
+    pub warning_code: String,
+    /// What it is about.
+    pub warning_status: String,
+}
+
 /// `POST /twins/{id}/methods`: the direct method to call on a connected device
 /// (`CloudToDeviceMethod` in the service SDKs).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -215,6 +215,8 @@ pub enum Route {
     ListDevices,
     /// `POST /devices/query`
     QueryDevices,
+    /// `POST /devices`: a bulk registry operation (up to 100 identities).
+    BulkDevices,
     /// `GET /devices/{id}`
     GetDevice(String),
     /// `PUT /devices/{id}`
@@ -358,6 +360,7 @@ impl Route {
             | VerifyCertificate(_) => Api::Service,
             ListDevices
             | QueryDevices
+            | BulkDevices
             | GetDevice(_)
             | PutDevice(_)
             | DeleteDevice(_)
@@ -448,6 +451,7 @@ impl Route {
             | GenerateVerificationCode(_)
             | VerifyCertificate(_)
             | QueryDevices
+            | BulkDevices
             | InvokeMethod(_)
             | InvokeModuleMethod(..)
             | AbandonFeedback(_)
@@ -527,7 +531,7 @@ impl Route {
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateVerificationCode",
             VerifyCertificate(n) => item("certificates", n) + "/verify",
-            ListDevices => "/devices".into(),
+            ListDevices | BulkDevices => "/devices".into(),
             QueryDevices => "/devices/query".into(),
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
@@ -629,7 +633,7 @@ impl Route {
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateverificationcode",
             VerifyCertificate(n) => item("certificates", n) + "/verify",
-            ListDevices | QueryDevices => "/devices".into(),
+            ListDevices | QueryDevices | BulkDevices => "/devices".into(),
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
             InvokeMethod(id) => item("twins", id) + "/methods",
@@ -796,6 +800,7 @@ const GET_PUT_DELETE: &[Method] = &[Method::GET, Method::PUT, Method::DELETE];
 const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
 const GET_PUT_PATCH: &[Method] = &[Method::GET, Method::PUT, Method::PATCH];
 const POST: &[Method] = &[Method::POST];
+const GET_POST: &[Method] = &[Method::GET, Method::POST];
 const PUT: &[Method] = &[Method::PUT];
 const GET: &[Method] = &[Method::GET];
 const DELETE: &[Method] = &[Method::DELETE];
@@ -884,7 +889,8 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         },
         R::Devices => match *m {
             Method::GET => Ok(Route::ListDevices),
-            _ => not_allowed(GET),
+            Method::POST => Ok(Route::BulkDevices),
+            _ => not_allowed(GET_POST),
         },
         R::DeviceQuery => match *m {
             Method::POST => Ok(Route::QueryDevices),

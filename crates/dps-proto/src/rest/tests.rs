@@ -67,6 +67,7 @@ fn every_route(id: &str) -> Vec<Route> {
         VerifyCertificate(s()),
         ListDevices,
         QueryDevices,
+        BulkDevices,
         GetDevice(s()),
         PutDevice(s()),
         DeleteDevice(s()),
