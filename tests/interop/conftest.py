@@ -85,6 +85,9 @@ class DpsServer:
     info: Dict[str, Any] = field(default_factory=dict)
     ca_path: str = ""
     ca_pem: str = ""
+    # The command line and environment it was started with (for restart()).
+    command: list = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)
 
     # Convenience accessors for the `dps info` fields used everywhere.
     @property
@@ -139,6 +142,19 @@ class DpsServer:
             f"--- stdout tail ({self.stdout_path}) ---\n{_tail(self.stdout_path, limit)}\n"
             f"--- stderr tail ({self.stderr_path}) ---\n{_tail(self.stderr_path, limit)}"
         )
+
+    def kill9(self) -> None:
+        """Kills the server as a crash would (SIGKILL: nothing flushed, nothing closed)."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Starts the server again on the same address and data directory, and waits for it."""
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env, cwd=str(self.base_dir)
+            )
+        _wait_ready(self, float(os.environ.get("DPS_START_TIMEOUT", "30")))
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -222,9 +238,10 @@ def start_server(*extra_args: str) -> DpsServer:
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
     env.setdefault("RUST_BACKTRACE", "1")
+    command = [str(binary), "serve", "--data-dir", str(data_dir), "--bind", host, "--hostname", host, *extra_args]
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--data-dir", str(data_dir), "--bind", host, "--hostname", host, *extra_args],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -238,6 +255,8 @@ def start_server(*extra_args: str) -> DpsServer:
         process=proc,
         stdout_path=stdout_path,
         stderr_path=stderr_path,
+        command=command,
+        env=env,
     )
     try:
         _wait_ready(server, float(os.environ.get("DPS_START_TIMEOUT", "30")))

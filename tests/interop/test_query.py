@@ -40,7 +40,7 @@ def test_python_query_with_where_pages_through_matches(registry_manager):
     while True:
         result = registry_manager.query_iot_hub(spec, token, 3)
         pages += 1
-        assert result.type == "twin"
+        assert result.type == "Twin"  # .NET casing: the C# SDK parses it case-sensitively
         assert len(result.items) <= 3
         seen.extend(t.device_id for t in result.items)
         token = result.continuation_token

@@ -10,7 +10,8 @@ use dps_hub::{Hub, RegistryError};
 use dps_proto::hub_mqtt::{self, HubUsername};
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::hub::{
-    AuthenticationMechanism, ExportImportDevice, Device, FileUploadCompletionNotification, FileUploadSasUriRequest, SymmetricKey, Twin,
+    AuthenticationMechanism, Device, ExportImportDevice, FileUploadCompletionNotification, FileUploadSasUriRequest,
+    JobRequest, SymmetricKey, Twin,
 };
 use dps_proto::model::service::{
     AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup,
@@ -302,6 +303,22 @@ pub fn hub_body(data: &[u8]) {
                 }
             }
         }
+        // A scheduled job (`PUT /jobs/v2/{id}`): refused with a client error, or created (and
+        // cancelled again, so that no input leaves a task behind).
+        if let Some(request) = parse::<JobRequest>(data) {
+            round_trip(&request, "JobRequest");
+            match hub.create_job("fuzz-job", request).await {
+                Ok(created) => {
+                    round_trip(&created, "JobResponse");
+                    let cancelled = hub
+                        .cancel_job("fuzz-job")
+                        .await
+                        .expect("a created job can be cancelled");
+                    assert!(cancelled.status != "queued", "a cancelled job is no longer queued");
+                }
+                Err(e) => assert!(!matches!(e, dps_hub::JobError::Storage(_)), "create job: {e}"),
+            }
+        }
         // A bulk registry operation (`POST /devices`): refused whole, or one result whose
         // errors name items of the request.
         if let Some(items) = parse::<Vec<ExportImportDevice>>(data) {
@@ -311,7 +328,10 @@ pub fn hub_body(data: &[u8]) {
                 Ok(r) => {
                     round_trip(&r, "BulkRegistryOperationResult");
                     assert_eq!(r.is_successful, r.errors.is_empty());
-                    assert!(r.errors.iter().all(|e| ids.contains(&e.device_id)), "an error about no item");
+                    assert!(
+                        r.errors.iter().all(|e| ids.contains(&e.device_id)),
+                        "an error about no item"
+                    );
                 }
                 Err(e) => not_a_storage_error(&e, "bulk registry operation"),
             }

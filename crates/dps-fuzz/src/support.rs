@@ -40,13 +40,14 @@ thread_local! {
     static RUNTIME: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
 }
 
-/// Runs a future to completion on this thread's runtime. No timers or I/O drivers are used by the
-/// targets, so the runtime is built without them.
+/// Runs a future to completion on this thread's runtime. It has timers (a scheduled job waits
+/// for its start) but no I/O driver: no target does I/O.
 pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
     RUNTIME.with(|rt| {
         let mut rt = rt.borrow_mut();
         let rt = rt.get_or_insert_with(|| {
             tokio::runtime::Builder::new_current_thread()
+                .enable_time()
                 .build()
                 .expect("a current-thread runtime")
         });

@@ -144,6 +144,54 @@ impl RegistryError {
     }
 }
 
+/// Why a scheduled job request was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The request is not a job the hub can run (bad id, type, method, twin, start time); the
+    /// message says which.
+    #[error("invalid job: {0}")]
+    Invalid(String),
+    /// The job's query condition does not parse.
+    #[error("invalid job: queryCondition: {0}")]
+    Query(dps_proto::query::QueryError),
+    /// No job has this id (IoT Hub's JobNotFound).
+    #[error("job '{job_id}' not found")]
+    NotFound {
+        /// Requested job id.
+        job_id: String,
+    },
+    /// A job with this id exists (IoT Hub's JobAlreadyExists).
+    #[error("job '{job_id}' already exists")]
+    AlreadyExists {
+        /// The job id.
+        job_id: String,
+    },
+    /// As many jobs are queued or running as the hub runs at once.
+    #[error("{limit} jobs are queued or running already; wait for one to end or cancel one")]
+    TooManyActive {
+        /// Most active jobs.
+        limit: usize,
+    },
+    /// The job could not be stored; it was not created.
+    #[error(transparent)]
+    Storage(#[from] HubStoreError),
+}
+
+impl JobError {
+    /// The error code the jobs API answers with.
+    pub fn code(&self) -> u32 {
+        use dps_proto::codes;
+        match self {
+            JobError::Invalid(_) | JobError::Query(_) => codes::HUB_ARGUMENT_INVALID,
+            JobError::NotFound { .. } => codes::JOB_NOT_FOUND,
+            JobError::AlreadyExists { .. } => codes::JOB_EXISTS,
+            JobError::TooManyActive { .. } => codes::TOO_MANY_ACTIVE_JOBS,
+            JobError::Storage(_) => codes::INTERNAL,
+        }
+    }
+}
+
 /// Why a device was refused at MQTT CONNECT. The server answers CONNACK 5 for
 /// [`AuthError::NotAuthorized`] and CONNACK 3 for [`AuthError::DeviceDisabled`] (the C SDK reports
 /// 3 as "device disabled"), and logs the Display text.

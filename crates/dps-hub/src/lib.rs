@@ -33,6 +33,7 @@ mod cache;
 mod consumer_groups;
 mod error;
 mod file_upload;
+mod jobs;
 mod modules;
 mod outbox;
 mod polling;
@@ -64,12 +65,14 @@ pub use c2d::{
 };
 pub use consumer_groups::ConsumerGroup;
 pub use error::{
-    AuthError, C2dError, ConsumerGroupError, FileUploadError, HubOpenError, MethodError, RegistryError, SessionError,
+    AuthError, C2dError, ConsumerGroupError, FileUploadError, HubOpenError, JobError, MethodError, RegistryError,
+    SessionError,
 };
 pub use file_upload::{
     FileNotification, FileUploadConfig, FileUploadSas, UploadedBlob, FILE_NOTIFICATION_LOCK, FILE_NOTIFICATION_TTL,
     FILE_UPLOAD_TTL, MAX_ACTIVE_UPLOADS,
 };
+pub use jobs::{DEFAULT_MAX_EXECUTION, JOB_RETENTION, MAX_ACTIVE_JOBS};
 pub use modules::MAX_MODULES_PER_DEVICE;
 pub use outbox::Batch;
 pub use polling::PolledC2d;
@@ -184,6 +187,8 @@ pub(crate) struct HubInner {
     uploads: file_upload::ActiveUploads,
     /// File upload notifications not yet completed by the service.
     file_notifications: outbox::Outbox<FileNotification>,
+    /// Scheduled jobs.
+    jobs: Mutex<jobs::Jobs>,
 }
 
 /// Per-device state.
@@ -260,6 +265,7 @@ impl Hub {
         hub.inner.next_queue_seq.fetch_max(last + 1, Ordering::Relaxed);
         hub.load_consumer_groups().await.map_err(HubOpenError::Load)?;
         hub.inner.telemetry.load().await.map_err(HubOpenError::Load)?;
+        hub.load_jobs().await.map_err(HubOpenError::Load)?;
         Ok(hub)
     }
 
@@ -305,6 +311,7 @@ impl Hub {
                     ttl: FILE_NOTIFICATION_TTL,
                     lock: FILE_NOTIFICATION_LOCK,
                 }),
+                jobs: Mutex::new(Default::default()),
             }),
         })
     }

@@ -1,5 +1,7 @@
 //! `POST /devices/query`: the IoT Hub query language ([`dps_proto::query`]) over the registry's
-//! twins (`FROM devices`) and module twins (`FROM devices.modules`).
+//! twins (`FROM devices`), module twins (`FROM devices.modules`) and the rows of the devices
+//! scheduled jobs reached (`FROM devices.jobs`, whose paths may be written in full:
+//! `devices.jobs.jobId`).
 //!
 //! The store is read in key order, a batch at a time, and each twin is judged as the registry API
 //! shows it (with its live connection state when the hub holds it). What the condition pins is
@@ -30,7 +32,8 @@ pub struct QueryPage {
     pub items: Vec<Value>,
     /// Resumes the query after this page (`x-ms-continuation`); `None` on the last page.
     pub continuation: Option<String>,
-    /// `x-ms-item-type`: `twin` for whole twins, `raw` for projections and aggregates.
+    /// `x-ms-item-type`, in the .NET casing the C# SDK parses it with: `Twin` for whole twins,
+    /// `DeviceJob` for whole rows of `devices.jobs`, `Raw` for projections and aggregates.
     pub item_type: &'static str,
 }
 
@@ -39,6 +42,7 @@ pub struct QueryPage {
 enum Collection {
     Devices,
     Modules,
+    Jobs,
 }
 
 /// Where a scan reads its records from.
@@ -60,16 +64,20 @@ impl Hub {
         let collection = match query.from.to_ascii_lowercase().as_str() {
             "devices" => Collection::Devices,
             "devices.modules" => Collection::Modules,
+            "devices.jobs" => Collection::Jobs,
             other => {
                 return Err(RegistryError::Query(QueryError {
                     position: query.from_at,
                     message: format!(
-                        "'{other}' is not a collection this hub queries: devices or devices.modules (jobs are queried at /jobs/v2/query)"
+                        "'{other}' is not a collection this hub queries: devices, devices.modules or devices.jobs"
                     ),
                 }))
             }
         };
-        let source = match query.pinned_values("deviceId") {
+        let source = match query
+            .pinned_values("deviceId")
+            .filter(|_| collection != Collection::Jobs)
+        {
             Some(values) => {
                 let mut keys: Vec<String> = values.iter().filter_map(Value::as_str).map(key_of).collect();
                 keys.sort();
@@ -79,6 +87,7 @@ impl Hub {
             None => Source::Range {
                 prefix: query
                     .required_prefix("deviceId")
+                    .filter(|_| collection != Collection::Jobs)
                     .map(|p| key_of(&p))
                     .unwrap_or_default(),
             },
@@ -103,14 +112,18 @@ impl Hub {
             return Ok(QueryPage {
                 items: aggregator.finish(),
                 continuation: None,
-                item_type: "raw",
+                item_type: "Raw",
             });
         }
         let (size, capped) = match query.top {
             Some(top) => (usize::try_from(top).unwrap_or(MAX_PAGE).min(MAX_PAGE), true),
             None => (if page == 0 { DEFAULT_PAGE } else { page.min(MAX_PAGE) }, false),
         };
-        let item_type = if query.select == Select::All { "twin" } else { "raw" };
+        let item_type = match (&query.select, collection) {
+            (Select::All, Collection::Jobs) => "DeviceJob",
+            (Select::All, _) => "Twin",
+            _ => "Raw",
+        };
         let mut items = Vec::new();
         let mut last_key = None;
         if size > 0 {
@@ -125,7 +138,7 @@ impl Hub {
                         });
                     }
                     if query.matches(&doc) {
-                        items.push(query.project(&doc));
+                        items.push(output(query.project(&doc), collection));
                         last_key = Some(key);
                     }
                 }
@@ -163,7 +176,7 @@ impl Scanner<'_> {
                 for device in keys {
                     match self.collection {
                         Collection::Devices => out.extend(store.get_device(device).await?),
-                        Collection::Modules => out.extend(store.list_modules(device).await?),
+                        Collection::Modules | Collection::Jobs => out.extend(store.list_modules(device).await?),
                     }
                 }
                 let after = self.after.clone();
@@ -180,6 +193,7 @@ impl Scanner<'_> {
                 let mut batch = match self.collection {
                     Collection::Devices => store.list_devices(start.as_deref(), SCAN_BATCH).await?,
                     Collection::Modules => store.list_all_modules(start.as_deref(), SCAN_BATCH).await?,
+                    Collection::Jobs => return self.job_rows(start).await,
                 };
                 if batch.len() < SCAN_BATCH {
                     self.done = true;
@@ -214,6 +228,49 @@ impl Scanner<'_> {
             .collect();
         Ok(Some(docs))
     }
+}
+
+impl Scanner<'_> {
+    /// A batch of `devices.jobs` rows: each row, also under `devices.jobs` so that conditions
+    /// may name its fields in full, as IoT Hub's examples do.
+    async fn job_rows(&mut self, start: Option<String>) -> Result<Option<Vec<(String, Value)>>, RegistryError> {
+        let rows = self
+            .hub
+            .inner
+            .store
+            .list_device_jobs(start.as_deref(), SCAN_BATCH)
+            .await?;
+        if rows.len() < SCAN_BATCH {
+            self.done = true;
+        }
+        if let Some(last) = rows.last() {
+            self.after = Some(last.key());
+        }
+        Ok(Some(
+            rows.into_iter()
+                .map(|r| {
+                    let key = r.key();
+                    let mut doc = serde_json::to_value(&r).unwrap_or_default();
+                    let nested = serde_json::json!({ "jobs": doc.clone() });
+                    if let Some(o) = doc.as_object_mut() {
+                        o.insert("devices".into(), nested);
+                    }
+                    (key, doc)
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// What a matching document answers: a `devices.jobs` row without the copy of itself that its
+/// conditions read.
+fn output(mut item: Value, collection: Collection) -> Value {
+    if collection == Collection::Jobs {
+        if let Some(o) = item.as_object_mut() {
+            o.remove("devices");
+        }
+    }
+    item
 }
 
 /// The greatest string below every string that starts with `prefix` that a store's "keys after"

@@ -1,6 +1,7 @@
 //! The hub's storage, behind a trait: device identities with their twins; the durable
 //! cloud-to-device, feedback and file upload notification queues; retained telemetry; the
-//! consumer groups of the Event Hub-compatible endpoint; module identities with their twins —
+//! consumer groups of the Event Hub-compatible endpoint; module identities with their twins;
+//! scheduled jobs and the rows of the devices they reached —
 //! each a group of methods on [`HubStore`].
 //!
 //! The hub owns no database (the architecture's rule for dps-hub): it decides what a device's
@@ -22,6 +23,7 @@ pub use crate::c2d::{C2dRecord, FeedbackRecord, QueueChange};
 pub use crate::consumer_groups::ConsumerGroup;
 pub use crate::error::HubStoreError;
 pub use crate::file_upload::FileNotification;
+pub use crate::jobs::{DeviceJobRecord, JobRecord};
 pub use crate::record::DeviceRecord;
 pub use crate::telemetry::{decode_event, encode_event, TelemetryMessage};
 pub use memory::MemoryHubStore;
@@ -96,6 +98,23 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// than `after` (a key this method returned; `None` starts at the first): what a query
     /// `FROM devices.modules` reads.
     async fn list_all_modules(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError>;
+
+    /// Stores a scheduled job's record (keyed by its id, replacing it); durable when it returns.
+    async fn put_job(&self, job: &JobRecord) -> Result<(), HubStoreError>;
+
+    /// Every stored job (read once, at open: at most the jobs of the retention period).
+    async fn list_jobs(&self) -> Result<Vec<JobRecord>, HubStoreError>;
+
+    /// Removes a job and its device rows (absent is fine); durable when it returns.
+    async fn delete_job(&self, job_id: &str) -> Result<(), HubStoreError>;
+
+    /// Stores the rows of the devices a job reached (each keyed by [`DeviceJobRecord::key`],
+    /// replacing one with that key), in one transaction; durable when it returns.
+    async fn put_device_jobs(&self, rows: &[DeviceJobRecord]) -> Result<(), HubStoreError>;
+
+    /// Up to `limit` device rows of every job in key order after `after` (`None`: from the
+    /// first): what `SELECT * FROM devices.jobs` reads.
+    async fn list_device_jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceJobRecord>, HubStoreError>;
 
     /// Applies every part of `change` in one transaction (a settled message's deletion and its
     /// feedback are written together or not at all); durable when it returns. Putting a key that

@@ -72,7 +72,7 @@ async fn where_filters_across_pages_without_losing_or_repeating_twins() {
         ids(&pages, "deviceId"),
         ["site-03", "site-05", "site-07", "site-09", "site-11"]
     );
-    assert!(pages.iter().all(|p| p.items.len() <= 2 && p.item_type == "twin"));
+    assert!(pages.iter().all(|p| p.items.len() <= 2 && p.item_type == "Twin"));
     // The empty query is every device.
     assert_eq!(ids(&all_pages(&hub, "", 5).await, "deviceId").len(), 14);
     // Nothing matches: one empty page.
@@ -119,7 +119,7 @@ async fn projections_aggregates_and_top() {
         .query("SELECT DeviceId, tags.n FROM devices WHERE tags.n < 2", None, 0)
         .await
         .unwrap();
-    assert_eq!(page.item_type, "raw");
+    assert_eq!(page.item_type, "Raw");
     assert_eq!(
         page.items,
         vec![

@@ -173,7 +173,7 @@ async fn listing_and_query_paging() {
     let mut pages = 0;
     loop {
         let page = hub.query("SELECT * FROM devices", cont.as_deref(), 2).await.unwrap();
-        assert_eq!(page.item_type, "twin");
+        assert_eq!(page.item_type, "Twin");
         pages += 1;
         seen.extend(page.items.into_iter().map(|t| {
             assert_eq!(t["version"], 1);

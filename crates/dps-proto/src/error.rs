@@ -100,6 +100,9 @@ pub mod codes {
     /// management API, whose resource this is, answers with a named code; 404010 is IoT Hub's
     /// ModuleNotFound).
     pub const CONSUMER_GROUP_NOT_FOUND: u32 = 404_050;
+    /// `*` (hub) No scheduled job has this id (IoT Hub's JobNotFound; the same number as
+    /// [`PATH_NOT_FOUND`], which no hub route answers).
+    pub const JOB_NOT_FOUND: u32 = 404_002;
     /// `*` No module with this id on the device (IoT Hub's ModuleNotFound).
     pub const MODULE_NOT_FOUND: u32 = 404_010;
     /// `*` Hub device has no live connection for a direct method (IoT Hub's DeviceNotOnline).
@@ -121,6 +124,8 @@ pub mod codes {
     /// `*` The device already has a module with this id (PUT without If-Match; IoT Hub's
     /// ModuleAlreadyExistsOnDevice). The same number as [`CERTIFICATE_EXISTS`] on DPS's API.
     pub const MODULE_EXISTS: u32 = 409_301;
+    /// (hub) A scheduled job with this id exists already (IoT Hub's JobAlreadyExists).
+    pub const JOB_EXISTS: u32 = 409_002;
     /// If-Match does not match the enrollment's etag.
     pub const ENROLLMENT_ETAG_MISMATCH: u32 = 412_201;
     /// If-Match does not match the group's etag.
@@ -145,6 +150,9 @@ pub mod codes {
     pub const UNSUPPORTED_MEDIA_TYPE: u32 = 415_001;
     /// Throttled; retry after the indicated delay.
     pub const THROTTLED: u32 = 429_001;
+    /// `*` (hub) As many scheduled jobs are active as the hub runs at once (IoT Hub's
+    /// ThrottlingMaxActiveJobCountExceeded).
+    pub const TOO_MANY_ACTIVE_JOBS: u32 = 429_004;
     /// Unexpected server error (storage failure and the like).
     pub const INTERNAL: u32 = 500_000;
     /// The hub's store could not be read or written now (IoT Hub's ServiceUnavailable); the
@@ -173,6 +181,9 @@ pub mod codes {
             TOO_MANY_MODULES => "TooManyModulesOnDevice",
             TOO_MANY_DEVICES => "TooManyDevices",
             DEVICE_DEFINED_MULTIPLE_TIMES => "DeviceDefinedMultipleTimes",
+            JOB_NOT_FOUND => "JobNotFound",
+            JOB_EXISTS => "JobAlreadyExists",
+            TOO_MANY_ACTIVE_JOBS => "ThrottlingMaxActiveJobCountExceeded",
             SERVICE_UNAVAILABLE => "ServiceUnavailable",
             METHOD_TIMEOUT => "GatewayTimeout",
             _ => match code / 1000 {

@@ -86,7 +86,7 @@ async fn hub_registry_devices_twins_query() {
         )
         .await;
     assert_eq!(p1.assert_json(StatusCode::OK).as_array().unwrap().len(), 2);
-    assert_eq!(p1.header("x-ms-item-type"), Some("twin"));
+    assert_eq!(p1.header("x-ms-item-type"), Some("Twin"));
     let cont = p1.header("x-ms-continuation").unwrap().to_string();
     let p2 = f
         .reg(

@@ -9,8 +9,8 @@ use dps_proto::model::service::DeviceCapabilities;
 use serde_json::json;
 
 use super::{
-    C2dRecord, ConsumerGroup, DeviceRecord, EventStart, FeedbackRecord, FileNotification, HubStore, PartitionBounds,
-    QueueChange, TelemetryMessage,
+    C2dRecord, ConsumerGroup, DeviceJobRecord, DeviceRecord, EventStart, FeedbackRecord, FileNotification, HubStore,
+    JobRecord, PartitionBounds, QueueChange, TelemetryMessage,
 };
 use crate::c2d::{Ack, FeedbackStatus};
 use crate::record::{sas_auth, self_signed_auth, Status, TwinState};
@@ -68,6 +68,78 @@ pub async fn run_all(store: &dyn HubStore) {
     consumer_groups_are_kept_by_key(store).await;
     file_notifications_round_trip(store).await;
     modules_live_under_their_device(store).await;
+    jobs_and_their_device_rows_round_trip(store).await;
+}
+
+/// Jobs come back whole; device rows are listed in key order, replaced by key, and go with
+/// their job.
+async fn jobs_and_their_device_rows_round_trip(s: &dyn HubStore) {
+    use crate::jobs::{JobKind, JobStatus};
+    let job = |id: &str| JobRecord {
+        job_id: id.into(),
+        kind: JobKind::ScheduleUpdateTwin,
+        query_condition: "tags.a = 'ü'".into(),
+        created_time: at(),
+        start_time: at(),
+        end_time: None,
+        max_execution_time_in_seconds: 60,
+        cloud_to_device_method: None,
+        update_twin: Some(json!({"tags": {"a": 1}, "etag": "*"})),
+        status: JobStatus::Queued,
+        failure_reason: None,
+        statistics: Default::default(),
+    };
+    let row = |job: &str, device: &str, status: &str| DeviceJobRecord {
+        device_id: device.into(),
+        job_id: job.into(),
+        job_type: "scheduleUpdateTwin".into(),
+        status: status.into(),
+        start_time_utc: "2025-01-02T03:04:05Z".into(),
+        end_time_utc: "2025-01-02T03:04:06Z".into(),
+        created_date_time_utc: "2025-01-02T03:04:05Z".into(),
+        last_updated_date_time_utc: "2025-01-02T03:04:06Z".into(),
+        outcome: json!({"deviceMethodResponse": null}),
+        error: None,
+    };
+    let mut j1 = job("conf-job-1");
+    s.put_job(&j1).await.unwrap();
+    s.put_job(&job("conf-job-2")).await.unwrap();
+    j1.status = JobStatus::Completed;
+    j1.statistics.device_count = 2;
+    s.put_job(&j1).await.unwrap();
+    let stored: Vec<JobRecord> = s
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.job_id.starts_with("conf-job-"))
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored.iter().find(|j| j.job_id == "conf-job-1"), Some(&j1));
+    s.put_device_jobs(&[row("conf-job-1", "B", "failed"), row("conf-job-1", "a", "completed")])
+        .await
+        .unwrap();
+    s.put_device_jobs(&[row("conf-job-1", "b", "completed"), row("conf-job-2", "a", "completed")])
+        .await
+        .unwrap();
+    let keys = |rows: Vec<DeviceJobRecord>| rows.iter().map(|r| (r.key(), r.status.clone())).collect::<Vec<_>>();
+    let all = keys(s.list_device_jobs(Some("conf-job-"), 10).await.unwrap());
+    assert_eq!(
+        all,
+        [
+            ("conf-job-1/a".to_string(), "completed".to_string()),
+            ("conf-job-1/b".to_string(), "completed".to_string()),
+            ("conf-job-2/a".to_string(), "completed".to_string()),
+        ]
+    );
+    assert_eq!(
+        keys(s.list_device_jobs(Some("conf-job-1/a"), 1).await.unwrap())[0].0,
+        "conf-job-1/b"
+    );
+    s.delete_job("conf-job-1").await.unwrap();
+    assert_eq!(keys(s.list_device_jobs(Some("conf-job-"), 10).await.unwrap()).len(), 1);
+    assert!(!s.list_jobs().await.unwrap().iter().any(|j| j.job_id == "conf-job-1"));
+    s.delete_job("conf-job-2").await.unwrap();
 }
 
 /// Modules are kept apart from devices (not listed, not counted), listed per device in key order,

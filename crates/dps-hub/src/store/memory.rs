@@ -9,8 +9,9 @@ use parking_lot::RwLock;
 use std::sync::Arc;
 
 use super::{
-    device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord,
-    FileNotification, HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceJobRecord, DeviceRecord, EventStart,
+    FeedbackRecord, FileNotification, HubStore, HubStoreError, JobRecord, PartitionBounds, QueueChange,
+    TelemetryMessage,
 };
 
 /// A [`HubStore`] in memory: nothing survives the process. For tests, fuzzing and demos, and the
@@ -25,6 +26,9 @@ pub struct MemoryHubStore {
     /// Telemetry by hub-wide sequence number.
     events: RwLock<BTreeMap<u64, Arc<TelemetryMessage>>>,
     consumer_groups: RwLock<BTreeMap<String, ConsumerGroup>>,
+    jobs: RwLock<BTreeMap<String, JobRecord>>,
+    /// Device rows of jobs by [`DeviceJobRecord::key`].
+    device_jobs: RwLock<BTreeMap<String, DeviceJobRecord>>,
 }
 
 /// Cloud-to-device messages and feedback, by key.
@@ -129,6 +133,44 @@ impl HubStore for MemoryHubStore {
         };
         Ok(self
             .modules
+            .read()
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    async fn put_job(&self, job: &JobRecord) -> Result<(), HubStoreError> {
+        self.jobs.write().insert(job.job_id.clone(), job.clone());
+        Ok(())
+    }
+
+    async fn list_jobs(&self) -> Result<Vec<JobRecord>, HubStoreError> {
+        Ok(self.jobs.read().values().cloned().collect())
+    }
+
+    async fn delete_job(&self, job_id: &str) -> Result<(), HubStoreError> {
+        self.jobs.write().remove(job_id);
+        let prefix = format!("{job_id}/");
+        self.device_jobs.write().retain(|k, _| !k.starts_with(&prefix));
+        Ok(())
+    }
+
+    async fn put_device_jobs(&self, rows: &[DeviceJobRecord]) -> Result<(), HubStoreError> {
+        let mut map = self.device_jobs.write();
+        for r in rows {
+            map.insert(r.key(), r.clone());
+        }
+        Ok(())
+    }
+
+    async fn list_device_jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceJobRecord>, HubStoreError> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        Ok(self
+            .device_jobs
             .read()
             .range((start, Bound::Unbounded))
             .take(limit)

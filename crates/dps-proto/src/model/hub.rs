@@ -295,6 +295,93 @@ pub struct CloudToDeviceMethod {
     pub connect_timeout_in_seconds: Option<u64>,
 }
 
+/// `PUT /jobs/v2/{id}`: a scheduled job (IoT Hub's `JobRequest`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRequest {
+    /// Job id (the path's).
+    #[serde(default)]
+    pub job_id: String,
+    /// `scheduleDeviceMethod` or `scheduleUpdateTwin`.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The method, for `scheduleDeviceMethod`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cloud_to_device_method: Option<CloudToDeviceMethod>,
+    /// The twin patch, for `scheduleUpdateTwin` (a `Twin`; SDKs add `deviceId`, `etag`,
+    /// `version` and empty reported properties, all ignored but a concrete `etag`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub update_twin: Option<Value>,
+    /// Which devices: a twin query's `WHERE` condition, or `*` for all.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub query_condition: Option<String>,
+    /// When to start (ISO 8601; `null` or absent: now).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub start_time: Option<String>,
+    /// Its deadline after the start, seconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_execution_time_in_seconds: Option<u64>,
+}
+
+/// A scheduled job as the registry API shows it (IoT Hub's `JobResponse`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResponse {
+    /// Job id.
+    pub job_id: String,
+    /// `scheduleDeviceMethod` or `scheduleUpdateTwin` (C# requires it in every answer).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Which devices.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub query_condition: Option<String>,
+    /// ISO 8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub created_time: Option<String>,
+    /// ISO 8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub start_time: Option<String>,
+    /// ISO 8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub end_time: Option<String>,
+    /// Its deadline after the start, seconds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_execution_time_in_seconds: Option<u64>,
+    /// The method, for a method job.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cloud_to_device_method: Option<CloudToDeviceMethod>,
+    /// The twin patch, for a twin job.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub update_twin: Option<Value>,
+    /// `queued`, `running`, `completed`, `failed`, `cancelled`.
+    pub status: String,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failure_reason: Option<String>,
+    /// A status message.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_message: Option<String>,
+    /// Device counts.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub device_job_statistics: Option<DeviceJobStatistics>,
+}
+
+/// A job's device counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceJobStatistics {
+    /// Devices reached.
+    pub device_count: u64,
+    /// Devices where it failed.
+    pub failed_count: u64,
+    /// Devices where it succeeded.
+    pub succeeded_count: u64,
+    /// Devices being reached now.
+    pub running_count: u64,
+    /// Devices not reached yet.
+    pub pending_count: u64,
+}
+
 /// The answer to a direct method: what the device replied (`CloudToDeviceMethodResult` in the
 /// service SDKs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -80,6 +80,12 @@ enum Resource {
     Twin(String),
     /// `/twins/{id}/methods`
     TwinMethods(String),
+    /// `/jobs/v2/query` (also `/jobs/v2/{id}` with id `query` for PUT)
+    JobQuery(String),
+    /// `/jobs/v2/{id}`
+    Job(String),
+    /// `/jobs/v2/{id}/cancel`
+    JobCancel(String),
     /// `/devices/{id}/modules`
     DeviceModules(String),
     /// `/devices/{id}/modules/{moduleId}`
@@ -231,6 +237,14 @@ pub enum Route {
     UpdateTwin(String),
     /// `POST /twins/{id}/methods`
     InvokeMethod(String),
+    /// `PUT /jobs/v2/{id}`: schedule a job.
+    PutJob(String),
+    /// `GET /jobs/v2/{id}`
+    GetJob(String),
+    /// `POST /jobs/v2/{id}/cancel`
+    CancelJob(String),
+    /// `GET /jobs/v2/query?jobType=&jobStatus=`
+    QueryJobs,
     /// `GET /devices/{id}/modules`: the device's modules.
     ListModules(String),
     /// `GET /devices/{id}/modules/{moduleId}`
@@ -376,6 +390,10 @@ impl Route {
             | ReplaceModuleTwin(..)
             | UpdateModuleTwin(..)
             | InvokeModuleMethod(..)
+            | PutJob(_)
+            | GetJob(_)
+            | CancelJob(_)
+            | QueryJobs
             | MonitorEvents
             | DeviceStatistics
             | ServiceStatistics
@@ -437,6 +455,7 @@ impl Route {
             | PutDevice(_)
             | ReplaceTwin(_)
             | PutModule(..)
+            | PutJob(_)
             | ReplaceModuleTwin(..)
             | PutConsumerGroup(_)
             | PutBlob { .. } => Method::PUT,
@@ -454,6 +473,7 @@ impl Route {
             | BulkDevices
             | InvokeMethod(_)
             | InvokeModuleMethod(..)
+            | CancelJob(_)
             | AbandonFeedback(_)
             | SendDeviceEvent(_)
             | AbandonC2d { .. }
@@ -482,6 +502,8 @@ impl Route {
             | ListModules(_)
             | GetModule(..)
             | GetModuleTwin(..)
+            | GetJob(_)
+            | QueryJobs
             | MonitorEvents
             | ReceiveFeedback
             | DeviceStatistics
@@ -542,6 +564,9 @@ impl Route {
                 item("twins", d) + &item("modules", m)
             }
             InvokeModuleMethod(d, m) => item("twins", d) + &item("modules", m) + "/methods",
+            PutJob(id) | GetJob(id) => item("jobs/v2", id),
+            CancelJob(id) => item("jobs/v2", id) + "/cancel",
+            QueryJobs => "/jobs/v2/query".into(),
             PurgeC2d(id) => item("devices", id) + "/commands",
             SendDeviceEvent(id) => item("devices", id) + "/messages/events",
             ReceiveC2d(id) => item("devices", id) + "/messages/deviceBound",
@@ -643,6 +668,9 @@ impl Route {
                 item("twins", d) + &item("modules", m)
             }
             InvokeModuleMethod(d, m) => item("twins", d) + &item("modules", m) + "/methods",
+            PutJob(id) | GetJob(id) => item("jobs/v2", id),
+            CancelJob(id) => item("jobs/v2", id) + "/cancel",
+            QueryJobs => "/jobs/v2".into(),
             PurgeC2d(id) => item("devices", id) + "/commands",
             // Judged by the hub against `{hub}/devices/{id}`, not by a policy.
             SendDeviceEvent(id) | ReceiveC2d(id) => item("devices", id),
@@ -751,6 +779,9 @@ fn resource(segs: &[String]) -> Option<Resource> {
             }
             _ => return None,
         },
+        [j, v, q] if is(j, "jobs") && is(v, "v2") && is(q, "query") => Resource::JobQuery(q.to_string()),
+        [j, v, job] if is(j, "jobs") && is(v, "v2") => Resource::Job(id(job)?),
+        [j, v, job, c] if is(j, "jobs") && is(v, "v2") && is(c, "cancel") => Resource::JobCancel(id(job)?),
         [first, d] if is(first, "twins") => Resource::Twin(id(d)?),
         [first, d, m] if is(first, "twins") && is(m, "methods") => Resource::TwinMethods(id(d)?),
         [first, d, m, mid] if is(first, "twins") && is(m, "modules") => Resource::ModuleTwin(id(d)?, id(mid)?),
@@ -801,6 +832,7 @@ const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
 const GET_PUT_PATCH: &[Method] = &[Method::GET, Method::PUT, Method::PATCH];
 const POST: &[Method] = &[Method::POST];
 const GET_POST: &[Method] = &[Method::GET, Method::POST];
+const GET_PUT: &[Method] = &[Method::GET, Method::PUT];
 const PUT: &[Method] = &[Method::PUT];
 const GET: &[Method] = &[Method::GET];
 const DELETE: &[Method] = &[Method::DELETE];
@@ -905,6 +937,21 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         },
         R::TwinMethods(id) => match *m {
             Method::POST => Ok(Route::InvokeMethod(id)),
+            _ => not_allowed(POST),
+        },
+        // `query` is also a valid job id: only GET means "query".
+        R::JobQuery(id) => match *m {
+            Method::GET => Ok(Route::QueryJobs),
+            Method::PUT => Ok(Route::PutJob(id)),
+            _ => not_allowed(GET_PUT),
+        },
+        R::Job(id) => match *m {
+            Method::GET => Ok(Route::GetJob(id)),
+            Method::PUT => Ok(Route::PutJob(id)),
+            _ => not_allowed(GET_PUT),
+        },
+        R::JobCancel(id) => match *m {
+            Method::POST => Ok(Route::CancelJob(id)),
             _ => not_allowed(POST),
         },
         R::DeviceModules(id) => match *m {

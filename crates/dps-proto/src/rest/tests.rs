@@ -83,6 +83,10 @@ fn every_route(id: &str) -> Vec<Route> {
         ReplaceModuleTwin(s(), s()),
         UpdateModuleTwin(s(), s()),
         InvokeModuleMethod(s(), s()),
+        PutJob(s()),
+        GetJob(s()),
+        CancelJob(s()),
+        QueryJobs,
         MonitorEvents,
         PurgeC2d(s()),
         ReceiveFeedback,
@@ -122,6 +126,11 @@ fn every_route(id: &str) -> Vec<Route> {
 fn every_route_formats_to_a_path_that_parses_back() {
     for id in IDS {
         for r in every_route(id) {
+            if matches!(&r, Route::GetJob(id) if id.eq_ignore_ascii_case("query")) {
+                // `GET /jobs/v2/query` lists jobs, as in IoT Hub: a job called `query` is read
+                // through the list.
+                continue;
+            }
             let path = r.path();
             assert!(path.starts_with('/'), "{path}");
             assert_eq!(Route::parse(&r.method(), &path), Ok(r.clone()), "{path}");

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use dps_hub::{ConsumerGroupError, MethodError, RegistryError};
 use dps_proto::codes;
 use dps_proto::model::hub::{
-    CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, ExportImportDevice, Module,
+    CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, ExportImportDevice, JobRequest, Module,
     RegistryStatistics, ServiceStatistics, Twin,
 };
 use dps_proto::twin_limits;
@@ -50,6 +50,9 @@ fn rights(route: &Route) -> &'static [&'static str] {
         ReplaceTwin(_) | UpdateTwin(_) | ReplaceModuleTwin(..) | UpdateModuleTwin(..) => {
             &[SERVICE_CONNECT, REGISTRY_WRITE]
         }
+        // Jobs update twins and call methods: the service's rights for either.
+        PutJob(_) | CancelJob(_) => &[SERVICE_CONNECT, REGISTRY_WRITE],
+        GetJob(_) | QueryJobs => &[SERVICE_CONNECT, REGISTRY_READ],
         InvokeMethod(_)
         | InvokeModuleMethod(..)
         | MonitorEvents
@@ -148,6 +151,45 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         }
         Route::InvokeMethod(id) => invoke_method(ctx, &hub, &id, None).await?,
         Route::InvokeModuleMethod(id, module) => invoke_method(ctx, &hub, &id, Some(&module)).await?,
+        Route::PutJob(id) => {
+            let request: JobRequest = ctx.json("JobRequest").await?;
+            ok(&hub.create_job(&id, request).await.map_err(job_error)?)
+        }
+        Route::GetJob(id) => ok(&hub.get_job(&id).map_err(job_error)?),
+        Route::CancelJob(id) => {
+            let _ = ctx.body().await?;
+            ok(&hub.cancel_job(&id).await.map_err(job_error)?)
+        }
+        Route::QueryJobs => {
+            let (kind, status) = (ctx.query.get("jobType"), ctx.query.get("jobStatus"));
+            let jobs = hub.list_jobs(kind, status);
+            let page = parse_count(ctx.header("x-ms-max-item-count"), "x-ms-max-item-count")?
+                .filter(|n| *n > 0)
+                .unwrap_or(100)
+                .min(MAX_QUERY_PAGE);
+            let skip = match ctx.header("x-ms-continuation") {
+                None => 0,
+                Some(c) => B64URL
+                    .decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("x-ms-continuation '{c}' is not a token this hub issued"))
+                    })?,
+            };
+            let items: Vec<_> = jobs.iter().skip(skip).take(page).collect();
+            let mut resp = ok(&items);
+            set_header(&mut resp, "x-ms-item-type", "JobResponse");
+            if skip + page < jobs.len() {
+                set_header(
+                    &mut resp,
+                    "x-ms-continuation",
+                    &B64URL.encode((skip + page).to_string()),
+                );
+            }
+            resp
+        }
         Route::ListModules(id) => ok(&hub.list_modules(&id).await.map_err(registry_error)?),
         Route::GetModule(id, module) => ok(&hub.get_module(&id, &module).await.map_err(registry_error)?),
         Route::PutModule(id, module_id) => {
@@ -332,6 +374,13 @@ fn registry_error(e: RegistryError) -> ApiError {
     match e {
         RegistryError::Invalid(m) => ApiError::invalid(m),
         RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
+        other => ApiError::new(other.code(), other.to_string()),
+    }
+}
+
+fn job_error(e: dps_hub::JobError) -> ApiError {
+    match e {
+        dps_hub::JobError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
         other => ApiError::new(other.code(), other.to_string()),
     }
 }

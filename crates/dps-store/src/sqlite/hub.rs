@@ -20,8 +20,9 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 use dps_hub::store::{
-    device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceRecord, EventStart, FeedbackRecord,
-    FileNotification, HubStore, HubStoreError, PartitionBounds, QueueChange, TelemetryMessage,
+    device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceJobRecord, DeviceRecord, EventStart,
+    FeedbackRecord, FileNotification, HubStore, HubStoreError, JobRecord, PartitionBounds, QueueChange,
+    TelemetryMessage,
 };
 use rusqlite::{params, Connection};
 
@@ -44,6 +45,13 @@ const PUT_MODULE: &str = "INSERT INTO modules (id, device, doc) VALUES (?1, ?2, 
 const DELETE_MODULE: &str = "DELETE FROM modules WHERE id = ?1";
 const GET_MODULE: &str = "SELECT doc FROM modules WHERE id = ?1";
 const DEVICE_MODULES: &str = "SELECT id, doc FROM modules WHERE device = ?1 ORDER BY id";
+const PUT_JOB: &str = "INSERT OR REPLACE INTO jobs (id, doc) VALUES (?1, ?2)";
+const DELETE_JOB: &str = "DELETE FROM jobs WHERE id = ?1";
+const DELETE_JOB_DEVICES: &str = "DELETE FROM device_jobs WHERE job = ?1";
+const ALL_JOBS: &str = "SELECT id, doc FROM jobs ORDER BY id";
+const PUT_DEVICE_JOB: &str = "INSERT OR REPLACE INTO device_jobs (id, job, doc) VALUES (?1, ?2, ?3)";
+const FIRST_DEVICE_JOBS: &str = "SELECT id, doc FROM device_jobs ORDER BY id LIMIT ?1";
+const NEXT_DEVICE_JOBS: &str = "SELECT id, doc FROM device_jobs WHERE id > ?2 ORDER BY id LIMIT ?1";
 const FIRST_MODULES: &str = "SELECT id, doc FROM modules ORDER BY id LIMIT ?1";
 const NEXT_MODULES: &str = "SELECT id, doc FROM modules WHERE id > ?2 ORDER BY id LIMIT ?1";
 const PUT_C2D: &str = "INSERT OR REPLACE INTO c2d (seq, device, doc) VALUES (?1, ?2, ?3)";
@@ -101,6 +109,12 @@ enum DeviceOp {
     PutModule { key: String, device: String, doc: String },
     /// Remove the module `key` (absent is fine).
     DeleteModule { key: String },
+    /// Insert or replace the job `key`.
+    PutJob { key: String, doc: String },
+    /// Remove the job `key` and its device rows.
+    DeleteJob { key: String },
+    /// Insert or replace device rows of jobs: (key, job, doc).
+    PutDeviceJobs(Vec<(String, String, String)>),
     /// Queue changes, encoded: messages (seq, device key, doc) and feedback (seq, doc) to put,
     /// keys to delete.
     Queues {
@@ -129,6 +143,16 @@ impl Operation for DeviceOp {
                 .and_then(|_| run(DELETE_DEVICE_C2D, params![key]).map(drop)),
             DeviceOp::PutModule { key, device, doc } => run(PUT_MODULE, params![key, device, doc]).map(drop),
             DeviceOp::DeleteModule { key } => run(DELETE_MODULE, params![key]).map(drop),
+            DeviceOp::PutJob { key, doc } => run(PUT_JOB, params![key, doc]).map(drop),
+            DeviceOp::DeleteJob { key } => {
+                run(DELETE_JOB, params![key]).and_then(|_| run(DELETE_JOB_DEVICES, params![key]).map(drop))
+            }
+            DeviceOp::PutDeviceJobs(rows) => (|| {
+                for (key, job, doc) in rows {
+                    run(PUT_DEVICE_JOB, params![key, job, doc])?;
+                }
+                Ok(())
+            })(),
             DeviceOp::Queues {
                 put_c2d,
                 delete_c2d,
@@ -281,6 +305,48 @@ impl HubStore for SqliteHubStore {
             .read(move |c| match &after {
                 None => reader::collect(c, "modules", FIRST_MODULES, params![limit]),
                 Some(after) => reader::collect(c, "modules", NEXT_MODULES, params![limit, after]),
+            })
+            .await
+    }
+
+    async fn put_job(&self, job: &JobRecord) -> Result<(), HubStoreError> {
+        let doc = serde_json::to_string(job).map_err(|e| HubStoreError::backend(format!("cannot encode job: {e}")))?;
+        let key = job.job_id.clone();
+        self.db.writer.write(DeviceOp::PutJob { key, doc }).await
+    }
+
+    async fn list_jobs(&self) -> Result<Vec<JobRecord>, HubStoreError> {
+        self.db
+            .readers
+            .read(|c| reader::collect(c, "jobs", ALL_JOBS, params![]))
+            .await
+    }
+
+    async fn delete_job(&self, job_id: &str) -> Result<(), HubStoreError> {
+        let key = job_id.to_string();
+        self.db.writer.write(DeviceOp::DeleteJob { key }).await
+    }
+
+    async fn put_device_jobs(&self, rows: &[DeviceJobRecord]) -> Result<(), HubStoreError> {
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let doc = serde_json::to_string(r)
+                    .map_err(|e| HubStoreError::backend(format!("cannot encode a job's device row: {e}")))?;
+                Ok((r.key(), r.job_id.clone(), doc))
+            })
+            .collect::<Result<Vec<_>, HubStoreError>>()?;
+        self.db.writer.write(DeviceOp::PutDeviceJobs(rows)).await
+    }
+
+    async fn list_device_jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceJobRecord>, HubStoreError> {
+        let after = after.map(str::to_string);
+        let limit = reader::sql_limit(limit);
+        self.db
+            .readers
+            .read(move |c| match &after {
+                None => reader::collect(c, "device_jobs", FIRST_DEVICE_JOBS, params![limit]),
+                Some(after) => reader::collect(c, "device_jobs", NEXT_DEVICE_JOBS, params![limit, after]),
             })
             .await
     }

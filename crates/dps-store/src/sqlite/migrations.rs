@@ -108,6 +108,11 @@ pub(crate) const HUB: Schema = Schema {
             name: "module identities",
             sql: include_str!("migrations/hub/0006_modules.sql"),
         },
+        Migration {
+            version: 7,
+            name: "scheduled jobs",
+            sql: include_str!("migrations/hub/0007_jobs.sql"),
+        },
     ],
     adopts_unmarked_files: true,
 };
