@@ -270,7 +270,7 @@ pub async fn run(ctx: &Ctx, mode: Mode, index: usize) -> Result<(), String> {
     match mode {
         Mode::Tls => handshake(&Device::new(ctx, index)).await,
         Mode::Register => register(ctx, index).await.map(drop),
-        Mode::Hold | Mode::Telemetry => Err("hold and telemetry run their own flows".into()),
+        Mode::Hold | Mode::Telemetry | Mode::Query => Err("hold, telemetry and query run their own flows".into()),
         Mode::Cycle if ctx.client == ClientKind::Sdk => sdk::cycle(&Device::new(ctx, index)).await,
         Mode::Cycle => {
             let a = register(ctx, index).await?;

@@ -113,6 +113,10 @@ pub enum BenchError {
     /// The CA certificate cannot verify server certificates (rustls's verifier refused it).
     #[error("cannot verify with the CA certificate")]
     Verifier(#[source] rustls::client::VerifierBuilderError),
+    /// The server under test refused or failed a request the run depends on (the query mode's
+    /// seeding or queries); the message names it.
+    #[error("server: {0}")]
+    Server(String),
     /// The telemetry run could not set up: a device did not register or connect, or the Event
     /// Hubs consumer could not open, authenticate or attach (the message says which).
     #[error("telemetry: {0}")]
@@ -120,6 +124,11 @@ pub enum BenchError {
 }
 
 impl BenchError {
+    /// A [`BenchError::Server`] failure: the server under test answered what it should not.
+    pub(crate) fn server(message: impl Into<String>) -> Self {
+        Self::Server(message.into())
+    }
+
     /// A [`BenchError::Controls`] refusal.
     pub(crate) fn controls(message: impl Into<String>) -> Self {
         Self::Controls(message.into())

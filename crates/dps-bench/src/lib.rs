@@ -23,6 +23,7 @@ mod https;
 mod identity;
 mod mqtt;
 mod prepare;
+mod query;
 mod report;
 mod sdk;
 mod telemetry;
@@ -79,6 +80,9 @@ pub enum Mode {
     Telemetry,
     /// A bare TLS handshake and close against the MQTT listener: the machine's own ceiling.
     Tls,
+    /// IoT Hub's query language over --devices twins (seeded through the bulk registry API
+    /// once, kept): selective tag conditions, counts, device ids, and one unindexed scan.
+    Query,
 }
 
 /// How simulated devices authenticate.
@@ -282,13 +286,21 @@ impl BenchArgs {
     /// before anything is sent.
     pub fn validate(&self) -> Result<Controls, BenchError> {
         let controls = check(self)?;
-        file_limits(self, controls.devices)?;
+        if self.mode != Mode::Query {
+            file_limits(self, controls.devices)?;
+        }
         Ok(controls)
     }
 }
 
 /// Runs the benchmark against `target` and returns its report.
 pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Value, BenchError> {
+    if a.mode == Mode::Query {
+        let hub = target
+            .hub
+            .ok_or_else(|| BenchError::controls("query runs need the hub's registry API (--hub-connection-string)"))?;
+        return query::run(hub, controls.devices.unwrap_or(DEFAULT_DEVICES)).await;
+    }
     let t_prepare = Instant::now();
     let Target {
         dps: rest,

@@ -10,8 +10,8 @@
 
 use dps_proto::model::certificate::{CertificateBody, CertificateResponse, VerificationCertificate};
 use dps_proto::model::hub::{
-    CloudToDeviceMethod, CloudToDeviceMethodResult, ConsumerGroupList, Device, EventHubConsumerGroupInfo,
-    RegistryStatistics, ServiceStatistics, Twin, UploadedFileList,
+    BulkRegistryOperationResult, CloudToDeviceMethod, CloudToDeviceMethodResult, ConsumerGroupList, Device,
+    EventHubConsumerGroupInfo, ExportImportDevice, RegistryStatistics, ServiceStatistics, Twin, UploadedFileList,
 };
 use dps_proto::model::service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment, RegistrationState};
 use dps_proto::rest::Route;
@@ -283,6 +283,22 @@ impl RegistryClient {
     /// page by page, at most `top`: twins, or the rows of a projection or an aggregate.
     pub async fn query(&self, query: &str, top: Option<usize>) -> Result<Vec<Value>, ClientError> {
         self.rest.query_text(&Route::QueryDevices, query, top).await
+    }
+
+    /// `POST /devices`: a bulk registry operation (at most 100 items). A partly failed one is
+    /// answered (400) with the same result as a successful one, and returned as such.
+    pub async fn bulk(&self, items: &[ExportImportDevice]) -> Result<BulkRegistryOperationResult, ClientError> {
+        let route = Route::BulkDevices;
+        match self.rest.call(&route, &[], Some(&body(&items)?), &[]).await {
+            Ok(reply) => typed(&route, reply.body),
+            // Not a DPS error body: the message is the raw result.
+            Err(ClientError::Service {
+                status: 400, message, ..
+            }) if serde_json::from_str::<BulkRegistryOperationResult>(&message).is_ok() => {
+                serde_json::from_str(&message).map_err(|e| ClientError::Protocol(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /statistics/devices`: how many device identities the registry holds, by status.

@@ -6,7 +6,8 @@
 //! The store is read in key order, a batch at a time, and each twin is judged as the registry API
 //! shows it (with its live connection state when the hub holds it). What the condition pins is
 //! pushed down to the store: `deviceId = …` or `deviceId IN [...]` reads just those devices (and
-//! their modules), `STARTSWITH(deviceId, …)` reads just the key range of that prefix. A page ends
+//! their modules), `STARTSWITH(deviceId, …)` reads just the key range of that prefix, and
+//! `tags.x = '…'` (or `IN` strings) reads the devices of the store's string tag index. A page ends
 //! when it is full; its continuation is the key of its last twin, so the next page resumes right
 //! after it whatever the condition. Aggregates (`COUNT()`, `GROUP BY`) read every match and
 //! answer one page.
@@ -47,6 +48,9 @@ enum Collection {
 
 /// Where a scan reads its records from.
 enum Source {
+    /// The devices whose string tag at a dotted path is one of these values, from the store's
+    /// tag index, merged in key order.
+    Tag { path: String, values: Vec<String> },
     /// Every record of the collection in key order, from a key on, while keys start with a
     /// prefix (`""`: all).
     Range { prefix: String },
@@ -74,17 +78,31 @@ impl Hub {
                 }))
             }
         };
-        let source = match query
+        // A tag pinned to strings is read from the tag index (devices only: modules' tags are
+        // not indexed); values of other types fall back to a scan.
+        let tag = query
+            .pinned_under("tags")
+            .filter(|(_, values)| collection == Collection::Devices && values.iter().all(Value::is_string));
+        let pinned_ids = query
             .pinned_values("deviceId")
-            .filter(|_| collection != Collection::Jobs)
-        {
-            Some(values) => {
+            .filter(|_| collection != Collection::Jobs);
+        let source = match (pinned_ids, tag) {
+            (Some(values), _) => {
                 let mut keys: Vec<String> = values.iter().filter_map(Value::as_str).map(key_of).collect();
                 keys.sort();
                 keys.dedup();
                 Source::Devices(keys)
             }
-            None => Source::Range {
+            (None, Some((path, values))) => {
+                let mut values: Vec<String> = values.iter().filter_map(Value::as_str).map(str::to_string).collect();
+                values.sort();
+                values.dedup();
+                Source::Tag {
+                    path: path.join("."),
+                    values,
+                }
+            }
+            (None, None) => Source::Range {
                 prefix: query
                     .required_prefix("deviceId")
                     .filter(|_| collection != Collection::Jobs)
@@ -169,6 +187,30 @@ impl Scanner<'_> {
         }
         let store = &self.hub.inner.store;
         let records: Vec<DeviceRecord> = match &self.source {
+            Source::Tag { path, values } => {
+                // Each value's devices come in key order: read a batch of each, and keep the
+                // first batch of their union.
+                let mut all = Vec::new();
+                let mut exhausted = true;
+                for value in values {
+                    let batch = store
+                        .find_by_tag(path, value, self.after.as_deref(), SCAN_BATCH)
+                        .await?;
+                    exhausted &= batch.len() < SCAN_BATCH;
+                    all.extend(batch);
+                }
+                all.sort_by_key(DeviceRecord::key);
+                all.dedup_by_key(|r| r.key());
+                if all.len() > SCAN_BATCH {
+                    all.truncate(SCAN_BATCH);
+                    exhausted = false;
+                }
+                self.done = exhausted;
+                if let Some(last) = all.last() {
+                    self.after = Some(last.key());
+                }
+                all
+            }
             Source::Devices(keys) => {
                 // A handful of point reads, done in one batch.
                 self.done = true;

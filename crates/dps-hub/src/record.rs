@@ -173,6 +173,32 @@ impl DeviceRecord {
         }
     }
 
+    /// The string leaves of a device's tags as (dotted path below `tags`, value), what a store
+    /// indexes so that `WHERE tags.x.y = 'v'` finds devices without reading every one. A
+    /// module's tags are not indexed (an empty list). Twin keys never contain `.`, so the path
+    /// is unambiguous.
+    pub fn string_tags(&self) -> Vec<(String, String)> {
+        fn walk(prefix: &str, m: &Map<String, Value>, out: &mut Vec<(String, String)>) {
+            for (k, v) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    Value::String(s) => out.push((path, s.clone())),
+                    Value::Object(inner) => walk(&path, inner, out),
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if self.module_id.is_none() {
+            walk("", &self.twin.tags, &mut out);
+        }
+        out
+    }
+
     /// The identity's path in topics, addresses and SAS audiences (`d` or `d/modules/m`).
     pub(crate) fn path(&self) -> String {
         dps_proto::hub_mqtt::identity_path(&self.device_id, self.module_id.as_deref())

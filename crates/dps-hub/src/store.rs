@@ -77,6 +77,18 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// `None` starts at the first). An empty page means there are no more.
     async fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError>;
 
+    /// Up to `limit` devices in key order after `after` (a device key; `None`: from the first)
+    /// whose tag at the dotted `path` below `tags` is the string `value`
+    /// ([`DeviceRecord::string_tags`]): what a query pinning a tag reads instead of every
+    /// device.
+    async fn find_by_tag(
+        &self,
+        path: &str,
+        value: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, HubStoreError>;
+
     /// Device counts by status (modules are not devices and are not counted).
     async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError>;
 

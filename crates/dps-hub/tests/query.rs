@@ -89,6 +89,18 @@ async fn device_ids_are_pushed_down_to_the_store() {
     let q = "SELECT * FROM devices WHERE deviceId IN ['site-04', 'probe-a', 'site-10']";
     let pages = all_pages(&hub, q, 2).await;
     assert_eq!(ids(&pages, "deviceId"), ["probe-a", "site-04", "site-10"]);
+    // Tags pinned to strings are read from the tag index; several values merge in key order.
+    let q = "SELECT * FROM devices WHERE tags.region IN ['US', 'EU', 'US'] AND tags.n < 4";
+    assert_eq!(
+        ids(&all_pages(&hub, q, 1).await, "deviceId"),
+        ["site-00", "site-01", "site-02", "site-03"]
+    );
+    let q = "SELECT * FROM devices WHERE tags.n = 3";
+    assert_eq!(
+        ids(&all_pages(&hub, q, 5).await, "deviceId"),
+        ["site-03"],
+        "numbers are scanned"
+    );
     let q = "SELECT * FROM devices WHERE STARTSWITH(deviceId, 'site-1')";
     assert_eq!(ids(&all_pages(&hub, q, 1).await, "deviceId"), ["site-10", "site-11"]);
     let q = "SELECT * FROM devices WHERE STARTSWITH(deviceId, 'probe')";

@@ -170,7 +170,19 @@ impl<O: writer::Operation> Database<O> {
     /// Opens (creating if needed, with its parent directory) the file at `path`, brings it to
     /// `schema`'s version and starts the writer thread `writer_name`.
     fn open(path: &Path, schema: &Schema, writer_name: &str) -> Result<Self, OpenError> {
-        let (conn, readers) = open_file(path, schema)?;
+        Self::open_prepared(path, schema, writer_name, |_| Ok(()))
+    }
+
+    /// [`Database::open`], with `prepare` run on the write connection after the migrations and
+    /// before the writer starts (work a migration leaves to Rust).
+    fn open_prepared(
+        path: &Path,
+        schema: &Schema,
+        writer_name: &str,
+        prepare: impl FnOnce(&mut Connection) -> Result<(), OpenError>,
+    ) -> Result<Self, OpenError> {
+        let (mut conn, readers) = open_file(path, schema)?;
+        prepare(&mut conn)?;
         Ok(Database {
             writer: Writer::start(conn, writer_name)?,
             readers,

@@ -380,3 +380,43 @@ async fn file_upload_notifications_survive_a_reopen() {
         "a completed notification stays gone"
     );
 }
+
+/// A `hub.db` whose devices were stored before the tag index existed (hub migration 8 marks it
+/// pending) gets them indexed when the store opens, once; queries on tags then find them.
+#[tokio::test]
+async fn devices_stored_before_the_tag_index_are_indexed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    {
+        let hub = open(&path).await;
+        for (id, site) in [("old-1", "lab"), ("old-2", "field"), ("old-3", "lab")] {
+            hub.put_device(sas_device(id, None), None).await.unwrap();
+            let patch: dps_proto::model::hub::Twin = serde_json::from_value(json!({"tags": {"site": site}})).unwrap();
+            hub.patch_twin(id, patch, None).await.unwrap();
+        }
+    }
+    {
+        // What a file of the previous schema leaves after migration 8: no rows, the index pending.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DELETE FROM twin_tags; INSERT OR REPLACE INTO hub_meta (name, value) VALUES ('tag_index', 'pending');",
+        )
+        .unwrap();
+    }
+    let store = SqliteHubStore::open(&path).unwrap();
+    let found: Vec<String> = store
+        .find_by_tag("site", "lab", None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.device_id().to_string())
+        .collect();
+    assert_eq!(found, ["old-1", "old-3"]);
+    drop(store);
+    let hub = open(&path).await;
+    let page = hub
+        .query("SELECT deviceId FROM devices WHERE tags.site = 'field'", None, 0)
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![json!({"deviceId": "old-2"})]);
+}

@@ -69,6 +69,54 @@ pub async fn run_all(store: &dyn HubStore) {
     file_notifications_round_trip(store).await;
     modules_live_under_their_device(store).await;
     jobs_and_their_device_rows_round_trip(store).await;
+    devices_are_found_by_string_tags(store).await;
+}
+
+/// The tag index follows every write: found by a string leaf's dotted path, in key order from
+/// after a key; a replaced or deleted device no longer found by its old tags.
+async fn devices_are_found_by_string_tags(s: &dyn HubStore) {
+    let tagged = |id: &str, site: &str| {
+        let mut r = record(id, Status::Enabled);
+        r.twin.tags = json!({"loc": {"site": site, "floor": 3}, "kind": "tag-conf"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        r
+    };
+    for (id, site) in [("Tag-C", "north"), ("tag-a", "north"), ("tag-b", "south")] {
+        s.put_device(&tagged(id, site)).await.unwrap();
+    }
+    let ids = |v: Vec<DeviceRecord>| v.iter().map(|r| r.device_id().to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.find_by_tag("loc.site", "north", None, 10).await.unwrap()),
+        ["tag-a", "Tag-C"]
+    );
+    assert_eq!(
+        ids(s.find_by_tag("loc.site", "north", Some("tag-a"), 10).await.unwrap()),
+        ["Tag-C"]
+    );
+    assert_eq!(
+        ids(s.find_by_tag("kind", "tag-conf", None, 2).await.unwrap()),
+        ["tag-a", "tag-b"]
+    );
+    assert!(
+        s.find_by_tag("loc.floor", "3", None, 10).await.unwrap().is_empty(),
+        "only strings are indexed"
+    );
+    assert!(s.find_by_tag("loc", "north", None, 10).await.unwrap().is_empty());
+    s.put_device(&tagged("tag-a", "south")).await.unwrap();
+    assert_eq!(
+        ids(s.find_by_tag("loc.site", "north", None, 10).await.unwrap()),
+        ["Tag-C"]
+    );
+    s.delete_device("tag-c").await.unwrap();
+    assert!(s.find_by_tag("loc.site", "north", None, 10).await.unwrap().is_empty());
+    assert_eq!(
+        ids(s.find_by_tag("loc.site", "south", None, 10).await.unwrap()),
+        ["tag-a", "tag-b"]
+    );
+    s.delete_device("tag-a").await.unwrap();
+    s.delete_device("tag-b").await.unwrap();
 }
 
 /// Jobs come back whole; device rows are listed in key order, replaced by key, and go with

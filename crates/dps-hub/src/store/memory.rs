@@ -101,6 +101,27 @@ impl HubStore for MemoryHubStore {
         })
     }
 
+    async fn find_by_tag(
+        &self,
+        path: &str,
+        value: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, HubStoreError> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        Ok(self
+            .devices
+            .read()
+            .range((start, Bound::Unbounded))
+            .filter(|(_, r)| r.string_tags().iter().any(|(p, v)| p == path && v == value))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
     async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
         Ok(self.modules.read().get(&module_key(device_id, module_id)).cloned())
     }

@@ -249,6 +249,22 @@ pub(super) fn pinned(filter: &Expr, field: &str) -> Option<Vec<Value>> {
     })
 }
 
+/// See [`Query::pinned_under`].
+pub(super) fn pinned_under(filter: &Expr, root: &str) -> Option<(Vec<String>, Vec<Value>)> {
+    let under = |e: &Expr| match e {
+        Expr::Path(p, _) if p.len() > 1 && p[0].eq_ignore_ascii_case(root) => Some(p[1..].to_vec()),
+        _ => None,
+    };
+    conjuncts(filter).into_iter().find_map(|c| match c {
+        Expr::Binary(BinOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
+            (p, Expr::Const(v)) | (Expr::Const(v), p) => under(p).map(|path| (path, vec![v.clone()])),
+            _ => None,
+        },
+        Expr::In(p, list, false) => under(p).map(|path| (path, list.clone())),
+        _ => None,
+    })
+}
+
 /// See [`Query::required_prefix`].
 pub(super) fn prefix(filter: &Expr, field: &str) -> Option<String> {
     conjuncts(filter).into_iter().find_map(|c| match c {

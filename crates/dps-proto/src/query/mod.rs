@@ -231,6 +231,13 @@ impl Query {
         eval::pinned(self.filter.as_ref()?, field)
     }
 
+    /// The first path under `root` (a top-level field, matched without case: `tags`) that the
+    /// condition pins at its top with equalities, as [`Query::pinned_values`] does for a field:
+    /// the path's segments below `root` and the values allowed.
+    pub fn pinned_under(&self, root: &str) -> Option<(Vec<String>, Vec<Value>)> {
+        eval::pinned_under(self.filter.as_ref()?, root)
+    }
+
     /// The prefix the condition requires of the top-level string field `field`
     /// (`STARTSWITH(field, 'p')` at the top of the condition, joined with `AND`).
     pub fn required_prefix(&self, field: &str) -> Option<String> {

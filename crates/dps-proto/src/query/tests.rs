@@ -177,6 +177,19 @@ fn pushdown_hints() {
     assert_eq!(q.required_prefix("moduleId").as_deref(), Some("m"));
     let q = Query::parse("SELECT * FROM devices WHERE deviceId = 'x' OR tags.a = 1", "devices").unwrap();
     assert_eq!(q.pinned_values("deviceId"), None, "an OR does not pin");
+    let q = Query::parse(
+        "SELECT * FROM devices WHERE status = 'enabled' AND Tags.location.site IN ['a', 'b']",
+        "devices",
+    )
+    .unwrap();
+    assert_eq!(
+        q.pinned_under("tags"),
+        Some((
+            vec!["location".to_string(), "site".to_string()],
+            vec![json!("a"), json!("b")]
+        ))
+    );
+    assert_eq!(q.pinned_under("properties"), None);
 }
 
 #[test]

@@ -24,7 +24,7 @@ use dps_hub::store::{
     FeedbackRecord, FileNotification, HubStore, HubStoreError, JobRecord, PartitionBounds, QueueChange,
     TelemetryMessage,
 };
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::events::{self, EventOp, Events};
 use super::migrations::{HUB, TELEMETRY};
@@ -40,6 +40,12 @@ const UPSERT: &str = "INSERT INTO devices (id, doc) VALUES (?1, ?2) \
 const DELETE: &str = "DELETE FROM devices WHERE id = ?1";
 const DELETE_DEVICE_C2D: &str = "DELETE FROM c2d WHERE device = ?1";
 const DELETE_DEVICE_MODULES: &str = "DELETE FROM modules WHERE device = ?1";
+const DELETE_DEVICE_TAGS: &str = "DELETE FROM twin_tags WHERE device = ?1";
+const PUT_TAG: &str = "INSERT OR IGNORE INTO twin_tags (path, value, device) VALUES (?1, ?2, ?3)";
+const FIRST_BY_TAG: &str = "SELECT d.id, d.doc FROM twin_tags t JOIN devices d ON d.id = t.device \
+     WHERE t.path = ?2 AND t.value = ?3 ORDER BY t.device LIMIT ?1";
+const NEXT_BY_TAG: &str = "SELECT d.id, d.doc FROM twin_tags t JOIN devices d ON d.id = t.device \
+     WHERE t.path = ?2 AND t.value = ?3 AND t.device > ?4 ORDER BY t.device LIMIT ?1";
 const PUT_MODULE: &str = "INSERT INTO modules (id, device, doc) VALUES (?1, ?2, ?3) \
      ON CONFLICT (id) DO UPDATE SET doc = excluded.doc";
 const DELETE_MODULE: &str = "DELETE FROM modules WHERE id = ?1";
@@ -101,8 +107,12 @@ impl Decode for HubStoreError {
 /// One write to the devices table. The document arrives serialised: JSON encoding runs on the
 /// callers' threads, in parallel, keeping the single writer's critical path to SQL only.
 enum DeviceOp {
-    /// Insert or replace the document of `key`.
-    Put { key: String, doc: String },
+    /// Insert or replace the document of `key`, and its string tags (the index's rows).
+    Put {
+        key: String,
+        doc: String,
+        tags: Vec<(String, String)>,
+    },
     /// Remove `key` (absent is fine), its modules and its cloud-to-device messages.
     Delete { key: String },
     /// Insert or replace the module `key` of the device `device`.
@@ -137,8 +147,16 @@ impl Operation for DeviceOp {
     fn apply(&self, conn: &Connection) -> Result<(), HubStoreError> {
         let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.prepare_cached(sql).and_then(|mut s| s.execute(p));
         match self {
-            DeviceOp::Put { key, doc } => run(UPSERT, params![key, doc]).map(drop),
+            DeviceOp::Put { key, doc, tags } => (|| {
+                run(UPSERT, params![key, doc])?;
+                run(DELETE_DEVICE_TAGS, params![key])?;
+                for (path, value) in tags {
+                    run(PUT_TAG, params![path, value, key])?;
+                }
+                Ok(())
+            })(),
             DeviceOp::Delete { key } => run(DELETE, params![key])
+                .and_then(|_| run(DELETE_DEVICE_TAGS, params![key]))
                 .and_then(|_| run(DELETE_DEVICE_MODULES, params![key]))
                 .and_then(|_| run(DELETE_DEVICE_C2D, params![key]).map(drop)),
             DeviceOp::PutModule { key, device, doc } => run(PUT_MODULE, params![key, device, doc]).map(drop),
@@ -212,7 +230,7 @@ impl SqliteHubStore {
     /// starts the writer thread. Does not need a tokio runtime; the [`HubStore`] methods do.
     pub fn open(path: &Path) -> Result<SqliteHubStore, OpenError> {
         Ok(SqliteHubStore {
-            db: Database::open(path, &HUB, "dps-hub-writer")?,
+            db: Database::open_prepared(path, &HUB, "dps-hub-writer", build_tag_index)?,
             events: Database::open(&path.with_file_name(TELEMETRY_FILE), &TELEMETRY, "dps-telemetry-writer")?,
         })
     }
@@ -241,7 +259,12 @@ impl HubStore for SqliteHubStore {
     async fn put_device(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
         let doc = serde_json::to_string(record)
             .map_err(|e| HubStoreError::backend(format!("cannot encode device record: {e}")))?;
-        self.db.writer.write(DeviceOp::Put { key: record.key(), doc }).await
+        let op = DeviceOp::Put {
+            key: record.key(),
+            doc,
+            tags: record.string_tags(),
+        };
+        self.db.writer.write(op).await
     }
 
     async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError> {
@@ -261,6 +284,24 @@ impl HubStore for SqliteHubStore {
             .read(move |c| match &after {
                 None => reader::collect(c, TABLE, FIRST_PAGE, params![limit]),
                 Some(after) => reader::collect(c, TABLE, NEXT_PAGE, params![limit, after]),
+            })
+            .await
+    }
+
+    async fn find_by_tag(
+        &self,
+        path: &str,
+        value: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, HubStoreError> {
+        let (path, value, after) = (path.to_string(), value.to_string(), after.map(str::to_string));
+        let limit = reader::sql_limit(limit);
+        self.db
+            .readers
+            .read(move |c| match &after {
+                None => reader::collect(c, TABLE, FIRST_BY_TAG, params![limit, path, value]),
+                Some(after) => reader::collect(c, TABLE, NEXT_BY_TAG, params![limit, path, value, after]),
             })
             .await
     }
@@ -489,4 +530,45 @@ impl HubStore for SqliteHubStore {
             })
             .await
     }
+}
+
+/// Indexes the string tags of the devices stored before the tag index existed (hub migration 8
+/// leaves `tag_index` pending in `hub_meta` when there were devices), in one transaction, once.
+/// A document that no longer decodes is skipped with a warning rather than keeping the store
+/// from opening.
+fn build_tag_index(conn: &mut Connection) -> Result<(), OpenError> {
+    let fail = |source| OpenError::Migration { version: 8, source };
+    let pending: Option<String> = conn
+        .query_row("SELECT value FROM hub_meta WHERE name = 'tag_index'", [], |r| r.get(0))
+        .optional()
+        .map_err(fail)?;
+    if pending.as_deref() != Some("pending") {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let tx = conn.transaction().map_err(fail)?;
+    let mut devices = 0u64;
+    {
+        let mut read = tx.prepare("SELECT id, doc FROM devices").map_err(fail)?;
+        let mut insert = tx.prepare(PUT_TAG).map_err(fail)?;
+        let mut rows = read.query([]).map_err(fail)?;
+        while let Some(row) = rows.next().map_err(fail)? {
+            let key: String = row.get(0).map_err(fail)?;
+            let doc: String = row.get(1).map_err(fail)?;
+            match serde_json::from_str::<DeviceRecord>(&doc) {
+                Ok(record) => {
+                    for (path, value) in record.string_tags() {
+                        insert.execute(params![path, value, key]).map_err(fail)?;
+                    }
+                    devices += 1;
+                }
+                Err(e) => tracing::warn!(device = %key, error = %e, "device record not indexed: it does not decode"),
+            }
+        }
+    }
+    tx.execute("UPDATE hub_meta SET value = 'built' WHERE name = 'tag_index'", [])
+        .map_err(fail)?;
+    tx.commit().map_err(fail)?;
+    tracing::info!(devices, seconds = started.elapsed().as_secs_f64(), "tag index built");
+    Ok(())
 }

@@ -113,6 +113,11 @@ pub(crate) const HUB: Schema = Schema {
             name: "scheduled jobs",
             sql: include_str!("migrations/hub/0007_jobs.sql"),
         },
+        Migration {
+            version: 8,
+            name: "string tag index",
+            sql: include_str!("migrations/hub/0008_tag_index.sql"),
+        },
     ],
     adopts_unmarked_files: true,
 };
