@@ -6,7 +6,12 @@ The hub.db must exist with its schema: start `dps serve --data-dir DIR` once and
 are the JSON `DeviceRecord` documents `SqliteHubStore` writes (crates/dps-hub/src/record.rs),
 keyed by the lower-cased device id; the schema's triggers keep the device counts.
 
-    scripts/bench/fill_hub_db.py DIR/hub.db 1000000 [--prefix bulk-]
+    scripts/bench/fill_hub_db.py DIR/hub.db 1000000 [--prefix bulk-] [--query-tags]
+
+`--query-tags` writes the twins `dps bench query` expects (prefix `qb-`, tags `benchSite` =
+`site-{i // 100:05}` and `benchN` = i), so that it finds them seeded. The string tag index
+(hub migration 8) is then marked to be rebuilt: `dps serve` indexes every device when it next
+opens `hub.db` (its log says how long that took).
 """
 import argparse
 import base64
@@ -17,7 +22,7 @@ import sqlite3
 import time
 
 
-def doc(device_id: str, now: str) -> str:
+def doc(device_id: str, now: str, tags: dict) -> str:
     key = lambda: base64.b64encode(os.urandom(32)).decode()
     return json.dumps(
         {
@@ -32,7 +37,7 @@ def doc(device_id: str, now: str) -> str:
             "twin": {
                 "etag": base64.b64encode(os.urandom(8)).decode(),
                 "version": 1,
-                "tags": {},
+                "tags": tags,
                 "desired": {},
                 "desiredVersion": 1,
                 "desiredUpdated": now,
@@ -50,6 +55,7 @@ def main() -> None:
     p.add_argument("hub_db")
     p.add_argument("count", type=int)
     p.add_argument("--prefix", default="bulk-")
+    p.add_argument("--query-tags", action="store_true", help="the twins of `dps bench query`")
     a = p.parse_args()
     if not os.path.exists(a.hub_db):
         raise SystemExit(f"{a.hub_db} does not exist: start `dps serve` once to create it")
@@ -61,9 +67,16 @@ def main() -> None:
     for lo in range(0, a.count, batch):
         rows = []
         for i in range(lo, min(lo + batch, a.count)):
-            did = f"{a.prefix}{i:07d}"
-            rows.append((did.lower(), doc(did, now)))
+            if a.query_tags:
+                did, tags = f"qb-{i:07d}", {"benchSite": f"site-{i // 100:05d}", "benchN": i}
+            else:
+                did, tags = f"{a.prefix}{i:07d}", {}
+            rows.append((did.lower(), doc(did, now, tags)))
         db.executemany("INSERT OR REPLACE INTO devices (id, doc) VALUES (?, ?)", rows)
+        db.commit()
+    has_index = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'hub_meta'").fetchone()
+    if has_index:
+        db.execute("INSERT OR REPLACE INTO hub_meta (name, value) VALUES ('tag_index', 'pending')")
         db.commit()
     total = db.execute("SELECT COUNT(*) FROM devices").fetchone()[0]
     print(f"{total} devices in {a.hub_db} ({time.time() - start:.1f} s)")
