@@ -14,10 +14,7 @@ use std::sync::Arc;
 use dps_proto::model::hub::{Module, Twin};
 
 use crate::error::RegistryError;
-use crate::record::{
-    etag_matches, is_conditional, key_of, new_etag, new_generation_id, validate_module_id, DeviceRecord, Status,
-    TwinState,
-};
+use crate::record::{etag_matches, is_conditional, key_of, new_etag, validate_module_id, DeviceRecord};
 use crate::registry::{resolve_auth, Identity};
 use crate::{Hub, HubInner, Slot};
 
@@ -65,21 +62,13 @@ impl Hub {
                             limit: MAX_MODULES_PER_DEVICE,
                         });
                     }
-                    let rec = DeviceRecord {
-                        device_id: device.device_id.clone(),
-                        module_id: Some(module.module_id.clone()),
-                        managed_by: module.managed_by.clone(),
-                        generation_id: new_generation_id(),
-                        etag: new_etag(),
-                        status: Status::Enabled,
-                        status_reason: None,
-                        status_updated_time: now,
-                        created_time: now,
-                        authentication: resolve_auth(module.authentication.clone(), None)?,
-                        capabilities: Default::default(),
-                        twin: TwinState::new(now),
-                        created_by_operation: None,
-                    };
+                    let mut rec = DeviceRecord::created(
+                        device.device_id.clone(),
+                        Some(module.module_id.clone()),
+                        resolve_auth(module.authentication.clone(), None)?,
+                        now,
+                    );
+                    rec.managed_by = module.managed_by.clone();
                     let rec = inner.commit(&slot, rec).await?;
                     tracing::info!(device = %rec.device_id, module = ?rec.module_id, auth = %rec.authentication.kind, "module created");
                     Ok(rec)

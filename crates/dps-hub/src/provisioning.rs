@@ -14,8 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::error::RegistryError;
 use crate::record::{
-    clean_document, key_of, new_etag, new_generation_id, sas_auth, self_signed_auth, validate_device_id, DeviceRecord,
-    Status, TwinState,
+    clean_document, key_of, new_etag, sas_auth, self_signed_auth, validate_device_id, DeviceRecord, Status, TwinState,
 };
 use crate::Hub;
 
@@ -86,21 +85,10 @@ impl HubRegistry for Hub {
                     let mut twin = TwinState::new(now);
                     twin.tags = tags;
                     twin.desired = desired;
-                    let rec = DeviceRecord {
-                        device_id: device.device_id.clone(),
-                        module_id: None,
-                        managed_by: None,
-                        generation_id: new_generation_id(),
-                        etag: new_etag(),
-                        status: Status::Enabled,
-                        status_reason: None,
-                        status_updated_time: now,
-                        created_time: now,
-                        authentication: auth,
-                        capabilities: device.capabilities,
-                        twin,
-                        created_by_operation: Some(device.operation_id.clone()).filter(|o| !o.is_empty()),
-                    };
+                    let mut rec = DeviceRecord::created(device.device_id.clone(), None, auth, now);
+                    rec.capabilities = device.capabilities;
+                    rec.twin = twin;
+                    rec.created_by_operation = Some(device.operation_id.clone()).filter(|o| !o.is_empty());
                     inner.commit(&slot, rec).await.map_err(storage)?;
                     tracing::info!(device = %device.device_id, "device created by provisioning");
                     Ok(UpsertOutcome { created: true })

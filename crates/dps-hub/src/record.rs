@@ -154,6 +154,31 @@ pub(crate) struct LiveView {
 }
 
 impl DeviceRecord {
+    /// A new identity as IoT Hub creates one: a fresh generation id and etags, enabled, default
+    /// capabilities, an empty twin (versions 1); callers set what their request says.
+    pub(crate) fn created(
+        device_id: String,
+        module_id: Option<String>,
+        authentication: AuthenticationMechanism,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            device_id,
+            module_id,
+            managed_by: None,
+            generation_id: new_generation_id(),
+            etag: new_etag(),
+            status: Status::Enabled,
+            status_reason: None,
+            status_updated_time: now,
+            created_time: now,
+            authentication,
+            capabilities: DeviceCapabilities::default(),
+            twin: TwinState::new(now),
+            created_by_operation: None,
+        }
+    }
+
     /// The device id as first created (its spelling kept; the registry ignores case).
     pub fn device_id(&self) -> &str {
         &self.device_id

@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 use crate::error::RegistryError;
 use crate::record::LiveView;
 use crate::record::{
-    caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_generation_id, new_key,
-    normalize_thumbprint, validate_device_id, validate_status_reason, DeviceRecord, Status, TwinState,
+    caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_key, normalize_thumbprint,
+    validate_device_id, validate_status_reason, DeviceRecord, Status, TwinState,
 };
 use crate::{Hub, Slot};
 
@@ -97,21 +97,15 @@ impl Hub {
                             device_id: device.device_id.clone(),
                         });
                     }
-                    let rec = DeviceRecord {
-                        device_id: device.device_id.clone(),
-                        module_id: None,
-                        managed_by: None,
-                        generation_id: new_generation_id(),
-                        etag: new_etag(),
-                        status: status.unwrap_or(Status::Enabled),
-                        status_reason: device.status_reason.clone(),
-                        status_updated_time: now,
-                        created_time: now,
-                        authentication: resolve_auth(device.authentication.clone(), None)?,
-                        capabilities: caps(device.capabilities),
-                        twin: TwinState::new(now),
-                        created_by_operation: None,
-                    };
+                    let mut rec = DeviceRecord::created(
+                        device.device_id.clone(),
+                        None,
+                        resolve_auth(device.authentication.clone(), None)?,
+                        now,
+                    );
+                    rec.status = status.unwrap_or(Status::Enabled);
+                    rec.status_reason = device.status_reason.clone();
+                    rec.capabilities = caps(device.capabilities);
                     let rec = inner.commit(&slot, rec).await?;
                     tracing::info!(device = %rec.device_id, auth = %rec.authentication.kind, "device created");
                     Ok(rec)

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 use dps_core::SystemClock;
 use dps_hub::store::{DeviceJobRecord, HubStore, JobRecord, MemoryHubStore};
 use dps_hub::{Hub, HubConfig, JobError, OutboundKind};
 use dps_proto::hub_mqtt::HubUsername;
-use dps_proto::model::hub::{
-    AuthenticationMechanism, CloudToDeviceMethod, Device, JobRequest, JobResponse, SymmetricKey, Twin,
-};
+use dps_proto::model::hub::{CloudToDeviceMethod, JobRequest, JobResponse, Twin};
 use dps_proto::sas::build_token;
 use serde_json::{json, Value};
 
@@ -19,18 +19,7 @@ const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 async fn fleet(hub: &Hub) {
     for (id, site) in [("d1", "lab"), ("d2", "lab"), ("d3", "field")] {
-        let device = Device {
-            device_id: id.into(),
-            authentication: Some(AuthenticationMechanism {
-                kind: "sas".into(),
-                symmetric_key: Some(SymmetricKey {
-                    primary_key: Some(KEY.into()),
-                    secondary_key: Some(KEY.into()),
-                }),
-                x509_thumbprint: None,
-            }),
-            ..Default::default()
-        };
+        let device = support::sas_device(id, Some((KEY, KEY)));
         hub.put_device(device, None).await.unwrap();
         let patch: Twin = serde_json::from_value(json!({"tags": {"site": site}})).unwrap();
         hub.patch_twin(id, patch, None).await.unwrap();

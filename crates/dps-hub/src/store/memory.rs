@@ -56,6 +56,26 @@ impl MemoryHubStore {
     }
 }
 
+/// Up to `limit` values of `map` whose key follows `after` (`None`: from the first) and that
+/// `keep` accepts, in key order: every paged read of this store.
+fn page_of<V: Clone>(
+    map: &BTreeMap<String, V>,
+    after: Option<String>,
+    limit: usize,
+    keep: impl Fn(&V) -> bool,
+) -> Vec<V> {
+    let start = match after {
+        Some(a) => Bound::Excluded(a),
+        None => Bound::Unbounded,
+    };
+    map.range((start, Bound::Unbounded))
+        .map(|(_, v)| v)
+        .filter(|v| keep(v))
+        .take(limit)
+        .cloned()
+        .collect()
+}
+
 #[async_trait]
 impl HubStore for MemoryHubStore {
     async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
@@ -77,17 +97,7 @@ impl HubStore for MemoryHubStore {
     }
 
     async fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        let start = match after {
-            Some(a) => Bound::Excluded(device_key(a)),
-            None => Bound::Unbounded,
-        };
-        Ok(self
-            .devices
-            .read()
-            .range((start, Bound::Unbounded))
-            .take(limit)
-            .map(|(_, r)| r.clone())
-            .collect())
+        Ok(page_of(&self.devices.read(), after.map(device_key), limit, |_| true))
     }
 
     async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError> {
@@ -108,18 +118,8 @@ impl HubStore for MemoryHubStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        let start = match after {
-            Some(a) => Bound::Excluded(a.to_string()),
-            None => Bound::Unbounded,
-        };
-        Ok(self
-            .devices
-            .read()
-            .range((start, Bound::Unbounded))
-            .filter(|(_, r)| r.string_tags().iter().any(|(p, v)| p == path && v == value))
-            .take(limit)
-            .map(|(_, r)| r.clone())
-            .collect())
+        let tagged = |r: &DeviceRecord| r.string_tags().iter().any(|(p, v)| p == path && v == value);
+        Ok(page_of(&self.devices.read(), after.map(str::to_string), limit, tagged))
     }
 
     async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
@@ -148,17 +148,9 @@ impl HubStore for MemoryHubStore {
     }
 
     async fn list_all_modules(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        let start = match after {
-            Some(a) => Bound::Excluded(a.to_string()),
-            None => Bound::Unbounded,
-        };
-        Ok(self
-            .modules
-            .read()
-            .range((start, Bound::Unbounded))
-            .take(limit)
-            .map(|(_, r)| r.clone())
-            .collect())
+        Ok(page_of(&self.modules.read(), after.map(str::to_string), limit, |_| {
+            true
+        }))
     }
 
     async fn put_job(&self, job: &JobRecord) -> Result<(), HubStoreError> {
@@ -186,17 +178,12 @@ impl HubStore for MemoryHubStore {
     }
 
     async fn list_device_jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceJobRecord>, HubStoreError> {
-        let start = match after {
-            Some(a) => Bound::Excluded(a.to_string()),
-            None => Bound::Unbounded,
-        };
-        Ok(self
-            .device_jobs
-            .read()
-            .range((start, Bound::Unbounded))
-            .take(limit)
-            .map(|(_, r)| r.clone())
-            .collect())
+        Ok(page_of(
+            &self.device_jobs.read(),
+            after.map(str::to_string),
+            limit,
+            |_| true,
+        ))
     }
 
     async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError> {

@@ -85,18 +85,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         }
         Route::QueryDevices => {
             let query = super::service::query_text(ctx).await?;
-            let continuation = ctx
-                .header("x-ms-continuation")
-                .map(|c| {
-                    B64URL
-                        .decode(c)
-                        .ok()
-                        .and_then(|b| String::from_utf8(b).ok())
-                        .ok_or_else(|| {
-                            ApiError::invalid(format!("x-ms-continuation '{c}' is not a token this hub issued"))
-                        })
-                })
-                .transpose()?;
+            let continuation = continuation(ctx)?;
             let page = parse_count(ctx.header("x-ms-max-item-count"), "x-ms-max-item-count")?
                 .unwrap_or(0)
                 .min(MAX_QUERY_PAGE);
@@ -167,16 +156,11 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
                 .filter(|n| *n > 0)
                 .unwrap_or(100)
                 .min(MAX_QUERY_PAGE);
-            let skip = match ctx.header("x-ms-continuation") {
+            let skip = match continuation(ctx)? {
                 None => 0,
-                Some(c) => B64URL
-                    .decode(c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|s| s.parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        ApiError::invalid(format!("x-ms-continuation '{c}' is not a token this hub issued"))
-                    })?,
+                Some(c) => c.parse::<usize>().map_err(|_| {
+                    ApiError::invalid(format!("x-ms-continuation '{c}' is not a token this hub issued"))
+                })?,
             };
             let items: Vec<_> = jobs.iter().skip(skip).take(page).collect();
             let mut resp = ok(&items);
@@ -296,6 +280,19 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         other => unreachable!("not a hub route: {other:?}"),
     };
     Ok(resp)
+}
+
+/// The request's `x-ms-continuation`, decoded (the hub issues its tokens base64url-encoded).
+fn continuation(ctx: &Ctx<'_>) -> Result<Option<String>, ApiError> {
+    ctx.header("x-ms-continuation")
+        .map(|c| {
+            B64URL
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::invalid(format!("x-ms-continuation '{c}' is not a token this hub issued")))
+        })
+        .transpose()
 }
 
 /// `POST /twins/{id}[/modules/{mid}]/methods`: calls a direct method and answers the device's

@@ -240,6 +240,25 @@ impl SqliteHubStore {
         &self.db.path
     }
 
+    /// One page of `table` in key order after `after` (`None`: from the first): `sql` is the
+    /// first page's statement (`?1` the limit) and the next pages' (`?2` the key to follow).
+    async fn page<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        table: &'static str,
+        sql: [&'static str; 2],
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<T>, HubStoreError> {
+        let limit = reader::sql_limit(limit);
+        self.db
+            .readers
+            .read(move |c| match &after {
+                None => reader::collect(c, table, sql[0], params![limit]),
+                Some(after) => reader::collect(c, table, sql[1], params![limit, after]),
+            })
+            .await
+    }
+
     /// What the writer has done since open.
     pub fn stats(&self) -> StoreStats {
         self.db.writer.stats()
@@ -277,14 +296,7 @@ impl HubStore for SqliteHubStore {
     }
 
     async fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        let after = after.map(device_key);
-        let limit = reader::sql_limit(limit);
-        self.db
-            .readers
-            .read(move |c| match &after {
-                None => reader::collect(c, TABLE, FIRST_PAGE, params![limit]),
-                Some(after) => reader::collect(c, TABLE, NEXT_PAGE, params![limit, after]),
-            })
+        self.page(TABLE, [FIRST_PAGE, NEXT_PAGE], after.map(device_key), limit)
             .await
     }
 
@@ -339,15 +351,13 @@ impl HubStore for SqliteHubStore {
     }
 
     async fn list_all_modules(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        let after = after.map(str::to_string);
-        let limit = reader::sql_limit(limit);
-        self.db
-            .readers
-            .read(move |c| match &after {
-                None => reader::collect(c, "modules", FIRST_MODULES, params![limit]),
-                Some(after) => reader::collect(c, "modules", NEXT_MODULES, params![limit, after]),
-            })
-            .await
+        self.page(
+            "modules",
+            [FIRST_MODULES, NEXT_MODULES],
+            after.map(str::to_string),
+            limit,
+        )
+        .await
     }
 
     async fn put_job(&self, job: &JobRecord) -> Result<(), HubStoreError> {
@@ -381,15 +391,13 @@ impl HubStore for SqliteHubStore {
     }
 
     async fn list_device_jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceJobRecord>, HubStoreError> {
-        let after = after.map(str::to_string);
-        let limit = reader::sql_limit(limit);
-        self.db
-            .readers
-            .read(move |c| match &after {
-                None => reader::collect(c, "device_jobs", FIRST_DEVICE_JOBS, params![limit]),
-                Some(after) => reader::collect(c, "device_jobs", NEXT_DEVICE_JOBS, params![limit, after]),
-            })
-            .await
+        self.page(
+            "device_jobs",
+            [FIRST_DEVICE_JOBS, NEXT_DEVICE_JOBS],
+            after.map(str::to_string),
+            limit,
+        )
+        .await
     }
 
     async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError> {
