@@ -11,7 +11,8 @@
 use dps_proto::model::certificate::{CertificateBody, CertificateResponse, VerificationCertificate};
 use dps_proto::model::hub::{
     BulkRegistryOperationResult, CloudToDeviceMethod, CloudToDeviceMethodResult, ConsumerGroupList, Device,
-    EventHubConsumerGroupInfo, ExportImportDevice, RegistryStatistics, ServiceStatistics, Twin, UploadedFileList,
+    EventHubConsumerGroupInfo, ExportImportDevice, Module, RegistryStatistics, ServiceStatistics, Twin,
+    UploadedFileList,
 };
 use dps_proto::model::service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment, RegistrationState};
 use dps_proto::rest::Route;
@@ -283,6 +284,38 @@ impl RegistryClient {
     /// page by page, at most `top`: twins, or the rows of a projection or an aggregate.
     pub async fn query(&self, query: &str, top: Option<usize>) -> Result<Vec<Value>, ClientError> {
         self.rest.query_text(&Route::QueryDevices, query, top).await
+    }
+
+    /// `GET /devices/{id}/modules`: the device's module identities.
+    pub async fn list_modules(&self, device_id: &str) -> Result<Vec<Module>, ClientError> {
+        call(&self.rest, Route::ListModules(device_id.into()), None, None).await
+    }
+
+    /// `GET /devices/{id}/modules/{mid}`.
+    pub async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Module, ClientError> {
+        call(
+            &self.rest,
+            Route::GetModule(device_id.into(), module_id.into()),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /devices/{id}/modules/{mid}`: creates the module (`etag` `None`) or replaces it.
+    pub async fn put_module(&self, module: &Module, etag: Option<&str>) -> Result<Module, ClientError> {
+        let route = Route::PutModule(module.device_id.clone(), module.module_id.clone());
+        call(&self.rest, route, Some(body(module)?), etag).await
+    }
+
+    /// `DELETE /devices/{id}/modules/{mid}`.
+    pub async fn delete_module(&self, device_id: &str, module_id: &str, etag: Option<&str>) -> Result<(), ClientError> {
+        delete(
+            &self.rest,
+            Route::DeleteModule(device_id.into(), module_id.into()),
+            etag,
+        )
+        .await
     }
 
     /// `POST /devices`: a bulk registry operation (at most 100 items). A partly failed one is

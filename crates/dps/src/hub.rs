@@ -26,6 +26,9 @@ pub enum HubCommand {
     /// Call a direct method on a connected device and print its answer (like
     /// `az iot hub invoke-device-method`).
     InvokeDeviceMethod(InvokeMethod),
+    /// Module identities of a device (like `az iot hub module-identity`).
+    #[command(subcommand)]
+    ModuleIdentity(ModuleCommand),
     /// Query twins with IoT Hub's query language and print the results as JSON (like
     /// `az iot hub query`).
     Query(HubQuery),
@@ -69,6 +72,42 @@ pub struct FileDownload {
     /// Where to write it [default: its last name segment, in the current directory].
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub target: HubTarget,
+}
+
+/// `dps hub module-identity …`
+#[derive(Subcommand, Debug)]
+pub enum ModuleCommand {
+    /// Create a module identity (SAS keys generated).
+    Create(ModuleName),
+    /// List a device's module identities.
+    List(ModuleDevice),
+    /// Show a module identity, with its keys.
+    Show(ModuleName),
+    /// Delete a module identity.
+    Delete(ModuleName),
+}
+
+/// `dps hub module-identity create|show|delete`
+#[derive(Args, Debug)]
+pub struct ModuleName {
+    /// The device.
+    #[arg(long, short = 'd')]
+    pub device_id: String,
+    /// The module.
+    #[arg(long, short = 'm')]
+    pub module_id: String,
+    #[command(flatten)]
+    pub target: HubTarget,
+}
+
+/// `dps hub module-identity list`
+#[derive(Args, Debug)]
+pub struct ModuleDevice {
+    /// The device.
+    #[arg(long, short = 'd')]
+    pub device_id: String,
     #[command(flatten)]
     pub target: HubTarget,
 }
@@ -389,6 +428,7 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
         }
         HubCommand::MonitorEvents(a) => monitor(a).await?,
         HubCommand::ConsumerGroup(c) => consumer_group(c).await?,
+        HubCommand::ModuleIdentity(c) => module_identity(c).await?,
         HubCommand::File(c) => file(c).await?,
     }
     Ok(())
@@ -449,6 +489,82 @@ async fn file(cmd: FileCommand) -> Result<()> {
                 output::json(&serde_json::json!({"name": a.name, "bytes": bytes, "path": out}));
             } else {
                 out!("wrote {} ({bytes} bytes)", out.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `dps hub module-identity …`.
+async fn module_identity(cmd: ModuleCommand) -> Result<()> {
+    let show = |json: bool, m: &dps_proto::model::hub::Module| -> Result<()> {
+        let v = to_value(m)?;
+        if json {
+            output::json(&v);
+        } else {
+            output::fields(&[
+                ("device id", s(&v, "deviceId")),
+                ("module id", s(&v, "moduleId")),
+                ("connection", s(&v, "connectionState")),
+                ("authentication", s(&v, "authentication/type")),
+                ("primary key", s(&v, "authentication/symmetricKey/primaryKey")),
+                ("secondary key", s(&v, "authentication/symmetricKey/secondaryKey")),
+                ("generation id", s(&v, "generationId")),
+            ]);
+        }
+        Ok(())
+    };
+    match cmd {
+        ModuleCommand::Create(a) => {
+            let module = dps_proto::model::hub::Module {
+                device_id: a.device_id.clone(),
+                module_id: a.module_id.clone(),
+                ..Default::default()
+            };
+            let created = a
+                .target
+                .client()?
+                .put_module(&module, None)
+                .await
+                .with_context(|| format!("cannot create module '{}' on device '{}'", a.module_id, a.device_id))?;
+            show(a.target.server.json, &created)?;
+        }
+        ModuleCommand::Show(a) => {
+            let module = a
+                .target
+                .client()?
+                .get_module(&a.device_id, &a.module_id)
+                .await
+                .with_context(|| format!("cannot show module '{}' of device '{}'", a.module_id, a.device_id))?;
+            show(a.target.server.json, &module)?;
+        }
+        ModuleCommand::Delete(a) => {
+            a.target
+                .client()?
+                .delete_module(&a.device_id, &a.module_id, None)
+                .await
+                .with_context(|| format!("cannot delete module '{}' of device '{}'", a.module_id, a.device_id))?;
+            out!("deleted module '{}' of device '{}'", a.module_id, a.device_id);
+        }
+        ModuleCommand::List(a) => {
+            let modules = a
+                .target
+                .client()?
+                .list_modules(&a.device_id)
+                .await
+                .with_context(|| format!("cannot list the modules of device '{}'", a.device_id))?;
+            let v = to_value(&modules)?;
+            if a.target.server.json {
+                output::json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|m| vec![s(m, "moduleId"), s(m, "connectionState"), s(m, "authentication/type")])
+                    .collect();
+                output::table(&["MODULE ID", "CONNECTION", "AUTH"], &rows);
             }
         }
     }

@@ -372,6 +372,32 @@ fn provision_individual_enrollment_over_mqtt_and_https() {
     assert_eq!(counted, serde_json::json!([{"n": 2}]));
     let err = s.fail(&["hub", "query", "-q", "SELECT * FROM devices WHERE"]);
     assert!(err.contains("the query is invalid at character 27"), "{err}");
+    // Module identities, as `az iot hub module-identity`.
+    let created = s.json(&["hub", "module-identity", "create", "-d", "dev-m", "-m", "agent"]);
+    assert_eq!(
+        (&created["deviceId"], &created["moduleId"]),
+        (&Value::from("dev-m"), &Value::from("agent"))
+    );
+    assert_eq!(
+        created["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .unwrap()
+            .len(),
+        44
+    );
+    let listed = s.json(&["hub", "module-identity", "list", "-d", "dev-m"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(s
+        .ok(&["hub", "module-identity", "list", "-d", "dev-m"])
+        .contains("agent"));
+    let shown = s.json(&["hub", "module-identity", "show", "-d", "dev-m", "-m", "agent"]);
+    assert_eq!(shown["generationId"], created["generationId"]);
+    let err = s.fail(&["hub", "module-identity", "create", "-d", "dev-m", "-m", "agent"]);
+    assert!(has(&err, codes::MODULE_EXISTS), "{err}");
+    let out = s.ok(&["hub", "module-identity", "delete", "-d", "dev-m", "-m", "agent"]);
+    assert!(out.contains("deleted module 'agent' of device 'dev-m'"), "{out}");
+    let err = s.fail(&["hub", "module-identity", "show", "-d", "dev-m", "-m", "agent"]);
+    assert!(has(&err, codes::MODULE_NOT_FOUND), "{err}");
     // Statistics, and a direct method refused (the answered case is dps-server's
     // registry_client test: it needs a device that answers).
     let stats = s.json(&["hub", "show-stats"]);
