@@ -315,6 +315,11 @@ pub fn hub_body(data: &[u8]) {
                         .await
                         .expect("a created job can be cancelled");
                     assert!(cancelled.status != "queued", "a cancelled job is no longer queued");
+                    // Let the job's task see the cancel and end: this runtime runs spawned
+                    // tasks only while a future it drives waits.
+                    for _ in 0..8 {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Err(e) => assert!(!matches!(e, dps_hub::JobError::Storage(_)), "create job: {e}"),
             }

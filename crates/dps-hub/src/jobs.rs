@@ -10,7 +10,8 @@
 //! start time, walks the condition's devices with the hub's own query (so `deviceId` conditions
 //! read by key), applies the update or calls the method on each, and records the outcome; a
 //! cancel or the deadline stops it between devices. At most [`MAX_ACTIVE_JOBS`] run or wait at
-//! once; finished jobs are kept [`JOB_RETENTION`], as IoT Hub keeps its history.
+//! once; finished jobs are kept [`JOB_RETENTION`], as IoT Hub keeps its history, and at most
+//! [`MAX_KEPT_JOBS`] of them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,9 @@ use crate::Hub;
 pub const MAX_ACTIVE_JOBS: usize = 10;
 /// How long a finished job and its device rows are kept (IoT Hub: 30 days).
 pub const JOB_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most jobs kept: beyond it the oldest finished ones go (with their device rows) as new ones
+/// are created, so that a stream of jobs cannot grow the hub's memory and store without end.
+pub const MAX_KEPT_JOBS: usize = 1000;
 /// A job's maximum execution time when its request sets none.
 pub const DEFAULT_MAX_EXECUTION: u64 = 3600;
 /// Devices one query page of a running job reads.
@@ -278,6 +282,7 @@ impl Hub {
                 twin_patch(twin)?;
             }
         }
+        self.prune_jobs().await?;
         let now = self.inner.now();
         let start_time = match request.start_time.as_deref().filter(|s| !s.trim().is_empty()) {
             None => now,
@@ -392,6 +397,30 @@ impl Hub {
             .collect();
         out.sort_by(|a, b| b.created_time.cmp(&a.created_time).then(a.job_id.cmp(&b.job_id)));
         out.into_iter().map(JobRecord::response).collect()
+    }
+
+    /// Removes finished jobs past [`JOB_RETENTION`], and the oldest finished ones beyond
+    /// [`MAX_KEPT_JOBS`] (leaving room for one more), from the store and then from memory.
+    async fn prune_jobs(&self) -> Result<(), JobError> {
+        let now = self.inner.now();
+        let keep = chrono::Duration::from_std(JOB_RETENTION).unwrap_or(chrono::Duration::MAX);
+        let doomed: Vec<String> = {
+            let jobs = self.inner.jobs.lock();
+            let mut finished: Vec<&JobRecord> = jobs.records.values().filter(|j| !j.status.is_active()).collect();
+            finished.sort_by_key(|j| (j.end_time.unwrap_or(j.created_time), j.job_id.clone()));
+            let excess = (jobs.records.len() + 1).saturating_sub(MAX_KEPT_JOBS);
+            finished
+                .iter()
+                .enumerate()
+                .filter(|(i, j)| *i < excess || j.end_time.is_some_and(|end| end + keep < now))
+                .map(|(_, j)| j.job_id.clone())
+                .collect()
+        };
+        for id in doomed {
+            self.inner.store.delete_job(&id).await?;
+            self.inner.jobs.lock().records.remove(&id);
+        }
+        Ok(())
     }
 
     /// Loads the stored jobs at open (dropping those past [`JOB_RETENTION`]) and starts the

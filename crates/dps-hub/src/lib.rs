@@ -72,7 +72,7 @@ pub use file_upload::{
     FileNotification, FileUploadConfig, FileUploadSas, UploadedBlob, FILE_NOTIFICATION_LOCK, FILE_NOTIFICATION_TTL,
     FILE_UPLOAD_TTL, MAX_ACTIVE_UPLOADS,
 };
-pub use jobs::{DEFAULT_MAX_EXECUTION, JOB_RETENTION, MAX_ACTIVE_JOBS};
+pub use jobs::{DEFAULT_MAX_EXECUTION, JOB_RETENTION, MAX_ACTIVE_JOBS, MAX_KEPT_JOBS};
 pub use modules::MAX_MODULES_PER_DEVICE;
 pub use outbox::Batch;
 pub use polling::PolledC2d;

@@ -219,3 +219,26 @@ async fn an_unfinished_job_resumes_after_a_restart_without_redoing_a_device() {
     }
     assert_eq!(job_rows(&hub, "resume").await.len(), 3);
 }
+
+#[tokio::test]
+async fn finished_jobs_are_kept_up_to_a_bound() {
+    let hub = Hub::open(HubConfig::in_memory(HOST)).unwrap();
+    for i in 0..=dps_hub::MAX_KEPT_JOBS {
+        hub.create_job(&format!("j{i:04}"), twin_job("deviceId = 'nobody'"))
+            .await
+            .unwrap();
+        while matches!(
+            hub.get_job(&format!("j{i:04}")).unwrap().status.as_str(),
+            "queued" | "running"
+        ) {
+            tokio::task::yield_now().await;
+        }
+    }
+    let kept = hub.list_jobs(None, None);
+    assert_eq!(kept.len(), dps_hub::MAX_KEPT_JOBS);
+    assert!(
+        matches!(hub.get_job("j0000"), Err(JobError::NotFound { .. })),
+        "the oldest went"
+    );
+    hub.get_job("j1000").unwrap();
+}
