@@ -23,7 +23,7 @@ use dps_proto::model::hub::{
 use dps_proto::twin_limits::{self, Section};
 
 use crate::error::RegistryError;
-use crate::record::clean_document;
+use crate::record::{clean_document, DeviceRecord};
 use crate::registry::Identity;
 use crate::Hub;
 
@@ -77,6 +77,32 @@ impl Mode {
 }
 
 impl Hub {
+    /// One page of an export (IoT Hub's `devices.txt`, one [`ExportImportDevice`] per line):
+    /// up to `limit` devices in key order after `after` (a device key), each followed by its
+    /// modules; their twins' tags and properties; keys left out with `exclude_keys` (as
+    /// `excludeKeysInExport`). Returns the lines and the key to continue after (`None`: the
+    /// last page). An import of these lines (`createOrUpdate`, [`Hub::bulk_registry`]) makes
+    /// the same identities and twins again.
+    pub async fn export_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        exclude_keys: bool,
+    ) -> Result<(Vec<ExportImportDevice>, Option<String>), RegistryError> {
+        let store = &self.inner.store;
+        let mut devices = store.list_devices(after, limit.saturating_add(1)).await?;
+        let more = devices.len() > limit;
+        devices.truncate(limit);
+        let next = more.then(|| devices.last().map(DeviceRecord::key)).flatten();
+        let mut lines = Vec::with_capacity(devices.len());
+        for device in devices {
+            let modules = store.list_modules(device.device_id()).await?;
+            lines.push(export_line(&device, exclude_keys));
+            lines.extend(modules.iter().map(|m| export_line(m, exclude_keys)));
+        }
+        Ok((lines, next))
+    }
+
     /// `POST /devices`: applies each item and reports the ones that failed (see the module docs).
     pub async fn bulk_registry(
         &self,
@@ -264,5 +290,24 @@ impl Hub {
         })
         .await
         .map(drop)
+    }
+}
+
+/// A device's or module's export line: identity, status, authentication (unless excluded) and
+/// its twin as the registry shows it.
+fn export_line(rec: &DeviceRecord, exclude_keys: bool) -> ExportImportDevice {
+    let twin = rec.twin_view(&Default::default());
+    ExportImportDevice {
+        id: rec.device_id.clone(),
+        module_id: rec.module_id.clone(),
+        e_tag: Some(rec.etag.clone()),
+        import_mode: None,
+        status: rec.module_id.is_none().then(|| rec.status.as_str().to_string()),
+        status_reason: rec.status_reason.clone(),
+        authentication: (!exclude_keys).then(|| rec.authentication.clone()),
+        twin_e_tag: twin.etag,
+        tags: twin.tags,
+        properties: twin.properties,
+        capabilities: rec.module_id.is_none().then_some(rec.capabilities),
     }
 }

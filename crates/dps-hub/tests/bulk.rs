@@ -144,3 +144,65 @@ impl TapModule for ExportImportDevice {
         self
     }
 }
+
+#[tokio::test]
+async fn an_export_imports_back_into_the_same_identities_and_twins() {
+    let source = hub();
+    let mut d1 = item("d1", Some("create"));
+    d1.tags = Some(json!({"site": "lab"}).as_object().unwrap().clone());
+    d1.properties = Some(TwinProperties {
+        desired: Some(json!({"rate": 5, "cfg": {"a": "b"}}).as_object().unwrap().clone()),
+        reported: None,
+    });
+    let mut d2 = item("D2", Some("create"));
+    d2.status = Some("disabled".into());
+    let mut module = item("d1", Some("create")).tap_module("agent");
+    module.tags = Some(json!({"kind": "sidecar"}).as_object().unwrap().clone());
+    assert!(source.bulk_registry(vec![d1, d2, module]).await.unwrap().is_successful);
+
+    // Page by page (one device a page, its modules with it).
+    let (mut lines, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let (page, next) = source.export_page(after.as_deref(), 1, false).await.unwrap();
+        lines.extend(page);
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| (l.id.as_str(), l.module_id.as_deref()))
+            .collect::<Vec<_>>(),
+        [("d1", None), ("d1", Some("agent")), ("D2", None)]
+    );
+    // The lines are JSON as `devices.txt` holds them, and import back as they are.
+    let text: Vec<String> = lines.iter().map(|l| serde_json::to_string(l).unwrap()).collect();
+    let again: Vec<ExportImportDevice> = text.iter().map(|t| serde_json::from_str(t).unwrap()).collect();
+    let target = hub();
+    let result = target.bulk_registry(again).await.unwrap();
+    assert!(result.is_successful, "{result:?}");
+    for id in ["d1", "D2"] {
+        let (a, b) = (
+            source.get_device(id).await.unwrap(),
+            target.get_device(id).await.unwrap(),
+        );
+        assert_eq!((a.status, a.authentication), (b.status, b.authentication), "{id}");
+    }
+    let twin = target.get_twin("d1").await.unwrap();
+    assert_eq!(twin.tags.unwrap()["site"], "lab");
+    assert_eq!(twin.properties.unwrap().desired.unwrap()["cfg"], json!({"a": "b"}));
+    let m = target.get_module("d1", "agent").await.unwrap();
+    assert_eq!(
+        m.authentication,
+        source.get_module("d1", "agent").await.unwrap().authentication
+    );
+    assert_eq!(
+        target.get_module_twin("d1", "agent").await.unwrap().tags.unwrap()["kind"],
+        "sidecar"
+    );
+    // Without keys, the lines carry no authentication.
+    let (keyless, _) = source.export_page(None, 10, true).await.unwrap();
+    assert!(keyless.iter().all(|l| l.authentication.is_none()));
+}
