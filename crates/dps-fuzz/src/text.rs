@@ -221,6 +221,19 @@ pub fn event_selector(data: &[u8]) {
 /// here carries the right signature), as a read range (always inside the blob), and as a blob
 /// name (a valid one never leaves its container).
 pub fn blob_request(data: &[u8]) {
+    // The bytes as an import or export job's container URI (`dps_server::http::import_export`):
+    // accepted only on the server's own host, naming a valid container.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(container) = dps_server::http::import_export::container_of(text, &["hub.fuzz.test".to_string()]) {
+            assert!(
+                (3..=63).contains(&container.len())
+                    && container
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{container}"
+            );
+        }
+    }
     use dps_proto::blob_storage as storage;
     match storage::parse_block_list(data) {
         Ok(ids) => {

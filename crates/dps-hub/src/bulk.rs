@@ -166,6 +166,11 @@ impl Hub {
         })
     }
 
+    /// Applies one line of an import (an item of [`Hub::bulk_registry`] on its own).
+    pub async fn import_line(&self, item: ExportImportDevice) -> Result<(), RegistryError> {
+        self.import_item(item).await
+    }
+
     /// Applies one bulk or import item: its identity by its mode, then the twin sections it
     /// carries (tags, desired properties), which replace the twin's.
     pub(crate) async fn import_item(&self, item: ExportImportDevice) -> Result<(), RegistryError> {

@@ -65,4 +65,6 @@ pub struct Services {
     pub clock: Arc<dyn Clock>,
     /// The file upload blob endpoint's files; `None`: file upload is not served.
     pub blobs: Option<dps_store::BlobStore>,
+    /// The hub's import and export jobs.
+    pub import_export: Arc<http::import_export::Jobs>,
 }

@@ -221,6 +221,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config: config.clone(),
         clock: Arc::new(SystemClock),
         blobs: Some(blobs),
+        import_export: Default::default(),
     });
 
     dir.record_runtime(&crate::datadir::Runtime {

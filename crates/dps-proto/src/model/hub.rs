@@ -295,6 +295,51 @@ pub struct CloudToDeviceMethod {
     pub connect_timeout_in_seconds: Option<u64>,
 }
 
+/// An import or export job (`POST /jobs/create`, IoT Hub's `JobProperties`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProperties {
+    /// Job id (the hub's; ignored in a request).
+    #[serde(default)]
+    pub job_id: String,
+    /// `export` or `import` (C# requires it in every answer).
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// `enqueued`, `running`, `completed`, `failed`, `cancelled`.
+    #[serde(default)]
+    pub status: String,
+    /// Percent done.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub progress: Option<i32>,
+    /// ISO 8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub start_time_utc: Option<String>,
+    /// ISO 8601.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub end_time_utc: Option<String>,
+    /// The container an import reads.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub input_blob_container_uri: Option<String>,
+    /// The blob an import reads (`devices.txt`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub input_blob_name: Option<String>,
+    /// The container an export writes (and an import its error log).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub output_blob_container_uri: Option<String>,
+    /// The blob an export writes (`devices.txt`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub output_blob_name: Option<String>,
+    /// Whether an export leaves the keys out.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exclude_keys_in_export: Option<bool>,
+    /// `keyBased` or `identityBased` (accepted; the blobs are the server's own).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub storage_authentication_type: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failure_reason: Option<String>,
+}
+
 /// `PUT /jobs/v2/{id}`: a scheduled job (IoT Hub's `JobRequest`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

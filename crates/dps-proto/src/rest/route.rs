@@ -80,6 +80,12 @@ enum Resource {
     Twin(String),
     /// `/twins/{id}/methods`
     TwinMethods(String),
+    /// `/jobs` (import and export jobs)
+    ImportExportJobs,
+    /// `/jobs/create`
+    ImportExportCreate,
+    /// `/jobs/{id}`
+    ImportExportJob(String),
     /// `/jobs/v2/query` (also `/jobs/v2/{id}` with id `query` for PUT)
     JobQuery(String),
     /// `/jobs/v2/{id}`
@@ -237,6 +243,14 @@ pub enum Route {
     UpdateTwin(String),
     /// `POST /twins/{id}/methods`
     InvokeMethod(String),
+    /// `POST /jobs/create`: start an import or export job.
+    CreateImportExportJob,
+    /// `GET /jobs`: the import and export jobs.
+    ListImportExportJobs,
+    /// `GET /jobs/{id}`
+    GetImportExportJob(String),
+    /// `DELETE /jobs/{id}`: cancel an import or export job.
+    CancelImportExportJob(String),
     /// `PUT /jobs/v2/{id}`: schedule a job.
     PutJob(String),
     /// `GET /jobs/v2/{id}`
@@ -394,6 +408,10 @@ impl Route {
             | GetJob(_)
             | CancelJob(_)
             | QueryJobs
+            | CreateImportExportJob
+            | ListImportExportJobs
+            | GetImportExportJob(_)
+            | CancelImportExportJob(_)
             | MonitorEvents
             | DeviceStatistics
             | ServiceStatistics
@@ -474,6 +492,7 @@ impl Route {
             | InvokeMethod(_)
             | InvokeModuleMethod(..)
             | CancelJob(_)
+            | CreateImportExportJob
             | AbandonFeedback(_)
             | SendDeviceEvent(_)
             | AbandonC2d { .. }
@@ -485,6 +504,7 @@ impl Route {
             | DeleteCertificate(_)
             | DeleteDevice(_)
             | DeleteModule(..)
+            | CancelImportExportJob(_)
             | PurgeC2d(_)
             | CompleteFeedback(_)
             | DeleteConsumerGroup(_)
@@ -504,6 +524,8 @@ impl Route {
             | GetModuleTwin(..)
             | GetJob(_)
             | QueryJobs
+            | ListImportExportJobs
+            | GetImportExportJob(_)
             | MonitorEvents
             | ReceiveFeedback
             | DeviceStatistics
@@ -567,6 +589,9 @@ impl Route {
             PutJob(id) | GetJob(id) => item("jobs/v2", id),
             CancelJob(id) => item("jobs/v2", id) + "/cancel",
             QueryJobs => "/jobs/v2/query".into(),
+            CreateImportExportJob => "/jobs/create".into(),
+            ListImportExportJobs => "/jobs".into(),
+            GetImportExportJob(id) | CancelImportExportJob(id) => item("jobs", id),
             PurgeC2d(id) => item("devices", id) + "/commands",
             SendDeviceEvent(id) => item("devices", id) + "/messages/events",
             ReceiveC2d(id) => item("devices", id) + "/messages/deviceBound",
@@ -671,6 +696,8 @@ impl Route {
             PutJob(id) | GetJob(id) => item("jobs/v2", id),
             CancelJob(id) => item("jobs/v2", id) + "/cancel",
             QueryJobs => "/jobs/v2".into(),
+            CreateImportExportJob | ListImportExportJobs => "/jobs".into(),
+            GetImportExportJob(id) | CancelImportExportJob(id) => item("jobs", id),
             PurgeC2d(id) => item("devices", id) + "/commands",
             // Judged by the hub against `{hub}/devices/{id}`, not by a policy.
             SendDeviceEvent(id) | ReceiveC2d(id) => item("devices", id),
@@ -779,6 +806,9 @@ fn resource(segs: &[String]) -> Option<Resource> {
             }
             _ => return None,
         },
+        [j] if is(j, "jobs") => Resource::ImportExportJobs,
+        [j, c] if is(j, "jobs") && is(c, "create") => Resource::ImportExportCreate,
+        [j, id_] if is(j, "jobs") && !is(id_, "v2") => Resource::ImportExportJob(id(id_)?),
         [j, v, q] if is(j, "jobs") && is(v, "v2") && is(q, "query") => Resource::JobQuery(q.to_string()),
         [j, v, job] if is(j, "jobs") && is(v, "v2") => Resource::Job(id(job)?),
         [j, v, job, c] if is(j, "jobs") && is(v, "v2") && is(c, "cancel") => Resource::JobCancel(id(job)?),
@@ -938,6 +968,22 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         R::TwinMethods(id) => match *m {
             Method::POST => Ok(Route::InvokeMethod(id)),
             _ => not_allowed(POST),
+        },
+        R::ImportExportJobs => match *m {
+            Method::GET => Ok(Route::ListImportExportJobs),
+            _ => not_allowed(GET),
+        },
+        // `create` is also a job id a GET or DELETE may name.
+        R::ImportExportCreate => match *m {
+            Method::POST => Ok(Route::CreateImportExportJob),
+            Method::GET => Ok(Route::GetImportExportJob(segs[1].clone())),
+            Method::DELETE => Ok(Route::CancelImportExportJob(segs[1].clone())),
+            _ => not_allowed(&[Method::GET, Method::POST, Method::DELETE]),
+        },
+        R::ImportExportJob(id) => match *m {
+            Method::GET => Ok(Route::GetImportExportJob(id)),
+            Method::DELETE => Ok(Route::CancelImportExportJob(id)),
+            _ => not_allowed(GET_DELETE),
         },
         // `query` is also a valid job id: only GET means "query".
         R::JobQuery(id) => match *m {

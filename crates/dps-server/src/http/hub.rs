@@ -18,8 +18,8 @@ use base64::Engine as _;
 use dps_hub::{ConsumerGroupError, MethodError, RegistryError};
 use dps_proto::codes;
 use dps_proto::model::hub::{
-    CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, ExportImportDevice, JobRequest, Module,
-    RegistryStatistics, ServiceStatistics, Twin,
+    CloudToDeviceMethod, ConsumerGroupList, Device, EventHubConsumerGroupInfo, ExportImportDevice, JobProperties,
+    JobRequest, Module, RegistryStatistics, ServiceStatistics, Twin,
 };
 use dps_proto::twin_limits;
 use http::StatusCode;
@@ -53,6 +53,9 @@ fn rights(route: &Route) -> &'static [&'static str] {
         // Jobs update twins and call methods: the service's rights for either.
         PutJob(_) | CancelJob(_) => &[SERVICE_CONNECT, REGISTRY_WRITE],
         GetJob(_) | QueryJobs => &[SERVICE_CONNECT, REGISTRY_READ],
+        // Import and export write and read the whole registry.
+        CreateImportExportJob | CancelImportExportJob(_) => &[REGISTRY_WRITE],
+        ListImportExportJobs | GetImportExportJob(_) => &[REGISTRY_READ],
         InvokeMethod(_)
         | InvokeModuleMethod(..)
         | MonitorEvents
@@ -174,6 +177,17 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             }
             resp
         }
+        Route::CreateImportExportJob => {
+            let request: JobProperties = ctx.json("JobProperties").await?;
+            let services = ctx.services;
+            let hosts = [services.identity.hub.host_name.clone()];
+            ok(&services
+                .import_export
+                .create(&hub, services.blobs.as_ref(), &hosts, request)?)
+        }
+        Route::ListImportExportJobs => ok(&ctx.services.import_export.list()),
+        Route::GetImportExportJob(id) => ok(&ctx.services.import_export.get(&id)?),
+        Route::CancelImportExportJob(id) => ok(&ctx.services.import_export.cancel(&id)?),
         Route::ListModules(id) => ok(&hub.list_modules(&id).await.map_err(registry_error)?),
         Route::GetModule(id, module) => ok(&hub.get_module(&id, &module).await.map_err(registry_error)?),
         Route::PutModule(id, module_id) => {

@@ -23,6 +23,7 @@ mod files;
 pub mod host;
 mod hub;
 mod hub_device;
+pub mod import_export;
 mod service;
 pub mod websocket;
 

@@ -111,6 +111,7 @@ pub async fn fixture() -> Fixture {
         config,
         clock: clock.clone(),
         blobs: Some(dps_store::BlobStore::open(blob_dir.path(), MAX_UPLOAD).unwrap()),
+        import_export: Default::default(),
     });
     Fixture {
         app: router(services.clone()),

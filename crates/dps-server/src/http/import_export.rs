@@ -1,0 +1,315 @@
+//! Import and export jobs (`POST /jobs/create`, `GET /jobs`, `GET/DELETE /jobs/{id}`), as
+//! `Registry.exportDevicesToBlob`/`importDevicesFromBlob` (Node) and
+//! `IoTHubJobManager.create_import_export_job` (Python) run them (docs/bulk-jobs-wire-facts.md §2).
+//!
+//! In place of a storage account, a container URI names a directory of the server's own blob
+//! store: `https://{this hub's host}/{container}` (a SAS in the URI is not needed: the job is
+//! authorized by the hub policy that created it) is `dps-data/blobs/{container}`. An export writes
+//! `devices.txt` (or `outputBlobName`) there, one `ExportImportDevice` JSON line per device and
+//! module, CRLF-separated as IoT Hub writes it; an import reads `devices.txt` (or
+//! `inputBlobName`) from the input container, applies each line as a bulk registry item
+//! (`createOrUpdate` when it names no mode) and writes the lines that failed to
+//! `importErrors.log` in the output container. One import or export runs at a time, as in IoT
+//! Hub; jobs are kept in memory (a restart forgets them, and one running then is not resumed).
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use dps_hub::Hub;
+use dps_proto::codes;
+use dps_proto::model::hub::{ExportImportDevice, JobProperties};
+use dps_proto::timefmt::format_record;
+use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
+
+use crate::ApiError;
+
+/// Devices read per export page.
+const EXPORT_PAGE: usize = 1000;
+/// Most import or export jobs remembered (the oldest finished ones go first).
+const KEPT: usize = 100;
+/// The blob an import reads and an export writes when the request names none.
+const DEVICES_BLOB: &str = "devices.txt";
+/// Where an import writes the lines it could not apply.
+const ERRORS_BLOB: &str = "importErrors.log";
+
+/// The import and export jobs of a server.
+#[derive(Default)]
+pub struct Jobs {
+    jobs: Mutex<HashMap<String, JobProperties>>,
+}
+
+impl Jobs {
+    fn update(&self, id: &str, f: impl FnOnce(&mut JobProperties)) {
+        if let Some(j) = self.jobs.lock().get_mut(id) {
+            f(j);
+        }
+    }
+
+    fn is_cancelled(&self, id: &str) -> bool {
+        self.jobs.lock().get(id).is_some_and(|j| j.status == "cancelled")
+    }
+
+    /// `GET /jobs`: every remembered job, newest first.
+    pub(crate) fn list(&self) -> Vec<JobProperties> {
+        let mut all: Vec<JobProperties> = self.jobs.lock().values().cloned().collect();
+        all.sort_by(|a, b| b.start_time_utc.cmp(&a.start_time_utc).then(a.job_id.cmp(&b.job_id)));
+        all
+    }
+
+    /// `GET /jobs/{id}`.
+    pub(crate) fn get(&self, id: &str) -> Result<JobProperties, ApiError> {
+        self.jobs.lock().get(id).cloned().ok_or_else(|| not_found(id))
+    }
+
+    /// `DELETE /jobs/{id}`: an enqueued or running job is cancelled (an import stops before its
+    /// next line; what it applied stays); a finished one is answered as it is.
+    pub(crate) fn cancel(&self, id: &str) -> Result<JobProperties, ApiError> {
+        let mut jobs = self.jobs.lock();
+        let job = jobs.get_mut(id).ok_or_else(|| not_found(id))?;
+        if matches!(job.status.as_str(), "enqueued" | "running") {
+            job.status = "cancelled".into();
+            job.end_time_utc = Some(format_record(&Utc::now()));
+        }
+        Ok(job.clone())
+    }
+
+    /// `POST /jobs/create`: checks the request, records the job and starts it.
+    pub(crate) fn create(
+        self: &std::sync::Arc<Self>,
+        hub: &Hub,
+        blobs: Option<&dps_store::BlobStore>,
+        host_names: &[String],
+        mut request: JobProperties,
+    ) -> Result<JobProperties, ApiError> {
+        let blobs = blobs
+            .cloned()
+            .ok_or_else(|| ApiError::new(codes::HUB_ARGUMENT_INVALID, "this server keeps no blobs".to_string()))?;
+        let kind = request.kind.to_ascii_lowercase();
+        let container = |uri: &Option<String>, what: &str| -> Result<String, ApiError> {
+            let uri = uri
+                .as_deref()
+                .ok_or_else(|| ApiError::invalid(format!("an {kind} job needs {what}")))?;
+            container_of(uri, host_names).map_err(|why| ApiError::invalid(format!("{what} '{uri}': {why}")))
+        };
+        let (input, output) = match kind.as_str() {
+            "export" => (
+                None,
+                container(&request.output_blob_container_uri, "outputBlobContainerUri")?,
+            ),
+            "import" => (
+                Some(container(&request.input_blob_container_uri, "inputBlobContainerUri")?),
+                container(&request.output_blob_container_uri, "outputBlobContainerUri")?,
+            ),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "job type '{other}' is not one this endpoint runs: import or export (scheduled jobs are /jobs/v2)"
+                )))
+            }
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        {
+            let mut jobs = self.jobs.lock();
+            if jobs
+                .values()
+                .any(|j| matches!(j.status.as_str(), "enqueued" | "running"))
+            {
+                return Err(ApiError::new(
+                    codes::TOO_MANY_ACTIVE_JOBS,
+                    "an import or export job is running already; IoT Hub runs one at a time".to_string(),
+                ));
+            }
+            if jobs.len() >= KEPT {
+                let oldest = jobs
+                    .values()
+                    .min_by(|a, b| a.start_time_utc.cmp(&b.start_time_utc))
+                    .map(|j| j.job_id.clone());
+                if let Some(oldest) = oldest {
+                    jobs.remove(&oldest);
+                }
+            }
+            request.job_id = id.clone();
+            request.kind = kind.clone();
+            request.status = "enqueued".into();
+            request.progress = Some(0);
+            request.start_time_utc = Some(format_record(&Utc::now()));
+            request.end_time_utc = None;
+            request.failure_reason = None;
+            jobs.insert(id.clone(), request.clone());
+        }
+        tracing::info!(job = %id, kind = %kind, container = %output, "import/export job created");
+        let (jobs, hub, answer) = (self.clone(), hub.clone(), request.clone());
+        tokio::spawn(async move {
+            jobs.update(&id, |j| j.status = "running".into());
+            let result = match &input {
+                None => export(&jobs, &id, &hub, &blobs, &output, &request).await,
+                Some(input) => import(&jobs, &id, &hub, &blobs, input, &output, &request).await,
+            };
+            jobs.update(&id, |j| {
+                if j.status == "cancelled" {
+                    return;
+                }
+                j.end_time_utc = Some(format_record(&Utc::now()));
+                match result {
+                    Ok(()) => {
+                        j.status = "completed".into();
+                        j.progress = Some(100);
+                    }
+                    Err(why) => {
+                        tracing::warn!(job = %j.job_id, error = %why, "import/export job failed");
+                        j.status = "failed".into();
+                        j.failure_reason = Some(why);
+                    }
+                }
+            });
+        });
+        Ok(answer)
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(codes::JOB_NOT_FOUND, format!("no import or export job '{id}'"))
+}
+
+/// The container a URI of this server names: `https://{one of its host names}[:port]/{container}`
+/// (a query, such as a SAS, is ignored); why not otherwise. Public for the fuzz targets.
+pub fn container_of(uri: &str, host_names: &[String]) -> Result<String, String> {
+    let parsed: http::Uri = uri.parse().map_err(|e| format!("not a URI ({e})"))?;
+    let host = parsed.host().unwrap_or_default();
+    if !host_names.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return Err(format!(
+            "the blob container must be on this server ({}), not '{host}'",
+            host_names.join(", ")
+        ));
+    }
+    let path = parsed.path().trim_matches('/');
+    let ok = (3..=63).contains(&path.len())
+        && path
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(format!(
+            "'{path}' is not a container name (3 to 63 lower-case letters, digits and '-')"
+        ));
+    }
+    Ok(path.to_string())
+}
+
+/// Writes every device and module as a `devices.txt` line.
+async fn export(
+    jobs: &Jobs,
+    id: &str,
+    hub: &Hub,
+    blobs: &dps_store::BlobStore,
+    container: &str,
+    request: &JobProperties,
+) -> Result<(), String> {
+    let exclude = request.exclude_keys_in_export.unwrap_or(false);
+    let mut write = blobs.begin().await.map_err(|e| e.to_string())?;
+    let mut after: Option<String> = None;
+    loop {
+        if jobs.is_cancelled(id) {
+            return Ok(());
+        }
+        let (lines, next) = hub
+            .export_page(after.as_deref(), EXPORT_PAGE, exclude)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        for line in &lines {
+            text.push_str(&serde_json::to_string(line).map_err(|e| e.to_string())?);
+            text.push_str("\r\n");
+        }
+        write.write(text.as_bytes()).await.map_err(|e| e.to_string())?;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let name = request.output_blob_name.as_deref().unwrap_or(DEVICES_BLOB);
+    blobs
+        .put_blob(write, container, name, false)
+        .await
+        .map_err(|e| format!("cannot write {container}/{name}: {e}"))?;
+    Ok(())
+}
+
+/// Applies every line of the input blob; the ones that fail go to `importErrors.log`.
+async fn import(
+    jobs: &Jobs,
+    id: &str,
+    hub: &Hub,
+    blobs: &dps_store::BlobStore,
+    input: &str,
+    output: &str,
+    request: &JobProperties,
+) -> Result<(), String> {
+    let name = request.input_blob_name.as_deref().unwrap_or(DEVICES_BLOB);
+    let (_, mut file) = blobs
+        .open_blob(input, name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the input blob {input}/{name} does not exist"))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .await
+        .map_err(|e| format!("cannot read {input}/{name} as UTF-8 text: {e}"))?;
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut errors = String::new();
+    for (n, line) in lines.iter().enumerate() {
+        if jobs.is_cancelled(id) {
+            break;
+        }
+        let outcome = match serde_json::from_str::<ExportImportDevice>(line) {
+            Ok(item) => hub.import_line(item).await.map_err(|e| (e.code(), e.to_string())),
+            Err(e) => Err((
+                codes::HUB_ARGUMENT_INVALID,
+                format!("line {} is not a device: {e}", n + 1),
+            )),
+        };
+        if let Err((code, status)) = outcome {
+            let entry = serde_json::json!({"errorCode": code, "errorStatus": status, "line": n + 1});
+            errors.push_str(&entry.to_string());
+            errors.push_str("\r\n");
+        }
+        let progress = ((n + 1) * 100 / lines.len().max(1)).min(99) as i32;
+        jobs.update(id, |j| j.progress = Some(progress));
+    }
+    let mut write = blobs.begin().await.map_err(|e| e.to_string())?;
+    write.write(errors.as_bytes()).await.map_err(|e| e.to_string())?;
+    blobs
+        .put_blob(write, output, ERRORS_BLOB, false)
+        .await
+        .map_err(|e| format!("cannot write {output}/{ERRORS_BLOB}: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::container_of;
+
+    #[test]
+    fn containers_are_this_servers_own() {
+        let hosts = ["hub.example.test".to_string()];
+        assert_eq!(
+            container_of("https://HUB.example.test/exports?sv=x&sig=y", &hosts).as_deref(),
+            Ok("exports")
+        );
+        assert_eq!(
+            container_of("https://hub.example.test:8443/abc/", &hosts).as_deref(),
+            Ok("abc")
+        );
+        assert!(container_of("https://elsewhere.blob.core.windows.net/exports", &hosts)
+            .unwrap_err()
+            .contains("must be on this server"));
+        for bad in [
+            "https://hub.example.test/",
+            "https://hub.example.test/Caps",
+            "https://hub.example.test/a/b",
+            "https://hub.example.test/ab",
+            "not a uri",
+        ] {
+            assert!(container_of(bad, &hosts).is_err(), "{bad}");
+        }
+    }
+}
