@@ -11,7 +11,7 @@ use dps_proto::hub_mqtt::{self, HubUsername};
 use dps_proto::model::device::DeviceRegistration;
 use dps_proto::model::hub::{
     AuthenticationMechanism, Device, ExportImportDevice, FileUploadCompletionNotification, FileUploadSasUriRequest,
-    JobRequest, SymmetricKey, Twin,
+    JobProperties, JobRequest, SymmetricKey, Twin,
 };
 use dps_proto::model::service::{
     AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup,
@@ -213,6 +213,15 @@ pub(crate) async fn enroll_device(engine: &dps_core::Engine) {
 }
 
 /// A device in the hub with SAS keys, and its MQTT session's identity.
+/// The fixture device, authenticated with its SAS as the HTTPS device API authenticates a request.
+async fn fixture_identity(hub: &Hub) -> dps_hub::DeviceIdentity {
+    let token =
+        sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None).expect("KEY is base64");
+    hub.authenticate_device(now_unix(), DEVICE, Some(&token), None)
+        .await
+        .expect("the fixture device authenticates")
+}
+
 pub(crate) async fn hub_device(hub: &Hub) -> Device {
     hub.put_device(
         Device {
@@ -324,6 +333,11 @@ pub fn hub_body(data: &[u8]) {
                 Err(e) => assert!(!matches!(e, dps_hub::JobError::Storage(_)), "create job: {e}"),
             }
         }
+        // An import or export job request (`POST /jobs/create`): its JSON round-trips (the
+        // container URIs it names are fuzzed by `blob_request`).
+        if let Some(request) = parse::<JobProperties>(data) {
+            round_trip(&request, "JobProperties");
+        }
         // A bulk registry operation (`POST /devices`): refused whole, or one result whose
         // errors name items of the request.
         if let Some(items) = parse::<Vec<ExportImportDevice>>(data) {
@@ -375,12 +389,7 @@ pub fn telemetry_batch(data: &[u8]) {
     let hub = hub();
     block_on(async {
         hub_device(&hub).await;
-        let token = sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None)
-            .expect("KEY is base64");
-        let identity = hub
-            .authenticate_device(now_unix(), DEVICE, Some(&token), None)
-            .await
-            .expect("the fixture device authenticates");
+        let identity = fixture_identity(&hub).await;
         let mut stored = 0;
         for m in messages {
             for (k, _) in &m.properties {
@@ -414,12 +423,7 @@ fn file_upload_request(blob_name: &str) {
     });
     block_on(async {
         hub_device(&hub).await;
-        let token = sas::build_token(&format!("{HUB_HOST}/devices/{DEVICE}"), KEY, now_unix() + 3600, None)
-            .expect("KEY is base64");
-        let identity = hub
-            .authenticate_device(now_unix(), DEVICE, Some(&token), None)
-            .await
-            .expect("the fixture device authenticates");
+        let identity = fixture_identity(&hub).await;
         if let Ok(sas) = hub.create_file_upload(&identity, blob_name) {
             assert!(
                 dps_proto::blob_storage::valid_blob_name(&sas.blob_name),

@@ -78,10 +78,7 @@ impl DeviceIdentity {
 
     /// The registry key of the identity (its slot).
     pub(crate) fn key(&self) -> String {
-        match &self.module_id {
-            None => crate::record::key_of(&self.device_id),
-            Some(m) => crate::record::module_key(&self.device_id, m),
-        }
+        crate::record::identity_key(&self.device_id, self.module_id.as_deref())
     }
 
     /// Device id as the device spelled it in its username; its topics use this spelling, and the

@@ -166,14 +166,10 @@ impl Hub {
         })
     }
 
-    /// Applies one line of an import (an item of [`Hub::bulk_registry`] on its own).
-    pub async fn import_line(&self, item: ExportImportDevice) -> Result<(), RegistryError> {
-        self.import_item(item).await
-    }
-
-    /// Applies one bulk or import item: its identity by its mode, then the twin sections it
-    /// carries (tags, desired properties), which replace the twin's.
-    pub(crate) async fn import_item(&self, item: ExportImportDevice) -> Result<(), RegistryError> {
+    /// Applies one bulk or import item (an item of [`Hub::bulk_registry`], or a line of an
+    /// import, on its own): its identity by its mode, then the twin sections it carries (tags,
+    /// desired properties), which replace the twin's.
+    pub async fn import_item(&self, item: ExportImportDevice) -> Result<(), RegistryError> {
         let mode = Mode::parse(item.import_mode.as_deref())?;
         let etag = |e: &Option<String>, what: &str| -> Result<String, RegistryError> {
             e.as_deref()

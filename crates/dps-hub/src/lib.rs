@@ -473,6 +473,15 @@ impl HubInner {
         }
     }
 
+    /// [`HubInner::lock_device`] to create or replace the identity at `key`: the slot is yours
+    /// whether or not it holds a record yet.
+    pub(crate) async fn lock_for_create(&self, key: &str) -> Result<(Arc<Slot>, OwnedMutexGuard<bool>), HubStoreError> {
+        Ok(self
+            .lock_device(key, true)
+            .await?
+            .expect("lock_device with create always yields a slot"))
+    }
+
     /// Removes a slot whose device does not exist (after a delete, a failed create, or a lookup
     /// of an absent device), so that the map only holds real devices. Must be called with the
     /// slot's write guard held.

@@ -44,10 +44,7 @@ impl Hub {
             .record()
             .ok_or_else(|| Identity::device(&module.device_id).not_found())?;
         let key = target.key();
-        let (slot, mut guard) = inner
-            .lock_device(&key, true)
-            .await?
-            .expect("lock_device with create always yields a slot");
+        let (slot, mut guard) = inner.lock_for_create(&key).await?;
         let now = inner.now();
         let result = async {
             match slot.record() {

@@ -72,11 +72,7 @@ impl HubRegistry for Hub {
         })?;
         let key = key_of(&device.device_id);
         let inner = &self.inner;
-        let (slot, mut guard) = inner
-            .lock_device(&key, true)
-            .await
-            .map_err(|e| storage(e.into()))?
-            .expect("lock_device with create always yields a slot");
+        let (slot, mut guard) = inner.lock_for_create(&key).await.map_err(|e| storage(e.into()))?;
         let now = inner.now();
         let auth = auth_of(&device.auth);
         let result = async {

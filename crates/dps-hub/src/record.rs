@@ -192,10 +192,7 @@ impl DeviceRecord {
     /// The storage key: the lower-cased device id ([`crate::store::device_key`]), or for a
     /// module [`module_key`] of its ids.
     pub fn key(&self) -> String {
-        match &self.module_id {
-            None => key_of(&self.device_id),
-            Some(m) => module_key(&self.device_id, m),
-        }
+        identity_key(&self.device_id, self.module_id.as_deref())
     }
 
     /// The string leaves of a device's tags as (dotted path below `tags`, value), what a store
@@ -488,6 +485,15 @@ pub(crate) fn key_of(id: &str) -> String {
 /// case as device ids are. The only keys with a `/` ([`key_of`]).
 pub(crate) fn module_key(device_id: &str, module_id: &str) -> String {
     format!("{}/modules/{}", key_of(device_id), key_of(module_id))
+}
+
+/// The registry key of a device ([`key_of`]) or, with `module_id`, of one of its modules
+/// ([`module_key`]).
+pub(crate) fn identity_key(device_id: &str, module_id: Option<&str>) -> String {
+    match module_id {
+        None => key_of(device_id),
+        Some(m) => module_key(device_id, m),
+    }
 }
 
 /// The device and module keys of a registry key (`None` for a device's key).

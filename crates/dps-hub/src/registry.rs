@@ -4,8 +4,6 @@
 //! Status codes are the server's job; this module decides semantics: If-Match rules, key
 //! generation, version bumps, and pushing desired changes to connected devices.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use dps_proto::keys::validate_symmetric_key;
 use dps_proto::model::hub::{merge_patch, AuthenticationMechanism, Device, SymmetricKey, Twin, X509Thumbprint};
@@ -19,7 +17,7 @@ use crate::record::{
     caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_key, normalize_thumbprint,
     validate_device_id, validate_status_reason, DeviceRecord, Status, TwinState,
 };
-use crate::{Hub, Slot};
+use crate::Hub;
 
 /// What a twin edit did: whether anything changed, and the desired-properties diff to push.
 type TwinChange = (bool, Option<Map<String, Value>>);
@@ -45,20 +43,11 @@ pub struct RegistryStatistics {
 impl Hub {
     /// `GET /devices/{id}` (case-insensitive id); [`RegistryError::NotFound`] when absent.
     pub async fn get_device(&self, device_id: &str) -> Result<Device, RegistryError> {
-        let (slot, rec) = self.find(device_id).await?;
+        let (slot, rec) = self.find_identity(Identity::device(device_id)).await?;
         Ok(rec.device_view(&slot.live_view()))
     }
 
     /// The device's slot and record, loaded on demand.
-    async fn find(&self, device_id: &str) -> Result<(Arc<Slot>, Arc<DeviceRecord>), RegistryError> {
-        self.inner
-            .find(device_id)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound {
-                device_id: device_id.to_string(),
-            })
-    }
-
     /// `PUT /devices/{id}`: creates the device when absent, replaces its identity when present.
     ///
     /// * Create: `authentication` absent or `sas` without keys → fresh 256-bit keys; new
@@ -84,10 +73,7 @@ impl Hub {
             .transpose()?;
         let key = key_of(&device.device_id);
         let inner = &self.inner;
-        let (slot, mut guard) = inner
-            .lock_device(&key, true)
-            .await?
-            .expect("lock_device with create always yields a slot");
+        let (slot, mut guard) = inner.lock_for_create(&key).await?;
         let now = inner.now();
         let result = async {
             match slot.record() {
@@ -204,7 +190,7 @@ impl Hub {
 
     /// `GET /twins/{id}`; [`RegistryError::NotFound`] when absent.
     pub async fn get_twin(&self, device_id: &str) -> Result<Twin, RegistryError> {
-        let (slot, rec) = self.find(device_id).await?;
+        let (slot, rec) = self.find_identity(Identity::device(device_id)).await?;
         Ok(rec.twin_view(&slot.live_view()))
     }
 
@@ -360,10 +346,7 @@ impl<'a> Identity<'a> {
 
     /// Its registry key.
     pub(crate) fn key(self) -> String {
-        match self.module_id {
-            None => key_of(self.device_id),
-            Some(m) => crate::record::module_key(self.device_id, m),
-        }
+        crate::record::identity_key(self.device_id, self.module_id)
     }
 
     /// The error for its absence: IoT Hub's DeviceNotFound or ModuleNotFound.

@@ -239,28 +239,26 @@ fn is_field(e: &Expr, field: &str) -> bool {
 
 /// See [`Query::pinned_values`].
 pub(super) fn pinned(filter: &Expr, field: &str) -> Option<Vec<Value>> {
-    conjuncts(filter).into_iter().find_map(|c| match c {
-        Expr::Binary(BinOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
-            (p, Expr::Const(v)) | (Expr::Const(v), p) if is_field(p, field) => Some(vec![v.clone()]),
-            _ => None,
-        },
-        Expr::In(p, list, false) if is_field(p, field) => Some(list.clone()),
-        _ => None,
-    })
+    pinned_by(filter, |p| is_field(p, field).then_some(())).map(|((), values)| values)
 }
 
 /// See [`Query::pinned_under`].
 pub(super) fn pinned_under(filter: &Expr, root: &str) -> Option<(Vec<String>, Vec<Value>)> {
-    let under = |e: &Expr| match e {
+    pinned_by(filter, |e| match e {
         Expr::Path(p, _) if p.len() > 1 && p[0].eq_ignore_ascii_case(root) => Some(p[1..].to_vec()),
         _ => None,
-    };
+    })
+}
+
+/// The first conjunct at the top of `filter` that pins an expression `select` accepts to
+/// constants (`e = c`, `c = e`, `e IN [...]`): what `select` made of it, and the constants.
+fn pinned_by<T>(filter: &Expr, select: impl Fn(&Expr) -> Option<T>) -> Option<(T, Vec<Value>)> {
     conjuncts(filter).into_iter().find_map(|c| match c {
         Expr::Binary(BinOp::Eq, a, b) => match (a.as_ref(), b.as_ref()) {
-            (p, Expr::Const(v)) | (Expr::Const(v), p) => under(p).map(|path| (path, vec![v.clone()])),
+            (p, Expr::Const(v)) | (Expr::Const(v), p) => select(p).map(|t| (t, vec![v.clone()])),
             _ => None,
         },
-        Expr::In(p, list, false) => under(p).map(|path| (path, list.clone())),
+        Expr::In(p, list, false) => select(p).map(|t| (t, list.clone())),
         _ => None,
     })
 }

@@ -261,7 +261,7 @@ async fn import(
             break;
         }
         let outcome = match serde_json::from_str::<ExportImportDevice>(line) {
-            Ok(item) => hub.import_line(item).await.map_err(|e| (e.code(), e.to_string())),
+            Ok(item) => hub.import_item(item).await.map_err(|e| (e.code(), e.to_string())),
             Err(e) => Err((
                 codes::HUB_ARGUMENT_INVALID,
                 format!("line {} is not a device: {e}", n + 1),
