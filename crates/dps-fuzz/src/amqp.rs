@@ -73,6 +73,7 @@ async fn services() -> Arc<Services> {
         config,
         clock: Arc::new(FakeClock::at(now())),
         blobs: None,
+        storage_account: None,
         import_export: Default::default(),
     })
 }

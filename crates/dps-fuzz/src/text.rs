@@ -219,7 +219,8 @@ pub fn event_selector(data: &[u8]) {
 /// bytes, at most 50,000 of them; a refusal has a Storage code), the same bytes as a SAS query
 /// checked against the endpoint's key (never a panic; a forged SAS is never accepted — no input
 /// here carries the right signature), as a read range (always inside the blob), and as a blob
-/// name (a valid one never leaves its container).
+/// name (a valid one never leaves its container); and as an external storage account's List
+/// Blobs answer (never more blobs than asked for).
 pub fn blob_request(data: &[u8]) {
     // The bytes as an import or export job's container URI (`dps_server::http::import_export`):
     // accepted only on the server's own host, naming a valid container.
@@ -247,6 +248,11 @@ pub fn blob_request(data: &[u8]) {
             }
         }
         Err(e) => assert!(!e.code().is_empty()),
+    }
+    // The bytes as an external storage account's List Blobs answer (`dps hub file list`).
+    if let Ok(page) = storage::parse_blob_list(data, 3) {
+        assert!(page.blobs.len() <= 3, "more blobs kept than asked for");
+        assert!(page.next_marker.as_deref() != Some(""), "an empty marker is no marker");
     }
     let text = String::from_utf8_lossy(data);
     let query = QueryParams::parse(Some(&text));

@@ -75,6 +75,12 @@ pub enum PkiError {
     #[error("a TLS listener needs at least one server certificate")]
     NoServerCertificate,
 
+    /// A client was asked to trust the system's certificate authorities, and the system has
+    /// none that rustls can use (no `/etc/ssl/certs`, or `SSL_CERT_FILE` names nothing usable),
+    /// and no CA of its own was given either.
+    #[error("no trusted certificate authorities: the system has none ({0}) and no CA file was given")]
+    NoSystemRoots(String),
+
     /// rcgen failed to build or sign a certificate, or to load a key pair.
     #[error("certificate generation failed: {0}")]
     Generate(rcgen::Error),

@@ -177,6 +177,34 @@ pub fn client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, PkiError> {
     Ok(Arc::new(config))
 }
 
+/// A client configuration that trusts the system's certificate authorities (as `curl` and the
+/// Azure SDKs do: `/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR`) and, besides them, the
+/// CA certificate(s) in `extra_ca_pem`: what the server uses to reach services of the
+/// operator's, such as an Azure Storage account (public CAs) or a local stand-in for one (a
+/// private CA).
+pub fn client_config_with_system_roots(extra_ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, PkiError> {
+    let mut roots = match extra_ca_pem {
+        Some(pem) => roots(pem)?,
+        None => RootCertStore::empty(),
+    };
+    let system = rustls_native_certs::load_native_certs();
+    // Certificates rustls cannot parse are skipped, as every TLS stack skips them.
+    let (added, _ignored) = roots.add_parsable_certificates(system.certs);
+    if roots.is_empty() {
+        let why = match system.errors.first() {
+            Some(e) => e.to_string(),
+            None if added == 0 => "none found".to_string(),
+            None => "none usable".to_string(),
+        };
+        return Err(PkiError::NoSystemRoots(why));
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Like [`client_config`], presenting `cert_chain_pem` (leaf first) with `key_pem` as the client
 /// certificate: what an X.509 or DICE device does when it registers.
 pub fn client_config_with_identity(

@@ -116,6 +116,29 @@ pub fn sign_sas(
     permissions: &str,
     expiry: DateTime<Utc>,
 ) -> String {
+    sign(
+        key,
+        &canonical_resource(account, container, blob),
+        "b",
+        permissions,
+        expiry,
+    )
+}
+
+/// A service SAS for a whole container (`sr=c`), as the server signs for itself to list an
+/// external account's uploads (`sp=rl`).
+pub fn sign_container_sas(
+    key: &[u8],
+    account: &str,
+    container: &str,
+    permissions: &str,
+    expiry: DateTime<Utc>,
+) -> String {
+    sign(key, &format!("/blob/{account}/{container}"), "c", permissions, expiry)
+}
+
+/// A service SAS over the canonical `resource` of kind `sr`.
+fn sign(key: &[u8], resource: &str, sr: &str, permissions: &str, expiry: DateTime<Utc>) -> String {
     let se = expiry.to_rfc3339_opts(SecondsFormat::Secs, true);
     let fields = SasFields {
         sp: permissions,
@@ -123,17 +146,229 @@ pub fn sign_sas(
         sv: SAS_VERSION,
         ..SasFields::default()
     };
-    let sig = B64.encode(signature(
-        key,
-        &string_to_sign(&fields, &canonical_resource(account, container, blob)),
-    ));
+    let sig = B64.encode(signature(key, &string_to_sign(&fields, resource)));
     let enc = |s: &str| utf8_percent_encode(s, QUERY_VALUE).to_string();
     format!(
-        "?sv={SAS_VERSION}&sr=b&sig={}&se={}&sp={}",
+        "?sv={SAS_VERSION}&sr={sr}&sig={}&se={}&sp={}",
         enc(&sig),
         enc(&se),
         enc(permissions)
     )
+}
+
+/// Whether `name` is a container name: 3 to 63 lower-case letters, digits and `-` (Storage's
+/// rule, less its finer points on dashes, which the account itself enforces).
+pub fn valid_container_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// An Azure Storage account as its connection string names it (the portal's "Access keys"):
+/// `DefaultEndpointsProtocol=https;AccountName=…;AccountKey=…;EndpointSuffix=core.windows.net`,
+/// or with `BlobEndpoint=https://host[:port][/path]` for an endpoint of its own (a custom
+/// domain, Azurite, Azure Stack). What IoT Hub's file upload takes to point devices at an
+/// account of the operator's instead of the server's blob endpoint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StorageAccountString {
+    /// `AccountName`.
+    pub account: String,
+    /// `AccountKey`, decoded.
+    pub key: Vec<u8>,
+    /// The blob endpoint, `https://…` without a trailing `/`.
+    pub blob_endpoint: String,
+}
+
+impl std::fmt::Debug for StorageAccountString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageAccountString")
+            .field("account", &self.account)
+            .field("blob_endpoint", &self.blob_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a storage connection string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageAccountStringError {
+    /// A `;`-separated part had no `=`.
+    #[error("storage connection string part '{0}' is not key=value")]
+    BadPart(String),
+    /// `AccountName` or `AccountKey` is missing (a SAS-only connection string cannot sign the
+    /// SAS devices need).
+    #[error("the storage connection string has no {0} (file upload signs SAS tokens with the account key)")]
+    Missing(&'static str),
+    /// `AccountKey` is not base64.
+    #[error("the storage connection string's AccountKey is not base64")]
+    Key,
+    /// The blob endpoint is not `https://host…` (devices always upload over HTTPS; the
+    /// development storage shortcut is plain HTTP).
+    #[error("the blob endpoint '{0}' is not https://host[:port][/path]: devices upload over HTTPS only")]
+    Endpoint(String),
+}
+
+/// Read from configuration files as the connection string itself.
+impl<'de> serde::Deserialize<'de> for StorageAccountString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl StorageAccountString {
+    /// Parses a storage connection string; keys compare without case, as the Storage SDKs do.
+    pub fn parse(s: &str) -> Result<Self, StorageAccountStringError> {
+        let (mut account, mut key, mut endpoint) = (None, None, None);
+        let (mut protocol, mut suffix) = ("https".to_string(), "core.windows.net".to_string());
+        for part in s.trim().split(';').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| StorageAccountStringError::BadPart(part.to_string()))?;
+            let v = v.trim().to_string();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "accountname" => account = Some(v),
+                "accountkey" => key = Some(v),
+                "blobendpoint" => endpoint = Some(v),
+                "defaultendpointsprotocol" => protocol = v.to_ascii_lowercase(),
+                "endpointsuffix" => suffix = v,
+                "usedevelopmentstorage" if v.eq_ignore_ascii_case("true") => {
+                    return Err(StorageAccountStringError::Endpoint(
+                        "http://127.0.0.1:10000/devstoreaccount1 (UseDevelopmentStorage)".into(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let account = account
+            .filter(|a| !a.is_empty())
+            .ok_or(StorageAccountStringError::Missing("AccountName"))?;
+        let key = key.ok_or(StorageAccountStringError::Missing("AccountKey"))?;
+        let key = B64
+            .decode(key.as_bytes())
+            .ok()
+            .filter(|k| !k.is_empty())
+            .ok_or(StorageAccountStringError::Key)?;
+        let endpoint = endpoint.unwrap_or_else(|| format!("{protocol}://{account}.blob.{suffix}"));
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        let usable = endpoint.strip_prefix("https://").is_some_and(|rest| {
+            !rest.split('/').next().unwrap_or_default().is_empty()
+                && !rest.contains(['?', '#', '@'])
+                && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+        if !usable {
+            return Err(StorageAccountStringError::Endpoint(endpoint));
+        }
+        Ok(Self {
+            account,
+            key,
+            blob_endpoint: endpoint,
+        })
+    }
+
+    /// The endpoint as devices get it in `hostName` (without the scheme): the SDKs build
+    /// `https://{hostName}/{container}/{blob}{sas}`, so a path-style endpoint (Azurite's
+    /// `host:port/account`) keeps its path.
+    pub fn device_host(&self) -> &str {
+        self.blob_endpoint
+            .strip_prefix("https://")
+            .unwrap_or(&self.blob_endpoint)
+    }
+}
+
+/// One blob of a List Blobs answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedBlob {
+    /// Its name in the container.
+    pub name: String,
+    /// `Content-Length`.
+    pub size: u64,
+    /// `Last-Modified`.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// A page of List Blobs (`GET {container}?restype=container&comp=list`): the blobs and the
+/// marker of the next page, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobListPage {
+    /// The blobs, in the account's (name) order.
+    pub blobs: Vec<ListedBlob>,
+    /// `NextMarker`, when not empty.
+    pub next_marker: Option<String>,
+}
+
+/// Parses a List Blobs answer (`<EnumerationResults><Blobs><Blob><Name>…</Name><Properties>
+/// <Last-Modified>…</Last-Modified><Content-Length>…</Content-Length>…`), keeping at most
+/// `max` blobs. Elements it does not need are skipped; a blob without a name, a size or a time
+/// it can read is an error naming it.
+pub fn parse_blob_list(xml: &[u8], max: usize) -> Result<BlobListPage, String> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    reader.config_mut().trim_text(true);
+    let mut path: Vec<Vec<u8>> = Vec::new();
+    let mut page = BlobListPage::default();
+    let (mut name, mut size, mut modified) = (None::<String>, None::<String>, None::<String>);
+    loop {
+        match reader.read_event().map_err(|e| format!("not XML: {e}"))? {
+            Event::Start(e) => {
+                if path.len() == 16 {
+                    return Err("elements nested too deep".into());
+                }
+                path.push(e.name().as_ref().to_vec());
+            }
+            Event::End(_) => {
+                let closed = path.pop().unwrap_or_default();
+                if closed == b"Blob" && path.len() == 2 {
+                    let blob = listed_blob(name.take(), size.take(), modified.take())?;
+                    if page.blobs.len() < max {
+                        page.blobs.push(blob);
+                    }
+                }
+            }
+            Event::Text(t) => {
+                let text = t.unescape().map_err(|e| format!("bad text: {e}"))?.into_owned();
+                let at: Vec<&[u8]> = path.iter().map(Vec::as_slice).collect();
+                match at.as_slice() {
+                    [b"EnumerationResults", b"NextMarker"] if !text.is_empty() => page.next_marker = Some(text),
+                    [b"EnumerationResults", b"Blobs", b"Blob", b"Name"] => name = Some(text),
+                    [b"EnumerationResults", b"Blobs", b"Blob", b"Properties", b"Content-Length"] => size = Some(text),
+                    [b"EnumerationResults", b"Blobs", b"Blob", b"Properties", b"Last-Modified"] => {
+                        modified = Some(text)
+                    }
+                    _ => {}
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !path.is_empty() {
+        return Err("the document ends inside an element".into());
+    }
+    Ok(page)
+}
+
+fn listed_blob(name: Option<String>, size: Option<String>, modified: Option<String>) -> Result<ListedBlob, String> {
+    let name = name.ok_or("a <Blob> without a <Name>")?;
+    let size = size
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("blob '{name}' has no Content-Length it can read"))?;
+    let last_modified = modified
+        .as_deref()
+        .and_then(parse_http_date)
+        .ok_or_else(|| format!("blob '{name}' has no Last-Modified it can read"))?;
+    Ok(ListedBlob {
+        name,
+        size,
+        last_modified,
+    })
+}
+
+/// An HTTP date as Storage writes `Last-Modified` (`Wed, 04 Dec 2026 23:38:22 GMT`).
+pub fn parse_http_date(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc2822(s.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Why a request's SAS does not allow it. Storage answers all of these 403
@@ -434,6 +669,105 @@ mod tests {
             ),
             Err(SasRefusal::Missing("sig"))
         );
+    }
+
+    #[test]
+    fn container_sas_signs_the_container_resource() {
+        let key = B64.decode(KEY).unwrap();
+        let sas = sign_container_sas(&key, "devstoreaccount1", "fileupload", "rl", at(2030));
+        assert!(sas.starts_with("?sv=2018-03-28&sr=c&sig="), "{sas}");
+        assert!(sas.ends_with("&se=2030-01-01T00%3A00%3A00Z&sp=rl"), "{sas}");
+        // Not a blob SAS: the signature covers another resource.
+        let q = QueryParams::parse(Some(&sas[1..].replace("sr=c", "sr=b")));
+        assert_eq!(
+            verify_sas(&key, "devstoreaccount1", "fileupload", "", &q, at(2029), 'r'),
+            Err(SasRefusal::Signature)
+        );
+    }
+
+    #[test]
+    fn storage_connection_strings_as_the_portal_and_azurite_write_them() {
+        let azure = StorageAccountString::parse(&format!(
+            "DefaultEndpointsProtocol=https;AccountName=contoso;AccountKey={KEY};EndpointSuffix=core.windows.net"
+        ))
+        .unwrap();
+        assert_eq!(azure.blob_endpoint, "https://contoso.blob.core.windows.net");
+        assert_eq!(azure.device_host(), "contoso.blob.core.windows.net");
+        assert_eq!(azure.key, B64.decode(KEY).unwrap());
+        let azurite = StorageAccountString::parse(&format!(
+            "accountname=devstoreaccount1;ACCOUNTKEY={KEY};BlobEndpoint=https://127.0.0.1:10000/devstoreaccount1/;"
+        ))
+        .unwrap();
+        assert_eq!(azurite.device_host(), "127.0.0.1:10000/devstoreaccount1");
+        assert!(!format!("{azurite:?}").contains(KEY));
+        for (bad, why) in [
+            ("AccountName=a", StorageAccountStringError::Missing("AccountKey")),
+            (
+                &format!("AccountKey={KEY}") as &str,
+                StorageAccountStringError::Missing("AccountName"),
+            ),
+            ("AccountName=a;AccountKey=%%%", StorageAccountStringError::Key),
+            (
+                "AccountName=a;AccountKey=a2V5;nonsense",
+                StorageAccountStringError::BadPart("nonsense".into()),
+            ),
+            (
+                "AccountName=a;AccountKey=a2V5;DefaultEndpointsProtocol=http",
+                StorageAccountStringError::Endpoint("http://a.blob.core.windows.net".into()),
+            ),
+            (
+                "AccountName=a;AccountKey=a2V5;BlobEndpoint=https://h/x?y",
+                StorageAccountStringError::Endpoint("https://h/x?y".into()),
+            ),
+        ] {
+            assert_eq!(StorageAccountString::parse(bad), Err(why), "{bad}");
+        }
+        assert!(matches!(
+            StorageAccountString::parse("UseDevelopmentStorage=true"),
+            Err(StorageAccountStringError::Endpoint(_))
+        ));
+    }
+
+    #[test]
+    fn blob_lists_as_storage_and_azurite_answer() {
+        let xml = br#"<?xml version="1.0" encoding="utf-8"?>
+<EnumerationResults ServiceEndpoint="https://127.0.0.1:10000/devstoreaccount1" ContainerName="fileupload">
+  <Prefix>dev1/</Prefix><MaxResults>2</MaxResults>
+  <Blobs>
+    <Blob><Name>dev1/a &amp; b.txt</Name><Properties><Creation-Time>Wed, 02 Dec 2026 10:00:00 GMT</Creation-Time>
+      <Last-Modified>Fri, 04 Dec 2026 23:38:22 GMT</Last-Modified><Etag>0x1</Etag>
+      <Content-Length>1700</Content-Length><BlobType>BlockBlob</BlobType></Properties><OrMetadata/></Blob>
+    <Blob><Name>dev1/b.bin</Name><Properties><Last-Modified>Fri, 04 Dec 2026 23:38:23 GMT</Last-Modified>
+      <Content-Length>0</Content-Length></Properties></Blob>
+  </Blobs>
+  <NextMarker>2!abc</NextMarker>
+</EnumerationResults>"#;
+        let page = parse_blob_list(xml, 10).unwrap();
+        assert_eq!(page.next_marker.as_deref(), Some("2!abc"));
+        assert_eq!(
+            page.blobs,
+            vec![
+                ListedBlob {
+                    name: "dev1/a & b.txt".into(),
+                    size: 1700,
+                    last_modified: Utc.with_ymd_and_hms(2026, 12, 4, 23, 38, 22).unwrap(),
+                },
+                ListedBlob {
+                    name: "dev1/b.bin".into(),
+                    size: 0,
+                    last_modified: Utc.with_ymd_and_hms(2026, 12, 4, 23, 38, 23).unwrap(),
+                },
+            ]
+        );
+        assert_eq!(parse_blob_list(xml, 1).unwrap().blobs.len(), 1);
+        let empty = parse_blob_list(b"<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>", 10).unwrap();
+        assert_eq!(empty, BlobListPage::default());
+        let no_size = b"<EnumerationResults><Blobs><Blob><Name>x</Name><Properties><Last-Modified>Fri, 04 Dec 2026 23:38:23 GMT</Last-Modified></Properties></Blob></Blobs></EnumerationResults>";
+        assert_eq!(
+            parse_blob_list(no_size, 10).unwrap_err(),
+            "blob 'x' has no Content-Length it can read"
+        );
+        assert!(parse_blob_list(b"<EnumerationResults><Blobs>", 10).is_err());
     }
 
     #[test]

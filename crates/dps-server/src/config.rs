@@ -53,6 +53,16 @@ pub struct ServerConfig {
     /// Whether successful file uploads become notifications for the service
     /// (`/messages/serviceBound/filenotifications`; Azure's `enableFileUploadNotifications`).
     pub file_upload_notifications: bool,
+    /// An Azure Storage account (its connection string) devices upload files to instead of the
+    /// server's own blob endpoint, as an IoT hub's `storageEndpoints.$default`; `None`: the
+    /// embedded endpoint on the HTTPS port, files under the data directory.
+    pub file_upload_storage: Option<dps_proto::blob_storage::StorageAccountString>,
+    /// The container of [`ServerConfig::file_upload_storage`] uploads go to (it must exist, as
+    /// in IoT Hub); the embedded endpoint's is always `fileupload`.
+    pub file_upload_container: String,
+    /// CA certificate(s) (PEM) to trust for [`ServerConfig::file_upload_storage`] besides the
+    /// system's (a storage emulator or a private endpoint with a certificate of its own).
+    pub file_upload_storage_ca: Option<PathBuf>,
     /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
     /// file, `--max-connections` etc. on the command line).
     pub limits: Limits,
@@ -202,6 +212,12 @@ pub struct FileConfig {
     pub event_hub_consumer_groups: Option<Vec<String>>,
     /// See [`ServerConfig::file_upload_notifications`].
     pub file_upload_notifications: Option<bool>,
+    /// See [`ServerConfig::file_upload_storage`].
+    pub file_upload_storage: Option<dps_proto::blob_storage::StorageAccountString>,
+    /// See [`ServerConfig::file_upload_container`].
+    pub file_upload_container: Option<String>,
+    /// See [`ServerConfig::file_upload_storage_ca`].
+    pub file_upload_storage_ca: Option<PathBuf>,
     /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
     pub limits: Option<Limits>,
 }
@@ -262,6 +278,9 @@ impl ServerConfig {
             event_hub_partitions: dps_hub::DEFAULT_PARTITIONS,
             event_hub_consumer_groups: Vec::new(),
             file_upload_notifications: true,
+            file_upload_storage: None,
+            file_upload_container: dps_proto::rest::FILE_UPLOAD_CONTAINER.to_string(),
+            file_upload_storage_ca: None,
             limits: Limits::default(),
         }
     }
@@ -283,8 +302,11 @@ impl ServerConfig {
             hub_device_cache,
             event_hub_partitions,
             event_hub_consumer_groups,
-            file_upload_notifications
+            file_upload_notifications,
+            file_upload_container
         );
+        self.file_upload_storage = f.file_upload_storage.or(self.file_upload_storage);
+        self.file_upload_storage_ca = f.file_upload_storage_ca.or(self.file_upload_storage_ca);
         if let Some(h) = f.hostname.filter(|h| !h.is_empty()) {
             self.hostnames = h;
         }
@@ -324,6 +346,27 @@ impl ServerConfig {
                 "event-hub-consumer-groups: at most {} besides $Default",
                 dps_proto::event_hubs::MAX_CONSUMER_GROUPS - 1
             ));
+        }
+        if !dps_proto::blob_storage::valid_container_name(&self.file_upload_container) {
+            return Err(format!(
+                "file-upload-container: {:?} is not a container name (3 to 63 lower-case letters, digits and '-')",
+                self.file_upload_container
+            ));
+        }
+        if self.file_upload_storage.is_none() {
+            let set = if self.file_upload_storage_ca.is_some() {
+                Some("file-upload-storage-ca")
+            } else if self.file_upload_container != dps_proto::rest::FILE_UPLOAD_CONTAINER {
+                Some("file-upload-container")
+            } else {
+                None
+            };
+            if let Some(name) = set {
+                return Err(format!(
+                    "{name} is a setting of an external storage account: set file-upload-storage too \
+                     (the embedded blob endpoint always uses the container 'fileupload')"
+                ));
+            }
         }
         self.limits.validate()
     }
@@ -411,6 +454,30 @@ mod tests {
             let err = ServerConfig::defaults().merge_file(f).validate().unwrap_err();
             assert!(err.contains("c2d-ttl-secs must be from 60 to 172800"), "{err}");
         }
+    }
+
+    #[test]
+    fn an_external_storage_account_is_read_from_the_file_and_checked() {
+        let key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+        let f: FileConfig = toml::from_str(&format!(
+            "file-upload-storage = \"AccountName=contoso;AccountKey={key}\"\nfile-upload-container = \"uploads\"\n"
+        ))
+        .unwrap();
+        let c = ServerConfig::defaults().merge_file(f);
+        let account = c.file_upload_storage.as_ref().unwrap();
+        assert_eq!(account.device_host(), "contoso.blob.core.windows.net");
+        assert_eq!(c.file_upload_container, "uploads");
+        assert_eq!(c.validate(), Ok(()));
+        // A bad connection string is refused when the file is read, naming what is wrong.
+        let err = toml::from_str::<FileConfig>("file-upload-storage = \"AccountName=contoso\"\n").unwrap_err();
+        assert!(err.to_string().contains("has no AccountKey"), "{err}");
+        let mut c = ServerConfig::defaults();
+        c.file_upload_container = "Bad_Name".into();
+        assert!(c.validate().unwrap_err().contains("not a container name"));
+        // The external account's settings without the account are a mistake, not ignored.
+        let mut c = ServerConfig::defaults();
+        c.file_upload_container = "uploads".into();
+        assert!(c.validate().unwrap_err().contains("set file-upload-storage too"));
     }
 
     #[test]

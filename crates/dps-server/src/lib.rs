@@ -18,6 +18,7 @@ pub mod http;
 mod listener;
 mod log_limit;
 pub mod mqtt;
+pub mod storage_account;
 mod tls;
 pub mod ws;
 
@@ -63,8 +64,11 @@ pub struct Services {
     pub config: ServerConfig,
     /// Time source (a fake clock in tests).
     pub clock: Arc<dyn Clock>,
-    /// The file upload blob endpoint's files; `None`: file upload is not served.
+    /// The blob endpoint's files (file uploads, import and export jobs); `None`: not served.
     pub blobs: Option<dps_store::BlobStore>,
+    /// The external storage account file uploads go to instead of [`Services::blobs`]
+    /// (`--file-upload-storage`).
+    pub storage_account: Option<Arc<storage_account::StorageAccount>>,
     /// The hub's import and export jobs.
     pub import_export: Arc<http::import_export::Jobs>,
 }

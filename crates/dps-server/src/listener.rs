@@ -84,6 +84,10 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The external storage account for file uploads cannot be used: its CA file is
+    /// unreadable, or no CA can be trusted for it.
+    #[error("file upload storage account: {0}")]
+    StorageAccount(String),
     /// A bound listener could not report its address.
     #[error("cannot read the bound address: {0}")]
     LocalAddr(#[source] io::Error),
@@ -152,6 +156,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             source,
         }
     })?;
+    let storage_account = storage_account(&config)?;
     let store = dps_store::SqliteStore::open(&dir.store_path())?;
     let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path())?;
     let hub = dps_hub::Hub::open_with_store(
@@ -202,7 +207,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         https.local_addr().map_err(StartError::LocalAddr)?,
         amqp.local_addr().map_err(StartError::LocalAddr)?,
     );
-    hub.set_file_upload(file_upload_config(&identity, &config, https_addr.port()));
+    hub.set_file_upload(match &storage_account {
+        Some(account) => account.file_upload_config(config.file_upload_notifications),
+        None => file_upload_config(&identity, &config, https_addr.port()),
+    });
 
     // Services see the ports actually bound (port 0 picks one): SAS audiences and Host headers
     // carry the HTTPS port when it is not 443.
@@ -221,6 +229,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config: config.clone(),
         clock: Arc::new(SystemClock),
         blobs: Some(blobs),
+        storage_account,
         import_export: Default::default(),
     });
 
@@ -334,6 +343,42 @@ fn file_upload_config(identity: &Identity, config: &ServerConfig, https_port: u1
         key: dps_proto::blob_storage::derive_account_key(secret.as_bytes()),
         notifications: config.file_upload_notifications,
     }
+}
+
+/// The external storage account file uploads go to, if one is configured; its container is
+/// checked in the background (a storage outage must not keep the server from starting), and
+/// the outcome logged.
+fn storage_account(config: &ServerConfig) -> Result<Option<Arc<crate::storage_account::StorageAccount>>, StartError> {
+    let Some(conn) = config.file_upload_storage.clone() else {
+        return Ok(None);
+    };
+    let ca = match &config.file_upload_storage_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| StartError::StorageAccount(format!("cannot read the CA file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let account =
+        crate::storage_account::StorageAccount::new(conn, config.file_upload_container.clone(), ca.as_deref())
+            .map_err(|e| StartError::StorageAccount(e.to_string()))?;
+    let account = Arc::new(account);
+    let check = account.clone();
+    tokio::spawn(async move {
+        match check.list(None, 1).await {
+            Ok(_) => tracing::info!(
+                endpoint = check.endpoint(),
+                container = check.container(),
+                "file uploads go to the storage account"
+            ),
+            Err(e) => tracing::warn!(
+                endpoint = check.endpoint(),
+                container = check.container(),
+                "file uploads go to the storage account, which cannot list the container now: {e}"
+            ),
+        }
+    });
+    Ok(Some(account))
 }
 
 /// Runs the hub's one-second sweep, and once a minute removes staged blocks of file uploads

@@ -65,6 +65,24 @@ pub struct ServeArgs {
     /// (`/messages/serviceBound/filenotifications`) [default: true].
     #[arg(long, env = "DPS_FILE_UPLOAD_NOTIFICATIONS", value_name = "BOOL")]
     file_upload_notifications: Option<bool>,
+    /// Upload files to this Azure Storage account instead of the server's own blob endpoint:
+    /// its connection string (`DefaultEndpointsProtocol=https;AccountName=…;AccountKey=…;…`,
+    /// `BlobEndpoint=https://…` for an endpoint of its own). Devices get its host and a SAS
+    /// signed with its key; the container must exist.
+    #[arg(long, env = "DPS_FILE_UPLOAD_STORAGE", value_name = "CONNECTION_STRING", hide_env_values = true,
+          value_parser = parse_storage_account)]
+    file_upload_storage: Option<dps_proto::blob_storage::StorageAccountString>,
+    /// The container of --file-upload-storage that uploads go to [default: fileupload].
+    #[arg(long, env = "DPS_FILE_UPLOAD_CONTAINER", requires = "file_upload_storage")]
+    file_upload_container: Option<String>,
+    /// PEM CA certificate(s) to trust for --file-upload-storage besides the system's.
+    #[arg(
+        long,
+        env = "DPS_FILE_UPLOAD_STORAGE_CA",
+        value_name = "FILE",
+        requires = "file_upload_storage"
+    )]
+    file_upload_storage_ca: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
@@ -183,9 +201,23 @@ impl ServeArgs {
         if let Some(v) = self.file_upload_notifications {
             c.file_upload_notifications = v;
         }
+        if let Some(v) = self.file_upload_storage {
+            c.file_upload_storage = Some(v);
+        }
+        if let Some(v) = self.file_upload_container {
+            c.file_upload_container = v;
+        }
+        if let Some(v) = self.file_upload_storage_ca {
+            c.file_upload_storage_ca = Some(v);
+        }
         self.limits.apply(&mut c.limits);
         Ok((c, self.log))
     }
+}
+
+/// `--file-upload-storage`: a storage connection string, refused with the reason.
+fn parse_storage_account(s: &str) -> Result<dps_proto::blob_storage::StorageAccountString, String> {
+    dps_proto::blob_storage::StorageAccountString::parse(s).map_err(|e| e.to_string())
 }
 
 /// The log filter `dps serve` runs with: the operator's, with rustls's complaint about clients

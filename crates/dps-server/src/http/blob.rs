@@ -89,6 +89,13 @@ async fn serve(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, StorageError
         other => unreachable!("not a blob route: {other:?}"),
     };
     let services = ctx.services;
+    if let Some(account) = &services.storage_account {
+        return Err(StorageError(
+            StatusCode::NOT_FOUND,
+            "ContainerNotFound",
+            format!("file uploads go to the storage account {}", account.endpoint()),
+        ));
+    }
     let (Some(config), Some(store)) = (services.hub.file_upload_config(), services.blobs.as_ref()) else {
         return Err(StorageError(
             StatusCode::NOT_FOUND,

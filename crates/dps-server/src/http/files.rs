@@ -1,7 +1,8 @@
 //! The files devices uploaded, for backends and the `dps hub file` CLI: `GET /files[?deviceId=]`
 //! lists them, `GET /files/{deviceId}/{name}` reads one. In Azure a backend reads them from the
-//! storage account; here they live in the data directory's blob store, and this hub resource
-//! (authorized by the hub's policies, see `hub.rs`) reads them without a storage key.
+//! storage account; here they live in the data directory's blob store (or the external storage
+//! account, when one is configured), and this hub resource (authorized by the hub's policies,
+//! see `hub.rs`) reads them without a storage key.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -29,39 +30,64 @@ fn storage_error(e: dps_store::BlobError) -> ApiError {
     ApiError::internal(format!("blob storage: {e}"))
 }
 
+fn account_error(e: crate::storage_account::StorageAccountError) -> ApiError {
+    ApiError::new(codes::SERVICE_UNAVAILABLE, e.to_string())
+}
+
 /// `GET /files`: every uploaded file by name (only `device`'s when given), at most
 /// [`UploadedFileList::MAX`].
 pub(super) async fn list(services: &Services, device: Option<&str>) -> Result<Response, ApiError> {
-    let (blobs, container) = store(services)?;
-    let listed = blobs
-        .list(container, device, UploadedFileList::MAX)
-        .await
-        .map_err(storage_error)?;
-    let value = listed
-        .into_iter()
-        .map(|(name, p)| UploadedFile {
-            device_id: name.split('/').next().unwrap_or_default().to_string(),
-            name,
-            size: p.size,
-            last_modified: dps_proto::timefmt::format_record(&p.last_modified),
-        })
-        .collect();
+    let file = |name: String, size: u64, last_modified: &chrono::DateTime<chrono::Utc>| UploadedFile {
+        device_id: name.split('/').next().unwrap_or_default().to_string(),
+        name,
+        size,
+        last_modified: dps_proto::timefmt::format_record(last_modified),
+    };
+    let value = if let Some(account) = &services.storage_account {
+        let prefix = device.map(|d| format!("{d}/"));
+        let listed = account
+            .list(prefix.as_deref(), UploadedFileList::MAX)
+            .await
+            .map_err(account_error)?;
+        listed
+            .into_iter()
+            .map(|b| file(b.name, b.size, &b.last_modified))
+            .collect()
+    } else {
+        let (blobs, container) = store(services)?;
+        let listed = blobs
+            .list(container, device, UploadedFileList::MAX)
+            .await
+            .map_err(storage_error)?;
+        listed
+            .into_iter()
+            .map(|(name, p)| file(name, p.size, &p.last_modified))
+            .collect()
+    };
     Ok(ok(&UploadedFileList { value }))
 }
 
 /// `GET /files/{name}`: the file's bytes, streamed.
 pub(super) async fn read(services: &Services, name: &str) -> Result<Response, ApiError> {
-    let (blobs, container) = store(services)?;
     let not_found = || ApiError::new(codes::PATH_NOT_FOUND, format!("no uploaded file '{name}'"));
     if !valid_blob_name(name) {
         return Err(not_found());
     }
-    let Some((props, file)) = blobs.open_blob(container, name).await.map_err(storage_error)? else {
-        return Err(not_found());
+    let (size, body) = if let Some(account) = &services.storage_account {
+        let Some((size, stream)) = account.open(name).await.map_err(account_error)? else {
+            return Err(not_found());
+        };
+        (size, Body::from_stream(stream))
+    } else {
+        let (blobs, container) = store(services)?;
+        let Some((props, file)) = blobs.open_blob(container, name).await.map_err(storage_error)? else {
+            return Err(not_found());
+        };
+        (props.size, Body::from_stream(tokio_util::io::ReaderStream::new(file)))
     };
-    let mut resp = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(file)));
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(CONTENT_LENGTH, HeaderValue::from(props.size));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(size));
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     Ok(resp)
 }

@@ -204,8 +204,8 @@ fn c2d_response(m: PolledC2d) -> Response {
     resp
 }
 
-/// What the blob endpoint holds for a blob the device says it uploaded (IoT Hub checks it:
-/// 400020 when it is not there).
+/// What the blob endpoint (or the external storage account) holds for a blob the device says
+/// it uploaded (IoT Hub checks it: 400020 when it is not there).
 async fn uploaded(services: &crate::Services, blob_name: &str) -> Result<UploadedBlob, ApiError> {
     let missing = || {
         ApiError::new(
@@ -213,6 +213,16 @@ async fn uploaded(services: &crate::Services, blob_name: &str) -> Result<Uploade
             format!("the upload is reported successful, but blob '{blob_name}' was not uploaded"),
         )
     };
+    if let Some(account) = &services.storage_account {
+        return match account.properties(blob_name).await {
+            Ok(Some(blob)) => Ok(blob),
+            Ok(None) => Err(missing()),
+            Err(e) => Err(ApiError::new(
+                codes::SERVICE_UNAVAILABLE,
+                format!("cannot read the uploaded blob's properties: {e}"),
+            )),
+        };
+    }
     let (Some(config), Some(blobs)) = (services.hub.file_upload_config(), services.blobs.as_ref()) else {
         return Err(missing());
     };

@@ -183,11 +183,7 @@ pub fn container_of(uri: &str, host_names: &[String]) -> Result<String, String> 
         ));
     }
     let path = parsed.path().trim_matches('/');
-    let ok = (3..=63).contains(&path.len())
-        && path
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !ok {
+    if !dps_proto::blob_storage::valid_container_name(path) {
         return Err(format!(
             "'{path}' is not a container name (3 to 63 lower-case letters, digits and '-')"
         ));

@@ -111,6 +111,7 @@ pub async fn fixture() -> Fixture {
         config,
         clock: clock.clone(),
         blobs: Some(dps_store::BlobStore::open(blob_dir.path(), MAX_UPLOAD).unwrap()),
+        storage_account: None,
         import_export: Default::default(),
     });
     Fixture {
