@@ -14,7 +14,9 @@ use dps_proto::model::hub::{
     EventHubConsumerGroupInfo, ExportImportDevice, Module, RegistryStatistics, ServiceStatistics, Twin,
     UploadedFileList,
 };
-use dps_proto::model::service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment, RegistrationState};
+use dps_proto::model::service::{
+    AttestationMechanism, EnrollmentGroup, IndividualEnrollment, LinkedHubDescription, LinkedHubList, RegistrationState,
+};
 use dps_proto::rest::Route;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -159,6 +161,32 @@ impl ServiceClient {
         top: Option<usize>,
     ) -> Result<Vec<RegistrationState>, ClientError> {
         query(&self.rest, Route::QueryRegistrations(group_id.into()), top).await
+    }
+
+    /// `GET /linkedHubs`: the linked hubs, keys redacted.
+    pub async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, ClientError> {
+        let list: LinkedHubList = call(&self.rest, Route::ListLinkedHubs, None, None).await?;
+        Ok(list.value)
+    }
+
+    /// `GET /linkedHubs/{name}`.
+    pub async fn get_linked_hub(&self, name: &str) -> Result<LinkedHubDescription, ClientError> {
+        call(&self.rest, Route::GetLinkedHub(name.into()), None, None).await
+    }
+
+    /// `PUT /linkedHubs/{name}`: links the hub or changes its settings (an empty connection
+    /// string keeps the stored one).
+    pub async fn put_linked_hub(
+        &self,
+        name: &str,
+        hub: &LinkedHubDescription,
+    ) -> Result<LinkedHubDescription, ClientError> {
+        call(&self.rest, Route::PutLinkedHub(name.into()), Some(body(hub)?), None).await
+    }
+
+    /// `DELETE /linkedHubs/{name}`.
+    pub async fn delete_linked_hub(&self, name: &str) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteLinkedHub(name.into()), None).await
     }
 
     /// `GET /certificates`.

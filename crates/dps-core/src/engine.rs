@@ -4,6 +4,7 @@ mod attestation;
 mod certificates;
 mod device;
 mod groups;
+mod linked_hubs;
 mod recovery;
 mod service;
 mod tpm;
@@ -20,6 +21,7 @@ use crate::store::Store;
 
 pub use attestation::{Credential, DeviceRequest, CHALLENGE_TTL_SECS};
 pub use device::Authenticated;
+pub use linked_hubs::MAX_LINKED_HUBS;
 pub use recovery::Recovery;
 pub use service::Page;
 pub use tpm::KEY_NAME;
@@ -33,6 +35,8 @@ pub struct LinkedHub {
     pub allocation_weight: u32,
     /// Whether policy-based allocation may pick this hub.
     pub apply_allocation_policy: bool,
+    /// The hub's region (`geoLatency`).
+    pub location: Option<String>,
 }
 
 impl LinkedHub {
@@ -43,6 +47,18 @@ impl LinkedHub {
             host_name: host_name.into(),
             allocation_weight: 1,
             apply_allocation_policy: true,
+            location: None,
+        }
+    }
+
+    /// The engine's view of a linked hub's settings (absent weight 1, absent policy flag true,
+    /// as Azure reads them).
+    pub fn from_description(d: &dps_proto::model::service::LinkedHubDescription) -> Self {
+        Self {
+            host_name: d.name.clone(),
+            allocation_weight: d.allocation_weight.unwrap_or(1),
+            apply_allocation_policy: d.apply_allocation_policy.unwrap_or(true),
+            location: d.location.clone(),
         }
     }
 }
@@ -52,7 +68,9 @@ impl LinkedHub {
 pub struct EngineConfig {
     /// The service's ID scope, e.g. `0ne0012AB34`.
     pub id_scope: String,
-    /// Hubs devices may be assigned to.
+    /// Hubs devices may be assigned to when the store links none (tests, and a server before
+    /// its first start has linked its embedded hub); hubs linked through the service API
+    /// ([`Engine::put_linked_hub`]) replace them.
     pub linked_hubs: Vec<LinkedHub>,
     /// Allocation policy for enrollments that set none.
     pub default_allocation: AllocationPolicy,
@@ -161,6 +179,9 @@ pub struct Engine {
     config: EngineConfig,
     store: Arc<dyn Store>,
     hubs: Arc<dyn HubRegistry>,
+    /// The hubs allocation picks from: read (without a lock) by every registration, replaced
+    /// whole when a hub is linked, changed or unlinked.
+    linked: arc_swap::ArcSwap<Vec<LinkedHub>>,
     groups: groups::GroupCache,
     operations: device::OperationCache,
     tpm: tpm::ChallengeCache,
@@ -173,6 +194,7 @@ impl Engine {
     pub fn new(config: EngineConfig, store: Arc<dyn Store>, hubs: Arc<dyn HubRegistry>) -> Self {
         let quotas = crate::quota::Quotas::new(config.quotas.clone());
         Self {
+            linked: arc_swap::ArcSwap::from_pointee(config.linked_hubs.clone()),
             config,
             store,
             hubs,
@@ -206,6 +228,8 @@ impl Engine {
     /// Loads caches (enrollment groups) from the store and finishes the registrations a crash
     /// interrupted ([`Engine::recover_registrations`]). Call it before serving.
     pub async fn load(&self) -> Result<(), crate::Error> {
+        // First: finishing an interrupted registration may write to a linked hub.
+        self.load_linked_hubs().await?;
         self.groups.reload(self.store.as_ref()).await?;
         self.recover_registrations().await?;
         Ok(())

@@ -138,6 +138,8 @@ pub enum Resource {
     Registration,
     /// A CA certificate (`/certificates/{name}`).
     Certificate,
+    /// A linked IoT hub (`/linkedHubs/{name}`).
+    LinkedHub,
 }
 
 impl std::fmt::Display for Resource {
@@ -147,6 +149,7 @@ impl std::fmt::Display for Resource {
             Resource::Group => "enrollment group",
             Resource::Registration => "registration record",
             Resource::Certificate => "CA certificate",
+            Resource::LinkedHub => "linked hub",
         })
     }
 }
@@ -203,6 +206,24 @@ pub enum InvalidArgument {
         resource: Resource,
         /// The rule it breaks (names the field).
         source: TwinLimitError,
+    },
+    /// An enrollment names IoT hubs (`iotHubs`, `iotHubHostName`) that are not linked to this
+    /// service.
+    #[error("{resource}: IoT hub(s) {} not linked to this service (link them first: dps linked-hub create)", .hubs.join(", "))]
+    HubsNotLinked {
+        /// The resource that names them.
+        resource: Resource,
+        /// The hubs that are not linked.
+        hubs: Vec<String>,
+    },
+    /// A linked hub's settings break a rule (its connection string, weight, CA certificates);
+    /// the reason names the field.
+    #[error("linked hub '{name}': {reason}")]
+    LinkedHub {
+        /// The hub's host name.
+        name: String,
+        /// What is wrong.
+        reason: String,
     },
     /// An enrollment's attestation mechanism is invalid (missing or malformed keys or
     /// certificates, a kind the resource does not support); the reason names the field.
@@ -526,6 +547,7 @@ impl Error {
                 Resource::Group => codes::ENROLLMENT_GROUP_NOT_FOUND,
                 Resource::Registration => codes::REGISTRATION_NOT_FOUND,
                 Resource::Certificate => codes::CERTIFICATE_NOT_FOUND,
+                Resource::LinkedHub => codes::PATH_NOT_FOUND,
             },
             Error::AlreadyExists { resource, .. } => match resource {
                 Resource::Enrollment => codes::ENROLLMENT_EXISTS,
@@ -534,12 +556,15 @@ impl Error {
                 // write cannot find one; the code is the record's not-found, as it always was.
                 Resource::Registration => codes::REGISTRATION_NOT_FOUND,
                 Resource::Certificate => codes::CERTIFICATE_EXISTS,
+                // Linked hubs are written create-or-replace; no write finds one in the way.
+                Resource::LinkedHub => codes::ARGUMENT_INVALID,
             },
             Error::EtagMismatch { resource, .. } => match resource {
                 Resource::Enrollment => codes::ENROLLMENT_ETAG_MISMATCH,
                 Resource::Group => codes::ENROLLMENT_GROUP_ETAG_MISMATCH,
                 Resource::Registration => codes::REGISTRATION_ETAG_MISMATCH,
                 Resource::Certificate => codes::CERTIFICATE_ETAG_MISMATCH,
+                Resource::LinkedHub => codes::ARGUMENT_INVALID,
             },
             Error::OperationNotFound { .. } => codes::OPERATION_NOT_FOUND,
             Error::NoRegistrationRecord { .. } => codes::REGISTRATION_NOT_FOUND,

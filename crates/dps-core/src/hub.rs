@@ -3,7 +3,7 @@
 //! registry REST API.
 
 use async_trait::async_trait;
-use dps_proto::model::service::{DeviceCapabilities, InitialTwin};
+use dps_proto::model::service::{DeviceCapabilities, InitialTwin, LinkedHubDescription};
 use serde::{Deserialize, Serialize};
 
 use crate::cause::Cause;
@@ -122,4 +122,18 @@ pub trait HubRegistry: Send + Sync + 'static {
     /// The data a migration carries from `hub` to another hub; `None` when `hub` holds no such
     /// device. Changes nothing.
     async fn device_data(&self, hub: &str, device_id: &str) -> Result<Option<DeviceData>, HubError>;
+
+    /// Makes the linked hub `hub` usable by the calls above, before the engine assigns devices
+    /// to it: a registry of in-process hubs has nothing to do (the default); one that reaches
+    /// hubs over the network opens a client with the hub's connection string and CA. An error
+    /// refuses the link (and says why: an unusable CA certificate, a hub it cannot serve).
+    async fn link(&self, hub: &LinkedHubDescription) -> Result<(), HubError> {
+        let _ = hub;
+        Ok(())
+    }
+
+    /// Forgets a hub that was unlinked.
+    async fn unlink(&self, hub: &str) {
+        let _ = hub;
+    }
 }

@@ -23,7 +23,7 @@ pub use cause::Cause;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{
     Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page, Recovery,
-    Registered,
+    Registered, MAX_LINKED_HUBS,
 };
 pub use error::Error;
 pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};

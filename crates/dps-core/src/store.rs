@@ -9,7 +9,9 @@ pub mod conformance;
 pub mod memory;
 
 use async_trait::async_trait;
-use dps_proto::model::service::{AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState, Substatus};
+use dps_proto::model::service::{
+    AttestationType, EnrollmentGroup, IndividualEnrollment, LinkedHubDescription, RegistrationState, Substatus,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::cause::Cause;
@@ -261,6 +263,13 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_certificate(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError>;
     /// All CA certificates, ordered by lower-cased name (Azure allows 25; no paging needed).
     async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError>;
+
+    /// Every linked hub, ordered by lower-cased name (Azure allows 50; no paging needed).
+    async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError>;
+    /// Creates or replaces the linked hub named `hub.name` (case-insensitive).
+    async fn put_linked_hub(&self, hub: &LinkedHubDescription) -> Result<(), StoreError>;
+    /// Removes the linked hub `name`; [`StoreError::NotFound`] when there is none.
+    async fn delete_linked_hub(&self, name: &str) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

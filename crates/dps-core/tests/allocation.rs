@@ -163,17 +163,6 @@ async fn the_policy_decides_the_hub() {
             expect: Hub(HUB2),
         },
         HubCase {
-            name: "listed hubs that are not linked are left out",
-            linked: vec![LinkedHub::new(HUB), LinkedHub::new(HUB2)],
-            default: Hashed,
-            via: Via::Individual,
-            target: Target {
-                iot_hubs: Some(&["elsewhere.example", HUB2]),
-                ..t()
-            },
-            expect: Hub(HUB2),
-        },
-        HubCase {
             name: "static through the legacy iotHubHostName",
             linked: three(),
             default: Hashed,
@@ -287,20 +276,6 @@ async fn the_policy_decides_the_hub() {
             expect: Failed(
                 codes::HUB_NOT_SPECIFIED,
                 "no linked IoT hub is available for allocation",
-            ),
-        },
-        HubCase {
-            name: "the enrollment names only hubs that are not linked",
-            linked: three(),
-            default: Hashed,
-            via: Via::Individual,
-            target: Target {
-                iot_hubs: Some(&["elsewhere.example"]),
-                ..t()
-            },
-            expect: Failed(
-                codes::HUB_NOT_SPECIFIED,
-                "none of the enrollment's IoT hubs (elsewhere.example) is linked to this service",
             ),
         },
         HubCase {

@@ -279,7 +279,8 @@ async fn hub_failures_are_reported_not_persisted() {
         "nohub",
         IndividualEnrollment {
             attestation: sym(Some(KEY1), None),
-            iot_hubs: Some(vec!["elsewhere.example".into()]),
+            // Static allocation naming no hub: written fine, and no hub to assign.
+            allocation_policy: Some(dps_proto::model::service::AllocationPolicy::Static),
             ..Default::default()
         },
         None,

@@ -84,6 +84,9 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The linked hubs could not be read or the embedded hub linked.
+    #[error("linked hubs: {0}")]
+    LinkedHubs(#[source] dps_core::StoreError),
     /// The external storage account for file uploads cannot be used: its CA file is
     /// unreadable, or no CA can be trusted for it.
     #[error("file upload storage account: {0}")]
@@ -181,6 +184,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .await
             .map_err(StartError::ConsumerGroup)?;
     }
+    link_embedded_hub_once(&store, &identity).await?;
     let engine = Engine::new(
         EngineConfig {
             immediate_assignment: config.immediate_assignment,
@@ -193,7 +197,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
         Arc::new(store),
-        Arc::new(hub.clone()),
+        Arc::new(crate::hub_router::HubRouter::new(hub.clone())),
     );
     engine.load().await.map_err(StartError::Engine)?;
 
@@ -343,6 +347,34 @@ fn file_upload_config(identity: &Identity, config: &ServerConfig, https_port: u1
         key: dps_proto::blob_storage::derive_account_key(secret.as_bytes()),
         notifications: config.file_upload_notifications,
     }
+}
+
+/// On a store that links no hub (a new server, or one from before hubs could be linked), links
+/// the embedded hub with its owner policy: it is then a linked hub like any other, listed,
+/// weighted, and unlinked like the rest.
+async fn link_embedded_hub_once(store: &dps_store::SqliteStore, identity: &Identity) -> Result<(), StartError> {
+    use dps_core::Store as _;
+    let linked = store.list_linked_hubs().await.map_err(StartError::LinkedHubs)?;
+    if !linked.is_empty() {
+        return Ok(());
+    }
+    let Some(owner) = identity.hub.policies.first() else {
+        return Ok(());
+    };
+    let host = &identity.hub.host_name;
+    let hub = dps_proto::model::service::LinkedHubDescription {
+        name: host.to_ascii_lowercase(),
+        connection_string: dps_proto::connection_string::ConnectionString::service(
+            host,
+            &owner.key_name,
+            &owner.primary_key,
+        )
+        .to_string(),
+        ..Default::default()
+    };
+    store.put_linked_hub(&hub).await.map_err(StartError::LinkedHubs)?;
+    tracing::info!(hub = %host, "embedded hub linked");
+    Ok(())
 }
 
 /// The external storage account file uploads go to, if one is configured; its container is

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dps_core::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition};
-use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
+use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment, LinkedHubDescription};
 use dps_proto::registration_id::key;
 use rusqlite::{Connection, OpenFlags};
 use tracing::info;
@@ -487,5 +487,32 @@ impl Store for SqliteStore {
             .readers
             .read(move |c| reader::list(c, Doc::Certificates, None, 1000))
             .await
+    }
+
+    async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError> {
+        self.db
+            .readers
+            .read(move |c| reader::list(c, Doc::LinkedHubs, None, 1000))
+            .await
+    }
+
+    async fn put_linked_hub(&self, hub: &LinkedHubDescription) -> Result<(), StoreError> {
+        self.write(Op::Put {
+            table: Table::LinkedHubs,
+            key: key(&hub.name),
+            etag: None,
+            doc: doc(hub)?,
+            cond: WriteCondition::Any,
+        })
+        .await
+    }
+
+    async fn delete_linked_hub(&self, name: &str) -> Result<(), StoreError> {
+        self.write(Op::Delete {
+            table: Table::LinkedHubs,
+            key: key(name),
+            cond: WriteCondition::Any,
+        })
+        .await
     }
 }

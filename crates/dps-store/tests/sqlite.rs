@@ -100,7 +100,7 @@ async fn upgrades_a_store_without_intents_and_keeps_intents_across_reopen() {
     }
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE registration_intents; PRAGMA user_version = 2;")
+        conn.execute_batch("DROP TABLE registration_intents; DROP TABLE linked_hubs; PRAGMA user_version = 2;")
             .unwrap();
     }
     let intent = {

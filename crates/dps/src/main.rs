@@ -11,6 +11,7 @@ mod dice;
 mod enrollment;
 mod hub;
 mod info;
+mod linked_hub;
 mod output;
 mod registration;
 mod remote;
@@ -58,6 +59,9 @@ enum Command {
     /// CA certificates with proof of possession (like `az iot dps certificate`).
     #[command(subcommand)]
     Certificate(certificate::CertificateCommand),
+    /// The IoT hubs devices may be assigned to (like `az iot dps linked-hub`).
+    #[command(subcommand)]
+    LinkedHub(linked_hub::LinkedHubCommand),
     /// Derive a device's key from an enrollment group key (offline).
     ComputeDeviceKey(device::ComputeKeyArgs),
     /// DICE identities: DevKit `dps_cert_gen`-exact alias certificates and TCG DICE identities.
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
                     Command::EnrollmentGroup(c) => enrollment::run_group(c).await,
                     Command::Registration(c) => registration::run(c).await,
                     Command::Certificate(c) => certificate::run(c).await,
+                    Command::LinkedHub(c) => linked_hub::run(c).await,
                     Command::Ca(c) => ca::run(c),
                     Command::Bench(a) => bench::run(a).await,
                     Command::ComputeDeviceKey(a) => device::compute_key(a),

@@ -729,7 +729,7 @@ impl Engine {
         legacy_hub: Option<&str>,
         registration_id: &str,
     ) -> Result<String, AllocationError> {
-        let linked = &self.config.linked_hubs;
+        let linked = self.linked.load();
         let named: Vec<&str> = match (iot_hubs.filter(|h| !h.is_empty()), legacy_hub) {
             (Some(h), _) => h.iter().map(String::as_str).collect(),
             (None, Some(h)) => vec![h],

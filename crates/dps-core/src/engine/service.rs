@@ -376,6 +376,8 @@ trait EnrollmentDocument: Sized {
     fn created(&self) -> Option<DateTime<Utc>>;
     fn set_times(&mut self, created: DateTime<Utc>, updated: DateTime<Utc>);
     fn initial_twin(&self) -> Option<&InitialTwin>;
+    /// The hubs the document names (`iotHubs`, and the legacy `iotHubHostName`).
+    fn named_hubs(&self) -> Vec<&str>;
     /// The engine's PUT for this kind of document.
     fn put(
         engine: &Engine,
@@ -420,6 +422,13 @@ macro_rules! enrollment_document {
             }
             fn initial_twin(&self) -> Option<&InitialTwin> {
                 self.initial_twin.as_ref()
+            }
+            fn named_hubs(&self) -> Vec<&str> {
+                let listed = self.iot_hubs.iter().flatten().map(String::as_str);
+                listed
+                    .chain(self.iot_hub_host_name.as_deref())
+                    .filter(|h| !h.is_empty())
+                    .collect()
             }
             async fn put(
                 engine: &Engine,
@@ -481,6 +490,21 @@ fn prepare_write<T: EnrollmentDocument>(
     // here means a device never fails to register because of its enrollment's twin.
     if let Some(twin) = doc.initial_twin() {
         twin_limits::validate_initial_twin(twin).map_err(|source| InvalidArgument::InitialTwin { resource, source })?;
+    }
+    // Azure refuses an enrollment naming a hub that is not linked when it is written, so that
+    // no device fails later for it.
+    let unlinked: Vec<String> = doc
+        .named_hubs()
+        .into_iter()
+        .filter(|h| !engine.is_linked(h))
+        .map(str::to_string)
+        .collect();
+    if !unlinked.is_empty() {
+        return Err(InvalidArgument::HubsNotLinked {
+            resource,
+            hubs: unlinked,
+        }
+        .into());
     }
     let cond = condition(if_match, doc.etag_mut().as_deref());
     prepare_attestation(

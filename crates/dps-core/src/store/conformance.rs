@@ -3,8 +3,8 @@
 
 use chrono::{TimeZone, Utc};
 use dps_proto::model::service::{
-    AttestationMechanism, AttestationType, EnrollmentGroup, IndividualEnrollment, RegistrationState,
-    RegistrationStatus, SymmetricKeyAttestation,
+    AttestationMechanism, AttestationType, EnrollmentGroup, IndividualEnrollment, LinkedHubDescription,
+    RegistrationState, RegistrationStatus, SymmetricKeyAttestation,
 };
 
 use super::{
@@ -64,6 +64,33 @@ pub async fn run_all(store: &dyn Store) {
     deleting_a_group_keeps_its_records(store).await;
     certificates(store).await;
     registration_intents(store).await;
+    linked_hubs(store).await;
+}
+
+async fn linked_hubs(s: &dyn Store) {
+    let hub = |name: &str, weight: u32| LinkedHubDescription {
+        name: name.into(),
+        connection_string: format!("HostName={name};SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"),
+        allocation_weight: Some(weight),
+        location: Some("westeurope".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.list_linked_hubs().await.unwrap(), vec![]);
+    s.put_linked_hub(&hub("Hub-B.example.test", 1)).await.unwrap();
+    s.put_linked_hub(&hub("hub-a.example.test", 1)).await.unwrap();
+    // A write under the same name in another case replaces it.
+    s.put_linked_hub(&hub("hub-b.example.test", 7)).await.unwrap();
+    assert_eq!(
+        s.list_linked_hubs().await.unwrap(),
+        vec![hub("hub-a.example.test", 1), hub("hub-b.example.test", 7)]
+    );
+    s.delete_linked_hub("HUB-A.example.test").await.unwrap();
+    assert_eq!(
+        s.delete_linked_hub("hub-a.example.test").await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(s.list_linked_hubs().await.unwrap(), vec![hub("hub-b.example.test", 7)]);
+    s.delete_linked_hub("hub-b.example.test").await.unwrap();
 }
 
 async fn enrollments_crud_and_etags(s: &dyn Store) {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment};
+use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment, LinkedHubDescription};
 use dps_proto::registration_id::key;
 use parking_lot::RwLock;
 
@@ -16,6 +16,7 @@ pub struct MemoryStore {
     groups: RwLock<BTreeMap<String, EnrollmentGroup>>,
     registrations: RwLock<BTreeMap<String, RegistrationRecord>>,
     certificates: RwLock<BTreeMap<String, CaCertificateRecord>>,
+    linked_hubs: RwLock<BTreeMap<String, LinkedHubDescription>>,
     /// Registration intents by operation id (case kept: operation ids are not user input).
     intents: RwLock<BTreeMap<String, RegistrationIntent>>,
 }
@@ -183,6 +184,22 @@ impl Store for MemoryStore {
 
     async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError> {
         Ok(self.certificates.read().values().cloned().collect())
+    }
+
+    async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError> {
+        Ok(self.linked_hubs.read().values().cloned().collect())
+    }
+
+    async fn put_linked_hub(&self, hub: &LinkedHubDescription) -> Result<(), StoreError> {
+        self.linked_hubs.write().insert(key(&hub.name), hub.clone());
+        Ok(())
+    }
+
+    async fn delete_linked_hub(&self, name: &str) -> Result<(), StoreError> {
+        match self.linked_hubs.write().remove(&key(name)) {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound),
+        }
     }
 }
 

@@ -337,6 +337,72 @@ impl Default for ReprovisionPolicy {
     }
 }
 
+/// A linked IoT hub, in the shape of Azure's ARM `iotHubs[]` item (`IotHubDefinitionDescription`)
+/// plus dps's `caCertificates`: what `dps linked-hub` and `/linkedHubs/{name}` read and write.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkedHubDescription {
+    /// The hub's host name (the path names it; read-only).
+    #[serde(default)]
+    pub name: String,
+    /// `HostName=…;SharedAccessKeyName=…;SharedAccessKey=…` of a hub policy with `RegistryWrite`
+    /// (what DPS writes devices with). Answers carry it with the key replaced by `****`; a
+    /// write without it keeps the one stored.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub connection_string: String,
+    /// The hub's region (for `geoLatency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Relative weight for hashed allocation, 1 to 1000 (absent: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_weight: Option<u32>,
+    /// Whether allocation policies may pick the hub (absent: true); a hub left out is still
+    /// used by enrollments that name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_allocation_policy: Option<bool>,
+    /// PEM CA certificates to trust for the hub's TLS certificate besides the system's (a hub on
+    /// another dps server, which has a CA of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+}
+
+impl std::fmt::Debug for LinkedHubDescription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkedHubDescription")
+            .field("name", &self.name)
+            .field("location", &self.location)
+            .field("allocation_weight", &self.allocation_weight)
+            .field("apply_allocation_policy", &self.apply_allocation_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkedHubDescription {
+    /// The description as answers show it: the connection string's key replaced by `****`.
+    pub fn redacted(&self) -> Self {
+        let connection_string = self
+            .connection_string
+            .split(';')
+            .map(|part| match part.split_once('=') {
+                Some((k, _)) if k.trim().eq_ignore_ascii_case("SharedAccessKey") => format!("{k}=****"),
+                _ => part.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+        Self {
+            connection_string,
+            ..self.clone()
+        }
+    }
+}
+
+/// `GET /linkedHubs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedHubList {
+    /// The linked hubs, by name.
+    pub value: Vec<LinkedHubDescription>,
+}
+
 /// `customAllocationDefinition`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

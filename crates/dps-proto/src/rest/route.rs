@@ -70,6 +70,10 @@ enum Resource {
     CertificateVerificationCode(String),
     /// `/certificates/{name}/verify`
     CertificateVerify(String),
+    /// `/linkedHubs` (list)
+    LinkedHubs,
+    /// `/linkedHubs/{hostName}`
+    LinkedHub(String),
     /// `/devices` (list)
     Devices,
     /// `/devices/query`
@@ -223,6 +227,15 @@ pub enum Route {
     GenerateVerificationCode(String),
     /// `POST /certificates/{name}/verify`
     VerifyCertificate(String),
+    /// `GET /linkedHubs`: the IoT hubs devices may be assigned to (dps's own resource; Azure
+    /// keeps them in the provisioning service's ARM resource, `properties.iotHubs`).
+    ListLinkedHubs,
+    /// `GET /linkedHubs/{hostName}`
+    GetLinkedHub(String),
+    /// `PUT /linkedHubs/{hostName}`: links a hub, or changes a linked hub's settings.
+    PutLinkedHub(String),
+    /// `DELETE /linkedHubs/{hostName}`
+    DeleteLinkedHub(String),
     /// `GET /devices?top=N`
     ListDevices,
     /// `POST /devices/query`
@@ -385,7 +398,11 @@ impl Route {
             | PutCertificate(_)
             | DeleteCertificate(_)
             | GenerateVerificationCode(_)
-            | VerifyCertificate(_) => Api::Service,
+            | VerifyCertificate(_)
+            | ListLinkedHubs
+            | GetLinkedHub(_)
+            | PutLinkedHub(_)
+            | DeleteLinkedHub(_) => Api::Service,
             ListDevices
             | QueryDevices
             | BulkDevices
@@ -470,6 +487,7 @@ impl Route {
             | PutEnrollment(_)
             | PutGroup(_)
             | PutCertificate(_)
+            | PutLinkedHub(_)
             | PutDevice(_)
             | ReplaceTwin(_)
             | PutModule(..)
@@ -502,6 +520,7 @@ impl Route {
             | DeleteGroup(_)
             | DeleteRegistration(_)
             | DeleteCertificate(_)
+            | DeleteLinkedHub(_)
             | DeleteDevice(_)
             | DeleteModule(..)
             | CancelImportExportJob(_)
@@ -516,6 +535,8 @@ impl Route {
             | GetRegistration(_)
             | ListCertificates
             | GetCertificate(_)
+            | ListLinkedHubs
+            | GetLinkedHub(_)
             | ListDevices
             | GetDevice(_)
             | GetTwin(_)
@@ -575,6 +596,8 @@ impl Route {
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateVerificationCode",
             VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListLinkedHubs => "/linkedHubs".into(),
+            GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedHubs", n),
             ListDevices | BulkDevices => "/devices".into(),
             QueryDevices => "/devices/query".into(),
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
@@ -683,6 +706,8 @@ impl Route {
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateverificationcode",
             VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListLinkedHubs => "/linkedhubs".into(),
+            GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedhubs", n),
             ListDevices | QueryDevices | BulkDevices => "/devices".into(),
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
@@ -782,6 +807,11 @@ fn resource(segs: &[String]) -> Option<Resource> {
             [c] => Resource::Certificate(id(c)?),
             [c, v] if is(v, "generateVerificationCode") => Resource::CertificateVerificationCode(id(c)?),
             [c, v] if is(v, "verify") => Resource::CertificateVerify(id(c)?),
+            _ => return None,
+        },
+        [first, rest @ ..] if is(first, "linkedHubs") => match rest {
+            [] => Resource::LinkedHubs,
+            [h] => Resource::LinkedHub(id(h)?),
             _ => return None,
         },
         [first, rest @ ..] if is(first, "devices") => match rest {
@@ -939,6 +969,16 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             Method::GET => Ok(Route::GetCertificate(name)),
             Method::PUT => Ok(Route::PutCertificate(name)),
             Method::DELETE => Ok(Route::DeleteCertificate(name)),
+            _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::LinkedHubs => match *m {
+            Method::GET => Ok(Route::ListLinkedHubs),
+            _ => not_allowed(GET),
+        },
+        R::LinkedHub(name) => match *m {
+            Method::GET => Ok(Route::GetLinkedHub(name)),
+            Method::PUT => Ok(Route::PutLinkedHub(name)),
+            Method::DELETE => Ok(Route::DeleteLinkedHub(name)),
             _ => not_allowed(GET_PUT_DELETE),
         },
         R::CertificateVerificationCode(name) => match *m {

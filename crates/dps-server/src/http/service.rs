@@ -1,5 +1,5 @@
-//! DPS service API (service-api.md §2): enrollments, enrollment groups, registration records, and
-//! CA certificates with proof of possession.
+//! DPS service API (service-api.md §2): enrollments, enrollment groups, registration records,
+//! CA certificates with proof of possession, and linked hubs (dps's own resource, `ServiceConfig`).
 //! Authorized by the DPS shared-access policies; status codes exactly as the Python SDKs expect
 //! (PUT 200, DELETE 204, everything else 200).
 
@@ -8,7 +8,8 @@ use axum::response::Response;
 use dps_core::Page;
 use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
 use dps_proto::model::service::{
-    BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup, IndividualEnrollment, QuerySpecification,
+    BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup, IndividualEnrollment, LinkedHubDescription,
+    LinkedHubList, QuerySpecification,
 };
 use serde::Serialize;
 
@@ -40,7 +41,11 @@ fn right(route: &Route) -> &'static str {
         | PutCertificate(_)
         | DeleteCertificate(_)
         | GenerateVerificationCode(_)
-        | VerifyCertificate(_) => SERVICE_CONFIG,
+        | VerifyCertificate(_)
+        | ListLinkedHubs
+        | GetLinkedHub(_)
+        | PutLinkedHub(_)
+        | DeleteLinkedHub(_) => SERVICE_CONFIG,
         other => unreachable!("not a service route: {other:?}"),
     }
 }
@@ -120,6 +125,18 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
                     .await?,
                 "DeviceRegistration",
             )
+        }
+        Route::ListLinkedHubs => ok(&LinkedHubList {
+            value: engine.list_linked_hubs().await?,
+        }),
+        Route::GetLinkedHub(name) => ok(&engine.get_linked_hub(&name).await?),
+        Route::PutLinkedHub(name) => {
+            let hub: LinkedHubDescription = ctx.json("LinkedHubDescription").await?;
+            ok(&engine.put_linked_hub(&name, hub).await?)
+        }
+        Route::DeleteLinkedHub(name) => {
+            engine.delete_linked_hub(&name).await?;
+            no_content()
         }
         Route::ListCertificates => ok(&engine.list_certificates().await?),
         Route::GetCertificate(name) => ok(&engine.get_certificate(&name).await?),

@@ -13,6 +13,7 @@ pub(crate) enum Table {
     Enrollments,
     Groups,
     Certificates,
+    LinkedHubs,
 }
 
 impl Table {
@@ -21,6 +22,7 @@ impl Table {
             Table::Enrollments => "SELECT etag FROM enrollments WHERE key = ?1",
             Table::Groups => "SELECT etag FROM enrollment_groups WHERE key = ?1",
             Table::Certificates => "SELECT etag FROM certificates WHERE key = ?1",
+            Table::LinkedHubs => "SELECT etag FROM linked_hubs WHERE key = ?1",
         }
     }
 
@@ -38,6 +40,10 @@ impl Table {
                 "INSERT INTO certificates (key, etag, doc) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
             }
+            Table::LinkedHubs => {
+                "INSERT INTO linked_hubs (key, etag, doc) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
+            }
         }
     }
 
@@ -46,6 +52,7 @@ impl Table {
             Table::Enrollments => "DELETE FROM enrollments WHERE key = ?1",
             Table::Groups => "DELETE FROM enrollment_groups WHERE key = ?1",
             Table::Certificates => "DELETE FROM certificates WHERE key = ?1",
+            Table::LinkedHubs => "DELETE FROM linked_hubs WHERE key = ?1",
         }
     }
 }

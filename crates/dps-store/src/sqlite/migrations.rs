@@ -48,7 +48,8 @@ impl Schema {
     }
 }
 
-/// The DPS store (`dps.db`): enrollments, groups, registrations, certificates, intents.
+/// The DPS store (`dps.db`): enrollments, groups, registrations, certificates, intents, linked
+/// hubs.
 pub(crate) const STORE: Schema = Schema {
     database: "store",
     application_id: APPLICATION_ID,
@@ -67,6 +68,11 @@ pub(crate) const STORE: Schema = Schema {
             version: 3,
             name: "registration intents",
             sql: include_str!("migrations/0003_registration_intents.sql"),
+        },
+        Migration {
+            version: 4,
+            name: "linked hubs",
+            sql: include_str!("migrations/0004_linked_hubs.sql"),
         },
     ],
     adopts_unmarked_files: false,

@@ -161,6 +161,7 @@ pub(crate) enum Doc {
     Registrations,
     Certificates,
     Intents,
+    LinkedHubs,
 }
 
 impl Doc {
@@ -171,6 +172,7 @@ impl Doc {
             Doc::Registrations => "registrations",
             Doc::Certificates => "certificates",
             Doc::Intents => "registration_intents",
+            Doc::LinkedHubs => "linked_hubs",
         }
     }
 
@@ -181,6 +183,7 @@ impl Doc {
             Doc::Registrations => "SELECT doc FROM registrations WHERE key = ?1",
             Doc::Certificates => "SELECT doc FROM certificates WHERE key = ?1",
             Doc::Intents => "SELECT doc FROM registration_intents WHERE key = ?1",
+            Doc::LinkedHubs => "SELECT doc FROM linked_hubs WHERE key = ?1",
         }
     }
 
@@ -206,6 +209,10 @@ impl Doc {
             Doc::Intents => (
                 "SELECT key, doc FROM registration_intents ORDER BY key LIMIT ?1",
                 "SELECT key, doc FROM registration_intents WHERE key > ?2 ORDER BY key LIMIT ?1",
+            ),
+            Doc::LinkedHubs => (
+                "SELECT key, doc FROM linked_hubs ORDER BY key LIMIT ?1",
+                "SELECT key, doc FROM linked_hubs WHERE key > ?2 ORDER BY key LIMIT ?1",
             ),
         }
     }

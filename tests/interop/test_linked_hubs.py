@@ -1,0 +1,181 @@
+"""Linked hubs across servers: a provisioning service (`dps_server`) links the embedded hub of
+another `dps serve` by its connection string (`dps linked-hub create --connection-string …
+--ca …`), and devices enrolled to that hub land there.
+
+- The official Python device SDK provisions through the first server, gets the other server's
+  hub host name, connects to it there, reads the initial twin and sends telemetry; the other
+  hub's registry (the official `azure-iot-hub` service SDK) holds the device and its tags.
+- Reprovisioning moves the device back to the first server's hub with its twin migrated and
+  its identity removed from the hub it left.
+- Failures: an enrollment naming a hub that is not linked is refused when written; a linked hub
+  that is down, or whose policy key is wrong, fails the registration with a message saying so
+  (read over the device HTTPS API, which shows the failed operation's registration state).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from azure.core.exceptions import HttpResponseError
+from azure.iot.hub import IoTHubRegistryManager
+from msrest.exceptions import HttpOperationError
+
+from conftest import _RUNNING, start_server
+from interop_util import call_with_timeout, device_sas, hub_device_client, random_key, register_device, unique_id
+
+DEVICE_API_VERSION = "2021-06-01"
+
+
+@pytest.fixture(scope="module")
+def other_server():
+    """A second `dps serve` whose embedded hub the first one links."""
+    srv = start_server()
+    _RUNNING.append(srv)
+    try:
+        yield srv
+    finally:
+        _RUNNING.remove(srv)
+        logs = srv.logs()
+        srv.stop()
+        assert "panicked at" not in logs, logs
+
+
+def _enroll(service_client, rid: str, key: str, **extra):
+    body = {
+        "registrationId": rid,
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": random_key()}},
+    }
+    body.update(extra)
+    return service_client.enrollment.create_or_update(id=rid, enrollment=body)
+
+
+def _link(dps_server, hub_server) -> dict:
+    return dps_server.cli(
+        "linked-hub", "create", "--connection-string", hub_server.hub_connection_string, "--ca", hub_server.ca_path
+    )
+
+
+def _register_over_https(server, rid: str, key: str) -> dict:
+    """Registers over the device HTTPS API and polls to the end; the final operation status."""
+    auth = device_sas(server.id_scope, rid, key)
+    base = f"https://{server.provisioning_host}/{server.id_scope}/registrations/{rid}"
+    resp = requests.put(
+        f"{base}/register?api-version={DEVICE_API_VERSION}",
+        json={"registrationId": rid},
+        headers={"Authorization": auth},
+        verify=server.ca_path,
+        timeout=60,
+    )
+    assert resp.status_code in (200, 202), resp.text
+    op = resp.json()
+    deadline = time.monotonic() + 60
+    while op.get("status") == "assigning":
+        assert time.monotonic() < deadline, op
+        time.sleep(0.5)
+        op = requests.get(
+            f"{base}/operations/{op['operationId']}?api-version={DEVICE_API_VERSION}",
+            headers={"Authorization": auth},
+            verify=server.ca_path,
+            timeout=60,
+        ).json()
+    return op
+
+
+def test_the_embedded_hub_is_linked_from_the_start(dps_server):
+    hubs = dps_server.cli("linked-hub", "list")
+    assert [h["name"] for h in hubs] == [dps_server.hub_host.lower()], hubs
+    assert hubs[0]["connectionString"].endswith(";SharedAccessKey=****"), hubs
+
+
+def test_a_device_lands_on_another_servers_hub_and_moves_back(dps_server, other_server, service_client):
+    linked = _link(dps_server, other_server)
+    assert linked["name"] == other_server.hub_host.lower(), linked
+    assert linked["connectionString"].endswith(";SharedAccessKey=****"), linked
+    updated = dps_server.cli(
+        "linked-hub", "update", "--hub-host-name", other_server.hub_host, "--allocation-weight", "3", "--location", "westeurope"
+    )
+    assert (updated["allocationWeight"], updated["location"]) == (3, "westeurope"), updated
+    listed = {h["name"] for h in dps_server.cli("linked-hub", "list")}
+    assert listed == {dps_server.hub_host.lower(), other_server.hub_host.lower()}, listed
+
+    rid = unique_id("lh-dev")
+    key = random_key()
+    _enroll(
+        service_client,
+        rid,
+        key,
+        allocationPolicy="static",
+        iotHubs=[other_server.hub_host],
+        initialTwin={"tags": {"site": "b"}, "properties": {"desired": {"interval": 7}}},
+    )
+    result = register_device(dps_server, rid, key)
+    assert result.status == "assigned", result
+    assert result.registration_state.assigned_hub == other_server.hub_host, result
+    with hub_device_client(other_server, rid, key) as device:
+        twin = call_with_timeout(device.get_twin, what="get_twin")
+        assert twin["desired"]["interval"] == 7, twin
+        call_with_timeout(lambda: device.send_message("hello from a linked hub"), what="send_message")
+    there = IoTHubRegistryManager(other_server.hub_connection_string)
+    assert there.get_twin(rid).tags == {"site": "b"}
+    here = IoTHubRegistryManager(dps_server.hub_connection_string)
+    with pytest.raises(HttpOperationError) as absent:
+        here.get_device(rid)
+    assert absent.value.response.status_code == 404
+
+    # Reprovisioned to the first server's hub: the twin comes along (migrateDeviceData, the
+    # default), the identity leaves the other hub.
+    there.update_twin(rid, {"tags": {"site": "b", "moved": True}}, "*")
+    current = service_client.enrollment.get(id=rid)
+    current["iotHubs"] = [dps_server.hub_host]
+    current["attestation"]["symmetricKey"] = {"primaryKey": key, "secondaryKey": random_key()}
+    service_client.enrollment.create_or_update(id=rid, enrollment=current, if_match=current["etag"])
+    again = register_device(dps_server, rid, key)
+    assert again.registration_state.assigned_hub == dps_server.hub_host, again
+    assert again.registration_state.sub_status == "deviceDataMigrated", again
+    assert here.get_twin(rid).tags == {"site": "b", "moved": True}
+    with pytest.raises(HttpOperationError) as gone:
+        there.get_device(rid)
+    assert gone.value.response.status_code == 404
+
+
+def test_an_enrollment_naming_an_unlinked_hub_is_refused(service_client):
+    rid = unique_id("lh-unlinked")
+    with pytest.raises(HttpResponseError) as refused:
+        _enroll(service_client, rid, random_key(), iotHubs=["nowhere.example.test"])
+    assert refused.value.status_code == 400
+    assert "nowhere.example.test not linked" in str(refused.value), refused.value
+
+
+def test_a_hub_that_is_down_or_refuses_the_policy_fails_the_registration(dps_server, service_client):
+    down = start_server()
+    try:
+        _link(dps_server, down)
+    finally:
+        down.stop()
+    rid = unique_id("lh-down")
+    key = random_key()
+    _enroll(service_client, rid, key, allocationPolicy="static", iotHubs=[down.hub_host])
+    op = _register_over_https(dps_server, rid, key)
+    state = op["registrationState"]
+    assert (op["status"], state["errorCode"]) == ("failed", 400209), op
+    assert f"IoT hub {down.hub_host} did not answer" in state["errorMessage"], op
+    # A failed registration leaves no record.
+    with pytest.raises(HttpResponseError):
+        service_client.device_registration_state.get(id=rid)
+    dps_server.cli("linked-hub", "delete", "--hub-host-name", down.hub_host)
+
+    # A hub that answers but refuses the policy's key: 401, and what the policy needs.
+    wrong = start_server()
+    try:
+        cs = wrong.hub_connection_string.rsplit("SharedAccessKey=", 1)[0] + "SharedAccessKey=" + random_key()
+        dps_server.cli("linked-hub", "create", "--connection-string", cs, "--ca", wrong.ca_path)
+        rid = unique_id("lh-401")
+        _enroll(service_client, rid, key, allocationPolicy="static", iotHubs=[wrong.hub_host])
+        op = _register_over_https(dps_server, rid, key)
+        state = op["registrationState"]
+        assert (op["status"], state["errorCode"]) == ("failed", 400209), op
+        assert "401" in state["errorMessage"] and "needs RegistryWrite" in state["errorMessage"], op
+    finally:
+        wrong.stop()
