@@ -179,3 +179,22 @@ def test_a_hub_that_is_down_or_refuses_the_policy_fails_the_registration(dps_ser
         assert "401" in state["errorMessage"] and "needs RegistryWrite" in state["errorMessage"], op
     finally:
         wrong.stop()
+
+
+def test_hubs_in_the_config_file_are_linked_at_start(other_server, tmp_path):
+    config = tmp_path / "dps.toml"
+    config.write_text(
+        "[[linked-hub]]\n"
+        f'connection-string = "{other_server.hub_connection_string}"\n'
+        f'ca = "{other_server.ca_path}"\n'
+        "allocation-weight = 4\n"
+        'location = "northeurope"\n'
+    )
+    srv = start_server("--config", str(config))
+    try:
+        hubs = {h["name"]: h for h in srv.cli("linked-hub", "list")}
+        assert set(hubs) == {srv.hub_host.lower(), other_server.hub_host.lower()}, hubs
+        other = hubs[other_server.hub_host.lower()]
+        assert (other["allocationWeight"], other["location"]) == (4, "northeurope"), other
+    finally:
+        srv.stop()

@@ -15,7 +15,7 @@ use dps_proto::model::hub::{
 };
 use dps_proto::model::service::{
     AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup,
-    IndividualEnrollment, RegistrationStatus, SymmetricKeyAttestation,
+    IndividualEnrollment, LinkedHubDescription, RegistrationStatus, SymmetricKeyAttestation,
 };
 use dps_proto::sas;
 
@@ -163,6 +163,29 @@ pub fn service_body(data: &[u8]) {
             ] {
                 if let Err(e) = r {
                     client_error(&e, "query with a continuation token");
+                }
+            }
+        }
+        if let Some(h) = parse::<LinkedHubDescription>(data) {
+            round_trip(&h, "LinkedHubDescription");
+            let name = if h.name.is_empty() {
+                "hub.fuzz.test".to_string()
+            } else {
+                h.name.clone()
+            };
+            match engine.put_linked_hub(&name, h.clone()).await {
+                Ok(linked) => {
+                    round_trip(&linked, "LinkedHubDescription response");
+                    let got = engine.get_linked_hub(&name).await.expect("a linked hub reads back");
+                    assert_eq!(got, linked);
+                    assert!(engine.is_linked(&name));
+                    let shown = dps_proto::connection_string::ConnectionString::parse(&got.connection_string)
+                        .expect("a linked hub's connection string parses");
+                    assert_eq!(shown.key.as_deref(), Some("****"), "a linked hub's key was shown");
+                }
+                Err(err) => {
+                    client_error(&err, "put linked hub");
+                    assert!(engine.get_linked_hub(&name).await.is_err(), "a refused hub was linked");
                 }
             }
         }

@@ -63,9 +63,40 @@ pub struct ServerConfig {
     /// CA certificate(s) (PEM) to trust for [`ServerConfig::file_upload_storage`] besides the
     /// system's (a storage emulator or a private endpoint with a certificate of its own).
     pub file_upload_storage_ca: Option<PathBuf>,
+    /// Hubs linked at every start (`[[linked-hub]]` in the file), besides those linked through
+    /// the service API: each is created or updated to these settings.
+    pub linked_hubs: Vec<LinkedHubConfig>,
     /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
     /// file, `--max-connections` etc. on the command line).
     pub limits: Limits,
+}
+
+/// A hub to link at start (`[[linked-hub]]`), with the settings `dps linked-hub create` takes.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LinkedHubConfig {
+    /// `HostName=…;SharedAccessKeyName=…;SharedAccessKey=…` of a policy with `RegistryWrite`.
+    pub connection_string: String,
+    /// Relative weight for hashed allocation, 1 to 1000.
+    pub allocation_weight: Option<u32>,
+    /// Whether allocation policies may pick the hub.
+    pub apply_allocation_policy: Option<bool>,
+    /// The hub's region (`geoLatency`).
+    pub location: Option<String>,
+    /// PEM CA certificate(s) to trust for the hub besides the system's.
+    pub ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for LinkedHubConfig {
+    /// Without the connection string: it holds the policy key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkedHubConfig")
+            .field("allocation_weight", &self.allocation_weight)
+            .field("apply_allocation_policy", &self.apply_allocation_policy)
+            .field("location", &self.location)
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every limit and deadline the server enforces on what clients send, with its default. The
@@ -218,6 +249,9 @@ pub struct FileConfig {
     pub file_upload_container: Option<String>,
     /// See [`ServerConfig::file_upload_storage_ca`].
     pub file_upload_storage_ca: Option<PathBuf>,
+    /// See [`ServerConfig::linked_hubs`]: `[[linked-hub]]` tables.
+    #[serde(rename = "linked-hub")]
+    pub linked_hubs: Option<Vec<LinkedHubConfig>>,
     /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
     pub limits: Option<Limits>,
 }
@@ -281,6 +315,7 @@ impl ServerConfig {
             file_upload_storage: None,
             file_upload_container: dps_proto::rest::FILE_UPLOAD_CONTAINER.to_string(),
             file_upload_storage_ca: None,
+            linked_hubs: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -307,6 +342,9 @@ impl ServerConfig {
         );
         self.file_upload_storage = f.file_upload_storage.or(self.file_upload_storage);
         self.file_upload_storage_ca = f.file_upload_storage_ca.or(self.file_upload_storage_ca);
+        if let Some(h) = f.linked_hubs {
+            self.linked_hubs = h;
+        }
         if let Some(h) = f.hostname.filter(|h| !h.is_empty()) {
             self.hostnames = h;
         }
@@ -478,6 +516,24 @@ mod tests {
         let mut c = ServerConfig::defaults();
         c.file_upload_container = "uploads".into();
         assert!(c.validate().unwrap_err().contains("set file-upload-storage too"));
+    }
+
+    #[test]
+    fn linked_hubs_are_read_from_the_file() {
+        let f: FileConfig = toml::from_str(
+            "[[linked-hub]]\nconnection-string = \"HostName=h1;SharedAccessKeyName=p;SharedAccessKey=a2V5\"\n\
+             allocation-weight = 3\nlocation = \"westeurope\"\nca = \"other/ca.pem\"\n\
+             [[linked-hub]]\nconnection-string = \"HostName=h2;SharedAccessKeyName=p;SharedAccessKey=a2V5\"\n\
+             apply-allocation-policy = false\n",
+        )
+        .unwrap();
+        let c = ServerConfig::defaults().merge_file(f);
+        assert_eq!(c.linked_hubs.len(), 2);
+        assert_eq!(c.linked_hubs[0].allocation_weight, Some(3));
+        assert_eq!(c.linked_hubs[0].ca.as_deref(), Some(Path::new("other/ca.pem")));
+        assert_eq!(c.linked_hubs[1].apply_allocation_policy, Some(false));
+        assert!(!format!("{c:?}").contains("a2V5"), "the key stays out of logs");
+        assert!(toml::from_str::<FileConfig>("[[linked-hub]]\nweight = 1\n").is_err());
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub enum StartError {
     /// The linked hubs could not be read or the embedded hub linked.
     #[error("linked hubs: {0}")]
     LinkedHubs(#[source] dps_core::StoreError),
+    /// A hub of the configuration's `[[linked-hub]]` tables could not be linked.
+    #[error("{0}")]
+    LinkedHub(String),
     /// The external storage account for file uploads cannot be used: its CA file is
     /// unreadable, or no CA can be trusted for it.
     #[error("file upload storage account: {0}")]
@@ -200,6 +203,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Arc::new(crate::hub_router::HubRouter::new(hub.clone())),
     );
     engine.load().await.map_err(StartError::Engine)?;
+    link_configured_hubs(&engine, &config.linked_hubs).await?;
 
     // Bound last: a port that accepts connections means the server is ready (tests and
     // operators wait for that, then read `server.json`).
@@ -374,6 +378,37 @@ async fn link_embedded_hub_once(store: &dps_store::SqliteStore, identity: &Ident
     };
     store.put_linked_hub(&hub).await.map_err(StartError::LinkedHubs)?;
     tracing::info!(hub = %host, "embedded hub linked");
+    Ok(())
+}
+
+/// Links (or updates) the hubs of the configuration's `[[linked-hub]]` tables, as `dps
+/// linked-hub create` would; a hub the engine refuses stops the start, naming it.
+async fn link_configured_hubs(engine: &Engine, hubs: &[crate::config::LinkedHubConfig]) -> Result<(), StartError> {
+    for h in hubs {
+        let refused = |why: String| StartError::LinkedHub(why);
+        let host = dps_proto::connection_string::ConnectionString::parse(&h.connection_string)
+            .map_err(|e| refused(format!("linked-hub connection-string: {e}")))?
+            .host_name;
+        let ca_certificates = match &h.ca {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| refused(format!("linked hub {host}: cannot read {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let hub = dps_proto::model::service::LinkedHubDescription {
+            connection_string: h.connection_string.clone(),
+            allocation_weight: h.allocation_weight,
+            apply_allocation_policy: h.apply_allocation_policy,
+            location: h.location.clone(),
+            ca_certificates,
+            ..Default::default()
+        };
+        engine
+            .put_linked_hub(&host, hub)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+    }
     Ok(())
 }
 
