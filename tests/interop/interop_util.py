@@ -364,3 +364,84 @@ def run_node(server: Any, script: str, args: Dict[str, Any]) -> Dict[str, Any]:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"{script} printed no result (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(lines[-1])
+
+
+def issue_server_certificate(host: str, out: Path) -> tuple[Path, Path, Path]:
+    """A CA of its own and a server certificate for `host` (an IP address) issued by it, for
+    stand-ins of services the server calls (a storage account, a webhook): (CA, certificate,
+    key) files in `out`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "azurite test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = out / "ca.pem", out / "cert.pem", out / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+def register_over_https(server: Any, rid: str, key: str, payload: Any = None) -> Dict[str, Any]:
+    """Registers a symmetric-key device over the device HTTPS API (with `payload`, if any) and
+    polls to the end; the final operation status, whose `registrationState` shows a failure's
+    `errorCode` and `errorMessage` (the SDKs keep those to themselves)."""
+    import requests
+
+    auth = device_sas(server.id_scope, rid, key)
+    base = f"https://{server.provisioning_host}/{server.id_scope}/registrations/{rid}"
+    resp = requests.put(
+        f"{base}/register?api-version={DEVICE_API_VERSION}",
+        json={"registrationId": rid, **({"payload": payload} if payload is not None else {})},
+        headers={"Authorization": auth},
+        verify=server.ca_path,
+        timeout=60,
+    )
+    assert resp.status_code in (200, 202), resp.text
+    op = resp.json()
+    deadline = time.monotonic() + 60
+    while op.get("status") == "assigning":
+        assert time.monotonic() < deadline, op
+        time.sleep(0.5)
+        op = requests.get(
+            f"{base}/operations/{op['operationId']}?api-version={DEVICE_API_VERSION}",
+            headers={"Authorization": auth},
+            verify=server.ca_path,
+            timeout=60,
+        ).json()
+    return op

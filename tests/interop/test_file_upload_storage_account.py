@@ -17,8 +17,6 @@ so the `hostName` devices get is `{host}:10000/devstoreaccount1`; the SDKs build
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -31,59 +29,13 @@ from pathlib import Path
 import pytest
 
 from conftest import _RUNNING, _register_ca, allocate_host, dps_bin, start_server
-from interop_util import NODE_DIR, hub_device_client, random_key, run_node, unique_id
+from interop_util import NODE_DIR, hub_device_client, issue_server_certificate, random_key, run_node, unique_id
 
 # Azurite's well-known development account (its documentation publishes the key).
 ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 PORT = 10000
 CONTAINER = "uploads"
-
-
-def _certificates(host: str, out: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for `host` (an IP address) issued by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "azurite test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = out / "ca.pem", out / "cert.pem", out / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return paths
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen, log: Path) -> None:
@@ -107,7 +59,7 @@ def azurite():
     assert binary.exists(), f"{binary} is missing: run scripts/setup-node.sh"
     host = allocate_host()
     work = Path(tempfile.mkdtemp(prefix="dps-azurite-"))
-    ca, cert, key = _certificates(host, work)
+    ca, cert, key = issue_server_certificate(host, work)
     log = work / "azurite.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -14,19 +14,13 @@ another `dps serve` by its connection string (`dps linked-hub create --connectio
 
 from __future__ import annotations
 
-import time
-
 import pytest
-import requests
 from azure.core.exceptions import HttpResponseError
 from azure.iot.hub import IoTHubRegistryManager
 from msrest.exceptions import HttpOperationError
 
 from conftest import _RUNNING, start_server
-from interop_util import call_with_timeout, device_sas, hub_device_client, random_key, register_device, unique_id
-
-DEVICE_API_VERSION = "2021-06-01"
-
+from interop_util import call_with_timeout, hub_device_client, random_key, register_device, register_over_https, unique_id
 
 @pytest.fixture(scope="module")
 def other_server():
@@ -55,32 +49,6 @@ def _link(dps_server, hub_server) -> dict:
     return dps_server.cli(
         "linked-hub", "create", "--connection-string", hub_server.hub_connection_string, "--ca", hub_server.ca_path
     )
-
-
-def _register_over_https(server, rid: str, key: str) -> dict:
-    """Registers over the device HTTPS API and polls to the end; the final operation status."""
-    auth = device_sas(server.id_scope, rid, key)
-    base = f"https://{server.provisioning_host}/{server.id_scope}/registrations/{rid}"
-    resp = requests.put(
-        f"{base}/register?api-version={DEVICE_API_VERSION}",
-        json={"registrationId": rid},
-        headers={"Authorization": auth},
-        verify=server.ca_path,
-        timeout=60,
-    )
-    assert resp.status_code in (200, 202), resp.text
-    op = resp.json()
-    deadline = time.monotonic() + 60
-    while op.get("status") == "assigning":
-        assert time.monotonic() < deadline, op
-        time.sleep(0.5)
-        op = requests.get(
-            f"{base}/operations/{op['operationId']}?api-version={DEVICE_API_VERSION}",
-            headers={"Authorization": auth},
-            verify=server.ca_path,
-            timeout=60,
-        ).json()
-    return op
 
 
 def test_the_embedded_hub_is_linked_from_the_start(dps_server):
@@ -157,7 +125,7 @@ def test_a_hub_that_is_down_or_refuses_the_policy_fails_the_registration(dps_ser
     rid = unique_id("lh-down")
     key = random_key()
     _enroll(service_client, rid, key, allocationPolicy="static", iotHubs=[down.hub_host])
-    op = _register_over_https(dps_server, rid, key)
+    op = register_over_https(dps_server, rid, key)
     state = op["registrationState"]
     assert (op["status"], state["errorCode"]) == ("failed", 400209), op
     assert f"IoT hub {down.hub_host} did not answer" in state["errorMessage"], op
@@ -173,7 +141,7 @@ def test_a_hub_that_is_down_or_refuses_the_policy_fails_the_registration(dps_ser
         dps_server.cli("linked-hub", "create", "--connection-string", cs, "--ca", wrong.ca_path)
         rid = unique_id("lh-401")
         _enroll(service_client, rid, key, allocationPolicy="static", iotHubs=[wrong.hub_host])
-        op = _register_over_https(dps_server, rid, key)
+        op = register_over_https(dps_server, rid, key)
         state = op["registrationState"]
         assert (op["status"], state["errorCode"]) == ("failed", 400209), op
         assert "401" in state["errorMessage"] and "needs RegistryWrite" in state["errorMessage"], op

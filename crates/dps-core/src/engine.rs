@@ -2,6 +2,7 @@
 
 mod attestation;
 mod certificates;
+mod custom_allocation;
 mod device;
 mod groups;
 mod linked_hubs;
@@ -20,6 +21,7 @@ use crate::random::{Random, SystemRandom};
 use crate::store::Store;
 
 pub use attestation::{Credential, DeviceRequest, CHALLENGE_TTL_SECS};
+pub use custom_allocation::AllocationWebhook;
 pub use device::Authenticated;
 pub use linked_hubs::MAX_LINKED_HUBS;
 pub use recovery::Recovery;
@@ -182,6 +184,8 @@ pub struct Engine {
     /// The hubs allocation picks from: read (without a lock) by every registration, replaced
     /// whole when a hub is linked, changed or unlinked.
     linked: arc_swap::ArcSwap<Vec<LinkedHub>>,
+    /// Sends custom allocation requests; `None`: custom allocation fails (400208).
+    webhook: Option<Arc<dyn AllocationWebhook>>,
     groups: groups::GroupCache,
     operations: device::OperationCache,
     tpm: tpm::ChallengeCache,
@@ -195,6 +199,7 @@ impl Engine {
         let quotas = crate::quota::Quotas::new(config.quotas.clone());
         Self {
             linked: arc_swap::ArcSwap::from_pointee(config.linked_hubs.clone()),
+            webhook: None,
             config,
             store,
             hubs,
@@ -211,6 +216,12 @@ impl Engine {
     /// are reproducible, which is what tests want. Never seed a serving engine.
     pub fn with_random(mut self, random: Arc<dyn Random>) -> Self {
         self.random = random;
+        self
+    }
+
+    /// Calls custom allocation webhooks through `webhook` (the server's HTTPS client).
+    pub fn with_webhook(mut self, webhook: Arc<dyn AllocationWebhook>) -> Self {
+        self.webhook = Some(webhook);
         self
     }
 

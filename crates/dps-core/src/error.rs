@@ -216,6 +216,14 @@ pub enum InvalidArgument {
         /// The hubs that are not linked.
         hubs: Vec<String>,
     },
+    /// A custom allocation enrollment without a usable webhook (`customAllocationDefinition`).
+    #[error("{resource}: {reason}")]
+    CustomAllocation {
+        /// The resource.
+        resource: Resource,
+        /// What is wrong.
+        reason: String,
+    },
     /// A linked hub's settings break a rule (its connection string, weight, CA certificates);
     /// the reason names the field.
     #[error("linked hub '{name}': {reason}")]
@@ -516,9 +524,25 @@ pub enum AllocationError {
     /// Static allocation with other than one hub.
     #[error("static allocation needs exactly one IoT hub on the enrollment, found {0}")]
     StaticNeedsOneHub(usize),
-    /// Custom (webhook) allocation.
-    #[error("custom allocation (webhook) is not supported by this server version")]
+    /// Custom allocation, and the engine has no webhook transport ([`crate::Engine::with_webhook`]).
+    #[error("custom allocation (webhook) is not available: this engine has no webhook client")]
     CustomUnsupported,
+    /// Custom allocation on an enrollment without `customAllocationDefinition.webhookUrl`
+    /// (written before the rule that refuses it).
+    #[error("custom allocation needs customAllocationDefinition.webhookUrl on the enrollment")]
+    NoWebhook,
+    /// The custom allocation webhook could not be called, or answered what is not an
+    /// `AllocationResponse`.
+    #[error("the custom allocation webhook failed: {0}")]
+    Webhook(String),
+    /// The custom allocation webhook chose a hub it was not offered.
+    #[error("the custom allocation webhook chose IoT hub '{hub}', which is not one of the hubs it was offered ({})", .offered.join(", "))]
+    WebhookHub {
+        /// The hub it named.
+        hub: String,
+        /// The hubs it was offered (`linkedHubs`).
+        offered: Vec<String>,
+    },
 }
 
 impl Error {

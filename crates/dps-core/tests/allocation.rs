@@ -80,7 +80,7 @@ struct HubCase {
 /// hash says about the device.
 #[tokio::test]
 async fn the_policy_decides_the_hub() {
-    use AllocationPolicy::{Custom, GeoLatency, Hashed, Static};
+    use AllocationPolicy::{GeoLatency, Hashed, Static};
     use Expect::{Failed, Hub};
     let three = || vec![LinkedHub::new(HUB), LinkedHub::new(HUB2), LinkedHub::new(HUB3)];
     let t = Target::default;
@@ -317,20 +317,6 @@ async fn the_policy_decides_the_hub() {
             expect: Failed(
                 codes::HUB_NOT_SPECIFIED,
                 "static allocation needs exactly one IoT hub on the enrollment, found 0",
-            ),
-        },
-        HubCase {
-            name: "custom (webhook) allocation is not supported",
-            linked: three(),
-            default: Hashed,
-            via: Via::Individual,
-            target: Target {
-                policy: Some(Custom),
-                ..t()
-            },
-            expect: Failed(
-                codes::HUB_NOT_SPECIFIED,
-                "custom allocation (webhook) is not supported by this server version",
             ),
         },
     ];

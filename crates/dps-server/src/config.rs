@@ -66,6 +66,8 @@ pub struct ServerConfig {
     /// Hubs linked at every start (`[[linked-hub]]` in the file), besides those linked through
     /// the service API: each is created or updated to these settings.
     pub linked_hubs: Vec<LinkedHubConfig>,
+    /// CA certificate(s) (PEM) to trust for custom allocation webhooks besides the system's.
+    pub allocation_webhook_ca: Option<PathBuf>,
     /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
     /// file, `--max-connections` etc. on the command line).
     pub limits: Limits,
@@ -137,6 +139,9 @@ pub struct Limits {
     pub c2d_ttl_secs: u64,
     /// Largest file a device may upload, bytes (file upload's blob endpoint).
     pub max_upload_bytes: u64,
+    /// Seconds a custom allocation webhook has to answer (connection included); past it the
+    /// registration fails (400208).
+    pub webhook_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -153,6 +158,7 @@ impl Default for Limits {
             polls_per_device_per_10s: QuotaConfig::DEFAULT.polls_per_device_per_10s,
             c2d_ttl_secs: dps_hub::DEFAULT_C2D_TTL.as_secs(),
             max_upload_bytes: 256 * 1024 * 1024,
+            webhook_timeout_secs: 10,
         }
     }
 }
@@ -168,6 +174,7 @@ impl Limits {
             ("request-timeout-secs", self.request_timeout_secs),
             ("dps-session-timeout-secs", self.dps_session_timeout_secs),
             ("max-upload-bytes", self.max_upload_bytes),
+            ("webhook-timeout-secs", self.webhook_timeout_secs),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(format!(
@@ -189,6 +196,11 @@ impl Limits {
     /// [`Limits::c2d_ttl_secs`] as a duration.
     pub fn c2d_ttl(&self) -> Duration {
         Duration::from_secs(self.c2d_ttl_secs)
+    }
+
+    /// [`Limits::webhook_timeout_secs`] as a duration.
+    pub fn webhook_timeout(&self) -> Duration {
+        Duration::from_secs(self.webhook_timeout_secs)
     }
 
     /// [`Limits::request_timeout_secs`] as a duration.
@@ -252,6 +264,8 @@ pub struct FileConfig {
     /// See [`ServerConfig::linked_hubs`]: `[[linked-hub]]` tables.
     #[serde(rename = "linked-hub")]
     pub linked_hubs: Option<Vec<LinkedHubConfig>>,
+    /// See [`ServerConfig::allocation_webhook_ca`].
+    pub allocation_webhook_ca: Option<PathBuf>,
     /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
     pub limits: Option<Limits>,
 }
@@ -316,6 +330,7 @@ impl ServerConfig {
             file_upload_container: dps_proto::rest::FILE_UPLOAD_CONTAINER.to_string(),
             file_upload_storage_ca: None,
             linked_hubs: Vec::new(),
+            allocation_webhook_ca: None,
             limits: Limits::default(),
         }
     }
@@ -342,6 +357,7 @@ impl ServerConfig {
         );
         self.file_upload_storage = f.file_upload_storage.or(self.file_upload_storage);
         self.file_upload_storage_ca = f.file_upload_storage_ca.or(self.file_upload_storage_ca);
+        self.allocation_webhook_ca = f.allocation_webhook_ca.or(self.allocation_webhook_ca);
         if let Some(h) = f.linked_hubs {
             self.linked_hubs = h;
         }

@@ -22,6 +22,7 @@ pub mod mqtt;
 pub mod remote_hub;
 pub mod storage_account;
 mod tls;
+pub mod webhook;
 pub mod ws;
 
 use std::sync::Arc;

@@ -87,6 +87,10 @@ pub enum StartError {
     /// The linked hubs could not be read or the embedded hub linked.
     #[error("linked hubs: {0}")]
     LinkedHubs(#[source] dps_core::StoreError),
+    /// The custom allocation webhook client cannot be built: its CA file is unreadable, or no
+    /// CA can be trusted.
+    #[error("custom allocation webhooks: {0}")]
+    Webhook(String),
     /// A hub of the configuration's `[[linked-hub]]` tables could not be linked.
     #[error("{0}")]
     LinkedHub(String),
@@ -201,7 +205,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         },
         Arc::new(store),
         Arc::new(crate::hub_router::HubRouter::new(hub.clone())),
-    );
+    )
+    .with_webhook(Arc::new(webhook_client(&config)?));
     engine.load().await.map_err(StartError::Engine)?;
     link_configured_hubs(&engine, &config.linked_hubs).await?;
 
@@ -379,6 +384,18 @@ async fn link_embedded_hub_once(store: &dps_store::SqliteStore, identity: &Ident
     store.put_linked_hub(&hub).await.map_err(StartError::LinkedHubs)?;
     tracing::info!(hub = %host, "embedded hub linked");
     Ok(())
+}
+
+/// The HTTPS client of custom allocation webhooks.
+fn webhook_client(config: &ServerConfig) -> Result<crate::webhook::WebhookClient, StartError> {
+    let ca = match &config.allocation_webhook_ca {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| StartError::Webhook(format!("cannot read the CA file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    crate::webhook::WebhookClient::new(ca.as_deref(), config.limits.webhook_timeout()).map_err(StartError::Webhook)
 }
 
 /// Links (or updates) the hubs of the configuration's `[[linked-hub]]` tables, as `dps

@@ -83,6 +83,9 @@ pub struct ServeArgs {
         requires = "file_upload_storage"
     )]
     file_upload_storage_ca: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for custom allocation webhooks besides the system's.
+    #[arg(long, env = "DPS_ALLOCATION_WEBHOOK_CA", value_name = "FILE")]
+    allocation_webhook_ca: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
@@ -132,6 +135,9 @@ struct LimitArgs {
     /// Largest file a device may upload, bytes [default: 268435456 (256 MiB)].
     #[arg(long, env = "DPS_MAX_UPLOAD_BYTES")]
     max_upload_bytes: Option<u64>,
+    /// Seconds a custom allocation webhook has to answer [default: 10].
+    #[arg(long, env = "DPS_WEBHOOK_TIMEOUT_SECS")]
+    webhook_timeout_secs: Option<u64>,
 }
 
 impl LimitArgs {
@@ -150,7 +156,8 @@ impl LimitArgs {
             operations_per_second,
             polls_per_device_per_10s,
             c2d_ttl_secs,
-            max_upload_bytes
+            max_upload_bytes,
+            webhook_timeout_secs
         );
     }
 }
@@ -209,6 +216,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.file_upload_storage_ca {
             c.file_upload_storage_ca = Some(v);
+        }
+        if let Some(v) = self.allocation_webhook_ca {
+            c.allocation_webhook_ca = Some(v);
         }
         self.limits.apply(&mut c.limits);
         Ok((c, self.log))

@@ -577,8 +577,6 @@ impl Engine {
         attested: &Attested,
         operation_id: &str,
     ) -> Result<RegistrationState, RegistrationState> {
-        // The device payload only feeds custom (webhook) allocation, which is not implemented yet.
-        let _ = &body.payload;
         // The code and message come from the one mapping of causes ([`Error::code`]).
         let failed = |status: RegistrationStatus, why: Error| RegistrationState {
             registration_id: req.registration_id.clone(),
@@ -625,25 +623,51 @@ impl Engine {
             .as_ref()
             .filter(|_| !reprovision.update_hub_assignment)
             .and_then(|p| p.state.assigned_hub.clone());
+        let policy = policy.unwrap_or(self.config.default_allocation);
+        let mut custom = None;
         let hub = match sticky_hub {
             Some(h) => h,
-            None => match self.allocate(policy, iot_hubs.as_deref(), legacy_hub.as_deref(), &req.registration_id) {
-                Ok(h) => h,
-                Err(why) => return Err(failed(RegistrationStatus::Failed, why.into())),
-            },
+            None => {
+                let allocated = match self.candidates(iot_hubs.as_deref(), legacy_hub.as_deref()) {
+                    Err(why) => Err(why),
+                    Ok((candidates, _)) if policy == AllocationPolicy::Custom => self
+                        .allocate_custom(
+                            attested,
+                            &req.registration_id,
+                            body.payload.as_ref(),
+                            previous.as_ref(),
+                            &candidates,
+                        )
+                        .await
+                        .map(|c| custom.insert(c).hub.clone()),
+                    Ok((candidates, named)) => self.allocate(policy, &candidates, named, &req.registration_id),
+                };
+                match allocated {
+                    Ok(h) => h,
+                    Err(why) => return Err(failed(RegistrationStatus::Failed, why.into())),
+                }
+            }
         };
-        let reset = previous.is_some() && !reprovision.migrate_device_data && reprovision.update_hub_assignment;
+        // A webhook's initial twin replaces the enrollment's and any migration (Azure: "it will
+        // override any twin migration settings in the enrollment").
+        let (custom_twin, custom_payload) = match custom {
+            Some(c) => (c.initial_twin, c.payload),
+            None => (None, None),
+        };
+        let reset = previous.is_some()
+            && (custom_twin.is_some() || (!reprovision.migrate_device_data && reprovision.update_hub_assignment));
         // A device moving to another hub with `migrateDeviceData` takes its data along (twin,
         // capabilities) instead of the enrollment's initial configuration. Read before the intent
         // is stored, so that recovery replays the same data after the old identity is gone.
         let moving_from = previous
             .as_ref()
-            .filter(|_| reprovision.migrate_device_data)
+            .filter(|_| reprovision.migrate_device_data && custom_twin.is_none())
             .and_then(|p| {
                 let old_hub = p.state.assigned_hub.as_deref()?;
                 let old_device = p.state.device_id.as_deref().unwrap_or(&device_id);
                 (!old_hub.eq_ignore_ascii_case(&hub)).then_some((old_hub, old_device))
             });
+        let initial_twin = custom_twin.or(initial_twin);
         let (initial_twin, capabilities) = match moving_from {
             None => (initial_twin, capabilities),
             Some((old_hub, old_device)) => match self.hubs.device_data(old_hub, old_device).await {
@@ -672,7 +696,7 @@ impl Engine {
             substatus: None,
             last_updated_date_time_utc: Some(now),
             etag: Some(self.new_etag()),
-            payload: None,
+            payload: custom_payload,
             // Kept in the record so a poll after a restart shows them; the service view strips them.
             x509: attested.x509.clone(),
             tpm: attested.tpm.clone(),
@@ -719,28 +743,27 @@ impl Engine {
         }
     }
 
-    /// Picks a hub. `hashed` and `geoLatency` (no latency signal here) use weighted rendezvous
-    /// hashing of the lower-cased registration id: deterministic, proportional to weight, and
-    /// stable when hubs are added or removed.
-    fn allocate(
+    /// The hubs an enrollment may be assigned to: those it names (`iotHubs`, else the legacy
+    /// `iotHubHostName`) that are linked, or when it names none every linked hub allocation
+    /// policies may pick; and whether it named any.
+    fn candidates(
         &self,
-        policy: Option<AllocationPolicy>,
         iot_hubs: Option<&[String]>,
         legacy_hub: Option<&str>,
-        registration_id: &str,
-    ) -> Result<String, AllocationError> {
+    ) -> Result<(Vec<super::LinkedHub>, bool), AllocationError> {
         let linked = self.linked.load();
         let named: Vec<&str> = match (iot_hubs.filter(|h| !h.is_empty()), legacy_hub) {
             (Some(h), _) => h.iter().map(String::as_str).collect(),
             (None, Some(h)) => vec![h],
             (None, None) => vec![],
         };
-        let candidates: Vec<&super::LinkedHub> = if named.is_empty() {
-            linked.iter().filter(|h| h.apply_allocation_policy).collect()
+        let candidates: Vec<super::LinkedHub> = if named.is_empty() {
+            linked.iter().filter(|h| h.apply_allocation_policy).cloned().collect()
         } else {
             linked
                 .iter()
                 .filter(|h| named.iter().any(|n| n.eq_ignore_ascii_case(&h.host_name)))
+                .cloned()
                 .collect()
         };
         if candidates.is_empty() {
@@ -750,17 +773,31 @@ impl Engine {
                 AllocationError::HubsNotLinked(named.iter().map(|h| h.to_string()).collect())
             });
         }
-        match policy.unwrap_or(self.config.default_allocation) {
+        Ok((candidates, !named.is_empty()))
+    }
+
+    /// Picks a hub among `candidates` by a built-in policy. `hashed` and `geoLatency` (no
+    /// latency signal here) use weighted rendezvous hashing of the lower-cased registration id:
+    /// deterministic, proportional to weight, and stable when hubs are added or removed.
+    fn allocate(
+        &self,
+        policy: AllocationPolicy,
+        candidates: &[super::LinkedHub],
+        named: bool,
+        registration_id: &str,
+    ) -> Result<String, AllocationError> {
+        match policy {
             AllocationPolicy::Static => {
                 // Azure: "a single IoT hub, which must be specified on the enrollment"; the linked
                 // hubs are no default, even when there is only one.
-                let found = if named.is_empty() { 0 } else { candidates.len() };
+                let found = if named { candidates.len() } else { 0 };
                 if found == 1 {
                     Ok(candidates[0].host_name.clone())
                 } else {
                     Err(AllocationError::StaticNeedsOneHub(found))
                 }
             }
+            // Decided by the webhook before this is reached ([`Engine::allocate_custom`]).
             AllocationPolicy::Custom => Err(AllocationError::CustomUnsupported),
             AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
                 let key = registration_id::key(registration_id);

@@ -10,9 +10,10 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use dps_proto::keys::{encode_key, validate_symmetric_key};
 use dps_proto::model::service::{
-    AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation, BulkMode,
-    BulkOperationError, BulkOperationResult, EnrollmentGroup, IndividualEnrollment, InitialTwin, RegistrationState,
-    RegistrationStatus, SymmetricKeyAttestation, X509Certificates,
+    AllocationPolicy, AttestationMechanism, AttestationType, BulkEnrollmentGroupOperation, BulkEnrollmentOperation,
+    BulkMode, BulkOperationError, BulkOperationResult, CustomAllocationDefinition, EnrollmentGroup,
+    IndividualEnrollment, InitialTwin, RegistrationState, RegistrationStatus, SymmetricKeyAttestation,
+    X509Certificates,
 };
 use dps_proto::registration_id;
 use dps_proto::twin_limits;
@@ -332,7 +333,7 @@ fn complete_certificates(c: &mut X509Certificates, stored: Option<&X509Certifica
 }
 
 /// Removes secrets for GET / query output.
-fn strip_secrets(att: &mut AttestationMechanism) {
+pub(super) fn strip_secrets(att: &mut AttestationMechanism) {
     if let Some(sk) = att.symmetric_key.as_mut() {
         sk.primary_key = None;
         sk.secondary_key = None;
@@ -378,6 +379,8 @@ trait EnrollmentDocument: Sized {
     fn initial_twin(&self) -> Option<&InitialTwin>;
     /// The hubs the document names (`iotHubs`, and the legacy `iotHubHostName`).
     fn named_hubs(&self) -> Vec<&str>;
+    /// The allocation policy and the custom allocation webhook.
+    fn allocation(&self) -> (Option<AllocationPolicy>, Option<&CustomAllocationDefinition>);
     /// The engine's PUT for this kind of document.
     fn put(
         engine: &Engine,
@@ -422,6 +425,9 @@ macro_rules! enrollment_document {
             }
             fn initial_twin(&self) -> Option<&InitialTwin> {
                 self.initial_twin.as_ref()
+            }
+            fn allocation(&self) -> (Option<AllocationPolicy>, Option<&CustomAllocationDefinition>) {
+                (self.allocation_policy, self.custom_allocation_definition.as_ref())
             }
             fn named_hubs(&self) -> Vec<&str> {
                 let listed = self.iot_hubs.iter().flatten().map(String::as_str);
@@ -506,6 +512,9 @@ fn prepare_write<T: EnrollmentDocument>(
         }
         .into());
     }
+    if let (Some(AllocationPolicy::Custom), definition) = doc.allocation() {
+        check_webhook(definition).map_err(|reason| InvalidArgument::CustomAllocation { resource, reason })?;
+    }
     let cond = condition(if_match, doc.etag_mut().as_deref());
     prepare_attestation(
         engine.random.as_ref(),
@@ -517,6 +526,26 @@ fn prepare_write<T: EnrollmentDocument>(
     *doc.etag_mut() = Some(engine.new_etag());
     doc.set_times(stored.and_then(|s| s.created()).unwrap_or(now), now);
     Ok(cond)
+}
+
+/// A custom allocation definition as Azure requires one: an `https` webhook URL with a host,
+/// and the API version of the requests it takes.
+fn check_webhook(definition: Option<&CustomAllocationDefinition>) -> Result<(), String> {
+    let d = definition.ok_or("custom allocation needs customAllocationDefinition {webhookUrl, apiVersion}")?;
+    let url: http::Uri = d
+        .webhook_url
+        .parse()
+        .map_err(|e| format!("customAllocationDefinition.webhookUrl is not a URL ({e})"))?;
+    if url.scheme_str() != Some("https") || url.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "customAllocationDefinition.webhookUrl must be https://host/…, not '{}'",
+            d.webhook_url.split('?').next().unwrap_or_default()
+        ));
+    }
+    if d.api_version.trim().is_empty() {
+        return Err("customAllocationDefinition.apiVersion is required (e.g. 2021-10-01)".into());
+    }
+    Ok(())
 }
 
 /// Runs a bulk operation item by item: per-item failures are reported, not fatal.
