@@ -417,31 +417,44 @@ def issue_server_certificate(host: str, out: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def register_over_https(server: Any, rid: str, key: str, payload: Any = None) -> Dict[str, Any]:
-    """Registers a symmetric-key device over the device HTTPS API (with `payload`, if any) and
-    polls to the end; the final operation status, whose `registrationState` shows a failure's
-    `errorCode` and `errorMessage` (the SDKs keep those to themselves)."""
-    import requests
+def register_over_https(
+    server: Any, rid: str, key: str, payload: Any = None, source: Optional[str] = None
+) -> Dict[str, Any]:
+    """Registers a symmetric-key device over the device HTTPS API (with `payload`, if any; from
+    the local address `source`, if given) and polls to the end; the final operation status,
+    whose `registrationState` shows a failure's `errorCode` and `errorMessage` (the SDKs keep
+    those to themselves)."""
+    import http.client
+    import ssl
 
     auth = device_sas(server.id_scope, rid, key)
-    base = f"https://{server.provisioning_host}/{server.id_scope}/registrations/{rid}"
-    resp = requests.put(
-        f"{base}/register?api-version={DEVICE_API_VERSION}",
-        json={"registrationId": rid, **({"payload": payload} if payload is not None else {})},
-        headers={"Authorization": auth},
-        verify=server.ca_path,
+    base = f"/{server.id_scope}/registrations/{rid}"
+    context = ssl.create_default_context(cafile=server.ca_path)
+    conn = http.client.HTTPSConnection(
+        server.provisioning_host,
+        443,
+        context=context,
         timeout=60,
+        source_address=(source, 0) if source else None,
     )
-    assert resp.status_code in (200, 202), resp.text
-    op = resp.json()
-    deadline = time.monotonic() + 60
-    while op.get("status") == "assigning":
-        assert time.monotonic() < deadline, op
-        time.sleep(0.5)
-        op = requests.get(
-            f"{base}/operations/{op['operationId']}?api-version={DEVICE_API_VERSION}",
-            headers={"Authorization": auth},
-            verify=server.ca_path,
-            timeout=60,
-        ).json()
-    return op
+
+    def call(method: str, path: str, body: Any = None) -> Dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": auth, "Content-Type": "application/json"}
+        conn.request(method, f"{path}?api-version={DEVICE_API_VERSION}", body=data, headers=headers)
+        resp = conn.getresponse()
+        text = resp.read()
+        assert resp.status in (200, 202), (resp.status, text)
+        return json.loads(text)
+
+    try:
+        register = {"registrationId": rid, **({"payload": payload} if payload is not None else {})}
+        op = call("PUT", f"{base}/register", register)
+        deadline = time.monotonic() + 60
+        while op.get("status") == "assigning":
+            assert time.monotonic() < deadline, op
+            time.sleep(0.5)
+            op = call("GET", f"{base}/operations/{op['operationId']}")
+        return op
+    finally:
+        conn.close()

@@ -166,3 +166,38 @@ def test_hubs_in_the_config_file_are_linked_at_start(other_server, tmp_path):
         assert (other["allocationWeight"], other["location"]) == (4, "northeurope"), other
     finally:
         srv.stop()
+
+
+def test_geo_latency_sends_devices_to_the_nearest_hub(other_server, tmp_path):
+    """Devices are placed by the network they connect from (`[[geo-network]]`), hubs by their
+    linked `location`; each device lands on the nearest hub. Loopback addresses stand in for
+    two sites: 127.0.77.0/24 in Dublin (northeurope), 127.0.78.0/24 in a factory near Phoenix
+    (a `[[geo-location]]` of its own)."""
+    config = tmp_path / "geo.toml"
+    config.write_text(
+        "[[geo-network]]\nnetwork = \"127.0.77.0/24\"\nlocation = \"northeurope\"\n"
+        "[[geo-network]]\nnetwork = \"127.0.78.0/24\"\nlocation = \"factory-az\"\n"
+        "[[geo-location]]\nname = \"factory-az\"\nlatitude = 33.3\nlongitude = -111.9\n"
+        "[[linked-hub]]\n"
+        f'connection-string = "{other_server.hub_connection_string}"\n'
+        f'ca = "{other_server.ca_path}"\n'
+        'location = "westus3"\n'
+    )
+    srv = start_server("--config", str(config))
+    try:
+        srv.cli("linked-hub", "update", "--hub-host-name", srv.hub_host, "--location", "westeurope")
+        key = random_key()
+        landed = {"eu": set(), "us": set()}
+        # Three devices per site: a hash that happened to agree would rarely do it six times.
+        for site, source in [("eu", "127.0.77.5"), ("us", "127.0.78.5")] * 3:
+            rid = unique_id(f"geo-{site}")
+            srv.cli(
+                "enrollment", "create", "--registration-id", rid, "--primary-key", key,
+                "--allocation-policy", "geolatency",
+            )
+            op = register_over_https(srv, rid, key, source=source)
+            assert op["status"] == "assigned", op
+            landed[site].add(op["registrationState"]["assignedHub"])
+        assert landed == {"eu": {srv.hub_host}, "us": {other_server.hub_host}}, landed
+    finally:
+        srv.stop()

@@ -4,6 +4,7 @@ mod attestation;
 mod certificates;
 mod custom_allocation;
 mod device;
+mod geo;
 mod groups;
 mod linked_hubs;
 mod recovery;
@@ -23,6 +24,7 @@ use crate::store::Store;
 pub use attestation::{Credential, DeviceRequest, CHALLENGE_TTL_SECS};
 pub use custom_allocation::AllocationWebhook;
 pub use device::Authenticated;
+pub use geo::GeoConfig;
 pub use linked_hubs::MAX_LINKED_HUBS;
 pub use recovery::Recovery;
 pub use service::Page;
@@ -76,6 +78,8 @@ pub struct EngineConfig {
     pub linked_hubs: Vec<LinkedHub>,
     /// Allocation policy for enrollments that set none.
     pub default_allocation: AllocationPolicy,
+    /// Where devices and hubs are, for `geoLatency` allocation.
+    pub geo: GeoConfig,
     /// `retry-after` seconds sent while an operation is `assigning`.
     pub retry_after_secs: u32,
     /// Answer a register request with its final state (`200 assigned`) instead of Azure's
@@ -97,6 +101,7 @@ impl EngineConfig {
             id_scope: id_scope.into(),
             linked_hubs: vec![LinkedHub::new(hub_host_name)],
             default_allocation: AllocationPolicy::Hashed,
+            geo: GeoConfig::default(),
             retry_after_secs: 3,
             immediate_assignment: false,
             quotas: crate::quota::QuotaConfig::DEFAULT,

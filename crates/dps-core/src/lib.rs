@@ -22,8 +22,8 @@ pub mod x509;
 pub use cause::Cause;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{
-    AllocationWebhook, Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, LinkedHub, Page,
-    Recovery, Registered, MAX_LINKED_HUBS,
+    AllocationWebhook, Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, GeoConfig,
+    LinkedHub, Page, Recovery, Registered, MAX_LINKED_HUBS,
 };
 pub use error::Error;
 pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};

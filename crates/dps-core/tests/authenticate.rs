@@ -34,6 +34,7 @@ fn request(scope: &str, reg: &str, credential: Credential) -> DeviceRequest {
         registration_id: reg.into(),
         credential,
         api_version: Some("2019-03-31".into()),
+        source: None,
     }
 }
 

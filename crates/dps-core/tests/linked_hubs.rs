@@ -240,3 +240,39 @@ async fn allocation_follows_the_hubs_as_they_are_linked_and_unlinked() {
         assert!(assigned == HUB || assigned == HUB3, "{assigned}");
     }
 }
+
+#[tokio::test]
+async fn geo_latency_places_devices_by_their_source_network() {
+    let (e, _) = engine_with(|c| {
+        c.linked_hubs = vec![
+            dps_core::LinkedHub {
+                location: Some("westeurope".into()),
+                ..dps_core::LinkedHub::new(HUB)
+            },
+            dps_core::LinkedHub {
+                location: Some("eastus".into()),
+                ..dps_core::LinkedHub::new(HUB2)
+            },
+        ];
+        c.geo.networks = vec![
+            ("192.0.2.0/24".parse().unwrap(), "northeurope".into()),
+            ("198.51.100.0/24".parse().unwrap(), "centralus".into()),
+        ];
+        c.quotas = dps_core::QuotaConfig::UNLIMITED;
+    })
+    .await;
+    for i in 0..10 {
+        for (source, expected) in [("192.0.2.7", HUB), ("198.51.100.7", HUB2)] {
+            let reg = format!("geo-{i}-{source}");
+            let enrollment = IndividualEnrollment {
+                allocation_policy: Some(AllocationPolicy::GeoLatency),
+                ..Default::default()
+            };
+            enroll(&e, Via::Individual, &reg, enrollment, None).await;
+            let mut req = common::sas_request(&reg, ENROLLMENT_KEY, common::exp());
+            req.source = Some(source.parse().unwrap());
+            let done = common::register_and_poll(&e, &req).await.unwrap();
+            assert_eq!(done.registration_state.assigned_hub.as_deref(), Some(expected), "{reg}");
+        }
+    }
+}

@@ -71,6 +71,7 @@ fn request(reg: &str, credential: Credential) -> DeviceRequest {
         registration_id: reg.into(),
         credential,
         api_version: Some("2021-06-01".into()),
+        source: None,
     }
 }
 

@@ -126,6 +126,7 @@ fn req(reg: &str, chain: &[&Issued]) -> DeviceRequest {
         registration_id: reg.into(),
         credential: Credential::X509(chain.iter().map(|c| c.der()).collect()),
         api_version: None,
+        source: None,
     }
 }
 
@@ -529,6 +530,7 @@ async fn devkit_alias_certificate_with_malformed_san_is_accepted() {
         registration_id: "devkit-dps-sample".into(),
         credential: Credential::X509(vec![der.clone()]),
         api_version: None,
+        source: None,
     };
     let done = register(&e, &r).await.unwrap();
     assert_eq!(done.status, RegistrationStatus::Assigned);

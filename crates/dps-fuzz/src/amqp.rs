@@ -36,7 +36,7 @@ pub fn amqp_connection(data: &[u8]) {
             pos: 0,
             chunk,
         };
-        dps_server::amqp::serve_connection(stream, services.clone(), Vec::new()).await;
+        dps_server::amqp::serve_connection(stream, services.clone(), Vec::new(), None).await;
         let devices = services
             .hub
             .statistics()
@@ -181,7 +181,7 @@ mod seeds {
     {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let services = services().await;
-        let server = tokio::spawn(dps_server::amqp::serve_connection(b, services, Vec::new()));
+        let server = tokio::spawn(dps_server::amqp::serve_connection(b, services, Vec::new(), None));
         let sent = Arc::new(Mutex::new(Vec::new()));
         let stream = Recording {
             inner: a,

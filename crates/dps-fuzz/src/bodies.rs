@@ -61,6 +61,7 @@ pub fn registration_body(data: &[u8]) {
             registration_id: DEVICE.into(),
             credential: Credential::Sas(token),
             api_version: Some("2021-06-01".into()),
+            source: None,
         };
         match engine.register(now(), &req, &body).await {
             Ok(resp) => {

@@ -68,9 +68,36 @@ pub struct ServerConfig {
     pub linked_hubs: Vec<LinkedHubConfig>,
     /// CA certificate(s) (PEM) to trust for custom allocation webhooks besides the system's.
     pub allocation_webhook_ca: Option<PathBuf>,
+    /// Where devices are, by the network they connect from (`[[geo-network]]`), for
+    /// `geoLatency` allocation.
+    pub geo_networks: Vec<GeoNetworkConfig>,
+    /// Coordinates of locations besides Azure's regions (`[[geo-location]]`).
+    pub geo_locations: Vec<GeoLocationConfig>,
     /// Limits and deadlines against slow, idle, flooding and runaway clients (`[limits]` in the
     /// file, `--max-connections` etc. on the command line).
     pub limits: Limits,
+}
+
+/// Devices connecting from `network` are in `location` (`[[geo-network]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GeoNetworkConfig {
+    /// An address block, `10.1.0.0/16` or `fd00::/8`.
+    pub network: String,
+    /// A location: an Azure region (`westeurope`) or a `[[geo-location]]` name.
+    pub location: String,
+}
+
+/// A location's coordinates (`[[geo-location]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GeoLocationConfig {
+    /// Its name, as `[[geo-network]]` and linked hubs' `location` use it.
+    pub name: String,
+    /// Degrees north (-90 to 90).
+    pub latitude: f64,
+    /// Degrees east (-180 to 180).
+    pub longitude: f64,
 }
 
 /// A hub to link at start (`[[linked-hub]]`), with the settings `dps linked-hub create` takes.
@@ -266,6 +293,12 @@ pub struct FileConfig {
     pub linked_hubs: Option<Vec<LinkedHubConfig>>,
     /// See [`ServerConfig::allocation_webhook_ca`].
     pub allocation_webhook_ca: Option<PathBuf>,
+    /// See [`ServerConfig::geo_networks`]: `[[geo-network]]` tables.
+    #[serde(rename = "geo-network")]
+    pub geo_networks: Option<Vec<GeoNetworkConfig>>,
+    /// See [`ServerConfig::geo_locations`]: `[[geo-location]]` tables.
+    #[serde(rename = "geo-location")]
+    pub geo_locations: Option<Vec<GeoLocationConfig>>,
     /// See [`ServerConfig::limits`]: a `[limits]` table; keys left out keep their defaults.
     pub limits: Option<Limits>,
 }
@@ -331,6 +364,8 @@ impl ServerConfig {
             file_upload_storage_ca: None,
             linked_hubs: Vec::new(),
             allocation_webhook_ca: None,
+            geo_networks: Vec::new(),
+            geo_locations: Vec::new(),
             limits: Limits::default(),
         }
     }
@@ -358,6 +393,12 @@ impl ServerConfig {
         self.file_upload_storage = f.file_upload_storage.or(self.file_upload_storage);
         self.file_upload_storage_ca = f.file_upload_storage_ca.or(self.file_upload_storage_ca);
         self.allocation_webhook_ca = f.allocation_webhook_ca.or(self.allocation_webhook_ca);
+        if let Some(g) = f.geo_networks {
+            self.geo_networks = g;
+        }
+        if let Some(g) = f.geo_locations {
+            self.geo_locations = g;
+        }
         if let Some(h) = f.linked_hubs {
             self.linked_hubs = h;
         }
@@ -401,6 +442,7 @@ impl ServerConfig {
                 dps_proto::event_hubs::MAX_CONSUMER_GROUPS - 1
             ));
         }
+        self.geo()?;
         if !dps_proto::blob_storage::valid_container_name(&self.file_upload_container) {
             return Err(format!(
                 "file-upload-container: {:?} is not a container name (3 to 63 lower-case letters, digits and '-')",
@@ -423,6 +465,32 @@ impl ServerConfig {
             }
         }
         self.limits.validate()
+    }
+
+    /// The `geoLatency` settings of `[[geo-network]]` and `[[geo-location]]`, or what is wrong
+    /// with them.
+    pub fn geo(&self) -> Result<dps_core::GeoConfig, String> {
+        let mut geo = dps_core::GeoConfig::default();
+        for n in &self.geo_networks {
+            let net = n.network.parse().map_err(|_| {
+                format!(
+                    "geo-network: {:?} is not an address block (10.1.0.0/16, fd00::/8)",
+                    n.network
+                )
+            })?;
+            geo.networks.push((net, n.location.clone()));
+        }
+        for l in &self.geo_locations {
+            if !(-90.0..=90.0).contains(&l.latitude) || !(-180.0..=180.0).contains(&l.longitude) {
+                return Err(format!(
+                    "geo-location {:?}: latitude must be from -90 to 90 and longitude from -180 to 180",
+                    l.name
+                ));
+            }
+            geo.locations
+                .insert(l.name.to_ascii_lowercase(), (l.latitude, l.longitude));
+        }
+        Ok(geo)
     }
 
     /// The provisioning host name (first host name).
@@ -532,6 +600,25 @@ mod tests {
         let mut c = ServerConfig::defaults();
         c.file_upload_container = "uploads".into();
         assert!(c.validate().unwrap_err().contains("set file-upload-storage too"));
+    }
+
+    #[test]
+    fn geo_settings_are_read_from_the_file_and_checked() {
+        let f: FileConfig = toml::from_str(
+            "[[geo-network]]\nnetwork = \"10.1.0.0/16\"\nlocation = \"factory-a\"\n\
+             [[geo-location]]\nname = \"Factory-A\"\nlatitude = 48.1\nlongitude = 11.6\n",
+        )
+        .unwrap();
+        let c = ServerConfig::defaults().merge_file(f);
+        let geo = c.geo().unwrap();
+        assert_eq!(geo.device_location("10.1.2.3".parse().unwrap()), Some("factory-a"));
+        assert_eq!(geo.locations.get("factory-a"), Some(&(48.1, 11.6)));
+        let mut bad = c.clone();
+        bad.geo_networks[0].network = "10.1.0.0/33".into();
+        assert!(bad.validate().unwrap_err().contains("not an address block"));
+        let mut bad = c;
+        bad.geo_locations[0].latitude = 91.0;
+        assert!(bad.validate().unwrap_err().contains("latitude must be from -90 to 90"));
     }
 
     #[test]

@@ -137,8 +137,9 @@ macro_rules! device_protocol {
         move |stream, certs, permit| {
             let services = services.clone();
             async move {
+                let source = Some(permit.ip());
                 let _permit = permit;
-                $serve(stream, services, certs).await
+                $serve(stream, services, certs, source).await
             }
         }
     }};
@@ -201,6 +202,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                 polls_per_device_per_10s: config.limits.polls_per_device_per_10s,
                 ..QuotaConfig::DEFAULT
             },
+            geo: config.geo().map_err(StartError::Config)?,
             ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
         Arc::new(store),

@@ -214,6 +214,7 @@ async fn hub_endpoint_authenticates_and_serves_twin() {
         registration_id: "dev-1".into(),
         credential: dps_core::Credential::Sas(dps_sas(&s, "dev-1", KEY)),
         api_version: None,
+        source: None,
     };
     s.services
         .engine

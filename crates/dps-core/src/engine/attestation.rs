@@ -38,6 +38,9 @@ pub struct DeviceRequest {
     pub credential: Credential,
     /// Device API version, if the device sent one.
     pub api_version: Option<String>,
+    /// The address the device connected from, when the transport knows it: `geoLatency`
+    /// allocation places the device by it ([`crate::GeoConfig`]).
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// The enrollment a device matched.

@@ -640,7 +640,7 @@ impl Engine {
                         )
                         .await
                         .map(|c| custom.insert(c).hub.clone()),
-                    Ok((candidates, named)) => self.allocate(policy, &candidates, named, &req.registration_id),
+                    Ok((candidates, named)) => self.allocate(policy, &candidates, named, req),
                 };
                 match allocated {
                     Ok(h) => h,
@@ -776,15 +776,16 @@ impl Engine {
         Ok((candidates, !named.is_empty()))
     }
 
-    /// Picks a hub among `candidates` by a built-in policy. `hashed` and `geoLatency` (no
-    /// latency signal here) use weighted rendezvous hashing of the lower-cased registration id:
-    /// deterministic, proportional to weight, and stable when hubs are added or removed.
+    /// Picks a hub among `candidates` by a built-in policy. `hashed` uses weighted rendezvous
+    /// hashing of the lower-cased registration id: deterministic, proportional to weight, and
+    /// stable when hubs are added or removed; `geoLatency` hashes among the hubs nearest the
+    /// device ([`super::GeoConfig`]).
     fn allocate(
         &self,
         policy: AllocationPolicy,
         candidates: &[super::LinkedHub],
         named: bool,
-        registration_id: &str,
+        req: &DeviceRequest,
     ) -> Result<String, AllocationError> {
         match policy {
             AllocationPolicy::Static => {
@@ -800,9 +801,13 @@ impl Engine {
             // Decided by the webhook before this is reached ([`Engine::allocate_custom`]).
             AllocationPolicy::Custom => Err(AllocationError::CustomUnsupported),
             AllocationPolicy::Hashed | AllocationPolicy::GeoLatency => {
-                let key = registration_id::key(registration_id);
-                let best = candidates
-                    .iter()
+                let key = registration_id::key(&req.registration_id);
+                let near = match policy {
+                    AllocationPolicy::GeoLatency => self.config.geo.nearest(req.source, candidates),
+                    _ => candidates.iter().collect(),
+                };
+                let best = near
+                    .into_iter()
                     .map(|h| {
                         let d = Sha256::digest(format!("{}\n{key}", h.host_name.to_ascii_lowercase()).as_bytes());
                         let x = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));

@@ -163,6 +163,7 @@ pub fn device_request(reg: &str, credential: dps_core::Credential) -> dps_core::
         registration_id: reg.into(),
         credential,
         api_version: Some("2019-03-31".into()),
+        source: None,
     }
 }
 

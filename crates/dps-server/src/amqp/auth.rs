@@ -77,6 +77,8 @@ impl ConnIdentity {
 /// The SASL side of [`ConnIdentity`]: the mechanisms offered and how each is judged.
 pub(crate) struct ConnAuthenticator<'a> {
     services: &'a Services,
+    /// The client's address, carried into the device requests it authenticates.
+    source: Option<std::net::IpAddr>,
     /// The TPM exchange under way, if the client chose `TPM`.
     tpm: Option<TpmExchange>,
 }
@@ -92,8 +94,12 @@ enum TpmExchange {
 }
 
 impl<'a> ConnAuthenticator<'a> {
-    pub(crate) fn new(services: &'a Services) -> Self {
-        Self { services, tpm: None }
+    pub(crate) fn new(services: &'a Services, source: Option<std::net::IpAddr>) -> Self {
+        Self {
+            services,
+            source,
+            tpm: None,
+        }
     }
 
     /// Asks the engine whether `request`'s credential is good (`challenged`: the SAS answering
@@ -115,6 +121,7 @@ impl<'a> ConnAuthenticator<'a> {
             registration_id: init.registration_id,
             credential: Credential::None,
             api_version: None,
+            source: self.source,
         };
         let body = DeviceRegistration {
             registration_id: Some(request.registration_id.clone()),
@@ -177,6 +184,7 @@ impl Authenticator for ConnAuthenticator<'_> {
                                 registration_id: node.registration_id,
                                 credential: Credential::Sas(password),
                                 api_version: None,
+                                source: self.source,
                             },
                             false,
                         )

@@ -67,6 +67,7 @@ async fn device_for(conn: &mut Conn, node: &RegistrationNode) -> Result<Arc<DpsD
         registration_id: node.registration_id.clone(),
         credential: Credential::X509(conn.peer_certs.clone()),
         api_version: None,
+        source: conn.source,
     };
     let device = Arc::new(
         authenticate_dps(&conn.services, request)

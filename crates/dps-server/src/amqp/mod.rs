@@ -163,6 +163,8 @@ pub(crate) struct Conn {
     identity: ConnIdentity,
     /// The DER certificates the client sent in the TLS handshake (leaf first), empty for SAS.
     peer_certs: Vec<Vec<u8>>,
+    /// The client's address (`geoLatency` allocation of the devices it registers).
+    source: Option<std::net::IpAddr>,
     amqp: Connection,
     routes: HashMap<LinkId, Route>,
     /// The links the server sends on, by node address: a request that arrives on the client's
@@ -178,13 +180,17 @@ pub(crate) struct Conn {
 /// Serves one AMQP connection over any byte stream: TLS on 5671, or the WebSocket tunnel on 443.
 /// `peer_certs` are the DER certificates the client sent in the TLS handshake (empty for SAS
 /// clients); possession of the leaf's key was proven by TLS.
-pub async fn serve_connection<S>(stream: S, services: Arc<Services>, peer_certs: Vec<Vec<u8>>)
-where
+pub async fn serve_connection<S>(
+    stream: S,
+    services: Arc<Services>,
+    peer_certs: Vec<Vec<u8>>,
+    source: Option<std::net::IpAddr>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let opened_by = Instant::now() + OPEN_TIMEOUT;
     let mut stream = Rewound::new(stream);
-    let mut authenticator = ConnAuthenticator::new(&services);
+    let mut authenticator = ConnAuthenticator::new(&services, source);
     let identity = match tokio::time::timeout_at(opened_by, sasl::negotiate(&mut stream, &mut authenticator)).await {
         Ok(Ok(Opened::Sasl(identity))) => identity,
         Ok(Ok(Opened::NoSasl)) => ConnIdentity::Unnamed,
@@ -207,6 +213,7 @@ where
         services,
         identity,
         peer_certs,
+        source,
         routes: HashMap::new(),
         out_links: HashMap::new(),
         hub: hub::HubState::default(),

@@ -256,6 +256,8 @@ pub(crate) struct Ctx<'a> {
     pub headers: HeaderMap,
     pub query: QueryParams,
     pub peer_certs: Option<PeerCertificates>,
+    /// The client's address, when the connection was accepted by a listener.
+    pub peer_addr: Option<std::net::IpAddr>,
     /// When the request's first byte arrived (see [`RequestStart`]).
     started: tokio::time::Instant,
     body: Option<Body>,
@@ -471,6 +473,7 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
         headers: parts.headers,
         query,
         peer_certs: parts.extensions.get::<PeerCertificates>().cloned(),
+        peer_addr: parts.extensions.get::<HeldPermit>().map(|p| p.0.ip()),
         started: parts
             .extensions
             .get::<RequestStart>()

@@ -102,11 +102,11 @@ pub(super) fn upgrade(services: &Arc<Services>, mut req: Request) -> Result<Resp
         match tunnel {
             Tunnel::Mqtt => {
                 tracing::debug!(?peer, "MQTT over WebSocket connection opened");
-                mqtt::serve_connection(WsByteStream::new(ws), services, peer_certs).await;
+                mqtt::serve_connection(WsByteStream::new(ws), services, peer_certs, peer).await;
             }
             Tunnel::Amqp => {
                 tracing::debug!(?peer, "AMQP over WebSocket connection opened");
-                crate::amqp::serve_connection(WsByteStream::new(ws), services, peer_certs).await;
+                crate::amqp::serve_connection(WsByteStream::new(ws), services, peer_certs, peer).await;
             }
         }
     });

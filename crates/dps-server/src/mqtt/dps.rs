@@ -33,6 +33,7 @@ pub(super) async fn accept(
     user: DpsUsername,
     password: String,
     peer_certs: Vec<Vec<u8>>,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Session, ConnectReturnCode> {
     // An api-version this service does not know makes the user name unacceptable: 0x04, "the
     // data in the user name or password is malformed" (MQTT 3.1.1 §3.2.2.3), the code a
@@ -57,6 +58,7 @@ pub(super) async fn accept(
         registration_id: user.registration_id,
         credential,
         api_version: user.api_version,
+        source,
     };
     match services.engine.authenticate(services.clock.now(), &request).await {
         Ok(authenticated) => Ok(Session {

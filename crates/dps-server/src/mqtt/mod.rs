@@ -58,6 +58,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     services: Arc<Services>,
     peer_certs: Vec<Vec<u8>>,
+    source: Option<std::net::IpAddr>,
 ) {
     let deadline = Instant::now() + services.config.limits.dps_session_timeout();
     let mut io = Framed::new(stream, max_packet_bytes(&services.config));
@@ -90,7 +91,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let result = if let Some(user) = DpsUsername::parse(&username) {
         let accepted = match user {
-            Ok(user) => dps::accept(&services, &connect, user, password, peer_certs).await,
+            Ok(user) => dps::accept(&services, &connect, user, password, peer_certs, source).await,
             Err(e) => {
                 tracing::info!(error = ?e.to_string(), "DPS connection refused");
                 Err(ConnectReturnCode::BadUserNamePassword)
