@@ -201,3 +201,29 @@ def test_geo_latency_sends_devices_to_the_nearest_hub(other_server, tmp_path):
         assert landed == {"eu": {srv.hub_host}, "us": {other_server.hub_host}}, landed
     finally:
         srv.stop()
+
+
+def test_an_operator_reprovisions_a_device_that_sticks_to_its_hub(dps_server, other_server, service_client):
+    """`dps registration reprovision` moves a device whose enrollment keeps it on its hub
+    (`updateHubAssignment: false`) at its next registration."""
+    _link(dps_server, other_server)
+    rid, key = unique_id("lh-sticky"), random_key()
+    _enroll(
+        service_client,
+        rid,
+        key,
+        allocationPolicy="static",
+        iotHubs=[other_server.hub_host],
+        reprovisionPolicy={"updateHubAssignment": False, "migrateDeviceData": True},
+    )
+    assert register_device(dps_server, rid, key).registration_state.assigned_hub == other_server.hub_host
+    current = service_client.enrollment.get(id=rid)
+    current["iotHubs"] = [dps_server.hub_host]
+    service_client.enrollment.create_or_update(id=rid, enrollment=current, if_match=current["etag"])
+    assert register_device(dps_server, rid, key).registration_state.assigned_hub == other_server.hub_host
+
+    marked = dps_server.cli("registration", "reprovision", "--registration-id", rid)
+    assert [m["registrationId"] for m in marked] == [rid], marked
+    moved = register_device(dps_server, rid, key)
+    assert moved.registration_state.assigned_hub == dps_server.hub_host, moved
+    assert moved.registration_state.sub_status == "deviceDataMigrated", moved

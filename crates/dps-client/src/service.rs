@@ -154,6 +154,11 @@ impl ServiceClient {
         delete(&self.rest, Route::DeleteRegistration(id.into()), etag).await
     }
 
+    /// `POST /registrations/{id}/reprovision`: reprovision the device at its next registration.
+    pub async fn request_reprovision(&self, id: &str) -> Result<RegistrationState, ClientError> {
+        call(&self.rest, Route::ReprovisionRegistration(id.into()), None, None).await
+    }
+
     /// `POST /registrations/{groupId}/query`: the records of a group's devices.
     pub async fn query_registrations(
         &self,

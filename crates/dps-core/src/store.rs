@@ -123,6 +123,11 @@ pub struct RegistrationRecord {
     /// The operation that produced this state, so a poll after a restart still finds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_id: Option<String>,
+    /// An operator asked that the device be reprovisioned at its next registration
+    /// ([`crate::Engine::request_reprovision`]): allocation runs again whatever the
+    /// enrollment's `updateHubAssignment` says. The next registration's record has it cleared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reprovision_requested: bool,
 }
 
 /// A CA certificate registered with the service (`/certificates/{name}`), referenced by
@@ -231,6 +236,11 @@ pub trait Store: Send + Sync + 'static {
     /// the [`RegistrationIntent`] of the operation that produced it (`r.operation_id`), if one is
     /// stored. Returns only once committed.
     async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError>;
+    /// Marks the registration record `id` for reprovisioning
+    /// ([`RegistrationRecord::reprovision_requested`]), atomically with respect to other writes
+    /// of it (a registration committing at the same moment is not undone);
+    /// [`StoreError::NotFound`] when there is none.
+    async fn request_reprovision(&self, id: &str) -> Result<(), StoreError>;
     /// Deletes a registration record under `cond`.
     async fn delete_registration(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError>;
     /// Records of devices registered through `group_id`, ordered by lower-cased registration id.

@@ -378,3 +378,54 @@ async fn a_registration_dps_has_no_record_of_is_initial() {
         assert!(hub.deleted.lock().is_empty(), "{name}");
     }
 }
+
+/// An operator's reprovision request moves a device its enrollment keeps on its hub
+/// (`updateHubAssignment: false`) at its next registration, with its data migrated as the
+/// enrollment says; after that the device sticks to its new hub again.
+#[tokio::test]
+async fn an_operator_request_reprovisions_a_device_that_sticks_to_its_hub() {
+    let (e, hub) = two_hubs().await;
+    provisioned(&e, &hub, Via::Individual, policy(false, true)).await;
+    enroll(
+        &e,
+        Via::Individual,
+        DEVICE,
+        settings(HUB2, true, policy(false, true)),
+        Some("*"),
+    )
+    .await;
+    let stays = register_via(&e, Via::Individual, DEVICE).await;
+    assert_eq!(
+        stays.registration_state.assigned_hub.as_deref(),
+        Some(HUB),
+        "sticky without a request"
+    );
+
+    let marked = e.request_reprovision(DEVICE).await.unwrap();
+    assert_eq!(marked.assigned_hub.as_deref(), Some(HUB));
+    let moved = register_via(&e, Via::Individual, DEVICE).await;
+    assert_eq!(moved.status, RegistrationStatus::Assigned);
+    assert_eq!(moved.registration_state.assigned_hub.as_deref(), Some(HUB2));
+    assert_eq!(moved.registration_state.substatus, Some(Substatus::DeviceDataMigrated));
+    assert_eq!(
+        hub.identity(HUB2, DEVICE).unwrap().twin,
+        Some(updated()),
+        "data migrated"
+    );
+    assert_eq!(hub.identity(HUB, DEVICE), None, "the old identity is gone");
+
+    // The request was used up: back to the enrollment's policy.
+    enroll(
+        &e,
+        Via::Individual,
+        DEVICE,
+        settings(HUB, true, policy(false, true)),
+        Some("*"),
+    )
+    .await;
+    let sticks = register_via(&e, Via::Individual, DEVICE).await;
+    assert_eq!(sticks.registration_state.assigned_hub.as_deref(), Some(HUB2));
+
+    let err = e.request_reprovision("never-registered").await.unwrap_err();
+    assert_eq!(err.code(), dps_proto::codes::REGISTRATION_NOT_FOUND);
+}

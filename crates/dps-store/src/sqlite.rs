@@ -409,6 +409,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn request_reprovision(&self, id: &str) -> Result<(), StoreError> {
+        self.write(Op::RequestReprovision { key: key(id) }).await
+    }
+
     async fn delete_registration(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
         self.write(Op::DeleteRegistration {
             key: key(id),

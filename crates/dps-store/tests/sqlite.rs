@@ -24,6 +24,7 @@ fn record(id: &str, group: Option<&str>) -> RegistrationRecord {
         enrollment_group_id: group.map(Into::into),
         attestation: AttestationType::SymmetricKey,
         operation_id: Some(format!("4.{id}")),
+        reprovision_requested: false,
     }
 }
 

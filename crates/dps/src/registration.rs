@@ -17,6 +17,24 @@ pub enum RegistrationCommand {
     List(RegistrationList),
     /// Delete a device's registration record (the device may register again).
     Delete(RegistrationDelete),
+    /// Reprovision devices at their next registration: allocation runs again (and their data
+    /// migrates or resets as the enrollment says), even where the enrollment keeps devices on
+    /// their hub.
+    Reprovision(RegistrationReprovision),
+}
+
+/// `dps registration reprovision`
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+pub struct RegistrationReprovision {
+    /// A device's registration id (repeatable).
+    #[arg(long, group = "which")]
+    pub registration_id: Vec<String>,
+    /// Every device registered through this enrollment group.
+    #[arg(long, visible_alias = "enrollment-id", group = "which")]
+    pub group_id: Option<String>,
+    #[command(flatten)]
+    pub target: DpsTarget,
 }
 
 /// `dps registration show`
@@ -95,6 +113,33 @@ pub async fn run(cmd: RegistrationCommand) -> Result<()> {
                     })
                     .collect();
                 output::table(&["REGISTRATION ID", "DEVICE ID", "STATUS", "HUB", "UPDATED"], &rows);
+            }
+        }
+        RegistrationCommand::Reprovision(a) => {
+            let r = a.target.client()?;
+            let mut ids = a.registration_id.clone();
+            if let Some(g) = &a.group_id {
+                let records = r
+                    .query_registrations(g, None)
+                    .await
+                    .with_context(|| format!("cannot list the registrations of group '{g}'"))?;
+                ids.extend(records.into_iter().map(|s| s.registration_id));
+            }
+            let mut marked = Vec::new();
+            for id in &ids {
+                let state = r
+                    .request_reprovision(id)
+                    .await
+                    .with_context(|| format!("cannot reprovision registration '{id}'"))?;
+                marked.push(to_value(&state)?);
+            }
+            if a.target.server.json {
+                output::json(&Value::Array(marked));
+            } else {
+                out!(
+                    "{} device(s) will be reprovisioned at their next registration",
+                    marked.len()
+                );
             }
         }
         RegistrationCommand::Delete(a) => {

@@ -619,9 +619,13 @@ impl Engine {
             ),
         };
         let reprovision = reprovision.unwrap_or_default();
+        // An operator's reprovision request makes the assignment run again, whatever the
+        // enrollment says.
+        let update_hub_assignment =
+            reprovision.update_hub_assignment || previous.as_ref().is_some_and(|p| p.reprovision_requested);
         let sticky_hub = previous
             .as_ref()
-            .filter(|_| !reprovision.update_hub_assignment)
+            .filter(|_| !update_hub_assignment)
             .and_then(|p| p.state.assigned_hub.clone());
         let policy = policy.unwrap_or(self.config.default_allocation);
         let mut custom = None;
@@ -655,7 +659,7 @@ impl Engine {
             None => (None, None),
         };
         let reset = previous.is_some()
-            && (custom_twin.is_some() || (!reprovision.migrate_device_data && reprovision.update_hub_assignment));
+            && (custom_twin.is_some() || (!reprovision.migrate_device_data && update_hub_assignment));
         // A device moving to another hub with `migrateDeviceData` takes its data along (twin,
         // capabilities) instead of the enrollment's initial configuration. Read before the intent
         // is stored, so that recovery replays the same data after the old identity is gone.
@@ -718,6 +722,7 @@ impl Engine {
                 enrollment_group_id: attested.matched.group_id().map(str::to_string),
                 attestation: attested.attestation,
                 operation_id: Some(operation_id.to_string()),
+                reprovision_requested: false,
             },
             previous: previous.map(|p| PreviousAssignment {
                 hub: p.state.assigned_hub,

@@ -784,6 +784,20 @@ impl Engine {
             .map_err(|e| Kind::Registration.map(e, id))
     }
 
+    /// `POST /registrations/{id}/reprovision` (dps's own): the device is reprovisioned at its
+    /// next registration — allocation runs again over the enrollment's hubs and policy as they
+    /// are then, and its data migrates or resets as the enrollment's `migrateDeviceData` says —
+    /// even when the enrollment's `updateHubAssignment` is false (the operator's way to move
+    /// devices that stick to their hub). Answers the record as `GET` does.
+    pub async fn request_reprovision(&self, id: &str) -> Result<RegistrationState, Error> {
+        self.store
+            .request_reprovision(id)
+            .await
+            .map_err(|e| Kind::Registration.map(e, id))?;
+        tracing::info!(registration = %id, "reprovisioning requested for the next registration");
+        self.get_registration(id).await
+    }
+
     /// `POST /registrations/{groupId}/query`: records of devices registered through a group
     /// that match `query`'s `WHERE` (the spec sends no query; Node and C# send one).
     pub async fn query_registrations(

@@ -50,6 +50,7 @@ fn record(id: &str, group: Option<&str>, etag: &str) -> RegistrationRecord {
         enrollment_group_id: group.map(Into::into),
         attestation: AttestationType::SymmetricKey,
         operation_id: Some("4.op".into()),
+        reprovision_requested: false,
     }
 }
 
@@ -65,6 +66,33 @@ pub async fn run_all(store: &dyn Store) {
     certificates(store).await;
     registration_intents(store).await;
     linked_hubs(store).await;
+    reprovision_requests(store).await;
+}
+
+async fn reprovision_requests(s: &dyn Store) {
+    let r = record("reprov-1", Some("grp-r"), "r1");
+    s.commit_registration(&r).await.unwrap();
+    s.request_reprovision("REPROV-1").await.unwrap();
+    let marked = s.get_registration("reprov-1").await.unwrap().unwrap();
+    assert!(marked.reprovision_requested);
+    assert_eq!(
+        RegistrationRecord {
+            reprovision_requested: false,
+            ..marked
+        },
+        r,
+        "nothing else changed"
+    );
+    // The next commit (the device's registration) clears it.
+    s.commit_registration(&r).await.unwrap();
+    assert!(
+        !s.get_registration("reprov-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .reprovision_requested
+    );
+    assert_eq!(s.request_reprovision("reprov-none").await, Err(StoreError::NotFound));
 }
 
 async fn linked_hubs(s: &dyn Store) {

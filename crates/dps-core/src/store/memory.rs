@@ -108,6 +108,16 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn request_reprovision(&self, id: &str) -> Result<(), StoreError> {
+        match self.registrations.write().get_mut(&key(id)) {
+            Some(r) => {
+                r.reprovision_requested = true;
+                Ok(())
+            }
+            None => Err(StoreError::NotFound),
+        }
+    }
+
     async fn delete_registration(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
         let mut map = self.registrations.write();
         let k = key(id);

@@ -62,6 +62,8 @@ enum Resource {
     Registration(String),
     /// `/registrations/{groupId}/query`
     RegistrationQuery(String),
+    /// `/registrations/{id}/reprovision`
+    RegistrationReprovision(String),
     /// `/certificates` (list)
     Certificates,
     /// `/certificates/{name}`
@@ -215,6 +217,9 @@ pub enum Route {
     DeleteRegistration(String),
     /// `POST /registrations/{groupId}/query`
     QueryRegistrations(String),
+    /// `POST /registrations/{id}/reprovision`: reprovision the device at its next registration
+    /// (dps's own operator action).
+    ReprovisionRegistration(String),
     /// `GET /certificates`
     ListCertificates,
     /// `GET /certificates/{name}`
@@ -393,6 +398,7 @@ impl Route {
             | GetRegistration(_)
             | DeleteRegistration(_)
             | QueryRegistrations(_)
+            | ReprovisionRegistration(_)
             | ListCertificates
             | GetCertificate(_)
             | PutCertificate(_)
@@ -503,6 +509,7 @@ impl Route {
             | QueryGroups
             | BulkGroups
             | QueryRegistrations(_)
+            | ReprovisionRegistration(_)
             | GenerateVerificationCode(_)
             | VerifyCertificate(_)
             | QueryDevices
@@ -592,6 +599,7 @@ impl Route {
             BulkGroups => "/enrollmentGroups".into(),
             GetRegistration(id) | DeleteRegistration(id) => item("registrations", id),
             QueryRegistrations(group) => item("registrations", group) + "/query",
+            ReprovisionRegistration(id) => item("registrations", id) + "/reprovision",
             ListCertificates => "/certificates".into(),
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateVerificationCode",
@@ -702,6 +710,7 @@ impl Route {
             QueryGroups | BulkGroups => "/enrollmentgroups".into(),
             GetRegistration(id) | DeleteRegistration(id) => item("registrations", id),
             QueryRegistrations(_) => "/registrations".into(),
+            ReprovisionRegistration(id) => item("registrations", id),
             ListCertificates => "/certificates".into(),
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateverificationcode",
@@ -802,6 +811,9 @@ fn resource(segs: &[String]) -> Option<Resource> {
         },
         [first, r] if is(first, "registrations") => Resource::Registration(id(r)?),
         [first, g, q] if is(first, "registrations") && is(q, "query") => Resource::RegistrationQuery(id(g)?),
+        [first, r, a] if is(first, "registrations") && is(a, "reprovision") => {
+            Resource::RegistrationReprovision(id(r)?)
+        }
         [first, rest @ ..] if is(first, "certificates") => match rest {
             [] => Resource::Certificates,
             [c] => Resource::Certificate(id(c)?),
@@ -959,6 +971,10 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         },
         R::RegistrationQuery(id) => match *m {
             Method::POST => Ok(Route::QueryRegistrations(id)),
+            _ => not_allowed(POST),
+        },
+        R::RegistrationReprovision(id) => match *m {
+            Method::POST => Ok(Route::ReprovisionRegistration(id)),
             _ => not_allowed(POST),
         },
         R::Certificates => match *m {

@@ -59,6 +59,7 @@ fn every_route(id: &str) -> Vec<Route> {
         GetRegistration(s()),
         DeleteRegistration(s()),
         QueryRegistrations(s()),
+        ReprovisionRegistration(s()),
         ListCertificates,
         GetCertificate(s()),
         PutCertificate(s()),

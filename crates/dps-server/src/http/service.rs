@@ -35,7 +35,7 @@ fn right(route: &Route) -> &'static str {
             ENROLLMENT_WRITE
         }
         GetRegistration(_) | QueryRegistrations(_) => REGISTRATION_READ,
-        DeleteRegistration(_) => REGISTRATION_WRITE,
+        DeleteRegistration(_) | ReprovisionRegistration(_) => REGISTRATION_WRITE,
         ListCertificates
         | GetCertificate(_)
         | PutCertificate(_)
@@ -114,6 +114,10 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         Route::DeleteRegistration(id) => {
             engine.delete_registration(&id, if_match).await?;
             no_content()
+        }
+        Route::ReprovisionRegistration(id) => {
+            let _ = ctx.body().await?;
+            ok(&engine.request_reprovision(&id).await?)
         }
         Route::QueryRegistrations(group_id) => {
             // Node and C# send a QuerySpecification here; the spec has none (then: every record).

@@ -62,6 +62,9 @@ const DELETE_REGISTRATION: &str = "DELETE FROM registrations WHERE key = ?1";
 const UPSERT_INTENT: &str = "INSERT INTO registration_intents (key, doc) VALUES (?1, ?2) \
      ON CONFLICT (key) DO UPDATE SET doc = excluded.doc";
 const DELETE_INTENT: &str = "DELETE FROM registration_intents WHERE key = ?1";
+/// Sets the flag inside the stored document, so nothing else in it can be overwritten.
+const MARK_REPROVISION: &str =
+    "UPDATE registrations SET doc = json_set(doc, '$.reprovisionRequested', json('true')) WHERE key = ?1";
 const UPSERT_REGISTRATION: &str = "INSERT INTO registrations (key, group_key, etag, doc) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET \
      group_key = excluded.group_key, etag = excluded.etag, doc = excluded.doc";
@@ -97,6 +100,8 @@ pub(crate) enum Op {
     PutIntent { operation_id: String, doc: String },
     /// Removal of a registration intent; absent is fine.
     DeleteIntent { operation_id: String },
+    /// Marks a registration record for reprovisioning, in place (`NotFound` when absent).
+    RequestReprovision { key: String },
     /// Test hook: tells the test it is running, then blocks the writer (inside its transaction)
     /// until released, so the test can queue a batch deterministically.
     #[cfg(test)]
@@ -190,6 +195,16 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
                 .or_backend()?
                 .execute(params![operation_id, doc])
                 .or_backend()?;
+        }
+        Op::RequestReprovision { key } => {
+            let changed = conn
+                .prepare_cached(MARK_REPROVISION)
+                .or_backend()?
+                .execute([key])
+                .or_backend()?;
+            if changed == 0 {
+                return Err(StoreError::NotFound);
+            }
         }
         Op::DeleteIntent { operation_id } => {
             conn.prepare_cached(DELETE_INTENT)

@@ -22,6 +22,7 @@ fn record(id: &str) -> RegistrationRecord {
         enrollment_group_id: None,
         attestation: AttestationType::SymmetricKey,
         operation_id: None,
+        reprovision_requested: false,
     }
 }
 
