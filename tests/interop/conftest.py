@@ -21,6 +21,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -346,6 +347,21 @@ def _register_ca(pem: str) -> None:
 # --------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_server(*extra_args: str) -> Iterator[DpsServer]:
+    """A `dps serve` started with `extra_args` for a fixture of its own: its logs are printed if
+    the test run fails, and it must not have panicked when it is stopped."""
+    server = start_server(*extra_args)
+    _RUNNING.append(server)
+    try:
+        yield server
+    finally:
+        _RUNNING.remove(server)
+        logs = server.logs()
+        server.stop()
+        assert "panicked at" not in logs, logs
 
 
 @pytest.fixture(scope="module")

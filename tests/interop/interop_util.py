@@ -129,11 +129,13 @@ def call_with_timeout(fn: Callable[[], T], timeout: float = SDK_CALL_TIMEOUT, wh
 # --------------------------------------------------------------------------------------
 
 
-def register_device(server: Any, registration_id: str, key: str, *, websockets: bool = False):
+def register_device(
+    server: Any, registration_id: str, key: str, *, websockets: bool = False, payload: Any = None
+):
     """ProvisioningDeviceClient.create_from_symmetric_key(...).register() against `server`.
 
     ``websockets=True`` provisions over MQTT over WebSockets (443, ``/$iothub/websocket``)
-    instead of MQTT over TLS (8883).
+    instead of MQTT over TLS (8883); ``payload`` is sent as the SDK's ``provisioning_payload``.
     """
     from azure.iot.device import ProvisioningDeviceClient
 
@@ -145,6 +147,8 @@ def register_device(server: Any, registration_id: str, key: str, *, websockets: 
         server_verification_cert=server.ca_pem,
         websockets=websockets,
     )
+    if payload is not None:
+        prov.provisioning_payload = payload
     try:
         return call_with_timeout(prov.register, what=f"register({registration_id})")
     finally:

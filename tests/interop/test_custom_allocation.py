@@ -25,12 +25,13 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from conftest import _RUNNING, allocate_host, start_server
+from conftest import allocate_host, running_server
 from interop_util import (
     call_with_timeout,
     hub_device_client,
     issue_server_certificate,
     random_key,
+    register_device,
     register_over_https,
     run_node,
     unique_id,
@@ -97,15 +98,8 @@ def webhook(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(webhook):
-    srv = start_server("--allocation-webhook-ca", str(webhook.ca), "--webhook-timeout-secs", "3")
-    _RUNNING.append(srv)
-    try:
+    with running_server("--allocation-webhook-ca", str(webhook.ca), "--webhook-timeout-secs", "3") as srv:
         yield srv
-    finally:
-        _RUNNING.remove(srv)
-        logs = srv.logs()
-        srv.stop()
-        assert "panicked at" not in logs, logs
 
 
 def _enroll(srv, webhook, rid: str, key: str, url: str | None = None) -> None:
@@ -120,19 +114,9 @@ def _enroll(srv, webhook, rid: str, key: str, url: str | None = None) -> None:
 
 
 def test_python_device_sends_and_gets_a_payload(server, webhook):
-    from azure.iot.device import ProvisioningDeviceClient
-
     rid, key = unique_id("ca-py"), random_key()
     _enroll(server, webhook, rid, key)
-    prov = ProvisioningDeviceClient.create_from_symmetric_key(
-        provisioning_host=server.provisioning_host,
-        registration_id=rid,
-        id_scope=server.id_scope,
-        symmetric_key=key,
-        server_verification_cert=server.ca_pem,
-    )
-    prov.provisioning_payload = {"model": "toaster-9"}
-    result = call_with_timeout(prov.register, what="register")
+    result = register_device(server, rid, key, payload={"model": "toaster-9"})
     assert result.status == "assigned", result
     assert result.registration_state.assigned_hub == server.hub_host
     # The SDK hands the payload over as JSON text (its `response_payload` property dumps it).

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _RUNNING, _register_ca, allocate_host, dps_bin, start_server
+from conftest import _register_ca, allocate_host, dps_bin, running_server
 from interop_util import NODE_DIR, hub_device_client, issue_server_certificate, random_key, run_node, unique_id
 
 # Azurite's well-known development account (its documentation publishes the key).
@@ -110,23 +110,16 @@ def _service(endpoint: str, ca: Path):
 def server(azurite):
     endpoint, ca, _ = azurite
     connection = f"DefaultEndpointsProtocol=https;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};BlobEndpoint={endpoint};"
-    srv = start_server(
+    with running_server(
         "--file-upload-storage", connection,
         "--file-upload-container", CONTAINER,
         "--file-upload-storage-ca", str(ca),
-    )
-    _RUNNING.append(srv)
-    # The devices' and the tests' HTTPS clients trust both the server's CA and Azurite's.
-    _register_ca(Path(ca).read_text())
-    bundle = srv.base_dir / "trust.pem"
-    bundle.write_text(srv.ca_pem.strip() + "\n" + Path(ca).read_text())
-    try:
+    ) as srv:
+        # The devices' and the tests' HTTPS clients trust both the server's CA and Azurite's.
+        _register_ca(Path(ca).read_text())
+        bundle = srv.base_dir / "trust.pem"
+        bundle.write_text(srv.ca_pem.strip() + "\n" + Path(ca).read_text())
         yield srv, types.SimpleNamespace(ca_path=str(bundle))
-    finally:
-        _RUNNING.remove(srv)
-        logs = srv.logs()
-        srv.stop()
-        assert "panicked at" not in logs, logs
 
 
 def _device(srv) -> tuple[str, str]:

@@ -19,21 +19,14 @@ from azure.core.exceptions import HttpResponseError
 from azure.iot.hub import IoTHubRegistryManager
 from msrest.exceptions import HttpOperationError
 
-from conftest import _RUNNING, start_server
+from conftest import running_server, start_server
 from interop_util import call_with_timeout, hub_device_client, random_key, register_device, register_over_https, unique_id
 
 @pytest.fixture(scope="module")
 def other_server():
     """A second `dps serve` whose embedded hub the first one links."""
-    srv = start_server()
-    _RUNNING.append(srv)
-    try:
+    with running_server() as srv:
         yield srv
-    finally:
-        _RUNNING.remove(srv)
-        logs = srv.logs()
-        srv.stop()
-        assert "panicked at" not in logs, logs
 
 
 def _enroll(service_client, rid: str, key: str, **extra):
@@ -43,6 +36,13 @@ def _enroll(service_client, rid: str, key: str, **extra):
     }
     body.update(extra)
     return service_client.enrollment.create_or_update(id=rid, enrollment=body)
+
+
+def _retarget(service_client, rid: str, hub: str) -> None:
+    """Points the enrollment `rid` at `hub` (its keys kept: an update without them keeps them)."""
+    current = service_client.enrollment.get(id=rid)
+    current["iotHubs"] = [hub]
+    service_client.enrollment.create_or_update(id=rid, enrollment=current, if_match=current["etag"])
 
 
 def _link(dps_server, hub_server) -> dict:
@@ -95,10 +95,7 @@ def test_a_device_lands_on_another_servers_hub_and_moves_back(dps_server, other_
     # Reprovisioned to the first server's hub: the twin comes along (migrateDeviceData, the
     # default), the identity leaves the other hub.
     there.update_twin(rid, {"tags": {"site": "b", "moved": True}}, "*")
-    current = service_client.enrollment.get(id=rid)
-    current["iotHubs"] = [dps_server.hub_host]
-    current["attestation"]["symmetricKey"] = {"primaryKey": key, "secondaryKey": random_key()}
-    service_client.enrollment.create_or_update(id=rid, enrollment=current, if_match=current["etag"])
+    _retarget(service_client, rid, dps_server.hub_host)
     again = register_device(dps_server, rid, key)
     assert again.registration_state.assigned_hub == dps_server.hub_host, again
     assert again.registration_state.sub_status == "deviceDataMigrated", again
@@ -217,9 +214,7 @@ def test_an_operator_reprovisions_a_device_that_sticks_to_its_hub(dps_server, ot
         reprovisionPolicy={"updateHubAssignment": False, "migrateDeviceData": True},
     )
     assert register_device(dps_server, rid, key).registration_state.assigned_hub == other_server.hub_host
-    current = service_client.enrollment.get(id=rid)
-    current["iotHubs"] = [dps_server.hub_host]
-    service_client.enrollment.create_or_update(id=rid, enrollment=current, if_match=current["etag"])
+    _retarget(service_client, rid, dps_server.hub_host)
     assert register_device(dps_server, rid, key).registration_state.assigned_hub == other_server.hub_host
 
     marked = dps_server.cli("registration", "reprovision", "--registration-id", rid)

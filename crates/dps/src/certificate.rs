@@ -195,17 +195,17 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
 }
 
 fn show(v: &Value, json: bool) {
-    if json {
-        output::json(v);
-    } else {
-        output::fields(&[
-            ("name", s(v, "name")),
-            ("subject", s(v, "properties/subject")),
-            ("verified", s(v, "properties/isVerified")),
-            ("expires", s(v, "properties/expiry")),
-            ("thumbprint (SHA-1)", s(v, "properties/thumbprint")),
-            ("thumbprint (SHA-256)", s(v, "properties/sha256Thumbprint")),
-            ("etag", s(v, "etag")),
-        ]);
-    }
+    output::show(
+        v,
+        json,
+        &[
+            ("name", "name"),
+            ("subject", "properties/subject"),
+            ("verified", "properties/isVerified"),
+            ("expires", "properties/expiry"),
+            ("thumbprint (SHA-1)", "properties/thumbprint"),
+            ("thumbprint (SHA-256)", "properties/sha256Thumbprint"),
+            ("etag", "etag"),
+        ],
+    );
 }

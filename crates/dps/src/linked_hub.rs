@@ -10,7 +10,7 @@ use dps_proto::connection_string::ConnectionString;
 use dps_proto::model::service::LinkedHubDescription;
 use serde_json::Value;
 
-use crate::output::{self, out, s, to_value};
+use crate::output::{self, out, to_value};
 use crate::remote::{connect, Api, ServerArgs};
 
 /// `dps linked-hub …`
@@ -230,15 +230,15 @@ pub async fn run(cmd: LinkedHubCommand) -> Result<()> {
 }
 
 fn show(v: &Value, json: bool) {
-    if json {
-        output::json(v);
-    } else {
-        output::fields(&[
-            ("host name", s(v, "name")),
-            ("connection string", s(v, "connectionString")),
-            ("allocation weight", s(v, "allocationWeight")),
-            ("apply allocation policy", s(v, "applyAllocationPolicy")),
-            ("location", s(v, "location")),
-        ]);
-    }
+    output::show(
+        v,
+        json,
+        &[
+            ("host name", "name"),
+            ("connection string", "connectionString"),
+            ("allocation weight", "allocationWeight"),
+            ("apply allocation policy", "applyAllocationPolicy"),
+            ("location", "location"),
+        ],
+    );
 }

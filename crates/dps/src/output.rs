@@ -42,6 +42,17 @@ pub fn to_value<T: serde::Serialize>(v: &T) -> anyhow::Result<Value> {
     Ok(serde_json::to_value(v)?)
 }
 
+/// One answer: its JSON with `--json`, else the `(label, path)` fields of it (paths as [`s`]
+/// reads them) as aligned lines.
+pub fn show(v: &Value, json_out: bool, labelled: &[(&str, &str)]) {
+    if json_out {
+        json(v);
+    } else {
+        let rows: Vec<(&str, String)> = labelled.iter().map(|(label, path)| (*label, s(v, path))).collect();
+        fields(&rows);
+    }
+}
+
 /// Aligned `name  value` lines; empty values are skipped.
 pub fn fields(rows: &[(&str, String)]) {
     let width = rows
