@@ -27,6 +27,7 @@ mod query;
 mod report;
 mod sdk;
 mod telemetry;
+mod webhook;
 mod wire;
 
 use std::sync::Arc;
@@ -64,6 +65,9 @@ pub struct Target {
     /// A hub policy with `ServiceConnect` (name, key): the telemetry mode's Event Hubs consumer
     /// signs its token with it.
     pub hub_policy: Option<(String, String)>,
+    /// The CA that issues the bench webhook's certificate (`--webhook-delay-ms`): the server's
+    /// local CA, which the server then trusts with `--allocation-webhook-ca {data-dir}/ca.pem`.
+    pub webhook_ca: Option<dps_pki::ca::LocalCa>,
 }
 
 /// What each simulated device does.
@@ -152,6 +156,13 @@ pub struct BenchArgs {
     /// Keep the bench enrollment group, registration records and hub devices afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Allocate with a custom allocation webhook the bench serves, answering after this many
+    /// milliseconds (start the server with `--allocation-webhook-ca {data-dir}/ca.pem`).
+    #[arg(long, value_name = "MS")]
+    pub webhook_delay_ms: Option<u64>,
+    /// Address the webhook listens on (any free port).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub webhook_bind: std::net::IpAddr,
 }
 
 impl BenchArgs {
@@ -312,14 +323,25 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         https_port,
         amqp_port,
         hub_policy,
+        webhook_ca,
     } = target;
     let host = rest.rest().host().to_string();
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
 
     let prepared = prepare::credentials(a.attestation, &run_id, controls.devices.map_or(0, |d| d + a.warmup)).await?;
     let uses_group = a.mode != Mode::Tls;
+    let webhook = match a.webhook_delay_ms {
+        Some(ms) => {
+            let ca = webhook_ca.as_ref().ok_or_else(|| {
+                BenchError::controls("--webhook-delay-ms needs the server's CA (--data-dir of the server)")
+            })?;
+            Some(webhook::start(a.webhook_bind, ca, Duration::from_millis(ms)).await?)
+        }
+        None => None,
+    };
     if uses_group {
-        prepare::create_group(&rest, &run_id, &prepared.group_attestation).await?;
+        let url = webhook.as_ref().map(|w| w.url.as_str());
+        prepare::create_group(&rest, &run_id, &prepared.group_attestation, url).await?;
     }
     let ctx = Arc::new(devices::Ctx {
         client: a.client(),
@@ -365,6 +387,9 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
     });
     if a.attestation == Attestation::X509 {
         report["certificateSeconds"] = json!(round3(prepared.certificate_seconds));
+    }
+    if let (Some(w), Some(ms)) = (&webhook, a.webhook_delay_ms) {
+        report["webhook"] = json!({ "url": w.url, "delayMs": ms });
     }
 
     if a.mode == Mode::Telemetry {
@@ -457,6 +482,9 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
     }
     if uses_group && !a.keep {
         report["cleanup"] = prepare::cleanup(rest, hub_rest, &run_id).await;
+    }
+    if let Some(w) = &webhook {
+        report["webhook"]["calls"] = json!(w.calls.load(std::sync::atomic::Ordering::Relaxed));
     }
     Ok(report)
 }

@@ -89,15 +89,22 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
     })
 }
 
-/// Creates the enrollment group `run_id` through the service API.
+/// Creates the enrollment group `run_id` through the service API; with `webhook`, its devices
+/// are allocated by that custom allocation webhook.
 pub async fn create_group(
     dps: &ServiceClient,
     run_id: &str,
     attestation: &AttestationMechanism,
+    webhook: Option<&str>,
 ) -> Result<(), BenchError> {
     let group = EnrollmentGroup {
         enrollment_group_id: run_id.into(),
         attestation: attestation.clone(),
+        allocation_policy: webhook.map(|_| dps_proto::model::service::AllocationPolicy::Custom),
+        custom_allocation_definition: webhook.map(|url| dps_proto::model::service::CustomAllocationDefinition {
+            webhook_url: url.to_string(),
+            api_version: "2021-10-01".into(),
+        }),
         ..EnrollmentGroup::default()
     };
     dps.put_group(&group, None).await.map_err(BenchError::CreateGroup)?;

@@ -27,6 +27,14 @@ pub struct BenchCommand {
     pub server: ServerArgs,
 }
 
+/// The server's local CA (certificate and key from its data directory).
+fn local_ca(dir: &DataDir) -> Result<dps_pki::ca::LocalCa> {
+    let read =
+        |p: std::path::PathBuf| std::fs::read_to_string(&p).map_err(|e| anyhow!("cannot read {}: {e}", p.display()));
+    dps_pki::ca::LocalCa::from_pem(&read(dir.ca_cert_path())?, &read(dir.ca_key_path())?)
+        .map_err(|e| anyhow!("the data directory's CA: {e}"))
+}
+
 /// Runs the benchmark and prints its report.
 pub async fn run(a: BenchCommand) -> Result<()> {
     let controls = a.bench.validate()?;
@@ -63,6 +71,10 @@ pub async fn run(a: BenchCommand) -> Result<()> {
             .iter()
             .find(|p| p.has_right("ServiceConnect"))
             .map(|p| (p.key_name.clone(), p.primary_key.clone())),
+        webhook_ca: match a.bench.webhook_delay_ms {
+            Some(_) => Some(local_ca(&dir)?),
+            None => None,
+        },
     };
     let report = dps_bench::run(&a.bench, controls, target).await?;
     if a.server.json {
