@@ -192,7 +192,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .await
             .map_err(StartError::ConsumerGroup)?;
     }
-    link_embedded_hub_once(&store, &identity).await?;
+    link_embedded_hub(&store, &identity).await?;
     let engine = Engine::new(
         EngineConfig {
             immediate_assignment: config.immediate_assignment,
@@ -360,31 +360,49 @@ fn file_upload_config(identity: &Identity, config: &ServerConfig, https_port: u1
     }
 }
 
-/// On a store that links no hub (a new server, or one from before hubs could be linked), links
-/// the embedded hub with its owner policy: it is then a linked hub like any other, listed,
-/// weighted, and unlinked like the rest.
-async fn link_embedded_hub_once(store: &dps_store::SqliteStore, identity: &Identity) -> Result<(), StartError> {
+/// Keeps the embedded hub linked under its current host name. On a store that links no hub (a
+/// new server, or one from before hubs could be linked) it links the embedded hub with its owner
+/// policy: from then on it is a linked hub like any other, listed, weighted and unlinked like the
+/// rest. When the hub was renamed (`--hub-hostname` changed), the link signed with its owner key
+/// moves to the new name, keeping its settings: otherwise every registration would be assigned
+/// to a name the hub no longer answers to.
+async fn link_embedded_hub(store: &dps_store::SqliteStore, identity: &Identity) -> Result<(), StartError> {
     use dps_core::Store as _;
-    let linked = store.list_linked_hubs().await.map_err(StartError::LinkedHubs)?;
-    if !linked.is_empty() {
-        return Ok(());
-    }
+    use dps_proto::connection_string::ConnectionString;
     let Some(owner) = identity.hub.policies.first() else {
         return Ok(());
     };
     let host = &identity.hub.host_name;
+    let linked = store.list_linked_hubs().await.map_err(StartError::LinkedHubs)?;
+    if linked.iter().any(|h| h.name.eq_ignore_ascii_case(host)) {
+        return Ok(());
+    }
+    let signed_by_owner = |h: &&dps_proto::model::service::LinkedHubDescription| {
+        ConnectionString::parse(&h.connection_string)
+            .ok()
+            .and_then(|c| c.key)
+            .is_some_and(|k| k == owner.primary_key)
+    };
+    let renamed = linked.iter().find(signed_by_owner);
+    if !linked.is_empty() && renamed.is_none() {
+        // The operator unlinked the embedded hub: it stays unlinked.
+        return Ok(());
+    }
     let hub = dps_proto::model::service::LinkedHubDescription {
         name: host.to_ascii_lowercase(),
-        connection_string: dps_proto::connection_string::ConnectionString::service(
-            host,
-            &owner.key_name,
-            &owner.primary_key,
-        )
-        .to_string(),
-        ..Default::default()
+        connection_string: ConnectionString::service(host, &owner.key_name, &owner.primary_key).to_string(),
+        ..renamed.cloned().unwrap_or_default()
     };
+    if let Some(old) = renamed {
+        store
+            .delete_linked_hub(&old.name)
+            .await
+            .map_err(StartError::LinkedHubs)?;
+        tracing::info!(old = %old.name, new = %host, "embedded hub relinked under its new host name");
+    } else {
+        tracing::info!(hub = %host, "embedded hub linked");
+    }
     store.put_linked_hub(&hub).await.map_err(StartError::LinkedHubs)?;
-    tracing::info!(hub = %host, "embedded hub linked");
     Ok(())
 }
 
