@@ -14,6 +14,9 @@ another `dps serve` by its connection string (`dps linked-hub create --connectio
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.iot.hub import IoTHubRegistryManager
@@ -131,17 +134,30 @@ def test_a_hub_that_is_down_or_refuses_the_policy_fails_the_registration(dps_ser
         service_client.device_registration_state.get(id=rid)
     dps_server.cli("linked-hub", "delete", "--hub-host-name", down.hub_host)
 
-    # A hub that answers but refuses the policy's key: 401, and what the policy needs.
+    # A hub that answers but refuses the linked policy: a wrong key, then a policy of the hub's
+    # own that lacks RegistryWrite (Azure's default `registryRead`). Both 401, saying what the
+    # policy needs.
     wrong = start_server()
     try:
-        cs = wrong.hub_connection_string.rsplit("SharedAccessKey=", 1)[0] + "SharedAccessKey=" + random_key()
-        dps_server.cli("linked-hub", "create", "--connection-string", cs, "--ca", wrong.ca_path)
-        rid = unique_id("lh-401")
-        _enroll(service_client, rid, key, allocationPolicy="static", iotHubs=[wrong.hub_host])
-        op = register_over_https(dps_server, rid, key)
-        state = op["registrationState"]
-        assert (op["status"], state["errorCode"]) == ("failed", 400209), op
-        assert "401" in state["errorMessage"] and "needs RegistryWrite" in state["errorMessage"], op
+        policies = json.loads((Path(wrong.data_dir) / "dps.json").read_text())["hub"]["policies"]
+        read_only = next(p for p in policies if p["keyName"] == "registryRead")
+        host = f"HostName={wrong.hub_host}"
+        for name, cs, why in [
+            ("bad-key", f"{host};SharedAccessKeyName=iothubowner;SharedAccessKey={random_key()}", "not signed by a key"),
+            (
+                "read-only",
+                f"{host};SharedAccessKeyName=registryRead;SharedAccessKey={read_only['primaryKey']}",
+                "policy 'registryRead' lacks the RegistryWrite right",
+            ),
+        ]:
+            dps_server.cli("linked-hub", "create", "--connection-string", cs, "--ca", wrong.ca_path)
+            rid = unique_id(f"lh-{name}")
+            _enroll(service_client, rid, key, allocationPolicy="static", iotHubs=[wrong.hub_host])
+            op = register_over_https(dps_server, rid, key)
+            state = op["registrationState"]
+            assert (op["status"], state["errorCode"]) == ("failed", 400209), op
+            assert "401" in state["errorMessage"] and "needs RegistryWrite" in state["errorMessage"], op
+            assert why in state["errorMessage"], op
     finally:
         wrong.stop()
 

@@ -113,6 +113,16 @@ pub const DPS_OWNER_RIGHTS: &[&str] = &[
 /// Rights of the default hub owner policy.
 pub const HUB_OWNER_RIGHTS: &[&str] = &["RegistryRead", "RegistryWrite", "ServiceConnect", "DeviceConnect"];
 
+/// The shared access policies a new IoT hub has in Azure, owner first (what `policies[0]` is
+/// taken to be), each with its rights.
+pub const HUB_DEFAULT_POLICIES: &[(&str, &[&str])] = &[
+    ("iothubowner", HUB_OWNER_RIGHTS),
+    ("service", &["ServiceConnect"]),
+    ("device", &["DeviceConnect"]),
+    ("registryRead", &["RegistryRead"]),
+    ("registryReadWrite", &["RegistryRead", "RegistryWrite"]),
+];
+
 /// What `dps.json` holds. Secrets live here, so the file is created mode 0600.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -289,7 +299,10 @@ impl DataDir {
             policies: vec![policy("provisioningserviceowner", DPS_OWNER_RIGHTS)],
             hub: HubIdentity {
                 host_name: hub_host.unwrap_or(default_hub_host).to_string(),
-                policies: vec![policy("iothubowner", HUB_OWNER_RIGHTS)],
+                policies: HUB_DEFAULT_POLICIES
+                    .iter()
+                    .map(|(name, rights)| policy(name, rights))
+                    .collect(),
             },
         };
         write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
@@ -490,6 +503,22 @@ mod tests {
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
         assert_eq!(id.policies[0].key_name, "provisioningserviceowner");
         assert_eq!(id.hub.policies[0].key_name, "iothubowner");
+        // Azure's default hub policies, each with its rights.
+        let hub: Vec<(&str, Vec<&str>)> = id
+            .hub
+            .policies
+            .iter()
+            .map(|p| (p.key_name.as_str(), p.rights.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            hub[1..],
+            [
+                ("service", vec!["ServiceConnect"]),
+                ("device", vec!["DeviceConnect"]),
+                ("registryRead", vec!["RegistryRead"]),
+                ("registryReadWrite", vec!["RegistryRead", "RegistryWrite"]),
+            ]
+        );
         let (again, created) = dd.init_identity("other", None).unwrap();
         assert!(!created);
         assert_eq!(again.id_scope, id.id_scope);
