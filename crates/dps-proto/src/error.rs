@@ -196,3 +196,20 @@ pub mod codes {
         })
     }
 }
+/// `err` and its sources, `: `-separated: reqwest and rumqttc keep the useful part (an
+/// untrusted certificate, a refused connection) in the source chain, not in the top message.
+/// Shared so that every HTTP client of dps (the device SDK, the CLI, the server's own calls to
+/// storage accounts, linked hubs and webhooks) reports errors alike.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -19,6 +19,7 @@ pub mod hub_router;
 mod listener;
 mod log_limit;
 pub mod mqtt;
+mod outbound;
 pub mod remote_hub;
 pub mod storage_account;
 mod tls;

@@ -11,7 +11,7 @@
 //!   `DELETE /devices/{id}` (`If-Match: *`) removes it from the hub it leaves.
 //!
 //! Every request carries a SAS token signed with the policy key for the hub's host name, has a
-//! connect and a total deadline, and is retried (three attempts in all) when the hub cannot be
+//! connect and a total deadline, reads at most 1 MiB of answer, and is retried (three attempts in all) when the hub cannot be
 //! reached, is throttled (429) or fails (5xx). What the hub refuses says so: its status, its
 //! error code and message, and for 401 that the policy needs `RegistryWrite`.
 //!
@@ -24,10 +24,13 @@ use std::time::Duration;
 
 use dps_core::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, TwinPolicy, UpsertOutcome};
 use dps_proto::connection_string::ConnectionString;
+use dps_proto::error::error_chain;
 use dps_proto::model::service::{DeviceCapabilities, InitialTwin, InitialTwinProperties, LinkedHubDescription};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use crate::outbound::read_bounded;
 
 /// Connecting to the hub.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +43,10 @@ const ATTEMPTS: usize = 3;
 
 /// Waits between attempts.
 const BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
+
+/// Largest answer read from a hub (a twin is at most 128 KiB of JSON in IoT Hub's measure; a
+/// device a few KiB).
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// How long each SAS token the client signs is valid.
 const TOKEN_TTL_SECS: u64 = 3600;
@@ -130,7 +137,15 @@ impl RemoteHub {
             match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    let bytes = resp.bytes().await.unwrap_or_default();
+                    // A body that breaks off is no answer (a twin read in part would migrate
+                    // part of a twin): tried again like a connection that failed.
+                    let bytes = match read_bounded(resp, MAX_ANSWER_BYTES).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            last = format!("IoT hub {}: {e}", self.host);
+                            continue;
+                        }
+                    };
                     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                         last = refusal(&self.host, status, &body);
@@ -138,7 +153,7 @@ impl RemoteHub {
                     }
                     return Ok(Answer { status, body });
                 }
-                Err(e) => last = format!("IoT hub {} did not answer: {}", self.host, chain(&e)),
+                Err(e) => last = format!("IoT hub {} did not answer: {}", self.host, error_chain(&e)),
             }
         }
         tracing::warn!(hub = %self.host, "{last}");
@@ -301,17 +316,6 @@ fn refusal(host: &str, status: StatusCode, body: &Value) -> String {
     } else {
         format!("IoT hub {host} answered {status}: {text}")
     }
-}
-
-/// An error with its sources, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out = format!("{out}: {s}");
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -161,15 +161,9 @@ impl StorageAccount {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> StorageAccountError {
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            reason = format!("{reason}: {s}");
-            source = s.source();
-        }
         StorageAccountError::Unreachable {
             endpoint: self.account.blob_endpoint.clone(),
-            reason,
+            reason: dps_proto::error::error_chain(e),
         }
     }
 
@@ -224,7 +218,12 @@ impl StorageAccount {
                 )
                 .await?,
             )?;
-            let body = self.bounded_body(resp).await?;
+            let body = crate::outbound::read_bounded(resp, MAX_LIST_BYTES)
+                .await
+                .map_err(|e| match e {
+                    crate::outbound::BodyError::Broken(e) => self.unreachable(&e),
+                    too_large => StorageAccountError::Answer(format!("List Blobs: {too_large}")),
+                })?;
             let page = storage::parse_blob_list(&body, wanted).map_err(StorageAccountError::Answer)?;
             blobs.extend(page.blobs);
             match page.next_marker {
@@ -233,19 +232,6 @@ impl StorageAccount {
             }
         }
         Ok(blobs)
-    }
-
-    async fn bounded_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, StorageAccountError> {
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unreachable(&e))? {
-            if body.len() + chunk.len() > MAX_LIST_BYTES {
-                return Err(StorageAccountError::Answer(format!(
-                    "a List Blobs answer over {MAX_LIST_BYTES} bytes"
-                )));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
     }
 
     /// `blob`'s size and bytes as they arrive, or `None` when the account has no such blob.

@@ -4,7 +4,7 @@
 //! judges the answer (`dps_core` `engine/custom_allocation.rs`); this decides nothing.
 //!
 //! Bounded like every outbound call: a connect deadline, a deadline on the whole exchange
-//! (`--allocation-webhook-timeout-secs`), at most [`MAX_ANSWER_BYTES`] of answer, no redirects,
+//! (`[limits] webhook-timeout-secs`, `--webhook-timeout-secs`), at most [`MAX_ANSWER_BYTES`] of answer, no redirects,
 //! TLS checked against the system's CAs and `--allocation-webhook-ca`. Connections are kept
 //! and reused, so a busy webhook costs one round trip per registration, not a handshake.
 
@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dps_core::AllocationWebhook;
+use dps_proto::error::error_chain;
 use serde_json::Value;
+
+use crate::outbound::read_bounded;
 
 /// Largest answer read from a webhook.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -50,25 +53,18 @@ impl AllocationWebhook for WebhookClient {
     async fn call(&self, url: &str, request: &Value) -> Result<Value, String> {
         // Errors name the URL without its query: that is where the function key is.
         let shown = url.split('?').next().unwrap_or_default();
-        let mut resp = self
+        let resp = self
             .http
             .post(url)
             .json(request)
             .send()
             .await
-            .map_err(|e| format!("{shown} did not answer: {}", chain(e)))?;
+            // Without the URL reqwest adds to its errors: it holds the key.
+            .map_err(|e| format!("{shown} did not answer: {}", error_chain(&e.without_url())))?;
         let status = resp.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let body = read_bounded(resp, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| format!("{shown} broke off its answer: {}", chain(e)))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(format!("{shown} answered more than {MAX_ANSWER_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| format!("{shown}: {e}"))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
             let text: String = text.chars().take(200).collect();
@@ -77,16 +73,4 @@ impl AllocationWebhook for WebhookClient {
         serde_json::from_slice(&body)
             .map_err(|e| format!("{shown} answered {status} with something that is not JSON: {e}"))
     }
-}
-
-/// An error with its sources, on one line (without the URL reqwest adds, which holds the key).
-fn chain(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        out = format!("{out}: {s}");
-        source = s.source();
-    }
-    out
 }
