@@ -52,7 +52,7 @@ impl Engine {
         registration_id: &str,
         payload: Option<&Value>,
         previous: Option<&RegistrationRecord>,
-        candidates: &[LinkedHub],
+        candidates: &[&LinkedHub],
     ) -> Result<CustomAllocation, AllocationError> {
         let definition = match &attested.matched {
             Matched::Individual(e) => e.custom_allocation_definition.as_ref(),
@@ -145,7 +145,7 @@ fn hide_webhook_query(definition: &mut Option<dps_proto::model::service::CustomA
 
 /// The webhook's answer, judged: a hub among the candidates, a twin within IoT Hub's rules, any
 /// payload.
-fn judge(answer: &Value, candidates: &[LinkedHub]) -> Result<CustomAllocation, AllocationError> {
+fn judge(answer: &Value, candidates: &[&LinkedHub]) -> Result<CustomAllocation, AllocationError> {
     let Some(fields) = answer.as_object() else {
         return Err(AllocationError::Webhook(
             "the answer is not a JSON object (an AllocationResponse)".into(),
@@ -189,21 +189,22 @@ fn judge(answer: &Value, candidates: &[LinkedHub]) -> Result<CustomAllocation, A
 mod tests {
     use super::*;
 
-    fn hubs() -> Vec<LinkedHub> {
-        vec![LinkedHub::new("a.example.test"), LinkedHub::new("b.example.test")]
+    /// `answer` judged against the hubs `a.example.test` and `b.example.test`.
+    fn judged(answer: &Value) -> Result<CustomAllocation, AllocationError> {
+        let hubs = [LinkedHub::new("a.example.test"), LinkedHub::new("b.example.test")];
+        judge(answer, &hubs.iter().collect::<Vec<_>>())
     }
 
     #[test]
     fn answers_are_read_as_azure_documents_them() {
-        let got = judge(
+        let got = judged(
             &json!({"iotHubHostname": "B.example.test", "initialTwin": {"tags": {"t": 1}, "properties": {"desired": {"d": true}}}, "payload": {"x": 1}}),
-            &hubs(),
         )
         .unwrap();
         assert_eq!(got.hub, "b.example.test");
         assert_eq!(got.payload, Some(json!({"x": 1})));
         assert_eq!(got.initial_twin.unwrap().tags, Some(json!({"t": 1})));
-        let bare = judge(&json!({"iotHubHostName": "a.example.test", "payload": null}), &hubs()).unwrap();
+        let bare = judged(&json!({"iotHubHostName": "a.example.test", "payload": null})).unwrap();
         assert_eq!((bare.initial_twin, bare.payload), (None, None));
     }
 
@@ -224,7 +225,7 @@ mod tests {
             ),
         ];
         for (answer, why) in cases {
-            let err = judge(&answer, &hubs()).unwrap_err().to_string();
+            let err = judged(&answer).unwrap_err().to_string();
             assert!(err.contains(why), "{answer}: {err}");
         }
     }

@@ -632,7 +632,9 @@ impl Engine {
         let hub = match sticky_hub {
             Some(h) => h,
             None => {
-                let allocated = match self.candidates(iot_hubs.as_deref(), legacy_hub.as_deref()) {
+                // One reference count, not a copy of the hubs: every registration reads them.
+                let linked = self.linked.load_full();
+                let allocated = match candidates(&linked, iot_hubs.as_deref(), legacy_hub.as_deref()) {
                     Err(why) => Err(why),
                     Ok((candidates, _)) if policy == AllocationPolicy::Custom => self
                         .allocate_custom(
@@ -748,39 +750,6 @@ impl Engine {
         }
     }
 
-    /// The hubs an enrollment may be assigned to: those it names (`iotHubs`, else the legacy
-    /// `iotHubHostName`) that are linked, or when it names none every linked hub allocation
-    /// policies may pick; and whether it named any.
-    fn candidates(
-        &self,
-        iot_hubs: Option<&[String]>,
-        legacy_hub: Option<&str>,
-    ) -> Result<(Vec<super::LinkedHub>, bool), AllocationError> {
-        let linked = self.linked.load();
-        let named: Vec<&str> = match (iot_hubs.filter(|h| !h.is_empty()), legacy_hub) {
-            (Some(h), _) => h.iter().map(String::as_str).collect(),
-            (None, Some(h)) => vec![h],
-            (None, None) => vec![],
-        };
-        let candidates: Vec<super::LinkedHub> = if named.is_empty() {
-            linked.iter().filter(|h| h.apply_allocation_policy).cloned().collect()
-        } else {
-            linked
-                .iter()
-                .filter(|h| named.iter().any(|n| n.eq_ignore_ascii_case(&h.host_name)))
-                .cloned()
-                .collect()
-        };
-        if candidates.is_empty() {
-            return Err(if named.is_empty() {
-                AllocationError::NoLinkedHub
-            } else {
-                AllocationError::HubsNotLinked(named.iter().map(|h| h.to_string()).collect())
-            });
-        }
-        Ok((candidates, !named.is_empty()))
-    }
-
     /// Picks a hub among `candidates` by a built-in policy. `hashed` uses weighted rendezvous
     /// hashing of the lower-cased registration id: deterministic, proportional to weight, and
     /// stable when hubs are added or removed; `geoLatency` hashes among the hubs nearest the
@@ -788,7 +757,7 @@ impl Engine {
     fn allocate(
         &self,
         policy: AllocationPolicy,
-        candidates: &[super::LinkedHub],
+        candidates: &[&super::LinkedHub],
         named: bool,
         req: &DeviceRequest,
     ) -> Result<String, AllocationError> {
@@ -809,7 +778,7 @@ impl Engine {
                 let key = registration_id::key(&req.registration_id);
                 let near = match policy {
                     AllocationPolicy::GeoLatency => self.config.geo.nearest(req.source, candidates),
-                    _ => candidates.iter().collect(),
+                    _ => candidates.to_vec(),
                 };
                 let best = near
                     .into_iter()
@@ -828,6 +797,37 @@ impl Engine {
             }
         }
     }
+}
+
+/// The hubs an enrollment may be assigned to, among `linked`: those it names (`iotHubs`, else the
+/// legacy `iotHubHostName`) that are linked, or when it names none every linked hub allocation
+/// policies may pick; and whether it named any.
+fn candidates<'a>(
+    linked: &'a [super::LinkedHub],
+    iot_hubs: Option<&[String]>,
+    legacy_hub: Option<&str>,
+) -> Result<(Vec<&'a super::LinkedHub>, bool), AllocationError> {
+    let named: Vec<&str> = match (iot_hubs.filter(|h| !h.is_empty()), legacy_hub) {
+        (Some(h), _) => h.iter().map(String::as_str).collect(),
+        (None, Some(h)) => vec![h],
+        (None, None) => vec![],
+    };
+    let candidates: Vec<&super::LinkedHub> = if named.is_empty() {
+        linked.iter().filter(|h| h.apply_allocation_policy).collect()
+    } else {
+        linked
+            .iter()
+            .filter(|h| named.iter().any(|n| n.eq_ignore_ascii_case(&h.host_name)))
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Err(if named.is_empty() {
+            AllocationError::NoLinkedHub
+        } else {
+            AllocationError::HubsNotLinked(named.iter().map(|h| h.to_string()).collect())
+        });
+    }
+    Ok((candidates, !named.is_empty()))
 }
 
 #[cfg(test)]

@@ -109,13 +109,14 @@ impl GeoConfig {
 
     /// The candidates nearest a device at `source`: those at the least known distance from its
     /// location, or every candidate when that cannot be told.
-    pub(super) fn nearest<'a>(&self, source: Option<IpAddr>, candidates: &'a [LinkedHub]) -> Vec<&'a LinkedHub> {
-        let everyone = || candidates.iter().collect();
+    pub(super) fn nearest<'a>(&self, source: Option<IpAddr>, candidates: &[&'a LinkedHub]) -> Vec<&'a LinkedHub> {
+        let everyone = || candidates.to_vec();
         let Some(here) = source.and_then(|s| self.device_location(s)) else {
             return everyone();
         };
         let known: Vec<(f64, &LinkedHub)> = candidates
             .iter()
+            .copied()
             .filter_map(|h| Some((self.distance(here, h.location.as_deref()?)?, h)))
             .collect();
         let Some(best) = known.iter().map(|(d, _)| *d).min_by(f64::total_cmp) else {
@@ -138,6 +139,10 @@ mod tests {
             location: location.map(str::to_string),
             ..LinkedHub::new(name)
         }
+    }
+
+    fn all(hubs: &[LinkedHub]) -> Vec<&LinkedHub> {
+        hubs.iter().collect()
     }
 
     fn geo() -> GeoConfig {
@@ -178,22 +183,22 @@ mod tests {
         let names = |v: Vec<&LinkedHub>| v.into_iter().map(|h| h.host_name.clone()).collect::<Vec<_>>();
         // Dublin is nearest Amsterdam; California has its own; Munich (configured) is nearest
         // Amsterdam too.
-        assert_eq!(names(g.nearest(ip("10.1.0.9"), &hubs)), ["eu"]);
-        assert_eq!(names(g.nearest(ip("10.200.0.1"), &hubs)), ["us"]);
-        assert_eq!(names(g.nearest(ip("10.2.0.1"), &hubs)), ["eu"]);
+        assert_eq!(names(g.nearest(ip("10.1.0.9"), &all(&hubs))), ["eu"]);
+        assert_eq!(names(g.nearest(ip("10.200.0.1"), &all(&hubs))), ["us"]);
+        assert_eq!(names(g.nearest(ip("10.2.0.1"), &all(&hubs))), ["eu"]);
         // Unknown device location, or one without coordinates and no hub there: everyone.
-        assert_eq!(names(g.nearest(ip("192.0.2.1"), &hubs)).len(), 4);
-        assert_eq!(names(g.nearest(ip("10.3.0.1"), &hubs)).len(), 4);
-        assert_eq!(names(g.nearest(None, &hubs)).len(), 4);
+        assert_eq!(names(g.nearest(ip("192.0.2.1"), &all(&hubs))).len(), 4);
+        assert_eq!(names(g.nearest(ip("10.3.0.1"), &all(&hubs))).len(), 4);
+        assert_eq!(names(g.nearest(None, &all(&hubs))).len(), 4);
         // Two hubs in the same region are a tie.
         let twins = [
             hub("a", Some("westeurope")),
             hub("b", Some("westeurope")),
             hub("c", Some("eastus")),
         ];
-        assert_eq!(names(g.nearest(ip("10.1.0.1"), &twins)), ["a", "b"]);
+        assert_eq!(names(g.nearest(ip("10.1.0.1"), &all(&twins))), ["a", "b"]);
         // A named location with no coordinates still matches a hub there.
         let odd = [hub("x", Some("nowhere")), hub("y", Some("westeurope"))];
-        assert_eq!(names(g.nearest(ip("10.3.0.1"), &odd)), ["x"]);
+        assert_eq!(names(g.nearest(ip("10.3.0.1"), &all(&odd))), ["x"]);
     }
 }
