@@ -324,29 +324,25 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
                 .get_device(id)
                 .await
                 .with_context(|| format!("cannot show device '{id}'"))?;
-            let v = to_value(&device)?;
-            if a.target.server.json {
-                output::json(&v);
-            } else {
-                output::fields(&[
-                    ("device id", s(&v, "deviceId")),
-                    ("status", s(&v, "status")),
-                    ("status reason", s(&v, "statusReason")),
-                    ("connection", s(&v, "connectionState")),
-                    ("authentication", s(&v, "authentication/type")),
-                    ("primary key", s(&v, "authentication/symmetricKey/primaryKey")),
-                    ("secondary key", s(&v, "authentication/symmetricKey/secondaryKey")),
-                    (
-                        "primary thumbprint",
-                        s(&v, "authentication/x509Thumbprint/primaryThumbprint"),
-                    ),
-                    ("edge enabled", s(&v, "capabilities/iotEdge")),
-                    ("C2D queued", s(&v, "cloudToDeviceMessageCount")),
-                    ("last activity", s(&v, "lastActivityTime")),
-                    ("generation id", s(&v, "generationId")),
-                    ("etag", s(&v, "etag")),
-                ]);
-            }
+            output::show(
+                &to_value(&device)?,
+                a.target.server.json,
+                &[
+                    ("device id", "deviceId"),
+                    ("status", "status"),
+                    ("status reason", "statusReason"),
+                    ("connection", "connectionState"),
+                    ("authentication", "authentication/type"),
+                    ("primary key", "authentication/symmetricKey/primaryKey"),
+                    ("secondary key", "authentication/symmetricKey/secondaryKey"),
+                    ("primary thumbprint", "authentication/x509Thumbprint/primaryThumbprint"),
+                    ("edge enabled", "capabilities/iotEdge"),
+                    ("C2D queued", "cloudToDeviceMessageCount"),
+                    ("last activity", "lastActivityTime"),
+                    ("generation id", "generationId"),
+                    ("etag", "etag"),
+                ],
+            );
         }
         HubCommand::Device(DeviceCommand::Twin(TwinCommand::Show(a))) => {
             let id = &a.device_id;
@@ -498,20 +494,19 @@ async fn file(cmd: FileCommand) -> Result<()> {
 /// Runs `dps hub module-identity …`.
 async fn module_identity(cmd: ModuleCommand) -> Result<()> {
     let show = |json: bool, m: &dps_proto::model::hub::Module| -> Result<()> {
-        let v = to_value(m)?;
-        if json {
-            output::json(&v);
-        } else {
-            output::fields(&[
-                ("device id", s(&v, "deviceId")),
-                ("module id", s(&v, "moduleId")),
-                ("connection", s(&v, "connectionState")),
-                ("authentication", s(&v, "authentication/type")),
-                ("primary key", s(&v, "authentication/symmetricKey/primaryKey")),
-                ("secondary key", s(&v, "authentication/symmetricKey/secondaryKey")),
-                ("generation id", s(&v, "generationId")),
-            ]);
-        }
+        output::show(
+            &to_value(m)?,
+            json,
+            &[
+                ("device id", "deviceId"),
+                ("module id", "moduleId"),
+                ("connection", "connectionState"),
+                ("authentication", "authentication/type"),
+                ("primary key", "authentication/symmetricKey/primaryKey"),
+                ("secondary key", "authentication/symmetricKey/secondaryKey"),
+                ("generation id", "generationId"),
+            ],
+        );
         Ok(())
     };
     match cmd {
@@ -574,12 +569,11 @@ async fn module_identity(cmd: ModuleCommand) -> Result<()> {
 /// Runs `dps hub consumer-group …`.
 async fn consumer_group(cmd: ConsumerGroupCommand) -> Result<()> {
     let show = |json: bool, g: &EventHubConsumerGroupInfo| -> Result<()> {
-        let v = to_value(g)?;
-        if json {
-            output::json(&v);
-        } else {
-            output::fields(&[("name", s(&v, "name")), ("created", s(&v, "properties/created"))]);
-        }
+        output::show(
+            &to_value(g)?,
+            json,
+            &[("name", "name"), ("created", "properties/created")],
+        );
         Ok(())
     };
     match cmd {
