@@ -46,6 +46,9 @@ fn parse<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
 /// body decides whether the registration is accepted (registrationId must match, TPM keys need
 /// a TPM enrollment, the payload is stored).
 pub fn registration_body(data: &[u8]) {
+    if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(data) {
+        webhook_answer(answer);
+    }
     let Ok(body) = DeviceRegistration::parse(data) else {
         return;
     };
@@ -54,15 +57,7 @@ pub fn registration_body(data: &[u8]) {
     let engine = engine(&hub);
     block_on(async {
         enroll_device(&engine).await;
-        let audience = format!("{ID_SCOPE}/registrations/{DEVICE}");
-        let token = sas::build_token(&audience, KEY, now_unix() + 3600, Some("registration")).expect("KEY is base64");
-        let req = DeviceRequest {
-            id_scope: ID_SCOPE.into(),
-            registration_id: DEVICE.into(),
-            credential: Credential::Sas(token),
-            api_version: Some("2021-06-01".into()),
-            source: None,
-        };
+        let req = fixture_request();
         match engine.register(now(), &req, &body).await {
             Ok(resp) => {
                 assert_eq!(resp.status(), 202);
@@ -216,9 +211,80 @@ fn not_a_storage_error(e: &RegistryError, what: &str) {
     assert!(!matches!(e, RegistryError::Storage(_)), "{what}: {e}");
 }
 
+/// A custom allocation webhook that answers `self.0` whatever it is asked.
+struct Answers(serde_json::Value);
+
+#[async_trait::async_trait]
+impl dps_core::AllocationWebhook for Answers {
+    async fn call(&self, _url: &str, _request: &serde_json::Value) -> Result<serde_json::Value, String> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The input as a custom allocation webhook's answer (`AllocationResponse`): the fixture device,
+/// enrolled for custom allocation, is assigned to the one linked hub, or fails with 400208 (the
+/// answer judged unusable) or 400209 (the hub refused it), leaving no record.
+fn webhook_answer(answer: serde_json::Value) {
+    let hub = hub();
+    let engine = engine(&hub).with_webhook(std::sync::Arc::new(Answers(answer)));
+    block_on(async {
+        let mut enrollment = fixture_enrollment();
+        enrollment.allocation_policy = Some(dps_proto::model::service::AllocationPolicy::Custom);
+        enrollment.custom_allocation_definition = Some(dps_proto::model::service::CustomAllocationDefinition {
+            webhook_url: "https://alloc.fuzz.test/api/alloc?code=k".into(),
+            api_version: "2021-10-01".into(),
+        });
+        engine
+            .put_enrollment(now(), DEVICE, enrollment, None)
+            .await
+            .expect("the custom enrollment is valid");
+        let req = fixture_request();
+        let resp = engine
+            .register(now(), &req, &DeviceRegistration::default())
+            .await
+            .expect("the fixture device's credential is good");
+        let started = resp.operation().expect("a SAS register is not a TPM challenge");
+        let op = engine
+            .operation_status(now(), &req, &started.operation_id)
+            .await
+            .expect("the operation just started can be polled");
+        let state = op.body.registration_state;
+        match state.status {
+            RegistrationStatus::Assigned => assert_eq!(state.assigned_hub.as_deref(), Some(HUB_HOST), "{state:?}"),
+            RegistrationStatus::Failed => {
+                assert!(
+                    matches!(
+                        state.error_code,
+                        Some(dps_proto::codes::HUB_NOT_SPECIFIED | dps_proto::codes::HUB_UNAUTHORIZED)
+                    ),
+                    "{state:?}"
+                );
+                assert!(
+                    engine.get_registration(DEVICE).await.is_err(),
+                    "a failed registration left a record"
+                );
+            }
+            other => panic!("a custom allocation ended {other:?}"),
+        }
+    });
+}
+
+/// The fixture device's register request, signed with its enrollment key.
+fn fixture_request() -> DeviceRequest {
+    let audience = format!("{ID_SCOPE}/registrations/{DEVICE}");
+    let token = sas::build_token(&audience, KEY, now_unix() + 3600, Some("registration")).expect("KEY is base64");
+    DeviceRequest {
+        id_scope: ID_SCOPE.into(),
+        registration_id: DEVICE.into(),
+        credential: Credential::Sas(token),
+        api_version: Some("2021-06-01".into()),
+        source: None,
+    }
+}
+
 /// `DEVICE`'s individual enrollment, symmetric key `KEY`.
-pub(crate) async fn enroll_device(engine: &dps_core::Engine) {
-    let enrollment = IndividualEnrollment {
+fn fixture_enrollment() -> IndividualEnrollment {
+    IndividualEnrollment {
         registration_id: DEVICE.into(),
         attestation: AttestationMechanism {
             kind: AttestationType::SymmetricKey,
@@ -229,9 +295,13 @@ pub(crate) async fn enroll_device(engine: &dps_core::Engine) {
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
+
+/// Enrolls `DEVICE` ([`fixture_enrollment`]).
+pub(crate) async fn enroll_device(engine: &dps_core::Engine) {
     engine
-        .put_enrollment(now(), DEVICE, enrollment, None)
+        .put_enrollment(now(), DEVICE, fixture_enrollment(), None)
         .await
         .expect("the fixture enrollment is valid");
 }
