@@ -50,6 +50,8 @@ pub struct Target {
     pub dps: Arc<ServiceClient>,
     /// The hub registry API, to delete the hub devices the run created (none: they stay).
     pub hub: Option<Arc<RegistryClient>>,
+    /// The registry APIs of the server's other embedded hubs, where devices may be assigned too.
+    pub other_hubs: Vec<Arc<RegistryClient>>,
     /// The service's ID scope.
     pub id_scope: String,
     /// The embedded hub's host name (where devices are assigned).
@@ -316,6 +318,7 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
     let Target {
         dps: rest,
         hub: hub_rest,
+        other_hubs,
         id_scope,
         hub_host,
         ca_pem,
@@ -325,6 +328,7 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         hub_policy,
         webhook_ca,
     } = target;
+    let hub_rest: Vec<_> = hub_rest.into_iter().chain(other_hubs).collect();
     let host = rest.rest().host().to_string();
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
 

@@ -112,9 +112,10 @@ pub async fn create_group(
 }
 
 /// Deletes what the run left: every registration record of the group, the hub device each one
-/// created (when `hub` is given: the hub's registry API), and the group. Failures are counted,
-/// not fatal — the results of the run matter more. Returns the `cleanup` report object.
-pub async fn cleanup(dps: Arc<ServiceClient>, hub: Option<Arc<RegistryClient>>, run_id: &str) -> Value {
+/// created (through the registry API of its hub among `hubs`; none given: devices stay), and
+/// the group. Failures are counted, not fatal — the results of the run matter more. Returns
+/// the `cleanup` report object.
+pub async fn cleanup(dps: Arc<ServiceClient>, hubs: Vec<Arc<RegistryClient>>, run_id: &str) -> Value {
     let t0 = Instant::now();
     let records = match dps.query_registrations(run_id, None).await {
         Ok(r) => r,
@@ -136,7 +137,13 @@ pub async fn cleanup(dps: Arc<ServiceClient>, hub: Option<Arc<RegistryClient>>, 
         while tasks.len() >= CLEANUP_CONCURRENCY {
             tasks.join_next().await;
         }
-        let (dps, hub) = (dps.clone(), hub.clone());
+        let assigned = r.assigned_hub.as_deref().unwrap_or_default();
+        let hub = hubs
+            .iter()
+            .find(|h| h.rest().host().eq_ignore_ascii_case(assigned))
+            .or(hubs.first())
+            .cloned();
+        let dps = dps.clone();
         let (deleted, devices, failures) = (deleted.clone(), devices.clone(), failures.clone());
         tasks.spawn(async move {
             match dps.delete_registration(&r.registration_id, None).await {
@@ -158,7 +165,7 @@ pub async fn cleanup(dps: Arc<ServiceClient>, hub: Option<Arc<RegistryClient>>, 
     }
     json!({
         "registrationsDeleted": deleted.load(Ordering::Relaxed),
-        "hubDevicesDeleted": hub.map(|_| devices.load(Ordering::Relaxed)),
+        "hubDevicesDeleted": (!hubs.is_empty()).then(|| devices.load(Ordering::Relaxed)),
         "groupDeleted": group.is_ok(),
         "failures": failures.load(Ordering::Relaxed),
         "seconds": super::report::round3(t0.elapsed().as_secs_f64()),

@@ -53,7 +53,8 @@ fn unix_now() -> u64 {
 
 impl RestClient {
     /// A client of the server named by `connection_string` (which must carry a policy name and
-    /// key), on HTTPS `port`, trusting only `ca_pem`.
+    /// key; its `GatewayHostName`, if any, is where requests go), on HTTPS `port`, trusting only
+    /// `ca_pem`.
     pub fn new(connection_string: &ConnectionString, port: u16, ca_pem: &str) -> Result<Self, ClientError> {
         let (Some(key_name), Some(key)) = (&connection_string.key_name, &connection_string.key) else {
             return Err(ClientError::Credential(
@@ -75,7 +76,8 @@ impl RestClient {
             .map_err(|e| ClientError::Tls(format!("cannot build the HTTPS client: {}", error_chain(&e))))?;
         tracing::debug!(%host, port, policy = %key_name, "REST client");
         Ok(Self {
-            base: format!("https://{}:{port}", url_host(&host)),
+            // Tokens name the host; requests go to the gateway when there is one.
+            base: format!("https://{}:{port}", url_host(connection_string.connect_host())),
             host,
             key_name: key_name.clone(),
             key: key.clone(),

@@ -136,4 +136,13 @@ pub trait HubRegistry: Send + Sync + 'static {
     async fn unlink(&self, hub: &str) {
         let _ = hub;
     }
+
+    /// The name a hub goes by now when `hub` is another name of it (a name it had before a
+    /// rename); `None` when `hub` is already its name or no hub answers to it (the default).
+    /// A device assigned under a former name is then the same hub's device: re-registering it
+    /// must not migrate it from its own hub to itself.
+    fn current_name(&self, hub: &str) -> Option<String> {
+        let _ = hub;
+        None
+    }
 }

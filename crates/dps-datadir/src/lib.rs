@@ -131,12 +131,30 @@ pub struct Identity {
     pub id_scope: String,
     /// Service API policies (`provisioningserviceowner` by default).
     pub policies: Vec<SharedAccessPolicy>,
-    /// The embedded hub.
+    /// The embedded hub (the first, when the server has several).
     pub hub: HubIdentity,
+    /// The server's further embedded hubs (`--hub-hostname` given more than once), each with
+    /// its own policies, keys and database. After a start, the hubs that start served come
+    /// first (`hub`, then these, in the order named), then any the data directory keeps but
+    /// that start did not name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_hubs: Vec<HubIdentity>,
 }
 
-/// The embedded hub's identity.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl Identity {
+    /// Every embedded hub, the first one first.
+    pub fn hubs(&self) -> impl Iterator<Item = &HubIdentity> {
+        std::iter::once(&self.hub).chain(&self.other_hubs)
+    }
+
+    /// The embedded hub answering to `host_name` (its name or a former one), if any.
+    pub fn hub_named(&self, host_name: &str) -> Option<&HubIdentity> {
+        self.hubs().find(|h| h.answers_to(host_name))
+    }
+}
+
+/// An embedded hub's identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HubIdentity {
     /// Host name devices are assigned to. Fixed at first start because registration records
@@ -144,6 +162,36 @@ pub struct HubIdentity {
     pub host_name: String,
     /// Registry API policies (`iothubowner` by default).
     pub policies: Vec<SharedAccessPolicy>,
+    /// Names the hub had before it was renamed: devices assigned under them, and tokens made
+    /// for them, are still this hub's (a rename must not make every device look migrated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_host_names: Vec<String>,
+    /// The stem of the hub's files in the data directory (`{stem}.db`, `{stem}-blobs/`);
+    /// absent for the first hub, whose files are `hub.db` and `blobs/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
+}
+
+impl HubIdentity {
+    /// A new hub with Azure's default policies, each with fresh keys.
+    fn new(host_name: &str, files: Option<String>) -> Self {
+        Self {
+            host_name: host_name.to_string(),
+            policies: HUB_DEFAULT_POLICIES
+                .iter()
+                .map(|(name, rights)| policy(name, rights))
+                .collect(),
+            former_host_names: Vec::new(),
+            files,
+        }
+    }
+
+    /// Whether `name` is this hub's host name or a former one (case-insensitive).
+    pub fn answers_to(&self, name: &str) -> bool {
+        std::iter::once(&self.host_name)
+            .chain(&self.former_host_names)
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
 }
 
 /// How the last start was reachable (`server.json`).
@@ -210,14 +258,30 @@ impl DataDir {
     pub fn store_path(&self) -> PathBuf {
         self.root.join("dps.db")
     }
-    /// The embedded hub's database.
+    /// The first embedded hub's database.
     pub fn hub_db_path(&self) -> PathBuf {
         self.root.join("hub.db")
     }
 
-    /// Where uploaded files are kept (`{container}/{deviceId}/{name}`).
+    /// Where the first embedded hub's uploaded files are kept (`{container}/{deviceId}/{name}`).
     pub fn blobs_path(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    /// An embedded hub's database.
+    pub fn hub_db_path_of(&self, hub: &HubIdentity) -> PathBuf {
+        match &hub.files {
+            Some(stem) => self.root.join(format!("{stem}.db")),
+            None => self.hub_db_path(),
+        }
+    }
+
+    /// Where an embedded hub's uploaded files are kept.
+    pub fn blobs_path_of(&self, hub: &HubIdentity) -> PathBuf {
+        match &hub.files {
+            Some(stem) => self.root.join(format!("{stem}-blobs")),
+            None => self.blobs_path(),
+        }
     }
 
     /// Where the last start recorded its listeners (`dps info` reads it).
@@ -282,31 +346,74 @@ impl DataDir {
         Ok(())
     }
 
-    /// Loads the identity, creating it on first start. `hub_host` overrides the stored hub host name.
-    pub fn init_identity(&self, default_hub_host: &str, hub_host: Option<&str>) -> Result<(Identity, bool)> {
+    /// Loads the identity, creating it on first start, and returns it with the embedded hubs
+    /// this start serves first (see [`Identity::other_hubs`]) and whether it was created.
+    ///
+    /// `hub_hosts` are the `--hub-hostname` values: empty serves every hub the directory has
+    /// (one named `default_hub_host` on first start). Otherwise each value is the hub answering
+    /// to it (its name or a former one), or a new hub with keys of its own; hubs not named are
+    /// kept, unserved. One name given to a directory with one hub that does not answer to it
+    /// renames that hub, which keeps answering to its former name.
+    pub fn init_identity(&self, default_hub_host: &str, hub_hosts: &[String]) -> Result<(Identity, bool)> {
         self.create_private_root()?;
-        if self.identity_path().exists() {
-            let mut id = self.load_identity()?;
-            if let Some(h) = hub_host.filter(|h| !h.eq_ignore_ascii_case(&id.hub.host_name)) {
-                tracing::warn!(old = %id.hub.host_name, new = %h, "embedded hub host name changed; existing registrations keep the old name until devices re-register");
-                id.hub.host_name = h.to_string();
-                write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
+        if !self.identity_path().exists() {
+            let mut names = hub_hosts.iter().map(String::as_str);
+            let first = names.next().unwrap_or(default_hub_host);
+            let mut id = Identity {
+                id_scope: new_id_scope(),
+                policies: vec![policy("provisioningserviceowner", DPS_OWNER_RIGHTS)],
+                hub: HubIdentity::new(first, None),
+                other_hubs: Vec::new(),
+            };
+            for name in names {
+                add_hub(&mut id, name);
             }
+            write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
+            return Ok((id, true));
+        }
+        let mut id = self.load_identity()?;
+        if hub_hosts.is_empty() {
             return Ok((id, false));
         }
-        let id = Identity {
-            id_scope: new_id_scope(),
-            policies: vec![policy("provisioningserviceowner", DPS_OWNER_RIGHTS)],
-            hub: HubIdentity {
-                host_name: hub_host.unwrap_or(default_hub_host).to_string(),
-                policies: HUB_DEFAULT_POLICIES
-                    .iter()
-                    .map(|(name, rights)| policy(name, rights))
-                    .collect(),
-            },
+        if let ([name], []) = (hub_hosts, id.other_hubs.as_slice()) {
+            if !id.hub.answers_to(name) {
+                tracing::warn!(old = %id.hub.host_name, new = %name, "embedded hub renamed; it keeps answering to its former name");
+                let old = std::mem::replace(&mut id.hub.host_name, name.clone());
+                id.hub.former_host_names.retain(|n| !n.eq_ignore_ascii_case(name));
+                id.hub.former_host_names.push(old);
+            }
+        }
+        for name in hub_hosts {
+            if id.hub_named(name).is_none() {
+                tracing::info!(hub = %name, "new embedded hub");
+                add_hub(&mut id, name);
+            }
+        }
+        // The hubs served, in the order named, then the ones kept.
+        let mut all: Vec<HubIdentity> = std::iter::once(id.hub).chain(id.other_hubs).collect();
+        let mut served = Vec::new();
+        for name in hub_hosts {
+            if let Some(i) = all.iter().position(|h| h.answers_to(name)) {
+                served.push(all.remove(i));
+            }
+        }
+        for kept in &all {
+            tracing::warn!(hub = %kept.host_name, "embedded hub not named by --hub-hostname: its data is kept but it is not served");
+        }
+        let mut hubs = served.iter().cloned();
+        let first = hubs.next().expect("every name given is served");
+        let persisted = Identity {
+            id_scope: id.id_scope.clone(),
+            policies: id.policies.clone(),
+            hub: first.clone(),
+            other_hubs: hubs.chain(all).collect(),
         };
-        write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
-        Ok((id, true))
+        write_secret(&self.identity_path(), to_json(&persisted).as_bytes())?;
+        let served = Identity {
+            other_hubs: served.into_iter().skip(1).collect(),
+            ..persisted
+        };
+        Ok((served, false))
     }
 
     /// Loads the local (P-256) CA, creating it on first start.
@@ -469,6 +576,15 @@ fn new_id_scope() -> String {
     format!("0ne{:08X}", u32::from_be_bytes(raw))
 }
 
+/// Adds a new embedded hub named `name`, with files of its own (`hub-2`, `hub-3`, …).
+fn add_hub(id: &mut Identity, name: &str) {
+    let stem = (2..)
+        .map(|n| format!("hub-{n}"))
+        .find(|stem| !id.hubs().any(|h| h.files.as_deref() == Some(stem)))
+        .expect("an unused number");
+    id.other_hubs.push(HubIdentity::new(name, Some(stem)));
+}
+
 /// Writes a file readable only by its owner (keys, policies).
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -495,7 +611,7 @@ mod tests {
     fn first_start_creates_and_later_starts_reuse() {
         let dir = tempfile::tempdir().unwrap();
         let dd = DataDir::new(dir.path().join("data"));
-        let (id, created) = dd.init_identity("127.0.0.1", None).unwrap();
+        let (id, created) = dd.init_identity("127.0.0.1", &[]).unwrap();
         assert!(created);
         assert!(id.id_scope.starts_with("0ne") && id.id_scope.len() == 11);
         assert!(id.id_scope[3..]
@@ -519,7 +635,7 @@ mod tests {
                 ("registryReadWrite", vec!["RegistryRead", "RegistryWrite"]),
             ]
         );
-        let (again, created) = dd.init_identity("other", None).unwrap();
+        let (again, created) = dd.init_identity("other", &[]).unwrap();
         assert!(!created);
         assert_eq!(again.id_scope, id.id_scope);
         assert_eq!(again.hub.host_name, "127.0.0.1");
@@ -543,6 +659,46 @@ mod tests {
         assert_eq!(chain, chain2, "reused while it covers the host names");
         let (chain3, _) = dd.init_server_cert(&ca, &["other.example.test".to_string()]).unwrap();
         assert_ne!(chain, chain3, "re-issued for new host names");
+    }
+
+    #[test]
+    fn hub_hostnames_name_the_hubs_served_each_with_its_own_keys_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(dir.path());
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let hosts = |id: &Identity| id.hubs().map(|h| h.host_name.clone()).collect::<Vec<_>>();
+        let (one, _) = dd.init_identity("127.0.0.1", &names(&["hub-a.test"])).unwrap();
+        // A rename keeps the hub (its keys, its files) and its former name.
+        let (renamed, created) = dd.init_identity("x", &names(&["hub-b.test"])).unwrap();
+        assert!(!created);
+        assert_eq!(hosts(&renamed), ["hub-b.test"]);
+        assert_eq!(renamed.hub.former_host_names, ["hub-a.test"]);
+        assert_eq!(renamed.hub.policies, one.hub.policies);
+        assert!(renamed.hub.answers_to("HUB-A.test"));
+
+        // More names: new hubs with keys and files of their own; the former name still finds
+        // the first.
+        let (three, _) = dd
+            .init_identity("x", &names(&["hub-c.test", "hub-a.test", "hub-d.test"]))
+            .unwrap();
+        assert_eq!(hosts(&three), ["hub-c.test", "hub-b.test", "hub-d.test"]);
+        assert_ne!(three.hub.policies[0].primary_key, one.hub.policies[0].primary_key);
+        assert_eq!(three.other_hubs[0].policies, one.hub.policies);
+        let files: Vec<_> = three.hubs().map(|h| dd.hub_db_path_of(h)).collect();
+        assert_eq!(files[1], dd.hub_db_path());
+        assert_eq!(files[0], dir.path().join("hub-2.db"));
+        assert_eq!(files[2], dir.path().join("hub-3.db"));
+        assert_eq!(dd.blobs_path_of(&three.hub), dir.path().join("hub-2-blobs"));
+
+        // Hubs not named are kept, unserved, and served again when named (or when none is).
+        let (only_d, _) = dd.init_identity("x", &names(&["hub-d.test"])).unwrap();
+        assert_eq!(hosts(&only_d), ["hub-d.test"]);
+        assert_eq!(hosts(&dd.load_identity().unwrap()).len(), 3);
+        let (all, _) = dd.init_identity("x", &[]).unwrap();
+        assert_eq!(all.hub.host_name, "hub-d.test");
+        assert_eq!(hosts(&all).len(), 3);
+        assert_eq!(all.hub_named("hub-a.test").unwrap().host_name, "hub-b.test");
+        assert_eq!(all.hub_named("hub-c.test").unwrap().policies, three.hub.policies);
     }
 
     /// The contents of the P-256 files.

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use dps_core::auth::PolicyAuthorizer;
 use dps_core::FakeClock;
 use dps_datadir::{HubIdentity, Identity};
+use dps_server::hubs::{EmbeddedHub, EmbeddedHubs};
 use dps_server::{ServerConfig, Services};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -38,6 +39,8 @@ pub fn amqp_connection(data: &[u8]) {
         };
         dps_server::amqp::serve_connection(stream, services.clone(), Vec::new(), None).await;
         let devices = services
+            .hubs
+            .first()
             .hub
             .statistics()
             .await
@@ -57,24 +60,24 @@ async fn services() -> Arc<Services> {
     let mut config = ServerConfig::defaults();
     config.max_message_bytes = 4096;
     let service = vec![service_policy()];
+    let hub_identity = HubIdentity {
+        host_name: HUB_HOST.into(),
+        policies: service,
+        ..Default::default()
+    };
     Arc::new(Services {
         engine: Arc::new(engine),
-        hub,
+        hubs: EmbeddedHubs::new(EmbeddedHub::new(hub, hub_identity.clone(), None), []),
         dps_auth: PolicyAuthorizer::new(Vec::new()),
-        hub_auth: PolicyAuthorizer::new(service.clone()),
         identity: Identity {
             id_scope: ID_SCOPE.into(),
             policies: Vec::new(),
-            hub: HubIdentity {
-                host_name: HUB_HOST.into(),
-                policies: service,
-            },
+            hub: hub_identity,
+            other_hubs: Vec::new(),
         },
         config,
         clock: Arc::new(FakeClock::at(now())),
-        blobs: None,
         storage_account: None,
-        import_export: Default::default(),
     })
 }
 

@@ -124,7 +124,7 @@ impl Hub {
             tracing::info!(error = %err, "device authentication refused");
             err
         };
-        if !username.host_name.eq_ignore_ascii_case(&self.inner.host_name) {
+        if !self.answers_to(&username.host_name) {
             return Err(refuse(format!(
                 "username names host '{}' but this hub is '{}'",
                 username.host_name, self.inner.host_name
@@ -191,7 +191,15 @@ impl Hub {
             ));
         };
         let token = SasToken::parse(token).map_err(|e| e.to_string())?;
-        let audience = format!("{}/devices/{}", self.inner.host_name, path);
+        // The audience names the hub by any name it answers to (a token made before a rename
+        // stays good); the path must be the identity's own.
+        let got = token.audience();
+        let host = got
+            .split_once('/')
+            .map(|(host, _)| host)
+            .filter(|host| self.answers_to(host))
+            .unwrap_or(&self.inner.host_name);
+        let audience = format!("{host}/devices/{path}");
         token.check_audience_eq(&audience).map_err(|e| match e {
             SasError::AudienceMismatch { expected, got } => {
                 format!("wrong SAS audience: token is for '{got}', expected '{expected}'")

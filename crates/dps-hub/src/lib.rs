@@ -93,6 +93,10 @@ pub struct HubConfig {
     /// The hub's host name (`assignedHub`, SAS audience, MQTT username prefix). Use a dotted name
     /// (`hub.local`): the C SDK refuses host names without a dot.
     pub host_name: String,
+    /// Other names the hub answers to in MQTT usernames, SAS audiences and provisioning calls:
+    /// names it had before a rename, and the server's own host names for the hub a server
+    /// serves by default. Devices are always assigned `host_name`.
+    pub aliases: Vec<String>,
     /// How many acknowledged telemetry messages to keep for [`Hub::recent_events`] (e.g. 10 000).
     pub telemetry_retention: usize,
     /// Most bytes of telemetry to keep ([`TelemetryMessage::retained_bytes`]): the count alone
@@ -127,6 +131,7 @@ impl HubConfig {
     pub fn in_memory(host_name: impl Into<String>) -> Self {
         Self {
             host_name: host_name.into(),
+            aliases: Vec::new(),
             telemetry_retention: 10_000,
             telemetry_retention_bytes: 256 * 1024 * 1024,
             telemetry_retention_age: Duration::from_secs(24 * 3600),
@@ -156,6 +161,8 @@ impl std::fmt::Debug for Hub {
 
 pub(crate) struct HubInner {
     host_name: String,
+    /// See [`HubConfig::aliases`].
+    aliases: Vec<String>,
     /// Lower-cased device id → slot, for held devices only. Slots are removed ("retired") when a
     /// device is deleted or found absent, and evicted when idle and over the bound.
     devices: SlotCache,
@@ -278,6 +285,7 @@ impl Hub {
         Ok(Hub {
             inner: Arc::new(HubInner {
                 host_name,
+                aliases: config.aliases.iter().map(|a| a.trim().to_string()).collect(),
                 devices: SlotCache::new(config.device_cache),
                 store: store.clone(),
                 clock,
@@ -319,6 +327,19 @@ impl Hub {
     /// The hub's host name.
     pub fn host_name(&self) -> &str {
         &self.inner.host_name
+    }
+
+    /// Whether `name` is the hub's host name or one of its [aliases](HubConfig::aliases)
+    /// (case-insensitive).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.names().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Every name the hub answers to, its host name first.
+    pub fn names(&self) -> impl Iterator<Item = &str> + Clone {
+        std::iter::once(&self.inner.host_name)
+            .chain(&self.inner.aliases)
+            .map(String::as_str)
     }
 
     /// Live telemetry: every acknowledged device-to-cloud message from now on. A receiver that

@@ -59,7 +59,7 @@ fn storage(e: RegistryError) -> HubError {
 #[async_trait]
 impl HubRegistry for Hub {
     async fn upsert_device(&self, hub: &str, device: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
-        if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
+        if !self.answers_to(hub) {
             return Err(HubError::UnknownHub(hub.to_string()));
         }
         validate_device_id(&device.device_id).map_err(|reason| HubError::Refused {
@@ -136,7 +136,7 @@ impl HubRegistry for Hub {
     }
 
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), HubError> {
-        if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
+        if !self.answers_to(hub) {
             return Err(HubError::UnknownHub(hub.to_string()));
         }
         match Hub::delete_device(self, device_id, None).await {
@@ -146,7 +146,7 @@ impl HubRegistry for Hub {
     }
 
     async fn device_data(&self, hub: &str, device_id: &str) -> Result<Option<DeviceData>, HubError> {
-        if !hub.eq_ignore_ascii_case(&self.inner.host_name) {
+        if !self.answers_to(hub) {
             return Err(HubError::UnknownHub(hub.to_string()));
         }
         let twin = match self.get_twin(device_id).await {

@@ -14,6 +14,10 @@ pub struct ConnectionString {
     pub key: Option<String>,
     /// `DeviceId` (device strings).
     pub device_id: Option<String>,
+    /// `GatewayHostName`: the machine to connect to when it is not `HostName` (a gateway, or
+    /// a server running several hubs whose names do not resolve); credentials still name
+    /// `HostName`.
+    pub gateway_host_name: Option<String>,
 }
 
 /// Why a connection string was refused.
@@ -42,6 +46,7 @@ impl ConnectionString {
                 "sharedaccesskeyname" => cs.key_name = Some(v),
                 "sharedaccesskey" => cs.key = Some(v),
                 "deviceid" => cs.device_id = Some(v),
+                "gatewayhostname" => cs.gateway_host_name = Some(v),
                 _ => {}
             }
         }
@@ -58,7 +63,13 @@ impl ConnectionString {
             key_name: Some(key_name.into()),
             key: Some(key.into()),
             device_id: None,
+            gateway_host_name: None,
         }
+    }
+
+    /// The machine to connect to: `GatewayHostName` when given, else `HostName`.
+    pub fn connect_host(&self) -> &str {
+        self.gateway_host_name.as_deref().unwrap_or(&self.host_name)
     }
 }
 
@@ -73,6 +84,9 @@ impl fmt::Display for ConnectionString {
         }
         if let Some(k) = &self.key {
             write!(f, ";SharedAccessKey={k}")?;
+        }
+        if let Some(g) = &self.gateway_host_name {
+            write!(f, ";GatewayHostName={g}")?;
         }
         Ok(())
     }
@@ -90,6 +104,14 @@ mod tests {
         assert_eq!(cs.to_string(), s);
         let cs2 = ConnectionString::parse("hostname=h;sharedaccesskey=k;deviceid=d").unwrap();
         assert_eq!(cs2.device_id.as_deref(), Some("d"));
+        assert_eq!(cs2.connect_host(), "h");
+        let via = "HostName=hub-b.test;SharedAccessKeyName=o;SharedAccessKey=YWJj=;GatewayHostName=127.0.0.5";
+        let cs3 = ConnectionString::parse(via).unwrap();
+        assert_eq!(
+            (cs3.host_name.as_str(), cs3.connect_host()),
+            ("hub-b.test", "127.0.0.5")
+        );
+        assert_eq!(cs3.to_string(), via);
         assert_eq!(
             ConnectionString::parse("SharedAccessKey=k"),
             Err(ConnectionStringError::Missing("HostName"))

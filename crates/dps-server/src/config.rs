@@ -17,9 +17,11 @@ pub struct ServerConfig {
     /// Host names (DNS names or IP addresses) devices and services use to reach this server; the
     /// server certificate covers all of them. The first is the provisioning host.
     pub hostnames: Vec<String>,
-    /// Host name of the embedded hub; defaults to the first host name that contains a dot (the C
-    /// SDK rejects hub host names without one).
-    pub hub_hostname: Option<String>,
+    /// Host names of the embedded hubs, one hub each (`--hub-hostname`, repeatable); empty
+    /// serves the hubs the data directory has, on first start one named by
+    /// [`default_hub_host`](Self::default_hub_host). See `DataDir::init_identity` for how names
+    /// find their hubs across restarts.
+    pub hub_hostnames: Vec<String>,
     /// Address to bind.
     pub bind: IpAddr,
     /// MQTT over TLS (DPS and hub device endpoints).
@@ -246,6 +248,29 @@ impl Limits {
     }
 }
 
+/// The most embedded hubs one server serves (`--hub-hostname` values).
+pub const MAX_EMBEDDED_HUBS: usize = 32;
+
+/// A setting given as one value or a list of them (`hub-hostname = "a"` or `["a", "b"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 /// The optional TOML file: the same settings, all optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -254,8 +279,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See [`ServerConfig::hostnames`].
     pub hostname: Option<Vec<String>>,
-    /// See [`ServerConfig::hub_hostname`].
-    pub hub_hostname: Option<String>,
+    /// See [`ServerConfig::hub_hostnames`]: one name, or a list of them.
+    pub hub_hostname: Option<OneOrMany>,
     /// See [`ServerConfig::bind`].
     pub bind: Option<IpAddr>,
     /// See [`ServerConfig::mqtt_port`].
@@ -345,7 +370,7 @@ impl ServerConfig {
         Self {
             data_dir: PathBuf::from("./dps-data"),
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
-            hub_hostname: None,
+            hub_hostnames: Vec::new(),
             bind: IpAddr::from([0, 0, 0, 0]),
             mqtt_port: 8883,
             https_port: 443,
@@ -405,7 +430,9 @@ impl ServerConfig {
         if let Some(h) = f.hostname.filter(|h| !h.is_empty()) {
             self.hostnames = h;
         }
-        self.hub_hostname = f.hub_hostname.or(self.hub_hostname);
+        if let Some(h) = f.hub_hostname {
+            self.hub_hostnames = h.into_vec();
+        }
         self.tls_cert = f.tls_cert.or(self.tls_cert);
         self.tls_key = f.tls_key.or(self.tls_key);
         if let Some(l) = f.limits {
@@ -442,6 +469,7 @@ impl ServerConfig {
                 dps_proto::event_hubs::MAX_CONSUMER_GROUPS - 1
             ));
         }
+        self.check_hub_hostnames()?;
         self.geo()?;
         if !dps_proto::blob_storage::valid_container_name(&self.file_upload_container) {
             return Err(format!(
@@ -496,6 +524,32 @@ impl ServerConfig {
     /// The provisioning host name (first host name).
     pub fn provisioning_host(&self) -> &str {
         self.hostnames.first().map(String::as_str).unwrap_or("localhost")
+    }
+
+    /// Each hub host name is a host name, named once, and there are at most
+    /// [`MAX_EMBEDDED_HUBS`] (each is a linked hub, and a server links at most 50).
+    fn check_hub_hostnames(&self) -> Result<(), String> {
+        let names = &self.hub_hostnames;
+        if names.len() > MAX_EMBEDDED_HUBS {
+            return Err(format!(
+                "hub-hostname: at most {MAX_EMBEDDED_HUBS} embedded hubs, not {}",
+                names.len()
+            ));
+        }
+        for (i, name) in names.iter().enumerate() {
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'));
+            if !valid {
+                return Err(format!("hub-hostname: {name:?} is not a host name"));
+            }
+            if names[..i].iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                return Err(format!("hub-hostname: {name} is named twice"));
+            }
+        }
+        Ok(())
     }
 
     /// The hub host name to use on first start when none is configured.

@@ -16,6 +16,7 @@ pub use dps_datadir as datadir;
 pub mod fdlimit;
 pub mod http;
 pub mod hub_router;
+pub mod hubs;
 mod listener;
 mod log_limit;
 pub mod mqtt;
@@ -49,30 +50,24 @@ pub(crate) fn leaf_thumbprints(peer_certs: &[Vec<u8>]) -> Option<(String, String
         )
     })
 }
-pub use datadir::{DataDir, DataDirError, Identity};
+pub use datadir::{DataDir, DataDirError, HubIdentity, Identity};
 pub use listener::{start, RunningServer, StartError};
 
 /// Everything a connection handler needs, shared by all connections.
 pub struct Services {
     /// The provisioning engine.
     pub engine: Arc<Engine>,
-    /// The embedded hub.
-    pub hub: dps_hub::Hub,
+    /// The embedded hubs (one unless `--hub-hostname` was given more than once).
+    pub hubs: hubs::EmbeddedHubs,
     /// Service API policies (`provisioningserviceowner`, ...).
     pub dps_auth: PolicyAuthorizer,
-    /// Hub registry API policies (`iothubowner`, ...).
-    pub hub_auth: PolicyAuthorizer,
-    /// ID scope, hub host name, policies.
+    /// ID scope, policies, and the embedded hubs' identities (those served first).
     pub identity: Identity,
     /// Effective configuration.
     pub config: ServerConfig,
     /// Time source (a fake clock in tests).
     pub clock: Arc<dyn Clock>,
-    /// The blob endpoint's files (file uploads, import and export jobs); `None`: not served.
-    pub blobs: Option<dps_store::BlobStore>,
-    /// The external storage account file uploads go to instead of [`Services::blobs`]
+    /// The external storage account file uploads go to instead of the hubs' blob endpoints
     /// (`--file-upload-storage`).
     pub storage_account: Option<Arc<storage_account::StorageAccount>>,
-    /// The hub's import and export jobs.
-    pub import_export: Arc<http::import_export::Jobs>,
 }

@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::conn_limit::{ConnectionLimits, ConnectionPermit};
-use crate::datadir::{DataDir, Identity};
+use crate::datadir::{DataDir, HubIdentity, Identity};
+use crate::hubs::{EmbeddedHub, EmbeddedHubs};
 use crate::log_limit::{LogLimiter, LOG_PERIOD};
 use crate::tls::ListenerTls;
 use crate::{ServerConfig, Services};
@@ -149,7 +150,7 @@ macro_rules! device_protocol {
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     config.validate().map_err(StartError::Config)?;
     let dir = DataDir::new(&config.data_dir);
-    let (identity, initialized) = dir.init_identity(&config.default_hub_host(), config.hub_hostname.as_deref())?;
+    let (identity, initialized) = dir.init_identity(&config.default_hub_host(), &config.hub_hostnames)?;
     let tls = {
         let (config, dir, identity) = (config.clone(), dir.clone(), identity.clone());
         tokio::task::spawn_blocking(move || ListenerTls::load(&config, &dir, &identity))
@@ -160,39 +161,28 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let amqp_acceptor = mqtt_acceptor.clone();
     let acceptor = tls.https();
 
-    // File uploads go to the blob endpoint on the HTTPS port, under the hub's name.
-    let blobs = dps_store::BlobStore::open(&dir.blobs_path(), config.limits.max_upload_bytes).map_err(|source| {
-        StartError::Blobs {
-            path: dir.blobs_path(),
-            source,
-        }
-    })?;
     let storage_account = storage_account(&config)?;
     let store = dps_store::SqliteStore::open(&dir.store_path())?;
-    let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path())?;
-    let hub = dps_hub::Hub::open_with_store(
-        dps_hub::HubConfig {
-            host_name: identity.hub.host_name.clone(),
-            telemetry_retention: config.telemetry_retention,
-            telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
-            telemetry_retention_age: config.limits.telemetry_retention_age(),
-            device_cache: config.hub_device_cache,
-            c2d_ttl: config.limits.c2d_ttl(),
-            partitions: config.event_hub_partitions,
-            // Set once the HTTPS port is bound (port 0 picks one), below.
-            file_upload: None,
-        },
-        Arc::new(hub_store),
-        Arc::new(SystemClock),
-    )
-    .await?;
-    // Configured consumer groups exist from the start (created once, then kept like any other).
-    for group in &config.event_hub_consumer_groups {
-        hub.create_consumer_group(group)
-            .await
-            .map_err(StartError::ConsumerGroup)?;
+    let mut hubs = Vec::new();
+    let mut fresh = Vec::new();
+    for (i, hub_identity) in identity.hubs().enumerate() {
+        fresh.push(!dir.hub_db_path_of(hub_identity).exists());
+        // The first hub also answers to the server's own names that name no other hub: a
+        // device that reaches the server by its IP address names it so.
+        let server_names = config
+            .hostnames
+            .iter()
+            .filter(|_| i == 0)
+            .filter(|n| identity.hub_named(n).is_none());
+        let aliases = hub_identity
+            .former_host_names
+            .iter()
+            .chain(server_names)
+            .cloned()
+            .collect();
+        hubs.push(open_hub(&config, &dir, hub_identity, aliases).await?);
     }
-    link_embedded_hub(&store, &identity).await?;
+    link_embedded_hubs(&store, &identity, &fresh).await?;
     let engine = Engine::new(
         EngineConfig {
             immediate_assignment: config.immediate_assignment,
@@ -206,7 +196,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
         Arc::new(store),
-        Arc::new(crate::hub_router::HubRouter::new(hub.clone())),
+        Arc::new(crate::hub_router::HubRouter::new(
+            hubs.iter().map(|h| h.hub.clone()).collect(),
+        )),
     )
     .with_webhook(Arc::new(webhook_client(&config)?));
     engine.load().await.map_err(StartError::Engine)?;
@@ -222,10 +214,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         https.local_addr().map_err(StartError::LocalAddr)?,
         amqp.local_addr().map_err(StartError::LocalAddr)?,
     );
-    hub.set_file_upload(match &storage_account {
-        Some(account) => account.file_upload_config(config.file_upload_notifications),
-        None => file_upload_config(&identity, &config, https_addr.port()),
-    });
+    for h in &hubs {
+        h.hub.set_file_upload(match &storage_account {
+            Some(account) => account.file_upload_config(config.file_upload_notifications),
+            None => file_upload_config(&h.identity, &config, https_addr.port()),
+        });
+    }
 
     // Services see the ports actually bound (port 0 picks one): SAS audiences and Host headers
     // carry the HTTPS port when it is not 443.
@@ -235,17 +229,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         amqp_port: amqp_addr.port(),
         ..config
     };
+    let mut hubs = hubs.into_iter();
+    let first = hubs.next().expect("a server has at least one embedded hub");
     let services = Arc::new(Services {
         engine: Arc::new(engine),
-        hub,
+        hubs: EmbeddedHubs::new(first, hubs),
         dps_auth: PolicyAuthorizer::new(identity.policies.clone()),
-        hub_auth: PolicyAuthorizer::new(identity.hub.policies.clone()),
         identity,
         config: config.clone(),
         clock: Arc::new(SystemClock),
-        blobs: Some(blobs),
         storage_account,
-        import_export: Default::default(),
     });
 
     dir.record_runtime(&crate::datadir::Runtime {
@@ -274,7 +267,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         rx.clone(),
         device_protocol!(services, crate::amqp::serve_connection),
     ));
-    tasks.spawn(hub_sweeper(services.hub.clone(), services.blobs.clone(), rx.clone()));
+    for h in services.hubs.iter() {
+        tasks.spawn(hub_sweeper(h.hub.clone(), h.blobs.clone(), rx.clone()));
+    }
     tasks.spawn(accept_loop(
         "HTTPS",
         https,
@@ -338,15 +333,14 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpLis
 /// second until shutdown.
 /// Where devices upload files: the blob endpoint on the HTTPS port under the hub's host name, the
 /// `fileupload` container, an account named like the event hub and keyed from the hub owner key.
-fn file_upload_config(identity: &Identity, config: &ServerConfig, https_port: u16) -> dps_hub::FileUploadConfig {
-    let hub_host = &identity.hub.host_name;
+fn file_upload_config(identity: &HubIdentity, config: &ServerConfig, https_port: u16) -> dps_hub::FileUploadConfig {
+    let hub_host = &identity.host_name;
     let host = if https_port == 443 {
         hub_host.clone()
     } else {
         format!("{hub_host}:{https_port}")
     };
     let secret = identity
-        .hub
         .policies
         .first()
         .map(|p| p.primary_key.clone())
@@ -360,49 +354,101 @@ fn file_upload_config(identity: &Identity, config: &ServerConfig, https_port: u1
     }
 }
 
-/// Keeps the embedded hub linked under its current host name. On a store that links no hub (a
-/// new server, or one from before hubs could be linked) it links the embedded hub with its owner
-/// policy: from then on it is a linked hub like any other, listed, weighted and unlinked like the
-/// rest. When the hub was renamed (`--hub-hostname` changed), the link signed with its owner key
-/// moves to the new name, keeping its settings: otherwise every registration would be assigned
-/// to a name the hub no longer answers to.
-async fn link_embedded_hub(store: &dps_store::SqliteStore, identity: &Identity) -> Result<(), StartError> {
+/// Opens an embedded hub on its database and blob directory, with the configured consumer
+/// groups (created once, then kept like any other).
+async fn open_hub(
+    config: &ServerConfig,
+    dir: &DataDir,
+    identity: &HubIdentity,
+    aliases: Vec<String>,
+) -> Result<EmbeddedHub, StartError> {
+    // File uploads go to the blob endpoint on the HTTPS port, under the hub's name.
+    let blobs_path = dir.blobs_path_of(identity);
+    let blobs = dps_store::BlobStore::open(&blobs_path, config.limits.max_upload_bytes).map_err(|source| {
+        StartError::Blobs {
+            path: blobs_path,
+            source,
+        }
+    })?;
+    let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path_of(identity))?;
+    let hub = dps_hub::Hub::open_with_store(
+        dps_hub::HubConfig {
+            host_name: identity.host_name.clone(),
+            aliases,
+            telemetry_retention: config.telemetry_retention,
+            telemetry_retention_bytes: config.limits.telemetry_retention_bytes,
+            telemetry_retention_age: config.limits.telemetry_retention_age(),
+            device_cache: config.hub_device_cache,
+            c2d_ttl: config.limits.c2d_ttl(),
+            partitions: config.event_hub_partitions,
+            // Set once the HTTPS port is bound (port 0 picks one).
+            file_upload: None,
+        },
+        Arc::new(hub_store),
+        Arc::new(SystemClock),
+    )
+    .await?;
+    for group in &config.event_hub_consumer_groups {
+        hub.create_consumer_group(group)
+            .await
+            .map_err(StartError::ConsumerGroup)?;
+    }
+    Ok(EmbeddedHub::new(hub, identity.clone(), Some(blobs)))
+}
+
+/// Keeps each embedded hub linked under its current host name. A hub is linked with its owner
+/// policy when it is new (`fresh`: its database did not exist) or when the store links no hub
+/// at all (a new server, or one from before hubs could be linked): from then on it is a linked
+/// hub like any other, listed, weighted and unlinked like the rest. When a hub was renamed
+/// (`--hub-hostname` changed), the link signed with its owner key moves to the new name,
+/// keeping its settings: otherwise every registration would be assigned to a name the hub no
+/// longer goes by. A hub the operator unlinked stays unlinked.
+async fn link_embedded_hubs(
+    store: &dps_store::SqliteStore,
+    identity: &Identity,
+    fresh: &[bool],
+) -> Result<(), StartError> {
     use dps_core::Store as _;
     use dps_proto::connection_string::ConnectionString;
-    let Some(owner) = identity.hub.policies.first() else {
-        return Ok(());
-    };
-    let host = &identity.hub.host_name;
     let linked = store.list_linked_hubs().await.map_err(StartError::LinkedHubs)?;
-    if linked.iter().any(|h| h.name.eq_ignore_ascii_case(host)) {
-        return Ok(());
-    }
-    let signed_by_owner = |h: &&dps_proto::model::service::LinkedHubDescription| {
-        ConnectionString::parse(&h.connection_string)
-            .ok()
-            .and_then(|c| c.key)
-            .is_some_and(|k| k == owner.primary_key)
-    };
-    let renamed = linked.iter().find(signed_by_owner);
-    if !linked.is_empty() && renamed.is_none() {
-        // The operator unlinked the embedded hub: it stays unlinked.
-        return Ok(());
-    }
-    let hub = dps_proto::model::service::LinkedHubDescription {
-        name: host.to_ascii_lowercase(),
-        connection_string: ConnectionString::service(host, &owner.key_name, &owner.primary_key).to_string(),
-        ..renamed.cloned().unwrap_or_default()
-    };
-    if let Some(old) = renamed {
+    for (hub, fresh) in identity.hubs().zip(fresh) {
+        let Some(owner) = hub.policies.first() else {
+            continue;
+        };
+        let host = &hub.host_name;
+        if linked.iter().any(|h| h.name.eq_ignore_ascii_case(host)) {
+            continue;
+        }
+        let signed_by_owner = |h: &&dps_proto::model::service::LinkedHubDescription| {
+            ConnectionString::parse(&h.connection_string)
+                .ok()
+                .and_then(|c| c.key)
+                .is_some_and(|k| k == owner.primary_key)
+        };
+        let renamed = linked.iter().find(signed_by_owner);
+        if !fresh && !linked.is_empty() && renamed.is_none() {
+            // The operator unlinked this hub: it stays unlinked.
+            continue;
+        }
+        let description = dps_proto::model::service::LinkedHubDescription {
+            name: host.to_ascii_lowercase(),
+            connection_string: ConnectionString::service(host, &owner.key_name, &owner.primary_key).to_string(),
+            ..renamed.cloned().unwrap_or_default()
+        };
+        if let Some(old) = renamed {
+            store
+                .delete_linked_hub(&old.name)
+                .await
+                .map_err(StartError::LinkedHubs)?;
+            tracing::info!(old = %old.name, new = %host, "embedded hub relinked under its new host name");
+        } else {
+            tracing::info!(hub = %host, "embedded hub linked");
+        }
         store
-            .delete_linked_hub(&old.name)
+            .put_linked_hub(&description)
             .await
             .map_err(StartError::LinkedHubs)?;
-        tracing::info!(old = %old.name, new = %host, "embedded hub relinked under its new host name");
-    } else {
-        tracing::info!(hub = %host, "embedded hub linked");
     }
-    store.put_linked_hub(&hub).await.map_err(StartError::LinkedHubs)?;
     Ok(())
 }
 

@@ -83,6 +83,9 @@ impl RemoteHub {
     /// system's CAs and the hub's `caCertificates`.
     pub fn new(hub: &LinkedHubDescription) -> Result<Self, String> {
         let cs = ConnectionString::parse(&hub.connection_string).map_err(|e| format!("connectionString: {e}"))?;
+        // Tokens name the hub; requests go to its gateway when the string names one (a server
+        // whose hubs' names do not resolve).
+        let base = format!("https://{}", cs.connect_host());
         let (Some(key_name), Some(key)) = (cs.key_name, cs.key) else {
             return Err("connectionString needs SharedAccessKeyName and SharedAccessKey".into());
         };
@@ -97,7 +100,7 @@ impl RemoteHub {
             .build()
             .map_err(|e| format!("cannot build the HTTPS client: {e}"))?;
         Ok(Self {
-            base: format!("https://{}", cs.host_name),
+            base,
             host: cs.host_name,
             key_name,
             key,

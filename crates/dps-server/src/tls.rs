@@ -27,7 +27,7 @@ pub(crate) struct ListenerTls {
 impl ListenerTls {
     /// The certificates `config` asks for: the brought `--tls-cert`/`--tls-key` pair, or the
     /// data directory's (created or re-issued as needed) for the configured host names and the
-    /// embedded hub's. Client certificates are requested (optional, possession checked) on
+    /// embedded hubs'. Client certificates are requested (optional, possession checked) on
     /// every listener, since X.509 devices present them on each.
     ///
     /// RSA key generation takes a good part of a second on a fresh data directory, so call
@@ -40,8 +40,10 @@ impl ListenerTls {
             }
             (None, None) => {
                 let mut names = config.hostnames.clone();
-                if !names.iter().any(|n| n.eq_ignore_ascii_case(&identity.hub.host_name)) {
-                    names.push(identity.hub.host_name.clone());
+                for hub in identity.hubs() {
+                    if !names.iter().any(|n| n.eq_ignore_ascii_case(&hub.host_name)) {
+                        names.push(hub.host_name.clone());
+                    }
                 }
                 let certificates = dir.init_server_certificates(&names)?;
                 let identities: Vec<ServerIdentity<'_>> = certificates

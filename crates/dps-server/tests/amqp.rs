@@ -224,7 +224,7 @@ async fn malformed_frames_close_the_connection_and_others_are_served() {
 
     assert!(open(&s, Some(SaslProfile::Anonymous)).await.is_ok());
     assert_eq!(
-        s.services.hub.statistics().await.unwrap().total_device_count,
+        common::hub(&s).statistics().await.unwrap().total_device_count,
         0,
         "nothing was stored"
     );
@@ -344,7 +344,7 @@ async fn oversized_telemetry_is_rejected_and_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let s = server("127.0.39.7", dir.path()).await;
     provision(&s, "hub-a").await;
-    let mut events = s.services.hub.subscribe_events();
+    let mut events = common::hub(&s).subscribe_events();
     let mut c = open(&s, Some(SaslProfile::Anonymous)).await.unwrap();
     let mut session = Session::begin(&mut c).await.unwrap();
     assert_eq!(put_token(&mut session, &s, "hub-a", device_sas(&s, "hub-a")).await, 200);
@@ -396,7 +396,7 @@ async fn cloud_to_device_messages_settle_as_complete_reject_and_abandon() {
     let dir = tempfile::tempdir().unwrap();
     let s = server("127.0.39.8", dir.path()).await;
     provision(&s, "hub-a").await;
-    let hub = s.services.hub.clone();
+    let hub = common::hub(&s).clone();
     let send = |body: &'static str| {
         let hub = hub.clone();
         async move {
@@ -569,7 +569,10 @@ async fn cloud_to_device_messages_unsettled_at_disconnect_are_delivered_again() 
     let dir = tempfile::tempdir().unwrap();
     let s = server("127.0.39.15", dir.path()).await;
     provision(&s, "c2d-b").await;
-    s.services.hub.send_c2d("c2d-b", &b"keep me"[..], vec![]).await.unwrap();
+    common::hub(&s)
+        .send_c2d("c2d-b", &b"keep me"[..], vec![])
+        .await
+        .unwrap();
     // The device receives the message and disconnects without settling it, twice: each time it
     // goes back to the queue and comes again on the next connection.
     for round in 0..3 {
@@ -721,7 +724,7 @@ async fn event_hub_consumers_read_telemetry_that_survives_a_restart_and_bad_requ
         .await;
     }
     let entity = dps_server::amqp::event_hub::event_hub_name(&s.services.identity.hub.host_name);
-    let partition = dps_hub::partition_of("eh-dev", s.services.hub.partition_count()).to_string();
+    let partition = dps_hub::partition_of("eh-dev", common::hub(&s).partition_count()).to_string();
     let address = format!("{entity}/ConsumerGroups/$Default/Partitions/{partition}");
     let earliest = "amqp.annotation.x-opt-offset > '-1'";
 

@@ -101,7 +101,7 @@ async fn symmetric_keys_register_with_sasl_plain() {
     assert!(!r.operation_id.is_empty());
     let again = client(&s, provider).register(None).await.unwrap();
     assert_eq!(again.device_id, "dev-1");
-    assert!(s.services.hub.get_device("dev-1").await.is_ok());
+    assert!(common::hub(&s).get_device("dev-1").await.is_ok());
 
     // Group-derived key.
     let member = Arc::new(SymmetricKeyProvider::from_group_key("unit-7", GROUP_KEY).unwrap());
@@ -243,7 +243,7 @@ async fn tpm_registers_through_the_sasl_tpm_mechanism() {
     // Two imports: the SASL challenge's key, then the hub key from the assigned registration,
     // which is the key the hub now knows the device by.
     assert_eq!(*provider.imports.lock(), 2);
-    let device = s.services.hub.get_device(&reg).await.unwrap();
+    let device = common::hub(&s).get_device(&reg).await.unwrap();
     let hub_key = device
         .authentication
         .unwrap()
@@ -327,7 +327,7 @@ async fn provisioned_devices_use_the_hub_over_amqp() {
     assert_eq!(r.assigned_hub, s.services.identity.hub.host_name);
 
     // SAS device: CBS put-token, then telemetry with its properties and the twin.
-    let mut events = s.services.hub.subscribe_events();
+    let mut events = common::hub(&s).subscribe_events();
     let hub = hub_amqp(&s, &r.device_id, provider.clone()).await.unwrap();
     assert!(hub.is_connected());
     assert_eq!(hub.device_id(), "dev-twin");
@@ -374,7 +374,7 @@ async fn x509_devices_use_the_hub_over_amqp_without_cbs() {
     let provider = x509_device(&s, &ca, "dev-x509").await;
     let r = client(&s, provider.clone()).register(None).await.unwrap();
     assert_eq!(r.assigned_hub, s.services.identity.hub.host_name);
-    let mut events = s.services.hub.subscribe_events();
+    let mut events = common::hub(&s).subscribe_events();
     let hub = hub_amqp(&s, "dev-x509", provider).await.unwrap();
     hub.send_event("x", &[]).await.unwrap();
     let msg = tokio::time::timeout(Duration::from_secs(5), events.recv())

@@ -108,9 +108,7 @@ async fn snapshot(s: &RunningServer) -> Snapshot {
         enrollments: enrollments.into_iter().map(|x| (x.registration_id, x.etag)).collect(),
         groups: groups.into_iter().map(|g| (g.enrollment_group_id, g.etag)).collect(),
         registrations,
-        devices: s
-            .services
-            .hub
+        devices: common::hub(s)
             .list_devices(None, 0)
             .await
             .unwrap()
@@ -276,8 +274,7 @@ async fn bad_input_matrix() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(IP, dir.path()).await;
     for id in ["hubdev", "hubdev2"] {
-        s.services
-            .hub
+        common::hub(&s)
             .put_device(
                 dps_proto::model::hub::Device {
                     device_id: id.into(),

@@ -129,10 +129,7 @@ impl Env {
             .map(|e| e.registration_id)
             .collect();
         let groups = store.list_groups(None, 1000).await.unwrap().len();
-        let devices: Vec<String> = self
-            .s
-            .services
-            .hub
+        let devices: Vec<String> = common::hub(&self.s)
             .list_devices(None, 1000)
             .await
             .unwrap()

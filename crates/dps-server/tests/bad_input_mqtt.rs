@@ -403,8 +403,8 @@ async fn persisted(s: &RunningServer) -> Persisted {
     Persisted {
         dev1_record_etag: e.get_registration("dev-1").await.ok().and_then(|r| r.etag),
         others,
-        hub_devices: s.services.hub.statistics().await.unwrap().total_device_count,
-        dev1_hub_etag: s.services.hub.get_device("dev-1").await.ok().and_then(|d| d.etag),
+        hub_devices: common::hub(s).statistics().await.unwrap().total_device_count,
+        dev1_hub_etag: common::hub(s).get_device("dev-1").await.ok().and_then(|d| d.etag),
     }
 }
 

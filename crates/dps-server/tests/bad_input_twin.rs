@@ -228,7 +228,7 @@ async fn twin_and_message_limits_bad_input() {
     for (i, (name, via, expect)) in cases.into_iter().enumerate() {
         let rid = 100 + i as u32;
         let before = persisted_twin(&s, "dev-1").await;
-        let events_before = s.services.hub.recent_events(None, None, 1000).await.len();
+        let events_before = common::hub(&s).recent_events(None, None, 1000).await.len();
         match (via, expect) {
             (Via::Reported(body), Expect::Error(status, code, msg)) => {
                 let (topic, err) = reported(&bad, &mut bad_ev, rid, body).await;
@@ -269,9 +269,7 @@ async fn twin_and_message_limits_bad_input() {
                 (bad, bad_ev) = subscribed(&s, "dev-1").await;
             }
             (Via::C2d { body }, Expect::C2dTooLarge) => {
-                let err = s
-                    .services
-                    .hub
+                let err = common::hub(&s)
                     .send_c2d("dev-1", vec![b'x'; body], vec![])
                     .await
                     .unwrap_err();
@@ -280,7 +278,7 @@ async fn twin_and_message_limits_bad_input() {
                     "{name}: {err}"
                 );
                 // Nothing was sent: the next message the device gets is the good one.
-                s.services.hub.send_c2d("dev-1", &b"small"[..], vec![]).await.unwrap();
+                common::hub(&s).send_c2d("dev-1", &b"small"[..], vec![]).await.unwrap();
                 let got = hub_mqtt_until(&mut bad_ev, |p| match p {
                     Packet::Publish(p) if p.topic.starts_with("devices/dev-1/messages/devicebound/") => {
                         Some(p.payload.clone())
@@ -296,13 +294,12 @@ async fn twin_and_message_limits_bad_input() {
         // Nothing persisted.
         assert_eq!(persisted_twin(&s, "dev-1").await, before, "{name}: the twin changed");
         assert_eq!(
-            s.services.hub.recent_events(None, None, 1000).await.len(),
+            common::hub(&s).recent_events(None, None, 1000).await.len(),
             events_before,
             "{name}: telemetry was kept"
         );
         assert_eq!(
-            s.services
-                .hub
+            common::hub(&s)
                 .get_device("dev-1")
                 .await
                 .unwrap()

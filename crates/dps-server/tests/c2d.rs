@@ -57,12 +57,12 @@ fn service_sas(s: &RunningServer) -> String {
 
 async fn feedback_count_becomes(s: &RunningServer, n: usize) {
     for _ in 0..400 {
-        if s.services.hub.feedback_len() == n {
+        if common::hub(s).feedback_len() == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("feedback count stayed {}, not {n}", s.services.hub.feedback_len());
+    panic!("feedback count stayed {}, not {n}", common::hub(s).feedback_len());
 }
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn cloud_to_device_messages_are_delivered_at_least_once_and_survive_a_rest
     let dir = tempfile::tempdir().unwrap();
     let s = hub_server_with(IP, dir.path(), |_| {}).await;
     hub_device(&s, DEVICE).await;
-    let hub = s.services.hub.clone();
+    let hub = common::hub(&s).clone();
     hub.send_c2d(DEVICE, &b"one"[..], ack_full("m1")).await.unwrap();
 
     // The device gets it and leaves without its PUBACK: not completed, so delivered again.
@@ -92,7 +92,7 @@ async fn cloud_to_device_messages_are_delivered_at_least_once_and_survive_a_rest
     drop(hub);
     s.shutdown().await;
     let s = hub_server_with(IP, dir.path(), |_| {}).await;
-    assert_eq!(s.services.hub.feedback_len(), 1, "unread feedback is kept");
+    assert_eq!(common::hub(&s).feedback_len(), 1, "unread feedback is kept");
     let mut m = device(&s).await;
     let p = next_c2d(&mut m).await;
     assert_eq!(&p.payload[..], b"two");
@@ -146,7 +146,7 @@ async fn cloud_to_device_messages_are_delivered_at_least_once_and_survive_a_rest
     // A purge removes what is queued, and says how much.
     drop(m);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    s.services.hub.send_c2d(DEVICE, &b"three"[..], vec![]).await.unwrap();
+    common::hub(&s).send_c2d(DEVICE, &b"three"[..], vec![]).await.unwrap();
     let purge = format!("/devices/{DEVICE}/commands?api-version=2021-04-12");
     let purged = https(&s, "DELETE", &purge, Some(&sas), None).await;
     assert_eq!(purged.status, 200, "{:?}", purged.body);

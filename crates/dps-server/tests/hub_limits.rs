@@ -85,8 +85,8 @@ async fn limits_accept_what_fits_and_bound_retention() {
         publish_acked(&c, &mut ev, "devices/dev-1/messages/events/", vec![b'x'; D2C_MAX_BYTES]).await;
     }
     // The retained telemetry is trimmed to its bounds once a minute; now, here.
-    s.services.hub.trim_telemetry().await.unwrap();
-    let kept = s.services.hub.recent_events(None, None, 100).await;
+    common::hub(&s).trim_telemetry().await.unwrap();
+    let kept = common::hub(&s).recent_events(None, None, 100).await;
     let bytes: u64 = kept.iter().map(|m| m.retained_bytes()).sum();
     assert_eq!(kept.len(), 3, "three 256 KB messages (plus properties) fit in 1 MiB");
     assert!(bytes <= 1024 * 1024, "{bytes}");
@@ -111,7 +111,7 @@ async fn the_hub_device_cache_setting_bounds_the_devices_held() {
             (200, Some(format!("dev-{i:02}").as_str()))
         );
     }
-    let held = s.services.hub.resident_devices();
+    let held = common::hub(&s).resident_devices();
     assert!(held <= BOUND, "{held} devices held with hub-device-cache = {BOUND}");
     s.shutdown().await;
 }

@@ -1,12 +1,11 @@
 //! The embedded hub as a linked hub across restarts: linked on first start, and relinked under
 //! its new name (with its settings) when `--hub-hostname` changes, so that devices keep being
-//! assigned to a name the hub answers to.
+//! assigned to a name the hub answers to; its devices stay its devices (not migrated, their
+//! twins kept), and it keeps answering to its former name.
 
 mod common;
 
-use dps_core::{Credential, DeviceRequest};
-use dps_proto::model::device::DeviceRegistration;
-use dps_proto::model::service::{LinkedHubDescription, RegistrationStatus};
+use dps_proto::model::service::LinkedHubDescription;
 
 const IP: &str = "127.0.38.31";
 
@@ -17,6 +16,12 @@ async fn a_renamed_embedded_hub_stays_linked_with_its_settings() {
     let engine = s.services.engine.clone();
     let names = |e: &dps_core::Engine| e.linked_hubs().into_iter().map(|h| h.host_name).collect::<Vec<_>>();
     assert_eq!(names(&engine), [IP]);
+    let first = common::register_through_engine(&s, "dev-1").await;
+    assert_eq!(first.assigned_hub.as_deref(), Some(IP));
+    let hub = common::hub(&s).clone();
+    let patch = serde_json::from_value(serde_json::json!({"properties": {"desired": {"kept": 1}}})).unwrap();
+    hub.patch_twin("dev-1", patch, None).await.unwrap();
+    let generation = hub.get_device("dev-1").await.unwrap().generation_id;
     engine
         .put_linked_hub(
             IP,
@@ -35,7 +40,7 @@ async fn a_renamed_embedded_hub_stays_linked_with_its_settings() {
     c.data_dir = dir.path().to_path_buf();
     c.hostnames = vec![IP.to_string()];
     c.bind = IP.parse().unwrap();
-    c.hub_hostname = Some("hub.renamed.test".into());
+    c.hub_hostnames = vec!["hub.renamed.test".into()];
     let s = dps_server::start(c).await.expect("the server restarts");
     let engine = s.services.engine.clone();
     assert_eq!(names(&engine), ["hub.renamed.test"]);
@@ -51,25 +56,20 @@ async fn a_renamed_embedded_hub_stays_linked_with_its_settings() {
         "{listed:?}"
     );
 
-    // A device registers to the hub under its new name.
-    let req = DeviceRequest {
-        id_scope: s.services.identity.id_scope.clone(),
-        registration_id: "dev-1".into(),
-        credential: Credential::Sas(common::dps_sas(&s, "dev-1", common::KEY)),
-        api_version: None,
-        source: None,
-    };
-    let now = chrono::Utc::now();
-    let op = engine
-        .register(now, &req, &DeviceRegistration::default())
-        .await
-        .unwrap();
-    let id = op.operation().unwrap().operation_id.clone();
-    let done = engine.operation_status(now, &req, &id).await.unwrap().body;
-    assert_eq!(done.status, RegistrationStatus::Assigned, "{done:?}");
-    assert_eq!(
-        done.registration_state.assigned_hub.as_deref(),
-        Some("hub.renamed.test")
-    );
+    // The device registers again: to the hub under its new name, as the same device (not
+    // migrated from the hub to itself, its twin kept).
+    let again = common::register_through_engine(&s, "dev-1").await;
+    assert_eq!(again.assigned_hub.as_deref(), Some("hub.renamed.test"));
+    assert_eq!(again.substatus, first.substatus, "{again:?}");
+    let hub = common::hub(&s).clone();
+    assert_eq!(hub.get_device("dev-1").await.unwrap().generation_id, generation);
+    let twin = hub.get_twin("dev-1").await.unwrap();
+    assert_eq!(twin.properties.unwrap().desired.unwrap()["kept"], 1);
+    // It connects by the new name, and by the former one (a device not yet re-registered).
+    for name in ["hub.renamed.test", IP] {
+        common::hub_mqtt_to(&s, name, name, "dev-1")
+            .await
+            .unwrap_or_else(|e| panic!("connecting as {name}: {e}"));
+    }
     s.shutdown().await;
 }

@@ -267,7 +267,7 @@ async fn hub_endpoint_authenticates_and_serves_twin() {
     .unwrap();
     let (topic, _) = next_publish(&mut ev).await.unwrap();
     assert!(topic.starts_with("$iothub/twin/res/204/?$rid=6&$version="), "{topic}");
-    let mut events = s.services.hub.subscribe_events();
+    let mut events = common::hub(&s).subscribe_events();
     c.publish(
         "devices/dev-1/messages/events/k=v",
         QoS::AtLeastOnce,
@@ -288,8 +288,7 @@ async fn hub_endpoint_authenticates_and_serves_twin() {
     }
     expect_telemetry(&mut events, "dev-1", serde_json::json!({"t": 1})).await;
     assert_eq!(
-        s.services
-            .hub
+        common::hub(&s)
             .get_twin("dev-1")
             .await
             .unwrap()

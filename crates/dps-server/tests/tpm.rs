@@ -75,7 +75,7 @@ async fn http_challenge_register_poll_and_hub_key() {
     // The second blob carries the key the embedded hub now knows the device by.
     let hub_blob = B64.decode(state["tpm"]["authenticationKey"].as_str().unwrap()).unwrap();
     let hub_key = tpm.activate(&hub_blob).unwrap();
-    let device = s.services.hub.get_device(&reg).await.expect("hub device");
+    let device = common::hub(&s).get_device(&reg).await.expect("hub device");
     let keys = device.authentication.unwrap().symmetric_key.unwrap();
     assert_eq!(keys.primary_key.unwrap(), B64.encode(&hub_key[..]));
 

@@ -183,7 +183,7 @@ async fn dps_and_hub_over_websockets() {
         connect(&mut io, "dev-1", &user, &good).await.code,
         ConnectReturnCode::Success
     );
-    let mut events = s.services.hub.subscribe_events();
+    let mut events = common::hub(&s).subscribe_events();
     let mut telemetry = Publish::new("devices/dev-1/messages/events/k=v", QoS::AtLeastOnce, r#"{"t":1}"#);
     telemetry.pkid = 1;
     io.send(&Packet::Publish(telemetry)).await.unwrap();

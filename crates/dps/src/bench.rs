@@ -52,6 +52,27 @@ pub async fn run(a: BenchCommand) -> Result<()> {
     let hub = connect(a.hub_connection_string.as_deref(), &a.server, Api::Hub)
         .ok()
         .map(|r| Arc::new(RegistryClient::new(r)));
+    // The server's other embedded hubs, reached at the server's address (their names need not
+    // resolve), each with its own owner key.
+    let other_hubs = match (&a.hub_connection_string, dir.last_provisioning_host()) {
+        (None, Some(server_host)) => identity
+            .other_hubs
+            .iter()
+            .filter_map(|h| {
+                let owner = h.policies.first()?;
+                let mut cs = dps_proto::connection_string::ConnectionString::service(
+                    &h.host_name,
+                    &owner.key_name,
+                    &owner.primary_key,
+                );
+                cs.gateway_host_name = Some(server_host.clone());
+                let port = a.server.port.or(runtime.as_ref().map(|r| r.https_port)).unwrap_or(443);
+                let rest = dps_client::RestClient::new(&cs, port, &ca_pem).ok()?;
+                Some(Arc::new(RegistryClient::new(rest)))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let (mqtt_port, https_port, amqp_port) = runtime
         .as_ref()
         .map(|r| (r.mqtt_port, r.https_port, r.amqp_port))
@@ -59,6 +80,7 @@ pub async fn run(a: BenchCommand) -> Result<()> {
     let target = dps_bench::Target {
         dps,
         hub,
+        other_hubs,
         id_scope: identity.id_scope,
         hub_host: identity.hub.host_name.clone(),
         ca_pem,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use dps_datadir::{DataDir, Identity};
+use dps_datadir::{DataDir, HubIdentity, Identity};
 use dps_proto::connection_string::ConnectionString;
 use dps_server::{ServerConfig, Services};
 use serde::Serialize;
@@ -37,6 +37,9 @@ pub struct Info {
     /// (`Endpoint=sb://{hub host}/;SharedAccessKeyName=…;SharedAccessKey=…;EntityPath=…`), with
     /// the hub's `service` policy (the first with `ServiceConnect` when there is none).
     pub event_hub_connection_string: String,
+    /// Every embedded hub (the one above first; more when the server runs several,
+    /// `--hub-hostname` given more than once), each with its own connection strings.
+    pub hubs: Vec<HubInfo>,
     pub ca_certificate_path: Option<String>,
     /// The local RSA root. The server presents an RSA certificate chained to it to clients that
     /// offer only RSA signatures (device TLS stacks built without ECDSA), and the P-256 one
@@ -54,6 +57,28 @@ pub struct Info {
     pub amqp_port: Option<u16>,
 }
 
+/// One embedded hub: its host name and connection strings (owner policy; Event
+/// Hub-compatible endpoint).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubInfo {
+    pub host_name: String,
+    pub connection_string: String,
+    pub event_hub_connection_string: String,
+}
+
+impl HubInfo {
+    fn of(hub: &HubIdentity, amqp_port: Option<u16>) -> Self {
+        let owner = &hub.policies[0];
+        HubInfo {
+            host_name: hub.host_name.clone(),
+            connection_string: ConnectionString::service(&hub.host_name, &owner.key_name, &owner.primary_key)
+                .to_string(),
+            event_hub_connection_string: event_hub_connection_string(hub, amqp_port),
+        }
+    }
+}
+
 /// The listening ports of a server: MQTT, HTTPS, AMQP (0: unknown, a data directory last served
 /// by a version without AMQP).
 type Ports = (u16, u16, u16);
@@ -61,8 +86,9 @@ type Ports = (u16, u16, u16);
 impl Info {
     fn build(dir: &DataDir, id: &Identity, provisioning_host: &str, ports: Option<Ports>) -> Self {
         let owner = &id.policies[0];
-        let hub_owner = &id.hub.policies[0];
         let (ca, rsa_ca) = (dir.ca_cert_path(), dir.rsa_ca_cert_path());
+        let amqp_port = ports.map(|p| p.2);
+        let first = HubInfo::of(&id.hub, amqp_port);
         Info {
             id_scope: id.id_scope.clone(),
             provisioning_host: provisioning_host.to_string(),
@@ -72,20 +98,16 @@ impl Info {
                 &owner.primary_key,
             )
             .to_string(),
-            hub_host_name: id.hub.host_name.clone(),
-            hub_connection_string: ConnectionString::service(
-                &id.hub.host_name,
-                &hub_owner.key_name,
-                &hub_owner.primary_key,
-            )
-            .to_string(),
-            event_hub_connection_string: event_hub_connection_string(id, ports.map(|p| p.2)),
+            hub_host_name: first.host_name.clone(),
+            hub_connection_string: first.connection_string.clone(),
+            event_hub_connection_string: first.event_hub_connection_string.clone(),
+            hubs: id.hubs().map(|h| HubInfo::of(h, amqp_port)).collect(),
             ca_certificate_path: ca.exists().then(|| absolute(&ca)),
             rsa_ca_certificate_path: rsa_ca.exists().then(|| absolute(&rsa_ca)),
             data_dir: absolute(dir.root()),
             mqtt_port: ports.map(|p| p.0),
             https_port: ports.map(|p| p.1),
-            amqp_port: ports.map(|p| p.2).filter(|p| *p != 0),
+            amqp_port: amqp_port.filter(|p| *p != 0),
         }
     }
 
@@ -113,8 +135,8 @@ impl Info {
 
 /// The Event Hub-compatible connection string; the AMQP port goes into the endpoint when it is
 /// not the standard 5671.
-fn event_hub_connection_string(id: &Identity, amqp_port: Option<u16>) -> String {
-    let policies = &id.hub.policies;
+fn event_hub_connection_string(hub: &HubIdentity, amqp_port: Option<u16>) -> String {
+    let policies = &hub.policies;
     let policy = policies
         .iter()
         .find(|p| p.key_name.eq_ignore_ascii_case("service"))
@@ -126,10 +148,10 @@ fn event_hub_connection_string(id: &Identity, amqp_port: Option<u16>) -> String 
         .unwrap_or_default();
     format!(
         "Endpoint=sb://{}{port}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath={}",
-        id.hub.host_name,
+        hub.host_name,
         policy.key_name,
         policy.primary_key,
-        dps_server::amqp::event_hub::event_hub_name(&id.hub.host_name)
+        dps_server::amqp::event_hub::event_hub_name(&hub.host_name)
     )
 }
 
@@ -164,6 +186,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
         println!("service connection  {}", info.service_connection_string);
         println!("hub connection      {}", info.hub_connection_string);
         println!("event hub endpoint  {}", info.event_hub_connection_string);
+        for hub in &info.hubs[1..] {
+            println!("IoT hub             {}", hub.host_name);
+            println!("  hub connection    {}", hub.connection_string);
+            println!("  event hub         {}", hub.event_hub_connection_string);
+        }
     }
     Ok(())
 }

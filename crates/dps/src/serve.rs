@@ -21,10 +21,12 @@ pub struct ServeArgs {
     /// certificate covers all of them [default: localhost, 127.0.0.1].
     #[arg(long = "hostname", env = "DPS_HOSTNAME", value_delimiter = ',')]
     hostnames: Vec<String>,
-    /// Host name of the embedded IoT hub (devices are assigned to it) [default: the first
-    /// --hostname containing a dot].
-    #[arg(long, env = "DPS_HUB_HOSTNAME")]
-    hub_hostname: Option<String>,
+    /// Host name of an embedded IoT hub (devices are assigned to it); repeatable: each name is
+    /// a hub of its own, with its own keys and devices, on the same ports [default: the hubs
+    /// the data directory has; on first start one named by the first --hostname containing a
+    /// dot].
+    #[arg(long = "hub-hostname", env = "DPS_HUB_HOSTNAME", value_delimiter = ',')]
+    hub_hostnames: Vec<String>,
     /// Address to listen on [default: 0.0.0.0].
     #[arg(long, env = "DPS_BIND")]
     bind: Option<IpAddr>,
@@ -174,8 +176,8 @@ impl ServeArgs {
         if !self.hostnames.is_empty() {
             c.hostnames = self.hostnames;
         }
-        if let Some(v) = self.hub_hostname {
-            c.hub_hostname = Some(v);
+        if !self.hub_hostnames.is_empty() {
+            c.hub_hostnames = self.hub_hostnames;
         }
         if let Some(v) = self.bind {
             c.bind = v;
@@ -263,6 +265,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let server = dps_server::start(config.clone()).await?;
     let info = crate::info::Info::from_services(&server.services, &config);
+    let hubs: Vec<&str> = info.hubs.iter().map(|h| h.host_name.as_str()).collect();
     println!(
         "dps {} {} data directory {}\n\n  ID scope            {}\n  provisioning host   {} (MQTT {}, HTTPS {}, AMQP {})\n  IoT hub             {}\n  trust this CA       {}\n  service connection  {}\n  hub connection      {}\n\n  `dps info --data-dir {} --json` prints these for scripts. Ctrl-C stops.",
         env!("CARGO_PKG_VERSION"),
@@ -273,7 +276,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         server.mqtt_addr,
         server.https_addr,
         server.amqp_addr,
-        info.hub_host_name,
+        hubs.join(", "),
         info.trust().as_deref().unwrap_or("(your --tls-cert issuer)"),
         info.service_connection_string,
         info.hub_connection_string,

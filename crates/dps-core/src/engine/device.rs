@@ -590,10 +590,16 @@ impl Engine {
         if let Some(why) = attested.matched.disabled() {
             return Err(failed(RegistrationStatus::Disabled, why));
         }
-        let previous = match self.store.get_registration(&req.registration_id).await {
+        let mut previous = match self.store.get_registration(&req.registration_id).await {
             Ok(p) => p.filter(|p| p.state.status == RegistrationStatus::Assigned),
             Err(e) => return Err(failed(RegistrationStatus::Failed, Error::Storage(e))),
         };
+        // A device assigned under a hub's former name is on that hub now (renamed, not moved).
+        if let Some(hub) = previous.as_mut().and_then(|p| p.state.assigned_hub.as_mut()) {
+            if let Some(current) = self.hubs.current_name(hub) {
+                *hub = current;
+            }
+        }
         let (policy, reprovision, initial_twin, capabilities, iot_hubs, legacy_hub, device_id) = match &attested.matched
         {
             Matched::Individual(e) => (

@@ -202,6 +202,8 @@ pub struct Connection {
     peer_max_frame: usize,
     /// The peer's idle time-out, if it announced one.
     peer_idle_timeout: Option<Duration>,
+    /// The host name the peer's open names (the virtual host it connects to), if any.
+    peer_hostname: Option<String>,
     sessions: Vec<Session>,
     events: VecDeque<Event>,
     /// The last link id handed out.
@@ -218,6 +220,7 @@ impl Connection {
             output: BytesMut::new(),
             peer_max_frame: 512,
             peer_idle_timeout: None,
+            peer_hostname: None,
             sessions: Vec::new(),
             events: VecDeque::new(),
             last_link: 0,
@@ -338,6 +341,8 @@ impl Connection {
             .idle_time_out
             .filter(|ms| *ms > 0)
             .map(|ms| Duration::from_millis(u64::from(ms)));
+        // A host name is at most 255 bytes; a longer one names nothing and is not kept.
+        self.peer_hostname = open.hostname.filter(|h| h.len() <= 255);
         let idle = self.limits.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
         let answer = self.open_frame(Some(idle));
         frame::write(&mut self.output, 0, &answer, &[]);
@@ -363,6 +368,12 @@ impl Connection {
     /// Whether the connection is closed (by either side): write what output is left and end.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// The host name the peer's open names (`hostname`, the virtual host it connects to: the
+    /// SDKs send the hub's or the service's host name), if it named one.
+    pub fn peer_hostname(&self) -> Option<&str> {
+        self.peer_hostname.as_deref()
     }
 
     /// Whether the peer has opened the connection.

@@ -511,6 +511,8 @@ fn the_protocol_header_and_open_come_first() {
 fn the_peers_open_sets_heartbeats_and_frame_size() {
     let mut p = Peer::opened_with(Some(512));
     assert_eq!(p.conn.heartbeat_interval(), Some(Duration::from_secs(30)));
+    // The virtual host it names tells which hub the connection is for.
+    assert_eq!(p.conn.peer_hostname(), Some("hub.example"));
     p.conn.heartbeat();
     assert_eq!(&p.conn.take_output()[..], &[0, 0, 0, 8, 2, 0, 0, 0]);
     // Frames are cut at any byte boundary.

@@ -117,8 +117,8 @@ pub(super) fn is_event_hub_token(token: &str) -> bool {
     })
 }
 
-/// Judges an event hub token: signed by a hub policy with `ServiceConnect`, for this hub's host
-/// and its event hub; kept as a grant for what its audience covers.
+/// Judges an event hub token: signed by a hub policy with `ServiceConnect`, for one of this
+/// hub's names and its event hub; kept as a grant for what its audience covers.
 pub(super) fn put_token(conn: &mut Conn, token: &str) -> (i32, String) {
     match grant_of(conn, token) {
         Ok(grant) => {
@@ -130,8 +130,10 @@ pub(super) fn put_token(conn: &mut Conn, token: &str) -> (i32, String) {
     }
 }
 
-fn grant_of(conn: &Conn, token: &str) -> Result<(String, u64), String> {
-    let services = &conn.services;
+/// The grant a token gives (the path under the event hub it covers, and its expiry), binding
+/// the connection to the token's hub.
+fn grant_of(conn: &mut Conn, token: &str) -> Result<(String, u64), String> {
+    let embedded = conn.embedded_for_token(token)?;
     let parsed = dps_proto::sas::SasToken::parse(token).map_err(|e| e.to_string())?;
     let full = parsed.audience();
     let scheme = ["sb://", "amqps://"]
@@ -139,10 +141,12 @@ fn grant_of(conn: &Conn, token: &str) -> Result<(String, u64), String> {
         .find(|s| full.starts_with(s))
         .unwrap_or_default();
     let audience = &full[scheme.len()..];
-    let host = services.identity.hub.host_name.to_ascii_lowercase();
-    let entity = event_hub_name(&services.identity.hub.host_name);
-    let path = audience
-        .strip_prefix(host.as_str())
+    let host = embedded.host_name().to_ascii_lowercase();
+    let entity = event_hub_name(&host);
+    let path = embedded
+        .hub
+        .names()
+        .find_map(|name| strip_prefix_ignore_case(audience, name))
         .filter(|p| {
             let p = p.strip_prefix('/').unwrap_or_default();
             p == entity || p.starts_with(&format!("{entity}/"))
@@ -150,7 +154,7 @@ fn grant_of(conn: &Conn, token: &str) -> Result<(String, u64), String> {
         .ok_or_else(|| {
             format!("the token's audience {audience:?} is not this hub's event hub (sb://{host}/{entity})")
         })?;
-    let now = dps_core::Engine::unix_time(services.clock.now());
+    let now = dps_core::Engine::unix_time(conn.services.clock.now());
     parsed.check_expiry(now).map_err(|e| e.to_string())?;
     // Event Hubs tokens are signed with the key's text itself (its UTF-8 bytes), not with the
     // key's base64-decoded bytes as IoT Hub's are: both SDKs sign that way.
@@ -158,9 +162,8 @@ fn grant_of(conn: &Conn, token: &str) -> Result<(String, u64), String> {
         .key_name
         .as_deref()
         .ok_or("the token names no shared access policy (skn)")?;
-    let policy = services
+    let policy = embedded
         .identity
-        .hub
         .policies
         .iter()
         .find(|p| p.key_name.eq_ignore_ascii_case(name))
@@ -173,7 +176,15 @@ fn grant_of(conn: &Conn, token: &str) -> Result<(String, u64), String> {
     if !policy.has_right(SERVICE_CONNECT) {
         return Err(format!("policy '{}' lacks {SERVICE_CONNECT}", policy.key_name));
     }
-    Ok((path.to_string(), parsed.expiry))
+    let grant = (path.to_string(), parsed.expiry);
+    conn.bind_hub(embedded);
+    Ok(grant)
+}
+
+/// `text` without `prefix` (compared without case), if it starts with it.
+fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
 /// What a link to a `$management` or partition node is for, if this connection may attach it.
@@ -203,8 +214,8 @@ async fn attach_partition(
     node: &PartitionAddress,
     selector: Option<&str>,
 ) -> Result<Route, Refusal> {
-    let services = &conn.services;
-    let host = &services.identity.hub.host_name;
+    let embedded = conn.embedded();
+    let host = embedded.host_name();
     let entity = event_hub_name(host);
     let not_found = |what: &str| {
         Refusal::NotFound(format!(
@@ -220,10 +231,10 @@ async fn attach_partition(
     if !node.entity.eq_ignore_ascii_case(&entity) {
         return Err(not_found(&format!("this hub's event hub is '{entity}'")));
     }
-    if services.hub.consumer_group(&node.consumer_group).is_none() {
+    if embedded.hub.consumer_group(&node.consumer_group).is_none() {
         return Err(not_found(&format!("no consumer group '{}'", node.consumer_group)));
     }
-    let count = services.hub.partition_count();
+    let count = embedded.hub.partition_count();
     let partition = node
         .partition
         .parse::<u32>()
@@ -239,7 +250,7 @@ async fn attach_partition(
                 ),
             ))
         })?;
-    let now = dps_core::Engine::unix_time(services.clock.now());
+    let now = dps_core::Engine::unix_time(conn.services.clock.now());
     let resource = format!(
         "/{entity}/consumergroups/{}/partitions/{partition}",
         node.consumer_group.to_ascii_lowercase()
@@ -254,7 +265,7 @@ async fn attach_partition(
             .map_err(|why| Refusal::Other(links::condition_error(AmqpError::NotAllowed, why)))?,
         None => EventPosition::EARLIEST,
     };
-    let next = services
+    let next = embedded
         .hub
         .partition_start(partition, position)
         .await
@@ -271,10 +282,10 @@ async fn attach_partition(
 
 /// A partition link was attached: remember its reader (it starts sending on the client's credit).
 pub(super) async fn attached(conn: &mut Conn, link: LinkId, partition: u32, next: u64) {
-    let state = &mut conn.hub.event_hub;
-    if state.arrivals.is_none() {
-        state.arrivals = Some(conn.services.hub.telemetry_arrivals());
+    if conn.hub.event_hub.arrivals.is_none() {
+        conn.hub.event_hub.arrivals = Some(conn.embedded().hub.telemetry_arrivals());
     }
+    let state = &mut conn.hub.event_hub;
     state.readers.insert(
         link,
         Reader {
@@ -317,7 +328,7 @@ pub(super) async fn pump(conn: &mut Conn, link: LinkId) {
         return;
     };
     let (partition, mut next) = (r.partition, r.next);
-    let hub = conn.services.hub.clone();
+    let hub = conn.embedded().hub.clone();
     let waiting = loop {
         let room = conn.amqp.room(link);
         if room == 0 {
@@ -415,7 +426,7 @@ async fn read(conn: &mut Conn, msg: &Incoming) -> Result<Value, (i32, String)> {
             format!("unsupported operation {:?}: only READ is", get(eh::MGMT_OPERATION)),
         ));
     }
-    let host = conn.services.identity.hub.host_name.clone();
+    let host = conn.embedded().host_name().to_string();
     let entity = event_hub_name(&host);
     let name = get(eh::MGMT_NAME).unwrap_or_default();
     if !name.eq_ignore_ascii_case(&entity) {
@@ -437,7 +448,7 @@ async fn read(conn: &mut Conn, msg: &Incoming) -> Result<Value, (i32, String)> {
             format!("put a token for sb://{host}/{entity} on $cbs first, signed by a policy with {SERVICE_CONNECT}"),
         ));
     }
-    let hub = &conn.services.hub;
+    let hub = &conn.embedded().hub.clone();
     let text = |s: &str| Value::String(s.to_string());
     let map = |entries: Vec<(&str, Value)>| {
         Value::Map(

@@ -25,6 +25,7 @@
 //! is `dps_hub::DeviceSession`'s, as for MQTT; this module only frames it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -43,6 +44,7 @@ use fe2o3_amqp::types::definitions::{AmqpError, LinkError};
 use super::links::{self, Refusal};
 use super::message::{self, Incoming};
 use super::{Conn, Route};
+use crate::hubs::EmbeddedHub;
 
 /// Per-connection hub state.
 #[derive(Default)]
@@ -64,6 +66,41 @@ pub(crate) struct HubState {
     file_notifications: Option<OutletLink>,
     /// Event Hubs consumers' grants and partition readers.
     pub(super) event_hub: super::event_hub::EventHubState,
+    /// The embedded hub the connection's first accepted token was for (see [`Conn::embedded`]).
+    embedded: Option<Arc<EmbeddedHub>>,
+}
+
+impl Conn {
+    /// The embedded hub this connection is for: the one its first accepted token named, else
+    /// the one its open names, else the first. One connection serves one hub, as a connection
+    /// to an IoT hub does.
+    pub(super) fn embedded(&self) -> Arc<EmbeddedHub> {
+        match &self.hub.embedded {
+            Some(hub) => hub.clone(),
+            None => self.services.hubs.for_request(None, self.amqp.peer_hostname()).clone(),
+        }
+    }
+
+    /// The embedded hub `token` is to be judged by: the connection's, refusing a token that
+    /// names another hub than the one the connection already serves.
+    pub(super) fn embedded_for_token(&self, token: &str) -> Result<Arc<EmbeddedHub>, String> {
+        let named = self.services.hubs.for_token(token);
+        match (&self.hub.embedded, named) {
+            (Some(bound), Some(named)) if !Arc::ptr_eq(bound, named) => Err(format!(
+                "this connection serves hub '{}': a token for '{}' needs a connection of its own",
+                bound.host_name(),
+                named.host_name()
+            )),
+            (Some(bound), _) => Ok(bound.clone()),
+            (None, Some(named)) => Ok(named.clone()),
+            (None, None) => Ok(self.embedded()),
+        }
+    }
+
+    /// Keeps serving `hub` from now on (after a token for it was accepted).
+    pub(super) fn bind_hub(&mut self, hub: Arc<EmbeddedHub>) {
+        self.hub.embedded.get_or_insert(hub);
+    }
 }
 
 /// A service-bound queue a backend reads over a receiver link: feedback
@@ -356,7 +393,7 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId) {
         return;
     };
     if let Some(outlet) = HubNode::parse(address).as_ref().and_then(Outlet::of) {
-        let hub = conn.services.hub.clone();
+        let hub = conn.embedded().hub.clone();
         let slot = conn.hub.outlet(outlet);
         if let Some((_, lock)) = slot.take().and_then(|old| old.in_flight) {
             outlet.abandon(&hub, &lock);
@@ -390,7 +427,7 @@ pub(super) fn send_outlets(conn: &mut Conn) {
         else {
             continue;
         };
-        let hub = conn.services.hub.clone();
+        let hub = conn.embedded().hub.clone();
         let Some((lock, body, content_type)) = outlet.take(&hub) else {
             continue;
         };
@@ -424,7 +461,7 @@ pub(super) fn send_outlets(conn: &mut Conn) {
 pub(super) fn detached(conn: &mut Conn, address: &str) {
     if let Some(outlet) = HubNode::parse(address).as_ref().and_then(Outlet::of) {
         if let Some((_, lock)) = conn.hub.outlet(outlet).take().and_then(|f| f.in_flight) {
-            outlet.abandon(&conn.services.hub, &lock);
+            outlet.abandon(&conn.embedded().hub, &lock);
         }
         return;
     }
@@ -446,10 +483,11 @@ async fn device(conn: &mut Conn, device_id: &str) -> Result<(), Refusal> {
         conn.hub.devices.remove(device_id);
     }
     let token = conn.hub.tokens.get(device_id).map(|(t, _)| t.clone());
-    let identity = check_credential(conn, device_id, token)
+    let hub = conn.embedded().hub.clone();
+    let identity = check_credential(conn, &hub, device_id, token)
         .await
         .map_err(Refusal::Unauthorized)?;
-    let (session, outbound) = conn.services.hub.open_session(identity).await.map_err(|e| {
+    let (session, outbound) = hub.open_session(identity).await.map_err(|e| {
         tracing::info!(error = %e, "hub session refused");
         Refusal::Unauthorized(e.to_string())
     })?;
@@ -459,10 +497,14 @@ async fn device(conn: &mut Conn, device_id: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Asks the hub whether `token` (or else the TLS certificate) is the credential of the identity
+/// Asks `hub` whether `token` (or else the TLS certificate) is the credential of the identity
 /// at `device_id` (a path); the refusal says why not.
-async fn check_credential(conn: &Conn, device_id: &str, token: Option<String>) -> Result<DeviceIdentity, String> {
-    let hub = &conn.services.hub;
+async fn check_credential(
+    conn: &Conn,
+    hub: &dps_hub::Hub,
+    device_id: &str,
+    token: Option<String>,
+) -> Result<DeviceIdentity, String> {
     let thumbprints = crate::leaf_thumbprints(&conn.peer_certs);
     if token.is_none() && thumbprints.is_none() {
         return Err(format!(
@@ -513,11 +555,16 @@ async fn put_token(conn: &mut Conn, msg: &Incoming) -> (i32, String) {
                 .into(),
         );
     };
+    let embedded = match conn.embedded_for_token(&token) {
+        Ok(hub) => hub,
+        Err(why) => return (401, why),
+    };
     // Checked now so the device learns at once; kept for the links it attaches next. A refused
     // token leaves an earlier good one in place.
-    match check_credential(conn, &device_id, Some(token.clone())).await {
+    match check_credential(conn, &embedded.hub, &device_id, Some(token.clone())).await {
         Ok(_) => {
             let expiry = dps_proto::sas::SasToken::parse(&token).map_or(0, |t| t.expiry);
+            conn.bind_hub(embedded);
             conn.hub.tokens.insert(device_id, (token, expiry));
             (200, "OK".into())
         }
@@ -526,18 +573,22 @@ async fn put_token(conn: &mut Conn, msg: &Incoming) -> (i32, String) {
 }
 
 /// Judges a service token (one naming a shared access policy): it must be signed by one of the
-/// hub's policies with `ServiceConnect`, for this hub's own host name, and unexpired. Kept for
-/// the service links attached next.
+/// hub's policies with `ServiceConnect`, for one of the hub's own names, and unexpired. Kept
+/// for the service links attached next.
 fn put_service_token(conn: &mut Conn, token: &str) -> (i32, String) {
-    let hub = &conn.services;
-    let now = dps_core::Engine::unix_time(hub.clock.now());
-    let hosts = [hub.identity.hub.host_name.clone()];
-    match hub
-        .hub_auth
+    let embedded = match conn.embedded_for_token(token) {
+        Ok(hub) => hub,
+        Err(why) => return (401, why),
+    };
+    let now = dps_core::Engine::unix_time(conn.services.clock.now());
+    let hosts: Vec<String> = embedded.hub.names().map(str::to_string).collect();
+    match embedded
+        .auth
         .authorize(now, Some(token), &hosts, wire::SERVICE_C2D_NODE, &[SERVICE_CONNECT])
     {
         Ok(_) => {
             let expiry = dps_proto::sas::SasToken::parse(token).map_or(0, |t| t.expiry);
+            conn.bind_hub(embedded);
             conn.hub.service_until = Some(expiry);
             (200, "OK".into())
         }
@@ -588,7 +639,7 @@ pub(super) async fn service_c2d(conn: &mut Conn, link: LinkId, delivery: Option<
         let at = chrono::DateTime::from_timestamp_millis(exp.milliseconds()).unwrap_or_default();
         properties.push(("$.exp".into(), dps_proto::timefmt::format_record(&at)));
     }
-    let result = conn.services.hub.send_c2d(&device_id, body, properties).await;
+    let result = conn.embedded().hub.send_c2d(&device_id, body, properties).await;
     let outcome = result.map_err(|e| {
         tracing::info!(device = %device_id, error = %e, "cloud-to-device message refused");
         let condition = match &e {

@@ -375,10 +375,10 @@ impl Conn {
                     message,
                 } => self.message(link, delivery, &message).await,
                 Event::Outcome { token, state } => {
-                    self.hub.settled(&self.services.hub, token, Some(state));
+                    self.hub.settled(&self.embedded().hub, token, Some(state));
                     hub::send_outlets(self);
                 }
-                Event::Lost { token } => self.hub.settled(&self.services.hub, token, None),
+                Event::Lost { token } => self.hub.settled(&self.embedded().hub, token, None),
                 Event::Detached { link, .. } => self.detached(link),
                 Event::Closed { .. } => {}
             }
@@ -500,8 +500,8 @@ impl Conn {
         self.amqp.close(None);
         while let Some(event) = self.amqp.poll_event() {
             match event {
-                Event::Outcome { token, state } => self.hub.settled(&self.services.hub, token, Some(state)),
-                Event::Lost { token } => self.hub.settled(&self.services.hub, token, None),
+                Event::Outcome { token, state } => self.hub.settled(&self.embedded().hub, token, Some(state)),
+                Event::Lost { token } => self.hub.settled(&self.embedded().hub, token, None),
                 _ => {}
             }
         }

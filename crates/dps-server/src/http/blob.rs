@@ -96,7 +96,9 @@ async fn serve(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, StorageError
             format!("file uploads go to the storage account {}", account.endpoint()),
         ));
     }
-    let (Some(config), Some(store)) = (services.hub.file_upload_config(), services.blobs.as_ref()) else {
+    // The blob endpoint of the hub the upload URL names (its host is the hub's).
+    let embedded = ctx.embedded_hub();
+    let (Some(config), Some(store)) = (embedded.hub.file_upload_config(), embedded.blobs.as_ref()) else {
         return Err(StorageError(
             StatusCode::NOT_FOUND,
             "ContainerNotFound",

@@ -13,11 +13,12 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
 
 use super::ok;
+use crate::hubs::EmbeddedHub;
 use crate::{ApiError, Services};
 
 /// The blob store and its container, or 400014 when file upload is not configured.
-fn store(services: &Services) -> Result<(&dps_store::BlobStore, &str), ApiError> {
-    match (services.blobs.as_ref(), services.hub.file_upload_config()) {
+fn store(hub: &EmbeddedHub) -> Result<(&dps_store::BlobStore, &str), ApiError> {
+    match (hub.blobs.as_ref(), hub.hub.file_upload_config()) {
         (Some(b), Some(c)) => Ok((b, c.container.as_str())),
         _ => Err(ApiError::new(
             codes::FILE_UPLOAD_NOT_CONFIGURED,
@@ -36,7 +37,7 @@ fn account_error(e: crate::storage_account::StorageAccountError) -> ApiError {
 
 /// `GET /files`: every uploaded file by name (only `device`'s when given), at most
 /// [`UploadedFileList::MAX`].
-pub(super) async fn list(services: &Services, device: Option<&str>) -> Result<Response, ApiError> {
+pub(super) async fn list(services: &Services, hub: &EmbeddedHub, device: Option<&str>) -> Result<Response, ApiError> {
     let file = |name: String, size: u64, last_modified: &chrono::DateTime<chrono::Utc>| UploadedFile {
         device_id: name.split('/').next().unwrap_or_default().to_string(),
         name,
@@ -54,7 +55,7 @@ pub(super) async fn list(services: &Services, device: Option<&str>) -> Result<Re
             .map(|b| file(b.name, b.size, &b.last_modified))
             .collect()
     } else {
-        let (blobs, container) = store(services)?;
+        let (blobs, container) = store(hub)?;
         let listed = blobs
             .list(container, device, UploadedFileList::MAX)
             .await
@@ -68,7 +69,7 @@ pub(super) async fn list(services: &Services, device: Option<&str>) -> Result<Re
 }
 
 /// `GET /files/{name}`: the file's bytes, streamed.
-pub(super) async fn read(services: &Services, name: &str) -> Result<Response, ApiError> {
+pub(super) async fn read(services: &Services, hub: &EmbeddedHub, name: &str) -> Result<Response, ApiError> {
     let not_found = || ApiError::new(codes::PATH_NOT_FOUND, format!("no uploaded file '{name}'"));
     if !valid_blob_name(name) {
         return Err(not_found());
@@ -79,7 +80,7 @@ pub(super) async fn read(services: &Services, name: &str) -> Result<Response, Ap
         };
         (size, Body::from_stream(stream))
     } else {
-        let (blobs, container) = store(services)?;
+        let (blobs, container) = store(hub)?;
         let Some((props, file)) = blobs.open_blob(container, name).await.map_err(storage_error)? else {
             return Err(not_found());
         };

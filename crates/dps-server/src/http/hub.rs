@@ -74,11 +74,12 @@ fn rights(route: &Route) -> &'static [&'static str] {
 }
 
 pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
-    // The audience is judged against the hub's own host name, never the Host header.
-    let hub_host = ctx.services.identity.hub.host_name.as_str();
-    ctx.authorize(&ctx.services.hub_auth, [hub_host], &route, rights(&route))?;
+    // The audience is judged against the names of the hub the request is for, never the Host
+    // header: a token for another hub, or signed by another hub's key, is refused.
+    let embedded = ctx.embedded_hub();
+    ctx.authorize(&embedded.auth, embedded.hub.names(), &route, rights(&route))?;
 
-    let hub = ctx.services.hub.clone();
+    let hub = embedded.hub.clone();
     let if_match = ctx.if_match().map(str::to_string);
     let if_match = if_match.as_deref();
     let resp = match route {
@@ -179,15 +180,14 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         }
         Route::CreateImportExportJob => {
             let request: JobProperties = ctx.json("JobProperties").await?;
-            let services = ctx.services;
-            let hosts = [services.identity.hub.host_name.clone()];
-            ok(&services
+            let hosts: Vec<String> = hub.names().map(str::to_string).collect();
+            ok(&embedded
                 .import_export
-                .create(&hub, services.blobs.as_ref(), &hosts, request)?)
+                .create(&hub, embedded.blobs.as_ref(), &hosts, request)?)
         }
-        Route::ListImportExportJobs => ok(&ctx.services.import_export.list()),
-        Route::GetImportExportJob(id) => ok(&ctx.services.import_export.get(&id)?),
-        Route::CancelImportExportJob(id) => ok(&ctx.services.import_export.cancel(&id)?),
+        Route::ListImportExportJobs => ok(&embedded.import_export.list()),
+        Route::GetImportExportJob(id) => ok(&embedded.import_export.get(&id)?),
+        Route::CancelImportExportJob(id) => ok(&embedded.import_export.cancel(&id)?),
         Route::ListModules(id) => ok(&hub.list_modules(&id).await.map_err(registry_error)?),
         Route::GetModule(id, module) => ok(&hub.get_module(&id, &module).await.map_err(registry_error)?),
         Route::PutModule(id, module_id) => {
@@ -288,9 +288,9 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         }
         Route::ListFiles => {
             let device = ctx.query.get("deviceId").map(str::to_string);
-            super::files::list(ctx.services, device.as_deref()).await?
+            super::files::list(ctx.services, &embedded, device.as_deref()).await?
         }
-        Route::GetFile(name) => super::files::read(ctx.services, &name).await?,
+        Route::GetFile(name) => super::files::read(ctx.services, &embedded, &name).await?,
         other => unreachable!("not a hub route: {other:?}"),
     };
     Ok(resp)

@@ -36,8 +36,9 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
     };
     let token = ctx.header("authorization").map(str::to_string);
     let thumbprints = ctx.peer_certs.as_ref().and_then(|c| crate::leaf_thumbprints(&c.0));
-    let identity = authenticate(ctx.services, ctx.now, &device_id, token.as_deref(), thumbprints).await?;
-    let hub = ctx.services.hub.clone();
+    let embedded = ctx.embedded_hub();
+    let identity = authenticate(&embedded.hub, ctx.now, &device_id, token.as_deref(), thumbprints).await?;
+    let hub = embedded.hub.clone();
     match route {
         Route::SendDeviceEvent(_) => {
             let body = ctx.body().await?;
@@ -110,7 +111,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
                 .map_err(file_upload_error)?;
             tracing::debug!(device = %identity.device_id(), blob = %blob_name, success = status.is_success, code = ?status.status_code, "file upload reported");
             if status.is_success {
-                let blob = uploaded(ctx.services, &blob_name).await?;
+                let blob = uploaded(ctx.services, &embedded, &blob_name).await?;
                 hub.notify_file_uploaded(&identity, &blob_name, blob)
                     .await
                     .map_err(|e| ApiError::new(codes::SERVICE_UNAVAILABLE, format!("hub storage: {e}")))?;
@@ -122,7 +123,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
 }
 
 async fn authenticate(
-    services: &crate::Services,
+    hub: &dps_hub::Hub,
     now: chrono::DateTime<chrono::Utc>,
     device_id: &str,
     token: Option<&str>,
@@ -134,9 +135,7 @@ async fn authenticate(
         )));
     }
     let now = dps_core::Engine::unix_time(now);
-    services
-        .hub
-        .authenticate_device(now, device_id, token, thumbprints)
+    hub.authenticate_device(now, device_id, token, thumbprints)
         .await
         .map_err(|e| match e {
             AuthError::Storage { .. } => ApiError::new(codes::SERVICE_UNAVAILABLE, e.to_string()),
@@ -206,7 +205,11 @@ fn c2d_response(m: PolledC2d) -> Response {
 
 /// What the blob endpoint (or the external storage account) holds for a blob the device says
 /// it uploaded (IoT Hub checks it: 400020 when it is not there).
-async fn uploaded(services: &crate::Services, blob_name: &str) -> Result<UploadedBlob, ApiError> {
+async fn uploaded(
+    services: &crate::Services,
+    embedded: &crate::hubs::EmbeddedHub,
+    blob_name: &str,
+) -> Result<UploadedBlob, ApiError> {
     let missing = || {
         ApiError::new(
             codes::FILE_UPLOAD_BLOB_MISSING,
@@ -223,7 +226,7 @@ async fn uploaded(services: &crate::Services, blob_name: &str) -> Result<Uploade
             )),
         };
     }
-    let (Some(config), Some(blobs)) = (services.hub.file_upload_config(), services.blobs.as_ref()) else {
+    let (Some(config), Some(blobs)) = (embedded.hub.file_upload_config(), embedded.blobs.as_ref()) else {
         return Err(missing());
     };
     match blobs.properties(&config.container, blob_name).await {

@@ -343,6 +343,15 @@ impl Ctx<'_> {
     /// SAS audience must be one of `names` (the server's own host names for this API, never the
     /// client's `Host` header), with or without the HTTPS port, or a resource under one of them
     /// that covers the route's canonical resource path ([`Route::audience_path`]).
+    /// The embedded hub this request is for: the one its SAS token names, else its `Host`
+    /// header, else the first ([`crate::hubs`]).
+    pub(crate) fn embedded_hub(&self) -> Arc<crate::hubs::EmbeddedHub> {
+        self.services
+            .hubs
+            .for_request(self.header("authorization"), self.header("host"))
+            .clone()
+    }
+
     pub(crate) fn authorize<'n>(
         &self,
         authorizer: &dps_core::auth::PolicyAuthorizer,
@@ -424,15 +433,15 @@ impl BodyReader {
     }
 }
 
-/// Every name this server answers to on its HTTPS port: the configured host names and the
-/// embedded hub's.
+/// Every name this server answers to on its HTTPS port: the configured host names and every
+/// name of its embedded hubs.
 fn own_names(services: &Services) -> impl Iterator<Item = &str> + Clone {
     services
         .config
         .hostnames
         .iter()
         .map(String::as_str)
-        .chain(std::iter::once(services.identity.hub.host_name.as_str()))
+        .chain(services.hubs.iter().flat_map(|h| h.hub.names()))
 }
 
 /// Refuses a request whose `Host` (or absolute-form authority) is not one of this server's names.

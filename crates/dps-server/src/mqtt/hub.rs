@@ -27,7 +27,13 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     password: String,
     peer_certs: Vec<Vec<u8>>,
 ) -> Result<(), FrameError> {
-    let hub = &services.hub;
+    // The hub the username names (any name it answers to); a name no hub answers to goes to
+    // the first, which refuses it by name.
+    let hub = &services
+        .hubs
+        .named(&user.host_name)
+        .unwrap_or_else(|| services.hubs.first())
+        .hub;
     let now = services.clock.now();
     // Azure accepts a hub user name without `api-version` (MQTT bridges and hand-written clients
     // send `{host}/{deviceId}` alone), so only a version that is present is checked.

@@ -332,22 +332,41 @@ pub fn sas_device(id: &str) -> dps_proto::model::hub::Device {
     }
 }
 
+/// The server's first (or only) embedded hub.
+pub fn hub(s: &RunningServer) -> &dps_hub::Hub {
+    &s.services.hubs.first().hub
+}
+
 /// Creates hub device `id` with SAS primary key [`KEY`] through the hub API.
 pub async fn hub_device(s: &RunningServer, id: &str) {
-    s.services.hub.put_device(sas_device(id), None).await.unwrap();
+    hub(s).put_device(sas_device(id), None).await.unwrap();
 }
 
 /// An MQTT+TLS client connected (CONNACK 0) to the hub as device `id` (key [`KEY`]), with large
 /// packets allowed both ways.
 pub async fn hub_mqtt(s: &RunningServer, id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
-    use rumqttc::{Event, MqttOptions, Packet, TlsConfiguration, Transport};
     let hub = s.services.identity.hub.host_name.clone();
+    hub_mqtt_to(s, &hub, &hub, id)
+        .await
+        .unwrap_or_else(|e| panic!("connect failed: {e}"))
+}
+
+/// An MQTT+TLS connection to the server as device `id` (key [`KEY`]) naming hub `user_host` in
+/// its username and `audience_host` in its token's audience: the client after CONNACK 0, or
+/// the error that ended the connection.
+pub async fn hub_mqtt_to(
+    s: &RunningServer,
+    user_host: &str,
+    audience_host: &str,
+    id: &str,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
+    use rumqttc::{Event, MqttOptions, Packet, TlsConfiguration, Transport};
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
-    let token = build_token(&format!("{hub}/devices/{id}"), KEY, expiry, None).unwrap();
+    let token = build_token(&format!("{audience_host}/devices/{id}"), KEY, expiry, None).unwrap();
     let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
     let tls = dps_pki::tls::client_config(&ca).unwrap();
     let mut o = MqttOptions::new(id, s.mqtt_addr.ip().to_string(), s.mqtt_addr.port());
-    o.set_credentials(format!("{hub}/{id}/?api-version=2021-04-12"), token);
+    o.set_credentials(format!("{user_host}/{id}/?api-version=2021-04-12"), token);
     o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
@@ -357,9 +376,9 @@ pub async fn hub_mqtt(s: &RunningServer, id: &str) -> (rumqttc::AsyncClient, rum
             .await
             .expect("connack within 10 s")
         {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => return (c, ev),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok((c, ev)),
             Ok(_) => {}
-            Err(e) => panic!("connect failed: {e}"),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -405,6 +424,19 @@ pub async fn hub_rest(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    let hub = &s.services.identity.hub;
+    hub_rest_as(s, &hub.host_name, &hub.policies[0], method, path, body).await
+}
+
+/// [`hub_rest`] with a token for hub `audience_host` signed by `policy`.
+pub async fn hub_rest_as(
+    s: &RunningServer,
+    audience_host: &str,
+    policy: &dps_core::auth::SharedAccessPolicy,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
     use http_body_util::{BodyExt, Full};
     let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
     let config = dps_pki::tls::client_config(&ca).unwrap();
@@ -418,10 +450,8 @@ pub async fn hub_rest(
         .await
         .unwrap();
     tokio::spawn(conn);
-    let hub = &s.services.identity.hub;
-    let policy = &hub.policies[0];
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
-    let sas = build_token(&hub.host_name, &policy.primary_key, expiry, Some(&policy.key_name)).unwrap();
+    let sas = build_token(audience_host, &policy.primary_key, expiry, Some(&policy.key_name)).unwrap();
     let sep = if path.contains('?') { '&' } else { '?' };
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = http::Request::builder()
@@ -513,4 +543,30 @@ pub async fn https_with(
         headers,
         body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     }
+}
+
+/// Registers `reg` (enrolled with [`KEY`]) through the engine, as a device over any transport
+/// would; its registration state once assigned.
+pub async fn register_through_engine(s: &RunningServer, reg: &str) -> dps_proto::model::service::RegistrationState {
+    let engine = &s.services.engine;
+    let req = dps_core::DeviceRequest {
+        id_scope: s.services.identity.id_scope.clone(),
+        registration_id: reg.into(),
+        credential: dps_core::Credential::Sas(dps_sas(s, reg, KEY)),
+        api_version: None,
+        source: None,
+    };
+    let now = chrono::Utc::now();
+    let op = engine
+        .register(now, &req, &dps_proto::model::device::DeviceRegistration::default())
+        .await
+        .unwrap();
+    let id = op.operation().unwrap().operation_id.clone();
+    let done = engine.operation_status(now, &req, &id).await.unwrap().body;
+    assert_eq!(
+        done.status,
+        dps_proto::model::service::RegistrationStatus::Assigned,
+        "{done:?}"
+    );
+    done.registration_state
 }

@@ -17,6 +17,7 @@ use dps_proto::hub_mqtt::HubUsername;
 use dps_proto::sas::build_token;
 use dps_server::datadir::{HubIdentity, Identity, DPS_OWNER_RIGHTS, HUB_OWNER_RIGHTS};
 use dps_server::http::{router, JSON_CONTENT_TYPE};
+use dps_server::hubs::{EmbeddedHub, EmbeddedHubs};
 use dps_server::{ServerConfig, Services};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -95,24 +96,25 @@ pub async fn fixture() -> Fixture {
     let mut config = ServerConfig::defaults();
     config.hostnames = vec![DPS_HOST.into()];
     config.max_message_bytes = MAX_BODY;
+    let hub_identity = HubIdentity {
+        host_name: HUB_HOST.into(),
+        policies: hub_policies,
+        ..Default::default()
+    };
+    let blobs = dps_store::BlobStore::open(blob_dir.path(), MAX_UPLOAD).unwrap();
     let services = Arc::new(Services {
         engine: Arc::new(engine),
-        hub: hub.clone(),
+        hubs: EmbeddedHubs::new(EmbeddedHub::new(hub.clone(), hub_identity.clone(), Some(blobs)), []),
         dps_auth: PolicyAuthorizer::new(dps_policies.clone()),
-        hub_auth: PolicyAuthorizer::new(hub_policies.clone()),
         identity: Identity {
             id_scope: SCOPE.into(),
             policies: dps_policies,
-            hub: HubIdentity {
-                host_name: HUB_HOST.into(),
-                policies: hub_policies,
-            },
+            hub: hub_identity,
+            other_hubs: Vec::new(),
         },
         config,
         clock: clock.clone(),
-        blobs: Some(dps_store::BlobStore::open(blob_dir.path(), MAX_UPLOAD).unwrap()),
         storage_account: None,
-        import_export: Default::default(),
     });
     Fixture {
         app: router(services.clone()),
