@@ -88,13 +88,17 @@ impl EmbeddedHubs {
     /// `sb://{host}/{eventHub}`), if the token parses and names one.
     pub fn for_token(&self, token: &str) -> Option<&Arc<EmbeddedHub>> {
         let audience = dps_proto::sas::SasToken::parse(token).ok()?.audience();
-        let rest = ["sb://", "amqps://"]
-            .into_iter()
-            .find_map(|scheme| audience.strip_prefix(scheme))
-            .unwrap_or(&audience);
-        let host = rest.split('/').next().unwrap_or_default();
+        let host = without_scheme(&audience).split('/').next().unwrap_or_default();
         self.named(host)
     }
+}
+
+/// A token audience without the `sb://` or `amqps://` an Event Hubs audience starts with.
+pub(crate) fn without_scheme(audience: &str) -> &str {
+    ["sb://", "amqps://"]
+        .into_iter()
+        .find_map(|scheme| audience.strip_prefix(scheme))
+        .unwrap_or(audience)
 }
 
 /// `host` without a `:port` suffix (IPv6 literals in brackets keep their colons).

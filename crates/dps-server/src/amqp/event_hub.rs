@@ -136,11 +136,7 @@ fn grant_of(conn: &mut Conn, token: &str) -> Result<(String, u64), String> {
     let embedded = conn.embedded_for_token(token)?;
     let parsed = dps_proto::sas::SasToken::parse(token).map_err(|e| e.to_string())?;
     let full = parsed.audience();
-    let scheme = ["sb://", "amqps://"]
-        .into_iter()
-        .find(|s| full.starts_with(s))
-        .unwrap_or_default();
-    let audience = &full[scheme.len()..];
+    let audience = crate::hubs::without_scheme(&full);
     let host = embedded.host_name().to_ascii_lowercase();
     let entity = event_hub_name(&host);
     let path = embedded
