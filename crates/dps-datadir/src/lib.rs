@@ -276,6 +276,16 @@ impl DataDir {
         }
     }
 
+    /// An embedded hub's retained telemetry (`telemetry.db` for the first hub,
+    /// `{stem}-telemetry.db` for the others). One file per hub: hubs sharing one would read each
+    /// other's events and overwrite them (each hub numbers its own events from 1).
+    pub fn telemetry_path_of(&self, hub: &HubIdentity) -> PathBuf {
+        match &hub.files {
+            Some(stem) => self.root.join(format!("{stem}-telemetry.db")),
+            None => self.root.join("telemetry.db"),
+        }
+    }
+
     /// Where an embedded hub's uploaded files are kept.
     pub fn blobs_path_of(&self, hub: &HubIdentity) -> PathBuf {
         match &hub.files {
@@ -689,6 +699,12 @@ mod tests {
         assert_eq!(files[0], dir.path().join("hub-2.db"));
         assert_eq!(files[2], dir.path().join("hub-3.db"));
         assert_eq!(dd.blobs_path_of(&three.hub), dir.path().join("hub-2-blobs"));
+        let telemetry: Vec<_> = three.hubs().map(|h| dd.telemetry_path_of(h)).collect();
+        assert_eq!(
+            telemetry,
+            ["hub-2-telemetry.db", "telemetry.db", "hub-3-telemetry.db"].map(|f| dir.path().join(f)),
+            "each hub's telemetry is its own"
+        );
 
         // Hubs not named are kept, unserved, and served again when named (or when none is).
         let (only_d, _) = dd.init_identity("x", &names(&["hub-d.test"])).unwrap();

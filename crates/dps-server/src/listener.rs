@@ -370,7 +370,10 @@ async fn open_hub(
             source,
         }
     })?;
-    let hub_store = dps_store::SqliteHubStore::open(&dir.hub_db_path_of(identity))?;
+    let hub_store = dps_store::SqliteHubStore::open_with_telemetry(
+        &dir.hub_db_path_of(identity),
+        &dir.telemetry_path_of(identity),
+    )?;
     let hub = dps_hub::Hub::open_with_store(
         dps_hub::HubConfig {
             host_name: identity.host_name.clone(),

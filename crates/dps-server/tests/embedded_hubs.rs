@@ -45,9 +45,10 @@ async fn devices_land_on_the_hub_allocation_chose_and_connect_to_it_alone() {
 
     // The device connects naming hub B; naming hub A it is unknown, and a token for hub A
     // does not open hub B.
-    let (c, _ev) = common::hub_mqtt_to(&s, HUB_B, HUB_B, "dev-b")
+    let (c, mut ev) = common::hub_mqtt_to(&s, HUB_B, HUB_B, "dev-b")
         .await
         .expect("hub B takes it");
+    common::publish_acked(&c, &mut ev, "devices/dev-b/messages/events/", "from b").await;
     c.disconnect().await.ok();
     for (user, audience) in [(HUB_A, HUB_A), (HUB_B, HUB_A)] {
         let refused = common::hub_mqtt_to(&s, user, audience, "dev-b").await;
@@ -67,12 +68,41 @@ async fn devices_land_on_the_hub_allocation_chose_and_connect_to_it_alone() {
     // Hub A, the first, also answers to the server's own name.
     common::hub_device(&s, "dev-a").await;
     for name in [HUB_A, IP] {
-        common::hub_mqtt_to(&s, name, name, "dev-a")
+        let (c, mut ev) = common::hub_mqtt_to(&s, name, name, "dev-a")
             .await
             .unwrap_or_else(|e| panic!("connecting as {name}: {e}"));
+        common::publish_acked(
+            &c,
+            &mut ev,
+            "devices/dev-a/messages/events/",
+            format!("from a as {name}"),
+        )
+        .await;
+        c.disconnect().await.ok();
     }
     let (status, _) = common::hub_rest_as(&s, IP, &a.policies[0], "GET", "/devices/dev-a", None).await;
     assert_eq!(status, 200);
+    s.shutdown().await;
+
+    // Each hub's telemetry is its own, also as read back from storage after a restart (they once
+    // shared one file: hub A read hub B's events, and each overwrote the other's numbers).
+    let s = common::hub_server_with(IP, dir.path(), |c| {
+        c.hub_hostnames = vec![HUB_A.into(), HUB_B.into()];
+    })
+    .await;
+    let retained = |name: &'static str| {
+        let hub = s.services.hubs.named(name).unwrap().hub.clone();
+        async move {
+            let events = hub.recent_events(None, None, 100).await;
+            events
+                .iter()
+                .map(|m| (m.device_id.clone(), m.body_text().into_owned()))
+                .collect::<Vec<_>>()
+        }
+    };
+    let from_a = [HUB_A, IP].map(|n| ("dev-a".to_string(), format!("from a as {n}")));
+    assert_eq!(retained(HUB_A).await, from_a);
+    assert_eq!(retained(HUB_B).await, [("dev-b".to_string(), "from b".to_string())]);
     s.shutdown().await;
 
     // Restarted naming hub B alone: it is served (with its devices), hub A is kept unserved.

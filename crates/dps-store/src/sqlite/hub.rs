@@ -33,7 +33,8 @@ use super::writer::Operation;
 use super::{BackendError, Database, OpenError, StoreStats};
 
 const TABLE: &str = "devices";
-/// The retained telemetry's file, beside the registry's.
+/// The retained telemetry's file, beside the registry's, when [`SqliteHubStore::open`] is given
+/// only the registry's.
 pub(super) const TELEMETRY_FILE: &str = "telemetry.db";
 const UPSERT: &str = "INSERT INTO devices (id, doc) VALUES (?1, ?2) \
      ON CONFLICT (id) DO UPDATE SET doc = excluded.doc";
@@ -225,13 +226,21 @@ impl std::fmt::Debug for SqliteHubStore {
 }
 
 impl SqliteHubStore {
-    /// Opens (creating if needed, with its parent directory) the hub database at `path`, brings
-    /// its schema up to date (a `hub.db` written before this store existed is adopted as is) and
-    /// starts the writer thread. Does not need a tokio runtime; the [`HubStore`] methods do.
+    /// Opens (creating if needed, with its parent directory) the hub database at `path`, with
+    /// its retained telemetry in `telemetry.db` beside it; see [`SqliteHubStore::open_with_telemetry`].
     pub fn open(path: &Path) -> Result<SqliteHubStore, OpenError> {
+        Self::open_with_telemetry(path, &path.with_file_name(TELEMETRY_FILE))
+    }
+
+    /// Opens (creating if needed, with their parent directories) the hub database at `path` and
+    /// the retained telemetry at `telemetry`, brings their schemas up to date (a `hub.db` written
+    /// before this store existed is adopted as is) and starts their writer threads. Each hub
+    /// needs a telemetry file of its own. Does not need a tokio runtime; the [`HubStore`]
+    /// methods do.
+    pub fn open_with_telemetry(path: &Path, telemetry: &Path) -> Result<SqliteHubStore, OpenError> {
         Ok(SqliteHubStore {
             db: Database::open_prepared(path, &HUB, "dps-hub-writer", build_tag_index)?,
-            events: Database::open(&path.with_file_name(TELEMETRY_FILE), &TELEMETRY, "dps-telemetry-writer")?,
+            events: Database::open(telemetry, &TELEMETRY, "dps-telemetry-writer")?,
         })
     }
 
