@@ -4,7 +4,8 @@
 
 The hub.db must exist with its schema: start `dps serve --data-dir DIR` once and stop it. Rows
 are the JSON `DeviceRecord` documents `SqliteHubStore` writes (crates/dps-hub/src/record.rs),
-keyed by the lower-cased device id; the schema's triggers keep the device counts.
+keyed by the first hub's number (1, hub migration 9) and the lower-cased device id; the schema's
+triggers keep the device counts.
 
     scripts/bench/fill_hub_db.py DIR/hub.db 1000000 [--prefix bulk-] [--query-tags]
 
@@ -61,6 +62,8 @@ def main() -> None:
         raise SystemExit(f"{a.hub_db} does not exist: start `dps serve` once to create it")
     db = sqlite3.connect(a.hub_db)
     db.execute("PRAGMA synchronous=OFF")
+    # Files from before hub migration 9 have no hub column.
+    by_hub = any(col[1] == "hub" for col in db.execute("PRAGMA table_info(devices)"))
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
     start = time.time()
     batch = 50_000
@@ -72,7 +75,10 @@ def main() -> None:
             else:
                 did, tags = f"{a.prefix}{i:07d}", {}
             rows.append((did.lower(), doc(did, now, tags)))
-        db.executemany("INSERT OR REPLACE INTO devices (id, doc) VALUES (?, ?)", rows)
+        if by_hub:
+            db.executemany("INSERT OR REPLACE INTO devices (hub, id, doc) VALUES (1, ?, ?)", rows)
+        else:
+            db.executemany("INSERT OR REPLACE INTO devices (id, doc) VALUES (?, ?)", rows)
         db.commit()
     has_index = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'hub_meta'").fetchone()
     if has_index:

@@ -166,8 +166,9 @@ pub struct HubIdentity {
     /// for them, are still this hub's (a rename must not make every device look migrated).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub former_host_names: Vec<String>,
-    /// The stem of the hub's files in the data directory (`{stem}.db`, `{stem}-blobs/`);
-    /// absent for the first hub, whose files are `hub.db` and `blobs/`.
+    /// The stem of the hub's files in the data directory (`{stem}-telemetry.db`,
+    /// `{stem}-blobs/`), `hub-N`, which also numbers its rows in the shared `hub.db`; absent
+    /// for the first hub, whose files are `telemetry.db` and `blobs/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<String>,
 }
@@ -183,6 +184,15 @@ impl HubIdentity {
                 .collect(),
             former_host_names: Vec::new(),
             files,
+        }
+    }
+
+    /// The hub's number, which keys its rows in the shared `hub.db`: 1 for the first hub, `N` for
+    /// the one whose files are `hub-N` (`None` for a stem this build did not make).
+    pub fn number(&self) -> Option<u32> {
+        match &self.files {
+            None => Some(1),
+            Some(stem) => stem.strip_prefix("hub-")?.parse().ok().filter(|n| *n > 1),
         }
     }
 
@@ -268,12 +278,10 @@ impl DataDir {
         self.root.join("blobs")
     }
 
-    /// An embedded hub's database.
-    pub fn hub_db_path_of(&self, hub: &HubIdentity) -> PathBuf {
-        match &hub.files {
-            Some(stem) => self.root.join(format!("{stem}.db")),
-            None => self.hub_db_path(),
-        }
+    /// Where a build before the shared `hub.db` kept an embedded hub's registry in a file of its
+    /// own (`{stem}.db`); `None` for the first hub, whose file was always `hub.db`.
+    pub fn separate_hub_db_path_of(&self, hub: &HubIdentity) -> Option<PathBuf> {
+        hub.files.as_ref().map(|stem| self.root.join(format!("{stem}.db")))
     }
 
     /// An embedded hub's retained telemetry (`telemetry.db` for the first hub,
@@ -694,10 +702,12 @@ mod tests {
         assert_eq!(hosts(&three), ["hub-c.test", "hub-b.test", "hub-d.test"]);
         assert_ne!(three.hub.policies[0].primary_key, one.hub.policies[0].primary_key);
         assert_eq!(three.other_hubs[0].policies, one.hub.policies);
-        let files: Vec<_> = three.hubs().map(|h| dd.hub_db_path_of(h)).collect();
-        assert_eq!(files[1], dd.hub_db_path());
-        assert_eq!(files[0], dir.path().join("hub-2.db"));
-        assert_eq!(files[2], dir.path().join("hub-3.db"));
+        let numbers: Vec<_> = three.hubs().map(HubIdentity::number).collect();
+        assert_eq!(numbers, [Some(2), Some(1), Some(3)]);
+        let files: Vec<_> = three.hubs().map(|h| dd.separate_hub_db_path_of(h)).collect();
+        assert_eq!(files[1], None);
+        assert_eq!(files[0], Some(dir.path().join("hub-2.db")));
+        assert_eq!(files[2], Some(dir.path().join("hub-3.db")));
         assert_eq!(dd.blobs_path_of(&three.hub), dir.path().join("hub-2-blobs"));
         let telemetry: Vec<_> = three.hubs().map(|h| dd.telemetry_path_of(h)).collect();
         assert_eq!(

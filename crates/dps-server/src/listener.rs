@@ -163,10 +163,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     let storage_account = storage_account(&config)?;
     let store = dps_store::SqliteStore::open(&dir.store_path())?;
+    let hub_db = open_hub_database(&dir, &identity)?;
     let mut hubs = Vec::new();
     let mut fresh = Vec::new();
     for (i, hub_identity) in identity.hubs().enumerate() {
-        fresh.push(!dir.hub_db_path_of(hub_identity).exists());
         // The first hub also answers to the server's own names that name no other hub: a
         // device that reaches the server by its IP address names it so.
         let server_names = config
@@ -180,7 +180,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .chain(server_names)
             .cloned()
             .collect();
-        hubs.push(open_hub(&config, &dir, hub_identity, aliases).await?);
+        let (hub, held_before) = open_hub(&config, &dir, &hub_db, hub_identity, aliases).await?;
+        fresh.push(!held_before);
+        hubs.push(hub);
     }
     link_embedded_hubs(&store, &identity, &fresh).await?;
     let engine = Engine::new(
@@ -354,14 +356,40 @@ fn file_upload_config(identity: &HubIdentity, config: &ServerConfig, https_port:
     }
 }
 
-/// Opens an embedded hub on its database and blob directory, with the configured consumer
-/// groups (created once, then kept like any other).
+/// Opens the registry every embedded hub shares (`hub.db`; decision 0029), moving in any
+/// hub's registry an earlier build kept in a file of its own.
+fn open_hub_database(dir: &DataDir, identity: &Identity) -> Result<Arc<dps_store::HubDatabase>, StartError> {
+    let mut slots = Vec::new();
+    for hub in identity.hubs() {
+        let number = hub.number().ok_or_else(|| {
+            StartError::Config(format!(
+                "dps.json names the files of hub {} {:?}, which this build does not know (it makes hub-2, hub-3, ...)",
+                hub.host_name, hub.files
+            ))
+        })?;
+        slots.push((number, dir.separate_hub_db_path_of(hub)));
+    }
+    let slots: Vec<_> = slots
+        .iter()
+        .map(|(number, file)| dps_store::HubSlot {
+            number: *number,
+            separate_file: file.as_deref(),
+        })
+        .collect();
+    Ok(dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?)
+}
+
+/// Opens an embedded hub on its rows of the shared registry, its telemetry file and its blob
+/// directory, with the configured consumer groups (created once, then kept like any other).
+/// Also says whether the registry held this hub before (a hub that is new gets linked).
 async fn open_hub(
     config: &ServerConfig,
     dir: &DataDir,
+    hub_db: &Arc<dps_store::HubDatabase>,
     identity: &HubIdentity,
     aliases: Vec<String>,
-) -> Result<EmbeddedHub, StartError> {
+) -> Result<(EmbeddedHub, bool), StartError> {
+    let number = identity.number().expect("checked by open_hub_database");
     // File uploads go to the blob endpoint on the HTTPS port, under the hub's name.
     let blobs_path = dir.blobs_path_of(identity);
     let blobs = dps_store::BlobStore::open(&blobs_path, config.limits.max_upload_bytes).map_err(|source| {
@@ -370,10 +398,7 @@ async fn open_hub(
             source,
         }
     })?;
-    let hub_store = dps_store::SqliteHubStore::open_with_telemetry(
-        &dir.hub_db_path_of(identity),
-        &dir.telemetry_path_of(identity),
-    )?;
+    let hub_store = hub_db.hub(number, &dir.telemetry_path_of(identity))?;
     let hub = dps_hub::Hub::open_with_store(
         dps_hub::HubConfig {
             host_name: identity.host_name.clone(),
@@ -396,11 +421,14 @@ async fn open_hub(
             .await
             .map_err(StartError::ConsumerGroup)?;
     }
-    Ok(EmbeddedHub::new(hub, identity.clone(), Some(blobs)))
+    Ok((
+        EmbeddedHub::new(hub, identity.clone(), Some(blobs)),
+        hub_db.held_before(number),
+    ))
 }
 
 /// Keeps each embedded hub linked under its current host name. A hub is linked with its owner
-/// policy when it is new (`fresh`: its database did not exist) or when the store links no hub
+/// policy when it is new (`fresh`: the registry did not hold it) or when the store links no hub
 /// at all (a new server, or one from before hubs could be linked): from then on it is a linked
 /// hub like any other, listed, weighted and unlinked like the rest. When a hub was renamed
 /// (`--hub-hostname` changed), the link signed with its owner key moves to the new name,

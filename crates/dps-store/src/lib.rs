@@ -6,9 +6,10 @@
 //! share one transaction and one fsync). A PostgreSQL backend for scale-out will live beside it
 //! and pass the same conformance suite (`dps_core::store::conformance`).
 //!
-//! [`SqliteHubStore`] keeps the embedded hub's registry in its own file (`hub.db`), with the same
-//! writer, group commit, read pool and migration mechanism as [`SqliteStore`], and passes the
-//! hub store conformance suite (`dps_hub::store::conformance`).
+//! [`HubDatabase`] keeps the registries of a server's embedded hubs in one file (`hub.db`, rows
+//! keyed by hub), with the same writer, group commit, read pool and migration mechanism as
+//! [`SqliteStore`]; each hub's [`SqliteHubStore`] passes the hub store conformance suite
+//! (`dps_hub::store::conformance`).
 //!
 //! SQL stays inside this crate: the engine sees only the `Store` trait, the hub only `HubStore`.
 
@@ -19,4 +20,4 @@ pub mod blobs;
 pub mod sqlite;
 
 pub use blobs::{BlobError, BlobProperties, BlobStore, BlobWrite};
-pub use sqlite::{OpenError, SqliteHubStore, SqliteStore, StoreStats};
+pub use sqlite::{HubDatabase, HubSlot, OpenError, SqliteHubStore, SqliteStore, StoreStats};

@@ -1,5 +1,5 @@
-//! [`SqliteStore`]: the embedded, single-file [`Store`]; [`SqliteHubStore`]: the embedded hub's
-//! registry, in a file of its own.
+//! [`SqliteStore`]: the embedded, single-file [`Store`]; [`HubDatabase`] and [`SqliteHubStore`]:
+//! the embedded hubs' registries, in a file of their own.
 //!
 //! Layout, the same for both files: one writer thread owns the only read-write connection and
 //! group-commits queued writes (module `writer`); reads run on a small pool of read-only
@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 use tracing::info;
 
 use commands::{Op, Table};
-pub use hub::SqliteHubStore;
+pub use hub::{HubDatabase, HubSlot, SqliteHubStore};
 use migrations::Schema;
 pub use migrations::{
     APPLICATION_ID, HUB_APPLICATION_ID, HUB_SCHEMA_VERSION, SCHEMA_VERSION, TELEMETRY_APPLICATION_ID,
@@ -108,6 +108,26 @@ pub enum OpenError {
         application_id: i64,
         /// `PRAGMA user_version` found.
         user_version: i64,
+    },
+    /// A hub registry an earlier build kept in a file of its own (`hub-2.db`) could not be moved
+    /// into the shared `hub.db` (not a hub registry, corrupt, or the disk is full). Nothing was
+    /// moved: the transaction was rolled back and the file is still there.
+    #[error("cannot move the hub registry {path} into the shared hub database: {source}")]
+    MergeHub {
+        /// The hub's own file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// A hub registry was moved into the shared `hub.db`, but its old file could not be removed
+    /// (permissions). Nothing is served: the next start would move it again, overwriting what the
+    /// hub wrote since. Remove the file, then start again.
+    #[error("moved the hub registry into the shared hub database but cannot remove {path}: {source}")]
+    RemoveMergedHub {
+        /// The file (or its `-wal`/`-shm` companion).
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// The operating system would not start the writer thread.
     #[error("cannot start store writer thread: {0}")]

@@ -13,7 +13,7 @@ use dps_core::SystemClock;
 use dps_hub::store::HubStore;
 use dps_hub::{Hub, HubConfig};
 use dps_store::sqlite::HUB_SCHEMA_VERSION;
-use dps_store::{OpenError, SqliteHubStore};
+use dps_store::{HubDatabase, HubSlot, OpenError, SqliteHubStore};
 use serde_json::json;
 use support::{desired_patch, obj, provisioning, sas_device, HOST, KEY1, KEY2};
 
@@ -37,6 +37,107 @@ async fn sqlite_hub_store_passes_conformance_on_a_single_threaded_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteHubStore::open(&dir.path().join("hub.db")).unwrap();
     dps_hub::store::conformance::run_all(&store).await;
+}
+
+/// Hubs `1..=n` of one shared file (`hub.db`, as `--hub-hostname` makes them).
+fn hubs_sharing(dir: &Path, n: u32) -> (Arc<HubDatabase>, Vec<SqliteHubStore>) {
+    let slots: Vec<_> = (1..=n)
+        .map(|number| HubSlot {
+            number,
+            separate_file: None,
+        })
+        .collect();
+    let db = HubDatabase::open(&dir.join("hub.db"), &slots).unwrap();
+    let stores = (1..=n)
+        .map(|i| db.hub(i, &dir.join(format!("hub-{i}-telemetry.db"))).unwrap())
+        .collect();
+    (db, stores)
+}
+
+/// Embedded hubs share one file and one writer (decision 0029): each hub's store is a store of
+/// its own to the conformance suite (which wants a fresh store, so hubs 1 and 2 pass it one
+/// after the other), and neither of two hubs sees the other's rows (hubs 3 and 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_sharing_one_file_each_pass_conformance_and_see_only_their_own_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, hubs) = hubs_sharing(dir.path(), 4);
+    assert!(!(1..=4).any(|n| db.held_before(n)), "a new file held no hub");
+    dps_hub::store::conformance::run_all(&hubs[0]).await;
+    dps_hub::store::conformance::run_all(&hubs[1]).await;
+    dps_hub::store::conformance::hubs_are_isolated(&hubs[2], &hubs[3]).await;
+    assert_eq!(hubs[0].stats(), db.stats(), "one writer commits for every hub");
+    drop((hubs, db));
+
+    // Reopened, the file remembers its hubs; a fifth is new.
+    let (db, _) = hubs_sharing(dir.path(), 5);
+    assert!((1..=4).all(|n| db.held_before(n)) && !db.held_before(5));
+}
+
+/// A hub an earlier build kept in a file of its own (`hub-2.db`) is moved into the shared file
+/// at the next open, whole, and its file removed; were the file still there after the move (a
+/// crash before the removal), moving it again gives the same rows, not twice the devices.
+#[tokio::test]
+async fn a_hub_kept_in_a_file_of_its_own_moves_into_the_shared_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let separate = dir.path().join("hub-2.db");
+    let (dev, twin) = {
+        let hub = open(&separate).await;
+        hub.put_device(sas_device("moved-1", None), None).await.unwrap();
+        hub.put_device(sas_device("moved-2", None), None).await.unwrap();
+        let mut p = desired_patch(json!({"fan": "on"}));
+        p.tags = Some(obj(json!({"site": "north"})));
+        hub.patch_twin("moved-1", p, None).await.unwrap();
+        (
+            hub.get_device("moved-1").await.unwrap(),
+            hub.get_twin("moved-1").await.unwrap(),
+        )
+    };
+    // The file as the earlier build left it, with its write-ahead log.
+    let keep = |from: &Path, to: &Path| {
+        for suffix in ["", "-wal"] {
+            let (mut f, mut t) = (from.as_os_str().to_owned(), to.as_os_str().to_owned());
+            f.push(suffix);
+            t.push(suffix);
+            if Path::new(&f).exists() {
+                std::fs::copy(&f, &t).unwrap();
+            }
+        }
+    };
+    let kept = dir.path().join("kept.db");
+    keep(&separate, &kept);
+    let slots = [
+        HubSlot {
+            number: 1,
+            separate_file: None,
+        },
+        HubSlot {
+            number: 2,
+            separate_file: Some(&separate),
+        },
+    ];
+    for round in 0..2 {
+        let db = HubDatabase::open(&dir.path().join("hub.db"), &slots).unwrap();
+        assert!(!separate.exists(), "round {round}: the hub's own file is removed");
+        assert!(db.held_before(2), "round {round}: a moved hub is not new");
+        let store = Arc::new(db.hub(2, &dir.path().join("hub-2-telemetry.db")).unwrap());
+        let first = Arc::new(db.hub(1, &dir.path().join("telemetry.db")).unwrap());
+        assert_eq!(
+            first.count_devices().await.unwrap().total,
+            0,
+            "round {round}: hub 1 is untouched"
+        );
+        let tagged = store.find_by_tag("site", "north", None, 10).await.unwrap();
+        assert_eq!(tagged.len(), 1, "round {round}: tags moved with the devices");
+        let hub = Hub::open_with_store(HubConfig::in_memory(HOST), store, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        assert_eq!(hub.get_device("moved-1").await.unwrap(), dev);
+        assert_eq!(hub.get_twin("moved-1").await.unwrap(), twin);
+        assert_eq!(hub.statistics().await.unwrap().total_device_count, 2, "round {round}");
+        drop((hub, first, db));
+        // As if the process had died between the move's commit and the file's removal.
+        keep(&kept, &separate);
+    }
 }
 
 #[tokio::test]

@@ -72,6 +72,108 @@ pub async fn run_all(store: &dyn HubStore) {
     devices_are_found_by_string_tags(store).await;
 }
 
+/// Two hubs whose stores share storage (several embedded hubs in one file) see only their own
+/// rows: the same keys in both hubs are two rows, and a write or delete in one leaves the other
+/// as it was. Both stores must be fresh.
+pub async fn hubs_are_isolated(a: &dyn HubStore, b: &dyn HubStore) {
+    let tagged = |status: Status, site: &str| {
+        let mut r = record("Shared", status);
+        r.twin.tags = json!({"site": site}).as_object().cloned().unwrap();
+        r
+    };
+    let mut other_module = module("Shared", "m1");
+    other_module.managed_by = None;
+    let mut other_job = job("iso-job");
+    other_job.query_condition = "tags.b = 2".into();
+    let stores: [(&dyn HubStore, DeviceRecord, DeviceRecord, JobRecord, &str); 2] = [
+        (
+            a,
+            tagged(Status::Enabled, "north"),
+            module("Shared", "m1"),
+            job("iso-job"),
+            "Shared",
+        ),
+        (b, tagged(Status::Disabled, "south"), other_module, other_job, "Other"),
+    ];
+    for (s, device, module, job, c2d_device) in &stores {
+        s.put_device(device).await.unwrap();
+        s.put_module(module).await.unwrap();
+        s.put_job(job).await.unwrap();
+        s.put_device_jobs(&[row("iso-job", c2d_device, "running")])
+            .await
+            .unwrap();
+        s.update_queues(&QueueChange {
+            put_c2d: vec![message(1, c2d_device)],
+            put_feedback: vec![feedback(1)],
+            put_file_notifications: vec![notification(1)],
+            ..QueueChange::default()
+        })
+        .await
+        .unwrap();
+        s.put_consumer_group(&group(&format!("cg-{c2d_device}"), 1))
+            .await
+            .unwrap();
+    }
+    let names = |v: &[DeviceRecord]| v.iter().map(|r| r.device_id().to_string()).collect::<Vec<_>>();
+    for (s, device, module, job, c2d_device) in &stores {
+        assert_eq!(s.get_device("shared").await.unwrap().as_ref(), Some(device));
+        assert_eq!(s.list_devices(None, 10).await.unwrap(), std::slice::from_ref(device));
+        let counts = s.count_devices().await.unwrap();
+        assert_eq!(counts.total, 1, "each hub counts its own devices");
+        assert_eq!(counts.enabled, u64::from(device.status == Status::Enabled));
+        let site = device.twin.tags["site"].as_str().unwrap();
+        assert_eq!(names(&s.find_by_tag("site", site, None, 10).await.unwrap()), ["Shared"]);
+        let elsewhere = if site == "north" { "south" } else { "north" };
+        assert!(s.find_by_tag("site", elsewhere, None, 10).await.unwrap().is_empty());
+        assert_eq!(s.get_module("shared", "m1").await.unwrap().as_ref(), Some(module));
+        assert_eq!(
+            s.list_all_modules(None, 10).await.unwrap(),
+            std::slice::from_ref(module)
+        );
+        assert_eq!(s.list_jobs().await.unwrap(), std::slice::from_ref(job));
+        let rows = s.list_device_jobs(None, 10).await.unwrap();
+        assert_eq!(rows, [row("iso-job", c2d_device, "running")]);
+        let (c2d, fb) = s.load_queues().await.unwrap();
+        assert_eq!((c2d, fb), (vec![message(1, c2d_device)], vec![feedback(1)]));
+        assert_eq!(s.load_file_notifications().await.unwrap(), [notification(1)]);
+        let groups = s.list_consumer_groups().await.unwrap();
+        assert_eq!(groups, [group(&format!("cg-{c2d_device}"), 1)]);
+    }
+
+    // Deleting in hub B (the device takes its modules and messages; the job its rows) leaves
+    // hub A whole.
+    b.delete_device("shared").await.unwrap();
+    b.delete_job("iso-job").await.unwrap();
+    b.delete_consumer_group("cg-other").await.unwrap();
+    b.update_queues(&QueueChange {
+        delete_c2d: vec![1],
+        delete_feedback: vec![1],
+        delete_file_notifications: vec![1],
+        ..QueueChange::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(b.count_devices().await.unwrap().total, 0);
+    assert!(b.list_all_modules(None, 10).await.unwrap().is_empty());
+    let (_, a_device, a_module, a_job, _) = &stores[0];
+    assert_eq!(a.get_device("shared").await.unwrap().as_ref(), Some(a_device));
+    assert_eq!(a.count_devices().await.unwrap().total, 1);
+    assert_eq!(
+        names(&a.find_by_tag("site", "north", None, 10).await.unwrap()),
+        ["Shared"]
+    );
+    assert_eq!(
+        a.list_all_modules(None, 10).await.unwrap(),
+        std::slice::from_ref(a_module)
+    );
+    assert_eq!(a.list_jobs().await.unwrap(), std::slice::from_ref(a_job));
+    assert_eq!(a.list_device_jobs(None, 10).await.unwrap().len(), 1);
+    let (c2d, fb) = a.load_queues().await.unwrap();
+    assert_eq!((c2d.len(), fb.len()), (1, 1));
+    assert_eq!(a.load_file_notifications().await.unwrap().len(), 1);
+    assert_eq!(a.list_consumer_groups().await.unwrap().len(), 1);
+}
+
 /// The tag index follows every write: found by a string leaf's dotted path, in key order from
 /// after a key; a replaced or deleted device no longer found by its old tags.
 async fn devices_are_found_by_string_tags(s: &dyn HubStore) {
@@ -121,11 +223,10 @@ async fn devices_are_found_by_string_tags(s: &dyn HubStore) {
 
 /// Jobs come back whole; device rows are listed in key order, replaced by key, and go with
 /// their job.
-async fn jobs_and_their_device_rows_round_trip(s: &dyn HubStore) {
-    use crate::jobs::{JobKind, JobStatus};
-    let job = |id: &str| JobRecord {
+fn job(id: &str) -> JobRecord {
+    JobRecord {
         job_id: id.into(),
-        kind: JobKind::ScheduleUpdateTwin,
+        kind: crate::jobs::JobKind::ScheduleUpdateTwin,
         query_condition: "tags.a = 'ü'".into(),
         created_time: at(),
         start_time: at(),
@@ -133,11 +234,14 @@ async fn jobs_and_their_device_rows_round_trip(s: &dyn HubStore) {
         max_execution_time_in_seconds: 60,
         cloud_to_device_method: None,
         update_twin: Some(json!({"tags": {"a": 1}, "etag": "*"})),
-        status: JobStatus::Queued,
+        status: crate::jobs::JobStatus::Queued,
         failure_reason: None,
         statistics: Default::default(),
-    };
-    let row = |job: &str, device: &str, status: &str| DeviceJobRecord {
+    }
+}
+
+fn row(job: &str, device: &str, status: &str) -> DeviceJobRecord {
+    DeviceJobRecord {
         device_id: device.into(),
         job_id: job.into(),
         job_type: "scheduleUpdateTwin".into(),
@@ -148,7 +252,11 @@ async fn jobs_and_their_device_rows_round_trip(s: &dyn HubStore) {
         last_updated_date_time_utc: "2025-01-02T03:04:06Z".into(),
         outcome: json!({"deviceMethodResponse": null}),
         error: None,
-    };
+    }
+}
+
+async fn jobs_and_their_device_rows_round_trip(s: &dyn HubStore) {
+    use crate::jobs::JobStatus;
     let mut j1 = job("conf-job-1");
     s.put_job(&j1).await.unwrap();
     s.put_job(&job("conf-job-2")).await.unwrap();
@@ -192,14 +300,15 @@ async fn jobs_and_their_device_rows_round_trip(s: &dyn HubStore) {
 
 /// Modules are kept apart from devices (not listed, not counted), listed per device in key order,
 /// found without case, and deleted with their device.
+fn module(device: &str, id: &str) -> DeviceRecord {
+    let mut r = rich(device);
+    r.module_id = Some(id.into());
+    r.managed_by = Some("IotEdge".into());
+    r
+}
+
 async fn modules_live_under_their_device(s: &dyn HubStore) {
     let before = s.count_devices().await.unwrap();
-    let module = |device: &str, id: &str| {
-        let mut r = rich(device);
-        r.module_id = Some(id.into());
-        r.managed_by = Some("IotEdge".into());
-        r
-    };
     let device = record("Mod-Dev", Status::Enabled);
     s.put_device(&device).await.unwrap();
     let zeta = module("Mod-Dev", "Zeta");
@@ -261,8 +370,8 @@ async fn modules_live_under_their_device(s: &dyn HubStore) {
 }
 
 /// File upload notifications come back whole, in key order, and go when deleted.
-async fn file_notifications_round_trip(s: &dyn HubStore) {
-    let n = |seq: u64| FileNotification {
+fn notification(seq: u64) -> FileNotification {
+    FileNotification {
         seq,
         device_id: "Dev-ü".into(),
         blob_uri: format!("https://hub.test/fileupload/Dev-ü/f{seq}.txt"),
@@ -270,7 +379,11 @@ async fn file_notifications_round_trip(s: &dyn HubStore) {
         last_updated_time: at(),
         blob_size_in_bytes: seq * 1000,
         enqueued_time_utc: at() + Duration::seconds(seq as i64),
-    };
+    }
+}
+
+async fn file_notifications_round_trip(s: &dyn HubStore) {
+    let n = notification;
     s.update_queues(&QueueChange {
         put_file_notifications: vec![n(7), n(3)],
         ..QueueChange::default()
@@ -296,11 +409,14 @@ async fn file_notifications_round_trip(s: &dyn HubStore) {
 
 /// Consumer groups come back whole in key order; a put with the same key replaces, a delete
 /// of an absent key is no error.
-async fn consumer_groups_are_kept_by_key(s: &dyn HubStore) {
-    let group = |name: &str, secs: i64| ConsumerGroup {
+fn group(name: &str, secs: i64) -> ConsumerGroup {
+    ConsumerGroup {
         name: name.into(),
         created: Some(at() + Duration::seconds(secs)),
-    };
+    }
+}
+
+async fn consumer_groups_are_kept_by_key(s: &dyn HubStore) {
     s.put_consumer_group(&group("Zeta", 1)).await.unwrap();
     s.put_consumer_group(&group("alpha.1", 2)).await.unwrap();
     s.put_consumer_group(&group("ZETA", 3)).await.unwrap();

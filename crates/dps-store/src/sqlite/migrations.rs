@@ -124,6 +124,11 @@ pub(crate) const HUB: Schema = Schema {
             name: "string tag index",
             sql: include_str!("migrations/hub/0008_tag_index.sql"),
         },
+        Migration {
+            version: 9,
+            name: "rows keyed by hub",
+            sql: include_str!("migrations/hub/0009_hub_column.sql"),
+        },
     ],
     adopts_unmarked_files: true,
 };

@@ -220,19 +220,21 @@ impl Doc {
 
 /// The document with `key` in `table`, decoded.
 pub(crate) fn get<T: DeserializeOwned>(conn: &Connection, table: Doc, key: &str) -> Result<Option<T>, StoreError> {
-    get_doc(conn, table.name(), table.get_sql(), key)
+    get_doc(conn, table.name(), table.get_sql(), &[&key], key)
 }
 
-/// The document `sql` (one row, one column, `?1` the key) selects from `table`, decoded.
+/// The document `sql` (one row, one column) selects from `table` with `params`, decoded; `key`
+/// names it in a decoding error.
 pub(crate) fn get_doc<T: DeserializeOwned, E: Decode>(
     conn: &Connection,
     table: &str,
     sql: &str,
+    params: &[&dyn rusqlite::ToSql],
     key: &str,
 ) -> Result<Option<T>, E> {
     let doc: Option<String> = conn
         .prepare_cached(sql)
-        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .and_then(|mut s| s.query_row(params, |r| r.get(0)).optional())
         .map_err(E::sqlite)?;
     doc.map(|d| decode(table, key, &d)).transpose()
 }
