@@ -10,6 +10,8 @@
 #     TCTI loader; tss-esapi links it through pkg-config), the swtpm TCTI, swtpm + swtpm-tools
 #     (a software TPM per test) and tpm2-tools (for poking at a TPM by hand)
 #   - Node.js and npm for the interop tests with the official Node SDKs (tests/interop/node)
+#   - the PostgreSQL server (`dps serve --store postgres://…`, issue 15): the tests run a
+#     throwaway cluster of their own (scripts/pg-test-cluster.sh), no system service needed
 set -euo pipefail
 
 missing=()
@@ -41,6 +43,7 @@ command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
 command -v tpm2_createek >/dev/null 2>&1 || missing+=(tpm2-tools)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all system dependencies present"

@@ -6,12 +6,14 @@
 #   3. lints                        cargo clippy --workspace --all-targets --all-features -- -D warnings
 #                                   (and once without features: the default build must stay clean)
 #   4. build (target/debug/dps)     cargo build --workspace --all-features
-#   5. Rust tests                   cargo nextest run --workspace --all-features
+#   5. PostgreSQL                   scripts/pg-test-cluster.sh: a throwaway cluster for the run
+#                                   (DPS_TEST_POSTGRES=its URL; stopped and removed at exit)
+#   6. Rust tests                   cargo nextest run --workspace --all-features
 #                                   + cargo test --doc --workspace --all-features
 #                                   (plain `cargo test --workspace --all-features` when nextest is absent)
-#   6. Python env                   scripts/setup-python.sh (.venv with the pinned Azure SDKs)
+#   7. Python env                   scripts/setup-python.sh (.venv with the pinned Azure SDKs)
 #                                   scripts/setup-node.sh (the pinned Node SDKs, tests/interop/node)
-#   7. interop tests                pytest -q tests/interop (official Azure SDKs vs target/debug/dps)
+#   8. interop tests                pytest -q tests/interop (official Azure SDKs vs target/debug/dps)
 #
 # --all-features turns on the `tpm` feature (TPM attestation through libtss2; the tests run a
 # swtpm per test), so target/debug/dps has `dps tpm` and `--tpm` for the interop tests too.
@@ -27,7 +29,17 @@ SECONDS=0
 section() {
     printf '\n==== [%3ds] %s ====\n' "$SECONDS" "$*"
 }
-trap 'rc=$?; if [[ $rc -ne 0 ]]; then printf "\n==== FAILED (exit %d) after %ds: %s ====\n" "$rc" "$SECONDS" "${CURRENT_STEP:-}" >&2; fi' EXIT
+PG_DIR=""
+on_exit() {
+    local rc=$?
+    if [[ -n "$PG_DIR" ]]; then
+        bash "$ROOT/scripts/pg-test-cluster.sh" stop "$PG_DIR" || true
+    fi
+    if [[ $rc -ne 0 ]]; then
+        printf "\n==== FAILED (exit %d) after %ds: %s ====\n" "$rc" "$SECONDS" "${CURRENT_STEP:-}" >&2
+    fi
+}
+trap on_exit EXIT
 
 step() {
     CURRENT_STEP="$*"
@@ -48,6 +60,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo build"
 cargo build --workspace --all-features
+
+step "PostgreSQL test cluster"
+PG_DIR="$(mktemp -u "${TMPDIR:-/tmp}/dps-pg.XXXXXX")"
+DPS_TEST_POSTGRES="$(bash scripts/pg-test-cluster.sh start "$PG_DIR")"
+export DPS_TEST_POSTGRES
+echo "PostgreSQL at $DPS_TEST_POSTGRES"
 
 step "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then

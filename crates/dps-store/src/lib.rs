@@ -3,8 +3,10 @@
 //!
 //! [`SqliteStore`] is the embedded default: one file, no server, durable commits, and enough
 //! throughput for the register hot path through group commit (many concurrent registrations
-//! share one transaction and one fsync). A PostgreSQL backend for scale-out will live beside it
-//! and pass the same conformance suite (`dps_core::store::conformance`).
+//! share one transaction and one fsync). [`PostgresStore`] keeps the same documents in
+//! PostgreSQL, for several stateless nodes on one database, with the same group commit; both
+//! implement the store once (module `documents`) and pass the same conformance suite
+//! (`dps_core::store::conformance`).
 //!
 //! [`HubDatabase`] keeps the registries of a server's embedded hubs in one file (`hub.db`, rows
 //! keyed by hub), with the same writer, group commit, read pool and migration mechanism as
@@ -17,7 +19,11 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod blobs;
+mod documents;
+pub mod postgres;
 pub mod sqlite;
+mod stats;
 
 pub use blobs::{BlobError, BlobProperties, BlobStore, BlobWrite};
+pub use postgres::{PgOpenError, PostgresStore};
 pub use sqlite::{HubDatabase, HubSlot, OpenError, SqliteHubStore, SqliteStore, StoreStats};

@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the embedded, single-file [`Store`]; [`HubDatabase`] and [`SqliteHubStore`]:
+//! [`SqliteStore`]: the embedded, single-file [`dps_core::Store`]; [`HubDatabase`] and [`SqliteHubStore`]:
 //! the embedded hubs' registries, in a file of their own.
 //!
 //! Layout, the same for both files: one writer thread owns the only read-write connection and
@@ -22,20 +22,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dps_core::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition};
-use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment, LinkedHubDescription};
-use dps_proto::registration_id::key;
+use dps_core::StoreError;
 use rusqlite::{Connection, OpenFlags};
 use tracing::info;
 
-use commands::{Op, Table};
+use crate::documents::{Doc, Documents, Op};
+pub use crate::stats::StoreStats;
 pub use hub::{HubDatabase, HubSlot, SqliteHubStore};
 use migrations::Schema;
 pub use migrations::{
     APPLICATION_ID, HUB_APPLICATION_ID, HUB_SCHEMA_VERSION, SCHEMA_VERSION, TELEMETRY_APPLICATION_ID,
 };
-use reader::{Doc, ReadPool};
-pub use writer::StoreStats;
+use reader::ReadPool;
+use serde::de::DeserializeOwned;
 use writer::Writer;
 
 /// Why [`SqliteStore::open`] failed. Nothing is left half-done: a failed migration is rolled back.
@@ -249,7 +248,7 @@ fn open_file(path: &Path, schema: &Schema) -> Result<(Connection, Arc<ReadPool>)
     Ok((conn, readers))
 }
 
-/// A [`Store`] in one SQLite file, safe to share across tasks (`Arc<SqliteStore>`).
+/// A [`dps_core::Store`] in one SQLite file, safe to share across tasks (`Arc<SqliteStore>`).
 ///
 /// Writes are durable when they return: the writer commits with `synchronous=FULL`, so the WAL
 /// is fsynced at every COMMIT. That matters because the engine tells a device "assigned" only
@@ -270,7 +269,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed, with its parent directory) the store at `path`, brings its
     /// schema up to date and starts the writer thread. Does not need a tokio runtime; the
-    /// [`Store`] methods do.
+    /// [`dps_core::Store`] methods do.
     pub fn open(path: &Path) -> Result<SqliteStore, OpenError> {
         Ok(SqliteStore {
             db: Database::open(path, &migrations::STORE, "dps-store-writer")?,
@@ -290,20 +289,6 @@ impl SqliteStore {
     /// Number of registration records (a full count; meant for benchmarks and `dps info`).
     pub async fn count_registrations(&self) -> Result<u64, StoreError> {
         self.db.readers.read(reader::count_registrations).await
-    }
-
-    /// Queues a write and waits for its outcome, which arrives only after its batch committed.
-    async fn write(&self, op: Op) -> Result<(), StoreError> {
-        self.db.writer.write(op).await
-    }
-
-    /// Fetches one document by primary key (see [`ReadPool::read_short`]).
-    async fn get_doc<T>(&self, table: Doc, id: &str) -> Result<Option<T>, StoreError>
-    where
-        T: serde::de::DeserializeOwned + Send + 'static,
-    {
-        let k = key(id);
-        self.db.readers.read_short(move |c| reader::get(c, table, &k)).await
     }
 }
 
@@ -340,203 +325,43 @@ fn configure_writer(conn: &Connection) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn doc<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::backend(format!("cannot encode document: {e}")))
-}
+crate::documents::store_over_documents!(SqliteStore);
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
-        self.get_doc(Doc::Enrollments, id).await
+impl Documents for SqliteStore {
+    async fn write(&self, op: Op) -> Result<(), StoreError> {
+        self.db.writer.write(op).await
     }
 
-    async fn put_enrollment(&self, e: &IndividualEnrollment, cond: &WriteCondition) -> Result<(), StoreError> {
-        self.write(Op::Put {
-            table: Table::Enrollments,
-            key: key(&e.registration_id),
-            etag: e.etag.clone(),
-            doc: doc(e)?,
-            cond: cond.clone(),
-        })
-        .await
-    }
-
-    async fn delete_enrollment(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
-        self.write(Op::Delete {
-            table: Table::Enrollments,
-            key: key(id),
-            cond: cond.clone(),
-        })
-        .await
-    }
-
-    async fn list_enrollments(
+    async fn get<T: DeserializeOwned + Send + 'static>(
         &self,
-        after: Option<&str>,
+        table: Doc,
+        key: String,
+    ) -> Result<Option<T>, StoreError> {
+        self.db.readers.read_short(move |c| reader::get(c, table, &key)).await
+    }
+
+    async fn list<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: Doc,
+        after: Option<String>,
         limit: usize,
-    ) -> Result<Vec<IndividualEnrollment>, StoreError> {
-        let after = after.map(key);
+    ) -> Result<Vec<T>, StoreError> {
         self.db
             .readers
-            .read(move |c| reader::list(c, Doc::Enrollments, after.as_deref(), limit))
+            .read(move |c| reader::list(c, table, after.as_deref(), limit))
             .await
     }
 
-    async fn get_group(&self, id: &str) -> Result<Option<EnrollmentGroup>, StoreError> {
-        self.get_doc(Doc::Groups, id).await
-    }
-
-    async fn put_group(&self, g: &EnrollmentGroup, cond: &WriteCondition) -> Result<(), StoreError> {
-        self.write(Op::Put {
-            table: Table::Groups,
-            key: key(&g.enrollment_group_id),
-            etag: g.etag.clone(),
-            doc: doc(g)?,
-            cond: cond.clone(),
-        })
-        .await
-    }
-
-    async fn delete_group(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
-        self.write(Op::Delete {
-            table: Table::Groups,
-            key: key(id),
-            cond: cond.clone(),
-        })
-        .await
-    }
-
-    async fn list_groups(&self, after: Option<&str>, limit: usize) -> Result<Vec<EnrollmentGroup>, StoreError> {
-        let after = after.map(key);
-        self.db
-            .readers
-            .read(move |c| reader::list(c, Doc::Groups, after.as_deref(), limit))
-            .await
-    }
-
-    async fn get_registration(&self, id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
-        self.get_doc(Doc::Registrations, id).await
-    }
-
-    async fn commit_registration(&self, r: &RegistrationRecord) -> Result<(), StoreError> {
-        self.write(Op::CommitRegistration {
-            key: r.key(),
-            group_key: r.enrollment_group_id.as_deref().map(key),
-            etag: r.state.etag.clone(),
-            doc: doc(r)?,
-            operation_id: r.operation_id.clone(),
-        })
-        .await
-    }
-
-    async fn request_reprovision(&self, id: &str) -> Result<(), StoreError> {
-        self.write(Op::RequestReprovision { key: key(id) }).await
-    }
-
-    async fn delete_registration(&self, id: &str, cond: &WriteCondition) -> Result<(), StoreError> {
-        self.write(Op::DeleteRegistration {
-            key: key(id),
-            cond: cond.clone(),
-        })
-        .await
-    }
-
-    async fn list_registrations_by_group(
+    async fn list_by_group<T: DeserializeOwned + Send + 'static>(
         &self,
-        group_id: &str,
-        after: Option<&str>,
+        group: String,
+        after: Option<String>,
         limit: usize,
-    ) -> Result<Vec<RegistrationRecord>, StoreError> {
-        let group = key(group_id);
-        let after = after.map(key);
+    ) -> Result<Vec<T>, StoreError> {
         self.db
             .readers
             .read(move |c| reader::list_by_group(c, &group, after.as_deref(), limit))
             .await
-    }
-
-    async fn put_registration_intent(&self, intent: &RegistrationIntent) -> Result<(), StoreError> {
-        self.write(Op::PutIntent {
-            operation_id: intent.operation_id.clone(),
-            doc: doc(intent)?,
-        })
-        .await
-    }
-
-    async fn delete_registration_intent(&self, operation_id: &str) -> Result<(), StoreError> {
-        self.write(Op::DeleteIntent {
-            operation_id: operation_id.to_string(),
-        })
-        .await
-    }
-
-    async fn list_registration_intents(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RegistrationIntent>, StoreError> {
-        let after = after.map(str::to_string);
-        self.db
-            .readers
-            .read(move |c| reader::list(c, Doc::Intents, after.as_deref(), limit))
-            .await
-    }
-
-    async fn get_certificate(&self, name: &str) -> Result<Option<CaCertificateRecord>, StoreError> {
-        self.get_doc(Doc::Certificates, name).await
-    }
-
-    async fn put_certificate(&self, cert: &CaCertificateRecord, cond: &WriteCondition) -> Result<(), StoreError> {
-        self.write(Op::Put {
-            table: Table::Certificates,
-            key: key(&cert.name),
-            etag: Some(cert.etag.clone()),
-            doc: doc(cert)?,
-            cond: cond.clone(),
-        })
-        .await
-    }
-
-    async fn delete_certificate(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError> {
-        self.write(Op::Delete {
-            table: Table::Certificates,
-            key: key(name),
-            cond: cond.clone(),
-        })
-        .await
-    }
-
-    async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError> {
-        self.db
-            .readers
-            .read(move |c| reader::list(c, Doc::Certificates, None, 1000))
-            .await
-    }
-
-    async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError> {
-        self.db
-            .readers
-            .read(move |c| reader::list(c, Doc::LinkedHubs, None, 1000))
-            .await
-    }
-
-    async fn put_linked_hub(&self, hub: &LinkedHubDescription) -> Result<(), StoreError> {
-        self.write(Op::Put {
-            table: Table::LinkedHubs,
-            key: key(&hub.name),
-            etag: None,
-            doc: doc(hub)?,
-            cond: WriteCondition::Any,
-        })
-        .await
-    }
-
-    async fn delete_linked_hub(&self, name: &str) -> Result<(), StoreError> {
-        self.write(Op::Delete {
-            table: Table::LinkedHubs,
-            key: key(name),
-            cond: WriteCondition::Any,
-        })
-        .await
     }
 }

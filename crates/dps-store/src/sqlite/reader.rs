@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use super::{BackendError, OrBackend};
+use crate::documents::{Doc, LIST_BY_GROUP};
 
 /// Reads running at once, and so connections in the pool. Without a bound, a burst of thousands
 /// of concurrent reads would grow tokio's blocking pool to hundreds of threads, each opening its
@@ -141,81 +142,12 @@ pub(crate) trait Decode: BackendError {
 
 impl Decode for StoreError {
     fn undecodable(table: &str, key: &str, e: serde_json::Error) -> Self {
-        StoreError::Corrupt {
-            table: table.to_string(),
-            key: key.to_string(),
-            source: dps_core::Cause::new(e),
-        }
+        crate::documents::undecodable(table, key, e)
     }
 }
 
 fn decode<T: DeserializeOwned, E: Decode>(table: &str, key: &str, doc: &str) -> Result<T, E> {
     serde_json::from_str(doc).map_err(|e| E::undecodable(table, key, e))
-}
-
-/// The tables a read addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Doc {
-    Enrollments,
-    Groups,
-    Registrations,
-    Certificates,
-    Intents,
-    LinkedHubs,
-}
-
-impl Doc {
-    fn name(self) -> &'static str {
-        match self {
-            Doc::Enrollments => "enrollments",
-            Doc::Groups => "enrollment_groups",
-            Doc::Registrations => "registrations",
-            Doc::Certificates => "certificates",
-            Doc::Intents => "registration_intents",
-            Doc::LinkedHubs => "linked_hubs",
-        }
-    }
-
-    fn get_sql(self) -> &'static str {
-        match self {
-            Doc::Enrollments => "SELECT doc FROM enrollments WHERE key = ?1",
-            Doc::Groups => "SELECT doc FROM enrollment_groups WHERE key = ?1",
-            Doc::Registrations => "SELECT doc FROM registrations WHERE key = ?1",
-            Doc::Certificates => "SELECT doc FROM certificates WHERE key = ?1",
-            Doc::Intents => "SELECT doc FROM registration_intents WHERE key = ?1",
-            Doc::LinkedHubs => "SELECT doc FROM linked_hubs WHERE key = ?1",
-        }
-    }
-
-    /// (first page, next page) queries; `?1` is the limit, `?2` the `after` key.
-    fn list_sql(self) -> (&'static str, &'static str) {
-        match self {
-            Doc::Enrollments => (
-                "SELECT key, doc FROM enrollments ORDER BY key LIMIT ?1",
-                "SELECT key, doc FROM enrollments WHERE key > ?2 ORDER BY key LIMIT ?1",
-            ),
-            Doc::Groups => (
-                "SELECT key, doc FROM enrollment_groups ORDER BY key LIMIT ?1",
-                "SELECT key, doc FROM enrollment_groups WHERE key > ?2 ORDER BY key LIMIT ?1",
-            ),
-            Doc::Registrations => (
-                "SELECT key, doc FROM registrations ORDER BY key LIMIT ?1",
-                "SELECT key, doc FROM registrations WHERE key > ?2 ORDER BY key LIMIT ?1",
-            ),
-            Doc::Certificates => (
-                "SELECT key, doc FROM certificates ORDER BY key LIMIT ?1",
-                "SELECT key, doc FROM certificates WHERE key > ?2 ORDER BY key LIMIT ?1",
-            ),
-            Doc::Intents => (
-                "SELECT key, doc FROM registration_intents ORDER BY key LIMIT ?1",
-                "SELECT key, doc FROM registration_intents WHERE key > ?2 ORDER BY key LIMIT ?1",
-            ),
-            Doc::LinkedHubs => (
-                "SELECT key, doc FROM linked_hubs ORDER BY key LIMIT ?1",
-                "SELECT key, doc FROM linked_hubs WHERE key > ?2 ORDER BY key LIMIT ?1",
-            ),
-        }
-    }
 }
 
 /// The document with `key` in `table`, decoded.
@@ -266,14 +198,13 @@ pub(crate) fn list_by_group<T: DeserializeOwned>(
         None => collect(
             conn,
             Doc::Registrations.name(),
-            "SELECT key, doc FROM registrations WHERE group_key = ?2 ORDER BY key LIMIT ?1",
+            LIST_BY_GROUP.0,
             rusqlite::params![limit, group_key],
         ),
         Some(after) => collect(
             conn,
             Doc::Registrations.name(),
-            "SELECT key, doc FROM registrations WHERE group_key = ?2 AND key > ?3 \
-             ORDER BY key LIMIT ?1",
+            LIST_BY_GROUP.1,
             rusqlite::params![limit, group_key, after],
         ),
     }

@@ -8,8 +8,8 @@ use dps_core::{RegistrationRecord, Store, StoreError, WriteCondition};
 use dps_proto::model::service::{AttestationType, IndividualEnrollment, RegistrationState, RegistrationStatus};
 use tokio::task::JoinHandle;
 
-use super::commands::Op;
 use super::SqliteStore;
+use crate::documents::{Documents, Op};
 
 fn record(id: &str) -> RegistrationRecord {
     RegistrationRecord {
@@ -42,7 +42,7 @@ async fn pause(store: &Arc<SqliteStore>) -> (JoinHandle<Result<(), StoreError>>,
     let task = tokio::spawn(async move {
         s.write(Op::Pause {
             reached: reached_tx,
-            release: release_rx,
+            release: std::sync::Mutex::new(release_rx),
         })
         .await
     });

@@ -14,7 +14,6 @@
 //! What an operation does is the store's business ([`Operation`]); this module only batches,
 //! commits and answers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use super::{BackendError, OpenError};
+use crate::stats::{Counters, StoreStats};
 
 /// Most operations executed in one transaction. Bounds the latency a caller at the back of a very
 /// long queue adds to the ones before it, and the memory of one batch.
@@ -47,28 +47,6 @@ pub(crate) trait Operation: Send + 'static {
 struct Command<O: Operation> {
     op: O,
     reply: oneshot::Sender<Result<(), O::Error>>,
-}
-
-/// Counters of the writer's work, for benchmarks and metrics. Monotonic since open.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Transactions committed (each one fsync of the WAL).
-    pub transactions: u64,
-    /// Write commands in committed transactions, including ones that failed their own
-    /// precondition (they still rode in the batch).
-    pub commands: u64,
-    /// Transactions that failed as a whole (every command in them got the backend error).
-    pub failed_transactions: u64,
-    /// The most commands one committed transaction carried.
-    pub largest_batch: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    transactions: AtomicU64,
-    commands: AtomicU64,
-    failed_transactions: AtomicU64,
-    largest_batch: AtomicU64,
 }
 
 /// The handle of a writer thread: queue operations with [`Writer::write`].
@@ -115,13 +93,7 @@ impl<O: Operation> Writer<O> {
 
     /// What the writer has done since it started.
     pub(crate) fn stats(&self) -> StoreStats {
-        let c = &self.counters;
-        StoreStats {
-            transactions: c.transactions.load(Ordering::Relaxed),
-            commands: c.commands.load(Ordering::Relaxed),
-            failed_transactions: c.failed_transactions.load(Ordering::Relaxed),
-            largest_batch: c.largest_batch.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     /// Operations waiting in the queue (tests hold the writer still and wait for a batch).
@@ -256,17 +228,4 @@ fn rollback(conn: &Connection) {
 fn exec(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
-}
-
-impl Counters {
-    fn record_batch(&self, commands: usize, committed: bool) {
-        let n = commands as u64;
-        if committed {
-            self.transactions.fetch_add(1, Ordering::Relaxed);
-            self.commands.fetch_add(n, Ordering::Relaxed);
-            self.largest_batch.fetch_max(n, Ordering::Relaxed);
-        } else {
-            self.failed_transactions.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }

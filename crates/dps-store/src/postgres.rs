@@ -1,0 +1,231 @@
+//! [`PostgresStore`]: the DPS store on PostgreSQL, so that several stateless `dps serve` nodes
+//! can share one database (issue 15, decision 0030).
+//!
+//! The same tables, documents and writes as the SQLite store (module `documents`): reads run
+//! on a pool of connections; writes are queued to one writer task per node that group-commits
+//! them (module `writer`), so an acknowledged registration is committed and a busy node pays one
+//! commit for many registrations. Concurrent nodes are kept consistent by PostgreSQL itself:
+//! conditional writes lock the row they check, and a create-only write inserts or fails.
+//!
+//! The schema is created and migrated by whichever node starts first (module `migrations`,
+//! under an advisory lock).
+
+mod commands;
+mod migrations;
+mod writer;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use dps_core::StoreError;
+use serde::de::DeserializeOwned;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
+use crate::stats::StoreStats;
+pub use migrations::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
+
+/// Connections a node keeps for reads (the writer has one of its own besides). Reads are short
+/// lookups by key; more connections than this only add contention on a small machine, and
+/// every node's pool counts against the server's `max_connections`.
+const MAX_READ_CONNECTIONS: usize = 16;
+
+/// How long a request waits for a connection, or for one to be opened, before it fails (and
+/// the device is told to retry) rather than hanging while PostgreSQL is down.
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
+
+/// Why [`PostgresStore::connect`] failed. Nothing is left half-done: a failed migration is
+/// rolled back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PgOpenError {
+    /// The store URL is not a connection string PostgreSQL's client accepts (`postgres://user:
+    /// pass@host:port/db`, or `key=value` pairs).
+    #[error("invalid PostgreSQL store URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The connection pool could not be set up.
+    #[error("cannot set up the PostgreSQL connection pool: {0}")]
+    Pool(#[source] deadpool_postgres::BuildError),
+    /// The server could not be reached in time, or refused the connection (wrong address,
+    /// credentials or database; a server that requires TLS).
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] deadpool_postgres::PoolError),
+    /// A schema migration failed; its transaction was rolled back.
+    #[error("PostgreSQL store migration to schema version {version} failed: {source}")]
+    Migration {
+        /// The schema version being applied (0 while reading the current one).
+        version: u32,
+        /// PostgreSQL's error.
+        source: tokio_postgres::Error,
+    },
+    /// The database was migrated by a newer `dps` with a schema this build does not know;
+    /// using it could lose data, so it is refused rather than downgraded.
+    #[error("PostgreSQL store has schema version {found}; this build supports up to {supported}")]
+    SchemaTooNew {
+        /// The version found in `dps_schema`.
+        found: u32,
+        /// [`POSTGRES_SCHEMA_VERSION`].
+        supported: u32,
+    },
+}
+
+/// A [`dps_core::Store`] on PostgreSQL, safe to share across tasks (`Arc<PostgresStore>`).
+///
+/// Writes are durable when they return: the writer's COMMIT returned, and PostgreSQL's default
+/// `synchronous_commit = on` flushed it to the WAL first. Needs a tokio runtime.
+pub struct PostgresStore {
+    pool: Pool,
+    writer: writer::Writer,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url`, creates or migrates its schema (safely when several
+    /// nodes start at once) and starts the writer task.
+    pub async fn connect(url: &str) -> Result<PostgresStore, PgOpenError> {
+        let mut config = tokio_postgres::Config::from_str(url).map_err(PgOpenError::Url)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECTION_WAIT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("dps");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(MAX_READ_CONNECTIONS)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECTION_WAIT))
+            .create_timeout(Some(CONNECTION_WAIT))
+            .recycle_timeout(Some(CONNECTION_WAIT))
+            .build()
+            .map_err(PgOpenError::Pool)?;
+        let mut first = pool.get().await.map_err(PgOpenError::Connect)?;
+        let applied = migrations::apply(&mut first).await?;
+        tracing::info!(
+            schema = migrations::SCHEMA_VERSION,
+            migrations_applied = applied,
+            "opened PostgreSQL store"
+        );
+        drop(first);
+        let writer = writer::Writer::start(pool.clone());
+        Ok(PostgresStore { pool, writer })
+    }
+
+    /// What the writer has done since connect.
+    pub fn stats(&self) -> StoreStats {
+        self.writer.stats()
+    }
+
+    /// A pooled connection, or the backend error a request reports while PostgreSQL is away.
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::backend(format!("PostgreSQL: {e}")))
+    }
+
+    /// Rows of (key, doc) that `sql` (SQLite's `?N` form) selects from `table`, decoded.
+    async fn collect<T: DeserializeOwned>(
+        &self,
+        table: Doc,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&placeholders(sql)).await.map_err(backend)?;
+        let rows = client.query(&stmt, params).await.map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let (key, doc): (&str, &str) = (row.get(0), row.get(1));
+                serde_json::from_str(doc).map_err(|e| undecodable(table.name(), key, e))
+            })
+            .collect()
+    }
+}
+
+/// A PostgreSQL failure as the engine sees it: the backend is failing (the device retries).
+pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+/// `sql` with SQLite's `?N` placeholders as PostgreSQL's `$N`. The shared statements
+/// ([`crate::documents`]) have no `?` anywhere else.
+pub(crate) fn placeholders(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// A page size as PostgreSQL's `LIMIT` takes it.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+crate::documents::store_over_documents!(PostgresStore);
+
+#[async_trait]
+impl Documents for PostgresStore {
+    async fn write(&self, op: Op) -> Result<(), StoreError> {
+        self.writer.write(op).await
+    }
+
+    async fn get<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: Doc,
+        key: String,
+    ) -> Result<Option<T>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&placeholders(table.get_sql()))
+            .await
+            .map_err(backend)?;
+        let row = client.query_opt(&stmt, &[&key]).await.map_err(backend)?;
+        row.map(|row| serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| undecodable(table.name(), &key, e)))
+            .transpose()
+    }
+
+    async fn list<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: Doc,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let (first, next) = table.list_sql();
+        let limit = sql_limit(limit);
+        match &after {
+            None => self.collect(table, first, &[&limit]).await,
+            Some(after) => self.collect(table, next, &[&limit, after]).await,
+        }
+    }
+
+    async fn list_by_group<T: DeserializeOwned + Send + 'static>(
+        &self,
+        group: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let limit = sql_limit(limit);
+        match &after {
+            None => {
+                self.collect(Doc::Registrations, LIST_BY_GROUP.0, &[&limit, &group])
+                    .await
+            }
+            Some(after) => {
+                self.collect(Doc::Registrations, LIST_BY_GROUP.1, &[&limit, &group, after])
+                    .await
+            }
+        }
+    }
+}

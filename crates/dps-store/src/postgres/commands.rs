@@ -1,0 +1,114 @@
+//! The DPS store's writes on PostgreSQL: what each [`Op`] does inside the writer's transaction.
+//!
+//! Several nodes write the same tables at once, so a precondition is checked against a row this
+//! transaction has locked (`SELECT … FOR UPDATE`), and a create-only write is an insert that
+//! does nothing on conflict (two nodes creating the same enrollment: one wins, the other is told
+//! it exists). The outer `Result` is a failed statement (the transaction is lost); the inner one
+//! the write's own verdict.
+
+use deadpool_postgres::Transaction;
+use dps_core::{StoreError, WriteCondition};
+use tokio_postgres::types::ToSql;
+
+use super::placeholders;
+use crate::documents::{
+    Op, Table, DELETE_INTENT, DELETE_REGISTRATION, SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
+};
+
+/// Sets the flag inside the stored document, so nothing else in it can be overwritten.
+const MARK_REPROVISION: &str = "UPDATE registrations \
+     SET doc = jsonb_set(doc::jsonb, '{reprovisionRequested}', 'true'::jsonb)::text WHERE key = $1";
+
+type Outcome = Result<Result<(), StoreError>, tokio_postgres::Error>;
+
+async fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(&placeholders(sql)).await?;
+    tx.execute(&stmt, params).await
+}
+
+/// The stored etag of `key`, locking its row for this transaction: `None` if there is no row,
+/// `Some("")` for a row without one (so a create-only write still sees it as existing).
+async fn locked_etag(tx: &Transaction<'_>, select: &str, key: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached(&format!("{} FOR UPDATE", placeholders(select)))
+        .await?;
+    Ok(tx
+        .query_opt(&stmt, &[&key])
+        .await?
+        .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default()))
+}
+
+pub(super) async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
+    match op {
+        Op::Put {
+            table,
+            key,
+            etag,
+            doc,
+            cond,
+        } => {
+            if let Err(e) = cond.check_put(locked_etag(tx, table.select_etag(), key).await?.as_deref()) {
+                return Ok(Err(e));
+            }
+            if *cond == WriteCondition::None {
+                // Absent when checked, but another node may be creating it right now.
+                let sql = format!(
+                    "INSERT INTO {} (key, etag, doc) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+                    table.name()
+                );
+                if execute(tx, &sql, &[key, etag, doc]).await? == 0 {
+                    return Ok(Err(StoreError::AlreadyExists));
+                }
+            } else {
+                execute(tx, table.upsert(), &[key, etag, doc]).await?;
+            }
+        }
+        Op::Delete { table, key, cond } => {
+            if let Err(e) = cond.check_delete(locked_etag(tx, table.select_etag(), key).await?.as_deref()) {
+                return Ok(Err(e));
+            }
+            execute(tx, table.delete(), &[key]).await?;
+            if *table == Table::Enrollments {
+                // An individual enrollment's registration record goes with it (same key).
+                execute(tx, DELETE_REGISTRATION, &[key]).await?;
+            }
+        }
+        Op::DeleteRegistration { key, cond } => {
+            if let Err(e) = cond.check_delete(locked_etag(tx, SELECT_REGISTRATION_ETAG, key).await?.as_deref()) {
+                return Ok(Err(e));
+            }
+            execute(tx, DELETE_REGISTRATION, &[key]).await?;
+        }
+        Op::CommitRegistration {
+            key,
+            group_key,
+            etag,
+            doc,
+            operation_id,
+        } => {
+            execute(tx, UPSERT_REGISTRATION, &[key, group_key, etag, doc]).await?;
+            if let Some(op) = operation_id {
+                execute(tx, DELETE_INTENT, &[op]).await?;
+            }
+        }
+        Op::PutIntent { operation_id, doc } => {
+            execute(tx, UPSERT_INTENT, &[operation_id, doc]).await?;
+        }
+        Op::DeleteIntent { operation_id } => {
+            execute(tx, DELETE_INTENT, &[operation_id]).await?;
+        }
+        Op::RequestReprovision { key } => {
+            if execute(tx, MARK_REPROVISION, &[key]).await? == 0 {
+                return Ok(Err(StoreError::NotFound));
+            }
+        }
+        // The SQLite writer's test hooks; the PostgreSQL store's tests do not queue them.
+        #[cfg(test)]
+        _ => return Ok(Err(StoreError::backend("test hook not supported on PostgreSQL"))),
+    }
+    Ok(Ok(()))
+}

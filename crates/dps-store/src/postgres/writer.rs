@@ -1,0 +1,151 @@
+//! The PostgreSQL store's writer task and its group commit.
+//!
+//! As with SQLite (`sqlite::writer`), callers queue writes and one task per node runs
+//! everything queued (up to [`MAX_BATCH`]) in one transaction on a connection of its own,
+//! answering each caller only after COMMIT returned: under load one commit (one WAL flush on the
+//! server) covers many registrations, and the batch grows by itself while the previous one
+//! commits.
+//!
+//! A write's precondition verdict (etag mismatch, already exists) is computed from what it
+//! read, so it does not disturb the transaction. A statement that fails (a constraint, a
+//! serialization failure, a lost connection) aborts the whole transaction in PostgreSQL; the
+//! batch is then rolled back and each of its writes retried alone, so one bad write fails alone.
+//! A lost connection is replaced from the pool on the next batch.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Object, Pool};
+use dps_core::StoreError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::commands;
+use crate::documents::Op;
+use crate::stats::{Counters, StoreStats};
+
+/// Most writes in one transaction: bounds the latency a caller at the back of a long queue
+/// adds to the ones before it.
+const MAX_BATCH: usize = 256;
+
+/// Writes that may wait for the writer before callers wait to enqueue (backpressure instead of
+/// unbounded memory while PostgreSQL is slow or away).
+const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
+
+struct Command {
+    op: Op,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The handle of the writer task. The task ends when the handle is dropped and the queue is
+/// drained.
+pub(super) struct Writer {
+    tx: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    /// Starts the task, which takes its connection from `pool` (and a new one after a failure).
+    pub(super) fn start(pool: Pool) -> Writer {
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run(pool, rx, counters.clone()));
+        Writer { tx, counters }
+    }
+
+    /// Queues a write and waits for its outcome, which arrives only after its batch committed.
+    /// A write whose future is dropped after it was queued still executes.
+    pub(super) async fn write(&self, op: Op) -> Result<(), StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.tx
+            .send(Command { op, reply })
+            .await
+            .map_err(|_| StoreError::backend("PostgreSQL writer has stopped"))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::backend("PostgreSQL writer stopped before committing"))?
+    }
+
+    pub(super) fn stats(&self) -> StoreStats {
+        self.counters.snapshot()
+    }
+}
+
+async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters>) {
+    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+    let mut conn: Option<Object> = None;
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        // Let the tasks woken with this one queue theirs too, then take everything queued.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let client = match conn.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL writer has no connection");
+                    let e = StoreError::backend(format!("PostgreSQL: {e}"));
+                    counters.record_batch(batch.len(), false);
+                    for cmd in batch.drain(..) {
+                        let _ = cmd.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            },
+        };
+        let mut client = client;
+        let ops: Vec<&Op> = batch.iter().map(|c| &c.op).collect();
+        let results = match execute(&mut client, &ops).await {
+            Ok(results) => {
+                counters.record_batch(batch.len(), true);
+                results
+            }
+            Err(e) if batch.len() > 1 && !client.is_closed() => {
+                // One write's statement failed and took the transaction with it: each alone.
+                tracing::debug!(error = %e, writes = batch.len(), "PostgreSQL batch failed; retrying its writes one by one");
+                counters.record_batch(batch.len(), false);
+                let mut results = Vec::with_capacity(ops.len());
+                for op in &ops {
+                    results.push(match execute(&mut client, &[op]).await {
+                        Ok(mut r) => {
+                            counters.record_batch(1, true);
+                            r.remove(0)
+                        }
+                        Err(e) => Err(super::backend(e)),
+                    });
+                }
+                results
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL batch failed; nothing written");
+                counters.record_batch(batch.len(), false);
+                let e = super::backend(e);
+                ops.iter().map(|_| Err(e.clone())).collect()
+            }
+        };
+        if !client.is_closed() {
+            conn = Some(client);
+        }
+        for (cmd, result) in batch.drain(..).zip(results) {
+            // The caller may have given up waiting; its write stands regardless.
+            let _ = cmd.reply.send(result);
+        }
+    }
+    tracing::debug!("PostgreSQL writer stopped");
+}
+
+/// Runs `ops` in one transaction: `Ok` holds each write's own outcome, all committed; `Err`
+/// means the transaction failed as a whole and nothing of it was written.
+async fn execute(client: &mut Object, ops: &[&Op]) -> Result<Vec<Result<(), StoreError>>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(commands::apply(&tx, op).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}

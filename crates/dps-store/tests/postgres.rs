@@ -1,0 +1,206 @@
+//! The DPS store on PostgreSQL: the same conformance suite as SQLite, schema creation by several
+//! nodes at once, group commit under concurrency, and two nodes' writes meeting in one database.
+//!
+//! Needs a PostgreSQL server: `DPS_TEST_POSTGRES` is the URL of a database on it whose user may
+//! create databases. `scripts/test.sh` starts a throwaway cluster and sets it
+//! (`scripts/pg-test-cluster.sh`); each test here works in a fresh database of its own.
+
+use std::sync::Arc;
+
+use dps_core::{RegistrationRecord, Store, StoreError, WriteCondition};
+use dps_proto::model::service::{
+    AttestationType, IndividualEnrollment, RegistrationState, RegistrationStatus, SymmetricKeyAttestation,
+};
+use dps_store::{PgOpenError, PostgresStore};
+
+/// The URL of a new, empty database on the test server.
+async fn fresh_database() -> String {
+    let admin = std::env::var("DPS_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "DPS_TEST_POSTGRES is not set: run the tests through ./scripts/test.sh, which starts a \
+             throwaway PostgreSQL (scripts/pg-test-cluster.sh), or set it to a database URL whose \
+             user may create databases"
+        )
+    });
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to DPS_TEST_POSTGRES ({admin}): {e}"));
+    tokio::spawn(connection);
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("a URL ending in /database");
+    format!("{base}/{name}")
+}
+
+async fn store() -> PostgresStore {
+    PostgresStore::connect(&fresh_database().await).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_passes_conformance() {
+    dps_core::store::conformance::run_all(&store().await).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn postgres_store_passes_conformance_on_a_single_threaded_runtime() {
+    dps_core::store::conformance::run_all(&store().await).await;
+}
+
+/// Nodes starting together against a new database: one creates the schema, the others find it
+/// made, and all of them work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_at_once_share_one_schema() {
+    let url = fresh_database().await;
+    let starting: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PostgresStore::connect(&url).await })
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for node in starting {
+        nodes.push(node.await.unwrap().unwrap());
+    }
+    nodes[0]
+        .put_enrollment(&enrollment("made-on-0"), &WriteCondition::None)
+        .await
+        .unwrap();
+    for node in &nodes {
+        assert!(node.get_enrollment("MADE-ON-0").await.unwrap().is_some());
+    }
+}
+
+/// A create-only write of the same enrollment on two nodes at once: exactly one wins, the other
+/// is told it exists (the check and the insert cannot interleave across nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_creating_one_enrollment_one_wins() {
+    let url = fresh_database().await;
+    let (a, b) = (
+        PostgresStore::connect(&url).await.unwrap(),
+        PostgresStore::connect(&url).await.unwrap(),
+    );
+    for round in 0..20 {
+        let id = format!("race-{round}");
+        let e = enrollment(&id);
+        let (ra, rb) = tokio::join!(
+            a.put_enrollment(&e, &WriteCondition::None),
+            b.put_enrollment(&e, &WriteCondition::None)
+        );
+        let mut outcomes = [ra, rb];
+        outcomes.sort_by_key(Result::is_ok);
+        assert_eq!(outcomes, [Err(StoreError::AlreadyExists), Ok(())], "round {round}");
+    }
+}
+
+/// Registrations committed at once share transactions, and every one is there afterwards, also
+/// as another node reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_registrations_are_group_committed_and_all_durable() {
+    let url = fresh_database().await;
+    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let n = 400;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit_registration(&record(&format!("dev-{i}"))).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.commands, n);
+    assert!(
+        stats.transactions < n,
+        "{n} concurrent commits took {} transactions: not grouped",
+        stats.transactions
+    );
+    let other = PostgresStore::connect(&url).await.unwrap();
+    for i in (0..n).step_by(37) {
+        let r = other.get_registration(&format!("DEV-{i}")).await.unwrap();
+        assert_eq!(r.unwrap().state.registration_id, format!("dev-{i}"));
+    }
+}
+
+/// A write PostgreSQL refuses (a key with a NUL byte, which its text cannot hold) aborts the
+/// transaction of its batch; the writer then retries the batch's writes one by one, so that one
+/// fails alone and the writes queued with it are committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_write_fails_alone_in_its_batch() {
+    let store = Arc::new(store().await);
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let store = store.clone();
+            let id = if i == 30 {
+                "bad\0id".to_string()
+            } else {
+                format!("ok-{i}")
+            };
+            tokio::spawn(async move { (id.clone(), store.commit_registration(&record(&id)).await) })
+        })
+        .collect();
+    for t in tasks {
+        let (id, result) = t.await.unwrap();
+        if id.contains('\0') {
+            let err = result.unwrap_err();
+            assert!(matches!(err, StoreError::Backend(_)), "{err}");
+        } else {
+            result.unwrap_or_else(|e| panic!("{id}: {e}"));
+            assert!(store.get_registration(&id).await.unwrap().is_some(), "{id}");
+        }
+    }
+    let stats = store.stats();
+    assert_eq!(stats.commands, 59, "every good write committed once");
+}
+
+/// A URL that is not one, and a server that is not there, fail the start with errors that say
+/// which.
+#[tokio::test]
+async fn bad_urls_and_absent_servers_are_told_apart() {
+    let err = PostgresStore::connect("postgres://dps@127.0.0.1:notaport/dps")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PgOpenError::Url(_)), "{err}");
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = PostgresStore::connect(&format!("postgres://dps@127.0.0.1:{port}/dps"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PgOpenError::Connect(_)), "{err}");
+    assert!(err.to_string().contains("cannot connect to PostgreSQL"), "{err}");
+}
+
+fn enrollment(id: &str) -> IndividualEnrollment {
+    IndividualEnrollment {
+        registration_id: id.into(),
+        attestation: dps_proto::model::service::AttestationMechanism {
+            kind: AttestationType::SymmetricKey,
+            symmetric_key: Some(SymmetricKeyAttestation {
+                primary_key: Some("cHJpbWFyeQ==".into()),
+                secondary_key: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn record(id: &str) -> RegistrationRecord {
+    RegistrationRecord {
+        state: RegistrationState {
+            registration_id: id.into(),
+            status: RegistrationStatus::Assigned,
+            assigned_hub: Some("hub.test".into()),
+            device_id: Some(id.into()),
+            ..Default::default()
+        },
+        enrollment_group_id: None,
+        attestation: AttestationType::SymmetricKey,
+        operation_id: None,
+        reprovision_requested: false,
+    }
+}

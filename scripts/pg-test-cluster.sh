@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster for the tests (issue 15): initdb in a temporary directory, one
+# postgres listening on 127.0.0.1 at a free port and on a socket in that directory, run as an
+# unprivileged user (postgres refuses to run as root; as root the cluster runs as `nobody`).
+#
+#   scripts/pg-test-cluster.sh start DIR   creates and starts the cluster in DIR (which must not
+#                                          exist), prints its URL: postgres://dps@127.0.0.1:PORT/dps
+#   scripts/pg-test-cluster.sh stop DIR    stops it (immediately) and removes DIR
+#
+# The server binaries come from Debian's postgresql package (scripts/install-deps.sh installs
+# it); the newest version under /usr/lib/postgresql is used. Authentication is `trust`, on
+# loopback only: the cluster holds nothing but test data and lives as long as the test run.
+set -euo pipefail
+
+cmd="${1:-}"
+dir="${2:-}"
+if [[ -z "$cmd" || -z "$dir" ]]; then
+    echo "usage: $0 start|stop DIR" >&2
+    exit 2
+fi
+
+bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+if [[ -z "$bin" || ! -x "$bin/initdb" ]]; then
+    echo "pg-test-cluster: no PostgreSQL server under /usr/lib/postgresql (run scripts/install-deps.sh)" >&2
+    exit 1
+fi
+
+as_owner=()
+if [[ "$(id -u)" -eq 0 ]]; then
+    as_owner=(runuser -u nobody --)
+fi
+
+case "$cmd" in
+start)
+    if [[ -e "$dir" ]]; then
+        echo "pg-test-cluster: $dir exists; give a new directory" >&2
+        exit 1
+    fi
+    mkdir -p "$dir"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        chown nobody:nogroup "$dir"
+    fi
+    # A free port: bind port 0 and read what the kernel chose.
+    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U dps -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 ||
+        { cat "$dir/initdb.log" >&2; exit 1; }
+    # Enough connections for the parallel tests, each with its own pool.
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+        -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=128MB" start >/dev/null ||
+        { cat "$dir/postgres.log" >&2; exit 1; }
+    "$bin/psql" -q -h 127.0.0.1 -p "$port" -U dps -d postgres -c "CREATE DATABASE dps" >/dev/null
+    echo "postgres://dps@127.0.0.1:$port/dps"
+    ;;
+stop)
+    if [[ -d "$dir/data" ]]; then
+        "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$dir"
+    ;;
+*)
+    echo "usage: $0 start|stop DIR" >&2
+    exit 2
+    ;;
+esac
