@@ -20,6 +20,7 @@
 
 pub mod blobs;
 mod documents;
+mod hub_documents;
 pub mod postgres;
 pub mod sqlite;
 mod stats;

@@ -22,71 +22,21 @@ use std::path::Path;
 use async_trait::async_trait;
 use std::sync::Arc;
 
-use dps_hub::store::{
-    device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceJobRecord, DeviceRecord, EventStart,
-    FeedbackRecord, FileNotification, HubStore, HubStoreError, JobRecord, PartitionBounds, QueueChange,
-    TelemetryMessage,
-};
+use dps_hub::store::{DeviceRecord, EventStart, HubStoreError, PartitionBounds, TelemetryMessage};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
 
 use super::events::{self, EventOp, Events};
 use super::migrations::{HUB, TELEMETRY};
 use super::reader::{self, Decode};
 use super::writer::Operation;
 use super::{BackendError, Database, OpenError, StoreStats};
+use crate::hub_documents::{Arg, DeviceOp, HubDocuments, COUNT, PUT_TAG};
 
-const TABLE: &str = "devices";
 /// The retained telemetry's file, beside the registry's, when [`SqliteHubStore::open`] is given
 /// only the registry's.
 pub(super) const TELEMETRY_FILE: &str = "telemetry.db";
-
-// Every statement names its hub as `?1` (hub migration 9); the rest follow.
-const UPSERT: &str = "INSERT INTO devices (hub, id, doc) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (hub, id) DO UPDATE SET doc = excluded.doc";
-const DELETE: &str = "DELETE FROM devices WHERE hub = ?1 AND id = ?2";
-const DELETE_DEVICE_C2D: &str = "DELETE FROM c2d WHERE hub = ?1 AND device = ?2";
-const DELETE_DEVICE_MODULES: &str = "DELETE FROM modules WHERE hub = ?1 AND device = ?2";
-const DELETE_DEVICE_TAGS: &str = "DELETE FROM twin_tags WHERE hub = ?1 AND device = ?2";
-const PUT_TAG: &str = "INSERT OR IGNORE INTO twin_tags (hub, path, value, device) VALUES (?1, ?2, ?3, ?4)";
-const FIRST_BY_TAG: &str = "SELECT d.id, d.doc FROM twin_tags t JOIN devices d ON d.hub = t.hub AND d.id = t.device \
-     WHERE t.hub = ?1 AND t.path = ?3 AND t.value = ?4 ORDER BY t.device LIMIT ?2";
-const NEXT_BY_TAG: &str = "SELECT d.id, d.doc FROM twin_tags t JOIN devices d ON d.hub = t.hub AND d.id = t.device \
-     WHERE t.hub = ?1 AND t.path = ?3 AND t.value = ?4 AND t.device > ?5 ORDER BY t.device LIMIT ?2";
-const PUT_MODULE: &str = "INSERT INTO modules (hub, id, device, doc) VALUES (?1, ?2, ?3, ?4) \
-     ON CONFLICT (hub, id) DO UPDATE SET doc = excluded.doc";
-const DELETE_MODULE: &str = "DELETE FROM modules WHERE hub = ?1 AND id = ?2";
-const GET_MODULE: &str = "SELECT doc FROM modules WHERE hub = ?1 AND id = ?2";
-const DEVICE_MODULES: &str = "SELECT id, doc FROM modules WHERE hub = ?1 AND device = ?2 ORDER BY id";
-const PUT_JOB: &str = "INSERT OR REPLACE INTO jobs (hub, id, doc) VALUES (?1, ?2, ?3)";
-const DELETE_JOB: &str = "DELETE FROM jobs WHERE hub = ?1 AND id = ?2";
-const DELETE_JOB_DEVICES: &str = "DELETE FROM device_jobs WHERE hub = ?1 AND job = ?2";
-const ALL_JOBS: &str = "SELECT id, doc FROM jobs WHERE hub = ?1 ORDER BY id";
-const PUT_DEVICE_JOB: &str = "INSERT OR REPLACE INTO device_jobs (hub, id, job, doc) VALUES (?1, ?2, ?3, ?4)";
-const FIRST_DEVICE_JOBS: &str = "SELECT id, doc FROM device_jobs WHERE hub = ?1 ORDER BY id LIMIT ?2";
-const NEXT_DEVICE_JOBS: &str = "SELECT id, doc FROM device_jobs WHERE hub = ?1 AND id > ?3 ORDER BY id LIMIT ?2";
-const FIRST_MODULES: &str = "SELECT id, doc FROM modules WHERE hub = ?1 ORDER BY id LIMIT ?2";
-const NEXT_MODULES: &str = "SELECT id, doc FROM modules WHERE hub = ?1 AND id > ?3 ORDER BY id LIMIT ?2";
-const PUT_C2D: &str = "INSERT OR REPLACE INTO c2d (hub, seq, device, doc) VALUES (?1, ?2, ?3, ?4)";
-const DELETE_C2D: &str = "DELETE FROM c2d WHERE hub = ?1 AND seq = ?2";
-const PUT_FEEDBACK: &str = "INSERT OR REPLACE INTO feedback (hub, seq, doc) VALUES (?1, ?2, ?3)";
-const DELETE_FEEDBACK: &str = "DELETE FROM feedback WHERE hub = ?1 AND seq = ?2";
-/// Keys as text: the shared document reader takes (text key, doc) rows.
-const ALL_C2D: &str = "SELECT CAST(seq AS TEXT), doc FROM c2d WHERE hub = ?1 ORDER BY seq";
-const ALL_FEEDBACK: &str = "SELECT CAST(seq AS TEXT), doc FROM feedback WHERE hub = ?1 ORDER BY seq";
-const PUT_NOTIFICATION: &str = "INSERT OR REPLACE INTO file_notifications (hub, seq, doc) VALUES (?1, ?2, ?3)";
-const DELETE_NOTIFICATION: &str = "DELETE FROM file_notifications WHERE hub = ?1 AND seq = ?2";
-const ALL_NOTIFICATIONS: &str = "SELECT CAST(seq AS TEXT), doc FROM file_notifications WHERE hub = ?1 ORDER BY seq";
-const PUT_GROUP: &str = "INSERT OR REPLACE INTO consumer_groups (hub, name, doc) VALUES (?1, ?2, ?3)";
-const DELETE_GROUP: &str = "DELETE FROM consumer_groups WHERE hub = ?1 AND name = ?2";
-const ALL_GROUPS: &str = "SELECT name, doc FROM consumer_groups WHERE hub = ?1 ORDER BY name";
-const GET: &str = "SELECT doc FROM devices WHERE hub = ?1 AND id = ?2";
-const FIRST_PAGE: &str = "SELECT id, doc FROM devices WHERE hub = ?1 ORDER BY id LIMIT ?2";
-const NEXT_PAGE: &str = "SELECT id, doc FROM devices WHERE hub = ?1 AND id > ?3 ORDER BY id LIMIT ?2";
-/// From the counters the schema's triggers keep (hub migration 2), not from the documents: a
-/// scan of every device's JSON took seconds at a million devices and read the whole file.
-const COUNT: &str =
-    "SELECT COALESCE(SUM(devices), 0), COALESCE(SUM(CASE WHEN status = 'enabled' THEN devices END), 0) \
-     FROM device_counts WHERE hub = ?1";
 
 impl BackendError for HubStoreError {
     fn backend(message: String) -> Self {
@@ -111,43 +61,6 @@ impl Decode for HubStoreError {
     }
 }
 
-/// One write to the devices table. The document arrives serialised: JSON encoding runs on the
-/// callers' threads, in parallel, keeping the single writer's critical path to SQL only.
-enum DeviceOp {
-    /// Insert or replace the document of `key`, and its string tags (the index's rows).
-    Put {
-        key: String,
-        doc: String,
-        tags: Vec<(String, String)>,
-    },
-    /// Remove `key` (absent is fine), its modules and its cloud-to-device messages.
-    Delete { key: String },
-    /// Insert or replace the module `key` of the device `device`.
-    PutModule { key: String, device: String, doc: String },
-    /// Remove the module `key` (absent is fine).
-    DeleteModule { key: String },
-    /// Insert or replace the job `key`.
-    PutJob { key: String, doc: String },
-    /// Remove the job `key` and its device rows.
-    DeleteJob { key: String },
-    /// Insert or replace device rows of jobs: (key, job, doc).
-    PutDeviceJobs(Vec<(String, String, String)>),
-    /// Queue changes, encoded: messages (seq, device key, doc) and feedback (seq, doc) to put,
-    /// keys to delete.
-    Queues {
-        put_c2d: Vec<(i64, String, String)>,
-        delete_c2d: Vec<i64>,
-        put_feedback: Vec<(i64, String)>,
-        delete_feedback: Vec<i64>,
-        put_notifications: Vec<(i64, String)>,
-        delete_notifications: Vec<i64>,
-    },
-    /// Insert or replace the consumer group `key`.
-    PutGroup { key: String, doc: String },
-    /// Remove the consumer group `key` (absent is fine).
-    DeleteGroup { key: String },
-}
-
 /// A write of one hub: what the shared writer runs.
 struct HubOp {
     hub: i64,
@@ -158,66 +71,28 @@ impl Operation for HubOp {
     type Error = HubStoreError;
 
     fn apply(&self, conn: &Connection) -> Result<(), HubStoreError> {
-        let hub = &self.hub;
-        let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.prepare_cached(sql).and_then(|mut s| s.execute(p));
-        match &self.op {
-            DeviceOp::Put { key, doc, tags } => (|| {
-                run(UPSERT, params![hub, key, doc])?;
-                run(DELETE_DEVICE_TAGS, params![hub, key])?;
-                for (path, value) in tags {
-                    run(PUT_TAG, params![hub, path, value, key])?;
-                }
-                Ok(())
-            })(),
-            DeviceOp::Delete { key } => run(DELETE, params![hub, key])
-                .and_then(|_| run(DELETE_DEVICE_TAGS, params![hub, key]))
-                .and_then(|_| run(DELETE_DEVICE_MODULES, params![hub, key]))
-                .and_then(|_| run(DELETE_DEVICE_C2D, params![hub, key]).map(drop)),
-            DeviceOp::PutModule { key, device, doc } => run(PUT_MODULE, params![hub, key, device, doc]).map(drop),
-            DeviceOp::DeleteModule { key } => run(DELETE_MODULE, params![hub, key]).map(drop),
-            DeviceOp::PutJob { key, doc } => run(PUT_JOB, params![hub, key, doc]).map(drop),
-            DeviceOp::DeleteJob { key } => {
-                run(DELETE_JOB, params![hub, key]).and_then(|_| run(DELETE_JOB_DEVICES, params![hub, key]).map(drop))
-            }
-            DeviceOp::PutDeviceJobs(rows) => (|| {
-                for (key, job, doc) in rows {
-                    run(PUT_DEVICE_JOB, params![hub, key, job, doc])?;
-                }
-                Ok(())
-            })(),
-            DeviceOp::Queues {
-                put_c2d,
-                delete_c2d,
-                put_feedback,
-                delete_feedback,
-                put_notifications,
-                delete_notifications,
-            } => (|| {
-                for (seq, device, doc) in put_c2d {
-                    run(PUT_C2D, params![hub, seq, device, doc])?;
-                }
-                for seq in delete_c2d {
-                    run(DELETE_C2D, params![hub, seq])?;
-                }
-                for (seq, doc) in put_feedback {
-                    run(PUT_FEEDBACK, params![hub, seq, doc])?;
-                }
-                for seq in delete_feedback {
-                    run(DELETE_FEEDBACK, params![hub, seq])?;
-                }
-                for (seq, doc) in put_notifications {
-                    run(PUT_NOTIFICATION, params![hub, seq, doc])?;
-                }
-                for seq in delete_notifications {
-                    run(DELETE_NOTIFICATION, params![hub, seq])?;
-                }
-                Ok(())
-            })(),
-            DeviceOp::PutGroup { key, doc } => run(PUT_GROUP, params![hub, key, doc]).map(drop),
-            DeviceOp::DeleteGroup { key } => run(DELETE_GROUP, params![hub, key]).map(drop),
+        for (sql, args) in self.op.statements(self.hub) {
+            let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute(params.as_slice()))
+                .map_err(HubStoreError::sqlite)?;
         }
-        .map_err(HubStoreError::sqlite)
+        Ok(())
     }
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Arg::Int(n) => ToSqlOutput::from(*n),
+            Arg::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+/// The arguments of a read: the hub's number as `?1`, then `args`.
+fn with_hub(hub: i64, args: &[Arg<'static>]) -> Vec<Arg<'static>> {
+    std::iter::once(Arg::Int(hub)).chain(args.iter().cloned()).collect()
 }
 
 /// The registry file (`hub.db`) of every embedded hub of a server: one writer thread whose group
@@ -443,228 +318,61 @@ impl SqliteHubStore {
         &self.db.db.path
     }
 
-    /// Queues one of this hub's writes and waits for its batch to commit.
-    async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError> {
-        self.db.db.writer.write(HubOp { hub: self.hub, op }).await
-    }
-
-    /// Runs `read` on a pooled read connection, with this hub's number.
-    async fn read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Connection, i64) -> Result<T, HubStoreError> + Send + 'static,
-    ) -> Result<T, HubStoreError> {
-        let hub = self.hub;
-        self.db.db.readers.read(move |c| read(c, hub)).await
-    }
-
-    /// [`SqliteHubStore::read`] for a lookup by primary key (see `ReadPool::read_short`).
-    async fn read_short<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Connection, i64) -> Result<T, HubStoreError> + Send + 'static,
-    ) -> Result<T, HubStoreError> {
-        let hub = self.hub;
-        self.db.db.readers.read_short(move |c| read(c, hub)).await
-    }
-
-    /// One page of `table` in key order after `after` (`None`: from the first): `sql` is the
-    /// first page's statement (`?2` the limit) and the next pages' (`?3` the key to follow).
-    async fn page<T: serde::de::DeserializeOwned + Send + 'static>(
-        &self,
-        table: &'static str,
-        sql: [&'static str; 2],
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<T>, HubStoreError> {
-        let limit = reader::sql_limit(limit);
-        self.read(move |c, hub| match &after {
-            None => reader::collect(c, table, sql[0], params![hub, limit]),
-            Some(after) => reader::collect(c, table, sql[1], params![hub, limit, after]),
-        })
-        .await
-    }
-
     /// What the shared writer has done since open (every hub's writes).
     pub fn stats(&self) -> StoreStats {
         self.db.stats()
     }
 }
 
+crate::hub_documents::hub_store_over_documents!(SqliteHubStore);
+
 #[async_trait]
-impl HubStore for SqliteHubStore {
-    async fn get_device(&self, device_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
-        let key = device_key(device_id);
-        self.read_short(move |c, hub| reader::get_doc(c, TABLE, GET, params![hub, key], &key))
-            .await
+impl HubDocuments for SqliteHubStore {
+    async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError> {
+        self.db.db.writer.write(HubOp { hub: self.hub, op }).await
     }
 
-    async fn put_device(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
-        let doc = serde_json::to_string(record)
-            .map_err(|e| HubStoreError::backend(format!("cannot encode device record: {e}")))?;
-        let op = DeviceOp::Put {
-            key: record.key(),
-            doc,
-            tags: record.string_tags(),
-        };
-        self.write(op).await
-    }
-
-    async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError> {
-        self.write(DeviceOp::Delete {
-            key: device_key(device_id),
-        })
-        .await
-    }
-
-    async fn list_devices(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        self.page(TABLE, [FIRST_PAGE, NEXT_PAGE], after.map(device_key), limit)
-            .await
-    }
-
-    async fn find_by_tag(
+    async fn get<T: DeserializeOwned + Send + 'static>(
         &self,
-        path: &str,
-        value: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        let (path, value, after) = (path.to_string(), value.to_string(), after.map(str::to_string));
-        let limit = reader::sql_limit(limit);
-        self.read(move |c, hub| match &after {
-            None => reader::collect(c, TABLE, FIRST_BY_TAG, params![hub, limit, path, value]),
-            Some(after) => reader::collect(c, TABLE, NEXT_BY_TAG, params![hub, limit, path, value, after]),
-        })
-        .await
-    }
-
-    async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Option<DeviceRecord>, HubStoreError> {
-        let key = module_key(device_id, module_id);
-        self.read_short(move |c, hub| reader::get_doc(c, "modules", GET_MODULE, params![hub, key], &key))
+        table: &'static str,
+        sql: &'static str,
+        key: String,
+    ) -> Result<Option<T>, HubStoreError> {
+        let hub = self.hub;
+        self.db
+            .db
+            .readers
+            .read_short(move |c| reader::get_doc(c, table, sql, params![hub, key], &key))
             .await
     }
 
-    async fn put_module(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
-        let doc = serde_json::to_string(record)
-            .map_err(|e| HubStoreError::backend(format!("cannot encode module record: {e}")))?;
-        let op = DeviceOp::PutModule {
-            key: record.key(),
-            device: device_key(record.device_id()),
-            doc,
-        };
-        self.write(op).await
-    }
-
-    async fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), HubStoreError> {
-        let key = module_key(device_id, module_id);
-        self.write(DeviceOp::DeleteModule { key }).await
-    }
-
-    async fn list_modules(&self, device_id: &str) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        let device = device_key(device_id);
-        self.read(move |c, hub| reader::collect(c, "modules", DEVICE_MODULES, params![hub, device]))
-            .await
-    }
-
-    async fn list_all_modules(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceRecord>, HubStoreError> {
-        self.page(
-            "modules",
-            [FIRST_MODULES, NEXT_MODULES],
-            after.map(str::to_string),
-            limit,
-        )
-        .await
-    }
-
-    async fn put_job(&self, job: &JobRecord) -> Result<(), HubStoreError> {
-        let doc = serde_json::to_string(job).map_err(|e| HubStoreError::backend(format!("cannot encode job: {e}")))?;
-        let key = job.job_id.clone();
-        self.write(DeviceOp::PutJob { key, doc }).await
-    }
-
-    async fn list_jobs(&self) -> Result<Vec<JobRecord>, HubStoreError> {
-        self.read(|c, hub| reader::collect(c, "jobs", ALL_JOBS, params![hub]))
-            .await
-    }
-
-    async fn delete_job(&self, job_id: &str) -> Result<(), HubStoreError> {
-        let key = job_id.to_string();
-        self.write(DeviceOp::DeleteJob { key }).await
-    }
-
-    async fn put_device_jobs(&self, rows: &[DeviceJobRecord]) -> Result<(), HubStoreError> {
-        let rows = rows
-            .iter()
-            .map(|r| {
-                let doc = serde_json::to_string(r)
-                    .map_err(|e| HubStoreError::backend(format!("cannot encode a job's device row: {e}")))?;
-                Ok((r.key(), r.job_id.clone(), doc))
+    async fn collect<T: DeserializeOwned + Send + 'static>(
+        &self,
+        table: &'static str,
+        sql: &'static str,
+        args: Vec<Arg<'static>>,
+    ) -> Result<Vec<T>, HubStoreError> {
+        let args = with_hub(self.hub, &args);
+        self.db
+            .db
+            .readers
+            .read(move |c| {
+                let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+                reader::collect(c, table, sql, params.as_slice())
             })
-            .collect::<Result<Vec<_>, HubStoreError>>()?;
-        self.write(DeviceOp::PutDeviceJobs(rows)).await
+            .await
     }
 
-    async fn list_device_jobs(&self, after: Option<&str>, limit: usize) -> Result<Vec<DeviceJobRecord>, HubStoreError> {
-        self.page(
-            "device_jobs",
-            [FIRST_DEVICE_JOBS, NEXT_DEVICE_JOBS],
-            after.map(str::to_string),
-            limit,
-        )
-        .await
-    }
-
-    async fn update_queues(&self, change: &QueueChange) -> Result<(), HubStoreError> {
-        let seq = |s: u64| i64::try_from(s).map_err(|_| HubStoreError::backend(format!("queue key {s} out of range")));
-        let encode = |what: &str, r: Result<String, serde_json::Error>| {
-            r.map_err(|e| HubStoreError::backend(format!("cannot encode {what}: {e}")))
-        };
-        let op = DeviceOp::Queues {
-            put_c2d: change
-                .put_c2d
-                .iter()
-                .map(|m| {
-                    Ok((
-                        seq(m.seq)?,
-                        device_key(&m.device_id),
-                        encode("message", serde_json::to_string(m))?,
-                    ))
-                })
-                .collect::<Result<_, HubStoreError>>()?,
-            delete_c2d: change.delete_c2d.iter().map(|s| seq(*s)).collect::<Result<_, _>>()?,
-            put_feedback: change
-                .put_feedback
-                .iter()
-                .map(|f| Ok((seq(f.seq)?, encode("feedback", serde_json::to_string(f))?)))
-                .collect::<Result<_, HubStoreError>>()?,
-            delete_feedback: change
-                .delete_feedback
-                .iter()
-                .map(|s| seq(*s))
-                .collect::<Result<_, _>>()?,
-            put_notifications: change
-                .put_file_notifications
-                .iter()
-                .map(|n| Ok((seq(n.seq)?, encode("file notification", serde_json::to_string(n))?)))
-                .collect::<Result<_, HubStoreError>>()?,
-            delete_notifications: change
-                .delete_file_notifications
-                .iter()
-                .map(|s| seq(*s))
-                .collect::<Result<_, _>>()?,
-        };
-        self.write(op).await
-    }
-
-    async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError> {
-        self.read(|c, hub| {
-            let messages = reader::collect(c, "c2d", ALL_C2D, params![hub])?;
-            let feedback = reader::collect(c, "feedback", ALL_FEEDBACK, params![hub])?;
-            Ok((messages, feedback))
-        })
-        .await
-    }
-
-    async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError> {
-        self.read(|c, hub| reader::collect(c, "file_notifications", ALL_NOTIFICATIONS, params![hub]))
+    async fn counts(&self) -> Result<(i64, i64), HubStoreError> {
+        let hub = self.hub;
+        self.db
+            .db
+            .readers
+            .read(move |c| {
+                c.prepare_cached(COUNT)
+                    .and_then(|mut s| s.query_row([hub], |r| Ok((r.get(0)?, r.get(1)?))))
+                    .map_err(HubStoreError::sqlite)
+            })
             .await
     }
 
@@ -705,39 +413,6 @@ impl HubStore for SqliteHubStore {
         max_bytes: u64,
     ) -> Result<u64, HubStoreError> {
         Events(&self.events).trim(older_than, max_bytes).await
-    }
-
-    async fn put_consumer_group(&self, group: &ConsumerGroup) -> Result<(), HubStoreError> {
-        let doc = serde_json::to_string(group)
-            .map_err(|e| HubStoreError::backend(format!("cannot encode consumer group: {e}")))?;
-        self.write(DeviceOp::PutGroup { key: group.key(), doc }).await
-    }
-
-    async fn delete_consumer_group(&self, key: &str) -> Result<(), HubStoreError> {
-        self.write(DeviceOp::DeleteGroup { key: key.to_string() }).await
-    }
-
-    async fn list_consumer_groups(&self) -> Result<Vec<ConsumerGroup>, HubStoreError> {
-        self.read(|c, hub| reader::collect(c, "consumer_groups", ALL_GROUPS, params![hub]))
-            .await
-    }
-
-    async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError> {
-        self.read(|c, hub| {
-            let (total, enabled): (i64, i64) = c
-                .prepare_cached(COUNT)
-                .and_then(|mut s| s.query_row([hub], |r| Ok((r.get(0)?, r.get(1)?))))
-                .map_err(HubStoreError::sqlite)?;
-            let count =
-                |n: i64| u64::try_from(n).map_err(|_| HubStoreError::backend(format!("negative device count {n}")));
-            let (total, enabled) = (count(total)?, count(enabled)?);
-            Ok(DeviceCounts {
-                total,
-                enabled,
-                disabled: total - enabled,
-            })
-        })
-        .await
     }
 }
 
