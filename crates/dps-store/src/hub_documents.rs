@@ -102,8 +102,9 @@ pub(crate) const FIRST_PAGE: &str = "SELECT id, doc FROM devices WHERE hub = ?1 
 pub(crate) const NEXT_PAGE: &str = "SELECT id, doc FROM devices WHERE hub = ?1 AND id > ?3 ORDER BY id LIMIT ?2";
 /// From the counters the schema's triggers keep (hub migration 2), not from the documents: a
 /// scan of every device's JSON took seconds at a million devices and read the whole file.
-pub(crate) const COUNT: &str =
-    "SELECT COALESCE(SUM(devices), 0), COALESCE(SUM(CASE WHEN status = 'enabled' THEN devices END), 0) \
+/// Cast: PostgreSQL sums integers as `numeric`.
+pub(crate) const COUNT: &str = "SELECT CAST(COALESCE(SUM(devices), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN status = 'enabled' THEN devices END), 0) AS BIGINT) \
      FROM device_counts WHERE hub = ?1";
 
 /// One write to the devices table. The document arrives serialised: JSON encoding runs on the
@@ -258,6 +259,56 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
         older_than: chrono::DateTime<chrono::Utc>,
         max_bytes: u64,
     ) -> Result<u64, HubStoreError>;
+}
+
+/// The error for a stored hub record of `key` that does not decode.
+pub(crate) fn undecodable(key: &str, e: serde_json::Error) -> HubStoreError {
+    HubStoreError::Corrupt {
+        key: key.to_string(),
+        source: dps_core::Cause::new(e),
+    }
+}
+
+/// One retained telemetry message as both backends store it: `seq` the hub-wide sequence
+/// number, `partition` and `pseq` its partition and position there, `device` the lower-cased
+/// device id, `enqueued_ms` when the hub accepted it, `size` what it counts against the byte
+/// budget, `doc` the encoded message.
+pub(crate) struct EventRow {
+    pub(crate) seq: i64,
+    pub(crate) partition: i64,
+    pub(crate) pseq: i64,
+    pub(crate) device: String,
+    pub(crate) enqueued_ms: i64,
+    pub(crate) size: i64,
+    pub(crate) doc: Vec<u8>,
+}
+
+/// A telemetry number as the databases store it.
+pub(crate) fn event_int(n: u64) -> Result<i64, HubStoreError> {
+    i64::try_from(n).map_err(|_| HubStoreError::backend(format!("telemetry number {n} out of range")))
+}
+
+/// A stored telemetry number.
+pub(crate) fn event_uint(n: i64) -> Result<u64, HubStoreError> {
+    u64::try_from(n).map_err(|_| HubStoreError::backend(format!("negative telemetry number {n}")))
+}
+
+/// The rows of `events`, encoded on the caller's thread.
+pub(crate) fn event_rows(events: &[Arc<TelemetryMessage>]) -> Result<Vec<EventRow>, HubStoreError> {
+    events
+        .iter()
+        .map(|e| {
+            Ok(EventRow {
+                seq: event_int(e.sequence_number)?,
+                partition: i64::from(e.partition),
+                pseq: event_int(e.partition_sequence)?,
+                device: dps_hub::store::device_key(&e.device_id),
+                enqueued_ms: e.enqueued_time.timestamp_millis(),
+                size: event_int(e.retained_bytes())?,
+                doc: dps_hub::store::encode_event(e),
+            })
+        })
+        .collect()
 }
 
 /// A page size as `LIMIT` takes it.

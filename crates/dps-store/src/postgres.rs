@@ -11,6 +11,7 @@
 //! under an advisory lock).
 
 mod commands;
+mod hub;
 mod migrations;
 mod writer;
 
@@ -26,7 +27,8 @@ use tokio_postgres::NoTls;
 
 use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
 use crate::stats::StoreStats;
-pub use migrations::SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION;
+pub use hub::{PostgresHubDatabase, PostgresHubStore};
+pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
 /// Connections a node keeps for reads (the writer has one of its own besides). Reads are short
 /// lookups by key; more connections than this only add contention on a small machine, and
@@ -63,11 +65,13 @@ pub enum PgOpenError {
     },
     /// The database was migrated by a newer `dps` with a schema this build does not know;
     /// using it could lose data, so it is refused rather than downgraded.
-    #[error("PostgreSQL store has schema version {found}; this build supports up to {supported}")]
+    #[error("PostgreSQL {schema} schema has version {found}; this build supports up to {supported}")]
     SchemaTooNew {
+        /// Which schema (`store`, `hub`).
+        schema: &'static str,
         /// The version found in `dps_schema`.
         found: u32,
-        /// [`POSTGRES_SCHEMA_VERSION`].
+        /// What this build supports ([`POSTGRES_SCHEMA_VERSION`], [`POSTGRES_HUB_SCHEMA_VERSION`]).
         supported: u32,
     },
 }
@@ -78,7 +82,7 @@ pub enum PgOpenError {
 /// `synchronous_commit = on` flushed it to the WAL first. Needs a tokio runtime.
 pub struct PostgresStore {
     pool: Pool,
-    writer: writer::Writer,
+    writer: writer::Writer<Op>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -91,36 +95,7 @@ impl PostgresStore {
     /// Connects to the database at `url`, creates or migrates its schema (safely when several
     /// nodes start at once) and starts the writer task.
     pub async fn connect(url: &str) -> Result<PostgresStore, PgOpenError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(PgOpenError::Url)?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECTION_WAIT);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("dps");
-        }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(MAX_READ_CONNECTIONS)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECTION_WAIT))
-            .create_timeout(Some(CONNECTION_WAIT))
-            .recycle_timeout(Some(CONNECTION_WAIT))
-            .build()
-            .map_err(PgOpenError::Pool)?;
-        let mut first = pool.get().await.map_err(PgOpenError::Connect)?;
-        let applied = migrations::apply(&mut first).await?;
-        tracing::info!(
-            schema = migrations::SCHEMA_VERSION,
-            migrations_applied = applied,
-            "opened PostgreSQL store"
-        );
-        drop(first);
+        let pool = connect(url, &migrations::STORE).await?;
         let writer = writer::Writer::start(pool.clone());
         Ok(PostgresStore { pool, writer })
     }
@@ -150,11 +125,46 @@ impl PostgresStore {
         let rows = client.query(&stmt, params).await.map_err(backend)?;
         rows.iter()
             .map(|row| {
-                let (key, doc): (&str, &str) = (row.get(0), row.get(1));
+                let (key, doc): (&str, &str) = (row.try_get(0).map_err(backend)?, row.try_get(1).map_err(backend)?);
                 serde_json::from_str(doc).map_err(|e| undecodable(table.name(), key, e))
             })
             .collect()
     }
+}
+
+/// A pool of connections to the database at `url`, whose `schema` is brought up to date (safely
+/// when several nodes start at once).
+async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenError> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(PgOpenError::Url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECTION_WAIT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("dps");
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(MAX_READ_CONNECTIONS)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECTION_WAIT))
+        .create_timeout(Some(CONNECTION_WAIT))
+        .recycle_timeout(Some(CONNECTION_WAIT))
+        .build()
+        .map_err(PgOpenError::Pool)?;
+    let mut first = pool.get().await.map_err(PgOpenError::Connect)?;
+    let applied = migrations::apply(&mut first, schema).await?;
+    tracing::info!(
+        schema = schema.version(),
+        migrations_applied = applied,
+        "opened PostgreSQL database"
+    );
+    Ok(pool)
 }
 
 /// A PostgreSQL failure as the engine sees it: the backend is failing (the device retries).
@@ -192,8 +202,11 @@ impl Documents for PostgresStore {
             .await
             .map_err(backend)?;
         let row = client.query_opt(&stmt, &[&key]).await.map_err(backend)?;
-        row.map(|row| serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| undecodable(table.name(), &key, e)))
-            .transpose()
+        row.map(|row| {
+            let doc: &str = row.try_get(0).map_err(backend)?;
+            serde_json::from_str(doc).map_err(|e| undecodable(table.name(), &key, e))
+        })
+        .transpose()
     }
 
     async fn list<T: DeserializeOwned + Send + 'static>(

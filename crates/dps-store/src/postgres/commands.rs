@@ -36,13 +36,26 @@ async fn locked_etag(tx: &Transaction<'_>, select: &str, key: &str) -> Result<Op
     let stmt = tx
         .prepare_cached(&format!("{} FOR UPDATE", placeholders(select)))
         .await?;
-    Ok(tx
-        .query_opt(&stmt, &[&key])
+    tx.query_opt(&stmt, &[&key])
         .await?
-        .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default()))
+        .map(|row| Ok(row.try_get::<_, Option<String>>(0)?.unwrap_or_default()))
+        .transpose()
 }
 
-pub(super) async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
+#[async_trait::async_trait]
+impl super::writer::Operation for Op {
+    type Error = StoreError;
+
+    fn backend(e: String) -> StoreError {
+        StoreError::backend(e)
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>) -> Outcome {
+        apply(tx, self).await
+    }
+}
+
+async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
     match op {
         Op::Put {
             table,

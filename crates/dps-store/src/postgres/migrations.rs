@@ -2,8 +2,8 @@
 //!
 //! Every node runs [`apply`] when it connects. It takes a transaction-scoped advisory lock first,
 //! so when several nodes start at once against a new database one creates the schema and the
-//! others wait, then find it current. The version lives in `dps_schema` (one row per kind of
-//! schema: `store` now, the hub's later).
+//! others wait, then find it current. The version lives in `dps_schema`, one row per kind of
+//! schema: the DPS store's (`store`) and the embedded hubs' (`hub`).
 
 use deadpool_postgres::Object;
 
@@ -16,21 +16,52 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "enrollments, groups, registrations, intents, certificates, linked hubs",
-    sql: include_str!("migrations/0001_store.sql"),
-}];
+/// The migrations of one kind of schema.
+pub(super) struct Schema {
+    /// Its row in `dps_schema`.
+    kind: &'static str,
+    migrations: &'static [Migration],
+}
 
-/// The schema version this build brings a database to.
-pub const SCHEMA_VERSION: u32 = 1;
+impl Schema {
+    /// The version this build brings a database to.
+    pub(super) const fn version(&self) -> u32 {
+        self.migrations[self.migrations.len() - 1].version
+    }
+}
+
+/// The DPS store's tables.
+pub(super) const STORE: Schema = Schema {
+    kind: "store",
+    migrations: &[Migration {
+        version: 1,
+        name: "enrollments, groups, registrations, intents, certificates, linked hubs",
+        sql: include_str!("migrations/0001_store.sql"),
+    }],
+};
+
+/// The embedded hubs' registries and telemetry.
+pub(super) const HUB: Schema = Schema {
+    kind: "hub",
+    migrations: &[Migration {
+        version: 1,
+        name: "hub registries and retained telemetry, keyed by hub",
+        sql: include_str!("migrations/hub_0001.sql"),
+    }],
+};
+
+/// The DPS store's schema version this build brings a database to.
+pub const SCHEMA_VERSION: u32 = STORE.version();
+
+/// The hubs' schema version this build brings a database to.
+pub const HUB_SCHEMA_VERSION: u32 = HUB.version();
 
 /// The advisory lock every node takes while it migrates ("DPS1").
 const MIGRATION_LOCK: i64 = 0x4450_5331;
 
-/// Brings the database's store schema to [`SCHEMA_VERSION`], in one transaction; returns how
-/// many migrations ran (0 when it was current).
-pub(super) async fn apply(client: &mut Object) -> Result<usize, PgOpenError> {
+/// Brings the database's `schema` to its version, in one transaction; returns how many
+/// migrations ran (0 when it was current).
+pub(super) async fn apply(client: &mut Object, schema: &Schema) -> Result<usize, PgOpenError> {
     let fail = |version| move |source| PgOpenError::Migration { version, source };
     let tx = client.transaction().await.map_err(fail(0))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -40,32 +71,41 @@ pub(super) async fn apply(client: &mut Object) -> Result<usize, PgOpenError> {
         .await
         .map_err(fail(0))?;
     let current: i32 = tx
-        .query_opt("SELECT version FROM dps_schema WHERE kind = 'store'", &[])
+        .query_opt("SELECT version FROM dps_schema WHERE kind = $1", &[&schema.kind])
         .await
         .map_err(fail(0))?
-        .map_or(0, |row| row.get(0));
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(fail(0))?
+        .unwrap_or(0);
     let current = u32::try_from(current).unwrap_or(0);
-    if current > SCHEMA_VERSION {
+    if current > schema.version() {
         return Err(PgOpenError::SchemaTooNew {
+            schema: schema.kind,
             found: current,
-            supported: SCHEMA_VERSION,
+            supported: schema.version(),
         });
     }
     let mut ran = 0;
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    for m in schema.migrations.iter().filter(|m| m.version > current) {
         tx.batch_execute(m.sql).await.map_err(fail(m.version))?;
         let version = i32::try_from(m.version).unwrap_or(i32::MAX);
         tx.execute(
-            "INSERT INTO dps_schema (kind, version) VALUES ('store', $1) \
+            "INSERT INTO dps_schema (kind, version) VALUES ($1, $2) \
              ON CONFLICT (kind) DO UPDATE SET version = excluded.version",
-            &[&version],
+            &[&schema.kind, &version],
         )
         .await
         .map_err(fail(m.version))?;
-        tracing::info!(version = m.version, name = m.name, "applied PostgreSQL store migration");
+        tracing::info!(
+            schema = schema.kind,
+            version = m.version,
+            name = m.name,
+            "applied PostgreSQL migration"
+        );
         ran += 1;
     }
-    tx.commit().await.map_err(fail(SCHEMA_VERSION))?;
+    tx.commit().await.map_err(fail(schema.version()))?;
     Ok(ran)
 }
 
@@ -74,10 +114,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_are_contiguous_and_end_at_the_schema_version() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1, "{}", m.name);
+    fn versions_are_contiguous_from_one() {
+        for schema in [&STORE, &HUB] {
+            for (i, m) in schema.migrations.iter().enumerate() {
+                assert_eq!(m.version as usize, i + 1, "{} {}", schema.kind, m.name);
+            }
         }
-        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
     }
 }

@@ -14,13 +14,25 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::{Object, Pool};
-use dps_core::StoreError;
+use async_trait::async_trait;
+use deadpool_postgres::{Object, Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands;
-use crate::documents::Op;
 use crate::stats::{Counters, StoreStats};
+
+/// One write a PostgreSQL store queues: what it does inside the batch's transaction.
+#[async_trait]
+pub(super) trait Operation: Send + Sync + 'static {
+    /// What the store's callers get back.
+    type Error: Clone + Send + 'static;
+
+    /// A failure of the database (connection lost, statement refused), as callers see it.
+    fn backend(e: String) -> Self::Error;
+
+    /// Runs the write's statements: the outer `Err` is a failed statement (the transaction is
+    /// lost), the inner result the write's own verdict (a precondition that did not hold).
+    async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), Self::Error>, tokio_postgres::Error>;
+}
 
 /// Most writes in one transaction: bounds the latency a caller at the back of a long queue
 /// adds to the ones before it.
@@ -30,21 +42,21 @@ const MAX_BATCH: usize = 256;
 /// unbounded memory while PostgreSQL is slow or away).
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
 
-struct Command {
-    op: Op,
-    reply: oneshot::Sender<Result<(), StoreError>>,
+struct Command<O: Operation> {
+    op: O,
+    reply: oneshot::Sender<Result<(), O::Error>>,
 }
 
 /// The handle of the writer task. The task ends when the handle is dropped and the queue is
 /// drained.
-pub(super) struct Writer {
-    tx: mpsc::Sender<Command>,
+pub(super) struct Writer<O: Operation> {
+    tx: mpsc::Sender<Command<O>>,
     counters: Arc<Counters>,
 }
 
-impl Writer {
+impl<O: Operation> Writer<O> {
     /// Starts the task, which takes its connection from `pool` (and a new one after a failure).
-    pub(super) fn start(pool: Pool) -> Writer {
+    pub(super) fn start(pool: Pool) -> Writer<O> {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         tokio::spawn(run(pool, rx, counters.clone()));
@@ -53,15 +65,15 @@ impl Writer {
 
     /// Queues a write and waits for its outcome, which arrives only after its batch committed.
     /// A write whose future is dropped after it was queued still executes.
-    pub(super) async fn write(&self, op: Op) -> Result<(), StoreError> {
+    pub(super) async fn write(&self, op: O) -> Result<(), O::Error> {
         let (reply, outcome) = oneshot::channel();
         self.tx
             .send(Command { op, reply })
             .await
-            .map_err(|_| StoreError::backend("PostgreSQL writer has stopped"))?;
+            .map_err(|_| O::backend("PostgreSQL writer has stopped".into()))?;
         outcome
             .await
-            .map_err(|_| StoreError::backend("PostgreSQL writer stopped before committing"))?
+            .map_err(|_| O::backend("PostgreSQL writer stopped before committing".into()))?
     }
 
     pub(super) fn stats(&self) -> StoreStats {
@@ -69,8 +81,8 @@ impl Writer {
     }
 }
 
-async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters>) {
-    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, counters: Arc<Counters>) {
+    let mut batch: Vec<Command<O>> = Vec::with_capacity(MAX_BATCH);
     let mut conn: Option<Object> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -88,7 +100,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL writer has no connection");
-                    let e = StoreError::backend(format!("PostgreSQL: {e}"));
+                    let e = O::backend(format!("PostgreSQL: {e}"));
                     counters.record_batch(batch.len(), false);
                     for cmd in batch.drain(..) {
                         let _ = cmd.reply.send(Err(e.clone()));
@@ -98,7 +110,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters
             },
         };
         let mut client = client;
-        let ops: Vec<&Op> = batch.iter().map(|c| &c.op).collect();
+        let ops: Vec<&O> = batch.iter().map(|c| &c.op).collect();
         let results = match execute(&mut client, &ops).await {
             Ok(results) => {
                 counters.record_batch(batch.len(), true);
@@ -110,12 +122,12 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters
                 counters.record_batch(batch.len(), false);
                 let mut results = Vec::with_capacity(ops.len());
                 for op in &ops {
-                    results.push(match execute(&mut client, &[op]).await {
+                    results.push(match execute::<O>(&mut client, &[*op]).await {
                         Ok(mut r) => {
                             counters.record_batch(1, true);
                             r.remove(0)
                         }
-                        Err(e) => Err(super::backend(e)),
+                        Err(e) => Err(O::backend(format!("PostgreSQL: {e}"))),
                     });
                 }
                 results
@@ -123,7 +135,7 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters
             Err(e) => {
                 tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL batch failed; nothing written");
                 counters.record_batch(batch.len(), false);
-                let e = super::backend(e);
+                let e = O::backend(format!("PostgreSQL: {e}"));
                 ops.iter().map(|_| Err(e.clone())).collect()
             }
         };
@@ -140,11 +152,14 @@ async fn run(pool: Pool, mut rx: mpsc::Receiver<Command>, counters: Arc<Counters
 
 /// Runs `ops` in one transaction: `Ok` holds each write's own outcome, all committed; `Err`
 /// means the transaction failed as a whole and nothing of it was written.
-async fn execute(client: &mut Object, ops: &[&Op]) -> Result<Vec<Result<(), StoreError>>, tokio_postgres::Error> {
+async fn execute<O: Operation>(
+    client: &mut Object,
+    ops: &[&O],
+) -> Result<Vec<Result<(), O::Error>>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
-        results.push(commands::apply(&tx, op).await?);
+        results.push(op.apply(&tx).await?);
     }
     tx.commit().await?;
     Ok(results)

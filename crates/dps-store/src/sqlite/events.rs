@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use dps_hub::store::{decode_event, encode_event, EventStart, HubStoreError, PartitionBounds, TelemetryMessage};
+use dps_hub::store::{decode_event, EventStart, HubStoreError, PartitionBounds, TelemetryMessage};
 use rusqlite::{params, Connection};
 
 use super::writer::Operation;
 use super::{BackendError, Database};
+use crate::hub_documents::{event_int as int, event_uint as uint, EventRow};
 
 const INSERT: &str = "INSERT OR REPLACE INTO events (seq, partition, pseq, device, enqueued_ms, size, doc) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -30,21 +31,10 @@ const OLDEST: &str = "SELECT seq, size FROM events ORDER BY seq LIMIT ?1";
 const DELETE_UP_TO: &str = "DELETE FROM events WHERE seq <= ?1";
 const BYTES: &str = "SELECT bytes FROM event_bytes WHERE id = 1";
 
-/// One encoded row.
-pub(super) struct Row {
-    seq: i64,
-    partition: i64,
-    pseq: i64,
-    device: String,
-    enqueued_ms: i64,
-    size: i64,
-    doc: Vec<u8>,
-}
-
 /// A write to `telemetry.db`.
 pub(super) enum EventOp {
     /// Messages to keep.
-    Append(Vec<Row>),
+    Append(Vec<EventRow>),
     /// Deletes what is older than the cutoff (ms), then the oldest until at most `max_bytes`
     /// remain; adds how many went to `deleted`.
     Trim {
@@ -128,32 +118,6 @@ impl Operation for EventOp {
             }
         }
     }
-}
-
-fn int(n: u64) -> Result<i64, HubStoreError> {
-    i64::try_from(n).map_err(|_| HubStoreError::backend(format!("telemetry number {n} out of range")))
-}
-
-fn uint(n: i64) -> Result<u64, HubStoreError> {
-    u64::try_from(n).map_err(|_| HubStoreError::backend(format!("negative telemetry number {n}")))
-}
-
-/// The rows of `events`, encoded on the caller's thread.
-pub(super) fn rows(events: &[Arc<TelemetryMessage>]) -> Result<Vec<Row>, HubStoreError> {
-    events
-        .iter()
-        .map(|e| {
-            Ok(Row {
-                seq: int(e.sequence_number)?,
-                partition: i64::from(e.partition),
-                pseq: int(e.partition_sequence)?,
-                device: dps_hub::store::device_key(&e.device_id),
-                enqueued_ms: e.enqueued_time.timestamp_millis(),
-                size: int(e.retained_bytes())?,
-                doc: encode_event(e),
-            })
-        })
-        .collect()
 }
 
 /// Decodes `doc` rows selected by `sql`.

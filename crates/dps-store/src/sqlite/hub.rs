@@ -27,7 +27,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 
-use super::events::{self, EventOp, Events};
+use super::events::{EventOp, Events};
 use super::migrations::{HUB, TELEMETRY};
 use super::reader::{self, Decode};
 use super::writer::Operation;
@@ -54,10 +54,7 @@ impl BackendError for HubStoreError {
 
 impl Decode for HubStoreError {
     fn undecodable(_table: &str, key: &str, e: serde_json::Error) -> Self {
-        HubStoreError::Corrupt {
-            key: key.to_string(),
-            source: dps_core::Cause::new(e),
-        }
+        crate::hub_documents::undecodable(key, e)
     }
 }
 
@@ -98,7 +95,7 @@ fn with_hub(hub: i64, args: &[Arg<'static>]) -> Vec<Arg<'static>> {
 /// The registry file (`hub.db`) of every embedded hub of a server: one writer thread whose group
 /// commit, and fsync, covers the writes of all of them (decision 0029; a file per hub cost each
 /// hub an fsync of its own, and a busy server ten times the fsyncs at ten hubs). Rows are keyed
-/// by the hub's number; [`HubDatabase::hub`] gives one hub's [`HubStore`].
+/// by the hub's number; [`HubDatabase::hub`] gives one hub's [`dps_hub::store::HubStore`].
 pub struct HubDatabase {
     db: Database<HubOp>,
     /// Hubs this file held before this open.
@@ -275,7 +272,7 @@ fn merge_separate_file(conn: &mut Connection, number: u32, file: &Path) -> Resul
     Ok(())
 }
 
-/// One embedded hub's [`HubStore`]: its rows of the shared [`HubDatabase`], and its own
+/// One embedded hub's [`dps_hub::store::HubStore`]: its rows of the shared [`HubDatabase`], and its own
 /// retained telemetry file. Safe to share across tasks (`Arc<SqliteHubStore>`).
 ///
 /// Durability and concurrency are [`super::SqliteStore`]'s: a write returns after the COMMIT of
@@ -377,7 +374,7 @@ impl HubDocuments for SqliteHubStore {
     }
 
     async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
-        let rows = events::rows(events)?;
+        let rows = crate::hub_documents::event_rows(events)?;
         self.events.writer.write(EventOp::Append(rows)).await
     }
 

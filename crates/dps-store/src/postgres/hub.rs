@@ -1,0 +1,419 @@
+//! [`PostgresHubDatabase`]: the embedded hubs' registries and retained telemetry in PostgreSQL,
+//! every row keyed by its hub's number as in SQLite's shared `hub.db` (decision 0029);
+//! [`PostgresHubStore`]: one hub's [`dps_hub::store::HubStore`] in it.
+//!
+//! The registry's statements and the `HubStore` contract are the SQLite store's
+//! (`hub_documents`); what is PostgreSQL's own is how they run, and the telemetry queries. One
+//! writer task per node commits registry writes, another telemetry, so that a telemetry flood
+//! does not queue registrations behind it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use deadpool_postgres::{Object, Pool, Transaction};
+use dps_hub::store::{decode_event, EventStart, HubStoreError, PartitionBounds, TelemetryMessage};
+use serde::de::DeserializeOwned;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+use super::writer::{Operation, Writer};
+use super::{migrations, placeholders, PgOpenError};
+use crate::hub_documents::{
+    event_int as int, event_rows, event_uint as uint, undecodable, Arg, DeviceOp, EventRow, HubDocuments, COUNT,
+};
+use crate::stats::StoreStats;
+
+const INSERT_EVENT: &str = "INSERT INTO events (hub, seq, partition, pseq, device, enqueued_ms, size, doc) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (hub, seq) DO UPDATE SET \
+     partition = excluded.partition, pseq = excluded.pseq, device = excluded.device, \
+     enqueued_ms = excluded.enqueued_ms, size = excluded.size, doc = excluded.doc";
+const READ_PARTITION: &str =
+    "SELECT doc FROM events WHERE hub = $1 AND partition = $2 AND pseq >= $3 ORDER BY pseq LIMIT $4";
+const FIND_OFFSET: &str =
+    "SELECT pseq FROM events WHERE hub = $1 AND partition = $2 AND seq >= $3 ORDER BY pseq LIMIT 1";
+const FIND_TIME: &str =
+    "SELECT pseq FROM events WHERE hub = $1 AND partition = $2 AND enqueued_ms >= $3 ORDER BY pseq LIMIT 1";
+const AFTER: &str = "SELECT doc FROM events WHERE hub = $1 AND seq > $2 AND ($3::text IS NULL OR device = $3) \
+     ORDER BY seq LIMIT $4";
+const NEWEST: &str = "SELECT doc FROM events WHERE hub = $1 AND ($2::text IS NULL OR device = $2) \
+     ORDER BY seq DESC LIMIT $3";
+const BOUNDS: &str = "SELECT partition, MIN(pseq), MAX(pseq), MAX(seq) FROM events WHERE hub = $1 GROUP BY partition";
+/// The last message itself: its enqueued time to the nanosecond (the column holds milliseconds).
+const LAST: &str = "SELECT doc FROM events WHERE hub = $1 AND seq = $2";
+/// Rows looked at per trimming step: bounded transactions, however much has to go.
+const TRIM_STEP: i64 = 10_000;
+const TRIM_AGE: &str = "DELETE FROM events WHERE hub = $1 AND seq IN \
+     (SELECT seq FROM events WHERE hub = $1 ORDER BY seq LIMIT $3) AND enqueued_ms < $2";
+const OLDEST: &str = "SELECT seq, size FROM events WHERE hub = $1 ORDER BY seq LIMIT $2";
+const DELETE_UP_TO: &str = "DELETE FROM events WHERE hub = $1 AND seq <= $2";
+const BYTES: &str = "SELECT COALESCE((SELECT bytes FROM event_bytes WHERE hub = $1), 0)";
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Arg::Int(n) => n.to_sql(ty, out),
+            Arg::Text(s) => s.as_ref().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <i64 as ToSql>::accepts(ty) || <&str as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+/// The embedded hubs of a node, in one PostgreSQL database shared with every other node.
+pub struct PostgresHubDatabase {
+    pool: Pool,
+    registry: Writer<HubOp>,
+    events: Writer<EventOp>,
+}
+
+impl std::fmt::Debug for PostgresHubDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresHubDatabase").finish_non_exhaustive()
+    }
+}
+
+impl PostgresHubDatabase {
+    /// Connects to the database at `url`, creates or migrates the hubs' schema (safely when
+    /// several nodes start at once) and starts the writer tasks.
+    pub async fn connect(url: &str) -> Result<Arc<PostgresHubDatabase>, PgOpenError> {
+        let pool = super::connect(url, &migrations::HUB).await?;
+        Ok(Arc::new(PostgresHubDatabase {
+            registry: Writer::start(pool.clone()),
+            events: Writer::start(pool.clone()),
+            pool,
+        }))
+    }
+
+    /// Hub `number`'s store.
+    pub fn hub(self: &Arc<Self>, number: u32) -> PostgresHubStore {
+        PostgresHubStore {
+            db: Arc::clone(self),
+            hub: i64::from(number),
+        }
+    }
+
+    /// What the registry writer has done since connect, for every hub.
+    pub fn stats(&self) -> StoreStats {
+        self.registry.stats()
+    }
+}
+
+/// One embedded hub's [`dps_hub::store::HubStore`] on PostgreSQL. Safe to share across tasks.
+pub struct PostgresHubStore {
+    db: Arc<PostgresHubDatabase>,
+    hub: i64,
+}
+
+impl std::fmt::Debug for PostgresHubStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresHubStore").field("hub", &self.hub).finish()
+    }
+}
+
+/// A registry write of one hub.
+struct HubOp {
+    hub: i64,
+    op: DeviceOp,
+}
+
+#[async_trait]
+impl Operation for HubOp {
+    type Error = HubStoreError;
+
+    fn backend(e: String) -> HubStoreError {
+        HubStoreError::backend(e)
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {
+        for (sql, args) in self.op.statements(self.hub) {
+            let stmt = tx.prepare_cached(&placeholders(sql)).await?;
+            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+            tx.execute(&stmt, &params).await?;
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// A telemetry write of one hub.
+enum EventOp {
+    Append {
+        hub: i64,
+        rows: Vec<EventRow>,
+    },
+    /// Deletes what is older than the cutoff (ms), then the oldest until at most `max_bytes`
+    /// remain; adds how many went to `deleted`.
+    Trim {
+        hub: i64,
+        older_than_ms: i64,
+        max_bytes: i64,
+        deleted: Arc<AtomicU64>,
+    },
+}
+
+#[async_trait]
+impl Operation for EventOp {
+    type Error = HubStoreError;
+
+    fn backend(e: String) -> HubStoreError {
+        HubStoreError::backend(e)
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {
+        match self {
+            EventOp::Append { hub, rows } => {
+                let insert = tx.prepare_cached(INSERT_EVENT).await?;
+                for r in rows {
+                    tx.execute(
+                        &insert,
+                        &[
+                            hub,
+                            &r.seq,
+                            &r.partition,
+                            &r.pseq,
+                            &r.device,
+                            &r.enqueued_ms,
+                            &r.size,
+                            &r.doc,
+                        ],
+                    )
+                    .await?;
+                }
+            }
+            EventOp::Trim {
+                hub,
+                older_than_ms,
+                max_bytes,
+                deleted,
+            } => {
+                let by_age = tx.prepare_cached(TRIM_AGE).await?;
+                loop {
+                    let n = tx.execute(&by_age, &[hub, older_than_ms, &TRIM_STEP]).await?;
+                    deleted.fetch_add(n, Ordering::Relaxed);
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let (bytes, oldest, up_to) = (
+                    tx.prepare_cached(BYTES).await?,
+                    tx.prepare_cached(OLDEST).await?,
+                    tx.prepare_cached(DELETE_UP_TO).await?,
+                );
+                loop {
+                    let kept: i64 = tx.query_one(&bytes, &[hub]).await?.try_get(0)?;
+                    if kept <= *max_bytes {
+                        break;
+                    }
+                    // The oldest rows whose sizes cover the excess (at most a step of them).
+                    let rows = tx
+                        .query(&oldest, &[hub, &TRIM_STEP])
+                        .await?
+                        .iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                        .collect::<Result<Vec<(i64, i64)>, tokio_postgres::Error>>()?;
+                    let Some(last) = covering(&rows, kept - max_bytes) else {
+                        break;
+                    };
+                    let n = tx.execute(&up_to, &[hub, &last]).await?;
+                    deleted.fetch_add(n, Ordering::Relaxed);
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// Of `rows` (sequence number, size) oldest first, the sequence number up to which their sizes
+/// cover `excess` (all of them when they do not).
+fn covering(rows: &[(i64, i64)], excess: i64) -> Option<i64> {
+    let mut covered = 0;
+    for (seq, size) in rows {
+        covered += size;
+        if covered >= excess {
+            return Some(*seq);
+        }
+    }
+    rows.last().map(|(seq, _)| *seq)
+}
+
+fn backend(e: impl std::fmt::Display) -> HubStoreError {
+    HubStoreError::backend(format!("PostgreSQL: {e}"))
+}
+
+fn undecodable_event(e: String) -> HubStoreError {
+    HubStoreError::backend(format!("undecodable telemetry row: {e}"))
+}
+
+impl PostgresHubStore {
+    async fn client(&self) -> Result<Object, HubStoreError> {
+        self.db.pool.get().await.map_err(backend)
+    }
+
+    /// The telemetry rows `sql` selects (one column: the encoded message), decoded.
+    async fn events(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<TelemetryMessage>, HubStoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+        let rows = client.query(&stmt, params).await.map_err(backend)?;
+        rows.iter()
+            .map(|r| decode_event(r.try_get::<_, &[u8]>(0).map_err(backend)?).map_err(undecodable_event))
+            .collect()
+    }
+}
+
+crate::hub_documents::hub_store_over_documents!(PostgresHubStore);
+
+#[async_trait]
+impl HubDocuments for PostgresHubStore {
+    async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError> {
+        self.db.registry.write(HubOp { hub: self.hub, op }).await
+    }
+
+    async fn get<T: DeserializeOwned + Send + 'static>(
+        &self,
+        _table: &'static str,
+        sql: &'static str,
+        key: String,
+    ) -> Result<Option<T>, HubStoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&placeholders(sql)).await.map_err(backend)?;
+        let row = client.query_opt(&stmt, &[&self.hub, &key]).await.map_err(backend)?;
+        row.map(|r| serde_json::from_str(r.try_get::<_, &str>(0).map_err(backend)?).map_err(|e| undecodable(&key, e)))
+            .transpose()
+    }
+
+    async fn collect<T: DeserializeOwned + Send + 'static>(
+        &self,
+        _table: &'static str,
+        sql: &'static str,
+        args: Vec<Arg<'static>>,
+    ) -> Result<Vec<T>, HubStoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&placeholders(sql)).await.map_err(backend)?;
+        let hub = Arg::Int(self.hub);
+        let params: Vec<&(dyn ToSql + Sync)> = std::iter::once(&hub)
+            .chain(&args)
+            .map(|a| a as &(dyn ToSql + Sync))
+            .collect();
+        let rows = client.query(&stmt, &params).await.map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                let key: &str = r.try_get(0).map_err(backend)?;
+                let doc: &str = r.try_get(1).map_err(backend)?;
+                serde_json::from_str(doc).map_err(|e| undecodable(key, e))
+            })
+            .collect()
+    }
+
+    async fn counts(&self) -> Result<(i64, i64), HubStoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&placeholders(COUNT)).await.map_err(backend)?;
+        let row = client.query_one(&stmt, &[&self.hub]).await.map_err(backend)?;
+        Ok((row.try_get(0).map_err(backend)?, row.try_get(1).map_err(backend)?))
+    }
+
+    async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
+        let rows = event_rows(events)?;
+        self.db.events.write(EventOp::Append { hub: self.hub, rows }).await
+    }
+
+    async fn read_partition(
+        &self,
+        partition: u32,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError> {
+        let (partition, from, limit) = (i64::from(partition), int(from)?, int(limit as u64)?);
+        self.events(READ_PARTITION, &[&self.hub, &partition, &from, &limit])
+            .await
+    }
+
+    async fn find_in_partition(&self, partition: u32, start: EventStart) -> Result<Option<u64>, HubStoreError> {
+        let (sql, value) = match start {
+            EventStart::Offset(o) => (FIND_OFFSET, int(o)?),
+            EventStart::EnqueuedAt(ms) => (FIND_TIME, ms),
+        };
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(backend)?;
+        let row = client
+            .query_opt(&stmt, &[&self.hub, &i64::from(partition), &value])
+            .await
+            .map_err(backend)?;
+        row.map(|r| uint(r.try_get(0).map_err(backend)?)).transpose()
+    }
+
+    async fn recent_events(
+        &self,
+        device_id: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TelemetryMessage>, HubStoreError> {
+        let device = device_id.map(dps_hub::store::device_key);
+        let limit = int(limit as u64)?;
+        match after.map(int).transpose()? {
+            Some(after) => self.events(AFTER, &[&self.hub, &after, &device, &limit]).await,
+            None => {
+                let mut newest = self.events(NEWEST, &[&self.hub, &device, &limit]).await?;
+                newest.reverse();
+                Ok(newest)
+            }
+        }
+    }
+
+    async fn partition_bounds(&self) -> Result<Vec<PartitionBounds>, HubStoreError> {
+        let rows: Vec<(i64, i64, i64, i64)> = {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(BOUNDS).await.map_err(backend)?;
+            client
+                .query(&stmt, &[&self.hub])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(backend)?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (partition, first, last, last_seq) in rows {
+            let last_enqueued = self
+                .events(LAST, &[&self.hub, &last_seq])
+                .await?
+                .first()
+                .map(|m| m.enqueued_time)
+                .unwrap_or_default();
+            out.push(PartitionBounds {
+                partition: u32::try_from(partition)
+                    .map_err(|_| HubStoreError::backend(format!("partition {partition} out of range")))?,
+                first: uint(first)?,
+                last: uint(last)?,
+                last_offset: uint(last_seq)?,
+                last_enqueued,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn trim_events(
+        &self,
+        older_than: chrono::DateTime<chrono::Utc>,
+        max_bytes: u64,
+    ) -> Result<u64, HubStoreError> {
+        let deleted = Arc::new(AtomicU64::new(0));
+        self.db
+            .events
+            .write(EventOp::Trim {
+                hub: self.hub,
+                older_than_ms: older_than.timestamp_millis(),
+                max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+                deleted: deleted.clone(),
+            })
+            .await?;
+        Ok(deleted.load(Ordering::Relaxed))
+    }
+}
