@@ -22,6 +22,11 @@ pub struct ServerConfig {
     /// [`default_hub_host`](Self::default_hub_host). See `DataDir::init_identity` for how names
     /// find their hubs across restarts.
     pub hub_hostnames: Vec<String>,
+    /// Where the DPS store and the embedded hubs keep their data: `None`, SQLite files in the
+    /// data directory; a PostgreSQL URL (`postgres://user:pass@host:port/db`), that database
+    /// (one node per database for now; the identity, CA and certificates stay in the data
+    /// directory).
+    pub store: Option<String>,
     /// Address to bind.
     pub bind: IpAddr,
     /// MQTT over TLS (DPS and hub device endpoints).
@@ -281,6 +286,8 @@ pub struct FileConfig {
     pub hostname: Option<Vec<String>>,
     /// See [`ServerConfig::hub_hostnames`]: one name, or a list of them.
     pub hub_hostname: Option<OneOrMany>,
+    /// See [`ServerConfig::store`].
+    pub store: Option<String>,
     /// See [`ServerConfig::bind`].
     pub bind: Option<IpAddr>,
     /// See [`ServerConfig::mqtt_port`].
@@ -365,12 +372,22 @@ pub enum ConfigFileError {
 }
 
 impl ServerConfig {
+    /// Where the data is, for logs and the start banner: the data directory, or the PostgreSQL
+    /// URL without its password.
+    pub fn store_display(&self) -> String {
+        match &self.store {
+            None => format!("SQLite files in {}", self.data_dir.display()),
+            Some(url) => format!("PostgreSQL {}", without_password(url)),
+        }
+    }
+
     /// Defaults: `./dps-data`, host names `localhost` and `127.0.0.1`, all interfaces, 8883/443/5671.
     pub fn defaults() -> Self {
         Self {
             data_dir: PathBuf::from("./dps-data"),
             hostnames: vec!["localhost".into(), "127.0.0.1".into()],
             hub_hostnames: Vec::new(),
+            store: None,
             bind: IpAddr::from([0, 0, 0, 0]),
             mqtt_port: 8883,
             https_port: 443,
@@ -433,6 +450,7 @@ impl ServerConfig {
         if let Some(h) = f.hub_hostname {
             self.hub_hostnames = h.into_vec();
         }
+        self.store = f.store.or(self.store);
         self.tls_cert = f.tls_cert.or(self.tls_cert);
         self.tls_key = f.tls_key.or(self.tls_key);
         if let Some(l) = f.limits {
@@ -470,6 +488,11 @@ impl ServerConfig {
             ));
         }
         self.check_hub_hostnames()?;
+        if let Some(url) = &self.store {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err("store: expected a PostgreSQL URL (postgres://user:password@host:port/database)".into());
+            }
+        }
         self.geo()?;
         if !dps_proto::blob_storage::valid_container_name(&self.file_upload_container) {
             return Err(format!(
@@ -559,6 +582,18 @@ impl ServerConfig {
             .find(|h| h.contains('.'))
             .cloned()
             .unwrap_or_else(|| "127.0.0.1".to_string())
+    }
+}
+
+/// A store URL without its password, for logs.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -704,5 +739,16 @@ mod tests {
         let zero: FileConfig = toml::from_str("[limits]\nrequest-timeout-secs = 0\n").unwrap();
         let err = ServerConfig::defaults().merge_file(zero).limits.validate().unwrap_err();
         assert!(err.contains("request-timeout-secs must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn a_store_is_a_postgresql_url_shown_without_its_password() {
+        let mut c = ServerConfig::defaults();
+        assert!(c.store_display().starts_with("SQLite files in"));
+        c.store = Some("postgres://dps:s3cret@db.example:5432/dps".into());
+        c.validate().unwrap();
+        assert_eq!(c.store_display(), "PostgreSQL postgres://dps@db.example:5432/dps");
+        c.store = Some("mysql://x@y/z".into());
+        assert!(c.validate().unwrap_err().contains("PostgreSQL URL"));
     }
 }

@@ -66,6 +66,10 @@ pub enum StartError {
     /// The registration store could not be opened.
     #[error(transparent)]
     Store(#[from] dps_store::OpenError),
+    /// The PostgreSQL store (`--store`) could not be reached or set up (address, credentials,
+    /// a schema from a newer build).
+    #[error(transparent)]
+    Postgres(#[from] dps_store::PgOpenError),
     /// The embedded hub's database could not be opened.
     #[error(transparent)]
     Hub(#[from] dps_hub::HubOpenError),
@@ -120,6 +124,8 @@ pub struct RunningServer {
     pub connections: Arc<ConnectionLimits>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// This node's claim on a PostgreSQL store, released when the server is dropped.
+    _store_claim: Option<dps_store::NodeClaim>,
 }
 
 impl RunningServer {
@@ -162,8 +168,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let acceptor = tls.https();
 
     let storage_account = storage_account(&config)?;
-    let store = dps_store::SqliteStore::open(&dir.store_path())?;
-    let hub_db = open_hub_database(&dir, &identity)?;
+    let storage = Storage::open(&config, &dir, &identity).await?;
+    let store = storage.store.clone();
     let mut hubs = Vec::new();
     let mut fresh = Vec::new();
     for (i, hub_identity) in identity.hubs().enumerate() {
@@ -180,11 +186,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .chain(server_names)
             .cloned()
             .collect();
-        let (hub, held_before) = open_hub(&config, &dir, &hub_db, hub_identity, aliases).await?;
+        let (hub, held_before) = open_hub(&config, &dir, &storage, hub_identity, aliases).await?;
         fresh.push(!held_before);
         hubs.push(hub);
     }
-    link_embedded_hubs(&store, &identity, &fresh).await?;
+    link_embedded_hubs(store.as_ref(), &identity, &fresh).await?;
     let engine = Engine::new(
         EngineConfig {
             immediate_assignment: config.immediate_assignment,
@@ -197,7 +203,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             geo: config.geo().map_err(StartError::Config)?,
             ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
-        Arc::new(store),
+        store,
         Arc::new(crate::hub_router::HubRouter::new(
             hubs.iter().map(|h| h.hub.clone()).collect(),
         )),
@@ -292,6 +298,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         connections,
         shutdown: tx,
         tasks,
+        _store_claim: storage.claim,
     })
 }
 
@@ -356,27 +363,92 @@ fn file_upload_config(identity: &HubIdentity, config: &ServerConfig, https_port:
     }
 }
 
-/// Opens the registry every embedded hub shares (`hub.db`; decision 0029), moving in any
-/// hub's registry an earlier build kept in a file of its own.
-fn open_hub_database(dir: &DataDir, identity: &Identity) -> Result<Arc<dps_store::HubDatabase>, StartError> {
-    let mut slots = Vec::new();
-    for hub in identity.hubs() {
-        let number = hub.number().ok_or_else(|| {
-            StartError::Config(format!(
-                "dps.json names the files of hub {} {:?}, which this build does not know (it makes hub-2, hub-3, ...)",
-                hub.host_name, hub.files
-            ))
+/// Where the DPS store and the embedded hubs keep their data: SQLite files in the data
+/// directory (the default), or one PostgreSQL database (`--store postgres://…`, issue 15,
+/// decision 0030).
+struct Storage {
+    store: Arc<dyn dps_core::Store>,
+    hubs: HubStorage,
+    /// This node alone serves a PostgreSQL store while the claim is held (moved into the
+    /// running server).
+    claim: Option<dps_store::NodeClaim>,
+}
+
+enum HubStorage {
+    Sqlite(Arc<dps_store::HubDatabase>),
+    Postgres {
+        db: Arc<dps_store::PostgresHubDatabase>,
+        /// Hub numbers the database held before this start.
+        held: Vec<u32>,
+    },
+}
+
+impl Storage {
+    async fn open(config: &ServerConfig, dir: &DataDir, identity: &Identity) -> Result<Storage, StartError> {
+        let numbers = identity
+            .hubs()
+            .map(|hub| {
+                hub.number().ok_or_else(|| {
+                    StartError::Config(format!(
+                        "dps.json names the files of hub {} {:?}, which this build does not know (it makes hub-2, hub-3, ...)",
+                        hub.host_name, hub.files
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(url) = &config.store else {
+            let slots: Vec<_> = identity.hubs().map(|hub| dir.separate_hub_db_path_of(hub)).collect();
+            let slots: Vec<_> = numbers
+                .iter()
+                .zip(&slots)
+                .map(|(number, file)| dps_store::HubSlot {
+                    number: *number,
+                    separate_file: file.as_deref(),
+                })
+                .collect();
+            return Ok(Storage {
+                store: Arc::new(dps_store::SqliteStore::open(&dir.store_path())?),
+                hubs: HubStorage::Sqlite(dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?),
+                claim: None,
+            });
+        };
+        let store = dps_store::PostgresStore::connect(url).await?;
+        let claim = store.claim_single_node().await?.ok_or_else(|| {
+            StartError::Config(
+                "another dps node serves this PostgreSQL store; several nodes on one database are not \
+                 supported yet (a node would miss the messages, method calls and twin updates sent \
+                 through another)"
+                    .into(),
+            )
         })?;
-        slots.push((number, dir.separate_hub_db_path_of(hub)));
-    }
-    let slots: Vec<_> = slots
-        .iter()
-        .map(|(number, file)| dps_store::HubSlot {
-            number: *number,
-            separate_file: file.as_deref(),
+        let db = dps_store::PostgresHubDatabase::connect(url).await?;
+        let held = db
+            .hold(&numbers)
+            .await?
+            .into_iter()
+            .zip(&numbers)
+            .filter_map(|(held, n)| held.then_some(*n))
+            .collect();
+        tracing::info!(store = %config.store_display(), "data in PostgreSQL");
+        Ok(Storage {
+            store: Arc::new(store),
+            hubs: HubStorage::Postgres { db, held },
+            claim: Some(claim),
         })
-        .collect();
-    Ok(dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?)
+    }
+
+    /// Hub `number`'s store (`telemetry`: its telemetry file, when its data is in files), and
+    /// whether the storage held the hub before this start.
+    fn hub(
+        &self,
+        number: u32,
+        telemetry: &std::path::Path,
+    ) -> Result<(Arc<dyn dps_hub::store::HubStore>, bool), StartError> {
+        Ok(match &self.hubs {
+            HubStorage::Sqlite(db) => (Arc::new(db.hub(number, telemetry)?), db.held_before(number)),
+            HubStorage::Postgres { db, held } => (Arc::new(db.hub(number)), held.contains(&number)),
+        })
+    }
 }
 
 /// Opens an embedded hub on its rows of the shared registry, its telemetry file and its blob
@@ -385,11 +457,11 @@ fn open_hub_database(dir: &DataDir, identity: &Identity) -> Result<Arc<dps_store
 async fn open_hub(
     config: &ServerConfig,
     dir: &DataDir,
-    hub_db: &Arc<dps_store::HubDatabase>,
+    storage: &Storage,
     identity: &HubIdentity,
     aliases: Vec<String>,
 ) -> Result<(EmbeddedHub, bool), StartError> {
-    let number = identity.number().expect("checked by open_hub_database");
+    let number = identity.number().expect("checked by Storage::open");
     // File uploads go to the blob endpoint on the HTTPS port, under the hub's name.
     let blobs_path = dir.blobs_path_of(identity);
     let blobs = dps_store::BlobStore::open(&blobs_path, config.limits.max_upload_bytes).map_err(|source| {
@@ -398,7 +470,7 @@ async fn open_hub(
             source,
         }
     })?;
-    let hub_store = hub_db.hub(number, &dir.telemetry_path_of(identity))?;
+    let (hub_store, held_before) = storage.hub(number, &dir.telemetry_path_of(identity))?;
     let hub = dps_hub::Hub::open_with_store(
         dps_hub::HubConfig {
             host_name: identity.host_name.clone(),
@@ -412,7 +484,7 @@ async fn open_hub(
             // Set once the HTTPS port is bound (port 0 picks one).
             file_upload: None,
         },
-        Arc::new(hub_store),
+        hub_store,
         Arc::new(SystemClock),
     )
     .await?;
@@ -421,10 +493,7 @@ async fn open_hub(
             .await
             .map_err(StartError::ConsumerGroup)?;
     }
-    Ok((
-        EmbeddedHub::new(hub, identity.clone(), Some(blobs)),
-        hub_db.held_before(number),
-    ))
+    Ok((EmbeddedHub::new(hub, identity.clone(), Some(blobs)), held_before))
 }
 
 /// Keeps each embedded hub linked under its current host name. A hub is linked with its owner
@@ -435,11 +504,10 @@ async fn open_hub(
 /// keeping its settings: otherwise every registration would be assigned to a name the hub no
 /// longer goes by. A hub the operator unlinked stays unlinked.
 async fn link_embedded_hubs(
-    store: &dps_store::SqliteStore,
+    store: &dyn dps_core::Store,
     identity: &Identity,
     fresh: &[bool],
 ) -> Result<(), StartError> {
-    use dps_core::Store as _;
     use dps_proto::connection_string::ConnectionString;
     let linked = store.list_linked_hubs().await.map_err(StartError::LinkedHubs)?;
     for (hub, fresh) in identity.hubs().zip(fresh) {

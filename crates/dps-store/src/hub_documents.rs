@@ -17,6 +17,10 @@ use serde::de::DeserializeOwned;
 pub(crate) enum Arg<'a> {
     Int(i64),
     Text(Cow<'a, str>),
+    /// Text or SQL NULL (an etag, a group key).
+    OptText(Option<&'a str>),
+    /// A blob (an encoded telemetry message).
+    Bytes(&'a [u8]),
 }
 
 impl<'a> From<&'a String> for Arg<'a> {

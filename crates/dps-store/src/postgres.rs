@@ -39,6 +39,21 @@ const MAX_READ_CONNECTIONS: usize = 16;
 /// the device is told to retry) rather than hanging while PostgreSQL is down.
 const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 
+/// The session advisory lock of the node serving a database ("DPSN").
+const NODE_LOCK: i64 = 0x4450_534e;
+
+/// A node's claim on its database ([`PostgresStore::claim_single_node`]); dropping it releases
+/// the claim.
+pub struct NodeClaim {
+    _client: deadpool_postgres::ClientWrapper,
+}
+
+impl std::fmt::Debug for NodeClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeClaim")
+    }
+}
+
 /// Why [`PostgresStore::connect`] failed. Nothing is left half-done: a failed migration is
 /// rolled back.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +113,24 @@ impl PostgresStore {
         let pool = connect(url, &migrations::STORE).await?;
         let writer = writer::Writer::start(pool.clone());
         Ok(PostgresStore { pool, writer })
+    }
+
+    /// Claims the database for this node alone, for as long as the returned claim lives (a
+    /// session advisory lock on a connection of its own, released when the claim is dropped or
+    /// the process dies). `None` when another node holds it. Until nodes pass cloud-to-device
+    /// messages, method calls and twin updates to each other, a second node on the same
+    /// database would silently miss what the first one's devices are sent.
+    pub async fn claim_single_node(&self) -> Result<Option<NodeClaim>, PgOpenError> {
+        let client = self.pool.get().await.map_err(PgOpenError::Connect)?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|source| PgOpenError::Migration { version: 0, source })?;
+        // Out of the pool: the lock lives with this connection, which nothing else may use.
+        Ok(got.then(|| NodeClaim {
+            _client: deadpool_postgres::Object::take(client),
+        }))
     }
 
     /// What the writer has done since connect.

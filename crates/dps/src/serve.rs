@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// dot].
     #[arg(long = "hub-hostname", env = "DPS_HUB_HOSTNAME", value_delimiter = ',')]
     hub_hostnames: Vec<String>,
+    /// Keep the DPS store and the embedded hubs' data in PostgreSQL
+    /// (`postgres://user:password@host:port/database`) instead of SQLite files in the data
+    /// directory; one node per database for now [default: the data directory].
+    #[arg(long, env = "DPS_STORE")]
+    store: Option<String>,
     /// Address to listen on [default: 0.0.0.0].
     #[arg(long, env = "DPS_BIND")]
     bind: Option<IpAddr>,
@@ -179,6 +184,9 @@ impl ServeArgs {
         if !self.hub_hostnames.is_empty() {
             c.hub_hostnames = self.hub_hostnames;
         }
+        if let Some(v) = self.store {
+            c.store = Some(v);
+        }
         if let Some(v) = self.bind {
             c.bind = v;
         }
@@ -267,7 +275,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let info = crate::info::Info::from_services(&server.services, &config);
     let hubs: Vec<&str> = info.hubs.iter().map(|h| h.host_name.as_str()).collect();
     println!(
-        "dps {} {} data directory {}\n\n  ID scope            {}\n  provisioning host   {} (MQTT {}, HTTPS {}, AMQP {})\n  IoT hub             {}\n  trust this CA       {}\n  service connection  {}\n  hub connection      {}\n\n  `dps info --data-dir {} --json` prints these for scripts. Ctrl-C stops.",
+        "dps {} {} data directory {}\n\n  ID scope            {}\n  provisioning host   {} (MQTT {}, HTTPS {}, AMQP {})\n  IoT hub             {}\n  trust this CA       {}\n  service connection  {}\n  hub connection      {}\n  data                {}\n\n  `dps info --data-dir {} --json` prints these for scripts. Ctrl-C stops.",
         env!("CARGO_PKG_VERSION"),
         if server.initialized { "initialized" } else { "serving" },
         config.data_dir.display(),
@@ -280,6 +288,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         info.trust().as_deref().unwrap_or("(your --tls-cert issuer)"),
         info.service_connection_string,
         info.hub_connection_string,
+        config.store_display(),
         config.data_dir.display(),
     );
     shutdown_signal().await;

@@ -14,6 +14,7 @@ use super::placeholders;
 use crate::documents::{
     Op, Table, DELETE_INTENT, DELETE_REGISTRATION, SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
 };
+use crate::hub_documents::{Arg, Statement};
 
 /// Sets the flag inside the stored document, so nothing else in it can be overwritten.
 const MARK_REPROVISION: &str = "UPDATE registrations \
@@ -48,6 +49,36 @@ impl super::writer::Operation for Op {
 
     fn backend(e: String) -> StoreError {
         StoreError::backend(e)
+    }
+
+    /// The registration path's writes: statements known up front, no verdict to read back.
+    fn pipelined(&self) -> Option<Vec<Statement<'_>>> {
+        Some(match self {
+            Op::CommitRegistration {
+                key,
+                group_key,
+                etag,
+                doc,
+                operation_id,
+            } => {
+                let mut out: Vec<Statement<'_>> = vec![(
+                    UPSERT_REGISTRATION,
+                    vec![
+                        key.into(),
+                        Arg::OptText(group_key.as_deref()),
+                        Arg::OptText(etag.as_deref()),
+                        doc.into(),
+                    ],
+                )];
+                if let Some(op) = operation_id {
+                    out.push((DELETE_INTENT, vec![op.into()]));
+                }
+                out
+            }
+            Op::PutIntent { operation_id, doc } => vec![(UPSERT_INTENT, vec![operation_id.into(), doc.into()])],
+            Op::DeleteIntent { operation_id } => vec![(DELETE_INTENT, vec![operation_id.into()])],
+            _ => return None,
+        })
     }
 
     async fn apply(&self, tx: &Transaction<'_>) -> Outcome {

@@ -20,7 +20,8 @@ use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use super::writer::{Operation, Writer};
 use super::{migrations, placeholders, PgOpenError};
 use crate::hub_documents::{
-    event_int as int, event_rows, event_uint as uint, undecodable, Arg, DeviceOp, EventRow, HubDocuments, COUNT,
+    event_int as int, event_rows, event_uint as uint, undecodable, Arg, DeviceOp, EventRow, HubDocuments, Statement,
+    COUNT,
 };
 use crate::stats::StoreStats;
 
@@ -54,11 +55,13 @@ impl ToSql for Arg<'_> {
         match self {
             Arg::Int(n) => n.to_sql(ty, out),
             Arg::Text(s) => s.as_ref().to_sql(ty, out),
+            Arg::OptText(s) => s.to_sql(ty, out),
+            Arg::Bytes(b) => b.to_sql(ty, out),
         }
     }
 
     fn accepts(ty: &Type) -> bool {
-        <i64 as ToSql>::accepts(ty) || <&str as ToSql>::accepts(ty)
+        <i64 as ToSql>::accepts(ty) || <&str as ToSql>::accepts(ty) || <&[u8] as ToSql>::accepts(ty)
     }
 
     to_sql_checked!();
@@ -87,6 +90,26 @@ impl PostgresHubDatabase {
             events: Writer::start(pool.clone()),
             pool,
         }))
+    }
+
+    /// Records that the database holds hubs `numbers`; for each, whether it held it before (a
+    /// hub that is new to the service gets linked at start). Race-free across nodes: of two
+    /// nodes adding the same hub at once, one sees it new.
+    pub async fn hold(&self, numbers: &[u32]) -> Result<Vec<bool>, PgOpenError> {
+        let client = self.pool.get().await.map_err(PgOpenError::Connect)?;
+        let fail = |source| PgOpenError::Migration { version: 0, source };
+        let mut held = Vec::with_capacity(numbers.len());
+        for n in numbers {
+            let inserted = client
+                .execute(
+                    "INSERT INTO hubs (hub) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&i64::from(*n)],
+                )
+                .await
+                .map_err(fail)?;
+            held.push(inserted == 0);
+        }
+        Ok(held)
     }
 
     /// Hub `number`'s store.
@@ -129,6 +152,10 @@ impl Operation for HubOp {
         HubStoreError::backend(e)
     }
 
+    fn pipelined(&self) -> Option<Vec<Statement<'_>>> {
+        Some(self.op.statements(self.hub))
+    }
+
     async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {
         for (sql, args) in self.op.statements(self.hub) {
             let stmt = tx.prepare_cached(&placeholders(sql)).await?;
@@ -161,6 +188,29 @@ impl Operation for EventOp {
 
     fn backend(e: String) -> HubStoreError {
         HubStoreError::backend(e)
+    }
+
+    fn pipelined(&self) -> Option<Vec<Statement<'_>>> {
+        let EventOp::Append { hub, rows } = self else {
+            return None;
+        };
+        Some(
+            rows.iter()
+                .map(|r| {
+                    let args = vec![
+                        Arg::Int(*hub),
+                        Arg::Int(r.seq),
+                        Arg::Int(r.partition),
+                        Arg::Int(r.pseq),
+                        Arg::Text(r.device.as_str().into()),
+                        Arg::Int(r.enqueued_ms),
+                        Arg::Int(r.size),
+                        Arg::Bytes(&r.doc),
+                    ];
+                    (INSERT_EVENT, args)
+                })
+                .collect(),
+        )
     }
 
     async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {

@@ -43,11 +43,18 @@ pub(super) const STORE: Schema = Schema {
 /// The embedded hubs' registries and telemetry.
 pub(super) const HUB: Schema = Schema {
     kind: "hub",
-    migrations: &[Migration {
-        version: 1,
-        name: "hub registries and retained telemetry, keyed by hub",
-        sql: include_str!("migrations/hub_0001.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            name: "hub registries and retained telemetry, keyed by hub",
+            sql: include_str!("migrations/hub_0001.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "hubs held",
+            sql: include_str!("migrations/hub_0002.sql"),
+        },
+    ],
 };
 
 /// The DPS store's schema version this build brings a database to.

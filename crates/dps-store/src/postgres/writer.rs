@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::hub_documents::Statement;
 use crate::stats::{Counters, StoreStats};
 
 /// One write a PostgreSQL store queues: what it does inside the batch's transaction.
@@ -28,6 +29,15 @@ pub(super) trait Operation: Send + Sync + 'static {
 
     /// A failure of the database (connection lost, statement refused), as callers see it.
     fn backend(e: String) -> Self::Error;
+
+    /// The write's statements when they are known up front and it has no verdict of its own
+    /// (the registration path's upserts): such writes are sent without waiting for each answer
+    /// (pipelined on the connection, which still runs them in order). `None`: run [`apply`].
+    ///
+    /// [`apply`]: Operation::apply
+    fn pipelined(&self) -> Option<Vec<Statement<'_>>> {
+        None
+    }
 
     /// Runs the write's statements: the outer `Err` is a failed statement (the transaction is
     /// lost), the inner result the write's own verdict (a precondition that did not hold).
@@ -158,9 +168,42 @@ async fn execute<O: Operation>(
 ) -> Result<Vec<Result<(), O::Error>>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        results.push(op.apply(&tx).await?);
+    let mut i = 0;
+    while i < ops.len() {
+        // A run of writes with statements known up front goes out in one pipeline: one round
+        // trip for the run rather than one per statement.
+        let mut run = Vec::new();
+        while let Some(statements) = ops.get(i).and_then(|op| op.pipelined()) {
+            run.extend(statements);
+            i += 1;
+            results.push(Ok(()));
+        }
+        if !run.is_empty() {
+            pipeline(&tx, &run).await?;
+            continue;
+        }
+        results.push(ops[i].apply(&tx).await?);
+        i += 1;
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// Sends `statements` without waiting for each answer; fails with the first statement that
+/// fails (the transaction is then lost, and the writer retries the batch's writes one by one).
+async fn pipeline(tx: &Transaction<'_>, statements: &[Statement<'_>]) -> Result<(), tokio_postgres::Error> {
+    let mut prepared = Vec::with_capacity(statements.len());
+    for (sql, _) in statements {
+        prepared.push(tx.prepare_cached(&super::placeholders(sql)).await?);
+    }
+    let params: Vec<Vec<&(dyn tokio_postgres::types::ToSql + Sync)>> = statements
+        .iter()
+        .map(|(_, args)| {
+            args.iter()
+                .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect()
+        })
+        .collect();
+    futures_util::future::try_join_all(prepared.iter().zip(&params).map(|(stmt, p)| tx.execute(stmt, p))).await?;
+    Ok(())
 }

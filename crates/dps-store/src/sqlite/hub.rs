@@ -83,6 +83,9 @@ impl rusqlite::ToSql for Arg<'_> {
         Ok(match self {
             Arg::Int(n) => ToSqlOutput::from(*n),
             Arg::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::OptText(Some(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::OptText(None) => ToSqlOutput::Borrowed(ValueRef::Null),
+            Arg::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
         })
     }
 }

@@ -1,0 +1,73 @@
+//! `dps serve --store postgres://…`: a node keeps its registrations and its embedded hub's
+//! devices in PostgreSQL (nothing in SQLite files), finds them there after a restart, and a
+//! second node on the same database is refused while the first serves it (issue 15, decision
+//! 0030).
+//!
+//! Needs `DPS_TEST_POSTGRES` (a database URL whose user may create databases), which
+//! `scripts/test.sh` sets from its throwaway cluster.
+
+mod common;
+
+const IP: &str = "127.0.38.51";
+const SECOND: &str = "127.0.38.52";
+
+/// The URL of a new, empty database on the test server.
+async fn fresh_database() -> String {
+    let admin = std::env::var("DPS_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "DPS_TEST_POSTGRES is not set: run the tests through ./scripts/test.sh, which starts a \
+             throwaway PostgreSQL (scripts/pg-test-cluster.sh), or set it to a database URL whose \
+             user may create databases"
+        )
+    });
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to DPS_TEST_POSTGRES ({admin}): {e}"));
+    tokio::spawn(connection);
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("a URL ending in /database");
+    format!("{base}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_registrations_and_hub_devices_in_postgresql() {
+    let url = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::server_with(IP, dir.path(), |c| c.store = Some(url.clone())).await;
+    let state = common::register_through_engine(&s, "dev-1").await;
+    let hub_name = s.services.identity.hub.host_name.clone();
+    assert_eq!(state.assigned_hub.as_deref(), Some(hub_name.as_str()));
+    let generation = |d: dps_proto::model::hub::Device| serde_json::to_value(d).unwrap()["generationId"].clone();
+    let first = generation(common::hub(&s).get_device("dev-1").await.unwrap());
+    for file in ["dps.db", "hub.db", "telemetry.db"] {
+        assert!(
+            !dir.path().join(file).exists(),
+            "{file} made although the store is PostgreSQL"
+        );
+    }
+
+    // A second node on the same database is refused while the first serves it.
+    let other = tempfile::tempdir().unwrap();
+    let mut c = dps_server::ServerConfig::defaults();
+    c.data_dir = other.path().to_path_buf();
+    c.hostnames = vec![SECOND.into()];
+    c.bind = SECOND.parse().unwrap();
+    c.store = Some(url.clone());
+    let refused = dps_server::start(c).await.err().expect("a second node is refused");
+    assert!(refused.to_string().contains("another dps node"), "{refused}");
+    s.shutdown().await;
+
+    // Restarted: the registration and the hub device come back from PostgreSQL; the device
+    // connects to its hub, and registers again as the same device.
+    let s = common::hub_server_with(IP, dir.path(), |c| c.store = Some(url.clone())).await;
+    let stored = s.services.engine.get_registration("dev-1").await.unwrap();
+    assert_eq!(stored.device_id.as_deref(), Some("dev-1"));
+    assert_eq!(stored.assigned_hub.as_deref(), Some(hub_name.as_str()));
+    let (c, _ev) = common::hub_mqtt(&s, "dev-1").await;
+    c.disconnect().await.ok();
+    common::register_through_engine(&s, "dev-1").await;
+    let again = generation(common::hub(&s).get_device("dev-1").await.unwrap());
+    assert_eq!(again, first, "the same hub identity");
+    s.shutdown().await;
+}
