@@ -11,28 +11,9 @@ mod common;
 const IP: &str = "127.0.38.51";
 const SECOND: &str = "127.0.38.52";
 
-/// The URL of a new, empty database on the test server.
-async fn fresh_database() -> String {
-    let admin = std::env::var("DPS_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!(
-            "DPS_TEST_POSTGRES is not set: run the tests through ./scripts/test.sh, which starts a \
-             throwaway PostgreSQL (scripts/pg-test-cluster.sh), or set it to a database URL whose \
-             user may create databases"
-        )
-    });
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to DPS_TEST_POSTGRES ({admin}): {e}"));
-    tokio::spawn(connection);
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let (base, _) = admin.rsplit_once('/').expect("a URL ending in /database");
-    format!("{base}/{name}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_keeps_registrations_and_hub_devices_in_postgresql() {
-    let url = fresh_database().await;
+    let url = dps_store::postgres::testing::fresh_database().await;
     let dir = tempfile::tempdir().unwrap();
     let s = common::server_with(IP, dir.path(), |c| c.store = Some(url.clone())).await;
     let state = common::register_through_engine(&s, "dev-1").await;

@@ -275,3 +275,34 @@ impl Documents for PostgresStore {
         }
     }
 }
+
+/// For tests that need a PostgreSQL database of their own.
+pub mod testing {
+    /// The variable holding the URL of a database on the test server whose user may create
+    /// databases (`scripts/test.sh` sets it from its throwaway cluster).
+    pub const URL_VARIABLE: &str = "DPS_TEST_POSTGRES";
+
+    /// Creates a new, empty database on the test server and returns its URL. Panics, saying how
+    /// to run the tests, when [`URL_VARIABLE`] is not set or the server cannot be reached: a
+    /// test that needs PostgreSQL fails rather than passes without it.
+    pub async fn fresh_database() -> String {
+        let admin = std::env::var(URL_VARIABLE).unwrap_or_else(|_| {
+            panic!(
+                "{URL_VARIABLE} is not set: run the tests through ./scripts/test.sh, which starts a \
+                 throwaway PostgreSQL (scripts/pg-test-cluster.sh), or set it to a database URL \
+                 whose user may create databases"
+            )
+        });
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {URL_VARIABLE} ({admin}): {e}"));
+        tokio::spawn(connection);
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("creating a test database: {e}"));
+        let (base, _) = admin.rsplit_once('/').expect("a URL ending in /database");
+        format!("{base}/{name}")
+    }
+}

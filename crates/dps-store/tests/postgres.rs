@@ -13,27 +13,10 @@ use dps_proto::model::service::{
 };
 use dps_store::{PgOpenError, PostgresStore};
 
-/// The URL of a new, empty database on the test server.
-async fn fresh_database() -> String {
-    let admin = std::env::var("DPS_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!(
-            "DPS_TEST_POSTGRES is not set: run the tests through ./scripts/test.sh, which starts a \
-             throwaway PostgreSQL (scripts/pg-test-cluster.sh), or set it to a database URL whose \
-             user may create databases"
-        )
-    });
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to DPS_TEST_POSTGRES ({admin}): {e}"));
-    tokio::spawn(connection);
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let (base, _) = admin.rsplit_once('/').expect("a URL ending in /database");
-    format!("{base}/{name}")
-}
-
 async fn store() -> PostgresStore {
-    PostgresStore::connect(&fresh_database().await).await.unwrap()
+    PostgresStore::connect(&dps_store::postgres::testing::fresh_database().await)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +33,7 @@ async fn postgres_store_passes_conformance_on_a_single_threaded_runtime() {
 /// made, and all of them work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_starting_at_once_share_one_schema() {
-    let url = fresh_database().await;
+    let url = dps_store::postgres::testing::fresh_database().await;
     let starting: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
@@ -74,7 +57,7 @@ async fn nodes_starting_at_once_share_one_schema() {
 /// is told it exists (the check and the insert cannot interleave across nodes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_creating_one_enrollment_one_wins() {
-    let url = fresh_database().await;
+    let url = dps_store::postgres::testing::fresh_database().await;
     let (a, b) = (
         PostgresStore::connect(&url).await.unwrap(),
         PostgresStore::connect(&url).await.unwrap(),
@@ -96,7 +79,7 @@ async fn two_nodes_creating_one_enrollment_one_wins() {
 /// as another node reads it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_registrations_are_group_committed_and_all_durable() {
-    let url = fresh_database().await;
+    let url = dps_store::postgres::testing::fresh_database().await;
     let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
     let n = 400;
     let tasks: Vec<_> = (0..n)
@@ -210,7 +193,7 @@ fn record(id: &str) -> RegistrationRecord {
 /// database see only their own rows (hubs 3 and 4), as on SQLite's shared `hub.db`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_hub_stores_pass_conformance_and_see_only_their_own_rows() {
-    let db = dps_store::PostgresHubDatabase::connect(&fresh_database().await)
+    let db = dps_store::PostgresHubDatabase::connect(&dps_store::postgres::testing::fresh_database().await)
         .await
         .unwrap();
     dps_hub::store::conformance::run_all(&db.hub(1)).await;

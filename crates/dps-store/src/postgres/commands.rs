@@ -82,7 +82,17 @@ impl super::writer::Operation for Op {
     }
 
     async fn apply(&self, tx: &Transaction<'_>) -> Outcome {
-        apply(tx, self).await
+        match self.pipelined() {
+            // The same statements as in a pipeline, one after the other.
+            Some(statements) => {
+                for (sql, args) in &statements {
+                    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                    execute(tx, sql, &params).await?;
+                }
+                Ok(Ok(()))
+            }
+            None => apply(tx, self).await,
+        }
     }
 }
 
@@ -127,28 +137,13 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
             }
             execute(tx, DELETE_REGISTRATION, &[key]).await?;
         }
-        Op::CommitRegistration {
-            key,
-            group_key,
-            etag,
-            doc,
-            operation_id,
-        } => {
-            execute(tx, UPSERT_REGISTRATION, &[key, group_key, etag, doc]).await?;
-            if let Some(op) = operation_id {
-                execute(tx, DELETE_INTENT, &[op]).await?;
-            }
-        }
-        Op::PutIntent { operation_id, doc } => {
-            execute(tx, UPSERT_INTENT, &[operation_id, doc]).await?;
-        }
-        Op::DeleteIntent { operation_id } => {
-            execute(tx, DELETE_INTENT, &[operation_id]).await?;
-        }
         Op::RequestReprovision { key } => {
             if execute(tx, MARK_REPROVISION, &[key]).await? == 0 {
                 return Ok(Err(StoreError::NotFound));
             }
+        }
+        Op::CommitRegistration { .. } | Op::PutIntent { .. } | Op::DeleteIntent { .. } => {
+            unreachable!("run as the statements of Op::pipelined")
         }
         // The SQLite writer's test hooks; the PostgreSQL store's tests do not queue them.
         #[cfg(test)]
