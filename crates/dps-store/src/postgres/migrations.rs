@@ -54,6 +54,11 @@ pub(super) const HUB: Schema = Schema {
             name: "hubs held",
             sql: include_str!("migrations/hub_0002.sql"),
         },
+        Migration {
+            version: 3,
+            name: "device status without a subtransaction",
+            sql: include_str!("migrations/hub_0003.sql"),
+        },
     ],
 };
 
