@@ -297,6 +297,35 @@ pub(crate) fn event_uint(n: i64) -> Result<u64, HubStoreError> {
     u64::try_from(n).map_err(|_| HubStoreError::backend(format!("negative telemetry number {n}")))
 }
 
+/// Of `rows` (sequence number, size) oldest first, the sequence number up to which their sizes
+/// cover `excess` (the last one when they do not): how far trimming by size deletes in one step.
+pub(crate) fn covering(rows: &[(i64, i64)], excess: i64) -> Option<i64> {
+    let mut covered = 0;
+    for (seq, size) in rows {
+        covered += size;
+        if covered >= excess {
+            return Some(*seq);
+        }
+    }
+    rows.last().map(|(seq, _)| *seq)
+}
+
+/// A partition's bounds from its row (partition, first and last position, last offset) and the
+/// enqueued time of its last message.
+pub(crate) fn partition_bounds(
+    (partition, first, last, last_seq): (i64, i64, i64, i64),
+    last_enqueued: chrono::DateTime<chrono::Utc>,
+) -> Result<PartitionBounds, HubStoreError> {
+    Ok(PartitionBounds {
+        partition: u32::try_from(partition)
+            .map_err(|_| HubStoreError::backend(format!("partition {partition} out of range")))?,
+        first: event_uint(first)?,
+        last: event_uint(last)?,
+        last_offset: event_uint(last_seq)?,
+        last_enqueued,
+    })
+}
+
 /// The rows of `events`, encoded on the caller's thread.
 pub(crate) fn event_rows(events: &[Arc<TelemetryMessage>]) -> Result<Vec<EventRow>, HubStoreError> {
     events

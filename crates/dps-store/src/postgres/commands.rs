@@ -85,10 +85,7 @@ impl super::writer::Operation for Op {
         match self.pipelined() {
             // The same statements as in a pipeline, one after the other.
             Some(statements) => {
-                for (sql, args) in &statements {
-                    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-                    execute(tx, sql, &params).await?;
-                }
+                super::writer::run_in_order(tx, &statements).await?;
                 Ok(Ok(()))
             }
             None => apply(tx, self).await,

@@ -17,11 +17,11 @@ use dps_hub::store::{decode_event, EventStart, HubStoreError, PartitionBounds, T
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use super::writer::{Operation, Writer};
+use super::writer::{run_in_order, Operation, Writer};
 use super::{migrations, placeholders, PgOpenError};
 use crate::hub_documents::{
-    event_int as int, event_rows, event_uint as uint, undecodable, Arg, DeviceOp, EventRow, HubDocuments, Statement,
-    COUNT,
+    covering, event_int as int, event_rows, event_uint as uint, partition_bounds, undecodable, Arg, DeviceOp, EventRow,
+    HubDocuments, Statement, COUNT,
 };
 use crate::stats::StoreStats;
 
@@ -157,11 +157,7 @@ impl Operation for HubOp {
     }
 
     async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {
-        for (sql, args) in self.op.statements(self.hub) {
-            let stmt = tx.prepare_cached(&placeholders(sql)).await?;
-            let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            tx.execute(&stmt, &params).await?;
-        }
+        run_in_order(tx, &self.op.statements(self.hub)).await?;
         Ok(Ok(()))
     }
 }
@@ -278,19 +274,6 @@ impl Operation for EventOp {
         }
         Ok(Ok(()))
     }
-}
-
-/// Of `rows` (sequence number, size) oldest first, the sequence number up to which their sizes
-/// cover `excess` (all of them when they do not).
-fn covering(rows: &[(i64, i64)], excess: i64) -> Option<i64> {
-    let mut covered = 0;
-    for (seq, size) in rows {
-        covered += size;
-        if covered >= excess {
-            return Some(*seq);
-        }
-    }
-    rows.last().map(|(seq, _)| *seq)
 }
 
 fn backend(e: impl std::fmt::Display) -> HubStoreError {
@@ -430,21 +413,14 @@ impl HubDocuments for PostgresHubStore {
                 .map_err(backend)?
         };
         let mut out = Vec::with_capacity(rows.len());
-        for (partition, first, last, last_seq) in rows {
+        for row in rows {
             let last_enqueued = self
-                .events(LAST, &[&self.hub, &last_seq])
+                .events(LAST, &[&self.hub, &row.3])
                 .await?
                 .first()
                 .map(|m| m.enqueued_time)
                 .unwrap_or_default();
-            out.push(PartitionBounds {
-                partition: u32::try_from(partition)
-                    .map_err(|_| HubStoreError::backend(format!("partition {partition} out of range")))?,
-                first: uint(first)?,
-                last: uint(last)?,
-                last_offset: uint(last_seq)?,
-                last_enqueued,
-            });
+            out.push(partition_bounds(row, last_enqueued)?);
         }
         Ok(out)
     }

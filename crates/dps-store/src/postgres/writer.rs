@@ -17,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool, Transaction};
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 
 use crate::hub_documents::Statement;
 use crate::stats::{Counters, StoreStats};
@@ -189,21 +190,35 @@ async fn execute<O: Operation>(
     Ok(results)
 }
 
+/// `statements` prepared (from the connection's cache) with their arguments as parameters.
+async fn prepare<'s>(
+    tx: &Transaction<'_>,
+    statements: &'s [Statement<'_>],
+) -> Result<Vec<(tokio_postgres::Statement, Vec<&'s (dyn ToSql + Sync)>)>, tokio_postgres::Error> {
+    let mut prepared = Vec::with_capacity(statements.len());
+    for (sql, args) in statements {
+        let stmt = tx.prepare_cached(&super::placeholders(sql)).await?;
+        prepared.push((stmt, args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()));
+    }
+    Ok(prepared)
+}
+
 /// Sends `statements` without waiting for each answer; fails with the first statement that
 /// fails (the transaction is then lost, and the writer retries the batch's writes one by one).
 async fn pipeline(tx: &Transaction<'_>, statements: &[Statement<'_>]) -> Result<(), tokio_postgres::Error> {
-    let mut prepared = Vec::with_capacity(statements.len());
-    for (sql, _) in statements {
-        prepared.push(tx.prepare_cached(&super::placeholders(sql)).await?);
+    let prepared = prepare(tx, statements).await?;
+    futures_util::future::try_join_all(prepared.iter().map(|(stmt, params)| tx.execute(stmt, params))).await?;
+    Ok(())
+}
+
+/// Runs `statements` one after the other, each answered before the next is sent (a write
+/// retried alone after its batch failed, or one that is not pipelined).
+pub(super) async fn run_in_order(
+    tx: &Transaction<'_>,
+    statements: &[Statement<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    for (stmt, params) in prepare(tx, statements).await? {
+        tx.execute(&stmt, &params).await?;
     }
-    let params: Vec<Vec<&(dyn tokio_postgres::types::ToSql + Sync)>> = statements
-        .iter()
-        .map(|(_, args)| {
-            args.iter()
-                .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-                .collect()
-        })
-        .collect();
-    futures_util::future::try_join_all(prepared.iter().zip(&params).map(|(stmt, p)| tx.execute(stmt, p))).await?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection};
 
 use super::writer::Operation;
 use super::{BackendError, Database};
-use crate::hub_documents::{event_int as int, event_uint as uint, EventRow};
+use crate::hub_documents::{covering, event_int as int, event_uint as uint, partition_bounds, EventRow};
 
 const INSERT: &str = "INSERT OR REPLACE INTO events (seq, partition, pseq, device, enqueued_ms, size, doc) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -92,19 +92,14 @@ impl Operation for EventOp {
                     }
                     // The oldest rows whose sizes cover the excess (at most a step of them).
                     let excess = bytes - max_bytes;
-                    let mut stmt = conn.prepare_cached(OLDEST).map_err(sql)?;
-                    let mut rows = stmt.query(params![TRIM_STEP]).map_err(sql)?;
-                    let (mut covered, mut up_to) = (0i64, None);
-                    while let Some(row) = rows.next().map_err(sql)? {
-                        let (seq, size): (i64, i64) = (row.get(0).map_err(sql)?, row.get(1).map_err(sql)?);
-                        up_to = Some(seq);
-                        covered += size;
-                        if covered >= excess {
-                            break;
-                        }
-                    }
-                    drop(rows);
-                    let Some(up_to) = up_to else { break };
+                    let rows: Vec<(i64, i64)> = conn
+                        .prepare_cached(OLDEST)
+                        .and_then(|mut s| {
+                            s.query_map(params![TRIM_STEP], |r| Ok((r.get(0)?, r.get(1)?)))?
+                                .collect()
+                        })
+                        .map_err(sql)?;
+                    let Some(up_to) = covering(&rows, excess) else { break };
                     let n = conn
                         .prepare_cached(DELETE_UP_TO)
                         .and_then(|mut s| s.execute(params![up_to]))
@@ -199,19 +194,12 @@ impl Events<'_> {
                     .and_then(|rows| rows.collect())
                     .map_err(HubStoreError::sqlite)?;
                 rows.into_iter()
-                    .map(|(partition, first, last, last_seq)| {
-                        let last_enqueued = docs(c, LAST, params![last_seq])?
+                    .map(|row| {
+                        let last_enqueued = docs(c, LAST, params![row.3])?
                             .first()
                             .map(|m| m.enqueued_time)
                             .unwrap_or_default();
-                        Ok(PartitionBounds {
-                            partition: u32::try_from(partition)
-                                .map_err(|_| HubStoreError::backend(format!("partition {partition} out of range")))?,
-                            first: uint(first)?,
-                            last: uint(last)?,
-                            last_offset: uint(last_seq)?,
-                            last_enqueued,
-                        })
+                        partition_bounds(row, last_enqueued)
                     })
                     .collect()
             })
