@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Data
     move |source| DataDirError::Io { action, path, source }
 }
 
+#[cfg(test)]
 fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(io_error("read", path))
 }
@@ -238,7 +240,7 @@ impl DataDir {
 
     /// `dps.json`.
     pub fn identity_path(&self) -> PathBuf {
-        self.root.join("dps.json")
+        self.root.join(IDENTITY_FILE)
     }
     /// The local (P-256) CA certificate devices and SDKs trust.
     pub fn ca_cert_path(&self) -> PathBuf {
@@ -326,12 +328,7 @@ impl DataDir {
 
     /// Loads the identity; fails if the directory was never initialized.
     pub fn load_identity(&self) -> Result<Identity> {
-        let p = self.identity_path();
-        let text = fs::read_to_string(&p).map_err(|source| DataDirError::NotInitialized {
-            root: self.root.clone(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| DataDirError::Corrupt { path: p, source })
+        load_identity(&DirFiles(&self.root))
     }
 
     /// Creates the data directory readable by its owner only: the databases beside the identity
@@ -374,136 +371,328 @@ impl DataDir {
     /// renames that hub, which keeps answering to its former name.
     pub fn init_identity(&self, default_hub_host: &str, hub_hosts: &[String]) -> Result<(Identity, bool)> {
         self.create_private_root()?;
-        if !self.identity_path().exists() {
-            let mut names = hub_hosts.iter().map(String::as_str);
-            let first = names.next().unwrap_or(default_hub_host);
-            let mut id = Identity {
-                id_scope: new_id_scope(),
-                policies: vec![policy("provisioningserviceowner", DPS_OWNER_RIGHTS)],
-                hub: HubIdentity::new(first, None),
-                other_hubs: Vec::new(),
-            };
-            for name in names {
-                add_hub(&mut id, name);
-            }
-            write_secret(&self.identity_path(), to_json(&id).as_bytes())?;
-            return Ok((id, true));
-        }
-        let mut id = self.load_identity()?;
-        if hub_hosts.is_empty() {
-            return Ok((id, false));
-        }
-        if let ([name], []) = (hub_hosts, id.other_hubs.as_slice()) {
-            if !id.hub.answers_to(name) {
-                tracing::warn!(old = %id.hub.host_name, new = %name, "embedded hub renamed; it keeps answering to its former name");
-                let old = std::mem::replace(&mut id.hub.host_name, name.clone());
-                id.hub.former_host_names.retain(|n| !n.eq_ignore_ascii_case(name));
-                id.hub.former_host_names.push(old);
-            }
-        }
-        for name in hub_hosts {
-            if id.hub_named(name).is_none() {
-                tracing::info!(hub = %name, "new embedded hub");
-                add_hub(&mut id, name);
-            }
-        }
-        // The hubs served, in the order named, then the ones kept.
-        let mut all: Vec<HubIdentity> = std::iter::once(id.hub).chain(id.other_hubs).collect();
-        let mut served = Vec::new();
-        for name in hub_hosts {
-            if let Some(i) = all.iter().position(|h| h.answers_to(name)) {
-                served.push(all.remove(i));
-            }
-        }
-        for kept in &all {
-            tracing::warn!(hub = %kept.host_name, "embedded hub not named by --hub-hostname: its data is kept but it is not served");
-        }
-        let mut hubs = served.iter().cloned();
-        let first = hubs.next().expect("every name given is served");
-        let persisted = Identity {
-            id_scope: id.id_scope.clone(),
-            policies: id.policies.clone(),
-            hub: first.clone(),
-            other_hubs: hubs.chain(all).collect(),
-        };
-        write_secret(&self.identity_path(), to_json(&persisted).as_bytes())?;
-        let served = Identity {
-            other_hubs: served.into_iter().skip(1).collect(),
-            ..persisted
-        };
-        Ok((served, false))
+        init_identity(&mut DirFiles(&self.root), default_hub_host, hub_hosts)
     }
 
     /// Loads the local (P-256) CA, creating it on first start.
     pub fn init_ca(&self) -> Result<LocalCa> {
-        self.init_ca_of(&ECDSA)
+        init_ca(&mut DirFiles(&self.root), &ECDSA)
     }
 
     /// Returns PEM (chain, key) of a P-256 server certificate covering `hostnames`, issuing a
     /// new one from `ca` when the stored one does not cover them or was not issued by `ca`.
     pub fn init_server_cert(&self, ca: &LocalCa, hostnames: &[String]) -> Result<(String, String)> {
-        self.init_server_cert_of(&ECDSA, ca, hostnames)
+        init_server_cert(&mut DirFiles(&self.root), &ECDSA, ca, hostnames)
     }
 
     /// The server certificates the listeners present when none was brought, P-256 first (the
     /// preferred one), then RSA: each loaded, or created with its CA, as
     /// [`init_server_cert`](Self::init_server_cert) does.
     pub fn init_server_certificates(&self, hostnames: &[String]) -> Result<Vec<ServerCertificate>> {
-        [&ECDSA, &RSA]
-            .into_iter()
-            .map(|pki| {
-                let ca = self.init_ca_of(pki)?;
-                let (chain_pem, key_pem) = self.init_server_cert_of(pki, &ca, hostnames)?;
-                Ok(ServerCertificate {
-                    key_algorithm: pki.alg,
-                    chain_pem,
-                    key_pem,
-                })
-            })
+        init_server_certificates(&mut DirFiles(&self.root), hostnames)
+    }
+}
+
+/// Where the identity and the local PKIs are kept: the data directory's files ([`DirFiles`]),
+/// or a [`FileSet`] (the copy in a shared database, issue 15). What the files mean, and when
+/// they are created or re-issued, is written once over this.
+trait Files {
+    /// The file's text; `None` when it does not exist.
+    fn read(&self, name: &str) -> Result<Option<String>>;
+    /// Creates or replaces the file (readable by its owner only when [`is_secret`]).
+    fn write(&mut self, name: &str, text: &str) -> Result<()>;
+    /// How messages name the file.
+    fn location(&self, name: &str) -> PathBuf;
+}
+
+/// The files of a data directory.
+struct DirFiles<'a>(&'a Path);
+
+impl Files for DirFiles<'_> {
+    fn read(&self, name: &str) -> Result<Option<String>> {
+        let path = self.0.join(name);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("read", &path)(e)),
+        }
+    }
+
+    fn write(&mut self, name: &str, text: &str) -> Result<()> {
+        let path = self.0.join(name);
+        if is_secret(name) {
+            write_secret(&path, text.as_bytes())
+        } else {
+            fs::write(&path, text).map_err(io_error("write", &path))
+        }
+    }
+
+    fn location(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+/// The identity and local PKI files held in memory: what a shared database keeps for every node
+/// (issue 15), read before and written back after the same `init_*` steps a data directory
+/// goes through. Remembers which files it created or changed.
+#[derive(Clone, Default)]
+pub struct FileSet {
+    files: BTreeMap<String, String>,
+    changed: BTreeSet<String>,
+    /// How messages name the set (e.g. `PostgreSQL dps_files`).
+    origin: PathBuf,
+}
+
+impl std::fmt::Debug for FileSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSet")
+            .field("origin", &self.origin)
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("changed", &self.changed)
+            .finish()
+    }
+}
+
+impl FileSet {
+    /// The set holding `files` (name → text, as [`FileSet::changed`] gave them), named `origin`
+    /// in messages. Names this build does not use are kept untouched.
+    pub fn new(files: BTreeMap<String, String>, origin: impl Into<PathBuf>) -> Self {
+        Self {
+            files,
+            changed: BTreeSet::new(),
+            origin: origin.into(),
+        }
+    }
+
+    /// Whether the set holds none of the identity's files yet.
+    pub fn is_empty(&self) -> bool {
+        !FILE_NAMES.iter().any(|name| self.files.contains_key(*name))
+    }
+
+    /// Copies in the identity and PKI files `dir` has (none when it was never initialized), so
+    /// that a node's data directory seeds a database that holds none: its ID scope, keys and CA
+    /// carry over. Returns how many files were copied.
+    pub fn adopt(&mut self, dir: &DataDir) -> Result<usize> {
+        let from = DirFiles(&dir.root);
+        let mut copied = 0;
+        for name in FILE_NAMES {
+            if let Some(text) = from.read(name)? {
+                self.write(name, &text)?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// [`DataDir::init_identity`] over this set.
+    pub fn init_identity(&mut self, default_hub_host: &str, hub_hosts: &[String]) -> Result<(Identity, bool)> {
+        init_identity(self, default_hub_host, hub_hosts)
+    }
+
+    /// [`DataDir::init_server_certificates`] over this set.
+    pub fn init_server_certificates(&mut self, hostnames: &[String]) -> Result<Vec<ServerCertificate>> {
+        init_server_certificates(self, hostnames)
+    }
+
+    /// The files created or changed since [`FileSet::new`], name and text.
+    pub fn changed(&self) -> Vec<(String, String)> {
+        self.changed
+            .iter()
+            .map(|name| (name.clone(), self.files[name].clone()))
             .collect()
     }
 
-    fn init_ca_of(&self, pki: &Pki) -> Result<LocalCa> {
-        let (cert, key) = (self.root.join(pki.ca_cert), self.root.join(pki.ca_key));
-        if cert.exists() && key.exists() {
-            let ca = LocalCa::from_pem(&read(&cert)?, &read(&key)?)
-                .map_err(pki_error(format!("cannot load the local CA from {}", cert.display())))?;
-            return Ok(ca);
+    /// Writes the set's identity and PKI files into `dir` (created private if absent), leaving
+    /// alone those already identical, so that the client commands run beside a node (`dps
+    /// info`, `dps enrollment …`) and devices given `ca.pem` find what the node serves.
+    pub fn mirror_to(&self, dir: &DataDir) -> Result<()> {
+        dir.create_private_root()?;
+        let mut to = DirFiles(&dir.root);
+        for name in FILE_NAMES {
+            if let Some(text) = self.files.get(*name) {
+                if to.read(name)?.as_deref() != Some(text.as_str()) {
+                    to.write(name, text)?;
+                }
+            }
         }
-        if cert.exists() != key.exists() {
-            return Err(DataDirError::HalfCa { cert, key });
-        }
-        let ca = LocalCa::generate_with(pki.ca_name, pki.alg)
-            .map_err(pki_error(format!("cannot create the local CA {}", cert.display())))?;
-        write_secret(&key, ca.key_pem().as_bytes())?;
-        fs::write(&cert, ca.cert_pem()).map_err(io_error("write", &cert))?;
-        Ok(ca)
+        Ok(())
+    }
+}
+
+impl Files for FileSet {
+    fn read(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.files.get(name).cloned())
     }
 
-    fn init_server_cert_of(&self, pki: &Pki, ca: &LocalCa, hostnames: &[String]) -> Result<(String, String)> {
-        let (cert, key) = (self.root.join(pki.server_cert), self.root.join(pki.server_key));
-        if cert.exists() && key.exists() {
-            let chain = read(&cert)?;
-            if dps_pki::ca::certificate_covers(&chain, hostnames).unwrap_or(false) && ends_with(&chain, ca) {
-                return Ok((chain, read(&key)?));
-            }
-            tracing::info!(
-                file = %cert.display(),
-                "server certificate does not cover {:?} or its CA changed; issuing a new one",
-                hostnames
-            );
+    fn write(&mut self, name: &str, text: &str) -> Result<()> {
+        if self.files.get(name).map(String::as_str) != Some(text) {
+            self.files.insert(name.to_string(), text.to_string());
+            self.changed.insert(name.to_string());
         }
-        let issued = ca
-            .issue_server_certificate_with(hostnames, pki.alg)
-            .map_err(pki_error(format!(
-                "cannot issue the server certificate {}",
-                cert.display()
-            )))?;
-        let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
-        write_secret(&key, issued.key_pem.as_bytes())?;
-        fs::write(&cert, &chain).map_err(io_error("write", &cert))?;
-        Ok((chain, issued.key_pem))
+        Ok(())
     }
+
+    fn location(&self, name: &str) -> PathBuf {
+        self.origin.join(name)
+    }
+}
+
+/// The identity file's name.
+const IDENTITY_FILE: &str = "dps.json";
+
+/// Every file the identity and the local PKIs are made of.
+const FILE_NAMES: &[&str] = &[
+    IDENTITY_FILE,
+    ECDSA.ca_cert,
+    ECDSA.ca_key,
+    ECDSA.server_cert,
+    ECDSA.server_key,
+    RSA.ca_cert,
+    RSA.ca_key,
+    RSA.server_cert,
+    RSA.server_key,
+];
+
+/// Whether a file holds secrets (policy keys, private keys): such files are readable by their
+/// owner only.
+fn is_secret(name: &str) -> bool {
+    name == IDENTITY_FILE || name.ends_with("-key.pem")
+}
+
+fn load_identity(files: &dyn Files) -> Result<Identity> {
+    let p = files.location(IDENTITY_FILE);
+    let Some(text) = files.read(IDENTITY_FILE)? else {
+        return Err(DataDirError::NotInitialized {
+            root: p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            source: io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", p.display())),
+        });
+    };
+    serde_json::from_str(&text).map_err(|source| DataDirError::Corrupt { path: p, source })
+}
+
+/// See [`DataDir::init_identity`].
+fn init_identity(files: &mut dyn Files, default_hub_host: &str, hub_hosts: &[String]) -> Result<(Identity, bool)> {
+    if files.read(IDENTITY_FILE)?.is_none() {
+        let mut names = hub_hosts.iter().map(String::as_str);
+        let first = names.next().unwrap_or(default_hub_host);
+        let mut id = Identity {
+            id_scope: new_id_scope(),
+            policies: vec![policy("provisioningserviceowner", DPS_OWNER_RIGHTS)],
+            hub: HubIdentity::new(first, None),
+            other_hubs: Vec::new(),
+        };
+        for name in names {
+            add_hub(&mut id, name);
+        }
+        files.write(IDENTITY_FILE, &to_json(&id))?;
+        return Ok((id, true));
+    }
+    let mut id = load_identity(files)?;
+    if hub_hosts.is_empty() {
+        return Ok((id, false));
+    }
+    if let ([name], []) = (hub_hosts, id.other_hubs.as_slice()) {
+        if !id.hub.answers_to(name) {
+            tracing::warn!(old = %id.hub.host_name, new = %name, "embedded hub renamed; it keeps answering to its former name");
+            let old = std::mem::replace(&mut id.hub.host_name, name.clone());
+            id.hub.former_host_names.retain(|n| !n.eq_ignore_ascii_case(name));
+            id.hub.former_host_names.push(old);
+        }
+    }
+    for name in hub_hosts {
+        if id.hub_named(name).is_none() {
+            tracing::info!(hub = %name, "new embedded hub");
+            add_hub(&mut id, name);
+        }
+    }
+    // The hubs served, in the order named, then the ones kept.
+    let mut all: Vec<HubIdentity> = std::iter::once(id.hub).chain(id.other_hubs).collect();
+    let mut served = Vec::new();
+    for name in hub_hosts {
+        if let Some(i) = all.iter().position(|h| h.answers_to(name)) {
+            served.push(all.remove(i));
+        }
+    }
+    for kept in &all {
+        tracing::warn!(hub = %kept.host_name, "embedded hub not named by --hub-hostname: its data is kept but it is not served");
+    }
+    let mut hubs = served.iter().cloned();
+    let first = hubs.next().expect("every name given is served");
+    let persisted = Identity {
+        id_scope: id.id_scope.clone(),
+        policies: id.policies.clone(),
+        hub: first.clone(),
+        other_hubs: hubs.chain(all).collect(),
+    };
+    files.write(IDENTITY_FILE, &to_json(&persisted))?;
+    let served = Identity {
+        other_hubs: served.into_iter().skip(1).collect(),
+        ..persisted
+    };
+    Ok((served, false))
+}
+
+/// See [`DataDir::init_server_certificates`].
+fn init_server_certificates(files: &mut dyn Files, hostnames: &[String]) -> Result<Vec<ServerCertificate>> {
+    [&ECDSA, &RSA]
+        .into_iter()
+        .map(|pki| {
+            let ca = init_ca(files, pki)?;
+            let (chain_pem, key_pem) = init_server_cert(files, pki, &ca, hostnames)?;
+            Ok(ServerCertificate {
+                key_algorithm: pki.alg,
+                chain_pem,
+                key_pem,
+            })
+        })
+        .collect()
+}
+
+fn init_ca(files: &mut dyn Files, pki: &Pki) -> Result<LocalCa> {
+    let cert_path = files.location(pki.ca_cert);
+    match (files.read(pki.ca_cert)?, files.read(pki.ca_key)?) {
+        (Some(cert), Some(key)) => {
+            return LocalCa::from_pem(&cert, &key).map_err(pki_error(format!(
+                "cannot load the local CA from {}",
+                cert_path.display()
+            )));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(DataDirError::HalfCa {
+                cert: cert_path,
+                key: files.location(pki.ca_key),
+            })
+        }
+    }
+    let ca = LocalCa::generate_with(pki.ca_name, pki.alg)
+        .map_err(pki_error(format!("cannot create the local CA {}", cert_path.display())))?;
+    files.write(pki.ca_key, &ca.key_pem())?;
+    files.write(pki.ca_cert, &ca.cert_pem())?;
+    Ok(ca)
+}
+
+fn init_server_cert(files: &mut dyn Files, pki: &Pki, ca: &LocalCa, hostnames: &[String]) -> Result<(String, String)> {
+    if let (Some(chain), Some(key)) = (files.read(pki.server_cert)?, files.read(pki.server_key)?) {
+        if dps_pki::ca::certificate_covers(&chain, hostnames).unwrap_or(false) && ends_with(&chain, ca) {
+            return Ok((chain, key));
+        }
+        tracing::info!(
+            file = %files.location(pki.server_cert).display(),
+            "server certificate does not cover {:?} or its CA changed; issuing a new one",
+            hostnames
+        );
+    }
+    let issued = ca
+        .issue_server_certificate_with(hostnames, pki.alg)
+        .map_err(pki_error(format!(
+            "cannot issue the server certificate {}",
+            files.location(pki.server_cert).display()
+        )))?;
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    files.write(pki.server_key, &issued.key_pem)?;
+    files.write(pki.server_cert, &chain)?;
+    Ok((chain, issued.key_pem))
 }
 
 /// Whether a stored server chain ends with `ca`'s certificate, as this module writes it: a
@@ -769,6 +958,60 @@ mod tests {
         // Later starts reuse everything.
         assert_eq!(dd.init_server_certificates(&names).unwrap(), certs);
         assert_eq!(ecdsa_files(&dd), before);
+    }
+
+    #[test]
+    fn a_file_set_goes_through_the_same_steps_and_says_what_it_changed() {
+        let names = vec!["dps.example.test".to_string()];
+        let mut set = FileSet::new(BTreeMap::new(), "PostgreSQL dps_files");
+        assert!(set.is_empty());
+        let (id, created) = set.init_identity("hub.example.test", &[]).unwrap();
+        assert!(created);
+        let certs = set.init_server_certificates(&names).unwrap();
+        let changed: Vec<_> = set.changed().into_iter().map(|(name, _)| name).collect();
+        let mut all: Vec<_> = FILE_NAMES.iter().map(|n| n.to_string()).collect();
+        all.sort();
+        assert_eq!(changed, all, "every file was created");
+
+        // Read back (as a database returns them), nothing changes; a new host name re-issues
+        // the server certificates and nothing else.
+        let stored: BTreeMap<_, _> = set.changed().into_iter().collect();
+        let mut again = FileSet::new(stored.clone(), "PostgreSQL dps_files");
+        assert!(!again.is_empty());
+        let (same, created) = again.init_identity("other", &[]).unwrap();
+        assert!(!created);
+        assert_eq!(same.id_scope, id.id_scope);
+        assert_eq!(again.init_server_certificates(&names).unwrap(), certs);
+        assert!(again.changed().is_empty());
+        again
+            .init_server_certificates(&["new.example.test".to_string()])
+            .unwrap();
+        let changed: Vec<_> = again.changed().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            changed,
+            ["server-key.pem", "server-rsa-key.pem", "server-rsa.pem", "server.pem"]
+        );
+
+        // Mirrored into a data directory, the client commands read the same identity, secrets
+        // owner-only; a directory adopted into an empty set carries its identity over.
+        let dir = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(dir.path().join("node"));
+        again.mirror_to(&dd).unwrap();
+        assert_eq!(dd.load_identity().unwrap().id_scope, id.id_scope);
+        assert_eq!(read(&dd.ca_cert_path()).unwrap(), stored["ca.pem"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for name in FILE_NAMES.iter().filter(|n| is_secret(n)) {
+                let mode = fs::metadata(dd.root().join(name)).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{name}");
+            }
+        }
+        let mut adopted = FileSet::new(BTreeMap::new(), "PostgreSQL dps_files");
+        assert_eq!(adopted.adopt(&dd).unwrap(), FILE_NAMES.len());
+        assert_eq!(adopted.init_identity("x", &[]).unwrap().0.id_scope, id.id_scope);
+        let empty = DataDir::new(dir.path().join("never-initialized"));
+        assert_eq!(FileSet::default().adopt(&empty).unwrap(), 0);
     }
 
     #[test]

@@ -156,19 +156,18 @@ macro_rules! device_protocol {
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     config.validate().map_err(StartError::Config)?;
     let dir = DataDir::new(&config.data_dir);
-    let (identity, initialized) = dir.init_identity(&config.default_hub_host(), &config.hub_hostnames)?;
-    let tls = {
-        let (config, dir, identity) = (config.clone(), dir.clone(), identity.clone());
-        tokio::task::spawn_blocking(move || ListenerTls::load(&config, &dir, &identity))
-            .await
-            .expect("loading the TLS certificates does not panic")?
+    let postgres = match &config.store {
+        None => None,
+        Some(url) => Some(connect_postgres(url).await?),
     };
+    let (identity, initialized, tls) =
+        identity_and_tls(&config, &dir, postgres.as_ref().map(|(store, _)| store)).await?;
     let mqtt_acceptor = tls.without_alpn();
     let amqp_acceptor = mqtt_acceptor.clone();
     let acceptor = tls.https();
 
     let storage_account = storage_account(&config)?;
-    let storage = Storage::open(&config, &dir, &identity).await?;
+    let storage = Storage::open(&config, &dir, &identity, postgres).await?;
     let store = storage.store.clone();
     let mut hubs = Vec::new();
     let mut fresh = Vec::new();
@@ -384,7 +383,12 @@ enum HubStorage {
 }
 
 impl Storage {
-    async fn open(config: &ServerConfig, dir: &DataDir, identity: &Identity) -> Result<Storage, StartError> {
+    async fn open(
+        config: &ServerConfig,
+        dir: &DataDir,
+        identity: &Identity,
+        postgres: Option<(dps_store::PostgresStore, dps_store::NodeClaim)>,
+    ) -> Result<Storage, StartError> {
         let numbers = identity
             .hubs()
             .map(|hub| {
@@ -396,7 +400,7 @@ impl Storage {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let Some(url) = &config.store else {
+        let (Some(url), Some((store, claim))) = (&config.store, postgres) else {
             let slots: Vec<_> = identity.hubs().map(|hub| dir.separate_hub_db_path_of(hub)).collect();
             let slots: Vec<_> = numbers
                 .iter()
@@ -412,15 +416,6 @@ impl Storage {
                 claim: None,
             });
         };
-        let store = dps_store::PostgresStore::connect(url).await?;
-        let claim = store.claim_single_node().await?.ok_or_else(|| {
-            StartError::Config(
-                "another dps node serves this PostgreSQL store; several nodes on one database are not \
-                 supported yet (a node would miss the messages, method calls and twin updates sent \
-                 through another)"
-                    .into(),
-            )
-        })?;
         let db = dps_store::PostgresHubDatabase::connect(url).await?;
         let held = db
             .hold(&numbers)
@@ -449,6 +444,61 @@ impl Storage {
             HubStorage::Postgres { db, held } => (Arc::new(db.hub(number)), held.contains(&number)),
         })
     }
+}
+
+/// Connects to the PostgreSQL store at `url` and claims it for this node (see
+/// [`dps_store::PostgresStore::claim_single_node`]): a second node is refused before it changes
+/// anything.
+async fn connect_postgres(url: &str) -> Result<(dps_store::PostgresStore, dps_store::NodeClaim), StartError> {
+    let store = dps_store::PostgresStore::connect(url).await?;
+    let claim = store.claim_single_node().await?.ok_or_else(|| {
+        StartError::Config(
+            "another dps node serves this PostgreSQL store; several nodes on one database are not \
+             supported yet (a node would miss the messages, method calls and twin updates sent \
+             through another)"
+                .into(),
+        )
+    })?;
+    Ok((store, claim))
+}
+
+/// The service's identity (created on first start) and the listeners' TLS. From the data
+/// directory; or, with a PostgreSQL store, from the files every node of the database shares
+/// (`dps_files`), created once by the first node, and adopted from this node's data directory
+/// when the database holds none yet (a node of an earlier build kept them there). Those are
+/// then mirrored into the data directory, for the client commands run beside the node.
+async fn identity_and_tls(
+    config: &ServerConfig,
+    dir: &DataDir,
+    postgres: Option<&dps_store::PostgresStore>,
+) -> Result<(Identity, bool, ListenerTls), StartError> {
+    let Some(store) = postgres else {
+        let (identity, initialized) = dir.init_identity(&config.default_hub_host(), &config.hub_hostnames)?;
+        let (config, dir, id) = (config.clone(), dir.clone(), identity.clone());
+        let tls = tokio::task::spawn_blocking(move || {
+            ListenerTls::load(&config, &id, |names| dir.init_server_certificates(names))
+        })
+        .await
+        .expect("loading the TLS certificates does not panic")?;
+        return Ok((identity, initialized, tls));
+    };
+    let (config, from) = (config.clone(), dir.clone());
+    let (files, identity, initialized, tls) = store
+        .update_files(move |stored| {
+            let mut files = crate::datadir::FileSet::new(stored, "PostgreSQL dps_files");
+            if files.is_empty() {
+                let adopted = files.adopt(&from)?;
+                if adopted > 0 {
+                    tracing::info!(dir = %from.root().display(), files = adopted, "the database holds no identity yet: adopting this data directory's");
+                }
+            }
+            let (identity, initialized) = files.init_identity(&config.default_hub_host(), &config.hub_hostnames)?;
+            let tls = ListenerTls::load(&config, &identity, |names| files.init_server_certificates(names))?;
+            Ok::<_, StartError>((files.changed(), (files, identity, initialized, tls)))
+        })
+        .await??;
+    files.mirror_to(dir)?;
+    Ok((identity, initialized, tls))
 }
 
 /// Opens an embedded hub on its rows of the shared registry, its telemetry file and its blob

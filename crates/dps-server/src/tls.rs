@@ -1,9 +1,9 @@
 //! The TLS configuration all listeners share: which certificates they present, and the
 //! acceptor each protocol gets.
 //!
-//! Without `--tls-cert`, the listeners present the data directory's two server certificates,
-//! P-256 and RSA-2048, choosing per handshake from the signature schemes the client offers
-//! (P-256 whenever the client can verify it, as it is cheaper to sign; RSA for device stacks
+//! Without `--tls-cert`, the listeners present the two stored server certificates (the data
+//! directory's, or with a PostgreSQL store the ones every node shares), P-256 and RSA-2048,
+//! choosing per handshake from the signature schemes the client offers (P-256 whenever the client can verify it, as it is cheaper to sign; RSA for device stacks
 //! built without ECDSA; decision 0018). A brought certificate is presented alone, as it always
 //! was. Every listener (MQTT, HTTPS with its WebSockets, AMQP) takes its acceptor from here so
 //! none of them can end up serving a different certificate set.
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use dps_pki::tls::ServerIdentity;
 use tokio_rustls::TlsAcceptor;
 
-use crate::datadir::{DataDir, Identity};
+use crate::datadir::{DataDirError, Identity, ServerCertificate};
 use crate::{ServerConfig, StartError};
 
 /// The listeners' rustls configuration, built once at start.
@@ -26,13 +26,18 @@ pub(crate) struct ListenerTls {
 
 impl ListenerTls {
     /// The certificates `config` asks for: the brought `--tls-cert`/`--tls-key` pair, or the
-    /// data directory's (created or re-issued as needed) for the configured host names and the
-    /// embedded hubs'. Client certificates are requested (optional, possession checked) on
-    /// every listener, since X.509 devices present them on each.
+    /// stored ones that `local` returns (created or re-issued as needed) for the names they must
+    /// cover: the configured host names and the embedded hubs'. Client certificates are
+    /// requested (optional, possession checked) on every listener, since X.509 devices present
+    /// them on each.
     ///
-    /// RSA key generation takes a good part of a second on a fresh data directory, so call
-    /// this off the async runtime (`spawn_blocking`).
-    pub(crate) fn load(config: &ServerConfig, dir: &DataDir, identity: &Identity) -> Result<Self, StartError> {
+    /// RSA key generation takes a good part of a second on a new identity, so call this off the
+    /// async runtime (`spawn_blocking`).
+    pub(crate) fn load(
+        config: &ServerConfig,
+        identity: &Identity,
+        local: impl FnOnce(&[String]) -> Result<Vec<ServerCertificate>, DataDirError>,
+    ) -> Result<Self, StartError> {
         let config = match (&config.tls_cert, &config.tls_key) {
             (Some(c), Some(k)) => {
                 let (chain, key) = (read_tls_file("--tls-cert", c)?, read_tls_file("--tls-key", k)?);
@@ -45,7 +50,7 @@ impl ListenerTls {
                         names.push(hub.host_name.clone());
                     }
                 }
-                let certificates = dir.init_server_certificates(&names)?;
+                let certificates = local(&names)?;
                 let identities: Vec<ServerIdentity<'_>> = certificates
                     .iter()
                     .map(|c| ServerIdentity {

@@ -1,5 +1,6 @@
 //! `dps serve --store postgres://…`: a node keeps its registrations and its embedded hub's
-//! devices in PostgreSQL (nothing in SQLite files), finds them there after a restart, and a
+//! devices in PostgreSQL (nothing in SQLite files), and its identity, CAs and server
+//! certificates too, finds them there after a restart on another machine, and a
 //! second node on the same database is refused while the first serves it (issue 15, decision
 //! 0030).
 //!
@@ -15,7 +16,12 @@ const SECOND: &str = "127.0.38.52";
 async fn a_node_keeps_registrations_and_hub_devices_in_postgresql() {
     let url = dps_store::postgres::testing::fresh_database().await;
     let dir = tempfile::tempdir().unwrap();
+    // A node of an earlier build kept its identity in its data directory: the database, which
+    // holds none yet, adopts it.
+    let (earlier, _) = dps_server::DataDir::new(dir.path()).init_identity(IP, &[]).unwrap();
     let s = common::server_with(IP, dir.path(), |c| c.store = Some(url.clone())).await;
+    assert_eq!(s.services.identity.id_scope, earlier.id_scope);
+    assert_eq!(s.services.identity.hub.policies, earlier.hub.policies);
     let state = common::register_through_engine(&s, "dev-1").await;
     let hub_name = s.services.identity.hub.host_name.clone();
     assert_eq!(state.assigned_hub.as_deref(), Some(hub_name.as_str()));
@@ -39,9 +45,22 @@ async fn a_node_keeps_registrations_and_hub_devices_in_postgresql() {
     assert!(refused.to_string().contains("another dps node"), "{refused}");
     s.shutdown().await;
 
-    // Restarted: the registration and the hub device come back from PostgreSQL; the device
-    // connects to its hub, and registers again as the same device.
-    let s = common::hub_server_with(IP, dir.path(), |c| c.store = Some(url.clone())).await;
+    // Restarted on another machine (a new data directory): the identity, the CA and the server
+    // certificates are the database's, mirrored into the directory for the client commands;
+    // the registration and the hub device come back from PostgreSQL; the device connects to
+    // its hub, and registers again as the same device.
+    let moved = tempfile::tempdir().unwrap();
+    let s = common::hub_server_with(IP, moved.path(), |c| c.store = Some(url.clone())).await;
+    assert_eq!(s.services.identity.id_scope, earlier.id_scope);
+    let moved_dir = dps_server::DataDir::new(moved.path());
+    assert_eq!(moved_dir.load_identity().unwrap().id_scope, earlier.id_scope);
+    for file in ["ca.pem", "ca-rsa.pem", "server.pem", "server-rsa-key.pem"] {
+        assert_eq!(
+            std::fs::read(moved.path().join(file)).unwrap(),
+            std::fs::read(dir.path().join(file)).unwrap(),
+            "{file} is the database's"
+        );
+    }
     let stored = s.services.engine.get_registration("dev-1").await.unwrap();
     assert_eq!(stored.device_id.as_deref(), Some("dev-1"));
     assert_eq!(stored.assigned_hub.as_deref(), Some(hub_name.as_str()));

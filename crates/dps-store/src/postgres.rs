@@ -11,6 +11,7 @@
 //! under an advisory lock).
 
 mod commands;
+mod files;
 mod hub;
 mod migrations;
 mod writer;
@@ -78,6 +79,10 @@ pub enum PgOpenError {
         /// PostgreSQL's error.
         source: tokio_postgres::Error,
     },
+    /// The shared files (identity, CAs, server certificates) could not be read or written; the
+    /// transaction was rolled back.
+    #[error("cannot read or write the shared files in PostgreSQL: {0}")]
+    Files(#[source] tokio_postgres::Error),
     /// The database was migrated by a newer `dps` with a schema this build does not know;
     /// using it could lose data, so it is refused rather than downgraded.
     #[error("PostgreSQL {schema} schema has version {found}; this build supports up to {supported}")]

@@ -53,6 +53,56 @@ async fn nodes_starting_at_once_share_one_schema() {
     }
 }
 
+/// The shared files (identity, CAs) are created once when nodes start at once: each node's
+/// update sees what the ones before it committed, and a failed update writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_files_are_created_once_by_nodes_starting_at_once() {
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let mut nodes = Vec::new();
+    for _ in 0..4 {
+        nodes.push(Arc::new(PostgresStore::connect(&url).await.unwrap()));
+    }
+    let starting: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.update_files(|files| {
+                    // Slow enough that unlocked nodes would all find nothing and all create.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    Ok::<_, ()>(match files.get("dps.json") {
+                        Some(found) => (vec![], (false, found.clone())),
+                        None => {
+                            let made = uuid::Uuid::new_v4().to_string();
+                            (vec![("dps.json".to_string(), made.clone())], (true, made))
+                        }
+                    })
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for node in starting {
+        seen.push(node.await.unwrap().unwrap().unwrap());
+    }
+    assert_eq!(seen.iter().filter(|(created, _)| *created).count(), 1, "{seen:?}");
+    assert!(seen.iter().all(|(_, value)| *value == seen[0].1), "{seen:?}");
+
+    let failed = nodes[1]
+        .update_files(|_| Err::<(Vec<(String, String)>, ()), _>("refused"))
+        .await
+        .unwrap();
+    assert_eq!(failed, Err("refused"));
+    let kept = nodes[2]
+        .update_files(|files| Ok::<_, ()>((vec![], files)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept["dps.json"], seen[0].1);
+}
+
 /// A create-only write of the same enrollment on two nodes at once: exactly one wins, the other
 /// is told it exists (the check and the insert cannot interleave across nodes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,11 +33,18 @@ impl Schema {
 /// The DPS store's tables.
 pub(super) const STORE: Schema = Schema {
     kind: "store",
-    migrations: &[Migration {
-        version: 1,
-        name: "enrollments, groups, registrations, intents, certificates, linked hubs",
-        sql: include_str!("migrations/0001_store.sql"),
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            name: "enrollments, groups, registrations, intents, certificates, linked hubs",
+            sql: include_str!("migrations/0001_store.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "the identity and PKI files every node shares",
+            sql: include_str!("migrations/0002_files.sql"),
+        },
+    ],
 };
 
 /// The embedded hubs' registries and telemetry.
