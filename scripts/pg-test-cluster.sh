@@ -6,6 +6,8 @@
 #   scripts/pg-test-cluster.sh start DIR   creates and starts the cluster in DIR (which must not
 #                                          exist), prints its URL: postgres://dps@127.0.0.1:PORT/dps
 #   scripts/pg-test-cluster.sh stop DIR    stops it (immediately) and removes DIR
+#   scripts/pg-test-cluster.sh halt DIR    stops it (fast shutdown, as for a restart) and keeps DIR
+#   scripts/pg-test-cluster.sh resume DIR  starts a halted cluster again, at the same port
 #
 # The server binaries come from Debian's postgresql package (scripts/install-deps.sh installs
 # it); the newest version under /usr/lib/postgresql is used. Authentication is `trust`, on
@@ -15,7 +17,7 @@ set -euo pipefail
 cmd="${1:-}"
 dir="${2:-}"
 if [[ -z "$cmd" || -z "$dir" ]]; then
-    echo "usage: $0 start|stop DIR" >&2
+    echo "usage: $0 start|stop|halt|resume DIR" >&2
     exit 2
 fi
 
@@ -29,6 +31,14 @@ as_owner=()
 if [[ "$(id -u)" -eq 0 ]]; then
     as_owner=(runuser -u nobody --)
 fi
+
+# Starts the cluster in $1 listening at port $2 and waits until it accepts connections.
+run_server() {
+    # Enough connections for the parallel tests, each with its own pool.
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$1/data" -l "$1/postgres.log" -w -t 60 \
+        -o "-h 127.0.0.1 -p $2 -k $1 -c max_connections=400 -c shared_buffers=128MB" start >/dev/null ||
+        { cat "$1/postgres.log" >&2; exit 1; }
+}
 
 case "$cmd" in
 start)
@@ -44,12 +54,16 @@ start)
     port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U dps -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 ||
         { cat "$dir/initdb.log" >&2; exit 1; }
-    # Enough connections for the parallel tests, each with its own pool.
-    "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=400 -c shared_buffers=128MB" start >/dev/null ||
-        { cat "$dir/postgres.log" >&2; exit 1; }
+    echo "$port" >"$dir/port"
+    run_server "$dir" "$port"
     "$bin/psql" -q -h 127.0.0.1 -p "$port" -U dps -d postgres -c "CREATE DATABASE dps" >/dev/null
     echo "postgres://dps@127.0.0.1:$port/dps"
+    ;;
+halt)
+    "${as_owner[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    ;;
+resume)
+    run_server "$dir" "$(cat "$dir/port")"
     ;;
 stop)
     if [[ -d "$dir/data" ]]; then
@@ -58,7 +72,7 @@ stop)
     rm -rf "$dir"
     ;;
 *)
-    echo "usage: $0 start|stop DIR" >&2
+    echo "usage: $0 start|stop|halt|resume DIR" >&2
     exit 2
     ;;
 esac

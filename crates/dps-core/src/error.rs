@@ -121,7 +121,8 @@ pub enum Error {
     /// `failed`); nothing was provisioned.
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The store failed (`500000`); nothing was written.
+    /// The store failed (`500000`), or cannot be reached now (`503001`, with a time to retry
+    /// after: [`StoreError::Unavailable`]); nothing was written.
     #[error("storage: {0}")]
     Storage(#[source] StoreError),
 }
@@ -604,6 +605,7 @@ impl Error {
             Error::EnrollmentDisabled { .. } => codes::ENROLLMENT_DISABLED,
             Error::Allocation(_) => codes::HUB_NOT_SPECIFIED,
             Error::Hub(_) => codes::HUB_UNAUTHORIZED,
+            Error::Storage(StoreError::Unavailable(_)) => codes::SERVICE_UNAVAILABLE,
             Error::Storage(_) => codes::INTERNAL,
         }
     }
@@ -613,11 +615,13 @@ impl Error {
         (self.code() / 1000) as u16
     }
 
-    /// Seconds the client should wait before retrying (throttling): the `Retry-After` header on
-    /// HTTPS, `&retry-after=` in the MQTT response topic.
+    /// Seconds the client should wait before retrying (throttling, a store that cannot be
+    /// reached now): the `Retry-After` header on HTTPS, `&retry-after=` in the MQTT response
+    /// topic.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Error::Throttled(t) => Some(t.retry_after_secs()),
+            Error::Storage(StoreError::Unavailable(_)) => Some(STORE_RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -634,6 +638,10 @@ impl Error {
         }
     }
 }
+
+/// What a device or client is told to wait before retrying while the store cannot be reached:
+/// about what a database server takes to restart or a standby to be promoted.
+pub const STORE_RETRY_AFTER_SECS: u32 = 5;
 
 impl From<Throttled> for Error {
     fn from(t: Throttled) -> Self {
@@ -735,6 +743,7 @@ mod tests {
             AllocationError::NoLinkedHub.into(),
             HubError::UnknownHub(id()).into(),
             Error::Storage(StoreError::backend("disk full")),
+            Error::Storage(StoreError::unavailable("connection refused")),
             TpmRefusal::NotAheadOfRegister { registration_id: id() }.into(),
             TpmRefusal::KeysMissing.into(),
             TpmRefusal::NotEnrolled { registration_id: id() }.into(),
@@ -822,6 +831,9 @@ mod tests {
             "throttled: more than 5 operation-status polls in 10 seconds by this device; retry after 2 s"
         );
         assert_eq!(Error::NoCredential.retry_after(), None);
+        let away = Error::Storage(StoreError::unavailable("connection refused"));
+        assert_eq!((away.status(), away.retry_after()), (503, Some(STORE_RETRY_AFTER_SECS)));
+        assert_eq!(Error::Storage(StoreError::backend("disk full")).retry_after(), None);
     }
 
     #[test]

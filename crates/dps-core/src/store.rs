@@ -85,6 +85,11 @@ pub enum StoreError {
     /// e.g. a stopped writer).
     #[error("storage backend failure: {0}")]
     Backend(#[source] Cause),
+    /// The backend cannot be reached now: its database server is restarting or unreachable, or
+    /// the connection was lost. Nothing was written; the same call later succeeds once it is
+    /// back, so devices and clients are told to retry ([`crate::Error::retry_after`]).
+    #[error("storage unavailable, retry later: {0}")]
+    Unavailable(#[source] Cause),
     /// A stored document does not decode as this build's record shape (a hand-edited or damaged
     /// database, or one written by an incompatible build); the store refuses it rather than
     /// guess. Other records still read; nothing was written.
@@ -105,6 +110,16 @@ impl StoreError {
     /// is the backend's state, e.g. a stopped writer).
     pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
         StoreError::Backend(Cause::new(e))
+    }
+
+    /// The backend cannot be reached now because of `e` (see [`StoreError::Unavailable`]).
+    pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        StoreError::Unavailable(Cause::new(e))
+    }
+
+    /// Whether retrying later may succeed where this failed ([`StoreError::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 

@@ -11,6 +11,7 @@ mod common;
 
 const IP: &str = "127.0.38.51";
 const SECOND: &str = "127.0.38.52";
+const THIRD: &str = "127.0.38.53";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_keeps_registrations_and_hub_devices_in_postgresql() {
@@ -69,5 +70,101 @@ async fn a_node_keeps_registrations_and_hub_devices_in_postgresql() {
     common::register_through_engine(&s, "dev-1").await;
     let again = generation(common::hub(&s).get_device("dev-1").await.unwrap());
     assert_eq!(again, first, "the same hub identity");
+    s.shutdown().await;
+}
+
+/// A PostgreSQL cluster of this test's own, which it may stop and start (the shared one serves
+/// the other tests): `scripts/pg-test-cluster.sh` in a temporary directory, removed on drop.
+struct OwnCluster {
+    dir: std::path::PathBuf,
+    url: String,
+    _parent: tempfile::TempDir,
+}
+
+impl OwnCluster {
+    fn script(command: &str, dir: &std::path::Path) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg-test-cluster.sh");
+        let out = std::process::Command::new(script)
+            .arg(command)
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg-test-cluster.sh {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn start() -> Self {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("pg");
+        let url = Self::script("start", &dir);
+        Self {
+            dir,
+            url,
+            _parent: parent,
+        }
+    }
+
+    /// Stops the server as a restart does (fast shutdown: sessions are ended).
+    fn halt(&self) {
+        Self::script("halt", &self.dir);
+    }
+
+    /// Starts it again at the same address.
+    fn resume(&self) {
+        Self::script("resume", &self.dir);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        Self::script("stop", &self.dir);
+    }
+}
+
+/// While PostgreSQL restarts, a node fails requests cleanly, telling devices and clients when to
+/// retry (503, `Retry-After`), and once it is back the node serves again by itself (issue 15
+/// point 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
+    let pg = OwnCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::server_with(THIRD, dir.path(), |c| c.store = Some(pg.url.clone())).await;
+    let scope = s.services.identity.id_scope.clone();
+    let register = format!("/{scope}/registrations/dev-1/register?api-version=2021-06-01");
+    let body = serde_json::json!({"registrationId": "dev-1"});
+    let sas = common::dps_sas(&s, "dev-1", common::KEY);
+
+    pg.halt();
+    let r = common::https(&s, "PUT", &register, Some(&sas), Some(&body)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.body["errorCode"], 503001, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert!(
+        r.body["message"].as_str().unwrap().contains("retry later"),
+        "{}",
+        r.body
+    );
+    // The device asks again before the database is back: still told to retry, nothing kept.
+    let r = common::https(&s, "PUT", &register, Some(&sas), Some(&body)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+
+    pg.resume();
+    // Back by itself: connections lost in the restart are replaced, the device registers.
+    let mut tries = 0;
+    let done = loop {
+        let r = common::https(&s, "PUT", &register, Some(&sas), Some(&body)).await;
+        if r.status != 503 || tries == 20 {
+            break r;
+        }
+        tries += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(done.status, 202, "{}", done.body);
+    let state = common::register_through_engine(&s, "dev-1").await;
+    assert_eq!(state.device_id.as_deref(), Some("dev-1"));
     s.shutdown().await;
 }

@@ -143,12 +143,13 @@ impl PostgresStore {
         self.writer.stats()
     }
 
-    /// A pooled connection, or the backend error a request reports while PostgreSQL is away.
+    /// A pooled connection, or the error a request reports while PostgreSQL is away (the
+    /// device is told to retry).
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::backend(format!("PostgreSQL: {e}")))
+            .map_err(|e| StoreError::unavailable(format!("PostgreSQL: {e}")))
     }
 
     /// Rows of (key, doc) that `sql` (SQLite's `?N` form) selects from `table`, decoded.
@@ -205,9 +206,27 @@ async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenE
     Ok(pool)
 }
 
-/// A PostgreSQL failure as the engine sees it: the backend is failing (the device retries).
+/// A PostgreSQL failure as the engine sees it: unavailable (the device is told to retry) when
+/// the server cannot be reached now, else a failure of the backend.
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
-    StoreError::backend(e)
+    match is_unavailable(&e) {
+        true => StoreError::unavailable(e),
+        false => StoreError::backend(e),
+    }
+}
+
+/// Whether `e` says the server cannot be reached now rather than that it refused the statement:
+/// the connection is closed or failed (I/O), or the server answered with a connection exception
+/// (SQLSTATE class 08), is shutting down or starting (57P01-57P03) or has no connection slot
+/// left (53300). Such a call may succeed later, on a new connection.
+pub(crate) fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) {
+        return true;
+    }
+    e.code().is_some_and(|state| {
+        let code = state.code();
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    })
 }
 
 /// `sql` with SQLite's `?N` placeholders as PostgreSQL's `$N`. The shared statements

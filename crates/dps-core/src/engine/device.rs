@@ -21,7 +21,16 @@ use super::recovery::Incomplete;
 use super::{DeviceResponse, Engine, Registered};
 use crate::error::{AllocationError, Error, InvalidArgument, SasRefusal};
 use crate::hub::{DeviceAuth, DeviceProvisioning, HubError, TwinPolicy};
-use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord};
+use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord, StoreError};
+
+/// Why [`Engine::assign`] did not assign the device.
+enum NotAssigned {
+    /// A completed-but-failed state (`failed`, `disabled`), reported to the device.
+    Failed(Box<RegistrationState>),
+    /// The store cannot be reached now: nothing was decided, the request fails and the device
+    /// retries.
+    Retry(Error),
+}
 
 /// How long a completed operation can be polled from memory before polls fall back to the store.
 const OPERATION_TTL: Duration = Duration::from_secs(600);
@@ -328,7 +337,11 @@ impl Engine {
         let operation_id = new_operation_id(self.random.as_ref(), &key);
         let final_state = match self.assign(now, req, body, &attested, &operation_id).await {
             Ok(state) => state,
-            Err(failure) => failure,
+            Err(NotAssigned::Failed(failure)) => *failure,
+            // Nothing was decided: the device is told to retry the registration (503 with a
+            // time to wait), as it would be while the service is away, rather than given a
+            // final `failed` it would not retry.
+            Err(NotAssigned::Retry(e)) => return Err(e),
         };
         let status = final_state.status;
         let body = RegistrationOperationStatus {
@@ -568,7 +581,8 @@ impl Engine {
     }
 
     /// Allocation, hub update and durable commit. `Err` carries a completed-but-failed state
-    /// (status `failed` or `disabled`), which is reported to the device but not persisted.
+    /// (status `failed` or `disabled`), which is reported to the device but not persisted, or
+    /// the store's unavailability, which the device is told to retry.
     async fn assign(
         &self,
         now: DateTime<Utc>,
@@ -576,23 +590,29 @@ impl Engine {
         body: &DeviceRegistration,
         attested: &Attested,
         operation_id: &str,
-    ) -> Result<RegistrationState, RegistrationState> {
+    ) -> Result<RegistrationState, NotAssigned> {
         // The code and message come from the one mapping of causes ([`Error::code`]).
-        let failed = |status: RegistrationStatus, why: Error| RegistrationState {
-            registration_id: req.registration_id.clone(),
-            status,
-            error_code: Some(why.code()),
-            error_message: Some(why.to_string()),
-            created_date_time_utc: Some(now),
-            last_updated_date_time_utc: Some(now),
-            ..Default::default()
+        let failed = |status: RegistrationStatus, why: Error| {
+            NotAssigned::Failed(Box::new(RegistrationState {
+                registration_id: req.registration_id.clone(),
+                status,
+                error_code: Some(why.code()),
+                error_message: Some(why.to_string()),
+                created_date_time_utc: Some(now),
+                last_updated_date_time_utc: Some(now),
+                ..Default::default()
+            }))
+        };
+        let storage = |e: StoreError| match e.is_unavailable() {
+            true => NotAssigned::Retry(Error::Storage(e)),
+            false => failed(RegistrationStatus::Failed, Error::Storage(e)),
         };
         if let Some(why) = attested.matched.disabled() {
             return Err(failed(RegistrationStatus::Disabled, why));
         }
         let mut previous = match self.store.get_registration(&req.registration_id).await {
             Ok(p) => p.filter(|p| p.state.status == RegistrationStatus::Assigned),
-            Err(e) => return Err(failed(RegistrationStatus::Failed, Error::Storage(e))),
+            Err(e) => return Err(storage(e)),
         };
         // A device assigned under a hub's former name is on that hub now (renamed, not moved).
         if let Some(hub) = previous.as_mut().and_then(|p| p.state.assigned_hub.as_mut()) {
@@ -740,7 +760,7 @@ impl Engine {
         };
         // Durable before the hub write, so a crash after it is finished at start-up (decision 0009).
         if let Err(e) = self.store.put_registration_intent(&intent).await {
-            return Err(failed(RegistrationStatus::Failed, Error::Storage(e)));
+            return Err(storage(e));
         }
         match self.complete_registration(&intent).await {
             Ok(record) => Ok(self.device_view(&record)),
@@ -752,7 +772,7 @@ impl Engine {
                 Err(failed(RegistrationStatus::Failed, Error::Hub(e)))
             }
             // The intent stays: the next start-up finishes the registration.
-            Err(Incomplete::Store(e)) => Err(failed(RegistrationStatus::Failed, Error::Storage(e))),
+            Err(Incomplete::Store(e)) => Err(storage(e)),
         }
     }
 

@@ -51,6 +51,10 @@ impl super::writer::Operation for Op {
         StoreError::backend(e)
     }
 
+    fn unavailable(e: String) -> StoreError {
+        StoreError::unavailable(e)
+    }
+
     /// The registration path's writes: statements known up front, no verdict to read back.
     fn pipelined(&self) -> Option<Vec<Statement<'_>>> {
         Some(match self {

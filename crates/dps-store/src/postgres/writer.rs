@@ -28,8 +28,22 @@ pub(super) trait Operation: Send + Sync + 'static {
     /// What the store's callers get back.
     type Error: Clone + Send + 'static;
 
-    /// A failure of the database (connection lost, statement refused), as callers see it.
+    /// A failure of the database (statement refused, writer stopped), as callers see it.
     fn backend(e: String) -> Self::Error;
+
+    /// The database cannot be reached now (no connection, connection lost, server shutting
+    /// down; [`super::is_unavailable`]), as callers see it: by default like any failure.
+    fn unavailable(e: String) -> Self::Error {
+        Self::backend(e)
+    }
+
+    /// `e` as callers see it, told apart by [`super::is_unavailable`].
+    fn failure(e: &tokio_postgres::Error) -> Self::Error {
+        match super::is_unavailable(e) {
+            true => Self::unavailable(format!("PostgreSQL: {e}")),
+            false => Self::backend(format!("PostgreSQL: {e}")),
+        }
+    }
 
     /// The write's statements when they are known up front and it has no verdict of its own
     /// (the registration path's upserts): such writes are sent without waiting for each answer
@@ -111,7 +125,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL writer has no connection");
-                    let e = O::backend(format!("PostgreSQL: {e}"));
+                    let e = O::unavailable(format!("PostgreSQL: {e}"));
                     counters.record_batch(batch.len(), false);
                     for cmd in batch.drain(..) {
                         let _ = cmd.reply.send(Err(e.clone()));
@@ -138,7 +152,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
                             counters.record_batch(1, true);
                             r.remove(0)
                         }
-                        Err(e) => Err(O::backend(format!("PostgreSQL: {e}"))),
+                        Err(e) => Err(O::failure(&e)),
                     });
                 }
                 results
@@ -146,7 +160,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
             Err(e) => {
                 tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL batch failed; nothing written");
                 counters.record_batch(batch.len(), false);
-                let e = O::backend(format!("PostgreSQL: {e}"));
+                let e = O::failure(&e);
                 ops.iter().map(|_| Err(e.clone())).collect()
             }
         };
