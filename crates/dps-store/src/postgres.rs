@@ -10,6 +10,7 @@
 //! The schema is created and migrated by whichever node starts first (module `migrations`,
 //! under an advisory lock).
 
+mod bus;
 mod commands;
 mod files;
 mod hub;
@@ -28,6 +29,7 @@ use tokio_postgres::NoTls;
 
 use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
 use crate::stats::StoreStats;
+pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
 pub use hub::{PostgresHubDatabase, PostgresHubStore};
 pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
@@ -83,6 +85,9 @@ pub enum PgOpenError {
     /// transaction was rolled back.
     #[error("cannot read or write the shared files in PostgreSQL: {0}")]
     Files(#[source] tokio_postgres::Error),
+    /// The node could not listen for the other nodes' notices (decision 0031).
+    #[error("cannot listen on PostgreSQL: {0}")]
+    Listen(#[source] tokio_postgres::Error),
     /// The database was migrated by a newer `dps` with a schema this build does not know;
     /// using it could lose data, so it is refused rather than downgraded.
     #[error("PostgreSQL {schema} schema has version {found}; this build supports up to {supported}")]
@@ -174,13 +179,7 @@ impl PostgresStore {
 /// A pool of connections to the database at `url`, whose `schema` is brought up to date (safely
 /// when several nodes start at once).
 async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(PgOpenError::Url)?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECTION_WAIT);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("dps");
-    }
+    let config = client_config(url, "dps")?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -204,6 +203,20 @@ async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenE
         "opened PostgreSQL database"
     );
     Ok(pool)
+}
+
+/// The client settings of `url`, with the connect timeout a node needs (a request must not hang
+/// while PostgreSQL is away) and `application_name` (what `pg_stat_activity` shows) unless the
+/// URL sets them.
+fn client_config(url: &str, application_name: &str) -> Result<tokio_postgres::Config, PgOpenError> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(PgOpenError::Url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECTION_WAIT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(application_name);
+    }
+    Ok(config)
 }
 
 /// A PostgreSQL failure as the engine sees it: unavailable (the device is told to retry) when

@@ -103,6 +103,69 @@ async fn shared_files_are_created_once_by_nodes_starting_at_once() {
     assert_eq!(kept["dps.json"], seen[0].1);
 }
 
+/// Every node hears what any node notifies, once, and only when its transaction commits; a node
+/// whose listening connection was lost listens again by itself and is told to resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_hear_each_others_notices_and_resync_after_a_lost_connection() {
+    use dps_store::postgres::{BusEvent, NodeBus};
+    use tokio::sync::broadcast::Receiver;
+    async fn next(r: &mut Receiver<BusEvent>) -> BusEvent {
+        tokio::time::timeout(std::time::Duration::from_secs(15), r.recv())
+            .await
+            .expect("an event within 15 s")
+            .unwrap()
+    }
+    let notice = |s: &str| BusEvent::Notice(s.into());
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let (a, b) = (
+        NodeBus::listen(&url).await.unwrap(),
+        NodeBus::listen(&url).await.unwrap(),
+    );
+    let (mut heard_a, mut heard_b) = (a.subscribe(), b.subscribe());
+    store.notify("device 1 dev-1").await.unwrap();
+    assert_eq!(next(&mut heard_a).await, notice("device 1 dev-1"));
+    assert_eq!(next(&mut heard_b).await, notice("device 1 dev-1"));
+    assert!(store
+        .notify(&"x".repeat(dps_store::postgres::MAX_NOTICE + 1))
+        .await
+        .is_err());
+
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let tx = raw.transaction().await.unwrap();
+    tx.execute("SELECT pg_notify('dps', 'rolled back')", &[]).await.unwrap();
+    tx.rollback().await.unwrap();
+    let tx = raw.transaction().await.unwrap();
+    for _ in 0..2 {
+        tx.execute("SELECT pg_notify('dps', 'committed')", &[]).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    store.notify("last").await.unwrap();
+    for heard in [&mut heard_a, &mut heard_b] {
+        assert_eq!(next(heard).await, notice("committed"), "nothing of the rollback");
+        assert_eq!(
+            next(heard).await,
+            notice("last"),
+            "the same notice twice in a transaction is one"
+        );
+    }
+
+    // PostgreSQL ends the listening sessions (as a restart or a failover does).
+    raw.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'dps-bus' AND datname = current_database()",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(&mut heard_a).await, BusEvent::Resync);
+    assert_eq!(next(&mut heard_b).await, BusEvent::Resync);
+    store.notify("after").await.unwrap();
+    assert_eq!(next(&mut heard_a).await, notice("after"));
+    assert_eq!(next(&mut heard_b).await, notice("after"));
+}
+
 /// A create-only write of the same enrollment on two nodes at once: exactly one wins, the other
 /// is told it exists (the check and the insert cannot interleave across nodes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
