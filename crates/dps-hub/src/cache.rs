@@ -95,6 +95,16 @@ impl SlotCache {
         self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 
+    /// Every held slot with its key, copied out shard by shard (no shard lock held while the
+    /// caller works through them).
+    pub(crate) fn entries(&self) -> Vec<(String, Arc<Slot>)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.lock().map.iter().map(|(k, s)| (k.clone(), s.clone())));
+        }
+        all
+    }
+
     /// Every held slot, for counts over live state. Copied out shard by shard so that no shard
     /// lock is held while the caller inspects them.
     pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {

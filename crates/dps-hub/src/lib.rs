@@ -36,6 +36,7 @@ mod file_upload;
 mod jobs;
 mod modules;
 mod outbox;
+mod peers;
 mod polling;
 mod provisioning;
 mod query;
@@ -75,6 +76,7 @@ pub use file_upload::{
 pub use jobs::{DEFAULT_MAX_EXECUTION, JOB_RETENTION, MAX_ACTIVE_JOBS, MAX_KEPT_JOBS};
 pub use modules::MAX_MODULES_PER_DEVICE;
 pub use outbox::Batch;
+pub use peers::PeerChange;
 pub use polling::PolledC2d;
 pub use query::QueryPage;
 pub use registry::RegistryStatistics;

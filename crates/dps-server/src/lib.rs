@@ -21,6 +21,7 @@ mod listener;
 mod log_limit;
 pub mod mqtt;
 mod outbound;
+mod peers;
 pub mod remote_hub;
 pub mod storage_account;
 mod tls;

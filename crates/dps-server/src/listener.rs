@@ -126,6 +126,8 @@ pub struct RunningServer {
     tasks: JoinSet<()>,
     /// This node's claim on a PostgreSQL store, released when the server is dropped.
     _store_claim: Option<dps_store::NodeClaim>,
+    /// With a PostgreSQL store, what this node hears from the others (decision 0031).
+    _bus: Option<dps_store::postgres::NodeBus>,
 }
 
 impl RunningServer {
@@ -277,6 +279,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     for h in services.hubs.iter() {
         tasks.spawn(hub_sweeper(h.hub.clone(), h.blobs.clone(), rx.clone()));
     }
+    if let (Some(bus), HubStorage::Postgres { db, .. }) = (&storage.bus, &storage.hubs) {
+        tasks.spawn(crate::peers::hear_other_nodes(
+            bus.subscribe(),
+            db.node().to_string(),
+            services.clone(),
+            rx.clone(),
+        ));
+    }
     tasks.spawn(accept_loop(
         "HTTPS",
         https,
@@ -298,6 +308,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         shutdown: tx,
         tasks,
         _store_claim: storage.claim,
+        _bus: storage.bus,
     })
 }
 
@@ -371,6 +382,9 @@ struct Storage {
     /// This node alone serves a PostgreSQL store while the claim is held (moved into the
     /// running server).
     claim: Option<dps_store::NodeClaim>,
+    /// With a PostgreSQL store: the node's ear on the other nodes' writes, listening from before
+    /// the hubs open, so that nothing written meanwhile goes unheard.
+    bus: Option<dps_store::postgres::NodeBus>,
 }
 
 enum HubStorage {
@@ -414,8 +428,10 @@ impl Storage {
                 store: Arc::new(dps_store::SqliteStore::open(&dir.store_path())?),
                 hubs: HubStorage::Sqlite(dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?),
                 claim: None,
+                bus: None,
             });
         };
+        let bus = dps_store::postgres::NodeBus::listen(url).await?;
         let db = dps_store::PostgresHubDatabase::connect(url).await?;
         let held = db
             .hold(&numbers)
@@ -429,6 +445,7 @@ impl Storage {
             store: Arc::new(store),
             hubs: HubStorage::Postgres { db, held },
             claim: Some(claim),
+            bus: Some(bus),
         })
     }
 

@@ -30,7 +30,7 @@ use tokio_postgres::NoTls;
 use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
 use crate::stats::StoreStats;
 pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
-pub use hub::{PostgresHubDatabase, PostgresHubStore};
+pub use hub::{HubNotice, PostgresHubDatabase, PostgresHubStore};
 pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
 /// Connections a node keeps for reads (the writer has one of its own besides). Reads are short

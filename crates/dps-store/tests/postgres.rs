@@ -314,3 +314,62 @@ async fn postgres_hub_stores_pass_conformance_and_see_only_their_own_rows() {
     dps_hub::store::conformance::hubs_are_isolated(&db.hub(3), &db.hub(4)).await;
     assert!(db.stats().transactions > 0);
 }
+
+/// Two nodes serving one hub on PostgreSQL (decision 0031): a registry write on one sends a
+/// notice naming the record when it commits; the other node, handed it, reads the record again
+/// instead of serving the one it cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_write_on_one_node_reaches_the_other_through_its_notice() {
+    use dps_hub::{Hub, HubConfig, PeerChange};
+    use dps_store::postgres::{BusEvent, HubNotice, NodeBus};
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let node = |_| async {
+        let db = dps_store::PostgresHubDatabase::connect(&url).await.unwrap();
+        let hub = Hub::open_with_store(
+            HubConfig::in_memory("hub.test"),
+            Arc::new(db.hub(1)),
+            Arc::new(dps_core::SystemClock),
+        )
+        .await
+        .unwrap();
+        (db, hub)
+    };
+    let ((db_a, a), (db_b, b)) = (node(0).await, node(1).await);
+    assert_ne!(db_a.node(), db_b.node());
+    let bus = NodeBus::listen(&url).await.unwrap();
+    let mut heard = bus.subscribe();
+
+    let device: dps_proto::model::hub::Device =
+        serde_json::from_value(serde_json::json!({"deviceId": "Dev-1"})).unwrap();
+    a.put_device(device, None).await.unwrap();
+    assert!(
+        b.get_twin("dev-1").await.unwrap().properties.is_some(),
+        "node B holds it now"
+    );
+    let patch: dps_proto::model::hub::Twin =
+        serde_json::from_value(serde_json::json!({"properties": {"desired": {"x": 1}}})).unwrap();
+    a.patch_twin("dev-1", patch, None).await.unwrap();
+    let desired_x = |t: dps_proto::model::hub::Twin| t.properties.unwrap().desired.unwrap().get("x").cloned();
+    assert_eq!(
+        desired_x(b.get_twin("dev-1").await.unwrap()),
+        None,
+        "node B serves what it cached"
+    );
+
+    // The two writes' notices, in commit order, each naming node A and the record.
+    for _ in 0..2 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let BusEvent::Notice(payload) = event else {
+            panic!("{event:?}")
+        };
+        let notice = HubNotice::parse(&payload).unwrap();
+        assert_eq!((notice.hub, notice.node), (1, db_a.node()));
+        assert_eq!(notice.change, PeerChange::Record { key: "dev-1".into() });
+        b.peer_changed(notice.change).await;
+    }
+    assert_eq!(desired_x(b.get_twin("dev-1").await.unwrap()), Some(1.into()));
+    assert_eq!(HubNotice::parse("something else"), None);
+}

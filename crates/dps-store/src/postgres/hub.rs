@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use deadpool_postgres::{Object, Pool, Transaction};
 use dps_hub::store::{decode_event, EventStart, HubStoreError, PartitionBounds, TelemetryMessage};
+use dps_hub::PeerChange;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
@@ -70,6 +71,9 @@ impl ToSql for Arg<'_> {
 /// The embedded hubs of a node, in one PostgreSQL database shared with every other node.
 pub struct PostgresHubDatabase {
     pool: Pool,
+    /// This node's name in the notices its writes send (a fresh UUID per start), so that it
+    /// can tell its own from the other nodes' (decision 0031).
+    node: String,
     registry: Writer<HubOp>,
     events: Writer<EventOp>,
 }
@@ -86,6 +90,7 @@ impl PostgresHubDatabase {
     pub async fn connect(url: &str) -> Result<Arc<PostgresHubDatabase>, PgOpenError> {
         let pool = super::connect(url, &migrations::HUB).await?;
         Ok(Arc::new(PostgresHubDatabase {
+            node: uuid::Uuid::new_v4().simple().to_string(),
             registry: Writer::start(pool.clone()),
             events: Writer::start(pool.clone()),
             pool,
@@ -120,6 +125,12 @@ impl PostgresHubDatabase {
         }
     }
 
+    /// This node's name in the notices its writes send: [`HubNotice::node`] of a notice this
+    /// node sent.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// What the registry writer has done since connect, for every hub.
     pub fn stats(&self) -> StoreStats {
         self.registry.stats()
@@ -138,10 +149,65 @@ impl std::fmt::Debug for PostgresHubStore {
     }
 }
 
-/// A registry write of one hub.
+/// A registry write of one hub, and the notice it sends the other nodes when it commits.
 struct HubOp {
     hub: i64,
     op: DeviceOp,
+    notice: Option<String>,
+}
+
+impl HubOp {
+    fn statements(&self) -> Vec<Statement<'_>> {
+        let mut statements = self.op.statements(self.hub);
+        if let Some(notice) = &self.notice {
+            statements.push((NOTIFY, vec![Arg::Text(notice.as_str().into())]));
+        }
+        statements
+    }
+}
+
+/// Sends a notice on the nodes' channel, delivered when the transaction commits.
+const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
+
+/// What a node hears of another's write to a hub (decision 0031): `hub {number} {node} record
+/// {key}`, sent by the writer in the write's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubNotice<'a> {
+    /// The hub's number.
+    pub hub: u32,
+    /// The node that wrote ([`PostgresHubDatabase::node`]).
+    pub node: &'a str,
+    /// What changed.
+    pub change: PeerChange,
+}
+
+impl<'a> HubNotice<'a> {
+    /// The notice `payload` carries, if it is a hub's (other notices share the channel).
+    pub fn parse(payload: &'a str) -> Option<HubNotice<'a>> {
+        let mut parts = payload.splitn(5, ' ');
+        if parts.next()? != "hub" {
+            return None;
+        }
+        let hub = parts.next()?.parse().ok()?;
+        let node = parts.next()?;
+        let change = match (parts.next()?, parts.next()?) {
+            ("record", key) => PeerChange::Record { key: key.to_string() },
+            _ => return None,
+        };
+        Some(HubNotice { hub, node, change })
+    }
+
+    /// The notice of `op` by `node` on hub `hub`, for the writes other nodes must hear of.
+    fn of(op: &DeviceOp, hub: i64, node: &str) -> Option<String> {
+        let key = match op {
+            DeviceOp::Put { key, .. }
+            | DeviceOp::Delete { key }
+            | DeviceOp::PutModule { key, .. }
+            | DeviceOp::DeleteModule { key } => key,
+            _ => return None,
+        };
+        Some(format!("hub {hub} {node} record {key}"))
+    }
 }
 
 #[async_trait]
@@ -153,11 +219,11 @@ impl Operation for HubOp {
     }
 
     fn pipelined(&self) -> Option<Vec<Statement<'_>>> {
-        Some(self.op.statements(self.hub))
+        Some(self.statements())
     }
 
     async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {
-        run_in_order(tx, &self.op.statements(self.hub)).await?;
+        run_in_order(tx, &self.statements()).await?;
         Ok(Ok(()))
     }
 }
@@ -305,7 +371,15 @@ crate::hub_documents::hub_store_over_documents!(PostgresHubStore);
 #[async_trait]
 impl HubDocuments for PostgresHubStore {
     async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError> {
-        self.db.registry.write(HubOp { hub: self.hub, op }).await
+        let notice = HubNotice::of(&op, self.hub, &self.db.node);
+        self.db
+            .registry
+            .write(HubOp {
+                hub: self.hub,
+                op,
+                notice,
+            })
+            .await
     }
 
     async fn get<T: DeserializeOwned + Send + 'static>(

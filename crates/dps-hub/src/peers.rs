@@ -1,0 +1,137 @@
+//! What other nodes serving the same hub change (decision 0031). When several `dps serve` nodes
+//! share one database, each caches device records and holds the sessions of the devices
+//! connected to it; another node's write makes that cache stale and may concern one of those
+//! devices. The store's backend hears of such writes (PostgreSQL's NOTIFY) and the server hands
+//! them to [`Hub::peer_changed`]; a hub whose store no other node shares never gets any.
+//!
+//! The node re-reads what changed rather than trusting the notice: a notice says *where*, the
+//! store says *what*. From the record it had and the one it reads, it does what the writing node
+//! would have done for a device connected to it: push the desired-properties patch, end the
+//! session of a device deleted, re-created or disabled.
+
+use std::sync::Arc;
+
+use crate::record::{merge_diff, split_key, DeviceRecord, Status};
+use crate::{Hub, HubInner, Slot};
+
+/// A change another node made to this hub's data, as this node hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerChange {
+    /// The device or module at this registry key ([`crate::store::device_key`],
+    /// [`crate::store::module_key`]) was written or deleted.
+    Record {
+        /// Its registry key.
+        key: String,
+    },
+    /// This node may have missed changes (its channel to the others was lost): whatever it
+    /// caches may be stale.
+    Resync,
+}
+
+impl Hub {
+    /// Brings this node up to date with a change another node made (see the module docs).
+    /// Returns once done; a store that cannot be read now leaves the record to be read again
+    /// when next needed.
+    pub async fn peer_changed(&self, change: PeerChange) {
+        let inner = &self.inner;
+        match change {
+            PeerChange::Record { key } => {
+                if let Some(slot) = inner.held(&key) {
+                    inner.refresh(&key, &slot).await;
+                }
+            }
+            PeerChange::Resync => {
+                tracing::info!(hub = %inner.host_name, held = inner.devices.len(), "re-reading every device held: changes by other nodes may have been missed");
+                for (key, slot) in inner.devices.entries() {
+                    let connected = slot.live.lock().view().connected;
+                    if connected {
+                        inner.refresh(&key, &slot).await;
+                    } else {
+                        inner.forget(&slot).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl HubInner {
+    /// Re-reads the record of the held slot `key` under its write lock, and acts for a live
+    /// session on what changed.
+    async fn refresh(&self, key: &str, slot: &Arc<Slot>) {
+        let mut guard = slot.write.clone().lock_owned().await;
+        if *guard {
+            return;
+        }
+        let stored = match split_key(key) {
+            (device, Some(module)) => self.store.get_module(device, module).await,
+            (device, None) => self.store.get_device(device).await,
+        };
+        let new = match stored {
+            Ok(rec) => rec.map(Arc::new),
+            Err(e) => {
+                // A connected device keeps the record it has (its session reads it); another is
+                // read again when next needed.
+                tracing::warn!(key, error = %e, "cannot re-read a device another node changed");
+                if !slot.live.lock().view().connected {
+                    *slot.record.write() = None;
+                }
+                return;
+            }
+        };
+        let old = slot.record();
+        *slot.record.write() = Some(new.clone());
+        let gone = match (&old, &new) {
+            (Some(old), Some(new)) if new.generation_id == old.generation_id => {
+                if new.status == Status::Disabled {
+                    Some("device disabled on another node")
+                } else {
+                    self.push_desired_change(slot, old, new);
+                    None
+                }
+            }
+            (Some(_), Some(_)) => Some("device re-created on another node"),
+            (Some(_), None) => Some("device deleted on another node"),
+            (None, _) => None,
+        };
+        if let Some(why) = gone {
+            self.kick(slot, why);
+            if split_key(key).1.is_none() {
+                self.kick_held_modules(key, why);
+            }
+        }
+        self.retire_if_empty(key, slot, &mut guard);
+    }
+
+    /// Pushes the desired-properties change from `old` to `new` to the slot's session, as the
+    /// patch the writing node sent its own devices: what changed, removals as `null`.
+    fn push_desired_change(&self, slot: &Slot, old: &DeviceRecord, new: &DeviceRecord) {
+        if new.twin.desired_version <= old.twin.desired_version {
+            return;
+        }
+        let diff = merge_diff(&old.twin.desired, &new.twin.desired);
+        if !diff.is_empty() {
+            self.notify_desired(slot, diff, new.twin.desired_version);
+        }
+    }
+
+    /// Ends the sessions of the held modules of the device `device_key`.
+    fn kick_held_modules(&self, device_key: &str, why: &str) {
+        let prefix = crate::record::module_key(device_key, "");
+        for (key, slot) in self.devices.entries() {
+            if key.starts_with(&prefix) {
+                self.kick(&slot, why);
+            }
+        }
+    }
+
+    /// Drops the cached record of an idle slot, under its write lock: it is read again when next
+    /// needed.
+    async fn forget(&self, slot: &Slot) {
+        let guard = slot.write.clone().lock_owned().await;
+        if !*guard {
+            *slot.record.write() = None;
+        }
+    }
+}
