@@ -25,7 +25,7 @@ pub use engine::{
     AllocationWebhook, Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, GeoConfig,
     LinkedHub, Page, Recovery, Registered, MAX_LINKED_HUBS,
 };
-pub use error::Error;
+pub use error::{Error, STORE_RETRY_AFTER_SECS};
 pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
 pub use quota::{QuotaConfig, Quotas};
 pub use random::{Random, SeededRandom, SystemRandom};

@@ -30,6 +30,13 @@ pub enum HubStoreError {
     /// backend's state, e.g. a stopped writer).
     #[error("hub storage failure: {0}")]
     Backend(#[source] dps_core::Cause),
+    /// A conditional write ([`crate::store::HubStore::put_device_if`]) found the record changed
+    /// by another node since it was read; nothing was written. Retrying reads it again.
+    #[error("device '{key}' was changed by another node meanwhile; nothing was written, retry")]
+    Conflict {
+        /// Registry key of the record.
+        key: String,
+    },
     /// A stored record does not decode as this build's record shape (a hand-edited or damaged
     /// file); the store refuses it rather than guess.
     #[error("stored record of device '{key}' is corrupt: {source}")]
@@ -139,6 +146,7 @@ impl RegistryError {
             RegistryError::TooManyDevices { .. } => codes::TOO_MANY_DEVICES,
             RegistryError::Invalid(_) => codes::ARGUMENT_INVALID,
             RegistryError::Query(_) | RegistryError::TwinInvalid(_) => codes::HUB_ARGUMENT_INVALID,
+            RegistryError::Storage(HubStoreError::Conflict { .. }) => codes::SERVICE_UNAVAILABLE,
             RegistryError::Storage(_) => codes::INTERNAL,
         }
     }

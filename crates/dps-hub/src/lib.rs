@@ -475,7 +475,9 @@ impl HubInner {
                 // Retired by a concurrent delete (or a failed load); the map no longer points at it.
                 continue;
             }
-            if slot.loaded().is_none() {
+            // Another node may have changed a record held here since it was read: a write on a
+            // shared store starts from the stored one (decision 0031).
+            if slot.loaded().is_none() || self.store.shared() {
                 let stored = match record::split_key(key) {
                     (device, Some(module)) => self.store.get_module(device, module).await,
                     (device, None) => self.store.get_device(device).await,
@@ -517,12 +519,24 @@ impl HubInner {
 
     /// Persists `rec` durably in the store and publishes it as the slot's committed snapshot.
     /// Must be called with the slot's write guard held.
+    ///
+    /// On a store other nodes write too, the write is conditional on the record this node read
+    /// (under the guard) being still the stored one; when another node changed it meanwhile,
+    /// nothing is written, the slot forgets what it read, and the caller's client is told to
+    /// retry ([`HubStoreError::Conflict`]).
     pub(crate) async fn commit(&self, slot: &Slot, rec: DeviceRecord) -> Result<Arc<DeviceRecord>, RegistryError> {
-        match rec.module_id {
-            None => self.store.put_device(&rec).await,
-            Some(_) => self.store.put_module(&rec).await,
+        let written = match (self.store.shared(), &rec.module_id) {
+            (false, None) => self.store.put_device(&rec).await,
+            (false, Some(_)) => self.store.put_module(&rec).await,
+            (true, None) => self.store.put_device_if(&rec, slot.record().as_deref()).await,
+            (true, Some(_)) => self.store.put_module_if(&rec, slot.record().as_deref()).await,
+        };
+        if let Err(e) = written {
+            if matches!(e, HubStoreError::Conflict { .. }) && !slot.live_view().connected {
+                *slot.record.write() = None;
+            }
+            return Err(RegistryError::Storage(e));
         }
-        .map_err(RegistryError::Storage)?;
         let rec = Arc::new(rec);
         *slot.record.write() = Some(Some(rec.clone()));
         Ok(rec)

@@ -189,6 +189,14 @@ impl DeviceRecord {
         self.module_id.as_deref()
     }
 
+    /// The identity's etag and the twin's: every write changes one of them, so a store can tell
+    /// whether the record it holds is still the one a writer read
+    /// ([`crate::store::HubStore::put_device_if`]). Their JSON paths in the stored document are
+    /// `etag` and `twin.etag`.
+    pub fn etags(&self) -> (&str, &str) {
+        (&self.etag, &self.twin.etag)
+    }
+
     /// The storage key: the lower-cased device id ([`crate::store::device_key`]), or for a
     /// module [`module_key`] of its ids.
     pub fn key(&self) -> String {

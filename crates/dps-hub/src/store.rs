@@ -99,6 +99,30 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// [`module_key`]); durable when it returns. The hub creates modules only on stored devices.
     async fn put_module(&self, record: &DeviceRecord) -> Result<(), HubStoreError>;
 
+    /// Whether other nodes write this store too (decision 0031): the hub then reads a record
+    /// again before it changes it, and writes with [`put_device_if`](Self::put_device_if) and
+    /// [`put_module_if`](Self::put_module_if). A store only this process uses says `false`.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// [`put_device`](Self::put_device) only if the stored record is still `previous` (`None`:
+    /// only if there is none), compared by its etags, of which every write changes one; else
+    /// [`HubStoreError::Conflict`] and nothing written. A store no other node writes keeps
+    /// records only through this hub's serialised writes, so by default it writes without
+    /// looking.
+    async fn put_device_if(&self, record: &DeviceRecord, previous: Option<&DeviceRecord>) -> Result<(), HubStoreError> {
+        let _ = previous;
+        self.put_device(record).await
+    }
+
+    /// [`put_module`](Self::put_module) with the condition of
+    /// [`put_device_if`](Self::put_device_if).
+    async fn put_module_if(&self, record: &DeviceRecord, previous: Option<&DeviceRecord>) -> Result<(), HubStoreError> {
+        let _ = previous;
+        self.put_module(record).await
+    }
+
     /// Removes one module (absent is fine); durable when it returns.
     async fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), HubStoreError>;
 

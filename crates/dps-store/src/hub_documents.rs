@@ -55,6 +55,41 @@ pub(crate) const TABLE: &str = "devices";
 pub(crate) const UPSERT: &str = "INSERT INTO devices (hub, id, doc) VALUES (?1, ?2, ?3) \
      ON CONFLICT (hub, id) DO UPDATE SET doc = excluded.doc";
 pub(crate) const DELETE: &str = "DELETE FROM devices WHERE hub = ?1 AND id = ?2";
+
+/// What a conditional write expects the stored document to be (decision 0031): absent, or the
+/// one with these etags (the identity's, the twin's; `DeviceRecord::etags`). PostgreSQL only:
+/// the statements raise SQLSTATE [`CONFLICT_STATE`] when the expectation fails, so that the
+/// write fails alone and its batch is retried without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Expected {
+    Absent,
+    Etags(String, String),
+}
+
+impl Expected {
+    /// What a writer that read `previous` expects.
+    pub(crate) fn of(previous: Option<&dps_hub::store::DeviceRecord>) -> Self {
+        match previous.map(|r| r.etags()) {
+            None => Expected::Absent,
+            Some((etag, twin)) => Expected::Etags(etag.to_string(), twin.to_string()),
+        }
+    }
+}
+
+/// The SQLSTATE of a conditional write whose expectation failed (`dps_expect_one`, PostgreSQL
+/// hub migration 4).
+pub(crate) const CONFLICT_STATE: &str = "DP001";
+const INSERT_IF_ABSENT: &str = "WITH w AS (INSERT INTO devices (hub, id, doc) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (hub, id) DO NOTHING RETURNING 1) SELECT dps_expect_one(count(*)) FROM w";
+const UPDATE_IF_ETAGS: &str = "WITH w AS (UPDATE devices SET doc = ?3 WHERE hub = ?1 AND id = ?2 \
+     AND doc::jsonb ->> 'etag' = ?4 AND doc::jsonb #>> '{twin,etag}' = ?5 RETURNING 1) \
+     SELECT dps_expect_one(count(*)) FROM w";
+const INSERT_MODULE_IF_ABSENT: &str = "WITH w AS (INSERT INTO modules (hub, id, device, doc) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (hub, id) DO NOTHING RETURNING 1) \
+     SELECT dps_expect_one(count(*)) FROM w";
+const UPDATE_MODULE_IF_ETAGS: &str = "WITH w AS (UPDATE modules SET doc = ?3 WHERE hub = ?1 AND id = ?2 \
+     AND doc::jsonb ->> 'etag' = ?4 AND doc::jsonb #>> '{twin,etag}' = ?5 RETURNING 1) \
+     SELECT dps_expect_one(count(*)) FROM w";
 pub(crate) const DELETE_DEVICE_C2D: &str = "DELETE FROM c2d WHERE hub = ?1 AND device = ?2";
 pub(crate) const DELETE_DEVICE_MODULES: &str = "DELETE FROM modules WHERE hub = ?1 AND device = ?2";
 pub(crate) const DELETE_DEVICE_TAGS: &str = "DELETE FROM twin_tags WHERE hub = ?1 AND device = ?2";
@@ -114,16 +149,24 @@ pub(crate) const COUNT: &str = "SELECT CAST(COALESCE(SUM(devices), 0) AS BIGINT)
 /// One write to the devices table. The document arrives serialised: JSON encoding runs on the
 /// callers' threads, in parallel, keeping the single writer's critical path to SQL only.
 pub(crate) enum DeviceOp {
-    /// Insert or replace the document of `key`, and its string tags (the index's rows).
+    /// Insert or replace the document of `key`, and its string tags (the index's rows); with
+    /// `expect`, only if the stored document is still the one expected.
     Put {
         key: String,
         doc: String,
         tags: Vec<(String, String)>,
+        expect: Option<Expected>,
     },
     /// Remove `key` (absent is fine), its modules and its cloud-to-device messages.
     Delete { key: String },
-    /// Insert or replace the module `key` of the device `device`.
-    PutModule { key: String, device: String, doc: String },
+    /// Insert or replace the module `key` of the device `device`; with `expect`, only if the
+    /// stored document is still the one expected.
+    PutModule {
+        key: String,
+        device: String,
+        doc: String,
+        expect: Option<Expected>,
+    },
     /// Remove the module `key` (absent is fine).
     DeleteModule { key: String },
     /// Insert or replace the job `key`.
@@ -154,8 +197,15 @@ impl DeviceOp {
         let h = || Arg::Int(hub);
         let mut out: Vec<Statement<'_>> = Vec::new();
         match self {
-            DeviceOp::Put { key, doc, tags } => {
-                out.push((UPSERT, vec![h(), key.into(), doc.into()]));
+            DeviceOp::Put { key, doc, tags, expect } => {
+                out.push(match expect {
+                    None => (UPSERT, vec![h(), key.into(), doc.into()]),
+                    Some(Expected::Absent) => (INSERT_IF_ABSENT, vec![h(), key.into(), doc.into()]),
+                    Some(Expected::Etags(etag, twin)) => (
+                        UPDATE_IF_ETAGS,
+                        vec![h(), key.into(), doc.into(), etag.into(), twin.into()],
+                    ),
+                });
                 out.push((DELETE_DEVICE_TAGS, vec![h(), key.into()]));
                 for (path, value) in tags {
                     out.push((PUT_TAG, vec![h(), path.into(), value.into(), key.into()]));
@@ -166,9 +216,22 @@ impl DeviceOp {
                     out.push((sql, vec![h(), key.into()]));
                 }
             }
-            DeviceOp::PutModule { key, device, doc } => {
-                out.push((PUT_MODULE, vec![h(), key.into(), device.into(), doc.into()]));
-            }
+            DeviceOp::PutModule {
+                key,
+                device,
+                doc,
+                expect,
+            } => out.push(match expect {
+                None => (PUT_MODULE, vec![h(), key.into(), device.into(), doc.into()]),
+                Some(Expected::Absent) => (
+                    INSERT_MODULE_IF_ABSENT,
+                    vec![h(), key.into(), device.into(), doc.into()],
+                ),
+                Some(Expected::Etags(etag, twin)) => (
+                    UPDATE_MODULE_IF_ETAGS,
+                    vec![h(), key.into(), doc.into(), etag.into(), twin.into()],
+                ),
+            }),
             DeviceOp::DeleteModule { key } => out.push((DELETE_MODULE, vec![h(), key.into()])),
             DeviceOp::PutJob { key, doc } => out.push((PUT_JOB, vec![h(), key.into(), doc.into()])),
             DeviceOp::DeleteJob { key } => {
@@ -221,6 +284,12 @@ impl DeviceOp {
 /// Read statements take the hub as `?1`, which the backend supplies; `args` are the rest.
 #[async_trait]
 pub(crate) trait HubDocuments: Send + Sync + 'static {
+    /// Whether other nodes write this database too ([`dps_hub::store::HubStore::shared`]):
+    /// conditional writes then carry their expectation ([`Expected`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Queues `op` for this hub and waits until its batch committed.
     async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError>;
 
@@ -369,6 +438,24 @@ macro_rules! hub_store_over_documents {
                 serde_json::to_string(value).map_err(|e| HubStoreError::backend(format!("cannot encode {what}: {e}")))
             }
 
+            fn device_put(record: &DeviceRecord, expect: Option<Expected>) -> Result<DeviceOp, HubStoreError> {
+                Ok(DeviceOp::Put {
+                    key: record.key(),
+                    doc: encode("device record", record)?,
+                    tags: record.string_tags(),
+                    expect,
+                })
+            }
+
+            fn module_put(record: &DeviceRecord, expect: Option<Expected>) -> Result<DeviceOp, HubStoreError> {
+                Ok(DeviceOp::PutModule {
+                    key: record.key(),
+                    device: device_key(record.device_id()),
+                    doc: encode("module record", record)?,
+                    expect,
+                })
+            }
+
             impl $backend {
                 /// One page of `table` in key order after `after` (`None`: from the first): `sql`
                 /// is the first page's statement (`?2` the limit) and the next pages' (`?3` the
@@ -397,12 +484,29 @@ macro_rules! hub_store_over_documents {
                 }
 
                 async fn put_device(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
-                    let op = DeviceOp::Put {
-                        key: record.key(),
-                        doc: encode("device record", record)?,
-                        tags: record.string_tags(),
-                    };
-                    self.write(op).await
+                    self.write(device_put(record, None)?).await
+                }
+
+                fn shared(&self) -> bool {
+                    HubDocuments::shared(self)
+                }
+
+                async fn put_device_if(
+                    &self,
+                    record: &DeviceRecord,
+                    previous: Option<&DeviceRecord>,
+                ) -> Result<(), HubStoreError> {
+                    let expect = HubDocuments::shared(self).then(|| Expected::of(previous));
+                    self.write(device_put(record, expect)?).await
+                }
+
+                async fn put_module_if(
+                    &self,
+                    record: &DeviceRecord,
+                    previous: Option<&DeviceRecord>,
+                ) -> Result<(), HubStoreError> {
+                    let expect = HubDocuments::shared(self).then(|| Expected::of(previous));
+                    self.write(module_put(record, expect)?).await
                 }
 
                 async fn delete_device(&self, device_id: &str) -> Result<(), HubStoreError> {
@@ -452,12 +556,7 @@ macro_rules! hub_store_over_documents {
                 }
 
                 async fn put_module(&self, record: &DeviceRecord) -> Result<(), HubStoreError> {
-                    let op = DeviceOp::PutModule {
-                        key: record.key(),
-                        device: device_key(record.device_id()),
-                        doc: encode("module record", record)?,
-                    };
-                    self.write(op).await
+                    self.write(module_put(record, None)?).await
                 }
 
                 async fn delete_module(&self, device_id: &str, module_id: &str) -> Result<(), HubStoreError> {

@@ -320,35 +320,22 @@ async fn postgres_hub_stores_pass_conformance_and_see_only_their_own_rows() {
 /// instead of serving the one it cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_write_on_one_node_reaches_the_other_through_its_notice() {
-    use dps_hub::{Hub, HubConfig, PeerChange};
+    use dps_hub::PeerChange;
     use dps_store::postgres::{BusEvent, HubNotice, NodeBus};
     let url = dps_store::postgres::testing::fresh_database().await;
-    let node = |_| async {
-        let db = dps_store::PostgresHubDatabase::connect(&url).await.unwrap();
-        let hub = Hub::open_with_store(
-            HubConfig::in_memory("hub.test"),
-            Arc::new(db.hub(1)),
-            Arc::new(dps_core::SystemClock),
-        )
-        .await
-        .unwrap();
-        (db, hub)
-    };
-    let ((db_a, a), (db_b, b)) = (node(0).await, node(1).await);
+    let ((db_a, a), (db_b, b)) = (hub_node(&url).await, hub_node(&url).await);
     assert_ne!(db_a.node(), db_b.node());
     let bus = NodeBus::listen(&url).await.unwrap();
     let mut heard = bus.subscribe();
 
-    let device: dps_proto::model::hub::Device =
-        serde_json::from_value(serde_json::json!({"deviceId": "Dev-1"})).unwrap();
-    a.put_device(device, None).await.unwrap();
+    a.put_device(hub_device("Dev-1"), None).await.unwrap();
     assert!(
         b.get_twin("dev-1").await.unwrap().properties.is_some(),
         "node B holds it now"
     );
-    let patch: dps_proto::model::hub::Twin =
-        serde_json::from_value(serde_json::json!({"properties": {"desired": {"x": 1}}})).unwrap();
-    a.patch_twin("dev-1", patch, None).await.unwrap();
+    a.patch_twin("dev-1", desired(serde_json::json!({"x": 1})), None)
+        .await
+        .unwrap();
     let desired_x = |t: dps_proto::model::hub::Twin| t.properties.unwrap().desired.unwrap().get("x").cloned();
     assert_eq!(
         desired_x(b.get_twin("dev-1").await.unwrap()),
@@ -372,4 +359,74 @@ async fn a_hub_write_on_one_node_reaches_the_other_through_its_notice() {
     }
     assert_eq!(desired_x(b.get_twin("dev-1").await.unwrap()), Some(1.into()));
     assert_eq!(HubNotice::parse("something else"), None);
+}
+
+/// A node serving hub 1 of the database at `url`: its hub database and the hub on it.
+async fn hub_node(url: &str) -> (Arc<dps_store::PostgresHubDatabase>, dps_hub::Hub) {
+    let db = dps_store::PostgresHubDatabase::connect(url).await.unwrap();
+    let hub = dps_hub::Hub::open_with_store(
+        dps_hub::HubConfig::in_memory("hub.test"),
+        Arc::new(db.hub(1)),
+        Arc::new(dps_core::SystemClock),
+    )
+    .await
+    .unwrap();
+    (db, hub)
+}
+
+fn hub_device(id: &str) -> dps_proto::model::hub::Device {
+    serde_json::from_value(serde_json::json!({ "deviceId": id })).unwrap()
+}
+
+fn desired(v: serde_json::Value) -> dps_proto::model::hub::Twin {
+    serde_json::from_value(serde_json::json!({"properties": {"desired": v}})).unwrap()
+}
+
+/// Two nodes changing one twin, the second without having heard of the first's change: neither
+/// change is lost. A write starts from the stored record, and a write whose record another node
+/// replaced after it was read is refused whole (decision 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_two_nodes_never_lose_each_other() {
+    use dps_hub::store::{HubStore, HubStoreError};
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((_, a), (db_b, b)) = (hub_node(&url).await, hub_node(&url).await);
+    a.put_device(hub_device("dev-1"), None).await.unwrap();
+    b.get_twin("dev-1").await.unwrap();
+    a.patch_twin("dev-1", desired(serde_json::json!({"x": 1})), None)
+        .await
+        .unwrap();
+    let twin = b
+        .patch_twin("dev-1", desired(serde_json::json!({"y": 2})), None)
+        .await
+        .unwrap();
+    let x_and_y = |t: dps_proto::model::hub::Twin| {
+        let d = t.properties.unwrap().desired.unwrap();
+        (d.get("x").cloned(), d.get("y").cloned())
+    };
+    let both = (Some(1.into()), Some(2.into()));
+    assert_eq!(x_and_y(twin), both);
+    // Node A, once it hears of B's write, serves both too.
+    a.peer_changed(dps_hub::PeerChange::Record { key: "dev-1".into() })
+        .await;
+    assert_eq!(x_and_y(a.get_twin("dev-1").await.unwrap()), both);
+
+    let store = db_b.hub(1);
+    assert!(store.shared());
+    let read = store.get_device("dev-1").await.unwrap().unwrap();
+    a.patch_twin("dev-1", desired(serde_json::json!({"z": 3})), None)
+        .await
+        .unwrap();
+    let conflict = HubStoreError::Conflict { key: "dev-1".into() };
+    let (stale, absent) = tokio::join!(
+        store.put_device_if(&read, Some(&read)),
+        store.put_device_if(&read, None)
+    );
+    assert_eq!(stale.unwrap_err(), conflict);
+    assert_eq!(absent.unwrap_err(), conflict);
+    let now = store.get_device("dev-1").await.unwrap().unwrap();
+    assert_ne!(now.etags(), read.etags(), "nothing written");
+    store.put_device_if(&now, Some(&now)).await.unwrap();
+    let other = dps_hub::store::device_key("dev-2");
+    a.put_device(hub_device("dev-2"), None).await.unwrap();
+    assert!(store.get_device(&other).await.unwrap().is_some());
 }

@@ -384,6 +384,10 @@ fn device_not_found(id: &str) -> ApiError {
 fn registry_error(e: RegistryError) -> ApiError {
     match e {
         RegistryError::Invalid(m) => ApiError::invalid(m),
+        RegistryError::Storage(m @ dps_hub::store::HubStoreError::Conflict { .. }) => ApiError {
+            retry_after: Some(dps_core::STORE_RETRY_AFTER_SECS),
+            ..ApiError::new(codes::SERVICE_UNAVAILABLE, m.to_string())
+        },
         RegistryError::Storage(m) => ApiError::internal(format!("hub storage: {m}")),
         other => ApiError::new(other.code(), other.to_string()),
     }

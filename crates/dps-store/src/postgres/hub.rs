@@ -22,7 +22,7 @@ use super::writer::{run_in_order, Operation, Writer};
 use super::{migrations, placeholders, PgOpenError};
 use crate::hub_documents::{
     covering, event_int as int, event_rows, event_uint as uint, partition_bounds, undecodable, Arg, DeviceOp, EventRow,
-    HubDocuments, Statement, COUNT,
+    HubDocuments, Statement, CONFLICT_STATE, COUNT,
 };
 use crate::stats::StoreStats;
 
@@ -218,6 +218,19 @@ impl Operation for HubOp {
         HubStoreError::backend(e)
     }
 
+    /// A conditional write whose expectation failed is the other node's win, not a failure
+    /// of the database.
+    fn failure(&self, e: &tokio_postgres::Error) -> HubStoreError {
+        match (e.code(), &self.op) {
+            (Some(state), DeviceOp::Put { key, .. } | DeviceOp::PutModule { key, .. })
+                if state.code() == CONFLICT_STATE =>
+            {
+                HubStoreError::Conflict { key: key.clone() }
+            }
+            _ => HubStoreError::backend(format!("PostgreSQL: {e}")),
+        }
+    }
+
     fn pipelined(&self) -> Option<Vec<Statement<'_>>> {
         Some(self.statements())
     }
@@ -370,6 +383,11 @@ crate::hub_documents::hub_store_over_documents!(PostgresHubStore);
 
 #[async_trait]
 impl HubDocuments for PostgresHubStore {
+    /// Every node of the database writes it.
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError> {
         let notice = HubNotice::of(&op, self.hub, &self.db.node);
         self.db

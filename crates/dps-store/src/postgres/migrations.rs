@@ -66,6 +66,11 @@ pub(super) const HUB: Schema = Schema {
             name: "device status without a subtransaction",
             sql: include_str!("migrations/hub_0003.sql"),
         },
+        Migration {
+            version: 4,
+            name: "conditional registry writes",
+            sql: include_str!("migrations/hub_0004.sql"),
+        },
     ],
 };
 

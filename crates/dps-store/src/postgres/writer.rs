@@ -37,8 +37,9 @@ pub(super) trait Operation: Send + Sync + 'static {
         Self::backend(e)
     }
 
-    /// `e` as callers see it, told apart by [`super::is_unavailable`].
-    fn failure(e: &tokio_postgres::Error) -> Self::Error {
+    /// `e`, which failed this write's transaction, as callers see it: by default told apart by
+    /// [`super::is_unavailable`].
+    fn failure(&self, e: &tokio_postgres::Error) -> Self::Error {
         match super::is_unavailable(e) {
             true => Self::unavailable(format!("PostgreSQL: {e}")),
             false => Self::backend(format!("PostgreSQL: {e}")),
@@ -152,7 +153,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
                             counters.record_batch(1, true);
                             r.remove(0)
                         }
-                        Err(e) => Err(O::failure(&e)),
+                        Err(e) => Err(op.failure(&e)),
                     });
                 }
                 results
@@ -160,8 +161,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
             Err(e) => {
                 tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL batch failed; nothing written");
                 counters.record_batch(batch.len(), false);
-                let e = O::failure(&e);
-                ops.iter().map(|_| Err(e.clone())).collect()
+                ops.iter().map(|op| Err(op.failure(&e))).collect()
             }
         };
         if !client.is_closed() {
