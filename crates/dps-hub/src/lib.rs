@@ -76,7 +76,7 @@ pub use file_upload::{
 pub use jobs::{DEFAULT_MAX_EXECUTION, JOB_RETENTION, MAX_ACTIVE_JOBS, MAX_KEPT_JOBS};
 pub use modules::MAX_MODULES_PER_DEVICE;
 pub use outbox::Batch;
-pub use peers::PeerChange;
+pub use peers::{MethodCall, PeerChange, Peers};
 pub use polling::PolledC2d;
 pub use query::QueryPage;
 pub use registry::RegistryStatistics;
@@ -198,6 +198,8 @@ pub(crate) struct HubInner {
     file_notifications: outbox::Outbox<FileNotification>,
     /// Scheduled jobs.
     jobs: Mutex<jobs::Jobs>,
+    /// The other nodes serving this hub, when its store is shared ([`Hub::set_peers`]).
+    peers: std::sync::OnceLock<Arc<dyn peers::Peers>>,
 }
 
 /// Per-device state.
@@ -322,6 +324,7 @@ impl Hub {
                     lock: FILE_NOTIFICATION_LOCK,
                 }),
                 jobs: Mutex::new(Default::default()),
+                peers: std::sync::OnceLock::new(),
             }),
         })
     }

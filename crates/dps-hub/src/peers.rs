@@ -10,9 +10,46 @@
 //! session of a device deleted, re-created or disabled.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::error::MethodError;
 use crate::record::{merge_diff, split_key, DeviceRecord, Status};
+use crate::session::MethodResponse;
+use crate::store::HubStoreError;
 use crate::{Hub, HubInner, Slot};
+
+/// A direct-method call for a device connected to another node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodCall {
+    /// The device's or module's registry key.
+    pub key: String,
+    /// Method name.
+    pub method: String,
+    /// The request's JSON payload.
+    pub payload: Value,
+    /// How long the device has to answer.
+    pub timeout: Duration,
+}
+
+/// The other nodes serving this hub, as the hub reaches them (decision 0031): where devices are
+/// connected, and direct methods for a device connected elsewhere. Set once, at start, on a hub
+/// whose store other nodes share ([`Hub::set_peers`]).
+#[async_trait]
+pub trait Peers: Send + Sync + 'static {
+    /// Records that the identity at `key` is connected to this node now, in session `session`
+    /// (the node it was connected to before ends its session).
+    async fn connected(&self, key: &str, session: u64) -> Result<(), HubStoreError>;
+
+    /// Records that session `session` of `key` ended (unless a newer one was recorded since).
+    async fn disconnected(&self, key: &str, session: u64) -> Result<(), HubStoreError>;
+
+    /// Calls a direct method on a device connected to another node and waits for its answer;
+    /// `Ok(None)` when it is connected to no node.
+    async fn call(&self, call: &MethodCall) -> Result<Option<MethodResponse>, MethodError>;
+}
 
 /// A change another node made to this hub's data, as this node hears of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +61,25 @@ pub enum PeerChange {
         /// Its registry key.
         key: String,
     },
+    /// The identity at this registry key connected to another node: a session of it here is
+    /// an older connection, which IoT Hub ends (one connection per device).
+    Connected {
+        /// Its registry key.
+        key: String,
+    },
     /// This node may have missed changes (its channel to the others was lost): whatever it
-    /// caches may be stale.
+    /// caches may be stale, and what it recorded of its own connections may be gone.
     Resync,
 }
 
 impl Hub {
+    /// Connects this hub to the other nodes serving it (once, at start; later calls are
+    /// ignored): its devices' connections are recorded where the others find them, and a
+    /// direct method for a device connected elsewhere goes to that node.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        let _ = self.inner.peers.set(peers);
+    }
+
     /// Brings this node up to date with a change another node made (see the module docs).
     /// Returns once done; a store that cannot be read now leaves the record to be read again
     /// when next needed.
@@ -41,14 +91,21 @@ impl Hub {
                     inner.refresh(&key, &slot).await;
                 }
             }
+            PeerChange::Connected { key } => {
+                if let Some(slot) = inner.held(&key) {
+                    inner.kick(&slot, "the device connected to another node");
+                }
+            }
             PeerChange::Resync => {
                 tracing::info!(hub = %inner.host_name, held = inner.devices.len(), "re-reading every device held: changes by other nodes may have been missed");
                 for (key, slot) in inner.devices.entries() {
-                    let connected = slot.live.lock().view().connected;
-                    if connected {
-                        inner.refresh(&key, &slot).await;
-                    } else {
-                        inner.forget(&slot).await;
+                    let session = slot.live.lock().session_id();
+                    match session {
+                        Some(session) => {
+                            inner.refresh(&key, &slot).await;
+                            inner.announce(&key, session).await;
+                        }
+                        None => inner.forget(&slot).await,
                     }
                 }
             }
@@ -57,6 +114,17 @@ impl Hub {
 }
 
 impl HubInner {
+    /// Records, for the other nodes, that `key` is connected here in `session`. A failure is
+    /// logged, not the device's: it stays connected, and only calls through other nodes miss it
+    /// until the node's next resync.
+    pub(crate) async fn announce(&self, key: &str, session: u64) {
+        if let Some(peers) = self.peers.get() {
+            if let Err(e) = peers.connected(key, session).await {
+                tracing::warn!(key, error = %e, "cannot record the device's connection for the other nodes");
+            }
+        }
+    }
+
     /// Re-reads the record of the held slot `key` under its write lock, and acts for a live
     /// session on what changed.
     async fn refresh(&self, key: &str, slot: &Arc<Slot>) {

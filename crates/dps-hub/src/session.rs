@@ -162,6 +162,11 @@ impl Live {
         self.session.is_none() && self.c2d.is_empty()
     }
 
+    /// The live session's id, if there is one.
+    pub(crate) fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
     pub(crate) fn view(&self) -> LiveView {
         LiveView {
             connected: self.session.is_some(),
@@ -316,6 +321,7 @@ impl Hub {
             return Err(closed());
         }
         tracing::info!(device = %identity.device_id, module = ?identity.module_id, session = id, method = ?identity.method, "device connected");
+        self.inner.announce(&key, id).await;
         Ok((
             DeviceSession {
                 hub: self.clone(),
@@ -343,6 +349,8 @@ impl Hub {
 
     /// [`Hub::invoke_method`] on a device or, with `module_id`, on one of its modules (which
     /// answers on its own connection). An absent module is [`MethodError::ModuleNotFound`].
+    /// When other nodes serve the hub too ([`Hub::set_peers`]), a device connected to another
+    /// node is called there; connected nowhere is [`MethodError::DeviceNotOnline`].
     pub async fn invoke_method_on(
         &self,
         device_id: &str,
@@ -350,6 +358,33 @@ impl Hub {
         method_name: &str,
         payload: Value,
         timeout: Duration,
+    ) -> Result<MethodResponse, MethodError> {
+        self.invoke(device_id, module_id, method_name, payload, timeout, true)
+            .await
+    }
+
+    /// [`Hub::invoke_method_on`] for a device connected to this node only: what a node does for
+    /// another node's call (which must not travel on).
+    pub async fn invoke_method_here(
+        &self,
+        device_id: &str,
+        module_id: Option<&str>,
+        method_name: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<MethodResponse, MethodError> {
+        self.invoke(device_id, module_id, method_name, payload, timeout, false)
+            .await
+    }
+
+    async fn invoke(
+        &self,
+        device_id: &str,
+        module_id: Option<&str>,
+        method_name: &str,
+        payload: Value,
+        timeout: Duration,
+        anywhere: bool,
     ) -> Result<MethodResponse, MethodError> {
         if method_name.is_empty() || method_name.contains(['/', '+', '#']) {
             return Err(MethodError::InvalidMethodName(method_name.to_string()));
@@ -383,13 +418,26 @@ impl Hub {
                 }
             };
         let device_id = path.as_str();
+        let elsewhere = self.inner.peers.get().filter(|_| anywhere).cloned();
+        let here = slot.live.lock().session_id();
+        if let (Some(peers), None) = (&elsewhere, here) {
+            let call = crate::peers::MethodCall {
+                key,
+                method: method_name.to_string(),
+                payload,
+                timeout,
+            };
+            return peers.call(&call).await?.ok_or_else(|| MethodError::DeviceNotOnline {
+                device_id: device_id.to_string(),
+            });
+        }
         let rid = self.inner.next_rid();
         let (tx, rx) = oneshot::channel();
         let body = Bytes::from(serde_json::to_vec(&payload).unwrap_or_else(|_| b"null".to_vec()));
         let now = self.inner.now();
         {
             let mut live = slot.live.lock();
-            let Some(session_id) = live.session.as_ref().map(|s| s.id) else {
+            let Some(session_id) = live.session_id() else {
                 return Err(MethodError::DeviceNotOnline {
                     device_id: device_id.to_string(),
                 });
@@ -811,5 +859,13 @@ impl Drop for DeviceSession {
             .inner
             .methods
             .retain(|_, p| !(p.device_key == *key && p.session_id == id));
+        if let Some(peers) = self.hub.inner.peers.get().cloned() {
+            let key = key.clone();
+            tokio::spawn(async move {
+                if let Err(e) = peers.disconnected(&key, id).await {
+                    tracing::warn!(key, error = %e, "cannot record for the other nodes that the device disconnected");
+                }
+            });
+        }
     }
 }

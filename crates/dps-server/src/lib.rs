@@ -21,7 +21,6 @@ mod listener;
 mod log_limit;
 pub mod mqtt;
 mod outbound;
-mod peers;
 pub mod remote_hub;
 pub mod storage_account;
 mod tls;

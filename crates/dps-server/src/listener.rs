@@ -280,12 +280,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         tasks.spawn(hub_sweeper(h.hub.clone(), h.blobs.clone(), rx.clone()));
     }
     if let (Some(bus), HubStorage::Postgres { db, .. }) = (&storage.bus, &storage.hubs) {
-        tasks.spawn(crate::peers::hear_other_nodes(
-            bus.subscribe(),
-            db.node().to_string(),
-            services.clone(),
-            rx.clone(),
-        ));
+        // What the other nodes serving the database say (decision 0031).
+        let hubs = services
+            .hubs
+            .iter()
+            .filter_map(|h| Some((h.identity.number()?, h.hub.clone())))
+            .collect();
+        let hearing = db.clone().hear_other_nodes(bus.subscribe(), hubs);
+        let mut shutdown = rx.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = hearing => {}
+                _ = shutdown.changed() => {}
+            }
+        });
     }
     tasks.spawn(accept_loop(
         "HTTPS",
@@ -449,6 +457,14 @@ impl Storage {
         })
     }
 
+    /// How hub `number` reaches the other nodes serving it: on PostgreSQL (decision 0031).
+    fn peers(&self, number: u32) -> Option<Arc<dyn dps_hub::Peers>> {
+        match &self.hubs {
+            HubStorage::Sqlite(_) => None,
+            HubStorage::Postgres { db, .. } => Some(db.peers(number)),
+        }
+    }
+
     /// Hub `number`'s store (`telemetry`: its telemetry file, when its data is in files), and
     /// whether the storage held the hub before this start.
     fn hub(
@@ -555,6 +571,9 @@ async fn open_hub(
         Arc::new(SystemClock),
     )
     .await?;
+    if let Some(peers) = storage.peers(number) {
+        hub.set_peers(peers);
+    }
     for group in &config.event_hub_consumer_groups {
         hub.create_consumer_group(group)
             .await

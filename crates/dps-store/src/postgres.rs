@@ -15,6 +15,7 @@ mod commands;
 mod files;
 mod hub;
 mod migrations;
+mod peers;
 mod writer;
 
 use std::str::FromStr;
@@ -30,8 +31,9 @@ use tokio_postgres::NoTls;
 use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
 use crate::stats::StoreStats;
 pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
-pub use hub::{HubNotice, PostgresHubDatabase, PostgresHubStore};
+pub use hub::{HubNotice, Notice, PostgresHubDatabase, PostgresHubStore};
 pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
+pub use peers::PostgresPeers;
 
 /// Connections a node keeps for reads (the writer has one of its own besides). Reads are short
 /// lookups by key; more connections than this only add contention on a small machine, and
@@ -179,22 +181,7 @@ impl PostgresStore {
 /// A pool of connections to the database at `url`, whose `schema` is brought up to date (safely
 /// when several nodes start at once).
 async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenError> {
-    let config = client_config(url, "dps")?;
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let pool = Pool::builder(manager)
-        .max_size(MAX_READ_CONNECTIONS)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(CONNECTION_WAIT))
-        .create_timeout(Some(CONNECTION_WAIT))
-        .recycle_timeout(Some(CONNECTION_WAIT))
-        .build()
-        .map_err(PgOpenError::Pool)?;
+    let pool = pool_of(client_config(url, "dps")?, MAX_READ_CONNECTIONS)?;
     let mut first = pool.get().await.map_err(PgOpenError::Connect)?;
     let applied = migrations::apply(&mut first, schema).await?;
     tracing::info!(
@@ -203,6 +190,26 @@ async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenE
         "opened PostgreSQL database"
     );
     Ok(pool)
+}
+
+/// A pool of at most `size` connections made with `config`, bounded in waiting as every call
+/// must be (a request fails in seconds rather than hangs while PostgreSQL is away).
+fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool, PgOpenError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECTION_WAIT))
+        .create_timeout(Some(CONNECTION_WAIT))
+        .recycle_timeout(Some(CONNECTION_WAIT))
+        .build()
+        .map_err(PgOpenError::Pool)
 }
 
 /// The client settings of `url`, with the connect timeout a node needs (a request must not hang

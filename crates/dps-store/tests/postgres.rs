@@ -321,7 +321,7 @@ async fn postgres_hub_stores_pass_conformance_and_see_only_their_own_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_write_on_one_node_reaches_the_other_through_its_notice() {
     use dps_hub::PeerChange;
-    use dps_store::postgres::{BusEvent, HubNotice, NodeBus};
+    use dps_store::postgres::{BusEvent, HubNotice, NodeBus, Notice};
     let url = dps_store::postgres::testing::fresh_database().await;
     let ((db_a, a), (db_b, b)) = (hub_node(&url).await, hub_node(&url).await);
     assert_ne!(db_a.node(), db_b.node());
@@ -354,8 +354,11 @@ async fn a_hub_write_on_one_node_reaches_the_other_through_its_notice() {
         };
         let notice = HubNotice::parse(&payload).unwrap();
         assert_eq!((notice.hub, notice.node), (1, db_a.node()));
-        assert_eq!(notice.change, PeerChange::Record { key: "dev-1".into() });
-        b.peer_changed(notice.change).await;
+        let Notice::Change(change) = notice.what else {
+            panic!("{notice:?}")
+        };
+        assert_eq!(change, PeerChange::Record { key: "dev-1".into() });
+        b.peer_changed(change).await;
     }
     assert_eq!(desired_x(b.get_twin("dev-1").await.unwrap()), Some(1.into()));
     assert_eq!(HubNotice::parse("something else"), None);
@@ -429,4 +432,93 @@ async fn writes_through_two_nodes_never_lose_each_other() {
     let other = dps_hub::store::device_key("dev-2");
     a.put_device(hub_device("dev-2"), None).await.unwrap();
     assert!(store.get_device(&other).await.unwrap().is_some());
+}
+
+const DEVICE_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// A node of a cluster on the database at `url` serving hub 1: its hub, reaching the other nodes
+/// through PostgreSQL and hearing them (as `dps serve` sets it up), and what keeps it listening.
+async fn cluster_node(url: &str) -> (dps_hub::Hub, dps_store::postgres::NodeBus) {
+    let (db, hub) = hub_node(url).await;
+    hub.set_peers(db.peers(1));
+    let bus = dps_store::postgres::NodeBus::listen(url).await.unwrap();
+    tokio::spawn(db.hear_other_nodes(bus.subscribe(), vec![(1, hub.clone())]));
+    (hub, bus)
+}
+
+async fn device_login(hub: &dps_hub::Hub, device: &str) -> dps_hub::DeviceIdentity {
+    let now = chrono::Utc::now().timestamp() as u64;
+    let user = dps_proto::hub_mqtt::HubUsername::parse(&format!("hub.test/{device}/?api-version=2021-04-12")).unwrap();
+    let token =
+        dps_proto::sas::build_token(&format!("hub.test/devices/{device}"), DEVICE_KEY, now + 3600, None).unwrap();
+    hub.authenticate(now, &user, Some(token.as_bytes()), None)
+        .await
+        .unwrap()
+}
+
+/// A direct method invoked through one node reaches the device connected to another and comes
+/// back with its answer; a device connected nowhere is offline at once (404103 on the API);
+/// the device connecting to another node ends its connection to the first, as IoT Hub allows
+/// one connection per device (decision 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_method_reaches_a_device_connected_to_another_node() {
+    use dps_hub::{MethodError, OutboundKind};
+    use std::time::Duration;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((a, _bus_a), (b, _bus_b)) = (cluster_node(&url).await, cluster_node(&url).await);
+    let device = serde_json::json!({
+        "deviceId": "dev-1",
+        "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY}}
+    });
+    a.put_device(serde_json::from_value(device).unwrap(), None)
+        .await
+        .unwrap();
+    let offline = a
+        .invoke_method("dev-1", "reboot", serde_json::json!({}), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(offline, MethodError::DeviceNotOnline { .. }), "{offline}");
+
+    let (session, mut rx) = b.open_session(device_login(&b, "dev-1").await).await.unwrap();
+    assert_eq!(session.subscribe("$iothub/methods/POST/#", 0), Some(0));
+    let device = tokio::spawn(async move {
+        // The device answers each call with its payload; returns once its session ended.
+        while let Some(out) = rx.recv().await {
+            if let OutboundKind::MethodRequest { rid, .. } = out.kind {
+                let topic = format!("$iothub/methods/res/201/?$rid={rid}");
+                session
+                    .handle_publish(chrono::Utc::now(), &topic, &out.payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let answer = a
+        .invoke_method(
+            "dev-1",
+            "reboot",
+            serde_json::json!({"delay": 7}),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 201);
+    assert_eq!(answer.payload, serde_json::json!({"delay": 7}));
+
+    // The device connects to node A: its connection to node B ends.
+    let (_here, _rx) = a.open_session(device_login(&a, "dev-1").await).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), device)
+        .await
+        .expect("node B ends the older connection")
+        .unwrap();
+    // A call through node B now goes to node A (where the device has not subscribed to
+    // methods: offline for methods, as over one node).
+    let not_subscribed = b
+        .invoke_method("dev-1", "reboot", serde_json::json!({}), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(not_subscribed, MethodError::DeviceNotOnline { .. }),
+        "{not_subscribed}"
+    );
 }

@@ -70,12 +70,25 @@ impl ToSql for Arg<'_> {
 
 /// The embedded hubs of a node, in one PostgreSQL database shared with every other node.
 pub struct PostgresHubDatabase {
-    pool: Pool,
+    pub(super) pool: Pool,
+    /// For what may be lost in a crash (where devices are connected, method calls in flight):
+    /// connections that do not wait for the WAL to be flushed.
+    pub(super) ephemeral: Pool,
     /// This node's name in the notices its writes send (a fresh UUID per start), so that it
     /// can tell its own from the other nodes' (decision 0031).
-    node: String,
+    pub(super) node: String,
     registry: Writer<HubOp>,
     events: Writer<EventOp>,
+    /// Direct-method calls this node made to devices on other nodes, waiting for their answer.
+    pub(super) calls: super::peers::Pending,
+    /// Keeps this node's heartbeat in `dps_nodes` (aborted on drop).
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresHubDatabase {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
 }
 
 impl std::fmt::Debug for PostgresHubDatabase {
@@ -89,10 +102,18 @@ impl PostgresHubDatabase {
     /// several nodes start at once) and starts the writer tasks.
     pub async fn connect(url: &str) -> Result<Arc<PostgresHubDatabase>, PgOpenError> {
         let pool = super::connect(url, &migrations::HUB).await?;
+        let mut config = super::client_config(url, "dps-ephemeral")?;
+        config.options("-c synchronous_commit=off");
+        let ephemeral = super::pool_of(config, super::peers::EPHEMERAL_CONNECTIONS)?;
+        let node = uuid::Uuid::new_v4().simple().to_string();
+        let heartbeat = super::peers::start_heartbeat(&ephemeral, &node).await?;
         Ok(Arc::new(PostgresHubDatabase {
-            node: uuid::Uuid::new_v4().simple().to_string(),
             registry: Writer::start(pool.clone()),
             events: Writer::start(pool.clone()),
+            calls: Default::default(),
+            heartbeat,
+            node,
+            ephemeral,
             pool,
         }))
     }
@@ -169,16 +190,38 @@ impl HubOp {
 /// Sends a notice on the nodes' channel, delivered when the transaction commits.
 const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
 
-/// What a node hears of another's write to a hub (decision 0031): `hub {number} {node} record
-/// {key}`, sent by the writer in the write's transaction.
+/// What a node hears from another about a hub (decision 0031): `hub {number} {node} {what}`,
+/// where `what` is `record {key}` (a registry write, sent in its transaction), `connected {key}`
+/// (a device connected to that node), `call {id} {callee}` (a direct method for a device
+/// connected to `callee`) or `answer {id}` (the callee's answer is stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubNotice<'a> {
     /// The hub's number.
     pub hub: u32,
-    /// The node that wrote ([`PostgresHubDatabase::node`]).
+    /// The node that sent it ([`PostgresHubDatabase::node`]).
     pub node: &'a str,
-    /// What changed.
-    pub change: PeerChange,
+    /// What it says.
+    pub what: Notice<'a>,
+}
+
+/// What a [`HubNotice`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice<'a> {
+    /// Something this node may hold changed: for [`dps_hub::Hub::peer_changed`].
+    Change(PeerChange),
+    /// A direct method call for node `callee` ([`PostgresHubDatabase::hear_other_nodes`]
+    /// serves it there).
+    Call {
+        /// The call's id.
+        id: &'a str,
+        /// The node the device is connected to.
+        callee: &'a str,
+    },
+    /// The answer to call `id` is stored (the caller, hearing it, takes it).
+    Answer {
+        /// The call's id.
+        id: &'a str,
+    },
 }
 
 impl<'a> HubNotice<'a> {
@@ -190,11 +233,17 @@ impl<'a> HubNotice<'a> {
         }
         let hub = parts.next()?.parse().ok()?;
         let node = parts.next()?;
-        let change = match (parts.next()?, parts.next()?) {
-            ("record", key) => PeerChange::Record { key: key.to_string() },
+        let what = match (parts.next()?, parts.next()?) {
+            ("record", key) => Notice::Change(PeerChange::Record { key: key.to_string() }),
+            ("connected", key) => Notice::Change(PeerChange::Connected { key: key.to_string() }),
+            ("call", rest) => {
+                let (id, callee) = rest.split_once(' ')?;
+                Notice::Call { id, callee }
+            }
+            ("answer", id) => Notice::Answer { id },
             _ => return None,
         };
-        Some(HubNotice { hub, node, change })
+        Some(HubNotice { hub, node, what })
     }
 
     /// The notice of `op` by `node` on hub `hub`, for the writes other nodes must hear of.

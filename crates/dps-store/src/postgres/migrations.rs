@@ -71,6 +71,11 @@ pub(super) const HUB: Schema = Schema {
             name: "conditional registry writes",
             sql: include_str!("migrations/hub_0004.sql"),
         },
+        Migration {
+            version: 5,
+            name: "nodes, where devices are connected, method calls between nodes",
+            sql: include_str!("migrations/hub_0005.sql"),
+        },
     ],
 };
 
