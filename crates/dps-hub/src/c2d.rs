@@ -289,6 +289,33 @@ impl DeviceQueue {
         self.pending.insert(at, record);
     }
 
+    /// Adds the messages not held yet (by key): a message another node stored may arrive both
+    /// in the stored queue and on its own (decision 0031).
+    pub(crate) fn merge(&mut self, records: Vec<C2dRecord>) {
+        for r in records {
+            let held = self.pending.iter().any(|p| p.seq == r.seq) || self.locked.iter().any(|l| l.record.seq == r.seq);
+            if !held {
+                self.insert(r);
+            }
+        }
+    }
+
+    /// Makes the waiting messages the stored ones that are not delivered and locked here: the
+    /// stored queue is the truth on a shared store (messages settled or purged through another
+    /// node are gone from it).
+    pub(crate) fn replace_pending(&mut self, stored: Vec<C2dRecord>) {
+        self.pending.clear();
+        self.merge(stored);
+    }
+
+    /// Drops what a node holds of a device that is no longer connected to it: on a shared
+    /// store the device's next node reads the stored queue (messages received over HTTPS keep
+    /// their locks).
+    pub(crate) fn forget_waiting(&mut self) {
+        self.pending.clear();
+        self.locked.retain(|l| l.until.is_some());
+    }
+
     /// Every message delivered to a session goes back to the queue (the session ended); those
     /// received over HTTPS keep their locks.
     pub(crate) fn unlock_all(&mut self) {

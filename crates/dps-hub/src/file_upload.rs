@@ -243,7 +243,7 @@ impl Hub {
             return Ok(false);
         };
         let record = FileNotification {
-            seq: self.inner.next_queue_seq(),
+            seq: self.inner.new_queue_seq().await?,
             device_id: identity.device_id().to_string(),
             blob_uri: format!("https://{}/{}/{blob_name}", config.host, config.container),
             blob_name: blob_name.to_string(),

@@ -565,7 +565,12 @@ impl HubInner {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn next_queue_seq(&self) -> u64 {
-        self.next_queue_seq.fetch_add(1, Ordering::Relaxed)
+    /// A key for a new queue record: the store's when other nodes write the queues too
+    /// ([`HubStore::queue_seq`]), else the next of this hub's own.
+    pub(crate) async fn new_queue_seq(&self) -> Result<u64, HubStoreError> {
+        Ok(match self.store.queue_seq().await? {
+            Some(seq) => seq,
+            None => self.next_queue_seq.fetch_add(1, Ordering::Relaxed),
+        })
     }
 }

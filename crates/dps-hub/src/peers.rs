@@ -61,6 +61,12 @@ pub enum PeerChange {
         /// Its registry key.
         key: String,
     },
+    /// Cloud-to-device messages were queued for the device at this registry key: the node
+    /// holding its session delivers them.
+    C2dQueued {
+        /// Its registry key.
+        key: String,
+    },
     /// The identity at this registry key connected to another node: a session of it here is
     /// an older connection, which IoT Hub ends (one connection per device).
     Connected {
@@ -91,6 +97,11 @@ impl Hub {
                     inner.refresh(&key, &slot).await;
                 }
             }
+            PeerChange::C2dQueued { key } => {
+                if let Some(slot) = inner.held(&key) {
+                    self.reload_c2d(&key, &slot).await;
+                }
+            }
             PeerChange::Connected { key } => {
                 if let Some(slot) = inner.held(&key) {
                     inner.kick(&slot, "the device connected to another node");
@@ -104,6 +115,9 @@ impl Hub {
                         Some(session) => {
                             inner.refresh(&key, &slot).await;
                             inner.announce(&key, session).await;
+                            if split_key(&key).1.is_none() {
+                                self.reload_c2d(&key, &slot).await;
+                            }
                         }
                         None => inner.forget(&slot).await,
                     }

@@ -29,6 +29,9 @@ impl Hub {
             .next_queue_seq
             .store(last + 1, std::sync::atomic::Ordering::Relaxed);
         let mut by_device: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        // On a shared store a device's queue is read when it connects to this node, not every
+        // queue by every node (decision 0031).
+        let messages = if inner.store.shared() { Vec::new() } else { messages };
         for m in messages {
             by_device.entry(key_of(&m.device_id)).or_default().push(m);
         }
@@ -74,22 +77,30 @@ impl Hub {
             return None;
         }
         let now = self.inner.now();
-        let mut change = QueueChange::default();
-        for (r, status) in settled.done {
-            change.delete_c2d.push(r.seq);
-            if r.ack.wants(status) {
-                change.put_feedback.push(FeedbackRecord {
-                    seq: self.inner.next_queue_seq(),
-                    original_message_id: r.message_id().to_string(),
-                    device_id: r.device_id,
-                    device_generation_id: r.generation_id,
-                    status,
-                    enqueued_at: now,
-                });
-            }
-        }
         let hub = self.clone();
         Some(tokio::spawn(async move {
+            let mut change = QueueChange::default();
+            for (r, status) in settled.done {
+                change.delete_c2d.push(r.seq);
+                if r.ack.wants(status) {
+                    let seq = match hub.inner.new_queue_seq().await {
+                        Ok(seq) => seq,
+                        Err(e) => {
+                            // As for a failed write: the messages stay stored and come back.
+                            tracing::error!(error = %e, "feedback not numbered; settled cloud-to-device messages not written");
+                            return;
+                        }
+                    };
+                    change.put_feedback.push(FeedbackRecord {
+                        seq,
+                        original_message_id: r.message_id().to_string(),
+                        device_id: r.device_id,
+                        device_generation_id: r.generation_id,
+                        status,
+                        enqueued_at: now,
+                    });
+                }
+            }
             if let Err(e) = hub.inner.store.update_queues(&change).await {
                 // The messages stay stored and come back at the next restart: delivered at least
                 // once, as IoT Hub promises, rather than lost.
@@ -178,9 +189,27 @@ impl Hub {
     /// settled (`DELETE /devices/{id}/commands`), with `Purged` feedback where asked. Returns
     /// how many were removed once the removal is written.
     pub async fn purge_c2d(&self, device_id: &str) -> Result<usize, C2dError> {
-        let (slot, _) = self.inner.c2d_device(device_id).await?;
+        let (slot, rec) = self.inner.c2d_device(device_id).await?;
         let mut settled = Settled::default();
-        let purged = slot.live.lock().c2d.purge(&mut settled);
+        let mut purged = slot.live.lock().c2d.purge(&mut settled);
+        if self.inner.store.shared() {
+            // The stored queue, whatever node holds the device: what this node did not hold.
+            let stored = self
+                .inner
+                .store
+                .device_c2d(&rec.key())
+                .await
+                .map_err(|source| C2dError::Storage {
+                    device_id: device_id.to_string(),
+                    source,
+                })?;
+            for r in stored {
+                if !settled.done.iter().any(|(d, _)| d.seq == r.seq) {
+                    settled.push(r, crate::c2d::FeedbackStatus::Purged);
+                    purged += 1;
+                }
+            }
+        }
         if let Some(write) = self.finish(settled) {
             let _ = write.await;
         }

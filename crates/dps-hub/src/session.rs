@@ -322,6 +322,10 @@ impl Hub {
         }
         tracing::info!(device = %identity.device_id, module = ?identity.module_id, session = id, method = ?identity.method, "device connected");
         self.inner.announce(&key, id).await;
+        if self.inner.store.shared() && identity.module_id.is_none() {
+            // The stored queue is the truth: another node may have queued messages for it.
+            self.reload_c2d(&key, &slot).await;
+        }
         Ok((
             DeviceSession {
                 hub: self.clone(),
@@ -503,7 +507,15 @@ impl Hub {
     ) -> Result<(), C2dError> {
         let (slot, rec) = self.inner.c2d_device(device_id).await?;
         let now = self.inner.now();
-        let record = self.inner.c2d_record(&rec, body.into(), properties, now)?;
+        let storage = |source| C2dError::Storage {
+            device_id: rec.device_id.clone(),
+            source,
+        };
+        let seq = self.inner.new_queue_seq().await.map_err(storage)?;
+        let record = self.inner.c2d_record(seq, &rec, body.into(), properties, now)?;
+        if self.inner.store.shared() {
+            return self.send_c2d_shared(&slot, &rec, record, now).await;
+        }
         {
             let mut live = slot.live.lock();
             if live.c2d.len() >= C2D_QUEUE_LIMIT {
@@ -539,11 +551,84 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// [`Hub::send_c2d`] on a store other nodes write too (decision 0031): the stored queue is
+    /// the truth, counted against the limit whatever node queued its messages. The message is
+    /// stored (other nodes hear of it: the one holding the device's session delivers it), then
+    /// handed to the device if its session is on this node; a device connected nowhere reads
+    /// its queue when it connects.
+    async fn send_c2d_shared(
+        &self,
+        slot: &Arc<Slot>,
+        rec: &crate::record::DeviceRecord,
+        record: C2dRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), C2dError> {
+        let storage = |source| C2dError::Storage {
+            device_id: rec.device_id.clone(),
+            source,
+        };
+        let store = &self.inner.store;
+        if store.device_c2d(&rec.key()).await.map_err(storage)?.len() >= C2D_QUEUE_LIMIT {
+            return Err(C2dError::QueueFull {
+                device_id: rec.device_id.clone(),
+                limit: C2D_QUEUE_LIMIT,
+            });
+        }
+        let change = QueueChange {
+            put_c2d: vec![record.clone()],
+            ..QueueChange::default()
+        };
+        store.update_queues(&change).await.map_err(storage)?;
+        let mut settled = Settled::default();
+        let here = {
+            let mut live = slot.live.lock();
+            let here = live.session_id().is_some();
+            if here {
+                live.c2d.merge(vec![record]);
+                live.flush_c2d(now, &mut settled);
+            }
+            here
+        };
+        if here {
+            self.inner.c2d_devices.insert(rec.key(), slot.clone());
+        }
+        self.finish(settled);
+        Ok(())
+    }
+
+    /// On a shared store, brings the queue of the device whose session is on this node up to
+    /// the stored one (at connect, and when another node queued a message for it) and delivers
+    /// what the session takes.
+    pub(crate) async fn reload_c2d(&self, key: &str, slot: &Arc<Slot>) {
+        let stored = match self.inner.store.device_c2d(key).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot read the device's cloud-to-device queue");
+                return;
+            }
+        };
+        let now = self.inner.now();
+        let mut settled = Settled::default();
+        {
+            let mut live = slot.live.lock();
+            if live.session_id().is_none() {
+                return;
+            }
+            live.c2d.replace_pending(stored);
+            live.flush_c2d(now, &mut settled);
+        }
+        self.inner.c2d_devices.insert(key.to_string(), slot.clone());
+        self.finish(settled);
+    }
+}
+
 impl HubInner {
     /// The message `send_c2d` stores: properties in IoT Hub's order, limits checked, expiry and
     /// acknowledgement read.
     fn c2d_record(
         &self,
+        seq: u64,
         rec: &crate::record::DeviceRecord,
         body: Bytes,
         properties: Vec<(String, String)>,
@@ -585,7 +670,7 @@ impl HubInner {
             });
         }
         Ok(C2dRecord {
-            seq: self.next_queue_seq(),
+            seq,
             device_id: rec.device_id.clone(),
             generation_id: rec.generation_id.clone(),
             body,
@@ -851,6 +936,13 @@ impl Drop for DeviceSession {
         };
         if ended {
             tracing::info!(device = %self.identity.device_id, session = self.id, "device disconnected");
+        }
+        if self.hub.inner.store.shared() {
+            // Its next node, this one or another, reads the stored queue.
+            let mut live = self.slot.live.lock();
+            if live.session_id().is_none() {
+                live.c2d.forget_waiting();
+            }
         }
         // Calls waiting on this connection can no longer be answered: fail them now rather than
         // at their timeout.

@@ -162,6 +162,25 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// feedback limit), so they fit in memory by design.
     async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError>;
 
+    /// The stored cloud-to-device messages of one device (its [`device_key`]), in key order: on
+    /// a [`shared`](Self::shared) store, what a node reads when the device connects to it or
+    /// another node queues a message for it. By default filtered from
+    /// [`load_queues`](Self::load_queues); a shared store reads just the device's.
+    async fn device_c2d(&self, device_key: &str) -> Result<Vec<C2dRecord>, HubStoreError> {
+        let (messages, _) = self.load_queues().await?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| crate::record::key_of(&m.device_id) == device_key)
+            .collect())
+    }
+
+    /// A key for a new queue record (message, feedback, file notification) that no node has
+    /// used, when other nodes write the queues too; `None` (the default) lets the hub number
+    /// them itself, as the only writer.
+    async fn queue_seq(&self) -> Result<Option<u64>, HubStoreError> {
+        Ok(None)
+    }
+
     /// Every stored file upload notification, in key (`seq`) order (read once, at open; they
     /// are written and deleted through [`HubStore::update_queues`]).
     async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError>;

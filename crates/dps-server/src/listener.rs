@@ -125,7 +125,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// This node's claim on a PostgreSQL store, released when the server is dropped.
-    _store_claim: Option<dps_store::NodeClaim>,
+    store_claim: Option<dps_store::NodeClaim>,
     /// With a PostgreSQL store, what this node hears from the others (decision 0031).
     _bus: Option<dps_store::postgres::NodeBus>,
 }
@@ -135,6 +135,9 @@ impl RunningServer {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        if let Some(claim) = self.store_claim.take() {
+            claim.release().await;
+        }
     }
 }
 
@@ -315,7 +318,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         connections,
         shutdown: tx,
         tasks,
-        _store_claim: storage.claim,
+        store_claim: storage.claim,
         _bus: storage.bus,
     })
 }

@@ -126,6 +126,8 @@ pub(crate) const PUT_FEEDBACK: &str = "INSERT INTO feedback (hub, seq, doc) VALU
 pub(crate) const DELETE_FEEDBACK: &str = "DELETE FROM feedback WHERE hub = ?1 AND seq = ?2";
 /// Keys as text: the shared document reader takes (text key, doc) rows.
 pub(crate) const ALL_C2D: &str = "SELECT CAST(seq AS TEXT), doc FROM c2d WHERE hub = ?1 ORDER BY seq";
+pub(crate) const DEVICE_C2D: &str =
+    "SELECT CAST(seq AS TEXT), doc FROM c2d WHERE hub = ?1 AND device = ?2 ORDER BY seq";
 pub(crate) const ALL_FEEDBACK: &str = "SELECT CAST(seq AS TEXT), doc FROM feedback WHERE hub = ?1 ORDER BY seq";
 pub(crate) const PUT_NOTIFICATION: &str = "INSERT INTO file_notifications (hub, seq, doc) VALUES (?1, ?2, ?3) \
      ON CONFLICT (hub, seq) DO UPDATE SET doc = excluded.doc";
@@ -292,6 +294,11 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
 
     /// Queues `op` for this hub and waits until its batch committed.
     async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError>;
+
+    /// See [`dps_hub::store::HubStore::queue_seq`]: `None` unless other nodes write the queues.
+    async fn queue_seq(&self) -> Result<Option<u64>, HubStoreError> {
+        Ok(None)
+    }
 
     /// The document `sql` selects (one row, one column) with `?2` = `key`, decoded.
     async fn get<T: DeserializeOwned + Send + 'static>(
@@ -656,6 +663,15 @@ macro_rules! hub_store_over_documents {
                     let messages = self.collect("c2d", ALL_C2D, Vec::new()).await?;
                     let feedback = self.collect("feedback", ALL_FEEDBACK, Vec::new()).await?;
                     Ok((messages, feedback))
+                }
+
+                async fn device_c2d(&self, device_key: &str) -> Result<Vec<C2dRecord>, HubStoreError> {
+                    self.collect("c2d", DEVICE_C2D, vec![device_key.to_string().into()])
+                        .await
+                }
+
+                async fn queue_seq(&self) -> Result<Option<u64>, HubStoreError> {
+                    HubDocuments::queue_seq(self).await
                 }
 
                 async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError> {

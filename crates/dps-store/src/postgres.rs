@@ -48,10 +48,27 @@ const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 const NODE_LOCK: i64 = 0x4450_534e;
 
 /// A node's claim on its database ([`PostgresStore::claim_single_node`]); dropping it releases
-/// the claim.
+/// the claim once its connection has closed, [`NodeClaim::release`] at once.
 pub struct NodeClaim {
-    _client: deadpool_postgres::ClientWrapper,
+    client: deadpool_postgres::ClientWrapper,
 }
+
+impl NodeClaim {
+    /// Releases the claim now, so that a node started right after finds the database free.
+    pub async fn release(self) {
+        if let Err(e) = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&NODE_LOCK])
+            .await
+        {
+            tracing::debug!(error = %e, "node claim not released explicitly; it goes with its connection");
+        }
+    }
+}
+
+/// How long a starting node waits for the claim of a node that is stopping (its connection
+/// closing) before it concludes that another node serves the database.
+const CLAIM_WAIT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for NodeClaim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,15 +151,25 @@ impl PostgresStore {
     /// database would silently miss what the first one's devices are sent.
     pub async fn claim_single_node(&self) -> Result<Option<NodeClaim>, PgOpenError> {
         let client = self.pool.get().await.map_err(PgOpenError::Connect)?;
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(|source| PgOpenError::Migration { version: 0, source })?;
-        // Out of the pool: the lock lives with this connection, which nothing else may use.
-        Ok(got.then(|| NodeClaim {
-            _client: deadpool_postgres::Object::take(client),
-        }))
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        loop {
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|source| PgOpenError::Migration { version: 0, source })?;
+            if got {
+                // Out of the pool: the lock lives with this connection, which nothing else may
+                // use.
+                return Ok(Some(NodeClaim {
+                    client: deadpool_postgres::Object::take(client),
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// What the writer has done since connect.

@@ -522,3 +522,65 @@ async fn a_direct_method_reaches_a_device_connected_to_another_node() {
         "{not_subscribed}"
     );
 }
+
+/// Cloud-to-device messages sent through one node reach the device connected to another, and
+/// those sent while it was connected nowhere, through either node, wait in the database for
+/// whichever node it connects to next; a settled message is gone for every node (decision
+/// 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected_to() {
+    use dps_hub::store::{device_key, HubStore};
+    use dps_hub::{C2dOutcome, Outbound, OutboundKind};
+    use std::time::Duration;
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<Outbound>) -> (String, String) {
+        let out = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .expect("the session is open");
+        let OutboundKind::C2d { lock_token, .. } = out.kind else {
+            panic!("{out:?}")
+        };
+        (String::from_utf8(out.payload.to_vec()).unwrap(), lock_token)
+    }
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((a, _bus_a), (b, _bus_b)) = (cluster_node(&url).await, cluster_node(&url).await);
+    let device = serde_json::json!({
+        "deviceId": "dev-1",
+        "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY}}
+    });
+    a.put_device(serde_json::from_value(device).unwrap(), None)
+        .await
+        .unwrap();
+    let c2d = "devices/dev-1/messages/devicebound/#";
+
+    let (session, mut rx) = b.open_session(device_login(&b, "dev-1").await).await.unwrap();
+    assert_eq!(session.subscribe(c2d, 1), Some(1));
+    a.send_c2d("dev-1", "through A", Vec::new()).await.unwrap();
+    let (body, lock) = next(&mut rx).await;
+    assert_eq!(body, "through A");
+    assert!(session.settle_c2d(&lock, C2dOutcome::Complete));
+    drop(session);
+
+    // Connected nowhere: one message through each node, both kept, in the order sent.
+    a.send_c2d("dev-1", "first", Vec::new()).await.unwrap();
+    b.send_c2d("dev-1", "second", Vec::new()).await.unwrap();
+    let (session, mut rx) = a.open_session(device_login(&a, "dev-1").await).await.unwrap();
+    assert_eq!(session.subscribe(c2d, 1), Some(1));
+    let (first, lock) = next(&mut rx).await;
+    assert_eq!(first, "first");
+    assert!(session.settle_c2d(&lock, C2dOutcome::Complete));
+    let (second, lock) = next(&mut rx).await;
+    assert_eq!(second, "second");
+    assert!(session.settle_c2d(&lock, C2dOutcome::Complete));
+
+    // Settled: gone from the database, for every node.
+    let (db, _) = hub_node(&url).await;
+    let store = db.hub(1);
+    for _ in 0..50 {
+        if store.device_c2d(&device_key("dev-1")).await.unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("settled messages are still stored");
+}

@@ -174,13 +174,13 @@ impl std::fmt::Debug for PostgresHubStore {
 struct HubOp {
     hub: i64,
     op: DeviceOp,
-    notice: Option<String>,
+    notices: Vec<String>,
 }
 
 impl HubOp {
     fn statements(&self) -> Vec<Statement<'_>> {
         let mut statements = self.op.statements(self.hub);
-        if let Some(notice) = &self.notice {
+        for notice in &self.notices {
             statements.push((NOTIFY, vec![Arg::Text(notice.as_str().into())]));
         }
         statements
@@ -191,7 +191,8 @@ impl HubOp {
 const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
 
 /// What a node hears from another about a hub (decision 0031): `hub {number} {node} {what}`,
-/// where `what` is `record {key}` (a registry write, sent in its transaction), `connected {key}`
+/// where `what` is `record {key}` (a registry write, sent in its transaction), `c2d {key}`
+/// (messages queued for the device, in the same way), `connected {key}`
 /// (a device connected to that node), `call {id} {callee}` (a direct method for a device
 /// connected to `callee`) or `answer {id}` (the callee's answer is stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +237,7 @@ impl<'a> HubNotice<'a> {
         let what = match (parts.next()?, parts.next()?) {
             ("record", key) => Notice::Change(PeerChange::Record { key: key.to_string() }),
             ("connected", key) => Notice::Change(PeerChange::Connected { key: key.to_string() }),
+            ("c2d", key) => Notice::Change(PeerChange::C2dQueued { key: key.to_string() }),
             ("call", rest) => {
                 let (id, callee) = rest.split_once(' ')?;
                 Notice::Call { id, callee }
@@ -246,16 +248,25 @@ impl<'a> HubNotice<'a> {
         Some(HubNotice { hub, node, what })
     }
 
-    /// The notice of `op` by `node` on hub `hub`, for the writes other nodes must hear of.
-    fn of(op: &DeviceOp, hub: i64, node: &str) -> Option<String> {
-        let key = match op {
+    /// The notices of `op` by `node` on hub `hub`, for the writes other nodes must hear of: a
+    /// record written, messages queued for a device (once per device).
+    fn of(op: &DeviceOp, hub: i64, node: &str) -> Vec<String> {
+        match op {
             DeviceOp::Put { key, .. }
             | DeviceOp::Delete { key }
             | DeviceOp::PutModule { key, .. }
-            | DeviceOp::DeleteModule { key } => key,
-            _ => return None,
-        };
-        Some(format!("hub {hub} {node} record {key}"))
+            | DeviceOp::DeleteModule { key } => vec![format!("hub {hub} {node} record {key}")],
+            DeviceOp::Queues { put_c2d, .. } => {
+                let mut devices: Vec<&str> = put_c2d.iter().map(|(_, device, _)| device.as_str()).collect();
+                devices.sort_unstable();
+                devices.dedup();
+                devices
+                    .into_iter()
+                    .map(|key| format!("hub {hub} {node} c2d {key}"))
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -438,15 +449,25 @@ impl HubDocuments for PostgresHubStore {
     }
 
     async fn write(&self, op: DeviceOp) -> Result<(), HubStoreError> {
-        let notice = HubNotice::of(&op, self.hub, &self.db.node);
+        let notices = HubNotice::of(&op, self.hub, &self.db.node);
         self.db
             .registry
             .write(HubOp {
                 hub: self.hub,
                 op,
-                notice,
+                notices,
             })
             .await
+    }
+
+    async fn queue_seq(&self) -> Result<Option<u64>, HubStoreError> {
+        let client = self.client().await?;
+        let next: i64 = client
+            .query_one("SELECT nextval('hub_queue_seq')", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)?;
+        u64::try_from(next).map(Some).map_err(backend)
     }
 
     async fn get<T: DeserializeOwned + Send + 'static>(

@@ -76,6 +76,11 @@ pub(super) const HUB: Schema = Schema {
             name: "nodes, where devices are connected, method calls between nodes",
             sql: include_str!("migrations/hub_0005.sql"),
         },
+        Migration {
+            version: 6,
+            name: "queue keys no two nodes share",
+            sql: include_str!("migrations/hub_0006.sql"),
+        },
     ],
 };
 
