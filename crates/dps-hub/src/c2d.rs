@@ -270,7 +270,15 @@ pub(crate) struct DeviceQueue {
     pub(crate) locked: Vec<Locked>,
     /// Sends accepted against the limit whose write has not finished yet.
     pub(crate) reserved: usize,
+    /// Keys of the messages that left the queue last (settled, expired, purged): on a shared
+    /// store their deletion may not be committed when the stored queue is next read, and
+    /// [`DeviceQueue::merge`] must not take them back.
+    gone: VecDeque<u64>,
 }
+
+/// How many keys of departed messages a queue remembers: far more than can be settled between
+/// two reads of the stored queue (a queue holds at most [`C2D_QUEUE_LIMIT`]).
+const GONE_REMEMBERED: usize = 2 * C2D_QUEUE_LIMIT;
 
 impl DeviceQueue {
     /// Messages held against the per-device limit.
@@ -289,11 +297,22 @@ impl DeviceQueue {
         self.pending.insert(at, record);
     }
 
+    /// Takes `record` out of the queue for good, as `status`.
+    fn depart(&mut self, record: C2dRecord, status: FeedbackStatus, settled: &mut Settled) {
+        if self.gone.len() == GONE_REMEMBERED {
+            self.gone.pop_front();
+        }
+        self.gone.push_back(record.seq);
+        settled.push(record, status);
+    }
+
     /// Adds the messages not held yet (by key): a message another node stored may arrive both
     /// in the stored queue and on its own (decision 0031).
     pub(crate) fn merge(&mut self, records: Vec<C2dRecord>) {
         for r in records {
-            let held = self.pending.iter().any(|p| p.seq == r.seq) || self.locked.iter().any(|l| l.record.seq == r.seq);
+            let held = self.pending.iter().any(|p| p.seq == r.seq)
+                || self.locked.iter().any(|l| l.record.seq == r.seq)
+                || self.gone.contains(&r.seq);
             if !held {
                 self.insert(r);
             }
@@ -350,14 +369,14 @@ impl DeviceQueue {
         };
         let record = self.locked.swap_remove(at).record;
         match outcome {
-            C2dOutcome::Complete => settled.push(record, FeedbackStatus::Success),
-            C2dOutcome::Reject => settled.push(record, FeedbackStatus::Rejected),
+            C2dOutcome::Complete => self.depart(record, FeedbackStatus::Success, settled),
+            C2dOutcome::Reject => self.depart(record, FeedbackStatus::Rejected, settled),
             C2dOutcome::Release => self.insert(record),
             C2dOutcome::Abandon => {
                 let mut record = record;
                 record.delivery_count += 1;
                 if record.delivery_count >= C2D_MAX_DELIVERIES {
-                    settled.push(record, FeedbackStatus::DeliveryCountExceeded);
+                    self.depart(record, FeedbackStatus::DeliveryCountExceeded, settled);
                 } else {
                     self.insert(record);
                 }
@@ -372,7 +391,7 @@ impl DeviceQueue {
             if r.expires_at > now {
                 return Some(r);
             }
-            settled.push(r, FeedbackStatus::Expired);
+            self.depart(r, FeedbackStatus::Expired, settled);
         }
         None
     }
@@ -384,7 +403,7 @@ impl DeviceQueue {
             .partition(|r| r.expires_at > now);
         self.pending = keep;
         for r in expired {
-            settled.push(r, FeedbackStatus::Expired);
+            self.depart(r, FeedbackStatus::Expired, settled);
         }
     }
 
@@ -394,7 +413,7 @@ impl DeviceQueue {
         let all: Vec<_> = std::mem::take(&mut self.pending).into_iter().chain(locked).collect();
         let n = all.len();
         for r in all {
-            settled.push(r, FeedbackStatus::Purged);
+            self.depart(r, FeedbackStatus::Purged, settled);
         }
         n
     }
@@ -471,6 +490,37 @@ mod tests {
             ack: Ack::Full,
             delivery_count: 0,
         }
+    }
+
+    /// On a shared store the stored queue is read again while a settlement's deletion may not
+    /// be committed yet: a message that left the queue is not taken back, the others are merged
+    /// once each, in key order.
+    #[test]
+    fn merging_the_stored_queue_takes_back_nothing_that_left() {
+        let mut q = DeviceQueue::default();
+        let mut settled = Settled::default();
+        q.merge(vec![rec(1, 60), rec(2, 60)]);
+        let first = q.next(at(0), &mut settled).unwrap();
+        q.locked.push(Locked {
+            record: first,
+            lock_token: "t1".into(),
+            until: None,
+        });
+        assert!(q.settle("t1", C2dOutcome::Complete, &mut settled));
+        q.replace_pending(vec![rec(1, 60), rec(3, 60), rec(2, 60)]);
+        let seqs: Vec<u64> = q.pending.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [2, 3]);
+        q.merge(vec![rec(2, 60), rec(3, 60)]);
+        assert_eq!(q.len(), 2);
+        // A device that left: its waiting messages are forgotten, HTTPS locks kept.
+        let polled = q.next(at(0), &mut settled).unwrap();
+        q.locked.push(Locked {
+            record: polled,
+            lock_token: "t2".into(),
+            until: Some(at(60)),
+        });
+        q.forget_waiting();
+        assert_eq!((q.pending.len(), q.locked.len()), (0, 1));
     }
 
     #[test]

@@ -85,11 +85,26 @@ impl Hub {
     /// The device's next cloud-to-device message, locked for it for [`C2D_LOCK`]; `None` when
     /// none waits. Expired messages met on the way are dead-lettered.
     pub async fn receive_c2d(&self, identity: &DeviceIdentity) -> Result<Option<PolledC2d>, C2dError> {
-        let (slot, _) = self.inner.c2d_device(identity.device_id()).await?;
+        let (slot, rec) = self.inner.c2d_device(identity.device_id()).await?;
+        // On a shared store no node holds the queue of a device without a session: read the
+        // stored one (decision 0031).
+        let stored = match self.inner.store.shared() {
+            true => self
+                .inner
+                .store
+                .device_c2d(&rec.key())
+                .await
+                .map_err(|source| C2dError::Storage {
+                    device_id: rec.device_id.clone(),
+                    source,
+                })?,
+            false => Vec::new(),
+        };
         let now = self.inner.now();
         let mut settled = Settled::default();
         let polled = {
             let mut live = slot.live.lock();
+            live.c2d.merge(stored);
             live.last_activity = Some(now);
             live.c2d.next(now, &mut settled).map(|record| {
                 let polled = PolledC2d {
@@ -105,6 +120,10 @@ impl Hub {
                 polled
             })
         };
+        if polled.is_some() {
+            // The sweep returns the message to the queue if its lock runs out.
+            self.inner.c2d_devices.insert(rec.key(), slot.clone());
+        }
         self.finish(settled);
         Ok(polled)
     }

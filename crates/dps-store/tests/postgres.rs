@@ -573,6 +573,18 @@ async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected
     assert_eq!(second, "second");
     assert!(session.settle_c2d(&lock, C2dOutcome::Complete));
 
+    // A device without a session (HTTPS) receives through any node what either queued.
+    drop(session);
+    b.send_c2d("dev-1", "polled", Vec::new()).await.unwrap();
+    let identity = device_login(&a, "dev-1").await;
+    let polled = a.receive_c2d(&identity).await.unwrap().expect("a message");
+    assert_eq!(&polled.record.body[..], b"polled");
+    assert!(a
+        .settle_polled_c2d(&identity, &polled.lock_token, C2dOutcome::Complete)
+        .await
+        .unwrap());
+    assert_eq!(a.receive_c2d(&identity).await.unwrap(), None, "settled: not taken back");
+
     // Settled: gone from the database, for every node.
     let (db, _) = hub_node(&url).await;
     let store = db.hub(1);
