@@ -185,6 +185,9 @@ pub(crate) struct HubInner {
     feedback: outbox::Outbox<FeedbackRecord>,
     /// When retained telemetry was last trimmed (ms since the epoch).
     last_trim: std::sync::atomic::AtomicI64,
+    /// When the stored queues were last searched for expired messages (ms since the epoch; a
+    /// shared store's).
+    last_c2d_expiry: std::sync::atomic::AtomicI64,
     /// The created consumer groups of the Event Hub-compatible endpoint.
     consumer_groups: RwLock<consumer_groups::Groups>,
     /// Serialises consumer group changes.
@@ -314,6 +317,7 @@ impl Hub {
                     lock: FEEDBACK_LOCK,
                 }),
                 last_trim: std::sync::atomic::AtomicI64::new(0),
+                last_c2d_expiry: std::sync::atomic::AtomicI64::new(0),
                 consumer_groups: RwLock::new(Default::default()),
                 consumer_group_writes: tokio::sync::Mutex::new(()),
                 file_upload: config.file_upload.map(std::sync::OnceLock::from).unwrap_or_default(),

@@ -154,6 +154,49 @@ impl Hub {
         self.forget(<FeedbackRecord as Outgoing>::deleted(dropped));
         self.sweep_file_uploads(now);
         self.trim_telemetry_periodically(now);
+        self.expire_stored_c2d_periodically(now);
+    }
+
+    /// On a shared store, every ten seconds, dead-letters (with `Expired` feedback where asked)
+    /// the stored messages whose time to live passed and that no session on this node holds: no
+    /// node holds the queue of a device connected to none (decision 0031). In the background.
+    fn expire_stored_c2d_periodically(&self, now: chrono::DateTime<chrono::Utc>) {
+        const EVERY_MS: i64 = 10_000;
+        const AT_ONCE: usize = 256;
+        if !self.inner.store.shared() {
+            return;
+        }
+        let last = self.inner.last_c2d_expiry.load(std::sync::atomic::Ordering::Relaxed);
+        if now.timestamp_millis() - last < EVERY_MS {
+            return;
+        }
+        self.inner
+            .last_c2d_expiry
+            .store(now.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let expired = match hub.inner.store.expired_c2d(now, AT_ONCE).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    tracing::warn!(error = %e, "expired cloud-to-device messages not read");
+                    return;
+                }
+            };
+            let mut settled = Settled::default();
+            for r in expired {
+                // A device connected here: its queue's own sweep settles it.
+                let here = hub
+                    .inner
+                    .held(&key_of(&r.device_id))
+                    .is_some_and(|slot| slot.live.lock().session_id().is_some());
+                if !here {
+                    settled.push(r, crate::c2d::FeedbackStatus::Expired);
+                }
+            }
+            if let Some(write) = hub.finish(settled) {
+                let _ = write.await;
+            }
+        });
     }
 
     /// Once a minute, deletes the retained telemetry that is past the retention bounds, in the

@@ -174,6 +174,23 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
             .collect())
     }
 
+    /// Up to `limit` stored cloud-to-device messages whose time to live passed at `now`, in key
+    /// order: on a shared store no node holds the queue of a device connected to none, so the
+    /// hub dead-letters such messages from here (decision 0031). By default filtered from
+    /// [`load_queues`](Self::load_queues); a shared store selects them.
+    async fn expired_c2d(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<C2dRecord>, HubStoreError> {
+        let (messages, _) = self.load_queues().await?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| m.expires_at <= now)
+            .take(limit)
+            .collect())
+    }
+
     /// A key for a new queue record (message, feedback, file notification) that no node has
     /// used, when other nodes write the queues too; `None` (the default) lets the hub number
     /// them itself, as the only writer.

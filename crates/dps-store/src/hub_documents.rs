@@ -300,6 +300,17 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// See [`dps_hub::store::HubStore::expired_c2d`]: by default every stored message read and
+    /// filtered (only shared stores are asked, and they select them).
+    async fn expired_c2d(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<dps_hub::store::C2dRecord>, HubStoreError> {
+        let all: Vec<dps_hub::store::C2dRecord> = self.collect("c2d", ALL_C2D, Vec::new()).await?;
+        Ok(all.into_iter().filter(|m| m.expires_at <= now).take(limit).collect())
+    }
+
     /// The document `sql` selects (one row, one column) with `?2` = `key`, decoded.
     async fn get<T: DeserializeOwned + Send + 'static>(
         &self,
@@ -672,6 +683,14 @@ macro_rules! hub_store_over_documents {
 
                 async fn queue_seq(&self) -> Result<Option<u64>, HubStoreError> {
                     HubDocuments::queue_seq(self).await
+                }
+
+                async fn expired_c2d(
+                    &self,
+                    now: chrono::DateTime<chrono::Utc>,
+                    limit: usize,
+                ) -> Result<Vec<C2dRecord>, HubStoreError> {
+                    HubDocuments::expired_c2d(self, now, limit).await
                 }
 
                 async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError> {

@@ -588,11 +588,29 @@ async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected
     // Settled: gone from the database, for every node.
     let (db, _) = hub_node(&url).await;
     let store = db.hub(1);
-    for _ in 0..50 {
-        if store.device_c2d(&device_key("dev-1")).await.unwrap().is_empty() {
-            return;
+    let drained = || async {
+        for _ in 0..50 {
+            if store.device_c2d(&device_key("dev-1")).await.unwrap().is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("settled messages are still stored");
+        false
+    };
+    assert!(drained().await, "settled messages are still stored");
+
+    // A message for a device connected nowhere expires in the database: a node's sweep
+    // dead-letters it, with the feedback asked for.
+    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(300)).to_rfc3339();
+    let properties = vec![
+        ("$.exp".to_string(), soon),
+        ("iothub-ack".to_string(), "full".to_string()),
+    ];
+    b.send_c2d("dev-1", "too late", properties).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.sweep();
+    assert!(drained().await, "the expired message is still stored");
+    let feedback = a.receive_feedback(10).expect("feedback");
+    assert_eq!(feedback.records.len(), 1);
+    assert_eq!(feedback.records[0].status, dps_hub::FeedbackStatus::Expired);
 }

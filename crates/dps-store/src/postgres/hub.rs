@@ -460,6 +460,20 @@ impl HubDocuments for PostgresHubStore {
             .await
     }
 
+    async fn expired_c2d(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<dps_hub::store::C2dRecord>, HubStoreError> {
+        const EXPIRED: &str = "SELECT CAST(seq AS TEXT), doc FROM c2d WHERE hub = $1 \
+             AND (doc::jsonb ->> 'expiresAt')::timestamptz <= CAST($2 AS TEXT)::timestamptz ORDER BY seq LIMIT $3";
+        let args = vec![
+            Arg::Text(now.to_rfc3339().into()),
+            crate::hub_documents::limit_arg(limit),
+        ];
+        self.collect("c2d", EXPIRED, args).await
+    }
+
     async fn queue_seq(&self) -> Result<Option<u64>, HubStoreError> {
         let client = self.client().await?;
         let next: i64 = client
