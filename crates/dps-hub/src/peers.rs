@@ -49,6 +49,11 @@ pub trait Peers: Send + Sync + 'static {
     /// Calls a direct method on a device connected to another node and waits for its answer;
     /// `Ok(None)` when it is connected to no node.
     async fn call(&self, call: &MethodCall) -> Result<Option<MethodResponse>, MethodError>;
+
+    /// Whether this node runs the housekeeping of the shared store that one node does for all
+    /// (dead-lettering expired stored messages, trimming retained telemetry); another node
+    /// takes over when it stops.
+    fn runs_housekeeping(&self) -> bool;
 }
 
 /// A change another node made to this hub's data, as this node hears of it.
@@ -128,6 +133,12 @@ impl Hub {
 }
 
 impl HubInner {
+    /// Whether this node does the housekeeping of the store: always, unless other nodes serve
+    /// the hub too and another one does it.
+    pub(crate) fn runs_housekeeping(&self) -> bool {
+        self.peers.get().is_none_or(|p| p.runs_housekeeping())
+    }
+
     /// Records, for the other nodes, that `key` is connected here in `session`. A failure is
     /// logged, not the device's: it stays connected, and only calls through other nodes miss it
     /// until the node's next resync.

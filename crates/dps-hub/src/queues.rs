@@ -163,7 +163,7 @@ impl Hub {
     fn expire_stored_c2d_periodically(&self, now: chrono::DateTime<chrono::Utc>) {
         const EVERY_MS: i64 = 10_000;
         const AT_ONCE: usize = 256;
-        if !self.inner.store.shared() {
+        if !self.inner.store.shared() || !self.inner.runs_housekeeping() {
             return;
         }
         let last = self.inner.last_c2d_expiry.load(std::sync::atomic::Ordering::Relaxed);
@@ -204,7 +204,7 @@ impl Hub {
     fn trim_telemetry_periodically(&self, now: chrono::DateTime<chrono::Utc>) {
         const EVERY_MS: i64 = 60_000;
         let last = self.inner.last_trim.load(std::sync::atomic::Ordering::Relaxed);
-        if now.timestamp_millis() - last < EVERY_MS {
+        if now.timestamp_millis() - last < EVERY_MS || !self.inner.runs_housekeeping() {
             return;
         }
         self.inner

@@ -614,3 +614,42 @@ async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected
     assert_eq!(feedback.records.len(), 1);
     assert_eq!(feedback.records[0].status, dps_hub::FeedbackStatus::Expired);
 }
+
+/// One node at a time runs the housekeeping every node would otherwise repeat (dead-lettering
+/// expired stored messages, trimming telemetry); when it goes, another takes over (decision
+/// 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_at_a_time_runs_the_housekeeping() {
+    use std::time::Duration;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let a = dps_store::PostgresHubDatabase::connect(&url).await.unwrap();
+    let b = dps_store::PostgresHubDatabase::connect(&url).await.unwrap();
+    let mut one = None;
+    for _ in 0..100 {
+        let (x, y) = (a.runs_housekeeping(), b.runs_housekeeping());
+        assert!(!(x && y), "two nodes run the housekeeping");
+        if x != y {
+            one = Some(x);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a_leads = one.expect("one node runs the housekeeping within 10 s");
+    // Both have tried by now: still the same one, alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((a.runs_housekeeping(), b.runs_housekeeping()), (a_leads, !a_leads));
+    let other = if a_leads {
+        drop(a);
+        b
+    } else {
+        drop(b);
+        a
+    };
+    for _ in 0..150 {
+        if other.runs_housekeeping() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no node took the housekeeping over within 15 s");
+}

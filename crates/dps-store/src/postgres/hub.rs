@@ -83,11 +83,16 @@ pub struct PostgresHubDatabase {
     pub(super) calls: super::peers::Pending,
     /// Keeps this node's heartbeat in `dps_nodes` (aborted on drop).
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Whether this node runs the housekeeping every node would otherwise repeat.
+    leads: Arc<std::sync::atomic::AtomicBool>,
+    /// Keeps trying to (aborted on drop).
+    election: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for PostgresHubDatabase {
     fn drop(&mut self) {
         self.heartbeat.abort();
+        self.election.abort();
     }
 }
 
@@ -107,7 +112,12 @@ impl PostgresHubDatabase {
         let ephemeral = super::pool_of(config, super::peers::EPHEMERAL_CONNECTIONS)?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         let heartbeat = super::peers::start_heartbeat(&ephemeral, &node).await?;
+        let leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let election =
+            super::peers::start_housekeeping_election(super::client_config(url, "dps-housekeeping")?, leads.clone());
         Ok(Arc::new(PostgresHubDatabase {
+            leads,
+            election,
             registry: Writer::start(pool.clone()),
             events: Writer::start(pool.clone()),
             calls: Default::default(),
@@ -144,6 +154,12 @@ impl PostgresHubDatabase {
             db: Arc::clone(self),
             hub: i64::from(number),
         }
+    }
+
+    /// Whether this node runs the housekeeping that one node does for all (decision 0031): it
+    /// holds the lock for it, which it tries to take every few seconds.
+    pub fn runs_housekeeping(&self) -> bool {
+        self.leads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node's name in the notices its writes send: [`HubNotice::node`] of a notice this

@@ -54,6 +54,47 @@ mod outcome {
     pub(super) const FAILED: i32 = 500;
 }
 
+/// The session advisory lock of the node that runs the housekeeping every node would otherwise
+/// repeat ("DPSL"): dead-lettering expired stored messages, trimming retained telemetry.
+const HOUSEKEEPING_LOCK: i64 = 0x4450_534c;
+
+/// Keeps trying to become the node that runs the housekeeping (holding [`HOUSEKEEPING_LOCK`] on
+/// a connection of its own), and says in `leads` whether it is. A node that dies, or loses
+/// its connection, loses the lock with it; another node takes it at its next try.
+pub(super) fn start_housekeeping_election(
+    config: tokio_postgres::Config,
+    leads: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        loop {
+            if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
+                let connection = tokio::spawn(connection);
+                loop {
+                    let held = tokio::time::timeout(
+                        HEARTBEAT,
+                        client.query_one("SELECT pg_try_advisory_lock($1)", &[&HOUSEKEEPING_LOCK]),
+                    )
+                    .await;
+                    match held {
+                        Ok(Ok(row)) => {
+                            let got: bool = row.try_get(0).unwrap_or(false);
+                            if got != leads.swap(got, Ordering::Relaxed) {
+                                tracing::info!(runs = got, "this node runs the hubs' housekeeping");
+                            }
+                        }
+                        _ => break,
+                    }
+                    tokio::time::sleep(HEARTBEAT).await;
+                }
+                connection.abort();
+            }
+            leads.store(false, Ordering::Relaxed);
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+    })
+}
+
 /// Calls waiting for their answer, by id.
 pub(super) type Pending = Mutex<HashMap<String, oneshot::Sender<()>>>;
 
@@ -219,6 +260,10 @@ fn storage(key: &str, e: impl std::fmt::Display) -> MethodError {
 
 #[async_trait]
 impl Peers for PostgresPeers {
+    fn runs_housekeeping(&self) -> bool {
+        self.db.runs_housekeeping()
+    }
+
     async fn connected(&self, key: &str, session: u64) -> Result<(), HubStoreError> {
         const CONNECTED: &str = "WITH p AS (INSERT INTO hub_presence (hub, key, node, session) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (hub, key) DO UPDATE SET node = excluded.node, \
