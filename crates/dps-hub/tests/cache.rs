@@ -8,11 +8,9 @@ use std::sync::Arc;
 
 use dps_core::SystemClock;
 use dps_hub::store::MemoryHubStore;
-use dps_hub::{DeviceIdentity, Hub, HubConfig, RegistryError};
-use dps_proto::hub_mqtt::HubUsername;
-use dps_proto::sas::build_token;
+use dps_hub::{Hub, HubConfig, RegistryError};
 use serde_json::json;
-use support::{desired_patch, sas_device, HOST, KEY1, KEY2};
+use support::{desired_patch, login, sas_device, HOST, KEY1, KEY2};
 
 /// Far below [`DEVICES`]: one shard, so the bound is exact.
 const BOUND: usize = 16;
@@ -48,15 +46,6 @@ async fn crowded_hub() -> Hub {
         .unwrap();
     assert_eq!(hub.resident_devices(), 0, "opening a hub reads no device");
     hub
-}
-
-async fn login(hub: &Hub, device: &str) -> DeviceIdentity {
-    let now = chrono::Utc::now().timestamp() as u64;
-    let user = HubUsername::parse(&format!("{HOST}/{device}/?api-version=2021-04-12")).unwrap();
-    let token = build_token(&format!("{HOST}/devices/{device}"), KEY1, now + 3600, None).unwrap();
-    hub.authenticate(now, &user, Some(token.as_bytes()), None)
-        .await
-        .unwrap()
 }
 
 /// Reads every device once (device, twin, authentication), checking each.

@@ -10,26 +10,15 @@ use std::time::Duration;
 
 use dps_core::SystemClock;
 use dps_hub::store::{device_key, MemoryHubStore};
-use dps_hub::{DeviceIdentity, Hub, HubConfig, Outbound, OutboundKind, PeerChange};
-use dps_proto::hub_mqtt::HubUsername;
-use dps_proto::sas::build_token;
+use dps_hub::{Hub, HubConfig, Outbound, OutboundKind, PeerChange};
 use serde_json::json;
-use support::{desired_patch, sas_device, HOST, KEY1, KEY2};
+use support::{desired_patch, login, sas_device, HOST, KEY1, KEY2};
 use tokio::sync::mpsc::Receiver;
 
 async fn two_nodes() -> (Hub, Hub) {
     let store = Arc::new(MemoryHubStore::new());
     let open = || Hub::open_with_store(HubConfig::in_memory(HOST), store.clone(), Arc::new(SystemClock));
     (open().await.unwrap(), open().await.unwrap())
-}
-
-async fn login(hub: &Hub, device: &str) -> DeviceIdentity {
-    let now = chrono::Utc::now().timestamp() as u64;
-    let user = HubUsername::parse(&format!("{HOST}/{device}/?api-version=2021-04-12")).unwrap();
-    let token = build_token(&format!("{HOST}/devices/{device}"), KEY1, now + 3600, None).unwrap();
-    hub.authenticate(now, &user, Some(token.as_bytes()), None)
-        .await
-        .unwrap()
 }
 
 async fn next(rx: &mut Receiver<Outbound>) -> Option<Outbound> {

@@ -446,6 +446,26 @@ async fn cluster_node(url: &str) -> (dps_hub::Hub, dps_store::postgres::NodeBus)
     (hub, bus)
 }
 
+/// Two nodes of a cluster on `url` ([`cluster_node`]), and a device with a symmetric key
+/// ([`DEVICE_KEY`]) created through the first.
+async fn two_nodes_with_device(
+    url: &str,
+    device_id: &str,
+) -> (
+    (dps_hub::Hub, dps_store::postgres::NodeBus),
+    (dps_hub::Hub, dps_store::postgres::NodeBus),
+) {
+    let (a, b) = (cluster_node(url).await, cluster_node(url).await);
+    let device = serde_json::json!({
+        "deviceId": device_id,
+        "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY}}
+    });
+    a.0.put_device(serde_json::from_value(device).unwrap(), None)
+        .await
+        .unwrap();
+    (a, b)
+}
+
 async fn device_login(hub: &dps_hub::Hub, device: &str) -> dps_hub::DeviceIdentity {
     let now = chrono::Utc::now().timestamp() as u64;
     let user = dps_proto::hub_mqtt::HubUsername::parse(&format!("hub.test/{device}/?api-version=2021-04-12")).unwrap();
@@ -465,14 +485,7 @@ async fn a_direct_method_reaches_a_device_connected_to_another_node() {
     use dps_hub::{MethodError, OutboundKind};
     use std::time::Duration;
     let url = dps_store::postgres::testing::fresh_database().await;
-    let ((a, _bus_a), (b, _bus_b)) = (cluster_node(&url).await, cluster_node(&url).await);
-    let device = serde_json::json!({
-        "deviceId": "dev-1",
-        "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY}}
-    });
-    a.put_device(serde_json::from_value(device).unwrap(), None)
-        .await
-        .unwrap();
+    let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
     let offline = a
         .invoke_method("dev-1", "reboot", serde_json::json!({}), Duration::from_secs(5))
         .await
@@ -543,14 +556,7 @@ async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected
         (String::from_utf8(out.payload.to_vec()).unwrap(), lock_token)
     }
     let url = dps_store::postgres::testing::fresh_database().await;
-    let ((a, _bus_a), (b, _bus_b)) = (cluster_node(&url).await, cluster_node(&url).await);
-    let device = serde_json::json!({
-        "deviceId": "dev-1",
-        "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY}}
-    });
-    a.put_device(serde_json::from_value(device).unwrap(), None)
-        .await
-        .unwrap();
+    let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
     let c2d = "devices/dev-1/messages/devicebound/#";
 
     let (session, mut rx) = b.open_session(device_login(&b, "dev-1").await).await.unwrap();

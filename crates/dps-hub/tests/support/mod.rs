@@ -15,6 +15,17 @@ pub const HOST: &str = "hub.example.test";
 pub const KEY1: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 pub const KEY2: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
 
+/// Authenticates `device` (made by [`sas_device`] with [`KEY1`]) on `hub` as an MQTT client
+/// does, with a SAS token valid for an hour.
+pub async fn login(hub: &dps_hub::Hub, device: &str) -> dps_hub::DeviceIdentity {
+    let now = chrono::Utc::now().timestamp() as u64;
+    let user = dps_proto::hub_mqtt::HubUsername::parse(&format!("{HOST}/{device}/?api-version=2021-04-12")).unwrap();
+    let token = dps_proto::sas::build_token(&format!("{HOST}/devices/{device}"), KEY1, now + 3600, None).unwrap();
+    hub.authenticate(now, &user, Some(token.as_bytes()), None)
+        .await
+        .unwrap()
+}
+
 pub fn obj(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()
 }
