@@ -72,6 +72,17 @@ pub enum PeerChange {
         /// Its registry key.
         key: String,
     },
+    /// Another node stored telemetry: the last message of `partition` it committed.
+    Telemetry {
+        /// The partition.
+        partition: u32,
+        /// Its partition sequence number.
+        partition_sequence: u64,
+        /// Its hub-wide sequence number.
+        sequence_number: u64,
+        /// When it was enqueued (ms since the epoch).
+        enqueued_ms: i64,
+    },
     /// The identity at this registry key connected to another node: a session of it here is
     /// an older connection, which IoT Hub ends (one connection per device).
     Connected {
@@ -106,6 +117,17 @@ impl Hub {
                 if let Some(slot) = inner.held(&key) {
                     self.reload_c2d(&key, &slot).await;
                 }
+            }
+            PeerChange::Telemetry {
+                partition,
+                partition_sequence,
+                sequence_number,
+                enqueued_ms,
+            } => {
+                let enqueued = chrono::DateTime::from_timestamp_millis(enqueued_ms).unwrap_or_default();
+                inner
+                    .telemetry
+                    .advanced(partition, partition_sequence, sequence_number, enqueued);
             }
             PeerChange::Connected { key } => {
                 if let Some(slot) = inner.held(&key) {

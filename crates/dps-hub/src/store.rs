@@ -206,6 +206,18 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// partition and partition sequence number already set); durable when it returns.
     async fn append_events(&self, events: &[std::sync::Arc<TelemetryMessage>]) -> Result<(), HubStoreError>;
 
+    /// On a [`shared`](Self::shared) store: numbers `msg` (its hub-wide sequence number and its
+    /// partition sequence number, `msg.partition` set) among every node's messages and stores
+    /// it, durably, returning it numbered. Numbers are handed out in commit order, so readers
+    /// never see a gap fill in behind them (decision 0031). A store only this process writes
+    /// leaves the numbering to the hub and refuses this.
+    async fn append_numbered(&self, msg: TelemetryMessage) -> Result<TelemetryMessage, HubStoreError> {
+        let _ = msg;
+        Err(HubStoreError::backend(
+            "this store leaves telemetry numbering to the hub (it is not shared)",
+        ))
+    }
+
     /// Up to `limit` stored messages of `partition` from partition sequence number `from` on,
     /// in order.
     async fn read_partition(

@@ -485,6 +485,19 @@ impl TelemetryLog {
     /// it and the messages before it are written, publishes it. Returns once it is durable.
     pub(crate) async fn append(&self, mut msg: TelemetryMessage) -> Result<Arc<TelemetryMessage>, HubStoreError> {
         msg.partition = partition_of(&msg.device_id, self.partition_count());
+        if self.store.shared() {
+            // Numbered by the store among every node's messages (decision 0031).
+            let msg = Arc::new(self.store.append_numbered(msg).await?);
+            self.advanced(
+                msg.partition,
+                msg.partition_sequence,
+                msg.sequence_number,
+                msg.enqueued_time,
+            );
+            // No receivers is not an error: nobody is watching.
+            let _ = self.tx.send(msg.clone());
+            return Ok(msg);
+        }
         let msg = {
             let mut ring = self.ring.lock();
             msg.sequence_number = ring.next_sequence;
@@ -527,6 +540,33 @@ impl TelemetryLog {
             // No receivers is not an error: nobody is watching.
             let _ = self.tx.send(m);
         }
+    }
+
+    /// On a shared store: a message of `partition` numbered (`partition_sequence`,
+    /// `sequence_number`) and committed by this node or another is readable, and so is
+    /// everything numbered before it. Readers are told; nothing is cached (the cache would hold
+    /// this node's messages only), so partition reads go to the store.
+    pub(crate) fn advanced(
+        &self,
+        partition: u32,
+        partition_sequence: u64,
+        sequence_number: u64,
+        enqueued: DateTime<Utc>,
+    ) {
+        {
+            let mut ring = self.ring.lock();
+            ring.next_visible = ring.next_visible.max(sequence_number + 1);
+            ring.next_sequence = ring.next_sequence.max(sequence_number + 1);
+            let Some(p) = ring.partitions.get_mut(partition as usize) else {
+                return;
+            };
+            if partition_sequence + 1 > p.visible_next {
+                p.visible_next = partition_sequence + 1;
+                p.next = p.next.max(p.visible_next);
+                p.last = Some((partition_sequence, sequence_number, enqueued));
+            }
+        }
+        self.arrivals.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<TelemetryMessage>> {

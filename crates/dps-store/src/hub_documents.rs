@@ -331,6 +331,14 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
     async fn counts(&self) -> Result<(i64, i64), HubStoreError>;
 
     async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError>;
+
+    /// See [`dps_hub::store::HubStore::append_numbered`]: only a shared store numbers.
+    async fn append_numbered(&self, msg: TelemetryMessage) -> Result<TelemetryMessage, HubStoreError> {
+        let _ = msg;
+        Err(HubStoreError::backend(
+            "this store leaves telemetry numbering to the hub (it is not shared)",
+        ))
+    }
     async fn read_partition(
         &self,
         partition: u32,
@@ -429,6 +437,23 @@ pub(crate) fn event_rows(events: &[Arc<TelemetryMessage>]) -> Result<Vec<EventRo
             })
         })
         .collect()
+}
+
+impl EventRow {
+    /// The row's values for hub `hub`, in the order of the events table's insert (hub, seq,
+    /// partition, pseq, device, enqueued_ms, size, doc).
+    pub(crate) fn args(&self, hub: i64) -> Vec<Arg<'_>> {
+        vec![
+            Arg::Int(hub),
+            Arg::Int(self.seq),
+            Arg::Int(self.partition),
+            Arg::Int(self.pseq),
+            Arg::Text(self.device.as_str().into()),
+            Arg::Int(self.enqueued_ms),
+            Arg::Int(self.size),
+            Arg::Bytes(&self.doc),
+        ]
+    }
 }
 
 /// A page size as `LIMIT` takes it.
@@ -700,6 +725,10 @@ macro_rules! hub_store_over_documents {
 
                 async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
                     HubDocuments::append_events(self, events).await
+                }
+
+                async fn append_numbered(&self, msg: TelemetryMessage) -> Result<TelemetryMessage, HubStoreError> {
+                    HubDocuments::append_numbered(self, msg).await
                 }
 
                 async fn read_partition(

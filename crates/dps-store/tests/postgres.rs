@@ -659,3 +659,50 @@ async fn one_node_at_a_time_runs_the_housekeeping() {
     }
     panic!("no node took the housekeeping over within 15 s");
 }
+
+/// Telemetry through two nodes is numbered once among both (decision 0031): hub-wide sequence
+/// numbers 1, 2, … and each partition's from 0, without a number twice or a gap; each node reads
+/// the other's messages once it heard of them, and its readers are woken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_through_two_nodes_is_numbered_once_among_both() {
+    use std::time::Duration;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
+    let (on_a, on_b) = (device_login(&a, "dev-1").await, device_login(&b, "dev-1").await);
+    let mut b_arrivals = b.telemetry_arrivals();
+    for i in 0..3 {
+        a.send_telemetry(&on_a, Vec::new(), format!("a{i}").as_bytes())
+            .await
+            .unwrap();
+        b.send_telemetry(&on_b, Vec::new(), format!("b{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), b_arrivals.changed())
+        .await
+        .expect("node B's readers are woken")
+        .unwrap();
+    for node in [&a, &b] {
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            seen = node.recent_events(None, None, 100).await;
+            if seen.len() == 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let numbers: Vec<(u64, u64)> = seen.iter().map(|m| (m.sequence_number, m.partition_sequence)).collect();
+        assert_eq!(
+            numbers,
+            (1..=6).map(|n| (n, n - 1)).collect::<Vec<_>>(),
+            "one device, one partition"
+        );
+        let bodies: Vec<_> = seen.iter().map(|m| m.body_text().to_string()).collect();
+        assert_eq!(bodies, ["a0", "b0", "a1", "b1", "a2", "b2"]);
+        let partition = seen[0].partition;
+        let (read, next) = node.read_partition(partition, 0, 100).await.unwrap();
+        assert_eq!((read.len(), next), (6, 6));
+        let info = node.partition_info(partition).await.unwrap().unwrap();
+        assert_eq!(info.last_sequence_number, Some(5));
+    }
+}

@@ -208,7 +208,8 @@ const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
 
 /// What a node hears from another about a hub (decision 0031): `hub {number} {node} {what}`,
 /// where `what` is `record {key}` (a registry write, sent in its transaction), `c2d {key}`
-/// (messages queued for the device, in the same way), `connected {key}`
+/// (messages queued for the device, in the same way), `events {partition} {partition sequence}
+/// {sequence} {enqueued ms}` (telemetry stored, in the same way), `connected {key}`
 /// (a device connected to that node), `call {id} {callee}` (a direct method for a device
 /// connected to `callee`) or `answer {id}` (the callee's answer is stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +255,16 @@ impl<'a> HubNotice<'a> {
             ("record", key) => Notice::Change(PeerChange::Record { key: key.to_string() }),
             ("connected", key) => Notice::Change(PeerChange::Connected { key: key.to_string() }),
             ("c2d", key) => Notice::Change(PeerChange::C2dQueued { key: key.to_string() }),
+            ("events", numbers) => {
+                let mut n = numbers.split(' ');
+                let mut next = || n.next();
+                Notice::Change(PeerChange::Telemetry {
+                    partition: next()?.parse().ok()?,
+                    partition_sequence: next()?.parse().ok()?,
+                    sequence_number: next()?.parse().ok()?,
+                    enqueued_ms: next()?.parse().ok()?,
+                })
+            }
             ("call", rest) => {
                 let (id, callee) = rest.split_once(' ')?;
                 Notice::Call { id, callee }
@@ -317,8 +328,24 @@ impl Operation for HubOp {
     }
 }
 
+/// Numbers one message of hub `$1` in partition `$2`: the next hub-wide sequence number (from
+/// 1) and the next of the partition (from 0), taken in the storing transaction.
+const NUMBER_EVENT: &str = "WITH h AS (INSERT INTO event_counters (hub, partition, next) VALUES ($1, -1, 2) \
+     ON CONFLICT (hub, partition) DO UPDATE SET next = event_counters.next + 1 RETURNING next - 1 AS seq), \
+     p AS (INSERT INTO event_counters (hub, partition, next) VALUES ($1, $2, 1) \
+     ON CONFLICT (hub, partition) DO UPDATE SET next = event_counters.next + 1 RETURNING next - 1 AS pseq) \
+     SELECT h.seq, p.pseq FROM h, p";
+
 /// A telemetry write of one hub.
 enum EventOp {
+    /// Numbers `msg` among every node's messages, stores it, tells the other nodes, and leaves
+    /// it numbered in `numbered`.
+    Numbered {
+        hub: i64,
+        node: String,
+        msg: TelemetryMessage,
+        numbered: Arc<std::sync::Mutex<Option<TelemetryMessage>>>,
+    },
     Append {
         hub: i64,
         rows: Vec<EventRow>,
@@ -345,27 +372,39 @@ impl Operation for EventOp {
         let EventOp::Append { hub, rows } = self else {
             return None;
         };
-        Some(
-            rows.iter()
-                .map(|r| {
-                    let args = vec![
-                        Arg::Int(*hub),
-                        Arg::Int(r.seq),
-                        Arg::Int(r.partition),
-                        Arg::Int(r.pseq),
-                        Arg::Text(r.device.as_str().into()),
-                        Arg::Int(r.enqueued_ms),
-                        Arg::Int(r.size),
-                        Arg::Bytes(&r.doc),
-                    ];
-                    (INSERT_EVENT, args)
-                })
-                .collect(),
-        )
+        Some(rows.iter().map(|r| (INSERT_EVENT, r.args(*hub))).collect())
     }
 
     async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {
         match self {
+            EventOp::Numbered {
+                hub,
+                node,
+                msg,
+                numbered,
+            } => {
+                let number = tx.prepare_cached(NUMBER_EVENT).await?;
+                let row = tx.query_one(&number, &[hub, &i64::from(msg.partition)]).await?;
+                let (seq, pseq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                let mut msg = msg.clone();
+                match (uint(seq), uint(pseq)) {
+                    (Ok(seq), Ok(pseq)) => (msg.sequence_number, msg.partition_sequence) = (seq, pseq),
+                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+                }
+                let rows = match event_rows(&[Arc::new(msg.clone())]) {
+                    Ok(rows) => rows,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let notice = format!(
+                    "hub {hub} {node} events {} {pseq} {seq} {}",
+                    msg.partition,
+                    msg.enqueued_time.timestamp_millis()
+                );
+                let mut statements: Vec<Statement<'_>> = rows.iter().map(|r| (INSERT_EVENT, r.args(*hub))).collect();
+                statements.push((NOTIFY, vec![Arg::Text(notice.into())]));
+                run_in_order(tx, &statements).await?;
+                *numbered.lock().expect("never poisoned") = Some(msg);
+            }
             EventOp::Append { hub, rows } => {
                 let insert = tx.prepare_cached(INSERT_EVENT).await?;
                 for r in rows {
@@ -546,6 +585,21 @@ impl HubDocuments for PostgresHubStore {
     async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
         let rows = event_rows(events)?;
         self.db.events.write(EventOp::Append { hub: self.hub, rows }).await
+    }
+
+    async fn append_numbered(&self, msg: TelemetryMessage) -> Result<TelemetryMessage, HubStoreError> {
+        let numbered = Arc::new(std::sync::Mutex::new(None));
+        self.db
+            .events
+            .write(EventOp::Numbered {
+                hub: self.hub,
+                node: self.db.node.clone(),
+                msg,
+                numbered: numbered.clone(),
+            })
+            .await?;
+        let numbered = numbered.lock().expect("never poisoned").take();
+        numbered.ok_or_else(|| HubStoreError::backend("the telemetry writer committed an unnumbered message"))
     }
 
     async fn read_partition(

@@ -81,6 +81,11 @@ pub(super) const HUB: Schema = Schema {
             name: "queue keys no two nodes share",
             sql: include_str!("migrations/hub_0006.sql"),
         },
+        Migration {
+            version: 7,
+            name: "telemetry numbered by the database",
+            sql: include_str!("migrations/hub_0007.sql"),
+        },
     ],
 };
 
