@@ -257,8 +257,17 @@ fn client_config(url: &str, application_name: &str) -> Result<tokio_postgres::Co
 /// the server cannot be reached now, else a failure of the backend.
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     match is_unavailable(&e) {
-        true => StoreError::unavailable(e),
-        false => StoreError::backend(e),
+        true => StoreError::unavailable(describe(&e)),
+        false => StoreError::backend(describe(&e)),
+    }
+}
+
+/// `e` as an operator reads it: the client's summary ("db error") and, for an error the server
+/// sent, its message and SQLSTATE.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("PostgreSQL: {}: {} (SQLSTATE {})", e, db.message(), db.code().code()),
+        None => format!("PostgreSQL: {e}"),
     }
 }
 

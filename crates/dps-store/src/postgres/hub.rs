@@ -314,7 +314,7 @@ impl Operation for HubOp {
             {
                 HubStoreError::Conflict { key: key.clone() }
             }
-            _ => HubStoreError::backend(format!("PostgreSQL: {e}")),
+            _ => HubStoreError::backend(super::describe(e)),
         }
     }
 
@@ -328,13 +328,13 @@ impl Operation for HubOp {
     }
 }
 
-/// Numbers one message of hub `$1` in partition `$2`: the next hub-wide sequence number (from
-/// 1) and the next of the partition (from 0), taken in the storing transaction.
-const NUMBER_EVENT: &str = "WITH h AS (INSERT INTO event_counters (hub, partition, next) VALUES ($1, -1, 2) \
-     ON CONFLICT (hub, partition) DO UPDATE SET next = event_counters.next + 1 RETURNING next - 1 AS seq), \
-     p AS (INSERT INTO event_counters (hub, partition, next) VALUES ($1, $2, 1) \
-     ON CONFLICT (hub, partition) DO UPDATE SET next = event_counters.next + 1 RETURNING next - 1 AS pseq) \
-     SELECT h.seq, p.pseq FROM h, p";
+/// Takes `$4` numbers from counter `$2` of hub `$1` (-1: hub-wide, numbered from 1; else a
+/// partition's, from 0; `$3` is where a new counter starts) and returns the first, in the
+/// storing transaction: the row stays locked until it commits, so numbers are handed out in
+/// commit order.
+const TAKE_NUMBERS: &str =
+    "INSERT INTO event_counters (hub, partition, next) VALUES ($1, $2, $3::bigint + $4::bigint) \
+     ON CONFLICT (hub, partition) DO UPDATE SET next = event_counters.next + $4 RETURNING next - $4";
 
 /// A telemetry write of one hub.
 enum EventOp {
@@ -375,35 +375,99 @@ impl Operation for EventOp {
         Some(rows.iter().map(|r| (INSERT_EVENT, r.args(*hub))).collect())
     }
 
+    /// A run of messages to number: the counters each needs advanced once for the run (their
+    /// questions pipelined), the messages numbered in order, then their rows and one notice per
+    /// partition (its last message) sent in one pipeline.
+    async fn apply_run(
+        tx: &Transaction<'_>,
+        ops: &[&Self],
+    ) -> Result<Option<Vec<Result<(), HubStoreError>>>, tokio_postgres::Error> {
+        let run: Vec<_> = ops
+            .iter()
+            .map_while(|op| match op {
+                EventOp::Numbered {
+                    hub,
+                    node,
+                    msg,
+                    numbered,
+                } => Some((*hub, node, msg, numbered)),
+                _ => None,
+            })
+            .collect();
+        if run.is_empty() {
+            return Ok(None);
+        }
+        // How many numbers each counter gives: (hub, -1) and (hub, partition).
+        let mut wanted: std::collections::BTreeMap<(i64, i64), i64> = std::collections::BTreeMap::new();
+        for (hub, _, msg, _) in &run {
+            *wanted.entry((*hub, -1)).or_default() += 1;
+            *wanted.entry((*hub, i64::from(msg.partition))).or_default() += 1;
+        }
+        let take = tx.prepare_cached(TAKE_NUMBERS).await?;
+        let counters: Vec<((i64, i64), i64)> = wanted.into_iter().collect();
+        let firsts = futures_util::future::try_join_all(counters.iter().map(|((hub, counter), n)| {
+            let start: i64 = if *counter < 0 { 1 } else { 0 };
+            let take = &take;
+            async move {
+                tx.query_one(take, &[hub, counter, &start, n])
+                    .await?
+                    .try_get::<_, i64>(0)
+            }
+        }))
+        .await?;
+        let mut next: std::collections::BTreeMap<(i64, i64), i64> =
+            counters.iter().map(|(k, _)| *k).zip(firsts).collect();
+        let mut take_next = |k: (i64, i64)| {
+            let n = next.get_mut(&k).expect("every counter of the run was advanced");
+            *n += 1;
+            *n - 1
+        };
+        let mut outcomes = Vec::with_capacity(run.len());
+        let mut rows = Vec::with_capacity(run.len());
+        let mut last: std::collections::BTreeMap<(i64, u32), (String, String)> = std::collections::BTreeMap::new();
+        for (hub, node, msg, numbered) in &run {
+            let (seq, pseq) = (take_next((*hub, -1)), take_next((*hub, i64::from(msg.partition))));
+            let mut msg = (*msg).clone();
+            let numbers = uint(seq).and_then(|seq| Ok((seq, uint(pseq)?)));
+            let row = numbers.and_then(|(seq, pseq)| {
+                (msg.sequence_number, msg.partition_sequence) = (seq, pseq);
+                event_rows(&[Arc::new(msg.clone())])
+            });
+            match row {
+                Ok(row) => {
+                    rows.push((*hub, row));
+                    last.insert(
+                        (*hub, msg.partition),
+                        (
+                            node.to_string(),
+                            format!("{pseq} {seq} {}", msg.enqueued_time.timestamp_millis()),
+                        ),
+                    );
+                    *numbered.lock().expect("never poisoned") = Some(msg);
+                    outcomes.push(Ok(()));
+                }
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        let notices: Vec<String> = last
+            .iter()
+            .map(|((hub, partition), (node, numbers))| format!("hub {hub} {node} events {partition} {numbers}"))
+            .collect();
+        let mut statements: Vec<Statement<'_>> = rows
+            .iter()
+            .flat_map(|(hub, rows)| rows.iter().map(|r| (INSERT_EVENT, r.args(*hub))))
+            .collect();
+        statements.extend(notices.iter().map(|n| (NOTIFY, vec![Arg::Text(n.as_str().into())])));
+        super::writer::pipeline(tx, &statements).await?;
+        Ok(Some(outcomes))
+    }
+
     async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), HubStoreError>, tokio_postgres::Error> {
         match self {
-            EventOp::Numbered {
-                hub,
-                node,
-                msg,
-                numbered,
-            } => {
-                let number = tx.prepare_cached(NUMBER_EVENT).await?;
-                let row = tx.query_one(&number, &[hub, &i64::from(msg.partition)]).await?;
-                let (seq, pseq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-                let mut msg = msg.clone();
-                match (uint(seq), uint(pseq)) {
-                    (Ok(seq), Ok(pseq)) => (msg.sequence_number, msg.partition_sequence) = (seq, pseq),
-                    (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+            EventOp::Numbered { .. } => {
+                if let Some(mut outcomes) = Self::apply_run(tx, &[self]).await? {
+                    return Ok(outcomes.pop().unwrap_or(Ok(())));
                 }
-                let rows = match event_rows(&[Arc::new(msg.clone())]) {
-                    Ok(rows) => rows,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let notice = format!(
-                    "hub {hub} {node} events {} {pseq} {seq} {}",
-                    msg.partition,
-                    msg.enqueued_time.timestamp_millis()
-                );
-                let mut statements: Vec<Statement<'_>> = rows.iter().map(|r| (INSERT_EVENT, r.args(*hub))).collect();
-                statements.push((NOTIFY, vec![Arg::Text(notice.into())]));
-                run_in_order(tx, &statements).await?;
-                *numbered.lock().expect("never poisoned") = Some(msg);
             }
             EventOp::Append { hub, rows } => {
                 let insert = tx.prepare_cached(INSERT_EVENT).await?;

@@ -41,8 +41,8 @@ pub(super) trait Operation: Send + Sync + 'static {
     /// [`super::is_unavailable`].
     fn failure(&self, e: &tokio_postgres::Error) -> Self::Error {
         match super::is_unavailable(e) {
-            true => Self::unavailable(format!("PostgreSQL: {e}")),
-            false => Self::backend(format!("PostgreSQL: {e}")),
+            true => Self::unavailable(super::describe(e)),
+            false => Self::backend(super::describe(e)),
         }
     }
 
@@ -58,6 +58,21 @@ pub(super) trait Operation: Send + Sync + 'static {
     /// Runs the write's statements: the outer `Err` is a failed statement (the transaction is
     /// lost), the inner result the write's own verdict (a precondition that did not hold).
     async fn apply(&self, tx: &Transaction<'_>) -> Result<Result<(), Self::Error>, tokio_postgres::Error>;
+
+    /// Applies the run of writes at the front of `ops` together, for writes whose statements
+    /// need answers from the database first (numbers it hands out): one round trip for the
+    /// run's questions, one pipeline for its statements. `Some` holds the outcomes of the writes
+    /// it took, at least one, from the first; `None` (the default) applies them one by one.
+    async fn apply_run(
+        tx: &Transaction<'_>,
+        ops: &[&Self],
+    ) -> Result<Option<Vec<Result<(), Self::Error>>>, tokio_postgres::Error>
+    where
+        Self: Sized,
+    {
+        let _ = (tx, ops);
+        Ok(None)
+    }
 }
 
 /// Most writes in one transaction: bounds the latency a caller at the back of a long queue
@@ -197,6 +212,11 @@ async fn execute<O: Operation>(
             pipeline(&tx, &run).await?;
             continue;
         }
+        if let Some(outcomes) = O::apply_run(&tx, &ops[i..]).await?.filter(|o| !o.is_empty()) {
+            i += outcomes.len();
+            results.extend(outcomes);
+            continue;
+        }
         results.push(ops[i].apply(&tx).await?);
         i += 1;
     }
@@ -219,7 +239,7 @@ async fn prepare<'s>(
 
 /// Sends `statements` without waiting for each answer; fails with the first statement that
 /// fails (the transaction is then lost, and the writer retries the batch's writes one by one).
-async fn pipeline(tx: &Transaction<'_>, statements: &[Statement<'_>]) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn pipeline(tx: &Transaction<'_>, statements: &[Statement<'_>]) -> Result<(), tokio_postgres::Error> {
     let prepared = prepare(tx, statements).await?;
     futures_util::future::try_join_all(prepared.iter().map(|(stmt, params)| tx.execute(stmt, params))).await?;
     Ok(())
