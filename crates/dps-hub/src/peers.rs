@@ -1,13 +1,19 @@
-//! What other nodes serving the same hub change (decision 0031). When several `dps serve` nodes
-//! share one database, each caches device records and holds the sessions of the devices
-//! connected to it; another node's write makes that cache stale and may concern one of those
-//! devices. The store's backend hears of such writes (PostgreSQL's NOTIFY) and the server hands
-//! them to [`Hub::peer_changed`]; a hub whose store no other node shares never gets any.
+//! The other nodes serving the same hub (decision 0031). When several `dps serve` nodes share
+//! one database, each caches device records and holds the sessions of the devices connected to
+//! it; another node's write makes that cache stale and may concern one of those devices. The
+//! store's backend hears of such writes (PostgreSQL's NOTIFY; dps-store's
+//! `PostgresHubDatabase::hear_other_nodes`, which `dps serve` runs) and hands them to
+//! [`Hub::peer_changed`]: records written, messages queued, telemetry stored, devices connected
+//! elsewhere. A hub whose store no other node shares never gets any.
 //!
 //! The node re-reads what changed rather than trusting the notice: a notice says *where*, the
 //! store says *what*. From the record it had and the one it reads, it does what the writing node
 //! would have done for a device connected to it: push the desired-properties patch, end the
-//! session of a device deleted, re-created or disabled.
+//! session of a device deleted, re-created or disabled, deliver the queued messages.
+//!
+//! The other way, a hub reaches the other nodes through [`Peers`]: it records where its devices
+//! are connected, calls a direct method on a device connected elsewhere, and learns whether it
+//! is the node that does the shared store's housekeeping.
 
 use std::sync::Arc;
 use std::time::Duration;

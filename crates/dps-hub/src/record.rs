@@ -198,7 +198,7 @@ impl DeviceRecord {
     }
 
     /// The storage key: the lower-cased device id ([`crate::store::device_key`]), or for a
-    /// module [`module_key`] of its ids.
+    /// module [`crate::store::module_key`] of its ids.
     pub fn key(&self) -> String {
         identity_key(&self.device_id, self.module_id.as_deref())
     }
