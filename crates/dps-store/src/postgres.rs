@@ -104,6 +104,10 @@ pub enum PgOpenError {
     /// transaction was rolled back.
     #[error("cannot read or write the shared files in PostgreSQL: {0}")]
     Files(#[source] tokio_postgres::Error),
+    /// The node could not record itself among the database's nodes (`dps_nodes`, decision
+    /// 0031), which the other nodes read to know it is alive.
+    #[error("cannot record this node in PostgreSQL: {0}")]
+    Node(#[source] tokio_postgres::Error),
     /// The node could not listen for the other nodes' notices (decision 0031).
     #[error("cannot listen on PostgreSQL: {0}")]
     Listen(#[source] tokio_postgres::Error),
@@ -180,10 +184,7 @@ impl PostgresStore {
     /// A pooled connection, or the error a request reports while PostgreSQL is away (the
     /// device is told to retry).
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::unavailable(format!("PostgreSQL: {e}")))
+        self.pool.get().await.map_err(|e| StoreError::unavailable(describe(&e)))
     }
 
     /// Rows of (key, doc) that `sql` (SQLite's `?N` form) selects from `table`, decoded.
@@ -262,13 +263,17 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// `e` as an operator reads it: the client's summary ("db error") and, for an error the server
-/// sent, its message and SQLSTATE.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("PostgreSQL: {}: {} (SQLSTATE {})", e, db.message(), db.code().code()),
-        None => format!("PostgreSQL: {e}"),
+/// `e` as an operator reads it: the client's (or the pool's) summary ("db error") and, when the
+/// server sent the error behind it, the server's message and SQLSTATE.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(db) = c.downcast_ref::<tokio_postgres::error::DbError>() {
+            return format!("PostgreSQL: {e}: {} (SQLSTATE {})", db.message(), db.code().code());
+        }
+        cause = c.source();
     }
+    format!("PostgreSQL: {e}")
 }
 
 /// Whether `e` says the server cannot be reached now rather than that it refused the statement:

@@ -534,8 +534,8 @@ impl Operation for EventOp {
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> HubStoreError {
-    HubStoreError::backend(format!("PostgreSQL: {e}"))
+pub(super) fn backend(e: impl std::error::Error + 'static) -> HubStoreError {
+    HubStoreError::backend(super::describe(&e))
 }
 
 fn undecodable_event(e: String) -> HubStoreError {

@@ -109,7 +109,7 @@ pub(super) async fn start_heartbeat(pool: &Pool, node: &str) -> Result<tokio::ta
          DELETE FROM dps_nodes WHERE seen < now() - interval '1 hour'; \
          DELETE FROM hub_calls WHERE created < now() - interval '10 minutes'";
     let client = pool.get().await.map_err(PgOpenError::Connect)?;
-    client.execute(BEAT, &[&node]).await.map_err(PgOpenError::Listen)?;
+    client.execute(BEAT, &[&node]).await.map_err(PgOpenError::Node)?;
     drop(client);
     let (pool, node) = (pool.clone(), node.to_string());
     Ok(tokio::spawn(async move {
@@ -252,10 +252,16 @@ impl PostgresHubDatabase {
     }
 }
 
-fn storage(key: &str, e: impl std::fmt::Display) -> MethodError {
+/// A call to `key` that failed in the database (`e`).
+fn storage(key: &str, e: impl std::error::Error + 'static) -> MethodError {
+    failed(key, super::describe(&e))
+}
+
+/// A call to `key` that failed, for `why`.
+fn failed(key: &str, why: String) -> MethodError {
     MethodError::Storage {
         device_id: key.to_string(),
-        source: HubStoreError::backend(format!("PostgreSQL: {e}")),
+        source: HubStoreError::backend(why),
     }
 }
 
@@ -272,11 +278,11 @@ impl Peers for PostgresPeers {
         let db = &self.db;
         let notice = format!("hub {} {} connected {key}", self.hub, db.node);
         let session = i64::try_from(session).unwrap_or(i64::MAX);
-        let client = db.ephemeral.get().await.map_err(HubStoreError::backend)?;
+        let client = db.ephemeral.get().await.map_err(super::hub::backend)?;
         client
             .execute(CONNECTED, &[&self.hub, &key, &db.node, &session, &BUS_CHANNEL, &notice])
             .await
-            .map_err(HubStoreError::backend)?;
+            .map_err(super::hub::backend)?;
         Ok(())
     }
 
@@ -284,11 +290,11 @@ impl Peers for PostgresPeers {
         const DISCONNECTED: &str =
             "DELETE FROM hub_presence WHERE hub = $1 AND key = $2 AND node = $3 AND session = $4";
         let session = i64::try_from(session).unwrap_or(i64::MAX);
-        let client = self.db.ephemeral.get().await.map_err(HubStoreError::backend)?;
+        let client = self.db.ephemeral.get().await.map_err(super::hub::backend)?;
         client
             .execute(DISCONNECTED, &[&self.hub, &key, &self.db.node, &session])
             .await
-            .map_err(HubStoreError::backend)?;
+            .map_err(super::hub::backend)?;
         Ok(())
     }
 
@@ -360,9 +366,9 @@ impl Peers for PostgresPeers {
         match (status, response) {
             (Some(outcome::ANSWERED), Some(answer)) => serde_json::from_str(&answer)
                 .map(Some)
-                .map_err(|e| storage(key, format!("undecodable answer: {e}"))),
+                .map_err(|e| failed(key, format!("undecodable answer of another node: {e}"))),
             (Some(outcome::NOT_ONLINE), _) => Ok(None),
-            (Some(outcome::FAILED), why) => Err(storage(key, why.unwrap_or_default())),
+            (Some(outcome::FAILED), why) => Err(failed(key, why.unwrap_or_default())),
             _ => Err(timed_out()),
         }
     }

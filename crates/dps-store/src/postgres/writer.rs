@@ -141,7 +141,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL writer has no connection");
-                    let e = O::unavailable(format!("PostgreSQL: {e}"));
+                    let e = O::unavailable(super::describe(&e));
                     counters.record_batch(batch.len(), false);
                     for cmd in batch.drain(..) {
                         let _ = cmd.reply.send(Err(e.clone()));
