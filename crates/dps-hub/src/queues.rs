@@ -18,7 +18,13 @@ impl Hub {
     /// Messages of devices that no longer exist are deleted.
     pub(crate) async fn load_queues(&self) -> Result<(), HubOpenError> {
         let inner = &self.inner;
-        let (messages, feedback) = inner.store.load_queues().await.map_err(HubOpenError::Load)?;
+        // On a shared store a device's queue is read when it connects to this node, not every
+        // queue by every node (decision 0031).
+        let (messages, feedback) = match inner.store.shared() {
+            true => inner.store.load_feedback().await.map(|f| (Vec::new(), f)),
+            false => inner.store.load_queues().await,
+        }
+        .map_err(HubOpenError::Load)?;
         let last = messages
             .iter()
             .map(|m| m.seq)
@@ -29,9 +35,6 @@ impl Hub {
             .next_queue_seq
             .store(last + 1, std::sync::atomic::Ordering::Relaxed);
         let mut by_device: BTreeMap<String, Vec<_>> = BTreeMap::new();
-        // On a shared store a device's queue is read when it connects to this node, not every
-        // queue by every node (decision 0031).
-        let messages = if inner.store.shared() { Vec::new() } else { messages };
         for m in messages {
             by_device.entry(key_of(&m.device_id)).or_default().push(m);
         }

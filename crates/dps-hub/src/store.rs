@@ -162,6 +162,14 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// feedback limit), so they fit in memory by design.
     async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError>;
 
+    /// Every stored feedback record, in key order: what a node of a
+    /// [`shared`](Self::shared) store reads at open instead of [`load_queues`](Self::load_queues),
+    /// since it reads a device's messages only when the device connects to it. By default taken
+    /// from `load_queues`.
+    async fn load_feedback(&self) -> Result<Vec<FeedbackRecord>, HubStoreError> {
+        Ok(self.load_queues().await?.1)
+    }
+
     /// The stored cloud-to-device messages of one device (its [`device_key`]), in key order: on
     /// a [`shared`](Self::shared) store, what a node reads when the device connects to it or
     /// another node queues a message for it. By default filtered from

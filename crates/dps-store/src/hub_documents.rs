@@ -697,8 +697,11 @@ macro_rules! hub_store_over_documents {
 
                 async fn load_queues(&self) -> Result<(Vec<C2dRecord>, Vec<FeedbackRecord>), HubStoreError> {
                     let messages = self.collect("c2d", ALL_C2D, Vec::new()).await?;
-                    let feedback = self.collect("feedback", ALL_FEEDBACK, Vec::new()).await?;
-                    Ok((messages, feedback))
+                    Ok((messages, self.load_feedback().await?))
+                }
+
+                async fn load_feedback(&self) -> Result<Vec<FeedbackRecord>, HubStoreError> {
+                    self.collect("feedback", ALL_FEEDBACK, Vec::new()).await
                 }
 
                 async fn device_c2d(&self, device_key: &str) -> Result<Vec<C2dRecord>, HubStoreError> {
