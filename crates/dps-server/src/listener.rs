@@ -464,7 +464,7 @@ impl Storage {
     fn peers(&self, number: u32) -> Option<Arc<dyn dps_hub::Peers>> {
         match &self.hubs {
             HubStorage::Sqlite(_) => None,
-            HubStorage::Postgres { db, .. } => Some(db.peers(number)),
+            HubStorage::Postgres { db, .. } => Some(Arc::new(db.hub(number))),
         }
     }
 

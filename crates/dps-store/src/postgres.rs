@@ -33,7 +33,6 @@ use crate::stats::StoreStats;
 pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
 pub use hub::{HubNotice, Notice, PostgresHubDatabase, PostgresHubStore};
 pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
-pub use peers::PostgresPeers;
 
 /// Connections a node keeps for reads (the writer has one of its own besides). Reads are short
 /// lookups by key; more connections than this only add contention on a small machine, and

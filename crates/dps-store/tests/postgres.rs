@@ -440,7 +440,7 @@ const DEVICE_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 /// through PostgreSQL and hearing them (as `dps serve` sets it up), and what keeps it listening.
 async fn cluster_node(url: &str) -> (dps_hub::Hub, dps_store::postgres::NodeBus) {
     let (db, hub) = hub_node(url).await;
-    hub.set_peers(db.peers(1));
+    hub.set_peers(Arc::new(db.hub(1)));
     let bus = dps_store::postgres::NodeBus::listen(url).await.unwrap();
     tokio::spawn(db.hear_other_nodes(bus.subscribe(), vec![(1, hub.clone())]));
     (hub, bus)

@@ -174,10 +174,11 @@ impl PostgresHubDatabase {
     }
 }
 
-/// One embedded hub's [`dps_hub::store::HubStore`] on PostgreSQL. Safe to share across tasks.
+/// One embedded hub's [`dps_hub::store::HubStore`] on PostgreSQL, and its
+/// [`dps_hub::Peers`] (module `peers`). Safe to share across tasks.
 pub struct PostgresHubStore {
-    db: Arc<PostgresHubDatabase>,
-    hub: i64,
+    pub(super) db: Arc<PostgresHubDatabase>,
+    pub(super) hub: i64,
 }
 
 impl std::fmt::Debug for PostgresHubStore {

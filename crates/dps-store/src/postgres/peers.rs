@@ -1,5 +1,6 @@
-//! [`PostgresPeers`]: how a node's embedded hub reaches the other nodes serving it (decision
-//! 0031, [`dps_hub::Peers`]), through PostgreSQL alone.
+//! How a node's embedded hub reaches the other nodes serving it (decision 0031,
+//! [`dps_hub::Peers`], implemented by the hub's [`PostgresHubStore`]), through PostgreSQL
+//! alone.
 //!
 //! - **Where devices are connected**: `hub_presence`, one row per connected identity naming its
 //!   node and session, written when a session opens (with a `connected` notice, so that a
@@ -28,7 +29,7 @@ use dps_hub::{Hub, MethodCall, MethodError, MethodResponse, PeerChange, Peers};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::oneshot;
 
-use super::hub::{HubNotice, Notice, PostgresHubDatabase};
+use super::hub::{HubNotice, Notice, PostgresHubDatabase, PostgresHubStore};
 use super::{BusEvent, PgOpenError, BUS_CHANNEL};
 
 /// Connections of the pool for presence and calls.
@@ -132,18 +133,6 @@ pub(super) async fn start_heartbeat(pool: &Pool, node: &str) -> Result<tokio::ta
     }))
 }
 
-/// Hub `hub`'s [`Peers`] on PostgreSQL.
-pub struct PostgresPeers {
-    db: Arc<PostgresHubDatabase>,
-    hub: i64,
-}
-
-impl std::fmt::Debug for PostgresPeers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresPeers").field("hub", &self.hub).finish()
-    }
-}
-
 impl PostgresHubDatabase {
     /// Acts, for this node's embedded `hubs` (number, hub), on what the other nodes say, in the
     /// order heard, until `events` closes: changes go to the hub they concern
@@ -179,14 +168,6 @@ impl PostgresHubDatabase {
                 Err(RecvError::Closed) => return,
             }
         }
-    }
-
-    /// Hub `number`'s way to the other nodes serving it, for [`Hub::set_peers`].
-    pub fn peers(self: &Arc<Self>, number: u32) -> Arc<PostgresPeers> {
-        Arc::new(PostgresPeers {
-            db: Arc::clone(self),
-            hub: i64::from(number),
-        })
     }
 
     /// Serves another node's call `id` to a device connected to this node (on `hub`, number
@@ -265,8 +246,10 @@ fn failed(key: &str, why: String) -> MethodError {
     }
 }
 
+/// A hub's store on PostgreSQL is also its way to the other nodes serving it, for
+/// [`Hub::set_peers`].
 #[async_trait]
-impl Peers for PostgresPeers {
+impl Peers for PostgresHubStore {
     fn runs_housekeeping(&self) -> bool {
         self.db.runs_housekeeping()
     }
