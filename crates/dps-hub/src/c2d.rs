@@ -139,6 +139,20 @@ pub enum C2dOutcome {
     Release,
 }
 
+/// What settling a delivered message with `outcome` does to it: it leaves the queue with a final
+/// status (`Some`), or goes back to it (`None`), an abandon counted in `record` first.
+pub(crate) fn dispose(record: &mut C2dRecord, outcome: C2dOutcome) -> Option<FeedbackStatus> {
+    match outcome {
+        C2dOutcome::Complete => Some(FeedbackStatus::Success),
+        C2dOutcome::Reject => Some(FeedbackStatus::Rejected),
+        C2dOutcome::Release => None,
+        C2dOutcome::Abandon => {
+            record.delivery_count += 1;
+            (record.delivery_count >= C2D_MAX_DELIVERIES).then_some(FeedbackStatus::DeliveryCountExceeded)
+        }
+    }
+}
+
 /// One cloud-to-device message as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -367,20 +381,10 @@ impl DeviceQueue {
         let Some(at) = self.locked.iter().position(|l| l.lock_token == lock_token) else {
             return false;
         };
-        let record = self.locked.swap_remove(at).record;
-        match outcome {
-            C2dOutcome::Complete => self.depart(record, FeedbackStatus::Success, settled),
-            C2dOutcome::Reject => self.depart(record, FeedbackStatus::Rejected, settled),
-            C2dOutcome::Release => self.insert(record),
-            C2dOutcome::Abandon => {
-                let mut record = record;
-                record.delivery_count += 1;
-                if record.delivery_count >= C2D_MAX_DELIVERIES {
-                    self.depart(record, FeedbackStatus::DeliveryCountExceeded, settled);
-                } else {
-                    self.insert(record);
-                }
-            }
+        let mut record = self.locked.swap_remove(at).record;
+        match dispose(&mut record, outcome) {
+            Some(status) => self.depart(record, status, settled),
+            None => self.insert(record),
         }
         true
     }
@@ -433,6 +437,7 @@ impl FeedbackBatch {
 
 impl crate::outbox::Outgoing for FeedbackRecord {
     const WHAT: &'static str = "feedback";
+    const KIND: crate::outbox::OutboxKind = crate::outbox::OutboxKind::Feedback;
 
     fn seq(&self) -> u64 {
         self.seq

@@ -37,6 +37,14 @@ pub enum HubStoreError {
         /// Registry key of the record.
         key: String,
     },
+    /// A call meant for a store other nodes share (numbering telemetry, the service-bound
+    /// queues' rows) reached one only this process writes: the hub keeps that itself there and
+    /// never makes the call, so this is a bug in the caller.
+    #[error("this store leaves {what} to the hub (it is not shared)")]
+    NotShared {
+        /// What the call was about.
+        what: &'static str,
+    },
     /// A stored record does not decode as this build's record shape (a hand-edited or damaged
     /// file); the store refuses it rather than guess.
     #[error("stored record of device '{key}' is corrupt: {source}")]

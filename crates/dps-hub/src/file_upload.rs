@@ -138,6 +138,7 @@ impl FileNotification {
 
 impl Outgoing for FileNotification {
     const WHAT: &'static str = "file upload notifications";
+    const KIND: crate::outbox::OutboxKind = crate::outbox::OutboxKind::FileNotifications;
 
     fn seq(&self) -> u64 {
         self.seq
@@ -274,8 +275,8 @@ impl Hub {
 
     /// Locks the next file upload notification for [`FILE_NOTIFICATION_LOCK`] and hands it out
     /// (IoT Hub sends one per message); `None` when there is none.
-    pub fn receive_file_notification(&self) -> Option<Batch<FileNotification>> {
-        self.inner.file_notifications.take(1, self.inner.now())
+    pub async fn receive_file_notification(&self) -> Result<Option<Batch<FileNotification>>, HubStoreError> {
+        self.inner.file_notifications.take(1, self.inner.now()).await
     }
 
     /// Completes a notification: deleted, durably when this returns. `false` if no
@@ -283,13 +284,16 @@ impl Hub {
     pub async fn complete_file_notification(&self, lock_token: &str) -> Result<bool, HubStoreError> {
         self.inner
             .file_notifications
-            .complete(self.inner.store.as_ref(), lock_token)
+            .complete(lock_token, self.inner.now())
             .await
     }
 
     /// Puts a notification back to be read again; `false` if none holds the lock.
-    pub fn abandon_file_notification(&self, lock_token: &str) -> bool {
-        self.inner.file_notifications.release(lock_token)
+    pub async fn abandon_file_notification(&self, lock_token: &str) -> Result<bool, HubStoreError> {
+        self.inner
+            .file_notifications
+            .release(lock_token, self.inner.now())
+            .await
     }
 
     /// Changes whenever a file upload notification may have become readable.
@@ -297,13 +301,18 @@ impl Hub {
         self.inner.file_notifications.signal()
     }
 
-    /// File upload notifications not completed yet.
+    /// File upload notifications not completed yet that this node holds (none on a shared
+    /// store: see [`Hub::feedback_len`]).
     pub fn file_notifications_len(&self) -> usize {
         self.inner.file_notifications.len()
     }
 
     /// Reads the unread notifications back from the store (at open).
     pub(crate) async fn load_file_notifications(&self) -> Result<u64, HubStoreError> {
+        if self.inner.store.shared() {
+            // Read from the store's rows when the service asks (decision 0031).
+            return Ok(0);
+        }
         let stored = self.inner.store.load_file_notifications().await?;
         let last = stored.iter().map(|n| n.seq).max().unwrap_or(0);
         let dropped = self.inner.file_notifications.push(stored);

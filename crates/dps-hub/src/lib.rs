@@ -75,7 +75,7 @@ pub use file_upload::{
 };
 pub use jobs::{DEFAULT_MAX_EXECUTION, JOB_RETENTION, MAX_ACTIVE_JOBS, MAX_KEPT_JOBS};
 pub use modules::MAX_MODULES_PER_DEVICE;
-pub use outbox::Batch;
+pub use outbox::{Batch, OutboxKind};
 pub use peers::{MethodCall, PeerChange, Peers};
 pub use polling::PolledC2d;
 pub use query::QueryPage;
@@ -188,6 +188,8 @@ pub(crate) struct HubInner {
     /// When the stored queues were last searched for expired messages (ms since the epoch; a
     /// shared store's).
     last_c2d_expiry: std::sync::atomic::AtomicI64,
+    /// When the shared store's service-bound queues were last tidied (ms since the epoch).
+    last_tidy: std::sync::atomic::AtomicI64,
     /// The created consumer groups of the Event Hub-compatible endpoint.
     consumer_groups: RwLock<consumer_groups::Groups>,
     /// Serialises consumer group changes.
@@ -311,22 +313,29 @@ impl Hub {
                 c2d_ttl: config.c2d_ttl.min(MAX_C2D_TTL),
                 c2d_devices: DashMap::new(),
                 next_queue_seq: AtomicU64::new(1),
-                feedback: outbox::Outbox::new(outbox::OutboxLimits {
-                    count: FEEDBACK_LIMIT,
-                    ttl: FEEDBACK_TTL,
-                    lock: FEEDBACK_LOCK,
-                }),
+                feedback: outbox::Outbox::new(
+                    outbox::OutboxLimits {
+                        count: FEEDBACK_LIMIT,
+                        ttl: FEEDBACK_TTL,
+                        lock: FEEDBACK_LOCK,
+                    },
+                    store.clone(),
+                ),
                 last_trim: std::sync::atomic::AtomicI64::new(0),
                 last_c2d_expiry: std::sync::atomic::AtomicI64::new(0),
+                last_tidy: std::sync::atomic::AtomicI64::new(0),
                 consumer_groups: RwLock::new(Default::default()),
                 consumer_group_writes: tokio::sync::Mutex::new(()),
                 file_upload: config.file_upload.map(std::sync::OnceLock::from).unwrap_or_default(),
                 uploads: Default::default(),
-                file_notifications: outbox::Outbox::new(outbox::OutboxLimits {
-                    count: file_upload::FILE_NOTIFICATION_LIMIT,
-                    ttl: FILE_NOTIFICATION_TTL,
-                    lock: FILE_NOTIFICATION_LOCK,
-                }),
+                file_notifications: outbox::Outbox::new(
+                    outbox::OutboxLimits {
+                        count: file_upload::FILE_NOTIFICATION_LIMIT,
+                        ttl: FILE_NOTIFICATION_TTL,
+                        lock: FILE_NOTIFICATION_LOCK,
+                    },
+                    store.clone(),
+                ),
                 jobs: Mutex::new(Default::default()),
                 peers: std::sync::OnceLock::new(),
             }),

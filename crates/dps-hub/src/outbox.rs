@@ -5,8 +5,18 @@
 //! (deleted, durably) or abandons it (readable again), a lock that runs out releases the batch,
 //! unread records expire after their time to live, and at most a bounded number wait (the oldest
 //! are dropped past it, with a warning: a service that never reads must not grow the store).
+//!
+//! On a store only this process writes the records are held here, in memory, and the store is
+//! written through. On a [`shared`](HubStore::shared) store the store's rows are the queue, so
+//! that a batch is handed out once whichever node the service reads through and whichever node
+//! made the records (decision 0031): a batch is locked in the store
+//! ([`HubStore::lock_outbox`]), settled there ([`HubStore::settle_outbox`]), and the node that
+//! runs the housekeeping releases run-out locks and drops what is past its bounds
+//! ([`HubStore::tidy_outbox`]). Receivers wake on this node's records and on the other nodes'
+//! notices ([`Outbox::wake`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,10 +26,21 @@ use tokio::sync::watch;
 use crate::c2d::QueueChange;
 use crate::store::{HubStore, HubStoreError};
 
+/// Which of a hub's two service-bound queues (an [`Outbox`]) a store call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxKind {
+    /// Cloud-to-device feedback ([`crate::store::FeedbackRecord`]).
+    Feedback,
+    /// File upload notifications ([`crate::store::FileNotification`]).
+    FileNotifications,
+}
+
 /// A record an [`Outbox`] keeps.
-pub(crate) trait Outgoing: Clone + Send + Sync + 'static {
+pub(crate) trait Outgoing: Clone + Send + Sync + serde::de::DeserializeOwned + 'static {
     /// What the records are, for logs.
     const WHAT: &'static str;
+    /// Which queue they are in.
+    const KIND: OutboxKind;
     /// Its key in the store.
     fn seq(&self) -> u64;
     /// When it was queued (its time to live runs from here).
@@ -57,14 +78,16 @@ struct Queue<R> {
 /// A durable service-bound queue (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Outbox<R> {
+    /// What this node holds; empty on a shared store, whose rows are the queue.
     queue: Mutex<Queue<R>>,
     /// Bumped whenever records may have become readable, so that receivers waiting wake.
     ready: watch::Sender<u64>,
     limits: OutboxLimits,
+    store: Arc<dyn HubStore>,
 }
 
 impl<R: Outgoing> Outbox<R> {
-    pub(crate) fn new(limits: OutboxLimits) -> Self {
+    pub(crate) fn new(limits: OutboxLimits, store: Arc<dyn HubStore>) -> Self {
         Self {
             queue: Mutex::new(Queue {
                 pending: VecDeque::new(),
@@ -72,13 +95,25 @@ impl<R: Outgoing> Outbox<R> {
             }),
             ready: watch::channel(0).0,
             limits,
+            store,
         }
     }
 
+    /// Wakes receivers: records may have become readable (another node stored some, or
+    /// released a batch).
+    pub(crate) fn wake(&self) {
+        self.ready.send_modify(|n| *n += 1);
+    }
+
     /// Makes stored records readable and wakes receivers; returns the keys of those that fell
-    /// off the end (over the count bound), for the caller to delete.
+    /// off the end (over the count bound), for the caller to delete. On a shared store the
+    /// stored rows are readable already and the housekeeping bounds them: this only wakes.
     pub(crate) fn push(&self, records: Vec<R>) -> Vec<u64> {
         if records.is_empty() {
+            return Vec::new();
+        }
+        if self.store.shared() {
+            self.wake();
             return Vec::new();
         }
         let dropped = {
@@ -100,31 +135,49 @@ impl<R: Outgoing> Outbox<R> {
                 "unread records over the limit: the oldest were dropped"
             );
         }
-        self.ready.send_modify(|n| *n += 1);
+        self.wake();
         dropped
     }
 
     /// Locks up to `max` unread records (oldest first) until `now` plus the lock duration.
-    pub(crate) fn take(&self, max: usize, now: DateTime<Utc>) -> Option<Batch<R>> {
+    pub(crate) async fn take(&self, max: usize, now: DateTime<Utc>) -> Result<Option<Batch<R>>, HubStoreError> {
         let until = now + chrono::Duration::from_std(self.limits.lock).unwrap_or(chrono::Duration::MAX);
+        let lock_token = uuid::Uuid::new_v4().to_string();
+        if max == 0 {
+            return Ok(None);
+        }
+        if self.store.shared() {
+            let docs = self.store.lock_outbox(R::KIND, &lock_token, max, now, until).await?;
+            let records = docs
+                .iter()
+                .map(|doc| {
+                    serde_json::from_str(doc)
+                        .map_err(|e| HubStoreError::backend(format!("undecodable stored {}: {e}", R::WHAT)))
+                })
+                .collect::<Result<Vec<R>, _>>()?;
+            return Ok((!records.is_empty()).then_some(Batch { lock_token, records }));
+        }
         let mut q = self.queue.lock();
-        if q.pending.is_empty() || max == 0 {
-            return None;
+        if q.pending.is_empty() {
+            return Ok(None);
         }
         let n = max.min(q.pending.len());
         let records: Vec<R> = q.pending.drain(..n).collect();
-        let lock_token = uuid::Uuid::new_v4().to_string();
         q.locked.insert(lock_token.clone(), (records.clone(), until));
-        Some(Batch { lock_token, records })
+        Ok(Some(Batch { lock_token, records }))
     }
 
     /// Completes a batch: its records are deleted, durably when this returns. `false` if no
     /// batch holds the lock (completed already, or its lock ran out).
-    pub(crate) async fn complete(&self, store: &dyn HubStore, lock_token: &str) -> Result<bool, HubStoreError> {
+    pub(crate) async fn complete(&self, lock_token: &str, now: DateTime<Utc>) -> Result<bool, HubStoreError> {
+        if self.store.shared() {
+            return self.store.settle_outbox(R::KIND, lock_token, true, now).await;
+        }
         let Some((records, _)) = self.queue.lock().locked.remove(lock_token) else {
             return Ok(false);
         };
-        if let Err(e) = store
+        if let Err(e) = self
+            .store
             .update_queues(&R::deleted(records.iter().map(R::seq).collect()))
             .await
         {
@@ -139,7 +192,11 @@ impl<R: Outgoing> Outbox<R> {
     }
 
     /// Puts a batch back at the head, to be read again; `false` if no batch holds the lock.
-    pub(crate) fn release(&self, lock_token: &str) -> bool {
+    pub(crate) async fn release(&self, lock_token: &str, now: DateTime<Utc>) -> Result<bool, HubStoreError> {
+        if self.store.shared() {
+            // The store tells every node (this one too) when the records are readable again.
+            return self.store.settle_outbox(R::KIND, lock_token, false, now).await;
+        }
         let released = {
             let mut q = self.queue.lock();
             match q.locked.remove(lock_token) {
@@ -153,13 +210,22 @@ impl<R: Outgoing> Outbox<R> {
             }
         };
         if released {
-            self.ready.send_modify(|n| *n += 1);
+            self.wake();
         }
-        released
+        Ok(released)
+    }
+
+    /// On a shared store, where the housekeeping bounds the stored rows: releases batches whose
+    /// lock ran out and drops records past their time to live or over the count bound, in the
+    /// store (the store tells every node when records are readable again).
+    pub(crate) async fn tidy(&self, now: DateTime<Utc>) -> Result<(), HubStoreError> {
+        let ttl = chrono::Duration::from_std(self.limits.ttl).unwrap_or(chrono::Duration::MAX);
+        self.store.tidy_outbox(R::KIND, now, now - ttl, self.limits.count).await
     }
 
     /// Releases batches whose lock ran out and drops records past their time to live; returns
-    /// the dropped ones' keys, for the caller to delete.
+    /// the dropped ones' keys, for the caller to delete. (Records held in memory: on a shared
+    /// store, [`Outbox::tidy`] does it.)
     pub(crate) fn expire(&self, now: DateTime<Utc>) -> Vec<u64> {
         let ttl = chrono::Duration::from_std(self.limits.ttl).unwrap_or(chrono::Duration::MAX);
         let (dropped, released) = {
@@ -191,7 +257,7 @@ impl<R: Outgoing> Outbox<R> {
             (dropped, released)
         };
         if released {
-            self.ready.send_modify(|n| *n += 1);
+            self.wake();
         }
         dropped
     }
@@ -201,7 +267,8 @@ impl<R: Outgoing> Outbox<R> {
         self.ready.subscribe()
     }
 
-    /// Records not completed yet (locked ones included).
+    /// Records not completed yet (locked ones included) that this node holds: on a shared
+    /// store, none (the store's rows are the queue).
     pub(crate) fn len(&self) -> usize {
         let q = self.queue.lock();
         q.pending.len() + q.locked.values().map(|(r, _)| r.len()).sum::<usize>()
@@ -229,28 +296,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batches_are_locked_until_released_or_their_lock_runs_out() {
-        let q = Outbox::new(OutboxLimits {
-            count: 4,
+    fn outbox(count: usize) -> Outbox<FeedbackRecord> {
+        let limits = OutboxLimits {
+            count,
             ttl: Duration::from_secs(3600),
             lock: Duration::from_secs(60),
-        });
+        };
+        Outbox::new(limits, Arc::new(crate::store::MemoryHubStore::new()))
+    }
+
+    #[tokio::test]
+    async fn batches_are_locked_until_released_or_their_lock_runs_out() {
+        let q = outbox(4);
         let mut ready = q.signal();
         assert!(q.push(vec![fb(1), fb(2), fb(3)]).is_empty());
         assert!(ready.has_changed().unwrap());
         ready.borrow_and_update();
-        let b = q.take(2, at(0)).unwrap();
+        let b = q.take(2, at(0)).await.unwrap().unwrap();
         assert_eq!(b.records.len(), 2);
-        assert_eq!(q.take(5, at(0)).unwrap().records.len(), 1);
-        assert!(q.take(5, at(0)).is_none());
+        assert_eq!(q.take(5, at(0)).await.unwrap().unwrap().records.len(), 1);
+        assert!(q.take(5, at(0)).await.unwrap().is_none());
         assert!(q.expire(at(30)).is_empty());
-        assert!(q.take(5, at(30)).is_none(), "still locked");
+        assert!(q.take(5, at(30)).await.unwrap().is_none(), "still locked");
         assert_eq!(q.len(), 3);
         q.expire(at(61));
         assert!(ready.has_changed().unwrap(), "released batches wake receivers");
         assert_eq!(
             q.take(5, at(61))
+                .await
+                .unwrap()
                 .unwrap()
                 .records
                 .iter()
@@ -258,13 +332,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             [1, 2, 3]
         );
-        assert!(!q.release("no such lock"));
+        assert!(!q.release("no such lock", at(61)).await.unwrap());
         // Past the bound, the oldest go.
-        let q = Outbox::new(OutboxLimits {
-            count: 2,
-            ttl: Duration::from_secs(3600),
-            lock: Duration::from_secs(60),
-        });
+        let q = outbox(2);
         assert_eq!(q.push(vec![fb(1), fb(2), fb(3)]), [1]);
         assert_eq!(q.expire(at(4000)), [2, 3], "past the time to live");
     }

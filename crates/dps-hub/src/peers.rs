@@ -95,6 +95,12 @@ pub enum PeerChange {
         /// Its registry key.
         key: String,
     },
+    /// Another node stored records in a service-bound queue, or released a batch of them:
+    /// this node's receivers of that queue look again.
+    Outbox {
+        /// The queue.
+        kind: crate::outbox::OutboxKind,
+    },
     /// This node may have missed changes (its channel to the others was lost): whatever it
     /// caches may be stale, and what it recorded of its own connections may be gone.
     Resync,
@@ -135,6 +141,10 @@ impl Hub {
                     .telemetry
                     .advanced(partition, partition_sequence, sequence_number, enqueued);
             }
+            PeerChange::Outbox { kind } => match kind {
+                crate::outbox::OutboxKind::Feedback => inner.feedback.wake(),
+                crate::outbox::OutboxKind::FileNotifications => inner.file_notifications.wake(),
+            },
             PeerChange::Connected { key } => {
                 if let Some(slot) = inner.held(&key) {
                     inner.kick(&slot, "the device connected to another node");
@@ -155,6 +165,9 @@ impl Hub {
                         None => inner.forget(&slot).await,
                     }
                 }
+                // Records stored or released meanwhile: receivers look again.
+                inner.feedback.wake();
+                inner.file_notifications.wake();
             }
         }
     }

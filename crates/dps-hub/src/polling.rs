@@ -6,7 +6,9 @@
 //! way as a session's ([`HubInner::ingest`]). A received cloud-to-device message is locked for
 //! [`C2D_LOCK`]: the device settles it by its lock token, or the hub's sweep puts it back in
 //! the queue when the lock runs out (uncounted, as Azure documents). A message is never both
-//! delivered to a session and locked for a request: both take from the same queue.
+//! delivered to a session and locked for a request: both take from the same queue. On a shared
+//! store the lock is kept in the stored queue instead, so that a request may reach any node
+//! (decision 0031).
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -15,10 +17,20 @@ use dps_proto::timefmt::format_record;
 use dps_proto::twin_limits;
 
 use crate::auth::DeviceIdentity;
-use crate::c2d::{C2dOutcome, C2dRecord, Locked, Settled, C2D_LOCK};
+use crate::c2d::{dispose, C2dOutcome, C2dRecord, Locked, Settled, C2D_LOCK};
 use crate::error::{AuthError, C2dError, SessionError};
+use crate::record::DeviceRecord;
+use crate::store::HubStoreError;
 use crate::telemetry::{system_property_name, TelemetryMessage};
 use crate::{Hub, HubInner, Slot};
+
+/// A store failure while serving `rec`'s queue.
+fn storage(rec: &DeviceRecord, source: HubStoreError) -> C2dError {
+    C2dError::Storage {
+        device_id: rec.device_id.clone(),
+        source,
+    }
+}
 
 /// A cloud-to-device message handed to a device that asked for one, locked until it settles it
 /// or [`PolledC2d::locked_until`].
@@ -86,25 +98,14 @@ impl Hub {
     /// none waits. Expired messages met on the way are dead-lettered.
     pub async fn receive_c2d(&self, identity: &DeviceIdentity) -> Result<Option<PolledC2d>, C2dError> {
         let (slot, rec) = self.inner.c2d_device(identity.device_id()).await?;
-        // On a shared store no node holds the queue of a device without a session: read the
-        // stored one (decision 0031).
-        let stored = match self.inner.store.shared() {
-            true => self
-                .inner
-                .store
-                .device_c2d(&rec.key())
-                .await
-                .map_err(|source| C2dError::Storage {
-                    device_id: rec.device_id.clone(),
-                    source,
-                })?,
-            false => Vec::new(),
-        };
         let now = self.inner.now();
+        if self.inner.store.shared() {
+            slot.live.lock().last_activity = Some(now);
+            return self.receive_stored_c2d(&rec, now).await;
+        }
         let mut settled = Settled::default();
         let polled = {
             let mut live = slot.live.lock();
-            live.c2d.merge(stored);
             live.last_activity = Some(now);
             live.c2d.next(now, &mut settled).map(|record| {
                 let polled = PolledC2d {
@@ -137,9 +138,67 @@ impl Hub {
         lock_token: &str,
         outcome: C2dOutcome,
     ) -> Result<bool, C2dError> {
-        let (slot, _) = self.inner.c2d_device(identity.device_id()).await?;
+        let (slot, rec) = self.inner.c2d_device(identity.device_id()).await?;
         slot.live.lock().last_activity = Some(self.inner.now());
+        if self.inner.store.shared() {
+            return self.settle_stored_c2d(&rec, lock_token, outcome).await;
+        }
         Ok(self.settle_in(&slot, &identity.device_id, lock_token, outcome))
+    }
+
+    /// [`Hub::receive_c2d`] on a shared store, where no node holds the queue of a device
+    /// without a session: the lock is taken in the stored queue, so that the device may settle
+    /// the message through any node and no node hands it out again meanwhile (decision 0031).
+    /// Expired messages are skipped here and dead-lettered by the housekeeping.
+    async fn receive_stored_c2d(&self, rec: &DeviceRecord, now: DateTime<Utc>) -> Result<Option<PolledC2d>, C2dError> {
+        let lock_token = uuid::Uuid::new_v4().to_string();
+        let locked_until = now + chrono::Duration::from_std(C2D_LOCK).unwrap_or(chrono::Duration::MAX);
+        let record = self
+            .inner
+            .store
+            .lock_c2d(&rec.key(), None, &lock_token, now, locked_until)
+            .await
+            .map_err(|source| storage(rec, source))?;
+        Ok(record.map(|record| PolledC2d {
+            lock_token,
+            record,
+            locked_until,
+        }))
+    }
+
+    /// [`Hub::settle_polled_c2d`] on a shared store: the lock is moved to one of this node's
+    /// (so that it settles once, and nobody receives the message meanwhile), then the message
+    /// leaves with its feedback or goes back to the stored queue, counted. A failure after the
+    /// move leaves the message to come back when that lock runs out: delivered at least once.
+    async fn settle_stored_c2d(
+        &self,
+        rec: &DeviceRecord,
+        lock_token: &str,
+        outcome: C2dOutcome,
+    ) -> Result<bool, C2dError> {
+        let now = self.inner.now();
+        let hold = uuid::Uuid::new_v4().to_string();
+        let until = now + chrono::Duration::from_std(C2D_LOCK).unwrap_or(chrono::Duration::MAX);
+        let store = &self.inner.store;
+        let Some(mut record) = store
+            .lock_c2d(&rec.key(), Some(lock_token), &hold, now, until)
+            .await
+            .map_err(|source| storage(rec, source))?
+        else {
+            tracing::debug!(device = %rec.device_id, lock_token, ?outcome, "settlement of a cloud-to-device message not locked (any more)");
+            return Ok(false);
+        };
+        match dispose(&mut record, outcome) {
+            Some(status) => {
+                let mut settled = Settled::default();
+                settled.push(record, status);
+                if let Some(write) = self.finish(settled) {
+                    let _ = write.await;
+                }
+            }
+            None => store.unlock_c2d(&record).await.map_err(|source| storage(rec, source))?,
+        }
+        Ok(true)
     }
 
     /// Settles the message delivered under `lock_token` in `slot`'s queue; an abandoned or

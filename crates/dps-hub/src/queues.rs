@@ -19,12 +19,12 @@ impl Hub {
     pub(crate) async fn load_queues(&self) -> Result<(), HubOpenError> {
         let inner = &self.inner;
         // On a shared store a device's queue is read when it connects to this node, not every
-        // queue by every node (decision 0031).
-        let (messages, feedback) = match inner.store.shared() {
-            true => inner.store.load_feedback().await.map(|f| (Vec::new(), f)),
-            false => inner.store.load_queues().await,
+        // queue by every node, and the feedback is read from the store's rows when the service
+        // asks (decision 0031).
+        if inner.store.shared() {
+            return Ok(());
         }
-        .map_err(HubOpenError::Load)?;
+        let (messages, feedback) = inner.store.load_queues().await.map_err(HubOpenError::Load)?;
         let last = messages
             .iter()
             .map(|m| m.seq)
@@ -156,6 +156,7 @@ impl Hub {
         let dropped = inner.feedback.expire(now);
         self.forget(<FeedbackRecord as Outgoing>::deleted(dropped));
         self.sweep_file_uploads(now);
+        self.tidy_outboxes_periodically(now);
         self.trim_telemetry_periodically(now);
         self.expire_stored_c2d_periodically(now);
     }
@@ -164,18 +165,13 @@ impl Hub {
     /// the stored messages whose time to live passed and that no session on this node holds: no
     /// node holds the queue of a device connected to none (decision 0031). In the background.
     fn expire_stored_c2d_periodically(&self, now: chrono::DateTime<chrono::Utc>) {
-        const EVERY_MS: i64 = 10_000;
         const AT_ONCE: usize = 256;
-        if !self.inner.store.shared() || !self.inner.runs_housekeeping() {
+        if !self.inner.store.shared()
+            || !self.inner.runs_housekeeping()
+            || !due(&self.inner.last_c2d_expiry, now, 10_000)
+        {
             return;
         }
-        let last = self.inner.last_c2d_expiry.load(std::sync::atomic::Ordering::Relaxed);
-        if now.timestamp_millis() - last < EVERY_MS {
-            return;
-        }
-        self.inner
-            .last_c2d_expiry
-            .store(now.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
         let hub = self.clone();
         tokio::spawn(async move {
             let expired = match hub.inner.store.expired_c2d(now, AT_ONCE).await {
@@ -202,17 +198,30 @@ impl Hub {
         });
     }
 
+    /// On a shared store, every five seconds, on the node that runs the housekeeping: releases the
+    /// feedback and file notification batches whose lock ran out and drops the records past
+    /// their bounds, in the store (the in-memory outboxes of [`Hub::sweep`] hold nothing
+    /// there). In the background; one round at a time.
+    fn tidy_outboxes_periodically(&self, now: chrono::DateTime<chrono::Utc>) {
+        if !self.inner.store.shared() || !self.inner.runs_housekeeping() || !due(&self.inner.last_tidy, now, 5_000) {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let inner = &hub.inner;
+            let done = tokio::try_join!(inner.feedback.tidy(now), inner.file_notifications.tidy(now));
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "service-bound queues not tidied");
+            }
+        });
+    }
+
     /// Once a minute, deletes the retained telemetry that is past the retention bounds, in the
     /// background (a big trim takes a while, and the sweep must not wait for it).
     fn trim_telemetry_periodically(&self, now: chrono::DateTime<chrono::Utc>) {
-        const EVERY_MS: i64 = 60_000;
-        let last = self.inner.last_trim.load(std::sync::atomic::Ordering::Relaxed);
-        if now.timestamp_millis() - last < EVERY_MS || !self.inner.runs_housekeeping() {
+        if !self.inner.runs_housekeeping() || !due(&self.inner.last_trim, now, 60_000) {
             return;
         }
-        self.inner
-            .last_trim
-            .store(now.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
         let hub = self.clone();
         tokio::spawn(async move {
             if let Err(e) = hub.trim_telemetry().await {
@@ -266,22 +275,19 @@ impl Hub {
     /// Locks up to `max` unread feedback records (oldest first) for [`crate::FEEDBACK_LOCK`] and hands
     /// them out; `None` when there is none. Complete the batch with
     /// [`Hub::complete_feedback`]; abandoned, or not completed in time, it is read again.
-    pub fn receive_feedback(&self, max: usize) -> Option<FeedbackBatch> {
-        self.inner.feedback.take(max, self.inner.now())
+    pub async fn receive_feedback(&self, max: usize) -> Result<Option<FeedbackBatch>, HubStoreError> {
+        self.inner.feedback.take(max, self.inner.now()).await
     }
 
     /// Completes a feedback batch: its records are deleted, durably when this returns. `false`
     /// if no batch holds the lock (completed already, or its lock ran out).
     pub async fn complete_feedback(&self, lock_token: &str) -> Result<bool, HubStoreError> {
-        self.inner
-            .feedback
-            .complete(self.inner.store.as_ref(), lock_token)
-            .await
+        self.inner.feedback.complete(lock_token, self.inner.now()).await
     }
 
     /// Puts a feedback batch back to be read again; `false` if no batch holds the lock.
-    pub fn abandon_feedback(&self, lock_token: &str) -> bool {
-        self.inner.feedback.release(lock_token)
+    pub async fn abandon_feedback(&self, lock_token: &str) -> Result<bool, HubStoreError> {
+        self.inner.feedback.release(lock_token, self.inner.now()).await
     }
 
     /// Changes whenever feedback may have become readable: receivers wait on it and then call
@@ -290,8 +296,21 @@ impl Hub {
         self.inner.feedback.signal()
     }
 
-    /// Unread feedback records (locked ones included).
+    /// Unread feedback records (locked ones included) that this node holds: all of them on a
+    /// store only this process writes, none on a shared one (the store's rows are the queue).
     pub fn feedback_len(&self) -> usize {
         self.inner.feedback.len()
     }
+}
+
+/// Whether a periodic task whose last round started at `last` (ms since the epoch) is due again
+/// at `now`, every `every_ms`; when it is, `last` becomes `now`.
+fn due(last: &std::sync::atomic::AtomicI64, now: chrono::DateTime<chrono::Utc>, every_ms: i64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = now.timestamp_millis();
+    let before = last.load(Ordering::Relaxed);
+    now - before >= every_ms
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }

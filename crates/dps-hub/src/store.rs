@@ -24,6 +24,7 @@ pub use crate::consumer_groups::ConsumerGroup;
 pub use crate::error::HubStoreError;
 pub use crate::file_upload::FileNotification;
 pub use crate::jobs::{DeviceJobRecord, JobRecord};
+pub use crate::outbox::OutboxKind;
 pub use crate::record::DeviceRecord;
 pub use crate::telemetry::{decode_event, encode_event, TelemetryMessage};
 pub use memory::MemoryHubStore;
@@ -206,6 +207,88 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// On a [`shared`](Self::shared) store: locks a stored cloud-to-device message of the
+    /// device at `device_key` under `lock_token` until `until`, and returns it: with `held`
+    /// `None`, its oldest message that is unexpired and unlocked at `now` (skipping one another
+    /// node is locking right now); with `held` a lock token, the message that lock holds at
+    /// `now` (the lock moves: the old token settles nothing more). `None`: no such message.
+    /// What a device that receives over HTTPS, through any node, is handed (decision 0031).
+    async fn lock_c2d(
+        &self,
+        device_key: &str,
+        held: Option<&str>,
+        lock_token: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<C2dRecord>, HubStoreError> {
+        let _ = (device_key, held, lock_token, now, until);
+        Err(HubStoreError::NotShared {
+            what: "cloud-to-device locks",
+        })
+    }
+
+    /// On a shared store: writes `record` back (its delivery count changed) and frees it for
+    /// the next receive; durable when it returns.
+    async fn unlock_c2d(&self, record: &C2dRecord) -> Result<(), HubStoreError> {
+        let _ = record;
+        Err(HubStoreError::NotShared {
+            what: "cloud-to-device locks",
+        })
+    }
+
+    /// On a [`shared`](Self::shared) store: locks up to `max` records of the `kind` queue,
+    /// oldest first, that no lock holds at `now` (nor another node is locking right now), under
+    /// `lock_token` until `until`, and returns their stored documents (the records as
+    /// [`update_queues`](Self::update_queues) put them, JSON) in key order; none: an empty list.
+    /// Any node's records, any node's lock: the queue is the store's rows (decision 0031). A
+    /// store only this process writes leaves the queue to the hub's memory and refuses this.
+    async fn lock_outbox(
+        &self,
+        kind: OutboxKind,
+        lock_token: &str,
+        max: usize,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, HubStoreError> {
+        let _ = (kind, lock_token, max, now, until);
+        Err(HubStoreError::NotShared {
+            what: "service-bound queues",
+        })
+    }
+
+    /// On a shared store: deletes (`complete`), durably when it returns, or releases the
+    /// records `lock_token` locks, if its lock has not run out at `now`; whether it held any.
+    /// A release tells every node that records are readable again.
+    async fn settle_outbox(
+        &self,
+        kind: OutboxKind,
+        lock_token: &str,
+        complete: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, HubStoreError> {
+        let _ = (kind, lock_token, complete, now);
+        Err(HubStoreError::NotShared {
+            what: "service-bound queues",
+        })
+    }
+
+    /// On a shared store, the housekeeping of the `kind` queue: releases the locks that ran out
+    /// at `now`, deletes the unlocked records enqueued before `older_than`, then all but the
+    /// newest `keep` (the bound on unread records), telling every node when records became
+    /// readable again.
+    async fn tidy_outbox(
+        &self,
+        kind: OutboxKind,
+        now: chrono::DateTime<chrono::Utc>,
+        older_than: chrono::DateTime<chrono::Utc>,
+        keep: usize,
+    ) -> Result<(), HubStoreError> {
+        let _ = (kind, now, older_than, keep);
+        Err(HubStoreError::NotShared {
+            what: "service-bound queues",
+        })
+    }
+
     /// Every stored file upload notification, in key (`seq`) order (read once, at open; they
     /// are written and deleted through [`HubStore::update_queues`]).
     async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError>;
@@ -221,9 +304,9 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// leaves the numbering to the hub and refuses this.
     async fn append_numbered(&self, msg: TelemetryMessage) -> Result<TelemetryMessage, HubStoreError> {
         let _ = msg;
-        Err(HubStoreError::backend(
-            "this store leaves telemetry numbering to the hub (it is not shared)",
-        ))
+        Err(HubStoreError::NotShared {
+            what: "telemetry numbering",
+        })
     }
 
     /// Up to `limit` stored messages of `partition` from partition sequence number `from` on,

@@ -897,7 +897,7 @@ async fn feedback_reports_each_final_outcome_as_asked() {
     assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
 
     feedback_settles_at(&hub, 3).await;
-    let batch = hub.receive_feedback(64).unwrap();
+    let batch = hub.receive_feedback(64).await.unwrap().unwrap();
     let body: Value = serde_json::from_slice(&batch.body()).unwrap();
     let got: Vec<(String, String)> = body
         .as_array()
@@ -919,9 +919,9 @@ async fn feedback_reports_each_final_outcome_as_asked() {
     assert!(first["enqueuedTimeUtc"].as_str().is_some_and(|t| t.ends_with('Z')));
 
     // Locked: not handed out twice; abandoned: read again, whole and in order.
-    assert!(hub.receive_feedback(64).is_none());
-    assert!(hub.abandon_feedback(&batch.lock_token));
-    let again = hub.receive_feedback(2).unwrap();
+    assert!(hub.receive_feedback(64).await.unwrap().is_none());
+    assert!(hub.abandon_feedback(&batch.lock_token).await.unwrap());
+    let again = hub.receive_feedback(2).await.unwrap().unwrap();
     assert_eq!(again.records, batch.records[..2]);
     assert!(hub.complete_feedback(&again.lock_token).await.unwrap());
     assert!(
@@ -951,7 +951,7 @@ async fn expired_and_purged_messages_give_feedback() {
     assert_eq!(hub.purge_c2d("DEV1").await.unwrap(), 2);
     assert_eq!(hub.get_device("dev1").await.unwrap().cloud_to_device_message_count, 0);
     feedback_settles_at(&hub, 2).await;
-    let batch = hub.receive_feedback(64).unwrap();
+    let batch = hub.receive_feedback(64).await.unwrap().unwrap();
     let got: Vec<_> = batch
         .records
         .iter()
@@ -1011,7 +1011,7 @@ async fn queued_messages_and_feedback_survive_a_restart() {
     session.subscribe("devices/dev1/messages/devicebound/#", 1);
     let bodies: Vec<Vec<u8>> = (0..2).map(|_| rx.try_recv().unwrap().payload.to_vec()).collect();
     assert_eq!(bodies, [b"two".to_vec(), b"three".to_vec()]);
-    let batch = hub.receive_feedback(64).unwrap();
+    let batch = hub.receive_feedback(64).await.unwrap().unwrap();
     assert_eq!(batch.records[0].original_message_id, "m1");
     assert!(hub.complete_feedback(&batch.lock_token).await.unwrap());
 

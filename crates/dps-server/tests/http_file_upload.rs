@@ -200,7 +200,12 @@ async fn upload_by_blocks_then_notify() {
     )
     .await
     .assert_no_content();
-    let batch = f.hub.receive_file_notification().expect("a notification");
+    let batch = f
+        .hub
+        .receive_file_notification()
+        .await
+        .unwrap()
+        .expect("a notification");
     let n = batch.records[0].to_wire();
     assert_eq!(n["deviceId"], "up1");
     assert_eq!(n["blobName"], "up1/logs/today.txt");

@@ -331,7 +331,7 @@ async fn c2d_received_under_a_lock_then_completed_rejected_or_abandoned() {
     // Feedback: one Success, one Rejected, then Success for the abandoned one.
     let mut statuses = Vec::new();
     for _ in 0..50 {
-        if let Some(batch) = f.hub.receive_feedback(10) {
+        if let Some(batch) = f.hub.receive_feedback(10).await.unwrap() {
             statuses.extend(batch.records.iter().map(|r| (r.original_message_id.clone(), r.status)));
             f.hub.complete_feedback(&batch.lock_token).await.unwrap();
         }

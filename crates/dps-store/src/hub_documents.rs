@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dps_hub::store::{EventStart, HubStoreError, PartitionBounds, TelemetryMessage};
+use dps_hub::store::{EventStart, HubStoreError, OutboxKind, PartitionBounds, TelemetryMessage};
 use serde::de::DeserializeOwned;
 
 /// A statement argument: an integer (hub numbers, sequence numbers, limits) or text (keys,
@@ -335,9 +335,77 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
     /// See [`dps_hub::store::HubStore::append_numbered`]: only a shared store numbers.
     async fn append_numbered(&self, msg: TelemetryMessage) -> Result<TelemetryMessage, HubStoreError> {
         let _ = msg;
-        Err(HubStoreError::backend(
-            "this store leaves telemetry numbering to the hub (it is not shared)",
-        ))
+        Err(HubStoreError::NotShared {
+            what: "telemetry numbering",
+        })
+    }
+
+    /// See [`dps_hub::store::HubStore::lock_outbox`]: only a shared store keeps the queues'
+    /// locks.
+    async fn lock_outbox(
+        &self,
+        kind: OutboxKind,
+        lock_token: &str,
+        max: usize,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, HubStoreError> {
+        let _ = (kind, lock_token, max, now, until);
+        Err(HubStoreError::NotShared {
+            what: "service-bound queues",
+        })
+    }
+
+    /// See [`dps_hub::store::HubStore::lock_c2d`]: only a shared store keeps the messages'
+    /// locks.
+    async fn lock_c2d(
+        &self,
+        device_key: &str,
+        held: Option<&str>,
+        lock_token: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<dps_hub::store::C2dRecord>, HubStoreError> {
+        let _ = (device_key, held, lock_token, now, until);
+        Err(HubStoreError::NotShared {
+            what: "cloud-to-device locks",
+        })
+    }
+
+    /// See [`dps_hub::store::HubStore::unlock_c2d`].
+    async fn unlock_c2d(&self, record: &dps_hub::store::C2dRecord) -> Result<(), HubStoreError> {
+        let _ = record;
+        Err(HubStoreError::NotShared {
+            what: "cloud-to-device locks",
+        })
+    }
+
+    /// See [`dps_hub::store::HubStore::settle_outbox`].
+    async fn settle_outbox(
+        &self,
+        kind: OutboxKind,
+        lock_token: &str,
+        complete: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, HubStoreError> {
+        let _ = (kind, lock_token, complete, now);
+        Err(HubStoreError::NotShared {
+            what: "service-bound queues",
+        })
+    }
+
+    /// See [`dps_hub::store::HubStore::tidy_outbox`].
+    async fn tidy_outbox(
+        &self,
+        kind: OutboxKind,
+        now: chrono::DateTime<chrono::Utc>,
+        older_than: chrono::DateTime<chrono::Utc>,
+        keep: usize,
+    ) -> Result<(), HubStoreError> {
+        let _ = (kind, now, older_than, keep);
+        Err(HubStoreError::NotShared {
+            what: "service-bound queues",
+        })
     }
     async fn read_partition(
         &self,
@@ -471,8 +539,8 @@ macro_rules! hub_store_over_documents {
             use async_trait::async_trait;
             use dps_hub::store::{
                 device_key, module_key, C2dRecord, ConsumerGroup, DeviceCounts, DeviceJobRecord, DeviceRecord,
-                EventStart, FeedbackRecord, FileNotification, HubStore, HubStoreError, JobRecord, PartitionBounds,
-                QueueChange, TelemetryMessage,
+                EventStart, FeedbackRecord, FileNotification, HubStore, HubStoreError, JobRecord, OutboxKind,
+                PartitionBounds, QueueChange, TelemetryMessage,
             };
             use $crate::hub_documents::*;
 
@@ -719,6 +787,52 @@ macro_rules! hub_store_over_documents {
                     limit: usize,
                 ) -> Result<Vec<C2dRecord>, HubStoreError> {
                     HubDocuments::expired_c2d(self, now, limit).await
+                }
+
+                async fn lock_c2d(
+                    &self,
+                    device_key: &str,
+                    held: Option<&str>,
+                    lock_token: &str,
+                    now: chrono::DateTime<chrono::Utc>,
+                    until: chrono::DateTime<chrono::Utc>,
+                ) -> Result<Option<C2dRecord>, HubStoreError> {
+                    HubDocuments::lock_c2d(self, device_key, held, lock_token, now, until).await
+                }
+
+                async fn unlock_c2d(&self, record: &C2dRecord) -> Result<(), HubStoreError> {
+                    HubDocuments::unlock_c2d(self, record).await
+                }
+
+                async fn lock_outbox(
+                    &self,
+                    kind: OutboxKind,
+                    lock_token: &str,
+                    max: usize,
+                    now: chrono::DateTime<chrono::Utc>,
+                    until: chrono::DateTime<chrono::Utc>,
+                ) -> Result<Vec<String>, HubStoreError> {
+                    HubDocuments::lock_outbox(self, kind, lock_token, max, now, until).await
+                }
+
+                async fn settle_outbox(
+                    &self,
+                    kind: OutboxKind,
+                    lock_token: &str,
+                    complete: bool,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> Result<bool, HubStoreError> {
+                    HubDocuments::settle_outbox(self, kind, lock_token, complete, now).await
+                }
+
+                async fn tidy_outbox(
+                    &self,
+                    kind: OutboxKind,
+                    now: chrono::DateTime<chrono::Utc>,
+                    older_than: chrono::DateTime<chrono::Utc>,
+                    keep: usize,
+                ) -> Result<(), HubStoreError> {
+                    HubDocuments::tidy_outbox(self, kind, now, older_than, keep).await
                 }
 
                 async fn load_file_notifications(&self) -> Result<Vec<FileNotification>, HubStoreError> {

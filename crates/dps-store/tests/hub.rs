@@ -468,16 +468,20 @@ async fn file_upload_notifications_survive_a_reopen() {
         };
         assert!(hub.notify_file_uploaded(&id, &blob, uploaded).await.unwrap());
         // Read but not completed when the hub goes.
-        assert!(hub.receive_file_notification().is_some());
+        assert!(hub.receive_file_notification().await.unwrap().is_some());
     }
     let hub = open_with_uploads(config).await;
-    let batch = hub.receive_file_notification().expect("the notification is back");
+    let batch = hub
+        .receive_file_notification()
+        .await
+        .unwrap()
+        .expect("the notification is back");
     assert_eq!(batch.records[0].blob_name, "uploader/a.txt");
     assert!(hub.complete_file_notification(&batch.lock_token).await.unwrap());
     drop(hub);
     let hub = open(&path).await;
     assert!(
-        hub.receive_file_notification().is_none(),
+        hub.receive_file_notification().await.unwrap().is_none(),
         "a completed notification stays gone"
     );
 }

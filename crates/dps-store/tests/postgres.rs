@@ -579,17 +579,32 @@ async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected
     assert_eq!(second, "second");
     assert!(session.settle_c2d(&lock, C2dOutcome::Complete));
 
-    // A device without a session (HTTPS) receives through any node what either queued.
+    // A device without a session (HTTPS) receives through any node what either queued, and
+    // settles through any node: the lock is the database's.
     drop(session);
     b.send_c2d("dev-1", "polled", Vec::new()).await.unwrap();
     let identity = device_login(&a, "dev-1").await;
     let polled = a.receive_c2d(&identity).await.unwrap().expect("a message");
     assert_eq!(&polled.record.body[..], b"polled");
+    assert_eq!(b.receive_c2d(&identity).await.unwrap(), None, "locked through A");
+    assert!(b
+        .settle_polled_c2d(&identity, &polled.lock_token, C2dOutcome::Abandon)
+        .await
+        .unwrap());
+    let again = b.receive_c2d(&identity).await.unwrap().expect("abandoned: back");
+    assert_eq!((again.record.seq, again.record.delivery_count), (polled.record.seq, 1));
+    assert!(
+        !a.settle_polled_c2d(&identity, &polled.lock_token, C2dOutcome::Complete)
+            .await
+            .unwrap(),
+        "the first lock settles nothing more"
+    );
     assert!(a
-        .settle_polled_c2d(&identity, &polled.lock_token, C2dOutcome::Complete)
+        .settle_polled_c2d(&identity, &again.lock_token, C2dOutcome::Complete)
         .await
         .unwrap());
     assert_eq!(a.receive_c2d(&identity).await.unwrap(), None, "settled: not taken back");
+    assert_eq!(b.receive_c2d(&identity).await.unwrap(), None);
 
     // Settled: gone from the database, for every node.
     let (db, _) = hub_node(&url).await;
@@ -619,7 +634,8 @@ async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected
     for _ in 0..100 {
         a.sweep();
         b.sweep();
-        feedback = a.receive_feedback(10).or_else(|| b.receive_feedback(10));
+        // Whichever node the service reads through: the store's rows are the queue.
+        feedback = a.receive_feedback(10).await.unwrap();
         if feedback.is_some() {
             break;
         }
@@ -715,4 +731,161 @@ async fn telemetry_through_two_nodes_is_numbered_once_among_both() {
         let info = node.partition_info(partition).await.unwrap().unwrap();
         assert_eq!(info.last_sequence_number, Some(5));
     }
+}
+
+/// Feedback made on one node is read once, through any node: a batch locked through one is not
+/// handed out by the other; abandoned (through either) it is readable again and the other
+/// node's receivers wake; completed it is gone (decision 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_is_read_once_through_any_node() {
+    use dps_hub::{C2dOutcome, OutboundKind};
+    use std::time::Duration;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
+    let mut ready = a.feedback_signal();
+    ready.borrow_and_update();
+
+    let (session, mut rx) = b.open_session(device_login(&b, "dev-1").await).await.unwrap();
+    assert_eq!(session.subscribe("devices/dev-1/messages/devicebound/#", 1), Some(1));
+    let ack = vec![("iothub-ack".to_string(), "full".to_string())];
+    b.send_c2d("dev-1", "ack me", ack).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the message within 5 s")
+        .unwrap();
+    let OutboundKind::C2d { lock_token, .. } = out.kind else {
+        panic!("{out:?}")
+    };
+    assert!(session.settle_c2d(&lock_token, C2dOutcome::Complete));
+
+    let within = |what: &'static str| move |_| panic!("{what} within 5 s");
+    tokio::time::timeout(Duration::from_secs(5), ready.changed())
+        .await
+        .unwrap_or_else(within("node A hearing of B's feedback"))
+        .unwrap();
+    let batch = a
+        .receive_feedback(10)
+        .await
+        .unwrap()
+        .expect("feedback made on B, read through A");
+    assert_eq!(batch.records.len(), 1);
+    assert_eq!(batch.records[0].status, dps_hub::FeedbackStatus::Success);
+    assert!(b.receive_feedback(10).await.unwrap().is_none(), "locked through A");
+
+    ready.borrow_and_update();
+    assert!(
+        b.abandon_feedback(&batch.lock_token).await.unwrap(),
+        "any node settles any lock"
+    );
+    tokio::time::timeout(Duration::from_secs(5), ready.changed())
+        .await
+        .unwrap_or_else(within("node A hearing of the release"))
+        .unwrap();
+    let again = a.receive_feedback(10).await.unwrap().expect("readable again");
+    assert_eq!(again.records, batch.records);
+    assert!(
+        !a.complete_feedback(&batch.lock_token).await.unwrap(),
+        "the released lock holds nothing"
+    );
+    assert!(b.complete_feedback(&again.lock_token).await.unwrap());
+    assert!(a.receive_feedback(10).await.unwrap().is_none());
+    assert!(b.receive_feedback(10).await.unwrap().is_none());
+}
+
+/// The rows of a shared store's service-bound queues: locks are taken oldest first and never
+/// twice, a lock that ran out holds nothing and the housekeeping frees its rows, unread records
+/// past their time to live or over the bound are dropped (decision 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_bound_queue_rows_are_locked_released_and_bounded() {
+    use dps_hub::store::{FeedbackRecord, FileNotification, HubStore, OutboxKind, QueueChange};
+    use dps_hub::FeedbackStatus;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let (db, _) = hub_node(&url).await;
+    let store = db.hub(1);
+    let now = chrono::Utc::now();
+    let secs = chrono::Duration::seconds;
+    let feedback = |seq| FeedbackRecord {
+        seq,
+        original_message_id: format!("m{seq}"),
+        device_id: "dev-1".into(),
+        device_generation_id: "g".into(),
+        status: FeedbackStatus::Success,
+        enqueued_at: now,
+    };
+    let change = QueueChange {
+        put_feedback: vec![feedback(11), feedback(12), feedback(13)],
+        put_file_notifications: vec![FileNotification {
+            seq: 14,
+            device_id: "dev-1".into(),
+            blob_uri: "https://hub.test/files/dev-1/a.txt".into(),
+            blob_name: "dev-1/a.txt".into(),
+            last_updated_time: now,
+            blob_size_in_bytes: 1,
+            enqueued_time_utc: now,
+        }],
+        ..QueueChange::default()
+    };
+    store.update_queues(&change).await.unwrap();
+    let seqs = |docs: Vec<String>| {
+        docs.iter()
+            .map(|d| serde_json::from_str::<FeedbackRecord>(d).unwrap().seq)
+            .collect::<Vec<_>>()
+    };
+    let fb = OutboxKind::Feedback;
+
+    let first = store.lock_outbox(fb, "t1", 2, now, now + secs(1)).await.unwrap();
+    assert_eq!(seqs(first), [11, 12]);
+    let rest = store.lock_outbox(fb, "t2", 5, now, now + secs(60)).await.unwrap();
+    assert_eq!(seqs(rest), [13]);
+    assert!(store
+        .lock_outbox(fb, "t3", 5, now, now + secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    // t1 ran out: it holds nothing, and the housekeeping frees its rows.
+    assert!(!store.settle_outbox(fb, "t1", true, now + secs(2)).await.unwrap());
+    store
+        .tidy_outbox(fb, now + secs(2), now - secs(3600), 100)
+        .await
+        .unwrap();
+    let again = store
+        .lock_outbox(fb, "t4", 5, now + secs(2), now + secs(60))
+        .await
+        .unwrap();
+    assert_eq!(seqs(again), [11, 12]);
+    // Released, then bounded to the newest unlocked one; then past its time to live.
+    assert!(store.settle_outbox(fb, "t4", false, now + secs(2)).await.unwrap());
+    store.tidy_outbox(fb, now + secs(2), now - secs(3600), 1).await.unwrap();
+    assert_eq!(
+        store
+            .load_feedback()
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.seq)
+            .collect::<Vec<_>>(),
+        [12, 13]
+    );
+    store.tidy_outbox(fb, now + secs(2), now + secs(1), 100).await.unwrap();
+    assert_eq!(
+        store
+            .load_feedback()
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.seq)
+            .collect::<Vec<_>>(),
+        [13],
+        "locked ones stay"
+    );
+    assert!(store.settle_outbox(fb, "t2", true, now + secs(2)).await.unwrap());
+    assert!(store.load_feedback().await.unwrap().is_empty());
+
+    // File upload notifications: their own rows and their own time stamp.
+    let files = OutboxKind::FileNotifications;
+    let one = store.lock_outbox(files, "f1", 5, now, now + secs(60)).await.unwrap();
+    assert_eq!(serde_json::from_str::<FileNotification>(&one[0]).unwrap().seq, 14);
+    assert!(store.settle_outbox(files, "f1", false, now).await.unwrap());
+    store.tidy_outbox(files, now, now + secs(1), 100).await.unwrap();
+    assert!(store.load_file_notifications().await.unwrap().is_empty());
 }

@@ -128,24 +128,40 @@ impl Outlet {
         }
     }
 
-    /// The next batch, locked: its lock token, message body and content type.
-    fn take(self, hub: &dps_hub::Hub) -> Option<(String, Vec<u8>, &'static str)> {
-        match self {
+    /// The next batch, locked: its lock token, message body and content type. A store that
+    /// cannot be read now sends nothing (the receiver is woken again when the store's channel
+    /// comes back, or by the next record).
+    async fn take(self, hub: &dps_hub::Hub) -> Option<(String, Vec<u8>, &'static str)> {
+        let taken = match self {
             Outlet::Feedback => hub
                 .receive_feedback(dps_hub::FEEDBACK_BATCH)
-                .map(|b| (b.lock_token.clone(), b.body().to_vec(), wire::FEEDBACK_CONTENT_TYPE)),
-            Outlet::FileNotifications => hub.receive_file_notification().map(|b| {
-                let body = b.records.first().map(|n| n.to_wire().to_string()).unwrap_or_default();
-                (b.lock_token, body.into_bytes(), wire::FILE_NOTIFICATION_CONTENT_TYPE)
+                .await
+                .map(|b| b.map(|b| (b.lock_token.clone(), b.body().to_vec(), wire::FEEDBACK_CONTENT_TYPE))),
+            Outlet::FileNotifications => hub.receive_file_notification().await.map(|b| {
+                b.map(|b| {
+                    let body = b.records.first().map(|n| n.to_wire().to_string()).unwrap_or_default();
+                    (b.lock_token, body.into_bytes(), wire::FILE_NOTIFICATION_CONTENT_TYPE)
+                })
             }),
-        }
+        };
+        taken
+            .inspect_err(|e| tracing::warn!(error = %e, outlet = ?self, "service-bound batch not read"))
+            .ok()
+            .flatten()
     }
 
+    /// Puts a batch back, in the background (on a shared store that is a write).
     fn abandon(self, hub: &dps_hub::Hub, lock: &str) {
-        match self {
-            Outlet::Feedback => hub.abandon_feedback(lock),
-            Outlet::FileNotifications => hub.abandon_file_notification(lock),
-        };
+        let (hub, lock) = (hub.clone(), lock.to_string());
+        tokio::spawn(async move {
+            let released = match self {
+                Outlet::Feedback => hub.abandon_feedback(&lock).await,
+                Outlet::FileNotifications => hub.abandon_file_notification(&lock).await,
+            };
+            if let Err(e) = released {
+                tracing::warn!(error = %e, outlet = ?self, "batch not put back; it is read again when its lock runs out");
+            }
+        });
     }
 
     /// The backend's outcome (`None`: its link or connection went first): accepted or rejected
@@ -388,7 +404,7 @@ fn feed_of(address: &str) -> Option<(String, Feed)> {
 
 /// A link was attached: a link to a device's node turns its feed on (which delivers what is
 /// queued at once).
-pub(super) fn attached(conn: &mut Conn, link: LinkId) {
+pub(super) async fn attached(conn: &mut Conn, link: LinkId) {
     let Some(Route::Out { address }) = conn.routes.get(&link) else {
         return;
     };
@@ -403,7 +419,7 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId) {
             signal: outlet.signal(&hub),
             in_flight: None,
         });
-        return send_outlets(conn);
+        return send_outlets(conn).await;
     }
     if let Some((device_id, feed)) = feed_of(address) {
         if let Some(d) = conn.hub.devices.get(&device_id) {
@@ -416,7 +432,7 @@ pub(super) fn attached(conn: &mut Conn, link: LinkId) {
 /// message whose body is the JSON array of records) and file upload notifications (one per
 /// message), as IoT Hub sends them (user id = the hub's name, the outlet's content type). A
 /// batch stays locked in the hub until the service settles its message.
-pub(super) fn send_outlets(conn: &mut Conn) {
+pub(super) async fn send_outlets(conn: &mut Conn) {
     for outlet in [Outlet::Feedback, Outlet::FileNotifications] {
         let Some(link) = conn
             .hub
@@ -428,7 +444,7 @@ pub(super) fn send_outlets(conn: &mut Conn) {
             continue;
         };
         let hub = conn.embedded().hub.clone();
-        let Some((lock, body, content_type)) = outlet.take(&hub) else {
+        let Some((lock, body, content_type)) = outlet.take(&hub).await else {
             continue;
         };
         let properties = Properties::builder()

@@ -338,7 +338,7 @@ impl Conn {
                     self.handle_events().await;
                 }
                 Wake::Outbound(device, None) => self.hub.drop_device(&device),
-                Wake::Outlets => hub::send_outlets(self),
+                Wake::Outlets => hub::send_outlets(self).await,
                 Wake::Events => event_hub::pump_waiting(self).await,
                 Wake::Heartbeat => self.amqp.heartbeat(),
                 Wake::Silent => {
@@ -376,7 +376,7 @@ impl Conn {
                 } => self.message(link, delivery, &message).await,
                 Event::Outcome { token, state } => {
                     self.hub.settled(&self.embedded().hub, token, Some(state));
-                    hub::send_outlets(self);
+                    hub::send_outlets(self).await;
                 }
                 Event::Lost { token } => self.hub.settled(&self.embedded().hub, token, None),
                 Event::Detached { link, .. } => self.detached(link),
@@ -414,7 +414,7 @@ impl Conn {
                 self.routes.insert(link, route);
                 self.amqp.accept(link, credit);
                 // After the link is in place: enabling a feed delivers what is queued at once.
-                hub::attached(self, link);
+                hub::attached(self, link).await;
             }
             Err(why) => {
                 tracing::info!(address, reason = ?why, "AMQP link refused");

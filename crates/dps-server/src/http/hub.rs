@@ -246,7 +246,11 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             let purged = hub.purge_c2d(&id).await.map_err(c2d_error)?;
             ok(&serde_json::json!({ "deviceId": id, "moduleId": null, "totalMessagesPurged": purged }))
         }
-        Route::ReceiveFeedback => match hub.receive_feedback(dps_hub::FEEDBACK_BATCH) {
+        Route::ReceiveFeedback => match hub
+            .receive_feedback(dps_hub::FEEDBACK_BATCH)
+            .await
+            .map_err(storage_failure)?
+        {
             // The lock token travels as the ETag, as IoT Hub sends it for messages it locks.
             Some(batch) => {
                 let mut resp = Response::new(axum::body::Body::from(batch.body()));
@@ -257,17 +261,15 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             None => no_content(),
         },
         Route::CompleteFeedback(lock) => {
-            let done = hub
-                .complete_feedback(&lock)
-                .await
-                .map_err(|e| ApiError::internal(format!("hub storage: {e}")))?;
+            let done = hub.complete_feedback(&lock).await.map_err(storage_failure)?;
             if !done {
                 return Err(lock_lost(&lock));
             }
             no_content()
         }
         Route::AbandonFeedback(lock) => {
-            if !hub.abandon_feedback(&lock) {
+            let released = hub.abandon_feedback(&lock).await.map_err(storage_failure)?;
+            if !released {
                 return Err(lock_lost(&lock));
             }
             no_content()
@@ -360,6 +362,11 @@ fn consumer_group_error(e: ConsumerGroupError) -> ApiError {
         ConsumerGroupError::Storage(_) => ApiError::internal(e.to_string()),
         _ => ApiError::new(codes::HUB_ARGUMENT_INVALID, e.to_string()),
     }
+}
+
+/// A hub store that failed a service-bound queue's read or write.
+fn storage_failure(e: dps_hub::store::HubStoreError) -> ApiError {
+    ApiError::internal(format!("hub storage: {e}"))
 }
 
 fn lock_lost(lock: &str) -> ApiError {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use deadpool_postgres::{Object, Pool, Transaction};
-use dps_hub::store::{decode_event, EventStart, HubStoreError, PartitionBounds, TelemetryMessage};
+use dps_hub::store::{decode_event, EventStart, HubStoreError, OutboxKind, PartitionBounds, TelemetryMessage};
 use dps_hub::PeerChange;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -212,7 +212,8 @@ const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
 /// (messages queued for the device, in the same way), `events {partition} {partition sequence}
 /// {sequence} {enqueued ms}` (telemetry stored, in the same way), `connected {key}`
 /// (a device connected to that node), `call {id} {callee}` (a direct method for a device
-/// connected to `callee`) or `answer {id}` (the callee's answer is stored).
+/// connected to `callee`), `answer {id}` (the callee's answer is stored) or `outbox {queue}`
+/// (records of a service-bound queue, `feedback` or `files`, stored or released).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubNotice<'a> {
     /// The hub's number.
@@ -271,6 +272,9 @@ impl<'a> HubNotice<'a> {
                 Notice::Call { id, callee }
             }
             ("answer", id) => Notice::Answer { id },
+            ("outbox", queue) => Notice::Change(PeerChange::Outbox {
+                kind: outbox_of(queue)?,
+            }),
             _ => return None,
         };
         Some(HubNotice { hub, node, what })
@@ -284,16 +288,102 @@ impl<'a> HubNotice<'a> {
             | DeviceOp::Delete { key }
             | DeviceOp::PutModule { key, .. }
             | DeviceOp::DeleteModule { key } => vec![format!("hub {hub} {node} record {key}")],
-            DeviceOp::Queues { put_c2d, .. } => {
+            DeviceOp::Queues {
+                put_c2d,
+                put_feedback,
+                put_notifications,
+                ..
+            } => {
                 let mut devices: Vec<&str> = put_c2d.iter().map(|(_, device, _)| device.as_str()).collect();
                 devices.sort_unstable();
                 devices.dedup();
+                let outboxes = [
+                    (OutboxKind::Feedback, put_feedback.is_empty()),
+                    (OutboxKind::FileNotifications, put_notifications.is_empty()),
+                ];
                 devices
                     .into_iter()
                     .map(|key| format!("hub {hub} {node} c2d {key}"))
+                    .chain(
+                        outboxes
+                            .into_iter()
+                            .filter(|(_, empty)| !empty)
+                            .map(|(kind, _)| outbox_notice(hub, node, kind)),
+                    )
                     .collect()
             }
             _ => Vec::new(),
+        }
+    }
+}
+
+/// A service-bound queue's name in notices, and its table.
+fn outbox_names(kind: OutboxKind) -> (&'static str, &'static str) {
+    match kind {
+        OutboxKind::Feedback => ("feedback", "feedback"),
+        OutboxKind::FileNotifications => ("files", "file_notifications"),
+    }
+}
+
+/// The queue a notice names.
+fn outbox_of(name: &str) -> Option<OutboxKind> {
+    [OutboxKind::Feedback, OutboxKind::FileNotifications]
+        .into_iter()
+        .find(|k| outbox_names(*k).0 == name)
+}
+
+/// The notice that records of `kind` are readable (stored, or released).
+fn outbox_notice(hub: i64, node: &str, kind: OutboxKind) -> String {
+    format!("hub {hub} {node} outbox {}", outbox_names(kind).0)
+}
+
+/// The statements of a service-bound queue's rows (decision 0031): `$1` is the hub; a lock is a
+/// token and a time (ms since the epoch) after which the rows are free again.
+struct OutboxSql {
+    /// Locks unlocked rows, oldest first, skipping rows another node is locking now: `$2` the
+    /// token, `$3` until, `$4` now, `$5` how many.
+    lock: String,
+    /// Deletes the rows of the live lock `$2` at `$3`.
+    complete: String,
+    /// Frees the rows of the live lock `$2` at `$3`.
+    release: String,
+    /// Frees the rows whose lock ran out at `$2`.
+    release_stale: String,
+    /// Deletes unlocked rows enqueued before `$2` (RFC 3339).
+    expire: String,
+    /// Deletes unlocked rows but the newest `$2`.
+    bound: String,
+}
+
+impl OutboxSql {
+    fn of(kind: OutboxKind) -> OutboxSql {
+        let table = outbox_names(kind).1;
+        let enqueued = match kind {
+            OutboxKind::Feedback => "enqueuedAt",
+            OutboxKind::FileNotifications => "enqueuedTimeUtc",
+        };
+        OutboxSql {
+            lock: format!(
+                "UPDATE {table} SET lock_token = $2, locked_until = $3 WHERE hub = $1 AND seq IN \
+                 (SELECT seq FROM {table} WHERE hub = $1 AND (locked_until IS NULL OR locked_until <= $4) \
+                 ORDER BY seq LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING seq, doc"
+            ),
+            complete: format!("DELETE FROM {table} WHERE hub = $1 AND lock_token = $2 AND locked_until > $3"),
+            release: format!(
+                "UPDATE {table} SET lock_token = NULL, locked_until = NULL \
+                 WHERE hub = $1 AND lock_token = $2 AND locked_until > $3"
+            ),
+            release_stale: format!(
+                "UPDATE {table} SET lock_token = NULL, locked_until = NULL WHERE hub = $1 AND locked_until <= $2"
+            ),
+            expire: format!(
+                "DELETE FROM {table} WHERE hub = $1 AND lock_token IS NULL \
+                 AND (doc::jsonb ->> '{enqueued}')::timestamptz < CAST($2 AS TEXT)::timestamptz"
+            ),
+            bound: format!(
+                "DELETE FROM {table} WHERE hub = $1 AND seq IN (SELECT seq FROM {table} \
+                 WHERE hub = $1 AND lock_token IS NULL ORDER BY seq DESC OFFSET $2)"
+            ),
         }
     }
 }
@@ -602,6 +692,154 @@ impl HubDocuments for PostgresHubStore {
             .and_then(|row| row.try_get(0))
             .map_err(backend)?;
         u64::try_from(next).map(Some).map_err(backend)
+    }
+
+    async fn lock_c2d(
+        &self,
+        device_key: &str,
+        held: Option<&str>,
+        lock_token: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<dps_hub::store::C2dRecord>, HubStoreError> {
+        /// The oldest free unexpired message (`$5` now in ms, `$6` now in RFC 3339).
+        const NEXT: &str = "UPDATE c2d SET lock_token = $3, locked_until = $4 WHERE hub = $1 AND seq = \
+             (SELECT seq FROM c2d WHERE hub = $1 AND device = $2 AND (locked_until IS NULL OR locked_until <= $5) \
+             AND (doc::jsonb ->> 'expiresAt')::timestamptz > CAST($6 AS TEXT)::timestamptz \
+             ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING CAST(seq AS TEXT), doc";
+        /// The message lock `$5` holds at `$6` (ms).
+        const HELD: &str = "UPDATE c2d SET lock_token = $3, locked_until = $4 \
+             WHERE hub = $1 AND device = $2 AND lock_token = $5 AND locked_until > $6 \
+             RETURNING CAST(seq AS TEXT), doc";
+        let (now_ms, until) = (now.timestamp_millis(), until.timestamp_millis());
+        let mut args = vec![
+            Arg::Text(device_key.to_string().into()),
+            Arg::Text(lock_token.to_string().into()),
+            Arg::Int(until),
+        ];
+        let sql = match held {
+            None => {
+                args.extend([Arg::Int(now_ms), Arg::Text(now.to_rfc3339().into())]);
+                NEXT
+            }
+            Some(held) => {
+                args.extend([Arg::Text(held.to_string().into()), Arg::Int(now_ms)]);
+                HELD
+            }
+        };
+        Ok(self.collect("c2d", sql, args).await?.pop())
+    }
+
+    async fn unlock_c2d(&self, record: &dps_hub::store::C2dRecord) -> Result<(), HubStoreError> {
+        const UNLOCK: &str =
+            "UPDATE c2d SET doc = $3, lock_token = NULL, locked_until = NULL WHERE hub = $1 AND seq = $2";
+        let seq = i64::try_from(record.seq).map_err(backend)?;
+        let doc = serde_json::to_string(record).map_err(backend)?;
+        let client = self.client().await?;
+        client
+            .execute(UNLOCK, &[&self.hub, &seq, &doc])
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn lock_outbox(
+        &self,
+        kind: OutboxKind,
+        lock_token: &str,
+        max: usize,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, HubStoreError> {
+        let sql = OutboxSql::of(kind);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&sql.lock).await.map_err(backend)?;
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let (now, until) = (now.timestamp_millis(), until.timestamp_millis());
+        let rows = client
+            .query(&stmt, &[&self.hub, &lock_token, &until, &now, &max])
+            .await
+            .map_err(backend)?;
+        let mut locked = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<_, i64>(0)?, r.try_get::<_, String>(1)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(backend)?;
+        // RETURNING follows no order.
+        locked.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(locked.into_iter().map(|(_, doc)| doc).collect())
+    }
+
+    async fn settle_outbox(
+        &self,
+        kind: OutboxKind,
+        lock_token: &str,
+        complete: bool,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, HubStoreError> {
+        let sql = OutboxSql::of(kind);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let stmt = tx
+            .prepare_cached(if complete { &sql.complete } else { &sql.release })
+            .await
+            .map_err(backend)?;
+        let n = tx
+            .execute(&stmt, &[&self.hub, &lock_token, &now.timestamp_millis()])
+            .await
+            .map_err(backend)?;
+        if n > 0 && !complete {
+            tx.execute(NOTIFY, &[&outbox_notice(self.hub, &self.db.node, kind)])
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    async fn tidy_outbox(
+        &self,
+        kind: OutboxKind,
+        now: chrono::DateTime<chrono::Utc>,
+        older_than: chrono::DateTime<chrono::Utc>,
+        keep: usize,
+    ) -> Result<(), HubStoreError> {
+        let sql = OutboxSql::of(kind);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let released = tx
+            .execute(&sql.release_stale, &[&self.hub, &now.timestamp_millis()])
+            .await
+            .map_err(backend)?;
+        let expired = tx
+            .execute(&sql.expire, &[&self.hub, &older_than.to_rfc3339()])
+            .await
+            .map_err(backend)?;
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let over = tx.execute(&sql.bound, &[&self.hub, &keep]).await.map_err(backend)?;
+        if released > 0 {
+            tx.execute(NOTIFY, &[&outbox_notice(self.hub, &self.db.node, kind)])
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        if over > 0 {
+            tracing::warn!(
+                dropped = over,
+                limit = keep,
+                queue = outbox_names(kind).0,
+                "unread records over the limit: the oldest were dropped"
+            );
+        }
+        if released + expired > 0 {
+            tracing::debug!(
+                released,
+                expired,
+                queue = outbox_names(kind).0,
+                "service-bound queue tidied"
+            );
+        }
+        Ok(())
     }
 
     async fn get<T: DeserializeOwned + Send + 'static>(

@@ -86,6 +86,11 @@ pub(super) const HUB: Schema = Schema {
             name: "telemetry numbered by the database",
             sql: include_str!("migrations/hub_0007.sql"),
         },
+        Migration {
+            version: 8,
+            name: "service-bound queues and polled cloud-to-device messages locked in their rows",
+            sql: include_str!("migrations/hub_0008.sql"),
+        },
     ],
 };
 
