@@ -12,6 +12,11 @@
 //! cancel or the deadline stops it between devices. At most [`MAX_ACTIVE_JOBS`] run or wait at
 //! once; finished jobs are kept [`JOB_RETENTION`], as IoT Hub keeps its history, and at most
 //! [`MAX_KEPT_JOBS`] of them.
+//!
+//! On a store several nodes share (decision 0031) the stored jobs are what every node answers
+//! with, the node that runs the housekeeping runs them (a job created through another node is
+//! started there when it hears of it, or within seconds), a cancel through any node is written
+//! to the store, and the running node's next write of the job is refused and stops it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -306,6 +311,9 @@ impl Hub {
             failure_reason: None,
             statistics: DeviceJobStatistics::default(),
         };
+        if self.inner.store.shared() {
+            return self.create_stored_job(record).await;
+        }
         let cancel = {
             let mut jobs = self.inner.jobs.lock();
             if jobs.records.contains_key(job_id) {
@@ -333,14 +341,46 @@ impl Hub {
         Ok(record.response())
     }
 
+    /// [`Hub::create_job`] on a shared store (decision 0031): the stored jobs are the ones every
+    /// node answers with, and the node that runs the housekeeping runs them (it hears of the
+    /// new one, or finds it within seconds). Two nodes creating one id at once may both
+    /// succeed, the later record winning.
+    async fn create_stored_job(&self, record: JobRecord) -> Result<JobResponse, JobError> {
+        let jobs = self.inner.store.list_jobs().await?;
+        if jobs.iter().any(|j| j.job_id == record.job_id) {
+            return Err(JobError::AlreadyExists { job_id: record.job_id });
+        }
+        if jobs.iter().filter(|j| j.status.is_active()).count() >= MAX_ACTIVE_JOBS {
+            return Err(JobError::TooManyActive { limit: MAX_ACTIVE_JOBS });
+        }
+        self.inner.store.put_job(&record).await?;
+        tracing::info!(job = %record.job_id, kind = record.kind.as_str(), condition = %record.query_condition, start = %record.start_time, "job scheduled");
+        self.run_stored_jobs();
+        Ok(record.response())
+    }
+
+    /// The job with this id: on a shared store the stored one (any node may have created or
+    /// changed it), else this hub's own.
+    async fn job_record(&self, job_id: &str) -> Result<Option<JobRecord>, HubStoreError> {
+        if self.inner.store.shared() {
+            return self.inner.store.get_job(job_id).await;
+        }
+        Ok(self.inner.jobs.lock().records.get(job_id).cloned())
+    }
+
+    /// Every job, as [`Hub::job_record`] finds them.
+    async fn job_records(&self) -> Result<Vec<JobRecord>, HubStoreError> {
+        if self.inner.store.shared() {
+            return self.inner.store.list_jobs().await;
+        }
+        Ok(self.inner.jobs.lock().records.values().cloned().collect())
+    }
+
     /// `GET /jobs/v2/{id}`.
-    pub fn get_job(&self, job_id: &str) -> Result<JobResponse, JobError> {
-        self.inner
-            .jobs
-            .lock()
-            .records
-            .get(job_id)
-            .map(JobRecord::response)
+    pub async fn get_job(&self, job_id: &str) -> Result<JobResponse, JobError> {
+        self.job_record(job_id)
+            .await?
+            .map(|j| j.response())
             .ok_or_else(|| JobError::NotFound {
                 job_id: job_id.to_string(),
             })
@@ -348,55 +388,58 @@ impl Hub {
 
     /// `POST /jobs/v2/{id}/cancel`: a queued job is cancelled at once, a running one stops before
     /// its next device; a finished one is answered as it is.
+    ///
+    /// On a shared store a job another node runs is cancelled in the store: that node's next
+    /// write of the job is refused ([`HubStore::put_job_if_active`]), which stops it, and it
+    /// hears of the cancel at once besides.
+    ///
+    /// [`HubStore::put_job_if_active`]: crate::store::HubStore::put_job_if_active
     pub async fn cancel_job(&self, job_id: &str) -> Result<JobResponse, JobError> {
-        let (record, cancel) = {
-            let jobs = self.inner.jobs.lock();
-            let record = jobs.records.get(job_id).cloned().ok_or_else(|| JobError::NotFound {
-                job_id: job_id.to_string(),
-            })?;
-            (record, jobs.cancels.get(job_id).cloned())
+        let not_found = || JobError::NotFound {
+            job_id: job_id.to_string(),
         };
-        if let Some(cancel) = cancel.filter(|_| record.status.is_active()) {
-            cancel.flag.store(true, Ordering::Release);
-            cancel.wake.notify_waiters();
-            if record.status == JobStatus::Queued {
-                // It reached no device: cancelled now (its task, woken, ends without more).
+        let record = self.job_record(job_id).await?.ok_or_else(not_found)?;
+        if record.status.is_active() {
+            let cancel = self.inner.jobs.lock().cancels.get(job_id).cloned();
+            if let Some(cancel) = &cancel {
+                cancel.flag.store(true, Ordering::Release);
+                cancel.wake.notify_waiters();
+            }
+            let elsewhere = cancel.is_none() && self.inner.store.shared();
+            if record.status == JobStatus::Queued || elsewhere {
+                // It reached no device (its task, woken, ends without more), or it runs on
+                // another node: cancelled now.
                 let mut job = record.clone();
                 job.status = JobStatus::Cancelled;
                 job.end_time = Some(self.inner.now());
-                self.save_job(&job).await;
+                self.inner.jobs.lock().records.insert(job.job_id.clone(), job.clone());
+                self.inner.store.put_job(&job).await?;
             }
             // The task records the cancellation (at once when queued, after the device it is on
             // when running); wait a little so the answer usually shows it.
             for _ in 0..50 {
-                let active = self
-                    .inner
-                    .jobs
-                    .lock()
-                    .records
-                    .get(job_id)
-                    .is_some_and(|j| j.status.is_active());
+                let active = self.job_record(job_id).await?.is_some_and(|j| j.status.is_active());
                 if !active {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        self.get_job(job_id)
+        self.get_job(job_id).await
     }
 
     /// `GET /jobs/v2/query`: the jobs, newest first, optionally of one type and status (both
     /// compared without case: C# sends `ScheduleUpdateTwin`).
-    pub fn list_jobs(&self, kind: Option<&str>, status: Option<&str>) -> Vec<JobResponse> {
-        let jobs = self.inner.jobs.lock();
-        let mut out: Vec<&JobRecord> = jobs
-            .records
-            .values()
+    pub async fn list_jobs(&self, kind: Option<&str>, status: Option<&str>) -> Result<Vec<JobResponse>, JobError> {
+        let mut out: Vec<JobRecord> = self
+            .job_records()
+            .await?
+            .into_iter()
             .filter(|j| kind.is_none_or(|k| j.kind.as_str().eq_ignore_ascii_case(k)))
             .filter(|j| status.is_none_or(|s| j.status.as_str().eq_ignore_ascii_case(s)))
             .collect();
         out.sort_by(|a, b| b.created_time.cmp(&a.created_time).then(a.job_id.cmp(&b.job_id)));
-        out.into_iter().map(JobRecord::response).collect()
+        Ok(out.iter().map(JobRecord::response).collect())
     }
 
     /// Removes finished jobs past [`JOB_RETENTION`], and the oldest finished ones beyond
@@ -405,10 +448,10 @@ impl Hub {
         let now = self.inner.now();
         let keep = chrono::Duration::from_std(JOB_RETENTION).unwrap_or(chrono::Duration::MAX);
         let doomed: Vec<String> = {
-            let jobs = self.inner.jobs.lock();
-            let mut finished: Vec<&JobRecord> = jobs.records.values().filter(|j| !j.status.is_active()).collect();
+            let jobs = self.job_records().await?;
+            let mut finished: Vec<&JobRecord> = jobs.iter().filter(|j| !j.status.is_active()).collect();
             finished.sort_by_key(|j| (j.end_time.unwrap_or(j.created_time), j.job_id.clone()));
-            let excess = (jobs.records.len() + 1).saturating_sub(MAX_KEPT_JOBS);
+            let excess = (jobs.len() + 1).saturating_sub(MAX_KEPT_JOBS);
             finished
                 .iter()
                 .enumerate()
@@ -426,6 +469,11 @@ impl Hub {
     /// Loads the stored jobs at open (dropping those past [`JOB_RETENTION`]) and starts the
     /// tasks of the unfinished ones.
     pub(crate) async fn load_jobs(&self) -> Result<(), HubStoreError> {
+        if self.inner.store.shared() {
+            // The node that runs the housekeeping runs the stored jobs (decision 0031).
+            self.run_stored_jobs();
+            return Ok(());
+        }
         let now = self.inner.now();
         let keep = chrono::Duration::from_std(JOB_RETENTION).unwrap_or(chrono::Duration::MAX);
         let mut resume = Vec::new();
@@ -623,11 +671,69 @@ impl Hub {
     }
 
     /// Writes the job's record (memory and store); a store failure is logged, and the job goes on
-    /// (its device rows are its truth on a restart).
+    /// (its device rows are its truth on a restart). On a shared store a job cancelled through
+    /// another node is not written over: its task is told to stop instead.
     async fn save_job(&self, job: &JobRecord) {
         self.inner.jobs.lock().records.insert(job.job_id.clone(), job.clone());
-        if let Err(e) = self.inner.store.put_job(job).await {
-            tracing::warn!(job = %job.job_id, error = %e, "job record not stored");
+        match self.inner.store.put_job_if_active(job).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(job = %job.job_id, "job cancelled through another node");
+                self.stop_job(&job.job_id);
+            }
+            Err(e) => tracing::warn!(job = %job.job_id, error = %e, "job record not stored"),
+        }
+    }
+
+    /// Tells the task of a job running here to stop before its next device.
+    fn stop_job(&self, job_id: &str) {
+        if let Some(cancel) = self.inner.jobs.lock().cancels.get(job_id) {
+            cancel.flag.store(true, Ordering::Release);
+            cancel.wake.notify_waiters();
+        }
+    }
+
+    /// On a shared store, on the node that runs the housekeeping: starts the task of every
+    /// stored active job that runs nowhere here — new ones, and those of a node that stopped
+    /// (they resume over the devices they have no row for). In the background.
+    pub(crate) fn run_stored_jobs(&self) {
+        if !self.inner.store.shared() || !self.inner.runs_housekeeping() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let stored = match hub.inner.store.list_jobs().await {
+                Ok(stored) => stored,
+                Err(e) => return tracing::warn!(error = %e, "stored jobs not read"),
+            };
+            for record in stored.into_iter().filter(|j| j.status.is_active()) {
+                let cancel = {
+                    let mut jobs = hub.inner.jobs.lock();
+                    if jobs.cancels.contains_key(&record.job_id) {
+                        continue;
+                    }
+                    let cancel = Arc::new(Cancel::default());
+                    jobs.cancels.insert(record.job_id.clone(), cancel.clone());
+                    jobs.records.insert(record.job_id.clone(), record.clone());
+                    cancel
+                };
+                tracing::info!(job = %record.job_id, status = record.status.as_str(), "running a stored job");
+                tokio::spawn(hub.clone().run_job(record, cancel));
+            }
+        });
+    }
+
+    /// Another node wrote or deleted job `job_id` ([`crate::PeerChange::Job`]): a job running
+    /// here stops if it is no longer active in the store; a new one is started here if this
+    /// node runs them.
+    pub(crate) async fn job_changed(&self, job_id: &str) {
+        if !self.inner.jobs.lock().cancels.contains_key(job_id) {
+            return self.run_stored_jobs();
+        }
+        match self.inner.store.get_job(job_id).await {
+            Ok(stored) if stored.as_ref().is_none_or(|j| !j.status.is_active()) => self.stop_job(job_id),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(job = job_id, error = %e, "changed job not read; its next write finds out"),
         }
     }
 }

@@ -95,6 +95,12 @@ pub enum PeerChange {
         /// Its registry key.
         key: String,
     },
+    /// A job's record was written or deleted through another node: the node that runs jobs
+    /// starts it, or stops it when it was cancelled.
+    Job {
+        /// The job's id.
+        id: String,
+    },
     /// Another node stored records in a service-bound queue, or released a batch of them:
     /// this node's receivers of that queue look again.
     Outbox {
@@ -141,6 +147,7 @@ impl Hub {
                     .telemetry
                     .advanced(partition, partition_sequence, sequence_number, enqueued);
             }
+            PeerChange::Job { id } => self.job_changed(&id).await,
             PeerChange::Outbox { kind } => match kind {
                 crate::outbox::OutboxKind::Feedback => inner.feedback.wake(),
                 crate::outbox::OutboxKind::FileNotifications => inner.file_notifications.wake(),
@@ -165,9 +172,11 @@ impl Hub {
                         None => inner.forget(&slot).await,
                     }
                 }
-                // Records stored or released meanwhile: receivers look again.
+                // Records stored or released meanwhile: receivers look again; jobs created or
+                // cancelled meanwhile are picked up.
                 inner.feedback.wake();
                 inner.file_notifications.wake();
+                self.run_stored_jobs();
             }
         }
     }

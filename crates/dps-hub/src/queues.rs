@@ -157,6 +157,10 @@ impl Hub {
         self.forget(<FeedbackRecord as Outgoing>::deleted(dropped));
         self.sweep_file_uploads(now);
         self.tidy_outboxes_periodically(now);
+        if self.inner.store.shared() && due(&self.inner.last_job_scan, now, 5_000) {
+            // Jobs of a node that stopped, or whose creation this node did not hear of.
+            self.run_stored_jobs();
+        }
         self.trim_telemetry_periodically(now);
         self.expire_stored_c2d_periodically(now);
     }

@@ -139,8 +139,23 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a scheduled job's record (keyed by its id, replacing it); durable when it returns.
     async fn put_job(&self, job: &JobRecord) -> Result<(), HubStoreError>;
 
-    /// Every stored job (read once, at open: at most the jobs of the retention period).
+    /// On a [`shared`](Self::shared) store: [`put_job`](Self::put_job) only if the stored
+    /// record is still active (queued or running), so that the node running a job never
+    /// undoes a cancel made through another node; whether it was written. A store only this
+    /// process writes holds the hub's own serialised writes: it writes without looking.
+    async fn put_job_if_active(&self, job: &JobRecord) -> Result<bool, HubStoreError> {
+        self.put_job(job).await.map(|()| true)
+    }
+
+    /// Every stored job (at most the jobs of the retention period, and at most
+    /// [`crate::MAX_KEPT_JOBS`]): read at open, and on a shared store whenever jobs are listed.
     async fn list_jobs(&self) -> Result<Vec<JobRecord>, HubStoreError>;
+
+    /// The stored job with this id: what a node of a shared store answers `GET /jobs/v2/{id}`
+    /// from, whatever node created the job. By default found in [`list_jobs`](Self::list_jobs).
+    async fn get_job(&self, job_id: &str) -> Result<Option<JobRecord>, HubStoreError> {
+        Ok(self.list_jobs().await?.into_iter().find(|j| j.job_id == job_id))
+    }
 
     /// Removes a job and its device rows (absent is fine); durable when it returns.
     async fn delete_job(&self, job_id: &str) -> Result<(), HubStoreError>;

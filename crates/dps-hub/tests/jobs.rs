@@ -28,13 +28,13 @@ async fn fleet(hub: &Hub) {
 
 async fn finished(hub: &Hub, id: &str) -> JobResponse {
     for _ in 0..200 {
-        let job = hub.get_job(id).unwrap();
+        let job = hub.get_job(id).await.unwrap();
         if !matches!(job.status.as_str(), "queued" | "running") {
             return job;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("job {id} did not finish: {:?}", hub.get_job(id));
+    panic!("job {id} did not finish: {:?}", hub.get_job(id).await);
 }
 
 fn twin_job(condition: &str) -> JobRequest {
@@ -88,8 +88,18 @@ async fn a_twin_job_updates_the_devices_of_its_condition() {
     assert_eq!(rows[0]["status"], "completed");
     assert!(rows[0].get("devices").is_none(), "the row comes back as stored");
     // Listing, by type and status in any case (C# sends .NET names).
-    assert_eq!(hub.list_jobs(Some("ScheduleUpdateTwin"), Some("Completed")).len(), 1);
-    assert!(hub.list_jobs(Some("scheduleDeviceMethod"), None).is_empty());
+    assert_eq!(
+        hub.list_jobs(Some("ScheduleUpdateTwin"), Some("Completed"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(hub
+        .list_jobs(Some("scheduleDeviceMethod"), None)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -177,8 +187,8 @@ async fn a_queued_job_is_cancelled_and_refusals_say_why() {
     let mut no_method = twin_job("*");
     no_method.kind = "scheduleDeviceMethod".into();
     assert!(refused(hub.create_job("j", no_method).await).contains("cloudToDeviceMethod"));
-    assert!(matches!(hub.get_job("nope"), Err(JobError::NotFound { .. })));
-    assert_eq!(hub.get_job("nope").unwrap_err().code(), 404_002);
+    assert!(matches!(hub.get_job("nope").await, Err(JobError::NotFound { .. })));
+    assert_eq!(hub.get_job("nope").await.unwrap_err().code(), 404_002);
 }
 
 #[tokio::test]
@@ -228,17 +238,17 @@ async fn finished_jobs_are_kept_up_to_a_bound() {
             .await
             .unwrap();
         while matches!(
-            hub.get_job(&format!("j{i:04}")).unwrap().status.as_str(),
+            hub.get_job(&format!("j{i:04}")).await.unwrap().status.as_str(),
             "queued" | "running"
         ) {
             tokio::task::yield_now().await;
         }
     }
-    let kept = hub.list_jobs(None, None);
+    let kept = hub.list_jobs(None, None).await.unwrap();
     assert_eq!(kept.len(), dps_hub::MAX_KEPT_JOBS);
     assert!(
-        matches!(hub.get_job("j0000"), Err(JobError::NotFound { .. })),
+        matches!(hub.get_job("j0000").await, Err(JobError::NotFound { .. })),
         "the oldest went"
     );
-    hub.get_job("j1000").unwrap();
+    hub.get_job("j1000").await.unwrap();
 }

@@ -111,6 +111,7 @@ pub(crate) const PUT_JOB: &str = "INSERT INTO jobs (hub, id, doc) VALUES (?1, ?2
 pub(crate) const DELETE_JOB: &str = "DELETE FROM jobs WHERE hub = ?1 AND id = ?2";
 pub(crate) const DELETE_JOB_DEVICES: &str = "DELETE FROM device_jobs WHERE hub = ?1 AND job = ?2";
 pub(crate) const ALL_JOBS: &str = "SELECT id, doc FROM jobs WHERE hub = ?1 ORDER BY id";
+pub(crate) const GET_JOB: &str = "SELECT doc FROM jobs WHERE hub = ?1 AND id = ?2";
 pub(crate) const PUT_DEVICE_JOB: &str = "INSERT INTO device_jobs (hub, id, job, doc) VALUES (?1, ?2, ?3, ?4) \
      ON CONFLICT (hub, id) DO UPDATE SET job = excluded.job, doc = excluded.doc";
 pub(crate) const FIRST_DEVICE_JOBS: &str = "SELECT id, doc FROM device_jobs WHERE hub = ?1 ORDER BY id LIMIT ?2";
@@ -378,6 +379,13 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
         Err(HubStoreError::NotShared {
             what: "cloud-to-device locks",
         })
+    }
+
+    /// See [`dps_hub::store::HubStore::put_job_if_active`]: the encoded record `doc` of job
+    /// `key`, on a shared store.
+    async fn put_job_if_active(&self, key: &str, doc: String) -> Result<bool, HubStoreError> {
+        let _ = (key, doc);
+        Err(HubStoreError::NotShared { what: "job runners" })
     }
 
     /// See [`dps_hub::store::HubStore::settle_outbox`].
@@ -700,6 +708,17 @@ macro_rules! hub_store_over_documents {
                         doc: encode("job", job)?,
                     };
                     self.write(op).await
+                }
+
+                async fn put_job_if_active(&self, job: &JobRecord) -> Result<bool, HubStoreError> {
+                    if !HubDocuments::shared(self) {
+                        return self.put_job(job).await.map(|()| true);
+                    }
+                    HubDocuments::put_job_if_active(self, &job.job_id, encode("job", job)?).await
+                }
+
+                async fn get_job(&self, job_id: &str) -> Result<Option<JobRecord>, HubStoreError> {
+                    self.get("jobs", GET_JOB, job_id.to_string()).await
                 }
 
                 async fn list_jobs(&self) -> Result<Vec<JobRecord>, HubStoreError> {

@@ -889,3 +889,62 @@ async fn service_bound_queue_rows_are_locked_released_and_bounded() {
     store.tidy_outbox(files, now, now + secs(1), 100).await.unwrap();
     assert!(store.load_file_notifications().await.unwrap().is_empty());
 }
+
+/// A job created through either node is answered by both and run once, by the node that runs
+/// the housekeeping; a job cancelled through a node that does not run it stays cancelled
+/// (decision 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_answered_by_every_node_and_run_by_one() {
+    use dps_proto::model::hub::JobRequest;
+    use std::time::Duration;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
+    let twin_job = |start: Option<String>| JobRequest {
+        kind: "scheduleUpdateTwin".into(),
+        update_twin: Some(serde_json::json!({"etag": "*", "properties": {"desired": {"rate": 9}}})),
+        query_condition: Some("deviceId = 'dev-1'".into()),
+        start_time: start,
+        ..Default::default()
+    };
+    a.create_job("now", twin_job(None)).await.unwrap();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    b.create_job("later", twin_job(Some(later))).await.unwrap();
+    assert!(matches!(
+        b.create_job("now", twin_job(None)).await,
+        Err(dps_hub::JobError::AlreadyExists { .. })
+    ));
+
+    let mut done = None;
+    for _ in 0..150 {
+        // The sweep is where a node that runs the housekeeping looks for jobs it missed.
+        a.sweep();
+        b.sweep();
+        let job = b.get_job("now").await.unwrap();
+        if job.status == "completed" {
+            done = Some(job);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = done.expect("the job completes within 15 s");
+    assert_eq!(done.device_job_statistics.unwrap().succeeded_count, 1, "{done:?}");
+    assert_eq!(a.get_job("now").await.unwrap(), done, "both nodes answer the same");
+    let desired = a.get_twin("dev-1").await.unwrap().properties.unwrap().desired.unwrap();
+    assert_eq!(desired.get("rate"), Some(&serde_json::json!(9)));
+
+    // Whichever node waits with it, a cancel through either node ends it for good.
+    let cancelled = a.cancel_job("later").await.unwrap();
+    assert_eq!(cancelled.status, "cancelled");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.sweep();
+    b.sweep();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for node in [&a, &b] {
+        assert_eq!(node.get_job("later").await.unwrap().status, "cancelled");
+        let listed = node.list_jobs(None, None).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(),
+            ["later", "now"]
+        );
+    }
+}

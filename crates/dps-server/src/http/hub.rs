@@ -148,14 +148,14 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             let request: JobRequest = ctx.json("JobRequest").await?;
             ok(&hub.create_job(&id, request).await.map_err(job_error)?)
         }
-        Route::GetJob(id) => ok(&hub.get_job(&id).map_err(job_error)?),
+        Route::GetJob(id) => ok(&hub.get_job(&id).await.map_err(job_error)?),
         Route::CancelJob(id) => {
             let _ = ctx.body().await?;
             ok(&hub.cancel_job(&id).await.map_err(job_error)?)
         }
         Route::QueryJobs => {
             let (kind, status) = (ctx.query.get("jobType"), ctx.query.get("jobStatus"));
-            let jobs = hub.list_jobs(kind, status);
+            let jobs = hub.list_jobs(kind, status).await.map_err(job_error)?;
             let page = parse_count(ctx.header("x-ms-max-item-count"), "x-ms-max-item-count")?
                 .filter(|n| *n > 0)
                 .unwrap_or(100)

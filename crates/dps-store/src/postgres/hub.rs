@@ -212,8 +212,9 @@ const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
 /// (messages queued for the device, in the same way), `events {partition} {partition sequence}
 /// {sequence} {enqueued ms}` (telemetry stored, in the same way), `connected {key}`
 /// (a device connected to that node), `call {id} {callee}` (a direct method for a device
-/// connected to `callee`), `answer {id}` (the callee's answer is stored) or `outbox {queue}`
-/// (records of a service-bound queue, `feedback` or `files`, stored or released).
+/// connected to `callee`), `answer {id}` (the callee's answer is stored), `job {id}` (a job's
+/// record written or deleted) or `outbox {queue}` (records of a service-bound queue, `feedback`
+/// or `files`, stored or released).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubNotice<'a> {
     /// The hub's number.
@@ -272,6 +273,7 @@ impl<'a> HubNotice<'a> {
                 Notice::Call { id, callee }
             }
             ("answer", id) => Notice::Answer { id },
+            ("job", id) => Notice::Change(PeerChange::Job { id: id.to_string() }),
             ("outbox", queue) => Notice::Change(PeerChange::Outbox {
                 kind: outbox_of(queue)?,
             }),
@@ -288,6 +290,7 @@ impl<'a> HubNotice<'a> {
             | DeviceOp::Delete { key }
             | DeviceOp::PutModule { key, .. }
             | DeviceOp::DeleteModule { key } => vec![format!("hub {hub} {node} record {key}")],
+            DeviceOp::PutJob { key, .. } | DeviceOp::DeleteJob { key } => vec![job_notice(hub, node, key)],
             DeviceOp::Queues {
                 put_c2d,
                 put_feedback,
@@ -315,6 +318,11 @@ impl<'a> HubNotice<'a> {
             _ => Vec::new(),
         }
     }
+}
+
+/// The notice that job `id`'s record was written or deleted.
+fn job_notice(hub: i64, node: &str, id: &str) -> String {
+    format!("hub {hub} {node} job {id}")
 }
 
 /// A service-bound queue's name in notices, and its table.
@@ -692,6 +700,21 @@ impl HubDocuments for PostgresHubStore {
             .and_then(|row| row.try_get(0))
             .map_err(backend)?;
         u64::try_from(next).map(Some).map_err(backend)
+    }
+
+    async fn put_job_if_active(&self, key: &str, doc: String) -> Result<bool, HubStoreError> {
+        const IF_ACTIVE: &str = "UPDATE jobs SET doc = $3 WHERE hub = $1 AND id = $2 \
+             AND doc::jsonb ->> 'status' IN ('queued', 'running')";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let n = tx.execute(IF_ACTIVE, &[&self.hub, &key, &doc]).await.map_err(backend)?;
+        if n > 0 {
+            tx.execute(NOTIFY, &[&job_notice(self.hub, &self.db.node, key)])
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(n > 0)
     }
 
     async fn lock_c2d(
