@@ -403,11 +403,83 @@ pub(crate) struct TelemetryLog {
     kept: Retention,
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<TelemetryMessage>>,
+    /// On a shared store, what feeds `tx` with every node's messages.
+    feed: Arc<SharedFeed>,
     /// How many partitions the messages are spread over.
     partitions: u32,
     /// The count of messages published: changes when one arrives, in any partition.
     arrivals: watch::Sender<u64>,
     store: Arc<dyn HubStore>,
+}
+
+/// The live feed on a shared store (decision 0031): the messages every node stored, read back
+/// from the store in number order (numbers are handed out in commit order, so nothing fills in
+/// behind what was read) by one task at a time, only while someone watches.
+struct SharedFeed {
+    /// The last sequence number fed (or passed over while nobody watched).
+    last: std::sync::atomic::AtomicU64,
+    /// The last sequence number known to be stored.
+    known: std::sync::atomic::AtomicU64,
+    /// Whether a task is reading the store for the feed now.
+    running: std::sync::atomic::AtomicBool,
+}
+
+/// Messages one read of the feed takes from the store.
+const FEED_PAGE: usize = 256;
+
+impl SharedFeed {
+    /// Message `sequence_number` and those before it are stored: fed to the watchers of `tx`
+    /// (in the background), or passed over when there are none.
+    fn advanced(
+        self: &Arc<Self>,
+        sequence_number: u64,
+        tx: &broadcast::Sender<Arc<TelemetryMessage>>,
+        store: &Arc<dyn HubStore>,
+    ) {
+        use std::sync::atomic::Ordering;
+        self.known.fetch_max(sequence_number, Ordering::AcqRel);
+        if tx.receiver_count() == 0 {
+            if !self.running.load(Ordering::Acquire) {
+                self.last.fetch_max(sequence_number, Ordering::AcqRel);
+            }
+            return;
+        }
+        if self.last.load(Ordering::Acquire) >= sequence_number || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (feed, tx, store) = (self.clone(), tx.clone(), store.clone());
+        tokio::spawn(async move {
+            loop {
+                let target = feed.known.load(Ordering::Acquire);
+                let after = feed.last.load(Ordering::Acquire);
+                let page = match store.recent_events(None, Some(after), FEED_PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "live telemetry not read back; the feed skips ahead");
+                        Vec::new()
+                    }
+                };
+                let full = page.len() == FEED_PAGE;
+                for msg in page {
+                    feed.last.fetch_max(msg.sequence_number, Ordering::AcqRel);
+                    // No receivers is not an error: the last watcher left.
+                    let _ = tx.send(Arc::new(msg));
+                }
+                if !full {
+                    // Everything stored up to `target` was read (a notice comes after its
+                    // commit): what is missing was trimmed already.
+                    feed.last.fetch_max(target, Ordering::AcqRel);
+                    feed.running.store(false, Ordering::Release);
+                    // A message announced while this read ran found the feed busy: read on.
+                    let behind = feed.known.load(Ordering::Acquire) > feed.last.load(Ordering::Acquire);
+                    if behind && !feed.running.swap(true, Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// Marks a numbered message failed if its writer stops waiting (its connection went), so that
@@ -449,6 +521,11 @@ impl TelemetryLog {
                 partitions: (0..partitions).map(|_| Partition::default()).collect(),
             }),
             tx,
+            feed: Arc::new(SharedFeed {
+                last: std::sync::atomic::AtomicU64::new(0),
+                known: std::sync::atomic::AtomicU64::new(0),
+                running: std::sync::atomic::AtomicBool::new(false),
+            }),
             partitions: partitions as u32,
             arrivals: watch::channel(0).0,
             store,
@@ -468,6 +545,10 @@ impl TelemetryLog {
             }
         }
         ring.next_visible = ring.next_sequence;
+        // The live feed starts from now, not from what was stored before.
+        let stored = ring.next_sequence - 1;
+        self.feed.last.store(stored, std::sync::atomic::Ordering::Release);
+        self.feed.known.store(stored, std::sync::atomic::Ordering::Release);
         tracing::info!(
             partitions_with_events = bounds.len(),
             next_sequence = ring.next_sequence,
@@ -494,8 +575,6 @@ impl TelemetryLog {
                 msg.sequence_number,
                 msg.enqueued_time,
             );
-            // No receivers is not an error: nobody is watching.
-            let _ = self.tx.send(msg.clone());
             return Ok(msg);
         }
         let msg = {
@@ -544,8 +623,9 @@ impl TelemetryLog {
 
     /// On a shared store: a message of `partition` numbered (`partition_sequence`,
     /// `sequence_number`) and committed by this node or another is readable, and so is
-    /// everything numbered before it. Readers are told; nothing is cached (the cache would hold
-    /// this node's messages only), so partition reads go to the store.
+    /// everything numbered before it. Readers are told and the live feed reads it back
+    /// ([`SharedFeed`]); nothing is cached (the cache would hold this node's messages only), so
+    /// partition reads go to the store.
     pub(crate) fn advanced(
         &self,
         partition: u32,
@@ -567,6 +647,7 @@ impl TelemetryLog {
             }
         }
         self.arrivals.send_modify(|n| *n += 1);
+        self.feed.advanced(sequence_number, &self.tx, &self.store);
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<TelemetryMessage>> {

@@ -695,7 +695,15 @@ async fn telemetry_through_two_nodes_is_numbered_once_among_both() {
     let url = dps_store::postgres::testing::fresh_database().await;
     let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
     let (on_a, on_b) = (device_login(&a, "dev-1").await, device_login(&b, "dev-1").await);
+    // Sent, and heard of by both nodes, before anyone watched: not in the live feed.
     let mut b_arrivals = b.telemetry_arrivals();
+    a.send_telemetry(&on_a, Vec::new(), b"before").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), b_arrivals.changed())
+        .await
+        .expect("node B hears of it")
+        .unwrap();
+    b_arrivals.borrow_and_update();
+    let mut live = [a.subscribe_events(), b.subscribe_events()];
     for i in 0..3 {
         a.send_telemetry(&on_a, Vec::new(), format!("a{i}").as_bytes())
             .await
@@ -712,7 +720,7 @@ async fn telemetry_through_two_nodes_is_numbered_once_among_both() {
         let mut seen = Vec::new();
         for _ in 0..50 {
             seen = node.recent_events(None, None, 100).await;
-            if seen.len() == 6 {
+            if seen.len() == 7 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -720,16 +728,29 @@ async fn telemetry_through_two_nodes_is_numbered_once_among_both() {
         let numbers: Vec<(u64, u64)> = seen.iter().map(|m| (m.sequence_number, m.partition_sequence)).collect();
         assert_eq!(
             numbers,
-            (1..=6).map(|n| (n, n - 1)).collect::<Vec<_>>(),
+            (1..=7).map(|n| (n, n - 1)).collect::<Vec<_>>(),
             "one device, one partition"
         );
         let bodies: Vec<_> = seen.iter().map(|m| m.body_text().to_string()).collect();
-        assert_eq!(bodies, ["a0", "b0", "a1", "b1", "a2", "b2"]);
+        assert_eq!(bodies, ["before", "a0", "b0", "a1", "b1", "a2", "b2"]);
         let partition = seen[0].partition;
         let (read, next) = node.read_partition(partition, 0, 100).await.unwrap();
-        assert_eq!((read.len(), next), (6, 6));
+        assert_eq!((read.len(), next), (7, 7));
         let info = node.partition_info(partition).await.unwrap().unwrap();
-        assert_eq!(info.last_sequence_number, Some(5));
+        assert_eq!(info.last_sequence_number, Some(6));
+    }
+    // Each node's live feed carries both nodes' messages, once each, in number order.
+    for feed in &mut live {
+        let mut bodies = Vec::new();
+        while bodies.len() < 6 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+                .await
+                .expect("the live feed within 5 s")
+                .unwrap();
+            bodies.push(msg.body_text().to_string());
+        }
+        assert_eq!(bodies, ["a0", "b0", "a1", "b1", "a2", "b2"]);
+        assert!(feed.try_recv().is_err(), "nothing twice");
     }
 }
 
