@@ -26,6 +26,19 @@ pub use custom_allocation::AllocationWebhook;
 pub use device::Authenticated;
 pub use geo::GeoConfig;
 pub use linked_hubs::MAX_LINKED_HUBS;
+
+/// What another node changed in a store several nodes share (decision 0031), as this node
+/// hears of it ([`Engine::store_changed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreChange {
+    /// An enrollment group or a CA certificate was written or deleted.
+    GroupsOrCertificates,
+    /// A hub was linked, changed or unlinked.
+    LinkedHubs,
+    /// Changes may have been missed (the channel to the other nodes was lost).
+    Resync,
+}
 pub use recovery::Recovery;
 pub use service::Page;
 pub use tpm::KEY_NAME;
@@ -249,6 +262,28 @@ impl Engine {
         self.groups.reload(self.store.as_ref()).await?;
         self.recover_registrations().await?;
         Ok(())
+    }
+
+    /// Brings this node's caches up to date with a change another node made to a store they
+    /// share (decision 0031): the enrollment groups and CA certificates a registration matches
+    /// against, the linked hubs allocation picks from. A store that cannot be read now leaves
+    /// the cache as it was, with a warning (the next change, or resync, reads it again).
+    pub async fn store_changed(&self, change: StoreChange) {
+        let (groups, linked) = match change {
+            StoreChange::GroupsOrCertificates => (true, false),
+            StoreChange::LinkedHubs => (false, true),
+            StoreChange::Resync => (true, true),
+        };
+        if groups {
+            if let Err(e) = self.groups.reload(self.store.as_ref()).await {
+                tracing::warn!(error = %e, "enrollment groups changed by another node not read");
+            }
+        }
+        if linked {
+            if let Err(e) = self.reload_linked_hubs().await {
+                tracing::warn!(error = %e, "linked hubs changed by another node not read");
+            }
+        }
     }
 
     /// The configuration.

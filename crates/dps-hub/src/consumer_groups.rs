@@ -98,6 +98,15 @@ impl Hub {
     }
 
     /// Reads the stored groups (at open).
+    /// Reads the groups again after another node changed them (decision 0031); a store that
+    /// cannot be read now keeps the ones known, with a warning.
+    pub(crate) async fn reload_consumer_groups(&self) {
+        let _one = self.inner.consumer_group_writes.lock().await;
+        if let Err(e) = self.load_consumer_groups().await {
+            tracing::warn!(error = %e, "consumer groups changed by another node not read");
+        }
+    }
+
     pub(crate) async fn load_consumer_groups(&self) -> Result<(), crate::store::HubStoreError> {
         let stored = self.inner.store.list_consumer_groups().await?;
         *self.inner.consumer_groups.write() = stored.into_iter().map(|g| (g.key(), g)).collect();

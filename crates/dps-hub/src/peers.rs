@@ -101,6 +101,9 @@ pub enum PeerChange {
         /// The job's id.
         id: String,
     },
+    /// A consumer group of the Event Hub-compatible endpoint was created or deleted through
+    /// another node.
+    ConsumerGroups,
     /// Another node stored records in a service-bound queue, or released a batch of them:
     /// this node's receivers of that queue look again.
     Outbox {
@@ -148,6 +151,7 @@ impl Hub {
                     .advanced(partition, partition_sequence, sequence_number, enqueued);
             }
             PeerChange::Job { id } => self.job_changed(&id).await,
+            PeerChange::ConsumerGroups => self.reload_consumer_groups().await,
             PeerChange::Outbox { kind } => match kind {
                 crate::outbox::OutboxKind::Feedback => inner.feedback.wake(),
                 crate::outbox::OutboxKind::FileNotifications => inner.file_notifications.wake(),
@@ -177,6 +181,7 @@ impl Hub {
                 inner.feedback.wake();
                 inner.file_notifications.wake();
                 self.run_stored_jobs();
+                self.reload_consumer_groups().await;
             }
         }
     }

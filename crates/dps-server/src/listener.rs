@@ -124,8 +124,6 @@ pub struct RunningServer {
     pub connections: Arc<ConnectionLimits>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    /// This node's claim on a PostgreSQL store, released when the server is dropped.
-    store_claim: Option<dps_store::NodeClaim>,
     /// With a PostgreSQL store, what this node hears from the others (decision 0031).
     _bus: Option<dps_store::postgres::NodeBus>,
 }
@@ -135,9 +133,6 @@ impl RunningServer {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
-        if let Some(claim) = self.store_claim.take() {
-            claim.release().await;
-        }
     }
 }
 
@@ -163,10 +158,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let dir = DataDir::new(&config.data_dir);
     let postgres = match &config.store {
         None => None,
-        Some(url) => Some(connect_postgres(url).await?),
+        // Every node of the database serves the same service (decision 0031).
+        Some(url) => Some(dps_store::PostgresStore::connect(url).await?),
     };
-    let (identity, initialized, tls) =
-        identity_and_tls(&config, &dir, postgres.as_ref().map(|(store, _)| store)).await?;
+    let (identity, initialized, tls) = identity_and_tls(&config, &dir, postgres.as_ref()).await?;
     let mqtt_acceptor = tls.without_alpn();
     let amqp_acceptor = mqtt_acceptor.clone();
     let acceptor = tls.https();
@@ -290,10 +285,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .filter_map(|h| Some((h.identity.number()?, h.hub.clone())))
             .collect();
         let hearing = db.clone().hear_other_nodes(bus.subscribe(), hubs);
+        let dps = dps_store::PostgresStore::hear_other_nodes(bus.subscribe(), services.engine.clone());
         let mut shutdown = rx.clone();
         tasks.spawn(async move {
             tokio::select! {
                 _ = hearing => {}
+                _ = dps => {}
                 _ = shutdown.changed() => {}
             }
         });
@@ -318,7 +315,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         connections,
         shutdown: tx,
         tasks,
-        store_claim: storage.claim,
         _bus: storage.bus,
     })
 }
@@ -390,9 +386,6 @@ fn file_upload_config(identity: &HubIdentity, config: &ServerConfig, https_port:
 struct Storage {
     store: Arc<dyn dps_core::Store>,
     hubs: HubStorage,
-    /// This node alone serves a PostgreSQL store while the claim is held (moved into the
-    /// running server).
-    claim: Option<dps_store::NodeClaim>,
     /// With a PostgreSQL store: the node's ear on the other nodes' writes, listening from before
     /// the hubs open, so that nothing written meanwhile goes unheard.
     bus: Option<dps_store::postgres::NodeBus>,
@@ -412,7 +405,7 @@ impl Storage {
         config: &ServerConfig,
         dir: &DataDir,
         identity: &Identity,
-        postgres: Option<(dps_store::PostgresStore, dps_store::NodeClaim)>,
+        postgres: Option<dps_store::PostgresStore>,
     ) -> Result<Storage, StartError> {
         let numbers = identity
             .hubs()
@@ -425,7 +418,7 @@ impl Storage {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (Some(url), Some((store, claim))) = (&config.store, postgres) else {
+        let (Some(url), Some(store)) = (&config.store, postgres) else {
             let slots: Vec<_> = identity.hubs().map(|hub| dir.separate_hub_db_path_of(hub)).collect();
             let slots: Vec<_> = numbers
                 .iter()
@@ -438,7 +431,6 @@ impl Storage {
             return Ok(Storage {
                 store: Arc::new(dps_store::SqliteStore::open(&dir.store_path())?),
                 hubs: HubStorage::Sqlite(dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?),
-                claim: None,
                 bus: None,
             });
         };
@@ -455,7 +447,6 @@ impl Storage {
         Ok(Storage {
             store: Arc::new(store),
             hubs: HubStorage::Postgres { db, held },
-            claim: Some(claim),
             bus: Some(bus),
         })
     }
@@ -480,22 +471,6 @@ impl Storage {
             HubStorage::Postgres { db, held } => (Arc::new(db.hub(number)), held.contains(&number)),
         })
     }
-}
-
-/// Connects to the PostgreSQL store at `url` and claims it for this node (see
-/// [`dps_store::PostgresStore::claim_single_node`]): a second node is refused before it changes
-/// anything.
-async fn connect_postgres(url: &str) -> Result<(dps_store::PostgresStore, dps_store::NodeClaim), StartError> {
-    let store = dps_store::PostgresStore::connect(url).await?;
-    let claim = store.claim_single_node().await?.ok_or_else(|| {
-        StartError::Config(
-            "another dps node serves this PostgreSQL store; several nodes on one database are not \
-             supported yet (a node would miss the messages, method calls and twin updates sent \
-             through another)"
-                .into(),
-        )
-    })?;
-    Ok((store, claim))
 }
 
 /// The service's identity (created on first start) and the listeners' TLS. From the data

@@ -1,8 +1,7 @@
 //! `dps serve --store postgres://…`: a node keeps its registrations and its embedded hub's
 //! devices in PostgreSQL (nothing in SQLite files), and its identity, CAs and server
-//! certificates too, finds them there after a restart on another machine, and a
-//! second node on the same database is refused while the first serves it (issue 15, decision
-//! 0030).
+//! certificates too, and finds them there after a restart on another machine (issue 15,
+//! decision 0030); several nodes on one database serve one service (decision 0031).
 //!
 //! Needs `DPS_TEST_POSTGRES` (a database URL whose user may create databases), which
 //! `scripts/test.sh` sets from its throwaway cluster.
@@ -10,7 +9,6 @@
 mod common;
 
 const IP: &str = "127.0.38.51";
-const SECOND: &str = "127.0.38.52";
 const THIRD: &str = "127.0.38.53";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,15 +33,6 @@ async fn a_node_keeps_registrations_and_hub_devices_in_postgresql() {
         );
     }
 
-    // A second node on the same database is refused while the first serves it.
-    let other = tempfile::tempdir().unwrap();
-    let mut c = dps_server::ServerConfig::defaults();
-    c.data_dir = other.path().to_path_buf();
-    c.hostnames = vec![SECOND.into()];
-    c.bind = SECOND.parse().unwrap();
-    c.store = Some(url.clone());
-    let refused = dps_server::start(c).await.err().expect("a second node is refused");
-    assert!(refused.to_string().contains("another dps node"), "{refused}");
     s.shutdown().await;
 
     // Restarted on another machine (a new data directory): the identity, the CA and the server
@@ -167,4 +156,168 @@ async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
     let state = common::register_through_engine(&s, "dev-1").await;
     assert_eq!(state.device_id.as_deref(), Some("dev-1"));
     s.shutdown().await;
+}
+
+/// Three nodes, started at once with the same `--store` and `--hostname` values, serve one
+/// service (issue 15 points 2, 3 and 5; decision 0031): one identity; an enrollment group
+/// created through one node registers a device through another; the device, connected to the
+/// third, gets a desired-property patch, a cloud-to-device message and a direct method sent
+/// through the other two; its telemetry is read through any node; disabled through one, its
+/// connection to another ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_one_service() {
+    use rumqttc::{Packet, QoS};
+    use std::time::Duration;
+    const NODES: [&str; 3] = ["127.0.38.61", "127.0.38.62", "127.0.38.63"];
+    const GROUP_KEY: &str = "Z3JvdXAta2V5LWZvci10aHJlZS1ub2Rlcy0wMTIzNDU2Nzg5";
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let node = |i: usize| {
+        let (url, dir) = (url.clone(), dirs[i].path().to_path_buf());
+        async move {
+            common::hub_server_with(NODES[i], &dir, move |c| {
+                c.store = Some(url);
+                c.hostnames = NODES.map(String::from).to_vec();
+            })
+            .await
+        }
+    };
+    let (a, b, c) = tokio::join!(node(0), node(1), node(2));
+    for other in [&b, &c] {
+        assert_eq!(other.services.identity.id_scope, a.services.identity.id_scope);
+        assert_eq!(other.services.identity.hub.host_name, a.services.identity.hub.host_name);
+        assert_eq!(other.services.identity.hub.policies, a.services.identity.hub.policies);
+    }
+    let hub_host = a.services.identity.hub.host_name.clone();
+
+    // A group created through A registers a device through B, once B heard of it.
+    let group = dps_proto::model::service::EnrollmentGroup {
+        attestation: common::symmetric_key(GROUP_KEY),
+        ..Default::default()
+    };
+    let now = chrono::Utc::now();
+    a.services.engine.put_group(now, "fleet", group, None).await.unwrap();
+    let device_key = dps_proto::keys::derive_device_key(GROUP_KEY, "dev-1").unwrap();
+    let req = dps_core::DeviceRequest {
+        id_scope: b.services.identity.id_scope.clone(),
+        registration_id: "dev-1".into(),
+        credential: dps_core::Credential::Sas(common::dps_sas(&b, "dev-1", &device_key)),
+        api_version: None,
+        source: None,
+    };
+    let body = dps_proto::model::device::DeviceRegistration::default();
+    let mut registered = None;
+    for _ in 0..50 {
+        match b.services.engine.register(chrono::Utc::now(), &req, &body).await {
+            Ok(op) => {
+                registered = Some(op);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let op = registered.expect("node B registers a device of the group made through A within 5 s");
+    let id = op.operation().unwrap().operation_id.clone();
+    // The operation is polled through another node than the one it started on.
+    let state = c
+        .services
+        .engine
+        .operation_status(chrono::Utc::now(), &req, &id)
+        .await
+        .unwrap()
+        .body
+        .registration_state;
+    assert_eq!(state.assigned_hub.as_deref(), Some(hub_host.as_str()), "{state:?}");
+
+    // The device connects to C.
+    let (client, mut ev) = common::hub_mqtt_with_key(&c, &hub_host, &hub_host, "dev-1", &device_key)
+        .await
+        .unwrap();
+    for topic in [
+        "$iothub/twin/PATCH/properties/desired/#",
+        "devices/dev-1/messages/devicebound/#",
+        "$iothub/methods/POST/#",
+    ] {
+        client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+        common::hub_mqtt_until(&mut ev, |p| matches!(p, Packet::SubAck(_)).then_some(()))
+            .await
+            .unwrap();
+    }
+    let publish_on = |prefix: &'static str| {
+        move |p: &Packet| match p {
+            Packet::Publish(p) if p.topic.starts_with(prefix) => Some((p.topic.clone(), p.payload.to_vec())),
+            _ => None,
+        }
+    };
+    let desired: dps_proto::model::hub::Twin =
+        serde_json::from_value(serde_json::json!({"properties": {"desired": {"rate": 5}}})).unwrap();
+    common::hub(&a).patch_twin("dev-1", desired, None).await.unwrap();
+    let (_, patch) = common::hub_mqtt_until(&mut ev, publish_on("$iothub/twin/PATCH/properties/desired/"))
+        .await
+        .unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&patch).unwrap()["rate"], 5);
+
+    common::hub(&b).send_c2d("dev-1", "hello", Vec::new()).await.unwrap();
+    let (_, message) = common::hub_mqtt_until(&mut ev, publish_on("devices/dev-1/messages/devicebound/"))
+        .await
+        .unwrap();
+    assert_eq!(message, b"hello");
+
+    let a_hub = common::hub(&a).clone();
+    let mut call = tokio::spawn(async move {
+        a_hub
+            .invoke_method(
+                "dev-1",
+                "reboot",
+                serde_json::json!({"now": true}),
+                Duration::from_secs(10),
+            )
+            .await
+    });
+    let (topic, _) = common::hub_mqtt_until(&mut ev, publish_on("$iothub/methods/POST/reboot/"))
+        .await
+        .unwrap();
+    let rid = topic.rsplit('=').next().unwrap().to_string();
+    client
+        .publish(
+            format!("$iothub/methods/res/201/?$rid={rid}"),
+            QoS::AtMostOnce,
+            false,
+            br#"{"ok":true}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let answer = loop {
+        tokio::select! {
+            answer = &mut call => break answer.unwrap().unwrap(),
+            polled = ev.poll() => { polled.unwrap(); }
+        }
+    };
+    assert_eq!(answer.status, 201);
+
+    // Telemetry through C, read through B.
+    common::publish_acked(&client, &mut ev, "devices/dev-1/messages/events/", r#"{"t":1}"#).await;
+    let seen = common::hub(&b).recent_events(Some("dev-1"), None, 10).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_json(), Some(serde_json::json!({"t": 1})));
+
+    // Disabled through B: its connection to C ends.
+    let mut device = common::hub(&b).get_device("dev-1").await.unwrap();
+    device.status = Some("disabled".into());
+    common::hub(&b).put_device(device, Some("*")).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if ev.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the disabled device's connection to node C ends within 10 s"
+    );
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
 }

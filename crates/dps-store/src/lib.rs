@@ -26,5 +26,5 @@ pub mod sqlite;
 mod stats;
 
 pub use blobs::{BlobError, BlobProperties, BlobStore, BlobWrite};
-pub use postgres::{NodeClaim, PgOpenError, PostgresHubDatabase, PostgresHubStore, PostgresStore};
+pub use postgres::{PgOpenError, PostgresHubDatabase, PostgresHubStore, PostgresStore};
 pub use sqlite::{HubDatabase, HubSlot, OpenError, SqliteHubStore, SqliteStore, StoreStats};

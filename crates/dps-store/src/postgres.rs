@@ -31,6 +31,7 @@ use tokio_postgres::NoTls;
 use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
 use crate::stats::StoreStats;
 pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
+pub use commands::store_change;
 pub use hub::{HubNotice, Notice, PostgresHubDatabase, PostgresHubStore};
 pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
@@ -42,38 +43,6 @@ const MAX_READ_CONNECTIONS: usize = 16;
 /// How long a request waits for a connection, or for one to be opened, before it fails (and
 /// the device is told to retry) rather than hanging while PostgreSQL is down.
 const CONNECTION_WAIT: Duration = Duration::from_secs(5);
-
-/// The session advisory lock of the node serving a database ("DPSN").
-const NODE_LOCK: i64 = 0x4450_534e;
-
-/// A node's claim on its database ([`PostgresStore::claim_single_node`]); dropping it releases
-/// the claim once its connection has closed, [`NodeClaim::release`] at once.
-pub struct NodeClaim {
-    client: deadpool_postgres::ClientWrapper,
-}
-
-impl NodeClaim {
-    /// Releases the claim now, so that a node started right after finds the database free.
-    pub async fn release(self) {
-        if let Err(e) = self
-            .client
-            .execute("SELECT pg_advisory_unlock($1)", &[&NODE_LOCK])
-            .await
-        {
-            tracing::debug!(error = %e, "node claim not released explicitly; it goes with its connection");
-        }
-    }
-}
-
-/// How long a starting node waits for the claim of a node that is stopping (its connection
-/// closing) before it concludes that another node serves the database.
-const CLAIM_WAIT: Duration = Duration::from_secs(3);
-
-impl std::fmt::Debug for NodeClaim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("NodeClaim")
-    }
-}
 
 /// Why [`PostgresStore::connect`] failed. Nothing is left half-done: a failed migration is
 /// rolled back.
@@ -147,31 +116,25 @@ impl PostgresStore {
         Ok(PostgresStore { pool, writer })
     }
 
-    /// Claims the database for this node alone, for as long as the returned claim lives (a
-    /// session advisory lock on a connection of its own, released when the claim is dropped or
-    /// the process dies). `None` when another node holds it. Until nodes pass cloud-to-device
-    /// messages, method calls and twin updates to each other, a second node on the same
-    /// database would silently miss what the first one's devices are sent.
-    pub async fn claim_single_node(&self) -> Result<Option<NodeClaim>, PgOpenError> {
-        let client = self.pool.get().await.map_err(PgOpenError::Connect)?;
-        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    /// Acts on the other nodes' notices about the DPS store for as long as `events` runs
+    /// (decision 0031): `engine`'s caches (enrollment groups, CA certificates, linked hubs) are
+    /// read again when another node changed them, everything after a lost channel. What
+    /// `dps serve` runs beside [`PostgresHubDatabase::hear_other_nodes`].
+    pub async fn hear_other_nodes(
+        mut events: tokio::sync::broadcast::Receiver<BusEvent>,
+        engine: std::sync::Arc<dps_core::Engine>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
         loop {
-            let got: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&NODE_LOCK])
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(|source| PgOpenError::Migration { version: 0, source })?;
-            if got {
-                // Out of the pool: the lock lives with this connection, which nothing else may
-                // use.
-                return Ok(Some(NodeClaim {
-                    client: deadpool_postgres::Object::take(client),
-                }));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let change = match events.recv().await {
+                Ok(BusEvent::Notice(payload)) => match store_change(&payload) {
+                    Some(change) => change,
+                    None => continue,
+                },
+                Ok(BusEvent::Resync) | Err(RecvError::Lagged(_)) => dps_core::engine::StoreChange::Resync,
+                Err(RecvError::Closed) => return,
+            };
+            engine.store_changed(change).await;
         }
     }
 

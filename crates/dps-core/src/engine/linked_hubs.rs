@@ -38,6 +38,28 @@ impl Engine {
         Ok(())
     }
 
+    /// Reads the linked hubs again after another node changed them (decision 0031): the stored
+    /// ones are linked with the hub registry and become allocation's, the ones gone are
+    /// unlinked, as on the node that made the change.
+    pub(crate) async fn reload_linked_hubs(&self) -> Result<(), Error> {
+        let stored = self.store.list_linked_hubs().await?;
+        for hub in &stored {
+            if let Err(e) = self.hubs.link(hub).await {
+                tracing::error!(hub = %hub.name, error = %e, "linked hub cannot be used; registrations assigned to it fail until it is updated");
+            }
+        }
+        let before = self
+            .linked
+            .swap(Arc::new(stored.iter().map(LinkedHub::from_description).collect()));
+        for gone in before
+            .iter()
+            .filter(|h| !stored.iter().any(|s| s.name.eq_ignore_ascii_case(&h.host_name)))
+        {
+            self.hubs.unlink(&gone.host_name).await;
+        }
+        Ok(())
+    }
+
     /// Whether `host` is a linked hub.
     pub fn is_linked(&self, host: &str) -> bool {
         self.linked

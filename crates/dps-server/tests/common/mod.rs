@@ -360,9 +360,20 @@ pub async fn hub_mqtt_to(
     audience_host: &str,
     id: &str,
 ) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
+    hub_mqtt_with_key(s, user_host, audience_host, id, KEY).await
+}
+
+/// [`hub_mqtt_to`] with a token signed by the device key `key`.
+pub async fn hub_mqtt_with_key(
+    s: &RunningServer,
+    user_host: &str,
+    audience_host: &str,
+    id: &str,
+    key: &str,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
     use rumqttc::{Event, MqttOptions, Packet, TlsConfiguration, Transport};
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
-    let token = build_token(&format!("{audience_host}/devices/{id}"), KEY, expiry, None).unwrap();
+    let token = build_token(&format!("{audience_host}/devices/{id}"), key, expiry, None).unwrap();
     let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
     let tls = dps_pki::tls::client_config(&ca).unwrap();
     let mut o = MqttOptions::new(id, s.mqtt_addr.ip().to_string(), s.mqtt_addr.port());

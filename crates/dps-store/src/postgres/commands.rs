@@ -22,6 +22,36 @@ const MARK_REPROVISION: &str = "UPDATE registrations \
 
 type Outcome = Result<Result<(), StoreError>, tokio_postgres::Error>;
 
+/// The notice every node hears when a write to `table` commits, if the nodes cache that table
+/// (decision 0031): `dps groups` (enrollment groups and CA certificates, which registrations
+/// match against) or `dps linked` (linked hubs, which allocation picks from).
+fn notice_of(table: Table) -> Option<&'static str> {
+    match table {
+        Table::Groups | Table::Certificates => Some("dps groups"),
+        Table::LinkedHubs => Some("dps linked"),
+        Table::Enrollments => None,
+    }
+}
+
+/// The change a DPS notice (`payload`) tells of, if it is one ([`notice_of`]).
+pub fn store_change(payload: &str) -> Option<dps_core::engine::StoreChange> {
+    use dps_core::engine::StoreChange;
+    match payload {
+        "dps groups" => Some(StoreChange::GroupsOrCertificates),
+        "dps linked" => Some(StoreChange::LinkedHubs),
+        _ => None,
+    }
+}
+
+/// Sends `table`'s notice ([`notice_of`]) in this write's transaction: delivered if, and once,
+/// it commits (a write rolled back to its savepoint takes its notice with it).
+async fn tell_other_nodes(tx: &Transaction<'_>, table: Table) -> Result<(), tokio_postgres::Error> {
+    if let Some(notice) = notice_of(table) {
+        tx.execute(super::hub::NOTIFY, &[&notice]).await?;
+    }
+    Ok(())
+}
+
 async fn execute(
     tx: &Transaction<'_>,
     sql: &str,
@@ -121,6 +151,7 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
             } else {
                 execute(tx, table.upsert(), &[key, etag, doc]).await?;
             }
+            tell_other_nodes(tx, *table).await?;
         }
         Op::Delete { table, key, cond } => {
             if let Err(e) = cond.check_delete(locked_etag(tx, table.select_etag(), key).await?.as_deref()) {
@@ -131,6 +162,7 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
                 // An individual enrollment's registration record goes with it (same key).
                 execute(tx, DELETE_REGISTRATION, &[key]).await?;
             }
+            tell_other_nodes(tx, *table).await?;
         }
         Op::DeleteRegistration { key, cond } => {
             if let Err(e) = cond.check_delete(locked_etag(tx, SELECT_REGISTRATION_ETAG, key).await?.as_deref()) {

@@ -205,7 +205,7 @@ impl HubOp {
 }
 
 /// Sends a notice on the nodes' channel, delivered when the transaction commits.
-const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
+pub(super) const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
 
 /// What a node hears from another about a hub (decision 0031): `hub {number} {node} {what}`,
 /// where `what` is `record {key}` (a registry write, sent in its transaction), `c2d {key}`
@@ -213,8 +213,9 @@ const NOTIFY: &str = "SELECT pg_notify('dps', $1)";
 /// {sequence} {enqueued ms}` (telemetry stored, in the same way), `connected {key}`
 /// (a device connected to that node), `call {id} {callee}` (a direct method for a device
 /// connected to `callee`), `answer {id}` (the callee's answer is stored), `job {id}` (a job's
-/// record written or deleted) or `outbox {queue}` (records of a service-bound queue, `feedback`
-/// or `files`, stored or released).
+/// record written or deleted), `consumer-groups {name}` (a consumer group created or deleted)
+/// or `outbox {queue}` (records of a service-bound queue, `feedback` or `files`, stored or
+/// released).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubNotice<'a> {
     /// The hub's number.
@@ -274,6 +275,7 @@ impl<'a> HubNotice<'a> {
             }
             ("answer", id) => Notice::Answer { id },
             ("job", id) => Notice::Change(PeerChange::Job { id: id.to_string() }),
+            ("consumer-groups", _) => Notice::Change(PeerChange::ConsumerGroups),
             ("outbox", queue) => Notice::Change(PeerChange::Outbox {
                 kind: outbox_of(queue)?,
             }),
@@ -291,6 +293,9 @@ impl<'a> HubNotice<'a> {
             | DeviceOp::PutModule { key, .. }
             | DeviceOp::DeleteModule { key } => vec![format!("hub {hub} {node} record {key}")],
             DeviceOp::PutJob { key, .. } | DeviceOp::DeleteJob { key } => vec![job_notice(hub, node, key)],
+            DeviceOp::PutGroup { key, .. } | DeviceOp::DeleteGroup { key } => {
+                vec![format!("hub {hub} {node} consumer-groups {key}")]
+            }
             DeviceOp::Queues {
                 put_c2d,
                 put_feedback,
