@@ -103,7 +103,16 @@ pub struct EngineConfig {
     pub immediate_assignment: bool,
     /// Rate limits on the device API (Azure's DPS quotas), answered with `429` + retry-after.
     pub quotas: crate::quota::QuotaConfig,
+    /// On a store several nodes share: how old a stored intent must be before a node other than
+    /// the one that stored it finishes it ([`Engine::recover_stale_registrations`]). Longer than
+    /// any registration takes on a live node.
+    pub interrupted_registration_age: std::time::Duration,
 }
+
+/// [`EngineConfig::interrupted_registration_age`] by default: a registration's hub write and
+/// commit take milliseconds, and every request a node serves ends within its request deadline
+/// (30 s by default).
+pub const INTERRUPTED_REGISTRATION_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl EngineConfig {
     /// One linked hub, hashed allocation, retry-after 3 s, Azure's polling flow and the default
@@ -118,6 +127,7 @@ impl EngineConfig {
             retry_after_secs: 3,
             immediate_assignment: false,
             quotas: crate::quota::QuotaConfig::DEFAULT,
+            interrupted_registration_age: INTERRUPTED_REGISTRATION_AGE,
         }
     }
 }
@@ -255,12 +265,20 @@ impl Engine {
     }
 
     /// Loads caches (enrollment groups) from the store and finishes the registrations a crash
-    /// interrupted ([`Engine::recover_registrations`]). Call it before serving.
+    /// interrupted ([`Engine::recover_registrations`]; on a shared store only those old enough
+    /// to be no other node's in flight, [`Engine::recover_stale_registrations`]). Call it
+    /// before serving.
     pub async fn load(&self) -> Result<(), crate::Error> {
         // First: finishing an interrupted registration may write to a linked hub.
         self.load_linked_hubs().await?;
         self.groups.reload(self.store.as_ref()).await?;
-        self.recover_registrations().await?;
+        if self.store.shared() {
+            // Other nodes may be finishing theirs right now: only what they left long ago.
+            let age = self.config.interrupted_registration_age;
+            self.recover_stale_registrations(chrono::Utc::now(), age).await?;
+        } else {
+            self.recover_registrations().await?;
+        }
         Ok(())
     }
 

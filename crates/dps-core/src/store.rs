@@ -223,6 +223,13 @@ impl RegistrationRecord {
 /// rather than serialize callers on one lock.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Whether other nodes write this store too (decision 0031): their registrations in flight
+    /// leave intents here that this node must not finish while they may still be finishing
+    /// them ([`crate::Engine::recover_stale_registrations`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Individual enrollment by id (case-insensitive).
     async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError>;
     /// Creates or replaces an enrollment under `cond`.

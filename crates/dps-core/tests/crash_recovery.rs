@@ -55,6 +55,8 @@ struct CrashHub {
     devices: Mutex<BTreeMap<(String, String), Identity>>,
     crash: Mutex<Option<CrashAt>>,
     refuse: Mutex<bool>,
+    /// Fails every upsert as an unreachable hub does.
+    fail: Mutex<bool>,
     crashed: Notify,
 }
 
@@ -99,6 +101,9 @@ impl HubRegistry for CrashHub {
             return Err(HubError::UnknownHub(hub.into()));
         }
         self.maybe_crash(CrashAt::BeforeUpsert).await;
+        if *self.fail.lock() {
+            return Err(HubError::unavailable("the hub is down"));
+        }
         if *self.refuse.lock() {
             return Err(HubError::Refused {
                 device_id: d.device_id.clone(),
@@ -410,7 +415,9 @@ async fn a_hub_that_refuses_leaves_neither_identity_nor_record_nor_intent() {
         e.recover_registrations().await.unwrap(),
         Recovery {
             completed: 0,
-            abandoned: 1
+            abandoned: 1,
+            superseded: 0,
+            postponed: 0
         }
     );
     assert!(intents(&store).await.is_empty());
@@ -440,4 +447,48 @@ async fn two_registrations_of_one_device_in_flight_finish_in_order() {
     assert_eq!(rec.substatus, Some(Substatus::ReprovisionedToInitialAssignment));
     assert!(intents(&store).await.is_empty());
     drop(e);
+}
+
+/// On a store several nodes share, a registration a dead node left unfinished is finished by
+/// another only once it is old enough to be no live node's; one the hub fails now stays for the
+/// next round (the identity may be written); one whose device registered again since is dropped,
+/// the newer record kept (decision 0031).
+#[tokio::test]
+async fn interrupted_registrations_wait_for_their_age_and_never_undo_a_newer_one() {
+    let (store, hub) = (Arc::new(MemoryStore::new()), Arc::new(CrashHub::default()));
+    let e = start(&store, &hub).await;
+    with_group(&e).await;
+    let age = std::time::Duration::from_secs(60);
+    register_and_crash(&e, &hub, &group_request("dev-a"), CrashAt::AfterUpsert).await;
+    register_and_crash(&e, &hub, &group_request("dev-b"), CrashAt::AfterUpsert).await;
+    assert_eq!(intents(&store).await.len(), 2);
+
+    // Too young: another node may still be finishing them.
+    let young = e.recover_stale_registrations(now(), age).await.unwrap();
+    assert_eq!(young, Recovery::default());
+    assert_eq!(intents(&store).await.len(), 2);
+
+    // The hub fails: both stay.
+    let later = now() + chrono::Duration::seconds(120);
+    *hub.fail.lock() = true;
+    let failed = e.recover_stale_registrations(later, age).await.unwrap();
+    assert_eq!(failed.postponed, 2);
+    assert_eq!(intents(&store).await.len(), 2);
+    *hub.fail.lock() = false;
+
+    // dev-b registers again meanwhile (through another node): its newer record stays.
+    let again = e
+        .register(later, &group_request("dev-b"), &DeviceRegistration::default())
+        .await
+        .unwrap();
+    let newer = again.operation().unwrap().operation_id.clone();
+    let done = e.recover_stale_registrations(later, age).await.unwrap();
+    assert_eq!((done.completed, done.superseded, done.postponed), (1, 1, 0));
+    assert!(intents(&store).await.is_empty());
+    assert_eq!(
+        record(&store, "dev-a").await.unwrap().status,
+        RegistrationStatus::Assigned
+    );
+    let kept = store.get_registration("dev-b").await.unwrap().unwrap();
+    assert_eq!(kept.operation_id.as_deref(), Some(newer.as_str()));
 }

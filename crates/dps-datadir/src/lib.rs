@@ -219,6 +219,11 @@ pub struct Runtime {
     /// AMQP port (absent in files written before AMQP existed: 0 then, meaning unknown).
     #[serde(default)]
     pub amqp_port: u16,
+    /// The address this node listens on, when it is a specific one that is also one of its
+    /// host names: where the client commands beside it reach this node rather than whichever
+    /// node its service host name leads to (several nodes serve one service, decision 0031).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Paths inside the data directory.

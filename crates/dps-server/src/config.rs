@@ -176,6 +176,10 @@ pub struct Limits {
     /// Seconds a custom allocation webhook has to answer (connection included); past it the
     /// registration fails (400208).
     pub webhook_timeout_secs: u64,
+    /// With a PostgreSQL store shared by several nodes: seconds after which a registration a
+    /// node left unfinished (it died between the hub write and the record) is finished by
+    /// another; longer than any registration takes on a live node.
+    pub interrupted_registration_secs: u64,
 }
 
 impl Default for Limits {
@@ -193,6 +197,7 @@ impl Default for Limits {
             c2d_ttl_secs: dps_hub::DEFAULT_C2D_TTL.as_secs(),
             max_upload_bytes: 256 * 1024 * 1024,
             webhook_timeout_secs: 10,
+            interrupted_registration_secs: dps_core::engine::INTERRUPTED_REGISTRATION_AGE.as_secs(),
         }
     }
 }
@@ -209,6 +214,7 @@ impl Limits {
             ("dps-session-timeout-secs", self.dps_session_timeout_secs),
             ("max-upload-bytes", self.max_upload_bytes),
             ("webhook-timeout-secs", self.webhook_timeout_secs),
+            ("interrupted-registration-secs", self.interrupted_registration_secs),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(format!(
@@ -230,6 +236,11 @@ impl Limits {
     /// [`Limits::c2d_ttl_secs`] as a duration.
     pub fn c2d_ttl(&self) -> Duration {
         Duration::from_secs(self.c2d_ttl_secs)
+    }
+
+    /// [`Limits::interrupted_registration_secs`] as a duration.
+    pub fn interrupted_registration_age(&self) -> Duration {
+        Duration::from_secs(self.interrupted_registration_secs)
     }
 
     /// [`Limits::webhook_timeout_secs`] as a duration.

@@ -200,6 +200,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                 ..QuotaConfig::DEFAULT
             },
             geo: config.geo().map_err(StartError::Config)?,
+            interrupted_registration_age: config.limits.interrupted_registration_age(),
             ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
         store,
@@ -253,6 +254,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         mqtt_port: mqtt_addr.port(),
         https_port: https_addr.port(),
         amqp_port: amqp_addr.port(),
+        address: Some(config.bind).filter(|ip| {
+            !ip.is_unspecified()
+                && config
+                    .hostnames
+                    .iter()
+                    .any(|h| h.parse::<std::net::IpAddr>() == Ok(*ip))
+        }),
     })?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -286,6 +294,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .collect();
         let hearing = db.clone().hear_other_nodes(bus.subscribe(), hubs);
         let dps = dps_store::PostgresStore::hear_other_nodes(bus.subscribe(), services.engine.clone());
+        tasks.spawn(finish_interrupted_registrations(
+            db.clone(),
+            services.engine.clone(),
+            config.limits.interrupted_registration_age(),
+            rx.clone(),
+        ));
         let mut shutdown = rx.clone();
         tasks.spawn(async move {
             tokio::select! {
@@ -470,6 +484,32 @@ impl Storage {
             HubStorage::Sqlite(db) => (Arc::new(db.hub(number, telemetry)?), db.held_before(number)),
             HubStorage::Postgres { db, held } => (Arc::new(db.hub(number)), held.contains(&number)),
         })
+    }
+}
+
+/// On a database several nodes share, while this node runs the housekeeping (decision 0031):
+/// every ten seconds, finishes the registrations a node left unfinished more than `age` ago
+/// (it died between the hub write and the record, and may never start again), so that no
+/// identity lacks its record for long.
+async fn finish_interrupted_registrations(
+    db: Arc<dps_store::PostgresHubDatabase>,
+    engine: Arc<Engine>,
+    age: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !db.runs_housekeeping() {
+            continue;
+        }
+        if let Err(e) = engine.recover_stale_registrations(chrono::Utc::now(), age).await {
+            tracing::warn!(error = %e, "registrations left unfinished by other nodes not finished; trying again");
+        }
     }
 }
 

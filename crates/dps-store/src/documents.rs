@@ -214,6 +214,11 @@ pub(crate) fn undecodable(table: &str, key: &str, e: serde_json::Error) -> Store
 /// implementation, written once ([`store_over_documents`]).
 #[async_trait]
 pub(crate) trait Documents: Send + Sync + 'static {
+    /// See [`dps_core::Store::shared`].
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Queues `op` and waits until its batch committed (durably), with `op`'s own outcome.
     async fn write(&self, op: Op) -> Result<(), StoreError>;
 
@@ -260,6 +265,10 @@ macro_rules! store_over_documents {
 
             #[async_trait]
             impl dps_core::Store for $backend {
+                fn shared(&self) -> bool {
+                    Documents::shared(self)
+                }
+
                 async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
                     self.get(Doc::Enrollments, key(id)).await
                 }

@@ -267,6 +267,11 @@ crate::documents::store_over_documents!(PostgresStore);
 
 #[async_trait]
 impl Documents for PostgresStore {
+    /// Every node of the database writes it.
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn write(&self, op: Op) -> Result<(), StoreError> {
         self.writer.write(op).await
     }

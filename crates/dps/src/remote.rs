@@ -4,7 +4,8 @@
 //! Resolution order (the same for every command, so scripts can rely on it):
 //! 1. connection string: `--connection-string` / `DPS_CONNECTION_STRING` (hub commands:
 //!    `--hub-connection-string` / `DPS_HUB_CONNECTION_STRING`), else the owner policy in the
-//!    identity file of `--data-dir` (default `./dps-data`, env `DPS_DATA_DIR`);
+//!    identity file of `--data-dir` (default `./dps-data`, env `DPS_DATA_DIR`), sent to the
+//!    address that server listens on when it is one of its host names (one node of several);
 //! 2. trusted CA: `--ca FILE`, else the data directory's `ca.pem`, else the system bundle;
 //! 3. port: `--port`, else the HTTPS port the server recorded at its last start (`server.json`),
 //!    else 443.
@@ -119,7 +120,15 @@ pub fn connection_string(explicit: Option<&str>, dir: &DataDir, api: Api) -> Res
         Api::Hub => (id.hub.host_name.clone(), id.hub.policies.first()),
     };
     let policy = policy.ok_or_else(|| anyhow!("{} has no shared-access policy", dir.identity_path().display()))?;
-    Ok(ConnectionString::service(&host, &policy.key_name, &policy.primary_key))
+    let mut cs = ConnectionString::service(&host, &policy.key_name, &policy.primary_key);
+    // Beside one node of several serving the service: that node, whatever the service's host
+    // name leads to.
+    cs.gateway_host_name = dir
+        .runtime()
+        .and_then(|r| r.address)
+        .map(|ip| ip.to_string())
+        .filter(|ip| *ip != host);
+    Ok(cs)
 }
 
 /// Resolves the target for `api` from flags, environment and the data directory.

@@ -145,6 +145,10 @@ struct LimitArgs {
     /// Seconds a custom allocation webhook has to answer [default: 10].
     #[arg(long, env = "DPS_WEBHOOK_TIMEOUT_SECS")]
     webhook_timeout_secs: Option<u64>,
+    /// With several nodes on one PostgreSQL store: seconds after which a registration a node
+    /// left unfinished (it died mid-way) is finished by another [default: 60].
+    #[arg(long, env = "DPS_INTERRUPTED_REGISTRATION_SECS")]
+    interrupted_registration_secs: Option<u64>,
 }
 
 impl LimitArgs {
@@ -164,7 +168,8 @@ impl LimitArgs {
             polls_per_device_per_10s,
             c2d_ttl_secs,
             max_upload_bytes,
-            webhook_timeout_secs
+            webhook_timeout_secs,
+            interrupted_registration_secs
         );
     }
 }

@@ -33,8 +33,15 @@ pub(super) enum Incomplete {
 pub struct Recovery {
     /// Interrupted registrations finished: identity and record both written.
     pub completed: usize,
-    /// Interrupted registrations given up because the hub refused them; nothing of theirs stays.
+    /// Interrupted registrations given up because the hub refused them (a rule of its, or a
+    /// disabled device); nothing of theirs stays.
     pub abandoned: usize,
+    /// Interrupted registrations dropped because the device's record is newer (it registered
+    /// again since, on a store several nodes share).
+    pub superseded: usize,
+    /// Interrupted registrations left for next time because the hub failed (it may have
+    /// written the identity): their intents stay.
+    pub postponed: usize,
 }
 
 /// The substatus of a finished registration: what the previous record said and whether the hub
@@ -97,6 +104,27 @@ impl Engine {
     /// would have without the crash. A store failure stops recovery (the intents stay, and the
     /// server should not start on a store it cannot write).
     pub async fn recover_registrations(&self) -> Result<Recovery, Error> {
+        self.recover_interrupted(None).await
+    }
+
+    /// On a store several nodes share (decision 0031), where a node may die in the middle of
+    /// registrations and never start again: finishes the registrations whose intent was
+    /// stored before `now - older_than` (longer than a registration takes on a live node, so
+    /// none of them is still being finished by its own node). The node that runs the
+    /// housekeeping calls it every few seconds; a node starting calls it instead of
+    /// [`Engine::recover_registrations`], which would finish the other nodes' registrations in
+    /// flight.
+    pub async fn recover_stale_registrations(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        older_than: std::time::Duration,
+    ) -> Result<Recovery, Error> {
+        let cutoff = now - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        self.recover_interrupted(Some(cutoff)).await
+    }
+
+    /// Finishes the stored intents (stored before `cutoff`, if given), oldest first.
+    async fn recover_interrupted(&self, cutoff: Option<chrono::DateTime<chrono::Utc>>) -> Result<Recovery, Error> {
         let mut intents = Vec::new();
         loop {
             let after = intents.last().map(|i: &RegistrationIntent| i.operation_id.clone());
@@ -110,6 +138,10 @@ impl Engine {
                 break;
             }
         }
+        let stored_at = |i: &RegistrationIntent| i.record.state.last_updated_date_time_utc;
+        if let Some(cutoff) = cutoff {
+            intents.retain(|i| stored_at(i).is_some_and(|t| t < cutoff));
+        }
         intents.sort_by(|a, b| {
             a.record
                 .state
@@ -120,10 +152,24 @@ impl Engine {
         let mut report = Recovery::default();
         for intent in &intents {
             let registration = &intent.record.state.registration_id;
+            if self.superseded(intent).await? {
+                // The device registered again since (through another node, or after this
+                // one came back): its newer record stays.
+                self.store.delete_registration_intent(&intent.operation_id).await?;
+                report.superseded += 1;
+                tracing::info!(registration = %registration, operation = %intent.operation_id, "dropped an interrupted registration: the device registered again since");
+                continue;
+            }
             match self.complete_registration(intent).await {
                 Ok(_) => {
                     report.completed += 1;
                     tracing::info!(registration = %registration, operation = %intent.operation_id, hub = %intent.hub, device = %intent.device.device_id, "finished a registration interrupted by a crash");
+                }
+                Err(Incomplete::Hub(e @ HubError::Unavailable(_))) => {
+                    // It may have written the identity before failing (or an earlier attempt
+                    // did): the intent stays, to be finished next time.
+                    report.postponed += 1;
+                    tracing::warn!(registration = %registration, operation = %intent.operation_id, hub = %intent.hub, error = %e, "could not finish a registration interrupted by a crash now: the hub failed; it is tried again");
                 }
                 Err(Incomplete::Hub(e)) => {
                     self.store.delete_registration_intent(&intent.operation_id).await?;
@@ -137,9 +183,24 @@ impl Engine {
             tracing::info!(
                 completed = report.completed,
                 abandoned = report.abandoned,
+                superseded = report.superseded,
+                postponed = report.postponed,
                 "recovered registrations interrupted by a crash"
             );
         }
         Ok(report)
+    }
+
+    /// Whether the device's stored record came from a later registration than `intent`.
+    async fn superseded(&self, intent: &RegistrationIntent) -> Result<bool, Error> {
+        let key = dps_proto::registration_id::key(&intent.record.state.registration_id);
+        let Some(record) = self.store.get_registration(&key).await? else {
+            return Ok(false);
+        };
+        let (theirs, ours) = (
+            record.state.last_updated_date_time_utc,
+            intent.record.state.last_updated_date_time_utc,
+        );
+        Ok(record.operation_id.as_deref() != Some(intent.operation_id.as_str()) && theirs > ours)
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod storm;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -196,13 +198,20 @@ impl Server {
     }
 }
 
-/// Spawns `dps serve` on `ip` with `data` and `extra_args`, its stderr into `log`, with no
-/// environment setting that would change where it listens.
+/// Spawns `dps serve` on `ip` with `data` and `extra_args` (host name `ip` unless they give
+/// theirs), its stderr into `log`, with no environment setting that would change where it
+/// listens.
 fn spawn_serve(ip: &str, data: &Path, extra_args: &[&str], log: std::fs::File) -> Child {
+    // Host names given (the nodes of one service all take the same ones) replace the address.
+    let hostname: &[&str] = match extra_args.contains(&"--hostname") {
+        true => &[],
+        false => &["--hostname", ip],
+    };
     Command::new(dps_bin())
         .args(["serve", "--data-dir"])
         .arg(data)
-        .args(["--bind", ip, "--hostname", ip, "--log", "info"])
+        .args(["--bind", ip, "--log", "info"])
+        .args(hostname)
         .args(extra_args)
         .env_remove("DPS_CONFIG")
         .env_remove("DPS_HTTPS_PORT")
