@@ -329,7 +329,9 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         webhook_ca,
     } = target;
     let hub_rest: Vec<_> = hub_rest.into_iter().chain(other_hubs).collect();
-    let host = rest.rest().host().to_string();
+    // Devices go where the service client's requests go (one node of several, when the data
+    // directory says so).
+    let host = rest.rest().address().to_string();
     let run_id = format!("bench-{:08x}", u32::from_be_bytes(prepare::rand_bytes::<4>()));
 
     let prepared = prepare::credentials(a.attestation, &run_id, controls.devices.map_or(0, |d| d + a.warmup)).await?;

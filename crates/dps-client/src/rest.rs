@@ -38,6 +38,8 @@ pub struct Reply {
 #[derive(Debug, Clone)]
 pub struct RestClient {
     host: String,
+    /// Where requests go: the gateway, else the host.
+    address: String,
     base: String,
     key_name: String,
     key: String,
@@ -78,6 +80,7 @@ impl RestClient {
         Ok(Self {
             // Tokens name the host; requests go to the gateway when there is one.
             base: format!("https://{}:{port}", url_host(connection_string.connect_host())),
+            address: connection_string.connect_host().to_string(),
             host,
             key_name: key_name.clone(),
             key: key.clone(),
@@ -88,6 +91,12 @@ impl RestClient {
     /// The host name from the connection string.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Where requests go: the connection string's `GatewayHostName`, else its host name (a
+    /// client beside one node of several talks to that node).
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     fn token(&self) -> Result<String, ClientError> {

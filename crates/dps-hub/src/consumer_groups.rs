@@ -97,7 +97,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Reads the stored groups (at open).
     /// Reads the groups again after another node changed them (decision 0031); a store that
     /// cannot be read now keeps the ones known, with a warning.
     pub(crate) async fn reload_consumer_groups(&self) {
@@ -107,6 +106,7 @@ impl Hub {
         }
     }
 
+    /// Reads the stored groups (at open).
     pub(crate) async fn load_consumer_groups(&self) -> Result<(), crate::store::HubStoreError> {
         let stored = self.inner.store.list_consumer_groups().await?;
         *self.inner.consumer_groups.write() = stored.into_iter().map(|g| (g.key(), g)).collect();

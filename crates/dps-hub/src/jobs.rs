@@ -400,12 +400,8 @@ impl Hub {
         };
         let record = self.job_record(job_id).await?.ok_or_else(not_found)?;
         if record.status.is_active() {
-            let cancel = self.inner.jobs.lock().cancels.get(job_id).cloned();
-            if let Some(cancel) = &cancel {
-                cancel.flag.store(true, Ordering::Release);
-                cancel.wake.notify_waiters();
-            }
-            let elsewhere = cancel.is_none() && self.inner.store.shared();
+            let here = self.stop_job(job_id);
+            let elsewhere = !here && self.inner.store.shared();
             if record.status == JobStatus::Queued || elsewhere {
                 // It reached no device (its task, woken, ends without more), or it runs on
                 // another node: cancelled now.
@@ -685,12 +681,15 @@ impl Hub {
         }
     }
 
-    /// Tells the task of a job running here to stop before its next device.
-    fn stop_job(&self, job_id: &str) {
-        if let Some(cancel) = self.inner.jobs.lock().cancels.get(job_id) {
-            cancel.flag.store(true, Ordering::Release);
-            cancel.wake.notify_waiters();
-        }
+    /// Tells the task of a job running (or waiting) here to stop before its next device;
+    /// whether one runs here.
+    fn stop_job(&self, job_id: &str) -> bool {
+        let Some(cancel) = self.inner.jobs.lock().cancels.get(job_id).cloned() else {
+            return false;
+        };
+        cancel.flag.store(true, Ordering::Release);
+        cancel.wake.notify_waiters();
+        true
     }
 
     /// On a shared store, on the node that runs the housekeeping: starts the task of every
@@ -731,7 +730,9 @@ impl Hub {
             return self.run_stored_jobs();
         }
         match self.inner.store.get_job(job_id).await {
-            Ok(stored) if stored.as_ref().is_none_or(|j| !j.status.is_active()) => self.stop_job(job_id),
+            Ok(stored) if stored.as_ref().is_none_or(|j| !j.status.is_active()) => {
+                self.stop_job(job_id);
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(job = job_id, error = %e, "changed job not read; its next write finds out"),
         }

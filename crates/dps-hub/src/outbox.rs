@@ -194,8 +194,12 @@ impl<R: Outgoing> Outbox<R> {
     /// Puts a batch back at the head, to be read again; `false` if no batch holds the lock.
     pub(crate) async fn release(&self, lock_token: &str, now: DateTime<Utc>) -> Result<bool, HubStoreError> {
         if self.store.shared() {
-            // The store tells every node (this one too) when the records are readable again.
-            return self.store.settle_outbox(R::KIND, lock_token, false, now).await;
+            // The store tells the other nodes that the records are readable again.
+            let released = self.store.settle_outbox(R::KIND, lock_token, false, now).await?;
+            if released {
+                self.wake();
+            }
+            return Ok(released);
         }
         let released = {
             let mut q = self.queue.lock();
@@ -217,10 +221,17 @@ impl<R: Outgoing> Outbox<R> {
 
     /// On a shared store, where the housekeeping bounds the stored rows: releases batches whose
     /// lock ran out and drops records past their time to live or over the count bound, in the
-    /// store (the store tells every node when records are readable again).
+    /// store (the store tells the other nodes when records are readable again).
     pub(crate) async fn tidy(&self, now: DateTime<Utc>) -> Result<(), HubStoreError> {
         let ttl = chrono::Duration::from_std(self.limits.ttl).unwrap_or(chrono::Duration::MAX);
-        self.store.tidy_outbox(R::KIND, now, now - ttl, self.limits.count).await
+        if self
+            .store
+            .tidy_outbox(R::KIND, now, now - ttl, self.limits.count)
+            .await?
+        {
+            self.wake();
+        }
+        Ok(())
     }
 
     /// Releases batches whose lock ran out and drops records past their time to live; returns

@@ -273,7 +273,7 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// On a shared store: deletes (`complete`), durably when it returns, or releases the
     /// records `lock_token` locks, if its lock has not run out at `now`; whether it held any.
-    /// A release tells every node that records are readable again.
+    /// A release tells the other nodes that records are readable again.
     async fn settle_outbox(
         &self,
         kind: OutboxKind,
@@ -289,15 +289,15 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// On a shared store, the housekeeping of the `kind` queue: releases the locks that ran out
     /// at `now`, deletes the unlocked records enqueued before `older_than`, then all but the
-    /// newest `keep` (the bound on unread records), telling every node when records became
-    /// readable again.
+    /// newest `keep` (the bound on unread records), telling the other nodes when records became
+    /// readable again; whether any did.
     async fn tidy_outbox(
         &self,
         kind: OutboxKind,
         now: chrono::DateTime<chrono::Utc>,
         older_than: chrono::DateTime<chrono::Utc>,
         keep: usize,
-    ) -> Result<(), HubStoreError> {
+    ) -> Result<bool, HubStoreError> {
         let _ = (kind, now, older_than, keep);
         Err(HubStoreError::NotShared {
             what: "service-bound queues",

@@ -297,7 +297,15 @@ async fn three_nodes_serve_one_service() {
 
     // Telemetry through C, read through B.
     common::publish_acked(&client, &mut ev, "devices/dev-1/messages/events/", r#"{"t":1}"#).await;
-    let seen = common::hub(&b).recent_events(Some("dev-1"), None, 10).await;
+    // Readable through B once B heard that it is stored (readers never see a gap fill in).
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen = common::hub(&b).recent_events(Some("dev-1"), None, 10).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body_json(), Some(serde_json::json!({"t": 1})));
 

@@ -409,7 +409,7 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
         now: chrono::DateTime<chrono::Utc>,
         older_than: chrono::DateTime<chrono::Utc>,
         keep: usize,
-    ) -> Result<(), HubStoreError> {
+    ) -> Result<bool, HubStoreError> {
         let _ = (kind, now, older_than, keep);
         Err(HubStoreError::NotShared {
             what: "service-bound queues",
@@ -850,7 +850,7 @@ macro_rules! hub_store_over_documents {
                     now: chrono::DateTime<chrono::Utc>,
                     older_than: chrono::DateTime<chrono::Utc>,
                     keep: usize,
-                ) -> Result<(), HubStoreError> {
+                ) -> Result<bool, HubStoreError> {
                     HubDocuments::tidy_outbox(self, kind, now, older_than, keep).await
                 }
 

@@ -865,10 +865,13 @@ async fn service_bound_queue_rows_are_locked_released_and_bounded() {
         .is_empty());
     // t1 ran out: it holds nothing, and the housekeeping frees its rows.
     assert!(!store.settle_outbox(fb, "t1", true, now + secs(2)).await.unwrap());
-    store
-        .tidy_outbox(fb, now + secs(2), now - secs(3600), 100)
-        .await
-        .unwrap();
+    assert!(
+        store
+            .tidy_outbox(fb, now + secs(2), now - secs(3600), 100)
+            .await
+            .unwrap(),
+        "a lock ran out: records are readable again"
+    );
     let again = store
         .lock_outbox(fb, "t4", 5, now + secs(2), now + secs(60))
         .await

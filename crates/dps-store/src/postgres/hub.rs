@@ -831,7 +831,7 @@ impl HubDocuments for PostgresHubStore {
         now: chrono::DateTime<chrono::Utc>,
         older_than: chrono::DateTime<chrono::Utc>,
         keep: usize,
-    ) -> Result<(), HubStoreError> {
+    ) -> Result<bool, HubStoreError> {
         let sql = OutboxSql::of(kind);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
@@ -867,7 +867,7 @@ impl HubDocuments for PostgresHubStore {
                 "service-bound queue tidied"
             );
         }
-        Ok(())
+        Ok(released > 0)
     }
 
     async fn get<T: DeserializeOwned + Send + 'static>(
