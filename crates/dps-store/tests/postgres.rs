@@ -813,6 +813,12 @@ async fn feedback_is_read_once_through_any_node() {
     assert!(b.receive_feedback(10).await.unwrap().is_none());
 }
 
+/// The keys of the feedback `store` holds.
+async fn stored_feedback(store: &dps_store::PostgresHubStore) -> Vec<u64> {
+    use dps_hub::store::HubStore;
+    store.load_feedback().await.unwrap().iter().map(|f| f.seq).collect()
+}
+
 /// The rows of a shared store's service-bound queues: locks are taken oldest first and never
 /// twice, a lock that ran out holds nothing and the housekeeping frees its rows, unread records
 /// past their time to live or over the bound are dropped (decision 0031).
@@ -880,28 +886,9 @@ async fn service_bound_queue_rows_are_locked_released_and_bounded() {
     // Released, then bounded to the newest unlocked one; then past its time to live.
     assert!(store.settle_outbox(fb, "t4", false, now + secs(2)).await.unwrap());
     store.tidy_outbox(fb, now + secs(2), now - secs(3600), 1).await.unwrap();
-    assert_eq!(
-        store
-            .load_feedback()
-            .await
-            .unwrap()
-            .iter()
-            .map(|f| f.seq)
-            .collect::<Vec<_>>(),
-        [12, 13]
-    );
+    assert_eq!(stored_feedback(&store).await, [12, 13]);
     store.tidy_outbox(fb, now + secs(2), now + secs(1), 100).await.unwrap();
-    assert_eq!(
-        store
-            .load_feedback()
-            .await
-            .unwrap()
-            .iter()
-            .map(|f| f.seq)
-            .collect::<Vec<_>>(),
-        [13],
-        "locked ones stay"
-    );
+    assert_eq!(stored_feedback(&store).await, [13], "locked ones stay");
     assert!(store.settle_outbox(fb, "t2", true, now + secs(2)).await.unwrap());
     assert!(store.load_feedback().await.unwrap().is_empty());
 

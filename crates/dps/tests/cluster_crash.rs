@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::storm::{check, storm, Storm, GROUP, GROUP_KEY};
+use common::storm::{check, create_group, storm, Storm};
 use common::Server;
 
 const NODES: [&str; 2] = ["127.0.12.21", "127.0.12.22"];
@@ -45,14 +45,7 @@ fn a_node_killed_in_a_registration_storm_loses_nothing_and_the_others_serve_on()
     ];
     let mut a = Server::start_with(NODES[0], &args);
     let b = Server::start_with(NODES[1], &args);
-    a.ok(&[
-        "enrollment-group",
-        "create",
-        "--group-id",
-        GROUP,
-        "--primary-key",
-        GROUP_KEY,
-    ]);
+    create_group(&a);
     let info = b.info();
     let scope = info["idScope"].as_str().unwrap().to_string();
     let hub = info["hubHostName"].as_str().unwrap().to_string();

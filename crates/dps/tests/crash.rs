@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::storm::{check, storm, Storm, GROUP, GROUP_KEY};
+use common::storm::{check, create_group, storm, Storm};
 use common::Server;
 use dps_proto::sas::build_token;
 use serde_json::Value;
@@ -68,14 +68,7 @@ fn sigkill_during_a_registration_storm_loses_nothing_and_orphans_nothing() {
         .build()
         .unwrap();
     let mut server = Server::start(IP);
-    server.ok(&[
-        "enrollment-group",
-        "create",
-        "--group-id",
-        GROUP,
-        "--primary-key",
-        GROUP_KEY,
-    ]);
+    create_group(&server);
     let info = server.info();
     let scope = info["idScope"].as_str().unwrap().to_string();
 

@@ -23,6 +23,18 @@ const API: &str = "2021-06-01";
 /// How many devices register at once.
 const CONCURRENCY: usize = 48;
 
+/// Creates the storm's enrollment group through `server`.
+pub fn create_group(server: &Server) {
+    server.ok(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        GROUP,
+        "--primary-key",
+        GROUP_KEY,
+    ]);
+}
+
 /// How a device's registration ended.
 enum Outcome {
     /// Told `assigned`.
