@@ -22,7 +22,8 @@ const RECOVERY_PAGE: usize = 500;
 /// Why a registration could not be finished.
 #[derive(Debug)]
 pub(super) enum Incomplete {
-    /// The hub refused or failed; it changed nothing, so the intent can be dropped.
+    /// The hub refused (it changed nothing: the intent can be dropped) or failed (it may have
+    /// written the identity, now or on an earlier attempt: the intent stays).
     Hub(HubError),
     /// The record could not be committed; the intent stays for the next start-up.
     Store(StoreError),
