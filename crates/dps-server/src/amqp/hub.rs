@@ -152,32 +152,29 @@ impl Outlet {
 
     /// Puts a batch back, in the background (on a shared store that is a write).
     fn abandon(self, hub: &dps_hub::Hub, lock: &str) {
-        let (hub, lock) = (hub.clone(), lock.to_string());
-        tokio::spawn(async move {
-            let released = match self {
-                Outlet::Feedback => hub.abandon_feedback(&lock).await,
-                Outlet::FileNotifications => hub.abandon_file_notification(&lock).await,
-            };
-            if let Err(e) = released {
-                tracing::warn!(error = %e, outlet = ?self, "batch not put back; it is read again when its lock runs out");
-            }
-        });
+        self.settle(hub, lock.to_string(), false);
     }
 
     /// The backend's outcome (`None`: its link or connection went first): accepted or rejected
     /// completes the batch (IoT Hub dead-letters rejected ones), anything else puts it back.
     fn settled(self, hub: &dps_hub::Hub, lock: String, state: Option<DeliveryState>) {
-        if !matches!(state, Some(DeliveryState::Accepted(_) | DeliveryState::Rejected(_))) {
-            return self.abandon(hub, &lock);
-        }
+        let complete = matches!(state, Some(DeliveryState::Accepted(_) | DeliveryState::Rejected(_)));
+        self.settle(hub, lock, complete);
+    }
+
+    /// Completes (`complete`) or puts back the batch `lock` holds, in the background; a failure
+    /// leaves it to be read again when its lock runs out.
+    fn settle(self, hub: &dps_hub::Hub, lock: String, complete: bool) {
         let hub = hub.clone();
         tokio::spawn(async move {
-            let done = match self {
-                Outlet::Feedback => hub.complete_feedback(&lock).await,
-                Outlet::FileNotifications => hub.complete_file_notification(&lock).await,
+            let done = match (self, complete) {
+                (Outlet::Feedback, true) => hub.complete_feedback(&lock).await,
+                (Outlet::Feedback, false) => hub.abandon_feedback(&lock).await,
+                (Outlet::FileNotifications, true) => hub.complete_file_notification(&lock).await,
+                (Outlet::FileNotifications, false) => hub.abandon_file_notification(&lock).await,
             };
             if let Err(e) = done {
-                tracing::warn!(error = %e, outlet = ?self, "completed batch not deleted; it will be read again");
+                tracing::warn!(error = %e, outlet = ?self, complete, "batch not settled; it is read again when its lock runs out");
             }
         });
     }

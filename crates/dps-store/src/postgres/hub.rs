@@ -369,7 +369,21 @@ struct OutboxSql {
 }
 
 impl OutboxSql {
-    fn of(kind: OutboxKind) -> OutboxSql {
+    /// `kind`'s statements, made once.
+    fn of(kind: OutboxKind) -> &'static OutboxSql {
+        static BOTH: std::sync::LazyLock<[OutboxSql; 2]> = std::sync::LazyLock::new(|| {
+            [
+                OutboxSql::make(OutboxKind::Feedback),
+                OutboxSql::make(OutboxKind::FileNotifications),
+            ]
+        });
+        &BOTH[match kind {
+            OutboxKind::Feedback => 0,
+            OutboxKind::FileNotifications => 1,
+        }]
+    }
+
+    fn make(kind: OutboxKind) -> OutboxSql {
         let table = outbox_names(kind).1;
         let enqueued = match kind {
             OutboxKind::Feedback => "enqueuedAt",
@@ -651,6 +665,25 @@ impl PostgresHubStore {
         self.db.pool.get().await.map_err(backend)
     }
 
+    /// Runs one write outside the writer task and, if it changed any row, sends `notice` in
+    /// its transaction (delivered only if it commits); whether it changed any.
+    async fn write_telling(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        notice: Option<String>,
+    ) -> Result<bool, HubStoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        let stmt = tx.prepare_cached(sql).await.map_err(backend)?;
+        let n = tx.execute(&stmt, params).await.map_err(backend)?;
+        if let Some(notice) = notice.filter(|_| n > 0) {
+            tx.execute(NOTIFY, &[&notice]).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(n > 0)
+    }
+
     /// The telemetry rows `sql` selects (one column: the encoded message), decoded.
     async fn events(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<TelemetryMessage>, HubStoreError> {
         let client = self.client().await?;
@@ -710,16 +743,9 @@ impl HubDocuments for PostgresHubStore {
     async fn put_job_if_active(&self, key: &str, doc: String) -> Result<bool, HubStoreError> {
         const IF_ACTIVE: &str = "UPDATE jobs SET doc = $3 WHERE hub = $1 AND id = $2 \
              AND doc::jsonb ->> 'status' IN ('queued', 'running')";
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let n = tx.execute(IF_ACTIVE, &[&self.hub, &key, &doc]).await.map_err(backend)?;
-        if n > 0 {
-            tx.execute(NOTIFY, &[&job_notice(self.hub, &self.db.node, key)])
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(n > 0)
+        let notice = job_notice(self.hub, &self.db.node, key);
+        self.write_telling(IF_ACTIVE, &[&self.hub, &key, &doc], Some(notice))
+            .await
     }
 
     async fn lock_c2d(
@@ -806,23 +832,11 @@ impl HubDocuments for PostgresHubStore {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, HubStoreError> {
         let sql = OutboxSql::of(kind);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(backend)?;
-        let stmt = tx
-            .prepare_cached(if complete { &sql.complete } else { &sql.release })
+        // A release makes records readable again: the other nodes' receivers look.
+        let notice = (!complete).then(|| outbox_notice(self.hub, &self.db.node, kind));
+        let statement = if complete { &sql.complete } else { &sql.release };
+        self.write_telling(statement, &[&self.hub, &lock_token, &now.timestamp_millis()], notice)
             .await
-            .map_err(backend)?;
-        let n = tx
-            .execute(&stmt, &[&self.hub, &lock_token, &now.timestamp_millis()])
-            .await
-            .map_err(backend)?;
-        if n > 0 && !complete {
-            tx.execute(NOTIFY, &[&outbox_notice(self.hub, &self.db.node, kind)])
-                .await
-                .map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
-        Ok(n > 0)
     }
 
     async fn tidy_outbox(
