@@ -5,6 +5,9 @@
 #
 #   scripts/pg-test-cluster.sh start DIR   creates and starts the cluster in DIR (which must not
 #                                          exist), prints its URL: postgres://dps@127.0.0.1:PORT/dps
+#                                          The server speaks TLS too, with a certificate for
+#                                          localhost and 127.0.0.1 from a CA made for the cluster,
+#                                          DIR/ca.pem (what the TLS tests verify it against).
 #   scripts/pg-test-cluster.sh stop DIR    stops it (immediately) and removes DIR
 #   scripts/pg-test-cluster.sh halt DIR    stops it (fast shutdown, as for a restart) and keeps DIR
 #   scripts/pg-test-cluster.sh resume DIR  starts a halted cluster again, at the same port
@@ -36,7 +39,7 @@ fi
 run_server() {
     # Enough connections for the parallel tests, each with its own pool.
     "${as_owner[@]}" "$bin/pg_ctl" -D "$1/data" -l "$1/postgres.log" -w -t 60 \
-        -o "-h 127.0.0.1 -p $2 -k $1 -c max_connections=400 -c shared_buffers=128MB" start >/dev/null ||
+        -o "-h 127.0.0.1 -p $2 -k $1 -c max_connections=400 -c shared_buffers=128MB -c ssl=on -c ssl_cert_file=$1/server.pem -c ssl_key_file=$1/server.key" start >/dev/null ||
         { cat "$1/postgres.log" >&2; exit 1; }
 }
 
@@ -55,6 +58,20 @@ start)
     "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U dps -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$dir/initdb.log" 2>&1 ||
         { cat "$dir/initdb.log" >&2; exit 1; }
     echo "$port" >"$dir/port"
+    # A CA of the cluster's own and a server certificate it issued (ECDSA P-256, 30 days).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=dps test PostgreSQL CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 30 \
+        -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n') \
+        -out "$dir/server.pem" 2>/dev/null
+    chmod 600 "$dir/server.key"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        chown nobody:nogroup "$dir/server.key" "$dir/server.pem"
+    fi
     run_server "$dir" "$port"
     "$bin/psql" -q -h 127.0.0.1 -p "$port" -U dps -d postgres -c "CREATE DATABASE dps" >/dev/null
     echo "postgres://dps@127.0.0.1:$port/dps"

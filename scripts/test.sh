@@ -65,6 +65,8 @@ step "PostgreSQL test cluster"
 PG_DIR="$(mktemp -u "${TMPDIR:-/tmp}/dps-pg.XXXXXX")"
 DPS_TEST_POSTGRES="$(bash scripts/pg-test-cluster.sh start "$PG_DIR")"
 export DPS_TEST_POSTGRES
+# The CA of the cluster's TLS certificate (the TLS tests verify the server against it).
+export DPS_TEST_POSTGRES_CA="$PG_DIR/ca.pem"
 echo "PostgreSQL at $DPS_TEST_POSTGRES"
 
 step "Rust tests"

@@ -214,6 +214,41 @@ impl RegistrationRecord {
     }
 }
 
+/// An outstanding TPM challenge (the first step of TPM attestation) as a store shared by several
+/// nodes keeps it, so that the device's signed registration may reach another node than its
+/// challenge request did (decision 0031). A store of one node never sees one: the engine keeps
+/// its challenges in memory then.
+pub struct StoredTpmChallenge {
+    /// Assigned by the store ([`Store::tpm_challenges`]); ignored by [`Store::put_tpm_challenge`].
+    pub id: i64,
+    /// The lower-cased registration id ([`dps_proto::registration_id::key`]).
+    pub registration_key: String,
+    /// The challenge key the device's TPM signs its SAS token with: a secret, redacted in
+    /// `Debug` and wiped when dropped.
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+    /// The EK (`TPM2B_PUBLIC`) the key was wrapped for.
+    pub ek: Vec<u8>,
+    /// The SRK (`TPM2B_PUBLIC`) the key was wrapped for.
+    pub srk: Vec<u8>,
+    /// When the challenge lapses.
+    pub expires: chrono::DateTime<chrono::Utc>,
+    /// Spent by a registration ([`Store::spend_tpm_challenge`]): it may authenticate the
+    /// device's polls still, but starts no other registration.
+    pub spent: bool,
+}
+
+impl std::fmt::Debug for StoredTpmChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredTpmChallenge")
+            .field("id", &self.id)
+            .field("registration_key", &self.registration_key)
+            .field("key", &"<redacted>")
+            .field("expires", &self.expires)
+            .field("spent", &self.spent)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Durable storage of enrollments, groups and registration records.
 ///
 /// Writes carry the new document (with its new etag already set by the engine) and the caller's
@@ -302,6 +337,38 @@ pub trait Store: Send + Sync + 'static {
     async fn put_linked_hub(&self, hub: &LinkedHubDescription) -> Result<(), StoreError>;
     /// Removes the linked hub `name`; [`StoreError::NotFound`] when there is none.
     async fn delete_linked_hub(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Keeps a new TPM challenge where every node sees it, keeping at most `keep` of the
+    /// registration's unexpired ones (the newest) and dropping its expired ones. Only
+    /// called on a [`Store::shared`] store; the others refuse. Need not be durable: a
+    /// challenge lost to a crash is asked for again.
+    async fn put_tpm_challenge(
+        &self,
+        _now: chrono::DateTime<chrono::Utc>,
+        _challenge: &StoredTpmChallenge,
+        _keep: usize,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::backend(
+            "this store is not shared: the engine keeps TPM challenges in memory",
+        ))
+    }
+    /// The unexpired challenges of `registration_key` (spent or not), oldest first.
+    async fn tpm_challenges(
+        &self,
+        _now: chrono::DateTime<chrono::Utc>,
+        _registration_key: &str,
+    ) -> Result<Vec<StoredTpmChallenge>, StoreError> {
+        Err(StoreError::backend(
+            "this store is not shared: the engine keeps TPM challenges in memory",
+        ))
+    }
+    /// Spends the challenge `id`: true for the one caller that spent it, false when it was spent
+    /// or gone already (another node spent it first).
+    async fn spend_tpm_challenge(&self, _id: i64) -> Result<bool, StoreError> {
+        Err(StoreError::backend(
+            "this store is not shared: the engine keeps TPM challenges in memory",
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -178,8 +178,12 @@ async fn challenge_then_tpm_signed_sas_assigns_and_delivers_the_hub_key() {
     assert_eq!(rec.status, RegistrationStatus::Assigned);
     assert!(rec.tpm.is_none());
 
-    // The challenge was used: the same token cannot register again.
+    // The spent challenge still authenticates the device's reads while it lasts (a poll that
+    // reaches another node than the registration did, its registration status)...
     let again = request("tpm-device-1", sas("tpm-device-1", &key, start()));
+    let status = e.registration_status(start(), &again).await.unwrap();
+    assert_eq!(status.device_id.as_deref(), Some("tpm-device-1"));
+    // ...but the same token cannot register again.
     let err = e.register(start(), &again, &body(tpm)).await.unwrap_err();
     // Answered like any unmatched SAS token (a distinct answer would reveal the TPM
     // enrollment to whoever asks), with the hint a TPM device needs.

@@ -14,7 +14,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -187,6 +187,16 @@ pub fn client_config_with_system_roots(extra_ca_pem: Option<&str>) -> Result<Arc
         Some(pem) => roots(pem)?,
         None => RootCertStore::empty(),
     };
+    add_system_roots(&mut roots)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Adds the system's certificate authorities to `roots`; fails when `roots` is still empty.
+fn add_system_roots(roots: &mut RootCertStore) -> Result<(), PkiError> {
     let system = rustls_native_certs::load_native_certs();
     // Certificates rustls cannot parse are skipped, as every TLS stack skips them.
     let (added, _ignored) = roots.add_parsable_certificates(system.certs);
@@ -198,11 +208,113 @@ pub fn client_config_with_system_roots(extra_ca_pem: Option<&str>) -> Result<Arc
         };
         return Err(PkiError::NoSystemRoots(why));
     }
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(VERSIONS)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(())
+}
+
+/// How much of a server's certificate a client checks: the three choices PostgreSQL's clients
+/// offer (libpq's `sslmode`), which is where dps meets them — operators already know them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCheck {
+    /// Encrypt, accept any certificate (`sslmode=prefer|require`). The handshake signature is
+    /// still verified, so the session is with whoever holds the key of the certificate shown:
+    /// this defeats a listener on the wire, not a man in the middle.
+    EncryptOnly,
+    /// The chain must lead to a trusted CA, whatever name it was issued for (`verify-ca`).
+    Chain,
+    /// The chain and the name the client dialled (`verify-full`), as every other client of dps
+    /// checks servers.
+    Full,
+}
+
+/// A client configuration that checks servers as `check` says, trusting the CA certificate(s)
+/// in `ca_pem`, or the system's when none are given. The connections dps opens to its
+/// PostgreSQL store use it (decision 0032).
+pub fn client_config_checking(check: ServerCheck, ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, PkiError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
+    let trusted = || -> Result<RootCertStore, PkiError> {
+        match ca_pem {
+            Some(pem) => roots(pem),
+            None => {
+                let mut roots = RootCertStore::empty();
+                add_system_roots(&mut roots)?;
+                Ok(roots)
+            }
+        }
+    };
+    let config = match check {
+        ServerCheck::Full => builder.with_root_certificates(trusted()?),
+        ServerCheck::Chain | ServerCheck::EncryptOnly => {
+            let chain = match check {
+                ServerCheck::Chain => Some(
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(trusted()?), provider.clone())
+                        .build()
+                        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?,
+                ),
+                _ => None,
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(LenientServerVerifier {
+                    chain,
+                    algorithms: provider.signature_verification_algorithms,
+                }))
+        }
+    };
+    Ok(Arc::new(config.with_no_client_auth()))
+}
+
+/// The server verifier of [`ServerCheck::EncryptOnly`] (no `chain`) and [`ServerCheck::Chain`]:
+/// the standard WebPKI check of the chain when there is one, a name it was not issued for
+/// forgiven; the handshake signature always verified.
+#[derive(Debug)]
+struct LenientServerVerifier {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for LenientServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // webpki checks the name last, after the chain: this error means the chain is good.
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// Like [`client_config`], presenting `cert_chain_pem` (leaf first) with `key_pem` as the client

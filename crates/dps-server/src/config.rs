@@ -388,7 +388,7 @@ impl ServerConfig {
     pub fn store_display(&self) -> String {
         match &self.store {
             None => format!("SQLite files in {}", self.data_dir.display()),
-            Some(url) => format!("PostgreSQL {}", without_password(url)),
+            Some(url) => format!("PostgreSQL {}", dps_store::postgres::without_password(url)),
         }
     }
 
@@ -593,18 +593,6 @@ impl ServerConfig {
             .find(|h| h.contains('.'))
             .cloned()
             .unwrap_or_else(|| "127.0.0.1".to_string())
-    }
-}
-
-/// A store URL without its password, for logs.
-fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
     }
 }
 

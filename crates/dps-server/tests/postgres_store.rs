@@ -329,3 +329,83 @@ async fn three_nodes_serve_one_service() {
         s.shutdown().await;
     }
 }
+
+/// A TPM device may send its challenge request to one node and its signed registration to
+/// another (issue 15 point 2, decision 0031): the challenge lives in the database, and is
+/// consumed once, whichever node consumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_challenge_from_one_node_is_answered_through_another() {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine as _;
+    use dps_tpm::software::SoftwareTpm;
+    use serde_json::json;
+    const NODES: [&str; 2] = ["127.0.38.71", "127.0.38.72"];
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
+    let node = |i: usize| {
+        let (url, dir) = (url.clone(), dirs[i].path().to_path_buf());
+        async move {
+            common::hub_server_with(NODES[i], &dir, move |c| {
+                c.store = Some(url);
+                c.hostnames = NODES.map(String::from).to_vec();
+            })
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(node(0), node(1));
+    let scope = a.services.identity.id_scope.clone();
+
+    let tpm = SoftwareTpm::generate(&mut rand::thread_rng()).unwrap();
+    let reg = dps_tpm::registration_id(&tpm.endorsement_key());
+    common::enroll_tpm(&a, &reg, &tpm.endorsement_key()).await;
+    let path = format!("/{scope}/registrations/{reg}/register?api-version=2021-06-01");
+    let body = json!({
+        "registrationId": reg,
+        "tpm": {"endorsementKey": B64.encode(tpm.endorsement_key()), "storageRootKey": B64.encode(tpm.storage_root_key())},
+    });
+    let challenge = common::https(&a, "PUT", &path, None, Some(&body)).await;
+    assert_eq!(challenge.status, 401, "{}", challenge.body);
+    let blob = B64
+        .decode(challenge.body["authenticationKey"].as_str().unwrap())
+        .unwrap();
+    let key = tpm.activate(&blob).unwrap();
+    let sas = dps_proto::sas::build_token(
+        &format!("{scope}/registrations/{reg}"),
+        &B64.encode(&key[..]),
+        chrono::Utc::now().timestamp() as u64 + 2400,
+        Some("registration"),
+    )
+    .unwrap();
+
+    // Signed with the key of A's challenge, accepted by B, polled through A.
+    let accepted = common::https(&b, "PUT", &path, Some(&sas), Some(&body)).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let op = accepted.body["operationId"].as_str().unwrap();
+    let poll = format!("/{scope}/registrations/{reg}/operations/{op}?api-version=2021-06-01");
+    let mut done = common::https(&a, "GET", &poll, Some(&sas), None).await;
+    for _ in 0..50 {
+        if done.body["status"] != "assigning" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        done = common::https(&a, "GET", &poll, Some(&sas), None).await;
+    }
+    assert_eq!(done.body["status"], "assigned", "{}", done.body);
+    let hub_blob = B64
+        .decode(
+            done.body["registrationState"]["tpm"]["authenticationKey"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let hub_key = tpm.activate(&hub_blob).unwrap();
+    let device = common::hub(&b).get_device(&reg).await.expect("hub device");
+    let keys = device.authentication.unwrap().symmetric_key.unwrap();
+    assert_eq!(keys.primary_key.unwrap(), B64.encode(&hub_key[..]));
+
+    // The challenge was consumed: the same token starts nothing more, through either node.
+    for node in [&a, &b] {
+        let again = common::https(node, "PUT", &path, Some(&sas), Some(&body)).await;
+        assert_eq!(again.status, 401, "{}", again.body);
+    }
+}

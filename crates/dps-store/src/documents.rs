@@ -254,8 +254,10 @@ pub(crate) const SMALL_TABLE: usize = 1000;
 
 /// Implements [`Store`] for a [`Documents`] backend (a macro rather than a blanket impl: the
 /// orphan rule forbids implementing dps-core's trait for every `D`).
+///
+/// Methods a backend implements besides (the shared stores' TPM challenges) follow a `;`.
 macro_rules! store_over_documents {
-    ($backend:ty) => {
+    ($backend:ty $(; $($extra:tt)*)?) => {
         const _: () = {
             use async_trait::async_trait;
             use dps_core::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, StoreError, WriteCondition};
@@ -452,6 +454,8 @@ macro_rules! store_over_documents {
                     })
                     .await
                 }
+
+                $($($extra)*)?
             }
         };
     };

@@ -11,27 +11,27 @@
 //! under an advisory lock).
 
 mod bus;
+mod challenges;
 mod commands;
+mod connection;
 mod files;
 mod hub;
 mod migrations;
 mod peers;
 mod writer;
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Object, Pool};
 use dps_core::StoreError;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::NoTls;
 
 use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
 use crate::stats::StoreStats;
 pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
 pub use commands::store_change;
+pub use connection::without_password;
+use connection::Settings;
 pub use hub::{HubNotice, Notice, PostgresHubDatabase, PostgresHubStore};
 pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 
@@ -39,10 +39,6 @@ pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_V
 /// lookups by key; more connections than this only add contention on a small machine, and
 /// every node's pool counts against the server's `max_connections`.
 const MAX_READ_CONNECTIONS: usize = 16;
-
-/// How long a request waits for a connection, or for one to be opened, before it fails (and
-/// the device is told to retry) rather than hanging while PostgreSQL is down.
-const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 
 /// Why [`PostgresStore::connect`] failed. Nothing is left half-done: a failed migration is
 /// rolled back.
@@ -57,9 +53,22 @@ pub enum PgOpenError {
     #[error("cannot set up the PostgreSQL connection pool: {0}")]
     Pool(#[source] deadpool_postgres::BuildError),
     /// The server could not be reached in time, or refused the connection (wrong address,
-    /// credentials or database; a server that requires TLS).
-    #[error("cannot connect to PostgreSQL: {0}")]
+    /// credentials or database; TLS required by one side and refused by the other; a server
+    /// certificate that failed the check `sslmode` asks for, whose reason this carries).
+    #[error("cannot connect to PostgreSQL: {}", causes(.0))]
     Connect(#[source] deadpool_postgres::PoolError),
+    /// The URL's `sslrootcert` names a file that cannot be read.
+    #[error("cannot read the PostgreSQL root certificate file {path}: {source}")]
+    RootCertificate {
+        /// The file, as the URL names it.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// The TLS configuration for PostgreSQL could not be built: the root certificate file holds
+    /// no usable certificate, or `sslmode=verify-*` without `sslrootcert` found no system CAs.
+    #[error("cannot set up TLS to PostgreSQL: {0}")]
+    Tls(#[source] dps_pki::PkiError),
     /// A schema migration failed; its transaction was rolled back.
     #[error("PostgreSQL store migration to schema version {version} failed: {source}")]
     Migration {
@@ -171,7 +180,7 @@ impl PostgresStore {
 /// A pool of connections to the database at `url`, whose `schema` is brought up to date (safely
 /// when several nodes start at once).
 async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenError> {
-    let pool = pool_of(client_config(url, "dps")?, MAX_READ_CONNECTIONS)?;
+    let pool = Settings::of(url, "dps")?.pool(MAX_READ_CONNECTIONS)?;
     let mut first = pool.get().await.map_err(PgOpenError::Connect)?;
     let applied = migrations::apply(&mut first, schema).await?;
     tracing::info!(
@@ -180,40 +189,6 @@ async fn connect(url: &str, schema: &migrations::Schema) -> Result<Pool, PgOpenE
         "opened PostgreSQL database"
     );
     Ok(pool)
-}
-
-/// A pool of at most `size` connections made with `config`, bounded in waiting as every call
-/// must be (a request fails in seconds rather than hangs while PostgreSQL is away).
-fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool, PgOpenError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(CONNECTION_WAIT))
-        .create_timeout(Some(CONNECTION_WAIT))
-        .recycle_timeout(Some(CONNECTION_WAIT))
-        .build()
-        .map_err(PgOpenError::Pool)
-}
-
-/// The client settings of `url`, with the connect timeout a node needs (a request must not hang
-/// while PostgreSQL is away) and `application_name` (what `pg_stat_activity` shows) unless the
-/// URL sets them.
-fn client_config(url: &str, application_name: &str) -> Result<tokio_postgres::Config, PgOpenError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(PgOpenError::Url)?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECTION_WAIT);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name(application_name);
-    }
-    Ok(config)
 }
 
 /// A PostgreSQL failure as the engine sees it: unavailable (the device is told to retry) when
@@ -226,7 +201,8 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// `e` as an operator reads it: the client's (or the pool's) summary ("db error") and, when the
-/// server sent the error behind it, the server's message and SQLSTATE.
+/// server sent the error behind it, the server's message and SQLSTATE; else the causes behind
+/// the summary (a TLS handshake that failed says which certificate check did).
 pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = Some(e);
     while let Some(c) = cause {
@@ -235,7 +211,22 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cause = c.source();
     }
-    format!("PostgreSQL: {e}")
+    format!("PostgreSQL: {}", causes(e))
+}
+
+/// `e` and every cause behind it, each once ("a: b: c"): the pool's and the client's errors say
+/// only what failed, their sources why.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether `e` says the server cannot be reached now rather than that it refused the statement:
@@ -263,7 +254,28 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-crate::documents::store_over_documents!(PostgresStore);
+crate::documents::store_over_documents!(PostgresStore;
+    async fn put_tpm_challenge(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        challenge: &dps_core::store::StoredTpmChallenge,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        self.put_challenge(now, challenge, keep).await
+    }
+
+    async fn tpm_challenges(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        registration_key: &str,
+    ) -> Result<Vec<dps_core::store::StoredTpmChallenge>, StoreError> {
+        self.challenges(now, registration_key).await
+    }
+
+    async fn spend_tpm_challenge(&self, id: i64) -> Result<bool, StoreError> {
+        self.spend_challenge(id).await
+    }
+);
 
 #[async_trait]
 impl Documents for PostgresStore {
@@ -333,6 +345,17 @@ pub mod testing {
     /// The variable holding the URL of a database on the test server whose user may create
     /// databases (`scripts/test.sh` sets it from its throwaway cluster).
     pub const URL_VARIABLE: &str = "DPS_TEST_POSTGRES";
+
+    /// The variable holding the path of the CA certificate that issued the test server's TLS
+    /// certificate (for `localhost` and `127.0.0.1`; `scripts/pg-test-cluster.sh` makes both).
+    pub const CA_VARIABLE: &str = "DPS_TEST_POSTGRES_CA";
+
+    /// The path in [`CA_VARIABLE`]; panics, saying how to run the tests, when it is not set.
+    pub fn ca_file() -> String {
+        std::env::var(CA_VARIABLE).unwrap_or_else(|_| {
+            panic!("{CA_VARIABLE} is not set: run the tests through ./scripts/test.sh, which starts a throwaway PostgreSQL with TLS")
+        })
+    }
 
     /// Creates a new, empty database on the test server and returns its URL. Panics, saying how
     /// to run the tests, when [`URL_VARIABLE`] is not set or the server cannot be reached: a

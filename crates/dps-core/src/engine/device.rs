@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::attestation::{check_body_id, sas_refused, Attested, Credential, DeviceRequest, Matched};
 use super::groups::CachedGroup;
 use super::recovery::Incomplete;
+use super::tpm::TpmUse;
 use super::{DeviceResponse, Engine, Registered};
 use crate::error::{AllocationError, Error, InvalidArgument, SasRefusal};
 use crate::hub::{DeviceAuth, DeviceProvisioning, HubError, TwinPolicy};
@@ -248,7 +249,7 @@ impl Engine {
     /// is how Azure reports it and what the SDKs expect. TPM cannot be authenticated ahead of a
     /// register: its proof is the one-use challenge the register request itself obtains.
     pub async fn authenticate(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Authenticated, Error> {
-        self.authenticate_with(now, req, false).await
+        self.authenticate_with(now, req, TpmUse::Refuse).await
     }
 
     /// [`Engine::authenticate`] for a TPM device at the end of a challenge exchange on its
@@ -261,22 +262,19 @@ impl Engine {
         now: DateTime<Utc>,
         req: &DeviceRequest,
     ) -> Result<Authenticated, Error> {
-        self.authenticate_with(now, req, true).await
+        self.authenticate_with(now, req, TpmUse::Spend).await
     }
 
-    /// `tpm`: whether a SAS for a TPM enrollment may be judged (and its challenge spent).
+    /// `tpm`: what a SAS for a TPM enrollment may do.
     async fn authenticate_with(
         &self,
         now: DateTime<Utc>,
         req: &DeviceRequest,
-        tpm: bool,
+        tpm: TpmUse,
     ) -> Result<Authenticated, Error> {
         self.check_request(req)?;
         let groups = self.groups.snapshot();
-        let attested = match &req.credential {
-            Credential::Sas(token) => self.attest_sas(now, req, token, tpm).await?,
-            _ => self.attest(now, req).await?,
-        };
+        let attested = self.attest(now, req, tpm).await?;
         let individual_etag = match &attested.matched {
             Matched::Individual(e) => Some(e.etag.clone()),
             Matched::Group(_) => None,
@@ -305,7 +303,7 @@ impl Engine {
                 return Ok(auth.attested.clone());
             }
         }
-        self.attest(now, req).await
+        self.attest(now, req, TpmUse::Spend).await
     }
 
     async fn register_with(
@@ -324,7 +322,7 @@ impl Engine {
         self.quotas.registration(now).map_err(|t| self.refused(req, t))?;
         let attested = match authenticated {
             Some(auth) => self.reattest(now, req, auth).await,
-            None => self.attest(now, req).await,
+            None => self.attest(now, req, TpmUse::Spend).await,
         };
         let attested = match attested {
             Ok(a) => a,
@@ -403,12 +401,12 @@ impl Engine {
             if op_key != key {
                 // Authenticate first, as for an unknown id, so the answer does not tell an
                 // unauthenticated caller that this operation exists for another registration.
-                self.attest(now, req).await?;
+                self.attest(now, req, TpmUse::Check).await?;
                 return Err(not_found());
             }
             let still_valid = valid_until.is_none_or(|t| now.timestamp() <= t);
             if cred != digest(&req.credential) || !still_valid {
-                self.attest(now, req).await?;
+                self.attest(now, req, TpmUse::Check).await?;
             }
             self.count_poll(now, req, &key)?;
             return Ok(DeviceResponse {
@@ -417,7 +415,7 @@ impl Engine {
                 body,
             });
         }
-        self.attest(now, req).await?;
+        self.attest(now, req, TpmUse::Check).await?;
         self.count_poll(now, req, &key)?;
         let record = self.store.get_registration(&key).await?.ok_or_else(not_found)?;
         if record.operation_id.as_deref() != Some(operation_id) {
@@ -442,7 +440,7 @@ impl Engine {
         req: &DeviceRequest,
     ) -> Result<RegistrationState, Error> {
         self.admit(now, req)?;
-        self.attest(now, req).await?;
+        self.attest(now, req, TpmUse::Check).await?;
         let record = self
             .store
             .get_registration(&req.registration_id)
@@ -470,22 +468,23 @@ impl Engine {
         state
     }
 
-    /// Proves the device is who it says it is, and finds its enrollment.
-    async fn attest(&self, now: DateTime<Utc>, req: &DeviceRequest) -> Result<Attested, Error> {
+    /// Proves the device is who it says it is, and finds its enrollment; `tpm` says what a SAS
+    /// for a TPM enrollment may do.
+    async fn attest(&self, now: DateTime<Utc>, req: &DeviceRequest, tpm: TpmUse) -> Result<Attested, Error> {
         match &req.credential {
-            Credential::Sas(token) => self.attest_sas(now, req, token, true).await,
+            Credential::Sas(token) => self.attest_sas(now, req, token, tpm).await,
             Credential::X509(chain) => self.attest_x509(now, req, chain).await,
             Credential::None => Err(Error::NoCredential),
         }
     }
 
-    /// `tpm`: whether a SAS for a TPM enrollment may be judged (and its challenge used up).
+    /// `tpm`: what a SAS for a TPM enrollment may do.
     async fn attest_sas(
         &self,
         now: DateTime<Utc>,
         req: &DeviceRequest,
         token: &str,
-        tpm: bool,
+        tpm: TpmUse,
     ) -> Result<Attested, Error> {
         let token = SasToken::parse(token).map_err(SasRefusal::Token)?;
         let audience = format!("{}/registrations/{}", req.id_scope, req.registration_id);
@@ -496,13 +495,13 @@ impl Engine {
 
         if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
             if e.attestation.kind == AttestationType::Tpm {
-                if !tpm {
+                if tpm == TpmUse::Refuse {
                     return Err(crate::error::TpmRefusal::NotAheadOfRegister {
                         registration_id: e.registration_id,
                     }
                     .into());
                 }
-                return self.attest_tpm(now, req, &token, e);
+                return self.attest_tpm(now, req, &token, e, tpm == TpmUse::Spend).await;
             }
             if e.attestation.kind != AttestationType::SymmetricKey {
                 return Err(sas_refused(

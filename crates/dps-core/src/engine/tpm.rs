@@ -7,17 +7,22 @@
 //!    registration id is whatever the operator chose — Azure does not require the TPM's default
 //!    id (base32 of the EK hash) — so the lookup is by the id in the request, like every device.
 //! 2. The device activates the blob in its TPM and registers with a SAS token the TPM signed with
-//!    that key. The engine verifies it with plain HMAC-SHA256 and *consumes* the challenge: a
-//!    challenge key authenticates one attestation, so a captured token cannot start a second
-//!    registration. Polls of the operation it started are still answered for as long as the
-//!    token is valid, through the operation cache's credential digest (the C and Node SDKs poll
-//!    with the same token); anything else needs a new challenge.
+//!    that key. The engine verifies it with plain HMAC-SHA256 and *spends* the challenge: a
+//!    challenge key starts one registration, so a captured token cannot start a second. Polls
+//!    of the operation it started (the C and Node SDKs poll with the same token) and the
+//!    device's registration status are still answered: through the operation cache's credential
+//!    digest for as long as the token is valid, and through the spent challenge while it lasts
+//!    ([`TpmUse::Check`]); anything else needs a new challenge.
 //! 3. The hub device gets new random keys on every registration, and the device gets the primary
 //!    one wrapped the same way in `registrationState.tpm.authenticationKey`; it imports that blob
 //!    and signs its hub SAS tokens with it.
 //!
-//! The challenge keys live in memory only: after a restart a device simply asks again. Keys are
-//! never logged; [`SecretKey`]'s `Debug` redacts them and they are wiped when dropped.
+//! The challenge keys live in memory only on a store of one node: after a restart a device
+//! simply asks again. On a store several nodes share they live in the store
+//! ([`crate::Store::put_tpm_challenge`]), so that the device's second request may reach another
+//! node than its first; the node whose write marks the challenge spent is the one that spent
+//! it. Keys are never logged; [`SecretKey`]'s `Debug` redacts them and they are wiped
+//! when dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +43,7 @@ use super::Engine;
 use crate::error::{Error, TpmRefusal};
 use crate::hub::DeviceAuth;
 use crate::random::{Random, RngOf};
+use crate::store::StoredTpmChallenge;
 
 /// Challenges kept per registration; the oldest goes first. More than one, so a device retrying
 /// (or a second request racing it) does not invalidate the challenge another attempt is using.
@@ -70,6 +76,20 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+/// What a SAS token for a TPM enrollment may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TpmUse {
+    /// Nothing: this request may not follow a challenge (the device must register first).
+    Refuse,
+    /// Start a registration: spends the challenge whose key signed it.
+    Spend,
+    /// Read what the device's registration made (a poll, its registration status): any
+    /// unexpired challenge of the device whose key signed it, spent or not, authenticates it,
+    /// and nothing is spent. So a poll reaching another node than the one that registered (or
+    /// after the operation left this node's cache) is answered, as long as the challenge lasts.
+    Check,
+}
+
 /// An outstanding challenge.
 #[derive(Debug)]
 struct Challenge {
@@ -78,12 +98,15 @@ struct Challenge {
     ek: Vec<u8>,
     srk: Vec<u8>,
     expires: DateTime<Utc>,
+    /// Spent by a registration: it authenticates reads only ([`TpmUse::Check`]).
+    spent: bool,
 }
 
 /// What [`ChallengeCache::take`] found.
 enum Taken {
-    Challenge(Challenge),
-    /// Nothing outstanding (never asked, expired, or used).
+    /// The challenge whose key signed the token: its EK and SRK.
+    Challenge { ek: Vec<u8>, srk: Vec<u8> },
+    /// Nothing outstanding (never asked, expired, or spent).
     None,
     /// Outstanding challenges exist, but none of their keys signed the token.
     NoMatch,
@@ -113,17 +136,28 @@ impl ChallengeCache {
         list.push(challenge);
     }
 
-    /// Removes and returns the unexpired challenge whose key signed `token`.
-    fn take(&self, now: DateTime<Utc>, registration_key: &str, token: &SasToken) -> Taken {
+    /// Finds the unexpired challenge whose key signed `token` (for [`TpmUse::Spend`]: an
+    /// unspent one, which it spends).
+    fn take(&self, now: DateTime<Utc>, registration_key: &str, token: &SasToken, spend: bool) -> Taken {
         let taken = match self.by_registration.get_mut(registration_key) {
             None => return Taken::None,
             Some(mut list) => {
                 list.retain(|c| c.expires > now);
-                if list.is_empty() {
+                let usable = |c: &Challenge| !(spend && c.spent);
+                if !list.iter().any(usable) {
                     Taken::None
                 } else {
-                    match list.iter().position(|c| token.verify_signature_raw(c.key.bytes())) {
-                        Some(i) => Taken::Challenge(list.remove(i)),
+                    match list
+                        .iter_mut()
+                        .find(|c| usable(c) && token.verify_signature_raw(c.key.bytes()))
+                    {
+                        Some(c) => {
+                            c.spent |= spend;
+                            Taken::Challenge {
+                                ek: c.ek.clone(),
+                                srk: c.srk.clone(),
+                            }
+                        }
                         None => Taken::NoMatch,
                     }
                 }
@@ -220,16 +254,35 @@ impl Engine {
         let random = self.random.as_ref();
         let key = SecretKey::random(random);
         let authentication_key = wrap(random, &ek, &srk, &key)?;
-        self.tpm.insert(
-            now,
+        let (registration_key, expires) = (
             registration_id::key(&req.registration_id),
-            Challenge {
-                key,
-                ek,
-                srk,
-                expires: now + chrono::Duration::seconds(CHALLENGE_TTL_SECS),
-            },
+            now + chrono::Duration::seconds(CHALLENGE_TTL_SECS),
         );
+        match self.store.shared() {
+            true => {
+                let stored = StoredTpmChallenge {
+                    id: 0,
+                    registration_key,
+                    key: Zeroizing::new(key.bytes().to_vec()),
+                    ek,
+                    srk,
+                    expires,
+                    spent: false,
+                };
+                self.store.put_tpm_challenge(now, &stored, MAX_OUTSTANDING).await?;
+            }
+            false => self.tpm.insert(
+                now,
+                registration_key,
+                Challenge {
+                    key,
+                    ek,
+                    srk,
+                    expires,
+                    spent: false,
+                },
+            ),
+        }
         tracing::info!(registration = %req.registration_id, "TPM challenge issued");
         Ok(TpmChallenge {
             authentication_key,
@@ -241,18 +294,24 @@ impl Engine {
     }
 
     /// The second step: `token` (audience and expiry already checked) must be signed by the key
-    /// of an outstanding challenge for this registration, which is consumed.
-    pub(super) fn attest_tpm(
+    /// of an unexpired challenge for this registration, which `spend` spends (an unspent one).
+    pub(super) async fn attest_tpm(
         &self,
         now: DateTime<Utc>,
         req: &DeviceRequest,
         token: &SasToken,
         e: IndividualEnrollment,
+        spend: bool,
     ) -> Result<Attested, Error> {
+        let registration_key = registration_id::key(&req.registration_id);
+        let taken = match self.store.shared() {
+            true => self.take_stored_challenge(now, &registration_key, token, spend).await?,
+            false => self.tpm.take(now, &registration_key, token, spend),
+        };
         // Both refusals read like any other unmatched SAS token: a distinct answer would tell
         // an unauthenticated caller that this id has a TPM enrollment.
-        let challenge = match self.tpm.take(now, &registration_id::key(&req.registration_id), token) {
-            Taken::Challenge(c) => c,
+        let (challenge_ek, challenge_srk) = match taken {
+            Taken::Challenge { ek, srk } => (ek, srk),
             Taken::None => {
                 return Err(sas_refused(
                     req,
@@ -267,7 +326,7 @@ impl Engine {
             }
         };
         let (ek, srk) = enrolled_keys(&e)?;
-        if ek != challenge.ek || srk.is_some_and(|s| s != challenge.srk) {
+        if ek != challenge_ek || srk.is_some_and(|s| s != challenge_srk) {
             return Err(TpmRefusal::KeysChanged {
                 registration_id: e.registration_id,
             }
@@ -275,7 +334,7 @@ impl Engine {
         }
         let random = self.random.as_ref();
         let (primary, secondary) = (SecretKey::random(random), SecretKey::random(random));
-        let authentication_key = wrap(random, &challenge.ek, &challenge.srk, &primary)?;
+        let authentication_key = wrap(random, &challenge_ek, &challenge_srk, &primary)?;
         Ok(Attested {
             matched: Matched::Individual(Box::new(e)),
             attestation: AttestationType::Tpm,
@@ -285,6 +344,34 @@ impl Engine {
             },
             x509: None,
             tpm: Some(TpmRegistrationResult { authentication_key }),
+        })
+    }
+}
+
+impl Engine {
+    /// [`ChallengeCache::take`] for challenges kept in a shared store; when another node spent
+    /// the challenge first, [`Taken::None`].
+    async fn take_stored_challenge(
+        &self,
+        now: DateTime<Utc>,
+        registration_key: &str,
+        token: &SasToken,
+        spend: bool,
+    ) -> Result<Taken, Error> {
+        let mut usable = self.store.tpm_challenges(now, registration_key).await?;
+        usable.retain(|c| !(spend && c.spent));
+        if usable.is_empty() {
+            return Ok(Taken::None);
+        }
+        let Some(signed) = usable.into_iter().find(|c| token.verify_signature_raw(&c.key)) else {
+            return Ok(Taken::NoMatch);
+        };
+        if spend && !self.store.spend_tpm_challenge(signed.id).await? {
+            return Ok(Taken::None);
+        }
+        Ok(Taken::Challenge {
+            ek: signed.ek,
+            srk: signed.srk,
         })
     }
 }
@@ -302,6 +389,7 @@ mod tests {
             ek: vec![],
             srk: vec![],
             expires: Utc::now(),
+            spent: false,
         };
         assert!(format!("{c:?}").contains("<redacted>"));
     }

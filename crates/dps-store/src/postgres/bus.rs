@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
-use super::{backend, client_config, PgOpenError, PostgresStore};
+use super::connection::Settings;
+use super::{backend, PgOpenError, PostgresStore};
 use dps_core::StoreError;
 
 /// The channel every node listens on.
@@ -69,7 +70,7 @@ impl NodeBus {
     /// Listens on [`BUS_CHANNEL`] of the database at `url`; fails when it cannot now, then
     /// keeps listening (reconnecting with back-off) until dropped.
     pub async fn listen(url: &str) -> Result<NodeBus, PgOpenError> {
-        let config = client_config(url, "dps-bus")?;
+        let config = Settings::of(url, "dps-bus")?;
         let (events, _) = broadcast::channel(BACKLOG);
         let first = listening(&config, &events).await.map_err(PgOpenError::Listen)?;
         let task = tokio::spawn(keep_listening(config, events.clone(), first));
@@ -109,10 +110,10 @@ struct Listening {
 }
 
 async fn listening(
-    config: &tokio_postgres::Config,
+    config: &Settings,
     events: &broadcast::Sender<BusEvent>,
 ) -> Result<Listening, tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect().await?;
     let forward = events.clone();
     let forwarding = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -134,7 +135,7 @@ async fn listening(
     Ok(Listening { client, forwarding })
 }
 
-async fn keep_listening(config: tokio_postgres::Config, events: broadcast::Sender<BusEvent>, mut current: Listening) {
+async fn keep_listening(config: Settings, events: broadcast::Sender<BusEvent>, mut current: Listening) {
     loop {
         alive(&mut current).await;
         current.forwarding.abort();

@@ -18,6 +18,7 @@ use dps_hub::PeerChange;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
+use super::connection::Settings;
 use super::writer::{run_in_order, Operation, Writer};
 use super::{migrations, placeholders, PgOpenError};
 use crate::hub_documents::{
@@ -107,14 +108,13 @@ impl PostgresHubDatabase {
     /// several nodes start at once) and starts the writer tasks.
     pub async fn connect(url: &str) -> Result<Arc<PostgresHubDatabase>, PgOpenError> {
         let pool = super::connect(url, &migrations::HUB).await?;
-        let mut config = super::client_config(url, "dps-ephemeral")?;
-        config.options("-c synchronous_commit=off");
-        let ephemeral = super::pool_of(config, super::peers::EPHEMERAL_CONNECTIONS)?;
+        let ephemeral = Settings::of(url, "dps-ephemeral")?
+            .with("synchronous_commit", "off")
+            .pool(super::peers::EPHEMERAL_CONNECTIONS)?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         let heartbeat = super::peers::start_heartbeat(&ephemeral, &node).await?;
         let leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let election =
-            super::peers::start_housekeeping_election(super::client_config(url, "dps-housekeeping")?, leads.clone());
+        let election = super::peers::start_housekeeping_election(Settings::of(url, "dps-housekeeping")?, leads.clone());
         Ok(Arc::new(PostgresHubDatabase {
             leads,
             election,

@@ -44,6 +44,11 @@ pub(super) const STORE: Schema = Schema {
             name: "the identity and PKI files every node shares",
             sql: include_str!("migrations/0002_files.sql"),
         },
+        Migration {
+            version: 3,
+            name: "outstanding TPM challenges",
+            sql: include_str!("migrations/0003_tpm_challenges.sql"),
+        },
     ],
 };
 
@@ -108,6 +113,11 @@ const MIGRATION_LOCK: i64 = 0x4450_5331;
 pub(super) async fn apply(client: &mut Object, schema: &Schema) -> Result<usize, PgOpenError> {
     let fail = |version| move |source| PgOpenError::Migration { version, source };
     let tx = client.transaction().await.map_err(fail(0))?;
+    // A migration may rewrite a large table, and a node waits here while another migrates:
+    // neither is a stuck statement (connection::SESSION_DEFAULTS).
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(fail(0))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(fail(0))?;

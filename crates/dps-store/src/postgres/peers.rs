@@ -63,13 +63,13 @@ const HOUSEKEEPING_LOCK: i64 = 0x4450_534c;
 /// a connection of its own), and says in `leads` whether it is. A node that dies, or loses
 /// its connection, loses the lock with it; another node takes it at its next try.
 pub(super) fn start_housekeeping_election(
-    config: tokio_postgres::Config,
+    config: super::connection::Settings,
     leads: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     use std::sync::atomic::Ordering;
     tokio::spawn(async move {
         loop {
-            if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
+            if let Ok((client, connection)) = config.connect().await {
                 let connection = tokio::spawn(connection);
                 loop {
                     // Held already: only check that the connection (and so the lock) lives.
