@@ -518,7 +518,7 @@ fn file_upload_request(blob_name: &str) {
     block_on(async {
         hub_device(&hub).await;
         let identity = fixture_identity(&hub).await;
-        if let Ok(sas) = hub.create_file_upload(&identity, blob_name) {
+        if let Ok(sas) = hub.create_file_upload(&identity, blob_name).await {
             assert!(
                 dps_proto::blob_storage::valid_blob_name(&sas.blob_name),
                 "{:?}",

@@ -450,4 +450,8 @@ pub enum FileUploadError {
         /// The correlation id given.
         correlation_id: String,
     },
+    /// On a store several nodes share, the uploads in progress live in it, and it failed;
+    /// nothing was started or ended (the server answers 503: the device retries).
+    #[error("file uploads cannot be read or written now: {0}")]
+    Storage(#[source] HubStoreError),
 }

@@ -84,12 +84,19 @@ pub struct FileUploadSas {
     pub sas_token: String,
 }
 
-/// An upload in progress.
-#[derive(Debug, Clone)]
-pub(crate) struct ActiveUpload {
-    device_key: String,
-    blob_name: String,
-    expires: DateTime<Utc>,
+/// An upload in progress: in this node's memory, or in a store several nodes share
+/// ([`HubStore::put_upload`]), so that a device may report it through another node than the one
+/// that started it (decision 0031).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveUpload {
+    /// The correlation id the device reports it by.
+    pub correlation_id: String,
+    /// The device's key (lower-cased id): only it may report the upload.
+    pub device_key: String,
+    /// `{deviceId}/{name}`.
+    pub blob_name: String,
+    /// When its SAS, and so the upload, expires.
+    pub expires: DateTime<Utc>,
 }
 
 /// What the blob endpoint holds for an upload that succeeded.
@@ -162,7 +169,7 @@ pub(crate) type ActiveUploads = DashMap<String, ActiveUpload>;
 impl Hub {
     /// Starts an upload of `blob_name` for the device: a SAS for `{deviceId}/{blob_name}` on the
     /// blob endpoint, valid for [`FILE_UPLOAD_TTL`].
-    pub fn create_file_upload(
+    pub async fn create_file_upload(
         &self,
         identity: &DeviceIdentity,
         blob_name: &str,
@@ -176,31 +183,40 @@ impl Hub {
             });
         }
         let now = self.inner.now();
-        let key = key_of(device_id);
-        let active = self
-            .inner
-            .uploads
-            .iter()
-            .filter(|u| u.device_key == key && u.expires > now)
-            .count();
-        if active >= MAX_ACTIVE_UPLOADS {
-            return Err(FileUploadError::TooManyActive {
-                limit: MAX_ACTIVE_UPLOADS,
-            });
-        }
         let expires = now + chrono::Duration::from_std(FILE_UPLOAD_TTL).unwrap_or(chrono::Duration::MAX);
-        let correlation_id = uuid::Uuid::new_v4().simple().to_string();
-        self.inner.uploads.insert(
-            correlation_id.clone(),
-            ActiveUpload {
-                device_key: key,
-                blob_name: full.clone(),
-                expires,
-            },
-        );
+        let upload = ActiveUpload {
+            correlation_id: uuid::Uuid::new_v4().simple().to_string(),
+            device_key: key_of(device_id),
+            blob_name: full.clone(),
+            expires,
+        };
+        let too_many = FileUploadError::TooManyActive {
+            limit: MAX_ACTIVE_UPLOADS,
+        };
+        if self.inner.store.shared() {
+            let admitted = self
+                .inner
+                .store
+                .put_upload(&upload, now, MAX_ACTIVE_UPLOADS)
+                .await
+                .map_err(FileUploadError::Storage)?;
+            if !admitted {
+                return Err(too_many);
+            }
+        } else {
+            let uploads = &self.inner.uploads;
+            let active = uploads
+                .iter()
+                .filter(|u| u.device_key == upload.device_key && u.expires > now)
+                .count();
+            if active >= MAX_ACTIVE_UPLOADS {
+                return Err(too_many);
+            }
+            uploads.insert(upload.correlation_id.clone(), upload.clone());
+        }
         tracing::debug!(device = %device_id, blob = %full, "file upload started");
         Ok(FileUploadSas {
-            correlation_id,
+            correlation_id: upload.correlation_id,
             host_name: config.host.clone(),
             container_name: config.container.clone(),
             sas_token: sign_sas(&config.key, &config.account, &config.container, &full, "rw", expires),
@@ -211,19 +227,28 @@ impl Hub {
     /// Ends the device's upload `correlation_id`, returning its blob name: the upload is over
     /// whatever the device reports. Unknown (or another device's) and expired uploads are
     /// refused, as Azure refuses them.
-    pub fn finish_file_upload(
+    pub async fn finish_file_upload(
         &self,
         identity: &DeviceIdentity,
         correlation_id: &str,
     ) -> Result<String, FileUploadError> {
         let key = key_of(identity.device_id());
-        let (_, upload) = self
-            .inner
-            .uploads
-            .remove_if(correlation_id, |_, u| u.device_key == key)
-            .ok_or_else(|| FileUploadError::UnknownCorrelationId {
-                correlation_id: correlation_id.to_string(),
-            })?;
+        let upload = match self.inner.store.shared() {
+            true => self
+                .inner
+                .store
+                .take_upload(&key, correlation_id)
+                .await
+                .map_err(FileUploadError::Storage)?,
+            false => self
+                .inner
+                .uploads
+                .remove_if(correlation_id, |_, u| u.device_key == key)
+                .map(|(_, u)| u),
+        };
+        let upload = upload.ok_or_else(|| FileUploadError::UnknownCorrelationId {
+            correlation_id: correlation_id.to_string(),
+        })?;
         if upload.expires <= self.inner.now() {
             return Err(FileUploadError::ExpiredCorrelationId {
                 correlation_id: correlation_id.to_string(),
@@ -327,6 +352,17 @@ impl Hub {
         // expired (400016) rather than unknown; a device can so hold at most twice its limit.
         let grace = chrono::Duration::from_std(FILE_UPLOAD_TTL).unwrap_or(chrono::Duration::MAX);
         self.inner.uploads.retain(|_, u| u.expires + grace > now);
+        if self.inner.store.shared()
+            && self.inner.runs_housekeeping()
+            && crate::queues::due(&self.inner.last_upload_expiry, now, 60_000)
+        {
+            let store = self.inner.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.expire_uploads(now - grace).await {
+                    tracing::warn!(error = %e, "expired file uploads not dropped");
+                }
+            });
+        }
         let dropped = self.inner.file_notifications.expire(now);
         self.forget(FileNotification::deleted(dropped));
     }

@@ -190,6 +190,8 @@ pub(crate) struct HubInner {
     last_c2d_expiry: std::sync::atomic::AtomicI64,
     /// When the shared store's service-bound queues were last tidied (ms since the epoch).
     last_tidy: std::sync::atomic::AtomicI64,
+    /// When this node last dropped the expired file uploads of a shared store.
+    last_upload_expiry: std::sync::atomic::AtomicI64,
     /// When a shared store's jobs were last looked through for ones to run (ms since the epoch).
     last_job_scan: std::sync::atomic::AtomicI64,
     /// The created consumer groups of the Event Hub-compatible endpoint.
@@ -326,6 +328,7 @@ impl Hub {
                 last_trim: std::sync::atomic::AtomicI64::new(0),
                 last_c2d_expiry: std::sync::atomic::AtomicI64::new(0),
                 last_tidy: std::sync::atomic::AtomicI64::new(0),
+                last_upload_expiry: std::sync::atomic::AtomicI64::new(0),
                 last_job_scan: std::sync::atomic::AtomicI64::new(0),
                 consumer_groups: RwLock::new(Default::default()),
                 consumer_group_writes: tokio::sync::Mutex::new(()),

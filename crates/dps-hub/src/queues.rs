@@ -309,7 +309,7 @@ impl Hub {
 
 /// Whether a periodic task whose last round started at `last` (ms since the epoch) is due again
 /// at `now`, every `every_ms`; when it is, `last` becomes `now`.
-fn due(last: &std::sync::atomic::AtomicI64, now: chrono::DateTime<chrono::Utc>, every_ms: i64) -> bool {
+pub(crate) fn due(last: &std::sync::atomic::AtomicI64, now: chrono::DateTime<chrono::Utc>, every_ms: i64) -> bool {
     use std::sync::atomic::Ordering;
     let now = now.timestamp_millis();
     let before = last.load(Ordering::Relaxed);

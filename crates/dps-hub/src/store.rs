@@ -22,7 +22,7 @@ use serde::Serialize;
 pub use crate::c2d::{C2dRecord, FeedbackRecord, QueueChange};
 pub use crate::consumer_groups::ConsumerGroup;
 pub use crate::error::HubStoreError;
-pub use crate::file_upload::FileNotification;
+pub use crate::file_upload::{ActiveUpload, FileNotification};
 pub use crate::jobs::{DeviceJobRecord, JobRecord};
 pub use crate::outbox::OutboxKind;
 pub use crate::record::DeviceRecord;
@@ -240,6 +240,33 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
         Err(HubStoreError::NotShared {
             what: "cloud-to-device locks",
         })
+    }
+
+    /// On a [`shared`](Self::shared) store: records `upload` (a file upload in progress) where
+    /// every node sees it, unless its device has `limit` uploads unexpired at `now` already:
+    /// whether it was recorded. Durable when it returns.
+    async fn put_upload(
+        &self,
+        upload: &ActiveUpload,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<bool, HubStoreError> {
+        let _ = (upload, now, limit);
+        Err(HubStoreError::NotShared { what: "file uploads" })
+    }
+
+    /// On a shared store: removes and returns the upload `correlation_id` of the device with
+    /// key `device_key` (`None` when there is none: never started, reported already, or another
+    /// device's).
+    async fn take_upload(&self, device_key: &str, correlation_id: &str) -> Result<Option<ActiveUpload>, HubStoreError> {
+        let _ = (device_key, correlation_id);
+        Err(HubStoreError::NotShared { what: "file uploads" })
+    }
+
+    /// On a shared store: drops the uploads that expired before `before`; how many.
+    async fn expire_uploads(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, HubStoreError> {
+        let _ = before;
+        Err(HubStoreError::NotShared { what: "file uploads" })
     }
 
     /// On a shared store: writes `record` back (its delivery count changed) and frees it for

@@ -538,9 +538,10 @@ pub(crate) fn limit_arg(limit: usize) -> Arg<'static> {
 }
 
 /// Implements [`dps_hub::store::HubStore`] for a [`HubDocuments`] backend (a macro: the orphan
-/// rule forbids a blanket implementation of dps-hub's trait).
+/// rule forbids a blanket implementation of dps-hub's trait). Methods only a backend implements
+/// (the shared store's file uploads) follow a `;`.
 macro_rules! hub_store_over_documents {
-    ($backend:ty) => {
+    ($backend:ty $(; $($extra:tt)*)?) => {
         const _: () = {
             use std::sync::Arc;
 
@@ -933,6 +934,8 @@ macro_rules! hub_store_over_documents {
                         disabled: total - enabled,
                     })
                 }
+
+                $($($extra)*)?
             }
         };
     };

@@ -18,6 +18,7 @@ mod files;
 mod hub;
 mod migrations;
 mod peers;
+mod uploads;
 mod writer;
 
 use async_trait::async_trait;

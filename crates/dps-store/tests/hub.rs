@@ -460,8 +460,8 @@ async fn file_upload_notifications_survive_a_reopen() {
             .authenticate_device(now, "uploader", Some(&token), None)
             .await
             .unwrap();
-        let sas = hub.create_file_upload(&id, "a.txt").unwrap();
-        let blob = hub.finish_file_upload(&id, &sas.correlation_id).unwrap();
+        let sas = hub.create_file_upload(&id, "a.txt").await.unwrap();
+        let blob = hub.finish_file_upload(&id, &sas.correlation_id).await.unwrap();
         let uploaded = dps_hub::UploadedBlob {
             size: 5,
             last_modified: chrono::Utc::now(),

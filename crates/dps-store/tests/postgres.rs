@@ -959,3 +959,55 @@ async fn jobs_are_answered_by_every_node_and_run_by_one() {
         );
     }
 }
+
+/// A file upload started through one node is reported through another (decision 0031): once,
+/// by its own device only, and a device's uploads in progress are counted across the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_upload_started_on_one_node_is_reported_through_another() {
+    use dps_hub::{FileUploadError, MAX_ACTIVE_UPLOADS};
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
+    let other = serde_json::json!({
+        "deviceId": "dev-2",
+        "authentication": {"type": "sas", "symmetricKey": {"primaryKey": DEVICE_KEY, "secondaryKey": DEVICE_KEY}}
+    });
+    a.put_device(serde_json::from_value(other).unwrap(), None)
+        .await
+        .unwrap();
+    for hub in [&a, &b] {
+        hub.set_file_upload(dps_hub::FileUploadConfig {
+            host: "blobs.test".into(),
+            container: "uploads".into(),
+            account: "hub".into(),
+            key: b"storage key".to_vec(),
+            notifications: true,
+        });
+    }
+    let (on_a, on_b) = (device_login(&a, "dev-1").await, device_login(&b, "dev-1").await);
+    let sas = a.create_file_upload(&on_a, "logs/today.txt").await.unwrap();
+    assert_eq!(sas.blob_name, "dev-1/logs/today.txt");
+
+    // Another device cannot report it, through either node; its own device can, once.
+    let intruder = device_login(&b, "dev-2").await;
+    let refused = b.finish_file_upload(&intruder, &sas.correlation_id).await.unwrap_err();
+    assert!(
+        matches!(refused, FileUploadError::UnknownCorrelationId { .. }),
+        "{refused}"
+    );
+    let blob = b.finish_file_upload(&on_b, &sas.correlation_id).await.unwrap();
+    assert_eq!(blob, "dev-1/logs/today.txt");
+    let again = a.finish_file_upload(&on_a, &sas.correlation_id).await.unwrap_err();
+    assert!(matches!(again, FileUploadError::UnknownCorrelationId { .. }), "{again}");
+
+    // The limit counts the uploads started through both nodes.
+    for i in 0..MAX_ACTIVE_UPLOADS {
+        let (hub, id) = if i % 2 == 0 { (&a, &on_a) } else { (&b, &on_b) };
+        hub.create_file_upload(id, &format!("f{i}")).await.unwrap();
+    }
+    for (hub, id) in [(&a, &on_a), (&b, &on_b)] {
+        let over = hub.create_file_upload(id, "one-more").await.unwrap_err();
+        assert!(matches!(over, FileUploadError::TooManyActive { .. }), "{over}");
+    }
+    // Other devices have their own count.
+    b.create_file_upload(&intruder, "mine").await.unwrap();
+}

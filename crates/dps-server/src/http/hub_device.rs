@@ -96,6 +96,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             let req: FileUploadSasUriRequest = ctx.json("FileUploadSasUriRequest").await?;
             Ok(ok(&hub
                 .create_file_upload(&identity, &req.blob_name)
+                .await
                 .map_err(file_upload_error)?))
         }
         Route::CompleteFileUpload { correlation_id, .. } => {
@@ -108,6 +109,7 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             })?;
             let blob_name = hub
                 .finish_file_upload(&identity, &correlation_id)
+                .await
                 .map_err(file_upload_error)?;
             tracing::debug!(device = %identity.device_id(), blob = %blob_name, success = status.is_success, code = ?status.status_code, "file upload reported");
             if status.is_success {
@@ -245,6 +247,7 @@ fn file_upload_error(e: FileUploadError) -> ApiError {
         FileUploadError::TooManyActive { .. } => codes::FILE_UPLOADS_EXCEEDED,
         FileUploadError::UnknownCorrelationId { .. } => codes::FILE_UPLOAD_CORRELATION_INVALID,
         FileUploadError::ExpiredCorrelationId { .. } => codes::FILE_UPLOAD_CORRELATION_EXPIRED,
+        FileUploadError::Storage(_) => codes::SERVICE_UNAVAILABLE,
         _ => codes::ARGUMENT_INVALID,
     };
     ApiError::new(code, e.to_string())

@@ -344,8 +344,14 @@ mod tests {
     fn passwords_are_not_shown() {
         for (url, shown) in [
             ("postgres://dps:secret@db:5432/dps", "postgres://dps@db:5432/dps"),
-            ("postgres://dps@db/dps?password=secret&sslmode=require", "postgres://dps@db/dps?sslmode=require"),
-            ("postgresql://db/dps?sslrootcert=/a@b.pem", "postgresql://db/dps?sslrootcert=/a@b.pem"),
+            (
+                "postgres://dps@db/dps?password=secret&sslmode=require",
+                "postgres://dps@db/dps?sslmode=require",
+            ),
+            (
+                "postgresql://db/dps?sslrootcert=/a@b.pem",
+                "postgresql://db/dps?sslrootcert=/a@b.pem",
+            ),
             ("postgres://u:p@db", "postgres://u@db"),
             ("host=db password='se cret' user=dps", "host=db user=dps"),
             ("host=db password='open", "(a store URL that cannot be read)"),

@@ -661,7 +661,7 @@ fn undecodable_event(e: String) -> HubStoreError {
 }
 
 impl PostgresHubStore {
-    async fn client(&self) -> Result<Object, HubStoreError> {
+    pub(super) async fn client(&self) -> Result<Object, HubStoreError> {
         self.db.pool.get().await.map_err(backend)
     }
 
@@ -695,7 +695,28 @@ impl PostgresHubStore {
     }
 }
 
-crate::hub_documents::hub_store_over_documents!(PostgresHubStore);
+crate::hub_documents::hub_store_over_documents!(PostgresHubStore;
+    async fn put_upload(
+        &self,
+        upload: &dps_hub::store::ActiveUpload,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<bool, HubStoreError> {
+        self.put_active_upload(upload, now, limit).await
+    }
+
+    async fn take_upload(
+        &self,
+        device_key: &str,
+        correlation_id: &str,
+    ) -> Result<Option<dps_hub::store::ActiveUpload>, HubStoreError> {
+        self.take_active_upload(device_key, correlation_id).await
+    }
+
+    async fn expire_uploads(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, HubStoreError> {
+        self.expire_active_uploads(before).await
+    }
+);
 
 #[async_trait]
 impl HubDocuments for PostgresHubStore {

@@ -96,6 +96,11 @@ pub(super) const HUB: Schema = Schema {
             name: "service-bound queues and polled cloud-to-device messages locked in their rows",
             sql: include_str!("migrations/hub_0008.sql"),
         },
+        Migration {
+            version: 9,
+            name: "file uploads in progress",
+            sql: include_str!("migrations/hub_0009.sql"),
+        },
     ],
 };
 
