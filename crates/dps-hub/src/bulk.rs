@@ -281,12 +281,12 @@ impl Hub {
     ) -> Result<(), RegistryError> {
         self.update_twin(target, if_match, move |t, now| {
             let mut changed = false;
-            if let Some(tags) = tags {
-                let tags = clean_document(&tags);
+            if let Some(tags) = &tags {
+                let tags = clean_document(tags);
                 changed = t.tags != tags;
                 t.tags = tags;
             }
-            let diff = desired.and_then(|d| t.set_desired(clean_document(&d), now));
+            let diff = desired.as_ref().and_then(|d| t.set_desired(clean_document(d), now));
             Ok((changed || diff.is_some(), diff))
         })
         .await

@@ -140,6 +140,12 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// Whether this is a write that lost a race with another node's write to the same record
+    /// ([`HubStoreError::Conflict`]): made again from the stored record, it may succeed.
+    pub(crate) fn lost_race(&self) -> bool {
+        matches!(self, RegistryError::Storage(HubStoreError::Conflict { .. }))
+    }
+
     /// The error code the registry API answers with (`dps_proto::codes`; IoT Hub's name of it
     /// is `codes::hub_error_name`).
     pub fn code(&self) -> u32 {

@@ -119,6 +119,24 @@ pub struct HubConfig {
     pub file_upload: Option<FileUploadConfig>,
 }
 
+/// How many times a read-modify-write of a device record is made when it keeps losing races
+/// with other nodes' writes to the same record (a shared store's [`HubStoreError::Conflict`]),
+/// each time from the stored record, before the client is told to retry (503). Two nodes
+/// writing one twin at once (a device's reported properties, the service's desired ones) is
+/// ordinary; losing eight times in a row, with the pauses of [`after_lost_race`] between, is not.
+pub(crate) const RACE_ATTEMPTS: usize = 8;
+
+/// Waits before attempt `attempt` (2, 3, …) of a write that lost a race: a random pause of up
+/// to 10 ms, doubled with every attempt (at most 640 ms), so that two nodes writing in lockstep
+/// fall out of it. A lost race means the other node committed within about one commit time,
+/// which is what the pauses are measured in.
+pub(crate) async fn after_lost_race(attempt: usize) {
+    use rand::Rng;
+    let most = 10_000u64 << attempt.saturating_sub(2).min(6);
+    let pause = rand::thread_rng().gen_range(0..most);
+    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+}
+
 /// The default [`HubConfig::partitions`], as an IoT hub's built-in endpoint has by default.
 pub const DEFAULT_PARTITIONS: u32 = 4;
 

@@ -231,8 +231,8 @@ impl Hub {
         let (tags, desired) = (clean_document(&tags), clean_document(&desired));
         self.update_twin(target, if_match, move |t, now| {
             let tags_changed = t.tags != tags;
-            t.tags = tags;
-            let diff = t.set_desired(desired, now);
+            t.tags = tags.clone();
+            let diff = t.set_desired(desired.clone(), now);
             Ok((tags_changed || diff.is_some(), diff))
         })
         .await
@@ -267,35 +267,46 @@ impl Hub {
 
     /// Read-modify-write of a twin under the device's write lock. `change` edits a copy and returns
     /// whether anything changed and the desired diff to push, or refuses the change (nothing is
-    /// written then).
+    /// written then). A write that lost a race with another node's is made again from the
+    /// stored twin ([`crate::RACE_ATTEMPTS`]), so `change` may run more than once; `if_match`
+    /// is checked against the twin each attempt reads, so a client's stale etag still fails.
     pub(crate) async fn update_twin(
         &self,
         target: Identity<'_>,
         if_match: Option<&str>,
-        change: impl FnOnce(&mut TwinState, DateTime<Utc>) -> Result<TwinChange, RegistryError>,
+        change: impl Fn(&mut TwinState, DateTime<Utc>) -> Result<TwinChange, RegistryError>,
     ) -> Result<Twin, RegistryError> {
         let key = target.key();
         let inner = &self.inner;
         let not_found = || target.not_found();
-        let (slot, _guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
-        let cur = slot.record().ok_or_else(not_found)?;
-        if !etag_matches(if_match, &cur.twin.etag) {
-            return Err(RegistryError::EtagMismatch { device_id: cur.path() });
-        }
-        let mut rec = (*cur).clone();
-        let (changed, diff) = change(&mut rec.twin, inner.now())?;
-        let rec = if changed {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (slot, _guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
+            let cur = slot.record().ok_or_else(not_found)?;
+            if !etag_matches(if_match, &cur.twin.etag) {
+                return Err(RegistryError::EtagMismatch { device_id: cur.path() });
+            }
+            let mut rec = (*cur).clone();
+            let (changed, diff) = change(&mut rec.twin, inner.now())?;
+            if !changed {
+                return Ok(cur.twin_view(&slot.live_view()));
+            }
             rec.twin.touch();
-            let rec = inner.commit(&slot, rec).await?;
+            let rec = match inner.commit(&slot, rec).await {
+                Err(e) if e.lost_race() && attempt < crate::RACE_ATTEMPTS => {
+                    drop(_guard);
+                    crate::after_lost_race(attempt).await;
+                    continue;
+                }
+                written => written?,
+            };
             if let Some(diff) = diff {
                 inner.notify_desired(&slot, diff, rec.twin.desired_version);
             }
             tracing::debug!(device = %rec.device_id, version = rec.twin.version, "twin updated");
-            rec
-        } else {
-            cur
-        };
-        Ok(rec.twin_view(&slot.live_view()))
+            return Ok(rec.twin_view(&slot.live_view()));
+        }
     }
 
     /// Devices with key > `after`, the first `n` in key order from the store, each with the

@@ -887,38 +887,52 @@ impl DeviceSession {
             return Ok(error(400, codes::HUB_ARGUMENT_INVALID, e.to_string()));
         }
         let inner = &self.hub.inner;
-        let locked = match inner.lock_device(&self.key, false).await {
-            Ok(locked) => locked,
-            Err(e) => {
-                tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not read");
-                return Ok(error(500, 500001, "could not read the twin".into()));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let locked = match inner.lock_device(&self.key, false).await {
+                Ok(locked) => locked,
+                Err(e) => {
+                    tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not read");
+                    return Ok(error(500, 500001, "could not read the twin".into()));
+                }
+            };
+            let (slot, _guard) = locked
+                .filter(|(s, _)| Arc::ptr_eq(s, &self.slot))
+                .ok_or_else(|| self.closed())?;
+            let rec = slot.record().ok_or_else(|| self.closed())?;
+            let mut new = (*rec).clone();
+            if merge_patch(&mut new.twin.reported, &patch) {
+                // Checked on the result, before anything is written: a patch that would take the
+                // section over the limit is refused whole.
+                if let Err(e) = twin_limits::check_size(Section::Reported, &new.twin.reported) {
+                    tracing::debug!(device = %self.identity.device_id, error = %e, "reported properties patch refused");
+                    return Ok(error(400, codes::HUB_ARGUMENT_INVALID, e.to_string()));
+                }
+                new.twin.reported_version += 1;
+                new.twin.reported_updated = now;
+                new.twin.touch();
+                match inner.commit(&slot, new).await {
+                    // Another node wrote the twin meanwhile (the service's desired properties):
+                    // the patch is applied again to what it wrote.
+                    Err(e) if e.lost_race() && attempt < crate::RACE_ATTEMPTS => {
+                        drop(_guard);
+                        crate::after_lost_race(attempt).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not stored");
+                        return Ok(error(500, 500001, "could not store reported properties".into()));
+                    }
+                    Ok(_) => {}
+                }
             }
-        };
-        let (slot, _guard) = locked
-            .filter(|(s, _)| Arc::ptr_eq(s, &self.slot))
-            .ok_or_else(|| self.closed())?;
-        let rec = slot.record().ok_or_else(|| self.closed())?;
-        let mut new = (*rec).clone();
-        if merge_patch(&mut new.twin.reported, &patch) {
-            // Checked on the result, before anything is written: a patch that would take the
-            // section over the limit is refused whole.
-            if let Err(e) = twin_limits::check_size(Section::Reported, &new.twin.reported) {
-                tracing::debug!(device = %self.identity.device_id, error = %e, "reported properties patch refused");
-                return Ok(error(400, codes::HUB_ARGUMENT_INVALID, e.to_string()));
-            }
-            new.twin.reported_version += 1;
-            new.twin.reported_updated = now;
-            new.twin.touch();
-            if let Err(e) = inner.commit(&slot, new).await {
-                tracing::error!(device = %self.identity.device_id, error = %e, "reported properties not stored");
-                return Ok(error(500, 500001, "could not store reported properties".into()));
-            }
+            let version = slot
+                .record()
+                .map(|r| r.twin.reported_version)
+                .unwrap_or(rec.twin.reported_version);
+            return Ok(vec![twin_response(204, rid.to_string(), Some(version), Bytes::new())]);
         }
-        let version = slot
-            .record()
-            .map(|r| r.twin.reported_version)
-            .unwrap_or(rec.twin.reported_version);
-        Ok(vec![twin_response(204, rid.to_string(), Some(version), Bytes::new())])
     }
 }
 
