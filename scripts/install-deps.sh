@@ -11,7 +11,8 @@
 #     (a software TPM per test) and tpm2-tools (for poking at a TPM by hand)
 #   - Node.js and npm for the interop tests with the official Node SDKs (tests/interop/node)
 #   - the PostgreSQL server (`dps serve --store postgres://…`, issue 15): the tests run a
-#     throwaway cluster of their own (scripts/pg-test-cluster.sh), no system service needed
+#     throwaway cluster of their own (scripts/pg-test-cluster.sh), no system service needed,
+#     with TLS certificates made by the openssl command
 set -euo pipefail
 
 missing=()
@@ -44,6 +45,8 @@ command -v tpm2_createek >/dev/null 2>&1 || missing+=(tpm2-tools)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# The test cluster's TLS certificates are made with the openssl command (scripts/pg-test-cluster.sh).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all system dependencies present"
