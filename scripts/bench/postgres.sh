@@ -24,6 +24,8 @@ WARMUP="${BENCH_WARMUP:-1000}"
 FILL="${BENCH_FILL:-1000000}"
 ADDR=127.0.2.1
 WORK="$(mktemp -d /tmp/dps-pgbench.XXXXXX)"
+# The cluster runs as an unprivileged user (scripts/pg-test-cluster.sh), which must reach its directory.
+chmod 755 "$WORK"
 PG_DIR="$WORK/pg"
 SERVER_PID=""
 

@@ -1,5 +1,6 @@
 //! The engine: one instance per service, shared by every transport and the service API.
 
+mod absent;
 mod attestation;
 mod certificates;
 mod custom_allocation;
@@ -29,13 +30,16 @@ pub use linked_hubs::MAX_LINKED_HUBS;
 
 /// What another node changed in a store several nodes share (decision 0031), as this node
 /// hears of it ([`Engine::store_changed`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreChange {
     /// An enrollment group or a CA certificate was written or deleted.
     GroupsOrCertificates,
     /// A hub was linked, changed or unlinked.
     LinkedHubs,
+    /// The individual enrollment with this registration key (lower-cased id) was written or
+    /// deleted.
+    Enrollment(String),
     /// Changes may have been missed (the channel to the other nodes was lost).
     Resync,
 }
@@ -215,6 +219,8 @@ pub struct Engine {
     /// Sends custom allocation requests; `None`: custom allocation fails (400208).
     webhook: Option<Arc<dyn AllocationWebhook>>,
     groups: groups::GroupCache,
+    /// Registration ids known to have no individual enrollment.
+    absent: absent::AbsentEnrollments,
     operations: device::OperationCache,
     tpm: tpm::ChallengeCache,
     quotas: crate::quota::Quotas,
@@ -232,6 +238,7 @@ impl Engine {
             store,
             hubs,
             groups: groups::GroupCache::default(),
+            absent: absent::AbsentEnrollments::default(),
             operations: device::OperationCache::default(),
             tpm: tpm::ChallengeCache::default(),
             quotas,
@@ -290,7 +297,14 @@ impl Engine {
         let (groups, linked) = match change {
             StoreChange::GroupsOrCertificates => (true, false),
             StoreChange::LinkedHubs => (false, true),
-            StoreChange::Resync => (true, true),
+            StoreChange::Enrollment(key) => {
+                self.absent.forget(&key);
+                return;
+            }
+            StoreChange::Resync => {
+                self.absent.forget_all();
+                (true, true)
+            }
         };
         if groups {
             if let Err(e) = self.groups.reload(self.store.as_ref()).await {
@@ -302,6 +316,24 @@ impl Engine {
                 tracing::warn!(error = %e, "linked hubs changed by another node not read");
             }
         }
+    }
+
+    /// The individual enrollment `id`, if any; its absence is remembered
+    /// ([`absent::AbsentEnrollments`]), so a group's devices do not ask the store each time.
+    pub(crate) async fn individual_enrollment(
+        &self,
+        id: &str,
+    ) -> Result<Option<dps_proto::model::service::IndividualEnrollment>, crate::StoreError> {
+        let key = dps_proto::registration_id::key(id);
+        if self.absent.contains(&key) {
+            return Ok(None);
+        }
+        let generation = self.absent.generation();
+        let found = self.store.get_enrollment(id).await?;
+        if found.is_none() {
+            self.absent.remember(key, generation);
+        }
+        Ok(found)
     }
 
     /// The configuration.

@@ -215,3 +215,32 @@ async fn register_reuses_the_authentication_only_while_it_is_current() {
     let err = e.register_authenticated(later, &req2, &a2, &body).await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{}", err);
 }
+
+/// The engine remembers that a group's device has no individual enrollment, and forgets it
+/// when one is written or deleted: the individual enrollment takes precedence at once, and its
+/// deletion gives the device back to its group.
+#[tokio::test]
+async fn an_individual_enrollment_takes_precedence_as_soon_as_it_is_written() {
+    let (e, _hub) = engine().await;
+    let group = EnrollmentGroup {
+        attestation: sym(KEY2),
+        ..Default::default()
+    };
+    e.put_group(now(), "grp", group, None).await.unwrap();
+    let derived = derive_device_key(KEY2, "member").unwrap();
+    let body = DeviceRegistration::default();
+    e.register(now(), &sas("member", &derived), &body).await.unwrap();
+    e.authenticate(now(), &sas("member", &derived)).await.unwrap();
+
+    let own = IndividualEnrollment {
+        attestation: sym(KEY1),
+        ..Default::default()
+    };
+    e.put_enrollment(now(), "Member", own, None).await.unwrap();
+    let err = e.authenticate(now(), &sas("member", &derived)).await.unwrap_err();
+    assert_eq!(err.code(), codes::UNAUTHORIZED, "{err}");
+    e.register(now(), &sas("member", KEY1), &body).await.unwrap();
+
+    e.delete_enrollment("member", None).await.unwrap();
+    e.register(now(), &sas("member", &derived), &body).await.unwrap();
+}

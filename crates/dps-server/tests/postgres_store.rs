@@ -164,25 +164,33 @@ async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
 /// third, gets a desired-property patch, a cloud-to-device message and a direct method sent
 /// through the other two; its telemetry is read through any node; disabled through one, its
 /// connection to another ends.
+/// Nodes on the addresses `ips`, started at once on one fresh database with every address as a
+/// host name (as an operator starts a cluster behind a load balancer), and their data
+/// directories (which must outlive them).
+async fn cluster<const N: usize>(ips: [&'static str; N]) -> ([dps_server::RunningServer; N], [tempfile::TempDir; N]) {
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let dirs = [(); N].map(|_| tempfile::tempdir().unwrap());
+    let starting = ips.iter().zip(&dirs).map(|(ip, dir)| {
+        let url = url.clone();
+        common::hub_server_with(ip, dir.path(), move |c| {
+            c.store = Some(url);
+            c.hostnames = ips.map(String::from).to_vec();
+        })
+    });
+    let nodes = futures_util::future::join_all(starting).await;
+    match nodes.try_into() {
+        Ok(nodes) => (nodes, dirs),
+        Err(_) => unreachable!("one node per address"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_one_service() {
     use rumqttc::{Packet, QoS};
     use std::time::Duration;
     const NODES: [&str; 3] = ["127.0.38.61", "127.0.38.62", "127.0.38.63"];
     const GROUP_KEY: &str = "Z3JvdXAta2V5LWZvci10aHJlZS1ub2Rlcy0wMTIzNDU2Nzg5";
-    let url = dps_store::postgres::testing::fresh_database().await;
-    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
-    let node = |i: usize| {
-        let (url, dir) = (url.clone(), dirs[i].path().to_path_buf());
-        async move {
-            common::hub_server_with(NODES[i], &dir, move |c| {
-                c.store = Some(url);
-                c.hostnames = NODES.map(String::from).to_vec();
-            })
-            .await
-        }
-    };
-    let (a, b, c) = tokio::join!(node(0), node(1), node(2));
+    let ([a, b, c], _dirs) = cluster(NODES).await;
     for other in [&b, &c] {
         assert_eq!(other.services.identity.id_scope, a.services.identity.id_scope);
         assert_eq!(other.services.identity.hub.host_name, a.services.identity.hub.host_name);
@@ -340,19 +348,7 @@ async fn a_tpm_challenge_from_one_node_is_answered_through_another() {
     use dps_tpm::software::SoftwareTpm;
     use serde_json::json;
     const NODES: [&str; 2] = ["127.0.38.71", "127.0.38.72"];
-    let url = dps_store::postgres::testing::fresh_database().await;
-    let dirs = [(); 2].map(|_| tempfile::tempdir().unwrap());
-    let node = |i: usize| {
-        let (url, dir) = (url.clone(), dirs[i].path().to_path_buf());
-        async move {
-            common::hub_server_with(NODES[i], &dir, move |c| {
-                c.store = Some(url);
-                c.hostnames = NODES.map(String::from).to_vec();
-            })
-            .await
-        }
-    };
-    let (a, b) = tokio::join!(node(0), node(1));
+    let ([a, b], _dirs) = cluster(NODES).await;
     let scope = a.services.identity.id_scope.clone();
 
     let tpm = SoftwareTpm::generate(&mut rand::thread_rng()).unwrap();
@@ -408,4 +404,77 @@ async fn a_tpm_challenge_from_one_node_is_answered_through_another() {
         let again = common::https(node, "PUT", &path, Some(&sas), Some(&body)).await;
         assert_eq!(again.status, 401, "{}", again.body);
     }
+}
+
+/// A node remembers which devices have no individual enrollment (so a group's devices are
+/// attested without asking the database each time); an individual enrollment created through
+/// another node takes precedence there once the node hears of it (decision 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_individual_enrollment_made_through_one_node_takes_precedence_on_another() {
+    use std::time::Duration;
+    const NODES: [&str; 2] = ["127.0.38.73", "127.0.38.74"];
+    const GROUP_KEY: &str = "Z3JvdXAta2V5LWZvci1wcmVjZWRlbmNlLTAxMjM0NTY3ODk=";
+    const OWN_KEY: &str = "b3duLWtleS1vZi10aGUtZGV2aWNlLTAxMjM0NTY3ODlhYg==";
+    let ([a, b], _dirs) = cluster(NODES).await;
+    let group = dps_proto::model::service::EnrollmentGroup {
+        attestation: common::symmetric_key(GROUP_KEY),
+        ..Default::default()
+    };
+    b.services
+        .engine
+        .put_group(chrono::Utc::now(), "fleet", group, None)
+        .await
+        .unwrap();
+    let request = |key: &str| dps_core::DeviceRequest {
+        id_scope: b.services.identity.id_scope.clone(),
+        registration_id: "dev-7".into(),
+        credential: dps_core::Credential::Sas(common::dps_sas(&b, "dev-7", key)),
+        api_version: None,
+        source: None,
+    };
+    let body = dps_proto::model::device::DeviceRegistration::default();
+    let derived = dps_proto::keys::derive_device_key(GROUP_KEY, "dev-7").unwrap();
+    // Through the group, on B: B now knows dev-7 has no individual enrollment.
+    b.services
+        .engine
+        .register(chrono::Utc::now(), &request(&derived), &body)
+        .await
+        .unwrap();
+    b.services
+        .engine
+        .register(chrono::Utc::now(), &request(&derived), &body)
+        .await
+        .unwrap();
+
+    let own = dps_proto::model::service::IndividualEnrollment {
+        attestation: common::symmetric_key(OWN_KEY),
+        ..Default::default()
+    };
+    a.services
+        .engine
+        .put_enrollment(chrono::Utc::now(), "dev-7", own, None)
+        .await
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        match b
+            .services
+            .engine
+            .register(chrono::Utc::now(), &request(&derived), &body)
+            .await
+        {
+            Err(e) => {
+                assert_eq!(e.code(), dps_proto::codes::UNAUTHORIZED, "{e}");
+                refused = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(refused, "B heard of the individual enrollment within 5 s");
+    b.services
+        .engine
+        .register(chrono::Utc::now(), &request(OWN_KEY), &body)
+        .await
+        .unwrap();
 }

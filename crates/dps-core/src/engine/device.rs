@@ -298,7 +298,7 @@ impl Engine {
         if current {
             // The one store read attestation would make anyway: has the individual enrollment
             // appeared, gone or changed since?
-            let individual = self.store.get_enrollment(&req.registration_id).await?.map(|e| e.etag);
+            let individual = self.individual_enrollment(&req.registration_id).await?.map(|e| e.etag);
             if individual == auth.individual_etag {
                 return Ok(auth.attested.clone());
             }
@@ -493,7 +493,7 @@ impl Engine {
             .check_expiry(now.timestamp().max(0) as u64)
             .map_err(SasRefusal::Token)?;
 
-        if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
+        if let Some(e) = self.individual_enrollment(&req.registration_id).await? {
             if e.attestation.kind == AttestationType::Tpm {
                 if tpm == TpmUse::Refuse {
                     return Err(crate::error::TpmRefusal::NotAheadOfRegister {

@@ -609,10 +609,10 @@ impl Engine {
         let stored = self.store.get_enrollment(id).await?;
         let cond = prepare_write(self, now, id, &mut e, stored.as_ref(), if_match)?;
         e.registration_state = None;
-        self.store
-            .put_enrollment(&e, &cond)
-            .await
-            .map_err(|err| Kind::Enrollment.map(err, id))?;
+        let written = self.store.put_enrollment(&e, &cond).await;
+        // After the write (committed or not): a read that raced it must not stay remembered.
+        self.absent.forget(&registration_id::key(id));
+        written.map_err(|err| Kind::Enrollment.map(err, id))?;
         strip_certificates(&mut e.attestation);
         Ok(e)
     }
@@ -636,10 +636,12 @@ impl Engine {
 
     /// `DELETE /enrollments/{id}` (also deletes its registration record).
     pub async fn delete_enrollment(&self, id: &str, if_match: Option<&str>) -> Result<(), Error> {
-        self.store
+        let deleted = self
+            .store
             .delete_enrollment(id, &WriteCondition::from_if_match(if_match))
-            .await
-            .map_err(|e| Kind::Enrollment.map(e, id))
+            .await;
+        self.absent.forget(&registration_id::key(id));
+        deleted.map_err(|e| Kind::Enrollment.map(e, id))
     }
 
     /// `POST /enrollments/{id}/attestationmechanism`: the attestation with its secrets.

@@ -71,7 +71,7 @@ impl Engine {
                 registration_id: req.registration_id.clone(),
             })
         };
-        if let Some(e) = self.store.get_enrollment(&req.registration_id).await? {
+        if let Some(e) = self.individual_enrollment(&req.registration_id).await? {
             if e.attestation.kind != AttestationType::X509 {
                 return Err(not_enrolled(&format!(
                     "the individual enrollment uses {} attestation",

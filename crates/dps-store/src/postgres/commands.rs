@@ -22,14 +22,15 @@ const MARK_REPROVISION: &str = "UPDATE registrations \
 
 type Outcome = Result<Result<(), StoreError>, tokio_postgres::Error>;
 
-/// The notice every node hears when a write to `table` commits, if the nodes cache that table
-/// (decision 0031): `dps groups` (enrollment groups and CA certificates, which registrations
-/// match against) or `dps linked` (linked hubs, which allocation picks from).
-fn notice_of(table: Table) -> Option<&'static str> {
+/// The notice every node hears when a write to `table` at `key` commits, as the nodes cache
+/// what it changes (decision 0031): `dps groups` (enrollment groups and CA certificates, which
+/// registrations match against), `dps linked` (linked hubs, which allocation picks from) or
+/// `dps enrollment {key}` (the engines remember which devices have no individual enrollment).
+fn notice_of(table: Table, key: &str) -> String {
     match table {
-        Table::Groups | Table::Certificates => Some("dps groups"),
-        Table::LinkedHubs => Some("dps linked"),
-        Table::Enrollments => None,
+        Table::Groups | Table::Certificates => "dps groups".into(),
+        Table::LinkedHubs => "dps linked".into(),
+        Table::Enrollments => format!("dps enrollment {key}"),
     }
 }
 
@@ -39,16 +40,17 @@ pub fn store_change(payload: &str) -> Option<dps_core::engine::StoreChange> {
     match payload {
         "dps groups" => Some(StoreChange::GroupsOrCertificates),
         "dps linked" => Some(StoreChange::LinkedHubs),
-        _ => None,
+        _ => payload
+            .strip_prefix("dps enrollment ")
+            .map(|key| StoreChange::Enrollment(key.to_string())),
     }
 }
 
-/// Sends `table`'s notice ([`notice_of`]) in this write's transaction: delivered if, and once,
-/// it commits (a write rolled back to its savepoint takes its notice with it).
-async fn tell_other_nodes(tx: &Transaction<'_>, table: Table) -> Result<(), tokio_postgres::Error> {
-    if let Some(notice) = notice_of(table) {
-        tx.execute(super::hub::NOTIFY, &[&notice]).await?;
-    }
+/// Sends the notice of a write to `table` at `key` ([`notice_of`]) in this write's transaction:
+/// delivered if, and once, it commits (a write rolled back to its savepoint takes its notice
+/// with it).
+async fn tell_other_nodes(tx: &Transaction<'_>, table: Table, key: &str) -> Result<(), tokio_postgres::Error> {
+    tx.execute(super::hub::NOTIFY, &[&notice_of(table, key)]).await?;
     Ok(())
 }
 
@@ -151,7 +153,7 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
             } else {
                 execute(tx, table.upsert(), &[key, etag, doc]).await?;
             }
-            tell_other_nodes(tx, *table).await?;
+            tell_other_nodes(tx, *table, key).await?;
         }
         Op::Delete { table, key, cond } => {
             if let Err(e) = cond.check_delete(locked_etag(tx, table.select_etag(), key).await?.as_deref()) {
@@ -162,7 +164,7 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
                 // An individual enrollment's registration record goes with it (same key).
                 execute(tx, DELETE_REGISTRATION, &[key]).await?;
             }
-            tell_other_nodes(tx, *table).await?;
+            tell_other_nodes(tx, *table, key).await?;
         }
         Op::DeleteRegistration { key, cond } => {
             if let Err(e) = cond.check_delete(locked_etag(tx, SELECT_REGISTRATION_ETAG, key).await?.as_deref()) {
