@@ -547,6 +547,33 @@ impl HubInner {
             .expect("lock_device with create always yields a slot"))
     }
 
+    /// [`HubInner::lock_for_create`], except that on a shared store a slot this node has not
+    /// read is taken to hold no record, without reading it: the caller's write is then an
+    /// insert-if-absent ([`HubInner::commit`] writes conditionally there), and if the record
+    /// did exist the write fails with [`HubStoreError::Conflict`], the slot forgets what it
+    /// presumed, and the caller starts again with `lock_for_create`. On a store no other node
+    /// writes, whose writes are not conditional, this is `lock_for_create`.
+    pub(crate) async fn lock_for_create_unread(
+        &self,
+        key: &str,
+    ) -> Result<(Arc<Slot>, OwnedMutexGuard<bool>), HubStoreError> {
+        if self.store.shared() {
+            loop {
+                let slot = self.devices.get_or_insert(key);
+                let guard = slot.write.clone().lock_owned().await;
+                if *guard {
+                    continue;
+                }
+                if slot.loaded().is_none() {
+                    *slot.record.write() = Some(None);
+                    return Ok((slot, guard));
+                }
+                break;
+            }
+        }
+        self.lock_for_create(key).await
+    }
+
     /// Removes a slot whose device does not exist (after a delete, a failed create, or a lookup
     /// of an absent device), so that the map only holds real devices. Must be called with the
     /// slot's write guard held.

@@ -56,38 +56,42 @@ fn storage(e: RegistryError) -> HubError {
     HubError::unavailable(e)
 }
 
-#[async_trait]
-impl HubRegistry for Hub {
-    async fn upsert_device(&self, hub: &str, device: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
-        if !self.answers_to(hub) {
-            return Err(HubError::UnknownHub(hub.to_string()));
-        }
-        validate_device_id(&device.device_id).map_err(|reason| HubError::Refused {
-            device_id: device.device_id.clone(),
-            reason: reason.into(),
-        })?;
-        let (tags, desired) = initial_docs(device.initial_twin.as_ref()).map_err(|e| HubError::Refused {
-            device_id: device.device_id.clone(),
-            reason: dps_core::Cause::new(e),
-        })?;
-        let key = key_of(&device.device_id);
+impl Hub {
+    /// [`HubRegistry::upsert_device`] once; `presume_absent`: a device this node has not read
+    /// is taken to be new ([`HubInner::lock_for_create_unread`]), and `None` says it was not
+    /// (its insert lost to the stored record, nothing written).
+    async fn upsert_once(
+        &self,
+        key: &str,
+        device: &DeviceProvisioning,
+        tags: &Document,
+        desired: &Document,
+        presume_absent: bool,
+    ) -> Result<Option<UpsertOutcome>, HubError> {
         let inner = &self.inner;
-        let (slot, mut guard) = inner.lock_for_create(&key).await.map_err(|e| storage(e.into()))?;
+        let locked = match presume_absent {
+            true => inner.lock_for_create_unread(key).await,
+            false => inner.lock_for_create(key).await,
+        };
+        let (slot, mut guard) = locked.map_err(|e| storage(e.into()))?;
         let now = inner.now();
         let auth = auth_of(&device.auth);
         let result = async {
             match slot.record() {
                 None => {
                     let mut twin = TwinState::new(now);
-                    twin.tags = tags;
-                    twin.desired = desired;
+                    twin.tags = tags.clone();
+                    twin.desired = desired.clone();
                     let mut rec = DeviceRecord::created(device.device_id.clone(), None, auth, now);
                     rec.capabilities = device.capabilities;
                     rec.twin = twin;
                     rec.created_by_operation = Some(device.operation_id.clone()).filter(|o| !o.is_empty());
-                    inner.commit(&slot, rec).await.map_err(storage)?;
+                    match inner.commit(&slot, rec).await {
+                        Err(e) if presume_absent && e.lost_race() => return Ok(None),
+                        written => written.map_err(storage)?,
+                    };
                     tracing::info!(device = %device.device_id, "device created by provisioning");
-                    Ok(UpsertOutcome { created: true })
+                    Ok(Some(UpsertOutcome { created: true }))
                 }
                 Some(cur) => {
                     if cur.status == Status::Disabled {
@@ -111,9 +115,9 @@ impl HubRegistry for Hub {
                     let mut diff = None;
                     let mut twin_changed = false;
                     if device.twin_policy == TwinPolicy::Reset {
-                        twin_changed = rec.twin.tags != tags;
-                        rec.twin.tags = tags;
-                        diff = rec.twin.set_desired(desired, now);
+                        twin_changed = rec.twin.tags != *tags;
+                        rec.twin.tags = tags.clone();
+                        diff = rec.twin.set_desired(desired.clone(), now);
                         twin_changed |= diff.is_some();
                         if twin_changed {
                             rec.twin.touch();
@@ -126,13 +130,42 @@ impl HubRegistry for Hub {
                         }
                         tracing::info!(device = %rec.device_id, identity_changed, twin_changed, "device updated by provisioning");
                     }
-                    Ok(UpsertOutcome { created })
+                    Ok(Some(UpsertOutcome { created }))
                 }
             }
         }
         .await;
-        inner.retire_if_empty(&key, &slot, &mut guard);
+        inner.retire_if_empty(key, &slot, &mut guard);
         result
+    }
+}
+
+#[async_trait]
+impl HubRegistry for Hub {
+    async fn upsert_device(&self, hub: &str, device: &DeviceProvisioning) -> Result<UpsertOutcome, HubError> {
+        if !self.answers_to(hub) {
+            return Err(HubError::UnknownHub(hub.to_string()));
+        }
+        validate_device_id(&device.device_id).map_err(|reason| HubError::Refused {
+            device_id: device.device_id.clone(),
+            reason: reason.into(),
+        })?;
+        let (tags, desired) = initial_docs(device.initial_twin.as_ref()).map_err(|e| HubError::Refused {
+            device_id: device.device_id.clone(),
+            reason: dps_core::Cause::new(e),
+        })?;
+        let key = key_of(&device.device_id);
+        // A device this node has not seen is first taken to be new, and inserted if absent
+        // without reading it (a shared store's round trip); if it did exist, the insert loses
+        // and the upsert is made again from the stored record.
+        match self.upsert_once(&key, device, &tags, &desired, true).await? {
+            Some(outcome) => Ok(outcome),
+            // Not presuming, it cannot lose that way; a race lost otherwise is an error.
+            None => self
+                .upsert_once(&key, device, &tags, &desired, false)
+                .await?
+                .ok_or_else(|| HubError::unavailable("the device changed while it was provisioned; retry")),
+        }
     }
 
     async fn delete_device(&self, hub: &str, device_id: &str) -> Result<(), HubError> {

@@ -1037,3 +1037,46 @@ async fn racing_twin_patches_through_two_nodes_all_succeed() {
         assert_eq!(d.get(format!("b{i}").as_str()), Some(&i.into()), "{d:?}");
     }
 }
+
+/// Provisioning a device a node has not seen takes it to be new and inserts it without reading
+/// it first; when another node had made it, the insert loses and the device is updated from
+/// the stored record instead, as if read: not created again, its twin kept (decision 0031).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_a_device_another_node_made_updates_it() {
+    use dps_core::hub::{DeviceAuth, DeviceProvisioning, HubRegistry, TwinPolicy};
+    use dps_proto::model::service::DeviceCapabilities;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((_, a), (_, b)) = (hub_node(&url).await, hub_node(&url).await);
+    let provisioning = |operation: &str, key: &str| DeviceProvisioning {
+        device_id: "dev-1".into(),
+        auth: DeviceAuth::Sas {
+            primary_key: key.into(),
+            secondary_key: key.into(),
+        },
+        capabilities: DeviceCapabilities { iot_edge: false },
+        initial_twin: None,
+        twin_policy: TwinPolicy::Keep,
+        operation_id: operation.into(),
+    };
+    let made = a
+        .upsert_device("hub.test", &provisioning("op-1", DEVICE_KEY))
+        .await
+        .unwrap();
+    assert!(made.created);
+    a.patch_twin("dev-1", desired(serde_json::json!({"kept": true})), None)
+        .await
+        .unwrap();
+
+    let other_key = "b3RoZXIta2V5LTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg=";
+    let again = b
+        .upsert_device("hub.test", &provisioning("op-2", other_key))
+        .await
+        .unwrap();
+    assert!(!again.created, "the device existed");
+    let (_, c) = hub_node(&url).await;
+    let device = c.get_device("dev-1").await.unwrap();
+    let keys = device.authentication.unwrap().symmetric_key.unwrap();
+    assert_eq!(keys.primary_key.as_deref(), Some(other_key));
+    let twin = c.get_twin("dev-1").await.unwrap();
+    assert_eq!(twin.properties.unwrap().desired.unwrap()["kept"], true);
+}
