@@ -551,8 +551,11 @@ impl HubInner {
     /// read is taken to hold no record, without reading it: the caller's write is then an
     /// insert-if-absent ([`HubInner::commit`] writes conditionally there), and if the record
     /// did exist the write fails with [`HubStoreError::Conflict`], the slot forgets what it
-    /// presumed, and the caller starts again with `lock_for_create`. On a store no other node
-    /// writes, whose writes are not conditional, this is `lock_for_create`.
+    /// presumed, and the caller starts again with `lock_for_create`. Until that write settles
+    /// (milliseconds), a read of the device on this node that does not take the lock sees the
+    /// presumption: an existing device re-provisioned here at the very moment it connects here
+    /// may be told to retry. On a store no other node writes, whose writes are not
+    /// conditional, this is `lock_for_create`.
     pub(crate) async fn lock_for_create_unread(
         &self,
         key: &str,
