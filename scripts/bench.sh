@@ -26,32 +26,13 @@ DEVICES="${BENCH_DEVICES:-20000}"
 HOLD="${BENCH_HOLD:-19000}"
 ADDR=127.0.0.41
 WORK="$(mktemp -d /tmp/dps-bench.XXXXXX)"
+# shellcheck source=scripts/bench/server.sh
+. "$ROOT/scripts/bench/server.sh"
 trap 'stop_server; rm -rf "$WORK"' EXIT
 
 cargo build --release -p dps
 DPS="$ROOT/target/release/dps"
 
-SERVER_PID=""
-start_server() { # data_dir [serve flags...]
-    local dir="$1"
-    shift
-    "$DPS" serve --data-dir "$dir" --bind "$ADDR" --hostname "$ADDR" --log warn "$@" >"$WORK/serve.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 600); do
-        if (echo >"/dev/tcp/$ADDR/8883") 2>/dev/null; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "dps serve did not start listening" >&2
-    return 1
-}
-stop_server() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
 wanted() { [[ -z "${BENCH_ONLY:-}" || " $BENCH_ONLY " == *" $1 "* ]]; }
 
 # scenario NAME DATA_DIR "SERVE FLAGS" BENCH ARGS...

@@ -27,15 +27,9 @@ WORK="$(mktemp -d /tmp/dps-pgbench.XXXXXX)"
 # The cluster runs as an unprivileged user (scripts/pg-test-cluster.sh), which must reach its directory.
 chmod 755 "$WORK"
 PG_DIR="$WORK/pg"
-SERVER_PID=""
+# shellcheck source=scripts/bench/server.sh
+. "$ROOT/scripts/bench/server.sh"
 
-stop_server() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
 cleanup() {
     stop_server
     bash scripts/pg-test-cluster.sh stop "$PG_DIR" || true
@@ -51,20 +45,6 @@ BASE="${URL%/*}"
 database() { # name: creates it, prints its URL
     psql "$URL" -qc "CREATE DATABASE $1" >/dev/null
     echo "$BASE/$1?sslmode=disable"
-}
-
-start_server() { # data_dir [serve flags...]
-    local dir="$1"
-    shift
-    "$DPS" serve --data-dir "$dir" --bind "$ADDR" --hostname "$ADDR" --log warn "$@" >"$WORK/serve.log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 1200); do
-        if (echo >"/dev/tcp/$ADDR/8883") 2>/dev/null; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "dps serve did not start listening" >&2
-    return 1
 }
 
 run() { # label data_dir [serve flags...]
