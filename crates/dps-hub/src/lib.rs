@@ -123,8 +123,9 @@ pub struct HubConfig {
 /// with other nodes' writes to the same record (a shared store's [`HubStoreError::Conflict`]),
 /// each time from the stored record, before the client is told to retry (503). Two nodes
 /// writing one twin at once (a device's reported properties, the service's desired ones) is
-/// ordinary; losing eight times in a row, with the pauses of [`after_lost_race`] between, is not.
-pub(crate) const RACE_ATTEMPTS: usize = 8;
+/// ordinary; losing twelve times in a row, with the pauses of [`after_lost_race`] between (about
+/// four seconds in all at most), is not.
+pub(crate) const RACE_ATTEMPTS: usize = 12;
 
 /// Waits before attempt `attempt` (2, 3, …) of a write that lost a race: a random pause of up
 /// to 10 ms, doubled with every attempt (at most 640 ms), so that two nodes writing in lockstep

@@ -646,8 +646,10 @@ impl TelemetryLog {
                 p.last = Some((partition_sequence, sequence_number, enqueued));
             }
         }
-        self.arrivals.send_modify(|n| *n += 1);
+        // The feed first: a watcher woken by the arrival and subscribing then must not be fed
+        // this message, which came before it watched.
         self.feed.advanced(sequence_number, &self.tx, &self.store);
+        self.arrivals.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<TelemetryMessage>> {

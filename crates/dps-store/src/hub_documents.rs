@@ -209,7 +209,11 @@ impl DeviceOp {
                         vec![h(), key.into(), doc.into(), etag.into(), twin.into()],
                     ),
                 });
-                out.push((DELETE_DEVICE_TAGS, vec![h(), key.into()]));
+                // A device inserted only if absent has no tag rows to replace: a deletion takes
+                // its rows with it, in its transaction (the registration path's new devices).
+                if !matches!(expect, Some(Expected::Absent)) {
+                    out.push((DELETE_DEVICE_TAGS, vec![h(), key.into()]));
+                }
                 for (path, value) in tags {
                     out.push((PUT_TAG, vec![h(), path.into(), value.into(), key.into()]));
                 }

@@ -582,8 +582,22 @@ async fn cloud_to_device_messages_reach_the_device_whatever_node_it_is_connected
     // A device without a session (HTTPS) receives through any node what either queued, and
     // settles through any node: the lock is the database's.
     drop(session);
-    b.send_c2d("dev-1", "polled", Vec::new()).await.unwrap();
+    // The completions above are written in the background: first wait until the stored queue
+    // is empty (a read before then may hand a completed message out again, as at-least-once
+    // delivery allows).
     let identity = device_login(&a, "dev-1").await;
+    for _ in 0..50 {
+        match a.receive_c2d(&identity).await.unwrap() {
+            None => break,
+            Some(early) => {
+                a.settle_polled_c2d(&identity, &early.lock_token, C2dOutcome::Abandon)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    b.send_c2d("dev-1", "polled", Vec::new()).await.unwrap();
     let polled = a.receive_c2d(&identity).await.unwrap().expect("a message");
     assert_eq!(&polled.record.body[..], b"polled");
     assert_eq!(b.receive_c2d(&identity).await.unwrap(), None, "locked through A");
@@ -696,12 +710,15 @@ async fn telemetry_through_two_nodes_is_numbered_once_among_both() {
     let ((a, _bus_a), (b, _bus_b)) = two_nodes_with_device(&url, "dev-1").await;
     let (on_a, on_b) = (device_login(&a, "dev-1").await, device_login(&b, "dev-1").await);
     // Sent, and heard of by both nodes, before anyone watched: not in the live feed.
-    let mut b_arrivals = b.telemetry_arrivals();
+    let (mut a_arrivals, mut b_arrivals) = (a.telemetry_arrivals(), b.telemetry_arrivals());
     a.send_telemetry(&on_a, Vec::new(), b"before").await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), b_arrivals.changed())
-        .await
-        .expect("node B hears of it")
-        .unwrap();
+    // Node A too hears of its own message through the database, after the send returned.
+    for arrivals in [&mut a_arrivals, &mut b_arrivals] {
+        tokio::time::timeout(Duration::from_secs(5), arrivals.changed())
+            .await
+            .expect("both nodes hear of it")
+            .unwrap();
+    }
     b_arrivals.borrow_and_update();
     let mut live = [a.subscribe_events(), b.subscribe_events()];
     for i in 0..3 {
