@@ -509,6 +509,17 @@ impl HubInner {
         key: &str,
         create: bool,
     ) -> Result<Option<(Arc<Slot>, OwnedMutexGuard<bool>)>, HubStoreError> {
+        self.lock_device_presuming(key, create, false).await
+    }
+
+    /// [`HubInner::lock_device`]; with `presume_absent`, on a shared store a slot this node has
+    /// not read is taken to hold no record ([`HubInner::lock_for_create_unread`]).
+    async fn lock_device_presuming(
+        &self,
+        key: &str,
+        create: bool,
+        presume_absent: bool,
+    ) -> Result<Option<(Arc<Slot>, OwnedMutexGuard<bool>)>, HubStoreError> {
         loop {
             let slot = self.devices.get_or_insert(key);
             let mut guard = slot.write.clone().lock_owned().await;
@@ -516,9 +527,11 @@ impl HubInner {
                 // Retired by a concurrent delete (or a failed load); the map no longer points at it.
                 continue;
             }
-            // Another node may have changed a record held here since it was read: a write on a
-            // shared store starts from the stored one (decision 0031).
-            if slot.loaded().is_none() || self.store.shared() {
+            if presume_absent && self.store.shared() && slot.loaded().is_none() {
+                *slot.record.write() = Some(None);
+            } else if slot.loaded().is_none() || self.store.shared() {
+                // Another node may have changed a record held here since it was read: a write
+                // on a shared store starts from the stored one (decision 0031).
                 let stored = match record::split_key(key) {
                     (device, Some(module)) => self.store.get_module(device, module).await,
                     (device, None) => self.store.get_device(device).await,
@@ -542,8 +555,16 @@ impl HubInner {
     /// [`HubInner::lock_device`] to create or replace the identity at `key`: the slot is yours
     /// whether or not it holds a record yet.
     pub(crate) async fn lock_for_create(&self, key: &str) -> Result<(Arc<Slot>, OwnedMutexGuard<bool>), HubStoreError> {
+        self.lock_slot_for_create(key, false).await
+    }
+
+    async fn lock_slot_for_create(
+        &self,
+        key: &str,
+        presume_absent: bool,
+    ) -> Result<(Arc<Slot>, OwnedMutexGuard<bool>), HubStoreError> {
         Ok(self
-            .lock_device(key, true)
+            .lock_device_presuming(key, true, presume_absent)
             .await?
             .expect("lock_device with create always yields a slot"))
     }
@@ -561,21 +582,7 @@ impl HubInner {
         &self,
         key: &str,
     ) -> Result<(Arc<Slot>, OwnedMutexGuard<bool>), HubStoreError> {
-        if self.store.shared() {
-            loop {
-                let slot = self.devices.get_or_insert(key);
-                let guard = slot.write.clone().lock_owned().await;
-                if *guard {
-                    continue;
-                }
-                if slot.loaded().is_none() {
-                    *slot.record.write() = Some(None);
-                    return Ok((slot, guard));
-                }
-                break;
-            }
-        }
-        self.lock_for_create(key).await
+        self.lock_slot_for_create(key, true).await
     }
 
     /// Removes a slot whose device does not exist (after a delete, a failed create, or a lookup

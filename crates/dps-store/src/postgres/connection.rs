@@ -193,40 +193,19 @@ fn take(key: &str, value: &str, parsed: &mut Parsed) -> Option<Option<&'static s
 /// reads is passed on whole, for tokio-postgres to say what is wrong with it.
 fn parse(url: &str) -> Parsed {
     let mut parsed = Parsed::default();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
-            parsed.rest = url.to_string();
-            return parsed;
-        };
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-            match take(&decode(key), &decode(value), &mut parsed) {
-                None => kept.push(pair.to_string()),
-                Some(Some(replacement)) => kept.push(replacement.to_string()),
-                Some(None) => {}
-            }
-        }
-        parsed.rest = match kept.is_empty() {
-            true => base.to_string(),
-            false => format!("{base}?{}", kept.join("&")),
-        };
-        return parsed;
-    }
-    let Some(pairs) = key_value_pairs(url) else {
+    let Some(params) = Params::of(url) else {
         parsed.rest = url.to_string();
         return parsed;
     };
     let mut kept = Vec::new();
-    for (key, value, written) in pairs {
-        match take(&key, &value, &mut parsed) {
-            None => kept.push(written),
+    for (key, value, written) in &params.pairs {
+        match take(key, value, &mut parsed) {
+            None => kept.push(written.clone()),
             Some(Some(replacement)) => kept.push(replacement.to_string()),
             Some(None) => {}
         }
     }
-    parsed.rest = kept.join(" ");
+    parsed.rest = params.with(&params.base, kept);
     parsed
 }
 
@@ -234,31 +213,71 @@ fn parse(url: &str) -> Parsed {
 /// user information of a `postgres://` URL, a `password` parameter or keyword). A string that
 /// is neither form is not shown at all.
 pub fn without_password(url: &str) -> String {
-    if let Some(after_scheme) = url.find("://").map(|i| i + 3) {
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let Some(params) = Params::of(url) else {
+        return "(a store URL that cannot be read)".to_string();
+    };
+    let mut base = params.base.clone();
+    if let Some(after_scheme) = base.find("://").map(|i| i + 3) {
         let authority_end = base[after_scheme..].find('/').map_or(base.len(), |i| after_scheme + i);
-        let mut shown = base.to_string();
         if let Some(at) = base[after_scheme..authority_end].rfind('@').map(|i| after_scheme + i) {
             let user = base[after_scheme..at].split(':').next().unwrap_or_default();
-            shown = format!("{}{user}{}", &base[..after_scheme], &base[at..]);
+            base = format!("{}{user}{}", &base[..after_scheme], &base[at..]);
         }
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("password"))
-            .collect();
-        if !kept.is_empty() {
-            shown = format!("{shown}?{}", kept.join("&"));
-        }
-        return shown;
     }
-    match key_value_pairs(url) {
-        Some(pairs) => pairs
-            .into_iter()
-            .filter(|(key, _, _)| key != "password")
-            .map(|(_, _, written)| written)
-            .collect::<Vec<_>>()
-            .join(" "),
-        None => "(a store URL that cannot be read)".to_string(),
+    let kept = params
+        .pairs
+        .iter()
+        .filter(|(key, _, _)| key != "password")
+        .map(|(_, _, written)| written.clone())
+        .collect();
+    params.with(&base, kept)
+}
+
+/// A store URL taken apart into its parameters, in either form libpq reads.
+struct Params {
+    /// `postgres://…` up to its `?`, or nothing for a keyword string.
+    base: String,
+    /// Each parameter's key and value (decoded) and its text as written.
+    pairs: Vec<(String, String, String)>,
+    /// Whether it is a `postgres://` URL (parameters joined by `&`) or a keyword string (by
+    /// spaces).
+    url_form: bool,
+}
+
+impl Params {
+    /// `url`'s parameters; `None` when it is neither form.
+    fn of(url: &str) -> Option<Params> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return key_value_pairs(url).map(|pairs| Params {
+                base: String::new(),
+                pairs,
+                url_form: false,
+            });
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let pairs = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (decode(key), decode(value), pair.to_string())
+            })
+            .collect();
+        Some(Params {
+            base: base.to_string(),
+            pairs,
+            url_form: true,
+        })
+    }
+
+    /// The URL of `base` with the parameters `kept` (as written), in this URL's form.
+    fn with(&self, base: &str, kept: Vec<String>) -> String {
+        match (self.url_form, kept.is_empty()) {
+            (true, true) => base.to_string(),
+            (true, false) => format!("{base}?{}", kept.join("&")),
+            (false, _) => kept.join(" "),
+        }
     }
 }
 
