@@ -473,6 +473,15 @@ impl Storage {
         }
     }
 
+    /// Hub `number`'s blobs: in the directory `dir`, or in the database every node shares (then
+    /// `dir` holds only this node's temporary files).
+    fn blobs(&self, number: u32, dir: &std::path::Path, max_blob_bytes: u64) -> std::io::Result<dps_store::BlobStore> {
+        match &self.hubs {
+            HubStorage::Sqlite(_) => dps_store::BlobStore::open(dir, max_blob_bytes),
+            HubStorage::Postgres { db, .. } => dps_store::BlobStore::in_database(dir, max_blob_bytes, db.hub(number)),
+        }
+    }
+
     /// Hub `number`'s store (`telemetry`: its telemetry file, when its data is in files), and
     /// whether the storage held the hub before this start.
     fn hub(
@@ -565,12 +574,12 @@ async fn open_hub(
     let number = identity.number().expect("checked by Storage::open");
     // File uploads go to the blob endpoint on the HTTPS port, under the hub's name.
     let blobs_path = dir.blobs_path_of(identity);
-    let blobs = dps_store::BlobStore::open(&blobs_path, config.limits.max_upload_bytes).map_err(|source| {
-        StartError::Blobs {
+    let blobs = storage
+        .blobs(number, &blobs_path, config.limits.max_upload_bytes)
+        .map_err(|source| StartError::Blobs {
             path: blobs_path,
             source,
-        }
-    })?;
+        })?;
     let (hub_store, held_before) = storage.hub(number, &dir.telemetry_path_of(identity))?;
     let hub = dps_hub::Hub::open_with_store(
         dps_hub::HubConfig {
@@ -746,9 +755,10 @@ async fn hub_sweeper(hub: dps_hub::Hub, blobs: Option<dps_store::BlobStore>, mut
                 hub.sweep();
                 ticks += 1;
                 if let Some(blobs) = blobs.clone().filter(|_| ticks.is_multiple_of(60)) {
-                    let swept = tokio::task::spawn_blocking(move || blobs.sweep(2 * dps_hub::FILE_UPLOAD_TTL)).await;
-                    if let Ok(n @ 1..) = swept {
-                        tracing::debug!(removed = n, "stale file upload blocks removed");
+                    match blobs.sweep(2 * dps_hub::FILE_UPLOAD_TTL).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(removed = n, "stale file upload blocks removed"),
+                        Err(e) => tracing::warn!(error = %e, "stale file upload blocks not removed; trying again in a minute"),
                     }
                 }
             }

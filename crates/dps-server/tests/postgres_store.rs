@@ -478,3 +478,97 @@ async fn an_individual_enrollment_made_through_one_node_takes_precedence_on_anot
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_uploaded_through_one_node_is_read_and_reported_through_another() {
+    use serde_json::json;
+    const NODES: [&str; 2] = ["127.0.38.75", "127.0.38.76"];
+    let ([a, b], dirs) = cluster(NODES).await;
+    common::hub_device(&a, "up-1").await;
+    let hub_host = a.services.identity.hub.host_name.clone();
+    let expiry = chrono::Utc::now().timestamp() as u64 + 600;
+    let token = dps_proto::sas::build_token(&format!("{hub_host}/devices/up-1"), common::KEY, expiry, None).unwrap();
+    let started = common::https(
+        &a,
+        "POST",
+        "/devices/up-1/files?api-version=2021-04-12",
+        Some(&token),
+        Some(&json!({"blobName": "logs/today.txt"})),
+    )
+    .await;
+    assert_eq!(started.status, 200, "{:?}", started.body);
+    let (blob, sas) = (
+        started.body["blobName"].as_str().unwrap().to_string(),
+        started.body["sasToken"].as_str().unwrap().to_string(),
+    );
+    let host = started.body["hostName"].as_str().unwrap().to_string();
+    // The device's requests to the blob endpoint land on either node, as behind a balancer.
+    async fn put(node: &dps_server::RunningServer, host: &str, path: String, body: &[u8]) {
+        let headers = [("host", host), ("x-ms-version", "2020-10-02")];
+        let (status, _, body) =
+            common::https_raw(node, common::trusting_local_ca(node), "PUT", &path, &headers, body).await;
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    }
+    let blob_path = |query: String| format!("/{}/{blob}{query}", dps_proto::rest::FILE_UPLOAD_CONTAINER);
+    put(
+        &a,
+        &host,
+        blob_path(format!("{sas}&comp=block&blockid=AAAA")),
+        b"hello ",
+    )
+    .await;
+    put(&b, &host, blob_path(format!("{sas}&comp=block&blockid=AAAB")), b"world").await;
+    let list =
+        br#"<?xml version="1.0" encoding="utf-8"?><BlockList><Latest>AAAA</Latest><Latest>AAAB</Latest></BlockList>"#;
+    put(&a, &host, blob_path(format!("?comp=blocklist&{}", &sas[1..])), list).await;
+    // Read back through the other node, with the device's SAS and as the service.
+    let path = blob_path(sas.clone());
+    let (status, _, bytes) = common::https_raw(
+        &b,
+        common::trusting_local_ca(&b),
+        "GET",
+        &path,
+        &[("host", host.as_str())],
+        &[],
+    )
+    .await;
+    assert_eq!((status, bytes.as_slice()), (200, &b"hello world"[..]));
+    let (status, files) = common::hub_rest(&b, "GET", "/files", None).await;
+    assert_eq!(status, 200, "{files}");
+    assert_eq!(files["value"][0]["name"], "up-1/logs/today.txt");
+    assert_eq!(files["value"][0]["size"], 11);
+    // Reported through the other node: the notification carries the blob's size.
+    let reported = common::https(
+        &b,
+        "POST",
+        "/devices/up-1/files/notifications?api-version=2021-04-12",
+        Some(&token),
+        Some(&json!({"correlationId": started.body["correlationId"], "isSuccess": true, "statusCode": 200, "statusDescription": "done"})),
+    )
+    .await;
+    assert_eq!(reported.status, 204, "{:?}", reported.body);
+    // Nothing of the blob is on either node's disk.
+    for dir in &dirs {
+        let on_disk = walk(dir.path());
+        assert!(
+            !on_disk
+                .iter()
+                .any(|p| p.ends_with("today.txt") || p.contains("/.blocks/")),
+            "{on_disk:?}"
+        );
+    }
+}
+
+/// Every file under `dir`, as paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}

@@ -10,6 +10,7 @@
 //! The schema is created and migrated by whichever node starts first (module `migrations`,
 //! under an advisory lock).
 
+mod blobs;
 mod bus;
 mod challenges;
 mod commands;
@@ -29,6 +30,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::documents::{undecodable, Doc, Documents, Op, LIST_BY_GROUP};
 use crate::stats::StoreStats;
+pub(crate) use blobs::BlobRows;
 pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
 pub use commands::store_change;
 pub use connection::without_password;

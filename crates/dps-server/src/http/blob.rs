@@ -53,6 +53,8 @@ impl From<BlobError> for StorageError {
             BlobError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestBodyTooLarge"),
             BlobError::Name(_) => (StatusCode::BAD_REQUEST, "InvalidResourceName"),
             BlobError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            // Storage's answer when it cannot serve now; its SDKs retry it.
+            BlobError::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServerBusy"),
         };
         if status.is_server_error() {
             tracing::warn!(error = %e, "blob storage failed");
@@ -206,7 +208,7 @@ async fn read(
     range: Option<String>,
     head: bool,
 ) -> Result<Response, StorageError> {
-    let Some((props, mut file)) = store.open_blob(container, blob).await? else {
+    let Some((props, reader)) = store.open_blob(container, blob).await? else {
         return Err(StorageError(
             StatusCode::NOT_FOUND,
             "BlobNotFound",
@@ -230,11 +232,7 @@ async fn read(
     let body = if head {
         Body::empty()
     } else {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| StorageError::from(BlobError::Io(e)))?;
-        Body::from_stream(tokio_util::io::ReaderStream::new(file.take(len)))
+        Body::from_stream(reader.into_stream(start, len))
     };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();

@@ -27,8 +27,12 @@ fn store(hub: &EmbeddedHub) -> Result<(&dps_store::BlobStore, &str), ApiError> {
     }
 }
 
-fn storage_error(e: dps_store::BlobError) -> ApiError {
-    ApiError::internal(format!("blob storage: {e}"))
+/// A blob store failure as the service API reports it: 503 while the database is away.
+pub(super) fn storage_error(e: dps_store::BlobError) -> ApiError {
+    match e {
+        dps_store::BlobError::Database(_) => ApiError::new(codes::SERVICE_UNAVAILABLE, e.to_string()),
+        e => ApiError::internal(format!("blob storage: {e}")),
+    }
 }
 
 fn account_error(e: crate::storage_account::StorageAccountError) -> ApiError {
@@ -81,10 +85,10 @@ pub(super) async fn read(services: &Services, hub: &EmbeddedHub, name: &str) -> 
         (size, Body::from_stream(stream))
     } else {
         let (blobs, container) = store(hub)?;
-        let Some((props, file)) = blobs.open_blob(container, name).await.map_err(storage_error)? else {
+        let Some((props, reader)) = blobs.open_blob(container, name).await.map_err(storage_error)? else {
             return Err(not_found());
         };
-        (props.size, Body::from_stream(tokio_util::io::ReaderStream::new(file)))
+        (props.size, Body::from_stream(reader.into_stream(0, props.size)))
     };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();

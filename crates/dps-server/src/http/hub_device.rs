@@ -237,7 +237,7 @@ async fn uploaded(
             last_modified: p.last_modified,
         }),
         Ok(None) => Err(missing()),
-        Err(e) => Err(ApiError::internal(e.to_string())),
+        Err(e) => Err(super::files::storage_error(e)),
     }
 }
 

@@ -241,13 +241,14 @@ async fn import(
     request: &JobProperties,
 ) -> Result<(), String> {
     let name = request.input_blob_name.as_deref().unwrap_or(DEVICES_BLOB);
-    let (_, mut file) = blobs
+    let (props, reader) = blobs
         .open_blob(input, name)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("the input blob {input}/{name} does not exist"))?;
     let mut text = String::new();
-    file.read_to_string(&mut text)
+    tokio_util::io::StreamReader::new(reader.into_stream(0, props.size))
+        .read_to_string(&mut text)
         .await
         .map_err(|e| format!("cannot read {input}/{name} as UTF-8 text: {e}"))?;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();

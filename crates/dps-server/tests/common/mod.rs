@@ -522,38 +522,65 @@ pub async fn https_with(
     auth: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> HttpReply {
+    let mut headers = vec![
+        ("accept", "application/json"),
+        ("content-type", "application/json; charset=utf-8"),
+    ];
+    headers.extend(auth.map(|a| ("authorization", a)));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, headers, body) = https_raw(s, tls, method, path, &headers, body.as_bytes()).await;
+    HttpReply {
+        status,
+        headers,
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// One HTTP/1.1 request with any headers and body (`Host` is the server's address unless
+/// `headers` name one) over a new TLS connection: status, lower-cased headers, body bytes.
+pub async fn https_raw(
+    s: &RunningServer,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tls = tokio_rustls::TlsConnector::from(tls);
-    let host = s.https_addr.ip().to_string();
+    let address = s.https_addr.ip().to_string();
     let tcp = tokio::net::TcpStream::connect(s.https_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from(host.clone()).unwrap();
+    let name = rustls_pki_types::ServerName::try_from(address.clone()).unwrap();
     let mut stream = tls.connect(name, tcp).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let host = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map_or(address.as_str(), |(_, v)| v);
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
-    if let Some(a) = auth {
-        req.push_str(&format!("Authorization: {a}\r\n"));
+    for (n, v) in headers.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("{n}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    req.push_str(&body);
-    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await.unwrap();
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete HTTP response");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    HttpReply {
-        status,
-        headers,
-        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    }
+    (status, headers, raw[split + 4..].to_vec())
 }
 
 /// Registers `reg` (enrolled with [`KEY`]) through the engine, as a device over any transport

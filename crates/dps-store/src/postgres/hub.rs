@@ -175,7 +175,8 @@ impl PostgresHubDatabase {
 }
 
 /// One embedded hub's [`dps_hub::store::HubStore`] on PostgreSQL, and its
-/// [`dps_hub::Peers`] (module `peers`). Safe to share across tasks.
+/// [`dps_hub::Peers`] (module `peers`). Safe to share across tasks; cheap to clone.
+#[derive(Clone)]
 pub struct PostgresHubStore {
     pub(super) db: Arc<PostgresHubDatabase>,
     pub(super) hub: i64,

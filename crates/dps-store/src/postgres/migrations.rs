@@ -101,6 +101,11 @@ pub(super) const HUB: Schema = Schema {
             name: "file uploads in progress",
             sql: include_str!("migrations/hub_0009.sql"),
         },
+        Migration {
+            version: 10,
+            name: "blobs",
+            sql: include_str!("migrations/hub_0010.sql"),
+        },
     ],
 };
 
