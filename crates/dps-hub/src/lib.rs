@@ -33,6 +33,7 @@ mod cache;
 mod consumer_groups;
 mod error;
 mod file_upload;
+mod import_export;
 mod jobs;
 mod modules;
 mod outbox;
@@ -72,6 +73,10 @@ pub use error::{
 pub use file_upload::{
     FileNotification, FileUploadConfig, FileUploadSas, UploadedBlob, FILE_NOTIFICATION_LOCK, FILE_NOTIFICATION_TTL,
     FILE_UPLOAD_TTL, MAX_ACTIVE_UPLOADS,
+};
+pub use import_export::{
+    import_export_stale_after, is_active as import_export_is_active, StoredImportExportJob, IMPORT_EXPORT_HEARTBEAT,
+    MAX_KEPT_IMPORT_EXPORT_JOBS,
 };
 pub use jobs::{DEFAULT_MAX_EXECUTION, JOB_RETENTION, MAX_ACTIVE_JOBS, MAX_KEPT_JOBS};
 pub use modules::MAX_MODULES_PER_DEVICE;

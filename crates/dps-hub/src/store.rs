@@ -269,6 +269,42 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
         Err(HubStoreError::NotShared { what: "file uploads" })
     }
 
+    /// On a shared store: records the new import or export job `job` at `now`, unless another
+    /// is active and was written at or after `stale_before` (one runs at a time; a job not
+    /// written since then was abandoned by its node), and drops the oldest beyond
+    /// [`crate::MAX_KEPT_IMPORT_EXPORT_JOBS`]: whether it was recorded. Durable when it returns.
+    async fn create_import_export_job(
+        &self,
+        job: &dps_proto::model::hub::JobProperties,
+        now: chrono::DateTime<chrono::Utc>,
+        stale_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, HubStoreError> {
+        let _ = (job, now, stale_before);
+        Err(HubStoreError::NotShared {
+            what: "import and export jobs",
+        })
+    }
+
+    /// On a shared store: writes `job` (written at `now`) over the stored one only if that is
+    /// still active (`enqueued` or `running`): whether it was.
+    async fn update_import_export_job(
+        &self,
+        job: &dps_proto::model::hub::JobProperties,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, HubStoreError> {
+        let _ = (job, now);
+        Err(HubStoreError::NotShared {
+            what: "import and export jobs",
+        })
+    }
+
+    /// On a shared store: every kept import or export job.
+    async fn import_export_jobs(&self) -> Result<Vec<crate::StoredImportExportJob>, HubStoreError> {
+        Err(HubStoreError::NotShared {
+            what: "import and export jobs",
+        })
+    }
+
     /// On a shared store: writes `record` back (its delivery count changed) and frees it for
     /// the next receive; durable when it returns.
     async fn unlock_c2d(&self, record: &C2dRecord) -> Result<(), HubStoreError> {

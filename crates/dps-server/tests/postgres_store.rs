@@ -572,3 +572,116 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_export_job_made_through_one_node_is_seen_through_another_and_its_blobs_shared() {
+    use serde_json::json;
+    use std::time::Duration;
+    const NODES: [&str; 2] = ["127.0.38.77", "127.0.38.78"];
+    let ([a, b], _dirs) = cluster(NODES).await;
+    for id in ["ie-1", "ie-2"] {
+        common::hub_device(&a, id).await;
+    }
+    let host = a.services.identity.hub.host_name.clone();
+    let job = |node: &'static str, body: serde_json::Value| {
+        let node = if node == "a" { &a } else { &b };
+        async move {
+            let (status, job) = common::hub_rest(node, "POST", "/jobs/create", Some(&body)).await;
+            assert_eq!(status, 200, "{job}");
+            job["jobId"].as_str().unwrap().to_string()
+        }
+    };
+    // Polled through the node that did not create it, until it ends.
+    let finished = |node: &'static str, id: String| {
+        let node = if node == "a" { &a } else { &b };
+        async move {
+            for _ in 0..100 {
+                let (status, job) = common::hub_rest(node, "GET", &format!("/jobs/{id}"), None).await;
+                assert_eq!(status, 200, "{job}");
+                if !dps_hub::import_export_is_active(job["status"].as_str().unwrap()) {
+                    return job;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("job {id} did not end");
+        }
+    };
+    let export = job(
+        "a",
+        json!({"type": "export", "outputBlobContainerUri": format!("https://{host}/exports"), "excludeKeysInExport": false}),
+    )
+    .await;
+    // One at a time, across nodes.
+    let (status, busy) = common::hub_rest(
+        &b,
+        "POST",
+        "/jobs/create",
+        Some(&json!({"type": "export", "outputBlobContainerUri": format!("https://{host}/other")})),
+    )
+    .await;
+    if status != 200 {
+        assert_eq!(
+            busy["ErrorCode"].as_str().or(busy["errorCode"].as_str()),
+            Some("TooManyActiveJobs"),
+            "{busy}"
+        );
+    } else {
+        // The first ended before the second arrived; let it end too.
+        finished("a", busy["jobId"].as_str().unwrap().to_string()).await;
+    }
+    let done = finished("b", export.clone()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["progress"], 100);
+
+    // The export's devices.txt, written by A into the database, is imported through B: the
+    // devices are updated (disabled) from it.
+    let hub = common::hub(&a);
+    let mut exported = String::new();
+    let blobs = a.services.hubs.first().blobs.clone().unwrap();
+    let (props, reader) = blobs.open_blob("exports", "devices.txt").await.unwrap().unwrap();
+    for piece in futures_util::TryStreamExt::try_collect::<Vec<_>>(reader.into_stream(0, props.size))
+        .await
+        .unwrap()
+    {
+        exported.push_str(std::str::from_utf8(&piece).unwrap());
+    }
+    assert_eq!(exported.lines().count(), 2, "{exported}");
+    let disabled: String = exported
+        .lines()
+        .map(|l| {
+            let mut device: serde_json::Value = serde_json::from_str(l).unwrap();
+            device["status"] = json!("disabled");
+            device["importMode"] = json!("update");
+            format!("{device}\r\n")
+        })
+        .collect();
+    let mut write = blobs.begin().await.unwrap();
+    write.write(disabled.as_bytes()).await.unwrap();
+    blobs.put_blob(write, "imports", "devices.txt", false).await.unwrap();
+    let import = job(
+        "b",
+        json!({"type": "import", "inputBlobContainerUri": format!("https://{host}/imports"), "outputBlobContainerUri": format!("https://{host}/results")}),
+    )
+    .await;
+    let done = finished("a", import.clone()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    for id in ["ie-1", "ie-2"] {
+        let device = hub.get_device(id).await.unwrap();
+        assert_eq!(device.status.as_deref(), Some("disabled"), "{id}");
+    }
+    // Both jobs are listed through either node.
+    for node in [&a, &b] {
+        let (status, jobs) = common::hub_rest(node, "GET", "/jobs", None).await;
+        assert_eq!(status, 200, "{jobs}");
+        let ids: Vec<&str> = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["jobId"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.contains(&export.as_str()) && ids.contains(&import.as_str()),
+            "{ids:?}"
+        );
+    }
+}

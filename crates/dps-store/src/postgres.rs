@@ -17,6 +17,7 @@ mod commands;
 mod connection;
 mod files;
 mod hub;
+mod import_export;
 mod migrations;
 mod peers;
 mod uploads;

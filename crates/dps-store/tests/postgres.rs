@@ -1097,3 +1097,68 @@ async fn provisioning_a_device_another_node_made_updates_it() {
     let twin = c.get_twin("dev-1").await.unwrap();
     assert_eq!(twin.properties.unwrap().desired.unwrap()["kept"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_export_jobs_run_one_at_a_time_across_nodes_and_are_cancelled_through_any() {
+    use chrono::{Duration, Utc};
+    use dps_hub::store::HubStore;
+    use dps_proto::model::hub::JobProperties;
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let a = dps_store::PostgresHubDatabase::connect(&url).await.unwrap().hub(1);
+    let b = dps_store::PostgresHubDatabase::connect(&url).await.unwrap().hub(1);
+    let job = |id: &str, status: &str| JobProperties {
+        job_id: id.into(),
+        kind: "export".into(),
+        status: status.into(),
+        ..Default::default()
+    };
+    let now = Utc::now();
+    let stale_before = now - Duration::seconds(60);
+    assert!(a
+        .create_import_export_job(&job("j1", "enqueued"), now, stale_before)
+        .await
+        .unwrap());
+    // One at a time, whichever node is asked.
+    assert!(!b
+        .create_import_export_job(&job("j2", "enqueued"), now, stale_before)
+        .await
+        .unwrap());
+    // A runs it; B cancels it; A's next write is refused, and the cancellation stays.
+    assert!(a.update_import_export_job(&job("j1", "running"), now).await.unwrap());
+    assert!(b.update_import_export_job(&job("j1", "cancelled"), now).await.unwrap());
+    assert!(!a.update_import_export_job(&job("j1", "completed"), now).await.unwrap());
+    let stored = b.import_export_jobs().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].properties.status, "cancelled");
+    // A job its node stopped writing blocks nothing once stale, and reads as failed.
+    assert!(b
+        .create_import_export_job(&job("j2", "running"), now, stale_before)
+        .await
+        .unwrap());
+    let later = now + Duration::seconds(120);
+    assert!(a
+        .create_import_export_job(&job("j3", "enqueued"), later, later - Duration::seconds(60))
+        .await
+        .unwrap());
+    let seen: Vec<_> = a
+        .import_export_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.as_seen(later))
+        .map(|j| (j.job_id, j.status))
+        .collect();
+    assert!(seen.contains(&("j2".into(), "failed".into())), "{seen:?}");
+    assert!(seen.contains(&("j3".into(), "enqueued".into())), "{seen:?}");
+    // At most MAX_KEPT_IMPORT_EXPORT_JOBS are kept, the oldest going first.
+    for n in 0..dps_hub::MAX_KEPT_IMPORT_EXPORT_JOBS {
+        let at = later + Duration::seconds(n as i64 + 1);
+        assert!(b
+            .create_import_export_job(&job(&format!("k{n}"), "completed"), at, at)
+            .await
+            .unwrap());
+    }
+    let kept = a.import_export_jobs().await.unwrap();
+    assert_eq!(kept.len(), dps_hub::MAX_KEPT_IMPORT_EXPORT_JOBS);
+    assert!(!kept.iter().any(|j| j.properties.job_id == "j1"));
+}

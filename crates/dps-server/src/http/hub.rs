@@ -183,11 +183,12 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             let hosts: Vec<String> = hub.names().map(str::to_string).collect();
             ok(&embedded
                 .import_export
-                .create(&hub, embedded.blobs.as_ref(), &hosts, request)?)
+                .create(&hub, embedded.blobs.as_ref(), &hosts, request)
+                .await?)
         }
-        Route::ListImportExportJobs => ok(&embedded.import_export.list()),
-        Route::GetImportExportJob(id) => ok(&embedded.import_export.get(&id)?),
-        Route::CancelImportExportJob(id) => ok(&embedded.import_export.cancel(&id)?),
+        Route::ListImportExportJobs => ok(&embedded.import_export.list(&hub).await?),
+        Route::GetImportExportJob(id) => ok(&embedded.import_export.get(&hub, &id).await?),
+        Route::CancelImportExportJob(id) => ok(&embedded.import_export.cancel(&hub, &id).await?),
         Route::ListModules(id) => ok(&hub.list_modules(&id).await.map_err(registry_error)?),
         Route::GetModule(id, module) => ok(&hub.get_module(&id, &module).await.map_err(registry_error)?),
         Route::PutModule(id, module_id) => {

@@ -10,7 +10,8 @@
 //! `inputBlobName`) from the input container, applies each line as a bulk registry item
 //! (`createOrUpdate` when it names no mode) and writes the lines that failed to
 //! `importErrors.log` in the output container. One import or export runs at a time, as in IoT
-//! Hub; jobs are kept in memory (a restart forgets them, and one running then is not resumed).
+//! Hub; jobs are kept in memory (a restart forgets them, and one running then is not resumed),
+//! or, when nodes share a PostgreSQL store, in it (see [`Jobs`]).
 
 use std::collections::HashMap;
 
@@ -33,10 +34,19 @@ const DEVICES_BLOB: &str = "devices.txt";
 /// Where an import writes the lines it could not apply.
 const ERRORS_BLOB: &str = "importErrors.log";
 
-/// The import and export jobs of a server.
+/// How often the node running a job on a shared store writes its progress there, at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The import and export jobs of one hub. On a store only this node uses, they live here (a
+/// restart forgets them). On a store several nodes share (decision 0033) they live in the
+/// store, where any node answers for them and may cancel them; the node a job was created
+/// through runs it, keeps its copy here meanwhile, and writes it to the store at least every
+/// [`dps_hub::IMPORT_EXPORT_HEARTBEAT`] (a job no longer written counts as abandoned).
 #[derive(Default)]
 pub struct Jobs {
     jobs: Mutex<HashMap<String, JobProperties>>,
+    /// When this node last wrote each job it runs to the shared store.
+    written: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Jobs {
@@ -50,32 +60,92 @@ impl Jobs {
         self.jobs.lock().get(id).is_some_and(|j| j.status == "cancelled")
     }
 
+    /// [`update`](Self::update), then, on a shared store, writes the job there when it was
+    /// not written for [`PROGRESS_EVERY`].
+    async fn progress(&self, hub: &Hub, id: &str, f: impl FnOnce(&mut JobProperties)) {
+        self.update(id, f);
+        let due = self
+            .written
+            .lock()
+            .get(id)
+            .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+        if due {
+            self.persist(hub, id).await;
+        }
+    }
+
+    /// On a shared store: writes this node's copy of job `id` there. When the stored job is no
+    /// longer active (cancelled through some node), the copy is marked cancelled, which stops
+    /// the runner. Whether the store took the write (or needs none).
+    async fn persist(&self, hub: &Hub, id: &str) -> bool {
+        if !hub.store_is_shared() {
+            return true;
+        }
+        let Some(job) = self.jobs.lock().get(id).cloned() else {
+            return true;
+        };
+        match hub.update_import_export_job(&job).await {
+            Ok(true) => {}
+            Ok(false) => self.update(id, |j| j.status = "cancelled".into()),
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "import/export job's progress not written; trying again");
+                return false;
+            }
+        }
+        self.written.lock().insert(id.to_string(), std::time::Instant::now());
+        true
+    }
+
     /// `GET /jobs`: every remembered job, newest first.
-    pub(crate) fn list(&self) -> Vec<JobProperties> {
+    pub(crate) async fn list(&self, hub: &Hub) -> Result<Vec<JobProperties>, ApiError> {
+        if hub.store_is_shared() {
+            return hub.import_export_jobs().await.map_err(store_failure);
+        }
         let mut all: Vec<JobProperties> = self.jobs.lock().values().cloned().collect();
         all.sort_by(|a, b| b.start_time_utc.cmp(&a.start_time_utc).then(a.job_id.cmp(&b.job_id)));
-        all
+        Ok(all)
     }
 
     /// `GET /jobs/{id}`.
-    pub(crate) fn get(&self, id: &str) -> Result<JobProperties, ApiError> {
+    pub(crate) async fn get(&self, hub: &Hub, id: &str) -> Result<JobProperties, ApiError> {
+        if hub.store_is_shared() {
+            let jobs = hub.import_export_jobs().await.map_err(store_failure)?;
+            return jobs.into_iter().find(|j| j.job_id == id).ok_or_else(|| not_found(id));
+        }
         self.jobs.lock().get(id).cloned().ok_or_else(|| not_found(id))
     }
 
     /// `DELETE /jobs/{id}`: an enqueued or running job is cancelled (an import stops before its
     /// next line; what it applied stays); a finished one is answered as it is.
-    pub(crate) fn cancel(&self, id: &str) -> Result<JobProperties, ApiError> {
-        let mut jobs = self.jobs.lock();
-        let job = jobs.get_mut(id).ok_or_else(|| not_found(id))?;
-        if matches!(job.status.as_str(), "enqueued" | "running") {
-            job.status = "cancelled".into();
-            job.end_time_utc = Some(format_record(&Utc::now()));
+    pub(crate) async fn cancel(&self, hub: &Hub, id: &str) -> Result<JobProperties, ApiError> {
+        let cancelled = |job: &mut JobProperties| {
+            if dps_hub::import_export_is_active(&job.status) {
+                job.status = "cancelled".into();
+                job.end_time_utc = Some(format_record(&Utc::now()));
+            }
+        };
+        if !hub.store_is_shared() {
+            let mut jobs = self.jobs.lock();
+            let job = jobs.get_mut(id).ok_or_else(|| not_found(id))?;
+            cancelled(job);
+            return Ok(job.clone());
         }
-        Ok(job.clone())
+        let mut job = self.get(hub, id).await?;
+        if !dps_hub::import_export_is_active(&job.status) {
+            return Ok(job);
+        }
+        cancelled(&mut job);
+        if hub.update_import_export_job(&job).await.map_err(store_failure)? {
+            // When this node runs it, its runner stops now; another node's, at its next write.
+            self.update(id, cancelled);
+            return Ok(job);
+        }
+        // It finished meanwhile.
+        self.get(hub, id).await
     }
 
     /// `POST /jobs/create`: checks the request, records the job and starts it.
-    pub(crate) fn create(
+    pub(crate) async fn create(
         self: &std::sync::Arc<Self>,
         hub: &Hub,
         blobs: Option<&dps_store::BlobStore>,
@@ -108,42 +178,63 @@ impl Jobs {
             }
         };
         let id = uuid::Uuid::new_v4().to_string();
+        request.job_id = id.clone();
+        request.kind = kind.clone();
+        request.status = "enqueued".into();
+        request.progress = Some(0);
+        request.start_time_utc = Some(format_record(&Utc::now()));
+        request.end_time_utc = None;
+        request.failure_reason = None;
+        let busy = || {
+            ApiError::new(
+                codes::TOO_MANY_ACTIVE_JOBS,
+                "an import or export job is running already; IoT Hub runs one at a time".to_string(),
+            )
+        };
+        let shared = hub.store_is_shared();
+        if shared && !hub.create_import_export_job(&request).await.map_err(store_failure)? {
+            return Err(busy());
+        }
         {
             let mut jobs = self.jobs.lock();
-            if jobs
-                .values()
-                .any(|j| matches!(j.status.as_str(), "enqueued" | "running"))
-            {
-                return Err(ApiError::new(
-                    codes::TOO_MANY_ACTIVE_JOBS,
-                    "an import or export job is running already; IoT Hub runs one at a time".to_string(),
-                ));
-            }
-            if jobs.len() >= KEPT {
-                let oldest = jobs
-                    .values()
-                    .min_by(|a, b| a.start_time_utc.cmp(&b.start_time_utc))
-                    .map(|j| j.job_id.clone());
-                if let Some(oldest) = oldest {
-                    jobs.remove(&oldest);
+            if !shared {
+                if jobs.values().any(|j| dps_hub::import_export_is_active(&j.status)) {
+                    return Err(busy());
+                }
+                if jobs.len() >= KEPT {
+                    let oldest = jobs
+                        .values()
+                        .min_by(|a, b| a.start_time_utc.cmp(&b.start_time_utc))
+                        .map(|j| j.job_id.clone());
+                    if let Some(oldest) = oldest {
+                        jobs.remove(&oldest);
+                    }
                 }
             }
-            request.job_id = id.clone();
-            request.kind = kind.clone();
-            request.status = "enqueued".into();
-            request.progress = Some(0);
-            request.start_time_utc = Some(format_record(&Utc::now()));
-            request.end_time_utc = None;
-            request.failure_reason = None;
             jobs.insert(id.clone(), request.clone());
         }
         tracing::info!(job = %id, kind = %kind, container = %output, "import/export job created");
         let (jobs, hub, answer) = (self.clone(), hub.clone(), request.clone());
         tokio::spawn(async move {
             jobs.update(&id, |j| j.status = "running".into());
-            let result = match &input {
-                None => export(&jobs, &id, &hub, &blobs, &output, &request).await,
-                Some(input) => import(&jobs, &id, &hub, &blobs, input, &output, &request).await,
+            jobs.persist(&hub, &id).await;
+            let work = async {
+                match &input {
+                    None => export(&jobs, &id, &hub, &blobs, &output, &request).await,
+                    Some(input) => import(&jobs, &id, &hub, &blobs, input, &output, &request).await,
+                }
+            };
+            tokio::pin!(work);
+            // The heartbeat goes on through long steps (a large blob written whole).
+            let mut beat = tokio::time::interval(dps_hub::IMPORT_EXPORT_HEARTBEAT);
+            beat.tick().await;
+            let result = loop {
+                tokio::select! {
+                    result = &mut work => break result,
+                    _ = beat.tick() => {
+                        jobs.persist(&hub, &id).await;
+                    }
+                }
             };
             jobs.update(&id, |j| {
                 if j.status == "cancelled" {
@@ -162,9 +253,30 @@ impl Jobs {
                     }
                 }
             });
+            if shared {
+                // The outcome, written while the database may be away for a moment; the copy
+                // here is not needed after that.
+                for _ in 0..FINAL_WRITE_ATTEMPTS {
+                    if jobs.persist(&hub, &id).await {
+                        break;
+                    }
+                    tokio::time::sleep(PROGRESS_EVERY).await;
+                }
+                jobs.jobs.lock().remove(&id);
+                jobs.written.lock().remove(&id);
+            }
         });
         Ok(answer)
     }
+}
+
+/// How many times a finished job's outcome is written to a shared store before it is left to
+/// go stale there (then it reads as failed).
+const FINAL_WRITE_ATTEMPTS: usize = 30;
+
+/// A shared store that failed to keep or read import and export jobs (PostgreSQL away).
+fn store_failure(e: dps_hub::store::HubStoreError) -> ApiError {
+    ApiError::new(codes::SERVICE_UNAVAILABLE, format!("import/export jobs: {e}"))
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -217,6 +329,8 @@ async fn export(
             text.push_str("\r\n");
         }
         write.write(text.as_bytes()).await.map_err(|e| e.to_string())?;
+        // Nothing to count for an export; the write tells whether it was cancelled meanwhile.
+        jobs.progress(hub, id, |_| {}).await;
         match next {
             Some(n) => after = Some(n),
             None => break,
@@ -270,7 +384,7 @@ async fn import(
             errors.push_str("\r\n");
         }
         let progress = ((n + 1) * 100 / lines.len().max(1)).min(99) as i32;
-        jobs.update(id, |j| j.progress = Some(progress));
+        jobs.progress(hub, id, |j| j.progress = Some(progress)).await;
     }
     let mut write = blobs.begin().await.map_err(|e| e.to_string())?;
     write.write(errors.as_bytes()).await.map_err(|e| e.to_string())?;

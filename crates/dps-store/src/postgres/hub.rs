@@ -717,6 +717,27 @@ crate::hub_documents::hub_store_over_documents!(PostgresHubStore;
     async fn expire_uploads(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, HubStoreError> {
         self.expire_active_uploads(before).await
     }
+
+    async fn create_import_export_job(
+        &self,
+        job: &dps_proto::model::hub::JobProperties,
+        now: chrono::DateTime<chrono::Utc>,
+        stale_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, HubStoreError> {
+        self.insert_import_export_job(job, now, stale_before).await
+    }
+
+    async fn update_import_export_job(
+        &self,
+        job: &dps_proto::model::hub::JobProperties,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, HubStoreError> {
+        self.write_active_import_export_job(job, now).await
+    }
+
+    async fn import_export_jobs(&self) -> Result<Vec<dps_hub::StoredImportExportJob>, HubStoreError> {
+        self.read_import_export_jobs().await
+    }
 );
 
 #[async_trait]

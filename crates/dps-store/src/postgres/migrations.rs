@@ -103,7 +103,7 @@ pub(super) const HUB: Schema = Schema {
         },
         Migration {
             version: 10,
-            name: "blobs",
+            name: "blobs, import and export jobs",
             sql: include_str!("migrations/hub_0010.sql"),
         },
     ],

@@ -31,3 +31,16 @@ CREATE TABLE blob_blocks (
     PRIMARY KEY (hub, container, name, block_id)
 );
 CREATE INDEX blob_blocks_by_age ON blob_blocks (hub, staged);
+-- Import and export jobs (/jobs/create), so that any node answers for a job and may cancel it;
+-- the node it was created through runs it and writes it at least every ten seconds ("updated",
+-- ms since the epoch).
+CREATE TABLE import_export_jobs (
+    hub     BIGINT NOT NULL,
+    id      TEXT COLLATE "C" NOT NULL,
+    status  TEXT NOT NULL,
+    doc     TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    updated BIGINT NOT NULL,
+    PRIMARY KEY (hub, id)
+);
+CREATE INDEX import_export_jobs_by_age ON import_export_jobs (hub, created);
