@@ -8,6 +8,9 @@
 #                                          The server speaks TLS too, with a certificate for
 #                                          localhost and 127.0.0.1 from a CA made for the cluster,
 #                                          DIR/ca.pem (what the TLS tests verify it against).
+#                                          The role dps_cert may log in only over TLS with a
+#                                          client certificate from that CA: DIR/client.pem and
+#                                          DIR/client.key (CN=dps_cert).
 #   scripts/pg-test-cluster.sh stop DIR    stops it (immediately) and removes DIR
 #   scripts/pg-test-cluster.sh halt DIR    stops it (fast shutdown, as for a restart) and keeps DIR
 #   scripts/pg-test-cluster.sh resume DIR  starts a halted cluster again, at the same port
@@ -39,7 +42,7 @@ fi
 run_server() {
     # Enough connections for the parallel tests, each with its own pool.
     "${as_owner[@]}" "$bin/pg_ctl" -D "$1/data" -l "$1/postgres.log" -w -t 60 \
-        -o "-h 127.0.0.1 -p $2 -k $1 -c max_connections=400 -c shared_buffers=128MB -c ssl=on -c ssl_cert_file=$1/server.pem -c ssl_key_file=$1/server.key" start >/dev/null ||
+        -o "-h 127.0.0.1 -p $2 -k $1 -c max_connections=400 -c shared_buffers=128MB -c ssl=on -c ssl_cert_file=$1/server.pem -c ssl_key_file=$1/server.key -c ssl_ca_file=$1/ca.pem" start >/dev/null ||
         { cat "$1/postgres.log" >&2; exit 1; }
 }
 
@@ -68,12 +71,24 @@ start)
     openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 30 \
         -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n') \
         -out "$dir/server.pem" 2>/dev/null
-    chmod 600 "$dir/server.key"
+    # A client certificate for the role that must present one (CN = the role's name).
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=dps_cert" \
+        -keyout "$dir/client.key" -out "$dir/client.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/client.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 30 \
+        -extfile <(printf 'extendedKeyUsage=clientAuth\n') -out "$dir/client.pem" 2>/dev/null
+    chmod 600 "$dir/server.key" "$dir/client.key"
     if [[ "$(id -u)" -eq 0 ]]; then
         chown nobody:nogroup "$dir/server.key" "$dir/server.pem"
     fi
+    # dps_cert: TLS and a certificate from the cluster's CA, nothing else (first match wins).
+    hba="$dir/data/pg_hba.conf"
+    { printf 'hostssl all dps_cert 127.0.0.1/32 cert\nhost all dps_cert 0.0.0.0/0 reject\nlocal all dps_cert reject\n'; cat "$hba"; } >"$hba.new"
+    mv "$hba.new" "$hba"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        chown nobody:nogroup "$hba"
+    fi
     run_server "$dir" "$port"
-    "$bin/psql" -q -h 127.0.0.1 -p "$port" -U dps -d postgres -c "CREATE DATABASE dps" >/dev/null
+    "$bin/psql" -q -h 127.0.0.1 -p "$port" -U dps -d postgres -c "CREATE DATABASE dps" -c "CREATE ROLE dps_cert LOGIN SUPERUSER" >/dev/null
     echo "postgres://dps@127.0.0.1:$port/dps"
     ;;
 halt)

@@ -227,9 +227,14 @@ pub enum ServerCheck {
 }
 
 /// A client configuration that checks servers as `check` says, trusting the CA certificate(s)
-/// in `ca_pem`, or the system's when none are given. The connections dps opens to its
-/// PostgreSQL store use it (decision 0032).
-pub fn client_config_checking(check: ServerCheck, ca_pem: Option<&str>) -> Result<Arc<ClientConfig>, PkiError> {
+/// in `ca_pem`, or the system's when none are given, and presenting `identity` (a certificate
+/// chain, leaf first, and its key, both PEM) when the server asks for a client certificate. The
+/// connections dps opens to its PostgreSQL store use it (decision 0032).
+pub fn client_config_checking(
+    check: ServerCheck,
+    ca_pem: Option<&str>,
+    identity: Option<(&str, &str)>,
+) -> Result<Arc<ClientConfig>, PkiError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
     let trusted = || -> Result<RootCertStore, PkiError> {
@@ -261,7 +266,12 @@ pub fn client_config_checking(check: ServerCheck, ca_pem: Option<&str>) -> Resul
                 }))
         }
     };
-    Ok(Arc::new(config.with_no_client_auth()))
+    Ok(Arc::new(match identity {
+        None => config.with_no_client_auth(),
+        Some((chain_pem, key_pem)) => {
+            config.with_client_auth_cert(parse_certificates(chain_pem)?, parse_private_key(key_pem)?)?
+        }
+    }))
 }
 
 /// The server verifier of [`ServerCheck::EncryptOnly`] (no `chain`) and [`ServerCheck::Chain`]:

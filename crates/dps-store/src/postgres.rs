@@ -69,8 +69,18 @@ pub enum PgOpenError {
         /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// The URL's `sslcert` or `sslkey` cannot be used: a file that cannot be read, or one named
+    /// without the other.
+    #[error("cannot use the PostgreSQL client certificate {path}: {reason}")]
+    ClientCertificate {
+        /// The file, as the URL names it.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The TLS configuration for PostgreSQL could not be built: the root certificate file holds
-    /// no usable certificate, or `sslmode=verify-*` without `sslrootcert` found no system CAs.
+    /// no usable certificate, `sslmode=verify-*` without `sslrootcert` found no system CAs, or
+    /// the client certificate or key files hold none that rustls takes (or do not match).
     #[error("cannot set up TLS to PostgreSQL: {0}")]
     Tls(#[source] dps_pki::PkiError),
     /// A schema migration failed; its transaction was rolled back.

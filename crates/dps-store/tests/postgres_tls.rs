@@ -98,3 +98,47 @@ async fn server_certificates_are_checked_as_sslmode_says() {
     // Without one, `require` encrypts and checks nothing.
     PostgresStore::connect(&format!("{url}?sslmode=require")).await.unwrap();
 }
+
+/// A role the server lets in only with a client certificate (the test cluster's `dps_cert`):
+/// the URL's `sslcert` and `sslkey` present one and the store works; without them the server's
+/// refusal is told; one named without the other, or a file that is not there, is told before
+/// anything is dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_when_the_url_names_one() {
+    let url = fresh_database().await;
+    let (name, port, _) = parts(&url);
+    let ca = ca_file();
+    let dir = std::path::Path::new(&ca).parent().unwrap();
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    let base = format!("postgres://dps_cert@127.0.0.1:{port}/{name}?sslmode=verify-full&sslrootcert={ca}");
+    let store = PostgresStore::connect(&format!("{base}&sslcert={}&sslkey={}", cert.display(), key.display()))
+        .await
+        .unwrap();
+    use dps_core::Store;
+    assert!(store.get_enrollment("nobody").await.unwrap().is_none());
+    let (encrypted, clear) = sessions_by_tls(&name).await;
+    assert!(
+        encrypted >= 1 && clear == 0,
+        "{encrypted} encrypted, {clear} in the clear"
+    );
+    drop(store);
+
+    let refused = PostgresStore::connect(&base).await.unwrap_err();
+    assert!(matches!(refused, PgOpenError::Connect(_)), "{refused}");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+
+    let refused = PostgresStore::connect(&format!("{base}&sslcert={}", cert.display()))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, PgOpenError::ClientCertificate { .. }), "{refused}");
+    assert!(refused.to_string().contains("both sslcert"), "{refused}");
+    let missing = dir.join("no-such.key");
+    let refused = PostgresStore::connect(&format!(
+        "{base}&sslcert={}&sslkey={}",
+        cert.display(),
+        missing.display()
+    ))
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("no-such.key"), "{refused}");
+}

@@ -1,10 +1,13 @@
 //! How a node connects to PostgreSQL (decision 0032): the client settings of the store URL, TLS
-//! as libpq's `sslmode` and `sslrootcert` say, and the deadlines every connection carries.
+//! as libpq's `sslmode`, `sslrootcert`, `sslcert` and `sslkey` say, and the deadlines every
+//! connection carries.
 //!
 //! The URL is read as libpq reads it, because that is what operators write: either
 //! `postgres://user:pass@host:port/db?key=value&…` or `key=value …` pairs. tokio-postgres knows
-//! most keys but not `sslrootcert` nor the verifying modes `verify-ca` and `verify-full`, so
-//! those are taken out here and become the rustls configuration; the rest is tokio-postgres's.
+//! most keys but not `sslrootcert`, `sslcert`, `sslkey` nor the verifying modes `verify-ca` and
+//! `verify-full`, so those are taken out here and become the rustls configuration; the rest is
+//! tokio-postgres's. Unlike libpq, no client certificate is looked for in `~/.postgresql/`: a
+//! node presents one only when its URL names it.
 //!
 //! Deadlines, because a request must never wait on a connection that went silent:
 //! - connecting: [`CONNECTION_WAIT`];
@@ -115,7 +118,18 @@ impl Settings {
                  add sslmode=verify-full (and sslrootcert=<CA file>) to the store URL"
             );
         }
-        let tls = dps_pki::tls::client_config_checking(check, ca_pem.as_deref()).map_err(PgOpenError::Tls)?;
+        let identity = match (&parsed.client_certificate, &parsed.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((read_client_file(cert)?, read_client_file(key)?)),
+            (Some(named), None) | (None, Some(named)) => {
+                return Err(PgOpenError::ClientCertificate {
+                    path: named.into(),
+                    reason: "the store URL must name both sslcert (the certificate) and sslkey (its key)".into(),
+                })
+            }
+        };
+        let identity = identity.as_ref().map(|(cert, key)| (cert.as_str(), key.as_str()));
+        let tls = dps_pki::tls::client_config_checking(check, ca_pem.as_deref(), identity).map_err(PgOpenError::Tls)?;
         Ok(Settings {
             config,
             tls: MakeRustlsConnect::new(std::sync::Arc::unwrap_or_clone(tls)),
@@ -155,6 +169,14 @@ impl Settings {
     }
 }
 
+/// The PEM text of the client certificate or key file `path`.
+fn read_client_file(path: &str) -> Result<String, PgOpenError> {
+    std::fs::read_to_string(path).map_err(|e| PgOpenError::ClientCertificate {
+        path: path.into(),
+        reason: e.to_string(),
+    })
+}
+
 /// A store URL with the libpq keys tokio-postgres lacks taken out.
 #[derive(Debug, Default, PartialEq)]
 struct Parsed {
@@ -167,6 +189,10 @@ struct Parsed {
     verify: Option<ServerCheck>,
     /// `sslrootcert`: a PEM file, or `system`.
     root_certificate: Option<String>,
+    /// `sslcert`: the client certificate's PEM file (leaf first, intermediates after).
+    client_certificate: Option<String>,
+    /// `sslkey`: its key's PEM file (unencrypted).
+    client_key: Option<String>,
 }
 
 /// What a URL's `key=value` becomes: kept as written, or replaced.
@@ -175,6 +201,14 @@ fn take(key: &str, value: &str, parsed: &mut Parsed) -> Option<Option<&'static s
     match (key, value) {
         ("sslrootcert", path) => {
             parsed.root_certificate = Some(path.to_string());
+            Some(None)
+        }
+        ("sslcert", path) => {
+            parsed.client_certificate = Some(path.to_string());
+            Some(None)
+        }
+        ("sslkey", path) => {
+            parsed.client_key = Some(path.to_string());
             Some(None)
         }
         ("sslmode", "verify-ca") => {
@@ -336,6 +370,13 @@ mod tests {
         let p = parse("postgresql://db/dps?sslrootcert=system");
         assert_eq!(p.rest, "postgresql://db/dps");
         assert_eq!((p.verify, p.root_certificate.as_deref()), (None, Some("system")));
+
+        let p = parse("postgres://db/dps?sslcert=/c.pem&application_name=x&sslkey=%2Fc.key");
+        assert_eq!(p.rest, "postgres://db/dps?application_name=x");
+        assert_eq!(
+            (p.client_certificate.as_deref(), p.client_key.as_deref()),
+            (Some("/c.pem"), Some("/c.key"))
+        );
 
         let p = parse("postgres://db/dps");
         assert_eq!(
