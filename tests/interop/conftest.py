@@ -220,8 +220,10 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def start_server(*extra_args: str) -> DpsServer:
-    """Starts `dps serve` on a fresh 127.0.0.X with `extra_args` appended to its command line."""
+def start_server(*extra_args: str, host: Optional[str] = None, hostnames: Optional[List[str]] = None) -> DpsServer:
+    """Starts `dps serve` on a fresh 127.0.0.X (or `host`) with `extra_args` appended to its
+    command line. Its `--hostname` values are its address, or `hostnames` (several nodes of one
+    service are started with the same list, in the same order)."""
     binary = dps_bin()
     if not binary.is_file() or not os.access(binary, os.X_OK):
         if os.environ.get("DPS_INTEROP_SKIP_IF_NO_BIN") == "1":
@@ -230,7 +232,7 @@ def start_server(*extra_args: str) -> DpsServer:
             f"dps binary not found at {binary}: run `cargo build --workspace` or set DPS_BIN",
             pytrace=False,
         )
-    host = allocate_host()
+    host = host or allocate_host()
     base_dir = Path(tempfile.mkdtemp(prefix=f"dps-interop-{host.rsplit('.', 1)[1]}-"))
     data_dir = base_dir / "data"
     data_dir.mkdir()
@@ -239,7 +241,8 @@ def start_server(*extra_args: str) -> DpsServer:
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
     env.setdefault("RUST_BACKTRACE", "1")
-    command = [str(binary), "serve", "--data-dir", str(data_dir), "--bind", host, "--hostname", host, *extra_args]
+    names = [arg for name in (hostnames or [host]) for arg in ("--hostname", name)]
+    command = [str(binary), "serve", "--data-dir", str(data_dir), "--bind", host, *names, *extra_args]
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             command,
@@ -350,10 +353,11 @@ def _register_ca(pem: str) -> None:
 
 
 @contextlib.contextmanager
-def running_server(*extra_args: str) -> Iterator[DpsServer]:
-    """A `dps serve` started with `extra_args` for a fixture of its own: its logs are printed if
-    the test run fails, and it must not have panicked when it is stopped."""
-    server = start_server(*extra_args)
+def running_server(*extra_args: str, **where: Any) -> Iterator[DpsServer]:
+    """A `dps serve` started with `extra_args` (and `host`, `hostnames`: see `start_server`) for
+    a fixture of its own: its logs are printed if the test run fails, and it must not have
+    panicked when it is stopped."""
+    server = start_server(*extra_args, **where)
     _RUNNING.append(server)
     try:
         yield server

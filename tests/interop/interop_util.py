@@ -129,6 +129,21 @@ def call_with_timeout(fn: Callable[[], T], timeout: float = SDK_CALL_TIMEOUT, wh
 # --------------------------------------------------------------------------------------
 
 
+def fresh_postgres_database() -> str:
+    """The URL of a new, empty database on the test PostgreSQL (`DPS_TEST_POSTGRES`, set by
+    `scripts/test.sh` from its throwaway cluster; its user may create databases)."""
+    admin = os.environ.get("DPS_TEST_POSTGRES")
+    if not admin:
+        raise RuntimeError(
+            "DPS_TEST_POSTGRES is not set: run the tests through ./scripts/test.sh, which starts a "
+            "throwaway PostgreSQL (scripts/pg-test-cluster.sh), or set it to a database URL whose "
+            "user may create databases"
+        )
+    name = f"interop_{uuid.uuid4().hex}"
+    subprocess.run(["psql", admin, "-q", "-c", f"CREATE DATABASE {name}"], check=True)
+    return f"{admin.rsplit('/', 1)[0]}/{name}"
+
+
 def register_device(
     server: Any, registration_id: str, key: str, *, websockets: bool = False, payload: Any = None
 ):

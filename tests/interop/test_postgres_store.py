@@ -11,31 +11,14 @@ its own.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import uuid
-
 from azure.iot.device import Message
 
 # The same tests, collected again here: they run against this module's server.
 from test_hub_registry import *  # noqa: F401,F403
-from interop_util import call_with_timeout, hub_device_client
+from interop_util import call_with_timeout, fresh_postgres_database, hub_device_client
 
 
-def _fresh_database() -> str:
-    admin = os.environ.get("DPS_TEST_POSTGRES")
-    if not admin:
-        raise RuntimeError(
-            "DPS_TEST_POSTGRES is not set: run the tests through ./scripts/test.sh, which starts a "
-            "throwaway PostgreSQL (scripts/pg-test-cluster.sh), or set it to a database URL whose "
-            "user may create databases"
-        )
-    name = f"interop_{uuid.uuid4().hex}"
-    subprocess.run(["psql", admin, "-q", "-c", f"CREATE DATABASE {name}"], check=True)
-    return f"{admin.rsplit('/', 1)[0]}/{name}"
-
-
-DPS_SERVE_ARGS = ["--store", _fresh_database()]
+DPS_SERVE_ARGS = ["--store", fresh_postgres_database()]
 
 
 def test_zz_a_killed_server_finds_its_identity_and_devices_in_postgresql(

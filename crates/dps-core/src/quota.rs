@@ -135,23 +135,50 @@ impl Rate {
     }
 }
 
-/// A service-wide bucket: lock-free, one atomic.
+/// A service-wide bucket: lock-free, one atomic for its state and two for its rate, which
+/// changes when the nodes sharing the quota come and go ([`Quotas::share_among`]).
 #[derive(Debug)]
 struct SharedBucket {
-    rate: Option<Rate>,
+    /// The configured count per second (0: no limit).
+    per_second: u32,
+    /// The rate now: [`Rate::interval`] and [`Rate::horizon`] (0: no limit). A request that
+    /// reads them while they change may use one of each: one token's worth of error, once.
+    interval: AtomicI64,
+    horizon: AtomicI64,
     tat: AtomicI64,
 }
 
 impl SharedBucket {
-    fn new(rate: Option<Rate>) -> Self {
-        Self {
-            rate,
+    fn new(per_second: u32) -> Self {
+        let bucket = Self {
+            per_second,
+            interval: AtomicI64::new(0),
+            horizon: AtomicI64::new(0),
             tat: AtomicI64::new(i64::MIN),
-        }
+        };
+        bucket.share_among(1);
+        bucket
+    }
+
+    /// This node's share when `nodes` count the quota between them: the configured rate
+    /// divided among them (rounded up, at least one per second).
+    fn share_among(&self, nodes: u32) {
+        let share = self.per_second.div_ceil(nodes.max(1));
+        let (interval, horizon) = Rate::per(share, Duration::from_secs(1)).map_or((0, 0), |r| (r.interval, r.horizon));
+        self.interval.store(interval, Ordering::Relaxed);
+        self.horizon.store(horizon, Ordering::Relaxed);
+    }
+
+    fn rate(&self) -> Option<Rate> {
+        let interval = self.interval.load(Ordering::Relaxed);
+        (interval > 0).then(|| Rate {
+            interval,
+            horizon: self.horizon.load(Ordering::Relaxed),
+        })
     }
 
     fn take(&self, now: i64) -> Result<(), i64> {
-        let Some(rate) = self.rate else { return Ok(()) };
+        let Some(rate) = self.rate() else { return Ok(()) };
         let mut current = self.tat.load(Ordering::Relaxed);
         loop {
             let next = rate.take(current, now)?;
@@ -167,7 +194,7 @@ impl SharedBucket {
 
     /// Puts back a token taken by [`SharedBucket::take`].
     fn refund(&self) {
-        if let Some(rate) = self.rate {
+        if let Some(rate) = self.rate() {
             let _ = self.tat.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                 Some(tat.saturating_sub(rate.interval))
             });
@@ -299,10 +326,9 @@ pub struct Quotas {
 impl Quotas {
     /// Empty (full) buckets for `config`.
     pub fn new(config: QuotaConfig) -> Self {
-        let second = Duration::from_secs(1);
         Self {
-            registrations: SharedBucket::new(Rate::per(config.registrations_per_second, second)),
-            operations: SharedBucket::new(Rate::per(config.operations_per_second, second)),
+            registrations: SharedBucket::new(config.registrations_per_second),
+            operations: SharedBucket::new(config.operations_per_second),
             polls: PollBuckets {
                 rate: Rate::per(config.polls_per_device_per_10s, Duration::from_secs(10)),
                 cap: config.max_tracked_devices,
@@ -320,6 +346,16 @@ impl Quotas {
     /// The configuration.
     pub fn config(&self) -> &QuotaConfig {
         &self.config
+    }
+
+    /// Counts the service-wide quotas (registrations and operations per second) as one of
+    /// `nodes` serving the service together (decision 0031): each takes an equal share, so the
+    /// cluster accepts about the configured rate when its load balancer spreads devices evenly.
+    /// The per-device poll limit stays whole on every node: a device polls on its one
+    /// connection, or a few nodes at most, and halving it would refuse the official SDKs.
+    pub fn share_among(&self, nodes: u32) {
+        self.registrations.share_among(nodes);
+        self.operations.share_among(nodes);
     }
 
     /// Counts one device-API request against `operations_per_second`.
@@ -399,12 +435,42 @@ mod tests {
         assert!(r.take(tat, 2_000_000_000).is_ok());
         assert!(Rate::per(0, Duration::from_secs(1)).is_none());
 
-        let b = SharedBucket::new(Rate::per(1, Duration::from_secs(1)));
+        let b = SharedBucket::new(1);
         assert!(b.take(0).is_ok());
         assert_eq!(b.take(0), Err(1_000_000_000));
         b.refund();
         assert!(b.take(0).is_ok());
         assert!(b.take(0).is_err());
+        assert!(SharedBucket::new(0).take(0).is_ok());
+    }
+
+    #[test]
+    fn nodes_share_the_service_wide_rates() {
+        let q = Quotas::new(QuotaConfig {
+            registrations_per_second: 10,
+            operations_per_second: 3,
+            ..QuotaConfig::UNLIMITED
+        });
+        let at = |ns: i64| DateTime::from_timestamp_nanos(ns);
+        let taken = |f: &dyn Fn() -> Result<(), Throttled>| (0..100).take_while(|_| f().is_ok()).count();
+        assert_eq!(taken(&|| q.registration(at(0))), 10);
+        // Four nodes: a quarter each (3 of 10 a second, rounded up; 1 of 3, at least one).
+        q.share_among(4);
+        let later = 10_000_000_000;
+        assert_eq!(taken(&|| q.registration(at(later))), 3);
+        assert_eq!(taken(&|| q.operation(at(later))), 1);
+        // Back to one node.
+        q.share_among(1);
+        assert_eq!(taken(&|| q.registration(at(2 * later))), 10);
+        assert_eq!(taken(&|| q.operation(at(2 * later))), 3);
+        // Per-device polls are not shared.
+        let polls = Quotas::new(QuotaConfig {
+            polls_per_device_per_10s: 5,
+            max_tracked_devices: 10,
+            ..QuotaConfig::UNLIMITED
+        });
+        polls.share_among(3);
+        assert_eq!(taken(&|| polls.device_poll(at(0), "dev")), 5);
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl Hub {
     /// `GET /devices/{id}/modules/{mid}`; [`RegistryError::ModuleNotFound`] when absent.
     pub async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Module, RegistryError> {
         let (slot, rec) = self.find_identity(Identity::module(device_id, module_id)).await?;
-        Ok(rec.module_view(&slot.live_view()))
+        let live = self.live_view_anywhere(rec.key(), slot.live_view()).await;
+        Ok(rec.module_view(&live))
     }
 
     /// `GET /devices/{id}/modules`: the device's modules in key order;
@@ -106,12 +107,16 @@ impl Hub {
     pub async fn list_modules(&self, device_id: &str) -> Result<Vec<Module>, RegistryError> {
         self.find_identity(Identity::device(device_id)).await?;
         let records = self.inner.store.list_modules(device_id).await?;
+        let mut lives: Vec<_> = records
+            .iter()
+            .map(|rec| self.inner.held(&rec.key()).map(|s| s.live_view()).unwrap_or_default())
+            .collect();
+        self.with_presence_elsewhere(records.iter().map(DeviceRecord::key).zip(lives.iter_mut()))
+            .await;
         Ok(records
-            .into_iter()
-            .map(|rec| {
-                let live = self.inner.held(&rec.key()).map(|s| s.live_view()).unwrap_or_default();
-                rec.module_view(&live)
-            })
+            .iter()
+            .zip(&lives)
+            .map(|(rec, live)| rec.module_view(live))
             .collect())
     }
 
@@ -147,7 +152,8 @@ impl Hub {
     /// `GET /twins/{id}/modules/{mid}`: the module's twin (with `moduleId`).
     pub async fn get_module_twin(&self, device_id: &str, module_id: &str) -> Result<Twin, RegistryError> {
         let (slot, rec) = self.find_identity(Identity::module(device_id, module_id)).await?;
-        Ok(rec.twin_view(&slot.live_view()))
+        let live = self.live_view_anywhere(rec.key(), slot.live_view()).await;
+        Ok(rec.twin_view(&live))
     }
 
     /// `PUT /twins/{id}/modules/{mid}`: [`Hub::replace_twin`] of a module's twin.

@@ -56,6 +56,21 @@ pub trait Peers: Send + Sync + 'static {
     /// `Ok(None)` when it is connected to no node.
     async fn call(&self, call: &MethodCall) -> Result<Option<MethodResponse>, MethodError>;
 
+    /// Which of the identities at `keys` are connected to another node now (one that is
+    /// alive): what a read of a device, a module or a twin through this node reports as their
+    /// `connectionState`, as IoT Hub reports it whichever of its front ends is asked. By
+    /// default none.
+    async fn connected_elsewhere(&self, keys: &[String]) -> Result<std::collections::HashSet<String>, HubStoreError> {
+        let _ = keys;
+        Ok(Default::default())
+    }
+
+    /// How many devices (not modules) are connected to other nodes now: what the statistics of
+    /// this node add to its own. By default none.
+    async fn devices_connected_elsewhere(&self) -> Result<u64, HubStoreError> {
+        Ok(0)
+    }
+
     /// Whether this node runs the housekeeping of the shared store that one node does for all
     /// (dead-lettering expired stored messages, trimming retained telemetry); another node
     /// takes over when it stops.
@@ -116,6 +131,40 @@ pub enum PeerChange {
 }
 
 impl Hub {
+    /// Marks `Connected` the views of identities connected to another node (their keys and
+    /// views, as this node sees them). Without other nodes, or when they cannot be asked now,
+    /// the views stay as this node sees them.
+    pub(crate) async fn with_presence_elsewhere<'v>(
+        &self,
+        views: impl IntoIterator<Item = (String, &'v mut crate::record::LiveView)>,
+    ) {
+        let Some(peers) = self.inner.peers.get() else { return };
+        let mut unseen: Vec<(String, &mut crate::record::LiveView)> =
+            views.into_iter().filter(|(_, live)| !live.connected).collect();
+        if unseen.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = unseen.iter().map(|(key, _)| key.clone()).collect();
+        match peers.connected_elsewhere(&keys).await {
+            Ok(elsewhere) => {
+                for (key, live) in &mut unseen {
+                    live.connected |= elsewhere.contains(key.as_str());
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot ask where devices are connected; reporting this node's view"),
+        }
+    }
+
+    /// [`with_presence_elsewhere`](Self::with_presence_elsewhere) for one identity.
+    pub(crate) async fn live_view_anywhere(
+        &self,
+        key: String,
+        mut live: crate::record::LiveView,
+    ) -> crate::record::LiveView {
+        self.with_presence_elsewhere([(key, &mut live)]).await;
+        live
+    }
+
     /// Connects this hub to the other nodes serving it (once, at start; later calls are
     /// ignored): its devices' connections are recorded where the others find them, and a
     /// direct method for a device connected elsewhere goes to that node.

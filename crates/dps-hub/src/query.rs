@@ -259,14 +259,23 @@ impl Scanner<'_> {
         if let (Some(last), Source::Devices(_)) = (records.last(), &self.source) {
             self.after = Some(last.key());
         }
-        let docs = records
-            .into_iter()
+        let mut lives: Vec<_> = records
+            .iter()
             .map(|rec| {
-                let key = rec.key();
-                let live = self.hub.inner.held(&key).map(|s| s.live_view()).unwrap_or_default();
-                let doc = serde_json::to_value(rec.twin_view(&live)).unwrap_or_default();
-                (key, doc)
+                self.hub
+                    .inner
+                    .held(&rec.key())
+                    .map(|s| s.live_view())
+                    .unwrap_or_default()
             })
+            .collect();
+        self.hub
+            .with_presence_elsewhere(records.iter().map(DeviceRecord::key).zip(lives.iter_mut()))
+            .await;
+        let docs = records
+            .iter()
+            .zip(&lives)
+            .map(|(rec, live)| (rec.key(), serde_json::to_value(rec.twin_view(live)).unwrap_or_default()))
             .collect();
         Ok(Some(docs))
     }

@@ -44,7 +44,8 @@ impl Hub {
     /// `GET /devices/{id}` (case-insensitive id); [`RegistryError::NotFound`] when absent.
     pub async fn get_device(&self, device_id: &str) -> Result<Device, RegistryError> {
         let (slot, rec) = self.find_identity(Identity::device(device_id)).await?;
-        Ok(rec.device_view(&slot.live_view()))
+        let live = self.live_view_anywhere(rec.key(), slot.live_view()).await;
+        Ok(rec.device_view(&live))
     }
 
     /// The device's slot and record, loaded on demand.
@@ -170,7 +171,7 @@ impl Hub {
     }
 
     /// Device counts for the statistics endpoints: by status from the store, connected from the
-    /// held sessions (a connected device is always held).
+    /// held sessions (a connected device is always held) and, with other nodes, theirs.
     pub async fn statistics(&self) -> Result<RegistryStatistics, RegistryError> {
         let counts = self.inner.store.count_devices().await?;
         let connected = self
@@ -180,6 +181,14 @@ impl Hub {
             .iter()
             .filter(|s| s.record().is_some_and(|r| r.module_id.is_none()) && s.live_view().connected)
             .count() as u64;
+        let elsewhere = match self.inner.peers.get() {
+            Some(peers) => peers.devices_connected_elsewhere().await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "cannot count the devices connected to other nodes");
+                0
+            }),
+            None => 0,
+        };
+        let connected = connected + elsewhere;
         Ok(RegistryStatistics {
             total_device_count: counts.total,
             enabled_device_count: counts.enabled,
@@ -191,7 +200,8 @@ impl Hub {
     /// `GET /twins/{id}`; [`RegistryError::NotFound`] when absent.
     pub async fn get_twin(&self, device_id: &str) -> Result<Twin, RegistryError> {
         let (slot, rec) = self.find_identity(Identity::device(device_id)).await?;
-        Ok(rec.twin_view(&slot.live_view()))
+        let live = self.live_view_anywhere(rec.key(), slot.live_view()).await;
+        Ok(rec.twin_view(&live))
     }
 
     /// `PUT /twins/{id}`: replaces tags and desired properties (reported properties are the
@@ -320,16 +330,16 @@ impl Hub {
         let mut records = self.inner.store.list_devices(after, n.saturating_add(1)).await?;
         let more = records.len() > n;
         records.truncate(n);
-        Ok((
-            records
-                .into_iter()
-                .map(|rec| {
-                    let live = self.inner.held(&rec.key()).map(|s| s.live_view()).unwrap_or_default();
-                    (rec, live)
-                })
-                .collect(),
-            more,
-        ))
+        let mut page: Vec<(DeviceRecord, LiveView)> = records
+            .into_iter()
+            .map(|rec| {
+                let live = self.inner.held(&rec.key()).map(|s| s.live_view()).unwrap_or_default();
+                (rec, live)
+            })
+            .collect();
+        self.with_presence_elsewhere(page.iter_mut().map(|(rec, live)| (rec.key(), live)))
+            .await;
+        Ok((page, more))
     }
 }
 

@@ -300,6 +300,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             config.limits.interrupted_registration_age(),
             rx.clone(),
         ));
+        tasks.spawn(share_quotas(db.live_nodes(), services.engine.clone(), rx.clone()));
         let mut shutdown = rx.clone();
         tasks.spawn(async move {
             tokio::select! {
@@ -493,6 +494,23 @@ impl Storage {
             HubStorage::Sqlite(db) => (Arc::new(db.hub(number, telemetry)?), db.held_before(number)),
             HubStorage::Postgres { db, held } => (Arc::new(db.hub(number)), held.contains(&number)),
         })
+    }
+}
+
+/// On a database several nodes share: divides the service-wide quotas among the nodes alive,
+/// as their number changes, so that the cluster accepts about the configured rates.
+async fn share_quotas(mut nodes: watch::Receiver<u32>, engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let alive = *nodes.borrow_and_update();
+        engine.quotas().share_among(alive);
+        tracing::info!(
+            nodes = alive,
+            "nodes serving the database: each takes that share of the service-wide quotas"
+        );
+        tokio::select! {
+            changed = nodes.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

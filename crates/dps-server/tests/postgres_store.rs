@@ -168,13 +168,23 @@ async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
 /// host name (as an operator starts a cluster behind a load balancer), and their data
 /// directories (which must outlive them).
 async fn cluster<const N: usize>(ips: [&'static str; N]) -> ([dps_server::RunningServer; N], [tempfile::TempDir; N]) {
+    cluster_with(ips, |_| {}).await
+}
+
+/// [`cluster`] with `configure` applied to every node's configuration.
+async fn cluster_with<const N: usize>(
+    ips: [&'static str; N],
+    configure: impl Fn(&mut dps_server::ServerConfig),
+) -> ([dps_server::RunningServer; N], [tempfile::TempDir; N]) {
     let url = dps_store::postgres::testing::fresh_database().await;
     let dirs = [(); N].map(|_| tempfile::tempdir().unwrap());
+    let configure = &configure;
     let starting = ips.iter().zip(&dirs).map(|(ip, dir)| {
         let url = url.clone();
         common::hub_server_with(ip, dir.path(), move |c| {
             c.store = Some(url);
             c.hostnames = ips.map(String::from).to_vec();
+            configure(c);
         })
     });
     let nodes = futures_util::future::join_all(starting).await;
@@ -684,4 +694,40 @@ async fn an_import_export_job_made_through_one_node_is_seen_through_another_and_
             "{ids:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_divide_the_service_wide_quotas_among_them() {
+    use std::time::Duration;
+    const NODES: [&str; 2] = ["127.0.38.79", "127.0.38.80"];
+    let ([a, b], _dirs) = cluster_with(NODES, |c| c.limits.registrations_per_second = 10).await;
+    // How many registrations a node admits in one instant (a full bucket), an hour ahead so
+    // that each probe finds the bucket full again.
+    let admitted = |node: &dps_server::RunningServer, hour: i64| {
+        let at = chrono::Utc::now() + chrono::Duration::hours(hour);
+        let quotas = node.services.engine.quotas();
+        (0..100).take_while(|_| quotas.registration(at).is_ok()).count()
+    };
+    let mut shares = (0, 0);
+    for hour in 1..=40 {
+        shares = (admitted(&a, hour), admitted(&b, hour));
+        if shares == (5, 5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        shares,
+        (5, 5),
+        "each of two nodes takes half of 10 registrations a second"
+    );
+    // One node left: after its heartbeat has not been heard for 15 s, the other takes it all.
+    b.shutdown().await;
+    for hour in 41..=120 {
+        if admitted(&a, hour) == 10 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the remaining node did not take the whole quota back");
 }

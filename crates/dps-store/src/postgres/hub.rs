@@ -84,6 +84,8 @@ pub struct PostgresHubDatabase {
     pub(super) calls: super::peers::Pending,
     /// Keeps this node's heartbeat in `dps_nodes` (aborted on drop).
     heartbeat: tokio::task::JoinHandle<()>,
+    /// How many nodes are alive (this one included), as the heartbeat last counted them.
+    alive: tokio::sync::watch::Receiver<u32>,
     /// Whether this node runs the housekeeping every node would otherwise repeat.
     leads: Arc<std::sync::atomic::AtomicBool>,
     /// Keeps trying to (aborted on drop).
@@ -112,7 +114,8 @@ impl PostgresHubDatabase {
             .with("synchronous_commit", "off")
             .pool(super::peers::EPHEMERAL_CONNECTIONS)?;
         let node = uuid::Uuid::new_v4().simple().to_string();
-        let heartbeat = super::peers::start_heartbeat(&ephemeral, &node).await?;
+        let (nodes, alive) = tokio::sync::watch::channel(1);
+        let heartbeat = super::peers::start_heartbeat(&ephemeral, &node, nodes).await?;
         let leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let election = super::peers::start_housekeeping_election(Settings::of(url, "dps-housekeeping")?, leads.clone());
         Ok(Arc::new(PostgresHubDatabase {
@@ -122,6 +125,7 @@ impl PostgresHubDatabase {
             events: Writer::start(pool.clone()),
             calls: Default::default(),
             heartbeat,
+            alive,
             node,
             ephemeral,
             pool,
@@ -166,6 +170,12 @@ impl PostgresHubDatabase {
     /// node sent.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// How many nodes serve the database now (heard from in the last 15 s, this one
+    /// included), updated every few seconds: what the nodes divide the service-wide quotas by.
+    pub fn live_nodes(&self) -> tokio::sync::watch::Receiver<u32> {
+        self.alive.clone()
     }
 
     /// What the registry writer has done since connect, for every hub.

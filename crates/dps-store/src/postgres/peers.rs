@@ -100,11 +100,17 @@ pub(super) fn start_housekeeping_election(
 /// Calls waiting for their answer, by id.
 pub(super) type Pending = Mutex<HashMap<String, oneshot::Sender<()>>>;
 
-/// Records this node in `dps_nodes` now and every [`HEARTBEAT`] after, and once a minute
-/// removes what nodes silent for long left behind.
-pub(super) async fn start_heartbeat(pool: &Pool, node: &str) -> Result<tokio::task::JoinHandle<()>, PgOpenError> {
+/// Records this node in `dps_nodes` now and every [`HEARTBEAT`] after, tells `nodes` how many
+/// nodes are alive (heard from in the last three heartbeats, this one included), and once a
+/// minute removes what nodes silent for long left behind.
+pub(super) async fn start_heartbeat(
+    pool: &Pool,
+    node: &str,
+    nodes: tokio::sync::watch::Sender<u32>,
+) -> Result<tokio::task::JoinHandle<()>, PgOpenError> {
     const BEAT: &str =
         "INSERT INTO dps_nodes (node, seen) VALUES ($1, now()) ON CONFLICT (node) DO UPDATE SET seen = now()";
+    const ALIVE: &str = "SELECT count(*) FROM dps_nodes WHERE seen > now() - interval '15 seconds'";
     const SWEEP: &str = "DELETE FROM hub_presence WHERE node IN \
          (SELECT node FROM dps_nodes WHERE seen < now() - interval '1 minute'); \
          DELETE FROM dps_nodes WHERE seen < now() - interval '1 hour'; \
@@ -123,6 +129,14 @@ pub(super) async fn start_heartbeat(pool: &Pool, node: &str) -> Result<tokio::ta
             };
             if let Err(e) = client.execute(BEAT, &[&node]).await {
                 tracing::warn!(error = %e, "cannot record this node's heartbeat");
+                continue;
+            }
+            if let Ok(row) = client.query_one(ALIVE, &[]).await {
+                let alive = row.try_get::<_, i64>(0).unwrap_or(1);
+                nodes.send_if_modified(|n| {
+                    let alive = u32::try_from(alive).unwrap_or(u32::MAX).max(1);
+                    std::mem::replace(n, alive) != alive
+                });
             }
             if beat % 12 == 11 {
                 if let Err(e) = client.batch_execute(SWEEP).await {
@@ -279,6 +293,31 @@ impl Peers for PostgresHubStore {
             .await
             .map_err(super::hub::backend)?;
         Ok(())
+    }
+
+    async fn connected_elsewhere(&self, keys: &[String]) -> Result<std::collections::HashSet<String>, HubStoreError> {
+        const WHERE: &str = "SELECT p.key FROM hub_presence p JOIN dps_nodes n ON n.node = p.node \
+             WHERE p.hub = $1 AND p.key = ANY($2) AND p.node <> $3 AND n.seen > now() - interval '15 seconds'";
+        let client = self.db.ephemeral.get().await.map_err(super::hub::backend)?;
+        let rows = client
+            .query(WHERE, &[&self.hub, &keys, &self.db.node])
+            .await
+            .map_err(super::hub::backend)?;
+        rows.iter()
+            .map(|row| row.try_get(0).map_err(super::hub::backend))
+            .collect()
+    }
+
+    async fn devices_connected_elsewhere(&self) -> Result<u64, HubStoreError> {
+        const COUNT: &str = "SELECT count(*) FROM hub_presence p JOIN dps_nodes n ON n.node = p.node \
+             WHERE p.hub = $1 AND p.node <> $2 AND strpos(p.key, '/') = 0 AND n.seen > now() - interval '15 seconds'";
+        let client = self.db.ephemeral.get().await.map_err(super::hub::backend)?;
+        let count: i64 = client
+            .query_one(COUNT, &[&self.hub, &self.db.node])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(super::hub::backend)?;
+        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     async fn call(&self, call: &MethodCall) -> Result<Option<MethodResponse>, MethodError> {
