@@ -31,6 +31,19 @@ async fn sessions_by_tls(name: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// Connects a store to `url` (of database `name`), checks that it works and that every session
+/// it opened is encrypted.
+async fn works_encrypted(url: &str, name: &str) {
+    use dps_core::Store;
+    let store = PostgresStore::connect(url).await.unwrap();
+    assert!(store.get_enrollment("nobody").await.unwrap().is_none());
+    let (encrypted, clear) = sessions_by_tls(name).await;
+    assert!(
+        encrypted >= 1 && clear == 0,
+        "{encrypted} encrypted, {clear} in the clear"
+    );
+}
+
 /// `verify-full` against the cluster's CA connects, every session of the store is encrypted,
 /// and the store works; `disable` keeps them all in the clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,17 +51,7 @@ async fn verify_full_encrypts_every_connection() {
     let url = fresh_database().await;
     let (name, _, _) = parts(&url);
     let ca = ca_file();
-    let store = PostgresStore::connect(&format!("{url}?sslmode=verify-full&sslrootcert={ca}"))
-        .await
-        .unwrap();
-    use dps_core::Store;
-    assert!(store.get_enrollment("nobody").await.unwrap().is_none());
-    let (encrypted, clear) = sessions_by_tls(&name).await;
-    assert!(
-        encrypted >= 1 && clear == 0,
-        "{encrypted} encrypted, {clear} in the clear"
-    );
-    drop(store);
+    works_encrypted(&format!("{url}?sslmode=verify-full&sslrootcert={ca}"), &name).await;
 
     let url = fresh_database().await;
     let (name, _, _) = parts(&url);
@@ -111,17 +114,7 @@ async fn a_client_certificate_is_presented_when_the_url_names_one() {
     let dir = std::path::Path::new(&ca).parent().unwrap();
     let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
     let base = format!("postgres://dps_cert@127.0.0.1:{port}/{name}?sslmode=verify-full&sslrootcert={ca}");
-    let store = PostgresStore::connect(&format!("{base}&sslcert={}&sslkey={}", cert.display(), key.display()))
-        .await
-        .unwrap();
-    use dps_core::Store;
-    assert!(store.get_enrollment("nobody").await.unwrap().is_none());
-    let (encrypted, clear) = sessions_by_tls(&name).await;
-    assert!(
-        encrypted >= 1 && clear == 0,
-        "{encrypted} encrypted, {clear} in the clear"
-    );
-    drop(store);
+    works_encrypted(&format!("{base}&sslcert={}&sslkey={}", cert.display(), key.display()), &name).await;
 
     let refused = PostgresStore::connect(&base).await.unwrap_err();
     assert!(matches!(refused, PgOpenError::Connect(_)), "{refused}");

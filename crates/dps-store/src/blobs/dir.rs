@@ -61,9 +61,7 @@ impl Dir {
                 count += 1;
             }
         }
-        if staged > limit || count > dps_proto::blob_storage::MAX_BLOCKS {
-            return Err(BlobError::TooLarge { limit });
-        }
+        super::within_block_limits(staged, count, limit)?;
         Ok(tokio::fs::rename(tmp, dir.join(name)).await?)
     }
 

@@ -374,6 +374,16 @@ impl BlobStore {
     }
 }
 
+/// Refuses a staged block that would make the blob's staged blocks (`blocks` of them, this one
+/// included) hold more than `staged` > `limit` bytes or more than Azure's block count, so that
+/// an upload that is never committed cannot fill the disk or the database.
+pub(crate) fn within_block_limits(staged: u64, blocks: usize, limit: u64) -> Result<(), BlobError> {
+    if staged > limit || blocks > dps_proto::blob_storage::MAX_BLOCKS {
+        return Err(BlobError::TooLarge { limit });
+    }
+    Ok(())
+}
+
 /// The entity tag of a blob written at `modified` with `size` bytes: it changes with every
 /// write.
 pub(crate) fn etag(modified: &DateTime<Utc>, size: u64) -> String {

@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 use tokio_postgres::Transaction;
 
 use super::hub::PostgresHubStore;
-use crate::blobs::{etag, hex, BlobError, BlobProperties};
+use crate::blobs::{etag, hex, within_block_limits, BlobError, BlobProperties};
 
 /// Most bytes in one chunk row: small enough to hold one in memory per read or write, large
 /// enough that a 256 MiB blob is a few hundred rows.
@@ -174,10 +174,11 @@ impl PostgresHubStore {
             .await
             .map_err(database)?;
         let (others, count): (i64, i64) = (row.try_get(0).map_err(database)?, row.try_get(1).map_err(database)?);
-        let staged = u64::try_from(others).unwrap_or_default() + len;
-        if staged > limit || usize::try_from(count).unwrap_or(usize::MAX) >= dps_proto::blob_storage::MAX_BLOCKS {
-            return Err(BlobError::TooLarge { limit });
-        }
+        within_block_limits(
+            u64::try_from(others).unwrap_or_default() + len,
+            usize::try_from(count).unwrap_or(usize::MAX).saturating_add(1),
+            limit,
+        )?;
         // A block put again replaces itself.
         tx.execute(
             "WITH gone AS (DELETE FROM blob_blocks WHERE hub = $1 AND container = $2 AND name = $3 \
