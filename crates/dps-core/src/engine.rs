@@ -8,6 +8,7 @@ mod device;
 mod geo;
 mod groups;
 mod linked_hubs;
+mod observe;
 mod recovery;
 mod service;
 mod tpm;
@@ -27,6 +28,7 @@ pub use custom_allocation::AllocationWebhook;
 pub use device::Authenticated;
 pub use geo::GeoConfig;
 pub use linked_hubs::MAX_LINKED_HUBS;
+pub use observe::{Observer, RegistrationAttempt, Transport};
 
 /// What another node changed in a store several nodes share (decision 0031), as this node
 /// hears of it ([`Engine::store_changed`]).
@@ -225,6 +227,8 @@ pub struct Engine {
     tpm: tpm::ChallengeCache,
     quotas: crate::quota::Quotas,
     random: Arc<dyn Random>,
+    /// Told of every registration attempt and throttled request ([`Engine::set_observer`]).
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
 }
 
 impl Engine {
@@ -243,7 +247,14 @@ impl Engine {
             tpm: tpm::ChallengeCache::default(),
             quotas,
             random: Arc::new(SystemRandom),
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells `observer` of every registration attempt and throttled request from now on (once;
+    /// later calls are ignored): what the server's metrics count.
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Takes randomness from `random` instead of the system's CSPRNG: with a

@@ -23,7 +23,7 @@ pub use cause::Cause;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{
     AllocationWebhook, Authenticated, Credential, DeviceRequest, DeviceResponse, Engine, EngineConfig, GeoConfig,
-    LinkedHub, Page, Recovery, Registered, MAX_LINKED_HUBS,
+    LinkedHub, Observer, Page, Recovery, Registered, RegistrationAttempt, Transport, MAX_LINKED_HUBS,
 };
 pub use error::{Error, STORE_RETRY_AFTER_SECS};
 pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};

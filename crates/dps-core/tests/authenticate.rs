@@ -35,6 +35,7 @@ fn request(scope: &str, reg: &str, credential: Credential) -> DeviceRequest {
         credential,
         api_version: Some("2019-03-31".into()),
         source: None,
+        transport: Default::default(),
     }
 }
 

@@ -72,6 +72,7 @@ fn request(reg: &str, credential: Credential) -> DeviceRequest {
         credential,
         api_version: Some("2021-06-01".into()),
         source: None,
+        transport: Default::default(),
     }
 }
 

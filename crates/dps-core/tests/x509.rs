@@ -127,6 +127,7 @@ fn req(reg: &str, chain: &[&Issued]) -> DeviceRequest {
         credential: Credential::X509(chain.iter().map(|c| c.der()).collect()),
         api_version: None,
         source: None,
+        transport: Default::default(),
     }
 }
 
@@ -531,6 +532,7 @@ async fn devkit_alias_certificate_with_malformed_san_is_accepted() {
         credential: Credential::X509(vec![der.clone()]),
         api_version: None,
         source: None,
+        transport: Default::default(),
     };
     let done = register(&e, &r).await.unwrap();
     assert_eq!(done.status, RegistrationStatus::Assigned);

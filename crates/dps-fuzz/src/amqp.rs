@@ -78,6 +78,7 @@ async fn services() -> Arc<Services> {
         config,
         clock: Arc::new(FakeClock::at(now())),
         storage_account: None,
+        metrics: Default::default(),
     })
 }
 

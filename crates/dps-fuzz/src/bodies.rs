@@ -279,6 +279,7 @@ fn fixture_request() -> DeviceRequest {
         credential: Credential::Sas(token),
         api_version: Some("2021-06-01".into()),
         source: None,
+        transport: Default::default(),
     }
 }
 

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub linked_hubs: Vec<LinkedHubConfig>,
     /// CA certificate(s) (PEM) to trust for custom allocation webhooks besides the system's.
     pub allocation_webhook_ca: Option<PathBuf>,
+    /// A bearer token that lets a scraper read `GET /metrics` (`Authorization: Bearer …`), as
+    /// Prometheus sends one; without it, only a DPS service policy's SAS token does.
+    pub metrics_token: Option<String>,
     /// Where devices are, by the network they connect from (`[[geo-network]]`), for
     /// `geoLatency` allocation.
     pub geo_networks: Vec<GeoNetworkConfig>,
@@ -336,6 +339,8 @@ pub struct FileConfig {
     pub linked_hubs: Option<Vec<LinkedHubConfig>>,
     /// See [`ServerConfig::allocation_webhook_ca`].
     pub allocation_webhook_ca: Option<PathBuf>,
+    /// See [`ServerConfig::metrics_token`].
+    pub metrics_token: Option<String>,
     /// See [`ServerConfig::geo_networks`]: `[[geo-network]]` tables.
     #[serde(rename = "geo-network")]
     pub geo_networks: Option<Vec<GeoNetworkConfig>>,
@@ -417,6 +422,7 @@ impl ServerConfig {
             file_upload_storage_ca: None,
             linked_hubs: Vec::new(),
             allocation_webhook_ca: None,
+            metrics_token: None,
             geo_networks: Vec::new(),
             geo_locations: Vec::new(),
             limits: Limits::default(),
@@ -446,6 +452,7 @@ impl ServerConfig {
         self.file_upload_storage = f.file_upload_storage.or(self.file_upload_storage);
         self.file_upload_storage_ca = f.file_upload_storage_ca.or(self.file_upload_storage_ca);
         self.allocation_webhook_ca = f.allocation_webhook_ca.or(self.allocation_webhook_ca);
+        self.metrics_token = f.metrics_token.or(self.metrics_token);
         if let Some(g) = f.geo_networks {
             self.geo_networks = g;
         }
@@ -505,6 +512,11 @@ impl ServerConfig {
             }
         }
         self.geo()?;
+        if self.metrics_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(
+                "metrics-token: at least 16 characters (a scraper's secret, not a password to remember)".into(),
+            );
+        }
         if !dps_proto::blob_storage::valid_container_name(&self.file_upload_container) {
             return Err(format!(
                 "file-upload-container: {:?} is not a container name (3 to 63 lower-case letters, digits and '-')",

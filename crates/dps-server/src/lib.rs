@@ -19,6 +19,7 @@ pub mod hub_router;
 pub mod hubs;
 mod listener;
 mod log_limit;
+pub mod metrics;
 pub mod mqtt;
 mod outbound;
 pub mod remote_hub;
@@ -70,4 +71,6 @@ pub struct Services {
     /// The external storage account file uploads go to instead of the hubs' blob endpoints
     /// (`--file-upload-storage`).
     pub storage_account: Option<Arc<storage_account::StorageAccount>>,
+    /// What `GET /metrics` reports (the engine and the listeners count into it).
+    pub metrics: Arc<metrics::Metrics>,
 }

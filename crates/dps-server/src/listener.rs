@@ -239,6 +239,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     };
     let mut hubs = hubs.into_iter();
     let first = hubs.next().expect("a server has at least one embedded hub");
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    engine.set_observer(metrics.clone());
     let services = Arc::new(Services {
         engine: Arc::new(engine),
         hubs: EmbeddedHubs::new(first, hubs),
@@ -247,6 +249,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         config: config.clone(),
         clock: Arc::new(SystemClock),
         storage_account,
+        metrics,
     });
 
     dir.record_runtime(&crate::datadir::Runtime {
@@ -268,6 +271,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let connections = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);
     tasks.spawn(accept_loop(
         "MQTT",
+        services.metrics.clone(),
         mqtt,
         mqtt_acceptor,
         connections.clone(),
@@ -276,6 +280,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     ));
     tasks.spawn(accept_loop(
         "AMQP",
+        services.metrics.clone(),
         amqp,
         amqp_acceptor,
         connections.clone(),
@@ -312,6 +317,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     }
     tasks.spawn(accept_loop(
         "HTTPS",
+        services.metrics.clone(),
         https,
         acceptor,
         connections.clone(),
@@ -787,6 +793,7 @@ async fn hub_sweeper(hub: dps_hub::Hub, blobs: Option<dps_store::BlobStore>, mut
 
 async fn accept_loop<F, Fut>(
     what: &'static str,
+    metrics: Arc<crate::metrics::Metrics>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Arc<ConnectionLimits>,
@@ -825,6 +832,7 @@ async fn accept_loop<F, Fut>(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let serve = serve.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             // The TLS state (rustls' connection and buffers, some KiB) is only built once the
             // client has sent something: a connection silent until the deadline costs little
@@ -833,13 +841,23 @@ async fn accept_loop<F, Fut>(
                 tcp.readable().await?;
                 Box::pin(acceptor.accept(tcp)).await
             };
+            let listener = match what {
+                "MQTT" => "mqtt",
+                "AMQP" => "amqp",
+                _ => "https",
+            };
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    metrics.handshake(listener, crate::metrics::Handshake::Ok);
+                    s
+                }
                 Ok(Err(e)) => {
+                    metrics.handshake(listener, crate::metrics::Handshake::Failed);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics.handshake(listener, crate::metrics::Handshake::TimedOut);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }

@@ -215,6 +215,7 @@ async fn hub_endpoint_authenticates_and_serves_twin() {
         credential: dps_core::Credential::Sas(dps_sas(&s, "dev-1", KEY)),
         api_version: None,
         source: None,
+        transport: dps_core::Transport::Mqtt,
     };
     s.services
         .engine

@@ -127,7 +127,17 @@ async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
     let body = serde_json::json!({"registrationId": "dev-1"});
     let sas = common::dps_sas(&s, "dev-1", common::KEY);
 
+    let ready = || async {
+        let (status, _, body) = common::https_raw(&s, common::trusting_local_ca(&s), "GET", "/readyz", &[], &[]).await;
+        (status, String::from_utf8(body).unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+
     pg.halt();
+    // A load balancer probing the node learns that it cannot serve now, and why.
+    let (status, why) = ready().await;
+    assert_eq!(status, 503, "{why}");
+    assert!(why.starts_with("not ready: DPS store:"), "{why}");
     let r = common::https(&s, "PUT", &register, Some(&sas), Some(&body)).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.body["errorCode"], 503001, "{}", r.body);
@@ -153,6 +163,7 @@ async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
     assert_eq!(done.status, 202, "{}", done.body);
+    assert_eq!(ready().await.0, 200);
     let state = common::register_through_engine(&s, "dev-1").await;
     assert_eq!(state.device_id.as_deref(), Some("dev-1"));
     s.shutdown().await;
@@ -222,6 +233,7 @@ async fn three_nodes_serve_one_service() {
         credential: dps_core::Credential::Sas(common::dps_sas(&b, "dev-1", &device_key)),
         api_version: None,
         source: None,
+        transport: Default::default(),
     };
     let body = dps_proto::model::device::DeviceRegistration::default();
     let mut registered = None;
@@ -441,6 +453,7 @@ async fn an_individual_enrollment_made_through_one_node_takes_precedence_on_anot
         credential: dps_core::Credential::Sas(common::dps_sas(&b, "dev-7", key)),
         api_version: None,
         source: None,
+        transport: Default::default(),
     };
     let body = dps_proto::model::device::DeviceRegistration::default();
     let derived = dps_proto::keys::derive_device_key(GROUP_KEY, "dev-7").unwrap();

@@ -114,7 +114,11 @@ async fn a_client_certificate_is_presented_when_the_url_names_one() {
     let dir = std::path::Path::new(&ca).parent().unwrap();
     let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
     let base = format!("postgres://dps_cert@127.0.0.1:{port}/{name}?sslmode=verify-full&sslrootcert={ca}");
-    works_encrypted(&format!("{base}&sslcert={}&sslkey={}", cert.display(), key.display()), &name).await;
+    works_encrypted(
+        &format!("{base}&sslcert={}&sslkey={}", cert.display(), key.display()),
+        &name,
+    )
+    .await;
 
     let refused = PostgresStore::connect(&base).await.unwrap_err();
     assert!(matches!(refused, PgOpenError::Connect(_)), "{refused}");

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// PEM CA certificate(s) to trust for custom allocation webhooks besides the system's.
     #[arg(long, env = "DPS_ALLOCATION_WEBHOOK_CA", value_name = "FILE")]
     allocation_webhook_ca: Option<PathBuf>,
+    /// A bearer token (16 characters or more) that lets a scraper read GET /metrics
+    /// (`Authorization: Bearer <token>`); a DPS service policy's SAS token always can.
+    #[arg(long, env = "DPS_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
@@ -228,6 +232,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.file_upload_container {
             c.file_upload_container = v;
+        }
+        if let Some(v) = self.metrics_token {
+            c.metrics_token = Some(v);
         }
         if let Some(v) = self.file_upload_storage_ca {
             c.file_upload_storage_ca = Some(v);

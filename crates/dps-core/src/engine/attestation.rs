@@ -41,6 +41,8 @@ pub struct DeviceRequest {
     /// The address the device connected from, when the transport knows it: `geoLatency`
     /// allocation places the device by it ([`crate::GeoConfig`]).
     pub source: Option<std::net::IpAddr>,
+    /// The transport the request came over (for metrics and logs; no decision depends on it).
+    pub transport: super::Transport,
 }
 
 /// The enrollment a device matched.

@@ -207,7 +207,27 @@ impl Engine {
     /// per refusal would flood the log) and turns it into the `429` answer.
     pub(super) fn refused(&self, req: &DeviceRequest, t: crate::quota::Throttled) -> Error {
         tracing::debug!(registration = %req.registration_id, quota = ?t.quota, wait = ?t.wait, "device request throttled");
+        if let Some(observer) = self.observer.get() {
+            observer.throttled(t.quota);
+        }
         t.into()
+    }
+
+    /// Tells the observer, if any, how a registration attempt ended.
+    fn observe(
+        &self,
+        req: &DeviceRequest,
+        started: std::time::Instant,
+        outcome: Result<(RegistrationStatus, AttestationType), &Error>,
+    ) {
+        if let Some(observer) = self.observer.get() {
+            observer.registration(&super::RegistrationAttempt {
+                request: req,
+                attestation: outcome.as_ref().ok().map(|(_, a)| *a),
+                outcome: outcome.map(|(status, _)| status),
+                elapsed: started.elapsed(),
+            });
+        }
     }
 
     /// Handles a register request. On success the registration is committed before this returns,
@@ -272,9 +292,17 @@ impl Engine {
         req: &DeviceRequest,
         tpm: TpmUse,
     ) -> Result<Authenticated, Error> {
+        let started = std::time::Instant::now();
         self.check_request(req)?;
         let groups = self.groups.snapshot();
-        let attested = self.attest(now, req, tpm).await?;
+        let attested = match self.attest(now, req, tpm).await {
+            Ok(attested) => attested,
+            Err(e) => {
+                // A device refused as its connection opens made a registration attempt too.
+                self.observe(req, started, Err(&e));
+                return Err(e);
+            }
+        };
         let individual_etag = match &attested.matched {
             Matched::Individual(e) => Some(e.etag.clone()),
             Matched::Group(_) => None,
@@ -313,6 +341,27 @@ impl Engine {
         authenticated: Option<&Authenticated>,
         body: &DeviceRegistration,
     ) -> Result<Registered, Error> {
+        let started = std::time::Instant::now();
+        match self.register_unobserved(now, req, authenticated, body).await {
+            Ok((registered, decided)) => {
+                self.observe(req, started, Ok(decided));
+                Ok(registered)
+            }
+            Err(e) => {
+                self.observe(req, started, Err(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// [`register_with`](Self::register_with), and the status and attestation it decided.
+    async fn register_unobserved(
+        &self,
+        now: DateTime<Utc>,
+        req: &DeviceRequest,
+        authenticated: Option<&Authenticated>,
+        body: &DeviceRegistration,
+    ) -> Result<(Registered, (RegistrationStatus, AttestationType)), Error> {
         self.admit(now, req)?;
         check_body_id(req, body)?;
         // Before attestation, which spends a TPM device's challenge: a throttled device must be
@@ -342,6 +391,7 @@ impl Engine {
             Err(NotAssigned::Retry(e)) => return Err(e),
         };
         let status = final_state.status;
+        let decided = (status, attested.attestation);
         let body = RegistrationOperationStatus {
             operation_id: operation_id.clone(),
             status,
@@ -360,9 +410,9 @@ impl Engine {
             },
         );
         if self.config.immediate_assignment {
-            return Ok(Registered::Done(body));
+            return Ok((Registered::Done(body), decided));
         }
-        Ok(Registered::Assigning {
+        let assigning = Registered::Assigning {
             retry_after: self.config.retry_after_secs,
             operation: RegistrationOperationStatus {
                 operation_id,
@@ -373,7 +423,8 @@ impl Engine {
                     ..Default::default()
                 },
             },
-        })
+        };
+        Ok((assigning, decided))
     }
 
     /// Handles an operation-status poll.

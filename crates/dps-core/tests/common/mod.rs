@@ -164,6 +164,7 @@ pub fn device_request(reg: &str, credential: dps_core::Credential) -> dps_core::
         credential,
         api_version: Some("2019-03-31".into()),
         source: None,
+        transport: Default::default(),
     }
 }
 

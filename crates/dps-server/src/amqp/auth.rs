@@ -122,6 +122,7 @@ impl<'a> ConnAuthenticator<'a> {
             credential: Credential::None,
             api_version: None,
             source: self.source,
+            transport: dps_core::Transport::Amqp,
         };
         let body = DeviceRegistration {
             registration_id: Some(request.registration_id.clone()),
@@ -185,6 +186,7 @@ impl Authenticator for ConnAuthenticator<'_> {
                                 credential: Credential::Sas(password),
                                 api_version: None,
                                 source: self.source,
+                                transport: dps_core::Transport::Amqp,
                             },
                             false,
                         )

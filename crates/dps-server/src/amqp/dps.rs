@@ -68,6 +68,7 @@ async fn device_for(conn: &mut Conn, node: &RegistrationNode) -> Result<Arc<DpsD
         credential: Credential::X509(conn.peer_certs.clone()),
         api_version: None,
         source: conn.source,
+        transport: dps_core::Transport::Amqp,
     };
     let device = Arc::new(
         authenticate_dps(&conn.services, request)

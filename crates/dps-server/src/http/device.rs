@@ -66,6 +66,7 @@ fn request(ctx: &Ctx<'_>, id_scope: String, registration_id: String) -> Result<D
         credential,
         api_version: ctx.query.get(dps_proto::rest::API_VERSION).map(str::to_string),
         source: ctx.peer_addr,
+        transport: dps_core::Transport::Https,
     })
 }
 

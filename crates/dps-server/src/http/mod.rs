@@ -24,6 +24,7 @@ pub mod host;
 mod hub;
 mod hub_device;
 pub mod import_export;
+mod operations;
 mod service;
 pub mod websocket;
 
@@ -188,6 +189,9 @@ pub fn router(services: Arc<Services>) -> Router {
 }
 
 async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Response {
+    if let Some(answering) = operations::serve(&services, &req) {
+        return answering.await;
+    }
     let now = services.clock.now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -59,6 +59,7 @@ pub(super) async fn accept(
         credential,
         api_version: user.api_version,
         source,
+        transport: dps_core::Transport::Mqtt,
     };
     match services.engine.authenticate(services.clock.now(), &request).await {
         Ok(authenticated) => Ok(Session {

@@ -593,6 +593,7 @@ pub async fn register_through_engine(s: &RunningServer, reg: &str) -> dps_proto:
         credential: dps_core::Credential::Sas(dps_sas(s, reg, KEY)),
         api_version: None,
         source: None,
+        transport: Default::default(),
     };
     let now = chrono::Utc::now();
     let op = engine

@@ -115,6 +115,7 @@ pub async fn fixture() -> Fixture {
         config,
         clock: clock.clone(),
         storage_account: None,
+        metrics: Default::default(),
     });
     Fixture {
         app: router(services.clone()),

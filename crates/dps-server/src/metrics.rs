@@ -1,0 +1,241 @@
+//! Prometheus metrics (`GET /metrics`, issue 16): what an operator graphs and alerts on.
+//!
+//! Counted as things happen, without a lock on any hot path (prometheus-client's counters are
+//! atomics; a label set is looked up in a read-locked map):
+//! - `dps_registrations_total{status, attestation, transport}`: every registration attempt as
+//!   the engine ends it ([`dps_core::Observer`]): `status` is the registration's (`assigned`,
+//!   `failed`, `disabled`) or the refusal's (`unauthorized`, `throttled`, `not_found`,
+//!   `bad_request`, `unavailable`, `error`);
+//! - `dps_registration_duration_seconds{transport}`: from the request's arrival in the engine to
+//!   its answer (the store commit included);
+//! - `dps_throttled_requests_total{quota}`: device requests a quota refused (429);
+//! - `dps_tls_handshakes_total{listener, result}`: `ok`, `failed`, `timeout`.
+//!
+//! Read when scraped: `dps_hub_devices{hub, status}` and `dps_hub_connected_devices{hub}` (the
+//! registry's counts; on nodes sharing PostgreSQL the whole cluster's connected devices).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistrationLabels {
+    status: &'static str,
+    attestation: &'static str,
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabel {
+    quota: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HubLabels {
+    hub: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HubStatusLabels {
+    hub: String,
+    status: &'static str,
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Handshake {
+    Ok,
+    Failed,
+    TimedOut,
+}
+
+/// The server's metrics. One per server, shared by every listener and the engine.
+pub struct Metrics {
+    registry: Registry,
+    registrations: Family<RegistrationLabels, Counter>,
+    registration_seconds: Family<TransportLabel, Histogram, fn() -> Histogram>,
+    throttled: Family<QuotaLabel, Counter>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    hub_devices: Family<HubStatusLabels, Gauge>,
+    hub_connected: Family<HubLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Registration latency buckets: 1 ms to about 16 s, doubling.
+fn registration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let registrations = Family::<RegistrationLabels, Counter>::default();
+        registry.register(
+            "dps_registrations",
+            "Registration attempts, by outcome, attestation and transport",
+            registrations.clone(),
+        );
+        let registration_seconds = Family::<TransportLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            registration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "dps_registration_duration_seconds",
+            "Time from a register request's arrival to its answer",
+            registration_seconds.clone(),
+        );
+        let throttled = Family::<QuotaLabel, Counter>::default();
+        registry.register(
+            "dps_throttled_requests",
+            "Device requests refused by a quota (429)",
+            throttled.clone(),
+        );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "dps_tls_handshakes",
+            "TLS handshakes on each listener, by result",
+            handshakes.clone(),
+        );
+        let hub_devices = Family::<HubStatusLabels, Gauge>::default();
+        registry.register(
+            "dps_hub_devices",
+            "Devices in each embedded hub's registry, by status",
+            hub_devices.clone(),
+        );
+        let hub_connected = Family::<HubLabels, Gauge>::default();
+        registry.register(
+            "dps_hub_connected_devices",
+            "Devices connected to each embedded hub",
+            hub_connected.clone(),
+        );
+        Metrics {
+            registry,
+            registrations,
+            registration_seconds,
+            throttled,
+            handshakes,
+            hub_devices,
+            hub_connected,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a TLS handshake on `listener` (`mqtt`, `https`, `amqp`).
+    pub(crate) fn handshake(&self, listener: &'static str, result: Handshake) {
+        let result = match result {
+            Handshake::Ok => "ok",
+            Handshake::Failed => "failed",
+            Handshake::TimedOut => "timeout",
+        };
+        self.handshakes
+            .get_or_create(&HandshakeLabels { listener, result })
+            .inc();
+    }
+
+    /// The metrics in Prometheus' text format, the hubs' counts read now.
+    pub(crate) async fn render(&self, services: &crate::Services) -> String {
+        for h in services.hubs.iter() {
+            let hub = h.identity.host_name.clone();
+            match h.hub.statistics().await {
+                Ok(stats) => {
+                    for (status, n) in [
+                        ("enabled", stats.enabled_device_count),
+                        ("disabled", stats.disabled_device_count),
+                    ] {
+                        self.hub_devices
+                            .get_or_create(&HubStatusLabels {
+                                hub: hub.clone(),
+                                status,
+                            })
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                    self.hub_connected
+                        .get_or_create(&HubLabels { hub })
+                        .set(i64::try_from(stats.connected_device_count).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::debug!(hub, error = %e, "hub counts not read for the metrics"),
+            }
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %e, "metrics not encoded");
+        }
+        text
+    }
+}
+
+/// The label of a registration's outcome.
+fn outcome_label(outcome: &Result<dps_proto::model::service::RegistrationStatus, &dps_core::Error>) -> &'static str {
+    use dps_proto::model::service::RegistrationStatus;
+    match outcome {
+        Ok(RegistrationStatus::Assigned) => "assigned",
+        Ok(RegistrationStatus::Failed) => "failed",
+        Ok(RegistrationStatus::Disabled) => "disabled",
+        Ok(RegistrationStatus::Assigning) => "assigning",
+        Ok(_) => "other",
+        Err(e) => match e.status() {
+            400 => "bad_request",
+            401 | 403 => "unauthorized",
+            404 => "not_found",
+            429 => "throttled",
+            503 => "unavailable",
+            _ => "error",
+        },
+    }
+}
+
+fn attestation_label(attestation: Option<dps_proto::model::service::AttestationType>) -> &'static str {
+    use dps_proto::model::service::AttestationType;
+    match attestation {
+        Some(AttestationType::SymmetricKey) => "symmetricKey",
+        Some(AttestationType::X509) => "x509",
+        Some(AttestationType::Tpm) => "tpm",
+        #[allow(unreachable_patterns)]
+        Some(_) => "other",
+        None => "unknown",
+    }
+}
+
+impl dps_core::Observer for Metrics {
+    fn registration(&self, attempt: &dps_core::RegistrationAttempt<'_>) {
+        let transport = attempt.request.transport.as_str();
+        self.registrations
+            .get_or_create(&RegistrationLabels {
+                status: outcome_label(&attempt.outcome),
+                attestation: attestation_label(attempt.attestation),
+                transport,
+            })
+            .inc();
+        self.registration_seconds
+            .get_or_create(&TransportLabel { transport })
+            .observe(attempt.elapsed.as_secs_f64());
+    }
+
+    fn throttled(&self, quota: dps_core::quota::Quota) {
+        let quota = match quota {
+            dps_core::quota::Quota::Registrations => "registrations",
+            dps_core::quota::Quota::Operations => "operations",
+            dps_core::quota::Quota::DevicePolls => "device_polls",
+        };
+        self.throttled.get_or_create(&QuotaLabel { quota }).inc();
+    }
+}
