@@ -27,7 +27,9 @@ pub(crate) struct Answer {
 }
 
 /// Answers `op` for a device whose credential was already accepted when its connection opened.
-/// Refusals are logged here (throttling at debug: the engine's quotas summarize it).
+/// Refused polls are logged here (throttling at debug: the engine's quotas summarize it);
+/// refused registrations by the server's observer of the engine (`crate::observer`), at most
+/// ten lines a second.
 pub(crate) async fn answer(
     services: &Services,
     request: &DeviceRequest,
@@ -61,7 +63,7 @@ pub(crate) async fn answer(
             .map_err(ApiError::from),
     };
     if let Err(err) = &result {
-        if err.status == 429 {
+        if err.status == 429 || matches!(op, DpsOperation::Register(_)) {
             tracing::debug!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");
         } else {
             tracing::info!(registration = %request.registration_id, code = err.code, error = %err.message, "DPS request refused");

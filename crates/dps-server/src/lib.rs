@@ -21,6 +21,7 @@ mod listener;
 mod log_limit;
 pub mod metrics;
 pub mod mqtt;
+mod observer;
 mod outbound;
 pub mod remote_hub;
 pub mod storage_account;

@@ -240,7 +240,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let mut hubs = hubs.into_iter();
     let first = hubs.next().expect("a server has at least one embedded hub");
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    engine.set_observer(metrics.clone());
+    engine.set_observer(Arc::new(crate::observer::ServerObserver::new(metrics.clone())));
     let services = Arc::new(Services {
         engine: Arc::new(engine),
         hubs: EmbeddedHubs::new(first, hubs),

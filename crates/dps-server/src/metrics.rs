@@ -3,7 +3,7 @@
 //! Counted as things happen, without a lock on any hot path (prometheus-client's counters are
 //! atomics; a label set is looked up in a read-locked map):
 //! - `dps_registrations_total{status, attestation, transport}`: every registration attempt as
-//!   the engine ends it ([`dps_core::Observer`]): `status` is the registration's (`assigned`,
+//!   the engine ends it (through `crate::observer`): `status` is the registration's (`assigned`,
 //!   `failed`, `disabled`) or the refusal's (`unauthorized`, `throttled`, `not_found`,
 //!   `bad_request`, `unavailable`, `error`);
 //! - `dps_registration_duration_seconds{transport}`: from the request's arrival in the engine to
@@ -184,9 +184,11 @@ impl Metrics {
 }
 
 /// The label of a registration's outcome.
-fn outcome_label(outcome: &Result<dps_proto::model::service::RegistrationStatus, &dps_core::Error>) -> &'static str {
+pub(crate) fn outcome_label(
+    outcome: &Result<&dps_proto::model::service::RegistrationState, &dps_core::Error>,
+) -> &'static str {
     use dps_proto::model::service::RegistrationStatus;
-    match outcome {
+    match outcome.map(|state| state.status) {
         Ok(RegistrationStatus::Assigned) => "assigned",
         Ok(RegistrationStatus::Failed) => "failed",
         Ok(RegistrationStatus::Disabled) => "disabled",
@@ -203,7 +205,7 @@ fn outcome_label(outcome: &Result<dps_proto::model::service::RegistrationStatus,
     }
 }
 
-fn attestation_label(attestation: Option<dps_proto::model::service::AttestationType>) -> &'static str {
+pub(crate) fn attestation_label(attestation: Option<dps_proto::model::service::AttestationType>) -> &'static str {
     use dps_proto::model::service::AttestationType;
     match attestation {
         Some(AttestationType::SymmetricKey) => "symmetricKey",
@@ -215,8 +217,9 @@ fn attestation_label(attestation: Option<dps_proto::model::service::AttestationT
     }
 }
 
-impl dps_core::Observer for Metrics {
-    fn registration(&self, attempt: &dps_core::RegistrationAttempt<'_>) {
+impl Metrics {
+    /// Counts a registration attempt.
+    pub(crate) fn registration(&self, attempt: &dps_core::RegistrationAttempt<'_>) {
         let transport = attempt.request.transport.as_str();
         self.registrations
             .get_or_create(&RegistrationLabels {
@@ -230,7 +233,8 @@ impl dps_core::Observer for Metrics {
             .observe(attempt.elapsed.as_secs_f64());
     }
 
-    fn throttled(&self, quota: dps_core::quota::Quota) {
+    /// Counts a request a quota refused.
+    pub(crate) fn throttled(&self, quota: dps_core::quota::Quota) {
         let quota = match quota {
             dps_core::quota::Quota::Registrations => "registrations",
             dps_core::quota::Quota::Operations => "operations",

@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `dps_server=debug`.
     #[arg(long, env = "DPS_LOG", default_value = "info")]
     log: String,
+    /// Log lines as text (coloured only on a terminal) or as JSON objects, one per line, for
+    /// log collectors.
+    #[arg(long, env = "DPS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -265,15 +269,30 @@ fn serve_log_filter(log: &str) -> String {
     }
 }
 
+/// How `dps serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, message).
+    Json,
+}
+
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
+    let format = args.log_format;
     let (mut config, log) = args.into_config()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(serve_log_filter(&log)).unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(serve_log_filter(&log)).unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        // Escape codes in a file or a journal are noise: colour only for a person at a terminal.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // Every device connection is a file descriptor; the soft limit a shell hands out (often
     // 1024) would refuse connections long before memory or CPU run out.
     match dps_server::fdlimit::raise(0) {

@@ -819,6 +819,49 @@ fn errors_and_target_resolution() {
         };
         assert!(refused, "{transport}: {err}");
     }
+    // The operator finds why in the server's log at the default level, as plain text (the log
+    // is a file, not a terminal: no colour codes).
+    let log = s.log();
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("registration refused") && l.contains("registration=off")),
+        "{log}"
+    );
+}
+
+/// `dps serve --log-format json`: every line a JSON object with its level and fields, as log
+/// collectors read them.
+#[test]
+fn serve_logs_json_lines() {
+    let s = Server::start_with("127.0.0.83", &["--log-format", "json"]);
+    let err = s.fail(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "nobody",
+        "--symmetric-key",
+        KEY1,
+        "--transport",
+        "https",
+    ]);
+    assert!(has(&err, codes::UNAUTHORIZED), "{err}");
+    let log = s.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("registration refused"))
+            && l["fields"]["registration"] == "nobody"
+            && l["fields"]["transport"] == "https"),
+        "{log}"
+    );
 }
 
 /// `dps hub consumer-group`: create, list, show and delete the built-in endpoint's consumer

@@ -218,13 +218,13 @@ impl Engine {
         &self,
         req: &DeviceRequest,
         started: std::time::Instant,
-        outcome: Result<(RegistrationStatus, AttestationType), &Error>,
+        outcome: Result<(&RegistrationState, AttestationType), &Error>,
     ) {
         if let Some(observer) = self.observer.get() {
             observer.registration(&super::RegistrationAttempt {
                 request: req,
                 attestation: outcome.as_ref().ok().map(|(_, a)| *a),
-                outcome: outcome.map(|(status, _)| status),
+                outcome: outcome.map(|(state, _)| state),
                 elapsed: started.elapsed(),
             });
         }
@@ -343,8 +343,8 @@ impl Engine {
     ) -> Result<Registered, Error> {
         let started = std::time::Instant::now();
         match self.register_unobserved(now, req, authenticated, body).await {
-            Ok((registered, decided)) => {
-                self.observe(req, started, Ok(decided));
+            Ok((registered, (state, attestation))) => {
+                self.observe(req, started, Ok((&state, attestation)));
                 Ok(registered)
             }
             Err(e) => {
@@ -354,14 +354,14 @@ impl Engine {
         }
     }
 
-    /// [`register_with`](Self::register_with), and the status and attestation it decided.
+    /// [`register_with`](Self::register_with), and the state and attestation it decided.
     async fn register_unobserved(
         &self,
         now: DateTime<Utc>,
         req: &DeviceRequest,
         authenticated: Option<&Authenticated>,
         body: &DeviceRegistration,
-    ) -> Result<(Registered, (RegistrationStatus, AttestationType)), Error> {
+    ) -> Result<(Registered, (RegistrationState, AttestationType)), Error> {
         self.admit(now, req)?;
         check_body_id(req, body)?;
         // Before attestation, which spends a TPM device's challenge: a throttled device must be
@@ -391,7 +391,7 @@ impl Engine {
             Err(NotAssigned::Retry(e)) => return Err(e),
         };
         let status = final_state.status;
-        let decided = (status, attested.attestation);
+        let decided = (final_state.clone(), attested.attestation);
         let body = RegistrationOperationStatus {
             operation_id: operation_id.clone(),
             status,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dps_proto::model::service::{AttestationType, RegistrationStatus};
+use dps_proto::model::service::{AttestationType, RegistrationState};
 
 use super::DeviceRequest;
 use crate::quota::Quota;
@@ -37,8 +37,9 @@ impl Transport {
     }
 }
 
-/// One registration attempt as it ended: decided (the registration's status), or refused (the
-/// error the device was answered with: bad credentials, throttled, the store away, ...).
+/// One registration attempt as it ended: decided (the registration's state: assigned, or failed
+/// or disabled with the reason), or refused (the error the device was answered with: bad
+/// credentials, throttled, the store away, ...).
 #[derive(Debug)]
 pub struct RegistrationAttempt<'a> {
     /// Who asked, how, from where.
@@ -46,7 +47,7 @@ pub struct RegistrationAttempt<'a> {
     /// The attestation of the enrollment the device matched, when it got that far.
     pub attestation: Option<AttestationType>,
     /// The outcome.
-    pub outcome: Result<RegistrationStatus, &'a Error>,
+    pub outcome: Result<&'a RegistrationState, &'a Error>,
     /// From the request's arrival in the engine to its answer.
     pub elapsed: Duration,
 }
