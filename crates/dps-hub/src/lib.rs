@@ -31,6 +31,7 @@ mod bulk;
 mod c2d;
 mod cache;
 mod consumer_groups;
+mod counters;
 mod error;
 mod file_upload;
 mod import_export;
@@ -66,6 +67,7 @@ pub use c2d::{
     MAX_C2D_TTL,
 };
 pub use consumer_groups::ConsumerGroup;
+pub use counters::HubCounters;
 pub use error::{
     AuthError, C2dError, ConsumerGroupError, FileUploadError, HubOpenError, JobError, MethodError, RegistryError,
     SessionError,
@@ -199,6 +201,8 @@ pub(crate) struct HubInner {
     methods: DashMap<String, PendingMethod>,
     next_rid: AtomicU64,
     next_session: AtomicU64,
+    /// What passed through this node since it opened the hub ([`Hub::counters`]).
+    counters: counters::Counters,
     /// Default time to live of cloud-to-device messages.
     c2d_ttl: Duration,
     /// Devices with cloud-to-device messages held, for the expiry sweep.
@@ -338,6 +342,7 @@ impl Hub {
                 methods: DashMap::new(),
                 next_rid: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
+                counters: Default::default(),
                 c2d_ttl: config.c2d_ttl.min(MAX_C2D_TTL),
                 c2d_devices: DashMap::new(),
                 next_queue_seq: AtomicU64::new(1),

@@ -288,6 +288,7 @@ impl HubInner {
             device_id: id.device_id.clone(),
             source,
         })?;
+        crate::counters::Counters::count(&self.counters.telemetry_in);
         tracing::trace!(device = %id.device_id, seq = msg.sequence_number, bytes = payload.len(), "telemetry");
         Ok(())
     }

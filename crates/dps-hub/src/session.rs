@@ -363,6 +363,7 @@ impl Hub {
         payload: Value,
         timeout: Duration,
     ) -> Result<MethodResponse, MethodError> {
+        crate::counters::Counters::count(&self.inner.counters.methods_invoked);
         self.invoke(device_id, module_id, method_name, payload, timeout, true)
             .await
     }
@@ -505,6 +506,15 @@ impl Hub {
         body: impl Into<Bytes>,
         properties: Vec<(String, String)>,
     ) -> Result<(), C2dError> {
+        let sent = self.queue_c2d(device_id, body.into(), properties).await;
+        if sent.is_ok() {
+            crate::counters::Counters::count(&self.inner.counters.c2d_sent);
+        }
+        sent
+    }
+
+    /// [`Hub::send_c2d`], uncounted.
+    async fn queue_c2d(&self, device_id: &str, body: Bytes, properties: Vec<(String, String)>) -> Result<(), C2dError> {
         let (slot, rec) = self.inner.c2d_device(device_id).await?;
         let now = self.inner.now();
         let storage = |source| C2dError::Storage {

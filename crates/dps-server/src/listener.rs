@@ -240,6 +240,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let mut hubs = hubs.into_iter();
     let first = hubs.next().expect("a server has at least one embedded hub");
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    for (name, stats) in &storage.stats {
+        metrics.watch_store(name, stats.clone());
+    }
+    for h in std::iter::once(&first).chain(hubs.as_slice()) {
+        metrics.watch_hub(h.identity.host_name.clone(), h.hub.clone());
+    }
     engine.set_observer(Arc::new(crate::observer::ServerObserver::new(metrics.clone())));
     let services = Arc::new(Services {
         engine: Arc::new(engine),
@@ -410,6 +416,8 @@ struct Storage {
     /// With a PostgreSQL store: the node's ear on the other nodes' writes, listening from before
     /// the hubs open, so that nothing written meanwhile goes unheard.
     bus: Option<dps_store::postgres::NodeBus>,
+    /// The writers' counters of the DPS store and the hubs' store, for the metrics.
+    stats: [(&'static str, crate::metrics::StoreStatsFn); 2],
 }
 
 enum HubStorage {
@@ -449,9 +457,21 @@ impl Storage {
                     separate_file: file.as_deref(),
                 })
                 .collect();
+            let store = Arc::new(dps_store::SqliteStore::open(&dir.store_path())?);
+            let hubs = dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?;
             return Ok(Storage {
-                store: Arc::new(dps_store::SqliteStore::open(&dir.store_path())?),
-                hubs: HubStorage::Sqlite(dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?),
+                stats: [
+                    ("dps", {
+                        let store = store.clone();
+                        Arc::new(move || store.stats())
+                    }),
+                    ("hubs", {
+                        let hubs = hubs.clone();
+                        Arc::new(move || hubs.stats())
+                    }),
+                ],
+                store,
+                hubs: HubStorage::Sqlite(hubs),
                 bus: None,
             });
         };
@@ -465,8 +485,19 @@ impl Storage {
             .filter_map(|(held, n)| held.then_some(*n))
             .collect();
         tracing::info!(store = %config.store_display(), "data in PostgreSQL");
+        let store = Arc::new(store);
         Ok(Storage {
-            store: Arc::new(store),
+            stats: [
+                ("dps", {
+                    let store = store.clone();
+                    Arc::new(move || store.stats())
+                }),
+                ("hubs", {
+                    let db = db.clone();
+                    Arc::new(move || db.stats())
+                }),
+            ],
+            store,
             hubs: HubStorage::Postgres { db, held },
             bus: Some(bus),
         })

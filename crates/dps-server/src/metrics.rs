@@ -9,16 +9,28 @@
 //! - `dps_registration_duration_seconds{transport}`: from the request's arrival in the engine to
 //!   its answer (the store commit included);
 //! - `dps_throttled_requests_total{quota}`: device requests a quota refused (429);
+//! - `dps_webhook_duration_seconds{outcome}`: custom allocation webhook calls;
 //! - `dps_tls_handshakes_total{listener, result}`: `ok`, `failed`, `timeout`.
 //!
 //! Read when scraped: `dps_hub_devices{hub, status}` and `dps_hub_connected_devices{hub}` (the
-//! registry's counts; on nodes sharing PostgreSQL the whole cluster's connected devices).
+//! registry's counts; on nodes sharing PostgreSQL the whole cluster's connected devices);
+//! `dps_hub_messages_total{hub, kind}` (`telemetry_in`, `c2d_sent`) and
+//! `dps_hub_method_calls_total{hub}` (this node's); the stores' writers,
+//! `dps_store_transactions_total{store}` (each a durable commit), `dps_store_commands_total`,
+//! `dps_store_failed_transactions_total` and `dps_store_commit_seconds_total` (divided by the
+//! transactions: the mean commit latency).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,6 +43,11 @@ struct RegistrationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransportLabel {
     transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +72,117 @@ struct HubStatusLabels {
     status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabel {
+    store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HubKindLabels {
+    hub: String,
+    kind: &'static str,
+}
+
+/// Reads a store writer's counters.
+pub(crate) type StoreStatsFn = Arc<dyn Fn() -> dps_store::StoreStats + Send + Sync>;
+
+/// What is read from the stores and the hubs when scraped.
+#[derive(Default)]
+struct Readings {
+    stores: RwLock<Vec<(&'static str, StoreStatsFn)>>,
+    hubs: RwLock<Vec<(String, dps_hub::Hub)>>,
+}
+
+impl std::fmt::Debug for Readings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readings").finish_non_exhaustive()
+    }
+}
+
+/// One counter family of `rows` (label set, value) under `name`.
+fn counters<L: EncodeLabelSet, N: prometheus_client::encoding::EncodeCounterValue + Clone>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, N)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(value.clone()).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Readings {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stores: Vec<(StoreLabel, dps_store::StoreStats)> = self
+            .stores
+            .read()
+            .iter()
+            .map(|(store, stats)| (StoreLabel { store }, stats()))
+            .collect();
+        let of = |f: fn(&dps_store::StoreStats) -> u64| -> Vec<(StoreLabel, u64)> {
+            stores.iter().map(|(l, s)| (l.clone(), f(s))).collect()
+        };
+        counters(
+            &mut encoder,
+            "dps_store_transactions",
+            "Transactions the store's writer committed (each a durable flush)",
+            &of(|s| s.transactions),
+        )?;
+        counters(
+            &mut encoder,
+            "dps_store_commands",
+            "Writes carried by committed transactions",
+            &of(|s| s.commands),
+        )?;
+        counters(
+            &mut encoder,
+            "dps_store_failed_transactions",
+            "Transactions that failed as a whole",
+            &of(|s| s.failed_transactions),
+        )?;
+        let seconds: Vec<(StoreLabel, f64)> = stores
+            .iter()
+            .map(|(l, s)| (l.clone(), s.commit_micros as f64 / 1e6))
+            .collect();
+        counters(
+            &mut encoder,
+            "dps_store_commit_seconds",
+            "Time spent executing and committing transactions that committed",
+            &seconds,
+        )?;
+        let hubs: Vec<(String, dps_hub::HubCounters)> = self
+            .hubs
+            .read()
+            .iter()
+            .map(|(name, hub)| (name.clone(), hub.counters()))
+            .collect();
+        let mut messages = Vec::new();
+        for (hub, c) in &hubs {
+            for (kind, n) in [("telemetry_in", c.telemetry_in), ("c2d_sent", c.c2d_sent)] {
+                messages.push((HubKindLabels { hub: hub.clone(), kind }, n));
+            }
+        }
+        counters(
+            &mut encoder,
+            "dps_hub_messages",
+            "Messages through this node's hub: device-to-cloud stored, cloud-to-device sent",
+            &messages,
+        )?;
+        let calls: Vec<(HubLabels, u64)> = hubs
+            .iter()
+            .map(|(hub, c)| (HubLabels { hub: hub.clone() }, c.methods_invoked))
+            .collect();
+        counters(
+            &mut encoder,
+            "dps_hub_method_calls",
+            "Direct-method calls the service made through this node",
+            &calls,
+        )
+    }
+}
+
 /// How a TLS handshake ended.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Handshake {
@@ -68,10 +196,12 @@ pub struct Metrics {
     registry: Registry,
     registrations: Family<RegistrationLabels, Counter>,
     registration_seconds: Family<TransportLabel, Histogram, fn() -> Histogram>,
+    webhook_seconds: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
     throttled: Family<QuotaLabel, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     hub_devices: Family<HubStatusLabels, Gauge>,
     hub_connected: Family<HubLabels, Gauge>,
+    readings: Arc<Readings>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -102,6 +232,14 @@ impl Default for Metrics {
             "Time from a register request's arrival to its answer",
             registration_seconds.clone(),
         );
+        let webhook_seconds = Family::<OutcomeLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            registration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "dps_webhook_duration_seconds",
+            "Custom allocation webhook calls, by outcome (ok, failed)",
+            webhook_seconds.clone(),
+        );
         let throttled = Family::<QuotaLabel, Counter>::default();
         registry.register(
             "dps_throttled_requests",
@@ -126,10 +264,14 @@ impl Default for Metrics {
             "Devices connected to each embedded hub",
             hub_connected.clone(),
         );
+        let readings = Arc::new(Readings::default());
+        registry.register_collector(Box::new(readings.clone()));
         Metrics {
+            readings,
             registry,
             registrations,
             registration_seconds,
+            webhook_seconds,
             throttled,
             handshakes,
             hub_devices,
@@ -139,6 +281,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Reports the writer counters `stats` reads as those of store `name` (`dps`, `hubs`).
+    pub(crate) fn watch_store(&self, name: &'static str, stats: StoreStatsFn) {
+        self.readings.stores.write().push((name, stats));
+    }
+
+    /// Reports the message counters of `hub` (named by its host name).
+    pub(crate) fn watch_hub(&self, name: String, hub: dps_hub::Hub) {
+        self.readings.hubs.write().push((name, hub));
+    }
+
     /// Counts a TLS handshake on `listener` (`mqtt`, `https`, `amqp`).
     pub(crate) fn handshake(&self, listener: &'static str, result: Handshake) {
         let result = match result {
@@ -231,6 +383,14 @@ impl Metrics {
         self.registration_seconds
             .get_or_create(&TransportLabel { transport })
             .observe(attempt.elapsed.as_secs_f64());
+    }
+
+    /// Times a custom allocation webhook call.
+    pub(crate) fn webhook(&self, took: std::time::Duration, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.webhook_seconds
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a request a quota refused.

@@ -64,4 +64,8 @@ impl Observer for ServerObserver {
     fn throttled(&self, quota: dps_core::quota::Quota) {
         self.metrics.throttled(quota);
     }
+
+    fn webhook(&self, took: Duration, ok: bool) {
+        self.metrics.webhook(took, ok);
+    }
 }

@@ -57,6 +57,10 @@ async fn health_readiness_and_metrics() {
         matches!(c.packet().await, Some(rumqttc::Packet::ConnAck(a)) if a.code != rumqttc::mqttbytes::v4::ConnectReturnCode::Success)
     );
 
+    // One telemetry message from the registered device.
+    let (client, mut ev) = common::hub_mqtt(&s, "dev-1").await;
+    common::publish_acked(&client, &mut ev, "devices/dev-1/messages/events/", b"{}".to_vec()).await;
+
     let (status, headers, text) = get(&s, "/metrics", Some(&format!("Bearer {TOKEN}"))).await;
     assert_eq!(status, 200, "{text}");
     assert!(headers
@@ -93,6 +97,21 @@ async fn health_readiness_and_metrics() {
         Some(1.0),
         "{text}"
     );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(r#"dps_hub_messages_total{{hub="{hub}",kind="telemetry_in"}}"#)
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // The registration's commits: the DPS store's writer and the hubs'.
+    for store in ["dps", "hubs"] {
+        let committed = sample(&text, &format!(r#"dps_store_transactions_total{{store="{store}"}}"#));
+        assert!(committed.unwrap_or(0.0) >= 1.0, "{store}: {text}");
+        let seconds = sample(&text, &format!(r#"dps_store_commit_seconds_total{{store="{store}"}}"#));
+        assert!(seconds.unwrap_or(0.0) > 0.0, "{store}: {text}");
+    }
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 
     // A DPS service policy's SAS token reads them too; a hub policy's does not.

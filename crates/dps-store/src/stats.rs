@@ -17,6 +17,9 @@ pub struct StoreStats {
     pub failed_transactions: u64,
     /// The most commands one committed transaction carried.
     pub largest_batch: u64,
+    /// Time spent executing and committing transactions that committed, in microseconds: divided
+    /// by [`transactions`](Self::transactions), the mean commit latency.
+    pub commit_micros: u64,
 }
 
 /// The live counters behind [`StoreStats`].
@@ -26,14 +29,17 @@ pub(crate) struct Counters {
     commands: AtomicU64,
     failed_transactions: AtomicU64,
     largest_batch: AtomicU64,
+    commit_micros: AtomicU64,
 }
 
 impl Counters {
-    /// A transaction of `commands` committed (`true`) or failed as a whole.
-    pub(crate) fn record_batch(&self, commands: usize, committed: bool) {
+    /// A transaction of `commands` committed (`true`) or failed as a whole, after `took`.
+    pub(crate) fn record_batch(&self, commands: usize, committed: bool, took: std::time::Duration) {
         let n = commands as u64;
         if committed {
             self.transactions.fetch_add(1, Ordering::Relaxed);
+            self.commit_micros
+                .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
             self.commands.fetch_add(n, Ordering::Relaxed);
             self.largest_batch.fetch_max(n, Ordering::Relaxed);
         } else {
@@ -47,6 +53,7 @@ impl Counters {
             commands: self.commands.load(Ordering::Relaxed),
             failed_transactions: self.failed_transactions.load(Ordering::Relaxed),
             largest_batch: self.largest_batch.load(Ordering::Relaxed),
+            commit_micros: self.commit_micros.load(Ordering::Relaxed),
         }
     }
 }

@@ -913,9 +913,22 @@ fn hub_devices_are_created_updated_and_deleted_from_the_cli() {
     let created = s.json(&["hub", "device", "create", "-d", "cli-sas"]);
     assert_eq!(created["status"], "enabled");
     assert_eq!(created["authentication"]["type"], "sas");
-    let generated = created["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap().to_string();
+    let generated = created["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!generated.is_empty());
-    let own = s.json(&["hub", "device", "create", "-d", "cli-own", "--primary-key", KEY1, "--secondary-key", KEY2]);
+    let own = s.json(&[
+        "hub",
+        "device",
+        "create",
+        "-d",
+        "cli-own",
+        "--primary-key",
+        KEY1,
+        "--secondary-key",
+        KEY2,
+    ]);
     assert_eq!(own["authentication"]["symmetricKey"]["primaryKey"], KEY1);
     let thumb = "A1".repeat(20);
     let x509 = s.json(&[
@@ -930,18 +943,60 @@ fn hub_devices_are_created_updated_and_deleted_from_the_cli() {
         &thumb,
     ]);
     assert_eq!(x509["authentication"]["type"], "selfSigned");
-    let ca = s.json(&["hub", "device", "create", "-d", "cli-ca", "--auth-method", "x509_ca", "--edge-enabled"]);
+    let ca = s.json(&[
+        "hub",
+        "device",
+        "create",
+        "-d",
+        "cli-ca",
+        "--auth-method",
+        "x509_ca",
+        "--edge-enabled",
+    ]);
     assert_eq!(ca["authentication"]["type"], "certificateAuthority");
     assert_eq!(ca["capabilities"]["iotEdge"], true);
 
     // Disabled with a reason, then enabled; the keys replaced, one at a time.
-    let off = s.json(&["hub", "device", "update", "-d", "cli-sas", "--status", "disabled", "--status-reason", "lost"]);
-    assert_eq!((off["status"].as_str(), off["statusReason"].as_str()), (Some("disabled"), Some("lost")));
-    let on = s.json(&["hub", "device", "update", "-d", "cli-sas", "--status", "enabled", "--primary-key", KEY2]);
+    let off = s.json(&[
+        "hub",
+        "device",
+        "update",
+        "-d",
+        "cli-sas",
+        "--status",
+        "disabled",
+        "--status-reason",
+        "lost",
+    ]);
+    assert_eq!(
+        (off["status"].as_str(), off["statusReason"].as_str()),
+        (Some("disabled"), Some("lost"))
+    );
+    let on = s.json(&[
+        "hub",
+        "device",
+        "update",
+        "-d",
+        "cli-sas",
+        "--status",
+        "enabled",
+        "--primary-key",
+        KEY2,
+    ]);
     assert_eq!(on["status"], "enabled");
     assert_eq!(on["authentication"]["symmetricKey"]["primaryKey"], KEY2);
     assert_ne!(on["authentication"]["symmetricKey"]["secondaryKey"], KEY2);
-    let err = s.fail(&["hub", "device", "update", "-d", "cli-sas", "--etag", "\"stale\"", "--status", "disabled"]);
+    let err = s.fail(&[
+        "hub",
+        "device",
+        "update",
+        "-d",
+        "cli-sas",
+        "--etag",
+        "\"stale\"",
+        "--status",
+        "disabled",
+    ]);
     assert!(err.contains("412") || err.to_lowercase().contains("etag"), "{err}");
     let err = s.fail(&["hub", "device", "update", "-d", "cli-sas"]);
     assert!(err.contains("nothing to change"), "{err}");
@@ -949,7 +1004,15 @@ fn hub_devices_are_created_updated_and_deleted_from_the_cli() {
     // Mistakes told before any request.
     let err = s.fail(&["hub", "device", "create", "-d", "bad", "--primary-thumbprint", &thumb]);
     assert!(err.contains("x509_thumbprint"), "{err}");
-    let err = s.fail(&["hub", "device", "create", "-d", "bad", "--auth-method", "x509_thumbprint"]);
+    let err = s.fail(&[
+        "hub",
+        "device",
+        "create",
+        "-d",
+        "bad",
+        "--auth-method",
+        "x509_thumbprint",
+    ]);
     assert!(err.contains("--primary-thumbprint"), "{err}");
     let err = s.fail(&["hub", "device", "create", "-d", "cli-own"]);
     assert!(err.contains("409") || err.to_lowercase().contains("exists"), "{err}");
@@ -957,7 +1020,10 @@ fn hub_devices_are_created_updated_and_deleted_from_the_cli() {
     let deleted = s.json(&["hub", "device", "delete", "-d", "cli-sas"]);
     assert_eq!(deleted["deleted"], "cli-sas");
     let err = s.fail(&["hub", "device", "show", "-d", "cli-sas"]);
-    assert!(err.contains("404") || err.contains("not found") || err.contains("DeviceNotFound"), "{err}");
+    assert!(
+        err.contains("404") || err.contains("not found") || err.contains("DeviceNotFound"),
+        "{err}"
+    );
     let table = s.ok(&["hub", "device", "delete", "-d", "cli-own"]);
     assert!(table.contains("deleted device cli-own"), "{table}");
 }

@@ -67,7 +67,12 @@ impl Engine {
         };
         let linked: Vec<&str> = candidates.iter().map(|h| h.host_name.as_str()).collect();
         let request = request(attested, registration_id, payload, previous, &linked);
-        let answer = webhook.call(url, &request).await.map_err(AllocationError::Webhook)?;
+        let started = std::time::Instant::now();
+        let answer = webhook.call(url, &request).await;
+        if let Some(observer) = self.observer.get() {
+            observer.webhook(started.elapsed(), answer.is_ok());
+        }
+        let answer = answer.map_err(AllocationError::Webhook)?;
         judge(&answer, candidates)
     }
 }

@@ -62,4 +62,9 @@ pub trait Observer: Send + Sync + 'static {
     fn throttled(&self, quota: Quota) {
         let _ = quota;
     }
+
+    /// A custom allocation webhook answered (`ok`: with a 2xx and JSON) or failed, after `took`.
+    fn webhook(&self, took: Duration, ok: bool) {
+        let _ = (took, ok);
+    }
 }

@@ -142,7 +142,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
                 Err(e) => {
                     tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL writer has no connection");
                     let e = O::unavailable(super::describe(&e));
-                    counters.record_batch(batch.len(), false);
+                    counters.record_batch(batch.len(), false, std::time::Duration::ZERO);
                     for cmd in batch.drain(..) {
                         let _ = cmd.reply.send(Err(e.clone()));
                     }
@@ -152,20 +152,22 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
         };
         let mut client = client;
         let ops: Vec<&O> = batch.iter().map(|c| &c.op).collect();
+        let started = std::time::Instant::now();
         let results = match execute(&mut client, &ops).await {
             Ok(results) => {
-                counters.record_batch(batch.len(), true);
+                counters.record_batch(batch.len(), true, started.elapsed());
                 results
             }
             Err(e) if batch.len() > 1 && !client.is_closed() => {
                 // One write's statement failed and took the transaction with it: each alone.
                 tracing::debug!(error = %e, writes = batch.len(), "PostgreSQL batch failed; retrying its writes one by one");
-                counters.record_batch(batch.len(), false);
+                counters.record_batch(batch.len(), false, started.elapsed());
                 let mut results = Vec::with_capacity(ops.len());
                 for op in &ops {
+                    let started = std::time::Instant::now();
                     results.push(match execute::<O>(&mut client, &[*op]).await {
                         Ok(mut r) => {
-                            counters.record_batch(1, true);
+                            counters.record_batch(1, true, started.elapsed());
                             r.remove(0)
                         }
                         Err(e) => Err(op.failure(&e)),
@@ -175,7 +177,7 @@ async fn run<O: Operation>(pool: Pool, mut rx: mpsc::Receiver<Command<O>>, count
             }
             Err(e) => {
                 tracing::warn!(error = %e, writes = batch.len(), "PostgreSQL batch failed; nothing written");
-                counters.record_batch(batch.len(), false);
+                counters.record_batch(batch.len(), false, std::time::Duration::ZERO);
                 ops.iter().map(|op| Err(op.failure(&e))).collect()
             }
         };

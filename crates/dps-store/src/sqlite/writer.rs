@@ -145,9 +145,10 @@ fn run<O: Operation>(conn: Connection, mut rx: mpsc::Receiver<Command<O>>, count
             std::thread::sleep(LINGER);
             drain(&mut rx, &mut batch);
         }
+        let started = Instant::now();
         let results = execute(&conn, &batch);
         last_commit = Some(Instant::now());
-        counters.record_batch(batch.len(), results.is_ok());
+        counters.record_batch(batch.len(), results.is_ok(), started.elapsed());
         match results {
             Ok(results) => {
                 debug!(commands = batch.len(), "store batch committed");
