@@ -18,17 +18,18 @@ use serde_json::{json, Value};
 
 use common::{engine_with, exp, now, sas_request, sym, ENROLLMENT_KEY, HUB};
 
-/// What the observer heard, as (registration id, transport, attestation, status or error code).
+/// One attempt as heard: registration id, transport, attestation, status or error code.
+type Attempt = (
+    String,
+    Transport,
+    Option<AttestationType>,
+    Result<RegistrationStatus, u32>,
+);
+
+/// What the observer heard.
 #[derive(Default)]
 struct Heard {
-    attempts: Mutex<
-        Vec<(
-            String,
-            Transport,
-            Option<AttestationType>,
-            Result<RegistrationStatus, u32>,
-        )>,
-    >,
+    attempts: Mutex<Vec<Attempt>>,
     throttled: Mutex<Vec<Quota>>,
     webhooks: Mutex<Vec<bool>>,
 }

@@ -522,7 +522,7 @@ impl Hub {
             source,
         };
         let seq = self.inner.new_queue_seq().await.map_err(storage)?;
-        let record = self.inner.c2d_record(seq, &rec, body.into(), properties, now)?;
+        let record = self.inner.c2d_record(seq, &rec, body, properties, now)?;
         if self.inner.store.shared() {
             return self.send_c2d_shared(&slot, &rec, record, now).await;
         }
