@@ -155,6 +155,14 @@ macro_rules! device_protocol {
 /// Initializes (or reuses) the data directory and starts listening.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     config.validate().map_err(StartError::Config)?;
+    // The ports first, before anything is written to the data directory or the database: a
+    // port another server holds (or one this user may not bind) fails the start while nothing
+    // is created yet. Bound, not listening: a connection is refused until the server is ready.
+    let ports = [
+        Port::reserve(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port")?,
+        Port::reserve(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port")?,
+        Port::reserve(SocketAddr::new(config.bind, config.amqp_port), "AMQP", "--amqp-port")?,
+    ];
     let dir = DataDir::new(&config.data_dir);
     let postgres = match &config.store {
         None => None,
@@ -162,6 +170,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         Some(url) => Some(dps_store::PostgresStore::connect(url).await?),
     };
     let (identity, initialized, tls) = identity_and_tls(&config, &dir, postgres.as_ref()).await?;
+    for hub in identity.hubs() {
+        if !config.hostnames.iter().any(|h| h.eq_ignore_ascii_case(&hub.host_name)) {
+            tracing::warn!(
+                hub = %hub.host_name,
+                hostnames = ?config.hostnames,
+                "the hub host name is not one of the --hostname values: devices are told to connect to it, so it \
+                 must resolve to this server (or its load balancer); add it with --hostname if it is one of its names"
+            );
+        }
+    }
     let mqtt_acceptor = tls.without_alpn();
     let amqp_acceptor = mqtt_acceptor.clone();
     let acceptor = tls.https();
@@ -212,11 +230,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     engine.load().await.map_err(StartError::Engine)?;
     link_configured_hubs(&engine, &config.linked_hubs).await?;
 
-    // Bound last: a port that accepts connections means the server is ready (tests and
+    // Listening last: a port that accepts connections means the server is ready (tests and
     // operators wait for that, then read `server.json`).
-    let mqtt = bind(SocketAddr::new(config.bind, config.mqtt_port), "MQTT", "--mqtt-port").await?;
-    let https = bind(SocketAddr::new(config.bind, config.https_port), "HTTPS", "--https-port").await?;
-    let amqp = bind(SocketAddr::new(config.bind, config.amqp_port), "AMQP", "--amqp-port").await?;
+    let [mqtt, https, amqp] = ports;
+    let (mqtt, https, amqp) = (mqtt.listen()?, https.listen()?, amqp.listen()?);
     let (mqtt_addr, https_addr, amqp_addr) = (
         mqtt.local_addr().map_err(StartError::LocalAddr)?,
         https.local_addr().map_err(StartError::LocalAddr)?,
@@ -352,20 +369,55 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 /// drops the surplus SYNs and those devices wait a full second for their retransmit.
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    // A restarted server can bind while the previous one's connections sit in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+/// A listener's port, bound at start and listened on once the server is ready.
+struct Port {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
 }
 
-async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpListener, StartError> {
-    listen(addr).map_err(|source| {
-        let hint = match source.kind() {
+impl Port {
+    /// Binds `addr` for the `what` listener (whose port option is `flag`, for the hints).
+    fn reserve(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<Port, StartError> {
+        let bound = || -> io::Result<tokio::net::TcpSocket> {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            // A restarted server can bind while the previous one's connections sit in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            Ok(socket)
+        };
+        match bound() {
+            Ok(socket) => Ok(Port {
+                socket,
+                addr,
+                what,
+                flag,
+            }),
+            Err(source) => Err(port_error(addr, what, flag, source)),
+        }
+    }
+
+    /// Starts accepting connections.
+    fn listen(self) -> Result<TcpListener, StartError> {
+        let Port {
+            socket,
+            addr,
+            what,
+            flag,
+        } = self;
+        socket
+            .listen(LISTEN_BACKLOG)
+            .map_err(|source| port_error(addr, what, flag, source))
+    }
+}
+
+/// Why the `what` listener cannot have `addr`, with what to do about it.
+fn port_error(addr: SocketAddr, what: &'static str, flag: &str, source: io::Error) -> StartError {
+    let hint = match source.kind() {
             io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
                 "\n  ports below 1024 need privileges. Either allow this binary to bind them:\n    sudo setcap 'cap_net_bind_service=+ep' \"$(command -v dps)\"\n  or lower the unprivileged port floor:\n    sudo sysctl net.ipv4.ip_unprivileged_port_start={}\n  or use another port ({flag} ...), noting that the Python and C device SDKs only connect to 8883 (MQTT) and 443 (HTTPS, MQTT over WebSockets).",
                 addr.port()
@@ -374,8 +426,12 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &str) -> Result<TcpLis
             io::ErrorKind::AddrNotAvailable => "\n  that address is not assigned to any interface of this machine (--bind)".to_string(),
             _ => String::new(),
         };
-        StartError::Bind { addr, what, source, hint }
-    })
+    StartError::Bind {
+        addr,
+        what,
+        source,
+        hint,
+    }
 }
 
 /// Accepts TCP connections, admits them under the connection caps (a refused one is closed at

@@ -162,6 +162,8 @@ fn config_file_env_and_flags_with_precedence_and_restart() {
         err.contains("cannot listen on 127.0.0.67:28443") && err.contains("another process is listening"),
         "{err}"
     );
+    // Nothing was written: the ports are bound before the data directory is touched.
+    assert!(!other.exists(), "a failed start made {}", other.display());
     stop(child);
 }
 
