@@ -517,14 +517,8 @@ impl Storage {
             let hubs = dps_store::HubDatabase::open(&dir.hub_db_path(), &slots)?;
             return Ok(Storage {
                 stats: [
-                    ("dps", {
-                        let store = store.clone();
-                        Arc::new(move || store.stats())
-                    }),
-                    ("hubs", {
-                        let hubs = hubs.clone();
-                        Arc::new(move || hubs.stats())
-                    }),
+                    ("dps", stats_of(&store, dps_store::SqliteStore::stats)),
+                    ("hubs", stats_of(&hubs, dps_store::HubDatabase::stats)),
                 ],
                 store,
                 hubs: HubStorage::Sqlite(hubs),
@@ -544,14 +538,8 @@ impl Storage {
         let store = Arc::new(store);
         Ok(Storage {
             stats: [
-                ("dps", {
-                    let store = store.clone();
-                    Arc::new(move || store.stats())
-                }),
-                ("hubs", {
-                    let db = db.clone();
-                    Arc::new(move || db.stats())
-                }),
+                ("dps", stats_of(&store, dps_store::PostgresStore::stats)),
+                ("hubs", stats_of(&db, dps_store::PostgresHubDatabase::stats)),
             ],
             store,
             hubs: HubStorage::Postgres { db, held },
@@ -605,6 +593,15 @@ async fn share_quotas(mut nodes: watch::Receiver<u32>, engine: Arc<Engine>, mut 
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// How the metrics read the writer counters of `store`.
+fn stats_of<T: Send + Sync + 'static>(
+    store: &Arc<T>,
+    stats: fn(&T) -> dps_store::StoreStats,
+) -> crate::metrics::StoreStatsFn {
+    let store = store.clone();
+    Arc::new(move || stats(&store))
 }
 
 /// On a database several nodes share, while this node runs the housekeeping (decision 0031):
