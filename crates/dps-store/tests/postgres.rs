@@ -1162,3 +1162,43 @@ async fn import_export_jobs_run_one_at_a_time_across_nodes_and_are_cancelled_thr
     assert_eq!(kept.len(), dps_hub::MAX_KEPT_IMPORT_EXPORT_JOBS);
     assert!(!kept.iter().any(|j| j.properties.job_id == "j1"));
 }
+
+/// Unconditional identity writes (`If-Match: *`) to one device through two nodes at once all
+/// succeed, the last one written standing, as on one IoT hub; a write with a stale etag is
+/// still refused (412), and creating a device another node just created is still 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_identity_writes_through_two_nodes_all_succeed() {
+    let url = dps_store::postgres::testing::fresh_database().await;
+    let ((_, a), (_, b)) = (hub_node(&url).await, hub_node(&url).await);
+    let created = a.put_device(hub_device("dev-1"), None).await.unwrap();
+    const EACH: usize = 20;
+    let writes = |hub: dps_hub::Hub, reason: &'static str| async move {
+        for i in 0..EACH {
+            let mut device = hub_device("dev-1");
+            device.status_reason = Some(format!("{reason}{i}"));
+            hub.put_device(device, Some("*"))
+                .await
+                .unwrap_or_else(|e| panic!("write {reason}{i}: {e}"));
+        }
+    };
+    tokio::join!(writes(a.clone(), "a"), writes(b.clone(), "b"));
+    let stale = created.etag.clone();
+    let refused = b.put_device(hub_device("dev-1"), stale.as_deref()).await.unwrap_err();
+    assert!(
+        matches!(refused, dps_hub::RegistryError::EtagMismatch { .. }),
+        "{refused}"
+    );
+    let refused = b.put_device(hub_device("dev-1"), None).await.unwrap_err();
+    assert!(
+        matches!(refused, dps_hub::RegistryError::AlreadyExists { .. }),
+        "{refused}"
+    );
+    // Deleting through both at once: one deletes, the other finds nothing.
+    let (x, y) = tokio::join!(a.delete_device("dev-1", Some("*")), b.delete_device("dev-1", Some("*")));
+    assert!(x.is_ok() || y.is_ok(), "{x:?} {y:?}");
+    for r in [x, y] {
+        if let Err(e) = r {
+            assert!(matches!(e, dps_hub::RegistryError::NotFound { .. }), "{e}");
+        }
+    }
+}
