@@ -145,6 +145,31 @@ pub(crate) async fn after_lost_race(attempt: usize) {
     tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
 }
 
+/// Evaluates `$write` — one read-modify-write of a registry record under its lock, which it
+/// takes and releases itself, written `async { … }.await` — again while it loses races with
+/// other nodes' writes to the record, at most [`RACE_ATTEMPTS`] times with the pauses of
+/// [`after_lost_race`] between. Each attempt judges the request against the record it reads, so
+/// a conditional write that lost finds the etag changed (412), and a create, the record made
+/// (409), as one hub would answer. (A macro, not a function taking an async closure: the
+/// futures of `async_trait` methods must be `Send` for every lifetime, which such a closure's
+/// are not.)
+macro_rules! retrying_lost_races {
+    ($write:expr) => {{
+        let mut attempt = 0usize;
+        loop {
+            attempt += 1;
+            let written: Result<_, $crate::error::RegistryError> = $write;
+            match written {
+                Err(e) if e.lost_race() && attempt < $crate::RACE_ATTEMPTS => {
+                    $crate::after_lost_race(attempt + 1).await
+                }
+                done => break done,
+            }
+        }
+    }};
+}
+pub(crate) use retrying_lost_races;
+
 /// The default [`HubConfig::partitions`], as an IoT hub's built-in endpoint has by default.
 pub const DEFAULT_PARTITIONS: u32 = 4;
 

@@ -44,6 +44,7 @@ impl Hub {
             .record()
             .ok_or_else(|| Identity::device(&module.device_id).not_found())?;
         let key = target.key();
+        crate::retrying_lost_races!(async {
         let (slot, mut guard) = inner.lock_for_create(&key).await?;
         let now = inner.now();
         let result = async {
@@ -93,6 +94,8 @@ impl Hub {
         .await;
         inner.retire_if_empty(&key, &slot, &mut guard);
         Ok(result?.module_view(&slot.live_view()))
+        }
+        .await)
     }
 
     /// `GET /devices/{id}/modules/{mid}`; [`RegistryError::ModuleNotFound`] when absent.
@@ -131,22 +134,27 @@ impl Hub {
         let target = Identity::module(device_id, module_id);
         let key = target.key();
         let inner = &self.inner;
-        let (slot, mut guard) = inner
-            .lock_device(&key, false)
-            .await?
-            .ok_or_else(|| target.not_found())?;
-        let Some(cur) = slot.record() else {
-            inner.retire_if_empty(&key, &slot, &mut guard);
-            return Err(target.not_found());
-        };
-        if !etag_matches(if_match, &cur.etag) {
-            return Err(RegistryError::EtagMismatch { device_id: cur.path() });
-        }
-        inner.commit_delete(&key, &slot).await?;
-        inner.retire_if_empty(&key, &slot, &mut guard);
-        inner.kick(&slot, "module deleted");
-        tracing::info!(device = %cur.device_id, module = ?cur.module_id, "module deleted");
-        Ok(())
+        crate::retrying_lost_races!(
+            async {
+                let (slot, mut guard) = inner
+                    .lock_device(&key, false)
+                    .await?
+                    .ok_or_else(|| target.not_found())?;
+                let Some(cur) = slot.record() else {
+                    inner.retire_if_empty(&key, &slot, &mut guard);
+                    return Err(target.not_found());
+                };
+                if !etag_matches(if_match, &cur.etag) {
+                    return Err(RegistryError::EtagMismatch { device_id: cur.path() });
+                }
+                inner.commit_delete(&key, &slot).await?;
+                inner.retire_if_empty(&key, &slot, &mut guard);
+                inner.kick(&slot, "module deleted");
+                tracing::info!(device = %cur.device_id, module = ?cur.module_id, "module deleted");
+                Ok(())
+            }
+            .await
+        )
     }
 
     /// `GET /twins/{id}/modules/{mid}`: the module's twin (with `moduleId`).

@@ -74,76 +74,69 @@ impl Hub {
             .transpose()?;
         let key = key_of(&device.device_id);
         let inner = &self.inner;
-        // A write that lost a race with another node's is made again from the stored record
-        // (`crate::RACE_ATTEMPTS`): `*` then wins as the later write, a real etag finds it
-        // changed (412), a create finds the device made (409) — what one hub would answer.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (slot, mut guard) = inner.lock_for_create(&key).await?;
-            let now = inner.now();
-            let result = async {
-                match slot.record() {
-                    None => {
-                        if is_conditional(if_match) {
-                            return Err(RegistryError::NotFound {
-                                device_id: device.device_id.clone(),
-                            });
+        crate::retrying_lost_races!(
+            async {
+                let (slot, mut guard) = inner.lock_for_create(&key).await?;
+                let now = inner.now();
+                let result = async {
+                    match slot.record() {
+                        None => {
+                            if is_conditional(if_match) {
+                                return Err(RegistryError::NotFound {
+                                    device_id: device.device_id.clone(),
+                                });
+                            }
+                            let mut rec = DeviceRecord::created(
+                                device.device_id.clone(),
+                                None,
+                                resolve_auth(device.authentication.clone(), None)?,
+                                now,
+                            );
+                            rec.status = status.unwrap_or(Status::Enabled);
+                            rec.status_reason = device.status_reason.clone();
+                            rec.capabilities = caps(device.capabilities);
+                            let rec = inner.commit(&slot, rec).await?;
+                            tracing::info!(device = %rec.device_id, auth = %rec.authentication.kind, "device created");
+                            Ok(rec)
                         }
-                        let mut rec = DeviceRecord::created(
-                            device.device_id.clone(),
-                            None,
-                            resolve_auth(device.authentication.clone(), None)?,
-                            now,
-                        );
-                        rec.status = status.unwrap_or(Status::Enabled);
-                        rec.status_reason = device.status_reason.clone();
-                        rec.capabilities = caps(device.capabilities);
-                        let rec = inner.commit(&slot, rec).await?;
-                        tracing::info!(device = %rec.device_id, auth = %rec.authentication.kind, "device created");
-                        Ok(rec)
-                    }
-                    Some(cur) => {
-                        if if_match.is_none_or(|m| m.trim().is_empty()) {
-                            return Err(RegistryError::AlreadyExists {
-                                device_id: cur.device_id.clone(),
-                            });
+                        Some(cur) => {
+                            if if_match.is_none_or(|m| m.trim().is_empty()) {
+                                return Err(RegistryError::AlreadyExists {
+                                    device_id: cur.device_id.clone(),
+                                });
+                            }
+                            if !etag_matches(if_match, &cur.etag) {
+                                return Err(RegistryError::EtagMismatch {
+                                    device_id: cur.device_id.clone(),
+                                });
+                            }
+                            let mut rec = (*cur).clone();
+                            rec.authentication =
+                                resolve_auth(device.authentication.clone(), Some(&cur.authentication))?;
+                            rec.capabilities = device.capabilities.unwrap_or(cur.capabilities);
+                            let status = status.unwrap_or(cur.status);
+                            if status != cur.status {
+                                rec.status = status;
+                                rec.status_updated_time = now;
+                            }
+                            rec.status_reason = device.status_reason.clone();
+                            rec.etag = new_etag();
+                            let rec = inner.commit(&slot, rec).await?;
+                            if rec.status == Status::Disabled {
+                                inner.kick(&slot, "device disabled");
+                                inner.kick_modules(&key, "device disabled").await?;
+                            }
+                            tracing::info!(device = %rec.device_id, status = rec.status.as_str(), "device updated");
+                            Ok(rec)
                         }
-                        if !etag_matches(if_match, &cur.etag) {
-                            return Err(RegistryError::EtagMismatch {
-                                device_id: cur.device_id.clone(),
-                            });
-                        }
-                        let mut rec = (*cur).clone();
-                        rec.authentication = resolve_auth(device.authentication.clone(), Some(&cur.authentication))?;
-                        rec.capabilities = device.capabilities.unwrap_or(cur.capabilities);
-                        let status = status.unwrap_or(cur.status);
-                        if status != cur.status {
-                            rec.status = status;
-                            rec.status_updated_time = now;
-                        }
-                        rec.status_reason = device.status_reason.clone();
-                        rec.etag = new_etag();
-                        let rec = inner.commit(&slot, rec).await?;
-                        if rec.status == Status::Disabled {
-                            inner.kick(&slot, "device disabled");
-                            inner.kick_modules(&key, "device disabled").await?;
-                        }
-                        tracing::info!(device = %rec.device_id, status = rec.status.as_str(), "device updated");
-                        Ok(rec)
                     }
                 }
+                .await;
+                inner.retire_if_empty(&key, &slot, &mut guard);
+                Ok(result?.device_view(&slot.live_view()))
             }
-            .await;
-            inner.retire_if_empty(&key, &slot, &mut guard);
-            match result {
-                Err(e) if e.lost_race() && attempt < crate::RACE_ATTEMPTS => {
-                    drop(guard);
-                    crate::after_lost_race(attempt).await;
-                }
-                result => return Ok(result?.device_view(&slot.live_view())),
-            }
-        }
+            .await
+        )
     }
 
     /// `DELETE /devices/{id}`: `If-Match` absent or `*` is unconditional. Deletes the device's
@@ -154,37 +147,28 @@ impl Hub {
         let not_found = || RegistryError::NotFound {
             device_id: device_id.to_string(),
         };
-        let mut attempt = 0;
-        let (slot, mut guard, cur, modules) = loop {
-            attempt += 1;
-            let (slot, mut guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
-            let Some(cur) = slot.record() else {
+        crate::retrying_lost_races!(
+            async {
+                let (slot, mut guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
+                let Some(cur) = slot.record() else {
+                    inner.retire_if_empty(&key, &slot, &mut guard);
+                    return Err(not_found());
+                };
+                if !etag_matches(if_match, &cur.etag) {
+                    return Err(RegistryError::EtagMismatch {
+                        device_id: cur.device_id.clone(),
+                    });
+                }
+                let modules = inner.lock_modules(&key).await?;
+                inner.commit_delete(&key, &slot).await?;
+                inner.modules_deleted(modules);
                 inner.retire_if_empty(&key, &slot, &mut guard);
-                return Err(not_found());
-            };
-            if !etag_matches(if_match, &cur.etag) {
-                return Err(RegistryError::EtagMismatch {
-                    device_id: cur.device_id.clone(),
-                });
+                inner.kick(&slot, "device deleted");
+                tracing::info!(device = %cur.device_id, "device deleted");
+                Ok(())
             }
-            let modules = inner.lock_modules(&key).await?;
-            match inner.commit_delete(&key, &slot).await {
-                // Another node wrote it meanwhile: judged again from the stored record.
-                Err(e) if e.lost_race() && attempt < crate::RACE_ATTEMPTS => {
-                    drop((modules, guard));
-                    crate::after_lost_race(attempt).await;
-                }
-                deleted => {
-                    deleted?;
-                    break (slot, guard, cur, modules);
-                }
-            }
-        };
-        inner.modules_deleted(modules);
-        inner.retire_if_empty(&key, &slot, &mut guard);
-        inner.kick(&slot, "device deleted");
-        tracing::info!(device = %cur.device_id, "device deleted");
-        Ok(())
+            .await
+        )
     }
 
     /// `GET /devices?top=N`: up to `limit` devices (0 = 1000) whose lower-cased id follows

@@ -1163,8 +1163,8 @@ async fn import_export_jobs_run_one_at_a_time_across_nodes_and_are_cancelled_thr
     assert!(!kept.iter().any(|j| j.properties.job_id == "j1"));
 }
 
-/// Unconditional identity writes (`If-Match: *`) to one device through two nodes at once all
-/// succeed, the last one written standing, as on one IoT hub; a write with a stale etag is
+/// Unconditional identity writes (`If-Match: *`) to one device, and to one of its modules,
+/// through two nodes at once all succeed, the last one written standing, as on one IoT hub; a write with a stale etag is
 /// still refused (412), and creating a device another node just created is still 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_identity_writes_through_two_nodes_all_succeed() {
@@ -1193,6 +1193,22 @@ async fn racing_identity_writes_through_two_nodes_all_succeed() {
         matches!(refused, dps_hub::RegistryError::AlreadyExists { .. }),
         "{refused}"
     );
+    // A module's identity likewise.
+    let module = |managed: String| dps_proto::model::hub::Module {
+        device_id: "dev-1".into(),
+        module_id: "m".into(),
+        managed_by: Some(managed),
+        ..Default::default()
+    };
+    a.put_module(module("first".into()), None).await.unwrap();
+    let module_writes = |hub: dps_hub::Hub, who: &'static str| async move {
+        for i in 0..EACH {
+            hub.put_module(module(format!("{who}{i}")), Some("*"))
+                .await
+                .unwrap_or_else(|e| panic!("module write {who}{i}: {e}"));
+        }
+    };
+    tokio::join!(module_writes(a.clone(), "a"), module_writes(b.clone(), "b"));
     // Deleting through both at once: one deletes, the other finds nothing.
     let (x, y) = tokio::join!(a.delete_device("dev-1", Some("*")), b.delete_device("dev-1", Some("*")));
     assert!(x.is_ok() || y.is_ok(), "{x:?} {y:?}");
