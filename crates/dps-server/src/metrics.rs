@@ -10,7 +10,9 @@
 //!   its answer (the store commit included);
 //! - `dps_throttled_requests_total{quota}`: device requests a quota refused (429);
 //! - `dps_webhook_duration_seconds{outcome}`: custom allocation webhook calls;
-//! - `dps_tls_handshakes_total{listener, result}`: `ok`, `failed`, `timeout`.
+//! - `dps_tls_handshakes_total{listener, result}`: `ok`, `failed`, `timeout`;
+//! - `dps_hub_sessions{hub, transport}`: device and module sessions open on this node (MQTT,
+//!   over TLS or WebSockets; AMQP, one per device multiplexed on a connection).
 //!
 //! Read when scraped: `dps_hub_devices{hub, status}` and `dps_hub_connected_devices{hub}` (the
 //! registry's counts; on nodes sharing PostgreSQL the whole cluster's connected devices);
@@ -64,6 +66,21 @@ struct HandshakeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HubLabels {
     hub: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HubTransportLabels {
+    hub: String,
+    transport: &'static str,
+}
+
+/// A device session counted in `dps_hub_sessions` while it lives.
+pub(crate) struct CountedSession(Gauge);
+
+impl Drop for CountedSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -201,6 +218,7 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     hub_devices: Family<HubStatusLabels, Gauge>,
     hub_connected: Family<HubLabels, Gauge>,
+    sessions: Family<HubTransportLabels, Gauge>,
     readings: Arc<Readings>,
 }
 
@@ -264,6 +282,12 @@ impl Default for Metrics {
             "Devices connected to each embedded hub",
             hub_connected.clone(),
         );
+        let sessions = Family::<HubTransportLabels, Gauge>::default();
+        registry.register(
+            "dps_hub_sessions",
+            "Device and module sessions open on this node, by hub and transport",
+            sessions.clone(),
+        );
         let readings = Arc::new(Readings::default());
         registry.register_collector(Box::new(readings.clone()));
         Metrics {
@@ -276,6 +300,7 @@ impl Default for Metrics {
             handshakes,
             hub_devices,
             hub_connected,
+            sessions,
         }
     }
 }
@@ -289,6 +314,20 @@ impl Metrics {
     /// Reports the message counters of `hub` (named by its host name).
     pub(crate) fn watch_hub(&self, name: String, hub: dps_hub::Hub) {
         self.readings.hubs.write().push((name, hub));
+    }
+
+    /// Counts a device (or module) session of `hub` over `transport` until the returned guard
+    /// is dropped.
+    pub(crate) fn session(&self, hub: &str, transport: &'static str) -> CountedSession {
+        let gauge = self
+            .sessions
+            .get_or_create(&HubTransportLabels {
+                hub: hub.to_string(),
+                transport,
+            })
+            .clone();
+        gauge.inc();
+        CountedSession(gauge)
     }
 
     /// Counts a TLS handshake on `listener` (`mqtt`, `https`, `amqp`).

@@ -97,6 +97,13 @@ async fn health_readiness_and_metrics() {
         Some(1.0),
         "{text}"
     );
+    // The device's hub connection is still open.
+    assert_eq!(
+        sample(&text, &format!(r#"dps_hub_sessions{{hub="{hub}",transport="mqtt"}}"#)),
+        Some(1.0),
+        "{text}"
+    );
+    drop((client, ev));
     assert_eq!(
         sample(
             &text,

@@ -218,6 +218,8 @@ pub(super) enum HubWake {
 struct HubDevice {
     session: DeviceSession,
     outbound: mpsc::Receiver<Outbound>,
+    /// Counts the session in the metrics while it lives.
+    _counted: crate::metrics::CountedSession,
 }
 
 /// A cloud-to-device message the device has not settled yet: its device and the hub's lock.
@@ -504,9 +506,15 @@ async fn device(conn: &mut Conn, device_id: &str) -> Result<(), Refusal> {
         tracing::info!(error = %e, "hub session refused");
         Refusal::Unauthorized(e.to_string())
     })?;
-    conn.hub
-        .devices
-        .insert(device_id.to_string(), HubDevice { session, outbound });
+    let counted = conn.services.metrics.session(hub.host_name(), "amqp");
+    conn.hub.devices.insert(
+        device_id.to_string(),
+        HubDevice {
+            session,
+            outbound,
+            _counted: counted,
+        },
+    );
     Ok(())
 }
 

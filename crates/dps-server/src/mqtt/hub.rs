@@ -76,6 +76,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return io.send(&connack(ConnectReturnCode::ServiceUnavailable)).await;
         }
     };
+    let _counted = services.metrics.session(hub.host_name(), "mqtt");
     io.send(&connack(ConnectReturnCode::Success)).await?;
     // IoT Hub closes connections idle for 1.5 × keep-alive; Python defaults to 60 s, max 1740 s.
     // A client without keep-alive is still closed after 30 minutes of silence.
