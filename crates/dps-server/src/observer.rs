@@ -45,6 +45,8 @@ impl Observer for ServerObserver {
             Ok(_) => return,
             // Throttling is summarized by the engine's quotas (and counted in the metrics).
             Err(e) if e.status() == 429 => return,
+            // The HTTPS dispatcher logs every refused request already, with its path.
+            Err(_) if attempt.request.transport == dps_core::Transport::Https => return,
             Err(e) => (e.code(), e.to_string()),
         };
         let Some(count) = self.refusals.record() else { return };

@@ -843,9 +843,9 @@ fn serve_logs_json_lines() {
         "--symmetric-key",
         KEY1,
         "--transport",
-        "https",
+        "mqtt",
     ]);
-    assert!(has(&err, codes::UNAUTHORIZED), "{err}");
+    assert!(not_authorized_at_connect(&err), "{err}");
     let log = s.log();
     let lines: Vec<Value> = log
         .lines()
@@ -859,7 +859,7 @@ fn serve_logs_json_lines() {
             .as_str()
             .is_some_and(|m| m.starts_with("registration refused"))
             && l["fields"]["registration"] == "nobody"
-            && l["fields"]["transport"] == "https"),
+            && l["fields"]["transport"] == "mqtt"),
         "{log}"
     );
 }
