@@ -32,6 +32,12 @@ impl Counters {
 }
 
 impl Hub {
+    /// How many cloud-to-device messages the hub holds for its devices (queued, or delivered
+    /// and not settled): what its store holds, whichever node queued them.
+    pub async fn c2d_queued(&self) -> Result<u64, crate::store::HubStoreError> {
+        self.inner.store.count_c2d().await
+    }
+
     /// The message counts since this node opened the hub.
     pub fn counters(&self) -> HubCounters {
         let c = &self.inner.counters;

@@ -93,6 +93,10 @@ pub trait HubStore: Send + Sync + std::fmt::Debug + 'static {
     /// Device counts by status (modules are not devices and are not counted).
     async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError>;
 
+    /// How many cloud-to-device messages are stored, for every device of the hub (queued, or
+    /// delivered and not yet settled): the C2D queue depth an operator watches.
+    async fn count_c2d(&self) -> Result<u64, HubStoreError>;
+
     /// The module `module_id` of `device_id` (both case-insensitive), if stored.
     async fn get_module(&self, device_id: &str, module_id: &str) -> Result<Option<DeviceRecord>, HubStoreError>;
 

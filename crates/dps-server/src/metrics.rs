@@ -15,7 +15,8 @@
 //!   over TLS or WebSockets; AMQP, one per device multiplexed on a connection).
 //!
 //! Read when scraped: `dps_hub_devices{hub, status}` and `dps_hub_connected_devices{hub}` (the
-//! registry's counts; on nodes sharing PostgreSQL the whole cluster's connected devices);
+//! registry's counts; on nodes sharing PostgreSQL the whole cluster's connected devices),
+//! `dps_hub_c2d_queued{hub}` (the C2D queue depth, from the store);
 //! `dps_hub_messages_total{hub, kind}` (`telemetry_in`, `c2d_sent`) and
 //! `dps_hub_method_calls_total{hub}` (this node's); the stores' writers,
 //! `dps_store_transactions_total{store}` (each a durable commit), `dps_store_commands_total`,
@@ -218,6 +219,7 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     hub_devices: Family<HubStatusLabels, Gauge>,
     hub_connected: Family<HubLabels, Gauge>,
+    c2d_queued: Family<HubLabels, Gauge>,
     sessions: Family<HubTransportLabels, Gauge>,
     readings: Arc<Readings>,
 }
@@ -282,6 +284,12 @@ impl Default for Metrics {
             "Devices connected to each embedded hub",
             hub_connected.clone(),
         );
+        let c2d_queued = Family::<HubLabels, Gauge>::default();
+        registry.register(
+            "dps_hub_c2d_queued",
+            "Cloud-to-device messages each hub holds (queued, or delivered and not settled)",
+            c2d_queued.clone(),
+        );
         let sessions = Family::<HubTransportLabels, Gauge>::default();
         registry.register(
             "dps_hub_sessions",
@@ -300,6 +308,7 @@ impl Default for Metrics {
             handshakes,
             hub_devices,
             hub_connected,
+            c2d_queued,
             sessions,
         }
     }
@@ -364,6 +373,16 @@ impl Metrics {
                         .set(i64::try_from(stats.connected_device_count).unwrap_or(i64::MAX));
                 }
                 Err(e) => tracing::debug!(hub, error = %e, "hub counts not read for the metrics"),
+            }
+            match h.hub.c2d_queued().await {
+                Ok(n) => {
+                    self.c2d_queued
+                        .get_or_create(&HubLabels {
+                            hub: h.identity.host_name.clone(),
+                        })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::debug!(error = %e, "C2D queue depth not read for the metrics"),
             }
         }
         let mut text = String::new();

@@ -61,6 +61,12 @@ async fn health_readiness_and_metrics() {
     let (client, mut ev) = common::hub_mqtt(&s, "dev-1").await;
     common::publish_acked(&client, &mut ev, "devices/dev-1/messages/events/", b"{}".to_vec()).await;
 
+    // And one cloud-to-device message for it, queued (it did not subscribe).
+    common::hub(&s)
+        .send_c2d("dev-1", b"hello".to_vec(), Vec::new())
+        .await
+        .unwrap();
+
     let (status, headers, text) = get(&s, "/metrics", Some(&format!("Bearer {TOKEN}"))).await;
     assert_eq!(status, 200, "{text}");
     assert!(headers
@@ -97,6 +103,12 @@ async fn health_readiness_and_metrics() {
         Some(1.0),
         "{text}"
     );
+    for (name, value) in [
+        (format!(r#"dps_hub_c2d_queued{{hub="{hub}"}}"#), 1.0),
+        (format!(r#"dps_hub_messages_total{{hub="{hub}",kind="c2d_sent"}}"#), 1.0),
+    ] {
+        assert_eq!(sample(&text, &name), Some(value), "{name}: {text}");
+    }
     // The device's hub connection is still open.
     assert_eq!(
         sample(&text, &format!(r#"dps_hub_sessions{{hub="{hub}",transport="mqtt"}}"#)),

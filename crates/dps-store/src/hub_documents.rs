@@ -149,6 +149,9 @@ pub(crate) const COUNT: &str = "SELECT CAST(COALESCE(SUM(devices), 0) AS BIGINT)
      CAST(COALESCE(SUM(CASE WHEN status = 'enabled' THEN devices END), 0) AS BIGINT) \
      FROM device_counts WHERE hub = ?1";
 
+/// The stored cloud-to-device messages of a hub (an index range of `c2d_device`).
+pub(crate) const COUNT_C2D: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM c2d WHERE hub = ?1";
+
 /// One write to the devices table. The document arrives serialised: JSON encoding runs on the
 /// callers' threads, in parallel, keeping the single writer's critical path to SQL only.
 pub(crate) enum DeviceOp {
@@ -334,6 +337,9 @@ pub(crate) trait HubDocuments: Send + Sync + 'static {
 
     /// (total, enabled) devices of this hub.
     async fn counts(&self) -> Result<(i64, i64), HubStoreError>;
+
+    /// The stored cloud-to-device messages of this hub ([`COUNT_C2D`]).
+    async fn c2d_count(&self) -> Result<i64, HubStoreError>;
 
     async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError>;
 
@@ -924,6 +930,11 @@ macro_rules! hub_store_over_documents {
 
                 async fn list_consumer_groups(&self) -> Result<Vec<ConsumerGroup>, HubStoreError> {
                     self.collect("consumer_groups", ALL_GROUPS, Vec::new()).await
+                }
+
+                async fn count_c2d(&self) -> Result<u64, HubStoreError> {
+                    let n = self.c2d_count().await?;
+                    u64::try_from(n).map_err(|_| HubStoreError::backend(format!("negative message count {n}")))
                 }
 
                 async fn count_devices(&self) -> Result<DeviceCounts, HubStoreError> {

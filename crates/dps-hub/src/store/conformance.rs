@@ -574,6 +574,12 @@ fn feedback(seq: u64) -> FeedbackRecord {
 async fn queues_round_trip_and_change_together(s: &dyn HubStore) {
     let base = 1_000_000;
     let (before_c2d, before_fb) = s.load_queues().await.unwrap();
+    let counted_before = s.count_c2d().await.unwrap();
+    assert_eq!(
+        counted_before,
+        before_c2d.len() as u64,
+        "count_c2d counts what load_queues loads"
+    );
     let mine = |c: &[C2dRecord]| c.iter().filter(|m| m.seq >= base).cloned().collect::<Vec<_>>();
     let mine_fb = |f: &[FeedbackRecord]| f.iter().filter(|r| r.seq >= base).cloned().collect::<Vec<_>>();
     assert!(mine(&before_c2d).is_empty() && mine_fb(&before_fb).is_empty());
@@ -599,6 +605,7 @@ async fn queues_round_trip_and_change_together(s: &dyn HubStore) {
         ]
     );
     assert_eq!(mine_fb(&fb), vec![feedback(base + 4), feedback(base + 5)]);
+    assert_eq!(s.count_c2d().await.unwrap(), counted_before + 3);
 
     // Settling: the message goes and its feedback comes in one change; absent keys are fine.
     let settle = QueueChange {
@@ -622,6 +629,7 @@ async fn queues_round_trip_and_change_together(s: &dyn HubStore) {
     s.delete_device("QUEUE-dev").await.unwrap();
     let (c2d, fb) = s.load_queues().await.unwrap();
     assert_eq!(mine(&c2d).iter().map(|m| m.seq).collect::<Vec<_>>(), [base + 3]);
+    assert_eq!(s.count_c2d().await.unwrap(), counted_before + 1);
     assert_eq!(mine_fb(&fb).len(), 2, "feedback outlives the device");
     s.update_queues(&QueueChange {
         delete_c2d: vec![base + 3],

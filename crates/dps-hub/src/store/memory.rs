@@ -111,6 +111,10 @@ impl HubStore for MemoryHubStore {
         })
     }
 
+    async fn count_c2d(&self) -> Result<u64, HubStoreError> {
+        Ok(self.queues.read().c2d.len() as u64)
+    }
+
     async fn find_by_tag(
         &self,
         path: &str,

@@ -980,6 +980,16 @@ impl HubDocuments for PostgresHubStore {
         Ok((row.try_get(0).map_err(backend)?, row.try_get(1).map_err(backend)?))
     }
 
+    async fn c2d_count(&self) -> Result<i64, HubStoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&placeholders(crate::hub_documents::COUNT_C2D))
+            .await
+            .map_err(backend)?;
+        let row = client.query_one(&stmt, &[&self.hub]).await.map_err(backend)?;
+        row.try_get(0).map_err(backend)
+    }
+
     async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
         let rows = event_rows(events)?;
         self.db.events.write(EventOp::Append { hub: self.hub, rows }).await

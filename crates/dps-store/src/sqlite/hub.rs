@@ -376,6 +376,19 @@ impl HubDocuments for SqliteHubStore {
             .await
     }
 
+    async fn c2d_count(&self) -> Result<i64, HubStoreError> {
+        let hub = self.hub;
+        self.db
+            .db
+            .readers
+            .read(move |c| {
+                c.prepare_cached(crate::hub_documents::COUNT_C2D)
+                    .and_then(|mut s| s.query_row([hub], |r| r.get(0)))
+                    .map_err(HubStoreError::sqlite)
+            })
+            .await
+    }
+
     async fn append_events(&self, events: &[Arc<TelemetryMessage>]) -> Result<(), HubStoreError> {
         let rows = crate::hub_documents::event_rows(events)?;
         self.events.writer.write(EventOp::Append(rows)).await
