@@ -299,34 +299,28 @@ impl Hub {
         let key = target.key();
         let inner = &self.inner;
         let not_found = || target.not_found();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (slot, _guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
-            let cur = slot.record().ok_or_else(not_found)?;
-            if !etag_matches(if_match, &cur.twin.etag) {
-                return Err(RegistryError::EtagMismatch { device_id: cur.path() });
-            }
-            let mut rec = (*cur).clone();
-            let (changed, diff) = change(&mut rec.twin, inner.now())?;
-            if !changed {
-                return Ok(cur.twin_view(&slot.live_view()));
-            }
-            rec.twin.touch();
-            let rec = match inner.commit(&slot, rec).await {
-                Err(e) if e.lost_race() && attempt < crate::RACE_ATTEMPTS => {
-                    drop(_guard);
-                    crate::after_lost_race(attempt).await;
-                    continue;
+        crate::retrying_lost_races!(
+            async {
+                let (slot, _guard) = inner.lock_device(&key, false).await?.ok_or_else(not_found)?;
+                let cur = slot.record().ok_or_else(not_found)?;
+                if !etag_matches(if_match, &cur.twin.etag) {
+                    return Err(RegistryError::EtagMismatch { device_id: cur.path() });
                 }
-                written => written?,
-            };
-            if let Some(diff) = diff {
-                inner.notify_desired(&slot, diff, rec.twin.desired_version);
+                let mut rec = (*cur).clone();
+                let (changed, diff) = change(&mut rec.twin, inner.now())?;
+                if !changed {
+                    return Ok(cur.twin_view(&slot.live_view()));
+                }
+                rec.twin.touch();
+                let rec = inner.commit(&slot, rec).await?;
+                if let Some(diff) = diff {
+                    inner.notify_desired(&slot, diff, rec.twin.desired_version);
+                }
+                tracing::debug!(device = %rec.device_id, version = rec.twin.version, "twin updated");
+                Ok(rec.twin_view(&slot.live_view()))
             }
-            tracing::debug!(device = %rec.device_id, version = rec.twin.version, "twin updated");
-            return Ok(rec.twin_view(&slot.live_view()));
-        }
+            .await
+        )
     }
 
     /// Devices with key > `after`, the first `n` in key order from the store, each with the

@@ -260,9 +260,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     for (name, stats) in &storage.stats {
         metrics.watch_store(name, stats.clone());
     }
-    for h in std::iter::once(&first).chain(hubs.as_slice()) {
-        metrics.watch_hub(h.identity.host_name.clone(), h.hub.clone());
-    }
     engine.set_observer(Arc::new(crate::observer::ServerObserver::new(metrics.clone())));
     let services = Arc::new(Services {
         engine: Arc::new(engine),
@@ -889,6 +886,12 @@ async fn accept_loop<F, Fut>(
 {
     let serve = Arc::new(serve);
     let accept_errors = LogLimiter::new(LOG_PERIOD);
+    // The listener's name in the handshake metrics.
+    let label = match what {
+        "MQTT" => "mqtt",
+        "AMQP" => "amqp",
+        _ => "https",
+    };
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -925,23 +928,19 @@ async fn accept_loop<F, Fut>(
                 tcp.readable().await?;
                 Box::pin(acceptor.accept(tcp)).await
             };
-            let listener = match what {
-                "MQTT" => "mqtt",
-                "AMQP" => "amqp",
-                _ => "https",
-            };
+
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(s)) => {
-                    metrics.handshake(listener, crate::metrics::Handshake::Ok);
+                    metrics.handshake(label, crate::metrics::Handshake::Ok);
                     s
                 }
                 Ok(Err(e)) => {
-                    metrics.handshake(listener, crate::metrics::Handshake::Failed);
+                    metrics.handshake(label, crate::metrics::Handshake::Failed);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    metrics.handshake(listener, crate::metrics::Handshake::TimedOut);
+                    metrics.handshake(label, crate::metrics::Handshake::TimedOut);
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }

@@ -104,11 +104,12 @@ struct HubKindLabels {
 /// Reads a store writer's counters.
 pub(crate) type StoreStatsFn = Arc<dyn Fn() -> dps_store::StoreStats + Send + Sync>;
 
-/// What is read from the stores and the hubs when scraped.
+/// What is read from the stores and the hubs when scraped: the stores' counter readers, and the
+/// hubs' counters as [`Metrics::render`] read them just before encoding.
 #[derive(Default)]
 struct Readings {
     stores: RwLock<Vec<(&'static str, StoreStatsFn)>>,
-    hubs: RwLock<Vec<(String, dps_hub::Hub)>>,
+    hubs: RwLock<Vec<(String, dps_hub::HubCounters)>>,
 }
 
 impl std::fmt::Debug for Readings {
@@ -170,14 +171,9 @@ impl Collector for Readings {
             "Time spent executing and committing transactions that committed",
             &seconds,
         )?;
-        let hubs: Vec<(String, dps_hub::HubCounters)> = self
-            .hubs
-            .read()
-            .iter()
-            .map(|(name, hub)| (name.clone(), hub.counters()))
-            .collect();
+        let hubs = self.hubs.read();
         let mut messages = Vec::new();
-        for (hub, c) in &hubs {
+        for (hub, c) in hubs.iter() {
             for (kind, n) in [("telemetry_in", c.telemetry_in), ("c2d_sent", c.c2d_sent)] {
                 messages.push((HubKindLabels { hub: hub.clone(), kind }, n));
             }
@@ -230,8 +226,8 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Registration latency buckets: 1 ms to about 16 s, doubling.
-fn registration_histogram() -> Histogram {
+/// Latency buckets (registrations, webhook calls): 1 ms to about 16 s, doubling.
+fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
@@ -245,7 +241,7 @@ impl Default for Metrics {
             registrations.clone(),
         );
         let registration_seconds = Family::<TransportLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            registration_histogram as fn() -> Histogram,
+            latency_histogram as fn() -> Histogram,
         );
         registry.register(
             "dps_registration_duration_seconds",
@@ -253,7 +249,7 @@ impl Default for Metrics {
             registration_seconds.clone(),
         );
         let webhook_seconds = Family::<OutcomeLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            registration_histogram as fn() -> Histogram,
+            latency_histogram as fn() -> Histogram,
         );
         registry.register(
             "dps_webhook_duration_seconds",
@@ -320,11 +316,6 @@ impl Metrics {
         self.readings.stores.write().push((name, stats));
     }
 
-    /// Reports the message counters of `hub` (named by its host name).
-    pub(crate) fn watch_hub(&self, name: String, hub: dps_hub::Hub) {
-        self.readings.hubs.write().push((name, hub));
-    }
-
     /// Counts a device (or module) session of `hub` over `transport` until the returned guard
     /// is dropped.
     pub(crate) fn session(&self, hub: &str, transport: &'static str) -> CountedSession {
@@ -353,6 +344,11 @@ impl Metrics {
 
     /// The metrics in Prometheus' text format, the hubs' counts read now.
     pub(crate) async fn render(&self, services: &crate::Services) -> String {
+        *self.readings.hubs.write() = services
+            .hubs
+            .iter()
+            .map(|h| (h.identity.host_name.clone(), h.hub.counters()))
+            .collect();
         for h in services.hubs.iter() {
             let hub = h.identity.host_name.clone();
             match h.hub.statistics().await {
