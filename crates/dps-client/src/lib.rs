@@ -62,7 +62,7 @@ pub use rest::{Reply, RestClient};
 pub use security::{
     sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider, TpmPublicKeys, DEFAULT_TPM_TCTI,
 };
-pub use service::{RegistryClient, ServiceClient};
+pub use service::{Policies, RegistryClient, ServiceClient};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmError, TpmProvider, EK_HANDLE, ID_KEY_HANDLE, SRK_HANDLE};
 pub use x509::X509Provider;

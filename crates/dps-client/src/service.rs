@@ -15,9 +15,10 @@ use dps_proto::model::hub::{
     UploadedFileList,
 };
 use dps_proto::model::service::{
-    AttestationMechanism, EnrollmentGroup, IndividualEnrollment, LinkedHubDescription, LinkedHubList, RegistrationState,
+    AttestationMechanism, AuthorizationRule, AuthorizationRuleList, EnrollmentGroup, IndividualEnrollment,
+    LinkedHubDescription, LinkedHubList, PolicyKeyType, RegenerateKeyRequest, RegistrationState,
 };
-use dps_proto::rest::Route;
+use dps_proto::rest::{PolicyOwner, Route};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -168,6 +169,14 @@ impl ServiceClient {
         query(&self.rest, Route::QueryRegistrations(group_id.into()), top).await
     }
 
+    /// The service's shared access policies (`/keys`).
+    pub fn policies(&self) -> Policies<'_> {
+        Policies {
+            rest: &self.rest,
+            owner: PolicyOwner::Service,
+        }
+    }
+
     /// `GET /linkedHubs`: the linked hubs, keys redacted.
     pub async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, ClientError> {
         let list: LinkedHubList = call(&self.rest, Route::ListLinkedHubs, None, None).await?;
@@ -246,6 +255,55 @@ impl ServiceClient {
             Route::VerifyCertificate(name.into()),
             Some(body(proof)?),
             etag,
+        )
+        .await
+    }
+}
+
+/// The shared access policies of the service or of a hub, through the client's own policy
+/// (which needs `ServiceConfig` or `RegistryWrite`, and holds every right it grants).
+pub struct Policies<'a> {
+    rest: &'a RestClient,
+    owner: PolicyOwner,
+}
+
+impl Policies<'_> {
+    /// `GET /keys`: every policy (keys absent for those holding rights the client lacks).
+    pub async fn list(&self) -> Result<Vec<AuthorizationRule>, ClientError> {
+        let list: AuthorizationRuleList = call(self.rest, Route::ListPolicies(self.owner), None, None).await?;
+        Ok(list.value)
+    }
+
+    /// `GET /keys/{name}`.
+    pub async fn get(&self, name: &str) -> Result<AuthorizationRule, ClientError> {
+        call(self.rest, Route::GetPolicy(self.owner, name.into()), None, None).await
+    }
+
+    /// `PUT /keys/{name}`: creates the policy, or changes what `rule` names (absent rights and
+    /// keys are kept; a new policy's absent keys are made).
+    pub async fn put(&self, name: &str, rule: &AuthorizationRule) -> Result<AuthorizationRule, ClientError> {
+        call(
+            self.rest,
+            Route::PutPolicy(self.owner, name.into()),
+            Some(body(rule)?),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /keys/{name}`.
+    pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
+        delete(self.rest, Route::DeletePolicy(self.owner, name.into()), None).await
+    }
+
+    /// `POST /keys/{name}/regenerateKey`: a fresh primary or secondary key, or the two swapped.
+    pub async fn regenerate_key(&self, name: &str, key_type: PolicyKeyType) -> Result<AuthorizationRule, ClientError> {
+        let request = body(&RegenerateKeyRequest { key_type })?;
+        call(
+            self.rest,
+            Route::RegeneratePolicyKey(self.owner, name.into()),
+            Some(request),
+            None,
         )
         .await
     }
@@ -405,6 +463,14 @@ impl RegistryClient {
     /// `GET /files/{name}`: an uploaded file, as the answer to read its bytes from.
     pub async fn download_file(&self, name: &str) -> Result<reqwest::Response, ClientError> {
         self.rest.open_stream(&Route::GetFile(name.to_string()), &[]).await
+    }
+
+    /// The hub's shared access policies (`/iotHubKeys`).
+    pub fn policies(&self) -> Policies<'_> {
+        Policies {
+            rest: &self.rest,
+            owner: PolicyOwner::Hub,
+        }
     }
 
     /// `DELETE /eventHubEndpoints/events/consumerGroups/{name}`.

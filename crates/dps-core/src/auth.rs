@@ -3,7 +3,17 @@
 //! A request carries `Authorization: SharedAccessSignature sr=<host>&sig=..&se=..&skn=<policy>`;
 //! the policy named by `skn` must exist, its primary or secondary key must have signed the token, the
 //! token's audience must cover the requested resource, and the policy must hold the needed right.
+//!
+//! The policies change while the server runs (`dps policy …`, the portal): an authorizer is a
+//! shared handle whose set is replaced whole ([`PolicyAuthorizer::replace`]), so a request
+//! reads the set without a lock and sees either the old one or the new one. The rules a change
+//! must follow are in [`manage`].
 
+pub mod manage;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use dps_proto::sas::SasToken;
 use serde::{Deserialize, Serialize};
 
@@ -31,21 +41,43 @@ impl SharedAccessPolicy {
     }
 }
 
-/// Checks `Authorization` headers against a set of policies.
+/// Checks `Authorization` headers against a set of policies. Clones share the set: replacing
+/// it through one ([`PolicyAuthorizer::replace`]) is seen by all.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyAuthorizer {
-    policies: Vec<SharedAccessPolicy>,
+    policies: Arc<ArcSwap<Vec<Arc<SharedAccessPolicy>>>>,
 }
 
 impl PolicyAuthorizer {
     /// An authorizer over these policies.
     pub fn new(policies: Vec<SharedAccessPolicy>) -> Self {
-        Self { policies }
+        let this = Self::default();
+        this.replace(policies);
+        this
     }
 
-    /// The policies (for `dps info`).
-    pub fn policies(&self) -> &[SharedAccessPolicy] {
-        &self.policies
+    /// The policies now.
+    pub fn policies(&self) -> Arc<Vec<Arc<SharedAccessPolicy>>> {
+        self.policies.load_full()
+    }
+
+    /// Replaces the policies whole (a policy was created, changed or deleted here or on
+    /// another node): requests authorized from now on are judged by these.
+    pub fn replace(&self, policies: Vec<SharedAccessPolicy>) {
+        self.policies
+            .store(Arc::new(policies.into_iter().map(Arc::new).collect()));
+    }
+
+    /// The policy named `name` (case-insensitive) that signed a token with one of its keys,
+    /// where the signature is checked by `signed_with` (Event Hubs tokens are signed unlike
+    /// IoT Hub's): what the AMQP Event Hubs endpoint's own token check uses.
+    pub fn signed_by(&self, name: &str, signed_with: impl Fn(&str) -> bool) -> Option<Arc<SharedAccessPolicy>> {
+        self.policies
+            .load()
+            .iter()
+            .find(|p| p.key_name.eq_ignore_ascii_case(name))
+            .filter(|p| signed_with(&p.primary_key) || signed_with(&p.secondary_key))
+            .cloned()
     }
 
     /// Authorizes a request for the resource `path` on this server, needing any one of
@@ -67,7 +99,7 @@ impl PolicyAuthorizer {
         hosts: &[String],
         path: &str,
         rights: &[&str],
-    ) -> Result<&SharedAccessPolicy, Error> {
+    ) -> Result<Arc<SharedAccessPolicy>, Error> {
         let header = header.ok_or(SasRefusal::MissingAuthorization)?;
         if header.trim_start().to_ascii_lowercase().starts_with("bearer ") {
             return Err(SasRefusal::Bearer.into());
@@ -80,7 +112,8 @@ impl PolicyAuthorizer {
                 policy: name.to_string(),
             })
         };
-        let Some(policy) = self.policies.iter().find(|p| p.key_name.eq_ignore_ascii_case(name)) else {
+        let policies = self.policies.load();
+        let Some(policy) = policies.iter().find(|p| p.key_name.eq_ignore_ascii_case(name)) else {
             tracing::info!(policy = %name, "shared access signature refused: no such policy");
             return Err(not_signed());
         };
@@ -108,7 +141,7 @@ impl PolicyAuthorizer {
                 needed: rights.iter().map(|r| r.to_string()).collect(),
             });
         }
-        Ok(policy)
+        Ok(policy.clone())
     }
 }
 

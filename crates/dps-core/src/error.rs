@@ -141,6 +141,8 @@ pub enum Resource {
     Certificate,
     /// A linked IoT hub (`/linkedHubs/{name}`).
     LinkedHub,
+    /// A shared access policy (`/sharedAccessPolicies/{name}`).
+    SharedAccessPolicy,
 }
 
 impl std::fmt::Display for Resource {
@@ -151,6 +153,7 @@ impl std::fmt::Display for Resource {
             Resource::Registration => "registration record",
             Resource::Certificate => "CA certificate",
             Resource::LinkedHub => "linked hub",
+            Resource::SharedAccessPolicy => "shared access policy",
         })
     }
 }
@@ -230,6 +233,15 @@ pub enum InvalidArgument {
     #[error("linked hub '{name}': {reason}")]
     LinkedHub {
         /// The hub's host name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A shared access policy change breaks a rule (its name, rights or keys, or it would
+    /// leave no policy holding every right); the reason says which.
+    #[error("shared access policy '{name}': {reason}")]
+    Policy {
+        /// The policy's name.
         name: String,
         /// What is wrong.
         reason: String,
@@ -572,7 +584,7 @@ impl Error {
                 Resource::Group => codes::ENROLLMENT_GROUP_NOT_FOUND,
                 Resource::Registration => codes::REGISTRATION_NOT_FOUND,
                 Resource::Certificate => codes::CERTIFICATE_NOT_FOUND,
-                Resource::LinkedHub => codes::PATH_NOT_FOUND,
+                Resource::LinkedHub | Resource::SharedAccessPolicy => codes::PATH_NOT_FOUND,
             },
             Error::AlreadyExists { resource, .. } => match resource {
                 Resource::Enrollment => codes::ENROLLMENT_EXISTS,
@@ -581,15 +593,16 @@ impl Error {
                 // write cannot find one; the code is the record's not-found, as it always was.
                 Resource::Registration => codes::REGISTRATION_NOT_FOUND,
                 Resource::Certificate => codes::CERTIFICATE_EXISTS,
-                // Linked hubs are written create-or-replace; no write finds one in the way.
-                Resource::LinkedHub => codes::ARGUMENT_INVALID,
+                // Linked hubs and policies are written create-or-replace; no write finds one in
+                // the way.
+                Resource::LinkedHub | Resource::SharedAccessPolicy => codes::ARGUMENT_INVALID,
             },
             Error::EtagMismatch { resource, .. } => match resource {
                 Resource::Enrollment => codes::ENROLLMENT_ETAG_MISMATCH,
                 Resource::Group => codes::ENROLLMENT_GROUP_ETAG_MISMATCH,
                 Resource::Registration => codes::REGISTRATION_ETAG_MISMATCH,
                 Resource::Certificate => codes::CERTIFICATE_ETAG_MISMATCH,
-                Resource::LinkedHub => codes::ARGUMENT_INVALID,
+                Resource::LinkedHub | Resource::SharedAccessPolicy => codes::ARGUMENT_INVALID,
             },
             Error::OperationNotFound { .. } => codes::OPERATION_NOT_FOUND,
             Error::NoRegistrationRecord { .. } => codes::REGISTRATION_NOT_FOUND,

@@ -103,17 +103,10 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("plain structs serialize")
 }
 
-/// Rights of the default DPS owner policy.
-pub const DPS_OWNER_RIGHTS: &[&str] = &[
-    "ServiceConfig",
-    "EnrollmentRead",
-    "EnrollmentWrite",
-    "DeviceConnect",
-    "RegistrationStatusRead",
-    "RegistrationStatusWrite",
-];
-/// Rights of the default hub owner policy.
-pub const HUB_OWNER_RIGHTS: &[&str] = &["RegistryRead", "RegistryWrite", "ServiceConnect", "DeviceConnect"];
+/// Rights of the default DPS owner policy: every right.
+pub const DPS_OWNER_RIGHTS: &[&str] = dps_core::auth::manage::DPS_RIGHTS;
+/// Rights of the default hub owner policy: every right.
+pub const HUB_OWNER_RIGHTS: &[&str] = dps_core::auth::manage::HUB_RIGHTS;
 
 /// The shared access policies a new IoT hub has in Azure, owner first (what `policies[0]` is
 /// taken to be), each with its rights.
@@ -144,6 +137,20 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The policy the client commands beside the server sign with: the first holding every
+    /// right (policies can be changed, and the first may no longer be an owner), else the
+    /// first.
+    pub fn owner_policy(&self) -> Option<&SharedAccessPolicy> {
+        owner_of(&self.policies, dps_core::auth::manage::PolicyScope::Dps)
+    }
+
+    /// The embedded hub answering to `host_name`, to change.
+    pub fn hub_named_mut(&mut self, host_name: &str) -> Option<&mut HubIdentity> {
+        std::iter::once(&mut self.hub)
+            .chain(&mut self.other_hubs)
+            .find(|h| h.answers_to(host_name))
+    }
+
     /// Every embedded hub, the first one first.
     pub fn hubs(&self) -> impl Iterator<Item = &HubIdentity> {
         std::iter::once(&self.hub).chain(&self.other_hubs)
@@ -175,7 +182,20 @@ pub struct HubIdentity {
     pub files: Option<String>,
 }
 
+/// The first of `policies` holding every right of `scope`, else the first.
+fn owner_of(
+    policies: &[SharedAccessPolicy],
+    scope: dps_core::auth::manage::PolicyScope,
+) -> Option<&SharedAccessPolicy> {
+    policies.iter().find(|p| scope.is_owner(p)).or(policies.first())
+}
+
 impl HubIdentity {
+    /// The hub's owner policy (see [`Identity::owner_policy`]).
+    pub fn owner_policy(&self) -> Option<&SharedAccessPolicy> {
+        owner_of(&self.policies, dps_core::auth::manage::PolicyScope::Hub)
+    }
+
     /// A new hub with Azure's default policies, each with fresh keys.
     fn new(host_name: &str, files: Option<String>) -> Self {
         Self {
@@ -336,6 +356,16 @@ impl DataDir {
         load_identity(&DirFiles(&self.root))
     }
 
+    /// Reads the identity, lets `change` change it, and writes it back when it changed (whole,
+    /// through a temporary file: a crash leaves the old or the new one). `change` failing
+    /// writes nothing. The caller keeps other writers out (one server per data directory).
+    pub fn update_identity<T, E: From<DataDirError>>(
+        &self,
+        change: impl FnOnce(&mut Identity) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        update_identity(&mut DirFiles(&self.root), change)
+    }
+
     /// Creates the data directory readable by its owner only: the databases beside the identity
     /// hold enrollment keys and hub device keys, which SQLite writes with the process umask. An
     /// existing directory that others can read is left as the operator made it, with a warning.
@@ -494,6 +524,20 @@ impl FileSet {
         init_identity(self, default_hub_host, hub_hosts)
     }
 
+    /// [`DataDir::load_identity`] over this set.
+    pub fn load_identity(&self) -> Result<Identity> {
+        load_identity(self)
+    }
+
+    /// [`DataDir::update_identity`] over this set (a changed identity is one of
+    /// [`FileSet::changed`]).
+    pub fn update_identity<T, E: From<DataDirError>>(
+        &mut self,
+        change: impl FnOnce(&mut Identity) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        update_identity(self, change)
+    }
+
     /// [`DataDir::init_server_certificates`] over this set.
     pub fn init_server_certificates(&mut self, hostnames: &[String]) -> Result<Vec<ServerCertificate>> {
         init_server_certificates(self, hostnames)
@@ -573,6 +617,20 @@ fn load_identity(files: &dyn Files) -> Result<Identity> {
         });
     };
     serde_json::from_str(&text).map_err(|source| DataDirError::Corrupt { path: p, source })
+}
+
+/// See [`DataDir::update_identity`].
+fn update_identity<T, E: From<DataDirError>>(
+    files: &mut dyn Files,
+    change: impl FnOnce(&mut Identity) -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let before = load_identity(files)?;
+    let mut identity = before.clone();
+    let value = change(&mut identity)?;
+    if to_json(&identity) != to_json(&before) {
+        files.write(IDENTITY_FILE, &to_json(&identity))?;
+    }
+    Ok(value)
 }
 
 /// See [`DataDir::init_identity`].
@@ -776,9 +834,7 @@ fn policy(name: &str, rights: &[&str]) -> SharedAccessPolicy {
 
 /// A 32-byte random key, base64 (what Azure generates for policies).
 pub fn random_key() -> String {
-    let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
-    dps_proto::keys::encode_key(&raw)
+    dps_core::auth::manage::new_key()
 }
 
 /// `0ne` + 8 upper-case hex digits, as Azure scopes look.
@@ -818,6 +874,48 @@ fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change is written whole and read back; a refused one writes nothing; the owner the
+    /// client commands sign with is the first policy holding every right.
+    #[test]
+    fn identity_updates_are_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(dir.path().join("data"));
+        dd.init_identity("hub.test", &[]).unwrap();
+        #[derive(Debug)]
+        struct Refused;
+        impl From<DataDirError> for Refused {
+            fn from(e: DataDirError) -> Self {
+                panic!("the identity reads: {e}")
+            }
+        }
+        let refused: std::result::Result<(), Refused> = dd.update_identity(|id| {
+            id.policies.clear();
+            Err(Refused)
+        });
+        assert!(refused.is_err());
+        assert_eq!(dd.load_identity().unwrap().policies.len(), 1);
+        dd.update_identity(|id| {
+            id.policies.insert(0, policy("reader", &["EnrollmentRead"]));
+            id.hub_named_mut("hub.test")
+                .unwrap()
+                .policies
+                .retain(|p| p.key_name != "device");
+            Ok::<_, DataDirError>(())
+        })
+        .unwrap();
+        let id = dd.load_identity().unwrap();
+        assert_eq!(id.policies[0].key_name, "reader");
+        assert_eq!(id.owner_policy().unwrap().key_name, "provisioningserviceowner");
+        assert_eq!(id.hub.owner_policy().unwrap().key_name, "iothubowner");
+        assert!(!id.hub.policies.iter().any(|p| p.key_name == "device"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dd.identity_path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "dps.json stays readable by its owner only");
+        }
+    }
 
     #[test]
     fn first_start_creates_and_later_starts_reuse() {

@@ -65,10 +65,19 @@ async fn services() -> Arc<Services> {
         policies: service,
         ..Default::default()
     };
+    let hubs = EmbeddedHubs::new(EmbeddedHub::new(hub, hub_identity.clone(), None), []);
+    let dps_auth = PolicyAuthorizer::new(Vec::new());
+    // AMQP changes no policy: a data directory that does not exist keeps none.
+    let policies = Arc::new(dps_server::policies::PolicyBook::new(
+        dps_server::policies::IdentityKeeper::DataDir(dps_server::DataDir::new("/nonexistent/dps-fuzz")),
+        dps_auth.clone(),
+        hubs.authorizers(),
+    ));
     Arc::new(Services {
         engine: Arc::new(engine),
-        hubs: EmbeddedHubs::new(EmbeddedHub::new(hub, hub_identity.clone(), None), []),
-        dps_auth: PolicyAuthorizer::new(Vec::new()),
+        hubs,
+        dps_auth,
+        policies,
         identity: Identity {
             id_scope: ID_SCOPE.into(),
             policies: Vec::new(),

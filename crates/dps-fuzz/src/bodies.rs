@@ -102,7 +102,7 @@ fn path_id(body_id: &str) -> &str {
 }
 
 /// Service API bodies (`PUT /enrollments/{id}`, `PUT /enrollmentGroups/{id}`, `POST
-/// /enrollments`, `POST /enrollmentGroups`): the input is tried as each, and what parses goes
+/// /enrollments`, `POST /enrollmentGroups`, `PUT /linkedHubs/{name}`, `PUT /keys/{name}`): the input is tried as each, and what parses goes
 /// through the engine; the input is also the `x-ms-continuation` token of the service queries. Attestation validation (symmetric keys, TPM endorsement keys, X.509
 /// certificates in PEM or base64) runs on the way.
 pub fn service_body(data: &[u8]) {
@@ -185,6 +185,10 @@ pub fn service_body(data: &[u8]) {
                 }
             }
         }
+        if let Some(rule) = parse::<dps_proto::model::service::AuthorizationRule>(data) {
+            round_trip(&rule, "AuthorizationRule");
+            policy_rule(rule);
+        }
         if let Some(op) = parse::<BulkEnrollmentOperation>(data) {
             round_trip(&op, "BulkEnrollmentOperation");
             bulk_result(engine.bulk_enrollments(now(), op).await, "bulk enrollments");
@@ -194,6 +198,57 @@ pub fn service_body(data: &[u8]) {
             bulk_result(engine.bulk_groups(now(), op).await, "bulk groups");
         }
     });
+}
+
+/// A `PUT /keys/{name}` or `/iotHubKeys/{name}` body through the policy rules, asked by each
+/// scope's owner: a refusal changes nothing; an accepted change leaves an owner, and the policy
+/// it answers is the one kept, with keys.
+fn policy_rule(rule: dps_proto::model::service::AuthorizationRule) {
+    use dps_core::auth::manage::{PolicyChange, PolicyScope, PolicyWrite};
+    use dps_core::auth::SharedAccessPolicy;
+    for scope in [PolicyScope::Dps, PolicyScope::Hub] {
+        let owner = SharedAccessPolicy {
+            key_name: "owner".into(),
+            primary_key: dps_core::auth::manage::new_key(),
+            secondary_key: dps_core::auth::manage::new_key(),
+            rights: scope.rights().iter().map(|r| r.to_string()).collect(),
+        };
+        let rights = match rule.rights.as_deref().map(|text| scope.parse_rights(text)).transpose() {
+            Ok(rights) => rights,
+            Err(_) => continue,
+        };
+        let mut set = vec![owner.clone()];
+        let name = if rule.key_name.is_empty() {
+            "fuzz"
+        } else {
+            rule.key_name.as_str()
+        };
+        let write = PolicyWrite {
+            rights,
+            primary_key: rule.primary_key.clone(),
+            secondary_key: rule.secondary_key.clone(),
+        };
+        let mut change = PolicyChange {
+            scope,
+            policies: &mut set,
+            caller: &owner,
+        };
+        match change.put(name, write, dps_core::auth::manage::new_key) {
+            Ok((policy, _)) => {
+                assert!(set.iter().any(|p| scope.is_owner(p)), "a change left no owner");
+                let kept = set
+                    .iter()
+                    .find(|p| p.key_name.eq_ignore_ascii_case(name))
+                    .expect("the policy put is kept");
+                assert_eq!(kept, &policy);
+                assert!(!policy.primary_key.is_empty() && !policy.secondary_key.is_empty());
+            }
+            Err(err) => {
+                client_error(&err, "put policy");
+                assert_eq!(set, vec![owner], "a refused policy change changed the set");
+            }
+        }
+    }
 }
 
 fn bulk_result(r: Result<dps_proto::model::service::BulkOperationResult, Error>, what: &str) {

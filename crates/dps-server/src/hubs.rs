@@ -18,7 +18,8 @@ use dps_datadir::HubIdentity;
 pub struct EmbeddedHub {
     /// The hub.
     pub hub: dps_hub::Hub,
-    /// Its host name, policies and keys.
+    /// Its host name, policies and keys as they were at start (the policies in force are
+    /// [`EmbeddedHub::auth`]'s).
     pub identity: HubIdentity,
     /// Its registry API policies (`iothubowner`, …).
     pub auth: PolicyAuthorizer,
@@ -62,6 +63,15 @@ impl EmbeddedHubs {
     /// The first hub: the one a request naming no hub (or an unknown name) is for.
     pub fn first(&self) -> &Arc<EmbeddedHub> {
         &self.hubs[0]
+    }
+
+    /// Each hub's host name and the authorizer its registry requests are judged by (shared:
+    /// replacing its policies is seen by every request).
+    pub fn authorizers(&self) -> Vec<(String, PolicyAuthorizer)> {
+        self.hubs
+            .iter()
+            .map(|h| (h.host_name().to_string(), h.auth.clone()))
+            .collect()
     }
 
     /// Every hub, the first one first.

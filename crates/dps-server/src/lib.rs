@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mqtt;
 mod observer;
 mod outbound;
+pub mod policies;
 pub mod remote_hub;
 pub mod storage_account;
 mod tls;
@@ -63,8 +64,11 @@ pub struct Services {
     pub hubs: hubs::EmbeddedHubs,
     /// Service API policies (`provisioningserviceowner`, ...).
     pub dps_auth: PolicyAuthorizer,
-    /// ID scope, policies, and the embedded hubs' identities (those served first).
+    /// ID scope, policies, and the embedded hubs' identities (those served first), as they were
+    /// at start: the policies in force are the authorizers' ([`Services::policies`]).
     pub identity: Identity,
+    /// The service's and the hubs' policies, changed while the server runs.
+    pub policies: Arc<policies::PolicyBook>,
     /// Effective configuration.
     pub config: ServerConfig,
     /// Time source (a fake clock in tests).

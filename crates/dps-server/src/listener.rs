@@ -261,10 +261,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         metrics.watch_store(name, stats.clone());
     }
     engine.set_observer(Arc::new(crate::observer::ServerObserver::new(metrics.clone())));
+    let hubs = EmbeddedHubs::new(first, hubs);
+    let dps_auth = PolicyAuthorizer::new(identity.policies.clone());
+    let keeper = match &storage.postgres {
+        Some(store) => crate::policies::IdentityKeeper::Shared {
+            store: store.clone(),
+            mirror: dir.clone(),
+        },
+        None => crate::policies::IdentityKeeper::DataDir(dir.clone()),
+    };
+    let policies = Arc::new(crate::policies::PolicyBook::new(
+        keeper,
+        dps_auth.clone(),
+        hubs.authorizers(),
+    ));
     let services = Arc::new(Services {
         engine: Arc::new(engine),
-        hubs: EmbeddedHubs::new(first, hubs),
-        dps_auth: PolicyAuthorizer::new(identity.policies.clone()),
+        hubs,
+        dps_auth,
+        policies,
         identity,
         config: config.clone(),
         clock: Arc::new(SystemClock),
@@ -319,6 +334,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             .collect();
         let hearing = db.clone().hear_other_nodes(bus.subscribe(), hubs);
         let dps = dps_store::PostgresStore::hear_other_nodes(bus.subscribe(), services.engine.clone());
+        let policies = services.policies.clone().hear_other_nodes(bus.subscribe());
         tasks.spawn(finish_interrupted_registrations(
             db.clone(),
             services.engine.clone(),
@@ -331,6 +347,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             tokio::select! {
                 _ = hearing => {}
                 _ = dps => {}
+                _ = policies => {}
                 _ = shutdown.changed() => {}
             }
         });
@@ -447,8 +464,7 @@ fn file_upload_config(identity: &HubIdentity, config: &ServerConfig, https_port:
         format!("{hub_host}:{https_port}")
     };
     let secret = identity
-        .policies
-        .first()
+        .owner_policy()
         .map(|p| p.primary_key.clone())
         .unwrap_or_default();
     dps_hub::FileUploadConfig {
@@ -469,6 +485,8 @@ struct Storage {
     /// With a PostgreSQL store: the node's ear on the other nodes' writes, listening from before
     /// the hubs open, so that nothing written meanwhile goes unheard.
     bus: Option<dps_store::postgres::NodeBus>,
+    /// The PostgreSQL store, which also keeps the identity every node shares.
+    postgres: Option<Arc<dps_store::PostgresStore>>,
     /// The writers' counters of the DPS store and the hubs' store, for the metrics.
     stats: [(&'static str, crate::metrics::StoreStatsFn); 2],
 }
@@ -520,6 +538,7 @@ impl Storage {
                 store,
                 hubs: HubStorage::Sqlite(hubs),
                 bus: None,
+                postgres: None,
             });
         };
         let bus = dps_store::postgres::NodeBus::listen(url).await?;
@@ -538,6 +557,7 @@ impl Storage {
                 ("dps", stats_of(&store, dps_store::PostgresStore::stats)),
                 ("hubs", stats_of(&db, dps_store::PostgresHubDatabase::stats)),
             ],
+            postgres: Some(store.clone()),
             store,
             hubs: HubStorage::Postgres { db, held },
             bus: Some(bus),
@@ -729,7 +749,7 @@ async fn link_embedded_hubs(
     use dps_proto::connection_string::ConnectionString;
     let linked = store.list_linked_hubs().await.map_err(StartError::LinkedHubs)?;
     for (hub, fresh) in identity.hubs().zip(fresh) {
-        let Some(owner) = hub.policies.first() else {
+        let Some(owner) = hub.owner_policy() else {
             continue;
         };
         let host = &hub.host_name;

@@ -744,3 +744,72 @@ async fn nodes_divide_the_service_wide_quotas_among_them() {
     }
     panic!("the remaining node did not take the whole quota back");
 }
+
+/// A policy created, re-keyed and deleted through one node is in force on the other at once
+/// (the shared identity is written in one transaction and every node is told), and mirrored
+/// into each node's data directory for the client commands beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_changed_through_one_node_is_in_force_on_another() {
+    use dps_client::{ClientError, RestClient, ServiceClient};
+    use dps_proto::connection_string::ConnectionString;
+    use dps_proto::model::service::{AuthorizationRule, PolicyKeyType};
+    use std::time::Duration;
+    const NODES: [&str; 2] = ["127.0.39.21", "127.0.39.22"];
+    let ([a, b], _dirs) = cluster(NODES).await;
+    let client = |node: &dps_server::RunningServer, name: &str, key: &str| {
+        let cs = ConnectionString::service(&node.https_addr.ip().to_string(), name, key);
+        let ca = std::fs::read_to_string(node.services.config.data_dir.join("ca.pem")).unwrap();
+        ServiceClient::new(RestClient::new(&cs, node.https_addr.port(), &ca).unwrap())
+    };
+    let owner = a.services.identity.owner_policy().unwrap().clone();
+    let through_a = client(&a, &owner.key_name, &owner.primary_key);
+    let made = through_a
+        .policies()
+        .put(
+            "reader",
+            &AuthorizationRule {
+                rights: Some("EnrollmentRead".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let key = made.primary_key.clone().unwrap();
+    // B hears of it: the reader's token is accepted there within moments.
+    let on_b = client(&b, "reader", &key);
+    let mut accepted = false;
+    for _ in 0..50 {
+        if on_b.query_enrollments(None).await.is_ok() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "B put the policy made through A in force within 5 s");
+    let mirrored = std::fs::read_to_string(b.services.config.data_dir.join("dps.json")).unwrap();
+    assert!(mirrored.contains(&key), "B's data directory holds the new policy");
+
+    // A fresh primary key through B: the old key is refused through A.
+    let renewed = client(&b, &owner.key_name, &owner.primary_key)
+        .policies()
+        .regenerate_key("reader", PolicyKeyType::Primary)
+        .await
+        .unwrap();
+    assert_ne!(renewed.primary_key.as_deref(), Some(key.as_str()));
+    let old_on_a = client(&a, "reader", &key);
+    let mut refused = false;
+    for _ in 0..50 {
+        match old_on_a.query_enrollments(None).await {
+            Err(ClientError::Service { status: 401, .. }) => {
+                refused = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(refused, "A retired the old key within 5 s");
+    client(&a, "reader", renewed.primary_key.as_deref().unwrap())
+        .query_enrollments(None)
+        .await
+        .unwrap();
+}

@@ -36,6 +36,7 @@ pub use bus::{BusEvent, NodeBus, BUS_CHANNEL, MAX_NOTICE};
 pub use commands::store_change;
 pub use connection::without_password;
 use connection::Settings;
+pub use files::FILES_NOTICE;
 pub use hub::{HubNotice, Notice, PostgresHubDatabase, PostgresHubStore};
 pub use migrations::{HUB_SCHEMA_VERSION as POSTGRES_HUB_SCHEMA_VERSION, SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION};
 

@@ -59,7 +59,7 @@ pub async fn run(a: BenchCommand) -> Result<()> {
             .other_hubs
             .iter()
             .filter_map(|h| {
-                let owner = h.policies.first()?;
+                let owner = h.owner_policy()?;
                 let mut cs = dps_proto::connection_string::ConnectionString::service(
                     &h.host_name,
                     &owner.key_name,

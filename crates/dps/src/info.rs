@@ -69,7 +69,7 @@ pub struct HubInfo {
 
 impl HubInfo {
     fn of(hub: &HubIdentity, amqp_port: Option<u16>) -> Self {
-        let owner = &hub.policies[0];
+        let owner = hub.owner_policy().expect("a hub has a policy");
         HubInfo {
             host_name: hub.host_name.clone(),
             connection_string: ConnectionString::service(&hub.host_name, &owner.key_name, &owner.primary_key)
@@ -85,7 +85,7 @@ type Ports = (u16, u16, u16);
 
 impl Info {
     fn build(dir: &DataDir, id: &Identity, provisioning_host: &str, ports: Option<Ports>) -> Self {
-        let owner = &id.policies[0];
+        let owner = id.owner_policy().expect("a service has a policy");
         let (ca, rsa_ca) = (dir.ca_cert_path(), dir.rsa_ca_cert_path());
         let amqp_port = ports.map(|p| p.2);
         let first = HubInfo::of(&id.hub, amqp_port);
@@ -141,7 +141,8 @@ fn event_hub_connection_string(hub: &HubIdentity, amqp_port: Option<u16>) -> Str
         .iter()
         .find(|p| p.key_name.eq_ignore_ascii_case("service"))
         .or_else(|| policies.iter().find(|p| p.has_right("ServiceConnect")))
-        .unwrap_or(&policies[0]);
+        .or(hub.owner_policy())
+        .expect("a hub has a policy");
     let port = amqp_port
         .filter(|p| *p != 0 && *p != 5671)
         .map(|p| format!(":{p}"))

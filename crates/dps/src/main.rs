@@ -13,6 +13,7 @@ mod hub;
 mod info;
 mod linked_hub;
 mod output;
+mod policy;
 mod registration;
 mod remote;
 mod serve;
@@ -62,6 +63,10 @@ enum Command {
     /// The IoT hubs devices may be assigned to (like `az iot dps linked-hub`).
     #[command(subcommand)]
     LinkedHub(linked_hub::LinkedHubCommand),
+    /// Shared access policies of the service, or of an embedded hub with --hub-name (like
+    /// `az iot dps policy`, `az iot hub policy`).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Derive a device's key from an enrollment group key (offline).
     ComputeDeviceKey(device::ComputeKeyArgs),
     /// DICE identities: DevKit `dps_cert_gen`-exact alias certificates and TCG DICE identities.
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
                     Command::Registration(c) => registration::run(c).await,
                     Command::Certificate(c) => certificate::run(c).await,
                     Command::LinkedHub(c) => linked_hub::run(c).await,
+                    Command::Policy(c) => policy::run(c).await,
                     Command::Ca(c) => ca::run(c),
                     Command::Bench(a) => bench::run(a).await,
                     Command::ComputeDeviceKey(a) => device::compute_key(a),

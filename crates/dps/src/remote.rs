@@ -115,9 +115,9 @@ pub fn connection_string(explicit: Option<&str>, dir: &DataDir, api: Api) -> Res
     let (host, policy) = match api {
         Api::Dps => (
             dir.last_provisioning_host().unwrap_or_else(|| "localhost".into()),
-            id.policies.first(),
+            id.owner_policy(),
         ),
-        Api::Hub => (id.hub.host_name.clone(), id.hub.policies.first()),
+        Api::Hub => (id.hub.host_name.clone(), id.hub.owner_policy()),
     };
     let policy = policy.ok_or_else(|| anyhow!("{} has no shared-access policy", dir.identity_path().display()))?;
     let mut cs = ConnectionString::service(&host, &policy.key_name, &policy.primary_key);
@@ -135,12 +135,42 @@ pub fn connection_string(explicit: Option<&str>, dir: &DataDir, api: Api) -> Res
 pub fn connect(explicit: Option<&str>, server: &ServerArgs, api: Api) -> Result<RestClient> {
     let dir = DataDir::new(&server.data_dir);
     let cs = connection_string(explicit, &dir, api)?;
-    let ca = read_ca(server.ca.as_deref(), &dir)?;
+    rest_client(&cs, server, &dir)
+}
+
+/// The registry API of the embedded hub `hub` (any of a server's hubs, by name): the explicit
+/// connection string, else that hub's owner policy in the data directory, reached at the
+/// server's address (the hub's name need not resolve).
+pub fn connect_hub_named(explicit: Option<&str>, server: &ServerArgs, hub: &str) -> Result<RestClient> {
+    let dir = DataDir::new(&server.data_dir);
+    if explicit.is_some_and(|s| !s.trim().is_empty()) {
+        return connect(explicit, server, Api::Hub);
+    }
+    let id = dir.load_identity().with_context(|| {
+        "no connection string: pass --hub-connection-string, or point --data-dir at a server's data directory"
+    })?;
+    let named = id
+        .hub_named(hub)
+        .ok_or_else(|| anyhow!("the server of {} has no hub '{hub}'", dir.root().display()))?;
+    let policy = named
+        .owner_policy()
+        .ok_or_else(|| anyhow!("hub '{hub}' has no shared-access policy"))?;
+    let mut cs = ConnectionString::service(&named.host_name, &policy.key_name, &policy.primary_key);
+    cs.gateway_host_name = dir
+        .runtime()
+        .and_then(|r| r.address.map(|ip| ip.to_string()).or(r.hostnames.into_iter().next()))
+        .filter(|gateway| *gateway != named.host_name);
+    rest_client(&cs, server, &dir)
+}
+
+/// A client of the server `cs` names, trusting `--ca` or the data directory's CA.
+fn rest_client(cs: &ConnectionString, server: &ServerArgs, dir: &DataDir) -> Result<RestClient> {
+    let ca = read_ca(server.ca.as_deref(), dir)?;
     let port = server
         .port
         .or_else(|| dir.runtime().map(|r| r.https_port))
         .unwrap_or(443);
-    RestClient::new(&cs, port, &ca).map_err(|e| match e {
+    RestClient::new(cs, port, &ca).map_err(|e| match e {
         // Said as the connection-string checks above say it.
         dps_client::ClientError::Credential(m) => anyhow!(m),
         other => other.into(),

@@ -1027,3 +1027,167 @@ fn hub_devices_are_created_updated_and_deleted_from_the_cli() {
     let table = s.ok(&["hub", "device", "delete", "-d", "cli-own"]);
     assert!(table.contains("deleted device cli-own"), "{table}");
 }
+
+/// `dps policy …` (`az iot dps policy`, `az iot hub policy`): a policy created with rights is
+/// in force at once and only for those rights; a key made anew retires the old one; a policy
+/// cannot be a way up (it grants nothing it lacks, sees no stronger policy's keys); the last
+/// owner stays; the changes are in `dps.json` and outlive a restart; a deleted policy's tokens
+/// are refused.
+#[test]
+fn policies_are_managed_from_the_cli_and_enforced() {
+    let mut s = Server::start("127.0.39.20");
+    let cs = |name: &str, key: &str| format!("HostName=127.0.39.20;SharedAccessKeyName={name};SharedAccessKey={key}");
+    let key_of = |v: &Value, which: &str| v[which].as_str().unwrap().to_string();
+
+    let listed = s.json(&["policy", "list"]);
+    assert_eq!(listed[0]["keyName"], "provisioningserviceowner", "{listed}");
+    assert_eq!(
+        listed[0]["rights"],
+        "ServiceConfig, EnrollmentRead, EnrollmentWrite, DeviceConnect, RegistrationStatusRead, RegistrationStatusWrite"
+    );
+
+    // A reader: reads enrollments, writes none.
+    let reader = s.json(&[
+        "policy",
+        "create",
+        "--pn",
+        "enroll-reader",
+        "--rights",
+        "enrollmentread",
+    ]);
+    assert_eq!(reader["rights"], "EnrollmentRead");
+    let old = cs("enroll-reader", &key_of(&reader, "primaryKey"));
+    s.ok(&["enrollment", "list", "--connection-string", &old]);
+    let err = s.fail(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "e1",
+        "--connection-string",
+        &old,
+    ]);
+    assert!(has(&err, codes::INSUFFICIENT_RIGHTS), "{err}");
+    let err = s.fail(&[
+        "policy",
+        "create",
+        "--pn",
+        "enroll-reader",
+        "--rights",
+        "EnrollmentRead",
+    ]);
+    assert!(err.contains("already has a policy 'enroll-reader'"), "{err}");
+
+    // A fresh primary key: the old one is refused, the new one works; the secondary stays.
+    let renewed = s.json(&["policy", "regenerate-key", "--pn", "enroll-reader", "--rk", "primary"]);
+    assert_eq!(renewed["secondaryKey"], reader["secondaryKey"]);
+    let err = s.fail(&["enrollment", "list", "--connection-string", &old]);
+    assert!(has(&err, codes::UNAUTHORIZED), "{err}");
+    let new = cs("enroll-reader", &key_of(&renewed, "primaryKey"));
+    s.ok(&["enrollment", "list", "--connection-string", &new]);
+
+    // ServiceConfig alone manages policies, but grants nothing it lacks and sees no stronger
+    // policy's keys.
+    let config = s.json(&["policy", "create", "--pn", "config-only", "--rights", "ServiceConfig"]);
+    let config = cs("config-only", &key_of(&config, "primaryKey"));
+    let err = s.fail(&[
+        "policy",
+        "create",
+        "--pn",
+        "sneaky",
+        "--rights",
+        "EnrollmentWrite",
+        "--connection-string",
+        &config,
+    ]);
+    assert!(
+        has(&err, codes::INSUFFICIENT_RIGHTS) && err.contains("EnrollmentWrite"),
+        "{err}"
+    );
+    let owner = s.json(&[
+        "policy",
+        "show",
+        "--pn",
+        "provisioningserviceowner",
+        "--connection-string",
+        &config,
+    ]);
+    assert!(owner.get("primaryKey").is_none(), "{owner}");
+    let err = s.fail(&["policy", "list", "--connection-string", &new]);
+    assert!(has(&err, codes::INSUFFICIENT_RIGHTS), "{err}");
+
+    // The last owner stays.
+    let err = s.fail(&["policy", "delete", "--pn", "provisioningserviceowner"]);
+    assert!(err.contains("no policy would hold every right"), "{err}");
+    let err = s.fail(&[
+        "policy",
+        "update",
+        "--pn",
+        "provisioningserviceowner",
+        "--rights",
+        "ServiceConfig",
+    ]);
+    assert!(has(&err, codes::ARGUMENT_INVALID), "{err}");
+    let err = s.fail(&["policy", "create", "--pn", "bad", "--rights", "RegistryRead"]);
+    assert!(err.contains("unknown right 'RegistryRead'"), "{err}");
+
+    // A hub's policies: a backend policy reads the registry, and cannot change policies.
+    let hub = ["--hub-name", "127.0.39.20"];
+    let backend = s.json(
+        &[
+            &[
+                "policy",
+                "create",
+                "--pn",
+                "backend",
+                "--rights",
+                "ServiceConnect,RegistryRead",
+            ][..],
+            &hub[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(backend["rights"], "RegistryRead, ServiceConnect");
+    let backend_cs = cs("backend", &key_of(&backend, "primaryKey"));
+    s.ok(&["hub", "device", "list", "--hub-connection-string", &backend_cs]);
+    let err = s.fail(
+        &[
+            &["policy", "list", "--hub-connection-string", &backend_cs][..],
+            &hub[..],
+        ]
+        .concat(),
+    );
+    assert!(has(&err, codes::INSUFFICIENT_RIGHTS), "{err}");
+    let hub_list = s.json(&[&["policy", "list"][..], &hub[..]].concat());
+    let names: Vec<&str> = hub_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["keyName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "iothubowner",
+            "service",
+            "device",
+            "registryRead",
+            "registryReadWrite",
+            "backend"
+        ]
+    );
+
+    // Kept in dps.json, and in force after a restart.
+    let kept = std::fs::read_to_string(s.data().join("dps.json")).unwrap();
+    assert!(kept.contains("enroll-reader") && kept.contains("backend"), "{kept}");
+    s.kill9();
+    s.restart();
+    s.ok(&["enrollment", "list", "--connection-string", &new]);
+    s.ok(&["hub", "device", "list", "--hub-connection-string", &backend_cs]);
+
+    // Deleted: its tokens are refused.
+    s.ok(&["policy", "delete", "--pn", "enroll-reader"]);
+    let err = s.fail(&["enrollment", "list", "--connection-string", &new]);
+    assert!(has(&err, codes::UNAUTHORIZED), "{err}");
+    let err = s.fail(&["policy", "show", "--pn", "enroll-reader"]);
+    assert!(has(&err, codes::PATH_NOT_FOUND), "{err}");
+}

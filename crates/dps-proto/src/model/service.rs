@@ -403,6 +403,49 @@ pub struct LinkedHubList {
     pub value: Vec<LinkedHubDescription>,
 }
 
+/// A shared access policy as Azure's management API writes one
+/// (`SharedAccessSignatureAuthorizationRule`): `GET`/`PUT /keys/{keyName}` (the service's),
+/// `/iotHubKeys/{keyName}` (a hub's). Rights are one string, names separated by `, `
+/// (`"RegistryRead, RegistryWrite"`). In a `PUT`, absent keys are kept (or made, for a new
+/// policy) and absent rights are kept; in an answer, the keys of a policy holding rights the
+/// caller lacks are absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationRule {
+    /// The policy's name (`skn` in its tokens).
+    #[serde(default)]
+    pub key_name: String,
+    /// Base64 primary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key: Option<String>,
+    /// Base64 secondary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_key: Option<String>,
+    /// The rights, `, `-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rights: Option<String>,
+}
+
+/// `GET /keys`, `GET /iotHubKeys`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationRuleList {
+    /// The policies, in the order they are kept.
+    pub value: Vec<AuthorizationRule>,
+}
+
+ci_enum! {
+    /// Which key `POST …/regenerateKey` makes anew (`az iot hub policy renew-key --renew-key`).
+    PolicyKeyType { Primary = "primary", Secondary = "secondary", Swap = "swap" }
+}
+
+/// `POST /keys/{keyName}/regenerateKey`, `POST /iotHubKeys/{keyName}/regenerateKey`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegenerateKeyRequest {
+    /// `primary`, `secondary` or `swap`.
+    pub key_type: PolicyKeyType,
+}
+
 /// `customAllocationDefinition`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,7 +17,7 @@ mod route;
 
 pub use encoding::{decode_segment, encode_segment, segments};
 pub use query::{QueryParams, API_VERSION};
-pub use route::{Api, NoRoute, Route, FILE_UPLOAD_CONTAINER};
+pub use route::{Api, NoRoute, PolicyOwner, Route, FILE_UPLOAD_CONTAINER};
 
 #[cfg(test)]
 mod tests;

@@ -76,6 +76,12 @@ enum Resource {
     LinkedHubs,
     /// `/linkedHubs/{hostName}`
     LinkedHub(String),
+    /// `/keys`, `/iotHubKeys` (list)
+    Policies(PolicyOwner),
+    /// `/keys/{keyName}`, `/iotHubKeys/{keyName}`
+    Policy(PolicyOwner, String),
+    /// `/keys/{keyName}/regenerateKey`, `/iotHubKeys/{keyName}/regenerateKey`
+    PolicyKeyRenewal(PolicyOwner, String),
     /// `/devices` (list)
     Devices,
     /// `/devices/query`
@@ -241,6 +247,18 @@ pub enum Route {
     PutLinkedHub(String),
     /// `DELETE /linkedHubs/{hostName}`
     DeleteLinkedHub(String),
+    /// `GET /keys` (the service's) or `GET /iotHubKeys` (a hub's): every shared access policy
+    /// (dps's own resource; Azure keeps them in the ARM resource, where these are its paths).
+    ListPolicies(PolicyOwner),
+    /// `GET /keys/{keyName}`, `GET /iotHubKeys/{keyName}`
+    GetPolicy(PolicyOwner, String),
+    /// `PUT /keys/{keyName}`: creates the policy, or changes its rights or keys.
+    PutPolicy(PolicyOwner, String),
+    /// `DELETE /keys/{keyName}`
+    DeletePolicy(PolicyOwner, String),
+    /// `POST /keys/{keyName}/regenerateKey`: a fresh primary or secondary key, or the two
+    /// swapped.
+    RegeneratePolicyKey(PolicyOwner, String),
     /// `GET /devices?top=N`
     ListDevices,
     /// `POST /devices/query`
@@ -370,6 +388,25 @@ pub enum Route {
     MqttWebSocket,
 }
 
+/// Whose shared access policies a policy route is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyOwner {
+    /// The provisioning service's (`/keys`, on the service API).
+    Service,
+    /// The IoT hub's the request is for (`/iotHubKeys`, on the hub's API).
+    Hub,
+}
+
+impl PolicyOwner {
+    /// The collection's path segment.
+    fn collection(self) -> &'static str {
+        match self {
+            PolicyOwner::Service => "keys",
+            PolicyOwner::Hub => "iotHubKeys",
+        }
+    }
+}
+
 impl Route {
     /// The API the route belongs to.
     pub fn api(&self) -> Api {
@@ -409,6 +446,14 @@ impl Route {
             | GetLinkedHub(_)
             | PutLinkedHub(_)
             | DeleteLinkedHub(_) => Api::Service,
+            ListPolicies(owner)
+            | GetPolicy(owner, _)
+            | PutPolicy(owner, _)
+            | DeletePolicy(owner, _)
+            | RegeneratePolicyKey(owner, _) => match owner {
+                PolicyOwner::Service => Api::Service,
+                PolicyOwner::Hub => Api::Hub,
+            },
             ListDevices
             | QueryDevices
             | BulkDevices
@@ -494,6 +539,7 @@ impl Route {
             | PutGroup(_)
             | PutCertificate(_)
             | PutLinkedHub(_)
+            | PutPolicy(..)
             | PutDevice(_)
             | ReplaceTwin(_)
             | PutModule(..)
@@ -522,12 +568,14 @@ impl Route {
             | SendDeviceEvent(_)
             | AbandonC2d { .. }
             | CreateFileUpload(_)
-            | CompleteFileUpload { .. } => Method::POST,
+            | CompleteFileUpload { .. }
+            | RegeneratePolicyKey(..) => Method::POST,
             DeleteEnrollment(_)
             | DeleteGroup(_)
             | DeleteRegistration(_)
             | DeleteCertificate(_)
             | DeleteLinkedHub(_)
+            | DeletePolicy(..)
             | DeleteDevice(_)
             | DeleteModule(..)
             | CancelImportExportJob(_)
@@ -544,6 +592,8 @@ impl Route {
             | GetCertificate(_)
             | ListLinkedHubs
             | GetLinkedHub(_)
+            | ListPolicies(_)
+            | GetPolicy(..)
             | ListDevices
             | GetDevice(_)
             | GetTwin(_)
@@ -606,6 +656,9 @@ impl Route {
             VerifyCertificate(n) => item("certificates", n) + "/verify",
             ListLinkedHubs => "/linkedHubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedHubs", n),
+            ListPolicies(owner) => format!("/{}", owner.collection()),
+            GetPolicy(owner, n) | PutPolicy(owner, n) | DeletePolicy(owner, n) => item(owner.collection(), n),
+            RegeneratePolicyKey(owner, n) => item(owner.collection(), n) + "/regenerateKey",
             ListDevices | BulkDevices => "/devices".into(),
             QueryDevices => "/devices/query".into(),
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
@@ -717,6 +770,10 @@ impl Route {
             VerifyCertificate(n) => item("certificates", n) + "/verify",
             ListLinkedHubs => "/linkedhubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedhubs", n),
+            ListPolicies(owner) => format!("/{}", owner.collection().to_ascii_lowercase()),
+            GetPolicy(owner, n) | PutPolicy(owner, n) | DeletePolicy(owner, n) | RegeneratePolicyKey(owner, n) => {
+                item(&owner.collection().to_ascii_lowercase(), n)
+            }
             ListDevices | QueryDevices | BulkDevices => "/devices".into(),
             GetDevice(id) | PutDevice(id) | DeleteDevice(id) => item("devices", id),
             GetTwin(id) | ReplaceTwin(id) | UpdateTwin(id) => item("twins", id),
@@ -826,6 +883,19 @@ fn resource(segs: &[String]) -> Option<Resource> {
             [h] => Resource::LinkedHub(id(h)?),
             _ => return None,
         },
+        [first, rest @ ..] if is(first, "keys") || is(first, "iotHubKeys") => {
+            let owner = if is(first, "keys") {
+                PolicyOwner::Service
+            } else {
+                PolicyOwner::Hub
+            };
+            match rest {
+                [] => Resource::Policies(owner),
+                [k] => Resource::Policy(owner, id(k)?),
+                [k, r] if is(r, "regenerateKey") => Resource::PolicyKeyRenewal(owner, id(k)?),
+                _ => return None,
+            }
+        }
         [first, rest @ ..] if is(first, "devices") => match rest {
             [] => Resource::Devices,
             [q] if is(q, "query") => Resource::DeviceQuery,
@@ -996,6 +1066,20 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             Method::PUT => Ok(Route::PutLinkedHub(name)),
             Method::DELETE => Ok(Route::DeleteLinkedHub(name)),
             _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::Policies(owner) => match *m {
+            Method::GET => Ok(Route::ListPolicies(owner)),
+            _ => not_allowed(GET),
+        },
+        R::Policy(owner, name) => match *m {
+            Method::GET => Ok(Route::GetPolicy(owner, name)),
+            Method::PUT => Ok(Route::PutPolicy(owner, name)),
+            Method::DELETE => Ok(Route::DeletePolicy(owner, name)),
+            _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::PolicyKeyRenewal(owner, name) => match *m {
+            Method::POST => Ok(Route::RegeneratePolicyKey(owner, name)),
+            _ => not_allowed(POST),
         },
         R::CertificateVerificationCode(name) => match *m {
             Method::POST => Ok(Route::GenerateVerificationCode(name)),

@@ -159,15 +159,8 @@ fn grant_of(conn: &mut Conn, token: &str) -> Result<(String, u64), String> {
         .as_deref()
         .ok_or("the token names no shared access policy (skn)")?;
     let policy = embedded
-        .identity
-        .policies
-        .iter()
-        .find(|p| p.key_name.eq_ignore_ascii_case(name))
-        .filter(|p| {
-            [&p.primary_key, &p.secondary_key]
-                .iter()
-                .any(|k| parsed.verify_signature_raw(k.as_bytes()))
-        })
+        .auth
+        .signed_by(name, |key| parsed.verify_signature_raw(key.as_bytes()))
         .ok_or_else(|| format!("the token is not signed by the hub's policy '{name}'"))?;
     if !policy.has_right(SERVICE_CONNECT) {
         return Err(format!("policy '{}' lacks {SERVICE_CONNECT}", policy.key_name));

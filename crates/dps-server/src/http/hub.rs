@@ -69,6 +69,10 @@ fn rights(route: &Route) -> &'static [&'static str] {
         // Uploaded files are a backend's to read, as a storage account's are.
         ListFiles | GetFile(_) => &[SERVICE_CONNECT, REGISTRY_READ],
         PutConsumerGroup(_) | DeleteConsumerGroup(_) => &[REGISTRY_WRITE],
+        // What a policy may then do is the policy rules' to say (no way up).
+        ListPolicies(_) | GetPolicy(..) | PutPolicy(..) | DeletePolicy(..) | RegeneratePolicyKey(..) => {
+            &[REGISTRY_WRITE]
+        }
         other => unreachable!("not a hub route: {other:?}"),
     }
 }
@@ -77,7 +81,16 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
     // The audience is judged against the names of the hub the request is for, never the Host
     // header: a token for another hub, or signed by another hub's key, is refused.
     let embedded = ctx.embedded_hub();
-    ctx.authorize(&embedded.auth, embedded.hub.names(), &route, rights(&route))?;
+    let caller = ctx.authorize(&embedded.auth, embedded.hub.names(), &route, rights(&route))?;
+    if let Route::ListPolicies(_)
+    | Route::GetPolicy(..)
+    | Route::PutPolicy(..)
+    | Route::DeletePolicy(..)
+    | Route::RegeneratePolicyKey(..) = route
+    {
+        let whose = crate::policies::Whose::Hub(embedded.host_name().to_string());
+        return super::policies::handle(ctx, route, whose, caller).await;
+    }
 
     let hub = embedded.hub.clone();
     let if_match = ctx.if_match().map(str::to_string);

@@ -25,6 +25,7 @@ mod hub;
 mod hub_device;
 pub mod import_export;
 mod operations;
+mod policies;
 mod service;
 pub mod websocket;
 
@@ -362,7 +363,7 @@ impl Ctx<'_> {
         names: impl IntoIterator<Item = &'n str>,
         route: &Route,
         rights: &[&str],
-    ) -> Result<(), ApiError> {
+    ) -> Result<std::sync::Arc<dps_core::auth::SharedAccessPolicy>, ApiError> {
         let hosts = host::audience_hosts(names, self.services.config.https_port);
         authorizer
             .authorize(
@@ -372,7 +373,6 @@ impl Ctx<'_> {
                 &route.audience_path(),
                 rights,
             )
-            .map(|_| ())
             .map_err(ApiError::from)
     }
 }

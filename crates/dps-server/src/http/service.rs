@@ -45,7 +45,12 @@ fn right(route: &Route) -> &'static str {
         | ListLinkedHubs
         | GetLinkedHub(_)
         | PutLinkedHub(_)
-        | DeleteLinkedHub(_) => SERVICE_CONFIG,
+        | DeleteLinkedHub(_)
+        | ListPolicies(_)
+        | GetPolicy(..)
+        | PutPolicy(..)
+        | DeletePolicy(..)
+        | RegeneratePolicyKey(..) => SERVICE_CONFIG,
         other => unreachable!("not a service route: {other:?}"),
     }
 }
@@ -53,7 +58,15 @@ fn right(route: &Route) -> &'static str {
 pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, ApiError> {
     // The audience is judged against this service's own host names, never the Host header.
     let names = ctx.services.config.hostnames.iter().map(String::as_str);
-    ctx.authorize(&ctx.services.dps_auth, names, &route, &[right(&route)])?;
+    let caller = ctx.authorize(&ctx.services.dps_auth, names, &route, &[right(&route)])?;
+    if let Route::ListPolicies(_)
+    | Route::GetPolicy(..)
+    | Route::PutPolicy(..)
+    | Route::DeletePolicy(..)
+    | Route::RegeneratePolicyKey(..) = route
+    {
+        return super::policies::handle(ctx, route, crate::policies::Whose::Service, caller).await;
+    }
 
     let engine = ctx.services.engine.clone();
     let now = ctx.now;

@@ -102,16 +102,29 @@ pub async fn fixture() -> Fixture {
         ..Default::default()
     };
     let blobs = dps_store::BlobStore::open(blob_dir.path(), MAX_UPLOAD).unwrap();
+    let identity = Identity {
+        id_scope: SCOPE.into(),
+        policies: dps_policies.clone(),
+        hub: hub_identity.clone(),
+        other_hubs: Vec::new(),
+    };
+    // The policies are kept in a data directory of their own, as a server keeps them.
+    let data_dir = dps_server::DataDir::new(blob_dir.path().join("data"));
+    std::fs::create_dir_all(data_dir.root()).unwrap();
+    std::fs::write(data_dir.identity_path(), serde_json::to_string(&identity).unwrap()).unwrap();
+    let hubs = EmbeddedHubs::new(EmbeddedHub::new(hub.clone(), hub_identity, Some(blobs)), []);
+    let dps_auth = PolicyAuthorizer::new(dps_policies);
+    let policies = Arc::new(dps_server::policies::PolicyBook::new(
+        dps_server::policies::IdentityKeeper::DataDir(data_dir),
+        dps_auth.clone(),
+        hubs.authorizers(),
+    ));
     let services = Arc::new(Services {
         engine: Arc::new(engine),
-        hubs: EmbeddedHubs::new(EmbeddedHub::new(hub.clone(), hub_identity.clone(), Some(blobs)), []),
-        dps_auth: PolicyAuthorizer::new(dps_policies.clone()),
-        identity: Identity {
-            id_scope: SCOPE.into(),
-            policies: dps_policies,
-            hub: hub_identity,
-            other_hubs: Vec::new(),
-        },
+        hubs,
+        dps_auth,
+        policies,
+        identity,
         config,
         clock: clock.clone(),
         storage_account: None,

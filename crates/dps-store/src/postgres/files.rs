@@ -11,12 +11,17 @@ use super::{PgOpenError, PostgresStore};
 /// The advisory lock held while the shared files are read and updated ("DPSF").
 const FILES_LOCK: i64 = 0x4450_5346;
 
+/// The notice every node hears when the shared files changed (a policy was created, changed
+/// or deleted through one of them): each reads them again.
+pub const FILES_NOTICE: &str = "dps files";
+
 impl PostgresStore {
     /// Runs `update` over the shared files (name → text) and writes back the ones it returns
     /// as created or changed, in one transaction under an advisory lock: nodes starting at once
     /// against a new database create the identity once (the first one in creates it, the others
     /// wait and then find it). `update` runs on a blocking thread (making keys takes time); when
-    /// it fails, nothing is written and its error is returned inside `Ok`.
+    /// it fails, nothing is written and its error is returned inside `Ok`. A change is told to
+    /// every node ([`FILES_NOTICE`]) when it commits.
     pub async fn update_files<T, E, F>(&self, update: F) -> Result<Result<T, E>, PgOpenError>
     where
         F: FnOnce(BTreeMap<String, String>) -> Result<(Vec<(String, String)>, T), E> + Send + 'static,
@@ -52,6 +57,11 @@ impl PostgresStore {
             )
             .await
             .map_err(PgOpenError::Files)?;
+        }
+        if !changed.is_empty() {
+            tx.execute(super::hub::NOTIFY, &[&FILES_NOTICE])
+                .await
+                .map_err(PgOpenError::Files)?;
         }
         tx.commit().await.map_err(PgOpenError::Files)?;
         if !changed.is_empty() {
