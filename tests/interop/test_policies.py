@@ -95,3 +95,60 @@ def test_a_read_only_service_policy_reads_and_cannot_write(server):
             list(client.enrollment.query(query_specification={"query": "*"}))
     finally:
         client.close()
+
+
+def test_the_audit_trail_has_what_the_sdks_did(server):
+    """Registrations made with the Python provisioning SDK (one assigned, one with a wrong key)
+    and a hub device made with the registry manager are in `GET /audit`, as JSON and as JSON
+    lines, with who did what; no key is in it."""
+    import json
+
+    import requests
+    from azure.iot.hub import IoTHubRegistryManager
+
+    from interop_util import SERVICE_API_VERSION, register_device, service_sas, wait_for
+
+    rid = unique_id("audited")
+    key = random_key()
+    server.cli("enrollment", "create", "--registration-id", rid, "--primary-key", key)
+    assert register_device(server, rid, key).status == "assigned"
+    with pytest.raises(Exception):
+        register_device(server, rid, random_key())
+    device = unique_id("audited-dev")
+    IoTHubRegistryManager.from_connection_string(server.hub_connection_string).create_device_with_sas(
+        device, random_key(), random_key(), "enabled"
+    )
+
+    def audit(accept: str = "application/json", **params):
+        return requests.get(
+            f"https://{server.service_host}/audit",
+            params={"api-version": SERVICE_API_VERSION, **params},
+            headers={
+                "Authorization": service_sas(server.service_host, server.service_key, server.service_policy),
+                "Accept": accept,
+            },
+            verify=server.ca_path,
+            timeout=15,
+        )
+
+    def attempts():
+        answer = audit(registrationId=rid, kind="registration")
+        assert answer.status_code == 200, answer.text
+        entries = answer.json()
+        return entries if len(entries) >= 2 else None
+
+    entries = wait_for(attempts)
+    assert [e["outcome"] for e in entries] == ["assigned", "unauthorized"], entries
+    assert entries[0]["transport"] == "mqtt" and entries[0]["assignedHub"] == server.hub_host
+    assert entries[1]["errorCode"] == 401000
+
+    lines = audit("application/x-ndjson", kind="change")
+    assert lines.headers["content-type"].startswith("application/x-ndjson")
+    changes = [json.loads(line) for line in lines.text.splitlines()]
+    made = [c for c in changes if c.get("deviceId") == device]
+    assert made and made[0]["operation"] == f"PUT /devices/{device}" and made[0]["api"] == server.hub_host, changes
+    assert made[0]["policy"] == "iothubowner"
+    assert key not in lines.text
+
+    refused = audit(top="0")
+    assert refused.status_code == 400 and "top must be from 1 to 1000" in refused.text

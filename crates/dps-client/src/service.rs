@@ -177,6 +177,26 @@ impl ServiceClient {
         }
     }
 
+    /// `GET /audit`: a page of the audit trail's entries as JSON, filtered by `filter`
+    /// (`since`, `until`, `registrationId`, `outcome`, `kind`, `top`), after the page whose
+    /// answer gave `continuation`; with the continuation of the next page when there may be
+    /// more.
+    pub async fn query_audit(
+        &self,
+        filter: &[(&str, &str)],
+        continuation: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ClientError> {
+        let route = Route::QueryAudit;
+        let headers: Vec<(&str, &str)> = continuation.map(|c| ("x-ms-continuation", c)).into_iter().collect();
+        let reply = self.rest.call(&route, filter, None, &headers).await?;
+        let next = reply
+            .headers
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((typed(&route, reply.body)?, next))
+    }
+
     /// `GET /linkedHubs`: the linked hubs, keys redacted.
     pub async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, ClientError> {
         let list: LinkedHubList = call(&self.rest, Route::ListLinkedHubs, None, None).await?;

@@ -331,6 +331,20 @@ pub trait Store: Send + Sync + 'static {
     /// All CA certificates, ordered by lower-cased name (Azure allows 25; no paging needed).
     async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError>;
 
+    /// Appends audit entries (their `sequence` is the store's to give), in one commit;
+    /// returns once they are durable.
+    async fn append_audit(&self, entries: &[crate::audit::AuditEntry]) -> Result<(), StoreError>;
+    /// The audit entries matching `filter`, in sequence order, at most `limit`.
+    async fn query_audit(
+        &self,
+        filter: &crate::audit::AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StoreError>;
+    /// One retention step: removes up to some thousands of the audit entries from before
+    /// `before` (oldest first), so that no step holds the store for long; called again and
+    /// again, it removes them all.
+    async fn prune_audit(&self, before: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError>;
+
     /// Every linked hub, ordered by lower-cased name (Azure allows 50; no paging needed).
     async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError>;
     /// Creates or replaces the linked hub named `hub.name` (case-insensitive).

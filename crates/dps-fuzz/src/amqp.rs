@@ -78,6 +78,11 @@ async fn services() -> Arc<Services> {
         hubs,
         dps_auth,
         policies,
+        audit: dps_server::audit::AuditTrail::start(
+            Arc::new(dps_core::store::memory::MemoryStore::new()),
+            std::time::Duration::from_secs(86400),
+            tokio::sync::watch::channel(false).1,
+        ),
         identity: Identity {
             id_scope: ID_SCOPE.into(),
             policies: Vec::new(),

@@ -183,6 +183,9 @@ pub struct Limits {
     /// node left unfinished (it died between the hub write and the record) is finished by
     /// another; longer than any registration takes on a live node.
     pub interrupted_registration_secs: u64,
+    /// Days the audit trail keeps an entry (registration attempts and changes); older ones are
+    /// removed in the background.
+    pub audit_retention_days: u64,
 }
 
 impl Default for Limits {
@@ -201,6 +204,7 @@ impl Default for Limits {
             max_upload_bytes: 256 * 1024 * 1024,
             webhook_timeout_secs: 10,
             interrupted_registration_secs: dps_core::engine::INTERRUPTED_REGISTRATION_AGE.as_secs(),
+            audit_retention_days: 30,
         }
     }
 }
@@ -218,6 +222,7 @@ impl Limits {
             ("max-upload-bytes", self.max_upload_bytes),
             ("webhook-timeout-secs", self.webhook_timeout_secs),
             ("interrupted-registration-secs", self.interrupted_registration_secs),
+            ("audit-retention-days", self.audit_retention_days),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(format!(
@@ -234,6 +239,11 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+
+    /// [`Limits::audit_retention_days`] as a duration.
+    pub fn audit_retention(&self) -> Duration {
+        Duration::from_secs(self.audit_retention_days.saturating_mul(24 * 3600))
     }
 
     /// [`Limits::c2d_ttl_secs`] as a duration.

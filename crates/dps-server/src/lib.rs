@@ -7,6 +7,7 @@
 
 pub mod amqp;
 mod api_error;
+pub mod audit;
 pub mod config;
 pub mod conn_limit;
 mod dps_device;
@@ -69,6 +70,8 @@ pub struct Services {
     pub identity: Identity,
     /// The service's and the hubs' policies, changed while the server runs.
     pub policies: Arc<policies::PolicyBook>,
+    /// Where registration attempts and changes are recorded.
+    pub audit: Arc<audit::AuditTrail>,
     /// Effective configuration.
     pub config: ServerConfig,
     /// Time source (a fake clock in tests).

@@ -260,7 +260,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     for (name, stats) in &storage.stats {
         metrics.watch_store(name, stats.clone());
     }
-    engine.set_observer(Arc::new(crate::observer::ServerObserver::new(metrics.clone())));
+    let (tx, rx) = watch::channel(false);
+    let audit = crate::audit::AuditTrail::start(storage.store.clone(), config.limits.audit_retention(), rx.clone());
+    engine.set_observer(Arc::new(crate::observer::ServerObserver::new(
+        metrics.clone(),
+        audit.clone(),
+    )));
     let hubs = EmbeddedHubs::new(first, hubs);
     let dps_auth = PolicyAuthorizer::new(identity.policies.clone());
     let keeper = match &storage.postgres {
@@ -280,6 +285,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         hubs,
         dps_auth,
         policies,
+        audit,
         identity,
         config: config.clone(),
         clock: Arc::new(SystemClock),
@@ -300,7 +306,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                     .any(|h| h.parse::<std::net::IpAddr>() == Ok(*ip))
         }),
     })?;
-    let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let http_app = crate::http::HttpApp::new(services.clone());
     let connections = ConnectionLimits::new(config.limits.max_connections, config.limits.max_connections_per_ip);

@@ -21,7 +21,8 @@
 //! `dps_hub_method_calls_total{hub}` (this node's); the stores' writers,
 //! `dps_store_transactions_total{store}` (each a durable commit), `dps_store_commands_total`,
 //! `dps_store_failed_transactions_total` and `dps_store_commit_seconds_total` (divided by the
-//! transactions: the mean commit latency).
+//! transactions: the mean commit latency); `dps_audit_dropped_total` (audit entries lost: the
+//! trail's queue was full, or its store failed).
 
 use std::sync::Arc;
 
@@ -110,6 +111,8 @@ pub(crate) type StoreStatsFn = Arc<dyn Fn() -> dps_store::StoreStats + Send + Sy
 struct Readings {
     stores: RwLock<Vec<(&'static str, StoreStatsFn)>>,
     hubs: RwLock<Vec<(String, dps_hub::HubCounters)>>,
+    /// The audit trail's entries lost so far (read at scrape).
+    audit_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Readings {
@@ -193,9 +196,21 @@ impl Collector for Readings {
             "dps_hub_method_calls",
             "Direct-method calls the service made through this node",
             &calls,
+        )?;
+        counters(
+            &mut encoder,
+            "dps_audit_dropped",
+            "Audit entries lost because the trail's queue was full or its store failed",
+            &[(
+                NoLabels {},
+                self.audit_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            )],
         )
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoLabels {}
 
 /// How a TLS handshake ended.
 #[derive(Debug, Clone, Copy)]
@@ -344,6 +359,9 @@ impl Metrics {
 
     /// The metrics in Prometheus' text format, the hubs' counts read now.
     pub(crate) async fn render(&self, services: &crate::Services) -> String {
+        self.readings
+            .audit_dropped
+            .store(services.audit.dropped(), std::sync::atomic::Ordering::Relaxed);
         *self.readings.hubs.write() = services
             .hubs
             .iter()

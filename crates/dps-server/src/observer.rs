@@ -17,13 +17,15 @@ use crate::metrics::Metrics;
 /// The server's observer of its engine.
 pub(crate) struct ServerObserver {
     metrics: Arc<Metrics>,
+    audit: Arc<crate::audit::AuditTrail>,
     refusals: LogLimiter,
 }
 
 impl ServerObserver {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, audit: Arc<crate::audit::AuditTrail>) -> Self {
         Self {
             metrics,
+            audit,
             refusals: LogLimiter::new(Duration::from_millis(100)),
         }
     }
@@ -32,6 +34,7 @@ impl ServerObserver {
 impl Observer for ServerObserver {
     fn registration(&self, attempt: &RegistrationAttempt<'_>) {
         self.metrics.registration(attempt);
+        self.audit.registration(attempt);
         let (code, why) = match &attempt.outcome {
             Ok(state) if matches!(state.status, RegistrationStatus::Failed | RegistrationStatus::Disabled) => (
                 state.error_code.unwrap_or_default(),

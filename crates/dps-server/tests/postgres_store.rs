@@ -812,4 +812,24 @@ async fn a_policy_changed_through_one_node_is_in_force_on_another() {
         .query_enrollments(None)
         .await
         .unwrap();
+
+    // One audit trail: the changes made through each node, read through either.
+    let changes = a
+        .services
+        .audit
+        .query(
+            &dps_core::audit::AuditFilter {
+                kind: Some(dps_core::audit::AuditKind::Change),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    let operations: Vec<_> = changes.iter().filter_map(|c| c.operation.as_deref()).collect();
+    assert_eq!(
+        operations,
+        ["PUT /keys/reader", "POST /keys/reader/regenerateKey"],
+        "{changes:?}"
+    );
 }

@@ -78,6 +78,83 @@ pub(crate) const UPSERT_REGISTRATION: &str = "INSERT INTO registrations (key, gr
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET \
      group_key = excluded.group_key, etag = excluded.etag, doc = excluded.doc";
 
+/// One audit entry as it is stored: indexed columns beside the entry's JSON.
+pub(crate) struct AuditRow {
+    /// Unix milliseconds.
+    pub(crate) at_ms: i64,
+    pub(crate) kind: &'static str,
+    /// The lower-cased registration id, if any.
+    pub(crate) registration_key: Option<String>,
+    /// Lower-cased.
+    pub(crate) outcome: String,
+    pub(crate) doc: String,
+}
+
+impl AuditRow {
+    pub(crate) fn of(entry: &dps_core::audit::AuditEntry) -> Result<Self, StoreError> {
+        Ok(Self {
+            at_ms: entry.time.timestamp_millis(),
+            kind: entry.kind.as_str(),
+            registration_key: entry.registration_key(),
+            outcome: entry.outcome.to_ascii_lowercase(),
+            doc: doc(entry)?,
+        })
+    }
+}
+
+pub(crate) const INSERT_AUDIT: &str =
+    "INSERT INTO audit (at_ms, kind, registration_key, outcome, doc) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// Removes up to `?2` entries from before `?1` (Unix ms), oldest first: retention deletes in
+/// bounded steps, never in one long transaction.
+pub(crate) const PRUNE_AUDIT: &str = "DELETE FROM audit WHERE seq IN \
+     (SELECT seq FROM audit WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)";
+
+/// Most entries one retention step removes.
+pub(crate) const PRUNE_AUDIT_STEP: i64 = 20_000;
+
+/// An audit query as both databases bind it: `?1` the sequence to follow, `?2`..`?3` the time
+/// range (Unix ms; the widest when not asked), `?4` the outcome and `?5` the kind (empty: any),
+/// `?6` the limit, and with [`AUDIT_BY_REGISTRATION`] `?7` the registration key. No NULL
+/// parameter: PostgreSQL cannot tell a bare NULL's type.
+pub(crate) struct AuditQuery {
+    pub(crate) after: i64,
+    pub(crate) since: i64,
+    pub(crate) until: i64,
+    pub(crate) outcome: String,
+    pub(crate) kind: String,
+    pub(crate) limit: i64,
+    pub(crate) registration_key: Option<String>,
+}
+
+const AUDIT_WHERE: &str = "seq > ?1 AND at_ms >= ?2 AND at_ms < ?3 AND (?4 = '' OR outcome = ?4) \
+     AND (?5 = '' OR kind = ?5)";
+
+impl AuditQuery {
+    pub(crate) fn of(filter: &dps_core::audit::AuditFilter, limit: usize) -> Self {
+        let ms = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis();
+        Self {
+            after: filter.after.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            since: filter.since.map_or(i64::MIN, ms),
+            until: filter.until.map_or(i64::MAX, ms),
+            outcome: filter.outcome.as_deref().unwrap_or_default().to_ascii_lowercase(),
+            kind: filter.kind.map(|k| k.as_str()).unwrap_or_default().to_string(),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            registration_key: filter.registration_id.as_deref().map(dps_proto::registration_id::key),
+        }
+    }
+
+    /// The SQL: by the registration's index when one is named.
+    pub(crate) fn sql(&self) -> String {
+        match self.registration_key {
+            Some(_) => format!(
+                "SELECT seq, doc FROM audit WHERE registration_key = ?7 AND {AUDIT_WHERE} ORDER BY seq LIMIT ?6"
+            ),
+            None => format!("SELECT seq, doc FROM audit WHERE {AUDIT_WHERE} ORDER BY seq LIMIT ?6"),
+        }
+    }
+}
+
 /// One write. Documents arrive already serialised: JSON encoding runs on the callers' threads,
 /// in parallel, keeping the single writer's critical path to SQL only.
 pub(crate) enum Op {
@@ -111,6 +188,10 @@ pub(crate) enum Op {
     DeleteIntent { operation_id: String },
     /// Marks a registration record for reprovisioning, in place (`NotFound` when absent).
     RequestReprovision { key: String },
+    /// Appends audit entries.
+    AppendAudit { rows: Vec<AuditRow> },
+    /// One retention step: removes up to [`PRUNE_AUDIT_STEP`] entries from before `before_ms`.
+    PruneAudit { before_ms: i64 },
     /// Test hook: tells the test it is running, then blocks the writer (inside its transaction)
     /// until released, so the test can queue a batch deterministically.
     #[cfg(test)]
@@ -233,6 +314,9 @@ pub(crate) trait Documents: Send + Sync + 'static {
         after: Option<String>,
         limit: usize,
     ) -> Result<Vec<T>, StoreError>;
+
+    /// The audit entries `query` selects: (sequence, JSON) in sequence order.
+    async fn audit_page(&self, query: AuditQuery) -> Result<Vec<(i64, String)>, StoreError>;
 
     /// A page of the registrations made through the group with key `group`, in key order.
     async fn list_by_group<T: DeserializeOwned + Send + 'static>(
@@ -451,6 +535,40 @@ macro_rules! store_over_documents {
                         table: Table::LinkedHubs,
                         key: key(name),
                         cond: WriteCondition::Any,
+                    })
+                    .await
+                }
+
+                async fn append_audit(&self, entries: &[dps_core::audit::AuditEntry]) -> Result<(), StoreError> {
+                    if entries.is_empty() {
+                        return Ok(());
+                    }
+                    let rows = entries
+                        .iter()
+                        .map($crate::documents::AuditRow::of)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.write(Op::AppendAudit { rows }).await
+                }
+
+                async fn query_audit(
+                    &self,
+                    filter: &dps_core::audit::AuditFilter,
+                    limit: usize,
+                ) -> Result<Vec<dps_core::audit::AuditEntry>, StoreError> {
+                    let page = self.audit_page($crate::documents::AuditQuery::of(filter, limit)).await?;
+                    page.into_iter()
+                        .map(|(seq, text)| {
+                            let mut entry: dps_core::audit::AuditEntry = serde_json::from_str(&text)
+                                .map_err(|e| $crate::documents::undecodable("audit", &seq.to_string(), e))?;
+                            entry.sequence = u64::try_from(seq).unwrap_or_default();
+                            Ok(entry)
+                        })
+                        .collect()
+                }
+
+                async fn prune_audit(&self, before: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+                    self.write(Op::PruneAudit {
+                        before_ms: before.timestamp_millis(),
                     })
                     .await
                 }

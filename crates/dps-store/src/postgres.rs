@@ -335,6 +335,30 @@ impl Documents for PostgresStore {
         }
     }
 
+    async fn audit_page(&self, q: crate::documents::AuditQuery) -> Result<Vec<(i64, String)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&placeholders(&q.sql())).await.map_err(backend)?;
+        let rows = match &q.registration_key {
+            Some(key) => {
+                client
+                    .query(
+                        &stmt,
+                        &[&q.after, &q.since, &q.until, &q.outcome, &q.kind, &q.limit, key],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(&stmt, &[&q.after, &q.since, &q.until, &q.outcome, &q.kind, &q.limit])
+                    .await
+            }
+        }
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0).map_err(backend)?, row.try_get(1).map_err(backend)?)))
+            .collect()
+    }
+
     async fn list_by_group<T: DeserializeOwned + Send + 'static>(
         &self,
         group: String,

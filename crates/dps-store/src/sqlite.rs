@@ -364,4 +364,8 @@ impl Documents for SqliteStore {
             .read(move |c| reader::list_by_group(c, &group, after.as_deref(), limit))
             .await
     }
+
+    async fn audit_page(&self, query: crate::documents::AuditQuery) -> Result<Vec<(i64, String)>, StoreError> {
+        self.db.readers.read(move |c| reader::audit_page(c, &query)).await
+    }
 }

@@ -101,8 +101,10 @@ async fn upgrades_a_store_without_intents_and_keeps_intents_across_reopen() {
     }
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE registration_intents; DROP TABLE linked_hubs; PRAGMA user_version = 2;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE registration_intents; DROP TABLE linked_hubs; DROP TABLE audit; PRAGMA user_version = 2;",
+        )
+        .unwrap();
     }
     let intent = {
         let store = SqliteStore::open(&path).unwrap();

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod bench;
 mod ca;
 mod certificate;
@@ -63,6 +64,9 @@ enum Command {
     /// The IoT hubs devices may be assigned to (like `az iot dps linked-hub`).
     #[command(subcommand)]
     LinkedHub(linked_hub::LinkedHubCommand),
+    /// The audit trail: registration attempts and changes (list, export as JSON lines).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Shared access policies of the service, or of an embedded hub with --hub-name (like
     /// `az iot dps policy`, `az iot hub policy`).
     #[command(subcommand)]
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
                     Command::Certificate(c) => certificate::run(c).await,
                     Command::LinkedHub(c) => linked_hub::run(c).await,
                     Command::Policy(c) => policy::run(c).await,
+                    Command::Audit(c) => audit::run(c).await,
                     Command::Ca(c) => ca::run(c),
                     Command::Bench(a) => bench::run(a).await,
                     Command::ComputeDeviceKey(a) => device::compute_key(a),

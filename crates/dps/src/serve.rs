@@ -157,6 +157,9 @@ struct LimitArgs {
     /// left unfinished (it died mid-way) is finished by another [default: 60].
     #[arg(long, env = "DPS_INTERRUPTED_REGISTRATION_SECS")]
     interrupted_registration_secs: Option<u64>,
+    /// Days the audit trail keeps registration attempts and changes [default: 30].
+    #[arg(long, env = "DPS_AUDIT_RETENTION_DAYS")]
+    audit_retention_days: Option<u64>,
 }
 
 impl LimitArgs {
@@ -177,7 +180,8 @@ impl LimitArgs {
             c2d_ttl_secs,
             max_upload_bytes,
             webhook_timeout_secs,
-            interrupted_registration_secs
+            interrupted_registration_secs,
+            audit_retention_days
         );
     }
 }

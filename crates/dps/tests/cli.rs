@@ -1191,3 +1191,126 @@ fn policies_are_managed_from_the_cli_and_enforced() {
     let err = s.fail(&["policy", "show", "--pn", "enroll-reader"]);
     assert!(has(&err, codes::PATH_NOT_FOUND), "{err}");
 }
+
+/// `dps audit list|export`: a change is in the trail when its answer comes (who made it, the
+/// operation, the fields sent, the etag); registration attempts follow within moments, the
+/// assigned one with its hub and the refused one with its error; filters by registration id,
+/// kind, outcome and time; an export is JSON lines of the same entries; no key is written.
+#[test]
+fn the_audit_trail_records_registrations_and_changes() {
+    let s = Server::start("127.0.39.23");
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "Audited-1",
+        "--primary-key",
+        KEY1,
+    ]);
+    // A change the trail has by the time the command returns.
+    let changes = s.json(&["audit", "list", "--kind", "change", "--registration-id", "audited-1"]);
+    let change = &changes[0];
+    assert_eq!(change["outcome"], "succeeded", "{changes}");
+    assert_eq!(change["policy"], "provisioningserviceowner");
+    assert_eq!(change["operation"], "PUT /enrollments/Audited-1");
+    assert_eq!(change["status"], 200);
+    assert!(
+        change["fields"].as_array().unwrap().iter().any(|f| f == "attestation"),
+        "{change}"
+    );
+
+    s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "Audited-1",
+        "--symmetric-key",
+        KEY1,
+    ]);
+    s.fail(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "Audited-1",
+        "--symmetric-key",
+        KEY2,
+    ]);
+    let mut attempts = Value::Null;
+    for _ in 0..100 {
+        attempts = s.json(&["audit", "list", "--kind", "registration", "--rid", "AUDITED-1"]);
+        if attempts.as_array().unwrap().len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let attempts = attempts.as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["outcome"], "assigned");
+    assert_eq!(attempts[0]["transport"], "mqtt");
+    assert_eq!(attempts[0]["attestation"], "symmetricKey");
+    assert_eq!(attempts[0]["assignedHub"], "127.0.39.23");
+    assert_eq!(attempts[0]["source"], "127.0.0.1");
+    assert_eq!(attempts[1]["outcome"], "unauthorized");
+    assert_eq!(attempts[1]["errorCode"], 401000, "{:?}", attempts[1]);
+    let refused = s.json(&["audit", "list", "--outcome", "unauthorized"]);
+    assert_eq!(refused.as_array().unwrap().len(), 1);
+    assert!(s.json(&["audit", "list", "--since", "1h"]).as_array().unwrap().len() >= 3);
+    assert!(s
+        .json(&["audit", "list", "--since", "2099-01-01T00:00:00Z"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // A change refused is in the trail too, with its error.
+    let reader = s.json(&["policy", "create", "--pn", "reader", "--rights", "EnrollmentRead"]);
+    let cs = format!(
+        "HostName=127.0.39.23;SharedAccessKeyName=reader;SharedAccessKey={}",
+        reader["primaryKey"].as_str().unwrap()
+    );
+    s.fail(&[
+        "enrollment",
+        "delete",
+        "--registration-id",
+        "Audited-1",
+        "--connection-string",
+        &cs,
+    ]);
+    let mut failed = Value::Null;
+    for _ in 0..100 {
+        failed = s.json(&["audit", "list", "--kind", "change", "--outcome", "failed"]);
+        if !failed.as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(failed[0]["policy"], "reader", "{failed}");
+    assert_eq!(failed[0]["errorCode"], 401001);
+    assert_eq!(failed[0]["operation"], "DELETE /enrollments/Audited-1");
+    let policy = s.json(&["audit", "list", "--kind", "change"]);
+    assert!(
+        policy
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["operation"] == "PUT /keys/reader"),
+        "{policy}"
+    );
+
+    // The export: every entry, one JSON object per line; no key anywhere.
+    let file = s.dir.path().join("audit.jsonl");
+    s.ok(&["audit", "export", "-o", p(&file)]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let all = s.json(&["audit", "list", "--top", "1000"]);
+    assert_eq!(text.lines().count(), all.as_array().unwrap().len());
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).unwrap();
+    }
+    for secret in [KEY1, KEY2, reader["primaryKey"].as_str().unwrap()] {
+        assert!(!text.contains(secret), "a key is in the audit trail");
+    }
+    let table = s.ok(&["audit", "list"]);
+    assert!(
+        table.contains("PUT /enrollments/Audited-1") && table.contains("unauthorized"),
+        "{table}"
+    );
+}

@@ -67,6 +67,106 @@ pub async fn run_all(store: &dyn Store) {
     registration_intents(store).await;
     linked_hubs(store).await;
     reprovision_requests(store).await;
+    audit_trail(store).await;
+}
+
+/// Entries come back in the order appended, each with its sequence, filtered by time,
+/// registration id (any case), outcome and kind, a page continuing after the last; retention
+/// removes the old ones and keeps the sequence going.
+async fn audit_trail(s: &dyn Store) {
+    use crate::audit::{AuditEntry, AuditFilter, AuditKind};
+    let at = |secs: i64| Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap();
+    let attempt = |secs: i64, id: &str, outcome: &str| {
+        let mut e = AuditEntry::new(at(secs), AuditKind::Registration, outcome);
+        e.registration_id = Some(id.into());
+        e.transport = Some("mqtt".into());
+        e
+    };
+    let mut change = AuditEntry::new(at(5), AuditKind::Change, "succeeded");
+    change.policy = Some("provisioningserviceowner".into());
+    change.operation = Some("PUT /enrollments/Audit-1".into());
+    change.registration_id = Some("Audit-1".into());
+    change.fields = vec!["attestation".into(), "provisioningStatus".into()];
+    s.append_audit(&[
+        attempt(1, "Audit-1", "refused"),
+        attempt(2, "audit-2", "assigned"),
+        change.clone(),
+    ])
+    .await
+    .unwrap();
+    s.append_audit(&[attempt(10, "AUDIT-1", "Assigned")]).await.unwrap();
+    s.append_audit(&[]).await.unwrap();
+
+    let all = s.query_audit(&AuditFilter::default(), 100).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].sequence < w[1].sequence), "{all:?}");
+    assert!(all[0].sequence > 0);
+    let mut stored = change.clone();
+    stored.sequence = all[2].sequence;
+    assert_eq!(all[2], stored, "an entry reads back as written");
+
+    let of = |filter: AuditFilter| async move {
+        s.query_audit(&filter, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.time.timestamp() - 1_800_000_000)
+            .collect::<Vec<_>>()
+    };
+    let id = |id: &str| Some(id.to_string());
+    assert_eq!(
+        of(AuditFilter {
+            registration_id: id("audit-1"),
+            ..Default::default()
+        })
+        .await,
+        [1, 5, 10]
+    );
+    assert_eq!(
+        of(AuditFilter {
+            registration_id: id("AUDIT-1"),
+            outcome: id("assigned"),
+            ..Default::default()
+        })
+        .await,
+        [10]
+    );
+    assert_eq!(
+        of(AuditFilter {
+            kind: Some(AuditKind::Change),
+            ..Default::default()
+        })
+        .await,
+        [5]
+    );
+    assert_eq!(
+        of(AuditFilter {
+            since: Some(at(2)),
+            until: Some(at(10)),
+            ..Default::default()
+        })
+        .await,
+        [2, 5]
+    );
+    assert_eq!(
+        of(AuditFilter {
+            after: Some(all[1].sequence),
+            ..Default::default()
+        })
+        .await,
+        [5, 10]
+    );
+    let page = s.query_audit(&AuditFilter::default(), 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+
+    s.prune_audit(at(5)).await.unwrap();
+    assert_eq!(of(AuditFilter::default()).await, [5, 10]);
+    s.append_audit(&[attempt(11, "audit-3", "failed")]).await.unwrap();
+    let after = s.query_audit(&AuditFilter::default(), 100).await.unwrap();
+    assert!(
+        after[2].sequence > all[3].sequence,
+        "the sequence goes on after pruning"
+    );
 }
 
 async fn reprovision_requests(s: &dyn Store) {

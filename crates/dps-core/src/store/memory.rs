@@ -19,6 +19,8 @@ pub struct MemoryStore {
     linked_hubs: RwLock<BTreeMap<String, LinkedHubDescription>>,
     /// Registration intents by operation id (case kept: operation ids are not user input).
     intents: RwLock<BTreeMap<String, RegistrationIntent>>,
+    /// The audit trail, in sequence order, and the last sequence given (kept when pruned).
+    audit: RwLock<(u64, Vec<crate::audit::AuditEntry>)>,
 }
 
 impl MemoryStore {
@@ -39,6 +41,38 @@ fn page<T: Clone>(map: &BTreeMap<String, T>, after: Option<&str>, limit: usize) 
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn append_audit(&self, entries: &[crate::audit::AuditEntry]) -> Result<(), StoreError> {
+        let (last, trail) = &mut *self.audit.write();
+        for entry in entries {
+            *last += 1;
+            let mut entry = entry.clone();
+            entry.sequence = *last;
+            trail.push(entry);
+        }
+        Ok(())
+    }
+
+    async fn query_audit(
+        &self,
+        filter: &crate::audit::AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditEntry>, StoreError> {
+        Ok(self
+            .audit
+            .read()
+            .1
+            .iter()
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_audit(&self, before: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        self.audit.write().1.retain(|e| e.time >= before);
+        Ok(())
+    }
+
     async fn get_enrollment(&self, id: &str) -> Result<Option<IndividualEnrollment>, StoreError> {
         Ok(self.enrollments.read().get(&key(id)).cloned())
     }

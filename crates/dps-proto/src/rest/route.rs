@@ -76,6 +76,8 @@ enum Resource {
     LinkedHubs,
     /// `/linkedHubs/{hostName}`
     LinkedHub(String),
+    /// `/audit`
+    Audit,
     /// `/keys`, `/iotHubKeys` (list)
     Policies(PolicyOwner),
     /// `/keys/{keyName}`, `/iotHubKeys/{keyName}`
@@ -247,6 +249,8 @@ pub enum Route {
     PutLinkedHub(String),
     /// `DELETE /linkedHubs/{hostName}`
     DeleteLinkedHub(String),
+    /// `GET /audit`: the audit trail's entries, filtered (dps's own resource).
+    QueryAudit,
     /// `GET /keys` (the service's) or `GET /iotHubKeys` (a hub's): every shared access policy
     /// (dps's own resource; Azure keeps them in the ARM resource, where these are its paths).
     ListPolicies(PolicyOwner),
@@ -445,7 +449,8 @@ impl Route {
             | ListLinkedHubs
             | GetLinkedHub(_)
             | PutLinkedHub(_)
-            | DeleteLinkedHub(_) => Api::Service,
+            | DeleteLinkedHub(_)
+            | QueryAudit => Api::Service,
             ListPolicies(owner)
             | GetPolicy(owner, _)
             | PutPolicy(owner, _)
@@ -594,6 +599,7 @@ impl Route {
             | GetLinkedHub(_)
             | ListPolicies(_)
             | GetPolicy(..)
+            | QueryAudit
             | ListDevices
             | GetDevice(_)
             | GetTwin(_)
@@ -656,6 +662,7 @@ impl Route {
             VerifyCertificate(n) => item("certificates", n) + "/verify",
             ListLinkedHubs => "/linkedHubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedHubs", n),
+            QueryAudit => "/audit".into(),
             ListPolicies(owner) => format!("/{}", owner.collection()),
             GetPolicy(owner, n) | PutPolicy(owner, n) | DeletePolicy(owner, n) => item(owner.collection(), n),
             RegeneratePolicyKey(owner, n) => item(owner.collection(), n) + "/regenerateKey",
@@ -770,6 +777,7 @@ impl Route {
             VerifyCertificate(n) => item("certificates", n) + "/verify",
             ListLinkedHubs => "/linkedhubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedhubs", n),
+            QueryAudit => "/audit".into(),
             ListPolicies(owner) => format!("/{}", owner.collection().to_ascii_lowercase()),
             GetPolicy(owner, n) | PutPolicy(owner, n) | DeletePolicy(owner, n) | RegeneratePolicyKey(owner, n) => {
                 item(&owner.collection().to_ascii_lowercase(), n)
@@ -883,6 +891,7 @@ fn resource(segs: &[String]) -> Option<Resource> {
             [h] => Resource::LinkedHub(id(h)?),
             _ => return None,
         },
+        [a] if is(a, "audit") => Resource::Audit,
         [first, rest @ ..] if is(first, "keys") || is(first, "iotHubKeys") => {
             let owner = if is(first, "keys") {
                 PolicyOwner::Service
@@ -1066,6 +1075,10 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             Method::PUT => Ok(Route::PutLinkedHub(name)),
             Method::DELETE => Ok(Route::DeleteLinkedHub(name)),
             _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::Audit => match *m {
+            Method::GET => Ok(Route::QueryAudit),
+            _ => not_allowed(GET),
         },
         R::Policies(owner) => match *m {
             Method::GET => Ok(Route::ListPolicies(owner)),

@@ -76,6 +76,7 @@ fn every_route(id: &str) -> Vec<Route> {
         DeletePolicy(PolicyOwner::Hub, s()),
         RegeneratePolicyKey(PolicyOwner::Service, s()),
         ListPolicies(PolicyOwner::Hub),
+        QueryAudit,
         ListDevices,
         QueryDevices,
         BulkDevices,

@@ -15,6 +15,7 @@
 //! Every JSON response has `Content-Type: application/json; charset=utf-8` (Node parses only
 //! those) and ASCII-only JSON. Errors carry `ApiError::details` as body and `x-ms-error-code`.
 
+mod audit;
 mod blob;
 mod deadline;
 mod device;
@@ -266,6 +267,11 @@ pub(crate) struct Ctx<'a> {
     /// When the request's first byte arrived (see [`RequestStart`]).
     started: tokio::time::Instant,
     body: Option<Body>,
+    /// The policy that signed the request, once [`Ctx::authorize`] accepted it (the audit
+    /// trail names it).
+    caller: std::sync::OnceLock<String>,
+    /// The top-level fields of the JSON body read (names only, for the audit trail).
+    fields: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -329,7 +335,12 @@ impl Ctx<'_> {
     /// Parses the body as JSON of type `T`; malformed JSON is a 400 with serde's message.
     pub(crate) async fn json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T, ApiError> {
         let body = self.body().await?;
-        parse_json(&body, what)
+        let value = parse_json(&body, what)?;
+        // Names only: values may be keys.
+        if let Ok(fields) = serde_json::from_slice::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(&body) {
+            self.fields = fields.into_keys().collect();
+        }
+        Ok(value)
     }
 
     /// Parses the body as JSON of type `T` when it is not blank; `None` for an empty body.
@@ -373,6 +384,15 @@ impl Ctx<'_> {
                 &route.audience_path(),
                 rights,
             )
+            .inspect(|policy| {
+                let _ = self.caller.set(policy.key_name.clone());
+            })
+            .inspect_err(|e| {
+                // Signed by the policy, which lacks the right: the trail names it.
+                if let dps_core::Error::InsufficientRights { policy, .. } = e {
+                    let _ = self.caller.set(policy.clone());
+                }
+            })
             .map_err(ApiError::from)
     }
 }
@@ -492,14 +512,73 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
             .get::<RequestStart>()
             .map_or_else(tokio::time::Instant::now, |s| s.0),
         body: Some(body),
+        caller: Default::default(),
+        fields: Vec::new(),
     };
-    match api {
+    let change = crate::audit::is_change(&route).then(|| route.clone());
+    let answer = match api {
         Api::Device => device::handle(&mut ctx, route).await,
         Api::Service => service::handle(&mut ctx, route).await,
         Api::Hub => hub::handle(&mut ctx, route).await,
         Api::HubDevice => hub_device::handle(&mut ctx, route).await,
         Api::Blob => Ok(blob::handle(&mut ctx, route).await),
+    };
+    if let Some(route) = change {
+        // Committed before the answer when the change succeeded; queued when it was refused.
+        let entry = change_entry(&ctx, api, &route, &answer);
+        if entry.status.is_some_and(|s| s < 400) {
+            services.audit.commit(entry).await;
+        } else {
+            services.audit.queue(entry);
+        }
     }
+    answer
+}
+
+/// The audit entry of a change: who, what, the answer, the etags; no body values.
+fn change_entry(
+    ctx: &Ctx<'_>,
+    api: Api,
+    route: &Route,
+    answer: &Result<Response, ApiError>,
+) -> dps_core::audit::AuditEntry {
+    use dps_core::audit::{AuditEntry, AuditKind};
+    let status = match answer {
+        Ok(resp) => resp.status().as_u16(),
+        Err(e) => e.status,
+    };
+    let succeeded = status < 400;
+    let mut entry = AuditEntry::new(
+        ctx.now,
+        AuditKind::Change,
+        if succeeded { "succeeded" } else { "failed" },
+    );
+    entry.policy = ctx.caller.get().cloned();
+    entry.api = Some(match api {
+        Api::Service => "service".to_string(),
+        _ => ctx.embedded_hub().host_name().to_string(),
+    });
+    entry.operation = Some(format!("{} {}", route.method(), route.path()));
+    entry.status = Some(status);
+    entry.registration_id = crate::audit::registration_of(route).map(str::to_string);
+    entry.device_id = crate::audit::device_of(route).map(str::to_string);
+    entry.fields = ctx.fields.clone();
+    entry.if_match = ctx.if_match().map(str::to_string);
+    entry.source = ctx.peer_addr.map(|ip| ip.to_string());
+    match answer {
+        Ok(resp) => {
+            entry.etag = resp
+                .headers()
+                .get(axum::http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        Err(e) => {
+            entry.error_code = Some(e.code);
+            entry.error_message = Some(e.message.clone());
+        }
+    }
+    entry
 }
 
 /// Every API requires a supported `api-version`, as Azure does (the hub registry API too: the

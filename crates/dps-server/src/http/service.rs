@@ -50,7 +50,8 @@ fn right(route: &Route) -> &'static str {
         | GetPolicy(..)
         | PutPolicy(..)
         | DeletePolicy(..)
-        | RegeneratePolicyKey(..) => SERVICE_CONFIG,
+        | RegeneratePolicyKey(..)
+        | QueryAudit => SERVICE_CONFIG,
         other => unreachable!("not a service route: {other:?}"),
     }
 }
@@ -66,6 +67,9 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
     | Route::RegeneratePolicyKey(..) = route
     {
         return super::policies::handle(ctx, route, crate::policies::Whose::Service, caller).await;
+    }
+    if route == Route::QueryAudit {
+        return super::audit::handle(ctx).await;
     }
 
     let engine = ctx.services.engine.clone();

@@ -79,9 +79,10 @@ pub async fn fixture() -> Fixture {
     };
     let hub = Hub::open_with_clock(hub_config, clock.clone()).unwrap();
     let blob_dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn dps_core::Store> = Arc::new(MemoryStore::new());
     let engine = Engine::new(
         EngineConfig::single_hub(SCOPE, HUB_HOST),
-        Arc::new(MemoryStore::new()),
+        store.clone(),
         Arc::new(hub.clone()),
     );
     engine.load().await.unwrap();
@@ -124,6 +125,12 @@ pub async fn fixture() -> Fixture {
         hubs,
         dps_auth,
         policies,
+        // Never told to stop: it stops with the fixture.
+        audit: dps_server::audit::AuditTrail::start(
+            store,
+            std::time::Duration::from_secs(30 * 86400),
+            tokio::sync::watch::channel(false).1,
+        ),
         identity,
         config,
         clock: clock.clone(),

@@ -12,7 +12,8 @@ use tokio_postgres::types::ToSql;
 
 use super::placeholders;
 use crate::documents::{
-    Op, Table, DELETE_INTENT, DELETE_REGISTRATION, SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
+    Op, Table, DELETE_INTENT, DELETE_REGISTRATION, INSERT_AUDIT, PRUNE_AUDIT, PRUNE_AUDIT_STEP,
+    SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
 };
 use crate::hub_documents::{Arg, Statement};
 
@@ -113,6 +114,22 @@ impl super::writer::Operation for Op {
             }
             Op::PutIntent { operation_id, doc } => vec![(UPSERT_INTENT, vec![operation_id.into(), doc.into()])],
             Op::DeleteIntent { operation_id } => vec![(DELETE_INTENT, vec![operation_id.into()])],
+            Op::AppendAudit { rows } => rows
+                .iter()
+                .map(|r| -> Statement<'_> {
+                    (
+                        INSERT_AUDIT,
+                        vec![
+                            r.at_ms.into(),
+                            Arg::Text(r.kind.into()),
+                            Arg::OptText(r.registration_key.as_deref()),
+                            (&r.outcome).into(),
+                            (&r.doc).into(),
+                        ],
+                    )
+                })
+                .collect(),
+            Op::PruneAudit { before_ms } => vec![(PRUNE_AUDIT, vec![(*before_ms).into(), PRUNE_AUDIT_STEP.into()])],
             _ => return None,
         })
     }
@@ -177,7 +194,11 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
                 return Ok(Err(StoreError::NotFound));
             }
         }
-        Op::CommitRegistration { .. } | Op::PutIntent { .. } | Op::DeleteIntent { .. } => {
+        Op::CommitRegistration { .. }
+        | Op::PutIntent { .. }
+        | Op::DeleteIntent { .. }
+        | Op::AppendAudit { .. }
+        | Op::PruneAudit { .. } => {
             unreachable!("run as the statements of Op::pipelined")
         }
         // The SQLite writer's test hooks; the PostgreSQL store's tests do not queue them.

@@ -49,6 +49,11 @@ pub(super) const STORE: Schema = Schema {
             name: "outstanding TPM challenges",
             sql: include_str!("migrations/0003_tpm_challenges.sql"),
         },
+        Migration {
+            version: 4,
+            name: "audit trail",
+            sql: include_str!("migrations/0004_audit.sql"),
+        },
     ],
 };
 

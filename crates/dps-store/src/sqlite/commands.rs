@@ -7,7 +7,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::writer::Operation;
 use super::OrBackend;
 use crate::documents::{
-    Op, Table, DELETE_INTENT, DELETE_REGISTRATION, SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
+    Op, Table, DELETE_INTENT, DELETE_REGISTRATION, INSERT_AUDIT, PRUNE_AUDIT, PRUNE_AUDIT_STEP,
+    SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
 };
 
 /// Sets the flag inside the stored document, so nothing else in it can be overwritten.
@@ -107,6 +108,20 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
             conn.prepare_cached(DELETE_INTENT)
                 .or_backend()?
                 .execute([operation_id])
+                .or_backend()?;
+        }
+        Op::AppendAudit { rows } => {
+            let mut insert = conn.prepare_cached(INSERT_AUDIT).or_backend()?;
+            for r in rows {
+                insert
+                    .execute(params![r.at_ms, r.kind, r.registration_key, r.outcome, r.doc])
+                    .or_backend()?;
+            }
+        }
+        Op::PruneAudit { before_ms } => {
+            conn.prepare_cached(PRUNE_AUDIT)
+                .or_backend()?
+                .execute(params![before_ms, PRUNE_AUDIT_STEP])
                 .or_backend()?;
         }
         #[cfg(test)]

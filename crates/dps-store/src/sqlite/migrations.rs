@@ -74,6 +74,11 @@ pub(crate) const STORE: Schema = Schema {
             name: "linked hubs",
             sql: include_str!("migrations/0004_linked_hubs.sql"),
         },
+        Migration {
+            version: 5,
+            name: "audit trail",
+            sql: include_str!("migrations/0005_audit.sql"),
+        },
     ],
     adopts_unmarked_files: false,
 };

@@ -242,3 +242,24 @@ pub(crate) fn collect<T: DeserializeOwned, E: Decode>(
     }
     Ok(out)
 }
+
+/// The audit entries `q` selects, as (sequence, JSON).
+pub(crate) fn audit_page(
+    conn: &Connection,
+    q: &crate::documents::AuditQuery,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached(&q.sql()).or_backend()?;
+    let row = |r: &rusqlite::Row<'_>| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?));
+    let rows = match &q.registration_key {
+        Some(key) => stmt.query_map(
+            rusqlite::params![q.after, q.since, q.until, q.outcome, q.kind, q.limit, key],
+            row,
+        ),
+        None => stmt.query_map(
+            rusqlite::params![q.after, q.since, q.until, q.outcome, q.kind, q.limit],
+            row,
+        ),
+    }
+    .or_backend()?;
+    rows.collect::<Result<Vec<_>, _>>().or_backend()
+}
