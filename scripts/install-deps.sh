@@ -10,6 +10,8 @@
 #     TCTI loader; tss-esapi links it through pkg-config), the swtpm TCTI, swtpm + swtpm-tools
 #     (a software TPM per test) and tpm2-tools (for poking at a TPM by hand)
 #   - Node.js and npm for the interop tests with the official Node SDKs (tests/interop/node)
+#   - Chromium (Debian's `chromium`) for the web portal's end-to-end tests, which drive it
+#     headless with playwright-core (tests/interop/test_portal.py)
 #   - the PostgreSQL server (`dps serve --store postgres://…`, issue 15): the tests run a
 #     throwaway cluster of their own (scripts/pg-test-cluster.sh), no system service needed,
 #     with TLS certificates made by the openssl command
@@ -44,6 +46,7 @@ command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
 command -v tpm2_createek >/dev/null 2>&1 || missing+=(tpm2-tools)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 # The test cluster's TLS certificates are made with the openssl command (scripts/pg-test-cluster.sh).
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

@@ -134,6 +134,10 @@ pub struct Identity {
     /// that start did not name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other_hubs: Vec<HubIdentity>,
+    /// The key the web portal signs its session cookies and one-time sign-in links with
+    /// (base64, 32 bytes); made on the first start that lacks one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub portal_key: String,
 }
 
 impl Identity {
@@ -643,6 +647,7 @@ fn init_identity(files: &mut dyn Files, default_hub_host: &str, hub_hosts: &[Str
             policies: vec![policy("provisioningserviceowner", DPS_OWNER_RIGHTS)],
             hub: HubIdentity::new(first, None),
             other_hubs: Vec::new(),
+            portal_key: random_key(),
         };
         for name in names {
             add_hub(&mut id, name);
@@ -651,6 +656,11 @@ fn init_identity(files: &mut dyn Files, default_hub_host: &str, hub_hosts: &[Str
         return Ok((id, true));
     }
     let mut id = load_identity(files)?;
+    if id.portal_key.is_empty() {
+        // A directory from before the portal.
+        id.portal_key = random_key();
+        files.write(IDENTITY_FILE, &to_json(&id))?;
+    }
     if hub_hosts.is_empty() {
         return Ok((id, false));
     }
@@ -686,6 +696,7 @@ fn init_identity(files: &mut dyn Files, default_hub_host: &str, hub_hosts: &[Str
         policies: id.policies.clone(),
         hub: first.clone(),
         other_hubs: hubs.chain(all).collect(),
+        portal_key: id.portal_key.clone(),
     };
     files.write(IDENTITY_FILE, &to_json(&persisted))?;
     let served = Identity {

@@ -25,12 +25,7 @@ use crate::support::{chunk_of, engine, hub, now, HUB_HOST, ID_SCOPE};
 /// only device in the hub stays the fixture's: no input makes the server create another.
 pub fn amqp_connection(data: &[u8]) {
     let (chunk, _, data) = chunk_of(data);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
-    runtime.block_on(async {
+    crate::support::block_on_paused(async {
         let services = services().await;
         let stream = OwnedReplay {
             data: data.to_vec(),
@@ -52,7 +47,7 @@ pub fn amqp_connection(data: &[u8]) {
 
 /// The server's shared state over the in-memory engine and hub: `DEVICE` enrolled with `KEY`
 /// and present in the hub with `KEY`, so seeds with valid tokens reach the links.
-async fn services() -> Arc<Services> {
+pub(crate) async fn services() -> Arc<Services> {
     let hub = hub();
     let engine = engine(&hub);
     enroll_device(&engine).await;
@@ -83,11 +78,13 @@ async fn services() -> Arc<Services> {
             std::time::Duration::from_secs(86400),
             tokio::sync::watch::channel(false).1,
         ),
+        portal: Arc::new(dps_server::portal::Portal::new("")),
         identity: Identity {
             id_scope: ID_SCOPE.into(),
             policies: Vec::new(),
             hub: hub_identity,
             other_hubs: Vec::new(),
+            portal_key: String::new(),
         },
         config,
         clock: Arc::new(FakeClock::at(now())),

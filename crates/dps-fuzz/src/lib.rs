@@ -20,6 +20,7 @@ mod bodies;
 mod json;
 mod mqtt;
 mod pki;
+mod portal;
 mod query;
 mod support;
 mod text;
@@ -29,6 +30,7 @@ pub use amqp_frames::amqp_frames;
 pub use bodies::{hub_body, registration_body, service_body, telemetry_batch};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
 pub use pki::{tpm_public, x509_certificate};
+pub use portal::portal_request;
 pub use query::query;
 pub use text::{blob_request, connection_string, event_selector, registration_id, rest_path, sas_token};
 
@@ -57,4 +59,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("telemetry_batch", telemetry_batch),
     ("blob_request", blob_request),
     ("query", query),
+    ("portal_request", portal_request),
 ];

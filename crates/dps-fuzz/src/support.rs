@@ -55,6 +55,17 @@ pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
     })
 }
 
+/// Runs a future on a fresh current-thread runtime whose time is paused, so every deadline
+/// fires as soon as the work idles; dropping the runtime drops whatever tasks the input left.
+pub(crate) fn block_on_paused<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime")
+        .block_on(f)
+}
+
 /// A byte stream that reads `data` in chunks of at most `chunk` bytes (so parsers see packets
 /// split at arbitrary points, as TCP delivers them) and discards what is written to it.
 pub(crate) struct ReplayStream<'a> {

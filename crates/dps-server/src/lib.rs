@@ -25,6 +25,7 @@ pub mod mqtt;
 mod observer;
 mod outbound;
 pub mod policies;
+pub mod portal;
 pub mod remote_hub;
 pub mod storage_account;
 mod tls;
@@ -72,6 +73,8 @@ pub struct Services {
     pub policies: Arc<policies::PolicyBook>,
     /// Where registration attempts and changes are recorded.
     pub audit: Arc<audit::AuditTrail>,
+    /// The web portal's key, used sign-in links and failed sign-ins.
+    pub portal: Arc<portal::Portal>,
     /// Effective configuration.
     pub config: ServerConfig,
     /// Time source (a fake clock in tests).

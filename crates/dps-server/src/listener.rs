@@ -286,12 +286,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         dps_auth,
         policies,
         audit,
+        portal: Arc::new(crate::portal::Portal::new(&identity.portal_key)),
         identity,
         config: config.clone(),
         clock: Arc::new(SystemClock),
         storage_account,
         metrics,
     });
+
+    let portal = crate::portal::base_url(
+        config.hostnames.first().map_or("localhost", String::as_str),
+        https_addr.port(),
+    );
+    tracing::info!(url = %format!("{portal}/portal/"), "web portal: sign in with a shared access policy's name and key, or once with a link from `dps portal-link`");
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let now = dps_core::Engine::unix_time(services.clock.now());
+        eprintln!(
+            "portal sign-in link (once, within 15 minutes): {}",
+            crate::portal::sign_in_link(&services.identity.portal_key, &portal, now)
+        );
+    }
 
     dir.record_runtime(&crate::datadir::Runtime {
         hostnames: config.hostnames.clone(),

@@ -146,7 +146,21 @@ async fn cloud_to_device_messages_are_delivered_at_least_once_and_survive_a_rest
     // A purge removes what is queued, and says how much.
     drop(m);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    common::hub(&s).send_c2d(DEVICE, &b"three"[..], vec![]).await.unwrap();
+    // Queued through the REST send (dps's own; the portal's "Message to device").
+    let send = format!("/devices/{DEVICE}/messages/deviceBound?api-version=2021-04-12");
+    let message = serde_json::json!({ "body": "three", "properties": { "source": "rest" } });
+    let sent = https(&s, "POST", &send, Some(&sas), Some(&message)).await;
+    assert_eq!(sent.status, 204, "{:?}", sent.body);
+    let nowhere = https(
+        &s,
+        "POST",
+        "/devices/ghost/messages/deviceBound?api-version=2021-04-12",
+        Some(&sas),
+        Some(&message),
+    )
+    .await;
+    assert_eq!(nowhere.status, 404);
+    assert_eq!(https(&s, "POST", &send, None, Some(&message)).await.status, 401);
     let purge = format!("/devices/{DEVICE}/commands?api-version=2021-04-12");
     let purged = https(&s, "DELETE", &purge, Some(&sas), None).await;
     assert_eq!(purged.status, 200, "{:?}", purged.body);

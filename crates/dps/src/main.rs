@@ -15,6 +15,7 @@ mod info;
 mod linked_hub;
 mod output;
 mod policy;
+mod portal;
 mod registration;
 mod remote;
 mod serve;
@@ -64,6 +65,8 @@ enum Command {
     /// The IoT hubs devices may be assigned to (like `az iot dps linked-hub`).
     #[command(subcommand)]
     LinkedHub(linked_hub::LinkedHubCommand),
+    /// A one-time sign-in link to the web portal (as the owner, within 15 minutes).
+    PortalLink(portal::PortalLinkArgs),
     /// The audit trail: registration attempts and changes (list, export as JSON lines).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
                     Command::LinkedHub(c) => linked_hub::run(c).await,
                     Command::Policy(c) => policy::run(c).await,
                     Command::Audit(c) => audit::run(c).await,
+                    Command::PortalLink(a) => portal::run(a),
                     Command::Ca(c) => ca::run(c),
                     Command::Bench(a) => bench::run(a).await,
                     Command::ComputeDeviceKey(a) => device::compute_key(a),

@@ -334,6 +334,9 @@ pub enum Route {
     /// `GET /devices/{id}/messages/deviceBound`: the device's next cloud-to-device message,
     /// locked for it.
     ReceiveC2d(String),
+    /// `POST /devices/{id}/messages/deviceBound`: a backend sends the device a cloud-to-device
+    /// message (dps's own: Azure takes these over AMQP only); `{"body", "properties"}`.
+    SendC2d(String),
     /// `DELETE /devices/{id}/messages/deviceBound/{lockToken}`: complete the message (reject it
     /// with the query parameter `reject`).
     CompleteC2d {
@@ -462,6 +465,7 @@ impl Route {
             ListDevices
             | QueryDevices
             | BulkDevices
+            | SendC2d(_)
             | GetDevice(_)
             | PutDevice(_)
             | DeleteDevice(_)
@@ -574,7 +578,8 @@ impl Route {
             | AbandonC2d { .. }
             | CreateFileUpload(_)
             | CompleteFileUpload { .. }
-            | RegeneratePolicyKey(..) => Method::POST,
+            | RegeneratePolicyKey(..)
+            | SendC2d(_) => Method::POST,
             DeleteEnrollment(_)
             | DeleteGroup(_)
             | DeleteRegistration(_)
@@ -685,7 +690,7 @@ impl Route {
             GetImportExportJob(id) | CancelImportExportJob(id) => item("jobs", id),
             PurgeC2d(id) => item("devices", id) + "/commands",
             SendDeviceEvent(id) => item("devices", id) + "/messages/events",
-            ReceiveC2d(id) => item("devices", id) + "/messages/deviceBound",
+            ReceiveC2d(id) | SendC2d(id) => item("devices", id) + "/messages/deviceBound",
             CompleteC2d { device_id, lock_token } => {
                 item("devices", device_id) + &item("messages/deviceBound", lock_token)
             }
@@ -798,6 +803,7 @@ impl Route {
             CreateImportExportJob | ListImportExportJobs => "/jobs".into(),
             GetImportExportJob(id) | CancelImportExportJob(id) => item("jobs", id),
             PurgeC2d(id) => item("devices", id) + "/commands",
+            SendC2d(id) => item("devices", id) + "/messages/devicebound",
             // Judged by the hub against `{hub}/devices/{id}`, not by a policy.
             SendDeviceEvent(id) | ReceiveC2d(id) => item("devices", id),
             CompleteC2d { device_id, .. } | AbandonC2d { device_id, .. } => item("devices", device_id),
@@ -1187,7 +1193,8 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
         },
         R::DeviceBound(id) => match *m {
             Method::GET => Ok(Route::ReceiveC2d(id)),
-            _ => not_allowed(GET),
+            Method::POST => Ok(Route::SendC2d(id)),
+            _ => not_allowed(GET_POST),
         },
         R::DeviceBoundLock(device_id, lock_token) => match *m {
             Method::DELETE => Ok(Route::CompleteC2d { device_id, lock_token }),

@@ -77,6 +77,7 @@ fn every_route(id: &str) -> Vec<Route> {
         RegeneratePolicyKey(PolicyOwner::Service, s()),
         ListPolicies(PolicyOwner::Hub),
         QueryAudit,
+        SendC2d(s()),
         ListDevices,
         QueryDevices,
         BulkDevices,

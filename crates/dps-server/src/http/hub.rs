@@ -61,6 +61,7 @@ fn rights(route: &Route) -> &'static [&'static str] {
         | MonitorEvents
         | ServiceStatistics
         | PurgeC2d(_)
+        | SendC2d(_)
         | ReceiveFeedback
         | CompleteFeedback(_)
         | AbandonFeedback(_) => &[SERVICE_CONNECT],
@@ -256,6 +257,22 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             })
         }
         Route::MonitorEvents => events::stream(ctx, hub)?,
+        Route::SendC2d(id) => {
+            /// dps's own body: the message text and its application properties.
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Send {
+                #[serde(default)]
+                body: String,
+                #[serde(default)]
+                properties: std::collections::BTreeMap<String, String>,
+            }
+            let send: Send = ctx.json("cloud-to-device message").await?;
+            hub.send_c2d(&id, send.body.into_bytes(), send.properties.into_iter().collect())
+                .await
+                .map_err(c2d_error)?;
+            super::no_content()
+        }
         Route::PurgeC2d(id) => {
             let purged = hub.purge_c2d(&id).await.map_err(c2d_error)?;
             ok(&serde_json::json!({ "deviceId": id, "moduleId": null, "totalMessagesPurged": purged }))

@@ -194,6 +194,15 @@ async fn dispatch(State(services): State<Arc<Services>>, req: Request) -> Respon
     if let Some(answering) = operations::serve(&services, &req) {
         return answering.await;
     }
+    if crate::portal::answers(&req) {
+        return crate::portal::serve(services, req).await;
+    }
+    serve_api(services, req).await
+}
+
+/// Answers a request of the device, service, hub or blob APIs (the portal hands its requests
+/// here, signed as its session's policy).
+pub(crate) async fn serve_api(services: Arc<Services>, req: Request) -> Response {
     let now = services.clock.now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -459,7 +468,7 @@ impl BodyReader {
 
 /// Every name this server answers to on its HTTPS port: the configured host names and every
 /// name of its embedded hubs.
-fn own_names(services: &Services) -> impl Iterator<Item = &str> + Clone {
+pub(crate) fn own_names(services: &Services) -> impl Iterator<Item = &str> + Clone {
     services
         .config
         .hostnames
@@ -469,7 +478,7 @@ fn own_names(services: &Services) -> impl Iterator<Item = &str> + Clone {
 }
 
 /// Refuses a request whose `Host` (or absolute-form authority) is not one of this server's names.
-fn check_host(services: &Services, req: &Request) -> Result<(), ApiError> {
+pub(crate) fn check_host(services: &Services, req: &Request) -> Result<(), ApiError> {
     let header = req.headers().get(HOST).map(|v| v.to_str().unwrap_or("\u{fffd}"));
     host::check_host(
         header,

@@ -108,6 +108,7 @@ pub async fn fixture() -> Fixture {
         policies: dps_policies.clone(),
         hub: hub_identity.clone(),
         other_hubs: Vec::new(),
+        portal_key: dps_server::datadir::random_key(),
     };
     // The policies are kept in a data directory of their own, as a server keeps them.
     let data_dir = dps_server::DataDir::new(blob_dir.path().join("data"));
@@ -131,6 +132,7 @@ pub async fn fixture() -> Fixture {
             std::time::Duration::from_secs(30 * 86400),
             tokio::sync::watch::channel(false).1,
         ),
+        portal: Arc::new(dps_server::portal::Portal::new(&identity.portal_key)),
         identity,
         config,
         clock: clock.clone(),
