@@ -25,7 +25,7 @@ use crate::store::Store;
 
 pub use attestation::{Credential, DeviceRequest, CHALLENGE_TTL_SECS};
 pub use custom_allocation::AllocationWebhook;
-pub use device::Authenticated;
+pub use device::{Authenticated, REGISTRATION_SPAN_TARGET};
 pub use geo::GeoConfig;
 pub use linked_hubs::MAX_LINKED_HUBS;
 pub use observe::{Observer, RegistrationAttempt, Transport};

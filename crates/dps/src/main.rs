@@ -13,6 +13,7 @@ mod enrollment;
 mod hub;
 mod info;
 mod linked_hub;
+mod otel;
 mod output;
 mod policy;
 mod portal;

@@ -104,6 +104,13 @@ pub struct ServeArgs {
     /// log collectors.
     #[arg(long, env = "DPS_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export a trace of every registration over OTLP (HTTP, protobuf) to the collector at this
+    /// base URL (e.g. `http://localhost:4318`; traces go to `/v1/traces`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// PEM CA certificate(s) to trust for an `https` collector besides the system's.
+    #[arg(long, value_name = "FILE")]
+    otlp_ca: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -284,18 +291,35 @@ pub enum LogFormat {
 
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let format = args.log_format;
+    let otlp_endpoint = args.otlp_endpoint.clone();
+    let otlp = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let (endpoint, ca) = (endpoint.clone(), args.otlp_ca.clone());
+            // The blocking HTTP client may not be made on the async threads.
+            Some(tokio::task::spawn_blocking(move || crate::otel::provider(&endpoint, ca.as_deref())).await??)
+        }
+        None => None,
+    };
     let (mut config, log) = args.into_config()?;
     let filter = tracing_subscriber::EnvFilter::try_new(serve_log_filter(&log)).unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => logs.json().init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().boxed(),
         // Escape codes in a file or a journal are noise: colour only for a person at a terminal.
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(otlp.as_ref().map(crate::otel::layer))
+        .init();
+    if let Some(endpoint) = &otlp_endpoint {
+        tracing::info!(endpoint, "registration traces exported over OTLP");
     }
     // Every device connection is a file descriptor; the soft limit a shell hands out (often
     // 1024) would refuse connections long before memory or CPU run out.
@@ -329,6 +353,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
+    if let Some(provider) = otlp {
+        // What is batched goes to the collector before the process ends.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
     Ok(())
 }
 

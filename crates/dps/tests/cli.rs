@@ -1314,3 +1314,97 @@ fn the_audit_trail_records_registrations_and_changes() {
         "{table}"
     );
 }
+
+/// `dps serve --otlp-endpoint`: a registration becomes a trace span sent over OTLP/HTTP
+/// (protobuf) to the collector, named `registration` and carrying the registration id, the
+/// transport and the outcome; the collector here is a bare HTTP listener that keeps what it is
+/// sent.
+#[test]
+fn registrations_are_exported_as_otlp_traces() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::{Arc, Mutex};
+    let collector = std::net::TcpListener::bind("127.0.39.27:4318").unwrap();
+    /// The request lines and bodies the collector was sent.
+    type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Received = Arc::default();
+    let keep = received.clone();
+    std::thread::spawn(move || {
+        for conn in collector.incoming().flatten() {
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        reader.read_line(&mut line).unwrap();
+                        if line.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    keep.lock().unwrap().push((request_line.trim().to_string(), body));
+                    conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+                    )
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let s = Server::start_with("127.0.39.26", &["--otlp-endpoint", "http://127.0.39.27:4318"]);
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "traced-1",
+        "--primary-key",
+        KEY1,
+    ]);
+    s.json(&[
+        "device",
+        "provision",
+        "--registration-id",
+        "traced-1",
+        "--symmetric-key",
+        KEY1,
+    ]);
+    let has = |body: &[u8], what: &str| body.windows(what.len()).any(|w| w == what.as_bytes());
+    let mut found = None;
+    for _ in 0..300 {
+        found = received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, body)| has(body, "traced-1"))
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (request, body) = found.expect("the registration's span reached the collector within 30 s");
+    assert_eq!(request, "POST /v1/traces HTTP/1.1");
+    for expected in [
+        "registration",
+        "registration_id",
+        "mqtt",
+        "assigned",
+        "127.0.39.26",
+        "dps",
+    ] {
+        assert!(has(&body, expected), "the span has no {expected:?}");
+    }
+    assert!(s.log().contains("registration traces exported over OTLP"));
+}

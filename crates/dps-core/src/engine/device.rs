@@ -12,6 +12,10 @@ use dps_proto::model::service::{
     AllocationPolicy, AttestationType, RegistrationState, RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use dps_proto::registration_id;
+
+/// The `tracing` target of the span each registration runs in (what `dps serve
+/// --otlp-endpoint` exports).
+pub const REGISTRATION_SPAN_TARGET: &str = "dps::registration";
 use dps_proto::sas::{hmac_sha256, SasToken};
 use sha2::{Digest, Sha256};
 
@@ -342,12 +346,36 @@ impl Engine {
         body: &DeviceRegistration,
     ) -> Result<Registered, Error> {
         let started = std::time::Instant::now();
-        match self.register_unobserved(now, req, authenticated, body).await {
+        // One span per registration (exported as a trace by `dps serve --otlp-endpoint`), its
+        // outcome recorded when it ends.
+        let span = tracing::info_span!(
+            target: REGISTRATION_SPAN_TARGET,
+            "registration",
+            registration_id = %req.registration_id,
+            transport = req.transport.as_str(),
+            attestation = tracing::field::Empty,
+            status = tracing::field::Empty,
+            error_code = tracing::field::Empty,
+            assigned_hub = tracing::field::Empty,
+        );
+        let registering = self.register_unobserved(now, req, authenticated, body);
+        let outcome = tracing::Instrument::instrument(registering, span.clone()).await;
+        match outcome {
             Ok((registered, (state, attestation))) => {
+                span.record("attestation", attestation.as_str());
+                span.record("status", state.status.as_str());
+                if let Some(code) = state.error_code {
+                    span.record("error_code", code);
+                }
+                if let Some(hub) = &state.assigned_hub {
+                    span.record("assigned_hub", hub.as_str());
+                }
                 self.observe(req, started, Ok((&state, attestation)));
                 Ok(registered)
             }
             Err(e) => {
+                span.record("status", "refused");
+                span.record("error_code", e.code());
                 self.observe(req, started, Err(&e));
                 Err(e)
             }
