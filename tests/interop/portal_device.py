@@ -3,8 +3,9 @@
 
 - ``register {json}``: provisions with a symmetric key; prints ``{"status", "hub", "deviceId"}``
   (or ``{"error"}``).
-- ``listen {json}``: connects to the hub as the device and appends each cloud-to-device
-  message's body to a file, for ``seconds``.
+- ``listen {json}``: connects to the hub as the device, sends one telemetry message, answers
+  direct methods (200, echoing the payload) and appends each cloud-to-device message's body to
+  a file, for ``seconds``.
 """
 
 from __future__ import annotations
@@ -54,8 +55,16 @@ def listen(a: dict) -> dict:
         with open(a["file"], "a") as f:
             f.write(message.data.decode("utf-8", "replace") + "\n")
 
+    def method(request):
+        from azure.iot.device import MethodResponse
+
+        client.send_method_response(MethodResponse.create_from_method_request(request, 200, {"echo": request.payload}))
+
     client.on_message_received = received
+    client.on_method_request_received = method
     client.connect()
+    # Telemetry for the portal's live view, before the file says the device is listening.
+    client.send_message("hello-telemetry")
     with open(a["file"], "a"):
         pass
     try:

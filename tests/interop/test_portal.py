@@ -2,8 +2,9 @@
 `playwright-core` (tests/interop/node/portal_e2e.js) as an operator would use it: sign in;
 create an individual enrollment with a symmetric key and another from an uploaded `.pem`; a
 device registered with the official Python SDK shows in the registration records and the
-device explorer; its twin is edited; it is sent a message, which it receives; its access is
-revoked and it is refused; a read-only policy sees no write action and cannot post. Every
+device explorer; its twin is edited, a direct method answered, its telemetry seen live; it is
+sent a message, which it receives; its access is revoked and it is refused; an enrollment group
+is made and a CA certificate uploaded and verified; a read-only policy sees no write action and cannot post. Every
 page is kept as a screenshot under `tests/interop/artifacts/portal/` (or `$DPS_ARTIFACTS`).
 """
 
@@ -70,6 +71,11 @@ def test_an_operator_manages_devices_through_the_portal(dps_server, artifacts, t
         "symmetricId": unique_id("portal-sym"),
         "x509Id": x509_id,
         "x509Pem": str(tmp_path / f"{x509_id}.pem"),
+        "groupId": unique_id("portal-group"),
+        "dps": str(dps_bin()),
+        "rootPem": str(tmp_path / "root.pem"),
+        "rootKey": str(tmp_path / "root.key"),
+        "verificationPem": str(tmp_path / "verification.pem"),
     }
     proc = subprocess.run(
         ["node", "portal_e2e.js", json.dumps(args)], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
@@ -89,6 +95,8 @@ def test_an_operator_manages_devices_through_the_portal(dps_server, artifacts, t
     assert "assigned" in seen["record"] and dps_server.hub_host in seen["record"], seen["record"]
     assert seen["twin"].get("color") == "blue", seen["twin"]
     assert seen.get("messageReceived"), "the device received the portal's message"
+    assert '"echo"' in seen["method"] and '"delay": 1' in seen["method"], seen["method"]
+    assert seen.get("telemetry") and seen.get("caVerified")
     assert seen["deviceStatus"] == "disabled"
     # The Python SDK raises on a `disabled` registration result ("Unexpected failure"); the
     # server's own record of the attempt says what it answered.
@@ -100,7 +108,8 @@ def test_an_operator_manages_devices_through_the_portal(dps_server, artifacts, t
     assert "lacks" in seen["readerWrite"]["body"]["message"]
     assert seen["noCsrf"] == 403
     shots = sorted(p.name for p in artifacts.iterdir())
-    for page in ["sign-in", "overview", "add-individual-enrollment", "enrollments", "registration-records", "device",
+    for page in ["sign-in", "overview", "add-individual-enrollment", "enrollments", "enrollment-groups",
+                 "registration-records", "device",
                  "device-revoked", "certificates", "linked-hubs", "policies", "overview-phone", "read-only-enrollments"]:
         assert any(name.endswith(f"-{page}.png") for name in shots), f"no screenshot of {page}: {shots}"
 

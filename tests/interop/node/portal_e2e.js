@@ -111,9 +111,22 @@ async function main() {
     seen.twin = await page.evaluate(async ([hub, id]) => (await (await fetch(`/portal/api/hub/${encodeURIComponent(hub)}/twins/${encodeURIComponent(id)}`)).json()).properties.desired, [a.hub, a.symmetricId]);
     await snap(page, 'device');
 
-    step = 'a message is sent to the device, which receives it';
-    for (let i = 0; i < 100 && !fs.existsSync(a.messagesFile); i++) await page.waitForTimeout(100);
+    step = 'a direct method is answered by the device';
+    for (let i = 0; i < 150 && !fs.existsSync(a.messagesFile); i++) await page.waitForTimeout(100);
     await page.waitForTimeout(1000);
+    await page.getByLabel('Method name').fill('reboot');
+    await page.getByLabel('Payload (JSON)').fill('{"delay": 1}');
+    await page.getByRole('button', { name: 'Invoke method' }).click();
+    await page.getByText(/status 200/).waitFor();
+    seen.method = await page.getByText(/status 200/).innerText();
+
+    step = 'the device\'s telemetry shows live';
+    await page.getByRole('button', { name: 'Start' }).click();
+    await page.locator('pre.stream', { hasText: 'hello-telemetry' }).waitFor();
+    seen.telemetry = true;
+    await page.getByRole('button', { name: 'Stop' }).click();
+
+    step = 'a message is sent to the device, which receives it';
     await page.getByLabel('Message body').fill('hello from the portal');
     await page.getByLabel('Message properties').fill('source=portal');
     await page.getByRole('button', { name: 'Send message' }).click();
@@ -132,6 +145,29 @@ async function main() {
     seen.deviceStatus = await page.locator('dl.props dd').nth(1).innerText();
     seen.afterRevoke = device('register', { host: a.host, idScope: seen.idScope, registrationId: a.symmetricId, key, ca: a.ca });
     await snap(page, 'device-revoked');
+
+    step = 'an enrollment group with a symmetric key';
+    await go(page, '#/enrollments/group/new', 'Add enrollment group');
+    await page.getByLabel('Group name').fill(a.groupId);
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByRole('heading', { name: `Enrollment group ${a.groupId}` }).waitFor();
+    await go(page, '#/enrollments/group', 'Manage enrollments');
+    await page.getByRole('link', { name: a.groupId }).waitFor();
+    await snap(page, 'enrollment-groups');
+
+    step = 'a CA certificate is uploaded and verified with proof of possession';
+    await go(page, '#/certificates', 'Certificates');
+    await page.getByLabel('Certificate name').fill('portal-root');
+    await page.getByLabel('Certificate .pem or .cer file').setInputFiles(a.rootPem);
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByRole('cell', { name: 'portal-root', exact: true }).waitFor();
+    await page.getByRole('button', { name: 'Generate verification code' }).click();
+    const code = await page.getByRole('textbox', { name: 'Verification code for portal-root' }).inputValue();
+    execFileSync(a.dps, ['ca', 'issue-verification', '--code', code, '--ca-cert', a.rootPem, '--ca-key', a.rootKey, '--out', a.verificationPem]);
+    await page.getByLabel('Verification certificate for portal-root').setInputFiles(a.verificationPem);
+    await page.getByRole('button', { name: 'Verify' }).click();
+    await page.getByRole('cell', { name: 'Verified', exact: true }).waitFor();
+    seen.caVerified = true;
 
     step = 'the other pages';
     for (const [hash, heading, name] of [

@@ -58,8 +58,8 @@ function errorBox(e) {
 }
 
 function copyField(label, value) {
-  const input = h('input', { type: 'text', readonly: true, value });
-  return field(label, h('div', { class: 'copy' }, input,
+  const input = h('input', { type: 'text', readonly: true, value, id: 'f' + (++ids) });
+  return h('div', { class: 'field' }, h('label', { for: input.id }, label), h('div', { class: 'copy' }, input,
     h('button', { type: 'button', 'aria-label': 'Copy ' + label, onclick: async () => {
       try { await navigator.clipboard.writeText(value); } catch (_) { input.select(); document.execCommand('copy'); }
       toast('Copied ' + label);
