@@ -177,6 +177,10 @@ pub struct RegistrationResult {
     /// Registration record etag.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// The certificate the service issued for the request's CSR
+    /// ([`ProvisioningClient::with_csr`]), then its CA chain: base64 DER, leaf first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_certificate_chain: Option<Vec<String>>,
     /// The complete `registrationState`, for attestation-specific blocks (TPM
     /// `authenticationKey`, X.509 certificate info).
     #[serde(skip)]
@@ -213,6 +217,7 @@ impl RegistrationResult {
             created_date_time_utc: state.created_date_time_utc,
             last_updated_date_time_utc: state.last_updated_date_time_utc,
             etag: state.etag.clone(),
+            issued_certificate_chain: state.issued_certificate_chain.clone(),
             registration_state: state,
         })
     }
@@ -342,6 +347,7 @@ pub struct ProvisioningClient {
     timeout: Duration,
     max_retries: u32,
     sas_ttl: Duration,
+    csr: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for ProvisioningClient {
@@ -373,7 +379,17 @@ impl ProvisioningClient {
             timeout: Duration::from_secs(60),
             max_retries: 3,
             sas_ttl: Duration::from_secs(3600),
+            csr: None,
         }
+    }
+
+    /// Sends a certificate signing request (DER PKCS#10, CN = the registration id) with the
+    /// registration: the service issues the device's certificate by its enrollment's credential
+    /// policy, and [`RegistrationResult::issued_certificate_chain`] carries it
+    /// ([`dps_pki::csr::new_key_and_request`] makes a key and its request).
+    pub fn with_csr(mut self, csr_der: Vec<u8>) -> Self {
+        self.csr = Some(csr_der);
+        self
     }
 
     /// Selects MQTT (default) or HTTPS.
@@ -458,6 +474,7 @@ impl ProvisioningClient {
                 storage_root_key: Some(b64(&keys.storage_root_key)),
             }),
             payload,
+            csr: self.csr.as_deref().map(b64),
             ..Default::default()
         })
         .map_err(|e| ClientError::Protocol(format!("cannot serialize the registration body: {e}")))?;

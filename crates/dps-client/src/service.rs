@@ -9,6 +9,7 @@
 //! not already have.
 
 use dps_proto::model::certificate::{CertificateBody, CertificateResponse, VerificationCertificate};
+use dps_proto::model::credential_policy::{CredentialPolicy, CredentialPolicyBody, CredentialPolicyList};
 use dps_proto::model::hub::{
     BulkRegistryOperationResult, CloudToDeviceMethod, CloudToDeviceMethodResult, ConsumerGroupList, Device,
     EventHubConsumerGroupInfo, ExportImportDevice, Module, RegistryStatistics, ServiceStatistics, Twin,
@@ -221,6 +222,38 @@ impl ServiceClient {
     /// `DELETE /linkedHubs/{name}`.
     pub async fn delete_linked_hub(&self, name: &str) -> Result<(), ClientError> {
         delete(&self.rest, Route::DeleteLinkedHub(name.into()), None).await
+    }
+
+    /// `GET /credentialPolicies`.
+    pub async fn list_credential_policies(&self) -> Result<Vec<CredentialPolicy>, ClientError> {
+        let list: CredentialPolicyList = call(&self.rest, Route::ListCredentialPolicies, None, None).await?;
+        Ok(list.value)
+    }
+
+    /// `GET /credentialPolicies/{name}`.
+    pub async fn get_credential_policy(&self, name: &str) -> Result<CredentialPolicy, ClientError> {
+        call(&self.rest, Route::GetCredentialPolicy(name.into()), None, None).await
+    }
+
+    /// `PUT /credentialPolicies/{name}`: creates the policy (and its CA) or changes it.
+    pub async fn put_credential_policy(
+        &self,
+        name: &str,
+        policy: &CredentialPolicyBody,
+        etag: Option<&str>,
+    ) -> Result<CredentialPolicy, ClientError> {
+        call(
+            &self.rest,
+            Route::PutCredentialPolicy(name.into()),
+            Some(body(policy)?),
+            etag,
+        )
+        .await
+    }
+
+    /// `DELETE /credentialPolicies/{name}`.
+    pub async fn delete_credential_policy(&self, name: &str, etag: Option<&str>) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteCredentialPolicy(name.into()), etag).await
     }
 
     /// `GET /certificates`.

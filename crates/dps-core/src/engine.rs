@@ -3,10 +3,12 @@
 mod absent;
 mod attestation;
 mod certificates;
+mod credential_policies;
 mod custom_allocation;
 mod device;
 mod geo;
 mod groups;
+mod issuance;
 mod linked_hubs;
 mod observe;
 mod recovery;
@@ -225,6 +227,8 @@ pub struct Engine {
     absent: absent::AbsentEnrollments,
     operations: device::OperationCache,
     tpm: tpm::ChallengeCache,
+    /// Credential policies' CAs, loaded once per policy version.
+    issuers: issuance::IssuerCache,
     quotas: crate::quota::Quotas,
     random: Arc<dyn Random>,
     /// Told of every registration attempt and throttled request ([`Engine::set_observer`]).
@@ -245,6 +249,7 @@ impl Engine {
             absent: absent::AbsentEnrollments::default(),
             operations: device::OperationCache::default(),
             tpm: tpm::ChallengeCache::default(),
+            issuers: issuance::IssuerCache::default(),
             quotas,
             random: Arc::new(SystemRandom),
             observer: std::sync::OnceLock::new(),

@@ -143,6 +143,8 @@ pub enum Resource {
     LinkedHub,
     /// A shared access policy (`/sharedAccessPolicies/{name}`).
     SharedAccessPolicy,
+    /// A credential policy (`/credentialPolicies/{name}`).
+    CredentialPolicy,
 }
 
 impl std::fmt::Display for Resource {
@@ -154,6 +156,7 @@ impl std::fmt::Display for Resource {
             Resource::Certificate => "CA certificate",
             Resource::LinkedHub => "linked hub",
             Resource::SharedAccessPolicy => "shared access policy",
+            Resource::CredentialPolicy => "credential policy",
         })
     }
 }
@@ -166,7 +169,7 @@ pub enum InvalidArgument {
     #[error("registration id: {0}")]
     RegistrationId(#[source] IdError),
     /// The id (or name) of a service resource in the path breaks the id rules.
-    #[error("{} {}: {source}", resource, if *.resource == Resource::Certificate { "name" } else { "id" })]
+    #[error("{} {}: {source}", resource, if matches!(.resource, Resource::Certificate | Resource::CredentialPolicy) { "name" } else { "id" })]
     ResourceId {
         /// The resource the id names.
         resource: Resource,
@@ -246,6 +249,29 @@ pub enum InvalidArgument {
         /// What is wrong.
         reason: String,
     },
+    /// A credential policy's settings break a rule (key type, validity, its brought CA); the
+    /// reason names the field.
+    #[error("credential policy '{name}': {reason}")]
+    CredentialPolicy {
+        /// The policy's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An enrollment names a credential policy that does not exist, or names two
+    /// (`credentialPolicyName` and `clientCertificateIssuancePolicy` disagree).
+    #[error("{resource}: {reason}")]
+    EnrollmentCredentialPolicy {
+        /// The enrollment or group.
+        resource: Resource,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A device's certificate signing request cannot be issued for: not a valid request, its
+    /// CN is not the registration id, or its enrollment names no (existing) credential policy;
+    /// the reason says which.
+    #[error("{0}")]
+    CertificateSigningRequest(String),
     /// An enrollment's attestation mechanism is invalid (missing or malformed keys or
     /// certificates, a kind the resource does not support); the reason names the field.
     #[error("{0}")]
@@ -584,6 +610,7 @@ impl Error {
                 Resource::Group => codes::ENROLLMENT_GROUP_NOT_FOUND,
                 Resource::Registration => codes::REGISTRATION_NOT_FOUND,
                 Resource::Certificate => codes::CERTIFICATE_NOT_FOUND,
+                Resource::CredentialPolicy => codes::CREDENTIAL_POLICY_NOT_FOUND,
                 Resource::LinkedHub | Resource::SharedAccessPolicy => codes::PATH_NOT_FOUND,
             },
             Error::AlreadyExists { resource, .. } => match resource {
@@ -593,6 +620,7 @@ impl Error {
                 // write cannot find one; the code is the record's not-found, as it always was.
                 Resource::Registration => codes::REGISTRATION_NOT_FOUND,
                 Resource::Certificate => codes::CERTIFICATE_EXISTS,
+                Resource::CredentialPolicy => codes::CREDENTIAL_POLICY_EXISTS,
                 // Linked hubs and policies are written create-or-replace; no write finds one in
                 // the way.
                 Resource::LinkedHub | Resource::SharedAccessPolicy => codes::ARGUMENT_INVALID,
@@ -602,6 +630,7 @@ impl Error {
                 Resource::Group => codes::ENROLLMENT_GROUP_ETAG_MISMATCH,
                 Resource::Registration => codes::REGISTRATION_ETAG_MISMATCH,
                 Resource::Certificate => codes::CERTIFICATE_ETAG_MISMATCH,
+                Resource::CredentialPolicy => codes::CREDENTIAL_POLICY_ETAG_MISMATCH,
                 Resource::LinkedHub | Resource::SharedAccessPolicy => codes::ARGUMENT_INVALID,
             },
             Error::OperationNotFound { .. } => codes::OPERATION_NOT_FOUND,
@@ -686,7 +715,7 @@ fn throttled_message(t: &Throttled) -> String {
 
 fn exists_message(resource: Resource, id: &str) -> String {
     match resource {
-        Resource::Certificate => {
+        Resource::Certificate | Resource::CredentialPolicy => {
             format!("{resource} '{id}' already exists; send its etag in If-Match (or '*') to replace it")
         }
         _ => format!("{resource} '{id}' already exists; to update it send its current etag in If-Match (or '*')"),
@@ -778,6 +807,7 @@ mod tests {
             Resource::Group,
             Resource::Registration,
             Resource::Certificate,
+            Resource::CredentialPolicy,
         ] {
             out.push(Error::NotFound { resource, id: id() });
             out.push(Error::AlreadyExists { resource, id: id() });

@@ -31,5 +31,6 @@ pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry,
 pub use quota::{QuotaConfig, Quotas};
 pub use random::{Random, SeededRandom, SystemRandom};
 pub use store::{
-    CaCertificateRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition,
+    CaCertificateRecord, CredentialPolicyRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store,
+    StoreError, WriteCondition,
 };

@@ -168,6 +168,45 @@ pub struct CaCertificateRecord {
     pub updated: chrono::DateTime<chrono::Utc>,
 }
 
+/// A credential policy (`/credentialPolicies/{name}`): the CA that issues certificates to devices
+/// that send a CSR when they register, and how. Its CA key is a secret: never shown by the API,
+/// redacted in `Debug`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialPolicyRecord {
+    /// Name as given at creation (case kept; looked up case-insensitively).
+    pub name: String,
+    /// Etag, new on every write.
+    pub etag: String,
+    /// The issuing CA's key type (`P-256`, `P-384`, `RSA-2048`).
+    pub key_type: String,
+    /// Validity of issued device certificates, in days.
+    pub validity_in_days: u32,
+    /// Built in (made by the server) or brought.
+    pub kind: dps_proto::model::credential_policy::CertificateAuthorityKind,
+    /// PEM: the issuing CA's certificate, then the CAs above it.
+    pub ca_certificates: String,
+    /// PEM PKCS#8: the issuing CA's private key.
+    pub ca_key: String,
+    /// Creation time.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for CredentialPolicyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialPolicyRecord")
+            .field("name", &self.name)
+            .field("etag", &self.etag)
+            .field("key_type", &self.key_type)
+            .field("validity_in_days", &self.validity_in_days)
+            .field("kind", &self.kind)
+            .field("ca_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 /// A registration between its first durable step and its record (decision 0009).
 ///
 /// The engine stores it before it writes the device identity to the hub, and the store removes it
@@ -330,6 +369,15 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_certificate(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError>;
     /// All CA certificates, ordered by lower-cased name (Azure allows 25; no paging needed).
     async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError>;
+
+    /// Credential policy by name (case-insensitive).
+    async fn get_credential_policy(&self, name: &str) -> Result<Option<CredentialPolicyRecord>, StoreError>;
+    /// Creates or replaces a credential policy under `cond`.
+    async fn put_credential_policy(&self, p: &CredentialPolicyRecord, cond: &WriteCondition) -> Result<(), StoreError>;
+    /// Deletes a credential policy under `cond`.
+    async fn delete_credential_policy(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError>;
+    /// Every credential policy, ordered by lower-cased name (a few per service; no paging).
+    async fn list_credential_policies(&self) -> Result<Vec<CredentialPolicyRecord>, StoreError>;
 
     /// Appends audit entries (their `sequence` is the store's to give), in one commit;
     /// returns once they are durable.

@@ -374,6 +374,12 @@ fn main() {
         s.put("x509_certificate", &format!("der-{name}"), data);
     }
 
+    // ---- certificate signing requests of every key type devices send
+    for alg in KeyAlgorithm::ALL {
+        let (_, csr) = dps_pki::csr::new_key_and_request(device, alg).expect("a request");
+        s.put("certificate_request", alg.name(), csr);
+    }
+
     // ---- TPM public areas (EK and SRK templates around a 2048-bit modulus)
     let modulus: Vec<u8> = (0..256u32).map(|i| (i * 151 + 7) as u8 | 0x80).collect();
     let ek = RsaPublic::endorsement_template(modulus.clone()).to_tpm2b();

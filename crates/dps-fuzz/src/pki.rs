@@ -1,4 +1,5 @@
-//! Certificates (PEM, base64 and DER; chains as a device presents them) and TPM public areas.
+//! Certificates (PEM, base64 and DER; chains as a device presents them), devices' certificate
+//! signing requests, and TPM public areas.
 
 use dps_pki::chain;
 use dps_pki::info::summarize;
@@ -112,4 +113,32 @@ pub fn tpm_public(data: &[u8]) {
         assert_eq!(key.name().len(), 34, "a SHA-256 name is the algorithm id and 32 bytes");
         let _ = key.rsa_key();
     }
+}
+
+/// A device's certificate signing request, as it arrives (base64 decoded) in `csr` of a
+/// registration: parsed and verified; when accepted, a certificate is issued for it by a fixed
+/// CA and must be for the request's own key, with the subject the issuer chose.
+pub fn certificate_request(data: &[u8]) {
+    use dps_pki::csr::{CertificateRequest, IssuePolicy};
+    static CA: std::sync::OnceLock<dps_pki::ca::LocalCa> = std::sync::OnceLock::new();
+    let Ok(request) = CertificateRequest::parse(data) else {
+        return;
+    };
+    let ca = CA.get_or_init(|| dps_pki::ca::LocalCa::generate("Fuzz Issuing CA").expect("a CA"));
+    let policy = IssuePolicy {
+        common_name: "fuzz-device".into(),
+        validity_days: 30,
+        now: chrono::Utc::now(),
+    };
+    let cert = ca
+        .issue_for_request(&request, &policy)
+        .unwrap_or_else(|e| panic!("an accepted request ({request:?}) was not issued for: {e}"));
+    let issued = dps_pki::x509::parse(&cert).expect("the issued certificate parses");
+    assert_eq!(
+        issued.public_key().subject_public_key.data.as_ref(),
+        request.public_key_bits(),
+        "the certificate is for the request's key"
+    );
+    let summary = summarize(&cert).expect("the issued certificate summarizes");
+    assert_eq!(summary.common_name.as_deref(), Some("fuzz-device"));
 }

@@ -47,16 +47,70 @@ pub enum KeyAlgorithm {
     /// ECDSA on P-256 with SHA-256.
     #[default]
     EcdsaP256,
+    /// ECDSA on P-384 with SHA-384 (what Azure's certificate management issues with).
+    EcdsaP384,
     /// RSA-2048, PKCS#1 v1.5 signatures with SHA-256.
     Rsa2048,
 }
 
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl KeyAlgorithm {
+    /// Every algorithm, in the order menus list them.
+    pub const ALL: [KeyAlgorithm; 3] = [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048];
+
+    /// The name operators know it by: `P-256`, `P-384`, `RSA-2048`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::EcdsaP256 => "P-256",
+            KeyAlgorithm::EcdsaP384 => "P-384",
+            KeyAlgorithm::Rsa2048 => "RSA-2048",
+        }
+    }
+
+    /// The algorithm [`name`](Self::name) names, read leniently (case, `-` and `_` do not
+    /// matter, and an `ECC`/`EC` prefix may stand before a curve): `p256`, `ECC_P384`,
+    /// `rsa2048`.
+    pub fn from_name(name: &str) -> Option<KeyAlgorithm> {
+        let n: String = name
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let n = n.strip_prefix("ecc").or_else(|| n.strip_prefix("ec")).unwrap_or(&n);
+        match n {
+            "p256" | "secp256r1" | "prime256v1" => Some(KeyAlgorithm::EcdsaP256),
+            "p384" | "secp384r1" => Some(KeyAlgorithm::EcdsaP384),
+            "rsa2048" | "rsa" => Some(KeyAlgorithm::Rsa2048),
+            _ => None,
+        }
+    }
+
+    /// The algorithm of a loaded key; `None` for one this PKI does not issue with (Ed25519,
+    /// other RSA sizes still sign as RSA).
+    fn of(key: &KeyPair) -> Option<KeyAlgorithm> {
+        let alg = key.algorithm();
+        if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            Some(KeyAlgorithm::EcdsaP256)
+        } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+            Some(KeyAlgorithm::EcdsaP384)
+        } else if alg == &rcgen::PKCS_RSA_SHA256 {
+            Some(KeyAlgorithm::Rsa2048)
+        } else {
+            None
+        }
+    }
+
     /// A fresh key pair. rcgen (over ring) cannot generate RSA keys, so RSA keys come from the
     /// RustCrypto `rsa` crate and are loaded into rcgen as PKCS#8.
-    fn generate(self) -> Result<KeyPair, PkiError> {
+    pub(crate) fn generate(self) -> Result<KeyPair, PkiError> {
         match self {
             KeyAlgorithm::EcdsaP256 => Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?),
+            KeyAlgorithm::EcdsaP384 => Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?),
             KeyAlgorithm::Rsa2048 => {
                 use rsa::pkcs8::EncodePrivateKey;
                 let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
@@ -75,7 +129,7 @@ impl KeyAlgorithm {
     /// and which verifiers such as mbedTLS check against the suite.
     fn leaf_key_usages(self) -> Vec<KeyUsagePurpose> {
         match self {
-            KeyAlgorithm::EcdsaP256 => vec![KeyUsagePurpose::DigitalSignature],
+            KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => vec![KeyUsagePurpose::DigitalSignature],
             KeyAlgorithm::Rsa2048 => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment],
         }
     }
@@ -236,16 +290,11 @@ impl LocalCa {
         &self,
         request: &DeviceCertificateRequest,
     ) -> Result<IssuedCertificate, PkiError> {
-        if request.validity_days < 1 {
-            return Err(PkiError::InvalidValidity {
-                days: request.validity_days,
-            });
-        }
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, request.common_name.as_str());
+        let mut params = client_params(
+            &request.common_name,
+            request.validity_days,
+            request.key_algorithm.leaf_key_usages(),
+        )?;
         let mut sans: Vec<SanType> = Vec::with_capacity(request.subject_alt_names.len());
         for name in &request.subject_alt_names {
             let san = san_for(name)?;
@@ -254,10 +303,6 @@ impl LocalCa {
             }
         }
         params.subject_alt_names = sans;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = request.key_algorithm.leaf_key_usages();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
         let start = request.valid_from.unwrap_or_else(Utc::now);
         self.set_issued_validity(&mut params, start, request.validity_days);
         let key = request.key_algorithm.generate()?;
@@ -343,6 +388,23 @@ impl LocalCa {
         }
     }
 
+    /// This CA's notAfter (far in the future if unreadable: the CA loaded, so it parsed).
+    pub(crate) fn not_after(&self) -> DateTime<Utc> {
+        crate::x509::parse(&self.cert_der)
+            .ok()
+            .and_then(|c| crate::info::to_chrono(&c.validity().not_after).ok())
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Signs a certificate for `public_key` as `params` describe, with this CA's key.
+    pub(crate) fn sign(
+        &self,
+        params: CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<CertificateDer<'static>, PkiError> {
+        Ok(params.signed_by(public_key, &self.issuer, &self.key)?.der().clone())
+    }
+
     /// The CA certificate as PEM: the file users install as their trust anchor.
     pub fn cert_pem(&self) -> String {
         to_pem("CERTIFICATE", &self.cert_der)
@@ -356,6 +418,11 @@ impl LocalCa {
     /// The CA certificate as DER.
     pub fn cert_der(&self) -> CertificateDer<'static> {
         self.cert_der.clone()
+    }
+
+    /// The algorithm of this CA's key, `None` for a brought key of another kind (Ed25519).
+    pub fn key_algorithm(&self) -> Option<KeyAlgorithm> {
+        KeyAlgorithm::of(&self.key)
     }
 
     /// Issues a TLS server certificate for `hostnames` with a fresh P-256 key; see
@@ -487,6 +554,28 @@ fn san_for(name: &str) -> Result<SanType, PkiError> {
     Ok(SanType::DnsName(ia5))
 }
 
+/// Parameters of a device (TLS client) certificate: subject CN only, `CA:FALSE`, `key_usages`,
+/// EKU clientAuth — what a device presents in the handshake and what the chain check requires of
+/// a leaf — and an authority key identifier so that verifiers find the issuer among renewed
+/// CAs. Validity is the caller's to set; `validity_days` must be at least 1.
+pub(crate) fn client_params(
+    common_name: &str,
+    validity_days: i64,
+    key_usages: Vec<KeyUsagePurpose>,
+) -> Result<CertificateParams, PkiError> {
+    if validity_days < 1 {
+        return Err(PkiError::InvalidValidity { days: validity_days });
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = key_usages;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
 /// Parameters of a CA certificate: `CA:TRUE` (with `path_len` as pathLenConstraint, limiting
 /// the CAs below it), keyCertSign and cRLSign to issue, digitalSignature for OCSP-style uses.
 fn ca_params(common_name: &str, path_len: Option<u8>) -> CertificateParams {
@@ -548,6 +637,22 @@ mod tests {
         assert!(san_matches(&ip, "127.0.0.1"));
         assert!(!san_matches(&ip, "127.0.0.2"));
         assert!(!san_matches(&GeneralName::DNSName("127.0.0.1"), "127.0.0.1"));
+    }
+
+    #[test]
+    fn key_algorithms_by_name_and_by_key() {
+        for alg in KeyAlgorithm::ALL {
+            assert_eq!(KeyAlgorithm::from_name(alg.name()), Some(alg));
+            let ca = LocalCa::generate_with("Alg Root", alg).unwrap();
+            assert_eq!(ca.key_algorithm(), Some(alg));
+            let reloaded = LocalCa::from_pem(&ca.cert_pem(), &ca.key_pem()).unwrap();
+            assert_eq!(reloaded.key_algorithm(), Some(alg));
+        }
+        assert_eq!(KeyAlgorithm::from_name("ECC_P384"), Some(KeyAlgorithm::EcdsaP384));
+        assert_eq!(KeyAlgorithm::from_name("p256"), Some(KeyAlgorithm::EcdsaP256));
+        assert_eq!(KeyAlgorithm::from_name("rsa_2048"), Some(KeyAlgorithm::Rsa2048));
+        assert_eq!(KeyAlgorithm::from_name("p521"), None);
+        assert_eq!(KeyAlgorithm::from_name(""), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   that name the failing link;
 //! - [`ca`] is the local PKI for development and factories: roots, intermediates, server, device
 //!   and proof-of-possession certificates;
+//! - [`csr`] verifies devices' certificate signing requests and issues their certificates;
 //! - [`tls`] builds the rustls configurations of the device/service listeners and of clients;
 //! - [`x509`] reads DER certificates tolerantly (for the crates that need x509-parser's view).
 //!
@@ -23,6 +24,7 @@
 
 pub mod ca;
 pub mod chain;
+pub mod csr;
 pub mod error;
 pub mod info;
 pub mod pem;

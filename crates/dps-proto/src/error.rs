@@ -92,6 +92,8 @@ pub mod codes {
     pub const REGISTRATION_NOT_FOUND: u32 = 404_203;
     /// CA certificate not found.
     pub const CERTIFICATE_NOT_FOUND: u32 = 404_301;
+    /// No credential policy has this name (dps's own resource and number).
+    pub const CREDENTIAL_POLICY_NOT_FOUND: u32 = 404_401;
     /// Operation id unknown (or belongs to another registration).
     pub const OPERATION_NOT_FOUND: u32 = 404_204;
     /// `*` Hub device not found (IoT Hub's DeviceNotFound).
@@ -119,6 +121,8 @@ pub mod codes {
     pub const PRECONDITION_CONCURRENT: u32 = 409_203;
     /// CA certificate already exists (PUT without If-Match).
     pub const CERTIFICATE_EXISTS: u32 = 409_301;
+    /// A credential policy with this name exists already (PUT without If-Match).
+    pub const CREDENTIAL_POLICY_EXISTS: u32 = 409_401;
     /// `*` Hub device already exists (PUT without If-Match; IoT Hub's DeviceAlreadyExists).
     pub const DEVICE_EXISTS: u32 = 409_001;
     /// `*` The device already has a module with this id (PUT without If-Match; IoT Hub's
@@ -134,6 +138,8 @@ pub mod codes {
     pub const REGISTRATION_ETAG_MISMATCH: u32 = 412_203;
     /// If-Match does not match the CA certificate's etag.
     pub const CERTIFICATE_ETAG_MISMATCH: u32 = 412_301;
+    /// If-Match does not match the credential policy's etag.
+    pub const CREDENTIAL_POLICY_ETAG_MISMATCH: u32 = 412_401;
     /// `*` If-Match does not match a hub device, module or twin etag (IoT Hub's PreconditionFailed).
     pub const DEVICE_ETAG_MISMATCH: u32 = 412_001;
     /// A lock token names no locked message (IoT Hub's DeviceMessageLockLost): the message was

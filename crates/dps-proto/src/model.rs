@@ -2,6 +2,7 @@
 //! fields are omitted on output.
 
 pub mod certificate;
+pub mod credential_policy;
 pub mod device;
 pub mod hub;
 pub mod service;

@@ -154,7 +154,8 @@ pub(crate) fn registration_entry(attempt: &RegistrationAttempt<'_>) -> AuditEntr
 }
 
 /// Whether a request on `route` changes something the trail records: enrollments, groups,
-/// registration records, CA certificates, linked hubs, policies, hub devices, twins,
+/// registration records, CA certificates, linked hubs, credential and shared access policies,
+/// hub devices, twins,
 /// modules, jobs, consumer groups. Reads, queries, direct methods and messages are not
 /// changes.
 pub(crate) fn is_change(route: &Route) -> bool {
@@ -175,6 +176,8 @@ pub(crate) fn is_change(route: &Route) -> bool {
             | VerifyCertificate(_)
             | PutLinkedHub(_)
             | DeleteLinkedHub(_)
+            | PutCredentialPolicy(_)
+            | DeleteCredentialPolicy(_)
             | PutPolicy(..)
             | DeletePolicy(..)
             | RegeneratePolicyKey(..)

@@ -16,6 +16,7 @@ pub(crate) enum Table {
     Enrollments,
     Groups,
     Certificates,
+    CredentialPolicies,
     LinkedHubs,
 }
 
@@ -25,6 +26,7 @@ impl Table {
             Table::Enrollments => "enrollments",
             Table::Groups => "enrollment_groups",
             Table::Certificates => "certificates",
+            Table::CredentialPolicies => "credential_policies",
             Table::LinkedHubs => "linked_hubs",
         }
     }
@@ -34,6 +36,7 @@ impl Table {
             Table::Enrollments => "SELECT etag FROM enrollments WHERE key = ?1",
             Table::Groups => "SELECT etag FROM enrollment_groups WHERE key = ?1",
             Table::Certificates => "SELECT etag FROM certificates WHERE key = ?1",
+            Table::CredentialPolicies => "SELECT etag FROM credential_policies WHERE key = ?1",
             Table::LinkedHubs => "SELECT etag FROM linked_hubs WHERE key = ?1",
         }
     }
@@ -52,6 +55,10 @@ impl Table {
                 "INSERT INTO certificates (key, etag, doc) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
             }
+            Table::CredentialPolicies => {
+                "INSERT INTO credential_policies (key, etag, doc) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
+            }
             Table::LinkedHubs => {
                 "INSERT INTO linked_hubs (key, etag, doc) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
@@ -64,6 +71,7 @@ impl Table {
             Table::Enrollments => "DELETE FROM enrollments WHERE key = ?1",
             Table::Groups => "DELETE FROM enrollment_groups WHERE key = ?1",
             Table::Certificates => "DELETE FROM certificates WHERE key = ?1",
+            Table::CredentialPolicies => "DELETE FROM credential_policies WHERE key = ?1",
             Table::LinkedHubs => "DELETE FROM linked_hubs WHERE key = ?1",
         }
     }
@@ -215,6 +223,7 @@ pub(crate) enum Doc {
     Groups,
     Registrations,
     Certificates,
+    CredentialPolicies,
     Intents,
     LinkedHubs,
 }
@@ -226,6 +235,7 @@ impl Doc {
             Doc::Groups => "enrollment_groups",
             Doc::Registrations => "registrations",
             Doc::Certificates => "certificates",
+            Doc::CredentialPolicies => "credential_policies",
             Doc::Intents => "registration_intents",
             Doc::LinkedHubs => "linked_hubs",
         }
@@ -237,6 +247,7 @@ impl Doc {
             Doc::Groups => "SELECT doc FROM enrollment_groups WHERE key = ?1",
             Doc::Registrations => "SELECT doc FROM registrations WHERE key = ?1",
             Doc::Certificates => "SELECT doc FROM certificates WHERE key = ?1",
+            Doc::CredentialPolicies => "SELECT doc FROM credential_policies WHERE key = ?1",
             Doc::Intents => "SELECT doc FROM registration_intents WHERE key = ?1",
             Doc::LinkedHubs => "SELECT doc FROM linked_hubs WHERE key = ?1",
         }
@@ -260,6 +271,10 @@ impl Doc {
             Doc::Certificates => (
                 "SELECT key, doc FROM certificates ORDER BY key LIMIT ?1",
                 "SELECT key, doc FROM certificates WHERE key > ?2 ORDER BY key LIMIT ?1",
+            ),
+            Doc::CredentialPolicies => (
+                "SELECT key, doc FROM credential_policies ORDER BY key LIMIT ?1",
+                "SELECT key, doc FROM credential_policies WHERE key > ?2 ORDER BY key LIMIT ?1",
             ),
             Doc::Intents => (
                 "SELECT key, doc FROM registration_intents ORDER BY key LIMIT ?1",
@@ -344,7 +359,7 @@ macro_rules! store_over_documents {
     ($backend:ty $(; $($extra:tt)*)?) => {
         const _: () = {
             use async_trait::async_trait;
-            use dps_core::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, StoreError, WriteCondition};
+            use dps_core::{CaCertificateRecord, CredentialPolicyRecord, RegistrationIntent, RegistrationRecord, StoreError, WriteCondition};
             use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment, LinkedHubDescription};
             use dps_proto::registration_id::key;
             use $crate::documents::{doc, Doc, Documents, Op, Table, SMALL_TABLE};
@@ -513,6 +528,38 @@ macro_rules! store_over_documents {
 
                 async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError> {
                     self.list(Doc::Certificates, None, SMALL_TABLE).await
+                }
+
+                async fn get_credential_policy(&self, name: &str) -> Result<Option<CredentialPolicyRecord>, StoreError> {
+                    self.get(Doc::CredentialPolicies, key(name)).await
+                }
+
+                async fn put_credential_policy(
+                    &self,
+                    policy: &CredentialPolicyRecord,
+                    cond: &WriteCondition,
+                ) -> Result<(), StoreError> {
+                    self.write(Op::Put {
+                        table: Table::CredentialPolicies,
+                        key: key(&policy.name),
+                        etag: Some(policy.etag.clone()),
+                        doc: doc(policy)?,
+                        cond: cond.clone(),
+                    })
+                    .await
+                }
+
+                async fn delete_credential_policy(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError> {
+                    self.write(Op::Delete {
+                        table: Table::CredentialPolicies,
+                        key: key(name),
+                        cond: cond.clone(),
+                    })
+                    .await
+                }
+
+                async fn list_credential_policies(&self) -> Result<Vec<CredentialPolicyRecord>, StoreError> {
+                    self.list(Doc::CredentialPolicies, None, SMALL_TABLE).await
                 }
 
                 async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError> {

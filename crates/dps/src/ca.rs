@@ -30,6 +30,8 @@ pub enum Alg {
     /// ECDSA P-256.
     #[default]
     P256,
+    /// ECDSA P-384.
+    P384,
     /// RSA-2048.
     Rsa2048,
 }
@@ -38,6 +40,7 @@ impl From<Alg> for KeyAlgorithm {
     fn from(a: Alg) -> Self {
         match a {
             Alg::P256 => KeyAlgorithm::EcdsaP256,
+            Alg::P384 => KeyAlgorithm::EcdsaP384,
             Alg::Rsa2048 => KeyAlgorithm::Rsa2048,
         }
     }
@@ -138,11 +141,20 @@ pub struct IssueVerification {
     pub out: PathBuf,
 }
 
-fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(PathBuf, PathBuf)> {
+/// Writes `{name}.pem` and `{name}.key` in `dir`; the key readable by its owner only.
+pub(crate) fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
     std::fs::write(&c, cert).with_context(|| format!("cannot write {}", c.display()))?;
-    std::fs::write(&k, key).with_context(|| format!("cannot write {}", k.display()))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(
+        &mut opts.open(&k).with_context(|| format!("cannot write {}", k.display()))?,
+        key.as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", k.display()))?;
     Ok((c, k))
 }
 

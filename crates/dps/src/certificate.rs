@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
 use serde_json::Value;
 
-use crate::output::{self, out, s, to_value};
+use crate::output::{self, out, to_value};
 use crate::remote::DpsTarget;
 
 /// `dps certificate …`
@@ -120,29 +120,17 @@ pub async fn run(cmd: CertificateCommand) -> Result<()> {
                 .list_certificates()
                 .await
                 .context("cannot list CA certificates")?;
-            let v = to_value(&list)?;
-            if a.target.server.json {
-                output::json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|items| {
-                        items
-                            .iter()
-                            .map(|c| {
-                                vec![
-                                    s(c, "name"),
-                                    s(c, "properties/subject"),
-                                    s(c, "properties/isVerified"),
-                                    s(c, "properties/expiry"),
-                                    s(c, "properties/thumbprint"),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                output::table(&["NAME", "SUBJECT", "VERIFIED", "EXPIRES", "THUMBPRINT (SHA-1)"], &rows);
-            }
+            output::list(
+                &to_value(&list)?,
+                a.target.server.json,
+                &[
+                    ("NAME", "name"),
+                    ("SUBJECT", "properties/subject"),
+                    ("VERIFIED", "properties/isVerified"),
+                    ("EXPIRES", "properties/expiry"),
+                    ("THUMBPRINT (SHA-1)", "properties/thumbprint"),
+                ],
+            );
         }
         CertificateCommand::Show(a) => {
             let c = a

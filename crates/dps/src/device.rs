@@ -99,6 +99,17 @@ pub struct ProvisionArgs {
     /// The assigned hub's MQTT port [default: the data directory's MQTT port, else 8883].
     #[arg(long)]
     pub hub_port: Option<u16>,
+    /// Ask for an operational certificate: make a key (--csr-key-type) and send a certificate
+    /// signing request with the registration; the enrollment's credential policy issues it. The
+    /// key and the issued chain are written to --issued-dir, and the hub is reached with them.
+    #[arg(long)]
+    pub csr: bool,
+    /// The key type of --csr: P-256 (default), P-384 or RSA-2048.
+    #[arg(long, default_value = "P-256", requires = "csr", value_parser = parse_key_type)]
+    pub csr_key_type: dps_pki::ca::KeyAlgorithm,
+    /// Where --csr writes `{registration id}.issued.pem` (the chain) and `.issued.key`.
+    #[arg(long, default_value = ".", requires = "csr", value_name = "DIR")]
+    pub issued_dir: PathBuf,
     /// Custom allocation payload sent with the registration, as JSON.
     #[arg(long, value_name = "JSON", value_parser = parse_json)]
     pub payload: Option<Value>,
@@ -120,6 +131,10 @@ pub struct ProvisionArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_key_type(s: &str) -> Result<dps_pki::ca::KeyAlgorithm, String> {
+    dps_pki::ca::KeyAlgorithm::from_name(s).ok_or_else(|| format!("'{s}' is not one of P-256, P-384, RSA-2048"))
 }
 
 fn parse_transport(s: &str) -> Result<Transport, String> {
@@ -215,6 +230,14 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     if let Some(p) = port {
         client = client.with_port(p);
     }
+    let csr_key = if a.csr {
+        let (key_pem, csr) = dps_pki::csr::new_key_and_request(&reg_id, a.csr_key_type)
+            .context("cannot make the key and certificate signing request")?;
+        client = client.with_csr(csr);
+        Some(key_pem)
+    } else {
+        None
+    };
     let registration = client.register(a.payload.clone()).await.with_context(|| {
         format!(
             "cannot provision '{}' at {host}:{} ({})",
@@ -236,6 +259,21 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             out!("allocation payload {p}");
         }
     }
+    // With --csr the device goes on with its issued certificate, as a device would.
+    let (provider, issued_files) = match csr_key {
+        None => (provider, None),
+        Some(key_pem) => {
+            let (hub_provider, files) = keep_issued(&a.issued_dir, &reg_id, &registration, &key_pem)?;
+            if !a.json {
+                out!(
+                    "issued certificate saved to {} (key {})",
+                    files.0.display(),
+                    files.1.display()
+                );
+            }
+            (hub_provider, Some(files))
+        }
+    };
     let mut sent = false;
     if !a.no_message {
         let hub_port = a
@@ -273,8 +311,36 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             "registration": registration,
             "transport": transport,
             "messageSent": sent,
+            "issuedCertificatePath": issued_files.as_ref().map(|f| f.0.display().to_string()),
+            "issuedKeyPath": issued_files.as_ref().map(|f| f.1.display().to_string()),
             "message": if sent { Value::String(a.message.clone()) } else { Value::Null },
         }));
     }
     Ok(())
+}
+
+/// Writes the issued chain and its key to `dir` (`{id}.issued.pem`, `{id}.issued.key`, the key
+/// readable by its owner only) and returns the X.509 identity they make, with the file paths.
+fn keep_issued(
+    dir: &std::path::Path,
+    reg_id: &str,
+    registration: &dps_client::RegistrationResult,
+    key_pem: &str,
+) -> Result<(Arc<dyn SecurityProvider>, (PathBuf, PathBuf))> {
+    use base64::Engine as _;
+    let chain = registration
+        .issued_certificate_chain
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| anyhow!("the service issued no certificate for the CSR"))?;
+    let mut pem = String::new();
+    for c in chain {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(c)
+            .context("the issued certificate chain is not base64")?;
+        pem.push_str(&dps_pki::pem::to_pem("CERTIFICATE", &der));
+    }
+    let files = crate::ca::write_pair(dir, &format!("{reg_id}.issued"), &pem, key_pem)?;
+    let provider = X509Provider::from_pem(&pem, key_pem).context("the issued certificate does not load")?;
+    Ok((Arc::new(provider), files))
 }

@@ -173,6 +173,10 @@ pub struct Settings {
     /// Custom allocation: the webhook's API version (e.g. 2021-10-01).
     #[arg(long, requires = "webhook_url")]
     pub api_version: Option<String>,
+    /// The credential policy that issues certificates to devices sending a CSR (`""` on update:
+    /// none).
+    #[arg(long, value_name = "NAME")]
+    pub credential_policy: Option<String>,
 }
 
 /// Individual or group: decides field names and the certificate slot.
@@ -340,6 +344,15 @@ impl Settings {
                 api_version: v.clone(),
             };
             d.insert("customAllocationDefinition".into(), part(&webhook));
+        }
+        if let Some(name) = self.credential_policy.as_deref().map(str::trim) {
+            // One field names it; the older one would only be able to disagree.
+            d.remove("clientCertificateIssuancePolicy");
+            if name.is_empty() {
+                d.remove("credentialPolicyName");
+            } else {
+                d.insert("credentialPolicyName".into(), Value::from(name));
+            }
         }
     }
 
@@ -756,6 +769,11 @@ fn summary(k: Kind, e: &Value) {
     };
     rows.push(("reprovisioning", reprovision));
     rows.push(("webhook", s(e, "customAllocationDefinition/webhookUrl")));
+    let policy = match s(e, "credentialPolicyName") {
+        named if named.is_empty() => s(e, "clientCertificateIssuancePolicy/certificateAuthorityName"),
+        named => named,
+    };
+    rows.push(("credential policy", policy));
     if let Some(reg) = e.get("registrationState") {
         let st = s(reg, "status");
         let text = match st.as_str() {
@@ -802,6 +820,7 @@ mod tests {
             reprovision_policy: Some(ReprovisionArg::Reset),
             webhook_url: Some("https://hook".into()),
             api_version: Some("2021-10-01".into()),
+            credential_policy: Some("fleet-certs".into()),
             ..settings()
         };
         let b = s.create_body(Kind::Enrollment, "dev-1", Some("device-1")).unwrap();
@@ -814,7 +833,8 @@ mod tests {
                 "initialTwin": {"tags": {"site": "a"}, "properties": {"desired": {"fw": "1.0"}}},
                 "iotHubs": ["h1", "h2"], "allocationPolicy": "static", "capabilities": {"iotEdge": true},
                 "reprovisionPolicy": {"updateHubAssignment": true, "migrateDeviceData": false},
-                "customAllocationDefinition": {"webhookUrl": "https://hook", "apiVersion": "2021-10-01"}
+                "customAllocationDefinition": {"webhookUrl": "https://hook", "apiVersion": "2021-10-01"},
+                "credentialPolicyName": "fleet-certs"
             })
         );
     }
@@ -878,5 +898,19 @@ mod tests {
             json!({"type": "tpm", "tpm": {"endorsementKey": "ZWs="}})
         );
         assert_eq!(b["deviceId"], "new");
+        // --credential-policy "" clears both ways of naming one.
+        let clear = Settings {
+            credential_policy: Some(String::new()),
+            ..settings()
+        };
+        let b = clear
+            .update_body(
+                Kind::Group,
+                json!({"enrollmentGroupId": "g", "attestation": {"type": "symmetricKey"},
+                       "credentialPolicyName": "a", "clientCertificateIssuancePolicy": {"certificateAuthorityName": "a"}}),
+                None,
+            )
+            .unwrap();
+        assert!(b.get("credentialPolicyName").is_none() && b.get("clientCertificateIssuancePolicy").is_none());
     }
 }

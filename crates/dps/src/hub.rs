@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::output::{self, out, s, to_value};
+use crate::output::{self, out, to_value};
 
 use crate::remote::HubTarget;
 
@@ -453,27 +453,17 @@ pub async fn run(cmd: HubCommand) -> Result<()> {
                 .list_devices(a.top)
                 .await
                 .context("cannot list devices")?;
-            let v = to_value(&devices)?;
-            if a.target.server.json {
-                output::json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|d| {
-                        vec![
-                            s(d, "deviceId"),
-                            s(d, "status"),
-                            s(d, "connectionState"),
-                            s(d, "authentication/type"),
-                            s(d, "lastActivityTime"),
-                        ]
-                    })
-                    .collect();
-                output::table(&["DEVICE ID", "STATUS", "CONNECTION", "AUTH", "LAST ACTIVITY"], &rows);
-            }
+            output::list(
+                &to_value(&devices)?,
+                a.target.server.json,
+                &[
+                    ("DEVICE ID", "deviceId"),
+                    ("STATUS", "status"),
+                    ("CONNECTION", "connectionState"),
+                    ("AUTH", "authentication/type"),
+                    ("LAST ACTIVITY", "lastActivityTime"),
+                ],
+            );
         }
         HubCommand::Device(DeviceCommand::Show(a)) => {
             let id = &a.device_id;
@@ -778,19 +768,15 @@ async fn module_identity(cmd: ModuleCommand) -> Result<()> {
                 .list_modules(&a.device_id)
                 .await
                 .with_context(|| format!("cannot list the modules of device '{}'", a.device_id))?;
-            let v = to_value(&modules)?;
-            if a.target.server.json {
-                output::json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|m| vec![s(m, "moduleId"), s(m, "connectionState"), s(m, "authentication/type")])
-                    .collect();
-                output::table(&["MODULE ID", "CONNECTION", "AUTH"], &rows);
-            }
+            output::list(
+                &to_value(&modules)?,
+                a.target.server.json,
+                &[
+                    ("MODULE ID", "moduleId"),
+                    ("CONNECTION", "connectionState"),
+                    ("AUTH", "authentication/type"),
+                ],
+            );
         }
     }
     Ok(())
@@ -840,19 +826,11 @@ async fn consumer_group(cmd: ConsumerGroupCommand) -> Result<()> {
                 .list_consumer_groups()
                 .await
                 .context("cannot list consumer groups")?;
-            let v = to_value(&groups.value)?;
-            if a.target.server.json {
-                output::json(&v);
-            } else {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .map(|a| a.as_slice())
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|g| vec![s(g, "name"), s(g, "properties/created")])
-                    .collect();
-                output::table(&["NAME", "CREATED"], &rows);
-            }
+            output::list(
+                &to_value(&groups.value)?,
+                a.target.server.json,
+                &[("NAME", "name"), ("CREATED", "properties/created")],
+            );
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ mod audit;
 mod bench;
 mod ca;
 mod certificate;
+mod credential_policy;
 mod device;
 mod dice;
 mod enrollment;
@@ -63,6 +64,9 @@ enum Command {
     /// CA certificates with proof of possession (like `az iot dps certificate`).
     #[command(subcommand)]
     Certificate(certificate::CertificateCommand),
+    /// Credential policies: the CAs that issue certificates to devices sending a CSR.
+    #[command(subcommand)]
+    CredentialPolicy(credential_policy::CredentialPolicyCommand),
     /// The IoT hubs devices may be assigned to (like `az iot dps linked-hub`).
     #[command(subcommand)]
     LinkedHub(linked_hub::LinkedHubCommand),
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
                     Command::EnrollmentGroup(c) => enrollment::run_group(c).await,
                     Command::Registration(c) => registration::run(c).await,
                     Command::Certificate(c) => certificate::run(c).await,
+                    Command::CredentialPolicy(c) => credential_policy::run(c).await,
                     Command::LinkedHub(c) => linked_hub::run(c).await,
                     Command::Policy(c) => policy::run(c).await,
                     Command::Audit(c) => audit::run(c).await,

@@ -53,6 +53,26 @@ pub fn show(v: &Value, json_out: bool, labelled: &[(&str, &str)]) {
     }
 }
 
+/// A list answer (a JSON array): itself with `--json`, else a table with a column per
+/// `(header, path)` (paths as [`s`] reads them).
+pub fn list(v: &Value, json_out: bool, columns: &[(&str, &str)]) {
+    if json_out {
+        json(v);
+        return;
+    }
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| columns.iter().map(|(_, path)| s(item, path)).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&headers, &rows);
+}
+
 /// Aligned `name  value` lines; empty values are skipped.
 pub fn fields(rows: &[(&str, String)]) {
     let width = rows

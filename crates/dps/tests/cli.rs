@@ -1408,3 +1408,202 @@ fn registrations_are_exported_as_otlp_traces() {
     }
     assert!(s.log().contains("registration traces exported over OTLP"));
 }
+
+/// Issue 17, point 1: credential policies from the CLI, built in and brought; their CA chains
+/// verify with openssl; enrollments name them; the key never shows.
+#[test]
+fn credential_policies_are_managed_from_the_cli() {
+    let s = Server::start("127.0.39.11");
+    let work = tempfile::tempdir().unwrap();
+
+    let built = s.json(&["credential-policy", "create", "--name", "fleet"]);
+    assert_eq!(built["keyType"], "P-256", "{built}");
+    assert_eq!(built["validityInDays"], 30);
+    assert_eq!(built["certificateAuthority"]["kind"], "builtIn");
+    let p384 = s.json(&[
+        "credential-policy",
+        "create",
+        "--name",
+        "fleet-384",
+        "--key-type",
+        "P-384",
+        "--validity-days",
+        "7",
+    ]);
+    assert_eq!(p384["keyType"], "P-384", "{p384}");
+    let err = s.fail(&["credential-policy", "create", "--name", "fleet"]);
+    assert!(has(&err, codes::CREDENTIAL_POLICY_EXISTS), "{err}");
+    let updated = s.json(&[
+        "credential-policy",
+        "update",
+        "--name",
+        "fleet",
+        "--validity-days",
+        "90",
+    ]);
+    assert_eq!(updated["validityInDays"], 90);
+    assert_eq!(updated["certificateAuthority"], built["certificateAuthority"]);
+
+    // openssl trusts the root alone and verifies the issuing CA under it.
+    for (policy, name) in [(&built, "fleet"), (&p384, "fleet-384")] {
+        let chain: Vec<String> = policy["certificateAuthority"]["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                use base64::Engine as _;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(c.as_str().unwrap())
+                    .unwrap();
+                dps_pki::pem::to_pem("CERTIFICATE", &der)
+            })
+            .collect();
+        let issuing = work.path().join(format!("{name}-issuing.pem"));
+        let root = work.path().join(format!("{name}-root.pem"));
+        std::fs::write(&issuing, &chain[0]).unwrap();
+        std::fs::write(&root, &chain[1]).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-x509_strict", "-CAfile", p(&root), p(&issuing)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // A brought CA made with `dps ca`.
+    let dir = p(work.path());
+    s.ok(&["ca", "create-root", "--name", "Contoso Root", "--out-dir", dir]);
+    s.ok(&[
+        "ca",
+        "create-intermediate",
+        "--name",
+        "Contoso Issuing",
+        "--ca-cert",
+        &format!("{dir}/Contoso Root.pem"),
+        "--ca-key",
+        &format!("{dir}/Contoso Root.key"),
+        "--path-len",
+        "0",
+        "--out-dir",
+        dir,
+    ]);
+    let brought = s.json(&[
+        "credential-policy",
+        "create",
+        "--name",
+        "contoso",
+        "--ca-cert",
+        &format!("{dir}/Contoso Issuing.pem"),
+        "--ca-key",
+        &format!("{dir}/Contoso Issuing.key"),
+    ]);
+    assert_eq!(brought["certificateAuthority"]["kind"], "brought", "{brought}");
+    assert!(brought["certificateAuthority"]["subject"]
+        .as_str()
+        .unwrap()
+        .contains("Contoso Issuing"));
+    let shown = s.ok(&["credential-policy", "show", "--name", "contoso", "--json"]);
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+
+    let table = s.ok(&["credential-policy", "list"]);
+    for expected in ["contoso", "fleet", "fleet-384", "P-384", "brought", "builtIn"] {
+        assert!(table.contains(expected), "{expected} missing from:\n{table}");
+    }
+
+    // Enrollments name one; an unknown one is refused with its name.
+    let err = s.fail(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "cert-dev",
+        "--credential-policy",
+        "nope",
+    ]);
+    assert!(err.contains("credential policy 'nope' does not exist"), "{err}");
+    let e = s.json(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        "cert-dev",
+        "--credential-policy",
+        "fleet",
+    ]);
+    assert_eq!(e["credentialPolicyName"], "fleet", "{e}");
+    let shown = s.ok(&["enrollment", "show", "--registration-id", "cert-dev"]);
+    assert!(
+        shown.contains("credential policy") && shown.contains("fleet"),
+        "{shown}"
+    );
+    let g = s.json(&[
+        "enrollment-group",
+        "create",
+        "--group-id",
+        "cert-group",
+        "--credential-policy",
+        "contoso",
+    ]);
+    assert_eq!(g["credentialPolicyName"], "contoso", "{g}");
+
+    s.ok(&["credential-policy", "delete", "--name", "fleet-384"]);
+    let err = s.fail(&["credential-policy", "show", "--name", "fleet-384"]);
+    assert!(has(&err, codes::CREDENTIAL_POLICY_NOT_FOUND), "{err}");
+
+    // Issue 17, point 2: the Rust device client asks for its certificate over each transport,
+    // keeps it, and reaches the hub with it.
+    s.ok(&[
+        "enrollment",
+        "update",
+        "--registration-id",
+        "cert-dev",
+        "--primary-key",
+        KEY1,
+        "--secondary-key",
+        KEY2,
+    ]);
+    let issued = work.path().join("issued");
+    let mut thumbprints = Vec::new();
+    for (transport, key_type) in [("mqtt", "P-256"), ("https", "P-384"), ("amqp", "RSA-2048")] {
+        let out = s.json(&[
+            "device",
+            "provision",
+            "--registration-id",
+            "cert-dev",
+            "--symmetric-key",
+            KEY1,
+            "--transport",
+            transport,
+            "--csr",
+            "--csr-key-type",
+            key_type,
+            "--issued-dir",
+            p(&issued),
+        ]);
+        assert_eq!(out["messageSent"], true, "{transport}: {out}");
+        let cert = out["issuedCertificatePath"].as_str().unwrap().to_string();
+        let key = out["issuedKeyPath"].as_str().unwrap().to_string();
+        assert!(cert.ends_with("cert-dev.issued.pem"), "{cert}");
+        assert_eq!(
+            out["registration"]["issuedCertificateChain"].as_array().unwrap().len(),
+            3
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the key is its owner's only");
+        }
+        // The chain file: the device's certificate for its own key, then the policy's CAs.
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-in", &cert, "-noout", "-subject", "-fingerprint", "-sha256"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout).to_string();
+        assert!(text.contains("CN = cert-dev") || text.contains("CN=cert-dev"), "{text}");
+        thumbprints.push(text);
+        let key_text = std::fs::read_to_string(&key).unwrap();
+        assert!(key_text.contains("PRIVATE KEY"));
+    }
+    thumbprints.dedup();
+    assert_eq!(thumbprints.len(), 3, "each registration issued a new certificate");
+    let hub_device = s.json(&["hub", "device", "show", "--device-id", "cert-dev"]);
+    assert_eq!(hub_device["authentication"]["type"], "selfSigned", "{hub_device}");
+}

@@ -89,6 +89,31 @@ impl Matched {
             Matched::Individual(_) => None,
         }
     }
+
+    /// `individual enrollment 'dev-1'`, `enrollment group 'line-1'`: for messages to the
+    /// device, which has proven it belongs to it.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Matched::Individual(e) => format!("individual enrollment '{}'", e.registration_id),
+            Matched::Group(g) => format!("enrollment group '{}'", g.enrollment_group_id),
+        }
+    }
+
+    /// The credential policy the enrollment names, by either field (an error when the two
+    /// disagree).
+    pub(super) fn credential_policy(&self) -> Result<Option<&str>, String> {
+        let (name, older) = match self {
+            Matched::Individual(e) => (
+                e.credential_policy_name.as_deref(),
+                e.client_certificate_issuance_policy.as_ref(),
+            ),
+            Matched::Group(g) => (
+                g.credential_policy_name.as_deref(),
+                g.client_certificate_issuance_policy.as_ref(),
+            ),
+        };
+        dps_proto::model::service::named_credential_policy(name, older)
+    }
 }
 
 /// The refusal for a SAS token no enrollment accepts ([`SasRefusal::NoMatchingKey`]: one answer

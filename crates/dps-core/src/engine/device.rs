@@ -408,9 +408,23 @@ impl Engine {
                 return Err(e);
             }
         };
+        // Before anything is written: a request that cannot be issued for is refused whole.
+        let issued = match self
+            .issue_for_registration(now, &req.registration_id, body, &attested)
+            .await
+        {
+            Ok(issued) => issued,
+            Err(e) => {
+                self.quotas.refund_registration();
+                return Err(e);
+            }
+        };
         let key = registration_id::key(&req.registration_id);
         let operation_id = new_operation_id(self.random.as_ref(), &key);
-        let final_state = match self.assign(now, req, body, &attested, &operation_id).await {
+        let final_state = match self
+            .assign(now, req, body, &attested, issued.as_ref(), &operation_id)
+            .await
+        {
             Ok(state) => state,
             Err(NotAssigned::Failed(failure)) => *failure,
             // Nothing was decided: the device is told to retry the registration (503 with a
@@ -527,7 +541,11 @@ impl Engine {
             .ok_or_else(|| Error::NoRegistrationRecord {
                 registration_id: req.registration_id.clone(),
             })?;
-        Ok(self.device_view(&record))
+        // Azure answers the issued chain to the registration and its operation only.
+        let mut state = self.device_view(&record);
+        state.issued_certificate_chain = None;
+        state.issued_client_certificate = None;
+        Ok(state)
     }
 
     /// Counts a poll against the device's own quota. Only after the device proved who it is:
@@ -667,6 +685,7 @@ impl Engine {
         req: &DeviceRequest,
         body: &DeviceRegistration,
         attested: &Attested,
+        issued: Option<&super::issuance::Issued>,
         operation_id: &str,
     ) -> Result<RegistrationState, NotAssigned> {
         // The code and message come from the one mapping of causes ([`Error::code`]).
@@ -810,6 +829,8 @@ impl Engine {
             // Kept in the record so a poll after a restart shows them; the service view strips them.
             x509: attested.x509.clone(),
             tpm: attested.tpm.clone(),
+            issued_certificate_chain: issued.filter(|i| !i.older_api).map(|i| i.chain.clone()),
+            issued_client_certificate: issued.filter(|i| i.older_api).and_then(|i| i.chain.first().cloned()),
             ..Default::default()
         };
         let intent = RegistrationIntent {
@@ -817,7 +838,8 @@ impl Engine {
             hub,
             device: DeviceProvisioning {
                 device_id,
-                auth: attested.hub_auth.clone(),
+                // A device that asked for a certificate connects with it.
+                auth: issued.map_or_else(|| attested.hub_auth.clone(), |i| i.hub_auth.clone()),
                 capabilities,
                 initial_twin,
                 twin_policy: if reset { TwinPolicy::Reset } else { TwinPolicy::Keep },

@@ -606,6 +606,12 @@ impl Engine {
         if let Some(d) = e.device_id.as_deref().filter(|d| !d.is_empty()) {
             validate_device_id(d)?;
         }
+        self.check_named_credential_policy(
+            Resource::Enrollment,
+            e.credential_policy_name.as_deref(),
+            e.client_certificate_issuance_policy.as_ref(),
+        )
+        .await?;
         let stored = self.store.get_enrollment(id).await?;
         let cond = prepare_write(self, now, id, &mut e, stored.as_ref(), if_match)?;
         e.registration_state = None;
@@ -694,6 +700,12 @@ impl Engine {
         mut g: EnrollmentGroup,
         if_match: Option<&str>,
     ) -> Result<EnrollmentGroup, Error> {
+        self.check_named_credential_policy(
+            Resource::Group,
+            g.credential_policy_name.as_deref(),
+            g.client_certificate_issuance_policy.as_ref(),
+        )
+        .await?;
         let stored = self.store.get_group(id).await?;
         let cond = prepare_write(self, now, id, &mut g, stored.as_ref(), if_match)?;
         let result = self
@@ -846,6 +858,8 @@ fn service_view(mut state: RegistrationState) -> RegistrationState {
     state.x509 = None;
     state.tpm = None;
     state.symmetric_key = None;
+    state.issued_certificate_chain = None;
+    state.issued_client_certificate = None;
     state
 }
 

@@ -8,7 +8,8 @@ use dps_proto::model::service::{
 };
 
 use super::{
-    CaCertificateRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition,
+    CaCertificateRecord, CredentialPolicyRecord, PreviousAssignment, RegistrationIntent, RegistrationRecord, Store,
+    StoreError, WriteCondition,
 };
 use crate::hub::{DeviceAuth, DeviceProvisioning, TwinPolicy};
 
@@ -64,6 +65,7 @@ pub async fn run_all(store: &dyn Store) {
     failed_preconditions_change_nothing(store).await;
     deleting_a_group_keeps_its_records(store).await;
     certificates(store).await;
+    credential_policies(store).await;
     registration_intents(store).await;
     linked_hubs(store).await;
     reprovision_requests(store).await;
@@ -492,6 +494,68 @@ async fn certificates(s: &dyn Store) {
         Err(StoreError::NotFound)
     );
     assert!(s.list_certificates().await.unwrap().is_empty());
+}
+
+/// Credential policies: created once, replaced and deleted under their etag, found in any case,
+/// listed by name, the CA key kept exactly.
+async fn credential_policies(s: &dyn Store) {
+    use dps_proto::model::credential_policy::CertificateAuthorityKind;
+    let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let policy = |name: &str, etag: &str, days: u32| CredentialPolicyRecord {
+        name: name.into(),
+        etag: etag.into(),
+        key_type: "P-256".into(),
+        validity_in_days: days,
+        kind: CertificateAuthorityKind::BuiltIn,
+        ca_certificates: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        ca_key: "-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n".into(),
+        created: t,
+        updated: t,
+    };
+    assert_eq!(s.get_credential_policy("fleet").await.unwrap(), None);
+    s.put_credential_policy(&policy("Fleet", "p1", 30), &WriteCondition::None)
+        .await
+        .unwrap();
+    s.put_credential_policy(&policy("another", "a1", 7), &WriteCondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.put_credential_policy(&policy("FLEET", "p2", 30), &WriteCondition::None)
+            .await,
+        Err(StoreError::AlreadyExists)
+    );
+    assert_eq!(
+        s.put_credential_policy(&policy("Fleet", "p2", 90), &WriteCondition::Etag("stale".into()))
+            .await,
+        Err(StoreError::EtagMismatch)
+    );
+    s.put_credential_policy(&policy("Fleet", "p2", 90), &WriteCondition::Etag("p1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_credential_policy("fLEET").await.unwrap(),
+        Some(policy("Fleet", "p2", 90))
+    );
+    assert_eq!(
+        s.list_credential_policies().await.unwrap(),
+        vec![policy("another", "a1", 7), policy("Fleet", "p2", 90)]
+    );
+    assert_eq!(
+        s.delete_credential_policy("fleet", &WriteCondition::Etag("p1".into()))
+            .await,
+        Err(StoreError::EtagMismatch)
+    );
+    s.delete_credential_policy("fleet", &WriteCondition::None)
+        .await
+        .unwrap();
+    s.delete_credential_policy("another", &WriteCondition::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.delete_credential_policy("fleet", &WriteCondition::None).await,
+        Err(StoreError::NotFound)
+    );
+    assert!(s.list_credential_policies().await.unwrap().is_empty());
 }
 
 fn intent(operation_id: &str, registration_id: &str) -> RegistrationIntent {

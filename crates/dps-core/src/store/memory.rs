@@ -7,7 +7,10 @@ use dps_proto::model::service::{EnrollmentGroup, IndividualEnrollment, LinkedHub
 use dps_proto::registration_id::key;
 use parking_lot::RwLock;
 
-use super::{CaCertificateRecord, RegistrationIntent, RegistrationRecord, Store, StoreError, WriteCondition};
+use super::{
+    CaCertificateRecord, CredentialPolicyRecord, RegistrationIntent, RegistrationRecord, Store, StoreError,
+    WriteCondition,
+};
 
 /// Ordered maps behind one lock each; fine for tests and small deployments.
 #[derive(Default)]
@@ -16,6 +19,7 @@ pub struct MemoryStore {
     groups: RwLock<BTreeMap<String, EnrollmentGroup>>,
     registrations: RwLock<BTreeMap<String, RegistrationRecord>>,
     certificates: RwLock<BTreeMap<String, CaCertificateRecord>>,
+    credential_policies: RwLock<BTreeMap<String, CredentialPolicyRecord>>,
     linked_hubs: RwLock<BTreeMap<String, LinkedHubDescription>>,
     /// Registration intents by operation id (case kept: operation ids are not user input).
     intents: RwLock<BTreeMap<String, RegistrationIntent>>,
@@ -28,6 +32,50 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+}
+
+/// A named document with an etag (CA certificates, credential policies).
+trait Named: Clone {
+    fn name(&self) -> &str;
+    fn etag(&self) -> &str;
+}
+
+impl Named for CaCertificateRecord {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+impl Named for CredentialPolicyRecord {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+fn put_named<T: Named>(map: &RwLock<BTreeMap<String, T>>, doc: &T, cond: &WriteCondition) -> Result<(), StoreError> {
+    let mut map = map.write();
+    let k = key(doc.name());
+    cond.check_put(map.get(&k).map(Named::etag))?;
+    map.insert(k, doc.clone());
+    Ok(())
+}
+
+fn delete_named<T: Named>(
+    map: &RwLock<BTreeMap<String, T>>,
+    name: &str,
+    cond: &WriteCondition,
+) -> Result<(), StoreError> {
+    let mut map = map.write();
+    let k = key(name);
+    cond.check_delete(map.get(&k).map(Named::etag))?;
+    map.remove(&k);
+    Ok(())
 }
 
 fn page<T: Clone>(map: &BTreeMap<String, T>, after: Option<&str>, limit: usize) -> Vec<T> {
@@ -211,23 +259,31 @@ impl Store for MemoryStore {
     }
 
     async fn put_certificate(&self, c: &CaCertificateRecord, cond: &WriteCondition) -> Result<(), StoreError> {
-        let mut map = self.certificates.write();
-        let k = key(&c.name);
-        cond.check_put(map.get(&k).map(|x| x.etag.as_str()))?;
-        map.insert(k, c.clone());
-        Ok(())
+        put_named(&self.certificates, c, cond)
     }
 
     async fn delete_certificate(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError> {
-        let mut map = self.certificates.write();
-        let k = key(name);
-        cond.check_delete(map.get(&k).map(|x| x.etag.as_str()))?;
-        map.remove(&k);
-        Ok(())
+        delete_named(&self.certificates, name, cond)
     }
 
     async fn list_certificates(&self) -> Result<Vec<CaCertificateRecord>, StoreError> {
         Ok(self.certificates.read().values().cloned().collect())
+    }
+
+    async fn get_credential_policy(&self, name: &str) -> Result<Option<CredentialPolicyRecord>, StoreError> {
+        Ok(self.credential_policies.read().get(&key(name)).cloned())
+    }
+
+    async fn put_credential_policy(&self, p: &CredentialPolicyRecord, cond: &WriteCondition) -> Result<(), StoreError> {
+        put_named(&self.credential_policies, p, cond)
+    }
+
+    async fn delete_credential_policy(&self, name: &str, cond: &WriteCondition) -> Result<(), StoreError> {
+        delete_named(&self.credential_policies, name, cond)
+    }
+
+    async fn list_credential_policies(&self) -> Result<Vec<CredentialPolicyRecord>, StoreError> {
+        Ok(self.credential_policies.read().values().cloned().collect())
     }
 
     async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError> {

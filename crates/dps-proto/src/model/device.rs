@@ -20,9 +20,13 @@ pub struct DeviceRegistration {
     /// Custom payload for allocation.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub payload: Option<Value>,
-    /// Base64 DER PKCS#10 (preview APIs).
+    /// A certificate signing request, base64 DER PKCS#10 (`2025-07-01-preview`): the device
+    /// asks for its operational certificate.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub csr: Option<String>,
+    /// The same, as the older preview (`2021-11-01-preview`) named it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_certificate_csr: Option<String>,
 }
 
 /// TPM endorsement and storage root keys as sent by the device.

@@ -101,6 +101,13 @@ pub struct IndividualEnrollment {
     /// Free-form device information, echoed as sent.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub optional_device_information: Option<Value>,
+    /// The credential policy that issues certificates to the devices that send a CSR when
+    /// they register (`2025-07-01-preview`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub credential_policy_name: Option<String>,
+    /// The older (`2021-11-01-preview`) way to name it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_certificate_issuance_policy: Option<ClientCertificateIssuancePolicy>,
 }
 
 /// `EnrollmentGroup`.
@@ -146,6 +153,41 @@ pub struct EnrollmentGroup {
     /// Webhook for `custom` allocation.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub custom_allocation_definition: Option<CustomAllocationDefinition>,
+    /// The credential policy that issues certificates to the devices that send a CSR when
+    /// they register (`2025-07-01-preview`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub credential_policy_name: Option<String>,
+    /// The older (`2021-11-01-preview`) way to name it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_certificate_issuance_policy: Option<ClientCertificateIssuancePolicy>,
+}
+
+/// `clientCertificateIssuancePolicy` of an enrollment (`2021-11-01-preview`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateIssuancePolicy {
+    /// The credential policy (an issuing CA) by name.
+    #[serde(default)]
+    pub certificate_authority_name: String,
+}
+
+/// The credential policy an enrollment names, by either field; an error says why the two
+/// disagree (both set to different names).
+pub fn named_credential_policy<'a>(
+    credential_policy_name: Option<&'a str>,
+    older: Option<&'a ClientCertificateIssuancePolicy>,
+) -> Result<Option<&'a str>, String> {
+    let older = older
+        .map(|p| p.certificate_authority_name.as_str())
+        .filter(|n| !n.is_empty());
+    match (credential_policy_name.filter(|n| !n.is_empty()), older) {
+        (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => Err(format!(
+            "credentialPolicyName '{a}' and clientCertificateIssuancePolicy.certificateAuthorityName '{b}' name \
+             different policies: give one"
+        )),
+        (Some(a), _) => Ok(Some(a)),
+        (None, b) => Ok(b),
+    }
 }
 
 /// `AttestationMechanism`.
@@ -511,6 +553,14 @@ pub struct RegistrationState {
     /// Device API only: symmetric-key details.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub symmetric_key: Option<SymmetricKeyRegistrationResult>,
+    /// The certificate issued for the device's CSR, then its CA chain: base64 DER, leaf first
+    /// (`2025-07-01-preview`). Only in the answer to the registration and its operation.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub issued_certificate_chain: Option<Vec<String>>,
+    /// The issued certificate alone, base64 DER, for devices that asked with
+    /// `clientCertificateCsr` (`2021-11-01-preview`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub issued_client_certificate: Option<String>,
 }
 
 /// `registrationState.tpm`.

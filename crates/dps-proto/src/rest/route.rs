@@ -72,6 +72,10 @@ enum Resource {
     CertificateVerificationCode(String),
     /// `/certificates/{name}/verify`
     CertificateVerify(String),
+    /// `/credentialPolicies` (list)
+    CredentialPolicies,
+    /// `/credentialPolicies/{name}`
+    CredentialPolicy(String),
     /// `/linkedHubs` (list)
     LinkedHubs,
     /// `/linkedHubs/{hostName}`
@@ -240,6 +244,15 @@ pub enum Route {
     GenerateVerificationCode(String),
     /// `POST /certificates/{name}/verify`
     VerifyCertificate(String),
+    /// `GET /credentialPolicies`: how certificates are issued to devices that send a CSR
+    /// (dps's own resource).
+    ListCredentialPolicies,
+    /// `GET /credentialPolicies/{name}`
+    GetCredentialPolicy(String),
+    /// `PUT /credentialPolicies/{name}`: creates a policy (and its issuing CA), or changes one.
+    PutCredentialPolicy(String),
+    /// `DELETE /credentialPolicies/{name}`
+    DeleteCredentialPolicy(String),
     /// `GET /linkedHubs`: the IoT hubs devices may be assigned to (dps's own resource; Azure
     /// keeps them in the provisioning service's ARM resource, `properties.iotHubs`).
     ListLinkedHubs,
@@ -449,6 +462,10 @@ impl Route {
             | DeleteCertificate(_)
             | GenerateVerificationCode(_)
             | VerifyCertificate(_)
+            | ListCredentialPolicies
+            | GetCredentialPolicy(_)
+            | PutCredentialPolicy(_)
+            | DeleteCredentialPolicy(_)
             | ListLinkedHubs
             | GetLinkedHub(_)
             | PutLinkedHub(_)
@@ -547,6 +564,7 @@ impl Route {
             | PutEnrollment(_)
             | PutGroup(_)
             | PutCertificate(_)
+            | PutCredentialPolicy(_)
             | PutLinkedHub(_)
             | PutPolicy(..)
             | PutDevice(_)
@@ -584,6 +602,7 @@ impl Route {
             | DeleteGroup(_)
             | DeleteRegistration(_)
             | DeleteCertificate(_)
+            | DeleteCredentialPolicy(_)
             | DeleteLinkedHub(_)
             | DeletePolicy(..)
             | DeleteDevice(_)
@@ -600,6 +619,8 @@ impl Route {
             | GetRegistration(_)
             | ListCertificates
             | GetCertificate(_)
+            | ListCredentialPolicies
+            | GetCredentialPolicy(_)
             | ListLinkedHubs
             | GetLinkedHub(_)
             | ListPolicies(_)
@@ -665,6 +686,10 @@ impl Route {
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateVerificationCode",
             VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListCredentialPolicies => "/credentialPolicies".into(),
+            GetCredentialPolicy(n) | PutCredentialPolicy(n) | DeleteCredentialPolicy(n) => {
+                item("credentialPolicies", n)
+            }
             ListLinkedHubs => "/linkedHubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedHubs", n),
             QueryAudit => "/audit".into(),
@@ -780,6 +805,10 @@ impl Route {
             GetCertificate(n) | PutCertificate(n) | DeleteCertificate(n) => item("certificates", n),
             GenerateVerificationCode(n) => item("certificates", n) + "/generateverificationcode",
             VerifyCertificate(n) => item("certificates", n) + "/verify",
+            ListCredentialPolicies => "/credentialpolicies".into(),
+            GetCredentialPolicy(n) | PutCredentialPolicy(n) | DeleteCredentialPolicy(n) => {
+                item("credentialpolicies", n)
+            }
             ListLinkedHubs => "/linkedhubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedhubs", n),
             QueryAudit => "/audit".into(),
@@ -890,6 +919,11 @@ fn resource(segs: &[String]) -> Option<Resource> {
             [c] => Resource::Certificate(id(c)?),
             [c, v] if is(v, "generateVerificationCode") => Resource::CertificateVerificationCode(id(c)?),
             [c, v] if is(v, "verify") => Resource::CertificateVerify(id(c)?),
+            _ => return None,
+        },
+        [first, rest @ ..] if is(first, "credentialPolicies") => match rest {
+            [] => Resource::CredentialPolicies,
+            [p] => Resource::CredentialPolicy(id(p)?),
             _ => return None,
         },
         [first, rest @ ..] if is(first, "linkedHubs") => match rest {
@@ -1070,6 +1104,16 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             Method::GET => Ok(Route::GetCertificate(name)),
             Method::PUT => Ok(Route::PutCertificate(name)),
             Method::DELETE => Ok(Route::DeleteCertificate(name)),
+            _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::CredentialPolicies => match *m {
+            Method::GET => Ok(Route::ListCredentialPolicies),
+            _ => not_allowed(GET),
+        },
+        R::CredentialPolicy(name) => match *m {
+            Method::GET => Ok(Route::GetCredentialPolicy(name)),
+            Method::PUT => Ok(Route::PutCredentialPolicy(name)),
+            Method::DELETE => Ok(Route::DeleteCredentialPolicy(name)),
             _ => not_allowed(GET_PUT_DELETE),
         },
         R::LinkedHubs => match *m {

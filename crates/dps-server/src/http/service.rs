@@ -1,5 +1,6 @@
 //! DPS service API (service-api.md §2): enrollments, enrollment groups, registration records,
-//! CA certificates with proof of possession, and linked hubs (dps's own resource, `ServiceConfig`).
+//! CA certificates with proof of possession, and linked hubs and credential policies (dps's own
+//! resources, `ServiceConfig`).
 //! Authorized by the DPS shared-access policies; status codes exactly as the Python SDKs expect
 //! (PUT 200, DELETE 204, everything else 200).
 
@@ -7,6 +8,7 @@ use crate::ApiError;
 use axum::response::Response;
 use dps_core::Page;
 use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
+use dps_proto::model::credential_policy::{CredentialPolicyBody, CredentialPolicyList};
 use dps_proto::model::service::{
     BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup, IndividualEnrollment, LinkedHubDescription,
     LinkedHubList, QuerySpecification,
@@ -42,6 +44,10 @@ fn right(route: &Route) -> &'static str {
         | DeleteCertificate(_)
         | GenerateVerificationCode(_)
         | VerifyCertificate(_)
+        | ListCredentialPolicies
+        | GetCredentialPolicy(_)
+        | PutCredentialPolicy(_)
+        | DeleteCredentialPolicy(_)
         | ListLinkedHubs
         | GetLinkedHub(_)
         | PutLinkedHub(_)
@@ -157,6 +163,18 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         }
         Route::DeleteLinkedHub(name) => {
             engine.delete_linked_hub(&name).await?;
+            no_content()
+        }
+        Route::ListCredentialPolicies => ok(&CredentialPolicyList {
+            value: engine.list_credential_policies().await?,
+        }),
+        Route::GetCredentialPolicy(name) => ok(&engine.get_credential_policy(&name).await?),
+        Route::PutCredentialPolicy(name) => {
+            let body: CredentialPolicyBody = ctx.json("CredentialPolicy").await?;
+            ok(&engine.put_credential_policy(now, &name, body, if_match).await?)
+        }
+        Route::DeleteCredentialPolicy(name) => {
+            engine.delete_credential_policy(&name, if_match).await?;
             no_content()
         }
         Route::ListCertificates => ok(&engine.list_certificates().await?),

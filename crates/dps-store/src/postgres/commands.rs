@@ -26,12 +26,14 @@ type Outcome = Result<Result<(), StoreError>, tokio_postgres::Error>;
 /// The notice every node hears when a write to `table` at `key` commits, as the nodes cache
 /// what it changes (decision 0031): `dps groups` (enrollment groups and CA certificates, which
 /// registrations match against), `dps linked` (linked hubs, which allocation picks from) or
-/// `dps enrollment {key}` (the engines remember which devices have no individual enrollment).
-fn notice_of(table: Table, key: &str) -> String {
+/// `dps enrollment {key}` (the engines remember which devices have no individual enrollment);
+/// none for credential policies, which every registration that uses one reads afresh.
+fn notice_of(table: Table, key: &str) -> Option<String> {
     match table {
-        Table::Groups | Table::Certificates => "dps groups".into(),
-        Table::LinkedHubs => "dps linked".into(),
-        Table::Enrollments => format!("dps enrollment {key}"),
+        Table::Groups | Table::Certificates => Some("dps groups".into()),
+        Table::LinkedHubs => Some("dps linked".into()),
+        Table::Enrollments => Some(format!("dps enrollment {key}")),
+        Table::CredentialPolicies => None,
     }
 }
 
@@ -51,7 +53,9 @@ pub fn store_change(payload: &str) -> Option<dps_core::engine::StoreChange> {
 /// delivered if, and once, it commits (a write rolled back to its savepoint takes its notice
 /// with it).
 async fn tell_other_nodes(tx: &Transaction<'_>, table: Table, key: &str) -> Result<(), tokio_postgres::Error> {
-    tx.execute(super::hub::NOTIFY, &[&notice_of(table, key)]).await?;
+    if let Some(notice) = notice_of(table, key) {
+        tx.execute(super::hub::NOTIFY, &[&notice]).await?;
+    }
     Ok(())
 }
 

@@ -54,6 +54,11 @@ pub(super) const STORE: Schema = Schema {
             name: "audit trail",
             sql: include_str!("migrations/0004_audit.sql"),
         },
+        Migration {
+            version: 5,
+            name: "credential policies",
+            sql: include_str!("migrations/0005_credential_policies.sql"),
+        },
     ],
 };
 

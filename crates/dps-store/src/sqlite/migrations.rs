@@ -49,7 +49,7 @@ impl Schema {
 }
 
 /// The DPS store (`dps.db`): enrollments, groups, registrations, certificates, intents, linked
-/// hubs.
+/// hubs, the audit trail, credential policies.
 pub(crate) const STORE: Schema = Schema {
     database: "store",
     application_id: APPLICATION_ID,
@@ -78,6 +78,11 @@ pub(crate) const STORE: Schema = Schema {
             version: 5,
             name: "audit trail",
             sql: include_str!("migrations/0005_audit.sql"),
+        },
+        Migration {
+            version: 6,
+            name: "credential policies",
+            sql: include_str!("migrations/0006_credential_policies.sql"),
         },
     ],
     adopts_unmarked_files: false,

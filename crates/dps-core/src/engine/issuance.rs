@@ -1,0 +1,145 @@
+//! Certificates issued to devices that send a certificate signing request when they register
+//! (`csr`, API `2025-07-01-preview`; `clientCertificateCsr`, `2021-11-01-preview`), by the
+//! credential policy their enrollment names (decision 0039).
+//!
+//! The request is checked after the device attested and before anything is written: its CN
+//! must be the registration id, its signature must verify, its key must be one devices and
+//! verifiers share. The hub identity is then created to authenticate with the issued
+//! certificate (by its thumbprint), and the registration result carries the chain: the device's
+//! certificate, the policy's issuing CA, its root.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use dps_pki::ca::LocalCa;
+use dps_pki::csr::{CertificateRequest, IssuePolicy};
+use dps_proto::model::device::DeviceRegistration;
+use parking_lot::Mutex;
+
+use super::attestation::Attested;
+use super::Engine;
+use crate::error::{Error, InvalidArgument};
+use crate::hub::DeviceAuth;
+
+/// A certificate issued for a registration.
+#[derive(Debug, Clone)]
+pub(super) struct Issued {
+    /// The device's certificate, then the policy's CA chain: base64 DER, leaf first.
+    pub(super) chain: Vec<String>,
+    /// The hub identity that authenticates with it.
+    pub(super) hub_auth: DeviceAuth,
+    /// The device asked with the older field (`clientCertificateCsr`), so it reads the older
+    /// answer (`issuedClientCertificate`).
+    pub(super) older_api: bool,
+}
+
+/// Issuing CAs loaded from their policies, by lower-cased policy name with the etag they were
+/// loaded at: loading one signs a throw-away certificate (rcgen's view of the CA), which a
+/// registration should not pay for. A changed policy (new etag) is loaded again.
+#[derive(Default)]
+pub(super) struct IssuerCache {
+    loaded: Mutex<HashMap<String, (String, Arc<LocalCa>)>>,
+}
+
+/// Policies whose CAs are kept loaded; past this the cache starts over (policies are few).
+const MAX_LOADED_ISSUERS: usize = 64;
+
+fn refused(reason: impl Into<String>) -> Error {
+    InvalidArgument::CertificateSigningRequest(reason.into()).into()
+}
+
+impl IssuerCache {
+    fn get(&self, key: &str, etag: &str, load: impl FnOnce() -> Result<LocalCa, Error>) -> Result<Arc<LocalCa>, Error> {
+        if let Some((loaded_etag, ca)) = self.loaded.lock().get(key) {
+            if loaded_etag == etag {
+                return Ok(ca.clone());
+            }
+        }
+        let ca = Arc::new(load()?);
+        let mut loaded = self.loaded.lock();
+        if loaded.len() >= MAX_LOADED_ISSUERS {
+            loaded.clear();
+        }
+        loaded.insert(key.to_string(), (etag.to_string(), ca.clone()));
+        Ok(ca)
+    }
+}
+
+impl Engine {
+    /// Issues the certificate a registration asks for with a CSR, if it asks for one; `None`
+    /// when it does not, or when its enrollment is disabled (the registration fails anyway).
+    pub(super) async fn issue_for_registration(
+        &self,
+        now: DateTime<Utc>,
+        registration_id: &str,
+        body: &DeviceRegistration,
+        attested: &Attested,
+    ) -> Result<Option<Issued>, Error> {
+        let (csr, older_api) = match (&body.csr, &body.client_certificate_csr) {
+            (Some(csr), _) => (csr, false),
+            (None, Some(csr)) => (csr, true),
+            (None, None) => return Ok(None),
+        };
+        if attested.matched.disabled().is_some() {
+            return Ok(None);
+        }
+        let der = B64
+            .decode(csr.trim())
+            .map_err(|e| refused(format!("the csr is not base64 DER: {e}")))?;
+        let request = CertificateRequest::parse(&der).map_err(|e| refused(e.to_string()))?;
+        if !request.common_name().eq_ignore_ascii_case(registration_id) {
+            return Err(refused(format!(
+                "the certificate signing request's subject CN '{}' is not the registration id '{registration_id}'",
+                request.common_name()
+            )));
+        }
+        let name = attested.matched.credential_policy().map_err(refused)?.ok_or_else(|| {
+            refused(format!(
+                "the {} names no credential policy, so no certificate can be issued for the CSR",
+                attested.matched.describe()
+            ))
+        })?;
+        let policy = self.store.get_credential_policy(name).await?.ok_or_else(|| {
+            refused(format!(
+                "the credential policy '{name}' that the {} names does not exist",
+                attested.matched.describe()
+            ))
+        })?;
+        let key = dps_proto::registration_id::key(&policy.name);
+        let ca = self.issuers.get(&key, &policy.etag, || {
+            LocalCa::from_pem(&policy.ca_certificates, &policy.ca_key).map_err(|e| {
+                Error::Storage(crate::store::StoreError::backend(format!(
+                    "the CA of credential policy '{}' does not load: {e}",
+                    policy.name
+                )))
+            })
+        })?;
+        let issue = IssuePolicy {
+            common_name: registration_id.to_string(),
+            validity_days: i64::from(policy.validity_in_days),
+            now,
+        };
+        let leaf = ca.issue_for_request(&request, &issue).map_err(|e| {
+            Error::Storage(crate::store::StoreError::backend(format!(
+                "issuing with credential policy '{}' failed: {e}",
+                policy.name
+            )))
+        })?;
+        let thumbprint = dps_pki::thumbprint::sha256_thumbprint(&leaf);
+        let chain = std::iter::once(leaf)
+            .chain(ca.chain_der())
+            .map(|c| B64.encode(c))
+            .collect();
+        Ok(Some(Issued {
+            chain,
+            hub_auth: DeviceAuth::SelfSigned {
+                primary_thumbprint: thumbprint.clone(),
+                secondary_thumbprint: thumbprint,
+            },
+            older_api,
+        }))
+    }
+}
