@@ -58,6 +58,50 @@ pub struct DeviceProvisioning {
     /// as it did the first time — in particular `created: true` for a device that this same
     /// operation created.
     pub operation_id: String,
+    /// The credential policy that issued the certificate `auth` names, when the device
+    /// registered with a CSR: the hub renews the certificate under the same policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_policy: Option<String>,
+}
+
+/// A certificate issued under a credential policy, for a hub renewing a device's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    /// The device's certificate, then the policy's CA chain: base64 DER, leaf first.
+    pub chain: Vec<String>,
+    /// Upper-case hex SHA-256 thumbprint of the device's certificate.
+    pub sha256_thumbprint: String,
+}
+
+/// Why a certificate could not be issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// The request is not one that can be issued for (not base64 DER PKCS#10, a bad signature,
+    /// an unsupported key, a CN that is not the device's); the message says which.
+    #[error("{0}")]
+    Request(String),
+    /// The credential policy is gone (deleted since the device got its certificate).
+    #[error("{0}")]
+    NoPolicy(String),
+    /// The store or the policy's CA failed; nothing was issued. Retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Issues device certificates under a credential policy: the provisioning engine, for the
+/// embedded hubs' certificate renewal (`$iothub/credentials/…`).
+#[async_trait]
+pub trait CertificateIssuer: Send + Sync + 'static {
+    /// A certificate with subject CN `common_name` for the key of `csr` (base64 DER PKCS#10,
+    /// whose CN must be `common_name`), under `policy`.
+    async fn issue(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        policy: &str,
+        common_name: &str,
+        csr: &str,
+    ) -> Result<IssuedCertificate, IssueError>;
 }
 
 /// A device's data in a hub that reprovisioning with `migrateDeviceData` carries to the device's

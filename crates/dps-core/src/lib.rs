@@ -27,7 +27,10 @@ pub use engine::{
     LinkedHub, Observer, Page, Recovery, Registered, RegistrationAttempt, Transport, MAX_LINKED_HUBS,
 };
 pub use error::{Error, STORE_RETRY_AFTER_SECS};
-pub use hub::{DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, TwinPolicy, UpsertOutcome};
+pub use hub::{
+    CertificateIssuer, DeviceAuth, DeviceData, DeviceProvisioning, HubError, HubRegistry, IssueError,
+    IssuedCertificate, TwinPolicy, UpsertOutcome,
+};
 pub use quota::{QuotaConfig, Quotas};
 pub use random::{Random, SeededRandom, SystemRandom};
 pub use store::{

@@ -180,9 +180,18 @@ pub fn mqtt_topic(data: &[u8]) {
                     "{res}"
                 );
             }
+            Ok(HubPublish::IssueCertificate { rid }) => {
+                let res = hub_mqtt::credentials_response_topic(status, &rid);
+                assert_eq!(
+                    hub_mqtt::parse_credentials_response_topic(&res),
+                    Some((status, rid)),
+                    "{res}"
+                );
+            }
             Ok(HubPublish::MethodResponse { .. }) | Err(_) => {}
         }
     }
+    let _ = hub_mqtt::parse_credentials_response_topic(topic);
     let _ = hub_mqtt::parse_twin_response_topic(topic);
     let _ = hub_mqtt::parse_desired_patch_topic(topic);
 

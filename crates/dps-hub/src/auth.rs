@@ -160,7 +160,9 @@ impl Hub {
                     .map_err(|_| refuse("password is not UTF-8 (expected a SAS token)".into()))?;
                 AuthMethod::Sas(self.check_sas(now_unix, &client_path, &rec, token).map_err(refuse)?)
             }
-            None => AuthMethod::X509SelfSigned(check_thumbprint(&rec, client_cert_thumbprints).map_err(refuse)?),
+            None => {
+                AuthMethod::X509SelfSigned(check_thumbprint(now_unix, &rec, client_cert_thumbprints).map_err(refuse)?)
+            }
         };
         // Checked after the credentials so a disabled device's status is not revealed to anyone
         // who merely knows its id. A module of a disabled device is refused with it.
@@ -218,7 +220,13 @@ impl Hub {
     }
 }
 
-fn check_thumbprint(rec: &DeviceRecord, presented: Option<(String, String)>) -> Result<CredentialSlot, String> {
+/// `now_unix`: a certificate replaced by a renewal (the secondary thumbprint) is accepted until
+/// the renewal's grace period ends.
+fn check_thumbprint(
+    now_unix: u64,
+    rec: &DeviceRecord,
+    presented: Option<(String, String)>,
+) -> Result<CredentialSlot, String> {
     let kind = rec.authentication.kind.as_str();
     if !kind.eq_ignore_ascii_case("selfSigned") {
         return Err(if kind.eq_ignore_ascii_case("sas") {
@@ -239,7 +247,14 @@ fn check_thumbprint(rec: &DeviceRecord, presented: Option<(String, String)>) -> 
     if matches(tp.and_then(|t| t.primary_thumbprint.as_ref())) {
         Ok(CredentialSlot::Primary)
     } else if matches(tp.and_then(|t| t.secondary_thumbprint.as_ref())) {
-        Ok(CredentialSlot::Secondary)
+        let renewed_until = rec.issuance.as_ref().and_then(|i| i.previous_valid_until);
+        match renewed_until {
+            Some(until) if now_unix as i64 > until.timestamp() => Err(format!(
+                "client certificate (SHA-1 {sha1}) was replaced by a renewal; it was accepted until {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+            _ => Ok(CredentialSlot::Secondary),
+        }
     } else {
         Err(format!(
             "client certificate (SHA-1 {sha1}) matches neither registered thumbprint"

@@ -262,6 +262,8 @@ pub(crate) struct HubInner {
     jobs: Mutex<jobs::Jobs>,
     /// The other nodes serving this hub, when its store is shared ([`Hub::set_peers`]).
     peers: std::sync::OnceLock<Arc<dyn peers::Peers>>,
+    /// Who issues renewed device certificates ([`Hub::set_certificate_issuer`]).
+    renewal: std::sync::OnceLock<session::Renewal>,
 }
 
 /// Per-device state.
@@ -398,6 +400,7 @@ impl Hub {
                 ),
                 jobs: Mutex::new(Default::default()),
                 peers: std::sync::OnceLock::new(),
+                renewal: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 
 use crate::error::RegistryError;
 use crate::record::{
-    clean_document, key_of, new_etag, sas_auth, self_signed_auth, validate_device_id, DeviceRecord, Status, TwinState,
+    clean_document, key_of, new_etag, sas_auth, self_signed_auth, validate_device_id, DeviceRecord, Issuance, Status,
+    TwinState,
 };
 use crate::Hub;
 
@@ -29,6 +30,15 @@ fn auth_of(auth: &DeviceAuth) -> AuthenticationMechanism {
             secondary_thumbprint,
         } => self_signed_auth(primary_thumbprint.clone(), secondary_thumbprint.clone()),
     }
+}
+
+/// What the hub keeps of a certificate DPS issued for the device's CSR: the policy, for
+/// renewals. A new registration starts afresh (no previous certificate is accepted).
+fn issuance_of(device: &DeviceProvisioning) -> Option<Issuance> {
+    device.credential_policy.as_ref().map(|policy| Issuance {
+        policy: policy.clone(),
+        previous_valid_until: None,
+    })
 }
 
 /// A twin section (tags or desired properties).
@@ -86,6 +96,7 @@ impl Hub {
                     rec.capabilities = device.capabilities;
                     rec.twin = twin;
                     rec.created_by_operation = Some(device.operation_id.clone()).filter(|o| !o.is_empty());
+                    rec.issuance = issuance_of(device);
                     match inner.commit(&slot, rec).await {
                         Err(e) if presume_absent && e.lost_race() => return Ok(None),
                         written => written.map_err(storage)?,
@@ -106,9 +117,11 @@ impl Hub {
                         !device.operation_id.is_empty() && cur.created_by_operation.as_deref() == Some(&device.operation_id);
                     let mut rec = (*cur).clone();
                     let mut identity_changed = false;
-                    if rec.authentication != auth || rec.capabilities != device.capabilities {
+                    let issuance = issuance_of(device);
+                    if rec.authentication != auth || rec.capabilities != device.capabilities || rec.issuance != issuance {
                         rec.authentication = auth;
                         rec.capabilities = device.capabilities;
+                        rec.issuance = issuance;
                         rec.etag = new_etag();
                         identity_changed = true;
                     }

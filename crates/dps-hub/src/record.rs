@@ -78,6 +78,23 @@ pub struct DeviceRecord {
     /// attempt did. Not part of any API view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) created_by_operation: Option<String>,
+    /// When the device's certificate was issued under a credential policy (it registered with a
+    /// CSR): the policy, which renewals use, and how long the certificate before the last
+    /// renewal (the secondary thumbprint) is still accepted. Not part of any API view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) issuance: Option<Issuance>,
+}
+
+/// [`DeviceRecord::issuance`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Issuance {
+    /// The credential policy that issued the device's certificate.
+    pub(crate) policy: String,
+    /// After a renewal: the previous certificate (now the secondary thumbprint) is refused
+    /// after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) previous_valid_until: Option<DateTime<Utc>>,
 }
 
 /// The twin part of a device record.
@@ -176,6 +193,7 @@ impl DeviceRecord {
             capabilities: DeviceCapabilities::default(),
             twin: TwinState::new(now),
             created_by_operation: None,
+            issuance: None,
         }
     }
 

@@ -24,6 +24,10 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
+mod credentials;
+
+pub(crate) use credentials::Renewal;
+
 use crate::auth::DeviceIdentity;
 use crate::c2d::{Ack, C2dOutcome, C2dRecord, DeviceQueue, Locked, QueueChange, Settled, C2D_QUEUE_LIMIT, MAX_C2D_TTL};
 use crate::error::{C2dError, MethodError, SessionError};
@@ -73,6 +77,13 @@ pub enum OutboundKind {
         /// The reported-properties version after a patch.
         version: Option<i64>,
     },
+    /// The answer to a certificate renewal (`$iothub/credentials/res/{status}/?$rid=`).
+    CredentialResponse {
+        /// The request's id.
+        rid: String,
+        /// 202 (accepted), 200 (issued), or the error's status.
+        status: u16,
+    },
     /// A desired-properties patch.
     DesiredPatch {
         /// The desired-properties version it brings the twin to.
@@ -112,6 +123,7 @@ struct Feeds {
     twin_responses: bool,
     desired: bool,
     methods: bool,
+    credentials: bool,
 }
 
 impl Feeds {
@@ -123,6 +135,7 @@ impl Feeds {
                 Feed::TwinResponses => f.twin_responses = true,
                 Feed::DesiredPatches => f.desired = true,
                 Feed::Methods => f.methods = true,
+                Feed::CredentialResponses => f.credentials = true,
             }
         }
         f
@@ -134,6 +147,7 @@ impl Feeds {
             Feed::TwinResponses => self.twin_responses,
             Feed::DesiredPatches => self.desired,
             Feed::Methods => self.methods,
+            Feed::CredentialResponses => self.credentials,
         }
     }
 }
@@ -829,6 +843,7 @@ impl DeviceSession {
                 )])
             }
             HubPublish::TwinReportedPatch { rid } => self.reported_patch(now, &rid, payload).await,
+            HubPublish::IssueCertificate { rid } => self.issue_certificate(now, &rid, payload).await,
             HubPublish::MethodResponse { status, rid } => {
                 let key = &self.key;
                 match self.hub.inner.methods.remove_if(&rid, |_, p| &p.device_key == key) {

@@ -61,6 +61,11 @@ pub enum HubPublish {
         /// Request id.
         rid: String,
     },
+    /// `$iothub/credentials/POST/issueCertificate/?$rid=`: a certificate renewal.
+    IssueCertificate {
+        /// Request id.
+        rid: String,
+    },
     /// `$iothub/methods/res/{status}/?$rid=`
     MethodResponse {
         /// Status chosen by the device.
@@ -139,6 +144,9 @@ impl HubPublish {
         if let Some(q) = topic.strip_prefix("$iothub/twin/PATCH/properties/reported/") {
             return Ok(Self::TwinReportedPatch { rid: rid_of(q) });
         }
+        if let Some(q) = topic.strip_prefix("$iothub/credentials/POST/issueCertificate/") {
+            return Ok(Self::IssueCertificate { rid: rid_of(q) });
+        }
         if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
             if let Some((status, q)) = rest.split_once('/') {
                 if let Ok(status) = status.parse() {
@@ -173,7 +181,11 @@ pub fn subscription_allowed(filter: &str, path: &str) -> bool {
     }
     matches!(
         filter,
-        "$iothub/twin/res/#" | "$iothub/twin/PATCH/properties/desired/#" | "$iothub/methods/POST/#" | "$iothub/twin/#"
+        "$iothub/twin/res/#"
+            | "$iothub/twin/PATCH/properties/desired/#"
+            | "$iothub/methods/POST/#"
+            | "$iothub/twin/#"
+            | "$iothub/credentials/res/#"
     )
 }
 
@@ -188,6 +200,8 @@ pub enum Feed {
     DesiredPatches,
     /// Direct-method requests.
     Methods,
+    /// Answers to certificate renewals.
+    CredentialResponses,
 }
 
 /// The topic filter that subscribes the identity at `path` to `feed` (for a device, one
@@ -199,6 +213,7 @@ pub fn feed_filter(feed: Feed, path: &str) -> String {
         Feed::TwinResponses => "$iothub/twin/res/#".to_string(),
         Feed::DesiredPatches => "$iothub/twin/PATCH/properties/desired/#".to_string(),
         Feed::Methods => "$iothub/methods/POST/#".to_string(),
+        Feed::CredentialResponses => "$iothub/credentials/res/#".to_string(),
     }
 }
 
@@ -209,6 +224,7 @@ pub fn feeds_of(filter: &str) -> Vec<Feed> {
         "$iothub/twin/PATCH/properties/desired/#" => vec![Feed::DesiredPatches],
         "$iothub/twin/#" => vec![Feed::TwinResponses, Feed::DesiredPatches],
         "$iothub/methods/POST/#" => vec![Feed::Methods],
+        "$iothub/credentials/res/#" => vec![Feed::CredentialResponses],
         f if f.starts_with("devices/") && f.contains("/messages/devicebound/") => vec![Feed::C2d],
         _ => vec![],
     }
@@ -223,6 +239,11 @@ pub fn twin_response_topic(status: u16, rid: &str, version: Option<i64>) -> Stri
         t.push_str(&format!("&$version={v}"));
     }
     t
+}
+
+/// `$iothub/credentials/res/{status}/?$rid={rid}`: the answers to a certificate renewal.
+pub fn credentials_response_topic(status: u16, rid: &str) -> String {
+    format!("$iothub/credentials/res/{status}/?$rid={}", encode_rid(rid))
 }
 
 /// `$iothub/twin/PATCH/properties/desired/?$version={v}`
@@ -277,6 +298,24 @@ pub fn parse_twin_response_topic(topic: &str) -> Option<(u16, String, Option<i64
         get("$rid").unwrap_or_default(),
         get("$version").and_then(|v| v.parse().ok()),
     ))
+}
+
+/// `$iothub/credentials/POST/issueCertificate/?$rid={rid}` (device side).
+pub fn issue_certificate_topic(rid: &str) -> String {
+    format!("$iothub/credentials/POST/issueCertificate/?$rid={}", encode_rid(rid))
+}
+
+/// Parses `$iothub/credentials/res/{status}/?$rid={rid}` into `(status, rid)` (device side).
+pub fn parse_credentials_response_topic(topic: &str) -> Option<(u16, String)> {
+    let rest = topic.strip_prefix("$iothub/credentials/res/")?;
+    let (status, query) = rest.split_once('/')?;
+    let status = status.parse().ok()?;
+    let rid = parse_query(query.trim_start_matches('?'))
+        .into_iter()
+        .find(|(k, _)| k == "$rid")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    Some((status, rid))
 }
 
 /// Parses `$iothub/twin/PATCH/properties/desired/?$version={v}`: `Some(version)` when it is a

@@ -186,6 +186,10 @@ pub struct Limits {
     /// Days the audit trail keeps an entry (registration attempts and changes); older ones are
     /// removed in the background.
     pub audit_retention_days: u64,
+    /// Seconds a device's certificate keeps working at its hub after the device renewed it
+    /// (`$iothub/credentials/…`): long enough for the device to reconnect with the new one,
+    /// short enough that a copy of the old one is soon useless. 0: refused at once.
+    pub certificate_renewal_grace_secs: u64,
 }
 
 impl Default for Limits {
@@ -205,6 +209,7 @@ impl Default for Limits {
             webhook_timeout_secs: 10,
             interrupted_registration_secs: dps_core::engine::INTERRUPTED_REGISTRATION_AGE.as_secs(),
             audit_retention_days: 30,
+            certificate_renewal_grace_secs: 24 * 3600,
         }
     }
 }
@@ -244,6 +249,11 @@ impl Limits {
     /// [`Limits::audit_retention_days`] as a duration.
     pub fn audit_retention(&self) -> Duration {
         Duration::from_secs(self.audit_retention_days.saturating_mul(24 * 3600))
+    }
+
+    /// [`Limits::certificate_renewal_grace_secs`] as a duration.
+    pub fn certificate_renewal_grace(&self) -> Duration {
+        Duration::from_secs(self.certificate_renewal_grace_secs)
     }
 
     /// [`Limits::c2d_ttl_secs`] as a duration.

@@ -280,8 +280,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         dps_auth.clone(),
         hubs.authorizers(),
     ));
+    let engine = Arc::new(engine);
+    // Devices renew certificates through their hub, issued by the engine under the credential
+    // policy that issued the one they have.
+    for h in hubs.iter() {
+        h.hub
+            .set_certificate_issuer(engine.clone(), config.limits.certificate_renewal_grace());
+    }
     let services = Arc::new(Services {
-        engine: Arc::new(engine),
+        engine,
         hubs,
         dps_auth,
         policies,

@@ -1074,6 +1074,7 @@ async fn provisioning_a_device_another_node_made_updates_it() {
         initial_twin: None,
         twin_policy: TwinPolicy::Keep,
         operation_id: operation.into(),
+        credential_policy: None,
     };
     let made = a
         .upsert_device("hub.test", &provisioning("op-1", DEVICE_KEY))

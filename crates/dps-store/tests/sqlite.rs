@@ -102,7 +102,8 @@ async fn upgrades_a_store_without_intents_and_keeps_intents_across_reopen() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
-            "DROP TABLE registration_intents; DROP TABLE linked_hubs; DROP TABLE audit; PRAGMA user_version = 2;",
+            "DROP TABLE registration_intents; DROP TABLE linked_hubs; DROP TABLE audit; DROP TABLE credential_policies; \
+             PRAGMA user_version = 2;",
         )
         .unwrap();
     }
@@ -123,6 +124,7 @@ async fn upgrades_a_store_without_intents_and_keeps_intents_across_reopen() {
                 initial_twin: None,
                 twin_policy: dps_core::TwinPolicy::Keep,
                 operation_id: new.operation_id.clone().unwrap(),
+                credential_policy: None,
             },
             record: new,
             previous: None,

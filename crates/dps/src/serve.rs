@@ -167,6 +167,10 @@ struct LimitArgs {
     /// Days the audit trail keeps registration attempts and changes [default: 30].
     #[arg(long, env = "DPS_AUDIT_RETENTION_DAYS")]
     audit_retention_days: Option<u64>,
+    /// Seconds a device's certificate keeps working after the device renewed it through its
+    /// hub [default: 86400; 0: refused at once].
+    #[arg(long, env = "DPS_CERTIFICATE_RENEWAL_GRACE_SECS")]
+    certificate_renewal_grace_secs: Option<u64>,
 }
 
 impl LimitArgs {
@@ -188,7 +192,8 @@ impl LimitArgs {
             max_upload_bytes,
             webhook_timeout_secs,
             interrupted_registration_secs,
-            audit_retention_days
+            audit_retention_days,
+            certificate_renewal_grace_secs
         );
     }
 }

@@ -844,6 +844,7 @@ impl Engine {
                 initial_twin,
                 twin_policy: if reset { TwinPolicy::Reset } else { TwinPolicy::Keep },
                 operation_id: operation_id.to_string(),
+                credential_policy: issued.map(|i| i.policy.clone()),
             },
             record: RegistrationRecord {
                 state,

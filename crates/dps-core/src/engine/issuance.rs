@@ -22,7 +22,8 @@ use parking_lot::Mutex;
 use super::attestation::Attested;
 use super::Engine;
 use crate::error::{Error, InvalidArgument};
-use crate::hub::DeviceAuth;
+use crate::hub::{CertificateIssuer, DeviceAuth, IssueError, IssuedCertificate};
+use crate::store::StoreError;
 
 /// A certificate issued for a registration.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub(super) struct Issued {
     pub(super) chain: Vec<String>,
     /// The hub identity that authenticates with it.
     pub(super) hub_auth: DeviceAuth,
+    /// The credential policy that issued it (the hub renews under it).
+    pub(super) policy: String,
     /// The device asked with the older field (`clientCertificateCsr`), so it reads the older
     /// answer (`issuedClientCertificate`).
     pub(super) older_api: bool,
@@ -68,7 +71,79 @@ impl IssuerCache {
     }
 }
 
+/// Parses a device's request (base64 DER) and checks that it asks for `common_name` (`what` the
+/// name is, for the message: the registration id, the device id).
+fn request_for(csr: &str, common_name: &str, what: &str) -> Result<CertificateRequest, String> {
+    let der = B64
+        .decode(csr.trim())
+        .map_err(|e| format!("the csr is not base64 DER: {e}"))?;
+    let request = CertificateRequest::parse(&der).map_err(|e| e.to_string())?;
+    if !request.common_name().eq_ignore_ascii_case(common_name) {
+        return Err(format!(
+            "the certificate signing request's subject CN '{}' is not {what} '{common_name}'",
+            request.common_name()
+        ));
+    }
+    Ok(request)
+}
+
+/// Why [`Engine::issue_under`] issued nothing.
+enum NotIssued {
+    /// The policy does not exist (the message names it).
+    NoPolicy(String),
+    /// The store or the CA failed.
+    Failed(Error),
+}
+
 impl Engine {
+    /// Issues a certificate with subject CN `common_name` for `request` under the policy
+    /// `policy_name`: the chain (leaf first, base64 DER) and the leaf's SHA-256 thumbprint.
+    async fn issue_under(
+        &self,
+        now: DateTime<Utc>,
+        policy_name: &str,
+        request: &CertificateRequest,
+        common_name: &str,
+    ) -> Result<IssuedCertificate, NotIssued> {
+        let policy = match self.store.get_credential_policy(policy_name).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(NotIssued::NoPolicy(policy_name.to_string())),
+            Err(e) => return Err(NotIssued::Failed(e.into())),
+        };
+        let key = dps_proto::registration_id::key(&policy.name);
+        let ca = self
+            .issuers
+            .get(&key, &policy.etag, || {
+                LocalCa::from_pem(&policy.ca_certificates, &policy.ca_key).map_err(|e| {
+                    Error::Storage(StoreError::backend(format!(
+                        "the CA of credential policy '{}' does not load: {e}",
+                        policy.name
+                    )))
+                })
+            })
+            .map_err(NotIssued::Failed)?;
+        let issue = IssuePolicy {
+            common_name: common_name.to_string(),
+            validity_days: i64::from(policy.validity_in_days),
+            now,
+        };
+        let leaf = ca.issue_for_request(request, &issue).map_err(|e| {
+            NotIssued::Failed(Error::Storage(StoreError::backend(format!(
+                "issuing with credential policy '{}' failed: {e}",
+                policy.name
+            ))))
+        })?;
+        let sha256_thumbprint = dps_pki::thumbprint::sha256_thumbprint(&leaf);
+        let chain = std::iter::once(leaf)
+            .chain(ca.chain_der())
+            .map(|c| B64.encode(c))
+            .collect();
+        Ok(IssuedCertificate {
+            chain,
+            sha256_thumbprint,
+        })
+    }
+
     /// Issues the certificate a registration asks for with a CSR, if it asks for one; `None`
     /// when it does not, or when its enrollment is disabled (the registration fails anyway).
     pub(super) async fn issue_for_registration(
@@ -86,60 +161,52 @@ impl Engine {
         if attested.matched.disabled().is_some() {
             return Ok(None);
         }
-        let der = B64
-            .decode(csr.trim())
-            .map_err(|e| refused(format!("the csr is not base64 DER: {e}")))?;
-        let request = CertificateRequest::parse(&der).map_err(|e| refused(e.to_string()))?;
-        if !request.common_name().eq_ignore_ascii_case(registration_id) {
-            return Err(refused(format!(
-                "the certificate signing request's subject CN '{}' is not the registration id '{registration_id}'",
-                request.common_name()
-            )));
-        }
-        let name = attested.matched.credential_policy().map_err(refused)?.ok_or_else(|| {
+        let request = request_for(csr, registration_id, "the registration id").map_err(refused)?;
+        let policy = attested.matched.credential_policy().map_err(refused)?.ok_or_else(|| {
             refused(format!(
                 "the {} names no credential policy, so no certificate can be issued for the CSR",
                 attested.matched.describe()
             ))
         })?;
-        let policy = self.store.get_credential_policy(name).await?.ok_or_else(|| {
-            refused(format!(
-                "the credential policy '{name}' that the {} names does not exist",
-                attested.matched.describe()
-            ))
-        })?;
-        let key = dps_proto::registration_id::key(&policy.name);
-        let ca = self.issuers.get(&key, &policy.etag, || {
-            LocalCa::from_pem(&policy.ca_certificates, &policy.ca_key).map_err(|e| {
-                Error::Storage(crate::store::StoreError::backend(format!(
-                    "the CA of credential policy '{}' does not load: {e}",
-                    policy.name
+        let issued = match self.issue_under(now, policy, &request, registration_id).await {
+            Ok(issued) => issued,
+            Err(NotIssued::NoPolicy(name)) => {
+                return Err(refused(format!(
+                    "the credential policy '{name}' that the {} names does not exist",
+                    attested.matched.describe()
                 )))
-            })
-        })?;
-        let issue = IssuePolicy {
-            common_name: registration_id.to_string(),
-            validity_days: i64::from(policy.validity_in_days),
-            now,
+            }
+            Err(NotIssued::Failed(e)) => return Err(e),
         };
-        let leaf = ca.issue_for_request(&request, &issue).map_err(|e| {
-            Error::Storage(crate::store::StoreError::backend(format!(
-                "issuing with credential policy '{}' failed: {e}",
-                policy.name
-            )))
-        })?;
-        let thumbprint = dps_pki::thumbprint::sha256_thumbprint(&leaf);
-        let chain = std::iter::once(leaf)
-            .chain(ca.chain_der())
-            .map(|c| B64.encode(c))
-            .collect();
         Ok(Some(Issued {
-            chain,
             hub_auth: DeviceAuth::SelfSigned {
-                primary_thumbprint: thumbprint.clone(),
-                secondary_thumbprint: thumbprint,
+                primary_thumbprint: issued.sha256_thumbprint.clone(),
+                secondary_thumbprint: issued.sha256_thumbprint,
             },
+            chain: issued.chain,
+            policy: policy.to_string(),
             older_api,
         }))
+    }
+}
+
+#[async_trait::async_trait]
+impl CertificateIssuer for Engine {
+    async fn issue(
+        &self,
+        now: DateTime<Utc>,
+        policy: &str,
+        common_name: &str,
+        csr: &str,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let request = request_for(csr, common_name, "the device id").map_err(IssueError::Request)?;
+        self.issue_under(now, policy, &request, common_name)
+            .await
+            .map_err(|e| match e {
+                NotIssued::NoPolicy(name) => IssueError::NoPolicy(format!(
+                    "the credential policy '{name}' that issued the device's certificate no longer exists"
+                )),
+                NotIssued::Failed(e) => IssueError::Unavailable(e.to_string()),
+            })
     }
 }

@@ -574,6 +574,7 @@ fn intent(operation_id: &str, registration_id: &str) -> RegistrationIntent {
             initial_twin: None,
             twin_policy: TwinPolicy::Reset,
             operation_id: operation_id.into(),
+            credential_policy: None,
         },
         record: r,
         previous: Some(PreviousAssignment {

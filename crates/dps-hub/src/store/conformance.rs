@@ -35,6 +35,7 @@ fn record(id: &str, status: Status) -> DeviceRecord {
         capabilities: DeviceCapabilities::default(),
         twin: TwinState::new(at()),
         created_by_operation: None,
+        issuance: None,
     }
 }
 

@@ -63,6 +63,7 @@ pub fn provisioning(id: &str, policy: TwinPolicy) -> DeviceProvisioning {
         }),
         twin_policy: policy,
         operation_id: format!("4.op.{}", NEXT_OPERATION.fetch_add(1, Ordering::Relaxed)),
+        credential_policy: None,
     }
 }
 

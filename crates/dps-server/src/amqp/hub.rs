@@ -1031,6 +1031,11 @@ pub(super) fn deliver(conn: &mut Conn, device_id: &str, out: Outbound) {
         OutboundKind::C2d { properties, lock_token } => {
             return deliver_c2d(conn, device_id, properties, lock_token, out.payload)
         }
+        // Certificate renewal is an MQTT topic only: no AMQP request makes one.
+        OutboundKind::CredentialResponse { .. } => {
+            tracing::debug!(device = %device_id, "certificate renewal answer has no AMQP link; dropped");
+            return;
+        }
     };
     if !conn.send_to(&node.address(), message::encode(msg)) {
         tracing::debug!(device = %device_id, "hub message dropped: its link is not attached");

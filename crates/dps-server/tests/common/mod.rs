@@ -371,13 +371,39 @@ pub async fn hub_mqtt_with_key(
     id: &str,
     key: &str,
 ) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
-    use rumqttc::{Event, MqttOptions, Packet, TlsConfiguration, Transport};
     let expiry = chrono::Utc::now().timestamp() as u64 + 600;
     let token = build_token(&format!("{audience_host}/devices/{id}"), key, expiry, None).unwrap();
     let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
     let tls = dps_pki::tls::client_config(&ca).unwrap();
+    hub_mqtt_connect(s, user_host, id, token, tls).await
+}
+
+/// An MQTT+TLS connection to the hub as X.509 device `id`, presenting `chain_pem` (leaf first)
+/// with its key `key_pem` and no password: the client after CONNACK 0, or the error that ended
+/// the connection.
+pub async fn hub_mqtt_x509(
+    s: &RunningServer,
+    id: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let tls = dps_pki::tls::client_config_with_identity(&ca, chain_pem, key_pem).unwrap();
+    let hub = s.services.identity.hub.host_name.clone();
+    hub_mqtt_connect(s, &hub, id, String::new(), tls).await
+}
+
+/// Connects to the hub's MQTT port as `id` with `password` over `tls`, naming `user_host`.
+async fn hub_mqtt_connect(
+    s: &RunningServer,
+    user_host: &str,
+    id: &str,
+    password: String,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), rumqttc::ConnectionError> {
+    use rumqttc::{Event, MqttOptions, Packet, TlsConfiguration, Transport};
     let mut o = MqttOptions::new(id, s.mqtt_addr.ip().to_string(), s.mqtt_addr.port());
-    o.set_credentials(format!("{user_host}/{id}/?api-version=2021-04-12"), token);
+    o.set_credentials(format!("{user_host}/{id}/?api-version=2021-04-12"), password);
     o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);

@@ -1,0 +1,209 @@
+//! Certificate renewal through the hub (issue 17, point 3): a device provisioned with a CSR by
+//! the Rust client renews its certificate over MQTT (`$iothub/credentials/…`, 202 then 200 with
+//! the chain), connects with the new one, and its old one is refused once the grace period is
+//! over; refusals come as IoT Hub words them.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::*;
+use dps_client::{ProvisioningClient, SymmetricKeyProvider};
+use dps_pki::ca::KeyAlgorithm;
+use dps_proto::hub_mqtt::{issue_certificate_topic, parse_credentials_response_topic};
+use dps_proto::model::credential_policy::CredentialPolicyBody;
+use dps_proto::model::service::IndividualEnrollment;
+use rumqttc::{Packet, QoS};
+use serde_json::{json, Value};
+
+const IP: &str = "127.0.39.12";
+
+/// PEM of a base64 DER chain.
+fn pem_of(chain: &[String]) -> String {
+    chain
+        .iter()
+        .map(|c| dps_pki::pem::to_pem("CERTIFICATE", &B64.decode(c).unwrap()))
+        .collect()
+}
+
+/// Publishes a renewal request and returns the answers (status, body) until one is final.
+async fn renew(c: &rumqttc::AsyncClient, ev: &mut rumqttc::EventLoop, rid: &str, body: Value) -> Vec<(u16, Value)> {
+    c.publish(issue_certificate_topic(rid), QoS::AtLeastOnce, false, body.to_string())
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    loop {
+        let (status, got_rid, body) = hub_mqtt_until(ev, |p| match p {
+            Packet::Publish(p) => parse_credentials_response_topic(&p.topic)
+                .map(|(status, rid)| (status, rid, serde_json::from_slice::<Value>(&p.payload).unwrap())),
+            _ => None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(got_rid, rid);
+        answers.push((status, body));
+        if status != 202 {
+            return answers;
+        }
+    }
+}
+
+async fn subscribe_credentials(c: &rumqttc::AsyncClient, ev: &mut rumqttc::EventLoop) {
+    c.subscribe("$iothub/credentials/res/#", QoS::AtMostOnce).await.unwrap();
+    hub_mqtt_until(ev, |p| match p {
+        Packet::SubAck(a) => Some(a.return_codes.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server_with(IP, dir.path(), |c| c.limits.certificate_renewal_grace_secs = 3).await;
+    let now = chrono::Utc::now();
+    s.services
+        .engine
+        .put_credential_policy(now, "fleet", CredentialPolicyBody::default(), None)
+        .await
+        .unwrap();
+    put_enrollment(
+        &s,
+        "renew-dev",
+        IndividualEnrollment {
+            attestation: symmetric_key(KEY),
+            credential_policy_name: Some("fleet".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // Provisioned with a CSR by the Rust client: the first certificate.
+    let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let (key1, csr1) = dps_pki::csr::new_key_and_request("renew-dev", KeyAlgorithm::EcdsaP256).unwrap();
+    let provider = Arc::new(SymmetricKeyProvider::new("renew-dev", KEY).unwrap());
+    let registration = ProvisioningClient::new(IP, &s.services.identity.id_scope, provider, &ca)
+        .with_port(s.mqtt_addr.port())
+        .with_csr(csr1)
+        .register(None)
+        .await
+        .unwrap();
+    let chain1 = registration.issued_certificate_chain.clone().unwrap();
+    let pem1 = pem_of(&chain1);
+    let (c, mut ev) = hub_mqtt_x509(&s, "renew-dev", &pem1, &key1).await.unwrap();
+    subscribe_credentials(&c, &mut ev).await;
+
+    // Renewal with a new key: 202 (accepted), then 200 with the chain.
+    let (key2, csr2) = dps_pki::csr::new_key_and_request("renew-dev", KeyAlgorithm::EcdsaP384).unwrap();
+    let answers = renew(&c, &mut ev, "r1", json!({"id": "renew-dev", "csr": B64.encode(&csr2)})).await;
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    let (accepted, done) = (&answers[0], &answers[1]);
+    assert_eq!(accepted.0, 202);
+    let correlation = accepted.1["correlationId"].as_str().unwrap();
+    assert!(
+        accepted.1["operationExpires"].as_str().unwrap().ends_with('Z'),
+        "{accepted:?}"
+    );
+    assert_eq!(done.0, 200, "{done:?}");
+    assert_eq!(done.1["correlationId"], correlation);
+    let chain2: Vec<String> = serde_json::from_value(done.1["certificates"].clone()).unwrap();
+    assert_eq!(chain2.len(), 3);
+    assert_eq!(chain2[1..], chain1[1..], "the same policy's CA issued it");
+    let leaf2 = B64.decode(&chain2[0]).unwrap();
+    let summary2 = dps_pki::info::summarize(&leaf2).unwrap();
+    assert_eq!(summary2.common_name.as_deref(), Some("renew-dev"));
+    let issuing = B64.decode(&chain1[1]).unwrap();
+    dps_pki::chain::verify_issued_by(&leaf2, &issuing, chrono::Utc::now()).unwrap();
+    let device = hub(&s).get_device("renew-dev").await.unwrap();
+    let thumbprints = device.authentication.unwrap().x509_thumbprint.unwrap();
+    assert_eq!(
+        thumbprints.primary_thumbprint.as_deref(),
+        Some(summary2.sha256_thumbprint.as_str())
+    );
+    let summary1 = dps_pki::info::summarize(&B64.decode(&chain1[0]).unwrap()).unwrap();
+    assert_eq!(
+        thumbprints.secondary_thumbprint.as_deref(),
+        Some(summary1.sha256_thumbprint.as_str())
+    );
+    drop((c, ev));
+
+    // The new certificate connects; the old one too, until the grace period is over.
+    let pem2 = pem_of(&chain2);
+    hub_mqtt_x509(&s, "renew-dev", &pem2, &key2).await.unwrap();
+    hub_mqtt_x509(&s, "renew-dev", &pem1, &key1).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let Err(refused) = hub_mqtt_x509(&s, "renew-dev", &pem1, &key1).await else {
+        panic!("the old certificate still connects after the grace period");
+    };
+    assert!(format!("{refused:?}").contains("NotAuthorized"), "{refused:?}");
+    let (c, mut ev) = hub_mqtt_x509(&s, "renew-dev", &pem2, &key2).await.unwrap();
+
+    // Refusals, as IoT Hub words them: another device's id, a request that is no CSR, a CSR
+    // for another name; nothing changes.
+    subscribe_credentials(&c, &mut ev).await;
+    let (_, csr3) = dps_pki::csr::new_key_and_request("someone-else", KeyAlgorithm::EcdsaP256).unwrap();
+    for (rid, body, status, code, cause, says) in [
+        (
+            "r2",
+            json!({"id": "other", "csr": B64.encode(&csr2)}),
+            400,
+            400040,
+            "DeviceIdMismatch",
+            "device 'other'",
+        ),
+        (
+            "r3",
+            json!({"id": "renew-dev", "csr": "bm90IGEgY3Ny"}),
+            400,
+            400040,
+            "InvalidCsr",
+            "PKCS#10",
+        ),
+        (
+            "r4",
+            json!({"id": "renew-dev", "csr": B64.encode(&csr3)}),
+            400,
+            400040,
+            "InvalidCsr",
+            "is not the device id 'renew-dev'",
+        ),
+        ("r5", json!({"csr": 7}), 400, 400040, "InvalidRequest", "\"id\""),
+    ] {
+        let answers = renew(&c, &mut ev, rid, body).await;
+        let (got, error) = answers.last().unwrap();
+        assert_eq!(*got, status, "{rid}: {answers:?}");
+        assert_eq!(error["errorCode"], code, "{rid}: {error}");
+        assert_eq!(error["info"]["credentialError"], cause, "{rid}: {error}");
+        let message = error["info"]["credentialMessage"].as_str().unwrap();
+        assert!(message.contains(says), "{rid}: {message}");
+        assert!(error["trackingId"].is_string() && error["timestampUtc"].is_string());
+    }
+    let after = hub(&s).get_device("renew-dev").await.unwrap();
+    assert_eq!(
+        after
+            .authentication
+            .unwrap()
+            .x509_thumbprint
+            .unwrap()
+            .primary_thumbprint
+            .as_deref(),
+        Some(summary2.sha256_thumbprint.as_str())
+    );
+
+    // A SAS device has no certificate from a policy to renew.
+    hub_device(&s, "sas-dev").await;
+    let (c, mut ev) = hub_mqtt(&s, "sas-dev").await;
+    subscribe_credentials(&c, &mut ev).await;
+    let answers = renew(&c, &mut ev, "r6", json!({"id": "sas-dev", "csr": B64.encode(&csr2)})).await;
+    let (status, error) = answers.last().unwrap();
+    assert_eq!(
+        (*status, error["errorCode"].clone()),
+        (412, json!(412005)),
+        "{answers:?}"
+    );
+    assert_eq!(error["info"]["credentialError"], "NoCredentialPolicy");
+}
