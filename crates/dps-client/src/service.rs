@@ -15,6 +15,7 @@ use dps_proto::model::hub::{
     EventHubConsumerGroupInfo, ExportImportDevice, Module, RegistryStatistics, ServiceStatistics, Twin,
     UploadedFileList,
 };
+use dps_proto::model::revocation::{CrlImport, CrlImportResult, Revocation, RevocationBody, RevocationList};
 use dps_proto::model::service::{
     AttestationMechanism, AuthorizationRule, AuthorizationRuleList, EnrollmentGroup, IndividualEnrollment,
     LinkedHubDescription, LinkedHubList, PolicyKeyType, RegenerateKeyRequest, RegistrationState,
@@ -254,6 +255,52 @@ impl ServiceClient {
     /// `DELETE /credentialPolicies/{name}`.
     pub async fn delete_credential_policy(&self, name: &str, etag: Option<&str>) -> Result<(), ClientError> {
         delete(&self.rest, Route::DeleteCredentialPolicy(name.into()), etag).await
+    }
+
+    /// `POST /revocations`: revokes a certificate.
+    pub async fn add_revocation(&self, revocation: &RevocationBody) -> Result<Revocation, ClientError> {
+        call(&self.rest, Route::AddRevocation, Some(body(revocation)?), None).await
+    }
+
+    /// `GET /revocations`, every page.
+    pub async fn list_revocations(&self) -> Result<Vec<Revocation>, ClientError> {
+        let route = Route::ListRevocations;
+        let mut all = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let headers: Vec<(&str, &str)> = continuation
+                .as_deref()
+                .map(|c| ("x-ms-continuation", c))
+                .into_iter()
+                .collect();
+            let reply = self.rest.call(&route, &[], None, &headers).await?;
+            let next = reply
+                .headers
+                .get("x-ms-continuation")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let page: RevocationList = typed(&route, reply.body)?;
+            all.extend(page.value);
+            match next {
+                Some(c) => continuation = Some(c),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// `GET /revocations/{id}`.
+    pub async fn get_revocation(&self, id: &str) -> Result<Revocation, ClientError> {
+        call(&self.rest, Route::GetRevocation(id.into()), None, None).await
+    }
+
+    /// `DELETE /revocations/{id}`.
+    pub async fn delete_revocation(&self, id: &str) -> Result<(), ClientError> {
+        delete(&self.rest, Route::DeleteRevocation(id.into()), None).await
+    }
+
+    /// `POST /crls`: imports a CA's revocation list.
+    pub async fn import_crl(&self, crl: &CrlImport) -> Result<CrlImportResult, ClientError> {
+        call(&self.rest, Route::ImportCrl, Some(body(crl)?), None).await
     }
 
     /// `GET /certificates`.

@@ -12,6 +12,7 @@ mod issuance;
 mod linked_hubs;
 mod observe;
 mod recovery;
+mod revocations;
 mod service;
 mod tpm;
 mod x509;
@@ -41,6 +42,8 @@ pub enum StoreChange {
     GroupsOrCertificates,
     /// A hub was linked, changed or unlinked.
     LinkedHubs,
+    /// Revoked certificates were added or removed.
+    Revocations,
     /// The individual enrollment with this registration key (lower-cased id) was written or
     /// deleted.
     Enrollment(String),
@@ -115,6 +118,10 @@ pub struct EngineConfig {
     /// the one that stored it finishes it ([`Engine::recover_stale_registrations`]). Longer than
     /// any registration takes on a live node.
     pub interrupted_registration_age: std::time::Duration,
+    /// Where the credential policies' revocation lists are served (`https://host:port/crl`):
+    /// certificates issued at registration name `{base}/{policy}` as their CRL distribution
+    /// point. `None`: they name none.
+    pub crl_base_url: Option<String>,
 }
 
 /// [`EngineConfig::interrupted_registration_age`] by default: a registration's hub write and
@@ -136,6 +143,7 @@ impl EngineConfig {
             immediate_assignment: false,
             quotas: crate::quota::QuotaConfig::DEFAULT,
             interrupted_registration_age: INTERRUPTED_REGISTRATION_AGE,
+            crl_base_url: None,
         }
     }
 }
@@ -229,6 +237,8 @@ pub struct Engine {
     tpm: tpm::ChallengeCache,
     /// Credential policies' CAs, loaded once per policy version.
     issuers: issuance::IssuerCache,
+    /// Revoked certificates, read by X.509 attestation and the embedded hubs.
+    revocations: Arc<crate::revocation::RevocationSet>,
     quotas: crate::quota::Quotas,
     random: Arc<dyn Random>,
     /// Told of every registration attempt and throttled request ([`Engine::set_observer`]).
@@ -250,6 +260,7 @@ impl Engine {
             operations: device::OperationCache::default(),
             tpm: tpm::ChallengeCache::default(),
             issuers: issuance::IssuerCache::default(),
+            revocations: crate::revocation::RevocationSet::new(),
             quotas,
             random: Arc::new(SystemRandom),
             observer: std::sync::OnceLock::new(),
@@ -295,6 +306,7 @@ impl Engine {
         // First: finishing an interrupted registration may write to a linked hub.
         self.load_linked_hubs().await?;
         self.groups.reload(self.store.as_ref()).await?;
+        self.reload_revocations().await?;
         if self.store.shared() {
             // Other nodes may be finishing theirs right now: only what they left long ago.
             let age = self.config.interrupted_registration_age;
@@ -317,8 +329,17 @@ impl Engine {
                 self.absent.forget(&key);
                 return;
             }
+            StoreChange::Revocations => {
+                if let Err(e) = self.reload_revocations().await {
+                    tracing::warn!(error = %e, "revocations changed by another node not read");
+                }
+                return;
+            }
             StoreChange::Resync => {
                 self.absent.forget_all();
+                if let Err(e) = self.reload_revocations().await {
+                    tracing::warn!(error = %e, "revocations not read again");
+                }
                 (true, true)
             }
         };

@@ -145,6 +145,8 @@ pub enum Resource {
     SharedAccessPolicy,
     /// A credential policy (`/credentialPolicies/{name}`).
     CredentialPolicy,
+    /// A revoked certificate (`/revocations/{id}`).
+    Revocation,
 }
 
 impl std::fmt::Display for Resource {
@@ -157,6 +159,7 @@ impl std::fmt::Display for Resource {
             Resource::LinkedHub => "linked hub",
             Resource::SharedAccessPolicy => "shared access policy",
             Resource::CredentialPolicy => "credential policy",
+            Resource::Revocation => "revocation",
         })
     }
 }
@@ -267,6 +270,10 @@ pub enum InvalidArgument {
         /// What is wrong.
         reason: String,
     },
+    /// A revocation or an imported revocation list is refused (it names no certificate, the
+    /// list does not parse or no known CA signed it); the reason says which.
+    #[error("{0}")]
+    Revocation(String),
     /// A device's certificate signing request cannot be issued for: not a valid request, its
     /// CN is not the registration id, or its enrollment names no (existing) credential policy;
     /// the reason says which.
@@ -390,6 +397,17 @@ pub enum X509Refusal {
         common_name: String,
         /// The request's registration id.
         registration_id: String,
+    },
+    /// A certificate of the device's chain is revoked (`dps revocation`, or an imported
+    /// revocation list).
+    #[error("certificate '{subject}' (serial {serial}, issuer '{issuer}') is revoked")]
+    Revoked {
+        /// The revoked certificate's subject.
+        subject: String,
+        /// Its serial number.
+        serial: String,
+        /// Its issuer.
+        issuer: String,
     },
     /// The leaf is not valid yet.
     #[error("device certificate '{subject}' is not valid before {}", dps_proto::timefmt::format_seconds(.not_before))]
@@ -611,7 +629,7 @@ impl Error {
                 Resource::Registration => codes::REGISTRATION_NOT_FOUND,
                 Resource::Certificate => codes::CERTIFICATE_NOT_FOUND,
                 Resource::CredentialPolicy => codes::CREDENTIAL_POLICY_NOT_FOUND,
-                Resource::LinkedHub | Resource::SharedAccessPolicy => codes::PATH_NOT_FOUND,
+                Resource::LinkedHub | Resource::SharedAccessPolicy | Resource::Revocation => codes::PATH_NOT_FOUND,
             },
             Error::AlreadyExists { resource, .. } => match resource {
                 Resource::Enrollment => codes::ENROLLMENT_EXISTS,
@@ -623,7 +641,7 @@ impl Error {
                 Resource::CredentialPolicy => codes::CREDENTIAL_POLICY_EXISTS,
                 // Linked hubs and policies are written create-or-replace; no write finds one in
                 // the way.
-                Resource::LinkedHub | Resource::SharedAccessPolicy => codes::ARGUMENT_INVALID,
+                Resource::LinkedHub | Resource::SharedAccessPolicy | Resource::Revocation => codes::ARGUMENT_INVALID,
             },
             Error::EtagMismatch { resource, .. } => match resource {
                 Resource::Enrollment => codes::ENROLLMENT_ETAG_MISMATCH,
@@ -631,7 +649,7 @@ impl Error {
                 Resource::Registration => codes::REGISTRATION_ETAG_MISMATCH,
                 Resource::Certificate => codes::CERTIFICATE_ETAG_MISMATCH,
                 Resource::CredentialPolicy => codes::CREDENTIAL_POLICY_ETAG_MISMATCH,
-                Resource::LinkedHub | Resource::SharedAccessPolicy => codes::ARGUMENT_INVALID,
+                Resource::LinkedHub | Resource::SharedAccessPolicy | Resource::Revocation => codes::ARGUMENT_INVALID,
             },
             Error::OperationNotFound { .. } => codes::OPERATION_NOT_FOUND,
             Error::NoRegistrationRecord { .. } => codes::REGISTRATION_NOT_FOUND,

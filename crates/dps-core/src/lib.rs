@@ -17,6 +17,7 @@ pub mod error;
 pub mod hub;
 pub mod quota;
 pub mod random;
+pub mod revocation;
 pub mod store;
 pub mod x509;
 

@@ -379,6 +379,22 @@ pub trait Store: Send + Sync + 'static {
     /// Every credential policy, ordered by lower-cased name (a few per service; no paging).
     async fn list_credential_policies(&self) -> Result<Vec<CredentialPolicyRecord>, StoreError>;
 
+    /// A revocation entry by id.
+    async fn get_revocation(&self, id: &str) -> Result<Option<dps_proto::model::revocation::Revocation>, StoreError>;
+    /// Revocation entries ordered by id, strictly after `after`, at most `limit`.
+    async fn list_revocations(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<dps_proto::model::revocation::Revocation>, StoreError>;
+    /// In one commit: creates or replaces the entries `put` (by id) and removes the entries
+    /// `remove` (absent ones are fine), so that a revocation list replaces its predecessor whole.
+    async fn change_revocations(
+        &self,
+        put: &[dps_proto::model::revocation::Revocation],
+        remove: &[String],
+    ) -> Result<(), StoreError>;
+
     /// Appends audit entries (their `sequence` is the store's to give), in one commit;
     /// returns once they are durable.
     async fn append_audit(&self, entries: &[crate::audit::AuditEntry]) -> Result<(), StoreError>;

@@ -380,6 +380,21 @@ fn main() {
         s.put("certificate_request", alg.name(), csr);
     }
 
+    // ---- revocation lists, as the service makes them (DER, and PEM text)
+    let crl_ca = LocalCa::generate("Fuzz CRL CA").expect("a CA");
+    let now = chrono::Utc::now();
+    let crl = crl_ca
+        .issue_crl(
+            &[("0A1B".into(), now), ("7F".into(), now)],
+            now,
+            chrono::TimeDelta::days(7),
+            1,
+        )
+        .expect("a CRL");
+    s.put("revocation_list", "der", [&[1u8][..], &crl].concat());
+    let pem = dps_pki::pem::to_pem("X509 CRL", &crl);
+    s.put("revocation_list", "pem", [&[0u8][..], pem.as_bytes()].concat());
+
     // ---- TPM public areas (EK and SRK templates around a 2048-bit modulus)
     let modulus: Vec<u8> = (0..256u32).map(|i| (i * 151 + 7) as u8 | 0x80).collect();
     let ek = RsaPublic::endorsement_template(modulus.clone()).to_tpm2b();

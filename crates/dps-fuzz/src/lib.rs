@@ -29,7 +29,7 @@ pub use amqp::amqp_connection;
 pub use amqp_frames::amqp_frames;
 pub use bodies::{hub_body, registration_body, service_body, telemetry_batch};
 pub use mqtt::{mqtt_packet, mqtt_topic, mqtt_username, websocket_frames};
-pub use pki::{certificate_request, tpm_public, x509_certificate};
+pub use pki::{certificate_request, revocation_list, tpm_public, x509_certificate};
 pub use portal::portal_request;
 pub use query::query;
 pub use text::{blob_request, connection_string, event_selector, registration_id, rest_path, sas_token};
@@ -53,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("hub_body", hub_body),
     ("x509_certificate", x509_certificate),
     ("certificate_request", certificate_request),
+    ("revocation_list", revocation_list),
     ("tpm_public", tpm_public),
     ("amqp_connection", amqp_connection),
     ("amqp_frames", amqp_frames),

@@ -129,6 +129,7 @@ pub fn certificate_request(data: &[u8]) {
         common_name: "fuzz-device".into(),
         validity_days: 30,
         now: chrono::Utc::now(),
+        crl_url: None,
     };
     let cert = ca
         .issue_for_request(&request, &policy)
@@ -141,4 +142,33 @@ pub fn certificate_request(data: &[u8]) {
     );
     let summary = summarize(&cert).expect("the issued certificate summarizes");
     assert_eq!(summary.common_name.as_deref(), Some("fuzz-device"));
+}
+
+/// A certificate revocation list as an operator imports it (`POST /crls`): the first byte picks
+/// text (PEM or base64, as the API takes it) or DER; a list that parses keeps its entries and
+/// its signature is checked against a fixed CA (never signed by it).
+pub fn revocation_list(data: &[u8]) {
+    use dps_pki::crl::Crl;
+    static CA: std::sync::OnceLock<dps_pki::ca::LocalCa> = std::sync::OnceLock::new();
+    let Some((mode, rest)) = data.split_first() else {
+        return;
+    };
+    let parsed = if mode % 2 == 0 {
+        match std::str::from_utf8(rest) {
+            Ok(text) => Crl::parse_text(text),
+            Err(_) => return,
+        }
+    } else {
+        Crl::parse(rest)
+    };
+    let Ok(crl) = parsed else {
+        return;
+    };
+    assert_eq!(
+        Crl::parse(&crl.der).ok().as_ref(),
+        Some(&crl),
+        "a list parses the same twice"
+    );
+    let ca = CA.get_or_init(|| dps_pki::ca::LocalCa::generate("Fuzz CRL CA").expect("a CA"));
+    assert!(!crl.is_signed_by(&ca.cert_der()) || crl.der.is_empty());
 }

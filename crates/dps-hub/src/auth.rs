@@ -98,13 +98,68 @@ impl DeviceIdentity {
     }
 }
 
+/// The TLS client certificate a device presented (its leaf), as the hub judges it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// SHA-1 thumbprint, hex.
+    pub sha1_thumbprint: String,
+    /// SHA-256 thumbprint, hex.
+    pub sha256_thumbprint: String,
+    /// The issuer's distinguished name (for revocation).
+    pub issuer: String,
+    /// The serial number, hex (for revocation).
+    pub serial_number: String,
+    /// The subject (for messages).
+    pub subject: String,
+}
+
+impl ClientCertificate {
+    /// The leaf of a TLS client chain (DER, leaf first); `None` without one. A leaf that does
+    /// not parse is known by its thumbprints alone.
+    pub fn leaf_of(chain: &[Vec<u8>]) -> Option<ClientCertificate> {
+        let leaf = chain.first()?;
+        let summary = dps_pki::info::summarize(leaf).ok();
+        Some(ClientCertificate {
+            sha1_thumbprint: dps_pki::thumbprint::sha1_thumbprint(leaf),
+            sha256_thumbprint: dps_pki::thumbprint::sha256_thumbprint(leaf),
+            issuer: summary.as_ref().map(|s| s.issuer_name.clone()).unwrap_or_default(),
+            serial_number: summary.as_ref().map(|s| s.serial_number.clone()).unwrap_or_default(),
+            subject: summary.map(|s| s.subject_name).unwrap_or_default(),
+        })
+    }
+
+    /// A certificate known by its thumbprints only.
+    pub fn with_thumbprints(sha1: impl Into<String>, sha256: impl Into<String>) -> ClientCertificate {
+        ClientCertificate {
+            sha1_thumbprint: sha1.into(),
+            sha256_thumbprint: sha256.into(),
+            ..Default::default()
+        }
+    }
+
+    fn id(&self) -> dps_core::revocation::CertificateId {
+        dps_core::revocation::CertificateId {
+            sha256_thumbprint: self.sha256_thumbprint.clone(),
+            issuer: self.issuer.clone(),
+            serial_number: self.serial_number.clone(),
+            subject: self.subject.clone(),
+        }
+    }
+}
+
 impl Hub {
+    /// Refuses devices whose certificate is in `revoked` (the provisioning engine's set, which
+    /// changes as certificates are revoked). Set once, at start; later calls are ignored.
+    pub fn set_revocations(&self, revoked: std::sync::Arc<dps_core::revocation::RevocationSet>) {
+        let _ = self.inner.revocations.set(revoked);
+    }
+
     /// Checks a device's CONNECT credentials.
     ///
     /// * `username` — the parsed CONNECT username; its host must be this hub (case-insensitive).
     /// * `password` — a SAS token for key devices; absent or empty for X.509 devices.
-    /// * `client_cert_thumbprints` — `(sha1_hex, sha256_hex)` of the TLS client leaf certificate,
-    ///   if one was presented (the chain is not judged here; `selfSigned` pins the leaf).
+    /// * `client_cert` — the TLS client leaf certificate, if one was presented (the chain is not
+    ///   judged here; `selfSigned` pins the leaf, which must not be revoked).
     ///
     /// Errors say exactly what was wrong (unknown device, expired token, wrong key, wrong
     /// audience, ...) so the server can log them; the device only sees the CONNACK code.
@@ -113,7 +168,7 @@ impl Hub {
         now_unix: u64,
         username: &HubUsername,
         password: Option<&[u8]>,
-        client_cert_thumbprints: Option<(String, String)>,
+        client_cert: Option<ClientCertificate>,
     ) -> Result<DeviceIdentity, AuthError> {
         let device_id = username.device_id.as_str();
         let refuse = |reason: String| {
@@ -161,7 +216,15 @@ impl Hub {
                 AuthMethod::Sas(self.check_sas(now_unix, &client_path, &rec, token).map_err(refuse)?)
             }
             None => {
-                AuthMethod::X509SelfSigned(check_thumbprint(now_unix, &rec, client_cert_thumbprints).map_err(refuse)?)
+                if let (Some(cert), Some(revoked)) = (&client_cert, self.inner.revocations.get()) {
+                    if revoked.is_revoked(&cert.id()) {
+                        return Err(refuse(format!(
+                            "client certificate '{}' (serial {}, issuer '{}') is revoked",
+                            cert.subject, cert.serial_number, cert.issuer
+                        )));
+                    }
+                }
+                AuthMethod::X509SelfSigned(check_thumbprint(now_unix, &rec, client_cert).map_err(refuse)?)
             }
         };
         // Checked after the credentials so a disabled device's status is not revealed to anyone
@@ -225,7 +288,7 @@ impl Hub {
 fn check_thumbprint(
     now_unix: u64,
     rec: &DeviceRecord,
-    presented: Option<(String, String)>,
+    presented: Option<ClientCertificate>,
 ) -> Result<CredentialSlot, String> {
     let kind = rec.authentication.kind.as_str();
     if !kind.eq_ignore_ascii_case("selfSigned") {
@@ -235,7 +298,12 @@ fn check_thumbprint(
             format!("'{kind}' authentication is not supported by this hub's device endpoint")
         });
     }
-    let Some((sha1, sha256)) = presented else {
+    let Some(ClientCertificate {
+        sha1_thumbprint: sha1,
+        sha256_thumbprint: sha256,
+        ..
+    }) = presented
+    else {
         return Err("no password and no client certificate presented".into());
     };
     let (sha1, sha256) = (normalize_thumbprint(&sha1), normalize_thumbprint(&sha256));

@@ -59,7 +59,7 @@ use dps_core::{Clock, SystemClock};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch, OwnedMutexGuard};
 
-pub use auth::{AuthMethod, CredentialSlot, DeviceIdentity};
+pub use auth::{AuthMethod, ClientCertificate, CredentialSlot, DeviceIdentity};
 pub use bulk::BULK_MAX;
 pub use c2d::{
     Ack, C2dOutcome, C2dRecord, FeedbackBatch, FeedbackRecord, FeedbackStatus, QueueChange, C2D_LOCK,
@@ -264,6 +264,8 @@ pub(crate) struct HubInner {
     peers: std::sync::OnceLock<Arc<dyn peers::Peers>>,
     /// Who issues renewed device certificates ([`Hub::set_certificate_issuer`]).
     renewal: std::sync::OnceLock<session::Renewal>,
+    /// Revoked certificates, refused at connect ([`Hub::set_revocations`]).
+    revocations: std::sync::OnceLock<Arc<dps_core::revocation::RevocationSet>>,
 }
 
 /// Per-device state.
@@ -401,6 +403,7 @@ impl Hub {
                 jobs: Mutex::new(Default::default()),
                 peers: std::sync::OnceLock::new(),
                 renewal: std::sync::OnceLock::new(),
+                revocations: std::sync::OnceLock::new(),
             }),
         })
     }

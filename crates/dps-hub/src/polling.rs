@@ -53,9 +53,9 @@ impl Hub {
         now_unix: u64,
         device_id: &str,
         token: Option<&str>,
-        client_cert_thumbprints: Option<(String, String)>,
+        client_cert: Option<crate::ClientCertificate>,
     ) -> Result<DeviceIdentity, AuthError> {
-        self.authenticate_identity(now_unix, device_id, None, token, client_cert_thumbprints)
+        self.authenticate_identity(now_unix, device_id, None, token, client_cert)
             .await
     }
 
@@ -68,7 +68,7 @@ impl Hub {
         device_id: &str,
         module_id: Option<&str>,
         token: Option<&str>,
-        client_cert_thumbprints: Option<(String, String)>,
+        client_cert: Option<crate::ClientCertificate>,
     ) -> Result<DeviceIdentity, AuthError> {
         let username = HubUsername {
             host_name: self.inner.host_name.clone(),
@@ -76,7 +76,7 @@ impl Hub {
             module_id: module_id.map(str::to_string),
             api_version: None,
         };
-        self.authenticate(now_unix, &username, token.map(str::as_bytes), client_cert_thumbprints)
+        self.authenticate(now_unix, &username, token.map(str::as_bytes), client_cert)
             .await
     }
 

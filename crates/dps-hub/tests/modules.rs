@@ -308,7 +308,7 @@ async fn modules_authenticate_with_their_own_credentials() {
             NOW,
             &username("dev1", "cam"),
             None,
-            Some((tp.to_lowercase(), "00".into())),
+            Some(dps_hub::ClientCertificate::with_thumbprints(tp.to_lowercase(), "00")),
         )
         .await
         .unwrap();

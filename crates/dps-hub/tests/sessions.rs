@@ -263,7 +263,7 @@ async fn x509_self_signed_authentication() {
     )
     .await
     .unwrap();
-    let presented = |sha1: &str, sha256: &str| Some((sha1.to_string(), sha256.to_string()));
+    let presented = |sha1: &str, sha256: &str| Some(dps_hub::ClientCertificate::with_thumbprints(sha1, sha256));
 
     // SHA-1 match on the primary, case-insensitive; empty password = no password.
     let id = hub

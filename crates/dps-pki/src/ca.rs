@@ -405,6 +405,12 @@ impl LocalCa {
         Ok(params.signed_by(public_key, &self.issuer, &self.key)?.der().clone())
     }
 
+    /// Signs a revocation list as `params` describe, with this CA's key (which must be allowed
+    /// to sign lists: keyUsage cRLSign, when the certificate restricts its usage).
+    pub(crate) fn sign_crl(&self, params: rcgen::CertificateRevocationListParams) -> Result<Vec<u8>, PkiError> {
+        Ok(params.signed_by(&self.issuer, &self.key)?.der().to_vec())
+    }
+
     /// The CA certificate as PEM: the file users install as their trust anchor.
     pub fn cert_pem(&self) -> String {
         to_pem("CERTIFICATE", &self.cert_der)

@@ -184,6 +184,9 @@ pub struct IssuePolicy {
     pub validity_days: i64,
     /// The start of validity (backdated a little so that devices with a slow clock accept it).
     pub now: DateTime<Utc>,
+    /// Where the issuing CA's revocation list is served (a CRL distribution point), if
+    /// anywhere.
+    pub crl_url: Option<String>,
 }
 
 /// How far an issued device certificate is backdated: a device whose clock lags a few minutes
@@ -206,6 +209,11 @@ impl LocalCa {
         };
         let mut params = crate::ca::client_params(&policy.common_name, policy.validity_days, key_usages)?;
         params.serial_number = Some(random_serial());
+        if let Some(url) = &policy.crl_url {
+            params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                uris: vec![url.clone()],
+            }];
+        }
         let start = policy.now - TimeDelta::minutes(BACKDATE_MINUTES);
         params.not_before = to_offset(start);
         let end = (policy.now + TimeDelta::days(policy.validity_days)).min(self.not_after());

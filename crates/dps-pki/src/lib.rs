@@ -13,6 +13,7 @@
 //! - [`ca`] is the local PKI for development and factories: roots, intermediates, server, device
 //!   and proof-of-possession certificates;
 //! - [`csr`] verifies devices' certificate signing requests and issues their certificates;
+//! - [`crl`] reads imported revocation lists and makes the ones the service serves;
 //! - [`tls`] builds the rustls configurations of the device/service listeners and of clients;
 //! - [`x509`] reads DER certificates tolerantly (for the crates that need x509-parser's view).
 //!
@@ -24,6 +25,7 @@
 
 pub mod ca;
 pub mod chain;
+pub mod crl;
 pub mod csr;
 pub mod error;
 pub mod info;

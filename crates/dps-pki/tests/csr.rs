@@ -32,6 +32,7 @@ fn policy(cn: &str, days: i64) -> IssuePolicy {
         common_name: cn.into(),
         validity_days: days,
         now: Utc::now(),
+        crl_url: None,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod certificate;
 pub mod credential_policy;
 pub mod device;
 pub mod hub;
+pub mod revocation;
 pub mod service;
 
 /// A JSON body that does not fit its model: where, and what was wrong.

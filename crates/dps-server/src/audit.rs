@@ -155,7 +155,7 @@ pub(crate) fn registration_entry(attempt: &RegistrationAttempt<'_>) -> AuditEntr
 
 /// Whether a request on `route` changes something the trail records: enrollments, groups,
 /// registration records, CA certificates, linked hubs, credential and shared access policies,
-/// hub devices, twins,
+/// revocations, hub devices, twins,
 /// modules, jobs, consumer groups. Reads, queries, direct methods and messages are not
 /// changes.
 pub(crate) fn is_change(route: &Route) -> bool {
@@ -178,6 +178,9 @@ pub(crate) fn is_change(route: &Route) -> bool {
             | DeleteLinkedHub(_)
             | PutCredentialPolicy(_)
             | DeleteCredentialPolicy(_)
+            | AddRevocation
+            | DeleteRevocation(_)
+            | ImportCrl
             | PutPolicy(..)
             | DeletePolicy(..)
             | RegeneratePolicyKey(..)

@@ -45,16 +45,6 @@ pub use api_error::ApiError;
 pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub use config::{ConfigFileError, FileConfig, Limits, ServerConfig};
 
-/// The (SHA-1, SHA-256) thumbprints of the leaf of a client's TLS chain (DER, leaf first), as
-/// the hub matches X.509 devices; `None` without a client certificate.
-pub(crate) fn leaf_thumbprints(peer_certs: &[Vec<u8>]) -> Option<(String, String)> {
-    peer_certs.first().map(|leaf| {
-        (
-            dps_pki::thumbprint::sha1_thumbprint(leaf),
-            dps_pki::thumbprint::sha256_thumbprint(leaf),
-        )
-    })
-}
 pub use datadir::{DataDir, DataDirError, HubIdentity, Identity};
 pub use listener::{start, RunningServer, StartError};
 

@@ -208,6 +208,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         hubs.push(hub);
     }
     link_embedded_hubs(store.as_ref(), &identity, &fresh).await?;
+    // Certificates issued to devices name where their CA's revocation list is served: the
+    // HTTPS port under the server's first host name.
+    let https_port = ports[1].socket.local_addr().map_or(config.https_port, |a| a.port());
+    let crl_base_url = config.hostnames.first().map(|h| {
+        let host = if h.contains(':') { format!("[{h}]") } else { h.clone() };
+        match https_port {
+            443 => format!("https://{host}/crl"),
+            port => format!("https://{host}:{port}/crl"),
+        }
+    });
     let engine = Engine::new(
         EngineConfig {
             immediate_assignment: config.immediate_assignment,
@@ -219,6 +229,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             },
             geo: config.geo().map_err(StartError::Config)?,
             interrupted_registration_age: config.limits.interrupted_registration_age(),
+            crl_base_url,
             ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
         store,
@@ -282,10 +293,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     ));
     let engine = Arc::new(engine);
     // Devices renew certificates through their hub, issued by the engine under the credential
-    // policy that issued the one they have.
+    // policy that issued the one they have,
+    // and they refuse the certificates it knows are revoked.
     for h in hubs.iter() {
         h.hub
             .set_certificate_issuer(engine.clone(), config.limits.certificate_renewal_grace());
+        h.hub.set_revocations(engine.revocations());
     }
     let services = Arc::new(Services {
         engine,

@@ -5,17 +5,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::*;
-use dps_client::{ProvisioningClient, SymmetricKeyProvider};
 use dps_pki::ca::KeyAlgorithm;
 use dps_proto::hub_mqtt::{issue_certificate_topic, parse_credentials_response_topic};
-use dps_proto::model::credential_policy::CredentialPolicyBody;
-use dps_proto::model::service::IndividualEnrollment;
 use rumqttc::{Packet, QoS};
 use serde_json::{json, Value};
 
@@ -65,35 +61,9 @@ async fn subscribe_credentials(c: &rumqttc::AsyncClient, ev: &mut rumqttc::Event
 async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
     let dir = tempfile::tempdir().unwrap();
     let s = server_with(IP, dir.path(), |c| c.limits.certificate_renewal_grace_secs = 3).await;
-    let now = chrono::Utc::now();
-    s.services
-        .engine
-        .put_credential_policy(now, "fleet", CredentialPolicyBody::default(), None)
-        .await
-        .unwrap();
-    put_enrollment(
-        &s,
-        "renew-dev",
-        IndividualEnrollment {
-            attestation: symmetric_key(KEY),
-            credential_policy_name: Some("fleet".into()),
-            ..Default::default()
-        },
-    )
-    .await;
-
     // Provisioned with a CSR by the Rust client: the first certificate.
-    let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-    let (key1, csr1) = dps_pki::csr::new_key_and_request("renew-dev", KeyAlgorithm::EcdsaP256).unwrap();
-    let provider = Arc::new(SymmetricKeyProvider::new("renew-dev", KEY).unwrap());
-    let registration = ProvisioningClient::new(IP, &s.services.identity.id_scope, provider, &ca)
-        .with_port(s.mqtt_addr.port())
-        .with_csr(csr1)
-        .register(None)
-        .await
-        .unwrap();
-    let chain1 = registration.issued_certificate_chain.clone().unwrap();
-    let pem1 = pem_of(&chain1);
+    let first = provision_with_csr(&s, IP, "renew-dev").await;
+    let (chain1, pem1, key1) = (first.chain, first.chain_pem, first.key_pem);
     let (c, mut ev) = hub_mqtt_x509(&s, "renew-dev", &pem1, &key1).await.unwrap();
     subscribe_credentials(&c, &mut ev).await;
 

@@ -18,6 +18,7 @@ pub(crate) enum Table {
     Certificates,
     CredentialPolicies,
     LinkedHubs,
+    Revocations,
 }
 
 impl Table {
@@ -28,6 +29,7 @@ impl Table {
             Table::Certificates => "certificates",
             Table::CredentialPolicies => "credential_policies",
             Table::LinkedHubs => "linked_hubs",
+            Table::Revocations => "revocations",
         }
     }
 
@@ -38,6 +40,7 @@ impl Table {
             Table::Certificates => "SELECT etag FROM certificates WHERE key = ?1",
             Table::CredentialPolicies => "SELECT etag FROM credential_policies WHERE key = ?1",
             Table::LinkedHubs => "SELECT etag FROM linked_hubs WHERE key = ?1",
+            Table::Revocations => "SELECT etag FROM revocations WHERE key = ?1",
         }
     }
 
@@ -63,6 +66,10 @@ impl Table {
                 "INSERT INTO linked_hubs (key, etag, doc) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
             }
+            Table::Revocations => {
+                "INSERT INTO revocations (key, etag, doc) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, doc = excluded.doc"
+            }
         }
     }
 
@@ -73,6 +80,7 @@ impl Table {
             Table::Certificates => "DELETE FROM certificates WHERE key = ?1",
             Table::CredentialPolicies => "DELETE FROM credential_policies WHERE key = ?1",
             Table::LinkedHubs => "DELETE FROM linked_hubs WHERE key = ?1",
+            Table::Revocations => "DELETE FROM revocations WHERE key = ?1",
         }
     }
 }
@@ -198,6 +206,12 @@ pub(crate) enum Op {
     RequestReprovision { key: String },
     /// Appends audit entries.
     AppendAudit { rows: Vec<AuditRow> },
+    /// Revocation entries written (key, document) and removed (keys; absent ones are fine),
+    /// together.
+    ChangeRevocations {
+        put: Vec<(String, String)>,
+        remove: Vec<String>,
+    },
     /// One retention step: removes up to [`PRUNE_AUDIT_STEP`] entries from before `before_ms`.
     PruneAudit { before_ms: i64 },
     /// Test hook: tells the test it is running, then blocks the writer (inside its transaction)
@@ -226,6 +240,7 @@ pub(crate) enum Doc {
     CredentialPolicies,
     Intents,
     LinkedHubs,
+    Revocations,
 }
 
 impl Doc {
@@ -238,6 +253,7 @@ impl Doc {
             Doc::CredentialPolicies => "credential_policies",
             Doc::Intents => "registration_intents",
             Doc::LinkedHubs => "linked_hubs",
+            Doc::Revocations => "revocations",
         }
     }
 
@@ -250,6 +266,7 @@ impl Doc {
             Doc::CredentialPolicies => "SELECT doc FROM credential_policies WHERE key = ?1",
             Doc::Intents => "SELECT doc FROM registration_intents WHERE key = ?1",
             Doc::LinkedHubs => "SELECT doc FROM linked_hubs WHERE key = ?1",
+            Doc::Revocations => "SELECT doc FROM revocations WHERE key = ?1",
         }
     }
 
@@ -283,6 +300,10 @@ impl Doc {
             Doc::LinkedHubs => (
                 "SELECT key, doc FROM linked_hubs ORDER BY key LIMIT ?1",
                 "SELECT key, doc FROM linked_hubs WHERE key > ?2 ORDER BY key LIMIT ?1",
+            ),
+            Doc::Revocations => (
+                "SELECT key, doc FROM revocations ORDER BY key LIMIT ?1",
+                "SELECT key, doc FROM revocations WHERE key > ?2 ORDER BY key LIMIT ?1",
             ),
         }
     }
@@ -560,6 +581,40 @@ macro_rules! store_over_documents {
 
                 async fn list_credential_policies(&self) -> Result<Vec<CredentialPolicyRecord>, StoreError> {
                     self.list(Doc::CredentialPolicies, None, SMALL_TABLE).await
+                }
+
+                async fn get_revocation(
+                    &self,
+                    id: &str,
+                ) -> Result<Option<dps_proto::model::revocation::Revocation>, StoreError> {
+                    self.get(Doc::Revocations, id.to_string()).await
+                }
+
+                async fn list_revocations(
+                    &self,
+                    after: Option<&str>,
+                    limit: usize,
+                ) -> Result<Vec<dps_proto::model::revocation::Revocation>, StoreError> {
+                    self.list(Doc::Revocations, after.map(str::to_string), limit).await
+                }
+
+                async fn change_revocations(
+                    &self,
+                    put: &[dps_proto::model::revocation::Revocation],
+                    remove: &[String],
+                ) -> Result<(), StoreError> {
+                    if put.is_empty() && remove.is_empty() {
+                        return Ok(());
+                    }
+                    let put = put
+                        .iter()
+                        .map(|r| Ok((r.id.clone(), doc(r)?)))
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    self.write(Op::ChangeRevocations {
+                        put,
+                        remove: remove.to_vec(),
+                    })
+                    .await
                 }
 
                 async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError> {

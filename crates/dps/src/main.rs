@@ -20,6 +20,7 @@ mod policy;
 mod portal;
 mod registration;
 mod remote;
+mod revocation;
 mod serve;
 mod tpm;
 
@@ -67,6 +68,9 @@ enum Command {
     /// Credential policies: the CAs that issue certificates to devices sending a CSR.
     #[command(subcommand)]
     CredentialPolicy(credential_policy::CredentialPolicyCommand),
+    /// Revoked device certificates, refused at registration and at the hub; CRL import.
+    #[command(subcommand)]
+    Revocation(revocation::RevocationCommand),
     /// The IoT hubs devices may be assigned to (like `az iot dps linked-hub`).
     #[command(subcommand)]
     LinkedHub(linked_hub::LinkedHubCommand),
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
                     Command::Registration(c) => registration::run(c).await,
                     Command::Certificate(c) => certificate::run(c).await,
                     Command::CredentialPolicy(c) => credential_policy::run(c).await,
+                    Command::Revocation(c) => revocation::run(c).await,
                     Command::LinkedHub(c) => linked_hub::run(c).await,
                     Command::Policy(c) => policy::run(c).await,
                     Command::Audit(c) => audit::run(c).await,

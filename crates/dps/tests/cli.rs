@@ -1606,4 +1606,29 @@ fn credential_policies_are_managed_from_the_cli() {
     assert_eq!(thumbprints.len(), 3, "each registration issued a new certificate");
     let hub_device = s.json(&["hub", "device", "show", "--device-id", "cert-dev"]);
     assert_eq!(hub_device["authentication"]["type"], "selfSigned", "{hub_device}");
+
+    // Issue 17, point 4: the last issued certificate revoked from the CLI, and accepted again.
+    let issued_pem = issued.join("cert-dev.issued.pem");
+    let revoked = s.json(&[
+        "revocation",
+        "add",
+        "--certificate-path",
+        p(&issued_pem),
+        "--reason",
+        "decommissioned",
+    ]);
+    assert_eq!(revoked["subject"], "CN=cert-dev", "{revoked}");
+    let id = revoked["id"].as_str().unwrap().to_string();
+    let table = s.ok(&["revocation", "list"]);
+    assert!(table.contains(&id) && table.contains("manual"), "{table}");
+    let shown = s.ok(&["revocation", "show", "--id", &id]);
+    assert!(shown.contains("decommissioned"), "{shown}");
+    let err = s.fail(&["revocation", "add", "--thumbprint", "abc"]);
+    assert!(err.contains("64 hex digits"), "{err}");
+    let stranger = work.path().join("stranger.crl");
+    std::fs::write(&stranger, "-----BEGIN X509 CRL-----\nMAA=\n-----END X509 CRL-----\n").unwrap();
+    let err = s.fail(&["revocation", "import-crl", "--crl-path", p(&stranger)]);
+    assert!(err.contains("revocation list"), "{err}");
+    s.ok(&["revocation", "remove", "--id", &id]);
+    assert!(s.ok(&["revocation", "list"]).contains("(none)"));
 }

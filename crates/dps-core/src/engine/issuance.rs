@@ -126,6 +126,11 @@ impl Engine {
             common_name: common_name.to_string(),
             validity_days: i64::from(policy.validity_in_days),
             now,
+            crl_url: self
+                .config
+                .crl_base_url
+                .as_ref()
+                .map(|base| format!("{base}/{}", dps_proto::rest::encode_segment(&policy.name))),
         };
         let leaf = ca.issue_for_request(request, &issue).map_err(|e| {
             NotIssued::Failed(Error::Storage(StoreError::backend(format!(

@@ -53,6 +53,17 @@ impl Engine {
             }
             .into());
         }
+        // The device proved it holds the leaf's key: telling it which certificate is revoked
+        // tells it nothing it should not know.
+        if let Some(revoked) = self.revocations.revoked_in(chain) {
+            tracing::info!(registration = %req.registration_id, subject = %revoked.subject, serial = %revoked.serial_number, "revoked device certificate refused");
+            return Err(X509Refusal::Revoked {
+                subject: revoked.subject,
+                serial: revoked.serial_number,
+                issuer: revoked.issuer,
+            }
+            .into());
+        }
         let info = crate::x509::info_of(&summary);
         let hub_auth = DeviceAuth::SelfSigned {
             primary_thumbprint: summary.sha256_thumbprint.clone(),

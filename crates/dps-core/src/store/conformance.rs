@@ -66,6 +66,7 @@ pub async fn run_all(store: &dyn Store) {
     deleting_a_group_keeps_its_records(store).await;
     certificates(store).await;
     credential_policies(store).await;
+    revocations(store).await;
     registration_intents(store).await;
     linked_hubs(store).await;
     reprovision_requests(store).await;
@@ -556,6 +557,46 @@ async fn credential_policies(s: &dyn Store) {
         Err(StoreError::NotFound)
     );
     assert!(s.list_credential_policies().await.unwrap().is_empty());
+}
+
+/// Revocations: written and removed together, listed by id in pages, removing an absent one
+/// is fine.
+async fn revocations(s: &dyn Store) {
+    use dps_proto::model::revocation::Revocation;
+    let entry = |id: &str, serial: &str| Revocation {
+        id: id.into(),
+        issuer: Some("CN=Conformance Root".into()),
+        serial_number: Some(serial.into()),
+        source: "crl".into(),
+        revoked_date_time_utc: Some(Utc.with_ymd_and_hms(2026, 2, 3, 4, 5, 6).unwrap()),
+        ..Default::default()
+    };
+    assert_eq!(s.get_revocation("sn-a").await.unwrap(), None);
+    s.change_revocations(&[entry("sn-a", "0A"), entry("sn-b", "0B"), entry("sn-c", "0C")], &[])
+        .await
+        .unwrap();
+    assert_eq!(s.get_revocation("sn-b").await.unwrap(), Some(entry("sn-b", "0B")));
+    let first = s.list_revocations(None, 2).await.unwrap();
+    assert_eq!(first, vec![entry("sn-a", "0A"), entry("sn-b", "0B")]);
+    assert_eq!(
+        s.list_revocations(Some("sn-b"), 2).await.unwrap(),
+        vec![entry("sn-c", "0C")]
+    );
+    // A new list replaces the old in one commit.
+    s.change_revocations(
+        &[entry("sn-d", "0D"), entry("sn-a", "AA")],
+        &["sn-b".into(), "sn-c".into(), "gone".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.list_revocations(None, 10).await.unwrap(),
+        vec![entry("sn-a", "AA"), entry("sn-d", "0D")]
+    );
+    s.change_revocations(&[], &["sn-a".into(), "sn-d".into()])
+        .await
+        .unwrap();
+    assert!(s.list_revocations(None, 10).await.unwrap().is_empty());
 }
 
 fn intent(operation_id: &str, registration_id: &str) -> RegistrationIntent {

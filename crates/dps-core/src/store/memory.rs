@@ -20,6 +20,7 @@ pub struct MemoryStore {
     registrations: RwLock<BTreeMap<String, RegistrationRecord>>,
     certificates: RwLock<BTreeMap<String, CaCertificateRecord>>,
     credential_policies: RwLock<BTreeMap<String, CredentialPolicyRecord>>,
+    revocations: RwLock<BTreeMap<String, dps_proto::model::revocation::Revocation>>,
     linked_hubs: RwLock<BTreeMap<String, LinkedHubDescription>>,
     /// Registration intents by operation id (case kept: operation ids are not user input).
     intents: RwLock<BTreeMap<String, RegistrationIntent>>,
@@ -284,6 +285,40 @@ impl Store for MemoryStore {
 
     async fn list_credential_policies(&self) -> Result<Vec<CredentialPolicyRecord>, StoreError> {
         Ok(self.credential_policies.read().values().cloned().collect())
+    }
+
+    async fn get_revocation(&self, id: &str) -> Result<Option<dps_proto::model::revocation::Revocation>, StoreError> {
+        Ok(self.revocations.read().get(id).cloned())
+    }
+
+    async fn list_revocations(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<dps_proto::model::revocation::Revocation>, StoreError> {
+        Ok(self
+            .revocations
+            .read()
+            .iter()
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .take(limit)
+            .map(|(_, v)| v.clone())
+            .collect())
+    }
+
+    async fn change_revocations(
+        &self,
+        put: &[dps_proto::model::revocation::Revocation],
+        remove: &[String],
+    ) -> Result<(), StoreError> {
+        let mut map = self.revocations.write();
+        for r in put {
+            map.insert(r.id.clone(), r.clone());
+        }
+        for id in remove {
+            map.remove(id);
+        }
+        Ok(())
     }
 
     async fn list_linked_hubs(&self) -> Result<Vec<LinkedHubDescription>, StoreError> {

@@ -76,6 +76,14 @@ enum Resource {
     CredentialPolicies,
     /// `/credentialPolicies/{name}`
     CredentialPolicy(String),
+    /// `/revocations` (list, add)
+    Revocations,
+    /// `/revocations/{id}`
+    Revocation(String),
+    /// `/crls` (import)
+    Crls,
+    /// `/crl/{policy}` (a credential policy's revocation list, served to anyone)
+    PolicyCrl(String),
     /// `/linkedHubs` (list)
     LinkedHubs,
     /// `/linkedHubs/{hostName}`
@@ -171,6 +179,9 @@ pub enum Api {
     Service,
     /// Embedded hub registry API (`hub_auth` policies).
     Hub,
+    /// The credential policies' revocation lists, served to anyone (a CRL distribution point:
+    /// no credential, no `api-version`).
+    Crl,
 }
 
 /// A resource and a method it supports.
@@ -253,6 +264,18 @@ pub enum Route {
     PutCredentialPolicy(String),
     /// `DELETE /credentialPolicies/{name}`
     DeleteCredentialPolicy(String),
+    /// `GET /revocations`: revoked certificates (dps's own resource).
+    ListRevocations,
+    /// `POST /revocations`: revokes a certificate.
+    AddRevocation,
+    /// `GET /revocations/{id}`
+    GetRevocation(String),
+    /// `DELETE /revocations/{id}`
+    DeleteRevocation(String),
+    /// `POST /crls`: imports a CA's revocation list.
+    ImportCrl,
+    /// `GET /crl/{policy}`: a credential policy's revocation list (DER), for anyone.
+    GetPolicyCrl(String),
     /// `GET /linkedHubs`: the IoT hubs devices may be assigned to (dps's own resource; Azure
     /// keeps them in the provisioning service's ARM resource, `properties.iotHubs`).
     ListLinkedHubs,
@@ -466,11 +489,17 @@ impl Route {
             | GetCredentialPolicy(_)
             | PutCredentialPolicy(_)
             | DeleteCredentialPolicy(_)
+            | ListRevocations
+            | AddRevocation
+            | GetRevocation(_)
+            | DeleteRevocation(_)
+            | ImportCrl
             | ListLinkedHubs
             | GetLinkedHub(_)
             | PutLinkedHub(_)
             | DeleteLinkedHub(_)
             | QueryAudit => Api::Service,
+            GetPolicyCrl(_) => Api::Crl,
             ListPolicies(owner)
             | GetPolicy(owner, _)
             | PutPolicy(owner, _)
@@ -532,6 +561,9 @@ impl Api {
             Self::Hub | Self::HubDevice => api_version::HUB,
             // Storage versions travel in `x-ms-version`; none is required.
             Self::Blob => &[crate::blob_storage::STORAGE_VERSION],
+            // Fetched by any TLS stack's revocation checker, which sends none (the server does
+            // not ask for one); dps's own clients send the service API's.
+            Self::Crl => api_version::SERVICE,
         }
     }
 
@@ -542,6 +574,7 @@ impl Api {
             Self::Service => api_version::SERVICE_CLIENT,
             Self::Hub | Self::HubDevice => api_version::HUB_CLIENT,
             Self::Blob => crate::blob_storage::STORAGE_VERSION,
+            Self::Crl => api_version::SERVICE_CLIENT,
         }
     }
 }
@@ -597,12 +630,15 @@ impl Route {
             | CreateFileUpload(_)
             | CompleteFileUpload { .. }
             | RegeneratePolicyKey(..)
+            | AddRevocation
+            | ImportCrl
             | SendC2d(_) => Method::POST,
             DeleteEnrollment(_)
             | DeleteGroup(_)
             | DeleteRegistration(_)
             | DeleteCertificate(_)
             | DeleteCredentialPolicy(_)
+            | DeleteRevocation(_)
             | DeleteLinkedHub(_)
             | DeletePolicy(..)
             | DeleteDevice(_)
@@ -621,6 +657,9 @@ impl Route {
             | GetCertificate(_)
             | ListCredentialPolicies
             | GetCredentialPolicy(_)
+            | ListRevocations
+            | GetRevocation(_)
+            | GetPolicyCrl(_)
             | ListLinkedHubs
             | GetLinkedHub(_)
             | ListPolicies(_)
@@ -690,6 +729,10 @@ impl Route {
             GetCredentialPolicy(n) | PutCredentialPolicy(n) | DeleteCredentialPolicy(n) => {
                 item("credentialPolicies", n)
             }
+            ListRevocations | AddRevocation => "/revocations".into(),
+            GetRevocation(id) | DeleteRevocation(id) => item("revocations", id),
+            ImportCrl => "/crls".into(),
+            GetPolicyCrl(name) => item("crl", name),
             ListLinkedHubs => "/linkedHubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedHubs", n),
             QueryAudit => "/audit".into(),
@@ -809,6 +852,10 @@ impl Route {
             GetCredentialPolicy(n) | PutCredentialPolicy(n) | DeleteCredentialPolicy(n) => {
                 item("credentialpolicies", n)
             }
+            ListRevocations | AddRevocation => "/revocations".into(),
+            GetRevocation(id) | DeleteRevocation(id) => item("revocations", id),
+            ImportCrl => "/crls".into(),
+            GetPolicyCrl(name) => item("crl", name),
             ListLinkedHubs => "/linkedhubs".into(),
             GetLinkedHub(n) | PutLinkedHub(n) | DeleteLinkedHub(n) => item("linkedhubs", n),
             QueryAudit => "/audit".into(),
@@ -926,6 +973,13 @@ fn resource(segs: &[String]) -> Option<Resource> {
             [p] => Resource::CredentialPolicy(id(p)?),
             _ => return None,
         },
+        [first, rest @ ..] if is(first, "revocations") => match rest {
+            [] => Resource::Revocations,
+            [r] => Resource::Revocation(id(r)?),
+            _ => return None,
+        },
+        [c] if is(c, "crls") => Resource::Crls,
+        [c, p] if is(c, "crl") => Resource::PolicyCrl(id(p)?),
         [first, rest @ ..] if is(first, "linkedHubs") => match rest {
             [] => Resource::LinkedHubs,
             [h] => Resource::LinkedHub(id(h)?),
@@ -1115,6 +1169,24 @@ fn route(method: &Method, path: &str) -> Result<Route, NoRoute> {
             Method::PUT => Ok(Route::PutCredentialPolicy(name)),
             Method::DELETE => Ok(Route::DeleteCredentialPolicy(name)),
             _ => not_allowed(GET_PUT_DELETE),
+        },
+        R::Revocations => match *m {
+            Method::GET => Ok(Route::ListRevocations),
+            Method::POST => Ok(Route::AddRevocation),
+            _ => not_allowed(GET_POST),
+        },
+        R::Revocation(rid) => match *m {
+            Method::GET => Ok(Route::GetRevocation(rid)),
+            Method::DELETE => Ok(Route::DeleteRevocation(rid)),
+            _ => not_allowed(GET_DELETE),
+        },
+        R::Crls => match *m {
+            Method::POST => Ok(Route::ImportCrl),
+            _ => not_allowed(POST),
+        },
+        R::PolicyCrl(name) => match *m {
+            Method::GET => Ok(Route::GetPolicyCrl(name)),
+            _ => not_allowed(GET),
         },
         R::LinkedHubs => match *m {
             Method::GET => Ok(Route::ListLinkedHubs),

@@ -526,8 +526,8 @@ async fn check_credential(
     device_id: &str,
     token: Option<String>,
 ) -> Result<DeviceIdentity, String> {
-    let thumbprints = crate::leaf_thumbprints(&conn.peer_certs);
-    if token.is_none() && thumbprints.is_none() {
+    let client_cert = dps_hub::ClientCertificate::leaf_of(&conn.peer_certs);
+    if token.is_none() && client_cert.is_none() {
         return Err(format!(
             "device '{device_id}' is not authenticated on this connection: put a SAS token for it on $cbs first, \
              or connect with its X.509 certificate"
@@ -535,7 +535,7 @@ async fn check_credential(
     }
     let now = dps_core::Engine::unix_time(conn.services.clock.now());
     let (device, module) = dps_proto::hub_mqtt::split_identity_path(device_id);
-    hub.authenticate_identity(now, device, module, token.as_deref(), thumbprints)
+    hub.authenticate_identity(now, device, module, token.as_deref(), client_cert)
         .await
         .map_err(|e| e.to_string())
 }

@@ -35,9 +35,12 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         other => unreachable!("not a hub device route: {other:?}"),
     };
     let token = ctx.header("authorization").map(str::to_string);
-    let thumbprints = ctx.peer_certs.as_ref().and_then(|c| crate::leaf_thumbprints(&c.0));
+    let client_cert = ctx
+        .peer_certs
+        .as_ref()
+        .and_then(|c| dps_hub::ClientCertificate::leaf_of(&c.0));
     let embedded = ctx.embedded_hub();
-    let identity = authenticate(&embedded.hub, ctx.now, &device_id, token.as_deref(), thumbprints).await?;
+    let identity = authenticate(&embedded.hub, ctx.now, &device_id, token.as_deref(), client_cert).await?;
     let hub = embedded.hub.clone();
     match route {
         Route::SendDeviceEvent(_) => {
@@ -129,15 +132,15 @@ async fn authenticate(
     now: chrono::DateTime<chrono::Utc>,
     device_id: &str,
     token: Option<&str>,
-    thumbprints: Option<(String, String)>,
+    client_cert: Option<dps_hub::ClientCertificate>,
 ) -> Result<DeviceIdentity, ApiError> {
-    if token.is_none() && thumbprints.is_none() {
+    if token.is_none() && client_cert.is_none() {
         return Err(ApiError::unauthorized(format!(
             "missing Authorization: send a SAS token for devices/{device_id}, or connect with the device's X.509 certificate"
         )));
     }
     let now = dps_core::Engine::unix_time(now);
-    hub.authenticate_device(now, device_id, token, thumbprints)
+    hub.authenticate_device(now, device_id, token, client_cert)
         .await
         .map_err(|e| match e {
             AuthError::Storage { .. } => ApiError::new(codes::SERVICE_UNAVAILABLE, e.to_string()),

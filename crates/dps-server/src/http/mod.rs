@@ -17,6 +17,7 @@
 
 mod audit;
 mod blob;
+mod crl;
 mod deadline;
 mod device;
 mod events;
@@ -505,7 +506,7 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
     let query = QueryParams::parse(parts.uri.query());
     let api = route.api();
     // Storage requests name their version in `x-ms-version`, if at all.
-    if api != Api::Blob {
+    if api != Api::Blob && api != Api::Crl {
         check_api_version(&query, api)?;
     }
     let mut ctx = Ctx {
@@ -531,6 +532,7 @@ async fn handle(services: &Services, now: DateTime<Utc>, route: Route, req: Requ
         Api::Hub => hub::handle(&mut ctx, route).await,
         Api::HubDevice => hub_device::handle(&mut ctx, route).await,
         Api::Blob => Ok(blob::handle(&mut ctx, route).await),
+        Api::Crl => crl::handle(&mut ctx, route).await,
     };
     if let Some(route) = change {
         // Committed before the answer when the change succeeded; queued when it was refused.

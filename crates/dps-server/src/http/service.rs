@@ -9,6 +9,7 @@ use axum::response::Response;
 use dps_core::Page;
 use dps_proto::model::certificate::{CertificateBody, VerificationCertificate};
 use dps_proto::model::credential_policy::{CredentialPolicyBody, CredentialPolicyList};
+use dps_proto::model::revocation::{CrlImport, RevocationBody, RevocationList};
 use dps_proto::model::service::{
     BulkEnrollmentGroupOperation, BulkEnrollmentOperation, EnrollmentGroup, IndividualEnrollment, LinkedHubDescription,
     LinkedHubList, QuerySpecification,
@@ -48,6 +49,11 @@ fn right(route: &Route) -> &'static str {
         | GetCredentialPolicy(_)
         | PutCredentialPolicy(_)
         | DeleteCredentialPolicy(_)
+        | ListRevocations
+        | AddRevocation
+        | GetRevocation(_)
+        | DeleteRevocation(_)
+        | ImportCrl
         | ListLinkedHubs
         | GetLinkedHub(_)
         | PutLinkedHub(_)
@@ -176,6 +182,28 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         Route::DeleteCredentialPolicy(name) => {
             engine.delete_credential_policy(&name, if_match).await?;
             no_content()
+        }
+        Route::ListRevocations => {
+            let (continuation, size) = paging(ctx)?;
+            let page = engine.list_revocations(continuation.as_deref(), size).await?;
+            let mut resp = ok(&RevocationList { value: page.items });
+            if let Some(c) = page.continuation.as_deref() {
+                set_header(&mut resp, "x-ms-continuation", c);
+            }
+            resp
+        }
+        Route::AddRevocation => {
+            let body: RevocationBody = ctx.json("Revocation").await?;
+            ok(&engine.add_revocation(now, body).await?)
+        }
+        Route::GetRevocation(id) => ok(&engine.get_revocation(&id).await?),
+        Route::DeleteRevocation(id) => {
+            engine.delete_revocation(&id).await?;
+            no_content()
+        }
+        Route::ImportCrl => {
+            let body: CrlImport = ctx.json("CrlImport").await?;
+            ok(&engine.import_crl(body).await?)
         }
         Route::ListCertificates => ok(&engine.list_certificates().await?),
         Route::GetCertificate(name) => ok(&engine.get_certificate(&name).await?),

@@ -51,10 +51,10 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::info!(client_id = %connect.client_id, device = %user.device_id, "hub client id must equal the device id");
         return io.send(&connack(ConnectReturnCode::BadClientId)).await;
     }
-    let thumbprints = crate::leaf_thumbprints(&peer_certs);
+    let client_cert = dps_hub::ClientCertificate::leaf_of(&peer_certs);
     let password = (!password.is_empty()).then_some(password.as_bytes());
     let identity = match hub
-        .authenticate(dps_core::Engine::unix_time(now), &user, password, thumbprints)
+        .authenticate(dps_core::Engine::unix_time(now), &user, password, client_cert)
         .await
     {
         Ok(id) => id,

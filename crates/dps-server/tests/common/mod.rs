@@ -635,3 +635,58 @@ pub async fn register_through_engine(s: &RunningServer, reg: &str) -> dps_proto:
     );
     done.registration_state
 }
+
+/// A certificate issued at registration: the chain (base64 DER, leaf first), the same as PEM,
+/// and the device's key (PEM).
+pub struct Issued {
+    pub chain: Vec<String>,
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// Creates credential policy `fleet` and the symmetric-key enrollment `reg` (key [`KEY`])
+/// naming it, then registers `reg` with a P-256 CSR through the Rust client over MQTT (the
+/// server's host name is `ip`): what was issued.
+pub async fn provision_with_csr(s: &RunningServer, ip: &str, reg: &str) -> Issued {
+    use base64::Engine as _;
+    use std::sync::Arc;
+    let now = chrono::Utc::now();
+    let _ = s
+        .services
+        .engine
+        .put_credential_policy(now, "fleet", Default::default(), Some("*"))
+        .await
+        .unwrap();
+    put_enrollment(
+        s,
+        reg,
+        IndividualEnrollment {
+            attestation: symmetric_key(KEY),
+            credential_policy_name: Some("fleet".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let (key_pem, csr) = dps_pki::csr::new_key_and_request(reg, dps_pki::ca::KeyAlgorithm::EcdsaP256).unwrap();
+    let provider = Arc::new(dps_client::SymmetricKeyProvider::new(reg, KEY).unwrap());
+    let registration = dps_client::ProvisioningClient::new(ip, &s.services.identity.id_scope, provider, &ca)
+        .with_port(s.mqtt_addr.port())
+        .with_csr(csr)
+        .register(None)
+        .await
+        .unwrap();
+    let chain = registration.issued_certificate_chain.unwrap();
+    let chain_pem = chain
+        .iter()
+        .map(|c| {
+            let der = base64::engine::general_purpose::STANDARD.decode(c).unwrap();
+            dps_pki::pem::to_pem("CERTIFICATE", &der)
+        })
+        .collect();
+    Issued {
+        chain,
+        chain_pem,
+        key_pem,
+    }
+}

@@ -34,6 +34,7 @@ fn notice_of(table: Table, key: &str) -> Option<String> {
         Table::LinkedHubs => Some("dps linked".into()),
         Table::Enrollments => Some(format!("dps enrollment {key}")),
         Table::CredentialPolicies => None,
+        Table::Revocations => Some("dps revocations".into()),
     }
 }
 
@@ -43,6 +44,7 @@ pub fn store_change(payload: &str) -> Option<dps_core::engine::StoreChange> {
     match payload {
         "dps groups" => Some(StoreChange::GroupsOrCertificates),
         "dps linked" => Some(StoreChange::LinkedHubs),
+        "dps revocations" => Some(StoreChange::Revocations),
         _ => payload
             .strip_prefix("dps enrollment ")
             .map(|key| StoreChange::Enrollment(key.to_string())),
@@ -192,6 +194,18 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
                 return Ok(Err(e));
             }
             execute(tx, DELETE_REGISTRATION, &[key]).await?;
+        }
+        Op::ChangeRevocations { put, remove } => {
+            let no_etag: Option<String> = None;
+            for (key, doc) in put {
+                execute(tx, Table::Revocations.upsert(), &[key, &no_etag, doc]).await?;
+            }
+            for key in remove {
+                execute(tx, Table::Revocations.delete(), &[key]).await?;
+            }
+            if let Some(first) = put.first().map(|(k, _)| k).or(remove.first()) {
+                tell_other_nodes(tx, Table::Revocations, first).await?;
+            }
         }
         Op::RequestReprovision { key } => {
             if execute(tx, MARK_REPROVISION, &[key]).await? == 0 {

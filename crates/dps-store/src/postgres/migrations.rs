@@ -59,6 +59,11 @@ pub(super) const STORE: Schema = Schema {
             name: "credential policies",
             sql: include_str!("migrations/0005_credential_policies.sql"),
         },
+        Migration {
+            version: 6,
+            name: "revocations",
+            sql: include_str!("migrations/0006_revocations.sql"),
+        },
     ],
 };
 

@@ -118,6 +118,16 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
                     .or_backend()?;
             }
         }
+        Op::ChangeRevocations { put, remove } => {
+            let mut upsert = conn.prepare_cached(Table::Revocations.upsert()).or_backend()?;
+            for (key, doc) in put {
+                upsert.execute(params![key, None::<String>, doc]).or_backend()?;
+            }
+            let mut delete = conn.prepare_cached(Table::Revocations.delete()).or_backend()?;
+            for key in remove {
+                delete.execute([key]).or_backend()?;
+            }
+        }
         Op::PruneAudit { before_ms } => {
             conn.prepare_cached(PRUNE_AUDIT)
                 .or_backend()?

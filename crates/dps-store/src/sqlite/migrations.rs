@@ -49,7 +49,7 @@ impl Schema {
 }
 
 /// The DPS store (`dps.db`): enrollments, groups, registrations, certificates, intents, linked
-/// hubs, the audit trail, credential policies.
+/// hubs, the audit trail, credential policies, revocations.
 pub(crate) const STORE: Schema = Schema {
     database: "store",
     application_id: APPLICATION_ID,
@@ -83,6 +83,11 @@ pub(crate) const STORE: Schema = Schema {
             version: 6,
             name: "credential policies",
             sql: include_str!("migrations/0006_credential_policies.sql"),
+        },
+        Migration {
+            version: 7,
+            name: "revocations",
+            sql: include_str!("migrations/0007_revocations.sql"),
         },
     ],
     adopts_unmarked_files: false,
