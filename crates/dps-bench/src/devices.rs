@@ -60,6 +60,8 @@ pub struct Ctx {
     pub run_id: String,
     /// Source addresses, used round-robin by device index (lean client only).
     pub sources: Vec<IpAddr>,
+    /// Devices send a certificate signing request with their registration.
+    pub csr: bool,
 }
 
 impl Ctx {
@@ -115,10 +117,17 @@ impl<'a> Device<'a> {
         .ok()
     }
 
-    /// The register request body, exactly as the SDK serializes it.
+    /// The register request body, exactly as the SDK serializes it; with a fresh P-256 key's
+    /// certificate signing request when the run asks for certificates.
     pub fn registration_body(&self) -> Vec<u8> {
+        let csr = self.ctx.csr.then(|| {
+            dps_pki::csr::new_key_and_request(&self.id, dps_pki::ca::KeyAlgorithm::EcdsaP256)
+                .map(|(_, der)| dps_proto::keys::encode_key(&der))
+                .unwrap_or_default()
+        });
         serde_json::to_vec(&DeviceRegistration {
             registration_id: Some(self.id.clone()),
+            csr,
             ..Default::default()
         })
         .unwrap_or_default()

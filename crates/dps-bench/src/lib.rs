@@ -165,6 +165,11 @@ pub struct BenchArgs {
     /// Address the webhook listens on (any free port).
     #[arg(long, default_value = "127.0.0.1")]
     pub webhook_bind: std::net::IpAddr,
+    /// Every device sends a P-256 certificate signing request with its registration and gets
+    /// its certificate issued by a credential policy the bench creates (register mode, lean
+    /// client; the policy is deleted afterwards).
+    #[arg(long)]
+    pub csr: bool,
 }
 
 impl BenchArgs {
@@ -219,6 +224,11 @@ fn check(a: &BenchArgs) -> Result<Controls, BenchError> {
         return Err(BenchError::controls("--keep-alive must be at least 2 seconds"));
     }
     let duration = a.duration.map(Duration::from_secs_f64);
+    if a.csr && (a.mode != Mode::Register || a.client() != ClientKind::Lean) {
+        return Err(BenchError::controls(
+            "--csr measures registrations: it runs with the register mode and the lean client",
+        ));
+    }
     if a.mode == Mode::Telemetry && (a.attestation != Attestation::SymmetricKey || a.transport != Transport::Mqtt) {
         return Err(BenchError::controls(
             "telemetry runs symmetric-key devices over MQTT (the default --attestation and --transport)",
@@ -347,7 +357,11 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
     };
     if uses_group {
         let url = webhook.as_ref().map(|w| w.url.as_str());
-        prepare::create_group(&rest, &run_id, &prepared.group_attestation, url).await?;
+        let policy = match a.csr {
+            true => Some(prepare::create_credential_policy(&rest, &run_id).await?),
+            false => None,
+        };
+        prepare::create_group(&rest, &run_id, &prepared.group_attestation, url, policy.as_deref()).await?;
     }
     let ctx = Arc::new(devices::Ctx {
         client: a.client(),
@@ -365,6 +379,7 @@ pub async fn run(a: &BenchArgs, controls: Controls, target: Target) -> Result<Va
         ca_pem,
         credentials: prepared.credentials,
         run_id: run_id.clone(),
+        csr: a.csr,
         sources: controls.sources.clone(),
     });
 

@@ -89,16 +89,28 @@ pub async fn credentials(attestation: Attestation, run_id: &str, devices: usize)
     })
 }
 
+/// Creates the credential policy `run_id` (a built-in P-256 CA) through the service API, for
+/// runs whose devices send a CSR; returns its name.
+pub async fn create_credential_policy(dps: &ServiceClient, run_id: &str) -> Result<String, BenchError> {
+    dps.put_credential_policy(run_id, &Default::default(), None)
+        .await
+        .map_err(BenchError::CreateGroup)?;
+    Ok(run_id.to_string())
+}
+
 /// Creates the enrollment group `run_id` through the service API; with `webhook`, its devices
-/// are allocated by that custom allocation webhook.
+/// are allocated by that custom allocation webhook; with `credential_policy`, a device that
+/// sends a CSR gets its certificate from it.
 pub async fn create_group(
     dps: &ServiceClient,
     run_id: &str,
     attestation: &AttestationMechanism,
     webhook: Option<&str>,
+    credential_policy: Option<&str>,
 ) -> Result<(), BenchError> {
     let group = EnrollmentGroup {
         enrollment_group_id: run_id.into(),
+        credential_policy_name: credential_policy.map(str::to_string),
         attestation: attestation.clone(),
         allocation_policy: webhook.map(|_| dps_proto::model::service::AllocationPolicy::Custom),
         custom_allocation_definition: webhook.map(|url| dps_proto::model::service::CustomAllocationDefinition {
@@ -163,6 +175,8 @@ pub async fn cleanup(dps: Arc<ServiceClient>, hubs: Vec<Arc<RegistryClient>>, ru
     if let Err(e) = &group {
         eprintln!("cleanup: cannot delete the bench enrollment group {run_id}: {e:#}");
     }
+    // The run's credential policy, when it made one (absent otherwise: nothing to report).
+    let _ = dps.delete_credential_policy(run_id, None).await;
     json!({
         "registrationsDeleted": deleted.load(Ordering::Relaxed),
         "hubDevicesDeleted": (!hubs.is_empty()).then(|| devices.load(Ordering::Relaxed)),

@@ -122,6 +122,10 @@ pub struct EngineConfig {
     /// certificates issued at registration name `{base}/{policy}` as their CRL distribution
     /// point. `None`: they name none.
     pub crl_base_url: Option<String>,
+    /// TPM manufacturers' root certificates (DER): a TPM enrolled by its endorsement key
+    /// certificate is accepted only when the certificate chains to one of them. Empty: EK
+    /// certificates are taken as given.
+    pub tpm_manufacturer_roots: Vec<Vec<u8>>,
 }
 
 /// [`EngineConfig::interrupted_registration_age`] by default: a registration's hub write and
@@ -144,6 +148,7 @@ impl EngineConfig {
             quotas: crate::quota::QuotaConfig::DEFAULT,
             interrupted_registration_age: INTERRUPTED_REGISTRATION_AGE,
             crl_base_url: None,
+            tpm_manufacturer_roots: Vec::new(),
         }
     }
 }
@@ -239,6 +244,8 @@ pub struct Engine {
     issuers: issuance::IssuerCache,
     /// Revoked certificates, read by X.509 attestation and the embedded hubs.
     revocations: Arc<crate::revocation::RevocationSet>,
+    /// Credential policies' revocation lists as last served.
+    served_crls: revocations::ServedCrls,
     quotas: crate::quota::Quotas,
     random: Arc<dyn Random>,
     /// Told of every registration attempt and throttled request ([`Engine::set_observer`]).
@@ -261,6 +268,7 @@ impl Engine {
             tpm: tpm::ChallengeCache::default(),
             issuers: issuance::IssuerCache::default(),
             revocations: crate::revocation::RevocationSet::new(),
+            served_crls: revocations::ServedCrls::default(),
             quotas,
             random: Arc::new(SystemRandom),
             observer: std::sync::OnceLock::new(),

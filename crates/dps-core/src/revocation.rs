@@ -97,6 +97,9 @@ struct Index {
 #[derive(Default)]
 pub struct RevocationSet {
     index: ArcSwap<Index>,
+    /// Bumped on every [`RevocationSet::replace`]: what was made from the set (a served
+    /// revocation list) is stale once it moved.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RevocationSet {
@@ -127,6 +130,12 @@ impl RevocationSet {
             }
         }
         self.index.store(Arc::new(index));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many times the set was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How many entries (thumbprints and serials) are revoked.

@@ -393,6 +393,7 @@ async fn service_api_secrets_etags_and_paging() {
         tpm: Some(TpmAttestation {
             endorsement_key: Some(B64.encode(RsaPublic::endorsement_template(vec![0xc5; 256]).to_tpm2b())),
             storage_root_key: None,
+            endorsement_key_certificate: None,
         }),
         ..Default::default()
     };

@@ -47,6 +47,7 @@ fn enrollment(tpm: &SoftwareTpm, with_srk: bool) -> IndividualEnrollment {
             tpm: Some(TpmAttestation {
                 endorsement_key: Some(b64(&tpm.endorsement_key())),
                 storage_root_key: with_srk.then(|| b64(&tpm.storage_root_key())),
+                endorsement_key_certificate: None,
             }),
             ..Default::default()
         },

@@ -14,6 +14,7 @@
 //!   and proof-of-possession certificates;
 //! - [`csr`] verifies devices' certificate signing requests and issues their certificates;
 //! - [`crl`] reads imported revocation lists and makes the ones the service serves;
+//! - [`ek`] reads TPM endorsement key certificates and checks their manufacturer chains;
 //! - [`tls`] builds the rustls configurations of the device/service listeners and of clients;
 //! - [`x509`] reads DER certificates tolerantly (for the crates that need x509-parser's view).
 //!
@@ -27,6 +28,7 @@ pub mod ca;
 pub mod chain;
 pub mod crl;
 pub mod csr;
+pub mod ek;
 pub mod error;
 pub mod info;
 pub mod pem;

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub linked_hubs: Vec<LinkedHubConfig>,
     /// CA certificate(s) (PEM) to trust for custom allocation webhooks besides the system's.
     pub allocation_webhook_ca: Option<PathBuf>,
+    /// TPM manufacturers' root certificates (PEM): TPMs enrolled by their endorsement key
+    /// certificate must chain to one of them.
+    pub tpm_manufacturer_ca: Option<PathBuf>,
     /// A bearer token that lets a scraper read `GET /metrics` (`Authorization: Bearer …`), as
     /// Prometheus sends one; without it, only a DPS service policy's SAS token does.
     pub metrics_token: Option<String>,
@@ -359,6 +362,8 @@ pub struct FileConfig {
     pub linked_hubs: Option<Vec<LinkedHubConfig>>,
     /// See [`ServerConfig::allocation_webhook_ca`].
     pub allocation_webhook_ca: Option<PathBuf>,
+    /// See [`ServerConfig::tpm_manufacturer_ca`].
+    pub tpm_manufacturer_ca: Option<PathBuf>,
     /// See [`ServerConfig::metrics_token`].
     pub metrics_token: Option<String>,
     /// See [`ServerConfig::geo_networks`]: `[[geo-network]]` tables.
@@ -442,6 +447,7 @@ impl ServerConfig {
             file_upload_storage_ca: None,
             linked_hubs: Vec::new(),
             allocation_webhook_ca: None,
+            tpm_manufacturer_ca: None,
             metrics_token: None,
             geo_networks: Vec::new(),
             geo_locations: Vec::new(),
@@ -472,6 +478,7 @@ impl ServerConfig {
         self.file_upload_storage = f.file_upload_storage.or(self.file_upload_storage);
         self.file_upload_storage_ca = f.file_upload_storage_ca.or(self.file_upload_storage_ca);
         self.allocation_webhook_ca = f.allocation_webhook_ca.or(self.allocation_webhook_ca);
+        self.tpm_manufacturer_ca = f.tpm_manufacturer_ca.or(self.tpm_manufacturer_ca);
         self.metrics_token = f.metrics_token.or(self.metrics_token);
         if let Some(g) = f.geo_networks {
             self.geo_networks = g;

@@ -230,6 +230,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             geo: config.geo().map_err(StartError::Config)?,
             interrupted_registration_age: config.limits.interrupted_registration_age(),
             crl_base_url,
+            tpm_manufacturer_roots: tpm_manufacturer_roots(&config)?,
             ..EngineConfig::single_hub(identity.id_scope.clone(), identity.hub.host_name.clone())
         },
         store,
@@ -295,9 +296,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     // Devices renew certificates through their hub, issued by the engine under the credential
     // policy that issued the one they have,
     // and they refuse the certificates it knows are revoked.
+    let issuer: Arc<dyn dps_core::CertificateIssuer> = engine.clone();
     for h in hubs.iter() {
         h.hub
-            .set_certificate_issuer(engine.clone(), config.limits.certificate_renewal_grace());
+            .set_certificate_issuer(&issuer, config.limits.certificate_renewal_grace());
         h.hub.set_revocations(engine.revocations());
     }
     let services = Arc::new(Services {
@@ -826,6 +828,18 @@ async fn link_embedded_hubs(
             .map_err(StartError::LinkedHubs)?;
     }
     Ok(())
+}
+
+/// The TPM manufacturers' roots of `--tpm-manufacturer-ca` (DER); none without it.
+fn tpm_manufacturer_roots(config: &ServerConfig) -> Result<Vec<Vec<u8>>, StartError> {
+    let Some(path) = &config.tpm_manufacturer_ca else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError::Config(format!("cannot read --tpm-manufacturer-ca {}: {e}", path.display())))?;
+    let roots = dps_pki::pem::parse_certificates(&text)
+        .map_err(|e| StartError::Config(format!("--tpm-manufacturer-ca {}: {e}", path.display())))?;
+    Ok(roots.into_iter().map(|c| c.to_vec()).collect())
 }
 
 /// The HTTPS client of custom allocation webhooks.

@@ -55,7 +55,7 @@ impl SwTpm {
             if !ports_free(host) {
                 continue;
             }
-            match Self::start_on(host) {
+            match Self::start_on(host, tempfile::tempdir()?) {
                 Ok(t) => return Ok(t),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
                 Err(e) => last_err = Some(e),
@@ -64,8 +64,67 @@ impl SwTpm {
         Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free loopback address for swtpm")))
     }
 
-    fn start_on(host: Ipv4Addr) -> io::Result<SwTpm> {
+    /// Starts swtpm as a TPM manufacturer ships it: `swtpm_setup` first creates its endorsement
+    /// keys and stores their certificates, issued by the CA `ca_cert_pem` / `ca_key_pem` (PEM;
+    /// the key unencrypted), in NV (RSA-2048 at `0x01C00002`, as the TCG profile says).
+    pub fn start_manufactured(ca_cert_pem: &str, ca_key_pem: &str) -> io::Result<SwTpm> {
         let state = tempfile::tempdir()?;
+        let ca = tempfile::tempdir()?;
+        let path = |name: &str| ca.path().join(name);
+        std::fs::write(path("ca.pem"), ca_cert_pem)?;
+        std::fs::write(path("ca.key"), ca_key_pem)?;
+        std::fs::write(path("certserial"), "1\n")?;
+        std::fs::write(path("localca.options"), "")?;
+        std::fs::create_dir(path("localca"))?;
+        std::fs::write(
+            path("localca.conf"),
+            format!(
+                "statedir = {}\nsigningkey = {}\nissuercert = {}\ncertserial = {}\n",
+                path("localca").display(),
+                path("ca.key").display(),
+                path("ca.pem").display(),
+                path("certserial").display()
+            ),
+        )?;
+        std::fs::write(
+            path("setup.conf"),
+            format!(
+                "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\n",
+                path("localca.conf").display(),
+                path("localca.options").display()
+            ),
+        )?;
+        let out = Command::new("swtpm_setup")
+            .arg("--tpm2")
+            .arg("--tpmstate")
+            .arg(state.path())
+            .arg("--create-ek-cert")
+            .arg("--config")
+            .arg(path("setup.conf"))
+            .arg("--overwrite")
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "swtpm_setup failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Self::start_with(state)
+    }
+
+    /// Starts swtpm on a loopback address whose ports are free now, once (its manufactured
+    /// state cannot be tried again elsewhere once swtpm used it).
+    fn start_with(state: tempfile::TempDir) -> io::Result<SwTpm> {
+        let host = (0..ATTEMPTS)
+            .map(|_| next_address())
+            .find(|h| ports_free(*h))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free loopback address for swtpm"))?;
+        Self::start_on(host, state)
+    }
+
+    fn start_on(host: Ipv4Addr, state: tempfile::TempDir) -> io::Result<SwTpm> {
         let child = Command::new("swtpm")
             .arg("socket")
             .arg("--tpm2")

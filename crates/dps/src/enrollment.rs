@@ -146,6 +146,11 @@ pub struct Settings {
     /// TPM: storage root key, base64.
     #[arg(long)]
     pub storage_root_key: Option<String>,
+    /// TPM: the endorsement key certificate (PEM or DER file; `dps tpm info` saves it): the
+    /// endorsement key is taken from it, and its chain checked against the server's TPM
+    /// manufacturer roots.
+    #[arg(long, value_name = "FILE")]
+    pub endorsement_key_certificate: Option<PathBuf>,
     /// Whether devices may register.
     #[arg(long, value_parser = parse_status, value_name = "enabled|disabled")]
     pub provisioning_status: Option<ProvisioningStatus>,
@@ -299,6 +304,13 @@ impl Settings {
                 let t = a.tpm.get_or_insert_with(Default::default);
                 if let Some(k) = &self.endorsement_key {
                     t.endorsement_key = Some(k.clone());
+                }
+                if let Some(path) = &self.endorsement_key_certificate {
+                    t.endorsement_key_certificate = Some(crate::remote::read_pem_or_der(path)?);
+                    if self.endorsement_key.is_none() {
+                        // Taken from the certificate by the server.
+                        t.endorsement_key = None;
+                    }
                 }
                 if let Some(k) = &self.storage_root_key {
                     t.storage_root_key = Some(k.clone());
@@ -738,6 +750,13 @@ fn summary(k: Kind, e: &Value) {
     rows.push(("primary key", s(e, "attestation/symmetricKey/primaryKey")));
     rows.push(("secondary key", s(e, "attestation/symmetricKey/secondaryKey")));
     rows.push(("endorsement key", s(e, "attestation/tpm/endorsementKey")));
+    let ek_cert = s(e, "attestation/tpm/endorsementKeyCertificate");
+    let ek_subject = dps_pki::pem::parse_certificates(&ek_cert)
+        .ok()
+        .and_then(|c| c.first().and_then(|d| dps_pki::info::summarize(d).ok()))
+        .map(|s| format!("issued by '{}'", s.issuer_name))
+        .unwrap_or_default();
+    rows.push(("EK certificate", ek_subject));
     let slot = k.cert_slot();
     rows.push((
         "certificate",

@@ -176,3 +176,14 @@ fn rest_client(cs: &ConnectionString, server: &ServerArgs, dir: &DataDir) -> Res
         other => other.into(),
     })
 }
+
+/// A PEM file as text, a DER one as base64 (the API takes either).
+pub fn read_pem_or_der(path: &Path) -> Result<String> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) if text.contains("-----BEGIN") => text,
+        Ok(text) => base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
+        Err(e) => base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
+    })
+}

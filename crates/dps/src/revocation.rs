@@ -76,23 +76,16 @@ pub struct RevocationId {
     pub target: DpsTarget,
 }
 
-/// A PEM file as text, a DER one as base64 (the API takes either).
-fn read_pem_or_der(path: &PathBuf) -> Result<String> {
-    use base64::Engine as _;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(match String::from_utf8(bytes) {
-        Ok(text) if text.contains("-----BEGIN") => text,
-        Ok(text) => base64::engine::general_purpose::STANDARD.encode(text.as_bytes()),
-        Err(e) => base64::engine::general_purpose::STANDARD.encode(e.into_bytes()),
-    })
-}
-
 /// Runs `dps revocation …`.
 pub async fn run(cmd: RevocationCommand) -> Result<()> {
     match cmd {
         RevocationCommand::Add(a) => {
             let body = RevocationBody {
-                certificate: a.certificate_path.as_ref().map(read_pem_or_der).transpose()?,
+                certificate: a
+                    .certificate_path
+                    .as_deref()
+                    .map(crate::remote::read_pem_or_der)
+                    .transpose()?,
                 issuer: a.issuer.clone(),
                 serial_number: a.serial_number.clone(),
                 sha256_thumbprint: a.thumbprint.clone(),
@@ -111,7 +104,7 @@ pub async fn run(cmd: RevocationCommand) -> Result<()> {
         }
         RevocationCommand::ImportCrl(a) => {
             let body = CrlImport {
-                crl: read_pem_or_der(&a.crl_path)?,
+                crl: crate::remote::read_pem_or_der(&a.crl_path)?,
             };
             let r = a
                 .target

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// PEM CA certificate(s) to trust for custom allocation webhooks besides the system's.
     #[arg(long, env = "DPS_ALLOCATION_WEBHOOK_CA", value_name = "FILE")]
     allocation_webhook_ca: Option<PathBuf>,
+    /// PEM root certificates of TPM manufacturers: a TPM enrolled by its endorsement key
+    /// certificate must chain to one of them.
+    #[arg(long, env = "DPS_TPM_MANUFACTURER_CA", value_name = "FILE")]
+    tpm_manufacturer_ca: Option<PathBuf>,
     /// A bearer token (16 characters or more) that lets a scraper read GET /metrics
     /// (`Authorization: Bearer <token>`); a DPS service policy's SAS token always can.
     #[arg(long, env = "DPS_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
@@ -261,6 +265,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.allocation_webhook_ca {
             c.allocation_webhook_ca = Some(v);
+        }
+        if let Some(v) = self.tpm_manufacturer_ca {
+            c.tpm_manufacturer_ca = Some(v);
         }
         self.limits.apply(&mut c.limits);
         Ok((c, self.log))

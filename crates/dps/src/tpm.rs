@@ -15,9 +15,10 @@ use dps_client::SecurityProvider;
 /// `dps tpm …`
 #[derive(Subcommand, Debug)]
 pub enum TpmCommand {
-    /// Print the TPM's endorsement key, storage root key and registration id, for an
-    /// individual enrollment (`dps enrollment create --attestation-type tpm`). Creates and persists
-    /// the EK (0x81010001) and SRK (0x81000001) if the TPM has none yet.
+    /// Print the TPM's endorsement key, storage root key, registration id and endorsement key
+    /// certificate, for an individual enrollment (`dps enrollment create --attestation-type
+    /// tpm`). Creates and persists the EK (0x81010001) and SRK (0x81000001) if the TPM has none
+    /// yet.
     Info(InfoArgs),
 }
 
@@ -35,9 +36,14 @@ pub struct InfoArgs {
     #[command(flatten)]
     pub tpm: TctiArgs,
     /// Print JSON: `registrationId`, and `endorsementKey` / `storageRootKey` base64 as the
-    /// service API's `attestation.tpm` takes them.
+    /// service API's `attestation.tpm` takes them, and `endorsementKeyCertificate` (PEM) when
+    /// the TPM holds one.
     #[arg(long)]
     pub json: bool,
+    /// Write the TPM's endorsement key certificate (PEM) to this file, for
+    /// `dps enrollment create --endorsement-key-certificate`.
+    #[arg(long, value_name = "FILE")]
+    pub save_ek_certificate: Option<std::path::PathBuf>,
 }
 
 /// Runs a `dps tpm` command.
@@ -57,22 +63,50 @@ fn info(a: InfoArgs) -> Result<()> {
     let tpm = open(&a.tpm.tcti)?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let (ek, srk) = (b64(tpm.endorsement_key()), b64(tpm.storage_root_key()));
+    let ek_certificate = tpm
+        .endorsement_key_certificate()
+        .map_err(|e| anyhow::anyhow!("cannot read the TPM's endorsement key certificate: {e}"))?
+        .map(|der| dps_pki::pem::to_pem("CERTIFICATE", &der));
+    if let (Some(path), Some(pem)) = (&a.save_ek_certificate, &ek_certificate) {
+        std::fs::write(path, pem).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
     if a.json {
         output::json(&json!({
             "registrationId": tpm.registration_id(),
             "endorsementKey": ek,
             "storageRootKey": srk,
+            "endorsementKeyCertificate": ek_certificate,
         }));
     } else {
         out!("registration id   {}", tpm.registration_id());
         out!("endorsement key   {ek}");
         out!("storage root key  {srk}");
+        let issuer = ek_certificate
+            .as_deref()
+            .and_then(|pem| dps_pki::pem::parse_certificates(pem).ok())
+            .and_then(|c| c.first().and_then(|d| dps_pki::info::summarize(d).ok()))
+            .map(|s| s.issuer_name);
+        match (&issuer, &a.save_ek_certificate) {
+            (Some(issuer), Some(path)) => out!("EK certificate    issued by '{issuer}', saved to {}", path.display()),
+            (Some(issuer), None) => {
+                out!("EK certificate    issued by '{issuer}' (save it with --save-ek-certificate FILE)")
+            }
+            (None, _) => out!("EK certificate    none in the TPM"),
+        }
         out!("");
-        out!(
-            "enroll with: dps enrollment create --registration-id {} --attestation-type tpm --endorsement-key {ek} \
-             --storage-root-key {srk}",
-            tpm.registration_id()
-        );
+        match (&issuer, &a.save_ek_certificate) {
+            (Some(_), Some(path)) => out!(
+                "enroll with: dps enrollment create --registration-id {} --attestation-type tpm \
+                 --endorsement-key-certificate {} --storage-root-key {srk}",
+                tpm.registration_id(),
+                path.display()
+            ),
+            _ => out!(
+                "enroll with: dps enrollment create --registration-id {} --attestation-type tpm --endorsement-key {ek} \
+                 --storage-root-key {srk}",
+                tpm.registration_id()
+            ),
+        }
     }
     Ok(())
 }

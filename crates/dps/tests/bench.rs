@@ -280,3 +280,43 @@ fn bench_telemetry_delivers_every_acknowledged_message_to_the_event_hubs_consume
     assert!(e["p50"].as_f64().unwrap() <= e["p99"].as_f64().unwrap(), "{r}");
     check_cleanup(&r, 5);
 }
+
+/// Issue 17, point 6: `register --csr` gets every device a certificate over each transport,
+/// and the bench removes the credential policy it made; the server's hub devices were created
+/// on the issued certificates.
+#[test]
+fn bench_register_with_csr_issues_every_device_a_certificate() {
+    let s = Server::start("127.0.39.18");
+    for transport in ["mqtt", "https", "amqp"] {
+        let r = s.json(&[
+            "bench",
+            "register",
+            "--csr",
+            "--transport",
+            transport,
+            "--devices",
+            "60",
+            "--concurrency",
+            "20",
+            "--keep",
+        ]);
+        check_report(&r, "register", 60);
+        let policies = s.json(&["credential-policy", "list"]);
+        assert_eq!(policies.as_array().unwrap().len(), 1, "{policies}");
+        let devices = s.json(&["hub", "device", "list"]);
+        let devices = devices.as_array().unwrap();
+        assert!(devices.len() >= 60, "{}", devices.len());
+        assert!(
+            devices.iter().all(|d| d["authentication"]["type"] == "selfSigned"),
+            "every device connects with its issued certificate"
+        );
+        // Without --keep the bench removes its records, devices, group and policy.
+        let name = policies[0]["name"].as_str().unwrap().to_string();
+        s.ok(&["credential-policy", "delete", "--name", &name]);
+    }
+    let r = s.json(&["bench", "register", "--csr", "--devices", "30", "--concurrency", "10"]);
+    check_report(&r, "register", 30);
+    assert_eq!(s.json(&["credential-policy", "list"]), serde_json::json!([]));
+    let err = s.fail(&["bench", "cycle", "--csr", "--devices", "10"]);
+    assert!(err.contains("--csr measures registrations"), "{err}");
+}

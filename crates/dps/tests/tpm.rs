@@ -182,3 +182,67 @@ fn refused_tpm_devices_get_clear_errors() {
         "libtss2's and tss-esapi's own logs are silenced: {err}"
     );
 }
+
+/// Issue 17, point 5: a TPM as its manufacturer ships it (swtpm_setup stored an EK certificate
+/// issued by a test manufacturer CA in NV). `dps tpm info` reads the certificate; the operator
+/// enrolls the TPM by it alone; the server, configured with the manufacturer's root, checks the
+/// chain and takes the endorsement key from it; the device provisions. A server that trusts
+/// another manufacturer refuses the enrollment, naming the certificate.
+#[test]
+fn a_tpm_is_enrolled_by_its_endorsement_key_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let manufacturer =
+        dps_pki::ca::LocalCa::generate_with("Test TPM Manufacturer Root", dps_pki::ca::KeyAlgorithm::Rsa2048).unwrap();
+    let root = work.path().join("manufacturer.pem");
+    std::fs::write(&root, manufacturer.cert_pem()).unwrap();
+    let sw = SwTpm::start_manufactured(&manufacturer.cert_pem(), &manufacturer.key_pem()).expect("swtpm starts");
+    let tcti = sw.tcti();
+
+    let s = Server::start_with("127.0.39.19", &["--tpm-manufacturer-ca", root.to_str().unwrap()]);
+    let ek_file = work.path().join("ek.pem");
+    let info = s.json(&[
+        "tpm",
+        "info",
+        "--tcti",
+        &tcti,
+        "--save-ek-certificate",
+        ek_file.to_str().unwrap(),
+    ]);
+    let pem = field(&info, "endorsementKeyCertificate");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{info}");
+    assert_eq!(std::fs::read_to_string(&ek_file).unwrap(), pem);
+    let id = field(&info, "registrationId").to_string();
+    let human = s.ok(&["tpm", "info", "--tcti", &tcti]);
+    assert!(human.contains("issued by 'CN=Test TPM Manufacturer Root'"), "{human}");
+
+    // Enrolled by the certificate alone: the endorsement key the server takes from it is the
+    // one the TPM reports.
+    let by_certificate = [
+        "enrollment",
+        "create",
+        "--registration-id",
+        &id,
+        "--attestation-type",
+        "tpm",
+        "--endorsement-key-certificate",
+        ek_file.to_str().unwrap(),
+    ];
+    let enrollment = s.json(&by_certificate);
+    assert_eq!(
+        enrollment["attestation"]["tpm"]["endorsementKey"], info["endorsementKey"],
+        "{enrollment}"
+    );
+    let out = s.json(&provision(&tcti, &["--no-message"]));
+    assert_eq!(out["registration"]["deviceId"], id.as_str(), "{out}");
+
+    // Another manufacturer's root: the certificate is refused and names why.
+    let other = dps_pki::ca::LocalCa::generate("Other Manufacturer Root").unwrap();
+    let other_root = work.path().join("other.pem");
+    std::fs::write(&other_root, other.cert_pem()).unwrap();
+    let strict = Server::start_with("127.0.39.28", &["--tpm-manufacturer-ca", other_root.to_str().unwrap()]);
+    let err = strict.fail(&by_certificate);
+    assert!(
+        err.contains("endorsementKeyCertificate") && err.contains("Test TPM Manufacturer Root"),
+        "{err}"
+    );
+}

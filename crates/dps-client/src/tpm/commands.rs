@@ -8,10 +8,12 @@
 use std::str::FromStr;
 
 use tss_esapi::constants::{CapabilityType, SessionType};
-use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle,
+};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
-use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     CapabilityData, Data, EncryptedSecret, IdObject, MaxBuffer, Private, Public, PublicBuffer, SymmetricDefinition,
@@ -196,6 +198,49 @@ impl Tpm {
                 ctx.evict_control(Provision::Owner, loaded, persistent)
             })
             .map_err(TpmError::command("EvictControl (persisting the identity key)"))
+    }
+
+    /// The RSA-2048 endorsement key certificate its manufacturer stored in NV (index
+    /// `0x01C00002`, TCG EK Credential Profile), DER; `None` when the TPM has none.
+    pub(crate) fn ek_certificate(&mut self) -> Result<Option<Vec<u8>>, TpmError> {
+        const RSA_EK_CERTIFICATE: u32 = 0x01C0_0002;
+        // Larger reads than the TPM's NV buffer fail; 512 bytes is under every TPM's.
+        const CHUNK: usize = 512;
+        let (data, _) = self
+            .ctx
+            .get_capability(CapabilityType::Handles, RSA_EK_CERTIFICATE, 1)
+            .map_err(TpmError::command("GetCapability(NV indices)"))?;
+        let defined =
+            matches!(data, CapabilityData::Handles(list) if list.iter().any(|h| u32::from(*h) == RSA_EK_CERTIFICATE));
+        if !defined {
+            return Ok(None);
+        }
+        let index = NvIndexTpmHandle::new(RSA_EK_CERTIFICATE).map_err(TpmError::command("an NV index handle"))?;
+        let handle = NvIndexHandle::from(
+            self.ctx
+                .tr_from_tpm_public(TpmHandle::NvIndex(index))
+                .map_err(TpmError::command("loading the EK certificate's NV index"))?,
+        );
+        let (public, _) = self
+            .ctx
+            .nv_read_public(handle)
+            .map_err(TpmError::command("NV_ReadPublic (EK certificate)"))?;
+        let size = public.data_size();
+        let mut out = Vec::with_capacity(size);
+        while out.len() < size {
+            let (len, offset) = ((size - out.len()).min(CHUNK) as u16, out.len() as u16);
+            let chunk = self
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.nv_read(NvAuth::NvIndex(handle), handle, len, offset)
+                })
+                .map_err(TpmError::command("NV_Read (EK certificate)"))?;
+            if chunk.value().is_empty() {
+                break;
+            }
+            out.extend_from_slice(chunk.value());
+        }
+        Ok(Some(out))
     }
 
     /// TPM2_HMAC(SHA-256) of `data` with the persisted identity key.

@@ -95,6 +95,12 @@ impl TpmProvider {
         &self.keys.storage_root_key
     }
 
+    /// The endorsement key certificate its manufacturer stored in the TPM (DER), if any: what
+    /// an operator enrolls the TPM by when the service checks manufacturers' chains.
+    pub fn endorsement_key_certificate(&self) -> Result<Option<Vec<u8>>, TpmError> {
+        self.worker.run(|tpm| tpm.ek_certificate())
+    }
+
     /// The TCTI the TPM was opened with.
     pub fn tcti(&self) -> &str {
         &self.tcti

@@ -55,7 +55,12 @@ fn refused(reason: impl Into<String>) -> Error {
 }
 
 impl IssuerCache {
-    fn get(&self, key: &str, etag: &str, load: impl FnOnce() -> Result<LocalCa, Error>) -> Result<Arc<LocalCa>, Error> {
+    pub(super) fn get(
+        &self,
+        key: &str,
+        etag: &str,
+        load: impl FnOnce() -> Result<LocalCa, Error>,
+    ) -> Result<Arc<LocalCa>, Error> {
         if let Some((loaded_etag, ca)) = self.loaded.lock().get(key) {
             if loaded_etag == etag {
                 return Ok(ca.clone());

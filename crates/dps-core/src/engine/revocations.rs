@@ -233,17 +233,25 @@ impl Engine {
     }
 
     /// `GET /crl/{policy}`: the revocation list of a credential policy's issuing CA (DER),
-    /// naming the certificates it issued that are revoked; made afresh, valid for a day.
-    pub async fn policy_crl(&self, now: DateTime<Utc>, policy: &str) -> Result<Vec<u8>, Error> {
+    /// naming the certificates it issued that are revoked, valid for a day; signed again when the
+    /// policy or the revocations change, or after an hour ([`ServedCrls`]).
+    pub async fn policy_crl(&self, now: DateTime<Utc>, policy: &str) -> Result<Arc<Vec<u8>>, Error> {
         let record = self
             .store
             .get_credential_policy(policy)
             .await?
             .ok_or_else(|| Error::from_store(StoreError::NotFound, Resource::CredentialPolicy, policy))?;
-        let ca = dps_pki::ca::LocalCa::from_pem(&record.ca_certificates, &record.ca_key).map_err(|e| {
-            Error::Storage(StoreError::backend(format!(
-                "the CA of credential policy '{policy}': {e}"
-            )))
+        let key = dps_proto::registration_id::key(&record.name);
+        let generation = self.revocations.generation();
+        if let Some(der) = self.served_crls.fresh(&key, &record.etag, generation, now) {
+            return Ok(der);
+        }
+        let ca = self.issuers.get(&key, &record.etag, || {
+            dps_pki::ca::LocalCa::from_pem(&record.ca_certificates, &record.ca_key).map_err(|e| {
+                Error::Storage(StoreError::backend(format!(
+                    "the CA of credential policy '{policy}': {e}"
+                )))
+            })
         })?;
         let subject = dps_pki::info::summarize(&ca.cert_der())
             .map(|s| normalize_name(&s.subject_name))
@@ -263,11 +271,60 @@ impl Engine {
                 Some((even, r.revoked_date_time_utc.unwrap_or(now)))
             })
             .collect();
-        ca.issue_crl(&revoked, now, SERVED_CRL_VALIDITY, now.timestamp().max(0) as u64)
+        let der = ca
+            .issue_crl(&revoked, now, SERVED_CRL_VALIDITY, now.timestamp().max(0) as u64)
             .map_err(|e| {
                 Error::Storage(StoreError::backend(format!(
                     "signing the revocation list of '{policy}': {e}"
                 )))
-            })
+            })?;
+        let der = Arc::new(der);
+        self.served_crls.keep(key, record.etag, generation, now, der.clone());
+        Ok(der)
+    }
+}
+
+/// Revocation lists served recently, by policy: the endpoint is public, so a list is signed
+/// once and served until the policy or the revocations change, or it is an hour old.
+#[derive(Default)]
+pub(super) struct ServedCrls {
+    lists: parking_lot::Mutex<std::collections::HashMap<String, ServedCrl>>,
+}
+
+struct ServedCrl {
+    etag: String,
+    generation: u64,
+    made: DateTime<Utc>,
+    der: Arc<Vec<u8>>,
+}
+
+/// How long a served list is reused while nothing changes.
+const SERVED_CRL_REUSE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// Policies whose lists are kept; past this the cache starts over (policies are few).
+const MAX_SERVED_CRLS: usize = 64;
+
+impl ServedCrls {
+    fn fresh(&self, key: &str, etag: &str, generation: u64, now: DateTime<Utc>) -> Option<Arc<Vec<u8>>> {
+        self.lists
+            .lock()
+            .get(key)
+            .filter(|c| c.etag == etag && c.generation == generation && now - c.made < SERVED_CRL_REUSE)
+            .map(|c| c.der.clone())
+    }
+
+    fn keep(&self, key: String, etag: String, generation: u64, now: DateTime<Utc>, der: Arc<Vec<u8>>) {
+        let mut lists = self.lists.lock();
+        if lists.len() >= MAX_SERVED_CRLS {
+            lists.clear();
+        }
+        lists.insert(
+            key,
+            ServedCrl {
+                etag,
+                generation,
+                made: now,
+                der,
+            },
+        );
     }
 }

@@ -203,6 +203,45 @@ impl Scan {
     }
 }
 
+/// The endorsement key (base64 TPM2B_PUBLIC, the TCG default EK template around the
+/// certificate's RSA-2048 key) of an EK certificate (PEM, maybe followed by intermediates, or
+/// base64 DER), after checking its chain up to one of `roots` when any are configured; `given`,
+/// an endorsement key sent with it, must be the same key.
+fn endorsement_key_of_certificate(
+    text: &str,
+    given: Option<&str>,
+    roots: &[Vec<u8>],
+    now: DateTime<Utc>,
+) -> Result<String, String> {
+    let refused = |why: String| format!("tpm endorsementKeyCertificate: {why}");
+    let chain: Vec<Vec<u8>> = dps_pki::pem::parse_certificates(text)
+        .map_err(|e| refused(e.to_string()))?
+        .into_iter()
+        .map(|c| c.to_vec())
+        .collect();
+    let leaf = chain.first().ok_or_else(|| refused("no certificate found".into()))?;
+    let (modulus, exponent) = dps_pki::ek::rsa_endorsement_key(leaf).map_err(|e| refused(e.to_string()))?;
+    if exponent != 65537 {
+        return Err(refused(format!(
+            "the endorsement key's exponent is {exponent}; TPM endorsement keys use 65537"
+        )));
+    }
+    if !roots.is_empty() {
+        dps_pki::ek::verify_ek_chain(&chain, roots, now).map_err(refused)?;
+    }
+    if let Some(given) = given {
+        let ek = B64
+            .decode(given.trim())
+            .map_err(|_| "tpm endorsementKey is not valid base64".to_string())?;
+        let ek = dps_tpm::RsaPublic::endorsement_key(&ek).map_err(|e| format!("tpm endorsementKey: {e}"))?;
+        if ek.modulus != modulus {
+            return Err(refused("it is not the certificate of the given endorsementKey".into()));
+        }
+        return Ok(given.trim().to_string());
+    }
+    Ok(B64.encode(dps_tpm::RsaPublic::endorsement_template(modulus).to_tpm2b()))
+}
+
 /// Validates and completes an attestation on write. `stored` is the attestation already stored (on
 /// update), whose secrets are kept where the request leaves them out.
 fn prepare_attestation(
@@ -210,6 +249,8 @@ fn prepare_attestation(
     att: &mut AttestationMechanism,
     stored: Option<&AttestationMechanism>,
     individual: bool,
+    tpm_roots: &[Vec<u8>],
+    now: DateTime<Utc>,
 ) -> Result<(), String> {
     match att.kind {
         AttestationType::None => {
@@ -246,8 +287,25 @@ fn prepare_attestation(
                 .filter(|s| s.kind == AttestationType::Tpm)
                 .and_then(|s| s.tpm.clone());
             let tpm = att.tpm.get_or_insert_with(Default::default);
+            if tpm
+                .endorsement_key_certificate
+                .as_deref()
+                .is_some_and(|c| c.trim().is_empty())
+            {
+                tpm.endorsement_key_certificate = None;
+            }
+            if let Some(cert) = tpm.endorsement_key_certificate.clone() {
+                tpm.endorsement_key = Some(endorsement_key_of_certificate(
+                    &cert,
+                    tpm.endorsement_key.as_deref().filter(|k| !k.trim().is_empty()),
+                    tpm_roots,
+                    now,
+                )?);
+            }
             if tpm.endorsement_key.as_deref().is_none_or(str::is_empty) {
                 tpm.endorsement_key = stored_tpm.as_ref().and_then(|t| t.endorsement_key.clone());
+                tpm.endorsement_key_certificate =
+                    stored_tpm.as_ref().and_then(|t| t.endorsement_key_certificate.clone());
             }
             let ek = tpm
                 .endorsement_key
@@ -521,6 +579,8 @@ fn prepare_write<T: EnrollmentDocument>(
         doc.attestation_mut(),
         stored.map(|s| s.attestation()),
         T::INDIVIDUAL,
+        &engine.config.tpm_manufacturer_roots,
+        now,
     )
     .map_err(InvalidArgument::Attestation)?;
     *doc.etag_mut() = Some(engine.new_etag());

@@ -149,6 +149,7 @@ pub fn tpm_enrollment(endorsement_key: &[u8]) -> dps_proto::model::service::Indi
             tpm: Some(TpmAttestation {
                 endorsement_key: Some(base64::engine::general_purpose::STANDARD.encode(endorsement_key)),
                 storage_root_key: None,
+                endorsement_key_certificate: None,
             }),
             ..Default::default()
         },

@@ -12,7 +12,7 @@
 //! becomes the device's primary thumbprint and the one it replaces the secondary, accepted until
 //! the hub's grace period ends.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +33,9 @@ const OPERATION_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// What renews certificates for a hub's devices ([`Hub::set_certificate_issuer`]).
 pub(crate) struct Renewal {
-    issuer: Arc<dyn CertificateIssuer>,
+    /// Weak: the issuer (the engine) holds the hub, and a cycle would keep both alive after
+    /// the server stopped.
+    issuer: Weak<dyn CertificateIssuer>,
     /// How long a certificate replaced by a renewal keeps working.
     grace: Duration,
 }
@@ -42,9 +44,13 @@ impl Hub {
     /// Lets this hub's devices renew their certificates over MQTT, issued by `issuer` (the
     /// provisioning engine) under the policy that issued their current one; a replaced
     /// certificate keeps working for `grace`. Set once, at start; later calls are ignored.
-    /// Without it a renewal is answered `503`.
-    pub fn set_certificate_issuer(&self, issuer: Arc<dyn CertificateIssuer>, grace: Duration) {
-        let _ = self.inner.renewal.set(Renewal { issuer, grace });
+    /// Without it (or once the issuer is gone) a renewal is answered `503`. The hub keeps a
+    /// weak reference: the issuer's owner keeps it alive.
+    pub fn set_certificate_issuer(&self, issuer: &Arc<dyn CertificateIssuer>, grace: Duration) {
+        let _ = self.inner.renewal.set(Renewal {
+            issuer: Arc::downgrade(issuer),
+            grace,
+        });
     }
 }
 
@@ -112,7 +118,13 @@ impl DeviceSession {
             tracing::info!(device = %self.identity.device_id, code, cause, reason = %message, "certificate renewal refused");
             Ok(vec![refusal(now, rid, &correlation_id, code, cause, &message)])
         };
-        let Some(renewal) = self.hub.inner.renewal.get() else {
+        let Some((renewal, issuer)) = self
+            .hub
+            .inner
+            .renewal
+            .get()
+            .and_then(|r| r.issuer.upgrade().map(|i| (r, i)))
+        else {
             return refuse(
                 UNAVAILABLE,
                 "ServiceUnavailable",
@@ -165,10 +177,7 @@ impl DeviceSession {
                 "operationExpires": (now + OPERATION_TTL).to_rfc3339_opts(SecondsFormat::Millis, true),
             }),
         );
-        let issued = renewal
-            .issuer
-            .issue(now, &policy, &self.identity.device_id, &request.csr)
-            .await;
+        let issued = issuer.issue(now, &policy, &self.identity.device_id, &request.csr).await;
         let outcome = match issued {
             Ok(issued) => match self.replace_certificate(now, &issued, renewal.grace).await {
                 Ok(()) => response(

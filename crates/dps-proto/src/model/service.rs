@@ -229,6 +229,12 @@ pub struct TpmAttestation {
     /// Base64 TPM2B_PUBLIC of the storage root key.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub storage_root_key: Option<String>,
+    /// The TPM's endorsement key certificate (PEM or base64 DER; PEM may be followed by the
+    /// manufacturer's intermediates): dps's own field. The endorsement key is taken from it
+    /// when `endorsementKey` is absent, and its chain is checked against the configured TPM
+    /// manufacturer roots.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub endorsement_key_certificate: Option<String>,
 }
 
 /// Symmetric-key attestation. Keys are secrets: stripped from GET and query output.

@@ -1,7 +1,7 @@
 //! `GET /crl/{policy}`: a credential policy's revocation list, the CRL distribution point its
 //! issued certificates name. Public, as CRLs are: it says only which serial numbers its CA
-//! revoked, and its signature is what a verifier trusts. Made afresh on each request
-//! (`dps_core::Engine::policy_crl`).
+//! revoked, and its signature is what a verifier trusts. Signed once and served until the policy
+//! or the revocations change, or for an hour (`dps_core::Engine::policy_crl`).
 
 use axum::body::Body;
 use axum::response::Response;
@@ -22,6 +22,6 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/pkix-crl")
         .header(CACHE_CONTROL, "max-age=3600")
-        .body(Body::from(der))
+        .body(Body::from(der.to_vec()))
         .expect("a valid response"))
 }

@@ -128,6 +128,7 @@ pub async fn enroll_tpm(s: &RunningServer, reg: &str, ek: &[u8]) {
             tpm: Some(TpmAttestation {
                 endorsement_key: Some(base64::engine::general_purpose::STANDARD.encode(ek)),
                 storage_root_key: None,
+                endorsement_key_certificate: None,
             }),
             ..Default::default()
         },
