@@ -105,26 +105,19 @@ pub struct ClientCertificate {
     pub sha1_thumbprint: String,
     /// SHA-256 thumbprint, hex.
     pub sha256_thumbprint: String,
-    /// The issuer's distinguished name (for revocation).
-    pub issuer: String,
-    /// The serial number, hex (for revocation).
-    pub serial_number: String,
-    /// The subject (for messages).
-    pub subject: String,
+    /// The certificate (DER), read only when something is revoked: most connections never pay
+    /// for parsing it.
+    der: Option<Vec<u8>>,
 }
 
 impl ClientCertificate {
-    /// The leaf of a TLS client chain (DER, leaf first); `None` without one. A leaf that does
-    /// not parse is known by its thumbprints alone.
+    /// The leaf of a TLS client chain (DER, leaf first); `None` without one.
     pub fn leaf_of(chain: &[Vec<u8>]) -> Option<ClientCertificate> {
         let leaf = chain.first()?;
-        let summary = dps_pki::info::summarize(leaf).ok();
         Some(ClientCertificate {
             sha1_thumbprint: dps_pki::thumbprint::sha1_thumbprint(leaf),
             sha256_thumbprint: dps_pki::thumbprint::sha256_thumbprint(leaf),
-            issuer: summary.as_ref().map(|s| s.issuer_name.clone()).unwrap_or_default(),
-            serial_number: summary.as_ref().map(|s| s.serial_number.clone()).unwrap_or_default(),
-            subject: summary.map(|s| s.subject_name).unwrap_or_default(),
+            der: Some(leaf.clone()),
         })
     }
 
@@ -133,17 +126,22 @@ impl ClientCertificate {
         ClientCertificate {
             sha1_thumbprint: sha1.into(),
             sha256_thumbprint: sha256.into(),
-            ..Default::default()
+            der: None,
         }
     }
 
-    fn id(&self) -> dps_core::revocation::CertificateId {
-        dps_core::revocation::CertificateId {
-            sha256_thumbprint: self.sha256_thumbprint.clone(),
-            issuer: self.issuer.clone(),
-            serial_number: self.serial_number.clone(),
-            subject: self.subject.clone(),
-        }
+    /// What revocation judges: issuer, serial and thumbprint (the thumbprint alone when the
+    /// certificate is not known, or does not parse).
+    fn revocation_id(&self) -> dps_core::revocation::CertificateId {
+        self.der
+            .as_deref()
+            .and_then(dps_core::revocation::CertificateId::of)
+            .unwrap_or_else(|| dps_core::revocation::CertificateId {
+                sha256_thumbprint: self.sha256_thumbprint.clone(),
+                issuer: String::new(),
+                serial_number: String::new(),
+                subject: String::new(),
+            })
     }
 }
 
@@ -216,11 +214,13 @@ impl Hub {
                 AuthMethod::Sas(self.check_sas(now_unix, &client_path, &rec, token).map_err(refuse)?)
             }
             None => {
-                if let (Some(cert), Some(revoked)) = (&client_cert, self.inner.revocations.get()) {
-                    if revoked.is_revoked(&cert.id()) {
+                let revoked = self.inner.revocations.get().filter(|r| !r.is_empty());
+                if let (Some(cert), Some(revoked)) = (&client_cert, revoked) {
+                    let id = cert.revocation_id();
+                    if revoked.is_revoked(&id) {
                         return Err(refuse(format!(
                             "client certificate '{}' (serial {}, issuer '{}') is revoked",
-                            cert.subject, cert.serial_number, cert.issuer
+                            id.subject, id.serial_number, id.issuer
                         )));
                     }
                 }
