@@ -55,8 +55,8 @@ pub use events::EventStream;
 pub use hub::{DesiredPatch, HubClient, HubClientBuilder, HUB_API_VERSION};
 pub use hub_amqp::{cbs_put_token, AmqpHubClient};
 pub use provisioning::{
-    PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, DEVICE_API_VERSION,
-    GLOBAL_ENDPOINT, MIN_REPOLL_INTERVAL,
+    PollOptions, ProvisioningClient, RegistrationResult, Transport, CLIENT_VERSION, CSR_API_VERSION,
+    DEVICE_API_VERSION, GLOBAL_ENDPOINT, MIN_REPOLL_INTERVAL,
 };
 pub use rest::{Reply, RestClient};
 pub use security::{

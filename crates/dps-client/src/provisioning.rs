@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use dps_proto::dps_mqtt;
 use dps_proto::model::device::{DeviceRegistration, TpmKeys};
 use dps_proto::model::service::{RegistrationState, RegistrationStatus, Substatus};
-use dps_proto::rest::{QueryParams, Route};
+use dps_proto::rest::Route;
 use rumqttc::{ConnectionError, Event, Packet, QoS, SubscribeReasonCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +26,9 @@ use crate::ClientError;
 
 /// Device API version sent on every request ([`dps_proto::api_version::DEVICE_CLIENT`]).
 pub const DEVICE_API_VERSION: &str = dps_proto::api_version::DEVICE_CLIENT;
+/// Device API version sent with a certificate signing request ([`ProvisioningClient::with_csr`]):
+/// Azure takes `csr` from this version on.
+pub const CSR_API_VERSION: &str = "2025-07-01-preview";
 
 /// `ClientVersion` / `User-Agent` of this SDK.
 pub const CLIENT_VERSION: &str = concat!("dps-rust/", env!("CARGO_PKG_VERSION"));
@@ -430,6 +433,15 @@ impl ProvisioningClient {
         self
     }
 
+    /// The device API version this client's requests name: [`CSR_API_VERSION`] when it sends
+    /// a certificate signing request, else [`DEVICE_API_VERSION`].
+    pub fn api_version(&self) -> &'static str {
+        match self.csr {
+            Some(_) => CSR_API_VERSION,
+            None => DEVICE_API_VERSION,
+        }
+    }
+
     /// The transport in use.
     pub fn transport(&self) -> Transport {
         self.transport
@@ -569,7 +581,7 @@ impl ProvisioningClient {
                 host: &self.host,
                 port,
                 client_id: reg_id,
-                username: dps_mqtt::username(&self.id_scope, reg_id, DEVICE_API_VERSION, CLIENT_VERSION),
+                username: dps_mqtt::username(&self.id_scope, reg_id, self.api_version(), CLIENT_VERSION),
                 password: self.sas("registration")?.unwrap_or_default(),
                 tls: self.tls()?,
                 keep_alive: Duration::from_secs(60),
@@ -693,7 +705,6 @@ impl ProvisioningClient {
             })?;
         let base = format!("https://{}:{}", url_host(&self.host), self.port());
         let (scope, registration_id) = (self.id_scope.clone(), self.provider.registration_id().to_string());
-        let no_query = QueryParams::default();
         let mut operation: Option<String> = None;
         let mut retries = 0;
         // One token for the whole registration, register and polls alike, as the C SDK does: a
@@ -708,7 +719,7 @@ impl ProvisioningClient {
                         scope: scope.clone(),
                         registration_id: registration_id.clone(),
                     };
-                    http.put(format!("{base}{}", route.path_and_query(&no_query)))
+                    http.put(format!("{base}{}?api-version={}", route.path(), self.api_version()))
                         .body(body.clone())
                 }
                 Some(op) => {
@@ -717,7 +728,7 @@ impl ProvisioningClient {
                         registration_id: registration_id.clone(),
                         operation_id: op.clone(),
                     };
-                    http.get(format!("{base}{}", route.path_and_query(&no_query)))
+                    http.get(format!("{base}{}?api-version={}", route.path(), self.api_version()))
                 }
             };
             let mut req = req
@@ -854,6 +865,15 @@ pub(crate) fn url_host(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_with_a_csr_names_the_version_that_takes_one() {
+        let provider = Arc::new(crate::SymmetricKeyProvider::new("dev", "AAAA").unwrap());
+        let client = ProvisioningClient::new("h", "0ne00000000", provider, "");
+        assert_eq!(client.api_version(), DEVICE_API_VERSION);
+        assert_eq!(client.with_csr(vec![1]).api_version(), CSR_API_VERSION);
+        assert!(dps_proto::api_version::DEVICE.contains(&CSR_API_VERSION));
+    }
 
     const ASSIGNED: &str = r#"{"operationId":"4.abc.1","status":"assigned",
         "registrationState":{"registrationId":"dev-01","createdDateTimeUtc":"2025-01-01T00:00:00.0000000Z",

@@ -16,7 +16,7 @@ use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender, Session};
 use tokio_rustls::client::TlsStream;
 
-use super::{interpret, Next, ProvisioningClient, RegistrationResult, CLIENT_VERSION, DEVICE_API_VERSION};
+use super::{interpret, Next, ProvisioningClient, RegistrationResult, CLIENT_VERSION};
 use crate::amqp;
 use crate::amqp::sasl::{Reply, Sasl};
 use crate::security::TpmPublicKeys;
@@ -131,7 +131,7 @@ impl ProvisioningClient {
         let mut properties = Fields::new();
         properties.insert(
             Symbol::from(wire::API_VERSION_PROPERTY),
-            Value::String(DEVICE_API_VERSION.into()),
+            Value::String(self.api_version().into()),
         );
         properties.insert(
             Symbol::from(wire::CLIENT_VERSION_PROPERTY),
