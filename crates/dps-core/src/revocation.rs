@@ -10,21 +10,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use dps_pki::thumbprint::normalize_hex;
 use dps_proto::model::revocation::Revocation;
 use sha2::{Digest, Sha256};
 
 /// A serial number as compared: upper-case hex, no separators, no leading zeros (`0` for zero).
 pub fn normalize_serial(serial: &str) -> String {
-    let hex: String = serial
-        .chars()
-        .filter(|c| !matches!(c, ':' | ' ' | '-'))
-        .collect::<String>()
-        .to_ascii_uppercase();
-    let trimmed = hex.trim_start_matches('0');
-    if trimmed.is_empty() {
-        "0".into()
-    } else {
-        trimmed.to_string()
+    let hex = normalize_hex(serial);
+    match hex.trim_start_matches('0') {
+        "" => "0".into(),
+        trimmed => trimmed.to_string(),
     }
 }
 
@@ -34,15 +29,6 @@ pub fn normalize_name(name: &str) -> String {
         .map(|part| part.trim().to_ascii_lowercase())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// A thumbprint as compared: upper-case hex without separators.
-pub fn normalize_thumbprint(thumbprint: &str) -> String {
-    thumbprint
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .collect::<String>()
-        .to_ascii_uppercase()
 }
 
 /// The id of the entry revoking `serial` of `issuer` (both as given; normalized here), the
@@ -55,7 +41,7 @@ pub fn serial_id(issuer: &str, serial: &str) -> String {
 
 /// The id of the entry revoking a certificate by its SHA-256 thumbprint.
 pub fn thumbprint_id(sha256: &str) -> String {
-    format!("tp-{}", normalize_thumbprint(sha256).to_ascii_lowercase())
+    format!("tp-{}", normalize_hex(sha256).to_ascii_lowercase())
 }
 
 /// Whom a check is about: a certificate's SHA-256 thumbprint, issuer and serial number.
@@ -123,7 +109,7 @@ impl RevocationSet {
         let mut index = Index::default();
         for e in entries {
             if let Some(t) = &e.sha256_thumbprint {
-                index.thumbprints.insert(normalize_thumbprint(t));
+                index.thumbprints.insert(normalize_hex(t));
             }
             if let (Some(issuer), Some(serial)) = (&e.issuer, &e.serial_number) {
                 index.serials.insert((normalize_name(issuer), normalize_serial(serial)));
@@ -155,9 +141,7 @@ impl RevocationSet {
         if index.thumbprints.is_empty() && index.serials.is_empty() {
             return false;
         }
-        index
-            .thumbprints
-            .contains(&normalize_thumbprint(&cert.sha256_thumbprint))
+        index.thumbprints.contains(&normalize_hex(&cert.sha256_thumbprint))
             || index
                 .serials
                 .contains(&(normalize_name(&cert.issuer), normalize_serial(&cert.serial_number)))
@@ -198,7 +182,12 @@ mod tests {
             normalize_name("CN=Contoso Root,  O=Contoso"),
             "cn=contoso root,o=contoso"
         );
-        assert_eq!(normalize_thumbprint("ab:cd"), "ABCD");
+        assert_eq!(normalize_hex("ab:cd"), "ABCD");
+        assert_eq!(
+            normalize_hex("ab_cd"),
+            "AB_CD",
+            "other characters stay, for the hex check"
+        );
         assert_eq!(serial_id("CN=A, O=B", "0a"), serial_id("cn=a,o=b", "A"));
         assert_ne!(serial_id("CN=A", "0a"), serial_id("CN=B", "0a"));
         assert_eq!(thumbprint_id("AB:CD"), "tp-abcd");

@@ -14,8 +14,9 @@ use dps_proto::hub_mqtt::HubUsername;
 use dps_proto::sas::{SasError, SasToken};
 
 use crate::error::AuthError;
-use crate::record::{normalize_thumbprint, DeviceRecord, Status};
+use crate::record::{DeviceRecord, Status};
 use crate::Hub;
+use dps_pki::thumbprint::normalize_hex;
 
 /// Which of the device's two credentials matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,10 +307,10 @@ fn check_thumbprint(
     else {
         return Err("no password and no client certificate presented".into());
     };
-    let (sha1, sha256) = (normalize_thumbprint(&sha1), normalize_thumbprint(&sha256));
+    let (sha1, sha256) = (normalize_hex(&sha1), normalize_hex(&sha256));
     let tp = rec.authentication.x509_thumbprint.as_ref();
     let matches = |t: Option<&String>| {
-        t.map(|t| normalize_thumbprint(t))
+        t.map(|t| normalize_hex(t))
             .is_some_and(|t| !t.is_empty() && (t == sha1 || t == sha256))
     };
     if matches(tp.and_then(|t| t.primary_thumbprint.as_ref())) {

@@ -426,14 +426,6 @@ pub(crate) fn clean_document(doc: &Map<String, Value>) -> Map<String, Value> {
     out
 }
 
-/// Normalises a thumbprint for comparison: hex only, upper case (tools print `AB:CD`, lower case).
-pub(crate) fn normalize_thumbprint(t: &str) -> String {
-    t.chars()
-        .filter(|c| !matches!(c, ':' | ' ' | '-'))
-        .collect::<String>()
-        .to_ascii_uppercase()
-}
-
 /// Checks an `If-Match` header value against the current etag. `None` and `*` match anything;
 /// quotes and a weak `W/` prefix are ignored; a comma-separated list matches if any member does.
 pub(crate) fn etag_matches(if_match: Option<&str>, current: &str) -> bool {
@@ -590,6 +582,6 @@ mod tests {
 
     #[test]
     fn thumbprints_normalise() {
-        assert_eq!(normalize_thumbprint("ab:cd:ef"), "ABCDEF");
+        assert_eq!(dps_pki::thumbprint::normalize_hex("ab:cd:ef"), "ABCDEF");
     }
 }

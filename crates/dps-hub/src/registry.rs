@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 use crate::error::RegistryError;
 use crate::record::LiveView;
 use crate::record::{
-    caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_key, normalize_thumbprint,
-    validate_device_id, validate_status_reason, DeviceRecord, Status, TwinState,
+    caps, clean_document, etag_matches, is_conditional, key_of, new_etag, new_key, validate_device_id,
+    validate_status_reason, DeviceRecord, Status, TwinState,
 };
 use crate::Hub;
 
@@ -433,7 +433,7 @@ pub(crate) fn resolve_auth(
             let Some(t) = t.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) else {
                 return Ok(None);
             };
-            let n = normalize_thumbprint(&t);
+            let n = dps_pki::thumbprint::normalize_hex(&t);
             if !(n.len() == 40 || n.len() == 64) || !n.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(RegistryError::Invalid(format!(
                     "authentication.x509Thumbprint.{name} must be a hex SHA-1 (40) or SHA-256 (64) thumbprint"

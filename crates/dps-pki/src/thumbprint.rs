@@ -17,6 +17,16 @@ pub fn sha256_thumbprint(der: &[u8]) -> String {
     upper_hex(&Sha256::digest(der))
 }
 
+/// A hex string as given by people and tools (`ab:cd`, `AB CD`, `ab-cd`) in the form Azure shows
+/// thumbprints and serial numbers: upper-case, without separators. Other characters are kept,
+/// so that a check for hex digits afterwards refuses them.
+pub fn normalize_hex(s: &str) -> String {
+    s.chars()
+        .filter(|c| !matches!(c, ':' | ' ' | '-'))
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
 /// Upper-case hex without separators, the form Azure uses for thumbprints and serial numbers.
 pub(crate) fn upper_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

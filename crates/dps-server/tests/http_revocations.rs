@@ -104,6 +104,10 @@ async fn bad_revocations_and_unknown_crls_are_refused() {
             "serialNumber hex digits",
         ),
         (json!({"sha256Thumbprint": "abc"}), "64 hex digits"),
+        (
+            json!({"sha256Thumbprint": format!("zz{}", "ab".repeat(32))}),
+            "64 hex digits",
+        ),
         (json!({"certificate": "nope"}), "certificate:"),
         (json!({"certificate": "x", "sha256Thumbprint": "ab"}), "one way"),
     ] {

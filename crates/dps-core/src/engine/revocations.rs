@@ -14,9 +14,7 @@ use dps_proto::model::revocation::{CrlImport, CrlImportResult, Revocation, Revoc
 
 use super::{Engine, Page};
 use crate::error::{Error, InvalidArgument, Resource};
-use crate::revocation::{
-    normalize_name, normalize_serial, normalize_thumbprint, serial_id, thumbprint_id, RevocationSet,
-};
+use crate::revocation::{normalize_name, normalize_serial, serial_id, thumbprint_id, RevocationSet};
 use crate::store::StoreError;
 
 /// Entries read from the store per page when the set is rebuilt.
@@ -103,8 +101,8 @@ impl Engine {
                 }
             }
             (None, None, None, Some(thumbprint)) => {
-                let t = normalize_thumbprint(thumbprint);
-                if t.len() != 64 || t.len() != thumbprint.chars().filter(char::is_ascii_hexdigit).count() {
+                let t = dps_pki::thumbprint::normalize_hex(thumbprint);
+                if t.len() != 64 || !t.chars().all(|c| c.is_ascii_hexdigit()) {
                     return Err(invalid("sha256Thumbprint must be 64 hex digits"));
                 }
                 Revocation {
