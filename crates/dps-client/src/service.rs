@@ -63,6 +63,24 @@ async fn delete(rest: &RestClient, route: Route, etag: Option<&str>) -> Result<(
     rest.call(&route, &[], None, &if_match(etag)).await.map(drop)
 }
 
+/// One page of a `GET` that pages with `x-ms-continuation`: the answer as `T`, and the token
+/// of the next page when there may be more.
+async fn page<T: DeserializeOwned>(
+    rest: &RestClient,
+    route: &Route,
+    query: &[(&str, &str)],
+    continuation: Option<&str>,
+) -> Result<(T, Option<String>), ClientError> {
+    let headers: Vec<(&str, &str)> = continuation.map(|c| ("x-ms-continuation", c)).into_iter().collect();
+    let reply = rest.call(route, query, None, &headers).await?;
+    let next = reply
+        .headers
+        .get("x-ms-continuation")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok((typed(route, reply.body)?, next))
+}
+
 /// Runs a paged query and reads every item as `T`.
 async fn query<T: DeserializeOwned>(
     rest: &RestClient,
@@ -188,15 +206,7 @@ impl ServiceClient {
         filter: &[(&str, &str)],
         continuation: Option<&str>,
     ) -> Result<(Vec<Value>, Option<String>), ClientError> {
-        let route = Route::QueryAudit;
-        let headers: Vec<(&str, &str)> = continuation.map(|c| ("x-ms-continuation", c)).into_iter().collect();
-        let reply = self.rest.call(&route, filter, None, &headers).await?;
-        let next = reply
-            .headers
-            .get("x-ms-continuation")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        Ok((typed(&route, reply.body)?, next))
+        page(&self.rest, &Route::QueryAudit, filter, continuation).await
     }
 
     /// `GET /linkedHubs`: the linked hubs, keys redacted.
@@ -264,23 +274,12 @@ impl ServiceClient {
 
     /// `GET /revocations`, every page.
     pub async fn list_revocations(&self) -> Result<Vec<Revocation>, ClientError> {
-        let route = Route::ListRevocations;
         let mut all = Vec::new();
         let mut continuation: Option<String> = None;
         loop {
-            let headers: Vec<(&str, &str)> = continuation
-                .as_deref()
-                .map(|c| ("x-ms-continuation", c))
-                .into_iter()
-                .collect();
-            let reply = self.rest.call(&route, &[], None, &headers).await?;
-            let next = reply
-                .headers
-                .get("x-ms-continuation")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let page: RevocationList = typed(&route, reply.body)?;
-            all.extend(page.value);
+            let (list, next): (RevocationList, _) =
+                page(&self.rest, &Route::ListRevocations, &[], continuation.as_deref()).await?;
+            all.extend(list.value);
             match next {
                 Some(c) => continuation = Some(c),
                 None => return Ok(all),
