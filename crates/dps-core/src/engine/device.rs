@@ -12,10 +12,6 @@ use dps_proto::model::service::{
     AllocationPolicy, AttestationType, RegistrationState, RegistrationStatus, SymmetricKeyRegistrationResult,
 };
 use dps_proto::registration_id;
-
-/// The `tracing` target of the span each registration runs in (what `dps serve
-/// --otlp-endpoint` exports).
-pub const REGISTRATION_SPAN_TARGET: &str = "dps::registration";
 use dps_proto::sas::{hmac_sha256, SasToken};
 use sha2::{Digest, Sha256};
 
@@ -27,6 +23,10 @@ use super::{DeviceResponse, Engine, Registered};
 use crate::error::{AllocationError, Error, InvalidArgument, SasRefusal};
 use crate::hub::{DeviceAuth, DeviceProvisioning, HubError, TwinPolicy};
 use crate::store::{PreviousAssignment, RegistrationIntent, RegistrationRecord, StoreError};
+
+/// The `tracing` target of the span each registration runs in (what `dps serve
+/// --otlp-endpoint` exports).
+pub const REGISTRATION_SPAN_TARGET: &str = "dps::registration";
 
 /// Why [`Engine::assign`] did not assign the device.
 enum NotAssigned {
