@@ -87,7 +87,7 @@ pub use peers::{MethodCall, PeerChange, Peers};
 pub use polling::PolledC2d;
 pub use query::QueryPage;
 pub use registry::RegistryStatistics;
-pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, OUTBOUND_CAPACITY};
+pub use session::{DeviceSession, MethodResponse, Outbound, OutboundKind, RenewalLimits, OUTBOUND_CAPACITY};
 pub use telemetry::{partition_of, PartitionInfo, TelemetryMessage};
 
 use cache::SlotCache;

@@ -38,6 +38,7 @@ fn issuance_of(device: &DeviceProvisioning) -> Option<Issuance> {
     device.credential_policy.as_ref().map(|policy| Issuance {
         policy: policy.clone(),
         previous_valid_until: None,
+        renewed_at: None,
     })
 }
 

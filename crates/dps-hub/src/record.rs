@@ -95,6 +95,10 @@ pub(crate) struct Issuance {
     /// after this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) previous_valid_until: Option<DateTime<Utc>>,
+    /// When the device last renewed its certificate through the hub (none since it
+    /// registered): the next renewal waits for the hub's minimum interval after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) renewed_at: Option<DateTime<Utc>>,
 }
 
 /// The twin part of a device record.

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 mod credentials;
 
 pub(crate) use credentials::Renewal;
+pub use credentials::RenewalLimits;
 
 use crate::auth::DeviceIdentity;
 use crate::c2d::{Ack, C2dOutcome, C2dRecord, DeviceQueue, Locked, QueueChange, Settled, C2D_QUEUE_LIMIT, MAX_C2D_TTL};

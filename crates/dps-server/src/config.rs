@@ -193,6 +193,10 @@ pub struct Limits {
     /// (`$iothub/credentials/…`): long enough for the device to reconnect with the new one,
     /// short enough that a copy of the old one is soon useless. 0: refused at once.
     pub certificate_renewal_grace_secs: u64,
+    /// The least seconds between two renewals of one device's certificate through its hub:
+    /// each is a signature and a registry write, so a device (or a stolen credential) cannot
+    /// make the service sign in a loop. Sooner is refused with `429002`. 0: no limit.
+    pub certificate_renewal_interval_secs: u64,
 }
 
 impl Default for Limits {
@@ -213,6 +217,7 @@ impl Default for Limits {
             interrupted_registration_secs: dps_core::engine::INTERRUPTED_REGISTRATION_AGE.as_secs(),
             audit_retention_days: 30,
             certificate_renewal_grace_secs: 24 * 3600,
+            certificate_renewal_interval_secs: 60,
         }
     }
 }
@@ -254,9 +259,13 @@ impl Limits {
         Duration::from_secs(self.audit_retention_days.saturating_mul(24 * 3600))
     }
 
-    /// [`Limits::certificate_renewal_grace_secs`] as a duration.
-    pub fn certificate_renewal_grace(&self) -> Duration {
-        Duration::from_secs(self.certificate_renewal_grace_secs)
+    /// How the hubs bound certificate renewals: [`Limits::certificate_renewal_grace_secs`] and
+    /// [`Limits::certificate_renewal_interval_secs`].
+    pub fn certificate_renewal(&self) -> dps_hub::RenewalLimits {
+        dps_hub::RenewalLimits {
+            grace: Duration::from_secs(self.certificate_renewal_grace_secs),
+            min_interval: Duration::from_secs(self.certificate_renewal_interval_secs),
+        }
     }
 
     /// [`Limits::c2d_ttl_secs`] as a duration.

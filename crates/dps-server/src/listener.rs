@@ -299,7 +299,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let issuer: Arc<dyn dps_core::CertificateIssuer> = engine.clone();
     for h in hubs.iter() {
         h.hub
-            .set_certificate_issuer(&issuer, config.limits.certificate_renewal_grace());
+            .set_certificate_issuer(&issuer, config.limits.certificate_renewal());
         h.hub.set_revocations(engine.revocations());
     }
     let services = Arc::new(Services {

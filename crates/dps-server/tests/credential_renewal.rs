@@ -60,7 +60,11 @@ async fn subscribe_credentials(c: &rumqttc::AsyncClient, ev: &mut rumqttc::Event
 #[tokio::test]
 async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
     let dir = tempfile::tempdir().unwrap();
-    let s = server_with(IP, dir.path(), |c| c.limits.certificate_renewal_grace_secs = 3).await;
+    let s = server_with(IP, dir.path(), |c| {
+        c.limits.certificate_renewal_grace_secs = 3;
+        c.limits.certificate_renewal_interval_secs = 3;
+    })
+    .await;
     // Provisioned with a CSR by the Rust client: the first certificate.
     let first = provision_with_csr(&s, IP, "renew-dev").await;
     let (chain1, pem1, key1) = (first.chain, first.chain_pem, first.key_pem);
@@ -98,6 +102,36 @@ async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
     assert_eq!(
         thumbprints.secondary_thumbprint.as_deref(),
         Some(summary1.sha256_thumbprint.as_str())
+    );
+
+    // Renewing again at once is too soon: refused as IoT Hub throttles, nothing changes.
+    let (_, csr_again) = dps_pki::csr::new_key_and_request("renew-dev", KeyAlgorithm::EcdsaP256).unwrap();
+    let answers = renew(
+        &c,
+        &mut ev,
+        "r1b",
+        json!({"id": "renew-dev", "csr": B64.encode(&csr_again)}),
+    )
+    .await;
+    let (status, error) = answers.last().unwrap();
+    assert_eq!(
+        (*status, error["errorCode"].clone()),
+        (429, json!(429002)),
+        "{answers:?}"
+    );
+    assert_eq!(error["info"]["credentialError"], "RenewalTooSoon");
+    let message = error["info"]["credentialMessage"].as_str().unwrap();
+    assert!(message.contains("less than 3 s ago; renew again from"), "{message}");
+    let unchanged = hub(&s).get_device("renew-dev").await.unwrap();
+    assert_eq!(
+        unchanged
+            .authentication
+            .unwrap()
+            .x509_thumbprint
+            .unwrap()
+            .primary_thumbprint
+            .as_deref(),
+        Some(summary2.sha256_thumbprint.as_str())
     );
     drop((c, ev));
 

@@ -175,6 +175,10 @@ struct LimitArgs {
     /// hub [default: 86400; 0: refused at once].
     #[arg(long, env = "DPS_CERTIFICATE_RENEWAL_GRACE_SECS")]
     certificate_renewal_grace_secs: Option<u64>,
+    /// The least seconds between two certificate renewals of one device through its hub
+    /// [default: 60; 0: no limit].
+    #[arg(long, env = "DPS_CERTIFICATE_RENEWAL_INTERVAL_SECS")]
+    certificate_renewal_interval_secs: Option<u64>,
 }
 
 impl LimitArgs {
@@ -197,7 +201,8 @@ impl LimitArgs {
             webhook_timeout_secs,
             interrupted_registration_secs,
             audit_retention_days,
-            certificate_renewal_grace_secs
+            certificate_renewal_grace_secs,
+            certificate_renewal_interval_secs
         );
     }
 }

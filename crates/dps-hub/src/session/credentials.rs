@@ -11,6 +11,12 @@
 //! (the provisioning engine does it, [`dps_core::CertificateIssuer`]); the new certificate
 //! becomes the device's primary thumbprint and the one it replaces the secondary, accepted until
 //! the hub's grace period ends.
+//!
+//! Each renewal costs a signature and a registry write, so a device may renew at most once per
+//! [`RenewalLimits::min_interval`]: sooner is `429002` (ThrottleBacklogLimitExceeded), and a
+//! renewal that lost a race with another one for the same device (two connections, or two
+//! nodes) is `409005` (CredentialOperationActive). The time of the last renewal is kept in the
+//! device record, so the limit holds across connections, restarts and nodes.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,26 +37,55 @@ use crate::Hub;
 /// (`operationExpires`); issuing takes milliseconds.
 const OPERATION_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
+/// How renewals through a hub are bounded ([`Hub::set_certificate_issuer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenewalLimits {
+    /// How long a certificate replaced by a renewal keeps working: long enough for the device
+    /// to reconnect with the new one.
+    pub grace: Duration,
+    /// The least time between two renewals of one device (zero: no limit). A device that
+    /// renews sooner is refused with `429002`.
+    pub min_interval: Duration,
+}
+
 /// What renews certificates for a hub's devices ([`Hub::set_certificate_issuer`]).
 pub(crate) struct Renewal {
     /// Weak: the issuer (the engine) holds the hub, and a cycle would keep both alive after
     /// the server stopped.
     issuer: Weak<dyn CertificateIssuer>,
-    /// How long a certificate replaced by a renewal keeps working.
-    grace: Duration,
+    limits: RenewalLimits,
 }
 
 impl Hub {
     /// Lets this hub's devices renew their certificates over MQTT, issued by `issuer` (the
-    /// provisioning engine) under the policy that issued their current one; a replaced
-    /// certificate keeps working for `grace`. Set once, at start; later calls are ignored.
-    /// Without it (or once the issuer is gone) a renewal is answered `503`. The hub keeps a
-    /// weak reference: the issuer's owner keeps it alive.
-    pub fn set_certificate_issuer(&self, issuer: &Arc<dyn CertificateIssuer>, grace: Duration) {
+    /// provisioning engine) under the policy that issued their current one, within `limits`.
+    /// Set once, at start; later calls are ignored. Without it (or once the issuer is gone) a
+    /// renewal is answered `503`. The hub keeps a weak reference: the issuer's owner keeps it
+    /// alive.
+    pub fn set_certificate_issuer(&self, issuer: &Arc<dyn CertificateIssuer>, limits: RenewalLimits) {
         let _ = self.inner.renewal.set(Renewal {
             issuer: Arc::downgrade(issuer),
-            grace,
+            limits,
         });
+    }
+}
+
+/// When a device that last renewed at `renewed_at` may renew again, if that is after `now`.
+fn too_soon(renewed_at: Option<DateTime<Utc>>, min_interval: Duration, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let next = renewed_at? + chrono::TimeDelta::from_std(min_interval).unwrap_or(chrono::TimeDelta::MAX);
+    (next > now).then_some(next)
+}
+
+/// Why a renewal was not recorded.
+enum NotRecorded {
+    /// Another renewal of the device was recorded since this one was checked.
+    LostRace,
+    Registry(RegistryError),
+}
+
+impl From<RegistryError> for NotRecorded {
+    fn from(e: RegistryError) -> Self {
+        Self::Registry(e)
     }
 }
 
@@ -103,6 +138,10 @@ const OPERATION_FAILED: u32 = 400_040;
 const PRECONDITION_FAILED: u32 = 412_005;
 /// ServiceUnavailable.
 const UNAVAILABLE: u32 = 503_001;
+/// ThrottleBacklogLimitExceeded: the device renewed too recently.
+const THROTTLED: u32 = 429_002;
+/// CredentialOperationActive: another renewal of the device was recorded meanwhile.
+const ACTIVE: u32 = 409_005;
 
 impl DeviceSession {
     /// Handles `$iothub/credentials/POST/issueCertificate/?$rid={rid}`: the `202` and the
@@ -159,7 +198,7 @@ impl DeviceSession {
             );
         }
         let rec = self.slot.record().ok_or_else(|| self.closed())?;
-        let Some(policy) = rec.issuance.as_ref().map(|i| i.policy.clone()) else {
+        let Some(issuance) = rec.issuance.as_ref() else {
             return refuse(
                 PRECONDITION_FAILED,
                 "NoCredentialPolicy",
@@ -169,6 +208,20 @@ impl DeviceSession {
                 ),
             );
         };
+        let limits = renewal.limits;
+        if let Some(next) = too_soon(issuance.renewed_at, limits.min_interval, now) {
+            return refuse(
+                THROTTLED,
+                "RenewalTooSoon",
+                format!(
+                    "device '{}' renewed its certificate less than {} s ago; renew again from {}",
+                    self.identity.device_id,
+                    limits.min_interval.as_secs(),
+                    next.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+            );
+        }
+        let (policy, checked_renewal) = (issuance.policy.clone(), issuance.renewed_at);
         let accepted = response(
             202,
             rid,
@@ -179,13 +232,24 @@ impl DeviceSession {
         );
         let issued = issuer.issue(now, &policy, &self.identity.device_id, &request.csr).await;
         let outcome = match issued {
-            Ok(issued) => match self.replace_certificate(now, &issued, renewal.grace).await {
+            Ok(issued) => match self.replace_certificate(now, &issued, checked_renewal, limits).await {
                 Ok(()) => response(
                     200,
                     rid,
                     json!({ "certificates": issued.chain, "correlationId": correlation_id }),
                 ),
-                Err(e) => {
+                Err(NotRecorded::LostRace) => {
+                    tracing::info!(device = %self.identity.device_id, "certificate renewal lost a race with another");
+                    refusal(
+                        now,
+                        rid,
+                        &correlation_id,
+                        ACTIVE,
+                        "CredentialOperationActive",
+                        "another renewal of this device was recorded meanwhile; use the certificate it issued",
+                    )
+                }
+                Err(NotRecorded::Registry(e)) => {
                     tracing::error!(device = %self.identity.device_id, error = %e, "renewed certificate not recorded");
                     refusal(
                         now,
@@ -211,15 +275,17 @@ impl DeviceSession {
     }
 
     /// Makes `issued` the device's primary certificate and its current one the secondary,
-    /// accepted for `grace`.
+    /// accepted for the grace period, unless the device was renewed since `checked_renewal`
+    /// (the last renewal this request was checked against).
     async fn replace_certificate(
         &self,
         now: DateTime<Utc>,
         issued: &IssuedCertificate,
-        grace: Duration,
-    ) -> Result<(), RegistryError> {
+        checked_renewal: Option<DateTime<Utc>>,
+        limits: RenewalLimits,
+    ) -> Result<(), NotRecorded> {
         let inner = &self.hub.inner;
-        crate::retrying_lost_races!(
+        let recorded = crate::retrying_lost_races!(
             async {
                 let (slot, _guard) =
                     inner
@@ -231,6 +297,9 @@ impl DeviceSession {
                 let rec = slot.record().ok_or_else(|| RegistryError::NotFound {
                     device_id: self.identity.device_id.clone(),
                 })?;
+                if rec.issuance.as_ref().and_then(|i| i.renewed_at) != checked_renewal {
+                    return Ok(false);
+                }
                 let mut new = (*rec).clone();
                 let current = rec
                     .authentication
@@ -241,12 +310,18 @@ impl DeviceSession {
                 new.authentication = self_signed_auth(issued.sha256_thumbprint.clone(), current);
                 if let Some(issuance) = new.issuance.as_mut() {
                     issuance.previous_valid_until =
-                        Some(now + chrono::TimeDelta::from_std(grace).unwrap_or(chrono::TimeDelta::MAX));
+                        Some(now + chrono::TimeDelta::from_std(limits.grace).unwrap_or(chrono::TimeDelta::MAX));
+                    issuance.renewed_at = Some(now);
                 }
                 new.etag = crate::record::new_etag();
-                inner.commit(&slot, new).await.map(drop)
+                inner.commit(&slot, new).await.map(|_| true)
             }
             .await
-        )
+        )?;
+        if recorded {
+            Ok(())
+        } else {
+            Err(NotRecorded::LostRace)
+        }
     }
 }
