@@ -89,7 +89,7 @@ impl HubClientBuilder {
             return Err(ClientError::Credential("the device id is empty".into()));
         }
         let tls = crate::tls_config(self.provider.as_ref(), &self.ca_pem)?;
-        let password = if self.provider.tls_identity().is_some() {
+        let password = if crate::presents_certificate(self.provider.as_ref()) {
             String::new()
         } else {
             let resource = format!("{}/devices/{}", self.host, self.device_id);

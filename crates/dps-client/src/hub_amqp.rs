@@ -75,7 +75,7 @@ impl AmqpHubClient {
             let mut session = Session::begin(&mut connection)
                 .await
                 .map_err(|e| ClientError::connection(format!("beginning the AMQP session with {host}"), &e))?;
-            if provider.tls_identity().is_none() {
+            if !crate::presents_certificate(provider.as_ref()) {
                 let resource = format!("{host}/devices/{device_id}");
                 let token = sas_token(provider.as_ref(), &resource, expiry(sas_ttl), None)?;
                 cbs_put_token(&mut session, &resource, token).await?;

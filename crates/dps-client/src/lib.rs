@@ -60,19 +60,26 @@ pub use provisioning::{
 };
 pub use rest::{Reply, RestClient};
 pub use security::{
-    sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider, TpmPublicKeys, DEFAULT_TPM_TCTI,
+    sas_token, AttestationKind, SecurityProvider, SymmetricKeyProvider, TpmPublicKeys, CLIENT_KEY_HANDLE,
+    DEFAULT_TPM_TCTI,
 };
 pub use service::{Policies, RegistryClient, ServiceClient};
 #[cfg(feature = "tpm")]
-pub use tpm::{TpmError, TpmProvider, EK_HANDLE, ID_KEY_HANDLE, SRK_HANDLE};
+pub use tpm::{TpmClientKey, TpmError, TpmProvider, EK_HANDLE, ID_KEY_HANDLE, SRK_HANDLE};
 pub use x509::X509Provider;
 
 /// The TLS client configuration for `provider`: trust `ca_pem`, and present the provider's
 /// certificate when it has one.
 fn tls_config(provider: &dyn SecurityProvider, ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-    match provider.tls_identity() {
-        Some((chain, key)) => dps_pki::tls::client_config_with_identity(ca_pem, &chain, &key),
-        None => dps_pki::tls::client_config(ca_pem),
+    match (provider.tls_identity(), provider.tls_held_identity()) {
+        (Some((chain, key)), _) => dps_pki::tls::client_config_with_identity(ca_pem, &chain, &key),
+        (None, Some((chain, key))) => dps_pki::tls::client_config_with_held_key(ca_pem, &chain, key),
+        (None, None) => dps_pki::tls::client_config(ca_pem),
     }
     .map_err(|e| ClientError::Tls(e.to_string()))
+}
+
+/// Whether `provider` authenticates with a TLS client certificate (and so sends no SAS token).
+fn presents_certificate(provider: &dyn SecurityProvider) -> bool {
+    provider.tls_identity().is_some() || provider.tls_held_identity().is_some()
 }

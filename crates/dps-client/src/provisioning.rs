@@ -526,7 +526,7 @@ impl ProvisioningClient {
     /// The SAS token for the DPS audience, signed as `key_name` (`registration`, or what a TPM
     /// challenge named), or `None` for certificate-based providers.
     fn sas(&self, key_name: &str) -> Result<Option<String>, ClientError> {
-        if self.provider.tls_identity().is_some() {
+        if crate::presents_certificate(self.provider.as_ref()) {
             return Ok(None);
         }
         let resource = format!("{}/registrations/{}", self.id_scope, self.provider.registration_id());

@@ -14,9 +14,9 @@
 //! - **X.509** (and **DICE**, which is X.509 with a chain derived on the device): return
 //!   `Some((chain_pem, key_pem))` from [`SecurityProvider::tls_identity`]; the clients then
 //!   present it as the TLS client certificate and send no SAS token, on both DPS and the hub.
-//!   `sign` keeps its default (unsupported). A provider whose key cannot leave the hardware will
-//!   need a signing hook on the TLS layer instead of a key PEM; that will be an additional
-//!   default method, so existing providers keep compiling.
+//!   `sign` keeps its default (unsupported). A provider whose key cannot leave the hardware (a
+//!   TPM, a secure element) returns its chain and a signing hook from
+//!   [`SecurityProvider::tls_held_identity`] instead ([`crate::X509Provider::with_held_key`]).
 //! - **TPM** (`TpmProvider`, cargo feature `tpm`): `sign` HMACs with the key the TPM holds.
 //!   Registration needs two extra steps, which are default methods here (failing with
 //!   "unsupported" for the other kinds, so they need not implement them):
@@ -26,6 +26,9 @@
 //!   `kind()` lets the clients pick the TPM flow (HTTPS only, as in the Azure SDKs).
 
 use std::fmt;
+use std::sync::Arc;
+
+use dps_pki::held_key::HeldKey;
 
 use dps_proto::keys::derive_device_key;
 use dps_proto::sas;
@@ -72,6 +75,13 @@ pub trait SecurityProvider: Send + Sync {
         None
     }
 
+    /// The TLS client identity of an X.509 provider whose key cannot be read: `(certificate
+    /// chain PEM, leaf first; the key's signing hook)`. Consulted when
+    /// [`tls_identity`](Self::tls_identity) is `None`; `None` by default.
+    fn tls_held_identity(&self) -> Option<(String, Arc<dyn HeldKey>)> {
+        None
+    }
+
     /// TPM providers: the endorsement and storage root keys sent with the registration. The
     /// default fails with [`ClientError::Unsupported`].
     fn tpm_keys(&self) -> Result<TpmPublicKeys, ClientError> {
@@ -95,6 +105,12 @@ pub trait SecurityProvider: Send + Sync {
 
 /// The TCTI used when none is given: the kernel's TPM resource manager, as tpm2-tools.
 pub const DEFAULT_TPM_TCTI: &str = "device:/dev/tpmrm0";
+
+/// The TPM persistent handle of the ECDSA key a certificate signing request asks a certificate
+/// for (the device's TLS client key at its hub), made in the TPM under the SRK and never
+/// exported (`TpmProvider::create_client_key`, cargo feature `tpm`). Defined without the
+/// feature so that tools can name it.
+pub const CLIENT_KEY_HANDLE: u32 = 0x8100_0101;
 
 /// A TPM's public keys as the device sends them: each a marshalled `TPM2B_PUBLIC` (u16 size,
 /// then `TPMT_PUBLIC`), base64-encoded on the wire (device-protocol.md §7.1).

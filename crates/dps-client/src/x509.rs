@@ -1,19 +1,30 @@
 //! X.509 security provider: a device certificate (chain) and its private key, from files or
-//! memory. The registration id is the leaf certificate's common name, as the C SDK derives it.
+//! memory, or held where it cannot be read (a TPM, a secure element). The registration id is
+//! the leaf certificate's common name, as the C SDK derives it.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use dps_pki::held_key::HeldKey;
 
 use crate::security::{AttestationKind, SecurityProvider};
 use crate::ClientError;
 
 /// A device identity made of a PEM certificate chain (leaf first, optionally followed by the
-/// intermediates the device should present) and the leaf's private key (PKCS#8, SEC1
-/// `EC PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`).
+/// intermediates the device should present) and the leaf's private key: a PEM (PKCS#8, SEC1
+/// `EC PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`), or a key that signs through a hook
+/// ([`X509Provider::with_held_key`]).
 #[derive(Clone)]
 pub struct X509Provider {
     registration_id: String,
     chain_pem: String,
-    key_pem: String,
+    key: Key,
+}
+
+#[derive(Clone)]
+enum Key {
+    Pem(String),
+    Held(Arc<dyn HeldKey>),
 }
 
 impl std::fmt::Debug for X509Provider {
@@ -27,12 +38,27 @@ impl std::fmt::Debug for X509Provider {
 impl X509Provider {
     /// From PEM text. Fails when the chain or key does not parse or the leaf has no common name.
     pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, ClientError> {
+        dps_pki::pem::parse_private_key(key_pem).map_err(|e| ClientError::Credential(format!("private key: {e}")))?;
+        Self::with_key(chain_pem, Key::Pem(key_pem.to_string()))
+    }
+
+    /// From a PEM chain whose leaf certifies `key`, a key held where it cannot be read (for
+    /// example [`crate::TpmClientKey`]): the handshakes are signed by its holder. Fails when
+    /// the chain does not parse, the leaf has no common name, or it certifies another key.
+    pub fn with_held_key(chain_pem: &str, key: Arc<dyn HeldKey>) -> Result<Self, ClientError> {
+        Self::with_key(chain_pem, Key::Held(key))
+    }
+
+    fn with_key(chain_pem: &str, key: Key) -> Result<Self, ClientError> {
         let certs = dps_pki::pem::parse_certificates(chain_pem)
             .map_err(|e| ClientError::Credential(format!("certificate: {e}")))?;
-        dps_pki::pem::parse_private_key(key_pem).map_err(|e| ClientError::Credential(format!("private key: {e}")))?;
         let leaf = certs
             .first()
             .ok_or_else(|| ClientError::Credential("no certificate in the chain".into()))?;
+        if let Key::Held(key) = &key {
+            dps_pki::held_key::certifies(leaf, key.as_ref())
+                .map_err(|e| ClientError::Credential(format!("device certificate for {key:?}: {e}")))?;
+        }
         let summary =
             dps_pki::info::summarize(leaf).map_err(|e| ClientError::Credential(format!("device certificate: {e}")))?;
         let registration_id = summary.common_name.ok_or_else(|| {
@@ -44,7 +70,7 @@ impl X509Provider {
         Ok(Self {
             registration_id,
             chain_pem: chain_pem.to_string(),
-            key_pem: key_pem.to_string(),
+            key,
         })
     }
 
@@ -67,7 +93,17 @@ impl SecurityProvider for X509Provider {
     }
 
     fn tls_identity(&self) -> Option<(String, String)> {
-        Some((self.chain_pem.clone(), self.key_pem.clone()))
+        match &self.key {
+            Key::Pem(key_pem) => Some((self.chain_pem.clone(), key_pem.clone())),
+            Key::Held(_) => None,
+        }
+    }
+
+    fn tls_held_identity(&self) -> Option<(String, Arc<dyn HeldKey>)> {
+        match &self.key {
+            Key::Held(key) => Some((self.chain_pem.clone(), key.clone())),
+            Key::Pem(_) => None,
+        }
     }
 }
 

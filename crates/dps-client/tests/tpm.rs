@@ -129,3 +129,49 @@ fn bad_tcti_and_absent_tpm_are_clear_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The client key a certificate signing request is made for: made in the TPM, its request
+/// signed there (the parser verifies the signature against the key's public point), found again
+/// by a later process, replaced by a new one, never RSA.
+#[test]
+fn the_tpm_makes_and_signs_with_a_client_key() {
+    use dps_pki::ca::KeyAlgorithm;
+    use dps_pki::held_key::{certificate_request, HeldKey};
+
+    let sw = SwTpm::start().expect("swtpm starts");
+    let tpm = TpmProvider::open(&sw.tcti()).unwrap();
+    assert!(tpm.client_key().unwrap().is_none());
+
+    let key = tpm.create_client_key(KeyAlgorithm::EcdsaP256).unwrap();
+    assert_eq!(key.algorithm(), KeyAlgorithm::EcdsaP256);
+    assert_eq!(key.public_key().len(), 65);
+    assert_eq!(key.public_key()[0], 0x04, "an uncompressed point");
+    let der = certificate_request("tpm-dev", key.clone()).unwrap();
+    let request = dps_pki::csr::CertificateRequest::parse(&der).expect("the TPM's signature verifies");
+    assert_eq!(request.common_name(), "tpm-dev");
+    assert_eq!(request.public_key_bits(), key.public_key());
+
+    // Another process finds the same key at 0x81000101.
+    drop(tpm);
+    let tpm = TpmProvider::open(&sw.tcti()).unwrap();
+    let found = tpm.client_key().unwrap().expect("persisted");
+    assert_eq!(found.public_key(), key.public_key());
+    let again = certificate_request("tpm-dev", found).unwrap();
+    dps_pki::csr::CertificateRequest::parse(&again).unwrap();
+
+    // A new key replaces it (P-384 signs with SHA-384).
+    let p384 = tpm.create_client_key(KeyAlgorithm::EcdsaP384).unwrap();
+    assert_eq!(p384.public_key().len(), 97);
+    let der = certificate_request("tpm-dev", p384.clone()).unwrap();
+    dps_pki::csr::CertificateRequest::parse(&der).unwrap();
+    assert_eq!(
+        tpm.client_key().unwrap().unwrap().public_key(),
+        p384.public_key(),
+        "one client key at a time"
+    );
+
+    assert!(matches!(
+        tpm.create_client_key(KeyAlgorithm::Rsa2048),
+        Err(TpmError::UnsupportedClientKey(_))
+    ));
+}

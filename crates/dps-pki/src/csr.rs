@@ -168,11 +168,16 @@ impl CertificateRequest {
 /// (the registration id). Returns the key (PKCS#8 PEM, to keep) and the request (DER, to send).
 pub fn new_key_and_request(common_name: &str, alg: crate::ca::KeyAlgorithm) -> Result<(String, Vec<u8>), PkiError> {
     let key = alg.generate()?;
+    let request = request_for(common_name, &key)?;
+    Ok((key.serialize_pem(), request))
+}
+
+/// A request (DER) with subject CN `common_name` for `key`, signed by it.
+pub(crate) fn request_for(common_name: &str, key: &rcgen::KeyPair) -> Result<Vec<u8>, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, common_name);
-    let request = params.serialize_request(&key)?;
-    Ok((key.serialize_pem(), request.der().to_vec()))
+    Ok(params.serialize_request(key)?.der().to_vec())
 }
 
 /// What to put in an issued device certificate.

@@ -85,6 +85,11 @@ pub enum PkiError {
     #[error("certificate generation failed: {0}")]
     Generate(rcgen::Error),
 
+    /// A key held elsewhere (a TPM, a secure element; [`crate::held_key::HeldKey`]) refused or
+    /// failed to sign; the text is the holder's reason.
+    #[error("the held key did not sign: {0}")]
+    HeldKey(String),
+
     /// rustls rejected the configuration: unusable key, key not matching the certificate, a
     /// trust anchor webpki cannot parse, or an impossible protocol-version set.
     #[error("TLS configuration rejected: {0}")]

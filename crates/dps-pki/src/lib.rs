@@ -13,6 +13,8 @@
 //! - [`ca`] is the local PKI for development and factories: roots, intermediates, server, device
 //!   and proof-of-possession certificates;
 //! - [`csr`] verifies devices' certificate signing requests and issues their certificates;
+//! - [`held_key`] makes requests for, and TLS client identities with, keys that never leave
+//!   their hardware (a TPM, a secure element);
 //! - [`crl`] reads imported revocation lists and makes the ones the service serves;
 //! - [`ek`] reads TPM endorsement key certificates and checks their manufacturer chains;
 //! - [`tls`] builds the rustls configurations of the device/service listeners and of clients;
@@ -30,6 +32,7 @@ pub mod crl;
 pub mod csr;
 pub mod ek;
 pub mod error;
+pub mod held_key;
 pub mod info;
 pub mod pem;
 pub mod thumbprint;

@@ -340,6 +340,40 @@ pub fn client_config_with_identity(
     Ok(Arc::new(config))
 }
 
+/// Like [`client_config_with_identity`], with a key that signs through a hook instead of a key
+/// PEM ([`crate::held_key::HeldKey`]: a TPM, a secure element): the handshake's
+/// `CertificateVerify` is signed by the key's holder. The leaf of `cert_chain_pem` must certify
+/// the key.
+pub fn client_config_with_held_key(
+    ca_pem: &str,
+    cert_chain_pem: &str,
+    key: Arc<dyn crate::held_key::HeldKey>,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let chain = parse_certificates(cert_chain_pem)?;
+    let leaf = chain.first().ok_or(PkiError::NoCertificate)?;
+    crate::held_key::certifies(leaf, key.as_ref())?;
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(
+        chain,
+        crate::held_key::signing_key(key)?,
+    ));
+    let config = client_builder(ca_pem)?.with_client_cert_resolver(Arc::new(AlwaysPresent(certified)));
+    Ok(Arc::new(config))
+}
+
+/// Presents one certificate whatever the server hints: a device has one identity.
+#[derive(Debug)]
+struct AlwaysPresent(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for AlwaysPresent {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// A client configuration that trusts `ca_pem`, speaks `versions`, and can neither verify nor
 /// negotiate ECDSA: it offers only RSA signature schemes and, in TLS 1.2, only `TLS_ECDHE_RSA_*`
 /// suites, and rejects ECDSA-signed certificates anywhere in the chain.

@@ -452,3 +452,109 @@ fn a_listener_needs_a_certificate() {
         Err(dps_pki::PkiError::NoServerCertificate)
     ));
 }
+
+fn roots_of(ca: &LocalCa) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der()).unwrap();
+    roots
+}
+
+/// A P-256 key behind the held-key hook: it signs digests only, as a TPM does.
+#[derive(Debug)]
+struct SoftwareHeldKey {
+    key: p256::ecdsa::SigningKey,
+    public: Vec<u8>,
+    /// Signs with another key than it claims (a holder gone wrong).
+    wrong: bool,
+}
+
+impl SoftwareHeldKey {
+    fn new(wrong: bool) -> Self {
+        let key = p256::ecdsa::SigningKey::random(&mut rand::thread_rng());
+        let public = key.verifying_key().to_encoded_point(false).as_bytes().to_vec();
+        Self { key, public, wrong }
+    }
+}
+
+impl dps_pki::held_key::HeldKey for SoftwareHeldKey {
+    fn algorithm(&self) -> KeyAlgorithm {
+        KeyAlgorithm::EcdsaP256
+    }
+    fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+    fn sign_digest(&self, digest: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        use ecdsa::signature::hazmat::PrehashSigner;
+        let key = if self.wrong {
+            p256::ecdsa::SigningKey::random(&mut rand::thread_rng())
+        } else {
+            self.key.clone()
+        };
+        let sig: p256::ecdsa::Signature = key.sign_prehash(digest).map_err(|e| e.to_string())?;
+        let (r, s) = sig.split_bytes();
+        Ok((r.to_vec(), s.to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn a_held_key_makes_its_request_and_signs_handshakes() {
+    use dps_pki::held_key::certificate_request;
+    let s = server();
+    let srv = server_config(&s.chain_pem, &s.key_pem, true).unwrap();
+    let held = Arc::new(SoftwareHeldKey::new(false));
+
+    // The request verifies (the parser checks its self-signature) and names the held key.
+    let der = certificate_request("held-dev", held.clone()).unwrap();
+    let request = dps_pki::csr::CertificateRequest::parse(&der).unwrap();
+    assert_eq!(request.common_name(), "held-dev");
+    assert_eq!(request.public_key_bits(), held.public.as_slice());
+    let policy = dps_pki::csr::IssuePolicy {
+        common_name: "held-dev".into(),
+        validity_days: 1,
+        now: chrono::Utc::now(),
+        crl_url: None,
+    };
+    let leaf = s.ca.issue_for_request(&request, &policy).unwrap();
+    let chain_pem = dps_pki::pem::to_pem("CERTIFICATE", &leaf);
+
+    // Both TLS versions: the server checks CertificateVerify, which the holder signed.
+    let cli = dps_pki::tls::client_config_with_held_key(&s.ca.cert_pem(), &chain_pem, held.clone()).unwrap();
+    let outcome = handshake(srv.clone(), cli.clone(), "dps.example.test").await.unwrap();
+    assert_eq!(outcome.version, Some(ProtocolVersion::TLSv1_3));
+    assert_eq!(outcome.peer_certificates, vec![leaf.clone()]);
+    // The same resolver in a TLS 1.2-only client.
+    let tls12 = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots_of(&s.ca))
+        .with_client_cert_resolver(cli.client_auth_cert_resolver.clone());
+    let outcome = handshake(srv.clone(), Arc::new(tls12), "dps.example.test")
+        .await
+        .unwrap();
+    assert_eq!(outcome.version, Some(ProtocolVersion::TLSv1_2));
+
+    // A holder that signs with another key fails the handshake at the server.
+    let wrong = Arc::new(SoftwareHeldKey {
+        key: held.key.clone(),
+        public: held.public.clone(),
+        wrong: true,
+    });
+    let cli = dps_pki::tls::client_config_with_held_key(&s.ca.cert_pem(), &chain_pem, wrong).unwrap();
+    let err = handshake(srv, cli, "dps.example.test").await.unwrap_err();
+    assert!(
+        matches!(
+            rustls_error(&err),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadSignature
+            ))
+        ),
+        "{err:?}"
+    );
+
+    // A chain for another key is refused where it is configured.
+    let other = Arc::new(SoftwareHeldKey::new(false));
+    assert!(matches!(
+        dps_pki::tls::client_config_with_held_key(&s.ca.cert_pem(), &chain_pem, other),
+        Err(dps_pki::PkiError::KeyMismatch)
+    ));
+}

@@ -143,9 +143,8 @@ pub struct IssueVerification {
 
 /// Writes `{name}.pem` and `{name}.key` in `dir`; the key readable by its owner only.
 pub(crate) fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
-    std::fs::write(&c, cert).with_context(|| format!("cannot write {}", c.display()))?;
+    let c = write_certificate(dir, name, cert)?;
+    let k = dir.join(format!("{name}.key"));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -156,6 +155,14 @@ pub(crate) fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Resul
     )
     .with_context(|| format!("cannot write {}", k.display()))?;
     Ok((c, k))
+}
+
+/// Writes `{name}.pem` in `dir` (made if missing) and returns its path.
+pub(crate) fn write_certificate(dir: &Path, name: &str, cert: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let c = dir.join(format!("{name}.pem"));
+    std::fs::write(&c, cert).with_context(|| format!("cannot write {}", c.display()))?;
+    Ok(c)
 }
 
 fn report(json: bool, what: &str, cert: &Path, key: &Path, leaf_der: &[u8]) {

@@ -101,13 +101,16 @@ pub struct ProvisionArgs {
     pub hub_port: Option<u16>,
     /// Ask for an operational certificate: make a key (--csr-key-type) and send a certificate
     /// signing request with the registration; the enrollment's credential policy issues it. The
-    /// key and the issued chain are written to --issued-dir, and the hub is reached with them.
+    /// issued chain (and a software key) are written to --issued-dir, and the hub is reached
+    /// with them. With --tpm the key is made in the TPM (persistent handle 0x81000101) and
+    /// never leaves it: the TPM signs the request and the TLS handshakes.
     #[arg(long)]
     pub csr: bool,
-    /// The key type of --csr: P-256 (default), P-384 or RSA-2048.
+    /// The key type of --csr: P-256 (default), P-384 or RSA-2048 (with --tpm: P-256 or P-384).
     #[arg(long, default_value = "P-256", requires = "csr", value_parser = parse_key_type)]
     pub csr_key_type: dps_pki::ca::KeyAlgorithm,
-    /// Where --csr writes `{registration id}.issued.pem` (the chain) and `.issued.key`.
+    /// Where --csr writes `{registration id}.issued.pem` (the chain) and `.issued.key` (a
+    /// software key; none with --tpm).
     #[arg(long, default_value = ".", requires = "csr", value_name = "DIR")]
     pub issued_dir: PathBuf,
     /// Custom allocation payload sent with the registration, as JSON.
@@ -193,8 +196,12 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     let transport = a
         .transport
         .unwrap_or(if a.tpm { Transport::Https } else { Transport::Mqtt });
+    let tpm = match a.tpm {
+        true => Some(crate::tpm::TpmDevice::open(&a.tcti, a.registration_id.as_deref())?),
+        false => None,
+    };
     let provider: Arc<dyn SecurityProvider> = match (&a.symmetric_key, &a.group_key, &a.x509_cert, &a.x509_key) {
-        _ if a.tpm => crate::tpm::provider(&a.tcti, a.registration_id.as_deref())?,
+        _ if tpm.is_some() => tpm.as_ref().map(|t| t.provider()).expect("checked"),
         (_, _, Some(cert), Some(key)) => {
             let p = X509Provider::from_files(cert, key)?;
             if let Some(id) = a
@@ -230,13 +237,22 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     if let Some(p) = port {
         client = client.with_port(p);
     }
-    let csr_key = if a.csr {
-        let (key_pem, csr) = dps_pki::csr::new_key_and_request(&reg_id, a.csr_key_type)
-            .context("cannot make the key and certificate signing request")?;
-        client = client.with_csr(csr);
-        Some(key_pem)
-    } else {
-        None
+    // With a TPM the key is made in it and never leaves it; otherwise in software, kept in a file.
+    let csr_key = match (a.csr, &tpm) {
+        (false, _) => None,
+        (true, Some(tpm)) => {
+            let (csr, key) = tpm
+                .new_csr_key(&reg_id, a.csr_key_type)
+                .context("cannot make the key and certificate signing request in the TPM")?;
+            client = client.with_csr(csr);
+            Some(CsrKey::Held(key))
+        }
+        (true, None) => {
+            let (key_pem, csr) = dps_pki::csr::new_key_and_request(&reg_id, a.csr_key_type)
+                .context("cannot make the key and certificate signing request")?;
+            client = client.with_csr(csr);
+            Some(CsrKey::Pem(key_pem))
+        }
     };
     let registration = client.register(a.payload.clone()).await.with_context(|| {
         format!(
@@ -262,13 +278,16 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     // With --csr the device goes on with its issued certificate, as a device would.
     let (provider, issued_files) = match csr_key {
         None => (provider, None),
-        Some(key_pem) => {
-            let (hub_provider, files) = keep_issued(&a.issued_dir, &reg_id, &registration, &key_pem)?;
+        Some(key) => {
+            let (hub_provider, files) = keep_issued(&a.issued_dir, &reg_id, &registration, key)?;
             if !a.json {
                 out!(
-                    "issued certificate saved to {} (key {})",
-                    files.0.display(),
-                    files.1.display()
+                    "issued certificate saved to {} ({})",
+                    files.certificate.display(),
+                    match &files.key {
+                        Some(key) => format!("key {}", key.display()),
+                        None => format!("key held by the TPM at 0x{:08x}", dps_client::CLIENT_KEY_HANDLE),
+                    }
                 );
             }
             (hub_provider, Some(files))
@@ -311,22 +330,42 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             "registration": registration,
             "transport": transport,
             "messageSent": sent,
-            "issuedCertificatePath": issued_files.as_ref().map(|f| f.0.display().to_string()),
-            "issuedKeyPath": issued_files.as_ref().map(|f| f.1.display().to_string()),
+            "issuedCertificatePath": issued_files.as_ref().map(|f| f.certificate.display().to_string()),
+            "issuedKeyPath": issued_files.as_ref().and_then(|f| f.key.as_ref()).map(|k| k.display().to_string()),
+            "issuedKeyTpmHandle": issued_files
+                .as_ref()
+                .filter(|f| f.key.is_none())
+                .map(|_| format!("0x{:08x}", dps_client::CLIENT_KEY_HANDLE)),
             "message": if sent { Value::String(a.message.clone()) } else { Value::Null },
         }));
     }
     Ok(())
 }
 
-/// Writes the issued chain and its key to `dir` (`{id}.issued.pem`, `{id}.issued.key`, the key
-/// readable by its owner only) and returns the X.509 identity they make, with the file paths.
+/// The key a `--csr` request was made for.
+enum CsrKey {
+    /// Made in software: written beside the issued chain.
+    Pem(String),
+    /// Made in the TPM, where it stays.
+    Held(Arc<dyn dps_pki::held_key::HeldKey>),
+}
+
+/// Where `--csr` wrote the issued chain and its key.
+struct IssuedFiles {
+    certificate: PathBuf,
+    /// None when the key is held by the TPM.
+    key: Option<PathBuf>,
+}
+
+/// Writes the issued chain to `dir` (`{id}.issued.pem`), and a software key beside it
+/// (`{id}.issued.key`, readable by its owner only), and returns the X.509 identity they make,
+/// with the file paths (no key file for a key held by the TPM).
 fn keep_issued(
     dir: &std::path::Path,
     reg_id: &str,
     registration: &dps_client::RegistrationResult,
-    key_pem: &str,
-) -> Result<(Arc<dyn SecurityProvider>, (PathBuf, PathBuf))> {
+    key: CsrKey,
+) -> Result<(Arc<dyn SecurityProvider>, IssuedFiles)> {
     use base64::Engine as _;
     let chain = registration
         .issued_certificate_chain
@@ -340,7 +379,22 @@ fn keep_issued(
             .context("the issued certificate chain is not base64")?;
         pem.push_str(&dps_pki::pem::to_pem("CERTIFICATE", &der));
     }
-    let files = crate::ca::write_pair(dir, &format!("{reg_id}.issued"), &pem, key_pem)?;
-    let provider = X509Provider::from_pem(&pem, key_pem).context("the issued certificate does not load")?;
+    let name = format!("{reg_id}.issued");
+    let (provider, files) = match key {
+        CsrKey::Pem(key_pem) => {
+            let (certificate, key) = crate::ca::write_pair(dir, &name, &pem, &key_pem)?;
+            let files = IssuedFiles {
+                certificate,
+                key: Some(key),
+            };
+            (X509Provider::from_pem(&pem, &key_pem), files)
+        }
+        CsrKey::Held(key) => {
+            let certificate = crate::ca::write_certificate(dir, &name, &pem)?;
+            let files = IssuedFiles { certificate, key: None };
+            (X509Provider::with_held_key(&pem, key), files)
+        }
+    };
+    let provider = provider.context("the issued certificate does not load")?;
     Ok((Arc::new(provider), files))
 }

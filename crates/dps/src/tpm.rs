@@ -36,8 +36,9 @@ pub struct InfoArgs {
     #[command(flatten)]
     pub tpm: TctiArgs,
     /// Print JSON: `registrationId`, and `endorsementKey` / `storageRootKey` base64 as the
-    /// service API's `attestation.tpm` takes them, and `endorsementKeyCertificate` (PEM) when
-    /// the TPM holds one.
+    /// service API's `attestation.tpm` takes them, `endorsementKeyCertificate` (PEM) when the
+    /// TPM holds one, and `clientKey` (`handle`, `algorithm`, `publicKey`: base64 of the
+    /// uncompressed point) when a `--csr` key was made in it.
     #[arg(long)]
     pub json: bool,
     /// Write the TPM's endorsement key certificate (PEM) to this file, for
@@ -67,6 +68,17 @@ fn info(a: InfoArgs) -> Result<()> {
         .endorsement_key_certificate()
         .map_err(|e| anyhow::anyhow!("cannot read the TPM's endorsement key certificate: {e}"))?
         .map(|der| dps_pki::pem::to_pem("CERTIFICATE", &der));
+    let client_key = tpm
+        .client_key()
+        .map_err(|e| anyhow::anyhow!("cannot read the TPM's client key: {e}"))?;
+    let client_key_json = client_key.as_ref().map(|k| {
+        use dps_pki::held_key::HeldKey as _;
+        json!({
+            "handle": format!("0x{:08x}", dps_client::CLIENT_KEY_HANDLE),
+            "algorithm": k.algorithm().name(),
+            "publicKey": b64(k.public_key()),
+        })
+    });
     if let (Some(path), Some(pem)) = (&a.save_ek_certificate, &ek_certificate) {
         std::fs::write(path, pem).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
@@ -76,6 +88,7 @@ fn info(a: InfoArgs) -> Result<()> {
             "endorsementKey": ek,
             "storageRootKey": srk,
             "endorsementKeyCertificate": ek_certificate,
+            "clientKey": client_key_json,
         }));
     } else {
         out!("registration id   {}", tpm.registration_id());
@@ -92,6 +105,14 @@ fn info(a: InfoArgs) -> Result<()> {
                 out!("EK certificate    issued by '{issuer}' (save it with --save-ek-certificate FILE)")
             }
             (None, _) => out!("EK certificate    none in the TPM"),
+        }
+        match &client_key {
+            Some(k) => out!(
+                "client key        {} at 0x{:08x} (made for a certificate signing request)",
+                dps_pki::held_key::HeldKey::algorithm(k.as_ref()),
+                dps_client::CLIENT_KEY_HANDLE
+            ),
+            None => out!("client key        none (dps device provision --tpm --csr makes one)"),
         }
         out!("");
         match (&issuer, &a.save_ek_certificate) {
@@ -132,21 +153,69 @@ fn open(tcti: &str) -> Result<dps_client::TpmProvider> {
     Ok(dps_client::TpmProvider::open(tcti)?)
 }
 
-/// The device identity for `dps device provision --tpm`: the TPM at `tcti`, registering as
-/// `registration_id` or, by default, the id derived from its EK.
+/// The device for `dps device provision --tpm`: its identity in the TPM, and the TPM to make
+/// a `--csr` key in.
 #[cfg(feature = "tpm")]
-pub fn provider(tcti: &str, registration_id: Option<&str>) -> Result<Arc<dyn SecurityProvider>> {
-    let tpm = open(tcti)?;
-    Ok(Arc::new(match registration_id {
-        Some(id) => tpm.with_registration_id(id),
-        None => tpm,
-    }))
+pub struct TpmDevice {
+    tpm: Arc<dps_client::TpmProvider>,
 }
 
-/// Without the `tpm` feature: the error that says how to get TPM support.
+/// Without the `tpm` feature there is no TPM device: [`TpmDevice::open`] says how to get one.
 #[cfg(not(feature = "tpm"))]
-pub fn provider(_tcti: &str, _registration_id: Option<&str>) -> Result<Arc<dyn SecurityProvider>> {
-    Err(no_tpm_support())
+pub enum TpmDevice {}
+
+#[cfg(feature = "tpm")]
+impl TpmDevice {
+    /// The TPM at `tcti`, registering as `registration_id` or, by default, the id derived from
+    /// its EK.
+    pub fn open(tcti: &str, registration_id: Option<&str>) -> Result<Self> {
+        let tpm = open(tcti)?;
+        let tpm = match registration_id {
+            Some(id) => tpm.with_registration_id(id),
+            None => tpm,
+        };
+        Ok(Self { tpm: Arc::new(tpm) })
+    }
+
+    /// The identity the device registers with (TPM attestation).
+    pub fn provider(&self) -> Arc<dyn SecurityProvider> {
+        self.tpm.clone()
+    }
+
+    /// A new client key of `algorithm` made in the TPM (replacing the previous one at
+    /// 0x81000101) and a certificate signing request for it with CN `registration_id`.
+    pub fn new_csr_key(
+        &self,
+        registration_id: &str,
+        algorithm: dps_pki::ca::KeyAlgorithm,
+    ) -> Result<(Vec<u8>, Arc<dyn dps_pki::held_key::HeldKey>)> {
+        let key = self.tpm.create_client_key(algorithm)?;
+        let csr = dps_pki::held_key::certificate_request(registration_id, key.clone())?;
+        Ok((csr, key))
+    }
+}
+
+/// Without the `tpm` feature: opening fails with the error that says how to get TPM support.
+#[cfg(not(feature = "tpm"))]
+impl TpmDevice {
+    /// Fails: this build has no TPM support.
+    pub fn open(_tcti: &str, _registration_id: Option<&str>) -> Result<Self> {
+        Err(no_tpm_support())
+    }
+
+    /// No value exists to call this on.
+    pub fn provider(&self) -> Arc<dyn SecurityProvider> {
+        match *self {}
+    }
+
+    /// No value exists to call this on.
+    pub fn new_csr_key(
+        &self,
+        _registration_id: &str,
+        _algorithm: dps_pki::ca::KeyAlgorithm,
+    ) -> Result<(Vec<u8>, Arc<dyn dps_pki::held_key::HeldKey>)> {
+        match *self {}
+    }
 }
 
 #[cfg(not(feature = "tpm"))]

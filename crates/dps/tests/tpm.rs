@@ -27,6 +27,25 @@ fn provision<'a>(tcti: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// The payloads of every message `device_id` sent through the hub, oldest first.
+fn payloads_from(s: &Server, device_id: &str) -> Vec<Value> {
+    let events = s.ok(&[
+        "hub",
+        "monitor-events",
+        "--device-id",
+        device_id,
+        "--from-sequence",
+        "0",
+        "--timeout",
+        "2",
+        "--json",
+    ]);
+    events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"]["payload"].clone())
+        .collect()
+}
+
 /// Enrolls `registration_id` with the given EK and SRK (base64 TPM2B_PUBLIC).
 fn enroll(s: &Server, registration_id: &str, ek: &str, srk: &str) {
     s.ok(&[
@@ -84,25 +103,11 @@ fn provision_a_tpm_device_then_use_the_hub() {
     assert!(human.contains("sent message"), "{human}");
 
     // Both messages arrived, sent with hub SAS tokens signed in the TPM.
-    let events = s.ok(&[
-        "hub",
-        "monitor-events",
-        "--device-id",
-        &id,
-        "--from-sequence",
-        "0",
-        "--timeout",
-        "2",
-        "--json",
-    ]);
-    let payloads: Vec<Value> = events
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"]["payload"].clone())
-        .collect();
+    let payloads = payloads_from(&s, &id);
     assert_eq!(
         payloads,
         [serde_json::json!({"n":1}), serde_json::json!({"n":2})],
-        "{events}"
+        "{payloads:?}"
     );
 
     // The registration id may also be given explicitly (it must then be the enrolled one).
@@ -245,4 +250,120 @@ fn a_tpm_is_enrolled_by_its_endorsement_key_certificate() {
         err.contains("endorsementKeyCertificate") && err.contains("Test TPM Manufacturer Root"),
         "{err}"
     );
+}
+
+/// Issue 17, point 2 with a TPM: `dps device provision --tpm --csr` makes the certificate's key
+/// inside the TPM (0x81000101), the TPM signs the request, the credential policy issues the
+/// certificate for that key, and the device reaches its hub with it — every TLS handshake signed
+/// by the TPM; no key file is ever written. A new request replaces the key (P-384 here), and an
+/// RSA key, which the TPM client key is not, is refused with the reason.
+#[test]
+fn a_tpm_device_gets_a_certificate_for_a_key_inside_its_tpm() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let work = tempfile::tempdir().unwrap();
+    let issued = work.path().join("issued");
+    let issued_dir = issued.to_str().unwrap();
+    let s = Server::start("127.0.39.29");
+    let sw = SwTpm::start().expect("swtpm starts");
+    let tcti = sw.tcti();
+
+    s.ok(&["credential-policy", "create", "--name", "tpm-fleet"]);
+    let info = tpm_info(&s, &tcti);
+    assert!(info["clientKey"].is_null(), "no client key before a CSR: {info}");
+    let id = field(&info, "registrationId").to_string();
+    s.ok(&[
+        "enrollment",
+        "create",
+        "--registration-id",
+        &id,
+        "--attestation-type",
+        "tpm",
+        "--endorsement-key",
+        field(&info, "endorsementKey"),
+        "--storage-root-key",
+        field(&info, "storageRootKey"),
+        "--credential-policy",
+        "tpm-fleet",
+    ]);
+
+    for (n, key_type) in ["P-256", "P-384"].into_iter().enumerate() {
+        let message = format!(r#"{{"tpmCertificate":{n}}}"#);
+        let args = [
+            "--csr",
+            "--csr-key-type",
+            key_type,
+            "--issued-dir",
+            issued_dir,
+            "--message",
+            &message,
+        ];
+        let out = s.json(&provision(&tcti, &args));
+        assert_eq!(out["messageSent"], true, "{out}");
+        assert!(out["issuedKeyPath"].is_null(), "{out}");
+        assert_eq!(out["issuedKeyTpmHandle"], "0x81000101", "{out}");
+        assert!(!issued.join(format!("{id}.issued.key")).exists(), "no key file");
+        let cert = out["issuedCertificatePath"].as_str().unwrap().to_string();
+
+        // The TPM holds the key the certificate certifies.
+        let key = tpm_info(&s, &tcti)["clientKey"].clone();
+        assert_eq!(key["algorithm"], key_type, "{key}");
+        assert_eq!(key["handle"], "0x81000101", "{key}");
+        let point = b64.decode(key["publicKey"].as_str().unwrap()).unwrap();
+        let spki = openssl(&["x509", "-in", &cert, "-noout", "-pubkey"]);
+        let spki: String = spki.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(
+            b64.decode(spki).unwrap().ends_with(&point),
+            "the issued certificate is for the TPM's key"
+        );
+
+        // openssl verifies the chain: leaf, the policy's issuing CA, its root.
+        let chain = dps_pki::pem::parse_certificates(&std::fs::read_to_string(&cert).unwrap()).unwrap();
+        assert_eq!(chain.len(), 3);
+        let file = |name: &str, der: &[u8]| {
+            let path = work.path().join(name);
+            std::fs::write(&path, dps_pki::pem::to_pem("CERTIFICATE", der)).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let (leaf, issuing, root) = (
+            file("leaf.pem", &chain[0]),
+            file("ca.pem", &chain[1]),
+            file("root.pem", &chain[2]),
+        );
+        let verified = openssl(&["verify", "-CAfile", &root, "-untrusted", &issuing, &leaf]);
+        assert!(verified.trim().ends_with(": OK"), "{verified}");
+
+        // The hub knows the device by that certificate, and the message arrived over a
+        // connection whose handshake the TPM signed.
+        let device = s.json(&["hub", "device", "show", "-d", &id]);
+        assert_eq!(device["authentication"]["type"], "selfSigned", "{device}");
+        let payloads = payloads_from(&s, &id);
+        assert_eq!(
+            payloads.last(),
+            Some(&serde_json::json!({ "tpmCertificate": n })),
+            "{payloads:?}"
+        );
+    }
+
+    let err = s.fail(&provision(
+        &tcti,
+        &["--csr", "--csr-key-type", "RSA-2048", "--issued-dir", issued_dir],
+    ));
+    assert!(err.contains("ECDSA P-256 or P-384, not RSA-2048"), "{err}");
+    assert_eq!(
+        tpm_info(&s, &tcti)["clientKey"]["algorithm"],
+        "P-384",
+        "a refused request leaves the key as it was"
+    );
+}
+
+/// What `openssl {args}` prints; fails the test when it fails.
+fn openssl(args: &[&str]) -> String {
+    let out = std::process::Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

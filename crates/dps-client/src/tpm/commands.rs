@@ -1,29 +1,33 @@
 //! The TPM command sequences DPS needs, over one ESAPI context: make sure the EK and SRK exist
 //! at their persistent handles, import the service's activation blob as the identity key, and
-//! HMAC with it (device-protocol.md §7.3, hub-dice-tpm.md §C3).
+//! HMAC with it (device-protocol.md §7.3, hub-dice-tpm.md §C3); make an ECDSA client key for a
+//! certificate signing request and sign digests with it.
 //!
 //! Everything here is blocking and needs `&mut` access to the context; [`super::worker`] runs it
 //! on the one thread that owns the context.
 
 use std::str::FromStr;
 
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::handles::{
     AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle,
 };
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    CapabilityData, Data, EncryptedSecret, IdObject, MaxBuffer, Private, Public, PublicBuffer, SymmetricDefinition,
-    SymmetricDefinitionObject,
+    CapabilityData, Data, Digest, EncryptedSecret, HashScheme, HashcheckTicket, IdObject, MaxBuffer, Private, Public,
+    PublicBuffer, Signature, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
-use super::templates::{Primary, ID_KEY_HANDLE};
+use super::templates::{client_key_template, Primary, CLIENT_KEY_HANDLE, ID_KEY_HANDLE};
 use super::TpmError;
 
 /// An open TPM with its EK and SRK loaded (persisted first if they were missing).
@@ -36,6 +40,8 @@ pub(crate) struct Tpm {
     srk_public: Vec<u8>,
     /// ESYS handle of the persisted identity key, once looked up or imported.
     id_key: Option<ObjectHandle>,
+    /// ESYS handle of the persisted client key, once looked up or made.
+    client_key: Option<ObjectHandle>,
 }
 
 impl Tpm {
@@ -52,11 +58,12 @@ impl Tpm {
         let persisted = persistent_handles(&mut ctx)?;
         let (ek, ek_public) = ensure_primary(&mut ctx, Primary::Endorsement, &persisted)?;
         let (srk, srk_public) = ensure_primary(&mut ctx, Primary::StorageRoot, &persisted)?;
-        let id_key = if persisted.contains(&ID_KEY_HANDLE) {
-            Some(from_persistent(&mut ctx, ID_KEY_HANDLE)?)
-        } else {
-            None
+        let mut load = |handle| match persisted.contains(&handle) {
+            true => from_persistent(&mut ctx, handle).map(Some),
+            false => Ok(None),
         };
+        let id_key = load(ID_KEY_HANDLE)?;
+        let client_key = load(CLIENT_KEY_HANDLE)?;
         tracing::debug!(tcti, identity_key = id_key.is_some(), "TPM opened");
         Ok(Self {
             ctx,
@@ -65,6 +72,7 @@ impl Tpm {
             ek_public,
             srk_public,
             id_key,
+            client_key,
         })
     }
 
@@ -117,11 +125,8 @@ impl Tpm {
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| ctx.load(srk, private, public))
             .map_err(TpmError::command("Load of the identity key"))?;
-        let persisted = self.persist_identity_key(loaded.into());
-        if let Err(e) = self.ctx.flush_context(loaded.into()) {
-            tracing::debug!(error = %e, "flushing the transient identity key");
-        }
-        self.id_key = Some(persisted?);
+        let current = self.id_key.take();
+        self.id_key = Some(self.persist_replacing(ID_KEY_HANDLE, current, loaded.into())?);
         tracing::debug!("identity key imported at 0x{ID_KEY_HANDLE:08x}");
         Ok(())
     }
@@ -176,28 +181,116 @@ impl Tpm {
         Ok(result?.value().to_vec())
     }
 
-    /// Evicts any previous identity key, then persists `loaded` at 0x81000100.
-    fn persist_identity_key(&mut self, loaded: ObjectHandle) -> Result<ObjectHandle, TpmError> {
-        let persistent = persistent(ID_KEY_HANDLE)?;
-        let old = match self.id_key.take() {
-            Some(h) => Some(h),
-            None if persistent_handles(&mut self.ctx)?.contains(&ID_KEY_HANDLE) => {
-                Some(from_persistent(&mut self.ctx, ID_KEY_HANDLE)?)
+    /// Evicts what is persisted at `handle` (`current`, or found there), then persists
+    /// `loaded` there; the transient `loaded` is flushed either way.
+    fn persist_replacing(
+        &mut self,
+        handle: u32,
+        current: Option<ObjectHandle>,
+        loaded: ObjectHandle,
+    ) -> Result<ObjectHandle, TpmError> {
+        let persisted = (|| {
+            let persistent = persistent(handle)?;
+            let old = match current {
+                Some(h) => Some(h),
+                None if persistent_handles(&mut self.ctx)?.contains(&handle) => {
+                    Some(from_persistent(&mut self.ctx, handle)?)
+                }
+                None => None,
+            };
+            if let Some(old) = old {
+                self.ctx
+                    .execute_with_session(Some(AuthSession::Password), |ctx| {
+                        ctx.evict_control(Provision::Owner, old, persistent)
+                    })
+                    .map_err(TpmError::command("EvictControl (removing the previous key)"))?;
             }
-            None => None,
-        };
-        if let Some(old) = old {
             self.ctx
                 .execute_with_session(Some(AuthSession::Password), |ctx| {
-                    ctx.evict_control(Provision::Owner, old, persistent)
+                    ctx.evict_control(Provision::Owner, loaded, persistent)
                 })
-                .map_err(TpmError::command("EvictControl (removing the previous identity key)"))?;
+                .map_err(TpmError::command("EvictControl (persisting the key)"))
+        })();
+        if let Err(e) = self.ctx.flush_context(loaded) {
+            tracing::debug!(error = %e, "flushing a transient key");
         }
-        self.ctx
+        persisted
+    }
+
+    /// Makes a new ECDSA client key on `curve` under the SRK and persists it at 0x81000101,
+    /// replacing the previous one; returns its public point (uncompressed SEC1).
+    pub(crate) fn create_client_key(&mut self, curve: EccCurve) -> Result<Vec<u8>, TpmError> {
+        let template = client_key_template(curve).map_err(TpmError::command("building the client key template"))?;
+        let srk = self.srk;
+        let created = self
+            .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.evict_control(Provision::Owner, loaded, persistent)
+                ctx.create(srk, template, None, None, None, None)
             })
-            .map_err(TpmError::command("EvictControl (persisting the identity key)"))
+            .map_err(TpmError::command_hint(
+                "Create (client key)",
+                ": the TPM may not support this curve",
+            ))?;
+        let point = ecc_point(&created.out_public, curve)?;
+        let loaded = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.load(srk, created.out_private, created.out_public)
+            })
+            .map_err(TpmError::command("Load of the client key"))?;
+        let current = self.client_key.take();
+        self.client_key = Some(self.persist_replacing(CLIENT_KEY_HANDLE, current, loaded.into())?);
+        tracing::debug!(handle = format_args!("0x{CLIENT_KEY_HANDLE:08x}"), "client key made");
+        Ok(point)
+    }
+
+    /// The persisted client key's curve and public point, if there is one.
+    pub(crate) fn client_key_public(&mut self) -> Result<Option<(EccCurve, Vec<u8>)>, TpmError> {
+        let Some(key) = self.client_key else {
+            return Ok(None);
+        };
+        let (public, _, _) = self
+            .ctx
+            .read_public(key.into())
+            .map_err(TpmError::command("ReadPublic (client key)"))?;
+        let Public::Ecc { parameters, .. } = &public else {
+            return Err(TpmError::UnsupportedClientKey("a key that is not ECC".into()));
+        };
+        let curve = parameters.ecc_curve();
+        Ok(Some((curve, ecc_point(&public, curve)?)))
+    }
+
+    /// TPM2_Sign of `digest` with the client key (ECDSA, the key's hash); returns `r` and `s`.
+    pub(crate) fn sign_with_client_key(&mut self, digest: &[u8]) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let key = self.client_key.ok_or(TpmError::NoClientKey)?;
+        let hash = match digest.len() {
+            48 => HashingAlgorithm::Sha384,
+            _ => HashingAlgorithm::Sha256,
+        };
+        let digest = Digest::try_from(digest.to_vec()).map_err(TpmError::command("a digest to sign"))?;
+        // A key that is not restricted signs any digest: the null ticket says it was not hashed
+        // by this TPM, which only restricted keys ask about.
+        let validation = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+            tag: TPM2_ST_HASHCHECK,
+            hierarchy: TPM2_RH_NULL,
+            digest: Default::default(),
+        })
+        .map_err(TpmError::command("a null hash-check ticket"))?;
+        let scheme = SignatureScheme::EcDsa {
+            hash_scheme: HashScheme::new(hash),
+        };
+        let signature = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.sign(key.into(), digest, scheme, validation)
+            })
+            .map_err(TpmError::command("TPM2_Sign with the client key"))?;
+        match signature {
+            Signature::EcDsa(s) => Ok((s.signature_r().value().to_vec(), s.signature_s().value().to_vec())),
+            _ => Err(TpmError::UnsupportedClientKey(
+                "a key that signs other than ECDSA".into(),
+            )),
+        }
     }
 
     /// The RSA-2048 endorsement key certificate its manufacturer stored in NV (index
@@ -339,4 +432,29 @@ fn ensure_primary(ctx: &mut Context, which: Primary, persisted: &[u32]) -> Resul
         .and_then(|b| b.marshall())
         .map_err(TpmError::command("marshalling a public area"))?;
     Ok((key, tpm2b))
+}
+
+/// The uncompressed SEC1 point (`04 || x || y`) of an ECC public area on `curve`, each
+/// coordinate left-padded to the curve's size (a TPM may drop leading zero bytes).
+fn ecc_point(public: &Public, curve: EccCurve) -> Result<Vec<u8>, TpmError> {
+    let Public::Ecc { unique, .. } = public else {
+        return Err(TpmError::UnsupportedClientKey("a key that is not ECC".into()));
+    };
+    let size = match curve {
+        EccCurve::NistP256 => 32,
+        EccCurve::NistP384 => 48,
+        other => return Err(TpmError::UnsupportedClientKey(format!("{other:?}"))),
+    };
+    let mut point = vec![0x04];
+    for coordinate in [unique.x().value(), unique.y().value()] {
+        if coordinate.len() > size {
+            return Err(TpmError::UnsupportedClientKey(format!(
+                "a {}-byte coordinate on a {size}-byte curve",
+                coordinate.len()
+            )));
+        }
+        point.resize(point.len() + size - coordinate.len(), 0);
+        point.extend_from_slice(coordinate);
+    }
+    Ok(point)
 }

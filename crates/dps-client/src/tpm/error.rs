@@ -83,6 +83,18 @@ pub enum TpmError {
     #[error("no DPS identity key in the TPM (persistent handle 0x81000100): import an authenticationKey first")]
     NoIdentityKey,
 
+    /// No client key is persisted at 0x81000101: none was made for a certificate signing
+    /// request yet ([`crate::TpmProvider::create_client_key`]).
+    #[error(
+        "no client key in the TPM (persistent handle 0x81000101): make one for a certificate signing request first"
+    )]
+    NoClientKey,
+
+    /// A client key was asked for with an algorithm the TPM keys here do not take: ECDSA
+    /// P-256 and P-384 only (signing with them is what TLS 1.3 accepts without RSA-PSS).
+    #[error("a TPM client key is ECDSA P-256 or P-384, not {0}")]
+    UnsupportedClientKey(String),
+
     /// The thread that owns the TPM context is gone (it panicked); the provider is unusable.
     #[error("the TPM worker thread stopped")]
     WorkerGone,

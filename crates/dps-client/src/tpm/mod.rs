@@ -9,18 +9,26 @@
 //! - the symmetric identity key, which the service sends wrapped so that only this TPM can
 //!   unwrap it (ActivateCredential with the EK → Import under the SRK), persisted at
 //!   0x81000100 and used for every SAS signature (TPM2_HMAC). The key never leaves the TPM.
+//! - an ECDSA client key (P-256 or P-384), made in the TPM for a certificate signing request
+//!   ([`TpmProvider::create_client_key`]) and persisted at 0x81000101: the issued certificate's
+//!   key, which signs the device's TLS handshakes at its hub ([`TpmClientKey`], a
+//!   [`dps_pki::held_key::HeldKey`]) and never leaves the TPM either.
 //!
 //! The TPM is chosen by a TCTI string, as tpm2-tools does (`device:/dev/tpmrm0`,
 //! `swtpm:host=127.0.0.1,port=2321`, `mssim:...`, `tabrmd:...`).
 
+mod client_key;
 mod commands;
 mod error;
 mod templates;
 mod worker;
 
 use std::fmt;
+use std::sync::Arc;
 
+pub use client_key::TpmClientKey;
 pub use error::TpmError;
+use templates::CLIENT_KEY_HANDLE;
 pub use templates::{EK_HANDLE, ID_KEY_HANDLE, SRK_HANDLE};
 
 use crate::security::{AttestationKind, SecurityProvider, TpmPublicKeys};
@@ -41,7 +49,8 @@ pub struct TpmProvider {
     registration_id: String,
     tcti: String,
     keys: TpmPublicKeys,
-    worker: Worker,
+    /// Shared with the client key, which signs on the same thread.
+    worker: Arc<Worker>,
 }
 
 impl fmt::Debug for TpmProvider {
@@ -57,7 +66,7 @@ impl TpmProvider {
     /// Opens the TPM behind `tcti`, creating and persisting the EK and SRK if they are missing.
     /// The registration id defaults to the one derived from the EK.
     pub fn open(tcti: &str) -> Result<Self, TpmError> {
-        let worker = Worker::open(tcti)?;
+        let worker = Arc::new(Worker::open(tcti)?);
         let keys = worker.run(|tpm| {
             Ok(TpmPublicKeys {
                 endorsement_key: tpm.ek_public().to_vec(),
@@ -111,6 +120,24 @@ impl TpmProvider {
     pub fn import(&self, blob: &[u8]) -> Result<(), TpmError> {
         let blob = dps_tpm::ActivationBlob::parse(blob)?;
         self.worker.run(move |tpm| tpm.import(&blob))
+    }
+
+    /// Makes a new client key of `algorithm` (ECDSA P-256 or P-384) in the TPM, replacing the
+    /// previous one, for a certificate signing request
+    /// ([`dps_pki::held_key::certificate_request`]); the issued certificate is then presented
+    /// with it ([`crate::X509Provider::with_held_key`]).
+    pub fn create_client_key(&self, algorithm: dps_pki::ca::KeyAlgorithm) -> Result<Arc<TpmClientKey>, TpmError> {
+        let curve = TpmClientKey::curve(algorithm)?;
+        let public = self.worker.run(move |tpm| tpm.create_client_key(curve))?;
+        Ok(Arc::new(TpmClientKey::new(curve, public, self.worker.clone())?))
+    }
+
+    /// The client key the TPM holds (made earlier, by this or another process), if any.
+    pub fn client_key(&self) -> Result<Option<Arc<TpmClientKey>>, TpmError> {
+        match self.worker.run(|tpm| tpm.client_key_public())? {
+            Some((curve, public)) => Ok(Some(Arc::new(TpmClientKey::new(curve, public, self.worker.clone())?))),
+            None => Ok(None),
+        }
     }
 
     /// HMAC-SHA256 of `data`, computed by the TPM with the imported identity key.

@@ -10,10 +10,11 @@
 use dps_tpm::public::EK_AUTH_POLICY;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::structures::{
-    Digest, Public, PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
-    SymmetricDefinitionObject,
+    Digest, EccScheme, HashScheme, Public, PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent,
+    RsaScheme, SymmetricDefinitionObject,
 };
 
 /// Endorsement key (TCG EK handle).
@@ -22,6 +23,19 @@ pub const EK_HANDLE: u32 = 0x8101_0001;
 pub const SRK_HANDLE: u32 = 0x8100_0001;
 /// The HMAC identity key imported from the service's activation blob.
 pub const ID_KEY_HANDLE: u32 = 0x8100_0100;
+pub(crate) use crate::security::CLIENT_KEY_HANDLE;
+
+/// The template of a client key on `curve`: an unrestricted ECDSA signing key (it signs
+/// digests computed outside: a request's, a TLS transcript's) that cannot leave this TPM
+/// (`fixedTPM`, `fixedParent`, generated inside: `sensitiveDataOrigin`), used with an empty
+/// password.
+pub(super) fn client_key_template(curve: EccCurve) -> tss_esapi::Result<Public> {
+    let hash = match curve {
+        EccCurve::NistP384 => HashingAlgorithm::Sha384,
+        _ => HashingAlgorithm::Sha256,
+    };
+    tss_esapi::utils::create_unrestricted_signing_ecc_public(EccScheme::EcDsa(HashScheme::new(hash)), curve)
+}
 
 /// Which primary key a template is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
