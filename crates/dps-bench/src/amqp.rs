@@ -162,7 +162,7 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
         sasl_plain(&mut io, &ctx.dps_host, &node, &token).await?;
     }
     open(&mut io, &ctx.dps_host, &dev.id).await?;
-    attach_links(&mut io, &node).await?;
+    attach_links(&mut io, &node, dev.api_version()).await?;
     let body = dev.registration_body();
     let mut state = Registering::default();
     let mut delivery_id = 0u32;
@@ -253,11 +253,15 @@ async fn open<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>, host: &str, con
 
 /// The receiver link (with its credit) and the sender link to the registration node, each
 /// waited for; the sender's credit too.
-async fn attach_links<S: AsyncRead + AsyncWrite + Unpin>(io: &mut Io<S>, node: &str) -> Result<(), String> {
+async fn attach_links<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Io<S>,
+    node: &str,
+    api_version: &str,
+) -> Result<(), String> {
     let mut properties = fe2o3_amqp_types::definitions::Fields::new();
     properties.insert(
         Symbol::from(wire::API_VERSION_PROPERTY),
-        Value::String(dps_client::DEVICE_API_VERSION.into()),
+        Value::String(api_version.into()),
     );
     properties.insert(
         Symbol::from(wire::CLIENT_VERSION_PROPERTY),

@@ -117,6 +117,15 @@ impl<'a> Device<'a> {
         .ok()
     }
 
+    /// The device API version the registration names: the one that takes a `csr` when the run
+    /// asks for certificates, as the SDK does.
+    pub fn api_version(&self) -> &'static str {
+        match self.ctx.csr {
+            true => dps_client::CSR_API_VERSION,
+            false => dps_client::DEVICE_API_VERSION,
+        }
+    }
+
     /// The register request body, exactly as the SDK serializes it; with a fresh P-256 key's
     /// certificate signing request when the run asks for certificates.
     pub fn registration_body(&self) -> Vec<u8> {

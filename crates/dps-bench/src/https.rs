@@ -3,7 +3,7 @@
 //! connection for the poll), without building an HTTP client per device.
 
 use dps_client::CLIENT_VERSION;
-use dps_proto::rest::{QueryParams, Route};
+use dps_proto::rest::Route;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::devices::{interpret, Assignment, Device, Registering};
@@ -23,7 +23,9 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
         &format!("{}/registrations/{}", ctx.id_scope, dev.id),
         Some("registration"),
     );
-    let no_query = QueryParams::default();
+    // The device API version the SDK names: the one that takes a `csr` when the run asks for
+    // certificates.
+    let target = |route: Route| format!("{}?api-version={}", route.path(), dev.api_version());
     let body = dev.registration_body();
     let mut buf = Vec::with_capacity(2048);
     let mut state = Registering::default();
@@ -31,23 +33,21 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
         let request = match &state.operation {
             None => head(
                 "PUT",
-                &Route::Register {
+                &target(Route::Register {
                     scope: ctx.id_scope.clone(),
                     registration_id: dev.id.clone(),
-                }
-                .path_and_query(&no_query),
+                }),
                 &ctx.https_authority,
                 auth.as_deref(),
                 Some(&body),
             ),
             Some(op) => head(
                 "GET",
-                &Route::OperationStatus {
+                &target(Route::OperationStatus {
                     scope: ctx.id_scope.clone(),
                     registration_id: dev.id.clone(),
                     operation_id: op.clone(),
-                }
-                .path_and_query(&no_query),
+                }),
                 &ctx.https_authority,
                 auth.as_deref(),
                 None,

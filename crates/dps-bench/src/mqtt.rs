@@ -117,12 +117,7 @@ pub async fn register(dev: &Device<'_>) -> Result<Assignment, String> {
             Some("registration"),
         )
         .unwrap_or_default();
-    let username = dps_mqtt::username(
-        &ctx.id_scope,
-        &dev.id,
-        dps_client::DEVICE_API_VERSION,
-        dps_client::CLIENT_VERSION,
-    );
+    let username = dps_mqtt::username(&ctx.id_scope, &dev.id, dev.api_version(), dps_client::CLIENT_VERSION);
     connect(&mut io, &dev.id, username, password, DPS_KEEP_ALIVE).await?;
     subscribe(&mut io, &[dps_mqtt::RESPONSE_FILTER]).await?;
     let body = dev.registration_body();

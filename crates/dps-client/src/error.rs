@@ -187,6 +187,12 @@ impl ClientError {
                     text.clone()
                 }
             });
+        // IoT Hub's certificate management words its refusals generically ("Credential
+        // management operation failed") and says why in `info.credentialMessage`.
+        let message = match field(&["info"]).and_then(|i| i.get("credentialMessage")?.as_str().map(str::to_string)) {
+            Some(why) => format!("{message}: {why}"),
+            None => message,
+        };
         let tracking_id = field(&["trackingId"]).and_then(|v| v.as_str().map(str::to_string));
         Self::Service {
             status,

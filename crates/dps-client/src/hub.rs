@@ -1,5 +1,6 @@
 //! `HubClient`: the device side of the IoT Hub MQTT protocol (hub-dice-tpm.md §A) — telemetry,
-//! twin reads, reported-property patches and desired-property notifications.
+//! twin reads, reported-property patches, desired-property notifications, and certificate
+//! renewal (IoT Hub certificate management: `$iothub/credentials/…`).
 //!
 //! One background task drives the MQTT connection. Callers wait on one-shot channels that the
 //! task completes: a telemetry publish when its PUBACK arrives, a twin request when the response
@@ -30,6 +31,8 @@ use crate::ClientError;
 pub const HUB_API_VERSION: &str = dps_proto::api_version::HUB_CLIENT;
 
 const TWIN_RESPONSE_FILTER: &str = "$iothub/twin/res/#";
+/// Subscribed on the first renewal only: a hub without certificate management may refuse it.
+const CREDENTIALS_RESPONSE_FILTER: &str = "$iothub/credentials/res/#";
 const DESIRED_FILTER: &str = "$iothub/twin/PATCH/properties/desired/#";
 
 /// A desired-properties change pushed by the hub.
@@ -130,6 +133,7 @@ impl HubClientBuilder {
             publish_lock: tokio::sync::Mutex::new(()),
             desired: StdMutex::new(Some(desired_rx)),
             next_rid: AtomicU64::new(1),
+            credentials_subscribed: tokio::sync::Mutex::new(false),
             timeout: self.timeout,
             task,
         };
@@ -155,6 +159,8 @@ pub struct HubClient {
     publish_lock: tokio::sync::Mutex<()>,
     desired: StdMutex<Option<mpsc::UnboundedReceiver<DesiredPatch>>>,
     next_rid: AtomicU64,
+    /// Whether `$iothub/credentials/res/#` is subscribed (held while subscribing).
+    credentials_subscribed: tokio::sync::Mutex<bool>,
     timeout: Duration,
     task: JoinHandle<()>,
 }
@@ -170,9 +176,9 @@ impl fmt::Debug for HubClient {
 
 type Ack = oneshot::Sender<Result<(), ClientError>>;
 
-/// Response to a twin request.
+/// Response to a twin or credentials request.
 #[derive(Debug)]
-struct TwinReply {
+struct Reply {
     status: u16,
     version: Option<i64>,
     body: Vec<u8>,
@@ -186,8 +192,9 @@ struct Inner {
     fifo: VecDeque<(QoS, Ack)>,
     /// QoS 1 publishes waiting for their PUBACK, by packet id.
     pubacks: HashMap<u16, Ack>,
-    /// Twin requests waiting for their response, by `$rid`.
-    twin: HashMap<String, oneshot::Sender<TwinReply>>,
+    /// Twin and credentials requests waiting for their response, by `$rid` (one space: the
+    /// client numbers them all).
+    requests: HashMap<String, oneshot::Sender<Reply>>,
     desired: Option<mpsc::UnboundedSender<DesiredPatch>>,
     /// Why the connection ended, once it has.
     closed: Option<String>,
@@ -208,7 +215,7 @@ fn handle_event(shared: &StdMutex<Inner>, context: &str, ev: Result<Event, Conne
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure));
                 let _ = tx.send(if refused {
-                    Err(ClientError::Protocol("the hub refused the twin subscriptions".into()))
+                    Err(ClientError::Protocol("the hub refused the subscription".into()))
                 } else {
                     Ok(())
                 });
@@ -229,16 +236,24 @@ fn handle_event(shared: &StdMutex<Inner>, context: &str, ev: Result<Event, Conne
             }
         }
         Ok(Event::Incoming(Packet::Publish(p))) => {
-            if let Some((status, rid, version)) = hub_mqtt::parse_twin_response_topic(&p.topic) {
-                match inner.twin.remove(&rid) {
+            let response = hub_mqtt::parse_twin_response_topic(&p.topic).or_else(|| {
+                hub_mqtt::parse_credentials_response_topic(&p.topic).map(|(status, rid)| (status, rid, None))
+            });
+            if let Some((status, rid, version)) = response {
+                if status == 202 && p.topic.starts_with("$iothub/credentials/") {
+                    // A renewal accepted: its outcome follows under the same $rid.
+                    tracing::debug!(%rid, "certificate renewal accepted");
+                    return ControlFlow::Continue(());
+                }
+                match inner.requests.remove(&rid) {
                     Some(tx) => {
-                        let _ = tx.send(TwinReply {
+                        let _ = tx.send(Reply {
                             status,
                             version,
                             body: p.payload.to_vec(),
                         });
                     }
-                    None => tracing::debug!(%rid, "twin response nobody waits for"),
+                    None => tracing::debug!(%rid, "response nobody waits for"),
                 }
             } else if let Some(version) = hub_mqtt::parse_desired_patch_topic(&p.topic) {
                 match serde_json::from_slice::<Value>(&p.payload) {
@@ -299,7 +314,7 @@ fn fail_all(inner: &mut Inner, reason: String, err: impl Fn(&str) -> ClientError
         let _ = tx.send(Err(err("the PUBACK")));
     }
     // Dropping the senders wakes twin waiters with a closed channel.
-    inner.twin.clear();
+    inner.requests.clear();
     inner.desired = None;
 }
 
@@ -365,7 +380,9 @@ impl HubClient {
 
     /// Reads the device twin: `{"desired": {..., "$version": n}, "reported": {..., "$version": m}}`.
     pub async fn get_twin(&self) -> Result<Value, ClientError> {
-        let reply = self.twin_request(hub_mqtt::twin_get_topic, Vec::new()).await?;
+        let reply = self
+            .request(hub_mqtt::twin_get_topic, Vec::new(), "the twin response")
+            .await?;
         serde_json::from_slice(&reply.body).map_err(|e| ClientError::Protocol(format!("the twin is not JSON: {e}")))
     }
 
@@ -374,8 +391,53 @@ impl HubClient {
     pub async fn patch_reported(&self, patch: Value) -> Result<Option<i64>, ClientError> {
         let body = serde_json::to_vec(&patch)
             .map_err(|e| ClientError::Protocol(format!("cannot serialize the patch: {e}")))?;
-        let reply = self.twin_request(hub_mqtt::reported_patch_topic, body).await?;
+        let reply = self
+            .request(hub_mqtt::reported_patch_topic, body, "the twin response")
+            .await?;
         Ok(reply.version)
+    }
+
+    /// Renews the device's certificate through the hub (IoT Hub certificate management): sends
+    /// `csr_der` (a PKCS#10 request whose CN is the device id, for a new key or the same one),
+    /// waits for the hub to accept it (`202`) and issue (`200`), and returns the new chain:
+    /// base64 DER, leaf first, as registration returns it. The hub then knows the device by the
+    /// new certificate; the one this connection used keeps working for the hub's grace period,
+    /// so the caller reconnects with the new one before it ends. A refusal is
+    /// [`ClientError::Service`] with IoT Hub's error code (`429002`: renewed too recently).
+    pub async fn renew_certificate(&self, csr_der: &[u8]) -> Result<Vec<String>, ClientError> {
+        use base64::Engine as _;
+        self.subscribe_credentials().await?;
+        let body = serde_json::json!({
+            "id": self.device_id,
+            "csr": base64::engine::general_purpose::STANDARD.encode(csr_der),
+        });
+        let reply = self
+            .request(
+                hub_mqtt::issue_certificate_topic,
+                body.to_string().into_bytes(),
+                "the renewed certificate",
+            )
+            .await?;
+        let answer: Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| ClientError::Protocol(format!("the renewal answer is not JSON: {e}")))?;
+        serde_json::from_value(answer["certificates"].clone())
+            .map_err(|e| ClientError::Protocol(format!("the renewal answer has no certificate chain: {e}")))
+    }
+
+    /// Subscribes to the renewal answers once per connection.
+    async fn subscribe_credentials(&self) -> Result<(), ClientError> {
+        let mut subscribed = self.credentials_subscribed.lock().await;
+        if *subscribed {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).suback = Some(tx);
+        self.client
+            .try_subscribe(CREDENTIALS_RESPONSE_FILTER, QoS::AtLeastOnce)
+            .map_err(|e| ClientError::connection("subscribing to the credentials topic", &e))?;
+        self.wait(rx, "the SUBACK of the credentials topic").await?;
+        *subscribed = true;
+        Ok(())
     }
 
     /// The stream of desired-property patches the hub pushes. Can be taken once (`None`
@@ -427,29 +489,44 @@ impl HubClient {
         Ok(rx)
     }
 
-    async fn twin_request(&self, topic: impl FnOnce(&str) -> String, body: Vec<u8>) -> Result<TwinReply, ClientError> {
+    /// Publishes a request on `topic` (given its `$rid`) and waits for its answer (`what`, for
+    /// errors); a non-2xx answer is the error its body describes.
+    async fn request(
+        &self,
+        topic: impl FnOnce(&str) -> String,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<Reply, ClientError> {
         let rid = self.next_rid.fetch_add(1, Ordering::Relaxed).to_string();
         let (tx, rx) = oneshot::channel();
         self.shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .twin
+            .requests
             .insert(rid.clone(), tx);
         let sent = async {
             let ack = self.publish(topic(&rid), QoS::AtMostOnce, body).await?;
-            self.wait(ack, "the twin request to be sent").await
+            self.wait(ack, "the request to be sent").await
         };
         if let Err(e) = sent.await {
-            self.shared.lock().unwrap_or_else(|p| p.into_inner()).twin.remove(&rid);
+            self.shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .requests
+                .remove(&rid);
             return Err(e);
         }
         let reply = match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err(ClientError::Disconnected("the twin response".into())),
+            Ok(Err(_)) => return Err(ClientError::Disconnected(what.into())),
             Err(_) => {
-                self.shared.lock().unwrap_or_else(|p| p.into_inner()).twin.remove(&rid);
+                self.shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .requests
+                    .remove(&rid);
                 return Err(ClientError::Timeout {
-                    what: "the twin response".into(),
+                    what: what.into(),
                     after: self.timeout,
                 });
             }
@@ -553,7 +630,7 @@ mod tests {
         assert!(matches!(rx1.try_recv(), Ok(Ok(()))));
 
         let (ttx, mut trx) = oneshot::channel();
-        shared.lock().unwrap().twin.insert("7".into(), ttx);
+        shared.lock().unwrap().requests.insert("7".into(), ttx);
         let p = rumqttc::Publish::new("$iothub/twin/res/204/?$rid=7&$version=3", QoS::AtMostOnce, Vec::new());
         assert!(handle_event(&shared, "c", Ok(Event::Incoming(Packet::Publish(p)))).is_continue());
         let reply = trx.try_recv().unwrap();

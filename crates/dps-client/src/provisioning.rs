@@ -28,7 +28,7 @@ use crate::ClientError;
 pub const DEVICE_API_VERSION: &str = dps_proto::api_version::DEVICE_CLIENT;
 /// Device API version sent with a certificate signing request ([`ProvisioningClient::with_csr`]):
 /// Azure takes `csr` from this version on.
-pub const CSR_API_VERSION: &str = "2025-07-01-preview";
+pub const CSR_API_VERSION: &str = dps_proto::api_version::CSR_FROM;
 
 /// `ClientVersion` / `User-Agent` of this SDK.
 pub const CLIENT_VERSION: &str = concat!("dps-rust/", env!("CARGO_PKG_VERSION"));

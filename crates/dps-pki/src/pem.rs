@@ -10,7 +10,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 
 use crate::PkiError;
 
@@ -46,6 +46,21 @@ pub fn parse_certificates(pem_or_b64: &str) -> Result<Vec<CertificateDer<'static
         crate::x509::parse(cert)?;
     }
     Ok(certs)
+}
+
+/// Reads a certificate signing request (DER PKCS#10, not yet verified) from PEM (`CERTIFICATE
+/// REQUEST`, or `NEW CERTIFICATE REQUEST` as Windows `certreq` and `openssl req -newhdr` write
+/// it; the first block) or from bare base64 DER, with the same tolerance for mangled text as
+/// [`parse_certificates`].
+pub fn parse_certificate_request(pem_or_b64: &str) -> Result<Vec<u8>, PkiError> {
+    let text = pem_or_b64.trim();
+    if text.contains("-----BEGIN") {
+        let normalised = normalise_armour(text).replace("NEW CERTIFICATE REQUEST-----", "CERTIFICATE REQUEST-----");
+        Ok(CertificateSigningRequestDer::from_pem_slice(normalised.as_bytes())?.to_vec())
+    } else {
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        Ok(LENIENT_BASE64.decode(compact)?)
+    }
 }
 
 /// Parses the first private key in PEM text: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or

@@ -109,3 +109,20 @@ fn truncated_der_is_rejected() {
     let err = parse_certificates(&truncated).unwrap_err();
     assert!(matches!(err, PkiError::InvalidCertificate(_)), "{err:?}");
 }
+
+#[test]
+fn certificate_requests_are_read_from_pem_and_base64() {
+    use base64::Engine as _;
+    use dps_pki::pem::{parse_certificate_request, to_pem};
+    let (_, der) = dps_pki::csr::new_key_and_request("dev-1", dps_pki::ca::KeyAlgorithm::EcdsaP256).unwrap();
+    let pem = to_pem("CERTIFICATE REQUEST", &der);
+    assert_eq!(parse_certificate_request(&pem).unwrap(), der);
+    // Windows certreq's label, CRLF line ends, the whole of it on one line.
+    let new = to_pem("NEW CERTIFICATE REQUEST", &der).replace('\n', "\r\n");
+    assert_eq!(parse_certificate_request(&new).unwrap(), der);
+    assert_eq!(parse_certificate_request(&pem.replace('\n', " ")).unwrap(), der);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    assert_eq!(parse_certificate_request(&b64).unwrap(), der);
+    // A certificate is not a request.
+    assert!(parse_certificate_request(DEVKIT_PEM).is_err());
+}

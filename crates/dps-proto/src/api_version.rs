@@ -64,6 +64,18 @@ pub const HUB: &[&str] = &[
 /// current C SDK and iot-identity-service send (device-protocol.md §10).
 pub const DEVICE_CLIENT: &str = "2021-06-01";
 
+/// The first device API version that takes a certificate signing request as `csr`: the C#
+/// SDK switches to it when it sends one ("issuing a certificate from a request is not part of
+/// the GA API version, and the service rejects a registration carrying one unless the
+/// connection asked for a version that knows about it"), and dps refuses `csr` under an older
+/// version as Azure does.
+pub const CSR_FROM: &str = "2025-07-01-preview";
+
+/// Whether `version` is [`CSR_FROM`] or later (versions are dates, `YYYY-MM-DD[-preview]`).
+pub fn takes_csr(version: &str) -> bool {
+    version.get(..10).is_some_and(|date| date >= &CSR_FROM[..10])
+}
+
 /// The service API version the `dps` CLI sends.
 pub const SERVICE_CLIENT: &str = "2021-10-01";
 
@@ -121,6 +133,16 @@ mod tests {
         // Python, C, Node, embedded C hub clients.
         for v in ["2019-10-01", "2020-09-30", "2021-04-12", "2018-06-30"] {
             assert_eq!(check(Some(v), HUB), Ok(()));
+        }
+    }
+
+    #[test]
+    fn csr_is_taken_from_its_preview_on() {
+        for v in ["2025-07-01-preview", "2026-04-01", "2026-11-15-preview"] {
+            assert!(takes_csr(v), "{v}");
+        }
+        for v in ["2021-11-01-preview", "2021-10-01", "", "junk"] {
+            assert!(!takes_csr(v), "{v}");
         }
     }
 

@@ -907,3 +907,113 @@ async fn event_hub_consumers_read_telemetry_that_survives_a_restart_and_bad_requ
     let _ = conn.close().await;
     s.shutdown().await;
 }
+
+/// Issue 17: a certificate signing request hand-framed over AMQP, as the SDKs' AMQP transports
+/// frame a registration: both links on `{scope}/registrations/{id}` naming
+/// `com.microsoft:api-version` `2025-07-01-preview`, the request a data section with
+/// `iotdps-operation-type` and a correlation id, the answers on the receiver link; the
+/// operation's `registrationState.issuedCertificateChain` carries the certificate for the
+/// request's key.
+#[tokio::test]
+async fn a_csr_hand_framed_over_amqp_gets_its_certificate() {
+    use base64::Engine as _;
+    use fe2o3_amqp::types::definitions::Fields;
+    use fe2o3_amqp::types::primitives::Symbol;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.31", dir.path()).await;
+    common::enroll_with_credential_policy(&s, "csr-amqp").await;
+    let (_, csr) = dps_pki::csr::new_key_and_request("csr-amqp", dps_pki::ca::KeyAlgorithm::EcdsaP384).unwrap();
+    let node = format!("{}/registrations/csr-amqp", s.services.identity.id_scope);
+    let mut c = open(&s, plain(node.clone(), common::dps_sas(&s, "csr-amqp", KEY)))
+        .await
+        .unwrap();
+    let mut session = Session::begin(&mut c).await.unwrap();
+    let mut properties = Fields::new();
+    properties.insert(
+        Symbol::from("com.microsoft:api-version"),
+        Value::String("2025-07-01-preview".into()),
+    );
+    let mut receiver = Receiver::builder()
+        .name("csr-rx")
+        .source(node.clone())
+        .properties(properties.clone())
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let mut sender = Sender::builder()
+        .name("csr-tx")
+        .target(node)
+        .properties(properties)
+        .attach(&mut session)
+        .await
+        .unwrap();
+    let register = ApplicationProperties::builder()
+        .insert("iotdps-operation-type", "iotdps-register")
+        .insert("iotdps-forceRegistration", false)
+        .build();
+    let body = serde_json::json!({
+        "registrationId": "csr-amqp",
+        "csr": base64::engine::general_purpose::STANDARD.encode(&csr),
+    });
+    let accepted = ask(
+        &mut sender,
+        &mut receiver,
+        "register",
+        register,
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(accepted["status"], "assigning", "{accepted}");
+    let op = accepted["operationId"].as_str().unwrap().to_string();
+    let mut done = accepted;
+    for correlation in ["poll-1", "poll-2", "poll-3", "poll-4", "poll-5"] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let poll = ApplicationProperties::builder()
+            .insert("iotdps-operation-type", "iotdps-get-operationstatus")
+            .insert("iotdps-operation-id", op.clone())
+            .build();
+        done = ask(&mut sender, &mut receiver, correlation, poll, Vec::new()).await;
+        if done["status"] != "assigning" {
+            break;
+        }
+    }
+    assert_eq!(done["status"], "assigned", "{done}");
+    common::assert_issued_for(&done["registrationState"]["issuedCertificateChain"], "csr-amqp", &csr);
+    s.shutdown().await;
+}
+
+/// Sends one DPS request (a data section with `app` properties and `correlation`) and returns
+/// the JSON answer that correlates with it.
+async fn ask(
+    sender: &mut Sender,
+    receiver: &mut Receiver,
+    correlation: &str,
+    app: ApplicationProperties,
+    body: Vec<u8>,
+) -> serde_json::Value {
+    use fe2o3_amqp::types::messaging::MessageId;
+    let msg = Message::builder()
+        .properties(
+            Properties::builder()
+                .correlation_id(MessageId::String(correlation.into()))
+                .build(),
+        )
+        .application_properties(app)
+        .data(fe2o3_amqp::types::primitives::Binary::from(body))
+        .build();
+    let outcome = sender.send(msg).await.unwrap();
+    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+    let reply = recv(receiver).await;
+    receiver.accept(&reply).await.unwrap();
+    let reply = reply.message();
+    assert_eq!(
+        reply.properties.as_ref().and_then(|p| p.correlation_id.clone()),
+        Some(MessageId::String(correlation.into()))
+    );
+    let bytes: Vec<u8> = match &reply.body {
+        Body::Data(b) => b.iter().flat_map(|d| d.0.to_vec()).collect(),
+        other => panic!("DPS answers are data sections, got {other:?}"),
+    };
+    serde_json::from_slice(&bytes).unwrap()
+}

@@ -211,3 +211,49 @@ async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
     );
     assert_eq!(error["info"]["credentialError"], "NoCredentialPolicy");
 }
+
+/// The Rust device client renews through its hub connection (`HubClient::renew_certificate`),
+/// reconnects with the new certificate, and is told when it asks again too soon.
+#[tokio::test]
+async fn the_rust_client_renews_and_reconnects_with_the_new_certificate() {
+    const IP: &str = "127.0.39.32";
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(IP, dir.path()).await;
+    let first = provision_with_csr(&s, IP, "client-renew").await;
+    let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
+    let hub_host = s.services.identity.hub.host_name.clone();
+    let connect = |chain_pem: &str, key_pem: &str| {
+        let provider = std::sync::Arc::new(dps_client::X509Provider::from_pem(chain_pem, key_pem).unwrap());
+        dps_client::HubClient::builder(&hub_host, "client-renew", provider, &ca)
+            .port(s.mqtt_addr.port())
+            .connect()
+    };
+    let client = connect(&first.chain_pem, &first.key_pem).await.unwrap();
+
+    let (key2, csr2) = dps_pki::csr::new_key_and_request("client-renew", KeyAlgorithm::EcdsaP256).unwrap();
+    let chain2 = client.renew_certificate(&csr2).await.unwrap();
+    assert_eq!(chain2.len(), 3);
+    assert_eq!(chain2[1..], first.chain[1..], "the same policy issued it");
+    common::assert_issued_for(&serde_json::json!(chain2), "client-renew", &csr2);
+
+    // Too soon: IoT Hub's throttling code, and the hub's reason in the message.
+    let (_, csr3) = dps_pki::csr::new_key_and_request("client-renew", KeyAlgorithm::EcdsaP256).unwrap();
+    match client.renew_certificate(&csr3).await {
+        Err(dps_client::ClientError::Service {
+            status: 429,
+            error_code: Some(429002),
+            message,
+            ..
+        }) => assert!(
+            message.contains("renewed its certificate less than 60 s ago"),
+            "{message}"
+        ),
+        other => panic!("expected a 429002 refusal, got {other:?}"),
+    }
+    client.disconnect().await.unwrap();
+
+    // The new certificate connects and sends.
+    let renewed = connect(&pem_of(&chain2), &key2).await.unwrap();
+    renewed.send_event(r#"{"renewed":true}"#, &[]).await.unwrap();
+    renewed.disconnect().await.unwrap();
+}

@@ -47,12 +47,22 @@ async fn enroll_with_policy(f: &Fixture, reg: &str, policy: Option<&str>) {
 /// Registers `reg` over HTTPS with `body` and polls to the end; the final operation, or the
 /// refusal (status, error code, message).
 async fn register(f: &Fixture, reg: &str, body: Value) -> Result<Value, (StatusCode, u32, String)> {
+    register_as(f, reg, body, "2025-07-01-preview").await
+}
+
+/// [`register`] naming `api_version`.
+async fn register_as(
+    f: &Fixture,
+    reg: &str,
+    body: Value,
+    api_version: &str,
+) -> Result<Value, (StatusCode, u32, String)> {
     let token = f.device_token(reg, DEVICE_KEY);
     let auth = [("authorization", token.as_str()), ("content-type", "application/json")];
     let r = f
         .call(
             Method::PUT,
-            &format!("/{SCOPE}/registrations/{reg}/register?api-version=2025-07-01-preview"),
+            &format!("/{SCOPE}/registrations/{reg}/register?api-version={api_version}"),
             &auth,
             body.to_string(),
         )
@@ -69,7 +79,7 @@ async fn register(f: &Fixture, reg: &str, body: Value) -> Result<Value, (StatusC
     let polled = f
         .call(
             Method::GET,
-            &format!("/{SCOPE}/registrations/{reg}/operations/{op}?api-version=2025-07-01-preview"),
+            &format!("/{SCOPE}/registrations/{reg}/operations/{op}?api-version={api_version}"),
             &auth,
             Body::empty(),
         )
@@ -194,6 +204,7 @@ async fn a_csr_gets_a_chain_openssl_verifies_and_the_hub_knows_the_certificate()
     );
 }
 
+/// The older preview's SDKs send the `openssl req` output as it is (PEM) and read PEM back.
 #[tokio::test]
 async fn the_older_preview_field_gets_the_older_answer() {
     let f = fixture().await;
@@ -206,6 +217,8 @@ async fn the_older_preview_field_gets_the_older_answer() {
     f.svc(Method::PUT, "/enrollmentGroups/g1", &[], group.to_string())
         .await
         .assert_json(StatusCode::OK);
+    let (_, der) = dps_pki::csr::new_key_and_request("grp-dev", KeyAlgorithm::EcdsaP256).unwrap();
+    let pem_csr = dps_pki::pem::to_pem("CERTIFICATE REQUEST", &der);
     // A group device signs with its derived key.
     let derived = dps_proto::keys::derive_device_key(DEVICE_KEY, "grp-dev").unwrap();
     let token = f.device_token("grp-dev", &derived);
@@ -215,7 +228,7 @@ async fn the_older_preview_field_gets_the_older_answer() {
             Method::PUT,
             &format!("/{SCOPE}/registrations/grp-dev/register?api-version=2021-11-01-preview"),
             &auth,
-            json!({"registrationId": "grp-dev", "clientCertificateCsr": csr_for("grp-dev")}).to_string(),
+            json!({"registrationId": "grp-dev", "clientCertificateCsr": pem_csr}).to_string(),
         )
         .await
         .assert_json(StatusCode::ACCEPTED);
@@ -231,9 +244,12 @@ async fn the_older_preview_field_gets_the_older_answer() {
         .assert_json(StatusCode::OK);
     let state = &done["registrationState"];
     assert!(state.get("issuedCertificateChain").is_none(), "{state}");
-    let leaf = B64.decode(state["issuedClientCertificate"].as_str().unwrap()).unwrap();
+    let pem = state["issuedClientCertificate"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    let leaf = dps_pki::pem::parse_certificates(pem).unwrap();
+    assert_eq!(leaf.len(), 1, "the device's certificate alone");
     assert_eq!(
-        dps_pki::info::summarize(&leaf).unwrap().common_name.as_deref(),
+        dps_pki::info::summarize(&leaf[0]).unwrap().common_name.as_deref(),
         Some("grp-dev")
     );
 }
@@ -267,6 +283,15 @@ async fn bad_requests_are_refused_with_the_reason_and_leave_nothing() {
         );
         assert!(message.contains(says), "{message}");
     }
+    // `csr` under a version from before it, as the GA SDKs send: refused, as Azure does.
+    let (status, code, message) = register_as(&f, "dev-1", json!({"csr": csr_for("dev-1")}), "2021-10-01")
+        .await
+        .unwrap_err();
+    assert_eq!((status, code), (StatusCode::BAD_REQUEST, codes::ARGUMENT_INVALID));
+    assert!(
+        message.contains("a csr is taken from api-version 2025-07-01-preview on; this request names 2021-10-01"),
+        "{message}"
+    );
 
     // An enrollment that names no policy, or one that is gone.
     enroll_with_policy(&f, "dev-3", None).await;

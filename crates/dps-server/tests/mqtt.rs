@@ -301,3 +301,82 @@ async fn hub_endpoint_authenticates_and_serves_twin() {
     );
     s.shutdown().await;
 }
+
+/// Issue 17: a certificate signing request hand-framed over MQTT, as a device without an SDK
+/// sends it: the CONNECT username names api-version `2025-07-01-preview`, the register body
+/// carries `csr` (base64 DER), and the operation's `registrationState.issuedCertificateChain`
+/// carries the certificate for the request's key. Under the GA version the same request is
+/// refused with the reason.
+#[tokio::test]
+async fn a_csr_hand_framed_over_mqtt_gets_its_certificate() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let s = server("127.0.39.30", dir.path()).await;
+    common::enroll_with_credential_policy(&s, "csr-dev").await;
+    let (_, csr) = dps_pki::csr::new_key_and_request("csr-dev", dps_pki::ca::KeyAlgorithm::EcdsaP256).unwrap();
+    let body = serde_json::json!({
+        "registrationId": "csr-dev",
+        "csr": base64::engine::general_purpose::STANDARD.encode(&csr),
+    })
+    .to_string();
+    let scope = s.services.identity.id_scope.clone();
+    let user = |version: &str| format!("{scope}/registrations/csr-dev/api-version={version}&ClientVersion=raw");
+    let password = dps_sas(&s, "csr-dev", KEY);
+
+    // The GA version: refused at once, naming the version that takes a CSR.
+    let (c, mut ev) = client(&s, "csr-dev", &user("2021-10-01"), &password);
+    connected(&mut ev).await;
+    c.subscribe("$dps/registrations/res/#", QoS::AtLeastOnce).await.unwrap();
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=1",
+        QoS::AtLeastOnce,
+        false,
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    let (topic, refusal) = next_publish(&mut ev).await.unwrap();
+    assert_eq!(topic, "$dps/registrations/res/400/?$rid=1", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("api-version 2025-07-01-preview"),
+        "{refusal}"
+    );
+    drop((c, ev));
+
+    // The preview version: 202 assigning, then the operation with the chain.
+    let (c, mut ev) = client(&s, "csr-dev", &user("2025-07-01-preview"), &password);
+    connected(&mut ev).await;
+    c.subscribe("$dps/registrations/res/#", QoS::AtLeastOnce).await.unwrap();
+    c.publish(
+        "$dps/registrations/PUT/iotdps-register/?$rid=2",
+        QoS::AtLeastOnce,
+        false,
+        body,
+    )
+    .await
+    .unwrap();
+    let (topic, accepted) = next_publish(&mut ev).await.unwrap();
+    assert!(topic.starts_with("$dps/registrations/res/202/?$rid=2"), "{topic}");
+    let op = accepted["operationId"].as_str().unwrap().to_string();
+    let done = loop {
+        c.publish(
+            format!("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=3&operationId={op}"),
+            QoS::AtLeastOnce,
+            false,
+            "",
+        )
+        .await
+        .unwrap();
+        let (_, polled) = next_publish(&mut ev).await.unwrap();
+        if polled["status"] != "assigning" {
+            break polled;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["status"], "assigned", "{done}");
+    common::assert_issued_for(&done["registrationState"]["issuedCertificateChain"], "csr-dev", &csr);
+    s.shutdown().await;
+}

@@ -409,10 +409,7 @@ impl Engine {
             }
         };
         // Before anything is written: a request that cannot be issued for is refused whole.
-        let issued = match self
-            .issue_for_registration(now, &req.registration_id, body, &attested)
-            .await
-        {
+        let issued = match self.issue_for_registration(now, req, body, &attested).await {
             Ok(issued) => issued,
             Err(e) => {
                 self.quotas.refund_registration();
@@ -830,7 +827,7 @@ impl Engine {
             x509: attested.x509.clone(),
             tpm: attested.tpm.clone(),
             issued_certificate_chain: issued.filter(|i| !i.older_api).map(|i| i.chain.clone()),
-            issued_client_certificate: issued.filter(|i| i.older_api).and_then(|i| i.chain.first().cloned()),
+            issued_client_certificate: issued.filter(|i| i.older_api).and_then(|i| i.leaf_pem()),
             ..Default::default()
         };
         let intent = RegistrationIntent {

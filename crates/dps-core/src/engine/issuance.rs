@@ -2,7 +2,9 @@
 //! (`csr`, API `2025-07-01-preview`; `clientCertificateCsr`, `2021-11-01-preview`), by the
 //! credential policy their enrollment names (decision 0039).
 //!
-//! The request is checked after the device attested and before anything is written: its CN
+//! `csr` is taken under api-version `2025-07-01-preview` and later only, as Azure does; the older
+//! field under any version. The request is checked after the device attested and before
+//! anything is written: its CN
 //! must be the registration id, its signature must verify, its key must be one devices and
 //! verifiers share. The hub identity is then created to authenticate with the issued
 //! certificate (by its thumbprint), and the registration result carries the chain: the device's
@@ -16,10 +18,11 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use dps_pki::ca::LocalCa;
 use dps_pki::csr::{CertificateRequest, IssuePolicy};
+use dps_proto::api_version;
 use dps_proto::model::device::DeviceRegistration;
 use parking_lot::Mutex;
 
-use super::attestation::Attested;
+use super::attestation::{Attested, DeviceRequest};
 use super::Engine;
 use crate::error::{Error, InvalidArgument};
 use crate::hub::{CertificateIssuer, DeviceAuth, IssueError, IssuedCertificate};
@@ -37,6 +40,14 @@ pub(super) struct Issued {
     /// The device asked with the older field (`clientCertificateCsr`), so it reads the older
     /// answer (`issuedClientCertificate`).
     pub(super) older_api: bool,
+}
+
+impl Issued {
+    /// The device's certificate as PEM: the older preview's `issuedClientCertificate`.
+    pub(super) fn leaf_pem(&self) -> Option<String> {
+        let der = B64.decode(self.chain.first()?).ok()?;
+        Some(dps_pki::pem::to_pem("CERTIFICATE", &der))
+    }
 }
 
 /// Issuing CAs loaded from their policies, by lower-cased policy name with the etag they were
@@ -76,12 +87,26 @@ impl IssuerCache {
     }
 }
 
-/// Parses a device's request (base64 DER) and checks that it asks for `common_name` (`what` the
-/// name is, for the message: the registration id, the device id).
-fn request_for(csr: &str, common_name: &str, what: &str) -> Result<CertificateRequest, String> {
-    let der = B64
-        .decode(csr.trim())
-        .map_err(|e| format!("the csr is not base64 DER: {e}"))?;
+/// How a request arrived: `csr` (`2025-07-01-preview`, hub renewal) is base64 DER only; the
+/// older `clientCertificateCsr` (`2021-11-01-preview`) is also taken as PEM, which the older
+/// SDKs' samples send (the C SDK's `x509csr` and the Python e2e tests pass an `openssl req`
+/// PEM file as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CsrField {
+    Csr,
+    ClientCertificateCsr,
+}
+
+/// Parses a device's request and checks that it asks for `common_name` (`what` the name is,
+/// for the message: the registration id, the device id).
+fn request_for(csr: &str, field: CsrField, common_name: &str, what: &str) -> Result<CertificateRequest, String> {
+    let der = match field {
+        CsrField::Csr => B64
+            .decode(csr.trim())
+            .map_err(|e| format!("the csr is not base64 DER: {e}"))?,
+        CsrField::ClientCertificateCsr => dps_pki::pem::parse_certificate_request(csr)
+            .map_err(|e| format!("the clientCertificateCsr is neither PEM nor base64 DER: {e}"))?,
+    };
     let request = CertificateRequest::parse(&der).map_err(|e| e.to_string())?;
     if !request.common_name().eq_ignore_ascii_case(common_name) {
         return Err(format!(
@@ -159,19 +184,28 @@ impl Engine {
     pub(super) async fn issue_for_registration(
         &self,
         now: DateTime<Utc>,
-        registration_id: &str,
+        req: &DeviceRequest,
         body: &DeviceRegistration,
         attested: &Attested,
     ) -> Result<Option<Issued>, Error> {
-        let (csr, older_api) = match (&body.csr, &body.client_certificate_csr) {
-            (Some(csr), _) => (csr, false),
-            (None, Some(csr)) => (csr, true),
+        let registration_id = req.registration_id.as_str();
+        let (csr, field) = match (&body.csr, &body.client_certificate_csr) {
+            (Some(csr), _) => (csr, CsrField::Csr),
+            (None, Some(csr)) => (csr, CsrField::ClientCertificateCsr),
             (None, None) => return Ok(None),
         };
+        let version = req.api_version.as_deref().unwrap_or_default();
+        if field == CsrField::Csr && !api_version::takes_csr(version) {
+            return Err(refused(format!(
+                "a csr is taken from api-version {} on; this request names {}",
+                api_version::CSR_FROM,
+                if version.is_empty() { "none" } else { version }
+            )));
+        }
         if attested.matched.disabled().is_some() {
             return Ok(None);
         }
-        let request = request_for(csr, registration_id, "the registration id").map_err(refused)?;
+        let request = request_for(csr, field, registration_id, "the registration id").map_err(refused)?;
         let policy = attested.matched.credential_policy().map_err(refused)?.ok_or_else(|| {
             refused(format!(
                 "the {} names no credential policy, so no certificate can be issued for the CSR",
@@ -195,7 +229,7 @@ impl Engine {
             },
             chain: issued.chain,
             policy: policy.to_string(),
-            older_api,
+            older_api: field == CsrField::ClientCertificateCsr,
         }))
     }
 }
@@ -209,7 +243,7 @@ impl CertificateIssuer for Engine {
         common_name: &str,
         csr: &str,
     ) -> Result<IssuedCertificate, IssueError> {
-        let request = request_for(csr, common_name, "the device id").map_err(IssueError::Request)?;
+        let request = request_for(csr, CsrField::Csr, common_name, "the device id").map_err(IssueError::Request)?;
         self.issue_under(now, policy, &request, common_name)
             .await
             .map_err(|e| match e {

@@ -85,6 +85,9 @@ pub enum Event {
         /// The receiver's `apache.org:selector-filter:string` source filter, if it gave one
         /// (Event Hubs consumers say with it where they start).
         selector: Option<String>,
+        /// The `com.microsoft:api-version` link property, if the peer sent one (the DPS device
+        /// API version, which gates optional features such as `csr`).
+        api_version: Option<String>,
     },
     /// A link the server sends on has credit and nothing queued: the peer can take more.
     Credit {

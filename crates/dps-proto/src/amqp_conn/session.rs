@@ -182,6 +182,7 @@ impl Session {
             Direction::ToPeer => a.source.as_ref().and_then(|s| s.address.clone()),
         };
         let selector = a.source.as_ref().and_then(|s| selector_of(s.filter.as_ref()?));
+        let api_version = a.properties.as_ref().and_then(api_version_of);
         let handle = (0..)
             .find(|h| self.links.iter().all(|l| l.handle != *h))
             .unwrap_or(u32::MAX);
@@ -218,6 +219,7 @@ impl Session {
             direction,
             address: address.unwrap_or_default(),
             selector,
+            api_version,
         });
         Ok(())
     }
@@ -663,6 +665,16 @@ fn lose(link: &mut Link, events: &mut VecDeque<Event>) {
 
 /// The string of a source's selector filter (`apache.org:selector-filter:string`), described by
 /// its code (Node) or its name (Python), or given bare.
+/// The `com.microsoft:api-version` link property, a string (or a symbol, leniently).
+fn api_version_of(properties: &fe2o3_amqp_types::definitions::Fields) -> Option<String> {
+    let key = serde_amqp::primitives::Symbol::from(crate::dps_amqp::API_VERSION_PROPERTY);
+    match properties.get(&key)? {
+        serde_amqp::Value::String(s) => Some(s.clone()),
+        serde_amqp::Value::Symbol(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
 fn selector_of(filter: &fe2o3_amqp_types::messaging::FilterSet) -> Option<String> {
     use crate::event_hubs::{SELECTOR_FILTER, SELECTOR_FILTER_CODE};
     use serde_amqp::descriptor::Descriptor;

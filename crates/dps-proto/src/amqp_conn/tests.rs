@@ -577,3 +577,31 @@ fn a_receivers_selector_filter_is_reported_with_its_attach() {
         }
     }
 }
+
+#[test]
+fn a_links_api_version_property_is_reported_with_its_attach() {
+    use serde_amqp::primitives::{OrderedMap, Symbol};
+    use serde_amqp::Value;
+    for (handle, value) in [
+        Value::String("2025-07-01-preview".into()),
+        Value::Symbol(Symbol::from("2025-07-01-preview")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = Peer::opened();
+        let mut a = attach(handle as u32, Role::Sender, "0ne00000001/registrations/dev-1");
+        let mut properties = OrderedMap::new();
+        properties.insert(Symbol::from(crate::dps_amqp::API_VERSION_PROPERTY), value);
+        a.properties = Some(properties);
+        p.send(5, &a).unwrap();
+        match &p.events()[..] {
+            [Event::Attach { api_version, .. }] => assert_eq!(api_version.as_deref(), Some("2025-07-01-preview")),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Without the property: none.
+    let mut p = Peer::opened();
+    p.send(5, &attach(0, Role::Sender, "x")).unwrap();
+    assert!(matches!(&p.events()[..], [Event::Attach { api_version: None, .. }]));
+}

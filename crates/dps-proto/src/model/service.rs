@@ -563,8 +563,9 @@ pub struct RegistrationState {
     /// (`2025-07-01-preview`). Only in the answer to the registration and its operation.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub issued_certificate_chain: Option<Vec<String>>,
-    /// The issued certificate alone, base64 DER, for devices that asked with
-    /// `clientCertificateCsr` (`2021-11-01-preview`).
+    /// The issued certificate alone, PEM (the C# SDK documents "the PEM encoded operational
+    /// client certificate", and the Python SDK's tests load it as a PEM file), for devices that
+    /// asked with `clientCertificateCsr` (`2021-11-01-preview`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub issued_client_certificate: Option<String>,
 }

@@ -23,14 +23,32 @@ use crate::ApiError;
 
 /// Attaches a link to a registration node, if this connection may: one authenticated for this
 /// registration by SASL (PLAIN or TPM), or one with a TLS client certificate the engine accepts
-/// for it.
-pub(super) async fn attach(conn: &mut Conn, direction: Direction, node: RegistrationNode) -> Result<Route, Refusal> {
+/// for it. The requests on a sender link name the device API version its attach did
+/// (`com.microsoft:api-version`), as HTTPS requests name theirs in the query.
+pub(super) async fn attach(
+    conn: &mut Conn,
+    direction: Direction,
+    node: RegistrationNode,
+    api_version: Option<String>,
+) -> Result<Route, Refusal> {
     let device = device_for(conn, &node).await?;
     let address = node.address();
     Ok(match direction {
         // The responses' link: kept until the client detaches it (or attaches another).
         Direction::ToPeer => Route::Out { address },
-        Direction::FromPeer => Route::DpsRequests { address, device },
+        Direction::FromPeer => {
+            let device = match api_version {
+                Some(v) if device.request.api_version.as_deref() != Some(v.as_str()) => Arc::new(DpsDevice {
+                    request: DeviceRequest {
+                        api_version: Some(v),
+                        ..device.request.clone()
+                    },
+                    authenticated: device.authenticated.clone(),
+                }),
+                _ => device,
+            };
+            Route::DpsRequests { address, device }
+        }
     })
 }
 

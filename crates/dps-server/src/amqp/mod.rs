@@ -367,7 +367,11 @@ impl Conn {
                     direction,
                     address,
                     selector,
-                } => self.attach(link, direction, &address, selector.as_deref()).await,
+                    api_version,
+                } => {
+                    self.attach(link, direction, &address, selector.as_deref(), api_version)
+                        .await
+                }
                 Event::Credit { link } => event_hub::pump(self, link).await,
                 Event::Message {
                     link,
@@ -386,10 +390,17 @@ impl Conn {
     }
 
     /// Attaches (or refuses) one link by its address.
-    async fn attach(&mut self, link: LinkId, direction: Direction, address: &str, selector: Option<&str>) {
+    async fn attach(
+        &mut self,
+        link: LinkId,
+        direction: Direction,
+        address: &str,
+        selector: Option<&str>,
+        api_version: Option<String>,
+    ) {
         let address = links::strip_uri(address);
         let route = if let Some(node) = dps_proto::dps_amqp::RegistrationNode::parse(address) {
-            dps::attach(self, direction, node).await
+            dps::attach(self, direction, node, api_version).await
         } else if let Some(route) = event_hub::attach(self, direction, address, selector).await {
             route
         } else if let Some(node) = dps_proto::hub_amqp::HubNode::parse(address) {

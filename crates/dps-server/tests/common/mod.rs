@@ -645,12 +645,9 @@ pub struct Issued {
     pub key_pem: String,
 }
 
-/// Creates credential policy `fleet` and the symmetric-key enrollment `reg` (key [`KEY`])
-/// naming it, then registers `reg` with a P-256 CSR through the Rust client over MQTT (the
-/// server's host name is `ip`): what was issued.
-pub async fn provision_with_csr(s: &RunningServer, ip: &str, reg: &str) -> Issued {
-    use base64::Engine as _;
-    use std::sync::Arc;
+/// Creates credential policy `fleet` (or keeps it) and the symmetric-key enrollment `reg` (key
+/// [`KEY`]) naming it.
+pub async fn enroll_with_credential_policy(s: &RunningServer, reg: &str) {
     let now = chrono::Utc::now();
     let _ = s
         .services
@@ -668,6 +665,14 @@ pub async fn provision_with_csr(s: &RunningServer, ip: &str, reg: &str) -> Issue
         },
     )
     .await;
+}
+
+/// [`enroll_with_credential_policy`], then registers `reg` with a P-256 CSR through the Rust
+/// client over MQTT (the server's host name is `ip`): what was issued.
+pub async fn provision_with_csr(s: &RunningServer, ip: &str, reg: &str) -> Issued {
+    use base64::Engine as _;
+    use std::sync::Arc;
+    enroll_with_credential_policy(s, reg).await;
     let ca = std::fs::read_to_string(s.services.config.data_dir.join("ca.pem")).unwrap();
     let (key_pem, csr) = dps_pki::csr::new_key_and_request(reg, dps_pki::ca::KeyAlgorithm::EcdsaP256).unwrap();
     let provider = Arc::new(dps_client::SymmetricKeyProvider::new(reg, KEY).unwrap());
@@ -690,4 +695,31 @@ pub async fn provision_with_csr(s: &RunningServer, ip: &str, reg: &str) -> Issue
         chain_pem,
         key_pem,
     }
+}
+
+/// Checks `chain` (a registration's `issuedCertificateChain`) as a device would: three base64
+/// DER certificates, the first for `reg` and for the key of `csr_der`, signed by the second.
+pub fn assert_issued_for(chain: &serde_json::Value, reg: &str, csr_der: &[u8]) {
+    use base64::Engine as _;
+    let chain: Vec<Vec<u8>> = chain
+        .as_array()
+        .unwrap_or_else(|| panic!("no issued chain: {chain}"))
+        .iter()
+        .map(|c| {
+            base64::engine::general_purpose::STANDARD
+                .decode(c.as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(chain.len(), 3, "leaf, issuing CA, root");
+    let leaf = dps_pki::info::summarize(&chain[0]).unwrap();
+    assert_eq!(leaf.common_name.as_deref(), Some(reg));
+    let request = dps_pki::csr::CertificateRequest::parse(csr_der).unwrap();
+    let cert = dps_pki::x509::parse(&chain[0]).unwrap();
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        request.public_key_bits(),
+        "the certificate is for the request's key"
+    );
+    dps_pki::chain::verify_issued_by(&chain[0], &chain[1], chrono::Utc::now()).unwrap();
 }
