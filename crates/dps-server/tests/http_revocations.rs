@@ -141,3 +141,33 @@ async fn bad_revocations_and_unknown_crls_are_refused() {
         assert!(m.contains("ServiceConfig"), "{m}");
     }
 }
+
+/// A large CA's revocation list is larger than any device message: `/crls` takes bodies up to a
+/// 4 MiB list whatever the message limit (the fixture's is 4 KiB), while other requests keep it.
+#[tokio::test]
+async fn a_revocation_list_larger_than_the_message_limit_imports() {
+    let f = fixture().await;
+    let ca = LocalCa::generate_with("Big Fleet CA", KeyAlgorithm::EcdsaP256).unwrap();
+    f.svc(
+        Method::PUT,
+        "/certificates/big-fleet",
+        &[],
+        json!({"certificate": ca.cert_pem()}).to_string(),
+    )
+    .await
+    .assert_json(StatusCode::OK);
+    let now = chrono::Utc::now();
+    let revoked: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        (0..500u32).map(|i| (format!("7F{i:030X}"), now)).collect();
+    let der = ca.issue_crl(&revoked, now, chrono::TimeDelta::days(7), 1).unwrap();
+    let body = json!({"crl": dps_pki::pem::to_pem("X509 CRL", &der)}).to_string();
+    assert!(body.len() > 4 * MAX_BODY, "{} bytes", body.len());
+    let imported = f
+        .svc(Method::POST, "/crls", &[], body.clone())
+        .await
+        .assert_json(StatusCode::OK);
+    assert_eq!(imported["revoked"], 500, "{imported}");
+    f.svc(Method::POST, "/revocations", &[], body)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE);
+}

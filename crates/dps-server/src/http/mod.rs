@@ -344,7 +344,16 @@ impl Ctx<'_> {
 
     /// Parses the body as JSON of type `T`; malformed JSON is a 400 with serde's message.
     pub(crate) async fn json<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T, ApiError> {
-        let body = self.body().await?;
+        self.json_limited(what, self.services.config.max_message_bytes).await
+    }
+
+    /// [`Ctx::json`] with a body limit of its own (`limit` bytes).
+    pub(crate) async fn json_limited<T: serde::de::DeserializeOwned>(
+        &mut self,
+        what: &str,
+        limit: usize,
+    ) -> Result<T, ApiError> {
+        let body = self.body_limited(limit).await?;
         let value = parse_json(&body, what)?;
         // Names only: values may be keys.
         if let Ok(fields) = serde_json::from_slice::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(&body) {

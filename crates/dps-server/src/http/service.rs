@@ -16,6 +16,12 @@ use dps_proto::model::service::{
 };
 use serde::Serialize;
 
+/// The largest `POST /crls` body: a revocation list of [`dps_pki::crl::MAX_CRL_BYTES`] as PEM
+/// (base64, a line break every 64 characters, each escaped in JSON) with room to spare. Larger
+/// than the message limit on purpose: a big CA's list is larger than any device message, and only
+/// holders of the `ServiceConfig` right, authenticated before the body is read, may send one.
+const CRL_IMPORT_BODY_BYTES: usize = dps_pki::crl::MAX_CRL_BYTES / 3 * 4 * 11 / 10 + 64 * 1024;
+
 use super::{no_content, ok, parse_count, set_header, Ctx};
 use dps_proto::rest::Route;
 
@@ -202,7 +208,8 @@ pub(super) async fn handle(ctx: &mut Ctx<'_>, route: Route) -> Result<Response, 
             no_content()
         }
         Route::ImportCrl => {
-            let body: CrlImport = ctx.json("CrlImport").await?;
+            let limit = ctx.services.config.max_message_bytes.max(CRL_IMPORT_BODY_BYTES);
+            let body: CrlImport = ctx.json_limited("CrlImport", limit).await?;
             ok(&engine.import_crl(body).await?)
         }
         Route::ListCertificates => ok(&engine.list_certificates().await?),
