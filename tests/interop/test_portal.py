@@ -4,7 +4,8 @@ create an individual enrollment with a symmetric key and another from an uploade
 device registered with the official Python SDK shows in the registration records and the
 device explorer; its twin is edited, a direct method answered, its telemetry seen live; it is
 sent a message, which it receives; its access is revoked and it is refused; an enrollment group
-is made and a CA certificate uploaded and verified; a read-only policy sees no write action and cannot post. Every
+is made and a CA certificate uploaded and verified; a credential policy is made and the group names it; a
+device certificate is revoked and the revocation removed; a read-only policy sees no write action and cannot post. Every
 page is kept as a screenshot under `tests/interop/artifacts/portal/` (or `$DPS_ARTIFACTS`).
 """
 
@@ -97,6 +98,10 @@ def test_an_operator_manages_devices_through_the_portal(dps_server, artifacts, t
     assert seen.get("messageReceived"), "the device received the portal's message"
     assert '"echo"' in seen["method"] and '"delay": 1' in seen["method"], seen["method"]
     assert seen.get("telemetry") and seen.get("caVerified")
+    assert "P-384" in seen["policyRow"] and "Built-in" in seen["policyRow"], seen["policyRow"]
+    assert seen["groupPolicy"] == "portal-fleet"
+    assert f"CN={x509_id}" in seen["revokedRow"] and "manual" in seen["revokedRow"], seen["revokedRow"]
+    assert seen.get("revocationRemoved")
     assert seen["deviceStatus"] == "disabled"
     # The Python SDK raises on a `disabled` registration result ("Unexpected failure"); the
     # server's own record of the attempt says what it answered.
@@ -110,7 +115,8 @@ def test_an_operator_manages_devices_through_the_portal(dps_server, artifacts, t
     shots = sorted(p.name for p in artifacts.iterdir())
     for page in ["sign-in", "overview", "add-individual-enrollment", "enrollments", "enrollment-groups",
                  "registration-records", "device",
-                 "device-revoked", "certificates", "linked-hubs", "policies", "overview-phone", "read-only-enrollments"]:
+                 "device-revoked", "certificates", "device-certificates", "linked-hubs", "policies", "overview-phone",
+                 "read-only-enrollments"]:
         assert any(name.endswith(f"-{page}.png") for name in shots), f"no screenshot of {page}: {shots}"
 
     # The portal's changes are in the audit trail under the policy that made them.

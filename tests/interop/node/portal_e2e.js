@@ -169,6 +169,32 @@ async function main() {
     await page.getByRole('cell', { name: 'Verified', exact: true }).waitFor();
     seen.caVerified = true;
 
+    step = 'a credential policy is made and an enrollment group names it';
+    await go(page, '#/device-certificates', 'Device certificates');
+    await page.getByLabel('Policy name').fill('portal-fleet');
+    await page.getByLabel('Key type').selectOption('P-384');
+    await page.getByLabel('Validity of issued certificates (days)').fill('7');
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByRole('cell', { name: 'portal-fleet', exact: true }).waitFor();
+    seen.policyRow = await page.locator('tr', { hasText: 'portal-fleet' }).innerText();
+    await go(page, `#/enrollments/group/${encodeURIComponent(a.groupId)}`, `Enrollment group ${a.groupId}`);
+    await page.getByLabel('Credential policy').selectOption('portal-fleet');
+    await page.getByRole('button', { name: 'Save' }).click();
+    await page.getByText(`Saved ${a.groupId}`).waitFor();
+    seen.groupPolicy = await page.evaluate(async (id) => (await (await fetch(`/portal/api/service/enrollmentGroups/${encodeURIComponent(id)}`)).json()).credentialPolicyName, a.groupId);
+
+    step = 'a device certificate is revoked, and the revocation removed';
+    await go(page, '#/device-certificates', 'Device certificates');
+    await page.getByLabel('Device certificate .pem or .cer file').setInputFiles(a.x509Pem);
+    await page.getByLabel('Reason').fill('lost in the field');
+    await page.getByRole('button', { name: 'Revoke', exact: true }).click();
+    await page.getByRole('cell', { name: 'lost in the field' }).waitFor();
+    seen.revokedRow = await page.locator('tr', { hasText: 'lost in the field' }).innerText();
+    await snap(page, 'device-certificates');
+    await page.getByRole('button', { name: `Remove revocation CN=${a.x509Id}` }).click();
+    await page.getByText('Nothing revoked.').waitFor();
+    seen.revocationRemoved = true;
+
     step = 'the other pages';
     for (const [hash, heading, name] of [
       ['#/certificates', 'Certificates', 'certificates'],

@@ -194,6 +194,7 @@ function nav() {
     items.push(h('h2', {}, 'Provisioning service'), link('#/overview', 'Overview'),
       link('#/enrollments', 'Manage enrollments'), link('#/registrations', 'Registration records'),
       link('#/certificates', 'Certificates'), link('#/linked-hubs', 'Linked IoT hubs'));
+    if (can('service', 'ServiceConfig')) items.push(link('#/device-certificates', 'Device certificates'));
   }
   for (const hub of s.hubs.filter(x => grant(x.hostName))) {
     items.push(h('h2', {}, 'IoT hub ' + hub.hostName), link('#/hubs/' + encodeURIComponent(hub.hostName) + '/devices', 'Devices'));
@@ -217,6 +218,7 @@ const routes = [
   [/^#\/registrations$/, registrations],
   [/^#\/certificates$/, certificates],
   [/^#\/linked-hubs$/, linkedHubs],
+  [/^#\/device-certificates$/, deviceCertificates],
   [/^#\/policies$/, policies],
   [/^#\/hubs\/([^/]+)\/devices$/, (hub) => devices(decodeURIComponent(hub))],
   [/^#\/hubs\/([^/]+)\/devices\/(.+)$/, (hub, id) => device(decodeURIComponent(hub), decodeURIComponent(id))],
@@ -408,6 +410,14 @@ async function enrollmentForm(kind, id) {
   const twin = h('textarea', { name: 'initialTwin' }, JSON.stringify(existing && existing.initialTwin ? existing.initialTwin : { tags: {}, properties: { desired: {} } }, null, 2));
   const enabled = select('provisioningStatus', [['enabled', 'Enable'], ['disabled', 'Disable']], existing ? existing.provisioningStatus || 'enabled' : 'enabled');
   const edge = h('input', { type: 'checkbox', name: 'iotEdge', checked: !!(existing && existing.capabilities && existing.capabilities.iotEdge) });
+  // The policy that issues certificates to devices registering with a CSR; listing policies
+  // needs ServiceConfig, so without it the name is typed.
+  const issuing = existing ? existing.credentialPolicyName
+    || (existing.clientCertificateIssuancePolicy && existing.clientCertificateIssuancePolicy.certificateAuthorityName) || '' : '';
+  const policyNames = can('service', 'ServiceConfig') ? (await api('service', 'GET', '/credentialPolicies')).json.value.map(p => p.name) : null;
+  const credentialPolicy = policyNames
+    ? select('credentialPolicyName', [['', 'None']].concat(policyNames.concat(issuing && !policyNames.includes(issuing) ? [issuing] : []).map(n => [n, n])), issuing)
+    : text('credentialPolicyName', issuing);
   const out = h('div', {});
 
   const symmetric = h('fieldset', {}, h('legend', {}, 'Symmetric key'), field('Auto-generate keys', auto), field('Primary key', primary), field('Secondary key', secondary));
@@ -456,6 +466,8 @@ async function enrollmentForm(kind, id) {
       try { body.initialTwin = JSON.parse(twin.value || '{}'); } catch (e) { throw new Error('Initial device twin state: ' + e.message); }
       body.provisioningStatus = enabled.value;
       body.capabilities = { iotEdge: edge.checked };
+      delete body.clientCertificateIssuancePolicy;
+      body.credentialPolicyName = credentialPolicy.value.trim() || undefined;
       const target = encodeURIComponent(rid.value.trim());
       const saved = (await api('service', 'PUT', `/${collection}/${target}`, body, existing ? { 'If-Match': existing.etag } : {})).json;
       toast(`Saved ${group ? saved.enrollmentGroupId : saved.registrationId}`);
@@ -473,6 +485,7 @@ async function enrollmentForm(kind, id) {
   field('Initial device twin state', twin),
   field('Enable entry', enabled),
   field('IoT Edge device', edge),
+  field('Credential policy', credentialPolicy, 'Issues a certificate to a device that registers with a certificate signing request.'),
   out,
   writable ? h('button', { class: 'primary', type: 'submit' }, 'Save') : h('p', { class: 'muted' }, 'Your policy can read enrollments, not change them.'));
   if (!writable) for (const c of form.querySelectorAll('input, select, textarea')) c.disabled = true;
@@ -552,6 +565,94 @@ async function certificates() {
   field('Set certificate status to verified on upload', verified), h('button', { class: 'primary', type: 'submit' }, 'Save'));
   return h('div', {}, h('h1', {}, 'Certificates'), out,
     table(['Name', { label: 'Subject', opt: true }, 'Status', { label: 'Expiry', opt: true }, ''], rows, 'No CA certificate yet.'), upload);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device certificates: credential policies (issuing at registration and renewal) and revocations
+// ---------------------------------------------------------------------------------------------
+
+const KEY_TYPES = [['P-256', 'ECDSA P-256'], ['P-384', 'ECDSA P-384'], ['RSA-2048', 'RSA 2048']];
+
+async function deviceCertificates() {
+  const policies = (await api('service', 'GET', '/credentialPolicies')).json.value;
+  const revoked = [];
+  let continuation = null;
+  do {
+    const r = await api('service', 'GET', '/revocations', undefined, continuation ? { 'x-ms-continuation': continuation } : {});
+    revoked.push(...r.json.value);
+    continuation = r.headers.get('x-ms-continuation');
+  } while (continuation && revoked.length < 5000);
+  const out = h('div', {});
+  const act = (label, aria, f) => h('button', { type: 'button', class: 'danger', 'aria-label': aria, onclick: async () => {
+    out.replaceChildren();
+    try { await f(); } catch (e) { out.append(errorBox(e)); }
+  } }, label);
+  const submit = (f) => async (ev) => {
+    ev.preventDefault(); out.replaceChildren();
+    try { await f(); } catch (e) { out.append(errorBox(e)); }
+  };
+
+  const policyRows = policies.map(p => [p.name, p.keyType, String(p.validityInDays),
+    p.certificateAuthority.kind === 'brought' ? 'Brought' : 'Built-in', p.certificateAuthority.subject, when(p.certificateAuthority.notAfterUtc),
+    act('Delete', 'Delete credential policy ' + p.name, async () => {
+      if (!confirm(`Delete credential policy ${p.name}?`)) return;
+      await api('service', 'DELETE', `/credentialPolicies/${encodeURIComponent(p.name)}`, undefined, { 'If-Match': p.etag });
+      toast('Deleted ' + p.name); render();
+    })]);
+  const name = text('policyName', '', { required: true });
+  const keyType = select('keyType', KEY_TYPES, 'P-256');
+  const days = h('input', { type: 'number', name: 'validityInDays', min: 1, max: 3650, value: 30 });
+  const caCert = h('input', { type: 'file', name: 'caCertificate', accept: '.pem,.crt' });
+  const caKey = h('input', { type: 'file', name: 'caKey', accept: '.pem,.key' });
+  const addPolicy = h('form', { class: 'blade', onsubmit: submit(async () => {
+    const body = { keyType: keyType.value, validityInDays: Number(days.value) };
+    const [cert, key] = [await readFile(caCert), await readFile(caKey)];
+    if (cert || key) {
+      if (!cert || !key) throw new Error('A brought CA needs both its certificate chain and its PKCS#8 key.');
+      body.certificateAuthority = { certificates: cert, privateKey: key };
+      delete body.keyType;
+    }
+    await api('service', 'PUT', `/credentialPolicies/${encodeURIComponent(name.value.trim())}`, body);
+    toast('Created ' + name.value.trim()); render();
+  }) }, h('h2', {}, 'Add credential policy'), field('Policy name', name), field('Key type', keyType),
+  field('Validity of issued certificates (days)', days),
+  field('Issuing CA certificate chain .pem (optional)', caCert, 'Empty: the server makes a root and an issuing CA for the policy.'),
+  field('Issuing CA private key .pem (PKCS#8)', caKey),
+  h('button', { class: 'primary', type: 'submit' }, 'Save'));
+
+  const revokedRows = revoked.map(r => [r.subject || '', r.issuer || '', r.serialNumber || '', r.sha256Thumbprint || '', r.source, r.reason || '', when(r.revokedDateTimeUtc),
+    act('Remove', 'Remove revocation ' + (r.subject || r.id), async () => {
+      await api('service', 'DELETE', `/revocations/${encodeURIComponent(r.id)}`);
+      toast('Removed'); render();
+    })]);
+  const certFile = h('input', { type: 'file', name: 'revokedCertificate', accept: '.pem,.cer,.crt' });
+  const thumbprint = text('sha256Thumbprint', '');
+  const reason = text('reason', '');
+  const revoke = h('form', { class: 'blade', onsubmit: submit(async () => {
+    const cert = await readFile(certFile);
+    const body = cert ? { certificate: cert } : { sha256Thumbprint: thumbprint.value.trim() };
+    if (!cert && !body.sha256Thumbprint) throw new Error('Choose the certificate file or give its SHA-256 thumbprint.');
+    if (reason.value.trim()) body.reason = reason.value.trim();
+    const r = (await api('service', 'POST', '/revocations', body)).json;
+    toast('Revoked ' + (r.subject || r.sha256Thumbprint)); render();
+  }) }, h('h2', {}, 'Revoke a certificate'), field('Device certificate .pem or .cer file', certFile),
+  field('Or its SHA-256 thumbprint', thumbprint), field('Reason', reason), h('button', { class: 'primary', type: 'submit' }, 'Revoke'));
+  const crlFile = h('input', { type: 'file', name: 'crl', accept: '.pem,.crl' });
+  const importCrl = h('form', { class: 'blade', onsubmit: submit(async () => {
+    const crl = await readFile(crlFile);
+    if (!crl) throw new Error('Choose the revocation list file.');
+    const r = (await api('service', 'POST', '/crls', { crl })).json;
+    toast(`Imported ${r.revoked} revoked certificates of ${r.issuer}`); render();
+  }) }, h('h2', {}, 'Import a revocation list'), field('CRL .pem or .crl file (signed by a CA this service knows)', crlFile),
+  h('button', { class: 'primary', type: 'submit' }, 'Import'));
+
+  return h('div', {}, h('h1', {}, 'Device certificates'), out,
+    h('h2', {}, 'Credential policies'),
+    table(['Name', 'Key type', 'Validity (days)', { label: 'CA', opt: true }, { label: 'CA subject', opt: true }, { label: 'CA expiry', opt: true }, ''], policyRows, 'No credential policy yet.'),
+    addPolicy,
+    h('h2', {}, 'Revoked certificates'),
+    table([{ label: 'Subject', opt: true }, 'Issuer', { label: 'Serial', opt: true }, { label: 'SHA-256 thumbprint', opt: true }, 'Source', { label: 'Reason', opt: true }, 'Revoked', ''], revokedRows, 'Nothing revoked.'),
+    revoke, importCrl);
 }
 
 // ---------------------------------------------------------------------------------------------
