@@ -620,7 +620,9 @@ async function deviceCertificates() {
   field('Issuing CA private key .pem (PKCS#8)', caKey),
   h('button', { class: 'primary', type: 'submit' }, 'Save'));
 
-  const revokedRows = revoked.map(r => [r.subject || '', r.issuer || '', r.serialNumber || '', r.sha256Thumbprint || '', r.source, r.reason || '', when(r.revokedDateTimeUtc),
+  // Thumbprints are 64 digits: shown by their ends, whole on hover.
+  const short = (hex) => hex ? h('span', { title: hex }, hex.length > 16 ? `${hex.slice(0, 8)}…${hex.slice(-6)}` : hex) : '';
+  const revokedRows = revoked.map(r => [r.subject || '', r.issuer || '', short(r.serialNumber), short(r.sha256Thumbprint), r.source, r.reason || '', when(r.revokedDateTimeUtc),
     act('Remove', 'Remove revocation ' + (r.subject || r.id), async () => {
       await api('service', 'DELETE', `/revocations/${encodeURIComponent(r.id)}`);
       toast('Removed'); render();
@@ -651,7 +653,7 @@ async function deviceCertificates() {
     table(['Name', 'Key type', 'Validity (days)', { label: 'CA', opt: true }, { label: 'CA subject', opt: true }, { label: 'CA expiry', opt: true }, ''], policyRows, 'No credential policy yet.'),
     addPolicy,
     h('h2', {}, 'Revoked certificates'),
-    table([{ label: 'Subject', opt: true }, 'Issuer', { label: 'Serial', opt: true }, { label: 'SHA-256 thumbprint', opt: true }, 'Source', { label: 'Reason', opt: true }, 'Revoked', ''], revokedRows, 'Nothing revoked.'),
+    table(['Subject', { label: 'Issuer', opt: true }, { label: 'Serial', opt: true }, { label: 'SHA-256 thumbprint', opt: true }, 'Source', 'Reason', { label: 'Revoked', opt: true }, ''], revokedRows, 'Nothing revoked.'),
     revoke, importCrl);
 }
 
