@@ -172,6 +172,14 @@ pub fn new_key_and_request(common_name: &str, alg: crate::ca::KeyAlgorithm) -> R
     Ok((key.serialize_pem(), request))
 }
 
+/// A request (DER) with subject CN `common_name` for the key a device already has (PKCS#8 PEM):
+/// a renewal that keeps its key.
+pub fn request_for_key_pem(common_name: &str, key_pem: &str) -> Result<Vec<u8>, PkiError> {
+    let key = rcgen::KeyPair::from_pem(key_pem)
+        .map_err(|e| PkiError::UnsupportedKey(format!("{e} (a PKCS#8 PEM key is needed)")))?;
+    request_for(common_name, &key)
+}
+
 /// A request (DER) with subject CN `common_name` for `key`, signed by it.
 pub(crate) fn request_for(common_name: &str, key: &rcgen::KeyPair) -> Result<Vec<u8>, PkiError> {
     let mut params = CertificateParams::default();

@@ -1,7 +1,8 @@
 //! Device-side commands: `dps device provision` (the Rust device SDK end to end: register, then
 //! connect to the assigned hub and send a message; with a symmetric key, an X.509 or DICE
-//! identity, or a TPM) and `dps compute-device-key` (what a factory runs to give each device its
-//! group-derived key).
+//! identity, or a TPM), `dps device renew-certificate` (renew an issued certificate through the
+//! hub) and `dps compute-device-key` (what a factory runs to give each device its group-derived
+//! key).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -122,13 +123,21 @@ pub struct ProvisionArgs {
     /// Only register; do not connect to the hub.
     #[arg(long)]
     pub no_message: bool,
+    #[command(flatten)]
+    pub common: DeviceCommon,
+}
+
+/// What every `dps device` command takes: how long to wait, whom to trust, which local server,
+/// how to print.
+#[derive(Args, Debug)]
+pub struct DeviceCommon {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// PEM file with the CA certificate(s) to trust [default: the data directory's ca.pem].
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Data directory of a local server (ID scope, host, ports, CA).
+    /// Data directory of a local server (ID scope, hosts, ports, CA).
     #[arg(long, env = "DPS_DATA_DIR", default_value = "./dps-data")]
     pub data_dir: PathBuf,
     /// Print JSON.
@@ -176,7 +185,7 @@ fn registration_id(a: &ProvisionArgs) -> Result<&str> {
 
 /// Registers with the Rust device SDK, then sends one message through the assigned hub.
 pub async fn provision(a: ProvisionArgs) -> Result<()> {
-    let dir = DataDir::new(&a.data_dir);
+    let dir = DataDir::new(&a.common.data_dir);
     let identity = dir.load_identity().ok();
     let runtime = dir.runtime();
     let id_scope = match a
@@ -192,7 +201,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
         .clone()
         .or_else(|| dir.last_provisioning_host())
         .unwrap_or_else(|| dps_client::GLOBAL_ENDPOINT.to_string());
-    let ca = read_ca(a.ca.as_deref(), &dir)?;
+    let ca = read_ca(a.common.ca.as_deref(), &dir)?;
     let transport = a
         .transport
         .unwrap_or(if a.tpm { Transport::Https } else { Transport::Mqtt });
@@ -229,7 +238,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             Transport::Amqp => r.amqp_port,
         })
     });
-    let timeout = Duration::from_secs(a.timeout.max(1));
+    let timeout = Duration::from_secs(a.common.timeout.max(1));
     let mut client = ProvisioningClient::new(&host, &id_scope, provider.clone(), &ca)
         .with_transport(transport)
         .with_timeout(timeout)
@@ -262,7 +271,7 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             transport
         )
     })?;
-    if !a.json {
+    if !a.common.json {
         out!(
             "registered {} over {} -> assigned to hub {} as device {}{}",
             reg_id,
@@ -279,16 +288,10 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
     let (provider, issued_files) = match csr_key {
         None => (provider, None),
         Some(key) => {
-            let (hub_provider, files) = keep_issued(&a.issued_dir, &reg_id, &registration, key)?;
-            if !a.json {
-                out!(
-                    "issued certificate saved to {} ({})",
-                    files.certificate.display(),
-                    match &files.key {
-                        Some(key) => format!("key {}", key.display()),
-                        None => format!("key held by the TPM at 0x{:08x}", dps_client::CLIENT_KEY_HANDLE),
-                    }
-                );
+            let chain = registration.issued_certificate_chain.as_deref();
+            let (hub_provider, files) = keep_issued(&a.issued_dir, &reg_id, chain, key)?;
+            if !a.common.json {
+                out!("issued certificate saved to {}", files.describe());
             }
             (hub_provider, Some(files))
         }
@@ -321,11 +324,11 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
             .context("cannot send the message")?;
         hub.disconnect().await?;
         sent = true;
-        if !a.json {
+        if !a.common.json {
             out!("sent message {}", a.message);
         }
     }
-    if a.json {
+    if a.common.json {
         output::json(&json!({
             "registration": registration,
             "transport": transport,
@@ -357,19 +360,31 @@ struct IssuedFiles {
     key: Option<PathBuf>,
 }
 
+impl IssuedFiles {
+    /// `{certificate} (key {file})`, or where the TPM holds the key.
+    fn describe(&self) -> String {
+        match &self.key {
+            Some(key) => format!("{} (key {})", self.certificate.display(), key.display()),
+            None => format!(
+                "{} (key held by the TPM at 0x{:08x})",
+                self.certificate.display(),
+                dps_client::CLIENT_KEY_HANDLE
+            ),
+        }
+    }
+}
+
 /// Writes the issued chain to `dir` (`{id}.issued.pem`), and a software key beside it
 /// (`{id}.issued.key`, readable by its owner only), and returns the X.509 identity they make,
 /// with the file paths (no key file for a key held by the TPM).
 fn keep_issued(
     dir: &std::path::Path,
     reg_id: &str,
-    registration: &dps_client::RegistrationResult,
+    chain: Option<&[String]>,
     key: CsrKey,
 ) -> Result<(Arc<dyn SecurityProvider>, IssuedFiles)> {
     use base64::Engine as _;
-    let chain = registration
-        .issued_certificate_chain
-        .as_deref()
+    let chain = chain
         .filter(|c| !c.is_empty())
         .ok_or_else(|| anyhow!("the service issued no certificate for the CSR"))?;
     let mut pem = String::new();
@@ -397,4 +412,123 @@ fn keep_issued(
     };
     let provider = provider.context("the issued certificate does not load")?;
     Ok((Arc::new(provider), files))
+}
+
+/// `dps device renew-certificate`
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("key").required(true).args(["x509_key", "tpm"]))]
+pub struct RenewArgs {
+    /// The device's current certificate chain (PEM, leaf first), e.g. `{id}.issued.pem` from
+    /// `dps device provision --csr`. The device id is its common name.
+    #[arg(long, value_name = "FILE", visible_alias = "x509")]
+    pub x509_cert: PathBuf,
+    /// The certificate's private key (PKCS#8 PEM).
+    #[arg(long, value_name = "FILE")]
+    pub x509_key: Option<PathBuf>,
+    /// The key is the TPM's client key (made by `dps device provision --tpm --csr`); the renewed
+    /// certificate is for the same key, which never leaves the TPM.
+    #[arg(long)]
+    pub tpm: bool,
+    /// TPM: which TPM, as a TCTI string.
+    #[arg(long, env = "TPM2TOOLS_TCTI", default_value = dps_client::DEFAULT_TPM_TCTI)]
+    pub tcti: String,
+    /// Make a new key (--csr-key-type) instead of keeping the current one (software keys only:
+    /// the TPM holds one client key, which a failed renewal must not lose).
+    #[arg(long, conflicts_with = "tpm")]
+    pub new_key: bool,
+    /// The key type of --new-key: P-256 (default), P-384 or RSA-2048.
+    #[arg(long, default_value = "P-256", requires = "new_key", value_parser = parse_key_type)]
+    pub csr_key_type: dps_pki::ca::KeyAlgorithm,
+    /// The hub the device belongs to [default: the data directory's hub].
+    #[arg(long)]
+    pub hub: Option<String>,
+    /// The hub's MQTT port [default: the data directory's MQTT port, else 8883].
+    #[arg(long)]
+    pub hub_port: Option<u16>,
+    /// Where to write `{device id}.issued.pem` (and `.issued.key` with --new-key).
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub common: DeviceCommon,
+}
+
+/// Connects to the hub with the current certificate, renews it, keeps the new chain, and
+/// connects again with it, as a device would.
+pub async fn renew(a: RenewArgs) -> Result<()> {
+    let dir = DataDir::new(&a.common.data_dir);
+    let ca = read_ca(a.common.ca.as_deref(), &dir)?;
+    let chain_pem =
+        std::fs::read_to_string(&a.x509_cert).with_context(|| format!("cannot read {}", a.x509_cert.display()))?;
+    let tpm = match a.tpm {
+        true => Some(crate::tpm::TpmDevice::open(&a.tcti, None)?),
+        false => None,
+    };
+    // The current identity, and what the request is made for.
+    let (current, key): (X509Provider, CsrKey) = match (&tpm, &a.x509_key) {
+        (Some(tpm), _) => {
+            let key = tpm.client_key()?;
+            (X509Provider::with_held_key(&chain_pem, key.clone())?, CsrKey::Held(key))
+        }
+        (None, Some(path)) => {
+            let key_pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let current = X509Provider::from_pem(&chain_pem, &key_pem)?;
+            let next = match a.new_key {
+                true => dps_pki::csr::new_key_and_request(current.registration_id(), a.csr_key_type)?.0,
+                false => key_pem,
+            };
+            (current, CsrKey::Pem(next))
+        }
+        (None, None) => unreachable!("clap requires --x509-key or --tpm"),
+    };
+    let device_id = current.registration_id().to_string();
+    let csr = match &key {
+        CsrKey::Pem(pem) => dps_pki::csr::request_for_key_pem(&device_id, pem),
+        CsrKey::Held(key) => dps_pki::held_key::certificate_request(&device_id, key.clone()),
+    }
+    .context("cannot make the certificate signing request")?;
+    let hub = a
+        .hub
+        .clone()
+        .or_else(|| dir.load_identity().ok().map(|i| i.hub.host_name))
+        .ok_or_else(|| anyhow!("no hub: pass --hub, or --data-dir of a server"))?;
+    let port = a
+        .hub_port
+        .or_else(|| dir.runtime().map(|r| r.mqtt_port))
+        .unwrap_or(8883);
+    let timeout = Duration::from_secs(a.common.timeout.max(1));
+    let connect = |provider: Arc<dyn SecurityProvider>| {
+        HubClient::builder(&hub, &device_id, provider, &ca)
+            .port(port)
+            .timeout(timeout)
+            .connect()
+    };
+    let client = connect(Arc::new(current))
+        .await
+        .with_context(|| format!("cannot connect to hub {hub}:{port} as '{device_id}'"))?;
+    let renewed = client.renew_certificate(&csr).await;
+    let _ = client.disconnect().await;
+    let chain = renewed.with_context(|| format!("hub {hub} did not renew the certificate of '{device_id}'"))?;
+    let (provider, files) = keep_issued(&a.out_dir, &device_id, Some(&chain), key)?;
+    // As a device would: the next connection uses the new certificate.
+    connect(provider)
+        .await
+        .with_context(|| format!("the renewed certificate does not connect to hub {hub}"))?
+        .disconnect()
+        .await?;
+    if a.common.json {
+        output::json(&json!({
+            "deviceId": device_id,
+            "hub": hub,
+            "issuedCertificatePath": files.certificate.display().to_string(),
+            "issuedKeyPath": files.key.as_ref().map(|k| k.display().to_string()),
+            "issuedKeyTpmHandle": files.key.is_none().then(|| format!("0x{:08x}", dps_client::CLIENT_KEY_HANDLE)),
+            "issuedCertificateChain": chain,
+        }));
+    } else {
+        out!(
+            "renewed the certificate of {device_id} at hub {hub}: saved to {}",
+            files.describe()
+        );
+    }
+    Ok(())
 }

@@ -102,7 +102,10 @@ enum Command {
 #[derive(Subcommand)]
 enum DeviceCommand {
     /// Register with DPS, connect to the assigned hub and send a message.
-    Provision(device::ProvisionArgs),
+    Provision(Box<device::ProvisionArgs>),
+    /// Renew a device's certificate through its hub (IoT Hub certificate management): connect
+    /// with the current one, send a certificate signing request, keep the new chain.
+    RenewCertificate(device::RenewArgs),
 }
 
 /// Logging for the client commands: warnings only unless `DPS_LOG` says otherwise, on stderr so
@@ -151,7 +154,8 @@ fn main() -> ExitCode {
                     Command::ComputeDeviceKey(a) => device::compute_key(a),
                     Command::Dice(c) => dice::run(c),
                     Command::Hub(c) => hub::run(c).await,
-                    Command::Device(DeviceCommand::Provision(a)) => device::provision(a).await,
+                    Command::Device(DeviceCommand::Provision(a)) => device::provision(*a).await,
+                    Command::Device(DeviceCommand::RenewCertificate(a)) => device::renew(a).await,
                     Command::Tpm(c) => tpm::run(c),
                     Command::Serve(_) | Command::Info(_) => unreachable!("handled above"),
                 }

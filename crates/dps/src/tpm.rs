@@ -193,6 +193,17 @@ impl TpmDevice {
         let csr = dps_pki::held_key::certificate_request(registration_id, key.clone())?;
         Ok((csr, key))
     }
+
+    /// The client key a `--csr` made earlier (0x81000101).
+    pub fn client_key(&self) -> Result<Arc<dyn dps_pki::held_key::HeldKey>> {
+        match self.tpm.client_key()? {
+            Some(key) => Ok(key),
+            None => anyhow::bail!(
+                "the TPM holds no client key (0x{:08x}): dps device provision --tpm --csr makes one",
+                dps_client::CLIENT_KEY_HANDLE
+            ),
+        }
+    }
 }
 
 /// Without the `tpm` feature: opening fails with the error that says how to get TPM support.
@@ -205,6 +216,11 @@ impl TpmDevice {
 
     /// No value exists to call this on.
     pub fn provider(&self) -> Arc<dyn SecurityProvider> {
+        match *self {}
+    }
+
+    /// No value exists to call this on.
+    pub fn client_key(&self) -> Result<Arc<dyn dps_pki::held_key::HeldKey>> {
         match *self {}
     }
 

@@ -1631,4 +1631,51 @@ fn credential_policies_are_managed_from_the_cli() {
     assert!(err.contains("revocation list"), "{err}");
     s.ok(&["revocation", "remove", "--id", &id]);
     assert!(s.ok(&["revocation", "list"]).contains("(none)"));
+
+    // Issue 17, point 3 from the CLI: the device renews through its hub with a new key and
+    // reconnects with the new certificate; the hub knows it by that one, the old one as the
+    // secondary (until the grace period ends); asking again at once is refused as IoT Hub
+    // throttles.
+    let thumbprints = |d: &serde_json::Value| {
+        let t = &d["authentication"]["x509Thumbprint"];
+        (t["primaryThumbprint"].clone(), t["secondaryThumbprint"].clone())
+    };
+    let (old, _) = thumbprints(&s.json(&["hub", "device", "show", "--device-id", "cert-dev"]));
+    let renewed_dir = work.path().join("renewed");
+    let out = s.json(&[
+        "device",
+        "renew-certificate",
+        "--x509-cert",
+        p(&issued_pem),
+        "--x509-key",
+        p(&issued.join("cert-dev.issued.key")),
+        "--new-key",
+        "--out-dir",
+        p(&renewed_dir),
+    ]);
+    assert_eq!(out["deviceId"], "cert-dev", "{out}");
+    assert_eq!(out["issuedCertificateChain"].as_array().unwrap().len(), 3, "{out}");
+    let (new_cert, new_key) = (
+        renewed_dir.join("cert-dev.issued.pem"),
+        renewed_dir.join("cert-dev.issued.key"),
+    );
+    assert_eq!(out["issuedKeyPath"], p(&new_key), "{out}");
+    let (primary, secondary) = thumbprints(&s.json(&["hub", "device", "show", "--device-id", "cert-dev"]));
+    assert_ne!(primary, old);
+    assert_eq!(
+        secondary, old,
+        "the replaced certificate works on until the grace period ends"
+    );
+    let err = s.fail(&[
+        "device",
+        "renew-certificate",
+        "--x509-cert",
+        p(&new_cert),
+        "--x509-key",
+        p(&new_key),
+    ]);
+    assert!(
+        err.contains("429002") && err.contains("renewed its certificate less than 60 s ago"),
+        "{err}"
+    );
 }

@@ -350,11 +350,33 @@ fn a_tpm_device_gets_a_certificate_for_a_key_inside_its_tpm() {
         &["--csr", "--csr-key-type", "RSA-2048", "--issued-dir", issued_dir],
     ));
     assert!(err.contains("ECDSA P-256 or P-384, not RSA-2048"), "{err}");
-    assert_eq!(
-        tpm_info(&s, &tcti)["clientKey"]["algorithm"],
-        "P-384",
-        "a refused request leaves the key as it was"
+    let key = tpm_info(&s, &tcti)["clientKey"].clone();
+    assert_eq!(key["algorithm"], "P-384", "a refused request leaves the key as it was");
+
+    // Renewed through the hub for the same key: the TPM signs the request and the handshakes.
+    let cert = issued.join(format!("{id}.issued.pem"));
+    let before = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-serial"]);
+    let out = s.json(&[
+        "device",
+        "renew-certificate",
+        "--tpm",
+        "--tcti",
+        &tcti,
+        "--x509-cert",
+        cert.to_str().unwrap(),
+        "--out-dir",
+        issued_dir,
+    ]);
+    assert_eq!(out["issuedKeyTpmHandle"], "0x81000101", "{out}");
+    assert_ne!(
+        openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-serial"]),
+        before
     );
+    let spki = openssl(&["x509", "-in", cert.to_str().unwrap(), "-noout", "-pubkey"]);
+    let spki: String = spki.lines().filter(|l| !l.starts_with("-----")).collect();
+    let point = b64.decode(key["publicKey"].as_str().unwrap()).unwrap();
+    assert!(b64.decode(spki).unwrap().ends_with(&point), "renewed for the TPM's key");
+    assert_eq!(tpm_info(&s, &tcti)["clientKey"], key, "the key stays");
 }
 
 /// What `openssl {args}` prints; fails the test when it fails.
