@@ -115,13 +115,28 @@ pub fn tpm_public(data: &[u8]) {
     }
 }
 
-/// A device's certificate signing request, as it arrives (base64 decoded) in `csr` of a
-/// registration: parsed and verified; when accepted, a certificate is issued for it by a fixed
-/// CA and must be for the request's own key, with the subject the issuer chose.
+/// A device's certificate signing request, as it arrives in `csr` of a registration (DER, once
+/// base64 decoded) or in the older `clientCertificateCsr` (PEM or base64 text: input that does
+/// not start as DER does is read as that text): parsed and verified; when accepted, a
+/// certificate is issued for it by a fixed CA and must be for the request's own key, with the
+/// subject the issuer chose.
 pub fn certificate_request(data: &[u8]) {
     use dps_pki::csr::{CertificateRequest, IssuePolicy};
     static CA: std::sync::OnceLock<dps_pki::ca::LocalCa> = std::sync::OnceLock::new();
-    let Ok(request) = CertificateRequest::parse(data) else {
+    let text_der;
+    let der = if data.first() == Some(&0x30) {
+        data
+    } else {
+        let Some(der) = std::str::from_utf8(data)
+            .ok()
+            .and_then(|t| dps_pki::pem::parse_certificate_request(t).ok())
+        else {
+            return;
+        };
+        text_der = der;
+        &text_der
+    };
+    let Ok(request) = CertificateRequest::parse(der) else {
         return;
     };
     let ca = CA.get_or_init(|| dps_pki::ca::LocalCa::generate("Fuzz Issuing CA").expect("a CA"));

@@ -12,9 +12,7 @@
 //! and what TLS 1.3 takes without RSA-PSS.
 
 use std::fmt;
-use std::sync::Arc;
-
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use der::Encode;
 use rcgen::{KeyPair, RemoteKeyPair, SignatureAlgorithm};
@@ -68,8 +66,7 @@ pub(crate) fn signing_key(key: Arc<dyn HeldKey>) -> Result<Arc<dyn SigningKey>, 
 /// Whether `leaf` (DER) certifies `key`: a chain presented with a key it does not certify fails
 /// every handshake, so it is refused where it is configured, with a reason.
 pub fn certifies(leaf: &CertificateDer<'_>, key: &dyn HeldKey) -> Result<(), PkiError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(leaf).map_err(|e| PkiError::InvalidCertificate(e.to_string()))?;
+    let cert = crate::x509::parse(leaf)?;
     if cert.public_key().subject_public_key.data.as_ref() == key.public_key() {
         Ok(())
     } else {
@@ -95,7 +92,7 @@ fn sign_message(key: &dyn HeldKey, message: &[u8]) -> Result<Vec<u8>, String> {
     let digest = match key.algorithm() {
         KeyAlgorithm::EcdsaP256 => sha2::Sha256::digest(message).to_vec(),
         KeyAlgorithm::EcdsaP384 => sha2::Sha384::digest(message).to_vec(),
-        KeyAlgorithm::Rsa2048 => return Err("a held key must be ECDSA P-256 or P-384".into()),
+        KeyAlgorithm::Rsa2048 => return Err(not_ecdsa().to_string()),
     };
     let (r, s) = key.sign_digest(&digest)?;
     ecdsa_sig_value(&r, &s)
