@@ -26,6 +26,7 @@ mod observer;
 mod outbound;
 pub mod policies;
 pub mod portal;
+pub mod readiness;
 pub mod remote_hub;
 pub mod storage_account;
 mod tls;
@@ -74,4 +75,6 @@ pub struct Services {
     pub storage_account: Option<Arc<storage_account::StorageAccount>>,
     /// What `GET /metrics` reports (the engine and the listeners count into it).
     pub metrics: Arc<metrics::Metrics>,
+    /// `GET /readyz`'s last answer, reused for a second.
+    pub readiness: readiness::Readiness,
 }

@@ -314,6 +314,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         clock: Arc::new(SystemClock),
         storage_account,
         metrics,
+        readiness: Default::default(),
     });
 
     let portal = crate::portal::base_url(

@@ -134,7 +134,9 @@ async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
     assert_eq!(ready().await.0, 200);
 
     pg.halt();
-    // A load balancer probing the node learns that it cannot serve now, and why.
+    // A load balancer probing the node learns that it cannot serve now, and why (once the
+    // answer it got a moment ago is over a second old: answers are kept that long).
+    tokio::time::sleep(dps_server::readiness::READINESS_TTL).await;
     let (status, why) = ready().await;
     assert_eq!(status, 503, "{why}");
     assert!(why.starts_with("not ready: DPS store:"), "{why}");
@@ -163,6 +165,7 @@ async fn requests_fail_with_503_while_postgresql_restarts_and_succeed_after() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     };
     assert_eq!(done.status, 202, "{}", done.body);
+    tokio::time::sleep(dps_server::readiness::READINESS_TTL).await;
     assert_eq!(ready().await.0, 200);
     let state = common::register_through_engine(&s, "dev-1").await;
     assert_eq!(state.device_id.as_deref(), Some("dev-1"));

@@ -5,7 +5,8 @@
 //! - `GET /readyz`: the node can do its work: its stores answer (the DPS store and every
 //!   embedded hub's; on PostgreSQL, a connection and a query). 503 with what failed otherwise,
 //!   so a load balancer stops sending devices to a node whose database is away. The listeners
-//!   are bound before anything is served, so a node that answers has them.
+//!   are bound before anything is served, so a node that answers has them. The answer is kept
+//!   for a second ([`crate::readiness`]): the endpoint takes no credentials.
 //! - `GET /metrics`: Prometheus' text format ([`crate::metrics`]), for a scraper with the
 //!   configured bearer token (`--metrics-token`) or a DPS service policy's SAS token with a read
 //!   right.
@@ -84,8 +85,16 @@ fn text(status: StatusCode, body: String) -> Response {
     resp
 }
 
-/// Whether the stores answer now: a read by key of something that is never there.
+/// Whether the stores answer (as of the last second).
 async fn ready(services: &Services) -> Response {
+    match services.readiness.get(|| probe(services)).await {
+        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+/// Whether the stores answer now: a read by key of something that is never there.
+async fn probe(services: &Services) -> Result<(), String> {
     const PROBE: &str = "dps-readiness-probe";
     let mut failures = Vec::new();
     match services.engine.get_enrollment(PROBE).await {
@@ -99,13 +108,10 @@ async fn ready(services: &Services) -> Response {
         }
     }
     if failures.is_empty() {
-        text(StatusCode::OK, "ready\n".into())
+        Ok(())
     } else {
         tracing::warn!(failures = ?failures, "not ready");
-        text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", failures.join("; ")),
-        )
+        Err(failures.join("; "))
     }
 }
 

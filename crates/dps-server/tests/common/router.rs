@@ -138,6 +138,7 @@ pub async fn fixture() -> Fixture {
         clock: clock.clone(),
         storage_account: None,
         metrics: Default::default(),
+        readiness: Default::default(),
     });
     Fixture {
         app: router(services.clone()),
