@@ -90,6 +90,7 @@ pub(crate) async fn services() -> Arc<Services> {
         clock: Arc::new(FakeClock::at(now())),
         storage_account: None,
         metrics: Default::default(),
+        readiness: Default::default(),
     })
 }
 
