@@ -419,9 +419,13 @@ fn keep_issued(
 #[command(group = clap::ArgGroup::new("key").required(true).args(["x509_key", "tpm"]))]
 pub struct RenewArgs {
     /// The device's current certificate chain (PEM, leaf first), e.g. `{id}.issued.pem` from
-    /// `dps device provision --csr`. The device id is its common name.
+    /// `dps device provision --csr`.
     #[arg(long, value_name = "FILE", visible_alias = "x509")]
     pub x509_cert: PathBuf,
+    /// The device id at the hub [default: the certificate's common name, the registration id;
+    /// give it when the enrollment named another device id].
+    #[arg(long)]
+    pub device_id: Option<String>,
     /// The certificate's private key (PKCS#8 PEM).
     #[arg(long, value_name = "FILE")]
     pub x509_key: Option<PathBuf>,
@@ -480,7 +484,10 @@ pub async fn renew(a: RenewArgs) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires --x509-key or --tpm"),
     };
-    let device_id = current.registration_id().to_string();
+    let device_id = a
+        .device_id
+        .clone()
+        .unwrap_or_else(|| current.registration_id().to_string());
     let csr = match &key {
         CsrKey::Pem(pem) => dps_pki::csr::request_for_key_pem(&device_id, pem),
         CsrKey::Held(key) => dps_pki::held_key::certificate_request(&device_id, key.clone()),

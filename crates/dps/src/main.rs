@@ -105,7 +105,7 @@ enum DeviceCommand {
     Provision(Box<device::ProvisionArgs>),
     /// Renew a device's certificate through its hub (IoT Hub certificate management): connect
     /// with the current one, send a certificate signing request, keep the new chain.
-    RenewCertificate(device::RenewArgs),
+    RenewCertificate(Box<device::RenewArgs>),
 }
 
 /// Logging for the client commands: warnings only unless `DPS_LOG` says otherwise, on stderr so
@@ -155,7 +155,7 @@ fn main() -> ExitCode {
                     Command::Dice(c) => dice::run(c),
                     Command::Hub(c) => hub::run(c).await,
                     Command::Device(DeviceCommand::Provision(a)) => device::provision(*a).await,
-                    Command::Device(DeviceCommand::RenewCertificate(a)) => device::renew(a).await,
+                    Command::Device(DeviceCommand::RenewCertificate(a)) => device::renew(*a).await,
                     Command::Tpm(c) => tpm::run(c),
                     Command::Serve(_) | Command::Info(_) => unreachable!("handled above"),
                 }

@@ -1673,6 +1673,8 @@ fn credential_policies_are_managed_from_the_cli() {
         p(&new_cert),
         "--x509-key",
         p(&new_key),
+        "--device-id",
+        "cert-dev",
     ]);
     assert!(
         err.contains("429002") && err.contains("renewed its certificate less than 60 s ago"),
