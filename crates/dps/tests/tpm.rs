@@ -48,7 +48,12 @@ fn payloads_from(s: &Server, device_id: &str) -> Vec<Value> {
 
 /// Enrolls `registration_id` with the given EK and SRK (base64 TPM2B_PUBLIC).
 fn enroll(s: &Server, registration_id: &str, ek: &str, srk: &str) {
-    s.ok(&[
+    enroll_with(s, registration_id, ek, srk, &[]);
+}
+
+/// [`enroll`] with more `dps enrollment create` arguments.
+fn enroll_with(s: &Server, registration_id: &str, ek: &str, srk: &str, extra: &[&str]) {
+    let mut args = vec![
         "enrollment",
         "create",
         "--registration-id",
@@ -59,7 +64,9 @@ fn enroll(s: &Server, registration_id: &str, ek: &str, srk: &str) {
         ek,
         "--storage-root-key",
         srk,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    s.ok(&args);
 }
 
 #[test]
@@ -272,20 +279,13 @@ fn a_tpm_device_gets_a_certificate_for_a_key_inside_its_tpm() {
     let info = tpm_info(&s, &tcti);
     assert!(info["clientKey"].is_null(), "no client key before a CSR: {info}");
     let id = field(&info, "registrationId").to_string();
-    s.ok(&[
-        "enrollment",
-        "create",
-        "--registration-id",
+    enroll_with(
+        &s,
         &id,
-        "--attestation-type",
-        "tpm",
-        "--endorsement-key",
         field(&info, "endorsementKey"),
-        "--storage-root-key",
         field(&info, "storageRootKey"),
-        "--credential-policy",
-        "tpm-fleet",
-    ]);
+        &["--credential-policy", "tpm-fleet"],
+    );
 
     for (n, key_type) in ["P-256", "P-384"].into_iter().enumerate() {
         let message = format!(r#"{{"tpmCertificate":{n}}}"#);
