@@ -47,6 +47,31 @@ async fn renew(c: &rumqttc::AsyncClient, ev: &mut rumqttc::EventLoop, rid: &str,
     }
 }
 
+/// Checks that the last of `answers` is IoT Hub's refusal: `status`, `code`, the
+/// `credentialError` `cause`, a `credentialMessage` saying `says`, a tracking id and a time.
+fn assert_refused(answers: &[(u16, Value)], status: u16, code: u32, cause: &str, says: &str) {
+    let (got, error) = answers.last().unwrap();
+    assert_eq!(*got, status, "{answers:?}");
+    assert_eq!(error["errorCode"], code, "{error}");
+    assert_eq!(error["info"]["credentialError"], cause, "{error}");
+    let message = error["info"]["credentialMessage"].as_str().unwrap();
+    assert!(message.contains(says), "{message}");
+    assert!(error["trackingId"].is_string() && error["timestampUtc"].is_string());
+}
+
+/// The device's (primary, secondary) thumbprints at the hub.
+async fn thumbprints(s: &dps_server::RunningServer, id: &str) -> (Option<String>, Option<String>) {
+    let t = hub(s)
+        .get_device(id)
+        .await
+        .unwrap()
+        .authentication
+        .unwrap()
+        .x509_thumbprint
+        .unwrap();
+    (t.primary_thumbprint, t.secondary_thumbprint)
+}
+
 async fn subscribe_credentials(c: &rumqttc::AsyncClient, ev: &mut rumqttc::EventLoop) {
     c.subscribe("$iothub/credentials/res/#", QoS::AtMostOnce).await.unwrap();
     hub_mqtt_until(ev, |p| match p {
@@ -92,17 +117,12 @@ async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
     assert_eq!(summary2.common_name.as_deref(), Some("renew-dev"));
     let issuing = B64.decode(&chain1[1]).unwrap();
     dps_pki::chain::verify_issued_by(&leaf2, &issuing, chrono::Utc::now()).unwrap();
-    let device = hub(&s).get_device("renew-dev").await.unwrap();
-    let thumbprints = device.authentication.unwrap().x509_thumbprint.unwrap();
-    assert_eq!(
-        thumbprints.primary_thumbprint.as_deref(),
-        Some(summary2.sha256_thumbprint.as_str())
-    );
     let summary1 = dps_pki::info::summarize(&B64.decode(&chain1[0]).unwrap()).unwrap();
-    assert_eq!(
-        thumbprints.secondary_thumbprint.as_deref(),
-        Some(summary1.sha256_thumbprint.as_str())
+    let renewed = (
+        Some(summary2.sha256_thumbprint.clone()),
+        Some(summary1.sha256_thumbprint.clone()),
     );
+    assert_eq!(thumbprints(&s, "renew-dev").await, renewed);
 
     // Renewing again at once is too soon: refused as IoT Hub throttles, nothing changes.
     let (_, csr_again) = dps_pki::csr::new_key_and_request("renew-dev", KeyAlgorithm::EcdsaP256).unwrap();
@@ -113,26 +133,14 @@ async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
         json!({"id": "renew-dev", "csr": B64.encode(&csr_again)}),
     )
     .await;
-    let (status, error) = answers.last().unwrap();
-    assert_eq!(
-        (*status, error["errorCode"].clone()),
-        (429, json!(429002)),
-        "{answers:?}"
+    assert_refused(
+        &answers,
+        429,
+        429002,
+        "RenewalTooSoon",
+        "less than 3 s ago; renew again from",
     );
-    assert_eq!(error["info"]["credentialError"], "RenewalTooSoon");
-    let message = error["info"]["credentialMessage"].as_str().unwrap();
-    assert!(message.contains("less than 3 s ago; renew again from"), "{message}");
-    let unchanged = hub(&s).get_device("renew-dev").await.unwrap();
-    assert_eq!(
-        unchanged
-            .authentication
-            .unwrap()
-            .x509_thumbprint
-            .unwrap()
-            .primary_thumbprint
-            .as_deref(),
-        Some(summary2.sha256_thumbprint.as_str())
-    );
+    assert_eq!(thumbprints(&s, "renew-dev").await, renewed);
     drop((c, ev));
 
     // The new certificate connects; the old one too, until the grace period is over.
@@ -178,38 +186,22 @@ async fn a_device_renews_its_certificate_over_mqtt_and_the_old_one_lapses() {
         ("r5", json!({"csr": 7}), 400, 400040, "InvalidRequest", "\"id\""),
     ] {
         let answers = renew(&c, &mut ev, rid, body).await;
-        let (got, error) = answers.last().unwrap();
-        assert_eq!(*got, status, "{rid}: {answers:?}");
-        assert_eq!(error["errorCode"], code, "{rid}: {error}");
-        assert_eq!(error["info"]["credentialError"], cause, "{rid}: {error}");
-        let message = error["info"]["credentialMessage"].as_str().unwrap();
-        assert!(message.contains(says), "{rid}: {message}");
-        assert!(error["trackingId"].is_string() && error["timestampUtc"].is_string());
+        assert_refused(&answers, status, code, cause, says);
     }
-    let after = hub(&s).get_device("renew-dev").await.unwrap();
-    assert_eq!(
-        after
-            .authentication
-            .unwrap()
-            .x509_thumbprint
-            .unwrap()
-            .primary_thumbprint
-            .as_deref(),
-        Some(summary2.sha256_thumbprint.as_str())
-    );
+    assert_eq!(thumbprints(&s, "renew-dev").await.0, renewed.0);
 
     // A SAS device has no certificate from a policy to renew.
     hub_device(&s, "sas-dev").await;
     let (c, mut ev) = hub_mqtt(&s, "sas-dev").await;
     subscribe_credentials(&c, &mut ev).await;
     let answers = renew(&c, &mut ev, "r6", json!({"id": "sas-dev", "csr": B64.encode(&csr2)})).await;
-    let (status, error) = answers.last().unwrap();
-    assert_eq!(
-        (*status, error["errorCode"].clone()),
-        (412, json!(412005)),
-        "{answers:?}"
+    assert_refused(
+        &answers,
+        412,
+        412005,
+        "NoCredentialPolicy",
+        "register it through DPS with a CSR first",
     );
-    assert_eq!(error["info"]["credentialError"], "NoCredentialPolicy");
 }
 
 /// The Rust device client renews through its hub connection (`HubClient::renew_certificate`),

@@ -80,9 +80,8 @@ pub struct ProvisionArgs {
     /// dps built with the `tpm` feature.
     #[arg(long)]
     pub tpm: bool,
-    /// TPM: which TPM, as a TCTI string (`device:/dev/tpmrm0`, `swtpm:host=H,port=P`, …).
-    #[arg(long, env = "TPM2TOOLS_TCTI", default_value = dps_client::DEFAULT_TPM_TCTI)]
-    pub tcti: String,
+    #[command(flatten)]
+    pub tpm_at: crate::tpm::TctiArgs,
     /// ID scope [default: the data directory's].
     #[arg(long)]
     pub id_scope: Option<String>,
@@ -206,7 +205,10 @@ pub async fn provision(a: ProvisionArgs) -> Result<()> {
         .transport
         .unwrap_or(if a.tpm { Transport::Https } else { Transport::Mqtt });
     let tpm = match a.tpm {
-        true => Some(crate::tpm::TpmDevice::open(&a.tcti, a.registration_id.as_deref())?),
+        true => Some(crate::tpm::TpmDevice::open(
+            &a.tpm_at.tcti,
+            a.registration_id.as_deref(),
+        )?),
         false => None,
     };
     let provider: Arc<dyn SecurityProvider> = match (&a.symmetric_key, &a.group_key, &a.x509_cert, &a.x509_key) {
@@ -433,9 +435,8 @@ pub struct RenewArgs {
     /// certificate is for the same key, which never leaves the TPM.
     #[arg(long)]
     pub tpm: bool,
-    /// TPM: which TPM, as a TCTI string.
-    #[arg(long, env = "TPM2TOOLS_TCTI", default_value = dps_client::DEFAULT_TPM_TCTI)]
-    pub tcti: String,
+    #[command(flatten)]
+    pub tpm_at: crate::tpm::TctiArgs,
     /// Make a new key (--csr-key-type) instead of keeping the current one (software keys only:
     /// the TPM holds one client key, which a failed renewal must not lose).
     #[arg(long, conflicts_with = "tpm")]
@@ -464,7 +465,7 @@ pub async fn renew(a: RenewArgs) -> Result<()> {
     let chain_pem =
         std::fs::read_to_string(&a.x509_cert).with_context(|| format!("cannot read {}", a.x509_cert.display()))?;
     let tpm = match a.tpm {
-        true => Some(crate::tpm::TpmDevice::open(&a.tcti, None)?),
+        true => Some(crate::tpm::TpmDevice::open(&a.tpm_at.tcti, None)?),
         false => None,
     };
     // The current identity, and what the request is made for.

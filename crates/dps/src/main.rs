@@ -404,7 +404,7 @@ mod tests {
             panic!()
         };
         assert!(p.tpm && p.registration_id.is_none() && p.transport.is_none());
-        assert_eq!(p.tcti, "swtpm:host=127.0.0.1,port=2321");
+        assert_eq!(p.tpm_at.tcti, "swtpm:host=127.0.0.1,port=2321");
         let cli = parse(&["tpm", "info", "--json"]).unwrap();
         assert!(matches!(cli.command, Command::Tpm(tpm::TpmCommand::Info(ref i)) if i.json));
 

@@ -22,7 +22,8 @@ pub enum TpmCommand {
     Info(InfoArgs),
 }
 
-/// Which TPM: shared by `dps tpm` and `dps device provision --tpm`.
+/// Which TPM: shared by `dps tpm`, `dps device provision --tpm` and
+/// `dps device renew-certificate --tpm`.
 #[derive(Args, Debug, Clone)]
 pub struct TctiArgs {
     /// The TPM, as a TCTI string: `device:/dev/tpmrm0`, `swtpm:host=H,port=P`, `mssim:…`.
