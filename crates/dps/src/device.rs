@@ -468,7 +468,7 @@ pub async fn renew(a: RenewArgs) -> Result<()> {
         true => Some(crate::tpm::TpmDevice::open(&a.tpm_at.tcti, None)?),
         false => None,
     };
-    // The current identity, and what the request is made for.
+    // The current identity and its key.
     let (current, key): (X509Provider, CsrKey) = match (&tpm, &a.x509_key) {
         (Some(tpm), _) => {
             let key = tpm.client_key()?;
@@ -476,12 +476,7 @@ pub async fn renew(a: RenewArgs) -> Result<()> {
         }
         (None, Some(path)) => {
             let key_pem = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let current = X509Provider::from_pem(&chain_pem, &key_pem)?;
-            let next = match a.new_key {
-                true => dps_pki::csr::new_key_and_request(current.registration_id(), a.csr_key_type)?.0,
-                false => key_pem,
-            };
-            (current, CsrKey::Pem(next))
+            (X509Provider::from_pem(&chain_pem, &key_pem)?, CsrKey::Pem(key_pem))
         }
         (None, None) => unreachable!("clap requires --x509-key or --tpm"),
     };
@@ -489,9 +484,15 @@ pub async fn renew(a: RenewArgs) -> Result<()> {
         .device_id
         .clone()
         .unwrap_or_else(|| current.registration_id().to_string());
-    let csr = match &key {
-        CsrKey::Pem(pem) => dps_pki::csr::request_for_key_pem(&device_id, pem),
-        CsrKey::Held(key) => dps_pki::held_key::certificate_request(&device_id, key.clone()),
+    // The request, for the same key or (--new-key) a new one.
+    let (key, csr) = match key {
+        CsrKey::Pem(_) if a.new_key => {
+            dps_pki::csr::new_key_and_request(&device_id, a.csr_key_type).map(|(pem, csr)| (CsrKey::Pem(pem), csr))
+        }
+        CsrKey::Pem(pem) => dps_pki::csr::request_for_key_pem(&device_id, &pem).map(|csr| (CsrKey::Pem(pem), csr)),
+        CsrKey::Held(key) => {
+            dps_pki::held_key::certificate_request(&device_id, key.clone()).map(|csr| (CsrKey::Held(key), csr))
+        }
     }
     .context("cannot make the certificate signing request")?;
     let hub = a
