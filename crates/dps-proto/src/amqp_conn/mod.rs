@@ -323,6 +323,14 @@ impl Connection {
             }
             (_, p) => {
                 let Some(i) = self.sessions.iter().position(|s| s.remote_channel == channel) else {
+                    if matches!(p, Performative::Detach(_) | Performative::End(_)) {
+                        // A peer ending a session may still send what it was closing in it:
+                        // pyamqp (the Python Event Hubs and IoT SDKs) writes a session's END
+                        // and then its links' DETACHes. Azure's AMQP stack drops a detach or
+                        // end for a channel it no longer has rather than close the connection,
+                        // and so does this one.
+                        return Ok(());
+                    }
                     return Err(ProtocolError::NotAllowed(format!(
                         "{} on channel {channel}, which has no session",
                         name(&p)

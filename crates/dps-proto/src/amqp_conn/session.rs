@@ -322,7 +322,12 @@ impl Session {
     }
 
     fn on_detach(&mut self, d: Detach, ctx: &mut Ctx<'_>) -> Result<(), ProtocolError> {
-        let i = self.by_remote_handle(d.handle.0, "detach")?;
+        // A detach for a handle that is not attached (the link is already gone) changes
+        // nothing: dropped, as Azure's AMQP stack drops it, where any other frame on such a
+        // handle is an error.
+        let Some(i) = self.links.iter().position(|l| l.remote_handle == d.handle.0) else {
+            return Ok(());
+        };
         let mut link = self.links.swap_remove(i);
         if matches!(link.state, LinkState::Refused) {
             return Ok(());

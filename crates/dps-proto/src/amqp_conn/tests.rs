@@ -485,6 +485,46 @@ fn sessions_are_capped_and_channels_checked() {
     );
 }
 
+/// pyamqp ends a session and then detaches its links (END, then DETACH on the same channel);
+/// a detach or end for a channel or handle that is gone is dropped, as Azure's AMQP stack drops
+/// it, and the connection serves on. Any other frame there is still a protocol error.
+#[test]
+fn detach_and_end_after_the_session_or_link_is_gone_are_dropped() {
+    let mut p = Peer::opened();
+    let link = p.attach(0, Role::Sender, "events");
+    p.conn.accept(link, 1);
+    p.frames();
+    p.send(5, &End { error: None }).unwrap();
+    assert!(matches!(&p.frames()[..], [(0, Performative::End(_))]));
+    assert!(matches!(&p.events()[..], [Event::Detached { .. }]));
+    let detach = Detach {
+        handle: Handle(0),
+        closed: true,
+        error: None,
+    };
+    p.send(5, &detach).unwrap();
+    p.send(5, &End { error: None }).unwrap();
+    p.send(9, &End { error: None }).unwrap();
+    assert!(!p.conn.is_closed());
+    assert!(p.frames().is_empty() && p.events().is_empty());
+
+    // The connection goes on: a new session, a detach of a handle it never attached.
+    p.send(5, &begin()).unwrap();
+    assert!(matches!(&p.frames()[..], [(0, Performative::Begin(b))] if b.remote_channel == Some(5)));
+    p.send(5, &detach).unwrap();
+    assert!(p.frames().is_empty() && !p.conn.is_closed());
+    let link = p.attach(0, Role::Sender, "events");
+    p.conn.accept(link, 1);
+    assert!(matches!(
+        &p.frames()[..],
+        [(0, Performative::Attach(_)), (0, Performative::Flow(_))]
+    ));
+
+    let err = p.send(9, &transfer(0, 0, true)).unwrap_err();
+    assert!(matches!(err, ProtocolError::NotAllowed(_)), "{err}");
+    assert!(p.conn.is_closed());
+}
+
 #[test]
 fn the_protocol_header_and_open_come_first() {
     let mut c = Connection::new(limits());
