@@ -447,6 +447,22 @@ pub trait Store: Send + Sync + 'static {
             "this store is not shared: the engine keeps TPM challenges in memory",
         ))
     }
+
+    /// Spends a single-use token's `nonce` (a portal sign-in link's) where every node sees it:
+    /// true for the one caller that spent it, false when it was spent already. Kept until
+    /// `expires`, when the token is refused anyway; expired ones are dropped on the way. Only
+    /// called on a [`Store::shared`] store (a node alone keeps them in memory); the others
+    /// refuse.
+    async fn spend_nonce(
+        &self,
+        _now: chrono::DateTime<chrono::Utc>,
+        _nonce: &str,
+        _expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::backend(
+            "this store is not shared: the node keeps spent sign-in links in memory",
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -85,8 +85,8 @@ impl Portal {
         f.1 <= MOST_FAILURES
     }
 
-    /// Marks a link's nonce used; false when it was already.
-    fn spend_link(&self, link: &Link, now: u64) -> bool {
+    /// Marks a link's nonce used on this node; false when it was already.
+    fn spend_link_here(&self, link: &Link, now: u64) -> bool {
         let mut used = self.used_links.lock();
         used.retain(|_, expires| *expires > now);
         if used.len() >= MOST_USED_LINKS {
@@ -160,7 +160,7 @@ async fn route(services: &Arc<Services>, req: Request) -> Response {
         (Method::GET, "/portal/" | "/portal/index.html") => asset(INDEX, "text/html; charset=utf-8"),
         (Method::GET, "/portal/app.js") => asset(APP_JS, "text/javascript; charset=utf-8"),
         (Method::GET, "/portal/app.css") => asset(APP_CSS, "text/css; charset=utf-8"),
-        (Method::GET, "/portal/sign-in") => link_sign_in(services, req.uri()),
+        (Method::GET, "/portal/sign-in") => link_sign_in(services, req.uri()).await,
         (Method::POST, "/portal/api/sign-in") => sign_in(services, req).await,
         (method, p) if p.starts_with("/portal/api/") => {
             let Some((session, cookie)) = current(services, req.headers()) else {
@@ -355,8 +355,28 @@ async fn sign_in(services: &Arc<Services>, req: Request) -> Response {
     start_session(services, grants, None)
 }
 
+/// Spends a sign-in link: in the database when the node shares one with others (so the link
+/// opens once for the whole cluster, not once per node), else in the node's memory. `Err` is
+/// the answer when the database could not say.
+async fn spend_link(services: &Services, link: &Link, now: u64) -> Result<bool, Response> {
+    let store = services.engine.store();
+    if !store.shared() {
+        return Ok(services.portal.spend_link_here(link, now));
+    }
+    let expires = i64::try_from(link.expires).unwrap_or(i64::MAX);
+    let expires = chrono::DateTime::from_timestamp(expires, 0).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    let spent = store.spend_nonce(services.clock.now(), &link.nonce, expires).await;
+    spent.map_err(|e| {
+        tracing::warn!(error = %e, "portal sign-in link not spent: the store failed");
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sign-in link could not be checked against the database: try it again",
+        )
+    })
+}
+
 /// Opens a one-time sign-in link: the owners of the service and of every hub.
-fn link_sign_in(services: &Services, uri: &Uri) -> Response {
+async fn link_sign_in(services: &Services, uri: &Uri) -> Response {
     let token = uri
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("link=")))
@@ -368,7 +388,11 @@ fn link_sign_in(services: &Services, uri: &Uri) -> Response {
             "this sign-in link is not valid or has expired: make another with `dps portal-link`",
         );
     };
-    if !services.portal.spend_link(&link, now) {
+    let spent = match spend_link(services, &link, now).await {
+        Ok(spent) => spent,
+        Err(unavailable) => return unavailable,
+    };
+    if !spent {
         return problem(
             StatusCode::BAD_REQUEST,
             "this sign-in link was used already: make another with `dps portal-link`",

@@ -836,3 +836,37 @@ async fn a_policy_changed_through_one_node_is_in_force_on_another() {
         "{changes:?}"
     );
 }
+
+/// A portal sign-in link opens once for the whole cluster: spent through one node, it is refused
+/// through every other (and through the first again), since the nodes share the spent links in
+/// the database rather than each keeping its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_sign_in_link_opens_once_across_the_nodes() {
+    const NODES: [&str; 2] = ["127.0.39.33", "127.0.39.34"];
+    let ([a, b], _dirs) = cluster(NODES).await;
+    assert_eq!(a.services.identity.portal_key, b.services.identity.portal_key);
+    let now = chrono::Utc::now().timestamp() as u64;
+    let link = dps_server::portal::sign_in_link(&a.services.identity.portal_key, "https://x", now);
+    let path = link.strip_prefix("https://x").unwrap();
+    async fn open(node: &dps_server::RunningServer, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        common::https_raw(node, common::trusting_local_ca(node), "GET", path, &[], &[]).await
+    }
+
+    let (status, headers, _) = open(&b, path).await;
+    assert_eq!(status, 303, "the first opening signs in");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "set-cookie" && v.starts_with("dps_portal=")),
+        "{headers:?}"
+    );
+    for node in [&a, &b] {
+        let (status, _, body) = open(node, path).await;
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("used already"));
+    }
+    // Another link still opens, through the other node.
+    let other = dps_server::portal::sign_in_link(&a.services.identity.portal_key, "https://x", now);
+    let (status, _, _) = open(&a, other.strip_prefix("https://x").unwrap()).await;
+    assert_eq!(status, 303);
+}

@@ -64,6 +64,11 @@ pub(super) const STORE: Schema = Schema {
             name: "revocations",
             sql: include_str!("migrations/0006_revocations.sql"),
         },
+        Migration {
+            version: 7,
+            name: "spent single-use tokens",
+            sql: include_str!("migrations/0007_spent_nonces.sql"),
+        },
     ],
 };
 
