@@ -336,11 +336,16 @@ pub(super) async fn pump(conn: &mut Conn, link: LinkId) {
         }
         for e in &events {
             if let Err(err) = conn.amqp.send(link, event_message(e), None) {
+                // Within the room counted above a send only fails on a link going away; the
+                // reader stays at the event not sent, not past the batch.
                 tracing::debug!(error = %err, "event not sent");
                 break;
             }
+            next = e.partition_sequence + 1;
         }
-        next = after;
+        if next != after {
+            break false;
+        }
     };
     if let Some(r) = conn.hub.event_hub.readers.get_mut(&link) {
         r.next = next;
