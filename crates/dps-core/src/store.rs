@@ -448,21 +448,16 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
-    /// Spends a single-use token's `nonce` (a portal sign-in link's) where every node sees it:
-    /// true for the one caller that spent it, false when it was spent already. Kept until
-    /// `expires`, when the token is refused anyway; expired ones are dropped on the way. Only
-    /// called on a [`Store::shared`] store (a node alone keeps them in memory); the others
-    /// refuse.
+    /// Spends a single-use token's `nonce` (a portal sign-in link's): true for the one caller
+    /// that spent it, false when it was spent already — by this node before a restart, or by
+    /// another node of a shared store. Kept until `expires`, when the token is refused anyway;
+    /// expired ones (older than `now`) are dropped on the way. Durable once it returns.
     async fn spend_nonce(
         &self,
-        _now: chrono::DateTime<chrono::Utc>,
-        _nonce: &str,
-        _expires: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        Err(StoreError::backend(
-            "this store is not shared: the node keeps spent sign-in links in memory",
-        ))
-    }
+        now: chrono::DateTime<chrono::Utc>,
+        nonce: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError>;
 }
 
 #[cfg(test)]

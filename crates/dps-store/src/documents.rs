@@ -126,6 +126,12 @@ pub(crate) const INSERT_AUDIT: &str =
 pub(crate) const PRUNE_AUDIT: &str = "DELETE FROM audit WHERE seq IN \
      (SELECT seq FROM audit WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)";
 
+/// Drops the spent nonces expired at `?1`.
+pub(crate) const SWEEP_NONCES: &str = "DELETE FROM spent_nonces WHERE expires <= ?1";
+/// Records a spent nonce (`?1`) until `?2`; changes no row when it was spent already.
+pub(crate) const SPEND_NONCE: &str =
+    "INSERT INTO spent_nonces (nonce, expires) VALUES (?1, ?2) ON CONFLICT (nonce) DO NOTHING";
+
 /// Most entries one retention step removes.
 pub(crate) const PRUNE_AUDIT_STEP: i64 = 20_000;
 
@@ -214,6 +220,14 @@ pub(crate) enum Op {
     },
     /// One retention step: removes up to [`PRUNE_AUDIT_STEP`] entries from before `before_ms`.
     PruneAudit { before_ms: i64 },
+    /// Records a single-use token's nonce as spent until `expires_ms`
+    /// ([`StoreError::AlreadyExists`] when it was already), dropping the nonces expired at
+    /// `now_ms`.
+    SpendNonce {
+        nonce: String,
+        expires_ms: i64,
+        now_ms: i64,
+    },
     /// Test hook: tells the test it is running, then blocks the writer (inside its transaction)
     /// until released, so the test can queue a batch deterministically.
     #[cfg(test)]
@@ -673,6 +687,24 @@ macro_rules! store_over_documents {
                         before_ms: before.timestamp_millis(),
                     })
                     .await
+                }
+
+                async fn spend_nonce(
+                    &self,
+                    now: chrono::DateTime<chrono::Utc>,
+                    nonce: &str,
+                    expires: chrono::DateTime<chrono::Utc>,
+                ) -> Result<bool, StoreError> {
+                    let spent = self.write(Op::SpendNonce {
+                        nonce: nonce.to_string(),
+                        expires_ms: expires.timestamp_millis(),
+                        now_ms: now.timestamp_millis(),
+                    });
+                    match spent.await {
+                        Ok(()) => Ok(true),
+                        Err(StoreError::AlreadyExists) => Ok(false),
+                        Err(e) => Err(e),
+                    }
                 }
 
                 $($($extra)*)?

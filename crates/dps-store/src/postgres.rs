@@ -19,7 +19,6 @@ mod files;
 mod hub;
 mod import_export;
 mod migrations;
-mod nonces;
 mod peers;
 mod uploads;
 mod writer;
@@ -290,15 +289,6 @@ crate::documents::store_over_documents!(PostgresStore;
 
     async fn spend_tpm_challenge(&self, id: i64) -> Result<bool, StoreError> {
         self.spend_challenge(id).await
-    }
-
-    async fn spend_nonce(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-        nonce: &str,
-        expires: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        self.spend(now, nonce, expires).await
     }
 );
 

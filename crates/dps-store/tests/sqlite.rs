@@ -103,7 +103,7 @@ async fn upgrades_a_store_without_intents_and_keeps_intents_across_reopen() {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "DROP TABLE registration_intents; DROP TABLE linked_hubs; DROP TABLE audit; DROP TABLE credential_policies; \
-             DROP TABLE revocations; \
+             DROP TABLE revocations; DROP TABLE spent_nonces; \
              PRAGMA user_version = 2;",
         )
         .unwrap();

@@ -26,6 +26,8 @@ pub struct MemoryStore {
     intents: RwLock<BTreeMap<String, RegistrationIntent>>,
     /// The audit trail, in sequence order, and the last sequence given (kept when pruned).
     audit: RwLock<(u64, Vec<crate::audit::AuditEntry>)>,
+    /// Spent single-use nonces and when each expires.
+    nonces: RwLock<BTreeMap<String, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl MemoryStore {
@@ -90,6 +92,17 @@ fn page<T: Clone>(map: &BTreeMap<String, T>, after: Option<&str>, limit: usize) 
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn spend_nonce(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        nonce: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut nonces = self.nonces.write();
+        nonces.retain(|_, until| *until > now);
+        Ok(nonces.insert(nonce.to_string(), expires).is_none())
+    }
+
     async fn append_audit(&self, entries: &[crate::audit::AuditEntry]) -> Result<(), StoreError> {
         let (last, trail) = &mut *self.audit.write();
         for entry in entries {

@@ -16,7 +16,6 @@
 
 pub(crate) mod session;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,13 +52,10 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 /// How long the SAS token of a forwarded request lasts.
 const FORWARD_TOKEN_SECS: u64 = 300;
 
-/// Links remembered as used (beyond, the oldest are forgotten; they expire anyway).
-const MOST_USED_LINKS: usize = 10_000;
-
-/// The portal's state on a node: its key, the sign-in links used, the failed sign-ins.
+/// The portal's state on a node: its key and the failed sign-ins (the sign-in links used are in
+/// the store).
 pub struct Portal {
     key: Vec<u8>,
-    used_links: parking_lot::Mutex<HashMap<String, u64>>,
     failures: parking_lot::Mutex<(Instant, u32)>,
 }
 
@@ -70,7 +66,6 @@ impl Portal {
             key: base64::engine::general_purpose::STANDARD
                 .decode(portal_key)
                 .unwrap_or_else(|_| portal_key.as_bytes().to_vec()),
-            used_links: Default::default(),
             failures: parking_lot::Mutex::new((Instant::now(), 0)),
         }
     }
@@ -83,16 +78,6 @@ impl Portal {
         }
         f.1 += 1;
         f.1 <= MOST_FAILURES
-    }
-
-    /// Marks a link's nonce used on this node; false when it was already.
-    fn spend_link_here(&self, link: &Link, now: u64) -> bool {
-        let mut used = self.used_links.lock();
-        used.retain(|_, expires| *expires > now);
-        if used.len() >= MOST_USED_LINKS {
-            return false;
-        }
-        used.insert(link.nonce.clone(), link.expires).is_none()
     }
 }
 
@@ -355,22 +340,22 @@ async fn sign_in(services: &Arc<Services>, req: Request) -> Response {
     start_session(services, grants, None)
 }
 
-/// Spends a sign-in link: in the database when the node shares one with others (so the link
-/// opens once for the whole cluster, not once per node), else in the node's memory. `Err` is
-/// the answer when the database could not say.
-async fn spend_link(services: &Services, link: &Link, now: u64) -> Result<bool, Response> {
-    let store = services.engine.store();
-    if !store.shared() {
-        return Ok(services.portal.spend_link_here(link, now));
-    }
+/// Spends a sign-in link in the store: once, whatever restarts in between, and on a shared
+/// store once for the whole cluster rather than once per node. `Err` is the answer when the
+/// store could not say.
+async fn spend_link(services: &Services, link: &Link) -> Result<bool, Response> {
     let expires = i64::try_from(link.expires).unwrap_or(i64::MAX);
     let expires = chrono::DateTime::from_timestamp(expires, 0).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
-    let spent = store.spend_nonce(services.clock.now(), &link.nonce, expires).await;
+    let spent = services
+        .engine
+        .store()
+        .spend_nonce(services.clock.now(), &link.nonce, expires)
+        .await;
     spent.map_err(|e| {
         tracing::warn!(error = %e, "portal sign-in link not spent: the store failed");
         problem(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the sign-in link could not be checked against the database: try it again",
+            "the sign-in link could not be checked against the store: try it again",
         )
     })
 }
@@ -388,7 +373,7 @@ async fn link_sign_in(services: &Services, uri: &Uri) -> Response {
             "this sign-in link is not valid or has expired: make another with `dps portal-link`",
         );
     };
-    let spent = match spend_link(services, &link, now).await {
+    let spent = match spend_link(services, &link).await {
         Ok(spent) => spent,
         Err(unavailable) => return unavailable,
     };

@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 use super::placeholders;
 use crate::documents::{
     Op, Table, DELETE_INTENT, DELETE_REGISTRATION, INSERT_AUDIT, PRUNE_AUDIT, PRUNE_AUDIT_STEP,
-    SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
+    SELECT_REGISTRATION_ETAG, SPEND_NONCE, SWEEP_NONCES, UPSERT_INTENT, UPSERT_REGISTRATION,
 };
 use crate::hub_documents::{Arg, Statement};
 
@@ -210,6 +210,18 @@ async fn apply(tx: &Transaction<'_>, op: &Op) -> Outcome {
         Op::RequestReprovision { key } => {
             if execute(tx, MARK_REPROVISION, &[key]).await? == 0 {
                 return Ok(Err(StoreError::NotFound));
+            }
+        }
+        Op::SpendNonce {
+            nonce,
+            expires_ms,
+            now_ms,
+        } => {
+            execute(tx, SWEEP_NONCES, &[now_ms]).await?;
+            // The node whose insert adds the nonce spent it; a concurrent one on another node
+            // waits for this transaction and then adds nothing.
+            if execute(tx, SPEND_NONCE, &[nonce, expires_ms]).await? == 0 {
+                return Ok(Err(StoreError::AlreadyExists));
             }
         }
         Op::CommitRegistration { .. }

@@ -8,7 +8,7 @@ use super::writer::Operation;
 use super::OrBackend;
 use crate::documents::{
     Op, Table, DELETE_INTENT, DELETE_REGISTRATION, INSERT_AUDIT, PRUNE_AUDIT, PRUNE_AUDIT_STEP,
-    SELECT_REGISTRATION_ETAG, UPSERT_INTENT, UPSERT_REGISTRATION,
+    SELECT_REGISTRATION_ETAG, SPEND_NONCE, SWEEP_NONCES, UPSERT_INTENT, UPSERT_REGISTRATION,
 };
 
 /// Sets the flag inside the stored document, so nothing else in it can be overwritten.
@@ -133,6 +133,24 @@ fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
                 .or_backend()?
                 .execute(params![before_ms, PRUNE_AUDIT_STEP])
                 .or_backend()?;
+        }
+        Op::SpendNonce {
+            nonce,
+            expires_ms,
+            now_ms,
+        } => {
+            conn.prepare_cached(SWEEP_NONCES)
+                .or_backend()?
+                .execute([now_ms])
+                .or_backend()?;
+            let added = conn
+                .prepare_cached(SPEND_NONCE)
+                .or_backend()?
+                .execute(params![nonce, expires_ms])
+                .or_backend()?;
+            if added == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
         }
         #[cfg(test)]
         Op::Pause { reached, release } => {

@@ -89,6 +89,11 @@ pub(crate) const STORE: Schema = Schema {
             name: "revocations",
             sql: include_str!("migrations/0007_revocations.sql"),
         },
+        Migration {
+            version: 8,
+            name: "spent single-use tokens",
+            sql: include_str!("migrations/0008_spent_nonces.sql"),
+        },
     ],
     adopts_unmarked_files: false,
 };

@@ -172,3 +172,30 @@ async fn a_failed_commit_fails_every_command_and_the_writer_recovers() {
         .unwrap();
     assert!(store.get_registration("after").await.unwrap().is_some());
 }
+
+/// A spent nonce stays spent after the store is reopened (a portal sign-in link opens once,
+/// whatever restarts in between), and expired ones are dropped by the next spend.
+#[tokio::test]
+async fn a_spent_nonce_stays_spent_across_reopen_until_it_expires() {
+    use chrono::{TimeDelta, Utc};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let now = Utc::now();
+    let expires = now + TimeDelta::minutes(15);
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(store.spend_nonce(now, "n1", expires).await.unwrap());
+        assert!(!store.spend_nonce(now, "n1", expires).await.unwrap());
+        assert!(store.spend_nonce(now, "n2", now + TimeDelta::minutes(1)).await.unwrap());
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(
+        !store.spend_nonce(now, "n1", expires).await.unwrap(),
+        "spent before the reopen"
+    );
+    // Past n2's expiry, a spend sweeps it out (its token is refused by then anyway); n1 stays.
+    let later = now + TimeDelta::minutes(5);
+    assert!(store.spend_nonce(later, "n3", expires).await.unwrap());
+    assert!(store.spend_nonce(later, "n2", expires).await.unwrap());
+    assert!(!store.spend_nonce(later, "n1", expires).await.unwrap());
+}
