@@ -71,6 +71,25 @@ pub async fn run_all(store: &dyn Store) {
     linked_hubs(store).await;
     reprovision_requests(store).await;
     audit_trail(store).await;
+    spent_nonces(store).await;
+}
+
+/// A nonce is spent once: the first spend says so, every later one says it was spent already
+/// (another nonce is its own); one expired is dropped by a later spend, so only unexpired ones
+/// are kept.
+async fn spent_nonces(s: &dyn Store) {
+    let at = |secs: i64| Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap();
+    assert!(s.spend_nonce(at(0), "nonce-a", at(900)).await.unwrap());
+    assert!(!s.spend_nonce(at(0), "nonce-a", at(900)).await.unwrap());
+    assert!(
+        !s.spend_nonce(at(10), "nonce-a", at(910)).await.unwrap(),
+        "spent is spent"
+    );
+    assert!(s.spend_nonce(at(0), "nonce-b", at(60)).await.unwrap());
+    // At 100 s nonce-b has expired (its token is refused by then) and goes; nonce-a stays.
+    assert!(s.spend_nonce(at(100), "nonce-c", at(1000)).await.unwrap());
+    assert!(s.spend_nonce(at(100), "nonce-b", at(1000)).await.unwrap());
+    assert!(!s.spend_nonce(at(100), "nonce-a", at(1000)).await.unwrap());
 }
 
 /// Entries come back in the order appended, each with its sequence, filtered by time,
