@@ -121,10 +121,12 @@ impl Session {
         self.links.iter().position(|l| l.id == id)
     }
 
+    fn remote_handle_index(&self, handle: u32) -> Option<usize> {
+        self.links.iter().position(|l| l.remote_handle == handle)
+    }
+
     fn by_remote_handle(&self, handle: u32, what: &str) -> Result<usize, ProtocolError> {
-        self.links
-            .iter()
-            .position(|l| l.remote_handle == handle)
+        self.remote_handle_index(handle)
             .ok_or_else(|| ProtocolError::NotAllowed(format!("{what} on handle {handle}, which is not attached")))
     }
 
@@ -163,7 +165,7 @@ impl Session {
                 self.links.len()
             )));
         }
-        if self.links.iter().any(|l| l.remote_handle == a.handle.0) {
+        if self.remote_handle_index(a.handle.0).is_some() {
             return Err(ProtocolError::NotAllowed(format!(
                 "handle {} is already attached",
                 a.handle.0
@@ -325,7 +327,7 @@ impl Session {
         // A detach for a handle that is not attached (the link is already gone) changes
         // nothing: dropped, as Azure's AMQP stack drops it, where any other frame on such a
         // handle is an error.
-        let Some(i) = self.links.iter().position(|l| l.remote_handle == d.handle.0) else {
+        let Some(i) = self.remote_handle_index(d.handle.0) else {
             return Ok(());
         };
         let mut link = self.links.swap_remove(i);
